@@ -1,0 +1,276 @@
+"""Typed configs: dataclasses loaded from YAML and overridden by ``key=value`` arguments.
+
+Used by every stage (pretraining, downstream, KD recipes). Written here rather than taken from
+a library because none of the small ones (OmegaConf structured configs come close) gives
+one-line errors that list the valid keys and still round-trips plain YAML without extra deps.
+
+Rules:
+- nested dataclasses map to nested YAML mappings and to dotted keys (``train.lr=3e-4``);
+- an unknown key is an error that lists the valid keys at that level;
+- a value of the wrong type is an error naming the key and the expected type;
+- ``save_config`` writes the resolved config (atomically) next to a run's outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from shards.atomic import write_text
+from shards.errors import UserError
+
+T = TypeVar("T")
+
+
+class ConfigError(UserError):
+    """A config file or override that does not fit the config dataclass."""
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is not None:
+        return repr(tp).replace("typing.", "")
+    return getattr(tp, "__name__", repr(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Convert ``value`` (from YAML or a CLI string) to ``tp`` or raise a ConfigError."""
+
+    def fail() -> ConfigError:
+        return ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r}")
+
+    if tp is Any:
+        return value
+    origin = get_origin(tp)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        for c in choices:  # CLI strings for non-string literals
+            if isinstance(value, str) and str(c) == value:
+                return c
+        raise fail()
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise fail()
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise fail()
+        return _build(tp, value, where, prefix=key + ".")
+    if origin in (list, tuple, Sequence, typing.Sequence):
+        if isinstance(value, str):
+            parsed = yaml.safe_load(value) if value.strip().startswith("[") else (
+                [v for v in value.split(",") if v != ""])
+            value = parsed
+        if not isinstance(value, (list, tuple)):
+            raise fail()
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise fail()
+            return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, key, where) for v in value]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise fail()
+        kt, vt = get_args(tp) or (Any, Any)
+        return {_coerce(k, kt, key, where): _coerce(v, vt, f"{key}.{k}", where) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise fail()
+    if tp is int:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    raise fail() from None
+                if f.is_integer():
+                    return int(f)
+        raise fail()
+    if tp is float:
+        if isinstance(value, bool):
+            raise fail()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail()
+    if isinstance(value, tp):
+        return value
+    raise fail()
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def valid_keys(cls: type, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of a config dataclass (what ``key=value`` accepts)."""
+    out: list[str] = []
+    for name, tp in _fields(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.extend(valid_keys(tp, prefix + name + "."))
+        else:
+            out.append(prefix + name)
+    return out
+
+
+def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
+    fields = _fields(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: "
+            + ", ".join(prefix + k for k in fields)
+        )
+    kwargs = {k: _coerce(v, fields[k], prefix + k, where) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, YAML-safe dict of a config (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return plain(cfg)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = {}
+            node[p] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _check_override_key(cls: type, key: str) -> Any:
+    """Return the field type of a dotted key or raise with the valid keys."""
+    tp: Any = cls
+    parts = key.split(".")
+    for i, p in enumerate(parts):
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"override '{key}': '{'.'.join(parts[:i])}' is not a section")
+        fields = _fields(tp)
+        if p not in fields:
+            raise ConfigError(f"override: unknown key '{key}'; valid keys: " + ", ".join(valid_keys(cls)))
+        tp = fields[p]
+    return tp
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Defaults of ``cls``, then the YAML file at ``path``, then ``key=value`` overrides."""
+    tree: dict = to_dict(cls())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        _build(cls, data, str(path))  # validate keys and types against the file's own names
+        _merge(tree, data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        tp = _check_override_key(cls, key)
+        value: Any = raw
+        if tp is not str and not (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp)):
+            if raw.strip().startswith(("[", "{")):
+                try:
+                    value = yaml.safe_load(raw)
+                except yaml.YAMLError:
+                    raise ConfigError(f"override '{item}': value is not valid YAML") from None
+        _set_dotted(tree, key, value)
+    return _build(cls, tree, "config" if path is None else str(path))
+
+
+def _merge(base: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
+    """``--config FILE`` plus trailing ``key=value`` overrides."""
+    parser.add_argument("--config", default=default_config, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    return load_config(cls, args.config, args.overrides)

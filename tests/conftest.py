@@ -1,0 +1,75 @@
+"""Session-wide fixtures shared by every stage's tests: synthetic data and tiny models.
+
+Everything here is generated locally (no network): the project's synthetic ultrasound
+generator and tiny random-initialised configs of the real architectures.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests must never reach the network (no weights or datasets can be downloaded here or in CI).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A small synthetic corpus: one folder per source dataset (``--layout corpus``)."""
+    from shards.synth import write_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    write_corpus(out, n=120, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shard_dir(corpus_dir, tmp_path_factory) -> Path:
+    """WebDataset shards (64 px, 16 samples per shard) built from ``corpus_dir``."""
+    from shards.build import BuildSettings, build_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    sources = {p.name: str(p) for p in sorted(corpus_dir.iterdir()) if p.is_dir()}
+    build_shards(sources, out, BuildSettings(size=64, samples_per_shard=16, workers=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def busi_dir(tmp_path_factory) -> Path:
+    """Synthetic BUSI in its real layout (benign/ malignant/ normal/ with _mask files)."""
+    from shards.synth import write_busi
+
+    out = tmp_path_factory.mktemp("busi")
+    write_busi(out, n=60, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ddti_dir(tmp_path_factory) -> Path:
+    """Synthetic DDTI-style thyroid segmentation data with patient ids in file names."""
+    from shards.synth import write_ddti
+
+    out = tmp_path_factory.mktemp("ddti")
+    write_ddti(out, n=48, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory) -> Path:
+    """A tiny random-initialised DINOv3 ViT saved with ``save_pretrained`` (loaded via from_pretrained)."""
+    from pretrain.teacher import init_tiny
+
+    out = tmp_path_factory.mktemp("tiny_teacher")
+    init_tiny(out, seed=0)
+    return out
