@@ -1,0 +1,100 @@
+"""Decode an image file's bytes into a numpy array, with a named reason when it cannot be.
+
+Mode handling (documented rule, see README "Cleaning rules"):
+- 8-bit grayscale ``L`` is kept; ``1`` (bilevel) and ``LA`` become ``L``;
+- 16/32-bit integer (``I;16*``, ``I``) is scaled to 8 bits by the largest value the image's
+  bit depth allows when any value exceeds 255, otherwise kept as is;
+- float ``F`` is min-max scaled to 0..255;
+- ``RGBA``/``LA``/``PA`` are composited onto black (scanner exports use transparency for the
+  background), ``P`` (palette), ``CMYK``, ``YCbCr`` and others are converted to RGB.
+The result is ``HxW`` uint8 (grayscale) or ``HxWx3`` uint8 (colour, to be checked for Doppler).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Decoding a hostile or huge file must not exhaust memory on a worker.
+Image.MAX_IMAGE_PIXELS = 16384 * 16384
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class DecodeError(Exception):
+    """Carries the rejection reason (``empty_file``, ``not_image``, ``truncated``, ``unreadable``)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class Decoded:
+    pixels: np.ndarray  # HxW (gray) or HxWx3 (colour), uint8
+    orig_size: tuple[int, int]  # (width, height)
+    orig_mode: str
+
+
+def _to_uint8(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8)
+    if mode in ("1",):
+        return np.asarray(img.convert("L"), dtype=np.uint8)
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(img).astype(np.int64)
+        if mode == "I" and arr.max(initial=0) > 65535:
+            scale = 2**32 - 1
+        else:
+            scale = 65535
+        if arr.max(initial=0) > 255:
+            arr = arr * 255 // scale
+        return np.clip(arr, 0, 255).astype(np.uint8)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+            return np.zeros(arr.shape, np.uint8)
+        return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, rgba).convert("RGB")
+        return np.asarray(img, dtype=np.uint8)
+    if mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def decode_image(data: bytes) -> Decoded:
+    """Fully decode ``data``; raise :class:`DecodeError` with the reason on failure."""
+    if len(data) == 0:
+        raise DecodeError("empty_file")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise DecodeError("not_image") from None
+    except Exception as exc:  # a header PIL recognises but cannot parse
+        raise DecodeError("unreadable", str(exc)) from None
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        msg = str(exc).lower()
+        reason = "truncated" if ("truncat" in msg or "broken data stream" in msg or "premature" in msg) else "unreadable"
+        raise DecodeError(reason, str(exc)) from None
+    except Image.DecompressionBombError as exc:
+        raise DecodeError("unreadable", str(exc)) from None
+    size = img.size
+    mode = img.mode
+    try:
+        pixels = _to_uint8(img)
+    except Exception as exc:
+        raise DecodeError("unreadable", str(exc)) from None
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        # Grayscale stored as RGB (equal channels) is grayscale: keep one channel.
+        if np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2]):
+            pixels = np.ascontiguousarray(pixels[..., 0])
+    return Decoded(pixels=pixels, orig_size=size, orig_mode=mode)

@@ -1,0 +1,56 @@
+"""Exact and near-duplicate detection over a stream of cleaned images, across all sources.
+
+Exact: identical cleaned pixels (SHA-1). Near: 64-bit perceptual hashes (imagehash.phash) within
+``max_distance`` bits. The near search uses multi-index hashing — split the hash into
+``max_distance + 1`` bit blocks; two hashes within the distance agree exactly on at least one block
+(pigeonhole) — so each lookup touches a few candidates instead of every kept image. Hand-written
+because imagehash only computes hashes; it has no index. Memory is a few dozen bytes per kept image.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def _blocks(nbits: int, nblocks: int) -> list[tuple[int, int]]:
+    """(shift, mask) of ``nblocks`` contiguous bit blocks covering ``nbits`` bits."""
+    out, start = [], 0
+    for i in range(nblocks):
+        width = nbits // nblocks + (1 if i < nbits % nblocks else 0)
+        out.append((start, (1 << width) - 1))
+        start += width
+    return out
+
+
+class DuplicateIndex:
+    def __init__(self, max_distance: int = 4, nbits: int = 64):
+        self.max_distance = max_distance
+        self._blocks = _blocks(nbits, max_distance + 1)
+        self._tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._blocks]
+        self._exact: set[str] = set()
+        self._hashes: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    def check(self, pixel_sha1: str, phash: int) -> str | None:
+        """``duplicate`` / ``near_duplicate`` if seen before, else None (does not insert)."""
+        if pixel_sha1 in self._exact:
+            return "duplicate"
+        if self.max_distance < 0:
+            return None
+        seen: set[int] = set()
+        for (shift, mask), table in zip(self._blocks, self._tables):
+            for idx in table.get((phash >> shift) & mask, ()):
+                if idx in seen:
+                    continue
+                seen.add(idx)
+                if (self._hashes[idx] ^ phash).bit_count() <= self.max_distance:
+                    return "near_duplicate"
+        return None
+
+    def add(self, pixel_sha1: str, phash: int) -> None:
+        idx = len(self._hashes)
+        self._hashes.append(phash)
+        self._exact.add(pixel_sha1)
+        for (shift, mask), table in zip(self._blocks, self._tables):
+            table[(phash >> shift) & mask].append(idx)

@@ -1,0 +1,60 @@
+"""The shard set's ``manifest.json`` and how a shard set is named on the command line.
+
+A shard set can be given as a folder holding ``manifest.json``, the manifest file itself, a brace
+pattern (``/data/shard-{000000..000099}.tar``, webdataset's syntax) or a list of shard paths/URLs.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import braceexpand
+
+from shards.errors import UserError
+
+MANIFEST = "manifest.json"
+REQUIRED = ("num_samples", "sources", "rejected", "shards", "settings")
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path}: no shard manifest (build shards with `python -m shards.build`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path}: manifest is not valid JSON ({exc})") from None
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise UserError(f"{path}: manifest lacks {', '.join(missing)}")
+    return manifest
+
+
+def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | None]:
+    """Shard URLs and the manifest (None for patterns/lists without one)."""
+    if isinstance(spec, (list, tuple)):
+        urls = [str(s) for s in spec]
+        if not urls:
+            raise UserError("shards: empty shard list")
+        return urls, None
+    spec = str(spec)
+    p = Path(spec)
+    if p.is_dir() or p.name == MANIFEST:
+        manifest = read_manifest(p)
+        root = p if p.is_dir() else p.parent
+        urls = [str(root / s) for s in manifest["shards"]]
+        missing = [u for u in urls if not Path(u).exists()]
+        if missing:
+            raise UserError(f"{root}: manifest lists {len(missing)} missing shard(s), e.g. {missing[0]}")
+        if not urls:
+            raise UserError(f"{root}: manifest lists no shards")
+        return urls, manifest
+    urls = list(braceexpand.braceexpand(spec))
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    missing = [u for u in local if not Path(u).exists()]
+    if missing:
+        raise UserError(f"shards {spec}: {len(missing)} shard file(s) not found, e.g. {missing[0]}")
+    return urls, None

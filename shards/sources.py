@@ -1,0 +1,155 @@
+"""Input sources for the shard builder: image folders and Hugging Face datasets.
+
+``NAME=DIR`` is a folder scanned recursively in sorted order (hidden files and folders are
+ignored; every other file is an item, and files without an image extension are later counted as
+``not_image``). ``NAME=hf:ID[:SPLIT]`` is a dataset read through ``datasets``: a folder written by
+``save_to_disk``, a local dataset folder/script, or a Hub id already in the local cache (offline).
+Its first ``Image`` column is used, undecoded, so decoding happens in the build workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from shards.decode import IMAGE_EXTENSIONS
+from shards.errors import UserError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Item:
+    source: str
+    relpath: str
+    path: str | None = None  # read by the worker (folder sources)
+    data: bytes | None = None  # already in memory (dataset sources)
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        with open(self.path, "rb") as fh:  # type: ignore[arg-type]
+            return fh.read()
+
+
+class Source(Protocol):
+    """A named list of items with a fingerprint of what it contains."""
+
+    name: str
+    spec: str
+
+    def __len__(self) -> int: ...
+
+    def items(self, start: int = 0) -> Iterator[Item]: ...
+
+    def fingerprint(self) -> str: ...
+
+
+class FolderSource:
+    def __init__(self, name: str, root: str | Path):
+        self.name, self.spec = name, str(root)
+        self.root = Path(root)
+        if not self.root.exists():
+            raise UserError(f"--source {name}={root}: folder does not exist")
+        if not self.root.is_dir():
+            raise UserError(f"--source {name}={root}: not a folder")
+        self.files: list[tuple[str, int]] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if f.startswith("."):
+                    continue
+                p = os.path.join(dirpath, f)
+                if os.path.isfile(p):
+                    self.files.append((os.path.relpath(p, self.root), os.path.getsize(p)))
+        self.files.sort()
+        if not any(rel.lower().endswith(IMAGE_EXTENSIONS) for rel, _ in self.files):
+            raise UserError(
+                f"--source {name}={root}: no image files (expected {', '.join(IMAGE_EXTENSIONS)})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def items(self, start: int = 0) -> Iterator[Item]:
+        for rel, _ in self.files[start:]:
+            yield Item(self.name, rel, path=str(self.root / rel))
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha1()
+        for rel, size in self.files:
+            h.update(f"{rel}\0{size}\n".encode())
+        return h.hexdigest()
+
+
+class DatasetSource:
+    def __init__(self, name: str, spec: str):
+        import datasets
+
+        self.name, self.spec = name, spec
+        ident = spec[len("hf:") :]
+        split = None
+        if ":" in ident and not Path(ident).exists():
+            ident, split = ident.rsplit(":", 1)
+        try:
+            if Path(ident).is_dir() and (Path(ident) / "state.json").exists() or (
+                Path(ident) / "dataset_dict.json"
+            ).exists():
+                ds = datasets.load_from_disk(ident)
+            else:
+                ds = datasets.load_dataset(ident, split=split) if split else datasets.load_dataset(ident)
+        except Exception as exc:  # datasets raises many types for "not found / offline"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"--source {name}={spec}: cannot load dataset '{ident}' ({first})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if split is None:
+                split = "train" if "train" in ds else sorted(ds)[0]
+            if split not in ds:
+                raise UserError(f"--source {name}={spec}: no split '{split}' (has {', '.join(ds)})")
+            ds = ds[split]
+        self.split = split or "train"
+        image_cols = [c for c, f in ds.features.items() if isinstance(f, datasets.Image)]
+        if not image_cols:
+            raise UserError(f"--source {name}={spec}: the dataset has no Image column ({', '.join(ds.features)})")
+        self.column = image_cols[0]
+        self.ds = ds.cast_column(self.column, datasets.Image(decode=False)).select_columns([self.column])
+        if len(self.ds) == 0:
+            raise UserError(f"--source {name}={spec}: the dataset is empty")
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def items(self, start: int = 0) -> Iterator[Item]:
+        for i in range(start, len(self.ds)):
+            cell = self.ds[i][self.column] or {}
+            data = cell.get("bytes")
+            if data is None and cell.get("path"):
+                try:
+                    data = Path(cell["path"]).read_bytes()
+                except OSError:
+                    data = b""
+            name = Path(cell.get("path") or "").name
+            rel = f"{self.split}/{i:08d}" + (f"/{name}" if name else "")
+            yield Item(self.name, rel, data=data or b"")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(f"{self.spec}\0{len(self.ds)}\0{self.ds._fingerprint}".encode()).hexdigest()
+
+
+def parse_source(arg: str) -> tuple[str, str]:
+    """``NAME=DIR`` or ``NAME=hf:ID[:SPLIT]`` -> (name, spec)."""
+    if "=" not in arg:
+        raise UserError(f"--source {arg}: expected NAME=DIR or NAME=hf:ID[:SPLIT]")
+    name, spec = arg.split("=", 1)
+    if not NAME_RE.match(name):
+        raise UserError(f"--source {arg}: source name must match {NAME_RE.pattern}")
+    if not spec:
+        raise UserError(f"--source {arg}: empty path")
+    return name, spec
+
+
+def open_source(name: str, spec: str) -> Source:
+    return DatasetSource(name, spec) if spec.startswith("hf:") else FolderSource(name, spec)
