@@ -146,6 +146,10 @@ class _SlotStream(IterableDataset):
             epoch += 1
         if images and not self.drop_last:
             yield self._batch(images, meta, logical, epoch, consumed, counts)
+        elif counts:
+            # No batch left to carry them: send the final skip counts on their own.
+            yield {"__slot__": logical, "__epoch__": epoch, "__consumed__": consumed, "__skipped__": dict(counts),
+                   "__final__": True}
 
     @staticmethod
     def _source(sample: dict) -> str:
@@ -227,8 +231,9 @@ class ShardLoader:
             slot = batch.pop("__slot__")
             self._slots[slot] = (batch.pop("__epoch__"), batch.pop("__consumed__"))
             self._skipped[slot] = batch.pop("__skipped__")
-            self._batches += 1
-            yield batch
+            self._batches += 1  # DataLoader items, for the worker round-robin on resume
+            if not batch.pop("__final__", False):
+                yield batch
         self._pass_done = True
 
     # --- exact position -----------------------------------------------------------------------------

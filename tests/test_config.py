@@ -1,0 +1,114 @@
+"""Typed configs (shards.config), one-line user errors (shards.errors) and atomic writes (shards.atomic)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import pytest
+import yaml
+
+from shards.atomic import atomic_open, write_json
+from shards.config import ConfigError, load_config, save_config, to_dict, valid_keys
+from shards.errors import UserError, cli_main
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+@dataclass
+class Cfg:
+    out_dir: str = "runs/x"
+    steps: int = 100
+    layers: list[int] = field(default_factory=lambda: [-2, -1])
+    resume: Optional[str] = None
+    compile: bool = False
+    optim: Optim = field(default_factory=Optim)
+
+
+def test_defaults_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("steps: 7\noptim:\n  lr: 0.5\n")
+    cfg = load_config(Cfg, f, ["optim.lr=3e-4", "layers=[-4,-1]", "compile=true", "resume=none", "out_dir=007"])
+    assert cfg.steps == 7  # from the file
+    assert cfg.optim.lr == pytest.approx(3e-4)  # override beats the file
+    assert cfg.optim.betas == (0.9, 0.999)  # default kept
+    assert cfg.layers == [-4, -1] and cfg.compile is True and cfg.resume is None
+    assert cfg.out_dir == "007"  # strings are never re-typed
+
+
+def test_scientific_and_integral_numbers():
+    cfg = load_config(Cfg, None, ["steps=1e3", "optim.lr=1e-4", "optim.betas=0.8,0.9"])
+    assert cfg.steps == 1000 and isinstance(cfg.steps, int)
+    assert cfg.optim.betas == (0.8, 0.9)
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(Cfg, None, ["optim.lrr=1"])
+    msg = str(e.value)
+    assert "optim.lrr" in msg and "optim.lr" in msg and "out_dir" in msg and "\n" not in msg
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  momentum: 0.9\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown key 'optim.momentum'; valid keys: optim.lr, optim.betas"):
+        load_config(Cfg, f)
+    assert valid_keys(Cfg) == ["out_dir", "steps", "layers", "resume", "compile", "optim.lr", "optim.betas",
+                               "optim.schedule"]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("steps=abc", "key 'steps' expects int"),
+    ("optim.schedule=linear", "expects one of 'cosine', 'constant'"),
+    ("compile=maybe", "key 'compile' expects bool"),
+    ("steps", "expected key=value"),
+])
+def test_bad_values_name_the_key(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(Cfg, None, [override])
+
+
+def test_bad_yaml_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(Cfg, f)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Cfg, tmp_path / "missing.yaml")
+
+
+def test_save_round_trip(tmp_path):
+    cfg = load_config(Cfg, None, ["steps=5", "optim.lr=0.25"])
+    save_config(cfg, tmp_path / "resolved.yaml")
+    data = yaml.safe_load((tmp_path / "resolved.yaml").read_text())
+    assert data == to_dict(cfg)
+    assert load_config(Cfg, tmp_path / "resolved.yaml") == cfg
+
+
+def test_cli_main_one_line_exit_2(capsys):
+    @cli_main
+    def run():
+        raise UserError("data/x.png: expected\n a PNG")
+
+    with pytest.raises(SystemExit) as e:
+        run()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: data/x.png: expected a PNG\n"
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "m.json"
+    write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "w") as fh:
+            fh.write('{"a": 2')  # torn write
+            raise RuntimeError("killed")
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temp file left behind
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
