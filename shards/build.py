@@ -47,7 +47,7 @@ class BuildSettings:
     size: int = 256  # output side in pixels (square, see shards.clean's aspect rule)
     samples_per_shard: int = 1000
     workers: int = max(1, (os.cpu_count() or 1))
-    near_duplicate_distance: int = 4  # max Hamming distance of 64-bit pHashes; -1 disables
+    near_duplicate_distance: int = 16  # max Hamming distance of 256-bit pHashes; -1: exact only
     png_level: int = 1  # zlib level: 1 decodes as fast as 9 and builds ~3x faster
 
     def identity(self) -> dict:
@@ -220,9 +220,9 @@ def build_shards(
             else:
                 index.add(res.pixel_sha1, res.phash)
                 key = f"{n_done + len(buffer):08d}"
-                meta = {"source": item.source, "path": item.relpath, "phash": f"{res.phash:016x}", **res.meta}
+                meta = {"source": item.source, "path": item.relpath, "phash": f"{res.phash:064x}", **res.meta}
                 buffer.append((key, res.png, meta))
-                hashes.append([res.pixel_sha1, f"{res.phash:016x}"])
+                hashes.append([res.pixel_sha1, f"{res.phash:064x}"])
                 kept_delta[item.source] += 1
                 kept[item.source] += 1
                 if len(buffer) == settings.samples_per_shard:

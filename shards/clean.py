@@ -23,13 +23,14 @@ from shards.quality import is_colour_frame, ultrasound_rejection
 from shards.scan_area import crop_to_scan_area, detect_scan_area
 
 MIN_SIDE = 32  # a scan area smaller than this is not a usable frame
+PHASH_SIDE = 16  # 16x16 DCT = 256-bit hash; 64 bits cannot tell distinct speckle frames apart
 
 
 @dataclass
 class Cleaned:
     png: bytes
     pixel_sha1: str  # of the cleaned pixels: exact-duplicate key
-    phash: int  # 64-bit perceptual hash of the cleaned image: near-duplicate key
+    phash: int  # 256-bit perceptual hash of the decoded frame: near-duplicate key
     meta: dict
 
 
@@ -65,6 +66,9 @@ def clean_image(data: bytes, size: int, png_level: int = 1) -> Cleaned | Rejecte
         if is_colour_frame(pixels):
             return Rejected("colour")
         pixels = np.asarray(Image.fromarray(pixels, "RGB").convert("L"))
+    # Hash the whole decoded frame, not the crop: re-encoded or re-scaled copies of a frame can
+    # crop a pixel differently, which moves a perceptual hash more than the copy itself does.
+    phash = int(str(imagehash.phash(Image.fromarray(pixels, "L"), hash_size=PHASH_SIDE)), 16)
     area = detect_scan_area(pixels)
     reason = ultrasound_rejection(pixels, area.mask)
     if reason:
@@ -80,7 +84,7 @@ def clean_image(data: bytes, size: int, png_level: int = 1) -> Cleaned | Rejecte
     return Cleaned(
         png=encode_png(out, png_level),
         pixel_sha1=hashlib.sha1(out.tobytes()).hexdigest(),
-        phash=int(str(imagehash.phash(img)), 16),
+        phash=phash,
         meta={
             "orig_size": list(dec.orig_size),
             "orig_mode": dec.orig_mode,

@@ -1,8 +1,13 @@
 """Find the scan area of a B-mode frame: the beam-formed image inside the black surround.
 
-Rule (documented in the README, "Cleaning rules"): on a copy reduced to <= 256 px, smooth with a
-5x5 box filter, threshold at ``threshold`` gray levels, open with a 5x5 square to detach burned-in
-text, depth ticks and thin lines, keep the largest connected component and take its convex hull.
+Rule (documented in the README, "Cleaning rules"), on a copy reduced to <= 256 px:
+1. *core*: where more than ``min_density`` of a 7x7 window is above ``core_level`` and the pixel is
+   not in a black gap, opened with a 5x5 square — burned-in text, depth ticks and calipers are thin
+   or sparse and vanish; pieces of at least 10 % of the largest are kept (fluid can split a fan);
+2. growth: the core extends into sparsely lit pixels (above ``lit_level``: an attenuated far field,
+   dim fan edges) connected to it, within 1/5 of the frame, never through pixels brighter than
+   ``DIM_LEVEL`` outside the core (annotations) or their JPEG halo;
+3. the scan area is the convex hull of that.
 Linear (rectangle) and convex/sector (fan) scan areas are both convex, so the hull restores dark
 anatomy touching the edge (cysts, chambers, shadows) that a plain threshold would cut away, while
 annotations outside the hull are dropped. Written here because no library in the stack detects an
@@ -17,6 +22,7 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 WORK_SIDE = 256
+DIM_LEVEL = 100  # far-field speckle the core misses is darker than this; annotations are brighter
 
 
 @dataclass
@@ -29,26 +35,42 @@ class ScanArea:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
 
-def detect_scan_area(gray: np.ndarray, threshold: int = 12) -> ScanArea:
+def detect_scan_area(gray: np.ndarray, lit_level: int = 2, core_level: int = 16, min_density: float = 0.5) -> ScanArea:
     """Scan-area mask and bounding box of a grayscale uint8 frame (empty bbox when none)."""
     h, w = gray.shape
     step = max(1, int(np.ceil(max(h, w) / WORK_SIDE)))
-    small = gray[::step, ::step].astype(np.float32)
-    smooth = ndimage.uniform_filter(small, size=5, mode="constant")
-    mask = smooth > threshold
-    mask = ndimage.binary_opening(mask, structure=np.ones((5, 5), bool))
-    labels, n = ndimage.label(mask)
+    small = gray[::step, ::step]
+    lit = small > lit_level
+    # Core: densely lit, thick regions (speckle); text and tick strokes are sparse or thin.
+    # (core_level sits above JPEG ringing, which otherwise makes a block of text look densely lit)
+    dense = (small > core_level).astype(np.float32)
+    core = ndimage.uniform_filter(dense, size=7, mode="constant") > min_density
+    # The window also spans the black gap between a text line and the image; cut such gaps out.
+    core &= ndimage.binary_closing(dense > 0, structure=np.ones((3, 3), bool))
+    core = ndimage.binary_opening(core, structure=np.ones((5, 5), bool))
+    labels, n = ndimage.label(core)
     if n == 0:
         return ScanArea(np.zeros((h, w), bool), (0, 0, 0, 0))
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    largest = labels == int(np.argmax(sizes))
-    hull = convex_hull_image(largest)
-    # The 5x5 box filter spread the lit area by 2 work pixels; take one back, keeping a 1 px margin
-    # so the crop never eats into the image.
-    hull = ndimage.binary_erosion(hull, iterations=1)
+    # Dark bands (fluid, shadows) can split one scan area into several large pieces.
+    keep = np.flatnonzero(sizes >= 0.1 * sizes.max())
+    core = np.isin(labels, keep)
+    # Grow back into sparsely lit, dim tissue (an attenuated far field) that touches the core;
+    # burned-in text and ticks are bright, so they cannot serve as a bridge.
+    bright_outside = (small >= DIM_LEVEL) & ~core
+    dim = lit & ~ndimage.binary_dilation(bright_outside, iterations=4)  # nor the JPEG halo of text
+    lit_closed = ndimage.binary_closing(dim, structure=np.ones((3, 3), bool)) | core
+    lab2, _ = ndimage.label(lit_closed)
+    region = np.isin(lab2, np.unique(lab2[core]))
+    # Restrict the growth to a band around the core so overlays reached through it stay out.
+    region &= ndimage.binary_dilation(core, iterations=WORK_SIDE // 5)
+    hull = convex_hull_image(region)
     full = np.repeat(np.repeat(hull, step, axis=0), step, axis=1)[:h, :w]
-    ys, xs = np.nonzero(full)
+    # Nearest-neighbour upsampling makes a staircase edge; keep only rows/cols that are lit somewhere.
+    ys, xs = np.nonzero(full & (gray > 0))
+    if ys.size == 0:
+        return ScanArea(np.zeros((h, w), bool), (0, 0, 0, 0))
     bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     return ScanArea(full, bbox)
 

@@ -30,8 +30,17 @@ def corpus_dir(tmp_path_factory) -> Path:
     from shards.synth import write_corpus
 
     out = tmp_path_factory.mktemp("corpus")
-    write_corpus(out, n=120, seed=0)
+    write_corpus(out, n=120, seed=0, truth=out.parent / (out.name + "_truth.jsonl"))
     return out
+
+
+@pytest.fixture(scope="session")
+def corpus_truth(corpus_dir) -> list[dict]:
+    """The generator's ground truth for ``corpus_dir`` (kind, duplicate_of, scan-area bbox...)."""
+    import json
+
+    path = corpus_dir.parent / (corpus_dir.name + "_truth.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="session")

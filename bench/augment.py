@@ -1,0 +1,189 @@
+"""Batched ultrasound augmentations vs the ``usaugment`` package, side by side, same images.
+
+    .venv/bin/python bench/augment.py [--batch 64] [--size 256] [--repeats 5] [--threads 1] [--examples aug.png]
+
+Images: ``--batch`` synthetic B-mode frames (``shards.synth.render``, every anatomy preset in
+turn) cropped to their scan area and resized to ``--size`` as the shard builder does. Each side
+gets the same frames and applies the effects usaugment offers, each with probability 1:
+depth attenuation, shadow, haze, speckle reduction.
+
+- usaugment (v1.0.1): per image, albumentations ``Compose`` of its four transforms on float32
+  numpy frames, given the true scan mask (it cannot find one itself).
+- ours: ``pretrain.augment``'s ultrasound stage on the whole uint8 batch as a torch tensor,
+  including the uint8->float conversion, estimating the scan area and beam geometry per image
+  and blanking the surround at the end.
+
+Timed with ``--threads`` torch threads, default 1: usaugment's numpy/scikit-image path is
+single-threaded, so 1 is the same-threads comparison. Median of ``--repeats`` runs, alternating
+sides so that load from other processes hits both alike. Also: each transform alone, and our
+whole presets on the same batch (``us-physics``: crop, flip, all six effects at their default
+probabilities, depth blur; ``us``; ``default``). The last line is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import time
+from typing import Callable
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pretrain.augment import AugmentConfig, build_augment, build_effects
+from shards.atomic import atomic_open
+
+EFFECTS = ("attenuation", "shadow", "haze", "despeckle")
+OURS_TO_THEIRS = {"attenuation": "DepthAttenuation", "shadow": "GaussianShadow", "haze": "HazeArtifact",
+                  "despeckle": "SpeckleReduction"}
+ALL_EFFECTS = ("attenuation", "shadow", "haze", "speckle", "despeckle", "gain")
+
+
+def frames(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` uint8 frames ``[n,size,size]`` cropped to their scan area, and the scan masks."""
+    from shards.synth import PRESETS, render
+
+    rng = np.random.default_rng(seed)
+    names = list(PRESETS)
+    images, masks = [], []
+    for i in range(n):
+        f = render(names[i % len(names)], rng, size=(size, size), tight=True)
+        x0, y0, x1, y1 = f.bbox
+        img = np.where(f.scan_mask, f.image, 0)[y0:y1, x0:x1]
+        msk = f.scan_mask[y0:y1, x0:x1]
+        images.append(np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)))
+        masks.append(np.asarray(Image.fromarray(msk.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0)
+    return np.stack(images), np.stack(masks)
+
+
+def ours_stage(effects: tuple[str, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    cfg = AugmentConfig(preset="us-physics", blur_p=0.0)
+    for name in ALL_EFFECTS:
+        getattr(cfg, name).p = 1.0 if name in effects else 0.0
+    stage = build_effects(cfg)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return stage(batch.float().div_(255.0))
+
+    return run
+
+
+def theirs_pipeline(effects: tuple[str, ...]) -> Callable[[np.ndarray, np.ndarray], list[np.ndarray]]:
+    import albumentations as A
+    from usaugment.albumentations import DepthAttenuation, GaussianShadow, HazeArtifact, SpeckleReduction
+
+    make = {"attenuation": DepthAttenuation, "shadow": GaussianShadow, "haze": HazeArtifact,
+            "despeckle": SpeckleReduction}
+    compose = A.Compose([make[e](p=1.0) for e in effects])
+
+    def run(images: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
+        masks_f = masks.astype(np.float32)
+        return [compose(image=img.astype(np.float32) / 255.0, scan_mask=m)["image"] for img, m in zip(images, masks_f)]
+
+    return run
+
+
+def median_rate(fn: Callable[[], object], n_images: int, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return n_images / statistics.median(times)
+
+
+def compare(effects: tuple[str, ...], images: np.ndarray, masks: np.ndarray, batch: torch.Tensor,
+            repeats: int) -> tuple[float, float]:
+    ours, theirs = ours_stage(effects), theirs_pipeline(effects)
+    o, t = [], []
+    for _ in range(repeats):  # alternate the sides so load on a shared machine hits both alike
+        o.append(median_rate(lambda: ours(batch), len(images), 1))
+        t.append(median_rate(lambda: theirs(images, masks), len(images), 1))
+    return statistics.median(o), statistics.median(t)
+
+
+def save_examples(path: str, images: np.ndarray, masks: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.manual_seed(0)
+    np.random.seed(0)  # usaugment draws from numpy's and Python's global generators
+    random.seed(0)
+    k = min(6, len(images))
+    batch = torch.from_numpy(images[:k]).unsqueeze(1)
+    theirs = np.stack(theirs_pipeline(EFFECTS)(images[:k], masks[:k]))
+    rows = {"input": batch.float() / 255,
+            "ours: 4 effects": ours_stage(EFFECTS)(batch),
+            "usaugment: 4 effects": torch.from_numpy(theirs)[:, None],
+            "ours: us-physics preset": build_augment(AugmentConfig(preset="us-physics", size=images.shape[-1]))(batch)}
+    fig, axes = plt.subplots(len(rows), k, figsize=(2.2 * k, 2.3 * len(rows)))
+    for r, (title, imgs) in enumerate(rows.items()):
+        for c in range(k):
+            ax = axes[r, c]
+            ax.imshow(imgs[c, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=80)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for ours (usaugment is single-threaded: 1 is the same-threads comparison)")
+    ap.add_argument("--examples", default=None, help="save a PNG of example views here")
+    args = ap.parse_args()
+
+    import cv2
+
+    cv2.setNumThreads(1)  # albumentations' OpenCV calls: the single thread of the numpy path
+    torch.set_num_threads(args.threads)
+    images, masks = frames(args.batch, args.size)
+    batch = torch.from_numpy(images).unsqueeze(1).contiguous()
+
+    results: dict[str, dict[str, float]] = {}
+    for name, effects in [("four_effects", EFFECTS), *[(e, (e,)) for e in EFFECTS]]:
+        ours, theirs = compare(effects, images, masks, batch, args.repeats)
+        results[name] = {"ours": ours, "usaugment": theirs, "ratio": ours / theirs}
+    torch.manual_seed(0)
+    for name in ("us-physics", "us", "default"):
+        preset = build_augment(AugmentConfig(preset=name, size=args.size))
+        results[f"{name}_preset"] = {"ours": median_rate(lambda: preset(batch), len(images), args.repeats)}
+
+    print(f"batch {args.batch} x {args.size}x{args.size} synthetic B-mode frames (uint8), CPU, images/s, "
+          f"median of {args.repeats}; usaugment single-threaded, ours at {args.threads} torch thread(s)")
+    print(f"{'effects (p=1 each)':<32}{'usaugment':>10}{'ours':>10}{'ours/usaug':>12}")
+    for name, r in results.items():
+        if "usaugment" in r:
+            label = "all four" if name == "four_effects" else f"{name} ({OURS_TO_THEIRS[name]})"
+            print(f"{label:<32}{r['usaugment']:>10.1f}{r['ours']:>10.1f}{r['ratio']:>11.2f}x")
+    for name in ("us-physics", "us", "default"):
+        label = f"{name} preset (ours only)"
+        print(f"{label:<32}{'-':>10}{results[f'{name}_preset']['ours']:>10.1f}")
+    if args.examples:
+        save_examples(args.examples, images, masks)
+        print(f"examples: {args.examples}")
+    summary = {"batch": args.batch, "size": args.size, "torch_threads": args.threads,
+               "ratio": round(results["four_effects"]["ratio"], 3),
+               **{k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()}}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,410 @@
+"""shards.build: cleaning rules, dedup, manifest/shard agreement, determinism, resume, bad input."""
+from __future__ import annotations
+
+import io
+import json
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+import shards.build as build_mod
+from shards.build import BuildSettings, build_shards
+from shards.clean import Cleaned, Rejected, clean_image, letterbox
+from shards.decode import decode_image
+from shards.dedup import DuplicateIndex
+from shards.errors import UserError
+from shards.ordered_pool import ordered_map
+from shards.quality import colour_fraction, ultrasound_rejection
+from shards.scan_area import detect_scan_area
+from shards.synth import render
+
+
+def read_shards(out: Path) -> list[dict]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    urls = [str(out / s) for s in manifest["shards"]]
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    return [{"key": s["__key__"], "png": s["png"], "meta": json.loads(s["json"]), "url": s["__url__"]} for s in ds]
+
+
+def sources_of(corpus: Path) -> dict[str, str]:
+    return {p.name: str(p) for p in sorted(corpus.iterdir()) if p.is_dir()}
+
+
+def speckle_frame(h=200, w=240, seed=0, pad=40) -> np.ndarray:
+    """A linear-probe B-mode frame from the project's generator, inside a black surround."""
+    frame = render("thyroid", np.random.default_rng(seed), size=(h, w), tight=True)
+    img = frame.image if frame.image.ndim == 2 else frame.image[..., 0]
+    out = np.zeros((h + 2 * pad, w + 2 * pad), np.uint8)
+    out[pad : pad + h, pad : pad + w] = img
+    return out
+
+
+def png_bytes(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    (Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+# --- manifest, shards and the generator's ground truth ---------------------------------------------
+
+def test_manifest_counts_equal_shard_contents(shard_dir):
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    samples = read_shards(shard_dir)
+    assert len(samples) == manifest["num_samples"] > 0
+    assert Counter(s["meta"]["source"] for s in samples) == Counter(
+        {k: v for k, v in manifest["sources"].items() if v})
+    per_shard = Counter(Path(s["url"]).name for s in samples)
+    assert [per_shard[n] for n in manifest["shards"]] == manifest["shard_samples"]
+    assert all(n <= 16 for n in manifest["shard_samples"])
+    assert manifest["num_samples"] + sum(manifest["rejected"].values()) == manifest["inputs"]
+    assert len({s["key"] for s in samples}) == len(samples)
+    for s in samples[:20]:
+        img = Image.open(io.BytesIO(s["png"]))
+        assert img.mode == "L" and img.size == (64, 64)
+        assert {"source", "path", "orig_size", "sha1", "crop"} <= set(s["meta"])
+    assert manifest["settings"]["size"] == 64 and "workers" not in manifest["settings"]
+    assert not (shard_dir / ".build-journal.jsonl").exists()
+
+
+def test_rejections_and_duplicates_follow_the_truth(shard_dir, corpus_truth):
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    kept = {(s["meta"]["source"], s["meta"]["path"]) for s in read_shards(shard_dir)}
+    by_path = {t["path"]: t for t in corpus_truth}
+    kinds = Counter(t["kind"] for t in corpus_truth)
+    assert kinds["doppler"] and kinds["junk"] and kinds["duplicate"]  # the fixture exercises all rules
+    kept_truth = [by_path[f"{src}/{rel}"] for src, rel in kept]
+    assert not [t for t in kept_truth if t["kind"] in ("doppler", "junk")]
+    # Each original and its copies (exact or near) keep exactly one representative.
+    groups = Counter(t["duplicate_of"] or t["path"] for t in kept_truth)
+    assert set(groups.values()) == {1}
+    originals = {t["path"] for t in corpus_truth if t["kind"] == "ultrasound"}
+    assert set(groups) == originals  # and no distinct frame was lost
+    assert manifest["rejected"]["colour"] >= kinds["doppler"]
+    dups = kinds["duplicate"] + kinds["near_duplicate"]
+    assert manifest["rejected"].get("duplicate", 0) + manifest["rejected"].get("near_duplicate", 0) == dups
+
+
+def test_crop_matches_scan_area_and_drops_overlays(shard_dir, corpus_truth):
+    by_path = {t["path"]: t for t in corpus_truth}
+    ious, overshoot = [], []
+    for s in read_shards(shard_dir):
+        t = by_path[f"{s['meta']['source']}/{s['meta']['path']}"]
+        x0, y0, x1, y1 = s["meta"]["crop"]
+        a0, b0, a1, b1 = t["bbox"]
+        inter = max(0, min(x1, a1) - max(x0, a0)) * max(0, min(y1, b1) - max(y0, b0))
+        ious.append(inter / ((x1 - x0) * (y1 - y0) + (a1 - a0) * (b1 - b0) - inter))
+        overshoot.append(max(a0 - x0, b0 - y0, x1 - a1, y1 - b1))
+    assert np.median(ious) > 0.93
+    assert np.mean(np.array(ious) > 0.8) > 0.9
+    # Burned-in text blocks are >= 40 px wide: a crop at most ~20 px beyond the scan area (a depth
+    # scale touching its edge) never takes them in.
+    assert max(overshoot) <= 24
+
+
+def test_overlay_outside_scan_area_is_removed():
+    from PIL import ImageDraw
+
+    clean = speckle_frame(pad=40)
+    ys, xs = np.nonzero(clean)
+    truth = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    img = Image.fromarray(clean)
+    draw = ImageDraw.Draw(img)
+    for i, line in enumerate(["HOSPITAL 12", "2024/01/31 10:22:05", "L12-5 G 55 DR 60"]):
+        draw.text((4, 2 + 11 * i), line, fill=255)  # burned-in text in the top margin
+    for y in range(45, 240, 20):  # a depth scale beside the image, 4 px away
+        draw.line([(284, y), (290, y)], fill=230)
+        draw.text((292, y - 5), str((y - 45) // 20), fill=230)
+    frame = np.asarray(img)
+    res = clean_image(png_bytes(frame), size=320)
+    assert isinstance(res, Cleaned)
+    x0, y0, x1, y1 = res.meta["crop"]
+    assert max(abs(a - b) for a, b in zip((x0, y0, x1, y1), truth)) <= 3, (res.meta["crop"], truth)
+
+
+def test_letterbox_rule():
+    wide = np.arange(10 * 20, dtype=np.uint8).reshape(10, 20) + 1
+    sq = letterbox(wide)
+    assert sq.shape == (20, 20) and np.array_equal(sq[:10], wide) and not sq[10:].any()  # pad at the bottom
+    tall = np.ones((20, 10), np.uint8)
+    sq = letterbox(tall)
+    assert np.array_equal(sq[:, 5:15], tall) and not sq[:, :5].any() and not sq[:, 15:].any()  # centred
+
+
+# --- decoding, modes, corrupt files ----------------------------------------------------------------
+
+def test_modes_are_converted_to_8bit_gray(tmp_path):
+    gray = speckle_frame()
+    ref = clean_image(png_bytes(gray), 64)
+    assert isinstance(ref, Cleaned)
+    variants = {
+        "rgb_equal.png": png_bytes(np.stack([gray] * 3, -1)),
+        "gray16.png": png_bytes((gray.astype(np.uint16) * 257), "I;16"),
+        "rgba.png": png_bytes(np.dstack([gray, gray, gray, np.full_like(gray, 255)])),
+        "palette.png": png_bytes(gray, "P"),
+        "gray.bmp": png_bytes(gray, fmt="BMP"),
+        "gray.tif": png_bytes(gray, fmt="TIFF"),
+    }
+    for name, data in variants.items():
+        res = clean_image(data, 64)
+        assert isinstance(res, Cleaned), name
+        assert res.pixel_sha1 == ref.pixel_sha1, name  # identical pixels after conversion
+    cmyk_jpeg = png_bytes(gray, "CMYK", fmt="JPEG", quality=95)
+    assert Image.open(io.BytesIO(cmyk_jpeg)).mode == "CMYK"
+    dec = decode_image(cmyk_jpeg)
+    assert dec.pixels.shape == gray.shape  # equal channels after CMYK -> RGB: one gray channel
+    assert np.abs(dec.pixels.astype(float) - gray).mean() < 3  # lossy, but the same picture
+    assert isinstance(clean_image(cmyk_jpeg, 64), Cleaned)
+    # 16-bit by hand: values above 255 are scaled by 255/65535
+    g16 = decode_image(png_bytes(np.array([[0, 257, 65535, 32896]], np.uint16), "I;16")).pixels
+    assert g16.tolist() == [[0, 1, 255, 128]]
+
+
+def test_transparent_background_composites_to_black():
+    gray = speckle_frame()
+    alpha = np.where(gray > 0, 255, 0).astype(np.uint8)
+    rgba = np.dstack([np.full_like(gray, 200)] * 3 + [alpha])  # background white but transparent
+    rgba[..., 0] = rgba[..., 1] = rgba[..., 2] = np.where(alpha > 0, gray, 200)
+    res = clean_image(png_bytes(rgba), 64)
+    assert isinstance(res, Cleaned) and res.pixel_sha1 == clean_image(png_bytes(gray), 64).pixel_sha1
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty_file"),
+    (b"hello, not an image", "not_image"),
+])
+def test_bad_bytes_are_rejected_with_reason(data, reason):
+    res = clean_image(data, 64)
+    assert isinstance(res, Rejected) and res.reason == reason
+
+
+def test_truncated_real_frame_is_rejected():
+    data = png_bytes(speckle_frame())
+    res = clean_image(data[: len(data) // 2], 64)
+    assert isinstance(res, Rejected) and res.reason == "truncated"
+
+
+def test_quality_rules():
+    gray = speckle_frame()
+    mask = detect_scan_area(gray).mask
+    assert ultrasound_rejection(gray, mask) is None
+    blank = np.full((200, 200), 3, np.uint8)
+    assert ultrasound_rejection(blank, detect_scan_area(blank).mask) == "not_ultrasound"
+    page = np.full((300, 200), 245, np.uint8)
+    page[20:24, 20:180] = 0
+    assert ultrasound_rejection(page, detect_scan_area(page).mask) == "not_ultrasound"
+    ramp = np.tile(np.linspace(30, 220, 256).astype(np.uint8), (200, 1))  # smooth photo-like
+    assert ultrasound_rejection(ramp, detect_scan_area(ramp).mask) == "not_ultrasound"
+    # colour fraction by hand: 2 of 4 lit pixels coloured, one black pixel ignored
+    rgb = np.array([[[200, 10, 10], [90, 90, 90], [0, 0, 255]], [[50, 50, 60], [0, 0, 0], [0, 0, 0]]], np.uint8)
+    assert colour_fraction(rgb) == pytest.approx(2 / 4)
+    doppler = np.stack([gray] * 3, -1)
+    doppler[80:140, 100:180] = [220, 30, 30]
+    assert clean_image(png_bytes(doppler), 64).reason == "colour"
+    tiny = np.zeros((300, 300), np.uint8)
+    tiny[10:46, 10:46] = speckle_frame(h=36, w=36, pad=0)
+    assert isinstance(clean_image(png_bytes(tiny), 64), Rejected)
+
+
+# --- dedup ------------------------------------------------------------------------------------------
+
+def test_duplicate_index_matches_brute_force():
+    rng = random.Random(0)
+    idx = DuplicateIndex(max_distance=16, nbits=256)
+    kept: list[int] = []
+    for i in range(400):
+        if kept and i % 3 == 0:  # a perturbed copy of an earlier hash
+            h = rng.choice(kept)
+            for b in rng.sample(range(256), rng.randint(0, 30)):
+                h ^= 1 << b
+        else:
+            h = rng.getrandbits(256)
+        brute = any((h ^ k).bit_count() <= 16 for k in kept)
+        got = idx.check(f"sha{i}", h)
+        assert (got == "near_duplicate") == brute
+        if not got:
+            idx.add(f"sha{i}", h)
+            kept.append(h)
+    assert len(idx) == len(kept)
+    assert idx.check("sha1", 12345) == "duplicate"  # exact key wins
+
+
+def test_near_duplicates_are_caught_and_distinct_frames_kept(tmp_path):
+    a, b = speckle_frame(seed=1), speckle_frame(seed=2)
+    src1, src2 = tmp_path / "one", tmp_path / "two"
+    src1.mkdir(), src2.mkdir()
+    (src1 / "a.png").write_bytes(png_bytes(a))
+    (src1 / "b.png").write_bytes(png_bytes(b))
+    (src2 / "a_copy.png").write_bytes(png_bytes(a))  # exact, other source
+    (src2 / "a_q80.jpg").write_bytes(png_bytes(a, fmt="JPEG", quality=80))
+    brighter = np.clip(a.astype(int) * 11 // 10, 0, 255).astype(np.uint8)
+    (src2 / "a_bright.png").write_bytes(png_bytes(brighter))
+    h, w = a.shape
+    (src2 / "a_resized.png").write_bytes(png_bytes(np.asarray(Image.fromarray(a).resize((w * 51 // 50, h * 51 // 50)))))
+    m = build_shards({"one": str(src1), "two": str(src2)}, tmp_path / "out", BuildSettings(size=64, workers=1),
+                     progress=False)
+    assert m["sources"] == {"one": 2, "two": 0}
+    assert m["rejected"] == {"duplicate": 1, "near_duplicate": 3}
+
+
+# --- determinism, resume, re-runs --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_sources(corpus_dir) -> dict[str, str]:
+    return {k: v for k, v in sources_of(corpus_dir).items() if k in ("breast", "cardiac", "thyroid")}
+
+
+@pytest.fixture(scope="module")
+def reference_build(small_sources, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "shards"
+    build_shards(small_sources, out, BuildSettings(size=48, samples_per_shard=5, workers=1), progress=False)
+    return out
+
+
+def tree_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_byte_identical_for_any_worker_count(small_sources, reference_build, tmp_path):
+    out = tmp_path / "w2"
+    build_shards(small_sources, out, BuildSettings(size=48, samples_per_shard=5, workers=2), progress=False)
+    assert tree_bytes(out) == tree_bytes(reference_build)
+
+
+def test_interrupted_build_resumes_without_redoing_shards(small_sources, reference_build, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    real_write = build_mod._write_shard
+    calls = {"n": 0}
+
+    def dying_write(path, data):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # killed while writing the 4th shard
+        real_write(path, data)
+
+    monkeypatch.setattr(build_mod, "_write_shard", dying_write)
+    settings = BuildSettings(size=48, samples_per_shard=5, workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(small_sources, out, settings, progress=False)
+    assert not (out / "manifest.json").exists() and (out / ".build-journal.jsonl").exists()
+    done = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*.tar")}
+    assert sorted(done) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    (out / "shard-000003.tar.tmp").write_bytes(b"half a shard")  # what a kill leaves behind
+
+    monkeypatch.setattr(build_mod, "_write_shard", lambda p, d: (calls.__setitem__("n", calls["n"] + 1), real_write(p, d)))
+    calls["n"] = 0
+    build_shards(small_sources, out, settings, progress=False)
+    for name, stamp in done.items():  # finished shards were not rewritten
+        p = out / name
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp
+    n_shards = len(json.loads((reference_build / "manifest.json").read_text())["shards"])
+    assert calls["n"] == n_shards - 3
+    assert tree_bytes(out) == tree_bytes(reference_build)
+
+
+def test_rerun_is_a_no_op_and_other_settings_are_refused(small_sources, reference_build, tmp_path):
+    import shutil
+
+    out = tmp_path / "again"
+    shutil.copytree(reference_build, out)
+    before = tree_bytes(out)
+    build_shards(small_sources, out, BuildSettings(size=48, samples_per_shard=5, workers=2), progress=False)
+    assert tree_bytes(out) == before
+    with pytest.raises(UserError, match=r"holds a different build \(settings differ \(size: 48 -> 64\)\)"):
+        build_shards(small_sources, out, BuildSettings(size=64, samples_per_shard=5), progress=False)
+    with pytest.raises(UserError, match="sources differ"):
+        build_shards({"breast": small_sources["breast"]}, out, BuildSettings(size=48, samples_per_shard=5),
+                     progress=False)
+    assert tree_bytes(out) == before  # nothing written was lost
+
+
+def test_corrupt_files_in_a_source_are_counted(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    good = png_bytes(speckle_frame(seed=3))
+    (src / "good.png").write_bytes(good)
+    (src / "sub" / "good2.png").write_bytes(png_bytes(speckle_frame(seed=4)))
+    (src / "zero.png").write_bytes(b"")
+    (src / "text.png").write_bytes(b"not a png at all")
+    (src / "cut.png").write_bytes(good[: len(good) // 3])
+    (src / "notes.txt").write_text("labels")
+    (src / ".DS_Store").write_bytes(b"\0\0")
+    m = build_shards({"s": str(src)}, tmp_path / "out", BuildSettings(size=64, workers=1), progress=False)
+    assert m["num_samples"] == 2
+    assert m["rejected"] == {"empty_file": 1, "not_image": 2, "truncated": 1}
+    assert m["inputs"] == 6  # hidden files are not inputs
+
+
+def test_ordered_map_keeps_order_and_bounded_window():
+    consumed = {"n": 0}
+
+    def items():
+        for i in range(1000):
+            consumed["n"] += 1
+            yield i
+
+    it = ordered_map(abs, items(), workers=2, chunk=4, window=3)
+    assert next(it) == 0
+    assert consumed["n"] <= 4 * 4  # window + the refill, never the whole input
+    assert list(it) == list(range(1, 1000))
+
+
+# --- other inputs and readers --------------------------------------------------------------------------
+
+def test_hf_dataset_source_and_datasets_reader(tmp_path):
+    import datasets
+
+    files = []
+    for i in range(3):
+        p = tmp_path / f"img{i}.png"
+        p.write_bytes(png_bytes(speckle_frame(seed=10 + i)))
+        files.append(str(p))
+    ds = datasets.Dataset.from_dict({"image": files, "label": [0, 1, 0]}).cast_column("image", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "out"
+    m = build_shards({"hub": f"hf:{tmp_path / 'ds'}"}, out, BuildSettings(size=64, workers=2), progress=False)
+    assert m["sources"] == {"hub": 3}
+    back = datasets.load_dataset("webdataset", data_files={"train": [str(out / s) for s in m["shards"]]},
+                                 split="train")
+    assert len(back) == 3 and back[0]["png"].size == (64, 64) and back[0]["json"]["source"] == "hub"
+    with pytest.raises(UserError, match="cannot load dataset"):
+        build_shards({"x": "hf:no-such-org/no-such-dataset"}, tmp_path / "o2", progress=False)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shards.build", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_bad_inputs_one_line_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "thesis.pdf").write_text("x")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.png").write_bytes(png_bytes(speckle_frame()))
+    cases = [
+        (["--source", f"a={tmp_path / 'missing'}", "--out", str(tmp_path / "o")], "folder does not exist"),
+        (["--source", f"a={tmp_path / 'empty'}", "--out", str(tmp_path / "o")], "no image files"),
+        (["--source", "nonsense", "--out", str(tmp_path / "o")], "expected NAME=DIR"),
+        (["--source", f"a={tmp_path / 'img'}", "--out", str(tmp_path / "foreign")], "not a shard build"),
+        (["--source", f"a={tmp_path / 'img'}", "--source", f"a={tmp_path / 'img'}", "--out", str(tmp_path / "o")],
+         "given twice"),
+    ]
+    for args, expected in cases:
+        proc = run_cli(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+
+
+def test_cli_example_prints_summary(corpus_dir, tmp_path):
+    proc = run_cli("--source", f"breast={corpus_dir / 'breast'}", "--source", f"fetal={corpus_dir / 'fetal'}",
+                   "--out", str(tmp_path / "s"), "--size", "48", "--workers", "2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert proc.stdout.startswith(f"{m['num_samples']} samples in {len(m['shards'])} shards")
