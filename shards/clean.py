@@ -70,7 +70,7 @@ def clean_image(data: bytes, size: int, png_level: int = 1) -> Cleaned | Rejecte
     # crop a pixel differently, which moves a perceptual hash more than the copy itself does.
     phash = int(str(imagehash.phash(Image.fromarray(pixels, "L"), hash_size=PHASH_SIDE)), 16)
     area = detect_scan_area(pixels)
-    reason = ultrasound_rejection(pixels, area.mask)
+    reason = ultrasound_rejection(pixels, area)
     if reason:
         return Rejected(reason)
     x0, y0, x1, y1 = area.bbox

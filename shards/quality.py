@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from shards.scan_area import ScanArea
+
 CHROMA = 40
 COLOUR_FRACTION = 0.02
 MIN_STD = 4.0
@@ -23,11 +25,13 @@ MIN_SPECKLE_CV = 0.08
 
 def colour_fraction(rgb: np.ndarray) -> float:
     """Fraction of non-black pixels whose channels differ by more than ``CHROMA`` levels."""
-    rgb16 = rgb.astype(np.int16)
-    spread = rgb16.max(axis=2) - rgb16.min(axis=2)
-    lit = rgb16.max(axis=2) > 16
-    n = int(lit.sum())
-    return float(((spread > CHROMA) & lit).sum() / n) if n else 0.0
+    # Element-wise over the three planes: numpy's axis=2 reductions are ~10x slower here.
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    hi = np.maximum(np.maximum(r, g), b)
+    lo = np.minimum(np.minimum(r, g), b)
+    lit = hi > 16
+    n = int(np.count_nonzero(lit))
+    return float(np.count_nonzero((hi - lo > CHROMA) & lit) / n) if n else 0.0
 
 
 def is_colour_frame(rgb: np.ndarray) -> bool:
@@ -35,28 +39,31 @@ def is_colour_frame(rgb: np.ndarray) -> bool:
 
 
 def speckle_cv(gray: np.ndarray, mask: np.ndarray) -> float:
-    """Median local coefficient of variation (7x7 windows) over lit pixels of the scan area."""
+    """Median local coefficient of variation (7x7 windows) over lit pixels of ``mask``."""
     g = gray.astype(np.float32)
-    step = max(1, int(np.ceil(max(g.shape) / 512)))
-    g, m = g[::step, ::step], mask[::step, ::step]
     mean = ndimage.uniform_filter(g, 7)
     sq = ndimage.uniform_filter(g * g, 7)
     std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
-    sel = m & (mean > 20)
+    sel = mask & (mean > 20)
     if sel.sum() < 64:
         return 0.0
     return float(np.median(std[sel] / mean[sel]))
 
 
-def ultrasound_rejection(gray: np.ndarray, scan_mask: np.ndarray) -> str | None:
-    """The rejection reason for a grayscale frame and its scan-area mask, or None to keep it."""
-    if float(gray.std()) < MIN_STD:
+def ultrasound_rejection(gray: np.ndarray, area: ScanArea) -> str | None:
+    """The rejection reason for a grayscale frame and its scan area, or None to keep it.
+
+    Measured at the scan-area detector's working resolution (every ``step``-th pixel): the
+    statistics are the same and the cost does not grow with the frame size.
+    """
+    small = gray[:: area.step, :: area.step]
+    if float(small.std()) < MIN_STD:
         return "not_ultrasound"
-    if scan_mask.mean() < MIN_SCAN_FRACTION:
+    if area.fraction < MIN_SCAN_FRACTION:
         return "not_ultrasound"
-    inside = gray[scan_mask]
+    inside = small[area.small_mask]
     if float((inside > 200).mean()) > MAX_BRIGHT_FRACTION:
         return "not_ultrasound"
-    if speckle_cv(gray, scan_mask) < MIN_SPECKLE_CV:
+    if speckle_cv(small, area.small_mask) < MIN_SPECKLE_CV:
         return "not_ultrasound"
     return None

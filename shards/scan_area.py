@@ -27,12 +27,32 @@ DIM_LEVEL = 100  # far-field speckle the core misses is darker than this; annota
 
 @dataclass
 class ScanArea:
-    mask: np.ndarray  # bool HxW, full resolution
+    small_mask: np.ndarray  # bool, at the working resolution (every ``step``-th pixel)
+    step: int
+    shape: tuple[int, int]  # full-resolution (height, width)
     bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), full resolution
 
     @property
+    def mask(self) -> np.ndarray:
+        """Full-resolution mask (nearest-neighbour upsampling of the working mask)."""
+        h, w = self.shape
+        return np.repeat(np.repeat(self.small_mask, self.step, axis=0), self.step, axis=1)[:h, :w]
+
+    @property
     def fraction(self) -> float:
-        return float(self.mask.mean()) if self.mask.size else 0.0
+        return float(self.small_mask.mean()) if self.small_mask.size else 0.0
+
+    def mask_in_bbox(self) -> np.ndarray:
+        """The full-resolution mask inside ``bbox`` only (cheap: never builds the whole frame)."""
+        x0, y0, x1, y1 = self.bbox
+        s = self.step
+        sub = self.small_mask[y0 // s : (y1 - 1) // s + 1, x0 // s : (x1 - 1) // s + 1]
+        full = np.repeat(np.repeat(sub, s, axis=0), s, axis=1)
+        return full[y0 - (y0 // s) * s :, x0 - (x0 // s) * s :][: y1 - y0, : x1 - x0]
+
+
+def _empty(gray: np.ndarray, step: int, small_shape: tuple[int, int]) -> ScanArea:
+    return ScanArea(np.zeros(small_shape, bool), step, gray.shape, (0, 0, 0, 0))
 
 
 def detect_scan_area(gray: np.ndarray, lit_level: int = 2, core_level: int = 16, min_density: float = 0.5) -> ScanArea:
@@ -50,34 +70,38 @@ def detect_scan_area(gray: np.ndarray, lit_level: int = 2, core_level: int = 16,
     core = ndimage.binary_opening(core, structure=np.ones((5, 5), bool))
     labels, n = ndimage.label(core)
     if n == 0:
-        return ScanArea(np.zeros((h, w), bool), (0, 0, 0, 0))
+        return _empty(gray, step, small.shape)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     # Dark bands (fluid, shadows) can split one scan area into several large pieces.
     keep = np.flatnonzero(sizes >= 0.1 * sizes.max())
     core = np.isin(labels, keep)
     # Grow back into sparsely lit, dim tissue (an attenuated far field) that touches the core;
-    # burned-in text and ticks are bright, so they cannot serve as a bridge.
+    # burned-in text and ticks are bright, so they cannot serve as a bridge, nor their JPEG halo.
     bright_outside = (small >= DIM_LEVEL) & ~core
-    dim = lit & ~ndimage.binary_dilation(bright_outside, iterations=4)  # nor the JPEG halo of text
+    dim = lit & ~ndimage.maximum_filter(bright_outside, size=9)
     lit_closed = ndimage.binary_closing(dim, structure=np.ones((3, 3), bool)) | core
     lab2, _ = ndimage.label(lit_closed)
     region = np.isin(lab2, np.unique(lab2[core]))
     # Restrict the growth to a band around the core so overlays reached through it stay out.
-    region &= ndimage.binary_dilation(core, iterations=WORK_SIDE // 5)
-    hull = convex_hull_image(region)
-    full = np.repeat(np.repeat(hull, step, axis=0), step, axis=1)[:h, :w]
-    # Nearest-neighbour upsampling makes a staircase edge; keep only rows/cols that are lit somewhere.
-    ys, xs = np.nonzero(full & (gray > 0))
+    region &= ndimage.maximum_filter(core, size=2 * (WORK_SIDE // 5) + 1)
+    hull = convex_hull_image(region, offset_coordinates=False)
+    rows, cols = np.flatnonzero(hull.any(1)), np.flatnonzero(hull.any(0))
+    # Coarse box, then tightened to pixels lit at full resolution (the upsampled edge is a staircase).
+    y0, y1 = rows[0] * step, min(h, (rows[-1] + 1) * step)
+    x0, x1 = cols[0] * step, min(w, (cols[-1] + 1) * step)
+    area = ScanArea(hull, step, (h, w), (int(x0), int(y0), int(x1), int(y1)))
+    lit_full = area.mask_in_bbox() & (gray[y0:y1, x0:x1] > 0)
+    ys, xs = np.flatnonzero(lit_full.any(1)), np.flatnonzero(lit_full.any(0))
     if ys.size == 0:
-        return ScanArea(np.zeros((h, w), bool), (0, 0, 0, 0))
-    bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    return ScanArea(full, bbox)
+        return _empty(gray, step, small.shape)
+    area.bbox = (int(x0 + xs[0]), int(y0 + ys[0]), int(x0 + xs[-1] + 1), int(y0 + ys[-1] + 1))
+    return area
 
 
 def crop_to_scan_area(gray: np.ndarray, area: ScanArea) -> np.ndarray:
     """Crop to the scan area's bounding box and blank everything outside the scan area."""
     x0, y0, x1, y1 = area.bbox
     out = gray[y0:y1, x0:x1].copy()
-    out[~area.mask[y0:y1, x0:x1]] = 0
+    out[~area.mask_in_bbox()] = 0
     return out

@@ -192,15 +192,14 @@ def test_truncated_real_frame_is_rejected():
 
 def test_quality_rules():
     gray = speckle_frame()
-    mask = detect_scan_area(gray).mask
-    assert ultrasound_rejection(gray, mask) is None
+    assert ultrasound_rejection(gray, detect_scan_area(gray)) is None
     blank = np.full((200, 200), 3, np.uint8)
-    assert ultrasound_rejection(blank, detect_scan_area(blank).mask) == "not_ultrasound"
+    assert ultrasound_rejection(blank, detect_scan_area(blank)) == "not_ultrasound"
     page = np.full((300, 200), 245, np.uint8)
     page[20:24, 20:180] = 0
-    assert ultrasound_rejection(page, detect_scan_area(page).mask) == "not_ultrasound"
+    assert ultrasound_rejection(page, detect_scan_area(page)) == "not_ultrasound"
     ramp = np.tile(np.linspace(30, 220, 256).astype(np.uint8), (200, 1))  # smooth photo-like
-    assert ultrasound_rejection(ramp, detect_scan_area(ramp).mask) == "not_ultrasound"
+    assert ultrasound_rejection(ramp, detect_scan_area(ramp)) == "not_ultrasound"
     # colour fraction by hand: 2 of 4 lit pixels coloured, one black pixel ignored
     rgb = np.array([[[200, 10, 10], [90, 90, 90], [0, 0, 255]], [[50, 50, 60], [0, 0, 0], [0, 0, 0]]], np.uint8)
     assert colour_fraction(rgb) == pytest.approx(2 / 4)
@@ -408,3 +407,19 @@ def test_cli_example_prints_summary(corpus_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert proc.stdout.startswith(f"{m['num_samples']} samples in {len(m['shards'])} shards")
+
+
+def test_inspect_summary_and_contact_sheet(shard_dir, tmp_path, capsys):
+    from shards.inspect import main as inspect_main, pick_samples
+
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    inspect_main([str(shard_dir), "--sheet", str(tmp_path / "sheet.png"), "--per-source", "3"])
+    out = capsys.readouterr().out
+    assert f"samples: {manifest['num_samples']} in {len(manifest['shards'])} shards" in out
+    for name, n in manifest["sources"].items():
+        assert f"  {name}" in out and str(n) in out
+    sheet = Image.open(tmp_path / "sheet.png")
+    assert sheet.size[0] > 300 and sheet.size[1] > 100 * len([v for v in manifest["sources"].values() if v])
+    urls = [str(shard_dir / s) for s in manifest["shards"]]
+    picked = pick_samples(urls, list(manifest["sources"]), 3, seed=0)
+    assert {k: len(v) for k, v in picked.items()} == {k: min(3, n) for k, n in manifest["sources"].items()}
