@@ -41,9 +41,15 @@ def main() -> None:
             print(f"{m['inputs']:>6} images  {dt:7.1f} s  {m['inputs'] / dt:7.1f} img/s  "
                   f"(kept {m['num_samples']}, {len(m['shards'])} shards)")
     ratio = rows[1]["img_s"] / rows[0]["img_s"]
-    print(f"throughput ratio large/small: {ratio:.2f} (1.0 = cost linear in corpus size)")
+    # time = fixed start-up + n * per-image cost; super-linear cost would make the ratio < 1.
+    (n1, t1), (n2, t2) = [(r["images"], r["seconds"]) for r in rows]
+    per_image = (t2 - t1) / (n2 - n1)
+    fixed = t1 - per_image * n1
+    print(f"throughput ratio large/small: {ratio:.2f} (>= ~1: cost linear in corpus size, start-up amortised)")
+    print(f"fit: {fixed:.1f} s start-up + {per_image * 1000:.1f} ms per image")
     print(json.dumps({"bench": "build", "workers": args.workers, "size": args.size, "runs": rows,
                       "linearity_ratio": round(ratio, 3),
+                      "startup_s": round(fixed, 2), "per_image_ms": round(per_image * 1000, 2),
                       "peak_rss_mb_main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 

@@ -1,0 +1,182 @@
+"""Edge benchmark of the KD recipes: CPU batch-size-1 latency / FPS / size of every teacher and
+student side by side, and the deployed student (ONNX, onnxruntime fp32, dynamic INT8, static
+QDQ INT8) against PyTorch eager, with the accuracy change on a test split.
+
+    python bench/edge.py                       # quick student trained on synthetic BUSI
+    python bench/edge.py --run OUT_OF_A_vit_mobilenet_RUN   # the trained student and its test split
+
+All latencies are measured in interleaved rounds in one process (see
+downstream.kd.efficiency.side_by_side), at 224 px unless --size. The last line is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from downstream.kd.efficiency import fp32_mib, models_side_by_side, num_params, side_by_side
+
+
+def full_models(names: list[str]) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
+    """Full-size recipe models (random init: latency does not depend on the weights)."""
+    from downstream.kd.recipes import csa_moe, hdkd, nanoray, vit_mobilenet
+
+    builders = {
+        "vit_mobilenet.teacher": (lambda: vit_mobilenet.build_teacher(vit_mobilenet.TeacherConfig(), 3, 224), (1, 3)),
+        "vit_mobilenet.student": (lambda: vit_mobilenet.build_student(vit_mobilenet.StudentConfig(), 3), (1, 3)),
+        "nanoray.teacher": (lambda: nanoray.build_teacher(nanoray.TeacherConfig(), 2, 224), (1, 3)),
+        "hdkd.teacher": (lambda: hdkd.build_teacher(hdkd.ModelConfig(), 7), (1, 3)),
+        "hdkd.student": (lambda: hdkd.build_student(hdkd.ModelConfig(), 7, 224, True), (1, 3)),
+        "csa_moe.csa_moe": (lambda: csa_moe.build("csa_moe", csa_moe.ModelConfig()), (1, 3, 3)),
+        "csa_moe.resnet18": (lambda: csa_moe.build("resnet18", csa_moe.ModelConfig()), (1, 1, 3)),
+    }
+    unknown = [n for n in names if n not in builders]
+    if unknown:
+        sys.exit(f"error: unknown model(s) {unknown}; valid: {list(builders)}")
+    return {n: (builders[n][0]().eval(), builders[n][1]) for n in names}
+
+
+def quick_student(workdir: Path, size: int, epochs: int, n: int):
+    """Train MobileNetV3-Small (3 classes) briefly on synthetic BUSI; return model, test set, train set."""
+    from downstream.data import ImageSet
+    from downstream.kd.data import DataConfig, Inputs, SplitConfig, prepare
+    from downstream.kd.recipes import vit_mobilenet
+    from downstream.kd.steps import Supervised
+    from downstream.kd.trainer import OptimConfig, fit, loader, make_accelerator, seed_everything
+    from shards.synth import write_busi
+
+    data = workdir / "busi"
+    write_busi(data, n, seed=0)
+    prep = prepare(str(data), DataConfig(img_size=size, split=SplitConfig(ratios=[0.56, 0.10, 0.34])), workdir)
+    seed_everything(0)
+    model = vit_mobilenet.build_student(vit_mobilenet.StudentConfig(), len(prep.classes))
+    train = ImageSet(prep.parts["train"], size, labels=True)
+    cfg = OptimConfig(lr=1e-3, epochs=epochs, batch_size=16, select="last")
+    fit(model, Supervised(Inputs()), loader(train, 16, shuffle=True), None, cfg, make_accelerator("no"), name="student")
+    return model.cpu().eval(), ImageSet(prep.parts["test"], size, labels=True), train
+
+
+def run_student(run_dir: Path):
+    """The distilled student of a vit_mobilenet run, with that run's data, splits and test split."""
+    from downstream.data import ImageSet
+    from downstream.kd.checkpoint import load_model, read_arch
+    from downstream.kd.data import prepare
+    from downstream.kd.recipes import vit_mobilenet
+    from shards.config import load_config
+
+    weights = run_dir / "distilled" / "model.safetensors"
+    arch = read_arch(weights) if weights.is_file() else None
+    if arch is None:
+        sys.exit(f"error: {weights} is not a KD student checkpoint (expected a finished vit_mobilenet run)")
+    cfg = load_config(vit_mobilenet.Config, run_dir / "config.yaml")
+    cfg.data.split.file = str(run_dir / "splits.json")
+    prep = prepare(json.loads((run_dir / "metrics.json").read_text())["data"], cfg.data, run_dir)
+    model = vit_mobilenet.build_student(cfg.student, len(prep.classes))
+    load_model(model, weights, arch=arch, key="--run")
+    size = cfg.data.img_size
+    return model.eval(), ImageSet(prep.parts["test"], size, labels=True), ImageSet(prep.parts["train"], size, labels=True)
+
+
+def batches(ds, inputs, limit: int | None = None):
+    for i in range(len(ds) if limit is None else min(limit, len(ds))):
+        it = ds[i]
+        yield inputs(it["image"][None], train=False), int(it["label"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (0 = torch's default)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--models", default="vit_mobilenet.teacher,vit_mobilenet.student,nanoray.teacher,hdkd.teacher,"
+                                       "hdkd.student,csa_moe.csa_moe,csa_moe.resnet18")
+    p.add_argument("--run", default="", help="a vit_mobilenet run folder: use its distilled student and test split")
+    p.add_argument("--train-epochs", type=int, default=15, help="quick student: epochs on synthetic BUSI")
+    p.add_argument("--train-n", type=int, default=150, help="quick student: synthetic BUSI images")
+    p.add_argument("--calib", type=int, default=16, help="static INT8: calibration images (training split)")
+    p.add_argument("--out", default="", help="keep the ONNX files here (default: a temporary folder)")
+    args = p.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    from downstream.kd.data import Inputs
+    from downstream.kd.onnx_export import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
+
+    # 1. every recipe model, PyTorch eager fp32, side by side
+    names = [n for n in args.models.split(",") if n]
+    models = full_models(names)
+    examples = {n: torch.randn(*shape, args.size, args.size) for n, (_, shape) in models.items()}
+    timed = models_side_by_side({n: m for n, (m, _) in models.items()}, examples, args.runs, args.warmup)
+    table = {n: {"params_m": num_params(m) / 1e6, "mb": fp32_mib(m), **timed[n]} for n, (m, _) in models.items()}
+    print(f"{'model':26s} {'params':>9s} {'MB':>8s} {'ms':>9s} {'FPS':>8s}   (CPU, batch 1, {threads} threads)")
+    for n, r in table.items():
+        print(f"{n:26s} {r['params_m']:8.2f}M {r['mb']:8.1f} {r['median_ms']:9.2f} {r['fps']:8.1f}")
+    del models
+
+    # 2. the deployed student: accuracy and latency per runtime
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.out) if args.out else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.run:
+            student, test, train = run_student(Path(args.run))
+            source = f"run {args.run}"
+        else:
+            student, test, train = quick_student(work, args.size, args.train_epochs, args.train_n)
+            source = f"quick MobileNetV3-Small, {args.train_epochs} epochs on {args.train_n} synthetic BUSI images"
+        student = student.cpu().float().eval()
+        size = test.size
+        inputs = Inputs()
+        fp32 = export(student, work / "student_fp32.onnx", size)
+        dyn = quantize_dynamic_int8(fp32, work / "student_int8_dynamic.onnx")
+        calib = (x.numpy() for x, _ in batches(train, inputs, args.calib))
+        qdq = quantize_static_qdq(fp32, work / "student_int8_qdq.onnx", calib)
+        ort = {"ort_fp32": OrtModel(fp32, threads), "ort_int8_dynamic": OrtModel(dyn, threads),
+               "ort_int8_qdq": OrtModel(qdq, threads)}
+        correct = {k: 0 for k in ["torch_eager", *ort]}
+        agree = {k: 0 for k in ort}  # same prediction as PyTorch fp32: finer than accuracy on a small test set
+        n = 0
+        with torch.inference_mode():
+            for x, y in batches(test, inputs):
+                ref = int(student(x).argmax(1).item())
+                correct["torch_eager"] += int(ref == y)
+                for k, sess in ort.items():
+                    pred = int(sess(x.numpy()).argmax(1)[0])
+                    correct[k] += int(pred == y)
+                    agree[k] += int(pred == ref)
+                n += 1
+        acc = {k: v / max(n, 1) for k, v in correct.items()}
+        agreement = {k: v / max(n, 1) for k, v in agree.items()}
+        x = torch.randn(1, 3, size, size)
+        xn = x.numpy()
+        fns = {"torch_eager": lambda: student(x), **{k: (lambda s=s: s(xn)) for k, s in ort.items()}}
+        lat = side_by_side(fns, args.runs, args.warmup)
+        sizes = {"torch_eager": fp32_mib(student), **{k: s.mb for k, s in ort.items()}}
+    print(f"\nstudent deployment ({source}; test images: {n}; {size} px)")
+    print(f"{'runtime':18s} {'MB':>7s} {'ms':>8s} {'FPS':>8s} {'vs eager':>9s} {'accuracy':>9s} {'change':>8s} {'agree':>7s}")
+    eager = lat["torch_eager"]["median_ms"]
+    for k in fns:
+        print(f"{k:18s} {sizes[k]:7.2f} {lat[k]['median_ms']:8.2f} {lat[k]['fps']:8.1f} {eager / lat[k]['median_ms']:8.2f}x "
+              f"{100 * acc[k]:8.2f}% {100 * (acc[k] - acc['torch_eager']):+7.2f} {100 * agreement.get(k, 1.0):6.1f}%")
+    t, s = table.get("vit_mobilenet.teacher"), table.get("vit_mobilenet.student")
+    summary = {
+        "threads": threads, "size": args.size, "student_size": size, "runs": args.runs, "student_source": source,
+        "vit_mobilenet_fps_ratio": (s["fps"] / t["fps"]) if t and s else None,
+        "vit_mobilenet_size_ratio": (t["mb"] / s["mb"]) if t and s else None,
+        "ort_int8_dynamic_vs_eager": eager / lat["ort_int8_dynamic"]["median_ms"],
+        "ort_int8_qdq_vs_eager": eager / lat["ort_int8_qdq"]["median_ms"],
+        "ort_fp32_vs_eager": eager / lat["ort_fp32"]["median_ms"],
+        "accuracy": acc, "agreement_with_fp32": agreement, "accuracy_change_int8_dynamic": acc["ort_int8_dynamic"] - acc["torch_eager"],
+        "accuracy_change_int8_qdq": acc["ort_int8_qdq"] - acc["torch_eager"], "test_images": n,
+        "latency_ms": {**{k: r["median_ms"] for k, r in table.items()}, **{f"student.{k}": r["median_ms"] for k, r in lat.items()}},
+        "fps": {k: r["fps"] for k, r in table.items()}, "mb": {k: r["mb"] for k, r in table.items()},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Metric vs label fraction, one line per encoder (mean ± std over seeds), one panel per task."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from downstream.report import save_figure
+from downstream.tables import TaskColumn
+
+
+def plot_fraction_curves(
+    agg: dict, encoders: Sequence[str], tasks: Sequence[TaskColumn], fractions: Sequence[float], mode: str, path: str | Path
+) -> bool:
+    """Write the PNG; False (nothing written) when fewer than two fractions were swept."""
+    fr = sorted(set(fractions))
+    if len(fr) < 2 or not tasks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        metric, name = ("dice", "Dice") if t.kind == "seg" else ("accuracy", "Accuracy")
+        for e in encoders:
+            xs, ms, ss = [], [], []
+            for f in fr:
+                vals = agg.get((t.key, e, mode, f), {}).get(metric, [])
+                if vals:
+                    xs.append(f * 100), ms.append(np.mean(vals)), ss.append(np.std(vals))
+            if xs:
+                ax.errorbar(xs, ms, yerr=ss, marker="o", ms=4, capsize=3, label=e)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks([f * 100 for f in fr])
+        ax.set_xticklabels([f"{f * 100:g}%" for f in fr])
+        ax.set_xlabel("label fraction")
+        ax.set_ylabel(f"test {name}")
+        ax.set_title(t.label)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{'fine-tuning' if mode == 'finetune' else 'linear probe'}: metric vs label fraction", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True

@@ -1,0 +1,45 @@
+"""Reader for generic class folders: ``ROOT/<class>/<image>`` (any depth below the class).
+
+Class names are the sub-folder names, sorted; label ``i`` is ``classes[i]``. Mask files
+(``*_mask*``) inside class folders are attached to their image, so BUSI-like folders with
+other class names also work. A class folder without images is an error; so is a root with
+fewer than two class folders. ``classes=`` fixes the expected names and their order (a
+missing one is an error).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from downstream.data.naming import images_with_masks
+from downstream.data.pixels import check_records
+from downstream.data.record import Catalog, Record
+from shards.errors import UserError
+
+
+def read_class_folders(
+    root: str | Path, *, classes: Sequence[str] | None = None, name: str | None = None, check: bool = True
+) -> Catalog:
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: data folder not found")
+    present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes is None:
+        classes = present
+        if len(classes) < 2:
+            raise UserError(f"{root}: expected one sub-folder per class (at least 2), found {len(classes)}")
+    else:
+        missing = [c for c in classes if c not in present]
+        if missing:
+            raise UserError(f"{root}: missing class folder(s) {', '.join(c + '/' for c in missing)}")
+    records: list[Record] = []
+    for label, cls in enumerate(classes):
+        folder = root / cls
+        pairs = images_with_masks(folder)
+        if not pairs:
+            raise UserError(f"{folder}: class folder '{cls}/' has no images")
+        for p, ms in pairs:
+            records.append(Record(id=p.relative_to(root).as_posix(), image=str(p), masks=tuple(map(str, ms)), label=label))
+    if check:
+        check_records(records)
+    return Catalog(name=name or root.name, root=str(root), records=records, classes=list(classes))

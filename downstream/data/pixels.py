@@ -1,0 +1,86 @@
+"""Decoding labelled images to grayscale arrays and masks to binary arrays.
+
+Ultrasound is grayscale, but datasets store it as 8-bit L, RGB with three equal channels
+(BUSI), 16-bit PNG or JPEG; everything is decoded to uint8 ``HxW``. Masks are binarised per
+file (values above half the file's maximum, so 0/255, 0/1 and JPEG-noisy masks all work)
+and several mask files of one image are merged by union.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from downstream.data.record import Record, Source, describe_source, open_source
+from shards.errors import UserError
+
+
+def _to_gray(img: Image.Image, where: str) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        return np.clip(a * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8)
+    if img.mode == "F":
+        raise UserError(f"{where}: floating-point images are not supported (expected 8/16-bit)")
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def _decode(src: Source) -> np.ndarray:
+    where = describe_source(src)
+    try:
+        with open_source(src) as img:
+            img.load()
+            return _to_gray(img, where)
+    except UserError:
+        raise
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for missing/truncated/unknown files
+        raise UserError(f"{where}: cannot read image ({exc})") from None
+
+
+def load_gray(src: Source) -> np.ndarray:
+    """The image as uint8 ``HxW`` grayscale."""
+    return _decode(src)
+
+
+def binarize(mask: np.ndarray) -> np.ndarray:
+    top = int(mask.max())
+    return mask > (top // 2) if top > 1 else mask > 0
+
+
+def load_mask(srcs: Sequence[Source], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Union of the binarised mask files as bool ``HxW``; ``size`` (W, H) is checked if given."""
+    if not srcs:
+        raise UserError("load_mask: no mask files given")
+    out: np.ndarray | None = None
+    for src in srcs:
+        m = binarize(_decode(src))
+        if size is not None and (m.shape[1], m.shape[0]) != tuple(size):
+            raise UserError(
+                f"{describe_source(src)}: mask is {m.shape[1]}x{m.shape[0]} but its image is {size[0]}x{size[1]}"
+            )
+        out = m if out is None else (out | m)
+        size = (m.shape[1], m.shape[0])
+    return out
+
+
+def image_size(src: Source) -> tuple[int, int]:
+    """(W, H) from the file header (no full decode)."""
+    try:
+        with open_source(src) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"{describe_source(src)}: cannot read image ({exc})") from None
+
+
+def check_records(records: Sequence[Record]) -> None:
+    """Every image opens and every mask has its image's size (headers only: fast)."""
+    for r in records:
+        size = image_size(r.image)
+        for m in r.masks:
+            msize = image_size(m)
+            if msize != size:
+                raise UserError(
+                    f"{describe_source(m)}: mask is {msize[0]}x{msize[1]} but its image "
+                    f"{describe_source(r.image)} is {size[0]}x{size[1]}"
+                )

@@ -1,0 +1,79 @@
+"""Pick the reader for a data location and a task kind (``seg`` needs masks, ``cls`` labels)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from downstream.data.busi import BUSI_CLASSES, read_busi
+from downstream.data.classes import read_class_folders
+from downstream.data.hub import read_hub
+from downstream.data.paired import DDTI_GROUP, is_paired_layout, read_paired
+from downstream.data.record import Catalog
+from shards.errors import UserError
+
+Layout = Literal["auto", "busi", "paired", "classes", "hf"]
+
+
+@dataclass
+class ReaderConfig:
+    layout: Layout = "auto"  # auto: hf:ID / saved dataset -> hf, image+mask folders -> paired, BUSI folders -> busi
+    group_pattern: str = DDTI_GROUP  # paired layout: regex on the image stem, group 1 = patient id ("" = none)
+    image_column: str = "image"  # hf layout columns
+    mask_column: str = "mask"
+    label_column: str = "label"
+    group_column: str = ""
+
+
+def _is_busi(root: Path) -> bool:
+    if all((root / c).is_dir() for c in BUSI_CLASSES):
+        return True
+    return any(p.is_dir() and all((p / c).is_dir() for c in BUSI_CLASSES) for p in root.iterdir())
+
+
+def _is_saved_dataset(root: Path) -> bool:
+    return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
+
+
+def detect_layout(data: str) -> str:
+    if data.startswith("hf:"):
+        return "hf"
+    root = Path(data)
+    if not root.is_dir():
+        raise UserError(f"{data}: data folder not found (or use hf:ID for a Hub dataset)")
+    if _is_saved_dataset(root):
+        return "hf"
+    if is_paired_layout(root):
+        return "paired"
+    if _is_busi(root):
+        return "busi"
+    return "classes"
+
+
+def read_catalog(data: str, kind: Literal["seg", "cls"], cfg: ReaderConfig | None = None) -> Catalog:
+    """Records for ``data`` checked for what ``kind`` needs (masks for seg, labels for cls)."""
+    cfg = cfg or ReaderConfig()
+    layout = detect_layout(data) if cfg.layout == "auto" else cfg.layout
+    if layout == "busi":
+        cat = read_busi(data, require_masks=(kind == "seg"))
+    elif layout == "paired":
+        cat = read_paired(data, group_pattern=cfg.group_pattern)
+    elif layout == "classes":
+        cat = read_class_folders(data)
+    elif layout == "hf":
+        cat = read_hub(
+            data,
+            image_column=cfg.image_column,
+            mask_column=cfg.mask_column if kind == "seg" else "",
+            label_column=cfg.label_column,
+            group_column=cfg.group_column,
+        )
+    else:
+        raise UserError(f"data.layout: expected one of auto, busi, paired, classes, hf; got '{layout}'")
+    if kind == "seg" and not cat.has_masks:
+        raise UserError(f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)")
+    if kind == "cls" and not cat.has_labels:
+        raise UserError(f"{data}: classification needs class labels ({layout} layout has none)")
+    if kind == "cls" and len(cat.classes) < 2:
+        raise UserError(f"{data}: classification needs at least 2 classes, found {len(cat.classes)}")
+    return cat

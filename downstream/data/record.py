@@ -1,0 +1,102 @@
+"""The common record type every reader returns, and the catalogue that holds a dataset's records.
+
+A :class:`Record` is one labelled image: where its pixels come from (a file path or an
+:class:`ImageSource` for pixels that live elsewhere, e.g. a `datasets` row), its mask file(s)
+(several are merged by union), its class index and its patient/group id. Readers build a
+:class:`Catalog`; splits, label fractions, the torch datasets and the KD recipes all work on it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence, Union, runtime_checkable
+
+from PIL import Image
+
+
+@runtime_checkable
+class ImageSource(Protocol):
+    """Pixels that are not a plain file: ``open()`` returns a PIL image (lazily decoded)."""
+
+    def open(self) -> Image.Image: ...
+
+    def describe(self) -> str: ...
+
+
+Source = Union[str, ImageSource]
+
+
+def open_source(src: Source) -> Image.Image:
+    """A PIL image for a path or an :class:`ImageSource` (not yet decoded: ``.size`` is cheap)."""
+    if isinstance(src, str):
+        return Image.open(src)
+    return src.open()
+
+
+def describe_source(src: Source) -> str:
+    return src if isinstance(src, str) else src.describe()
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled image. ``masks`` is empty when the dataset has no masks; an all-zero mask
+    file (BUSI ``normal``) is still listed so "no lesion" and "no annotation" stay distinct."""
+
+    id: str  # stable, unique within the catalog (relative path or ``split/index``): splits store it
+    image: Source
+    masks: tuple[Source, ...] = ()
+    label: int | None = None
+    group: str | None = None  # patient id; splits never put one group in two parts
+
+
+@dataclass
+class Catalog:
+    """A dataset as records plus its class names (``classes[label]``; empty when unlabelled)."""
+
+    name: str
+    root: str
+    records: list[Record]
+    classes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def has_masks(self) -> bool:
+        return bool(self.records) and all(r.masks for r in self.records)
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.classes) and all(r.label is not None for r in self.records)
+
+    @property
+    def has_groups(self) -> bool:
+        return any(r.group is not None for r in self.records)
+
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    def labels(self) -> list[int | None]:
+        return [r.label for r in self.records]
+
+    def by_id(self) -> dict[str, Record]:
+        return {r.id: r for r in self.records}
+
+    def subset(self, ids: Sequence[str]) -> list[Record]:
+        """Records for ``ids`` in that order (KeyError names the first unknown id)."""
+        index = self.by_id()
+        return [index[i] for i in ids]
+
+    def fingerprint(self) -> str:
+        """Hash of ids, labels, groups and sources: keys split files and feature caches."""
+        h = hashlib.sha1()
+        h.update(json.dumps(self.classes).encode())
+        for r in self.records:
+            parts = [r.id, describe_source(r.image), *map(describe_source, r.masks), str(r.label), str(r.group)]
+            h.update("\x1f".join(parts).encode() + b"\x1e")
+            if isinstance(r.image, str):  # a replaced file (same name, new pixels) changes the key
+                st = Path(r.image).stat()
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]

@@ -1,0 +1,175 @@
+"""Encoder specs -> a loaded backbone with its own input normalisation.
+
+SPEC forms:
+
+- ``rand``                  ResNet-50, random init (R50-Rand); ``rand:NAME`` any timm architecture, random init
+- ``timm:NAME``             a timm backbone with its pretrained weights, only if already in the local cache
+- ``PATH`` / ``local-dir:PATH``  a folder written by timm ``save_for_hf`` (``pretrain.export``'s distilled encoder)
+- ``hf-hub:ID``             the same format on the Hugging Face Hub (or its local cache when offline)
+- ``dinov3:PATH_OR_ID``     a DINOv3 ViT (transformers) through ``pretrain.teacher.Teacher.from_pretrained``
+
+timm backbones are built with ``num_classes=0`` (forward -> globally pooled features) and take
+their mean/std from timm's ``pretrained_cfg``; DINOv3 takes them from its image processor.
+Random initialisation uses the torch RNG, so callers seed it first.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+from torch import nn
+
+from shards.errors import UserError
+
+SPEC_FORMS = (
+    "rand",
+    "rand:NAME",
+    "timm:NAME",
+    "PATH (timm save_for_hf folder, e.g. pretrain.export output)",
+    "local-dir:PATH",
+    "hf-hub:ID",
+    "dinov3:PATH_OR_ID",
+)
+
+
+@dataclass
+class Encoder:
+    spec: str
+    kind: Literal["timm", "dinov3"]
+    arch: str  # timm architecture, or "dinov3"
+    backbone: nn.Module  # timm: forward -> pooled [B, F]; dinov3: DinoBackbone
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    num_features: int  # pooled feature size (classification head input)
+    patch_size: int | None = None  # ViTs: input sides must be multiples of it
+
+    @property
+    def params_m(self) -> float:
+        return sum(p.numel() for p in self.backbone.parameters()) / 1e6
+
+    def fingerprint(self) -> str:
+        """Hash of the architecture and every tensor (parameters and buffers): keys the feature cache."""
+        h = hashlib.sha1(f"{self.kind}:{self.arch}".encode())
+        for k, v in self.backbone.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+class DinoBackbone(nn.Module):
+    """A transformers DINOv3 ViT returning the final-normed CLS token and the patch-token grid.
+
+    Kept in eval mode even while fine-tuning: in train mode DINOv3 randomly rescales its RoPE
+    coordinates, an augmentation for pretraining, not for downstream heads.
+    """
+
+    def __init__(self, vit: nn.Module, patch_size: int, num_register_tokens: int):
+        super().__init__()
+        self.vit = vit
+        self.patch_size = patch_size
+        self.prefix = 1 + num_register_tokens
+        self.embed_dim = int(vit.config.hidden_size)
+
+    def train(self, mode: bool = True) -> "DinoBackbone":
+        return super().train(False)
+
+    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, w = x.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise UserError(f"dinov3: input {h}x{w} is not a multiple of the patch size {self.patch_size}; set image_size")
+        hs = self.vit(pixel_values=x).last_hidden_state  # final LayerNorm applied
+        cls, patches = hs[:, 0], hs[:, self.prefix :]
+        grid = patches.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h // self.patch_size, w // self.patch_size)
+        return cls, grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features for classification: CLS token ++ mean patch token."""
+        cls, grid = self.tokens(x)
+        return torch.cat([cls, grid.mean((2, 3))], dim=1)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _timm(spec: str, name: str, pretrained: bool, hint: str) -> Encoder:
+    import timm
+
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except RuntimeError as exc:
+        text = str(exc)
+        if text.startswith("Unknown model"):
+            raise UserError(f"encoder '{spec}': timm has no architecture '{name}' (see timm.list_models())") from None
+        if "state_dict" in text or "size mismatch" in text:
+            raise UserError(f"encoder '{spec}': weights do not match the architecture ({_one_line(exc)})") from None
+        raise UserError(f"encoder '{spec}': cannot build it ({_one_line(exc)})") from None
+    except (OSError, ValueError, KeyError, ImportError) as exc:  # offline hub, missing files, bad config.json
+        raise UserError(f"encoder '{spec}': {hint} ({type(exc).__name__}: {_one_line(exc)})") from None
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
+    if len(mean) != 3:  # single-channel statistics: replicate
+        mean, std = (mean[0],) * 3, (std[0],) * 3
+    arch = cfg.get("architecture") or name.split(".")[0]
+    # pooled output size: models with a pre-logits layer (MobileNetV3, EfficientNet-style conv_head)
+    # return head_hidden_size features once the classifier is removed, the rest num_features
+    dim = getattr(model, "head_hidden_size", None) or model.num_features
+    return Encoder(spec, "timm", arch, model, mean, std, int(dim))
+
+
+def _dinov3(spec: str, target: str) -> Encoder:
+    from pretrain.teacher import Teacher  # DINOv3 loading lives in one place: the pretraining teacher
+
+    try:
+        teacher = Teacher.from_pretrained(target, layers=(-1,))
+    except UserError as exc:
+        raise UserError(f"encoder '{spec}': {exc}") from None
+    backbone = DinoBackbone(teacher.model.requires_grad_(True), teacher.patch_size, teacher.num_register_tokens)
+    return Encoder(spec, "dinov3", "dinov3", backbone, teacher.mean, teacher.std, 2 * backbone.embed_dim, teacher.patch_size)
+
+
+def load_encoder(spec: str) -> Encoder:
+    """Build the encoder named by ``spec`` (see the module docstring); bad specs raise UserError."""
+    spec = spec.strip()
+    if spec == "rand":
+        return _timm(spec, "resnet50", False, "")
+    if spec.startswith("rand:"):
+        return _timm(spec, spec[5:], False, "")
+    if spec.startswith("timm:"):
+        return _timm(
+            spec, spec[5:], True,
+            f"pretrained weights for '{spec[5:]}' are not in the local cache and the Hub is not reachable "
+            f"(offline); use rand:{spec[5:]} for random init or a local save_for_hf folder",
+        )
+    if spec.startswith("hf-hub:"):
+        return _timm(spec, spec, True, "cannot fetch it from the Hub or find it in the local cache (offline?)")
+    if spec.startswith("dinov3:"):
+        return _dinov3(spec, spec[7:])
+    path = spec[10:] if spec.startswith("local-dir:") else spec
+    if Path(path).is_dir():
+        if not (Path(path) / "config.json").is_file():
+            raise UserError(f"encoder '{spec}': {path} has no config.json (expected a timm save_for_hf folder)")
+        return _timm(spec, f"local-dir:{Path(path).resolve()}", True, f"cannot load the weights in {path}")
+    raise UserError(f"encoder '{spec}': unknown encoder spec (not an existing folder); valid forms: {'; '.join(SPEC_FORMS)}")
+
+
+# ResNets whose timm state dict loads strictly into smp's own encoder of the same name
+SMP_NATIVE = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
+
+@contextlib.contextmanager
+def quiet_timm_loader() -> Iterator[None]:
+    """timm logs every unexpected key of a features-only load at WARNING; the head keys are expected."""
+    logger = logging.getLogger("timm.models._builder")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

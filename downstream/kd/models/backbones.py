@@ -1,0 +1,32 @@
+"""timm backbones for the KD recipes: random init offline, pretrained weights when the user has them."""
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+from torch import nn
+
+from shards.errors import UserError
+
+
+def create(name: str, *, pretrained: bool = False, key: str = "model", **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with the recipe's config ``key`` named in any error.
+
+    ``pretrained=True`` reads timm's usual sources (HF cache, ``pretrained_cfg_overlay=dict(file=...)``);
+    when they cannot be reached the user gets one line instead of a network traceback.
+    """
+    if not timm.is_model(name.split(".")[0]) and not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        raise UserError(f"{key}: unknown timm model '{name}'")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"{key}: timm model '{name}' rejects its arguments ({exc})") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not pretrained:
+            raise
+        msg = " ".join(str(exc).split())[:200]
+        raise UserError(
+            f"{key}: pretrained weights for '{name}' could not be loaded ({msg}); "
+            f"download them into the Hugging Face cache first or set pretrained=false"
+        ) from None
+

@@ -1,0 +1,104 @@
+"""KD report pieces on top of :mod:`downstream.report` (Markdown tables, mean ± SD, atomic PNGs):
+percent cells, the report file, and the recipes' plots (stage curves, lines, grouped bars)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from downstream.report import markdown_table as md_table  # noqa: F401  (re-exported for the recipes)
+from downstream.report import mean_std, save_figure
+from shards.atomic import write_text
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
+
+
+def mean_sd(values: Sequence[float | None], digits: int = 2) -> str:
+    """Fractions as percent ``mean ± SD`` over runs (sample SD; :func:`downstream.report.mean_std`)."""
+    return mean_std([None if v is None else 100 * v for v in values], digits)
+
+
+def millions(n: int) -> str:
+    return f"{n / 1e6:.3f}M"
+
+
+def write_report(path: str | Path, title: str, sections: Sequence[tuple[str, str]]) -> None:
+    body = [f"# {title}", ""]
+    for heading, text in sections:
+        body += [f"## {heading}", "", text.rstrip(), ""]
+    write_text(path, "\n".join(body))
+
+
+def _savefig(fig, path: str | Path) -> None:
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> None:
+    """Loss and accuracy per epoch (train solid, validation dashed) for each training stage."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, hist) in enumerate(histories.items()):
+        color = f"C{i}"
+        ep = [r["epoch"] for r in hist]
+        for ax, key in zip(axes, ("loss", "acc")):
+            ax.plot(ep, [r[f"train_{key}"] for r in hist], color=color, marker="o", ms=3, label=f"{name} train")
+            if hist and f"val_{key}" in hist[0]:
+                ax.plot(ep, [r[f"val_{key}"] for r in hist], color=color, ls="--", marker="o", ms=3, label=f"{name} val")
+    axes[0].set_yscale("log")  # stage losses differ in scale (HDKD adds 10x the feature loss)
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    _savefig(fig, path)
+
+
+def plot_lines(x: Sequence[Any], series: Mapping[str, Sequence[float]], path: str | Path, *, xlabel: str,
+               ylabel: str, title: str = "", styles: Mapping[str, str] | None = None, xlog: bool = False) -> None:
+    """One line per series; ``styles`` maps a series name to a matplotlib format string."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, ys in series.items():
+        ax.plot(list(range(len(x))) if xlog else x, ys, (styles or {}).get(name, "-o"), label=name)
+    if xlog:
+        ax.set_xticks(range(len(x)), [str(v) for v in x])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _savefig(fig, path)
+
+
+def plot_bars(labels: Sequence[str], groups: Mapping[str, Sequence[float]], path: str | Path, *, ylabel: str,
+              title: str = "", log: bool = False) -> None:
+    """Grouped bars (e.g. teacher vs student size / latency / FPS)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, (name, values) in zip(axes, groups.items()):
+        ax.bar(labels, values, color=[f"C{i}" for i in range(len(labels))])
+        ax.set_title(name)
+        if log:
+            ax.set_yscale("log")
+        for i, v in enumerate(values):
+            ax.text(i, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    axes[0].set_ylabel(ylabel)
+    _savefig(fig, path)

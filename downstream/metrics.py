@@ -1,0 +1,99 @@
+"""Segmentation and classification metrics.
+
+Segmentation: Dice and IoU are computed PER IMAGE on binary masks and then averaged over the
+test set ("mean Dice", "mean IoU"). Empty-mask convention (documented, tested):
+
+- truth empty and prediction empty   -> Dice 1, IoU 1 (a correct "no lesion");
+- truth empty, prediction non-empty  -> Dice 0, IoU 0 (every predicted pixel is a false positive);
+- truth non-empty, prediction empty  -> Dice 0, IoU 0.
+
+``dice_lesion`` / ``iou_lesion`` additionally average over images whose truth is non-empty only
+(BUSI ``normal`` images excluded), for comparison with papers that drop them.
+
+Classification: scikit-learn computes accuracy, macro-F1, per-class precision/recall/F1, AUC
+(one-vs-rest, macro; binary: positive-class score) and the confusion matrix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from shards.atomic import atomic_open
+
+
+def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image Dice and IoU of binary masks ``[N,...]`` (bool or 0/1), empty convention above."""
+    p = pred.reshape(pred.shape[0], -1).bool()
+    t = target.reshape(target.shape[0], -1).bool()
+    inter = (p & t).sum(1).double()
+    ps, ts = p.sum(1).double(), t.sum(1).double()
+    union = ps + ts - inter
+    both_empty = (ps + ts) == 0
+    dice = torch.where(both_empty, torch.ones_like(inter), 2 * inter / (ps + ts).clamp_min(1))
+    iou = torch.where(both_empty, torch.ones_like(inter), inter / union.clamp_min(1))
+    return dice, iou
+
+
+def segmentation_summary(dice: Sequence[float], iou: Sequence[float], target_empty: Sequence[bool]) -> dict:
+    """Means over all images (``dice``, ``iou``) and over images with a lesion (``*_lesion``)."""
+    d, j, e = np.asarray(dice, float), np.asarray(iou, float), np.asarray(target_empty, bool)
+    out = {"dice": float(d.mean()) if d.size else float("nan"), "iou": float(j.mean()) if j.size else float("nan")}
+    out["dice_lesion"] = float(d[~e].mean()) if (~e).any() else None
+    out["iou_lesion"] = float(j[~e].mean()) if (~e).any() else None
+    out["n_images"] = int(d.size)
+    out["n_empty"] = int(e.sum())
+    return out
+
+
+def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Sequence[str]) -> dict:
+    """Metrics from true labels and class probabilities ``[N, K]`` (prediction = argmax)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+    y = np.asarray(y_true, dtype=int)
+    prob = np.asarray(prob, dtype=np.float64)
+    labels = list(range(len(classes)))
+    pred = prob.argmax(1)
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, labels=labels, average="macro", zero_division=0)
+    auc: float | None
+    if len(set(y.tolist())) < len(classes):  # a class absent from y_true: AUC undefined
+        auc = None
+    else:
+        if len(classes) == 2:
+            auc = float(roc_auc_score(y, prob[:, 1]))
+        else:
+            auc = float(roc_auc_score(y, prob / prob.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=labels))
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(mf),
+        "macro_precision": float(mp),
+        "macro_recall": float(mr),
+        "auc": auc,
+        "per_class": {
+            c: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
+            for k, c in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+        "n_images": int(y.size),
+    }
+
+
+def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = "") -> None:
+    """Confusion matrix PNG (counts, rows = truth), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.2 * len(classes) + 2))
+    ConfusionMatrixDisplay(np.asarray(cm), display_labels=list(classes)).plot(ax=ax, colorbar=False, cmap="Blues")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=120)
+    plt.close(fig)

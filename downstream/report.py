@@ -1,0 +1,77 @@
+"""Small report helpers shared by the downstream stage and the KD recipes: mean +- std cells,
+Markdown tables, and PNG figures written atomically (matplotlib, Agg backend)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from shards.atomic import atomic_open
+
+DASH = "–"  # the paper's marker for "not reported"
+
+
+def mean_std(values: Sequence[float | None], digits: int = 4) -> str:
+    """``0.7334 ± 0.0123`` over seeds; a single value prints alone; none (or all None) -> ``–``."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return DASH
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], bold_max: Sequence[int] = ()) -> str:
+    """A GitHub Markdown table. Columns listed in ``bold_max`` get their best (largest leading
+    number) cell in bold, like the paper's tables."""
+    cells = [[str(c) for c in r] for r in rows]
+    for col in bold_max:
+        scores = []
+        for r in cells:
+            try:
+                scores.append(float(r[col].split(" ")[0]))
+            except (ValueError, IndexError):
+                scores.append(-math.inf)
+        if scores and max(scores) > -math.inf and sum(s > -math.inf for s in scores) > 1:
+            best = max(scores)
+            for r, s in zip(cells, scores):
+                if s == best:
+                    r[col] = f"**{r[col]}**"
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_history(history: Sequence[Mapping[str, float]], path: str | Path, keys: Sequence[str], title: str = "") -> None:
+    """Training curves: one panel per key of the per-epoch ``history`` records (x = ``epoch``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in h for h in history)]
+    if not keys:
+        return
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        pts = [(h["epoch"], h[k]) for h in history if k in h and h[k] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(k)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)

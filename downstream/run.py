@@ -1,0 +1,48 @@
+"""``python -m downstream.run``: evaluate one encoder on one task by linear probe or fine-tuning.
+
+Example::
+
+    python -m downstream.run --task busi-seg --data data/BUSI --encoder runs/export \\
+        --mode linear --fraction 0.1 --seed 0 --out runs/busi-seg-lin train.epochs=30
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Sequence, get_args
+
+from downstream.config import Mode, RunConfig, Task
+from shards.config import add_config_args, load_config
+from shards.errors import cli_main
+
+
+def parse(argv: Sequence[str] | None = None) -> RunConfig:
+    p = argparse.ArgumentParser(prog="python -m downstream.run", description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=get_args(Task), help="busi-seg, busi-cls, ddti-seg, or generic seg / cls")
+    p.add_argument("--data", help="dataset: BUSI folder, image/mask folders, class folders, hf:ID or a saved dataset")
+    p.add_argument("--encoder", help="rand | rand:NAME | timm:NAME | PATH | hf-hub:ID | dinov3:PATH_OR_ID")
+    p.add_argument("--mode", choices=get_args(Mode))
+    p.add_argument("--fraction", type=float, help="label fraction of the training split (nested per seed)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="output folder")
+    add_config_args(p)
+    args = p.parse_args(argv)
+    flags = [f"{k}={v}" for k in ("task", "data", "encoder", "mode", "fraction", "seed", "out") if (v := getattr(args, k)) is not None]
+    return load_config(RunConfig, args.config, [*args.overrides, *flags])
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> dict:
+    from downstream.runner import run
+
+    cfg = parse(argv)
+    metrics = run(cfg)
+    test = metrics["test"]
+    keys = ("dice", "iou") if "dice" in test else ("accuracy", "macro_f1", "auc")
+    summary = {k: test[k] for k in keys}
+    print(json.dumps({"out": cfg.out, "n_train": metrics["n_train"], "test": summary}))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""One downstream run: data -> split -> label subset -> encoder -> train/probe -> test metrics.
+
+Writes into ``cfg.out``: ``config.yaml`` (resolved), ``subset.json`` (the training ids used),
+``metrics.json``, ``best.safetensors`` (unless ``train.save_checkpoint=false``), ``curves.png``,
+``confusion.png`` (classification) or ``predictions.png`` (segmentation), TensorBoard logs in
+``tb/``. Everything is written atomically, on the main process only.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from downstream.classify import ClsStep, evaluate_cls
+from downstream.config import TASK_KIND, TASK_LAYOUT, RunConfig
+from downstream.data.read import read_catalog
+from downstream.data.record import Catalog
+from downstream.data.torchset import ImageSet
+from downstream.data.transforms import GeometricAugment
+from downstream.encoders import Encoder, load_encoder
+from downstream.metrics import classification_metrics, plot_confusion
+from downstream.models import Classifier, build_classifier, build_segmenter, check_input_size
+from downstream.probe import FeatureCache, train_linear_probe
+from downstream.report import plot_history
+from downstream.segment import SegLoss, SegStep, evaluate_seg, plot_predictions, predict_masks
+from downstream.splits import Splits, label_fraction, load_or_make_splits
+from downstream.train import FitResult, fit, make_accelerator
+from shards.atomic import write_bytes, write_json
+from shards.config import save_config
+from shards.errors import UserError
+
+
+def load_task_data(cfg: RunConfig) -> Catalog:
+    if not cfg.data:
+        raise UserError("data: give the dataset location (--data DIR or data=DIR)")
+    kind = TASK_KIND[cfg.task]
+    reader = cfg.reader
+    if cfg.task in TASK_LAYOUT and reader.layout == "auto":
+        reader = dataclasses.replace(reader, layout=TASK_LAYOUT[cfg.task])
+    return read_catalog(cfg.data, kind, reader)
+
+
+def split_path(cfg: RunConfig) -> Path:
+    return Path(cfg.split.file) if cfg.split.file else Path(cfg.out) / "splits.json"
+
+
+def _loader(catalog: Catalog, ids: list[str], cfg: RunConfig, train: bool, **targets: bool) -> DataLoader:
+    """Training (shuffled, last partial batch dropped) or evaluation batches of ``ids``."""
+    ds = ImageSet(catalog.subset(ids), cfg.image_size, **targets)
+    bs = cfg.train.batch_size if train else cfg.train.eval_batch_size
+    return DataLoader(
+        ds, batch_size=bs, shuffle=train, drop_last=train and len(ds) > bs,
+        num_workers=cfg.train.num_workers, pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save
+
+    write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
+
+
+def _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult]:
+    model = build_segmenter(enc)
+    linear = cfg.mode == "linear"
+    aug = GeometricAugment(cfg.image_size, cfg.augment) if cfg.augment.enabled else None
+    step = SegStep(enc.mean, enc.std, SegLoss(cfg.train.dice_weight, cfg.train.bce_weight), aug, cfg.train.channels_last and acc.device.type == "cuda")
+    evaluate = functools.partial(evaluate_seg, mean=enc.mean, std=enc.std, accelerator=acc)
+    res = fit(
+        model, _loader(catalog, train_ids, cfg, True, masks=True), _loader(catalog, splits.val, cfg, False, masks=True),
+        loss_step=step, evaluate=evaluate, score_key="dice",
+        lr=cfg.train.linear_lr if linear else cfg.train.lr, cfg=cfg.train, accelerator=acc, out=out,
+        frozen=model.encoder if linear else None, desc=f"{cfg.task} {cfg.mode} {cfg.encoder}",
+    )
+    model.load_state_dict(res.best_state)
+    test_loader = acc.prepare(_loader(catalog, splits.test, cfg, False, masks=True))
+    val = res.history[res.best_epoch]
+    test = evaluate_seg(model, test_loader, enc.mean, enc.std, acc, per_image=True)
+    if main:
+        _prediction_panel(model, catalog, splits.test, cfg, enc, acc, test, out / "predictions.png")
+    return {k[4:]: v for k, v in val.items() if k.startswith("val_")}, test, res
+
+
+def _prediction_panel(model, catalog, test_ids, cfg, enc, acc, test, path) -> None:
+    ds = ImageSet(catalog.subset(test_ids[:6]), cfg.image_size, masks=True)
+    batch = {k: torch.stack([ds[i][k] for i in range(len(ds))]).to(acc.device) for k in ("image", "mask")}
+    model.eval()
+    pred = predict_masks(model, batch, enc.mean, enc.std, acc).cpu().numpy()[:, 0]
+    dice = dict(zip(test["per_image"]["index"], test["per_image"]["dice"]))
+    plot_predictions(
+        batch["image"].cpu().numpy()[:, 0], batch["mask"].cpu().numpy()[:, 0] > 0, pred,
+        [dice[i] for i in range(len(ds))], path, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · test",
+    )
+
+
+def _classification(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult]:
+    model = build_classifier(enc, len(catalog.classes))
+    aug = GeometricAugment(cfg.image_size, cfg.augment) if cfg.augment.enabled else None
+    step = ClsStep(enc.mean, enc.std, aug, cfg.train.channels_last and acc.device.type == "cuda")
+    evaluate = functools.partial(evaluate_cls, mean=enc.mean, std=enc.std, accelerator=acc, classes=catalog.classes)
+    res = fit(
+        model, _loader(catalog, train_ids, cfg, True, labels=True), _loader(catalog, splits.val, cfg, False, labels=True),
+        loss_step=step, evaluate=evaluate, score_key="accuracy",
+        lr=cfg.train.lr, cfg=cfg.train, accelerator=acc, out=out, desc=f"{cfg.task} finetune {cfg.encoder}",
+    )
+    model.load_state_dict(res.best_state)
+    val = evaluate(model, acc.prepare(_loader(catalog, splits.val, cfg, False, labels=True)))
+    test = evaluate(model, acc.prepare(_loader(catalog, splits.test, cfg, False, labels=True)))
+    return val, test, res
+
+
+def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tuple[dict, dict, FitResult]:
+    feats = cache.get(
+        enc, catalog.records, catalog.fingerprint(), cfg.image_size,
+        batch_size=cfg.probe.feature_batch_size, num_workers=cfg.train.num_workers, accelerator=acc,
+    )
+    index = catalog.by_id()
+
+    def xy(ids):
+        return torch.stack([feats[i] for i in ids]), torch.tensor([index[i].label for i in ids])
+
+    (xt, yt), (xv, yv), (xs, ys) = xy(train_ids), xy(splits.val), xy(splits.test)
+    pr = train_linear_probe(xt, yt, xv, yv, len(catalog.classes), cfg.probe, seed=cfg.seed)
+    model = Classifier(enc.backbone, enc.num_features, len(catalog.classes))
+    model.head.load_state_dict(pr.head.state_dict())
+    with torch.no_grad():
+        val = classification_metrics(yv.numpy(), pr.head(xv).softmax(1).numpy(), catalog.classes)
+        test = classification_metrics(ys.numpy(), pr.head(xs).softmax(1).numpy(), catalog.classes)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if acc.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(Path(cfg.out) / "tb")) as writer:
+            for h in pr.history:
+                writer.add_scalar("train/loss", h["train_loss"], h["epoch"])
+                writer.add_scalar("val/accuracy", h["val_accuracy"], h["epoch"])
+    return val, test, FitResult(state, pr.best_epoch, pr.best_val_accuracy, pr.history)
+
+
+def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
+    """Dataset, its (written/reused) split and this run's training subset."""
+    catalog = load_task_data(cfg)
+    splits = load_or_make_splits(catalog, split_path(cfg), cfg.split.ratios, cfg.split.seed)
+    index = catalog.by_id()
+    train_ids = label_fraction(splits.train, [index[i].label for i in splits.train], cfg.fraction, cfg.seed)
+    return catalog, splits, train_ids
+
+
+@contextlib.contextmanager
+def cpu_threads(num_workers: int, device: torch.device) -> Iterator[None]:
+    """On CPU, leave one core per DataLoader worker: intra-op threads competing with decoding
+    workers for the same cores made a 2-core run 3x slower. OMP_NUM_THREADS, if set, wins."""
+    before = torch.get_num_threads()
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - num_workers)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run(cfg: RunConfig, accelerator=None, cache: FeatureCache | None = None) -> dict:
+    """Execute one run and return its metrics (also written to ``OUT/metrics.json``)."""
+    acc = accelerator or make_accelerator(cfg.train.precision)
+    with cpu_threads(cfg.train.num_workers, acc.device):
+        return _run(cfg, acc, cache)
+
+
+def _run(cfg: RunConfig, acc, cache: FeatureCache | None) -> dict:
+    from accelerate.utils import set_seed
+
+    t0 = time.perf_counter()
+    kind = TASK_KIND[cfg.task]
+    out = Path(cfg.out)
+    catalog, splits, train_ids = prepare(cfg)
+    main = acc.is_main_process
+    if main:
+        save_config(cfg, out / "config.yaml")
+        write_json(out / "subset.json", {"fraction": cfg.fraction, "seed": cfg.seed, "train": train_ids})
+    set_seed(cfg.seed)
+    enc: Encoder = load_encoder(cfg.encoder)
+    check_input_size(enc, cfg.image_size, kind == "seg")
+    if kind == "seg":
+        val, test, res = _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main)
+    elif cfg.mode == "linear":
+        cache = cache or FeatureCache(cfg.cache_dir or out / "cache")
+        val, test, res = _probe(cfg, enc, catalog, splits, train_ids, acc, cache)
+    else:
+        val, test, res = _classification(cfg, enc, catalog, splits, train_ids, acc, out, main)
+    metrics = {
+        "task": cfg.task, "data": cfg.data, "dataset": catalog.name, "encoder": cfg.encoder, "mode": cfg.mode,
+        "fraction": cfg.fraction, "seed": cfg.seed, "classes": catalog.classes,
+        "n_train": len(train_ids), "n_val": len(splits.val), "n_test": len(splits.test),
+        "params_m": round(enc.params_m, 3), "best_epoch": res.best_epoch, "val": val,
+        "test": {k: v for k, v in test.items() if k != "per_image"},
+        "time_s": round(time.perf_counter() - t0, 2), "train_images_per_s": round(res.images_per_s, 1),
+    }
+    if main:
+        if "per_image" in test:
+            by_index = test["per_image"]
+            metrics["test_per_image"] = [
+                {"id": splits.test[i], "dice": d, "iou": j} for i, d, j in zip(by_index["index"], by_index["dice"], by_index["iou"])
+            ]
+        if kind == "cls":
+            plot_confusion(test["confusion_matrix"], catalog.classes, out / "confusion.png", title=f"{cfg.encoder} · {cfg.mode} · test")
+        keys = ["train_loss", "val_dice", "val_iou"] if kind == "seg" else ["train_loss", "val_accuracy", "val_macro_f1"]
+        plot_history(res.history, out / "curves.png", keys, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · f={cfg.fraction}")
+        if cfg.train.save_checkpoint and res.best_state is not None:
+            _save_checkpoint(res.best_state, out / "best.safetensors")
+        write_json(out / "metrics.json", metrics)
+    acc.free_memory()  # drop the prepared model/optimizer/loaders: a sweep runs hundreds of cells in one process
+    return metrics

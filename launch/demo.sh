@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole pipeline on the built-in synthetic corpus, on CPU, in one output folder (`make demo`).
+#   synthetic corpus -> cleaned shards -> tiny DINOv3 teacher -> ResNet-50 distillation -> export
+#   -> R50-Rand vs the distilled encoder on synthetic BUSI/DDTI (paper 002 tables) -> t-SNE
+#   -> one supervised KD recipe at toy scale.
+# Real runs swap in the real teacher id (facebook/dinov3-vitb16-pretrain-lvd1689m), the real corpus
+# and GPUs: see README "Pretraining" and pretrain/configs/dinov3_vitb16_resnet50.yaml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-demo_out}
+PY=${PY:-.venv/bin/python}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # the demo never downloads
+step() { printf '\n== %s ==\n' "$*"; }
+
+if [ ! -f "$OUT/corpus_truth.jsonl" ]; then
+  step "synthetic data: 600-image corpus (6 sources), BUSI and DDTI layouts"
+  rm -rf "$OUT/corpus" "$OUT/busi" "$OUT/ddti"
+  # The truth file sits outside the data folders: the shard builder scans them.
+  $PY -m shards.synth --layout corpus --n 600 --seed 0 --out "$OUT/corpus" --truth "$OUT/corpus_truth.jsonl.tmp" --workers 2
+  $PY -m shards.synth --layout busi --n 120 --seed 0 --out "$OUT/busi" --workers 2
+  $PY -m shards.synth --layout ddti --n 96 --seed 0 --out "$OUT/ddti" --workers 2
+  mv "$OUT/corpus_truth.jsonl.tmp" "$OUT/corpus_truth.jsonl"
+fi
+
+step "shards: clean, de-duplicate and pack the corpus (resumes; a re-run is a no-op)"
+sources=()
+for d in "$OUT"/corpus/*/; do sources+=(--source "$(basename "$d")=$d"); done
+$PY -m shards.build "${sources[@]}" --out "$OUT/shards" --size 128 --samples-per-shard 200 --workers 2
+$PY -m shards.inspect "$OUT/shards" --sheet "$OUT/shards_contact_sheet.png" --per-source 8
+
+step "pretraining: tiny random DINOv3 teacher -> ResNet-50, 300 CPU steps"
+$PY -m pretrain.teacher init-tiny --out "$OUT/teacher"
+$PY pretrain/run.py --config pretrain/configs/tiny.yaml \
+    data.shards="$OUT/shards" teacher.name_or_path="$OUT/teacher" out_dir="$OUT/pretrain"
+
+step "export: timm / Hugging Face Hub folder (upload shown as a dry run)"
+$PY -m pretrain.export --checkpoint "$OUT/pretrain" --out "$OUT/export" \
+    --push-to-hub your-lab/sonodistill-r50-demo --dry-run
+$PY -c "import timm, sys; m = timm.create_model('local-dir:' + sys.argv[1], pretrained=True); print('timm loads the encoder:', type(m).__name__, m.num_features, 'features')" "$OUT/export"
+
+step "downstream: R50-Rand vs R50-Distill-US, linear probe, 20 % and 100 % labels (paper 002 layout)"
+$PY -m downstream.sweep --config downstream/configs/tiny.yaml busi="$OUT/busi" ddti="$OUT/ddti" \
+    "encoders=[R50-Rand=rand,R50-Distill-US=$OUT/export]" out="$OUT/downstream" --print-tables
+
+step "representation: t-SNE of corpus embeddings coloured by source (Fig. 2) + silhouette"
+$PY -m downstream.embed --shards "$OUT/shards" --encoder R50-Rand=rand --encoder R50-Distill-US="$OUT/export" \
+    --out "$OUT/downstream/embed" --max-samples 400 --size 128 --num-workers 1
+
+step "supervised KD (paper 000 at toy scale): hybrid ViT+ConvNeXt teacher -> MobileNetV3-Small"
+$PY -m downstream.kd train --recipe vit_mobilenet --data "$OUT/busi" --out "$OUT/kd/vit_mobilenet" \
+    --config downstream/kd/configs/tiny_vit_mobilenet.yaml
+sed -n '/Impact of distillation/,$p' "$OUT/kd/vit_mobilenet/report.md"
+
+step "done: everything is under $OUT"
+cat <<EOF
+  shard manifest         $OUT/shards/manifest.json   contact sheet  $OUT/shards_contact_sheet.png
+  pretraining            $OUT/pretrain (loss_curve.png, metrics.jsonl, TensorBoard: tb/, checkpoints)
+  exported encoder       $OUT/export (model.safetensors, config.json, README.md model card)
+  downstream tables      $OUT/downstream/tables.md   plots  $OUT/downstream/*.png
+  t-SNE                  $OUT/downstream/embed/tsne.png  silhouette  $OUT/downstream/embed/silhouette.json
+  KD report              $OUT/kd/vit_mobilenet/report.md
+EOF

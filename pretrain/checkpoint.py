@@ -1,0 +1,117 @@
+"""Checkpoints of a pretraining run: atomic folders under ``<out_dir>/checkpoints/step_XXXXXXXX``.
+
+A checkpoint folder holds accelerate's ``save_state`` output (model, optimiser, scheduler, scaler,
+per-rank RNG states; DeepSpeed's own layout under DeepSpeed), one ``loader_rank{r}.json`` per rank
+(the stream position), ``student.safetensors`` (backbone + head, plain state dict, what export
+reads) and ``meta.json`` (step, resolved config, teacher statistics). It is written under a hidden
+temporary name and renamed into place, so a kill mid-save never leaves a half checkpoint that
+``resume=auto`` could pick; only folders with ``meta.json`` count.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from shards.atomic import write_json
+from shards.errors import UserError
+
+CKPT_RE = re.compile(r"^step_(\d{8})$")
+
+
+def checkpoints_root(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def step_dir(out_dir: str | Path, step: int) -> Path:
+    return checkpoints_root(out_dir) / f"step_{step:08d}"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (with ``meta.json``), oldest first."""
+    root = checkpoints_root(out_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and (p / "meta.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def read_meta(ckpt: str | Path) -> dict[str, Any]:
+    path = Path(ckpt) / "meta.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{ckpt}: not a complete pretraining checkpoint (no meta.json)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: unreadable ({exc})") from None
+
+
+def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
+    """``auto``: newest complete checkpoint in out_dir (None if none); ``none``; or an explicit folder."""
+    value = (resume or "none").strip()
+    if value.lower() in ("none", "no", "false", ""):
+        return None
+    if value.lower() == "auto":
+        found = list_checkpoints(out_dir)
+        return found[-1][1] if found else None
+    path = Path(value)
+    if not (path / "meta.json").is_file():
+        raise UserError(f"resume: '{value}' is not a complete checkpoint folder (expected {path}/meta.json)")
+    return path
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder, or a run folder (its newest checkpoint)."""
+    path = Path(path)
+    if (path / "meta.json").is_file():
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1][1]
+    raise UserError(f"--checkpoint: '{path}' is neither a checkpoint folder nor a run folder with checkpoints")
+
+
+def save_checkpoint(
+    accelerator,
+    out_dir: str | Path,
+    step: int,
+    meta: dict[str, Any],
+    loader_state: dict[str, Any],
+    write_weights: Callable[[Path], None],
+    keep_last: int,
+) -> Path:
+    """Collective: every rank calls it. Returns the final folder."""
+    final = step_dir(out_dir, step)
+    # A fixed hidden name (not mkdtemp): every rank must write into the same temporary folder.
+    tmp = final.with_name(f".{final.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    write_json(tmp / f"loader_rank{accelerator.process_index}.json", loader_state)
+    write_weights(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json(tmp / "meta.json", meta)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        prune(out_dir, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune(out_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints (0 keeps all)."""
+    if keep_last <= 0:
+        return
+    for _, path in list_checkpoints(out_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,81 @@
+"""Typed configuration of a pretraining run (YAML + ``key=value`` overrides via ``shards.config``).
+
+``pretrain/configs/dinov3_vitb16_resnet50.yaml`` holds paper 002's recipe and
+``pretrain/configs/tiny.yaml`` a CPU-sized run. Every run writes its resolved config to
+``<out_dir>/config.yaml``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from pretrain.augment import AugmentConfig
+from pretrain.loss import MixupConfig
+from pretrain.teacher import DEFAULT_TEACHER
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the shards are and how they stream (``shards.stream.ShardLoader``)."""
+
+    shards: str = ""  # dir with manifest.json, a manifest path, or a brace pattern dir/shard-{000000..000009}.tar
+    mode: Literal["loop", "resampled"] = "loop"  # loop: every sample once per epoch across ranks
+    num_workers: int = 4  # decoding workers per rank
+    shuffle_buffer: int = 1000
+    record_keys: bool = False  # audit: write the sample keys each rank trained on to <out_dir>/keys/
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    """The frozen DINOv3 teacher and which of its tokens are the targets."""
+
+    name_or_path: str = DEFAULT_TEACHER
+    layers: list[int] = dataclasses.field(default_factory=lambda: [-2, -1])  # block indices, -1 = last
+    norm: bool = True  # final LayerNorm on every layer (DINOv3 get_intermediate_layers(norm=True))
+    aggregate: Literal["concat", "mean"] = "concat"
+
+
+@dataclasses.dataclass
+class StudentConfig:
+    """timm backbone + token-wise projection head."""
+
+    name: str = "resnet50"
+    head_hidden: int = 4096
+    out_dim: int = 0  # 0: follow the teacher's embedding dim (any other value must equal it)
+    sync_bn: bool = False  # SyncBatchNorm across GPUs (small per-GPU batches); ignored on CPU
+    channels_last: bool = True  # GPU only
+    compile: bool = False  # torch.compile the student (GPU recommended)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation, precision, logging and checkpointing. One step = one optimiser step."""
+
+    max_steps: int = 0  # 0: derived from epochs x manifest num_samples / global batch
+    epochs: float = 1000.0
+    batch_size: int = 64  # per process (device)
+    global_batch: int = 512  # reached by gradient accumulation; 0 = batch_size x processes
+    lr: float = 1e-4
+    min_lr: float = 1e-6  # end of the cosine
+    weight_decay: float = 0.05  # not applied to norms and biases
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0  # > 0 wins over warmup_epochs
+    warmup_epochs: float = 10.0
+    grad_clip: float = 3.0  # max global grad norm; 0 = off
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that support it
+    seed: int = 0
+    log_every: int = 20  # loss/throughput sync, progress, TensorBoard, NaN and stop-signal checks
+    save_every: int = 1000
+    keep_last: int = 3
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    out_dir: str = "runs/pretrain"
+    resume: str = "auto"  # auto (newest checkpoint in out_dir if any), a checkpoint dir, or none
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    student: StudentConfig = dataclasses.field(default_factory=StudentConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    mixup: MixupConfig = dataclasses.field(default_factory=MixupConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

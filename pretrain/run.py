@@ -1,0 +1,37 @@
+"""Distil a DINOv3 teacher into a timm CNN on ultrasound shards (paper 002).
+
+    accelerate launch pretrain/run.py --config pretrain/configs/dinov3_vitb16_resnet50.yaml \\
+        data.shards=/data/us-shards out_dir=runs/r50 [key=value ...]
+    python pretrain/run.py --config pretrain/configs/tiny.yaml data.shards=... out_dir=...
+    torchrun --nproc_per_node 8 pretrain/run.py --config ...
+
+Exit codes: 0 finished; 2 bad input / diverged (one ``error:`` line); 75 stopped by SIGTERM/SIGUSR1
+after writing a checkpoint (run the same command again: ``resume=auto`` continues exactly).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from shards.config import add_config_args, config_from_args
+from shards.errors import cli_main
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
+    from pretrain.config import PretrainConfig
+    from pretrain.trainer import train
+
+    parser = argparse.ArgumentParser(
+        prog="pretrain/run.py", description=__doc__.splitlines()[0],
+        epilog="Exit codes: 0 done, 2 bad input or diverged, 75 preempted after a checkpoint.",
+    )
+    add_config_args(parser)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(PretrainConfig, args)
+    return train(cfg).exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

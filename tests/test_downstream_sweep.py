@@ -1,0 +1,150 @@
+"""End-to-end sweeps on synthetic BUSI and DDTI: tables in the paper's layout, plots, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from downstream.sweep import SweepConfig, read_results, run_sweep
+from shards.config import load_config
+from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _lines(path: Path) -> list[str]:
+    return [l for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+
+
+def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
+    export = save_encoder(tmp_path / "export", "resnet50", seed=3)
+    out = tmp_path / "sweep"
+    cfg = load_config(
+        SweepConfig, REPO / "downstream/configs/tiny.yaml",
+        [f"busi={busi_dir}", f"ddti={ddti_dir}", f"out={out}", f"encoders=[R50-Rand=rand,R50-Distill={export}]",
+         "modes=[linear]", "linear_fractions=[0.5,1.0]", "run.train.epochs=1",
+         "run.train.num_workers=0", "run.probe.epochs=30", "run.image_size=32"],
+    )
+    summary = run_sweep(cfg)
+    assert summary == {"ran": 12, "remaining": 0, "cells": 12, "done": 12}  # 3 tasks x 2 encoders x 2 fractions
+    rows = read_results(out / "results.jsonl")
+    assert len(rows) == 12 and len({r["key"] for r in rows}) == 12
+    assert all(r["config"]["image_size"] == 32 and r["config"]["encoder"] in ("rand", str(export)) for r in rows)
+
+    def metric(task, enc, mode, frac, key):
+        [r] = [r for r in rows if (r["cell"]["task_key"], r["cell"]["encoder_name"], r["cell"]["mode"], r["cell"]["fraction"]) == (task, enc, mode, frac)]
+        return r["metrics"]["test"][key], r
+
+    tables = (out / "tables.md").read_text()
+    assert "| Model | DDTI Seg. Dice | DDTI Seg. IoU | BUSI Seg. Dice | BUSI Seg. IoU | BUSI Cls. Acc | BUSI Cls. F1 |" in tables
+    t1 = tables.split("## Table 1")[1].split("## Table 2")[0]
+    row = next(l for l in t1.splitlines() if l.startswith("| R50-Distill |"))
+    cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+    assert cells[1] == f"{metric('ddti-seg', 'R50-Distill', 'linear', 1.0, 'dice')[0]:.4f}"
+    assert cells[6] == f"{metric('busi-cls', 'R50-Distill', 'linear', 1.0, 'macro_f1')[0]:.4f}"
+    assert "## Table 3: Limited labels, linear probing" in tables and "BUSI Cls. Acc 50%" in tables
+    assert "## Table 2: Full fine-tuning on all labeled data\n\nNot run in this sweep" in tables
+    assert (out / "fractions_linear.png").stat().st_size > 1000 and not (out / "fractions_finetune.png").exists()
+    assert json.loads((out / "summary.json").read_text())["cells"] == 12
+
+    # one split per dataset, shared by busi-seg and busi-cls; DDTI patients never straddle splits
+    splits = sorted((out / "splits").glob("*.json"))
+    assert len(splits) == 2 and splits[0].name.startswith(busi_dir.name) and splits[1].name.startswith(ddti_dir.name)
+    ddti = json.loads(splits[1].read_text())
+    groups = {p: {i.split("/")[-1].split("_")[0] for i in ddti[p]} for p in ("train", "val", "test")}
+    assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"]) and not (groups["val"] & groups["test"])
+
+    # per-cell outputs; label subsets nested and stratified
+    _, r = metric("busi-cls", "R50-Rand", "linear", 0.5, "accuracy")
+    cell = Path(r["config"]["out"])
+    for name in ("metrics.json", "config.yaml", "subset.json", "confusion.png", "curves.png"):
+        assert (cell / name).is_file(), name
+    half = set(json.loads((cell / "subset.json").read_text())["train"])
+    full = set(json.loads((cell.parent / "f1_s0" / "subset.json").read_text())["train"])
+    assert half < full and {i.split("/")[0] for i in half} == {"normal", "benign", "malignant"}
+    seg_cell = Path(metric("busi-seg", "R50-Distill", "linear", 1.0, "dice")[1]["config"]["out"])
+    assert (seg_cell / "predictions.png").is_file() and any((seg_cell / "tb").iterdir())
+    per_image = json.loads((seg_cell / "metrics.json").read_text())["test_per_image"]
+    busi_split = json.loads(splits[0].read_text())
+    assert sorted(p["id"] for p in per_image) == sorted(busi_split["test"])
+
+
+def _resume_cfg(busi_dir, export, out) -> list[str]:
+    return [f"busi={busi_dir}", f"out={out}", "tasks=[busi-cls]", f"encoders=[A={export},B=rand:resnet18]",
+            "modes=[linear]", "linear_fractions=[0.5,1.0]", "seeds=[0,1]", "run.image_size=32",
+            "run.train.num_workers=0", "run.probe.epochs=20", "run.train.save_checkpoint=false"]
+
+
+def test_sweep_resume_after_kill(busi_dir, tmp_path):
+    export = save_encoder(tmp_path / "export", "resnet18", seed=5)
+    full = run_sweep(load_config(SweepConfig, None, _resume_cfg(busi_dir, export, tmp_path / "full")))
+    assert full["ran"] == 8
+    reference = {r["key"]: r["metrics"]["test"] for r in read_results(tmp_path / "full" / "results.jsonl")}
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "downstream.sweep", *_resume_cfg(busi_dir, export, out)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 240
+        while len(_lines(out / "results.jsonl")) < 1 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    finished = len(_lines(out / "results.jsonl"))
+    assert 1 <= finished < 8  # killed mid-sweep
+    with open(out / "results.jsonl", "a") as fh:  # a write torn by the kill
+        fh.write('{"key": "busi-cls|A|linear|0.5|0|')
+
+    again = run_sweep(load_config(SweepConfig, None, _resume_cfg(busi_dir, export, out)))
+    assert again["ran"] == 8 - finished and again["done"] == 8
+    rows = read_results(out / "results.jsonl")
+    assert sorted(r["key"] for r in rows) == sorted(reference)  # each cell exactly once
+    for r in rows:
+        assert r["metrics"]["test"]["accuracy"] == reference[r["key"]]["accuracy"]
+    assert run_sweep(load_config(SweepConfig, None, _resume_cfg(busi_dir, export, out)))["ran"] == 0
+    # a changed setting is a different cell: it runs again instead of being skipped
+    changed = run_sweep(load_config(SweepConfig, None, [*_resume_cfg(busi_dir, export, out), "run.probe.epochs=21", "seeds=[0]", "linear_fractions=[1.0]"]))
+    assert changed["ran"] == 2
+
+
+def test_tables_paper_layout_mean_std():
+    from downstream.tables import TaskColumn, aggregate, render_tables
+
+    def row(task, enc, mode, frac, seed, test, params=23.508):
+        return {"cell": {"task_key": task, "encoder_name": enc, "mode": mode, "fraction": frac, "seed": seed},
+                "metrics": {"test": test, "params_m": params}}
+
+    rows = []
+    for seed, (d, acc) in enumerate([(0.60, 0.70), (0.80, 0.90)]):
+        rows += [
+            row("ddti-seg", "R50-Distill-US", "finetune", 1.0, seed, {"dice": d, "iou": d / 2}),
+            row("busi-cls", "R50-Distill-US", "finetune", 1.0, seed, {"accuracy": acc, "macro_f1": acc - 0.1}),
+            row("ddti-seg", "R50-Distill-US", "finetune", 0.05, seed, {"dice": d - 0.2, "iou": 0.1}),
+        ]
+    rows.append(row("ddti-seg", "R50-Rand", "finetune", 1.0, 0, {"dice": 0.5, "iou": 0.4}))
+    rows.append(row("ddti-seg", "DINOv3 ViT-B/16", "finetune", 1.0, 0, {"dice": 0.79, "iou": 0.48}, params=85.66))
+    tasks = [TaskColumn("busi-cls", "BUSI Cls.", "cls"), TaskColumn("ddti-seg", "DDTI Seg.", "seg")]
+    md = render_tables(aggregate(rows), ["R50-Rand", "R50-Distill-US", "DINOv3 ViT-B/16"], tasks,
+                       {"finetune": [0.05, 1.0], "linear": [1.0]}, seeds=2)
+    t2 = md.split("## Table 2")[1].split("## Table 3")[0]
+    # paper column order (DDTI before BUSI) whatever the config order; mean ± sample std over seeds
+    assert "| Model | DDTI Seg. Dice | DDTI Seg. IoU | BUSI Cls. Acc | BUSI Cls. F1 |" in t2
+    # a column with a single filled cell has nothing to be best against: no bold
+    assert "| R50-Distill-US | 0.7000 ± 0.1414 | 0.3500 ± 0.0707 | 0.8000 ± 0.1414 | 0.7000 ± 0.1414 |" in t2
+    assert "| DINOv3 ViT-B/16 | **0.7900** | **0.4800** | – | – |" in t2
+    assert "Not run in this sweep" in md.split("## Table 1")[1].split("## Table 2")[0]
+    t3 = md.split("## Table 3")[1].split("## Table 4")[0]
+    assert "DDTI Seg. Dice 5%" in t3 and "| R50-Distill-US | 0.5000 ± 0.1414 | – |" in t3
+    t4 = md.split("## Table 4")[1]
+    assert "| Model | Params (M) | DDTI Seg. Dice | BUSI Cls. Acc |" in t4
+    assert "| DINOv3 ViT-B/16 | 85.7 | **0.7900** | – |" in t4 and "| R50-Rand | 23.5 | 0.5000 | – |" in t4

@@ -1,0 +1,183 @@
+"""Tiny end-to-end runs of every KD recipe on synthetic BUSI, resume, and bad inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from downstream.kd.__main__ import main
+
+COMMON = ["data.img_size=32", "data.workers=0"]
+VIT = ["teacher.vit_kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
+       "teacher.convnext_kwargs={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}", "teacher.head_hidden=16",
+       "teacher.train.epochs=1", "teacher.train.batch_size=16", "student.train.epochs=1",
+       "student.train.batch_size=16", "efficiency.runs=2", "efficiency.warmup=1"]
+
+
+def train(recipe: str, data, out, *overrides: str) -> dict:
+    assert main(["train", "--recipe", recipe, "--data", str(data), "--out", str(out), *COMMON, *overrides]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def fails(recipe: str, data, out, capsys, *overrides: str) -> str:
+    """Run the CLI expecting a user error: exit status 2 and one ``error: ...`` line; returns it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--recipe", recipe, "--data", str(data), "--out", str(out), *COMMON, *overrides])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def check_common(m: dict, out, models: list[str]) -> None:
+    assert set(models) <= set(m["models"])
+    for name in models:
+        mm = m["models"][name]
+        assert 0.0 <= mm["accuracy"] <= 1.0
+        assert mm["n_images"] == m["splits"]["test"]
+        assert sum(map(sum, mm["confusion_matrix"])) == m["splits"]["test"]
+    for f in ("config.yaml", "splits.json", "report.md", "curves.png"):
+        assert (out / f).is_file(), f
+
+
+@pytest.fixture(scope="module")
+def vit_run(busi_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vit_mobilenet")
+    return out, train("vit_mobilenet", busi_dir, out, *VIT)
+
+
+def test_vit_mobilenet_end_to_end(vit_run):
+    out, m = vit_run
+    check_common(m, out, ["teacher", "scratch", "distilled"])
+    assert m["classes"] == ["normal", "benign", "malignant"]
+    eff = m["efficiency"]
+    assert eff["student"]["fps"] > 0 and eff["teacher"]["mb"] > 0
+    report = (out / "report.md").read_text()
+    assert "Table 1. Class-wise diagnostic performance" in report and "Table 2. Efficiency comparison" in report
+    assert "| Frame Rate |" in report and "MobileNet-V3 from scratch" in report
+    for f in ("confusion_teacher.png", "confusion_distilled.png", "efficiency.png", "teacher/model.safetensors"):
+        assert (out / f).is_file(), f
+    # the scratch baseline and the distilled student start from the same weights: same parameter count
+    assert m["models"]["scratch"]["params"] == m["models"]["distilled"]["params"]
+
+
+def test_rerun_reuses_finished_stages(vit_run, busi_dir, capsys):
+    out, first = vit_run
+    capsys.readouterr()
+    again = train("vit_mobilenet", busi_dir, out, *VIT)
+    printed = capsys.readouterr().out
+    for stage in ("teacher", "scratch", "distilled"):
+        assert f"{stage}: reusing the finished stage" in printed
+        assert again["models"][stage]["accuracy"] == first["models"][stage]["accuracy"]
+        assert again["models"][stage]["confusion_matrix"] == first["models"][stage]["confusion_matrix"]
+
+
+def test_given_teacher_checkpoint_is_loaded_not_trained(vit_run, busi_dir, capsys):
+    out, first = vit_run
+    ckpt = out / "teacher" / "model.safetensors"
+    capsys.readouterr()
+    # same folder: the scratch stage is reused, the distilled one retrains against the loaded teacher
+    m = train("vit_mobilenet", busi_dir, out, *VIT, f"teacher.checkpoint={ckpt}")
+    printed = capsys.readouterr().out
+    assert "scratch: reusing the finished stage" in printed and "distilled: reusing" not in printed
+    assert m["models"]["teacher"]["confusion_matrix"] == first["models"]["teacher"]["confusion_matrix"]
+    assert m["history"]["teacher"] == [] and len(m["history"]["distilled"]) == 1
+
+
+def test_teacher_checkpoint_of_another_architecture_is_a_clear_error(vit_run, busi_dir, tmp_path, capsys):
+    out, _ = vit_run
+    ckpt = out / "teacher" / "model.safetensors"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--recipe", "nanoray", "--data", str(busi_dir), "--out", str(tmp_path), *COMMON,
+              f"teacher.checkpoint={ckpt}", "teacher.kwargs={depth: 1, embed_dim: 32, num_heads: 2}"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: teacher.checkpoint:") and "different architecture" in err and "hybrid_vit_convnext" in err
+    # same recipe, other width: caught the same way
+    err = fails("vit_mobilenet", busi_dir, tmp_path / "b", capsys, *VIT, "teacher.head_hidden=24",
+                f"teacher.checkpoint={ckpt}")
+    assert "different architecture (head_hidden: file has 16, recipe builds 24)" in err
+
+
+def test_nanoray_end_to_end_with_gradcam(busi_dir, tmp_path):
+    m = train("nanoray", busi_dir, tmp_path, "teacher.kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
+              "teacher.train.epochs=1", "student.train.epochs=1", "teacher.train.batch_size=16",
+              "student.train.batch_size=16", "gradcam.images=3")
+    check_common(m, tmp_path, ["teacher", "scratch", "distilled"])
+    assert m["splits"]["test"] < m["splits"]["train"] / 4  # the paper's 80/10/10
+    report = (tmp_path / "report.md").read_text()
+    assert "NanoRay V2 (Distilled)" in report and "gradcam.png" in report
+    assert (tmp_path / "gradcam.png").stat().st_size > 1000
+
+
+def test_hdkd_end_to_end_with_data_size_sweep(busi_dir, tmp_path):
+    m = train("hdkd", busi_dir, tmp_path, "model.channels=[8,16,24]", "model.teacher_blocks=[2,1,2]",
+              "model.student_blocks=[1,1,1]", "model.dim=32", "model.heads=2", "model.depth=1",
+              "teacher.train.epochs=1", "teacher.train.batch_size=16", "student.train.epochs=1",
+              "student.train.warmup_epochs=0", "student.train.batch_size=16", "sweep.per_class=[3,0]")
+    check_common(m, tmp_path, ["teacher", "student_3", "hdkd_3", "student_0", "hdkd_0"])
+    sweep = m["sweep"]
+    assert [row["n_train"] for row in sweep] == [9, m["splits"]["train"]]  # 3 per class x 3 classes, then all
+    assert m["complexity"]["hdkd"]["params"] > m["complexity"]["student"]["params"]
+    report = (tmp_path / "report.md").read_text()
+    assert "Tables 3-4. Test accuracy across data sizes" in report and "9 images (3/class)" in report
+    assert (tmp_path / "data_size.png").is_file()
+    assert m["history"]["hdkd_all"][0]["train_feat"] >= 0  # the feature-distillation term was trained
+
+
+def test_csa_moe_end_to_end_repeats_and_gates(busi_dir, tmp_path):
+    m = train("csa_moe", busi_dir, tmp_path, "model.backbone_kwargs={layers: [1, 1, 1, 1]}", "train.epochs=1",
+              "train.batch_size=16", "repeats=2", "variants=[csa_moe,resnet18]")
+    assert m["classes"] == ["benign", "malignant"] and m["positive"] == "malignant"
+    res = m["models"]["csa_moe"]
+    assert len(res["runs"]) == 2 and set(res["mean"]) == {"accuracy", "precision", "recall", "f1", "auc"}
+    gates = res["gates"]["train"]
+    assert len(gates) == 1 and all(sum(g) == pytest.approx(1.0, abs=1e-5) for g in gates)
+    assert len(gates[0]) == 3 and len(res["gates"]["val"]) == 1
+    assert "gates" not in m["models"]["resnet18"]
+    report = (tmp_path / "report.md").read_text()
+    assert "CSA-MoE-Net | ✓ | ✓" in report and "±" in report and "Table IV" in report
+    assert (tmp_path / "gates_csa_moe.png").is_file()
+
+
+def test_csa_moe_without_masks_is_a_clear_error(busi_dir, tmp_path, capsys):
+    data = tmp_path / "nomask"
+    shutil.copytree(busi_dir, data, ignore=shutil.ignore_patterns("*_mask*"))
+    err = fails("csa_moe", data, tmp_path / "out", capsys, "repeats=1")
+    assert "csa_moe needs a lesion mask for every image" in err and "_mask.png" in err
+
+
+def test_unknown_recipe_variant_and_key(busi_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--recipe", "deit", "--data", str(busi_dir), "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "unknown recipe 'deit'; valid: vit_mobilenet, nanoray, hdkd, csa_moe" in capsys.readouterr().err
+    assert "unknown variant(s) resnet50" in fails("csa_moe", busi_dir, tmp_path, capsys, "variants=[csa_moe,resnet50]")
+    assert "unknown key 'kd.beta'" in fails("vit_mobilenet", busi_dir, tmp_path, capsys, "kd.beta=3")
+
+
+def test_summary_json_lists_every_model_against_the_paper(capsys):
+    assert main(["summary", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by = {(r["recipe"], r["model"]): r for r in rows}
+    assert {r["recipe"] for r in rows} == {"vit_mobilenet", "nanoray", "hdkd", "csa_moe"}
+    hdkd = [r for r in rows if r["recipe"] == "hdkd"]
+    assert [round(r["params"] / 1e6, 2) for r in hdkd[:3]] == [3.95, 3.72, 3.73]
+    csa = by[("csa_moe", "CSA-MoE-Net (3 views)")]
+    assert abs(csa["params_gap_pct"]) < 1.0 and csa["gmacs_224"] == pytest.approx(5.472, rel=0.01)
+    assert by[("vit_mobilenet", "student: MobileNetV3-Small (3 classes)")]["fp32_mb"] == pytest.approx(5.85, abs=0.01)
+    assert main(["summary", "--recipe", "hdkd"]) == 0
+    assert "| hdkd |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("recipe", ["vit_mobilenet", "nanoray", "hdkd", "csa_moe"])
+def test_shipped_tiny_configs_load(recipe, repo_root):
+    from downstream.kd.recipes import RECIPES
+    from shards.config import load_config
+
+    cfg = load_config(RECIPES[recipe].Config, repo_root / "downstream" / "kd" / "configs" / f"tiny_{recipe}.yaml")
+    assert cfg.data.img_size == 64 and cfg.data.workers == 0
+    default = RECIPES[recipe].Config()
+    assert default.data.img_size == 224  # the paper's resolution stays the default

@@ -1,0 +1,201 @@
+"""The trainer in-process on CPU: outputs, checkpoints, resume=auto, schedule, and every bad input."""
+from __future__ import annotations
+
+import json
+import re
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dist.tiny_pretrain import REPO, tiny_config, tiny_overrides
+from pretrain.checkpoint import list_checkpoints, read_meta
+from pretrain.config import PretrainConfig
+from pretrain.metrics import read_jsonl
+from pretrain.student import build_student
+from pretrain.trainer import TrainingDiverged, _accumulation, _schedule_lengths, build_optimizer, train
+from pretrain.world import check_world_size, resolve_mixed_precision, teacher_dtype, use_cpu
+from shards.config import ConfigError, load_config
+from shards.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def first_run(shard_dir, tiny_teacher_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = train(tiny_config(shard_dir, tiny_teacher_dir, out))
+    return out, result
+
+
+def test_run_writes_checkpoints_metrics_and_plots(first_run, shard_dir):
+    out, result = first_run
+    assert result.step == 6 and result.max_steps == 6 and not result.preempted and result.exit_code == 0
+    assert [s for s, _ in list_checkpoints(out)] == [3, 6]
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp left
+    meta = read_meta(out / "checkpoints" / "step_00000006")
+    assert meta["step"] == 6 and meta["accumulation"] == 2 and meta["global_batch"] == 8
+    assert meta["samples_seen"] == 48 and meta["teacher"]["embed_dim"] == 128
+    assert meta["data"]["num_samples"] == json.loads((shard_dir / "manifest.json").read_text())["num_samples"]
+    # resolved config written next to the outputs, and it reloads to the same config
+    again = load_config(PretrainConfig, out / "config.yaml")
+    assert again == tiny_config(shard_dir, meta["teacher"]["name_or_path"], out)
+    recs = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
+    assert all(r["lr"] > 0 and r["grad_norm"] > 0 for r in recs)
+    # warm-up (2 steps) then cosine down to min_lr at the last step
+    assert recs[0]["lr"] < recs[1]["lr"] == pytest.approx(1e-3) and recs[-1]["lr"] == pytest.approx(1e-6)
+    assert "images_per_s" in recs[-1]
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    # student.safetensors is the plain state dict of backbone + head, equal to the returned model
+    sd = load_file(str(out / "checkpoints" / "step_00000006" / "student.safetensors"))
+    student = build_student("resnet10t", 128, 64, 64, 16)
+    student.load_state_dict(sd, strict=True)
+    live = result.student.state_dict()
+    assert all(torch.equal(sd[k], live[k]) for k in sd)
+
+
+def test_resume_auto_continues_and_prunes(first_run, shard_dir, tiny_teacher_dir):
+    out, _ = first_run
+    result = train(tiny_config(shard_dir, tiny_teacher_dir, out, train__max_steps=9))
+    assert result.step == 9
+    assert [s for s, _ in list_checkpoints(out)] == [6, 9]  # keep_last=2
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 10))
+    # Already finished: resuming does nothing and keeps the weights.
+    again = train(tiny_config(shard_dir, tiny_teacher_dir, out, train__max_steps=9))
+    assert again.step == 9 and [s for s, _ in list_checkpoints(out)] == [6, 9]
+
+
+def test_resume_auto_ignores_half_written_checkpoints(first_run, tmp_path):
+    import shutil
+
+    from pretrain.checkpoint import resolve_resume
+
+    out = tmp_path / "copy"
+    shutil.copytree(first_run[0] / "checkpoints", out / "checkpoints")
+    newest = resolve_resume("auto", out)
+    (out / "checkpoints" / ".step_00000099.tmp").mkdir()  # a save killed before its rename
+    (out / "checkpoints" / ".step_00000099.tmp" / "model.safetensors").write_bytes(b"torn")
+    (out / "checkpoints" / "step_00000098").mkdir()  # a folder without meta.json is not a checkpoint
+    assert resolve_resume("auto", out) == newest and newest.name == list_checkpoints(out)[-1][1].name
+    assert resolve_resume("none", out) is None and resolve_resume("auto", tmp_path / "empty") is None
+    assert resolve_resume(str(newest), out) == newest
+
+
+def test_schedule_and_accumulation_arithmetic():
+    cfg = PretrainConfig()
+    cfg.train.epochs, cfg.train.warmup_epochs = 1000.0, 10.0
+    # the paper: ~162k images, global batch 512
+    assert _schedule_lengths(cfg, 162_000, 512) == (math.ceil(1000 * 162_000 / 512), math.ceil(10 * 162_000 / 512))
+    cfg.train.max_steps, cfg.train.warmup_steps = 50, 100
+    assert _schedule_lengths(cfg, 162_000, 512) == (50, 50)  # warm-up never longer than the run
+    assert _accumulation(cfg, world=8) == (512, 1)
+    assert _accumulation(cfg, world=1) == (512, 8)
+    cfg.train.global_batch = 0
+    assert _accumulation(cfg, world=4) == (256, 1)
+    cfg.train.global_batch = 100
+    with pytest.raises(UserError, match="train.global_batch: 100 is not a multiple of .* = 64 x 1 = 64"):
+        _accumulation(cfg, world=1)
+    cfg.train.max_steps = 0
+    with pytest.raises(UserError, match="train.max_steps: must be set"):
+        _schedule_lengths(cfg, None, 512)
+
+
+def test_adamw_decays_weights_but_not_norms_or_biases():
+    cfg = PretrainConfig()
+    student = build_student("resnet10t", 128, 64, 64, 16)
+    opt = build_optimizer(student, cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    for name, p in student.named_parameters():
+        expected = no_decay if (p.ndim <= 1 or name.endswith(".bias")) else decay
+        assert id(p) in expected, name
+    assert all(g["lr"] == 1e-4 and g["betas"] == (0.9, 0.999) for g in opt.param_groups)
+    bn_weights = [m.weight for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn_weights and all(id(w) in no_decay for w in bn_weights)
+    assert id(student.head.fc1.weight) in decay and id(student.head.fc1.bias) in no_decay
+
+
+def test_world_size_check_and_device_choice():
+    # accelerate launch decides the device itself; torchrun/srun/python on a GPU-less host -> CPU (gloo)
+    assert use_cpu({"ACCELERATE_MIXED_PRECISION": "no", "ACCELERATE_DYNAMO_BACKEND": "no"}) is False
+    assert use_cpu({"ACCELERATE_USE_DEEPSPEED": "true"}) is False
+    assert use_cpu({"WORLD_SIZE": "2", "LOCAL_RANK": "0"}) is (not torch.cuda.is_available())
+    cpu = torch.device("cpu")
+    assert resolve_mixed_precision("auto", cpu) == "no" and teacher_dtype(cpu) is None
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+        resolve_mixed_precision("fp16", cpu)
+    check_world_size(2, "MULTI_CPU", {"WORLD_SIZE": "2"})
+    check_world_size(1, "NO", {})
+    with pytest.raises(UserError, match="WORLD_SIZE=2 .* accelerate sees 1 \\(NO\\)"):
+        check_world_size(1, "NO", {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
+
+
+def test_unknown_key_lists_valid_keys(shard_dir, tiny_teacher_dir, tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'train.max_step'; valid keys: .*train.max_steps"):
+        load_config(PretrainConfig, None, ["train.max_step=3"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher:\n  layer: [-1]\n")
+    with pytest.raises(ConfigError, match="unknown key 'teacher.layer'; valid keys: teacher.name_or_path"):
+        load_config(PretrainConfig, bad)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"data__shards": "/no/such/shards"}, "data.shards: cannot open '/no/such/shards'"),
+    ({"teacher__name_or_path": "/no/such/teacher"}, "teacher.name_or_path: cannot load '/no/such/teacher'"),
+    ({"augment__size": 48}, "augment.size: 48 px is not a multiple of the student 'resnet10t' stride 32"),
+    ({"student__out_dim": 100}, "student.out_dim: 100 does not match the teacher embedding dim 128"),
+    ({"train__global_batch": 6}, "train.global_batch: 6 is not a multiple"),
+    ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' is not a complete checkpoint"),
+    ({"mixup__prob": 2}, "mixup.prob"),
+])
+def test_bad_inputs_fail_before_training(shard_dir, tiny_teacher_dir, tmp_path, override, message):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=re.escape(message)):
+        train(tiny_config(shard_dir, tiny_teacher_dir, out, **override))
+    assert not list_checkpoints(out)
+
+
+def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(first_run, shard_dir, tiny_teacher_dir,
+                                                                   tmp_path):
+    from transformers import AutoModel
+
+    from pretrain.teacher import Teacher
+
+    # Same architecture, but a NaN in the final norm: every target (hence the loss) becomes NaN.
+    poisoned = tmp_path / "nan_teacher"
+    model = AutoModel.from_pretrained(tiny_teacher_dir)
+    with torch.no_grad():
+        model.norm.weight[0] = float("nan")
+    model.save_pretrained(poisoned)
+    for f in ("preprocessor_config.json",):
+        (poisoned / f).write_bytes((tiny_teacher_dir / f).read_bytes())
+    assert Teacher.from_pretrained(poisoned).embed_dim == 128
+
+    out = tmp_path / "run"
+    good = train(tiny_config(shard_dir, tiny_teacher_dir, out, train__max_steps=3))
+    good_ckpt = good.last_checkpoint
+    before = load_file(str(good_ckpt / "student.safetensors"))
+    message = r"loss became nan at step 4; the last good checkpoint is .*step_00000003"
+    with pytest.raises(TrainingDiverged, match=message):
+        train(tiny_config(shard_dir, poisoned, out, train__max_steps=9))
+    assert [s for s, _ in list_checkpoints(out)] == [3]
+    after = load_file(str(good_ckpt / "student.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cli_exit_code_and_one_line_error(shard_dir, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    args = tiny_overrides(shard_dir, tmp_path / "missing_teacher", tmp_path / "out")
+    proc = subprocess.run([sys.executable, str(REPO / "pretrain" / "run.py"), "--config",
+                           str(REPO / "pretrain" / "configs" / "tiny.yaml"), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "teacher.name_or_path: cannot load" in lines[0]
+    assert "Traceback" not in proc.stderr
