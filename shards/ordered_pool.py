@@ -40,8 +40,9 @@ def ordered_map(
                 pending.append(pool.submit(_run_chunk, fn, batch))
             return bool(batch)
 
-        while len(pending) < window and submit():
-            pass
+        for _ in range(window):
+            if not submit():
+                break
         while pending:
             results = pending.popleft().result()
             submit()
