@@ -28,6 +28,15 @@ def stem_layer(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.GELU())
 
 
+
+def stage_outputs(stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output of every stage in turn (the features the HDKD feature loss compares)."""
+    feats = []
+    for stage in stages:
+        x = stage(x)
+        feats.append(x)
+    return feats
+
 class ChannelAttention(nn.Module):
     """sigmoid(MLP(avgpool F) + MLP(maxpool F)); the shared MLP shrinks by ``ratio`` with GELU between."""
 
@@ -117,11 +126,7 @@ class HDKDTeacher(nn.Module):
         self.head = nn.Linear(hidden, num_classes)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
+        return stage_outputs(self.stages, x)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         feats = self.forward_stages(x)
@@ -182,11 +187,7 @@ class HDKDStudent(nn.Module):
         self.head_dist = nn.Linear(dim, num_classes) if distill else None
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for stage in self.stages:
-            x = stage(x)
-            feats.append(x)
-        return feats
+        return stage_outputs(self.stages, x)
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """CLS logits, distillation logits (None without distillation) and the stage features."""
