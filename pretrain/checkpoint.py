@@ -1,4 +1,4 @@
-"""Checkpoints of a pretraining run: atomic folders under ``<out_dir>/checkpoints/step_XXXXXXXX``.
+"""Checkpoints of a pretraining run: atomic folders under ``<out_dir>/checkpoints/step_<8-digit step>``.
 
 A checkpoint folder holds accelerate's ``save_state`` output (model, optimiser, scheduler, scaler,
 per-rank RNG states; DeepSpeed's own layout under DeepSpeed), one ``loader_rank{r}.json`` per rank

@@ -130,12 +130,17 @@ def test_normalize(teacher):
         teacher.normalize(torch.zeros(1, 3, 2, 2))
 
 
-def test_bad_inputs(tmp_path, teacher):
+def test_bad_inputs(tmp_path, teacher, monkeypatch):
     missing = tmp_path / "no-such-teacher"
     with pytest.raises(UserError, match="teacher.name_or_path: cannot load '.*no-such-teacher'"):
         Teacher.from_pretrained(missing)
-    # A Hub id is not downloaded offline: a clear error naming it instead of a network attempt.
-    with pytest.raises(UserError, match="facebook/dinov3-vitb16-pretrain-lvd1689m"):
-        Teacher.from_pretrained("facebook/dinov3-vitb16-pretrain-lvd1689m")
+    # A Hub id that is not in the local cache, with offline mode pinned (never a network attempt):
+    # a clear error naming it.
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="cannot load 'sonodistill-tests/no-such-dinov3'"):
+        Teacher.from_pretrained("sonodistill-tests/no-such-dinov3")
     with pytest.raises(UserError, match="not a multiple of the patch size 16"):
         teacher.tokens(torch.zeros(1, 3, 40, 48))
