@@ -5,7 +5,7 @@ preprocessing) and stored under ``cache_dir`` (``<key>.pt``, written atomically)
 every label fraction and seed: a linear probe sees the encoder in eval mode and no
 augmentation, so its features are a pure function of that key. The head is a linear layer on
 standardised features (mean/std of the training subset, folded into the layer afterwards),
-trained with AdamW; the epoch with the best validation accuracy is kept.
+trained with AdamW (no weight decay on the bias); the epoch with the best validation accuracy is kept.
 """
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ def train_linear_probe(
         bound = 1 / np.sqrt(xt.shape[1])
         head.weight.copy_(torch.rand(head.weight.shape, generator=g) * 2 * bound - bound)
         head.bias.zero_()
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from timm.optim import create_optimizer_v2
+
+    opt = create_optimizer_v2(head, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)  # no decay on the bias
     best = (-1.0, -1, None)
     history = []
     n = xt.shape[0]

@@ -1,6 +1,7 @@
 """The gradient-training loop shared by segmentation and classification (accelerate).
 
-One loop for every task and initialisation: AdamW, linear warm-up then cosine decay per step,
+One loop for every task and initialisation: AdamW (no weight decay on norms and biases, as in
+pretraining), linear warm-up then cosine decay per step,
 mixed precision from accelerate (bf16 on CUDA), evaluation on the validation split after every
 epoch and model selection on its score (the best state is kept in host memory). A linear probe
 passes ``frozen=model.encoder``: its parameters get no gradient and it stays in eval mode, so
@@ -84,7 +85,9 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UserError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    from timm.optim import create_optimizer_v2
+
+    optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=cfg.weight_decay)  # 1-d params: no decay
     if accelerator.device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)

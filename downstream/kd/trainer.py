@@ -72,10 +72,10 @@ def seed_everything(seed: int) -> None:
 
 
 def _optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """timm's builder, as in pretraining: norms and biases (1-d parameters) get no weight decay."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig):
