@@ -53,16 +53,6 @@ class FitResult:
     images_per_s: float = 0.0
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def fit(
     model: nn.Module,
     train_loader,
@@ -93,7 +83,11 @@ def fit(
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     steps_per_epoch = len(train_loader)
     total = cfg.epochs * steps_per_epoch
-    scheduler = cosine_with_warmup(optimizer, cfg.warmup_epochs * steps_per_epoch, total)
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    # the schedule pretraining uses: linear warm-up from 0, cosine to min_lr, per optimiser step
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=min(cfg.warmup_epochs * steps_per_epoch, total), num_training_steps=total, min_lr=0.0)
 
     writer = None
     if accelerator.is_main_process:

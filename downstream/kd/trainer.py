@@ -41,7 +41,7 @@ class OptimConfig:
     epochs: int = 15
     batch_size: int = 32
     schedule: Literal["none", "cosine", "plateau"] = "none"
-    warmup_epochs: int = 0  # cosine: linear warm-up from lr/100
+    warmup_epochs: int = 0  # cosine: linear warm-up from 0 over this many epochs of steps
     min_lr: float = 0.0  # cosine floor / plateau floor
     plateau_factor: float = 0.5
     plateau_patience: int = 3
@@ -78,12 +78,14 @@ def _optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     return create_optimizer_v2(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig):
-    if cfg.schedule == "cosine":
-        from timm.scheduler import CosineLRScheduler
+def _scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int):
+    if cfg.schedule == "cosine":  # pretraining's schedule: linear warm-up from 0, cosine to min_lr, per step
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-        return CosineLRScheduler(opt, t_initial=max(cfg.epochs - cfg.warmup_epochs, 1), lr_min=cfg.min_lr,
-                                 warmup_t=cfg.warmup_epochs, warmup_lr_init=cfg.lr / 100, warmup_prefix=True)
+        total = cfg.epochs * steps_per_epoch
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            opt, num_warmup_steps=min(cfg.warmup_epochs * steps_per_epoch, total), num_training_steps=total,
+            min_lr=cfg.min_lr)
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
@@ -136,10 +138,10 @@ def fit(model: torch.nn.Module, step: Step, train: DataLoader, val: DataLoader |
     if cfg.select != "last" and val is None:
         raise UserError(f"{name}: select={cfg.select} needs a validation split")
     opt = _optimizer(model, cfg)
-    sched = _scheduler(opt, cfg)
     if acc.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # before DDP wraps it
     model, opt, train_dl = acc.prepare(model, opt, train)
+    sched = _scheduler(opt, cfg, len(train_dl))  # steps of this process's shard of the data
     val_dl = acc.prepare(val) if val is not None else None
     writer = None
     if log_dir is not None and acc.is_main_process:
@@ -150,8 +152,6 @@ def fit(model: torch.nn.Module, step: Step, train: DataLoader, val: DataLoader |
     best_score, best_state = -math.inf, None
     start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
-        if cfg.schedule == "cosine":
-            sched.step(epoch - 1)
         model.train()
         # running sums stay on the device (no host sync per step); reduced over processes per epoch
         sums: dict[str, torch.Tensor] = {}
@@ -167,6 +167,8 @@ def fit(model: torch.nn.Module, step: Step, train: DataLoader, val: DataLoader |
             opt.zero_grad(set_to_none=True)
             acc.backward(parts.total)
             opt.step()
+            if cfg.schedule == "cosine":
+                sched.step()
             n = int(batch["label"].shape[0])
             for k, v in parts.tensors().items():
                 sums[k] = sums.get(k, 0) + v.detach().float() * n
