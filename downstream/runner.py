@@ -52,12 +52,18 @@ def split_path(cfg: RunConfig) -> Path:
 
 
 def _loader(catalog: Catalog, ids: list[str], cfg: RunConfig, train: bool, **targets: bool) -> DataLoader:
-    """Training (shuffled, last partial batch dropped) or evaluation batches of ``ids``."""
+    """Training (shuffled, last partial batch dropped) or evaluation batches of ``ids``.
+
+    The shuffle order and worker seeds come from a generator seeded with the run's seed (not from
+    torch's global RNG, which the augmentations draw from), and workers persist across epochs."""
     ds = ImageSet(catalog.subset(ids), cfg.image_size, **targets)
     bs = cfg.train.batch_size if train else cfg.train.eval_batch_size
+    g = torch.Generator()
+    g.manual_seed(cfg.seed)
     return DataLoader(
-        ds, batch_size=bs, shuffle=train, drop_last=train and len(ds) > bs,
+        ds, batch_size=bs, shuffle=train, drop_last=train and len(ds) > bs, generator=g,
         num_workers=cfg.train.num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=cfg.train.num_workers > 0,
     )
 
 
