@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from pretrain.augment import AugmentConfig, build_augment, build_effects
-from shards.atomic import atomic_open
+from sonodistill.figures import save_figure
 
 EFFECTS = ("attenuation", "shadow", "haze", "despeckle")
 OURS_TO_THEIRS = {"attenuation": "DepthAttenuation", "shadow": "GaussianShadow", "haze": "HazeArtifact",
@@ -110,10 +110,9 @@ def compare(effects: tuple[str, ...], images: np.ndarray, masks: np.ndarray, bat
 
 
 def save_examples(path: str, images: np.ndarray, masks: np.ndarray) -> None:
-    import matplotlib
+    from sonodistill.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     torch.manual_seed(0)
     np.random.seed(0)  # usaugment draws from numpy's and Python's global generators
@@ -135,9 +134,7 @@ def save_examples(path: str, images: np.ndarray, masks: np.ndarray) -> None:
             if c == 0:
                 ax.set_ylabel(title, fontsize=8)
     fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def main() -> None:

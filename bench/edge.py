@@ -43,20 +43,26 @@ def full_models(names: list[str]) -> dict[str, tuple[torch.nn.Module, tuple[int,
 def quick_student(workdir: Path, size: int, epochs: int, n: int):
     """Train MobileNetV3-Small (3 classes) briefly on synthetic BUSI; return model, test set, train set."""
     from downstream.data import ImageSet
-    from downstream.kd.data import DataConfig, Inputs, SplitConfig, prepare
+    from downstream.data.inputs import Inputs
+    from downstream.fit import FitConfig, fit
+    from downstream.kd.data import DataConfig, prepare
+    from downstream.kd.pipeline import seed_everything
     from downstream.kd.recipes import vit_mobilenet
-    from downstream.kd.steps import Supervised
-    from downstream.kd.trainer import OptimConfig, fit, loader, make_accelerator, seed_everything
+    from downstream.loaders import make_loader
+    from downstream.splits import SplitConfig
+    from downstream.tasks import Classification
     from shards.synth import write_busi
+    from sonodistill.world import make_accelerator
 
     data = workdir / "busi"
     write_busi(data, n, seed=0)
-    prep = prepare(str(data), DataConfig(img_size=size, split=SplitConfig(ratios=[0.56, 0.10, 0.34])), workdir)
+    prep = prepare(str(data), DataConfig(img_size=size, split=SplitConfig(ratios=[0.56, 0.10, 0.34], seed=42)), workdir)
     seed_everything(0)
     model = vit_mobilenet.build_student(vit_mobilenet.StudentConfig(), len(prep.classes))
     train = ImageSet(prep.parts["train"], size, labels=True)
-    cfg = OptimConfig(lr=1e-3, epochs=epochs, batch_size=16, select="last")
-    fit(model, Supervised(Inputs()), loader(train, 16, shuffle=True), None, cfg, make_accelerator("no"), name="student")
+    cfg = FitConfig(lr=1e-3, weight_decay=0.01, schedule="none", epochs=epochs, batch_size=16, select="last")
+    fit(Classification(model, Inputs(), prep.classes), make_loader(train, 16, train=True), None, cfg,
+        make_accelerator("no"), name="student")
     return model.cpu().eval(), ImageSet(prep.parts["test"], size, labels=True), train
 
 
@@ -66,7 +72,7 @@ def run_student(run_dir: Path):
     from downstream.kd.checkpoint import load_model, read_arch
     from downstream.kd.data import prepare
     from downstream.kd.recipes import vit_mobilenet
-    from shards.config import load_config
+    from sonodistill.config import load_config
 
     weights = run_dir / "distilled" / "model.safetensors"
     arch = read_arch(weights) if weights.is_file() else None
@@ -104,7 +110,7 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    from downstream.kd.data import Inputs
+    from downstream.data.inputs import Inputs
     from downstream.kd.onnx_export import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
 
     # 1. every recipe model, PyTorch eager fp32, side by side

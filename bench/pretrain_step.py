@@ -27,7 +27,7 @@ from pretrain.augment import AugmentConfig, build_augment
 from pretrain.loss import MixupConfig
 from pretrain.step import distill_loss, make_view
 from pretrain.student import build_student
-from pretrain.teacher import Teacher, init_tiny
+from sonodistill.dinov3 import DINOv3, init_tiny
 from shards.stream import ShardLoader
 
 
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     shards = Path(args.shards) if args.shards else synthetic_shards(tmp, args.size, args.corpus_size)
     teacher_path = args.teacher or str(init_tiny(tmp / "teacher", seed=0, image_size=args.size))
     dtype = torch.bfloat16 if device.type == "cuda" else None
-    teacher = Teacher.from_pretrained(teacher_path, dtype=dtype).to(device)
+    teacher = DINOv3.from_pretrained(teacher_path, dtype=dtype).to(device)
     torch.manual_seed(0)
     student = build_student(args.student, teacher.embed_dim, 4096 if device.type == "cuda" else 512,
                             args.size, teacher.patch_size).to(device)

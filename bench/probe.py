@@ -35,7 +35,7 @@ def main() -> dict:
     from downstream.config import RunConfig
     from downstream.probe import FeatureCache
     from downstream.runner import run
-    from downstream.train import make_accelerator
+    from sonodistill.world import make_accelerator
     from shards.synth import write_busi
 
     fractions = [float(f) for f in args.fractions.split(",")]

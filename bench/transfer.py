@@ -145,9 +145,9 @@ def run(args: argparse.Namespace, out: Path) -> None:
 
     from pretrain.config import PretrainConfig
     from pretrain.student import build_student
-    from pretrain.teacher import Teacher
+    from sonodistill.dinov3 import DINOv3
     from pretrain.trainer import train
-    from shards.config import load_config
+    from sonodistill.config import load_config
 
     print(f"work folder: {out}", flush=True)
     x_t, a_t, l_t = labelled(args.teacher_images, args.seed + 1, args.size)
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
     cfg = load_config(PretrainConfig, repo / "pretrain" / "configs" / "tiny.yaml", overrides)
     result = train(cfg)
 
-    teacher = Teacher.from_pretrained(teacher_dir)
+    teacher = DINOv3.from_pretrained(teacher_dir)
     torch.manual_seed(cfg.train.seed)  # the trainer's initialisation of the student (set_seed(seed))
     random_init = build_student(args.student, teacher.embed_dim, cfg.student.head_hidden, args.size,
                                 teacher.patch_size).eval()

@@ -6,7 +6,6 @@ from typing import Sequence
 
 import numpy as np
 
-from downstream.report import save_figure
 from downstream.tables import TaskColumn
 
 
@@ -17,10 +16,9 @@ def plot_fraction_curves(
     fr = sorted(set(fractions))
     if len(fr) < 2 or not tasks:
         return False
-    import matplotlib
+    from sonodistill.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, t in zip(axes[0], tasks):

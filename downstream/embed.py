@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,14 +26,15 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from downstream.data.transforms import to_input
 from downstream.encoders import Encoder, load_encoder
-from downstream.report import save_figure
 from downstream.sweep import parse_encoder
-from shards.atomic import atomic_open, write_json
-from shards.errors import UserError, cli_main
+from sonodistill.atomic import atomic_open, write_json
+from sonodistill.errors import UserError, cli_main
+from sonodistill.logs import progress
+
+log = logging.getLogger(__name__)
 
 
 def collect(shards: str, max_samples: int, seed: int, batch_size: int, num_workers: int) -> tuple[torch.Tensor, list[str]]:
@@ -45,7 +47,7 @@ def collect(shards: str, max_samples: int, seed: int, batch_size: int, num_worke
     )
     images, sources, n = [], [], 0
     total = min(max_samples, loader.num_samples or max_samples)
-    with tqdm(total=total, desc="read shards", leave=False, dynamic_ncols=True) as bar:
+    with progress(total=total, desc="read shards", unit="img") as bar:
         for batch in loader:
             take = min(len(batch["source"]), max_samples - n)
             images.append(batch["image"][:take])
@@ -57,7 +59,7 @@ def collect(shards: str, max_samples: int, seed: int, batch_size: int, num_worke
     if n == 0:
         raise UserError(f"{shards}: no samples in the shards")
     if loader.skipped:
-        print(f"embed: skipped corrupt samples {loader.skipped}")
+        log.warning(f"skipped corrupt samples {loader.skipped}")
     return torch.cat(images), sources
 
 
@@ -66,7 +68,7 @@ def embed(enc: Encoder, images: torch.Tensor, size: int | None, batch_size: int,
     model = enc.backbone.eval().to(device)
     out = []
     t0, n = time.perf_counter(), 0
-    bar = tqdm(total=len(images), desc=f"embed {enc.spec}", leave=False, dynamic_ncols=True)
+    bar = progress(total=len(images), desc=f"embed {enc.spec}", unit="img")
     for s in range(0, len(images), batch_size):
         x = images[s : s + batch_size].to(device, non_blocking=True).float() / 255.0
         if size and x.shape[-1] != size:
@@ -104,10 +106,9 @@ def silhouettes(features: np.ndarray, coords: np.ndarray, labels: Sequence[str])
 
 
 def plot_panels(names: Sequence[str], coords: Sequence[np.ndarray], sources: Sequence[str], scores, path, top_k: int) -> None:
-    import matplotlib
+    from sonodistill.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     counts = Counter(sources).most_common()
     order = [s for s, _ in counts]

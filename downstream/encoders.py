@@ -6,7 +6,7 @@ SPEC forms:
 - ``timm:NAME``             a timm backbone with its pretrained weights, only if already in the local cache
 - ``PATH`` / ``local-dir:PATH``  a folder written by timm ``save_for_hf`` (``pretrain.export``'s distilled encoder)
 - ``hf-hub:ID``             the same format on the Hugging Face Hub (or its local cache when offline)
-- ``dinov3:PATH_OR_ID``     a DINOv3 ViT (transformers) through ``pretrain.teacher.Teacher.from_pretrained``
+- ``dinov3:PATH_OR_ID``     a DINOv3 ViT (transformers) through :meth:`sonodistill.dinov3.DINOv3.from_pretrained`
 
 timm backbones are built with ``num_classes=0`` (forward -> globally pooled features) and take
 their mean/std from timm's ``pretrained_cfg``; DINOv3 takes them from its image processor.
@@ -24,7 +24,7 @@ from typing import Iterator, Literal
 import torch
 from torch import nn
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 SPEC_FORMS = (
     "rand",
@@ -124,14 +124,14 @@ def _timm(spec: str, name: str, pretrained: bool, hint: str) -> Encoder:
 
 
 def _dinov3(spec: str, target: str) -> Encoder:
-    from pretrain.teacher import Teacher  # DINOv3 loading lives in one place: the pretraining teacher
+    from sonodistill.dinov3 import DINOv3  # one DINOv3 loader for the teacher and this encoder
 
     try:
-        teacher = Teacher.from_pretrained(target, layers=(-1,))
+        vit = DINOv3.from_pretrained(target, layers=(-1,), key="dinov3")
     except UserError as exc:
         raise UserError(f"encoder '{spec}': {exc}") from None
-    backbone = DinoBackbone(teacher.model.requires_grad_(True), teacher.patch_size, teacher.num_register_tokens)
-    return Encoder(spec, "dinov3", "dinov3", backbone, teacher.mean, teacher.std, 2 * backbone.embed_dim, teacher.patch_size)
+    backbone = DinoBackbone(vit.model.requires_grad_(True), vit.patch_size, vit.num_register_tokens)
+    return Encoder(spec, "dinov3", "dinov3", backbone, vit.mean, vit.std, 2 * backbone.embed_dim, vit.patch_size)
 
 
 def load_encoder(spec: str) -> Encoder:

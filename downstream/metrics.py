@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from shards.atomic import atomic_open
+from sonodistill.figures import save_figure
 
 
 def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,10 +83,9 @@ def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Seq
 
 def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = "") -> None:
     """Confusion matrix PNG (counts, rows = truth), written atomically."""
-    import matplotlib
+    from sonodistill.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.2 * len(classes) + 2))
@@ -94,6 +93,4 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: st
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

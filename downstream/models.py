@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from downstream.encoders import SMP_NATIVE, DinoBackbone, Encoder, quiet_timm_loader
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 class DinoSegmenter(nn.Module):

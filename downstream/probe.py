@@ -19,15 +19,16 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from downstream.config import ProbeConfig
 from downstream.data.record import Record
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import to_input
 from downstream.encoders import Encoder
-from shards.atomic import write_bytes
+from downstream.loaders import make_loader
+from sonodistill.atomic import write_bytes
+from sonodistill.logs import progress
+from sonodistill.optim import OptimConfig, build_optimizer
 
 FEATURE_VERSION = 1  # bump when extraction changes, so old cache files are not reused
 
@@ -41,15 +42,12 @@ def extract_features(
     model = enc.backbone.eval()
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     model.to(device)
-    loader = DataLoader(
-        ImageSet(records, size), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader = make_loader(ImageSet(records, size), batch_size, train=False, workers=num_workers)
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
     main = accelerator is None or accelerator.is_main_process
     feats, order = [], []
-    for batch in tqdm(loader, desc=desc, disable=not main, leave=False, dynamic_ncols=True):
+    for batch in progress(loader, desc=desc, unit="batch", main=main):
         x = to_input(batch["image"].to(device, non_blocking=True), enc.mean, enc.std)
         ctx = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
         with ctx:
@@ -126,13 +124,11 @@ def train_linear_probe(
         bound = 1 / np.sqrt(xt.shape[1])
         head.weight.copy_(torch.rand(head.weight.shape, generator=g) * 2 * bound - bound)
         head.bias.zero_()
-    from timm.optim import create_optimizer_v2
-
-    opt = create_optimizer_v2(head, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)  # no decay on the bias
+    opt = build_optimizer(head, OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))  # no decay on the bias
     best = (-1.0, -1, None)
     history = []
     n = xt.shape[0]
-    for epoch in range(cfg.epochs):
+    for epoch in range(1, cfg.epochs + 1):
         perm = torch.randperm(n, generator=g)
         total = 0.0
         for s in range(0, n, cfg.batch_size):

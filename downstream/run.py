@@ -12,8 +12,8 @@ import json
 from typing import Sequence, get_args
 
 from downstream.config import Mode, RunConfig, Task
-from shards.config import add_config_args, load_config
-from shards.errors import cli_main
+from sonodistill.config import add_config_args, load_config
+from sonodistill.errors import cli_main
 
 
 def parse(argv: Sequence[str] | None = None) -> RunConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import time
 from pathlib import Path
@@ -18,23 +17,26 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from downstream.classify import ClsStep, evaluate_cls
 from downstream.config import TASK_KIND, TASK_LAYOUT, RunConfig
+from downstream.data.inputs import Inputs
 from downstream.data.read import read_catalog
 from downstream.data.record import Catalog
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
 from downstream.encoders import Encoder, load_encoder
+from downstream.fit import FitResult, fit
+from downstream.loaders import make_loader
 from downstream.metrics import classification_metrics, plot_confusion
 from downstream.models import Classifier, build_classifier, build_segmenter, check_input_size
 from downstream.probe import FeatureCache, train_linear_probe
 from downstream.report import plot_history
-from downstream.segment import SegLoss, SegStep, evaluate_seg, plot_predictions, predict_masks
 from downstream.splits import Splits, label_fraction, load_or_make_splits
-from downstream.train import FitResult, fit, make_accelerator
-from shards.atomic import write_bytes, write_json
-from shards.config import save_config
-from shards.errors import UserError
+from downstream.tasks import Classification, Segmentation
+from downstream.tasks.segmentation import SegLoss, plot_predictions, predict_masks
+from sonodistill.atomic import write_bytes, write_json
+from sonodistill.config import save_config
+from sonodistill.errors import UserError
+from sonodistill.world import make_accelerator
 
 
 def load_task_data(cfg: RunConfig) -> Catalog:
@@ -52,19 +54,19 @@ def split_path(cfg: RunConfig) -> Path:
 
 
 def _loader(catalog: Catalog, ids: list[str], cfg: RunConfig, train: bool, **targets: bool) -> DataLoader:
-    """Training (shuffled, last partial batch dropped) or evaluation batches of ``ids``.
-
-    The shuffle order and worker seeds come from a generator seeded with the run's seed (not from
-    torch's global RNG, which the augmentations draw from), and workers persist across epochs."""
-    ds = ImageSet(catalog.subset(ids), cfg.image_size, **targets)
+    """Training (shuffled, last partial batch dropped) or evaluation batches of ``ids``."""
     bs = cfg.train.batch_size if train else cfg.train.eval_batch_size
-    g = torch.Generator()
-    g.manual_seed(cfg.seed)
-    return DataLoader(
-        ds, batch_size=bs, shuffle=train, drop_last=train and len(ds) > bs, generator=g,
-        num_workers=cfg.train.num_workers, pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.train.num_workers > 0,
-    )
+    return make_loader(ImageSet(catalog.subset(ids), cfg.image_size, **targets), bs, train=train,
+                       workers=cfg.train.num_workers, seed=cfg.seed)
+
+
+def _inputs(cfg: RunConfig, enc: Encoder, acc) -> Inputs:
+    aug = GeometricAugment(cfg.image_size, cfg.augment) if cfg.augment.enabled else None
+    return Inputs(enc.mean, enc.std, aug, channels_last=cfg.train.channels_last and acc.device.type == "cuda")
+
+
+def _train_cfg(cfg: RunConfig, lr: float):
+    return dataclasses.replace(cfg.train, lr=lr)
 
 
 def _save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -76,19 +78,16 @@ def _save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
 def _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult]:
     model = build_segmenter(enc)
     linear = cfg.mode == "linear"
-    aug = GeometricAugment(cfg.image_size, cfg.augment) if cfg.augment.enabled else None
-    step = SegStep(enc.mean, enc.std, SegLoss(cfg.train.dice_weight, cfg.train.bce_weight), aug, cfg.train.channels_last and acc.device.type == "cuda")
-    evaluate = functools.partial(evaluate_seg, mean=enc.mean, std=enc.std, accelerator=acc)
+    loss = SegLoss(cfg.train.dice_weight, cfg.train.bce_weight)
+    task = Segmentation(model, _inputs(cfg, enc, acc), loss, frozen=model.encoder if linear else None)
     res = fit(
-        model, _loader(catalog, train_ids, cfg, True, masks=True), _loader(catalog, splits.val, cfg, False, masks=True),
-        loss_step=step, evaluate=evaluate, score_key="dice",
-        lr=cfg.train.linear_lr if linear else cfg.train.lr, cfg=cfg.train, accelerator=acc, out=out,
-        frozen=model.encoder if linear else None, desc=f"{cfg.task} {cfg.mode} {cfg.encoder}",
+        task, _loader(catalog, train_ids, cfg, True, masks=True), _loader(catalog, splits.val, cfg, False, masks=True),
+        _train_cfg(cfg, cfg.train.linear_lr if linear else cfg.train.lr), acc, name=f"{cfg.task} {cfg.mode}",
+        log_dir=out / "tb", channels_last=cfg.train.channels_last,
     )
-    model.load_state_dict(res.best_state)
     test_loader = acc.prepare(_loader(catalog, splits.test, cfg, False, masks=True))
-    val = res.history[res.best_epoch]
-    test = evaluate_seg(model, test_loader, enc.mean, enc.std, acc, per_image=True)
+    val = res.history[res.best_epoch - 1]
+    test = task.evaluate(test_loader, acc, per_image=True)
     if main:
         _prediction_panel(model, catalog, splits.test, cfg, enc, acc, test, out / "predictions.png")
     return {k[4:]: v for k, v in val.items() if k.startswith("val_")}, test, res
@@ -107,18 +106,13 @@ def _prediction_panel(model, catalog, test_ids, cfg, enc, acc, test, path) -> No
 
 
 def _classification(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult]:
-    model = build_classifier(enc, len(catalog.classes))
-    aug = GeometricAugment(cfg.image_size, cfg.augment) if cfg.augment.enabled else None
-    step = ClsStep(enc.mean, enc.std, aug, cfg.train.channels_last and acc.device.type == "cuda")
-    evaluate = functools.partial(evaluate_cls, mean=enc.mean, std=enc.std, accelerator=acc, classes=catalog.classes)
+    task = Classification(build_classifier(enc, len(catalog.classes)), _inputs(cfg, enc, acc), catalog.classes)
     res = fit(
-        model, _loader(catalog, train_ids, cfg, True, labels=True), _loader(catalog, splits.val, cfg, False, labels=True),
-        loss_step=step, evaluate=evaluate, score_key="accuracy",
-        lr=cfg.train.lr, cfg=cfg.train, accelerator=acc, out=out, desc=f"{cfg.task} finetune {cfg.encoder}",
+        task, _loader(catalog, train_ids, cfg, True, labels=True), _loader(catalog, splits.val, cfg, False, labels=True),
+        cfg.train, acc, name=f"{cfg.task} finetune", log_dir=out / "tb", channels_last=cfg.train.channels_last,
     )
-    model.load_state_dict(res.best_state)
-    val = evaluate(model, acc.prepare(_loader(catalog, splits.val, cfg, False, labels=True)))
-    test = evaluate(model, acc.prepare(_loader(catalog, splits.test, cfg, False, labels=True)))
+    val = task.evaluate(acc.prepare(_loader(catalog, splits.val, cfg, False, labels=True)), acc)
+    test = task.evaluate(acc.prepare(_loader(catalog, splits.test, cfg, False, labels=True)), acc)
     return val, test, res
 
 
@@ -147,7 +141,7 @@ def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tu
             for h in pr.history:
                 writer.add_scalar("train/loss", h["train_loss"], h["epoch"])
                 writer.add_scalar("val/accuracy", h["val_accuracy"], h["epoch"])
-    return val, test, FitResult(state, pr.best_epoch, pr.best_val_accuracy, pr.history)
+    return val, test, FitResult(pr.history, pr.best_epoch, pr.best_val_accuracy, state)
 
 
 def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
@@ -174,7 +168,7 @@ def cpu_threads(num_workers: int, device: torch.device) -> Iterator[None]:
 
 def run(cfg: RunConfig, accelerator=None, cache: FeatureCache | None = None) -> dict:
     """Execute one run and return its metrics (also written to ``OUT/metrics.json``)."""
-    acc = accelerator or make_accelerator(cfg.train.precision)
+    acc = accelerator or make_accelerator(cfg.train.mixed_precision, key="train.mixed_precision")
     with cpu_threads(cfg.train.num_workers, acc.device):
         return _run(cfg, acc, cache)
 

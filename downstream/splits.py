@@ -22,10 +22,20 @@ from typing import Sequence
 import numpy as np
 
 from downstream.data.record import Catalog
-from shards.atomic import write_json
-from shards.errors import UserError
+from sonodistill.atomic import write_json
+from sonodistill.errors import UserError
 
 PARTS = ("train", "val", "test")
+
+
+@dataclass
+class SplitConfig:
+    """How a dataset is split; one definition for every downstream run and KD recipe (each recipe's
+    preset sets its paper's ratios and seed)."""
+
+    ratios: list[float] = field(default_factory=lambda: [0.7, 0.2, 0.1])  # train/val/test, or counts (445, 127, 65)
+    seed: int = 0  # the split is fixed across run seeds; seeds vary label subsets and training
+    file: str = ""  # splits.json to write/reuse; "" -> <out>/splits.json
 
 
 @dataclass

@@ -42,8 +42,8 @@ from torch import nn
 
 from pretrain import augment_effects as fx
 from pretrain.us_geometry import ScanGeometry
-from shards.config import ConfigError
-from shards.errors import UserError
+from sonodistill.config import ConfigError
+from sonodistill.errors import UserError
 
 Preset = Literal["us", "us-physics", "default", "none"]
 PRESETS: tuple[str, ...] = get_args(Preset)

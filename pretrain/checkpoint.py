@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from shards.atomic import write_json
-from shards.errors import UserError
+from sonodistill.atomic import write_json
+from sonodistill.errors import UserError
 
 CKPT_RE = re.compile(r"^step_(\d{8})$")
 

@@ -12,6 +12,7 @@ login``); ``--dry-run`` prints what would be uploaded and touches no network.
 """
 from __future__ import annotations
 
+import logging
 import argparse
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,8 +20,10 @@ from typing import Any, Sequence
 import torch
 
 from pretrain.checkpoint import find_checkpoint, read_meta
-from shards.atomic import atomic_dir
-from shards.errors import UserError, cli_main
+from sonodistill.atomic import atomic_dir
+from sonodistill.errors import UserError, cli_main
+
+log = logging.getLogger(__name__)
 
 GRAYSCALE_NOTE = ("B-mode ultrasound is grayscale: replicate the single channel to 3 channels "
                   "(e.g. PIL .convert('RGB')), then normalise with mean/std")
@@ -139,7 +142,7 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None) ->
     """Write the Hub-ready folder ``out`` (atomically: replaced as a whole) and return it."""
     from timm.models import save_for_hf
 
-    from shards.atomic import write_text
+    from sonodistill.atomic import write_text
 
     model, meta, ckpt = load_backbone(checkpoint)
     size = int(meta["config"]["augment"]["size"])
@@ -162,7 +165,7 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None) ->
         tmp.chmod(0o755)  # a publishable folder, not a private temp dir
         for f in tmp.iterdir():
             f.chmod(0o644)
-    print(f"exported {meta['config']['student']['name']} (step {meta['step']} of {ckpt}) to {out}")
+    log.info(f"exported {meta['config']['student']['name']} (step {meta['step']} of {ckpt}) to {out}")
     return out
 
 
@@ -186,7 +189,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise UserError(f"--push-to-hub {repo_id}: upload failed ({' '.join(str(exc).split())[:300]}); "
                         "log in with `huggingface-cli login` or set HF_TOKEN") from None
-    print(f"pushed {len(files)} files to https://huggingface.co/{repo_id}")
+    log.info(f"pushed {len(files)} files to https://huggingface.co/{repo_id}")
     return files
 
 

@@ -14,8 +14,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from shards.config import add_config_args, config_from_args
-from shards.errors import cli_main
+from sonodistill.config import add_config_args, config_from_args
+from sonodistill.errors import cli_main
 
 
 @cli_main

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 class ProjectionHead(nn.Module):

@@ -13,6 +13,7 @@ without redoing finished shards; ``manifest.json`` is written last and marks the
 """
 from __future__ import annotations
 
+import logging
 import argparse
 import hashlib
 import io
@@ -26,17 +27,19 @@ from pathlib import Path
 from typing import Iterator
 
 import webdataset as wds
-from tqdm import tqdm
 
-from shards.atomic import write_json
+from sonodistill.atomic import write_json
 from shards.clean import Cleaned, Rejected, clean_image
 from shards.decode import IMAGE_EXTENSIONS
 from shards.dedup import DuplicateIndex
-from shards.errors import UserError, cli_main
+from sonodistill.errors import UserError, cli_main
+from sonodistill.logs import progress as progress_bar
 from shards.journal import Journal
 from shards.manifest import MANIFEST
 from shards.ordered_pool import ordered_map
 from shards.sources import Item, Source, open_source, parse_source
+
+log = logging.getLogger(__name__)
 
 BUILD_FORMAT = 1
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -147,7 +150,7 @@ def build_shards(
                 "use another --out or delete it"
             )
         if progress:
-            print(f"{out}: already built ({manifest['num_samples']} samples); nothing to do", file=sys.stderr)
+            log.info(f"{out}: already built ({manifest['num_samples']} samples); nothing to do")
         return manifest
 
     journal = Journal(out)
@@ -192,7 +195,7 @@ def build_shards(
     hashes: list[list[str]] = []
     kept_delta: Counter = Counter()
     rej_delta: Counter = Counter()
-    bar = tqdm(total=total_items, initial=consumed, desc="build", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total_items, initial=consumed, desc="build", unit="img", main=progress, logger=log)
     t0, n0 = time.time(), consumed
 
     def flush() -> None:

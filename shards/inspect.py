@@ -8,6 +8,7 @@ soon as every row is full, so it stays cheap on a large corpus (only the chosen 
 """
 from __future__ import annotations
 
+import logging
 import argparse
 import io
 import json
@@ -18,8 +19,10 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from shards.errors import cli_main
+from sonodistill.errors import cli_main
 from shards.manifest import resolve_shards
+
+log = logging.getLogger(__name__)
 
 
 def summary(manifest: dict) -> str:
@@ -49,10 +52,9 @@ def pick_samples(urls: list[str], sources: list[str], per_source: int, seed: int
 
 
 def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 128) -> None:
-    import matplotlib
+    from sonodistill.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [k for k, v in picked.items() if v]
     cols = max(len(picked[k]) for k in rows)
@@ -67,9 +69,7 @@ def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 1
             if c == 0:
                 ax.set_title(src, loc="left", fontsize=9)
     fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
 
 
 @cli_main
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.sheet:
         sources = list((manifest or {}).get("sources", {}))
         contact_sheet(pick_samples(urls, sources, args.per_source, args.seed), args.sheet)
-        print(f"contact sheet: {args.sheet}")
+        log.info(f"contact sheet: {args.sheet}")
 
 
 if __name__ == "__main__":

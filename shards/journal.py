@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 JOURNAL = ".build-journal.jsonl"
 

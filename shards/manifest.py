@@ -11,7 +11,7 @@ from typing import Sequence
 
 import braceexpand
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 MANIFEST = "manifest.json"
 REQUIRED = ("num_samples", "sources", "rejected", "shards", "settings")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from shards.decode import IMAGE_EXTENSIONS
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -36,7 +36,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 from shards.manifest import resolve_shards
 
 MODES = ("epoch", "loop", "resampled")

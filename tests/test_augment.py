@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pretrain.augment import PRESETS, AugmentConfig, build_augment, resolve
-from shards.config import ConfigError, load_config, save_config
-from shards.errors import UserError
+from sonodistill.config import ConfigError, load_config, save_config
+from sonodistill.errors import UserError
 
 EFFECTS = ("attenuation", "shadow", "haze", "speckle", "despeckle", "gain")
 

@@ -19,7 +19,7 @@ from shards.build import BuildSettings, build_shards
 from shards.clean import Cleaned, Rejected, clean_image, letterbox
 from shards.decode import decode_image
 from shards.dedup import DuplicateIndex
-from shards.errors import UserError
+from sonodistill.errors import UserError
 from shards.ordered_pool import ordered_map
 from shards.quality import colour_fraction, ultrasound_rejection
 from shards.scan_area import detect_scan_area

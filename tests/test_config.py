@@ -1,4 +1,4 @@
-"""Typed configs (shards.config), one-line user errors (shards.errors) and atomic writes (shards.atomic)."""
+"""Typed configs (sonodistill.config), one-line user errors (sonodistill.errors) and atomic writes (sonodistill.atomic)."""
 from __future__ import annotations
 
 import os
@@ -8,9 +8,9 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
-from shards.atomic import atomic_open, write_json
-from shards.config import ConfigError, load_config, save_config, to_dict, valid_keys
-from shards.errors import UserError, cli_main
+from sonodistill.atomic import atomic_open, write_json
+from sonodistill.config import ConfigError, load_config, save_config, to_dict, valid_keys
+from sonodistill.errors import UserError, cli_main
 
 
 @dataclass
@@ -39,6 +39,17 @@ def test_defaults_yaml_then_overrides(tmp_path):
     assert cfg.optim.betas == (0.9, 0.999)  # default kept
     assert cfg.layers == [-4, -1] and cfg.compile is True and cfg.resume is None
     assert cfg.out_dir == "007"  # strings are never re-typed
+
+
+def test_layered_files_later_wins_and_each_is_checked(tmp_path):
+    preset, user = tmp_path / "preset.yaml", tmp_path / "user.yaml"
+    preset.write_text("steps: 7\noptim:\n  lr: 0.5\n  schedule: constant\n")
+    user.write_text("optim:\n  lr: 0.25\n")
+    cfg = load_config(Cfg, [preset, user], ["steps=9"])
+    assert (cfg.steps, cfg.optim.lr, cfg.optim.schedule) == (9, 0.25, "constant")  # nested keys merge
+    user.write_text("optim:\n  lrate: 0.25\n")
+    with pytest.raises(ConfigError, match=f"{user}: unknown key 'optim.lrate'"):
+        load_config(Cfg, [preset, user])
 
 
 def test_scientific_and_integral_numbers():

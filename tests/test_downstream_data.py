@@ -24,7 +24,7 @@ from downstream.data import (
 )
 from downstream.data.record import Catalog, Record
 from downstream.splits import check_splits, label_fraction, load_or_make_splits, make_splits
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> None:

@@ -13,7 +13,7 @@ from downstream.encoders import load_encoder
 from downstream.models import build_classifier, build_segmenter
 from downstream.probe import FeatureCache, train_linear_probe
 from downstream.runner import run
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 TEACHER_MEAN, TEACHER_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -70,7 +70,7 @@ def test_specs_and_normalisation(export_dir):
         ("timm:resnet50", r"not in the local cache .*offline"),
         ("hf-hub:nobody/none", r"cannot fetch it from the Hub"),
         ("rand:no_such_net", r"timm has no architecture 'no_such_net'"),
-        ("dinov3:/no/such/dir", r"encoder 'dinov3:/no/such/dir': teacher.name_or_path: cannot load"),
+        ("dinov3:/no/such/dir", r"encoder 'dinov3:/no/such/dir': dinov3.name_or_path: cannot load"),
     ],
 )
 def test_bad_specs(spec, message):

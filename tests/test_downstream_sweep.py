@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from downstream.sweep import SweepConfig, read_results, run_sweep
-from shards.config import load_config
+from downstream.sweep import SweepConfig, run_sweep
+from sonodistill.jsonl import read_jsonl as read_results
+from sonodistill.config import load_config
 from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + fixture)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from dist.tiny_pretrain import tiny_config
 from pretrain.export import export, main, push
 from pretrain.trainer import train
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,7 @@ def test_cli_dry_run_push_and_errors(exported, r50_run, tmp_path, capsys, monkey
     assert files == ["README.md", "config.json", "model.safetensors"]
     assert calls[0][:2] == ("create", "lab/us-r50") and calls[0][2]["private"] is True
     assert calls[1][:2] == ("upload", "lab/us-r50") and calls[1][2]["folder_path"] == str(out)
+    capsys.readouterr()
     for argv, message in ((["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")],
                            "neither a checkpoint folder nor a run folder"),
                           (["--checkpoint", str(r50_run), "--out", str(tmp_path / "y"), "--private"],

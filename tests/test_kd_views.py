@@ -72,7 +72,7 @@ def test_a_given_split_file_is_reused_as_made(busi_dir, tmp_path):
     from downstream.data import read_catalog
     from downstream.kd.data import DataConfig, SplitConfig, prepare
     from downstream.splits import load_or_make_splits
-    from shards.errors import UserError
+    from sonodistill.errors import UserError
 
     made = load_or_make_splits(read_catalog(str(busi_dir), "cls"), tmp_path / "other.json", [0.6, 0.2, 0.2], seed=7)
     cfg = DataConfig(classes=["benign", "malignant"], split=SplitConfig(file=str(tmp_path / "other.json")))

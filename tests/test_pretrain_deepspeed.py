@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from dist.tiny_pretrain import REPO, TINY_YAML, tiny_overrides
 from pretrain.checkpoint import list_checkpoints, read_meta
-from pretrain.metrics import read_jsonl
+from sonodistill.jsonl import read_jsonl
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 DS_CONFIG = REPO / "launch" / "accelerate" / "deepspeed_zero2_cpu.yaml"

@@ -21,7 +21,7 @@ import yaml
 
 from dist.tiny_pretrain import REPO, TINY_YAML, tiny_overrides
 from pretrain.checkpoint import list_checkpoints
-from pretrain.metrics import read_jsonl
+from sonodistill.jsonl import read_jsonl
 
 LAUNCH = REPO / "launch"
 

@@ -11,7 +11,7 @@ import torch
 
 from dist.tiny_pretrain import REPO, TINY_YAML, tiny_config, tiny_overrides
 from pretrain.checkpoint import list_checkpoints
-from pretrain.metrics import read_jsonl
+from sonodistill.jsonl import read_jsonl
 from pretrain.preempt import EXIT_PREEMPTED, StopRequest
 from pretrain.trainer import train
 

@@ -14,7 +14,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 from shards.stream import ShardLoader
 
 SIZE = 16

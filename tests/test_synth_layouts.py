@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 from shards.synth import PRESETS, write_busi, write_corpus, write_ddti
 from shards.synth.corpus import plan
 from shards.synth.runner import split_counts

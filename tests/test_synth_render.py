@@ -8,7 +8,7 @@ import pytest
 from scipy.ndimage import binary_dilation, binary_erosion
 from skimage.measure import regionprops
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 from shards.synth import PRESETS, Frame, render
 
 FAN = {"cardiac": "sector", "fetal": "convex", "liver": "convex"}

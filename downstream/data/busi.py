@@ -20,7 +20,7 @@ from pathlib import Path
 from downstream.data.naming import images_with_masks
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 BUSI_CLASSES = ("normal", "benign", "malignant")
 

@@ -14,7 +14,7 @@ from typing import Sequence
 from downstream.data.naming import images_with_masks
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 def read_class_folders(

@@ -16,7 +16,7 @@ from PIL import Image
 
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 @dataclass(frozen=True)

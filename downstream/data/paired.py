@@ -19,7 +19,7 @@ from pathlib import Path
 from downstream.data.naming import image_files, mask_order, mask_stem, natural_key
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 IMAGE_DIRS = ("image", "images", "img", "imgs")
 MASK_DIRS = ("mask", "masks", "label", "labels", "gt", "annotation", "annotations")

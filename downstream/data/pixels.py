@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from downstream.data.record import Record, Source, describe_source, open_source
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 def _to_gray(img: Image.Image, where: str) -> np.ndarray:

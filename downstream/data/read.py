@@ -10,7 +10,7 @@ from downstream.data.classes import read_class_folders
 from downstream.data.hub import read_hub
 from downstream.data.paired import DDTI_GROUP, is_paired_layout, read_paired
 from downstream.data.record import Catalog
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 Layout = Literal["auto", "busi", "paired", "classes", "hf"]
 

@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from shards.atomic import write_bytes
-from shards.errors import UserError
+from sonodistill.atomic import write_bytes
+from sonodistill.errors import UserError
 
 
 def save_model(model: torch.nn.Module, path: str | Path, *, arch: dict[str, Any]) -> None:

@@ -7,24 +7,14 @@ MiB of the fp32 state dict.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from downstream.kd.efficiency import fp32_mib, gmacs, num_params
+from downstream.kd.recipes import RECIPES
+from downstream.kd.recipes.base import Entry
 from downstream.kd.report import md_table
-
-
-@dataclass
-class Entry:
-    recipe: str
-    name: str
-    build: Callable[[], torch.nn.Module]
-    input_shape: tuple[int, ...] = (1, 3, 224, 224)
-    paper_params_m: float | None = None
-    paper_gflops: float | None = None
-    paper_mb: float | None = None
 
 
 def measure(entry: Entry) -> dict[str, Any]:
@@ -41,8 +31,6 @@ def measure(entry: Entry) -> dict[str, Any]:
 
 
 def all_entries(recipe: str | None = None) -> list[Entry]:
-    from downstream.kd.recipes import RECIPES
-
     names = [recipe] if recipe else list(RECIPES)
     return [e for n in names for e in RECIPES[n].summary_entries()]
 

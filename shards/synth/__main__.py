@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from shards.errors import UserError, cli_main
+from sonodistill.errors import UserError, cli_main
 from shards.synth.busi import write_busi
 from shards.synth.corpus import write_corpus
 from shards.synth.ddti import write_ddti

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 from shards.synth.junk import render_junk
 from shards.synth.lesions import BUSI_PROPORTIONS
 from shards.synth.presets import PRESETS

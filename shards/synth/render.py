@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 from shards.synth.anatomy import Extent
 from shards.synth.bmode import form_bmode
 from shards.synth.doppler import draw_doppler

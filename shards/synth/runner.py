@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
-from shards.atomic import write_text
-from shards.errors import UserError
+from sonodistill.atomic import write_text
+from sonodistill.errors import UserError
+from sonodistill.logs import progress as progress_bar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -70,7 +70,7 @@ def run_jobs(
     On Ctrl-C, temporary files of images being written are removed before re-raising.
     """
     results: list[R] = []
-    bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(tasks), desc=desc, unit="img", main=progress)
     try:
         if workers <= 1 or len(tasks) <= 1:
             for t in tasks:

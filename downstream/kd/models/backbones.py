@@ -6,7 +6,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 def create(name: str, *, pretrained: bool = False, key: str = "model", **kwargs: Any) -> nn.Module:

@@ -1,6 +1,6 @@
 """Paper 004 (CSA-MoE-Net): three experts over mask-derived views with Cross-Stage Attention and a gate.
 
-Paper settings (defaults): benign vs malignant (BUSI ``normal`` has no lesion and is left out),
+Paper settings (preset ``downstream/kd/configs/csa_moe.yaml``): benign vs malignant (BUSI ``normal`` has no lesion and is left out),
 224 px pseudo-RGB, core = mask eroded 5x (3x3), boundary = mask dilated 5x minus mask; random
 horizontal and vertical flips and +-15 degree rotation; Adam lr 5e-5 without weight decay, 30
 epochs, batch 32, ReduceLROnPlateau(x0.5, patience 3, min 1e-6) on validation loss, the best
@@ -18,22 +18,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from downstream.kd.data import DataConfig, Inputs, ViewSet, augmentation
+from downstream.data.inputs import Inputs
+from downstream.fit import FitConfig, fit
+from downstream.kd.data import DataConfig, ViewSet, augmentation
 from downstream.kd.efficiency import gmacs, num_params
 from downstream.kd.models.csa_moe import VIEWS, CSAMoENet
-from downstream.kd.pipeline import evaluate, stage, start
+from downstream.kd.pipeline import evaluate, seed_everything, stage, start
+from downstream.kd.recipes.base import Entry
 from downstream.kd.report import md_table, mean_sd, plot_history, plot_lines, write_report
-from downstream.kd.steps import CE
-from downstream.kd.summary import Entry
-from downstream.kd.trainer import OptimConfig, fit, seed_everything
-from shards.atomic import write_json
-from shards.config import save_config, to_dict
-from shards.errors import UserError
+from downstream.tasks import Classification
+from sonodistill.atomic import write_json
+from sonodistill.config import save_config, to_dict
+from sonodistill.errors import UserError
+from sonodistill.precision import MixedPrecision
 
 NAME = "csa_moe"
 
@@ -89,16 +91,14 @@ class AugmentConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=lambda: DataConfig(classes=["benign", "malignant"]))
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: OptimConfig = field(default_factory=lambda: OptimConfig(
-        optimizer="adam", lr=5e-5, weight_decay=0.0, epochs=30, batch_size=32, schedule="plateau",
-        plateau_factor=0.5, plateau_patience=3, min_lr=1e-6, select="val_acc"))
+    train: FitConfig = field(default_factory=FitConfig)
     variants: list[str] = field(default_factory=lambda: ["csa_moe", "resnet_moe", "resnet18", "img_boundary", "img_tumor"])
     repeats: int = 20
     seed: int = 42
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs, fp32 on CPU
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs, fp32 on CPU
 
 
 def build(variant: str, m: ModelConfig, num_classes: int = 2) -> CSAMoENet:
@@ -106,21 +106,16 @@ def build(variant: str, m: ModelConfig, num_classes: int = 2) -> CSAMoENet:
     return CSAMoENet(num_classes, backbone, views, csa, m.pretrained, m.gate_hidden, m.gate_dropout, m.backbone_kwargs)
 
 
-class MoEStep:
-    """Cross-entropy on the fused logits; reports the gate weights (B, experts) as an extra."""
+class MoETask(Classification):
+    """Cross-entropy on the fused logits of the experts' views; the gate weights (B, experts) are a
+    per-sample extra, averaged per epoch for Fig. 4."""
 
-    def __init__(self, inputs: Inputs, view_index: list[int]):
-        self.inputs, self.view_index = inputs, view_index
+    def __init__(self, model: CSAMoENet, inputs: Inputs, classes, view_index: list[int]):
+        super().__init__(model, inputs, classes, key="views")
+        self.view_index = view_index
 
-    def _views(self, batch, train: bool) -> torch.Tensor:
-        return self.inputs(batch["views"], train)[:, self.view_index]
-
-    def train_loss(self, model, batch):
-        logits, gates = model(self._views(batch, True), with_gates=True)
-        return CE(logits, batch["label"], None), logits, {"gates": gates}
-
-    def predict(self, model, batch):
-        logits, gates = model(self._views(batch, False), with_gates=True)
+    def logits(self, batch, train: bool):
+        logits, gates = self.model(self.inputs(batch["views"], train)[:, self.view_index], with_gates=True)
         return logits, {"gates": gates}
 
 
@@ -152,23 +147,23 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     histories: dict[str, list] = {}
     for variant in cfg.variants:
         backbone, views, csa = VARIANTS[variant]
-        step = MoEStep(inputs, [VIEWS.index(v) for v in views])
         runs, hists = [], []
         for rep in range(cfg.repeats):
             seed = cfg.seed + rep
             seed_everything(seed)
             model = build(variant, cfg.model)
+            task = MoETask(model, inputs, r.prep.classes, [VIEWS.index(v) for v in views])
             arch = {"variant": variant, "backbone": backbone, "views": list(views), "csa": csa,
                     "kwargs": cfg.model.backbone_kwargs}
 
-            def go(model=model, seed=seed):
-                return fit(model, step, r.loader(train_set, cfg.train.batch_size, True, seed_offset=seed),
+            def go(task=task, seed=seed):
+                return fit(task, r.loader(train_set, cfg.train.batch_size, True, seed_offset=seed),
                            r.loader(val_set, cfg.train.batch_size, False) if val_set is not None else None,
                            cfg.train, r.acc, name=f"{variant}_run{seed}", log_dir=out / "tb")
 
             res = stage(r, f"{variant}/run{rep}", model, arch,
                         {"train": to_dict(cfg.train), "aug": to_dict(a), "seed": seed, "model": to_dict(cfg.model)}, go)
-            met, _ = evaluate(r, model, step, r.prep.parts["test"], dataset, f"{variant}_run{rep}", plot=rep == 0)
+            met, _ = evaluate(r, task, r.prep.parts["test"], dataset, f"{variant}_run{rep}", plot=rep == 0)
             runs.append({**binary(met, positive), "best_epoch": res.best_epoch, "confusion_matrix": met["confusion_matrix"]})
             hists.append(res.history)
         histories[variant] = hists[0]

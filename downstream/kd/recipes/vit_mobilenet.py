@@ -1,11 +1,12 @@
 """Paper 000: hybrid ViT-B/16 + ConvNeXt-Tiny teacher -> MobileNetV3 student, logit KD, CPU efficiency.
 
-Paper settings (defaults): 224 px, ImageNet normalisation, no augmentation (so the teacher's
-logits are computed once), ``alpha*CE + (1-alpha)*T^2*KL`` with T = 4, alpha = 0.5; AdamW lr 1e-4,
-wd 0.01, 15 epochs; an independent stratified test set (263 of BUSI's 780 images -> ratio 0.34).
-Not stated in the paper, chosen here: the teacher is trained with the student's optimiser
-settings; no model selection is mentioned, so the last epoch is kept (``select=last``; a 10 %
-validation split is still held out to plot curves).
+Paper settings (preset ``downstream/kd/configs/vit_mobilenet.yaml``): 224 px, ImageNet
+normalisation, no augmentation (so the teacher's logits are computed once),
+``alpha*CE + (1-alpha)*T^2*KL`` with T = 4, alpha = 0.5 (``loss.ce_weight=0.5``,
+``loss.kd_weight=0.5``); AdamW lr 1e-4, wd 0.01, 15 epochs; an independent stratified test set
+(263 of BUSI's 780 images -> ratio 0.34). Not stated in the paper, chosen here: the teacher is
+trained with the student's optimiser settings; no model selection is mentioned, so the last epoch
+is kept (``select: last``; a 10 % validation split is still held out to plot curves).
 Report: its Table 1 (class-wise precision / recall / F1, teacher vs student), Table 2 (size MB,
 CPU latency ms, FPS at batch size 1, improvement) and the from-scratch baseline of §IV.4.
 """
@@ -13,29 +14,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from downstream.kd.data import DataConfig, Inputs, SplitConfig
+from downstream.data.inputs import Inputs
+from downstream.fit import FitConfig
+from downstream.kd.data import DataConfig
 from downstream.kd.efficiency import fp32_mib, models_side_by_side
-from downstream.kd.losses import vit_mobilenet_loss
+from downstream.kd.losses import LogitKDLoss, LogitLossConfig
 from downstream.kd.models.backbones import create
 from downstream.kd.models.hybrid_teacher import HybridViTConvNeXt
 from downstream.kd.pipeline import LogitKDSpec, logit_kd, start
+from downstream.kd.recipes.base import Entry
 from downstream.kd.report import md_table, pct, plot_bars, plot_history, write_report
-from downstream.kd.summary import Entry
-from downstream.kd.trainer import OptimConfig
-from shards.atomic import write_json
-from shards.config import save_config, to_dict
+from sonodistill.atomic import write_json
+from sonodistill.config import save_config, to_dict
+from sonodistill.precision import MixedPrecision
 
 NAME = "vit_mobilenet"
 PAPER = {"teacher": {"mb": 438.8, "latency_ms": 242.9, "fps": 4.1, "accuracy": 0.9506},
          "student": {"mb": 5.9, "latency_ms": 16.3, "fps": 61.5, "accuracy": 0.9506}, "scratch_accuracy": 0.8846}
-
-
-def _paper_train() -> OptimConfig:
-    return OptimConfig(optimizer="adamw", lr=1e-4, weight_decay=0.01, epochs=15, batch_size=32, select="last")
 
 
 @dataclass
@@ -48,7 +47,7 @@ class TeacherConfig:
     vit_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2, embed_dim: 64, num_heads: 2}
     convnext_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str = ""  # a trained teacher (model.safetensors of a previous run) instead of training one
-    train: OptimConfig = field(default_factory=_paper_train)
+    train: FitConfig = field(default_factory=FitConfig)
 
 
 @dataclass
@@ -56,13 +55,7 @@ class StudentConfig:
     model: str = "mobilenetv3_small_100"  # or mobilenetv3_large_100
     pretrained: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
-    train: OptimConfig = field(default_factory=_paper_train)
-
-
-@dataclass
-class KDConfig:
-    alpha: float = 0.5  # weight of the hard (CE) loss
-    temperature: float = 4.0
+    train: FitConfig = field(default_factory=FitConfig)
 
 
 @dataclass
@@ -74,13 +67,13 @@ class EfficiencyConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=lambda: DataConfig(split=SplitConfig(ratios=[0.56, 0.10, 0.34])))
+    data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
-    kd: KDConfig = field(default_factory=KDConfig)
+    loss: LogitLossConfig = field(default_factory=LogitLossConfig)
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
     seed: int = 42
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs, fp32 on CPU
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs, fp32 on CPU
 
 
 def build_teacher(cfg: TeacherConfig, num_classes: int, img_size: int) -> HybridViTConvNeXt:
@@ -123,7 +116,7 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
         teacher_checkpoint=cfg.teacher.checkpoint, teacher_train=cfg.teacher.train,
         build_student=lambda c: build_student(cfg.student, c),
         student_arch={"model": cfg.student.model, "num_classes": len(r.prep.classes), "kwargs": cfg.student.kwargs},
-        student_train=cfg.student.train, loss=vit_mobilenet_loss(cfg.kd.alpha, cfg.kd.temperature),
+        student_train=cfg.student.train, loss=LogitKDLoss.from_config(cfg.loss),
         inputs=Inputs(channels_last=torch.cuda.is_available()),
     )
     res = logit_kd(r, spec, size)

@@ -1,19 +1,20 @@
-"""How this process was launched: device choice, precision, and the world-size sanity check.
+"""How this process was launched: CPU or accelerator, the world-size check, and the Accelerator.
 
 ``accelerate launch --multi_gpu --num_processes N`` on a host where accelerate finds no GPU starts
-N processes that each believe they are alone (SPEC section 4): N silent, independent trainings
-writing to one folder. Every launcher (torchrun, accelerate, srun with our sbatch) exports
-WORLD_SIZE, so a WORLD_SIZE the accelerator does not see is a launch error, caught before any work.
+N processes that each believe they are alone: N silent, independent trainings writing to one
+folder. Every launcher (torchrun, accelerate, srun with our sbatch) exports WORLD_SIZE, so a
+WORLD_SIZE the accelerator does not see is a launch error, caught before any work. Every stage
+that trains (pretraining, downstream fine-tuning, KD recipes) builds its Accelerator here.
 """
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
-from shards.errors import UserError
-
+from sonodistill.errors import UserError
+from sonodistill.precision import resolve_mixed_precision
 
 # Set by `accelerate launch` (every launcher mode), never by torchrun or srun.
 ACCELERATE_LAUNCH_VARS = ("ACCELERATE_USE_CPU", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND",
@@ -47,26 +48,29 @@ def check_world_size(num_processes: int, distributed_type: str, env: Mapping[str
         raise UserError(
             f"launch: the launcher started WORLD_SIZE={world} processes (LOCAL_WORLD_SIZE={local}) but accelerate "
             f"sees {num_processes} ({distributed_type}): each process would train its own copy. No GPU visible? "
-            "On CPU use `torchrun --nproc_per_node N pretrain/run.py ...` or "
-            "`accelerate launch --config_file launch/accelerate/cpu.yaml pretrain/run.py ...`; "
+            "On CPU use `torchrun --nproc_per_node N <script> ...` or "
+            "`accelerate launch --config_file launch/accelerate/cpu.yaml <script> ...`; "
             "on GPUs check CUDA_VISIBLE_DEVICES / nvidia-smi"
         )
 
 
-def resolve_mixed_precision(choice: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on GPUs that support it, else no; explicit choices are checked."""
-    on_gpu = device.type == "cuda"
-    if choice == "auto":
-        return "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
-    if choice == "fp16" and not on_gpu:
-        raise UserError("train.mixed_precision: fp16 needs a CUDA GPU; use 'no' or 'auto' on CPU")
-    if choice == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
-        raise UserError("train.mixed_precision: this GPU has no bf16 support; use 'fp16' or 'auto'")
-    return choice
+def launch_state():
+    """accelerate's process state for this launch, after the world-size check."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=use_cpu())
+    check_world_size(state.num_processes, str(state.distributed_type))
+    return state
 
 
-def teacher_dtype(device: torch.device) -> torch.dtype | None:
-    """The frozen teacher runs in bf16 on GPUs (fp16 where bf16 is missing), float32 on CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def make_accelerator(mixed_precision: str = "auto", key: str = "mixed_precision", **kwargs: Any):
+    """An Accelerator for this process: launch checked, ``mixed_precision`` resolved (bf16 on
+    CUDA under ``auto``), batches moved to the device without blocking. ``kwargs`` go to
+    ``Accelerator`` (e.g. ``gradient_accumulation_steps``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    state = launch_state()
+    kwargs.setdefault("dataloader_config", DataLoaderConfiguration(non_blocking=True))
+    return Accelerator(cpu=use_cpu(), mixed_precision=resolve_mixed_precision(mixed_precision, state.device, key),
+                       **kwargs)
