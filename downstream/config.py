@@ -5,6 +5,7 @@ augmentation, training schedule); :class:`RunConfig` adds what identifies one ru
 encoder, mode, label fraction, seed, output folder). Schedules are per protocol, never per
 encoder, so every initialisation trains identically.
 """
+
 from __future__ import annotations
 
 import copy

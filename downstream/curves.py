@@ -1,8 +1,9 @@
 """Metric vs label fraction, one line per encoder (mean ± std over seeds), one panel per task."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -10,7 +11,12 @@ from downstream.tables import TaskColumn
 
 
 def plot_fraction_curves(
-    agg: dict, encoders: Sequence[str], tasks: Sequence[TaskColumn], fractions: Sequence[float], mode: str, path: str | Path
+    agg: dict,
+    encoders: Sequence[str],
+    tasks: Sequence[TaskColumn],
+    fractions: Sequence[float],
+    mode: str,
+    path: str | Path,
 ) -> bool:
     """Write the PNG; False (nothing written) when fewer than two fractions were swept."""
     fr = sorted(set(fractions))

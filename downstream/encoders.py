@@ -12,14 +12,16 @@ timm backbones are built with ``num_classes=0`` (forward -> globally pooled feat
 their mean/std from timm's ``pretrained_cfg``; DINOv3 takes them from its image processor.
 Random initialisation uses the torch RNG, so callers seed it first.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -75,13 +77,15 @@ class DinoBackbone(nn.Module):
         self.prefix = 1 + num_register_tokens
         self.embed_dim = int(vit.config.hidden_size)
 
-    def train(self, mode: bool = True) -> "DinoBackbone":
+    def train(self, mode: bool = True) -> DinoBackbone:
         return super().train(False)
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = x.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
-            raise UserError(f"dinov3: input {h}x{w} is not a multiple of the patch size {self.patch_size}; set image_size")
+            raise UserError(
+                f"dinov3: input {h}x{w} is not a multiple of the patch size {self.patch_size}; set image_size"
+            )
         hs = self.vit(pixel_values=x).last_hidden_state  # final LayerNorm applied
         cls, patches = hs[:, 0], hs[:, self.prefix :]
         grid = patches.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h // self.patch_size, w // self.patch_size)
@@ -143,7 +147,9 @@ def load_encoder(spec: str) -> Encoder:
         return _timm(spec, spec[5:], False, "")
     if spec.startswith("timm:"):
         return _timm(
-            spec, spec[5:], True,
+            spec,
+            spec[5:],
+            True,
             f"pretrained weights for '{spec[5:]}' are not in the local cache and the Hub is not reachable "
             f"(offline); use rand:{spec[5:]} for random init or a local save_for_hf folder",
         )
@@ -156,7 +162,9 @@ def load_encoder(spec: str) -> Encoder:
         if not (Path(path) / "config.json").is_file():
             raise UserError(f"encoder '{spec}': {path} has no config.json (expected a timm save_for_hf folder)")
         return _timm(spec, f"local-dir:{Path(path).resolve()}", True, f"cannot load the weights in {path}")
-    raise UserError(f"encoder '{spec}': unknown encoder spec (not an existing folder); valid forms: {'; '.join(SPEC_FORMS)}")
+    raise UserError(
+        f"encoder '{spec}': unknown encoder spec (not an existing folder); valid forms: {'; '.join(SPEC_FORMS)}"
+    )
 
 
 # ResNets whose timm state dict loads strictly into smp's own encoder of the same name

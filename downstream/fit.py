@@ -11,6 +11,7 @@ TensorBoard scalars. On return the model holds the selected epoch's weights.
 Losses stay on the device and are read every ``LOG_EVERY`` steps, so the loop does not sync the
 GPU at every step.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,14 +70,23 @@ def _reduce(acc, sums: dict[str, torch.Tensor], seen: int) -> dict[str, Any]:
     total, out, pos = stats[-1], {}, 0
     for k in keys:
         width = sums[k].numel()
-        values = [x / total for x in stats[pos:pos + width]]
+        values = [x / total for x in stats[pos : pos + width]]
         out[f"train_{k}"] = values[0] if sums[k].dim() == 0 else values
         pos += width
     return out
 
 
-def fit(task: Task, train: DataLoader, val: DataLoader | None, cfg: FitConfig, acc, *, name: str = "train",
-        log_dir: str | Path | None = None, channels_last: bool = True) -> FitResult:
+def fit(
+    task: Task,
+    train: DataLoader,
+    val: DataLoader | None,
+    cfg: FitConfig,
+    acc,
+    *,
+    name: str = "train",
+    log_dir: str | Path | None = None,
+    channels_last: bool = True,
+) -> FitResult:
     """Train ``task.model`` on ``train``; select an epoch on ``val``; return the history."""
     if len(train) == 0:
         raise UserError(f"{name}: the training split is smaller than one batch ({cfg.batch_size})")
@@ -141,8 +151,13 @@ def fit(task: Task, train: DataLoader, val: DataLoader | None, cfg: FitConfig, a
             row["images_per_s"] = seen * acc.num_processes / max(time.perf_counter() - t0, 1e-9)
             if val_dl is not None:
                 metrics = task.evaluate(val_dl, acc)
-                row.update({f"val_{k}": v for k, v in metrics.items()  # numbers and per-class lists, not counts
-                            if isinstance(v, (int, float, list)) and k != "confusion_matrix" and not k.startswith("n_")})
+                row.update(
+                    {
+                        f"val_{k}": v
+                        for k, v in metrics.items()  # numbers and per-class lists, not counts
+                        if isinstance(v, (int, float, list)) and k != "confusion_matrix" and not k.startswith("n_")
+                    }
+                )
             if scheduler is not None and not per_step(scheduler):
                 scheduler.step(row.get("val_loss", row["train_loss"]))
             result.history.append(row)
@@ -156,10 +171,13 @@ def fit(task: Task, train: DataLoader, val: DataLoader | None, cfg: FitConfig, a
             score = _score(select, row, epoch, name)
             if score > result.best_score:  # ties keep the earlier epoch
                 result.best_score, result.best_epoch = score, epoch
-                result.best_state = {k: v.detach().to("cpu", copy=True)
-                                     for k, v in acc.unwrap_model(model).state_dict().items()}
-            log.info(f"{name} epoch {epoch}/{cfg.epochs}: "
-                     + " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+                result.best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(model).state_dict().items()
+                }
+            log.info(
+                f"{name} epoch {epoch}/{cfg.epochs}: "
+                + " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+            )
     finally:
         bar.close()
         if writer is not None:

@@ -6,6 +6,7 @@ evaluation pass does not change training); training drops the last partial batch
 persist across epochs; memory is pinned on GPUs. Workers only decode: augmentation runs batched
 on the device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,12 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int 
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train, num_workers=workers, generator=g,
-        pin_memory=torch.cuda.is_available(), drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=workers,
+        generator=g,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
         persistent_workers=workers > 0,
     )

@@ -13,10 +13,11 @@ test set ("mean Dice", "mean IoU"). Empty-mask convention (documented, tested):
 Classification: scikit-learn computes accuracy, macro-F1, per-class precision/recall/F1, AUC
 (one-vs-rest, macro; binary: positive-class score) and the confusion matrix.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -65,7 +66,9 @@ def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Seq
         if len(classes) == 2:
             auc = float(roc_auc_score(y, prob[:, 1]))
         else:
-            auc = float(roc_auc_score(y, prob / prob.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=labels))
+            auc = float(
+                roc_auc_score(y, prob / prob.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=labels)
+            )
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "macro_f1": float(mf),

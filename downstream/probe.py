@@ -7,14 +7,15 @@ augmentation, so its features are a pure function of that key. The head is a lin
 standardised features (mean/std of the training subset, folded into the layer afterwards),
 trained with AdamW (no weight decay on the bias); the epoch with the best validation accuracy is kept.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,8 +36,14 @@ FEATURE_VERSION = 1  # bump when extraction changes, so old cache files are not 
 
 @torch.no_grad()
 def extract_features(
-    enc: Encoder, records: Sequence[Record], size: int, *, batch_size: int = 64, num_workers: int = 2,
-    accelerator=None, desc: str = "features",
+    enc: Encoder,
+    records: Sequence[Record],
+    size: int,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    accelerator=None,
+    desc: str = "features",
 ) -> torch.Tensor:
     """Pooled features ``[N, F]`` (float32, CPU) of ``records`` with eval preprocessing."""
     model = enc.backbone.eval()
@@ -77,8 +84,15 @@ class FeatureCache:
         self.misses = 0
 
     def get(
-        self, enc: Encoder, records: Sequence[Record], catalog_fingerprint: str, size: int, *,
-        batch_size: int = 64, num_workers: int = 2, accelerator=None,
+        self,
+        enc: Encoder,
+        records: Sequence[Record],
+        catalog_fingerprint: str,
+        size: int,
+        *,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        accelerator=None,
     ) -> dict[str, torch.Tensor]:
         key = cache_key(enc, catalog_fingerprint, size)
         if key not in self._mem:
@@ -88,7 +102,9 @@ class FeatureCache:
                 self._mem[key] = (blob["ids"], blob["features"])
                 self.hits += 1
             else:
-                feats = extract_features(enc, records, size, batch_size=batch_size, num_workers=num_workers, accelerator=accelerator)
+                feats = extract_features(
+                    enc, records, size, batch_size=batch_size, num_workers=num_workers, accelerator=accelerator
+                )
                 ids = [r.id for r in records]
                 if accelerator is None or accelerator.is_main_process:
                     buf = io.BytesIO()
@@ -111,8 +127,13 @@ class ProbeResult:
 
 
 def train_linear_probe(
-    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-    num_classes: int, cfg: ProbeConfig, seed: int = 0,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    num_classes: int,
+    cfg: ProbeConfig,
+    seed: int = 0,
 ) -> ProbeResult:
     """AdamW on a linear layer over standardised features; keep the best validation epoch."""
     g = torch.Generator().manual_seed(seed)

@@ -1,10 +1,12 @@
 """Small report helpers shared by the downstream stage and the KD recipes: mean +- std cells,
 Markdown tables and training curves."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +46,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], bold_m
     return "\n".join(lines) + "\n"
 
 
-def plot_history(history: Sequence[Mapping[str, float]], path: str | Path, keys: Sequence[str], title: str = "") -> None:
+def plot_history(
+    history: Sequence[Mapping[str, float]], path: str | Path, keys: Sequence[str], title: str = ""
+) -> None:
     """Training curves: one panel per key of the per-epoch ``history`` records (x = ``epoch``)."""
     from sonodistill.figures import pyplot
 

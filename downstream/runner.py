@@ -5,14 +5,15 @@ Writes into ``cfg.out``: ``config.yaml`` (resolved), ``subset.json`` (the traini
 ``confusion.png`` (classification) or ``predictions.png`` (segmentation), TensorBoard logs in
 ``tb/``. Everything is written atomically, on the main process only.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader
@@ -56,8 +57,13 @@ def split_path(cfg: RunConfig) -> Path:
 def _loader(catalog: Catalog, ids: list[str], cfg: RunConfig, train: bool, **targets: bool) -> DataLoader:
     """Training (shuffled, last partial batch dropped) or evaluation batches of ``ids``."""
     bs = cfg.train.batch_size if train else cfg.train.eval_batch_size
-    return make_loader(ImageSet(catalog.subset(ids), cfg.image_size, **targets), bs, train=train,
-                       workers=cfg.train.num_workers, seed=cfg.seed)
+    return make_loader(
+        ImageSet(catalog.subset(ids), cfg.image_size, **targets),
+        bs,
+        train=train,
+        workers=cfg.train.num_workers,
+        seed=cfg.seed,
+    )
 
 
 def _inputs(cfg: RunConfig, enc: Encoder, acc) -> Inputs:
@@ -81,9 +87,14 @@ def _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple
     loss = SegLoss(cfg.train.dice_weight, cfg.train.bce_weight)
     task = Segmentation(model, _inputs(cfg, enc, acc), loss, frozen=model.encoder if linear else None)
     res = fit(
-        task, _loader(catalog, train_ids, cfg, True, masks=True), _loader(catalog, splits.val, cfg, False, masks=True),
-        _train_cfg(cfg, cfg.train.linear_lr if linear else cfg.train.lr), acc, name=f"{cfg.task} {cfg.mode}",
-        log_dir=out / "tb", channels_last=cfg.train.channels_last,
+        task,
+        _loader(catalog, train_ids, cfg, True, masks=True),
+        _loader(catalog, splits.val, cfg, False, masks=True),
+        _train_cfg(cfg, cfg.train.linear_lr if linear else cfg.train.lr),
+        acc,
+        name=f"{cfg.task} {cfg.mode}",
+        log_dir=out / "tb",
+        channels_last=cfg.train.channels_last,
     )
     test_loader = acc.prepare(_loader(catalog, splits.test, cfg, False, masks=True))
     val = res.history[res.best_epoch - 1]
@@ -100,16 +111,26 @@ def _prediction_panel(model, catalog, test_ids, cfg, enc, acc, test, path) -> No
     pred = predict_masks(model, batch, enc.mean, enc.std, acc).cpu().numpy()[:, 0]
     dice = dict(zip(test["per_image"]["index"], test["per_image"]["dice"]))
     plot_predictions(
-        batch["image"].cpu().numpy()[:, 0], batch["mask"].cpu().numpy()[:, 0] > 0, pred,
-        [dice[i] for i in range(len(ds))], path, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · test",
+        batch["image"].cpu().numpy()[:, 0],
+        batch["mask"].cpu().numpy()[:, 0] > 0,
+        pred,
+        [dice[i] for i in range(len(ds))],
+        path,
+        title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · test",
     )
 
 
 def _classification(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult]:
     task = Classification(build_classifier(enc, len(catalog.classes)), _inputs(cfg, enc, acc), catalog.classes)
     res = fit(
-        task, _loader(catalog, train_ids, cfg, True, labels=True), _loader(catalog, splits.val, cfg, False, labels=True),
-        cfg.train, acc, name=f"{cfg.task} finetune", log_dir=out / "tb", channels_last=cfg.train.channels_last,
+        task,
+        _loader(catalog, train_ids, cfg, True, labels=True),
+        _loader(catalog, splits.val, cfg, False, labels=True),
+        cfg.train,
+        acc,
+        name=f"{cfg.task} finetune",
+        log_dir=out / "tb",
+        channels_last=cfg.train.channels_last,
     )
     val = task.evaluate(acc.prepare(_loader(catalog, splits.val, cfg, False, labels=True)), acc)
     test = task.evaluate(acc.prepare(_loader(catalog, splits.test, cfg, False, labels=True)), acc)
@@ -118,8 +139,13 @@ def _classification(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tup
 
 def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tuple[dict, dict, FitResult]:
     feats = cache.get(
-        enc, catalog.records, catalog.fingerprint(), cfg.image_size,
-        batch_size=cfg.probe.feature_batch_size, num_workers=cfg.train.num_workers, accelerator=acc,
+        enc,
+        catalog.records,
+        catalog.fingerprint(),
+        cfg.image_size,
+        batch_size=cfg.probe.feature_batch_size,
+        num_workers=cfg.train.num_workers,
+        accelerator=acc,
     )
     index = catalog.by_id()
 
@@ -195,23 +221,44 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None) -> dict:
     else:
         val, test, res = _classification(cfg, enc, catalog, splits, train_ids, acc, out, main)
     metrics = {
-        "task": cfg.task, "data": cfg.data, "dataset": catalog.name, "encoder": cfg.encoder, "mode": cfg.mode,
-        "fraction": cfg.fraction, "seed": cfg.seed, "classes": catalog.classes,
-        "n_train": len(train_ids), "n_val": len(splits.val), "n_test": len(splits.test),
-        "params_m": round(enc.params_m, 3), "best_epoch": res.best_epoch, "val": val,
+        "task": cfg.task,
+        "data": cfg.data,
+        "dataset": catalog.name,
+        "encoder": cfg.encoder,
+        "mode": cfg.mode,
+        "fraction": cfg.fraction,
+        "seed": cfg.seed,
+        "classes": catalog.classes,
+        "n_train": len(train_ids),
+        "n_val": len(splits.val),
+        "n_test": len(splits.test),
+        "params_m": round(enc.params_m, 3),
+        "best_epoch": res.best_epoch,
+        "val": val,
         "test": {k: v for k, v in test.items() if k != "per_image"},
-        "time_s": round(time.perf_counter() - t0, 2), "train_images_per_s": round(res.images_per_s, 1),
+        "time_s": round(time.perf_counter() - t0, 2),
+        "train_images_per_s": round(res.images_per_s, 1),
     }
     if main:
         if "per_image" in test:
             by_index = test["per_image"]
             metrics["test_per_image"] = [
-                {"id": splits.test[i], "dice": d, "iou": j} for i, d, j in zip(by_index["index"], by_index["dice"], by_index["iou"])
+                {"id": splits.test[i], "dice": d, "iou": j}
+                for i, d, j in zip(by_index["index"], by_index["dice"], by_index["iou"])
             ]
         if kind == "cls":
-            plot_confusion(test["confusion_matrix"], catalog.classes, out / "confusion.png", title=f"{cfg.encoder} · {cfg.mode} · test")
-        keys = ["train_loss", "val_dice", "val_iou"] if kind == "seg" else ["train_loss", "val_accuracy", "val_macro_f1"]
-        plot_history(res.history, out / "curves.png", keys, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · f={cfg.fraction}")
+            plot_confusion(
+                test["confusion_matrix"],
+                catalog.classes,
+                out / "confusion.png",
+                title=f"{cfg.encoder} · {cfg.mode} · test",
+            )
+        keys = (
+            ["train_loss", "val_dice", "val_iou"] if kind == "seg" else ["train_loss", "val_accuracy", "val_macro_f1"]
+        )
+        plot_history(
+            res.history, out / "curves.png", keys, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · f={cfg.fraction}"
+        )
         if cfg.train.save_checkpoint and res.best_state is not None:
             _save_checkpoint(res.best_state, out / "best.safetensors")
         write_json(out / "metrics.json", metrics)

@@ -12,6 +12,7 @@ Example::
     python -m downstream.sweep --config downstream/configs/paper.yaml busi=data/BUSI ddti=data/DDTI \\
         'encoders=[R50-Rand=rand,R50-Distill-US=runs/export]' out=runs/paper
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,16 +21,16 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
 from downstream.tables import TaskColumn, aggregate, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
-from sonodistill.jsonl import append_jsonl, read_jsonl
 from sonodistill.config import add_config_args, config_from_args, save_config, to_dict
 from sonodistill.errors import UserError, cli_main
+from sonodistill.jsonl import append_jsonl, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,17 @@ def _slug(text: str) -> str:
 
 def cell_config(cfg: SweepConfig, c: Cell) -> RunConfig:
     out = Path(cfg.out)
-    data_tag = hashlib.sha1(os.path.abspath(c.data).encode() if not c.data.startswith("hf:") else c.data.encode()).hexdigest()[:6]
+    data_tag = hashlib.sha1(
+        os.path.abspath(c.data).encode() if not c.data.startswith("hf:") else c.data.encode()
+    ).hexdigest()[:6]
     rc = run_config(
-        cfg.run, task=c.task, data=c.data, encoder=c.encoder, mode=c.mode, fraction=c.fraction, seed=c.seed,
+        cfg.run,
+        task=c.task,
+        data=c.data,
+        encoder=c.encoder,
+        mode=c.mode,
+        fraction=c.fraction,
+        seed=c.seed,
         out=str(out / "runs" / _slug(c.task_key) / _slug(c.encoder_name) / c.mode / f"f{c.fraction:g}_s{c.seed}"),
     )
     if not rc.split.file:

@@ -4,6 +4,7 @@
 ``pretrain/configs/tiny.yaml`` a CPU-sized run. Every run writes its resolved config to
 ``<out_dir>/config.yaml``.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -3,11 +3,11 @@
 On resume from step k, lines after k (written by the interrupted run past its last checkpoint)
 are dropped and TensorBoard purges its events after k, so curves never show a step twice.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from sonodistill.jsonl import read_jsonl, truncate_jsonl
 

@@ -2,6 +2,7 @@
 
 Shared by the trainer, the step benchmark and the tests so they all measure and check the same code.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,8 +18,9 @@ def make_view(images: torch.Tensor, augment: nn.Module, teacher: DINOv3) -> torc
     return teacher.normalize(augment(images))
 
 
-def distill_loss(teacher: DINOv3, student: nn.Module, view: torch.Tensor, mixup: MixupConfig,
-                 channels_last: bool = False) -> torch.Tensor:
+def distill_loss(
+    teacher: DINOv3, student: nn.Module, view: torch.Tensor, mixup: MixupConfig, channels_last: bool = False
+) -> torch.Tensor:
     """Token-wise MSE between ``student`` and ``teacher`` on the (mixed) view; see ``pretrain.loss``.
 
     In ``mixup.mode='input'`` (default) both networks receive the identical mixed tensor.

@@ -5,11 +5,12 @@ the core because downstream uses DINOv3 as a reference encoder too. The folder w
 through the same ``from_pretrained`` path as ``facebook/dinov3-vitb16-pretrain-lvd1689m``, so
 tests and the demo need no download.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from sonodistill.dinov3 import TINY_CONFIG, init_tiny
 from sonodistill.errors import cli_main

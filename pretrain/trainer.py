@@ -15,6 +15,7 @@ The loop never forces a device sync on its own: losses and grad norms stay on th
 read every ``train.log_every`` steps in one gather, which also carries the preemption flag and the
 non-finite-loss check, so all ranks take the same decision after the same step.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -66,8 +68,12 @@ class TrainResult:
 
 def _check_config(cfg: PretrainConfig) -> None:
     t = cfg.train
-    for key, value in (("train.batch_size", t.batch_size), ("train.log_every", t.log_every),
-                       ("train.save_every", t.save_every), ("student.head_hidden", cfg.student.head_hidden)):
+    for key, value in (
+        ("train.batch_size", t.batch_size),
+        ("train.log_every", t.log_every),
+        ("train.save_every", t.save_every),
+        ("student.head_hidden", cfg.student.head_hidden),
+    ):
         if value < 1:
             raise UserError(f"{key}: expected a positive integer, got {value}")
     if t.max_steps < 0 or t.global_batch < 0 or t.warmup_steps < 0:
@@ -122,9 +128,16 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
     d = cfg.data
     try:
         return ShardLoader(
-            d.shards, batch_size=cfg.train.batch_size, mode=d.mode, seed=seed,
-            shuffle_buffer=d.shuffle_buffer, num_workers=d.num_workers, rank=rank, world_size=world,
-            with_meta=d.record_keys, pin_memory=pin,
+            d.shards,
+            batch_size=cfg.train.batch_size,
+            mode=d.mode,
+            seed=seed,
+            shuffle_buffer=d.shuffle_buffer,
+            num_workers=d.num_workers,
+            rank=rank,
+            world_size=world,
+            with_meta=d.record_keys,
+            pin_memory=pin,
         )
     except (UserError, FileNotFoundError, ValueError) as exc:
         raise UserError(f"data.shards: cannot open '{d.shards}' ({' '.join(str(exc).split())})") from None
@@ -156,15 +169,16 @@ def _rng_neutral(batches: Iterator[dict]) -> Iterator[dict]:
     yield from batches
 
 
-def _gather_interval(accelerator, losses: torch.Tensor, gnorms: torch.Tensor,
-                     stop_requested: bool) -> tuple[list[float], list[float], bool]:
+def _gather_interval(
+    accelerator, losses: torch.Tensor, gnorms: torch.Tensor, stop_requested: bool
+) -> tuple[list[float], list[float], bool]:
     """The loop's one sync point: per-step losses and grad norms averaged over ranks, and whether
     any rank was asked to stop (one gather, one device-to-host copy)."""
     flag = torch.tensor([1.0 if stop_requested else 0.0], device=losses.device)
     packed = torch.cat([losses, gnorms, flag]).unsqueeze(0)
     gathered = accelerator.gather(packed).view(accelerator.num_processes, -1).cpu()
     n = losses.numel()
-    return gathered[:, :n].mean(0).tolist(), gathered[:, n:2 * n].mean(0).tolist(), bool(gathered[:, -1].max() > 0)
+    return gathered[:, :n].mean(0).tolist(), gathered[:, n : 2 * n].mean(0).tolist(), bool(gathered[:, -1].max() > 0)
 
 
 @dataclasses.dataclass
@@ -214,7 +228,9 @@ def setup(cfg: PretrainConfig) -> Session:
     global_batch, accum = _accumulation(cfg, world)
     mixed = resolve_mixed_precision(cfg.train.mixed_precision, state.device, "train.mixed_precision")
     accelerator = Accelerator(
-        cpu=use_cpu(), mixed_precision=mixed, gradient_accumulation_steps=accum,
+        cpu=use_cpu(),
+        mixed_precision=mixed,
+        gradient_accumulation_steps=accum,
         step_scheduler_with_optimizer=False,  # we step the schedule once per optimiser step ourselves
     )
     device = accelerator.device
@@ -223,12 +239,21 @@ def setup(cfg: PretrainConfig) -> Session:
     max_steps = _max_steps(cfg, loader.num_samples, global_batch)
     steps_per_epoch = loader.num_samples / global_batch if loader.num_samples else None
     teacher = DINOv3.from_pretrained(
-        cfg.teacher.name_or_path, layers=cfg.teacher.layers, norm=cfg.teacher.norm,
-        aggregate=cfg.teacher.aggregate, dtype=frozen_dtype(device),
+        cfg.teacher.name_or_path,
+        layers=cfg.teacher.layers,
+        norm=cfg.teacher.norm,
+        aggregate=cfg.teacher.aggregate,
+        dtype=frozen_dtype(device),
     ).to(device)
     set_seed(cfg.train.seed)  # identical student initialisation on every rank
-    student = build_student(cfg.student.name, teacher.embed_dim, cfg.student.head_hidden,
-                            cfg.augment.size, teacher.patch_size, cfg.student.out_dim)
+    student = build_student(
+        cfg.student.name,
+        teacher.embed_dim,
+        cfg.student.head_hidden,
+        cfg.augment.size,
+        teacher.patch_size,
+        cfg.student.out_dim,
+    )
     channels_last = cfg.student.channels_last and on_gpu
     if cfg.student.sync_bn and world > 1 and on_gpu:  # torch's SyncBatchNorm is CUDA-only
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
@@ -246,11 +271,26 @@ def setup(cfg: PretrainConfig) -> Session:
     if accelerator.gradient_accumulation_steps != accum:
         raise UserError(
             f"deepspeed config: gradient_accumulation_steps={accelerator.gradient_accumulation_steps} but "
-            f"train.global_batch needs {accum}; set it to \"auto\""
+            f'train.global_batch needs {accum}; set it to "auto"'
         )
-    return Session(cfg, accelerator, loader, teacher, model, optimizer, scheduler, augment, world, rank,
-                   global_batch, accum, max_steps, warmup_steps(cfg.train, steps_per_epoch, max_steps), mixed,
-                   channels_last)
+    return Session(
+        cfg,
+        accelerator,
+        loader,
+        teacher,
+        model,
+        optimizer,
+        scheduler,
+        augment,
+        world,
+        rank,
+        global_batch,
+        accum,
+        max_steps,
+        warmup_steps(cfg.train, steps_per_epoch, max_steps),
+        mixed,
+        channels_last,
+    )
 
 
 def resume(s: Session) -> tuple[int, Path | None]:
@@ -272,13 +312,16 @@ def resume(s: Session) -> tuple[int, Path | None]:
     else:
         # Positions are per rank: with another world size the exact position cannot be rebuilt.
         s.loader = _open_loader(cfg, s.rank, s.world, pin=s.device.type == "cuda", seed=cfg.train.seed + start)
-        log.warning(f"checkpoint written by {saved_world} processes, resuming on {s.world}: "
-                    "data order restarts with a reshuffled stream")
+        log.warning(
+            f"checkpoint written by {saved_world} processes, resuming on {s.world}: "
+            "data order restarts with a reshuffled stream"
+        )
     try:
         s.accelerator.load_state(str(ckpt))
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise UserError(f"resume: checkpoint {ckpt} does not fit this config "
-                        f"({' '.join(str(exc).split())[:300]})") from None
+        raise UserError(
+            f"resume: checkpoint {ckpt} does not fit this config ({' '.join(str(exc).split())[:300]})"
+        ) from None
     return start, ckpt
 
 
@@ -292,19 +335,35 @@ class Outcome:
 def _base_meta(s: Session) -> dict[str, Any]:
     cfg, t = s.cfg, s.teacher
     return {
-        "config": to_dict(cfg), "world_size": s.world, "global_batch": s.global_batch, "accumulation": s.accum,
-        "max_steps": s.max_steps, "warmup_steps": s.warmup, "num_samples": s.loader.num_samples,
-        "mixed_precision": s.mixed, "distributed_type": str(s.accelerator.distributed_type),
-        "teacher": {"name_or_path": t.name_or_path, "embed_dim": t.embed_dim, "layers": t.layers,
-                    "patch_size": t.patch_size, "mean": list(t.mean), "std": list(t.std)},
-        "student": {"name": cfg.student.name, "stride": s.accelerator.unwrap_model(s.model).stride,
-                    "num_features": s.accelerator.unwrap_model(s.model).backbone.num_features},
+        "config": to_dict(cfg),
+        "world_size": s.world,
+        "global_batch": s.global_batch,
+        "accumulation": s.accum,
+        "max_steps": s.max_steps,
+        "warmup_steps": s.warmup,
+        "num_samples": s.loader.num_samples,
+        "mixed_precision": s.mixed,
+        "distributed_type": str(s.accelerator.distributed_type),
+        "teacher": {
+            "name_or_path": t.name_or_path,
+            "embed_dim": t.embed_dim,
+            "layers": t.layers,
+            "patch_size": t.patch_size,
+            "mean": list(t.mean),
+            "std": list(t.std),
+        },
+        "student": {
+            "name": cfg.student.name,
+            "stride": s.accelerator.unwrap_model(s.model).stride,
+            "num_features": s.accelerator.unwrap_model(s.model).backbone.num_features,
+        },
         "data": _manifest_summary(cfg.data.shards),
     }
 
 
-def loop(s: Session, start_step: int, last_ckpt: Path | None, stop: StopRequest, metrics: MetricsLog | None,
-         keys_fh) -> Outcome:
+def loop(
+    s: Session, start_step: int, last_ckpt: Path | None, stop: StopRequest, metrics: MetricsLog | None, keys_fh
+) -> Outcome:
     """Optimiser steps from ``start_step`` to ``max_steps``, checkpointing every ``save_every`` and
     when a stop is requested (checked with the losses every ``log_every`` steps, on all ranks)."""
     from safetensors.torch import save_file
@@ -326,8 +385,15 @@ def loop(s: Session, start_step: int, last_ckpt: Path | None, stop: StopRequest,
     step_gnorm = torch.zeros(log_every, device=device)
     step_lr: list[float] = []
     pending, step, preempted = 0, start_step, False
-    bar = progress(total=s.max_steps, initial=start_step, desc="distill", unit="step", main=s.is_main,
-                   log_every=log_every, logger=log)
+    bar = progress(
+        total=s.max_steps,
+        initial=start_step,
+        desc="distill",
+        unit="step",
+        main=s.is_main,
+        log_every=log_every,
+        logger=log,
+    )
     max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
     s.model.train()
     try:
@@ -361,8 +427,9 @@ def loop(s: Session, start_step: int, last_ckpt: Path | None, stop: StopRequest,
             bar.update(1)
             save_now = step % cfg.train.save_every == 0 or step == s.max_steps
             if pending == log_every or save_now:
-                losses, gnorms, stop_now = _gather_interval(acc, step_loss[:pending], step_gnorm[:pending],
-                                                            stop.requested)
+                losses, gnorms, stop_now = _gather_interval(
+                    acc, step_loss[:pending], step_gnorm[:pending], stop.requested
+                )
                 elapsed = time.perf_counter() - t_interval
                 img_s = pending * s.global_batch / max(elapsed, 1e-9)
                 first = step - pending + 1
@@ -401,15 +468,20 @@ def loop(s: Session, start_step: int, last_ckpt: Path | None, stop: StopRequest,
 def teardown(s: Session, outcome: Outcome | None, stop: StopRequest) -> None:
     """Loss curve, skipped-sample and preemption messages; every rank waits, then the group ends."""
     if s.is_main:
-        plot_loss_curve(s.out_dir / "metrics.jsonl", s.out_dir / "loss_curve.png",
-                        title=f"{s.cfg.student.name} <- {Path(s.cfg.teacher.name_or_path).name}")
+        plot_loss_curve(
+            s.out_dir / "metrics.jsonl",
+            s.out_dir / "loss_curve.png",
+            title=f"{s.cfg.student.name} <- {Path(s.cfg.teacher.name_or_path).name}",
+        )
         skipped = getattr(s.loader, "skipped", {}) or {}
         if any(skipped.values()):
             log.warning(f"skipped corrupt samples: {dict(skipped)}")
         if outcome is not None and outcome.preempted:
             by = stop.received or "a signal to another rank"
-            log.warning(f"stopped by {by} after step {outcome.step}: checkpoint {outcome.last_checkpoint}; "
-                        f"rerun with resume=auto to continue (exit code {EXIT_PREEMPTED})")
+            log.warning(
+                f"stopped by {by} after step {outcome.step}: checkpoint {outcome.last_checkpoint}; "
+                f"rerun with resume=auto to continue (exit code {EXIT_PREEMPTED})"
+            )
 
 
 def train(cfg: PretrainConfig) -> TrainResult:
@@ -440,5 +512,12 @@ def train(cfg: PretrainConfig) -> TrainResult:
             teardown(s, outcome, stop)
     s.accelerator.wait_for_everyone()
     s.accelerator.end_training()
-    return TrainResult(s.out_dir, outcome.step, s.max_steps, outcome.preempted, stop.received,
-                       outcome.last_checkpoint, s.accelerator.unwrap_model(s.model))
+    return TrainResult(
+        s.out_dir,
+        outcome.step,
+        s.max_steps,
+        outcome.preempted,
+        stop.received,
+        outcome.last_checkpoint,
+        s.accelerator.unwrap_model(s.model),
+    )

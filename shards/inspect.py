@@ -6,12 +6,13 @@ Prints the manifest summary (samples, shards, kept per source, rejections by rea
 has one row per source dataset; shards are visited in a seeded random order and reading stops as
 soon as every row is full, so it stays cheap on a large corpus (only the chosen images are decoded).
 """
+
 from __future__ import annotations
 
-import logging
 import argparse
 import io
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -19,15 +20,17 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from sonodistill.errors import cli_main
 from shards.manifest import resolve_shards
+from sonodistill.errors import cli_main
 
 log = logging.getLogger(__name__)
 
 
 def summary(manifest: dict) -> str:
-    lines = [f"samples: {manifest['num_samples']} in {len(manifest['shards'])} shards "
-             f"(from {manifest.get('inputs', '?')} inputs, size {manifest['settings'].get('size')} px)"]
+    lines = [
+        f"samples: {manifest['num_samples']} in {len(manifest['shards'])} shards "
+        f"(from {manifest.get('inputs', '?')} inputs, size {manifest['settings'].get('size')} px)"
+    ]
     width = max(len(k) for k in manifest["sources"]) if manifest["sources"] else 0
     lines.append("kept per source:")
     lines += [f"  {k:<{width}}  {v}" for k, v in manifest["sources"].items()]

@@ -11,14 +11,16 @@ Rules:
 - several YAML files may be layered (a recipe's preset, then a user's file), later files winning;
 - ``save_config`` writes the resolved config (atomically) next to a run's outputs.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -82,8 +84,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return _build(tp, value, where, prefix=key + ".")
     if origin in (list, tuple, Sequence, typing.Sequence):
         if isinstance(value, str):
-            parsed = yaml.safe_load(value) if value.strip().startswith("[") else (
-                [v for v in value.split(",") if v != ""])
+            parsed = (
+                yaml.safe_load(value) if value.strip().startswith("[") else ([v for v in value.split(",") if v != ""])
+            )
             value = parsed
         if not isinstance(value, (list, tuple)):
             raise fail()
@@ -169,8 +172,7 @@ def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: "
-            + ", ".join(prefix + k for k in fields)
+            f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: " + ", ".join(prefix + k for k in fields)
         )
     kwargs = {k: _coerce(v, fields[k], prefix + k, where) for k, v in data.items()}
     try:
@@ -276,8 +278,9 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
     """``--config FILE`` (repeatable: later files win) plus trailing ``key=value`` overrides."""
-    parser.add_argument("--config", action="append", default=None,
-                        help="YAML config file; repeat to layer several (later files win)")
+    parser.add_argument(
+        "--config", action="append", default=None, help="YAML config file; repeat to layer several (later files win)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.set_defaults(default_config=default_config)
 

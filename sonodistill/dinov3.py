@@ -12,11 +12,13 @@ aggregated (channel concatenation or mean) and reshaped to the patch grid ``[B, 
 random-initialised DINOv3 (registers included) plus its image processor, so tests and the demo go
 through the same ``from_pretrained`` path as the real checkpoint without any download.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -140,7 +142,7 @@ class DINOv3(nn.Module):
         dtype: torch.dtype | None = None,
         trainable: bool = False,
         key: str = "teacher",
-    ) -> "DINOv3":
+    ) -> DINOv3:
         """Load a DINOv3 checkpoint (Hub id or local folder) and its image-processor statistics.
 
         Frozen by default (eval, no gradients, ``inference_mode``): the distillation teacher and
@@ -157,7 +159,7 @@ class DINOv3(nn.Module):
         hf_logging.disable_progress_bar()
         try:
             model = AutoModel.from_pretrained(name, dtype=dtype)
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             reason = " ".join(str(exc).split())[:300]
             raise UserError(
                 f"{key}.name_or_path: cannot load '{name}' with transformers AutoModel ({reason}); "
@@ -169,13 +171,22 @@ class DINOv3(nn.Module):
         try:
             proc = AutoImageProcessor.from_pretrained(name)
             mean, std = proc.image_mean, proc.image_std
-        except (OSError, ValueError, EnvironmentError):
+        except (OSError, ValueError):
             raise UserError(
                 f"{key}.name_or_path: '{name}' has no image processor config (preprocessor_config.json); "
                 "the teacher's normalisation statistics come from it"
             ) from None
-        return cls(model, mean, std, layers=layers, norm=norm, aggregate=aggregate, name_or_path=name,
-                   trainable=trainable, key=key)
+        return cls(
+            model,
+            mean,
+            std,
+            layers=layers,
+            norm=norm,
+            aggregate=aggregate,
+            name_or_path=name,
+            trainable=trainable,
+            key=key,
+        )
 
     def resolve_layers(self, layers: Sequence[int] | int) -> list[int]:
         """Block indices (0-based; negative counts from the last block); an int n means the last n."""
@@ -195,7 +206,7 @@ class DINOv3(nn.Module):
             raise UserError(f"{self.key}.layers: give at least one block index")
         return out
 
-    def train(self, mode: bool = True) -> "DINOv3":
+    def train(self, mode: bool = True) -> DINOv3:
         # A frozen teacher stays in eval: DINOv3 randomly rescales RoPE coordinates in train mode.
         return super().train(mode and self.trainable)
 
@@ -211,8 +222,7 @@ class DINOv3(nn.Module):
         return height // self.patch_size, width // self.patch_size
 
     # -- outputs ------------------------------------------------------------------------------
-    def tokens(self, x: torch.Tensor, layers: Sequence[int] | int | None = None,
-               norm: bool | None = None) -> Tokens:
+    def tokens(self, x: torch.Tensor, layers: Sequence[int] | int | None = None, norm: bool | None = None) -> Tokens:
         """CLS, register and patch tokens after each requested block (final norm applied if ``norm``)."""
         idx = self.layers if layers is None else self.resolve_layers(layers)
         norm = self.norm if norm is None else norm

@@ -5,11 +5,13 @@ Every command-line entry point of the project runs through :func:`cli_main`, so 
 error is printed once (by rank 0), not once per process of a distributed launch. ``cli_main`` also
 sets up logging (:func:`sonodistill.logs.setup_logging`).
 """
+
 from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from sonodistill.logs import is_main_rank, setup_logging
 

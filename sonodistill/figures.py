@@ -1,4 +1,5 @@
 """PNG figures written atomically (matplotlib, Agg backend), for every stage's plots."""
+
 from __future__ import annotations
 
 from pathlib import Path

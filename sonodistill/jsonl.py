@@ -3,12 +3,14 @@
 Used for per-step training metrics, sweep results and audit trails; a process killed mid-write
 leaves at most one torn line, which readers skip and the next append fences off.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from sonodistill.atomic import write_text
 

@@ -10,13 +10,15 @@
   instead of carriage-return frames, and on ranks other than 0 it is silent.
   ``SONODISTILL_PROGRESS=bar|log|off`` forces a style.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 ROOT_PACKAGES = ("sonodistill", "shards", "pretrain", "downstream", "bench")
 MIN_INTERVAL = 10.0  # seconds between two progress lines in a log
@@ -100,8 +102,17 @@ def _style(main: bool) -> str:
 class LogProgress:
     """The subset of tqdm's interface the project uses, writing a log line every ``log_every`` updates."""
 
-    def __init__(self, iterable: Iterable | None, total: int | None, desc: str, unit: str, initial: int,
-                 log_every: int | None, logger: logging.Logger | None, enabled: bool):
+    def __init__(
+        self,
+        iterable: Iterable | None,
+        total: int | None,
+        desc: str,
+        unit: str,
+        initial: int,
+        log_every: int | None,
+        logger: logging.Logger | None,
+        enabled: bool,
+    ):
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.n = self._last = self._initial = initial
         self.enabled = enabled
@@ -116,7 +127,7 @@ class LogProgress:
             self.update(1)
         self.close()
 
-    def __enter__(self) -> "LogProgress":
+    def __enter__(self) -> LogProgress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -143,9 +154,17 @@ class LogProgress:
         self.enabled = False
 
 
-def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
-             initial: int = 0, main: bool = True, log_every: int | None = None,
-             logger: logging.Logger | None = None) -> Any:
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    initial: int = 0,
+    main: bool = True,
+    log_every: int | None = None,
+    logger: logging.Logger | None = None,
+) -> Any:
     """A tqdm bar (terminal) or a :class:`LogProgress` (logs) over ``iterable`` / up to ``total``.
 
     ``main=False`` (ranks other than 0) gives a silent counter with the same interface.

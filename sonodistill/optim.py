@@ -11,6 +11,7 @@
 Each stage's training config extends :class:`OptimConfig`, so the keys read the same everywhere
 (``train.lr``, ``train.weight_decay``, ``student.train.schedule`` ...).
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, fused: bool = Fals
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("nothing to train: every parameter is frozen")
     extra = {"fused": True} if fused else {}
-    return create_optimizer_v2(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                               betas=tuple(cfg.betas), **extra)
+    return create_optimizer_v2(
+        model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), **extra
+    )
 
 
 def warmup_steps(cfg: OptimConfig, steps_per_epoch: float | None, total_steps: int) -> int:
@@ -58,8 +60,9 @@ def warmup_steps(cfg: OptimConfig, steps_per_epoch: float | None, total_steps: i
     return min(steps, total_steps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: float | None,
-                    total_steps: int) -> Scheduler | None:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: float | None, total_steps: int
+) -> Scheduler | None:
     """The schedule of ``cfg.schedule`` (None for ``none``). Step a ``cosine`` schedule after every
     optimiser step (:func:`per_step`), a ``plateau`` one after every epoch with the
     validation loss."""
@@ -67,11 +70,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_pe
         from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
         return get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=warmup_steps(cfg, steps_per_epoch, total_steps),
-            num_training_steps=total_steps, min_lr=cfg.min_lr)
+            optimizer,
+            num_warmup_steps=warmup_steps(cfg, steps_per_epoch, total_steps),
+            num_training_steps=total_steps,
+            min_lr=cfg.min_lr,
+        )
     if cfg.schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+        )
     return None
 
 

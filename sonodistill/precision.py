@@ -1,4 +1,5 @@
 """Mixed precision: one vocabulary (``mixed_precision: auto | bf16 | fp16 | no``) for every stage."""
+
 from __future__ import annotations
 
 from typing import Literal

@@ -6,10 +6,12 @@ folder. Every launcher (torchrun, accelerate, srun with our sbatch) exports WORL
 WORLD_SIZE the accelerator does not see is a launch error, caught before any work. Every stage
 that trains (pretraining, downstream fine-tuning, KD recipes) builds its Accelerator here.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -17,8 +19,13 @@ from sonodistill.errors import UserError
 from sonodistill.precision import resolve_mixed_precision
 
 # Set by `accelerate launch` (every launcher mode), never by torchrun or srun.
-ACCELERATE_LAUNCH_VARS = ("ACCELERATE_USE_CPU", "ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND",
-                          "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")
+ACCELERATE_LAUNCH_VARS = (
+    "ACCELERATE_USE_CPU",
+    "ACCELERATE_MIXED_PRECISION",
+    "ACCELERATE_DYNAMO_BACKEND",
+    "ACCELERATE_USE_DEEPSPEED",
+    "ACCELERATE_USE_FSDP",
+)
 
 
 def use_cpu(env: Mapping[str, str] = os.environ) -> bool:
@@ -72,5 +79,6 @@ def make_accelerator(mixed_precision: str = "auto", key: str = "mixed_precision"
 
     state = launch_state()
     kwargs.setdefault("dataloader_config", DataLoaderConfiguration(non_blocking=True))
-    return Accelerator(cpu=use_cpu(), mixed_precision=resolve_mixed_precision(mixed_precision, state.device, key),
-                       **kwargs)
+    return Accelerator(
+        cpu=use_cpu(), mixed_precision=resolve_mixed_precision(mixed_precision, state.device, key), **kwargs
+    )

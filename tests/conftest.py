@@ -3,6 +3,7 @@
 Everything here is generated locally (no network): the project's synthetic ultrasound
 generator and tiny random-initialised configs of the real architectures.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,9 +1,11 @@
-"""Typed configs (sonodistill.config), one-line user errors (sonodistill.errors) and atomic writes (sonodistill.atomic)."""
+"""Typed configs (sonodistill.config), one-line user errors (sonodistill.errors), atomic writes
+(sonodistill.atomic)."""
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 import yaml
@@ -25,7 +27,7 @@ class Cfg:
     out_dir: str = "runs/x"
     steps: int = 100
     layers: list[int] = field(default_factory=lambda: [-2, -1])
-    resume: Optional[str] = None
+    resume: str | None = None
     compile: bool = False
     optim: Optim = field(default_factory=Optim)
 
@@ -67,16 +69,27 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     f.write_text("optim:\n  momentum: 0.9\n")
     with pytest.raises(ConfigError, match=r"c.yaml: unknown key 'optim.momentum'; valid keys: optim.lr, optim.betas"):
         load_config(Cfg, f)
-    assert valid_keys(Cfg) == ["out_dir", "steps", "layers", "resume", "compile", "optim.lr", "optim.betas",
-                               "optim.schedule"]
+    assert valid_keys(Cfg) == [
+        "out_dir",
+        "steps",
+        "layers",
+        "resume",
+        "compile",
+        "optim.lr",
+        "optim.betas",
+        "optim.schedule",
+    ]
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("steps=abc", "key 'steps' expects int"),
-    ("optim.schedule=linear", "expects one of 'cosine', 'constant'"),
-    ("compile=maybe", "key 'compile' expects bool"),
-    ("steps", "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("steps=abc", "key 'steps' expects int"),
+        ("optim.schedule=linear", "expects one of 'cosine', 'constant'"),
+        ("compile=maybe", "key 'compile' expects bool"),
+        ("steps", "expected key=value"),
+    ],
+)
 def test_bad_values_name_the_key(override, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(Cfg, None, [override])

@@ -1,4 +1,5 @@
 """The core package: logging and progress, JSON-lines logs, the optimiser/schedule builder."""
+
 from __future__ import annotations
 
 import io
@@ -82,8 +83,9 @@ def test_jsonl_survives_a_torn_line(tmp_path):
 
 
 def model() -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
-                               torch.nn.LazyLinear(2))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
 
 
 def test_optimiser_never_decays_norms_or_biases_and_skips_frozen_parameters():

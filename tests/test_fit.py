@@ -1,5 +1,6 @@
 """The one training loop (downstream.fit): model selection, schedules, determinism, the teacher-logit
 cache, process checks, torchrun."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ class Toy(Dataset):
         self.labels = torch.randint(0, 2, (n,), generator=g)
         self.images = torch.randint(0, 120, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
         for i, y in enumerate(self.labels):
-            self.images[i, :, :, 4 * int(y):4 * int(y) + 4] += 100
+            self.images[i, :, :, 4 * int(y) : 4 * int(y) + 4] += 100
 
     def __len__(self):
         return len(self.labels)
@@ -43,8 +44,13 @@ class Toy(Dataset):
 
 
 def tiny_model() -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                               torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+    )
 
 
 INPUTS = Inputs(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -61,11 +67,24 @@ def loader(data, batch_size, shuffle, seed=0):
 def train_once(select: str, seed: int = 0, **optim):
     seed_everything(seed)
     t = task()
-    settings = {"optimizer": "adam", "lr": 0.05, "weight_decay": 0.0, "epochs": 4, "batch_size": 8,
-                "schedule": "none", **optim}
+    settings = {
+        "optimizer": "adam",
+        "lr": 0.05,
+        "weight_decay": 0.0,
+        "epochs": 4,
+        "batch_size": 8,
+        "schedule": "none",
+        **optim,
+    }
     cfg = FitConfig(select=select, **settings)
-    res = fit(t, loader(Toy(48), 8, shuffle=True, seed=seed), loader(Toy(24, seed=1), 8, shuffle=False),
-              cfg, make_accelerator("no"), name="toy")
+    res = fit(
+        t,
+        loader(Toy(48), 8, shuffle=True, seed=seed),
+        loader(Toy(24, seed=1), 8, shuffle=False),
+        cfg,
+        make_accelerator("no"),
+        name="toy",
+    )
     return t, res
 
 
@@ -103,7 +122,7 @@ def test_plateau_schedule_halves_lr_when_validation_loss_stalls():
     lrs = [row["lr"] for row in res.history]
     losses = [row["val_loss"] for row in res.history]
     for i in range(1, len(lrs)):  # the lr of epoch i+1 drops iff epoch i did not improve on the best so far
-        stalled = losses[i - 1] >= min(losses[:i - 1] or [float("inf")])
+        stalled = losses[i - 1] >= min(losses[: i - 1] or [float("inf")])
         assert lrs[i] == pytest.approx(lrs[i - 1] * (0.5 if stalled else 1.0))
 
 
@@ -141,13 +160,20 @@ def test_fit_needs_a_batch_and_validation_for_selection():
     with pytest.raises(UserError, match="validation split"):
         fit(task(), loader(Toy(16), 8, shuffle=True), None, cfg, make_accelerator("no"), name="x")
     with pytest.raises(UserError, match="smaller than one batch"):  # an empty training subset
-        fit(task(), loader(Toy(0), 8, shuffle=False), None, FitConfig(batch_size=8, select="last"),
-            make_accelerator("no"), name="x")
+        fit(
+            task(),
+            loader(Toy(0), 8, shuffle=False),
+            None,
+            FitConfig(batch_size=8, select="last"),
+            make_accelerator("no"),
+            name="x",
+        )
 
 
 def test_balanced_subset_takes_n_per_class():
-    recs = [Record(id=str(i), image=f"{i}.png", label=i % 3) for i in range(30)] + \
-           [Record(id=f"x{i}", image="x.png", label=2) for i in range(5)]
+    recs = [Record(id=str(i), image=f"{i}.png", label=i % 3) for i in range(30)] + [
+        Record(id=f"x{i}", image="x.png", label=2) for i in range(5)
+    ]
     sub = balanced_subset(recs, 4, seed=0)
     assert sorted(np.bincount([r.label for r in sub]).tolist()) == [4, 4, 4]
     assert [r.id for r in sub] == [r.id for r in balanced_subset(recs, 4, seed=0)]
@@ -156,7 +182,7 @@ def test_balanced_subset_takes_n_per_class():
     assert balanced_subset(recs, 0, seed=0) == recs
 
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import json, sys, torch
     sys.path.insert(0, sys.argv[2])
     from test_fit import Toy, loader, task
@@ -173,7 +199,7 @@ WORKER = textwrap.dedent('''
     out = {"rank": acc.process_index, "n": acc.num_processes, "index": sorted(pred["index"].tolist()),
            "hist": res.history[-1]["train_loss"], "w": w}
     open(sys.argv[1] + f"/rank{acc.process_index}.json", "w").write(json.dumps(out))
-''')
+""")
 
 
 @pytest.mark.dist
@@ -181,8 +207,17 @@ def test_torchrun_two_ranks_train_one_model(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(tmp_path), os.path.dirname(__file__)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+        os.path.dirname(__file__),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))

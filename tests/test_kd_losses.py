@@ -1,4 +1,5 @@
 """KD losses against hand computations on tiny batches."""
+
 from __future__ import annotations
 
 import math
@@ -61,11 +62,14 @@ def test_weights_are_named_for_what_they_weigh():
     assert loss.total.item() == pytest.approx(hand_ce(S, Y) + 2 * hand_kl(S, T, 2.0), rel=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"ce_weight": -1.0, "kd_weight": 0.5, "temperature": 4.0}, "must be >= 0"),
-    ({"ce_weight": 0.0, "kd_weight": 0.0, "temperature": 4.0}, "not both 0"),
-    ({"ce_weight": 0.5, "kd_weight": 0.5, "temperature": 0.0}, "temperature: must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"ce_weight": -1.0, "kd_weight": 0.5, "temperature": 4.0}, "must be >= 0"),
+        ({"ce_weight": 0.0, "kd_weight": 0.0, "temperature": 4.0}, "not both 0"),
+        ({"ce_weight": 0.5, "kd_weight": 0.5, "temperature": 0.0}, "temperature: must be > 0"),
+    ],
+)
 def test_bad_weights_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
         LogitKDLoss(**kwargs)

@@ -1,4 +1,5 @@
 """The import graph: one core (sonodistill), stages import only downward, no cycles."""
+
 from __future__ import annotations
 
 import ast
@@ -36,7 +37,9 @@ def imports(path: Path, name: str, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
         for t in targets:
             while t and t not in known:
@@ -52,7 +55,9 @@ def graph() -> dict[str, set[str]]:
 
 
 def test_no_stage_imports_upward():
-    bad = [f"{a} -> {b}" for a, deps in graph().items() for b in deps if b.split(".")[0] not in ALLOWED[a.split(".")[0]]]
+    bad = [
+        f"{a} -> {b}" for a, deps in graph().items() for b in deps if b.split(".")[0] not in ALLOWED[a.split(".")[0]]
+    ]
     assert not bad, "upward imports: " + ", ".join(bad)
 
 
@@ -70,7 +75,7 @@ def test_no_import_cycles():
         stack.append(n)
         for m in sorted(edges.get(n, ())):
             if state.get(m) == 1:
-                cycles.append(stack[stack.index(m):] + [m])
+                cycles.append(stack[stack.index(m) :] + [m])
             elif m not in state:
                 visit(m)
         stack.pop()
@@ -86,5 +91,8 @@ def test_graph_sees_the_imports_it_checks():
     g = graph()
     assert "sonodistill.errors" in g["shards.build"]  # top-level import
     assert "sonodistill.dinov3" in g["downstream.encoders"]  # import inside a function
-    assert all(not deps - {d for d in deps if d.startswith("sonodistill")} for n, deps in g.items()
-               if n.startswith("sonodistill"))
+    assert all(
+        not deps - {d for d in deps if d.startswith("sonodistill")}
+        for n, deps in g.items()
+        if n.startswith("sonodistill")
+    )

@@ -1,4 +1,5 @@
 """Student, projection head, eq. 6 loss, mixup, the shared view, and overfitting a fixed batch."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,28 +1,29 @@
 """The trainer in-process on CPU: outputs, checkpoints, resume=auto, schedule, and every bad input."""
+
 from __future__ import annotations
 
 import json
-import re
 import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from dist.tiny_pretrain import REPO, tiny_config, tiny_overrides
 from safetensors.torch import load_file
 
-from dist.tiny_pretrain import REPO, tiny_config, tiny_overrides
 from pretrain.checkpoint import list_checkpoints, read_meta
 from pretrain.config import PretrainConfig
 from pretrain.student import build_student
 from pretrain.trainer import TrainingDiverged, _accumulation, _max_steps, train
+from sonodistill.config import ConfigError, load_config
+from sonodistill.errors import UserError
 from sonodistill.jsonl import read_jsonl
 from sonodistill.optim import build_optimizer, warmup_steps
 from sonodistill.precision import frozen_dtype, resolve_mixed_precision
 from sonodistill.world import check_world_size, use_cpu
-from sonodistill.config import ConfigError, load_config
-from sonodistill.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -149,15 +150,18 @@ def test_unknown_key_lists_valid_keys(shard_dir, tiny_teacher_dir, tmp_path):
         load_config(PretrainConfig, bad)
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"data__shards": "/no/such/shards"}, "data.shards: cannot open '/no/such/shards'"),
-    ({"teacher__name_or_path": "/no/such/teacher"}, "teacher.name_or_path: cannot load '/no/such/teacher'"),
-    ({"augment__size": 48}, "augment.size: 48 px is not a multiple of the student 'resnet10t' stride 32"),
-    ({"student__out_dim": 100}, "student.out_dim: 100 does not match the teacher embedding dim 128"),
-    ({"train__global_batch": 6}, "train.global_batch: 6 is not a multiple"),
-    ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' is not a complete checkpoint"),
-    ({"mixup__prob": 2}, "mixup.prob"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"data__shards": "/no/such/shards"}, "data.shards: cannot open '/no/such/shards'"),
+        ({"teacher__name_or_path": "/no/such/teacher"}, "teacher.name_or_path: cannot load '/no/such/teacher'"),
+        ({"augment__size": 48}, "augment.size: 48 px is not a multiple of the student 'resnet10t' stride 32"),
+        ({"student__out_dim": 100}, "student.out_dim: 100 does not match the teacher embedding dim 128"),
+        ({"train__global_batch": 6}, "train.global_batch: 6 is not a multiple"),
+        ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' is not a complete checkpoint"),
+        ({"mixup__prob": 2}, "mixup.prob"),
+    ],
+)
 def test_bad_inputs_fail_before_training(shard_dir, tiny_teacher_dir, tmp_path, override, message):
     out = tmp_path / "out"
     with pytest.raises(UserError, match=re.escape(message)):
@@ -165,8 +169,7 @@ def test_bad_inputs_fail_before_training(shard_dir, tiny_teacher_dir, tmp_path, 
     assert not list_checkpoints(out)
 
 
-def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(first_run, shard_dir, tiny_teacher_dir,
-                                                                   tmp_path):
+def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(first_run, shard_dir, tiny_teacher_dir, tmp_path):
     from transformers import AutoModel
 
     from sonodistill.dinov3 import DINOv3 as Teacher
@@ -196,9 +199,19 @@ def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(first_run, sh
 def test_cli_exit_code_and_one_line_error(shard_dir, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     args = tiny_overrides(shard_dir, tmp_path / "missing_teacher", tmp_path / "out")
-    proc = subprocess.run([sys.executable, str(REPO / "pretrain" / "run.py"), "--config",
-                           str(REPO / "pretrain" / "configs" / "tiny.yaml"), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "pretrain" / "run.py"),
+            "--config",
+            str(REPO / "pretrain" / "configs" / "tiny.yaml"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "teacher.name_or_path: cannot load" in lines[0]

@@ -1,4 +1,5 @@
 """The DINOv3 teacher: tiny checkpoint, token extraction parity, normalisation, layer choice, errors."""
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,7 @@ def test_token_parity_with_hidden_states_and_final_norm(teacher):
         for r in range(4):
             for c in range(6):
                 # channel block k of grid cell (r, c) = patch token r*W + c of block k
-                assert torch.allclose(target[:, k * 64:(k + 1) * 64, r, c], hs[:, 5 + r * 6 + c], atol=1e-6)
+                assert torch.allclose(target[:, k * 64 : (k + 1) * 64, r, c], hs[:, 5 + r * 6 + c], atol=1e-6)
     raw = teacher.tokens(x, norm=False)
     assert torch.allclose(raw.patches[0], ref.hidden_states[3][:, 5:], atol=1e-6)
 

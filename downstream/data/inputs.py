@@ -5,9 +5,10 @@ mean/std (timm's ``pretrained_cfg``, DINOv3's image processor, or ImageNet's for
 an optional batched augmentation, channels-last on GPUs. Views (``[B, V, S, S]``, e.g.
 CSA-MoE's image / tumour core / boundary) are normalised view by view.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -23,8 +24,13 @@ class Inputs:
     ``V == 1`` gives [B, 3, S, S] (channel replicated); ``V > 1`` (views) gives [B, V, 3, S, S].
     """
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 augment: torch.nn.Module | None = None, channels_last: bool = False):
+    def __init__(
+        self,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        augment: torch.nn.Module | None = None,
+        channels_last: bool = False,
+    ):
         self.mean, self.std, self.augment = tuple(mean), tuple(std), augment
         self.channels_last = channels_last
 

@@ -11,6 +11,7 @@ extension. The patient/group id is the first capture group of ``group_pattern`` 
 image stem (DDTI: the leading integer, ``^(\\d+)``); an image whose stem does not match is its
 own group. ``group_pattern=""`` disables grouping.
 """
+
 from __future__ import annotations
 
 import re

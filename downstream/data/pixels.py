@@ -5,9 +5,10 @@ Ultrasound is grayscale, but datasets store it as 8-bit L, RGB with three equal 
 file (values above half the file's maximum, so 0/255, 0/1 and JPEG-noisy masks all work)
 and several mask files of one image are merged by union.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image

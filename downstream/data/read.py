@@ -1,4 +1,5 @@
 """Pick the reader for a data location and a task kind (``seg`` needs masks, ``cls`` labels)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,7 +72,9 @@ def read_catalog(data: str, kind: Literal["seg", "cls"], cfg: ReaderConfig | Non
     else:
         raise UserError(f"data.layout: expected one of auto, busi, paired, classes, hf; got '{layout}'")
     if kind == "seg" and not cat.has_masks:
-        raise UserError(f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)")
+        raise UserError(
+            f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"
+        )
     if kind == "cls" and not cat.has_labels:
         raise UserError(f"{data}: classification needs class labels ({layout} layout has none)")
     if kind == "cls" and len(cat.classes) < 2:

@@ -3,6 +3,7 @@
 
 ``train`` resolves the recipe's config from its paper preset (``downstream/kd/configs/R.yaml``),
 then each ``--config`` file, then the ``key=value`` overrides."""
+
 from __future__ import annotations
 
 import argparse

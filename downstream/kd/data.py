@@ -7,13 +7,14 @@ HDKD data-size sweep's balanced N-per-class subsets, the mask-derived views, and
 augmentation (they differ from the ultrasound-aware protocol of :mod:`downstream.data.transforms`:
 CSA-MoE flips vertically, for one).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import kornia.augmentation as K
 import numpy as np

@@ -2,10 +2,11 @@
 
 The ``grad-cam`` package computes the maps; this module only picks the layer and lays out the PNG.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch

@@ -12,10 +12,11 @@ summed over classes and averaged over the batch (``reduction="batchmean"``, the 
 correct per-sample KL; ``"mean"`` would also divide by the number of classes). Multiplying by
 ``T^2`` keeps the soft-target gradients on the scale of the hard loss (Hinton et al.).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,11 +74,16 @@ class LogitKDLoss:
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
 
     @classmethod
-    def from_config(cls, cfg: LogitLossConfig, key: str = "loss") -> "LogitKDLoss":
+    def from_config(cls, cfg: LogitLossConfig, key: str = "loss") -> LogitKDLoss:
         return cls(cfg.ce_weight, cfg.kd_weight, cfg.temperature, key)
 
-    def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
-                 distill_logits: torch.Tensor | None = None) -> LossParts:
+    def __call__(
+        self,
+        student_logits: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        distill_logits: torch.Tensor | None = None,
+    ) -> LossParts:
         ce = F.cross_entropy(student_logits.float(), labels)
         if self.kd_weight == 0.0:
             return LossParts(self.ce_weight * ce, ce, ce.new_zeros(()))
@@ -88,8 +94,9 @@ class LogitKDLoss:
         return LossParts(self.ce_weight * ce + self.kd_weight * kd, ce, kd)
 
 
-def feature_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                         stage_exponent: float = 1.0) -> torch.Tensor:
+def feature_distillation(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], stage_exponent: float = 1.0
+) -> torch.Tensor:
     """HDKD eq. 7: ``sum_j j^alpha_f * ||psi_T - psi_S||^2 / (H_j W_j C_j)`` over the shared stages
     (``stage_exponent`` is the paper's alpha_f).
 
@@ -102,7 +109,7 @@ def feature_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torc
     for j, (s, t) in enumerate(zip(student, teacher), start=1):
         if s.shape != t.shape:
             raise ValueError(f"feature distillation: stage {j} shapes differ, {tuple(s.shape)} vs {tuple(t.shape)}")
-        total = total + (j ** stage_exponent) * F.mse_loss(s.float(), t.float())
+        total = total + (j**stage_exponent) * F.mse_loss(s.float(), t.float())
     return total
 
 
@@ -122,9 +129,15 @@ class HDKDLoss:
         self.feature_weight = cfg.feature_weight
         self.stage_exponent = cfg.stage_exponent
 
-    def __call__(self, cls_logits: torch.Tensor, dist_logits: torch.Tensor, labels: torch.Tensor,
-                 teacher_logits: torch.Tensor, student_feats: Sequence[torch.Tensor],
-                 teacher_feats: Sequence[torch.Tensor]) -> LossParts:
+    def __call__(
+        self,
+        cls_logits: torch.Tensor,
+        dist_logits: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        student_feats: Sequence[torch.Tensor],
+        teacher_feats: Sequence[torch.Tensor],
+    ) -> LossParts:
         parts = self.logits(cls_logits, labels, teacher_logits, distill_logits=dist_logits)
         feat = feature_distillation(student_feats, teacher_feats, self.stage_exponent)
         return LossParts(parts.total + self.feature_weight * feat, parts.ce, parts.kd, feat)

@@ -1,10 +1,12 @@
 """KD report pieces on top of :mod:`downstream.report` (Markdown tables, mean ± SD, atomic PNGs):
 percent cells, the report file, and the recipes' plots (stage curves, lines, grouped bars)."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +51,9 @@ def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str
         for ax, key in zip(axes, ("loss", "accuracy")):
             ax.plot(ep, [r[f"train_{key}"] for r in hist], color=color, marker="o", ms=3, label=f"{name} train")
             if hist and f"val_{key}" in hist[0]:
-                ax.plot(ep, [r[f"val_{key}"] for r in hist], color=color, ls="--", marker="o", ms=3, label=f"{name} val")
+                ax.plot(
+                    ep, [r[f"val_{key}"] for r in hist], color=color, ls="--", marker="o", ms=3, label=f"{name} val"
+                )
     axes[0].set_yscale("log")  # stage losses differ in scale (HDKD adds 10x the feature loss)
     for ax, key in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
@@ -59,8 +63,17 @@ def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str
     _savefig(fig, path)
 
 
-def plot_lines(x: Sequence[Any], series: Mapping[str, Sequence[float]], path: str | Path, *, xlabel: str,
-               ylabel: str, title: str = "", styles: Mapping[str, str] | None = None, xlog: bool = False) -> None:
+def plot_lines(
+    x: Sequence[Any],
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    styles: Mapping[str, str] | None = None,
+    xlog: bool = False,
+) -> None:
     """One line per series; ``styles`` maps a series name to a matplotlib format string."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -77,8 +90,15 @@ def plot_lines(x: Sequence[Any], series: Mapping[str, Sequence[float]], path: st
     _savefig(fig, path)
 
 
-def plot_bars(labels: Sequence[str], groups: Mapping[str, Sequence[float]], path: str | Path, *, ylabel: str,
-              title: str = "", log: bool = False) -> None:
+def plot_bars(
+    labels: Sequence[str],
+    groups: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    ylabel: str,
+    title: str = "",
+    log: bool = False,
+) -> None:
     """Grouped bars (e.g. teacher vs student size / latency / FPS)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.6))

@@ -7,6 +7,7 @@
   on every augmented batch.
 - Teachers and from-scratch students are plain :class:`~downstream.tasks.Classification`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,16 @@ def freeze(model: nn.Module) -> nn.Module:
 class LogitKD(Classification):
     """Student logits against the labels and a frozen teacher's logits (cached by sample index)."""
 
-    def __init__(self, model: nn.Module, inputs: Inputs, classes, teacher: nn.Module, loss: LogitKDLoss,
-                 cache: torch.Tensor | None = None, key: str = "image"):
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Inputs,
+        classes,
+        teacher: nn.Module,
+        loss: LogitKDLoss,
+        cache: torch.Tensor | None = None,
+        key: str = "image",
+    ):
         super().__init__(model, inputs, classes, key)
         self.teacher, self.loss, self.cache = teacher, loss, cache
 

@@ -1,5 +1,6 @@
 """The contract between a task and :func:`downstream.fit.fit` (cf. timm's ``timm/task`` and
 torchdistill's distillation box: the loop is generic, the task knows the model and the loss)."""
+
 from __future__ import annotations
 
 import abc

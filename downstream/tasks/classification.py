@@ -3,9 +3,11 @@
 The base of every classifier the project trains: downstream fine-tuning, KD teachers and
 from-scratch students, and (through subclasses in :mod:`downstream.kd`) distilled students.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +29,14 @@ class Classification(Task):
 
     select = "val_accuracy"
 
-    def __init__(self, model: nn.Module, inputs: Inputs, classes: Sequence[str], key: str = "image",
-                 frozen: nn.Module | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Inputs,
+        classes: Sequence[str],
+        key: str = "image",
+        frozen: nn.Module | None = None,
+    ):
         super().__init__(model, frozen)
         self.inputs, self.classes, self.key = inputs, list(classes), key
 

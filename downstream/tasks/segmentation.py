@@ -1,9 +1,10 @@
 """Segmentation: Dice + BCE on one logit map, per-image Dice / IoU (:mod:`downstream.metrics`),
 prediction panels. Image and mask get the same random geometry when training."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -88,7 +89,6 @@ def plot_predictions(
     from sonodistill.figures import pyplot, save_figure
 
     plt = pyplot()
-
 
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.6), squeeze=False)

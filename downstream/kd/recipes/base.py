@@ -6,11 +6,13 @@ schedule, epochs, loss weights, with the paper's own symbols in comments) live i
 ``downstream/kd/configs/<NAME>.yaml``: :func:`recipe_config` always loads it first, then any
 user files (e.g. ``tiny_<NAME>.yaml``), then ``key=value`` overrides.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 

@@ -17,6 +17,7 @@ validation accuracy kept. Student inputs are not augmented.
 Report: Table 2 (params / FLOPs), Tables 3-4 (accuracy per data size), Tables 6-7 (per-class
 precision / recall / AUC of teacher, student and HDKD on all data) and Fig. 3 (``data_size.png``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -44,12 +45,21 @@ from sonodistill.config import save_config, to_dict
 from sonodistill.precision import MixedPrecision
 
 NAME = "hdkd"
-PAPER = {"teacher": {"params_m": 3.95, "gflops": 5.88}, "student": {"params_m": 3.72, "gflops": 2.08},
-         "hdkd": {"params_m": 3.73, "gflops": 2.09},
-         "ham10000": {"per_class": [50, 100, 150, 0], "student": [0.75, 0.7729, 0.7862, 0.8961],
-                      "hdkd": [0.7971, 0.814, 0.8285, 0.9215]},
-         "brain_tumor": {"per_class": [50, 100, 150, 0], "student": [0.765, 0.82, 0.8528, 0.9977],
-                         "hdkd": [0.929, 0.9512, 0.9695, 0.9985]}}
+PAPER = {
+    "teacher": {"params_m": 3.95, "gflops": 5.88},
+    "student": {"params_m": 3.72, "gflops": 2.08},
+    "hdkd": {"params_m": 3.73, "gflops": 2.09},
+    "ham10000": {
+        "per_class": [50, 100, 150, 0],
+        "student": [0.75, 0.7729, 0.7862, 0.8961],
+        "hdkd": [0.7971, 0.814, 0.8285, 0.9215],
+    },
+    "brain_tumor": {
+        "per_class": [50, 100, 150, 0],
+        "student": [0.765, 0.82, 0.8528, 0.9977],
+        "hdkd": [0.929, 0.9512, 0.9695, 0.9985],
+    },
+}
 
 
 @dataclass
@@ -150,9 +160,16 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
 
     def trainer(task, train_recs, ocfg: FitConfig, name: str):
         def go():
-            return fit(task, r.loader(dataset(train_recs), ocfg.batch_size, True),
-                       r.loader(val, ocfg.batch_size, False) if val is not None else None,
-                       ocfg, r.acc, name=name, log_dir=out / "tb")
+            return fit(
+                task,
+                r.loader(dataset(train_recs), ocfg.batch_size, True),
+                r.loader(val, ocfg.batch_size, False) if val is not None else None,
+                ocfg,
+                r.acc,
+                name=name,
+                log_dir=out / "tb",
+            )
+
         return go
 
     seed_everything(cfg.seed)
@@ -166,8 +183,14 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     else:
         a = cfg.teacher.augment
         t_task = Classification(teacher, Inputs(augment=augmentation(a.hflip, a.vflip, a.degrees)), classes)
-        res = stage(r, "teacher", teacher, t_arch, {"train": to_dict(cfg.teacher.train), "aug": to_dict(a), "seed": cfg.seed},
-                    trainer(t_task, r.prep.parts["train"], cfg.teacher.train, "teacher"))
+        res = stage(
+            r,
+            "teacher",
+            teacher,
+            t_arch,
+            {"train": to_dict(cfg.teacher.train), "aug": to_dict(a), "seed": cfg.seed},
+            trainer(t_task, r.prep.parts["train"], cfg.teacher.train, "teacher"),
+        )
         histories["teacher"] = res.history
     teacher = freeze(teacher.to(r.acc.device))
     results: dict[str, Any] = {"teacher": None, "sweep": []}
@@ -184,15 +207,26 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
         for variant, distill in (("student", False), ("hdkd", True)):
             seed_everything(cfg.seed + 1)
             model = build_student(cfg.model, n_cls, size, distill)
-            task = HDKDTask(model, plain, classes, teacher, hdkd_loss) if distill else Classification(model, plain, classes)
-            key = {**s_key, "n": n, "sweep_seed": cfg.sweep.seed, "loss": to_dict(cfg.loss) if distill else None,
-                   "teacher": teacher_key(cfg.teacher.checkpoint, t_arch, cfg.teacher) if distill else None}
+            task = (
+                HDKDTask(model, plain, classes, teacher, hdkd_loss)
+                if distill
+                else Classification(model, plain, classes)
+            )
+            key = {
+                **s_key,
+                "n": n,
+                "sweep_seed": cfg.sweep.seed,
+                "loss": to_dict(cfg.loss) if distill else None,
+                "teacher": teacher_key(cfg.teacher.checkpoint, t_arch, cfg.teacher) if distill else None,
+            }
             s_arch = {**arch, "model": f"hdkd_student_{variant}", "img_size": size}
-            res = stage(r, f"{variant}_{tag}", model, s_arch, key,
-                        trainer(task, recs, cfg.student.train, f"{variant}_{tag}"))
+            res = stage(
+                r, f"{variant}_{tag}", model, s_arch, key, trainer(task, recs, cfg.student.train, f"{variant}_{tag}")
+            )
             histories[f"{variant}_{tag}"] = res.history
-            met, pred = evaluate(r, Classification(model, plain, classes), r.prep.parts["test"], dataset, f"{variant}_{tag}",
-                                 plot=n <= 0)
+            met, pred = evaluate(
+                r, Classification(model, plain, classes), r.prep.parts["test"], dataset, f"{variant}_{tag}", plot=n <= 0
+            )
             met["per_class_auc"] = _per_class_auc(pred["labels"], pred["probs"], classes)
             met["best_epoch"] = res.best_epoch
             row[variant] = met
@@ -201,72 +235,187 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     with torch.device("meta"):
         x = torch.zeros(1, 3, size, size)
         complexity = {}
-        for key_, m in (("teacher", build_teacher(cfg.model, n_cls)), ("student", build_student(cfg.model, n_cls, size, False)),
-                        ("hdkd", build_student(cfg.model, n_cls, size, True))):
+        for key_, m in (
+            ("teacher", build_teacher(cfg.model, n_cls)),
+            ("student", build_student(cfg.model, n_cls, size, False)),
+            ("hdkd", build_student(cfg.model, n_cls, size, True)),
+        ):
             complexity[key_] = {"params": num_params(m), "gmacs": gmacs(m, x)}
-    metrics = {"recipe": NAME, "data": data, "classes": classes, "splits": {k: len(v) for k, v in r.prep.parts.items()},
-               "models": {"teacher": results["teacher"], **{f"{v}_{row['per_class']}": row[v] for row in results["sweep"]
-                                                            for v in ("student", "hdkd")}},
-               "sweep": results["sweep"], "complexity": complexity, "img_size": size, "paper": PAPER,
-               "history": histories, "config": to_dict(cfg)}
+    metrics = {
+        "recipe": NAME,
+        "data": data,
+        "classes": classes,
+        "splits": {k: len(v) for k, v in r.prep.parts.items()},
+        "models": {
+            "teacher": results["teacher"],
+            **{f"{v}_{row['per_class']}": row[v] for row in results["sweep"] for v in ("student", "hdkd")},
+        },
+        "sweep": results["sweep"],
+        "complexity": complexity,
+        "img_size": size,
+        "paper": PAPER,
+        "history": histories,
+        "config": to_dict(cfg),
+    }
     if r.main:
         write_json(out / "metrics.json", metrics)
         plot_history(histories, out / "curves.png")
         labels = [str(row["per_class"]) if row["per_class"] > 0 else "all" for row in results["sweep"]]
-        plot_lines(labels, {"Student w/o distillation": [row["student"]["accuracy"] for row in results["sweep"]],
-                            "HDKD": [row["hdkd"]["accuracy"] for row in results["sweep"]]},
-                   out / "data_size.png", xlabel="training images per class", ylabel="test accuracy", xlog=True,
-                   title="Distilled vs non-distilled student across data sizes")
+        plot_lines(
+            labels,
+            {
+                "Student w/o distillation": [row["student"]["accuracy"] for row in results["sweep"]],
+                "HDKD": [row["hdkd"]["accuracy"] for row in results["sweep"]],
+            },
+            out / "data_size.png",
+            xlabel="training images per class",
+            ylabel="test accuracy",
+            xlog=True,
+            title="Distilled vs non-distilled student across data sizes",
+        )
         report(metrics, out / "report.md")
     return metrics
 
 
 def report(m: dict[str, Any], path: Path) -> None:
     sweep, cx, p = m["sweep"], m["complexity"], m["paper"]
-    t2 = md_table(["Model", "CLS token", "Distill token", "Loss function", "#Params", "GMACs", "Paper #Params / FLOPs"], [
-        ["Teacher", "", "", "l_CE", f"{cx['teacher']['params'] / 1e6:.2f}M", f"{cx['teacher']['gmacs']:.3f}G",
-         f"{p['teacher']['params_m']}M / {p['teacher']['gflops']}G"],
-        ["Student (w/o) distillation", "✓", "✗", "l_CE", f"{cx['student']['params'] / 1e6:.2f}M",
-         f"{cx['student']['gmacs']:.3f}G", f"{p['student']['params_m']}M / {p['student']['gflops']}G"],
-        ["HDKD", "✓", "✓", "l_cls + λ·l_feat", f"{cx['hdkd']['params'] / 1e6:.2f}M", f"{cx['hdkd']['gmacs']:.3f}G",
-         f"{p['hdkd']['params_m']}M / {p['hdkd']['gflops']}G"]])
-    heads = [f"{row['n_train']} images ({row['per_class']}/class)" if row["per_class"] > 0 else f"All data ({row['n_train']})"
-             for row in sweep]
-    t3 = md_table([""] + heads, [["Student w/o distillation"] + [pct(row["student"]["accuracy"]) for row in sweep],
-                                 ["HDKD"] + [pct(row["hdkd"]["accuracy"]) for row in sweep]])
+    t2 = md_table(
+        ["Model", "CLS token", "Distill token", "Loss function", "#Params", "GMACs", "Paper #Params / FLOPs"],
+        [
+            [
+                "Teacher",
+                "",
+                "",
+                "l_CE",
+                f"{cx['teacher']['params'] / 1e6:.2f}M",
+                f"{cx['teacher']['gmacs']:.3f}G",
+                f"{p['teacher']['params_m']}M / {p['teacher']['gflops']}G",
+            ],
+            [
+                "Student (w/o) distillation",
+                "✓",
+                "✗",
+                "l_CE",
+                f"{cx['student']['params'] / 1e6:.2f}M",
+                f"{cx['student']['gmacs']:.3f}G",
+                f"{p['student']['params_m']}M / {p['student']['gflops']}G",
+            ],
+            [
+                "HDKD",
+                "✓",
+                "✓",
+                "l_cls + λ·l_feat",
+                f"{cx['hdkd']['params'] / 1e6:.2f}M",
+                f"{cx['hdkd']['gmacs']:.3f}G",
+                f"{p['hdkd']['params_m']}M / {p['hdkd']['gflops']}G",
+            ],
+        ],
+    )
+    heads = [
+        f"{row['n_train']} images ({row['per_class']}/class)"
+        if row["per_class"] > 0
+        else f"All data ({row['n_train']})"
+        for row in sweep
+    ]
+    t3 = md_table(
+        [""] + heads,
+        [
+            ["Student w/o distillation"] + [pct(row["student"]["accuracy"]) for row in sweep],
+            ["HDKD"] + [pct(row["hdkd"]["accuracy"]) for row in sweep],
+        ],
+    )
     full = next((row for row in sweep if row["per_class"] <= 0), sweep[-1])
     trio = (("Teacher", m["models"]["teacher"]), ("Student", full["student"]), ("HDKD", full["hdkd"]))
     rows = []
     for c in m["classes"]:
-        rows.append([c] + [pct(mm["per_class"][c]["precision"], 1) for _, mm in trio]
-                    + [pct(mm["per_class"][c]["recall"], 1) for _, mm in trio]
-                    + [pct(mm["per_class_auc"][c], 1) for _, mm in trio] + [full["hdkd"]["per_class"][c]["support"]])
-    rows.append(["Avg."] + [pct(mm["macro_precision"], 1) for _, mm in trio] + [pct(mm["macro_recall"], 1) for _, mm in trio]
-                + [pct(mm["auc"], 1) for _, mm in trio] + [full["hdkd"]["n_images"]])
-    t6 = md_table(["Class", "Precision Teacher", "Student", "HDKD", "Recall Teacher", "Student", "HDKD", "AUC Teacher",
-                   "Student", "HDKD", "#"], rows)
-    write_report(path, "HDKD: hybrid data-efficient knowledge distillation (paper 001)", [
-        ("Data", f"classes: {', '.join(m['classes'])}; images train/val/test: "
-                 f"{m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']}; teacher trained on the whole "
-                 f"training split, students on balanced subsets."),
-        ("Table 2. HDKD vs the student without distillation", t2 + f"\n\nGMACs at {m['img_size']} px "
-         "(torch flop counter / 2; the paper's FLOPs are MACs at 224 px and also count normalisation and activations)."),
-        ("Tables 3-4. Test accuracy across data sizes", t3 + "\n\nPaper (HAM-10000, 50/100/150/class, all): student "
-         + ", ".join(pct(x) for x in p["ham10000"]["student"]) + "; HDKD " + ", ".join(pct(x) for x in p["ham10000"]["hdkd"])
-         + ". Figure: data_size.png."),
-        ("Tables 6-7. Per-class precision, recall and AUC (all data)", t6),
-    ])
+        rows.append(
+            [c]
+            + [pct(mm["per_class"][c]["precision"], 1) for _, mm in trio]
+            + [pct(mm["per_class"][c]["recall"], 1) for _, mm in trio]
+            + [pct(mm["per_class_auc"][c], 1) for _, mm in trio]
+            + [full["hdkd"]["per_class"][c]["support"]]
+        )
+    rows.append(
+        ["Avg."]
+        + [pct(mm["macro_precision"], 1) for _, mm in trio]
+        + [pct(mm["macro_recall"], 1) for _, mm in trio]
+        + [pct(mm["auc"], 1) for _, mm in trio]
+        + [full["hdkd"]["n_images"]]
+    )
+    t6 = md_table(
+        [
+            "Class",
+            "Precision Teacher",
+            "Student",
+            "HDKD",
+            "Recall Teacher",
+            "Student",
+            "HDKD",
+            "AUC Teacher",
+            "Student",
+            "HDKD",
+            "#",
+        ],
+        rows,
+    )
+    write_report(
+        path,
+        "HDKD: hybrid data-efficient knowledge distillation (paper 001)",
+        [
+            (
+                "Data",
+                f"classes: {', '.join(m['classes'])}; images train/val/test: "
+                f"{m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']}; teacher trained on the whole "
+                f"training split, students on balanced subsets.",
+            ),
+            (
+                "Table 2. HDKD vs the student without distillation",
+                t2 + f"\n\nGMACs at {m['img_size']} px (torch flop counter / 2; the paper's FLOPs are MACs at "
+                "224 px and also count normalisation and activations).",
+            ),
+            (
+                "Tables 3-4. Test accuracy across data sizes",
+                t3
+                + "\n\nPaper (HAM-10000, 50/100/150/class, all): student "
+                + ", ".join(pct(x) for x in p["ham10000"]["student"])
+                + "; HDKD "
+                + ", ".join(pct(x) for x in p["ham10000"]["hdkd"])
+                + ". Figure: data_size.png.",
+            ),
+            ("Tables 6-7. Per-class precision, recall and AUC (all data)", t6),
+        ],
+    )
 
 
 def summary_entries() -> list[Entry]:
     m = ModelConfig()
     return [
-        Entry(NAME, "teacher: MBCSA CNN [6,6,9] (7 classes)", lambda: build_teacher(m, 7), paper_params_m=3.95,
-              paper_gflops=5.88),
-        Entry(NAME, "student w/o distillation [2,2,3]+DFLT (7 classes)", lambda: build_student(m, 7, 224, False),
-              paper_params_m=3.72, paper_gflops=2.08),
-        Entry(NAME, "HDKD student, CLS + distill tokens (7 classes)", lambda: build_student(m, 7, 224, True),
-              paper_params_m=3.73, paper_gflops=2.09),
-        Entry(NAME, "teacher with Table 1 channels [64,128,192] (7 classes)",
-              lambda: build_teacher(ModelConfig(channels=[64, 128, 192]), 7), paper_params_m=3.95, paper_gflops=5.88),
+        Entry(
+            NAME,
+            "teacher: MBCSA CNN [6,6,9] (7 classes)",
+            lambda: build_teacher(m, 7),
+            paper_params_m=3.95,
+            paper_gflops=5.88,
+        ),
+        Entry(
+            NAME,
+            "student w/o distillation [2,2,3]+DFLT (7 classes)",
+            lambda: build_student(m, 7, 224, False),
+            paper_params_m=3.72,
+            paper_gflops=2.08,
+        ),
+        Entry(
+            NAME,
+            "HDKD student, CLS + distill tokens (7 classes)",
+            lambda: build_student(m, 7, 224, True),
+            paper_params_m=3.73,
+            paper_gflops=2.09,
+        ),
+        Entry(
+            NAME,
+            "teacher with Table 1 channels [64,128,192] (7 classes)",
+            lambda: build_teacher(ModelConfig(channels=[64, 128, 192]), 7),
+            paper_params_m=3.95,
+            paper_gflops=5.88,
+        ),
     ]

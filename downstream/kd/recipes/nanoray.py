@@ -8,6 +8,7 @@ normalisation and no augmentation (teacher logits computed once).
 Report: its Table 1 (params, accuracy, F1 for teacher / baseline / distilled) and Fig. 1, Grad-CAM
 of the baseline vs the distilled student on the same test images (``gradcam.png``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,9 +31,11 @@ from sonodistill.config import save_config, to_dict
 from sonodistill.precision import MixedPrecision
 
 NAME = "nanoray"
-PAPER = {"teacher": {"params": "86M", "accuracy": 0.8396, "f1": 0.8307},
-         "scratch": {"params": "2.5M", "accuracy": 0.8329, "f1": 0.8236},
-         "distilled": {"params": "2.5M", "accuracy": 0.8419, "f1": 0.8268}}
+PAPER = {
+    "teacher": {"params": "86M", "accuracy": 0.8396, "f1": 0.8307},
+    "scratch": {"params": "2.5M", "accuracy": 0.8329, "f1": 0.8236},
+    "distilled": {"params": "2.5M", "accuracy": 0.8419, "f1": 0.8268},
+}
 
 
 @dataclass
@@ -69,8 +72,14 @@ class Config:
 
 
 def build_teacher(cfg: TeacherConfig, num_classes: int, img_size: int) -> torch.nn.Module:
-    return create(cfg.model, pretrained=cfg.pretrained, key="teacher.model", num_classes=num_classes,
-                  img_size=img_size, **cfg.kwargs)
+    return create(
+        cfg.model,
+        pretrained=cfg.pretrained,
+        key="teacher.model",
+        num_classes=num_classes,
+        img_size=img_size,
+        **cfg.kwargs,
+    )
 
 
 def build_student(cfg: StudentConfig, num_classes: int) -> torch.nn.Module:
@@ -86,16 +95,25 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     spec = LogitKDSpec(
         build_teacher=lambda c: build_teacher(cfg.teacher, c, size),
         teacher_arch={"model": cfg.teacher.model, "num_classes": n_cls, "img_size": size, "kwargs": cfg.teacher.kwargs},
-        teacher_checkpoint=cfg.teacher.checkpoint, teacher_train=cfg.teacher.train,
+        teacher_checkpoint=cfg.teacher.checkpoint,
+        teacher_train=cfg.teacher.train,
         build_student=lambda c: build_student(cfg.student, c),
         student_arch={"model": cfg.student.model, "num_classes": n_cls, "kwargs": cfg.student.kwargs},
-        student_train=cfg.student.train, loss=LogitKDLoss.from_config(cfg.loss),
+        student_train=cfg.student.train,
+        loss=LogitKDLoss.from_config(cfg.loss),
         inputs=Inputs(channels_last=torch.cuda.is_available()),
     )
     res = logit_kd(r, spec, size)
-    metrics = {"recipe": NAME, "data": data, "classes": r.prep.classes, "splits": {k: len(v) for k, v in r.prep.parts.items()},
-               "models": res.metrics, "paper": PAPER,
-               "history": {k: v.history for k, v in res.stages.items()}, "config": to_dict(cfg)}
+    metrics = {
+        "recipe": NAME,
+        "data": data,
+        "classes": r.prep.classes,
+        "splits": {k: len(v) for k, v in r.prep.parts.items()},
+        "models": res.metrics,
+        "paper": PAPER,
+        "history": {k: v.history for k, v in res.stages.items()},
+        "config": to_dict(cfg),
+    }
     if r.main:
         write_json(out / "metrics.json", metrics)
         plot_history({k: v.history for k, v in res.stages.items() if v.history}, out / "curves.png")
@@ -111,7 +129,9 @@ def gradcam_panel(res, test_records, classes: list[str], size: int, n: int, path
     by_class: dict[int, list] = {}
     for rec in test_records:
         by_class.setdefault(rec.label, []).append(rec)
-    picked = [rec for group in zip(*[by_class[k] for k in sorted(by_class)]) for rec in group][:n] or list(test_records[:n])
+    picked = [rec for group in zip(*[by_class[k] for k in sorted(by_class)]) for rec in group][:n] or list(
+        test_records[:n]
+    )
     ds = ImageSet(picked, size, labels=True)  # classes in turn, so every class shows up
     items = [ds[i] for i in range(len(ds))]
     gray = torch.stack([it["image"] for it in items])
@@ -126,26 +146,55 @@ def gradcam_panel(res, test_records, classes: list[str], size: int, n: int, path
 
 def report(m: dict[str, Any], path: Path) -> None:
     rows = []
-    for key, label in (("teacher", "ViT Teacher"), ("scratch", "MobileNet (Base)"), ("distilled", "NanoRay V2 (Distilled)")):
+    for key, label in (
+        ("teacher", "ViT Teacher"),
+        ("scratch", "MobileNet (Base)"),
+        ("distilled", "NanoRay V2 (Distilled)"),
+    ):
         mm, pp = m["models"][key], m["paper"][key]
-        rows.append([label, f"{mm['params'] / 1e6:.2f}M", pct(mm["accuracy"]), f"{mm['macro_f1']:.4f}",
-                     f"{pp['params']} / {pct(pp['accuracy'])} / {pp['f1']:.4f}"])
+        rows.append(
+            [
+                label,
+                f"{mm['params'] / 1e6:.2f}M",
+                pct(mm["accuracy"]),
+                f"{mm['macro_f1']:.4f}",
+                f"{pp['params']} / {pct(pp['accuracy'])} / {pp['f1']:.4f}",
+            ]
+        )
     table = md_table(["Model", "Params", "Accuracy", "F1-Score (macro)", "Paper (params / acc / F1)"], rows)
-    write_report(path, "NanoRay V2 cross-architecture distillation (paper 003)", [
-        ("Data", f"classes: {', '.join(m['classes'])}; images train/val/test: "
-                 f"{m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']}."),
-        ("Table 1. Performance comparison on the test set", table + "\n\nParams counted with this head "
-         "(the paper's 2.5M / 86M include ImageNet's 1000-class head). Per-class metrics and confusion "
-         "matrices: metrics.json, confusion_*.png; training curves: curves.png."),
-        ("Figure 1. Grad-CAM, baseline vs distilled", "![Grad-CAM](gradcam.png)"),
-    ])
+    write_report(
+        path,
+        "NanoRay V2 cross-architecture distillation (paper 003)",
+        [
+            (
+                "Data",
+                f"classes: {', '.join(m['classes'])}; images train/val/test: "
+                f"{m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']}.",
+            ),
+            (
+                "Table 1. Performance comparison on the test set",
+                table + "\n\nParams counted with this head "
+                "(the paper's 2.5M / 86M include ImageNet's 1000-class head). Per-class metrics and confusion "
+                "matrices: metrics.json, confusion_*.png; training curves: curves.png.",
+            ),
+            ("Figure 1. Grad-CAM, baseline vs distilled", "![Grad-CAM](gradcam.png)"),
+        ],
+    )
 
 
 def summary_entries() -> list[Entry]:
     return [
-        Entry(NAME, "teacher: ViT-B/16 (1000 classes)", lambda: build_teacher(TeacherConfig(), 1000, 224),
-              paper_params_m=86.0),
-        Entry(NAME, "student: MobileNetV3-Small (1000 classes)", lambda: build_student(StudentConfig(), 1000),
-              paper_params_m=2.5),
+        Entry(
+            NAME,
+            "teacher: ViT-B/16 (1000 classes)",
+            lambda: build_teacher(TeacherConfig(), 1000, 224),
+            paper_params_m=86.0,
+        ),
+        Entry(
+            NAME,
+            "student: MobileNetV3-Small (1000 classes)",
+            lambda: build_student(StudentConfig(), 1000),
+            paper_params_m=2.5,
+        ),
         Entry(NAME, "student: MobileNetV3-Small (2 classes)", lambda: build_student(StudentConfig(), 2)),
     ]
