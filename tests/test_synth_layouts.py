@@ -50,7 +50,7 @@ def test_busi_layout(busi_dir):
     for ks in images.values():
         assert sorted(ks) == list(range(1, len(ks) + 1))
     assert two >= 1  # a few images with a second lesion mask
-    for ks in images.values():
+    for cls, ks in images.items():
         for k in ks:
             img = Image.open(busi_dir / cls / f"{cls} ({k}).png")
             assert img.mode == "RGB" and 400 <= img.width <= 600 and 400 <= img.height <= 600
