@@ -1,12 +1,13 @@
-"""Reject frames that are not B-mode ultrasound (documented rules; README "Cleaning rules").
+"""Reject frames that are not B-mode ultrasound (documented rules; docs/data.md "Cleaning rules").
 
-- ``colour``: more than ``COLOUR_FRACTION`` of the non-black pixels are coloured (channel spread
-  max-min above ``CHROMA``) — colour Doppler / elastography frames. Small coloured annotations
-  (yellow text, a coloured logo) stay under the limit and are removed with the overlays.
+- ``colour``: inside the scan area, more than ``COLOUR_FRACTION`` of the lit pixels are coloured
+  (channel spread max-min above ``CHROMA``): colour Doppler, elastography. Coloured user interface
+  outside the scan area (header bars, icons, ECG traces) does not count.
 - ``not_ultrasound``: near-constant frames (std < ``MIN_STD``); no scan area covering at least
   ``MIN_SCAN_FRACTION`` of the frame; a bright frame (more than ``MAX_BRIGHT_FRACTION`` of the scan
   area above 200: documents, screenshots, white pages); or no speckle texture inside the scan area
   (median local coefficient of variation below ``MIN_SPECKLE_CV``: smooth photos, gradients, drawings).
+- ``no_tissue``: a scan area with nothing in it -- probe in air or a frozen blank frame.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from shards.scan_area import ScanArea
+from shards.scan_area import ScanArea, coloured
 
 CHROMA = 40
 COLOUR_FRACTION = 0.02
@@ -39,6 +40,17 @@ def is_colour_frame(rgb: np.ndarray) -> bool:
     return colour_fraction(rgb) > COLOUR_FRACTION
 
 
+def colour_inside(rgb: np.ndarray, area: ScanArea) -> float:
+    """Fraction of the lit pixels inside the scan area that are coloured (at the working resolution)."""
+    small = rgb[:: area.step, :: area.step]
+    mask = area.small_mask
+    if not mask.any():
+        return colour_fraction(small)
+    lit = (small.max(axis=2) > 16) & mask
+    n = int(np.count_nonzero(lit))
+    return float(np.count_nonzero(coloured(small, CHROMA) & lit) / n) if n else 0.0
+
+
 def speckle_cv(gray: np.ndarray, mask: np.ndarray) -> float:
     """Median local coefficient of variation (7x7 windows) over lit pixels of ``mask``."""
     g = gray.astype(np.float32)
@@ -51,20 +63,28 @@ def speckle_cv(gray: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(std[sel] / mean[sel]))
 
 
-def ultrasound_rejection(gray: np.ndarray, area: ScanArea) -> str | None:
-    """The rejection reason for a grayscale frame and its scan area, or None to keep it.
+def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]:
+    """(rejection reason or None, measured values) for a grayscale frame and its scan area.
 
     Measured at the scan-area detector's working resolution (every ``step``-th pixel): the
     statistics are the same and the cost does not grow with the frame size.
     """
     small = gray[:: area.step, :: area.step]
-    if float(small.std()) < MIN_STD:
-        return "not_ultrasound"
+    values: dict = {"std": round(float(small.std()), 2), "scan_fraction": round(area.fraction, 4)}
+    if values["std"] < MIN_STD:
+        return "not_ultrasound", values
     if area.fraction < MIN_SCAN_FRACTION:
-        return "not_ultrasound"
+        return "not_ultrasound", values
     inside = small[area.small_mask]
-    if float((inside > 200).mean()) > MAX_BRIGHT_FRACTION:
-        return "not_ultrasound"
-    if speckle_cv(small, area.small_mask) < MIN_SPECKLE_CV:
-        return "not_ultrasound"
-    return None
+    values["bright_fraction"] = round(float((inside > 200).mean()), 4)
+    if values["bright_fraction"] > MAX_BRIGHT_FRACTION:
+        return "not_ultrasound", values
+    values["speckle_cv"] = round(speckle_cv(small, area.small_mask), 4)
+    if values["speckle_cv"] < MIN_SPECKLE_CV:
+        return "not_ultrasound", values
+    return None, values
+
+
+def ultrasound_rejection(gray: np.ndarray, area: ScanArea) -> str | None:
+    """The rejection reason for a grayscale frame and its scan area, or None to keep it."""
+    return frame_rejection(gray, area)[0]
