@@ -60,7 +60,9 @@ class BuildSettings:
     samples_per_shard: int = 1000
     workers: int = max(1, (os.cpu_count() or 1))
     near_duplicate_distance: int = 16  # max Hamming distance of 256-bit pHashes; -1: exact only
-    clip_duplicate_distance: int = 24  # within a clip, to the previous kept frame; -1: off
+    # Consecutive frames of a clip (or consecutive images of a folder: frames exported from a video)
+    # within this distance of the previous kept one look identical (docs/data.md); -1: off.
+    clip_duplicate_distance: int = 32
     png_level: int = 1  # zlib level: 1 decodes as fast as 9 and builds ~3x faster
 
     def identity(self) -> dict:
@@ -272,7 +274,11 @@ def build_shards(
     stats_delta: dict = {}
     bar = progress_bar(total=total_items, initial=consumed, desc="build", unit="file", main=progress, logger=log)
     t0, n0 = time.time(), consumed
-    extract = ExtractSettings(settings.size, settings.png_level, settings.clip_duplicate_distance)
+    extract = ExtractSettings(settings.size, settings.png_level)
+    last: dict = {"group": None, "phash": 0}  # the previous kept frame's clip (or folder) and hash
+    if records:
+        group, ph = records[-1]["last"]
+        last.update(group=tuple(group) if group else None, phash=int(ph, 16))
     caps = {o.source.name: o.config.max_images for o in opened}
     anatomy = {o.source.name: o.config.anatomy for o in opened}
 
@@ -294,6 +300,7 @@ def build_shards(
                 "rejected": dict(rej_delta),
                 "stats": _plain_stats(stats_delta),
                 "rejects_bytes": rejects_fh.tell(),
+                "last": [list(last["group"]) if last["group"] else None, f"{last['phash']:064x}"],
                 "hashes": hashes,
             }
         )
@@ -352,12 +359,19 @@ def build_shards(
                 if cap is not None and kept[src] >= cap:
                     reject(item, f.frame, "over_max_images", {})
                     continue
+                group = (src, item.relpath if res.multi else os.path.dirname(item.relpath))
+                if group == last["group"] and settings.clip_duplicate_distance >= 0:
+                    d = (r.phash ^ last["phash"]).bit_count()
+                    if d <= settings.clip_duplicate_distance:
+                        reject(item, f.frame, "clip_near_duplicate", {"distance": d})
+                        continue
                 found = index.find(r.pixel_sha1, r.phash)
                 if found:
                     reason, idx, dist = found
                     reject(item, f.frame, reason, {"distance": dist, "kept": f"{idx:08d}"})
                     continue
                 index.add(r.pixel_sha1, r.phash)
+                last["group"], last["phash"] = group, r.phash
                 key = f"{n_done + len(buffer):08d}"
                 meta = {"source": src, "path": item.relpath, "phash": f"{r.phash:064x}", **r.meta}
                 if anatomy[src]:

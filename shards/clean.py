@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from shards.decode import DecodeError, decode_image
-from shards.quality import COLOUR_FRACTION, colour_inside, frame_rejection
+from shards.quality import colour_measures, frame_rejection, is_colour
 from shards.scan_area import crop_to_scan_area, detect_scan_area, region_area
 
 MIN_SIDE = 32  # a scan area smaller than this is not a usable frame
@@ -85,9 +85,8 @@ def clean_frame(
         area, crop_source = detect_scan_area(gray, rgb=rgb), "heuristic"
     values: dict = {}
     if rgb is not None:
-        frac = colour_inside(rgb, area)
-        values["colour_fraction"] = round(frac, 4)
-        if frac > COLOUR_FRACTION:
+        values.update(colour_measures(rgb, area))
+        if is_colour(values):
             return Rejected("colour", values)
     reason, measured = frame_rejection(gray, area)
     values.update(measured)

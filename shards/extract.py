@@ -1,11 +1,10 @@
 """Worker side of the build: one input item -> its cleaned frames and rejections, in frame order.
 
-Runs in the build's worker processes. The item is read by :mod:`shards.readers` (content-detected),
-its sampled frames are cleaned one at a time (:func:`shards.clean.clean_frame`), and within a clip a
-frame within ``clip_duplicate_distance`` pHash bits of the clip's previous *kept* frame is dropped
-as ``clip_near_duplicate`` (a probe held still) before the build's global near-duplicate check.
-A file that cannot be read is one rejection under its reason; a clip that breaks off keeps the
-frames decoded before the break and adds one rejection for the rest.
+Runs in the build's worker processes. The item is read by :mod:`shards.readers` (content-detected)
+and its sampled frames are cleaned one at a time (:func:`shards.clean.clean_frame`); the build then
+drops consecutive near-identical frames and global duplicates in input order. A file that cannot
+be read is one rejection under its reason; a clip that breaks off keeps the frames decoded before
+the break and adds one rejection for the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from shards.sources import Item
 class ExtractSettings:
     size: int
     png_level: int
-    clip_duplicate_distance: int  # -1: keep every sampled frame of a clip
 
 
 @dataclass
@@ -68,19 +66,12 @@ def extract_item(item: Item, opts: ReadOptions, settings: ExtractSettings) -> It
     except OSError:
         out.frames.append(FrameOutcome(None, Rejected("unreadable")))
         return out
-    last_kept: int | None = None
     try:
         for fr in media.frames:
             out.decoded += 1
             res = clean_frame(fr.pixels, settings.size, settings.png_level, region=media.region)
             index = fr.index if media.multi else None
             if isinstance(res, Cleaned):
-                if media.multi and last_kept is not None and settings.clip_duplicate_distance >= 0:
-                    d = (res.phash ^ last_kept).bit_count()
-                    if d <= settings.clip_duplicate_distance:
-                        out.frames.append(FrameOutcome(index, Rejected("clip_near_duplicate", {"distance": d})))
-                        continue
-                last_kept = res.phash
                 h, w = fr.pixels.shape[:2]
                 meta = {"orig_size": [w, h], "orig_mode": media.orig_mode, "sha1": sha1, **res.meta}
                 scale = meta.pop("scale")

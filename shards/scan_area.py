@@ -122,7 +122,7 @@ def detect_scan_area(
         # ... but only pieces joined to the largest through lit pixels: a black gap (not fluid, which
         # holds noise) separates the image from UI panels and toolbars beside it.
         # A piece across a black band in the same columns (an anechoic globe or bladder spanning the
-        # whole width) is still image, unless it is a thin strip (a toolbar or ECG trace under it).
+        # whole width) is still image, unless it is a thin strip under it (a toolbar or ECG trace).
         joined, _ = ndimage.label(ndimage.binary_closing(lit, structure=np.ones((3, 3), bool)) | core)
         big = int(np.argmax(sizes))
         main = joined[labels == big][0]
@@ -135,7 +135,8 @@ def detect_scan_area(
             ys, xs = boxes[k - 1]
             w, h = xs.stop - xs.start, ys.stop - ys.start
             overlap = max(0, min(xs.stop, mx1) - max(xs.start, mx0))
-            return overlap >= 0.5 * w and h >= 0.25 * w
+            above = ys.stop <= boxes[big - 1][0].start  # near-field bands sit above; toolbars, ECG below
+            return overlap >= 0.5 * w and (h >= 0.25 * w or above)
 
         keep = np.array([k for k in keep if belongs(int(k))])
     core = np.isin(labels, keep)
