@@ -250,6 +250,7 @@ def build_shards(
     stats: dict = {o.source.name: _new_stats() for o in opened}
     shard_names: list[str] = []
     shard_sizes: list[int] = []
+    shard_sources: list[dict] = []  # kept samples per source in each shard (source balance)
     for r in records:
         for sha, ph in r["hashes"]:
             index.add(sha, int(ph, 16))
@@ -258,6 +259,7 @@ def build_shards(
         _merge_stats(stats, r["stats"])
         shard_names.append(r["shard"])
         shard_sizes.append(r["samples"])
+        shard_sources.append(r["sources"])
     consumed = records[-1]["consumed"] if records else 0
     # rejects.jsonl grows as the build goes; on resume it is cut back to the last finished shard.
     partial = out / REJECTS_PARTIAL
@@ -306,6 +308,7 @@ def build_shards(
         )
         shard_names.append(name)
         shard_sizes.append(len(buffer))
+        shard_sources.append(dict(kept_delta))
         buffer, hashes, kept_delta, rej_delta, stats_delta = [], [], Counter(), Counter(), {}
 
     def reject(item: Item, frame: int | None, reason: str, values: dict) -> None:
@@ -407,6 +410,7 @@ def build_shards(
         "rejects": REJECTS,
         "shards": shard_names,
         "shard_samples": shard_sizes,
+        "shard_sources": shard_sources,
         "settings": settings.identity(),
         "source_specs": {o.source.name: o.source.spec for o in opened},
         "identity": identity,
