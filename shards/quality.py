@@ -3,7 +3,8 @@
 - ``colour``: inside the scan area, more than ``COLOUR_FRACTION`` of the lit pixels are coloured
   (channel spread max-min above ``CHROMA``) in solid blobs (surviving a 2x2 opening: colour flow,
   elastography; coloured text and calipers are thin strokes), or coloured *textured* pixels (grey
-  std among the coloured pixels of a 5x5 window above 6, opened 3x3) outside it cover more than
+  std among the coloured pixels of a 5x5 window above 6, opened 3x3, in blobs that are not
+  mostly one flat colour as a coloured bar with text on it is) outside it cover more than
   ``COLOUR_OUTSIDE`` of the frame (a spectral-Doppler strip or colour M-mode beside the image).
   Flat coloured user interface outside the scan area (header bars, icons, ECG traces) does not count.
 - ``not_ultrasound``: near-constant frames (std < ``MIN_STD``); no scan area covering at least
@@ -32,11 +33,11 @@ from shards.scan_area import ScanArea, coloured
 
 CHROMA = 40
 COLOUR_FRACTION = 0.01
-COLOUR_OUTSIDE = 0.004
+COLOUR_OUTSIDE = 0.002
 MIN_STD = 4.0
 MIN_SCAN_FRACTION = 0.04
 MAX_BRIGHT_FRACTION = 0.5
-MIN_SPECKLE_CV = 0.08
+MIN_SPECKLE_CV = 0.06
 NEAR_FIELD = 0.4
 AIR_BAND_R2 = 0.5
 AIR_LATERAL_RATIO = 0.58
@@ -80,7 +81,15 @@ def colour_measures(rgb: np.ndarray, area: ScanArea) -> dict:
     m2 = ndimage.uniform_filter(g * g * c, 5) / np.maximum(wc, 1e-6)
     std = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
     textured = ndimage.binary_opening(col & (wc > 0.5) & (std > 6), np.ones((3, 3), bool)) & ~mask
-    return {"colour_fraction": round(inside, 4), "colour_outside": round(float(textured.mean()), 4)}
+    # A coloured bar with text on it is mostly one flat colour; a spectrum or a colour-map legend is not.
+    labels, n = ndimage.label(textured)
+    area = 0
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        comp = labels[sl] == k
+        vals = g[sl][comp & col[sl]]
+        if vals.size and float((np.abs(vals - np.median(vals)) <= 2).mean()) < 0.5:
+            area += int(comp.sum())
+    return {"colour_fraction": round(inside, 4), "colour_outside": round(area / textured.size, 4)}
 
 
 def is_colour(values: dict) -> bool:
