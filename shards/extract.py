@@ -10,6 +10,7 @@ the break and adds one rejection for the rest.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 from shards.clean import Cleaned, Rejected, clean_frame
@@ -38,6 +39,11 @@ class ItemOutcome:
     skipped: bool = False  # over the source's max_images: not read
 
 
+def _detail(exc: ReadError) -> str:
+    """The library's message, without memory addresses (the output must not depend on the run)."""
+    return re.sub(r"\(?0x[0-9a-fA-F]+\)?", "", exc.detail)[:200]
+
+
 def _file_sha1(item: Item) -> str:
     if item.data is not None:
         return hashlib.sha1(item.data).hexdigest()
@@ -55,7 +61,7 @@ def extract_item(item: Item, opts: ReadOptions, settings: ExtractSettings) -> It
     try:
         media = open_media(src, item.relpath, opts)  # type: ignore[arg-type]
     except ReadError as exc:
-        out.frames.append(FrameOutcome(None, Rejected(exc.reason, {"detail": exc.detail[:200]} if exc.detail else {})))
+        out.frames.append(FrameOutcome(None, Rejected(exc.reason, {"detail": _detail(exc)} if exc.detail else {})))
         return out
     except MemoryError:
         out.frames.append(FrameOutcome(None, Rejected("too_large")))
@@ -84,7 +90,7 @@ def extract_item(item: Item, opts: ReadOptions, settings: ExtractSettings) -> It
                 res.meta = meta
             out.frames.append(FrameOutcome(index, res))
     except ReadError as exc:
-        out.frames.append(FrameOutcome(None, Rejected(exc.reason, {"detail": exc.detail[:200], "after": out.decoded})))
+        out.frames.append(FrameOutcome(None, Rejected(exc.reason, {"detail": _detail(exc), "after": out.decoded})))
     except MemoryError:
         out.frames.append(FrameOutcome(None, Rejected("too_large", {"after": out.decoded})))
     return out

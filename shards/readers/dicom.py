@@ -174,15 +174,10 @@ def read_dicom(src: str | bytes, opts: ReadOptions) -> Media:
             reason = "undecodable" if ("plugin" in msg or "support" in msg or "decod" in msg) else "unreadable"
             raise ReadError(reason, str(exc)) from None
         except (EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError) as exc:
+            # pydicom reports missing pixel bytes in several ways (short buffer, failed reshape, EOF).
             msg = str(exc).lower()
-            reason = (
-                "truncated"
-                if ("less than" in msg or "truncat" in msg or "end of" in msg or "eof" in msg)
-                else ("unreadable")
-            )
-            if isinstance(exc, EOFError):
-                reason = "truncated"
-            raise ReadError(reason, str(exc)) from None
+            short = isinstance(exc, EOFError) or any(k in msg for k in ("less than", "truncat", "reshape", "eof"))
+            raise ReadError("truncated" if short else "unreadable", str(exc)) from None
 
     return Media(
         frames=frames(),
