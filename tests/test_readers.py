@@ -17,7 +17,7 @@ from shards.build import BuildSettings, build_shards
 from shards.catalogue import SourceConfig
 from shards.frames import Sampling
 from shards.readers import ReadError, ReadOptions, detect_family, open_media
-from shards.synth.media import MARGIN, clip_frames, write_dicom, write_video
+from shards.synth.media import clip_frames, write_dicom, write_video
 
 PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
 ALL = ReadOptions(frames=Sampling(mode="all", max=None))
