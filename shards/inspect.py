@@ -132,7 +132,8 @@ def reread_frame(manifest: dict, rec: dict) -> np.ndarray | None:
 
         item = Item(rec["source"], rec["path"], path=str(src.root / rec["path"]))  # type: ignore[attr-defined]
     want = rec.get("frame", 0)
-    opts = ReadOptions(frames=Sampling(mode="every", every=1, max=None), max_frames_per_clip=None)
+    # frames 0 and `want` only: the others are decoded (a video must be) but not converted
+    opts = ReadOptions(frames=Sampling(mode="every", every=max(1, want), max=2), max_frames_per_clip=None)
     try:
         media = open_media(item.data if item.data is not None else item.path, item.relpath, opts)
         for fr in media.frames:
