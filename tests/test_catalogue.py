@@ -96,7 +96,7 @@ def test_corpus_build_with_options_and_source_next_to_it(tmp_path, corpus):
     assert ps["imgs"]["files"] == 5  # masks excluded
     # the same PNGs again under another name are duplicates; its binary masks are not ultrasound
     assert ps["extra"]["files"] == 10 and ps["extra"]["kept"] == 0
-    assert ps["extra"]["rejected"]["duplicate"] == ps["imgs"]["kept"] >= 3
+    assert ps["extra"]["rejected"]["duplicate"] >= ps["imgs"]["kept"] >= 3
     assert ps["extra"]["rejected"]["not_ultrasound"] == 5
     assert m["num_samples"] == sum(m["sources"].values()) == sum(m["shard_samples"])
     assert "clips" in proc.stdout and "extra" in proc.stdout
