@@ -25,6 +25,34 @@ import numpy as np
 from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels, to_uint8
 
 
+WHOLE_BYTES = 512 << 20
+
+
+def _bytes_per_component(r) -> int:
+    import SimpleITK as sitk
+
+    name = sitk.GetPixelIDValueAsString(r.GetPixelID())
+    for bits in (64, 32, 16):
+        if str(bits) in name:
+            return bits // 8
+    return 8 if "double" in name else 4 if "float" in name else 1
+
+
+def _slice(arr: np.ndarray, i: int, mode: str, axis: int, ncomp: int, dim: int) -> np.ndarray:
+    """Frame ``i`` of a whole image in numpy order ([t,] [z,] y, x[, c])."""
+    if mode == "single":
+        out = arr
+    elif mode == "slices":
+        out = np.take(arr, i, axis=axis)
+    else:
+        out = arr[i]
+    out = np.asarray(out)
+    if ncomp > 1:
+        return out.reshape(-1, *out.shape[-3:])[0] if out.ndim > 3 else out
+    out = np.squeeze(out)
+    return out if out.ndim == 2 else out.reshape(out.shape[-2:])
+
+
 def _reader(path: str):
     import SimpleITK as sitk
 
@@ -82,7 +110,14 @@ def read_volume(src: str | bytes, opts: ReadOptions, name: str = "") -> Media:
         keep = [a for a in range(3) if a != 2 - opts.volume_axis]
         width, height = size[keep[0]], size[keep[1]]
 
+    # A file SimpleITK cannot stream (gzip, most NIfTI) would be decompressed again for every frame:
+    # below WHOLE_BYTES it is read once and sliced; larger ones are read frame by frame.
+    nbytes = int(np.prod(size)) * ncomp * _bytes_per_component(r)
+    whole = sitk.GetArrayFromImage(r.Execute()) if nbytes <= WHOLE_BYTES else None
+
     def extract(i: int) -> np.ndarray:
+        if whole is not None:
+            return _slice(whole, i, mode, opts.volume_axis, ncomp, dim)
         index = [0] * dim
         ext = list(extent)
         if mode == "time4":
