@@ -24,7 +24,6 @@ import numpy as np
 
 from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels, to_uint8
 
-
 WHOLE_BYTES = 512 << 20
 
 
