@@ -81,7 +81,7 @@ def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 1
 
 # The measured values that decided each reason (the rest stay in rejects.jsonl).
 SHOWN = {
-    "colour": ["colour_fraction", "colour_outside"],
+    "colour": ["colour_fraction", "colour_any", "colour_outside"],
     "no_tissue": ["band_r2", "lateral_ratio", "lit_fraction", "deep_std", "scan_std"],
     "not_ultrasound": ["scan_fraction", "bright_fraction", "speckle_cv", "std"],
     "too_small": ["crop"],

@@ -2,7 +2,8 @@
 
 - ``colour``: inside the scan area, more than ``COLOUR_FRACTION`` of the lit pixels are coloured
   (channel spread max-min above ``CHROMA``) in solid blobs (surviving a 2x2 opening: colour flow,
-  elastography; coloured text and calipers are thin strokes), or coloured *textured* pixels (grey
+  elastography; coloured text and calipers are thin strokes), or more than ``COLOUR_ANY`` are
+  coloured at all (speckled low-flow colour), or coloured *textured* pixels (grey
   std among the coloured pixels of a 5x5 window above 6, opened 3x3, in blobs that are not
   mostly one flat colour as a coloured bar with text on it is) outside it cover more than
   ``COLOUR_OUTSIDE`` of the frame (a spectral-Doppler strip or colour M-mode beside the image).
@@ -33,6 +34,7 @@ from shards.scan_area import ScanArea, coloured
 
 CHROMA = 40
 COLOUR_FRACTION = 0.01
+COLOUR_ANY = 0.015
 COLOUR_OUTSIDE = 0.002
 MIN_STD = 4.0
 MIN_SCAN_FRACTION = 0.04
@@ -67,11 +69,13 @@ def colour_measures(rgb: np.ndarray, area: ScanArea) -> dict:
     col = coloured(small, CHROMA)
     mask = area.small_mask
     if not mask.any():
-        return {"colour_fraction": round(colour_fraction(small), 4), "colour_outside": 0.0}
+        whole = round(colour_fraction(small), 4)
+        return {"colour_fraction": whole, "colour_any": whole, "colour_outside": 0.0}
     lit = (small.max(axis=2) > 16) & mask
     n = int(np.count_nonzero(lit))
     solid = ndimage.binary_opening(col, np.ones((2, 2), bool))
     inside = float(np.count_nonzero(solid & lit) / n) if n else 0.0
+    anywhere = float(np.count_nonzero(col & lit) / n) if n else 0.0
     # Grey-level std among the *coloured* pixels of 5x5 windows: a spectrum or colour flow varies in
     # brightness, a flat coloured bar does not (even with white text on it).
     g = small.astype(np.float32).mean(axis=2)
@@ -89,11 +93,19 @@ def colour_measures(rgb: np.ndarray, area: ScanArea) -> dict:
         vals = g[sl][comp & col[sl]]
         if vals.size and float((np.abs(vals - np.median(vals)) <= 2).mean()) < 0.5:
             area += int(comp.sum())
-    return {"colour_fraction": round(inside, 4), "colour_outside": round(area / textured.size, 4)}
+    return {
+        "colour_fraction": round(inside, 4),
+        "colour_any": round(anywhere, 4),
+        "colour_outside": round(area / textured.size, 4),
+    }
 
 
 def is_colour(values: dict) -> bool:
-    return values["colour_fraction"] > COLOUR_FRACTION or values["colour_outside"] > COLOUR_OUTSIDE
+    return (
+        values["colour_fraction"] > COLOUR_FRACTION
+        or values["colour_any"] > COLOUR_ANY
+        or values["colour_outside"] > COLOUR_OUTSIDE
+    )
 
 
 def speckle_cv(gray: np.ndarray, mask: np.ndarray) -> float:
