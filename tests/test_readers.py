@@ -312,3 +312,13 @@ def test_mixed_build_identical_for_any_worker_count(mixed_folder, mixed_build, t
     )
     for p in sorted(mixed_build.iterdir()):
         assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+def test_animated_gif_is_a_clip_timed_by_its_frame_duration(tmp_path):
+    frames = [Image.fromarray(f) for f in truth_frames(30, 6)]
+    frames[0].save(tmp_path / "loop.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    media = open_media(str(tmp_path / "loop.gif"), "loop.gif", ReadOptions())
+    assert media.multi and media.n_frames == 6 and media.fps == pytest.approx(10.0)
+    got = list(media.frames)
+    assert [f.index for f in got] == [0, 3]  # 10 frames/s sampled at 3 frames/s
+    assert np.abs(got[1].pixels.astype(int) - np.asarray(frames[3]).astype(int)).mean() < 2
