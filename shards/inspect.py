@@ -82,7 +82,7 @@ def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 1
 # The measured values that decided each reason (the rest stay in rejects.jsonl).
 SHOWN = {
     "colour": ["colour_fraction", "colour_any", "colour_outside"],
-    "no_tissue": ["band_r2", "lateral_ratio", "lit_fraction", "deep_std", "scan_std"],
+    "no_tissue": ["band_r2", "lateral_ratio", "lit_fraction", "deep_std", "scan_std", "std"],
     "not_ultrasound": ["scan_fraction", "bright_fraction", "speckle_cv", "std"],
     "too_small": ["crop"],
 }
@@ -150,7 +150,7 @@ def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path
     plt = pyplot()
     rows = list(picked)
     cols = max(len(v) for v in picked.values())
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 2.0, len(rows) * 2.3), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 2.2, len(rows) * 2.5), squeeze=False)
     counts = manifest.get("rejected", {})
     for r, reason in enumerate(rows):
         for c in range(cols):
@@ -168,9 +168,10 @@ def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path
                 ax.text(0.5, 0.5, "(file not readable)", ha="center", va="center", fontsize=6)
             vals = rec.get("values", {})
             keys = SHOWN.get(reason) or [k for k in vals if k not in ("detail", "crop")][:3]
-            shown = ", ".join(f"{k}={vals[k]}" for k in keys if k in vals)
+            items = [f"{k}={vals[k]}" for k in keys if k in vals]
+            shown = "\n".join(", ".join(items[i : i + 2]) for i in range(0, len(items), 2))
             name = Path(rec["path"]).name[:22] + (f" #{rec['frame']}" if "frame" in rec else "")
-            ax.set_title(f"{name}\n{shown}"[:110], fontsize=5)
+            ax.set_title(f"{name}\n{shown}", fontsize=4.5)
             if c == 0:
                 ax.text(0, 1.25, f"{reason} ({counts.get(reason, len(picked[reason]))})", transform=ax.transAxes,
                         fontsize=9, weight="bold")  # fmt: skip
