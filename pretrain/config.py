@@ -23,6 +23,8 @@ class DataConfig:
 
     shards: str = ""  # dir with manifest.json, a manifest path, or a brace pattern dir/shard-{000000..000009}.tar
     mode: Literal["loop", "resampled"] = "loop"  # loop: every sample once per epoch across ranks
+    # resampled mode: proportional | uniform | tau=T | {source: weight} (shards.balance)
+    source_weights: str | dict[str, float] = "proportional"
     num_workers: int = 4  # decoding workers per rank
     shuffle_buffer: int = 1000
     record_keys: bool = False  # audit: write the sample keys each rank trained on to <out_dir>/keys/

@@ -138,6 +138,7 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             world_size=world,
             with_meta=d.record_keys,
             pin_memory=pin,
+            source_weights=d.source_weights,
         )
     except (UserError, FileNotFoundError, ValueError) as exc:
         raise UserError(f"data.shards: cannot open '{d.shards}' ({' '.join(str(exc).split())})") from None

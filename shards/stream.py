@@ -12,7 +12,8 @@ exactly once per epoch across all ranks and workers. Samples are shuffled inside
 buffer seeded by ``(seed, epoch, slot)``, still undecoded; decoding happens after, in the worker.
 
 Modes: ``epoch`` (one pass per ``iter()``, finite), ``loop`` (epoch after epoch, infinite: the
-pretraining default) and ``resampled`` (shards drawn with replacement, infinite).
+pretraining default) and ``resampled`` (shards drawn with replacement, infinite; ``source_weights``
+sets how often each source is drawn: :mod:`shards.balance`).
 
 Position = for every slot, (epoch, samples taken from that epoch's shuffled stream). A slot's
 stream is a pure function of (seed, epoch, slot), so resuming skips that many *undecoded* samples
@@ -75,12 +76,14 @@ class _SlotStream(IterableDataset):
         rotation: int,
         image_size: int | None,
         epoch_limit: int | None,
+        plan: tuple[list[float], list[dict[str, float]]] | None = None,
     ):
         super().__init__()
         self.urls, self.batch_size, self.mode, self.seed = urls, batch_size, mode, seed
         self.shuffle, self.shuffle_buffer, self.rank, self.world_size = shuffle, shuffle_buffer, rank, world_size
         self.num_workers, self.with_meta, self.drop_last = num_workers, with_meta, drop_last
         self.start, self.rotation, self.image_size, self.epoch_limit = start, rotation, image_size, epoch_limit
+        self.plan = plan  # resampled mode with source weights: (shard probabilities, keep per source)
 
     # --- the undecoded sample stream of one slot in one epoch -------------------------------------
     def epoch_samples(self, epoch: int, slot: int, total: int, counts: Counter) -> Iterator[dict]:
@@ -90,6 +93,8 @@ class _SlotStream(IterableDataset):
 
         n = len(self.urls)
         modulo = None
+        if self.mode == "resampled" and self.plan is not None:
+            return self._shuffled(self._weighted_samples(epoch, slot, total, on_error), epoch, slot)
         if self.mode == "resampled":
             rng = random.Random(_seed(self.seed, epoch, slot, 1))
             mine = [self.urls[rng.randrange(n)] for _ in range(max(1, n // total))]
@@ -106,11 +111,35 @@ class _SlotStream(IterableDataset):
         src = wds.tarfile_samples([{"url": u} for u in mine], handler=on_error, select_files=select)
         if modulo is not None:
             src = (s for i, s in enumerate(src) if i % modulo[1] == modulo[0])
+        return self._shuffled(iter(src), epoch, slot)
+
+    def _shuffled(self, src: Iterator[dict], epoch: int, slot: int) -> Iterator[dict]:
         if self.shuffle and self.shuffle_buffer > 1:
             src = wds.filters.shuffle(
                 self.shuffle_buffer, initial=self.shuffle_buffer, seed=_seed(self.seed, epoch, slot, 2)
             )(iter(src))
         return iter(src)
+
+    def _weighted_samples(self, epoch: int, slot: int, total: int, on_error) -> Iterator[dict]:
+        """Resampled mode with source weights (:mod:`shards.balance`): shards drawn by weight, then
+        each sample kept with its source's probability; a pure function of (seed, epoch, slot)."""
+        import json
+
+        probs, keep = self.plan  # type: ignore[misc]
+        n = len(self.urls)
+        rng = random.Random(_seed(self.seed, epoch, slot, 1))
+        picks = rng.choices(range(n), weights=probs, k=max(1, n // total))
+        coin = random.Random(_seed(self.seed, epoch, slot, 3))
+        for k in picks:
+            for sample in wds.tarfile_samples([{"url": self.urls[k]}], handler=on_error):
+                if len(keep[k]) > 1:  # a shard mixing sources: thin each by its keep-probability
+                    try:
+                        src = json.loads(sample["json"])["source"]
+                    except Exception:
+                        src = ""
+                    if coin.random() >= keep[k].get(src, 0.0):
+                        continue
+                yield sample
 
     def _decode(self, sample: dict, counts: Counter) -> np.ndarray | None:
         data = sample.get("png")
@@ -197,6 +226,19 @@ class _SlotStream(IterableDataset):
         return out
 
 
+def _source_plan(weights: str | dict | None, mode: str, manifest: dict | None):
+    """The resampled-mode shard plan for ``weights`` (None when every sample is equally likely)."""
+    from shards.balance import parse_weights, shard_plan, source_probabilities
+
+    if parse_weights(weights) == "proportional":
+        return None
+    if mode != "resampled":
+        raise UserError(f"source_weights {weights!r}: applies in resampled mode only (mode is '{mode}')")
+    if manifest is None or "shard_sources" not in manifest:
+        raise UserError("source_weights: needs a shard folder whose manifest lists shard_sources (rebuild the shards)")
+    return shard_plan(manifest["shard_sources"], source_probabilities(weights, manifest["sources"]))
+
+
 class ShardLoader:
     """Batches of uint8 single-channel images from shards, split over ranks and workers."""
 
@@ -215,6 +257,7 @@ class ShardLoader:
         pin_memory: bool = False,
         drop_last: bool = True,
         prefetch_factor: int = 4,
+        source_weights: str | dict | None = None,
     ):
         if mode not in MODES:
             raise UserError(f"shard loader mode '{mode}': expected one of {', '.join(MODES)}")
@@ -231,6 +274,7 @@ class ShardLoader:
         self.num_workers, self.with_meta, self.drop_last = num_workers, with_meta, drop_last
         self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
         self.image_size = (self.manifest or {}).get("settings", {}).get("size")
+        self.plan = _source_plan(source_weights, mode, self.manifest)
         self._slots: dict[int, tuple[int, int]] = {}
         self._skipped: dict[int, dict[str, int]] = {}  # per slot, this iter() session
         self._skipped_before: Counter = Counter()  # earlier sessions and loaded states
@@ -274,6 +318,7 @@ class ShardLoader:
             self._batches % workers,
             self.image_size,
             self._pass + 1 if self.mode == "epoch" else None,
+            self.plan,
         )
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
