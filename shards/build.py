@@ -5,8 +5,10 @@
 
 Every input goes through :func:`shards.clean.clean_image` in worker processes; results come back in
 input order, are de-duplicated across all sources (:mod:`shards.dedup`) and written as
-``shard-000000.tar``, ... each holding ``<key>.png`` (8-bit grayscale) and ``<key>.json`` (source,
-original relative path, original size and mode, SHA-1 of the original bytes, crop box). Output is
+``shard-000000.tar``, ... each holding the image — ``<key>.png`` (8-bit grayscale, default),
+``<key>.jpg`` (``--encoding jpeg``) or ``<key>.npy`` (``--encoding raw``: the uint8 array, no
+decode on read; see :mod:`shards.codec`) — and ``<key>.json`` (source, original relative path,
+original size and mode, SHA-1 of the original bytes, crop box). Output is
 byte-identical for any ``--workers``; memory holds one shard, never the corpus. Shards are written
 under a temporary name and renamed; ``.build-journal.jsonl`` lets an interrupted build resume
 without redoing finished shards; ``manifest.json`` is written last and marks the build complete.
@@ -29,6 +31,7 @@ from pathlib import Path
 import webdataset as wds
 
 from shards.clean import Cleaned, Rejected, clean_image
+from shards.codec import ENCODINGS, JPEG_QUALITY, Codec
 from shards.decode import IMAGE_EXTENSIONS
 from shards.dedup import DuplicateIndex
 from shards.journal import Journal
@@ -52,11 +55,21 @@ class BuildSettings:
     workers: int = max(1, (os.cpu_count() or 1))
     near_duplicate_distance: int = 16  # max Hamming distance of 256-bit pHashes; -1: exact only
     png_level: int = 1  # zlib level: 1 decodes as fast as 9 and builds ~3x faster
+    encoding: str = "png"  # png | jpeg | raw (shards.codec)
+    jpeg_quality: int = JPEG_QUALITY
+
+    @property
+    def codec(self) -> Codec:
+        return Codec(self.encoding, self.png_level, self.jpeg_quality)
 
     def identity(self) -> dict:
         """The settings that change the output (the worker count does not)."""
         d = asdict(self)
         d.pop("workers")
+        if d["encoding"] == "png":  # as before encodings existed: older PNG builds stay resumable
+            d.pop("encoding")
+        if self.encoding != "jpeg":
+            d.pop("jpeg_quality")
         d["format"] = BUILD_FORMAT
         return d
 
@@ -67,25 +80,30 @@ class BuildSettings:
             raise UserError(f"--samples-per-shard {self.samples_per_shard}: expected at least 1")
         if self.workers < 1:
             raise UserError(f"--workers {self.workers}: expected at least 1")
+        if self.encoding not in ENCODINGS:
+            raise UserError(f"--encoding {self.encoding}: expected one of {', '.join(ENCODINGS)}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UserError(f"--jpeg-quality {self.jpeg_quality}: expected 1-100")
 
 
-def _process(args: tuple[Item, int, int]) -> tuple[Item, Cleaned | Rejected]:
-    item, size, level = args
+def _process(args: tuple[Item, int, Codec]) -> tuple[Item, Cleaned | Rejected]:
+    item, size, codec = args
     if item.path is not None and not item.relpath.lower().endswith(IMAGE_EXTENSIONS):
         return item, Rejected("not_image")
     try:
         data = item.read()
     except OSError:
         return item, Rejected("unreadable")
-    return item, clean_image(data, size, level)
+    return item, clean_image(data, size, codec=codec)
 
 
-def _tar_bytes(samples: list[tuple[str, bytes, dict]]) -> bytes:
+def tar_bytes(samples: list[tuple[str, bytes, dict]], ext: str) -> bytes:
+    """One shard's bytes: per sample ``<key>.<ext>`` (the image) and ``<key>.json``, deterministic."""
     buf = io.BytesIO()
     # Fixed mtime/owner so the same samples always give the same bytes.
     with wds.TarWriter(buf, mtime=0, user="sonodistill", group="sonodistill", encoder=False) as tw:
-        for key, png, meta in samples:
-            tw.write({"__key__": key, "png": png, "json": json.dumps(meta, sort_keys=True).encode()})
+        for key, image, meta in samples:
+            tw.write({"__key__": key, ext: image, "json": json.dumps(meta, sort_keys=True).encode()})
     return buf.getvalue()
 
 
@@ -207,7 +225,7 @@ def build_shards(
     def flush() -> None:
         nonlocal buffer, hashes, kept_delta, rej_delta
         name = SHARD_PATTERN.format(len(shard_names))
-        data = _tar_bytes(buffer)
+        data = tar_bytes(buffer, settings.codec.ext)
         _write_shard(out / name, data)
         journal.append(
             {
@@ -225,7 +243,7 @@ def build_shards(
         shard_sizes.append(len(buffer))
         buffer, hashes, kept_delta, rej_delta = [], [], Counter(), Counter()
 
-    work = ((it, settings.size, settings.png_level) for it in _all_items(opened, consumed))
+    work = ((it, settings.size, settings.codec) for it in _all_items(opened, consumed))
     for item, res in ordered_map(_process, work, settings.workers):
         consumed += 1
         bar.update(1)
@@ -238,7 +256,7 @@ def build_shards(
                 index.add(res.pixel_sha1, res.phash)
                 key = f"{n_done + len(buffer):08d}"
                 meta = {"source": item.source, "path": item.relpath, "phash": f"{res.phash:064x}", **res.meta}
-                buffer.append((key, res.png, meta))
+                buffer.append((key, res.data, meta))
                 hashes.append([res.pixel_sha1, f"{res.phash:064x}"])
                 kept_delta[item.source] += 1
                 kept[item.source] += 1
@@ -258,6 +276,7 @@ def build_shards(
 
     manifest = {
         "format": BUILD_FORMAT,
+        "encoding": settings.encoding,
         "num_samples": n_done,
         "sources": {s.name: kept.get(s.name, 0) for s in opened},
         "rejected": dict(sorted(rejected.items())),
@@ -306,6 +325,13 @@ def main(argv: list[str] | None = None) -> None:
         help="pHash Hamming distance counted as a near duplicate (-1: exact only)",
     )
     ap.add_argument("--png-level", type=int, default=d.png_level, choices=range(10), metavar="0-9")
+    ap.add_argument(
+        "--encoding",
+        default=d.encoding,
+        choices=ENCODINGS,
+        help="sample image format: png (lossless), jpeg (smallest), raw (uint8 .npy, no decode); default %(default)s",
+    )
+    ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality (default %(default)s)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     _main(args)
@@ -325,6 +351,8 @@ def _main(args: argparse.Namespace) -> None:
         workers=args.workers,
         near_duplicate_distance=args.near_dup_distance,
         png_level=args.png_level,
+        encoding=args.encoding,
+        jpeg_quality=args.jpeg_quality,
     )
     manifest = build_shards(sources, args.out, settings, progress=not args.quiet)
     print(summary_line(manifest))

@@ -2,7 +2,8 @@
 
 Order: decode check -> 8-bit single channel (colour frames checked for Doppler first) -> scan-area
 detection -> not-ultrasound rules -> crop to the scan area with the surround blanked (burned-in
-overlays outside it removed) -> square letterbox -> resize -> PNG encode -> hashes.
+overlays outside it removed) -> square letterbox -> resize -> encode (PNG, JPEG or raw:
+:mod:`shards.codec`) -> hashes.
 
 Aspect rule (README "Cleaning rules"): the crop is padded with black to a square — width padding
 split evenly left/right, height padding added at the bottom so the transducer stays at the top —
@@ -12,13 +13,13 @@ then resized to ``size`` x ``size``. Nothing is cut off and the pixel aspect rat
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 
 import imagehash
 import numpy as np
 from PIL import Image
 
+from shards.codec import Codec
 from shards.decode import DecodeError, decode_image
 from shards.quality import is_colour_frame, ultrasound_rejection
 from shards.scan_area import crop_to_scan_area, detect_scan_area
@@ -29,7 +30,7 @@ PHASH_SIDE = 16  # 16x16 DCT = 256-bit hash; 64 bits cannot tell distinct speckl
 
 @dataclass
 class Cleaned:
-    png: bytes
+    data: bytes  # the encoded sample image (``Codec.ext`` says which member it is)
     pixel_sha1: str  # of the cleaned pixels: exact-duplicate key
     phash: int  # 256-bit perceptual hash of the decoded frame: near-duplicate key
     meta: dict
@@ -50,14 +51,10 @@ def letterbox(gray: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_png(gray: np.ndarray, compress_level: int = 1) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(gray, mode="L").save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+def clean_image(data: bytes, size: int, png_level: int = 1, codec: Codec | None = None) -> Cleaned | Rejected:
+    """Clean one encoded image; never raises for bad data (returns :class:`Rejected`).
 
-
-def clean_image(data: bytes, size: int, png_level: int = 1) -> Cleaned | Rejected:
-    """Clean one encoded image; never raises for bad data (returns :class:`Rejected`)."""
+    The sample is encoded with ``codec`` (default: PNG at ``png_level``)."""
     try:
         dec = decode_image(data)
     except DecodeError as exc:
@@ -83,7 +80,7 @@ def clean_image(data: bytes, size: int, png_level: int = 1) -> Cleaned | Rejecte
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     out = np.asarray(img)
     return Cleaned(
-        png=encode_png(out, png_level),
+        data=(codec or Codec("png", png_level)).encode(out),
         pixel_sha1=hashlib.sha1(out.tobytes()).hexdigest(),
         phash=phash,
         meta={
