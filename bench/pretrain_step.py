@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--corpus-size", type=int, default=400)
     ap.add_argument("--profile", action="store_true", help="phase table and torch.profiler trace instead")
     ap.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="--profile: tiny or paper")
-    ap.add_argument("--out", default="bench_profile", help="--profile: folder for trace.json and phases.json")
+    ap.add_argument("--out", default="runs/bench_profile", help="--profile: folder for trace.json and phases.json")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:

@@ -27,6 +27,7 @@ class DataConfig:
     shuffle_buffer: int = 1000
     record_keys: bool = False  # audit: write the sample keys each rank trained on to <out_dir>/keys/
     gpu_decode: bool = False  # JPEG shards: decode on the training GPU (nvJPEG) instead of in the workers
+    encoding: Literal["any", "png", "jpeg", "raw"] = "any"  # the shards' encoding this run expects
 
 
 @dataclasses.dataclass

@@ -128,7 +128,7 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
 
     d = cfg.data
     try:
-        return ShardLoader(
+        loader = ShardLoader(
             d.shards,
             batch_size=cfg.train.batch_size,
             mode=d.mode,
@@ -143,6 +143,14 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
         )
     except (UserError, FileNotFoundError, ValueError) as exc:
         raise UserError(f"data.shards: cannot open '{d.shards}' ({' '.join(str(exc).split())})") from None
+    found = loader.encoding or "unknown (no manifest)"
+    if d.encoding != "any" and found != d.encoding:
+        raise UserError(
+            f"data.encoding: this config expects {d.encoding} shards, '{d.shards}' holds {found} "
+            f"(build them with `python -m shards.build --encoding {d.encoding}`, or set data.encoding={found}"
+            " / data.encoding=any; docs/data.md#shard-encodings compares the encodings)"
+        )
+    return loader
 
 
 def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:
