@@ -62,6 +62,28 @@ def test_encoding_is_recorded_and_the_build_is_deterministic(sets, enc):
         assert (sets[enc] / name).read_bytes() == tar_bytes(samples, codec.ext)
 
 
+def test_an_interrupted_raw_build_resumes_to_the_same_bytes(corpus_dir, sets, tmp_path, monkeypatch):
+    import shards.build as build_mod
+
+    real, calls = build_mod._write_shard, {"n": 0}
+
+    def dying(path, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # killed while writing the third shard
+        real(path, data)
+
+    sources = {k: str(corpus_dir / k) for k in ("breast", "thyroid")}
+    settings = BuildSettings(size=SIZE, samples_per_shard=5, workers=1, encoding="raw")
+    monkeypatch.setattr(build_mod, "_write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(sources, tmp_path / "raw", settings, progress=False)
+    monkeypatch.setattr(build_mod, "_write_shard", real)
+    build_shards(sources, tmp_path / "raw", settings, progress=False)
+    tree = lambda root: {p.name: p.read_bytes() for p in sorted(root.iterdir())}  # noqa: E731
+    assert tree(tmp_path / "raw") == tree(sets["raw"])  # same bytes as the uninterrupted 2-worker build
+
+
 def test_raw_is_lossless_and_jpeg_within_tolerance(sets):
     png, raw, jpeg = (pixels_by_key(sets[e]) for e in ("png", "raw", "jpeg"))
     assert png.keys() == raw.keys() == jpeg.keys()
