@@ -14,8 +14,9 @@ Presets (defaults; every probability and range is a config key under ``augment.`
 - ``us-physics`` (ours): ``us`` plus scan-area-aware effects in acquisition order: acoustic
   shadow, depth attenuation, gain/TGC, haze, speckle noise, speckle reduction, then the depth
   blur, each with its own probability (see the effect configs below). The scan area and beam
-  geometry (fan apex or linear probe) are estimated per image on the device
-  (``pretrain.us_geometry``); depth is measured along the beam and the black surround stays 0.
+  geometry (fan apex or linear probe) are estimated once per batch on the device and shared by
+  every effect (``pretrain.us_geometry``: each full-size map is computed at most once per batch);
+  depth is measured along the beam and the black surround stays 0.
 - ``default`` (R50-Distill-Default ablation: natural-image, DINO-style single global view):
   random resized crop area 0.32-1 (DINOv2/v3 global-crop scale), aspect 3/4-4/3, horizontal flip
   p=0.5, brightness/contrast jitter 0.4 with p=0.8 (saturation and hue do not exist in grayscale;

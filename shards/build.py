@@ -6,16 +6,17 @@
 
 Every input item is read by content (:mod:`shards.readers`), its frames sampled and cleaned in
 worker processes (:mod:`shards.extract`); results come back in input order, are de-duplicated across
-all sources (:mod:`shards.dedup`) and written as ``shard-000000.tar``, ... each holding ``<key>.png``
-(8-bit grayscale) and ``<key>.json`` (source, relative path, ``clip``/``frame`` for frames of a
-clip, original size and mode, SHA-1 of the original file, crop box and its source, spacing, the
-DICOM allow-list). The frames of one clip are never split over two shards (a shard closes early
-instead, or holds one clip longer than ``--samples-per-shard``). Every rejection is a line of
-``rejects.jsonl`` (source, path, frame, reason, measured values). Output is byte-identical for any
-``--workers``; memory holds one shard, never the corpus. Shards are written under a temporary
-name and renamed; ``.build-journal.jsonl`` lets an interrupted build resume without redoing
-finished shards; ``manifest.json`` is written last and marks the build complete.
-"""
+all sources (:mod:`shards.dedup`) and written as ``shard-000000.tar``, ... each holding the image —
+``<key>.png`` (8-bit grayscale, default), ``<key>.jpg`` (``--encoding jpeg``) or ``<key>.npy``
+(``--encoding raw``: the uint8 array, no decode on read; see :mod:`shards.codec`) — and
+``<key>.json`` (source, relative path, ``clip``/``frame`` for frames of a clip, original size and
+mode, SHA-1 of the original file, crop box and its source, spacing, the DICOM allow-list). The
+frames of one clip are never split over two shards (a shard closes early instead, or holds one clip
+longer than ``--samples-per-shard``). Every rejection is a line of ``rejects.jsonl`` (source, path,
+frame, reason, measured values). Output is byte-identical for any ``--workers``; memory holds one
+shard, never the corpus. Shards are written under a temporary name and renamed; ``.build-
+journal.jsonl`` lets an interrupted build resume without redoing finished shards; ``manifest.json``
+is written last and marks the build complete."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import webdataset as wds
 
 from shards.catalogue import SourceConfig, load_catalogue
 from shards.clean import Cleaned
+from shards.codec import ENCODINGS, JPEG_QUALITY, Codec
 from shards.dedup import DuplicateIndex
 from shards.extract import ExtractSettings, ItemOutcome, extract_item
 from shards.journal import Journal
@@ -64,11 +66,21 @@ class BuildSettings:
     # within this distance of the previous kept one look identical (docs/data.md); -1: off.
     clip_duplicate_distance: int = 32
     png_level: int = 1  # zlib level: 1 decodes as fast as 9 and builds ~3x faster
+    encoding: str = "png"  # png | jpeg | raw (shards.codec)
+    jpeg_quality: int = JPEG_QUALITY
+
+    @property
+    def codec(self) -> Codec:
+        return Codec(self.encoding, self.png_level, self.jpeg_quality)
 
     def identity(self) -> dict:
         """The settings that change the output (the worker count does not)."""
         d = asdict(self)
         d.pop("workers")
+        if d["encoding"] == "png":  # as before encodings existed: older PNG builds stay resumable
+            d.pop("encoding")
+        if self.encoding != "jpeg":
+            d.pop("jpeg_quality")
         d["format"] = BUILD_FORMAT
         return d
 
@@ -79,6 +91,10 @@ class BuildSettings:
             raise UserError(f"--samples-per-shard {self.samples_per_shard}: expected at least 1")
         if self.workers < 1:
             raise UserError(f"--workers {self.workers}: expected at least 1")
+        if self.encoding not in ENCODINGS:
+            raise UserError(f"--encoding {self.encoding}: expected one of {', '.join(ENCODINGS)}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise UserError(f"--jpeg-quality {self.jpeg_quality}: expected 1-100")
 
 
 @dataclass
@@ -94,12 +110,13 @@ def _process(args: tuple[Item, ReadOptions, ExtractSettings, bool]) -> tuple[Ite
     return item, extract_item(item, opts, settings)
 
 
-def _tar_bytes(samples: list[tuple[str, bytes, dict]]) -> bytes:
+def tar_bytes(samples: list[tuple[str, bytes, dict]], ext: str) -> bytes:
+    """One shard's bytes: per sample ``<key>.<ext>`` (the image) and ``<key>.json``, deterministic."""
     buf = io.BytesIO()
     # Fixed mtime/owner so the same samples always give the same bytes.
     with wds.TarWriter(buf, mtime=0, user="sonodistill", group="sonodistill", encoder=False) as tw:
-        for key, png, meta in samples:
-            tw.write({"__key__": key, "png": png, "json": json.dumps(meta, sort_keys=True).encode()})
+        for key, image, meta in samples:
+            tw.write({"__key__": key, ext: image, "json": json.dumps(meta, sort_keys=True).encode()})
     return buf.getvalue()
 
 
@@ -276,7 +293,7 @@ def build_shards(
     stats_delta: dict = {}
     bar = progress_bar(total=total_items, initial=consumed, desc="build", unit="file", main=progress, logger=log)
     t0, n0 = time.time(), consumed
-    extract = ExtractSettings(settings.size, settings.png_level)
+    extract = ExtractSettings(settings.size, settings.codec)
     last: dict = {"group": None, "phash": 0}  # the previous kept frame's clip (or folder) and hash
     if records:
         group, ph = records[-1]["last"]
@@ -288,7 +305,7 @@ def build_shards(
         nonlocal buffer, hashes, kept_delta, rej_delta, stats_delta, n_done
         n_done += len(buffer)
         name = SHARD_PATTERN.format(len(shard_names))
-        data = _tar_bytes(buffer)
+        data = tar_bytes(buffer, settings.codec.ext)
         _write_shard(out / name, data)
         rejects_fh.flush()
         journal.append(
@@ -379,7 +396,7 @@ def build_shards(
                 meta = {"source": src, "path": item.relpath, "phash": f"{r.phash:064x}", **r.meta}
                 if anatomy[src]:
                     meta["anatomy"] = anatomy[src]
-                buffer.append((key, r.png, meta))
+                buffer.append((key, r.data, meta))
                 hashes.append([r.pixel_sha1, f"{r.phash:064x}"])
                 kept_delta[src] += 1
                 kept[src] += 1
@@ -400,6 +417,7 @@ def build_shards(
 
     manifest = {
         "format": BUILD_FORMAT,
+        "encoding": settings.encoding,
         "num_samples": n_done,
         "sources": {o.source.name: kept.get(o.source.name, 0) for o in opened},
         "rejected": dict(sorted(rejected.items())),
@@ -462,6 +480,13 @@ def main(argv: list[str] | None = None) -> None:
         help="within a clip, pHash distance to the previous kept frame dropped as near-identical (-1: off)",
     )
     ap.add_argument("--png-level", type=int, default=d.png_level, choices=range(10), metavar="0-9")
+    ap.add_argument(
+        "--encoding",
+        default=d.encoding,
+        choices=ENCODINGS,
+        help="sample image format: png (lossless), jpeg (smallest), raw (uint8 .npy, no decode); default %(default)s",
+    )
+    ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality (default %(default)s)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     _main(args)
@@ -486,6 +511,8 @@ def _main(args: argparse.Namespace) -> None:
         near_duplicate_distance=args.near_dup_distance,
         clip_duplicate_distance=args.clip_dup_distance,
         png_level=args.png_level,
+        encoding=args.encoding,
+        jpeg_quality=args.jpeg_quality,
     )
     manifest = build_shards(configs, args.out, settings, progress=not args.quiet)
     print(summary_line(manifest))

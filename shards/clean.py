@@ -4,24 +4,24 @@ Order: 8-bit single channel (colour kept aside) -> scan area (a DICOM B-mode reg
 gives one, otherwise the heuristic of :mod:`shards.scan_area`, which ignores coloured pixels and UI
 bands) -> colour judged *inside the scan area* -> not-ultrasound / no-tissue rules -> crop to the
 scan area with the surround blanked (burned-in overlays outside it removed) -> square letterbox ->
-resize -> PNG encode -> hashes. Every rejection carries the rule's measured values, which the build
-writes to ``rejects.jsonl``.
+resize -> encode (PNG, JPEG or raw: :mod:`shards.codec`) -> hashes. Every rejection carries the
+rule's measured values, which the build writes to ``rejects.jsonl``.
 
-Aspect rule (docs/data.md "Cleaning rules"): the crop is padded with black to a square — width padding
-split evenly left/right, height padding added at the bottom so the transducer stays at the top —
-then resized to ``size`` x ``size``. Nothing is cut off and the pixel aspect ratio is preserved.
-"""
+Aspect rule (docs/data.md "Cleaning rules"): the crop is padded with black to a square — width
+padding split evenly left/right, height padding added at the bottom so the transducer stays at the
+top — then resized to ``size`` x ``size``. Nothing is cut off and the pixel aspect ratio is
+preserved."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 
 import imagehash
 import numpy as np
 from PIL import Image
 
+from shards.codec import Codec
 from shards.decode import DecodeError, decode_image
 from shards.quality import colour_measures, frame_rejection, is_colour
 from shards.scan_area import crop_to_scan_area, detect_scan_area, region_area
@@ -32,7 +32,7 @@ PHASH_SIDE = 16  # 16x16 DCT = 256-bit hash; 64 bits cannot tell distinct speckl
 
 @dataclass
 class Cleaned:
-    png: bytes
+    data: bytes  # the encoded sample image (``Codec.ext`` says which member it is)
     pixel_sha1: str  # of the cleaned pixels: exact-duplicate key
     phash: int  # 256-bit perceptual hash of the decoded frame: near-duplicate key
     meta: dict
@@ -54,12 +54,6 @@ def letterbox(gray: np.ndarray) -> np.ndarray:
     return out
 
 
-def encode_png(gray: np.ndarray, compress_level: int = 1) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(gray, mode="L").save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
-
-
 def to_gray(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 2:
         return pixels
@@ -73,10 +67,11 @@ def phash256(gray: np.ndarray) -> int:
 def clean_frame(
     pixels: np.ndarray,
     size: int,
-    png_level: int = 1,
+    codec: Codec = Codec(),
     region: tuple[int, int, int, int] | None = None,
 ) -> Cleaned | Rejected:
-    """Clean one decoded frame (``HxW`` or ``HxWx3`` uint8); never raises for bad pixels."""
+    """Clean one decoded frame (``HxW`` or ``HxWx3`` uint8), encoded with ``codec``; never raises
+    for bad pixels."""
     gray = to_gray(pixels)
     rgb = pixels if pixels.ndim == 3 else None
     if region is not None:
@@ -105,20 +100,20 @@ def clean_frame(
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     out = np.asarray(img)
     return Cleaned(
-        png=encode_png(out, png_level),
+        data=codec.encode(out),
         pixel_sha1=hashlib.sha1(out.tobytes()).hexdigest(),
         phash=phash,
         meta={"crop": [x0, y0, x1, y1], "crop_source": crop_source, "scale": max(x1 - x0, y1 - y0) / size},
     )
 
 
-def clean_image(data: bytes, size: int, png_level: int = 1) -> Cleaned | Rejected:
+def clean_image(data: bytes, size: int, codec: Codec = Codec()) -> Cleaned | Rejected:
     """Clean one encoded single image (PNG, JPEG, ...); never raises for bad data."""
     try:
         dec = decode_image(data)
     except DecodeError as exc:
         return Rejected(exc.reason)
-    res = clean_frame(dec.pixels, size, png_level)
+    res = clean_frame(dec.pixels, size, codec)
     if isinstance(res, Cleaned):
         res.meta = {
             "orig_size": list(dec.orig_size),

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from shards.clean import Cleaned, Rejected, clean_frame
+from shards.codec import Codec
 from shards.readers import ReadError, ReadOptions, open_media
 from shards.sources import Item
 
@@ -21,7 +22,7 @@ from shards.sources import Item
 @dataclass(frozen=True)
 class ExtractSettings:
     size: int
-    png_level: int
+    codec: Codec
 
 
 @dataclass
@@ -75,7 +76,7 @@ def extract_item(item: Item, opts: ReadOptions, settings: ExtractSettings) -> It
     try:
         for fr in media.frames:
             out.decoded += 1
-            res = clean_frame(fr.pixels, settings.size, settings.png_level, region=media.region)
+            res = clean_frame(fr.pixels, settings.size, settings.codec, region=media.region)
             index = fr.index if media.multi else None
             if isinstance(res, Cleaned):
                 h, w = fr.pixels.shape[:2]

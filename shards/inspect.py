@@ -2,8 +2,9 @@
 
     python -m shards.inspect /data/shards --sheet /data/shards_sheet.png [--per-source 8] [--seed 0]
     python -m shards.inspect /data/shards --rejects /data/rejects_sheet.png [--per-reason 8]
+    python -m shards.inspect https://host/us-shards        # a remote set (s3://, gs:// too)
 
-Prints the manifest summary (samples, shards, kept per source, rejections by reason). The sheet
+Prints the manifest summary (samples, shards, encoding, kept per source, rejections by reason). The sheet
 has one row per source dataset; shards are visited in a seeded random order and reading stops as
 soon as every row is full, so it stays cheap on a large corpus (only the chosen images are decoded).
 The rejects sheet has one row per rejection reason: a seeded random choice of ``rejects.jsonl``
@@ -14,17 +15,17 @@ with the rule's measured values, so the decisions can be audited by eye.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import random
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
-from shards.manifest import resolve_shards
+from shards.codec import CorruptSample, decode_gray
+from shards.manifest import encoding_of, resolve_shards
+from shards.shardfile import ShardUnreadable, open_shard
 from sonodistill.errors import UserError, cli_main
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 def summary(manifest: dict) -> str:
     lines = [
         f"samples: {manifest['num_samples']} in {len(manifest['shards'])} shards "
-        f"(from {manifest.get('inputs', '?')} inputs, size {manifest['settings'].get('size')} px)"
+        f"(from {manifest.get('inputs', '?')} inputs, size {manifest['settings'].get('size')} px, "
+        f"{encoding_of(manifest)})"
     ]
     width = max(len(k) for k in manifest["sources"]) if manifest["sources"] else 0
     lines.append("kept per source:")
@@ -43,22 +45,31 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def pick_samples(urls: list[str], sources: list[str], per_source: int, seed: int) -> dict[str, list[bytes]]:
+def pick_samples(urls: list[str], sources: list[str], per_source: int, seed: int) -> dict[str, list[np.ndarray]]:
+    """Up to ``per_source`` decoded frames per source, from shards visited in a seeded random order."""
     order = list(urls)
     random.Random(seed).shuffle(order)
-    picked: dict[str, list[bytes]] = {s: [] for s in sources}
+    picked: dict[str, list[np.ndarray]] = {s: [] for s in sources}
     for url in order:
-        for sample in wds.tarfile_samples([{"url": url}]):
-            src = json.loads(sample["json"])["source"]
-            row = picked.setdefault(src, [])
-            if len(row) < per_source:
-                row.append(sample["png"])
+        try:
+            shard = open_shard(url)
+        except ShardUnreadable as exc:
+            log.warning(f"{url}: skipped ({exc})")
+            continue
+        for i in range(len(shard)):
+            row = picked.setdefault(str(shard.meta(i).get("source", "")), [])
+            encoding = shard.index.encoding(i)
+            if len(row) < per_source and encoding is not None:
+                try:
+                    row.append(decode_gray(shard.image(i), encoding))
+                except CorruptSample:
+                    continue
         if all(len(v) >= per_source for v in picked.values()):
             break
     return picked
 
 
-def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 128) -> None:
+def contact_sheet(picked: dict[str, list[np.ndarray]], out: str | Path, tile: int = 128) -> None:
     from sonodistill.figures import pyplot, save_figure
 
     plt = pyplot()
@@ -71,7 +82,7 @@ def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 1
             ax = axes[r][c]
             ax.axis("off")
             if c < len(picked[src]):
-                img = np.asarray(Image.open(io.BytesIO(picked[src][c])).resize((tile, tile)))
+                img = np.asarray(Image.fromarray(picked[src][c]).resize((tile, tile)))
                 ax.imshow(img, cmap="gray", vmin=0, vmax=255)
             if c == 0:
                 ax.set_title(src, loc="left", fontsize=9)
@@ -182,7 +193,7 @@ def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m shards.inspect", description=__doc__.split("\n\n")[0])
-    ap.add_argument("shards", help="shard folder (with manifest.json) or its manifest")
+    ap.add_argument("shards", help="shard folder (with manifest.json), its manifest, or a remote folder URL")
     ap.add_argument("--sheet", help="write a contact sheet PNG here")
     ap.add_argument("--per-source", type=int, default=8)
     ap.add_argument("--rejects", metavar="FILE.png", help="write a contact sheet of rejected frames, a row per reason")
