@@ -6,7 +6,7 @@ QDQ INT8) against PyTorch eager, with the accuracy change on a test split.
     python bench/edge.py --run OUT_OF_A_vit_mobilenet_RUN   # the trained student and its test split
 
 All latencies are measured in interleaved rounds in one process (see
-downstream.kd.efficiency.side_by_side), at 224 px unless --size. The last line is JSON.
+downstream.edge.measure.side_by_side), at 224 px unless --size. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from downstream.kd.efficiency import fp32_mib, models_side_by_side, num_params, side_by_side
+from downstream.edge.measure import fp32_mib, models_side_by_side, num_params, side_by_side
 
 
 def full_models(names: list[str]) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
@@ -125,7 +125,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     from downstream.data.inputs import Inputs
-    from downstream.kd.onnx_export import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
+    from downstream.edge.onnx import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
 
     # 1. every recipe model, PyTorch eager fp32, side by side
     names = [n for n in args.models.split(",") if n]

@@ -7,8 +7,8 @@ import pytest
 import timm
 import torch
 
-from downstream.kd.efficiency import fp32_mib, latency, side_by_side
-from downstream.kd.onnx_export import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
+from downstream.edge.measure import fp32_mib, latency, side_by_side
+from downstream.edge.onnx import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
 
 
 def test_onnx_student_matches_torch_and_int8_is_smaller(tmp_path):

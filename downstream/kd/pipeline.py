@@ -23,10 +23,10 @@ from accelerate import Accelerator
 
 from downstream.data import ImageSet
 from downstream.data.inputs import Inputs
+from downstream.edge.measure import num_params
 from downstream.fit import FitConfig, FitResult, fit
 from downstream.kd.checkpoint import load_model, save_model
 from downstream.kd.data import DataConfig, Prepared, prepare
-from downstream.kd.efficiency import num_params
 from downstream.kd.losses import LogitKDLoss
 from downstream.kd.tasks import LogitKD, freeze, teacher_logits
 from downstream.loaders import make_loader
@@ -74,10 +74,11 @@ def start(
     *,
     need_masks: bool = False,
     recipe: str = "",
+    kind: str = "cls",
 ) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(mixed_precision)
-    prep = prepare(data, data_cfg, out, need_masks=need_masks, recipe=recipe)
+    prep = prepare(data, data_cfg, out, need_masks=need_masks, recipe=recipe, kind=kind)
     return Run(out=out, acc=acc, prep=prep, seed=seed, workers=data_cfg.workers, img_size=data_cfg.img_size)
 
 
