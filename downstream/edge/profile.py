@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from downstream.edge.measure import fixed_threads, gmacs, num_params, side_by_side
-from downstream.edge.onnx import OrtModel, QuantConfig, export, quantize_static
+from downstream.edge.onnx import OrtModel, QuantConfig, export, int8_graph, quantize_static
 from sonodistill.atomic import write_json
 from sonodistill.config import to_dict
 
@@ -114,13 +114,13 @@ def profile(
     x = example[:1].to("cpu").float()
     with_onnx = deployment is not None and (cfg.onnx == "always" or (cfg.onnx == "auto" and deployable))
     out: dict[str, Any] = {
-        "params_m": round(num_params(model) / 1e6, 4),
+        "params_m": round(num_params(model) / 1e6, 6),
         "input": list(x.shape),
         "threads": cfg.threads,
     }
     with fixed_threads(cfg.threads) as threads:
         out["threads"] = threads
-        out["gmacs"] = round(gmacs(model, x), 4)
+        out["gmacs"] = round(gmacs(model, x), 6)
         key = signature(model, tuple(x.shape), cfg, with_onnx)
         cached = cache.get(key) if (cache is not None and cfg.cache) else None
         if not with_onnx:
@@ -169,5 +169,6 @@ def _deploy(model, x, cfg: EdgeConfig, dep: Deployment, work: Path, threads: int
         "int8_metric_change": m_int8 - m_fp32,
         "fp32_mb": round(fp32.mb, 3),
         "int8_mb": round(int8.mb, 3),
+        "int8_graph": int8_graph(int8_path),
         "quant": to_dict(cfg.quant),
     }
