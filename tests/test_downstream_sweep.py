@@ -198,3 +198,48 @@ def test_tables_paper_layout_mean_std():
     t4 = md.split("## Table 4")[1]
     assert "| Model | Params (M) | DDTI Seg. Dice | BUSI Cls. Acc |" in t4
     assert "| DINOv3 ViT-B/16 | 85.7 | **0.7900** | – |" in t4 and "| R50-Rand | 23.5 | 0.5000 | – |" in t4
+
+
+def test_cross_task_mean_ranks_by_hand():
+    from downstream.ranks import render_ranks
+    from downstream.tables import TaskColumn, aggregate
+
+    def row(task, name, mode, frac, test, seed=0):
+        return {
+            "cell": {"task_key": task, "encoder_name": name, "mode": mode, "fraction": frac, "seed": seed},
+            "metrics": {"test": test, "params_m": 1.0},
+        }
+
+    rows = [
+        # task A (seg): B > A > KD; task B (cls): KD = A > B (tie shares rank 1.5); task C: KD n/a
+        row("A", "R50-Rand", "finetune", 0.1, {"dice": 0.5}),
+        row("A", "R50-Distill", "finetune", 0.1, {"dice": 0.7}),
+        row("A", "kd:x", "finetune", 0.1, {"dice": 0.4}),
+        row("B", "R50-Rand", "finetune", 0.1, {"accuracy": 0.8}),
+        row("B", "R50-Rand", "finetune", 0.1, {"accuracy": 0.6}, seed=1),  # mean over seeds: 0.7
+        row("B", "R50-Distill", "finetune", 0.1, {"accuracy": 0.6}),
+        row("B", "kd:x", "finetune", 0.1, {"accuracy": 0.7}),
+        row("C", "R50-Rand", "finetune", 0.1, {"dice": 0.2}),
+        row("C", "R50-Distill", "finetune", 0.1, {"dice": 0.3}),
+        {"cell": {"task_key": "C", "encoder_name": "kd:x", "mode": "finetune", "fraction": 0.1, "seed": 0},
+         "metrics": {"na": "x: segmentation recipe"}},
+    ]  # fmt: skip
+    tasks = [TaskColumn("A", "A Seg.", "seg"), TaskColumn("B", "B Cls.", "cls"), TaskColumn("C", "C Seg.", "seg")]
+    md, data = render_ranks(aggregate(rows), ["R50-Rand", "R50-Distill", "kd:x"], tasks, {"finetune": [0.1]})
+    ranks = data["finetune@0.1"]
+    assert ranks["R50-Rand"] == {"mean_rank": (2 + 1.5 + 2) / 3, "tasks": 3}
+    assert ranks["R50-Distill"] == {"mean_rank": (1 + 3 + 1) / 3, "tasks": 3}
+    assert ranks["kd:x"] == {"mean_rank": (3 + 1.5) / 2, "tasks": 2}  # n/a on C: not ranked there
+    assert "| kd:x | 2.25 (2) |" in md and "mean rank over 3 tasks" in md
+
+
+def test_suite_config_lists_ultrabench_tasks():
+    from downstream.sweep import resolve_tasks
+
+    cfg = load_config(SweepConfig, REPO / "downstream/configs/suite.yaml", ["busi=b", "ddti=d"])
+    tasks = resolve_tasks(cfg)
+    ub = [t for t in tasks if t.data.startswith("ub:")]
+    assert len(ub) == 14 and sum(t.kind == "seg" for t in ub) == 7  # UltraBench: 7 + 7 tasks
+    psfhs = next(t for t in ub if "psfhs" in t.data)
+    assert psfhs.reader == ("layout=ub", "mask_column=psfh_mask", "mask_values=[2]")
+    assert cfg.methods and "finetune" in cfg.modes

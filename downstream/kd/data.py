@@ -43,6 +43,7 @@ class DataConfig:
 class Prepared:
     catalog: Catalog  # with the recipe's classes only
     parts: dict[str, list[Record]]
+    unlabelled: list[Record] = field(default_factory=list)  # training-split images outside data.subset
 
     @property
     def classes(self) -> list[str]:
@@ -110,8 +111,10 @@ def prepare(
     catalog = select_classes(full, cfg.classes, "data.classes")
     index = catalog.by_id()
     parts = {p: [index[i] for i in splits.part(p) if i in index] for p in ("train", "val", "test")}
+    unlabelled: list[Record] = []
     if cfg.subset:
         keep = read_subset(cfg.subset, splits.train)
+        unlabelled = [r for r in parts["train"] if r.id not in keep]
         parts["train"] = [r for r in parts["train"] if r.id in keep]
     if need_masks:
         missing = [r.id for r in catalog.records if not r.masks]
@@ -123,7 +126,7 @@ def prepare(
     for p, recs in parts.items():
         if not recs and ratios[("train", "val", "test").index(p)] > 0:
             raise UserError(f"{data}: the '{p}' split has no images of classes {', '.join(catalog.classes)}")
-    return Prepared(catalog, parts)
+    return Prepared(catalog, parts, unlabelled)
 
 
 def balanced_subset(records: Sequence[Record], per_class: int, seed: int) -> list[Record]:

@@ -16,6 +16,11 @@ weights; only the loss differs:
     + pair_weight * mean (a_ij^S - a_ij^T)^2                    (pair-wise on the last decoder map, eq. 2)
     + feature_weight * mean_stages MSE(1x1(F_j^S), F_j^T)       (optional decoder-stage hints, FitNets)
 
+``student.unlabelled=true`` also distils on the training split's images outside the label subset
+(``data.subset``): the teacher's soft masks are the only target there, the task loss reads labels
+only where they exist (semi-supervised distillation: the images of a limited-label split are
+usually all available). Off by default: the encoder rows of a sweep never see those images.
+
 Defaults (preset ``downstream/kd/configs/seg_unet.yaml``): pixel_weight 10, T 1, pair_weight 0.5 on
 a 2 x 2 node grid: the values of the authors' released code; feature matching off. The teacher
 runs on every augmented batch (the image and mask are augmented once, then normalised for each
@@ -46,6 +51,7 @@ from downstream.kd.recipes.base import CellSpec, Entry, roles
 from downstream.kd.report import md_table, plot_history, write_report
 from downstream.kd.seg_losses import SegKDLossConfig, pair_wise, pixel_kl, stage_matching
 from downstream.kd.tasks import freeze
+from downstream.metrics import dice_iou
 from downstream.tasks import Segmentation
 from downstream.tasks.segmentation import SegLoss, evaluate_seg
 from sonodistill.atomic import write_json
@@ -69,6 +75,7 @@ class StudentConfig:
     encoder: str = "tu-efficientnet_lite0"  # any smp encoder name (tu-<timm name> for timm backbones)
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
     pretrained: bool = False  # ImageNet weights from the local cache
+    unlabelled: bool = False  # also distil on the training split's images outside data.subset (no labels used)
     train: FitConfig = field(default_factory=FitConfig)
 
 
@@ -143,6 +150,19 @@ class Capture:
         return keep
 
 
+class Flagged(ImageSet):
+    """:class:`ImageSet` items plus ``labelled``: False for the images whose mask the student may not see."""
+
+    def __init__(self, labelled, unlabelled, size: int):
+        super().__init__([*labelled, *unlabelled], size, masks=True)
+        self.n_labelled = len(labelled)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(i)
+        item["labelled"] = torch.tensor(i < self.n_labelled)
+        return item
+
+
 class SegKD(Segmentation):
     """The student against the mask (task loss) and a frozen teacher U-Net (pixel, pair, stages)."""
 
@@ -170,7 +190,13 @@ class SegKD(Segmentation):
         with torch.no_grad():
             t_logits = self.teacher(to_input(img, self.t_inputs.mean, self.t_inputs.std))
         c = self.cfg
-        task = self.loss(logits, mask)
+        labelled = batch.get("labelled")
+        if labelled is None:
+            task = self.loss(logits, mask)
+        elif labelled.any():  # semi-supervised distillation: the task loss where a label exists
+            task = self.loss(logits[labelled], mask[labelled])
+        else:
+            task = logits.float().sum() * 0.0
         pix = pixel_kl(logits, t_logits, c.temperature) if c.pixel_weight > 0 else task.new_zeros(())
         s_out, t_out = self.s_cap.outputs, self.t_cap.outputs
         pair = pair_wise(s_out[0], t_out[0], c.pair_nodes) if c.pair_weight > 0 else task.new_zeros(())
@@ -183,6 +209,17 @@ class SegKD(Segmentation):
 
     def evaluate(self, loader, accelerator, per_image: bool = False) -> dict:
         return evaluate_seg(self.model, loader, self.inputs.mean, self.inputs.std, accelerator, per_image)
+
+
+@torch.no_grad()
+def test_logits(model: nn.Module, loader, mean, std, acc) -> torch.Tensor:
+    """Logit maps over ``loader`` (in order), for comparing the students with the teacher."""
+    model.eval()
+    out = []
+    for b in loader:
+        with acc.autocast():
+            out.append(model(to_input(b["image"], mean, std)).float().cpu())
+    return torch.cat(out)
 
 
 def student_arch(cfg: StudentConfig, adapters: bool) -> dict[str, Any]:
@@ -268,6 +305,17 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     )
     distilled = Student(cfg.student, t_widths)
     distilled.unet.load_state_dict(init)  # same initialisation as the baseline: only the loss differs
+    unlabelled = r.prep.unlabelled if cfg.student.unlabelled else []
+    kd_set = Flagged(r.prep.parts["train"], unlabelled, size) if unlabelled else train_set
+    kd_fit = lambda: fit(  # noqa: E731
+        SegKD(distilled, s_inputs, teacher, t_inputs, cfg.loss),
+        r.loader(kd_set, cfg.student.train.batch_size, True),
+        r.loader(val_set, cfg.student.train.batch_size, False) if val_set is not None else None,
+        cfg.student.train,
+        r.acc,
+        name="distilled",
+        log_dir=out / "tb",
+    )
     stages_done["distilled"] = stage(
         r,
         "distilled",
@@ -277,8 +325,9 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
             **s_key,
             "loss": to_dict(cfg.loss),
             "teacher": teacher_key(cfg.teacher.checkpoint, t_arch, cfg.teacher),
+            "unlabelled": [x.id for x in unlabelled],
         },
-        fit_with(SegKD(distilled, s_inputs, teacher, t_inputs, cfg.loss), cfg.student.train, "distilled"),
+        kd_fit,
     )
 
     test = r.acc.prepare(r.loader(dataset(r.prep.parts["test"]), cfg.student.train.batch_size, False))
@@ -286,13 +335,18 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     models["distilled"] = (distilled.unet, IMAGENET_MEAN, IMAGENET_STD)
     results: dict[str, dict] = {}
     x = torch.zeros(1, 3, size, size)
+    logits = {}
     for name, (model, mean, std) in models.items():
         model = model.to(r.acc.device)
         met = evaluate_seg(model, test, mean, std, r.acc)
+        logits[name] = test_logits(model, test, mean, std, r.acc)
         met["params"] = num_params(model)
         met["gmacs"] = gmacs(model.to("cpu"), x)
         met["best_epoch"] = stages_done[name].best_epoch if name in stages_done else 0
         results[name] = met
+    for name in ("scratch", "distilled"):  # how closely each student reproduces the teacher on the test split
+        results[name]["teacher_dice"] = float(dice_iou(logits[name] > 0, logits["teacher"] > 0)[0].mean())
+        results[name]["teacher_kl"] = float(pixel_kl(logits[name], logits["teacher"], 1.0))
     metrics = {
         "recipe": NAME,
         "data": data,
@@ -316,6 +370,7 @@ def report(m: dict[str, Any], path: Path) -> None:
             label,
             f"{mm['dice']:.4f}",
             f"{mm['iou']:.4f}",
+            f"{mm['teacher_dice']:.4f}" if "teacher_dice" in mm else "",
             f"{mm['params'] / 1e6:.2f}M",
             f"{mm['gmacs']:.3f}",
         ]
@@ -337,7 +392,7 @@ def report(m: dict[str, Any], path: Path) -> None:
             ),
             (
                 "Test metrics",
-                md_table(["Model", "Dice", "IoU", "Params", f"GMACs@{m['img_size']}"], rows)
+                md_table(["Model", "Dice", "IoU", "Dice with the teacher", "Params", f"GMACs@{m['img_size']}"], rows)
                 + f"\n\nLoss: task (Dice + BCE) + {loss['pixel_weight']} x pixel-wise KL (T = "
                 f"{loss['temperature']}) + {loss['pair_weight']} x pair-wise ({loss['pair_nodes']}x"
                 f"{loss['pair_nodes']} nodes) + {loss['feature_weight']} x decoder-stage matching. Curves: curves.png.",
