@@ -35,8 +35,12 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
             f"ddti={ddti_dir}",
             f"out={out}",
             f"encoders=[R50-Rand=rand,R50-Distill={export}]",
+            "tasks=[ddti-seg,busi-seg,busi-cls]",
+            "methods=[]",  # KD rows: tests/test_kd_sweep.py
             "modes=[linear]",
             "linear_fractions=[0.5,1.0]",
+            "run.edge.onnx=never",  # ONNX / INT8 of the edge column: tests/test_edge.py, tests/test_kd_sweep.py
+            "run.edge.runs=2",
             "run.train.epochs=1",
             "run.train.num_workers=0",
             "run.probe.epochs=30",
@@ -72,6 +76,9 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     assert "## Table 2: Full fine-tuning on all labeled data\n\nNot run in this sweep" in tables
     assert (out / "fractions_linear.png").stat().st_size > 1000 and not (out / "fractions_finetune.png").exists()
     assert json.loads((out / "summary.json").read_text())["cells"] == 12
+    assert "### DDTI Seg. Threads: 1." in tables  # every cell records its edge column
+    _, seg = metric("ddti-seg", "R50-Distill", "linear", 1.0, "dice")
+    assert seg["metrics"]["edge"]["params_m"] > 30 and seg["metrics"]["edge"]["eager_ms"] > 0  # the whole U-Net
 
     # one split per dataset, shared by busi-seg and busi-cls; DDTI patients never straddle splits
     splits = sorted((out / "splits").glob("*.json"))
@@ -112,6 +119,8 @@ def _resume_cfg(busi_dir, export, out) -> list[str]:
         "run.train.num_workers=0",
         "run.probe.epochs=20",
         "run.train.save_checkpoint=false",
+        "run.edge.onnx=never",
+        "run.edge.runs=2",
     ]
 
 
