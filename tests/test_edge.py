@@ -114,7 +114,9 @@ def test_segmentation_score_is_mean_per_image_dice():
     logits = np.where(pred, 3.0, -3.0)[:, None].astype(np.float32)
     dep = segmentation_deployment(batches, batches, lambda g: g.float())
     by_hand = [2 * (p & t).sum() / (p.sum() + t.sum()) for p, t in zip(pred, truth)]
-    assert dep.score(lambda x: logits) == pytest.approx(float(np.mean(by_hand)))
+    scores = dep.score({"a": lambda x: logits, "none": lambda x: np.full_like(logits, -1.0)})
+    assert scores["a"] == pytest.approx(float(np.mean(by_hand)))
+    assert scores["none"] == pytest.approx(float(np.mean([float(not t.any()) for t in truth])))  # empty convention
     assert dep.metric == "dice" and len(list(dep.calibration(3))) == 3
 
 

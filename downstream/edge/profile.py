@@ -59,7 +59,7 @@ class Deployment:
     """How to score a runtime on the cell's test split and where its calibration inputs come from."""
 
     metric: str  # the cell's headline metric: "dice" or "accuracy"
-    score: Callable[[Predictor], float]  # runs a numpy predictor over the test split -> metric
+    score: Callable[[dict[str, Predictor]], dict[str, float]]  # numpy predictors -> their metric on the test split
     calibration: Callable[[int], Iterable[np.ndarray]]  # n -> normalised training inputs
 
 
@@ -156,7 +156,8 @@ def _deploy(model, x, cfg: EdgeConfig, dep: Deployment, work: Path, threads: int
             cfg.warmup,
             cfg.rounds,
         )
-    m_fp32, m_int8 = dep.score(fp32), dep.score(int8)
+    scores = dep.score({"fp32": fp32, "int8": int8})  # one pass over the test split for both runtimes
+    m_fp32, m_int8 = scores["fp32"], scores["int8"]
     f, q = lat["ort_fp32"]["median_ms"], lat["ort_int8"]["median_ms"]
     return lat, {
         "fp32_ms": round(f, 3),

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-from downstream.edge.profile import Deployment
-from downstream.metrics import dice_iou, segmentation_summary
+from downstream.edge.profile import Deployment, Predictor
+from downstream.metrics import dice_iou
 
 Prepare = Callable[[torch.Tensor], torch.Tensor]  # uint8 batch -> normalised float model input
 
@@ -24,16 +24,13 @@ def _batches(loader, prepare: Prepare, key: str) -> Iterable[tuple[np.ndarray, d
 def segmentation_deployment(test_loader, train_loader, prepare: Prepare) -> Deployment:
     """Dice of ``logits > 0`` (sigmoid > 0.5) against ``batch["mask"]``, per image, averaged."""
 
-    def score(predict) -> float:
-        dices, ious, empties = [], [], []
-        for x, batch in _batches(test_loader, prepare, "image"):
-            pred = torch.from_numpy(predict(x)) > 0
+    def score(predictors: dict[str, Predictor]) -> dict[str, float]:
+        dices: dict[str, list] = {k: [] for k in predictors}
+        for x, batch in _batches(test_loader, prepare, "image"):  # decoded once for every runtime
             truth = batch["mask"].cpu() > 0
-            d, j = dice_iou(pred, truth)
-            dices.append(d), ious.append(j), empties.append((truth.flatten(1) == 0).all(1))
-        return float(
-            segmentation_summary(torch.cat(dices).numpy(), torch.cat(ious).numpy(), torch.cat(empties).numpy())["dice"]
-        )
+            for k, predict in predictors.items():
+                dices[k].append(dice_iou(torch.from_numpy(predict(x)) > 0, truth)[0])
+        return {k: float(torch.cat(d).mean()) for k, d in dices.items()}  # mean per-image Dice
 
     return Deployment("dice", score, lambda n: _calibration(train_loader, prepare, "image", n))
 
@@ -41,13 +38,15 @@ def segmentation_deployment(test_loader, train_loader, prepare: Prepare) -> Depl
 def classification_deployment(test_loader, train_loader, prepare: Prepare, key: str = "image") -> Deployment:
     """Accuracy of the arg-max class against ``batch["label"]``."""
 
-    def score(predict) -> float:
-        right = total = 0
-        for x, batch in _batches(test_loader, prepare, key):
-            pred = predict(x).argmax(1)
-            right += int((pred == batch["label"].cpu().numpy()).sum())
-            total += len(pred)
-        return right / max(total, 1)
+    def score(predictors: dict[str, Predictor]) -> dict[str, float]:
+        right = dict.fromkeys(predictors, 0)
+        total = 0
+        for x, batch in _batches(test_loader, prepare, key):  # decoded once for every runtime
+            labels = batch["label"].cpu().numpy()
+            for k, predict in predictors.items():
+                right[k] += int((predict(x).argmax(1) == labels).sum())
+            total += len(labels)
+        return {k: r / max(total, 1) for k, r in right.items()}
 
     return Deployment("accuracy", score, lambda n: _calibration(train_loader, prepare, key, n))
 

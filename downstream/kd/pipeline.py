@@ -158,6 +158,23 @@ def evaluate(
     return metrics, pred
 
 
+def evaluate_many(
+    run: Run, tasks: dict[str, Classification], records, dataset_fn, batch_size: int = 32, plot: bool = True
+) -> tuple[dict[str, dict], dict[str, dict[str, np.ndarray]]]:
+    """:func:`evaluate` of several models in one pass over the test split (decoded once)."""
+    from downstream.tasks.classification import predict_many
+
+    dl = run.acc.prepare(run.loader(dataset_fn(records), batch_size, shuffle=False))
+    for task in tasks.values():
+        task.model = task.model.to(run.acc.device)
+    preds = predict_many(tasks, dl, run.acc)
+    metrics = {name: tasks[name].metrics(p) for name, p in preds.items()}
+    if plot and run.main:
+        for name, m in metrics.items():
+            plot_confusion(m["confusion_matrix"], run.prep.classes, run.out / f"confusion_{name}.png", title=name)
+    return metrics, preds
+
+
 @dataclass
 class LogitKDSpec:
     """What a logit-KD recipe plugs into :func:`logit_kd`."""
@@ -269,11 +286,9 @@ def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
     )
 
     models = {"teacher": teacher, "scratch": scratch, "distilled": distilled}
-    metrics, preds = {}, {}
+    tasks = {name: Classification(m, spec.inputs, names) for name, m in models.items()}
+    metrics, preds = evaluate_many(run, tasks, run.prep.parts["test"], dataset)
     for name, m in models.items():
-        metrics[name], preds[name] = evaluate(
-            run, Classification(m, spec.inputs, names), run.prep.parts["test"], dataset, name
-        )
         metrics[name]["params"] = num_params(m)
         metrics[name]["best_epoch"] = stages[name].best_epoch
     return LogitKDResult(models, stages, metrics, preds, spec.inputs)

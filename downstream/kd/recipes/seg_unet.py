@@ -19,7 +19,9 @@ weights; only the loss differs:
 ``student.unlabelled=true`` also distils on the training split's images outside the label subset
 (``data.subset``): the teacher's soft masks are the only target there, the task loss reads labels
 only where they exist (semi-supervised distillation: the images of a limited-label split are
-usually all available). Off by default: the encoder rows of a sweep never see those images.
+usually all available). Off by default: the encoder rows of a sweep never see those images. On
+synthetic DDTI with 21 labelled images (bench/seg_kd.py, 3 seeds) it is what made distillation
+pay: labelled-only KD ended below the scratch student, KD with the unlabelled images at the teacher.
 
 Defaults (preset ``downstream/kd/configs/seg_unet.yaml``): pixel_weight 10, T 1, pair_weight 0.5 on
 a 2 x 2 node grid: the values of the authors' released code; feature matching off. The teacher
