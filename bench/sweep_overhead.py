@@ -3,7 +3,8 @@
 Runs one limited-label sweep with a KD method only (default ``kd:vit_mobilenet`` with the tiny
 teacher preset, MobileNetV3-Small student) on synthetic BUSI, at two label fractions, and reads
 each cell's timing: training = the seconds of the recipe's training stages (``downstream.fit``:
-optimiser steps, the loader feeding them, per-epoch validation for model selection); shared =
+optimiser steps, the loader feeding them, per-epoch validation for model selection; and what a
+stage computes before fitting, such as the teacher's logits for the distilled student); shared =
 everything else the cell does (reading the data, splits and the label subset, test evaluation of
 teacher / scratch / student, metrics and report, the edge column: GMACs, CPU latency, ONNX export,
 INT8 quantisation and scoring). The first cell also pays one-off costs of the process (imports,
