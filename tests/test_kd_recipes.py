@@ -216,7 +216,8 @@ def test_summary_json_lists_every_model_against_the_paper(capsys):
     assert main(["summary", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     by = {(r["recipe"], r["model"]): r for r in rows}
-    assert {r["recipe"] for r in rows} == {"vit_mobilenet", "nanoray", "hdkd", "csa_moe"}
+    assert {r["recipe"] for r in rows} == {"vit_mobilenet", "nanoray", "hdkd", "csa_moe", "seg_unet"}
+    assert by[("seg_unet", "student: U-Net on EfficientNet-Lite0")]["params_m"] == pytest.approx(5.198, abs=0.001)
     hdkd = [r for r in rows if r["recipe"] == "hdkd"]
     assert [round(r["params"] / 1e6, 2) for r in hdkd[:3]] == [3.95, 3.72, 3.73]
     csa = by[("csa_moe", "CSA-MoE-Net (3 views)")]
