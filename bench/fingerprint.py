@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Keys whose values depend on the machine's speed, paths or wall clock, not on the computation.
 VOLATILE = ("time", "seconds", "per_s", "_ms", "fps", "mtime", "latency", "path", "data", "config", "cache",
-            "out", "efficiency")
+            "out", "efficiency", "spec", "shards")
 RECIPES = ("nanoray", "hdkd", "csa_moe")
 PYTHON = sys.executable
 
