@@ -19,6 +19,7 @@ sides so that load from other processes hits both alike. Also: each transform al
 whole presets on the same batch (``us-physics``: crop, flip, all six effects at their default
 probabilities, depth blur; ``us``; ``default``). The last line is JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ import os
 import random
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 
@@ -36,11 +37,15 @@ import torch
 from PIL import Image
 
 from pretrain.augment import AugmentConfig, build_augment, build_effects
-from shards.atomic import atomic_open
+from sonodistill.figures import save_figure
 
 EFFECTS = ("attenuation", "shadow", "haze", "despeckle")
-OURS_TO_THEIRS = {"attenuation": "DepthAttenuation", "shadow": "GaussianShadow", "haze": "HazeArtifact",
-                  "despeckle": "SpeckleReduction"}
+OURS_TO_THEIRS = {
+    "attenuation": "DepthAttenuation",
+    "shadow": "GaussianShadow",
+    "haze": "HazeArtifact",
+    "despeckle": "SpeckleReduction",
+}
 ALL_EFFECTS = ("attenuation", "shadow", "haze", "speckle", "despeckle", "gain")
 
 
@@ -78,8 +83,12 @@ def theirs_pipeline(effects: tuple[str, ...]) -> Callable[[np.ndarray, np.ndarra
     import albumentations as A
     from usaugment.albumentations import DepthAttenuation, GaussianShadow, HazeArtifact, SpeckleReduction
 
-    make = {"attenuation": DepthAttenuation, "shadow": GaussianShadow, "haze": HazeArtifact,
-            "despeckle": SpeckleReduction}
+    make = {
+        "attenuation": DepthAttenuation,
+        "shadow": GaussianShadow,
+        "haze": HazeArtifact,
+        "despeckle": SpeckleReduction,
+    }
     compose = A.Compose([make[e](p=1.0) for e in effects])
 
     def run(images: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
@@ -99,8 +108,9 @@ def median_rate(fn: Callable[[], object], n_images: int, repeats: int) -> float:
     return n_images / statistics.median(times)
 
 
-def compare(effects: tuple[str, ...], images: np.ndarray, masks: np.ndarray, batch: torch.Tensor,
-            repeats: int) -> tuple[float, float]:
+def compare(
+    effects: tuple[str, ...], images: np.ndarray, masks: np.ndarray, batch: torch.Tensor, repeats: int
+) -> tuple[float, float]:
     ours, theirs = ours_stage(effects), theirs_pipeline(effects)
     o, t = [], []
     for _ in range(repeats):  # alternate the sides so load on a shared machine hits both alike
@@ -110,10 +120,9 @@ def compare(effects: tuple[str, ...], images: np.ndarray, masks: np.ndarray, bat
 
 
 def save_examples(path: str, images: np.ndarray, masks: np.ndarray) -> None:
-    import matplotlib
+    from sonodistill.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     torch.manual_seed(0)
     np.random.seed(0)  # usaugment draws from numpy's and Python's global generators
@@ -121,10 +130,12 @@ def save_examples(path: str, images: np.ndarray, masks: np.ndarray) -> None:
     k = min(6, len(images))
     batch = torch.from_numpy(images[:k]).unsqueeze(1)
     theirs = np.stack(theirs_pipeline(EFFECTS)(images[:k], masks[:k]))
-    rows = {"input": batch.float() / 255,
-            "ours: 4 effects": ours_stage(EFFECTS)(batch),
-            "usaugment: 4 effects": torch.from_numpy(theirs)[:, None],
-            "ours: us-physics preset": build_augment(AugmentConfig(preset="us-physics", size=images.shape[-1]))(batch)}
+    rows = {
+        "input": batch.float() / 255,
+        "ours: 4 effects": ours_stage(EFFECTS)(batch),
+        "usaugment: 4 effects": torch.from_numpy(theirs)[:, None],
+        "ours: us-physics preset": build_augment(AugmentConfig(preset="us-physics", size=images.shape[-1]))(batch),
+    }
     fig, axes = plt.subplots(len(rows), k, figsize=(2.2 * k, 2.3 * len(rows)))
     for r, (title, imgs) in enumerate(rows.items()):
         for c in range(k):
@@ -135,9 +146,7 @@ def save_examples(path: str, images: np.ndarray, masks: np.ndarray) -> None:
             if c == 0:
                 ax.set_ylabel(title, fontsize=8)
     fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def main() -> None:
@@ -145,8 +154,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads for ours (usaugment is single-threaded: 1 is the same-threads comparison)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for ours (usaugment is single-threaded: 1 is the same-threads comparison)",
+    )
     ap.add_argument("--examples", default=None, help="save a PNG of example views here")
     args = ap.parse_args()
 
@@ -164,10 +177,13 @@ def main() -> None:
     torch.manual_seed(0)
     for name in ("us-physics", "us", "default"):
         preset = build_augment(AugmentConfig(preset=name, size=args.size))
-        results[f"{name}_preset"] = {"ours": median_rate(lambda: preset(batch), len(images), args.repeats)}
+        rate = median_rate(lambda preset=preset: preset(batch), len(images), args.repeats)
+        results[f"{name}_preset"] = {"ours": rate}
 
-    print(f"batch {args.batch} x {args.size}x{args.size} synthetic B-mode frames (uint8), CPU, images/s, "
-          f"median of {args.repeats}; usaugment single-threaded, ours at {args.threads} torch thread(s)")
+    print(
+        f"batch {args.batch} x {args.size}x{args.size} synthetic B-mode frames (uint8), CPU, images/s, "
+        f"median of {args.repeats}; usaugment single-threaded, ours at {args.threads} torch thread(s)"
+    )
     print(f"{'effects (p=1 each)':<32}{'usaugment':>10}{'ours':>10}{'ours/usaug':>12}")
     for name, r in results.items():
         if "usaugment" in r:
@@ -179,9 +195,13 @@ def main() -> None:
     if args.examples:
         save_examples(args.examples, images, masks)
         print(f"examples: {args.examples}")
-    summary = {"batch": args.batch, "size": args.size, "torch_threads": args.threads,
-               "ratio": round(results["four_effects"]["ratio"], 3),
-               **{k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()}}
+    summary = {
+        "batch": args.batch,
+        "size": args.size,
+        "torch_threads": args.threads,
+        "ratio": round(results["four_effects"]["ratio"], 3),
+        **{k: {kk: round(vv, 3) for kk, vv in v.items()} for k, v in results.items()},
+    }
     print(json.dumps(summary))
 
 

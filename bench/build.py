@@ -7,6 +7,7 @@ generated first (not timed), then built from scratch; images/s counts every inpu
 rejected). Linear cost means equal images/s at both sizes: the ratio large/small should be ~1.
 The last line is JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,13 +34,25 @@ def main() -> None:
             write_corpus(corpus, n=n, seed=n, workers=args.workers)
             sources = {p.name: str(p) for p in sorted(corpus.iterdir()) if p.is_dir()}
             t0 = time.perf_counter()
-            m = build_shards(sources, Path(tmp) / f"shards{n}",
-                             BuildSettings(size=args.size, samples_per_shard=500, workers=args.workers), progress=False)
+            m = build_shards(
+                sources,
+                Path(tmp) / f"shards{n}",
+                BuildSettings(size=args.size, samples_per_shard=500, workers=args.workers),
+                progress=False,
+            )
             dt = time.perf_counter() - t0
-            rows.append({"images": m["inputs"], "kept": m["num_samples"], "seconds": round(dt, 2),
-                         "img_s": round(m["inputs"] / dt, 1)})
-            print(f"{m['inputs']:>6} images  {dt:7.1f} s  {m['inputs'] / dt:7.1f} img/s  "
-                  f"(kept {m['num_samples']}, {len(m['shards'])} shards)")
+            rows.append(
+                {
+                    "images": m["inputs"],
+                    "kept": m["num_samples"],
+                    "seconds": round(dt, 2),
+                    "img_s": round(m["inputs"] / dt, 1),
+                }
+            )
+            print(
+                f"{m['inputs']:>6} images  {dt:7.1f} s  {m['inputs'] / dt:7.1f} img/s  "
+                f"(kept {m['num_samples']}, {len(m['shards'])} shards)"
+            )
     ratio = rows[1]["img_s"] / rows[0]["img_s"]
     # time = fixed start-up + n * per-image cost; super-linear cost would make the ratio < 1.
     (n1, t1), (n2, t2) = [(r["images"], r["seconds"]) for r in rows]
@@ -47,10 +60,20 @@ def main() -> None:
     fixed = t1 - per_image * n1
     print(f"throughput ratio large/small: {ratio:.2f} (>= ~1: cost linear in corpus size, start-up amortised)")
     print(f"fit: {fixed:.1f} s start-up + {per_image * 1000:.1f} ms per image")
-    print(json.dumps({"bench": "build", "workers": args.workers, "size": args.size, "runs": rows,
-                      "linearity_ratio": round(ratio, 3),
-                      "startup_s": round(fixed, 2), "per_image_ms": round(per_image * 1000, 2),
-                      "peak_rss_mb_main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    print(
+        json.dumps(
+            {
+                "bench": "build",
+                "workers": args.workers,
+                "size": args.size,
+                "runs": rows,
+                "linearity_ratio": round(ratio, 3),
+                "startup_s": round(fixed, 2),
+                "per_image_ms": round(per_image * 1000, 2),
+                "peak_rss_mb_main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ QDQ INT8) against PyTorch eager, with the accuracy change on a test split.
 All latencies are measured in interleaved rounds in one process (see
 downstream.kd.efficiency.side_by_side), at 224 px unless --size. The last line is JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,20 +44,32 @@ def full_models(names: list[str]) -> dict[str, tuple[torch.nn.Module, tuple[int,
 def quick_student(workdir: Path, size: int, epochs: int, n: int):
     """Train MobileNetV3-Small (3 classes) briefly on synthetic BUSI; return model, test set, train set."""
     from downstream.data import ImageSet
-    from downstream.kd.data import DataConfig, Inputs, SplitConfig, prepare
+    from downstream.data.inputs import Inputs
+    from downstream.fit import FitConfig, fit
+    from downstream.kd.data import DataConfig, prepare
+    from downstream.kd.pipeline import seed_everything
     from downstream.kd.recipes import vit_mobilenet
-    from downstream.kd.steps import Supervised
-    from downstream.kd.trainer import OptimConfig, fit, loader, make_accelerator, seed_everything
+    from downstream.loaders import make_loader
+    from downstream.splits import SplitConfig
+    from downstream.tasks import Classification
     from shards.synth import write_busi
+    from sonodistill.world import make_accelerator
 
     data = workdir / "busi"
     write_busi(data, n, seed=0)
-    prep = prepare(str(data), DataConfig(img_size=size, split=SplitConfig(ratios=[0.56, 0.10, 0.34])), workdir)
+    prep = prepare(str(data), DataConfig(img_size=size, split=SplitConfig(ratios=[0.56, 0.10, 0.34], seed=42)), workdir)
     seed_everything(0)
     model = vit_mobilenet.build_student(vit_mobilenet.StudentConfig(), len(prep.classes))
     train = ImageSet(prep.parts["train"], size, labels=True)
-    cfg = OptimConfig(lr=1e-3, epochs=epochs, batch_size=16, select="last")
-    fit(model, Supervised(Inputs()), loader(train, 16, shuffle=True), None, cfg, make_accelerator("no"), name="student")
+    cfg = FitConfig(lr=1e-3, weight_decay=0.01, schedule="none", epochs=epochs, batch_size=16, select="last")
+    fit(
+        Classification(model, Inputs(), prep.classes),
+        make_loader(train, 16, train=True),
+        None,
+        cfg,
+        make_accelerator("no"),
+        name="student",
+    )
     return model.cpu().eval(), ImageSet(prep.parts["test"], size, labels=True), train
 
 
@@ -66,7 +79,7 @@ def run_student(run_dir: Path):
     from downstream.kd.checkpoint import load_model, read_arch
     from downstream.kd.data import prepare
     from downstream.kd.recipes import vit_mobilenet
-    from shards.config import load_config
+    from sonodistill.config import load_config
 
     weights = run_dir / "distilled" / "model.safetensors"
     arch = read_arch(weights) if weights.is_file() else None
@@ -78,7 +91,11 @@ def run_student(run_dir: Path):
     model = vit_mobilenet.build_student(cfg.student, len(prep.classes))
     load_model(model, weights, arch=arch, key="--run")
     size = cfg.data.img_size
-    return model.eval(), ImageSet(prep.parts["test"], size, labels=True), ImageSet(prep.parts["train"], size, labels=True)
+    return (
+        model.eval(),
+        ImageSet(prep.parts["test"], size, labels=True),
+        ImageSet(prep.parts["train"], size, labels=True),
+    )
 
 
 def batches(ds, inputs, limit: int | None = None):
@@ -93,8 +110,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (0 = torch's default)")
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--models", default="vit_mobilenet.teacher,vit_mobilenet.student,nanoray.teacher,hdkd.teacher,"
-                                       "hdkd.student,csa_moe.csa_moe,csa_moe.resnet18")
+    p.add_argument(
+        "--models",
+        default="vit_mobilenet.teacher,vit_mobilenet.student,nanoray.teacher,hdkd.teacher,"
+        "hdkd.student,csa_moe.csa_moe,csa_moe.resnet18",
+    )
     p.add_argument("--run", default="", help="a vit_mobilenet run folder: use its distilled student and test split")
     p.add_argument("--train-epochs", type=int, default=15, help="quick student: epochs on synthetic BUSI")
     p.add_argument("--train-n", type=int, default=150, help="quick student: synthetic BUSI images")
@@ -104,7 +124,7 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    from downstream.kd.data import Inputs
+    from downstream.data.inputs import Inputs
     from downstream.kd.onnx_export import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
 
     # 1. every recipe model, PyTorch eager fp32, side by side
@@ -135,8 +155,11 @@ def main() -> None:
         dyn = quantize_dynamic_int8(fp32, work / "student_int8_dynamic.onnx")
         calib = (x.numpy() for x, _ in batches(train, inputs, args.calib))
         qdq = quantize_static_qdq(fp32, work / "student_int8_qdq.onnx", calib)
-        ort = {"ort_fp32": OrtModel(fp32, threads), "ort_int8_dynamic": OrtModel(dyn, threads),
-               "ort_int8_qdq": OrtModel(qdq, threads)}
+        ort = {
+            "ort_fp32": OrtModel(fp32, threads),
+            "ort_int8_dynamic": OrtModel(dyn, threads),
+            "ort_int8_qdq": OrtModel(qdq, threads),
+        }
         correct = {k: 0 for k in ["torch_eager", *ort]}
         agree = {k: 0 for k in ort}  # same prediction as PyTorch fp32: finer than accuracy on a small test set
         n = 0
@@ -157,23 +180,40 @@ def main() -> None:
         lat = side_by_side(fns, args.runs, args.warmup)
         sizes = {"torch_eager": fp32_mib(student), **{k: s.mb for k, s in ort.items()}}
     print(f"\nstudent deployment ({source}; test images: {n}; {size} px)")
-    print(f"{'runtime':18s} {'MB':>7s} {'ms':>8s} {'FPS':>8s} {'vs eager':>9s} {'accuracy':>9s} {'change':>8s} {'agree':>7s}")
+    print(
+        f"{'runtime':18s} {'MB':>7s} {'ms':>8s} {'FPS':>8s} {'vs eager':>9s} "
+        f"{'accuracy':>9s} {'change':>8s} {'agree':>7s}"
+    )
     eager = lat["torch_eager"]["median_ms"]
     for k in fns:
-        print(f"{k:18s} {sizes[k]:7.2f} {lat[k]['median_ms']:8.2f} {lat[k]['fps']:8.1f} {eager / lat[k]['median_ms']:8.2f}x "
-              f"{100 * acc[k]:8.2f}% {100 * (acc[k] - acc['torch_eager']):+7.2f} {100 * agreement.get(k, 1.0):6.1f}%")
+        print(
+            f"{k:18s} {sizes[k]:7.2f} {lat[k]['median_ms']:8.2f} {lat[k]['fps']:8.1f} "
+            f"{eager / lat[k]['median_ms']:8.2f}x "
+            f"{100 * acc[k]:8.2f}% {100 * (acc[k] - acc['torch_eager']):+7.2f} {100 * agreement.get(k, 1.0):6.1f}%"
+        )
     t, s = table.get("vit_mobilenet.teacher"), table.get("vit_mobilenet.student")
     summary = {
-        "threads": threads, "size": args.size, "student_size": size, "runs": args.runs, "student_source": source,
+        "threads": threads,
+        "size": args.size,
+        "student_size": size,
+        "runs": args.runs,
+        "student_source": source,
         "vit_mobilenet_fps_ratio": (s["fps"] / t["fps"]) if t and s else None,
         "vit_mobilenet_size_ratio": (t["mb"] / s["mb"]) if t and s else None,
         "ort_int8_dynamic_vs_eager": eager / lat["ort_int8_dynamic"]["median_ms"],
         "ort_int8_qdq_vs_eager": eager / lat["ort_int8_qdq"]["median_ms"],
         "ort_fp32_vs_eager": eager / lat["ort_fp32"]["median_ms"],
-        "accuracy": acc, "agreement_with_fp32": agreement, "accuracy_change_int8_dynamic": acc["ort_int8_dynamic"] - acc["torch_eager"],
-        "accuracy_change_int8_qdq": acc["ort_int8_qdq"] - acc["torch_eager"], "test_images": n,
-        "latency_ms": {**{k: r["median_ms"] for k, r in table.items()}, **{f"student.{k}": r["median_ms"] for k, r in lat.items()}},
-        "fps": {k: r["fps"] for k, r in table.items()}, "mb": {k: r["mb"] for k, r in table.items()},
+        "accuracy": acc,
+        "agreement_with_fp32": agreement,
+        "accuracy_change_int8_dynamic": acc["ort_int8_dynamic"] - acc["torch_eager"],
+        "accuracy_change_int8_qdq": acc["ort_int8_qdq"] - acc["torch_eager"],
+        "test_images": n,
+        "latency_ms": {
+            **{k: r["median_ms"] for k, r in table.items()},
+            **{f"student.{k}": r["median_ms"] for k, r in lat.items()},
+        },
+        "fps": {k: r["fps"] for k, r in table.items()},
+        "mb": {k: r["mb"] for k, r in table.items()},
     }
     print(json.dumps(summary))
 

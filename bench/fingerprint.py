@@ -11,6 +11,7 @@ the SHA-256 of the pretrained student's weights) and drops wall-clock figures.
 
 Last line: JSON (``{"numbers": N, "differences": D}`` with ``--compare``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Keys whose values depend on the machine's speed, paths or wall clock, not on the computation.
-VOLATILE = ("time", "seconds", "per_s", "_ms", "fps", "mtime", "latency", "path", "data", "config", "cache",
-            "out", "efficiency", "spec", "shards")
+VOLATILE = (
+    "time",
+    "seconds",
+    "per_s",
+    "_ms",
+    "fps",
+    "mtime",
+    "latency",
+    "path",
+    "data",
+    "config",
+    "cache",
+    "out",
+    "efficiency",
+    "spec",
+    "shards",
+)
 RECIPES = ("nanoray", "hdkd", "csa_moe")
 PYTHON = sys.executable
 
@@ -54,8 +70,14 @@ def sha256(path: Path) -> str:
 
 
 def run(cmd: list[str], log: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": str(REPO), "PY": PYTHON}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "PY": PYTHON,
+    }
     with log.open("a") as fh:
         fh.write("$ " + " ".join(cmd) + "\n")
         fh.flush()
@@ -81,8 +103,23 @@ def record(out: Path, py: str) -> dict[str, object]:
     kd = {"vit_mobilenet": demo / "kd" / "vit_mobilenet"}
     for name in RECIPES:
         dest = out / "kd" / name
-        run([py, "-m", "downstream.kd", "train", "--recipe", name, "--data", str(demo / "busi"), "--out", str(dest),
-             "--config", f"downstream/kd/configs/tiny_{name}.yaml"], log)
+        run(
+            [
+                py,
+                "-m",
+                "downstream.kd",
+                "train",
+                "--recipe",
+                name,
+                "--data",
+                str(demo / "busi"),
+                "--out",
+                str(dest),
+                "--config",
+                f"downstream/kd/configs/tiny_{name}.yaml",
+            ],
+            log,
+        )
         kd[name] = dest
     for name, folder in kd.items():
         m = json.loads((folder / "metrics.json").read_text())

@@ -7,6 +7,7 @@ bytes already in memory. Loader: ``ShardLoader`` with one decode worker (one cor
 shuffle buffer on, batches collated — everything pretraining gets. Without ``--shards`` a synthetic
 corpus is generated and built at 256 px first. The last line is JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,9 +84,18 @@ def main() -> None:
     print(f"{'raw decode limit (1 core)':<32}{limit:>10.0f} img/s")
     print(f"{'ShardLoader, 1 decode worker':<32}{rate:>10.0f} img/s")
     print(f"{'ratio':<32}{rate / limit:>10.2f}  (target >= 0.80)")
-    print(json.dumps({"bench": "loader", "image_size": size, "batch_size": args.batch_size,
-                      "decode_limit_img_s": round(limit, 1), "loader_img_s": round(rate, 1),
-                      "ratio": round(rate / limit, 3)}))
+    print(
+        json.dumps(
+            {
+                "bench": "loader",
+                "image_size": size,
+                "batch_size": args.batch_size,
+                "decode_limit_img_s": round(limit, 1),
+                "loader_img_s": round(rate, 1),
+                "ratio": round(rate / limit, 3),
+            }
+        )
+    )
     sys.stdout.flush()
 
 

@@ -12,6 +12,7 @@ rounds (median of the per-round ratios) so a busy machine affects both alike. Wi
 ``--teacher`` a synthetic corpus is sharded at ``--size`` and a tiny DINOv3 is written first.
 The last line is JSON; target ratio >= 0.85.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ from pretrain.augment import AugmentConfig, build_augment
 from pretrain.loss import MixupConfig
 from pretrain.step import distill_loss, make_view
 from pretrain.student import build_student
-from pretrain.teacher import Teacher, init_tiny
 from shards.stream import ShardLoader
+from sonodistill.dinov3 import DINOv3, init_tiny
 
 
 def synthetic_shards(root: Path, size: int, n: int) -> Path:
@@ -64,10 +65,11 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     shards = Path(args.shards) if args.shards else synthetic_shards(tmp, args.size, args.corpus_size)
     teacher_path = args.teacher or str(init_tiny(tmp / "teacher", seed=0, image_size=args.size))
     dtype = torch.bfloat16 if device.type == "cuda" else None
-    teacher = Teacher.from_pretrained(teacher_path, dtype=dtype).to(device)
+    teacher = DINOv3.from_pretrained(teacher_path, dtype=dtype).to(device)
     torch.manual_seed(0)
-    student = build_student(args.student, teacher.embed_dim, 4096 if device.type == "cuda" else 512,
-                            args.size, teacher.patch_size).to(device)
+    student = build_student(
+        args.student, teacher.embed_dim, 4096 if device.type == "cuda" else 512, args.size, teacher.patch_size
+    ).to(device)
     channels_last = device.type == "cuda"
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
@@ -86,8 +88,15 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    loader = ShardLoader(str(shards), batch_size=args.batch, mode="loop", seed=0, shuffle_buffer=256,
-                         num_workers=args.workers, pin_memory=device.type == "cuda")
+    loader = ShardLoader(
+        str(shards),
+        batch_size=args.batch,
+        mode="loop",
+        seed=0,
+        shuffle_buffer=256,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
     batches = iter(loader)
     # Ready tensors for the model-only step: augmented views of real batches, prepared up front.
     ready = [make_view(next(batches)["image"].to(device), augment, teacher) for _ in range(4)]
@@ -115,18 +124,35 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     w, m = statistics.median(whole), statistics.median(model)
     # Adjacent blocks share the machine's load: the median of per-round ratios is the robust figure.
     ratio = statistics.median(a / b for a, b in zip(whole, model))
-    print(f"{args.student} <- {Path(teacher_path).name} (embed {teacher.embed_dim}), {args.size}px, "
-          f"batch {args.batch}, {device.type}, torch threads {torch.get_num_threads()}, "
-          f"loader workers {args.workers}, preset {args.preset}")
+    print(
+        f"{args.student} <- {Path(teacher_path).name} (embed {teacher.embed_dim}), {args.size}px, "
+        f"batch {args.batch}, {device.type}, torch threads {torch.get_num_threads()}, "
+        f"loader workers {args.workers}, preset {args.preset}"
+    )
     print(f"{'step':<34}{'images/s (median)':>18}   per round")
     print(f"{'whole (loader+aug+models+optim)':<34}{w:>18.1f}   {', '.join(f'{v:.1f}' for v in whole)}")
     print(f"{'model-only (ready tensors)':<34}{m:>18.1f}   {', '.join(f'{v:.1f}' for v in model)}")
-    print(f"ratio whole/model-only (median of per-round ratios): {ratio:.3f} (target >= 0.85); "
-          f"skipped samples: {loader.skipped}")
-    print(json.dumps({"device": device.type, "student": args.student, "size": args.size, "batch": args.batch,
-                      "workers": args.workers, "threads": torch.get_num_threads(), "preset": args.preset,
-                      "whole_img_s": round(w, 2), "model_only_img_s": round(m, 2),
-                      "ratio": round(ratio, 3), "target": 0.85}))
+    print(
+        f"ratio whole/model-only (median of per-round ratios): {ratio:.3f} (target >= 0.85); "
+        f"skipped samples: {loader.skipped}"
+    )
+    print(
+        json.dumps(
+            {
+                "device": device.type,
+                "student": args.student,
+                "size": args.size,
+                "batch": args.batch,
+                "workers": args.workers,
+                "threads": torch.get_num_threads(),
+                "preset": args.preset,
+                "whole_img_s": round(w, 2),
+                "model_only_img_s": round(m, 2),
+                "ratio": round(ratio, 3),
+                "target": 0.85,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

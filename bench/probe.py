@@ -8,6 +8,7 @@ speed-up. The last line is a JSON object with the figures.
 
     .venv/bin/python bench/probe.py [--n 120] [--size 128] [--seeds 0,1,2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,8 @@ def main() -> dict:
     from downstream.config import RunConfig
     from downstream.probe import FeatureCache
     from downstream.runner import run
-    from downstream.train import make_accelerator
     from shards.synth import write_busi
+    from sonodistill.world import make_accelerator
 
     fractions = [float(f) for f in args.fractions.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -47,8 +48,16 @@ def main() -> dict:
     acc = make_accelerator("auto")
 
     def cfg(f: float, s: int, tag: str) -> RunConfig:
-        c = RunConfig(task="busi-cls", data=str(tmp / "busi"), encoder=str(tmp / "encoder"), mode="linear",
-                      fraction=f, seed=s, out=str(tmp / tag / f"f{f:g}_s{s}"), image_size=args.size)
+        c = RunConfig(
+            task="busi-cls",
+            data=str(tmp / "busi"),
+            encoder=str(tmp / "encoder"),
+            mode="linear",
+            fraction=f,
+            seed=s,
+            out=str(tmp / tag / f"f{f:g}_s{s}"),
+            image_size=args.size,
+        )
         c.split.file = str(tmp / "splits.json")
         c.train.num_workers = args.workers
         c.train.save_checkpoint = False
@@ -70,13 +79,25 @@ def main() -> dict:
 
     identical = all(a["accuracy"] == b["accuracy"] and a["macro_f1"] == b["macro_f1"] for a, b in zip(cached, fresh))
     figures = {
-        "bench": "probe", "cells": len(grid), "images": args.n, "size": args.size, "arch": args.arch,
-        "cpu_count": os.cpu_count(), "loader_workers": args.workers, "cached_s": round(t_cached, 2), "recompute_s": round(t_fresh, 2),
-        "speedup": round(t_fresh / t_cached, 2), "feature_passes_cached": shared.misses,
-        "feature_passes_recompute": len(grid), "identical_metrics": identical,
+        "bench": "probe",
+        "cells": len(grid),
+        "images": args.n,
+        "size": args.size,
+        "arch": args.arch,
+        "cpu_count": os.cpu_count(),
+        "loader_workers": args.workers,
+        "cached_s": round(t_cached, 2),
+        "recompute_s": round(t_fresh, 2),
+        "speedup": round(t_fresh / t_cached, 2),
+        "feature_passes_cached": shared.misses,
+        "feature_passes_recompute": len(grid),
+        "identical_metrics": identical,
         "mean_accuracy": round(sum(c["accuracy"] for c in cached) / len(cached), 4),
     }
-    print(f"{len(grid)} linear-probe cells ({len(fractions)} fractions x {len(seeds)} seeds), {args.n} images at {args.size}px, {args.arch}")
+    print(
+        f"{len(grid)} linear-probe cells ({len(fractions)} fractions x {len(seeds)} seeds), "
+        f"{args.n} images at {args.size}px, {args.arch}"
+    )
     print(f"cached features   : {t_cached:7.2f} s  ({shared.misses} feature pass)")
     print(f"recompute per cell: {t_fresh:7.2f} s  ({len(grid)} feature passes)")
     print(f"speed-up {t_fresh / t_cached:.2f}x, identical test metrics: {identical}")

@@ -14,6 +14,7 @@
 The distilled student must clearly beat its own random initialisation. Slow on CPU (tens of
 minutes); not part of the test suite. The last line is JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,16 +49,24 @@ def labelled(n: int, seed: int, size: int) -> tuple[torch.Tensor, np.ndarray, np
     return torch.from_numpy(np.stack(images))[:, None], np.array(anatomy), np.array(lesion)
 
 
-def train_teacher(out: Path, images: torch.Tensor, anatomy: np.ndarray, lesion: np.ndarray, size: int,
-                  epochs: int, seed: int) -> Path:
+def train_teacher(
+    out: Path, images: torch.Tensor, anatomy: np.ndarray, lesion: np.ndarray, size: int, epochs: int, seed: int
+) -> Path:
     """Supervised tiny DINOv3 ViT (CLS + mean patch token -> anatomy and lesion heads), saved for from_pretrained."""
     from transformers import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
-    cfg = DINOv3ViTConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=6, num_attention_heads=4,
-                          patch_size=16, num_register_tokens=4, image_size=size)
+    cfg = DINOv3ViTConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        patch_size=16,
+        num_register_tokens=4,
+        image_size=size,
+    )
     vit = DINOv3ViTModel(cfg)
     proc = DINOv3ViTImageProcessor(size={"height": size, "width": size})
     mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
@@ -74,16 +83,16 @@ def train_teacher(out: Path, images: torch.Tensor, anatomy: np.ndarray, lesion: 
         perm = torch.randperm(len(images))
         total = 0.0
         for i in range(0, len(images) - batch + 1, batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             x = ((images[idx].float() / 255).expand(-1, 3, -1, -1) - mean) / std
             flip = torch.rand(len(idx)) < 0.5
             x[flip] = x[flip].flip(-1)
             tokens = vit(pixel_values=x).last_hidden_state
-            logits = head(torch.cat([tokens[:, 0], tokens[:, 1 + cfg.num_register_tokens:].mean(1)], -1))
-            loss = F.cross_entropy(logits[:, :len(PRESETS)], y_a[idx])
+            logits = head(torch.cat([tokens[:, 0], tokens[:, 1 + cfg.num_register_tokens :].mean(1)], -1))
+            loss = F.cross_entropy(logits[:, : len(PRESETS)], y_a[idx])
             has = y_l[idx] >= 0
             if has.any():
-                loss = loss + F.cross_entropy(logits[has, len(PRESETS):], y_l[idx][has])
+                loss = loss + F.cross_entropy(logits[has, len(PRESETS) :], y_l[idx][has])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -107,7 +116,7 @@ def synthetic_shards(root: Path, n: int, size: int, seed: int) -> Path:
 
 @torch.no_grad()
 def pooled(fn, views: torch.Tensor) -> np.ndarray:
-    return torch.cat([fn(views[i:i + 128]).mean((2, 3)).float() for i in range(0, len(views), 128)]).numpy()
+    return torch.cat([fn(views[i : i + 128]).mean((2, 3)).float() for i in range(0, len(views), 128)]).numpy()
 
 
 def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
@@ -145,9 +154,9 @@ def run(args: argparse.Namespace, out: Path) -> None:
 
     from pretrain.config import PretrainConfig
     from pretrain.student import build_student
-    from pretrain.teacher import Teacher
     from pretrain.trainer import train
-    from shards.config import load_config
+    from sonodistill.config import load_config
+    from sonodistill.dinov3 import DINOv3
 
     print(f"work folder: {out}", flush=True)
     x_t, a_t, l_t = labelled(args.teacher_images, args.seed + 1, args.size)
@@ -157,23 +166,37 @@ def run(args: argparse.Namespace, out: Path) -> None:
     shards = synthetic_shards(out, args.corpus, args.size, args.seed)
 
     repo = Path(__file__).resolve().parents[1]
-    overrides = [f"out_dir={out / 'distill'}", f"data.shards={shards}", f"teacher.name_or_path={teacher_dir}",
-                 f"student.name={args.student}", f"augment.size={args.size}", f"train.max_steps={args.steps}",
-                 f"train.batch_size={args.batch}", f"train.global_batch={args.batch}", "train.lr=1e-3",
-                 "train.warmup_steps=20", "train.log_every=20", f"train.save_every={args.steps}",
-                 f"train.seed={args.seed}", "resume=none"]
+    overrides = [
+        f"out_dir={out / 'distill'}",
+        f"data.shards={shards}",
+        f"teacher.name_or_path={teacher_dir}",
+        f"student.name={args.student}",
+        f"augment.size={args.size}",
+        f"train.max_steps={args.steps}",
+        f"train.batch_size={args.batch}",
+        f"train.global_batch={args.batch}",
+        "train.lr=1e-3",
+        "train.warmup_steps=20",
+        "train.log_every=20",
+        f"train.save_every={args.steps}",
+        f"train.seed={args.seed}",
+        "resume=none",
+    ]
     cfg = load_config(PretrainConfig, repo / "pretrain" / "configs" / "tiny.yaml", overrides)
     result = train(cfg)
 
-    teacher = Teacher.from_pretrained(teacher_dir)
+    teacher = DINOv3.from_pretrained(teacher_dir)
     torch.manual_seed(cfg.train.seed)  # the trainer's initialisation of the student (set_seed(seed))
-    random_init = build_student(args.student, teacher.embed_dim, cfg.student.head_hidden, args.size,
-                                teacher.patch_size).eval()
+    random_init = build_student(
+        args.student, teacher.embed_dim, cfg.student.head_hidden, args.size, teacher.patch_size
+    ).eval()
     distilled = result.student.eval()
     v_tr, v_te = teacher.normalize(x_ptr), teacher.normalize(x_pte)
-    models = {"teacher (supervised tiny DINOv3)": teacher,
-              f"distilled {args.student}": distilled.features,
-              f"random-init {args.student}": random_init.features}
+    models = {
+        "teacher (supervised tiny DINOv3)": teacher,
+        f"distilled {args.student}": distilled.features,
+        f"random-init {args.student}": random_init.features,
+    }
     lesion_tr, lesion_te = l_ptr >= 0, l_pte >= 0
     rows = {}
     for name, fn in models.items():
@@ -183,8 +206,10 @@ def run(args: argparse.Namespace, out: Path) -> None:
             "lesion_acc": probe(f_tr[lesion_tr], l_ptr[lesion_tr], f_te[lesion_te], l_pte[lesion_te]),
         }
     chance = {"anatomy_acc": 1 / len(PRESETS), "lesion_acc": 1 / 3}
-    print(f"linear probe on frozen pooled features, {args.probe_images} train / {args.probe_images} test frames, "
-          f"{args.size} px; distillation: {args.steps} steps x {args.batch} unlabelled images")
+    print(
+        f"linear probe on frozen pooled features, {args.probe_images} train / {args.probe_images} test frames, "
+        f"{args.size} px; distillation: {args.steps} steps x {args.batch} unlabelled images"
+    )
     print(f"{'model':<36}{'anatomy (6-way)':>17}{'lesion (3-way)':>16}")
     for name, r in rows.items():
         print(f"{name:<36}{r['anatomy_acc']:>17.3f}{r['lesion_acc']:>16.3f}")
@@ -192,10 +217,22 @@ def run(args: argparse.Namespace, out: Path) -> None:
     keys = list(rows)
     gain = rows[keys[1]]["anatomy_acc"] - rows[keys[2]]["anatomy_acc"]
     print(f"distilled - random (anatomy): {gain:+.3f}; total {time.perf_counter() - t0:.0f} s")
-    print(json.dumps({"size": args.size, "student": args.student, "steps": args.steps, "batch": args.batch,
-                      "teacher": rows[keys[0]], "distilled": rows[keys[1]], "random_init": rows[keys[2]],
-                      "chance": chance, "distilled_minus_random_anatomy": round(gain, 4),
-                      "seconds": round(time.perf_counter() - t0)}))
+    print(
+        json.dumps(
+            {
+                "size": args.size,
+                "student": args.student,
+                "steps": args.steps,
+                "batch": args.batch,
+                "teacher": rows[keys[0]],
+                "distilled": rows[keys[1]],
+                "random_init": rows[keys[2]],
+                "chance": chance,
+                "distilled_minus_random_anatomy": round(gain, 4),
+                "seconds": round(time.perf_counter() - t0),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

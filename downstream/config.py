@@ -1,10 +1,11 @@
-"""Typed configs of the downstream stage (YAML + ``key=value`` via :mod:`shards.config`).
+"""Typed configs of the downstream stage (YAML + ``key=value`` via :mod:`sonodistill.config`).
 
 :class:`Settings` are the knobs shared by every cell of a sweep (image size, split, reader,
 augmentation, training schedule); :class:`RunConfig` adds what identifies one run (task, data,
 encoder, mode, label fraction, seed, output folder). Schedules are per protocol, never per
 encoder, so every initialisation trains identically.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,6 +14,9 @@ from typing import Literal
 
 from downstream.data.read import ReaderConfig
 from downstream.data.transforms import AugmentConfig
+from downstream.fit import FitConfig
+from downstream.splits import SplitConfig
+from sonodistill.precision import MixedPrecision
 
 Task = Literal["busi-seg", "busi-cls", "ddti-seg", "seg", "cls"]
 Mode = Literal["linear", "finetune"]
@@ -21,25 +25,17 @@ TASK_LAYOUT = {"busi-seg": "busi", "busi-cls": "busi", "ddti-seg": "paired"}
 
 
 @dataclass
-class SplitConfig:
-    ratios: list[float] = field(default_factory=lambda: [0.7, 0.2, 0.1])  # train/val/test, or counts (445, 127, 65)
-    seed: int = 0  # the split is fixed across run seeds; seeds vary label subsets and training
-    file: str = ""  # splits.json to write/reuse; "" -> <out>/splits.json
+class TrainConfig(FitConfig):
+    """Gradient training (segmentation, classification fine-tuning) in :func:`downstream.fit.fit`:
+    the shared optimiser/schedule keys (AdamW, warm-up + cosine per step) plus the protocol's own."""
 
-
-@dataclass
-class TrainConfig:
-    """Gradient training (segmentation, classification fine-tuning) under accelerate."""
-
-    epochs: int = 50
-    batch_size: int = 16  # per process
     lr: float = 1e-4  # fine-tune: all parameters
+    weight_decay: float = 1e-4  # never on norms and biases
+    warmup_epochs: float = 1.0
     linear_lr: float = 1e-3  # linear probe: decoder / head only (encoder frozen)
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
     dice_weight: float = 1.0  # segmentation loss = dice_weight * Dice + bce_weight * BCE
     bce_weight: float = 1.0
-    precision: Literal["auto", "bf16", "fp16", "no"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     num_workers: int = 4
     channels_last: bool = True
     save_checkpoint: bool = True  # best.safetensors in the run folder

@@ -1,26 +1,30 @@
 """Metric vs label fraction, one line per encoder (mean ± std over seeds), one panel per task."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from downstream.report import save_figure
 from downstream.tables import TaskColumn
 
 
 def plot_fraction_curves(
-    agg: dict, encoders: Sequence[str], tasks: Sequence[TaskColumn], fractions: Sequence[float], mode: str, path: str | Path
+    agg: dict,
+    encoders: Sequence[str],
+    tasks: Sequence[TaskColumn],
+    fractions: Sequence[float],
+    mode: str,
+    path: str | Path,
 ) -> bool:
     """Write the PNG; False (nothing written) when fewer than two fractions were swept."""
     fr = sorted(set(fractions))
     if len(fr) < 2 or not tasks:
         return False
-    import matplotlib
+    from sonodistill.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, t in zip(axes[0], tasks):

@@ -13,39 +13,51 @@ Example::
         --encoder R50-Distill-US=runs/export --encoder DINOv3=dinov3:facebook/dinov3-vitb16-pretrain-lvd1689m \\
         --out runs/embed --max-samples 3000
 """
+
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from downstream.data.transforms import to_input
 from downstream.encoders import Encoder, load_encoder
-from downstream.report import save_figure
 from downstream.sweep import parse_encoder
-from shards.atomic import atomic_open, write_json
-from shards.errors import UserError, cli_main
+from sonodistill.atomic import atomic_open, write_json
+from sonodistill.errors import UserError, cli_main
+from sonodistill.logs import progress
+
+log = logging.getLogger(__name__)
 
 
-def collect(shards: str, max_samples: int, seed: int, batch_size: int, num_workers: int) -> tuple[torch.Tensor, list[str]]:
+def collect(
+    shards: str, max_samples: int, seed: int, batch_size: int, num_workers: int
+) -> tuple[torch.Tensor, list[str]]:
     """Up to ``max_samples`` images (uint8 [N,1,H,W]) and their source names, seeded shuffle."""
     from shards.stream import ShardLoader
 
     loader = ShardLoader(
-        shards, batch_size=batch_size, mode="epoch", seed=seed, with_meta=True, drop_last=False,
-        num_workers=num_workers, rank=0, world_size=1,
+        shards,
+        batch_size=batch_size,
+        mode="epoch",
+        seed=seed,
+        with_meta=True,
+        drop_last=False,
+        num_workers=num_workers,
+        rank=0,
+        world_size=1,
     )
     images, sources, n = [], [], 0
     total = min(max_samples, loader.num_samples or max_samples)
-    with tqdm(total=total, desc="read shards", leave=False, dynamic_ncols=True) as bar:
+    with progress(total=total, desc="read shards", unit="img") as bar:
         for batch in loader:
             take = min(len(batch["source"]), max_samples - n)
             images.append(batch["image"][:take])
@@ -57,7 +69,7 @@ def collect(shards: str, max_samples: int, seed: int, batch_size: int, num_worke
     if n == 0:
         raise UserError(f"{shards}: no samples in the shards")
     if loader.skipped:
-        print(f"embed: skipped corrupt samples {loader.skipped}")
+        log.warning(f"skipped corrupt samples {loader.skipped}")
     return torch.cat(images), sources
 
 
@@ -66,7 +78,7 @@ def embed(enc: Encoder, images: torch.Tensor, size: int | None, batch_size: int,
     model = enc.backbone.eval().to(device)
     out = []
     t0, n = time.perf_counter(), 0
-    bar = tqdm(total=len(images), desc=f"embed {enc.spec}", leave=False, dynamic_ncols=True)
+    bar = progress(total=len(images), desc=f"embed {enc.spec}", unit="img")
     for s in range(0, len(images), batch_size):
         x = images[s : s + batch_size].to(device, non_blocking=True).float() / 255.0
         if size and x.shape[-1] != size:
@@ -103,11 +115,12 @@ def silhouettes(features: np.ndarray, coords: np.ndarray, labels: Sequence[str])
     return float(silhouette_score(features, labels, metric="cosine")), float(silhouette_score(coords, labels))
 
 
-def plot_panels(names: Sequence[str], coords: Sequence[np.ndarray], sources: Sequence[str], scores, path, top_k: int) -> None:
-    import matplotlib
+def plot_panels(
+    names: Sequence[str], coords: Sequence[np.ndarray], sources: Sequence[str], scores, path, top_k: int
+) -> None:
+    from sonodistill.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     counts = Counter(sources).most_common()
     order = [s for s, _ in counts]
@@ -115,8 +128,9 @@ def plot_panels(names: Sequence[str], coords: Sequence[np.ndarray], sources: Seq
     colour = {s: cmap(i % cmap.N) for i, s in enumerate(order)}
     src = np.asarray(sources)
     dot = float(np.clip(3000 / max(len(src), 1), 3, 20))
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.6 * len(names) + 2.4, 3.8),
-                             gridspec_kw={"width_ratios": [1] * len(names) + [0.6]})
+    fig, axes = plt.subplots(
+        1, len(names) + 1, figsize=(3.6 * len(names) + 2.4, 3.8), gridspec_kw={"width_ratios": [1] * len(names) + [0.6]}
+    )
     for ax, name, xy, sc in zip(axes[:-1], names, coords, scores):
         for s in reversed(order):  # most frequent drawn last would hide the rest: draw it first
             m = src == s
@@ -126,14 +140,25 @@ def plot_panels(names: Sequence[str], coords: Sequence[np.ndarray], sources: Seq
     leg = axes[-1]
     leg.axis("off")
     handles = [plt.Line2D([], [], marker="o", ls="", color=colour[s], label=f"{s} ({c})") for s, c in counts[:top_k]]
-    leg.legend(handles=handles, loc="center left", fontsize=8, frameon=False, title=f"top-{min(top_k, len(counts))} sources")
+    leg.legend(
+        handles=handles, loc="center left", fontsize=8, frameon=False, title=f"top-{min(top_k, len(counts))} sources"
+    )
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def run_embed(
-    shards: str, encoders: Sequence[str], out: str | Path, *, size: int | None = None, max_samples: int = 3000,
-    batch_size: int = 64, num_workers: int = 2, seed: int = 0, perplexity: float = 30.0, top_k: int = 10,
+    shards: str,
+    encoders: Sequence[str],
+    out: str | Path,
+    *,
+    size: int | None = None,
+    max_samples: int = 3000,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    seed: int = 0,
+    perplexity: float = 30.0,
+    top_k: int = 10,
 ) -> dict:
     out = Path(out)
     images, sources = collect(shards, max_samples, seed, batch_size, num_workers)
@@ -145,18 +170,33 @@ def run_embed(
         torch.manual_seed(seed)  # `rand` encoders: the same random init on every call
         enc = load_encoder(spec)
         if enc.patch_size and (size or images.shape[-1]) % enc.patch_size:
-            raise UserError(f"--size: {size or images.shape[-1]} is not a multiple of {spec}'s patch size {enc.patch_size}")
+            raise UserError(
+                f"--size: {size or images.shape[-1]} is not a multiple of {spec}'s patch size {enc.patch_size}"
+            )
         feats = embed(enc, images, size, batch_size, device)
         xy = project(feats, seed, perplexity)
         sil_feat, sil_tsne = silhouettes(feats, xy, sources)
         names.append(name), coords.append(xy), scores.append(sil_feat)
         arrays[f"tsne/{name}"] = xy
-        rows.append({"name": name, "spec": spec, "dim": int(feats.shape[1]), "silhouette_cosine": sil_feat, "silhouette_tsne": sil_tsne})
+        rows.append(
+            {
+                "name": name,
+                "spec": spec,
+                "dim": int(feats.shape[1]),
+                "silhouette_cosine": sil_feat,
+                "silhouette_tsne": sil_tsne,
+            }
+        )
         del enc
     plot_panels(names, coords, sources, scores, out / "tsne.png", top_k)
     with atomic_open(out / "tsne.npz", "wb") as fh:
         np.savez_compressed(fh, **arrays)
-    result = {"shards": str(shards), "n_samples": len(sources), "sources": dict(Counter(sources).most_common()), "encoders": rows}
+    result = {
+        "shards": str(shards),
+        "n_samples": len(sources),
+        "sources": dict(Counter(sources).most_common()),
+        "encoders": rows,
+    }
     write_json(out / "embed.json", result)
     return result
 
@@ -177,8 +217,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.max_samples < 3:
         raise UserError("--max-samples: need at least 3")
-    res = run_embed(a.shards, a.encoder, a.out, size=a.size, max_samples=a.max_samples, batch_size=a.batch_size,
-                    num_workers=a.num_workers, seed=a.seed, perplexity=a.perplexity, top_k=a.top_k)
+    res = run_embed(
+        a.shards,
+        a.encoder,
+        a.out,
+        size=a.size,
+        max_samples=a.max_samples,
+        batch_size=a.batch_size,
+        num_workers=a.num_workers,
+        seed=a.seed,
+        perplexity=a.perplexity,
+        top_k=a.top_k,
+    )
     print(json.dumps({r["name"]: r["silhouette_cosine"] for r in res["encoders"]}))
     return res
 

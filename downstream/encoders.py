@@ -6,25 +6,27 @@ SPEC forms:
 - ``timm:NAME``             a timm backbone with its pretrained weights, only if already in the local cache
 - ``PATH`` / ``local-dir:PATH``  a folder written by timm ``save_for_hf`` (``pretrain.export``'s distilled encoder)
 - ``hf-hub:ID``             the same format on the Hugging Face Hub (or its local cache when offline)
-- ``dinov3:PATH_OR_ID``     a DINOv3 ViT (transformers) through ``pretrain.teacher.Teacher.from_pretrained``
+- ``dinov3:PATH_OR_ID``     a DINOv3 ViT (transformers) through :meth:`sonodistill.dinov3.DINOv3.from_pretrained`
 
 timm backbones are built with ``num_classes=0`` (forward -> globally pooled features) and take
 their mean/std from timm's ``pretrained_cfg``; DINOv3 takes them from its image processor.
 Random initialisation uses the torch RNG, so callers seed it first.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 SPEC_FORMS = (
     "rand",
@@ -75,13 +77,15 @@ class DinoBackbone(nn.Module):
         self.prefix = 1 + num_register_tokens
         self.embed_dim = int(vit.config.hidden_size)
 
-    def train(self, mode: bool = True) -> "DinoBackbone":
+    def train(self, mode: bool = True) -> DinoBackbone:
         return super().train(False)
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = x.shape[-2:]
         if h % self.patch_size or w % self.patch_size:
-            raise UserError(f"dinov3: input {h}x{w} is not a multiple of the patch size {self.patch_size}; set image_size")
+            raise UserError(
+                f"dinov3: input {h}x{w} is not a multiple of the patch size {self.patch_size}; set image_size"
+            )
         hs = self.vit(pixel_values=x).last_hidden_state  # final LayerNorm applied
         cls, patches = hs[:, 0], hs[:, self.prefix :]
         grid = patches.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h // self.patch_size, w // self.patch_size)
@@ -124,14 +128,14 @@ def _timm(spec: str, name: str, pretrained: bool, hint: str) -> Encoder:
 
 
 def _dinov3(spec: str, target: str) -> Encoder:
-    from pretrain.teacher import Teacher  # DINOv3 loading lives in one place: the pretraining teacher
+    from sonodistill.dinov3 import DINOv3  # one DINOv3 loader for the teacher and this encoder
 
     try:
-        teacher = Teacher.from_pretrained(target, layers=(-1,))
+        vit = DINOv3.from_pretrained(target, layers=(-1,), key="dinov3")
     except UserError as exc:
         raise UserError(f"encoder '{spec}': {exc}") from None
-    backbone = DinoBackbone(teacher.model.requires_grad_(True), teacher.patch_size, teacher.num_register_tokens)
-    return Encoder(spec, "dinov3", "dinov3", backbone, teacher.mean, teacher.std, 2 * backbone.embed_dim, teacher.patch_size)
+    backbone = DinoBackbone(vit.model.requires_grad_(True), vit.patch_size, vit.num_register_tokens)
+    return Encoder(spec, "dinov3", "dinov3", backbone, vit.mean, vit.std, 2 * backbone.embed_dim, vit.patch_size)
 
 
 def load_encoder(spec: str) -> Encoder:
@@ -143,7 +147,9 @@ def load_encoder(spec: str) -> Encoder:
         return _timm(spec, spec[5:], False, "")
     if spec.startswith("timm:"):
         return _timm(
-            spec, spec[5:], True,
+            spec,
+            spec[5:],
+            True,
             f"pretrained weights for '{spec[5:]}' are not in the local cache and the Hub is not reachable "
             f"(offline); use rand:{spec[5:]} for random init or a local save_for_hf folder",
         )
@@ -156,7 +162,9 @@ def load_encoder(spec: str) -> Encoder:
         if not (Path(path) / "config.json").is_file():
             raise UserError(f"encoder '{spec}': {path} has no config.json (expected a timm save_for_hf folder)")
         return _timm(spec, f"local-dir:{Path(path).resolve()}", True, f"cannot load the weights in {path}")
-    raise UserError(f"encoder '{spec}': unknown encoder spec (not an existing folder); valid forms: {'; '.join(SPEC_FORMS)}")
+    raise UserError(
+        f"encoder '{spec}': unknown encoder spec (not an existing folder); valid forms: {'; '.join(SPEC_FORMS)}"
+    )
 
 
 # ResNets whose timm state dict loads strictly into smp's own encoder of the same name

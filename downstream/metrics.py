@@ -13,15 +13,16 @@ test set ("mean Dice", "mean IoU"). Empty-mask convention (documented, tested):
 Classification: scikit-learn computes accuracy, macro-F1, per-class precision/recall/F1, AUC
 (one-vs-rest, macro; binary: positive-class score) and the confusion matrix.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from shards.atomic import atomic_open
+from sonodistill.figures import save_figure
 
 
 def dice_iou(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +66,9 @@ def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Seq
         if len(classes) == 2:
             auc = float(roc_auc_score(y, prob[:, 1]))
         else:
-            auc = float(roc_auc_score(y, prob / prob.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=labels))
+            auc = float(
+                roc_auc_score(y, prob / prob.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=labels)
+            )
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "macro_f1": float(mf),
@@ -83,10 +86,9 @@ def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Seq
 
 def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = "") -> None:
     """Confusion matrix PNG (counts, rows = truth), written atomically."""
-    import matplotlib
+    from sonodistill.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.2 * len(classes) + 2))
@@ -94,6 +96,4 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: st
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

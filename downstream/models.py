@@ -10,6 +10,7 @@
 - Classification: backbone -> global average pooling (timm ``num_classes=0``; DINOv3: CLS ++ mean
   patch token) -> linear head.
 """
+
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from downstream.encoders import SMP_NATIVE, DinoBackbone, Encoder, quiet_timm_loader
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 class DinoSegmenter(nn.Module):
@@ -26,8 +27,12 @@ class DinoSegmenter(nn.Module):
         self.encoder = encoder
         c = encoder.embed_dim
         self.head = nn.Sequential(
-            nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(c, width, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
             nn.Conv2d(width, classes, 1),
         )
 
@@ -57,16 +62,21 @@ def build_segmenter(enc: Encoder, classes: int = 1) -> nn.Module:
         try:
             unet.encoder.load_state_dict(dict(sd), strict=True)
         except RuntimeError as exc:
-            raise UserError(f"encoder '{enc.spec}': weights do not fit smp's {enc.arch} encoder ({' '.join(str(exc).split())[:300]})") from None
+            reason = " ".join(str(exc).split())[:300]
+            raise UserError(f"encoder '{enc.spec}': weights do not fit smp's {enc.arch} encoder ({reason})") from None
         return unet
     try:
         with quiet_timm_loader():
             return smp.Unet(
-                f"tu-{enc.arch}", encoder_weights=True, classes=classes,
+                f"tu-{enc.arch}",
+                encoder_weights=True,
+                classes=classes,
                 pretrained_cfg_overlay=dict(state_dict=dict(sd)),
             )
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise UserError(f"encoder '{enc.spec}': smp cannot build a U-Net on timm '{enc.arch}' ({' '.join(str(exc).split())[:300]})") from None
+        raise UserError(
+            f"encoder '{enc.spec}': smp cannot build a U-Net on timm '{enc.arch}' ({' '.join(str(exc).split())[:300]})"
+        ) from None
 
 
 def build_classifier(enc: Encoder, num_classes: int) -> Classifier:

@@ -5,51 +5,56 @@ preprocessing) and stored under ``cache_dir`` (``<key>.pt``, written atomically)
 every label fraction and seed: a linear probe sees the encoder in eval mode and no
 augmentation, so its features are a pure function of that key. The head is a linear layer on
 standardised features (mean/std of the training subset, folded into the layer afterwards),
-trained with AdamW; the epoch with the best validation accuracy is kept.
+trained with AdamW (no weight decay on the bias); the epoch with the best validation accuracy is kept.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from downstream.config import ProbeConfig
 from downstream.data.record import Record
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import to_input
 from downstream.encoders import Encoder
-from shards.atomic import write_bytes
+from downstream.loaders import make_loader
+from sonodistill.atomic import write_bytes
+from sonodistill.logs import progress
+from sonodistill.optim import OptimConfig, build_optimizer
 
 FEATURE_VERSION = 1  # bump when extraction changes, so old cache files are not reused
 
 
 @torch.no_grad()
 def extract_features(
-    enc: Encoder, records: Sequence[Record], size: int, *, batch_size: int = 64, num_workers: int = 2,
-    accelerator=None, desc: str = "features",
+    enc: Encoder,
+    records: Sequence[Record],
+    size: int,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    accelerator=None,
+    desc: str = "features",
 ) -> torch.Tensor:
     """Pooled features ``[N, F]`` (float32, CPU) of ``records`` with eval preprocessing."""
     model = enc.backbone.eval()
     device = accelerator.device if accelerator is not None else torch.device("cpu")
     model.to(device)
-    loader = DataLoader(
-        ImageSet(records, size), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    loader = make_loader(ImageSet(records, size), batch_size, train=False, workers=num_workers)
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
     main = accelerator is None or accelerator.is_main_process
     feats, order = [], []
-    for batch in tqdm(loader, desc=desc, disable=not main, leave=False, dynamic_ncols=True):
+    for batch in progress(loader, desc=desc, unit="batch", main=main):
         x = to_input(batch["image"].to(device, non_blocking=True), enc.mean, enc.std)
         ctx = accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
         with ctx:
@@ -79,8 +84,15 @@ class FeatureCache:
         self.misses = 0
 
     def get(
-        self, enc: Encoder, records: Sequence[Record], catalog_fingerprint: str, size: int, *,
-        batch_size: int = 64, num_workers: int = 2, accelerator=None,
+        self,
+        enc: Encoder,
+        records: Sequence[Record],
+        catalog_fingerprint: str,
+        size: int,
+        *,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        accelerator=None,
     ) -> dict[str, torch.Tensor]:
         key = cache_key(enc, catalog_fingerprint, size)
         if key not in self._mem:
@@ -90,7 +102,9 @@ class FeatureCache:
                 self._mem[key] = (blob["ids"], blob["features"])
                 self.hits += 1
             else:
-                feats = extract_features(enc, records, size, batch_size=batch_size, num_workers=num_workers, accelerator=accelerator)
+                feats = extract_features(
+                    enc, records, size, batch_size=batch_size, num_workers=num_workers, accelerator=accelerator
+                )
                 ids = [r.id for r in records]
                 if accelerator is None or accelerator.is_main_process:
                     buf = io.BytesIO()
@@ -113,8 +127,13 @@ class ProbeResult:
 
 
 def train_linear_probe(
-    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-    num_classes: int, cfg: ProbeConfig, seed: int = 0,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    num_classes: int,
+    cfg: ProbeConfig,
+    seed: int = 0,
 ) -> ProbeResult:
     """AdamW on a linear layer over standardised features; keep the best validation epoch."""
     g = torch.Generator().manual_seed(seed)
@@ -126,11 +145,11 @@ def train_linear_probe(
         bound = 1 / np.sqrt(xt.shape[1])
         head.weight.copy_(torch.rand(head.weight.shape, generator=g) * 2 * bound - bound)
         head.bias.zero_()
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = build_optimizer(head, OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay))  # no decay on the bias
     best = (-1.0, -1, None)
     history = []
     n = xt.shape[0]
-    for epoch in range(cfg.epochs):
+    for epoch in range(1, cfg.epochs + 1):
         perm = torch.randperm(n, generator=g)
         total = 0.0
         for s in range(0, n, cfg.batch_size):

@@ -1,14 +1,16 @@
 """Small report helpers shared by the downstream stage and the KD recipes: mean +- std cells,
-Markdown tables, and PNG figures written atomically (matplotlib, Agg backend)."""
+Markdown tables and training curves."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from shards.atomic import atomic_open
+from sonodistill.figures import save_figure
 
 DASH = "–"  # the paper's marker for "not reported"
 
@@ -44,21 +46,13 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], bold_m
     return "\n".join(lines) + "\n"
 
 
-def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
-    """Write a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_history(history: Sequence[Mapping[str, float]], path: str | Path, keys: Sequence[str], title: str = "") -> None:
+def plot_history(
+    history: Sequence[Mapping[str, float]], path: str | Path, keys: Sequence[str], title: str = ""
+) -> None:
     """Training curves: one panel per key of the per-epoch ``history`` records (x = ``epoch``)."""
-    import matplotlib
+    from sonodistill.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = [k for k in keys if any(k in h for h in history)]
     if not keys:

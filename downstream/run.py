@@ -5,15 +5,17 @@ Example::
     python -m downstream.run --task busi-seg --data data/BUSI --encoder runs/export \\
         --mode linear --fraction 0.1 --seed 0 --out runs/busi-seg-lin train.epochs=30
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Sequence, get_args
+from collections.abc import Sequence
+from typing import get_args
 
 from downstream.config import Mode, RunConfig, Task
-from shards.config import add_config_args, load_config
-from shards.errors import cli_main
+from sonodistill.config import add_config_args, load_config
+from sonodistill.errors import cli_main
 
 
 def parse(argv: Sequence[str] | None = None) -> RunConfig:
@@ -27,7 +29,11 @@ def parse(argv: Sequence[str] | None = None) -> RunConfig:
     p.add_argument("--out", help="output folder")
     add_config_args(p)
     args = p.parse_args(argv)
-    flags = [f"{k}={v}" for k in ("task", "data", "encoder", "mode", "fraction", "seed", "out") if (v := getattr(args, k)) is not None]
+    flags = [
+        f"{k}={v}"
+        for k in ("task", "data", "encoder", "mode", "fraction", "seed", "out")
+        if (v := getattr(args, k)) is not None
+    ]
     return load_config(RunConfig, args.config, [*args.overrides, *flags])
 
 

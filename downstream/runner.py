@@ -5,36 +5,39 @@ Writes into ``cfg.out``: ``config.yaml`` (resolved), ``subset.json`` (the traini
 ``confusion.png`` (classification) or ``predictions.png`` (segmentation), TensorBoard logs in
 ``tb/``. Everything is written atomically, on the main process only.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader
 
-from downstream.classify import ClsStep, evaluate_cls
 from downstream.config import TASK_KIND, TASK_LAYOUT, RunConfig
+from downstream.data.inputs import Inputs
 from downstream.data.read import read_catalog
 from downstream.data.record import Catalog
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
 from downstream.encoders import Encoder, load_encoder
+from downstream.fit import FitResult, fit
+from downstream.loaders import make_loader
 from downstream.metrics import classification_metrics, plot_confusion
 from downstream.models import Classifier, build_classifier, build_segmenter, check_input_size
 from downstream.probe import FeatureCache, train_linear_probe
 from downstream.report import plot_history
-from downstream.segment import SegLoss, SegStep, evaluate_seg, plot_predictions, predict_masks
 from downstream.splits import Splits, label_fraction, load_or_make_splits
-from downstream.train import FitResult, fit, make_accelerator
-from shards.atomic import write_bytes, write_json
-from shards.config import save_config
-from shards.errors import UserError
+from downstream.tasks import Classification, Segmentation
+from downstream.tasks.segmentation import SegLoss, plot_predictions, predict_masks
+from sonodistill.atomic import write_bytes, write_json
+from sonodistill.config import save_config
+from sonodistill.errors import UserError
+from sonodistill.world import make_accelerator
 
 
 def load_task_data(cfg: RunConfig) -> Catalog:
@@ -53,12 +56,23 @@ def split_path(cfg: RunConfig) -> Path:
 
 def _loader(catalog: Catalog, ids: list[str], cfg: RunConfig, train: bool, **targets: bool) -> DataLoader:
     """Training (shuffled, last partial batch dropped) or evaluation batches of ``ids``."""
-    ds = ImageSet(catalog.subset(ids), cfg.image_size, **targets)
     bs = cfg.train.batch_size if train else cfg.train.eval_batch_size
-    return DataLoader(
-        ds, batch_size=bs, shuffle=train, drop_last=train and len(ds) > bs,
-        num_workers=cfg.train.num_workers, pin_memory=torch.cuda.is_available(),
+    return make_loader(
+        ImageSet(catalog.subset(ids), cfg.image_size, **targets),
+        bs,
+        train=train,
+        workers=cfg.train.num_workers,
+        seed=cfg.seed,
     )
+
+
+def _inputs(cfg: RunConfig, enc: Encoder, acc) -> Inputs:
+    aug = GeometricAugment(cfg.image_size, cfg.augment) if cfg.augment.enabled else None
+    return Inputs(enc.mean, enc.std, aug, channels_last=cfg.train.channels_last and acc.device.type == "cuda")
+
+
+def _train_cfg(cfg: RunConfig, lr: float):
+    return dataclasses.replace(cfg.train, lr=lr)
 
 
 def _save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -70,19 +84,21 @@ def _save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
 def _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult]:
     model = build_segmenter(enc)
     linear = cfg.mode == "linear"
-    aug = GeometricAugment(cfg.image_size, cfg.augment) if cfg.augment.enabled else None
-    step = SegStep(enc.mean, enc.std, SegLoss(cfg.train.dice_weight, cfg.train.bce_weight), aug, cfg.train.channels_last and acc.device.type == "cuda")
-    evaluate = functools.partial(evaluate_seg, mean=enc.mean, std=enc.std, accelerator=acc)
+    loss = SegLoss(cfg.train.dice_weight, cfg.train.bce_weight)
+    task = Segmentation(model, _inputs(cfg, enc, acc), loss, frozen=model.encoder if linear else None)
     res = fit(
-        model, _loader(catalog, train_ids, cfg, True, masks=True), _loader(catalog, splits.val, cfg, False, masks=True),
-        loss_step=step, evaluate=evaluate, score_key="dice",
-        lr=cfg.train.linear_lr if linear else cfg.train.lr, cfg=cfg.train, accelerator=acc, out=out,
-        frozen=model.encoder if linear else None, desc=f"{cfg.task} {cfg.mode} {cfg.encoder}",
+        task,
+        _loader(catalog, train_ids, cfg, True, masks=True),
+        _loader(catalog, splits.val, cfg, False, masks=True),
+        _train_cfg(cfg, cfg.train.linear_lr if linear else cfg.train.lr),
+        acc,
+        name=f"{cfg.task} {cfg.mode}",
+        log_dir=out / "tb",
+        channels_last=cfg.train.channels_last,
     )
-    model.load_state_dict(res.best_state)
     test_loader = acc.prepare(_loader(catalog, splits.test, cfg, False, masks=True))
-    val = res.history[res.best_epoch]
-    test = evaluate_seg(model, test_loader, enc.mean, enc.std, acc, per_image=True)
+    val = res.history[res.best_epoch - 1]
+    test = task.evaluate(test_loader, acc, per_image=True)
     if main:
         _prediction_panel(model, catalog, splits.test, cfg, enc, acc, test, out / "predictions.png")
     return {k[4:]: v for k, v in val.items() if k.startswith("val_")}, test, res
@@ -95,31 +111,41 @@ def _prediction_panel(model, catalog, test_ids, cfg, enc, acc, test, path) -> No
     pred = predict_masks(model, batch, enc.mean, enc.std, acc).cpu().numpy()[:, 0]
     dice = dict(zip(test["per_image"]["index"], test["per_image"]["dice"]))
     plot_predictions(
-        batch["image"].cpu().numpy()[:, 0], batch["mask"].cpu().numpy()[:, 0] > 0, pred,
-        [dice[i] for i in range(len(ds))], path, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · test",
+        batch["image"].cpu().numpy()[:, 0],
+        batch["mask"].cpu().numpy()[:, 0] > 0,
+        pred,
+        [dice[i] for i in range(len(ds))],
+        path,
+        title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · test",
     )
 
 
 def _classification(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult]:
-    model = build_classifier(enc, len(catalog.classes))
-    aug = GeometricAugment(cfg.image_size, cfg.augment) if cfg.augment.enabled else None
-    step = ClsStep(enc.mean, enc.std, aug, cfg.train.channels_last and acc.device.type == "cuda")
-    evaluate = functools.partial(evaluate_cls, mean=enc.mean, std=enc.std, accelerator=acc, classes=catalog.classes)
+    task = Classification(build_classifier(enc, len(catalog.classes)), _inputs(cfg, enc, acc), catalog.classes)
     res = fit(
-        model, _loader(catalog, train_ids, cfg, True, labels=True), _loader(catalog, splits.val, cfg, False, labels=True),
-        loss_step=step, evaluate=evaluate, score_key="accuracy",
-        lr=cfg.train.lr, cfg=cfg.train, accelerator=acc, out=out, desc=f"{cfg.task} finetune {cfg.encoder}",
+        task,
+        _loader(catalog, train_ids, cfg, True, labels=True),
+        _loader(catalog, splits.val, cfg, False, labels=True),
+        cfg.train,
+        acc,
+        name=f"{cfg.task} finetune",
+        log_dir=out / "tb",
+        channels_last=cfg.train.channels_last,
     )
-    model.load_state_dict(res.best_state)
-    val = evaluate(model, acc.prepare(_loader(catalog, splits.val, cfg, False, labels=True)))
-    test = evaluate(model, acc.prepare(_loader(catalog, splits.test, cfg, False, labels=True)))
+    val = task.evaluate(acc.prepare(_loader(catalog, splits.val, cfg, False, labels=True)), acc)
+    test = task.evaluate(acc.prepare(_loader(catalog, splits.test, cfg, False, labels=True)), acc)
     return val, test, res
 
 
 def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tuple[dict, dict, FitResult]:
     feats = cache.get(
-        enc, catalog.records, catalog.fingerprint(), cfg.image_size,
-        batch_size=cfg.probe.feature_batch_size, num_workers=cfg.train.num_workers, accelerator=acc,
+        enc,
+        catalog.records,
+        catalog.fingerprint(),
+        cfg.image_size,
+        batch_size=cfg.probe.feature_batch_size,
+        num_workers=cfg.train.num_workers,
+        accelerator=acc,
     )
     index = catalog.by_id()
 
@@ -141,7 +167,7 @@ def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tu
             for h in pr.history:
                 writer.add_scalar("train/loss", h["train_loss"], h["epoch"])
                 writer.add_scalar("val/accuracy", h["val_accuracy"], h["epoch"])
-    return val, test, FitResult(state, pr.best_epoch, pr.best_val_accuracy, pr.history)
+    return val, test, FitResult(pr.history, pr.best_epoch, pr.best_val_accuracy, state)
 
 
 def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
@@ -168,7 +194,7 @@ def cpu_threads(num_workers: int, device: torch.device) -> Iterator[None]:
 
 def run(cfg: RunConfig, accelerator=None, cache: FeatureCache | None = None) -> dict:
     """Execute one run and return its metrics (also written to ``OUT/metrics.json``)."""
-    acc = accelerator or make_accelerator(cfg.train.precision)
+    acc = accelerator or make_accelerator(cfg.train.mixed_precision, key="train.mixed_precision")
     with cpu_threads(cfg.train.num_workers, acc.device):
         return _run(cfg, acc, cache)
 
@@ -195,23 +221,44 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None) -> dict:
     else:
         val, test, res = _classification(cfg, enc, catalog, splits, train_ids, acc, out, main)
     metrics = {
-        "task": cfg.task, "data": cfg.data, "dataset": catalog.name, "encoder": cfg.encoder, "mode": cfg.mode,
-        "fraction": cfg.fraction, "seed": cfg.seed, "classes": catalog.classes,
-        "n_train": len(train_ids), "n_val": len(splits.val), "n_test": len(splits.test),
-        "params_m": round(enc.params_m, 3), "best_epoch": res.best_epoch, "val": val,
+        "task": cfg.task,
+        "data": cfg.data,
+        "dataset": catalog.name,
+        "encoder": cfg.encoder,
+        "mode": cfg.mode,
+        "fraction": cfg.fraction,
+        "seed": cfg.seed,
+        "classes": catalog.classes,
+        "n_train": len(train_ids),
+        "n_val": len(splits.val),
+        "n_test": len(splits.test),
+        "params_m": round(enc.params_m, 3),
+        "best_epoch": res.best_epoch,
+        "val": val,
         "test": {k: v for k, v in test.items() if k != "per_image"},
-        "time_s": round(time.perf_counter() - t0, 2), "train_images_per_s": round(res.images_per_s, 1),
+        "time_s": round(time.perf_counter() - t0, 2),
+        "train_images_per_s": round(res.images_per_s, 1),
     }
     if main:
         if "per_image" in test:
             by_index = test["per_image"]
             metrics["test_per_image"] = [
-                {"id": splits.test[i], "dice": d, "iou": j} for i, d, j in zip(by_index["index"], by_index["dice"], by_index["iou"])
+                {"id": splits.test[i], "dice": d, "iou": j}
+                for i, d, j in zip(by_index["index"], by_index["dice"], by_index["iou"])
             ]
         if kind == "cls":
-            plot_confusion(test["confusion_matrix"], catalog.classes, out / "confusion.png", title=f"{cfg.encoder} · {cfg.mode} · test")
-        keys = ["train_loss", "val_dice", "val_iou"] if kind == "seg" else ["train_loss", "val_accuracy", "val_macro_f1"]
-        plot_history(res.history, out / "curves.png", keys, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · f={cfg.fraction}")
+            plot_confusion(
+                test["confusion_matrix"],
+                catalog.classes,
+                out / "confusion.png",
+                title=f"{cfg.encoder} · {cfg.mode} · test",
+            )
+        keys = (
+            ["train_loss", "val_dice", "val_iou"] if kind == "seg" else ["train_loss", "val_accuracy", "val_macro_f1"]
+        )
+        plot_history(
+            res.history, out / "curves.png", keys, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · f={cfg.fraction}"
+        )
         if cfg.train.save_checkpoint and res.best_state is not None:
             _save_checkpoint(res.best_state, out / "best.safetensors")
         write_json(out / "metrics.json", metrics)

@@ -10,22 +10,33 @@ Label fractions (5/10/20/50/100 %) are prefixes of one seeded per-class permutat
 training split, so for a given seed every smaller subset lies inside every larger one; each
 class keeps ``max(1, round(f * n_class))`` images (at least one example per class).
 """
+
 from __future__ import annotations
 
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from downstream.data.record import Catalog
-from shards.atomic import write_json
-from shards.errors import UserError
+from sonodistill.atomic import write_json
+from sonodistill.errors import UserError
 
 PARTS = ("train", "val", "test")
+
+
+@dataclass
+class SplitConfig:
+    """How a dataset is split; one definition for every downstream run and KD recipe (each recipe's
+    preset sets its paper's ratios and seed)."""
+
+    ratios: list[float] = field(default_factory=lambda: [0.7, 0.2, 0.1])  # train/val/test, or counts (445, 127, 65)
+    seed: int = 0  # the split is fixed across run seeds; seeds vary label subsets and training
+    file: str = ""  # splits.json to write/reuse; "" -> <out>/splits.json
 
 
 @dataclass
@@ -115,7 +126,9 @@ def check_splits(splits: Splits, catalog: Catalog, where: str) -> None:
     for p in PARTS:
         for i in splits.part(p):
             if i not in known:
-                raise UserError(f"{where}: id '{i}' in '{p}' is not in the dataset {catalog.root} (made for other data? delete it)")
+                raise UserError(
+                    f"{where}: id '{i}' in '{p}' is not in the dataset {catalog.root} (made for other data? delete it)"
+                )
             if i in seen:
                 raise UserError(f"{where}: id '{i}' is in both '{seen[i]}' and '{p}'")
             seen[i] = p
@@ -166,9 +179,7 @@ def load_or_make_splits(
     return splits
 
 
-def label_fraction(
-    ids: Sequence[str], labels: Sequence[int | None], fraction: float, seed: int
-) -> list[str]:
+def label_fraction(ids: Sequence[str], labels: Sequence[int | None], fraction: float, seed: int) -> list[str]:
     """The nested, stratified ``fraction`` of ``ids`` for ``seed`` (in the order of ``ids``)."""
     if not 0 < fraction <= 1:
         raise UserError(f"fraction: expected 0 < fraction <= 1, got {fraction}")

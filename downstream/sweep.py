@@ -12,22 +12,27 @@ Example::
     python -m downstream.sweep --config downstream/configs/paper.yaml busi=data/BUSI ddti=data/DDTI \\
         'encoders=[R50-Rand=rand,R50-Distill-US=runs/export]' out=runs/paper
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
 from downstream.tables import TaskColumn, aggregate, render_tables, task_label
-from shards.atomic import write_json, write_text
-from shards.config import add_config_args, config_from_args, save_config, to_dict
-from shards.errors import UserError, cli_main
+from sonodistill.atomic import write_json, write_text
+from sonodistill.config import add_config_args, config_from_args, save_config, to_dict
+from sonodistill.errors import UserError, cli_main
+from sonodistill.jsonl import append_jsonl, read_jsonl
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,9 +118,17 @@ def _slug(text: str) -> str:
 
 def cell_config(cfg: SweepConfig, c: Cell) -> RunConfig:
     out = Path(cfg.out)
-    data_tag = hashlib.sha1(os.path.abspath(c.data).encode() if not c.data.startswith("hf:") else c.data.encode()).hexdigest()[:6]
+    data_tag = hashlib.sha1(
+        os.path.abspath(c.data).encode() if not c.data.startswith("hf:") else c.data.encode()
+    ).hexdigest()[:6]
     rc = run_config(
-        cfg.run, task=c.task, data=c.data, encoder=c.encoder, mode=c.mode, fraction=c.fraction, seed=c.seed,
+        cfg.run,
+        task=c.task,
+        data=c.data,
+        encoder=c.encoder,
+        mode=c.mode,
+        fraction=c.fraction,
+        seed=c.seed,
         out=str(out / "runs" / _slug(c.task_key) / _slug(c.encoder_name) / c.mode / f"f{c.fraction:g}_s{c.seed}"),
     )
     if not rc.split.file:
@@ -133,35 +146,6 @@ def cell_key(c: Cell, rc: RunConfig) -> str:
     d["split"].pop("file")
     digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     return f"{c.task_key}|{c.encoder_name}|{c.mode}|{c.fraction:g}|{c.seed}|{digest}"
-
-
-def read_results(path: Path) -> list[dict]:
-    """Finished cells; a torn last line (killed mid-write) is ignored."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
-def append_result(path: Path, row: dict) -> None:
-    """Append one JSON line and fsync; a torn line left by a kill is fenced off by a newline."""
-    line = json.dumps(row, sort_keys=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab+") as fh:
-        fh.seek(0, os.SEEK_END)
-        if fh.tell() > 0:
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) != b"\n":
-                line = "\n" + line
-        fh.write(line.encode())
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def write_report(cfg: SweepConfig, rows: list[dict]) -> dict:
@@ -195,18 +179,18 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     """Run the missing cells (at most ``max_cells`` of them), then write the report."""
     from downstream.probe import FeatureCache
     from downstream.runner import run
-    from downstream.train import make_accelerator
+    from sonodistill.world import make_accelerator
 
     out = Path(cfg.out)
     plan = [(c, cell_config(cfg, c)) for c in cells(cfg)]
     keys = [cell_key(c, rc) for c, rc in plan]
     results = out / "results.jsonl"
-    done = {r.get("key") for r in read_results(results)}
+    done = {r.get("key") for r in read_jsonl(results)}
     todo = [(c, rc, k) for (c, rc), k in zip(plan, keys) if k not in done]
-    acc = make_accelerator(cfg.run.train.precision)
+    acc = make_accelerator(cfg.run.train.mixed_precision, key="run.train.mixed_precision")
     if acc.is_main_process:
         save_config(cfg, out / "sweep.yaml")
-        print(f"sweep: {len(plan)} cells, {len(plan) - len(todo)} already done, {len(todo)} to run", flush=True)
+        log.info(f"sweep: {len(plan)} cells, {len(plan) - len(todo)} already done, {len(todo)} to run")
     cache = FeatureCache(cfg.run.cache_dir or out / "cache")
     ran = 0
     for c, rc, key in todo:
@@ -215,14 +199,14 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
         metrics = run(rc, accelerator=acc, cache=cache)
         metrics.pop("test_per_image", None)
         if acc.is_main_process:
-            append_result(results, {"key": key, "cell": c.__dict__, "config": to_dict(rc), "metrics": metrics})
+            append_jsonl(results, {"key": key, "cell": c.__dict__, "config": to_dict(rc), "metrics": metrics})
             t = metrics["test"]
             score = f"dice {t['dice']:.4f}" if "dice" in t else f"acc {t['accuracy']:.4f}"
-            print(f"[{ran + 1}/{len(todo)}] {key.rsplit('|', 1)[0]}: {score} ({metrics['time_s']:.0f}s)", flush=True)
+            log.info(f"[{ran + 1}/{len(todo)}] {key.rsplit('|', 1)[0]}: {score} ({metrics['time_s']:.0f}s)")
         ran += 1
     acc.wait_for_everyone()
     current = set(keys)
-    rows = [r for r in read_results(results) if r.get("key") in current]
+    rows = [r for r in read_jsonl(results) if r.get("key") in current]
     summary = {"ran": ran, "remaining": len(todo) - ran, "cells": len(plan), "done": len(rows)}
     if acc.is_main_process:
         write_report(cfg, rows)

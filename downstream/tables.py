@@ -7,11 +7,12 @@ columns after those. Table 1 = linear probe on 100 % of the labels, Table 2 = fi
 Table 4 = parameters vs fine-tuned performance. Cells not run show ``–``; the best cell of a
 column is bold.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from downstream.report import DASH, markdown_table, mean_std
 
@@ -57,10 +58,12 @@ def _metric_pairs(kind: str) -> list[tuple[str, str]]:
 def render_tables(
     agg: dict, encoders: Sequence[str], tasks: Sequence[TaskColumn], fractions: dict[str, Sequence[float]], seeds: int
 ) -> str:
-    tasks = sorted(tasks, key=lambda t: (PAPER_TASK_ORDER.index(t.key) if t.key in PAPER_TASK_ORDER else 99))
-    parts = [f"# Downstream results\n\nTest-set metrics, mean ± std over {seeds} seed(s) (std omitted for one seed). "
-             "Segmentation: mean per-image Dice / IoU (empty truth and empty prediction count as 1). "
-             "Classification: accuracy and macro-F1.\n"]
+    tasks = sorted(tasks, key=lambda t: PAPER_TASK_ORDER.index(t.key) if t.key in PAPER_TASK_ORDER else 99)
+    parts = [
+        f"# Downstream results\n\nTest-set metrics, mean ± std over {seeds} seed(s) (std omitted for one seed). "
+        "Segmentation: mean per-image Dice / IoU (empty truth and empty prediction count as 1). "
+        "Classification: accuracy and macro-F1.\n"
+    ]
 
     def ran(mode: str, fracs: Sequence[float]) -> bool:
         return any(m == mode and f in fracs for (_, _, m, f) in agg)
@@ -70,13 +73,19 @@ def render_tables(
             parts.append(f"## {title}\n\nNot run in this sweep (add `{mode}` to `modes` with fraction 1.0).\n")
             return
         headers = ["Model"] + [f"{t.label} {name}" for t in tasks for _, name in _metric_pairs(t.kind)]
-        rows = [[e] + [_cell(agg, t.key, e, mode, 1.0, k) for t in tasks for k, _ in _metric_pairs(t.kind)] for e in encoders]
+        rows = [
+            [e] + [_cell(agg, t.key, e, mode, 1.0, k) for t in tasks for k, _ in _metric_pairs(t.kind)]
+            for e in encoders
+        ]
         parts.append(f"## {title}\n\n" + markdown_table(headers, rows, bold_max=range(1, len(headers))))
 
     full_table("linear", "Table 1: Linear probing on frozen encoders (100 % of the training labels)")
     full_table("finetune", "Table 2: Full fine-tuning on all labeled data")
-    limited = [(m, t) for m, t in (("finetune", "fine-tuning"), ("linear", "linear probing"))
-               if (fr := [f for f in fractions.get(m, ()) if f < 1.0]) and ran(m, fr)]
+    limited = [
+        (m, t)
+        for m, t in (("finetune", "fine-tuning"), ("linear", "linear probing"))
+        if (fr := [f for f in fractions.get(m, ()) if f < 1.0]) and ran(m, fr)
+    ]
     for i, (mode, title) in enumerate(limited):
         fr = sorted(f for f in fractions.get(mode, ()) if f < 1.0)
         headers, cols = ["Model"], []

@@ -28,12 +28,13 @@ the device's for noise fields; kornia samples on the CPU one), so ``torch.manual
 run reproducible and accelerate's checkpointed RNG state makes it resume exactly. Everything is
 batched on the images' device; autocast is disabled inside so augmentation runs in float32.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional, get_args
+from typing import Literal, get_args
 
 import kornia.augmentation as K
 import torch
@@ -42,8 +43,8 @@ from torch import nn
 
 from pretrain import augment_effects as fx
 from pretrain.us_geometry import ScanGeometry
-from shards.config import ConfigError
-from shards.errors import UserError
+from sonodistill.config import ConfigError
+from sonodistill.errors import UserError
 
 Preset = Literal["us", "us-physics", "default", "none"]
 PRESETS: tuple[str, ...] = get_args(Preset)
@@ -63,14 +64,16 @@ def _check_p(key: str, p: float) -> None:
         raise ConfigError(f"augment.{key}: expected a probability in [0, 1], got {p}")
 
 
-def _check_range(key: str, r: Range, lo: Optional[float] = None, hi: Optional[float] = None,
-                 positive: bool = False) -> None:
+def _check_range(key: str, r: Range, lo: float | None = None, hi: float | None = None, positive: bool = False) -> None:
     ok = len(r) == 2 and r[0] <= r[1]
     ok = ok and (lo is None or r[0] >= lo) and (hi is None or r[1] <= hi) and (not positive or r[0] > 0)
     if not ok:
         need = ["low <= high"] + (["low > 0"] if positive else [])
-        need += [f"within [{lo}, {hi}]"] if lo is not None and hi is not None else (
-            [f"low >= {lo}"] if lo is not None else [])
+        need += (
+            [f"within [{lo}, {hi}]"]
+            if lo is not None and hi is not None
+            else ([f"low >= {lo}"] if lo is not None else [])
+        )
         raise ConfigError(f"augment.{key}: expected a range [low, high] with {', '.join(need)}, got {list(r)}")
 
 
@@ -174,11 +177,11 @@ class AugmentConfig:
 
     preset: Preset = "us"
     size: int = 256  # output side (square), pixels
-    crop_scale: Optional[Range] = None  # crop area / frame area; None: us 0.4-1, default 0.32-1
+    crop_scale: Range | None = None  # crop area / frame area; None: us 0.4-1, default 0.32-1
     crop_ratio: Range = (3 / 4, 4 / 3)  # crop width / height
     hflip_p: float = 0.5  # horizontal flip; a vertical flip is never applied
     blur_p: float = 0.5
-    blur_sigma: Optional[Range] = None  # pixels at the output size; None: us 0.1-1.5, default 0.1-2
+    blur_sigma: Range | None = None  # pixels at the output size; None: us 0.1-1.5, default 0.1-2
     blur_depth_dependent: bool = True  # us/us-physics: blur grows from 0 (top) to sigma (deepest)
     jitter_p: float = 0.8  # default preset only: brightness/contrast jitter
     brightness: float = 0.4  # factor in [1 - b, 1 + b]
@@ -227,13 +230,13 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     raise UserError(f"augment input: expected uint8 or float images, got {images.dtype}")
 
 
-def _row_depth(x: torch.Tensor, geom: Optional[ScanGeometry]) -> torch.Tensor:
+def _row_depth(x: torch.Tensor, geom: ScanGeometry | None) -> torch.Tensor:
     """Depth for the ``us`` blur without geometry: the image row, 0 at the top, 1 at the bottom."""
     h = x.shape[-2]
     return torch.linspace(0.0, 1.0, h, device=x.device).view(1, 1, h, 1)
 
 
-def _beam_depth(x: torch.Tensor, geom: Optional[ScanGeometry]) -> torch.Tensor:
+def _beam_depth(x: torch.Tensor, geom: ScanGeometry | None) -> torch.Tensor:
     """Depth for the ``us-physics`` blur: normalised depth along the estimated beams."""
     return geom.depth
 
@@ -269,20 +272,20 @@ class UltrasoundAugment(nn.Module):
         self.geometric = nn.ModuleDict()
         if cfg.preset != "none":
             self.geometric["crop"] = K.RandomResizedCrop(
-                size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, cropping_mode="resample")
+                size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, cropping_mode="resample"
+            )
             if cfg.hflip_p > 0:
                 self.geometric["hflip"] = K.RandomHorizontalFlip(p=cfg.hflip_p)
         self.effects = build_effects(cfg)
         self.photometric = nn.ModuleDict()
         if cfg.preset == "default":
-            self.photometric["jitter"] = K.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast,
-                                                       p=cfg.jitter_p)
+            self.photometric["jitter"] = K.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast, p=cfg.jitter_p)
             kernel = 2 * math.ceil(3 * cfg.blur_sigma[1]) + 1
             self.photometric["blur"] = K.RandomGaussianBlur(kernel, cfg.blur_sigma, p=cfg.blur_p)
             self.photometric["solarize"] = K.RandomSolarize(thresholds=0.0, additions=0.0, p=cfg.solarize_p)
 
     @property
-    def geometry(self) -> Optional[ScanGeometry]:
+    def geometry(self) -> ScanGeometry | None:
         """The last batch's estimated scan geometry (us-physics), after crop and flip."""
         return self.effects.geometry
 
@@ -303,8 +306,9 @@ class UltrasoundAugment(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self.cfg.preset == "none":
                 if x.shape[-2:] != (self.cfg.size, self.cfg.size):
-                    x = F.interpolate(x, size=(self.cfg.size, self.cfg.size), mode="bilinear",
-                                      align_corners=False, antialias=True)
+                    x = F.interpolate(
+                        x, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False, antialias=True
+                    )
                 return x.clamp_(0.0, 1.0)
             for mod in self.geometric.values():
                 x = mod(x)

@@ -12,11 +12,12 @@ tensors, moved to the device without a sync); per-pixel noise fields come from t
 the images' device. Both are seeded by ``torch.manual_seed`` and saved/restored by accelerate's
 checkpoint RNG state, so augmented batches are reproducible and resume exactly.
 """
+
 from __future__ import annotations
 
 import abc
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -47,10 +48,10 @@ class RandomEffect(nn.Module, abc.ABC):
         """Parameters for ``n`` chosen images ``x``: CPU scalars ``[n]``/``[n,K]`` or device maps."""
 
     @abc.abstractmethod
-    def effect(self, x: torch.Tensor, geom: Optional[ScanGeometry], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def effect(self, x: torch.Tensor, geom: ScanGeometry | None, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """The effect on the chosen images with their parameters (on the images' device)."""
 
-    def forward(self, x: torch.Tensor, geom: Optional[ScanGeometry] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, geom: ScanGeometry | None = None) -> torch.Tensor:
         b = x.shape[0]
         if self.p <= 0 or b == 0:
             self.last_params = {"index": torch.zeros(0, dtype=torch.long)}
@@ -85,7 +86,7 @@ class Attenuation(RandomEffect):
     def sample(self, n: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"rate": uniform(n, self.rate), "floor": torch.full((n,), float(self.floor))}
 
-    def effect(self, x: torch.Tensor, geom: Optional[ScanGeometry], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def effect(self, x: torch.Tensor, geom: ScanGeometry | None, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return us_effects.attenuation(x, geom, params["rate"], params["floor"])
 
 
@@ -99,7 +100,7 @@ class Shadow(RandomEffect):
     def sample(self, n: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {k: uniform(n, r) for k, r in self.ranges.items()}
 
-    def effect(self, x: torch.Tensor, geom: Optional[ScanGeometry], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def effect(self, x: torch.Tensor, geom: ScanGeometry | None, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return us_effects.shadow(x, geom, **params)
 
 
@@ -115,7 +116,7 @@ class Haze(RandomEffect):
         params["noise"] = torch.rand(x.shape, device=x.device)
         return params
 
-    def effect(self, x: torch.Tensor, geom: Optional[ScanGeometry], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def effect(self, x: torch.Tensor, geom: ScanGeometry | None, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return us_effects.haze(x, geom, **params)
 
 
@@ -141,7 +142,7 @@ class SpeckleNoise(RandomEffect):
         looks = uniform(n, self.looks)
         return {"looks": looks, "noise": gamma_noise(looks, x.shape, x.device)}
 
-    def effect(self, x: torch.Tensor, geom: Optional[ScanGeometry], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def effect(self, x: torch.Tensor, geom: ScanGeometry | None, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return us_effects.speckle_noise(x, params["noise"])
 
 
@@ -155,7 +156,7 @@ class SpeckleReduction(RandomEffect):
     def sample(self, n: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"sigma_space": uniform(n, self.sigma_space), "sigma_color": uniform(n, self.sigma_color)}
 
-    def effect(self, x: torch.Tensor, geom: Optional[ScanGeometry], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def effect(self, x: torch.Tensor, geom: ScanGeometry | None, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return us_effects.speckle_reduction(x, params["sigma_space"], params["sigma_color"], self.kernel_size)
 
 
@@ -170,15 +171,20 @@ class GainTGC(RandomEffect):
         lo, hi = self.tgc_db
         return {"gain_db": uniform(n, self.gain_db), "tgc_db": lo + (hi - lo) * torch.rand(n, self.points)}
 
-    def effect(self, x: torch.Tensor, geom: Optional[ScanGeometry], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def effect(self, x: torch.Tensor, geom: ScanGeometry | None, params: dict[str, torch.Tensor]) -> torch.Tensor:
         return us_effects.gain_tgc(x, geom, params["gain_db"], params["tgc_db"])
 
 
 class DepthBlur(RandomEffect):
     """Gaussian blur growing with depth (defocus away from a shallow focal zone); optional uniform."""
 
-    def __init__(self, p: float, sigma: Range, depth_dependent: bool,
-                 depth_of: Callable[[torch.Tensor, Optional[ScanGeometry]], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        p: float,
+        sigma: Range,
+        depth_dependent: bool,
+        depth_of: Callable[[torch.Tensor, ScanGeometry | None], torch.Tensor],
+    ) -> None:
         super().__init__(p)
         self.sigma, self.depth_dependent, self.depth_of = sigma, depth_dependent, depth_of
         self.kernel_size = 2 * math.ceil(3 * max(sigma)) + 1  # odd, covers 3 sigma
@@ -186,7 +192,7 @@ class DepthBlur(RandomEffect):
     def sample(self, n: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"sigma": uniform(n, self.sigma)}
 
-    def effect(self, x: torch.Tensor, geom: Optional[ScanGeometry], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def effect(self, x: torch.Tensor, geom: ScanGeometry | None, params: dict[str, torch.Tensor]) -> torch.Tensor:
         depth = self.depth_of(x, geom) if self.depth_dependent else torch.ones_like(x[:1])
         return us_effects.depth_blur(x, depth, params["sigma"], self.kernel_size)
 
@@ -195,11 +201,11 @@ class ScanAwareEffects(nn.Module):
     """Effects applied in order; with a ``threshold``, the scan geometry is estimated first and the
     surround outside the scan area is black again at the end (blur and filters leak into it)."""
 
-    def __init__(self, effects: dict[str, RandomEffect], threshold: Optional[float]) -> None:
+    def __init__(self, effects: dict[str, RandomEffect], threshold: float | None) -> None:
         super().__init__()
         self.effects = nn.ModuleDict(effects)
         self.threshold = threshold
-        self.geometry: Optional[ScanGeometry] = None  # the last batch's, for inspection and tests
+        self.geometry: ScanGeometry | None = None  # the last batch's, for inspection and tests
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         geom = None

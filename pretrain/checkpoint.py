@@ -7,17 +7,19 @@ reads) and ``meta.json`` (step, resolved config, teacher statistics). It is writ
 temporary name and renamed into place, so a kill mid-save never leaves a half checkpoint that
 ``resume=auto`` could pick; only folders with ``meta.json`` count.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from shards.atomic import write_json
-from shards.errors import UserError
+from sonodistill.atomic import write_json
+from sonodistill.errors import UserError
 
 CKPT_RE = re.compile(r"^step_(\d{8})$")
 

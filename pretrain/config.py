@@ -1,9 +1,10 @@
-"""Typed configuration of a pretraining run (YAML + ``key=value`` overrides via ``shards.config``).
+"""Typed configuration of a pretraining run (YAML + ``key=value`` overrides via ``sonodistill.config``).
 
 ``pretrain/configs/dinov3_vitb16_resnet50.yaml`` holds paper 002's recipe and
 ``pretrain/configs/tiny.yaml`` a CPU-sized run. Every run writes its resolved config to
 ``<out_dir>/config.yaml``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,9 @@ from typing import Literal
 
 from pretrain.augment import AugmentConfig
 from pretrain.loss import MixupConfig
-from pretrain.teacher import DEFAULT_TEACHER
+from sonodistill.dinov3 import DEFAULT_TEACHER
+from sonodistill.optim import OptimConfig
+from sonodistill.precision import MixedPrecision
 
 
 @dataclasses.dataclass
@@ -48,21 +51,20 @@ class StudentConfig:
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Optimisation, precision, logging and checkpointing. One step = one optimiser step."""
+class TrainConfig(OptimConfig):
+    """Optimisation (the shared :class:`~sonodistill.optim.OptimConfig` keys, paper 002's values),
+    precision, logging and checkpointing. One step = one optimiser step."""
 
+    lr: float = 1e-4
+    min_lr: float = 1e-6  # end of the cosine
+    weight_decay: float = 0.05  # not applied to norms and biases
+    warmup_epochs: float = 10.0  # warmup_steps > 0 wins
     max_steps: int = 0  # 0: derived from epochs x manifest num_samples / global batch
     epochs: float = 1000.0
     batch_size: int = 64  # per process (device)
     global_batch: int = 512  # reached by gradient accumulation; 0 = batch_size x processes
-    lr: float = 1e-4
-    min_lr: float = 1e-6  # end of the cosine
-    weight_decay: float = 0.05  # not applied to norms and biases
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0  # > 0 wins over warmup_epochs
-    warmup_epochs: float = 10.0
     grad_clip: float = 3.0  # max global grad norm; 0 = off
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs that support it
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs that support it
     seed: int = 0
     log_every: int = 20  # loss/throughput sync, progress, TensorBoard, NaN and stop-signal checks
     save_every: int = 1000

@@ -10,22 +10,31 @@ state dict loads strictly into ``segmentation_models_pytorch.Unet(<arch>).encode
 ``--push-to-hub`` uploads with huggingface_hub (token from ``HF_TOKEN`` or ``huggingface-cli
 login``); ``--dry-run`` prints what would be uploaded and touches no network.
 """
+
 from __future__ import annotations
 
 import argparse
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from pretrain.checkpoint import find_checkpoint, read_meta
-from shards.atomic import atomic_dir
-from shards.errors import UserError, cli_main
+from sonodistill.atomic import atomic_dir
+from sonodistill.errors import UserError, cli_main
 
-GRAYSCALE_NOTE = ("B-mode ultrasound is grayscale: replicate the single channel to 3 channels "
-                  "(e.g. PIL .convert('RGB')), then normalise with mean/std")
-NOT_CLINICAL = ("**Not for clinical use.** This is a research model. It has not been validated for "
-                "diagnosis, treatment or any clinical decision, and must not be used for them.")
+log = logging.getLogger(__name__)
+
+GRAYSCALE_NOTE = (
+    "B-mode ultrasound is grayscale: replicate the single channel to 3 channels "
+    "(e.g. PIL .convert('RGB')), then normalise with mean/std"
+)
+NOT_CLINICAL = (
+    "**Not for clinical use.** This is a research model. It has not been validated for "
+    "diagnosis, treatment or any clinical decision, and must not be used for them."
+)
 
 
 def load_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
@@ -39,7 +48,7 @@ def load_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, An
     if not weights.is_file():
         raise UserError(f"--checkpoint: {ckpt} has no student.safetensors")
     state = load_file(str(weights))
-    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     name = meta["config"]["student"]["name"]
     model = timm.create_model(name, pretrained=False, num_classes=0)
     missing, unexpected = model.load_state_dict(backbone, strict=False)
@@ -64,15 +73,24 @@ def _card(meta: dict[str, Any], model: torch.nn.Module, title: str) -> str:
     rejected = ", ".join(f"{k}: {v}" for k, v in sorted((data.get("rejected") or {}).items())) or "none recorded"
     norm = "final LayerNorm applied" if cfg["teacher"]["norm"] else "no final norm"
     card_data = ModelCardData(
-        library_name="timm", license="other", pipeline_tag="image-feature-extraction",
-        tags=["timm", "image-feature-extraction", "ultrasound", "medical-imaging", "knowledge-distillation",
-              "dinov3", "sonodistill"],
+        library_name="timm",
+        license="other",
+        pipeline_tag="image-feature-extraction",
+        tags=[
+            "timm",
+            "image-feature-extraction",
+            "ultrasound",
+            "medical-imaging",
+            "knowledge-distillation",
+            "dinov3",
+            "sonodistill",
+        ],
     )
     body = f"""
 # {title}
 
 A {arch} encoder ({params:.1f}M parameters, classifier removed) for B-mode ultrasound images,
-distilled from the frozen ViT teacher `{t['name_or_path']}` with
+distilled from the frozen ViT teacher `{t["name_or_path"]}` with
 sonodistill, following "Domain-Constrained Distillation of DINOv3 into a
 Lightweight Foundation Model toward Point-of-Care Ultrasound": the student's stride-32 feature map,
 passed through a token-wise MLP head (dropped in this export) and upsampled to the teacher's patch
@@ -82,7 +100,7 @@ grid, regresses the teacher's normalised patch tokens with a token-wise MSE.
 
 ## Use
 
-{GRAYSCALE_NOTE}. Input size used in training: {size}x{size}; mean {t['mean']}, std {t['std']}.
+{GRAYSCALE_NOTE}. Input size used in training: {size}x{size}; mean {t["mean"]}, std {t["std"]}.
 
 ```python
 import timm
@@ -103,20 +121,23 @@ unet.encoder.load_state_dict(load_file("model.safetensors"))
 
 | item | value |
 | --- | --- |
-| teacher | `{t['name_or_path']}`, patch tokens of blocks {t['layers']} ({norm}), {cfg['teacher']['aggregate']} -> {t['embed_dim']}-d, patch {t['patch_size']} |
-| student | `{arch}` + 2-layer MLP head (hidden {cfg['student']['head_hidden']}) |
+| teacher | `{t["name_or_path"]}`, patch tokens of blocks {t["layers"]} ({norm}), \
+{cfg["teacher"]["aggregate"]} -> {t["embed_dim"]}-d, patch {t["patch_size"]} |
+| student | `{arch}` + 2-layer MLP head (hidden {cfg["student"]["head_hidden"]}) |
 | loss | token-wise MSE (squared L2 per token, mean over tokens and images) |
-| mixup | prob {cfg['mixup']['prob']}, lambda ~ U(0,1), mode `{cfg['mixup']['mode']}` |
-| augmentations | preset `{aug['preset']}` at {size} px |
-| optimiser | AdamW lr {tr['lr']}, weight decay {tr['weight_decay']} (not on norms/biases), betas {tr['betas']}, warm-up {meta.get('warmup_steps')} steps + cosine to {tr['min_lr']}, grad clip {tr['grad_clip']} |
-| steps | {meta['step']} of {meta.get('max_steps')} optimiser steps, global batch {meta['global_batch']} ({meta['world_size']} process(es) x {tr['batch_size']} x {meta['accumulation']} accumulation) |
-| images seen | {meta['samples_seen']} (~{epochs} epochs) |
-| precision | {meta.get('mixed_precision')} ({meta.get('distributed_type')}) |
+| mixup | prob {cfg["mixup"]["prob"]}, lambda ~ U(0,1), mode `{cfg["mixup"]["mode"]}` |
+| augmentations | preset `{aug["preset"]}` at {size} px |
+| optimiser | {tr.get("optimizer", "adamw")} lr {tr["lr"]}, weight decay {tr["weight_decay"]} (not on norms/biases), \
+betas {tr["betas"]}, warm-up {meta.get("warmup_steps")} steps + cosine to {tr["min_lr"]}, grad clip {tr["grad_clip"]} |
+| steps | {meta["step"]} of {meta.get("max_steps")} optimiser steps, global batch {meta["global_batch"]} \
+({meta["world_size"]} process(es) x {tr["batch_size"]} x {meta["accumulation"]} accumulation) |
+| images seen | {meta["samples_seen"]} (~{epochs} epochs) |
+| precision | {meta.get("mixed_precision")} ({meta.get("distributed_type")}) |
 
 ## Data
 
-Unlabelled B-mode images from the shard manifest (`{data.get('path', 'unknown')}`): {n or 'unknown'} images,
-standardised to {(data.get('settings') or {}).get('size', 'unknown')} px; rejected while building: {rejected}.
+Unlabelled B-mode images from the shard manifest (`{data.get("path", "unknown")}`): {n or "unknown"} images,
+standardised to {(data.get("settings") or {}).get("size", "unknown")} px; rejected while building: {rejected}.
 
 | source | images |
 | --- | --- |
@@ -139,22 +160,40 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None) ->
     """Write the Hub-ready folder ``out`` (atomically: replaced as a whole) and return it."""
     from timm.models import save_for_hf
 
-    from shards.atomic import write_text
+    from sonodistill.atomic import write_text
 
     model, meta, ckpt = load_backbone(checkpoint)
     size = int(meta["config"]["augment"]["size"])
     t = meta["teacher"]
-    data_config = {"input_size": (3, size, size), "mean": tuple(t["mean"]), "std": tuple(t["std"]),
-                   "crop_pct": 1.0, "interpolation": "bilinear"}
+    data_config = {
+        "input_size": (3, size, size),
+        "mean": tuple(t["mean"]),
+        "std": tuple(t["std"]),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+    }
     model_config = {
         "input_note": GRAYSCALE_NOTE,
-        "sonodistill": {"checkpoint_step": meta["step"], "teacher": t["name_or_path"],
-                        "teacher_layers": t["layers"], "augment": meta["config"]["augment"]["preset"]},
+        "sonodistill": {
+            "checkpoint_step": meta["step"],
+            "teacher": t["name_or_path"],
+            "teacher_layers": t["layers"],
+            "augment": meta["config"]["augment"]["preset"],
+        },
     }
     # Drop the provenance timm attaches to its ImageNet weights (tag, licence, paper): not ours.
-    model.pretrained_cfg = {**model.pretrained_cfg, "tag": "sonodistill", "license": "other",
-                            "origin_url": None, "paper_ids": None, "paper_name": None, "hf_hub_id": None,
-                            "url": None, "notes": None, "description": None}
+    model.pretrained_cfg = {
+        **model.pretrained_cfg,
+        "tag": "sonodistill",
+        "license": "other",
+        "origin_url": None,
+        "paper_ids": None,
+        "paper_name": None,
+        "hf_hub_id": None,
+        "url": None,
+        "notes": None,
+        "description": None,
+    }
     out = Path(out)
     with atomic_dir(out) as tmp:
         save_for_hf(model, str(tmp), model_config=model_config, data_config=data_config, safe_serialization=True)
@@ -162,7 +201,7 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None) ->
         tmp.chmod(0o755)  # a publishable folder, not a private temp dir
         for f in tmp.iterdir():
             f.chmod(0o644)
-    print(f"exported {meta['config']['student']['name']} (step {meta['step']} of {ckpt}) to {out}")
+    log.info(f"exported {meta['config']['student']['name']} (step {meta['step']} of {ckpt}) to {out}")
     return out
 
 
@@ -181,12 +220,18 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
     api = HfApi()
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message="sonodistill: distilled ultrasound encoder")
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="sonodistill: distilled ultrasound encoder",
+        )
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise UserError(f"--push-to-hub {repo_id}: upload failed ({' '.join(str(exc).split())[:300]}); "
-                        "log in with `huggingface-cli login` or set HF_TOKEN") from None
-    print(f"pushed {len(files)} files to https://huggingface.co/{repo_id}")
+        raise UserError(
+            f"--push-to-hub {repo_id}: upload failed ({' '.join(str(exc).split())[:300]}); "
+            "log in with `huggingface-cli login` or set HF_TOKEN"
+        ) from None
+    log.info(f"pushed {len(files)} files to https://huggingface.co/{repo_id}")
     return files
 
 

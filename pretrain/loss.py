@@ -11,6 +11,7 @@ networks, so the same view reaches teacher and student as in eqs. 4-5; ``mode='t
 teacher on the clean images and uses ``lam * T(x_a) + (1 - lam) * T(x_b)`` as the student's target
 for ``x_mix``. We draw one ``lam`` per image (one pair per image) rather than one per batch.
 """
+
 from __future__ import annotations
 
 import dataclasses

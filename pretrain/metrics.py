@@ -3,39 +3,13 @@
 On resume from step k, lines after k (written by the interrupted run past its last checkpoint)
 are dropped and TensorBoard purges its events after k, so curves never show a step twice.
 """
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from shards.atomic import write_text
-
-
-def truncate_jsonl(path: Path, max_step: int) -> None:
-    """Keep only records with ``step <= max_step`` (atomic rewrite); a torn last line is dropped."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if int(rec.get("step", 0)) <= max_step:
-            kept.append(line)
-    write_text(path, "".join(k + "\n" for k in kept))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+from sonodistill.jsonl import read_jsonl, truncate_jsonl
 
 
 class MetricsLog:
@@ -68,10 +42,9 @@ class MetricsLog:
 
 def plot_loss_curve(metrics_path: str | Path, png: str | Path, title: str = "distillation loss") -> Path | None:
     """Loss (log scale) and learning rate against step, from ``metrics.jsonl``; None if empty."""
-    import matplotlib
+    from sonodistill.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     recs = [r for r in read_jsonl(Path(metrics_path)) if "loss" in r]
     if not recs:
@@ -101,9 +74,4 @@ def plot_loss_curve(metrics_path: str | Path, png: str | Path, title: str = "dis
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    png = Path(png)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(png)
-    return png
+    return save_figure(fig, png)

@@ -8,6 +8,7 @@ from it; ``launch/slurm_pretrain.sbatch`` requeues the job on that exit code.
 Install the handler before the data loader starts its workers: forked workers inherit it and so
 keep running (instead of dying) when a signal reaches the whole process group.
 """
+
 from __future__ import annotations
 
 import signal
@@ -33,7 +34,7 @@ class StopRequest:
     def requested(self) -> bool:
         return self.received is not None
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self

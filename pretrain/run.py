@@ -8,14 +8,15 @@
 Exit codes: 0 finished; 2 bad input / diverged (one ``error:`` line); 75 stopped by SIGTERM/SIGUSR1
 after writing a checkpoint (run the same command again: ``resume=auto`` continues exactly).
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from shards.config import add_config_args, config_from_args
-from shards.errors import cli_main
+from sonodistill.config import add_config_args, config_from_args
+from sonodistill.errors import cli_main
 
 
 @cli_main
@@ -24,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pretrain.trainer import train
 
     parser = argparse.ArgumentParser(
-        prog="pretrain/run.py", description=__doc__.splitlines()[0],
+        prog="pretrain/run.py",
+        description=__doc__.splitlines()[0],
         epilog="Exit codes: 0 done, 2 bad input or diverged, 75 preempted after a checkpoint.",
     )
     add_config_args(parser)

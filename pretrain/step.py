@@ -2,23 +2,25 @@
 
 Shared by the trainer, the step benchmark and the tests so they all measure and check the same code.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from pretrain.loss import MixupConfig, mix, sample_mix, token_mse
-from pretrain.teacher import Teacher
+from sonodistill.dinov3 import DINOv3
 
 
 @torch.no_grad()
-def make_view(images: torch.Tensor, augment: nn.Module, teacher: Teacher) -> torch.Tensor:
+def make_view(images: torch.Tensor, augment: nn.Module, teacher: DINOv3) -> torch.Tensor:
     """uint8 ``[B,1,H,W]`` -> augmented, 3-channel view normalised with the teacher's statistics."""
     return teacher.normalize(augment(images))
 
 
-def distill_loss(teacher: Teacher, student: nn.Module, view: torch.Tensor, mixup: MixupConfig,
-                 channels_last: bool = False) -> torch.Tensor:
+def distill_loss(
+    teacher: DINOv3, student: nn.Module, view: torch.Tensor, mixup: MixupConfig, channels_last: bool = False
+) -> torch.Tensor:
     """Token-wise MSE between ``student`` and ``teacher`` on the (mixed) view; see ``pretrain.loss``.
 
     In ``mixup.mode='input'`` (default) both networks receive the identical mixed tensor.

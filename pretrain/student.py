@@ -9,13 +9,14 @@ The student sees exactly the teacher's input: the grayscale view replicated to 3
 normalised with the teacher's statistics, so the exported encoder keeps 3 input channels and loads
 strictly into ``segmentation_models_pytorch.Unet(<name>).encoder``.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 class ProjectionHead(nn.Module):
@@ -74,8 +75,9 @@ def check_grids(image_size: int, patch_size: int, stride: int, student_name: str
 class Student(nn.Module):
     """timm backbone + projection head; ``forward`` gives ``[B, out_dim, *grid]`` on the teacher grid."""
 
-    def __init__(self, name: str = "resnet50", out_dim: int = 1536, head_hidden: int = 4096,
-                 grid: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, name: str = "resnet50", out_dim: int = 1536, head_hidden: int = 4096, grid: tuple[int, int] | None = None
+    ) -> None:
         super().__init__()
         self.name = name
         self.backbone = create_backbone(name)
@@ -98,8 +100,9 @@ class Student(nn.Module):
         return z
 
 
-def build_student(name: str, teacher_dim: int, head_hidden: int, image_size: int, patch_size: int,
-                  out_dim: int = 0) -> Student:
+def build_student(
+    name: str, teacher_dim: int, head_hidden: int, image_size: int, patch_size: int, out_dim: int = 0
+) -> Student:
     """Build the student for a teacher and check grids and dimensions up front (clear errors)."""
     if out_dim and out_dim != teacher_dim:
         raise UserError(

@@ -1,248 +1,21 @@
-"""The frozen DINOv3 teacher: patch-token targets for distillation, and token access for probes.
+"""``python -m pretrain.teacher init-tiny --out DIR``: write a tiny random-initialised DINOv3 teacher.
 
-The model is transformers' DINOv3 ViT loaded with ``AutoModel.from_pretrained`` (a Hub id such as
-``facebook/dinov3-vitb16-pretrain-lvd1689m`` or a local ``save_pretrained`` folder), kept frozen in
-eval mode and run under ``torch.inference_mode``; on GPU it is held in bf16.
-
-Targets follow DINOv3's ``get_intermediate_layers(norm=True)``: the hidden states after the chosen
-blocks, CLS and register tokens dropped, the model's final LayerNorm applied to each, then
-aggregated (channel concatenation or mean) and reshaped to the patch grid ``[B, C, H/p, W/p]``.
-
-``python -m pretrain.teacher init-tiny --out DIR`` writes a tiny random-initialised DINOv3 (registers
-included) plus its image processor, so tests and the demo go through the same ``from_pretrained``
-path as the real checkpoint without any download.
+The teacher itself (loading, token selection, targets) is :class:`sonodistill.dinov3.DINOv3`, in
+the core because downstream uses DINOv3 as a reference encoder too. The folder written here loads
+through the same ``from_pretrained`` path as ``facebook/dinov3-vitb16-pretrain-lvd1689m``, so
+tests and the demo need no download.
 """
+
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from pathlib import Path
-from typing import Literal, Sequence
+import logging
+from collections.abc import Sequence
 
-import torch
-from torch import nn
+from sonodistill.dinov3 import TINY_CONFIG, init_tiny
+from sonodistill.errors import cli_main
 
-from shards.errors import UserError, cli_main
-
-DEFAULT_TEACHER = "facebook/dinov3-vitb16-pretrain-lvd1689m"
-# Tiny DINOv3 for tests and the demo: the real architecture (RoPE, 4 registers, layer scale), small.
-TINY_CONFIG = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    patch_size=16,
-    num_register_tokens=4,
-    image_size=64,
-)
-
-Aggregate = Literal["concat", "mean"]
-
-
-def init_tiny(out: str | Path, seed: int = 0, **overrides) -> Path:
-    """Write a tiny random-initialised DINOv3 ViT and its image processor to ``out``.
-
-    ``overrides`` replace fields of :data:`TINY_CONFIG` (any ``DINOv3ViTConfig`` field). The folder
-    loads with ``AutoModel.from_pretrained(out)`` / ``AutoImageProcessor.from_pretrained(out)`` and
-    therefore with :meth:`Teacher.from_pretrained`, exactly like the Hub checkpoint.
-    """
-    from transformers import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    out = Path(out)
-    cfg_kwargs = {**TINY_CONFIG, **overrides}
-    try:
-        config = DINOv3ViTConfig(**cfg_kwargs)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"init-tiny: bad DINOv3ViTConfig override ({exc})") from None
-    torch.manual_seed(seed)
-    model = DINOv3ViTModel(config).eval()
-    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-    processor = DINOv3ViTImageProcessor(size={"height": size, "width": size})
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-@dataclasses.dataclass
-class TeacherTokens:
-    """Per requested block: CLS ``[B, C]``, registers ``[B, R, C]``, patches ``[B, N, C]`` (row-major grid)."""
-
-    layers: list[int]
-    cls: list[torch.Tensor]
-    registers: list[torch.Tensor]
-    patches: list[torch.Tensor]
-    grid: tuple[int, int]
-
-
-def _final_norm(model: nn.Module) -> nn.Module:
-    for name in ("norm", "layernorm"):  # DINOv3 calls it ``norm``; DINOv2 ``layernorm``
-        mod = getattr(model, name, None)
-        if isinstance(mod, nn.Module):
-            return mod
-    raise UserError(f"teacher: {type(model).__name__} has no final norm layer ('norm' or 'layernorm')")
-
-
-class Teacher(nn.Module):
-    """Frozen ViT teacher producing patch-grid targets ``[B, embed_dim, H/p, W/p]``.
-
-    Build it with :meth:`from_pretrained`. ``forward`` takes the normalised 3-channel view
-    (see :meth:`normalize`), which is also what the student receives. ``tokens`` exposes CLS,
-    register and patch tokens of any blocks (for linear heads and segmentation heads downstream).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        mean: Sequence[float],
-        std: Sequence[float],
-        layers: Sequence[int] = (-2, -1),
-        norm: bool = True,
-        aggregate: Aggregate = "concat",
-        name_or_path: str = "",
-        trainable: bool = False,
-    ) -> None:
-        super().__init__()
-        cfg = model.config
-        self.trainable = bool(trainable)
-        self.model = model if trainable else model.eval().requires_grad_(False)
-        self.name_or_path = name_or_path
-        patch = cfg.patch_size
-        self.patch_size = int(patch if isinstance(patch, int) else patch[0])
-        self.hidden_size = int(cfg.hidden_size)
-        self.num_register_tokens = int(getattr(cfg, "num_register_tokens", 0) or 0)
-        self.num_layers = int(cfg.num_hidden_layers)
-        self.layers = self.resolve_layers(layers)
-        self.norm = bool(norm)
-        if aggregate not in ("concat", "mean"):
-            raise UserError(f"teacher.aggregate: expected 'concat' or 'mean', got {aggregate!r}")
-        self.aggregate = aggregate
-        self.embed_dim = self.hidden_size * (len(self.layers) if aggregate == "concat" else 1)
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise UserError(f"teacher {name_or_path}: image processor mean/std must have 3 values")
-        self._final_norm = _final_norm(model)
-        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
-
-    # -- construction -----------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | Path = DEFAULT_TEACHER,
-        layers: Sequence[int] = (-2, -1),
-        norm: bool = True,
-        aggregate: Aggregate = "concat",
-        dtype: torch.dtype | None = None,
-        trainable: bool = False,
-    ) -> "Teacher":
-        """Load a DINOv3 checkpoint (Hub id or local folder) and its image-processor statistics.
-
-        Frozen by default (eval, no gradients, ``inference_mode``): the distillation teacher and
-        linear probes. ``trainable=True`` keeps gradients and train/eval switching, for fine-tuning
-        the ViT downstream.
-
-        Raises :class:`UserError` naming ``name_or_path`` when it does not load (with
-        ``HF_HUB_OFFLINE=1`` nothing is downloaded: pass a local folder).
-        """
-        from transformers import AutoImageProcessor, AutoModel
-        from transformers.utils import logging as hf_logging
-
-        name = str(name_or_path)
-        hf_logging.disable_progress_bar()
-        try:
-            model = AutoModel.from_pretrained(name, dtype=dtype)
-        except (OSError, ValueError, EnvironmentError) as exc:
-            reason = " ".join(str(exc).split())[:300]
-            raise UserError(
-                f"teacher.name_or_path: cannot load '{name}' with transformers AutoModel ({reason}); "
-                "give a local save_pretrained folder or a Hub id reachable from here "
-                "(`python -m pretrain.teacher init-tiny --out DIR` makes a tiny one)"
-            ) from None
-        if not hasattr(model.config, "patch_size") or not hasattr(model.config, "hidden_size"):
-            raise UserError(f"teacher.name_or_path: '{name}' is a {type(model).__name__}, not a ViT with patches")
-        try:
-            proc = AutoImageProcessor.from_pretrained(name)
-            mean, std = proc.image_mean, proc.image_std
-        except (OSError, ValueError, EnvironmentError):
-            raise UserError(
-                f"teacher.name_or_path: '{name}' has no image processor config (preprocessor_config.json); "
-                "the teacher's normalisation statistics come from it"
-            ) from None
-        return cls(model, mean, std, layers=layers, norm=norm, aggregate=aggregate, name_or_path=name,
-                   trainable=trainable)
-
-    def resolve_layers(self, layers: Sequence[int] | int) -> list[int]:
-        """Block indices (0-based; negative counts from the last block); an int n means the last n."""
-        if isinstance(layers, int):
-            if not 1 <= layers <= self.num_layers:
-                raise UserError(f"teacher.layers: need 1..{self.num_layers} last blocks, got {layers}")
-            return list(range(self.num_layers - layers, self.num_layers))
-        out = []
-        for i in layers:
-            if not -self.num_layers <= int(i) < self.num_layers:
-                raise UserError(
-                    f"teacher.layers: block {i} out of range for a {self.num_layers}-block model "
-                    f"(valid: 0..{self.num_layers - 1} or -{self.num_layers}..-1)"
-                )
-            out.append(int(i) % self.num_layers)
-        if not out:
-            raise UserError("teacher.layers: give at least one block index")
-        return out
-
-    def train(self, mode: bool = True) -> "Teacher":
-        # A frozen teacher stays in eval: DINOv3 randomly rescales RoPE coordinates in train mode.
-        return super().train(mode and self.trainable)
-
-    # -- inputs -------------------------------------------------------------------------------
-    def normalize(self, gray: torch.Tensor) -> torch.Tensor:
-        """Grayscale ``[B,1,H,W]`` (uint8, or float in [0,1]) -> 3 replicated channels, normalised."""
-        if gray.ndim != 4 or gray.shape[1] != 1:
-            raise ValueError(f"expected grayscale images [B,1,H,W], got {tuple(gray.shape)}")
-        x = gray.float() / 255.0 if gray.dtype == torch.uint8 else gray.float()
-        return (x.expand(-1, 3, -1, -1) - self._mean) / self._std
-
-    def grid(self, height: int, width: int) -> tuple[int, int]:
-        return height // self.patch_size, width // self.patch_size
-
-    # -- outputs ------------------------------------------------------------------------------
-    def tokens(self, x: torch.Tensor, layers: Sequence[int] | int | None = None,
-               norm: bool | None = None) -> TeacherTokens:
-        """CLS, register and patch tokens after each requested block (final norm applied if ``norm``)."""
-        idx = self.layers if layers is None else self.resolve_layers(layers)
-        norm = self.norm if norm is None else norm
-        h, w = x.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise UserError(f"teacher: image size {h}x{w} is not a multiple of the patch size {self.patch_size}")
-        dtype = next(self.model.parameters()).dtype
-        with torch.inference_mode(not self.trainable):
-            out = self.model(pixel_values=x.to(dtype), output_hidden_states=True)
-            return self._select(out.hidden_states, idx, norm, (h, w))
-
-    def _select(self, states, idx: list[int], norm: bool, size: tuple[int, int]) -> TeacherTokens:
-        # states = [embeddings output, block 0, ..., block L-1]
-        prefix = 1 + self.num_register_tokens
-        cls_t, reg_t, patch_t = [], [], []
-        for i in idx:
-            hs = states[i + 1]
-            if norm:
-                hs = self._final_norm(hs)
-            cls_t.append(hs[:, 0])
-            reg_t.append(hs[:, 1:prefix])
-            patch_t.append(hs[:, prefix:])
-        return TeacherTokens(idx, cls_t, reg_t, patch_t, self.grid(*size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Distillation targets ``[B, embed_dim, H/p, W/p]`` in float32."""
-        with torch.inference_mode(not self.trainable):
-            tok = self.tokens(x)
-            feats = torch.cat(tok.patches, dim=-1) if self.aggregate == "concat" else torch.stack(tok.patches).mean(0)
-            b, n, c = feats.shape
-            gh, gw = tok.grid
-            return feats.float().transpose(1, 2).reshape(b, c, gh, gw)
+log = logging.getLogger(__name__)
 
 
 @cli_main
@@ -255,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--image-size", type=int, default=TINY_CONFIG["image_size"])
     args = parser.parse_args(argv)
     out = init_tiny(args.out, seed=args.seed, image_size=args.image_size)
-    print(f"tiny DINOv3 teacher written to {out}")
+    log.info(f"tiny DINOv3 teacher written to {out}")
 
 
 if __name__ == "__main__":

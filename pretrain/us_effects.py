@@ -19,6 +19,7 @@ SpeckleReduction           :func:`speckle_reduction` (bilateral filter, kornia's
 -                          :func:`speckle_noise`, :func:`gain_tgc`, :func:`depth_blur`
 =========================  =================================================================
 """
+
 from __future__ import annotations
 
 import torch
@@ -117,8 +118,12 @@ def speckle_reduction(
     chunk = n if x.device.type != "cpu" else max(1, BILATERAL_CPU_CHUNK_BYTES // (h * w * x.element_size()))
     if chunk >= n:
         return _bilateral_pairs(x, sigma_space, sigma_color, kernel_size)
-    return torch.cat([_bilateral_pairs(*part, kernel_size) for part in
-                      zip(x.split(chunk), sigma_space.split(chunk), sigma_color.split(chunk))])
+    return torch.cat(
+        [
+            _bilateral_pairs(*part, kernel_size)
+            for part in zip(x.split(chunk), sigma_space.split(chunk), sigma_color.split(chunk))
+        ]
+    )
 
 
 def _bilateral_pairs(x: torch.Tensor, sigma_space: torch.Tensor, sigma_color: torch.Tensor, k: int) -> torch.Tensor:
@@ -129,8 +134,8 @@ def _bilateral_pairs(x: torch.Tensor, sigma_space: torch.Tensor, sigma_color: to
     color = _per_image(-0.5 / sigma_color.square())
     space = _per_image(-0.5 / sigma_space.square())
     num, den = torch.zeros_like(padded), torch.zeros_like(padded)
-    num[..., r:r + h, r:r + w] = x  # the centre tap: weight exp(0) = 1
-    den[..., r:r + h, r:r + w] = 1.0
+    num[..., r : r + h, r : r + w] = x  # the centre tap: weight exp(0) = 1
+    den[..., r : r + h, r : r + w] = 1.0
     for dy in range(r + 1):
         for dx in range(-r, r + 1):
             if dy == 0 and dx <= 0:
@@ -144,7 +149,7 @@ def _bilateral_pairs(x: torch.Tensor, sigma_space: torch.Tensor, sigma_color: to
             den[near].add_(weight)
             num[far].addcmul_(weight, a)
             den[far].add_(weight)
-    return num[..., r:r + h, r:r + w] / den[..., r:r + h, r:r + w]
+    return num[..., r : r + h, r : r + w] / den[..., r : r + h, r : r + w]
 
 
 def tgc_curve(depth: torch.Tensor, points_db: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ Only ``depth`` is a full-size map; everything else is per row or per image, so t
 a few passes over the batch. Written by hand because no library in the stack models ultrasound
 beam geometry.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -47,7 +48,7 @@ class ScanGeometry:
     is_fan: torch.Tensor  # [B] bool: sector/convex (True) or linear (False)
     depth: torch.Tensor  # normalised depth along the beam, clamped to [0, 1] (outside too)
 
-    def index(self, idx: torch.Tensor) -> "ScanGeometry":
+    def index(self, idx: torch.Tensor) -> ScanGeometry:
         """The geometry of the images ``idx`` (a 1-D index tensor)."""
         return ScanGeometry(**{f.name: getattr(self, f.name).index_select(0, idx) for f in fields(self)})
 
@@ -103,8 +104,13 @@ def estimate_geometry(images: torch.Tensor, threshold: float = 12 / 255) -> Scan
     any_px = has_row.any(-1)
     top = torch.where(any_px, torch.where(has_row, rows, float(h)).amin(-1), 0.0)
     far = LINEAR_APEX_DISTANCE * max(h, w)
-    is_fan = ((n_l >= min_rows) & (n_r >= min_rows) & (spread > MIN_FAN_SPREAD)
-              & (apex_y <= top + 0.1 * h) & (apex_y > top - far / 10))
+    is_fan = (
+        (n_l >= min_rows)
+        & (n_r >= min_rows)
+        & (spread > MIN_FAN_SPREAD)
+        & (apex_y <= top + 0.1 * h)
+        & (apex_y > top - far / 10)
+    )
     centre = ((left + right) / 2 * has_row).sum(-1) / has_row.sum(-1).clamp(min=1)
     centre = torch.where(any_px, centre, (w - 1) / 2)
     apex_x = torch.where(is_fan, apex_x, centre)
@@ -125,8 +131,17 @@ def estimate_geometry(images: torch.Tensor, threshold: float = 12 / 255) -> Scan
     r_min, r_max = torch.where(any_px, r_min, 0.0), torch.where(any_px, r_max, 1.0)
     a_min, a_max = torch.where(any_px, a_min, 0.0), torch.where(any_px, a_max, 0.0)
 
-    geom = ScanGeometry(left, right, torch.stack([apex_x, apex_y], -1), r_min, r_max, a_min, a_max, is_fan,
-                        depth=images.new_empty((b, 1, h, w)))
+    geom = ScanGeometry(
+        left,
+        right,
+        torch.stack([apex_x, apex_y], -1),
+        r_min,
+        r_max,
+        a_min,
+        a_max,
+        is_fan,
+        depth=images.new_empty((b, 1, h, w)),
+    )
     span = (r_max - r_min).clamp(min=1.0)
     geom.depth = geom.radius().sub_(r_min.view(b, 1, 1, 1)).div_(span.view(b, 1, 1, 1)).clamp_(0.0, 1.0)
     return geom

@@ -11,32 +11,35 @@ byte-identical for any ``--workers``; memory holds one shard, never the corpus. 
 under a temporary name and renamed; ``.build-journal.jsonl`` lets an interrupted build resume
 without redoing finished shards; ``manifest.json`` is written last and marks the build complete.
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import io
 import json
+import logging
 import os
-import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import webdataset as wds
-from tqdm import tqdm
 
-from shards.atomic import write_json
 from shards.clean import Cleaned, Rejected, clean_image
 from shards.decode import IMAGE_EXTENSIONS
 from shards.dedup import DuplicateIndex
-from shards.errors import UserError, cli_main
 from shards.journal import Journal
 from shards.manifest import MANIFEST
 from shards.ordered_pool import ordered_map
 from shards.sources import Item, Source, open_source, parse_source
+from sonodistill.atomic import write_json
+from sonodistill.errors import UserError, cli_main
+from sonodistill.logs import progress as progress_bar
+
+log = logging.getLogger(__name__)
 
 BUILD_FORMAT = 1
 SHARD_PATTERN = "shard-{:06d}.tar"
@@ -105,7 +108,11 @@ def _identity(sources: list[Source], settings: BuildSettings) -> dict:
 def _describe_difference(old: dict, new: dict) -> str:
     if old.get("settings") != new.get("settings"):
         keys = [k for k in new["settings"] if old.get("settings", {}).get(k) != new["settings"][k]]
-        return "settings differ (" + ", ".join(f"{k}: {old.get('settings', {}).get(k)} -> {new['settings'][k]}" for k in keys) + ")"
+        return (
+            "settings differ ("
+            + ", ".join(f"{k}: {old.get('settings', {}).get(k)} -> {new['settings'][k]}" for k in keys)
+            + ")"
+        )
     oldn = [s["name"] for s in old.get("sources", [])]
     newn = [s["name"] for s in new["sources"]]
     if oldn != newn:
@@ -143,11 +150,11 @@ def build_shards(
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         if manifest.get("identity") != identity:
             raise UserError(
-                f"--out {out}: holds a different build ({_describe_difference(manifest.get('identity', {}), identity)}); "
-                "use another --out or delete it"
+                f"--out {out}: holds a different build "
+                f"({_describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
             )
         if progress:
-            print(f"{out}: already built ({manifest['num_samples']} samples); nothing to do", file=sys.stderr)
+            log.info(f"{out}: already built ({manifest['num_samples']} samples); nothing to do")
         return manifest
 
     journal = Journal(out)
@@ -155,8 +162,10 @@ def build_shards(
     if journal.exists():
         old, records = journal.read()
         if old != identity:
-            raise UserError(f"--out {out}: holds a different, unfinished build ({_describe_difference(old, identity)}); "
-                            "use another --out or delete it")
+            raise UserError(
+                f"--out {out}: holds a different, unfinished build ({_describe_difference(old, identity)}); "
+                "use another --out or delete it"
+            )
         # Keep only records whose shard file is intact.
         for i, r in enumerate(records):
             p = out / r["shard"]
@@ -192,7 +201,7 @@ def build_shards(
     hashes: list[list[str]] = []
     kept_delta: Counter = Counter()
     rej_delta: Counter = Counter()
-    bar = tqdm(total=total_items, initial=consumed, desc="build", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=total_items, initial=consumed, desc="build", unit="img", main=progress, logger=log)
     t0, n0 = time.time(), consumed
 
     def flush() -> None:
@@ -200,10 +209,18 @@ def build_shards(
         name = SHARD_PATTERN.format(len(shard_names))
         data = _tar_bytes(buffer)
         _write_shard(out / name, data)
-        journal.append({
-            "shard": name, "samples": len(buffer), "bytes": len(data), "sha1": hashlib.sha1(data).hexdigest(),
-            "consumed": consumed, "sources": dict(kept_delta), "rejected": dict(rej_delta), "hashes": hashes,
-        })
+        journal.append(
+            {
+                "shard": name,
+                "samples": len(buffer),
+                "bytes": len(data),
+                "sha1": hashlib.sha1(data).hexdigest(),
+                "consumed": consumed,
+                "sources": dict(kept_delta),
+                "rejected": dict(rej_delta),
+                "hashes": hashes,
+            }
+        )
         shard_names.append(name)
         shard_sizes.append(len(buffer))
         buffer, hashes, kept_delta, rej_delta = [], [], Counter(), Counter()
@@ -253,7 +270,9 @@ def build_shards(
     }
     if not shard_names:
         journal.remove()
-        raise UserError(f"--out {out}: every input was rejected ({', '.join(f'{k}={v}' for k, v in sorted(rejected.items()))})")
+        raise UserError(
+            f"--out {out}: every input was rejected ({', '.join(f'{k}={v}' for k, v in sorted(rejected.items()))})"
+        )
     write_json(manifest_path, manifest)
     journal.remove()
     return manifest
@@ -262,20 +281,30 @@ def build_shards(
 def summary_line(manifest: dict) -> str:
     rej = ", ".join(f"{k} {v}" for k, v in manifest["rejected"].items()) or "none"
     src = ", ".join(f"{k} {v}" for k, v in manifest["sources"].items())
-    return f"{manifest['num_samples']} samples in {len(manifest['shards'])} shards | kept per source: {src} | rejected: {rej}"
+    n, shards = manifest["num_samples"], len(manifest["shards"])
+    return f"{n} samples in {shards} shards | kept per source: {src} | rejected: {rej}"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m shards.build", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--source", action="append", default=[], metavar="NAME=DIR|NAME=hf:ID[:SPLIT]",
-                    help="a source dataset (repeat); folders are scanned recursively")
+    ap.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME=DIR|NAME=hf:ID[:SPLIT]",
+        help="a source dataset (repeat); folders are scanned recursively",
+    )
     ap.add_argument("--out", required=True, help="output folder for shards and manifest.json")
     d = BuildSettings()
     ap.add_argument("--size", type=int, default=d.size, help="output side in pixels (default %(default)s)")
     ap.add_argument("--samples-per-shard", type=int, default=d.samples_per_shard)
     ap.add_argument("--workers", type=int, default=d.workers, help="processes (default: all cores)")
-    ap.add_argument("--near-dup-distance", type=int, default=d.near_duplicate_distance,
-                    help="pHash Hamming distance counted as a near duplicate (-1: exact only)")
+    ap.add_argument(
+        "--near-dup-distance",
+        type=int,
+        default=d.near_duplicate_distance,
+        help="pHash Hamming distance counted as a near duplicate (-1: exact only)",
+    )
     ap.add_argument("--png-level", type=int, default=d.png_level, choices=range(10), metavar="0-9")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -290,8 +319,13 @@ def _main(args: argparse.Namespace) -> None:
         if name in sources:
             raise UserError(f"--source {s}: source name '{name}' given twice")
         sources[name] = spec
-    settings = BuildSettings(size=args.size, samples_per_shard=args.samples_per_shard, workers=args.workers,
-                             near_duplicate_distance=args.near_dup_distance, png_level=args.png_level)
+    settings = BuildSettings(
+        size=args.size,
+        samples_per_shard=args.samples_per_shard,
+        workers=args.workers,
+        near_duplicate_distance=args.near_dup_distance,
+        png_level=args.png_level,
+    )
     manifest = build_shards(sources, args.out, settings, progress=not args.quiet)
     print(summary_line(manifest))
 

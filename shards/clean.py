@@ -8,6 +8,7 @@ Aspect rule (README "Cleaning rules"): the crop is padded with black to a square
 split evenly left/right, height padding added at the bottom so the transducer stays at the top —
 then resized to ``size`` x ``size``. Nothing is cut off and the pixel aspect ratio is preserved.
 """
+
 from __future__ import annotations
 
 import hashlib

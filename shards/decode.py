@@ -9,6 +9,7 @@ Mode handling (documented rule, see README "Cleaning rules"):
   background), ``P`` (palette), ``CMYK``, ``YCbCr`` and others are converted to RGB.
 The result is ``HxW`` uint8 (grayscale) or ``HxWx3`` uint8 (colour, to be checked for Doppler).
 """
+
 from __future__ import annotations
 
 import io
@@ -83,7 +84,9 @@ def decode_image(data: bytes) -> Decoded:
         img.load()
     except (OSError, SyntaxError, ValueError) as exc:
         msg = str(exc).lower()
-        reason = "truncated" if ("truncat" in msg or "broken data stream" in msg or "premature" in msg) else "unreadable"
+        reason = (
+            "truncated" if ("truncat" in msg or "broken data stream" in msg or "premature" in msg) else "unreadable"
+        )
         raise DecodeError(reason, str(exc)) from None
     except Image.DecompressionBombError as exc:
         raise DecodeError("unreadable", str(exc)) from None

@@ -3,11 +3,13 @@
 Exact: identical cleaned pixels (SHA-1). Near: 256-bit perceptual hashes (imagehash.phash of the
 decoded frame) within ``max_distance`` bits. Calibrated on the synthetic corpus: JPEG re-encodes,
 brightness changes and 1-2 % rescales of a frame lie within 6 bits of it, distinct frames of the
-same anatomy at least 50 bits apart; the default 16 sits between. The near search uses multi-index hashing — split the hash into
-``max_distance + 1`` bit blocks; two hashes within the distance agree exactly on at least one block
-(pigeonhole) — so each lookup touches a few candidates instead of every kept image. Hand-written
-because imagehash only computes hashes; it has no index. Memory is a few dozen bytes per kept image.
+same anatomy at least 50 bits apart; the default 16 sits between. The near search uses multi-index
+hashing — split the hash into ``max_distance + 1`` bit blocks; two hashes within the distance agree
+exactly on at least one block (pigeonhole) — so each lookup touches a few candidates instead of
+every kept image. Hand-written because imagehash only computes hashes; it has no index. Memory is a
+few dozen bytes per kept image.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict

@@ -6,11 +6,13 @@ Prints the manifest summary (samples, shards, kept per source, rejections by rea
 has one row per source dataset; shards are visited in a seeded random order and reading stops as
 soon as every row is full, so it stays cheap on a large corpus (only the chosen images are decoded).
 """
+
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -18,13 +20,17 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from shards.errors import cli_main
 from shards.manifest import resolve_shards
+from sonodistill.errors import cli_main
+
+log = logging.getLogger(__name__)
 
 
 def summary(manifest: dict) -> str:
-    lines = [f"samples: {manifest['num_samples']} in {len(manifest['shards'])} shards "
-             f"(from {manifest.get('inputs', '?')} inputs, size {manifest['settings'].get('size')} px)"]
+    lines = [
+        f"samples: {manifest['num_samples']} in {len(manifest['shards'])} shards "
+        f"(from {manifest.get('inputs', '?')} inputs, size {manifest['settings'].get('size')} px)"
+    ]
     width = max(len(k) for k in manifest["sources"]) if manifest["sources"] else 0
     lines.append("kept per source:")
     lines += [f"  {k:<{width}}  {v}" for k, v in manifest["sources"].items()]
@@ -49,10 +55,9 @@ def pick_samples(urls: list[str], sources: list[str], per_source: int, seed: int
 
 
 def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 128) -> None:
-    import matplotlib
+    from sonodistill.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [k for k, v in picked.items() if v]
     cols = max(len(picked[k]) for k in rows)
@@ -67,9 +72,7 @@ def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 1
             if c == 0:
                 ax.set_title(src, loc="left", fontsize=9)
     fig.tight_layout()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
 
 
 @cli_main
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.sheet:
         sources = list((manifest or {}).get("sources", {}))
         contact_sheet(pick_samples(urls, sources, args.per_source, args.seed), args.sheet)
-        print(f"contact sheet: {args.sheet}")
+        log.info(f"contact sheet: {args.sheet}")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ the per-source/per-reason counts it adds, and the hashes of its samples (to rebu
 index). A shard is renamed into place *before* its line is appended, so a crash in between only
 means that shard is written again — identically.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 JOURNAL = ".build-journal.jsonl"
 

@@ -3,15 +3,16 @@
 A shard set can be given as a folder holding ``manifest.json``, the manifest file itself, a brace
 pattern (``/data/shard-{000000..000099}.tar``, webdataset's syntax) or a list of shard paths/URLs.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import braceexpand
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 MANIFEST = "manifest.json"
 REQUIRED = ("num_samples", "sources", "rejected", "shards", "settings")

@@ -4,13 +4,15 @@
 dataset source means holding every encoded image in memory; this keeps at most ``window`` chunks in
 flight instead.
 """
+
 from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 A = TypeVar("A")
 R = TypeVar("R")

@@ -8,6 +8,7 @@
   area above 200: documents, screenshots, white pages); or no speckle texture inside the scan area
   (median local coefficient of variation below ``MIN_SPECKLE_CV``: smooth photos, gradients, drawings).
 """
+
 from __future__ import annotations
 
 import numpy as np

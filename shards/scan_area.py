@@ -13,6 +13,7 @@ anatomy touching the edge (cysts, chambers, shadows) that a plain threshold woul
 annotations outside the hull are dropped. Written here because no library in the stack detects an
 ultrasound scan area; skimage/scipy supply the morphology.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

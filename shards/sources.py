@@ -6,17 +6,19 @@ ignored; every other file is an item, and files without an image extension are l
 ``save_to_disk``, a local dataset folder/script, or a Hub id already in the local cache (offline).
 Its first ``Image`` column is used, undecoded, so decoding happens in the build workers.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from shards.decode import IMAGE_EXTENSIONS
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -67,9 +69,7 @@ class FolderSource:
                     self.files.append((os.path.relpath(p, self.root), os.path.getsize(p)))
         self.files.sort()
         if not any(rel.lower().endswith(IMAGE_EXTENSIONS) for rel, _ in self.files):
-            raise UserError(
-                f"--source {name}={root}: no image files (expected {', '.join(IMAGE_EXTENSIONS)})"
-            )
+            raise UserError(f"--source {name}={root}: no image files (expected {', '.join(IMAGE_EXTENSIONS)})")
 
     def __len__(self) -> int:
         return len(self.files)
@@ -95,9 +95,11 @@ class DatasetSource:
         if ":" in ident and not Path(ident).exists():
             ident, split = ident.rsplit(":", 1)
         try:
-            if Path(ident).is_dir() and (Path(ident) / "state.json").exists() or (
-                Path(ident) / "dataset_dict.json"
-            ).exists():
+            if (
+                Path(ident).is_dir()
+                and (Path(ident) / "state.json").exists()
+                or (Path(ident) / "dataset_dict.json").exists()
+            ):
                 ds = datasets.load_from_disk(ident)
             else:
                 ds = datasets.load_dataset(ident, split=split) if split else datasets.load_dataset(ident)

@@ -20,6 +20,7 @@ stream is a pure function of (seed, epoch, slot), so resuming skips that many *u
 slot that was next. Written here because webdataset's loaders have no resumable position and
 ``accelerate.skip_first_batches`` would decode everything it skips.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,9 @@ import os
 import random
 import warnings
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +38,8 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.errors import UserError
 from shards.manifest import resolve_shards
+from sonodistill.errors import UserError
 
 MODES = ("epoch", "loop", "resampled")
 TAGS = ("__slot__", "__epoch__", "__consumed__", "__skipped__")
@@ -56,10 +58,24 @@ def default_rank_world() -> tuple[int, int]:
 class _SlotStream(IterableDataset):
     """The per-worker side: undecoded samples -> skip -> decode -> fixed-size uint8 batches."""
 
-    def __init__(self, urls: list[str], batch_size: int, mode: str, seed: int, shuffle: bool,
-                 shuffle_buffer: int, rank: int, world_size: int, num_workers: int, with_meta: bool,
-                 drop_last: bool, start: dict[int, tuple[int, int]], rotation: int, image_size: int | None,
-                 epoch_limit: int | None):
+    def __init__(
+        self,
+        urls: list[str],
+        batch_size: int,
+        mode: str,
+        seed: int,
+        shuffle: bool,
+        shuffle_buffer: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        with_meta: bool,
+        drop_last: bool,
+        start: dict[int, tuple[int, int]],
+        rotation: int,
+        image_size: int | None,
+        epoch_limit: int | None,
+    ):
         super().__init__()
         self.urls, self.batch_size, self.mode, self.seed = urls, batch_size, mode, seed
         self.shuffle, self.shuffle_buffer, self.rank, self.world_size = shuffle, shuffle_buffer, rank, world_size
@@ -91,8 +107,9 @@ class _SlotStream(IterableDataset):
         if modulo is not None:
             src = (s for i, s in enumerate(src) if i % modulo[1] == modulo[0])
         if self.shuffle and self.shuffle_buffer > 1:
-            src = wds.filters.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
-                                      seed=_seed(self.seed, epoch, slot, 2))(iter(src))
+            src = wds.filters.shuffle(
+                self.shuffle_buffer, initial=self.shuffle_buffer, seed=_seed(self.seed, epoch, slot, 2)
+            )(iter(src))
         return iter(src)
 
     def _decode(self, sample: dict, counts: Counter) -> np.ndarray | None:
@@ -148,8 +165,13 @@ class _SlotStream(IterableDataset):
             yield self._batch(images, meta, logical, epoch, consumed, counts)
         elif counts:
             # No batch left to carry them: send the final skip counts on their own.
-            yield {"__slot__": logical, "__epoch__": epoch, "__consumed__": consumed, "__skipped__": dict(counts),
-                   "__final__": True}
+            yield {
+                "__slot__": logical,
+                "__epoch__": epoch,
+                "__consumed__": consumed,
+                "__skipped__": dict(counts),
+                "__final__": True,
+            }
 
     @staticmethod
     def _source(sample: dict) -> str:
@@ -162,8 +184,13 @@ class _SlotStream(IterableDataset):
 
     def _batch(self, images, meta, logical, epoch, consumed, counts) -> dict[str, Any]:
         arr = np.stack(images)[:, None]
-        out: dict[str, Any] = {"image": torch.from_numpy(arr), "__slot__": logical, "__epoch__": epoch,
-                               "__consumed__": consumed, "__skipped__": dict(counts)}
+        out: dict[str, Any] = {
+            "image": torch.from_numpy(arr),
+            "__slot__": logical,
+            "__epoch__": epoch,
+            "__consumed__": consumed,
+            "__skipped__": dict(counts),
+        }
         if self.with_meta:
             out["source"] = [m[0] for m in meta]
             out["key"] = [m[1] for m in meta]
@@ -173,10 +200,22 @@ class _SlotStream(IterableDataset):
 class ShardLoader:
     """Batches of uint8 single-channel images from shards, split over ranks and workers."""
 
-    def __init__(self, shards: str | Path | Sequence[str], batch_size: int, mode: str = "loop", seed: int = 0,
-                 shuffle: bool = True, shuffle_buffer: int = 1000, num_workers: int = 2,
-                 rank: int | None = None, world_size: int | None = None, with_meta: bool = False,
-                 pin_memory: bool = False, drop_last: bool = True, prefetch_factor: int = 4):
+    def __init__(
+        self,
+        shards: str | Path | Sequence[str],
+        batch_size: int,
+        mode: str = "loop",
+        seed: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        num_workers: int = 2,
+        rank: int | None = None,
+        world_size: int | None = None,
+        with_meta: bool = False,
+        pin_memory: bool = False,
+        drop_last: bool = True,
+        prefetch_factor: int = 4,
+    ):
         if mode not in MODES:
             raise UserError(f"shard loader mode '{mode}': expected one of {', '.join(MODES)}")
         if batch_size < 1:
@@ -219,10 +258,23 @@ class ShardLoader:
         first = self._pass if self.mode == "epoch" else 0
         start = {s: (first if self.mode == "epoch" else e, c) for s, (e, c) in self._slots.items()}
         start.update({s: (first, 0) for s in range(workers) if s not in start})
-        ds = _SlotStream(self.urls, self.batch_size, self.mode, self.seed, self.shuffle, self.shuffle_buffer,
-                         self.rank, self.world_size, self.num_workers, self.with_meta, self.drop_last, start,
-                         self._batches % workers, self.image_size,
-                         self._pass + 1 if self.mode == "epoch" else None)
+        ds = _SlotStream(
+            self.urls,
+            self.batch_size,
+            self.mode,
+            self.seed,
+            self.shuffle,
+            self.shuffle_buffer,
+            self.rank,
+            self.world_size,
+            self.num_workers,
+            self.with_meta,
+            self.drop_last,
+            start,
+            self._batches % workers,
+            self.image_size,
+            self._pass + 1 if self.mode == "epoch" else None,
+        )
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs.update(prefetch_factor=self.prefetch_factor, persistent_workers=False)
@@ -238,21 +290,34 @@ class ShardLoader:
 
     # --- exact position -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"version": 1, "mode": self.mode, "seed": self.seed, "world_size": self.world_size,
-                "num_workers": self.num_workers, "batch_size": self.batch_size, "pass": self._pass,
-                "pass_done": self._pass_done, "batches": self._batches,
-                "slots": {str(k): list(v) for k, v in self._slots.items()},
-                "skipped": self.skipped}
+        return {
+            "version": 1,
+            "mode": self.mode,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "num_workers": self.num_workers,
+            "batch_size": self.batch_size,
+            "pass": self._pass,
+            "pass_done": self._pass_done,
+            "batches": self._batches,
+            "slots": {str(k): list(v) for k, v in self._slots.items()},
+            "skipped": self.skipped,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        same = all(state.get(k) == getattr(self, k) for k in ("mode", "seed", "world_size", "num_workers", "batch_size"))
+        same = all(
+            state.get(k) == getattr(self, k) for k in ("mode", "seed", "world_size", "num_workers", "batch_size")
+        )
         slots = {int(k): (int(v[0]), int(v[1])) for k, v in state.get("slots", {}).items()}
         if not same:
             # A different layout cannot continue the same sample order; restart at the earliest
             # epoch any slot was in so nothing of it is skipped, and say so.
             first = min((e for e, _ in slots.values()), default=0)
-            warnings.warn("shard loader state was saved with a different mode/seed/world size/workers/batch; "
-                          f"resuming at the start of epoch {first} instead of the exact position", stacklevel=2)
+            warnings.warn(
+                "shard loader state was saved with a different mode/seed/world size/workers/batch; "
+                f"resuming at the start of epoch {first} instead of the exact position",
+                stacklevel=2,
+            )
             workers = max(1, self.num_workers)
             self._slots = {s: (first, 0) for s in range(workers)}
             self._batches, self._pass, self._pass_done = 0, first if self.mode == "epoch" else 0, False

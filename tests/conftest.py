@@ -3,6 +3,7 @@
 Everything here is generated locally (no network): the project's synthetic ultrasound
 generator and tiny random-initialised configs of the real architectures.
 """
+
 from __future__ import annotations
 
 import os
@@ -77,7 +78,7 @@ def ddti_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_teacher_dir(tmp_path_factory) -> Path:
     """A tiny random-initialised DINOv3 ViT saved with ``save_pretrained`` (loaded via from_pretrained)."""
-    from pretrain.teacher import init_tiny
+    from sonodistill.dinov3 import init_tiny
 
     out = tmp_path_factory.mktemp("tiny_teacher")
     init_tiny(out, seed=0)

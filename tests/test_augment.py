@@ -1,12 +1,13 @@
 """Augmentation presets: shapes, orientation, parameter bounds, determinism, config handling."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 from pretrain.augment import PRESETS, AugmentConfig, build_augment, resolve
-from shards.config import ConfigError, load_config, save_config
-from shards.errors import UserError
+from sonodistill.config import ConfigError, load_config, save_config
+from sonodistill.errors import UserError
 
 EFFECTS = ("attenuation", "shadow", "haze", "speckle", "despeckle", "gain")
 
@@ -64,11 +65,14 @@ def test_runs_in_float32_under_bf16_autocast():
     assert out.dtype == torch.float32
 
 
-@pytest.mark.parametrize("bad, what", [
-    (torch.zeros(2, 3, 8, 8), "[B,1,H,W]"),
-    (torch.zeros(1, 8, 8), "[B,1,H,W]"),
-    (torch.zeros(2, 1, 8, 8, dtype=torch.int32), "uint8 or float"),
-])
+@pytest.mark.parametrize(
+    "bad, what",
+    [
+        (torch.zeros(2, 3, 8, 8), "[B,1,H,W]"),
+        (torch.zeros(1, 8, 8), "[B,1,H,W]"),
+        (torch.zeros(2, 1, 8, 8, dtype=torch.int32), "uint8 or float"),
+    ],
+)
 def test_bad_input_is_a_user_error(bad, what):
     with pytest.raises(UserError, match="augment input: expected") as exc:
         build_augment(AugmentConfig())(bad)
@@ -76,6 +80,7 @@ def test_bad_input_is_a_user_error(bad, what):
 
 
 # --- orientation and flips ---------------------------------------------------------------------
+
 
 def test_us_never_flips_vertically():
     torch.manual_seed(0)
@@ -123,35 +128,49 @@ def test_no_vertical_flip_and_no_colour_jitter_in_the_ultrasound_presets():
 
 # --- intensity: no colour jitter in `us` ------------------------------------------------------------
 
+
 def test_us_without_crop_and_blur_preserves_every_pixel_up_to_flip():
     x = triangle(16, 32) + 0.1 * vertical_ramp(16, 32, 32)
     torch.manual_seed(0)
-    aug = build_augment(AugmentConfig(preset="us", size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
-                                      blur_p=0.0))
+    aug = build_augment(AugmentConfig(preset="us", size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), blur_p=0.0))
     out = aug(x)
     flipped = aug.last_params["hflip"]["batch_prob"].bool().view(-1, 1, 1, 1)
     assert torch.allclose(out, torch.where(flipped, x.flip(-1), x), atol=1e-4)
     assert torch.allclose(out.mean((1, 2, 3)), x.mean((1, 2, 3)), atol=1e-5)
     # With blur on, the mean intensity is still kept (a blur only redistributes it).
-    blurred = build_augment(AugmentConfig(preset="us", size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
-                                          blur_p=1.0, blur_sigma=(1.5, 1.5)))(x)
+    blurred = build_augment(
+        AugmentConfig(
+            preset="us", size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), blur_p=1.0, blur_sigma=(1.5, 1.5)
+        )
+    )(x)
     assert torch.allclose(blurred.mean((1, 2, 3)), x.mean((1, 2, 3)), rtol=0.02)
     # The natural-image preset with its jitter forced on does change it: the check can fail.
-    jittered = build_augment(AugmentConfig(preset="default", size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
-                                           blur_p=0.0, solarize_p=0.0, jitter_p=1.0))(x)
+    jittered = build_augment(
+        AugmentConfig(
+            preset="default",
+            size=32,
+            crop_scale=(1.0, 1.0),
+            crop_ratio=(1.0, 1.0),
+            blur_p=0.0,
+            solarize_p=0.0,
+            jitter_p=1.0,
+        )
+    )(x)
     assert float((jittered.mean((1, 2, 3)) - x.mean((1, 2, 3))).abs().max()) > 0.01
 
 
 def test_us_physics_with_every_effect_off_is_the_us_geometry_only():
     x = triangle(8, 32)
-    cfg = AugmentConfig(preset="us-physics", size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0,
-                        blur_p=0.0)
+    cfg = AugmentConfig(
+        preset="us-physics", size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, blur_p=0.0
+    )
     for name in EFFECTS:
         getattr(cfg, name).p = 0.0
     assert torch.allclose(build_augment(cfg)(x), x, atol=1e-4)
 
 
 # --- parameter bounds ------------------------------------------------------------------------------
+
 
 def test_crop_area_and_aspect_stay_in_the_configured_ranges():
     torch.manual_seed(0)
@@ -177,14 +196,18 @@ def test_effect_parameters_stay_in_their_ranges_and_probabilities_hold():
     ranges = {
         ("blur", "sigma"): cfg.blur_sigma,
         ("attenuation", "rate"): cfg.attenuation.rate,
-        ("shadow", "strength"): cfg.shadow.strength, ("shadow", "width"): cfg.shadow.width,
-        ("shadow", "depth"): cfg.shadow.depth, ("shadow", "position"): cfg.shadow.position,
-        ("haze", "strength"): cfg.haze.strength, ("haze", "centre"): cfg.haze.depth,
+        ("shadow", "strength"): cfg.shadow.strength,
+        ("shadow", "width"): cfg.shadow.width,
+        ("shadow", "depth"): cfg.shadow.depth,
+        ("shadow", "position"): cfg.shadow.position,
+        ("haze", "strength"): cfg.haze.strength,
+        ("haze", "centre"): cfg.haze.depth,
         ("haze", "width"): cfg.haze.width,
         ("speckle", "looks"): cfg.speckle.looks,
         ("despeckle", "sigma_space"): cfg.despeckle.sigma_space,
         ("despeckle", "sigma_color"): cfg.despeckle.sigma_color,
-        ("gain", "gain_db"): cfg.gain.gain_db, ("gain", "tgc_db"): cfg.gain.tgc_db,
+        ("gain", "gain_db"): cfg.gain.gain_db,
+        ("gain", "tgc_db"): cfg.gain.tgc_db,
     }
     for (effect, key), (lo, hi) in ranges.items():
         v = params[effect][key]
@@ -197,8 +220,9 @@ def test_effect_parameters_stay_in_their_ranges_and_probabilities_hold():
 
 
 def test_an_effect_touches_only_the_images_it_chose():
-    cfg = AugmentConfig(preset="us-physics", size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0,
-                        blur_p=0.0)
+    cfg = AugmentConfig(
+        preset="us-physics", size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_p=0.0, blur_p=0.0
+    )
     for name in EFFECTS:
         getattr(cfg, name).p = 0.0
     cfg.attenuation.p, cfg.attenuation.rate = 0.5, (1.0, 3.0)
@@ -214,6 +238,7 @@ def test_an_effect_touches_only_the_images_it_chose():
 
 
 # --- determinism ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_same_seed_same_views_different_seed_different_views(preset):
@@ -245,6 +270,7 @@ def test_restoring_the_rng_state_repeats_the_next_batch():
 
 # --- config ------------------------------------------------------------------------------------------
 
+
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     cfg = resolve(AugmentConfig(preset="default", size=64))
     assert cfg.crop_scale == (0.32, 1.0) and cfg.blur_sigma == (0.1, 2.0)
@@ -255,17 +281,20 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert over.preset == "us-physics" and over.shadow.p == 1.0 and over.crop_scale == (0.5, 0.9)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("crop_scale=[0.9,0.5]", "augment.crop_scale: expected a range [low, high] with low <= high"),
-    ("crop_scale=[0.5,1.5]", "augment.crop_scale: expected a range"),
-    ("hflip_p=1.5", "augment.hflip_p: expected a probability in [0, 1]"),
-    ("shadow.strength=[0.5,1.2]", "augment.shadow.strength: expected a range"),
-    ("haze.width=[0,0.1]", "augment.haze.width: expected a range [low, high] with low <= high, low > 0"),
-    ("despeckle.kernel_size=4", "augment.despeckle.kernel_size: expected an odd integer >= 3"),
-    ("gain.points=1", "augment.gain.points: expected an integer >= 2"),
-    ("size=4", "augment.size: expected an integer >= 8"),
-    ("preset=vertical", "key 'preset' expects one of"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("crop_scale=[0.9,0.5]", "augment.crop_scale: expected a range [low, high] with low <= high"),
+        ("crop_scale=[0.5,1.5]", "augment.crop_scale: expected a range"),
+        ("hflip_p=1.5", "augment.hflip_p: expected a probability in [0, 1]"),
+        ("shadow.strength=[0.5,1.2]", "augment.shadow.strength: expected a range"),
+        ("haze.width=[0,0.1]", "augment.haze.width: expected a range [low, high] with low <= high, low > 0"),
+        ("despeckle.kernel_size=4", "augment.despeckle.kernel_size: expected an odd integer >= 3"),
+        ("gain.points=1", "augment.gain.points: expected an integer >= 2"),
+        ("size=4", "augment.size: expected an integer >= 8"),
+        ("preset=vertical", "key 'preset' expects one of"),
+    ],
+)
 def test_bad_config_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as exc:
         load_config(AugmentConfig, overrides=[override])

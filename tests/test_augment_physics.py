@@ -1,4 +1,5 @@
 """Scan geometry estimation and each ultrasound effect against hand computations on tiny tensors."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,9 @@ from pretrain.augment_effects import SpeckleNoise
 from pretrain.us_geometry import ScanGeometry, estimate_geometry
 
 
-def sector(h: int, w: int, apex: tuple[float, float], half_angle_deg: float, r_in: float, r_out: float,
-           seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sector(
+    h: int, w: int, apex: tuple[float, float], half_angle_deg: float, r_in: float, r_out: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A speckle-textured sector scan (values 0.2-0.8 inside, 0 outside) and its true mask."""
     g = torch.Generator().manual_seed(seed)
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
@@ -35,12 +37,20 @@ def hand_geometry(h: int, w: int, apex: tuple[float, float]) -> ScanGeometry:
     depth = ((radius - r_min) / (r_max - r_min)).float()
     one = torch.ones(1)
     return ScanGeometry(
-        left=torch.zeros(1, h), right=torch.full((1, h), w - 1.0), apex=torch.tensor([list(apex)]),
-        r_min=float(r_min) * one, r_max=float(r_max) * one, a_min=float(angle.min()) * one,
-        a_max=float(angle.max()) * one, is_fan=torch.tensor([True]), depth=depth[None, None])
+        left=torch.zeros(1, h),
+        right=torch.full((1, h), w - 1.0),
+        apex=torch.tensor([list(apex)]),
+        r_min=float(r_min) * one,
+        r_max=float(r_max) * one,
+        a_min=float(angle.min()) * one,
+        a_max=float(angle.max()) * one,
+        is_fan=torch.tensor([True]),
+        depth=depth[None, None],
+    )
 
 
 # --- geometry ---------------------------------------------------------------------------------
+
 
 def test_fan_apex_mask_and_depth_are_recovered():
     img, mask = sector(96, 96, apex=(48.0, -6.0), half_angle_deg=35, r_in=12, r_out=100)
@@ -93,6 +103,7 @@ def test_empty_frame_gives_finite_geometry():
 
 # --- effects against hand computations ----------------------------------------------------------
 
+
 def test_attenuation_matches_hand_computation_and_falls_with_depth():
     g = hand_geometry(5, 3, apex=(1.0, -1e5))  # linear: depth = row / 4
     x = torch.full((1, 1, 5, 3), 0.8)
@@ -110,8 +121,9 @@ def test_shadow_matches_hand_computation_and_only_darkens():
     g = hand_geometry(h, w, apex)
     x = torch.full((1, 1, h, w), 0.6)
     strength, width, depth, position = 0.7, 0.1, 0.3, 0.5
-    out = us_effects.shadow(x, g, torch.tensor([strength]), torch.tensor([width]), torch.tensor([depth]),
-                            torch.tensor([position]))
+    out = us_effects.shadow(
+        x, g, torch.tensor([strength]), torch.tensor([width]), torch.tensor([depth]), torch.tensor([position])
+    )
     r_min, r_max = float(g.r_min), float(g.r_max)
     a_min, a_max = float(g.a_min), float(g.a_max)
     r0 = r_min + depth * (r_max - r_min)
@@ -122,7 +134,7 @@ def test_shadow_matches_hand_computation_and_only_darkens():
         r = math.hypot(xx - apex[0], yy - apex[1])
         a = math.atan2(xx - apex[0], yy - apex[1])
         lateral = r0 * math.sin(a - a0)
-        factor = 1 - strength * math.exp(-lateral ** 2 / (2 * sigma ** 2)) / (1 + math.exp(-(r - r0) / onset))
+        factor = 1 - strength * math.exp(-(lateral**2) / (2 * sigma**2)) / (1 + math.exp(-(r - r0) / onset))
         assert float(out[0, 0, yy, xx]) == pytest.approx(0.6 * factor, rel=1e-4)
     assert bool((out <= x + 1e-7).all())
     assert float(out[0, 0, 39, 20]) == pytest.approx(0.6 * (1 - strength), rel=1e-3)  # deep, on the beam
@@ -133,13 +145,20 @@ def test_haze_matches_hand_computation_inside_scan_area_only():
     g = hand_geometry(5, 4, apex=(1.5, -1e5))  # depth = row / 4
     g.left.fill_(1.0)  # column 0 is outside the scan area
     x = torch.full((1, 1, 5, 4), 0.2)
-    out = us_effects.haze(x, g, strength=torch.tensor([0.3]), centre=torch.tensor([0.5]),
-                          width=torch.tensor([0.1]), noise=torch.ones(1, 1, 5, 4))
+    out = us_effects.haze(
+        x,
+        g,
+        strength=torch.tensor([0.3]),
+        centre=torch.tensor([0.5]),
+        width=torch.tensor([0.1]),
+        noise=torch.ones(1, 1, 5, 4),
+    )
     assert float(out[0, 0, 2, 2]) == pytest.approx(0.5, rel=1e-5)
     assert float(out[0, 0, 3, 2]) == pytest.approx(0.2 + 0.3 * math.exp(-0.0625 / 0.02), rel=1e-4)
     assert torch.equal(out[..., :, 0], x[..., :, 0])
-    out = us_effects.haze(x + 0.8, g, torch.tensor([0.3]), torch.tensor([0.5]), torch.tensor([0.1]),
-                          torch.ones(1, 1, 5, 4))
+    out = us_effects.haze(
+        x + 0.8, g, torch.tensor([0.3]), torch.tensor([0.5]), torch.tensor([0.1]), torch.ones(1, 1, 5, 4)
+    )
     assert float(out.max()) == 1.0
 
 
@@ -165,8 +184,9 @@ def test_speckle_reduction_matches_hand_bilateral():
     num = den = 0.0
     for dy in range(-2, 3):
         for dx in range(-2, 3):
-            wgt = math.exp(-(dy * dy + dx * dx) / (2 * s_space ** 2)) * math.exp(
-                -float(v[2 + dy, 2 + dx] - v[2, 2]) ** 2 / (2 * s_color ** 2))
+            wgt = math.exp(-(dy * dy + dx * dx) / (2 * s_space**2)) * math.exp(
+                -(float(v[2 + dy, 2 + dx] - v[2, 2]) ** 2) / (2 * s_color**2)
+            )
             num += wgt * float(v[2 + dy, 2 + dx])
             den += wgt
     assert float(out[0, 0, 2, 2]) == pytest.approx(num / den, rel=1e-4)
@@ -212,6 +232,7 @@ def test_gamma_speckle_has_mean_one_and_variance_one_over_looks():
 
 # --- the physics preset as a whole --------------------------------------------------------------
 
+
 def _physics(p: float, **overrides) -> AugmentConfig:
     cfg = AugmentConfig(preset="us-physics", size=64, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **overrides)
     for name in ("attenuation", "shadow", "haze", "speckle", "despeckle", "gain"):
@@ -220,8 +241,10 @@ def _physics(p: float, **overrides) -> AugmentConfig:
 
 
 def test_background_outside_the_scan_area_stays_black():
-    frames = [sector(64, 64, apex=(32.0, 0.0), half_angle_deg=a, r_in=0, r_out=60, seed=s)
-              for s, a in enumerate((30, 40, 50, 35))]
+    frames = [
+        sector(64, 64, apex=(32.0, 0.0), half_angle_deg=a, r_in=0, r_out=60, seed=s)
+        for s, a in enumerate((30, 40, 50, 35))
+    ]
     x = torch.cat([f[0] for f in frames])
     truth = torch.stack([f[1] for f in frames])[:, None]
     torch.manual_seed(0)

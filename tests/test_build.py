@@ -1,4 +1,5 @@
 """shards.build: cleaning rules, dedup, manifest/shard agreement, determinism, resume, bad input."""
+
 from __future__ import annotations
 
 import io
@@ -19,11 +20,11 @@ from shards.build import BuildSettings, build_shards
 from shards.clean import Cleaned, Rejected, clean_image, letterbox
 from shards.decode import decode_image
 from shards.dedup import DuplicateIndex
-from shards.errors import UserError
 from shards.ordered_pool import ordered_map
 from shards.quality import colour_fraction, ultrasound_rejection
 from shards.scan_area import detect_scan_area
 from shards.synth import render
+from sonodistill.errors import UserError
 
 
 def read_shards(out: Path) -> list[dict]:
@@ -54,12 +55,12 @@ def png_bytes(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG", **kw) 
 
 # --- manifest, shards and the generator's ground truth ---------------------------------------------
 
+
 def test_manifest_counts_equal_shard_contents(shard_dir):
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     samples = read_shards(shard_dir)
     assert len(samples) == manifest["num_samples"] > 0
-    assert Counter(s["meta"]["source"] for s in samples) == Counter(
-        {k: v for k, v in manifest["sources"].items() if v})
+    assert Counter(s["meta"]["source"] for s in samples) == Counter({k: v for k, v in manifest["sources"].items() if v})
     per_shard = Counter(Path(s["url"]).name for s in samples)
     assert [per_shard[n] for n in manifest["shards"]] == manifest["shard_samples"]
     assert all(n <= 16 for n in manifest["shard_samples"])
@@ -139,6 +140,7 @@ def test_letterbox_rule():
 
 # --- decoding, modes, corrupt files ----------------------------------------------------------------
 
+
 def test_modes_are_converted_to_8bit_gray(tmp_path):
     gray = speckle_frame()
     ref = clean_image(png_bytes(gray), 64)
@@ -175,10 +177,13 @@ def test_transparent_background_composites_to_black():
     assert isinstance(res, Cleaned) and res.pixel_sha1 == clean_image(png_bytes(gray), 64).pixel_sha1
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty_file"),
-    (b"hello, not an image", "not_image"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty_file"),
+        (b"hello, not an image", "not_image"),
+    ],
+)
 def test_bad_bytes_are_rejected_with_reason(data, reason):
     res = clean_image(data, 64)
     assert isinstance(res, Rejected) and res.reason == reason
@@ -213,6 +218,7 @@ def test_quality_rules():
 
 # --- dedup ------------------------------------------------------------------------------------------
 
+
 def test_duplicate_index_matches_brute_force():
     rng = random.Random(0)
     idx = DuplicateIndex(max_distance=16, nbits=256)
@@ -246,13 +252,15 @@ def test_near_duplicates_are_caught_and_distinct_frames_kept(tmp_path):
     (src2 / "a_bright.png").write_bytes(png_bytes(brighter))
     h, w = a.shape
     (src2 / "a_resized.png").write_bytes(png_bytes(np.asarray(Image.fromarray(a).resize((w * 51 // 50, h * 51 // 50)))))
-    m = build_shards({"one": str(src1), "two": str(src2)}, tmp_path / "out", BuildSettings(size=64, workers=1),
-                     progress=False)
+    m = build_shards(
+        {"one": str(src1), "two": str(src2)}, tmp_path / "out", BuildSettings(size=64, workers=1), progress=False
+    )
     assert m["sources"] == {"one": 2, "two": 0}
     assert m["rejected"] == {"duplicate": 1, "near_duplicate": 3}
 
 
 # --- determinism, resume, re-runs --------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def small_sources(corpus_dir) -> dict[str, str]:
@@ -296,7 +304,9 @@ def test_interrupted_build_resumes_without_redoing_shards(small_sources, referen
     assert sorted(done) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     (out / "shard-000003.tar.tmp").write_bytes(b"half a shard")  # what a kill leaves behind
 
-    monkeypatch.setattr(build_mod, "_write_shard", lambda p, d: (calls.__setitem__("n", calls["n"] + 1), real_write(p, d)))
+    monkeypatch.setattr(
+        build_mod, "_write_shard", lambda p, d: (calls.__setitem__("n", calls["n"] + 1), real_write(p, d))
+    )
     calls["n"] = 0
     build_shards(small_sources, out, settings, progress=False)
     for name, stamp in done.items():  # finished shards were not rewritten
@@ -318,8 +328,9 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(small_sources, referenc
     with pytest.raises(UserError, match=r"holds a different build \(settings differ \(size: 48 -> 64\)\)"):
         build_shards(small_sources, out, BuildSettings(size=64, samples_per_shard=5), progress=False)
     with pytest.raises(UserError, match="sources differ"):
-        build_shards({"breast": small_sources["breast"]}, out, BuildSettings(size=48, samples_per_shard=5),
-                     progress=False)
+        build_shards(
+            {"breast": small_sources["breast"]}, out, BuildSettings(size=48, samples_per_shard=5), progress=False
+        )
     assert tree_bytes(out) == before  # nothing written was lost
 
 
@@ -356,6 +367,7 @@ def test_ordered_map_keeps_order_and_bounded_window():
 
 # --- other inputs and readers --------------------------------------------------------------------------
 
+
 def test_hf_dataset_source_and_datasets_reader(tmp_path):
     import datasets
 
@@ -369,8 +381,7 @@ def test_hf_dataset_source_and_datasets_reader(tmp_path):
     out = tmp_path / "out"
     m = build_shards({"hub": f"hf:{tmp_path / 'ds'}"}, out, BuildSettings(size=64, workers=2), progress=False)
     assert m["sources"] == {"hub": 3}
-    back = datasets.load_dataset("webdataset", data_files={"train": [str(out / s) for s in m["shards"]]},
-                                 split="train")
+    back = datasets.load_dataset("webdataset", data_files={"train": [str(out / s) for s in m["shards"]]}, split="train")
     assert len(back) == 3 and back[0]["png"].size == (64, 64) and back[0]["json"]["source"] == "hub"
     with pytest.raises(UserError, match="cannot load dataset"):
         build_shards({"x": "hf:no-such-org/no-such-dataset"}, tmp_path / "o2", progress=False)
@@ -391,8 +402,10 @@ def test_cli_bad_inputs_one_line_exit_2(tmp_path):
         (["--source", f"a={tmp_path / 'empty'}", "--out", str(tmp_path / "o")], "no image files"),
         (["--source", "nonsense", "--out", str(tmp_path / "o")], "expected NAME=DIR"),
         (["--source", f"a={tmp_path / 'img'}", "--out", str(tmp_path / "foreign")], "not a shard build"),
-        (["--source", f"a={tmp_path / 'img'}", "--source", f"a={tmp_path / 'img'}", "--out", str(tmp_path / "o")],
-         "given twice"),
+        (
+            ["--source", f"a={tmp_path / 'img'}", "--source", f"a={tmp_path / 'img'}", "--out", str(tmp_path / "o")],
+            "given twice",
+        ),
     ]
     for args, expected in cases:
         proc = run_cli(*args)
@@ -402,15 +415,27 @@ def test_cli_bad_inputs_one_line_exit_2(tmp_path):
 
 
 def test_cli_example_prints_summary(corpus_dir, tmp_path):
-    proc = run_cli("--source", f"breast={corpus_dir / 'breast'}", "--source", f"fetal={corpus_dir / 'fetal'}",
-                   "--out", str(tmp_path / "s"), "--size", "48", "--workers", "2", "--quiet")
+    proc = run_cli(
+        "--source",
+        f"breast={corpus_dir / 'breast'}",
+        "--source",
+        f"fetal={corpus_dir / 'fetal'}",
+        "--out",
+        str(tmp_path / "s"),
+        "--size",
+        "48",
+        "--workers",
+        "2",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert proc.stdout.startswith(f"{m['num_samples']} samples in {len(m['shards'])} shards")
 
 
 def test_inspect_summary_and_contact_sheet(shard_dir, tmp_path, capsys):
-    from shards.inspect import main as inspect_main, pick_samples
+    from shards.inspect import main as inspect_main
+    from shards.inspect import pick_samples
 
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     inspect_main([str(shard_dir), "--sheet", str(tmp_path / "sheet.png"), "--per-source", "3"])

@@ -1,16 +1,18 @@
-"""Typed configs (shards.config), one-line user errors (shards.errors) and atomic writes (shards.atomic)."""
+"""Typed configs (sonodistill.config), one-line user errors (sonodistill.errors), atomic writes
+(sonodistill.atomic)."""
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 import yaml
 
-from shards.atomic import atomic_open, write_json
-from shards.config import ConfigError, load_config, save_config, to_dict, valid_keys
-from shards.errors import UserError, cli_main
+from sonodistill.atomic import atomic_open, write_json
+from sonodistill.config import ConfigError, load_config, save_config, to_dict, valid_keys
+from sonodistill.errors import UserError, cli_main
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Cfg:
     out_dir: str = "runs/x"
     steps: int = 100
     layers: list[int] = field(default_factory=lambda: [-2, -1])
-    resume: Optional[str] = None
+    resume: str | None = None
     compile: bool = False
     optim: Optim = field(default_factory=Optim)
 
@@ -39,6 +41,17 @@ def test_defaults_yaml_then_overrides(tmp_path):
     assert cfg.optim.betas == (0.9, 0.999)  # default kept
     assert cfg.layers == [-4, -1] and cfg.compile is True and cfg.resume is None
     assert cfg.out_dir == "007"  # strings are never re-typed
+
+
+def test_layered_files_later_wins_and_each_is_checked(tmp_path):
+    preset, user = tmp_path / "preset.yaml", tmp_path / "user.yaml"
+    preset.write_text("steps: 7\noptim:\n  lr: 0.5\n  schedule: constant\n")
+    user.write_text("optim:\n  lr: 0.25\n")
+    cfg = load_config(Cfg, [preset, user], ["steps=9"])
+    assert (cfg.steps, cfg.optim.lr, cfg.optim.schedule) == (9, 0.25, "constant")  # nested keys merge
+    user.write_text("optim:\n  lrate: 0.25\n")
+    with pytest.raises(ConfigError, match=f"{user}: unknown key 'optim.lrate'"):
+        load_config(Cfg, [preset, user])
 
 
 def test_scientific_and_integral_numbers():
@@ -56,16 +69,27 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     f.write_text("optim:\n  momentum: 0.9\n")
     with pytest.raises(ConfigError, match=r"c.yaml: unknown key 'optim.momentum'; valid keys: optim.lr, optim.betas"):
         load_config(Cfg, f)
-    assert valid_keys(Cfg) == ["out_dir", "steps", "layers", "resume", "compile", "optim.lr", "optim.betas",
-                               "optim.schedule"]
+    assert valid_keys(Cfg) == [
+        "out_dir",
+        "steps",
+        "layers",
+        "resume",
+        "compile",
+        "optim.lr",
+        "optim.betas",
+        "optim.schedule",
+    ]
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("steps=abc", "key 'steps' expects int"),
-    ("optim.schedule=linear", "expects one of 'cosine', 'constant'"),
-    ("compile=maybe", "key 'compile' expects bool"),
-    ("steps", "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("steps=abc", "key 'steps' expects int"),
+        ("optim.schedule=linear", "expects one of 'cosine', 'constant'"),
+        ("compile=maybe", "key 'compile' expects bool"),
+        ("steps", "expected key=value"),
+    ],
+)
 def test_bad_values_name_the_key(override, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(Cfg, None, [override])

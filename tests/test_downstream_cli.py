@@ -1,4 +1,5 @@
 """The command lines: one-line errors for bad input, classification fine-tuning, embed, two ranks."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + fixture)
 
 from downstream import embed as embed_cli
 from downstream import run as run_cli
-from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,12 +38,16 @@ def busi_copy(busi_dir, tmp_path) -> Path:
 def test_bad_inputs_are_one_line_errors(capsys, busi_copy, tmp_path):
     base = ["--data", str(busi_copy), "--mode", "linear", "--out", str(tmp_path / "o")]
     assert "unknown encoder spec" in _fail(capsys, ["--task", "busi-cls", "--encoder", "nope", *base])
-    assert "unknown key 'train.epoch'" in _fail(capsys, ["--task", "busi-cls", "--encoder", "rand", *base, "train.epoch=3"])
+    assert "unknown key 'train.epoch'" in _fail(
+        capsys, ["--task", "busi-cls", "--encoder", "rand", *base, "train.epoch=3"]
+    )
     bad = save_encoder(tmp_path / "bad", "resnet34")
     cfg = json.loads((bad / "config.json").read_text())
     cfg["architecture"] = "resnet50"
     (bad / "config.json").write_text(json.dumps(cfg))
-    assert "weights do not match the architecture" in _fail(capsys, ["--task", "busi-cls", "--encoder", str(bad), *base])
+    assert "weights do not match the architecture" in _fail(
+        capsys, ["--task", "busi-cls", "--encoder", str(bad), *base]
+    )
 
     mask = next((busi_copy / "benign").glob("*_mask.png"))
     w, h = Image.open(mask).size
@@ -53,24 +58,62 @@ def test_bad_inputs_are_one_line_errors(capsys, busi_copy, tmp_path):
     assert "without a mask file" in _fail(capsys, ["--task", "busi-seg", "--encoder", "rand", *base])
     shutil.rmtree(busi_copy / "normal")
     assert "missing: normal/" in _fail(capsys, ["--task", "busi-cls", "--encoder", "rand", *base])
-    assert "data folder not found" in _fail(capsys, ["--task", "seg", "--encoder", "rand", "--data", str(tmp_path / "none"), "--mode", "linear", "--out", str(tmp_path / "o")])
+    assert "data folder not found" in _fail(
+        capsys,
+        [
+            "--task",
+            "seg",
+            "--encoder",
+            "rand",
+            "--data",
+            str(tmp_path / "none"),
+            "--mode",
+            "linear",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
 
 
 def test_classification_finetune_cli(capsys, busi_dir, tmp_path):
     export = save_encoder(tmp_path / "export", "resnet18", seed=2)
     out = tmp_path / "cls"
-    run_cli.main(["--task", "busi-cls", "--data", str(busi_dir), "--encoder", str(export), "--mode", "finetune",
-                  "--fraction", "0.5", "--seed", "1", "--out", str(out), "image_size=64", "train.epochs=2",
-                  "train.batch_size=8", "train.num_workers=1", "split.ratios=[0.6,0.2,0.2]"])
+    run_cli.main(
+        [
+            "--task",
+            "busi-cls",
+            "--data",
+            str(busi_dir),
+            "--encoder",
+            str(export),
+            "--mode",
+            "finetune",
+            "--fraction",
+            "0.5",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            "image_size=64",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.num_workers=1",
+            "split.ratios=[0.6,0.2,0.2]",
+        ]
+    )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     m = json.loads((out / "metrics.json").read_text())
     assert printed["test"]["accuracy"] == m["test"]["accuracy"]
     cm = np.array(m["test"]["confusion_matrix"])
     assert cm.shape == (3, 3) and cm.sum() == m["n_test"] == m["test"]["n_images"]
     assert m["test"]["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    assert m["classes"] == ["normal", "benign", "malignant"] and m["best_epoch"] in (0, 1)
+    assert m["classes"] == ["normal", "benign", "malignant"] and m["best_epoch"] in (1, 2)  # epochs count from 1
     splits = json.loads((out / "splits.json").read_text())
-    assert splits["ratios"] == [0.6, 0.2, 0.2] and set(splits["class_counts"]["test"]) == {"normal", "benign", "malignant"}
+    assert splits["ratios"] == [0.6, 0.2, 0.2] and set(splits["class_counts"]["test"]) == {
+        "normal",
+        "benign",
+        "malignant",
+    }
     for name in ("confusion.png", "curves.png", "best.safetensors", "config.yaml", "subset.json"):
         assert (out / name).is_file(), name
     # the resolved config reproduces the run
@@ -85,8 +128,24 @@ def test_embed_tsne_and_silhouette(shard_dir, tmp_path):
 
     export = save_encoder(tmp_path / "export", "resnet18", seed=4)
     out = tmp_path / "embed"
-    res = embed_cli.main(["--shards", str(shard_dir), "--encoder", "R18-Rand=rand:resnet18", "--encoder", f"Export={export}",
-                          "--out", str(out), "--max-samples", "80", "--num-workers", "0", "--batch-size", "32"])
+    res = embed_cli.main(
+        [
+            "--shards",
+            str(shard_dir),
+            "--encoder",
+            "R18-Rand=rand:resnet18",
+            "--encoder",
+            f"Export={export}",
+            "--out",
+            str(out),
+            "--max-samples",
+            "80",
+            "--num-workers",
+            "0",
+            "--batch-size",
+            "32",
+        ]
+    )
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     assert res["n_samples"] == min(80, manifest["num_samples"]) == sum(res["sources"].values())
     assert set(res["sources"]) <= set(manifest["sources"]) and len(res["sources"]) >= 3
@@ -106,11 +165,34 @@ def test_embed_tsne_and_silhouette(shard_dir, tmp_path):
 def test_two_rank_segmentation_under_torchrun(ddti_dir, tmp_path):
     out = tmp_path / "dist"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "downstream.run", "--task", "ddti-seg", "--data", str(ddti_dir), "--encoder", "rand:resnet18",
-           "--mode", "finetune", "--out", str(out), "image_size=64", "train.epochs=1", "train.batch_size=4",
-           "train.num_workers=1", "train.eval_batch_size=5"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "downstream.run",
+        "--task",
+        "ddti-seg",
+        "--data",
+        str(ddti_dir),
+        "--encoder",
+        "rand:resnet18",
+        "--mode",
+        "finetune",
+        "--out",
+        str(out),
+        "image_size=64",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.num_workers=1",
+        "train.eval_batch_size=5",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:

@@ -1,4 +1,5 @@
 """Readers, the torch dataset, device transforms, splits and label fractions."""
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ from downstream.data import (
 )
 from downstream.data.record import Catalog, Record
 from downstream.splits import check_splits, label_fraction, load_or_make_splits, make_splits
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> None:
@@ -161,7 +162,12 @@ def test_class_folders_and_hub_dataset(tmp_path):
     ds = datasets.Dataset.from_dict(
         {"image": imgs, "mask": masks, "label": ["b", "a", "b", "a"], "pid": [1, 1, 2, 3]},
         features=datasets.Features(
-            {"image": datasets.Image(), "mask": datasets.Image(), "label": datasets.Value("string"), "pid": datasets.Value("int32")}
+            {
+                "image": datasets.Image(),
+                "mask": datasets.Image(),
+                "label": datasets.Value("string"),
+                "pid": datasets.Value("int32"),
+            }
         ),
     )
     saved = tmp_path / "saved"
@@ -179,7 +185,7 @@ def test_class_folders_and_hub_dataset(tmp_path):
 
 
 def test_16bit_and_rgb_decode(tmp_path):
-    a = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    a = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     p = tmp_path / "x16.png"
     Image.fromarray(a).save(p)
     g = load_gray(str(p))
@@ -226,7 +232,11 @@ def test_splits_patient_disjoint_deterministic_and_ratio(tmp_path):
     assert make_splits(cat, (445, 127, 65), seed=4).test != s1.test
     check_splits(s1, cat, "mem")  # every id once, groups whole
     groups = {p: {i.split("_")[0] for i in s1.part(p)} for p in ("train", "val", "test")}
-    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    assert (
+        not (groups["train"] & groups["val"])
+        and not (groups["train"] & groups["test"])
+        and not (groups["val"] & groups["test"])
+    )
     n = len(cat)
     for p, r in zip(("train", "val", "test"), (445 / 637, 127 / 637, 65 / 637)):
         assert abs(len(s1.part(p)) - r * n) <= 4  # whole groups of <= 4 images

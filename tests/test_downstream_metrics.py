@@ -1,4 +1,5 @@
 """Metrics against scikit-learn and hand-computed cases, including the empty-mask convention."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +40,15 @@ def test_dice_iou_match_sklearn_on_random_masks():
 def test_classification_metrics_vs_sklearn_and_hand(tmp_path):
     y = [0, 0, 1, 1, 2, 2, 2]
     prob = np.array(
-        [[0.8, 0.1, 0.1], [0.3, 0.6, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4], [0.2, 0.1, 0.7]]
+        [
+            [0.8, 0.1, 0.1],
+            [0.3, 0.6, 0.1],
+            [0.2, 0.7, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.1, 0.2, 0.7],
+            [0.5, 0.1, 0.4],
+            [0.2, 0.1, 0.7],
+        ]
     )
     m = classification_metrics(y, prob, ["normal", "benign", "malignant"])
     # hand: predictions 0,1,1,1,2,0,2 -> 5/7 correct

@@ -1,4 +1,5 @@
 """Encoder specs, task models, the frozen-encoder guarantee and the feature cache."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,7 @@ from downstream.encoders import load_encoder
 from downstream.models import build_classifier, build_segmenter
 from downstream.probe import FeatureCache, train_linear_probe
 from downstream.runner import run
-from shards.errors import UserError
-
+from sonodistill.errors import UserError
 
 TEACHER_MEAN, TEACHER_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -26,9 +26,20 @@ def save_encoder(out: Path, arch: str = "resnet18", seed: int = 0) -> Path:
     from timm.models import save_for_hf
 
     torch.manual_seed(seed)
-    data_config = {"input_size": (3, 64, 64), "mean": TEACHER_MEAN, "std": TEACHER_STD, "crop_pct": 1.0, "interpolation": "bilinear"}
-    save_for_hf(timm.create_model(arch, num_classes=0), out, model_config={"sonodistill": {"step": 0}},
-                data_config=data_config, safe_serialization=True)
+    data_config = {
+        "input_size": (3, 64, 64),
+        "mean": TEACHER_MEAN,
+        "std": TEACHER_STD,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+    }
+    save_for_hf(
+        timm.create_model(arch, num_classes=0),
+        out,
+        model_config={"sonodistill": {"step": 0}},
+        data_config=data_config,
+        safe_serialization=True,
+    )
     return out
 
 
@@ -49,7 +60,9 @@ def export_dir(tmp_path_factory) -> Path:
 def test_specs_and_normalisation(export_dir):
     enc = load_encoder("rand")
     # ResNet-50 is 25.557M with its 1000-class fc (2048*1000 + 1000); the backbone alone 23.508M
-    assert enc.arch == "resnet50" and enc.num_features == 2048 and enc.params_m == pytest.approx(25.557 - 2.049, abs=1e-3)
+    assert (
+        enc.arch == "resnet50" and enc.num_features == 2048 and enc.params_m == pytest.approx(25.557 - 2.049, abs=1e-3)
+    )
     assert enc.mean == pytest.approx((0.485, 0.456, 0.406)) and enc.std == pytest.approx((0.229, 0.224, 0.225))
     exp = load_encoder(str(export_dir))
     ref = load_file(str(export_dir / "model.safetensors"))
@@ -70,7 +83,7 @@ def test_specs_and_normalisation(export_dir):
         ("timm:resnet50", r"not in the local cache .*offline"),
         ("hf-hub:nobody/none", r"cannot fetch it from the Hub"),
         ("rand:no_such_net", r"timm has no architecture 'no_such_net'"),
-        ("dinov3:/no/such/dir", r"encoder 'dinov3:/no/such/dir': teacher.name_or_path: cannot load"),
+        ("dinov3:/no/such/dir", r"encoder 'dinov3:/no/such/dir': dinov3.name_or_path: cannot load"),
     ],
 )
 def test_bad_specs(spec, message):
@@ -108,12 +121,14 @@ def test_unet_gets_encoder_weights_strictly(export_dir):
 
 
 def _tensors(sd: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 @pytest.mark.parametrize("mode", ["linear", "finetune"])
 def test_linear_probe_leaves_encoder_untouched(mode, busi_dir, export_dir, tmp_path):
-    cfg = RunConfig(task="busi-seg", data=str(busi_dir), encoder=str(export_dir), mode=mode, out=str(tmp_path / mode), image_size=32)
+    cfg = RunConfig(
+        task="busi-seg", data=str(busi_dir), encoder=str(export_dir), mode=mode, out=str(tmp_path / mode), image_size=32
+    )
     cfg.train.epochs, cfg.train.batch_size, cfg.train.num_workers, cfg.train.lr = 1, 8, 0, 1e-2
     run(cfg)
     best = load_file(str(tmp_path / mode / "best.safetensors"))
@@ -125,13 +140,22 @@ def test_linear_probe_leaves_encoder_untouched(mode, busi_dir, export_dir, tmp_p
         assert changed == []
     else:
         assert any("running_mean" in k for k in changed) and any(k.endswith("conv1.weight") for k in changed)
-    assert not torch.equal(best["decoder.blocks.0.conv1.0.weight"], torch.zeros_like(best["decoder.blocks.0.conv1.0.weight"]))
+    assert not torch.equal(
+        best["decoder.blocks.0.conv1.0.weight"], torch.zeros_like(best["decoder.blocks.0.conv1.0.weight"])
+    )
 
 
 def test_dinov3_linear_probe_frozen(busi_dir, tiny_teacher_dir, tmp_path):
     from safetensors.torch import load_file as lf
 
-    cfg = RunConfig(task="busi-seg", data=str(busi_dir), encoder=f"dinov3:{tiny_teacher_dir}", mode="linear", out=str(tmp_path / "d"), image_size=64)
+    cfg = RunConfig(
+        task="busi-seg",
+        data=str(busi_dir),
+        encoder=f"dinov3:{tiny_teacher_dir}",
+        mode="linear",
+        out=str(tmp_path / "d"),
+        image_size=64,
+    )
     cfg.train.epochs, cfg.train.batch_size, cfg.train.num_workers = 1, 8, 0
     m = run(cfg)
     assert 0.0 <= m["test"]["dice"] <= 1.0
@@ -153,7 +177,9 @@ def test_linear_probe_head_and_folding():
     # the folded head on raw features reproduces the validation accuracy it was selected for
     acc = (res.head(x[60:]).argmax(1) == y[60:]).float().mean().item()
     assert acc == pytest.approx(res.best_val_accuracy)
-    again = train_linear_probe(x[:60], y[:60], x[60:], y[60:], 3, ProbeConfig(epochs=150, lr=0.05, batch_size=32), seed=0)
+    again = train_linear_probe(
+        x[:60], y[:60], x[60:], y[60:], 3, ProbeConfig(epochs=150, lr=0.05, batch_size=32), seed=0
+    )
     assert torch.equal(again.head.weight, res.head.weight)
 
 

@@ -1,4 +1,5 @@
 """End-to-end sweeps on synthetic BUSI and DDTI: tables in the paper's layout, plots, resume."""
+
 from __future__ import annotations
 
 import json
@@ -10,26 +11,37 @@ import time
 from pathlib import Path
 
 import torch
-
-from downstream.sweep import SweepConfig, read_results, run_sweep
-from shards.config import load_config
 from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + fixture)
+
+from downstream.sweep import SweepConfig, run_sweep
+from sonodistill.config import load_config
+from sonodistill.jsonl import read_jsonl as read_results
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _lines(path: Path) -> list[str]:
-    return [l for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     export = save_encoder(tmp_path / "export", "resnet50", seed=3)
     out = tmp_path / "sweep"
     cfg = load_config(
-        SweepConfig, REPO / "downstream/configs/tiny.yaml",
-        [f"busi={busi_dir}", f"ddti={ddti_dir}", f"out={out}", f"encoders=[R50-Rand=rand,R50-Distill={export}]",
-         "modes=[linear]", "linear_fractions=[0.5,1.0]", "run.train.epochs=1",
-         "run.train.num_workers=0", "run.probe.epochs=30", "run.image_size=32"],
+        SweepConfig,
+        REPO / "downstream/configs/tiny.yaml",
+        [
+            f"busi={busi_dir}",
+            f"ddti={ddti_dir}",
+            f"out={out}",
+            f"encoders=[R50-Rand=rand,R50-Distill={export}]",
+            "modes=[linear]",
+            "linear_fractions=[0.5,1.0]",
+            "run.train.epochs=1",
+            "run.train.num_workers=0",
+            "run.probe.epochs=30",
+            "run.image_size=32",
+        ],
     )
     summary = run_sweep(cfg)
     assert summary == {"ran": 12, "remaining": 0, "cells": 12, "done": 12}  # 3 tasks x 2 encoders x 2 fractions
@@ -38,13 +50,21 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     assert all(r["config"]["image_size"] == 32 and r["config"]["encoder"] in ("rand", str(export)) for r in rows)
 
     def metric(task, enc, mode, frac, key):
-        [r] = [r for r in rows if (r["cell"]["task_key"], r["cell"]["encoder_name"], r["cell"]["mode"], r["cell"]["fraction"]) == (task, enc, mode, frac)]
+        [r] = [
+            r
+            for r in rows
+            if (r["cell"]["task_key"], r["cell"]["encoder_name"], r["cell"]["mode"], r["cell"]["fraction"])
+            == (task, enc, mode, frac)
+        ]
         return r["metrics"]["test"][key], r
 
     tables = (out / "tables.md").read_text()
-    assert "| Model | DDTI Seg. Dice | DDTI Seg. IoU | BUSI Seg. Dice | BUSI Seg. IoU | BUSI Cls. Acc | BUSI Cls. F1 |" in tables
+    assert (
+        "| Model | DDTI Seg. Dice | DDTI Seg. IoU | BUSI Seg. Dice | BUSI Seg. IoU | BUSI Cls. Acc | BUSI Cls. F1 |"
+        in tables
+    )
     t1 = tables.split("## Table 1")[1].split("## Table 2")[0]
-    row = next(l for l in t1.splitlines() if l.startswith("| R50-Distill |"))
+    row = next(line for line in t1.splitlines() if line.startswith("| R50-Distill |"))
     cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
     assert cells[1] == f"{metric('ddti-seg', 'R50-Distill', 'linear', 1.0, 'dice')[0]:.4f}"
     assert cells[6] == f"{metric('busi-cls', 'R50-Distill', 'linear', 1.0, 'macro_f1')[0]:.4f}"
@@ -58,7 +78,11 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     assert len(splits) == 2 and splits[0].name.startswith(busi_dir.name) and splits[1].name.startswith(ddti_dir.name)
     ddti = json.loads(splits[1].read_text())
     groups = {p: {i.split("/")[-1].split("_")[0] for i in ddti[p]} for p in ("train", "val", "test")}
-    assert not (groups["train"] & groups["test"]) and not (groups["train"] & groups["val"]) and not (groups["val"] & groups["test"])
+    assert (
+        not (groups["train"] & groups["test"])
+        and not (groups["train"] & groups["val"])
+        and not (groups["val"] & groups["test"])
+    )
 
     # per-cell outputs; label subsets nested and stratified
     _, r = metric("busi-cls", "R50-Rand", "linear", 0.5, "accuracy")
@@ -76,9 +100,19 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
 
 
 def _resume_cfg(busi_dir, export, out) -> list[str]:
-    return [f"busi={busi_dir}", f"out={out}", "tasks=[busi-cls]", f"encoders=[A={export},B=rand:resnet18]",
-            "modes=[linear]", "linear_fractions=[0.5,1.0]", "seeds=[0,1]", "run.image_size=32",
-            "run.train.num_workers=0", "run.probe.epochs=20", "run.train.save_checkpoint=false"]
+    return [
+        f"busi={busi_dir}",
+        f"out={out}",
+        "tasks=[busi-cls]",
+        f"encoders=[A={export},B=rand:resnet18]",
+        "modes=[linear]",
+        "linear_fractions=[0.5,1.0]",
+        "seeds=[0,1]",
+        "run.image_size=32",
+        "run.train.num_workers=0",
+        "run.probe.epochs=20",
+        "run.train.save_checkpoint=false",
+    ]
 
 
 def test_sweep_resume_after_kill(busi_dir, tmp_path):
@@ -91,7 +125,10 @@ def test_sweep_resume_after_kill(busi_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "downstream.sweep", *_resume_cfg(busi_dir, export, out)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.time() + 240
@@ -113,7 +150,13 @@ def test_sweep_resume_after_kill(busi_dir, tmp_path):
         assert r["metrics"]["test"]["accuracy"] == reference[r["key"]]["accuracy"]
     assert run_sweep(load_config(SweepConfig, None, _resume_cfg(busi_dir, export, out)))["ran"] == 0
     # a changed setting is a different cell: it runs again instead of being skipped
-    changed = run_sweep(load_config(SweepConfig, None, [*_resume_cfg(busi_dir, export, out), "run.probe.epochs=21", "seeds=[0]", "linear_fractions=[1.0]"]))
+    changed = run_sweep(
+        load_config(
+            SweepConfig,
+            None,
+            [*_resume_cfg(busi_dir, export, out), "run.probe.epochs=21", "seeds=[0]", "linear_fractions=[1.0]"],
+        )
+    )
     assert changed["ran"] == 2
 
 
@@ -121,8 +164,10 @@ def test_tables_paper_layout_mean_std():
     from downstream.tables import TaskColumn, aggregate, render_tables
 
     def row(task, enc, mode, frac, seed, test, params=23.508):
-        return {"cell": {"task_key": task, "encoder_name": enc, "mode": mode, "fraction": frac, "seed": seed},
-                "metrics": {"test": test, "params_m": params}}
+        return {
+            "cell": {"task_key": task, "encoder_name": enc, "mode": mode, "fraction": frac, "seed": seed},
+            "metrics": {"test": test, "params_m": params},
+        }
 
     rows = []
     for seed, (d, acc) in enumerate([(0.60, 0.70), (0.80, 0.90)]):
@@ -134,8 +179,13 @@ def test_tables_paper_layout_mean_std():
     rows.append(row("ddti-seg", "R50-Rand", "finetune", 1.0, 0, {"dice": 0.5, "iou": 0.4}))
     rows.append(row("ddti-seg", "DINOv3 ViT-B/16", "finetune", 1.0, 0, {"dice": 0.79, "iou": 0.48}, params=85.66))
     tasks = [TaskColumn("busi-cls", "BUSI Cls.", "cls"), TaskColumn("ddti-seg", "DDTI Seg.", "seg")]
-    md = render_tables(aggregate(rows), ["R50-Rand", "R50-Distill-US", "DINOv3 ViT-B/16"], tasks,
-                       {"finetune": [0.05, 1.0], "linear": [1.0]}, seeds=2)
+    md = render_tables(
+        aggregate(rows),
+        ["R50-Rand", "R50-Distill-US", "DINOv3 ViT-B/16"],
+        tasks,
+        {"finetune": [0.05, 1.0], "linear": [1.0]},
+        seeds=2,
+    )
     t2 = md.split("## Table 2")[1].split("## Table 3")[0]
     # paper column order (DDTI before BUSI) whatever the config order; mean ± sample std over seeds
     assert "| Model | DDTI Seg. Dice | DDTI Seg. IoU | BUSI Cls. Acc | BUSI Cls. F1 |" in t2

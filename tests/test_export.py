@@ -1,24 +1,36 @@
 """Export round trip: trainer checkpoint -> Hub folder -> timm local-dir and smp.Unet encoder."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from dist.tiny_pretrain import tiny_config
 from safetensors.torch import load_file
 
-from dist.tiny_pretrain import tiny_config
 from pretrain.export import export, main, push
 from pretrain.trainer import train
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def r50_run(shard_dir, tiny_teacher_dir, tmp_path_factory):
     """Two optimiser steps of the real ResNet-50 student, checkpointed by the trainer."""
     out = tmp_path_factory.mktemp("r50")
-    train(tiny_config(shard_dir, tiny_teacher_dir, out, student__name="resnet50", student__head_hidden=32,
-                      train__max_steps=2, train__batch_size=2, train__global_batch=2, train__save_every=2))
+    train(
+        tiny_config(
+            shard_dir,
+            tiny_teacher_dir,
+            out,
+            student__name="resnet50",
+            student__head_hidden=32,
+            train__max_steps=2,
+            train__batch_size=2,
+            train__global_batch=2,
+            train__save_every=2,
+        )
+    )
     return out
 
 
@@ -49,7 +61,7 @@ def test_weights_equal_checkpoint_backbone_and_load_in_timm(exported, r50_run):
     model = timm.create_model(f"local-dir:{exported}", pretrained=True).eval()
     assert model.num_classes == 0
     live = model.state_dict()
-    backbone = {k[len("backbone."):]: v for k, v in ckpt.items() if k.startswith("backbone.")}
+    backbone = {k[len("backbone.") :]: v for k, v in ckpt.items() if k.startswith("backbone.")}
     assert live.keys() == backbone.keys()
     assert all(torch.equal(live[k], backbone[k]) for k in live)
     data = timm.data.resolve_data_config(model=model)
@@ -104,10 +116,17 @@ def test_cli_dry_run_push_and_errors(exported, r50_run, tmp_path, capsys, monkey
     assert files == ["README.md", "config.json", "model.safetensors"]
     assert calls[0][:2] == ("create", "lab/us-r50") and calls[0][2]["private"] is True
     assert calls[1][:2] == ("upload", "lab/us-r50") and calls[1][2]["folder_path"] == str(out)
-    for argv, message in ((["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")],
-                           "neither a checkpoint folder nor a run folder"),
-                          (["--checkpoint", str(r50_run), "--out", str(tmp_path / "y"), "--private"],
-                           "--private: only meaningful with --push-to-hub")):
+    capsys.readouterr()
+    for argv, message in (
+        (
+            ["--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")],
+            "neither a checkpoint folder nor a run folder",
+        ),
+        (
+            ["--checkpoint", str(r50_run), "--out", str(tmp_path / "y"), "--private"],
+            "--private: only meaningful with --push-to-hub",
+        ),
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2

@@ -1,4 +1,5 @@
 """Deployment pieces of the edge benchmark: ONNX export, INT8 quantisation, side-by-side timing."""
+
 from __future__ import annotations
 
 import numpy as np

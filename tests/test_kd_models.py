@@ -1,4 +1,5 @@
 """Recipe models: shapes, and parameter counts against the papers (full size, on the meta device)."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,7 @@ import timm
 import torch
 
 from downstream.kd.efficiency import fp32_mib, gmacs, num_params
-from downstream.kd.models.csa_moe import CSAMoENet, CrossStageAttention
+from downstream.kd.models.csa_moe import CrossStageAttention, CSAMoENet
 from downstream.kd.models.hdkd import HDKDStudent, HDKDTeacher
 from downstream.kd.models.hybrid_teacher import HybridViTConvNeXt
 
@@ -18,8 +19,11 @@ def meta(build):
 
 def test_hdkd_counts_reproduce_paper_with_code_channels():
     """Paper 001 Table 1: 3.95M / 3.72M / 3.73M (7 classes); only channels [64, 96, 192] give them."""
-    t, s, h = (meta(lambda: HDKDTeacher(7)), meta(lambda: HDKDStudent(7, distill=False)),
-               meta(lambda: HDKDStudent(7, distill=True)))
+    t, s, h = (
+        meta(lambda: HDKDTeacher(7)),
+        meta(lambda: HDKDStudent(7, distill=False)),
+        meta(lambda: HDKDStudent(7, distill=True)),
+    )
     assert round(num_params(t) / 1e6, 2) == 3.95
     assert round(num_params(s) / 1e6, 2) == 3.72
     assert round(num_params(h) / 1e6, 2) == 3.73
@@ -86,7 +90,7 @@ def test_cross_stage_attention_weights_sum_to_one_and_rescale_channels():
     torch.testing.assert_close(attn.sum(1), torch.ones(3))
     # hand computation of the stage attention for sample 0
     pooled = [f[0].mean(dim=(1, 2)) for f in stages]
-    scores = torch.stack([k(z) @ csa.query for k, z in zip(csa.keys, pooled)]) / 128 ** 0.5
+    scores = torch.stack([k(z) @ csa.query for k, z in zip(csa.keys, pooled)]) / 128**0.5
     torch.testing.assert_close(attn[0], scores.softmax(0))
 
 

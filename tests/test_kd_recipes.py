@@ -1,4 +1,5 @@
 """Tiny end-to-end runs of every KD recipe on synthetic BUSI, resume, and bad inputs."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,17 @@ import pytest
 from downstream.kd.__main__ import main
 
 COMMON = ["data.img_size=32", "data.workers=0"]
-VIT = ["teacher.vit_kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
-       "teacher.convnext_kwargs={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}", "teacher.head_hidden=16",
-       "teacher.train.epochs=1", "teacher.train.batch_size=16", "student.train.epochs=1",
-       "student.train.batch_size=16", "efficiency.runs=2", "efficiency.warmup=1"]
+VIT = [
+    "teacher.vit_kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
+    "teacher.convnext_kwargs={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}",
+    "teacher.head_hidden=16",
+    "teacher.train.epochs=1",
+    "teacher.train.batch_size=16",
+    "student.train.epochs=1",
+    "student.train.batch_size=16",
+    "efficiency.runs=2",
+    "efficiency.warmup=1",
+]
 
 
 def train(recipe: str, data, out, *overrides: str) -> dict:
@@ -67,7 +75,7 @@ def test_rerun_reuses_finished_stages(vit_run, busi_dir, capsys):
     out, first = vit_run
     capsys.readouterr()
     again = train("vit_mobilenet", busi_dir, out, *VIT)
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err  # messages go to stderr through logging
     for stage in ("teacher", "scratch", "distilled"):
         assert f"{stage}: reusing the finished stage" in printed
         assert again["models"][stage]["accuracy"] == first["models"][stage]["accuracy"]
@@ -80,7 +88,7 @@ def test_given_teacher_checkpoint_is_loaded_not_trained(vit_run, busi_dir, capsy
     capsys.readouterr()
     # same folder: the scratch stage is reused, the distilled one retrains against the loaded teacher
     m = train("vit_mobilenet", busi_dir, out, *VIT, f"teacher.checkpoint={ckpt}")
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "scratch: reusing the finished stage" in printed and "distilled: reusing" not in printed
     assert m["models"]["teacher"]["confusion_matrix"] == first["models"]["teacher"]["confusion_matrix"]
     assert m["history"]["teacher"] == [] and len(m["history"]["distilled"]) == 1
@@ -90,21 +98,46 @@ def test_teacher_checkpoint_of_another_architecture_is_a_clear_error(vit_run, bu
     out, _ = vit_run
     ckpt = out / "teacher" / "model.safetensors"
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--recipe", "nanoray", "--data", str(busi_dir), "--out", str(tmp_path), *COMMON,
-              f"teacher.checkpoint={ckpt}", "teacher.kwargs={depth: 1, embed_dim: 32, num_heads: 2}"])
+        main(
+            [
+                "train",
+                "--recipe",
+                "nanoray",
+                "--data",
+                str(busi_dir),
+                "--out",
+                str(tmp_path),
+                *COMMON,
+                f"teacher.checkpoint={ckpt}",
+                "teacher.kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
+            ]
+        )
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: teacher.checkpoint:") and "different architecture" in err and "hybrid_vit_convnext" in err
+    assert (
+        err.startswith("error: teacher.checkpoint:")
+        and "different architecture" in err
+        and "hybrid_vit_convnext" in err
+    )
     # same recipe, other width: caught the same way
-    err = fails("vit_mobilenet", busi_dir, tmp_path / "b", capsys, *VIT, "teacher.head_hidden=24",
-                f"teacher.checkpoint={ckpt}")
+    err = fails(
+        "vit_mobilenet", busi_dir, tmp_path / "b", capsys, *VIT, "teacher.head_hidden=24", f"teacher.checkpoint={ckpt}"
+    )
     assert "different architecture (head_hidden: file has 16, recipe builds 24)" in err
 
 
 def test_nanoray_end_to_end_with_gradcam(busi_dir, tmp_path):
-    m = train("nanoray", busi_dir, tmp_path, "teacher.kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
-              "teacher.train.epochs=1", "student.train.epochs=1", "teacher.train.batch_size=16",
-              "student.train.batch_size=16", "gradcam.images=3")
+    m = train(
+        "nanoray",
+        busi_dir,
+        tmp_path,
+        "teacher.kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
+        "teacher.train.epochs=1",
+        "student.train.epochs=1",
+        "teacher.train.batch_size=16",
+        "student.train.batch_size=16",
+        "gradcam.images=3",
+    )
     check_common(m, tmp_path, ["teacher", "scratch", "distilled"])
     assert m["splits"]["test"] < m["splits"]["train"] / 4  # the paper's 80/10/10
     report = (tmp_path / "report.md").read_text()
@@ -113,10 +146,23 @@ def test_nanoray_end_to_end_with_gradcam(busi_dir, tmp_path):
 
 
 def test_hdkd_end_to_end_with_data_size_sweep(busi_dir, tmp_path):
-    m = train("hdkd", busi_dir, tmp_path, "model.channels=[8,16,24]", "model.teacher_blocks=[2,1,2]",
-              "model.student_blocks=[1,1,1]", "model.dim=32", "model.heads=2", "model.depth=1",
-              "teacher.train.epochs=1", "teacher.train.batch_size=16", "student.train.epochs=1",
-              "student.train.warmup_epochs=0", "student.train.batch_size=16", "sweep.per_class=[3,0]")
+    m = train(
+        "hdkd",
+        busi_dir,
+        tmp_path,
+        "model.channels=[8,16,24]",
+        "model.teacher_blocks=[2,1,2]",
+        "model.student_blocks=[1,1,1]",
+        "model.dim=32",
+        "model.heads=2",
+        "model.depth=1",
+        "teacher.train.epochs=1",
+        "teacher.train.batch_size=16",
+        "student.train.epochs=1",
+        "student.train.warmup_epochs=0",
+        "student.train.batch_size=16",
+        "sweep.per_class=[3,0]",
+    )
     check_common(m, tmp_path, ["teacher", "student_3", "hdkd_3", "student_0", "hdkd_0"])
     sweep = m["sweep"]
     assert [row["n_train"] for row in sweep] == [9, m["splits"]["train"]]  # 3 per class x 3 classes, then all
@@ -128,8 +174,16 @@ def test_hdkd_end_to_end_with_data_size_sweep(busi_dir, tmp_path):
 
 
 def test_csa_moe_end_to_end_repeats_and_gates(busi_dir, tmp_path):
-    m = train("csa_moe", busi_dir, tmp_path, "model.backbone_kwargs={layers: [1, 1, 1, 1]}", "train.epochs=1",
-              "train.batch_size=16", "repeats=2", "variants=[csa_moe,resnet18]")
+    m = train(
+        "csa_moe",
+        busi_dir,
+        tmp_path,
+        "model.backbone_kwargs={layers: [1, 1, 1, 1]}",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "repeats=2",
+        "variants=[csa_moe,resnet18]",
+    )
     assert m["classes"] == ["benign", "malignant"] and m["positive"] == "malignant"
     res = m["models"]["csa_moe"]
     assert len(res["runs"]) == 2 and set(res["mean"]) == {"accuracy", "precision", "recall", "f1", "auc"}
@@ -173,11 +227,56 @@ def test_summary_json_lists_every_model_against_the_paper(capsys):
 
 
 @pytest.mark.parametrize("recipe", ["vit_mobilenet", "nanoray", "hdkd", "csa_moe"])
-def test_shipped_tiny_configs_load(recipe, repo_root):
+def test_shipped_tiny_configs_layer_on_the_paper_preset(recipe, repo_root):
     from downstream.kd.recipes import RECIPES
-    from shards.config import load_config
+    from downstream.kd.recipes.base import recipe_config
 
-    cfg = load_config(RECIPES[recipe].Config, repo_root / "downstream" / "kd" / "configs" / f"tiny_{recipe}.yaml")
+    tiny = repo_root / "downstream" / "kd" / "configs" / f"tiny_{recipe}.yaml"
+    cfg = recipe_config(RECIPES[recipe], [tiny])
     assert cfg.data.img_size == 64 and cfg.data.workers == 0
-    default = RECIPES[recipe].Config()
-    assert default.data.img_size == 224  # the paper's resolution stays the default
+    paper = recipe_config(RECIPES[recipe])
+    assert paper.data.img_size == 224  # the paper's resolution comes from the preset
+    assert cfg.seed == paper.seed == 42
+
+
+def test_presets_hold_each_papers_settings():
+    """Paper 000: alpha*CE + (1-alpha)*T^2*KL (alpha 0.5, T 4), AdamW 1e-4 wd 0.01, 15 epochs; paper 003:
+    alpha*T^2*KL + (1-alpha)*CE (alpha 0.25, T 4); paper 001: (1-a)*CE + a*t^2*KL + lambda*l_feat (a 0.5,
+    t 1, lambda 10, alpha_f 1), student AdamW cosine 5e-5 -> 2e-5 with 5 warm-up epochs, wd 0.1, batch 32,
+    teacher Adam 1e-3; paper 004: Adam 5e-5, no decay, 30 epochs, batch 32, plateau x0.5 patience 3 min 1e-6."""
+    from downstream.kd.recipes import RECIPES
+    from downstream.kd.recipes.base import recipe_config
+
+    vm = recipe_config(RECIPES["vit_mobilenet"])
+    assert (vm.loss.ce_weight, vm.loss.kd_weight, vm.loss.temperature) == (0.5, 0.5, 4.0)
+    t = vm.student.train
+    assert (t.optimizer, t.lr, t.weight_decay, t.epochs, t.schedule) == ("adamw", 1e-4, 0.01, 15, "none")
+    assert vm.teacher.train == vm.student.train and vm.data.split.ratios == [0.56, 0.10, 0.34]
+    nr = recipe_config(RECIPES["nanoray"])
+    assert (nr.loss.ce_weight, nr.loss.kd_weight, nr.loss.temperature) == (0.75, 0.25, 4.0)
+    assert nr.data.split.ratios == [0.8, 0.1, 0.1]
+    hd = recipe_config(RECIPES["hdkd"])
+    loss = hd.loss
+    assert (loss.ce_weight, loss.kd_weight, loss.temperature, loss.feature_weight, loss.stage_exponent) == (
+        0.5,
+        0.5,
+        1.0,
+        10.0,
+        1.0,
+    )
+    s = hd.student.train
+    assert (s.optimizer, s.lr, s.min_lr, s.schedule, s.warmup_epochs, s.weight_decay, s.batch_size) == (
+        "adamw",
+        5e-5,
+        2e-5,
+        "cosine",
+        5,
+        0.1,
+        32,
+    )
+    assert (hd.teacher.train.optimizer, hd.teacher.train.lr, hd.teacher.train.schedule) == ("adam", 1e-3, "none")
+    cm = recipe_config(RECIPES["csa_moe"])
+    c = cm.train
+    assert (c.optimizer, c.lr, c.weight_decay, c.epochs, c.batch_size) == ("adam", 5e-5, 0.0, 30, 32)
+    assert (c.schedule, c.plateau_factor, c.plateau_patience, c.min_lr) == ("plateau", 0.5, 3, 1e-6)
+    assert cm.data.classes == ["benign", "malignant"] and cm.repeats == 20 and cm.data.split.ratios == [0.7, 0.15, 0.15]

@@ -1,4 +1,5 @@
 """Mask-derived CSA-MoE views on synthetic masks and on the synthetic BUSI layout."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,7 @@ from downstream.kd.views import boundary_band, core_mask, mask_views
 
 def square(size: int = 64, lo: int = 20, side: int = 20) -> np.ndarray:
     m = np.zeros((size, size), bool)
-    m[lo:lo + side, lo:lo + side] = True
+    m[lo : lo + side, lo : lo + side] = True
     return m
 
 
@@ -25,7 +26,7 @@ def test_core_is_inside_the_mask_and_shrinks_by_the_iterations():
 def test_band_is_outside_the_mask_and_five_pixels_wide():
     m = square()
     band = boundary_band(m, 5)
-    assert band.sum() == (20 + 2 * 5) ** 2 - 20 ** 2
+    assert band.sum() == (20 + 2 * 5) ** 2 - 20**2
     assert not (band & m).any()
     assert band[15, 15] and band[15, 30] and not band[14, 30] and not band[30, 30]
 
@@ -72,7 +73,7 @@ def test_a_given_split_file_is_reused_as_made(busi_dir, tmp_path):
     from downstream.data import read_catalog
     from downstream.kd.data import DataConfig, SplitConfig, prepare
     from downstream.splits import load_or_make_splits
-    from shards.errors import UserError
+    from sonodistill.errors import UserError
 
     made = load_or_make_splits(read_catalog(str(busi_dir), "cls"), tmp_path / "other.json", [0.6, 0.2, 0.2], seed=7)
     cfg = DataConfig(classes=["benign", "malignant"], split=SplitConfig(file=str(tmp_path / "other.json")))

@@ -1,4 +1,5 @@
 """DeepSpeed ZeRO-2 through accelerate, one CPU process: checkpoints in DeepSpeed's layout, exact resume."""
+
 from __future__ import annotations
 
 import os
@@ -8,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from dist.tiny_pretrain import REPO, TINY_YAML, tiny_overrides
 from safetensors.torch import load_file
 
-from dist.tiny_pretrain import REPO, TINY_YAML, tiny_overrides
 from pretrain.checkpoint import list_checkpoints, read_meta
-from pretrain.metrics import read_jsonl
+from sonodistill.jsonl import read_jsonl
 
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 DS_CONFIG = REPO / "launch" / "accelerate" / "deepspeed_zero2_cpu.yaml"
@@ -21,8 +22,16 @@ DS_CONFIG = REPO / "launch" / "accelerate" / "deepspeed_zero2_cpu.yaml"
 def _launch(*overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     env["DS_ACCELERATOR"] = "cpu"
-    cmd = [str(ACCELERATE), "launch", "--config_file", str(DS_CONFIG), str(REPO / "pretrain" / "run.py"),
-           "--config", str(TINY_YAML), *overrides]
+    cmd = [
+        str(ACCELERATE),
+        "launch",
+        "--config_file",
+        str(DS_CONFIG),
+        str(REPO / "pretrain" / "run.py"),
+        "--config",
+        str(TINY_YAML),
+        *overrides,
+    ]
     # cwd = repo: the accelerate config names its DeepSpeed JSON relative to the repository root
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
 

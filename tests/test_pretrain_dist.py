@@ -1,4 +1,5 @@
 """Two CPU ranks (torchrun, gloo): one model, disjoint data; and the launch that must refuse."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist.tiny_pretrain import REPO, TINY_YAML, tiny_overrides
+
 from pretrain.checkpoint import list_checkpoints, read_meta
 
 BIN = Path(sys.executable).parent
@@ -29,10 +30,22 @@ def test_two_ranks_train_one_model_on_disjoint_samples(shard_dir, tiny_teacher_d
     steps, batch = 5, 4
     num_samples = json.loads((shard_dir / "manifest.json").read_text())["num_samples"]
     assert steps * batch * 2 <= num_samples  # within one epoch: no sample may repeat
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
-           str(REPO / "tests" / "dist" / "pretrain_worker.py"), str(shard_dir), str(tiny_teacher_dir), str(out),
-           f"train.max_steps={steps}", f"train.batch_size={batch}", "train.global_batch=8",
-           "data.record_keys=true", "train.save_every=5", "train.log_every=2"]
+    cmd = [
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "tests" / "dist" / "pretrain_worker.py"),
+        str(shard_dir),
+        str(tiny_teacher_dir),
+        str(out),
+        f"train.max_steps={steps}",
+        f"train.batch_size={batch}",
+        "train.global_batch=8",
+        "data.record_keys=true",
+        "train.save_every=5",
+        "train.log_every=2",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "WORLD_SIZE", "RANK"))}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=420)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -59,11 +72,25 @@ def test_two_ranks_train_one_model_on_disjoint_samples(shard_dir, tiny_teacher_d
 def test_multi_gpu_launch_on_cpu_host_refuses(shard_dir, tiny_teacher_dir, tmp_path):
     """`accelerate launch --multi_gpu` where no GPU exists: 2 processes that each think they are alone."""
     out = tmp_path / "refused"
-    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-           "--main_process_port", str(_free_port()),
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--num_machines", "1",
-           str(REPO / "pretrain" / "run.py"), "--config", str(TINY_YAML),
-           *tiny_overrides(shard_dir, tiny_teacher_dir, out)]
+    cmd = [
+        str(BIN / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(_free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_machines",
+        "1",
+        str(REPO / "pretrain" / "run.py"),
+        "--config",
+        str(TINY_YAML),
+        *tiny_overrides(shard_dir, tiny_teacher_dir, out),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
     env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -4,6 +4,7 @@ SLURM itself is not available here, so `srun` and `scontrol` are stand-ins on PA
 one task in place (recording its pid, as slurmstepd would know it) and scontrol logs its calls.
 The test then plays SLURM's part: USR1 to the rank (``--signal=USR1@300``), TERM to the batch script.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from dist.tiny_pretrain import REPO, TINY_YAML, tiny_overrides
+
 from pretrain.checkpoint import list_checkpoints
-from pretrain.metrics import read_jsonl
+from sonodistill.jsonl import read_jsonl
 
 LAUNCH = REPO / "launch"
 
@@ -32,8 +33,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("name", ["cpu", "single_gpu", "multi_gpu", "multi_node", "deepspeed_zero2",
-                                  "deepspeed_zero2_cpu"])
+@pytest.mark.parametrize(
+    "name", ["cpu", "single_gpu", "multi_gpu", "multi_node", "deepspeed_zero2", "deepspeed_zero2_cpu"]
+)
 def test_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -57,9 +59,11 @@ def _fake_slurm(bindir: Path) -> None:
     (bindir / "srun").write_text(
         '#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
         "export SLURM_PROCID=0 SLURM_NTASKS=1 SLURM_LOCALID=0 SLURM_NTASKS_PER_NODE=1\n"
-        'echo $$ > "$FAKE_SLURM_DIR/task.pid"\nexec "$@"\n')
+        'echo $$ > "$FAKE_SLURM_DIR/task.pid"\nexec "$@"\n'
+    )
     (bindir / "scontrol").write_text(
-        '#!/bin/bash\necho "$*" >> "$FAKE_SLURM_DIR/scontrol.log"\n[ "$1" = show ] && echo localhost\nexit 0\n')
+        '#!/bin/bash\necho "$*" >> "$FAKE_SLURM_DIR/scontrol.log"\n[ "$1" = show ] && echo localhost\nexit 0\n'
+    )
     for f in ("srun", "scontrol"):
         (bindir / f).chmod((bindir / f).stat().st_mode | stat.S_IEXEC)
 
@@ -69,11 +73,22 @@ def test_sbatch_checkpoints_and_requeues_on_preemption(shard_dir, tiny_teacher_d
     _fake_slurm(tmp_path / "bin")
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK", "WORLD_SIZE"))}
-    env.update(PATH=f"{tmp_path / 'bin'}:{env['PATH']}", FAKE_SLURM_DIR=str(tmp_path), SLURM_JOB_ID="4242",
-               SLURM_JOB_NODELIST="node001", SLURM_SUBMIT_DIR=str(REPO), PYTHON=sys.executable,
-               MASTER_PORT=str(_free_port()))
-    cmd = ["bash", str(LAUNCH / "slurm_pretrain.sbatch"), "--config", str(TINY_YAML),
-           *tiny_overrides(shard_dir, tiny_teacher_dir, out, train__max_steps=12, train__log_every=1)]
+    env.update(
+        PATH=f"{tmp_path / 'bin'}:{env['PATH']}",
+        FAKE_SLURM_DIR=str(tmp_path),
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NODELIST="node001",
+        SLURM_SUBMIT_DIR=str(REPO),
+        PYTHON=sys.executable,
+        MASTER_PORT=str(_free_port()),
+    )
+    cmd = [
+        "bash",
+        str(LAUNCH / "slurm_pretrain.sbatch"),
+        "--config",
+        str(TINY_YAML),
+        *tiny_overrides(shard_dir, tiny_teacher_dir, out, train__max_steps=12, train__log_every=1),
+    ]
     with (tmp_path / "job1.log").open("w") as log:
         job = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:

@@ -1,4 +1,5 @@
 """Student, projection head, eq. 6 loss, mixup, the shared view, and overfitting a fixed batch."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,15 +10,15 @@ from pretrain.augment import AugmentConfig, build_augment
 from pretrain.loss import MixPlan, MixupConfig, mix, sample_mix, token_mse
 from pretrain.step import distill_loss, make_view
 from pretrain.student import ProjectionHead, build_student, check_grids
-from pretrain.teacher import Teacher
-from shards.errors import UserError
+from sonodistill.dinov3 import DINOv3
+from sonodistill.errors import UserError
 
 SMALL = "resnet10t"  # the same timm ResNet family as resnet50, ~5M parameters
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_teacher_dir) -> Teacher:
-    return Teacher.from_pretrained(tiny_teacher_dir)
+def teacher(tiny_teacher_dir) -> DINOv3:
+    return DINOv3.from_pretrained(tiny_teacher_dir)
 
 
 def test_student_output_on_teacher_grid():
@@ -146,9 +147,9 @@ def test_overfits_a_fixed_batch(tmp_path):
     A /32 teacher makes both grids 2x2 at 64 px, so the targets are exactly reachable (with a /16
     teacher the 2x upsampling of a random-init teacher's rough token map leaves a large floor).
     """
-    from pretrain.teacher import init_tiny
+    from sonodistill.dinov3 import init_tiny
 
-    teacher = Teacher.from_pretrained(init_tiny(tmp_path / "t32", seed=0, patch_size=32))
+    teacher = DINOv3.from_pretrained(init_tiny(tmp_path / "t32", seed=0, patch_size=32))
     torch.manual_seed(0)
     student = build_student(SMALL, teacher.embed_dim, 128, image_size=64, patch_size=32)
     view = teacher.normalize(torch.rand(4, 1, 64, 64))

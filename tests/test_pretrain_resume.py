@@ -1,4 +1,5 @@
 """Preemption: SIGTERM -> checkpoint -> exit 75, and the resumed run ends bit-identical."""
+
 from __future__ import annotations
 
 import os
@@ -8,17 +9,16 @@ import sys
 import time
 
 import torch
-
 from dist.tiny_pretrain import REPO, TINY_YAML, tiny_config, tiny_overrides
+
 from pretrain.checkpoint import list_checkpoints
-from pretrain.metrics import read_jsonl
 from pretrain.preempt import EXIT_PREEMPTED, StopRequest
 from pretrain.trainer import train
+from sonodistill.jsonl import read_jsonl
 
 # Mixup, random crops/flips/blur, 2-step accumulation and 2 data workers: every source of randomness
 # and every piece of state that resume has to restore is in play.
-RUN = dict(train__max_steps=12, train__log_every=1, train__save_every=100, mixup__prob=1.0,
-           data__num_workers=2)
+RUN = dict(train__max_steps=12, train__log_every=1, train__save_every=100, mixup__prob=1.0, data__num_workers=2)
 
 
 def test_stop_request_flags_signals_and_restores_handlers():
@@ -34,8 +34,13 @@ def test_stop_request_flags_signals_and_restores_handlers():
 def test_sigterm_then_resume_equals_uninterrupted_run(shard_dir, tiny_teacher_dir, tmp_path):
     out = tmp_path / "interrupted"
     log = tmp_path / "stderr.txt"
-    cmd = [sys.executable, str(REPO / "pretrain" / "run.py"), "--config", str(TINY_YAML),
-           *tiny_overrides(shard_dir, tiny_teacher_dir, out, **RUN)]
+    cmd = [
+        sys.executable,
+        str(REPO / "pretrain" / "run.py"),
+        "--config",
+        str(TINY_YAML),
+        *tiny_overrides(shard_dir, tiny_teacher_dir, out, **RUN),
+    ]
     with log.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
         try:

@@ -1,26 +1,29 @@
 """The trainer in-process on CPU: outputs, checkpoints, resume=auto, schedule, and every bad input."""
+
 from __future__ import annotations
 
 import json
-import re
 import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from dist.tiny_pretrain import REPO, tiny_config, tiny_overrides
 from safetensors.torch import load_file
 
-from dist.tiny_pretrain import REPO, tiny_config, tiny_overrides
 from pretrain.checkpoint import list_checkpoints, read_meta
 from pretrain.config import PretrainConfig
-from pretrain.metrics import read_jsonl
 from pretrain.student import build_student
-from pretrain.trainer import TrainingDiverged, _accumulation, _schedule_lengths, build_optimizer, train
-from pretrain.world import check_world_size, resolve_mixed_precision, teacher_dtype, use_cpu
-from shards.config import ConfigError, load_config
-from shards.errors import UserError
+from pretrain.trainer import TrainingDiverged, _accumulation, _max_steps, train
+from sonodistill.config import ConfigError, load_config
+from sonodistill.errors import UserError
+from sonodistill.jsonl import read_jsonl
+from sonodistill.optim import build_optimizer, warmup_steps
+from sonodistill.precision import frozen_dtype, resolve_mixed_precision
+from sonodistill.world import check_world_size, use_cpu
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +93,11 @@ def test_schedule_and_accumulation_arithmetic():
     cfg = PretrainConfig()
     cfg.train.epochs, cfg.train.warmup_epochs = 1000.0, 10.0
     # the paper: ~162k images, global batch 512
-    assert _schedule_lengths(cfg, 162_000, 512) == (math.ceil(1000 * 162_000 / 512), math.ceil(10 * 162_000 / 512))
+    assert _max_steps(cfg, 162_000, 512) == math.ceil(1000 * 162_000 / 512)
+    assert warmup_steps(cfg.train, 162_000 / 512, 10**6) == math.ceil(10 * 162_000 / 512)
     cfg.train.max_steps, cfg.train.warmup_steps = 50, 100
-    assert _schedule_lengths(cfg, 162_000, 512) == (50, 50)  # warm-up never longer than the run
+    assert _max_steps(cfg, 162_000, 512) == 50
+    assert warmup_steps(cfg.train, 162_000 / 512, 50) == 50  # warm-up never longer than the run
     assert _accumulation(cfg, world=8) == (512, 1)
     assert _accumulation(cfg, world=1) == (512, 8)
     cfg.train.global_batch = 0
@@ -102,13 +107,13 @@ def test_schedule_and_accumulation_arithmetic():
         _accumulation(cfg, world=1)
     cfg.train.max_steps = 0
     with pytest.raises(UserError, match="train.max_steps: must be set"):
-        _schedule_lengths(cfg, None, 512)
+        _max_steps(cfg, None, 512)
 
 
 def test_adamw_decays_weights_but_not_norms_or_biases():
     cfg = PretrainConfig()
     student = build_student("resnet10t", 128, 64, 64, 16)
-    opt = build_optimizer(student, cfg)
+    opt = build_optimizer(student, cfg.train)
     assert isinstance(opt, torch.optim.AdamW)
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
     no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
@@ -127,7 +132,7 @@ def test_world_size_check_and_device_choice():
     assert use_cpu({"ACCELERATE_USE_DEEPSPEED": "true"}) is False
     assert use_cpu({"WORLD_SIZE": "2", "LOCAL_RANK": "0"}) is (not torch.cuda.is_available())
     cpu = torch.device("cpu")
-    assert resolve_mixed_precision("auto", cpu) == "no" and teacher_dtype(cpu) is None
+    assert resolve_mixed_precision("auto", cpu) == "no" and frozen_dtype(cpu) is None
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
         resolve_mixed_precision("fp16", cpu)
     check_world_size(2, "MULTI_CPU", {"WORLD_SIZE": "2"})
@@ -145,15 +150,18 @@ def test_unknown_key_lists_valid_keys(shard_dir, tiny_teacher_dir, tmp_path):
         load_config(PretrainConfig, bad)
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"data__shards": "/no/such/shards"}, "data.shards: cannot open '/no/such/shards'"),
-    ({"teacher__name_or_path": "/no/such/teacher"}, "teacher.name_or_path: cannot load '/no/such/teacher'"),
-    ({"augment__size": 48}, "augment.size: 48 px is not a multiple of the student 'resnet10t' stride 32"),
-    ({"student__out_dim": 100}, "student.out_dim: 100 does not match the teacher embedding dim 128"),
-    ({"train__global_batch": 6}, "train.global_batch: 6 is not a multiple"),
-    ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' is not a complete checkpoint"),
-    ({"mixup__prob": 2}, "mixup.prob"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"data__shards": "/no/such/shards"}, "data.shards: cannot open '/no/such/shards'"),
+        ({"teacher__name_or_path": "/no/such/teacher"}, "teacher.name_or_path: cannot load '/no/such/teacher'"),
+        ({"augment__size": 48}, "augment.size: 48 px is not a multiple of the student 'resnet10t' stride 32"),
+        ({"student__out_dim": 100}, "student.out_dim: 100 does not match the teacher embedding dim 128"),
+        ({"train__global_batch": 6}, "train.global_batch: 6 is not a multiple"),
+        ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' is not a complete checkpoint"),
+        ({"mixup__prob": 2}, "mixup.prob"),
+    ],
+)
 def test_bad_inputs_fail_before_training(shard_dir, tiny_teacher_dir, tmp_path, override, message):
     out = tmp_path / "out"
     with pytest.raises(UserError, match=re.escape(message)):
@@ -161,11 +169,10 @@ def test_bad_inputs_fail_before_training(shard_dir, tiny_teacher_dir, tmp_path, 
     assert not list_checkpoints(out)
 
 
-def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(first_run, shard_dir, tiny_teacher_dir,
-                                                                   tmp_path):
+def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(first_run, shard_dir, tiny_teacher_dir, tmp_path):
     from transformers import AutoModel
 
-    from pretrain.teacher import Teacher
+    from sonodistill.dinov3 import DINOv3 as Teacher
 
     # Same architecture, but a NaN in the final norm: every target (hence the loss) becomes NaN.
     poisoned = tmp_path / "nan_teacher"
@@ -192,9 +199,19 @@ def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(first_run, sh
 def test_cli_exit_code_and_one_line_error(shard_dir, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     args = tiny_overrides(shard_dir, tmp_path / "missing_teacher", tmp_path / "out")
-    proc = subprocess.run([sys.executable, str(REPO / "pretrain" / "run.py"), "--config",
-                           str(REPO / "pretrain" / "configs" / "tiny.yaml"), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "pretrain" / "run.py"),
+            "--config",
+            str(REPO / "pretrain" / "configs" / "tiny.yaml"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "teacher.name_or_path: cannot load" in lines[0]

@@ -1,4 +1,5 @@
 """shards.stream.ShardLoader: splitting, shuffling, exactly-once epochs, exact resume, corrupt samples."""
+
 from __future__ import annotations
 
 import io
@@ -14,8 +15,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from shards.errors import UserError
 from shards.stream import ShardLoader
+from sonodistill.errors import UserError
 
 SIZE = 16
 
@@ -76,16 +77,35 @@ def test_epoch_sees_every_sample_exactly_once(shards, world, workers):
     """Across all ranks and workers; 4x2 = 8 slots > 6 shards exercises the sample-level split."""
     seen = []
     for rank in range(world):
-        loader = ShardLoader(shards, batch_size=3, mode="epoch", num_workers=workers, rank=rank,
-                             world_size=world, with_meta=True, drop_last=False, seed=5)
+        loader = ShardLoader(
+            shards,
+            batch_size=3,
+            mode="epoch",
+            num_workers=workers,
+            rank=rank,
+            world_size=world,
+            with_meta=True,
+            drop_last=False,
+            seed=5,
+        )
         seen += keys_of(loader)
     assert sorted(seen) == [f"{i:08d}" for i in range(60)]
 
 
 def test_shuffling_is_seeded(shards):
     def order(seed, shuffle=True):
-        return keys_of(ShardLoader(shards, batch_size=5, mode="epoch", num_workers=0, with_meta=True,
-                                   seed=seed, shuffle=shuffle, shuffle_buffer=20))
+        return keys_of(
+            ShardLoader(
+                shards,
+                batch_size=5,
+                mode="epoch",
+                num_workers=0,
+                with_meta=True,
+                seed=seed,
+                shuffle=shuffle,
+                shuffle_buffer=20,
+            )
+        )
 
     assert order(1) == order(1)
     assert order(1) != order(2)
@@ -108,8 +128,9 @@ def test_loop_mode_runs_epochs_back_to_back(shards):
 
 def test_resampled_mode_is_infinite_and_seeded(shards):
     def run(seed):
-        return keys_of(ShardLoader(shards, batch_size=10, mode="resampled", num_workers=0, with_meta=True,
-                                   seed=seed), n_batches=15)
+        return keys_of(
+            ShardLoader(shards, batch_size=10, mode="resampled", num_workers=0, with_meta=True, seed=seed), n_batches=15
+        )
 
     a = run(4)
     assert len(a) == 150 and a == run(4) and a != run(5)
@@ -156,8 +177,9 @@ def test_corrupt_samples_and_shards_are_skipped_and_counted(tmp_path):
     last = root / "shard-000002.tar"
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2 + 100])
-    loader = ShardLoader(root, batch_size=2, mode="epoch", num_workers=0, with_meta=True, drop_last=False,
-                         shuffle=False)
+    loader = ShardLoader(
+        root, batch_size=2, mode="epoch", num_workers=0, with_meta=True, drop_last=False, shuffle=False
+    )
     keys = keys_of(loader)
     assert "00000003" not in keys and "00000017" not in keys
     assert set(keys) >= {f"{i:08d}" for i in range(16) if i != 3}
@@ -182,8 +204,16 @@ def test_wrong_size_sample_is_skipped(tmp_path):
 def test_brace_pattern_and_list_inputs(shards):
     pattern = str(shards / "shard-{000000..000005}.tar")
     a = keys_of(ShardLoader(pattern, batch_size=5, mode="epoch", num_workers=0, with_meta=True, shuffle=False))
-    b = keys_of(ShardLoader(sorted(str(p) for p in shards.glob("*.tar")), batch_size=5, mode="epoch",
-                            num_workers=0, with_meta=True, shuffle=False))
+    b = keys_of(
+        ShardLoader(
+            sorted(str(p) for p in shards.glob("*.tar")),
+            batch_size=5,
+            mode="epoch",
+            num_workers=0,
+            with_meta=True,
+            shuffle=False,
+        )
+    )
     assert a == b == [f"{i:08d}" for i in range(60)]
 
 
@@ -203,8 +233,17 @@ def test_torchrun_two_ranks_two_workers_exactly_once(shards, tmp_path, repo_root
     """Real 2-rank gloo group: ranks come from torch.distributed, each with 2 DataLoader workers."""
     script = repo_root / "tests" / "dist" / "stream_keys.py"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(shards), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(shards),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]

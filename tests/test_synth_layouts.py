@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from shards.errors import UserError
 from shards.synth import PRESETS, write_busi, write_corpus, write_ddti
 from shards.synth.corpus import plan
 from shards.synth.runner import split_counts
+from sonodistill.errors import UserError
 
 BUSI_NAME = re.compile(r"^(benign|malignant|normal) \((\d+)\)(_mask(?:_(\d+))?)?\.png$")
 
@@ -47,7 +47,7 @@ def test_busi_layout(busi_dir):
         two += extra == "1"
     counts = [len(images[c]) for c in ("benign", "malignant", "normal")]
     assert counts == split_counts(60, [437, 210, 133]) == [34, 16, 10]
-    for cls, ks in images.items():
+    for ks in images.values():
         assert sorted(ks) == list(range(1, len(ks) + 1))
     assert two >= 1  # a few images with a second lesion mask
     for cls, ks in images.items():

@@ -8,8 +8,8 @@ import pytest
 from scipy.ndimage import binary_dilation, binary_erosion
 from skimage.measure import regionprops
 
-from shards.errors import UserError
 from shards.synth import PRESETS, Frame, render
+from sonodistill.errors import UserError
 
 FAN = {"cardiac": "sector", "fetal": "convex", "liver": "convex"}
 LINEAR = ("breast", "thyroid", "musculoskeletal")
@@ -105,9 +105,7 @@ def test_lesion_masks_are_the_lesion_and_darker(lesion_frames):
             assert np.array_equal(f.mask, f.lesion_masks[0])
             assert not (f.mask & ~f.scan_mask).any()
             _, contrast = _posterior(f)
-            assert (
-                contrast < -10
-            ), f"{kind}: lesion interior not darker than its surroundings ({contrast:.1f})"
+            assert contrast < -10, f"{kind}: lesion interior not darker than its surroundings ({contrast:.1f})"
             assert _edge_step(f, f.mask) < -5
 
 

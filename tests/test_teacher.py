@@ -1,4 +1,5 @@
 """The DINOv3 teacher: tiny checkpoint, token extraction parity, normalisation, layer choice, errors."""
+
 from __future__ import annotations
 
 import json
@@ -6,13 +7,14 @@ import json
 import pytest
 import torch
 
-from pretrain.teacher import TINY_CONFIG, Teacher, init_tiny, main
-from shards.errors import UserError
+from pretrain.teacher import main
+from sonodistill.dinov3 import TINY_CONFIG, DINOv3, init_tiny
+from sonodistill.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_teacher_dir) -> Teacher:
-    return Teacher.from_pretrained(tiny_teacher_dir)
+def teacher(tiny_teacher_dir) -> DINOv3:
+    return DINOv3.from_pretrained(tiny_teacher_dir)
 
 
 def test_init_tiny_is_a_real_dinov3_with_processor(tiny_teacher_dir):
@@ -31,10 +33,10 @@ def test_init_tiny_is_a_real_dinov3_with_processor(tiny_teacher_dir):
 
 def test_init_tiny_cli_and_seed(tmp_path, capsys):
     main(["init-tiny", "--out", str(tmp_path / "a"), "--seed", "3"])
-    assert "written" in capsys.readouterr().out
+    assert "written" in capsys.readouterr().err
     init_tiny(tmp_path / "b", seed=3)
     init_tiny(tmp_path / "c", seed=4)
-    a, b, c = (Teacher.from_pretrained(tmp_path / n) for n in "abc")
+    a, b, c = (DINOv3.from_pretrained(tmp_path / n) for n in "abc")
     pa, pb, pc = (next(t.model.parameters()) for t in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
@@ -72,7 +74,7 @@ def test_token_parity_with_hidden_states_and_final_norm(teacher):
         for r in range(4):
             for c in range(6):
                 # channel block k of grid cell (r, c) = patch token r*W + c of block k
-                assert torch.allclose(target[:, k * 64:(k + 1) * 64, r, c], hs[:, 5 + r * 6 + c], atol=1e-6)
+                assert torch.allclose(target[:, k * 64 : (k + 1) * 64, r, c], hs[:, 5 + r * 6 + c], atol=1e-6)
     raw = teacher.tokens(x, norm=False)
     assert torch.allclose(raw.patches[0], ref.hidden_states[3][:, 5:], atol=1e-6)
 
@@ -89,7 +91,7 @@ def test_forward_matches_transformers_backbone(tiny_teacher_dir, teacher):
 
 
 def test_mean_aggregation_and_layer_choices(tiny_teacher_dir):
-    t = Teacher.from_pretrained(tiny_teacher_dir, layers=[0, -1], aggregate="mean")
+    t = DINOv3.from_pretrained(tiny_teacher_dir, layers=[0, -1], aggregate="mean")
     assert t.layers == [0, 3] and t.embed_dim == 64
     x = torch.randn(1, 3, 32, 32)
     tok = t.tokens(x)
@@ -97,16 +99,16 @@ def test_mean_aggregation_and_layer_choices(tiny_teacher_dir):
     assert torch.allclose(t(x).flatten(2).transpose(1, 2), expect, atol=1e-6)
     assert t.resolve_layers(3) == [1, 2, 3]
     with pytest.raises(UserError, match="teacher.layers: block 4 out of range"):
-        Teacher.from_pretrained(tiny_teacher_dir, layers=[4])
+        DINOv3.from_pretrained(tiny_teacher_dir, layers=[4])
     with pytest.raises(UserError, match="teacher.aggregate"):
-        Teacher.from_pretrained(tiny_teacher_dir, aggregate="max")
+        DINOv3.from_pretrained(tiny_teacher_dir, aggregate="max")
 
 
 def test_frozen_by_default_trainable_for_fine_tuning(tiny_teacher_dir, teacher):
     x = torch.randn(2, 3, 32, 32)
     frozen = teacher(x)
     assert frozen.is_inference() and not frozen.requires_grad
-    tuned = Teacher.from_pretrained(tiny_teacher_dir, trainable=True)
+    tuned = DINOv3.from_pretrained(tiny_teacher_dir, trainable=True)
     tuned.train()
     assert tuned.training and tuned.model.training
     out = tuned.eval()(x)
@@ -133,7 +135,7 @@ def test_normalize(teacher):
 def test_bad_inputs(tmp_path, teacher, monkeypatch):
     missing = tmp_path / "no-such-teacher"
     with pytest.raises(UserError, match="teacher.name_or_path: cannot load '.*no-such-teacher'"):
-        Teacher.from_pretrained(missing)
+        DINOv3.from_pretrained(missing)
     # A Hub id that is not in the local cache, with offline mode pinned (never a network attempt):
     # a clear error naming it.
     import huggingface_hub.constants
@@ -141,6 +143,6 @@ def test_bad_inputs(tmp_path, teacher, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(UserError, match="cannot load 'sonodistill-tests/no-such-dinov3'"):
-        Teacher.from_pretrained("sonodistill-tests/no-such-dinov3")
+        DINOv3.from_pretrained("sonodistill-tests/no-such-dinov3")
     with pytest.raises(UserError, match="not a multiple of the patch size 16"):
         teacher.tokens(torch.zeros(1, 3, 40, 48))

@@ -5,6 +5,7 @@ Readers: :func:`read_busi` (BUSI real layout), :func:`read_paired` (DDTI-style i
 with patient ids, and generic ones), :func:`read_class_folders`, :func:`read_hub` (`datasets`:
 ``hf:ID``, ``save_to_disk`` folder, imagefolder); :func:`read_catalog` picks one for a task.
 """
+
 from downstream.data.busi import BUSI_CLASSES, read_busi
 from downstream.data.classes import read_class_folders
 from downstream.data.hub import HubImage, read_hub
@@ -16,7 +17,24 @@ from downstream.data.torchset import ImageSet
 from downstream.data.transforms import AugmentConfig, GeometricAugment, to_input
 
 __all__ = [
-    "BUSI_CLASSES", "AugmentConfig", "Catalog", "GeometricAugment", "HubImage", "ImageSet", "ImageSource",
-    "ReaderConfig", "Record", "binarize", "check_records", "detect_layout", "load_gray", "load_mask",
-    "read_busi", "read_catalog", "read_class_folders", "read_hub", "read_paired", "to_input",
+    "BUSI_CLASSES",
+    "AugmentConfig",
+    "Catalog",
+    "GeometricAugment",
+    "HubImage",
+    "ImageSet",
+    "ImageSource",
+    "ReaderConfig",
+    "Record",
+    "binarize",
+    "check_records",
+    "detect_layout",
+    "load_gray",
+    "load_mask",
+    "read_busi",
+    "read_catalog",
+    "read_class_folders",
+    "read_hub",
+    "read_paired",
+    "to_input",
 ]

@@ -13,6 +13,7 @@ segmentation treats them as "no lesion". ROOT may also be a folder holding exact
 sub-folder with that layout (the archive unpacks to ``Dataset_BUSI_with_GT/``). BUSI has no
 patient ids, so records carry no group.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 from downstream.data.naming import images_with_masks
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 BUSI_CLASSES = ("normal", "benign", "malignant")
 
@@ -64,8 +65,7 @@ def read_busi(root: str | Path, *, require_masks: bool = True, check: bool = Tru
             )
     if missing and require_masks:
         raise UserError(
-            f"{base}: {len(missing)} image(s) without a mask file (expected '<name>_mask.png'), "
-            f"e.g. {missing[0]}"
+            f"{base}: {len(missing)} image(s) without a mask file (expected '<name>_mask.png'), e.g. {missing[0]}"
         )
     if check:
         check_records(records)

@@ -6,15 +6,16 @@ other class names also work. A class folder without images is an error; so is a 
 fewer than two class folders. ``classes=`` fixes the expected names and their order (a
 missing one is an error).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from downstream.data.naming import images_with_masks
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 def read_class_folders(
@@ -39,7 +40,9 @@ def read_class_folders(
         if not pairs:
             raise UserError(f"{folder}: class folder '{cls}/' has no images")
         for p, ms in pairs:
-            records.append(Record(id=p.relative_to(root).as_posix(), image=str(p), masks=tuple(map(str, ms)), label=label))
+            records.append(
+                Record(id=p.relative_to(root).as_posix(), image=str(p), masks=tuple(map(str, ms)), label=label)
+            )
     if check:
         check_records(records)
     return Catalog(name=name or root.name, root=str(root), records=records, classes=list(classes))

@@ -6,6 +6,7 @@ strings or ints, optional), ``group`` (patient id, optional). A DatasetDict's sp
 concatenated (ids ``<split>/<row>``) and split again by :mod:`downstream.splits`, so every
 dataset gets the same reproducible protocol.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from PIL import Image
 
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 A mask of image ``X.png`` is ``X_mask.png``; extra masks of the same image are ``X_mask_1.png``,
 ``X_mask_2.png``... (BUSI's convention, also common in generic image/mask folders).
 """
+
 from __future__ import annotations
 
 import re
@@ -50,5 +51,6 @@ def images_with_masks(folder: Path) -> list[tuple[Path, list[Path]]]:
             images[stem] = p
         else:
             masks.setdefault(owner, []).append(p)
-    return [(images[s], sorted(masks.get(s, []), key=lambda m: mask_order(m.stem)))
-            for s in sorted(images, key=natural_key)]
+    return [
+        (images[s], sorted(masks.get(s, []), key=lambda m: mask_order(m.stem))) for s in sorted(images, key=natural_key)
+    ]

@@ -11,6 +11,7 @@ extension. The patient/group id is the first capture group of ``group_pattern`` 
 image stem (DDTI: the leading integer, ``^(\\d+)``); an image whose stem does not match is its
 own group. ``group_pattern=""`` disables grouping.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 from downstream.data.naming import image_files, mask_order, mask_stem, natural_key
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 IMAGE_DIRS = ("image", "images", "img", "imgs")
 MASK_DIRS = ("mask", "masks", "label", "labels", "gt", "annotation", "annotations")

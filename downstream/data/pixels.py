@@ -5,15 +5,16 @@ Ultrasound is grayscale, but datasets store it as 8-bit L, RGB with three equal 
 file (values above half the file's maximum, so 0/255, 0/1 and JPEG-noisy masks all work)
 and several mask files of one image are merged by union.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
 from downstream.data.record import Record, Source, describe_source, open_source
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 def _to_gray(img: Image.Image, where: str) -> np.ndarray:

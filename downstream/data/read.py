@@ -1,4 +1,5 @@
 """Pick the reader for a data location and a task kind (``seg`` needs masks, ``cls`` labels)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from downstream.data.classes import read_class_folders
 from downstream.data.hub import read_hub
 from downstream.data.paired import DDTI_GROUP, is_paired_layout, read_paired
 from downstream.data.record import Catalog
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 Layout = Literal["auto", "busi", "paired", "classes", "hf"]
 
@@ -71,7 +72,9 @@ def read_catalog(data: str, kind: Literal["seg", "cls"], cfg: ReaderConfig | Non
     else:
         raise UserError(f"data.layout: expected one of auto, busi, paired, classes, hf; got '{layout}'")
     if kind == "seg" and not cat.has_masks:
-        raise UserError(f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)")
+        raise UserError(
+            f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"
+        )
     if kind == "cls" and not cat.has_labels:
         raise UserError(f"{data}: classification needs class labels ({layout} layout has none)")
     if kind == "cls" and len(cat.classes) < 2:

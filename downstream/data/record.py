@@ -5,13 +5,15 @@ A :class:`Record` is one labelled image: where its pixels come from (a file path
 (several are merged by union), its class index and its patient/group id. Readers build a
 :class:`Catalog`; splits, label fractions, the torch datasets and the KD recipes all work on it.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
@@ -25,7 +27,7 @@ class ImageSource(Protocol):
     def describe(self) -> str: ...
 
 
-Source = Union[str, ImageSource]
+Source = str | ImageSource
 
 
 def open_source(src: Source) -> Image.Image:

@@ -6,9 +6,10 @@ host->device copies at 1 byte per pixel and the CPU free for decoding.
 Items: ``image`` uint8 [1,S,S], ``mask`` uint8 [1,S,S] (0/1, union of the record's masks),
 ``label`` int64 (when labelled), ``index`` (position in ``records``).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -7,10 +7,11 @@ to image and mask: random resized crop (zoom / field of view), horizontal flip a
 rotation. No vertical flip (the probe is always at the top) and no colour jitter (B-mode is
 grayscale). Validation/test only resize (in the Dataset) and normalise.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import kornia.augmentation as K
 import torch

@@ -1,15 +1,21 @@
-"""``python -m downstream.kd train --recipe R --data DIR --out DIR [key=value ...]`` and
-``python -m downstream.kd summary [--json] [--recipe R]``."""
+"""``python -m downstream.kd train --recipe R --data DIR --out DIR [--config FILE] [key=value ...]`` and
+``python -m downstream.kd summary [--json] [--recipe R]``.
+
+``train`` resolves the recipe's config from its paper preset (``downstream/kd/configs/R.yaml``),
+then each ``--config`` file, then the ``key=value`` overrides."""
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import sys
 from pathlib import Path
 
-from shards.config import add_config_args, config_from_args
-from shards.errors import UserError, cli_main
+from sonodistill.config import add_config_args, config_from_args
+from sonodistill.errors import UserError, cli_main
+
+log = logging.getLogger(__name__)
 
 
 def _recipe(name: str):
@@ -45,11 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = [measure(e) for e in all_entries(args.recipe)]
         print(json.dumps(rows, indent=2) if args.json else table(rows))
         return 0
+    from downstream.kd.recipes.base import preset
+
     recipe = _recipe(args.recipe)
-    cfg = config_from_args(recipe.Config, args)
+    cfg = config_from_args(recipe.Config, args, base=[preset(recipe.NAME)])
     metrics = recipe.run(cfg, args.data, Path(args.out))
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
-        print(f"{args.recipe}: wrote {Path(args.out) / 'report.md'} and metrics.json ({len(metrics['models'])} models)")
+    log.info(f"{args.recipe}: wrote {Path(args.out) / 'report.md'} and metrics.json ({len(metrics['models'])} models)")
     return 0
 
 

@@ -5,6 +5,7 @@ architecture the recipe builds *before* loading, so a wrong file gives one clear
 of a wall of missing keys. Files without our metadata (a user's own ``.safetensors`` or
 ``torch.save`` state dict) are loaded strictly and mismatches are summarised.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from shards.atomic import write_bytes
-from shards.errors import UserError
+from sonodistill.atomic import write_bytes
+from sonodistill.errors import UserError
 
 
 def save_model(model: torch.nn.Module, path: str | Path, *, arch: dict[str, Any]) -> None:
@@ -55,7 +56,9 @@ def load_model(model: torch.nn.Module, path: str | Path, *, arch: dict[str, Any]
             state = torch.load(str(path), map_location="cpu", weights_only=True)
             state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     except Exception as exc:
-        raise UserError(f"{key}: cannot read {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+        raise UserError(
+            f"{key}: cannot read {path} ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+        ) from None
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

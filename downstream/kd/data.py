@@ -1,4 +1,4 @@
-"""Data for the KD recipes: the downstream readers and splits, recipe class subsets, the papers' inputs.
+"""Data for the KD recipes: the downstream readers and splits, recipe class subsets, the papers' augmentations.
 
 Records, readers, ``splits.json`` and metrics come from :mod:`downstream` so the recipes run on
 exactly the splits the foundation-model evaluation uses (point ``data.split.file`` at that run's
@@ -7,33 +7,24 @@ HDKD data-size sweep's balanced N-per-class subsets, the mask-derived views, and
 augmentation (they differ from the ultrasound-aware protocol of :mod:`downstream.data.transforms`:
 CSA-MoE flips vertically, for one).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import kornia.augmentation as K
 import numpy as np
 import torch
 
-from downstream.data import ImageSet, ReaderConfig, Record, read_catalog, to_input
+from downstream.data import ImageSet, ReaderConfig, Record, read_catalog
 from downstream.data.record import Catalog
 from downstream.kd.views import mask_views
-from downstream.splits import load_or_make_splits
-from shards.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class SplitConfig:
-    ratios: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train/val/test
-    seed: int = 42
-    file: str = ""  # an existing splits.json to reuse as made, e.g. a downstream run's ("" = OUT/splits.json)
+from downstream.splits import SplitConfig, load_or_make_splits
+from sonodistill.errors import UserError
 
 
 @dataclass
@@ -147,28 +138,3 @@ def augmentation(hflip: float = 0.0, vflip: float = 0.0, degrees: float = 0.0) -
     if degrees > 0:
         ops.append(K.RandomRotation(degrees=degrees, p=1.0))
     return K.AugmentationSequential(*ops, data_keys=["input"]) if ops else None
-
-
-class Inputs:
-    """uint8 grayscale [B, V, S, S] -> normalised float model input; augmented when training.
-
-    ``V == 1`` gives [B, 3, S, S] (channel replicated); ``V > 1`` (views) gives [B, V, 3, S, S].
-    """
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 augment: torch.nn.Module | None = None, channels_last: bool = False):
-        self.mean, self.std, self.augment = tuple(mean), tuple(std), augment
-        self.channels_last = channels_last
-
-    @property
-    def augments(self) -> bool:
-        return self.augment is not None
-
-    def __call__(self, gray: torch.Tensor, train: bool) -> torch.Tensor:
-        x = gray.float() / 255.0
-        if train and self.augment is not None:
-            x = self.augment(x)
-        b, v, s, _ = x.shape
-        if v == 1:
-            return to_input(x, self.mean, self.std, channels_last=self.channels_last)
-        return to_input(x.reshape(b * v, 1, s, s), self.mean, self.std).reshape(b, v, len(self.mean), s, s)

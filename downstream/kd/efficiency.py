@@ -11,11 +11,13 @@ Conventions (stated in every table that uses them):
 - Latency: median wall time of ``runs`` forward passes at batch size 1 after ``warmup`` passes,
   in inference mode; FPS = 1000 / median ms.
 """
+
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -52,13 +54,18 @@ def latency(fn: Callable[[], Any], runs: int = 50, warmup: int = 10) -> dict[str
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
     med = statistics.median(times)
-    return {"median_ms": med, "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))], "fps": 1000.0 / med,
-            "runs": len(times)}
+    return {
+        "median_ms": med,
+        "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+        "fps": 1000.0 / med,
+        "runs": len(times),
+    }
 
 
 @torch.inference_mode()
-def side_by_side(fns: dict[str, Callable[[], Any]], runs: int = 50, warmup: int = 10,
-                 rounds: int = 5) -> dict[str, dict[str, float]]:
+def side_by_side(
+    fns: dict[str, Callable[[], Any]], runs: int = 50, warmup: int = 10, rounds: int = 5
+) -> dict[str, dict[str, float]]:
     """:func:`latency` of several callables measured in interleaved rounds.
 
     On a shared machine the load drifts; timing model A for a while and then model B would
@@ -80,17 +87,26 @@ def side_by_side(fns: dict[str, Callable[[], Any]], runs: int = 50, warmup: int 
     for name, t in times.items():
         t.sort()
         med = statistics.median(t)
-        out[name] = {"median_ms": med, "p90_ms": t[min(len(t) - 1, int(0.9 * len(t)))], "fps": 1000.0 / med,
-                     "runs": len(t)}
+        out[name] = {
+            "median_ms": med,
+            "p90_ms": t[min(len(t) - 1, int(0.9 * len(t)))],
+            "fps": 1000.0 / med,
+            "runs": len(t),
+        }
     return out
 
 
-def models_side_by_side(models: dict[str, torch.nn.Module], example: torch.Tensor | dict[str, torch.Tensor],
-                        runs: int = 50, warmup: int = 10, rounds: int = 5) -> dict[str, dict[str, float]]:
+def models_side_by_side(
+    models: dict[str, torch.nn.Module],
+    example: torch.Tensor | dict[str, torch.Tensor],
+    runs: int = 50,
+    warmup: int = 10,
+    rounds: int = 5,
+) -> dict[str, dict[str, float]]:
     """CPU batch-size-1 latency of eval-mode models (one shared example, or one per model)."""
     fns = {}
     for name, m in models.items():
         m.eval()
         x = example[name] if isinstance(example, dict) else example
-        fns[name] = (lambda m=m, x=x: m(x))
+        fns[name] = lambda m=m, x=x: m(x)
     return side_by_side(fns, runs, warmup, rounds)

@@ -2,15 +2,16 @@
 
 The ``grad-cam`` package computes the maps; this module only picks the layer and lays out the PNG.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from shards.atomic import atomic_open
+from sonodistill.figures import save_figure
 
 
 def last_conv_stage(model: torch.nn.Module) -> torch.nn.Module:
@@ -34,10 +35,9 @@ def cams(model: torch.nn.Module, x: torch.Tensor, targets: Sequence[int] | None 
 
 def panels(gray: np.ndarray, maps: Mapping[str, np.ndarray], path: str | Path, *, titles: Sequence[str] = ()) -> None:
     """PNG grid: one row per image, columns = input then one Grad-CAM overlay per model."""
-    import matplotlib
+    from sonodistill.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
     n = gray.shape[0]
@@ -53,6 +53,4 @@ def panels(gray: np.ndarray, maps: Mapping[str, np.ndarray], path: str | Path, *
         for ax in axes[i]:
             ax.axis("off")
     fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

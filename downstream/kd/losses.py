@@ -1,24 +1,27 @@
-"""Distillation losses of the recipes, each in its paper's form.
+"""Distillation losses of the recipes, with every weight named for what it weighs.
+
+``loss = ce_weight * CE(student, y) + kd_weight * T^2 * KL(teacher || student) [+ feature_weight * l_feat]``
+
+The papers write these weights with one symbol, alpha, that means different things: paper 000's
+alpha weighs the cross-entropy (``alpha*CE + (1-alpha)*T^2*KL``), paper 003's and paper 001's
+weigh the KL term. Each recipe's preset (``downstream/kd/configs/<recipe>.yaml``) sets
+``ce_weight`` / ``kd_weight`` to its paper's values and names the paper's symbol in a comment.
 
 KL convention (all recipes): ``KL(p_teacher || p_student)`` on temperature-softened distributions,
 summed over classes and averaged over the batch (``reduction="batchmean"``, the mathematically
 correct per-sample KL; ``"mean"`` would also divide by the number of classes). Multiplying by
 ``T^2`` keeps the soft-target gradients on the scale of the hard loss (Hinton et al.).
-
-- paper 000 (vit_mobilenet): ``alpha*CE + (1-alpha)*T^2*KL`` with alpha = 0.5, T = 4;
-- paper 003 (nanoray):       ``alpha*T^2*KL + (1-alpha)*CE`` with alpha = 0.25, T = 4;
-- paper 001 (hdkd):          ``(1-alpha)*CE(cls head) + alpha*t^2*KL(distill head)`` + ``lambda*l_feat``.
-
-:class:`LogitKDLoss` covers all three logit forms: ``kd_weight`` is the weight on the KL term
-(0.5 for 000, 0.25 for 003, 0.5 for HDKD), ``1 - kd_weight`` the weight on cross-entropy.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from sonodistill.errors import UserError
 
 
 def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -47,46 +50,55 @@ class LossParts:
         return {k: v.item() for k, v in self.tensors().items()}
 
 
-class LogitKDLoss:
-    """``(1 - kd_weight) * CE(student, y) + kd_weight * T^2 * KL(teacher || student)``.
+@dataclass
+class LogitLossConfig:
+    """Weights of the logit-distillation loss (a recipe's preset holds its paper's values)."""
 
-    ``kd_weight=0`` is plain cross-entropy (the from-scratch baseline uses exactly this).
-    ``distill_logits`` (HDKD) sends the KL to a second head while CE reads the first.
+    ce_weight: float = 0.5  # on cross-entropy with the labels
+    kd_weight: float = 0.5  # on T^2 * KL(teacher || student)
+    temperature: float = 4.0
+
+
+class LogitKDLoss:
+    """``ce_weight * CE(student, y) + kd_weight * T^2 * KL(teacher || student)``.
+
+    ``kd_weight=0`` is plain cross-entropy (no teacher needed). ``distill_logits`` (HDKD) sends
+    the KL to a second head while CE reads the first.
     """
 
-    def __init__(self, kd_weight: float, temperature: float):
-        if not 0.0 <= kd_weight <= 1.0:
-            raise ValueError(f"kd_weight must be in [0, 1], got {kd_weight}")
+    def __init__(self, ce_weight: float, kd_weight: float, temperature: float, key: str = "loss"):
+        if ce_weight < 0 or kd_weight < 0 or ce_weight + kd_weight == 0:
+            raise UserError(f"{key}: ce_weight and kd_weight must be >= 0 and not both 0, got {ce_weight}, {kd_weight}")
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.kd_weight = kd_weight
-        self.temperature = temperature
+            raise UserError(f"{key}.temperature: must be > 0, got {temperature}")
+        self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
 
-    def __call__(self, student_logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None,
-                 distill_logits: torch.Tensor | None = None) -> LossParts:
+    @classmethod
+    def from_config(cls, cfg: LogitLossConfig, key: str = "loss") -> LogitKDLoss:
+        return cls(cfg.ce_weight, cfg.kd_weight, cfg.temperature, key)
+
+    def __call__(
+        self,
+        student_logits: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor | None,
+        distill_logits: torch.Tensor | None = None,
+    ) -> LossParts:
         ce = F.cross_entropy(student_logits.float(), labels)
         if self.kd_weight == 0.0:
-            return LossParts(ce, ce, ce.new_zeros(()))
+            return LossParts(self.ce_weight * ce, ce, ce.new_zeros(()))
         if teacher_logits is None:
             raise ValueError("LogitKDLoss: kd_weight > 0 needs teacher logits")
         target = student_logits if distill_logits is None else distill_logits
         kd = kd_kl(target, teacher_logits, self.temperature)
-        return LossParts((1 - self.kd_weight) * ce + self.kd_weight * kd, ce, kd)
+        return LossParts(self.ce_weight * ce + self.kd_weight * kd, ce, kd)
 
 
-def vit_mobilenet_loss(alpha: float = 0.5, temperature: float = 4.0) -> LogitKDLoss:
-    """Paper 000: ``alpha*CE + (1-alpha)*T^2*KL`` (alpha weighs the hard loss)."""
-    return LogitKDLoss(kd_weight=1.0 - alpha, temperature=temperature)
-
-
-def nanoray_loss(alpha: float = 0.25, temperature: float = 4.0) -> LogitKDLoss:
-    """Paper 003: ``alpha*T^2*KL + (1-alpha)*CE`` (alpha weighs the soft loss)."""
-    return LogitKDLoss(kd_weight=alpha, temperature=temperature)
-
-
-def feature_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
-                         alpha_f: float = 1.0) -> torch.Tensor:
-    """HDKD eq. 7: ``sum_j j^alpha_f * ||psi_T - psi_S||^2 / (H_j W_j C_j)`` over the shared stages.
+def feature_distillation(
+    student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], stage_exponent: float = 1.0
+) -> torch.Tensor:
+    """HDKD eq. 7: ``sum_j j^alpha_f * ||psi_T - psi_S||^2 / (H_j W_j C_j)`` over the shared stages
+    (``stage_exponent`` is the paper's alpha_f).
 
     The per-stage term is the mean squared error over (C, H, W) and, as a batch loss, over samples.
     Stages are numbered from 1, so later (more semantic) stages weigh more.
@@ -97,21 +109,35 @@ def feature_distillation(student: Sequence[torch.Tensor], teacher: Sequence[torc
     for j, (s, t) in enumerate(zip(student, teacher), start=1):
         if s.shape != t.shape:
             raise ValueError(f"feature distillation: stage {j} shapes differ, {tuple(s.shape)} vs {tuple(t.shape)}")
-        total = total + (j ** alpha_f) * F.mse_loss(s.float(), t.float())
+        total = total + (j**stage_exponent) * F.mse_loss(s.float(), t.float())
     return total
 
 
+@dataclass
+class HDKDLossConfig(LogitLossConfig):
+    """HDKD eq. 8 weights: the logit terms on the two heads plus the stage-feature term."""
+
+    feature_weight: float = 10.0  # on l_feat (the paper's lambda)
+    stage_exponent: float = 1.0  # stage j weighs j^stage_exponent (the paper's alpha_f)
+
+
 class HDKDLoss:
-    """HDKD eq. 8: ``l_cls + lambda * l_feat`` with ``l_cls`` = LogitKDLoss(alpha, t) on the two heads."""
+    """HDKD eq. 8: ``ce_weight*CE(cls) + kd_weight*t^2*KL(distill head) + feature_weight*l_feat``."""
 
-    def __init__(self, alpha: float = 0.5, temperature: float = 1.0, lam: float = 10.0, alpha_f: float = 1.0):
-        self.logits = LogitKDLoss(kd_weight=alpha, temperature=temperature)
-        self.lam = lam
-        self.alpha_f = alpha_f
+    def __init__(self, cfg: HDKDLossConfig, key: str = "loss"):
+        self.logits = LogitKDLoss.from_config(cfg, key)
+        self.feature_weight = cfg.feature_weight
+        self.stage_exponent = cfg.stage_exponent
 
-    def __call__(self, cls_logits: torch.Tensor, dist_logits: torch.Tensor, labels: torch.Tensor,
-                 teacher_logits: torch.Tensor, student_feats: Sequence[torch.Tensor],
-                 teacher_feats: Sequence[torch.Tensor]) -> LossParts:
+    def __call__(
+        self,
+        cls_logits: torch.Tensor,
+        dist_logits: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        student_feats: Sequence[torch.Tensor],
+        teacher_feats: Sequence[torch.Tensor],
+    ) -> LossParts:
         parts = self.logits(cls_logits, labels, teacher_logits, distill_logits=dist_logits)
-        feat = feature_distillation(student_feats, teacher_feats, self.alpha_f)
-        return LossParts(parts.total + self.lam * feat, parts.ce, parts.kd, feat)
+        feat = feature_distillation(student_feats, teacher_feats, self.stage_exponent)
+        return LossParts(parts.total + self.feature_weight * feat, parts.ce, parts.kd, feat)

@@ -4,11 +4,12 @@ onnxruntime's dynamic quantisation turns convolutions into ConvInteger, which it
 runs slowly; for conv nets static quantisation (QDQ, activations calibrated on a few images) is
 the fast INT8 path. Both are offered so the edge benchmark can report each.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -24,8 +25,16 @@ def export(model: torch.nn.Module, path: str | Path, size: int, opset: int = 17)
     with torch.no_grad(), warnings.catch_warnings():
         # the dynamo exporter needs onnxscript (not a dependency); the TorchScript one is deprecated but exact
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (x,), str(tmp), input_names=["input"], output_names=["logits"], opset_version=opset,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (x,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
     tmp.replace(path)
     return path
 
@@ -59,8 +68,15 @@ def quantize_static_qdq(src: str | Path, dst: str | Path, calibration: Iterable[
             return next(self.it, None)
 
     pre = _preprocessed(Path(src))
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    quantize_static(
+        str(pre),
+        str(dst),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
     return Path(dst)
 
 

@@ -6,29 +6,44 @@ again with the same stage key (architecture, training settings, seed, data finge
 size, train/val ids), so an interrupted run resumes at the first unfinished stage instead of
 retraining the teacher; any change retrains that stage.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 
 from downstream.data import ImageSet
+from downstream.data.inputs import Inputs
+from downstream.fit import FitConfig, FitResult, fit
 from downstream.kd.checkpoint import load_model, save_model
-from downstream.kd.data import DataConfig, Inputs, Prepared, prepare
+from downstream.kd.data import DataConfig, Prepared, prepare
 from downstream.kd.efficiency import num_params
 from downstream.kd.losses import LogitKDLoss
-from downstream.kd.steps import LogitKD, Supervised
-from downstream.kd.trainer import OptimConfig, Step, cache_logits, fit, freeze, loader, make_accelerator, predict, \
-    seed_everything
-from downstream.metrics import classification_metrics, plot_confusion
-from shards.atomic import write_json
-from shards.config import to_dict
+from downstream.kd.tasks import LogitKD, freeze, teacher_logits
+from downstream.loaders import make_loader
+from downstream.metrics import plot_confusion
+from downstream.tasks import Classification
+from sonodistill.atomic import write_json
+from sonodistill.config import to_dict
+from sonodistill.world import make_accelerator
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch RNGs (every device) from one seed, before building a model."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed, deterministic=False)
 
 
 @dataclass
@@ -47,11 +62,19 @@ class Run:
         return self.acc.is_main_process
 
     def loader(self, dataset, batch_size: int, shuffle: bool, seed_offset: int = 0):
-        return loader(dataset, batch_size, shuffle=shuffle, workers=self.workers, seed=self.seed + seed_offset)
+        return make_loader(dataset, batch_size, train=shuffle, workers=self.workers, seed=self.seed + seed_offset)
 
 
-def start(data: str, data_cfg: DataConfig, out: Path, seed: int, mixed_precision: str, *, need_masks: bool = False,
-          recipe: str = "") -> Run:
+def start(
+    data: str,
+    data_cfg: DataConfig,
+    out: Path,
+    seed: int,
+    mixed_precision: str,
+    *,
+    need_masks: bool = False,
+    recipe: str = "",
+) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(mixed_precision)
     prep = prepare(data, data_cfg, out, need_masks=need_masks, recipe=recipe)
@@ -78,36 +101,57 @@ class StageResult:
     reused: bool = False
 
 
-def stage(run: Run, name: str, model: torch.nn.Module, arch: dict[str, Any], key: dict[str, Any],
-          train: Callable[[], Any]) -> StageResult:
-    """Train ``model`` with ``train()`` (a :class:`FitResult`) or reload the finished stage."""
+def stage(
+    run: Run,
+    name: str,
+    model: torch.nn.Module,
+    arch: dict[str, Any],
+    key: dict[str, Any],
+    train: Callable[[], FitResult],
+) -> StageResult:
+    """Train ``model`` with ``train()`` or reload the finished stage."""
     folder = run.out / name
-    fp = _fingerprint({"arch": arch, **key, "data": run.prep.catalog.fingerprint(), "img_size": run.img_size,
-                       "split": {p: [r.id for r in recs] for p, recs in run.prep.parts.items() if p != "test"}})
+    fp = _fingerprint(
+        {
+            "arch": arch,
+            **key,
+            "data": run.prep.catalog.fingerprint(),
+            "img_size": run.img_size,
+            "split": {p: [r.id for r in recs] for p, recs in run.prep.parts.items() if p != "test"},
+        }
+    )
     meta_path, weights = folder / "stage.json", folder / "model.safetensors"
     if meta_path.is_file() and weights.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == fp:
             load_model(model, weights, arch=arch, key=f"{name} stage")
-            if run.main:
-                print(f"{name}: reusing the finished stage in {folder}")
+            log.info(f"{name}: reusing the finished stage in {folder}")
             return StageResult(meta["history"], meta["best_epoch"], meta["seconds"], reused=True)
     res = train()
     if run.main:
         save_model(model, weights, arch=arch)
-        write_json(meta_path, {"fingerprint": fp, "history": res.history, "best_epoch": res.best_epoch,
-                               "seconds": res.seconds, "key": key})
+        write_json(
+            meta_path,
+            {
+                "fingerprint": fp,
+                "history": res.history,
+                "best_epoch": res.best_epoch,
+                "seconds": res.seconds,
+                "key": key,
+            },
+        )
     run.acc.wait_for_everyone()
     return StageResult(res.history, res.best_epoch, res.seconds)
 
 
-def evaluate(run: Run, model: torch.nn.Module, step: Step, records, dataset_fn, name: str, batch_size: int = 32,
-             plot: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+def evaluate(
+    run: Run, task: Classification, records, dataset_fn, name: str, batch_size: int = 32, plot: bool = True
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Test metrics (downstream.metrics) and raw predictions; confusion-matrix PNG next to them."""
     dl = run.acc.prepare(run.loader(dataset_fn(records), batch_size, shuffle=False))
-    model = model.to(run.acc.device)  # each process predicts its shard; no DDP wrapper needed
-    pred = predict(model, step, dl, run.acc)
-    metrics = classification_metrics(pred["labels"], pred["probs"], run.prep.classes)
+    task.model = task.model.to(run.acc.device)  # each process predicts its shard; no DDP wrapper needed
+    pred = task.predict(dl, run.acc)
+    metrics = task.metrics(pred)
     if plot and run.main:
         plot_confusion(metrics["confusion_matrix"], run.prep.classes, run.out / f"confusion_{name}.png", title=name)
     return metrics, pred
@@ -120,10 +164,10 @@ class LogitKDSpec:
     build_teacher: Callable[[int], torch.nn.Module]
     teacher_arch: dict[str, Any]
     teacher_checkpoint: str
-    teacher_train: OptimConfig
+    teacher_train: FitConfig
     build_student: Callable[[int], torch.nn.Module]
     student_arch: dict[str, Any]
-    student_train: OptimConfig
+    student_train: FitConfig
     loss: LogitKDLoss
     inputs: Inputs
 
@@ -134,22 +178,32 @@ class LogitKDResult:
     stages: dict[str, StageResult]
     metrics: dict[str, dict]
     predictions: dict[str, dict[str, np.ndarray]]
-    step: Supervised
+    inputs: Inputs
 
 
 def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
     """Teacher (trained, or loaded from ``teacher_checkpoint``), scratch student, distilled student."""
-    classes = len(run.prep.classes)
+    names = run.prep.classes
+    classes = len(names)
     dataset = lambda recs: ImageSet(recs, size, labels=True)  # noqa: E731
-    train_set, val_set = dataset(run.prep.parts["train"]), dataset(run.prep.parts["val"]) if run.prep.parts["val"] else None
-    sup = Supervised(spec.inputs)
+    train_set, val_set = (
+        dataset(run.prep.parts["train"]),
+        dataset(run.prep.parts["val"]) if run.prep.parts["val"] else None,
+    )
     stages: dict[str, StageResult] = {}
 
-    def fit_with(model, step, cfg: OptimConfig, name: str):
+    def fit_with(task, cfg: FitConfig, name: str):
         def go():
-            return fit(model, step, run.loader(train_set, cfg.batch_size, True),
-                       run.loader(val_set, cfg.batch_size, False) if val_set is not None else None,
-                       cfg, run.acc, name=name, log_dir=run.out / "tb")
+            return fit(
+                task,
+                run.loader(train_set, cfg.batch_size, True),
+                run.loader(val_set, cfg.batch_size, False) if val_set is not None else None,
+                cfg,
+                run.acc,
+                name=name,
+                log_dir=run.out / "tb",
+            )
+
         return go
 
     seed_everything(run.seed)
@@ -158,17 +212,28 @@ def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
         load_model(teacher, spec.teacher_checkpoint, arch=spec.teacher_arch, key="teacher.checkpoint")
         stages["teacher"] = StageResult(reused=True)
     else:
-        stages["teacher"] = stage(run, "teacher", teacher, spec.teacher_arch,
-                                  {"train": to_dict(spec.teacher_train), "seed": run.seed},
-                                  fit_with(teacher, sup, spec.teacher_train, "teacher"))
+        stages["teacher"] = stage(
+            run,
+            "teacher",
+            teacher,
+            spec.teacher_arch,
+            {"train": to_dict(spec.teacher_train), "seed": run.seed},
+            fit_with(Classification(teacher, spec.inputs, names), spec.teacher_train, "teacher"),
+        )
     teacher = freeze(teacher.to(run.acc.device))
+    teacher_task = Classification(teacher, spec.inputs, names)
 
     seed_everything(run.seed + 1)
     scratch = spec.build_student(classes)
     init = {k: v.clone() for k, v in scratch.state_dict().items()}
-    stages["scratch"] = stage(run, "scratch", scratch, spec.student_arch,
-                              {"train": to_dict(spec.student_train), "seed": run.seed},
-                              fit_with(scratch, sup, spec.student_train, "scratch"))
+    stages["scratch"] = stage(
+        run,
+        "scratch",
+        scratch,
+        spec.student_arch,
+        {"train": to_dict(spec.student_train), "seed": run.seed},
+        fit_with(Classification(scratch, spec.inputs, names), spec.student_train, "scratch"),
+    )
 
     distilled = spec.build_student(classes)
     distilled.load_state_dict(init)  # same initialisation as the baseline: only the loss differs
@@ -176,21 +241,38 @@ def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
     def distil():
         cache = None
         if not spec.inputs.augments:  # every epoch sees the same inputs: run the teacher once
-            cache = cache_logits(teacher, run.loader(train_set, spec.student_train.batch_size, False), sup,
-                                 run.acc.device, len(train_set), run.acc.autocast)
-        return fit_with(distilled, LogitKD(spec.inputs, teacher, spec.loss, cache=cache), spec.student_train,
-                        "distilled")()
+            cache = teacher_logits(
+                teacher_task,
+                run.loader(train_set, spec.student_train.batch_size, False),
+                run.acc.device,
+                len(train_set),
+                run.acc.autocast,
+            )
+        task = LogitKD(distilled, spec.inputs, names, teacher, spec.loss, cache=cache)
+        return fit_with(task, spec.student_train, "distilled")()
 
-    stages["distilled"] = stage(run, "distilled", distilled, spec.student_arch,
-                                {"train": to_dict(spec.student_train), "seed": run.seed,
-                                 "kd_weight": spec.loss.kd_weight, "T": spec.loss.temperature,
-                                 "teacher": teacher_key(spec.teacher_checkpoint, spec.teacher_arch, spec.teacher_train)},
-                                distil)
+    stages["distilled"] = stage(
+        run,
+        "distilled",
+        distilled,
+        spec.student_arch,
+        {
+            "train": to_dict(spec.student_train),
+            "seed": run.seed,
+            "ce_weight": spec.loss.ce_weight,
+            "kd_weight": spec.loss.kd_weight,
+            "T": spec.loss.temperature,
+            "teacher": teacher_key(spec.teacher_checkpoint, spec.teacher_arch, spec.teacher_train),
+        },
+        distil,
+    )
 
     models = {"teacher": teacher, "scratch": scratch, "distilled": distilled}
     metrics, preds = {}, {}
     for name, m in models.items():
-        metrics[name], preds[name] = evaluate(run, m, sup, run.prep.parts["test"], dataset, name)
+        metrics[name], preds[name] = evaluate(
+            run, Classification(m, spec.inputs, names), run.prep.parts["test"], dataset, name
+        )
         metrics[name]["params"] = num_params(m)
         metrics[name]["best_epoch"] = stages[name].best_epoch
-    return LogitKDResult(models, stages, metrics, preds, sup)
+    return LogitKDResult(models, stages, metrics, preds, spec.inputs)

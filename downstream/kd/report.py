@@ -1,16 +1,19 @@
 """KD report pieces on top of :mod:`downstream.report` (Markdown tables, mean ± SD, atomic PNGs):
 percent cells, the report file, and the recipes' plots (stage curves, lines, grouped bars)."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from downstream.report import markdown_table as md_table  # noqa: F401  (re-exported for the recipes)
-from downstream.report import mean_std, save_figure
-from shards.atomic import write_text
+from downstream.report import mean_std
+from sonodistill.atomic import write_text
+from sonodistill.figures import pyplot, save_figure
 
 
 def pct(x: float | None, digits: int = 2) -> str:
@@ -38,26 +41,19 @@ def _savefig(fig, path: str | Path) -> None:
     save_figure(fig, path)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> None:
     """Loss and accuracy per epoch (train solid, validation dashed) for each training stage."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, (name, hist) in enumerate(histories.items()):
         color = f"C{i}"
         ep = [r["epoch"] for r in hist]
-        for ax, key in zip(axes, ("loss", "acc")):
+        for ax, key in zip(axes, ("loss", "accuracy")):
             ax.plot(ep, [r[f"train_{key}"] for r in hist], color=color, marker="o", ms=3, label=f"{name} train")
             if hist and f"val_{key}" in hist[0]:
-                ax.plot(ep, [r[f"val_{key}"] for r in hist], color=color, ls="--", marker="o", ms=3, label=f"{name} val")
+                ax.plot(
+                    ep, [r[f"val_{key}"] for r in hist], color=color, ls="--", marker="o", ms=3, label=f"{name} val"
+                )
     axes[0].set_yscale("log")  # stage losses differ in scale (HDKD adds 10x the feature loss)
     for ax, key in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
@@ -67,10 +63,19 @@ def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str
     _savefig(fig, path)
 
 
-def plot_lines(x: Sequence[Any], series: Mapping[str, Sequence[float]], path: str | Path, *, xlabel: str,
-               ylabel: str, title: str = "", styles: Mapping[str, str] | None = None, xlog: bool = False) -> None:
+def plot_lines(
+    x: Sequence[Any],
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    styles: Mapping[str, str] | None = None,
+    xlog: bool = False,
+) -> None:
     """One line per series; ``styles`` maps a series name to a matplotlib format string."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, ys in series.items():
         ax.plot(list(range(len(x))) if xlog else x, ys, (styles or {}).get(name, "-o"), label=name)
@@ -85,10 +90,17 @@ def plot_lines(x: Sequence[Any], series: Mapping[str, Sequence[float]], path: st
     _savefig(fig, path)
 
 
-def plot_bars(labels: Sequence[str], groups: Mapping[str, Sequence[float]], path: str | Path, *, ylabel: str,
-              title: str = "", log: bool = False) -> None:
+def plot_bars(
+    labels: Sequence[str],
+    groups: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    ylabel: str,
+    title: str = "",
+    log: bool = False,
+) -> None:
     """Grouped bars (e.g. teacher vs student size / latency / FPS)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.6))
     axes = np.atleast_1d(axes)
     for ax, (name, values) in zip(axes, groups.items()):

@@ -9,6 +9,7 @@ The mask is resized to the image (nearest) before this, as in the paper. Morphol
 outside the image counts as neither foreground nor background (OpenCV's border default), so a
 lesion touching the edge is not eroded from that side.
 """
+
 from __future__ import annotations
 
 import cv2

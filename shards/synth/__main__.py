@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from shards.errors import UserError, cli_main
 from shards.synth.busi import write_busi
 from shards.synth.corpus import write_corpus
 from shards.synth.ddti import write_ddti
 from shards.synth.presets import PRESETS
+from sonodistill.errors import UserError, cli_main
 
 LAYOUTS = ("corpus", "busi", "ddti")
 CORPUS_ONLY = ("sources", "doppler_fraction", "junk_fraction", "duplicate_fraction", "overlays")
@@ -40,21 +40,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output directory (created; must be empty if it exists)")
     p.add_argument("--seed", type=int, default=0, help="same seed -> byte-identical files")
-    p.add_argument(
-        "--truth", default=None, help="write a JSONL record per image here (must be outside --out)"
-    )
+    p.add_argument("--truth", default=None, help="write a JSONL record per image here (must be outside --out)")
     p.add_argument("--workers", type=int, default=1, help="processes; output is identical for any number")
     g = p.add_argument_group("corpus layout only")
-    g.add_argument(
-        "--sources", default=None, help=f"comma-separated presets (default all: {','.join(PRESETS)})"
-    )
-    g.add_argument(
-        "--doppler-fraction", type=float, default=None, help="colour-Doppler RGB frames (default 0.03)"
-    )
+    g.add_argument("--sources", default=None, help=f"comma-separated presets (default all: {','.join(PRESETS)})")
+    g.add_argument("--doppler-fraction", type=float, default=None, help="colour-Doppler RGB frames (default 0.03)")
     g.add_argument("--junk-fraction", type=float, default=None, help="non-ultrasound frames (default 0.02)")
-    g.add_argument(
-        "--duplicate-fraction", type=float, default=None, help="exact/near duplicates (default 0.03)"
-    )
+    g.add_argument("--duplicate-fraction", type=float, default=None, help="exact/near duplicates (default 0.03)")
     g.add_argument(
         "--overlays",
         action=argparse.BooleanOptionalAction,
@@ -95,9 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for r in records:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-    print(
-        f"wrote {len(records)} images to {a.out} ({summary})" + (f"; truth in {a.truth}" if a.truth else "")
-    )
+    print(f"wrote {len(records)} images to {a.out} ({summary})" + (f"; truth in {a.truth}" if a.truth else ""))
 
 
 if __name__ == "__main__":

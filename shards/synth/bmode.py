@@ -33,9 +33,9 @@ def psf_kernel(sigma_axial: float, sigma_lateral: float, period: float | None = 
     hz = int(np.ceil(3.0 * sigma_axial))
     hl = int(np.ceil(3.0 * sigma_lateral))
     z = np.arange(-hz, hz + 1, dtype=np.float64)
-    l = np.arange(-hl, hl + 1, dtype=np.float64)
+    x = np.arange(-hl, hl + 1, dtype=np.float64)
     axial = np.exp(-0.5 * (z / sigma_axial) ** 2) * np.exp(2j * np.pi * z / period)
-    lateral = np.exp(-0.5 * (l / sigma_lateral) ** 2)
+    lateral = np.exp(-0.5 * (x / sigma_lateral) ** 2)
     k = np.outer(axial, lateral)
     k /= np.sqrt(np.sum(np.abs(k) ** 2))
     return k.astype(np.complex64)
@@ -108,9 +108,7 @@ def form_bmode(
     loss = attenuation_loss_db(atten_db_cm, dz_mm / 10.0)
     iq *= np.power(np.float32(10.0), -loss / np.float32(20.0))
     if noise_amplitude > 0:
-        n = rng.standard_normal((2,) + iq.shape, dtype=np.float32) * np.float32(
-            noise_amplitude * np.sqrt(0.5)
-        )
+        n = rng.standard_normal((2,) + iq.shape, dtype=np.float32) * np.float32(noise_amplitude * np.sqrt(0.5))
         iq += n[0] + 1j * n[1]
     env = np.abs(iq)
     if tgc_db is not None:

@@ -30,9 +30,7 @@ def _write(task: tuple[str, int, int, int, int, str]) -> dict:
     cls, k, index, n_lesions, seed, out = task
     rng = image_rng(seed, "busi", index)
     size = (int(rng.integers(400, 601)), int(rng.integers(400, 601)))
-    f = render(
-        "breast", rng, lesion=None if cls == "normal" else cls, size=size, n_lesions=n_lesions, tight=True
-    )
+    f = render("breast", rng, lesion=None if cls == "normal" else cls, size=size, n_lesions=n_lesions, tight=True)
     stem = f"{cls}/{cls} ({k})"
     write_file(Path(out) / f"{stem}.png", encode(f.image, "png_rgb"))
     masks = f.lesion_masks or [np.zeros_like(f.scan_mask)]

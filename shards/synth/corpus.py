@@ -21,20 +21,20 @@ size [width, height], index.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from shards.errors import UserError
 from shards.synth.junk import render_junk
 from shards.synth.lesions import BUSI_PROPORTIONS
 from shards.synth.presets import PRESETS
 from shards.synth.render import render
 from shards.synth.runner import check_args, image_rng, plan_rng, run_jobs, split_counts, write_truth
 from shards.synth.storage import EXTENSIONS, decode, encode, write_file
+from sonodistill.errors import UserError
 
 # Relative size of each source dataset (real corpora are unbalanced).
 SOURCE_WEIGHTS = {
@@ -227,9 +227,7 @@ def _write_duplicate(task: tuple[Item, dict, int, str]) -> dict:
         fmt = "jpeg"
     elif item.variant == "brightness":
         delta = int(rng.integers(3, 11)) * int(rng.choice([-1, 1]))
-        data = encode(
-            np.clip(image.astype(np.int16) + delta, 0, 255).astype(np.uint8), _fit_format(image, fmt)
-        )
+        data = encode(np.clip(image.astype(np.int16) + delta, 0, 255).astype(np.uint8), _fit_format(image, fmt))
     else:
         scale = float(rng.uniform(0.98, 0.99) if rng.random() < 0.5 else rng.uniform(1.01, 1.02))
         h, w = image.shape[:2]
@@ -283,9 +281,7 @@ def write_corpus(
     out = check_args(out, n, seed, truth, workers)
     items = plan(n, seed, sources, doppler_fraction, junk_fraction, duplicate_fraction)
     firsts = [it for it in items if it.kind not in ("duplicate", "near_duplicate")]
-    done = run_jobs(
-        _write_frame, [(it, seed, str(out), overlays) for it in firsts], workers, progress, "corpus", out
-    )
+    done = run_jobs(_write_frame, [(it, seed, str(out), overlays) for it in firsts], workers, progress, "corpus", out)
     by_index = {r["index"]: r for r in done}
     dups = [it for it in items if it.kind in ("duplicate", "near_duplicate")]
     for r in run_jobs(

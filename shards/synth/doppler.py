@@ -46,18 +46,14 @@ def velocity_colour(v: np.ndarray) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def draw_doppler(
-    image: np.ndarray, geom: ScanGeometry, scan_mask: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def draw_doppler(image: np.ndarray, geom: ScanGeometry, scan_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Return an RGB copy of ``image`` (uint8 HxW) with a colour-flow box burned in."""
     box = box_mask(geom, rng)
     smooth = gaussian_filter(image.astype(np.float32), 2.0)
     inside = smooth[box]
     thr = max(float(np.percentile(inside, rng.uniform(15, 35))), 20.0) if inside.size else 0.0
     coarse = rng.standard_normal((max(geom.height // 24, 2), max(geom.width // 24, 2)))
-    field = zoom(
-        gaussian_filter(coarse, 1.0), (geom.height / coarse.shape[0], geom.width / coarse.shape[1]), order=1
-    )
+    field = zoom(gaussian_filter(coarse, 1.0), (geom.height / coarse.shape[0], geom.width / coarse.shape[1]), order=1)
     field = field[: geom.height, : geom.width]
     field = np.pad(field, ((0, geom.height - field.shape[0]), (0, geom.width - field.shape[1])), mode="edge")
     v = np.tanh(1.6 * field / (field.std() + 1e-9))

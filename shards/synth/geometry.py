@@ -29,10 +29,10 @@ class Points:
     y: np.ndarray
     d: np.ndarray
 
-    def take(self, sel: np.ndarray) -> "Points":
+    def take(self, sel: np.ndarray) -> Points:
         return Points(self.x[sel], self.y[sel], self.d[sel])
 
-    def shifted(self, dx: float) -> "Points":
+    def shifted(self, dx: float) -> Points:
         return Points(self.x + np.float32(dx), self.y, self.d)
 
     def __len__(self) -> int:
@@ -202,9 +202,7 @@ def place_linear(
     col0 = int(round(width * left + free * (0.5 + 0.5 * shift)))
     col0 = min(max(col0, 0), width - w)
     row0 = min(row0, height - h)
-    return ScanGeometry(
-        "linear", height, width, depth_mm / h, row0=row0, row1=row0 + h, col0=col0, col1=col0 + w
-    )
+    return ScanGeometry("linear", height, width, depth_mm / h, row0=row0, row1=row0 + h, col0=col0, col1=col0 + w)
 
 
 def place_fan(

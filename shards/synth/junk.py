@@ -68,8 +68,6 @@ def render_junk(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.nda
     # photo-like: smooth colour fields with soft blobs
     coarse = rng.uniform(0, 255, (max(h // 40, 2), max(w // 40, 2), 3))
     img = zoom(gaussian_filter(coarse, (1.0, 1.0, 0)), (h / coarse.shape[0], w / coarse.shape[1], 1), order=1)
-    img = np.pad(
-        img[:h, :w], ((0, max(0, h - img.shape[0])), (0, max(0, w - img.shape[1])), (0, 0)), mode="edge"
-    )
+    img = np.pad(img[:h, :w], ((0, max(0, h - img.shape[0])), (0, max(0, w - img.shape[1])), (0, 0)), mode="edge")
     img += rng.normal(0.0, 2.0, img.shape)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), kind

@@ -40,20 +40,14 @@ class LesionShape:
         """Boundary radius (mm) at local angle ``phi``."""
         phi = np.asarray(phi, dtype=np.float32)
         c, s = np.cos(phi), np.sin(phi)
-        r = np.float32(self.a * self.b) / np.sqrt(
-            (np.float32(self.b) * c) ** 2 + (np.float32(self.a) * s) ** 2
-        )
+        r = np.float32(self.a * self.b) / np.sqrt((np.float32(self.b) * c) ** 2 + (np.float32(self.a) * s) ** 2)
         mod = np.ones_like(phi)
         for k, amp, ph in self.harmonics:
             mod += np.float32(amp) * np.cos(np.float32(k) * phi + np.float32(ph))
         r = r * mod
         mean_r = np.float32(np.sqrt(self.a * self.b))
         for ang, length, sharp in self.spikes:
-            r += (
-                mean_r
-                * np.float32(length)
-                * np.maximum(np.cos(phi - np.float32(ang)), 0.0) ** np.float32(sharp)
-            )
+            r += mean_r * np.float32(length) * np.maximum(np.cos(phi - np.float32(ang)), 0.0) ** np.float32(sharp)
         return r
 
     def polar(self, p: Points) -> tuple[np.ndarray, np.ndarray]:
@@ -66,9 +60,7 @@ class LesionShape:
     def inside(self, p: Points, grow: float = 0.0) -> np.ndarray:
         """Points inside the boundary (pushed out by ``grow`` mm for a capsule/halo shell)."""
         r = np.float32(self.max_radius() + grow + 0.1)
-        near = np.flatnonzero(
-            (np.abs(p.x - np.float32(self.cx)) < r) & (np.abs(p.y - np.float32(self.cy)) < r)
-        )
+        near = np.flatnonzero((np.abs(p.x - np.float32(self.cx)) < r) & (np.abs(p.y - np.float32(self.cy)) < r))
         out = np.zeros(len(p), dtype=bool)
         rho, phi = self.polar(p.take(near))
         out[near] = rho < self.radius(phi) + np.float32(grow)
@@ -109,9 +101,7 @@ def _harmonics(rng: np.random.Generator, ks: np.ndarray, lo: float, hi: float) -
 
 
 def _spikes(rng: np.random.Generator, n: int, length: tuple[float, float]) -> np.ndarray:
-    return np.stack(
-        [rng.uniform(-np.pi, np.pi, n), rng.uniform(*length, n), rng.uniform(60.0, 400.0, n)], axis=1
-    )
+    return np.stack([rng.uniform(-np.pi, np.pi, n), rng.uniform(*length, n), rng.uniform(60.0, 400.0, n)], axis=1)
 
 
 def _shape(pheno: str, rng: np.random.Generator) -> tuple[float, float, np.ndarray, np.ndarray]:
@@ -207,9 +197,7 @@ def draw_lesion(
             rr = np.sqrt(rng.uniform(0, 0.5, m)) * min(a, b)
             th = rng.uniform(-np.pi, np.pi, m)
             calc = np.stack([cx + rr * np.cos(th), cy + rr * np.sin(th), rng.uniform(0.15, 0.35, m)], axis=1)
-    return Lesion(
-        kind, pheno, shape, float(echo), float(atten), float(texture), float(shell), float(shell_db), calc
-    )
+    return Lesion(kind, pheno, shape, float(echo), float(atten), float(texture), float(shell), float(shell_db), calc)
 
 
 def paint_lesion(scene: Scene, lesion: Lesion, rng: np.random.Generator) -> None:
@@ -226,9 +214,8 @@ def paint_lesion(scene: Scene, lesion: Lesion, rng: np.random.Generator) -> None
     for cx, cy, r in lesion.calcifications:
         scene.add(
             lambda p, cx=cx, cy=cy, r=r: (
-                (p.x - np.float32(cx)) ** 2 + (p.y - np.float32(cy)) ** 2 < np.float32(r * r)
-            )
-            & s.inside(p),
+                ((p.x - np.float32(cx)) ** 2 + (p.y - np.float32(cy)) ** 2 < np.float32(r * r)) & s.inside(p)
+            ),
             scene.host_db + 20.0,
             bbox=(cx - r, cx + r, cy - r, cy + r),
         )

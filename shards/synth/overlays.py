@@ -152,9 +152,7 @@ def draw_depth_scale(c: Canvas, rng: np.random.Generator, geom: ScanGeometry) ->
     return drawn
 
 
-def draw_calipers(
-    c: Canvas, rng: np.random.Generator, scan_mask: np.ndarray, lesion_mask: np.ndarray | None
-) -> bool:
+def draw_calipers(c: Canvas, rng: np.random.Generator, scan_mask: np.ndarray, lesion_mask: np.ndarray | None) -> bool:
     """One or two pairs of ``+`` marks, joined by a dotted line, across the lesion or anywhere."""
     fill = YELLOW if rng.random() < 0.1 else _grey(rng)
     pairs = []
@@ -181,8 +179,6 @@ def draw_calipers(
         if dotted:
             n = int(max(abs(b[0] - a[0]), abs(b[1] - a[1])) // 4)
             for t in np.linspace(0.0, 1.0, max(n, 2))[1:-1]:
-                c.draw.point(
-                    (int(round(a[0] + t * (b[0] - a[0]))), int(round(a[1] + t * (b[1] - a[1])))), fill=fill
-                )
+                c.draw.point((int(round(a[0] + t * (b[0] - a[0]))), int(round(a[1] + t * (b[1] - a[1])))), fill=fill)
     c.coloured |= len(set(fill)) > 1
     return bool(pairs)

@@ -8,8 +8,8 @@ attenuation of the background tissue, which the time-gain compensation mostly ca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

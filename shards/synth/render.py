@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shards.errors import UserError
 from shards.synth.anatomy import Extent
 from shards.synth.bmode import form_bmode
 from shards.synth.doppler import draw_doppler
@@ -15,6 +14,7 @@ from shards.synth.geometry import ScanGeometry, place_fan, place_linear
 from shards.synth.lesions import LESION_KINDS, draw_lesion, paint_lesion
 from shards.synth.overlays import Canvas, draw_calipers, draw_depth_scale, draw_text
 from shards.synth.presets import PRESETS, Preset
+from sonodistill.errors import UserError
 
 # Margin fractions (top, bottom, left, right) around the scan area: scanner screens leave room
 # for text; cropped research datasets (BUSI, DDTI) keep little of it.
@@ -100,9 +100,7 @@ def render(
     lesions = []
     if kind != "normal":
         lo, hi = p.lesion_radius_mm
-        radius = (
-            (lo, hi) if n_lesions <= 1 else (lo * 0.8, max(lo, hi * 0.6))
-        )  # several must fit side by side
+        radius = (lo, hi) if n_lesions <= 1 else (lo * 0.8, max(lo, hi * 0.6))  # several must fit side by side
         for _ in range(max(1, n_lesions)):
             les = draw_lesion(kind, arng, scene, radius, avoid=lesions)
             if les is not None:
@@ -126,9 +124,7 @@ def render(
     tgc_db = None
     if tgc:
         knots = rng.uniform(-2.0, 2.0, 5)  # the sonographer's TGC sliders
-        tgc_db = atten * rng.uniform(0.9, 1.05) * depth_cm + np.interp(
-            depth_cm, np.linspace(0, depth_cm[-1], 5), knots
-        )
+        tgc_db = atten * rng.uniform(0.9, 1.05) * depth_cm + np.interp(depth_cm, np.linspace(0, depth_cm[-1], 5), knots)
     noise = 10.0 ** ((rng.uniform(-32.0, -14.0) - atten * float(depth_cm[-1])) / 20.0)
     beam = form_bmode(
         echo.reshape(shape),
@@ -161,9 +157,7 @@ def render(
             drawn.append("text")
         if rng.random() < 0.7 and draw_depth_scale(c, rng, geom):
             drawn.append("depth_scale")
-        if rng.random() < (0.6 if masks else 0.25) and draw_calipers(
-            c, rng, scan_mask, union if masks else None
-        ):
+        if rng.random() < (0.6 if masks else 0.25) and draw_calipers(c, rng, scan_mask, union if masks else None):
             drawn.append("calipers")
         image = c.array()
     return Frame(

@@ -11,14 +11,15 @@ import json
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
-from tqdm import tqdm
 
-from shards.atomic import write_text
-from shards.errors import UserError
+from sonodistill.atomic import write_text
+from sonodistill.errors import UserError
+from sonodistill.logs import progress as progress_bar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -35,9 +36,7 @@ def plan_rng(seed: int, layout: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), LAYOUT_TAGS[layout], PLAN, 0x5EED]))
 
 
-def check_args(
-    out: str | os.PathLike, n: int, seed: int, truth: str | os.PathLike | None, workers: int
-) -> Path:
+def check_args(out: str | os.PathLike, n: int, seed: int, truth: str | os.PathLike | None, workers: int) -> Path:
     """Validate common arguments; create ``out``. Raises UserError with a one-line reason."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise UserError(f"--n: expected a positive number of images, got {n!r}")
@@ -62,24 +61,20 @@ def check_args(
     return out
 
 
-def run_jobs(
-    fn: Callable[[T], R], tasks: Sequence[T], workers: int, progress: bool, desc: str, out: Path
-) -> list[R]:
+def run_jobs(fn: Callable[[T], R], tasks: Sequence[T], workers: int, progress: bool, desc: str, out: Path) -> list[R]:
     """``[fn(t) for t in tasks]`` on ``workers`` processes, in order, with a progress bar.
 
     On Ctrl-C, temporary files of images being written are removed before re-raising.
     """
     results: list[R] = []
-    bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(tasks), desc=desc, unit="img", main=progress)
     try:
         if workers <= 1 or len(tasks) <= 1:
             for t in tasks:
                 results.append(fn(t))
                 bar.update(1)
         else:
-            with multiprocessing.get_context().Pool(
-                min(workers, len(tasks)), initializer=_ignore_sigint
-            ) as pool:
+            with multiprocessing.get_context().Pool(min(workers, len(tasks)), initializer=_ignore_sigint) as pool:
                 for r in pool.imap(fn, tasks, chunksize=max(1, min(8, len(tasks) // (4 * workers)))):
                     results.append(r)
                     bar.update(1)

@@ -7,14 +7,14 @@ background outwards and lesions last.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Union
 
 import numpy as np
 
 from shards.synth.geometry import Points
 
-Echo = Union[float, Callable[[Points], np.ndarray]]
+Echo = float | Callable[[Points], np.ndarray]
 Inside = Callable[[Points], np.ndarray]
 
 

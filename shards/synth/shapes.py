@@ -34,7 +34,7 @@ class Wavy:
         period: tuple[float, float] = (12.0, 40.0),
         slope: float = 0.0,
         wiggle: float = 0.25,
-    ) -> "Wavy":
+    ) -> Wavy:
         """A random boundary around ``level``; ``wiggle`` scales the short-period ripple."""
         return Wavy(
             level,
@@ -92,9 +92,7 @@ def ellipse(p: Points, cx: float, cy: float, a: float, b: float, angle: float = 
     return ellipse_radius(p, cx, cy, a, b, angle) < 1.0
 
 
-def ring(
-    p: Points, cx: float, cy: float, a: float, b: float, thickness: float, angle: float = 0.0
-) -> np.ndarray:
+def ring(p: Points, cx: float, cy: float, a: float, b: float, thickness: float, angle: float = 0.0) -> np.ndarray:
     """An elliptic shell about ``thickness`` mm thick centred on the ellipse (a, b)."""
     rho = ellipse_radius(p, cx, cy, a, b, angle)
     return np.abs(rho - 1.0) * np.float32(min(a, b)) <= np.float32(thickness / 2)

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (for dist
 from dist.tiny_pretrain import tiny_overrides  # noqa: E402
 from pretrain.config import PretrainConfig  # noqa: E402
 from pretrain.trainer import train  # noqa: E402
-from shards.config import load_config  # noqa: E402
+from sonodistill.config import load_config  # noqa: E402
 
 if __name__ == "__main__":
     shards, teacher, out, *extra = sys.argv[1:]

@@ -26,6 +26,6 @@ def tiny_overrides(shards, teacher, out_dir, **extra) -> list[str]:
 
 def tiny_config(shards, teacher, out_dir, **extra):
     from pretrain.config import PretrainConfig
-    from shards.config import load_config
+    from sonodistill.config import load_config
 
     return load_config(PretrainConfig, TINY_YAML, tiny_overrides(shards, teacher, out_dir, **extra))

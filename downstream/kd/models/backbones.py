@@ -1,4 +1,5 @@
 """timm backbones for the KD recipes: random init offline, pretrained weights when the user has them."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -6,7 +7,7 @@ from typing import Any
 import timm
 from torch import nn
 
-from shards.errors import UserError
+from sonodistill.errors import UserError
 
 
 def create(name: str, *, pretrained: bool = False, key: str = "model", **kwargs: Any) -> nn.Module:
@@ -29,4 +30,3 @@ def create(name: str, *, pretrained: bool = False, key: str = "model", **kwargs:
             f"{key}: pretrained weights for '{name}' could not be loaded ({msg}); "
             f"download them into the Hugging Face cache first or set pretrained=false"
         ) from None
-

@@ -13,10 +13,12 @@ With one view and no CSA the model is exactly the plain backbone + FC (the ResNe
 Written here because no library provides cross-stage attention or this gate; stage taps use
 timm's ``forward_intermediates``.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +35,7 @@ class CrossStageAttention(nn.Module):
         self.values = nn.ModuleList(nn.Linear(c, dim) for c in stage_channels)
         self.query = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_channels))
-        self.scale = dim ** -0.5
+        self.scale = dim**-0.5
 
     def forward(self, stages: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Channel weights (B, C4) and the stage attention (B, n_stages, summing to 1)."""
@@ -48,15 +50,24 @@ class CrossStageAttention(nn.Module):
 class Expert(nn.Module):
     """A timm backbone (no classifier) with optional Cross-Stage Attention on its last four stages."""
 
-    def __init__(self, backbone: str = "resnet18", csa: bool = True, pretrained: bool = False,
-                 backbone_kwargs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        csa: bool = True,
+        pretrained: bool = False,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ):
         super().__init__()
-        self.backbone = create(backbone, pretrained=pretrained, key="model.backbone", num_classes=0,
-                               **(backbone_kwargs or {}))
+        self.backbone = create(
+            backbone, pretrained=pretrained, key="model.backbone", num_classes=0, **(backbone_kwargs or {})
+        )
         chans = [f["num_chs"] for f in self.backbone.feature_info][-4:]
         self.csa = CrossStageAttention(chans, chans[-1]) if csa else None
-        self.num_features = self.backbone.num_features if not hasattr(self.backbone, "head_hidden_size") \
+        self.num_features = (
+            self.backbone.num_features
+            if not hasattr(self.backbone, "head_hidden_size")
             else (self.backbone.head_hidden_size or self.backbone.num_features)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.csa is None:
@@ -69,9 +80,17 @@ class Expert(nn.Module):
 class CSAMoENet(nn.Module):
     """Experts over ``views`` (a subset of image/core/boundary, in the input's view order)."""
 
-    def __init__(self, num_classes: int = 2, backbone: str = "resnet18", views: Sequence[str] = VIEWS,
-                 csa: bool = True, pretrained: bool = False, gate_hidden: int = 64, gate_dropout: float = 0.2,
-                 backbone_kwargs: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        num_classes: int = 2,
+        backbone: str = "resnet18",
+        views: Sequence[str] = VIEWS,
+        csa: bool = True,
+        pretrained: bool = False,
+        gate_hidden: int = 64,
+        gate_dropout: float = 0.2,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ):
         super().__init__()
         if not views or any(v not in VIEWS for v in views) or len(set(views)) != len(views):
             raise ValueError(f"views must be distinct names from {VIEWS}, got {list(views)}")
@@ -81,8 +100,11 @@ class CSAMoENet(nn.Module):
         self.gate = None
         if len(views) > 1:
             self.gate = nn.Sequential(
-                nn.Linear(width * len(views), gate_hidden), nn.BatchNorm1d(gate_hidden), nn.ReLU(inplace=True),
-                nn.Dropout(gate_dropout), nn.Linear(gate_hidden, len(views)),
+                nn.Linear(width * len(views), gate_hidden),
+                nn.BatchNorm1d(gate_hidden),
+                nn.ReLU(inplace=True),
+                nn.Dropout(gate_dropout),
+                nn.Linear(gate_hidden, len(views)),
             )
         self.fc = nn.Linear(width, num_classes)
 

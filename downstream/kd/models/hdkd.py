@@ -11,13 +11,14 @@ student 3.72M, HDKD 3.73M with a 7-class head, see tests/test_kd_models.py), so 
 Written here because no library ships MBCSA or the DFLT stage; the transformer layers themselves
 are timm's pre-norm ``Block``.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-from torch import nn
 from timm.models.vision_transformer import Block
+from torch import nn
 
 HDKD_CHANNELS = (64, 96, 192)
 TEACHER_BLOCKS = (6, 6, 9)
@@ -28,7 +29,6 @@ def stem_layer(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.GELU())
 
 
-
 def stage_outputs(stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
     """The output of every stage in turn (the features the HDKD feature loss compares)."""
     feats = []
@@ -36,6 +36,7 @@ def stage_outputs(stages: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
         x = stage(x)
         feats.append(x)
     return feats
+
 
 class ChannelAttention(nn.Module):
     """sigmoid(MLP(avgpool F) + MLP(maxpool F)); the shared MLP shrinks by ``ratio`` with GELU between."""
@@ -87,10 +88,15 @@ class MBCSA(nn.Module):
         hidden = cin * expansion
         self.norm = nn.BatchNorm2d(cin)
         self.body = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, stride, 0, bias=False), nn.BatchNorm2d(hidden), nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.GELU(),
+            nn.Conv2d(cin, hidden, 1, stride, 0, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.GELU(),
             CBAM(hidden),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
         if stride != 1 or cin != cout:
             self.shortcut: nn.Module = nn.Sequential(
@@ -111,15 +117,23 @@ def conv_stages(blocks: Sequence[int], channels: Sequence[int], in_chans: int = 
     stages = [nn.Sequential(*stem)]
     for s in (1, 2):
         cin, cout = channels[s - 1], channels[s]
-        stages.append(nn.Sequential(*[MBCSA(cin if i == 0 else cout, cout, 2 if i == 0 else 1) for i in range(blocks[s])]))
+        stages.append(
+            nn.Sequential(*[MBCSA(cin if i == 0 else cout, cout, 2 if i == 0 else 1) for i in range(blocks[s])])
+        )
     return nn.ModuleList(stages)
 
 
 class HDKDTeacher(nn.Module):
     """Pure CNN: three stages [6, 6, 9], global average pooling, FC 192->128, FC 128->classes."""
 
-    def __init__(self, num_classes: int = 7, blocks: Sequence[int] = TEACHER_BLOCKS,
-                 channels: Sequence[int] = HDKD_CHANNELS, hidden: int = 128, in_chans: int = 3):
+    def __init__(
+        self,
+        num_classes: int = 7,
+        blocks: Sequence[int] = TEACHER_BLOCKS,
+        channels: Sequence[int] = HDKD_CHANNELS,
+        hidden: int = 128,
+        in_chans: int = 3,
+    ):
         super().__init__()
         self.stages = conv_stages(blocks, channels, in_chans)
         self.fc = nn.Linear(channels[-1], hidden)
@@ -143,8 +157,17 @@ class DFLT(nn.Module):
     MLP ratio 4, LayerNorm before attention, none before the MLP), then a final LayerNorm.
     """
 
-    def __init__(self, in_chans: int, grid: int, dim: int = 256, depth: int = 3, heads: int = 8,
-                 patch: int = 2, mlp_ratio: float = 4.0, distill: bool = True):
+    def __init__(
+        self,
+        in_chans: int,
+        grid: int,
+        dim: int = 256,
+        depth: int = 3,
+        heads: int = 8,
+        patch: int = 2,
+        mlp_ratio: float = 4.0,
+        distill: bool = True,
+    ):
         super().__init__()
         if grid % patch:
             raise ValueError(f"DFLT: feature grid {grid} is not divisible by the patch size {patch}")
@@ -174,9 +197,19 @@ class HDKDStudent(nn.Module):
     logits); ``distill=False`` is the paper's student without distillation (CLS token only).
     """
 
-    def __init__(self, num_classes: int = 7, distill: bool = True, img_size: int = 224,
-                 blocks: Sequence[int] = STUDENT_BLOCKS, channels: Sequence[int] = HDKD_CHANNELS,
-                 dim: int = 256, depth: int = 3, heads: int = 8, patch: int = 2, in_chans: int = 3):
+    def __init__(
+        self,
+        num_classes: int = 7,
+        distill: bool = True,
+        img_size: int = 224,
+        blocks: Sequence[int] = STUDENT_BLOCKS,
+        channels: Sequence[int] = HDKD_CHANNELS,
+        dim: int = 256,
+        depth: int = 3,
+        heads: int = 8,
+        patch: int = 2,
+        in_chans: int = 3,
+    ):
         super().__init__()
         if img_size % 8:
             raise ValueError(f"HDKD student: image size {img_size} must be a multiple of 8")

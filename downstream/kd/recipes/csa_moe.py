@@ -1,12 +1,13 @@
-"""Paper 004 (CSA-MoE-Net): three experts over mask-derived views with Cross-Stage Attention and a gate.
+"""Paper 004 (CSA-MoE-Net): three experts over mask-derived views with Cross-Stage Attention and a
+gate.
 
-Paper settings (defaults): benign vs malignant (BUSI ``normal`` has no lesion and is left out),
-224 px pseudo-RGB, core = mask eroded 5x (3x3), boundary = mask dilated 5x minus mask; random
-horizontal and vertical flips and +-15 degree rotation; Adam lr 5e-5 without weight decay, 30
-epochs, batch 32, ReduceLROnPlateau(x0.5, patience 3, min 1e-6) on validation loss, the best
-validation-accuracy epoch kept; seed 42; stratified 70/15/15 split; ``repeats`` runs (paper: 20)
-reported as mean +- SD. Backbones are ImageNet-initialised in the paper: ``model.pretrained=true``
-loads timm's weights from the local cache (random init otherwise).
+Paper settings (preset ``downstream/kd/configs/csa_moe.yaml``): benign vs malignant (BUSI ``normal``
+has no lesion and is left out), 224 px pseudo-RGB, core = mask eroded 5x (3x3), boundary = mask
+dilated 5x minus mask; random horizontal and vertical flips and +-15 degree rotation; Adam lr 5e-5
+without weight decay, 30 epochs, batch 32, ReduceLROnPlateau(x0.5, patience 3, min 1e-6) on
+validation loss, the best validation-accuracy epoch kept; seed 42; stratified 70/15/15 split;
+``repeats`` runs (paper: 20) reported as mean +- SD. Backbones are ImageNet-initialised in the
+paper: ``model.pretrained=true`` loads timm's weights from the local cache (random init otherwise).
 
 Variants (``variants=[...]``): csa_moe, resnet_moe (no CSA), resnet18 (whole image only),
 img_boundary / img_tumor (expert subsets, Table III), and the Table IV backbones densenet121,
@@ -14,26 +15,29 @@ densenet_moe, csa_moe_densenet, vgg16, vgg_moe, csa_moe_vgg.
 Report: Tables I-IV (metrics mean +- SD, params and GMACs) and Fig. 4, the gate weights per epoch
 (train solid, validation dashed; ``gates_<variant>.png``). Positive class = malignant.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from downstream.kd.data import DataConfig, Inputs, ViewSet, augmentation
+from downstream.data.inputs import Inputs
+from downstream.fit import FitConfig, fit
+from downstream.kd.data import DataConfig, ViewSet, augmentation
 from downstream.kd.efficiency import gmacs, num_params
 from downstream.kd.models.csa_moe import VIEWS, CSAMoENet
-from downstream.kd.pipeline import evaluate, stage, start
+from downstream.kd.pipeline import evaluate, seed_everything, stage, start
+from downstream.kd.recipes.base import Entry
 from downstream.kd.report import md_table, mean_sd, plot_history, plot_lines, write_report
-from downstream.kd.steps import CE
-from downstream.kd.summary import Entry
-from downstream.kd.trainer import OptimConfig, fit, seed_everything
-from shards.atomic import write_json
-from shards.config import save_config, to_dict
-from shards.errors import UserError
+from downstream.tasks import Classification
+from sonodistill.atomic import write_json
+from sonodistill.config import save_config, to_dict
+from sonodistill.errors import UserError
+from sonodistill.precision import MixedPrecision
 
 NAME = "csa_moe"
 
@@ -51,10 +55,19 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "vgg_moe": ("vgg16", VIEWS, False),
     "csa_moe_vgg": ("vgg16", VIEWS, True),
 }
-LABELS = {"csa_moe": "CSA-MoE-Net", "resnet_moe": "ResNet-MoE", "resnet18": "ResNet-18",
-          "img_boundary": "Expert-Img+Boundary", "img_tumor": "Expert-Img+Tumor", "densenet121": "DenseNet-121",
-          "densenet_moe": "DenseNet-MoE", "csa_moe_densenet": "CSA-MoE-DenseNet", "vgg16": "VGG-16",
-          "vgg_moe": "VGG-MoE", "csa_moe_vgg": "CSA-MoE-VGG"}
+LABELS = {
+    "csa_moe": "CSA-MoE-Net",
+    "resnet_moe": "ResNet-MoE",
+    "resnet18": "ResNet-18",
+    "img_boundary": "Expert-Img+Boundary",
+    "img_tumor": "Expert-Img+Tumor",
+    "densenet121": "DenseNet-121",
+    "densenet_moe": "DenseNet-MoE",
+    "csa_moe_densenet": "CSA-MoE-DenseNet",
+    "vgg16": "VGG-16",
+    "vgg_moe": "VGG-MoE",
+    "csa_moe_vgg": "CSA-MoE-VGG",
+}
 PAPER = {  # Tables I-IV: accuracy, precision, recall, F1, AUC (%), params (M), FLOPs (G)
     "csa_moe": [96.33, 94.09, 98.53, 96.25, 99.50, 34.820, 5.472],
     "resnet_moe": [94.73, 94.11, 94.94, 94.51, 99.19, 33.958, 5.471],
@@ -89,16 +102,16 @@ class AugmentConfig:
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=lambda: DataConfig(classes=["benign", "malignant"]))
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: OptimConfig = field(default_factory=lambda: OptimConfig(
-        optimizer="adam", lr=5e-5, weight_decay=0.0, epochs=30, batch_size=32, schedule="plateau",
-        plateau_factor=0.5, plateau_patience=3, min_lr=1e-6, select="val_acc"))
-    variants: list[str] = field(default_factory=lambda: ["csa_moe", "resnet_moe", "resnet18", "img_boundary", "img_tumor"])
+    train: FitConfig = field(default_factory=FitConfig)
+    variants: list[str] = field(
+        default_factory=lambda: ["csa_moe", "resnet_moe", "resnet18", "img_boundary", "img_tumor"]
+    )
     repeats: int = 20
     seed: int = 42
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs, fp32 on CPU
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs, fp32 on CPU
 
 
 def build(variant: str, m: ModelConfig, num_classes: int = 2) -> CSAMoENet:
@@ -106,34 +119,36 @@ def build(variant: str, m: ModelConfig, num_classes: int = 2) -> CSAMoENet:
     return CSAMoENet(num_classes, backbone, views, csa, m.pretrained, m.gate_hidden, m.gate_dropout, m.backbone_kwargs)
 
 
-class MoEStep:
-    """Cross-entropy on the fused logits; reports the gate weights (B, experts) as an extra."""
+class MoETask(Classification):
+    """Cross-entropy on the fused logits of the experts' views; the gate weights (B, experts) are a
+    per-sample extra, averaged per epoch for Fig. 4."""
 
-    def __init__(self, inputs: Inputs, view_index: list[int]):
-        self.inputs, self.view_index = inputs, view_index
+    def __init__(self, model: CSAMoENet, inputs: Inputs, classes, view_index: list[int]):
+        super().__init__(model, inputs, classes, key="views")
+        self.view_index = view_index
 
-    def _views(self, batch, train: bool) -> torch.Tensor:
-        return self.inputs(batch["views"], train)[:, self.view_index]
-
-    def train_loss(self, model, batch):
-        logits, gates = model(self._views(batch, True), with_gates=True)
-        return CE(logits, batch["label"], None), logits, {"gates": gates}
-
-    def predict(self, model, batch):
-        logits, gates = model(self._views(batch, False), with_gates=True)
+    def logits(self, batch, train: bool):
+        logits, gates = self.model(self.inputs(batch["views"], train)[:, self.view_index], with_gates=True)
         return logits, {"gates": gates}
 
 
 def binary(metrics: dict, positive: str) -> dict[str, float | None]:
     pc = metrics["per_class"][positive]
-    return {"accuracy": metrics["accuracy"], "precision": pc["precision"], "recall": pc["recall"], "f1": pc["f1"],
-            "auc": metrics["auc"]}
+    return {
+        "accuracy": metrics["accuracy"],
+        "precision": pc["precision"],
+        "recall": pc["recall"],
+        "f1": pc["f1"],
+        "auc": metrics["auc"],
+    }
 
 
 def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     unknown = [v for v in cfg.variants if v not in VARIANTS]
     if unknown or not cfg.variants:
-        raise UserError(f"variants: unknown variant(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(VARIANTS)}")
+        raise UserError(
+            f"variants: unknown variant(s) {', '.join(unknown) or '(none given)'}; valid: {', '.join(VARIANTS)}"
+        )
     if cfg.repeats < 1:
         raise UserError(f"repeats: expected >= 1, got {cfg.repeats}")
     r = start(data, cfg.data, out, cfg.seed, cfg.mixed_precision, need_masks=True, recipe=NAME)
@@ -152,40 +167,76 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     histories: dict[str, list] = {}
     for variant in cfg.variants:
         backbone, views, csa = VARIANTS[variant]
-        step = MoEStep(inputs, [VIEWS.index(v) for v in views])
         runs, hists = [], []
         for rep in range(cfg.repeats):
             seed = cfg.seed + rep
             seed_everything(seed)
             model = build(variant, cfg.model)
-            arch = {"variant": variant, "backbone": backbone, "views": list(views), "csa": csa,
-                    "kwargs": cfg.model.backbone_kwargs}
+            task = MoETask(model, inputs, r.prep.classes, [VIEWS.index(v) for v in views])
+            arch = {
+                "variant": variant,
+                "backbone": backbone,
+                "views": list(views),
+                "csa": csa,
+                "kwargs": cfg.model.backbone_kwargs,
+            }
 
-            def go(model=model, seed=seed):
-                return fit(model, step, r.loader(train_set, cfg.train.batch_size, True, seed_offset=seed),
-                           r.loader(val_set, cfg.train.batch_size, False) if val_set is not None else None,
-                           cfg.train, r.acc, name=f"{variant}_run{seed}", log_dir=out / "tb")
+            def go(task=task, seed=seed, variant=variant):
+                return fit(
+                    task,
+                    r.loader(train_set, cfg.train.batch_size, True, seed_offset=seed),
+                    r.loader(val_set, cfg.train.batch_size, False) if val_set is not None else None,
+                    cfg.train,
+                    r.acc,
+                    name=f"{variant}_run{seed}",
+                    log_dir=out / "tb",
+                )
 
-            res = stage(r, f"{variant}/run{rep}", model, arch,
-                        {"train": to_dict(cfg.train), "aug": to_dict(a), "seed": seed, "model": to_dict(cfg.model)}, go)
-            met, _ = evaluate(r, model, step, r.prep.parts["test"], dataset, f"{variant}_run{rep}", plot=rep == 0)
-            runs.append({**binary(met, positive), "best_epoch": res.best_epoch, "confusion_matrix": met["confusion_matrix"]})
+            res = stage(
+                r,
+                f"{variant}/run{rep}",
+                model,
+                arch,
+                {"train": to_dict(cfg.train), "aug": to_dict(a), "seed": seed, "model": to_dict(cfg.model)},
+                go,
+            )
+            met, _ = evaluate(r, task, r.prep.parts["test"], dataset, f"{variant}_run{rep}", plot=rep == 0)
+            runs.append(
+                {**binary(met, positive), "best_epoch": res.best_epoch, "confusion_matrix": met["confusion_matrix"]}
+            )
             hists.append(res.history)
         histories[variant] = hists[0]
-        results[variant] = {"runs": runs, "params": num_params(model),
-                            "mean": {k: float(np.mean([x[k] for x in runs if x[k] is not None] or [np.nan])) for k in METRICS},
-                            "sd": {k: float(np.std([x[k] for x in runs if x[k] is not None] or [np.nan], ddof=1))
-                                   if len(runs) > 1 else 0.0 for k in METRICS},
-                            "views": list(views), "backbone": backbone, "csa": csa}
+        results[variant] = {
+            "runs": runs,
+            "params": num_params(model),
+            "mean": {k: float(np.mean([x[k] for x in runs if x[k] is not None] or [np.nan])) for k in METRICS},
+            "sd": {
+                k: float(np.std([x[k] for x in runs if x[k] is not None] or [np.nan], ddof=1)) if len(runs) > 1 else 0.0
+                for k in METRICS
+            },
+            "views": list(views),
+            "backbone": backbone,
+            "csa": csa,
+        }
         if len(views) > 1:
             results[variant]["gates"] = gate_curves(hists)
     with torch.device("meta"):
         for variant in cfg.variants:
             n_views = len(VARIANTS[variant][1])
             results[variant]["gmacs"] = gmacs(build(variant, cfg.model), torch.zeros(1, n_views, 3, size, size))
-    metrics = {"recipe": NAME, "data": data, "classes": r.prep.classes, "positive": positive,
-               "splits": {k: len(v) for k, v in r.prep.parts.items()}, "repeats": cfg.repeats, "img_size": size,
-               "models": results, "paper": PAPER, "history": histories, "config": to_dict(cfg)}
+    metrics = {
+        "recipe": NAME,
+        "data": data,
+        "classes": r.prep.classes,
+        "positive": positive,
+        "splits": {k: len(v) for k, v in r.prep.parts.items()},
+        "repeats": cfg.repeats,
+        "img_size": size,
+        "models": results,
+        "paper": PAPER,
+        "history": histories,
+        "config": to_dict(cfg),
+    }
     if r.main:
         write_json(out / "metrics.json", metrics)
         plot_history({LABELS[v]: h for v, h in histories.items()}, out / "curves.png")
@@ -216,7 +267,9 @@ def plot_gates(gates: dict[str, list[list[float]]], views: list[str], path: Path
             if part in gates:
                 series[f"{names[v]} ({part})"] = [row[e] for row in gates[part]]
                 styles[f"{names[v]} ({part})"] = f"C{e}{ls}"
-    plot_lines(epochs, series, path, xlabel="epoch", ylabel="gate weight", title=f"{title}: expert weights", styles=styles)
+    plot_lines(
+        epochs, series, path, xlabel="epoch", ylabel="gate weight", title=f"{title}: expert weights", styles=styles
+    )
 
 
 def report(m: dict[str, Any], path: Path) -> None:
@@ -225,31 +278,90 @@ def report(m: dict[str, Any], path: Path) -> None:
     def row(v: str) -> list[str]:
         return [mean_sd([x[k] for x in res[v]["runs"]]) for k in METRICS]
 
-    t2 = md_table(["Model", "Cross-Stage Attention", "Mixture of Experts", "Accuracy(%)", "Precision(%)", "Recall(%)",
-                   "F1(%)", "AUC(%)", "Paper Acc / AUC"],
-                  [[LABELS[v], "✓" if res[v]["csa"] else "×", "✓" if len(res[v]["views"]) > 1 else "×", *row(v),
-                    f"{paper[v][0]} / {paper[v][4]}"] for v in res])
-    t4 = md_table(["Model", "Acc(%)", "Pre(%)", "Recall(%)", "F1(%)", "AUC(%)", "Params(M)", "GMACs", "Paper Params(M)",
-                   "Paper FLOPs(G)"],
-                  [[LABELS[v], *row(v), f"{res[v]['params'] / 1e6:.3f}", f"{res[v]['gmacs']:.3f}",
-                    paper[v][5] if paper[v][5] is not None else "", paper[v][6] if paper[v][6] is not None else ""]
-                   for v in res])
+    t2 = md_table(
+        [
+            "Model",
+            "Cross-Stage Attention",
+            "Mixture of Experts",
+            "Accuracy(%)",
+            "Precision(%)",
+            "Recall(%)",
+            "F1(%)",
+            "AUC(%)",
+            "Paper Acc / AUC",
+        ],
+        [
+            [
+                LABELS[v],
+                "✓" if res[v]["csa"] else "×",
+                "✓" if len(res[v]["views"]) > 1 else "×",
+                *row(v),
+                f"{paper[v][0]} / {paper[v][4]}",
+            ]
+            for v in res
+        ],
+    )
+    t4 = md_table(
+        [
+            "Model",
+            "Acc(%)",
+            "Pre(%)",
+            "Recall(%)",
+            "F1(%)",
+            "AUC(%)",
+            "Params(M)",
+            "GMACs",
+            "Paper Params(M)",
+            "Paper FLOPs(G)",
+        ],
+        [
+            [
+                LABELS[v],
+                *row(v),
+                f"{res[v]['params'] / 1e6:.3f}",
+                f"{res[v]['gmacs']:.3f}",
+                paper[v][5] if paper[v][5] is not None else "",
+                paper[v][6] if paper[v][6] is not None else "",
+            ]
+            for v in res
+        ],
+    )
     gates = "\n".join(f"![{LABELS[v]} gates](gates_{v}.png)" for v in res if "gates" in res[v])
-    write_report(path, "CSA-MoE-Net: cross-stage attention multi-expert network (paper 004)", [
-        ("Data", f"classes: {', '.join(m['classes'])} (positive: {m['positive']}); images train/val/test: "
-                 f"{m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']}; {m['repeats']} run(s) per model, "
-                 f"mean ± SD (sample SD) over runs."),
-        ("Tables I-III. Test metrics per model", t2),
-        ("Table IV. Metrics, parameters and complexity", t4 + f"\n\nGMACs at {m['img_size']} px (torch flop counter / 2; "
-         "the paper's FLOPs are MACs at 224 px)."),
-        ("Figure 4. Expert gate weights per epoch (train solid, validation dashed)", gates or "(no multi-expert model run)"),
-    ])
+    write_report(
+        path,
+        "CSA-MoE-Net: cross-stage attention multi-expert network (paper 004)",
+        [
+            (
+                "Data",
+                f"classes: {', '.join(m['classes'])} (positive: {m['positive']}); images train/val/test: "
+                f"{m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']}; {m['repeats']} run(s) per model, "
+                f"mean ± SD (sample SD) over runs.",
+            ),
+            ("Tables I-III. Test metrics per model", t2),
+            (
+                "Table IV. Metrics, parameters and complexity",
+                t4 + f"\n\nGMACs at {m['img_size']} px (torch flop counter / 2; the paper's FLOPs are MACs at 224 px).",
+            ),
+            (
+                "Figure 4. Expert gate weights per epoch (train solid, validation dashed)",
+                gates or "(no multi-expert model run)",
+            ),
+        ],
+    )
 
 
 def summary_entries() -> list[Entry]:
     m = ModelConfig()
     out = []
     for v, (_, views, _) in VARIANTS.items():
-        out.append(Entry(NAME, f"{LABELS[v]} ({len(views)} view{'s' if len(views) > 1 else ''})", lambda v=v: build(v, m),
-                         input_shape=(1, len(views), 3, 224, 224), paper_params_m=PAPER[v][5], paper_gflops=PAPER[v][6]))
+        out.append(
+            Entry(
+                NAME,
+                f"{LABELS[v]} ({len(views)} view{'s' if len(views) > 1 else ''})",
+                lambda v=v: build(v, m),
+                input_shape=(1, len(views), 3, 224, 224),
+                paper_params_m=PAPER[v][5],
+                paper_gflops=PAPER[v][6],
+            )
+        )
     return out

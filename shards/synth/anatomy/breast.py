@@ -59,8 +59,9 @@ def breast(rng: np.random.Generator, extent: Extent, atten_db_cm: float) -> Scen
         cx, cy = rng.uniform(-W / 3, W / 3), pleura.level - rng.uniform(2.0, 4.0)
         a, bb = rng.uniform(6.0, 9.0), rng.uniform(2.5, 4.0)
         s.add(
-            lambda p: ellipse(p, cx, cy, a, bb)
-            | (below(p, Wavy(cy)) & (np.abs(p.x - np.float32(cx)) < np.float32(a * 0.9))),
+            lambda p: (
+                ellipse(p, cx, cy, a, bb) | (below(p, Wavy(cy)) & (np.abs(p.x - np.float32(cx)) < np.float32(a * 0.9)))
+            ),
             lambda p: -20.0 + 2.0 * coarse(p),
             atten_db_cm=60.0,
         )

@@ -31,9 +31,7 @@ def cardiac(rng: np.random.Generator, extent: Extent, atten_db_cm: float) -> Sce
     s.add(lambda p: ring(p, mx, my, ma + 1.5, mb + 1.5, 3.0, tilt), 12.0)
     s.add(lambda p: ellipse(p, mx, my, ma, mb, tilt), lambda p: 1.0 + 2.5 * tex(p))
     haze_depth = rng.uniform(0.1, 0.2) * D
-    blood = lambda p: -34.0 + 18.0 * np.exp(-p.y / np.float32(haze_depth)) * (
-        0.6 + 0.4 * tex(p)
-    )  # noqa: E731
+    blood = lambda p: -34.0 + 18.0 * np.exp(-p.y / np.float32(haze_depth)) * (0.6 + 0.4 * tex(p))  # noqa: E731
     j = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
     chambers = [  # (u, v, a, b) in units of L: LV, RV, LA, RA
         (j(0.14, 0.18), j(0.30, 0.35), j(0.09, 0.12), j(0.22, 0.26)),

@@ -46,14 +46,10 @@ def fetal(rng: np.random.Generator, extent: Extent, atten_db_cm: float) -> Scene
         b = a * rng.uniform(0.75, 0.88)
         skull = rng.uniform(2.5, 4.0)
         add_in(lambda p: ring(p, cx, cy, a, b, skull, angle), 16.0, 25.0)
-        add_in(
-            lambda p: ellipse(p, cx, cy, a - skull / 2, b - skull / 2, angle), lambda p: -16.0 + 3.0 * tex(p)
-        )
+        add_in(lambda p: ellipse(p, cx, cy, a - skull / 2, b - skull / 2, angle), lambda p: -16.0 + 3.0 * tex(p))
         ca, sa = np.cos(angle), np.sin(angle)
         add_in(
-            lambda p: tube(
-                p, cx - 0.85 * a * ca, cy - 0.85 * a * sa, cx + 0.85 * a * ca, cy + 0.85 * a * sa, 0.5
-            ),
+            lambda p: tube(p, cx - 0.85 * a * ca, cy - 0.85 * a * sa, cx + 0.85 * a * ca, cy + 0.85 * a * sa, 0.5),
             6.0,
         )
         for sgn in (-1.0, 1.0):  # thalami either side of the midline

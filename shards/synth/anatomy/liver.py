@@ -63,9 +63,7 @@ def liver(rng: np.random.Generator, extent: Extent, atten_db_cm: float) -> Scene
         for x0, y0, x1, y1, rr in segs:
             box = (min(x0, x1) - rr - 2, max(x0, x1) + rr + 2, min(y0, y1) - rr - 2, max(y0, y1) + rr + 2)
             if portal:
-                s.add(
-                    lambda p, t=(x0, y0, x1, y1, rr + 0.9): tube(p, *t) & below(p, below_wall), 10.0, bbox=box
-                )
+                s.add(lambda p, t=(x0, y0, x1, y1, rr + 0.9): tube(p, *t) & below(p, below_wall), 10.0, bbox=box)
         for x0, y0, x1, y1, rr in segs:
             box = (min(x0, x1) - rr - 2, max(x0, x1) + rr + 2, min(y0, y1) - rr - 2, max(y0, y1) + rr + 2)
             s.add(

@@ -41,9 +41,11 @@ def musculoskeletal(rng: np.random.Generator, extent: Extent, atten_db_cm: float
     # Pennate muscle between tendon and bone.
     s.add(
         lambda p: band(p, t_bot, bone),
-        lambda p: -9.0
-        + 7.0 * stripes(p.y * np.float32(np.cos(angle)) - p.x * np.float32(np.sin(angle)), period, 10)
-        + 1.5 * tex(p),
+        lambda p: (
+            -9.0
+            + 7.0 * stripes(p.y * np.float32(np.cos(angle)) - p.x * np.float32(np.sin(angle)), period, 10)
+            + 1.5 * tex(p)
+        ),
     )
     fib = rng.uniform(0.45, 0.8)
     aniso = rng.random() < 0.4

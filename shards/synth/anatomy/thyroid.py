@@ -46,9 +46,11 @@ def thyroid(rng: np.random.Generator, extent: Extent, atten_db_cm: float) -> Sce
         s.add(lambda p, cx=cx, cy=cy: ellipse(p, cx, cy, al, bl), gland)
     iso = rng.uniform(2.0, 4.0)
     s.add(
-        lambda p: (np.abs(p.x - np.float32(xt)) < np.float32(rt + 2.0))
-        & (p.y >= np.float32(yt - iso))
-        & (p.y < np.float32(yt)),
+        lambda p: (
+            (np.abs(p.x - np.float32(xt)) < np.float32(rt + 2.0))
+            & (p.y >= np.float32(yt - iso))
+            & (p.y < np.float32(yt))
+        ),
         gland,
     )
     # Trachea: bright curved anterior wall; the air column behind it shadows everything below,

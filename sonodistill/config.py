@@ -1,6 +1,6 @@
 """Typed configs: dataclasses loaded from YAML and overridden by ``key=value`` arguments.
 
-Used by every stage (pretraining, downstream, KD recipes). Written here rather than taken from
+Used by every stage (shard building, pretraining, downstream, KD recipes). Written here rather than taken from
 a library because none of the small ones (OmegaConf structured configs come close) gives
 one-line errors that list the valid keys and still round-trips plain YAML without extra deps.
 
@@ -8,21 +8,24 @@ Rules:
 - nested dataclasses map to nested YAML mappings and to dotted keys (``train.lr=3e-4``);
 - an unknown key is an error that lists the valid keys at that level;
 - a value of the wrong type is an error naming the key and the expected type;
+- several YAML files may be layered (a recipe's preset, then a user's file), later files winning;
 - ``save_config`` writes the resolved config (atomically) next to a run's outputs.
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from shards.atomic import write_text
-from shards.errors import UserError
+from sonodistill.atomic import write_text
+from sonodistill.errors import UserError
 
 T = TypeVar("T")
 
@@ -81,8 +84,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return _build(tp, value, where, prefix=key + ".")
     if origin in (list, tuple, Sequence, typing.Sequence):
         if isinstance(value, str):
-            parsed = yaml.safe_load(value) if value.strip().startswith("[") else (
-                [v for v in value.split(",") if v != ""])
+            parsed = (
+                yaml.safe_load(value) if value.strip().startswith("[") else ([v for v in value.split(",") if v != ""])
+            )
             value = parsed
         if not isinstance(value, (list, tuple)):
             raise fail()
@@ -168,8 +172,7 @@ def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: "
-            + ", ".join(prefix + k for k in fields)
+            f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: " + ", ".join(prefix + k for k in fields)
         )
     kwargs = {k: _coerce(v, fields[k], prefix + k, where) for k, v in data.items()}
     try:
@@ -221,21 +224,28 @@ def _check_override_key(cls: type, key: str) -> Any:
     return tp
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults of ``cls``, then the YAML file at ``path``, then ``key=value`` overrides."""
+def _read_yaml(cls: type, path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    _build(cls, data, str(path))  # validate keys and types against the file's own names
+    return data
+
+
+def load_config(
+    cls: type[T], path: str | Path | Sequence[str | Path] | None = None, overrides: Sequence[str] = ()
+) -> T:
+    """Defaults of ``cls``, then the YAML file(s) at ``path`` in order, then ``key=value`` overrides."""
     tree: dict = to_dict(cls())
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        _build(cls, data, str(path))  # validate keys and types against the file's own names
-        _merge(tree, data)
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    for p in paths:
+        _merge(tree, _read_yaml(cls, p))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
@@ -250,7 +260,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
                 except yaml.YAMLError:
                     raise ConfigError(f"override '{item}': value is not valid YAML") from None
         _set_dotted(tree, key, value)
-    return _build(cls, tree, "config" if path is None else str(path))
+    return _build(cls, tree, "config" if not paths else str(paths[-1]))
 
 
 def _merge(base: dict, new: dict) -> None:
@@ -267,10 +277,15 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 
 def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
-    """``--config FILE`` plus trailing ``key=value`` overrides."""
-    parser.add_argument("--config", default=default_config, help="YAML config file")
+    """``--config FILE`` (repeatable: later files win) plus trailing ``key=value`` overrides."""
+    parser.add_argument(
+        "--config", action="append", default=None, help="YAML config file; repeat to layer several (later files win)"
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.set_defaults(default_config=default_config)
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    return load_config(cls, args.config, args.overrides)
+def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = ()) -> T:
+    """``base`` files (e.g. a recipe's preset), then every ``--config`` file, then the overrides."""
+    files = list(base) + (args.config or ([args.default_config] if getattr(args, "default_config", None) else []))
+    return load_config(cls, files, args.overrides)

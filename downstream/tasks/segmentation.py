@@ -1,15 +1,19 @@
-"""Segmentation pieces for the training loop: Dice+BCE loss step, evaluation, prediction panels."""
+"""Segmentation: Dice + BCE on one logit map, per-image Dice / IoU (:mod:`downstream.metrics`),
+prediction panels. Image and mask get the same random geometry when training."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from downstream.data.transforms import GeometricAugment, to_input
+from downstream.data.inputs import Inputs
+from downstream.data.transforms import to_input
 from downstream.metrics import dice_iou, segmentation_summary
+from downstream.tasks.base import Task
 
 
 class SegLoss(nn.Module):
@@ -28,20 +32,28 @@ class SegLoss(nn.Module):
         return self.wd * self.dice(logits, target) + self.wb * self.bce(logits, target)
 
 
-class SegStep:
-    """Batch -> (loss, n): augment image and mask together on the device, normalise, forward."""
+class Segmentation(Task):
+    """``model(x) -> [B, 1, H, W]`` logits against ``batch["mask"]``; ``inputs.augment`` (a
+    :class:`~downstream.data.transforms.GeometricAugment`) moves image and mask together."""
 
-    def __init__(self, mean, std, loss: SegLoss, augment: GeometricAugment | None, channels_last: bool):
-        self.mean, self.std, self.loss, self.augment, self.cl = mean, std, loss, augment, channels_last
+    select = "val_dice"
 
-    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
+    def __init__(self, model: nn.Module, inputs: Inputs, loss: SegLoss, frozen: nn.Module | None = None):
+        super().__init__(model, frozen)
+        self.inputs, self.loss = inputs, loss
+
+    def __call__(self, batch: dict) -> dict:
         img = batch["image"].float() / 255.0
         mask = batch["mask"].float()
-        if self.augment is not None:
-            img, mask = self.augment(img, mask)
+        if self.inputs.augment is not None:
+            img, mask = self.inputs.augment(img, mask)
             mask = (mask > 0.5).float()
-        x = to_input(img, self.mean, self.std, channels_last=self.cl)
-        return self.loss(model(x), mask), img.shape[0]
+        x = to_input(img, self.inputs.mean, self.inputs.std, channels_last=self.inputs.channels_last)
+        logits = self.model(x)
+        return {"loss": self.loss(logits, mask), "output": logits}
+
+    def evaluate(self, loader, accelerator, per_image: bool = False) -> dict:
+        return evaluate_seg(self.model, loader, self.inputs.mean, self.inputs.std, accelerator, per_image)
 
 
 @torch.no_grad()
@@ -74,12 +86,9 @@ def plot_predictions(
     images: np.ndarray, truths: np.ndarray, preds: np.ndarray, dices: Sequence[float], path: str | Path, title: str = ""
 ) -> None:
     """A row per image: input with ground-truth (green) and predicted (red) contours, Dice in the title."""
-    import matplotlib
+    from sonodistill.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from downstream.report import save_figure
+    plt = pyplot()
 
     n = len(images)
     fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.6), squeeze=False)

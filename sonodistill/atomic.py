@@ -3,14 +3,16 @@
 A crash or a kill mid-write leaves either the old file or the new one, never a torn file;
 every stage writes its manifests, metrics, checkpoints and shards through these helpers.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 
 def _umask() -> int:

@@ -1,0 +1,191 @@
+"""The one supervised training loop: downstream probes and fine-tuning, KD teachers and students.
+
+What a run trains is a :class:`~downstream.tasks.Task` (model + loss + metrics); everything else
+is shared: accelerate for devices, processes and mixed precision; the optimiser and schedule of
+:mod:`sonodistill.optim` (norms and biases never decayed; cosine stepped per optimiser step,
+plateau per epoch on the validation loss); validation after every epoch and model selection on
+the task's metric (or ``select``); per-epoch history of every loss part and per-sample extra
+(e.g. CSA-MoE gate weights) reduced over processes; progress with images/s on the main process;
+TensorBoard scalars. On return the model holds the selected epoch's weights.
+
+Losses stay on the device and are read every ``LOG_EVERY`` steps, so the loop does not sync the
+GPU at every step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from downstream.tasks.base import Task
+from sonodistill.errors import UserError
+from sonodistill.logs import progress
+from sonodistill.optim import OptimConfig, build_optimizer, build_scheduler, per_step
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY = 10  # steps between progress / TensorBoard updates
+
+
+@dataclass
+class FitConfig(OptimConfig):
+    """Optimiser, schedule, length and model selection of one training stage."""
+
+    epochs: int = 50
+    batch_size: int = 16  # per process
+    select: str = "auto"  # auto (the task's metric) | last | val_<metric> (val_loss is minimised)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0  # 1-based
+    best_score: float = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None  # CPU copy of the selected weights
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+
+
+def _score(select: str, row: dict[str, Any], epoch: int, name: str) -> float:
+    if select == "last":
+        return float(epoch)
+    if select not in row or not isinstance(row[select], (int, float)) or row[select] is None:
+        valid = ", ".join(k for k, v in row.items() if k.startswith("val_") and isinstance(v, (int, float)))
+        raise UserError(f"{name}: select={select} is not a validation metric of this task; valid: last, {valid}")
+    return -float(row[select]) if select == "val_loss" else float(row[select])
+
+
+def _reduce(acc, sums: dict[str, torch.Tensor], seen: int) -> dict[str, Any]:
+    """Per-sample means of the epoch's sums, reduced over processes in one collective."""
+    keys = sorted(sums)
+    flat = [sums[k].reshape(-1) for k in keys] + [torch.tensor([float(seen)], device=acc.device)]
+    stats = acc.reduce(torch.cat(flat), reduction="sum").cpu().tolist()
+    total, out, pos = stats[-1], {}, 0
+    for k in keys:
+        width = sums[k].numel()
+        values = [x / total for x in stats[pos : pos + width]]
+        out[f"train_{k}"] = values[0] if sums[k].dim() == 0 else values
+        pos += width
+    return out
+
+
+def fit(
+    task: Task,
+    train: DataLoader,
+    val: DataLoader | None,
+    cfg: FitConfig,
+    acc,
+    *,
+    name: str = "train",
+    log_dir: str | Path | None = None,
+    channels_last: bool = True,
+) -> FitResult:
+    """Train ``task.model`` on ``train``; select an epoch on ``val``; return the history."""
+    if len(train) == 0:
+        raise UserError(f"{name}: the training split is smaller than one batch ({cfg.batch_size})")
+    select = task.select if cfg.select == "auto" else cfg.select
+    if select != "last" and val is None:
+        raise UserError(f"{name}: select={select} needs a validation split")
+    on_gpu = acc.device.type == "cuda"
+    optimizer = build_optimizer(task.model, cfg, fused=on_gpu)
+    model = task.model
+    if on_gpu and channels_last:
+        model = model.to(memory_format=torch.channels_last)  # before DDP wraps it
+    if val is not None:
+        model, optimizer, train_dl, val_dl = acc.prepare(model, optimizer, train, val)
+    else:
+        model, optimizer, train_dl = acc.prepare(model, optimizer, train)
+        val_dl = None
+    steps = len(train_dl)  # this process's share of the data
+    scheduler = build_scheduler(optimizer, cfg, steps, cfg.epochs * steps)
+    task.model = model
+    writer = None
+    if log_dir is not None and acc.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(log_dir))
+    result = FitResult()
+    start, t_train, step, images = time.perf_counter(), 0.0, 0, 0
+    bar = progress(total=cfg.epochs * steps, desc=name, unit="step", main=acc.is_main_process, logger=log)
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            task.train()
+            sums: dict[str, torch.Tensor] = {}  # stay on the device; reduced once per epoch
+            seen, t0 = 0, time.perf_counter()
+            for batch in train_dl:
+                with acc.autocast():
+                    out = task(batch)
+                acc.backward(out["loss"])
+                optimizer.step()
+                if per_step(scheduler):
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                n = int(out["output"].shape[0])
+                for k, v in out.items():
+                    if k == "per_sample":
+                        for pk, pv in v.items():
+                            sums[pk] = sums.get(pk, 0) + pv.detach().float().sum(0)
+                    elif k != "output":
+                        sums[k] = sums.get(k, 0) + v.detach().float() * n
+                seen += n
+                step += 1
+                bar.update(1)
+                if step % LOG_EVERY == 0 or step == cfg.epochs * steps:  # .item() syncs the GPU: not every step
+                    value = out["loss"].item()
+                    img_s = (images + seen * acc.num_processes) / max(t_train + time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(epoch=epoch, loss=f"{value:.4g}", img_s=f"{img_s:.1f}")
+                    if writer is not None:
+                        writer.add_scalar(f"{name}/step_loss", value, step)
+                        writer.add_scalar(f"{name}/lr", optimizer.param_groups[0]["lr"], step)
+            t_train += time.perf_counter() - t0
+            images += seen * acc.num_processes
+            row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            row.update(_reduce(acc, sums, seen))
+            row["images_per_s"] = seen * acc.num_processes / max(time.perf_counter() - t0, 1e-9)
+            if val_dl is not None:
+                metrics = task.evaluate(val_dl, acc)
+                row.update(
+                    {
+                        f"val_{k}": v
+                        for k, v in metrics.items()  # numbers and per-class lists, not counts
+                        if isinstance(v, (int, float, list)) and k != "confusion_matrix" and not k.startswith("n_")
+                    }
+                )
+            if scheduler is not None and not per_step(scheduler):
+                scheduler.step(row.get("val_loss", row["train_loss"]))
+            result.history.append(row)
+            if writer is not None:
+                for k, v in row.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        writer.add_scalar(f"{name}/{k}", v, epoch)
+                    elif isinstance(v, list):
+                        for i, x in enumerate(v):
+                            writer.add_scalar(f"{name}/{k}/{i}", x, epoch)
+            score = _score(select, row, epoch, name)
+            if score > result.best_score:  # ties keep the earlier epoch
+                result.best_score, result.best_epoch = score, epoch
+                result.best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(model).state_dict().items()
+                }
+            log.info(
+                f"{name} epoch {epoch}/{cfg.epochs}: "
+                + " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+            )
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        task.model = acc.unwrap_model(model)
+    if result.best_state is not None:
+        task.model.load_state_dict(result.best_state)
+    result.seconds = time.perf_counter() - start
+    result.images_per_s = images / max(t_train, 1e-9)
+    acc.free_memory()
+    return result

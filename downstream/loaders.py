@@ -1,0 +1,29 @@
+"""The one DataLoader builder of the downstream stage (tasks, KD recipes, feature extraction).
+
+Shuffle order and worker seeds come from a generator seeded by the run (never from torch's global
+RNG, which the batched augmentations draw from, so changing ``num_workers`` or adding an
+evaluation pass does not change training); training drops the last partial batch; workers
+persist across epochs; memory is pinned on GPUs. Workers only decode: augmentation runs batched
+on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, seed: int = 0) -> DataLoader:
+    """Shuffled full batches when ``train``, else every sample in order."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=workers,
+        generator=g,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
+        persistent_workers=workers > 0,
+    )

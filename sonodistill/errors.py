@@ -1,0 +1,42 @@
+"""User-facing errors and the CLI wrapper that turns them into one line and a non-zero exit.
+
+Every command-line entry point of the project runs through :func:`cli_main`, so bad input
+(a missing file, an unknown config key, a wrong architecture) never ends in a traceback, and the
+error is printed once (by rank 0), not once per process of a distributed launch. ``cli_main`` also
+sets up logging (:func:`sonodistill.logs.setup_logging`).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from sonodistill.logs import is_main_rank, setup_logging
+
+F = TypeVar("F", bound=Callable[..., object])
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Bad input: the message is one line naming the file/key and what was expected."""
+
+
+def cli_main(fn: F) -> F:
+    """Run ``fn`` with logging set up; a :class:`UserError` prints ``error: <message>`` to stderr
+    (on rank 0 only) and exits 2 on every rank."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        setup_logging()
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            if is_main_rank():
+                msg = " ".join(str(exc).split())  # always one line
+                print(f"error: {msg}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,87 @@
+"""The optimiser and the learning-rate schedule, one builder for every stage.
+
+- Optimiser: timm's ``create_optimizer_v2`` (AdamW or Adam). Weight decay is never applied to
+  norms and biases (1-d parameters) nor to what a model lists in ``no_weight_decay()``
+  (e.g. a ViT's position embedding), and frozen parameters are left out.
+- Schedule, stepped by the caller: ``cosine`` = linear warm-up from 0 then cosine decay to
+  ``min_lr``, once per optimiser step (transformers'
+  ``get_cosine_with_min_lr_schedule_with_warmup``); ``plateau`` = ReduceLROnPlateau on the
+  validation loss, once per epoch; ``none`` = constant.
+
+Each stage's training config extends :class:`OptimConfig`, so the keys read the same everywhere
+(``train.lr``, ``train.weight_decay``, ``student.train.schedule`` ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from sonodistill.errors import UserError
+
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0  # never on norms and biases
+    betas: tuple[float, float] = field(default=(0.9, 0.999))
+    schedule: Literal["cosine", "plateau", "none"] = "cosine"
+    warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 over this many epochs of steps
+    warmup_steps: int = 0  # cosine: > 0 wins over warmup_epochs
+    min_lr: float = 0.0  # cosine: end of the decay; plateau: floor
+    plateau_factor: float = 0.5  # plateau: lr multiplier when the validation loss stalls
+    plateau_patience: int = 3  # plateau: epochs without improvement before reducing
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``model``'s trainable parameters (no decay on 1-d parameters)."""
+    from timm.optim import create_optimizer_v2
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("nothing to train: every parameter is frozen")
+    extra = {"fused": True} if fused else {}
+    return create_optimizer_v2(
+        model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), **extra
+    )
+
+
+def warmup_steps(cfg: OptimConfig, steps_per_epoch: float | None, total_steps: int) -> int:
+    """``warmup_steps`` if set, else ``warmup_epochs`` of steps (0 when the epoch length is unknown)."""
+    if cfg.warmup_steps:
+        steps = cfg.warmup_steps
+    else:
+        steps = math.ceil(cfg.warmup_epochs * steps_per_epoch) if steps_per_epoch else 0
+    return min(steps, total_steps)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: float | None, total_steps: int
+) -> Scheduler | None:
+    """The schedule of ``cfg.schedule`` (None for ``none``). Step a ``cosine`` schedule after every
+    optimiser step (:func:`per_step`), a ``plateau`` one after every epoch with the
+    validation loss."""
+    if cfg.schedule == "cosine":
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+        return get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer,
+            num_warmup_steps=warmup_steps(cfg, steps_per_epoch, total_steps),
+            num_training_steps=total_steps,
+            min_lr=cfg.min_lr,
+        )
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+        )
+    return None
+
+
+def per_step(scheduler: Scheduler | None) -> bool:
+    """True for schedules stepped after every optimiser step (not per epoch on a metric)."""
+    return scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)

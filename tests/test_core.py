@@ -1,0 +1,126 @@
+"""The core package: logging and progress, JSON-lines logs, the optimiser/schedule builder."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import sys
+
+import pytest
+import torch
+
+from sonodistill import logs
+from sonodistill.errors import UserError, cli_main
+from sonodistill.jsonl import append_jsonl, read_jsonl, truncate_jsonl
+from sonodistill.optim import OptimConfig, build_optimizer, build_scheduler, per_step, warmup_steps
+
+
+def test_progress_is_a_log_line_not_a_bar_when_stderr_is_not_a_terminal(monkeypatch, caplog):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a TTY, like a SLURM log or CI
+    monkeypatch.setattr(logs, "MIN_INTERVAL", 0.0)
+    monkeypatch.delenv("SONODISTILL_PROGRESS", raising=False)
+    log = logging.getLogger("test.progress")
+    log.propagate = True
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        bar = logs.progress(total=100, desc="train", unit="step", log_every=25, logger=log)
+        assert isinstance(bar, logs.LogProgress)
+        for _ in range(100):
+            bar.update(1)
+        bar.set_postfix(loss="0.5")
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4 and lines[0].startswith("train: 25/100 step") and "\r" not in "".join(lines)
+    assert sys.stderr.getvalue() == ""  # no carriage-return frames
+
+
+def test_progress_is_silent_off_the_main_process(monkeypatch, caplog):
+    monkeypatch.setattr(logs, "MIN_INTERVAL", 0.0)
+    log = logging.getLogger("test.progress2")
+    log.propagate = True
+    with caplog.at_level(logging.INFO, logger="test.progress2"):
+        bar = logs.progress(range(50), desc="x", main=False, logger=log, log_every=1)
+        assert sum(1 for _ in bar) == 50
+    assert caplog.records == []
+
+
+def test_messages_and_errors_come_from_rank_zero_only(monkeypatch, capsys):
+    monkeypatch.setattr(logs, "_HANDLER", None)
+    for name in logs.ROOT_PACKAGES:
+        logging.getLogger(name).handlers.clear()
+    logs.setup_logging()
+    log = logging.getLogger("downstream.example")
+
+    @cli_main
+    def command():
+        log.info("hello")
+        raise UserError("data: bad\nfolder")
+
+    for rank, expect in (("1", ""), ("0", "hello")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exc:
+            command()
+        assert exc.value.code == 2  # every rank exits with the user-error code
+        err = capsys.readouterr().err
+        if expect:
+            lines = err.strip().splitlines()
+            assert lines[0].endswith("downstream.example: hello") and lines[1] == "error: data: bad folder"
+        else:
+            assert err == ""  # printed once per launch, by rank 0
+
+
+def test_jsonl_survives_a_torn_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, {"step": 1})
+    with open(path, "a") as fh:
+        fh.write('{"step": 2, "loss"')  # killed mid-write
+    assert read_jsonl(path) == [{"step": 1}]
+    append_jsonl(path, {"step": 3})  # fenced off by a newline, not glued to the torn line
+    assert read_jsonl(path) == [{"step": 1}, {"step": 3}]
+    truncate_jsonl(path, 2)
+    assert read_jsonl(path) == [{"step": 1}]
+    assert path.read_text() == '{"step": 1}\n'
+
+
+def model() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2)
+    )
+
+
+def test_optimiser_never_decays_norms_or_biases_and_skips_frozen_parameters():
+    m = model()
+    m(torch.zeros(1, 3, 5, 5))
+    m[0].requires_grad_(False)
+    opt = build_optimizer(m, OptimConfig(optimizer="adamw", lr=0.1, weight_decay=0.05))
+    assert isinstance(opt, torch.optim.AdamW)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    plain = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert decayed == {id(m[3].weight)}
+    assert plain == {id(m[1].weight), id(m[1].bias), id(m[3].bias)}  # frozen conv left out
+    assert isinstance(build_optimizer(m, OptimConfig(optimizer="adam")), torch.optim.Adam)
+    with pytest.raises(UserError, match="nothing to train"):
+        build_optimizer(m.requires_grad_(False), OptimConfig())
+
+
+def test_cosine_schedule_shape_and_warmup_arithmetic():
+    cfg = OptimConfig(lr=1.0, schedule="cosine", warmup_epochs=0.5, min_lr=0.1)
+    assert warmup_steps(cfg, 10, 100) == 5
+    assert warmup_steps(OptimConfig(warmup_steps=7, warmup_epochs=3), 10, 100) == 7  # steps win
+    assert warmup_steps(cfg, None, 100) == 0  # unknown epoch length: no warm-up
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = build_scheduler(opt, cfg, steps_per_epoch=10, total_steps=20)
+    assert per_step(sched)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(1.0)  # linear warm-up from 0 over 5 steps
+    mid = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))  # halfway through the decay
+    assert lrs[5 + 15 // 2] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 15)))
+    assert min(lrs[5:]) >= 0.1 and mid > 0.1
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # the floor after the last step
+    plateau = build_scheduler(opt, OptimConfig(schedule="plateau"), 10, 20)
+    assert not per_step(plateau) and build_scheduler(opt, OptimConfig(schedule="none"), 10, 20) is None
