@@ -39,6 +39,8 @@ VOLATILE = (
     "cache",
     "out",
     "efficiency",
+    "spec",
+    "shards",
 )
 RECIPES = ("nanoray", "hdkd", "csa_moe")
 PYTHON = sys.executable
