@@ -220,14 +220,15 @@ def resolve(cfg: AugmentConfig) -> AugmentConfig:
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[B,1,H,W]`` -> float32 / 255; float images are taken as already in [0, 1]."""
+    """uint8 ``[B,1,H,W]`` -> float32 / 255; float images are taken as already in [0, 1] and copied,
+    because the augmentations work in place and must not modify the caller's batch."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 1:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise UserError(f"augment input: expected grayscale images [B,1,H,W], got {shape}")
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
     if images.is_floating_point():
-        return images.float()
+        return images.to(torch.float32, copy=True)
     raise UserError(f"augment input: expected uint8 or float images, got {images.dtype}")
 
 
