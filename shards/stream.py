@@ -405,7 +405,7 @@ class _Item:
         return len(self.records) == self.parts
 
     def out(self) -> np.ndarray | None:
-        """Where the current batch's rows go (None: collect arrays, the size is not known yet)."""
+        """Where the current batch's next rows go (None: collect arrays, the size is not known yet)."""
         s = self.stream
         if s.decode == "device" or s.image_size is None or (self.buf is None and (self.n or self.payload)):
             return None
@@ -416,7 +416,8 @@ class _Item:
             else:
                 rows = self.parts * s.batch_size
                 self.buf = np.empty((rows, 1, s.image_size, s.image_size), np.uint8)
-        return self.buf[self.done : self.done + s.batch_size]
+        # From the current batch's next free row: a batch may be filled across windows and epochs.
+        return self.buf[self.done + self.n : self.done + s.batch_size]
 
     def add(self, filled: list) -> None:
         self.items.extend(filled)

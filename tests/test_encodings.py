@@ -138,6 +138,19 @@ def test_every_encoding_streams_each_sample_once_per_epoch_with_its_pixels(sets,
     assert sorted(seen) == sorted(ref)
 
 
+@pytest.mark.parametrize("enc, workers", [("png", 0), ("png", 2), ("jpeg", 2), ("raw", 0), ("raw", 2)])
+def test_batches_spanning_shuffle_windows_and_epochs_carry_their_own_pixels(sets, enc, workers):
+    """A batch filled from the end of one shuffle window (or epoch) and the start of the next: every
+    row holds the pixels of its key (regression: the second part overwrote the first, leaving stale rows)."""
+    ref = pixels_by_key(sets[enc])
+    tol = 0 if enc != "jpeg" else JPEG_MAX_ERR
+    loader = ShardLoader(sets[enc], 4, mode="loop", num_workers=workers, with_meta=True, seed=2, shuffle_buffer=7)
+    keys, images = keys_and_images(loader, 3 * len(ref) // 4)  # three epochs' worth of batches
+    assert len(keys) == len(images) == 3 * len(ref) // 4 * 4
+    worst = max(int(np.abs(img.astype(int) - ref[k].astype(int)).max()) for k, img in zip(keys, images))
+    assert worst <= tol
+
+
 @pytest.mark.parametrize("enc, workers, per_item, cut", [("raw", 2, 3, 5), ("raw", 0, 2, 7), ("jpeg", 2, 2, 3)])
 def test_resume_mid_item_continues_exactly(sets, enc, workers, per_item, cut):
     """Workers hand over ``per_item`` batches at once; a state saved inside an item resumes exactly."""
