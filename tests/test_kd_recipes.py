@@ -65,7 +65,7 @@ def test_vit_mobilenet_end_to_end(vit_run):
     report = (out / "report.md").read_text()
     assert "Table 1. Class-wise diagnostic performance" in report and "Table 2. Efficiency comparison" in report
     assert "| Frame Rate |" in report and "MobileNet-V3 from scratch" in report
-    for f in ("confusion_teacher.png", "confusion_distilled.png", "efficiency.png", "teacher/model.safetensors"):
+    for f in ("confusion.png", "efficiency.png", "teacher/model.safetensors"):
         assert (out / f).is_file(), f
     # the scratch baseline and the distilled student start from the same weights: same parameter count
     assert m["models"]["scratch"]["params"] == m["models"]["distilled"]["params"]

@@ -31,7 +31,7 @@ from downstream.kd.data import DataConfig, Prepared, prepare
 from downstream.kd.losses import LogitKDLoss
 from downstream.kd.tasks import LogitKD, freeze, teacher_logits
 from downstream.loaders import make_loader
-from downstream.metrics import plot_confusion
+from downstream.metrics import plot_confusion, plot_confusions
 from downstream.tasks import Classification
 from sonodistill.atomic import write_json
 from sonodistill.config import to_dict
@@ -164,7 +164,8 @@ def evaluate(
 def evaluate_many(
     run: Run, tasks: dict[str, Classification], records, dataset_fn, batch_size: int = 32, plot: bool = True
 ) -> tuple[dict[str, dict], dict[str, dict[str, np.ndarray]]]:
-    """:func:`evaluate` of several models in one pass over the test split (decoded once)."""
+    """:func:`evaluate` of several models in one pass over the test split (decoded once); their
+    confusion matrices side by side in ``confusion.png``."""
     from downstream.tasks.classification import predict_many
 
     dl = run.acc.prepare(run.loader(dataset_fn(records), batch_size, shuffle=False))
@@ -173,8 +174,8 @@ def evaluate_many(
     preds = predict_many(tasks, dl, run.acc)
     metrics = {name: tasks[name].metrics(p) for name, p in preds.items()}
     if plot and run.main:
-        for name, m in metrics.items():
-            plot_confusion(m["confusion_matrix"], run.prep.classes, run.out / f"confusion_{name}.png", title=name)
+        cms = {name: m["confusion_matrix"] for name, m in metrics.items()}
+        plot_confusions(cms, run.prep.classes, run.out / "confusion.png")
     return metrics, preds
 
 

@@ -186,7 +186,7 @@ def report(m: dict[str, Any], path: Path) -> None:
                 "Table 1. Performance comparison on the test set",
                 table + "\n\nParams counted with this head "
                 "(the paper's 2.5M / 86M include ImageNet's 1000-class head). Per-class metrics and confusion "
-                "matrices: metrics.json, confusion_*.png; training curves: curves.png.",
+                "matrices: metrics.json, confusion.png (one panel per model); training curves: curves.png.",
             ),
             ("Figure 1. Grad-CAM, baseline vs distilled", "![Grad-CAM](gradcam.png)"),
         ],

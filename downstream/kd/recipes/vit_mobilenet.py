@@ -259,7 +259,7 @@ def report(m: dict[str, Any], path: Path) -> None:
                 "Table 2. Efficiency comparison on CPU hardware",
                 table2 + "\n\nBatch size 1, fp32 eager PyTorch on this "
                 "machine's CPU, median of the timed runs; MB = MiB of the fp32 state dict. Confusion matrices: "
-                "confusion_teacher.png, confusion_distilled.png; curves.png; efficiency.png.",
+                "confusion.png (teacher, scratch, distilled); curves.png; efficiency.png.",
             ),
             (
                 "Impact of distillation (§IV.4)",
