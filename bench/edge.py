@@ -4,9 +4,13 @@ QDQ INT8) against PyTorch eager, with the accuracy change on a test split.
 
     python bench/edge.py                       # quick student trained on synthetic BUSI
     python bench/edge.py --run OUT_OF_A_vit_mobilenet_RUN   # the trained student and its test split
+    python bench/edge.py --int8-study          # what makes static INT8 fast on onnxruntime's CPU provider
+
+All the machinery (timing, export, quantisation, sessions) is downstream.edge, the module the
+sweep's edge column uses.
 
 All latencies are measured in interleaved rounds in one process (see
-downstream.kd.efficiency.side_by_side), at 224 px unless --size. The last line is JSON.
+downstream.edge.measure.side_by_side), at 224 px unless --size. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from downstream.kd.efficiency import fp32_mib, models_side_by_side, num_params, side_by_side
+from downstream.edge.measure import fp32_mib, models_side_by_side, num_params, side_by_side
 
 
 def full_models(names: list[str]) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
@@ -104,6 +108,102 @@ def batches(ds, inputs, limit: int | None = None):
         yield inputs(it["image"][None], train=False), int(it["label"])
 
 
+STUDY_MODELS = {
+    # name: (builder, what it is)
+    "r50_encoder": (lambda: _timm("resnet50", 0), "the distilled ResNet-50 encoder (pooled features)"),
+    "r50_unet": (lambda: _unet("resnet50"), "its U-Net (smp, the downstream segmenter)"),
+    "mnv3_small": (lambda: _timm("mobilenetv3_small_100", 3), "MobileNetV3-Small student (vit_mobilenet, nanoray)"),
+    "effl0_unet": (lambda: _unet("tu-efficientnet_lite0"), "EfficientNet-Lite0 U-Net student (seg_unet)"),
+}
+
+
+def _timm(name: str, classes: int) -> torch.nn.Module:
+    import timm
+
+    return timm.create_model(name, num_classes=classes)
+
+
+def _unet(encoder: str) -> torch.nn.Module:
+    import segmentation_models_pytorch as smp
+
+    return smp.Unet(encoder, encoder_weights=None, classes=1)
+
+
+def int8_study(models: list[str], size: int, threads: int, runs: int, warmup: int, calib: int, out: Path) -> dict:
+    """onnxruntime fp32 against static INT8 variants of each model, timed side by side.
+
+    Variants: the default (QDQ, per-channel U8S8, MinMax, BatchNorm folded by the pre-processing
+    pass), QOperator format, per-tensor weights, reduce_range (7-bit weights), convolutions /
+    matmuls only, and no graph optimisation before quantising (BatchNorm left unfolded); plus the
+    default INT8 model under onnxruntime's basic / extended graph optimisation levels."""
+    import numpy as np
+
+    from downstream.edge.onnx import OrtModel, QuantConfig, export, int8_graph, quantize_static
+
+    variants = {
+        "default": QuantConfig(),
+        "qoperator": QuantConfig(format="qoperator"),
+        "per_tensor": QuantConfig(per_channel=False),
+        "reduce_range": QuantConfig(reduce_range=True),
+        "conv_matmul_only": QuantConfig(op_types=["Conv", "MatMul", "Gemm"]),
+    }
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((1, 3, size, size)).astype(np.float32) for _ in range(max(calib, 1))]
+    report: dict = {}
+    for name in models:
+        torch.manual_seed(0)
+        model = STUDY_MODELS[name][0]().eval()
+        work = out / name
+        fp32 = export(model, work / "fp32.onnx", size)
+        sessions = {"ort_fp32": OrtModel(fp32, threads)}
+        graphs = {}
+        for v, qc in variants.items():
+            path = quantize_static(fp32, work / f"int8_{v}.onnx", data[:calib], qc)
+            sessions[v] = OrtModel(path, threads)
+            graphs[v] = int8_graph(path)
+        # BatchNorm not folded: quantise the raw export (no pre-processing pass)
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+        from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter({"input": x} for x in data[:calib])
+
+            def get_next(self):
+                return next(self.it, None)
+
+        raw = work / "int8_no_bn_folding.onnx"
+        ort_quantize_static(
+            str(fp32), str(raw), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=True,
+        )  # fmt: skip
+        sessions["no_bn_folding"] = OrtModel(raw, threads)
+        graphs["no_bn_folding"] = int8_graph(raw)
+        for level in ("basic", "extended"):
+            sessions[f"default@{level}"] = OrtModel(work / "int8_default.onnx", threads, level=level)
+        x = data[0]
+        lat = side_by_side({k: (lambda s=s, x=x: s(x)) for k, s in sessions.items()}, runs, warmup)
+        base = lat["ort_fp32"]["median_ms"]
+        report[name] = {
+            "what": STUDY_MODELS[name][1],
+            "ms": {k: round(v["median_ms"], 3) for k, v in lat.items()},
+            "speedup_vs_ort_fp32": {k: round(base / v["median_ms"], 3) for k, v in lat.items() if k != "ort_fp32"},
+            "int8_graph": graphs,
+        }
+        print(f"\n{name}: {STUDY_MODELS[name][1]} ({size} px, {threads} threads); onnxruntime fp32 {base:.2f} ms")
+        print(f"{'variant':22s} {'ms':>9s} {'vs fp32':>8s} {'fp32 ops left':>14s} {'depthwise':>9s}")
+        for k, v in lat.items():
+            if k == "ort_fp32":
+                continue
+            g = graphs.get(k.split("@")[0], {})
+            left = sum(g.get("fp32_ops", {}).values())
+            print(
+                f"{k:22s} {v['median_ms']:9.2f} {base / v['median_ms']:7.2f}x {left:14d} "
+                f"{g.get('depthwise_int8_convs', 0):9d}"
+            )
+    return report
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=50)
@@ -120,12 +220,38 @@ def main() -> None:
     p.add_argument("--train-n", type=int, default=150, help="quick student: synthetic BUSI images")
     p.add_argument("--calib", type=int, default=16, help="static INT8: calibration images (training split)")
     p.add_argument("--out", default="", help="keep the ONNX files here (default: a temporary folder)")
+    p.add_argument("--int8-study", action="store_true", help="compare static INT8 settings against onnxruntime fp32")
+    p.add_argument("--study-models", default=",".join(STUDY_MODELS), help=f"of {', '.join(STUDY_MODELS)}")
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    if args.int8_study:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(args.out) if args.out else Path(tmp)
+            names = [n for n in args.study_models.split(",") if n]
+            unknown = [n for n in names if n not in STUDY_MODELS]
+            if unknown:
+                sys.exit(f"error: unknown model(s) {unknown}; valid: {list(STUDY_MODELS)}")
+            report = int8_study(names, args.size, threads, args.runs, args.warmup, args.calib, work)
+        summary = {
+            "bench": "edge_int8_study",
+            "size": args.size,
+            "threads": threads,
+            "runs": args.runs,
+            "load_avg_1min": round(__import__("os").getloadavg()[0], 2),
+            "int8_default_vs_ort_fp32": {k: v["speedup_vs_ort_fp32"]["default"] for k, v in report.items()},
+            "target_1_3x_r50": all(
+                report[k]["speedup_vs_ort_fp32"]["default"] >= 1.3 for k in ("r50_encoder", "r50_unet") if k in report
+            )
+            if {"r50_encoder", "r50_unet"} & set(report)
+            else None,
+            "models": report,
+        }
+        print(json.dumps(summary))
+        return
     from downstream.data.inputs import Inputs
-    from downstream.kd.onnx_export import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
+    from downstream.edge.onnx import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
 
     # 1. every recipe model, PyTorch eager fp32, side by side
     names = [n for n in args.models.split(",") if n]

@@ -1,7 +1,19 @@
-"""Whole distillation step vs the model-only step on ready tensors, side by side in one run.
+"""Whole distillation step vs the model-only step on ready tensors, side by side in one run; or,
+with ``--profile``, where one step's time goes, phase by phase, with a ``torch.profiler`` trace.
 
     .venv/bin/python bench/pretrain_step.py [--shards DIR] [--teacher DIR] [--student resnet50]
         [--size 128] [--batch 16] [--steps 4] [--rounds 7] [--workers 2] [--preset us]
+    .venv/bin/python bench/pretrain_step.py --profile --config tiny  [--out DIR] [--steps 6]
+    .venv/bin/python bench/pretrain_step.py --profile --config paper [--out DIR] [--batch 4]
+
+``--profile``: the trainer's step split into its phases — load (waiting for the loader), host to
+device, augment (+ teacher normalisation), teacher forward, student forward/backward (with the
+loss), optimiser (clipping, AdamW, zero_grad) — each timed on its own (the device is synchronised
+at phase boundaries), with each phase's share of the step; a Chrome trace of the profiled steps
+(``torch.profiler``, phases as named ranges) is written to ``--out``. ``--config tiny`` is
+``pretrain/configs/tiny.yaml`` (tiny DINOv3, ResNet-50, 64 px); ``--config paper`` is the paper
+recipe (ViT-B/16 teacher of the real size, random weights from ``python -m pretrain.teacher
+init-tiny --preset vitb16``; ResNet-50, head 4096, 256 px, ``us`` augmentations) at a CPU batch.
 
 Whole step: ``ShardLoader`` (decode in worker processes) -> device -> batched augmentation ->
 teacher normalisation -> mixup -> frozen teacher -> student + head -> token MSE -> backward ->
@@ -18,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +55,14 @@ def synthetic_shards(root: Path, size: int, n: int) -> Path:
     return root / "shards"
 
 
+# --config presets of the profile: (student, head hidden, size, teacher preset, batch, preset)
+CONFIGS = {
+    "tiny": dict(student="resnet50", head=512, size=64, teacher="tiny", batch=8, preset="us"),
+    "paper": dict(student="resnet50", head=4096, size=256, teacher="vitb16", batch=4, preset="us"),
+}
+PHASES = ("load", "host_to_device", "augment", "teacher_forward", "student_forward_backward", "optimizer")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", help="shard folder (default: build a synthetic one)")
@@ -54,10 +75,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="loader decode workers")
     ap.add_argument("--preset", default="us")
     ap.add_argument("--corpus-size", type=int, default=400)
+    ap.add_argument("--profile", action="store_true", help="phase table and torch.profiler trace instead")
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="--profile: tiny or paper")
+    ap.add_argument("--out", default="runs/bench_profile", help="--profile: folder for trace.json and phases.json")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
-        run(args, Path(tmp))
+        if args.profile:
+            profile(args, Path(tmp))
+        else:
+            run(args, Path(tmp))
 
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
@@ -153,6 +180,129 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             }
         )
     )
+
+
+class _Timed:
+    """Wraps the teacher or the student: times its forward into a phase (device-synchronised)."""
+
+    def __init__(self, module, phases: dict[str, float], name: str, sync) -> None:
+        self._module, self._phases, self._name, self._sync = module, phases, name, sync
+
+    def __call__(self, *args, **kwargs):
+        sync = self._sync
+        sync()
+        t0 = time.perf_counter()
+        with torch.profiler.record_function(self._name):
+            out = self._module(*args, **kwargs)
+        sync()
+        self._phases[self._name] += time.perf_counter() - t0
+        return out
+
+    def __getattr__(self, item):
+        return getattr(self._module, item)
+
+
+def profile(args: argparse.Namespace, tmp: Path) -> None:
+    """The trainer's step, phase by phase (see the module doc); a table, a trace, one JSON line."""
+    c = CONFIGS[args.config]
+    batch = args.batch if "--batch" in sys.argv else c["batch"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    shards = Path(args.shards) if args.shards else synthetic_shards(tmp, c["size"], args.corpus_size)
+    teacher_path = args.teacher or str(init_tiny(tmp / "teacher", seed=0, preset=c["teacher"], image_size=c["size"]))
+    teacher = DINOv3.from_pretrained(teacher_path, dtype=torch.bfloat16 if device.type == "cuda" else None).to(device)
+    torch.manual_seed(0)
+    student = build_student(c["student"], teacher.embed_dim, c["head"], c["size"], teacher.patch_size).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    student.train()
+    augment = build_augment(AugmentConfig(preset=c["preset"], size=c["size"])).to(device)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.05)
+    mixup = MixupConfig(prob=1.0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    loader = ShardLoader(
+        str(shards), batch_size=batch, mode="loop", seed=0, shuffle_buffer=256, num_workers=args.workers
+    )
+    batches = iter(loader)
+    phases = dict.fromkeys(PHASES, 0.0)
+    t_teacher = _Timed(teacher, phases, "teacher_forward", sync)
+    t_student = _Timed(student, phases, "student_forward_backward", sync)
+
+    def phase(name: str, fn):
+        sync()
+        t0 = time.perf_counter()
+        with torch.profiler.record_function(name):
+            out = fn()
+        sync()
+        phases[name] += time.perf_counter() - t0
+        return out
+
+    def step() -> None:
+        cpu_images = phase("load", lambda: next(batches)["image"])
+        images = phase("host_to_device", lambda: cpu_images.to(device, non_blocking=True))
+        view = phase("augment", lambda: make_view(images, augment, teacher))
+        with autocast:
+            loss = distill_loss(t_teacher, t_student, view, mixup, channels_last)  # times both forwards
+        phase("student_forward_backward", loss.backward)
+
+        def optimise() -> None:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        phase("optimizer", optimise)
+
+    for _ in range(2):  # warm-up: workers, allocator, first decode
+        step()
+    for k in phases:
+        phases[k] = 0.0
+    t0 = time.perf_counter()
+    for _ in range(args.steps):  # the phase table: timed steps, no profiler overhead
+        step()
+    wall = time.perf_counter() - t0
+    timed = dict(phases)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
+    )
+    with torch.profiler.profile(activities=activities) as prof:  # then a trace of two more steps
+        for _ in range(2):
+            with torch.profiler.record_function("step"):
+                step()
+    prof.export_chrome_trace(str(out / "trace.json"))
+    phases = timed
+    total = sum(phases.values())
+    rows = {k: {"ms_per_step": 1e3 * v / args.steps, "share": v / total} for k, v in phases.items()}
+    print(
+        f"{args.config}: {c['student']} <- {Path(teacher_path).name} ({c['teacher']}, embed {teacher.embed_dim}), "
+        f"{c['size']} px, batch {batch}, {device.type}, torch threads {torch.get_num_threads()}, "
+        f"loader workers {args.workers}, preset {c['preset']}, {args.steps} timed steps"
+    )
+    print(f"{'phase':<28}{'ms/step':>12}{'share':>9}")
+    for k, r in rows.items():
+        print(f"{k:<28}{r['ms_per_step']:>12.1f}{100 * r['share']:>8.1f}%")
+    print(f"{'step (sum of phases)':<28}{1e3 * total / args.steps:>12.1f}   {batch * args.steps / wall:.2f} img/s")
+    print(f"trace: {out / 'trace.json'} (chrome://tracing or https://ui.perfetto.dev)")
+    result = {
+        "bench": "pretrain_step_profile",
+        "config": args.config,
+        "device": device.type,
+        "student": c["student"],
+        "teacher": c["teacher"],
+        "size": c["size"],
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "workers": args.workers,
+        "steps": args.steps,
+        "img_s": round(batch * args.steps / wall, 3),
+        "phases": {
+            k: {"ms_per_step": round(r["ms_per_step"], 2), "share": round(r["share"], 4)} for k, r in rows.items()
+        },
+    }
+    (out / "phases.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ def main() -> dict:
     p.add_argument("--fractions", default="0.05,0.1,0.2,0.5,1.0")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--edge", action="store_true", help="also record the edge column in every cell")
     args = p.parse_args()
 
     import timm
@@ -61,6 +62,7 @@ def main() -> dict:
         c.split.file = str(tmp / "splits.json")
         c.train.num_workers = args.workers
         c.train.save_checkpoint = False
+        c.edge.enabled = args.edge  # the edge column costs the same on both sides; bench/sweep_overhead.py times it
         return c
 
     grid = [(f, s) for f in fractions for s in seeds]

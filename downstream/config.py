@@ -14,6 +14,7 @@ from typing import Literal
 
 from downstream.data.read import ReaderConfig
 from downstream.data.transforms import AugmentConfig
+from downstream.edge.profile import EdgeConfig
 from downstream.fit import FitConfig
 from downstream.splits import SplitConfig
 from sonodistill.precision import MixedPrecision
@@ -61,7 +62,8 @@ class Settings:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
-    cache_dir: str = ""  # frozen-feature cache; "" -> <out>/cache
+    edge: EdgeConfig = field(default_factory=EdgeConfig)  # params, GMACs, CPU latency, ONNX / INT8 of each model
+    cache_dir: str = ""  # frozen-feature and latency cache; "" -> <out>/cache
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Metric vs label fraction, one line per encoder (mean ± std over seeds), one panel per task."""
+"""Metric vs label fraction, one line per encoder (mean ± std over seeds), one panel per task; KD
+students (fine-tuning rows) are drawn dashed."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def plot_fraction_curves(
     fractions: Sequence[float],
     mode: str,
     path: str | Path,
+    kd_rows: Sequence[str] = (),
 ) -> bool:
     """Write the PNG; False (nothing written) when fewer than two fractions were swept."""
     fr = sorted(set(fractions))
@@ -29,14 +31,17 @@ def plot_fraction_curves(
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, t in zip(axes[0], tasks):
         metric, name = ("dice", "Dice") if t.kind == "seg" else ("accuracy", "Accuracy")
-        for e in encoders:
+        for e in list(encoders) + (list(kd_rows) if mode == "finetune" else []):
             xs, ms, ss = [], [], []
             for f in fr:
                 vals = agg.get((t.key, e, mode, f), {}).get(metric, [])
                 if vals:
                     xs.append(f * 100), ms.append(np.mean(vals)), ss.append(np.std(vals))
             if xs:
-                ax.errorbar(xs, ms, yerr=ss, marker="o", ms=4, capsize=3, label=e)
+                kd = e in kd_rows
+                ax.errorbar(
+                    xs, ms, yerr=ss, marker="s" if kd else "o", ms=4, capsize=3, ls="--" if kd else "-", label=e
+                )
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks([f * 100 for f in fr])

@@ -204,7 +204,7 @@ def run_embed(
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m downstream.embed", description=__doc__.splitlines()[0])
-    p.add_argument("--shards", required=True, help="shard folder (manifest.json), manifest path or brace pattern")
+    p.add_argument("--shards", required=True, help="shard folder or folder URL (https/s3/gs), manifest or pattern")
     p.add_argument("--encoder", action="append", required=True, help="[NAME=]SPEC, repeat for one panel each")
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=int, default=None, help="resize to this side before embedding (default: shard size)")

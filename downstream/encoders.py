@@ -167,6 +167,13 @@ def load_encoder(spec: str) -> Encoder:
     )
 
 
+def deployable_spec(spec: str) -> bool:
+    """Whether ``spec`` names a trained encoder of ours (an export folder or a Hub copy of one), the
+    encoders the edge column also deploys to ONNX / INT8; random-init, timm and DINOv3 references are not."""
+    spec = spec.strip()
+    return spec != "rand" and not spec.startswith(("rand:", "timm:", "dinov3:"))
+
+
 # ResNets whose timm state dict loads strictly into smp's own encoder of the same name
 SMP_NATIVE = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 

@@ -16,7 +16,7 @@ Classification: scikit-learn computes accuracy, macro-F1, per-class precision/re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -86,14 +86,22 @@ def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Seq
 
 def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = "") -> None:
     """Confusion matrix PNG (counts, rows = truth), written atomically."""
+    plot_confusions({title: cm}, classes, path)
+
+
+def plot_confusions(cms: Mapping[str, Sequence[Sequence[int]]], classes: Sequence[str], path: str | Path) -> None:
+    """Several models' confusion matrices side by side in one PNG (titles = the keys): one figure
+    to render instead of one per model, the slowest part of evaluating a KD cell."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
     from sonodistill.figures import pyplot
 
     plt = pyplot()
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.2 * len(classes) + 2))
-    ConfusionMatrixDisplay(np.asarray(cm), display_labels=list(classes)).plot(ax=ax, colorbar=False, cmap="Blues")
-    if title:
-        ax.set_title(title)
+    side = 1.2 * len(classes) + 2
+    fig, axes = plt.subplots(1, len(cms), figsize=(side * len(cms) + 0.5, side), squeeze=False)
+    for ax, (title, cm) in zip(axes[0], cms.items()):
+        ConfusionMatrixDisplay(np.asarray(cm), display_labels=list(classes)).plot(ax=ax, colorbar=False, cmap="Blues")
+        if title:
+            ax.set_title(title)
     fig.tight_layout()
     save_figure(fig, path)

@@ -3,7 +3,8 @@
 Writes into ``cfg.out``: ``config.yaml`` (resolved), ``subset.json`` (the training ids used),
 ``metrics.json``, ``best.safetensors`` (unless ``train.save_checkpoint=false``), ``curves.png``,
 ``confusion.png`` (classification) or ``predictions.png`` (segmentation), TensorBoard logs in
-``tb/``. Everything is written atomically, on the main process only.
+``tb/``. Everything is written atomically, on the main process only. ``metrics["edge"]`` is the
+edge column of the evaluated model (:mod:`downstream.edge.profile`; ``edge.enabled=false`` skips it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from downstream.config import TASK_KIND, TASK_LAYOUT, RunConfig
@@ -24,7 +26,9 @@ from downstream.data.read import read_catalog
 from downstream.data.record import Catalog
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
-from downstream.encoders import Encoder, load_encoder
+from downstream.edge.profile import LatencyCache, profile
+from downstream.edge.score import classification_deployment, segmentation_deployment
+from downstream.encoders import Encoder, deployable_spec, load_encoder
 from downstream.fit import FitResult, fit
 from downstream.loaders import make_loader
 from downstream.metrics import classification_metrics, plot_confusion
@@ -81,7 +85,7 @@ def _save_checkpoint(state: dict[str, torch.Tensor], path: Path) -> None:
     write_bytes(path, save({k: v.contiguous() for k, v in state.items()}))
 
 
-def _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult]:
+def _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult, nn.Module]:
     model = build_segmenter(enc)
     linear = cfg.mode == "linear"
     loss = SegLoss(cfg.train.dice_weight, cfg.train.bce_weight)
@@ -101,7 +105,7 @@ def _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple
     test = task.evaluate(test_loader, acc, per_image=True)
     if main:
         _prediction_panel(model, catalog, splits.test, cfg, enc, acc, test, out / "predictions.png")
-    return {k[4:]: v for k, v in val.items() if k.startswith("val_")}, test, res
+    return {k[4:]: v for k, v in val.items() if k.startswith("val_")}, test, res, task.model
 
 
 def _prediction_panel(model, catalog, test_ids, cfg, enc, acc, test, path) -> None:
@@ -120,7 +124,7 @@ def _prediction_panel(model, catalog, test_ids, cfg, enc, acc, test, path) -> No
     )
 
 
-def _classification(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult]:
+def _classification(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tuple[dict, dict, FitResult, nn.Module]:
     task = Classification(build_classifier(enc, len(catalog.classes)), _inputs(cfg, enc, acc), catalog.classes)
     res = fit(
         task,
@@ -134,10 +138,10 @@ def _classification(cfg, enc, catalog, splits, train_ids, acc, out, main) -> tup
     )
     val = task.evaluate(acc.prepare(_loader(catalog, splits.val, cfg, False, labels=True)), acc)
     test = task.evaluate(acc.prepare(_loader(catalog, splits.test, cfg, False, labels=True)), acc)
-    return val, test, res
+    return val, test, res, task.model
 
 
-def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tuple[dict, dict, FitResult]:
+def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tuple[dict, dict, FitResult, nn.Module]:
     feats = cache.get(
         enc,
         catalog.records,
@@ -167,7 +171,7 @@ def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tu
             for h in pr.history:
                 writer.add_scalar("train/loss", h["train_loss"], h["epoch"])
                 writer.add_scalar("val/accuracy", h["val_accuracy"], h["epoch"])
-    return val, test, FitResult(pr.history, pr.best_epoch, pr.best_val_accuracy, state)
+    return val, test, FitResult(pr.history, pr.best_epoch, pr.best_val_accuracy, state), model
 
 
 def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
@@ -192,14 +196,48 @@ def cpu_threads(num_workers: int, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run(cfg: RunConfig, accelerator=None, cache: FeatureCache | None = None) -> dict:
+def run(
+    cfg: RunConfig, accelerator=None, cache: FeatureCache | None = None, latency: LatencyCache | None = None
+) -> dict:
     """Execute one run and return its metrics (also written to ``OUT/metrics.json``)."""
     acc = accelerator or make_accelerator(cfg.train.mixed_precision, key="train.mixed_precision")
     with cpu_threads(cfg.train.num_workers, acc.device):
-        return _run(cfg, acc, cache)
+        return _run(cfg, acc, cache, latency)
 
 
-def _run(cfg: RunConfig, acc, cache: FeatureCache | None) -> dict:
+def latency_cache(cfg: RunConfig) -> LatencyCache:
+    """The latency cache next to the feature cache (in memory when there is no cache folder)."""
+    return LatencyCache(Path(cfg.cache_dir) / "latency.json" if cfg.cache_dir else None)
+
+
+def edge_column(cfg: RunConfig, model: nn.Module, enc: Encoder, catalog, splits, train_ids, latency, out) -> dict:
+    """Size, compute, CPU latency and (deployable encoders) ONNX / INT8 of the evaluated model."""
+    from downstream.data.inputs import Inputs
+
+    inputs = Inputs(enc.mean, enc.std)
+    prepare = lambda gray: inputs(gray, train=False)  # noqa: E731
+    seg = TASK_KIND[cfg.task] == "seg"
+    targets = {"masks": True} if seg else {"labels": True}
+    test, calib = (
+        _loader(catalog, splits.test, cfg, False, **targets),
+        _loader(catalog, train_ids, cfg, False, **targets),
+    )
+    deployment = (
+        segmentation_deployment(test, calib, prepare) if seg else classification_deployment(test, calib, prepare)
+    )
+    example = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+    return profile(
+        model,
+        example,
+        cfg.edge,
+        deployable=deployable_spec(cfg.encoder),
+        deployment=deployment,
+        cache=latency,
+        workdir=out,
+    )
+
+
+def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache | None) -> dict:
     from accelerate.utils import set_seed
 
     t0 = time.perf_counter()
@@ -214,12 +252,15 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None) -> dict:
     enc: Encoder = load_encoder(cfg.encoder)
     check_input_size(enc, cfg.image_size, kind == "seg")
     if kind == "seg":
-        val, test, res = _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main)
+        val, test, res, model = _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main)
     elif cfg.mode == "linear":
         cache = cache or FeatureCache(cfg.cache_dir or out / "cache")
-        val, test, res = _probe(cfg, enc, catalog, splits, train_ids, acc, cache)
+        val, test, res, model = _probe(cfg, enc, catalog, splits, train_ids, acc, cache)
     else:
-        val, test, res = _classification(cfg, enc, catalog, splits, train_ids, acc, out, main)
+        val, test, res, model = _classification(cfg, enc, catalog, splits, train_ids, acc, out, main)
+    edge = None
+    if main and cfg.edge.enabled:
+        edge = edge_column(cfg, model, enc, catalog, splits, train_ids, latency or latency_cache(cfg), out)
     metrics = {
         "task": cfg.task,
         "data": cfg.data,
@@ -239,6 +280,8 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None) -> dict:
         "time_s": round(time.perf_counter() - t0, 2),
         "train_images_per_s": round(res.images_per_s, 1),
     }
+    if edge is not None:
+        metrics["edge"] = edge
     if main:
         if "per_image" in test:
             by_index = test["per_image"]

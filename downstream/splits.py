@@ -1,8 +1,10 @@
 """Deterministic train/val/test splits (``splits.json``) and nested label-fraction subsets.
 
 Splits are patient-level whenever records carry a group id (no group in two parts) and
-class-stratified whenever they carry labels; ratios are normalised by their sum, so
-``[0.7, 0.2, 0.1]`` and the paper's DDTI counts ``[445, 127, 65]`` both work. The split is
+class-stratified whenever they carry labels; a dataset's own test split (UltraBench's
+``test.json``) is kept and only the rest is split into training and validation. Ratios are
+normalised by their sum, so ``[0.7, 0.2, 0.1]`` and the paper's DDTI counts ``[445, 127, 65]``
+both work. The split is
 a function of (record ids, labels, groups, ratios, seed) only, written once to ``splits.json``
 and reused by every run that points at it.
 
@@ -75,11 +77,15 @@ def _normalise(ratios: Sequence[float]) -> np.ndarray:
 def make_splits(catalog: Catalog, ratios: Sequence[float] = (0.7, 0.2, 0.1), seed: int = 0) -> Splits:
     """Greedy assignment of whole groups (or single images) to the part whose per-class and
     total counts are furthest below target (sklearn's group splitters take fold counts, not
-    arbitrary ratios, and none stratifies while keeping groups whole)."""
+    arbitrary ratios, and none stratifies while keeping groups whole).
+
+    A dataset with its own test split (``catalog.test_ids``, e.g. UltraBench) keeps it: only the
+    remaining images are split, into training and validation by ``ratios[0] : ratios[1]``."""
     r = _normalise(ratios)
-    recs = catalog.records
-    if len(recs) < 3:
-        raise UserError(f"{catalog.root}: need at least 3 images to split, found {len(recs)}")
+    fixed = set(catalog.test_ids)
+    recs = [rec for rec in catalog.records if rec.id not in fixed]
+    if len(catalog.records) < 3:
+        raise UserError(f"{catalog.root}: need at least 3 images to split, found {len(catalog.records)}")
     n_cls = max(1, len(catalog.classes)) if catalog.has_labels else 1
     units: dict[str, list[int]] = {}
     for i, rec in enumerate(recs):
@@ -95,27 +101,30 @@ def make_splits(catalog: Catalog, ratios: Sequence[float] = (0.7, 0.2, 0.1), see
             v[recs[i].label if n_cls > 1 else 0] += 1
         return v
 
+    shares = r[:2] / r[:2].sum() if fixed else r
     class_total = counts(list(range(len(recs))))
-    target = r[:, None] * class_total[None, :]  # [part, class]
+    target = shares[:, None] * class_total[None, :]  # [part, class]
     have = np.zeros_like(target)
-    assigned: list[list[int]] = [[], [], []]
+    assigned: list[list[int]] = [[] for _ in shares]
     for k in order:
         v = counts(units[k])
         cost = []
-        for p in range(3):
+        for p in range(len(shares)):
             before = ((have[p] - target[p]) ** 2).sum() + (have[p].sum() - target[p].sum()) ** 2
             after = ((have[p] + v - target[p]) ** 2).sum() + (have[p].sum() + v.sum() - target[p].sum()) ** 2
             cost.append(after - before)
         p = int(np.argmin(cost))
         have[p] += v
         assigned[p].extend(units[k])
-    for p, name in enumerate(PARTS):
-        if not assigned[p]:
+    ids = [[recs[i].id for i in sorted(a)] for a in assigned]
+    if fixed:
+        ids.append([rec.id for rec in catalog.records if rec.id in fixed])
+    for part, name in zip(ids, PARTS):
+        if not part:
             raise UserError(
-                f"{catalog.root}: {len(recs)} images in {len(units)} groups are too few for a non-empty "
+                f"{catalog.root}: {len(catalog.records)} images in {len(units)} groups are too few for a non-empty "
                 f"'{name}' split with ratios {list(ratios)}"
             )
-    ids = [[recs[i].id for i in sorted(a)] for a in assigned]
     return Splits(*ids, seed=seed, ratios=[float(x) for x in ratios], dataset=catalog.name)
 
 
@@ -138,11 +147,16 @@ def check_splits(splits: Splits, catalog: Catalog, where: str) -> None:
             f"{where}: {len(missing)} image(s) of {catalog.root} are in no split, e.g. '{sorted(missing)[0]}' "
             "(dataset changed? delete the file to re-split)"
         )
+    if catalog.test_ids and set(splits.test) != set(catalog.test_ids):
+        raise UserError(
+            f"{where}: its test split is not the dataset's own (test.json of {catalog.root}); "
+            "delete the file to re-split"
+        )
     index = catalog.by_id()
     group_part: dict[str, str] = {}
     for i, p in seen.items():
         g = index[i].group
-        if g is None:
+        if g is None or (catalog.test_ids and p == "test"):  # a given test split is the dataset's own choice
             continue
         if group_part.setdefault(g, p) != p:
             raise UserError(f"{where}: patient/group '{g}' is in both '{group_part[g]}' and '{p}'")

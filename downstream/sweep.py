@@ -1,16 +1,24 @@
-"""``python -m downstream.sweep``: encoders x tasks x modes x label fractions x seeds.
+"""``python -m downstream.sweep``: (encoders x modes + KD methods) x tasks x label fractions x seeds.
 
 Every finished cell appends one line to ``OUT/results.jsonl`` (its full resolved config and
 metrics, fsynced). A re-run skips cells whose key (identity + a hash of the resolved config)
 is already there, so a killed sweep loses at most the cell that was running and changing a
-setting re-runs only what it affects. After the grid: ``tables.md`` (the paper's Tables 1-4),
-``summary.json`` and ``fractions_<mode>.png``. Splits are written once per dataset under
-``OUT/splits/`` and frozen features are cached under ``OUT/cache/``.
+setting re-runs only what it affects. KD methods (``methods=[kd:RECIPE?key=value&...]``,
+:mod:`downstream.kd.cell`) are fine-tuning rows: they run at ``fractions`` on the encoder cells'
+splits and label subsets. Every cell records its edge column (:mod:`downstream.edge.profile`).
+After the grid: ``tables.md`` (the paper's Tables 1-4, the edge table, the cross-task mean
+ranks), ``summary.json``, ``fractions_<mode>.png`` and ``pareto_<task>.png``. Splits are written
+once per dataset under ``OUT/splits/``; frozen features and latencies are cached under ``OUT/cache/``.
+
+Tasks: ``busi-seg``, ``busi-cls``, ``ddti-seg``, ``seg:DATA``, ``cls:DATA`` and ``ub:DIR`` (an
+UltraBench folder: ``ub:DIR?mask=psfh_mask`` segments that mask field, ``ub:DIR`` or
+``ub:DIR?label=FIELD`` classifies); ``?key=value&...`` after any data location sets that task's
+reader keys (``run.reader.*``; for ``ub:`` also ``group=``, ``foreground=1,2``).
 
 Example::
 
     python -m downstream.sweep --config downstream/configs/paper.yaml busi=data/BUSI ddti=data/DDTI \\
-        'encoders=[R50-Rand=rand,R50-Distill-US=runs/export]' out=runs/paper
+        'encoders=[R50-Rand=rand,R50-Distill-US=runs/export]' 'methods=[kd:vit_mobilenet,kd:seg_unet]' out=runs/paper
 """
 
 from __future__ import annotations
@@ -24,11 +32,13 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
+from downstream.data.read import ReaderConfig
 from downstream.tables import TaskColumn, aggregate, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
-from sonodistill.config import add_config_args, config_from_args, save_config, to_dict
+from sonodistill.config import add_config_args, config_from_args, load_config, save_config, split_top_level, to_dict
 from sonodistill.errors import UserError, cli_main
 from sonodistill.jsonl import append_jsonl, read_jsonl
 
@@ -40,8 +50,10 @@ class SweepConfig:
     out: str = "runs/sweep"
     busi: str = ""  # BUSI folder for busi-seg / busi-cls
     ddti: str = ""  # DDTI folder for ddti-seg
-    tasks: list[str] = field(default_factory=lambda: ["ddti-seg", "busi-seg", "busi-cls"])  # also seg:DATA, cls:DATA
+    tasks: list[str] = field(default_factory=lambda: ["ddti-seg", "busi-seg", "busi-cls"])  # seg:, cls:, ub: too
     encoders: list[str] = field(default_factory=lambda: ["R50-Rand=rand"])  # NAME=SPEC (or SPEC)
+    methods: list[str] = field(default_factory=list)  # KD rows: [NAME=]kd:RECIPE[?key=value&key=value]
+    kd_presets: list[str] = field(default_factory=list)  # extra recipe layers: NAME -> kd/configs/NAME_<recipe>.yaml
     modes: list[Mode] = field(default_factory=lambda: ["linear", "finetune"])
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])  # fine-tuning
     linear_fractions: list[float] = field(default_factory=lambda: [1.0])  # linear probing
@@ -55,11 +67,26 @@ class Cell:
     task: str
     data: str
     dataset: str
-    encoder_name: str
+    encoder_name: str  # the row: an encoder's or a KD method's name
     encoder: str
     mode: str
     fraction: float
     seed: int
+    method: str = ""  # a KD row's methods entry ("" for encoder rows)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One ``tasks`` entry resolved: the run task, its data location and its reader overrides."""
+
+    key: str  # as written in the config (identifies the task's cells)
+    task: str  # RunConfig.task
+    data: str
+    reader: tuple[str, ...] = ()  # key=value overrides of run.reader for this task
+
+    @property
+    def kind(self) -> str:
+        return TASK_KIND[self.task]
 
 
 def parse_encoder(item: str) -> tuple[str, str]:
@@ -71,23 +98,54 @@ def parse_encoder(item: str) -> tuple[str, str]:
     return item.strip(), item.strip()
 
 
-def resolve_tasks(cfg: SweepConfig) -> list[tuple[str, str, str]]:
-    """(task_key, task, data) per configured task; checks the data each one needs is given."""
+UB_KEYS = {"mask": "mask_column", "label": "label_column", "group": "group_column", "foreground": "mask_values"}
+
+
+def _query(entry: str, text: str, aliases: dict[str, str]) -> tuple[str, ...]:
+    """``key=value&...`` after a task's data location -> reader overrides (checked against ReaderConfig)."""
+    out = []
+    for item in split_top_level(text, "&") if text else []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"tasks: '{item}' in '{entry}' is not key=value")
+        key = aliases.get(key.strip(), key.strip())
+        if key == "mask_values" and not value.strip().startswith("["):
+            value = f"[{value}]"
+        out.append(f"{key}={value.strip()}")
+    try:
+        load_config(ReaderConfig, None, out)
+    except UserError as exc:
+        raise UserError(f"tasks: '{entry}': {exc}") from None
+    return tuple(out)
+
+
+def resolve_tasks(cfg: SweepConfig) -> list[TaskSpec]:
+    """Every configured task with the data it needs (checked to be given) and its reader overrides."""
     out = []
     for t in cfg.tasks:
-        if t in ("busi-seg", "busi-cls"):
+        head, _, query = t.partition("?")
+        if head in ("busi-seg", "busi-cls"):
             if not cfg.busi:
                 raise UserError(f"busi: task '{t}' needs the BUSI folder (busi=DIR)")
-            out.append((t, t, cfg.busi))
-        elif t == "ddti-seg":
+            out.append(TaskSpec(t, head, cfg.busi, _query(t, query, {})))
+        elif head == "ddti-seg":
             if not cfg.ddti:
                 raise UserError("ddti: task 'ddti-seg' needs the DDTI folder (ddti=DIR)")
-            out.append((t, t, cfg.ddti))
-        elif t.partition(":")[0] in ("seg", "cls") and t.partition(":")[2]:
-            kind, _, data = t.partition(":")
-            out.append((t, kind, data))
+            out.append(TaskSpec(t, head, cfg.ddti, _query(t, query, {})))
+        elif head.partition(":")[0] in ("seg", "cls") and head.partition(":")[2]:
+            kind, _, data = head.partition(":")
+            out.append(TaskSpec(t, kind, data, _query(t, query, {})))
+        elif head.startswith("ub:") and head[3:]:
+            reader = _query(t, query, UB_KEYS)
+            kind = "seg" if any(r.startswith("mask_column=") for r in reader) else "cls"
+            out.append(TaskSpec(t, kind, head, ("layout=ub", *reader)))
         else:
-            raise UserError(f"tasks: unknown task '{t}'; expected busi-seg, busi-cls, ddti-seg, seg:DATA or cls:DATA")
+            raise UserError(
+                f"tasks: unknown task '{t}'; expected busi-seg, busi-cls, ddti-seg, seg:DATA, cls:DATA or "
+                "ub:DIR[?mask=FIELD|label=FIELD] (UltraBench)"
+            )
+    if len({x.key for x in out}) != len(out):
+        raise UserError(f"tasks: listed twice: {[x.key for x in out]}")
     return out
 
 
@@ -96,41 +154,70 @@ def _dataset_name(data: str) -> str:
     return base
 
 
-def cells(cfg: SweepConfig) -> Iterator[Cell]:
-    if not cfg.encoders:
-        raise UserError("encoders: give at least one NAME=SPEC")
-    names = [parse_encoder(e)[0] for e in cfg.encoders]
+def rows(cfg: SweepConfig) -> tuple[list[str], list[str]]:
+    """Row names: encoders, then KD methods (unique across both)."""
+    from downstream.kd.cell import parse_method
+
+    encoders = [parse_encoder(e)[0] for e in cfg.encoders]
+    methods = [parse_method(m).name for m in cfg.methods]
+    names = encoders + methods
     if len(set(names)) != len(names):
-        raise UserError(f"encoders: names must be unique, got {names}")
-    for task_key, task, data in resolve_tasks(cfg):
+        raise UserError(f"encoders/methods: row names must be unique, got {names} (name a method: NAME=kd:...)")
+    return encoders, methods
+
+
+def cells(cfg: SweepConfig) -> Iterator[Cell]:
+    if not cfg.encoders and not cfg.methods:
+        raise UserError("encoders: give at least one NAME=SPEC (or a KD method in methods)")
+    rows(cfg)
+    from downstream.kd.cell import parse_method
+
+    for t in resolve_tasks(cfg):
+        name = _dataset_name(t.data)
         for item in cfg.encoders:
-            name, spec = parse_encoder(item)
+            enc_name, spec = parse_encoder(item)
             for mode in cfg.modes:
                 fr = cfg.fractions if mode == "finetune" else cfg.linear_fractions
                 for f in fr:
                     for s in cfg.seeds:
-                        yield Cell(task_key, task, data, _dataset_name(data), name, spec, mode, float(f), int(s))
+                        yield Cell(t.key, t.task, t.data, name, enc_name, spec, mode, float(f), int(s))
+        for item in cfg.methods:
+            m = parse_method(item)
+            for f in cfg.fractions:  # KD rows train every weight: the fine-tuning grid
+                for s in cfg.seeds:
+                    yield Cell(t.key, t.task, t.data, name, m.name, "", "finetune", float(f), int(s), method=item)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
+def _task_reader(cfg: SweepConfig, c: Cell) -> ReaderConfig:
+    spec = next(t for t in resolve_tasks(cfg) if t.key == c.task_key)
+    if not spec.reader:
+        return cfg.run.reader
+    base = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in to_dict(cfg.run.reader).items()]
+    return load_config(ReaderConfig, None, [*base, *spec.reader])
+
+
 def cell_config(cfg: SweepConfig, c: Cell) -> RunConfig:
     out = Path(cfg.out)
+    path = c.data[3:] if c.data.startswith("ub:") else c.data
     data_tag = hashlib.sha1(
-        os.path.abspath(c.data).encode() if not c.data.startswith("hf:") else c.data.encode()
+        os.path.abspath(path).encode() if not c.data.startswith("hf:") else c.data.encode()
     ).hexdigest()[:6]
     rc = run_config(
         cfg.run,
         task=c.task,
         data=c.data,
-        encoder=c.encoder,
+        encoder=c.encoder or c.method,
         mode=c.mode,
         fraction=c.fraction,
         seed=c.seed,
         out=str(out / "runs" / _slug(c.task_key) / _slug(c.encoder_name) / c.mode / f"f{c.fraction:g}_s{c.seed}"),
     )
+    if c.task_key.partition("?")[2] or c.data.startswith("ub:"):
+        rc.reader = _task_reader(cfg, c)
     if not rc.split.file:
         rc.split.file = str(out / "splits" / f"{c.dataset}-{data_tag}.json")
     if not rc.cache_dir:
@@ -138,37 +225,75 @@ def cell_config(cfg: SweepConfig, c: Cell) -> RunConfig:
     return rc
 
 
-def cell_key(c: Cell, rc: RunConfig) -> str:
+def kd_cell_config(cfg: SweepConfig, c: Cell, rc: RunConfig) -> Any | None:
+    """The resolved recipe config of a KD cell; ``None`` when the recipe's task kind does not match
+    (the cell is ``n/a`` and needs no config)."""
+    from downstream.kd.cell import kd_config, not_applicable, parse_method
+
+    m = parse_method(c.method)
+    if not_applicable(m, TASK_KIND[c.task], c.task_key):
+        return None
+    encoders = dict(parse_encoder(e) for e in cfg.encoders)
+    return kd_config(m, rc, cfg.kd_presets, encoders)
+
+
+def cell_key(c: Cell, rc: RunConfig, kd: Any | None = None) -> str:
     """Identity plus a hash of every setting except output locations (moving OUT keeps resume)."""
     d = to_dict(rc)
     for k in ("out", "cache_dir"):
         d.pop(k)
     d["split"].pop("file")
+    if c.method:
+        from downstream.kd.cell import config_digest_dict
+
+        d = {"run": d, "method": c.method, "recipe": config_digest_dict(kd) if kd is not None else None}
     digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     return f"{c.task_key}|{c.encoder_name}|{c.mode}|{c.fraction:g}|{c.seed}|{digest}"
 
 
-def write_report(cfg: SweepConfig, rows: list[dict]) -> dict:
-    """tables.md, summary.json and the fraction plots from the rows of the current grid."""
-    out = Path(cfg.out)
-    agg = aggregate(rows)
-    encoders = [parse_encoder(e)[0] for e in cfg.encoders]
-    tasks = [TaskColumn(k, task_label(k, _dataset_name(d)), TASK_KIND[t]) for k, t, d in resolve_tasks(cfg)]
-    fractions = {"finetune": cfg.fractions, "linear": cfg.linear_fractions}
-    write_text(out / "tables.md", render_tables(agg, encoders, tasks, fractions, len(cfg.seeds)))
-    from downstream.curves import plot_fraction_curves
+def task_columns(cfg: SweepConfig) -> list[TaskColumn]:
+    out = []
+    for t in resolve_tasks(cfg):
+        label = task_label(t.key, _dataset_name(t.data), t.kind)
+        if any(c.label == label for c in out):  # two tasks on one dataset: name the target field
+            label = label[:-1] + f" ({t.key.partition('?')[2] or t.task})."
+        out.append(TaskColumn(t.key, label, t.kind))
+    return out
 
+
+def write_report(cfg: SweepConfig, rows_: list[dict]) -> dict:
+    """tables.md, summary.json and the plots from the rows of the current grid."""
+    from downstream.curves import plot_fraction_curves
+    from downstream.edge_report import plot_pareto, render_edge_table, slug
+    from downstream.ranks import render_ranks
+
+    out = Path(cfg.out)
+    agg = aggregate(rows_)
+    encoders, methods = rows(cfg)
+    tasks = task_columns(cfg)
+    fractions = {"finetune": cfg.fractions, "linear": cfg.linear_fractions}
+    ranks_md, ranks = render_ranks(agg, encoders + methods, tasks, fractions)
+    md = render_tables(agg, encoders, tasks, fractions, len(cfg.seeds), kd_rows=methods)
+    md += "\n" + render_edge_table(agg, encoders + methods, tasks)
+    if ranks_md:
+        md += "\n" + ranks_md
+    write_text(out / "tables.md", md)
     plots = []
-    for mode in cfg.modes:
+    for mode in dict.fromkeys([*cfg.modes, *(["finetune"] if methods else [])]):
         p = out / f"fractions_{mode}.png"
-        if plot_fraction_curves(agg, encoders, tasks, fractions[mode], mode, p):
+        if plot_fraction_curves(agg, encoders, tasks, fractions[mode], mode, p, kd_rows=methods):
+            plots.append(p.name)
+    for t in tasks:
+        p = out / f"pareto_{slug(t.label.rstrip('.'))}.png"
+        if plot_pareto(agg, encoders + methods, methods, t, p):
             plots.append(p.name)
     summary = {
-        "cells": len(rows),
+        "cells": len(rows_),
         "results": [
             {"task": t, "encoder": e, "mode": m, "fraction": f, **{k: v for k, v in d.items()}}
             for (t, e, m, f), d in sorted(agg.items())
         ],
+        "ranks": ranks,
         "plots": plots,
     }
     write_json(out / "summary.json", summary)
@@ -177,39 +302,57 @@ def write_report(cfg: SweepConfig, rows: list[dict]) -> dict:
 
 def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     """Run the missing cells (at most ``max_cells`` of them), then write the report."""
+    from downstream.edge.profile import LatencyCache
+    from downstream.kd.cell import parse_method, run_kd_cell
     from downstream.probe import FeatureCache
-    from downstream.runner import run
+    from downstream.runner import cpu_threads, run
     from sonodistill.world import make_accelerator
 
     out = Path(cfg.out)
-    plan = [(c, cell_config(cfg, c)) for c in cells(cfg)]
-    keys = [cell_key(c, rc) for c, rc in plan]
+    labels = {t.key: t.label for t in task_columns(cfg)}
+    plan = []
+    for c in cells(cfg):
+        rc = cell_config(cfg, c)
+        kd = kd_cell_config(cfg, c, rc) if c.method else None
+        plan.append((c, rc, kd))
+    keys = [cell_key(c, rc, kd) for c, rc, kd in plan]
     results = out / "results.jsonl"
     done = {r.get("key") for r in read_jsonl(results)}
-    todo = [(c, rc, k) for (c, rc), k in zip(plan, keys) if k not in done]
+    todo = [(c, rc, kd, k) for (c, rc, kd), k in zip(plan, keys) if k not in done]
     acc = make_accelerator(cfg.run.train.mixed_precision, key="run.train.mixed_precision")
     if acc.is_main_process:
         save_config(cfg, out / "sweep.yaml")
         log.info(f"sweep: {len(plan)} cells, {len(plan) - len(todo)} already done, {len(todo)} to run")
     cache = FeatureCache(cfg.run.cache_dir or out / "cache")
+    latency = LatencyCache(Path(cfg.run.cache_dir or out / "cache") / "latency.json")
     ran = 0
-    for c, rc, key in todo:
+    for c, rc, kd, key in todo:
         if max_cells is not None and ran >= max_cells:
             break
-        metrics = run(rc, accelerator=acc, cache=cache)
+        if c.method:
+            with cpu_threads(rc.train.num_workers, acc.device):
+                metrics = run_kd_cell(rc, parse_method(c.method), kd, task_label=labels[c.task_key], latency=latency)
+        else:
+            metrics = run(rc, accelerator=acc, cache=cache, latency=latency)
         metrics.pop("test_per_image", None)
         if acc.is_main_process:
-            append_jsonl(results, {"key": key, "cell": c.__dict__, "config": to_dict(rc), "metrics": metrics})
-            t = metrics["test"]
-            score = f"dice {t['dice']:.4f}" if "dice" in t else f"acc {t['accuracy']:.4f}"
+            record = {"key": key, "cell": c.__dict__, "config": to_dict(rc), "metrics": metrics}
+            if kd is not None:
+                record["kd_config"] = to_dict(kd)
+            append_jsonl(results, record)
+            if "na" in metrics:
+                score = f"n/a ({metrics['na']})"
+            else:
+                t = metrics["test"]
+                score = f"dice {t['dice']:.4f}" if "dice" in t else f"acc {t['accuracy']:.4f}"
             log.info(f"[{ran + 1}/{len(todo)}] {key.rsplit('|', 1)[0]}: {score} ({metrics['time_s']:.0f}s)")
         ran += 1
     acc.wait_for_everyone()
     current = set(keys)
-    rows = [r for r in read_jsonl(results) if r.get("key") in current]
-    summary = {"ran": ran, "remaining": len(todo) - ran, "cells": len(plan), "done": len(rows)}
+    rows_ = [r for r in read_jsonl(results) if r.get("key") in current]
+    summary = {"ran": ran, "remaining": len(todo) - ran, "cells": len(plan), "done": len(rows_)}
     if acc.is_main_process:
-        write_report(cfg, rows)
+        write_report(cfg, rows_)
     return summary
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole pipeline on the built-in synthetic corpus, on CPU, in one output folder (`make demo`).
 #   synthetic corpus -> cleaned shards -> tiny DINOv3 teacher -> ResNet-50 distillation -> export
-#   -> R50-Rand vs the distilled encoder on synthetic BUSI/DDTI (paper 002 tables) -> t-SNE
-#   -> one supervised KD recipe at toy scale.
+#   -> one limited-label sweep on synthetic BUSI/DDTI: R50-Rand vs the distilled encoder (paper 002 tables)
+#      plus two KD students (ViT -> MobileNetV3, distilled R50 U-Net -> EfficientNet-Lite0 U-Net) at two
+#      label fractions, with an edge column (CPU latency, ONNX / INT8) and Pareto plots -> t-SNE.
 # Real runs swap in the real teacher id (facebook/dinov3-vitb16-pretrain-lvd1689m), the real corpus
 # and GPUs: see README "Pretraining" and pretrain/configs/dinov3_vitb16_resnet50.yaml.
 set -euo pipefail
@@ -39,7 +40,7 @@ $PY -m pretrain.export --checkpoint "$OUT/pretrain" --out "$OUT/export" \
     --push-to-hub your-lab/sonodistill-r50-demo --dry-run
 $PY -c "import timm, sys; m = timm.create_model('local-dir:' + sys.argv[1], pretrained=True); print('timm loads the encoder:', type(m).__name__, m.num_features, 'features')" "$OUT/export"
 
-step "downstream: R50-Rand vs R50-Distill-US, linear probe, 20 % and 100 % labels (paper 002 layout)"
+step "downstream: R50-Rand vs R50-Distill-US (linear probe) and two KD students, 20 % and 100 % labels, edge column"
 $PY -m downstream.sweep --config downstream/configs/tiny.yaml busi="$OUT/busi" ddti="$OUT/ddti" \
     "encoders=[R50-Rand=rand,R50-Distill-US=$OUT/export]" out="$OUT/downstream" --print-tables
 
@@ -47,17 +48,14 @@ step "representation: t-SNE of corpus embeddings coloured by source (Fig. 2) + s
 $PY -m downstream.embed --shards "$OUT/shards" --encoder R50-Rand=rand --encoder R50-Distill-US="$OUT/export" \
     --out "$OUT/downstream/embed" --max-samples 400 --size 128 --num-workers 1
 
-step "supervised KD (paper 000 at toy scale): hybrid ViT+ConvNeXt teacher -> MobileNetV3-Small"
-$PY -m downstream.kd train --recipe vit_mobilenet --data "$OUT/busi" --out "$OUT/kd/vit_mobilenet" \
-    --config downstream/kd/configs/tiny_vit_mobilenet.yaml
-sed -n '/Impact of distillation/,$p' "$OUT/kd/vit_mobilenet/report.md"
-
 step "done: everything is under $OUT"
 cat <<EOF
   shard manifest         $OUT/shards/manifest.json   contact sheet  $OUT/shards_contact_sheet.png
   pretraining            $OUT/pretrain (loss_curve.png, metrics.jsonl, TensorBoard: tb/, checkpoints)
   exported encoder       $OUT/export (model.safetensors, config.json, README.md model card)
-  downstream tables      $OUT/downstream/tables.md   plots  $OUT/downstream/*.png
+  downstream tables      $OUT/downstream/tables.md (Tables 1-4, edge table)  results  $OUT/downstream/results.jsonl
+  plots                  $OUT/downstream/fractions_*.png  $OUT/downstream/pareto_*.png
+  KD reports             $OUT/downstream/runs/busi-cls/kd_vit_mobilenet/finetune/f1_s0/report.md
+                         $OUT/downstream/runs/ddti-seg/kd_seg_unet/finetune/f1_s0/report.md
   t-SNE                  $OUT/downstream/embed/tsne.png  silhouette  $OUT/downstream/embed/silhouette.json
-  KD report              $OUT/kd/vit_mobilenet/report.md
 EOF

@@ -14,8 +14,9 @@ Presets (defaults; every probability and range is a config key under ``augment.`
 - ``us-physics`` (ours): ``us`` plus scan-area-aware effects in acquisition order: acoustic
   shadow, depth attenuation, gain/TGC, haze, speckle noise, speckle reduction, then the depth
   blur, each with its own probability (see the effect configs below). The scan area and beam
-  geometry (fan apex or linear probe) are estimated per image on the device
-  (``pretrain.us_geometry``); depth is measured along the beam and the black surround stays 0.
+  geometry (fan apex or linear probe) are estimated once per batch on the device and shared by
+  every effect (``pretrain.us_geometry``: each full-size map is computed at most once per batch);
+  depth is measured along the beam and the black surround stays 0.
 - ``default`` (R50-Distill-Default ablation: natural-image, DINO-style single global view):
   random resized crop area 0.32-1 (DINOv2/v3 global-crop scale), aspect 3/4-4/3, horizontal flip
   p=0.5, brightness/contrast jitter 0.4 with p=0.8 (saturation and hue do not exist in grayscale;
@@ -219,14 +220,15 @@ def resolve(cfg: AugmentConfig) -> AugmentConfig:
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[B,1,H,W]`` -> float32 / 255; float images are taken as already in [0, 1]."""
+    """uint8 ``[B,1,H,W]`` -> float32 / 255; float images are taken as already in [0, 1] and copied,
+    because the augmentations work in place and must not modify the caller's batch."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 1:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise UserError(f"augment input: expected grayscale images [B,1,H,W], got {shape}")
     if images.dtype == torch.uint8:
         return images.float().div_(255.0)
     if images.is_floating_point():
-        return images.float()
+        return images.to(torch.float32, copy=True)
     raise UserError(f"augment input: expected uint8 or float images, got {images.dtype}")
 
 

@@ -21,11 +21,15 @@ from sonodistill.precision import MixedPrecision
 class DataConfig:
     """Where the shards are and how they stream (``shards.stream.ShardLoader``)."""
 
-    shards: str = ""  # dir with manifest.json, a manifest path, or a brace pattern dir/shard-{000000..000009}.tar
+    shards: str = ""  # dir or folder URL (https/s3/gs) with manifest.json, a manifest, or a brace pattern
     mode: Literal["loop", "resampled"] = "loop"  # loop: every sample once per epoch across ranks
+    # resampled mode: proportional | uniform | tau=T | {source: weight} (shards.balance)
+    source_weights: str | dict[str, float] = "proportional"
     num_workers: int = 4  # decoding workers per rank
     shuffle_buffer: int = 1000
     record_keys: bool = False  # audit: write the sample keys each rank trained on to <out_dir>/keys/
+    gpu_decode: bool = False  # JPEG shards: decode on the training GPU (nvJPEG) instead of in the workers
+    encoding: Literal["any", "png", "jpeg", "raw"] = "any"  # the shards' encoding this run expects
 
 
 @dataclasses.dataclass

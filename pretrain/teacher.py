@@ -1,4 +1,7 @@
-"""``python -m pretrain.teacher init-tiny --out DIR``: write a tiny random-initialised DINOv3 teacher.
+"""``python -m pretrain.teacher init-tiny --out DIR [--preset tiny|vitb16]``: write a random-initialised DINOv3 teacher.
+
+``--preset vitb16`` has the real ViT-B/16 dimensions (768 wide, 12 blocks, 12 heads, 4 registers),
+so ``bench/pretrain_step.py --config paper`` measures the paper recipe's step without the weights.
 
 The teacher itself (loading, token selection, targets) is :class:`sonodistill.dinov3.DINOv3`, in
 the core because downstream uses DINOv3 as a reference encoder too. The folder written here loads
@@ -12,7 +15,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from sonodistill.dinov3 import TINY_CONFIG, init_tiny
+from sonodistill.dinov3 import TEACHER_PRESETS, init_tiny
 from sonodistill.errors import cli_main
 
 log = logging.getLogger(__name__)
@@ -22,13 +25,15 @@ log = logging.getLogger(__name__)
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pretrain.teacher", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("init-tiny", help="write a tiny random-initialised DINOv3 ViT (save_pretrained)")
+    p = sub.add_parser("init-tiny", help="write a random-initialised DINOv3 ViT (save_pretrained)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=TINY_CONFIG["image_size"])
+    p.add_argument("--preset", default="tiny", choices=sorted(TEACHER_PRESETS), help="tiny (default) or vitb16")
+    p.add_argument("--image-size", type=int, default=None, help="default: the preset's (tiny 64, vitb16 224)")
     args = parser.parse_args(argv)
-    out = init_tiny(args.out, seed=args.seed, image_size=args.image_size)
-    log.info(f"tiny DINOv3 teacher written to {out}")
+    size = {} if args.image_size is None else {"image_size": args.image_size}
+    out = init_tiny(args.out, seed=args.seed, preset=args.preset, **size)
+    log.info(f"random DINOv3 teacher ({args.preset}) written to {out}")
 
 
 if __name__ == "__main__":

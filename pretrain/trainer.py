@@ -35,6 +35,7 @@ from pretrain.metrics import MetricsLog, plot_loss_curve
 from pretrain.preempt import EXIT_PREEMPTED, StopRequest
 from pretrain.step import distill_loss, make_view
 from pretrain.student import Student, build_student
+from shards.stream import decode_on_device
 from sonodistill.config import save_config, to_dict
 from sonodistill.dinov3 import DINOv3
 from sonodistill.errors import UserError
@@ -127,7 +128,7 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
 
     d = cfg.data
     try:
-        return ShardLoader(
+        loader = ShardLoader(
             d.shards,
             batch_size=cfg.train.batch_size,
             mode=d.mode,
@@ -138,22 +139,27 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             world_size=world,
             with_meta=d.record_keys,
             pin_memory=pin,
+            source_weights=d.source_weights,
+            decode="device" if d.gpu_decode else "worker",
         )
     except (UserError, FileNotFoundError, ValueError) as exc:
         raise UserError(f"data.shards: cannot open '{d.shards}' ({' '.join(str(exc).split())})") from None
+    found = loader.encoding or "unknown (no manifest)"
+    if d.encoding != "any" and found != d.encoding:
+        raise UserError(
+            f"data.encoding: this config expects {d.encoding} shards, '{d.shards}' holds {found} "
+            f"(build them with `python -m shards.build --encoding {d.encoding}`, or set data.encoding={found}"
+            " / data.encoding=any; docs/data.md#shard-encodings compares the encodings)"
+        )
+    return loader
 
 
-def _manifest_summary(shards: str) -> dict[str, Any]:
-    path = Path(shards)
-    path = path / "manifest.json" if path.is_dir() else path
-    if path.name != "manifest.json" or not path.is_file():
+def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:
+    """What the run's metadata records about its shard set (local or remote)."""
+    if manifest is None:
         return {}
-    try:
-        man = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-    keep = ("num_samples", "sources", "rejected", "settings")
-    return {k: man[k] for k in keep if k in man} | {"path": str(path)}
+    keep = ("num_samples", "sources", "rejected", "settings", "encoding")
+    return {k: manifest[k] for k in keep if k in manifest} | {"path": str(shards)}
 
 
 def _rng_neutral(batches: Iterator[dict]) -> Iterator[dict]:
@@ -357,7 +363,7 @@ def _base_meta(s: Session) -> dict[str, Any]:
             "stride": s.accelerator.unwrap_model(s.model).stride,
             "num_features": s.accelerator.unwrap_model(s.model).backbone.num_features,
         },
-        "data": _manifest_summary(cfg.data.shards),
+        "data": _manifest_summary(cfg.data.shards, s.loader.manifest),
     }
 
 
@@ -403,7 +409,10 @@ def loop(
             loss_acc = torch.zeros((), device=device)
             for _ in range(s.accum):
                 batch = next(data_iter)
-                images = batch["image"].to(device, non_blocking=True)
+                if "jpeg" in batch:  # data.gpu_decode: nvJPEG on the device (libjpeg-turbo on a CPU run)
+                    images = decode_on_device(batch, device)
+                else:
+                    images = batch["image"].to(device, non_blocking=True)
                 if keys_fh is not None:
                     keys_fh.write(json.dumps({"step": step + 1, "keys": list(batch["key"])}) + "\n")
                 with acc.accumulate(s.model):

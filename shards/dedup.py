@@ -30,7 +30,7 @@ class DuplicateIndex:
         self.max_distance = max_distance
         self._blocks = _blocks(nbits, max_distance + 1)
         self._tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._blocks]
-        self._exact: set[str] = set()
+        self._exact: dict[str, int] = {}
         self._hashes: list[int] = []
 
     def __len__(self) -> int:
@@ -38,23 +38,33 @@ class DuplicateIndex:
 
     def check(self, pixel_sha1: str, phash: int) -> str | None:
         """``duplicate`` / ``near_duplicate`` if seen before, else None (does not insert)."""
+        found = self.find(pixel_sha1, phash)
+        return found[0] if found else None
+
+    def find(self, pixel_sha1: str, phash: int) -> tuple[str, int, int] | None:
+        """(reason, index of the kept image it repeats, pHash distance) or None; does not insert.
+
+        Indices count kept images in insertion order (the build's sample keys)."""
         if pixel_sha1 in self._exact:
-            return "duplicate"
+            idx = self._exact[pixel_sha1]
+            return "duplicate", idx, (self._hashes[idx] ^ phash).bit_count()
         if self.max_distance < 0:
             return None
         seen: set[int] = set()
+        best: tuple[int, int] | None = None
         for (shift, mask), table in zip(self._blocks, self._tables):
             for idx in table.get((phash >> shift) & mask, ()):
                 if idx in seen:
                     continue
                 seen.add(idx)
-                if (self._hashes[idx] ^ phash).bit_count() <= self.max_distance:
-                    return "near_duplicate"
-        return None
+                d = (self._hashes[idx] ^ phash).bit_count()
+                if d <= self.max_distance and (best is None or (d, idx) < best):
+                    best = (d, idx)
+        return ("near_duplicate", best[1], best[0]) if best else None
 
     def add(self, pixel_sha1: str, phash: int) -> None:
         idx = len(self._hashes)
         self._hashes.append(phash)
-        self._exact.add(pixel_sha1)
+        self._exact.setdefault(pixel_sha1, idx)
         for (shift, mask), table in zip(self._blocks, self._tables):
             table[(phash >> shift) & mask].append(idx)

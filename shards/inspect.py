@@ -1,27 +1,32 @@
-"""Summarise a shard set and draw a contact sheet of random samples per source.
+"""Summarise a shard set, draw a contact sheet of random samples per source, and of rejects per reason.
 
     python -m shards.inspect /data/shards --sheet /data/shards_sheet.png [--per-source 8] [--seed 0]
+    python -m shards.inspect /data/shards --rejects /data/rejects_sheet.png [--per-reason 8]
+    python -m shards.inspect https://host/us-shards        # a remote set (s3://, gs:// too)
 
-Prints the manifest summary (samples, shards, kept per source, rejections by reason). The sheet
+Prints the manifest summary (samples, shards, encoding, kept per source, rejections by reason). The sheet
 has one row per source dataset; shards are visited in a seeded random order and reading stops as
 soon as every row is full, so it stays cheap on a large corpus (only the chosen images are decoded).
+The rejects sheet has one row per rejection reason: a seeded random choice of ``rejects.jsonl``
+lines, each re-read from its source file (the frame as decoded, before cleaning) and captioned
+with the rule's measured values, so the decisions can be audited by eye.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import random
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 
-from shards.manifest import resolve_shards
-from sonodistill.errors import cli_main
+from shards.codec import CorruptSample, decode_gray
+from shards.manifest import encoding_of, resolve_shards
+from shards.shardfile import ShardUnreadable, open_shard
+from sonodistill.errors import UserError, cli_main
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,8 @@ log = logging.getLogger(__name__)
 def summary(manifest: dict) -> str:
     lines = [
         f"samples: {manifest['num_samples']} in {len(manifest['shards'])} shards "
-        f"(from {manifest.get('inputs', '?')} inputs, size {manifest['settings'].get('size')} px)"
+        f"(from {manifest.get('inputs', '?')} inputs, size {manifest['settings'].get('size')} px, "
+        f"{encoding_of(manifest)})"
     ]
     width = max(len(k) for k in manifest["sources"]) if manifest["sources"] else 0
     lines.append("kept per source:")
@@ -39,22 +45,31 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def pick_samples(urls: list[str], sources: list[str], per_source: int, seed: int) -> dict[str, list[bytes]]:
+def pick_samples(urls: list[str], sources: list[str], per_source: int, seed: int) -> dict[str, list[np.ndarray]]:
+    """Up to ``per_source`` decoded frames per source, from shards visited in a seeded random order."""
     order = list(urls)
     random.Random(seed).shuffle(order)
-    picked: dict[str, list[bytes]] = {s: [] for s in sources}
+    picked: dict[str, list[np.ndarray]] = {s: [] for s in sources}
     for url in order:
-        for sample in wds.tarfile_samples([{"url": url}]):
-            src = json.loads(sample["json"])["source"]
-            row = picked.setdefault(src, [])
-            if len(row) < per_source:
-                row.append(sample["png"])
+        try:
+            shard = open_shard(url)
+        except ShardUnreadable as exc:
+            log.warning(f"{url}: skipped ({exc})")
+            continue
+        for i in range(len(shard)):
+            row = picked.setdefault(str(shard.meta(i).get("source", "")), [])
+            encoding = shard.index.encoding(i)
+            if len(row) < per_source and encoding is not None:
+                try:
+                    row.append(decode_gray(shard.image(i), encoding))
+                except CorruptSample:
+                    continue
         if all(len(v) >= per_source for v in picked.values()):
             break
     return picked
 
 
-def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 128) -> None:
+def contact_sheet(picked: dict[str, list[np.ndarray]], out: str | Path, tile: int = 128) -> None:
     from sonodistill.figures import pyplot, save_figure
 
     plt = pyplot()
@@ -67,7 +82,7 @@ def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 1
             ax = axes[r][c]
             ax.axis("off")
             if c < len(picked[src]):
-                img = np.asarray(Image.open(io.BytesIO(picked[src][c])).resize((tile, tile)))
+                img = np.asarray(Image.fromarray(picked[src][c]).resize((tile, tile)))
                 ax.imshow(img, cmap="gray", vmin=0, vmax=255)
             if c == 0:
                 ax.set_title(src, loc="left", fontsize=9)
@@ -75,12 +90,114 @@ def contact_sheet(picked: dict[str, list[bytes]], out: str | Path, tile: int = 1
     save_figure(fig, out, dpi=100)
 
 
+# The measured values that decided each reason (the rest stay in rejects.jsonl).
+SHOWN = {
+    "colour": ["colour_fraction", "colour_any", "colour_outside"],
+    "no_tissue": ["band_r2", "lateral_ratio", "lit_fraction", "deep_std", "scan_std", "std"],
+    "not_ultrasound": ["scan_fraction", "bright_fraction", "speckle_cv", "std"],
+    "too_small": ["crop"],
+}
+
+
+def pick_rejects(out: Path, per_reason: int, seed: int) -> dict[str, list[dict]]:
+    """Up to ``per_reason`` records of ``rejects.jsonl`` per reason (reservoir sampling, one pass)."""
+    path = out / "rejects.jsonl"
+    if not path.is_file():
+        return {}
+    rng = random.Random(seed)
+    seen: dict[str, int] = {}
+    picked: dict[str, list[dict]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            r = rec["reason"]
+            seen[r] = seen.get(r, 0) + 1
+            row = picked.setdefault(r, [])
+            if len(row) < per_reason:
+                row.append(rec)
+            else:
+                j = rng.randrange(seen[r])
+                if j < per_reason:
+                    row[j] = rec
+    return dict(sorted(picked.items()))
+
+
+def reread_frame(manifest: dict, rec: dict) -> np.ndarray | None:
+    """The rejected frame as the reader decoded it (None when the file cannot be read at all)."""
+    from shards.frames import Sampling
+    from shards.readers import ReadError, ReadOptions, open_media
+    from shards.sources import open_source
+
+    spec = manifest.get("source_specs", {}).get(rec["source"])
+    if spec is None:
+        return None
+    try:
+        src = open_source(rec["source"], spec)
+    except Exception:  # the source moved or cannot be opened any more: nothing to show
+        return None
+    if spec.startswith("hf:"):
+        idx = int(rec["path"].split("/")[1])
+        item = next(src.items(idx))
+    else:
+        from shards.sources import Item
+
+        item = Item(rec["source"], rec["path"], path=str(src.root / rec["path"]))  # type: ignore[attr-defined]
+    want = rec.get("frame", 0)
+    # frames 0 and `want` only: the others are decoded (a video must be) but not converted
+    opts = ReadOptions(frames=Sampling(mode="every", every=max(1, want), max=2), max_frames_per_clip=None)
+    try:
+        media = open_media(item.data if item.data is not None else item.path, item.relpath, opts)
+        for fr in media.frames:
+            if fr.index == want:
+                return fr.pixels
+    except ReadError:
+        return None
+    return None
+
+
+def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path, tile: int = 160) -> None:
+    from sonodistill.figures import pyplot, save_figure
+
+    plt = pyplot()
+    rows = list(picked)
+    cols = max(len(v) for v in picked.values())
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 2.2, len(rows) * 2.5), squeeze=False)
+    counts = manifest.get("rejected", {})
+    for r, reason in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(picked[reason]):
+                continue
+            rec = picked[reason][c]
+            px = reread_frame(manifest, rec)
+            if px is not None:
+                img = Image.fromarray(px)
+                img.thumbnail((tile, tile))
+                ax.imshow(np.asarray(img), cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.text(0.5, 0.5, "(file not readable)", ha="center", va="center", fontsize=6)
+            vals = rec.get("values", {})
+            keys = SHOWN.get(reason) or [k for k in vals if k not in ("detail", "crop")][:3]
+            items = [f"{k}={vals[k]}" for k in keys if k in vals]
+            shown = "\n".join(", ".join(items[i : i + 2]) for i in range(0, len(items), 2))
+            name = Path(rec["path"]).name[:22] + (f" #{rec['frame']}" if "frame" in rec else "")
+            ax.set_title(f"{name}\n{shown}", fontsize=4.5)
+            if c == 0:
+                ax.text(0, 1.25, f"{reason} ({counts.get(reason, len(picked[reason]))})", transform=ax.transAxes,
+                        fontsize=9, weight="bold")  # fmt: skip
+    fig.tight_layout()
+    save_figure(fig, out, dpi=110)
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m shards.inspect", description=__doc__.split("\n\n")[0])
-    ap.add_argument("shards", help="shard folder (with manifest.json) or its manifest")
+    ap.add_argument("shards", help="shard folder (with manifest.json), its manifest, or a remote folder URL")
     ap.add_argument("--sheet", help="write a contact sheet PNG here")
     ap.add_argument("--per-source", type=int, default=8)
+    ap.add_argument("--rejects", metavar="FILE.png", help="write a contact sheet of rejected frames, a row per reason")
+    ap.add_argument("--per-reason", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     urls, manifest = resolve_shards(args.shards)
@@ -90,6 +207,16 @@ def main(argv: list[str] | None = None) -> None:
         sources = list((manifest or {}).get("sources", {}))
         contact_sheet(pick_samples(urls, sources, args.per_source, args.seed), args.sheet)
         log.info(f"contact sheet: {args.sheet}")
+    if args.rejects:
+        if manifest is None:
+            raise UserError(f"{args.shards}: --rejects needs the shard folder (with manifest.json and rejects.jsonl)")
+        root = Path(args.shards) if Path(args.shards).is_dir() else Path(args.shards).parent
+        picked = pick_rejects(root, args.per_reason, args.seed)
+        if not picked:
+            log.info(f"{root}: no rejects to show")
+        else:
+            rejects_sheet(manifest, picked, args.rejects)
+            log.info(f"rejects sheet: {args.rejects}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 A shard set can be given as a folder holding ``manifest.json``, the manifest file itself, a brace
 pattern (``/data/shard-{000000..000099}.tar``, webdataset's syntax) or a list of shard paths/URLs.
+Folders and manifests may be remote: ``https://host/us-shards``, ``s3://bucket/us-shards`` or
+``gs://...`` (read through fsspec, see :mod:`shards.remote`), so sample counts, sources and epochs
+are known for object storage too.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import braceexpand
 
+from shards import remote
 from sonodistill.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -28,10 +32,38 @@ def read_manifest(path: str | Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise UserError(f"{path}: manifest is not valid JSON ({exc})") from None
+    return _checked(manifest, str(path))
+
+
+def _checked(manifest: dict, where: str) -> dict:
+    if not isinstance(manifest, dict):
+        raise UserError(f"{where}: manifest is not a JSON object")
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
-        raise UserError(f"{path}: manifest lacks {', '.join(missing)}")
+        raise UserError(f"{where}: manifest lacks {', '.join(missing)}")
     return manifest
+
+
+def read_remote_manifest(url: str) -> dict:
+    """``manifest.json`` at a folder URL (or the manifest's own URL), read with retries."""
+    if not url.rstrip("/").endswith(MANIFEST):
+        url = remote.join(url, MANIFEST)
+    try:
+        data = remote.read_bytes(url)
+    except remote.RemoteReadError as exc:
+        raise UserError(f"{url}: cannot read the shard manifest ({exc})") from None
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise UserError(f"{url}: manifest is not valid JSON ({exc})") from None
+    return _checked(manifest, url)
+
+
+def encoding_of(manifest: dict | None) -> str | None:
+    """The shard set's image encoding (``png`` for builds from before encodings were recorded)."""
+    if manifest is None:
+        return None
+    return manifest.get("encoding") or manifest.get("settings", {}).get("encoding") or "png"
 
 
 def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | None]:
@@ -42,6 +74,13 @@ def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | 
             raise UserError("shards: empty shard list")
         return urls, None
     spec = str(spec)
+    if remote.is_remote(spec) and "{" not in spec and not spec.endswith(".tar"):
+        manifest = read_remote_manifest(spec)
+        root = spec.rstrip("/")
+        root = root[: -len(MANIFEST)].rstrip("/") if root.endswith(MANIFEST) else root
+        if not manifest["shards"]:
+            raise UserError(f"{root}: manifest lists no shards")
+        return [remote.join(root, s) for s in manifest["shards"]], manifest
     p = Path(spec)
     if p.is_dir() or p.name == MANIFEST:
         manifest = read_manifest(p)

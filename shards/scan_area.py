@@ -23,6 +23,7 @@ from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 WORK_SIDE = 256
+CORE_MIN_STD = 2.5  # grey-level std in 5x5 windows: speckle (even smoothed, dark) lies well above
 DIM_LEVEL = 100  # far-field speckle the core misses is darker than this; annotations are brighter
 
 
@@ -32,6 +33,7 @@ class ScanArea:
     step: int
     shape: tuple[int, int]  # full-resolution (height, width)
     bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), full resolution
+    exact: bool = False  # given by the file (a DICOM region): the whole box is the scan area
 
     @property
     def mask(self) -> np.ndarray:
@@ -46,6 +48,8 @@ class ScanArea:
     def mask_in_bbox(self) -> np.ndarray:
         """The full-resolution mask inside ``bbox`` only (cheap: never builds the whole frame)."""
         x0, y0, x1, y1 = self.bbox
+        if self.exact:
+            return np.ones((y1 - y0, x1 - x0), bool)
         s = self.step
         sub = self.small_mask[y0 // s : (y1 - 1) // s + 1, x0 // s : (x1 - 1) // s + 1]
         full = np.repeat(np.repeat(sub, s, axis=0), s, axis=1)
@@ -56,11 +60,44 @@ def _empty(gray: np.ndarray, step: int, small_shape: tuple[int, int]) -> ScanAre
     return ScanArea(np.zeros(small_shape, bool), step, gray.shape, (0, 0, 0, 0))
 
 
-def detect_scan_area(gray: np.ndarray, lit_level: int = 2, core_level: int = 16, min_density: float = 0.5) -> ScanArea:
-    """Scan-area mask and bounding box of a grayscale uint8 frame (empty bbox when none)."""
+def region_area(gray: np.ndarray, region: tuple[int, int, int, int]) -> ScanArea:
+    """The scan area given exactly by a (DICOM) region box: the whole rectangle."""
+    h, w = gray.shape
+    step = max(1, int(np.ceil(max(h, w) / WORK_SIDE)))
+    sh, sw = gray[::step, ::step].shape
+    x0, y0, x1, y1 = region
+    mask = np.zeros((sh, sw), bool)
+    mask[
+        y0 // step : max(y0 // step + 1, (y1 + step - 1) // step),
+        x0 // step : max(x0 // step + 1, (x1 + step - 1) // step),
+    ] = True
+    return ScanArea(mask, step, (h, w), (int(x0), int(y0), int(x1), int(y1)), exact=True)
+
+
+def coloured(rgb: np.ndarray, chroma: int = 40) -> np.ndarray:
+    """Pixels whose channels differ by more than ``chroma`` levels (UI colour, Doppler, ECG traces)."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    return (np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)) > chroma
+
+
+def detect_scan_area(
+    gray: np.ndarray,
+    lit_level: int = 2,
+    core_level: int = 16,
+    min_density: float = 0.5,
+    rgb: np.ndarray | None = None,
+) -> ScanArea:
+    """Scan-area mask and bounding box of a grayscale uint8 frame (empty bbox when none).
+
+    With ``rgb`` (the colour frame ``gray`` came from), coloured pixels are not evidence of a scan
+    area: B-mode is grey, so coloured UI (header bars, icons, ECG traces) stays out of the crop,
+    while a colour-Doppler box lies inside the grey tissue around it and so inside the hull.
+    """
     h, w = gray.shape
     step = max(1, int(np.ceil(max(h, w) / WORK_SIDE)))
     small = gray[::step, ::step]
+    if rgb is not None:
+        small = np.where(coloured(rgb[::step, ::step]), 0, small).astype(np.uint8)
     lit = small > lit_level
     # Core: densely lit, thick regions (speckle); text and tick strokes are sparse or thin.
     # (core_level sits above JPEG ringing, which otherwise makes a block of text look densely lit)
@@ -68,6 +105,11 @@ def detect_scan_area(gray: np.ndarray, lit_level: int = 2, core_level: int = 16,
     core = ndimage.uniform_filter(dense, size=7, mode="constant") > min_density
     # The window also spans the black gap between a text line and the image; cut such gaps out.
     core &= ndimage.binary_closing(dense > 0, structure=np.ones((3, 3), bool))
+    # Speckle is textured; flat fills (toolbars, buttons, bars of UI, a frozen blank field) are not.
+    f = small.astype(np.float32)
+    mean = ndimage.uniform_filter(f, 5)
+    var = ndimage.uniform_filter(f * f, 5) - mean * mean
+    core &= ndimage.maximum_filter(var > CORE_MIN_STD**2, size=5)
     core = ndimage.binary_opening(core, structure=np.ones((5, 5), bool))
     labels, n = ndimage.label(core)
     if n == 0:
@@ -76,6 +118,27 @@ def detect_scan_area(gray: np.ndarray, lit_level: int = 2, core_level: int = 16,
     sizes[0] = 0
     # Dark bands (fluid, shadows) can split one scan area into several large pieces.
     keep = np.flatnonzero(sizes >= 0.1 * sizes.max())
+    if keep.size > 1:
+        # ... but only pieces joined to the largest through lit pixels: a black gap (not fluid, which
+        # holds noise) separates the image from UI panels and toolbars beside it.
+        # A piece across a black band in the same columns (an anechoic globe or bladder spanning the
+        # whole width) is still image, unless it is a thin strip under it (a toolbar or ECG trace).
+        joined, _ = ndimage.label(ndimage.binary_closing(lit, structure=np.ones((3, 3), bool)) | core)
+        big = int(np.argmax(sizes))
+        main = joined[labels == big][0]
+        boxes = ndimage.find_objects(labels)
+        mx0, mx1 = boxes[big - 1][1].start, boxes[big - 1][1].stop
+
+        def belongs(k: int) -> bool:
+            if k == big or (joined[labels == k] == main).any():
+                return True
+            ys, xs = boxes[k - 1]
+            w, h = xs.stop - xs.start, ys.stop - ys.start
+            overlap = max(0, min(xs.stop, mx1) - max(xs.start, mx0))
+            above = ys.stop <= boxes[big - 1][0].start  # near-field bands sit above; toolbars, ECG below
+            return overlap >= 0.5 * w and (h >= 0.25 * w or above)
+
+        keep = np.array([k for k in keep if belongs(int(k))])
     core = np.isin(labels, keep)
     # Grow back into sparsely lit, dim tissue (an attenuated far field) that touches the core;
     # burned-in text and ticks are bright, so they cannot serve as a bridge, nor their JPEG halo.

@@ -1,24 +1,34 @@
-"""Input sources for the shard builder: image folders and Hugging Face datasets.
+"""Input sources for the shard builder: folders (or file globs) and Hugging Face datasets.
 
 ``NAME=DIR`` is a folder scanned recursively in sorted order (hidden files and folders are
-ignored; every other file is an item, and files without an image extension are later counted as
-``not_image``). ``NAME=hf:ID[:SPLIT]`` is a dataset read through ``datasets``: a folder written by
-``save_to_disk``, a local dataset folder/script, or a Hub id already in the local cache (offline).
-Its first ``Image`` column is used, undecoded, so decoding happens in the build workers.
+ignored; every other file is an item, read by what its content is: :mod:`shards.readers`), and a
+path with glob characters (``/data/camus/**/*_sequence.mhd``) lists the matching files, relative to
+the folder before the first glob character. ``include``/``exclude`` globs (catalogue options) filter
+relative paths; the data files of MetaImage/Analyze headers (``.raw`` beside a ``.mhd``) are read
+through their header, not as items. ``NAME=hf:ID[:SPLIT]`` is a dataset read through ``datasets``:
+a folder written by ``save_to_disk``, a local dataset folder/script, or a Hub id already in the
+local cache (offline). Its first ``Image`` column is used, undecoded, so decoding happens in the
+build workers.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from shards.decode import IMAGE_EXTENSIONS
+from shards.readers import ReadOptions
+from shards.readers.detect import COMPANION_EXTENSIONS, HEAD_BYTES, detect_family, is_media_name
 from sonodistill.errors import UserError
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+SNIFF_FILES = 64  # files without a media extension whose content is checked before "no readable files"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -42,6 +52,7 @@ class Source(Protocol):
 
     name: str
     spec: str
+    options: ReadOptions
 
     def __len__(self) -> int: ...
 
@@ -50,26 +61,71 @@ class Source(Protocol):
     def fingerprint(self) -> str: ...
 
 
+def _companion(rel: str, present: set[str]) -> bool:
+    """A data file read through its header (``x.raw`` beside ``x.mhd``, ``x.img`` beside ``x.hdr``)."""
+    stem, ext = os.path.splitext(rel)
+    return any(stem + h in present for h in COMPANION_EXTENSIONS.get(ext.lower(), ()))
+
+
+@dataclass
+class SourceFilter:
+    include: list[str] = field(default_factory=list)  # globs on the relative path; empty: everything
+    exclude: list[str] = field(default_factory=list)
+
+    def keeps(self, rel: str) -> bool:
+        rel = rel.replace(os.sep, "/")
+        if self.include and not any(fnmatch.fnmatch(rel, g) for g in self.include):
+            return False
+        return not any(fnmatch.fnmatch(rel, g) for g in self.exclude)
+
+
 class FolderSource:
-    def __init__(self, name: str, root: str | Path):
+    def __init__(
+        self, name: str, root: str | Path, options: ReadOptions | None = None, filt: SourceFilter | None = None
+    ):
         self.name, self.spec = name, str(root)
-        self.root = Path(root)
-        if not self.root.exists():
-            raise UserError(f"--source {name}={root}: folder does not exist")
-        if not self.root.is_dir():
-            raise UserError(f"--source {name}={root}: not a folder")
-        self.files: list[tuple[str, int]] = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for f in sorted(filenames):
-                if f.startswith("."):
-                    continue
-                p = os.path.join(dirpath, f)
-                if os.path.isfile(p):
-                    self.files.append((os.path.relpath(p, self.root), os.path.getsize(p)))
-        self.files.sort()
-        if not any(rel.lower().endswith(IMAGE_EXTENSIONS) for rel, _ in self.files):
-            raise UserError(f"--source {name}={root}: no image files (expected {', '.join(IMAGE_EXTENSIONS)})")
+        self.options = options or ReadOptions()
+        filt = filt or SourceFilter()
+        spec = str(root)
+        paths: list[str] = []
+        if GLOB_CHARS.search(spec):
+            base = spec[: GLOB_CHARS.search(spec).start()]
+            self.root = Path(base if base.endswith(os.sep) else os.path.dirname(base) or ".")
+            paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            paths = [p for p in paths if not any(part.startswith(".") for part in Path(p).relative_to(self.root).parts)]
+            if not paths:
+                raise UserError(f"--source {name}={root}: no file matches the pattern")
+        else:
+            self.root = Path(root)
+            if not self.root.exists():
+                raise UserError(f"--source {name}={root}: folder does not exist")
+            if not self.root.is_dir():
+                raise UserError(f"--source {name}={root}: not a folder")
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for f in sorted(filenames):
+                    if not f.startswith("."):
+                        paths.append(os.path.join(dirpath, f))
+        rels = [(os.path.relpath(p, self.root), p) for p in paths if os.path.isfile(p)]
+        present = {rel for rel, _ in rels}
+        self.files: list[tuple[str, int]] = sorted(
+            (rel, os.path.getsize(p)) for rel, p in rels if filt.keeps(rel) and not _companion(rel, present)
+        )
+        if not self._readable():
+            raise UserError(f"--source {name}={root}: no image files (nor DICOM, video, volume or array files) to read")
+
+    def _readable(self) -> bool:
+        if any(is_media_name(rel) for rel, _ in self.files):
+            return True
+        for rel, _ in self.files[:SNIFF_FILES]:  # DICOM often comes without an extension
+            try:
+                with open(self.root / rel, "rb") as fh:
+                    family = detect_family(fh.read(HEAD_BYTES), rel)
+            except OSError:
+                continue
+            if family not in (None, "unsupported"):
+                return True
+        return False
 
     def __len__(self) -> int:
         return len(self.files)
@@ -86,10 +142,11 @@ class FolderSource:
 
 
 class DatasetSource:
-    def __init__(self, name: str, spec: str):
+    def __init__(self, name: str, spec: str, options: ReadOptions | None = None):
         import datasets
 
         self.name, self.spec = name, spec
+        self.options = options or ReadOptions()
         ident = spec[len("hf:") :]
         split = None
         if ":" in ident and not Path(ident).exists():
@@ -153,5 +210,7 @@ def parse_source(arg: str) -> tuple[str, str]:
     return name, spec
 
 
-def open_source(name: str, spec: str) -> Source:
-    return DatasetSource(name, spec) if spec.startswith("hf:") else FolderSource(name, spec)
+def open_source(name: str, spec: str, options: ReadOptions | None = None, filt: SourceFilter | None = None) -> Source:
+    if spec.startswith("hf:"):
+        return DatasetSource(name, spec, options)
+    return FolderSource(name, spec, options, filt)

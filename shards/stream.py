@@ -8,22 +8,34 @@
 Each (rank, worker) pair is a *slot*. Per epoch, the shard list is permuted with ``(seed, epoch)``
 — the same permutation on every rank — and dealt to the slots (when there are fewer shards than
 slots, every slot reads all shards and keeps every ``total``-th sample), so each sample is seen
-exactly once per epoch across all ranks and workers. Samples are shuffled inside each slot with a
-buffer seeded by ``(seed, epoch, slot)``, still undecoded; decoding happens after, in the worker.
+exactly once per epoch across all ranks and workers. A slot's samples, in shard order, are cut into
+windows of ``shuffle_buffer`` consecutive samples and each window is permuted with a generator
+seeded by ``(seed, epoch, slot, window)``: the order is a pure function of those numbers and of the
+shards' sample counts (the manifest's, so a shard that fails to read cannot shift it).
+
+Shards are read whole (memory-mapped when local, fetched with retries when remote:
+:mod:`shards.remote`) and indexed at once (:mod:`shards.tarindex`); images are decoded (PNG,
+JPEG) or copied (raw) straight into a batch buffer that is handed to the main process through
+reused shared memory (:mod:`shards.handoff`). Nothing is done per sample in Python beyond the decode
+call and one row copy, which keeps the loader at its decode (or read) limit (``bench/loader.py``).
 
 Modes: ``epoch`` (one pass per ``iter()``, finite), ``loop`` (epoch after epoch, infinite: the
-pretraining default) and ``resampled`` (shards drawn with replacement, infinite).
+pretraining default) and ``resampled`` (shards drawn with replacement, infinite; ``source_weights``
+sets how often each source is drawn: :mod:`shards.balance`).
 
-Position = for every slot, (epoch, samples taken from that epoch's shuffled stream). A slot's
-stream is a pure function of (seed, epoch, slot), so resuming skips that many *undecoded* samples
-(cheap: no image decode) and the DataLoader's worker round-robin is rotated to continue with the
-slot that was next. Written here because webdataset's loaders have no resumable position and
-``accelerate.skip_first_batches`` would decode everything it skips.
+Position = for every slot, (epoch, samples taken from that epoch's shuffled stream). Resuming
+skips whole windows by their counts without reading them, and the DataLoader's worker round-robin
+is rotated to continue with the slot that was next. Written here because webdataset's loaders have
+no resumable position and ``accelerate.skip_first_batches`` would decode everything it skips.
+
+``decode="device"`` (JPEG shards only) leaves decoding to the caller's device: batches carry the
+undecoded JPEG members (``"jpeg"``: uint8 bytes, ``"jpeg_offsets"``: ``[B+1]``), turned into
+images by :func:`decode_on_device` (nvJPEG on a GPU).
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import os
 import random
 import warnings
@@ -34,15 +46,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards.manifest import resolve_shards
+from shards.codec import CorruptSample, decode_gray, decode_jpeg_batch, npy_header
+from shards.handoff import BatchRing
+from shards.manifest import encoding_of, resolve_shards
+from shards.shardfile import NPY_CODE as _NPY_CODE
+from shards.shardfile import Shard, ShardUnreadable, open_shard
 from sonodistill.errors import UserError
 
 MODES = ("epoch", "loop", "resampled")
-TAGS = ("__slot__", "__epoch__", "__consumed__", "__skipped__")
+STATE_VERSION = 2
+# Images per DataLoader item (several batches travel together when batches are smaller; see _Item).
+ITEM_IMAGES = {"raw": 512, "decoded": 256}
+DECODE = ("worker", "device")
+
+
+@functools.cache
+def _npy_header_len(size: int) -> int:
+    return len(npy_header((size, size)))
 
 
 def _seed(*parts: int) -> int:
@@ -55,12 +77,27 @@ def default_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+class _Window:
+    """A permuted run of a slot's samples: ``(shard, member)`` per position; ``start`` = position in the epoch."""
+
+    __slots__ = ("start", "shard", "member", "raw_offset", "buffers")
+
+    def __init__(self, start: int, shard: np.ndarray, member: np.ndarray) -> None:
+        self.start, self.shard, self.member = start, shard, member
+        self.raw_offset: np.ndarray | None = None  # raw shard sets: see _SlotStream._plan_raw
+        self.buffers: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.shard)
+
+
 class _SlotStream(IterableDataset):
-    """The per-worker side: undecoded samples -> skip -> decode -> fixed-size uint8 batches."""
+    """The per-worker side: the slot's sample order -> decode/copy -> fixed-size uint8 batches."""
 
     def __init__(
         self,
         urls: list[str],
+        counts: list[int] | None,
         batch_size: int,
         mode: str,
         seed: int,
@@ -75,130 +112,363 @@ class _SlotStream(IterableDataset):
         rotation: int,
         image_size: int | None,
         epoch_limit: int | None,
+        decode: str = "worker",
+        ring: BatchRing | None = None,
+        encoding: str | None = None,
+        parts: int = 1,
+        first_parts: dict[int, int] | None = None,
+        plan: tuple[list[float], list[dict[str, float]]] | None = None,
     ):
         super().__init__()
-        self.urls, self.batch_size, self.mode, self.seed = urls, batch_size, mode, seed
+        self.urls, self.counts, self.batch_size, self.mode, self.seed = urls, counts, batch_size, mode, seed
         self.shuffle, self.shuffle_buffer, self.rank, self.world_size = shuffle, shuffle_buffer, rank, world_size
         self.num_workers, self.with_meta, self.drop_last = num_workers, with_meta, drop_last
         self.start, self.rotation, self.image_size, self.epoch_limit = start, rotation, image_size, epoch_limit
+        self.decode, self.ring, self.encoding = decode, ring, encoding
+        self.parts, self.first_parts = parts, first_parts or {}
+        self._open: dict[str, Shard | None] = {}  # shards of the current windows (None: unreadable)
+        self.plan = plan  # resampled mode with source weights: (shard probabilities, keep per source)
 
-    # --- the undecoded sample stream of one slot in one epoch -------------------------------------
-    def epoch_samples(self, epoch: int, slot: int, total: int, counts: Counter) -> Iterator[dict]:
-        def on_error(exn: Exception) -> bool:
-            counts["bad_shard"] += 1
-            return True  # skip the rest of a broken shard, keep going
-
+    # --- the sample order of one slot in one epoch -------------------------------------------------
+    def slot_shards(self, epoch: int, slot: int, total: int) -> tuple[list[int], tuple[int, int] | None]:
+        """Indices into ``urls`` this slot reads, in order, and (slot, total) when samples are dealt instead."""
         n = len(self.urls)
-        modulo = None
         if self.mode == "resampled":
             rng = random.Random(_seed(self.seed, epoch, slot, 1))
-            mine = [self.urls[rng.randrange(n)] for _ in range(max(1, n // total))]
-        else:
-            order = list(self.urls)
-            if self.shuffle:
-                random.Random(_seed(self.seed, epoch, 0)).shuffle(order)
-            if n >= total:
-                mine = order[slot::total]
-            else:
-                mine, modulo = order, (slot, total)
-        # Skip reading the JSON members unless metadata is wanted.
-        select = None if self.with_meta else (lambda name: name.endswith(".png"))
-        src = wds.tarfile_samples([{"url": u} for u in mine], handler=on_error, select_files=select)
-        if modulo is not None:
-            src = (s for i, s in enumerate(src) if i % modulo[1] == modulo[0])
-        if self.shuffle and self.shuffle_buffer > 1:
-            src = wds.filters.shuffle(
-                self.shuffle_buffer, initial=self.shuffle_buffer, seed=_seed(self.seed, epoch, slot, 2)
-            )(iter(src))
-        return iter(src)
+            if self.plan is not None:  # shards drawn by their sources' weights (shards.balance)
+                return rng.choices(range(n), weights=self.plan[0], k=max(1, n // total)), None
+            return [rng.randrange(n) for _ in range(max(1, n // total))], None
+        order = list(range(n))
+        if self.shuffle:
+            random.Random(_seed(self.seed, epoch, 0)).shuffle(order)
+        if n >= total:
+            return order[slot::total], None
+        return order, (slot, total)
 
-    def _decode(self, sample: dict, counts: Counter) -> np.ndarray | None:
-        data = sample.get("png")
-        if data is None:
-            counts["missing_image"] += 1
-            return None
-        try:
-            img = Image.open(io.BytesIO(data))
-            if img.mode != "L":
-                img = img.convert("L")
-            arr = np.frombuffer(img.tobytes(), np.uint8).reshape(img.height, img.width)
-        except Exception:
-            counts["corrupt_image"] += 1
-            return None
-        if self.image_size is None:
-            self.image_size = arr.shape[0]
-        if arr.shape != (self.image_size, self.image_size):
-            counts["bad_size"] += 1
-            return None
-        return arr
+    def _count(self, u: int, counts: Counter) -> int:
+        if self.counts is not None:
+            return self.counts[u]
+        shard = self._shard(u, counts)
+        return 0 if shard is None else len(shard)
+
+    def windows(self, epoch: int, slot: int, total: int, counts: Counter) -> Iterator[_Window]:
+        """The slot's epoch stream, window by window (shards are opened only to count them without a manifest)."""
+        mine, modulo = self.slot_shards(epoch, slot, total)
+        size = self.shuffle_buffer if self.shuffle and self.shuffle_buffer > 1 else max(self.batch_size, 1024)
+        parts_s: list[np.ndarray] = []
+        parts_m: list[np.ndarray] = []
+        pending, start, w, seen = 0, 0, 0, 0
+        coin = random.Random(_seed(self.seed, epoch, slot, 3))
+        for u in mine:
+            n = self._count(u, counts)
+            members = np.arange(n, dtype=np.int64)
+            if modulo is not None:
+                members = members[(seen + members) % modulo[1] == modulo[0]]
+                seen += n
+            if self.plan is not None and len(self.plan[1][u]) > 1:
+                members = self._thin(u, members, coin, counts)
+            parts_s.append(np.full(len(members), u, np.int64))
+            parts_m.append(members)
+            pending += len(members)
+            while pending >= size:
+                shard_ids, member_ids = np.concatenate(parts_s), np.concatenate(parts_m)
+                yield self._window(epoch, slot, w, start, shard_ids[:size], member_ids[:size])
+                parts_s, parts_m = [shard_ids[size:]], [member_ids[size:]]
+                pending, start, w = pending - size, start + size, w + 1
+        if pending:
+            yield self._window(epoch, slot, w, start, np.concatenate(parts_s), np.concatenate(parts_m))
+
+    def _thin(self, u: int, members: np.ndarray, coin: random.Random, counts: Counter) -> np.ndarray:
+        """A shard mixing sources: keep each sample with its source's probability (shards.balance);
+        the sources come from the members' JSON, read only for such shards (the few at source
+        boundaries), and the coins from the slot's seeded generator, so the order stays a pure
+        function of (seed, epoch, slot)."""
+        shard = self._shard(u, counts)
+        if shard is None:
+            return members[:0]
+        keep = self.plan[1][u]  # type: ignore[index]
+        ok = [coin.random() < keep.get(str(shard.meta(int(m)).get("source", "")), 0.0) for m in members]
+        return members[np.asarray(ok, bool)] if len(members) else members
+
+    def _window(self, epoch: int, slot: int, w: int, start: int, shard: np.ndarray, member: np.ndarray) -> _Window:
+        if self.shuffle and self.shuffle_buffer > 1:
+            perm = np.random.default_rng(_seed(self.seed, epoch, slot, 2, w)).permutation(len(shard))
+            shard, member = shard[perm], member[perm]
+        return _Window(start, shard, member)
+
+    def _shard(self, u: int, counts: Counter) -> Shard | None:
+        url = self.urls[u]
+        if url not in self._open:
+            try:
+                shard: Shard | None = open_shard(url)
+                if not shard.index.complete:
+                    counts["bad_shard"] += 1  # truncated/damaged: the samples before the damage are used
+            except ShardUnreadable:
+                counts["unreadable_shard"] += 1
+                shard = None
+            self._open[url] = shard
+        return self._open[url]
+
+    def _keep_open(self, window: _Window) -> None:
+        """Drop the shards the current window does not use (bounded memory: about one window of shards)."""
+        needed = {self.urls[u] for u in np.unique(window.shard).tolist()}
+        for url in [u for u in self._open if u not in needed]:
+            del self._open[url]
+
+    # --- filling a batch ----------------------------------------------------------------------------
+    def _fill(
+        self, window: _Window, p: int, out: np.ndarray | None, need: int, counts: Counter, meta: list
+    ) -> tuple[int, list]:
+        """Decode/copy samples from ``window[p:]`` into the batch until ``need`` more are in.
+
+        Returns the next position and what was filled (``None`` for rows written into ``out``,
+        arrays when there is no ``out`` yet, JPEG bytes for ``decode="device"``); skipped samples
+        are counted by reason.
+        """
+        filled: list = []
+        n = len(window)
+        raw = self.encoding == "raw" and out is not None and self.decode == "worker"
+        if raw and window.raw_offset is None:
+            self._plan_raw(window, counts)
+        while len(filled) < need and p < n:
+            take = min(n - p, need - len(filled))
+            if raw:
+                filled += self._copy_raw(window, p, take, out, len(filled), counts, meta)
+            else:
+                us, ms = window.shard[p : p + take], window.member[p : p + take]
+                filled += self._decode(us, ms, out, len(filled), counts, meta)
+            p += take
+        return p, filled
+
+    # Codes in _Window.raw_offset besides byte offsets (>= 0).
+    _MISSING, _BAD_RAW, _NOT_RAW = -1, -2, -3
+
+    def _plan_raw(self, window: _Window, counts: Counter) -> None:
+        """Per window position, where its pixels start in its shard, found for the whole window at
+        once so that copying a raw sample costs one slice copy and nothing else."""
+        size = self.image_size
+        offs = np.full(len(window), self._MISSING, np.int64)
+        for u in np.unique(window.shard).tolist():
+            shard = self._shard(u, counts)
+            if shard is None:
+                continue
+            sel = np.flatnonzero(window.shard == u)
+            m = window.member[sel]
+            inside = m < len(shard)
+            sel, m = sel[inside], m[inside]
+            is_raw = shard.index.image_ext[m] == _NPY_CODE
+            good = is_raw & shard.raw_ok(size)[m]
+            offs[sel] = np.where(
+                good,
+                shard.index.image_offset[m] + _npy_header_len(size),
+                np.where(is_raw, self._BAD_RAW, self._NOT_RAW),
+            )
+            window.buffers[u] = shard.buf
+        window.raw_offset = offs
+
+    def _copy_raw(
+        self, window: _Window, p: int, take: int, out: np.ndarray, j: int, counts: Counter, meta: list
+    ) -> list:
+        """Raw samples ``window[p : p + take]`` straight into ``out[j:]``, one slice copy each.
+
+        Bad raw members are counted; members of another encoding (a mixed set) are decoded in order."""
+        offs = window.raw_offset[p : p + take]
+        us = window.shard[p : p + take]
+        flat = out.reshape(out.shape[0], -1)
+        hw = self.image_size**2
+        bufs = window.buffers
+        if offs.min(initial=0) >= 0:  # the common case
+            for k, (u, o) in enumerate(zip(us.tolist(), offs.tolist()), start=j):
+                flat[k] = bufs[u][o : o + hw]
+            if self.with_meta:
+                for u, m in zip(us.tolist(), window.member[p : p + take].tolist()):
+                    self._meta(u, m, counts, meta)
+            return [None] * take
+        filled: list = []
+        for i, (u, o) in enumerate(zip(us.tolist(), offs.tolist())):
+            m = int(window.member[p + i])
+            if o >= 0:
+                flat[j + len(filled)] = bufs[u][o : o + hw]
+                filled.append(None)
+                if self.with_meta:
+                    self._meta(u, m, counts, meta)
+            elif o == self._BAD_RAW:
+                counts["bad_size"] += 1
+            elif o == self._NOT_RAW:
+                filled += self._decode(np.array([u]), np.array([m]), out, j + len(filled), counts, meta)
+        return filled
+
+    def _decode(
+        self, us: np.ndarray, ms: np.ndarray, out: np.ndarray | None, j: int, counts: Counter, meta: list
+    ) -> list:
+        filled: list = []
+        for u, m in zip(us.tolist(), ms.tolist()):
+            shard = self._shard(u, counts)
+            if shard is None or m >= len(shard):
+                continue  # unreadable/truncated shard: counted once per shard
+            enc = shard.index.encoding(m)
+            if enc is None:
+                counts["missing_image"] += 1
+                continue
+            if self.decode == "device":
+                if enc != "jpeg":
+                    counts["not_jpeg"] += 1
+                    continue
+                filled.append(torch.from_numpy(shard.image(m).copy()))
+            else:
+                try:
+                    arr = decode_gray(shard.image(m), enc)
+                except CorruptSample as exc:
+                    counts[exc.reason] += 1
+                    continue
+                if self.image_size is None:
+                    self.image_size = arr.shape[0]
+                if arr.shape != (self.image_size, self.image_size):
+                    counts["bad_size"] += 1
+                    continue
+                if out is None:
+                    filled.append(arr)
+                else:
+                    out[j + len(filled), 0] = arr
+                    filled.append(None)
+            if self.with_meta:
+                self._meta(u, m, counts, meta)
+        return filled
+
+    def _meta(self, u: int, m: int, counts: Counter, meta: list) -> None:
+        shard = self._shard(u, counts)
+        meta.append((str(shard.meta(m).get("source", "")), shard.key(m)))
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
+        worker = info.id if info else 0
         workers = max(1, self.num_workers)
-        logical = ((info.id if info else 0) + self.rotation) % workers
+        logical = (worker + self.rotation) % workers
         slot, total = self.rank * workers + logical, self.world_size * workers
         epoch, skip = self.start[logical]
         counts: Counter = Counter()
-        images: list[np.ndarray] = []
-        meta: list[tuple[str, str]] = []
+        # A resumed slot first finishes the item it was in the middle of, so items stay aligned.
+        item = _Item(self, worker, self.first_parts.get(logical, self.parts))
         consumed = skip
         while self.epoch_limit is None or epoch < self.epoch_limit:
             consumed = 0
-            for sample in self.epoch_samples(epoch, slot, total, counts):
-                consumed += 1
-                if consumed <= skip:
-                    continue
-                arr = self._decode(sample, counts)
-                if arr is None:
-                    continue
-                images.append(arr)
-                if self.with_meta:
-                    meta.append((self._source(sample), sample["__key__"]))
-                if len(images) == self.batch_size:
-                    yield self._batch(images, meta, logical, epoch, consumed, counts)
-                    images, meta = [], []
+            for window in self.windows(epoch, slot, total, counts):
+                end = window.start + len(window)
+                if end <= skip:
+                    consumed = end
+                    continue  # resume: a whole window before the position, not read
+                self._keep_open(window)
+                p = max(0, skip - window.start)
+                while p < len(window):
+                    p, filled = self._fill(window, p, item.out(), self.batch_size - item.n, counts, item.meta)
+                    item.add(filled)
+                    consumed = window.start + p
+                    if item.n == self.batch_size:
+                        item.close(epoch, consumed, counts)
+                        if item.full:
+                            yield item.emit(logical)
+                            item = _Item(self, worker, self.parts)
             skip = 0
             if self.mode == "epoch":
                 break
             epoch += 1
-        if images and not self.drop_last:
-            yield self._batch(images, meta, logical, epoch, consumed, counts)
-        elif counts:
-            # No batch left to carry them: send the final skip counts on their own.
-            yield {
-                "__slot__": logical,
-                "__epoch__": epoch,
-                "__consumed__": consumed,
-                "__skipped__": dict(counts),
-                "__final__": True,
-            }
+        if item.n and not self.drop_last:
+            item.close(epoch, consumed, counts)
+        if item.records or counts:
+            # The last item may be short; with no batch left it still carries the final skip counts.
+            yield item.emit(logical, (epoch, consumed, dict(counts)))
 
-    @staticmethod
-    def _source(sample: dict) -> str:
-        import json
 
-        try:
-            return json.loads(sample["json"])["source"]
-        except Exception:
-            return ""
+class _Item:
+    """What a worker hands to the main process at once: up to ``parts`` consecutive batches of its slot.
 
-    def _batch(self, images, meta, logical, epoch, consumed, counts) -> dict[str, Any]:
-        arr = np.stack(images)[:, None]
-        out: dict[str, Any] = {
-            "image": torch.from_numpy(arr),
-            "__slot__": logical,
-            "__epoch__": epoch,
-            "__consumed__": consumed,
-            "__skipped__": dict(counts),
-        }
-        if self.with_meta:
-            out["source"] = [m[0] for m in meta]
-            out["key"] = [m[1] for m in meta]
+    The DataLoader's fixed cost per item — queues, pickling, a feeder thread, and waking the main
+    process (~80 µs of worker and 300-600 µs of main-thread CPU per item on the development VM) —
+    is a sixth of making a 64-image raw batch and 2-4 % of a 64-image JPEG batch, so batches
+    travel several to an item (``ITEM_IMAGES``): the fixed cost is paid once per 256-512 images.
+    Rows are written straight into a shared-memory ring slot when there is one (:mod:`shards.handoff`).
+    """
+
+    def __init__(self, stream: _SlotStream, worker: int, parts: int) -> None:
+        self.stream, self.worker, self.parts = stream, worker, parts
+        self.slot: int | None = None
+        self.buf: np.ndarray | None = None  # [parts * batch, 1, S, S]
+        self.items: list = []  # current batch's arrays / JPEG bytes when there is no buffer
+        self.payload: list = []  # closed batches' stacked arrays / JPEG bytes (no buffer)
+        self.records: list[tuple[int, int, int, dict]] = []  # (epoch, consumed, images, skipped) per batch
+        self.meta: list[tuple[str, str]] = []
+        self.n = 0  # images in the current batch
+        self.done = 0  # images in closed batches
+
+    @property
+    def full(self) -> bool:
+        return len(self.records) == self.parts
+
+    def out(self) -> np.ndarray | None:
+        """Where the current batch's next rows go (None: collect arrays, the size is not known yet)."""
+        s = self.stream
+        if s.decode == "device" or s.image_size is None or (self.buf is None and (self.n or self.payload)):
+            return None
+        if self.buf is None:
+            got = s.ring.acquire(self.worker) if s.ring is not None else None
+            if got is not None:
+                self.slot, self.buf = got
+            else:
+                rows = self.parts * s.batch_size
+                self.buf = np.empty((rows, 1, s.image_size, s.image_size), np.uint8)
+        # From the current batch's next free row: a batch may be filled across windows and epochs.
+        return self.buf[self.done + self.n : self.done + s.batch_size]
+
+    def add(self, filled: list) -> None:
+        self.items.extend(filled)
+        self.n += len(filled)
+
+    def close(self, epoch: int, consumed: int, counts: Counter) -> None:
+        """The current batch is complete (or the last one): record its position."""
+        if self.stream.decode == "device":
+            sizes = [len(t) for t in self.items]
+            flat = torch.cat(self.items) if self.items else torch.empty(0, dtype=torch.uint8)
+            self.payload.append((flat, torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.int64)))
+        elif self.buf is None and self.items:
+            self.payload.append(np.stack(self.items)[:, None])
+        self.records.append((epoch, consumed, self.n, dict(counts)))
+        self.done += self.n
+        self.items, self.n = [], 0
+
+    def emit(self, logical: int, final: tuple[int, int, dict] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"__slot__": logical, "__parts__": self.records}
+        if final is not None:
+            out["__final__"] = final
+        if self.stream.decode == "device":
+            out["jpeg"] = [p[0] for p in self.payload]
+            out["jpeg_offsets"] = [p[1] for p in self.payload]
+        elif self.slot is not None:
+            out["__ring__"] = (self.worker, self.slot)
+        elif self.buf is not None:
+            out["image"] = torch.from_numpy(self.buf[: self.done])
+        elif self.payload:
+            out["image"] = torch.from_numpy(np.concatenate(self.payload))
+        if self.stream.with_meta:
+            out["source"] = [m[0] for m in self.meta]
+            out["key"] = [m[1] for m in self.meta]
         return out
 
 
+def decode_on_device(batch: dict, device: str | torch.device) -> torch.Tensor:
+    """uint8 ``[B,1,H,W]`` on ``device`` from a ``decode="device"`` batch (nvJPEG on CUDA devices)."""
+    flat, offs = batch["jpeg"], batch["jpeg_offsets"].tolist()
+    blobs = [flat[a:b] for a, b in zip(offs[:-1], offs[1:])]
+    return decode_jpeg_batch(blobs, device)
+
+
 class ShardLoader:
-    """Batches of uint8 single-channel images from shards, split over ranks and workers."""
+    """Batches of uint8 single-channel images from shards, split over ranks and workers.
+
+    ``shards``: a folder with ``manifest.json`` (local or a remote URL), a manifest, a brace
+    pattern or a list of shard paths/URLs; any encoding (``shards.codec``). ``decode="device"``
+    (JPEG only) yields undecoded JPEG members for :func:`decode_on_device`. ``batches_per_item``:
+    batches a worker hands over at once (default: enough for 256 images, 512 raw; see ``_Item``).
+    """
 
     def __init__(
         self,
@@ -215,12 +485,23 @@ class ShardLoader:
         pin_memory: bool = False,
         drop_last: bool = True,
         prefetch_factor: int = 4,
+        decode: str = "worker",
+        batches_per_item: int | None = None,
+        source_weights: str | dict | None = None,
     ):
         if mode not in MODES:
             raise UserError(f"shard loader mode '{mode}': expected one of {', '.join(MODES)}")
         if batch_size < 1:
             raise UserError(f"shard loader batch_size {batch_size}: expected at least 1")
+        if decode not in DECODE:
+            raise UserError(f"shard loader decode '{decode}': expected one of {', '.join(DECODE)}")
         self.urls, self.manifest = resolve_shards(shards)
+        self.encoding = encoding_of(self.manifest)
+        if decode == "device" and self.encoding not in (None, "jpeg"):
+            raise UserError(
+                f"shard loader decode 'device': needs JPEG shards, these are {self.encoding} "
+                "(build them with `python -m shards.build --encoding jpeg`)"
+            )
         r, w = default_rank_world()
         self.rank = r if rank is None else rank
         self.world_size = w if world_size is None else world_size
@@ -229,12 +510,26 @@ class ShardLoader:
         self.batch_size, self.mode, self.seed = batch_size, mode, seed
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.num_workers, self.with_meta, self.drop_last = num_workers, with_meta, drop_last
-        self.pin_memory, self.prefetch_factor = pin_memory, prefetch_factor
+        self.pin_memory, self.prefetch_factor, self.decode = pin_memory, prefetch_factor, decode
         self.image_size = (self.manifest or {}).get("settings", {}).get("size")
+        self.counts = _manifest_counts(self.manifest)
+        self.plan = _source_plan(source_weights, mode, self.manifest)
+        # Batches travel several per DataLoader item (see _Item); the queue holds >= 2 items.
+        if batches_per_item is not None and batches_per_item < 1:
+            raise UserError(f"shard loader batches_per_item {batches_per_item}: expected at least 1")
+        if decode == "device":
+            self.parts = 1
+        elif batches_per_item is not None:
+            self.parts = batches_per_item
+        else:
+            per_item = ITEM_IMAGES["raw" if self.encoding == "raw" else "decoded"]
+            self.parts = max(1, -(-per_item // batch_size))
+        self._prefetch = max(2, -(-prefetch_factor // self.parts))
         self._slots: dict[int, tuple[int, int]] = {}
         self._skipped: dict[int, dict[str, int]] = {}  # per slot, this iter() session
         self._skipped_before: Counter = Counter()  # earlier sessions and loaded states
-        self._batches = 0
+        self._items = 0  # DataLoader items received (all slots)
+        self._pending: tuple[int, int] | None = None  # (slot, batches of its current item still to come)
         self._pass = 0  # epoch mode: which pass the next iter() makes
         self._pass_done = False
 
@@ -254,12 +549,23 @@ class ShardLoader:
         self._skipped_before, self._skipped = Counter(self.skipped), {}
         if self.mode == "epoch" and self._pass_done:
             self._pass += 1
-            self._slots, self._batches, self._pass_done = {}, 0, False
+            self._slots, self._items, self._pending, self._pass_done = {}, 0, None, False
         first = self._pass if self.mode == "epoch" else 0
         start = {s: (first if self.mode == "epoch" else e, c) for s, (e, c) in self._slots.items()}
         start.update({s: (first, 0) for s in range(workers) if s not in start})
+        # Items go round-robin over the workers: continue with the slot whose item is next, or
+        # with the one that was in the middle of an item (it first sends that item's remainder).
+        rotation, first_parts = self._items % workers, {}
+        if self._pending is not None:
+            rotation, first_parts = self._pending[0], {self._pending[0]: self._pending[1]}
+            self._items -= 1  # that remainder arrives as an item of its own: count the item once
+        ring = None
+        if self.num_workers > 0 and self.image_size and self.decode == "worker":
+            rows = self.parts * self.batch_size
+            ring = BatchRing(self.num_workers, self._prefetch + 2, rows, int(self.image_size))
         ds = _SlotStream(
             self.urls,
+            self.counts,
             self.batch_size,
             self.mode,
             self.seed,
@@ -271,42 +577,68 @@ class ShardLoader:
             self.with_meta,
             self.drop_last,
             start,
-            self._batches % workers,
+            rotation,
             self.image_size,
             self._pass + 1 if self.mode == "epoch" else None,
+            self.decode,
+            ring,
+            self.encoding,
+            self.parts,
+            first_parts,
+            self.plan,
         )
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
-            kwargs.update(prefetch_factor=self.prefetch_factor, persistent_workers=False)
+            kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False)
         loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **kwargs)
-        for batch in loader:
-            slot = batch.pop("__slot__")
-            self._slots[slot] = (batch.pop("__epoch__"), batch.pop("__consumed__"))
-            self._skipped[slot] = batch.pop("__skipped__")
-            self._batches += 1  # DataLoader items, for the worker round-robin on resume
-            if not batch.pop("__final__", False):
+        pin = self.pin_memory and torch.cuda.is_available()
+        for item in loader:
+            slot, parts = item["__slot__"], item["__parts__"]
+            self._items += 1  # DataLoader items, for the worker round-robin on resume
+            images = ring.tensor(*item["__ring__"]) if "__ring__" in item else item.get("image")
+            row = 0
+            for i, (epoch, consumed, n, skipped) in enumerate(parts):
+                self._slots[slot], self._skipped[slot] = (epoch, consumed), skipped
+                self._pending = (slot, len(parts) - i - 1) if i < len(parts) - 1 else None
+                batch: dict[str, Any] = {}
+                if self.decode == "device":
+                    batch["jpeg"], batch["jpeg_offsets"] = item["jpeg"][i], item["jpeg_offsets"][i]
+                else:
+                    batch["image"] = images[row : row + n]
+                    if pin and "__ring__" in item:
+                        batch["image"] = batch["image"].pin_memory()
+                if self.with_meta:
+                    batch["source"], batch["key"] = item["source"][row : row + n], item["key"][row : row + n]
+                row += n
                 yield batch
+            if "__final__" in item:
+                epoch, consumed, skipped = item["__final__"]
+                self._slots[slot], self._skipped[slot] = (epoch, consumed), skipped
         self._pass_done = True
 
     # --- exact position -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "version": 1,
+            "version": STATE_VERSION,
             "mode": self.mode,
             "seed": self.seed,
             "world_size": self.world_size,
             "num_workers": self.num_workers,
             "batch_size": self.batch_size,
+            "shuffle_buffer": self.shuffle_buffer,
+            "parts": self.parts,
             "pass": self._pass,
             "pass_done": self._pass_done,
-            "batches": self._batches,
+            "items": self._items,
+            "pending": list(self._pending) if self._pending else None,
             "slots": {str(k): list(v) for k, v in self._slots.items()},
             "skipped": self.skipped,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        same = all(
-            state.get(k) == getattr(self, k) for k in ("mode", "seed", "world_size", "num_workers", "batch_size")
+        same = state.get("version") == STATE_VERSION and all(
+            state.get(k) == getattr(self, k)
+            for k in ("mode", "seed", "world_size", "num_workers", "batch_size", "shuffle_buffer", "parts")
         )
         slots = {int(k): (int(v[0]), int(v[1])) for k, v in state.get("slots", {}).items()}
         if not same:
@@ -314,16 +646,42 @@ class ShardLoader:
             # epoch any slot was in so nothing of it is skipped, and say so.
             first = min((e for e, _ in slots.values()), default=0)
             warnings.warn(
-                "shard loader state was saved with a different mode/seed/world size/workers/batch; "
-                f"resuming at the start of epoch {first} instead of the exact position",
+                "shard loader state was saved with a different mode/seed/world size/workers/batch size/"
+                f"shuffle buffer/encoding or loader version; resuming at the start of epoch {first} "
+                "instead of the exact position",
                 stacklevel=2,
             )
             workers = max(1, self.num_workers)
             self._slots = {s: (first, 0) for s in range(workers)}
-            self._batches, self._pass, self._pass_done = 0, first if self.mode == "epoch" else 0, False
+            self._items, self._pending = 0, None
+            self._pass, self._pass_done = first if self.mode == "epoch" else 0, False
             return
         self._slots = slots
         self._skipped, self._skipped_before = {}, Counter(state.get("skipped", {}))
-        self._batches = int(state.get("batches", 0))
+        self._items = int(state.get("items", 0))
+        self._pending = tuple(state["pending"]) if state.get("pending") else None
         self._pass = int(state.get("pass", 0))
         self._pass_done = bool(state.get("pass_done", False))
+
+
+def _source_plan(weights: str | dict | None, mode: str, manifest: dict | None):
+    """The resampled-mode shard plan for ``weights`` (None when every sample is equally likely)."""
+    from shards.balance import parse_weights, shard_plan, source_probabilities
+
+    if parse_weights(weights) == "proportional":
+        return None
+    if mode != "resampled":
+        raise UserError(f"source_weights {weights!r}: applies in resampled mode only (mode is '{mode}')")
+    if manifest is None or "shard_sources" not in manifest:
+        raise UserError("source_weights: needs a shard folder whose manifest lists shard_sources (rebuild the shards)")
+    return shard_plan(manifest["shard_sources"], source_probabilities(weights, manifest["sources"]))
+
+
+def _manifest_counts(manifest: dict | None) -> list[int] | None:
+    """Samples per shard in manifest order (None when unknown)."""
+    if manifest is None:
+        return None
+    counts = manifest.get("shard_samples")
+    if not isinstance(counts, list) or len(counts) != len(manifest["shards"]):
+        return None
+    return [int(c) for c in counts]

@@ -84,10 +84,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return _build(tp, value, where, prefix=key + ".")
     if origin in (list, tuple, Sequence, typing.Sequence):
         if isinstance(value, str):
-            parsed = (
-                yaml.safe_load(value) if value.strip().startswith("[") else ([v for v in value.split(",") if v != ""])
-            )
-            value = parsed
+            value = parse_list(value)
         if not isinstance(value, (list, tuple)):
             raise fail()
         args = get_args(tp)
@@ -149,6 +146,35 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if isinstance(value, tp):
         return value
     raise fail()
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """``text`` split at ``sep`` outside brackets: ``a,b?x=[1,2]`` -> ``['a', 'b?x=[1,2]']``."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def parse_list(text: str) -> Any:
+    """A list from the command line: YAML flow syntax, or a bare ``a,b`` list. Items that YAML cannot
+    parse as plain scalars (``[kd:hdkd?model.channels=[64,128,192]]``) are split at top-level commas."""
+    text = text.strip()
+    if not text.startswith("["):
+        return [v for v in text.split(",") if v != ""]
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        if not text.endswith("]"):
+            raise
+        return split_top_level(text[1:-1])
 
 
 def _fields(cls: type) -> dict[str, Any]:
@@ -256,7 +282,7 @@ def load_config(
         if tp is not str and not (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp)):
             if raw.strip().startswith(("[", "{")):
                 try:
-                    value = yaml.safe_load(raw)
+                    value = parse_list(raw) if raw.strip().startswith("[") else yaml.safe_load(raw)
                 except yaml.YAMLError:
                     raise ConfigError(f"override '{item}': value is not valid YAML") from None
         _set_dotted(tree, key, value)

@@ -37,22 +37,40 @@ TINY_CONFIG = dict(
     image_size=64,
 )
 
+# ViT-B/16 with DINOv3's dimensions (facebook/dinov3-vitb16-pretrain-lvd1689m): a random teacher
+# of the real size, to measure the paper recipe's step without downloading the weights.
+VITB16_CONFIG = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    patch_size=16,
+    num_register_tokens=4,
+    image_size=224,
+    layerscale_value=1e-5,
+)
+TEACHER_PRESETS = {"tiny": TINY_CONFIG, "vitb16": VITB16_CONFIG}
+
 Aggregate = Literal["concat", "mean"]
 
 
-def init_tiny(out: str | Path, seed: int = 0, **overrides) -> Path:
-    """Write a tiny random-initialised DINOv3 ViT and its image processor to ``out``.
+def init_tiny(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides) -> Path:
+    """Write a random-initialised DINOv3 ViT and its image processor to ``out``.
 
-    ``overrides`` replace fields of :data:`TINY_CONFIG` (any ``DINOv3ViTConfig`` field). The folder
-    loads with ``AutoModel.from_pretrained(out)`` / ``AutoImageProcessor.from_pretrained(out)`` and
-    therefore with :meth:`DINOv3.from_pretrained`, exactly like the Hub checkpoint.
+    ``preset``: ``tiny`` (:data:`TINY_CONFIG`, tests and the demo) or ``vitb16`` (the real
+    ViT-B/16 dimensions, :data:`VITB16_CONFIG`); ``overrides`` replace its fields (any
+    ``DINOv3ViTConfig`` field). The folder loads with ``AutoModel.from_pretrained(out)`` /
+    ``AutoImageProcessor.from_pretrained(out)`` and therefore with :meth:`DINOv3.from_pretrained`,
+    exactly like the Hub checkpoint.
     """
+    if preset not in TEACHER_PRESETS:
+        raise UserError(f"init-tiny --preset {preset}: expected one of {', '.join(TEACHER_PRESETS)}")
     from transformers import DINOv3ViTConfig, DINOv3ViTImageProcessor, DINOv3ViTModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     out = Path(out)
-    cfg_kwargs = {**TINY_CONFIG, **overrides}
+    cfg_kwargs = {**TEACHER_PRESETS[preset], **overrides}
     try:
         config = DINOv3ViTConfig(**cfg_kwargs)
     except (TypeError, ValueError) as exc:

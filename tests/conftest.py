@@ -83,3 +83,15 @@ def tiny_teacher_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_teacher")
     init_tiny(out, seed=0)
     return out
+
+
+POCUS_DATA = REPO / ".cache" / "itk-pocus" / "itk-pocus-0.3.2" / "tests" / "data"
+
+
+@pytest.fixture(scope="session")
+def pocus_dir() -> Path:
+    """Real device recordings from the itk-pocus 0.3.2 sdist (Apache-2.0), fetched once by `make`."""
+    path = Path(os.environ.get("SONODISTILL_POCUS_DATA", POCUS_DATA))
+    if not (path / "butterfly-vsync.mp4").is_file():
+        pytest.fail(f"real test recordings missing at {path}: run `make testdata` (or `make test`) once", pytrace=False)
+    return path

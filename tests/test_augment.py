@@ -58,6 +58,16 @@ def test_uint8_and_float_inputs_give_the_same_views():
     assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_float_input_is_never_modified_in_place(preset):
+    torch.manual_seed(0)
+    x = triangle(3, 24) * 1.5 - 0.2  # values outside [0, 1]: the output clamps, the caller's batch must not
+    before = x.clone()
+    out = build_augment(AugmentConfig(preset=preset, size=24))(x)
+    assert torch.equal(x, before)
+    assert out.data_ptr() != x.data_ptr() and out.min() >= 0 and out.max() <= 1
+
+
 def test_runs_in_float32_under_bf16_autocast():
     aug = build_augment(physics_all_on(size=32))
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -129,12 +129,13 @@ def test_shadow_matches_hand_computation_and_only_darkens():
     r0 = r_min + depth * (r_max - r_min)
     a0 = a_min + position * (a_max - a_min)
     sigma = width * (a_max - a_min) * r0
-    onset = max(1.0, 0.01 * (r_max - r_min))
-    for yy, xx in [(39, 20), (39, 25), (30, 14), (5, 20)]:
+    ramp = 4 * max(1.0, 0.01 * (r_max - r_min))  # the onset: a linear ramp across the reflector
+    for yy, xx in [(39, 20), (39, 25), (30, 14), (5, 20), (20, 20), (21, 21)]:
         r = math.hypot(xx - apex[0], yy - apex[1])
         a = math.atan2(xx - apex[0], yy - apex[1])
         lateral = r0 * math.sin(a - a0)
-        factor = 1 - strength * math.exp(-(lateral**2) / (2 * sigma**2)) / (1 + math.exp(-(r - r0) / onset))
+        onset = min(1.0, max(0.0, (r - r0) / ramp + 0.5))
+        factor = 1 - strength * math.exp(-(lateral**2) / (2 * sigma**2)) * onset
         assert float(out[0, 0, yy, xx]) == pytest.approx(0.6 * factor, rel=1e-4)
     assert bool((out <= x + 1e-7).all())
     assert float(out[0, 0, 39, 20]) == pytest.approx(0.6 * (1 - strength), rel=1e-3)  # deep, on the beam

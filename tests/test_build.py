@@ -198,8 +198,8 @@ def test_truncated_real_frame_is_rejected():
 def test_quality_rules():
     gray = speckle_frame()
     assert ultrasound_rejection(gray, detect_scan_area(gray)) is None
-    blank = np.full((200, 200), 3, np.uint8)
-    assert ultrasound_rejection(blank, detect_scan_area(blank)) == "not_ultrasound"
+    blank = np.full((200, 200), 3, np.uint8)  # a frozen blank frame: no tissue (it was not_ultrasound)
+    assert ultrasound_rejection(blank, detect_scan_area(blank)) == "no_tissue"
     page = np.full((300, 200), 245, np.uint8)
     page[20:24, 20:180] = 0
     assert ultrasound_rejection(page, detect_scan_area(page)) == "not_ultrasound"

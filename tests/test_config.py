@@ -95,6 +95,17 @@ def test_bad_values_name_the_key(override, expected):
         load_config(Cfg, None, [override])
 
 
+def test_list_items_with_brackets_split_at_top_level_commas():
+    @dataclass
+    class Sweep:
+        methods: list[str] = field(default_factory=list)
+
+    cfg = load_config(Sweep, None, ["methods=[kd:vit_mobilenet,kd:hdkd?model.channels=[64,128,192]&seed=1]"])
+    assert cfg.methods == ["kd:vit_mobilenet", "kd:hdkd?model.channels=[64,128,192]&seed=1"]
+    assert load_config(Sweep, None, ["methods=[a, b]"]).methods == ["a", "b"]  # plain YAML still YAML
+    assert load_config(Sweep, None, ["methods=a,b"]).methods == ["a", "b"]
+
+
 def test_bad_yaml_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("steps: [1, 2\n")

@@ -35,8 +35,12 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
             f"ddti={ddti_dir}",
             f"out={out}",
             f"encoders=[R50-Rand=rand,R50-Distill={export}]",
+            "tasks=[ddti-seg,busi-seg,busi-cls]",
+            "methods=[]",  # KD rows: tests/test_kd_sweep.py
             "modes=[linear]",
             "linear_fractions=[0.5,1.0]",
+            "run.edge.onnx=never",  # ONNX / INT8 of the edge column: tests/test_edge.py, tests/test_kd_sweep.py
+            "run.edge.runs=2",
             "run.train.epochs=1",
             "run.train.num_workers=0",
             "run.probe.epochs=30",
@@ -72,6 +76,9 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     assert "## Table 2: Full fine-tuning on all labeled data\n\nNot run in this sweep" in tables
     assert (out / "fractions_linear.png").stat().st_size > 1000 and not (out / "fractions_finetune.png").exists()
     assert json.loads((out / "summary.json").read_text())["cells"] == 12
+    assert "### DDTI Seg. Threads: 1." in tables  # every cell records its edge column
+    _, seg = metric("ddti-seg", "R50-Distill", "linear", 1.0, "dice")
+    assert seg["metrics"]["edge"]["params_m"] > 30 and seg["metrics"]["edge"]["eager_ms"] > 0  # the whole U-Net
 
     # one split per dataset, shared by busi-seg and busi-cls; DDTI patients never straddle splits
     splits = sorted((out / "splits").glob("*.json"))
@@ -112,6 +119,8 @@ def _resume_cfg(busi_dir, export, out) -> list[str]:
         "run.train.num_workers=0",
         "run.probe.epochs=20",
         "run.train.save_checkpoint=false",
+        "run.edge.onnx=never",
+        "run.edge.runs=2",
     ]
 
 
@@ -198,3 +207,48 @@ def test_tables_paper_layout_mean_std():
     t4 = md.split("## Table 4")[1]
     assert "| Model | Params (M) | DDTI Seg. Dice | BUSI Cls. Acc |" in t4
     assert "| DINOv3 ViT-B/16 | 85.7 | **0.7900** | – |" in t4 and "| R50-Rand | 23.5 | 0.5000 | – |" in t4
+
+
+def test_cross_task_mean_ranks_by_hand():
+    from downstream.ranks import render_ranks
+    from downstream.tables import TaskColumn, aggregate
+
+    def row(task, name, mode, frac, test, seed=0):
+        return {
+            "cell": {"task_key": task, "encoder_name": name, "mode": mode, "fraction": frac, "seed": seed},
+            "metrics": {"test": test, "params_m": 1.0},
+        }
+
+    rows = [
+        # task A (seg): B > A > KD; task B (cls): KD = A > B (tie shares rank 1.5); task C: KD n/a
+        row("A", "R50-Rand", "finetune", 0.1, {"dice": 0.5}),
+        row("A", "R50-Distill", "finetune", 0.1, {"dice": 0.7}),
+        row("A", "kd:x", "finetune", 0.1, {"dice": 0.4}),
+        row("B", "R50-Rand", "finetune", 0.1, {"accuracy": 0.8}),
+        row("B", "R50-Rand", "finetune", 0.1, {"accuracy": 0.6}, seed=1),  # mean over seeds: 0.7
+        row("B", "R50-Distill", "finetune", 0.1, {"accuracy": 0.6}),
+        row("B", "kd:x", "finetune", 0.1, {"accuracy": 0.7}),
+        row("C", "R50-Rand", "finetune", 0.1, {"dice": 0.2}),
+        row("C", "R50-Distill", "finetune", 0.1, {"dice": 0.3}),
+        {"cell": {"task_key": "C", "encoder_name": "kd:x", "mode": "finetune", "fraction": 0.1, "seed": 0},
+         "metrics": {"na": "x: segmentation recipe"}},
+    ]  # fmt: skip
+    tasks = [TaskColumn("A", "A Seg.", "seg"), TaskColumn("B", "B Cls.", "cls"), TaskColumn("C", "C Seg.", "seg")]
+    md, data = render_ranks(aggregate(rows), ["R50-Rand", "R50-Distill", "kd:x"], tasks, {"finetune": [0.1]})
+    ranks = data["finetune@0.1"]
+    assert ranks["R50-Rand"] == {"mean_rank": (2 + 1.5 + 2) / 3, "tasks": 3}
+    assert ranks["R50-Distill"] == {"mean_rank": (1 + 3 + 1) / 3, "tasks": 3}
+    assert ranks["kd:x"] == {"mean_rank": (3 + 1.5) / 2, "tasks": 2}  # n/a on C: not ranked there
+    assert "| kd:x | 2.25 (2) |" in md and "mean rank over 3 tasks" in md
+
+
+def test_suite_config_lists_ultrabench_tasks():
+    from downstream.sweep import resolve_tasks
+
+    cfg = load_config(SweepConfig, REPO / "downstream/configs/suite.yaml", ["busi=b", "ddti=d"])
+    tasks = resolve_tasks(cfg)
+    ub = [t for t in tasks if t.data.startswith("ub:")]
+    assert len(ub) == 14 and sum(t.kind == "seg" for t in ub) == 7  # UltraBench: 7 + 7 tasks
+    psfhs = next(t for t in ub if "psfhs" in t.data)
+    assert psfhs.reader == ("layout=ub", "mask_column=psfh_mask", "mask_values=[2]")
+    assert cfg.methods and "finetune" in cfg.modes

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-from downstream.kd.efficiency import fp32_mib, gmacs, num_params
+from downstream.edge.measure import fp32_mib, gmacs, num_params
 from downstream.kd.models.csa_moe import CrossStageAttention, CSAMoENet
 from downstream.kd.models.hdkd import HDKDStudent, HDKDTeacher
 from downstream.kd.models.hybrid_teacher import HybridViTConvNeXt

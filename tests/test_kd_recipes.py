@@ -65,7 +65,7 @@ def test_vit_mobilenet_end_to_end(vit_run):
     report = (out / "report.md").read_text()
     assert "Table 1. Class-wise diagnostic performance" in report and "Table 2. Efficiency comparison" in report
     assert "| Frame Rate |" in report and "MobileNet-V3 from scratch" in report
-    for f in ("confusion_teacher.png", "confusion_distilled.png", "efficiency.png", "teacher/model.safetensors"):
+    for f in ("confusion.png", "efficiency.png", "teacher/model.safetensors"):
         assert (out / f).is_file(), f
     # the scratch baseline and the distilled student start from the same weights: same parameter count
     assert m["models"]["scratch"]["params"] == m["models"]["distilled"]["params"]
@@ -216,7 +216,8 @@ def test_summary_json_lists_every_model_against_the_paper(capsys):
     assert main(["summary", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     by = {(r["recipe"], r["model"]): r for r in rows}
-    assert {r["recipe"] for r in rows} == {"vit_mobilenet", "nanoray", "hdkd", "csa_moe"}
+    assert {r["recipe"] for r in rows} == {"vit_mobilenet", "nanoray", "hdkd", "csa_moe", "seg_unet"}
+    assert by[("seg_unet", "student: U-Net on EfficientNet-Lite0")]["params_m"] == pytest.approx(5.198, abs=0.001)
     hdkd = [r for r in rows if r["recipe"] == "hdkd"]
     assert [round(r["params"] / 1e6, 2) for r in hdkd[:3]] == [3.95, 3.72, 3.73]
     csa = by[("csa_moe", "CSA-MoE-Net (3 views)")]

@@ -160,6 +160,8 @@ def test_unknown_key_lists_valid_keys(shard_dir, tiny_teacher_dir, tmp_path):
         ({"train__global_batch": 6}, "train.global_batch: 6 is not a multiple"),
         ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' is not a complete checkpoint"),
         ({"mixup__prob": 2}, "mixup.prob"),
+        ({"data__encoding": "raw"}, "data.encoding: this config expects raw shards, '"),
+        ({"data__gpu_decode": True}, "decode 'device': needs JPEG shards, these are png"),
     ],
 )
 def test_bad_inputs_fail_before_training(shard_dir, tiny_teacher_dir, tmp_path, override, message):

@@ -104,7 +104,7 @@ def test_example_command(tmp_path, repo_root):
     ]
     p = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120, env=dict(os.environ))
     assert p.returncode == 0, p.stderr
-    assert "wrote 8 images" in p.stdout
+    assert "wrote 8 files" in p.stdout
     records = [json.loads(x) for x in truth.read_text().splitlines()]
     assert len(records) == 8 and {r["source"] for r in records} == {"breast", "cardiac"}
     assert all(r["overlays"] == [] for r in records)

@@ -41,6 +41,18 @@ def test_init_tiny_cli_and_seed(tmp_path, capsys):
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
+def test_init_vitb16_preset_has_the_real_dimensions(tmp_path):
+    """``--preset vitb16``: a random teacher of DINOv3 ViT-B/16's size (for the paper step benchmark)."""
+    main(["init-tiny", "--out", str(tmp_path / "b16"), "--preset", "vitb16", "--image-size", "256"])
+    t = DINOv3.from_pretrained(tmp_path / "b16")
+    assert (t.hidden_size, t.num_layers, t.patch_size, t.num_register_tokens) == (768, 12, 16, 4)
+    assert t.model.config.num_attention_heads == 12 and t.model.config.intermediate_size == 3072
+    assert 85e6 < sum(p.numel() for p in t.model.parameters()) < 87e6  # ViT-B/16: 86M parameters
+    assert t(t.normalize(torch.rand(1, 1, 32, 32))).shape == (1, 1536, 2, 2)
+    with pytest.raises(SystemExit):
+        main(["init-tiny", "--out", str(tmp_path / "x"), "--preset", "vitl"])
+
+
 def test_attributes(teacher):
     assert teacher.hidden_size == TINY_CONFIG["hidden_size"]
     assert teacher.patch_size == 16 and teacher.num_register_tokens == 4

@@ -2,8 +2,9 @@
 
 Ultrasound is grayscale, but datasets store it as 8-bit L, RGB with three equal channels
 (BUSI), 16-bit PNG or JPEG; everything is decoded to uint8 ``HxW``. Masks are binarised per
-file (values above half the file's maximum, so 0/255, 0/1 and JPEG-noisy masks all work)
-and several mask files of one image are merged by union.
+file (values above half the file's maximum, so 0/255, 0/1 and JPEG-noisy masks all work; a
+label-map source such as UltraBench's :class:`~downstream.data.ultrabench.LabelMask` binarises
+itself by its foreground values) and several mask files of one image are merged by union.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def load_mask(srcs: Sequence[Source], size: tuple[int, int] | None = None) -> np
         raise UserError("load_mask: no mask files given")
     out: np.ndarray | None = None
     for src in srcs:
-        m = binarize(_decode(src))
+        # a label map (UltraBench's multi-class masks) knows its foreground values
+        m = src.binarize(_decode(src)) if hasattr(src, "binarize") else binarize(_decode(src))
         if size is not None and (m.shape[1], m.shape[0]) != tuple(size):
             raise UserError(
                 f"{describe_source(src)}: mask is {m.shape[1]}x{m.shape[0]} but its image is {size[0]}x{size[1]}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -11,19 +11,21 @@ from downstream.data.classes import read_class_folders
 from downstream.data.hub import read_hub
 from downstream.data.paired import DDTI_GROUP, is_paired_layout, read_paired
 from downstream.data.record import Catalog
+from downstream.data.ultrabench import read_ultrabench
 from sonodistill.errors import UserError
 
-Layout = Literal["auto", "busi", "paired", "classes", "hf"]
+Layout = Literal["auto", "busi", "paired", "classes", "hf", "ub"]
 
 
 @dataclass
 class ReaderConfig:
-    layout: Layout = "auto"  # auto: hf:ID / saved dataset -> hf, image+mask folders -> paired, BUSI folders -> busi
+    layout: Layout = "auto"  # auto: hf:ID -> hf, ub:DIR or train_val.json+test.json -> ub, image+mask -> paired, BUSI
     group_pattern: str = DDTI_GROUP  # paired layout: regex on the image stem, group 1 = patient id ("" = none)
     image_column: str = "image"  # hf layout columns
-    mask_column: str = "mask"
+    mask_column: str = "mask"  # hf columns / ub record fields (psfh_mask, mass_mask, tumor_mask, ...)
     label_column: str = "label"
-    group_column: str = ""
+    group_column: str = ""  # "" = none (hf) / patient or source when every record has it (ub)
+    mask_values: list[int] = field(default_factory=list)  # ub label maps: foreground values ([] = non-zero)
 
 
 def _is_busi(root: Path) -> bool:
@@ -39,11 +41,15 @@ def _is_saved_dataset(root: Path) -> bool:
 def detect_layout(data: str) -> str:
     if data.startswith("hf:"):
         return "hf"
+    if data.startswith("ub:"):
+        return "ub"
     root = Path(data)
     if not root.is_dir():
-        raise UserError(f"{data}: data folder not found (or use hf:ID for a Hub dataset)")
+        raise UserError(f"{data}: data folder not found (or use hf:ID for a Hub dataset, ub:DIR for UltraBench)")
     if _is_saved_dataset(root):
         return "hf"
+    if (root / "train_val.json").is_file() and (root / "test.json").is_file():
+        return "ub"
     if is_paired_layout(root):
         return "paired"
     if _is_busi(root):
@@ -69,8 +75,17 @@ def read_catalog(data: str, kind: Literal["seg", "cls"], cfg: ReaderConfig | Non
             label_column=cfg.label_column,
             group_column=cfg.group_column,
         )
+    elif layout == "ub":
+        cat = read_ultrabench(
+            data,
+            kind,
+            mask_column=cfg.mask_column,
+            label_column=cfg.label_column,
+            group_column=cfg.group_column,
+            mask_values=cfg.mask_values,
+        )
     else:
-        raise UserError(f"data.layout: expected one of auto, busi, paired, classes, hf; got '{layout}'")
+        raise UserError(f"data.layout: expected one of auto, busi, paired, classes, hf, ub; got '{layout}'")
     if kind == "seg" and not cat.has_masks:
         raise UserError(
             f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"

@@ -61,6 +61,7 @@ class Catalog:
     root: str
     records: list[Record]
     classes: list[str] = field(default_factory=list)
+    test_ids: list[str] = field(default_factory=list)  # the dataset's own test split (UltraBench), kept as is
 
     def __len__(self) -> int:
         return len(self.records)
@@ -95,6 +96,8 @@ class Catalog:
         """Hash of ids, labels, groups and sources: keys split files and feature caches."""
         h = hashlib.sha1()
         h.update(json.dumps(self.classes).encode())
+        if self.test_ids:
+            h.update(json.dumps(self.test_ids).encode())
         for r in self.records:
             parts = [r.id, describe_source(r.image), *map(describe_source, r.masks), str(r.label), str(r.group)]
             h.update("\x1f".join(parts).encode() + b"\x1e")

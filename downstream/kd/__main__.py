@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m downstream.kd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="run a recipe end to end: teacher, scratch baseline, distilled student")
-    t.add_argument("--recipe", required=True, help="vit_mobilenet, nanoray, hdkd or csa_moe")
+    t.add_argument("--recipe", required=True, help="vit_mobilenet, nanoray, hdkd, csa_moe or seg_unet")
     t.add_argument("--data", required=True, help="dataset folder (BUSI layout, class folders) or hf:ID")
     t.add_argument("--out", required=True, help="output folder (metrics.json, report.md, plots, checkpoints)")
     add_config_args(t)
@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = [measure(e) for e in all_entries(args.recipe)]
         print(json.dumps(rows, indent=2) if args.json else table(rows))
         return 0
-    from downstream.kd.recipes.base import preset
+    from downstream.kd.recipes.base import check_teacher_keys, preset
 
     recipe = _recipe(args.recipe)
+    check_teacher_keys(recipe, args.overrides)
     cfg = config_from_args(recipe.Config, args, base=[preset(recipe.NAME)])
     metrics = recipe.run(cfg, args.data, Path(args.out))
     log.info(f"{args.recipe}: wrote {Path(args.out) / 'report.md'} and metrics.json ({len(metrics['models'])} models)")

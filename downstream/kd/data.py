@@ -2,7 +2,8 @@
 
 Records, readers, ``splits.json`` and metrics come from :mod:`downstream` so the recipes run on
 exactly the splits the foundation-model evaluation uses (point ``data.split.file`` at that run's
-``splits.json``). Added here: keeping a subset of classes (CSA-MoE is benign vs malignant), the
+``splits.json``, and ``data.subset`` at its ``subset.json`` to train on the same label subset).
+Added here: keeping a subset of classes (CSA-MoE is benign vs malignant), the
 HDKD data-size sweep's balanced N-per-class subsets, the mask-derived views, and each paper's own
 augmentation (they differ from the ultrasound-aware protocol of :mod:`downstream.data.transforms`:
 CSA-MoE flips vertically, for one).
@@ -15,6 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import kornia.augmentation as K
 import numpy as np
@@ -34,12 +36,14 @@ class DataConfig:
     img_size: int = 224
     workers: int = 2
     split: SplitConfig = field(default_factory=SplitConfig)
+    subset: str = ""  # a subset.json (downstream.run / sweep): train on its "train" ids only ("" = whole split)
 
 
 @dataclass
 class Prepared:
     catalog: Catalog  # with the recipe's classes only
     parts: dict[str, list[Record]]
+    unlabelled: list[Record] = field(default_factory=list)  # training-split images outside data.subset
 
     @property
     def classes(self) -> list[str]:
@@ -58,13 +62,40 @@ def select_classes(catalog: Catalog, classes: Sequence[str], where: str) -> Cata
     return Catalog(name=catalog.name, root=catalog.root, records=recs, classes=list(classes))
 
 
-def prepare(data: str, cfg: DataConfig, out: Path, *, need_masks: bool = False, recipe: str = "") -> Prepared:
-    """Read ``data``, split it (or reuse ``split.file``), keep ``cfg.classes``.
+def read_subset(path: str | Path, train_ids: Sequence[str]) -> set[str]:
+    """The training ids of a ``subset.json``, each checked to lie in the training split."""
+    path = Path(path)
+    try:
+        ids = json.loads(path.read_text())["train"]
+    except FileNotFoundError:
+        raise UserError(f"data.subset: {path} not found") from None
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"data.subset: {path} is not a subset file (expected a 'train' list of ids)") from None
+    known = set(train_ids)
+    outside = [i for i in ids if i not in known]
+    if outside:
+        raise UserError(
+            f"data.subset: {len(outside)} id(s) of {path} are not in the training split, e.g. '{outside[0]}' "
+            "(made with another split file?)"
+        )
+    return set(ids)
+
+
+def prepare(
+    data: str,
+    cfg: DataConfig,
+    out: Path,
+    *,
+    need_masks: bool = False,
+    recipe: str = "",
+    kind: Literal["cls", "seg"] = "cls",
+) -> Prepared:
+    """Read ``data``, split it (or reuse ``split.file``), keep ``cfg.classes`` and ``cfg.subset``.
 
     The split is made on the full dataset, then each part is filtered to the recipe's classes,
     so a benign/malignant recipe and a 3-class run share one ``splits.json``.
     """
-    full = read_catalog(data, "cls", cfg.reader)
+    full = read_catalog(data, kind, cfg.reader)
     split_file = Path(cfg.split.file) if cfg.split.file else out / "splits.json"
     ratios, seed = cfg.split.ratios, cfg.split.seed
     if cfg.split.file:
@@ -80,6 +111,11 @@ def prepare(data: str, cfg: DataConfig, out: Path, *, need_masks: bool = False, 
     catalog = select_classes(full, cfg.classes, "data.classes")
     index = catalog.by_id()
     parts = {p: [index[i] for i in splits.part(p) if i in index] for p in ("train", "val", "test")}
+    unlabelled: list[Record] = []
+    if cfg.subset:
+        keep = read_subset(cfg.subset, splits.train)
+        unlabelled = [r for r in parts["train"] if r.id not in keep]
+        parts["train"] = [r for r in parts["train"] if r.id in keep]
     if need_masks:
         missing = [r.id for r in catalog.records if not r.masks]
         if missing:
@@ -90,7 +126,7 @@ def prepare(data: str, cfg: DataConfig, out: Path, *, need_masks: bool = False, 
     for p, recs in parts.items():
         if not recs and ratios[("train", "val", "test").index(p)] > 0:
             raise UserError(f"{data}: the '{p}' split has no images of classes {', '.join(catalog.classes)}")
-    return Prepared(catalog, parts)
+    return Prepared(catalog, parts, unlabelled)
 
 
 def balanced_subset(records: Sequence[Record], per_class: int, seed: int) -> list[Record]:

@@ -136,8 +136,10 @@ class HDKDLoss:
         labels: torch.Tensor,
         teacher_logits: torch.Tensor,
         student_feats: Sequence[torch.Tensor],
-        teacher_feats: Sequence[torch.Tensor],
+        teacher_feats: Sequence[torch.Tensor] | None,
     ) -> LossParts:
         parts = self.logits(cls_logits, labels, teacher_logits, distill_logits=dist_logits)
+        if self.feature_weight == 0:  # logits only: a teacher without matching stages passes None
+            return LossParts(parts.total, parts.ce, parts.kd, parts.total.new_zeros(()))
         feat = feature_distillation(student_feats, teacher_feats, self.stage_exponent)
         return LossParts(parts.total + self.feature_weight * feat, parts.ce, parts.kd, feat)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +24,14 @@ from accelerate import Accelerator
 
 from downstream.data import ImageSet
 from downstream.data.inputs import Inputs
+from downstream.edge.measure import num_params
 from downstream.fit import FitConfig, FitResult, fit
 from downstream.kd.checkpoint import load_model, save_model
 from downstream.kd.data import DataConfig, Prepared, prepare
-from downstream.kd.efficiency import num_params
 from downstream.kd.losses import LogitKDLoss
 from downstream.kd.tasks import LogitKD, freeze, teacher_logits
 from downstream.loaders import make_loader
-from downstream.metrics import plot_confusion
+from downstream.metrics import plot_confusion, plot_confusions
 from downstream.tasks import Classification
 from sonodistill.atomic import write_json
 from sonodistill.config import to_dict
@@ -74,10 +75,11 @@ def start(
     *,
     need_masks: bool = False,
     recipe: str = "",
+    kind: str = "cls",
 ) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(mixed_precision)
-    prep = prepare(data, data_cfg, out, need_masks=need_masks, recipe=recipe)
+    prep = prepare(data, data_cfg, out, need_masks=need_masks, recipe=recipe, kind=kind)
     return Run(out=out, acc=acc, prep=prep, seed=seed, workers=data_cfg.workers, img_size=data_cfg.img_size)
 
 
@@ -127,7 +129,9 @@ def stage(
             load_model(model, weights, arch=arch, key=f"{name} stage")
             log.info(f"{name}: reusing the finished stage in {folder}")
             return StageResult(meta["history"], meta["best_epoch"], meta["seconds"], reused=True)
+    t0 = time.perf_counter()
     res = train()
+    seconds = time.perf_counter() - t0  # the whole stage: fit plus what it needs first (e.g. teacher logits)
     if run.main:
         save_model(model, weights, arch=arch)
         write_json(
@@ -136,12 +140,12 @@ def stage(
                 "fingerprint": fp,
                 "history": res.history,
                 "best_epoch": res.best_epoch,
-                "seconds": res.seconds,
+                "seconds": seconds,
                 "key": key,
             },
         )
     run.acc.wait_for_everyone()
-    return StageResult(res.history, res.best_epoch, res.seconds)
+    return StageResult(res.history, res.best_epoch, seconds)
 
 
 def evaluate(
@@ -155,6 +159,24 @@ def evaluate(
     if plot and run.main:
         plot_confusion(metrics["confusion_matrix"], run.prep.classes, run.out / f"confusion_{name}.png", title=name)
     return metrics, pred
+
+
+def evaluate_many(
+    run: Run, tasks: dict[str, Classification], records, dataset_fn, batch_size: int = 32, plot: bool = True
+) -> tuple[dict[str, dict], dict[str, dict[str, np.ndarray]]]:
+    """:func:`evaluate` of several models in one pass over the test split (decoded once); their
+    confusion matrices side by side in ``confusion.png``."""
+    from downstream.tasks.classification import predict_many
+
+    dl = run.acc.prepare(run.loader(dataset_fn(records), batch_size, shuffle=False))
+    for task in tasks.values():
+        task.model = task.model.to(run.acc.device)
+    preds = predict_many(tasks, dl, run.acc)
+    metrics = {name: tasks[name].metrics(p) for name, p in preds.items()}
+    if plot and run.main:
+        cms = {name: m["confusion_matrix"] for name, m in metrics.items()}
+        plot_confusions(cms, run.prep.classes, run.out / "confusion.png")
+    return metrics, preds
 
 
 @dataclass
@@ -268,11 +290,9 @@ def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
     )
 
     models = {"teacher": teacher, "scratch": scratch, "distilled": distilled}
-    metrics, preds = {}, {}
+    tasks = {name: Classification(m, spec.inputs, names) for name, m in models.items()}
+    metrics, preds = evaluate_many(run, tasks, run.prep.parts["test"], dataset)
     for name, m in models.items():
-        metrics[name], preds[name] = evaluate(
-            run, Classification(m, spec.inputs, names), run.prep.parts["test"], dataset, name
-        )
         metrics[name]["params"] = num_params(m)
         metrics[name]["best_epoch"] = stages[name].best_epoch
     return LogitKDResult(models, stages, metrics, preds, spec.inputs)

@@ -41,21 +41,24 @@ def _savefig(fig, path: str | Path) -> None:
     save_figure(fig, path)
 
 
-def plot_history(histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> None:
-    """Loss and accuracy per epoch (train solid, validation dashed) for each training stage."""
+def plot_history(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, metric: str = "accuracy"
+) -> None:
+    """Loss and ``metric`` per epoch (train solid, validation dashed) for each training stage."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, (name, hist) in enumerate(histories.items()):
         color = f"C{i}"
         ep = [r["epoch"] for r in hist]
-        for ax, key in zip(axes, ("loss", "accuracy")):
-            ax.plot(ep, [r[f"train_{key}"] for r in hist], color=color, marker="o", ms=3, label=f"{name} train")
+        for ax, key in zip(axes, ("loss", metric)):
+            if hist and f"train_{key}" in hist[0]:
+                ax.plot(ep, [r[f"train_{key}"] for r in hist], color=color, marker="o", ms=3, label=f"{name} train")
             if hist and f"val_{key}" in hist[0]:
                 ax.plot(
                     ep, [r[f"val_{key}"] for r in hist], color=color, ls="--", marker="o", ms=3, label=f"{name} val"
                 )
     axes[0].set_yscale("log")  # stage losses differ in scale (HDKD adds 10x the feature loss)
-    for ax, key in zip(axes, ("loss", "accuracy")):
+    for ax, key in zip(axes, ("loss", metric)):
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)

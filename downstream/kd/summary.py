@@ -2,7 +2,7 @@
 
 Models are built on the meta device (no memory, no init cost), so even the 415 M-parameter
 VGG-16 MoE is counted in a fraction of a second. Conventions are those of
-:mod:`downstream.kd.efficiency`: GMACs (the papers' "GFLOPs" are MAC counts) at 224x224, MB =
+:mod:`downstream.edge.measure`: GMACs (the papers' "GFLOPs" are MAC counts) at 224x224, MB =
 MiB of the fp32 state dict.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from downstream.kd.efficiency import fp32_mib, gmacs, num_params
+from downstream.edge.measure import fp32_mib, gmacs, num_params
 from downstream.kd.recipes import RECIPES
 from downstream.kd.recipes.base import Entry
 from downstream.kd.report import md_table

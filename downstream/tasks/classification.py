@@ -50,26 +50,36 @@ class Classification(Task):
         return {"loss": loss, "output": logits, "per_sample": {"accuracy": correct(logits, batch["label"]), **extras}}
 
     @torch.no_grad()
-    def predict(self, loader, accelerator) -> dict[str, np.ndarray]:
-        """Softmax probabilities, labels and per-sample CE (when labelled), sample indices and the
-        extras over ``loader``, gathered from every process (each sample exactly once)."""
-        self.eval()
+    def predict_batch(self, batch: dict, accelerator) -> dict[str, torch.Tensor]:
+        """Softmax probabilities, sample indices, extras and (when labelled) labels and per-sample CE
+        of one batch, gathered from every process."""
+        batch = to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            logits, extras = self.logits(batch, train=False)
+        logits = logits.float()
+        row = {"probs": logits.softmax(1), "index": batch["index"], **{k: v.float() for k, v in extras.items()}}
+        if "label" in batch:
+            row["labels"] = batch["label"]
+            row["ce"] = F.cross_entropy(logits, batch["label"], reduction="none")
+        return accelerator.gather_for_metrics(row)
+
+    @staticmethod
+    def collect(rows: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
         parts: dict[str, list[torch.Tensor]] = {}
-        for batch in loader:
-            batch = to_device(batch, accelerator.device)
-            with accelerator.autocast():
-                logits, extras = self.logits(batch, train=False)
-            logits = logits.float()
-            row = {"probs": logits.softmax(1), "index": batch["index"], **{k: v.float() for k, v in extras.items()}}
-            if "label" in batch:
-                row["labels"] = batch["label"]
-                row["ce"] = F.cross_entropy(logits, batch["label"], reduction="none")
-            for k, v in accelerator.gather_for_metrics(row).items():
+        for row in rows:
+            for k, v in row.items():
                 parts.setdefault(k, []).append(v.cpu())
         out = {k: torch.cat(v).numpy() for k, v in parts.items()}
         if "ce" in out:
             out["loss"] = np.asarray(float(out.pop("ce").mean()))
         return out
+
+    @torch.no_grad()
+    def predict(self, loader, accelerator) -> dict[str, np.ndarray]:
+        """Softmax probabilities, labels and per-sample CE (when labelled), sample indices and the
+        extras over ``loader``, gathered from every process (each sample exactly once)."""
+        self.eval()
+        return self.collect([self.predict_batch(batch, accelerator) for batch in loader])
 
     def metrics(self, pred: dict[str, np.ndarray]) -> dict[str, Any]:
         """Classification metrics, the mean loss and the mean of every extra of :meth:`predict` output."""
@@ -82,3 +92,16 @@ class Classification(Task):
 
     def evaluate(self, loader, accelerator) -> dict[str, Any]:
         return self.metrics(self.predict(loader, accelerator))
+
+
+@torch.no_grad()
+def predict_many(tasks: dict[str, Classification], loader, accelerator) -> dict[str, dict[str, np.ndarray]]:
+    """:meth:`Classification.predict` of several tasks in one pass over ``loader`` (each batch is
+    decoded once, not once per model)."""
+    for task in tasks.values():
+        task.eval()
+    rows: dict[str, list] = {name: [] for name in tasks}
+    for batch in loader:
+        for name, task in tasks.items():
+            rows[name].append(task.predict_batch(batch, accelerator))
+    return {name: Classification.collect(r) for name, r in rows.items()}

@@ -1,8 +1,10 @@
-"""``python -m shards.synth``: write a synthetic ultrasound dataset in one of three layouts.
+"""``python -m shards.synth``: write a synthetic ultrasound dataset in one of five layouts.
 
     python -m shards.synth --layout corpus --n 600 --seed 0 --out /tmp/corpus
     python -m shards.synth --layout busi --n 780 --out /tmp/busi --truth /tmp/busi.jsonl
     python -m shards.synth --layout ddti --n 637 --out /tmp/ddti --workers 4
+    python -m shards.synth --layout dicom --n 14 --out /tmp/dicom   # DICOM: syntaxes, cines, regions
+    python -m shards.synth --layout video --n 4 --out /tmp/video    # mp4 (H.264) and avi (MJPEG) clips
 
 Same --seed, same bytes (for any --workers). Bad arguments give one ``error:`` line, exit 2.
 """
@@ -19,7 +21,7 @@ from shards.synth.ddti import write_ddti
 from shards.synth.presets import PRESETS
 from sonodistill.errors import UserError, cli_main
 
-LAYOUTS = ("corpus", "busi", "ddti")
+LAYOUTS = ("corpus", "busi", "ddti", "dicom", "video")
 CORPUS_ONLY = ("sources", "doppler_fraction", "junk_fraction", "duplicate_fraction", "overlays")
 
 
@@ -66,6 +68,10 @@ def _write(a: argparse.Namespace, common: dict) -> list[dict]:
     given = [k for k in CORPUS_ONLY if getattr(a, k) is not None]
     if given:
         raise UserError(f"--{given[0].replace('_', '-')}: only for --layout corpus")
+    if a.layout in ("dicom", "video"):
+        from shards.synth.media import write_dicom, write_video
+
+        return (write_dicom if a.layout == "dicom" else write_video)(a.out, a.n, **common)
     return (write_busi if a.layout == "busi" else write_ddti)(a.out, a.n, **common)
 
 
@@ -87,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for r in records:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-    print(f"wrote {len(records)} images to {a.out} ({summary})" + (f"; truth in {a.truth}" if a.truth else ""))
+    print(f"wrote {len(records)} files to {a.out} ({summary})" + (f"; truth in {a.truth}" if a.truth else ""))
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from downstream.data.inputs import Inputs
+from downstream.edge.measure import gmacs, num_params
 from downstream.fit import FitConfig, fit
 from downstream.kd.data import DataConfig, ViewSet, augmentation
-from downstream.kd.efficiency import gmacs, num_params
 from downstream.kd.models.csa_moe import VIEWS, CSAMoENet
 from downstream.kd.pipeline import evaluate, seed_everything, stage, start
-from downstream.kd.recipes.base import Entry
+from downstream.kd.recipes.base import CellSpec, Entry
 from downstream.kd.report import md_table, mean_sd, plot_history, plot_lines, write_report
 from downstream.tasks import Classification
 from sonodistill.atomic import write_json
@@ -40,6 +40,7 @@ from sonodistill.errors import UserError
 from sonodistill.precision import MixedPrecision
 
 NAME = "csa_moe"
+TEACHER_OUTPUTS: tuple[str, ...] = ()  # no teacher: a multi-expert network trained with cross-entropy
 
 # variant -> (backbone, views, cross-stage attention)
 VARIANTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
@@ -202,7 +203,12 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
             )
             met, _ = evaluate(r, task, r.prep.parts["test"], dataset, f"{variant}_run{rep}", plot=rep == 0)
             runs.append(
-                {**binary(met, positive), "best_epoch": res.best_epoch, "confusion_matrix": met["confusion_matrix"]}
+                {
+                    **binary(met, positive),
+                    "macro_f1": met["macro_f1"],
+                    "best_epoch": res.best_epoch,
+                    "confusion_matrix": met["confusion_matrix"],
+                }
             )
             hists.append(res.history)
         histories[variant] = hists[0]
@@ -365,3 +371,44 @@ def summary_entries() -> list[Entry]:
             )
         )
     return out
+
+
+def _extract(metrics: dict, cfg: Config) -> dict[str, dict | None]:
+    res = metrics["models"][cfg.variants[0]]
+    return {"student": {**res["runs"][0], "params": res["params"]}, "teacher": None, "scratch": None}
+
+
+def _deployed(cfg: Config, num_classes: int) -> tuple[torch.nn.Module, str]:
+    return build(cfg.variants[0], cfg.model, num_classes), f"{cfg.variants[0]}/run0"
+
+
+def _applies(catalog, cfg: Config) -> str | None:
+    """CSA-MoE is a binary classifier of lesion views: every image needs a mask and the task's
+    classes must be the recipe's own (else its test set would differ from the other rows)."""
+    if not catalog.has_masks:
+        return "needs a lesion mask for every image (tumour-core and boundary views)"
+    want = list(cfg.data.classes) or list(catalog.classes)
+    if len(want) != 2 or list(catalog.classes) != want:
+        return (
+            f"binary classifier of {', '.join(want)} (data.classes); this task has classes "
+            f"{', '.join(catalog.classes)}, so its test set would differ from the other rows"
+        )
+    return None
+
+
+def _prepare(cfg: Config):
+    """The views of the first variant, ImageNet-normalised view by view (as MoETask feeds them)."""
+    index = [VIEWS.index(v) for v in VARIANTS[cfg.variants[0]][1]]
+    inputs = Inputs()
+    return lambda views: inputs(views, train=False)[:, index]
+
+
+CELL = CellSpec(
+    kind="cls",
+    extract=_extract,
+    deployed=_deployed,
+    overrides=("variants=[csa_moe]", "repeats=1"),
+    views=True,
+    prepare=_prepare,
+    applies=_applies,
+)

@@ -14,6 +14,10 @@ class (50, 100, 150) and all data, with and without distillation.
 Not given in the paper, chosen here: epochs (teacher 50, students 100), the teacher's "basic"
 augmentation (horizontal flip + rotation +-10 degrees; SMOTE is not applied to images), best
 validation accuracy kept. Student inputs are not augmented.
+``teacher.encoder=SPEC`` replaces the MBCSA teacher by any downstream encoder with a linear head; the
+logit terms need its logits, the feature term (``loss.feature_weight > 0``) three stages shaped like
+the student's (channels ``model.channels`` at strides 2, 4, 8), else the run stops with the shapes
+the encoder has (``loss.feature_weight=0`` distils logits only).
 Report: Table 2 (params / FLOPs), Tables 3-4 (accuracy per data size), Tables 6-7 (per-class
 precision / recall / AUC of teacher, student and HDKD on all data) and Fig. 3 (``data_size.png``).
 """
@@ -29,13 +33,15 @@ import torch
 
 from downstream.data import ImageSet
 from downstream.data.inputs import Inputs
+from downstream.edge.measure import gmacs, num_params
 from downstream.fit import FitConfig, fit
 from downstream.kd.data import DataConfig, augmentation, balanced_subset
-from downstream.kd.efficiency import gmacs, num_params
 from downstream.kd.losses import HDKDLoss, HDKDLossConfig
+from downstream.kd.models.encoder_teacher import EncoderTeacher
+from downstream.kd.models.encoder_teacher import teacher_arch as encoder_arch
 from downstream.kd.models.hdkd import HDKDStudent, HDKDTeacher
 from downstream.kd.pipeline import evaluate, seed_everything, stage, start, teacher_key
-from downstream.kd.recipes.base import Entry
+from downstream.kd.recipes.base import CellSpec, Entry, roles
 from downstream.kd.report import md_table, pct, plot_history, plot_lines, write_report
 from downstream.kd.tasks import freeze
 from downstream.tasks import Classification
@@ -45,6 +51,7 @@ from sonodistill.config import save_config, to_dict
 from sonodistill.precision import MixedPrecision
 
 NAME = "hdkd"
+TEACHER_OUTPUTS = ("logits", "stages")
 PAPER = {
     "teacher": {"params_m": 3.95, "gflops": 5.88},
     "student": {"params_m": 3.72, "gflops": 2.08},
@@ -83,6 +90,7 @@ class AugmentConfig:
 @dataclass
 class TeacherConfig:
     checkpoint: str = ""
+    encoder: str = ""  # a downstream encoder spec instead of the MBCSA teacher (see the module docstring)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: FitConfig = field(default_factory=FitConfig)
 
@@ -110,7 +118,10 @@ class Config:
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs, fp32 on CPU
 
 
-def build_teacher(m: ModelConfig, num_classes: int) -> HDKDTeacher:
+def build_teacher(m: ModelConfig, num_classes: int, t: TeacherConfig | None = None, features: bool = True):
+    """The MBCSA teacher, or ``t.encoder`` with the stages the feature loss needs (``features``)."""
+    if t is not None and t.encoder:
+        return EncoderTeacher.build(t.encoder, num_classes, stage_channels=m.channels if features else ())
     return HDKDTeacher(num_classes, m.teacher_blocks, m.channels)
 
 
@@ -130,7 +141,10 @@ class HDKDTask(Classification):
         x = self.inputs(batch["image"], train=True)
         cls, dist, feats = self.model(x, train_outputs=True)
         with torch.no_grad():
-            t_logits, t_feats = self.teacher(x, return_features=True)
+            if self.loss.feature_weight > 0:
+                t_logits, t_feats = self.teacher(x, return_features=True)
+            else:  # logits-only distillation: the teacher need not have stages
+                t_logits, t_feats = self.teacher(x), None
         parts = self.loss(cls, dist, batch["label"], t_logits.float(), feats, t_feats)
         output = (cls + dist) / 2
         return {**parts.tensors(), "output": output, "per_sample": {"accuracy": correct(output, batch["label"])}}
@@ -173,8 +187,12 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
         return go
 
     seed_everything(cfg.seed)
-    teacher = build_teacher(cfg.model, n_cls)
-    t_arch = {**arch, "model": "hdkd_teacher", "blocks": cfg.model.teacher_blocks}
+    teacher = build_teacher(cfg.model, n_cls, cfg.teacher, features=cfg.loss.feature_weight > 0)
+    t_arch = (
+        encoder_arch(cfg.teacher.encoder, n_cls)
+        if cfg.teacher.encoder
+        else {**arch, "model": "hdkd_teacher", "blocks": cfg.model.teacher_blocks}
+    )
     histories = {}
     if cfg.teacher.checkpoint:
         from downstream.kd.checkpoint import load_model
@@ -419,3 +437,16 @@ def summary_entries() -> list[Entry]:
             paper_gflops=5.88,
         ),
     ]
+
+
+def _deployed(cfg: Config, num_classes: int) -> tuple[torch.nn.Module, str]:
+    return build_student(cfg.model, num_classes, cfg.data.img_size, True), "hdkd_all"
+
+
+# one cell = HDKD on the cell's whole label subset (its own per-class sweep is the sweep's fractions)
+CELL = CellSpec(
+    kind="cls",
+    extract=roles("hdkd_0", scratch="student_0"),
+    deployed=_deployed,
+    overrides=("sweep.per_class=[0]",),
+)

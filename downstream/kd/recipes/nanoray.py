@@ -4,7 +4,9 @@ Paper settings (preset ``downstream/kd/configs/nanoray.yaml``): alpha = 0.25 on 
 (``loss.kd_weight=0.25``, ``loss.ce_weight=0.75``), T = 4, 224 px, 80/10/10 split (patient-disjoint
 when the data has patient ids). The paper gives no optimiser settings; we use AdamW lr 1e-4,
 wd 0.01, 15 epochs, best validation accuracy, for teacher and students alike, ImageNet
-normalisation and no augmentation (teacher logits computed once).
+normalisation and no augmentation (teacher logits computed once). ``teacher.encoder=SPEC`` replaces
+the ViT by any downstream encoder (e.g. the distilled ResNet-50 export) with a linear head; the loss
+needs its logits only.
 Report: its Table 1 (params, accuracy, F1 for teacher / baseline / distilled) and Fig. 1, Grad-CAM
 of the baseline vs the distilled student on the same test images (``gradcam.png``).
 """
@@ -23,14 +25,17 @@ from downstream.kd.data import DataConfig
 from downstream.kd.gradcam import cams, panels
 from downstream.kd.losses import LogitKDLoss, LogitLossConfig
 from downstream.kd.models.backbones import create
+from downstream.kd.models.encoder_teacher import EncoderTeacher
+from downstream.kd.models.encoder_teacher import teacher_arch as encoder_arch
 from downstream.kd.pipeline import LogitKDSpec, logit_kd, start
-from downstream.kd.recipes.base import Entry
+from downstream.kd.recipes.base import CellSpec, Entry, roles
 from downstream.kd.report import md_table, pct, plot_history, write_report
 from sonodistill.atomic import write_json
 from sonodistill.config import save_config, to_dict
 from sonodistill.precision import MixedPrecision
 
 NAME = "nanoray"
+TEACHER_OUTPUTS = ("logits",)
 PAPER = {
     "teacher": {"params": "86M", "accuracy": 0.8396, "f1": 0.8307},
     "scratch": {"params": "2.5M", "accuracy": 0.8329, "f1": 0.8236},
@@ -44,6 +49,7 @@ class TeacherConfig:
     pretrained: bool = False  # ImageNet weights from the local timm/HF cache
     kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2, embed_dim: 64, num_heads: 2}
     checkpoint: str = ""
+    encoder: str = ""  # a downstream encoder spec (export folder, hf-hub:, timm:, dinov3:) instead of the ViT
     train: FitConfig = field(default_factory=FitConfig)
 
 
@@ -57,7 +63,7 @@ class StudentConfig:
 
 @dataclass
 class GradCamConfig:
-    images: int = 6  # test images in the panel
+    images: int = 6  # test images in the panel (0: no panel)
 
 
 @dataclass
@@ -72,6 +78,8 @@ class Config:
 
 
 def build_teacher(cfg: TeacherConfig, num_classes: int, img_size: int) -> torch.nn.Module:
+    if cfg.encoder:
+        return EncoderTeacher.build(cfg.encoder, num_classes)
     return create(
         cfg.model,
         pretrained=cfg.pretrained,
@@ -94,7 +102,9 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     n_cls = len(r.prep.classes)
     spec = LogitKDSpec(
         build_teacher=lambda c: build_teacher(cfg.teacher, c, size),
-        teacher_arch={"model": cfg.teacher.model, "num_classes": n_cls, "img_size": size, "kwargs": cfg.teacher.kwargs},
+        teacher_arch=encoder_arch(cfg.teacher.encoder, n_cls)
+        if cfg.teacher.encoder
+        else {"model": cfg.teacher.model, "num_classes": n_cls, "img_size": size, "kwargs": cfg.teacher.kwargs},
         teacher_checkpoint=cfg.teacher.checkpoint,
         teacher_train=cfg.teacher.train,
         build_student=lambda c: build_student(cfg.student, c),
@@ -117,7 +127,8 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     if r.main:
         write_json(out / "metrics.json", metrics)
         plot_history({k: v.history for k, v in res.stages.items() if v.history}, out / "curves.png")
-        gradcam_panel(res, r.prep.parts["test"], r.prep.classes, size, cfg.gradcam.images, out / "gradcam.png")
+        if cfg.gradcam.images > 0:
+            gradcam_panel(res, r.prep.parts["test"], r.prep.classes, size, cfg.gradcam.images, out / "gradcam.png")
         report(metrics, out / "report.md")
     return metrics
 
@@ -175,7 +186,7 @@ def report(m: dict[str, Any], path: Path) -> None:
                 "Table 1. Performance comparison on the test set",
                 table + "\n\nParams counted with this head "
                 "(the paper's 2.5M / 86M include ImageNet's 1000-class head). Per-class metrics and confusion "
-                "matrices: metrics.json, confusion_*.png; training curves: curves.png.",
+                "matrices: metrics.json, confusion.png (one panel per model); training curves: curves.png.",
             ),
             ("Figure 1. Grad-CAM, baseline vs distilled", "![Grad-CAM](gradcam.png)"),
         ],
@@ -198,3 +209,10 @@ def summary_entries() -> list[Entry]:
         ),
         Entry(NAME, "student: MobileNetV3-Small (2 classes)", lambda: build_student(StudentConfig(), 2)),
     ]
+
+
+def _deployed(cfg: Config, num_classes: int) -> tuple[torch.nn.Module, str]:
+    return build_student(cfg.student, num_classes), "distilled"
+
+
+CELL = CellSpec(kind="cls", extract=roles("distilled"), deployed=_deployed, overrides=("gradcam.images=0",))

@@ -7,6 +7,8 @@ normalisation, no augmentation (so the teacher's logits are computed once),
 (263 of BUSI's 780 images -> ratio 0.34). Not stated in the paper, chosen here: the teacher is
 trained with the student's optimiser settings; no model selection is mentioned, so the last epoch
 is kept (``select: last``; a 10 % validation split is still held out to plot curves).
+``teacher.encoder=SPEC`` replaces the hybrid teacher by any downstream encoder (e.g. the distilled
+ResNet-50 export) with a linear head; the loss needs its logits only.
 Report: its Table 1 (class-wise precision / recall / F1, teacher vs student), Table 2 (size MB,
 CPU latency ms, FPS at batch size 1, improvement) and the from-scratch baseline of §IV.4.
 """
@@ -20,20 +22,23 @@ from typing import Any
 import torch
 
 from downstream.data.inputs import Inputs
+from downstream.edge.measure import fp32_mib, models_side_by_side
 from downstream.fit import FitConfig
 from downstream.kd.data import DataConfig
-from downstream.kd.efficiency import fp32_mib, models_side_by_side
 from downstream.kd.losses import LogitKDLoss, LogitLossConfig
 from downstream.kd.models.backbones import create
+from downstream.kd.models.encoder_teacher import EncoderTeacher
+from downstream.kd.models.encoder_teacher import teacher_arch as encoder_arch
 from downstream.kd.models.hybrid_teacher import HybridViTConvNeXt
 from downstream.kd.pipeline import LogitKDSpec, logit_kd, start
-from downstream.kd.recipes.base import Entry
+from downstream.kd.recipes.base import CellSpec, Entry, roles
 from downstream.kd.report import md_table, pct, plot_bars, plot_history, write_report
 from sonodistill.atomic import write_json
 from sonodistill.config import save_config, to_dict
 from sonodistill.precision import MixedPrecision
 
 NAME = "vit_mobilenet"
+TEACHER_OUTPUTS = ("logits",)
 PAPER = {
     "teacher": {"mb": 438.8, "latency_ms": 242.9, "fps": 4.1, "accuracy": 0.9506},
     "student": {"mb": 5.9, "latency_ms": 16.3, "fps": 61.5, "accuracy": 0.9506},
@@ -51,6 +56,7 @@ class TeacherConfig:
     vit_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {depth: 2, embed_dim: 64, num_heads: 2}
     convnext_kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str = ""  # a trained teacher (model.safetensors of a previous run) instead of training one
+    encoder: str = ""  # a downstream encoder spec (export folder, hf-hub:, timm:, dinov3:) instead of the hybrid
     train: FitConfig = field(default_factory=FitConfig)
 
 
@@ -64,7 +70,7 @@ class StudentConfig:
 
 @dataclass
 class EfficiencyConfig:
-    runs: int = 50  # timed batch-size-1 forward passes (median reported)
+    runs: int = 50  # timed batch-size-1 forward passes (median reported); 0 = not measured
     warmup: int = 10
     threads: int = 0  # torch CPU threads while timing (0 = leave as is)
 
@@ -80,7 +86,9 @@ class Config:
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs, fp32 on CPU
 
 
-def build_teacher(cfg: TeacherConfig, num_classes: int, img_size: int) -> HybridViTConvNeXt:
+def build_teacher(cfg: TeacherConfig, num_classes: int, img_size: int) -> torch.nn.Module:
+    if cfg.encoder:
+        return EncoderTeacher.build(cfg.encoder, num_classes)
     return HybridViTConvNeXt(
         num_classes,
         cfg.vit,
@@ -95,6 +103,8 @@ def build_teacher(cfg: TeacherConfig, num_classes: int, img_size: int) -> Hybrid
 
 
 def teacher_arch(cfg: TeacherConfig, num_classes: int, img_size: int) -> dict[str, Any]:
+    if cfg.encoder:
+        return encoder_arch(cfg.encoder, num_classes)
     return {
         "model": "hybrid_vit_convnext",
         "vit": cfg.vit,
@@ -145,7 +155,7 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     r.acc.wait_for_everyone()  # time on an otherwise idle process group: other ranks wait, main measures
     eff = (
         efficiency({"teacher": res.models["teacher"], "student": res.models["distilled"]}, size, cfg.efficiency)
-        if r.main
+        if r.main and cfg.efficiency.runs > 0
         else {}
     )
     metrics = {
@@ -162,21 +172,26 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
     if r.main:
         write_json(out / "metrics.json", metrics)
         plot_history({k: v.history for k, v in res.stages.items() if v.history}, out / "curves.png")
-        t, s = eff["teacher"], eff["student"]
-        plot_bars(
-            ["teacher", "student"],
-            {
-                "size (MB)": [t["mb"], s["mb"]],
-                "latency (ms)": [t["median_ms"], s["median_ms"]],
-                "FPS": [t["fps"], s["fps"]],
-            },
-            out / "efficiency.png",
-            ylabel="",
-            log=True,
-            title="CPU, batch size 1",
-        )
+        if eff:
+            plot_efficiency(eff, out / "efficiency.png")
         report(metrics, out / "report.md")
     return metrics
+
+
+def plot_efficiency(eff: dict[str, dict[str, float]], path: Path) -> None:
+    t, s = eff["teacher"], eff["student"]
+    plot_bars(
+        ["teacher", "student"],
+        {
+            "size (MB)": [t["mb"], s["mb"]],
+            "latency (ms)": [t["median_ms"], s["median_ms"]],
+            "FPS": [t["fps"], s["fps"]],
+        },
+        path,
+        ylabel="",
+        log=True,
+        title="CPU, batch size 1",
+    )
 
 
 def report(m: dict[str, Any], path: Path) -> None:
@@ -206,40 +221,11 @@ def report(m: dict[str, Any], path: Path) -> None:
             ]
         )
     table1 = md_table(["Class", "Model", "Precision", "Recall", "F1-Score"], rows)
-    et, es = m["efficiency"]["teacher"], m["efficiency"]["student"]
     p = m["paper"]
-    table2 = md_table(
-        ["Metric", "Teacher (Hybrid ViT)", "Student (MobileNet-V3)", "Improvement", "Paper (teacher / student)"],
-        [
-            [
-                "Model Size",
-                f"{et['mb']:.1f} MB",
-                f"{es['mb']:.1f} MB",
-                f"{100 * (1 - es['mb'] / et['mb']):.1f}% ({et['mb'] / es['mb']:.1f}x)",
-                f"{p['teacher']['mb']} / {p['student']['mb']} MB",
-            ],
-            [
-                "Inference Time",
-                f"{et['median_ms']:.1f} ms",
-                f"{es['median_ms']:.1f} ms",
-                f"{100 * (1 - es['median_ms'] / et['median_ms']):.1f} %",
-                f"{p['teacher']['latency_ms']} / {p['student']['latency_ms']} ms",
-            ],
-            [
-                "Frame Rate",
-                f"{et['fps']:.1f} FPS",
-                f"{es['fps']:.1f} FPS",
-                f"{es['fps'] / et['fps']:.1f}x",
-                f"{p['teacher']['fps']} / {p['student']['fps']} FPS",
-            ],
-            [
-                "Accuracy",
-                pct(t["accuracy"]),
-                pct(s["accuracy"]),
-                f"{100 * (s['accuracy'] - t['accuracy']):+.2f} pts",
-                f"{pct(p['teacher']['accuracy'])} / {pct(p['student']['accuracy'])}",
-            ],
-        ],
+    table2 = (
+        efficiency_table(m["efficiency"], t, s, p)
+        if m["efficiency"]
+        else ("Not measured (efficiency.runs=0; in a sweep the edge column times the student).")
     )
     sc = m["models"]["scratch"]
     impact = md_table(
@@ -273,13 +259,51 @@ def report(m: dict[str, Any], path: Path) -> None:
                 "Table 2. Efficiency comparison on CPU hardware",
                 table2 + "\n\nBatch size 1, fp32 eager PyTorch on this "
                 "machine's CPU, median of the timed runs; MB = MiB of the fp32 state dict. Confusion matrices: "
-                "confusion_teacher.png, confusion_distilled.png; curves.png; efficiency.png.",
+                "confusion.png (teacher, scratch, distilled); curves.png; efficiency.png.",
             ),
             (
                 "Impact of distillation (§IV.4)",
                 impact + f"\n\nPaper: from scratch {pct(p['scratch_accuracy'])}, "
                 f"distilled {pct(p['student']['accuracy'])}.",
             ),
+        ],
+    )
+
+
+def efficiency_table(eff: dict, t: dict, s: dict, p: dict) -> str:
+    """Paper 000's Table 2: size, latency, FPS and accuracy of teacher and student."""
+    et, es = eff["teacher"], eff["student"]
+    return md_table(
+        ["Metric", "Teacher (Hybrid ViT)", "Student (MobileNet-V3)", "Improvement", "Paper (teacher / student)"],
+        [
+            [
+                "Model Size",
+                f"{et['mb']:.1f} MB",
+                f"{es['mb']:.1f} MB",
+                f"{100 * (1 - es['mb'] / et['mb']):.1f}% ({et['mb'] / es['mb']:.1f}x)",
+                f"{p['teacher']['mb']} / {p['student']['mb']} MB",
+            ],
+            [
+                "Inference Time",
+                f"{et['median_ms']:.1f} ms",
+                f"{es['median_ms']:.1f} ms",
+                f"{100 * (1 - es['median_ms'] / et['median_ms']):.1f} %",
+                f"{p['teacher']['latency_ms']} / {p['student']['latency_ms']} ms",
+            ],
+            [
+                "Frame Rate",
+                f"{et['fps']:.1f} FPS",
+                f"{es['fps']:.1f} FPS",
+                f"{es['fps'] / et['fps']:.1f}x",
+                f"{p['teacher']['fps']} / {p['student']['fps']} FPS",
+            ],
+            [
+                "Accuracy",
+                pct(t["accuracy"]),
+                pct(s["accuracy"]),
+                f"{100 * (s['accuracy'] - t['accuracy']):+.2f} pts",
+                f"{pct(p['teacher']['accuracy'])} / {pct(p['student']['accuracy'])}",
+            ],
         ],
     )
 
@@ -297,3 +321,11 @@ def summary_entries() -> list[Entry]:
             lambda: build_student(StudentConfig(model="mobilenetv3_large_100"), 3),
         ),
     ]
+
+
+def _deployed(cfg: Config, num_classes: int) -> tuple[torch.nn.Module, str]:
+    return build_student(cfg.student, num_classes), "distilled"
+
+
+# a sweep cell reports the distilled student; the sweep's edge column times it instead of Table 2
+CELL = CellSpec(kind="cls", extract=roles("distilled"), deployed=_deployed, overrides=("efficiency.runs=0",))

@@ -1,4 +1,4 @@
-"""Model size and speed: parameters, GMACs, fp32 MB, CPU batch-size-1 latency.
+"""Model size and speed: parameters, GMACs, fp32 MB, CPU batch-size-1 latency with fixed threads.
 
 Conventions (stated in every table that uses them):
 - GMACs = ``torch.utils.flop_counter`` FLOPs / 2. The counter counts matmul/conv/attention
@@ -14,9 +14,10 @@ Conventions (stated in every table that uses them):
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -40,6 +41,18 @@ def gmacs(model: torch.nn.Module, example: torch.Tensor) -> float:
         model(example)
     model.train(was)
     return counter.get_total_flops() / 2e9
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int) -> Iterator[int]:
+    """torch's intra-op threads set to ``threads`` (0: leave as is) for the block; yields the count."""
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.inference_mode()

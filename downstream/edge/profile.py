@@ -1,0 +1,175 @@
+"""The edge column of a sweep cell: size, compute and CPU latency of the model the cell evaluates.
+
+Every cell records parameters, GMACs at its input size and CPU batch-size-1 latency of eager
+PyTorch fp32. Deployable models (KD students, distilled encoders; ``edge.onnx``) are also
+exported to ONNX and timed in onnxruntime fp32 and static INT8, and both runtimes are scored on
+the cell's test split, so the table shows what INT8 costs in the cell's own metric.
+
+Latencies are medians of ``runs`` calls measured in interleaved rounds (eager, onnxruntime fp32,
+INT8 take turns, so load drift on a shared machine hits all three alike), with torch and
+onnxruntime both fixed to ``threads`` intra-op threads (recorded). Latency depends on the
+architecture, the input shape and the threads, not on the weights, so with ``cache`` a
+measurement is reused by every later cell of the same architecture and size (the key is a hash
+of the module tree, the input shape, the threads and the quantisation settings); the INT8
+*metric* is always measured on the cell's own weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from downstream.edge.measure import fixed_threads, gmacs, num_params, side_by_side
+from downstream.edge.onnx import OrtModel, QuantConfig, export, int8_graph, quantize_static
+from sonodistill.atomic import write_json
+from sonodistill.config import to_dict
+
+log = logging.getLogger(__name__)
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class EdgeConfig:
+    """What the edge column measures (``run.edge.*`` in a sweep)."""
+
+    enabled: bool = True
+    threads: int = 2  # torch and onnxruntime intra-op threads while timing (recorded in every cell)
+    runs: int = 20  # timed batch-size-1 calls per runtime (median reported)
+    warmup: int = 3
+    rounds: int = 4  # interleaved rounds the runs are spread over
+    onnx: Literal["auto", "always", "never"] = "auto"  # auto: KD students and distilled (folder/hf-hub) encoders
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    cache: bool = True  # reuse a latency measured for the same architecture, input shape and threads
+
+
+@dataclass
+class Deployment:
+    """How to score a runtime on the cell's test split and where its calibration inputs come from."""
+
+    metric: str  # the cell's headline metric: "dice" or "accuracy"
+    score: Callable[[dict[str, Predictor]], dict[str, float]]  # numpy predictors -> their metric on the test split
+    calibration: Callable[[int], Iterable[np.ndarray]]  # n -> normalised training inputs
+
+
+class LatencyCache:
+    """Latencies by architecture signature, in one JSON file (``None``: in memory only)."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self.data: dict[str, dict[str, Any]] = {}
+        if self.path is not None and self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except ValueError:
+                self.data = {}  # a torn file only costs a re-measurement
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self.data[key] = value
+        if self.path is not None:
+            write_json(self.path, self.data)
+
+
+def signature(model: torch.nn.Module, shape: tuple[int, ...], cfg: EdgeConfig, onnx: bool) -> str:
+    """Hash of what latency depends on: the module tree, the input shape, threads, runtimes."""
+    parts = [repr(model), str(tuple(shape)), str(cfg.threads), str(cfg.runs), str(onnx)]
+    if onnx:
+        parts.append(json.dumps(to_dict(cfg.quant), sort_keys=True))
+    return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    m = model if on_cpu else copy.deepcopy(model).to("cpu")
+    return m.float().eval().to(memory_format=torch.contiguous_format)
+
+
+def profile(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    cfg: EdgeConfig,
+    *,
+    deployable: bool = False,
+    deployment: Deployment | None = None,
+    cache: LatencyCache | None = None,
+    workdir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The edge column for ``model`` at the input shape of ``example`` (batch 1 is timed)."""
+    t0 = time.perf_counter()
+    model = _cpu_copy(model)
+    x = example[:1].to("cpu").float()
+    with_onnx = deployment is not None and (cfg.onnx == "always" or (cfg.onnx == "auto" and deployable))
+    out: dict[str, Any] = {
+        "params_m": round(num_params(model) / 1e6, 6),
+        "input": list(x.shape),
+        "threads": cfg.threads,
+    }
+    with fixed_threads(cfg.threads) as threads:
+        out["threads"] = threads
+        out["gmacs"] = round(gmacs(model, x), 6)
+        key = signature(model, tuple(x.shape), cfg, with_onnx)
+        cached = cache.get(key) if (cache is not None and cfg.cache) else None
+        if not with_onnx:
+            lat = cached or side_by_side({"eager": lambda: model(x)}, cfg.runs, cfg.warmup, cfg.rounds)
+        else:
+            with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+                lat, onnx_part = _deploy(model, x, cfg, deployment, Path(tmp), threads, cached)
+            out["onnx"] = onnx_part
+        if cached is None and cache is not None and cfg.cache:
+            cache.put(key, {k: v for k, v in lat.items() if k in ("eager", "ort_fp32", "ort_int8")})
+    out["eager_ms"] = round(lat["eager"]["median_ms"], 3)
+    out["eager_p90_ms"] = round(lat["eager"]["p90_ms"], 3)
+    out["latency_cached"] = cached is not None
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def _deploy(model, x, cfg: EdgeConfig, dep: Deployment, work: Path, threads: int, cached) -> tuple[dict, dict]:
+    """Export, quantise, time (unless cached) and score onnxruntime fp32 and static INT8."""
+    fp32_path = export(model, work / "model_fp32.onnx", x)
+    calib = list(dep.calibration(cfg.quant.calib_images))
+    if not calib:
+        calib = [x.numpy()]
+    int8_path = quantize_static(fp32_path, work / "model_int8.onnx", calib, cfg.quant)
+    fp32, int8 = OrtModel(fp32_path, threads), OrtModel(int8_path, threads)
+    xn = x.numpy()
+    if cached is not None and "ort_int8" in cached:
+        lat = cached
+    else:
+        lat = side_by_side(
+            {"eager": lambda: model(x), "ort_fp32": lambda: fp32(xn), "ort_int8": lambda: int8(xn)},
+            cfg.runs,
+            cfg.warmup,
+            cfg.rounds,
+        )
+    scores = dep.score({"fp32": fp32, "int8": int8})  # one pass over the test split for both runtimes
+    m_fp32, m_int8 = scores["fp32"], scores["int8"]
+    f, q = lat["ort_fp32"]["median_ms"], lat["ort_int8"]["median_ms"]
+    return lat, {
+        "fp32_ms": round(f, 3),
+        "int8_ms": round(q, 3),
+        "int8_speedup": round(f / q, 3),  # vs onnxruntime fp32, not vs eager PyTorch
+        "fp32_vs_eager": round(lat["eager"]["median_ms"] / f, 3),
+        "metric": dep.metric,
+        "fp32_metric": m_fp32,
+        "int8_metric": m_int8,
+        "int8_metric_change": m_int8 - m_fp32,
+        "fp32_mb": round(fp32.mb, 3),
+        "int8_mb": round(int8.mb, 3),
+        "int8_graph": int8_graph(int8_path),
+        "quant": to_dict(cfg.quant),
+    }

@@ -1,0 +1,129 @@
+"""The corpus catalogue: every source of a corpus, with its reading options, in one YAML file.
+
+    python -m shards.build --corpus corpus.yaml --out /data/shards --workers 16
+
+```yaml
+sources:
+  - name: busi                    # source name kept with every sample
+    path: /data/Dataset_BUSI_with_GT   # folder, file glob, or hf:ID[:SPLIT]
+    exclude: ["*_mask*.png"]     # globs on the relative path (include: likewise)
+    anatomy: breast               # tag written into each sample's JSON
+  - name: pocus_lung
+    path: /data/covid19_ultrasound/data/pocus_videos
+    frames: {fps: 3, max: 30}     # or {every: N, max: M}, or all
+    max_frames_per_clip: 1000
+    max_images: 5000              # at most this many samples kept from this source
+```
+
+Other keys: ``array_key``, ``array_layout`` (auto | thw | hwt), ``volume`` (sequence | slices |
+skip) and ``volume_axis`` (0 | 1 | 2). An unknown key, a missing path or a bad value is a one-line
+error naming the source. ``shards/catalogues/public_ultrasound.yaml`` is a template for the public
+B-mode datasets (docs/data.md "The catalogue").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from shards.frames import parse_sampling
+from shards.readers import ReadOptions
+from shards.sources import NAME_RE, SourceFilter
+from sonodistill.errors import UserError
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    path: str
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    frames: object = None  # parsed by shards.frames.parse_sampling (default {fps: 3, max: 30})
+    array_key: str | None = None
+    array_layout: str = "auto"
+    volume: str = "sequence"
+    volume_axis: int = 0
+    max_frames_per_clip: int | None = 1000
+    max_images: int | None = None
+    anatomy: str | None = None
+
+    def options(self, where: str) -> ReadOptions:
+        return ReadOptions(
+            frames=parse_sampling(self.frames, where),
+            max_frames_per_clip=self.max_frames_per_clip,
+            array_key=self.array_key,
+            array_layout=self.array_layout,
+            volume=self.volume,
+            volume_axis=self.volume_axis,
+        )
+
+    def filter(self) -> SourceFilter:
+        return SourceFilter(list(self.include), list(self.exclude))
+
+
+KEYS = [f.name for f in dataclasses.fields(SourceConfig)]
+CHOICES = {"array_layout": ("auto", "thw", "hwt"), "volume": ("sequence", "slices", "skip"), "volume_axis": (0, 1, 2)}
+
+
+def _check(entry: dict, where: str) -> SourceConfig:
+    unknown = [k for k in entry if k not in KEYS]
+    if unknown:
+        raise UserError(f"{where}: unknown key '{unknown[0]}'; valid keys: {', '.join(KEYS)}")
+    for k in ("name", "path"):
+        if not entry.get(k) or not isinstance(entry[k], str):
+            raise UserError(f"{where}: '{k}' is required (a string)")
+    if not NAME_RE.match(entry["name"]):
+        raise UserError(f"{where}: name '{entry['name']}' must match {NAME_RE.pattern}")
+    for k in ("include", "exclude"):
+        v = entry.get(k, [])
+        if isinstance(v, str):
+            entry[k] = [v]
+        elif not isinstance(v, list) or not all(isinstance(g, str) for g in v):
+            raise UserError(f"{where}: '{k}' expects a glob or a list of globs, got {v!r}")
+    for k, choices in CHOICES.items():
+        if k in entry and entry[k] not in choices:
+            raise UserError(f"{where}: '{k}' expects one of {', '.join(map(str, choices))}, got {entry[k]!r}")
+    for k in ("max_frames_per_clip", "max_images"):
+        v = entry.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise UserError(f"{where}: '{k}' expects a positive integer, got {v!r}")
+    for k in ("array_key", "anatomy"):
+        if entry.get(k) is not None and not isinstance(entry[k], str):
+            raise UserError(f"{where}: '{k}' expects a string, got {entry[k]!r}")
+    cfg = SourceConfig(**entry)
+    cfg.options(where)  # validates `frames`
+    return cfg
+
+
+def load_catalogue(path: str | Path) -> list[SourceConfig]:
+    """Read and validate a catalogue; relative source paths are relative to the catalogue file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--corpus {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"--corpus {path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("sources"), list) or not data["sources"]:
+        raise UserError(f"--corpus {path}: expected a mapping with a non-empty 'sources' list")
+    extra = [k for k in data if k != "sources"]
+    if extra:
+        raise UserError(f"--corpus {path}: unknown top-level key '{extra[0]}'; valid keys: sources")
+    out: list[SourceConfig] = []
+    for i, entry in enumerate(data["sources"]):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        where = f"--corpus {path}: source '{name}'" if name else f"--corpus {path}: source #{i + 1}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where}: expected a mapping with name and path")
+        cfg = _check(dict(entry), where)
+        if not cfg.path.startswith("hf:") and not os.path.isabs(os.path.expanduser(cfg.path)):
+            cfg.path = str(path.parent / cfg.path)
+        cfg.path = os.path.expanduser(cfg.path)
+        if any(c.name == cfg.name for c in out):
+            raise UserError(f"{where}: source name '{cfg.name}' given twice")
+        out.append(cfg)
+    return out

@@ -1,0 +1,97 @@
+"""Worker side of the build: one input item -> its cleaned frames and rejections, in frame order.
+
+Runs in the build's worker processes. The item is read by :mod:`shards.readers` (content-detected)
+and its sampled frames are cleaned one at a time (:func:`shards.clean.clean_frame`); the build then
+drops consecutive near-identical frames and global duplicates in input order. A file that cannot
+be read is one rejection under its reason; a clip that breaks off keeps the frames decoded before
+the break and adds one rejection for the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from shards.clean import Cleaned, Rejected, clean_frame
+from shards.codec import Codec
+from shards.readers import ReadError, ReadOptions, open_media
+from shards.sources import Item
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    size: int
+    codec: Codec
+
+
+@dataclass
+class FrameOutcome:
+    frame: int | None  # index in the clip; None for a single image or a whole-file rejection
+    result: Cleaned | Rejected
+
+
+@dataclass
+class ItemOutcome:
+    family: str | None = None
+    multi: bool = False
+    decoded: int = 0  # frames decoded (sampled), kept or not
+    frames: list[FrameOutcome] = field(default_factory=list)
+    skipped: bool = False  # over the source's max_images: not read
+
+
+def _detail(exc: ReadError) -> str:
+    """The library's message, without memory addresses (the output must not depend on the run)."""
+    return re.sub(r"\(?0x[0-9a-fA-F]+\)?", "", exc.detail)[:200]
+
+
+def _file_sha1(item: Item) -> str:
+    if item.data is not None:
+        return hashlib.sha1(item.data).hexdigest()
+    h = hashlib.sha1()
+    with open(item.path, "rb") as fh:  # type: ignore[arg-type]
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def extract_item(item: Item, opts: ReadOptions, settings: ExtractSettings) -> ItemOutcome:
+    """Never raises for bad data: every failure becomes a :class:`Rejected` with its reason."""
+    out = ItemOutcome()
+    src = item.data if item.data is not None else item.path
+    try:
+        media = open_media(src, item.relpath, opts)  # type: ignore[arg-type]
+    except ReadError as exc:
+        out.frames.append(FrameOutcome(None, Rejected(exc.reason, {"detail": _detail(exc)} if exc.detail else {})))
+        return out
+    except MemoryError:
+        out.frames.append(FrameOutcome(None, Rejected("too_large")))
+        return out
+    out.family, out.multi = media.family, media.multi
+    try:
+        sha1 = _file_sha1(item)
+    except OSError:
+        out.frames.append(FrameOutcome(None, Rejected("unreadable")))
+        return out
+    try:
+        for fr in media.frames:
+            out.decoded += 1
+            res = clean_frame(fr.pixels, settings.size, settings.codec, region=media.region)
+            index = fr.index if media.multi else None
+            if isinstance(res, Cleaned):
+                h, w = fr.pixels.shape[:2]
+                meta = {"orig_size": [w, h], "orig_mode": media.orig_mode, "sha1": sha1, **res.meta}
+                scale = meta.pop("scale")
+                if media.spacing_mm:
+                    meta["spacing_mm"] = [round(media.spacing_mm[0] * scale, 6), round(media.spacing_mm[1] * scale, 6)]
+                if media.multi:
+                    meta["clip"] = item.relpath
+                    meta["frame"] = fr.index
+                meta.update(media.meta)
+                res.meta = meta
+            out.frames.append(FrameOutcome(index, res))
+    except ReadError as exc:
+        out.frames.append(FrameOutcome(None, Rejected(exc.reason, {"detail": _detail(exc), "after": out.decoded})))
+    except MemoryError:
+        out.frames.append(FrameOutcome(None, Rejected("too_large", {"after": out.decoded})))
+    return out

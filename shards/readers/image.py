@@ -1,0 +1,51 @@
+"""Image files through PIL (PNG, JPEG, BMP, TIFF, WebP, GIF): one frame, or a clip when animated.
+
+Single images keep the documented mode rules of :mod:`shards.decode`. An animated GIF or a
+multi-page TIFF is a clip: frames are visited one at a time (``seek``), sampled by the source's
+rule, with the frame rate taken from the GIF's per-frame ``duration`` when it has one.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+from PIL import Image
+
+from shards.decode import DecodeError, _to_uint8, decode_image
+from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels
+
+
+def read_image(data: bytes, opts: ReadOptions) -> Media:
+    try:
+        img = Image.open(io.BytesIO(data))
+        n = int(getattr(img, "n_frames", 1) or 1)
+    except Exception:
+        n = 1
+    if n <= 1:
+        try:
+            dec = decode_image(data)
+        except DecodeError as exc:
+            raise ReadError(exc.reason, str(exc)) from None
+        return Media(
+            frames=iter([Frame(as_frame_pixels(dec.pixels), 0)]),
+            multi=False,
+            family="image",
+            orig_mode=dec.orig_mode,
+            orig_size=dec.orig_size,
+            n_frames=1,
+        )
+    duration = img.info.get("duration") or 0
+    fps = 1000.0 / duration if duration and duration > 0 else None
+    indices = opts.frames.indices(n, fps, opts.max_frames_per_clip)
+
+    def frames() -> Iterator[Frame]:
+        try:
+            for i in indices:
+                img.seek(i)
+                frame = img.convert("RGB") if img.mode == "P" else img.copy()
+                yield Frame(as_frame_pixels(_to_uint8(frame)), i)
+        except (OSError, EOFError, ValueError) as exc:
+            raise ReadError("truncated", str(exc)) from None
+
+    return Media(frames(), True, "image", img.mode, img.size, n, fps)

@@ -1,0 +1,129 @@
+"""The corpus catalogue (--corpus corpus.yaml): validation, per-source options and counts, and resume
+of a build whose clips span shards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import shards.build as build_mod
+from shards.build import BuildSettings, build_shards
+from shards.catalogue import load_catalogue
+from shards.synth.media import clip_frames, write_dicom, write_video
+from sonodistill.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cat")
+    write_video(root / "clips", n=2, seed=5, frames=18)
+    write_dicom(root / "dicom", n=6, seed=5)
+    (root / "imgs" / "masks").mkdir(parents=True)
+    for i, f in enumerate(clip_frames(np.random.default_rng(9), 5, step=40)):
+        Image.fromarray(f).save(root / "imgs" / f"frame_{i}.png")
+        Image.fromarray((f > 128).astype(np.uint8) * 255).save(root / "imgs" / "masks" / f"frame_{i}_mask.png")
+    return root
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shards.build", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_catalogue_errors_name_the_source(tmp_path, corpus):
+    cases = [
+        ("sources:\n  - {name: a, path: x, fram: all}\n", "source 'a': unknown key 'fram'; valid keys: name, path"),
+        ("sources:\n  - {name: a, path: x, frames: {fps: 0}}\n", "source 'a': frames: fps expects a positive"),
+        ("sources:\n  - {name: a, path: x, volume: cube}\n", "source 'a': 'volume' expects one of"),
+        ("sources:\n  - {path: x}\n", "source #1: 'name' is required"),
+        ("sources:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", "given twice"),
+        ("srcs: []\n", "expected a mapping with a non-empty 'sources' list"),
+    ]
+    for text, msg in cases:
+        with pytest.raises(UserError, match=msg.replace("(", r"\(")):
+            load_catalogue(write_yaml(tmp_path / "c.yaml", text))
+    cat = write_yaml(tmp_path / "missing.yaml", "sources:\n  - {name: gone, path: /no/such/folder}\n")
+    proc = run_cli("--corpus", str(cat), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --source gone=/no/such/folder: folder does not exist"
+    ]
+
+
+def test_shipped_template_catalogue_is_valid():
+    cfgs = load_catalogue(REPO / "shards" / "catalogues" / "public_ultrasound.yaml")
+    assert len(cfgs) >= 20 and len({c.anatomy for c in cfgs}) >= 9
+    busi = next(c for c in cfgs if c.name == "busi")
+    assert busi.exclude == ["*_mask*"] and busi.options("x").frames.spec() == "fps=3,max=30"
+
+
+def test_corpus_build_with_options_and_source_next_to_it(tmp_path, corpus):
+    cat = write_yaml(
+        tmp_path / "corpus.yaml",
+        f"""sources:
+  - name: clips
+    path: {corpus / "clips"}
+    frames: {{every: 3, max: 4}}
+    anatomy: thyroid
+  - name: dicom
+    path: {corpus / "dicom"}
+    frames: all
+    max_images: 9
+  - name: imgs
+    path: {corpus / "imgs"}
+    exclude: ["masks/*"]
+""",
+    )
+    out = tmp_path / "out"
+    proc = run_cli("--corpus", str(cat), "--source", f"extra={corpus / 'imgs'}", "--out", str(out), "--size", "48")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    ps = m["per_source"]
+    assert ps["clips"]["files"] == 2 and ps["clips"]["clips"] == 2 and ps["clips"]["frames"] == 8  # 4 per clip
+    assert ps["clips"]["anatomy"] == "thyroid"
+    assert m["sources"]["dicom"] == 9 and ps["dicom"]["crop"]["dicom_region"] >= 1  # capped at max_images
+    assert ps["imgs"]["files"] == 5  # masks excluded
+    # the same PNGs again under another name are duplicates; its binary masks are not ultrasound
+    assert ps["extra"]["files"] == 10 and ps["extra"]["kept"] == 0
+    assert ps["extra"]["rejected"]["duplicate"] >= ps["imgs"]["kept"] >= 3
+    assert ps["extra"]["rejected"]["not_ultrasound"] == 5
+    assert m["num_samples"] == sum(m["sources"].values()) == sum(m["shard_samples"])
+    assert "clips" in proc.stdout and "extra" in proc.stdout
+
+
+def test_clip_build_resumes_byte_identical(corpus, tmp_path, monkeypatch):
+    sources = {"clips": str(corpus / "clips"), "dicom": str(corpus / "dicom")}
+    settings = BuildSettings(size=40, samples_per_shard=4, workers=1)
+    ref = tmp_path / "ref"
+    build_shards(sources, ref, settings, progress=False)
+    assert len(json.loads((ref / "manifest.json").read_text())["shards"]) >= 4
+    out = tmp_path / "resumed"
+    real_write = build_mod._write_shard
+    calls = {"n": 0}
+
+    def dying_write(path, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(build_mod, "_write_shard", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(sources, out, settings, progress=False)
+    assert (out / ".rejects-partial.jsonl").exists() and not (out / "manifest.json").exists()
+    monkeypatch.setattr(build_mod, "_write_shard", real_write)
+    build_shards(sources, out, settings, progress=False)
+    for p in sorted(ref.iterdir()):
+        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+    assert sorted(x.name for x in out.iterdir()) == sorted(x.name for x in ref.iterdir())
