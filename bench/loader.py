@@ -91,7 +91,7 @@ def download(url: str, dst: Path) -> Path:
 def serve(root: Path) -> tuple[str, http.server.ThreadingHTTPServer]:
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:
-            pass
+            """No request log: it would interleave with the test/benchmark output."""
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()

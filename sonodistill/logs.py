@@ -68,7 +68,7 @@ class _StderrHandler(logging.StreamHandler):
 
     @stream.setter
     def stream(self, value) -> None:
-        pass
+        """Ignored: logging.StreamHandler sets it, but the stream is always the current sys.stderr."""
 
 
 _HANDLER: logging.Handler | None = None

@@ -31,7 +31,7 @@ class CuttingHandler(http.server.SimpleHTTPRequestHandler):
     requests: Counter
 
     def log_message(self, *args) -> None:
-        pass
+        """No request log: it would interleave with the test/benchmark output."""
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         name = self.path.rsplit("/", 1)[-1]
