@@ -42,12 +42,17 @@ class Segmentation(Task):
         super().__init__(model, frozen)
         self.inputs, self.loss = inputs, loss
 
-    def __call__(self, batch: dict) -> dict:
+    def image_and_mask(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [0, 1] and binary masks of a batch, augmented together when training augments."""
         img = batch["image"].float() / 255.0
         mask = batch["mask"].float()
         if self.inputs.augment is not None:
             img, mask = self.inputs.augment(img, mask)
             mask = (mask > 0.5).float()
+        return img, mask
+
+    def __call__(self, batch: dict) -> dict:
+        img, mask = self.image_and_mask(batch)
         x = to_input(img, self.inputs.mean, self.inputs.std, channels_last=self.inputs.channels_last)
         logits = self.model(x)
         return {"loss": self.loss(logits, mask), "output": logits}

@@ -183,11 +183,7 @@ class SegKD(Segmentation):
         self.t_cap = Capture([last_map(teacher)] + (decoder_stages(teacher) if stages else []))
 
     def __call__(self, batch: dict) -> dict:
-        img = batch["image"].float() / 255.0
-        mask = batch["mask"].float()
-        if self.inputs.augment is not None:
-            img, mask = self.inputs.augment(img, mask)
-            mask = (mask > 0.5).float()
+        img, mask = self.image_and_mask(batch)
         logits = self.model(to_input(img, self.inputs.mean, self.inputs.std, channels_last=self.inputs.channels_last))
         with torch.no_grad():
             t_logits = self.teacher(to_input(img, self.t_inputs.mean, self.t_inputs.std))
