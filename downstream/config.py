@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import ClassVar, Literal
 
 from downstream.data.read import ReaderConfig
-from downstream.data.transforms import AugmentConfig
+from downstream.data.transforms import GeometricAugmentConfig
 from downstream.edge.profile import EdgeConfig
 from downstream.fit import FitConfig
 from downstream.splits import SplitConfig
@@ -26,7 +26,7 @@ TASK_LAYOUT = {"busi-seg": "busi", "busi-cls": "busi", "ddti-seg": "paired"}
 
 
 @dataclass
-class TrainConfig(FitConfig):
+class DownstreamTrainConfig(FitConfig):
     """Gradient training (segmentation, classification fine-tuning) in :func:`downstream.fit.fit`:
     the shared optimiser/schedule keys (AdamW, warm-up + cosine per step) plus the protocol's own."""
 
@@ -36,8 +36,6 @@ class TrainConfig(FitConfig):
     linear_lr: float = 1e-3  # linear probe: decoder / head only (encoder frozen)
     dice_weight: float = 1.0  # segmentation loss = dice_weight * Dice + bce_weight * BCE
     bce_weight: float = 1.0
-    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    num_workers: int = 4
     channels_last: bool = True
     save_checkpoint: bool = True  # best.safetensors in the run folder
     eval_batch_size: int = 32
@@ -56,11 +54,23 @@ class ProbeConfig:
 
 @dataclass
 class Settings:
-    image_size: int = 256
+    """The settings every cell of a sweep shares. The knobs every stage shares (``image_size``,
+    ``num_workers``, ``mixed_precision``; a run's ``seed``) sit at the top level, under the same names
+    in every stage's config."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "train.num_workers": "num_workers",
+        "train.mixed_precision": "mixed_precision",
+        "train.precision": "mixed_precision",
+    }
+
+    image_size: int = 256  # side of the square images every model sees, pixels
+    num_workers: int = 4  # image-decoding worker processes (capped at the cores this process may use)
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     split: SplitConfig = field(default_factory=SplitConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: GeometricAugmentConfig = field(default_factory=GeometricAugmentConfig)
+    train: DownstreamTrainConfig = field(default_factory=DownstreamTrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)  # params, GMACs, CPU latency, ONNX / INT8 of each model
     cache_dir: str = ""  # frozen-feature and latency cache; "" -> <out>/cache

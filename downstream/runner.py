@@ -65,7 +65,7 @@ def _loader(catalog: Catalog, ids: list[str], cfg: RunConfig, train: bool, **tar
         ImageSet(catalog.subset(ids), cfg.image_size, **targets),
         bs,
         train=train,
-        workers=cfg.train.num_workers,
+        workers=cfg.num_workers,
         seed=cfg.seed,
     )
 
@@ -148,7 +148,7 @@ def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tu
         catalog.fingerprint(),
         cfg.image_size,
         batch_size=cfg.probe.feature_batch_size,
-        num_workers=cfg.train.num_workers,
+        num_workers=cfg.num_workers,
         accelerator=acc,
     )
     index = catalog.by_id()
@@ -200,8 +200,8 @@ def run(
     cfg: RunConfig, accelerator=None, cache: FeatureCache | None = None, latency: LatencyCache | None = None
 ) -> dict:
     """Execute one run and return its metrics (also written to ``OUT/metrics.json``)."""
-    acc = accelerator or make_accelerator(cfg.train.mixed_precision, key="train.mixed_precision")
-    with cpu_threads(cfg.train.num_workers, acc.device):
+    acc = accelerator or make_accelerator(cfg.mixed_precision, key="mixed_precision")
+    with cpu_threads(cfg.num_workers, acc.device):
         return _run(cfg, acc, cache, latency)
 
 

@@ -38,7 +38,15 @@ from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
 from downstream.data.read import ReaderConfig
 from downstream.tables import TaskColumn, aggregate, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
-from sonodistill.config import add_config_args, config_from_args, load_config, save_config, split_top_level, to_dict
+from sonodistill.config import (
+    add_config_args,
+    config_from_args,
+    load_config,
+    save_config,
+    split_top_level,
+    to_dict,
+    with_old_names,
+)
 from sonodistill.errors import UserError, cli_main
 from sonodistill.jsonl import append_jsonl, read_jsonl
 
@@ -239,7 +247,7 @@ def kd_cell_config(cfg: SweepConfig, c: Cell, rc: RunConfig) -> Any | None:
 
 def cell_key(c: Cell, rc: RunConfig, kd: Any | None = None) -> str:
     """Identity plus a hash of every setting except output locations (moving OUT keeps resume)."""
-    d = to_dict(rc)
+    d = with_old_names(RunConfig, to_dict(rc))  # a renamed key keeps a sweep's cells done
     for k in ("out", "cache_dir"):
         d.pop(k)
     d["split"].pop("file")
@@ -319,7 +327,7 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     results = out / "results.jsonl"
     done = {r.get("key") for r in read_jsonl(results)}
     todo = [(c, rc, kd, k) for (c, rc, kd), k in zip(plan, keys) if k not in done]
-    acc = make_accelerator(cfg.run.train.mixed_precision, key="run.train.mixed_precision")
+    acc = make_accelerator(cfg.run.mixed_precision, key="run.mixed_precision")
     if acc.is_main_process:
         save_config(cfg, out / "sweep.yaml")
         log.info(f"sweep: {len(plan)} cells, {len(plan) - len(todo)} already done, {len(todo)} to run")
@@ -330,7 +338,7 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
         if max_cells is not None and ran >= max_cells:
             break
         if c.method:
-            with cpu_threads(rc.train.num_workers, acc.device):
+            with cpu_threads(rc.num_workers, acc.device):
                 metrics = run_kd_cell(rc, parse_method(c.method), kd, task_label=labels[c.task_key], latency=latency)
         else:
             metrics = run(rc, accelerator=acc, cache=cache, latency=latency)
@@ -359,7 +367,7 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m downstream.sweep", description=__doc__.splitlines()[0])
-    add_config_args(p)
+    add_config_args(p, SweepConfig)
     p.add_argument("--max-cells", type=int, default=None, help="run at most N missing cells, then report")
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
     args = p.parse_args(argv)

@@ -1,7 +1,7 @@
 """Batched augmentations for distillation: the paper's ``us`` preset, our ``us-physics``, natural-image
 ``default`` and ``none``. One view per image; the trainer feeds the same view to teacher and student.
 
-    aug = build_augment(AugmentConfig(preset="us-physics", size=256))
+    aug = build_augment(PretrainAugmentConfig(preset="us-physics", size=256))
     views = aug(images)   # uint8 or float [0,1] [B,1,H,W] on any device -> float32 [B,1,size,size] in [0,1]
 
 Presets (defaults; every probability and range is a config key under ``augment.``):
@@ -173,11 +173,10 @@ class GainConfig:
 
 
 @dataclass
-class AugmentConfig:
+class PretrainAugmentConfig:
     """Augmentation preset and its parameters (the pretraining config's ``augment`` section)."""
 
     preset: Preset = "us"
-    size: int = 256  # output side (square), pixels
     crop_scale: Range | None = None  # crop area / frame area; None: us 0.4-1, default 0.32-1
     crop_ratio: Range = (3 / 4, 4 / 3)  # crop width / height
     hflip_p: float = 0.5  # horizontal flip; a vertical flip is never applied
@@ -199,8 +198,6 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"augment.preset: expected one of {', '.join(PRESETS)}, got {self.preset!r}")
-        if self.size < 8:
-            raise ConfigError(f"augment.size: expected an integer >= 8, got {self.size}")
         if self.crop_scale is not None:
             _check_range("crop_scale", self.crop_scale, 0.0, 1.0, positive=True)
         _check_range("crop_ratio", self.crop_ratio, positive=True)
@@ -213,7 +210,7 @@ class AugmentConfig:
         _check_p("scan_threshold", self.scan_threshold)
 
 
-def resolve(cfg: AugmentConfig) -> AugmentConfig:
+def resolve(cfg: PretrainAugmentConfig) -> PretrainAugmentConfig:
     """``cfg`` with every preset-dependent key (None) replaced by the preset's value."""
     fill = {k: v for k, v in PRESET_DEFAULTS[cfg.preset].items() if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, **fill)
@@ -243,7 +240,7 @@ def _beam_depth(x: torch.Tensor, geom: ScanGeometry | None) -> torch.Tensor:
     return geom.depth
 
 
-def build_effects(cfg: AugmentConfig) -> fx.ScanAwareEffects:
+def build_effects(cfg: PretrainAugmentConfig) -> fx.ScanAwareEffects:
     """The ultrasound stage of a preset: physics effects (us-physics) and the depth blur (us, us-physics)."""
     cfg = resolve(cfg)
     effects: dict[str, fx.RandomEffect] = {}
@@ -266,11 +263,13 @@ def build_effects(cfg: AugmentConfig) -> fx.ScanAwareEffects:
 class UltrasoundAugment(nn.Module):
     """The augmentation pipeline of one preset (build it with :func:`build_augment`)."""
 
-    def __init__(self, cfg: AugmentConfig) -> None:
+    def __init__(self, cfg: PretrainAugmentConfig, size: int) -> None:
         super().__init__()
+        if size < 8:
+            raise ConfigError(f"image_size: expected an integer >= 8, got {size}")
         cfg = resolve(cfg)
-        self.cfg = cfg
-        size = (cfg.size, cfg.size)
+        self.cfg, self.size = cfg, int(size)
+        size = (self.size, self.size)
         self.geometric = nn.ModuleDict()
         if cfg.preset != "none":
             self.geometric["crop"] = K.RandomResizedCrop(
@@ -307,9 +306,9 @@ class UltrasoundAugment(nn.Module):
         x = to_unit_float(images)
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self.cfg.preset == "none":
-                if x.shape[-2:] != (self.cfg.size, self.cfg.size):
+                if x.shape[-2:] != (self.size, self.size):
                     x = F.interpolate(
-                        x, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False, antialias=True
+                        x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
                     )
                 return x.clamp_(0.0, 1.0)
             for mod in self.geometric.values():
@@ -320,6 +319,7 @@ class UltrasoundAugment(nn.Module):
             return x.clamp_(0.0, 1.0)
 
 
-def build_augment(cfg: AugmentConfig) -> UltrasoundAugment:
-    """The augmentation module for ``cfg`` (an ``nn.Module``; call it on a batch)."""
-    return UltrasoundAugment(cfg)
+def build_augment(cfg: PretrainAugmentConfig, size: int) -> UltrasoundAugment:
+    """The augmentation module for ``cfg`` with ``size`` x ``size`` outputs (an ``nn.Module``; call it
+    on a batch). The output size is the run's ``image_size``, not an augmentation setting."""
+    return UltrasoundAugment(cfg, size)

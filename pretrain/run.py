@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         epilog="Exit codes: 0 done, 2 bad input or diverged, 75 preempted after a checkpoint.",
     )
-    add_config_args(parser)
+    add_config_args(parser, PretrainConfig)
     args = parser.parse_args(argv)
     cfg = config_from_args(PretrainConfig, args)
     return train(cfg).exit_code

@@ -9,13 +9,18 @@ Rules:
 - an unknown key is an error that lists the valid keys at that level;
 - a value of the wrong type is an error naming the key and the expected type;
 - several YAML files may be layered (a recipe's preset, then a user's file), later files winning;
+- a renamed key keeps working for a while: a config class lists ``RENAMED = {"old.key": "new.key"}``
+  (keys relative to that class, sections too), and an old key in a file or an override is moved to
+  its new place with a one-line deprecation warning naming the new key;
 - ``save_config`` writes the resolved config (atomically) next to a run's outputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import logging
 import types
 import typing
 from collections.abc import Sequence
@@ -28,6 +33,7 @@ from sonodistill.atomic import write_text
 from sonodistill.errors import UserError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(UserError):
@@ -177,7 +183,7 @@ def parse_list(text: str) -> Any:
         return split_top_level(text[1:-1])
 
 
-def _fields(cls: type) -> dict[str, Any]:
+def config_fields(cls: type) -> dict[str, Any]:
     hints = get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
@@ -185,7 +191,7 @@ def _fields(cls: type) -> dict[str, Any]:
 def valid_keys(cls: type, prefix: str = "") -> list[str]:
     """All dotted leaf keys of a config dataclass (what ``key=value`` accepts)."""
     out: list[str] = []
-    for name, tp in _fields(cls).items():
+    for name, tp in config_fields(cls).items():
         if dataclasses.is_dataclass(tp):
             out.extend(valid_keys(tp, prefix + name + "."))
         else:
@@ -194,7 +200,7 @@ def valid_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
-    fields = _fields(cls)
+    fields = config_fields(cls)
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
@@ -243,11 +249,103 @@ def _check_override_key(cls: type, key: str) -> Any:
     for i, p in enumerate(parts):
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"override '{key}': '{'.'.join(parts[:i])}' is not a section")
-        fields = _fields(tp)
+        fields = config_fields(tp)
         if p not in fields:
             raise ConfigError(f"override: unknown key '{key}'; valid keys: " + ", ".join(valid_keys(cls)))
         tp = fields[p]
     return tp
+
+
+def renamed_keys(cls: type, prefix: str = "") -> dict[str, str]:
+    """Every deprecated dotted key of ``cls`` (its own ``RENAMED`` and its sections') -> its new key."""
+    out = {prefix + old: prefix + new for old, new in getattr(cls, "RENAMED", {}).items()}
+    for name, tp in config_fields(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(renamed_keys(tp, prefix + name + "."))
+    return out
+
+
+def _warn_renamed(where: str, old: str, new: str) -> None:
+    log.warning(f"{where}: '{old}' is deprecated, use '{new}' (the old key still works for now)")
+
+
+def rename_key(cls: type, key: str, where: str = "override") -> str:
+    """A dotted override key with a deprecated prefix moved to its new name (warned once per use)."""
+    for old, new in renamed_keys(cls).items():
+        if key == old or key.startswith(old + "."):
+            moved = new + key[len(old) :]
+            _warn_renamed(where, key, moved)
+            return moved
+    return key
+
+
+def _pop_dotted(tree: dict, key: str) -> tuple[bool, Any]:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.get(p)
+        if not isinstance(node, dict):
+            return False, None
+    if parts[-1] not in node:
+        return False, None
+    return True, node.pop(parts[-1])
+
+
+_MISSING = object()
+
+
+def _get_dotted(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for p in key.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return _MISSING
+        node = node[p]
+    return node
+
+
+def _drop_empty_stale(tree: dict, cls: type, key: str) -> None:
+    """Remove the parents of a moved key that it left empty and that are no section of ``cls``."""
+    parts = key.split(".")[:-1]
+    while parts:
+        parent = ".".join(parts)
+        node = _get_dotted(tree, parent)
+        try:
+            _check_override_key(cls, parent)
+            return  # still a valid section: keep it
+        except ConfigError:
+            pass
+        if node != {}:
+            return
+        _pop_dotted(tree, parent)
+        parts = parts[:-1]
+
+
+def apply_renames(cls: type, tree: dict, where: str) -> dict:
+    """Move every deprecated key of ``tree`` (a YAML mapping for ``cls``) to its new name, in place."""
+    for old, new in renamed_keys(cls).items():
+        found, value = _pop_dotted(tree, old)
+        if not found:
+            continue
+        _warn_renamed(where, old, new)
+        if _get_dotted(tree, new) is not _MISSING:
+            raise ConfigError(f"{where}: both '{old}' and its new name '{new}' are given; keep '{new}'")
+        _set_dotted(tree, new, value)
+        _drop_empty_stale(tree, cls, old)
+    return tree
+
+
+def with_old_names(cls: type, tree: dict) -> dict:
+    """A copy of ``to_dict(cfg)`` with each renamed key moved back to its most recent old name (the
+    first listed), so that digests of configs (a sweep's cell keys) made before a rename still match."""
+    out = copy.deepcopy(tree)
+    back: dict[str, str] = {}
+    for old, new in renamed_keys(cls).items():
+        back.setdefault(new, old)
+    for new, old in back.items():
+        found, value = _pop_dotted(out, new)
+        if found:
+            _set_dotted(out, old, value)
+    return out
 
 
 def _read_yaml(cls: type, path: str | Path) -> dict:
@@ -260,6 +358,7 @@ def _read_yaml(cls: type, path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    apply_renames(cls, data, str(path))
     _build(cls, data, str(path))  # validate keys and types against the file's own names
     return data
 
@@ -276,7 +375,7 @@ def load_config(
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
         key, raw = item.split("=", 1)
-        key = key.strip()
+        key = rename_key(cls, key.strip())
         tp = _check_override_key(cls, key)
         value: Any = raw
         if tp is not str and not (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp)):
@@ -302,16 +401,43 @@ def save_config(cfg: Any, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
-    """``--config FILE`` (repeatable: later files win) plus trailing ``key=value`` overrides."""
+def add_config_args(
+    parser: argparse.ArgumentParser, cls: type | None = None, default_config: str | None = None
+) -> None:
+    """``--config FILE`` (repeatable: later files win), ``--show-config`` and trailing ``key=value``
+    overrides; with ``cls``, ``--help`` lists every key of that config with its default and meaning."""
     parser.add_argument(
         "--config", action="append", default=None, help="YAML config file; repeat to layer several (later files win)"
     )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config (after --config files and overrides) as YAML, then exit",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (keys listed below)")
     parser.set_defaults(default_config=default_config)
+    if cls is not None:
+        from sonodistill.config_help import help_epilog
+
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "\n\n".join(x for x in (parser.epilog, help_epilog(cls, renamed_keys(cls))) if x)
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = ()) -> T:
-    """``base`` files (e.g. a recipe's preset), then every ``--config`` file, then the overrides."""
+    """``base`` files (e.g. a recipe's preset), then every ``--config`` file, then the overrides;
+    with ``--show-config`` the resolved config is printed as commented YAML and the command exits 0."""
     files = list(base) + (args.config or ([args.default_config] if getattr(args, "default_config", None) else []))
-    return load_config(cls, files, args.overrides)
+    cfg = load_config(cls, files, args.overrides)
+    if getattr(args, "show_config", False):
+        show_config(cfg)
+    return cfg
+
+
+def show_config(cfg: Any) -> None:
+    """Print ``cfg`` as commented YAML (rank 0 only) and exit 0: ``--show-config``."""
+    from sonodistill.config_help import commented_yaml
+    from sonodistill.logs import is_main_rank
+
+    if is_main_rank():
+        print(commented_yaml(cfg), end="")
+    raise SystemExit(0)

@@ -32,7 +32,7 @@ def _cfg(busi_dir, ddti_dir, export, out, methods: str) -> SweepConfig:
             "linear_fractions=[0.5]",
             "run.image_size=32",
             "run.train.epochs=1",
-            "run.train.num_workers=0",
+            "run.num_workers=0",
             "run.probe.epochs=20",
             "run.edge.runs=2",
             "run.edge.warmup=0",

@@ -14,11 +14,11 @@ from downstream.data.pixels import binarize, check_records, load_gray, load_mask
 from downstream.data.read import ReaderConfig, detect_layout, read_catalog
 from downstream.data.record import Catalog, ImageSource, Record
 from downstream.data.torchset import ImageSet
-from downstream.data.transforms import AugmentConfig, GeometricAugment, to_input
+from downstream.data.transforms import GeometricAugment, GeometricAugmentConfig, to_input
 
 __all__ = [
     "BUSI_CLASSES",
-    "AugmentConfig",
+    "GeometricAugmentConfig",
     "Catalog",
     "GeometricAugment",
     "HubImage",

@@ -18,7 +18,7 @@ import torch
 
 
 @dataclass
-class AugmentConfig:
+class GeometricAugmentConfig:
     enabled: bool = True
     scale_min: float = 0.7  # random resized crop: smallest area fraction kept
     hflip: float = 0.5  # probability
@@ -28,9 +28,9 @@ class AugmentConfig:
 class GeometricAugment(torch.nn.Module):
     """Same random geometry for ``image`` [B,C,H,W] float and ``mask`` [B,1,H,W] float."""
 
-    def __init__(self, size: int, cfg: AugmentConfig | None = None):
+    def __init__(self, size: int, cfg: GeometricAugmentConfig | None = None):
         super().__init__()
-        cfg = cfg or AugmentConfig()
+        cfg = cfg or GeometricAugmentConfig()
         ops = [K.RandomResizedCrop((size, size), scale=(cfg.scale_min, 1.0))]
         if cfg.hflip > 0:
             ops.append(K.RandomHorizontalFlip(p=cfg.hflip))

@@ -104,12 +104,12 @@ def run_overrides(module: Any, rc: RunConfig, subset: str) -> list[str]:
         reader = dataclasses.replace(reader, layout=TASK_LAYOUT[rc.task])
     out = [
         f"data.img_size={rc.image_size}",
-        f"data.workers={rc.train.num_workers}",
+        f"data.workers={rc.num_workers}",
         f"data.split.file={rc.split.file}",
         f"data.split.ratios={_value(list(rc.split.ratios))}",
         f"data.split.seed={rc.split.seed}",
         f"data.subset={subset}",
-        f"mixed_precision={rc.train.mixed_precision}",
+        f"mixed_precision={rc.mixed_precision}",
         f"seed={rc.seed}",
     ]
     out += [f"data.reader.{k}={_value(v)}" for k, v in to_dict(reader).items()]

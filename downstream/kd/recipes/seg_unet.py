@@ -42,7 +42,7 @@ from torch import nn
 
 from downstream.data import ImageSet
 from downstream.data.inputs import IMAGENET_MEAN, IMAGENET_STD, Inputs
-from downstream.data.transforms import AugmentConfig, GeometricAugment, to_input
+from downstream.data.transforms import GeometricAugment, GeometricAugmentConfig, to_input
 from downstream.edge.measure import gmacs, num_params
 from downstream.fit import FitConfig, fit
 from downstream.kd.checkpoint import load_model
@@ -87,7 +87,7 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: SegKDLossConfig = field(default_factory=SegKDLossConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: GeometricAugmentConfig = field(default_factory=GeometricAugmentConfig)
     seed: int = 42
     mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs, fp32 on CPU
 
