@@ -35,20 +35,20 @@ class DownstreamTrainConfig(FitConfig):
     warmup_epochs: float = 1.0
     linear_lr: float = 1e-3  # linear probe: decoder / head only (encoder frozen)
     dice_weight: float = 1.0  # segmentation loss = dice_weight * Dice + bce_weight * BCE
-    bce_weight: float = 1.0
-    channels_last: bool = True
+    bce_weight: float = 1.0  # segmentation loss weight of binary cross-entropy
+    channels_last: bool = True  # channels-last memory format on GPUs (ignored on CPU)
     save_checkpoint: bool = True  # best.safetensors in the run folder
-    eval_batch_size: int = 32
+    eval_batch_size: int = 32  # images per batch when predicting val / test
 
 
 @dataclass
 class ProbeConfig:
     """Classification linear probe on cached frozen features (standardised, then a linear layer)."""
 
-    epochs: int = 200
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
+    epochs: int = 200  # passes over the cached training features
+    lr: float = 1e-3  # learning rate of the linear layer (Adam)
+    weight_decay: float = 1e-4  # L2 penalty of the linear layer
+    batch_size: int = 64  # features per optimiser step
     feature_batch_size: int = 64  # images per forward pass when extracting features
 
 
@@ -78,13 +78,13 @@ class Settings:
 
 @dataclass
 class RunConfig(Settings):
-    task: Task = "busi-seg"
-    data: str = ""
-    encoder: str = "rand"
-    mode: Mode = "linear"
-    fraction: float = 1.0
-    seed: int = 0
-    out: str = "runs/downstream"
+    task: Task = "busi-seg"  # busi-seg | busi-cls | ddti-seg | seg | cls (generic, any layout)
+    data: str = ""  # dataset folder, hf:ID, a saved dataset or ub:DIR
+    encoder: str = "rand"  # rand | rand:NAME | timm:NAME | export folder | hf-hub:ID | dinov3:PATH_OR_ID
+    mode: Mode = "linear"  # linear (encoder frozen) | finetune (all parameters)
+    fraction: float = 1.0  # label fraction of the training split (nested across fractions per seed)
+    seed: int = 0  # label subset, initialisation and data order
+    out: str = "runs/downstream"  # metrics.json, config.yaml, curves and checkpoints go here
 
 
 def run_config(settings: Settings, **cell) -> RunConfig:

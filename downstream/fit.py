@@ -38,7 +38,7 @@ LOG_EVERY = 10  # steps between progress / TensorBoard updates
 class FitConfig(OptimConfig):
     """Optimiser, schedule, length and model selection of one training stage."""
 
-    epochs: int = 50
+    epochs: int = 50  # passes over the training split
     batch_size: int = 16  # per process
     select: str = "auto"  # auto (the task's metric) | last | val_<metric> (val_loss is minimised)
 

@@ -55,17 +55,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SweepConfig:
-    out: str = "runs/sweep"
+    out: str = "runs/sweep"  # results.jsonl, tables.md, summary.json, plots, splits/, cache/ and runs/ go here
     busi: str = ""  # BUSI folder for busi-seg / busi-cls
     ddti: str = ""  # DDTI folder for ddti-seg
     tasks: list[str] = field(default_factory=lambda: ["ddti-seg", "busi-seg", "busi-cls"])  # seg:, cls:, ub: too
     encoders: list[str] = field(default_factory=lambda: ["R50-Rand=rand"])  # NAME=SPEC (or SPEC)
     methods: list[str] = field(default_factory=list)  # KD rows: [NAME=]kd:RECIPE[?key=value&key=value]
     kd_presets: list[str] = field(default_factory=list)  # extra recipe layers: NAME -> kd/configs/NAME_<recipe>.yaml
-    modes: list[Mode] = field(default_factory=lambda: ["linear", "finetune"])
+    modes: list[Mode] = field(default_factory=lambda: ["linear", "finetune"])  # protocols of the encoder rows
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])  # fine-tuning
     linear_fractions: list[float] = field(default_factory=lambda: [1.0])  # linear probing
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one cell per seed: label subset, init, order
     run: Settings = field(default_factory=Settings)
 
 

@@ -82,7 +82,7 @@ def _check_range(key: str, r: Range, lo: float | None = None, hi: float | None =
 class AttenuationConfig:
     """Depth attenuation ``(1-floor) exp(-rate d) + floor``, d = normalised depth (usaugment DepthAttenuation)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     rate: Range = (0.0, 3.0)  # per unit normalised depth: 3 leaves 5 % at the deepest point
     floor: float = 0.0  # intensity fraction left at infinite depth (usaugment max_attenuation)
 
@@ -96,7 +96,7 @@ class AttenuationConfig:
 class ShadowConfig:
     """Acoustic shadow cast down the beam behind a reflector (usaugment GaussianShadow)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     strength: Range = (0.25, 0.8)  # darkening at the shadow's centre line: x * (1 - strength)
     width: Range = (0.02, 0.15)  # Gaussian sigma across beams, fraction of the scan-area width
     depth: Range = (0.1, 0.7)  # normalised depth of the reflector (shadow starts there)
@@ -114,7 +114,7 @@ class ShadowConfig:
 class HazeConfig:
     """Noisy bright band at a depth: near-field clutter / reverberation (usaugment HazeArtifact)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     strength: Range = (0.25, 0.5)  # peak added intensity, times U(0,1) noise per pixel
     depth: Range = (0.05, 0.95)  # normalised depth of the band's centre (usaugment radius)
     width: Range = (0.02, 0.1)  # Gaussian sigma of the band, normalised depth
@@ -130,7 +130,7 @@ class HazeConfig:
 class SpeckleConfig:
     """Multiplicative speckle: x * Gamma(L, 1/L) noise (mean 1, variance 1/L)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     looks: Range = (4.0, 16.0)  # L >= 1; 1 = fully developed speckle, larger = milder
 
     def __post_init__(self) -> None:
@@ -142,7 +142,7 @@ class SpeckleConfig:
 class DespeckleConfig:
     """Speckle reduction: bilateral filter (usaugment SpeckleReduction)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     sigma_space: Range = (0.5, 2.0)  # pixels
     sigma_color: Range = (0.05, 0.3)  # intensity units ([0, 1] images)
     kernel_size: int = 5  # window side (odd), as usaugment's win_size
@@ -159,7 +159,7 @@ class DespeckleConfig:
 class GainConfig:
     """Overall gain plus a TGC curve: ``points`` knobs evenly spaced over depth, linearly interpolated."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     gain_db: Range = (-4.0, 4.0)  # overall gain, dB (x 10^(dB/20))
     tgc_db: Range = (-4.0, 4.0)  # each TGC knob, dB
     points: int = 4  # knobs at depths 0, 1/3, 2/3, 1
@@ -176,11 +176,11 @@ class GainConfig:
 class PretrainAugmentConfig:
     """Augmentation preset and its parameters (the pretraining config's ``augment`` section)."""
 
-    preset: Preset = "us"
+    preset: Preset = "us"  # us (the paper) | us-physics | default (natural-image ablation) | none
     crop_scale: Range | None = None  # crop area / frame area; None: us 0.4-1, default 0.32-1
     crop_ratio: Range = (3 / 4, 4 / 3)  # crop width / height
     hflip_p: float = 0.5  # horizontal flip; a vertical flip is never applied
-    blur_p: float = 0.5
+    blur_p: float = 0.5  # probability of the (depth-dependent) Gaussian blur
     blur_sigma: Range | None = None  # pixels at the output size; None: us 0.1-1.5, default 0.1-2
     blur_depth_dependent: bool = True  # us/us-physics: blur grows from 0 (top) to sigma (deepest)
     jitter_p: float = 0.8  # default preset only: brightness/contrast jitter

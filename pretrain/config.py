@@ -25,8 +25,8 @@ class PretrainDataConfig:
     shards: str = ""  # dir or folder URL (https/s3/gs) with manifest.json, a manifest, or a brace pattern
     mode: Literal["loop", "resampled"] = "loop"  # loop: every sample once per epoch across ranks
     # resampled mode: proportional | uniform | tau=T | {source: weight} (shards.balance)
-    source_weights: str | dict[str, float] = "proportional"
-    shuffle_buffer: int = 1000
+    source_weights: str | dict[str, float] = "proportional"  # resampled mode: how often each source is drawn
+    shuffle_buffer: int = 1000  # samples per rank mixed before a batch is cut
     record_keys: bool = False  # audit: write the sample keys each rank trained on to <out_dir>/keys/
     gpu_decode: bool = False  # JPEG shards: decode on the training GPU (nvJPEG) instead of in the workers
     encoding: Literal["any", "png", "jpeg", "raw"] = "any"  # the shards' encoding this run expects
@@ -36,18 +36,18 @@ class PretrainDataConfig:
 class PretrainTeacherConfig:
     """The frozen DINOv3 teacher and which of its tokens are the targets."""
 
-    name_or_path: str = DEFAULT_TEACHER
+    name_or_path: str = DEFAULT_TEACHER  # Hub id or local save_pretrained folder of a DINOv3 ViT
     layers: list[int] = dataclasses.field(default_factory=lambda: [-2, -1])  # block indices, -1 = last
     norm: bool = True  # final LayerNorm on every layer (DINOv3 get_intermediate_layers(norm=True))
-    aggregate: Literal["concat", "mean"] = "concat"
+    aggregate: Literal["concat", "mean"] = "concat"  # how the chosen layers are combined into one target per token
 
 
 @dataclasses.dataclass
 class PretrainStudentConfig:
     """timm backbone + token-wise projection head."""
 
-    name: str = "resnet50"
-    head_hidden: int = 4096
+    name: str = "resnet50"  # timm CNN backbone (any with feature_info)
+    head_hidden: int = 4096  # hidden width of the token-wise 2-layer MLP projection head
     out_dim: int = 0  # 0: follow the teacher's embedding dim (any other value must equal it)
     sync_bn: bool = False  # SyncBatchNorm across GPUs (small per-GPU batches); ignored on CPU
     channels_last: bool = True  # GPU only
@@ -59,18 +59,18 @@ class PretrainTrainConfig(OptimConfig):
     """Optimisation (the shared :class:`~sonodistill.optim.OptimConfig` keys, paper 002's values),
     precision, logging and checkpointing. One step = one optimiser step."""
 
-    lr: float = 1e-4
+    lr: float = 1e-4  # peak learning rate (AdamW)
     min_lr: float = 1e-6  # end of the cosine
     weight_decay: float = 0.05  # not applied to norms and biases
     warmup_epochs: float = 10.0  # warmup_steps > 0 wins
     max_steps: int = 0  # 0: derived from epochs x manifest num_samples / global batch
-    epochs: float = 1000.0
+    epochs: float = 1000.0  # passes over the corpus (turned into steps with the manifest)
     batch_size: int = 64  # per process (device)
     global_batch: int = 512  # reached by gradient accumulation; 0 = batch_size x processes
     grad_clip: float = 3.0  # max global grad norm; 0 = off
     log_every: int = 20  # loss/throughput sync, progress, TensorBoard, NaN and stop-signal checks
-    save_every: int = 1000
-    keep_last: int = 3
+    save_every: int = 1000  # optimiser steps between checkpoints
+    keep_last: int = 3  # checkpoints kept (older ones deleted by the run that wrote them)
 
 
 @dataclasses.dataclass
@@ -85,7 +85,7 @@ class PretrainConfig:
         "train.mixed_precision": "mixed_precision",
     }
 
-    out_dir: str = "runs/pretrain"
+    out_dir: str = "runs/pretrain"  # checkpoints, metrics.jsonl, TensorBoard logs and config.yaml go here
     resume: str = "auto"  # auto (newest checkpoint in out_dir if any), a checkpoint dir, or none
     image_size: int = 256  # side of the square views both networks see (the augmentation's output), pixels
     num_workers: int = 4  # shard-decoding worker processes per rank (capped at the cores this rank may use)

@@ -23,7 +23,7 @@ class ReaderConfig:
     group_pattern: str = DDTI_GROUP  # paired layout: regex on the image stem, group 1 = patient id ("" = none)
     image_column: str = "image"  # hf layout columns
     mask_column: str = "mask"  # hf columns / ub record fields (psfh_mask, mass_mask, tumor_mask, ...)
-    label_column: str = "label"
+    label_column: str = "label"  # hf columns / ub record field holding the class label
     group_column: str = ""  # "" = none (hf) / patient or source when every record has it (ub)
     mask_values: list[int] = field(default_factory=list)  # ub label maps: foreground values ([] = non-zero)
 

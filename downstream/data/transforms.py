@@ -19,7 +19,7 @@ import torch
 
 @dataclass
 class GeometricAugmentConfig:
-    enabled: bool = True
+    enabled: bool = True  # train-time geometric augmentation on or off
     scale_min: float = 0.7  # random resized crop: smallest area fraction kept
     hflip: float = 0.5  # probability
     degrees: float = 10.0  # rotation range +- degrees (0 = off)
