@@ -28,7 +28,7 @@ from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
 from downstream.edge.profile import LatencyCache, profile
 from downstream.edge.score import classification_deployment, segmentation_deployment
-from downstream.encoders import Encoder, deployable_spec, load_encoder
+from downstream.encoders import Encoder, deployable_spec, load_encoder, spec_label
 from downstream.fit import FitResult, fit
 from downstream.loaders import make_loader
 from downstream.metrics import classification_metrics, plot_confusion
@@ -120,7 +120,7 @@ def _prediction_panel(model, catalog, test_ids, cfg, enc, acc, test, path) -> No
         pred,
         [dice[i] for i in range(len(ds))],
         path,
-        title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · test",
+        title=f"{cfg.task} · {spec_label(cfg.encoder)} · {cfg.mode} · test",
     )
 
 
@@ -294,13 +294,16 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
                 test["confusion_matrix"],
                 catalog.classes,
                 out / "confusion.png",
-                title=f"{cfg.encoder} · {cfg.mode} · test",
+                title=f"{spec_label(cfg.encoder)} · {cfg.mode} · test",
             )
         keys = (
             ["train_loss", "val_dice", "val_iou"] if kind == "seg" else ["train_loss", "val_accuracy", "val_macro_f1"]
         )
         plot_history(
-            res.history, out / "curves.png", keys, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · f={cfg.fraction}"
+            res.history,
+            out / "curves.png",
+            keys,
+            title=f"{cfg.task} · {spec_label(cfg.encoder)} · {cfg.mode} · {cfg.fraction * 100:g} % labels",
         )
         if cfg.train.save_checkpoint and res.best_state is not None:
             _save_checkpoint(res.best_state, out / "best.safetensors")
