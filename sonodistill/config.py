@@ -53,105 +53,129 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     """Convert ``value`` (from YAML or a CLI string) to ``tp`` or raise a ConfigError."""
-
-    def fail() -> ConfigError:
-        return ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r}")
-
     if tp is Any:
         return value
     origin = get_origin(tp)
     if origin is Literal:
-        choices = get_args(tp)
-        if value in choices:
-            return value
-        for c in choices:  # CLI strings for non-string literals
-            if isinstance(value, str) and str(c) == value:
-                return c
-        raise fail()
+        return _literal(value, tp, key, where)
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            if type(None) in args:
-                return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise fail()
+        return _union(value, tp, key, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise fail()
+            raise _mismatch(value, tp, key, where)
         return _build(tp, value, where, prefix=key + ".")
     if origin in (list, tuple, Sequence, typing.Sequence):
-        if isinstance(value, str):
-            value = parse_list(value)
-        if not isinstance(value, (list, tuple)):
-            raise fail()
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise fail()
-            return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
-        inner = args[0] if args else Any
-        out = [_coerce(v, inner, key, where) for v in value]
-        return tuple(out) if origin is tuple else out
+        return _sequence(value, tp, key, where)
     if origin is dict:
         if isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
-            raise fail()
+            raise _mismatch(value, tp, key, where)
         kt, vt = get_args(tp) or (Any, Any)
         return {_coerce(k, kt, key, where): _coerce(v, vt, f"{key}.{k}", where) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise fail()
-    if tp is int:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    raise fail() from None
-                if f.is_integer():
-                    return int(f)
-        raise fail()
-    if tp is float:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail()
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, tp, key, where)
     if isinstance(value, tp):
         return value
-    raise fail()
+    raise _mismatch(value, tp, key, where)
+
+
+def _mismatch(value: Any, tp: Any, key: str, where: str) -> ConfigError:
+    return ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r}")
+
+
+def _literal(value: Any, tp: Any, key: str, where: str) -> Any:
+    choices = get_args(tp)
+    if value in choices:
+        return value
+    for c in choices:  # CLI strings for non-string literals
+        if isinstance(value, str) and str(c) == value:
+            return c
+    raise _mismatch(value, tp, key, where)
+
+
+def _union(value: Any, tp: Any, key: str, where: str) -> Any:
+    args = get_args(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+        if type(None) in args:
+            return None
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key, where)
+        except ConfigError:
+            pass
+    raise _mismatch(value, tp, key, where)
+
+
+def _sequence(value: Any, tp: Any, key: str, where: str) -> Any:
+    if isinstance(value, str):
+        value = parse_list(value)
+    if not isinstance(value, (list, tuple)):
+        raise _mismatch(value, tp, key, where)
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise _mismatch(value, tp, key, where)
+        return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
+    inner = args[0] if args else Any
+    out = [_coerce(v, inner, key, where) for v in value]
+    return tuple(out) if origin is tuple else out
+
+
+def _bool(value: Any, tp: Any, key: str, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+        return False
+    raise _mismatch(value, tp, key, where)
+
+
+def _int(value: Any, tp: Any, key: str, where: str) -> int:
+    if isinstance(value, bool):
+        raise _mismatch(value, tp, key, where)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.replace("_", ""))
+        except ValueError:
+            try:
+                f = float(value)
+            except ValueError:
+                raise _mismatch(value, tp, key, where) from None
+            if f.is_integer():
+                return int(f)
+    raise _mismatch(value, tp, key, where)
+
+
+def _float(value: Any, tp: Any, key: str, where: str) -> float:
+    if isinstance(value, bool):
+        raise _mismatch(value, tp, key, where)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise _mismatch(value, tp, key, where) from None
+    raise _mismatch(value, tp, key, where)
+
+
+def _str(value: Any, tp: Any, key: str, where: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _mismatch(value, tp, key, where)
+
+
+_SCALARS = {bool: _bool, int: _int, float: _float, str: _str}
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
