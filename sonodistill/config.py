@@ -290,7 +290,8 @@ def renamed_keys(cls: type, prefix: str = "") -> dict[str, str]:
 
 
 def _warn_renamed(where: str, old: str, new: str) -> None:
-    log.warning(f"{where}: '{old}' is deprecated, use '{new}' (the old key still works for now)")
+    if where:  # "" reads a config this project saved itself (an older run's): no one to warn
+        log.warning(f"{where}: '{old}' is deprecated, use '{new}' (the old key still works for now)")
 
 
 def rename_key(cls: type, key: str, where: str = "override") -> str:
@@ -410,6 +411,17 @@ def load_config(
                     raise ConfigError(f"override '{item}': value is not valid YAML") from None
         _set_dotted(tree, key, value)
     return _build(cls, tree, "config" if not paths else str(paths[-1]))
+
+
+def config_from_dict(cls: type[T], tree: dict, where: str = "") -> T:
+    """``cls`` from a plain dict such as a saved ``config.yaml`` or a checkpoint's config: defaults,
+    then ``tree`` with renamed keys moved (silently when ``where`` is empty: a run's own saved
+    config, written before a rename), checked like a YAML file."""
+    data = copy.deepcopy(tree)
+    apply_renames(cls, data, where)
+    base = to_dict(cls())
+    _merge(base, data)
+    return _build(cls, base, where or cls.__name__)
 
 
 def _merge(base: dict, new: dict) -> None:

@@ -161,3 +161,15 @@ def test_downstream_loader_uses_the_capped_worker_count(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     dl = make_loader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), 2, train=False, workers=4)
     assert dl.num_workers == 2
+
+
+def test_a_checkpoint_config_saved_before_the_renames_reads_under_the_new_names(caplog):
+    """pretrain.export and resume read a run's saved config: an older run's keys still count, silently."""
+    from pretrain.config import PretrainConfig
+    from sonodistill.config import config_from_dict
+
+    old = {"augment": {"preset": "us", "size": 96}, "data": {"num_workers": 3}, "train": {"seed": 5, "lr": 0.5}}
+    with caplog.at_level(logging.WARNING):
+        cfg = config_from_dict(PretrainConfig, old)
+    assert (cfg.image_size, cfg.num_workers, cfg.seed, cfg.train.lr) == (96, 3, 5, 0.5)
+    assert not caplog.records
