@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,32 @@ def test_detection_by_content_not_name(tmp_path, dicom_dir):
     assert detect_family(b"ObjectType = Image\nNDims = 3\n", "a.mha") == "volume"
     assert detect_family(b"\x0b\x00\x00\x00\x00\x01", "interson-video.cine") == "unsupported"
     assert detect_family(b"hello world", "notes.txt") is None
+
+
+def test_detection_order_decides_weak_signatures(dicom_dir):
+    raw_tag = b"\x08\x00\x05\x00CS\x0a\x00" + b"\0" * 16  # a preamble-less dataset: (0008,0005) CS
+    assert detect_family(raw_tag, "frame") == "dicom"
+    assert detect_family(raw_tag, "frame.cine") == "unsupported"  # the extension rule is tried first
+    preamble = (dicom_dir / "0000_mono2_explicit.dcm").read_bytes()[:512]
+    assert detect_family(preamble, "frame.cine") == "dicom"  # DICM at 128 is tried before everything
+    assert detect_family(b"PK\x03\x04" + b"\0" * 20, "a.npz") == "array"
+    assert detect_family(b"PK\x03\x04" + b"\0" * 20, "a.zip") is None  # only a zip named .npz
+    assert detect_family(b"\x1f\x8b\x08" + b"\0" * 20, "A.NII.GZ") == "volume"  # names compared lower-cased
+    assert detect_family(b"\x1f\x8b\x08" + b"\0" * 20, "a.gz") is None
+    with pytest.raises(ReadError, match="^unsupported_format: cine$"):
+        open_media(b"\x0b\x00\x00\x00" + bytes(200), "Recording.CINE", ReadOptions())
+
+
+def test_telling_a_format_loads_no_decoding_library(dicom_dir, video_dir):
+    """Sources sniff every file in the main process; the decoders load only in the workers that read."""
+    files = [dicom_dir / "0006_cine_rle", video_dir / "0000_clip.mp4"]
+    code = (
+        "import sys\nfrom shards.readers import detect_family\n"
+        f"print([detect_family(open(p, 'rb').read(512), p) for p in {[str(f) for f in files]!r}])\n"
+        "print(sorted(m for m in ('PIL', 'pydicom', 'av', 'SimpleITK', 'h5py', 'scipy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["['dicom', 'video']", "[]"]
 
 
 def test_video_is_sampled_by_time(video_dir):

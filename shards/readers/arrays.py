@@ -18,6 +18,19 @@ import numpy as np
 
 from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels, to_uint8
 
+EXTENSIONS = (".npy", ".npz", ".mat", ".h5", ".hdf5")
+
+
+def sniff(head: bytes, name: str) -> bool:
+    """NumPy ``\\x93NUMPY``, a zip named ``.npz``, MATLAB v5 and v7.3 (an HDF5 file behind a 512-byte
+    text header), HDF5."""
+    return (
+        head[:6] == b"\x93NUMPY"
+        or (head[:4] == b"PK\x03\x04" and name.endswith(".npz"))
+        or head[:7] == b"MATLAB "
+        or head[:8] == b"\x89HDF\r\n\x1a\n"
+    )
+
 
 def _pick(keys: list[str], arrays: dict, opts: ReadOptions, what: str) -> str:
     if opts.array_key is not None:

@@ -15,6 +15,8 @@ import numpy as np
 
 from shards.frames import DEFAULT, Sampling
 
+HEAD_BYTES = 512  # a format is told from this many first bytes (shards.readers.detect)
+
 
 class ReadError(Exception):
     """Carries the rejection reason (``empty_file``, ``truncated``, ``unreadable``, ``undecodable``...)."""
