@@ -41,8 +41,8 @@ from shards.dedup import DuplicateIndex
 from shards.extract import ExtractSettings, ItemOutcome, extract_item
 from shards.journal import Journal
 from shards.manifest import MANIFEST
+from shards.options import SourceOptions
 from shards.ordered_pool import ordered_map
-from shards.readers import ReadOptions
 from shards.sources import Item, Source, open_source, parse_source
 from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
@@ -97,13 +97,7 @@ class BuildSettings:
             raise UserError(f"--jpeg-quality {self.jpeg_quality}: expected 1-100")
 
 
-@dataclass
-class _Opened:
-    source: Source
-    config: SourceConfig
-
-
-def _process(args: tuple[Item, ReadOptions, ExtractSettings, bool]) -> tuple[Item, ItemOutcome]:
+def _process(args: tuple[Item, SourceOptions, ExtractSettings, bool]) -> tuple[Item, ItemOutcome]:
     item, opts, settings, skip = args
     if skip:
         return item, ItemOutcome(skipped=True)
@@ -129,28 +123,18 @@ def _write_shard(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _config_identity(c: SourceConfig, opts: ReadOptions) -> dict:
-    return {
-        **opts.identity(),
-        "include": c.include,
-        "exclude": c.exclude,
-        "max_images": c.max_images,
-        "anatomy": c.anatomy,
-    }
-
-
-def _identity(opened: list[_Opened], settings: BuildSettings) -> dict:
+def _identity(opened: list[Source], settings: BuildSettings) -> dict:
     return {
         "settings": settings.identity(),
         "sources": [
             {
-                "name": o.source.name,
-                "spec": o.source.spec,
-                "items": len(o.source),
-                "fingerprint": o.source.fingerprint(),
-                "options": _config_identity(o.config, o.source.options),
+                "name": s.name,
+                "spec": s.spec,
+                "items": len(s),
+                "fingerprint": s.fingerprint(),
+                "options": s.options.identity(),
             }
-            for o in opened
+            for s in opened
         ],
     }
 
@@ -215,10 +199,7 @@ def build_shards(
     configs = _resolve(sources)
     if not configs:
         raise UserError("no --source given")
-    opened = []
-    for c in configs:
-        opts = c.options(f"source '{c.name}'")
-        opened.append(_Opened(open_source(c.name, c.path, opts, c.filter()), c))
+    opened = [open_source(c.name, c.path, c.options) for c in configs]
     identity = _identity(opened, settings)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -264,7 +245,7 @@ def build_shards(
     index = DuplicateIndex(settings.near_duplicate_distance)
     kept: Counter = Counter()
     rejected: Counter = Counter()
-    stats: dict = {o.source.name: _new_stats() for o in opened}
+    stats: dict = {o.name: _new_stats() for o in opened}
     shard_names: list[str] = []
     shard_sizes: list[int] = []
     shard_sources: list[dict] = []  # kept samples per source in each shard (source balance)
@@ -283,7 +264,7 @@ def build_shards(
     with open(partial, "ab") as fh:
         fh.truncate(records[-1]["rejects_bytes"] if records else 0)
     rejects_fh = open(partial, "ab")  # noqa: SIM115 (closed below, also on error)
-    total_items = sum(len(o.source) for o in opened)
+    total_items = sum(len(o) for o in opened)
     n_done = sum(shard_sizes)
 
     buffer: list[tuple[str, bytes, dict]] = []
@@ -298,8 +279,8 @@ def build_shards(
     if records:
         group, ph = records[-1]["last"]
         last.update(group=tuple(group) if group else None, phash=int(ph, 16))
-    caps = {o.source.name: o.config.max_images for o in opened}
-    anatomy = {o.source.name: o.config.anatomy for o in opened}
+    caps = {o.name: o.options.max_images for o in opened}
+    anatomy = {o.name: o.options.anatomy for o in opened}
 
     def flush(done_items: int) -> None:
         nonlocal buffer, hashes, kept_delta, rej_delta, stats_delta, n_done
@@ -338,18 +319,18 @@ def build_shards(
         stats_delta.setdefault(item.source, _new_stats())["rejected"][reason] += 1
         stats[item.source]["rejected"][reason] += 1
 
-    def items() -> Iterator[tuple[Item, ReadOptions, ExtractSettings, bool]]:
+    def items() -> Iterator[tuple[Item, SourceOptions, ExtractSettings, bool]]:
         start = consumed
         for o in opened:
-            n = len(o.source)
+            n = len(o)
             if start >= n:
                 start -= n
                 continue
-            for it in o.source.items(start):
+            for it in o.items(start):
                 # Past its cap a source's items are not read. Safe for determinism: an item pulled
                 # after the cap was reached (in input order) lies past the point where it was reached.
                 cap = caps[it.source]
-                yield it, o.source.options, extract, cap is not None and kept[it.source] >= cap
+                yield it, o.options, extract, cap is not None and kept[it.source] >= cap
             start = 0
 
     def count(src: str, key: str, n: int = 1) -> None:
@@ -419,7 +400,7 @@ def build_shards(
         "format": BUILD_FORMAT,
         "encoding": settings.encoding,
         "num_samples": n_done,
-        "sources": {o.source.name: kept.get(o.source.name, 0) for o in opened},
+        "sources": {o.name: kept.get(o.name, 0) for o in opened},
         "rejected": dict(sorted(rejected.items())),
         "inputs": total_items,
         "per_source": {
@@ -430,7 +411,7 @@ def build_shards(
         "shard_samples": shard_sizes,
         "shard_sources": shard_sources,
         "settings": settings.identity(),
-        "source_specs": {o.source.name: o.source.spec for o in opened},
+        "source_specs": {o.name: o.spec for o in opened},
         "identity": identity,
     }
     if not shard_names:

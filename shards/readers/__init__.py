@@ -9,13 +9,14 @@ formats are ``unsupported_format``; neither is ever fatal.
 
 from __future__ import annotations
 
-from shards.readers.base import HEAD_BYTES, Frame, Media, ReadError, ReadOptions
+from shards.options import SourceOptions
+from shards.readers.base import HEAD_BYTES, Frame, Media, ReadError
 from shards.readers.detect import detect_family, find_format
 
-__all__ = ["Frame", "Media", "ReadError", "ReadOptions", "open_media", "detect_family"]
+__all__ = ["Frame", "Media", "ReadError", "open_media", "detect_family"]
 
 
-def open_media(src: str | bytes, name: str, opts: ReadOptions) -> Media:
+def open_media(src: str | bytes, name: str, opts: SourceOptions) -> Media:
     """Open ``src`` (a path, or the file's bytes) named ``name``; raises :class:`ReadError` with the reason."""
     if isinstance(src, bytes):
         head = src[:HEAD_BYTES]

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels, to_uint8
+from shards.options import SourceOptions
+from shards.readers.base import Frame, Media, ReadError, as_frame_pixels, to_uint8
 
 EXTENSIONS = (".npy", ".npz", ".mat", ".h5", ".hdf5")
 
@@ -32,7 +33,7 @@ def sniff(head: bytes, name: str) -> bool:
     )
 
 
-def _pick(keys: list[str], arrays: dict, opts: ReadOptions, what: str) -> str:
+def _pick(keys: list[str], arrays: dict, opts: SourceOptions, what: str) -> str:
     if opts.array_key is not None:
         if opts.array_key not in keys:
             raise ReadError("array_key_missing", f"no '{opts.array_key}' in {what} (has {', '.join(keys[:8])})")
@@ -43,7 +44,7 @@ def _pick(keys: list[str], arrays: dict, opts: ReadOptions, what: str) -> str:
     return cands[0]
 
 
-def _layout(shape: tuple[int, ...], dtype, opts: ReadOptions, matlab: bool) -> str:
+def _layout(shape: tuple[int, ...], dtype, opts: SourceOptions, matlab: bool) -> str:
     """``image`` | ``rgb`` | ``thw`` | ``hwt``."""
     if len(shape) == 2:
         return "image"
@@ -64,7 +65,7 @@ def _h5_datasets(f) -> dict:
     return out
 
 
-def read_array(src: str | bytes, opts: ReadOptions, name: str = "") -> Media:
+def read_array(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     low = name.lower()
     head = src[:8] if isinstance(src, bytes) else open(src, "rb").read(520)
     closer = None

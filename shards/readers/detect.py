@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from shards.options import SourceOptions
 from shards.readers import arrays, dicom, image, video, volume
-from shards.readers.base import HEAD_BYTES, Media, ReadError, ReadOptions
+from shards.readers.base import HEAD_BYTES, Media, ReadError
 
 __all__ = ["COMPANION_EXTENSIONS", "FORMATS", "HEAD_BYTES", "Format", "detect_family", "find_format", "is_media_name"]
 
@@ -32,7 +33,7 @@ COMPANION_EXTENSIONS = {".raw": (".mhd",), ".zraw": (".mhd",), ".img": (".hdr",)
 class Format:
     family: str  # Media.family, and what detect_family reports
     sniff: Callable[[bytes, str], bool]  # (first HEAD_BYTES bytes, lower-cased name) -> is it this format
-    read: Callable[[str | bytes, ReadOptions, str], Media]  # (path or bytes, options, name); raises ReadError
+    read: Callable[[str | bytes, SourceOptions, str], Media]  # (path or bytes, options, name); raises ReadError
     extensions: tuple[str, ...] = ()  # names a folder counts as media without opening them
 
 
@@ -40,7 +41,7 @@ def _proprietary(head: bytes, name: str) -> bool:
     return name.endswith(UNSUPPORTED_EXTENSIONS)
 
 
-def _refuse(src: str | bytes, opts: ReadOptions, name: str) -> Media:
+def _refuse(src: str | bytes, opts: SourceOptions, name: str) -> Media:
     raise ReadError("unsupported_format", name.rsplit(".", 1)[-1].lower())
 
 

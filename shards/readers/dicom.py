@@ -28,7 +28,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels, to_uint8
+from shards.options import SourceOptions
+from shards.readers.base import Frame, Media, ReadError, as_frame_pixels, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def _to_display(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
     return as_frame_pixels(arr)
 
 
-def read_dicom(src: str | bytes, opts: ReadOptions, name: str = "") -> Media:
+def read_dicom(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     """Everything comes from the dataset itself; ``name`` is not needed."""
     import pydicom
     from pydicom.errors import InvalidDicomError

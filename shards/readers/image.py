@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
-from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels
+from shards.options import SourceOptions
+from shards.readers.base import Frame, Media, ReadError, as_frame_pixels
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
@@ -27,7 +28,7 @@ def sniff(head: bytes, name: str) -> bool:
     )
 
 
-def read_image(src: str | bytes, opts: ReadOptions, name: str = "") -> Media:
+def read_image(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     from PIL import Image
 
     from shards.decode import DecodeError, _to_uint8, decode_image

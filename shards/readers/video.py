@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
-from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels
+from shards.options import SourceOptions
+from shards.readers.base import Frame, Media, ReadError, as_frame_pixels
 
 EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".ogv")
 
@@ -28,7 +29,7 @@ def sniff(head: bytes, name: str) -> bool:
     )
 
 
-def read_video(src: str | bytes, opts: ReadOptions, name: str = "") -> Media:
+def read_video(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     """The container says what it holds; ``name`` is not needed."""
     import av
 

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from shards.readers.base import HEAD_BYTES, Frame, Media, ReadError, ReadOptions, as_frame_pixels, to_uint8
+from shards.options import SourceOptions
+from shards.readers.base import HEAD_BYTES, Frame, Media, ReadError, as_frame_pixels, to_uint8
 
 WHOLE_BYTES = 512 << 20
 EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -92,7 +93,7 @@ def _reader(path: str):
     return r
 
 
-def read_volume(src: str | bytes, opts: ReadOptions, name: str = "") -> Media:
+def read_volume(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     import SimpleITK as sitk
 
     tmp = None
