@@ -25,7 +25,7 @@ B-mode datasets (docs/data.md "The catalogue").
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
@@ -44,10 +44,7 @@ class SourceConfig:
     options: SourceOptions = field(default_factory=SourceOptions)
 
 
-# fmt: off
-KEYS = ["name", "path", "include", "exclude", "frames", "array_key", "array_layout", "volume", "volume_axis",
-        "max_frames_per_clip", "max_images", "anatomy"]
-# fmt: on
+KEYS = ["name", "path", *(f.name for f in fields(SourceOptions))]
 
 
 def _check(entry: dict, where: str) -> SourceConfig:
