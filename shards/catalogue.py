@@ -17,9 +17,9 @@ sources:
 
 Other keys: ``array_key``, ``array_layout`` (auto | thw | hwt), ``volume`` (sequence | slices |
 skip) and ``volume_axis`` (0 | 1 | 2); every key but ``name`` and ``path`` is a field of
-:class:`shards.options.SourceOptions`, which checks its value. An unknown key, a missing path or a bad
-value is a one-line error naming the source. ``shards/catalogues/public_ultrasound.yaml`` is a template for the public
-B-mode datasets (docs/data.md "The catalogue").
+:class:`shards.options.SourceOptions`, which checks its value. An unknown key, a missing path or a
+bad value is a one-line error naming the source. ``shards/catalogues/public_ultrasound.yaml`` is a
+template for the public B-mode datasets (docs/data.md "The catalogue").
 """
 
 from __future__ import annotations

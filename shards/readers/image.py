@@ -29,6 +29,7 @@ def sniff(head: bytes, name: str) -> bool:
 
 
 def read_image(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
+    # Imported here, as every reader does: telling a file's format loads no decoder (shards.readers.detect).
     from PIL import Image
 
     from shards.decode import DecodeError, _to_uint8, decode_image
