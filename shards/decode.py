@@ -70,6 +70,14 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def to_gray(pixels: np.ndarray) -> np.ndarray:
+    """HxW uint8 as it is; HxWx3 RGB -> luma by ITU-R 601 in PIL's integer arithmetic (``convert("L")``)."""
+    if pixels.ndim == 2:
+        return pixels
+    rgb = pixels.astype(np.uint32)
+    return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
 def decode_image(data: bytes) -> Decoded:
     """Fully decode ``data``; raise :class:`DecodeError` with the reason on failure."""
     if len(data) == 0:

@@ -1,0 +1,110 @@
+"""Annotations inside the scan area: find the marks a scanner or a reader drew, and remove them.
+
+Marks -- calipers (``+``, ``x``), dotted measurement lines, text, arrows, body marks and other
+drawn lines -- are strokes one to three pixels wide, drawn in one colour (white, grey, yellow,
+green, cyan...) over the speckle. Speckle and tissue are band-limited by the imaging system, so
+neither has strokes that thin, that bright against their surround and that regular in shape.
+Detection, in the crop at the native resolution (thresholds in :mod:`shards.thresholds`):
+
+1. stroke pixels: a white top-hat (the pixel minus the 5x5 opening) of at least
+   ``MARK_CONTRAST`` at a grey level of at least ``MARK_LEVEL`` (thin and bright), or a colour off
+   the frame's grey-to-colour map (:func:`shards.colour.residual_colour`: B-mode is grey);
+2. their connected pieces are told apart by shape (:mod:`shards.mark_shapes`): a cross is a
+   caliper, a closed outline a body mark, a long thin stroke a line or an arrow (a head at one
+   end), glyphs side by side on one baseline text, and small dots evenly spaced along a line a
+   dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks.
+
+Each mark is a kind and a box; ``inpaint`` fills the mark pixels (grown by ``MARK_GROW`` to take
+the halo of anti-aliasing and compression) with OpenCV's Telea inpainting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from shards.mark_shapes import Piece, find_marks
+from shards.thresholds import INPAINT_RADIUS, MARK_CONTRAST, MARK_GROW, MARK_LEVEL
+
+KINDS = ("caliper", "dotted_line", "text", "arrow", "body_mark", "line")
+
+
+@dataclass
+class Mark:
+    kind: str  # one of KINDS
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in the image it was found in
+    mask: np.ndarray  # bool, the box's size: the mark's pixels
+
+
+def stroke_pixels(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Thin bright pixels inside ``mask`` (step 1 of the module doc; the coloured ones come apart)."""
+    tophat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, np.ones((5, 5), np.uint8))
+    return (tophat >= MARK_CONTRAST) & (gray >= MARK_LEVEL) & mask
+
+
+def group_medians(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """The median of ``values`` for each label 1..n-1 (0 where a label has none; label 0 is ignored)."""
+    keep = labels > 0
+    labels, values = labels[keep], values[keep]
+    counts = np.bincount(labels, minlength=n)
+    if not len(labels):
+        return np.zeros(n, np.int32)
+    order = np.lexsort((values, labels))
+    mid = np.clip(np.cumsum(counts) - (counts + 1) // 2, 0, len(order) - 1)
+    return np.where(counts > 0, values[order][mid], 0)
+
+
+def _steps(gray: np.ndarray, mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """Per piece: median grey level of its pixels minus that of the ring just outside it. A drawn
+    stroke stands on the tissue as a step; a bright tissue streak fades into its surround."""
+    ring = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
+    ring[(labels > 0) | ~mask] = 0
+    g = gray.astype(np.int32).ravel()
+    own = group_medians(labels.ravel(), g, n)
+    around = group_medians(ring.ravel(), g, n)
+    has_ring = np.bincount(ring.ravel(), minlength=n) > 0
+    return np.where(has_ring, own - around, 0).astype(np.float32)
+
+
+def _pieces(strokes: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray) -> list[Piece]:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(strokes.astype(np.uint8), connectivity=8)
+    coloured = np.bincount(labels.ravel(), weights=col.ravel(), minlength=n)
+    steps = _steps(gray, mask, labels, n)
+    pieces = []
+    for k in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        comp = labels[y : y + h, x : x + w] == k
+        values = gray[y : y + h, x : x + w][comp]
+        pieces.append(Piece(k, (x, y, x + w, y + h), area, comp, values, coloured[k] >= 0.5 * area, float(steps[k])))
+    return pieces
+
+
+def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = None) -> list[Mark]:
+    """The marks inside ``mask`` of a grayscale image; ``col``: its coloured pixels
+    (:func:`shards.colour.residual_colour`), when it came from a colour frame."""
+    col = np.zeros(mask.shape, bool) if col is None else col & mask
+    strokes = stroke_pixels(gray, mask) | col
+    if not strokes.any():
+        return []
+    return [Mark(kind, box, m) for kind, box, m in find_marks(_pieces(strokes, col, gray, mask))]
+
+
+def marks_mask(shape: tuple[int, int], marks: list[Mark], grow: int = MARK_GROW) -> np.ndarray:
+    """The pixels of ``marks`` in an image of ``shape``, grown by ``grow`` pixels."""
+    out = np.zeros(shape, np.uint8)
+    for m in marks:
+        x0, y0, x1, y1 = m.box
+        out[y0:y1, x0:x1] |= m.mask.astype(np.uint8)
+    if grow > 0:
+        out = cv2.dilate(out, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return out > 0
+
+
+def inpaint(gray: np.ndarray, marks: list[Mark]) -> np.ndarray:
+    """``gray`` with the marks' pixels filled from their surround (OpenCV's Telea inpainting)."""
+    if not marks:
+        return gray
+    holes = marks_mask(gray.shape, marks).astype(np.uint8)
+    return cv2.inpaint(gray, holes, INPAINT_RADIUS, cv2.INPAINT_TELEA)
