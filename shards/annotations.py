@@ -14,8 +14,9 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
    end), glyphs side by side on one baseline text, and small dots evenly spaced along a line a
    dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks.
 
-Each mark is a kind and a box; ``inpaint`` fills the mark pixels (grown by ``MARK_GROW`` to take
-the halo of anti-aliasing and compression) with OpenCV's Telea inpainting.
+A line running along the scan area's edge (``EDGE_SHARE`` of its pixels within 2 px of it) is the
+image's outline, not a mark. Each mark is a kind and a box; ``inpaint`` fills the mark pixels (grown
+by ``MARK_GROW`` to take the halo of anti-aliasing and compression) with OpenCV's Telea inpainting.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import cv2
 import numpy as np
 
 from shards.mark_shapes import Piece, find_marks
-from shards.thresholds import INPAINT_RADIUS, MARK_CONTRAST, MARK_GROW, MARK_LEVEL
+from shards.thresholds import EDGE_SHARE, INPAINT_RADIUS, MARK_CONTRAST, MARK_GROW, MARK_LEVEL
 
 KINDS = ("caliper", "dotted_line", "text", "arrow", "body_mark", "line")
 
@@ -88,7 +89,15 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     strokes = stroke_pixels(gray, mask) | col
     if not strokes.any():
         return []
-    return [Mark(kind, box, m) for kind, box, m in find_marks(_pieces(strokes, col, gray, mask))]
+    marks = [Mark(kind, box, m) for kind, box, m in find_marks(_pieces(strokes, col, gray, mask))]
+    # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a mark.
+    edge = mask & ~(cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    return [m for m in marks if m.kind != "line" or not _along(edge, m)]
+
+
+def _along(edge: np.ndarray, m: Mark) -> bool:
+    x0, y0, x1, y1 = m.box
+    return int((edge[y0:y1, x0:x1] & m.mask).sum()) >= EDGE_SHARE * int(m.mask.sum())
 
 
 def marks_mask(shape: tuple[int, int], marks: list[Mark], grow: int = MARK_GROW) -> np.ndarray:

@@ -73,22 +73,19 @@ def phash256(gray: np.ndarray) -> int:
     return int(str(imagehash.phash(Image.fromarray(gray, "L"), hash_size=PHASH_SIDE)), 16)
 
 
-def _judge(gray: np.ndarray, rgb: np.ndarray | None, area: ScanArea, col: tuple | None) -> Rejected | dict:
-    """The colour, not-ultrasound and no-tissue rules: a rejection, or the measured values."""
-    values: dict = {}
-    if rgb is not None:
-        values.update(colour_measures(rgb, area, *(col or (None, None))))
-        if is_colour(values):
-            return Rejected("colour", values)
-    reason, measured = frame_rejection(gray, area)
-    values.update(measured)
-    return Rejected(reason, values) if reason else values
-
-
 def _marks(gray: np.ndarray, area: ScanArea, col: np.ndarray | None) -> tuple[np.ndarray, list[Mark]]:
     """The crop (surround blanked) and the annotations found inside it."""
     crop = crop_to_scan_area(gray, area)
     return crop, detect_marks(crop, area.mask_in_bbox(), col)
+
+
+def _tissue_rules(gray: np.ndarray, area: ScanArea, clean_crop: np.ndarray) -> tuple[str | None, dict]:
+    """The not-ultrasound and no-tissue rules, judged with the marks inpainted (they are no tissue)."""
+    if clean_crop is not None and area.small_mask.any():
+        x0, y0, x1, y1 = area.bbox
+        gray = gray.copy()
+        gray[y0:y1, x0:x1] = np.where(area.mask_in_bbox(), clean_crop, gray[y0:y1, x0:x1])
+    return frame_rejection(gray, area)
 
 
 def _sample(crop: np.ndarray, size: int, codec: Codec) -> tuple[bytes, str]:
@@ -113,16 +110,23 @@ def clean_frame(
     rgb = pixels if pixels.ndim == 3 else None
     if area is None:
         area = frame_scan_area(gray, rgb, region)
+    values: dict = {}
     col = None if rgb is None or not area.small_mask.any() else area_colour(rgb, area)
-    judged = _judge(gray, rgb, area, col)
-    if isinstance(judged, Rejected):
-        return judged
-    crop, marks = _marks(gray, area, None if col is None else col[1])
+    if rgb is not None:
+        values.update(colour_measures(rgb, area, *(col or (None, None))))
+        if is_colour(values):
+            return Rejected("colour", values)
+    crop, marks = _marks(gray, area, None if col is None else col[1]) if area.small_mask.any() else (None, [])
+    inpainted = inpaint(crop, marks) if marks else crop
+    reason, measured = _tissue_rules(gray, area, inpainted if marks else None)
+    values.update(measured)
+    if reason:
+        return Rejected(reason, values)
     found = [{"kind": m.kind, "box": output_box(m.box, crop.shape, size)} for m in marks]
     if marks and annotations == "drop":
         return Rejected("annotated", {"kinds": sorted({m.kind for m in marks}), "annotations": found})
     if annotations == "inpaint":
-        crop = inpaint(crop, marks)
+        crop = inpainted
     data, sha1 = _sample(crop, size, codec)
     x0, y0, x1, y1 = area.bbox
     meta = {"crop": [x0, y0, x1, y1], "crop_source": area.source, "scale": max(x1 - x0, y1 - y0) / size}

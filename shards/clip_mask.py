@@ -24,7 +24,7 @@ from shards.scan_area import (
     within_region,
     working_copy,
 )
-from shards.thresholds import CLIP_MIN_FRAMES, MOTION_LEVEL
+from shards.thresholds import CLIP_MIN_FRAMES, LIT_LEVEL, MOTION_LEVEL
 
 
 def clip_scan_area(frames: list[np.ndarray], region: tuple[int, int, int, int] | None = None) -> ScanArea:
@@ -44,7 +44,7 @@ def clip_scan_area(frames: list[np.ndarray], region: tuple[int, int, int, int] |
         moving = (stack.max(0).astype(np.int16) - stack.min(0)) > MOTION_LEVEL
 
     def lit_full(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        return np.any([g[y0:y1, x0:x1] > 0 for g in grays], axis=0)
+        return np.any([g[y0:y1, x0:x1] > LIT_LEVEL for g in grays], axis=0)
 
     area = find_scan_area(evidence, step, lit_full, grays[0].shape, moving)
     area.source = "clip"

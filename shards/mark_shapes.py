@@ -5,14 +5,16 @@ A *piece* is a connected group of stroke pixels. Marks are built from thin strok
 or irregular. In order:
 
 - *caliper*: a cross -- nearly all pixels on one row and one column (``+``) or on the two diagonals
-  (``x``) through its middle, each arm spanning most of the box;
+  (``x``) through its middle, each arm spanning most of the box -- or four short bars around an
+  empty centre (arms at most ``ARM_MAX`` long);
 - *body mark*: a closed thin outline (a hole inside) at most ``BODY_MARK_MAX`` pixels across; a
   larger closed outline (a box) is a *line*;
 - *arrow* / *line*: a long (at least ``LINE_MIN`` pixels) thin stroke; an arrow is one whose width
   across its axis grows at one end (the head);
 - *text*: glyphs -- thin pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall -- side by side on one
   baseline, at least ``TEXT_MIN_GLYPHS`` of them;
-- *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced along a straight line;
+- *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
+  along a straight line;
 - any other coloured piece of at least ``COLOUR_MARK_MIN`` pixels is a *line* (B-mode is grey).
 """
 
@@ -24,9 +26,11 @@ import cv2
 import numpy as np
 
 from shards.thresholds import (
+    ARM_MAX,
     BODY_MARK_MAX,
     COLOUR_MARK_MIN,
     DOT_MAX,
+    DOT_SPACING,
     DOTS_MIN,
     GLYPH_MAX,
     GLYPH_MIN,
@@ -90,15 +94,18 @@ def _arms(c: np.ndarray, r: int, k: int) -> list[int]:
 def is_cross(p: Piece) -> bool:
     """A caliper: ``+`` (four arms along one row and one column) or ``x`` (along both diagonals)."""
     w, h = p.w, p.h
-    if not (5 <= max(w, h) <= 41 and 0.6 <= w / h <= 1.67) or p.area > 0.5 * w * h or not p.drawn:
+    if not (5 <= max(w, h) <= 41 and 0.5 <= w / h <= 2.0) or p.area > 0.5 * w * h or not p.drawn:
         return False
     c = p.comp
-    r, k = int(np.argmax(c.sum(1))), int(np.argmax(c.sum(0)))
-    near = np.zeros_like(c)
-    near[max(0, r - 1) : r + 2, :] = True
-    near[:, max(0, k - 1) : k + 2] = True
-    arms = _arms(c, r, k)
-    plus = c[near].sum() >= 0.9 * p.area and min(arms) >= 2 and max(arms) <= 2.5 * max(min(arms), 1) + 1
+    rows, cols = np.flatnonzero(c.sum(1) >= 0.7 * w), np.flatnonzero(c.sum(0) >= 0.7 * h)
+    plus = False
+    if rows.size and cols.size and rows.size <= STROKE_WIDTH and cols.size <= STROKE_WIDTH:
+        r, k = int(rows.mean().round()), int(cols.mean().round())
+        near = np.zeros_like(c)
+        near[max(0, rows[0] - 1) : rows[-1] + 2, :] = True
+        near[:, max(0, cols[0] - 1) : cols[-1] + 2] = True
+        arms = _arms(c, r, k)
+        plus = c[near].sum() >= 0.85 * p.area and min(arms) >= 2 and max(arms) <= 2.5 * max(min(arms), 1) + 1
     if plus:
         return True
     diag = np.zeros_like(c)
@@ -208,14 +215,15 @@ def dotted_lines(pieces: list[Piece]) -> list[list[Piece]]:
         if taken[i]:
             continue
         d = np.hypot(*(c - c[i]).T)
-        for j in np.flatnonzero((d >= 2) & (d <= 16) & ~taken):
+        for j in np.flatnonzero((d >= 2) & (d <= DOT_SPACING) & ~taken):
             step = c[j] - c[i]
+            tol = max(1.5, 0.1 * float(np.hypot(*step)))
             chain = [i, j]
             for direction in (1, -1):
                 k, pos = 0, c[j] if direction == 1 else c[i]
                 while k < 64:
                     pos = pos + direction * step
-                    hit = np.flatnonzero(np.hypot(*(c - pos).T) <= 1.5)
+                    hit = np.flatnonzero(np.hypot(*(c - pos).T) <= tol)
                     if hit.size == 0:
                         break
                     chain.append(int(hit[0]))
@@ -224,6 +232,38 @@ def dotted_lines(pieces: list[Piece]) -> list[list[Piece]]:
                 taken[list(set(chain))] = True
                 out.append([dots[k] for k in sorted(set(chain))])
                 break
+    return out
+
+
+def _centre(p: Piece) -> tuple[float, float]:
+    return (p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2
+
+
+def _bar(p: Piece) -> bool:
+    """A short solid arm of a caliper drawn as four separate bars around an empty centre."""
+    long, short = max(p.w, p.h), min(p.w, p.h)
+    return not p.used and p.drawn and 3 <= long <= 2 * ARM_MAX and long >= 1.5 * short and p.area >= 0.7 * p.w * p.h
+
+
+def split_crosses(pieces: list[Piece]) -> list[list[Piece]]:
+    """Calipers drawn as four bars -- left, right, above, below -- around an empty centre."""
+    bars = [p for p in pieces if _bar(p)]
+    hor, ver = [p for p in bars if p.w > p.h], [p for p in bars if p.h > p.w]
+    out = []
+    for a in hor:
+        for b in hor:
+            gap = b.box[0] - a.box[2]
+            if a.used or b.used or not 1 <= gap <= ARM_MAX or abs(_centre(a)[1] - _centre(b)[1]) > 1:
+                continue
+            cx, cy = (a.box[2] + b.box[0]) / 2, _centre(a)[1]
+            near = [v for v in ver if not v.used and abs(_centre(v)[0] - cx) <= 1]
+            up = [v for v in near if 0 <= cy - v.box[3] <= gap]
+            down = [v for v in near if 0 <= v.box[1] - cy <= gap]
+            if up and down:
+                group = [a, b, up[0], down[0]]
+                for q in group:
+                    q.used = True
+                out.append(group)
     return out
 
 
@@ -257,6 +297,7 @@ def outline_kind(p: Piece) -> str | None:
 def find_marks(pieces: list[Piece]) -> list[tuple[str, Box, np.ndarray]]:
     """(kind, box, pixels) of every mark among the pieces (module doc, in that order)."""
     out = [("caliper", *_union([p])) for p in pieces if is_cross(p)]
+    out += [("caliper", *_union(g)) for g in split_crosses(pieces)]
     for g in text_groups(pieces):
         out.append(("text", *_union(g)))
     for p in pieces:

@@ -1,7 +1,8 @@
 """Reject frames that are not B-mode ultrasound (documented rules; docs/data.md "Cleaning rules").
 
-Judged on the scan area, at the working resolution (every ``step``-th pixel: the statistics are
-the same and the cost does not grow with the frame size); thresholds in :mod:`shards.thresholds`.
+Judged on the scan area's box reduced to <= ``WORK_SIDE`` px (every ``step``-th pixel: the
+statistics are the same, the cost does not grow with the frame, and a small scan on a wide screen
+is seen in as much detail as a large one); thresholds in :mod:`shards.thresholds`.
 
 - ``no_tissue``: a frozen blank frame (the frame, or the scan area, with a grey-level std below
   ``MIN_STD``), or a probe in air (:mod:`shards.tissue`).
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 
 from shards.scan_area import ScanArea
-from shards.thresholds import MAX_BRIGHT_FRACTION, MIN_SCAN_PIXELS, MIN_SCAN_SIDE, MIN_SPECKLE_CV, MIN_STD
+from shards.thresholds import MAX_BRIGHT_FRACTION, MIN_SCAN_PIXELS, MIN_SCAN_SIDE, MIN_SPECKLE_CV, MIN_STD, WORK_SIDE
 from shards.tissue import in_air, tissue_measures
 
 
@@ -37,6 +38,14 @@ def speckle_cv(gray: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(std[sel] / mean[sel]))
 
 
+def area_copy(gray: np.ndarray, area: ScanArea) -> tuple[np.ndarray, np.ndarray]:
+    """The scan area's box and mask reduced to <= ``WORK_SIDE`` px: the rules see the same detail in
+    a 150 x 300 scan on a wide screen as in a scan filling its frame."""
+    x0, y0, x1, y1 = area.bbox
+    step = max(1, int(np.ceil(max(x1 - x0, y1 - y0) / WORK_SIDE)))
+    return gray[y0:y1:step, x0:x1:step], area.mask_in_bbox()[::step, ::step]
+
+
 def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]:
     """(rejection reason or None, measured values) for a grayscale frame and its scan area."""
     small = gray[:: area.step, :: area.step]
@@ -48,17 +57,18 @@ def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]
         return "not_ultrasound", values  # no scan area at all
     if values["scan_side"] < MIN_SCAN_SIDE or values["scan_pixels"] < MIN_SCAN_PIXELS:
         return "too_small", values
-    inside = small[area.small_mask]
+    box, mask = area_copy(gray, area)
+    inside = box[mask]
     values["scan_std"] = round(float(inside.std()), 2)
     if values["scan_std"] < MIN_STD:
         return "no_tissue", values
     values["bright_fraction"] = round(float((inside > 200).mean()), 4)
     if values["bright_fraction"] > MAX_BRIGHT_FRACTION:
         return "not_ultrasound", values
-    values["speckle_cv"] = round(speckle_cv(small, area.small_mask), 4)
+    values["speckle_cv"] = round(speckle_cv(box, mask), 4)
     if values["speckle_cv"] < MIN_SPECKLE_CV:
         return "not_ultrasound", values
-    values.update(tissue_measures(small, area.small_mask))
+    values.update(tissue_measures(box, mask))
     return ("no_tissue" if in_air(values) else None), values
 
 

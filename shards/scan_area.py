@@ -231,7 +231,9 @@ def find_scan_area(
     core = _pieces(_core(small) & ~bars, lit, moving)
     if not core.any():
         return _empty(shape, step, small.shape)
-    hull = convex_hull(_grow(core, small, lit))
+    # One working pixel wider: the core's opening and the subsampling lose the image's last pixels
+    # (the box is then tightened to the lit pixels, so the black surround added here goes again).
+    hull = cv2.dilate(convex_hull(_grow(core, small, lit)).astype(np.uint8), SQUARE3) > 0
     rows, cols = np.flatnonzero(hull.any(1)), np.flatnonzero(hull.any(0))
     h, w = shape
     # Coarse box, then tightened to pixels lit at full resolution (the upsampled edge is a staircase).
@@ -254,7 +256,7 @@ def detect_scan_area(gray: np.ndarray, rgb: np.ndarray | None = None) -> ScanAre
     box lies inside the grey tissue around it and so inside the hull.
     """
     small, step = working_copy(gray, rgb)
-    return find_scan_area(small, step, lambda y0, y1, x0, x1: gray[y0:y1, x0:x1] > 0, gray.shape)
+    return find_scan_area(small, step, lambda y0, y1, x0, x1: gray[y0:y1, x0:x1] > LIT_LEVEL, gray.shape)
 
 
 def outside_zeroed(gray: np.ndarray, region: tuple[int, int, int, int] | None) -> np.ndarray:
