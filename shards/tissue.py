@@ -19,8 +19,9 @@ for a sector (phased array; its top is a point). Measured there, at the working 
 
 Three signatures, any suffices: an *empty* field (``lit_fraction`` below ``AIR_EMPTY_LIT``); a
 *uniform* one (structure below ``AIR_NEAR_STRUCTURE`` and ``AIR_DEEP_STRUCTURE``, with bands
-parallel to the face -- ``band_r2`` at least ``AIR_UNIFORM_BAND_R2`` -- or no lateral speckle
-texture -- ``lateral_ratio`` below ``AIR_FLAT_RATIO``: a probe held in air, its noise floor even);
+parallel to the face -- ``band_r2`` at least ``AIR_UNIFORM_BAND_R2`` --, no lateral speckle
+texture -- ``lateral_ratio`` below ``AIR_FLAT_RATIO`` -- or dim like a noise floor --
+``lit_fraction`` below ``AIR_LIT_FRACTION``: a probe held in air, its noise floor even);
 *bands over an empty field* (``band_r2`` above ``AIR_BAND_R2``, ``lit_fraction`` below
 ``AIR_LIT_FRACTION``, structure below the near field under ``AIR_EMPTY_STRUCTURE``: a probe lifted
 off the skin).
@@ -145,7 +146,11 @@ def in_air(values: dict) -> bool:
     uniform = (
         values["near_structure"] < AIR_NEAR_STRUCTURE
         and values["deep_structure"] < AIR_DEEP_STRUCTURE
-        and (values["band_r2"] >= AIR_UNIFORM_BAND_R2 or values["lateral_ratio"] < AIR_FLAT_RATIO)
+        and (
+            values["band_r2"] >= AIR_UNIFORM_BAND_R2
+            or values["lateral_ratio"] < AIR_FLAT_RATIO
+            or values["lit_fraction"] < AIR_LIT_FRACTION
+        )
     )
     bands_over_empty = (
         values["band_r2"] > AIR_BAND_R2
