@@ -7,8 +7,10 @@ neither has strokes that thin, that bright against their surround and that regul
 Detection, in the crop at the native resolution (thresholds in :mod:`shards.thresholds`):
 
 1. stroke pixels: a white top-hat (the pixel minus the 5x5 opening) of at least
-   ``MARK_CONTRAST`` at a grey level of at least ``MARK_LEVEL`` (thin and bright), or a colour off
-   the frame's grey-to-colour map (:func:`shards.colour.residual_colour`: B-mode is grey);
+   ``MARK_CONTRAST`` at a grey level of at least ``MARK_LEVEL`` (thin and bright), kept where they
+   are in their piece's one drawing colour (bright speckle touching a mark is peeled off), or a
+   colour off the frame's grey-to-colour map (:func:`shards.colour.residual_colour`: B-mode is
+   grey);
 2. their connected pieces are told apart by shape (:mod:`shards.mark_shapes`): a cross is a
    caliper, a closed outline a body mark, a long thin stroke a line or an arrow (a head at one
    end), glyphs side by side on one baseline text, and small dots evenly spaced along a line a
@@ -27,7 +29,7 @@ import cv2
 import numpy as np
 
 from shards.mark_shapes import Piece, find_marks
-from shards.thresholds import EDGE_SHARE, INPAINT_RADIUS, MARK_CONTRAST, MARK_GROW, MARK_LEVEL
+from shards.thresholds import EDGE_SHARE, INPAINT_RADIUS, MARK_CONTRAST, MARK_GROW, MARK_LEVEL, PLATEAU_TOL
 
 KINDS = ("caliper", "dotted_line", "text", "arrow", "body_mark", "line")
 
@@ -69,6 +71,23 @@ def _steps(gray: np.ndarray, mask: np.ndarray, labels: np.ndarray, n: int) -> np
     return np.where(has_ring, own - around, 0).astype(np.float32)
 
 
+def peel(strokes: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """Stroke pixels in their piece's drawing colour only: a mark is drawn in one grey level (its
+    piece's most common one, within ``PLATEAU_TOL``); bright speckle touching it is not."""
+    n, labels = cv2.connectedComponents(strokes.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return strokes
+    lab, val = labels[strokes], gray[strokes].astype(np.int64)
+    hist = np.bincount(lab * 256 + val, minlength=n * 256).reshape(n, 256)
+    window = np.ones(2 * PLATEAU_TOL + 1)
+    smooth = np.apply_along_axis(lambda h: np.convolve(h, window, mode="same"), 1, hist)
+    mode = smooth.argmax(axis=1)
+    keep = np.abs(val - mode[lab]) <= PLATEAU_TOL
+    out = np.zeros_like(strokes)
+    out[strokes] = keep
+    return out
+
+
 def _pieces(strokes: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray) -> list[Piece]:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(strokes.astype(np.uint8), connectivity=8)
     coloured = np.bincount(labels.ravel(), weights=col.ravel(), minlength=n)
@@ -86,7 +105,7 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     """The marks inside ``mask`` of a grayscale image; ``col``: its coloured pixels
     (:func:`shards.colour.residual_colour`), when it came from a colour frame."""
     col = np.zeros(mask.shape, bool) if col is None else col & mask
-    strokes = stroke_pixels(gray, mask) | col
+    strokes = peel(stroke_pixels(gray, mask), gray) | col
     if not strokes.any():
         return []
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(_pieces(strokes, col, gray, mask))]

@@ -126,7 +126,7 @@ def contact_sheet(
 # The measured values that decided each reason (the rest stay in rejects.jsonl).
 SHOWN = {
     "colour": ["colour_fraction", "colour_outside"],
-    "no_tissue": ["lit_fraction", "near_structure", "deep_structure", "band_r2", "lateral_ratio", "scan_std", "std"],
+    "no_tissue": ["lit_fraction", "near_structure", "deep_structure", "band_r2", "near_bands", "lateral_ratio", "std"],
     "not_ultrasound": ["scan_side", "scan_pixels", "bright_fraction", "speckle_cv", "std"],
     "too_small": ["scan_side", "scan_pixels"],
     "annotated": ["kinds"],

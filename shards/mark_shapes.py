@@ -176,7 +176,7 @@ def text_groups(pieces: list[Piece]) -> list[list[Piece]]:
             top, bot = min(q.box[1] for q in g), max(q.box[3] for q in g)
             h = bot - top
             overlap = min(bot, p.box[3]) - max(top, p.box[1])
-            if p.box[0] - last.box[2] <= max(3, h) and overlap >= 0.5 * min(h, p.h):
+            if p.box[0] - last.box[2] <= max(3, 2 * h) and overlap >= 0.5 * min(h, p.h):
                 g.append(p)
                 break
         else:

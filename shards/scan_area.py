@@ -169,11 +169,11 @@ def _pieces(core: np.ndarray, lit: np.ndarray, moving: np.ndarray | None) -> np.
     sizes = stats[:, cv2.CC_STAT_AREA].copy()
     sizes[0] = 0
     if moving is not None:
-        # Pixels that never change across a clip are user interface (sonocrop's cue).
-        moved = np.bincount(labels.ravel(), weights=moving.ravel(), minlength=n)
-        still = moved < PIECE_MIN_MOVING * np.maximum(sizes, 1)
-        if not still[1:].all():
-            sizes[still] = 0
+        moves = np.bincount(labels.ravel(), weights=moving.ravel(), minlength=n) >= PIECE_MIN_MOVING * np.maximum(
+            sizes, 1
+        )
+        if moves[1:].any() and not moves[1:].all():
+            return np.isin(labels, _moving_pieces(stats, sizes, moves))
     big = int(np.argmax(sizes))
     keep = [k for k in range(1, n) if sizes[k] >= PIECE_MIN_SHARE * sizes[big]]
     if len(keep) > 1:
@@ -183,6 +183,23 @@ def _pieces(core: np.ndarray, lit: np.ndarray, moving: np.ndarray | None) -> np.
         main = joined[labels == big][0]
         keep = [k for k in keep if k == big or (joined[labels == k] == main).any() or _in_columns(stats, k, big)]
     return np.isin(labels, keep)
+
+
+def _moving_pieces(stats: np.ndarray, sizes: np.ndarray, moves: np.ndarray) -> list[int]:
+    """A clip: the pieces that change (sonocrop's cue: what never changes is user interface), and the
+    still ones spanning their columns (the near-field bands of a probe in air are still too)."""
+    big = int(np.argmax(np.where(moves, sizes, 0)))
+    cand = [k for k in range(1, len(sizes)) if sizes[k] >= PIECE_MIN_SHARE * sizes[big]]
+    moving = [k for k in cand if moves[k]]
+    x0 = min(int(stats[k, 0]) for k in moving)
+    x1 = max(int(stats[k, 0] + stats[k, 2]) for k in moving)
+
+    def spans(k: int) -> bool:
+        x, w = int(stats[k, 0]), int(stats[k, 2])
+        overlap = max(0, min(x + w, x1) - max(x, x0))
+        return overlap >= PIECE_COLUMNS * w and w >= PIECE_COLUMNS * (x1 - x0)
+
+    return moving + [k for k in cand if not moves[k] and spans(k)]
 
 
 def _in_columns(stats: np.ndarray, k: int, big: int) -> bool:

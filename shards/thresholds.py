@@ -57,11 +57,14 @@ LIT_AREA_LEVEL = 40  # 5x5 mean above which a working pixel of the scan area is 
 AIR_EMPTY_LIT = 0.04  # empty: share of the scan area lit (5x5 mean > LIT_AREA_LEVEL) below this
 AIR_NEAR_STRUCTURE = 6.0  # uniform: structure (grey std) of the near field below this ...
 AIR_DEEP_STRUCTURE = 7.0  # ... and of the field below it below this ...
-AIR_UNIFORM_BAND_R2 = 0.5  # ... with bands parallel to the face (near-field band_r2 at least this)
-AIR_FLAT_RATIO = 0.5  # ... or without speckle's lateral texture (lateral_ratio below this), or dim
-# (lit_fraction below AIR_LIT_FRACTION: a noise floor; tissue filling a zoomed view is lit)
+AIR_UNIFORM_BAND_R2 = 0.75  # ... with bands parallel to the face (near-field band_r2 at least this)
+AIR_BANDS = 2  # ... that repeat (near-field peaks; a homogeneous phantom's membrane line is one),
+BAND_PEAK = 0.25  # (a peak stands this share of the near-field profile's range above its median)
+AIR_FLAT_RATIO = 0.5  # ... or without speckle's lateral texture (lateral_ratio below this),
+AIR_DIM_FRACTION = 0.1  # ... or dim: a noise floor alone (lit share < 0.06; a dim phantom 0.28),
+AIR_FLAT_STRUCTURE = 2.5  # ... or a near field flatter than this (EPIQ in air 1.1; no genuine frame under 5.5)
 AIR_BAND_R2 = 0.55  # bands over an empty field: near field explained by its depth profile above this,
-AIR_LIT_FRACTION = 0.25  # ... less than this share of the scan area lit (also: the dim uniform field),
+AIR_LIT_FRACTION = 0.25  # ... less than this share of the scan area lit,
 AIR_EMPTY_STRUCTURE = 4.0  # ... and no structure below the near field (grey std below this)
 
 # --- annotations (shards.annotations, shards.mark_shapes), native pixels --------------------------

@@ -19,9 +19,11 @@ for a sector (phased array; its top is a point). Measured there, at the working 
 
 Three signatures, any suffices: an *empty* field (``lit_fraction`` below ``AIR_EMPTY_LIT``); a
 *uniform* one (structure below ``AIR_NEAR_STRUCTURE`` and ``AIR_DEEP_STRUCTURE``, with bands
-parallel to the face -- ``band_r2`` at least ``AIR_UNIFORM_BAND_R2`` --, no lateral speckle
-texture -- ``lateral_ratio`` below ``AIR_FLAT_RATIO`` -- or dim like a noise floor --
-``lit_fraction`` below ``AIR_LIT_FRACTION``: a probe held in air, its noise floor even);
+parallel to the face -- ``band_r2`` at least ``AIR_UNIFORM_BAND_R2`` over at least ``AIR_BANDS``
+bands (``near_bands``: reverberations repeat; a phantom's membrane line is one) --, no lateral
+speckle texture -- ``lateral_ratio`` below ``AIR_FLAT_RATIO`` -- or dim like a noise floor --
+``lit_fraction`` below ``AIR_DIM_FRACTION`` --, or a near field flatter still (structure below
+``AIR_FLAT_STRUCTURE``): a probe held in air, its noise floor even);
 *bands over an empty field* (``band_r2`` above ``AIR_BAND_R2``, ``lit_fraction`` below
 ``AIR_LIT_FRACTION``, structure below the near field under ``AIR_EMPTY_STRUCTURE``: a probe lifted
 off the skin).
@@ -39,13 +41,17 @@ import numpy as np
 
 from shards.thresholds import (
     AIR_BAND_R2,
+    AIR_BANDS,
     AIR_DEEP_STRUCTURE,
+    AIR_DIM_FRACTION,
     AIR_EMPTY_LIT,
     AIR_EMPTY_STRUCTURE,
     AIR_FLAT_RATIO,
+    AIR_FLAT_STRUCTURE,
     AIR_LIT_FRACTION,
     AIR_NEAR_STRUCTURE,
     AIR_UNIFORM_BAND_R2,
+    BAND_PEAK,
     FACE_LEVEL,
     LIT_AREA_LEVEL,
     NEAR_FIELD,
@@ -119,6 +125,23 @@ def _band_r2(img: np.ndarray, valid: np.ndarray) -> float:
     return float(1.0 - (v - profile[depth]).var() / v.var())
 
 
+def _bands(img: np.ndarray, valid: np.ndarray, cut: int) -> int:
+    """Bright bands parallel to the face in the near field: peaks of its depth profile standing
+    ``BAND_PEAK`` of the profile's range above its median, at least 3 rows apart. A probe in air
+    shows several (the face's reverberations), a phantom's membrane or the skin line one."""
+    rows = [img[d][valid[d]] for d in range(min(cut, img.shape[0]))]
+    profile = np.array([np.median(r) if r.size else 0.0 for r in rows], np.float32)
+    if profile.size < 5:
+        return 0
+    profile = np.convolve(profile, np.ones(3) / 3, mode="same")
+    level = np.median(profile) + BAND_PEAK * (profile.max() - np.median(profile))
+    peaks, last = 0, -10
+    for d in range(1, profile.size - 1):
+        if profile[d] >= level and profile[d] >= profile[d - 1] and profile[d] > profile[d + 1] and d - last >= 3:
+            peaks, last = peaks + 1, d
+    return peaks
+
+
 def tissue_measures(small: np.ndarray, mask: np.ndarray) -> dict:
     """The measures of the module doc for a working frame and its scan-area mask."""
     img, valid = scan_lines(small, mask)
@@ -133,6 +156,7 @@ def tissue_measures(small: np.ndarray, mask: np.ndarray) -> dict:
     dy = float(np.abs(np.diff(b3, axis=0))[inner_y].mean()) if inner_y.any() else 0.0
     return {
         "band_r2": round(_band_r2(b3, near), 3),
+        "near_bands": _bands(b3, near, cut),
         "lateral_ratio": round(dx / dy, 3) if dy > 1e-6 else 1.0,
         "lit_fraction": round(float((b5[valid] > LIT_AREA_LEVEL).mean()), 3) if valid.any() else 0.0,
         "near_structure": round(_structure(b5[:cut], near[:cut]), 2),
@@ -147,9 +171,10 @@ def in_air(values: dict) -> bool:
         values["near_structure"] < AIR_NEAR_STRUCTURE
         and values["deep_structure"] < AIR_DEEP_STRUCTURE
         and (
-            values["band_r2"] >= AIR_UNIFORM_BAND_R2
+            (values["band_r2"] >= AIR_UNIFORM_BAND_R2 and values["near_bands"] >= AIR_BANDS)
             or values["lateral_ratio"] < AIR_FLAT_RATIO
-            or values["lit_fraction"] < AIR_LIT_FRACTION
+            or values["lit_fraction"] < AIR_DIM_FRACTION
+            or values["near_structure"] < AIR_FLAT_STRUCTURE
         )
     )
     bands_over_empty = (

@@ -4,7 +4,8 @@ annotation detector (bench/annotations.py, tests) on real frames.
 Drawn as scanners and readers draw them: caliper ``+``/``x`` (arms 3-8 px, 1 px thick), a dotted
 measurement line between two calipers, one to three words of text (PIL's bitmap font, or OpenCV's
 Hershey font at small scales), an arrow, a body mark (a small outline with a probe bar) and a box
-outline; in white, light grey or a colour (yellow, green, cyan). Each mark lies inside ``mask``
+outline; in white, light grey (215-255: scanners draw marks brighter than the tissue) or a colour
+(yellow, green, cyan). Each mark lies inside ``mask``
 (the scan area) and keeps clear of the others.
 """
 
@@ -24,7 +25,7 @@ Box = tuple[int, int, int, int]
 
 def _colour(rng: np.random.Generator, grey_only: bool) -> tuple[int, int, int]:
     if grey_only or rng.random() < 0.6:
-        v = 255 if rng.random() < 0.5 else int(rng.integers(190, 240))
+        v = 255 if rng.random() < 0.6 else int(rng.integers(215, 250))  # scanners draw marks near white
         return (v, v, v)
     return COLOURS[str(rng.choice(["yellow", "green", "cyan"]))]
 
