@@ -4,11 +4,9 @@ is not, a small scan on a wide device screen is kept, the frames of a clip share
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
@@ -22,6 +20,7 @@ from shards.options import SourceOptions
 from shards.readers import open_media
 from shards.scan_area import frame_scan_area
 from shards.synth.air import air_frame, aline_lung_frame
+from shards.synth.media import encode_video
 from shards.synth.screen import interface, on_screen, scan_box
 
 EVERY_FRAME = SourceOptions(frames=Sampling(mode="every", every=4, max=12))
@@ -95,30 +94,19 @@ def test_small_scan_on_a_wide_device_screen_is_kept(pocus_dir, size):
         assert res.meta["annotations"] == []  # the screen's text lies outside the scan area
 
 
-def screen_clip(pocus_dir: Path, box: tuple[int, int, int, int], n: int = 8) -> bytes:
+def screen_clip(pocus_dir: Path, box: tuple[int, int, int, int], path: Path, n: int = 8) -> None:
     """An H.264 clip of a real recording's scan shown small on a device screen with a fixed UI."""
     media = open_media(str(pocus_dir / "butterfly-ocular-phantom.mp4"), "x.mp4", EVERY_FRAME)
     frames = [to_gray(f.pixels) for f in media.frames][:n]
     x0, y0, x1, y1 = frame_scan_area(frames[0]).bbox
     ui = interface(np.random.default_rng(1), box)
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as c:
-        s = c.add_stream("libx264", rate=10)
-        s.width, s.height, s.pix_fmt = ui.shape[1], ui.shape[0], "yuv420p"
-        s.options = {"crf": "23", "preset": "veryfast", "threads": "1"}
-        for f in frames:
-            rgb = np.repeat(on_screen(f[y0:y1, x0:x1], ui, box)[..., None], 3, -1)
-            for packet in s.encode(av.VideoFrame.from_ndarray(rgb, "rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
-    return buf.getvalue()
+    encode_video([on_screen(f[y0:y1, x0:x1], ui, box) for f in frames], path, fps=10)
 
 
 def test_a_clip_shares_one_crop_and_its_ui_stays_out(pocus_dir, tmp_path):
     box = scan_box((300, 150))
     (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "screen.mp4").write_bytes(screen_clip(pocus_dir, box))
+    screen_clip(pocus_dir, box, tmp_path / "src" / "screen.mp4")
     out = tmp_path / "out"
     every = SourceOptions(frames=Sampling(mode="all", max=None))
     from shards.catalogue import SourceConfig
