@@ -159,8 +159,11 @@ def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:
     """What the run's metadata records about its shard set (local or remote)."""
     if manifest is None:
         return {}
+    from sonodistill.provenance import json_sha256, public_source_name
+
     keep = ("num_samples", "sources", "rejected", "settings", "encoding")
-    return {k: manifest[k] for k in keep if k in manifest} | {"path": str(shards)}
+    named = {"path": str(shards), "name": public_source_name(shards), "manifest_sha256": json_sha256(manifest)}
+    return {k: manifest[k] for k in keep if k in manifest} | named
 
 
 def _rng_neutral(batches: Iterator[dict]) -> Iterator[dict]:
@@ -358,6 +361,7 @@ def _base_meta(s: Session) -> dict[str, Any]:
             "patch_size": t.patch_size,
             "mean": list(t.mean),
             "std": list(t.std),
+            **t.provenance(),  # what the model card names it by (never the local path)
         },
         "student": {
             "name": cfg.student.name,
