@@ -32,7 +32,6 @@ import torch
 from pretrain.checkpoint import read_meta, resolve_resume, save_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.metrics import MetricsLog, plot_loss_curve
-from pretrain.preempt import EXIT_PREEMPTED, StopRequest
 from pretrain.step import distill_loss, make_view
 from pretrain.student import Student, build_student
 from shards.stream import decode_on_device
@@ -43,6 +42,7 @@ from sonodistill.jsonl import truncate_jsonl
 from sonodistill.logs import progress
 from sonodistill.optim import build_optimizer, build_scheduler
 from sonodistill.precision import frozen_dtype, resolve_mixed_precision
+from sonodistill.stop import EXIT_PREEMPTED, StopRequest
 from sonodistill.workers import loader_workers
 from sonodistill.world import launch_state, use_cpu
 
@@ -514,7 +514,7 @@ def train(cfg: PretrainConfig) -> TrainResult:
         keys_fh = keys_path.open("a", encoding="utf-8")
     metrics = MetricsLog(s.out_dir, start_step) if s.is_main else None
     outcome: Outcome | None = None
-    # Installed before the loader forks its workers, which inherit the handler (see pretrain.preempt).
+    # Installed before the loader forks its workers, which inherit the handler (see sonodistill.stop).
     with StopRequest() as stop:
         try:
             outcome = loop(s, start_step, ckpt, stop, metrics, keys_fh)

@@ -54,6 +54,7 @@ from shards.manifest import encoding_of, resolve_shards
 from shards.shardfile import NPY_CODE as _NPY_CODE
 from shards.shardfile import Shard, ShardUnreadable, open_shard
 from sonodistill.errors import UserError
+from sonodistill.stop import ignore_stop_signals
 
 MODES = ("epoch", "loop", "resampled")
 STATE_VERSION = 2
@@ -590,7 +591,14 @@ class ShardLoader:
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False)
-        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **kwargs)
+        loader = DataLoader(
+            ds,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            worker_init_fn=ignore_stop_signals,  # a signal to the process group stops the run, not a worker
+            **kwargs,
+        )
         pin = self.pin_memory and torch.cuda.is_available()
         for item in loader:
             slot, parts = item["__slot__"], item["__parts__"]

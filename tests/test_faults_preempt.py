@@ -1,0 +1,91 @@
+"""A stop signal to the whole process group (SLURM preemption, scancel, Kubernetes, Ctrl-C): every
+rank and every loader worker receives it. Pretraining must checkpoint and exit 75, not crash in a
+worker (issue 16); the same command then finishes the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dist.tiny_pretrain import REPO, TINY_YAML, tiny_overrides
+
+from pretrain.checkpoint import list_checkpoints
+from sonodistill.jsonl import read_jsonl
+from sonodistill.stop import EXIT_PREEMPTED
+
+RUN = dict(train__max_steps=10, train__log_every=1, train__save_every=100, num_workers=2, train__batch_size=2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(cmd: list[str], ranks: int, logs: Path) -> list[subprocess.Popen]:
+    """``ranks`` processes of one gloo group in one new process group, as srun starts SLURM tasks."""
+    port, procs = _free_port(), []
+    for rank in range(ranks):
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(ranks),
+            "LOCAL_RANK": str(rank),
+            "LOCAL_WORLD_SIZE": str(ranks),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+        }
+        group = {"process_group": 0 if rank == 0 else procs[0].pid}  # a new group of their own
+        err = (logs / f"rank{rank}.txt").open("a")
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, **group))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float = 300) -> list[int]:
+    deadline = time.time() + timeout
+    try:
+        return [p.wait(timeout=max(1.0, deadline - time.time())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:  # a hung run must not outlive the test
+                p.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_group_checkpoints_on_two_ranks_and_the_rerun_finishes(
+    shard_dir, tiny_teacher_dir, tmp_path, sig
+):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "pretrain" / "run.py"), "--config", str(TINY_YAML)]
+    cmd += tiny_overrides(shard_dir, tiny_teacher_dir, out, **RUN)
+    procs = _launch(cmd, 2, tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
+        if steps and steps[-1] >= 2:
+            # workers have started by now: the signal reaches every rank and every loader worker
+            assert len(subprocess.run(["pgrep", "-g", str(procs[0].pid)], capture_output=True).stdout.split()) > 2
+            os.killpg(procs[0].pid, sig)
+            break
+        time.sleep(0.05)
+    codes = _wait(procs)
+    logs = "".join((tmp_path / f"rank{r}.txt").read_text() for r in range(2))
+    assert codes == [EXIT_PREEMPTED, EXIT_PREEMPTED], logs[-3000:]
+    assert "killed by signal" not in logs and "Traceback" not in logs
+    ckpts = list_checkpoints(out)
+    assert len(ckpts) == 1 and 2 <= ckpts[0][0] < 10, ckpts
+    assert f"stopped by {signal.Signals(sig).name} after step {ckpts[0][0]}" in logs
+    # the same command again continues from the checkpoint and finishes
+    again = _launch(cmd, 2, tmp_path)
+    assert _wait(again) == [0, 0], (tmp_path / "rank0.txt").read_text()[-3000:]
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert steps == list(range(1, 11))  # no step lost, none repeated
