@@ -152,7 +152,19 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             f"(build them with `python -m shards.build --encoding {d.encoding}`, or set data.encoding={found}"
             " / data.encoding=any; docs/data.md#shard-encodings compares the encodings)"
         )
+    _check_shard_size(cfg, loader.manifest)
     return loader
+
+
+def _check_shard_size(cfg: PretrainConfig, manifest: dict | None) -> None:
+    """Refuse to upsample every image: shards built smaller than the views the networks see."""
+    size = ((manifest or {}).get("settings") or {}).get("size")
+    if size and int(size) < cfg.image_size and not cfg.data.allow_upsample:
+        raise UserError(
+            f"image_size: {cfg.image_size} px is larger than the {size} px of the shards in '{cfg.data.shards}': "
+            f"every image would be upsampled; build them with --size {cfg.image_size}, set image_size={size}, "
+            "or data.allow_upsample=true to train so on purpose"
+        )
 
 
 def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:

@@ -10,14 +10,16 @@ job, loader workers included. So:
   finished cells or stages, the finished shards) and ends with :class:`Stopped`, which
   :func:`sonodistill.errors.cli_main` turns into one ``stopped:`` line and exit code
   :data:`EXIT_PREEMPTED` (75). Running the same command again continues.
-- loader workers ignore the three signals (:func:`ignore_stop_signals` as ``worker_init_fn``):
-  they end when the main process shuts its loader down, never with a crash mid-batch.
+- loader workers ignore the signals unless their own parent sends them (:func:`ignore_stop_signals`
+  as ``worker_init_fn``): they end when the main process shuts its loader down, never mid-batch.
 - a second Ctrl-C interrupts at once (``KeyboardInterrupt``), for a user who does not want to wait.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from types import FrameType
 
 # sysexits.h EX_TEMPFAIL: "temporary failure, try again" - the work so far is kept, run it again.
@@ -78,7 +80,27 @@ def check_stop(kept: str) -> None:
 
 
 def ignore_stop_signals(worker_id: int | None = None) -> None:
-    """``worker_init_fn`` of every loader: a signal to the whole group must not kill a worker mid-batch
-    (PyTorch's own SIGTERM handler in workers would, and the main process would then crash)."""
+    """``worker_init_fn`` of every loader: a stop signal to the whole process group must not kill a
+    worker mid-batch (PyTorch's own SIGTERM handler in a worker dies on a signal not sent by its
+    parent, and the main process then crashes). SIGINT and SIGUSR1 are ignored; SIGTERM still ends
+    the worker when its parent sends it (the loader's shutdown), and only then."""
     for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        if sig != signal.SIGTERM:
+            signal.signal(sig, signal.SIG_IGN)
+    _sigterm_from_parent_only()
+
+
+def _sigterm_from_parent_only() -> None:
+    # A handler cannot see who sent a signal; sigwaitinfo can. SIGTERM is blocked in this thread
+    # (threads started later inherit the mask) and taken by one waiting thread that exits the
+    # process only when the sender is the parent.
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()

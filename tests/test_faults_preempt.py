@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from dist.tiny_pretrain import REPO, TINY_YAML, tiny_overrides
 
 from pretrain.checkpoint import list_checkpoints
@@ -89,3 +90,39 @@ def test_a_signal_to_the_whole_group_checkpoints_on_two_ranks_and_the_rerun_fini
     assert _wait(again) == [0, 0], (tmp_path / "rank0.txt").read_text()[-3000:]
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
     assert steps == list(range(1, 11))  # no step lost, none repeated
+
+
+class _Pids(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 10_000
+
+    def __getitem__(self, i: int):
+        time.sleep(0.002)
+        return torch.tensor(os.getpid())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_loader_workers_outlive_a_signal_from_outside_and_end_with_their_loader():
+    from downstream.loaders import make_loader
+
+    dl = make_loader(_Pids(), 2, train=False, workers=2)
+    it = iter(dl)
+    pids = {int(next(it)[0]) for _ in range(8)}
+    assert len(pids) == 2 and os.getpid() not in pids
+    for pid in pids:  # as SLURM or a terminal sends them: not from the worker's parent
+        for sig in ("TERM", "INT", "USR1"):
+            subprocess.run(["kill", f"-{sig}", str(pid)], check=True)
+    time.sleep(0.3)
+    assert all(_alive(p) for p in pids)
+    assert len([next(it) for _ in range(20)]) == 20  # still serving batches
+    del it, dl  # the loader's own shutdown still ends them (it signals them as their parent)
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
