@@ -38,15 +38,8 @@ from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
 from downstream.data.read import ReaderConfig
 from downstream.tables import TaskColumn, aggregate, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
-from sonodistill.config import (
-    add_config_args,
-    config_from_args,
-    load_config,
-    save_config,
-    split_top_level,
-    to_dict,
-    with_old_names,
-)
+from sonodistill.config import load_config, save_config, split_top_level, to_dict, with_old_names
+from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import UserError, cli_main
 from sonodistill.jsonl import append_jsonl, read_jsonl
 

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sonodistill.config import add_config_args, config_from_args
+from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import UserError, cli_main
 
 log = logging.getLogger(__name__)

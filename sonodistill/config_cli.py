@@ -1,4 +1,5 @@
-"""What a ``key=value`` command prints about its settings: ``--help`` lists every key with its default
+"""The command line of a config: ``--config`` files, ``key=value`` overrides, and what a command prints
+about its settings: ``--help`` lists every key with its default
 and meaning, ``--show-config`` prints the resolved config as commented YAML a user can save and pass
 back with ``--config``.
 
@@ -10,6 +11,7 @@ turns source comments into help.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import functools
@@ -17,11 +19,15 @@ import inspect
 import io
 import textwrap
 import tokenize
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
 
-from sonodistill.config import config_fields, to_dict
+from sonodistill.config import config_fields, load_config, renamed_keys, to_dict
+
+T = TypeVar("T")
 
 
 @functools.cache
@@ -122,3 +128,42 @@ def _yaml_lines(cls: type, values: dict, indent: int) -> list[str]:
         note = notes.get(name, "")
         lines.append(f"{entry}  # {note}" if note else entry)
     return lines
+
+
+def add_config_args(
+    parser: argparse.ArgumentParser, cls: type | None = None, default_config: str | None = None
+) -> None:
+    """``--config FILE`` (repeatable: later files win), ``--show-config`` and trailing ``key=value``
+    overrides; with ``cls``, ``--help`` lists every key of that config with its default and meaning."""
+    parser.add_argument(
+        "--config", action="append", default=None, help="YAML config file; repeat to layer several (later files win)"
+    )
+    parser.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config (after --config files and overrides) as YAML, then exit",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (keys listed below)")
+    parser.set_defaults(default_config=default_config)
+    if cls is not None:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "\n\n".join(x for x in (parser.epilog, help_epilog(cls, renamed_keys(cls))) if x)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = ()) -> T:
+    """``base`` files (e.g. a recipe's preset), then every ``--config`` file, then the overrides;
+    with ``--show-config`` the resolved config is printed as commented YAML and the command exits 0."""
+    files = list(base) + (args.config or ([args.default_config] if getattr(args, "default_config", None) else []))
+    cfg = load_config(cls, files, args.overrides)
+    if getattr(args, "show_config", False):
+        show_config(cfg)
+    return cfg
+
+
+def show_config(cfg: Any) -> None:
+    """Print ``cfg`` as commented YAML (rank 0 only) and exit 0: ``--show-config``."""
+    from sonodistill.logs import is_main_rank
+
+    if is_main_rank():
+        print(commented_yaml(cfg), end="")
+    raise SystemExit(0)

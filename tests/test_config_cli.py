@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from sonodistill.config import ConfigError, config_fields, load_config, to_dict, with_old_names
-from sonodistill.config_help import commented_yaml, field_notes
+from sonodistill.config_cli import commented_yaml, field_notes
 
 
 @dataclass
