@@ -90,10 +90,18 @@ def ignore_stop_signals(worker_id: int | None = None) -> None:
     _sigterm_from_parent_only()
 
 
+def ignore_all_stop_signals() -> None:
+    """``initializer`` of a process pool (spawned workers): the three signals are ignored outright.
+    A spawned worker already runs threads (its imports start them) that :func:`ignore_stop_signals`
+    cannot mask, and a pool ends its workers with a message, never with SIGTERM."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _sigterm_from_parent_only() -> None:
     # A handler cannot see who sent a signal; sigwaitinfo can. SIGTERM is blocked in this thread
-    # (threads started later inherit the mask) and taken by one waiting thread that exits the
-    # process only when the sender is the parent.
+    # (threads started later inherit the mask: a forked loader worker has no other thread yet) and
+    # taken by one waiting thread that exits the process only when the sender is the parent.
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
