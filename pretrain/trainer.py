@@ -142,6 +142,8 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             pin_memory=pin,
             source_weights=d.source_weights,
             decode="device" if d.gpu_decode else "worker",
+            max_skipped_share=d.max_skipped_share,
+            stall_timeout_s=d.stall_timeout_s,
         )
     except (UserError, FileNotFoundError, ValueError) as exc:
         raise UserError(f"data.shards: cannot open '{d.shards}' ({' '.join(str(exc).split())})") from None
