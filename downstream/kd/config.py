@@ -5,8 +5,8 @@
 and downstream) and the data settings of a downstream run (``split``, ``reader``), plus the
 recipe's class subset. Until issue 15 they sat under ``data.*`` (``data.img_size``,
 ``data.workers``, ...); those keys still work, with a warning naming the new one. Also here: the
-papers' geometric augmentation (:class:`FlipRotateConfig`, HDKD's teacher and CSA-MoE) and the
-timm student two recipes share (:class:`TimmStudentConfig`).
+papers' geometric augmentation (:class:`FlipRotateConfig`, HDKD's teacher and CSA-MoE) and what the
+two logit-KD recipes with a timm student share (:class:`LogitKDConfig`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from downstream.data.read import ReaderConfig
 from downstream.fit import FitConfig
+from downstream.kd.losses import LogitLossConfig
 from downstream.splits import SplitConfig
 from sonodistill.precision import MixedPrecision
 
@@ -60,3 +61,11 @@ class TimmStudentConfig:
     pretrained: bool = False  # ImageNet weights from the local timm / Hugging Face cache
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
     train: FitConfig = field(default_factory=FitConfig)
+
+
+@dataclass
+class LogitKDConfig(RecipeConfig):
+    """A logit-distillation recipe with a timm student (vit_mobilenet, nanoray); each adds its teacher."""
+
+    student: TimmStudentConfig = field(default_factory=TimmStudentConfig)
+    loss: LogitLossConfig = field(default_factory=LogitLossConfig)

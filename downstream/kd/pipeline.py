@@ -27,9 +27,10 @@ from downstream.data.inputs import Inputs
 from downstream.edge.measure import num_params
 from downstream.fit import FitConfig, FitResult, fit
 from downstream.kd.checkpoint import load_model, save_model
-from downstream.kd.config import RecipeConfig
+from downstream.kd.config import LogitKDConfig, RecipeConfig
 from downstream.kd.data import PreparedData
 from downstream.kd.losses import LogitKDLoss
+from downstream.kd.models.backbones import timm_student
 from downstream.kd.recipes.base import RecipeResult, image_deployment
 from downstream.kd.tasks import LogitKD, freeze, teacher_logits
 from downstream.loaders import make_loader
@@ -306,3 +307,28 @@ def logit_kd_result(name: str, cfg: RecipeConfig, run: Run, res: LogitKDResult) 
         models=res.models,
         train_seconds=trained_seconds(res.stages.values()),
     )
+
+
+def timm_student_run(
+    name: str,
+    cfg: LogitKDConfig,
+    data: PreparedData,
+    out: Path,
+    build_teacher: Callable[[int], torch.nn.Module],
+    teacher_arch: dict[str, Any],
+) -> RecipeResult:
+    """One run of a logit-KD recipe whose student is a timm classifier: teacher, scratch and distilled
+    student on ``data``, ImageNet-normalised input without augmentation."""
+    r = start(cfg, data, out)
+    spec = LogitKDSpec(
+        build_teacher=build_teacher,
+        teacher_arch=teacher_arch,
+        teacher_checkpoint=cfg.teacher.checkpoint,
+        teacher_train=cfg.teacher.train,
+        build_student=lambda c: timm_student(cfg.student, c),
+        student_arch={"model": cfg.student.model, "num_classes": len(data.classes), "kwargs": cfg.student.kwargs},
+        student_train=cfg.student.train,
+        loss=LogitKDLoss.from_config(cfg.loss),
+        inputs=Inputs(channels_last=torch.cuda.is_available()),
+    )
+    return logit_kd_result(name, cfg, r, logit_kd(r, spec, cfg.image_size))

@@ -18,15 +18,13 @@ from typing import Any
 
 import torch
 
-from downstream.data.inputs import Inputs
 from downstream.fit import FitConfig
-from downstream.kd.config import RecipeConfig, TimmStudentConfig
+from downstream.kd.config import LogitKDConfig, TimmStudentConfig
 from downstream.kd.data import PreparedData
-from downstream.kd.losses import LogitKDLoss, LogitLossConfig
 from downstream.kd.models.backbones import create, timm_student
 from downstream.kd.models.encoder_teacher import EncoderTeacher
 from downstream.kd.models.encoder_teacher import teacher_arch as encoder_arch
-from downstream.kd.pipeline import LogitKDSpec, logit_kd, logit_kd_result, start
+from downstream.kd.pipeline import timm_student_run
 from downstream.kd.recipes.base import Entry, Recipe, RecipeResult
 
 
@@ -43,12 +41,10 @@ class ViTTeacherConfig:
 
 
 @dataclass
-class NanoRayConfig(RecipeConfig):
+class NanoRayConfig(LogitKDConfig):
     """Paper 003's recipe: ViT-B/16 teacher, MobileNetV3-Small student, logit KD."""
 
     teacher: ViTTeacherConfig = field(default_factory=ViTTeacherConfig)
-    student: TimmStudentConfig = field(default_factory=TimmStudentConfig)
-    loss: LogitLossConfig = field(default_factory=LogitLossConfig)
 
 
 def build_teacher(cfg: ViTTeacherConfig, num_classes: int, img_size: int) -> torch.nn.Module:
@@ -71,22 +67,13 @@ class NanoRay(Recipe):
     teacher_outputs = ("logits",)
 
     def run(self, cfg: NanoRayConfig, data: PreparedData, out: Path) -> RecipeResult:
-        r = start(cfg, data, out)
-        size, n_cls = cfg.image_size, len(data.classes)
-        spec = LogitKDSpec(
-            build_teacher=lambda c: build_teacher(cfg.teacher, c, size),
-            teacher_arch=encoder_arch(cfg.teacher.encoder, n_cls)
-            if cfg.teacher.encoder
-            else {"model": cfg.teacher.model, "num_classes": n_cls, "img_size": size, "kwargs": cfg.teacher.kwargs},
-            teacher_checkpoint=cfg.teacher.checkpoint,
-            teacher_train=cfg.teacher.train,
-            build_student=lambda c: timm_student(cfg.student, c),
-            student_arch={"model": cfg.student.model, "num_classes": n_cls, "kwargs": cfg.student.kwargs},
-            student_train=cfg.student.train,
-            loss=LogitKDLoss.from_config(cfg.loss),
-            inputs=Inputs(channels_last=torch.cuda.is_available()),
+        size, n_cls, t = cfg.image_size, len(data.classes), cfg.teacher
+        arch = (
+            encoder_arch(t.encoder, n_cls)
+            if t.encoder
+            else {"model": t.model, "num_classes": n_cls, "img_size": size, "kwargs": t.kwargs}
         )
-        return logit_kd_result(self.name, cfg, r, logit_kd(r, spec, size))
+        return timm_student_run(self.name, cfg, data, out, lambda c: build_teacher(t, c, size), arch)
 
     def summary_entries(self) -> list[Entry]:
         return [

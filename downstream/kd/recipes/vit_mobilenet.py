@@ -20,16 +20,14 @@ from typing import Any
 
 import torch
 
-from downstream.data.inputs import Inputs
 from downstream.fit import FitConfig
-from downstream.kd.config import RecipeConfig, TimmStudentConfig
+from downstream.kd.config import LogitKDConfig, TimmStudentConfig
 from downstream.kd.data import PreparedData
-from downstream.kd.losses import LogitKDLoss, LogitLossConfig
 from downstream.kd.models.backbones import timm_student
 from downstream.kd.models.encoder_teacher import EncoderTeacher
 from downstream.kd.models.encoder_teacher import teacher_arch as encoder_arch
 from downstream.kd.models.hybrid_teacher import HybridViTConvNeXt
-from downstream.kd.pipeline import LogitKDSpec, logit_kd, logit_kd_result, start
+from downstream.kd.pipeline import timm_student_run
 from downstream.kd.recipes.base import Entry, Recipe, RecipeResult
 
 
@@ -50,12 +48,10 @@ class HybridTeacherConfig:
 
 
 @dataclass
-class VitMobilenetConfig(RecipeConfig):
+class VitMobilenetConfig(LogitKDConfig):
     """Paper 000's recipe: hybrid ViT + ConvNeXt teacher, MobileNetV3 student, logit KD."""
 
     teacher: HybridTeacherConfig = field(default_factory=HybridTeacherConfig)
-    student: TimmStudentConfig = field(default_factory=TimmStudentConfig)
-    loss: LogitLossConfig = field(default_factory=LogitLossConfig)
 
 
 def build_teacher(cfg: HybridTeacherConfig, num_classes: int, img_size: int) -> torch.nn.Module:
@@ -96,20 +92,9 @@ class VitMobilenet(Recipe):
     teacher_outputs = ("logits",)
 
     def run(self, cfg: VitMobilenetConfig, data: PreparedData, out: Path) -> RecipeResult:
-        r = start(cfg, data, out)
-        size, n_cls = cfg.image_size, len(data.classes)
-        spec = LogitKDSpec(
-            build_teacher=lambda c: build_teacher(cfg.teacher, c, size),
-            teacher_arch=teacher_arch(cfg.teacher, n_cls, size),
-            teacher_checkpoint=cfg.teacher.checkpoint,
-            teacher_train=cfg.teacher.train,
-            build_student=lambda c: timm_student(cfg.student, c),
-            student_arch={"model": cfg.student.model, "num_classes": n_cls, "kwargs": cfg.student.kwargs},
-            student_train=cfg.student.train,
-            loss=LogitKDLoss.from_config(cfg.loss),
-            inputs=Inputs(channels_last=torch.cuda.is_available()),
-        )
-        return logit_kd_result(self.name, cfg, r, logit_kd(r, spec, size))
+        size = cfg.image_size
+        arch = teacher_arch(cfg.teacher, len(data.classes), size)
+        return timm_student_run(self.name, cfg, data, out, lambda c: build_teacher(cfg.teacher, c, size), arch)
 
     def summary_entries(self) -> list[Entry]:
         t = HybridTeacherConfig()
