@@ -126,3 +126,32 @@ def test_loader_workers_outlive_a_signal_from_outside_and_end_with_their_loader(
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids)
+
+
+@pytest.mark.slow
+def test_a_signal_to_a_sweep_drops_only_the_running_cell(busi_dir, tmp_path):
+    """Group SIGTERM while a fine-tuning cell trains (loader workers running): exit 75 with one
+    ``stopped:`` line; the finished cell stays in results.jsonl and the rerun only runs the rest."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "downstream.sweep", f"busi={busi_dir}", f"out={out}", "tasks=[busi-cls]"]
+    cmd += ["encoders=[B=rand:resnet18]", "modes=[finetune]", "fractions=[0.5,1.0]", "seeds=[0]"]
+    cmd += ["run.image_size=32", "run.num_workers=1", "run.train.epochs=12", "run.train.batch_size=8"]
+    cmd += ["run.train.save_checkpoint=false", "run.edge.enabled=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, process_group=0)
+    results = out / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(read_jsonl(results)):
+        time.sleep(0.1)
+    time.sleep(1)  # into the second cell's training
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
+    last = [line for line in err.splitlines() if line.startswith(("stopped:", "error:"))]
+    assert len(last) == 1 and "SIGTERM received" in last[0] and "1 finished cells are kept" in last[0], err[-2000:]
+    assert "Traceback" not in err and len(list(read_jsonl(results))) == 1
+    again = subprocess.run([*cmd[:-2], "run.train.save_checkpoint=false", "run.edge.enabled=false"], env=env,
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    keys = [r["key"] for r in read_jsonl(results)]
+    assert len(keys) == 2 and len(set(keys)) == 2
