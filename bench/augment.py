@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.augment import AugmentConfig, build_augment, build_effects, to_unit_float
+from pretrain.augment import PretrainAugmentConfig, build_augment, build_effects, to_unit_float
 from pretrain.us_geometry import estimate_geometry
 from sonodistill.figures import save_figure
 
@@ -77,7 +77,7 @@ def ours_stage(effects: tuple[str, ...], shared: torch.Tensor | None = None) -> 
     ``shared``: the batch as float, whose scan geometry and its maps are estimated here once,
     outside the timing — what one effect costs inside a chain that already paid the geometry
     (as usaugment is handed the scan mask)."""
-    cfg = AugmentConfig(preset="us-physics", blur_p=0.0)
+    cfg = PretrainAugmentConfig(preset="us-physics", blur_p=0.0)
     for name in ALL_EFFECTS:
         getattr(cfg, name).p = 1.0 if name in effects else 0.0
     stage = build_effects(cfg)
@@ -156,7 +156,7 @@ def save_examples(path: str, images: np.ndarray, masks: np.ndarray) -> None:
         "input": batch.float() / 255,
         "ours: 4 effects": ours_stage(EFFECTS)(batch),
         "usaugment: 4 effects": torch.from_numpy(theirs)[:, None],
-        "ours: us-physics preset": build_augment(AugmentConfig(preset="us-physics", size=images.shape[-1]))(batch),
+        "ours: us-physics preset": build_augment(PretrainAugmentConfig(preset="us-physics"), images.shape[-1])(batch),
     }
     fig, axes = plt.subplots(len(rows), k, figsize=(2.2 * k, 2.3 * len(rows)))
     for r, (title, imgs) in enumerate(rows.items()):
@@ -200,7 +200,7 @@ def main() -> None:
         results[name] = {"ours": ours, "usaugment": theirs, "ratio": ours / theirs, "ours_geometry_given": given}
     torch.manual_seed(0)
     for name in ("us-physics", "us", "default"):
-        preset = build_augment(AugmentConfig(preset=name, size=args.size))
+        preset = build_augment(PretrainAugmentConfig(preset=name), args.size)
         rate = median_rate(lambda preset=preset: preset(batch), len(images), args.repeats)
         results[f"{name}_preset"] = {"ours": rate}
 

@@ -1,10 +1,12 @@
 """Record the numbers a refactor must not change, and compare two records.
 
 Runs, on CPU and fixed seeds: the demo (``launch/demo.sh``: shards, a 300-step tiny pretraining
-run, the downstream sweep, the t-SNE, the vit_mobilenet KD recipe) and the other three KD recipes
-at their tiny configs on the demo's synthetic BUSI. It keeps every number that is a function of
-the code and the seeds (test/validation metrics, per-epoch losses, learning rates, shard counts,
-the SHA-256 of the pretrained student's weights) and drops wall-clock figures.
+run, the downstream sweep with its KD rows, the t-SNE) and every KD recipe's paper reproduction
+(``python -m downstream.kd train``) at its tiny config on the demo's synthetic BUSI (DDTI for
+``seg_unet``, its teacher the demo's distilled encoder). An
+``--out`` holding a finished demo resumes it (every demo step is resumable). It keeps every number
+that is a function of the code and the seeds (test/validation metrics, per-epoch losses, learning
+rates, shard counts, the SHA-256 of the pretrained student's weights) and drops wall-clock figures.
 
     python bench/fingerprint.py --out /tmp/fp_before          # ~12 min on 2 cores
     python bench/fingerprint.py --out /tmp/fp_after --compare /tmp/fp_before/fingerprint.json
@@ -42,7 +44,7 @@ VOLATILE = (
     "spec",
     "shards",
 )
-RECIPES = ("nanoray", "hdkd", "csa_moe")
+RECIPES = ("vit_mobilenet", "nanoray", "hdkd", "csa_moe", "seg_unet")
 PYTHON = sys.executable
 
 
@@ -98,11 +100,13 @@ def record(out: Path, py: str) -> dict[str, object]:
         row = json.loads(line)
         key = row["key"].rsplit("|", 1)[0]
         m = row["metrics"]
-        fp.update(flatten({"val": m["val"], "test": m["test"], "best_epoch": m["best_epoch"]}, f"sweep[{key}]."))
+        kept = ("na", "val", "test", "best_epoch", "teacher", "scratch", "n_train", "n_val", "n_test")
+        fp.update(flatten({k: m[k] for k in kept if k in m}, f"sweep[{key}]."))
     fp.update(flatten(json.loads((demo / "downstream" / "embed" / "embed.json").read_text()), "embed."))
-    kd = {"vit_mobilenet": demo / "kd" / "vit_mobilenet"}
+    kd = {}
     for name in RECIPES:
         dest = out / "kd" / name
+        seg = name == "seg_unet"
         run(
             [
                 py,
@@ -112,11 +116,12 @@ def record(out: Path, py: str) -> dict[str, object]:
                 "--recipe",
                 name,
                 "--data",
-                str(demo / "busi"),
+                str(demo / ("ddti" if seg else "busi")),
                 "--out",
                 str(dest),
                 "--config",
                 f"downstream/kd/configs/tiny_{name}.yaml",
+                *([f"teacher.encoder={demo / 'export'}"] if seg else []),
             ],
             log,
         )

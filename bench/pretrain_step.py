@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.augment import AugmentConfig, build_augment
+from pretrain.augment import PretrainAugmentConfig, build_augment
 from pretrain.loss import MixupConfig
 from pretrain.step import distill_loss, make_view
 from pretrain.student import build_student
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
     student.train()
-    augment = build_augment(AugmentConfig(preset=args.preset, size=args.size)).to(device)
+    augment = build_augment(PretrainAugmentConfig(preset=args.preset), args.size).to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.05)
     mixup = MixupConfig(prob=1.0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -217,7 +217,7 @@ def profile(args: argparse.Namespace, tmp: Path) -> None:
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
     student.train()
-    augment = build_augment(AugmentConfig(preset=c["preset"], size=c["size"])).to(device)
+    augment = build_augment(PretrainAugmentConfig(preset=c["preset"]), c["size"]).to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.05)
     mixup = MixupConfig(prob=1.0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -60,7 +60,7 @@ def main() -> dict:
             image_size=args.size,
         )
         c.split.file = str(tmp / "splits.json")
-        c.train.num_workers = args.workers
+        c.num_workers = args.workers
         c.train.save_checkpoint = False
         c.edge.enabled = args.edge  # the edge column costs the same on both sides; bench/sweep_overhead.py times it
         return c

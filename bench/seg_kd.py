@@ -35,7 +35,7 @@ def foundation_encoder(data: Path, out: Path, size: int, epochs: int) -> Path:
 
     rc = RunConfig(task="ddti-seg", data=str(data), encoder="rand:resnet18", mode="finetune", seed=0, image_size=size)
     rc.out, rc.split.file = str(out / "pretrain"), str(out / "splits.json")
-    rc.train.epochs, rc.train.lr, rc.train.batch_size, rc.train.num_workers = epochs, 1e-3, 8, 0
+    rc.train.epochs, rc.train.lr, rc.train.batch_size, rc.num_workers = epochs, 1e-3, 8, 0
     rc.edge.enabled = False
     dice = run(rc)["test"]["dice"]
     state = load_file(str(out / "pretrain" / "best.safetensors"))
@@ -88,7 +88,7 @@ def main() -> dict:
     )
     cfg.run.image_size = args.size
     cfg.run.split.file = str(work / "splits.json")
-    cfg.run.train.epochs, cfg.run.train.batch_size, cfg.run.train.num_workers = args.epochs, 8, 0
+    cfg.run.train.epochs, cfg.run.train.batch_size, cfg.run.num_workers = args.epochs, 8, 0
     cfg.run.train.lr, cfg.run.train.save_checkpoint = 1e-3, False
     cfg.run.edge.enabled = False
     run_sweep(cfg)

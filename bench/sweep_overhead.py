@@ -61,7 +61,7 @@ def main() -> dict:
             f"run.image_size={args.size}",
             f"run.train.epochs={args.epochs}",
             "run.train.batch_size=16",
-            f"run.train.num_workers={args.workers}",
+            f"run.num_workers={args.workers}",
         ],
     )
     t0 = time.perf_counter()

@@ -171,7 +171,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
         f"data.shards={shards}",
         f"teacher.name_or_path={teacher_dir}",
         f"student.name={args.student}",
-        f"augment.size={args.size}",
+        f"image_size={args.size}",
         f"train.max_steps={args.steps}",
         f"train.batch_size={args.batch}",
         f"train.global_batch={args.batch}",
@@ -179,14 +179,14 @@ def run(args: argparse.Namespace, out: Path) -> None:
         "train.warmup_steps=20",
         "train.log_every=20",
         f"train.save_every={args.steps}",
-        f"train.seed={args.seed}",
+        f"seed={args.seed}",
         "resume=none",
     ]
     cfg = load_config(PretrainConfig, repo / "pretrain" / "configs" / "tiny.yaml", overrides)
     result = train(cfg)
 
     teacher = DINOv3.from_pretrained(teacher_dir)
-    torch.manual_seed(cfg.train.seed)  # the trainer's initialisation of the student (set_seed(seed))
+    torch.manual_seed(cfg.seed)  # the trainer's initialisation of the student (set_seed(seed))
     random_init = build_student(
         args.student, teacher.embed_dim, cfg.student.head_hidden, args.size, teacher.patch_size
     ).eval()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import ClassVar, Literal
 
 from downstream.data.read import ReaderConfig
-from downstream.data.transforms import AugmentConfig
+from downstream.data.transforms import GeometricAugmentConfig
 from downstream.edge.profile import EdgeConfig
 from downstream.fit import FitConfig
 from downstream.splits import SplitConfig
@@ -26,7 +26,7 @@ TASK_LAYOUT = {"busi-seg": "busi", "busi-cls": "busi", "ddti-seg": "paired"}
 
 
 @dataclass
-class TrainConfig(FitConfig):
+class DownstreamTrainConfig(FitConfig):
     """Gradient training (segmentation, classification fine-tuning) in :func:`downstream.fit.fit`:
     the shared optimiser/schedule keys (AdamW, warm-up + cosine per step) plus the protocol's own."""
 
@@ -35,32 +35,42 @@ class TrainConfig(FitConfig):
     warmup_epochs: float = 1.0
     linear_lr: float = 1e-3  # linear probe: decoder / head only (encoder frozen)
     dice_weight: float = 1.0  # segmentation loss = dice_weight * Dice + bce_weight * BCE
-    bce_weight: float = 1.0
-    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    num_workers: int = 4
-    channels_last: bool = True
+    bce_weight: float = 1.0  # segmentation loss weight of binary cross-entropy
+    channels_last: bool = True  # channels-last memory format on GPUs (ignored on CPU)
     save_checkpoint: bool = True  # best.safetensors in the run folder
-    eval_batch_size: int = 32
+    eval_batch_size: int = 32  # images per batch when predicting val / test
 
 
 @dataclass
 class ProbeConfig:
     """Classification linear probe on cached frozen features (standardised, then a linear layer)."""
 
-    epochs: int = 200
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 64
+    epochs: int = 200  # passes over the cached training features
+    lr: float = 1e-3  # learning rate of the linear layer (Adam)
+    weight_decay: float = 1e-4  # L2 penalty of the linear layer
+    batch_size: int = 64  # features per optimiser step
     feature_batch_size: int = 64  # images per forward pass when extracting features
 
 
 @dataclass
 class Settings:
-    image_size: int = 256
+    """The settings every cell of a sweep shares. The knobs every stage shares (``image_size``,
+    ``num_workers``, ``mixed_precision``; a run's ``seed``) sit at the top level, under the same names
+    in every stage's config."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "train.num_workers": "num_workers",
+        "train.mixed_precision": "mixed_precision",
+        "train.precision": "mixed_precision",
+    }
+
+    image_size: int = 256  # side of the square images every model sees, pixels
+    num_workers: int = 4  # image-decoding worker processes (capped at the cores this process may use)
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     split: SplitConfig = field(default_factory=SplitConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    augment: GeometricAugmentConfig = field(default_factory=GeometricAugmentConfig)
+    train: DownstreamTrainConfig = field(default_factory=DownstreamTrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)  # params, GMACs, CPU latency, ONNX / INT8 of each model
     cache_dir: str = ""  # frozen-feature and latency cache; "" -> <out>/cache
@@ -68,13 +78,13 @@ class Settings:
 
 @dataclass
 class RunConfig(Settings):
-    task: Task = "busi-seg"
-    data: str = ""
-    encoder: str = "rand"
-    mode: Mode = "linear"
-    fraction: float = 1.0
-    seed: int = 0
-    out: str = "runs/downstream"
+    task: Task = "busi-seg"  # busi-seg | busi-cls | ddti-seg | seg | cls (generic, any layout)
+    data: str = ""  # dataset folder, hf:ID, a saved dataset or ub:DIR
+    encoder: str = "rand"  # rand | rand:NAME | timm:NAME | export folder | hf-hub:ID | dinov3:PATH_OR_ID
+    mode: Mode = "linear"  # linear (encoder frozen) | finetune (all parameters)
+    fraction: float = 1.0  # label fraction of the training split (nested across fractions per seed)
+    seed: int = 0  # label subset, initialisation and data order
+    out: str = "runs/downstream"  # metrics.json, config.yaml, curves and checkpoints go here
 
 
 def run_config(settings: Settings, **cell) -> RunConfig:

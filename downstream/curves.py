@@ -24,14 +24,16 @@ def plot_fraction_curves(
     fr = sorted(set(fractions))
     if len(fr) < 2 or not tasks:
         return False
-    from sonodistill.figures import pyplot, save_figure
+    from sonodistill.figures import pyplot, row_colours, save_figure
 
     plt = pyplot()
-
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    rows = list(encoders) + (list(kd_rows) if mode == "finetune" else [])
+    colours = row_colours(rows)  # a row keeps its colour in every panel
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    drawn: dict[str, object] = {}
     for ax, t in zip(axes[0], tasks):
-        metric, name = ("dice", "Dice") if t.kind == "seg" else ("accuracy", "Accuracy")
-        for e in list(encoders) + (list(kd_rows) if mode == "finetune" else []):
+        metric, name = ("dice", "Dice") if t.kind == "seg" else ("accuracy", "accuracy")
+        for e in rows:
             xs, ms, ss = [], [], []
             for f in fr:
                 vals = agg.get((t.key, e, mode, f), {}).get(metric, [])
@@ -39,9 +41,8 @@ def plot_fraction_curves(
                     xs.append(f * 100), ms.append(np.mean(vals)), ss.append(np.std(vals))
             if xs:
                 kd = e in kd_rows
-                ax.errorbar(
-                    xs, ms, yerr=ss, marker="s" if kd else "o", ms=4, capsize=3, ls="--" if kd else "-", label=e
-                )
+                style = dict(marker="s" if kd else "o", ms=4, capsize=3, ls="--" if kd else "-", color=colours[e])
+                drawn[e] = ax.errorbar(xs, ms, yerr=ss, label=e, **style)
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks([f * 100 for f in fr])
@@ -50,8 +51,13 @@ def plot_fraction_curves(
         ax.set_ylabel(f"test {name}")
         ax.set_title(t.label)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    # one legend for every panel, below them: a panel may lack a row, and a legend inside covers points
+    if drawn:  # none before any cell of this mode has finished (e.g. a sweep of KD rows only)
+        fig.legend(
+            [drawn[e] for e in rows if e in drawn], [e for e in rows if e in drawn],
+            loc="lower center", ncol=min(4, len(drawn)), fontsize=8, frameon=False,
+        )  # fmt: skip
     fig.suptitle(f"{'fine-tuning' if mode == 'finetune' else 'linear probe'}: metric vs label fraction", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.05 * (max(len(drawn) - 1, 0) // 4), 1, 1))
     save_figure(fig, path)
     return True

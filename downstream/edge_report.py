@@ -124,9 +124,39 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "task"
 
 
+def _pad_axes(ax, xs: list[float], ys: list[float]) -> None:
+    """Log latency axis with room around the points for their labels; plain millisecond ticks."""
+    from sonodistill.figures import plain_log_ticks
+
+    lo, hi = min(xs), max(xs)
+    span = max(np.log10(hi / lo), 0.3)
+    x0, x1 = lo / 10 ** (0.12 * span), hi * 10 ** (0.35 * span)  # labels mostly go to the right
+    ax.set_xscale("log")
+    ax.set_xlim(x0, x1)
+    plain_log_ticks(ax.xaxis, x0, x1)
+    y_lo, y_hi = min(ys), max(ys)
+    dy = max(y_hi - y_lo, 0.02)
+    ax.set_ylim(y_lo - 0.12 * dy, y_hi + 0.18 * dy)
+
+
+def _pareto_legend(fig, plt) -> None:
+    """What the marker shapes and the grey line mean, below the panels (never over a point)."""
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], marker="s", ls="", color="0.4", label="KD student"),
+        Line2D([], [], marker="o", ls="", color="0.4", label="fine-tuned encoder"),
+        Line2D([], [], marker="^", ls="", color="0.4", label="linear probe"),
+        Line2D([], [], marker="o", ls="", color="w", markeredgecolor="k", label="on the Pareto front"),
+        Line2D([], [], color="0.6", lw=1, label="Pareto front"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+
+
 def plot_pareto(agg: dict, rows: Sequence[str], kd_rows: Sequence[str], task: TaskColumn, path: str | Path) -> bool:
     """``pareto_<task>.png``: metric vs eager CPU latency, one point per model, one panel per fraction."""
-    mk, mname = headline(task.kind)
+    mk, _ = headline(task.kind)
+    mname = "Dice" if task.kind == "seg" else "accuracy"
     fracs = sorted({f for (tk, _, _, f) in agg if tk == task.key})
     panels = []
     for f in fracs:
@@ -139,34 +169,28 @@ def plot_pareto(agg: dict, rows: Sequence[str], kd_rows: Sequence[str], task: Ta
             panels.append((f, pts))
     if not panels:
         return False
-    from sonodistill.figures import pyplot, save_figure
+    from sonodistill.figures import label_points, pyplot, row_colours, save_figure
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    colours = row_colours(list(rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 4.0), squeeze=False)
     for ax, (f, pts) in zip(axes[0], panels):
         front = pareto_front([(x, y) for x, y, _, _ in pts])
-        fx = [pts[i][0] for i in front]
-        fy = [pts[i][1] for i in front]
-        ax.step(fx, fy, where="post", color="0.5", lw=1, zorder=1, label="Pareto front")
+        ax.step([pts[i][0] for i in front], [pts[i][1] for i in front], where="post", color="0.6", lw=1, zorder=1)
         for i, (x, y, r, m) in enumerate(pts):
-            kd = r in kd_rows
-            ax.scatter(
-                x,
-                y,
-                marker="s" if kd else ("o" if m == "finetune" else "^"),
-                s=46 if i in front else 28,
-                edgecolors="k" if i in front else "none",
-                zorder=2,
-            )
-            label = r if kd else f"{r} ({'ft' if m == 'finetune' else 'lin'})"
-            ax.annotate(label, (x, y), fontsize=6.5, xytext=(3, 3), textcoords="offset points")
-        ax.set_xscale("log")
+            marker = "s" if r in kd_rows else ("o" if m == "finetune" else "^")
+            edge = "k" if i in front else "none"
+            ax.scatter(x, y, marker=marker, s=46 if i in front else 28, color=colours[r], edgecolors=edge, zorder=2)
+        _pad_axes(ax, [p[0] for p in pts], [p[1] for p in pts])
         ax.set_xlabel("CPU latency, batch 1, PyTorch fp32 (ms)")
         ax.set_ylabel(f"test {mname}")
         ax.set_title(f"{task.label} · {f * 100:g} % labels", fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("metric vs latency (square: KD student, circle: fine-tuned, triangle: linear probe)", fontsize=9)
-    fig.tight_layout()
+        ax.grid(alpha=0.3)
+        label_points(
+            ax, [(x, y, r if r in kd_rows else f"{r} ({'ft' if m == 'finetune' else 'lin'})") for x, y, r, m in pts]
+        )
+    _pareto_legend(fig, plt)
+    fig.suptitle(f"{task.label.rstrip('.')}: test {mname} vs CPU latency", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     save_figure(fig, path)
     return True

@@ -39,6 +39,16 @@ SPEC_FORMS = (
 )
 
 
+def spec_label(spec: str) -> str:
+    """A short name of an encoder spec for plot titles: a local folder by its name, never its path."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and (prefix == "local-dir" or (prefix == "dinov3" and Path(rest).exists())):
+        return f"{prefix}:{Path(rest.rstrip('/')).name}"
+    if not sep and ("/" in spec or Path(spec).exists()):  # a bare spec with a slash is a folder
+        return Path(spec.rstrip("/")).name
+    return spec
+
+
 @dataclass
 class Encoder:
     spec: str

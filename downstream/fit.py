@@ -38,7 +38,7 @@ LOG_EVERY = 10  # steps between progress / TensorBoard updates
 class FitConfig(OptimConfig):
     """Optimiser, schedule, length and model selection of one training stage."""
 
-    epochs: int = 50
+    epochs: int = 50  # passes over the training split
     batch_size: int = 16  # per process
     select: str = "auto"  # auto (the task's metric) | last | val_<metric> (val_loss is minimised)
 
@@ -93,6 +93,58 @@ def fit(
     select = task.select if cfg.select == "auto" else cfg.select
     if select != "last" and val is None:
         raise UserError(f"{name}: select={select} needs a validation split")
+    run = _prepare(task, train, val, cfg, acc, channels_last)
+    writer = None
+    if log_dir is not None and acc.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(log_dir))
+    result = FitResult()
+    start = time.perf_counter()
+    bar = progress(total=cfg.epochs * run.steps, desc=name, unit="step", main=acc.is_main_process, logger=log)
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            row = _train_epoch(task, run, cfg, acc, epoch, bar, writer, name)
+            if run.val_dl is not None:
+                row.update(_val_metrics(task.evaluate(run.val_dl, acc)))
+            if run.scheduler is not None and not per_step(run.scheduler):
+                run.scheduler.step(row.get("val_loss", row["train_loss"]))
+            result.history.append(row)
+            _log_epoch(writer, name, row, epoch, cfg.epochs)
+            score = _score(select, row, epoch, name)
+            if score > result.best_score:  # ties keep the earlier epoch
+                result.best_score, result.best_epoch = score, epoch
+                state = acc.unwrap_model(run.model).state_dict()
+                result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        task.model = acc.unwrap_model(run.model)
+    if result.best_state is not None:
+        task.model.load_state_dict(result.best_state)
+    result.seconds = time.perf_counter() - start
+    result.images_per_s = run.images / max(run.train_s, 1e-9)
+    acc.free_memory()
+    return result
+
+
+@dataclass
+class _Run:
+    """One fit after ``accelerate.prepare``, and its training clock (validation excluded)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_dl: DataLoader
+    val_dl: DataLoader | None
+    scheduler: Any
+    steps: int  # optimiser steps per epoch on this process
+    train_s: float = 0.0
+    images: int = 0
+    step: int = 0
+
+
+def _prepare(task: Task, train: DataLoader, val: DataLoader | None, cfg: FitConfig, acc, channels_last: bool):
     on_gpu = acc.device.type == "cuda"
     optimizer = build_optimizer(task.model, cfg, fused=on_gpu)
     model = task.model
@@ -106,86 +158,65 @@ def fit(
     steps = len(train_dl)  # this process's share of the data
     scheduler = build_scheduler(optimizer, cfg, steps, cfg.epochs * steps)
     task.model = model
-    writer = None
-    if log_dir is not None and acc.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
+    return _Run(model, optimizer, train_dl, val_dl, scheduler, steps)
 
-        writer = SummaryWriter(str(log_dir))
-    result = FitResult()
-    start, t_train, step, images = time.perf_counter(), 0.0, 0, 0
-    bar = progress(total=cfg.epochs * steps, desc=name, unit="step", main=acc.is_main_process, logger=log)
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            task.train()
-            sums: dict[str, torch.Tensor] = {}  # stay on the device; reduced once per epoch
-            seen, t0 = 0, time.perf_counter()
-            for batch in train_dl:
-                with acc.autocast():
-                    out = task(batch)
-                acc.backward(out["loss"])
-                optimizer.step()
-                if per_step(scheduler):
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                n = int(out["output"].shape[0])
-                for k, v in out.items():
-                    if k == "per_sample":
-                        for pk, pv in v.items():
-                            sums[pk] = sums.get(pk, 0) + pv.detach().float().sum(0)
-                    elif k != "output":
-                        sums[k] = sums.get(k, 0) + v.detach().float() * n
-                seen += n
-                step += 1
-                bar.update(1)
-                if step % LOG_EVERY == 0 or step == cfg.epochs * steps:  # .item() syncs the GPU: not every step
-                    value = out["loss"].item()
-                    img_s = (images + seen * acc.num_processes) / max(t_train + time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(epoch=epoch, loss=f"{value:.4g}", img_s=f"{img_s:.1f}")
-                    if writer is not None:
-                        writer.add_scalar(f"{name}/step_loss", value, step)
-                        writer.add_scalar(f"{name}/lr", optimizer.param_groups[0]["lr"], step)
-            t_train += time.perf_counter() - t0
-            images += seen * acc.num_processes
-            row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-            row.update(_reduce(acc, sums, seen))
-            row["images_per_s"] = seen * acc.num_processes / max(time.perf_counter() - t0, 1e-9)
-            if val_dl is not None:
-                metrics = task.evaluate(val_dl, acc)
-                row.update(
-                    {
-                        f"val_{k}": v
-                        for k, v in metrics.items()  # numbers and per-class lists, not counts
-                        if isinstance(v, (int, float, list)) and k != "confusion_matrix" and not k.startswith("n_")
-                    }
-                )
-            if scheduler is not None and not per_step(scheduler):
-                scheduler.step(row.get("val_loss", row["train_loss"]))
-            result.history.append(row)
+
+def _train_epoch(task: Task, run: _Run, cfg: FitConfig, acc, epoch: int, bar, writer, name: str):
+    """One pass over the training loader; the epoch's row (lr, train means, images/s)."""
+    task.train()
+    sums: dict[str, torch.Tensor] = {}  # stay on the device; reduced once per epoch
+    seen, t0 = 0, time.perf_counter()
+    total = cfg.epochs * run.steps
+    for batch in run.train_dl:
+        with acc.autocast():
+            out = task(batch)
+        acc.backward(out["loss"])
+        run.optimizer.step()
+        if per_step(run.scheduler):
+            run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        n = int(out["output"].shape[0])
+        for k, v in out.items():
+            if k == "per_sample":
+                for pk, pv in v.items():
+                    sums[pk] = sums.get(pk, 0) + pv.detach().float().sum(0)
+            elif k != "output":
+                sums[k] = sums.get(k, 0) + v.detach().float() * n
+        seen += n
+        run.step += 1
+        bar.update(1)
+        if run.step % LOG_EVERY == 0 or run.step == total:  # .item() syncs the GPU: not every step
+            value = out["loss"].item()
+            img_s = (run.images + seen * acc.num_processes) / max(run.train_s + time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(epoch=epoch, loss=f"{value:.4g}", img_s=f"{img_s:.1f}")
             if writer is not None:
-                for k, v in row.items():
-                    if isinstance(v, (int, float)) and k != "epoch":
-                        writer.add_scalar(f"{name}/{k}", v, epoch)
-                    elif isinstance(v, list):
-                        for i, x in enumerate(v):
-                            writer.add_scalar(f"{name}/{k}/{i}", x, epoch)
-            score = _score(select, row, epoch, name)
-            if score > result.best_score:  # ties keep the earlier epoch
-                result.best_score, result.best_epoch = score, epoch
-                result.best_state = {
-                    k: v.detach().to("cpu", copy=True) for k, v in acc.unwrap_model(model).state_dict().items()
-                }
-            log.info(
-                f"{name} epoch {epoch}/{cfg.epochs}: "
-                + " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
-            )
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-        task.model = acc.unwrap_model(model)
-    if result.best_state is not None:
-        task.model.load_state_dict(result.best_state)
-    result.seconds = time.perf_counter() - start
-    result.images_per_s = images / max(t_train, 1e-9)
-    acc.free_memory()
-    return result
+                writer.add_scalar(f"{name}/step_loss", value, run.step)
+                writer.add_scalar(f"{name}/lr", run.optimizer.param_groups[0]["lr"], run.step)
+    run.train_s += time.perf_counter() - t0
+    run.images += seen * acc.num_processes
+    row: dict[str, Any] = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"]}
+    row.update(_reduce(acc, sums, seen))
+    row["images_per_s"] = seen * acc.num_processes / max(time.perf_counter() - t0, 1e-9)
+    return row
+
+
+def _val_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``val_<name>`` of the numbers and per-class lists of a validation pass (not counts)."""
+    return {
+        f"val_{k}": v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, list)) and k != "confusion_matrix" and not k.startswith("n_")
+    }
+
+
+def _log_epoch(writer, name: str, row: dict[str, Any], epoch: int, epochs: int) -> None:
+    if writer is not None:
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and k != "epoch":
+                writer.add_scalar(f"{name}/{k}", v, epoch)
+            elif isinstance(v, list):
+                for i, x in enumerate(v):
+                    writer.add_scalar(f"{name}/{k}/{i}", x, epoch)
+    log.info(
+        f"{name} epoch {epoch}/{epochs}: " + " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float))
+    )

@@ -2,7 +2,8 @@
 
 Shuffle order and worker seeds come from a generator seeded by the run (never from torch's global
 RNG, which the batched augmentations draw from, so changing ``num_workers`` or adding an
-evaluation pass does not change training); training drops the last partial batch; workers
+evaluation pass does not change training; ``num_workers`` is capped at the cores this process may use,
+:mod:`sonodistill.workers`); training drops the last partial batch; workers
 persist across epochs; memory is pinned on GPUs. Workers only decode: augmentation runs batched
 on the device.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sonodistill.workers import loader_workers
+
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, seed: int = 0) -> DataLoader:
     """Shuffled full batches when ``train``, else every sample in order."""
     g = torch.Generator()
     g.manual_seed(seed)
+    workers = loader_workers(workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -57,15 +57,18 @@ def plot_history(
     keys = [k for k in keys if any(k in h for h in history)]
     if not keys:
         return
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, k in zip(axes[0], keys):
         pts = [(h["epoch"], h[k]) for h in history if k in h and h[k] is not None]
         if pts:
             ax.plot(*zip(*pts), marker="o", ms=3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, never 1.25
         ax.set_xlabel("epoch")
-        ax.set_title(k)
+        ax.set_title(k.replace("_", " "))
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import get_args
 
 from downstream.config import Mode, RunConfig, Task
-from sonodistill.config import add_config_args, load_config
+from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import cli_main
 
 
@@ -27,14 +27,15 @@ def parse(argv: Sequence[str] | None = None) -> RunConfig:
     p.add_argument("--fraction", type=float, help="label fraction of the training split (nested per seed)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="output folder")
-    add_config_args(p)
+    add_config_args(p, RunConfig)
     args = p.parse_args(argv)
     flags = [
         f"{k}={v}"
         for k in ("task", "data", "encoder", "mode", "fraction", "seed", "out")
         if (v := getattr(args, k)) is not None
     ]
-    return load_config(RunConfig, args.config, [*args.overrides, *flags])
+    args.overrides = [*args.overrides, *flags]
+    return config_from_args(RunConfig, args)
 
 
 @cli_main

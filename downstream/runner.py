@@ -22,13 +22,13 @@ from torch.utils.data import DataLoader
 
 from downstream.config import TASK_KIND, TASK_LAYOUT, RunConfig
 from downstream.data.inputs import Inputs
-from downstream.data.read import read_catalog
+from downstream.data.read import ReaderConfig, read_catalog
 from downstream.data.record import Catalog
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
 from downstream.edge.profile import LatencyCache, profile
 from downstream.edge.score import classification_deployment, segmentation_deployment
-from downstream.encoders import Encoder, deployable_spec, load_encoder
+from downstream.encoders import Encoder, deployable_spec, load_encoder, spec_label
 from downstream.fit import FitResult, fit
 from downstream.loaders import make_loader
 from downstream.metrics import classification_metrics, plot_confusion
@@ -44,14 +44,17 @@ from sonodistill.errors import UserError
 from sonodistill.world import make_accelerator
 
 
+def task_reader(cfg: RunConfig) -> ReaderConfig:
+    """``cfg.reader`` with the layout a named task implies (busi-*, ddti-seg) where it is ``auto``."""
+    if cfg.task in TASK_LAYOUT and cfg.reader.layout == "auto":
+        return dataclasses.replace(cfg.reader, layout=TASK_LAYOUT[cfg.task])
+    return cfg.reader
+
+
 def load_task_data(cfg: RunConfig) -> Catalog:
     if not cfg.data:
         raise UserError("data: give the dataset location (--data DIR or data=DIR)")
-    kind = TASK_KIND[cfg.task]
-    reader = cfg.reader
-    if cfg.task in TASK_LAYOUT and reader.layout == "auto":
-        reader = dataclasses.replace(reader, layout=TASK_LAYOUT[cfg.task])
-    return read_catalog(cfg.data, kind, reader)
+    return read_catalog(cfg.data, TASK_KIND[cfg.task], task_reader(cfg))
 
 
 def split_path(cfg: RunConfig) -> Path:
@@ -65,7 +68,7 @@ def _loader(catalog: Catalog, ids: list[str], cfg: RunConfig, train: bool, **tar
         ImageSet(catalog.subset(ids), cfg.image_size, **targets),
         bs,
         train=train,
-        workers=cfg.train.num_workers,
+        workers=cfg.num_workers,
         seed=cfg.seed,
     )
 
@@ -120,7 +123,7 @@ def _prediction_panel(model, catalog, test_ids, cfg, enc, acc, test, path) -> No
         pred,
         [dice[i] for i in range(len(ds))],
         path,
-        title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · test",
+        title=f"{cfg.task} · {spec_label(cfg.encoder)} · {cfg.mode} · test",
     )
 
 
@@ -148,7 +151,7 @@ def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tu
         catalog.fingerprint(),
         cfg.image_size,
         batch_size=cfg.probe.feature_batch_size,
-        num_workers=cfg.train.num_workers,
+        num_workers=cfg.num_workers,
         accelerator=acc,
     )
     index = catalog.by_id()
@@ -200,8 +203,8 @@ def run(
     cfg: RunConfig, accelerator=None, cache: FeatureCache | None = None, latency: LatencyCache | None = None
 ) -> dict:
     """Execute one run and return its metrics (also written to ``OUT/metrics.json``)."""
-    acc = accelerator or make_accelerator(cfg.train.mixed_precision, key="train.mixed_precision")
-    with cpu_threads(cfg.train.num_workers, acc.device):
+    acc = accelerator or make_accelerator(cfg.mixed_precision, key="mixed_precision")
+    with cpu_threads(cfg.num_workers, acc.device):
         return _run(cfg, acc, cache, latency)
 
 
@@ -294,13 +297,16 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
                 test["confusion_matrix"],
                 catalog.classes,
                 out / "confusion.png",
-                title=f"{cfg.encoder} · {cfg.mode} · test",
+                title=f"{spec_label(cfg.encoder)} · {cfg.mode} · test",
             )
         keys = (
             ["train_loss", "val_dice", "val_iou"] if kind == "seg" else ["train_loss", "val_accuracy", "val_macro_f1"]
         )
         plot_history(
-            res.history, out / "curves.png", keys, title=f"{cfg.task} · {cfg.encoder} · {cfg.mode} · f={cfg.fraction}"
+            res.history,
+            out / "curves.png",
+            keys,
+            title=f"{cfg.task} · {spec_label(cfg.encoder)} · {cfg.mode} · {cfg.fraction * 100:g} % labels",
         )
         if cfg.train.save_checkpoint and res.best_state is not None:
             _save_checkpoint(res.best_state, out / "best.safetensors")

@@ -1,7 +1,7 @@
 """Batched augmentations for distillation: the paper's ``us`` preset, our ``us-physics``, natural-image
 ``default`` and ``none``. One view per image; the trainer feeds the same view to teacher and student.
 
-    aug = build_augment(AugmentConfig(preset="us-physics", size=256))
+    aug = build_augment(PretrainAugmentConfig(preset="us-physics", size=256))
     views = aug(images)   # uint8 or float [0,1] [B,1,H,W] on any device -> float32 [B,1,size,size] in [0,1]
 
 Presets (defaults; every probability and range is a config key under ``augment.``):
@@ -82,7 +82,7 @@ def _check_range(key: str, r: Range, lo: float | None = None, hi: float | None =
 class AttenuationConfig:
     """Depth attenuation ``(1-floor) exp(-rate d) + floor``, d = normalised depth (usaugment DepthAttenuation)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     rate: Range = (0.0, 3.0)  # per unit normalised depth: 3 leaves 5 % at the deepest point
     floor: float = 0.0  # intensity fraction left at infinite depth (usaugment max_attenuation)
 
@@ -96,7 +96,7 @@ class AttenuationConfig:
 class ShadowConfig:
     """Acoustic shadow cast down the beam behind a reflector (usaugment GaussianShadow)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     strength: Range = (0.25, 0.8)  # darkening at the shadow's centre line: x * (1 - strength)
     width: Range = (0.02, 0.15)  # Gaussian sigma across beams, fraction of the scan-area width
     depth: Range = (0.1, 0.7)  # normalised depth of the reflector (shadow starts there)
@@ -114,7 +114,7 @@ class ShadowConfig:
 class HazeConfig:
     """Noisy bright band at a depth: near-field clutter / reverberation (usaugment HazeArtifact)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     strength: Range = (0.25, 0.5)  # peak added intensity, times U(0,1) noise per pixel
     depth: Range = (0.05, 0.95)  # normalised depth of the band's centre (usaugment radius)
     width: Range = (0.02, 0.1)  # Gaussian sigma of the band, normalised depth
@@ -130,7 +130,7 @@ class HazeConfig:
 class SpeckleConfig:
     """Multiplicative speckle: x * Gamma(L, 1/L) noise (mean 1, variance 1/L)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     looks: Range = (4.0, 16.0)  # L >= 1; 1 = fully developed speckle, larger = milder
 
     def __post_init__(self) -> None:
@@ -142,7 +142,7 @@ class SpeckleConfig:
 class DespeckleConfig:
     """Speckle reduction: bilateral filter (usaugment SpeckleReduction)."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     sigma_space: Range = (0.5, 2.0)  # pixels
     sigma_color: Range = (0.05, 0.3)  # intensity units ([0, 1] images)
     kernel_size: int = 5  # window side (odd), as usaugment's win_size
@@ -159,7 +159,7 @@ class DespeckleConfig:
 class GainConfig:
     """Overall gain plus a TGC curve: ``points`` knobs evenly spaced over depth, linearly interpolated."""
 
-    p: float = 0.5
+    p: float = 0.5  # probability an image gets this effect
     gain_db: Range = (-4.0, 4.0)  # overall gain, dB (x 10^(dB/20))
     tgc_db: Range = (-4.0, 4.0)  # each TGC knob, dB
     points: int = 4  # knobs at depths 0, 1/3, 2/3, 1
@@ -173,15 +173,14 @@ class GainConfig:
 
 
 @dataclass
-class AugmentConfig:
+class PretrainAugmentConfig:
     """Augmentation preset and its parameters (the pretraining config's ``augment`` section)."""
 
-    preset: Preset = "us"
-    size: int = 256  # output side (square), pixels
+    preset: Preset = "us"  # us (the paper) | us-physics | default (natural-image ablation) | none
     crop_scale: Range | None = None  # crop area / frame area; None: us 0.4-1, default 0.32-1
     crop_ratio: Range = (3 / 4, 4 / 3)  # crop width / height
     hflip_p: float = 0.5  # horizontal flip; a vertical flip is never applied
-    blur_p: float = 0.5
+    blur_p: float = 0.5  # probability of the (depth-dependent) Gaussian blur
     blur_sigma: Range | None = None  # pixels at the output size; None: us 0.1-1.5, default 0.1-2
     blur_depth_dependent: bool = True  # us/us-physics: blur grows from 0 (top) to sigma (deepest)
     jitter_p: float = 0.8  # default preset only: brightness/contrast jitter
@@ -199,8 +198,6 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"augment.preset: expected one of {', '.join(PRESETS)}, got {self.preset!r}")
-        if self.size < 8:
-            raise ConfigError(f"augment.size: expected an integer >= 8, got {self.size}")
         if self.crop_scale is not None:
             _check_range("crop_scale", self.crop_scale, 0.0, 1.0, positive=True)
         _check_range("crop_ratio", self.crop_ratio, positive=True)
@@ -213,7 +210,7 @@ class AugmentConfig:
         _check_p("scan_threshold", self.scan_threshold)
 
 
-def resolve(cfg: AugmentConfig) -> AugmentConfig:
+def resolve(cfg: PretrainAugmentConfig) -> PretrainAugmentConfig:
     """``cfg`` with every preset-dependent key (None) replaced by the preset's value."""
     fill = {k: v for k, v in PRESET_DEFAULTS[cfg.preset].items() if getattr(cfg, k) is None}
     return dataclasses.replace(cfg, **fill)
@@ -243,7 +240,7 @@ def _beam_depth(x: torch.Tensor, geom: ScanGeometry | None) -> torch.Tensor:
     return geom.depth
 
 
-def build_effects(cfg: AugmentConfig) -> fx.ScanAwareEffects:
+def build_effects(cfg: PretrainAugmentConfig) -> fx.ScanAwareEffects:
     """The ultrasound stage of a preset: physics effects (us-physics) and the depth blur (us, us-physics)."""
     cfg = resolve(cfg)
     effects: dict[str, fx.RandomEffect] = {}
@@ -266,11 +263,13 @@ def build_effects(cfg: AugmentConfig) -> fx.ScanAwareEffects:
 class UltrasoundAugment(nn.Module):
     """The augmentation pipeline of one preset (build it with :func:`build_augment`)."""
 
-    def __init__(self, cfg: AugmentConfig) -> None:
+    def __init__(self, cfg: PretrainAugmentConfig, size: int) -> None:
         super().__init__()
+        if size < 8:
+            raise ConfigError(f"image_size: expected an integer >= 8, got {size}")
         cfg = resolve(cfg)
-        self.cfg = cfg
-        size = (cfg.size, cfg.size)
+        self.cfg, self.size = cfg, int(size)
+        size = (self.size, self.size)
         self.geometric = nn.ModuleDict()
         if cfg.preset != "none":
             self.geometric["crop"] = K.RandomResizedCrop(
@@ -307,9 +306,9 @@ class UltrasoundAugment(nn.Module):
         x = to_unit_float(images)
         with torch.autocast(device_type=x.device.type, enabled=False):
             if self.cfg.preset == "none":
-                if x.shape[-2:] != (self.cfg.size, self.cfg.size):
+                if x.shape[-2:] != (self.size, self.size):
                     x = F.interpolate(
-                        x, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False, antialias=True
+                        x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
                     )
                 return x.clamp_(0.0, 1.0)
             for mod in self.geometric.values():
@@ -320,6 +319,7 @@ class UltrasoundAugment(nn.Module):
             return x.clamp_(0.0, 1.0)
 
 
-def build_augment(cfg: AugmentConfig) -> UltrasoundAugment:
-    """The augmentation module for ``cfg`` (an ``nn.Module``; call it on a batch)."""
-    return UltrasoundAugment(cfg)
+def build_augment(cfg: PretrainAugmentConfig, size: int) -> UltrasoundAugment:
+    """The augmentation module for ``cfg`` with ``size`` x ``size`` outputs (an ``nn.Module``; call it
+    on a batch). The output size is the run's ``image_size``, not an augmentation setting."""
+    return UltrasoundAugment(cfg, size)

@@ -55,6 +55,15 @@ def read_meta(ckpt: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: unreadable ({exc})") from None
 
 
+def saved_config(meta: dict[str, Any]):
+    """The run's :class:`~pretrain.config.PretrainConfig` as its checkpoint recorded it (a checkpoint
+    written before a key was renamed reads under the new names)."""
+    from pretrain.config import PretrainConfig
+    from sonodistill.config import config_from_dict
+
+    return config_from_dict(PretrainConfig, meta["config"])
+
+
 def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     """``auto``: newest complete checkpoint in out_dir (None if none); ``none``; or an explicit folder."""
     value = (resume or "none").strip()

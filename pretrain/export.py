@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from pretrain.checkpoint import find_checkpoint, read_meta
+from pretrain.checkpoint import find_checkpoint, read_meta, saved_config
 from sonodistill.atomic import atomic_dir
 from sonodistill.errors import UserError, cli_main
 
@@ -49,7 +49,7 @@ def load_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, An
         raise UserError(f"--checkpoint: {ckpt} has no student.safetensors")
     state = load_file(str(weights))
     backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
-    name = meta["config"]["student"]["name"]
+    name = saved_config(meta).student.name
     model = timm.create_model(name, pretrained=False, num_classes=0)
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     if missing or unexpected:
@@ -60,10 +60,10 @@ def load_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, An
 def _card(meta: dict[str, Any], model: torch.nn.Module, title: str) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
-    cfg = meta["config"]
-    t, tr, aug = meta["teacher"], cfg["train"], cfg["augment"]
-    arch = cfg["student"]["name"]
-    size = aug["size"]
+    cfg = saved_config(meta)
+    t, tr = meta["teacher"], cfg.train
+    arch = cfg.student.name
+    size = cfg.image_size
     params = sum(p.numel() for p in model.parameters()) / 1e6
     data = meta.get("data") or {}
     n = data.get("num_samples") or meta.get("num_samples")
@@ -71,7 +71,7 @@ def _card(meta: dict[str, Any], model: torch.nn.Module, title: str) -> str:
     sources = data.get("sources") or {}
     source_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(sources.items())) or "| (no manifest) | |"
     rejected = ", ".join(f"{k}: {v}" for k, v in sorted((data.get("rejected") or {}).items())) or "none recorded"
-    norm = "final LayerNorm applied" if cfg["teacher"]["norm"] else "no final norm"
+    norm = "final LayerNorm applied" if cfg.teacher.norm else "no final norm"
     card_data = ModelCardData(
         library_name="timm",
         license="other",
@@ -122,15 +122,15 @@ unet.encoder.load_state_dict(load_file("model.safetensors"))
 | item | value |
 | --- | --- |
 | teacher | `{t["name_or_path"]}`, patch tokens of blocks {t["layers"]} ({norm}), \
-{cfg["teacher"]["aggregate"]} -> {t["embed_dim"]}-d, patch {t["patch_size"]} |
-| student | `{arch}` + 2-layer MLP head (hidden {cfg["student"]["head_hidden"]}) |
+{cfg.teacher.aggregate} -> {t["embed_dim"]}-d, patch {t["patch_size"]} |
+| student | `{arch}` + 2-layer MLP head (hidden {cfg.student.head_hidden}) |
 | loss | token-wise MSE (squared L2 per token, mean over tokens and images) |
-| mixup | prob {cfg["mixup"]["prob"]}, lambda ~ U(0,1), mode `{cfg["mixup"]["mode"]}` |
-| augmentations | preset `{aug["preset"]}` at {size} px |
-| optimiser | {tr.get("optimizer", "adamw")} lr {tr["lr"]}, weight decay {tr["weight_decay"]} (not on norms/biases), \
-betas {tr["betas"]}, warm-up {meta.get("warmup_steps")} steps + cosine to {tr["min_lr"]}, grad clip {tr["grad_clip"]} |
+| mixup | prob {cfg.mixup.prob}, lambda ~ U(0,1), mode `{cfg.mixup.mode}` |
+| augmentations | preset `{cfg.augment.preset}` at {size} px |
+| optimiser | {tr.optimizer} lr {tr.lr}, weight decay {tr.weight_decay} (not on norms/biases), \
+betas {list(tr.betas)}, warm-up {meta.get("warmup_steps")} steps + cosine to {tr.min_lr}, grad clip {tr.grad_clip} |
 | steps | {meta["step"]} of {meta.get("max_steps")} optimiser steps, global batch {meta["global_batch"]} \
-({meta["world_size"]} process(es) x {tr["batch_size"]} x {meta["accumulation"]} accumulation) |
+({meta["world_size"]} process(es) x {tr.batch_size} x {meta["accumulation"]} accumulation) |
 | images seen | {meta["samples_seen"]} (~{epochs} epochs) |
 | precision | {meta.get("mixed_precision")} ({meta.get("distributed_type")}) |
 
@@ -163,7 +163,8 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None) ->
     from sonodistill.atomic import write_text
 
     model, meta, ckpt = load_backbone(checkpoint)
-    size = int(meta["config"]["augment"]["size"])
+    cfg = saved_config(meta)
+    size = cfg.image_size
     t = meta["teacher"]
     data_config = {
         "input_size": (3, size, size),
@@ -178,7 +179,7 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None) ->
             "checkpoint_step": meta["step"],
             "teacher": t["name_or_path"],
             "teacher_layers": t["layers"],
-            "augment": meta["config"]["augment"]["preset"],
+            "augment": cfg.augment.preset,
         },
     }
     # Drop the provenance timm attaches to its ImageNet weights (tag, licence, paper): not ours.

@@ -32,8 +32,8 @@ def token_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 class MixupConfig:
     """In-batch mixup (eq. 7). ``prob``: fraction of batches mixed; ``mode``: see the module doc."""
 
-    prob: float = 1.0
-    mode: Literal["input", "target"] = "input"
+    prob: float = 1.0  # fraction of batches mixed (lambda ~ U(0, 1) per image)
+    mode: Literal["input", "target"] = "input"  # input: one mixed image to both networks; target: mix targets
 
 
 @dataclasses.dataclass

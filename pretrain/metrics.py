@@ -57,21 +57,28 @@ def plot_loss_curve(metrics_path: str | Path, png: str | Path, title: str = "dis
     for v in loss:
         ema = beta * ema + (1 - beta) * v
         smooth.append(ema)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     ax.plot(steps, loss, lw=0.8, color="tab:blue", alpha=0.35, label="loss (eq. 6)")
     ax.plot(steps, smooth, lw=1.6, color="tab:blue", label="loss, moving average")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("token-wise MSE")
     if all(v > 0 for v in loss):
+        from sonodistill.figures import plain_log_ticks
+
         ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis, min(loss), max(loss))
+    handles, labels = ax.get_legend_handles_labels()
     lr = [(r["step"], r["lr"]) for r in recs if "lr" in r]
     if lr:
         ax2 = ax.twinx()
         ax2.plot([s for s, _ in lr], [v for _, v in lr], lw=1, color="tab:orange", label="learning rate")
         ax2.set_ylabel("learning rate")
-        ax2.legend(loc="upper center", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    # below the axes: a legend inside covers the curve it explains
+    fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return save_figure(fig, png)

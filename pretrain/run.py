@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sonodistill.config import add_config_args, config_from_args
+from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import cli_main
 
 
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         epilog="Exit codes: 0 done, 2 bad input or diverged, 75 preempted after a checkpoint.",
     )
-    add_config_args(parser)
+    add_config_args(parser, PretrainConfig)
     args = parser.parse_args(argv)
     cfg = config_from_args(PretrainConfig, args)
     return train(cfg).exit_code

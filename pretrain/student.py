@@ -58,7 +58,7 @@ def check_grids(image_size: int, patch_size: int, stride: int, student_name: str
     the image size must be a multiple of both the patch size and the student stride, and the teacher
     grid a multiple of the student grid.
     """
-    where = "augment.size"
+    where = "image_size"
     if image_size % patch_size:
         raise UserError(f"{where}: {image_size} px is not a multiple of the teacher patch size {patch_size}")
     if image_size % stride:

@@ -43,6 +43,7 @@ from sonodistill.jsonl import truncate_jsonl
 from sonodistill.logs import progress
 from sonodistill.optim import build_optimizer, build_scheduler
 from sonodistill.precision import frozen_dtype, resolve_mixed_precision
+from sonodistill.workers import loader_workers
 from sonodistill.world import launch_state, use_cpu
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             mode=d.mode,
             seed=seed,
             shuffle_buffer=d.shuffle_buffer,
-            num_workers=d.num_workers,
+            num_workers=loader_workers(cfg.num_workers),
             rank=rank,
             world_size=world,
             with_meta=d.record_keys,
@@ -232,7 +233,7 @@ def setup(cfg: PretrainConfig) -> Session:
     state = launch_state()
     world, rank = state.num_processes, state.process_index
     global_batch, accum = _accumulation(cfg, world)
-    mixed = resolve_mixed_precision(cfg.train.mixed_precision, state.device, "train.mixed_precision")
+    mixed = resolve_mixed_precision(cfg.mixed_precision, state.device, "mixed_precision")
     accelerator = Accelerator(
         cpu=use_cpu(),
         mixed_precision=mixed,
@@ -241,7 +242,7 @@ def setup(cfg: PretrainConfig) -> Session:
     )
     device = accelerator.device
     on_gpu = device.type == "cuda"
-    loader = _open_loader(cfg, rank, world, pin=on_gpu, seed=cfg.train.seed)
+    loader = _open_loader(cfg, rank, world, pin=on_gpu, seed=cfg.seed)
     max_steps = _max_steps(cfg, loader.num_samples, global_batch)
     steps_per_epoch = loader.num_samples / global_batch if loader.num_samples else None
     teacher = DINOv3.from_pretrained(
@@ -251,12 +252,12 @@ def setup(cfg: PretrainConfig) -> Session:
         aggregate=cfg.teacher.aggregate,
         dtype=frozen_dtype(device),
     ).to(device)
-    set_seed(cfg.train.seed)  # identical student initialisation on every rank
+    set_seed(cfg.seed)  # identical student initialisation on every rank
     student = build_student(
         cfg.student.name,
         teacher.embed_dim,
         cfg.student.head_hidden,
-        cfg.augment.size,
+        cfg.image_size,
         teacher.patch_size,
         cfg.student.out_dim,
     )
@@ -267,7 +268,7 @@ def setup(cfg: PretrainConfig) -> Session:
         student = student.to(memory_format=torch.channels_last)
     if cfg.student.compile:
         student.compile()  # in place: state_dict keys stay unprefixed
-    augment = build_augment(cfg.augment).to(device)
+    augment = build_augment(cfg.augment, cfg.image_size).to(device)
     optimizer = build_optimizer(student, cfg.train, fused=on_gpu)
     scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch, max_steps)
     _fill_deepspeed_config(accelerator, cfg)
@@ -307,7 +308,7 @@ def resume(s: Session) -> tuple[int, Path | None]:
     cfg = s.cfg
     ckpt = resolve_resume(cfg.resume, s.out_dir)
     if ckpt is None:
-        set_seed(cfg.train.seed, device_specific=True)  # different augmentations on every rank
+        set_seed(cfg.seed, device_specific=True)  # different augmentations on every rank
         return 0, None
     meta = read_meta(ckpt)
     start = int(meta["step"])
@@ -317,7 +318,7 @@ def resume(s: Session) -> tuple[int, Path | None]:
         s.loader.load_state_dict(json.loads(loader_file.read_text()))
     else:
         # Positions are per rank: with another world size the exact position cannot be rebuilt.
-        s.loader = _open_loader(cfg, s.rank, s.world, pin=s.device.type == "cuda", seed=cfg.train.seed + start)
+        s.loader = _open_loader(cfg, s.rank, s.world, pin=s.device.type == "cuda", seed=cfg.seed + start)
         log.warning(
             f"checkpoint written by {saved_world} processes, resuming on {s.world}: "
             "data order restarts with a reshuffled stream"

@@ -9,13 +9,17 @@ Rules:
 - an unknown key is an error that lists the valid keys at that level;
 - a value of the wrong type is an error naming the key and the expected type;
 - several YAML files may be layered (a recipe's preset, then a user's file), later files winning;
+- a renamed key keeps working for a while: a config class lists ``RENAMED = {"old.key": "new.key"}``
+  (keys relative to that class, sections too), and an old key in a file or an override is moved to
+  its new place with a one-line deprecation warning naming the new key;
 - ``save_config`` writes the resolved config (atomically) next to a run's outputs.
 """
 
 from __future__ import annotations
 
-import argparse
+import copy
 import dataclasses
+import logging
 import types
 import typing
 from collections.abc import Sequence
@@ -28,6 +32,7 @@ from sonodistill.atomic import write_text
 from sonodistill.errors import UserError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ConfigError(UserError):
@@ -47,105 +52,129 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     """Convert ``value`` (from YAML or a CLI string) to ``tp`` or raise a ConfigError."""
-
-    def fail() -> ConfigError:
-        return ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r}")
-
     if tp is Any:
         return value
     origin = get_origin(tp)
     if origin is Literal:
-        choices = get_args(tp)
-        if value in choices:
-            return value
-        for c in choices:  # CLI strings for non-string literals
-            if isinstance(value, str) and str(c) == value:
-                return c
-        raise fail()
+        return _literal(value, tp, key, where)
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
-            if type(None) in args:
-                return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise fail()
+        return _union(value, tp, key, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise fail()
+            raise _mismatch(value, tp, key, where)
         return _build(tp, value, where, prefix=key + ".")
     if origin in (list, tuple, Sequence, typing.Sequence):
-        if isinstance(value, str):
-            value = parse_list(value)
-        if not isinstance(value, (list, tuple)):
-            raise fail()
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise fail()
-            return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
-        inner = args[0] if args else Any
-        out = [_coerce(v, inner, key, where) for v in value]
-        return tuple(out) if origin is tuple else out
+        return _sequence(value, tp, key, where)
     if origin is dict:
         if isinstance(value, str):
             value = yaml.safe_load(value)
         if not isinstance(value, dict):
-            raise fail()
+            raise _mismatch(value, tp, key, where)
         kt, vt = get_args(tp) or (Any, Any)
         return {_coerce(k, kt, key, where): _coerce(v, vt, f"{key}.{k}", where) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise fail()
-    if tp is int:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    raise fail() from None
-                if f.is_integer():
-                    return int(f)
-        raise fail()
-    if tp is float:
-        if isinstance(value, bool):
-            raise fail()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail()
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, tp, key, where)
     if isinstance(value, tp):
         return value
-    raise fail()
+    raise _mismatch(value, tp, key, where)
+
+
+def _mismatch(value: Any, tp: Any, key: str, where: str) -> ConfigError:
+    return ConfigError(f"{where}: key '{key}' expects {_type_name(tp)}, got {value!r}")
+
+
+def _literal(value: Any, tp: Any, key: str, where: str) -> Any:
+    choices = get_args(tp)
+    if value in choices:
+        return value
+    for c in choices:  # CLI strings for non-string literals
+        if isinstance(value, str) and str(c) == value:
+            return c
+    raise _mismatch(value, tp, key, where)
+
+
+def _union(value: Any, tp: Any, key: str, where: str) -> Any:
+    args = get_args(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+        if type(None) in args:
+            return None
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key, where)
+        except ConfigError:
+            pass
+    raise _mismatch(value, tp, key, where)
+
+
+def _sequence(value: Any, tp: Any, key: str, where: str) -> Any:
+    if isinstance(value, str):
+        value = parse_list(value)
+    if not isinstance(value, (list, tuple)):
+        raise _mismatch(value, tp, key, where)
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise _mismatch(value, tp, key, where)
+        return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
+    inner = args[0] if args else Any
+    out = [_coerce(v, inner, key, where) for v in value]
+    return tuple(out) if origin is tuple else out
+
+
+def _bool(value: Any, tp: Any, key: str, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+        return False
+    raise _mismatch(value, tp, key, where)
+
+
+def _int(value: Any, tp: Any, key: str, where: str) -> int:
+    if isinstance(value, bool):
+        raise _mismatch(value, tp, key, where)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.replace("_", ""))
+        except ValueError:
+            try:
+                f = float(value)
+            except ValueError:
+                raise _mismatch(value, tp, key, where) from None
+            if f.is_integer():
+                return int(f)
+    raise _mismatch(value, tp, key, where)
+
+
+def _float(value: Any, tp: Any, key: str, where: str) -> float:
+    if isinstance(value, bool):
+        raise _mismatch(value, tp, key, where)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise _mismatch(value, tp, key, where) from None
+    raise _mismatch(value, tp, key, where)
+
+
+def _str(value: Any, tp: Any, key: str, where: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _mismatch(value, tp, key, where)
+
+
+_SCALARS = {bool: _bool, int: _int, float: _float, str: _str}
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
@@ -177,7 +206,7 @@ def parse_list(text: str) -> Any:
         return split_top_level(text[1:-1])
 
 
-def _fields(cls: type) -> dict[str, Any]:
+def config_fields(cls: type) -> dict[str, Any]:
     hints = get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
@@ -185,7 +214,7 @@ def _fields(cls: type) -> dict[str, Any]:
 def valid_keys(cls: type, prefix: str = "") -> list[str]:
     """All dotted leaf keys of a config dataclass (what ``key=value`` accepts)."""
     out: list[str] = []
-    for name, tp in _fields(cls).items():
+    for name, tp in config_fields(cls).items():
         if dataclasses.is_dataclass(tp):
             out.extend(valid_keys(tp, prefix + name + "."))
         else:
@@ -194,7 +223,7 @@ def valid_keys(cls: type, prefix: str = "") -> list[str]:
 
 
 def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
-    fields = _fields(cls)
+    fields = config_fields(cls)
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
@@ -243,11 +272,104 @@ def _check_override_key(cls: type, key: str) -> Any:
     for i, p in enumerate(parts):
         if not dataclasses.is_dataclass(tp):
             raise ConfigError(f"override '{key}': '{'.'.join(parts[:i])}' is not a section")
-        fields = _fields(tp)
+        fields = config_fields(tp)
         if p not in fields:
             raise ConfigError(f"override: unknown key '{key}'; valid keys: " + ", ".join(valid_keys(cls)))
         tp = fields[p]
     return tp
+
+
+def renamed_keys(cls: type, prefix: str = "") -> dict[str, str]:
+    """Every deprecated dotted key of ``cls`` (its own ``RENAMED`` and its sections') -> its new key."""
+    out = {prefix + old: prefix + new for old, new in getattr(cls, "RENAMED", {}).items()}
+    for name, tp in config_fields(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(renamed_keys(tp, prefix + name + "."))
+    return out
+
+
+def _warn_renamed(where: str, old: str, new: str) -> None:
+    if where:  # "" reads a config this project saved itself (an older run's): no one to warn
+        log.warning(f"{where}: '{old}' is deprecated, use '{new}' (the old key still works for now)")
+
+
+def rename_key(cls: type, key: str, where: str = "override") -> str:
+    """A dotted override key with a deprecated prefix moved to its new name (warned once per use)."""
+    for old, new in renamed_keys(cls).items():
+        if key == old or key.startswith(old + "."):
+            moved = new + key[len(old) :]
+            _warn_renamed(where, key, moved)
+            return moved
+    return key
+
+
+def _pop_dotted(tree: dict, key: str) -> tuple[bool, Any]:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.get(p)
+        if not isinstance(node, dict):
+            return False, None
+    if parts[-1] not in node:
+        return False, None
+    return True, node.pop(parts[-1])
+
+
+_MISSING = object()
+
+
+def _get_dotted(tree: dict, key: str) -> Any:
+    node: Any = tree
+    for p in key.split("."):
+        if not isinstance(node, dict) or p not in node:
+            return _MISSING
+        node = node[p]
+    return node
+
+
+def _drop_empty_stale(tree: dict, cls: type, key: str) -> None:
+    """Remove the parents of a moved key that it left empty and that are no section of ``cls``."""
+    parts = key.split(".")[:-1]
+    while parts:
+        parent = ".".join(parts)
+        node = _get_dotted(tree, parent)
+        try:
+            _check_override_key(cls, parent)
+            return  # still a valid section: keep it
+        except ConfigError:
+            pass
+        if node != {}:
+            return
+        _pop_dotted(tree, parent)
+        parts = parts[:-1]
+
+
+def apply_renames(cls: type, tree: dict, where: str) -> dict:
+    """Move every deprecated key of ``tree`` (a YAML mapping for ``cls``) to its new name, in place."""
+    for old, new in renamed_keys(cls).items():
+        found, value = _pop_dotted(tree, old)
+        if not found:
+            continue
+        _warn_renamed(where, old, new)
+        if _get_dotted(tree, new) is not _MISSING:
+            raise ConfigError(f"{where}: both '{old}' and its new name '{new}' are given; keep '{new}'")
+        _set_dotted(tree, new, value)
+        _drop_empty_stale(tree, cls, old)
+    return tree
+
+
+def with_old_names(cls: type, tree: dict) -> dict:
+    """A copy of ``to_dict(cfg)`` with each renamed key moved back to its most recent old name (the
+    first listed), so that digests of configs (a sweep's cell keys) made before a rename still match."""
+    out = copy.deepcopy(tree)
+    back: dict[str, str] = {}
+    for old, new in renamed_keys(cls).items():
+        back.setdefault(new, old)
+    for new, old in back.items():
+        found, value = _pop_dotted(out, new)
+        if found:
+            _set_dotted(out, old, value)
+    return out
 
 
 def _read_yaml(cls: type, path: str | Path) -> dict:
@@ -260,6 +382,7 @@ def _read_yaml(cls: type, path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    apply_renames(cls, data, str(path))
     _build(cls, data, str(path))  # validate keys and types against the file's own names
     return data
 
@@ -272,11 +395,24 @@ def load_config(
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     for p in paths:
         _merge(tree, _read_yaml(cls, p))
+    _apply_overrides(cls, tree, overrides)
+    return _build(cls, tree, "config" if not paths else str(paths[-1]))
+
+
+def override_config(cfg: T, overrides: Sequence[str], where: str = "config") -> T:
+    """A copy of ``cfg`` with ``key=value`` overrides applied, checked as :func:`load_config` checks them
+    (e.g. a sweep's per-method settings on a recipe config it has already resolved)."""
+    tree = to_dict(cfg)
+    _apply_overrides(type(cfg), tree, overrides)
+    return _build(type(cfg), tree, where)
+
+
+def _apply_overrides(cls: type, tree: dict, overrides: Sequence[str]) -> None:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
         key, raw = item.split("=", 1)
-        key = key.strip()
+        key = rename_key(cls, key.strip())
         tp = _check_override_key(cls, key)
         value: Any = raw
         if tp is not str and not (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp)):
@@ -286,7 +422,17 @@ def load_config(
                 except yaml.YAMLError:
                     raise ConfigError(f"override '{item}': value is not valid YAML") from None
         _set_dotted(tree, key, value)
-    return _build(cls, tree, "config" if not paths else str(paths[-1]))
+
+
+def config_from_dict(cls: type[T], tree: dict, where: str = "") -> T:
+    """``cls`` from a plain dict such as a saved ``config.yaml`` or a checkpoint's config: defaults,
+    then ``tree`` with renamed keys moved (silently when ``where`` is empty: a run's own saved
+    config, written before a rename), checked like a YAML file."""
+    data = copy.deepcopy(tree)
+    apply_renames(cls, data, where)
+    base = to_dict(cls())
+    _merge(base, data)
+    return _build(cls, base, where or cls.__name__)
 
 
 def _merge(base: dict, new: dict) -> None:
@@ -300,18 +446,3 @@ def _merge(base: dict, new: dict) -> None:
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def add_config_args(parser: argparse.ArgumentParser, default_config: str | None = None) -> None:
-    """``--config FILE`` (repeatable: later files win) plus trailing ``key=value`` overrides."""
-    parser.add_argument(
-        "--config", action="append", default=None, help="YAML config file; repeat to layer several (later files win)"
-    )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    parser.set_defaults(default_config=default_config)
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = ()) -> T:
-    """``base`` files (e.g. a recipe's preset), then every ``--config`` file, then the overrides."""
-    files = list(base) + (args.config or ([args.default_config] if getattr(args, "default_config", None) else []))
-    return load_config(cls, files, args.overrides)

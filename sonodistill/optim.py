@@ -27,11 +27,11 @@ Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.Redu
 
 @dataclass
 class OptimConfig:
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    lr: float = 1e-4
+    optimizer: Literal["adamw", "adam"] = "adamw"  # adamw (decoupled weight decay) | adam
+    lr: float = 1e-4  # peak learning rate
     weight_decay: float = 0.0  # never on norms and biases
-    betas: tuple[float, float] = field(default=(0.9, 0.999))
-    schedule: Literal["cosine", "plateau", "none"] = "cosine"
+    betas: tuple[float, float] = field(default=(0.9, 0.999))  # Adam(W) moment coefficients
+    schedule: Literal["cosine", "plateau", "none"] = "cosine"  # cosine (warm-up, per step) | plateau (val loss) | none
     warmup_epochs: float = 0.0  # cosine: linear warm-up from 0 over this many epochs of steps
     warmup_steps: int = 0  # cosine: > 0 wins over warmup_epochs
     min_lr: float = 0.0  # cosine: end of the decay; plateau: floor

@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 
 from pretrain import us_effects
-from pretrain.augment import AugmentConfig, build_augment
+from pretrain.augment import PretrainAugmentConfig, build_augment
 from pretrain.augment_effects import SpeckleNoise
 from pretrain.us_geometry import ScanGeometry, estimate_geometry
 
@@ -234,8 +234,8 @@ def test_gamma_speckle_has_mean_one_and_variance_one_over_looks():
 # --- the physics preset as a whole --------------------------------------------------------------
 
 
-def _physics(p: float, **overrides) -> AugmentConfig:
-    cfg = AugmentConfig(preset="us-physics", size=64, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **overrides)
+def _physics(p: float, **overrides) -> PretrainAugmentConfig:
+    cfg = PretrainAugmentConfig(preset="us-physics", crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **overrides)
     for name in ("attenuation", "shadow", "haze", "speckle", "despeckle", "gain"):
         getattr(cfg, name).p = p
     return cfg
@@ -249,7 +249,7 @@ def test_background_outside_the_scan_area_stays_black():
     x = torch.cat([f[0] for f in frames])
     truth = torch.stack([f[1] for f in frames])[:, None]
     torch.manual_seed(0)
-    aug = build_augment(_physics(1.0, blur_p=1.0, blur_sigma=(2.0, 2.0)))
+    aug = build_augment(_physics(1.0, blur_p=1.0, blur_sigma=(2.0, 2.0)), 64)
     out = aug(x)
     flipped = aug.last_params["hflip"]["batch_prob"].bool().view(-1, 1, 1, 1)
     truth = torch.where(flipped, truth.flip(-1), truth)
@@ -263,7 +263,7 @@ def test_pipeline_attenuation_decreases_monotonically_with_beam_depth():
     x = (x > 0).float() * 0.7
     cfg = _physics(0.0, blur_p=0.0, hflip_p=0.0)
     cfg.attenuation.p, cfg.attenuation.rate = 1.0, (2.0, 2.0)
-    aug = build_augment(cfg)
+    aug = build_augment(cfg, 64)
     out = aug(x)
     inside = (aug.geometry.mask()[0, 0] > 0.5) & (x[0, 0] > 0)
     depth = aug.geometry.depth[0, 0][inside]
@@ -279,6 +279,6 @@ def test_pipeline_shadow_only_darkens():
     cfg = _physics(0.0, blur_p=0.0, hflip_p=0.0)
     cfg.shadow.p = 1.0
     torch.manual_seed(1)
-    out = build_augment(cfg)(x.repeat(16, 1, 1, 1))
+    out = build_augment(cfg, 64)(x.repeat(16, 1, 1, 1))
     assert bool((out <= x + 1e-4).all())  # 1e-4: the identity crop's resampling error
     assert bool(((x - out).flatten(1).amax(1) > 0.05).all())  # every image got a visible shadow

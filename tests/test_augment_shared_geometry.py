@@ -17,7 +17,7 @@ from kornia.filters import bilateral_blur
 from PIL import Image
 
 from pretrain import augment_effects, us_effects
-from pretrain.augment import AugmentConfig, build_effects
+from pretrain.augment import PretrainAugmentConfig, build_effects
 from pretrain.augment_effects import uniform_noise
 from pretrain.us_geometry import ScanGeometry, estimate_geometry
 
@@ -42,7 +42,7 @@ def batch() -> torch.Tensor:
 
 
 def stage(p: float = 1.0, only: tuple[str, ...] = EFFECTS, blur_p: float = 0.0):
-    cfg = AugmentConfig(preset="us-physics", size=SIZE, blur_p=blur_p)
+    cfg = PretrainAugmentConfig(preset="us-physics", blur_p=blur_p)
     for name in EFFECTS:
         getattr(cfg, name).p = p if name in only else 0.0
     return build_effects(cfg)

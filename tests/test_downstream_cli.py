@@ -97,7 +97,7 @@ def test_classification_finetune_cli(capsys, busi_dir, tmp_path):
             "image_size=64",
             "train.epochs=2",
             "train.batch_size=8",
-            "train.num_workers=1",
+            "num_workers=1",
             "split.ratios=[0.6,0.2,0.2]",
         ]
     )
@@ -187,7 +187,7 @@ def test_two_rank_segmentation_under_torchrun(ddti_dir, tmp_path):
         "image_size=64",
         "train.epochs=1",
         "train.batch_size=4",
-        "train.num_workers=1",
+        "num_workers=1",
         "train.eval_batch_size=5",
     ]
     proc = subprocess.Popen(

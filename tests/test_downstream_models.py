@@ -129,7 +129,7 @@ def test_linear_probe_leaves_encoder_untouched(mode, busi_dir, export_dir, tmp_p
     cfg = RunConfig(
         task="busi-seg", data=str(busi_dir), encoder=str(export_dir), mode=mode, out=str(tmp_path / mode), image_size=32
     )
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.num_workers, cfg.train.lr = 1, 8, 0, 1e-2
+    cfg.train.epochs, cfg.train.batch_size, cfg.num_workers, cfg.train.lr = 1, 8, 0, 1e-2
     cfg.edge.enabled = False  # the edge column is tested in test_edge.py / test_downstream_sweep.py
     run(cfg)
     best = load_file(str(tmp_path / mode / "best.safetensors"))
@@ -157,7 +157,7 @@ def test_dinov3_linear_probe_frozen(busi_dir, tiny_teacher_dir, tmp_path):
         out=str(tmp_path / "d"),
         image_size=64,
     )
-    cfg.train.epochs, cfg.train.batch_size, cfg.train.num_workers = 1, 8, 0
+    cfg.train.epochs, cfg.train.batch_size, cfg.num_workers = 1, 8, 0
     cfg.edge.enabled = False
     m = run(cfg)
     assert 0.0 <= m["test"]["dice"] <= 1.0

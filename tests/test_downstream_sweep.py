@@ -42,7 +42,7 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
             "run.edge.onnx=never",  # ONNX / INT8 of the edge column: tests/test_edge.py, tests/test_kd_sweep.py
             "run.edge.runs=2",
             "run.train.epochs=1",
-            "run.train.num_workers=0",
+            "run.num_workers=0",
             "run.probe.epochs=30",
             "run.image_size=32",
         ],
@@ -116,7 +116,7 @@ def _resume_cfg(busi_dir, export, out) -> list[str]:
         "linear_fractions=[0.5,1.0]",
         "seeds=[0,1]",
         "run.image_size=32",
-        "run.train.num_workers=0",
+        "run.num_workers=0",
         "run.probe.epochs=20",
         "run.train.save_checkpoint=false",
         "run.edge.onnx=never",
@@ -250,5 +250,5 @@ def test_suite_config_lists_ultrabench_tasks():
     ub = [t for t in tasks if t.data.startswith("ub:")]
     assert len(ub) == 14 and sum(t.kind == "seg" for t in ub) == 7  # UltraBench: 7 + 7 tasks
     psfhs = next(t for t in ub if "psfhs" in t.data)
-    assert psfhs.reader == ("layout=ub", "mask_column=psfh_mask", "mask_values=[2]")
+    assert (psfhs.reader.layout, psfhs.reader.mask_column, psfhs.reader.mask_values) == ("ub", "psfh_mask", [2])
     assert cfg.methods and "finetune" in cfg.modes

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.augment import AugmentConfig, build_augment
+from pretrain.augment import PretrainAugmentConfig, build_augment
 from pretrain.loss import MixPlan, MixupConfig, mix, sample_mix, token_mse
 from pretrain.step import distill_loss, make_view
 from pretrain.student import ProjectionHead, build_student, check_grids
@@ -99,7 +99,7 @@ def test_mixup_plan_and_formula():
 
 
 def test_make_view_is_augment_then_teacher_normalisation(teacher):
-    aug = build_augment(AugmentConfig(preset="none", size=32))
+    aug = build_augment(PretrainAugmentConfig(preset="none"), 32)
     images = torch.randint(0, 256, (2, 1, 64, 64), dtype=torch.uint8)
     view = make_view(images, aug, teacher)
     assert view.shape == (2, 3, 32, 32)

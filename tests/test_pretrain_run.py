@@ -155,7 +155,7 @@ def test_unknown_key_lists_valid_keys(shard_dir, tiny_teacher_dir, tmp_path):
     [
         ({"data__shards": "/no/such/shards"}, "data.shards: cannot open '/no/such/shards'"),
         ({"teacher__name_or_path": "/no/such/teacher"}, "teacher.name_or_path: cannot load '/no/such/teacher'"),
-        ({"augment__size": 48}, "augment.size: 48 px is not a multiple of the student 'resnet10t' stride 32"),
+        ({"image_size": 48}, "image_size: 48 px is not a multiple of the student 'resnet10t' stride 32"),
         ({"student__out_dim": 100}, "student.out_dim: 100 does not match the teacher embedding dim 128"),
         ({"train__global_batch": 6}, "train.global_batch: 6 is not a multiple"),
         ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' is not a complete checkpoint"),

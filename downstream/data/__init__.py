@@ -3,7 +3,8 @@ and the batched on-device transforms. Splits and label fractions live in :mod:`d
 
 Readers: :func:`read_busi` (BUSI real layout), :func:`read_paired` (DDTI-style image/mask folders
 with patient ids, and generic ones), :func:`read_class_folders`, :func:`read_hub` (`datasets`:
-``hf:ID``, ``save_to_disk`` folder, imagefolder); :func:`read_catalog` picks one for a task.
+``hf:ID``, ``save_to_disk`` folder, imagefolder), UltraBench (``ub:DIR``); :func:`read_catalog`
+picks one for a task through the layout table of :mod:`downstream.data.read`.
 """
 
 from downstream.data.busi import BUSI_CLASSES, read_busi
@@ -14,11 +15,11 @@ from downstream.data.pixels import binarize, check_records, load_gray, load_mask
 from downstream.data.read import ReaderConfig, detect_layout, read_catalog
 from downstream.data.record import Catalog, ImageSource, Record
 from downstream.data.torchset import ImageSet
-from downstream.data.transforms import AugmentConfig, GeometricAugment, to_input
+from downstream.data.transforms import GeometricAugment, GeometricAugmentConfig, to_input
 
 __all__ = [
     "BUSI_CLASSES",
-    "AugmentConfig",
+    "GeometricAugmentConfig",
     "Catalog",
     "GeometricAugment",
     "HubImage",

@@ -18,8 +18,8 @@ import torch
 
 
 @dataclass
-class AugmentConfig:
-    enabled: bool = True
+class GeometricAugmentConfig:
+    enabled: bool = True  # train-time geometric augmentation on or off
     scale_min: float = 0.7  # random resized crop: smallest area fraction kept
     hflip: float = 0.5  # probability
     degrees: float = 10.0  # rotation range +- degrees (0 = off)
@@ -28,9 +28,9 @@ class AugmentConfig:
 class GeometricAugment(torch.nn.Module):
     """Same random geometry for ``image`` [B,C,H,W] float and ``mask`` [B,1,H,W] float."""
 
-    def __init__(self, size: int, cfg: AugmentConfig | None = None):
+    def __init__(self, size: int, cfg: GeometricAugmentConfig | None = None):
         super().__init__()
-        cfg = cfg or AugmentConfig()
+        cfg = cfg or GeometricAugmentConfig()
         ops = [K.RandomResizedCrop((size, size), scale=(cfg.scale_min, 1.0))]
         if cfg.hflip > 0:
             ops.append(K.RandomHorizontalFlip(p=cfg.hflip))

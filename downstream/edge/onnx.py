@@ -38,10 +38,10 @@ import torch
 class QuantConfig:
     """Static INT8 quantisation settings (onnxruntime ``quantize_static``)."""
 
-    format: Literal["qdq", "qoperator"] = "qdq"
+    format: Literal["qdq", "qoperator"] = "qdq"  # onnxruntime quantised graph format
     per_channel: bool = True  # one weight scale per output channel
     reduce_range: bool = False  # 7-bit weights: no u8s8 saturation on CPUs without VNNI
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"  # how activation ranges are calibrated
     calib_images: int = 16  # training images that calibrate the activation ranges
     op_types: list[str] = field(default_factory=list)  # operators to quantise; [] = all onnxruntime can
     exclude: list[str] = field(default_factory=list)  # node names kept in fp32

@@ -44,10 +44,10 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 class EdgeConfig:
     """What the edge column measures (``run.edge.*`` in a sweep)."""
 
-    enabled: bool = True
+    enabled: bool = True  # measure the edge column (params, GMACs, CPU latency, ONNX / INT8)
     threads: int = 2  # torch and onnxruntime intra-op threads while timing (recorded in every cell)
     runs: int = 20  # timed batch-size-1 calls per runtime (median reported)
-    warmup: int = 3
+    warmup: int = 3  # untimed calls before timing
     rounds: int = 4  # interleaved rounds the runs are spread over
     onnx: Literal["auto", "always", "never"] = "auto"  # auto: KD students and distilled (folder/hf-hub) encoders
     quant: QuantConfig = field(default_factory=QuantConfig)

@@ -64,6 +64,73 @@ def _geometry(
     return g, Extent(g.width_mm, g.depth_mm, g.r0 * g.mm_per_px, g.half_angle)
 
 
+def _lesions(kind: str, p, arng: np.random.Generator, scene, n_lesions: int) -> list:
+    """``n_lesions`` lesions of ``kind`` placed apart and painted into ``scene`` (none for normal)."""
+    lesions: list = []
+    if kind == "normal":
+        return lesions
+    lo, hi = p.lesion_radius_mm
+    radius = (lo, hi) if n_lesions <= 1 else (lo * 0.8, max(lo, hi * 0.6))  # several must fit side by side
+    for _ in range(max(1, n_lesions)):
+        les = draw_lesion(kind, arng, scene, radius, avoid=lesions)
+        if les is not None:
+            lesions.append(les)
+    for les in lesions:
+        paint_lesion(scene, les, arng)
+    return lesions
+
+
+def _beamform(geom, scene, rng, atten: float, dr: float, gain: float, resolution_mm, shift: float, tgc: bool):
+    """The scene sampled along the beams, formed into B-mode (speckle, TGC, noise) and scan-converted."""
+    ax_mm, lat_mm = resolution_mm
+    echo, att = scene.evaluate(geom.beam_points().shifted(shift))
+    shape = geom.beam_shape
+    if geom.kind == "linear":
+        lat_px = lat_mm / geom.mm_per_px
+    else:  # lateral sampling is in angle: the beam widens with depth as in a real fan
+        r_mid = (geom.r0 + geom.r1) / 2.0 * geom.mm_per_px
+        lat_px = lat_mm / (r_mid * 2.0 * geom.half_angle / geom.n_lines)
+    depth_cm = geom.beam_depth_mm() / 10.0
+    tgc_db = None
+    if tgc:
+        knots = rng.uniform(-2.0, 2.0, 5)  # the sonographer's TGC sliders
+        tgc_db = atten * rng.uniform(0.9, 1.05) * depth_cm + np.interp(depth_cm, np.linspace(0, depth_cm[-1], 5), knots)
+    noise = 10.0 ** ((rng.uniform(-32.0, -14.0) - atten * float(depth_cm[-1])) / 20.0)
+    beam = form_bmode(
+        echo.reshape(shape),
+        att.reshape(shape),
+        rng,
+        dz_mm=geom.dz_mm,
+        sigma_axial=max(ax_mm / geom.dz_mm, 0.7),
+        sigma_lateral=max(lat_px, 1.0),
+        dynamic_range_db=dr,
+        gain_db=gain,
+        tgc_db=tgc_db,
+        noise_amplitude=noise,
+    )
+    return np.rint(geom.scan_convert(beam)).astype(np.uint8)
+
+
+def _burn_in(image, geom, scan_mask, rng, preset: str, doppler: bool, overlays: bool, lesion_union):
+    """A colour Doppler box and the scanner's overlays (text, depth scale, calipers) burnt into the pixels."""
+    drawn: list[str] = []
+    if doppler:
+        image = draw_doppler(image, geom, scan_mask, rng)
+        drawn.append("doppler")
+    if overlays:
+        c = Canvas(image, scan_mask)
+        if rng.random() < 0.9 and draw_text(c, rng, preset, geom):
+            drawn.append("text")
+        if rng.random() < 0.7 and draw_depth_scale(c, rng, geom):
+            drawn.append("depth_scale")
+        if rng.random() < (0.6 if lesion_union is not None else 0.25) and draw_calipers(
+            c, rng, scan_mask, lesion_union
+        ):
+            drawn.append("calipers")
+        image = c.array()
+    return image, drawn
+
+
 def render(
     preset: str,
     rng: np.random.Generator,
@@ -97,48 +164,12 @@ def render(
     geom, extent = _geometry(p, arng, size, tight)
     atten = _u(arng, p.atten_db_cm)
     scene = p.anatomy(arng, extent, atten)
-    lesions = []
-    if kind != "normal":
-        lo, hi = p.lesion_radius_mm
-        radius = (lo, hi) if n_lesions <= 1 else (lo * 0.8, max(lo, hi * 0.6))  # several must fit side by side
-        for _ in range(max(1, n_lesions)):
-            les = draw_lesion(kind, arng, scene, radius, avoid=lesions)
-            if les is not None:
-                lesions.append(les)
-        for les in lesions:
-            paint_lesion(scene, les, arng)
+    lesions = _lesions(kind, p, arng, scene, n_lesions)
     dr = _u(arng, p.dynamic_range_db) + rng.uniform(-1.0, 1.0)
     gain = _u(arng, p.gain_db) + rng.uniform(-1.5, 1.5)
     ax_mm, lat_mm = _u(arng, p.axial_mm), _u(arng, p.lateral_mm)
     shift = float(rng.uniform(-4.0, 4.0)) if anatomy_rng is not None else 0.0
-
-    pts = geom.beam_points().shifted(shift)
-    echo, att = scene.evaluate(pts)
-    shape = geom.beam_shape
-    if geom.kind == "linear":
-        lat_px = lat_mm / geom.mm_per_px
-    else:  # lateral sampling is in angle: the beam widens with depth as in a real fan
-        r_mid = (geom.r0 + geom.r1) / 2.0 * geom.mm_per_px
-        lat_px = lat_mm / (r_mid * 2.0 * geom.half_angle / geom.n_lines)
-    depth_cm = geom.beam_depth_mm() / 10.0
-    tgc_db = None
-    if tgc:
-        knots = rng.uniform(-2.0, 2.0, 5)  # the sonographer's TGC sliders
-        tgc_db = atten * rng.uniform(0.9, 1.05) * depth_cm + np.interp(depth_cm, np.linspace(0, depth_cm[-1], 5), knots)
-    noise = 10.0 ** ((rng.uniform(-32.0, -14.0) - atten * float(depth_cm[-1])) / 20.0)
-    beam = form_bmode(
-        echo.reshape(shape),
-        att.reshape(shape),
-        rng,
-        dz_mm=geom.dz_mm,
-        sigma_axial=max(ax_mm / geom.dz_mm, 0.7),
-        sigma_lateral=max(lat_px, 1.0),
-        dynamic_range_db=dr,
-        gain_db=gain,
-        tgc_db=tgc_db,
-        noise_amplitude=noise,
-    )
-    image = np.rint(geom.scan_convert(beam)).astype(np.uint8)
+    image = _beamform(geom, scene, rng, atten, dr, gain, (ax_mm, lat_mm), shift, tgc)
     scan_mask = geom.scan_mask()
     pix = geom.pixel_points(scan_mask).shifted(shift)
     masks = []
@@ -147,19 +178,7 @@ def render(
         m[scan_mask] = les.shape.inside(pix)
         masks.append(m)
     union = np.logical_or.reduce(masks) if masks else np.zeros_like(scan_mask)
-    drawn: list[str] = []
-    if doppler:
-        image = draw_doppler(image, geom, scan_mask, rng)
-        drawn.append("doppler")
-    if overlays:
-        c = Canvas(image, scan_mask)
-        if rng.random() < 0.9 and draw_text(c, rng, preset, geom):
-            drawn.append("text")
-        if rng.random() < 0.7 and draw_depth_scale(c, rng, geom):
-            drawn.append("depth_scale")
-        if rng.random() < (0.6 if masks else 0.25) and draw_calipers(c, rng, scan_mask, union if masks else None):
-            drawn.append("calipers")
-        image = c.array()
+    image, drawn = _burn_in(image, geom, scan_mask, rng, preset, doppler, overlays, union if masks else None)
     return Frame(
         image=image,
         mask=union,

@@ -1,0 +1,177 @@
+"""Renamed config keys, ``--help`` generated from the config dataclasses, ``--show-config``, and the
+loader-worker cap: what a user relies on to find and keep their settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pytest
+import yaml
+
+from sonodistill.config import ConfigError, config_fields, load_config, to_dict, with_old_names
+from sonodistill.config_cli import commented_yaml, field_notes
+
+
+@dataclass
+class Train:
+    lr: float = 0.1  # peak learning rate
+    seed: int = 0
+
+
+@dataclass
+class Data:
+    workers: int = 2
+    split: dict = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """A run."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"train.seed": "seed", "data.workers": "num_workers", "size": "image_size"}
+
+    seed: int = 0  # everything random
+    num_workers: int = 1  # loader processes
+    image_size: int = 64  # pixels
+    train: Train = field(default_factory=Train)
+
+
+def test_renamed_keys_work_in_overrides_and_files_and_warn_naming_the_new_key(tmp_path, caplog):
+    f = tmp_path / "old.yaml"
+    f.write_text("size: 96\ntrain:\n  seed: 7\n  lr: 0.5\ndata:\n  workers: 3\n")
+    with caplog.at_level(logging.WARNING, logger="sonodistill.config"):
+        cfg = load_config(Run, f, ["train.seed=9"])
+    assert (cfg.image_size, cfg.seed, cfg.num_workers, cfg.train.lr) == (96, 9, 3, 0.5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("'size' is deprecated, use 'image_size'" in m for m in lines)
+    assert any("'data.workers' is deprecated, use 'num_workers'" in m for m in lines)
+    assert any("override: 'train.seed' is deprecated, use 'seed'" in m for m in lines)
+    assert all("\n" not in m for m in lines)  # one line each
+
+
+def test_old_and_new_name_together_is_an_error(tmp_path):
+    f = tmp_path / "both.yaml"
+    f.write_text("size: 96\nimage_size: 128\n")
+    with pytest.raises(ConfigError, match="both 'size' and its new name 'image_size' are given"):
+        load_config(Run, f)
+
+
+def test_with_old_names_puts_renamed_values_back_for_digests():
+    old = with_old_names(Run, to_dict(Run(seed=5, num_workers=4)))
+    assert old["train"]["seed"] == 5 and "seed" not in old
+    assert old["data"]["workers"] == 4 and old["size"] == 64
+
+
+def test_sweep_cell_key_digest_is_unchanged_by_the_shared_knob_renames():
+    """A sweep finished before the renames keeps its cells: the digest sees the old layout."""
+    from downstream.config import RunConfig
+
+    d = with_old_names(RunConfig, to_dict(RunConfig(num_workers=3, mixed_precision="no")))
+    assert d["train"]["num_workers"] == 3 and d["train"]["mixed_precision"] == "no"
+    assert "num_workers" not in d and "mixed_precision" not in d
+
+
+def _leaf_keys_without_meaning(cls: type, prefix: str = "") -> list[str]:
+    notes, missing = field_notes(cls), []
+    for name, tp in config_fields(cls).items():
+        if dataclasses.is_dataclass(tp):
+            missing += _leaf_keys_without_meaning(tp, prefix + name + ".")
+        elif not notes.get(name):
+            missing.append(prefix + name)
+    return missing
+
+
+def _command_configs() -> list[type]:
+    from downstream.config import RunConfig
+    from downstream.kd.registry import RECIPES, reproduction
+    from downstream.sweep import SweepConfig
+    from pretrain.config import PretrainConfig
+
+    # every KD recipe's config as python -m downstream.kd train resolves it (the recipe's keys and its paper's)
+    return [PretrainConfig, RunConfig, SweepConfig, *(reproduction(name).config for name in RECIPES)]
+
+
+@pytest.mark.parametrize("cls", _command_configs(), ids=lambda c: c.__name__)
+def test_every_key_of_a_command_has_a_one_line_meaning(cls):
+    assert _leaf_keys_without_meaning(cls) == []
+
+
+def test_pretrain_help_lists_every_key_with_default_and_meaning(capsys):
+    from pretrain.config import PretrainConfig
+    from pretrain.run import main
+    from sonodistill.config import valid_keys
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for key in valid_keys(PretrainConfig):
+        assert f"  {key} = " in out, key
+    assert "image_size = 256" in out and "side of the square views" in out
+    assert "augment.size -> image_size" in out  # renamed keys are listed too
+
+
+def test_show_config_prints_commented_yaml_that_loads_back(tmp_path, capsys):
+    from downstream.config import RunConfig
+    from downstream.run import parse
+
+    with pytest.raises(SystemExit) as exc:
+        parse(["--task", "busi-cls", "--seed", "3", "--show-config", "train.lr=0.01", "train.num_workers=1"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert "# label fraction of the training split" in text
+    saved = tmp_path / "resolved.yaml"
+    saved.write_text(text)
+    again = load_config(RunConfig, saved)
+    assert (again.task, again.seed, again.train.lr, again.num_workers) == ("busi-cls", 3, 0.01, 1)
+    assert again == load_config(RunConfig, None, ["task=busi-cls", "seed=3", "train.lr=0.01", "num_workers=1"])
+    assert yaml.safe_load(text) == to_dict(again)
+
+
+def test_commented_yaml_round_trips_every_pretrain_value(tmp_path):
+    from pretrain.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, None, ["augment.crop_scale=[0.5,0.9]", "data.source_weights={a: 2.0}"])
+    (tmp_path / "c.yaml").write_text(commented_yaml(cfg))
+    assert load_config(PretrainConfig, tmp_path / "c.yaml") == cfg
+
+
+def test_loader_workers_never_exceed_the_cores_of_this_process(monkeypatch):
+    from sonodistill import workers
+
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    assert [workers.loader_workers(n) for n in (0, 1, 2, 4, 16)] == [0, 1, 2, 2, 2]
+    monkeypatch.setattr(workers, "available_cores", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert workers.loader_workers(4) == 2  # 16 cores shared by 8 ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert workers.loader_workers(4) == 1  # never 0 when workers were asked for
+
+
+def test_downstream_loader_uses_the_capped_worker_count(monkeypatch):
+    import torch
+
+    from downstream.loaders import make_loader
+    from sonodistill import workers
+
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    dl = make_loader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), 2, train=False, workers=4)
+    assert dl.num_workers == 2
+
+
+def test_a_checkpoint_config_saved_before_the_renames_reads_under_the_new_names(caplog):
+    """pretrain.export and resume read a run's saved config: an older run's keys still count, silently."""
+    from pretrain.config import PretrainConfig
+    from sonodistill.config import config_from_dict
+
+    old = {"augment": {"preset": "us", "size": 96}, "data": {"num_workers": 3}, "train": {"seed": 5, "lr": 0.5}}
+    with caplog.at_level(logging.WARNING):
+        cfg = config_from_dict(PretrainConfig, old)
+    assert (cfg.image_size, cfg.num_workers, cfg.seed, cfg.train.lr) == (96, 3, 5, 0.5)
+    assert not caplog.records
