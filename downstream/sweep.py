@@ -43,6 +43,7 @@ from sonodistill.config import override_config, save_config, split_top_level, to
 from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import UserError, cli_main
 from sonodistill.jsonl import append_jsonl, read_jsonl
+from sonodistill.stop import Stopped, StopRequest, check_stop
 
 if TYPE_CHECKING:
     from downstream.kd.cell import KDCellConfig, Method
@@ -358,11 +359,16 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     for c, rc, kd, key in todo:
         if max_cells is not None and ran >= max_cells:
             break
-        if c.method:
-            with cpu_threads(rc.num_workers, acc.device):
-                metrics = run_kd_cell(rc, c.method, kd, task_label=labels[c.task.key], latency=latency)
-        else:
-            metrics = run(rc, accelerator=acc, cache=cache, latency=latency)
+        kept = f"{len(plan) - len(todo) + ran} finished cells are kept in {results}"
+        check_stop(kept)
+        try:
+            if c.method:
+                with cpu_threads(rc.num_workers, acc.device):
+                    metrics = run_kd_cell(rc, c.method, kd, task_label=labels[c.task.key], latency=latency)
+            else:
+                metrics = run(rc, accelerator=acc, cache=cache, latency=latency)
+        except Stopped as exc:  # the running cell is dropped; the finished ones are its record
+            raise Stopped(f"{exc}; {kept}") from None
         metrics.pop("test_per_image", None)
         if acc.is_main_process:
             record = {"key": key, "cell": c.record(), "config": to_dict(rc), "metrics": metrics}
@@ -393,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
     args = p.parse_args(argv)
     cfg = config_from_args(SweepConfig, args)
-    summary = run_sweep(cfg, max_cells=args.max_cells)
+    with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75
+        summary = run_sweep(cfg, max_cells=args.max_cells)
     if args.print_tables:
         print((Path(cfg.out) / "tables.md").read_text())
     print(json.dumps(summary))
