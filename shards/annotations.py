@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from shards.components import components
 from shards.mark_shapes import Piece, find_marks
 from shards.thresholds import EDGE_SHARE, INPAINT_RADIUS, MARK_CONTRAST, MARK_GROW, MARK_LEVEL, PLATEAU_TOL
 
@@ -47,28 +48,28 @@ def stroke_pixels(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return (tophat >= MARK_CONTRAST) & (gray >= MARK_LEVEL) & mask
 
 
-def group_medians(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """The median of ``values`` for each label 1..n-1 (0 where a label has none; label 0 is ignored)."""
-    keep = labels > 0
-    labels, values = labels[keep], values[keep]
-    counts = np.bincount(labels, minlength=n)
-    if not len(labels):
-        return np.zeros(n, np.int32)
-    order = np.lexsort((values, labels))
-    mid = np.clip(np.cumsum(counts) - (counts + 1) // 2, 0, len(order) - 1)
-    return np.where(counts > 0, values[order][mid], 0)
+def _middle(values: np.ndarray) -> int:
+    """The middle value (index ``len // 2`` once sorted); 0 for none."""
+    if not len(values):
+        return 0
+    k = len(values) // 2
+    return int(np.partition(values, k)[k])
 
 
-def _steps(gray: np.ndarray, mask: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """Per piece: median grey level of its pixels minus that of the ring just outside it. A drawn
-    stroke stands on the tissue as a step; a bright tissue streak fades into its surround."""
-    ring = cv2.dilate(labels.astype(np.float32), np.ones((3, 3), np.uint8)).astype(np.int32)
-    ring[(labels > 0) | ~mask] = 0
-    g = gray.astype(np.int32).ravel()
-    own = group_medians(labels.ravel(), g, n)
-    around = group_medians(ring.ravel(), g, n)
-    has_ring = np.bincount(ring.ravel(), minlength=n) > 0
-    return np.where(has_ring, own - around, 0).astype(np.float32)
+def _step(gray: np.ndarray, mask: np.ndarray, labels: np.ndarray, k: int, box: tuple[int, int, int, int]) -> float:
+    """Piece ``k``'s middle grey level minus that of the ring just outside it (its pixels whose 3x3
+    neighbourhood's highest label is ``k``), or 0 without a ring. A drawn stroke stands on the
+    tissue as a step; a bright tissue streak fades into its surround. Measured in the piece's box
+    grown by 2 pixels (the ring lies within 1), so its cost follows the piece, not the frame."""
+    x0, y0, x1, y1 = box
+    h, w = labels.shape
+    ys, xs = slice(max(y0 - 2, 0), min(y1 + 2, h)), slice(max(x0 - 2, 0), min(x1 + 2, w))
+    lab, g = labels[ys, xs], gray[ys, xs]
+    ring = cv2.dilate(lab.astype(np.float32), np.ones((3, 3), np.uint8)) == k
+    ring &= (lab == 0) & mask[ys, xs]
+    if not ring.any():
+        return 0.0
+    return float(_middle(g[lab == k]) - _middle(g[ring]))
 
 
 def peel(strokes: np.ndarray, gray: np.ndarray) -> np.ndarray:
@@ -89,15 +90,15 @@ def peel(strokes: np.ndarray, gray: np.ndarray) -> np.ndarray:
 
 
 def _pieces(strokes: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray) -> list[Piece]:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(strokes.astype(np.uint8), connectivity=8)
-    coloured = np.bincount(labels.ravel(), weights=col.ravel(), minlength=n)
-    steps = _steps(gray, mask, labels, n)
+    n, labels, stats = components(strokes)
     pieces = []
     for k in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[k])
+        box = (x, y, x + w, y + h)
         comp = labels[y : y + h, x : x + w] == k
         values = gray[y : y + h, x : x + w][comp]
-        pieces.append(Piece(k, (x, y, x + w, y + h), area, comp, values, coloured[k] >= 0.5 * area, float(steps[k])))
+        coloured = int(col[y : y + h, x : x + w][comp].sum()) >= 0.5 * area
+        pieces.append(Piece(k, box, area, comp, values, coloured, _step(gray, mask, labels, k, box)))
     return pieces
 
 

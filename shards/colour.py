@@ -29,6 +29,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from shards.components import components
 from shards.scan_area import ScanArea, coloured
 from shards.thresholds import (
     CHROMA,
@@ -129,7 +130,7 @@ def flow_pixels(rgb: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndar
     if not col.any():
         return flow
     solid = cv2.morphologyEx(col.astype(np.uint8), cv2.MORPH_OPEN, SQUARE3)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=8)
+    n, labels, stats = components(solid)
     if n <= 1:
         return flow
     hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV_FULL)
@@ -173,7 +174,7 @@ def _outside(small: np.ndarray, mask: np.ndarray) -> float:
     std = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
     textured = (col & (wc > 0.5) & (std > 6) & ~mask).astype(np.uint8)
     textured = cv2.morphologyEx(textured, cv2.MORPH_OPEN, SQUARE3)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(textured, connectivity=8)
+    n, labels, stats = components(textured)
     if n <= 1:
         return 0.0
     hsv = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2HSV_FULL)
