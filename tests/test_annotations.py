@@ -230,3 +230,17 @@ def test_sheet_outlines_the_annotations(marked_folder, tmp_path):
 
     inspect_main([str(tmp_path / "s"), "--sheet", str(sheet), "--per-source", "3", "--boxes"])
     assert sheet.stat().st_size > 10_000
+
+
+def test_components_match_opencv_stats():
+    import cv2
+
+    from shards.components import components
+
+    rng = np.random.default_rng(0)
+    for shape, p in (((120, 90), 0.05), ((64, 64), 0.0), ((200, 300), 0.3)):
+        binary = rng.random(shape) < p
+        n, labels, stats = components(binary)
+        n_cv, labels_cv, stats_cv, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+        assert n == n_cv and np.array_equal(labels, labels_cv)
+        assert np.array_equal(stats[1:], stats_cv[1:])
