@@ -34,8 +34,6 @@ around it is structured.
 
 from __future__ import annotations
 
-import warnings
-
 import cv2
 import numpy as np
 
@@ -107,12 +105,21 @@ def _structure(smooth: np.ndarray, valid: np.ndarray) -> float:
     if valid.sum() < 16:
         return 0.0
     s = np.where(valid, smooth, np.nan)
-    with warnings.catch_warnings():  # a depth or a line with no valid pixel has no median: 0
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for _ in range(2):
-            s = s - np.nan_to_num(np.nanmedian(s, axis=1, keepdims=True))
-            s = s - np.nan_to_num(np.nanmedian(s, axis=0, keepdims=True))
-    return float(np.nanstd(s[valid]))
+    for _ in range(2):
+        s = s - _valid_median(s, valid, 1)
+        s = s - _valid_median(s, valid, 0)
+    return float(np.std(s[valid]))
+
+
+def _valid_median(s: np.ndarray, valid: np.ndarray, axis: int) -> np.ndarray:
+    """``np.nanmedian(s, axis, keepdims=True)`` (``s`` NaN outside ``valid``), 0 where a row or
+    column has no valid pixel. NaNs sort last, so each middle is read off one sort: numpy's
+    nanmedian goes through masked arrays on frames this small and costs several times more."""
+    n = valid.sum(axis=axis, keepdims=True)
+    srt = np.sort(s, axis=axis)
+    lo = np.take_along_axis(srt, np.maximum(n - 1, 0) // 2, axis=axis)
+    hi = np.take_along_axis(srt, n // 2 - (n == 0), axis=axis)
+    return np.where(n > 0, (lo + hi) / 2, 0).astype(s.dtype)
 
 
 def _band_r2(img: np.ndarray, valid: np.ndarray) -> float:
@@ -129,8 +136,8 @@ def _bands(img: np.ndarray, valid: np.ndarray, cut: int) -> int:
     """Bright bands parallel to the face in the near field: peaks of its depth profile standing
     ``BAND_PEAK`` of the profile's range above its median, at least 3 rows apart. A probe in air
     shows several (the face's reverberations), a phantom's membrane or the skin line one."""
-    rows = [img[d][valid[d]] for d in range(min(cut, img.shape[0]))]
-    profile = np.array([np.median(r) if r.size else 0.0 for r in rows], np.float32)
+    near = np.where(valid[:cut], img[:cut], np.float32(np.nan))
+    profile = _valid_median(near, valid[:cut], 1)[:, 0].astype(np.float32)
     if profile.size < 5:
         return 0
     profile = np.convolve(profile, np.ones(3) / 3, mode="same")
