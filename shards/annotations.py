@@ -80,9 +80,10 @@ def peel(strokes: np.ndarray, gray: np.ndarray) -> np.ndarray:
         return strokes
     lab, val = labels[strokes], gray[strokes].astype(np.int64)
     hist = np.bincount(lab * 256 + val, minlength=n * 256).reshape(n, 256)
-    window = np.ones(2 * PLATEAU_TOL + 1)
-    smooth = np.apply_along_axis(lambda h: np.convolve(h, window, mode="same"), 1, hist)
-    mode = smooth.argmax(axis=1)
+    # each level's count summed over +-PLATEAU_TOL levels (a box filter along every row at once)
+    t = PLATEAU_TOL
+    run = np.cumsum(np.pad(hist, ((0, 0), (t + 1, t))), axis=1)
+    mode = (run[:, 2 * t + 1 :] - run[:, : -2 * t - 1]).argmax(axis=1)
     keep = np.abs(val - mode[lab]) <= PLATEAU_TOL
     out = np.zeros_like(strokes)
     out[strokes] = keep

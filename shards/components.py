@@ -17,8 +17,10 @@ def components(binary: np.ndarray, connectivity: int = 8) -> tuple[int, np.ndarr
     n, labels = cv2.connectedComponents(binary.astype(np.uint8), connectivity=connectivity)
     stats = np.zeros((n, 5), np.int32)
     if n > 1:
-        ys, xs = np.nonzero(binary)
-        lab = labels[ys, xs]
+        # flatnonzero: one index array, several times faster than nonzero's two on a sparse frame
+        flat = np.flatnonzero(binary)
+        ys, xs = np.divmod(flat, binary.shape[1])
+        lab = labels.ravel()[flat]
         order = np.argsort(lab, kind="stable")
         ys, xs, lab = ys[order], xs[order], lab[order]
         starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])

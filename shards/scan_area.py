@@ -26,7 +26,7 @@ filters, morphology, connected components and hull.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -61,6 +61,8 @@ class ScanArea:
     bbox: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), full resolution
     exact: bool = False  # given by the file (a DICOM region): the whole box is the scan area
     source: str = "heuristic"  # heuristic | clip | dicom_region
+    # mask_in_bbox per bbox: a clip's frames share one area, so its mask is upsampled once
+    _in_bbox: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def mask(self) -> np.ndarray:
@@ -78,14 +80,23 @@ class ScanArea:
         return int(np.count_nonzero(self.small_mask)) * self.step * self.step
 
     def mask_in_bbox(self) -> np.ndarray:
-        """The full-resolution mask inside ``bbox`` only (cheap: never builds the whole frame)."""
+        """The full-resolution mask inside ``bbox`` only (cheap: never builds the whole frame), read-only:
+        it is computed once per ``bbox``."""
+        key = (self.bbox, self.exact)
+        if key not in self._in_bbox:
+            self._in_bbox.clear()
+            self._in_bbox[key] = self._upsampled_in_bbox()
+            self._in_bbox[key].flags.writeable = False
+        return self._in_bbox[key]
+
+    def _upsampled_in_bbox(self) -> np.ndarray:
         x0, y0, x1, y1 = self.bbox
         if self.exact:
             return np.ones((y1 - y0, x1 - x0), bool)
         s = self.step
         sub = self.small_mask[y0 // s : (y1 - 1) // s + 1, x0 // s : (x1 - 1) // s + 1]
         full = np.repeat(np.repeat(sub, s, axis=0), s, axis=1)
-        return full[y0 - (y0 // s) * s :, x0 - (x0 // s) * s :][: y1 - y0, : x1 - x0]
+        return np.ascontiguousarray(full[y0 - (y0 // s) * s :, x0 - (x0 // s) * s :][: y1 - y0, : x1 - x0])
 
 
 def work_step(shape: tuple[int, ...]) -> int:

@@ -244,3 +244,36 @@ def test_components_match_opencv_stats():
         n_cv, labels_cv, stats_cv, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
         assert n == n_cv and np.array_equal(labels, labels_cv)
         assert np.array_equal(stats[1:], stats_cv[1:])
+
+
+def test_peel_keeps_each_piece_in_its_most_common_grey_level():
+    from shards.annotations import peel
+    from shards.thresholds import PLATEAU_TOL
+
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 256, (60, 80)).astype(np.uint8)
+    strokes = rng.random(gray.shape) < 0.3
+    out = peel(strokes, gray)
+    import cv2
+
+    _, labels = cv2.connectedComponents(strokes.astype(np.uint8), connectivity=8)
+    window = np.ones(2 * PLATEAU_TOL + 1)
+    for k in np.unique(labels[strokes]):
+        piece = labels == k
+        hist = np.bincount(gray[piece], minlength=256)
+        mode = int(np.convolve(hist, window, mode="same").argmax())  # the reference: a box filter per piece
+        assert np.array_equal(out[piece], np.abs(gray[piece].astype(int) - mode) <= PLATEAU_TOL)
+    assert not out[~strokes].any()
+
+
+def test_mask_in_bbox_is_the_full_mask_in_the_box_and_follows_the_box():
+    from shards.scan_area import ScanArea
+
+    rng = np.random.default_rng(4)
+    area = ScanArea(rng.random((30, 40)) < 0.5, 3, (88, 118), (5, 7, 100, 80))
+    for bbox in ((5, 7, 100, 80), (0, 0, 118, 88), (4, 2, 9, 50)):
+        area.bbox = bbox
+        x0, y0, x1, y1 = bbox
+        got = area.mask_in_bbox()
+        assert np.array_equal(got, area.mask[y0:y1, x0:x1]) and not got.flags.writeable
+        assert area.mask_in_bbox() is got  # a clip's frames share the one upsampled mask
