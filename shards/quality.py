@@ -22,8 +22,16 @@ import cv2
 import numpy as np
 
 from shards.scan_area import ScanArea
-from shards.thresholds import MAX_BRIGHT_FRACTION, MIN_SCAN_PIXELS, MIN_SCAN_SIDE, MIN_SPECKLE_CV, MIN_STD, WORK_SIDE
-from shards.tissue import in_air, tissue_measures
+from shards.thresholds import (
+    LIT_AREA_LEVEL,
+    MAX_BRIGHT_FRACTION,
+    MIN_SCAN_PIXELS,
+    MIN_SCAN_SIDE,
+    MIN_SPECKLE_CV,
+    MIN_STD,
+    WORK_SIDE,
+)
+from shards.tissue import in_air, thin_band, tissue_measures
 
 
 def speckle_cv(gray: np.ndarray, mask: np.ndarray) -> float:
@@ -44,6 +52,22 @@ def area_copy(gray: np.ndarray, area: ScanArea) -> tuple[np.ndarray, np.ndarray]
     x0, y0, x1, y1 = area.bbox
     step = max(1, int(np.ceil(max(x1 - x0, y1 - y0) / WORK_SIDE)))
     return gray[y0:y1:step, x0:x1:step], area.mask_in_bbox()[::step, ::step]
+
+
+def _room_below(gray: np.ndarray, area: ScanArea) -> dict:
+    """A scan area found (not given by the file) as a thin band at the top of a frame that goes on,
+    dark, below it -- the near-field arcs of a probe in air, the fan below them holding no evidence:
+    ``band_aspect`` (depth / width), ``room_below`` (frame below it, in band depths) and ``below_lit``
+    (share of the working pixels there in its columns above ``LIT_AREA_LEVEL``)."""
+    if area.exact:
+        return {}
+    x0, y0, x1, y1 = area.bbox
+    below = gray[y1 :: area.step, x0 : x1 : area.step]
+    return {
+        "band_aspect": round((y1 - y0) / max(x1 - x0, 1), 3),
+        "room_below": round((gray.shape[0] - y1) / max(y1 - y0, 1), 2),
+        "below_lit": round(float((below > LIT_AREA_LEVEL).mean()) if below.size else 0.0, 4),
+    }
 
 
 def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]:
@@ -68,7 +92,8 @@ def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]
     values["speckle_cv"] = round(speckle_cv(box, mask), 4)
     if values["speckle_cv"] < MIN_SPECKLE_CV:
         return "not_ultrasound", values
-    values.update(tissue_measures(box, mask))
+    values.update(_room_below(gray, area))
+    values.update(tissue_measures(box, mask, thin_band(values)))
     return ("no_tissue" if in_air(values) else None), values
 
 

@@ -66,6 +66,14 @@ AIR_FLAT_STRUCTURE = 2.5  # ... or a near field flatter than this (EPIQ in air 1
 AIR_BAND_R2 = 0.55  # bands over an empty field: near field explained by its depth profile above this,
 AIR_LIT_FRACTION = 0.25  # ... less than this share of the scan area lit,
 AIR_EMPTY_STRUCTURE = 4.0  # ... and no structure below the near field (grey std below this)
+AIR_BAND_ASPECT = 0.45  # a thin band at the face: a scan area found, its depth / width below this
+# (probes in air whose field below the near-field arcs holds no evidence: 0.31-0.40),
+AIR_ROOM_BELOW = 2.0  # ... over a frame that goes on below it for this many band depths (air 2.2-5.2;
+# genuine, annotated and UI-screen frames thinner than 0.45: 1.88 at most),
+AIR_BELOW_LIT = 0.01  # ... and is dark there (share of working pixels lit: air <= 0.002, CING 0.02),
+AIR_FADE = 0.05  # ... the band fading to nothing at its bottom (deepest fifth / brightest: air <= 0.01),
+AIR_LINE_LIKENESS = 0.97  # ... and every scan line alike (median correlation with the median line:
+# air 0.98-0.99; genuine frames < 0.8 as deep as wide with room below: 0.95 at most)
 
 # --- annotations (shards.annotations, shards.mark_shapes), native pixels --------------------------
 MARK_CONTRAST = 50  # white top-hat (pixel minus its 5x5 opening) of a thin bright stroke, at least

@@ -17,7 +17,7 @@ for a sector (phased array; its top is a point). Measured there, at the working 
   explains -- the anatomy;
 - ``lit_fraction``: share of the scan area above ``LIT_AREA_LEVEL`` (5x5 mean).
 
-Three signatures, any suffices: an *empty* field (``lit_fraction`` below ``AIR_EMPTY_LIT``); a
+Four signatures, any suffices: an *empty* field (``lit_fraction`` below ``AIR_EMPTY_LIT``); a
 *uniform* one (structure below ``AIR_NEAR_STRUCTURE`` and ``AIR_DEEP_STRUCTURE``, with bands
 parallel to the face -- ``band_r2`` at least ``AIR_UNIFORM_BAND_R2`` over at least ``AIR_BANDS``
 bands (``near_bands``: reverberations repeat; a phantom's membrane line is one) --, no lateral
@@ -26,7 +26,13 @@ speckle texture -- ``lateral_ratio`` below ``AIR_FLAT_RATIO`` -- or dim like a n
 ``AIR_FLAT_STRUCTURE``): a probe held in air, its noise floor even);
 *bands over an empty field* (``band_r2`` above ``AIR_BAND_R2``, ``lit_fraction`` below
 ``AIR_LIT_FRACTION``, structure below the near field under ``AIR_EMPTY_STRUCTURE``: a probe lifted
-off the skin).
+off the skin); a *thin band over a dark frame*: a scan area found (not given by the file) less deep
+than ``AIR_BAND_ASPECT`` of its width, the frame going on below it, dark (``room_below`` at least
+``AIR_ROOM_BELOW`` band depths, ``below_lit`` under ``AIR_BELOW_LIT``; :mod:`shards.quality`), the
+band fading to nothing at its bottom (``fade`` under ``AIR_FADE``) and every scan line alike
+(``line_likeness``, the median correlation of a line's depth profile with the median one, at least
+``AIR_LINE_LIKENESS``): the near-field arcs of a probe in air are all the heuristic finds, the field
+below them holds no evidence.
 Lung with A-lines has bands too, but under a chest wall whose speckle has lateral texture and
 structure, and rib shadows; an eye or a bladder is dark under horizontal layers, but the tissue
 around it is structured.
@@ -38,16 +44,21 @@ import cv2
 import numpy as np
 
 from shards.thresholds import (
+    AIR_BAND_ASPECT,
     AIR_BAND_R2,
     AIR_BANDS,
+    AIR_BELOW_LIT,
     AIR_DEEP_STRUCTURE,
     AIR_DIM_FRACTION,
     AIR_EMPTY_LIT,
     AIR_EMPTY_STRUCTURE,
+    AIR_FADE,
     AIR_FLAT_RATIO,
     AIR_FLAT_STRUCTURE,
+    AIR_LINE_LIKENESS,
     AIR_LIT_FRACTION,
     AIR_NEAR_STRUCTURE,
+    AIR_ROOM_BELOW,
     AIR_UNIFORM_BAND_R2,
     BAND_PEAK,
     FACE_LEVEL,
@@ -149,8 +160,39 @@ def _bands(img: np.ndarray, valid: np.ndarray, cut: int) -> int:
     return peaks
 
 
-def tissue_measures(small: np.ndarray, mask: np.ndarray) -> dict:
-    """The measures of the module doc for a working frame and its scan-area mask."""
+def _alike(img: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    """(``line_likeness``: median over the scan lines of the correlation of a line's depth profile with
+    the median one -- in air every line sees the same thing --; ``fade``: the deepest fifth's median
+    level over the brightest level of the upper half of that profile)."""
+    profile = _valid_median(np.where(valid, img, np.float32(np.nan)), valid, 1)
+    rows = np.flatnonzero(valid.any(1))
+    if rows.size < 10:
+        return 0.0, 1.0
+    p = profile[rows[0] : rows[-1] + 1, 0]
+    fade = float(np.median(p[-max(1, p.size // 5) :]) / max(float(p[: p.size // 2 + 1].max()), 1.0))
+    n = valid.sum(0)
+    w = valid.astype(np.float32)
+    a, b = np.where(valid, img, 0), np.where(valid, profile, 0) * w
+    ma, mb = a.sum(0) / np.maximum(n, 1), b.sum(0) / np.maximum(n, 1)
+    da, db = (a - ma) * w, (b - mb) * w
+    den = np.sqrt((da * da).sum(0) * (db * db).sum(0))
+    ok = (n >= 8) & (den > 1e-6)
+    corr = (da * db).sum(0)[ok] / den[ok]
+    return (float(np.median(corr)) if corr.size else 0.0), fade
+
+
+def thin_band(values: dict) -> bool:
+    """The scan area is a thin band at the top of a frame that goes on, dark, below it (module doc)."""
+    return (
+        values.get("band_aspect", 1.0) < AIR_BAND_ASPECT
+        and values.get("room_below", 0.0) >= AIR_ROOM_BELOW
+        and values.get("below_lit", 1.0) < AIR_BELOW_LIT
+    )
+
+
+def tissue_measures(small: np.ndarray, mask: np.ndarray, band: bool = False) -> dict:
+    """The measures of the module doc for a working frame and its scan-area mask; ``line_likeness``
+    and ``fade`` only for a ``band`` (:func:`thin_band`: they judge nothing else)."""
     img, valid = scan_lines(small, mask)
     depth = int(np.flatnonzero(valid.any(1))[-1]) + 1 if valid.any() else 1
     cut = max(4, int(depth * NEAR_FIELD))
@@ -161,7 +203,9 @@ def tissue_measures(small: np.ndarray, mask: np.ndarray) -> dict:
     inner_x, inner_y = near[:, 1:] & near[:, :-1], near[1:] & near[:-1]
     dx = float(np.abs(np.diff(b3, axis=1))[inner_x].mean()) if inner_x.any() else 0.0
     dy = float(np.abs(np.diff(b3, axis=0))[inner_y].mean()) if inner_y.any() else 0.0
+    alike = dict(zip(("line_likeness", "fade"), (round(v, 3) for v in _alike(b3, valid)))) if band else {}
     return {
+        **alike,
         "band_r2": round(_band_r2(b3, near), 3),
         "near_bands": _bands(b3, near, cut),
         "lateral_ratio": round(dx / dy, 3) if dy > 1e-6 else 1.0,
@@ -189,4 +233,9 @@ def in_air(values: dict) -> bool:
         and values["lit_fraction"] < AIR_LIT_FRACTION
         and values["deep_structure"] < AIR_EMPTY_STRUCTURE
     )
-    return bool(empty or uniform or bands_over_empty)
+    band_at_face = (
+        thin_band(values)
+        and values.get("fade", 1.0) < AIR_FADE
+        and values.get("line_likeness", 0.0) >= AIR_LINE_LIKENESS
+    )
+    return bool(empty or uniform or bands_over_empty or band_at_face)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -50,6 +51,30 @@ def test_probe_in_air_is_no_tissue_with_its_measures(deid_dir, name):
     assert reasons(results) == {"no_tissue"}
     values = results[0].values
     assert {"lit_fraction", "near_structure", "deep_structure", "band_r2", "lateral_ratio"} <= set(values)
+
+
+def test_convex_probe_in_air_found_as_a_thin_band_is_no_tissue(pydicom_data_dir):
+    """Philips CX50 C5-1 in air, as an exported image (no DICOM region): the scan area found is only the
+    near-field arcs, a thin band over a dark frame whose scan lines all see the same thing."""
+    media = open_media(str(pydicom_data_dir / "OBXXXX1A.dcm"), "OBXXXX1A.dcm", EVERY_FRAME)
+    (res,) = [clean_frame(f.pixels, 64) for f in media.frames]
+    assert isinstance(res, Rejected) and res.reason == "no_tissue", res
+    v = res.values
+    assert v["band_aspect"] < 0.45 and v["room_below"] >= 2 and v["below_lit"] < 0.01, v
+    assert v["fade"] < 0.05 and v["line_likeness"] >= 0.97, v
+
+
+@pytest.mark.parametrize("aspect", [0.3, 0.4])
+def test_genuine_scan_as_a_thin_band_over_a_dark_screen_is_kept(pocus_dir, aspect):
+    """A real scan squeezed into a thin band at the top of a tall black screen: as thin as a probe's
+    near-field arcs, but its scan lines differ, so it stays."""
+    for name in ("clarius-ocular-image.png", "butterfly_axial-lateral-resolution-2020.png", "interson-phantom.png"):
+        w = 400
+        band = cv2.resize(real_scan(pocus_dir, name), (w, int(aspect * w)), interpolation=cv2.INTER_AREA)
+        screen = np.zeros((5 * band.shape[0], 600), np.uint8)
+        screen[20 : 20 + band.shape[0], 100 : 100 + w] = band
+        res = clean_frame(screen, 64)
+        assert isinstance(res, Cleaned), (name, res)
 
 
 @pytest.mark.parametrize("kind", ["linear", "convex", "sector"])
