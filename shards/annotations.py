@@ -110,7 +110,10 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     strokes = peel(stroke_pixels(gray, mask), gray) | col
     if not strokes.any():
         return []
-    marks = [Mark(kind, box, m) for kind, box, m in find_marks(_pieces(strokes, col, gray, mask))]
+    # Every kind of mark is made of drawn pieces only (coloured, or a step above their surround), so
+    # the speckle grains among the pieces are left out before the shapes are compared.
+    drawn = [p for p in _pieces(strokes, col, gray, mask) if p.drawn]
+    marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
     # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a mark.
     edge = mask & ~(cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
     return [m for m in marks if m.kind != "line" or not _along(edge, m)]
