@@ -6,7 +6,9 @@ step, writes one checkpoint and exits with :data:`EXIT_PREEMPTED`. ``resume=auto
 from it; ``launch/slurm_pretrain.sbatch`` requeues the job on that exit code.
 
 Install the handler before the data loader starts its workers: forked workers inherit it and so
-keep running (instead of dying) when a signal reaches the whole process group.
+keep running (instead of dying) when a signal reaches the whole process group, as SLURM sends it.
+torch replaces a worker's SIGTERM handler with one that dies, so the shard loader's workers ignore
+SIGTERM (:mod:`shards.stream`); the main process ends them after its checkpoint.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+import signal
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -461,6 +462,14 @@ def decode_on_device(batch: dict, device: str | torch.device) -> torch.Tensor:
     return decode_jpeg_batch(blobs, device)
 
 
+def _worker_ignores_sigterm(worker_id: int) -> None:
+    """DataLoader workers leave their end to the main process. A scheduler's SIGTERM (SLURM's
+    preemption or ``scancel``) reaches every process of a job, and torch's own worker handler dies
+    on it while the main process, signalled too, still needs its batches to finish the step it
+    checkpoints. The main process stops its workers; torch's watchdog ends them if it dies."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class ShardLoader:
     """Batches of uint8 single-channel images from shards, split over ranks and workers.
 
@@ -589,7 +598,9 @@ class ShardLoader:
         )
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
-            kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False)
+            kwargs.update(
+                prefetch_factor=self._prefetch, persistent_workers=False, worker_init_fn=_worker_ignores_sigterm
+            )
         loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **kwargs)
         pin = self.pin_memory and torch.cuda.is_available()
         for item in loader:
