@@ -28,6 +28,8 @@ from PIL import Image
 
 from shards.build import BuildSettings, build_shards
 from shards.catalogue import SourceConfig
+from shards.frames import Sampling
+from shards.options import SourceOptions
 from shards.synth import write_corpus
 
 FAMILIES = ("image", "dicom", "video", "nifti")
@@ -64,7 +66,8 @@ def _write_clip(family: str, n: int, folder: Path) -> None:
 
 def _child(family: str, folder: str, out: str, size: int) -> None:
     """Runs in a fresh process: build one clip with every frame, report time, frames and peak RSS."""
-    src = SourceConfig(name=family, path=folder, frames="all", max_frames_per_clip=100_000)
+    every_frame = SourceOptions(frames=Sampling(mode="all", max=None), max_frames_per_clip=100_000)
+    src = SourceConfig(name=family, path=folder, options=every_frame)
     # Every frame, no dedup: the point is reading and cleaning cost, not what survives.
     settings = BuildSettings(size=size, workers=1, near_duplicate_distance=-1, clip_duplicate_distance=-1)
     t0 = time.perf_counter()

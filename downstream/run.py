@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import get_args
 
 from downstream.config import Mode, RunConfig, Task
-from sonodistill.config import add_config_args, config_from_args
+from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import cli_main
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from downstream.config import TASK_KIND, TASK_LAYOUT, RunConfig
 from downstream.data.inputs import Inputs
-from downstream.data.read import read_catalog
+from downstream.data.read import ReaderConfig, read_catalog
 from downstream.data.record import Catalog
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
@@ -44,14 +44,17 @@ from sonodistill.errors import UserError
 from sonodistill.world import make_accelerator
 
 
+def task_reader(cfg: RunConfig) -> ReaderConfig:
+    """``cfg.reader`` with the layout a named task implies (busi-*, ddti-seg) where it is ``auto``."""
+    if cfg.task in TASK_LAYOUT and cfg.reader.layout == "auto":
+        return dataclasses.replace(cfg.reader, layout=TASK_LAYOUT[cfg.task])
+    return cfg.reader
+
+
 def load_task_data(cfg: RunConfig) -> Catalog:
     if not cfg.data:
         raise UserError("data: give the dataset location (--data DIR or data=DIR)")
-    kind = TASK_KIND[cfg.task]
-    reader = cfg.reader
-    if cfg.task in TASK_LAYOUT and reader.layout == "auto":
-        reader = dataclasses.replace(reader, layout=TASK_LAYOUT[cfg.task])
-    return read_catalog(cfg.data, kind, reader)
+    return read_catalog(cfg.data, TASK_KIND[cfg.task], task_reader(cfg))
 
 
 def split_path(cfg: RunConfig) -> Path:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sonodistill.config import add_config_args, config_from_args
+from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import cli_main
 
 

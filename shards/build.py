@@ -29,8 +29,9 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import webdataset as wds
 
@@ -38,11 +39,11 @@ from shards.catalogue import SourceConfig, load_catalogue
 from shards.clean import Cleaned
 from shards.codec import ENCODINGS, JPEG_QUALITY, Codec
 from shards.dedup import DuplicateIndex
-from shards.extract import ExtractSettings, ItemOutcome, extract_item
+from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_item
 from shards.journal import Journal
 from shards.manifest import MANIFEST
+from shards.options import SourceOptions
 from shards.ordered_pool import ordered_map
-from shards.readers import ReadOptions
 from shards.sources import Item, Source, open_source, parse_source
 from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
@@ -97,13 +98,7 @@ class BuildSettings:
             raise UserError(f"--jpeg-quality {self.jpeg_quality}: expected 1-100")
 
 
-@dataclass
-class _Opened:
-    source: Source
-    config: SourceConfig
-
-
-def _process(args: tuple[Item, ReadOptions, ExtractSettings, bool]) -> tuple[Item, ItemOutcome]:
+def _process(args: tuple[Item, SourceOptions, ExtractSettings, bool]) -> tuple[Item, ItemOutcome]:
     item, opts, settings, skip = args
     if skip:
         return item, ItemOutcome(skipped=True)
@@ -129,28 +124,18 @@ def _write_shard(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _config_identity(c: SourceConfig, opts: ReadOptions) -> dict:
-    return {
-        **opts.identity(),
-        "include": c.include,
-        "exclude": c.exclude,
-        "max_images": c.max_images,
-        "anatomy": c.anatomy,
-    }
-
-
-def _identity(opened: list[_Opened], settings: BuildSettings) -> dict:
+def _identity(opened: list[Source], settings: BuildSettings) -> dict:
     return {
         "settings": settings.identity(),
         "sources": [
             {
-                "name": o.source.name,
-                "spec": o.source.spec,
-                "items": len(o.source),
-                "fingerprint": o.source.fingerprint(),
-                "options": _config_identity(o.config, o.source.options),
+                "name": s.name,
+                "spec": s.spec,
+                "items": len(s),
+                "fingerprint": s.fingerprint(),
+                "options": s.options.identity(),
             }
-            for o in opened
+            for s in opened
         ],
     }
 
@@ -194,49 +179,77 @@ def _plain_stats(stats: dict) -> dict:
     }  # fmt: skip
 
 
+@dataclass
+class _Shard:
+    """The shard being filled: its samples and what they add to the counts (journalled when it closes)."""
+
+    samples: list[tuple[str, bytes, dict]] = field(default_factory=list)  # (key, image, metadata)
+    hashes: list[list[str]] = field(default_factory=list)  # [pixel SHA-1, pHash]: the duplicate index on resume
+    kept: Counter = field(default_factory=Counter)  # per source
+    rejected: Counter = field(default_factory=Counter)  # per reason
+    stats: dict = field(default_factory=dict)  # per source, as in the manifest's per_source
+
+
+@dataclass
+class _State:
+    """What the steps of one build share: where it writes and everything decided so far. Rebuilt from
+    the journal on resume, advanced item by item in input order, journalled with every shard."""
+
+    out: Path
+    settings: BuildSettings
+    sources: list[Source]  # in input order
+    options: dict[str, SourceOptions]  # by source name
+    journal: Journal
+    index: DuplicateIndex
+    kept: Counter = field(default_factory=Counter)  # samples per source
+    rejected: Counter = field(default_factory=Counter)  # rejections per reason
+    stats: dict = field(default_factory=dict)  # per source: files, clips, frames, kept, rejected, crop
+    shards: list[str] = field(default_factory=list)  # closed shards: file names,
+    shard_samples: list[int] = field(default_factory=list)  # their sample counts,
+    shard_sources: list[dict] = field(default_factory=list)  # and their samples per source
+    consumed: int = 0  # input items judged
+    written: int = 0  # samples in closed shards
+    last_group: tuple | None = None  # the previous kept frame's clip (or folder)
+    last_phash: int = 0  # and its pHash: consecutive near-identical frames are dropped
+    shard: _Shard = field(default_factory=_Shard)
+    rejects: BinaryIO = field(init=False)  # .rejects-partial.jsonl, appended to as items are judged
+
+
 def _resolve(sources: dict[str, str] | list[SourceConfig]) -> list[SourceConfig]:
     if isinstance(sources, dict):
         return [SourceConfig(name=k, path=v) for k, v in sources.items()]
     return list(sources)
 
 
-def build_shards(
-    sources: dict[str, str] | list[SourceConfig],
-    out: str | Path,
-    settings: BuildSettings | None = None,
-    progress: bool = True,
-) -> dict:
-    """Build (or resume, or confirm) the shard set in ``out``; returns the manifest.
-
-    ``sources`` is ``{name: path}`` (default reading options) or a catalogue's source list.
-    """
-    settings = settings or BuildSettings()
-    settings.validate()
+def _open_sources(sources: dict[str, str] | list[SourceConfig]) -> list[Source]:
     configs = _resolve(sources)
     if not configs:
         raise UserError("no --source given")
-    opened = []
-    for c in configs:
-        opts = c.options(f"source '{c.name}'")
-        opened.append(_Opened(open_source(c.name, c.path, opts, c.filter()), c))
-    identity = _identity(opened, settings)
-    out = Path(out)
+    return [open_source(c.name, c.path, c.options) for c in configs]
+
+
+def _built(out: Path, identity: dict, progress: bool) -> dict | None:
+    """The manifest of a finished build of the same identity in ``out`` (None: not built yet)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-
     manifest_path = out / MANIFEST
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("identity") != identity:
-            raise UserError(
-                f"--out {out}: holds a different build "
-                f"({_describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
-            )
-        if progress:
-            log.info(f"{out}: already built ({manifest['num_samples']} samples); nothing to do")
-        return manifest
+    if not manifest_path.exists():
+        return None
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("identity") != identity:
+        raise UserError(
+            f"--out {out}: holds a different build "
+            f"({_describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
+        )
+    if progress:
+        log.info(f"{out}: already built ({manifest['num_samples']} samples); nothing to do")
+    return manifest
 
+
+def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
+    """The journal and its records of finished shards, cut back to the last intact one (a fresh build
+    starts a journal in an empty folder)."""
     journal = Journal(out)
     records: list[dict] = []
     if journal.exists():
@@ -260,189 +273,253 @@ def build_shards(
         journal.start(identity)
     for tmp in out.glob("*.tmp"):
         tmp.unlink()
+    return journal, records
 
-    index = DuplicateIndex(settings.near_duplicate_distance)
-    kept: Counter = Counter()
-    rejected: Counter = Counter()
-    stats: dict = {o.source.name: _new_stats() for o in opened}
-    shard_names: list[str] = []
-    shard_sizes: list[int] = []
-    shard_sources: list[dict] = []  # kept samples per source in each shard (source balance)
+
+def _restore(
+    out: Path, settings: BuildSettings, sources: list[Source], journal: Journal, records: list[dict]
+) -> _State:
+    """The state after the journalled shards; opens the partial rejects file cut back to the last of them."""
+    state = _State(
+        out=out,
+        settings=settings,
+        sources=sources,
+        options={s.name: s.options for s in sources},
+        journal=journal,
+        index=DuplicateIndex(settings.near_duplicate_distance),
+        stats={s.name: _new_stats() for s in sources},
+    )
     for r in records:
         for sha, ph in r["hashes"]:
-            index.add(sha, int(ph, 16))
-        kept.update(r["sources"])
-        rejected.update(r["rejected"])
-        _merge_stats(stats, r["stats"])
-        shard_names.append(r["shard"])
-        shard_sizes.append(r["samples"])
-        shard_sources.append(r["sources"])
-    consumed = records[-1]["consumed"] if records else 0
+            state.index.add(sha, int(ph, 16))
+        state.kept.update(r["sources"])
+        state.rejected.update(r["rejected"])
+        _merge_stats(state.stats, r["stats"])
+        state.shards.append(r["shard"])
+        state.shard_samples.append(r["samples"])
+        state.shard_sources.append(r["sources"])
+    state.written = sum(state.shard_samples)
+    if records:
+        state.consumed = records[-1]["consumed"]
+        group, ph = records[-1]["last"]
+        state.last_group, state.last_phash = (tuple(group) if group else None), int(ph, 16)
     # rejects.jsonl grows as the build goes; on resume it is cut back to the last finished shard.
     partial = out / REJECTS_PARTIAL
     with open(partial, "ab") as fh:
         fh.truncate(records[-1]["rejects_bytes"] if records else 0)
-    rejects_fh = open(partial, "ab")  # noqa: SIM115 (closed below, also on error)
-    total_items = sum(len(o.source) for o in opened)
-    n_done = sum(shard_sizes)
+    state.rejects = open(partial, "ab")  # noqa: SIM115 (closed by _process_items, also on error)
+    return state
 
-    buffer: list[tuple[str, bytes, dict]] = []
-    hashes: list[list[str]] = []
-    kept_delta: Counter = Counter()
-    rej_delta: Counter = Counter()
-    stats_delta: dict = {}
-    bar = progress_bar(total=total_items, initial=consumed, desc="build", unit="file", main=progress, logger=log)
-    t0, n0 = time.time(), consumed
+
+def _plan(state: _State, extract: ExtractSettings) -> Iterator[tuple[Item, SourceOptions, ExtractSettings, bool]]:
+    """The work for the workers: every item not yet judged, in input order, flagged when its source is full."""
+    start = state.consumed
+    for source in state.sources:
+        n = len(source)
+        if start >= n:
+            start -= n
+            continue
+        for it in source.items(start):
+            # Past its cap a source's items are not read. Safe for determinism: an item pulled
+            # after the cap was reached (in input order) lies past the point where it was reached.
+            cap = source.options.max_images
+            yield it, source.options, extract, cap is not None and state.kept[it.source] >= cap
+        start = 0
+
+
+def _count(state: _State, src: str, key: str, n: int = 1) -> None:
+    state.shard.stats.setdefault(src, _new_stats())[key] += n
+    state.stats[src][key] += n
+
+
+def _reject(state: _State, item: Item, frame: int | None, reason: str, values: dict) -> None:
+    rec = {"source": item.source, "path": item.relpath, "reason": reason, "values": values}
+    if frame is not None:
+        rec["frame"] = frame
+    state.rejects.write((json.dumps(rec, sort_keys=True) + "\n").encode())
+    state.shard.rejected[reason] += 1
+    state.rejected[reason] += 1
+    state.shard.stats.setdefault(item.source, _new_stats())["rejected"][reason] += 1
+    state.stats[item.source]["rejected"][reason] += 1
+
+
+def _keep(state: _State, item: Item, r: Cleaned) -> None:
+    src, shard = item.source, state.shard
+    meta = {"source": src, "path": item.relpath, "phash": f"{r.phash:064x}", **r.meta}
+    anatomy = state.options[src].anatomy
+    if anatomy:
+        meta["anatomy"] = anatomy
+    shard.samples.append((f"{state.written + len(shard.samples):08d}", r.data, meta))
+    shard.hashes.append([r.pixel_sha1, f"{r.phash:064x}"])
+    shard.kept[src] += 1
+    state.kept[src] += 1
+    _count(state, src, "kept")
+    shard.stats[src]["crop"][r.meta["crop_source"]] += 1
+    state.stats[src]["crop"][r.meta["crop_source"]] += 1
+
+
+def _judge_frame(state: _State, item: Item, multi: bool, f: FrameOutcome) -> None:
+    """One frame: rejected with its reason (cleaning, cap, near-identical to the previous, duplicate) or kept."""
+    src, r, settings = item.source, f.result, state.settings
+    cap = state.options[src].max_images
+    if not isinstance(r, Cleaned):
+        _reject(state, item, f.frame, r.reason, r.values)
+        return
+    if cap is not None and state.kept[src] >= cap:
+        _reject(state, item, f.frame, "over_max_images", {})
+        return
+    group = (src, item.relpath if multi else os.path.dirname(item.relpath))
+    if group == state.last_group and settings.clip_duplicate_distance >= 0:
+        d = (r.phash ^ state.last_phash).bit_count()
+        if d <= settings.clip_duplicate_distance:
+            _reject(state, item, f.frame, "clip_near_duplicate", {"distance": d})
+            return
+    found = state.index.find(r.pixel_sha1, r.phash)
+    if found:
+        reason, idx, dist = found
+        _reject(state, item, f.frame, reason, {"distance": dist, "kept": f"{idx:08d}"})
+        return
+    state.index.add(r.pixel_sha1, r.phash)
+    state.last_group, state.last_phash = group, r.phash
+    _keep(state, item, r)
+
+
+def _judge_item(state: _State, item: Item, res: ItemOutcome) -> bool:
+    """One item's frames, in order, into the shard being filled; False when skipped (its source was full)."""
+    src = item.source
+    cap = state.options[src].max_images
+    if res.skipped or (cap is not None and state.kept[src] >= cap):
+        state.consumed += 1
+        return False
+    candidates = [f for f in res.frames if isinstance(f.result, Cleaned)]
+    if state.shard.samples and len(state.shard.samples) + len(candidates) > state.settings.samples_per_shard:
+        _close_shard(state)  # keep a clip's frames in one shard
+    state.consumed += 1
+    _count(state, src, "files")
+    _count(state, src, "clips", int(res.multi))
+    _count(state, src, "frames", res.decoded)
+    for f in res.frames:
+        _judge_frame(state, item, res.multi, f)
+    if len(state.shard.samples) >= state.settings.samples_per_shard:
+        _close_shard(state)
+    return True
+
+
+def _close_shard(state: _State) -> None:
+    """Write the shard being filled, then journal it (a crash in between only means it is written again)."""
+    shard = state.shard
+    name = SHARD_PATTERN.format(len(state.shards))
+    state.written += len(shard.samples)
+    data = tar_bytes(shard.samples, state.settings.codec.ext)
+    _write_shard(state.out / name, data)
+    state.rejects.flush()
+    state.journal.append(
+        {
+            "shard": name,
+            "samples": len(shard.samples),
+            "bytes": len(data),
+            "sha1": hashlib.sha1(data).hexdigest(),
+            "consumed": state.consumed,
+            "sources": dict(shard.kept),
+            "rejected": dict(shard.rejected),
+            "stats": _plain_stats(shard.stats),
+            "rejects_bytes": state.rejects.tell(),
+            "last": [list(state.last_group) if state.last_group else None, f"{state.last_phash:064x}"],
+            "hashes": shard.hashes,
+        }
+    )
+    state.shards.append(name)
+    state.shard_samples.append(len(shard.samples))
+    state.shard_sources.append(dict(shard.kept))
+    state.shard = _Shard()
+
+
+def _process_items(state: _State, progress: bool) -> None:
+    """Read and clean the remaining items in the workers; judge and write their frames here, in input order."""
+    settings = state.settings
+    total = sum(len(s) for s in state.sources)
+    bar = progress_bar(total=total, initial=state.consumed, desc="build", unit="file", main=progress, logger=log)
+    t0, n0 = time.time(), state.consumed
     extract = ExtractSettings(settings.size, settings.codec)
-    last: dict = {"group": None, "phash": 0}  # the previous kept frame's clip (or folder) and hash
-    if records:
-        group, ph = records[-1]["last"]
-        last.update(group=tuple(group) if group else None, phash=int(ph, 16))
-    caps = {o.source.name: o.config.max_images for o in opened}
-    anatomy = {o.source.name: o.config.anatomy for o in opened}
-
-    def flush(done_items: int) -> None:
-        nonlocal buffer, hashes, kept_delta, rej_delta, stats_delta, n_done
-        n_done += len(buffer)
-        name = SHARD_PATTERN.format(len(shard_names))
-        data = tar_bytes(buffer, settings.codec.ext)
-        _write_shard(out / name, data)
-        rejects_fh.flush()
-        journal.append(
-            {
-                "shard": name,
-                "samples": len(buffer),
-                "bytes": len(data),
-                "sha1": hashlib.sha1(data).hexdigest(),
-                "consumed": done_items,
-                "sources": dict(kept_delta),
-                "rejected": dict(rej_delta),
-                "stats": _plain_stats(stats_delta),
-                "rejects_bytes": rejects_fh.tell(),
-                "last": [list(last["group"]) if last["group"] else None, f"{last['phash']:064x}"],
-                "hashes": hashes,
-            }
-        )
-        shard_names.append(name)
-        shard_sizes.append(len(buffer))
-        shard_sources.append(dict(kept_delta))
-        buffer, hashes, kept_delta, rej_delta, stats_delta = [], [], Counter(), Counter(), {}
-
-    def reject(item: Item, frame: int | None, reason: str, values: dict) -> None:
-        rec = {"source": item.source, "path": item.relpath, "reason": reason, "values": values}
-        if frame is not None:
-            rec["frame"] = frame
-        rejects_fh.write((json.dumps(rec, sort_keys=True) + "\n").encode())
-        rej_delta[reason] += 1
-        rejected[reason] += 1
-        stats_delta.setdefault(item.source, _new_stats())["rejected"][reason] += 1
-        stats[item.source]["rejected"][reason] += 1
-
-    def items() -> Iterator[tuple[Item, ReadOptions, ExtractSettings, bool]]:
-        start = consumed
-        for o in opened:
-            n = len(o.source)
-            if start >= n:
-                start -= n
-                continue
-            for it in o.source.items(start):
-                # Past its cap a source's items are not read. Safe for determinism: an item pulled
-                # after the cap was reached (in input order) lies past the point where it was reached.
-                cap = caps[it.source]
-                yield it, o.source.options, extract, cap is not None and kept[it.source] >= cap
-            start = 0
-
-    def count(src: str, key: str, n: int = 1) -> None:
-        stats_delta.setdefault(src, _new_stats())[key] += n
-        stats[src][key] += n
-
     try:
-        for item, res in ordered_map(_process, items(), settings.workers):
-            src = item.source
-            cap = caps[src]
-            if res.skipped or (cap is not None and kept[src] >= cap):
-                consumed += 1
-                bar.update(1)
-                continue
-            candidates = [f for f in res.frames if isinstance(f.result, Cleaned)]
-            if buffer and len(buffer) + len(candidates) > settings.samples_per_shard:
-                flush(consumed)  # keep a clip's frames in one shard
-            consumed += 1
-            count(src, "files")
-            count(src, "clips", int(res.multi))
-            count(src, "frames", res.decoded)
-            for f in res.frames:
-                r = f.result
-                if not isinstance(r, Cleaned):
-                    reject(item, f.frame, r.reason, r.values)
-                    continue
-                if cap is not None and kept[src] >= cap:
-                    reject(item, f.frame, "over_max_images", {})
-                    continue
-                group = (src, item.relpath if res.multi else os.path.dirname(item.relpath))
-                if group == last["group"] and settings.clip_duplicate_distance >= 0:
-                    d = (r.phash ^ last["phash"]).bit_count()
-                    if d <= settings.clip_duplicate_distance:
-                        reject(item, f.frame, "clip_near_duplicate", {"distance": d})
-                        continue
-                found = index.find(r.pixel_sha1, r.phash)
-                if found:
-                    reason, idx, dist = found
-                    reject(item, f.frame, reason, {"distance": dist, "kept": f"{idx:08d}"})
-                    continue
-                index.add(r.pixel_sha1, r.phash)
-                last["group"], last["phash"] = group, r.phash
-                key = f"{n_done + len(buffer):08d}"
-                meta = {"source": src, "path": item.relpath, "phash": f"{r.phash:064x}", **r.meta}
-                if anatomy[src]:
-                    meta["anatomy"] = anatomy[src]
-                buffer.append((key, r.data, meta))
-                hashes.append([r.pixel_sha1, f"{r.phash:064x}"])
-                kept_delta[src] += 1
-                kept[src] += 1
-                count(src, "kept")
-                stats_delta[src]["crop"][r.meta["crop_source"]] += 1
-                stats[src]["crop"][r.meta["crop_source"]] += 1
-            if len(buffer) >= settings.samples_per_shard:
-                flush(consumed)
+        for item, res in ordered_map(_process, _plan(state, extract), settings.workers):
+            judged = _judge_item(state, item, res)
             bar.update(1)
-            if bar.n % 64 == 0:
-                rate = (consumed - n0) / max(time.time() - t0, 1e-9)
-                bar.set_postfix(kept=sum(kept.values()), rejected=sum(rejected.values()), files_s=f"{rate:.0f}")
-        if buffer:
-            flush(consumed)
+            if judged and bar.n % 64 == 0:
+                rate = (state.consumed - n0) / max(time.time() - t0, 1e-9)
+                kept, rejected = sum(state.kept.values()), sum(state.rejected.values())
+                bar.set_postfix(kept=kept, rejected=rejected, files_s=f"{rate:.0f}")
+        if state.shard.samples:
+            _close_shard(state)
     finally:
-        rejects_fh.close()
+        state.rejects.close()
         bar.close()
 
-    manifest = {
+
+def _manifest(state: _State, identity: dict) -> dict:
+    sources, settings = state.sources, state.settings
+    anatomy = {s.name: s.options.anatomy for s in sources}
+    return {
         "format": BUILD_FORMAT,
         "encoding": settings.encoding,
-        "num_samples": n_done,
-        "sources": {o.source.name: kept.get(o.source.name, 0) for o in opened},
-        "rejected": dict(sorted(rejected.items())),
-        "inputs": total_items,
+        "num_samples": state.written,
+        "sources": {s.name: state.kept.get(s.name, 0) for s in sources},
+        "rejected": dict(sorted(state.rejected.items())),
+        "inputs": sum(len(s) for s in sources),
         "per_source": {
-            name: {**d, "anatomy": anatomy[name]} if anatomy[name] else d for name, d in _plain_stats(stats).items()
+            name: {**d, "anatomy": anatomy[name]} if anatomy[name] else d
+            for name, d in _plain_stats(state.stats).items()
         },
         "rejects": REJECTS,
-        "shards": shard_names,
-        "shard_samples": shard_sizes,
-        "shard_sources": shard_sources,
+        "shards": state.shards,
+        "shard_samples": state.shard_samples,
+        "shard_sources": state.shard_sources,
         "settings": settings.identity(),
-        "source_specs": {o.source.name: o.source.spec for o in opened},
+        "source_specs": {s.name: s.spec for s in sources},
         "identity": identity,
     }
-    if not shard_names:
-        journal.remove()
+
+
+def _finish(state: _State, identity: dict) -> dict:
+    """Rename the rejects into place and write the manifest, which marks the build complete."""
+    partial, out = state.out / REJECTS_PARTIAL, state.out
+    if not state.shards:
+        state.journal.remove()
         partial.unlink(missing_ok=True)
-        raise UserError(
-            f"--out {out}: every input was rejected ({', '.join(f'{k}={v}' for k, v in sorted(rejected.items()))})"
-        )
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(state.rejected.items()))
+        raise UserError(f"--out {out}: every input was rejected ({rejected})")
+    manifest = _manifest(state, identity)
     os.replace(partial, out / REJECTS)
-    write_json(manifest_path, manifest)
-    journal.remove()
+    write_json(out / MANIFEST, manifest)
+    state.journal.remove()
     return manifest
+
+
+def build_shards(
+    sources: dict[str, str] | list[SourceConfig],
+    out: str | Path,
+    settings: BuildSettings | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build (or resume, or confirm) the shard set in ``out``; returns the manifest.
+
+    ``sources`` is ``{name: path}`` (default options) or a catalogue's source list. The steps: open
+    the sources and compute the build identity; return a finished build of the same identity; resume
+    the journal (or start one); judge every remaining item in input order while writing shards; write
+    the rejects and the manifest.
+    """
+    settings = settings or BuildSettings()
+    settings.validate()
+    opened = _open_sources(sources)
+    identity = _identity(opened, settings)
+    out = Path(out)
+    manifest = _built(out, identity, progress)
+    if manifest is not None:
+        return manifest
+    journal, records = _journal(out, identity)
+    state = _restore(out, settings, opened, journal, records)
+    _process_items(state, progress)
+    return _finish(state, identity)
 
 
 def summary_line(manifest: dict) -> str:

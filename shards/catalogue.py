@@ -16,57 +16,35 @@ sources:
 ```
 
 Other keys: ``array_key``, ``array_layout`` (auto | thw | hwt), ``volume`` (sequence | slices |
-skip) and ``volume_axis`` (0 | 1 | 2). An unknown key, a missing path or a bad value is a one-line
-error naming the source. ``shards/catalogues/public_ultrasound.yaml`` is a template for the public
-B-mode datasets (docs/data.md "The catalogue").
+skip) and ``volume_axis`` (0 | 1 | 2); every key but ``name`` and ``path`` is a field of
+:class:`shards.options.SourceOptions`, which checks its value. An unknown key, a missing path or a
+bad value is a one-line error naming the source. ``shards/catalogues/public_ultrasound.yaml`` is a
+template for the public B-mode datasets (docs/data.md "The catalogue").
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from shards.frames import parse_sampling
-from shards.readers import ReadOptions
-from shards.sources import NAME_RE, SourceFilter
+from shards.options import SourceOptions
+from shards.sources import NAME_RE
 from sonodistill.errors import UserError
 
 
 @dataclass
 class SourceConfig:
+    """One source of the corpus: its name (kept with every sample), where it is, and its options."""
+
     name: str
-    path: str
-    include: list[str] = field(default_factory=list)
-    exclude: list[str] = field(default_factory=list)
-    frames: object = None  # parsed by shards.frames.parse_sampling (default {fps: 3, max: 30})
-    array_key: str | None = None
-    array_layout: str = "auto"
-    volume: str = "sequence"
-    volume_axis: int = 0
-    max_frames_per_clip: int | None = 1000
-    max_images: int | None = None
-    anatomy: str | None = None
-
-    def options(self, where: str) -> ReadOptions:
-        return ReadOptions(
-            frames=parse_sampling(self.frames, where),
-            max_frames_per_clip=self.max_frames_per_clip,
-            array_key=self.array_key,
-            array_layout=self.array_layout,
-            volume=self.volume,
-            volume_axis=self.volume_axis,
-        )
-
-    def filter(self) -> SourceFilter:
-        return SourceFilter(list(self.include), list(self.exclude))
+    path: str  # folder, file glob, or hf:ID[:SPLIT]
+    options: SourceOptions = field(default_factory=SourceOptions)
 
 
-KEYS = [f.name for f in dataclasses.fields(SourceConfig)]
-CHOICES = {"array_layout": ("auto", "thw", "hwt"), "volume": ("sequence", "slices", "skip"), "volume_axis": (0, 1, 2)}
+KEYS = ["name", "path", *(f.name for f in fields(SourceOptions))]
 
 
 def _check(entry: dict, where: str) -> SourceConfig:
@@ -78,25 +56,8 @@ def _check(entry: dict, where: str) -> SourceConfig:
             raise UserError(f"{where}: '{k}' is required (a string)")
     if not NAME_RE.match(entry["name"]):
         raise UserError(f"{where}: name '{entry['name']}' must match {NAME_RE.pattern}")
-    for k in ("include", "exclude"):
-        v = entry.get(k, [])
-        if isinstance(v, str):
-            entry[k] = [v]
-        elif not isinstance(v, list) or not all(isinstance(g, str) for g in v):
-            raise UserError(f"{where}: '{k}' expects a glob or a list of globs, got {v!r}")
-    for k, choices in CHOICES.items():
-        if k in entry and entry[k] not in choices:
-            raise UserError(f"{where}: '{k}' expects one of {', '.join(map(str, choices))}, got {entry[k]!r}")
-    for k in ("max_frames_per_clip", "max_images"):
-        v = entry.get(k)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise UserError(f"{where}: '{k}' expects a positive integer, got {v!r}")
-    for k in ("array_key", "anatomy"):
-        if entry.get(k) is not None and not isinstance(entry[k], str):
-            raise UserError(f"{where}: '{k}' expects a string, got {entry[k]!r}")
-    cfg = SourceConfig(**entry)
-    cfg.options(where)  # validates `frames`
-    return cfg
+    options = SourceOptions.parse({k: v for k, v in entry.items() if k not in ("name", "path")}, where)
+    return SourceConfig(entry["name"], entry["path"], options)
 
 
 def load_catalogue(path: str | Path) -> list[SourceConfig]:
@@ -119,7 +80,7 @@ def load_catalogue(path: str | Path) -> list[SourceConfig]:
         where = f"--corpus {path}: source '{name}'" if name else f"--corpus {path}: source #{i + 1}"
         if not isinstance(entry, dict):
             raise UserError(f"{where}: expected a mapping with name and path")
-        cfg = _check(dict(entry), where)
+        cfg = _check(entry, where)
         if not cfg.path.startswith("hf:") and not os.path.isabs(os.path.expanduser(cfg.path)):
             cfg.path = str(path.parent / cfg.path)
         cfg.path = os.path.expanduser(cfg.path)

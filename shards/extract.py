@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from shards.clean import Cleaned, Rejected, clean_frame
 from shards.codec import Codec
-from shards.readers import ReadError, ReadOptions, open_media
+from shards.options import SourceOptions
+from shards.readers import ReadError, open_media
 from shards.sources import Item
 
 
@@ -55,7 +56,7 @@ def _file_sha1(item: Item) -> str:
     return h.hexdigest()
 
 
-def extract_item(item: Item, opts: ReadOptions, settings: ExtractSettings) -> ItemOutcome:
+def extract_item(item: Item, opts: SourceOptions, settings: ExtractSettings) -> ItemOutcome:
     """Never raises for bad data: every failure becomes a :class:`Rejected` with its reason."""
     out = ItemOutcome()
     src = item.data if item.data is not None else item.path

@@ -125,7 +125,8 @@ def pick_rejects(out: Path, per_reason: int, seed: int) -> dict[str, list[dict]]
 def reread_frame(manifest: dict, rec: dict) -> np.ndarray | None:
     """The rejected frame as the reader decoded it (None when the file cannot be read at all)."""
     from shards.frames import Sampling
-    from shards.readers import ReadError, ReadOptions, open_media
+    from shards.options import SourceOptions
+    from shards.readers import ReadError, open_media
     from shards.sources import open_source
 
     spec = manifest.get("source_specs", {}).get(rec["source"])
@@ -144,7 +145,7 @@ def reread_frame(manifest: dict, rec: dict) -> np.ndarray | None:
         item = Item(rec["source"], rec["path"], path=str(src.root / rec["path"]))  # type: ignore[attr-defined]
     want = rec.get("frame", 0)
     # frames 0 and `want` only: the others are decoded (a video must be) but not converted
-    opts = ReadOptions(frames=Sampling(mode="every", every=max(1, want), max=2), max_frames_per_clip=None)
+    opts = SourceOptions(frames=Sampling(mode="every", every=max(1, want), max=2), max_frames_per_clip=None)
     try:
         media = open_media(item.data if item.data is not None else item.path, item.relpath, opts)
         for fr in media.frames:

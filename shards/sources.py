@@ -3,27 +3,26 @@
 ``NAME=DIR`` is a folder scanned recursively in sorted order (hidden files and folders are
 ignored; every other file is an item, read by what its content is: :mod:`shards.readers`), and a
 path with glob characters (``/data/camus/**/*_sequence.mhd``) lists the matching files, relative to
-the folder before the first glob character. ``include``/``exclude`` globs (catalogue options) filter
-relative paths; the data files of MetaImage/Analyze headers (``.raw`` beside a ``.mhd``) are read
-through their header, not as items. ``NAME=hf:ID[:SPLIT]`` is a dataset read through ``datasets``:
-a folder written by ``save_to_disk``, a local dataset folder/script, or a Hub id already in the
-local cache (offline). Its first ``Image`` column is used, undecoded, so decoding happens in the
-build workers.
+the folder before the first glob character. The source's ``include``/``exclude`` globs
+(:class:`shards.options.SourceOptions`) filter relative paths; the data files of MetaImage/Analyze
+headers (``.raw`` beside a ``.mhd``) are read through their header, not as items.
+``NAME=hf:ID[:SPLIT]`` is a dataset read through ``datasets``: a folder written by
+``save_to_disk``, a local dataset folder/script, or a Hub id already in the local cache (offline).
+Its first ``Image`` column is used, undecoded, so decoding happens in the build workers.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from shards.readers import ReadOptions
+from shards.options import SourceOptions
 from shards.readers.detect import COMPANION_EXTENSIONS, HEAD_BYTES, detect_family, is_media_name
 from sonodistill.errors import UserError
 
@@ -52,7 +51,7 @@ class Source(Protocol):
 
     name: str
     spec: str
-    options: ReadOptions
+    options: SourceOptions
 
     def __len__(self) -> int: ...
 
@@ -67,25 +66,10 @@ def _companion(rel: str, present: set[str]) -> bool:
     return any(stem + h in present for h in COMPANION_EXTENSIONS.get(ext.lower(), ()))
 
 
-@dataclass
-class SourceFilter:
-    include: list[str] = field(default_factory=list)  # globs on the relative path; empty: everything
-    exclude: list[str] = field(default_factory=list)
-
-    def keeps(self, rel: str) -> bool:
-        rel = rel.replace(os.sep, "/")
-        if self.include and not any(fnmatch.fnmatch(rel, g) for g in self.include):
-            return False
-        return not any(fnmatch.fnmatch(rel, g) for g in self.exclude)
-
-
 class FolderSource:
-    def __init__(
-        self, name: str, root: str | Path, options: ReadOptions | None = None, filt: SourceFilter | None = None
-    ):
+    def __init__(self, name: str, root: str | Path, options: SourceOptions | None = None):
         self.name, self.spec = name, str(root)
-        self.options = options or ReadOptions()
-        filt = filt or SourceFilter()
+        self.options = options or SourceOptions()
         spec = str(root)
         paths: list[str] = []
         if GLOB_CHARS.search(spec):
@@ -109,7 +93,7 @@ class FolderSource:
         rels = [(os.path.relpath(p, self.root), p) for p in paths if os.path.isfile(p)]
         present = {rel for rel, _ in rels}
         self.files: list[tuple[str, int]] = sorted(
-            (rel, os.path.getsize(p)) for rel, p in rels if filt.keeps(rel) and not _companion(rel, present)
+            (rel, os.path.getsize(p)) for rel, p in rels if self.options.keeps(rel) and not _companion(rel, present)
         )
         if not self._readable():
             raise UserError(f"--source {name}={root}: no image files (nor DICOM, video, volume or array files) to read")
@@ -142,11 +126,11 @@ class FolderSource:
 
 
 class DatasetSource:
-    def __init__(self, name: str, spec: str, options: ReadOptions | None = None):
+    def __init__(self, name: str, spec: str, options: SourceOptions | None = None):
         import datasets
 
         self.name, self.spec = name, spec
-        self.options = options or ReadOptions()
+        self.options = options or SourceOptions()
         ident = spec[len("hf:") :]
         split = None
         if ":" in ident and not Path(ident).exists():
@@ -210,7 +194,7 @@ def parse_source(arg: str) -> tuple[str, str]:
     return name, spec
 
 
-def open_source(name: str, spec: str, options: ReadOptions | None = None, filt: SourceFilter | None = None) -> Source:
+def open_source(name: str, spec: str, options: SourceOptions | None = None) -> Source:
     if spec.startswith("hf:"):
         return DatasetSource(name, spec, options)
-    return FolderSource(name, spec, options, filt)
+    return FolderSource(name, spec, options)

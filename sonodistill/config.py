@@ -17,7 +17,6 @@ Rules:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import logging
@@ -396,6 +395,19 @@ def load_config(
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     for p in paths:
         _merge(tree, _read_yaml(cls, p))
+    _apply_overrides(cls, tree, overrides)
+    return _build(cls, tree, "config" if not paths else str(paths[-1]))
+
+
+def override_config(cfg: T, overrides: Sequence[str], where: str = "config") -> T:
+    """A copy of ``cfg`` with ``key=value`` overrides applied, checked as :func:`load_config` checks them
+    (e.g. a sweep's per-method settings on a recipe config it has already resolved)."""
+    tree = to_dict(cfg)
+    _apply_overrides(type(cfg), tree, overrides)
+    return _build(type(cfg), tree, where)
+
+
+def _apply_overrides(cls: type, tree: dict, overrides: Sequence[str]) -> None:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
@@ -410,7 +422,6 @@ def load_config(
                 except yaml.YAMLError:
                     raise ConfigError(f"override '{item}': value is not valid YAML") from None
         _set_dotted(tree, key, value)
-    return _build(cls, tree, "config" if not paths else str(paths[-1]))
 
 
 def config_from_dict(cls: type[T], tree: dict, where: str = "") -> T:
@@ -435,45 +446,3 @@ def _merge(base: dict, new: dict) -> None:
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def add_config_args(
-    parser: argparse.ArgumentParser, cls: type | None = None, default_config: str | None = None
-) -> None:
-    """``--config FILE`` (repeatable: later files win), ``--show-config`` and trailing ``key=value``
-    overrides; with ``cls``, ``--help`` lists every key of that config with its default and meaning."""
-    parser.add_argument(
-        "--config", action="append", default=None, help="YAML config file; repeat to layer several (later files win)"
-    )
-    parser.add_argument(
-        "--show-config",
-        action="store_true",
-        help="print the resolved config (after --config files and overrides) as YAML, then exit",
-    )
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (keys listed below)")
-    parser.set_defaults(default_config=default_config)
-    if cls is not None:
-        from sonodistill.config_help import help_epilog
-
-        parser.formatter_class = argparse.RawDescriptionHelpFormatter
-        parser.epilog = "\n\n".join(x for x in (parser.epilog, help_epilog(cls, renamed_keys(cls))) if x)
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = ()) -> T:
-    """``base`` files (e.g. a recipe's preset), then every ``--config`` file, then the overrides;
-    with ``--show-config`` the resolved config is printed as commented YAML and the command exits 0."""
-    files = list(base) + (args.config or ([args.default_config] if getattr(args, "default_config", None) else []))
-    cfg = load_config(cls, files, args.overrides)
-    if getattr(args, "show_config", False):
-        show_config(cfg)
-    return cfg
-
-
-def show_config(cfg: Any) -> None:
-    """Print ``cfg`` as commented YAML (rank 0 only) and exit 0: ``--show-config``."""
-    from sonodistill.config_help import commented_yaml
-    from sonodistill.logs import is_main_rank
-
-    if is_main_rank():
-        print(commented_yaml(cfg), end="")
-    raise SystemExit(0)

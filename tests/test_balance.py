@@ -68,12 +68,13 @@ def unequal_shards(corpus_dir, tmp_path_factory):
     """Three sources of very unequal size (caps via the catalogue), 4 samples per shard."""
     from shards.build import BuildSettings, build_shards
     from shards.catalogue import SourceConfig
+    from shards.options import SourceOptions
 
     out = tmp_path_factory.mktemp("unequal")
     sources = [
         SourceConfig(name="big", path=str(corpus_dir / "breast")),
-        SourceConfig(name="mid", path=str(corpus_dir / "liver"), max_images=8),
-        SourceConfig(name="small", path=str(corpus_dir / "thyroid"), max_images=3),
+        SourceConfig(name="mid", path=str(corpus_dir / "liver"), options=SourceOptions(max_images=8)),
+        SourceConfig(name="small", path=str(corpus_dir / "thyroid"), options=SourceOptions(max_images=3)),
     ]
     build_shards(sources, out, BuildSettings(size=32, samples_per_shard=4, workers=1), progress=False)
     return out

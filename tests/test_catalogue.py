@@ -50,6 +50,10 @@ def test_catalogue_errors_name_the_source(tmp_path, corpus):
         ("sources:\n  - {path: x}\n", "source #1: 'name' is required"),
         ("sources:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", "given twice"),
         ("srcs: []\n", "expected a mapping with a non-empty 'sources' list"),
+        # several bad values: globs are checked first, then choices, integers, strings, frames
+        ("sources:\n  - {name: a, path: x, frames: 3, anatomy: 1, max_images: 0, include: 4}\n", "'include' expects"),
+        ("sources:\n  - {name: a, path: x, frames: 3, anatomy: 1, max_images: 0}\n", "'max_images' expects a"),
+        ("sources:\n  - {name: a, path: x, frames: 3, anatomy: 1}\n", "'anatomy' expects a string, got 1"),
     ]
     for text, msg in cases:
         with pytest.raises(UserError, match=msg.replace("(", r"\(")):
@@ -63,9 +67,30 @@ def test_catalogue_errors_name_the_source(tmp_path, corpus):
 
 def test_shipped_template_catalogue_is_valid():
     cfgs = load_catalogue(REPO / "shards" / "catalogues" / "public_ultrasound.yaml")
-    assert len(cfgs) >= 20 and len({c.anatomy for c in cfgs}) >= 9
+    assert len(cfgs) >= 20 and len({c.options.anatomy for c in cfgs}) >= 9
     busi = next(c for c in cfgs if c.name == "busi")
-    assert busi.exclude == ["*_mask*"] and busi.options("x").frames.spec() == "fps=3,max=30"
+    assert busi.options.exclude == ("*_mask*",) and busi.options.frames.spec() == "fps=3,max=30"
+
+
+def test_options_identity_is_what_builds_stored(tmp_path):
+    """manifest.json keeps each source's options (a changed one refuses to resume): the same keys, order
+    and JSON values as builds made before the options became one type."""
+    text = "sources:\n  - {name: a, path: x, frames: {every: 2}, include: '*.png', anatomy: liver, volume_axis: 2}\n"
+    (cfg,) = load_catalogue(write_yaml(tmp_path / "c.yaml", text))
+    assert json.dumps(cfg.options.identity()) == json.dumps(
+        {
+            "frames": "every=2",  # no max given: none
+            "max_frames_per_clip": 1000,
+            "array_key": None,
+            "array_layout": "auto",
+            "volume": "sequence",
+            "volume_axis": 2,
+            "include": ["*.png"],
+            "exclude": [],
+            "max_images": None,
+            "anatomy": "liver",
+        }
+    )
 
 
 def test_corpus_build_with_options_and_source_next_to_it(tmp_path, corpus):

@@ -141,6 +141,32 @@ def test_paired_missing_mask(mini_paired):
         read_paired(mini_paired)
 
 
+def test_layout_detection_order_and_names(tmp_path):
+    from typing import get_args
+
+    from downstream.data.read import LAYOUTS, Layout, ReaderConfig, detect_layout
+
+    assert set(get_args(Layout)) == {"auto", *LAYOUTS}  # every layout in the table can be named in a config
+    root = tmp_path / "d"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    assert detect_layout(str(root)) == "paired"
+    (root / "train_val.json").write_text("[]")
+    (root / "test.json").write_text("[]")
+    assert detect_layout(str(root)) == "ub"  # UltraBench folders hold images/ and masks/ too: ub is tried first
+    (root / "state.json").write_text("{}")
+    assert detect_layout(str(root)) == "hf"
+    assert detect_layout("hf:org/name") == "hf" and detect_layout("ub:/nowhere") == "ub"  # prefixes need no folder
+    (tmp_path / "plain" / "x").mkdir(parents=True)
+    assert detect_layout(str(tmp_path / "plain")) == "classes"  # the fallback
+    with pytest.raises(UserError, match=r"found 1$"):
+        read_catalog(str(tmp_path / "plain"), "cls")
+    with pytest.raises(UserError, match=r"^data.layout: expected one of auto, busi, paired, classes, hf, ub; got 'x'$"):
+        read_catalog(str(root), "cls", ReaderConfig(layout="x"))  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="data folder not found"):
+        detect_layout(str(tmp_path / "missing"))
+
+
 def test_class_folders_and_hub_dataset(tmp_path):
     root = tmp_path / "cls"
     for c in ("cat", "dog", "eel"):

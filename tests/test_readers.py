@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +18,15 @@ from PIL import Image
 from shards.build import BuildSettings, build_shards
 from shards.catalogue import SourceConfig
 from shards.frames import Sampling
-from shards.readers import ReadError, ReadOptions, detect_family, open_media
+from shards.options import SourceOptions
+from shards.readers import ReadError, detect_family, open_media
 from shards.synth.media import clip_frames, write_dicom, write_video
 
 PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
-ALL = ReadOptions(frames=Sampling(mode="all", max=None))
+ALL = SourceOptions(frames=Sampling(mode="all", max=None))
 
 
-def frames_of(path: Path | str, opts: ReadOptions = ALL) -> list:
+def frames_of(path: Path | str, opts: SourceOptions = ALL) -> list:
     media = open_media(str(path), Path(path).name, opts)
     return [f.pixels for f in media.frames]
 
@@ -95,7 +98,7 @@ def test_bundled_dicom_syntaxes_decode(name, shape):
 def test_real_cine_with_bad_regions_falls_back_to_heuristic():
     # pydicom's examples_ybr_color.dcm: a real 30-frame echo cine (SonoSite, YBR_FULL_422 JPEG) whose
     # ultrasound region lies outside the (resized) pixel matrix, so it cannot be trusted.
-    media = open_media(str(PYDICOM_FILES / "examples_ybr_color.dcm"), "x", ReadOptions())
+    media = open_media(str(PYDICOM_FILES / "examples_ybr_color.dcm"), "x", SourceOptions())
     assert media.multi and media.n_frames == 30 and media.fps == pytest.approx(30.0, abs=0.1)
     assert media.region is None and media.meta["dicom"]["manufacturer"] == "SonoSite, Inc."
     assert [f.index for f in media.frames] == [0, 10, 20]  # 3 frames/s of a 1-second clip
@@ -116,9 +119,35 @@ def test_detection_by_content_not_name(tmp_path, dicom_dir):
     assert detect_family(b"hello world", "notes.txt") is None
 
 
+def test_detection_order_decides_weak_signatures(dicom_dir):
+    raw_tag = b"\x08\x00\x05\x00CS\x0a\x00" + b"\0" * 16  # a preamble-less dataset: (0008,0005) CS
+    assert detect_family(raw_tag, "frame") == "dicom"
+    assert detect_family(raw_tag, "frame.cine") == "unsupported"  # the extension rule is tried first
+    preamble = (dicom_dir / "0000_mono2_explicit.dcm").read_bytes()[:512]
+    assert detect_family(preamble, "frame.cine") == "dicom"  # DICM at 128 is tried before everything
+    assert detect_family(b"PK\x03\x04" + b"\0" * 20, "a.npz") == "array"
+    assert detect_family(b"PK\x03\x04" + b"\0" * 20, "a.zip") is None  # only a zip named .npz
+    assert detect_family(b"\x1f\x8b\x08" + b"\0" * 20, "A.NII.GZ") == "volume"  # names compared lower-cased
+    assert detect_family(b"\x1f\x8b\x08" + b"\0" * 20, "a.gz") is None
+    with pytest.raises(ReadError, match="^unsupported_format: cine$"):
+        open_media(b"\x0b\x00\x00\x00" + bytes(200), "Recording.CINE", SourceOptions())
+
+
+def test_telling_a_format_loads_no_decoding_library(dicom_dir, video_dir):
+    """Sources sniff every file in the main process; the decoders load only in the workers that read."""
+    files = [dicom_dir / "0006_cine_rle", video_dir / "0000_clip.mp4"]
+    code = (
+        "import sys\nfrom shards.readers import detect_family\n"
+        f"print([detect_family(open(p, 'rb').read(512), p) for p in {[str(f) for f in files]!r}])\n"
+        "print(sorted(m for m in ('PIL', 'pydicom', 'av', 'SimpleITK', 'h5py', 'scipy') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["['dicom', 'video']", "[]"]
+
+
 def test_video_is_sampled_by_time(video_dir):
     for f in sorted(video_dir.iterdir()):
-        media = open_media(str(f), f.name, ReadOptions())
+        media = open_media(str(f), f.name, SourceOptions())
         assert media.family == "video" and media.fps == pytest.approx(12.0)
         idx = [fr.index for fr in media.frames]
         assert idx == [0, 4, 8, 12, 16, 20]  # 24 frames at 12 fps, sampled at 3 fps
@@ -150,11 +179,11 @@ def test_volumes_sequences_slices_and_skip(tmp_path):
     assert media.n_frames == 5 and media.spacing_mm == (0.2, 0.2)
     assert np.array_equal([f.pixels for f in media.frames][2], frames[2])
     sl = frames_of(
-        tmp_path / "vol.mha", ReadOptions(frames=Sampling(mode="all", max=None), volume="slices", volume_axis=2)
+        tmp_path / "vol.mha", SourceOptions(frames=Sampling(mode="all", max=None), volume="slices", volume_axis=2)
     )
     assert len(sl) == frames.shape[2] and np.array_equal(sl[7], frames[:, :, 7])
     with pytest.raises(ReadError) as exc:
-        open_media(str(tmp_path / "vol.mha"), "vol.mha", ReadOptions(volume="skip"))
+        open_media(str(tmp_path / "vol.mha"), "vol.mha", SourceOptions(volume="skip"))
     assert exc.value.reason == "volume_skipped"
     sitk.WriteImage(sitk.GetImageFromArray(frames[0]), str(tmp_path / "one.nrrd"))
     media = open_media(str(tmp_path / "one.nrrd"), "one.nrrd", ALL)
@@ -175,18 +204,18 @@ def test_arrays_npy_npz_mat_h5(tmp_path):
         fh.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64".ljust(128, b" "))
     with h5py.File(tmp_path / "data.h5", "w") as f:
         f["us/frames"] = frames.astype(np.float32) / 255.0  # floats in [0, 1]
-    opts = ReadOptions(frames=Sampling(mode="all", max=None), array_key="cine")
+    opts = SourceOptions(frames=Sampling(mode="all", max=None), array_key="cine")
     for name in ("clip.npy", "two.npz", "v5.mat", "v73.mat"):
         got = frames_of(tmp_path / name, opts)
         assert len(got) == 5 and all(np.array_equal(g, f) for g, f in zip(got, frames)), name
-    got = frames_of(tmp_path / "data.h5", ReadOptions(frames=Sampling(mode="all", max=None), array_key="us/frames"))
+    got = frames_of(tmp_path / "data.h5", SourceOptions(frames=Sampling(mode="all", max=None), array_key="us/frames"))
     assert np.abs(got[1].astype(int) - frames[1]).max() <= 1
     # H x W x 3 uint8 reads as one colour image unless the layout says it is 3 frames
     savemat(tmp_path / "three.mat", {"cine": np.moveaxis(frames[:3], 0, -1)})
     assert len(frames_of(tmp_path / "three.mat", opts)) == 1
-    assert len(frames_of(tmp_path / "three.mat", ReadOptions(frames=opts.frames, array_layout="hwt"))) == 3
+    assert len(frames_of(tmp_path / "three.mat", SourceOptions(frames=opts.frames, array_layout="hwt"))) == 3
     with pytest.raises(ReadError) as exc:
-        open_media(str(tmp_path / "two.npz"), "two.npz", ReadOptions())  # two arrays, no key
+        open_media(str(tmp_path / "two.npz"), "two.npz", SourceOptions())  # two arrays, no key
     assert exc.value.reason == "array_key_missing"
 
 
@@ -317,7 +346,7 @@ def test_mixed_build_identical_for_any_worker_count(mixed_folder, mixed_build, t
 def test_animated_gif_is_a_clip_timed_by_its_frame_duration(tmp_path):
     frames = [Image.fromarray(f) for f in truth_frames(30, 6)]
     frames[0].save(tmp_path / "loop.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    media = open_media(str(tmp_path / "loop.gif"), "loop.gif", ReadOptions())
+    media = open_media(str(tmp_path / "loop.gif"), "loop.gif", SourceOptions())
     assert media.multi and media.n_frames == 6 and media.fps == pytest.approx(10.0)
     got = list(media.frames)
     assert [f.index for f in got] == [0, 3]  # 10 frames/s sampled at 3 frames/s

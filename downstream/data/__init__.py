@@ -3,7 +3,8 @@ and the batched on-device transforms. Splits and label fractions live in :mod:`d
 
 Readers: :func:`read_busi` (BUSI real layout), :func:`read_paired` (DDTI-style image/mask folders
 with patient ids, and generic ones), :func:`read_class_folders`, :func:`read_hub` (`datasets`:
-``hf:ID``, ``save_to_disk`` folder, imagefolder); :func:`read_catalog` picks one for a task.
+``hf:ID``, ``save_to_disk`` folder, imagefolder), UltraBench (``ub:DIR``); :func:`read_catalog`
+picks one for a task through the layout table of :mod:`downstream.data.read`.
 """
 
 from downstream.data.busi import BUSI_CLASSES, read_busi

@@ -26,10 +26,19 @@ from sonodistill.errors import UserError
 BUSI_CLASSES = ("normal", "benign", "malignant")
 
 
+def _has_classes(root: Path) -> bool:
+    return all((root / c).is_dir() for c in BUSI_CLASSES)
+
+
+def is_busi_layout(root: Path) -> bool:
+    """The three class folders, in ROOT or in a sub-folder of it."""
+    return _has_classes(root) or any(p.is_dir() and _has_classes(p) for p in root.iterdir())
+
+
 def _find_root(root: Path) -> Path:
-    if all((root / c).is_dir() for c in BUSI_CLASSES):
+    if _has_classes(root):
         return root
-    subs = [p for p in root.iterdir() if p.is_dir() and all((p / c).is_dir() for c in BUSI_CLASSES)]
+    subs = [p for p in root.iterdir() if p.is_dir() and _has_classes(p)]
     if len(subs) == 1:
         return subs[0]
     missing = [c + "/" for c in BUSI_CLASSES if not (root / c).is_dir()]

@@ -39,6 +39,11 @@ class HubImage:
         return f"{self.where}[{self.row}].{self.column}"
 
 
+def is_saved_dataset(root: Path) -> bool:
+    """A folder written by ``save_to_disk`` (a DatasetDict or one Dataset)."""
+    return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
+
+
 def _load(spec: str):
     import datasets
 
@@ -48,7 +53,7 @@ def _load(spec: str):
         root = Path(spec)
         if not root.is_dir():
             raise UserError(f"{spec}: dataset folder not found")
-        if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
+        if is_saved_dataset(root):
             return datasets.load_from_disk(str(root))
         return datasets.load_dataset("imagefolder", data_dir=str(root))
     except UserError:

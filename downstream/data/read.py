@@ -1,20 +1,30 @@
-"""Pick the reader for a data location and a task kind (``seg`` needs masks, ``cls`` labels)."""
+"""Pick the reader for a data location and a task kind (``seg`` needs masks, ``cls`` labels).
+
+:data:`LAYOUTS` lists the dataset layouts in detection order. With ``layout: auto`` a location
+starting with a layout's prefix (``hf:``, ``ub:``) is that layout; otherwise the first layout whose
+``detect`` recognises the folder reads it. The order matters: an UltraBench folder also holds
+``images/`` and ``masks/`` (so ``ub`` comes before ``paired``), and ``classes`` takes any folder, so
+it comes last. A new layout is its reader module (a ``detect(root)`` and a reader) plus one row here,
+its name in :data:`Layout` and, when the row needs a new reader option, a :class:`ReaderConfig` key.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-from downstream.data.busi import BUSI_CLASSES, read_busi
+from downstream.data.busi import is_busi_layout, read_busi
 from downstream.data.classes import read_class_folders
-from downstream.data.hub import read_hub
+from downstream.data.hub import is_saved_dataset, read_hub
 from downstream.data.paired import DDTI_GROUP, is_paired_layout, read_paired
 from downstream.data.record import Catalog
-from downstream.data.ultrabench import read_ultrabench
+from downstream.data.ultrabench import is_ultrabench, read_ultrabench
 from sonodistill.errors import UserError
 
 Layout = Literal["auto", "busi", "paired", "classes", "hf", "ub"]
+Kind = Literal["seg", "cls"]
 
 
 @dataclass
@@ -28,64 +38,67 @@ class ReaderConfig:
     mask_values: list[int] = field(default_factory=list)  # ub label maps: foreground values ([] = non-zero)
 
 
-def _is_busi(root: Path) -> bool:
-    if all((root / c).is_dir() for c in BUSI_CLASSES):
-        return True
-    return any(p.is_dir() and all((p / c).is_dir() for c in BUSI_CLASSES) for p in root.iterdir())
+@dataclass(frozen=True)
+class DatasetLayout:
+    detect: Callable[[Path], bool]  # layout auto: does this folder have the layout
+    read: Callable[[str, Kind, ReaderConfig], Catalog]  # (data location, task kind, reader options)
+    prefix: str = ""  # a location starting with it has this layout, folder or not (hf:ID, ub:DIR)
 
 
-def _is_saved_dataset(root: Path) -> bool:
-    return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
+# Each adapter hands its reader the task kind and the ReaderConfig keys it takes.
+def _hub(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
+    mask = cfg.mask_column if kind == "seg" else ""
+    columns = {"image_column": cfg.image_column, "label_column": cfg.label_column, "group_column": cfg.group_column}
+    return read_hub(data, mask_column=mask, **columns)
+
+
+def _ultrabench(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
+    columns = {"mask_column": cfg.mask_column, "label_column": cfg.label_column, "group_column": cfg.group_column}
+    return read_ultrabench(data, kind, mask_values=cfg.mask_values, **columns)
+
+
+def _paired(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
+    return read_paired(data, group_pattern=cfg.group_pattern)
+
+
+def _busi(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
+    return read_busi(data, require_masks=(kind == "seg"))  # classification needs no masks
+
+
+def _class_folders(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
+    return read_class_folders(data)
+
+
+def _any_folder(root: Path) -> bool:
+    return True  # the fallback: read_class_folders says what a folder without class folders lacks
+
+
+LAYOUTS: dict[str, DatasetLayout] = {  # detection order
+    "hf": DatasetLayout(is_saved_dataset, _hub, prefix="hf:"),
+    "ub": DatasetLayout(is_ultrabench, _ultrabench, prefix="ub:"),
+    "paired": DatasetLayout(is_paired_layout, _paired),
+    "busi": DatasetLayout(is_busi_layout, _busi),
+    "classes": DatasetLayout(_any_folder, _class_folders),
+}
 
 
 def detect_layout(data: str) -> str:
-    if data.startswith("hf:"):
-        return "hf"
-    if data.startswith("ub:"):
-        return "ub"
+    for name, layout in LAYOUTS.items():
+        if layout.prefix and data.startswith(layout.prefix):
+            return name
     root = Path(data)
     if not root.is_dir():
         raise UserError(f"{data}: data folder not found (or use hf:ID for a Hub dataset, ub:DIR for UltraBench)")
-    if _is_saved_dataset(root):
-        return "hf"
-    if (root / "train_val.json").is_file() and (root / "test.json").is_file():
-        return "ub"
-    if is_paired_layout(root):
-        return "paired"
-    if _is_busi(root):
-        return "busi"
-    return "classes"
+    return next(name for name, layout in LAYOUTS.items() if layout.detect(root))
 
 
-def read_catalog(data: str, kind: Literal["seg", "cls"], cfg: ReaderConfig | None = None) -> Catalog:
+def read_catalog(data: str, kind: Kind, cfg: ReaderConfig | None = None) -> Catalog:
     """Records for ``data`` checked for what ``kind`` needs (masks for seg, labels for cls)."""
     cfg = cfg or ReaderConfig()
     layout = detect_layout(data) if cfg.layout == "auto" else cfg.layout
-    if layout == "busi":
-        cat = read_busi(data, require_masks=(kind == "seg"))
-    elif layout == "paired":
-        cat = read_paired(data, group_pattern=cfg.group_pattern)
-    elif layout == "classes":
-        cat = read_class_folders(data)
-    elif layout == "hf":
-        cat = read_hub(
-            data,
-            image_column=cfg.image_column,
-            mask_column=cfg.mask_column if kind == "seg" else "",
-            label_column=cfg.label_column,
-            group_column=cfg.group_column,
-        )
-    elif layout == "ub":
-        cat = read_ultrabench(
-            data,
-            kind,
-            mask_column=cfg.mask_column,
-            label_column=cfg.label_column,
-            group_column=cfg.group_column,
-            mask_values=cfg.mask_values,
-        )
-    else:
-        raise UserError(f"data.layout: expected one of auto, busi, paired, classes, hf, ub; got '{layout}'")
+    if layout not in LAYOUTS:
+        raise UserError(f"data.layout: expected one of {', '.join(get_args(Layout))}; got '{layout}'")
+    cat = LAYOUTS[layout].read(data, kind, cfg)
     if kind == "seg" and not cat.has_masks:
         raise UserError(
             f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"

@@ -57,6 +57,11 @@ class LabelMask:
         return np.isin(mask, self.values) if self.values else mask > 0
 
 
+def is_ultrabench(root: Path) -> bool:
+    """A processed UltraBench folder: ``train_val.json`` and ``test.json`` side by side."""
+    return all((root / name).is_file() for name in FILES)
+
+
 def _records(root: Path, name: str) -> list[dict[str, Any]]:
     path = root / name
     if not path.is_file():

@@ -16,10 +16,24 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels, to_uint8
+from shards.options import SourceOptions
+from shards.readers.base import Frame, Media, ReadError, as_frame_pixels, to_uint8
+
+EXTENSIONS = (".npy", ".npz", ".mat", ".h5", ".hdf5")
 
 
-def _pick(keys: list[str], arrays: dict, opts: ReadOptions, what: str) -> str:
+def sniff(head: bytes, name: str) -> bool:
+    """NumPy ``\\x93NUMPY``, a zip named ``.npz``, MATLAB v5 and v7.3 (an HDF5 file behind a 512-byte
+    text header), HDF5."""
+    return (
+        head[:6] == b"\x93NUMPY"
+        or (head[:4] == b"PK\x03\x04" and name.endswith(".npz"))
+        or head[:7] == b"MATLAB "
+        or head[:8] == b"\x89HDF\r\n\x1a\n"
+    )
+
+
+def _pick(keys: list[str], arrays: dict, opts: SourceOptions, what: str) -> str:
     if opts.array_key is not None:
         if opts.array_key not in keys:
             raise ReadError("array_key_missing", f"no '{opts.array_key}' in {what} (has {', '.join(keys[:8])})")
@@ -30,7 +44,7 @@ def _pick(keys: list[str], arrays: dict, opts: ReadOptions, what: str) -> str:
     return cands[0]
 
 
-def _layout(shape: tuple[int, ...], dtype, opts: ReadOptions, matlab: bool) -> str:
+def _layout(shape: tuple[int, ...], dtype, opts: SourceOptions, matlab: bool) -> str:
     """``image`` | ``rgb`` | ``thw`` | ``hwt``."""
     if len(shape) == 2:
         return "image"
@@ -51,7 +65,7 @@ def _h5_datasets(f) -> dict:
     return out
 
 
-def read_array(src: str | bytes, opts: ReadOptions, name: str = "") -> Media:
+def read_array(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     low = name.lower()
     head = src[:8] if isinstance(src, bytes) else open(src, "rb").read(520)
     closer = None

@@ -1,4 +1,4 @@
-"""What every reader returns, the options they take, and how they fail.
+"""What every reader returns and how it fails (the options it takes: :class:`shards.options.SourceOptions`).
 
 A reader turns one input file into a :class:`Media`: a single image or a clip (multi-frame DICOM,
 video, 2D+t sequence, volume, array), whose frames are yielded *already sampled* and one at a
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shards.frames import DEFAULT, Sampling
+HEAD_BYTES = 512  # a format is told from this many first bytes (shards.readers.detect)
 
 
 class ReadError(Exception):
@@ -23,28 +23,6 @@ class ReadError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """Per-source reading options (``corpus.yaml``; defaults for ``--source NAME=PATH``)."""
-
-    frames: Sampling = DEFAULT
-    max_frames_per_clip: int | None = 1000  # hard cap whatever the sampling rule ('all' included)
-    array_key: str | None = None  # .mat/.h5/.npz: the array to read (None: the only one)
-    array_layout: str = "auto"  # auto | thw | hwt
-    volume: str = "sequence"  # 3D images: sequence (axis 0 is time) | slices | skip
-    volume_axis: int = 0  # slices: the axis (numpy order z, y, x) to cut along
-
-    def identity(self) -> dict:
-        return {
-            "frames": self.frames.spec(),
-            "max_frames_per_clip": self.max_frames_per_clip,
-            "array_key": self.array_key,
-            "array_layout": self.array_layout,
-            "volume": self.volume,
-            "volume_axis": self.volume_axis,
-        }
 
 
 @dataclass

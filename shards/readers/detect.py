@@ -1,91 +1,74 @@
-"""Tell a file's format family from its first bytes (and, only where bytes cannot tell, its name).
+"""The input formats, in the order they are tried: the first row whose ``sniff`` recognises a file's
+first bytes reads it (:func:`shards.readers.open_media`).
 
-Families: ``image`` (PNG, JPEG, BMP, TIFF, GIF, WebP), ``dicom`` (``DICM`` at byte 128, or a
-preamble-less dataset starting with a group 0002/0008 tag), ``video`` (ISO-BMFF ``ftyp``: mp4/mov/m4v;
-RIFF ``AVI ``; Matroska/WebM; MPEG-TS/PS), ``volume`` (NIfTI-1/2 by ``sizeof_hdr`` and magic,
-MetaImage ``ObjectType``/``NDims`` headers, ``NRRD000x``; gzip only for ``.nii.gz``), ``array``
-(NumPy ``\\x93NUMPY``, ``.npz`` zip, MATLAB v5 ``MATLAB 5.0 MAT-file``, HDF5 ``\\x89HDF`` incl. MAT
-v7.3). Known proprietary formats (e.g. ``.cine``) are ``unsupported``; anything else is ``None``.
+A file's format is told by its content, so DICOM without an extension and misnamed files are read
+by what they are; the name is used only where bytes cannot tell (``.npz`` among zips, ``.nii.gz``
+among gzip streams, known proprietary formats). The order matters where a signature is weak: DICOM's
+``DICM`` at byte 128 goes first; the proprietary extensions (``.cine``...) are ``unsupported`` before
+the preamble-less DICOM rule (four bytes of a tag), which comes last. Anything no row recognises is
+``None`` (rejected as ``not_image``).
+
+Each family's ``sniff`` and ``read`` live in its module; a reader module imports its decoding library
+(PIL, pydicom, PyAV, SimpleITK, h5py, scipy) inside ``read``, so telling a file's format loads none.
+A new format is its module plus one row here.
 """
 
 from __future__ import annotations
 
-import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 
-HEAD_BYTES = 512
+from shards.options import SourceOptions
+from shards.readers import arrays, dicom, image, video, volume
+from shards.readers.base import HEAD_BYTES, Media, ReadError
+
+__all__ = ["COMPANION_EXTENSIONS", "FORMATS", "HEAD_BYTES", "Format", "detect_family", "find_format", "is_media_name"]
 
 UNSUPPORTED_EXTENSIONS = (".cine", ".imf", ".iws", ".vol", ".rf", ".b8", ".b32", ".bpr", ".crf", ".sdf", ".dcm.zip")
 # Companion data files (MetaImage .raw, Analyze .img) are read through their header, not on their own.
 COMPANION_EXTENSIONS = {".raw": (".mhd",), ".zraw": (".mhd",), ".img": (".hdr",)}
 
-MEDIA_EXTENSIONS = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp",
-    ".dcm", ".dicom", ".dic",
-    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".ogv",
-    ".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr",
-    ".npy", ".npz", ".mat", ".h5", ".hdf5",
+
+@dataclass(frozen=True)
+class Format:
+    family: str  # Media.family, and what detect_family reports
+    sniff: Callable[[bytes, str], bool]  # (first HEAD_BYTES bytes, lower-cased name) -> is it this format
+    read: Callable[[str | bytes, SourceOptions, str], Media]  # (path or bytes, options, name); raises ReadError
+    extensions: tuple[str, ...] = ()  # names a folder counts as media without opening them
+
+
+def _proprietary(head: bytes, name: str) -> bool:
+    return name.endswith(UNSUPPORTED_EXTENSIONS)
+
+
+def _refuse(src: str | bytes, opts: SourceOptions, name: str) -> Media:
+    raise ReadError("unsupported_format", name.rsplit(".", 1)[-1].lower())
+
+
+FORMATS: tuple[Format, ...] = (
+    #      family         sniff                          read               extensions
+    Format("dicom",       dicom.sniff,                   dicom.read_dicom,   dicom.EXTENSIONS),
+    Format("image",       image.sniff,                   image.read_image,   image.EXTENSIONS),
+    Format("video",       video.sniff,                   video.read_video,   video.EXTENSIONS),
+    Format("array",       arrays.sniff,                  arrays.read_array,  arrays.EXTENSIONS),
+    Format("volume",      volume.sniff,                  volume.read_volume, volume.EXTENSIONS),
+    Format("unsupported", _proprietary,                  _refuse),
+    Format("dicom",       dicom.sniff_without_preamble,  dicom.read_dicom),
 )  # fmt: skip
 
-
-def _nifti(head: bytes) -> bool:
-    if len(head) >= 348:
-        for fmt in ("<i", ">i"):
-            if struct.unpack(fmt, head[:4])[0] == 348 and head[344:347] in (b"n+1", b"ni1"):
-                return True
-    if len(head) >= 8 and struct.unpack("<i", head[:4])[0] in (540,) and head[4:7] in (b"n+2", b"ni2"):
-        return True
-    return len(head) >= 8 and struct.unpack(">i", head[:4])[0] == 540 and head[4:7] in (b"n+2", b"ni2")
+MEDIA_EXTENSIONS = tuple(ext for f in FORMATS for ext in f.extensions)
 
 
-def _metaimage(head: bytes) -> bool:
-    text = head[:HEAD_BYTES].lstrip()
-    return any(text.startswith(k) for k in (b"ObjectType", b"NDims", b"Comment", b"DimSize")) and b"=" in text[:64]
-
-
-def _dicom_without_preamble(head: bytes) -> bool:
-    # A raw dataset starts with a (group, element) tag in little endian: 0002,xxxx or 0008,xxxx.
-    if len(head) < 8:
-        return False
-    group, element = struct.unpack("<HH", head[:4])
-    return group in (0x0002, 0x0008) and element < 0x0200 and (head[4:6].isalpha() or head[6:8] == b"\0\0")
+def find_format(head: bytes, name: str) -> Format | None:
+    """The first format (in :data:`FORMATS` order) that recognises ``head``, the file's first bytes."""
+    low = name.lower()
+    return next((f for f in FORMATS if f.sniff(head, low)), None)
 
 
 def detect_family(head: bytes, name: str) -> str | None:
     """``image`` | ``dicom`` | ``video`` | ``volume`` | ``array`` | ``unsupported`` | None."""
-    low = name.lower()
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return "dicom"
-    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:3] == b"\xff\xd8\xff" or head[:2] == b"BM":
-        return "image"
-    if head[:4] in (b"II*\0", b"MM\0*") or head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image"
-    if head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"AVIX"):
-        return "video"
-    if head[4:8] == b"ftyp" or head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
-        return "video"
-    if head[:4] == b"\x1a\x45\xdf\xa3" or head[:4] in (b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3"):
-        return "video"
-    if head[:1] == b"\x47" and len(head) > 188 and head[188:189] == b"\x47":
-        return "video"  # MPEG transport stream
-    if head[:4] == b"\x30\x26\xb2\x75":
-        return "video"  # ASF / WMV
-    if head[:6] == b"\x93NUMPY":
-        return "array"
-    if head[:4] == b"PK\x03\x04" and low.endswith(".npz"):
-        return "array"
-    if head[:7] == b"MATLAB " or head[:8] == b"\x89HDF\r\n\x1a\n":
-        return "array"  # MAT v5 and v7.3 (an HDF5 file behind a 512-byte text header), HDF5
-    if _nifti(head) or head[:7] == b"NRRD000" or _metaimage(head):
-        return "volume"
-    if head[:2] == b"\x1f\x8b" and low.endswith(".nii.gz"):
-        return "volume"
-    if low.endswith(UNSUPPORTED_EXTENSIONS):
-        return "unsupported"
-    if _dicom_without_preamble(head):
-        return "dicom"
-    return None
+    found = find_format(head, name)
+    return found.family if found else None
 
 
 def is_media_name(name: str) -> bool:

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
 import warnings
 from collections.abc import Iterator
 
 import numpy as np
 
-from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels, to_uint8
+from shards.options import SourceOptions
+from shards.readers.base import Frame, Media, ReadError, as_frame_pixels, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,22 @@ OTHER_MODALITIES = {"CT", "MR", "PT", "NM", "CR", "DX", "MG", "XA", "RF", "RG", 
                     "RTSTRUCT", "RTPLAN", "RTIMAGE", "SR", "ECG", "KO", "PR", "REG", "DOC", "HD", "AU"}  # fmt: skip
 FULL_FRAME = 0.95  # a "region" covering this much of the frame is the whole screen, not the scan area
 MIN_REGION_SIDE = 32
+EXTENSIONS = (".dcm", ".dicom", ".dic")
+
+
+def sniff(head: bytes, name: str) -> bool:
+    """``DICM`` after the 128-byte preamble."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def sniff_without_preamble(head: bytes, name: str) -> bool:
+    """A raw dataset: it starts with a (group, element) tag in little endian, 0002,xxxx or 0008,xxxx.
+
+    Four bytes are a weak sign, so this is tried after every other format."""
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    return group in (0x0002, 0x0008) and element < 0x0200 and (head[4:6].isalpha() or head[6:8] == b"\0\0")
 
 
 def _frame_rate(ds) -> float | None:
@@ -129,7 +147,8 @@ def _to_display(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
     return as_frame_pixels(arr)
 
 
-def read_dicom(src: str | bytes, opts: ReadOptions) -> Media:
+def read_dicom(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
+    """Everything comes from the dataset itself; ``name`` is not needed."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import iter_pixels

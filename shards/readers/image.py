@@ -10,13 +10,35 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
-from PIL import Image
+from shards.options import SourceOptions
+from shards.readers.base import Frame, Media, ReadError, as_frame_pixels
 
-from shards.decode import DecodeError, _to_uint8, decode_image
-from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 
 
-def read_image(data: bytes, opts: ReadOptions) -> Media:
+def sniff(head: bytes, name: str) -> bool:
+    """PNG, JPEG, BMP, TIFF (either byte order), GIF, WebP (RIFF ``WEBP``)."""
+    return (
+        head[:8] == b"\x89PNG\r\n\x1a\n"
+        or head[:3] == b"\xff\xd8\xff"
+        or head[:2] == b"BM"
+        or head[:4] in (b"II*\0", b"MM\0*")
+        or head[:6] in (b"GIF87a", b"GIF89a")
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    )
+
+
+def read_image(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
+    # Imported here, as every reader does: telling a file's format loads no decoder (shards.readers.detect).
+    from PIL import Image
+
+    from shards.decode import DecodeError, _to_uint8, decode_image
+
+    if isinstance(src, bytes):
+        data = src
+    else:
+        with open(src, "rb") as fh:
+            data = fh.read()
     try:
         img = Image.open(io.BytesIO(data))
         n = int(getattr(img, "n_frames", 1) or 1)

@@ -12,10 +12,25 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
-from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels
+from shards.options import SourceOptions
+from shards.readers.base import Frame, Media, ReadError, as_frame_pixels
+
+EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".ogv")
 
 
-def read_video(src: str | bytes, opts: ReadOptions) -> Media:
+def sniff(head: bytes, name: str) -> bool:
+    """ISO-BMFF (mp4/mov/m4v), RIFF ``AVI``, Matroska/WebM, MPEG-PS, MPEG-TS, ASF/WMV."""
+    return (
+        (head[:4] == b"RIFF" and head[8:12] in (b"AVI ", b"AVIX"))
+        or head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide", b"free")
+        or head[:4] in (b"\x1a\x45\xdf\xa3", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")
+        or (head[:1] == b"\x47" and len(head) > 188 and head[188:189] == b"\x47")  # MPEG transport stream
+        or head[:4] == b"\x30\x26\xb2\x75"  # ASF / WMV
+    )
+
+
+def read_video(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
+    """The container says what it holds; ``name`` is not needed."""
     import av
 
     try:

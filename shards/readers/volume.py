@@ -17,14 +17,43 @@ Multi-component pixels (RGB) stay colour and go through the colour rule.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 
-from shards.readers.base import Frame, Media, ReadError, ReadOptions, as_frame_pixels, to_uint8
+from shards.options import SourceOptions
+from shards.readers.base import HEAD_BYTES, Frame, Media, ReadError, as_frame_pixels, to_uint8
 
 WHOLE_BYTES = 512 << 20
+EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def _nifti(head: bytes) -> bool:
+    if len(head) >= 348:
+        for fmt in ("<i", ">i"):
+            if struct.unpack(fmt, head[:4])[0] == 348 and head[344:347] in (b"n+1", b"ni1"):
+                return True
+    if len(head) >= 8 and struct.unpack("<i", head[:4])[0] in (540,) and head[4:7] in (b"n+2", b"ni2"):
+        return True
+    return len(head) >= 8 and struct.unpack(">i", head[:4])[0] == 540 and head[4:7] in (b"n+2", b"ni2")
+
+
+def _metaimage(head: bytes) -> bool:
+    text = head[:HEAD_BYTES].lstrip()
+    return any(text.startswith(k) for k in (b"ObjectType", b"NDims", b"Comment", b"DimSize")) and b"=" in text[:64]
+
+
+def sniff(head: bytes, name: str) -> bool:
+    """NIfTI-1/2 (``sizeof_hdr`` and magic), ``NRRD000x``, MetaImage ``key = value`` headers; a gzip
+    stream only when named ``.nii.gz``."""
+    return (
+        _nifti(head)
+        or head[:7] == b"NRRD000"
+        or _metaimage(head)
+        or (head[:2] == b"\x1f\x8b" and name.endswith(".nii.gz"))
+    )
 
 
 def _bytes_per_component(r) -> int:
@@ -64,7 +93,7 @@ def _reader(path: str):
     return r
 
 
-def read_volume(src: str | bytes, opts: ReadOptions, name: str = "") -> Media:
+def read_volume(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     import SimpleITK as sitk
 
     tmp = None

@@ -1,4 +1,5 @@
-"""What a ``key=value`` command prints about its settings: ``--help`` lists every key with its default
+"""The command line of a config: ``--config`` files, ``key=value`` overrides, and what a command prints
+about its settings: ``--help`` lists every key with its default
 and meaning, ``--show-config`` prints the resolved config as commented YAML a user can save and pass
 back with ``--config``.
 
@@ -10,6 +11,7 @@ turns source comments into help.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import functools
@@ -17,11 +19,15 @@ import inspect
 import io
 import textwrap
 import tokenize
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
 
-from sonodistill.config import config_fields, to_dict
+from sonodistill.config import config_fields, load_config, renamed_keys, to_dict
+
+T = TypeVar("T")
 
 
 @functools.cache
@@ -69,10 +75,10 @@ def _flow(name: str, value: Any) -> str:
     return text[1:-1]
 
 
-def keys_help(cls: type, prefix: str = "") -> list[str]:
-    """``key = default    meaning`` for every leaf key, section by section."""
-    defaults = to_dict(cls())
-    return _keys_lines(cls, defaults, prefix)
+def keys_help(cls: type, prefix: str = "", values: dict | None = None) -> list[str]:
+    """``key = default    meaning`` for every leaf key, section by section (``values``: a resolved
+    config's ``to_dict`` to show instead of the dataclass defaults)."""
+    return _keys_lines(cls, values if values is not None else to_dict(cls()), prefix)
 
 
 def _keys_lines(cls: type, values: dict, prefix: str) -> list[str]:
@@ -93,9 +99,11 @@ def _keys_lines(cls: type, values: dict, prefix: str) -> list[str]:
     return lines
 
 
-def help_epilog(cls: type, renamed: dict[str, str] | None = None) -> str:
-    """The ``--help`` epilog: every config key, its default and its meaning."""
-    text = "config keys (key=value; default shown after =):\n" + "\n".join(keys_help(cls))
+def help_epilog(cls: type, renamed: dict[str, str] | None = None, values: dict | None = None, source: str = "") -> str:
+    """The ``--help`` epilog: every config key, its default (``values``: after ``source``, e.g. a
+    preset) and its meaning."""
+    shown = f"value after {source}" if source else "default"
+    text = f"config keys (key=value; {shown} shown after =):\n" + "\n".join(keys_help(cls, values=values))
     if renamed:
         text += "\n\nrenamed keys (the old name still works, with a warning):\n" + "\n".join(
             f"  {old} -> {new}" for old, new in renamed.items()
@@ -122,3 +130,48 @@ def _yaml_lines(cls: type, values: dict, indent: int) -> list[str]:
         note = notes.get(name, "")
         lines.append(f"{entry}  # {note}" if note else entry)
     return lines
+
+
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    cls: type | None = None,
+    default_config: str | None = None,
+    base: Sequence[str | Path] = (),
+) -> None:
+    """``--config FILE`` (repeatable: later files win), ``--show-config`` and trailing ``key=value``
+    overrides; with ``cls``, ``--help`` lists every key of that config with its default and meaning
+    (the value after the ``base`` files, e.g. a recipe's preset, where given)."""
+    parser.add_argument(
+        "--config", action="append", default=None, help="YAML config file; repeat to layer several (later files win)"
+    )
+    parser.add_argument(
+        "--show-config",
+        action="store_true",
+        help="print the resolved config (after --config files and overrides) as YAML, then exit",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (keys listed below)")
+    parser.set_defaults(default_config=default_config)
+    if cls is not None:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        values = to_dict(load_config(cls, list(base))) if base else None
+        epilog = help_epilog(cls, renamed_keys(cls), values, ", ".join(Path(b).name for b in base))
+        parser.epilog = "\n\n".join(x for x in (parser.epilog, epilog) if x)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = ()) -> T:
+    """``base`` files (e.g. a recipe's preset), then every ``--config`` file, then the overrides;
+    with ``--show-config`` the resolved config is printed as commented YAML and the command exits 0."""
+    files = list(base) + (args.config or ([args.default_config] if getattr(args, "default_config", None) else []))
+    cfg = load_config(cls, files, args.overrides)
+    if getattr(args, "show_config", False):
+        show_config(cfg)
+    return cfg
+
+
+def show_config(cfg: Any) -> None:
+    """Print ``cfg`` as commented YAML (rank 0 only) and exit 0: ``--show-config``."""
+    from sonodistill.logs import is_main_rank
+
+    if is_main_rank():
+        print(commented_yaml(cfg), end="")
+    raise SystemExit(0)
