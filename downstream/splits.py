@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from downstream.data.record import Catalog
-from sonodistill.atomic import write_json
+from sonodistill.atomic import json_text, write_once
 from sonodistill.errors import UserError
 
 PARTS = ("train", "val", "test")
@@ -165,31 +165,35 @@ def check_splits(splits: Splits, catalog: Catalog, where: str) -> None:
 def load_or_make_splits(
     catalog: Catalog, path: str | Path, ratios: Sequence[float] = (0.7, 0.2, 0.1), seed: int = 0
 ) -> Splits:
-    """Reuse ``path`` if it exists (checked against the data and the requested ratios/seed),
-    else make the split and write it there atomically."""
+    """Reuse ``path`` if it exists (checked against the data and the requested ratios/seed), else make
+    the split and create the file once: processes racing to make it (sweep parts) all read the first."""
     path = Path(path)
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            splits = Splits(
-                *(list(map(str, data[p])) for p in PARTS),
-                seed=int(data.get("seed", seed)),
-                ratios=list(data.get("ratios", ratios)),
-                dataset=str(data.get("dataset", "")),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}: not a splits file (expected train/val/test id lists): {exc}") from None
-        if "ratios" in data and (
-            not np.allclose(_normalise(data["ratios"]), _normalise(ratios)) or int(data.get("seed", seed)) != seed
-        ):
-            raise UserError(
-                f"{path}: was made with ratios {data['ratios']} seed {data.get('seed')}, but the config asks for "
-                f"ratios {list(ratios)} seed {seed}; delete the file or point split.file elsewhere"
-            )
-        check_splits(splits, catalog, str(path))
-        return splits
-    splits = make_splits(catalog, ratios, seed)
-    write_json(path, splits.to_json(catalog))
+    if not path.is_file():
+        splits = make_splits(catalog, ratios, seed)
+        if write_once(path, json_text(splits.to_json(catalog))):
+            return splits
+    return _read_splits(catalog, path, ratios, seed)
+
+
+def _read_splits(catalog: Catalog, path: Path, ratios: Sequence[float], seed: int) -> Splits:
+    try:
+        data = json.loads(path.read_text())
+        splits = Splits(
+            *(list(map(str, data[p])) for p in PARTS),
+            seed=int(data.get("seed", seed)),
+            ratios=list(data.get("ratios", ratios)),
+            dataset=str(data.get("dataset", "")),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not a splits file (expected train/val/test id lists): {exc}") from None
+    if "ratios" in data and (
+        not np.allclose(_normalise(data["ratios"]), _normalise(ratios)) or int(data.get("seed", seed)) != seed
+    ):
+        raise UserError(
+            f"{path}: was made with ratios {data['ratios']} seed {data.get('seed')}, but the config asks for "
+            f"ratios {list(ratios)} seed {seed}; delete the file or point split.file elsewhere"
+        )
+    check_splits(splits, catalog, str(path))
     return splits
 
 

@@ -9,6 +9,8 @@ splits and label subsets. Every cell records its edge column (:mod:`downstream.e
 After the grid: ``tables.md`` (the paper's Tables 1-4, the edge table, the cross-task mean
 ranks), ``summary.json``, ``fractions_<mode>.png`` and ``pareto_<task>.png``. Splits are written
 once per dataset under ``OUT/splits/``; frozen features and latencies are cached under ``OUT/cache/``.
+``part=I/N`` runs one slice of the cells for N processes at once (:mod:`downstream.sweep_parts`); a
+stop signal abandons the running cell and exits 75 (:class:`CellStop`).
 
 Tasks: ``busi-seg``, ``busi-cls``, ``ddti-seg``, ``seg:DATA``, ``cls:DATA`` and ``ub:DIR`` (an
 UltraBench folder: ``ub:DIR?mask=psfh_mask`` segments that mask field, ``ub:DIR`` or
@@ -24,25 +26,32 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
 from downstream.data.read import ReaderConfig
+from downstream.sweep_parts import CellWork, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_tables, task_label
+from pretrain.preempt import EXIT_PREEMPTED, StopRequest
 from sonodistill.atomic import write_json, write_text
 from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
 from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import UserError, cli_main
-from sonodistill.jsonl import append_jsonl, read_jsonl
+from sonodistill.jsonl import append_jsonl
+from sonodistill.parts import Part
 
 if TYPE_CHECKING:
     from downstream.kd.cell import KDCellConfig, Method
@@ -63,6 +72,7 @@ class SweepConfig:
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])  # fine-tuning
     linear_fractions: list[float] = field(default_factory=lambda: [1.0])  # linear probing
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one cell per seed: label subset, init, order
+    part: str = ""  # I/N: only the I-th (from 0) of N slices of the cells to do, N processes at once (docs/cluster.md)
     run: Settings = field(default_factory=Settings)
 
 
@@ -328,61 +338,163 @@ def write_report(cfg: SweepConfig, rows_: list[dict], grid: Grid | None = None) 
     return summary
 
 
-def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
-    """Run the missing cells (at most ``max_cells`` of them), then write the report."""
-    from downstream.edge.profile import LatencyCache
-    from downstream.kd.cell import run_kd_cell
-    from downstream.probe import FeatureCache
-    from downstream.runner import cpu_threads, run
-    from sonodistill.world import make_accelerator
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell with its resolved run config, its KD recipe config and its key."""
 
-    out = Path(cfg.out)
-    grid = parse_grid(cfg)  # tasks, encoders and methods parsed once
-    labels = {t.key: t.label for t in task_columns(grid.tasks)}
-    plan = []
+    cell: Cell
+    config: RunConfig
+    kd: KDCellConfig | None
+    key: str
+
+    @property
+    def work(self) -> CellWork:
+        c = self.cell
+        row = ("kd" if self.kd is not None else "n/a") if c.method else c.mode
+        features = (c.task.key, c.encoder) if row == "linear" and c.task.kind == "cls" else None
+        return CellWork(self.key, row, c.task.kind, c.fraction, features)
+
+
+def plan_cells(cfg: SweepConfig, grid: Grid) -> list[PlannedCell]:
+    """Every cell of the grid, in grid order, resolved and keyed."""
+    out = []
     for c in cells(cfg, grid):
         rc = cell_config(cfg, c)
         kd = kd_cell_config(cfg, c, rc) if c.method else None
-        plan.append((c, rc, kd))
-    keys = [cell_key(c, rc, kd) for c, rc, kd in plan]
-    results = out / "results.jsonl"
-    done = {r.get("key") for r in read_jsonl(results)}
-    todo = [(c, rc, kd, k) for (c, rc, kd), k in zip(plan, keys) if k not in done]
+        out.append(PlannedCell(c, rc, kd, cell_key(c, rc, kd)))
+    return out
+
+
+def cells_to_run(out: Path, plan: list[PlannedCell], part: Part | None) -> list[PlannedCell]:
+    """The cells no results file holds yet; with ``part``, only those of its slice (:mod:`downstream.sweep_parts`)."""
+    done = {r.get("key") for r in read_results(out)}
+    todo = [p for p in plan if p.key not in done]
+    if part is None:
+        return todo
+    work = {p.key: p.work for p in plan}
+    keys = planned(out, part, list(work), [p.key for p in todo])
+    mine = slice_of([work[k] for k in keys if k in work], part)
+    return [p for p in todo if p.key in mine]
+
+
+class SweepStopped(BaseException):
+    """A stop signal ended the sweep: finished cells kept, the running one abandoned (exit 75, rerun to continue).
+    A BaseException, so that no ``except Exception`` inside a cell swallows it."""
+
+
+class CellStop(StopRequest):
+    """SIGTERM / SIGUSR1 abandon the running cell at once: a cell can outlast SLURM's grace time (KillWait
+    after a preemption, the ``--signal`` lead before the time limit), and a cell that runs again rewrites
+    its own folder. Between cells the request is only recorded, and checked before the next cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        super()._handle(signum, frame)
+        if self.running:
+            raise SweepStopped(self.received)
+
+    @contextlib.contextmanager
+    def cell(self) -> Iterator[None]:
+        if self.requested:
+            raise SweepStopped(self.received)
+        self.running = True
+        try:
+            yield
+        except Exception:
+            if self.requested:  # e.g. a loader worker the same signal ended: the stop, not a failure
+                raise SweepStopped(self.received) from None
+            raise
+        finally:
+            self.running = False
+
+
+def _run_cell(p: PlannedCell, acc, cache, latency, label: str) -> dict:
+    from downstream.kd.cell import run_kd_cell
+    from downstream.runner import cpu_threads, run
+
+    if p.cell.method:
+        with cpu_threads(p.config.num_workers, acc.device):
+            metrics = run_kd_cell(p.config, p.cell.method, p.kd, task_label=label, latency=latency)
+    else:
+        metrics = run(p.config, accelerator=acc, cache=cache, latency=latency)
+    metrics.pop("test_per_image", None)
+    return metrics
+
+
+def _record(results: Path, p: PlannedCell, metrics: dict, position: str) -> None:
+    record = {"key": p.key, "cell": p.cell.record(), "config": to_dict(p.config), "metrics": metrics}
+    if p.kd is not None:
+        record["kd_config"] = to_dict(p.kd.config)
+    append_jsonl(results, record)
+    if "na" in metrics:
+        score = f"n/a ({metrics['na']})"
+    else:
+        t = metrics["test"]
+        score = f"dice {t['dice']:.4f}" if "dice" in t else f"acc {t['accuracy']:.4f}"
+    log.info(f"[{position}] {p.key.rsplit('|', 1)[0]}: {score} ({metrics['time_s']:.0f}s)")
+
+
+def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, results: Path) -> int:
+    """Run ``todo`` in order, appending each finished cell to ``results``; the number run.
+    :class:`SweepStopped` when a stop signal came (the finished cells are in ``results``)."""
+    from downstream.edge.profile import LatencyCache
+    from downstream.probe import FeatureCache
+
+    labels = {t.key: t.label for t in task_columns(grid.tasks)}
+    cache_dir = Path(cfg.run.cache_dir or Path(cfg.out) / "cache")
+    cache, latency = FeatureCache(cache_dir), LatencyCache(cache_dir / "latency")
+    ran = 0
+    with CellStop() as stop:
+        try:
+            for p in todo:
+                with stop.cell():
+                    metrics = _run_cell(p, acc, cache, latency, labels[p.cell.task.key])
+                if acc.is_main_process:
+                    _record(results, p, metrics, f"{ran + 1}/{len(todo)}")
+                ran += 1
+        except SweepStopped as exc:
+            raise SweepStopped(
+                f"{exc} received; {ran} of {len(todo)} cells finished and kept in {results}, the running one "
+                "abandoned; run the same command again to continue"
+            ) from None
+    return ran
+
+
+def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
+    """Run the missing cells (at most ``max_cells``; with ``cfg.part`` only that part's slice), then write
+    the report; a part writes none (the same command without ``part`` does, once every part is done)."""
+    from sonodistill.world import make_accelerator
+
+    out = Path(cfg.out)
+    part = Part.parse(cfg.part) if cfg.part else None
+    grid = parse_grid(cfg)  # tasks, encoders and methods parsed once
+    plan = plan_cells(cfg, grid)
+    todo = cells_to_run(out, plan, part)
+    head, done = ({"part": str(part)} if part is not None else {}), len(_rows(out, plan))
+    if part is not None and not todo:
+        log.info(f"sweep part {part}: nothing to do")
+        return {**head, "ran": 0, "remaining": 0, "cells": len(plan), "done": done}
     acc = make_accelerator(cfg.run.mixed_precision, key="run.mixed_precision")
     if acc.is_main_process:
-        save_config(cfg, out / "sweep.yaml")
-        log.info(f"sweep: {len(plan)} cells, {len(plan) - len(todo)} already done, {len(todo)} to run")
-    cache = FeatureCache(cfg.run.cache_dir or out / "cache")
-    latency = LatencyCache(Path(cfg.run.cache_dir or out / "cache") / "latency.json")
-    ran = 0
-    for c, rc, kd, key in todo:
-        if max_cells is not None and ran >= max_cells:
-            break
-        if c.method:
-            with cpu_threads(rc.num_workers, acc.device):
-                metrics = run_kd_cell(rc, c.method, kd, task_label=labels[c.task.key], latency=latency)
-        else:
-            metrics = run(rc, accelerator=acc, cache=cache, latency=latency)
-        metrics.pop("test_per_image", None)
-        if acc.is_main_process:
-            record = {"key": key, "cell": c.record(), "config": to_dict(rc), "metrics": metrics}
-            if kd is not None:
-                record["kd_config"] = to_dict(kd.config)
-            append_jsonl(results, record)
-            if "na" in metrics:
-                score = f"n/a ({metrics['na']})"
-            else:
-                t = metrics["test"]
-                score = f"dice {t['dice']:.4f}" if "dice" in t else f"acc {t['accuracy']:.4f}"
-            log.info(f"[{ran + 1}/{len(todo)}] {key.rsplit('|', 1)[0]}: {score} ({metrics['time_s']:.0f}s)")
-        ran += 1
+        save_config(dataclasses.replace(cfg, part=""), out / "sweep.yaml")  # the same file from every part
+        scope = f"{len(todo)} of them in part {part}" if part else f"{len(todo)} to run"
+        log.info(f"sweep: {len(plan)} cells, {done} already done, {scope}")
+    ran = _run_cells(cfg, grid, todo[:max_cells], acc, results_path(out, part))
     acc.wait_for_everyone()
-    current = set(keys)
-    rows_ = [r for r in read_jsonl(results) if r.get("key") in current]
-    summary = {"ran": ran, "remaining": len(todo) - ran, "cells": len(plan), "done": len(rows_)}
-    if acc.is_main_process:
+    rows_ = _rows(out, plan)
+    summary = {**head, "ran": ran, "remaining": len(todo) - ran, "cells": len(plan), "done": len(rows_)}
+    if part is None and acc.is_main_process:
         write_report(cfg, rows_, grid)
     return summary
+
+
+def _rows(out: Path, plan: list[PlannedCell]) -> list[dict]:
+    """The finished cells of the grid from every results file, in grid order (as one process writes them)."""
+    by_key = {r["key"]: r for r in read_results(out) if "key" in r}
+    return [by_key[p.key] for p in plan if p.key in by_key]
 
 
 @cli_main
@@ -393,7 +505,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
     args = p.parse_args(argv)
     cfg = config_from_args(SweepConfig, args)
-    summary = run_sweep(cfg, max_cells=args.max_cells)
+    try:
+        summary = run_sweep(cfg, max_cells=args.max_cells)
+    except SweepStopped as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     if args.print_tables:
         print((Path(cfg.out) / "tables.md").read_text())
     print(json.dumps(summary))
