@@ -16,7 +16,9 @@ longer than ``--samples-per-shard``). Every rejection is a line of ``rejects.jso
 frame, reason, measured values). Output is byte-identical for any ``--workers``; memory holds one
 shard, never the corpus. Shards are written under a temporary name and renamed; ``.build-
 journal.jsonl`` lets an interrupted build resume without redoing finished shards; ``manifest.json``
-is written last and marks the build complete."""
+is written last and marks the build complete. ``--part I/N`` reads and cleans one slice of the inputs
+for N processes or nodes at once; the command without it then only merges, byte-identically
+(:mod:`shards.build_parts`)."""
 
 from __future__ import annotations
 
@@ -35,19 +37,22 @@ from typing import BinaryIO
 
 import webdataset as wds
 
+from shards.build_parts import SPOOL, Spool, finished_spool, replay, run_part
 from shards.catalogue import SourceConfig, load_catalogue
 from shards.clean import Cleaned
 from shards.codec import ENCODINGS, JPEG_QUALITY, Codec
 from shards.dedup import DuplicateIndex
-from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_item
+from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_job
+from shards.identity import build_identity, describe_difference
 from shards.journal import Journal
 from shards.manifest import MANIFEST
 from shards.options import SourceOptions
 from shards.ordered_pool import ordered_map
-from shards.sources import Item, Source, open_source, parse_source
+from shards.sources import Item, Source, items_from, open_source, parse_source
 from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import progress as progress_bar
+from sonodistill.parts import Part
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +107,7 @@ def _process(args: tuple[Item, SourceOptions, ExtractSettings, bool]) -> tuple[I
     item, opts, settings, skip = args
     if skip:
         return item, ItemOutcome(skipped=True)
-    return item, extract_item(item, opts, settings)
+    return extract_job((item, opts, settings))
 
 
 def tar_bytes(samples: list[tuple[str, bytes, dict]], ext: str) -> bytes:
@@ -122,40 +127,6 @@ def _write_shard(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _identity(opened: list[Source], settings: BuildSettings) -> dict:
-    return {
-        "settings": settings.identity(),
-        "sources": [
-            {
-                "name": s.name,
-                "spec": s.spec,
-                "items": len(s),
-                "fingerprint": s.fingerprint(),
-                "options": s.options.identity(),
-            }
-            for s in opened
-        ],
-    }
-
-
-def _describe_difference(old: dict, new: dict) -> str:
-    if old.get("settings") != new.get("settings"):
-        keys = [k for k in new["settings"] if old.get("settings", {}).get(k) != new["settings"][k]]
-        return (
-            "settings differ ("
-            + ", ".join(f"{k}: {old.get('settings', {}).get(k)} -> {new['settings'][k]}" for k in keys)
-            + ")"
-        )
-    oldn = [s["name"] for s in old.get("sources", [])]
-    newn = [s["name"] for s in new["sources"]]
-    if oldn != newn:
-        return f"sources differ ({', '.join(oldn)} -> {', '.join(newn)})"
-    for o, n in zip(old.get("sources", []), new["sources"]):
-        if o.get("options") != n.get("options"):
-            return f"options of source '{n['name']}' differ"
-    return "the input files differ"
 
 
 def _new_stats() -> dict:
@@ -240,7 +211,7 @@ def _built(out: Path, identity: dict, progress: bool) -> dict | None:
     if manifest.get("identity") != identity:
         raise UserError(
             f"--out {out}: holds a different build "
-            f"({_describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
+            f"({describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
         )
     if progress:
         log.info(f"{out}: already built ({manifest['num_samples']} samples); nothing to do")
@@ -256,7 +227,7 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
         old, records = journal.read()
         if old != identity:
             raise UserError(
-                f"--out {out}: holds a different, unfinished build ({_describe_difference(old, identity)}); "
+                f"--out {out}: holds a different, unfinished build ({describe_difference(old, identity)}); "
                 "use another --out or delete it"
             )
         # Keep only records whose shard file is intact.
@@ -267,7 +238,8 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
                 journal.rewrite(identity, records)
                 break
     else:
-        foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name != REJECTS_PARTIAL]
+        ours = (REJECTS_PARTIAL, SPOOL)
+        foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name not in ours]
         if foreign:
             raise UserError(f"--out {out}: not empty and not a shard build (found {foreign[0]}); use an empty folder")
         journal.start(identity)
@@ -313,18 +285,11 @@ def _restore(
 
 def _plan(state: _State, extract: ExtractSettings) -> Iterator[tuple[Item, SourceOptions, ExtractSettings, bool]]:
     """The work for the workers: every item not yet judged, in input order, flagged when its source is full."""
-    start = state.consumed
-    for source in state.sources:
-        n = len(source)
-        if start >= n:
-            start -= n
-            continue
-        for it in source.items(start):
-            # Past its cap a source's items are not read. Safe for determinism: an item pulled
-            # after the cap was reached (in input order) lies past the point where it was reached.
-            cap = source.options.max_images
-            yield it, source.options, extract, cap is not None and state.kept[it.source] >= cap
-        start = 0
+    for it in items_from(state.sources, state.consumed):
+        # Past its cap a source's items are not read. Safe for determinism: an item pulled
+        # after the cap was reached (in input order) lies past the point where it was reached.
+        cap = state.options[it.source].max_images
+        yield it, state.options[it.source], extract, cap is not None and state.kept[it.source] >= cap
 
 
 def _count(state: _State, src: str, key: str, n: int = 1) -> None:
@@ -434,15 +399,22 @@ def _close_shard(state: _State) -> None:
     state.shard = _Shard()
 
 
-def _process_items(state: _State, progress: bool) -> None:
-    """Read and clean the remaining items in the workers; judge and write their frames here, in input order."""
-    settings = state.settings
+def _outcomes(state: _State, spool: Spool | None) -> Iterator[tuple[Item, ItemOutcome]]:
+    """Every remaining item with its outcome, in input order: from the parts' spool, or extracted now."""
+    if spool is not None:
+        return replay(spool, state.sources, state.consumed)
+    extract = ExtractSettings(state.settings.size, state.settings.codec)
+    return ordered_map(_process, _plan(state, extract), state.settings.workers)
+
+
+def _process_items(state: _State, progress: bool, spool: Spool | None = None) -> None:
+    """Read and clean the remaining items in the workers (or replay what the parts did); judge and write
+    their frames here, in input order."""
     total = sum(len(s) for s in state.sources)
     bar = progress_bar(total=total, initial=state.consumed, desc="build", unit="file", main=progress, logger=log)
     t0, n0 = time.time(), state.consumed
-    extract = ExtractSettings(settings.size, settings.codec)
     try:
-        for item, res in ordered_map(_process, _plan(state, extract), settings.workers):
+        for item, res in _outcomes(state, spool):
             judged = _judge_item(state, item, res)
             bar.update(1)
             if judged and bar.n % 64 == 0:
@@ -495,6 +467,16 @@ def _finish(state: _State, identity: dict) -> dict:
     return manifest
 
 
+def _prepare(
+    sources: dict[str, str] | list[SourceConfig], out: Path, settings: BuildSettings, progress: bool
+) -> tuple[list[Source], dict, dict | None]:
+    """The opened sources, the build identity and the manifest of a finished build of it in ``out``."""
+    settings.validate()
+    opened = _open_sources(sources)
+    identity = build_identity(opened, settings.identity())
+    return opened, identity, _built(out, identity, progress)
+
+
 def build_shards(
     sources: dict[str, str] | list[SourceConfig],
     out: str | Path,
@@ -505,21 +487,39 @@ def build_shards(
 
     ``sources`` is ``{name: path}`` (default options) or a catalogue's source list. The steps: open
     the sources and compute the build identity; return a finished build of the same identity; resume
-    the journal (or start one); judge every remaining item in input order while writing shards; write
-    the rejects and the manifest.
+    the journal (or start one); judge every remaining item in input order while writing shards (the
+    outcomes come from the parts' spool when :func:`build_part` ran for every part); write the rejects
+    and the manifest.
     """
-    settings = settings or BuildSettings()
-    settings.validate()
-    opened = _open_sources(sources)
-    identity = _identity(opened, settings)
-    out = Path(out)
-    manifest = _built(out, identity, progress)
+    settings, out = settings or BuildSettings(), Path(out)
+    opened, identity, manifest = _prepare(sources, out, settings, progress)
     if manifest is not None:
         return manifest
+    spool = finished_spool(out, identity)
     journal, records = _journal(out, identity)
     state = _restore(out, settings, opened, journal, records)
-    _process_items(state, progress)
-    return _finish(state, identity)
+    _process_items(state, progress, spool)
+    manifest = _finish(state, identity)
+    if spool is not None:
+        spool.remove()
+    return manifest
+
+
+def build_part(
+    sources: dict[str, str] | list[SourceConfig],
+    out: str | Path,
+    settings: BuildSettings,
+    part: Part,
+    progress: bool = True,
+) -> dict:
+    """Read, clean and encode ``part``'s slice of the inputs into the spool of ``out``
+    (:mod:`shards.build_parts`); :func:`build_shards` merges once every part is done. A summary."""
+    out = Path(out)
+    opened, identity, manifest = _prepare(sources, out, settings, progress)
+    if manifest is not None:
+        return {"part": str(part), "inputs": 0, "extracted": 0, "built": True}
+    extract = ExtractSettings(settings.size, settings.codec)
+    return run_part(out, identity, opened, extract, settings.workers, part, progress)
 
 
 def summary_line(manifest: dict) -> str:
@@ -527,6 +527,15 @@ def summary_line(manifest: dict) -> str:
     src = ", ".join(f"{k} {v}" for k, v in manifest["sources"].items())
     n, shards = manifest["num_samples"], len(manifest["shards"])
     return f"{n} samples in {shards} shards | kept per source: {src} | rejected: {rej}"
+
+
+def part_line(summary: dict, out: str) -> str:
+    if summary.get("built"):
+        return f"part {summary['part']}: {out} is built already; nothing to do"
+    return (
+        f"part {summary['part']}: {summary['inputs']} inputs cleaned and spooled ({summary['extracted']} now); "
+        "when every part is done, the same command without --part merges them"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -564,6 +573,12 @@ def main(argv: list[str] | None = None) -> None:
         help="sample image format: png (lossless), jpeg (smallest), raw (uint8 .npy, no decode); default %(default)s",
     )
     ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality (default %(default)s)")
+    ap.add_argument(
+        "--part",
+        metavar="I/N",
+        help="only read and clean the I-th (from 0) of N slices of the inputs, for N processes or nodes at once; "
+        "afterwards the command without --part merges (docs/cluster.md)",
+    )
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     _main(args)
@@ -591,6 +606,10 @@ def _main(args: argparse.Namespace) -> None:
         encoding=args.encoding,
         jpeg_quality=args.jpeg_quality,
     )
+    if args.part:
+        done = build_part(configs, args.out, settings, Part.parse(args.part, "--part"), progress=not args.quiet)
+        print(part_line(done, args.out))
+        return
     manifest = build_shards(configs, args.out, settings, progress=not args.quiet)
     print(summary_line(manifest))
 
