@@ -1,15 +1,20 @@
-"""sonodistill.parts: ``I/N`` parsed once, work dealt longest first; sonodistill.atomic.write_once."""
+"""sonodistill.parts: ``I/N`` parsed once, work dealt longest first; atomic.write_once; an array task's part."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
 from sonodistill.atomic import write_once
 from sonodistill.errors import UserError
 from sonodistill.parts import Part, assign
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_part_parse_and_names():
@@ -56,3 +61,32 @@ def test_write_once_first_writer_wins(tmp_path):
         t.join()
     assert wins.count(True) == 1 and racing.read_bytes() in blobs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["race.bin", "sub"]
+
+
+def _part_of_task(**env: str) -> subprocess.CompletedProcess:
+    """launch/slurm_run.sh's sonodistill_part, as a batch script calls it, with SLURM's array variables."""
+    return subprocess.run(
+        ["bash", "-c", "source launch/slurm_run.sh && sonodistill_part"],
+        cwd=REPO,
+        env={"PATH": os.environ["PATH"], "REPO": str(REPO), **env},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_sbatch_array_task_to_part():
+    def part(task: int, first: int, last: int, count: int, step: int = 1) -> str:
+        env = dict(SLURM_ARRAY_TASK_ID=task, SLURM_ARRAY_TASK_MIN=first, SLURM_ARRAY_TASK_MAX=last)
+        env.update(SLURM_ARRAY_TASK_COUNT=count, SLURM_ARRAY_TASK_STEP=step)
+        proc = _part_of_task(**{k: str(v) for k, v in env.items()})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert [part(i, 0, 15, 16) for i in (0, 15)] == ["0/16", "15/16"]  # --array=0-15
+    assert [part(i, 1, 16, 16) for i in (1, 16)] == ["0/16", "15/16"]  # --array=1-16: still from 0
+    assert part(4, 0, 6, 4, step=2) == "2/4"  # --array=0-6:2
+    assert _part_of_task().stdout == ""  # a plain job: no part
+    listed = _part_of_task(
+        SLURM_ARRAY_TASK_ID="5", SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_MAX="5", SLURM_ARRAY_TASK_COUNT="3"
+    )  # --array=1,2,5
+    assert listed.returncode == 2 and "sbatch --array: give a range such as --array=0-15" in listed.stderr

@@ -250,10 +250,21 @@ class Cluster:
     def runs(self, job_id: int) -> list[dict[str, str]]:
         """One record per finished run of the job (``JobState``, ``ExitCode``, ``StartTime``, ...), oldest
         first, from the job-completion log: a job requeued twice has three."""
+        return self.runs_where(JobId=str(job_id))
+
+    def runs_where(self, **fields: str) -> list[dict[str, str]]:
+        """The job-completion records (oldest first) whose fields have these values."""
         path = self.root / "log" / "jobcomp.txt"
         lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
         recs = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in lines]
-        return [r for r in recs if r.get("JobId") == str(job_id)]
+        return [r for r in recs if all(r.get(k) == v for k, v in fields.items())]
+
+    def array_runs(self, array_job_id: int) -> dict[int, list[dict[str, str]]]:
+        """The finished runs of every task of an array job, by task index (oldest run first)."""
+        out: dict[int, list[dict[str, str]]] = {}
+        for rec in self.runs_where(ArrayJobId=str(array_job_id)):
+            out.setdefault(int(rec["ArrayTaskId"]), []).append(rec)
+        return dict(sorted(out.items()))
 
     def wait_job(self, job_id: int, timeout: float, output: Path | None = None) -> dict[str, str]:
         """The record of the job's last run once it will never run again (state in :data:`FINISHED`).
@@ -261,9 +272,10 @@ class Cluster:
 
         def done() -> bool:
             rec = self.job(job_id)
-            if rec is not None and "held" in rec.get("Reason", "").lower():
+            reason = rec.get("Reason", "") if rec is not None else ""
+            if "held" in reason.lower() or reason == "DependencyNeverSatisfied":  # it would never run
                 tails = self.output_tail(output) + self.log_tails()
-                raise ClusterError(f"job {job_id} held ({rec['Reason']})\n{tails}")
+                raise ClusterError(f"job {job_id} will not run ({reason})\n{tails}")
             state = rec["JobState"] if rec is not None else None
             runs = self.runs(job_id)  # the last run's line may come a moment after the state
             return (state is None or state in FINISHED) and bool(runs) and runs[-1].get("JobState") in FINISHED
