@@ -10,7 +10,8 @@ After the grid: ``tables.md`` (the paper's Tables 1-4, the edge table, the cross
 ranks), ``summary.json``, ``fractions_<mode>.png`` and ``pareto_<task>.png``. Splits are written
 once per dataset under ``OUT/splits/``; frozen features and latencies are cached under ``OUT/cache/``.
 ``part=I/N`` runs one slice of the cells for N processes at once (:mod:`downstream.sweep_parts`); a
-stop signal abandons the running cell and exits 75 (:class:`CellStop`).
+stop signal (:mod:`sonodistill.stop`) ends the running cell at its next training step, drops it and
+exits 75; the finished cells are kept.
 
 Tasks: ``busi-seg``, ``busi-cls``, ``ddti-seg``, ``seg:DATA``, ``cls:DATA`` and ``ub:DIR`` (an
 UltraBench folder: ``ub:DIR?mask=psfh_mask`` segments that mask field, ``ub:DIR`` or
@@ -26,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -34,24 +34,22 @@ import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
 from downstream.data.read import ReaderConfig
 from downstream.sweep_parts import CellWork, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_tables, task_label
-from pretrain.preempt import EXIT_PREEMPTED, StopRequest
 from sonodistill.atomic import write_json, write_text
 from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
 from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import UserError, cli_main
 from sonodistill.jsonl import append_jsonl
 from sonodistill.parts import Part
+from sonodistill.stop import Stopped, StopRequest, check_stop, stop_requested
 
 if TYPE_CHECKING:
     from downstream.kd.cell import KDCellConfig, Method
@@ -377,40 +375,6 @@ def cells_to_run(out: Path, plan: list[PlannedCell], part: Part | None) -> list[
     return [p for p in todo if p.key in mine]
 
 
-class SweepStopped(BaseException):
-    """A stop signal ended the sweep: finished cells kept, the running one abandoned (exit 75, rerun to continue).
-    A BaseException, so that no ``except Exception`` inside a cell swallows it."""
-
-
-class CellStop(StopRequest):
-    """SIGTERM / SIGUSR1 abandon the running cell at once: a cell can outlast SLURM's grace time (KillWait
-    after a preemption, the ``--signal`` lead before the time limit), and a cell that runs again rewrites
-    its own folder. Between cells the request is only recorded, and checked before the next cell."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.running = False
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        super()._handle(signum, frame)
-        if self.running:
-            raise SweepStopped(self.received)
-
-    @contextlib.contextmanager
-    def cell(self) -> Iterator[None]:
-        if self.requested:
-            raise SweepStopped(self.received)
-        self.running = True
-        try:
-            yield
-        except Exception:
-            if self.requested:  # e.g. a loader worker the same signal ended: the stop, not a failure
-                raise SweepStopped(self.received) from None
-            raise
-        finally:
-            self.running = False
-
-
 def _run_cell(p: PlannedCell, acc, cache, latency, label: str) -> dict:
     from downstream.kd.cell import run_kd_cell
     from downstream.runner import cpu_threads, run
@@ -439,7 +403,7 @@ def _record(results: Path, p: PlannedCell, metrics: dict, position: str) -> None
 
 def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, results: Path) -> int:
     """Run ``todo`` in order, appending each finished cell to ``results``; the number run.
-    :class:`SweepStopped` when a stop signal came (the finished cells are in ``results``)."""
+    :class:`~sonodistill.stop.Stopped` when a stop signal came (the finished cells are in ``results``)."""
     from downstream.edge.profile import LatencyCache
     from downstream.probe import FeatureCache
 
@@ -447,19 +411,19 @@ def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, resul
     cache_dir = Path(cfg.run.cache_dir or Path(cfg.out) / "cache")
     cache, latency = FeatureCache(cache_dir), LatencyCache(cache_dir / "latency")
     ran = 0
-    with CellStop() as stop:
+    for p in todo:
+        kept = f"{ran} of {len(todo)} cells finished and kept in {results}"
+        check_stop(kept)
         try:
-            for p in todo:
-                with stop.cell():
-                    metrics = _run_cell(p, acc, cache, latency, labels[p.cell.task.key])
-                if acc.is_main_process:
-                    _record(results, p, metrics, f"{ran + 1}/{len(todo)}")
-                ran += 1
-        except SweepStopped as exc:
-            raise SweepStopped(
-                f"{exc} received; {ran} of {len(todo)} cells finished and kept in {results}, the running one "
-                "abandoned; run the same command again to continue"
+            metrics = _run_cell(p, acc, cache, latency, labels[p.cell.task.key])
+        except Stopped:  # the running cell stopped at its next training step: dropped, rerun in full
+            raise Stopped(
+                f"{stop_requested() or 'a stop signal'} received; {kept}, the running one dropped; "
+                "run the same command again to continue"
             ) from None
+        if acc.is_main_process:
+            _record(results, p, metrics, f"{ran + 1}/{len(todo)}")
+        ran += 1
     return ran
 
 
@@ -505,11 +469,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
     args = p.parse_args(argv)
     cfg = config_from_args(SweepConfig, args)
-    try:
+    with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75
         summary = run_sweep(cfg, max_cells=args.max_cells)
-    except SweepStopped as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
     if args.print_tables:
         print((Path(cfg.out) / "tables.md").read_text())
     print(json.dumps(summary))

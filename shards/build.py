@@ -53,6 +53,7 @@ from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import progress as progress_bar
 from sonodistill.parts import Part
+from sonodistill.stop import StopRequest, check_stop
 
 log = logging.getLogger(__name__)
 
@@ -417,6 +418,7 @@ def _process_items(state: _State, progress: bool, spool: Spool | None = None) ->
         for item, res in _outcomes(state, spool):
             judged = _judge_item(state, item, res)
             bar.update(1)
+            check_stop(f"{len(state.shards)} finished shards are journaled in {state.out}")
             if judged and bar.n % 64 == 0:
                 rate = (state.consumed - n0) / max(time.time() - t0, 1e-9)
                 kept, rejected = sum(state.kept.values()), sum(state.rejected.values())
@@ -606,11 +608,14 @@ def _main(args: argparse.Namespace) -> None:
         encoding=args.encoding,
         jpeg_quality=args.jpeg_quality,
     )
-    if args.part:
-        done = build_part(configs, args.out, settings, Part.parse(args.part, "--part"), progress=not args.quiet)
-        print(part_line(done, args.out))
-        return
-    manifest = build_shards(configs, args.out, settings, progress=not args.quiet)
+    # SIGTERM/SIGINT/SIGUSR1: a part stops after the current file (its chunks kept), the merge after
+    # the current file too (its finished shards kept); the same command continues.
+    with StopRequest():
+        if args.part:
+            done = build_part(configs, args.out, settings, Part.parse(args.part, "--part"), progress=not args.quiet)
+            print(part_line(done, args.out))
+            return
+        manifest = build_shards(configs, args.out, settings, progress=not args.quiet)
     print(summary_line(manifest))
 
 

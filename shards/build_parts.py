@@ -13,8 +13,9 @@ spool instead of extracting it, so its output is byte-identical to a one-process
   merge, which then skips the outcome as a one-process build skips the input.
 - **The spool**, in the output folder: ``.parts/build.json`` (the build identity and N, created once:
   a part with other settings, sources or N refuses to join), ``.parts/part-I-of-N/chunk-<first>-<last>.pkl``
-  (the outcomes of up to :data:`CHUNK_ITEMS` inputs, written atomically: a stopped part resumes after
-  its last chunk) and ``done.json`` when the part is complete. The spool holds the encoded samples:
+  (the outcomes of up to :data:`CHUNK_ITEMS` inputs, written atomically: a part stopped by a signal
+  writes what it has done and exits 75, a killed one loses at most one chunk; either resumes after its
+  last chunk) and ``done.json`` when the part is complete. The spool holds the encoded samples:
   about the size of the shards.
 - **The merge** refuses to start until every part is done, replays the chunks in input order (one
   chunk per part in memory), and removes the spool once ``manifest.json`` is written.
@@ -40,11 +41,12 @@ from sonodistill.atomic import json_text, write_bytes, write_json, write_once
 from sonodistill.errors import UserError
 from sonodistill.logs import progress as progress_bar
 from sonodistill.parts import Part, assign
+from sonodistill.stop import check_stop, stop_requested
 
 log = logging.getLogger(__name__)
 
 SPOOL = ".parts"
-CHUNK_ITEMS = 256  # inputs per chunk file: what a stopped part redoes at most
+CHUNK_ITEMS = 256  # inputs per chunk file: what a killed part redoes at most
 CHUNK_BYTES = 64 << 20  # and a chunk's encoded samples at most (memory of the merge: one chunk per part)
 CHUNK_RE = re.compile(r"^chunk-(\d{9})-(\d{9})\.pkl$")
 DONE = "done.json"
@@ -133,9 +135,11 @@ def run_part(
             chunk.append((index, item.source, item.relpath, outcome))
             size += sum(len(getattr(f.result, "data", b"")) for f in outcome.frames)
             bar.update(1)
-            if len(chunk) >= CHUNK_ITEMS or size >= CHUNK_BYTES:
+            stopping = stop_requested() is not None  # keep the inputs done so far, then stop
+            if len(chunk) >= CHUNK_ITEMS or size >= CHUNK_BYTES or stopping:
                 _write_chunk(folder, chunk)
                 chunk, size = [], 0
+            check_stop(f"{bar.n} of {len(mine)} inputs of part {part} are spooled in {folder}")
         if chunk:
             _write_chunk(folder, chunk)
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from shards.options import SourceOptions
 from shards.sources import open_source
 from sonodistill.errors import UserError
 from sonodistill.parts import Part
+from sonodistill.stop import Stopped, StopRequest
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = dict(size=48, samples_per_shard=5, workers=1)
@@ -120,6 +123,29 @@ def test_a_stopped_part_resumes_after_its_last_chunk(configs, one_process, tmp_p
     summary = build_part(configs, out, settings, Part(0, 2), progress=False)
     assert summary["extracted"] == summary["inputs"] - 8  # two chunks of 4 were not redone
     assert all(p.stat().st_ino == ino for p in folder.glob("chunk-*.pkl") if (ino := kept.get(p.name)))
+    build_part(configs, out, settings, Part(1, 2), progress=False)
+    build_shards(configs, out, settings, progress=False)
+    assert tree_bytes(out) == tree_bytes(one_process)
+
+
+def test_a_signal_stops_a_part_after_the_current_input_its_work_spooled(configs, one_process, tmp_path, monkeypatch):
+    out, settings = tmp_path / "shards", BuildSettings(**SETTINGS)
+    monkeypatch.setattr(parts_mod, "CHUNK_ITEMS", 4)
+    real_write = parts_mod._write_chunk
+
+    def write_then_signal(folder, chunk):
+        real_write(folder, chunk)
+        if len(list(folder.glob("chunk-*.pkl"))) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as SLURM's preemption sends it
+
+    monkeypatch.setattr(parts_mod, "_write_chunk", write_then_signal)
+    with StopRequest(), pytest.raises(Stopped, match=r"^SIGTERM received; 4 of \d+ inputs of part 0/2 are spooled in "):
+        build_part(configs, out, settings, Part(0, 2), progress=False)
+    folder = out / SPOOL / "part-0-of-2"
+    assert [p.name for p in folder.glob("chunk-*.pkl")] and not (folder / "done.json").exists()
+    monkeypatch.setattr(parts_mod, "_write_chunk", real_write)
+    summary = build_part(configs, out, settings, Part(0, 2), progress=False)
+    assert summary["extracted"] == summary["inputs"] - 4  # the spooled inputs are not read again
     build_part(configs, out, settings, Part(1, 2), progress=False)
     build_shards(configs, out, settings, progress=False)
     assert tree_bytes(out) == tree_bytes(one_process)

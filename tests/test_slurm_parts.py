@@ -3,8 +3,9 @@
 Each is submitted as a user would: an array of 2 (each task runs part ``$SLURM_ARRAY_TASK_ID`` of
 ``$SLURM_ARRAY_TASK_COUNT``), then the same script as a plain job with ``--dependency=afterok`` on the
 array, which only merges. Both arrays and both merges are submitted at once, so SLURM runs them as
-its CPUs free up. Sweep part 0 gets SLURM's time-limit signal after its first cell: it abandons the
-running cell, exits 75 and is requeued; the requeued task runs the cell left. The merged sweep equals
+its CPUs free up. Sweep part 0 gets SLURM's time-limit signal after its first cell: its second cell
+stops at its next training step and is dropped, the task exits 75 and is requeued; the requeued task
+runs the cell left. The merged sweep equals
 a one-process sweep in every metric, and the merged build is byte-identical to a one-process build.
 """
 
@@ -17,9 +18,8 @@ from pathlib import Path
 import pytest
 from slurm.cluster import FINISHED, Cluster
 from test_build import tree_bytes
-from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + autouse fixture)
-from test_downstream_sweep import _resume_cfg
-from test_sweep_parts import headline_tables
+from test_downstream_models import one_thread  # noqa: F401  (autouse fixture: one thread, as the one-CPU tasks)
+from test_sweep_parts import headline_tables, parts_args
 
 from downstream.sweep import SweepConfig, run_sweep
 from downstream.sweep_parts import read_results
@@ -62,13 +62,12 @@ def submit_array_then_merge(cluster: Cluster, script: str, name: str, folder: Pa
 def jobs(slurm_cluster, busi_dir, corpus_dir, tmp_path_factory) -> dict:
     """Both arrays and both merges, submitted at once."""
     tmp = tmp_path_factory.mktemp("slurm_parts")
-    export = save_encoder(tmp / "export", "resnet18", seed=5)
-    sweep_args = [*_resume_cfg(busi_dir, export, tmp / "sweep"), "seeds=[0]"]
+    sweep_args = parts_args(busi_dir, tmp / "sweep")
     build_args = [f"--source={n}={corpus_dir / n}" for n in BUILD_SOURCES]
     build_args += [f"--out={tmp / 'shards'}", "--size=48", "--samples-per-shard=5", "--quiet"]
     sweep = submit_array_then_merge(slurm_cluster, "slurm_sweep.sbatch", "sweep", tmp, sweep_args)
     build = submit_array_then_merge(slurm_cluster, "slurm_build.sbatch", "build", tmp, build_args)
-    yield {"tmp": tmp, "export": export, "sweep": sweep, "sweep_args": sweep_args, "build": build}
+    yield {"tmp": tmp, "sweep": sweep, "sweep_args": sweep_args, "build": build}
     slurm_cluster.run("scancel", *map(str, (*sweep, *build)), check=False)  # a failing test leaves no job behind
 
 
@@ -88,7 +87,7 @@ def test_sweep_array_of_two_with_a_requeued_part_then_the_merge_equals_one_proce
     cluster.run("scancel", "--signal=USR1", f"{array}_0")  # the time-limit signal, to task 0 only
     # meanwhile, the same sweep in this process, one thread as the one-CPU tasks
     one = tmp / "one"
-    reference = run_sweep(load_config(SweepConfig, None, [*_resume_cfg(busi_dir, jobs["export"], one), "seeds=[0]"]))
+    reference = run_sweep(load_config(SweepConfig, None, parts_args(busi_dir, one)))
     assert reference["ran"] == 4
     final = cluster.wait_job(merge, WAIT, tmp / "sweep-merge.out")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + fixture)
-from test_downstream_sweep import _resume_cfg
 
 from downstream.sweep import SweepConfig, cells_to_run, parse_grid, plan_cells, run_sweep
 from downstream.sweep_parts import read_results
@@ -77,6 +76,27 @@ def test_slices_cover_the_cells_once_balanced_and_stay_one_plan(busi_dir, ddti_d
     assert sorted(p.key for p in rest) == sorted(p.key for p in plan if p.key not in finished)
 
 
+def parts_args(busi_dir, out) -> list[str]:
+    """4 fine-tuning cells (2 label fractions x 2 seeds), 2 per part: a stop signal after a part's first
+    cell lands in the training of its second (a few seconds), where the cell stops at its next step."""
+    return [
+        f"busi={busi_dir}",
+        f"out={out}",
+        "tasks=[busi-cls]",
+        "encoders=[B=rand:resnet18]",
+        "modes=[finetune]",
+        "fractions=[0.5,1.0]",
+        "seeds=[0,1]",
+        "run.image_size=32",
+        "run.num_workers=0",
+        "run.train.epochs=4",
+        "run.train.batch_size=8",
+        "run.train.save_checkpoint=false",
+        "run.edge.onnx=never",
+        "run.edge.runs=2",
+    ]
+
+
 def _sweep(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -98,15 +118,14 @@ def headline_tables(out: Path) -> str:
 
 
 def test_two_parts_at_once_one_stopped_then_the_merge_equals_one_process(busi_dir, tmp_path):
-    export = save_encoder(tmp_path / "export", "resnet18", seed=5)
     out, one = tmp_path / "parts", tmp_path / "one"
-    args = [*_resume_cfg(busi_dir, export, out), "seeds=[0]"]  # 4 linear-probe cells of BUSI classification, 2 encoders
+    args = parts_args(busi_dir, out)
     procs = [_sweep([*args, f"part={i}/2"]) for i in range(2)]
     try:
         deadline = time.time() + 240
         while _lines(out / "results.part-0-of-2.jsonl") < 1 and procs[0].poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        procs[0].send_signal(signal.SIGUSR1)  # SLURM's time-limit signal: part 0 stops after one cell
+        procs[0].send_signal(signal.SIGUSR1)  # SLURM's time-limit signal: part 0 stops in its second cell
         (_, err0), (_, err1) = (p.communicate(timeout=300) for p in procs)
     finally:
         for p in procs:
@@ -129,7 +148,7 @@ def test_two_parts_at_once_one_stopped_then_the_merge_equals_one_process(busi_di
     merged = run_sweep(load_config(SweepConfig, None, args))
     assert merged == {"ran": 0, "remaining": 0, "cells": 4, "done": 4}  # the merge only writes the tables
 
-    assert run_sweep(load_config(SweepConfig, None, [*_resume_cfg(busi_dir, export, one), "seeds=[0]"]))["ran"] == 4
+    assert run_sweep(load_config(SweepConfig, None, parts_args(busi_dir, one)))["ran"] == 4
     rows, ref = read_results(out), {r["key"]: r for r in read_results(one)}
     assert sorted(r["key"] for r in rows) == sorted(ref)  # the same cell keys, each once
     for r in rows:

@@ -18,6 +18,7 @@ from pathlib import Path
 from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import UserError, cli_main
+from sonodistill.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
     if is_main_rank():
         save_config(cfg, out / "config.yaml")
-    metrics = paper.reproduce(cfg, data, out)
+    with StopRequest():  # stop in the running stage; finished stages are reused by the next run (exit 75)
+        metrics = paper.reproduce(cfg, data, out)
     log.info(f"{r.name}: wrote {out / 'report.md'} and metrics.json ({len(metrics['models'])} models)")
     return 0
 
