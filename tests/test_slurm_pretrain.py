@@ -10,6 +10,7 @@ per-step losses equal those of the same job run straight through.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -96,9 +97,12 @@ def test_sbatch_stopped_requeued_and_resumed_equals_a_straight_job(
 
     log = output.read_text()
     runs = cluster.runs(job)
-    # Requeued twice (a requeued run ends PENDING), then done; the ranks' step exited 75 in the first run.
+    # Requeued twice (a requeued run ends PENDING), then done; the ranks' step exited 75 in the first run
+    # (srun's line: the run's DerivedExitCode misses the 75 when the script's requeue reaches slurmctld
+    # before the step's completion does).
     assert [r["JobState"] for r in runs] == ["PENDING", "PENDING", "COMPLETED"], runs
-    assert runs[0]["DerivedExitCode"] == "75:0" and final["ExitCode"] == "0:0", runs
+    assert re.search(r"srun: error: .*: tasks? [0-9,-]+: Exited with exit code 75", log), log
+    assert final["ExitCode"] == "0:0", runs
     assert 2 <= k1 < k2 < STEPS
     assert f"stopped by SIGUSR1 after step {k1}" in log and f"stopped by SIGTERM after step {k2}" in log, log
     assert log.count("pretrain/run.py exited with 75") == 2 and "pretrain/run.py exited with 0" in log, log
