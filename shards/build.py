@@ -42,6 +42,7 @@ from shards.codec import ENCODINGS, JPEG_QUALITY, Codec, decode_gray
 from shards.copyindex import Found, loaded
 from shards.dedup import DuplicateIndex
 from shards.exclusions import Exclusions, ExclusionSet, load_exclusions
+from shards.exclusions import add_argument as add_exclusion_argument
 from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_item
 from shards.journal import Journal
 from shards.manifest import MANIFEST
@@ -623,14 +624,7 @@ def main(argv: list[str] | None = None) -> None:
         help="a source dataset (repeat); folders are scanned recursively",
     )
     ap.add_argument("--corpus", metavar="YAML", help="a catalogue of sources with per-source options (see docs)")
-    ap.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="[NAME=]SPLITS.json[:PARTS]|DIR",
-        help="evaluation images no sample may copy (repeat): a downstream splits.json (its test and val "
-        "parts, or those named: :test, :test,val) or a folder of images; copies are rejected as eval_overlap",
-    )
+    add_exclusion_argument(ap, "--exclude", "evaluation images no sample may copy; copies are rejected as eval_overlap")
     ap.add_argument("--out", required=True, help="output folder for shards and manifest.json")
     d = BuildSettings()
     ap.add_argument("--size", type=int, default=d.size, help="output side in pixels (default %(default)s)")

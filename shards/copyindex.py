@@ -21,6 +21,7 @@ index saves to ``.npy`` files that worker processes map read-only (:meth:`CopyIn
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,15 +30,15 @@ from typing import TypeVar
 
 import numpy as np
 
-from shards.match import MAX_HAMMING, Features, Verdict, canonical, features, hamming, thumbnail, verify
+from shards.match import MAX_HAMMING, Features, Verdict, canonical, features, fit_map, hamming, thumbnail, verify
 from shards.ordered_pool import ordered_map
 
 TABLES = 16
 BALANCED_BITS = 128  # keys draw their bits from the most balanced half of the 256
 MAX_BUCKET = 32  # a key shared by more descriptors than this says little: skipped ("stop words")
 VOTE_HAMMING = 24  # a descriptor this close to a query descriptor votes for its image
-MAX_VERIFY = 8
-MIN_SCORE = 0.0  # of the votes, for an image to be checked
+MAX_CANDIDATES = 8  # best-voted references per query view
+PRECHECK_INLIERS = 4  # voting correspondences that must agree on a map before the full check
 T = TypeVar("T")
 ARRAYS = ("owner", "xy", "desc", "start", "bits", "keys", "order", "idf", "thumbs")
 
@@ -160,18 +161,25 @@ class CopyIndex:
         q, p, t = np.concatenate(q_idx), np.concatenate(pos), np.concatenate(table)
         return q, np.asarray(self.order)[t, p], np.asarray(self.idf)[t, p]
 
-    def scores(self, feats: Features) -> list[tuple[int, float]]:
-        """(reference, score) of the references the frame's descriptors vote for, best first (ties:
-        lower index): the idf-weighted votes of descriptors within ``VOTE_HAMMING`` bits."""
+    def candidates(self, feats: Features) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(reference, query points, reference points) of the references the frame's descriptors vote
+        for, best first (ties: lower index): votes are descriptors within ``VOTE_HAMMING`` bits,
+        weighted by idf; the points are the voting correspondences, for a quick geometric check."""
         if len(feats.desc) == 0 or len(self.desc) == 0:
             return []
         q, r, w = self._hits(feats)
         close = hamming(feats.desc[q], np.asarray(self.desc)[r]) <= VOTE_HAMMING
-        owner = np.asarray(self.owner)[r[close]]
-        total = np.bincount(owner, weights=w[close], minlength=len(self.names))
-        refs = np.flatnonzero(total >= MIN_SCORE)
-        rank = np.lexsort((refs, -total[refs]))
-        return [(int(refs[i]), float(total[refs[i]])) for i in rank]
+        q, r, w = q[close], r[close], w[close]
+        owner = np.asarray(self.owner)[r]
+        total = np.bincount(owner, weights=w, minlength=len(self.names))
+        refs = np.flatnonzero(total > 0)
+        ranked = refs[np.lexsort((refs, -total[refs]))][:MAX_CANDIDATES]
+        pairs = np.unique(np.stack([owner, q, r]), axis=1)  # one per (reference, query point, descriptor)
+        out = []
+        for ref in ranked:
+            _, qi, ri = pairs[:, pairs[0] == ref]
+            out.append((int(ref), feats.xy[qi], np.asarray(self.xy)[ri]))
+        return out
 
     def check(self, v: View, ref: int) -> Verdict:
         """The full check of a frame's view against one reference image."""
@@ -189,12 +197,14 @@ class CopyIndex:
 
     def search(self, query: tuple[View, View], limit: int = 1, skip: int | None = None) -> list[Found]:
         """Verified copies of a frame given as its two views (:func:`query_views`), in the order
-        found (best-scored candidates first, the frame as it is before its mirror image), at most
-        ``limit``; ``skip`` leaves one reference out (the frame itself)."""
+        found (best-voted candidates first, the frame as it is before its mirror image), at most
+        ``limit``; ``skip`` leaves one reference out (the frame itself). A candidate gets the full
+        check only when its voting correspondences already agree on a map (``PRECHECK_INLIERS``)."""
         found: list[Found] = []
         for flipped, v in enumerate(query):
-            candidates = [r for r, _ in self.scores(v.feats) if r != skip and all(f.ref != r for f in found)]
-            for ref in candidates[:MAX_VERIFY]:
+            for ref, p, q in self.candidates(v.feats):
+                if ref == skip or any(f.ref == ref for f in found) or fit_map(p, q)[0] < PRECHECK_INLIERS:
+                    continue
                 verdict = self.check(v, ref)
                 if verdict.copy:
                     found.append(Found(ref, self.names[ref], bool(flipped), verdict))
@@ -223,21 +233,30 @@ def loaded(folder: str | Path) -> CopyIndex:
     return _LOADED[key]
 
 
-def _view_job(job: tuple[Callable[[T], np.ndarray], T, bool]) -> View | tuple[View, View]:
-    read, item, both = job
-    canon = canonical(read(item))
-    return query_views(canon) if both else view(canon)
+def _view_job(job: tuple[Callable[[T], np.ndarray], T]) -> View:
+    read, item = job
+    return view(canonical(read(item)))
 
 
 def reference_views(read: Callable[[T], np.ndarray], items: Sequence[T], workers: int = 1) -> list[View]:
     """The view of each item's canonical frame (pixels by ``read``, a module-level function so that
     worker processes can call it), in order, computed in ``workers`` processes."""
-    return list(ordered_map(_view_job, [(read, x, False) for x in items], workers))
+    return list(ordered_map(_view_job, [(read, x) for x in items], workers))
 
 
-def both_views(read: Callable[[T], np.ndarray], items: Sequence[T], workers: int = 1) -> list[tuple[View, View]]:
-    """As :func:`reference_views`, with each frame's mirror image too (:func:`query_views`)."""
-    return list(ordered_map(_view_job, [(read, x, True) for x in items], workers))
+def _query_job(job: tuple[Callable[[T], np.ndarray], T]) -> tuple[str, tuple[View, View]]:
+    read, item = job
+    pixels = read(item)
+    digest = hashlib.sha1(f"{pixels.shape}".encode() + np.ascontiguousarray(pixels).tobytes()).hexdigest()
+    return digest, query_views(canonical(pixels))
+
+
+def read_queries(
+    read: Callable[[T], np.ndarray], items: Sequence[T], workers: int = 1
+) -> list[tuple[str, tuple[View, View]]]:
+    """As :func:`reference_views`, for frames that are both references and queries: each item's pixel
+    digest (exact copies share it) and its two query views (:func:`query_views`)."""
+    return list(ordered_map(_query_job, [(read, x) for x in items], workers))
 
 
 def _search_job(job: tuple[str, tuple[View, View], int, int | None]) -> list[Found]:

@@ -17,6 +17,7 @@ identity). :func:`build_index` turns the sets into one :class:`shards.copyindex.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from shards.copyindex import CopyIndex, reference_views
-from shards.decode import IMAGE_EXTENSIONS, DecodeError, decode_image
+from shards.decode import IMAGE_EXTENSIONS, read_pixels
 from shards.match import MATCHER
 from shards.sources import NAME_RE
 from sonodistill.errors import UserError
@@ -72,6 +73,18 @@ def _file_sha1(path: Path) -> str:
 def content_hash(root: Path, images: tuple[str, ...]) -> str:
     """SHA-1 over the sorted SHA-1s of the files: names and order do not count."""
     return hashlib.sha1("\n".join(sorted(_file_sha1(root / rel) for rel in images)).encode()).hexdigest()
+
+
+def add_argument(parser: argparse.ArgumentParser, flag: str, what: str) -> None:
+    """A repeatable command-line option taking exclusion sets as ``--exclude`` does."""
+    parser.add_argument(
+        flag,
+        action="append",
+        default=[],
+        metavar="[NAME=]SPLITS.json[:PARTS]|DIR",
+        help=f"{what} (repeat): a downstream splits.json (its test and val images, or the parts named: "
+        ":test, :test,val) or a folder of images",
+    )
 
 
 def split_name(spec: str) -> tuple[str | None, str]:
@@ -154,14 +167,6 @@ def load_exclusions(specs: list[str]) -> list[ExclusionSet]:
     if twice:
         raise UserError(f"--exclude: two sets are named '{twice}'; name them apart with NAME=PATH")
     return sets
-
-
-def read_pixels(path: str) -> np.ndarray:
-    """An evaluation image's pixels (an unreadable one is a one-line error naming the file)."""
-    try:
-        return decode_image(Path(path).read_bytes()).pixels
-    except (OSError, DecodeError) as exc:
-        raise UserError(f"--exclude: cannot read {path} ({exc})") from None
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from shards.codec import CorruptSample, decode_gray
+from shards.exclusions import add_argument as add_exclusion_argument
 from shards.manifest import encoding_of, resolve_shards
 from shards.shardfile import ShardUnreadable, open_shard
 from sonodistill.errors import UserError, cli_main
@@ -203,13 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rejects", metavar="FILE.png", help="write a contact sheet of rejected frames, a row per reason")
     ap.add_argument("--per-reason", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--overlap",
-        action="append",
-        default=[],
-        metavar="[NAME=]SPLITS.json[:PARTS]|DIR",
-        help="count the samples that copy these evaluation images (repeat; as shards.build --exclude)",
-    )
+    add_exclusion_argument(ap, "--overlap", "count the samples that copy these evaluation images")
     ap.add_argument("--overlap-sheet", default="overlap.png", help="contact sheet of the matched pairs (+ .jsonl)")
     ap.add_argument("--workers", type=int, default=1, help="processes for --overlap")
     args = ap.parse_args(argv)

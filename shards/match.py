@@ -43,12 +43,14 @@ N_FEATURES = 300  # ORB keypoints per image
 MAX_HAMMING = 64  # of 256 bits: correspondences further apart are not counted
 TOLERANCE = 4.0  # pixels at MATCH_SIDE: a correspondence within this of the map is an inlier
 MIN_INLIERS = 8
-MIN_NCC = 0.5
+MIN_NCC = 0.6
 MIN_OVERLAP = 0.5  # of the smaller scan area
 CONTENT_LEVEL = 2  # thumbnail pixels above this are scan area (the letterbox and surround are 0)
 SCALE_RANGE = (0.25, 4.0)  # accepted scale between copies, per axis
 MAX_ASPECT_CHANGE = 2.0  # accepted ratio of the x and y scales
 RANSAC_TRIALS = 256
+MIN_SPAN = 16.0  # px at MATCH_SIDE: a pair of points this far apart (per axis) or more proposes a map
+REFITS = 3
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def fit_map(p: np.ndarray, q: np.ndarray, seed: int = 0) -> tuple[int, Map | Non
     rng = np.random.default_rng(seed)
     i, j = rng.integers(0, n, RANSAC_TRIALS), rng.integers(0, n, RANSAC_TRIALS)
     dp = p[i] - p[j]
-    ok = (np.abs(dp) > 2.0).all(axis=1)
+    ok = (np.abs(dp) > MIN_SPAN).all(axis=1)  # close points give a noisy scale
     i, j, dp = i[ok], j[ok], dp[ok]
     s = (q[i] - q[j]) / dp
     lo, hi = SCALE_RANGE
@@ -161,11 +163,9 @@ def fit_map(p: np.ndarray, q: np.ndarray, seed: int = 0) -> tuple[int, Map | Non
     err = np.abs(s[:, None, :] * p[None] + t[:, None, :] - q[None])  # [trial, point, axis]
     inl = (err < TOLERANCE).all(axis=2)
     best = int(np.argmax(inl.sum(axis=1)))
-    keep = inl[best]
     m = Map(float(s[best, 0]), float(s[best, 1]), float(t[best, 0]), float(t[best, 1]))
-    refit = _refit(p[keep], q[keep])
-    if refit is not None and _inliers(p, q, refit).sum() >= keep.sum():
-        m = refit
+    for _ in range(REFITS):  # a pair's map is rough; least squares through its inliers is not
+        m = _refit(p[_inliers(p, q, m)], q[_inliers(p, q, m)]) or m
     return int(_inliers(p, q, m).sum()), m
 
 
@@ -175,7 +175,7 @@ def _inliers(p: np.ndarray, q: np.ndarray, m: Map) -> np.ndarray:
 
 def _refit(p: np.ndarray, q: np.ndarray) -> Map | None:
     """Least-squares scale and shift per axis through the inliers (None when they are degenerate)."""
-    if len(p) < 3 or np.ptp(p[:, 0]) < 2 or np.ptp(p[:, 1]) < 2:
+    if len(p) < 3 or np.ptp(p[:, 0]) < MIN_SPAN or np.ptp(p[:, 1]) < MIN_SPAN:
         return None
     (sx, tx), (sy, ty) = (np.polyfit(p[:, k], q[:, k], 1) for k in (0, 1))
     return Map(float(sx), float(sy), float(tx), float(ty))

@@ -16,20 +16,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from shards.clean import to_gray
 from shards.codec import CorruptSample, decode_gray
 from shards.copyindex import loaded
-from shards.exclusions import Exclusions, load_exclusions, read_pixels
+from shards.decode import read_pixels
+from shards.exclusions import Exclusions, load_exclusions
 from shards.match import resized
 from shards.ordered_pool import ordered_map
 from shards.shardfile import ShardUnreadable, open_shard
 from sonodistill.atomic import write_text
-from sonodistill.figures import image_sheet
+from sonodistill.figures import image_sheet, sheet_tile
 
 log = logging.getLogger(__name__)
-SHEET_TILE = 160
 SHEET_PAIRS = 60  # at most this many pairs drawn (all are listed in the JSONL)
 
 
@@ -50,12 +49,6 @@ class Pair:
 
 def short(text: str, n: int = 28) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1) :]
-
-
-def tile(gray: np.ndarray, side: int = SHEET_TILE) -> np.ndarray:
-    img = Image.fromarray(gray)
-    img.thumbnail((side, side))
-    return np.asarray(img)
 
 
 def _shard_job(job: tuple[str, str]) -> tuple[int, list[tuple[dict, np.ndarray]]]:
@@ -83,7 +76,7 @@ def _shard_job(job: tuple[str, str]) -> tuple[int, list[tuple[dict, np.ndarray]]
                       "path": str(meta.get("path", "")), "frame": meta.get("frame"), "matched": f.name,
                       "ref": f.ref, "inliers": f.verdict.inliers, "ncc": round(f.verdict.ncc, 3),
                       "flipped": f.flipped}  # fmt: skip
-            out.append((fields, tile(pixels)))
+            out.append((fields, sheet_tile(pixels)))
     return n, out
 
 
@@ -105,7 +98,7 @@ def overlap_sheet(pairs: list[Pair], tiles: list, exclusions: Exclusions, path: 
     cells = []
     for p, t in list(zip(pairs, tiles))[:SHEET_PAIRS]:
         s = exclusions.set_of(p.ref)
-        ref = tile(to_gray(read_pixels(str(s.root / p.matched))))
+        ref = sheet_tile(to_gray(read_pixels(str(s.root / p.matched))))
         frame = f" #{p.frame}" if p.frame is not None else ""
         how = f"{p.inliers} inliers, ncc {p.ncc:.2f}" + (" mirrored" if p.flipped else "")
         cells += [(t, f"{p.source}: {short(p.path)}{frame}"), (ref, f"{p.set}: {short(p.matched)}\n{how}")]

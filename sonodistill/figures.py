@@ -83,6 +83,16 @@ def label_points(ax: Any, points: list[tuple[float, float, str]], fontsize: floa
         placed.append(chosen)
 
 
+def sheet_tile(gray: Any, side: int = 160) -> Any:
+    """A grey image shrunk to fit ``side`` x ``side`` (aspect kept) for a contact sheet."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(gray))
+    img.thumbnail((side, side))
+    return np.asarray(img)
+
+
 def image_sheet(rows: list[list[tuple[Any, str]]], path: str | Path, titles: list[str] | None = None) -> Path:
     """A contact sheet: one row per list of (grey ``HxW`` uint8 image, caption) tiles, each row
     optionally titled; images keep their aspect ratio in equal square cells."""
