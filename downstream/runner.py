@@ -20,9 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from downstream.config import TASK_KIND, TASK_LAYOUT, RunConfig
+from downstream.config import TASK_KIND, RunConfig, read_task_data
 from downstream.data.inputs import Inputs
-from downstream.data.read import read_catalog
 from downstream.data.record import Catalog
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
@@ -40,18 +39,12 @@ from downstream.tasks import Classification, Segmentation
 from downstream.tasks.segmentation import SegLoss, plot_predictions, predict_masks
 from sonodistill.atomic import write_bytes, write_json
 from sonodistill.config import save_config
-from sonodistill.errors import UserError
+from sonodistill.workers import loader_workers
 from sonodistill.world import make_accelerator
 
 
 def load_task_data(cfg: RunConfig) -> Catalog:
-    if not cfg.data:
-        raise UserError("data: give the dataset location (--data DIR or data=DIR)")
-    kind = TASK_KIND[cfg.task]
-    reader = cfg.reader
-    if cfg.task in TASK_LAYOUT and reader.layout == "auto":
-        reader = dataclasses.replace(reader, layout=TASK_LAYOUT[cfg.task])
-    return read_catalog(cfg.data, kind, reader)
+    return read_task_data(cfg.task, cfg.data, cfg.reader)
 
 
 def split_path(cfg: RunConfig) -> Path:
@@ -177,7 +170,16 @@ def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tu
 def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
     """Dataset, its (written/reused) split and this run's training subset."""
     catalog = load_task_data(cfg)
-    splits = load_or_make_splits(catalog, split_path(cfg), cfg.split.ratios, cfg.split.seed)
+    split = cfg.split
+    splits = load_or_make_splits(
+        catalog,
+        split_path(cfg),
+        split.ratios,
+        split.seed,
+        duplicates=split.duplicates,
+        label_conflicts=split.label_conflicts,
+        workers=loader_workers(cfg.num_workers),
+    )
     index = catalog.by_id()
     train_ids = label_fraction(splits.train, [index[i].label for i in splits.train], cfg.fraction, cfg.seed)
     return catalog, splits, train_ids
