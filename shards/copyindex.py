@@ -1,22 +1,27 @@
 """An index of reference images (an evaluation split, a dataset) that finds the copies of a frame.
 
 Every reference image is stored as its ORB keypoints and a thumbnail (:mod:`shards.match`). A
-query is answered in three steps, for the frame and for its mirror image:
+query is answered for the frame and for its mirror image, in three steps:
 
-1. *candidates*: a multi-index hash over the 256-bit descriptors, as in :mod:`shards.dedup` but
-   over chosen bits and many codes per image: ``TABLES`` tables, each keyed by ``KEY_BITS`` bits,
-   the most balanced bits of the reference descriptors (ORB bits of B-mode are far from 50/50; an
-   unbalanced bit keys nothing); a reference descriptor that agrees with a query descriptor on a
-   whole key in any table, and lies within ``MAX_HAMMING`` bits of it, is a vote for its image;
-2. the images with at least ``MIN_VOTES`` votes, most votes first (at most ``MAX_VERIFY``), get
-   the full check: mutual nearest descriptors -> RANSAC map -> pixel correlation
-   (:func:`shards.match.verify`);
-3. the verified copies, best first.
+1. *votes*: a multi-index hash over the 256-bit descriptors (the idea of :mod:`shards.dedup`'s
+   index, here over many codes per image and with probabilistic keys): ``TABLES`` tables, each
+   keyed by a seeded draw of bits from the ``BALANCED_BITS`` bits nearest 50/50 over the
+   references (ORB bits of B-mode are far from it: an unbalanced bit keys nothing), the key width
+   growing with the index (:func:`key_width`); a reference descriptor that shares a key with a
+   query descriptor and lies within ``VOTE_HAMMING`` bits of it votes for its image, weighted by
+   the key's idf; keys shared by more than ``MAX_BUCKET`` descriptors are skipped (stop words);
+2. the ``MAX_CANDIDATES`` best-voted images: those whose voting correspondences already agree on a
+   map (``PRECHECK_INLIERS``) get the full check (:func:`shards.match.verify` on mutual nearest
+   descriptors);
+3. the verified copies, in the order found.
 
-Sorted key arrays (NumPy ``searchsorted``) instead of dictionaries: lookups are vectorised and the
-index saves to ``.npy`` files that worker processes map read-only (:meth:`CopyIndex.save`,
-:meth:`CopyIndex.load`), sharing one copy in the page cache. Memory: ~100 bytes per keypoint,
-``N_FEATURES`` keypoints and a 4 KiB thumbnail per image (20,000 images: ~0.7 GB).
+Written here because OpenCV's matchers compare one image with another, or search an in-memory
+FLANN index that build workers cannot share; what is needed is which of many images a frame
+copies, from one index every worker maps. Sorted key arrays (NumPy ``searchsorted``): lookups
+are vectorised and the index saves to ``.npy`` files that worker processes map read-only
+(:meth:`CopyIndex.save`, :meth:`CopyIndex.load`), sharing one copy in the page cache. Memory:
+~220 bytes per keypoint, ``N_FEATURES`` keypoints and a 16 KiB thumbnail per image (20,000
+images: ~1.6 GB).
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ def _idf(sorted_keys: np.ndarray, owner_sorted: np.ndarray, n_refs: int) -> np.n
     pairs = np.unique(np.stack([sorted_keys.astype(np.int64), owner_sorted.astype(np.int64)]), axis=1)
     ukeys, df = np.unique(pairs[0], return_counts=True)
     per = df[np.searchsorted(ukeys, sorted_keys)]
-    return np.log1p(max(n_refs, 1) / per).astype(np.float32)
+    return np.log1p(max(n_refs, 1) / per).astype(np.float16)
 
 
 class CopyIndex:

@@ -46,6 +46,7 @@ class ExclusionSet:
     images: tuple[str, ...]  # relative paths, sorted
     parts: tuple[str, ...]  # splits.json parts; () for a folder
     content_hash: str
+    part_hashes: tuple[tuple[str, str], ...] = ()  # (part, content hash of its images alone), splits.json only
 
     def identity(self) -> dict:
         """What makes the set (and the matching) part of a build's identity."""
@@ -58,8 +59,10 @@ class ExclusionSet:
         }
 
     def record(self, removed: int) -> dict:
-        """The set as the manifest lists it."""
-        return {**self.identity(), "spec": self.spec, "root": str(self.root), "frames_removed": removed}
+        """The set as the manifest lists it. ``part_hashes`` lets a reader check one part (a task's
+        test split: ``load_exclusion("splits.json:test").content_hash``) against a set of several."""
+        extra = {"part_hashes": dict(self.part_hashes)} if self.part_hashes else {}
+        return {**self.identity(), **extra, "spec": self.spec, "root": str(self.root), "frames_removed": removed}
 
 
 def _file_sha1(path: Path) -> str:
@@ -70,9 +73,9 @@ def _file_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def content_hash(root: Path, images: tuple[str, ...]) -> str:
+def content_hash(digests: list[str]) -> str:
     """SHA-1 over the sorted SHA-1s of the files: names and order do not count."""
-    return hashlib.sha1("\n".join(sorted(_file_sha1(root / rel) for rel in images)).encode()).hexdigest()
+    return hashlib.sha1("\n".join(sorted(digests)).encode()).hexdigest()
 
 
 def add_argument(parser: argparse.ArgumentParser, flag: str, what: str) -> None:
@@ -108,7 +111,7 @@ def _split_spec(spec: str) -> tuple[str | None, str, tuple[str, ...] | None]:
     return name, path, picked
 
 
-def _from_splits(spec: str, path: Path, parts: tuple[str, ...]) -> tuple[str, Path, tuple[str, ...]]:
+def _from_splits(spec: str, path: Path, parts: tuple[str, ...]) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -125,10 +128,11 @@ def _from_splits(spec: str, path: Path, parts: tuple[str, ...]) -> tuple[str, Pa
     if missing:
         raise UserError(f"--exclude {spec}: id '{missing[0]}' has no image file in {path} (a Hub dataset?)")
     label = data.get("dataset") or path.stem
-    return f"{label}:{'+'.join(parts)}", Path(data["root"]), tuple(sorted({data["images"][i] for i in ids}))
+    images = {p: tuple(sorted({data["images"][str(i)] for i in data[p]})) for p in parts}
+    return f"{label}:{'+'.join(parts)}", Path(data["root"]), images
 
 
-def _from_folder(spec: str, root: Path) -> tuple[str, Path, tuple[str, ...]]:
+def _from_folder(spec: str, root: Path) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
     images = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -137,7 +141,7 @@ def _from_folder(spec: str, root: Path) -> tuple[str, Path, tuple[str, ...]]:
                 images.append(Path(dirpath, f).relative_to(root).as_posix())
     if not images:
         raise UserError(f"--exclude {spec}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
-    return root.resolve().name, root, tuple(sorted(images))
+    return root.resolve().name, root, {"": tuple(sorted(images))}
 
 
 def load_exclusion(spec: str) -> ExclusionSet:
@@ -147,17 +151,19 @@ def load_exclusion(spec: str) -> ExclusionSet:
     if path.is_dir():
         if parts is not None:
             raise UserError(f"--exclude {spec}: ':{','.join(parts)}' picks parts of a splits.json, not of a folder")
-        label, root, images = _from_folder(spec, path)
-        parts = ()
+        label, root, by_part = _from_folder(spec, path)
     elif path.is_file():
-        label, root, images = _from_splits(spec, path, parts or DEFAULT_PARTS)
-        parts = parts or DEFAULT_PARTS
+        label, root, by_part = _from_splits(spec, path, parts or DEFAULT_PARTS)
     else:
         raise UserError(f"--exclude {spec}: {path} is neither a splits.json nor a folder of images")
+    images = tuple(sorted({rel for rels in by_part.values() for rel in rels}))
     absent = [rel for rel in images if not (root / rel).is_file()]
     if absent:
         raise UserError(f"--exclude {spec}: {len(absent)} image(s) not found, e.g. {root / absent[0]}")
-    return ExclusionSet(name or label, spec, root, images, tuple(parts), content_hash(root, images))
+    digests = {rel: _file_sha1(root / rel) for rel in images}
+    parts = tuple(p for p in by_part if p)
+    part_hashes = tuple((p, content_hash([digests[r] for r in by_part[p]])) for p in parts)
+    return ExclusionSet(name or label, spec, root, images, parts, content_hash(list(digests.values())), part_hashes)
 
 
 def load_exclusions(specs: list[str]) -> list[ExclusionSet]:

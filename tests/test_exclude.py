@@ -118,7 +118,12 @@ def test_a_splits_file_names_its_test_and_val_images(busi_dir, tmp_path):
     default = load_exclusion(str(path))
     assert default.name == "busi:test+val" and default.root == busi_dir and default.parts == ("test", "val")
     assert default.images == tuple(sorted(splits.test + splits.val))
-    assert load_exclusion(f"{path}:test").images == tuple(sorted(splits.test))
+    test = load_exclusion(f"{path}:test")
+    assert test.images == tuple(sorted(splits.test)) and test.name == "busi:test"
+    assert default.record(0)["part_hashes"] == {
+        "test": test.content_hash,
+        "val": load_exclusion(f"{path}:val").content_hash,
+    }
     with pytest.raises(UserError, match="unknown split part 'tset'"):
         load_exclusion(f"{path}:tset")
     del data["root"]
