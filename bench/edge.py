@@ -28,16 +28,21 @@ from downstream.edge.measure import fp32_mib, models_side_by_side, num_params, s
 
 def full_models(names: list[str]) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
     """Full-size recipe models (random init: latency does not depend on the weights)."""
+    from downstream.kd.config import TimmStudentConfig
+    from downstream.kd.models.backbones import timm_student
     from downstream.kd.recipes import csa_moe, hdkd, nanoray, vit_mobilenet
 
     builders = {
-        "vit_mobilenet.teacher": (lambda: vit_mobilenet.build_teacher(vit_mobilenet.TeacherConfig(), 3, 224), (1, 3)),
-        "vit_mobilenet.student": (lambda: vit_mobilenet.build_student(vit_mobilenet.StudentConfig(), 3), (1, 3)),
-        "nanoray.teacher": (lambda: nanoray.build_teacher(nanoray.TeacherConfig(), 2, 224), (1, 3)),
-        "hdkd.teacher": (lambda: hdkd.build_teacher(hdkd.ModelConfig(), 7), (1, 3)),
-        "hdkd.student": (lambda: hdkd.build_student(hdkd.ModelConfig(), 7, 224, True), (1, 3)),
-        "csa_moe.csa_moe": (lambda: csa_moe.build("csa_moe", csa_moe.ModelConfig()), (1, 3, 3)),
-        "csa_moe.resnet18": (lambda: csa_moe.build("resnet18", csa_moe.ModelConfig()), (1, 1, 3)),
+        "vit_mobilenet.teacher": (
+            lambda: vit_mobilenet.build_teacher(vit_mobilenet.HybridTeacherConfig(), 3, 224),
+            (1, 3),
+        ),
+        "vit_mobilenet.student": (lambda: timm_student(TimmStudentConfig(), 3), (1, 3)),
+        "nanoray.teacher": (lambda: nanoray.build_teacher(nanoray.ViTTeacherConfig(), 2, 224), (1, 3)),
+        "hdkd.teacher": (lambda: hdkd.build_teacher(hdkd.HDKDModelConfig(), 7), (1, 3)),
+        "hdkd.student": (lambda: hdkd.build_student(hdkd.HDKDModelConfig(), 7, 224, True), (1, 3)),
+        "csa_moe.csa_moe": (lambda: csa_moe.build("csa_moe", csa_moe.CSAMoEModelConfig()), (1, 3, 3)),
+        "csa_moe.resnet18": (lambda: csa_moe.build("resnet18", csa_moe.CSAMoEModelConfig()), (1, 1, 3)),
     }
     unknown = [n for n in names if n not in builders]
     if unknown:
@@ -50,9 +55,10 @@ def quick_student(workdir: Path, size: int, epochs: int, n: int):
     from downstream.data import ImageSet
     from downstream.data.inputs import Inputs
     from downstream.fit import FitConfig, fit
-    from downstream.kd.data import DataConfig, prepare
+    from downstream.kd.config import RecipeConfig, TimmStudentConfig
+    from downstream.kd.data import prepare
+    from downstream.kd.models.backbones import timm_student
     from downstream.kd.pipeline import seed_everything
-    from downstream.kd.recipes import vit_mobilenet
     from downstream.loaders import make_loader
     from downstream.splits import SplitConfig
     from downstream.tasks import Classification
@@ -61,9 +67,10 @@ def quick_student(workdir: Path, size: int, epochs: int, n: int):
 
     data = workdir / "busi"
     write_busi(data, n, seed=0)
-    prep = prepare(str(data), DataConfig(img_size=size, split=SplitConfig(ratios=[0.56, 0.10, 0.34], seed=42)), workdir)
+    cfg = RecipeConfig(image_size=size, split=SplitConfig(ratios=[0.56, 0.10, 0.34], seed=42))
+    prep = prepare(str(data), cfg, workdir)
     seed_everything(0)
-    model = vit_mobilenet.build_student(vit_mobilenet.StudentConfig(), len(prep.classes))
+    model = timm_student(TimmStudentConfig(), len(prep.classes))
     train = ImageSet(prep.parts["train"], size, labels=True)
     cfg = FitConfig(lr=1e-3, weight_decay=0.01, schedule="none", epochs=epochs, batch_size=16, select="last")
     fit(
@@ -82,19 +89,20 @@ def run_student(run_dir: Path):
     from downstream.data import ImageSet
     from downstream.kd.checkpoint import load_model, read_arch
     from downstream.kd.data import prepare
-    from downstream.kd.recipes import vit_mobilenet
+    from downstream.kd.models.backbones import timm_student
+    from downstream.kd.papers.vit_mobilenet import VitMobilenetPaperConfig
     from sonodistill.config import load_config
 
     weights = run_dir / "distilled" / "model.safetensors"
     arch = read_arch(weights) if weights.is_file() else None
     if arch is None:
         sys.exit(f"error: {weights} is not a KD student checkpoint (expected a finished vit_mobilenet run)")
-    cfg = load_config(vit_mobilenet.Config, run_dir / "config.yaml")
-    cfg.data.split.file = str(run_dir / "splits.json")
-    prep = prepare(json.loads((run_dir / "metrics.json").read_text())["data"], cfg.data, run_dir)
-    model = vit_mobilenet.build_student(cfg.student, len(prep.classes))
+    cfg = load_config(VitMobilenetPaperConfig, run_dir / "config.yaml")  # the run's resolved config
+    cfg.split.file = str(run_dir / "splits.json")
+    prep = prepare(json.loads((run_dir / "metrics.json").read_text())["data"], cfg, run_dir)
+    model = timm_student(cfg.student, len(prep.classes))
     load_model(model, weights, arch=arch, key="--run")
-    size = cfg.data.img_size
+    size = cfg.image_size
     return (
         model.eval(),
         ImageSet(prep.parts["test"], size, labels=True),

@@ -1,8 +1,9 @@
 """Record the numbers a refactor must not change, and compare two records.
 
 Runs, on CPU and fixed seeds: the demo (``launch/demo.sh``: shards, a 300-step tiny pretraining
-run, the downstream sweep with its KD rows, the t-SNE) and four KD recipes' paper reproductions
-(``python -m downstream.kd train``) at their tiny configs on the demo's synthetic BUSI. An
+run, the downstream sweep with its KD rows, the t-SNE) and every KD recipe's paper reproduction
+(``python -m downstream.kd train``) at its tiny config on the demo's synthetic BUSI (DDTI for
+``seg_unet``, its teacher the demo's distilled encoder). An
 ``--out`` holding a finished demo resumes it (every demo step is resumable). It keeps every number
 that is a function of the code and the seeds (test/validation metrics, per-epoch losses, learning
 rates, shard counts, the SHA-256 of the pretrained student's weights) and drops wall-clock figures.
@@ -43,7 +44,7 @@ VOLATILE = (
     "spec",
     "shards",
 )
-RECIPES = ("vit_mobilenet", "nanoray", "hdkd", "csa_moe")
+RECIPES = ("vit_mobilenet", "nanoray", "hdkd", "csa_moe", "seg_unet")
 PYTHON = sys.executable
 
 
@@ -105,6 +106,7 @@ def record(out: Path, py: str) -> dict[str, object]:
     kd = {}
     for name in RECIPES:
         dest = out / "kd" / name
+        seg = name == "seg_unet"
         run(
             [
                 py,
@@ -114,11 +116,12 @@ def record(out: Path, py: str) -> dict[str, object]:
                 "--recipe",
                 name,
                 "--data",
-                str(demo / "busi"),
+                str(demo / ("ddti" if seg else "busi")),
                 "--out",
                 str(dest),
                 "--config",
                 f"downstream/kd/configs/tiny_{name}.yaml",
+                *([f"teacher.encoder={demo / 'export'}"] if seg else []),
             ],
             log,
         )

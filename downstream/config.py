@@ -90,13 +90,18 @@ class RunConfig(Settings):
     out: str = "runs/downstream"  # metrics.json, config.yaml, curves and checkpoints go here
 
 
+def task_reader(task: Task, reader: ReaderConfig) -> ReaderConfig:
+    """``reader`` with the layout a named task implies (busi-*, ddti-seg) where it is ``auto``."""
+    if task in TASK_LAYOUT and reader.layout == "auto":
+        return dataclasses.replace(reader, layout=TASK_LAYOUT[task])
+    return reader
+
+
 def read_task_data(task: Task, data: str, reader: ReaderConfig, check: bool = True) -> Catalog:
     """A task's dataset, read with the task's layout unless ``reader.layout`` names another."""
     if not data:
         raise UserError("data: give the dataset location (--data DIR or data=DIR)")
-    if task in TASK_LAYOUT and reader.layout == "auto":
-        reader = dataclasses.replace(reader, layout=TASK_LAYOUT[task])
-    return read_catalog(data, TASK_KIND[task], reader, check)
+    return read_catalog(data, TASK_KIND[task], task_reader(task, reader), check)
 
 
 def run_config(settings: Settings, **cell) -> RunConfig:

@@ -52,11 +52,12 @@ def plot_fraction_curves(
         ax.set_title(t.label)
         ax.grid(alpha=0.3)
     # one legend for every panel, below them: a panel may lack a row, and a legend inside covers points
-    fig.legend(
-        [drawn[e] for e in rows if e in drawn], [e for e in rows if e in drawn],
-        loc="lower center", ncol=min(4, len(drawn)), fontsize=8, frameon=False,
-    )  # fmt: skip
+    if drawn:  # none before any cell of this mode has finished (e.g. a sweep of KD rows only)
+        fig.legend(
+            [drawn[e] for e in rows if e in drawn], [e for e in rows if e in drawn],
+            loc="lower center", ncol=min(4, len(drawn)), fontsize=8, frameon=False,
+        )  # fmt: skip
     fig.suptitle(f"{'fine-tuning' if mode == 'finetune' else 'linear probe'}: metric vs label fraction", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 + 0.05 * ((len(drawn) - 1) // 4), 1, 1))
+    fig.tight_layout(rect=(0, 0.06 + 0.05 * (max(len(drawn) - 1, 0) // 4), 1, 1))
     save_figure(fig, path)
     return True

@@ -28,6 +28,7 @@ from downstream.tasks.base import Task
 from sonodistill.errors import UserError
 from sonodistill.logs import progress
 from sonodistill.optim import OptimConfig, build_optimizer, build_scheduler, per_step
+from sonodistill.stop import Stopped, stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ def _train_epoch(task: Task, run: _Run, cfg: FitConfig, acc, epoch: int, bar, wr
         seen += n
         run.step += 1
         bar.update(1)
+        _stop_point(acc, run.step, name, epoch)
         if run.step % LOG_EVERY == 0 or run.step == total:  # .item() syncs the GPU: not every step
             value = out["loss"].item()
             img_s = (run.images + seen * acc.num_processes) / max(run.train_s + time.perf_counter() - t0, 1e-9)
@@ -198,6 +200,20 @@ def _train_epoch(task: Task, run: _Run, cfg: FitConfig, acc, epoch: int, bar, wr
     row.update(_reduce(acc, sums, seen))
     row["images_per_s"] = seen * acc.num_processes / max(time.perf_counter() - t0, 1e-9)
     return row
+
+
+def _stop_point(acc, step: int, name: str, epoch: int) -> None:
+    """End the fit after this step when a stop signal arrived (:mod:`sonodistill.stop`). Several
+    processes decide together, every ``LOG_EVERY`` steps, so that none is left in a collective."""
+    if acc.num_processes > 1:
+        if step % LOG_EVERY:
+            return
+        flag = torch.tensor([1.0 if stop_requested() else 0.0], device=acc.device)
+        if float(acc.reduce(flag, reduction="sum")) == 0:
+            return
+    elif not stop_requested():
+        return
+    raise Stopped(f"{stop_requested() or 'a stop signal'} received; {name} stopped in epoch {epoch}, not kept")
 
 
 def _val_metrics(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import get_args
 from downstream.config import Mode, RunConfig, Task
 from sonodistill.config_cli import add_config_args, config_from_flags
 from sonodistill.errors import cli_main
+from sonodistill.stop import StopRequest
 
 
 def parse(argv: Sequence[str] | None = None) -> RunConfig:
@@ -37,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from downstream.runner import run
 
     cfg = parse(argv)
-    metrics = run(cfg)
+    with StopRequest():  # a stop signal ends the run with exit 75 (nothing half-written is kept)
+        metrics = run(cfg)
     test = metrics["test"]
     keys = ("dice", "iou") if "dice" in test else ("accuracy", "macro_f1", "auc")
     summary = {k: test[k] for k in keys}

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -32,16 +33,20 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
+from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config, task_reader
 from downstream.data.read import ReaderConfig
 from downstream.tables import TaskColumn, aggregate, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
-from sonodistill.config import load_config, save_config, split_top_level, to_dict, with_old_names
+from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
 from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import UserError, cli_main
 from sonodistill.jsonl import append_jsonl, read_jsonl
+from sonodistill.stop import Stopped, StopRequest, check_stop
+
+if TYPE_CHECKING:
+    from downstream.kd.cell import KDCellConfig, Method
 
 log = logging.getLogger(__name__)
 
@@ -63,31 +68,48 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
-class Cell:
-    task_key: str
-    task: str
-    data: str
-    dataset: str
-    encoder_name: str  # the row: an encoder's or a KD method's name
-    encoder: str
-    mode: str
-    fraction: float
-    seed: int
-    method: str = ""  # a KD row's methods entry ("" for encoder rows)
-
-
-@dataclass(frozen=True)
 class TaskSpec:
-    """One ``tasks`` entry resolved: the run task, its data location and its reader overrides."""
+    """One ``tasks`` entry resolved: the run task, its data location and its reader."""
 
     key: str  # as written in the config (identifies the task's cells)
     task: str  # RunConfig.task
     data: str
-    reader: tuple[str, ...] = ()  # key=value overrides of run.reader for this task
+    reader: ReaderConfig | None = None  # run.reader with this task's ?key=value settings (None: run.reader as is)
 
     @property
     def kind(self) -> str:
         return TASK_KIND[self.task]
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: TaskSpec
+    dataset: str
+    encoder_name: str  # the row: an encoder's or a KD method's name
+    encoder: str  # the encoder spec ("" for KD rows)
+    mode: str
+    fraction: float
+    seed: int
+    method: Method | None = None  # a KD row's method (None for encoder rows)
+
+    @property
+    def method_text(self) -> str:
+        return self.method.text if self.method else ""
+
+    def record(self) -> dict[str, Any]:
+        """The cell as ``results.jsonl`` stores it."""
+        return {
+            "task_key": self.task.key,
+            "task": self.task.task,
+            "data": self.task.data,
+            "dataset": self.dataset,
+            "encoder_name": self.encoder_name,
+            "encoder": self.encoder,
+            "mode": self.mode,
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "method": self.method_text,
+        }
 
 
 def parse_encoder(item: str) -> tuple[str, str]:
@@ -103,7 +125,7 @@ UB_KEYS = {"mask": "mask_column", "label": "label_column", "group": "group_colum
 
 
 def _query(entry: str, text: str, aliases: dict[str, str]) -> tuple[str, ...]:
-    """``key=value&...`` after a task's data location -> reader overrides (checked against ReaderConfig)."""
+    """``key=value&...`` after a task's data location -> reader settings (``ReaderConfig`` keys)."""
     out = []
     for item in split_top_level(text, "&") if text else []:
         key, sep, value = item.partition("=")
@@ -113,33 +135,39 @@ def _query(entry: str, text: str, aliases: dict[str, str]) -> tuple[str, ...]:
         if key == "mask_values" and not value.strip().startswith("["):
             value = f"[{value}]"
         out.append(f"{key}={value.strip()}")
-    try:
-        load_config(ReaderConfig, None, out)
-    except UserError as exc:
-        raise UserError(f"tasks: '{entry}': {exc}") from None
     return tuple(out)
 
 
+def _reader(cfg: SweepConfig, entry: str, settings: Sequence[str]) -> ReaderConfig | None:
+    """``run.reader`` with a task's settings (``None`` when it has none: the cell keeps run.reader)."""
+    if not settings:
+        return None
+    try:
+        return override_config(cfg.run.reader, settings, where=f"tasks: '{entry}'")
+    except UserError as exc:
+        raise UserError(f"tasks: '{entry}': {exc}") from None
+
+
 def resolve_tasks(cfg: SweepConfig) -> list[TaskSpec]:
-    """Every configured task with the data it needs (checked to be given) and its reader overrides."""
+    """Every configured task with the data it needs (checked to be given) and its reader."""
     out = []
     for t in cfg.tasks:
         head, _, query = t.partition("?")
         if head in ("busi-seg", "busi-cls"):
             if not cfg.busi:
                 raise UserError(f"busi: task '{t}' needs the BUSI folder (busi=DIR)")
-            out.append(TaskSpec(t, head, cfg.busi, _query(t, query, {})))
+            out.append(TaskSpec(t, head, cfg.busi, _reader(cfg, t, _query(t, query, {}))))
         elif head == "ddti-seg":
             if not cfg.ddti:
                 raise UserError("ddti: task 'ddti-seg' needs the DDTI folder (ddti=DIR)")
-            out.append(TaskSpec(t, head, cfg.ddti, _query(t, query, {})))
+            out.append(TaskSpec(t, head, cfg.ddti, _reader(cfg, t, _query(t, query, {}))))
         elif head.partition(":")[0] in ("seg", "cls") and head.partition(":")[2]:
             kind, _, data = head.partition(":")
-            out.append(TaskSpec(t, kind, data, _query(t, query, {})))
+            out.append(TaskSpec(t, kind, data, _reader(cfg, t, _query(t, query, {}))))
         elif head.startswith("ub:") and head[3:]:
-            reader = _query(t, query, UB_KEYS)
-            kind = "seg" if any(r.startswith("mask_column=") for r in reader) else "cls"
-            out.append(TaskSpec(t, kind, head, ("layout=ub", *reader)))
+            settings = _query(t, query, UB_KEYS)
+            kind = "seg" if any(r.startswith("mask_column=") for r in settings) else "cls"
+            out.append(TaskSpec(t, kind, head, _reader(cfg, t, ("layout=ub", *settings))))
         else:
             raise UserError(
                 f"tasks: unknown task '{t}'; expected busi-seg, busi-cls, ddti-seg, seg:DATA, cls:DATA or "
@@ -155,70 +183,72 @@ def _dataset_name(data: str) -> str:
     return base
 
 
-def rows(cfg: SweepConfig) -> tuple[list[str], list[str]]:
-    """Row names: encoders, then KD methods (unique across both)."""
-    from downstream.kd.cell import parse_method
+@dataclass(frozen=True)
+class Grid:
+    """A sweep's lists parsed once: its tasks, encoder rows and KD methods."""
 
-    encoders = [parse_encoder(e)[0] for e in cfg.encoders]
-    methods = [parse_method(m).name for m in cfg.methods]
-    names = encoders + methods
-    if len(set(names)) != len(names):
-        raise UserError(f"encoders/methods: row names must be unique, got {names} (name a method: NAME=kd:...)")
-    return encoders, methods
+    tasks: list[TaskSpec]
+    encoders: list[tuple[str, str]]  # (row name, spec)
+    methods: list[Method]
+
+    @property
+    def rows(self) -> tuple[list[str], list[str]]:
+        return [name for name, _ in self.encoders], [m.name for m in self.methods]
 
 
-def cells(cfg: SweepConfig) -> Iterator[Cell]:
+def parse_grid(cfg: SweepConfig) -> Grid:
+    """Tasks, encoders and methods of ``cfg``, checked (row names unique, at least one row)."""
+    from downstream.kd.cell import parse_methods
+
     if not cfg.encoders and not cfg.methods:
         raise UserError("encoders: give at least one NAME=SPEC (or a KD method in methods)")
-    rows(cfg)
-    from downstream.kd.cell import parse_method
+    encoders = [parse_encoder(e) for e in cfg.encoders]
+    grid = Grid(resolve_tasks(cfg), encoders, parse_methods(cfg.methods, dict(encoders)))
+    names = [name for group in grid.rows for name in group]
+    if len(set(names)) != len(names):
+        raise UserError(f"encoders/methods: row names must be unique, got {names} (name a method: NAME=kd:...)")
+    return grid
 
-    for t in resolve_tasks(cfg):
+
+def cells(cfg: SweepConfig, grid: Grid | None = None) -> Iterator[Cell]:
+    grid = grid or parse_grid(cfg)
+    for t in grid.tasks:
         name = _dataset_name(t.data)
-        for item in cfg.encoders:
-            enc_name, spec = parse_encoder(item)
+        for enc_name, spec in grid.encoders:
             for mode in cfg.modes:
                 fr = cfg.fractions if mode == "finetune" else cfg.linear_fractions
                 for f in fr:
                     for s in cfg.seeds:
-                        yield Cell(t.key, t.task, t.data, name, enc_name, spec, mode, float(f), int(s))
-        for item in cfg.methods:
-            m = parse_method(item)
+                        yield Cell(t, name, enc_name, spec, mode, float(f), int(s))
+        for m in grid.methods:
             for f in cfg.fractions:  # KD rows train every weight: the fine-tuning grid
                 for s in cfg.seeds:
-                    yield Cell(t.key, t.task, t.data, name, m.name, "", "finetune", float(f), int(s), method=item)
+                    yield Cell(t, name, m.name, "", "finetune", float(f), int(s), method=m)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
-def _task_reader(cfg: SweepConfig, c: Cell) -> ReaderConfig:
-    spec = next(t for t in resolve_tasks(cfg) if t.key == c.task_key)
-    if not spec.reader:
-        return cfg.run.reader
-    base = [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in to_dict(cfg.run.reader).items()]
-    return load_config(ReaderConfig, None, [*base, *spec.reader])
-
-
 def cell_config(cfg: SweepConfig, c: Cell) -> RunConfig:
     out = Path(cfg.out)
-    path = c.data[3:] if c.data.startswith("ub:") else c.data
+    t = c.task
+    path = t.data[3:] if t.data.startswith("ub:") else t.data
     data_tag = hashlib.sha1(
-        os.path.abspath(path).encode() if not c.data.startswith("hf:") else c.data.encode()
+        os.path.abspath(path).encode() if not t.data.startswith("hf:") else t.data.encode()
     ).hexdigest()[:6]
     rc = run_config(
         cfg.run,
-        task=c.task,
-        data=c.data,
-        encoder=c.encoder or c.method,
+        task=t.task,
+        data=t.data,
+        encoder=c.encoder or c.method_text,
         mode=c.mode,
         fraction=c.fraction,
         seed=c.seed,
-        out=str(out / "runs" / _slug(c.task_key) / _slug(c.encoder_name) / c.mode / f"f{c.fraction:g}_s{c.seed}"),
+        out=str(out / "runs" / _slug(t.key) / _slug(c.encoder_name) / c.mode / f"f{c.fraction:g}_s{c.seed}"),
     )
-    if c.task_key.partition("?")[2] or c.data.startswith("ub:"):
-        rc.reader = _task_reader(cfg, c)
+    if t.reader is not None:
+        rc.reader = copy.deepcopy(t.reader)
     if not rc.split.file:
         rc.split.file = str(out / "splits" / f"{c.dataset}-{data_tag}.json")
     if not rc.cache_dir:
@@ -226,35 +256,31 @@ def cell_config(cfg: SweepConfig, c: Cell) -> RunConfig:
     return rc
 
 
-def kd_cell_config(cfg: SweepConfig, c: Cell, rc: RunConfig) -> Any | None:
+def kd_cell_config(cfg: SweepConfig, c: Cell, rc: RunConfig) -> KDCellConfig | None:
     """The resolved recipe config of a KD cell; ``None`` when the recipe's task kind does not match
     (the cell is ``n/a`` and needs no config)."""
-    from downstream.kd.cell import kd_config, not_applicable, parse_method
+    from downstream.kd.cell import kd_config, not_applicable
 
-    m = parse_method(c.method)
-    if not_applicable(m, TASK_KIND[c.task], c.task_key):
+    if c.method is None or not_applicable(c.method, c.task.kind, c.task.key):
         return None
-    encoders = dict(parse_encoder(e) for e in cfg.encoders)
-    return kd_config(m, rc, cfg.kd_presets, encoders)
+    return kd_config(c.method, rc, cfg.kd_presets, task_reader(rc.task, rc.reader))
 
 
-def cell_key(c: Cell, rc: RunConfig, kd: Any | None = None) -> str:
+def cell_key(c: Cell, rc: RunConfig, kd: KDCellConfig | None = None) -> str:
     """Identity plus a hash of every setting except output locations (moving OUT keeps resume)."""
     d = with_old_names(RunConfig, to_dict(rc))  # a renamed key keeps a sweep's cells done
     for k in ("out", "cache_dir"):
         d.pop(k)
     d["split"].pop("file")
     if c.method:
-        from downstream.kd.cell import config_digest_dict
-
-        d = {"run": d, "method": c.method, "recipe": config_digest_dict(kd) if kd is not None else None}
+        d = {"run": d, "method": c.method.text, "recipe": kd.digest if kd is not None else None}
     digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{c.task_key}|{c.encoder_name}|{c.mode}|{c.fraction:g}|{c.seed}|{digest}"
+    return f"{c.task.key}|{c.encoder_name}|{c.mode}|{c.fraction:g}|{c.seed}|{digest}"
 
 
-def task_columns(cfg: SweepConfig) -> list[TaskColumn]:
+def task_columns(tasks: Sequence[TaskSpec]) -> list[TaskColumn]:
     out = []
-    for t in resolve_tasks(cfg):
+    for t in tasks:
         label = task_label(t.key, _dataset_name(t.data), t.kind)
         if any(c.label == label for c in out):  # two tasks on one dataset: name the target field
             label = label[:-1] + f" ({t.key.partition('?')[2] or t.task})."
@@ -262,7 +288,7 @@ def task_columns(cfg: SweepConfig) -> list[TaskColumn]:
     return out
 
 
-def write_report(cfg: SweepConfig, rows_: list[dict]) -> dict:
+def write_report(cfg: SweepConfig, rows_: list[dict], grid: Grid | None = None) -> dict:
     """tables.md, summary.json and the plots from the rows of the current grid."""
     from downstream.curves import plot_fraction_curves
     from downstream.edge_report import plot_pareto, render_edge_table, slug
@@ -270,8 +296,9 @@ def write_report(cfg: SweepConfig, rows_: list[dict]) -> dict:
 
     out = Path(cfg.out)
     agg = aggregate(rows_)
-    encoders, methods = rows(cfg)
-    tasks = task_columns(cfg)
+    grid = grid or parse_grid(cfg)
+    encoders, methods = grid.rows
+    tasks = task_columns(grid.tasks)
     fractions = {"finetune": cfg.fractions, "linear": cfg.linear_fractions}
     ranks_md, ranks = render_ranks(agg, encoders + methods, tasks, fractions)
     md = render_tables(agg, encoders, tasks, fractions, len(cfg.seeds), kd_rows=methods)
@@ -304,15 +331,16 @@ def write_report(cfg: SweepConfig, rows_: list[dict]) -> dict:
 def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     """Run the missing cells (at most ``max_cells`` of them), then write the report."""
     from downstream.edge.profile import LatencyCache
-    from downstream.kd.cell import parse_method, run_kd_cell
+    from downstream.kd.cell import run_kd_cell
     from downstream.probe import FeatureCache
     from downstream.runner import cpu_threads, run
     from sonodistill.world import make_accelerator
 
     out = Path(cfg.out)
-    labels = {t.key: t.label for t in task_columns(cfg)}
+    grid = parse_grid(cfg)  # tasks, encoders and methods parsed once
+    labels = {t.key: t.label for t in task_columns(grid.tasks)}
     plan = []
-    for c in cells(cfg):
+    for c in cells(cfg, grid):
         rc = cell_config(cfg, c)
         kd = kd_cell_config(cfg, c, rc) if c.method else None
         plan.append((c, rc, kd))
@@ -330,16 +358,21 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     for c, rc, kd, key in todo:
         if max_cells is not None and ran >= max_cells:
             break
-        if c.method:
-            with cpu_threads(rc.num_workers, acc.device):
-                metrics = run_kd_cell(rc, parse_method(c.method), kd, task_label=labels[c.task_key], latency=latency)
-        else:
-            metrics = run(rc, accelerator=acc, cache=cache, latency=latency)
+        kept = f"{len(plan) - len(todo) + ran} finished cells are kept in {results}"
+        check_stop(kept)
+        try:
+            if c.method:
+                with cpu_threads(rc.num_workers, acc.device):
+                    metrics = run_kd_cell(rc, c.method, kd, task_label=labels[c.task.key], latency=latency)
+            else:
+                metrics = run(rc, accelerator=acc, cache=cache, latency=latency)
+        except Stopped as exc:  # the running cell is dropped; the finished ones are its record
+            raise Stopped(f"{exc}; {kept}") from None
         metrics.pop("test_per_image", None)
         if acc.is_main_process:
-            record = {"key": key, "cell": c.__dict__, "config": to_dict(rc), "metrics": metrics}
+            record = {"key": key, "cell": c.record(), "config": to_dict(rc), "metrics": metrics}
             if kd is not None:
-                record["kd_config"] = to_dict(kd)
+                record["kd_config"] = to_dict(kd.config)
             append_jsonl(results, record)
             if "na" in metrics:
                 score = f"n/a ({metrics['na']})"
@@ -353,7 +386,7 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     rows_ = [r for r in read_jsonl(results) if r.get("key") in current]
     summary = {"ran": ran, "remaining": len(todo) - ran, "cells": len(plan), "done": len(rows_)}
     if acc.is_main_process:
-        write_report(cfg, rows_)
+        write_report(cfg, rows_, grid)
     return summary
 
 
@@ -365,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
     args = p.parse_args(argv)
     cfg = config_from_args(SweepConfig, args)
-    summary = run_sweep(cfg, max_cells=args.max_cells)
+    with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75
+        summary = run_sweep(cfg, max_cells=args.max_cells)
     if args.print_tables:
         print((Path(cfg.out) / "tables.md").read_text())
     print(json.dumps(summary))

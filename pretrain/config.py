@@ -30,6 +30,9 @@ class PretrainDataConfig:
     record_keys: bool = False  # audit: write the sample keys each rank trained on to <out_dir>/keys/
     gpu_decode: bool = False  # JPEG shards: decode on the training GPU (nvJPEG) instead of in the workers
     encoding: Literal["any", "png", "jpeg", "raw"] = "any"  # the shards' encoding this run expects
+    max_skipped_share: float = 0.01  # stop when unreadable shards cost more of an epoch's samples than this
+    stall_timeout_s: float = 120.0  # stop when shards keep failing and nothing was read for this long
+    allow_upsample: bool = False  # train at an image_size above the shards' size (every image upsampled)
 
 
 @dataclasses.dataclass

@@ -7,34 +7,35 @@ The folder holds the student backbone only (no projection head) written by timm'
 teacher's mean/std), plus a model card ``README.md``. It loads with
 ``timm.create_model("local-dir:DIR", pretrained=True)`` (``hf-hub:REPO_ID`` once pushed) and its
 state dict loads strictly into ``segmentation_models_pytorch.Unet(<arch>).encoder``.
-``--push-to-hub`` uploads with huggingface_hub (token from ``HF_TOKEN`` or ``huggingface-cli
-login``); ``--dry-run`` prints what would be uploaded and touches no network.
+``--push-to-hub`` uploads the three files with huggingface_hub (token from ``HF_TOKEN`` or
+``huggingface-cli login``); ``--dry-run`` prints exactly what would be uploaded and touches no
+network. Neither the card nor config.json names a local path: the teacher is its Hub id or its model
+type and weights hash, the shards their folder name and manifest hash.
+
+``--out`` must be new or empty, or an earlier export (recognised by its files, replaced atomically);
+export never deletes what it did not write (``--overwrite`` writes its files beside others, and is
+refused for a folder holding a pretraining run).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pretrain.checkpoint import find_checkpoint, read_meta, saved_config
+from pretrain.checkpoint import find_checkpoint, list_checkpoints, read_meta, saved_config
+from pretrain.model_card import GRAYSCALE_NOTE, data_provenance, model_card, teacher_provenance
 from sonodistill.atomic import atomic_dir
 from sonodistill.errors import UserError, cli_main
+from sonodistill.provenance import local_paths, public_model_name
 
 log = logging.getLogger(__name__)
-
-GRAYSCALE_NOTE = (
-    "B-mode ultrasound is grayscale: replicate the single channel to 3 channels "
-    "(e.g. PIL .convert('RGB')), then normalise with mean/std"
-)
-NOT_CLINICAL = (
-    "**Not for clinical use.** This is a research model. It has not been validated for "
-    "diagnosis, treatment or any clinical decision, and must not be used for them."
-)
 
 
 def load_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
@@ -57,112 +58,59 @@ def load_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, An
     return model.eval(), meta, ckpt
 
 
-def _card(meta: dict[str, Any], model: torch.nn.Module, title: str) -> str:
-    from huggingface_hub import ModelCard, ModelCardData
+EXPORT_FILES = ("model.safetensors", "config.json", "README.md")
 
-    cfg = saved_config(meta)
-    t, tr = meta["teacher"], cfg.train
-    arch = cfg.student.name
-    size = cfg.image_size
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    data = meta.get("data") or {}
-    n = data.get("num_samples") or meta.get("num_samples")
-    epochs = f"{meta['samples_seen'] / n:.1f}" if n else "unknown"
-    sources = data.get("sources") or {}
-    source_rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(sources.items())) or "| (no manifest) | |"
-    rejected = ", ".join(f"{k}: {v}" for k, v in sorted((data.get("rejected") or {}).items())) or "none recorded"
-    norm = "final LayerNorm applied" if cfg.teacher.norm else "no final norm"
-    card_data = ModelCardData(
-        library_name="timm",
-        license="other",
-        pipeline_tag="image-feature-extraction",
-        tags=[
-            "timm",
-            "image-feature-extraction",
-            "ultrasound",
-            "medical-imaging",
-            "knowledge-distillation",
-            "dinov3",
-            "sonodistill",
-        ],
+
+def _is_own_export(folder: Path) -> bool:
+    """A folder this command wrote before: only export files, and a config.json naming sonodistill."""
+    names = {p.name for p in folder.iterdir()}
+    if not names <= set(EXPORT_FILES) or "config.json" not in names:
+        return False
+    try:
+        return "sonodistill" in json.loads((folder / "config.json").read_text())
+    except (ValueError, OSError):
+        return False
+
+
+def _holds_run(folder: Path) -> bool:
+    return (folder / "meta.json").is_file() or (folder / "checkpoints").is_dir() or bool(list_checkpoints(folder))
+
+
+def out_mode(out: Path, ckpt: Path, overwrite: bool = False) -> str:
+    """How export may write ``out``: ``new`` (absent or empty), ``replace`` (a previous export of its
+    own, replaced as a whole) or ``into`` (``--overwrite``: the export files written beside what the
+    folder holds). Anything else is refused with one line: export never deletes what it did not write."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder")
+    if ckpt.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"--out {out}: holds the checkpoint being exported ({ckpt}); choose a new folder")
+    if not out.exists() or not any(out.iterdir()):
+        return "new"
+    if _is_own_export(out):
+        return "replace"
+    if _holds_run(out):
+        raise UserError(f"--out {out}: holds a pretraining run (checkpoints); export never writes into one")
+    if overwrite:
+        return "into"
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+    raise UserError(
+        f"--out {out}: not empty and not an earlier export (holds {', '.join(foreign[:3])}"
+        f"{', ...' if len(foreign) > 3 else ''}); choose a new folder, or --overwrite to write the export "
+        "files beside them"
     )
-    body = f"""
-# {title}
-
-A {arch} encoder ({params:.1f}M parameters, classifier removed) for B-mode ultrasound images,
-distilled from the frozen ViT teacher `{t["name_or_path"]}` with
-sonodistill, following "Domain-Constrained Distillation of DINOv3 into a
-Lightweight Foundation Model toward Point-of-Care Ultrasound": the student's stride-32 feature map,
-passed through a token-wise MLP head (dropped in this export) and upsampled to the teacher's patch
-grid, regresses the teacher's normalised patch tokens with a token-wise MSE.
-
-{NOT_CLINICAL}
-
-## Use
-
-{GRAYSCALE_NOTE}. Input size used in training: {size}x{size}; mean {t["mean"]}, std {t["std"]}.
-
-```python
-import timm
-model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True)  # or "hf-hub:<repo id>"
-features = model.forward_features(x)  # [B, {model.num_features}, H/32, W/32]; model(x) pools them
-```
-
-As a U-Net encoder (segmentation-models-pytorch; the state dict loads strictly):
-
-```python
-import segmentation_models_pytorch as smp
-from safetensors.torch import load_file
-unet = smp.Unet("{arch}", encoder_weights=None, classes=1)
-unet.encoder.load_state_dict(load_file("model.safetensors"))
-```
-
-## Training
-
-| item | value |
-| --- | --- |
-| teacher | `{t["name_or_path"]}`, patch tokens of blocks {t["layers"]} ({norm}), \
-{cfg.teacher.aggregate} -> {t["embed_dim"]}-d, patch {t["patch_size"]} |
-| student | `{arch}` + 2-layer MLP head (hidden {cfg.student.head_hidden}) |
-| loss | token-wise MSE (squared L2 per token, mean over tokens and images) |
-| mixup | prob {cfg.mixup.prob}, lambda ~ U(0,1), mode `{cfg.mixup.mode}` |
-| augmentations | preset `{cfg.augment.preset}` at {size} px |
-| optimiser | {tr.optimizer} lr {tr.lr}, weight decay {tr.weight_decay} (not on norms/biases), \
-betas {list(tr.betas)}, warm-up {meta.get("warmup_steps")} steps + cosine to {tr.min_lr}, grad clip {tr.grad_clip} |
-| steps | {meta["step"]} of {meta.get("max_steps")} optimiser steps, global batch {meta["global_batch"]} \
-({meta["world_size"]} process(es) x {tr.batch_size} x {meta["accumulation"]} accumulation) |
-| images seen | {meta["samples_seen"]} (~{epochs} epochs) |
-| precision | {meta.get("mixed_precision")} ({meta.get("distributed_type")}) |
-
-## Data
-
-Unlabelled B-mode images from the shard manifest (`{data.get("path", "unknown")}`): {n or "unknown"} images,
-standardised to {(data.get("settings") or {}).get("size", "unknown")} px; rejected while building: {rejected}.
-
-| source | images |
-| --- | --- |
-{source_rows}
-
-## Intended use and limitations
-
-Intended as a pretrained encoder for research on ultrasound segmentation and classification
-(linear probing, fine-tuning, limited-label studies), and for point-of-care research prototypes.
-It was trained on 2D B-mode frames only; behaviour on Doppler, elastography, 3D or video data,
-other modalities, or scanners and anatomies absent from the corpus is unknown. The teacher's
-licence terms may apply to this derived model.
-
-{NOT_CLINICAL}
-"""
-    return str(ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}"))
 
 
-def export(checkpoint: str | Path, out: str | Path, title: str | None = None) -> Path:
-    """Write the Hub-ready folder ``out`` (atomically: replaced as a whole) and return it."""
+def export(checkpoint: str | Path, out: str | Path, title: str | None = None, overwrite: bool = False) -> Path:
+    """Write the Hub-ready folder ``out`` and return it. A new (or empty) folder and an earlier export
+    are written atomically as a whole; ``overwrite`` writes each export file atomically into a folder
+    holding other files (kept); anything else is refused (:func:`out_mode`)."""
     from timm.models import save_for_hf
 
     from sonodistill.atomic import write_text
 
     model, meta, ckpt = load_backbone(checkpoint)
+    out = Path(out)
+    mode = out_mode(out, ckpt, overwrite)
     cfg = saved_config(meta)
     size = cfg.image_size
     t = meta["teacher"]
@@ -173,11 +121,14 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None) ->
         "crop_pct": 1.0,
         "interpolation": "bilinear",
     }
+    teacher = teacher_provenance(meta)
     model_config = {
         "input_note": GRAYSCALE_NOTE,
         "sonodistill": {
             "checkpoint_step": meta["step"],
-            "teacher": t["name_or_path"],
+            "teacher": public_model_name(teacher),
+            "teacher_provenance": teacher,
+            "data": data_provenance(meta),
             "teacher_layers": t["layers"],
             "augment": cfg.augment.preset,
         },
@@ -195,25 +146,47 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None) ->
         "notes": None,
         "description": None,
     }
-    out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out if mode != "into" else out / ".export") as tmp:
         save_for_hf(model, str(tmp), model_config=model_config, data_config=data_config, safe_serialization=True)
-        write_text(tmp / "README.md", _card(meta, model, title or out.name))
+        write_text(tmp / "README.md", model_card(meta, model, title or out.name))
         tmp.chmod(0o755)  # a publishable folder, not a private temp dir
         for f in tmp.iterdir():
             f.chmod(0o644)
+    if mode == "into":  # each file replaced atomically; what else the folder holds stays
+        staged = out / ".export"
+        for name in EXPORT_FILES:
+            os.replace(staged / name, out / name)
+        staged.rmdir()
     log.info(f"exported {meta['config']['student']['name']} (step {meta['step']} of {ckpt}) to {out}")
     return out
 
 
+def upload_files(folder: Path) -> list[str]:
+    """What an upload of ``folder`` sends: the export files, nothing else the folder may hold."""
+    return sorted(name for name in EXPORT_FILES if (folder / name).is_file())
+
+
+def check_public(folder: Path, files: Sequence[str]) -> None:
+    """Refuse to publish a text file that names a local path (the export never writes one; this
+    guards hand edits and older exports)."""
+    for name in files:
+        if name.endswith((".md", ".json")):
+            found = local_paths((folder / name).read_text(encoding="utf-8", errors="replace"), [folder])
+            if found:
+                raise UserError(f"{folder / name}: names the local path {found[0]}; remove it before publishing")
+
+
 def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> list[str]:
-    """Upload ``folder`` to the Hub model repo ``repo_id``; ``dry_run`` only lists the files."""
+    """Upload the export files of ``folder`` to the Hub model repo ``repo_id``; ``dry_run`` lists
+    exactly what would be uploaded. Both refuse a file that names a local path."""
     folder = Path(folder)
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    files = upload_files(folder)
+    check_public(folder, files)
     if dry_run:
         print(f"dry run: would create/update {'private' if private else 'public'} model repo '{repo_id}' and upload:")
         for f in files:
             print(f"  {f}  ({(folder / f).stat().st_size / 1e6:.2f} MB)")
+        print("  (checked: no local path in README.md or config.json)")
         return files
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -225,6 +198,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
             folder_path=str(folder),
             repo_id=repo_id,
             repo_type="model",
+            allow_patterns=files,
             commit_message="sonodistill: distilled ultrasound encoder",
         )
     except (HfHubHTTPError, OSError, ValueError) as exc:
@@ -240,7 +214,14 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (newest checkpoint)")
-    parser.add_argument("--out", required=True, help="output folder (replaced as a whole)")
+    parser.add_argument(
+        "--out", required=True, help="a new or empty folder, or an earlier export (replaced as a whole)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write the export files into a folder that holds other files (they are kept; never a run folder)",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub model repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded")
@@ -248,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.private and not args.push_to_hub:
         raise UserError("--private: only meaningful with --push-to-hub")
-    out = export(args.checkpoint, args.out, title=args.title or args.push_to_hub)
+    out = export(args.checkpoint, args.out, title=args.title or args.push_to_hub, overwrite=args.overwrite)
     if args.push_to_hub:
         push(out, args.push_to_hub, private=args.private, dry_run=args.dry_run)
     elif args.dry_run:

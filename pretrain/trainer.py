@@ -32,7 +32,6 @@ import torch
 from pretrain.checkpoint import read_meta, resolve_resume, save_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.metrics import MetricsLog, plot_loss_curve
-from pretrain.preempt import EXIT_PREEMPTED, StopRequest
 from pretrain.step import distill_loss, make_view
 from pretrain.student import Student, build_student
 from shards.stream import decode_on_device
@@ -43,6 +42,7 @@ from sonodistill.jsonl import truncate_jsonl
 from sonodistill.logs import progress
 from sonodistill.optim import build_optimizer, build_scheduler
 from sonodistill.precision import frozen_dtype, resolve_mixed_precision
+from sonodistill.stop import EXIT_PREEMPTED, StopRequest
 from sonodistill.workers import loader_workers
 from sonodistill.world import launch_state, use_cpu
 
@@ -142,6 +142,8 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             pin_memory=pin,
             source_weights=d.source_weights,
             decode="device" if d.gpu_decode else "worker",
+            max_skipped_share=d.max_skipped_share,
+            stall_timeout_s=d.stall_timeout_s,
         )
     except (UserError, FileNotFoundError, ValueError) as exc:
         raise UserError(f"data.shards: cannot open '{d.shards}' ({' '.join(str(exc).split())})") from None
@@ -152,15 +154,30 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             f"(build them with `python -m shards.build --encoding {d.encoding}`, or set data.encoding={found}"
             " / data.encoding=any; docs/data.md#shard-encodings compares the encodings)"
         )
+    _check_shard_size(cfg, loader.manifest)
     return loader
+
+
+def _check_shard_size(cfg: PretrainConfig, manifest: dict | None) -> None:
+    """Refuse to upsample every image: shards built smaller than the views the networks see."""
+    size = ((manifest or {}).get("settings") or {}).get("size")
+    if size and int(size) < cfg.image_size and not cfg.data.allow_upsample:
+        raise UserError(
+            f"image_size: {cfg.image_size} px is larger than the {size} px of the shards in '{cfg.data.shards}': "
+            f"every image would be upsampled; build them with --size {cfg.image_size}, set image_size={size}, "
+            "or data.allow_upsample=true to train so on purpose"
+        )
 
 
 def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:
     """What the run's metadata records about its shard set (local or remote)."""
     if manifest is None:
         return {}
+    from sonodistill.provenance import json_sha256, public_source_name
+
     keep = ("num_samples", "sources", "rejected", "settings", "encoding")
-    return {k: manifest[k] for k in keep if k in manifest} | {"path": str(shards)}
+    named = {"path": str(shards), "name": public_source_name(shards), "manifest_sha256": json_sha256(manifest)}
+    return {k: manifest[k] for k in keep if k in manifest} | named
 
 
 def _rng_neutral(batches: Iterator[dict]) -> Iterator[dict]:
@@ -358,6 +375,7 @@ def _base_meta(s: Session) -> dict[str, Any]:
             "patch_size": t.patch_size,
             "mean": list(t.mean),
             "std": list(t.std),
+            **t.provenance(),  # what the model card names it by (never the local path)
         },
         "student": {
             "name": cfg.student.name,
@@ -510,7 +528,7 @@ def train(cfg: PretrainConfig) -> TrainResult:
         keys_fh = keys_path.open("a", encoding="utf-8")
     metrics = MetricsLog(s.out_dir, start_step) if s.is_main else None
     outcome: Outcome | None = None
-    # Installed before the loader forks its workers, which inherit the handler (see pretrain.preempt).
+    # Installed before the loader forks its workers, which inherit the handler (see sonodistill.stop).
     with StopRequest() as stop:
         try:
             outcome = loop(s, start_step, ckpt, stop, metrics, keys_fh)

@@ -53,6 +53,7 @@ from shards.sources import Item, Source, open_source, parse_source
 from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import progress as progress_bar
+from sonodistill.stop import StopRequest, check_stop
 
 log = logging.getLogger(__name__)
 
@@ -503,6 +504,7 @@ def _process_items(state: _State, progress: bool) -> None:
         for item, res, copies in ordered_map(_process, _plan(state, extract), settings.workers):
             judged = _judge_item(state, item, res, copies)
             bar.update(1)
+            check_stop(f"{len(state.shards)} finished shards are journaled in {state.out}")
             if judged and bar.n % 64 == 0:
                 rate = (state.consumed - n0) / max(time.time() - t0, 1e-9)
                 kept, rejected = sum(state.kept.values()), sum(state.rejected.values())
@@ -679,7 +681,8 @@ def _main(args: argparse.Namespace) -> None:
         jpeg_quality=args.jpeg_quality,
     )
     exclusions = load_exclusions([*(corpus.exclude if corpus else []), *args.exclude])
-    manifest = build_shards(configs, args.out, settings, progress=not args.quiet, exclusions=exclusions)
+    with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop after the current file, finished shards kept
+        manifest = build_shards(configs, args.out, settings, progress=not args.quiet, exclusions=exclusions)
     print(summary_line(manifest))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from shards.clean import Cleaned, Rejected, clean_frame
 from shards.codec import Codec
@@ -41,9 +42,13 @@ class ItemOutcome:
     skipped: bool = False  # over the source's max_images: not read
 
 
-def _detail(exc: ReadError) -> str:
-    """The library's message, without memory addresses (the output must not depend on the run)."""
-    return re.sub(r"\(?0x[0-9a-fA-F]+\)?", "", exc.detail)[:200]
+def _detail(exc: ReadError, item: Item | None = None) -> str:
+    """The library's message, without memory addresses (the output must not depend on the run) and
+    without the file's absolute path (every output names files relative to their source)."""
+    text = exc.detail
+    if item is not None and item.path:
+        text = text.replace(str(Path(item.path).resolve()), item.relpath).replace(item.path, item.relpath)
+    return re.sub(r"\(?0x[0-9a-fA-F]+\)?", "", text)[:200]
 
 
 def _file_sha1(item: Item) -> str:
@@ -59,11 +64,15 @@ def _file_sha1(item: Item) -> str:
 def extract_item(item: Item, opts: SourceOptions, settings: ExtractSettings) -> ItemOutcome:
     """Never raises for bad data: every failure becomes a :class:`Rejected` with its reason."""
     out = ItemOutcome()
+    if item.reject:  # a link loop, a dangling link or a pipe: counted, never opened
+        out.frames.append(FrameOutcome(None, Rejected(item.reject)))
+        return out
     src = item.data if item.data is not None else item.path
     try:
         media = open_media(src, item.relpath, opts)  # type: ignore[arg-type]
     except ReadError as exc:
-        out.frames.append(FrameOutcome(None, Rejected(exc.reason, {"detail": _detail(exc)} if exc.detail else {})))
+        detail = {"detail": _detail(exc, item)} if exc.detail else {}
+        out.frames.append(FrameOutcome(None, Rejected(exc.reason, detail)))
         return out
     except MemoryError:
         out.frames.append(FrameOutcome(None, Rejected("too_large")))
@@ -92,7 +101,8 @@ def extract_item(item: Item, opts: SourceOptions, settings: ExtractSettings) -> 
                 res.meta = meta
             out.frames.append(FrameOutcome(index, res))
     except ReadError as exc:
-        out.frames.append(FrameOutcome(None, Rejected(exc.reason, {"detail": _detail(exc), "after": out.decoded})))
+        detail = {"detail": _detail(exc, item), "after": out.decoded}
+        out.frames.append(FrameOutcome(None, Rejected(exc.reason, detail)))
     except MemoryError:
         out.frames.append(FrameOutcome(None, Rejected("too_large", {"after": out.decoded})))
     return out

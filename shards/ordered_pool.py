@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
+from sonodistill.stop import ignore_all_stop_signals
+
 A = TypeVar("A")
 R = TypeVar("R")
 
@@ -33,7 +35,10 @@ def ordered_map(
     window = window or workers * 4
     it = iter(items)
     # spawn: workers must not inherit a parent's threads (torch, tqdm) through fork.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    # Workers ignore a stop signal sent to the whole process group: the main process decides.
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=ignore_all_stop_signals
+    ) as pool:
         pending: deque = deque()
 
         def submit() -> bool:

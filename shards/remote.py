@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 SHARD_RETRIES = int(os.environ.get("SONODISTILL_SHARD_RETRIES", 3))  # retries after the first attempt
 RETRY_BACKOFF_S = float(os.environ.get("SONODISTILL_SHARD_BACKOFF", 0.5))  # first wait; doubles each time
+# A server that accepts a connection and then says nothing must not hold a read forever.
+READ_TIMEOUT_S = float(os.environ.get("SONODISTILL_SHARD_TIMEOUT", 30))
 _EXTRA = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 
 
@@ -42,8 +44,13 @@ def filesystem(url: str):
     import fsspec
 
     protocol = url.split("://", 1)[0]
+    options = {}
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(sock_connect=30, sock_read=READ_TIMEOUT_S)}
     try:
-        fs, _ = fsspec.core.url_to_fs(url)
+        fs, _ = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         extra = _EXTRA.get(protocol)
         hint = f"pip install 'sonodistill[{extra}]'" if extra else "install the fsspec back-end for it"

@@ -13,10 +13,12 @@ Its first ``Image`` column is used, undecoded, so decoding happens in the build 
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
 import re
+import stat as stat_mod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ class Item:
     relpath: str
     path: str | None = None  # read by the worker (folder sources)
     data: bytes | None = None  # already in memory (dataset sources)
+    reject: str | None = None  # decided when listed, never opened: symlink_loop, broken_link, special_file
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -66,6 +69,51 @@ def _companion(rel: str, present: set[str]) -> bool:
     return any(stem + h in present for h in COMPANION_EXTENSIONS.get(ext.lower(), ()))
 
 
+def walk_files(root: Path) -> list[str]:
+    """Every non-hidden entry below ``root`` that is not a folder, in sorted order. Symlinked
+    folders are followed once; one that leads back to a folder already on the way is listed as an
+    entry of its own, which :func:`unreadable_entry` names a ``symlink_loop``."""
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def walk(folder: str) -> None:
+        seen.add(os.path.realpath(folder))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:  # a link loop: listed, and counted by unreadable_entry
+                is_dir = False
+            if is_dir:
+                if e.is_symlink() and os.path.realpath(e.path) in seen:
+                    out.append(e.path)
+                else:
+                    walk(e.path)
+            else:
+                out.append(e.path)
+        seen.discard(os.path.realpath(folder))
+
+    walk(str(root))
+    return out
+
+
+def unreadable_entry(path: str) -> str | None:
+    """Why a listed entry cannot be read as a file (``None``: a regular file): a symlink that loops,
+    one that points nowhere, or a named pipe, socket or device (opening a pipe would block forever)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return "symlink_loop" if exc.errno == errno.ELOOP else "broken_link" if os.path.islink(path) else "unreadable"
+    if stat_mod.S_ISDIR(st.st_mode):
+        return "symlink_loop"  # a folder reached again through a link
+    return None if stat_mod.S_ISREG(st.st_mode) else "special_file"
+
+
 class FolderSource:
     def __init__(self, name: str, root: str | Path, options: SourceOptions | None = None):
         self.name, self.spec = name, str(root)
@@ -75,7 +123,7 @@ class FolderSource:
         if GLOB_CHARS.search(spec):
             base = spec[: GLOB_CHARS.search(spec).start()]
             self.root = Path(base if base.endswith(os.sep) else os.path.dirname(base) or ".")
-            paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+            paths = sorted(p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p))
             paths = [p for p in paths if not any(part.startswith(".") for part in Path(p).relative_to(self.root).parts)]
             if not paths:
                 raise UserError(f"--source {name}={root}: no file matches the pattern")
@@ -85,23 +133,22 @@ class FolderSource:
                 raise UserError(f"--source {name}={root}: folder does not exist")
             if not self.root.is_dir():
                 raise UserError(f"--source {name}={root}: not a folder")
-            for dirpath, dirnames, filenames in os.walk(self.root):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for f in sorted(filenames):
-                    if not f.startswith("."):
-                        paths.append(os.path.join(dirpath, f))
-        rels = [(os.path.relpath(p, self.root), p) for p in paths if os.path.isfile(p)]
+            paths = walk_files(self.root)
+        rels = [(os.path.relpath(p, self.root), p) for p in paths]
         present = {rel for rel, _ in rels}
+        kept = [(rel, p) for rel, p in rels if self.options.keeps(rel) and not _companion(rel, present)]
+        self.rejects = {rel: reason for rel, p in kept if (reason := unreadable_entry(p))}
         self.files: list[tuple[str, int]] = sorted(
-            (rel, os.path.getsize(p)) for rel, p in rels if self.options.keeps(rel) and not _companion(rel, present)
+            (rel, -1 if rel in self.rejects else os.path.getsize(p)) for rel, p in kept
         )
         if not self._readable():
             raise UserError(f"--source {name}={root}: no image files (nor DICOM, video, volume or array files) to read")
 
     def _readable(self) -> bool:
-        if any(is_media_name(rel) for rel, _ in self.files):
+        files = [rel for rel, _ in self.files if rel not in self.rejects]  # a pipe would block open()
+        if any(is_media_name(rel) for rel in files):
             return True
-        for rel, _ in self.files[:SNIFF_FILES]:  # DICOM often comes without an extension
+        for rel in files[:SNIFF_FILES]:  # DICOM often comes without an extension
             try:
                 with open(self.root / rel, "rb") as fh:
                     family = detect_family(fh.read(HEAD_BYTES), rel)
@@ -116,7 +163,7 @@ class FolderSource:
 
     def items(self, start: int = 0) -> Iterator[Item]:
         for rel, _ in self.files[start:]:
-            yield Item(self.name, rel, path=str(self.root / rel))
+            yield Item(self.name, rel, path=str(self.root / rel), reject=self.rejects.get(rel))
 
     def fingerprint(self) -> str:
         h = hashlib.sha1()

@@ -51,9 +51,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from shards.codec import CorruptSample, decode_gray, decode_jpeg_batch, npy_header
 from shards.handoff import BatchRing
 from shards.manifest import encoding_of, resolve_shards
+from shards.read_guard import MAX_SKIPPED_SHARE, STALL_TIMEOUT_S, ReadGuard
 from shards.shardfile import NPY_CODE as _NPY_CODE
 from shards.shardfile import Shard, ShardUnreadable, open_shard
 from sonodistill.errors import UserError
+from sonodistill.stop import ignore_stop_signals
 
 MODES = ("epoch", "loop", "resampled")
 STATE_VERSION = 2
@@ -118,8 +120,10 @@ class _SlotStream(IterableDataset):
         parts: int = 1,
         first_parts: dict[int, int] | None = None,
         plan: tuple[list[float], list[dict[str, float]]] | None = None,
+        guard: ReadGuard | None = None,
     ):
         super().__init__()
+        self.guard = guard or ReadGuard()
         self.urls, self.counts, self.batch_size, self.mode, self.seed = urls, counts, batch_size, mode, seed
         self.shuffle, self.shuffle_buffer, self.rank, self.world_size = shuffle, shuffle_buffer, rank, world_size
         self.num_workers, self.with_meta, self.drop_last = num_workers, with_meta, drop_last
@@ -144,6 +148,14 @@ class _SlotStream(IterableDataset):
         if n >= total:
             return order[slot::total], None
         return order, (slot, total)
+
+    def _slot_total(self, epoch: int, slot: int, total: int) -> int | None:
+        """Samples this slot reads in ``epoch`` (from the manifest; None without one)."""
+        if self.counts is None:
+            return None
+        mine, modulo = self.slot_shards(epoch, slot, total)
+        n = sum(self.counts[u] for u in mine)
+        return n // modulo[1] if modulo is not None else n
 
     def _count(self, u: int, counts: Counter) -> int:
         if self.counts is not None:
@@ -203,9 +215,11 @@ class _SlotStream(IterableDataset):
                 shard: Shard | None = open_shard(url)
                 if not shard.index.complete:
                     counts["bad_shard"] += 1  # truncated/damaged: the samples before the damage are used
-            except ShardUnreadable:
+                self.guard.ok()
+            except ShardUnreadable as exc:
                 counts["unreadable_shard"] += 1
                 shard = None
+                self.guard.failed(url, str(exc), self.counts[u] if self.counts is not None else None)
             self._open[url] = shard
         return self._open[url]
 
@@ -351,7 +365,8 @@ class _SlotStream(IterableDataset):
         item = _Item(self, worker, self.first_parts.get(logical, self.parts))
         consumed = skip
         while self.epoch_limit is None or epoch < self.epoch_limit:
-            consumed = 0
+            consumed, read = 0, 0
+            self.guard.new_epoch(self._slot_total(epoch, slot, total))
             for window in self.windows(epoch, slot, total, counts):
                 end = window.start + len(window)
                 if end <= skip:
@@ -362,12 +377,15 @@ class _SlotStream(IterableDataset):
                 while p < len(window):
                     p, filled = self._fill(window, p, item.out(), self.batch_size - item.n, counts, item.meta)
                     item.add(filled)
+                    read += len(filled)
                     consumed = window.start + p
                     if item.n == self.batch_size:
                         item.close(epoch, consumed, counts)
                         if item.full:
                             yield item.emit(logical)
                             item = _Item(self, worker, self.parts)
+            if skip == 0:  # a resumed epoch's first part was read before
+                self.guard.epoch_end(read)
             skip = 0
             if self.mode == "epoch":
                 break
@@ -461,6 +479,23 @@ def decode_on_device(batch: dict, device: str | torch.device) -> torch.Tensor:
     return decode_jpeg_batch(blobs, device)
 
 
+def _no_hang(loader: DataLoader, seconds: float, urls: list[str]) -> Iterator[dict]:
+    """The loader's items; a worker that hands over nothing for ``seconds`` ends the run in one line."""
+    it = iter(loader)
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "timed out" not in str(exc):
+                raise
+            raise UserError(
+                f"data.shards: no batch from the shard readers for {seconds:.0f} s (data.stall_timeout_s; a store "
+                f"that stopped answering?), shards like {urls[0]}"
+            ) from None
+
+
 class ShardLoader:
     """Batches of uint8 single-channel images from shards, split over ranks and workers.
 
@@ -488,6 +523,8 @@ class ShardLoader:
         decode: str = "worker",
         batches_per_item: int | None = None,
         source_weights: str | dict | None = None,
+        max_skipped_share: float = MAX_SKIPPED_SHARE,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
     ):
         if mode not in MODES:
             raise UserError(f"shard loader mode '{mode}': expected one of {', '.join(MODES)}")
@@ -514,6 +551,7 @@ class ShardLoader:
         self.image_size = (self.manifest or {}).get("settings", {}).get("size")
         self.counts = _manifest_counts(self.manifest)
         self.plan = _source_plan(source_weights, mode, self.manifest)
+        self.max_skipped_share, self.stall_timeout_s = max_skipped_share, stall_timeout_s
         # Batches travel several per DataLoader item (see _Item); the queue holds >= 2 items.
         if batches_per_item is not None and batches_per_item < 1:
             raise UserError(f"shard loader batches_per_item {batches_per_item}: expected at least 1")
@@ -586,13 +624,22 @@ class ShardLoader:
             self.parts,
             first_parts,
             self.plan,
+            ReadGuard(self.max_skipped_share, self.stall_timeout_s),
         )
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
-            kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False)
-        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **kwargs)
+            # timeout: a worker blocked inside a read (a server that accepts and then says nothing)
+            kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False, timeout=self.stall_timeout_s)
+        loader = DataLoader(
+            ds,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            worker_init_fn=ignore_stop_signals,  # a signal to the process group stops the run, not a worker
+            **kwargs,
+        )
         pin = self.pin_memory and torch.cuda.is_available()
-        for item in loader:
+        for item in _no_hang(loader, self.stall_timeout_s, self.urls):
             slot, parts = item["__slot__"], item["__parts__"]
             self._items += 1  # DataLoader items, for the worker round-robin on resume
             images = ring.tensor(*item["__ring__"]) if "__ring__" in item else item.get("image")

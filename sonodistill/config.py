@@ -395,6 +395,19 @@ def load_config(
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     for p in paths:
         _merge(tree, _read_yaml(cls, p))
+    _apply_overrides(cls, tree, overrides)
+    return _build(cls, tree, "config" if not paths else str(paths[-1]))
+
+
+def override_config(cfg: T, overrides: Sequence[str], where: str = "config") -> T:
+    """A copy of ``cfg`` with ``key=value`` overrides applied, checked as :func:`load_config` checks them
+    (e.g. a sweep's per-method settings on a recipe config it has already resolved)."""
+    tree = to_dict(cfg)
+    _apply_overrides(type(cfg), tree, overrides)
+    return _build(type(cfg), tree, where)
+
+
+def _apply_overrides(cls: type, tree: dict, overrides: Sequence[str]) -> None:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
@@ -409,7 +422,6 @@ def load_config(
                 except yaml.YAMLError:
                     raise ConfigError(f"override '{item}': value is not valid YAML") from None
         _set_dotted(tree, key, value)
-    return _build(cls, tree, "config" if not paths else str(paths[-1]))
 
 
 def config_from_dict(cls: type[T], tree: dict, where: str = "") -> T:

@@ -75,10 +75,10 @@ def _flow(name: str, value: Any) -> str:
     return text[1:-1]
 
 
-def keys_help(cls: type, prefix: str = "") -> list[str]:
-    """``key = default    meaning`` for every leaf key, section by section."""
-    defaults = to_dict(cls())
-    return _keys_lines(cls, defaults, prefix)
+def keys_help(cls: type, prefix: str = "", values: dict | None = None) -> list[str]:
+    """``key = default    meaning`` for every leaf key, section by section (``values``: a resolved
+    config's ``to_dict`` to show instead of the dataclass defaults)."""
+    return _keys_lines(cls, values if values is not None else to_dict(cls()), prefix)
 
 
 def _keys_lines(cls: type, values: dict, prefix: str) -> list[str]:
@@ -99,9 +99,11 @@ def _keys_lines(cls: type, values: dict, prefix: str) -> list[str]:
     return lines
 
 
-def help_epilog(cls: type, renamed: dict[str, str] | None = None) -> str:
-    """The ``--help`` epilog: every config key, its default and its meaning."""
-    text = "config keys (key=value; default shown after =):\n" + "\n".join(keys_help(cls))
+def help_epilog(cls: type, renamed: dict[str, str] | None = None, values: dict | None = None, source: str = "") -> str:
+    """The ``--help`` epilog: every config key, its default (``values``: after ``source``, e.g. a
+    preset) and its meaning."""
+    shown = f"value after {source}" if source else "default"
+    text = f"config keys (key=value; {shown} shown after =):\n" + "\n".join(keys_help(cls, values=values))
     if renamed:
         text += "\n\nrenamed keys (the old name still works, with a warning):\n" + "\n".join(
             f"  {old} -> {new}" for old, new in renamed.items()
@@ -131,10 +133,14 @@ def _yaml_lines(cls: type, values: dict, indent: int) -> list[str]:
 
 
 def add_config_args(
-    parser: argparse.ArgumentParser, cls: type | None = None, default_config: str | None = None
+    parser: argparse.ArgumentParser,
+    cls: type | None = None,
+    default_config: str | None = None,
+    base: Sequence[str | Path] = (),
 ) -> None:
     """``--config FILE`` (repeatable: later files win), ``--show-config`` and trailing ``key=value``
-    overrides; with ``cls``, ``--help`` lists every key of that config with its default and meaning."""
+    overrides; with ``cls``, ``--help`` lists every key of that config with its default and meaning
+    (the value after the ``base`` files, e.g. a recipe's preset, where given)."""
     parser.add_argument(
         "--config", action="append", default=None, help="YAML config file; repeat to layer several (later files win)"
     )
@@ -147,7 +153,9 @@ def add_config_args(
     parser.set_defaults(default_config=default_config)
     if cls is not None:
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
-        parser.epilog = "\n\n".join(x for x in (parser.epilog, help_epilog(cls, renamed_keys(cls))) if x)
+        values = to_dict(load_config(cls, list(base))) if base else None
+        epilog = help_epilog(cls, renamed_keys(cls), values, ", ".join(Path(b).name for b in base))
+        parser.epilog = "\n\n".join(x for x in (parser.epilog, epilog) if x)
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = ()) -> T:

@@ -206,6 +206,14 @@ class DINOv3(nn.Module):
             key=key,
         )
 
+    def provenance(self) -> dict:
+        """How a model card may name this model: Hub id (and resolved commit) or, for a local folder,
+        its model type and the SHA-256 of its weights (:mod:`sonodistill.provenance`)."""
+        from sonodistill.provenance import model_provenance
+
+        cfg = self.model.config
+        return model_provenance(self.name_or_path, cfg.model_type, getattr(cfg, "_commit_hash", None))
+
     def resolve_layers(self, layers: Sequence[int] | int) -> list[int]:
         """Block indices (0-based; negative counts from the last block); an int n means the last n."""
         if isinstance(layers, int):

@@ -24,9 +24,22 @@ class UserError(Exception):
     """Bad input: the message is one line naming the file/key and what was expected."""
 
 
+def user_message(exc: BaseException) -> str:
+    """The one-line message of a :class:`UserError`. One raised in a DataLoader worker reaches the
+    main process re-raised by PyTorch with the worker's whole traceback in its message; only its
+    last line, the original message, is for the user."""
+    text = str(exc)
+    marker = f"{type(exc).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return " ".join(text.split())
+
+
 def cli_main(fn: F) -> F:
     """Run ``fn`` with logging set up; a :class:`UserError` prints ``error: <message>`` to stderr
-    (on rank 0 only) and exits 2 on every rank."""
+    (on rank 0 only) and exits 2 on every rank; a stop signal that the command answered by keeping
+    its work (:class:`sonodistill.stop.Stopped`) prints ``stopped: <what was kept>`` and exits 75."""
+    from sonodistill.stop import EXIT_PREEMPTED, Stopped
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -35,8 +48,11 @@ def cli_main(fn: F) -> F:
             return fn(*args, **kwargs)
         except UserError as exc:
             if is_main_rank():
-                msg = " ".join(str(exc).split())  # always one line
-                print(f"error: {msg}", file=sys.stderr)
+                print(f"error: {user_message(exc)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+        except Stopped as exc:
+            if is_main_rank():
+                print(f"stopped: {' '.join(str(exc).split())}", file=sys.stderr)
+            sys.exit(EXIT_PREEMPTED)
 
     return wrapper  # type: ignore[return-value]

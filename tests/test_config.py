@@ -147,3 +147,16 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+def test_overrides_on_a_resolved_config_are_checked_and_copy_it():
+    from sonodistill.config import override_config
+
+    base = load_config(Cfg, None, ["steps=7"])
+    cfg = override_config(base, ["optim.lr=0.5", "layers=[1, 2]"])
+    assert (cfg.steps, cfg.optim.lr, cfg.layers, cfg.optim.betas) == (7, 0.5, [1, 2], (0.9, 0.999))
+    assert base.optim.lr == 1e-4 and base.layers == [-2, -1]  # the resolved config is left as it was
+    with pytest.raises(ConfigError, match="unknown key 'optim.beta'"):
+        override_config(base, ["optim.beta=1"])
+    with pytest.raises(ConfigError, match="key 'steps' expects int"):
+        override_config(base, ["steps=many"])

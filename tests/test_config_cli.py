@@ -86,10 +86,12 @@ def _leaf_keys_without_meaning(cls: type, prefix: str = "") -> list[str]:
 
 def _command_configs() -> list[type]:
     from downstream.config import RunConfig
+    from downstream.kd.registry import RECIPES, reproduction
     from downstream.sweep import SweepConfig
     from pretrain.config import PretrainConfig
 
-    return [PretrainConfig, RunConfig, SweepConfig]
+    # every KD recipe's config as python -m downstream.kd train resolves it (the recipe's keys and its paper's)
+    return [PretrainConfig, RunConfig, SweepConfig, *(reproduction(name).config for name in RECIPES)]
 
 
 @pytest.mark.parametrize("cls", _command_configs(), ids=lambda c: c.__name__)

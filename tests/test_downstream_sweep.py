@@ -250,5 +250,5 @@ def test_suite_config_lists_ultrabench_tasks():
     ub = [t for t in tasks if t.data.startswith("ub:")]
     assert len(ub) == 14 and sum(t.kind == "seg" for t in ub) == 7  # UltraBench: 7 + 7 tasks
     psfhs = next(t for t in ub if "psfhs" in t.data)
-    assert psfhs.reader == ("layout=ub", "mask_column=psfh_mask", "mask_values=[2]")
+    assert (psfhs.reader.layout, psfhs.reader.mask_column, psfhs.reader.mask_values) == ("ub", "psfh_mask", [2])
     assert cfg.methods and "finetune" in cfg.modes

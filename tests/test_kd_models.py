@@ -113,11 +113,13 @@ def test_gate_weights_sum_to_one_and_single_view_is_plain_backbone():
 
 def test_nanoray_and_mobilenet_counts():
     """Paper 003: ViT-B/16 86M teacher, MobileNetV3-Small 2.5M student (ImageNet 1000-class heads)."""
-    from downstream.kd.recipes import nanoray, vit_mobilenet
+    from downstream.kd.config import TimmStudentConfig
+    from downstream.kd.models.backbones import timm_student
+    from downstream.kd.recipes import nanoray
 
-    vit = meta(lambda: nanoray.build_teacher(nanoray.TeacherConfig(), 1000, 224))
-    small = meta(lambda: nanoray.build_student(nanoray.StudentConfig(), 1000))
+    vit = meta(lambda: nanoray.build_teacher(nanoray.ViTTeacherConfig(), 1000, 224))
+    small = meta(lambda: timm_student(TimmStudentConfig(), 1000))
     assert num_params(vit) / 1e6 == pytest.approx(86, rel=0.01)  # 86.57M
     assert round(num_params(small) / 1e6, 1) == 2.5
-    large = meta(lambda: vit_mobilenet.build_student(vit_mobilenet.StudentConfig(model="mobilenetv3_large_100"), 3))
+    large = meta(lambda: timm_student(TimmStudentConfig(model="mobilenetv3_large_100"), 3))
     assert num_params(large) / 1e6 == pytest.approx(4.2, abs=0.05)  # "Large selectable"

@@ -9,7 +9,7 @@ import pytest
 
 from downstream.kd.__main__ import main
 
-COMMON = ["data.img_size=32", "data.workers=0"]
+COMMON = ["image_size=32", "num_workers=0"]
 VIT = [
     "teacher.vit_kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
     "teacher.convnext_kwargs={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}",
@@ -229,14 +229,13 @@ def test_summary_json_lists_every_model_against_the_paper(capsys):
 
 @pytest.mark.parametrize("recipe", ["vit_mobilenet", "nanoray", "hdkd", "csa_moe"])
 def test_shipped_tiny_configs_layer_on_the_paper_preset(recipe, repo_root):
-    from downstream.kd.recipes import RECIPES
-    from downstream.kd.recipes.base import recipe_config
+    from downstream.kd.registry import reproduction_config
 
     tiny = repo_root / "downstream" / "kd" / "configs" / f"tiny_{recipe}.yaml"
-    cfg = recipe_config(RECIPES[recipe], [tiny])
-    assert cfg.data.img_size == 64 and cfg.data.workers == 0
-    paper = recipe_config(RECIPES[recipe])
-    assert paper.data.img_size == 224  # the paper's resolution comes from the preset
+    cfg = reproduction_config(recipe, [tiny])
+    assert cfg.image_size == 64 and cfg.num_workers == 0
+    paper = reproduction_config(recipe)
+    assert paper.image_size == 224  # the paper's resolution comes from the preset
     assert cfg.seed == paper.seed == 42
 
 
@@ -245,18 +244,17 @@ def test_presets_hold_each_papers_settings():
     alpha*T^2*KL + (1-alpha)*CE (alpha 0.25, T 4); paper 001: (1-a)*CE + a*t^2*KL + lambda*l_feat (a 0.5,
     t 1, lambda 10, alpha_f 1), student AdamW cosine 5e-5 -> 2e-5 with 5 warm-up epochs, wd 0.1, batch 32,
     teacher Adam 1e-3; paper 004: Adam 5e-5, no decay, 30 epochs, batch 32, plateau x0.5 patience 3 min 1e-6."""
-    from downstream.kd.recipes import RECIPES
-    from downstream.kd.recipes.base import recipe_config
+    from downstream.kd.registry import reproduction_config
 
-    vm = recipe_config(RECIPES["vit_mobilenet"])
+    vm = reproduction_config("vit_mobilenet")
     assert (vm.loss.ce_weight, vm.loss.kd_weight, vm.loss.temperature) == (0.5, 0.5, 4.0)
     t = vm.student.train
     assert (t.optimizer, t.lr, t.weight_decay, t.epochs, t.schedule) == ("adamw", 1e-4, 0.01, 15, "none")
-    assert vm.teacher.train == vm.student.train and vm.data.split.ratios == [0.56, 0.10, 0.34]
-    nr = recipe_config(RECIPES["nanoray"])
+    assert vm.teacher.train == vm.student.train and vm.split.ratios == [0.56, 0.10, 0.34]
+    nr = reproduction_config("nanoray")
     assert (nr.loss.ce_weight, nr.loss.kd_weight, nr.loss.temperature) == (0.75, 0.25, 4.0)
-    assert nr.data.split.ratios == [0.8, 0.1, 0.1]
-    hd = recipe_config(RECIPES["hdkd"])
+    assert nr.split.ratios == [0.8, 0.1, 0.1]
+    hd = reproduction_config("hdkd")
     loss = hd.loss
     assert (loss.ce_weight, loss.kd_weight, loss.temperature, loss.feature_weight, loss.stage_exponent) == (
         0.5,
@@ -276,8 +274,8 @@ def test_presets_hold_each_papers_settings():
         32,
     )
     assert (hd.teacher.train.optimizer, hd.teacher.train.lr, hd.teacher.train.schedule) == ("adam", 1e-3, "none")
-    cm = recipe_config(RECIPES["csa_moe"])
+    cm = reproduction_config("csa_moe")
     c = cm.train
     assert (c.optimizer, c.lr, c.weight_decay, c.epochs, c.batch_size) == ("adam", 5e-5, 0.0, 30, 32)
     assert (c.schedule, c.plateau_factor, c.plateau_patience, c.min_lr) == ("plateau", 0.5, 3, 1e-6)
-    assert cm.data.classes == ["benign", "malignant"] and cm.repeats == 20 and cm.data.split.ratios == [0.7, 0.15, 0.15]
+    assert cm.classes == ["benign", "malignant"] and cm.repeats == 20 and cm.split.ratios == [0.7, 0.15, 0.15]

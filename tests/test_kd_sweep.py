@@ -65,7 +65,7 @@ def test_kd_rows_share_splits_and_subsets_and_reach_every_table(busi_dir, ddti_d
     enc, kd = row("busi-cls", "R18-Rand", 0.5), row("busi-cls", "kd:vit_mobilenet", 0.5)
     subset = lambda r: json.loads((Path(r["config"]["out"]) / "subset.json").read_text())["train"]  # noqa: E731
     assert subset(kd) == subset(enc) and kd["config"]["split"]["file"] == enc["config"]["split"]["file"]
-    assert kd["kd_config"]["data"]["split"]["file"] == enc["config"]["split"]["file"]
+    assert kd["kd_config"]["split"]["file"] == enc["config"]["split"]["file"]
     recipe_metrics = json.loads((Path(kd["config"]["out"]) / "metrics.json").read_text())
     assert (
         recipe_metrics["splits"]["train"] == len(subset(enc))
@@ -73,7 +73,7 @@ def test_kd_rows_share_splits_and_subsets_and_reach_every_table(busi_dir, ddti_d
     )
     assert set(subset(row("busi-cls", "kd:vit_mobilenet", 0.5))) < set(subset(row("busi-cls", "kd:vit_mobilenet", 1.0)))
     # run: settings reach the recipe; the method override picks the distilled encoder as teacher
-    assert kd["kd_config"]["data"]["img_size"] == 32 and kd["kd_config"]["student"]["train"]["epochs"] == 1
+    assert kd["kd_config"]["image_size"] == 32 and kd["kd_config"]["student"]["train"]["epochs"] == 1
     assert kd["kd_config"]["teacher"]["encoder"] == str(export)
     m = kd["metrics"]
     assert m["test"]["accuracy"] == recipe_metrics["models"]["distilled"]["accuracy"]
@@ -111,21 +111,31 @@ def test_kd_rows_share_splits_and_subsets_and_reach_every_table(busi_dir, ddti_d
 
 
 def test_methods_syntax_and_errors(tmp_path):
-    from downstream.kd.cell import method_overrides, parse_method
+    from downstream.kd.cell import parse_method
+    from downstream.kd.registry import RECIPES
 
     m = parse_method("HDKD-wide=kd:hdkd?model.channels=[64,128,192]&loss.feature_weight=0")
     assert (m.name, m.recipe, m.overrides) == (
         "HDKD-wide",
-        "hdkd",
+        RECIPES["hdkd"],
         ("model.channels=[64,128,192]", "loss.feature_weight=0"),
     )
     assert parse_method("kd:nanoray").name == "kd:nanoray"
-    with pytest.raises(UserError, match="unknown KD recipe 'resnet'.*vit_mobilenet, nanoray, hdkd, csa_moe, seg_unet"):
+    with pytest.raises(UserError, match="unknown recipe 'resnet'.*vit_mobilenet, nanoray, hdkd, csa_moe, seg_unet"):
         parse_method("kd:resnet")
     with pytest.raises(UserError, match="names no sweep encoder; encoders: A"):
-        method_overrides(parse_method("kd:nanoray?teacher.encoder=@B"), {"A": "rand"})
+        parse_method("kd:nanoray?teacher.encoder=@B", {"A": "rand"})
     with pytest.raises(UserError, match="needs teacher.encoder=SPEC.*no distilled encoder"):
-        method_overrides(parse_method("kd:seg_unet"), {"R50-Rand": "rand", "DINO": "dinov3:x"})
+        parse_method("kd:seg_unet", {"R50-Rand": "rand", "DINO": "dinov3:x"})
+    seg = parse_method("kd:seg_unet?student.unlabelled=true", {"R50-Rand": "rand", "D": "runs/export"})
+    assert seg.overrides == ("teacher.encoder=runs/export", "student.unlabelled=true")  # the default teacher first
+    # keys are checked when the sweep is read, against the recipe's own keys (not its paper reproduction's)
+    with pytest.raises(UserError, match=r"methods: 'kd:hdkd\?sweep.per_class=\[5\]'.*unknown key 'sweep.per_class'"):
+        parse_method("kd:hdkd?sweep.per_class=[5]")
+    with pytest.raises(UserError, match="expects int"):
+        parse_method("kd:nanoray?student.train.epochs=many")
+    with pytest.raises(UserError, match="recipe 'csa_moe' has no teacher"):
+        parse_method("kd:csa_moe?teacher.encoder=rand")
     cfg = SweepConfig(busi=str(tmp_path), encoders=["A=rand"], methods=["A=kd:nanoray"], tasks=["busi-cls"])
     with pytest.raises(UserError, match="row names must be unique"):
         run_sweep(cfg)

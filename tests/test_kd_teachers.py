@@ -47,7 +47,7 @@ def test_hdkd_stage_features_match_the_student_or_are_refused():
 def test_recipes_take_an_encoder_teacher(busi_dir, tmp_path, capsys):
     export = save_encoder(tmp_path / "export", "resnet18", seed=2)
     tiny = ["teacher.train.epochs=1", "teacher.train.batch_size=16", "student.train.epochs=1"]
-    tiny += ["student.train.batch_size=16", "data.split.ratios=[0.6,0.2,0.2]"]
+    tiny += ["student.train.batch_size=16", "split.ratios=[0.6,0.2,0.2]"]
     m = train("nanoray", busi_dir, tmp_path / "nanoray", f"teacher.encoder={export}", "gradcam.images=0", *tiny)
     arch = read_arch(tmp_path / "nanoray" / "teacher" / "model.safetensors")
     assert arch["model"] == "encoder_teacher" and arch["encoder"] == str(export)

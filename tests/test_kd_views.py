@@ -54,9 +54,10 @@ def test_empty_mask_gives_empty_views():
 
 
 def test_viewset_on_synthetic_busi(busi_dir, tmp_path):
-    from downstream.kd.data import DataConfig, ViewSet, prepare
+    from downstream.kd.config import RecipeConfig
+    from downstream.kd.data import ViewSet, prepare
 
-    prep = prepare(str(busi_dir), DataConfig(classes=["benign", "malignant"]), tmp_path, need_masks=True)
+    prep = prepare(str(busi_dir), RecipeConfig(classes=["benign", "malignant"]), tmp_path, need_masks=True)
     assert prep.classes == ["benign", "malignant"]
     assert all(r.label in (0, 1) for p in prep.parts.values() for r in p)
     item = ViewSet(prep.parts["train"][:1], 48)[0]
@@ -71,12 +72,13 @@ def test_a_given_split_file_is_reused_as_made(busi_dir, tmp_path):
     import json
 
     from downstream.data import read_catalog
-    from downstream.kd.data import DataConfig, SplitConfig, prepare
-    from downstream.splits import load_or_make_splits
+    from downstream.kd.config import RecipeConfig
+    from downstream.kd.data import prepare
+    from downstream.splits import SplitConfig, load_or_make_splits
     from sonodistill.errors import UserError
 
     made = load_or_make_splits(read_catalog(str(busi_dir), "cls"), tmp_path / "other.json", [0.6, 0.2, 0.2], seed=7)
-    cfg = DataConfig(classes=["benign", "malignant"], split=SplitConfig(file=str(tmp_path / "other.json")))
+    cfg = RecipeConfig(classes=["benign", "malignant"], split=SplitConfig(file=str(tmp_path / "other.json")))
     prep = prepare(str(busi_dir), cfg, tmp_path / "run")
     for part in ("train", "val", "test"):
         ids = [r.id for r in prep.parts[part]]
@@ -84,4 +86,4 @@ def test_a_given_split_file_is_reused_as_made(busi_dir, tmp_path):
         assert all(not i.startswith("normal/") for i in ids)
     assert json.loads((tmp_path / "other.json").read_text())["seed"] == 7
     with pytest.raises(UserError, match="not found"):
-        prepare(str(busi_dir), DataConfig(split=SplitConfig(file=str(tmp_path / "missing.json"))), tmp_path)
+        prepare(str(busi_dir), RecipeConfig(split=SplitConfig(file=str(tmp_path / "missing.json"))), tmp_path)

@@ -12,13 +12,13 @@ import torch
 from dist.tiny_pretrain import REPO, TINY_YAML, tiny_config, tiny_overrides
 
 from pretrain.checkpoint import list_checkpoints
-from pretrain.preempt import EXIT_PREEMPTED, StopRequest
 from pretrain.trainer import train
 from sonodistill.jsonl import read_jsonl
+from sonodistill.stop import EXIT_PREEMPTED, StopRequest
 
 # Mixup, random crops/flips/blur, 2-step accumulation and 2 data workers: every source of randomness
 # and every piece of state that resume has to restore is in play.
-RUN = dict(train__max_steps=12, train__log_every=1, train__save_every=100, mixup__prob=1.0, data__num_workers=2)
+RUN = dict(train__max_steps=12, train__log_every=1, train__save_every=100, mixup__prob=1.0, num_workers=2)
 
 
 def test_stop_request_flags_signals_and_restores_handlers():

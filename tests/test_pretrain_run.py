@@ -161,6 +161,7 @@ def test_unknown_key_lists_valid_keys(shard_dir, tiny_teacher_dir, tmp_path):
         ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' is not a complete checkpoint"),
         ({"mixup__prob": 2}, "mixup.prob"),
         ({"data__encoding": "raw"}, "data.encoding: this config expects raw shards, '"),
+        ({"image_size": 128}, "image_size: 128 px is larger than the 64 px of the shards in"),
         ({"data__gpu_decode": True}, "decode 'device': needs JPEG shards, these are png"),
     ],
 )
@@ -218,3 +219,15 @@ def test_cli_exit_code_and_one_line_error(shard_dir, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "teacher.name_or_path: cannot load" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_upsampling_small_shards_is_allowed_only_on_purpose(shard_dir, tiny_teacher_dir, tmp_path):
+    from pretrain.trainer import _check_shard_size
+
+    manifest = {"settings": {"size": 64}}
+    with pytest.raises(UserError, match="every image would be upsampled"):
+        _check_shard_size(tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=128), manifest)
+    _check_shard_size(
+        tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=128, data__allow_upsample=True), manifest
+    )
+    _check_shard_size(tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=32), manifest)  # downsampling: fine

@@ -106,11 +106,13 @@ def test_own_test_split_is_kept(ub_dir, tmp_path):
 
 
 def test_sweep_task_strings_set_kind_and_reader(ub_dir):
+    from downstream.data.read import ReaderConfig
     from downstream.sweep import SweepConfig, resolve_tasks
 
     cfg = SweepConfig(tasks=[f"ub:{ub_dir}?mask=psfh_mask&foreground=1,2", f"ub:{ub_dir}"])
     seg, cls = resolve_tasks(cfg)
     assert (seg.kind, cls.kind) == ("seg", "cls") and seg.data == f"ub:{ub_dir}"
-    assert seg.reader == ("layout=ub", "mask_column=psfh_mask", "mask_values=[1,2]")
+    assert (seg.reader.layout, seg.reader.mask_column, seg.reader.mask_values) == ("ub", "psfh_mask", [1, 2])
+    assert cls.reader == ReaderConfig(layout="ub")  # typed, on top of run.reader's defaults
     with pytest.raises(UserError, match="unknown key 'mask_colum'"):
         resolve_tasks(SweepConfig(tasks=[f"ub:{ub_dir}?mask_colum=x"]))

@@ -1,8 +1,10 @@
 """``python -m downstream.kd train --recipe R --data DIR --out DIR [--config FILE] [key=value ...]`` and
 ``python -m downstream.kd summary [--json] [--recipe R]``.
 
-``train`` resolves the recipe's config from its paper preset (``downstream/kd/configs/R.yaml``),
-then each ``--config`` file, then the ``key=value`` overrides."""
+``train`` runs the paper's reproduction of recipe R (:mod:`downstream.kd.papers`) with its config
+resolved from the paper preset (``downstream/kd/configs/R.yaml``), then each ``--config`` file,
+then the ``key=value`` overrides; ``train --recipe R --help`` lists R's keys, ``--show-config``
+prints the resolved config."""
 
 from __future__ import annotations
 
@@ -10,30 +12,41 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import UserError, cli_main
+from sonodistill.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
 
-def _recipe(name: str):
-    from downstream.kd.recipes import RECIPES
+def _chosen_recipe(argv: Sequence[str]) -> str | None:
+    """The ``--recipe`` value of a ``train`` command line, read before the full parse (``--help`` lists its keys)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default=None)
+    known, _ = pre.parse_known_args(list(argv))
+    return known.recipe
 
-    if name not in RECIPES:
-        raise UserError(f"--recipe: unknown recipe '{name}'; valid: {', '.join(RECIPES)}")
-    return RECIPES[name]
 
+def parser(recipe: str | None = None) -> argparse.ArgumentParser:
+    from downstream.kd.recipes.base import preset
+    from downstream.kd.registry import RECIPES, reproduction
 
-def parser() -> argparse.ArgumentParser:
+    names = ", ".join(RECIPES)
     p = argparse.ArgumentParser(prog="python -m downstream.kd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="run a recipe end to end: teacher, scratch baseline, distilled student")
-    t.add_argument("--recipe", required=True, help="vit_mobilenet, nanoray, hdkd, csa_moe or seg_unet")
-    t.add_argument("--data", required=True, help="dataset folder (BUSI layout, class folders) or hf:ID")
-    t.add_argument("--out", required=True, help="output folder (metrics.json, report.md, plots, checkpoints)")
-    add_config_args(t)
+    t.add_argument("--recipe", required=True, help=f"one of {names}")
+    t.add_argument("--data", default=None, help="dataset folder (BUSI layout, class folders) or hf:ID")
+    t.add_argument("--out", default=None, help="output folder (metrics.json, report.md, plots, checkpoints)")
+    if recipe in RECIPES:
+        add_config_args(t, reproduction(recipe).config, base=[preset(recipe)])
+    else:
+        add_config_args(t)
+        t.epilog = f"config keys: add --recipe NAME to --help to list that recipe's keys ({names})"
     s = sub.add_parser("summary", help="params / GMACs / MB of every recipe model next to the papers' figures")
     s.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     s.add_argument("--recipe", default=None)
@@ -42,22 +55,36 @@ def parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(_chosen_recipe(argv)).parse_args(argv)
+    from downstream.kd.registry import recipe, reproduction
+
     if args.command == "summary":
         from downstream.kd.summary import all_entries, measure, table
 
         if args.recipe:
-            _recipe(args.recipe)
+            recipe(args.recipe)
         rows = [measure(e) for e in all_entries(args.recipe)]
         print(json.dumps(rows, indent=2) if args.json else table(rows))
         return 0
+    from downstream.kd.data import prepare
     from downstream.kd.recipes.base import check_teacher_keys, preset
+    from sonodistill.logs import is_main_rank
 
-    recipe = _recipe(args.recipe)
-    check_teacher_keys(recipe, args.overrides)
-    cfg = config_from_args(recipe.Config, args, base=[preset(recipe.NAME)])
-    metrics = recipe.run(cfg, args.data, Path(args.out))
-    log.info(f"{args.recipe}: wrote {Path(args.out) / 'report.md'} and metrics.json ({len(metrics['models'])} models)")
+    r = recipe(args.recipe)
+    check_teacher_keys(r, args.overrides)
+    paper = reproduction(r.name)
+    cfg = config_from_args(paper.config, args, base=[preset(r.name)])
+    if not args.data or not args.out:
+        raise UserError("train: give the data (--data DIR) and the output folder (--out DIR)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
+    if is_main_rank():
+        save_config(cfg, out / "config.yaml")
+    with StopRequest():  # stop in the running stage; finished stages are reused by the next run (exit 75)
+        metrics = paper.reproduce(cfg, data, out)
+    log.info(f"{r.name}: wrote {out / 'report.md'} and metrics.json ({len(metrics['models'])} models)")
     return 0
 
 

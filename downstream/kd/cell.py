@@ -1,18 +1,19 @@
 """A KD recipe as a row of the limited-label sweep: ``methods=[kd:vit_mobilenet,kd:hdkd?model.channels=[64,128,192]]``.
 
 A KD cell trains on exactly what the encoder cells of the same task / label fraction / seed
-train on: :func:`downstream.runner.prepare` makes (or reuses) the sweep's ``splits.json`` and the
-nested label subset, written to the cell's ``subset.json``, and the recipe reads both
-(``data.split.file``, ``data.subset``). It reports the test metrics of the recipe's evaluated
-student, keeps the teacher's and the from-scratch student's, and records the edge column of the
-student (ONNX fp32 / static INT8 included).
+train on: :func:`downstream.runner.prepare` reads the data once and makes (or reuses) the sweep's
+``splits.json`` and the nested label subset, and the recipe gets them in memory
+(:func:`downstream.kd.data.from_splits`). The cell runs the recipe once
+(:meth:`~downstream.kd.recipes.base.Recipe.run`), reports the test metrics of the model it deploys,
+keeps the teacher's and the from-scratch student's, and records the edge column of the deployed
+model (ONNX fp32 / static INT8 included), which the recipe returns in memory.
 
-The recipe's config is layered: its paper preset, then the sweep's ``kd_presets`` (e.g. ``tiny``
--> ``downstream/kd/configs/tiny_<recipe>.yaml`` where it exists: tiny teacher widths), then the
-sweep's ``run:`` settings (image size, epochs and batch size of every training stage, loader
-workers, mixed precision, seed, split, reader), then the recipe's one-run-per-cell settings
-(:class:`~downstream.kd.recipes.base.CellSpec`), then the method's own ``?key=value&...``
-overrides, which win. ``@NAME`` in an override value names a sweep encoder by its row name
+``methods`` entries are parsed once (:func:`parse_methods`) into :class:`Method` values. A cell's
+recipe config is layered: the recipe's paper preset, then the sweep's ``kd_presets`` (e.g. ``tiny``
+-> ``downstream/kd/configs/tiny_<recipe>.yaml`` where it exists: tiny teachers), then the sweep's
+``run:`` settings (image size, epochs and batch size of every training stage, loader workers,
+mixed precision, seed, split, reader), then the method's own ``?key=value&...`` settings, which
+win. ``@NAME`` in a value names a sweep encoder by its row name
 (``kd:seg_unet?teacher.encoder=@R50-Distill-US``); ``seg_unet``'s teacher defaults to the sweep's
 first distilled encoder (an export folder or ``hf-hub:`` spec).
 
@@ -23,23 +24,26 @@ disappears.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from downstream.config import TASK_KIND, TASK_LAYOUT, RunConfig
-from downstream.data import ImageSet
+from downstream.config import TASK_KIND, RunConfig
+from downstream.data.read import ReaderConfig
 from downstream.edge.profile import LatencyCache, profile
 from downstream.edge.score import classification_deployment, segmentation_deployment
 from downstream.encoders import deployable_spec
 from downstream.fit import FitConfig
+from downstream.kd.data import PreparedData
+from downstream.kd.recipes.base import Recipe, RecipeResult, check_teacher_keys, preset, recipe_part
 from downstream.loaders import make_loader
-from sonodistill.config import split_top_level, to_dict
+from sonodistill.config import load_config, override_config, rename_key, split_top_level, to_dict, with_old_names
 from sonodistill.errors import UserError
 
 KIND_NAME = {"cls": "classification", "seg": "segmentation"}
@@ -47,16 +51,17 @@ KIND_NAME = {"cls": "classification", "seg": "segmentation"}
 
 @dataclass(frozen=True)
 class Method:
-    """One ``methods`` entry: ``[NAME=]kd:RECIPE[?key=value&key=value]``."""
+    """One ``methods`` entry, parsed: ``[NAME=]kd:RECIPE[?key=value&key=value]``."""
 
-    name: str
-    recipe: str
-    overrides: tuple[str, ...]
-    text: str
+    name: str  # the row's name (``kd:RECIPE`` unless named)
+    recipe: Recipe
+    overrides: tuple[str, ...]  # the recipe's own settings: checked, current key names, @NAME resolved
+    text: str  # as written (part of the cell key)
 
 
-def parse_method(item: str) -> Method:
-    from downstream.kd.recipes import RECIPES
+def parse_method(item: str, encoders: dict[str, str] | None = None) -> Method:
+    """One ``methods`` entry against the sweep's ``encoders`` (row name -> spec)."""
+    from downstream.kd.registry import recipe
 
     item = item.strip()
     name, body = "", item
@@ -65,60 +70,66 @@ def parse_method(item: str) -> Method:
         if not sep or not body.strip().startswith("kd:") or not name.strip():
             raise UserError(f"methods: '{item}' is not kd:RECIPE[?key=value&...] or NAME=kd:RECIPE[?...]")
     head, _, query = body.strip().partition("?")
-    recipe = head[3:]
-    if recipe not in RECIPES:
-        raise UserError(f"methods: unknown KD recipe '{recipe}' in '{item}'; valid: {', '.join(RECIPES)}")
-    overrides = tuple(split_top_level(query, "&")) if query else ()
-    bad = [o for o in overrides if "=" not in o]
+    r = recipe(head[3:], where=f"methods: '{item}'")
+    given = tuple(split_top_level(query, "&")) if query else ()
+    bad = [o for o in given if "=" not in o]
     if bad:
         raise UserError(f"methods: override '{bad[0]}' in '{item}' is not key=value")
-    return Method(name.strip() or head, recipe, overrides, item)
+    overrides = _resolve(r, item, given, encoders or {})
+    try:  # checked now against the recipe's own keys (a paper reproduction's settings do not apply to a cell)
+        check_teacher_keys(r, overrides)
+        override_config(r.config(), overrides)
+    except UserError as exc:
+        raise UserError(f"methods: '{item}': {exc}") from None
+    return Method(name.strip() or head, r, overrides, item)
 
 
-def recipe_module(method: Method):
-    from downstream.kd.recipes import RECIPES
-
-    return RECIPES[method.recipe]
-
-
-def _fit_paths(cfg: Any, prefix: str = "") -> list[str]:
-    """Dotted paths of every training stage (:class:`FitConfig`) in a recipe config."""
+def _resolve(r: Recipe, item: str, given: Sequence[str], encoders: dict[str, str]) -> tuple[str, ...]:
+    """Current key names, ``@NAME`` -> that sweep encoder's spec; a sweep teacher's default encoder first."""
     out = []
+    for o in given:
+        key, _, value = o.partition("=")
+        if value.startswith("@"):
+            if value[1:] not in encoders:
+                raise UserError(f"methods: '{o}' in '{item}' names no sweep encoder; encoders: {', '.join(encoders)}")
+            value = encoders[value[1:]]
+        out.append(f"{rename_key(r.config, key.strip(), f'methods: {item}')}={value}")
+    if r.sweep_teacher and not any(o.split("=", 1)[0] == "teacher.encoder" for o in out):
+        distilled = [spec for spec in encoders.values() if deployable_spec(spec)]
+        if not distilled:
+            raise UserError(
+                f"methods: {item} needs teacher.encoder=SPEC (or @NAME of a sweep encoder): "
+                "the sweep has no distilled encoder (export folder or hf-hub:) to default to"
+            )
+        out.insert(0, f"teacher.encoder={distilled[0]}")
+    return tuple(out)
+
+
+def parse_methods(items: Sequence[str], encoders: dict[str, str]) -> list[Method]:
+    """Every ``methods`` entry, parsed once for the whole sweep."""
+    return [parse_method(item, encoders) for item in items]
+
+
+def _fit_configs(cfg: Any) -> Iterator[FitConfig]:
+    """Every training stage (:class:`FitConfig`) in a recipe config."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if isinstance(v, FitConfig):
-            out.append(prefix + f.name)
+            yield v
         elif dataclasses.is_dataclass(v):
-            out.extend(_fit_paths(v, prefix + f.name + "."))
-    return out
+            yield from _fit_configs(v)
 
 
-def _value(v: Any) -> str:
-    return json.dumps(v) if isinstance(v, (list, tuple, dict, bool)) else str(v)
+def apply_run_settings(cfg: Any, rc: RunConfig, reader: ReaderConfig) -> None:
+    """The sweep's ``run:`` settings and the cell's data identity on a recipe config, in place."""
+    cfg.image_size, cfg.num_workers = rc.image_size, rc.num_workers
+    cfg.mixed_precision, cfg.seed = rc.mixed_precision, rc.seed
+    cfg.split, cfg.reader, cfg.subset = copy.deepcopy(rc.split), copy.deepcopy(reader), ""
+    for stage in _fit_configs(cfg):
+        stage.epochs, stage.batch_size = rc.train.epochs, rc.train.batch_size
 
 
-def run_overrides(module: Any, rc: RunConfig, subset: str) -> list[str]:
-    """The sweep's ``run:`` settings and the cell's data identity as recipe overrides."""
-    reader = rc.reader
-    if rc.task in TASK_LAYOUT and reader.layout == "auto":
-        reader = dataclasses.replace(reader, layout=TASK_LAYOUT[rc.task])
-    out = [
-        f"data.img_size={rc.image_size}",
-        f"data.workers={rc.num_workers}",
-        f"data.split.file={rc.split.file}",
-        f"data.split.ratios={_value(list(rc.split.ratios))}",
-        f"data.split.seed={rc.split.seed}",
-        f"data.subset={subset}",
-        f"mixed_precision={rc.mixed_precision}",
-        f"seed={rc.seed}",
-    ]
-    out += [f"data.reader.{k}={_value(v)}" for k, v in to_dict(reader).items()]
-    for path in _fit_paths(module.Config()):
-        out += [f"{path}.epochs={rc.train.epochs}", f"{path}.batch_size={rc.train.batch_size}"]
-    return out
-
-
-def preset_files(module: Any, presets: list[str]) -> list[Path]:
+def preset_files(name: str, presets: list[str]) -> list[Path]:
     """``kd_presets`` entries: a YAML path, or NAME -> ``downstream/kd/configs/NAME_<recipe>.yaml`` if it exists."""
     from downstream.kd.recipes.base import CONFIGS
 
@@ -128,51 +139,39 @@ def preset_files(module: Any, presets: list[str]) -> list[Path]:
             if not Path(p).is_file():
                 raise UserError(f"kd_presets: {p} not found")
             files.append(Path(p))
-        elif (CONFIGS / f"{p}_{module.NAME}.yaml").is_file():
-            files.append(CONFIGS / f"{p}_{module.NAME}.yaml")
+        elif (CONFIGS / f"{p}_{name}.yaml").is_file():
+            files.append(CONFIGS / f"{p}_{name}.yaml")
     return files
 
 
-def method_overrides(method: Method, encoders: dict[str, str]) -> list[str]:
-    """The method's overrides with ``@NAME`` resolved to that sweep encoder's spec; seg_unet's
-    teacher defaults to the sweep's first distilled encoder."""
-    out = []
-    for o in method.overrides:
-        key, _, value = o.partition("=")
-        if value.startswith("@"):
-            if value[1:] not in encoders:
-                raise UserError(
-                    f"methods: '{o}' in '{method.text}' names no sweep encoder; encoders: {', '.join(encoders)}"
-                )
-            value = encoders[value[1:]]
-        out.append(f"{key.strip()}={value}")
-    module = recipe_module(method)
-    if hasattr(module.Config(), "teacher") and hasattr(module.Config().teacher, "encoder"):
-        given = any(o.split("=", 1)[0] == "teacher.encoder" for o in out)
-        if module.CELL.kind == "seg" and not given:
-            distilled = [spec for spec in encoders.values() if deployable_spec(spec)]
-            if not distilled:
-                raise UserError(
-                    f"methods: {method.text} needs teacher.encoder=SPEC (or @NAME of a sweep encoder): "
-                    "the sweep has no distilled encoder (export folder or hf-hub:) to default to"
-                )
-            out.insert(0, f"teacher.encoder={distilled[0]}")
-    return out
+@dataclass
+class KDCellConfig:
+    """A KD cell's resolved recipe config and the digest of it its cell key holds."""
+
+    config: Any  # the recipe's own config (recipe.config)
+    digest: dict[str, Any]
 
 
-def kd_config(method: Method, rc: RunConfig, presets: list[str], encoders: dict[str, str]) -> Any:
-    """The resolved recipe config of one KD cell (see the module docstring for the layering)."""
-    from downstream.kd.recipes.base import recipe_config
+def kd_config(method: Method, rc: RunConfig, presets: list[str], reader: ReaderConfig) -> KDCellConfig:
+    """The resolved recipe config of one KD cell (see the module docstring for the layering).
 
-    module = recipe_module(method)
-    subset = str(Path(rc.out) / "subset.json")
-    overrides = [*run_overrides(module, rc, subset), *module.CELL.overrides, *method_overrides(method, encoders)]
-    return recipe_config(module, preset_files(module, presets), overrides)
+    The presets may hold a paper reproduction's own settings (a tiny data-size sweep, repeats): they
+    are loaded into the reproduction's config, which is digested as a single run (what cell keys hashed
+    before the reproductions moved out of the recipes), and the cell runs the recipe's part of it."""
+    from downstream.kd.registry import reproduction
+
+    name = method.recipe.name
+    paper = reproduction(name)
+    cfg = load_config(paper.config, [preset(name), *preset_files(name, presets)])
+    apply_run_settings(cfg, rc, reader)
+    cfg = override_config(cfg, method.overrides, where=f"methods: {method.text}")
+    return KDCellConfig(recipe_part(method.recipe, cfg), config_digest_dict(paper.single_run(cfg)))
 
 
 def config_digest_dict(cfg: Any) -> dict:
-    """The recipe config without output locations (moving OUT keeps a sweep resumable)."""
-    d = to_dict(cfg)
+    """The recipe config without output locations (moving OUT keeps a sweep resumable), under the key
+    names cell keys were made with (renamed keys hash under their old names)."""
+    d = with_old_names(type(cfg), to_dict(cfg))
     d["data"]["split"].pop("file", None)
     d["data"].pop("subset", None)
     return d
@@ -180,19 +179,10 @@ def config_digest_dict(cfg: Any) -> dict:
 
 def not_applicable(method: Method, kind: str, task_label: str) -> str | None:
     """Why a recipe cannot run on a task of this kind (``None``: it can, as far as the kind goes)."""
-    own = recipe_module(method).CELL.kind
+    own = method.recipe.kind
     if own != kind:
         return f"{KIND_NAME[own]} recipe; {task_label} is a {KIND_NAME[kind]} task"
     return None
-
-
-def _stage_seconds(out: Path, since: float) -> float:
-    """Training seconds of the stages this run trained (their stage.json written after ``since``)."""
-    total = 0.0
-    for meta in out.rglob("stage.json"):
-        if meta.stat().st_mtime >= since:
-            total += float(json.loads(meta.read_text()).get("seconds", 0.0))
-    return total
 
 
 def _numbers(m: dict | None) -> dict | None:
@@ -205,32 +195,31 @@ def _numbers(m: dict | None) -> dict | None:
 def run_kd_cell(
     rc: RunConfig,
     method: Method,
-    cfg: Any,
+    kd: KDCellConfig | None,
     *,
     task_label: str,
     latency: LatencyCache | None = None,
 ) -> dict:
-    """Train one KD cell (resumable: the recipe reuses finished stages) and return its metrics."""
-    from downstream.kd.data import prepare as kd_prepare
+    """Train one KD cell (resumable: the recipe reuses finished stages) and return its metrics
+    (``kd`` is ``None`` for a cell whose task kind the recipe does not train: an ``n/a`` cell)."""
+    from downstream.kd.data import from_splits
+    from downstream.kd.papers.base import write_run
     from downstream.runner import prepare
     from sonodistill.atomic import write_json
     from sonodistill.config import save_config
 
     t0 = time.perf_counter()
-    wall0 = time.time()
-    kind = TASK_KIND[rc.task]
-    out = Path(rc.out)
-    catalog, splits, train_ids = prepare(rc)  # the sweep's splits and the encoder cells' label subset
-    save_config(cfg, out / "config.yaml")
-    write_json(out / "subset.json", {"fraction": rc.fraction, "seed": rc.seed, "train": train_ids})
-    module = recipe_module(method)
-    spec = module.CELL
+    kind, out, r, cfg = TASK_KIND[rc.task], Path(rc.out), method.recipe, kd.config if kd else None
+    catalog, splits, train_ids = prepare(rc)  # the one read: the sweep's splits and the encoder cells' subset
+    if cfg is not None:
+        save_config(cfg, out / "config.yaml")
+    write_json(out / "subset.json", {"fraction": rc.fraction, "seed": rc.seed, "train": train_ids})  # a record
     base = {
         "task": rc.task,
         "data": rc.data,
         "dataset": catalog.name,
         "encoder": method.text,
-        "method": method.recipe,
+        "method": r.name,
         "mode": rc.mode,
         "fraction": rc.fraction,
         "seed": rc.seed,
@@ -238,82 +227,64 @@ def run_kd_cell(
         "n_val": len(splits.val),
         "n_test": len(splits.test),
     }
-    reason = not_applicable(method, kind, task_label) or (spec.applies(catalog, cfg) if spec.applies else None)
+    reason = not_applicable(method, kind, task_label) or r.applies(catalog, cfg)
     if reason:
-        metrics = {**base, "na": f"{method.recipe}: {reason}", "time_s": round(time.perf_counter() - t0, 2)}
+        metrics = {**base, "na": f"{r.name}: {reason}", "time_s": round(time.perf_counter() - t0, 2)}
         write_json(out / "metrics.json", metrics)
         return metrics
+    data = from_splits(rc.data, catalog, splits, cfg.classes, train_ids, need_masks=r.needs_masks, recipe=r.name)
     t_prep = time.perf_counter() - t0
-    recipe_metrics = module.run(cfg, rc.data, out)
+    result = r.run(cfg, data, out)
+    write_run(r, result, out)
     t_recipe = time.perf_counter() - t0 - t_prep
-    roles = spec.extract(recipe_metrics, cfg)
-    prep = kd_prepare(rc.data, cfg.data, out, kind=kind)
-    model, stage_dir = spec.deployed(cfg, max(1, len(prep.classes)))
-    _load_deployed(model, out / stage_dir / "model.safetensors", spec.state_prefix)
+    model = deployable(result.deployed.model)
     t1 = time.perf_counter()
-    edge = None
-    if rc.edge.enabled:
-        edge = _edge(model, spec, cfg, prep, rc, kind, latency, out)
+    edge = _edge(model, result, data, rc, kind, latency, out) if rc.edge.enabled else None
     t_edge = time.perf_counter() - t1
-    student = roles["student"]
-    train_s = _stage_seconds(out, wall0)
     total = time.perf_counter() - t0
     metrics = {
         **base,
-        "classes": prep.classes,
-        "n_train": len(prep.parts["train"]),
+        "classes": data.classes,
+        "n_train": len(data.parts["train"]),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
-        "best_epoch": student.get("best_epoch", 0),
+        "best_epoch": result.student.get("best_epoch", 0),
         "val": {},
-        "test": _numbers(student),
-        "teacher": _numbers(roles["teacher"]),
-        "scratch": _numbers(roles["scratch"]),
+        "test": _numbers(result.student),
+        "teacher": _numbers(result.teacher),
+        "scratch": _numbers(result.scratch),
         "time_s": round(total, 2),
         "timing": {
             "prepare_s": round(t_prep, 2),
             "recipe_s": round(t_recipe, 2),
-            "train_s": round(train_s, 2),
+            "train_s": round(result.train_seconds, 2),
             "edge_s": round(t_edge, 2),
-            "shared_s": round(total - train_s, 2),  # data, splits, evaluation, reports, latency
+            "shared_s": round(total - result.train_seconds, 2),  # data, splits, evaluation, reports, latency
         },
     }
     if edge is not None:
         metrics["edge"] = edge
-    write_json(out / "cell_metrics.json", metrics)  # the recipe's own metrics.json stays as it wrote it
+    write_json(out / "cell_metrics.json", metrics)  # metrics.json is the recipe run's own
     return metrics
 
 
-def _load_deployed(model: torch.nn.Module, path: Path, prefix: str) -> None:
-    from safetensors.torch import load_file
+def deployable(model: torch.nn.Module) -> torch.nn.Module:
+    """The trained model as deployed: no DDP or mixed-precision wrapper, fp32, contiguous, on the CPU, eval."""
+    from accelerate.utils import extract_model_from_parallel
 
-    state = load_file(str(path))
-    if prefix:
-        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    model.load_state_dict(state)
-    model.eval()
+    model = extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    return model.to("cpu", torch.float32, memory_format=torch.contiguous_format).eval()
 
 
-def _edge(model, spec, cfg, prep, rc: RunConfig, kind: str, latency, out: Path) -> dict:
-    """The edge column of the deployed student, scored on the cell's test split."""
-    from downstream.data.inputs import Inputs
-    from downstream.kd.data import ViewSet
-
-    size = cfg.data.img_size
-    if spec.views:
-        dataset = lambda recs: ViewSet(recs, size, cfg.model.erode_dilate)  # noqa: E731
-        key = "views"
-    else:
-        dataset = lambda recs: ImageSet(recs, size, masks=kind == "seg", labels=kind == "cls")  # noqa: E731
-        key = "image"
-    inputs = Inputs()
-    prepare = spec.prepare(cfg) if spec.prepare else (lambda g: inputs(g, train=False))
+def _edge(model, result: RecipeResult, data: PreparedData, rc: RunConfig, kind: str, latency, out: Path) -> dict:
+    """The edge column of the deployed model, scored on the cell's test split."""
+    d = result.deployed
     bs = rc.train.eval_batch_size
-    test = make_loader(dataset(prep.parts["test"]), bs, train=False)
-    calib = make_loader(dataset(prep.parts["train"]), bs, train=False)
+    test = make_loader(d.dataset(data.parts["test"]), bs, train=False)
+    calib = make_loader(d.dataset(data.parts["train"]), bs, train=False)
     if kind == "seg":
-        deployment = segmentation_deployment(test, calib, prepare)
+        deployment = segmentation_deployment(test, calib, d.prepare)
     else:
-        deployment = classification_deployment(test, calib, prepare, key)
-    sample = next(iter(make_loader(dataset(prep.parts["test"][:1]), 1, train=False)))[key]
-    example = prepare(sample)
+        deployment = classification_deployment(test, calib, d.prepare, d.key)
+    sample = next(iter(make_loader(d.dataset(data.parts["test"][:1]), 1, train=False)))[d.key]
+    example = d.prepare(sample)
     return profile(model, example, rc.edge, deployable=True, deployment=deployment, cache=latency, workdir=out)

@@ -1,12 +1,14 @@
 """Data for the KD recipes: the downstream readers and splits, recipe class subsets, the papers' augmentations.
 
 Records, readers, ``splits.json`` and metrics come from :mod:`downstream` so the recipes run on
-exactly the splits the foundation-model evaluation uses (point ``data.split.file`` at that run's
-``splits.json``, and ``data.subset`` at its ``subset.json`` to train on the same label subset).
-Added here: keeping a subset of classes (CSA-MoE is benign vs malignant), the
-HDKD data-size sweep's balanced N-per-class subsets, the mask-derived views, and each paper's own
-augmentation (they differ from the ultrasound-aware protocol of :mod:`downstream.data.transforms`:
-CSA-MoE flips vertically, for one).
+exactly the splits the foundation-model evaluation uses (point ``split.file`` at that run's
+``splits.json``, and ``subset`` at its ``subset.json`` to train on the same label subset). A recipe
+receives its data read and split once, in memory (:class:`PreparedData`): ``python -m downstream.kd
+train`` makes it with :func:`prepare`, a sweep cell with :func:`from_splits` from the data, split
+and label subset the encoder cells use. Added here: keeping a subset of classes (CSA-MoE is benign
+vs malignant), the HDKD data-size sweep's balanced N-per-class subsets, the mask-derived views, and
+each paper's own augmentation (they differ from the ultrasound-aware protocol of
+:mod:`downstream.data.transforms`: CSA-MoE flips vertically, for one).
 """
 
 from __future__ import annotations
@@ -22,28 +24,22 @@ import kornia.augmentation as K
 import numpy as np
 import torch
 
-from downstream.data import ImageSet, ReaderConfig, Record, read_catalog
+from downstream.data import ImageSet, Record, read_catalog
 from downstream.data.record import Catalog
+from downstream.kd.config import FlipRotateConfig, RecipeConfig
 from downstream.kd.views import mask_views
-from downstream.splits import SplitConfig, load_or_make_splits
+from downstream.splits import Splits, load_or_make_splits
 from sonodistill.errors import UserError
 
 
 @dataclass
-class DataConfig:
-    reader: ReaderConfig = field(default_factory=ReaderConfig)
-    classes: list[str] = field(default_factory=list)  # keep these classes, in this label order ([] = all)
-    img_size: int = 224
-    workers: int = 2
-    split: SplitConfig = field(default_factory=SplitConfig)
-    subset: str = ""  # a subset.json (downstream.run / sweep): train on its "train" ids only ("" = whole split)
+class PreparedData:
+    """A recipe's data, read and split once: its classes' records per part and the label subset."""
 
-
-@dataclass
-class Prepared:
+    source: str  # the data location as given (a folder, hf:ID, ub:DIR)
     catalog: Catalog  # with the recipe's classes only
-    parts: dict[str, list[Record]]
-    unlabelled: list[Record] = field(default_factory=list)  # training-split images outside data.subset
+    parts: dict[str, list[Record]]  # train (the label subset, if any) / val / test
+    unlabelled: list[Record] = field(default_factory=list)  # training-split images outside the label subset
 
     @property
     def classes(self) -> list[str]:
@@ -62,45 +58,41 @@ def select_classes(catalog: Catalog, classes: Sequence[str], where: str) -> Cata
     return Catalog(name=catalog.name, root=catalog.root, records=recs, classes=list(classes))
 
 
-def read_subset(path: str | Path, train_ids: Sequence[str]) -> set[str]:
+def read_subset(path: str | Path, train_ids: Sequence[str]) -> list[str]:
     """The training ids of a ``subset.json``, each checked to lie in the training split."""
     path = Path(path)
     try:
         ids = json.loads(path.read_text())["train"]
     except FileNotFoundError:
-        raise UserError(f"data.subset: {path} not found") from None
+        raise UserError(f"subset: {path} not found") from None
     except (ValueError, KeyError, TypeError):
-        raise UserError(f"data.subset: {path} is not a subset file (expected a 'train' list of ids)") from None
+        raise UserError(f"subset: {path} is not a subset file (expected a 'train' list of ids)") from None
     known = set(train_ids)
     outside = [i for i in ids if i not in known]
     if outside:
         raise UserError(
-            f"data.subset: {len(outside)} id(s) of {path} are not in the training split, e.g. '{outside[0]}' "
+            f"subset: {len(outside)} id(s) of {path} are not in the training split, e.g. '{outside[0]}' "
             "(made with another split file?)"
         )
-    return set(ids)
+    return list(ids)
 
 
 def prepare(
-    data: str,
-    cfg: DataConfig,
+    source: str,
+    cfg: RecipeConfig,
     out: Path,
     *,
     need_masks: bool = False,
     recipe: str = "",
     kind: Literal["cls", "seg"] = "cls",
-) -> Prepared:
-    """Read ``data``, split it (or reuse ``split.file``), keep ``cfg.classes`` and ``cfg.subset``.
-
-    The split is made on the full dataset, then each part is filtered to the recipe's classes,
-    so a benign/malignant recipe and a 3-class run share one ``splits.json``.
-    """
-    full = read_catalog(data, kind, cfg.reader)
+) -> PreparedData:
+    """Read ``source``, split it (or reuse ``split.file``), keep ``cfg.classes`` and ``cfg.subset``."""
+    full = read_catalog(source, kind, cfg.reader)
     split_file = Path(cfg.split.file) if cfg.split.file else out / "splits.json"
     ratios, seed = cfg.split.ratios, cfg.split.seed
     if cfg.split.file:
         if not split_file.is_file():
-            raise UserError(f"data.split.file: {split_file} not found")
+            raise UserError(f"split.file: {split_file} not found")
         try:  # a given file is used as made (its own ratios and seed), e.g. a downstream run's splits.json
             made = json.loads(split_file.read_text())
         except ValueError:
@@ -108,25 +100,44 @@ def prepare(
         if isinstance(made, dict):
             ratios, seed = made.get("ratios", ratios), int(made.get("seed", seed))
     splits = load_or_make_splits(full, split_file, ratios, seed)
-    catalog = select_classes(full, cfg.classes, "data.classes")
+    train_ids = read_subset(cfg.subset, splits.train) if cfg.subset else None
+    return from_splits(source, full, splits, cfg.classes, train_ids, need_masks=need_masks, recipe=recipe)
+
+
+def from_splits(
+    source: str,
+    full: Catalog,
+    splits: Splits,
+    classes: Sequence[str],
+    train_ids: Sequence[str] | None = None,
+    *,
+    need_masks: bool = False,
+    recipe: str = "",
+) -> PreparedData:
+    """A recipe's data from a read catalog, its split and (optionally) the label subset ``train_ids``.
+
+    The split is made on the full dataset, then each part is filtered to the recipe's ``classes``,
+    so a benign/malignant recipe and a 3-class run share one ``splits.json``.
+    """
+    catalog = select_classes(full, classes, "classes")
     index = catalog.by_id()
     parts = {p: [index[i] for i in splits.part(p) if i in index] for p in ("train", "val", "test")}
     unlabelled: list[Record] = []
-    if cfg.subset:
-        keep = read_subset(cfg.subset, splits.train)
+    if train_ids is not None:
+        keep = set(train_ids)
         unlabelled = [r for r in parts["train"] if r.id not in keep]
         parts["train"] = [r for r in parts["train"] if r.id in keep]
     if need_masks:
         missing = [r.id for r in catalog.records if not r.masks]
         if missing:
             raise UserError(
-                f"{data}: {recipe or 'this recipe'} needs a lesion mask for every image (mask-derived views); "
+                f"{source}: {recipe or 'this recipe'} needs a lesion mask for every image (mask-derived views); "
                 f"{len(missing)} of {len(catalog)} have none, e.g. '{missing[0]}' (expected '<name>_mask.png')"
             )
     for p, recs in parts.items():
-        if not recs and ratios[("train", "val", "test").index(p)] > 0:
-            raise UserError(f"{data}: the '{p}' split has no images of classes {', '.join(catalog.classes)}")
-    return Prepared(catalog, parts, unlabelled)
+        if not recs and splits.ratios[("train", "val", "test").index(p)] > 0:
+            raise UserError(f"{source}: the '{p}' split has no images of classes {', '.join(catalog.classes)}")
+    return PreparedData(source, catalog, parts, unlabelled)
 
 
 def balanced_subset(records: Sequence[Record], per_class: int, seed: int) -> list[Record]:
@@ -162,15 +173,15 @@ class ViewSet(ImageSet):
         return item
 
 
-def augmentation(hflip: float = 0.0, vflip: float = 0.0, degrees: float = 0.0) -> torch.nn.Module | None:
+def augmentation(cfg: FlipRotateConfig) -> torch.nn.Module | None:
     """A paper's geometric augmentation (kornia, batched on the device; ``None`` when all off).
 
     Channels share one random draw per sample, so the three CSA-MoE views stay aligned."""
     ops: list[torch.nn.Module] = []
-    if hflip > 0:
-        ops.append(K.RandomHorizontalFlip(p=hflip))
-    if vflip > 0:
-        ops.append(K.RandomVerticalFlip(p=vflip))
-    if degrees > 0:
-        ops.append(K.RandomRotation(degrees=degrees, p=1.0))
+    if cfg.hflip > 0:
+        ops.append(K.RandomHorizontalFlip(p=cfg.hflip))
+    if cfg.vflip > 0:
+        ops.append(K.RandomVerticalFlip(p=cfg.vflip))
+    if cfg.degrees > 0:
+        ops.append(K.RandomRotation(degrees=cfg.degrees, p=1.0))
     return K.AugmentationSequential(*ops, data_keys=["input"]) if ops else None

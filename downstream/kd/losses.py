@@ -56,7 +56,7 @@ class LogitLossConfig:
 
     ce_weight: float = 0.5  # on cross-entropy with the labels
     kd_weight: float = 0.5  # on T^2 * KL(teacher || student)
-    temperature: float = 4.0
+    temperature: float = 4.0  # T: both logits are divided by it before the softmax
 
 
 class LogitKDLoss:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,11 @@ from downstream.data.inputs import Inputs
 from downstream.edge.measure import num_params
 from downstream.fit import FitConfig, FitResult, fit
 from downstream.kd.checkpoint import load_model, save_model
-from downstream.kd.data import DataConfig, Prepared, prepare
+from downstream.kd.config import LogitKDConfig, RecipeConfig
+from downstream.kd.data import PreparedData
 from downstream.kd.losses import LogitKDLoss
+from downstream.kd.models.backbones import timm_student
+from downstream.kd.recipes.base import RecipeResult, image_deployment
 from downstream.kd.tasks import LogitKD, freeze, teacher_logits
 from downstream.loaders import make_loader
 from downstream.metrics import plot_confusion, plot_confusions
@@ -53,10 +56,10 @@ class Run:
 
     out: Path
     acc: Accelerator
-    prep: Prepared
+    prep: PreparedData
     seed: int
     workers: int
-    img_size: int
+    image_size: int
 
     @property
     def main(self) -> bool:
@@ -66,21 +69,16 @@ class Run:
         return make_loader(dataset, batch_size, train=shuffle, workers=self.workers, seed=self.seed + seed_offset)
 
 
-def start(
-    data: str,
-    data_cfg: DataConfig,
-    out: Path,
-    seed: int,
-    mixed_precision: str,
-    *,
-    need_masks: bool = False,
-    recipe: str = "",
-    kind: str = "cls",
-) -> Run:
+def start(cfg: RecipeConfig, data: PreparedData, out: Path) -> Run:
+    """The run context of one recipe run on ``data``, its stages kept in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    acc = make_accelerator(mixed_precision)
-    prep = prepare(data, data_cfg, out, need_masks=need_masks, recipe=recipe, kind=kind)
-    return Run(out=out, acc=acc, prep=prep, seed=seed, workers=data_cfg.workers, img_size=data_cfg.img_size)
+    acc = make_accelerator(cfg.mixed_precision)
+    return Run(out=out, acc=acc, prep=data, seed=cfg.seed, workers=cfg.num_workers, image_size=cfg.image_size)
+
+
+def trained_seconds(stages: Iterable[StageResult]) -> float:
+    """Seconds of the stages this run trained (a reused stage took none)."""
+    return sum(s.seconds for s in stages if not s.reused)
 
 
 def _fingerprint(key: dict[str, Any]) -> str:
@@ -118,7 +116,7 @@ def stage(
             "arch": arch,
             **key,
             "data": run.prep.catalog.fingerprint(),
-            "img_size": run.img_size,
+            "img_size": run.image_size,  # the key's name predates image_size: kept so finished stages stay valid
             "split": {p: [r.id for r in recs] for p, recs in run.prep.parts.items() if p != "test"},
         }
     )
@@ -203,16 +201,8 @@ class LogitKDResult:
     inputs: Inputs
 
 
-def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
-    """Teacher (trained, or loaded from ``teacher_checkpoint``), scratch student, distilled student."""
-    names = run.prep.classes
-    classes = len(names)
-    dataset = lambda recs: ImageSet(recs, size, labels=True)  # noqa: E731
-    train_set, val_set = (
-        dataset(run.prep.parts["train"]),
-        dataset(run.prep.parts["val"]) if run.prep.parts["val"] else None,
-    )
-    stages: dict[str, StageResult] = {}
+def _fitter(run: Run, train_set, val_set) -> Callable[[Any, FitConfig, str], Callable[[], FitResult]]:
+    """``fit_with(task, cfg, name)``: a stage's training on ``train_set``, selected on ``val_set``."""
 
     def fit_with(task, cfg: FitConfig, name: str):
         def go():
@@ -228,8 +218,13 @@ def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
 
         return go
 
+    return fit_with
+
+
+def _logit_teacher(run: Run, spec: LogitKDSpec, fit_with, stages: dict[str, StageResult]) -> torch.nn.Module:
+    """The teacher trained (or loaded from ``teacher_checkpoint``), frozen on the device."""
     seed_everything(run.seed)
-    teacher = spec.build_teacher(classes)
+    teacher = spec.build_teacher(len(run.prep.classes))
     if spec.teacher_checkpoint:
         load_model(teacher, spec.teacher_checkpoint, arch=spec.teacher_arch, key="teacher.checkpoint")
         stages["teacher"] = StageResult(reused=True)
@@ -240,54 +235,48 @@ def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
             teacher,
             spec.teacher_arch,
             {"train": to_dict(spec.teacher_train), "seed": run.seed},
-            fit_with(Classification(teacher, spec.inputs, names), spec.teacher_train, "teacher"),
+            fit_with(Classification(teacher, spec.inputs, run.prep.classes), spec.teacher_train, "teacher"),
         )
-    teacher = freeze(teacher.to(run.acc.device))
+    return freeze(teacher.to(run.acc.device))
+
+
+def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
+    """Teacher (trained, or loaded from ``teacher_checkpoint``), scratch student, distilled student."""
+    names = run.prep.classes
+    dataset = lambda recs: ImageSet(recs, size, labels=True)  # noqa: E731
+    train_set = dataset(run.prep.parts["train"])
+    fit_with = _fitter(run, train_set, dataset(run.prep.parts["val"]) if run.prep.parts["val"] else None)
+    stages: dict[str, StageResult] = {}
+    teacher = _logit_teacher(run, spec, fit_with, stages)
     teacher_task = Classification(teacher, spec.inputs, names)
 
     seed_everything(run.seed + 1)
-    scratch = spec.build_student(classes)
+    scratch = spec.build_student(len(names))
     init = {k: v.clone() for k, v in scratch.state_dict().items()}
+    s_key = {"train": to_dict(spec.student_train), "seed": run.seed}
+    scratch_task = Classification(scratch, spec.inputs, names)
     stages["scratch"] = stage(
-        run,
-        "scratch",
-        scratch,
-        spec.student_arch,
-        {"train": to_dict(spec.student_train), "seed": run.seed},
-        fit_with(Classification(scratch, spec.inputs, names), spec.student_train, "scratch"),
+        run, "scratch", scratch, spec.student_arch, s_key, fit_with(scratch_task, spec.student_train, "scratch")
     )
-
-    distilled = spec.build_student(classes)
+    distilled = spec.build_student(len(names))
     distilled.load_state_dict(init)  # same initialisation as the baseline: only the loss differs
 
     def distil():
         cache = None
         if not spec.inputs.augments:  # every epoch sees the same inputs: run the teacher once
-            cache = teacher_logits(
-                teacher_task,
-                run.loader(train_set, spec.student_train.batch_size, False),
-                run.acc.device,
-                len(train_set),
-                run.acc.autocast,
-            )
+            loader = run.loader(train_set, spec.student_train.batch_size, False)
+            cache = teacher_logits(teacher_task, loader, run.acc.device, len(train_set), run.acc.autocast)
         task = LogitKD(distilled, spec.inputs, names, teacher, spec.loss, cache=cache)
         return fit_with(task, spec.student_train, "distilled")()
 
-    stages["distilled"] = stage(
-        run,
-        "distilled",
-        distilled,
-        spec.student_arch,
-        {
-            "train": to_dict(spec.student_train),
-            "seed": run.seed,
-            "ce_weight": spec.loss.ce_weight,
-            "kd_weight": spec.loss.kd_weight,
-            "T": spec.loss.temperature,
-            "teacher": teacher_key(spec.teacher_checkpoint, spec.teacher_arch, spec.teacher_train),
-        },
-        distil,
-    )
+    key = {
+        **s_key,
+        "ce_weight": spec.loss.ce_weight,
+        "kd_weight": spec.loss.kd_weight,
+        "T": spec.loss.temperature,
+        "teacher": teacher_key(spec.teacher_checkpoint, spec.teacher_arch, spec.teacher_train),
+    }
+    stages["distilled"] = stage(run, "distilled", distilled, spec.student_arch, key, distil)
 
     models = {"teacher": teacher, "scratch": scratch, "distilled": distilled}
     tasks = {name: Classification(m, spec.inputs, names) for name, m in models.items()}
@@ -296,3 +285,50 @@ def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
         metrics[name]["params"] = num_params(m)
         metrics[name]["best_epoch"] = stages[name].best_epoch
     return LogitKDResult(models, stages, metrics, preds, spec.inputs)
+
+
+def logit_kd_result(name: str, cfg: RecipeConfig, run: Run, res: LogitKDResult) -> RecipeResult:
+    """A logit-KD recipe's run: the distilled student deployed, teacher and scratch baseline beside it."""
+    metrics = {
+        "recipe": name,
+        "data": run.prep.source,
+        "classes": run.prep.classes,
+        "splits": {k: len(v) for k, v in run.prep.parts.items()},
+        "models": res.metrics,
+        "history": {k: v.history for k, v in res.stages.items()},
+        "config": to_dict(cfg),
+    }
+    return RecipeResult(
+        metrics,
+        res.metrics["distilled"],
+        image_deployment(res.models["distilled"], run.image_size, "cls"),
+        teacher=res.metrics["teacher"],
+        scratch=res.metrics["scratch"],
+        models=res.models,
+        train_seconds=trained_seconds(res.stages.values()),
+    )
+
+
+def timm_student_run(
+    name: str,
+    cfg: LogitKDConfig,
+    data: PreparedData,
+    out: Path,
+    build_teacher: Callable[[int], torch.nn.Module],
+    teacher_arch: dict[str, Any],
+) -> RecipeResult:
+    """One run of a logit-KD recipe whose student is a timm classifier: teacher, scratch and distilled
+    student on ``data``, ImageNet-normalised input without augmentation."""
+    r = start(cfg, data, out)
+    spec = LogitKDSpec(
+        build_teacher=build_teacher,
+        teacher_arch=teacher_arch,
+        teacher_checkpoint=cfg.teacher.checkpoint,
+        teacher_train=cfg.teacher.train,
+        build_student=lambda c: timm_student(cfg.student, c),
+        student_arch={"model": cfg.student.model, "num_classes": len(data.classes), "kwargs": cfg.student.kwargs},
+        student_train=cfg.student.train,
+        loss=LogitKDLoss.from_config(cfg.loss),
+        inputs=Inputs(channels_last=torch.cuda.is_available()),
+    )
+    return logit_kd_result(name, cfg, r, logit_kd(r, spec, cfg.image_size))

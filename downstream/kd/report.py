@@ -13,7 +13,7 @@ import numpy as np
 from downstream.report import markdown_table as md_table  # noqa: F401  (re-exported for the recipes)
 from downstream.report import mean_std
 from sonodistill.atomic import write_text
-from sonodistill.figures import pyplot, save_figure
+from sonodistill.figures import plain_log_ticks, pyplot, save_figure
 
 
 def pct(x: float | None, digits: int = 2) -> str:
@@ -57,13 +57,24 @@ def plot_history(
                 ax.plot(
                     ep, [r[f"val_{key}"] for r in hist], color=color, ls="--", marker="o", ms=3, label=f"{name} val"
                 )
-    axes[0].set_yscale("log")  # stage losses differ in scale (HDKD adds 10x the feature loss)
+    from matplotlib.ticker import MaxNLocator
+
+    losses = [v for line in axes[0].get_lines() for v in line.get_ydata() if v > 0]
+    if losses:
+        axes[0].set_yscale("log")  # stage losses differ in scale (HDKD adds 10x the feature loss)
+        plain_log_ticks(axes[0].yaxis, min(losses), max(losses))
     for ax, key in zip(axes, ("loss", metric)):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
         ax.set_xlabel("epoch")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    _savefig(fig, path)
+    handles, labels = axes[1].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
+    if handles:  # one legend for both panels, below them (train solid, validation dashed)
+        fig.legend(handles, labels, loc="lower center", ncol=min(6, len(handles)), fontsize=7, frameon=False)
+    save_figure(fig, path)
 
 
 def plot_lines(

@@ -33,9 +33,9 @@ class SegKDLossConfig:
     """``task + pixel_weight * pixel + pair_weight * pair + feature_weight * feature``."""
 
     dice_weight: float = 1.0  # task loss: dice_weight * Dice + bce_weight * BCE (as downstream fine-tuning)
-    bce_weight: float = 1.0
+    bce_weight: float = 1.0  # on binary cross-entropy with the mask
     pixel_weight: float = 10.0  # Liu et al.'s lambda for pixel-wise distillation
-    temperature: float = 1.0
+    temperature: float = 1.0  # T of the pixel-wise KL (logits divided by it)
     pair_weight: float = 0.5  # Liu et al.'s lambda for pair-wise distillation
     pair_nodes: int = 2  # nodes per side after max-pooling (the authors' pool_scale 0.5)
     feature_weight: float = 0.0  # decoder-stage feature matching (FitNets hints); 0 = off

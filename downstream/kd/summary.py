@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from downstream.edge.measure import fp32_mib, gmacs, num_params
-from downstream.kd.recipes import RECIPES
 from downstream.kd.recipes.base import Entry
+from downstream.kd.registry import RECIPES
 from downstream.kd.report import md_table
 
 

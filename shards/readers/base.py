@@ -50,10 +50,11 @@ class Media:
 def to_uint8(arr: np.ndarray, bits: int | None = None) -> np.ndarray:
     """Integer/float pixels -> uint8 by the documented rule (docs/data.md "Readers").
 
-    uint8 is kept. Wider integers are scaled by the largest value their bit depth allows
-    (``bits``, else the dtype's) when any value exceeds 255 -- the same rule as 16-bit PNGs --
-    and kept as they are otherwise; signed data is shifted by its minimum first. Floats in [0, 1]
-    are multiplied by 255; other floats are min-max scaled.
+        uint8 is kept. Wider integers are scaled by the largest value their bit depth allows
+        (``bits``, else the dtype's) when any value exceeds 255 -- the same rule as 16-bit PNGs --
+        and kept as they are otherwise; signed data is shifted by its minimum first. Floats in [0, 1]
+        are multiplied by 255; other floats are min-max scaled. Floats holding NaN or infinity raise
+    :class:`ReadError` ``non_finite`` (the build counts them under that reason).
     """
     if arr.dtype == np.uint8:
         return arr
@@ -73,11 +74,10 @@ def to_uint8(arr: np.ndarray, bits: int | None = None) -> np.ndarray:
             scale = top
         return np.clip(a * 255 // scale, 0, 255).astype(np.uint8)
     a = np.asarray(arr, np.float64)
-    finite = a[np.isfinite(a)]
-    if finite.size == 0:
-        return np.zeros(a.shape, np.uint8)
-    lo, hi = float(finite.min()), float(finite.max())
-    a = np.nan_to_num(a, nan=lo, posinf=hi, neginf=lo)
+    finite = np.isfinite(a)
+    if not finite.all():  # a corrupt or masked array: never silently turned into black pixels
+        raise ReadError("non_finite", f"{1 - finite.mean():.2%} of the pixels are NaN or infinite")
+    lo, hi = float(a.min()), float(a.max())
     if lo >= 0 and hi <= 1:
         return np.round(a * 255).astype(np.uint8)
     if hi <= lo:

@@ -93,33 +93,14 @@ def _reader(path: str):
     return r
 
 
-def read_volume(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
-    import SimpleITK as sitk
-
-    tmp = None
-    if isinstance(src, bytes):  # a dataset source: SimpleITK reads files only
-        suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else os.path.splitext(name)[1] or ".nii"
-        fd, tmp = tempfile.mkstemp(suffix=suffix)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(src)
-        path = tmp
-    else:
-        path = src
-    try:
-        r = _reader(path)
-    except ReadError:
-        if tmp:
-            os.unlink(tmp)
-        raise
-    size = list(r.GetSize())  # x, y[, z[, t]]
+def _layout(size: list[int], opts: SourceOptions) -> tuple[int, str, int, int]:
+    """(frames along the clip axis, layout mode, frame width, frame height) of an image of ``size``
+    (SimpleITK order x, y[, z[, t]]), by the source's ``volume`` option."""
     dim = len(size)
-    spacing = r.GetSpacing()
-    ncomp = r.GetNumberOfComponents()
     if dim < 2 or dim > 4:
         raise ReadError("volume_skipped", f"{dim}D image")
     if dim == 4 and size[2] != 1:
         raise ReadError("volume_skipped", "3D+t volume")
-    extent = [*size]
     if dim == 2 or (dim == 3 and size[2] == 1):
         axis_len, mode = 1, "single"
     elif dim == 4:
@@ -130,50 +111,70 @@ def read_volume(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
         axis_len, mode = size[2 - opts.volume_axis], "slices"
     else:
         axis_len, mode = size[2], "time3"
+    if mode in ("time3", "time4", "single"):
+        return axis_len, mode, size[0], size[1]
+    keep = [a for a in range(3) if a != 2 - opts.volume_axis]
+    return axis_len, mode, size[keep[0]], size[keep[1]]
+
+
+def _extract(r, whole: np.ndarray | None, i: int, mode: str, axis: int, ncomp: int, size: list[int]) -> np.ndarray:
+    """Frame ``i`` as a numpy array: sliced from ``whole`` when the file was read at once, else read alone."""
+    import SimpleITK as sitk
+
+    dim = len(size)
+    if whole is not None:
+        return _slice(whole, i, mode, axis, ncomp, dim)
+    index, ext = [0] * dim, list(size)
+    if mode == "time4":
+        index[3], ext[3] = i, 1
+    elif mode in ("time3", "single") and dim == 3:
+        index[2], ext[2] = i, 1
+    elif mode == "slices":
+        index[2 - axis], ext[2 - axis] = i, 1
+    if dim > 2:
+        r.SetExtractIndex(index)
+        r.SetExtractSize(ext)
+    arr = sitk.GetArrayFromImage(r.Execute())  # numpy order, components last
+    if ncomp > 1:
+        return (arr.reshape(-1, *arr.shape[-3:]) if arr.ndim > 3 else arr[None])[0]
+    arr = np.squeeze(arr)
+    return arr if arr.ndim == 2 else arr.reshape(arr.shape[-2:])
+
+
+def _temp_copy(src: bytes, name: str) -> str:
+    """A dataset source's bytes in a temporary file (SimpleITK reads files only)."""
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else os.path.splitext(name)[1] or ".nii"
+    fd, tmp = tempfile.mkstemp(suffix=suffix)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(src)
+    return tmp
+
+
+def read_volume(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
+    import SimpleITK as sitk
+
+    tmp = _temp_copy(src, name) if isinstance(src, bytes) else None
+    try:
+        r = _reader(tmp or src)
+        size = list(r.GetSize())  # x, y[, z[, t]]
+        axis_len, mode, width, height = _layout(size, opts)
+    except ReadError:
+        if tmp:
+            os.unlink(tmp)
+        raise
+    spacing, ncomp = r.GetSpacing(), r.GetNumberOfComponents()
     multi = axis_len > 1
     indices = opts.frames.indices(axis_len, None, opts.max_frames_per_clip) if multi else [0]
-    if mode in ("time3", "time4", "single"):
-        width, height = size[0], size[1]
-    else:
-        keep = [a for a in range(3) if a != 2 - opts.volume_axis]
-        width, height = size[keep[0]], size[keep[1]]
-
     # A file SimpleITK cannot stream (gzip, most NIfTI) would be decompressed again for every frame:
     # below WHOLE_BYTES it is read once and sliced; larger ones are read frame by frame.
     nbytes = int(np.prod(size)) * ncomp * _bytes_per_component(r)
     whole = sitk.GetArrayFromImage(r.Execute()) if nbytes <= WHOLE_BYTES else None
 
-    def extract(i: int) -> np.ndarray:
-        if whole is not None:
-            return _slice(whole, i, mode, opts.volume_axis, ncomp, dim)
-        index = [0] * dim
-        ext = list(extent)
-        if mode == "time4":
-            index[3], ext[3] = i, 1
-        elif mode in ("time3", "single") and dim == 3:
-            index[2], ext[2] = i, 1
-        elif mode == "slices":
-            ax = 2 - opts.volume_axis
-            index[ax], ext[ax] = i, 1
-        if dim > 2:
-            r.SetExtractIndex(index)
-            r.SetExtractSize(ext)
-        img = r.Execute()
-        arr = sitk.GetArrayFromImage(img)  # numpy order, components last
-        if ncomp > 1:
-            arr = arr.reshape(-1, *arr.shape[-3:]) if arr.ndim > 3 else arr[None]
-            arr = arr[0]
-        else:
-            arr = np.squeeze(arr)
-            if arr.ndim != 2:
-                arr = arr.reshape(arr.shape[-2:])
-        return arr
-
     def frames() -> Iterator[Frame]:
         try:
             for i in indices:
                 try:
-                    arr = extract(i)
+                    arr = _extract(r, whole, i, mode, opts.volume_axis, ncomp, size)
                 except RuntimeError as exc:
                     raise ReadError("unreadable", str(exc).strip().splitlines()[-1]) from None
                 bits = None if arr.dtype == np.uint8 else arr.dtype.itemsize * 8

@@ -7,6 +7,7 @@ from typing import Any
 import timm
 from torch import nn
 
+from downstream.kd.config import TimmStudentConfig
 from sonodistill.errors import UserError
 
 
@@ -30,3 +31,8 @@ def create(name: str, *, pretrained: bool = False, key: str = "model", **kwargs:
             f"{key}: pretrained weights for '{name}' could not be loaded ({msg}); "
             f"download them into the Hugging Face cache first or set pretrained=false"
         ) from None
+
+
+def timm_student(cfg: TimmStudentConfig, num_classes: int) -> nn.Module:
+    """The timm classifier student of vit_mobilenet and nanoray (``student.*``)."""
+    return create(cfg.model, pretrained=cfg.pretrained, key="student.model", num_classes=num_classes, **cfg.kwargs)

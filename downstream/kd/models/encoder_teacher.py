@@ -6,7 +6,7 @@ the recipe's labels in its teacher stage. The recipes feed every model ImageNet-
 the teacher re-normalises it to its own mean/std (an exact per-channel affine map), so it sees its
 input as it did in pretraining.
 
-What a recipe needs from its teacher (``TEACHER_OUTPUTS`` of each recipe module):
+What a recipe needs from its teacher (its ``teacher_outputs``, :class:`~downstream.kd.recipes.base.Recipe`):
 
 - ``vit_mobilenet``, ``nanoray``: logits only — any encoder works.
 - ``hdkd``: logits and, while ``loss.feature_weight > 0``, the outputs of three stages shaped like

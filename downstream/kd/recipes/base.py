@@ -1,25 +1,33 @@
-"""What every recipe module shares: its model-size :class:`Entry` rows, its YAML preset, and how it
-runs as one row of a limited-label sweep (:class:`CellSpec`).
+"""What a KD recipe is (:class:`Recipe`), what one run of it returns (:class:`RecipeResult`), its
+model-size :class:`Entry` rows and its YAML preset.
 
-A recipe module has ``NAME``, ``Config`` (a typed dataclass), ``run(cfg, data, out)``,
-``summary_entries()``, ``TEACHER_OUTPUTS`` (what its loss reads from the teacher: ``logits``,
-``stages``, or nothing for a recipe without a teacher), ``CELL`` and the paper's reported figures.
-Its paper's settings (splits, optimiser, schedule, epochs, loss weights, with the paper's own
-symbols in comments) live in the preset ``downstream/kd/configs/<NAME>.yaml``: :func:`recipe_config`
-always loads it first, then any user files (e.g. ``tiny_<NAME>.yaml``), then ``key=value`` overrides.
+A recipe is a typed component: its config (a :class:`~downstream.kd.config.RecipeConfig`), its
+models and losses, and ``run(cfg, data, out)``, which trains on data already read and split
+(:class:`~downstream.kd.data.PreparedData`) and returns the test metrics of its models and the
+model it deploys, in memory. ``python -m downstream.kd train`` (a paper's reproduction,
+:mod:`downstream.kd.papers`) and a sweep cell (:mod:`downstream.kd.cell`) both call it; the
+recipes are listed by name in :mod:`downstream.kd.registry`.
+
+A recipe's paper settings (splits, optimiser, schedule, epochs, loss weights, with the paper's own
+symbols in comments) live in the preset ``downstream/kd/configs/<name>.yaml``: it is loaded first,
+then any user files (e.g. ``tiny_<name>.yaml``), then ``key=value`` overrides.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
+from torch.utils.data import Dataset
 
-from downstream.data.record import Catalog
-from sonodistill.config import load_config
+from downstream.data import ImageSet
+from downstream.data.inputs import Inputs
+from downstream.data.record import Catalog, Record
+from downstream.kd.data import PreparedData
 from sonodistill.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -39,50 +47,75 @@ class Entry:
 
 
 @dataclass
-class CellSpec:
-    """How a recipe runs as one cell of ``python -m downstream.sweep`` (see :mod:`downstream.kd.cell`).
+class Deployed:
+    """The model a recipe deploys and how to feed it: what a sweep's edge column needs."""
 
-    ``overrides`` make one run one cell (hdkd: a single data size; csa_moe: one variant, one repeat);
-    ``extract(metrics, cfg)`` returns the test metrics of the evaluated ``student`` and, where the
-    recipe has them, of its ``teacher`` and from-``scratch`` baseline; ``deployed(cfg, classes)``
-    builds the evaluated architecture and names the stage folder holding its weights; ``prepare(cfg)``
-    maps a uint8 batch to that model's input (default: ImageNet normalisation);
-    ``applies(catalog, cfg)`` returns why the recipe cannot run on a task's data (``None``: it can).
-    """
-
-    kind: Literal["cls", "seg"]
-    extract: Callable[[dict, Any], dict[str, dict | None]]
-    deployed: Callable[[Any, int], tuple[torch.nn.Module, str]]
-    overrides: tuple[str, ...] = ()
-    state_prefix: str = ""  # keys of the deployed model inside the stage's state dict (seg_unet: "unet.")
-    views: bool = False  # input is CSA-MoE's [B, views, 3, S, S] (ViewSet) instead of [B, 3, S, S]
-    prepare: Callable[[Any], Callable[[torch.Tensor], torch.Tensor]] | None = None  # cfg -> uint8 batch -> input
-    applies: Callable[[Catalog, Any], str | None] | None = None
-    notes: list[str] = field(default_factory=list)
+    model: torch.nn.Module
+    dataset: Callable[[Sequence[Record]], Dataset]  # records -> uint8 items (test split, INT8 calibration)
+    prepare: Callable[[torch.Tensor], torch.Tensor]  # a uint8 batch of ``key`` -> the model's input
+    key: str = "image"  # the item the model reads ("views": CSA-MoE's [B, views, 3, S, S])
 
 
-def roles(student: str, teacher: str | None = "teacher", scratch: str | None = "scratch"):
-    """``extract`` for recipes that keep every model's metrics under ``metrics["models"][name]``."""
-
-    def extract(metrics: dict, cfg: Any) -> dict[str, dict | None]:
-        models = metrics["models"]
-        return {
-            "student": models[student],
-            "teacher": models.get(teacher) if teacher else None,
-            "scratch": models.get(scratch) if scratch else None,
-        }
-
-    return extract
+def image_deployment(model: torch.nn.Module, size: int, kind: Literal["cls", "seg"]) -> Deployed:
+    """A model fed ImageNet-normalised ``[B, 3, S, S]`` images (every recipe but CSA-MoE)."""
+    inputs = Inputs()
+    return Deployed(
+        model,
+        lambda records: ImageSet(records, size, masks=kind == "seg", labels=kind == "cls"),
+        lambda gray: inputs(gray, train=False),
+    )
 
 
-def check_teacher_keys(recipe: Any, overrides: Sequence[str]) -> None:
+@dataclass
+class RecipeResult:
+    """One run of a recipe: every model's test metrics and the deployed model, in memory.
+
+    ``student`` is the deployed model's test metrics (a sweep row's score); ``teacher`` and
+    ``scratch`` (the same student trained without distillation) where the recipe has them.
+    ``metrics`` is the run's ``metrics.json`` (splits, every model's metrics, per-epoch history,
+    the config); ``models`` every trained model by name, for a paper's figures."""
+
+    metrics: dict[str, Any]
+    student: dict[str, Any]
+    deployed: Deployed
+    teacher: dict[str, Any] | None = None
+    scratch: dict[str, Any] | None = None
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
+    train_seconds: float = 0.0  # the stages trained in this run (reused stages: 0)
+
+
+@runtime_checkable
+class Recipe(Protocol):
+    """A supervised KD recipe (subclass it: ``applies`` and the flags have defaults)."""
+
+    name: ClassVar[str]  # the --recipe / kd:NAME name
+    config: ClassVar[type]  # its config dataclass (a RecipeConfig)
+    kind: ClassVar[Literal["cls", "seg"]]  # the task kind it trains: classification or segmentation
+    teacher_outputs: ClassVar[tuple[str, ...]] = ("logits",)  # what its loss reads of the teacher (() = none)
+    needs_masks: ClassVar[bool] = False  # every image needs a lesion mask (mask-derived inputs)
+    sweep_teacher: ClassVar[bool] = False  # in a sweep, teacher.encoder defaults to the first distilled encoder
+
+    def run(self, cfg: Any, data: PreparedData, out: Path) -> RecipeResult:
+        """Train (reusing finished stages in ``out``) and evaluate on ``data``'s test split."""
+        ...
+
+    def summary_entries(self) -> list[Entry]:
+        """Its models at paper size, next to the papers' reported figures."""
+        ...
+
+    def applies(self, catalog: Catalog, cfg: Any) -> str | None:
+        """Why the recipe cannot run on this data (a sweep task's full catalog); ``None``: it can."""
+        return None
+
+
+def check_teacher_keys(recipe: Recipe, overrides: Sequence[str]) -> None:
     """A recipe without a teacher refuses ``teacher.*`` keys with the reason, not a list of valid keys."""
-    if getattr(recipe, "TEACHER_OUTPUTS", ("logits",)):
+    if recipe.teacher_outputs:
         return
     given = [o.split("=", 1)[0] for o in overrides if o.strip().startswith("teacher.")]
     if given:
         raise UserError(
-            f"{given[0]}: recipe '{recipe.NAME}' has no teacher (it trains its model with cross-entropy only); "
+            f"{given[0]}: recipe '{recipe.name}' has no teacher (it trains its model with cross-entropy only); "
             "teacher.* settings do not apply to it"
         )
 
@@ -92,7 +125,8 @@ def preset(name: str) -> Path:
     return CONFIGS / f"{name}.yaml"
 
 
-def recipe_config(recipe: Any, files: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Any:
-    """``recipe.Config`` from its preset, then ``files``, then ``overrides``."""
-    check_teacher_keys(recipe, overrides)
-    return load_config(recipe.Config, [preset(recipe.NAME), *files], overrides)
+def recipe_part(recipe: Recipe, cfg: Any) -> Any:
+    """``cfg`` (a recipe's config or a subclass of it, e.g. a paper reproduction's) as the recipe's own config."""
+    if type(cfg) is recipe.config:
+        return cfg
+    return recipe.config(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(recipe.config)})

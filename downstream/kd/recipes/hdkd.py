@@ -9,8 +9,7 @@ a = 0.5, t = 1 (``loss.ce_weight=0.5``, ``loss.kd_weight=0.5``, ``loss.temperatu
 total ``l_cls + 10 * l_feat`` (``loss.feature_weight=10``); inference averages the CLS and
 distillation logits. Teacher: Adam lr 1e-3
 (fixed) on the whole training split with augmentation. Students: AdamW, cosine 5e-5 -> 2e-5 with 5
-warm-up epochs, wd 0.1, batch 32, 224 px, trained from scratch for each data size: N images per
-class (50, 100, 150) and all data, with and without distillation.
+warm-up epochs, wd 0.1, batch 32, 224 px, trained from scratch with and without distillation.
 Not given in the paper, chosen here: epochs (teacher 50, students 100), the teacher's "basic"
 augmentation (horizontal flip + rotation +-10 degrees; SMOTE is not applied to images), best
 validation accuracy kept. Student inputs are not augmented.
@@ -18,12 +17,15 @@ validation accuracy kept. Student inputs are not augmented.
 logit terms need its logits, the feature term (``loss.feature_weight > 0``) three stages shaped like
 the student's (channels ``model.channels`` at strides 2, 4, 8), else the run stops with the shapes
 the encoder has (``loss.feature_weight=0`` distils logits only).
-Report: Table 2 (params / FLOPs), Tables 3-4 (accuracy per data size), Tables 6-7 (per-class
-precision / recall / AUC of teacher, student and HDKD on all data) and Fig. 3 (``data_size.png``).
+
+One run trains the teacher, then the student with and without distillation on the whole training
+split (the label subset in a sweep). The paper's data-size sweep (N images per class), its tables
+and figure: :mod:`downstream.kd.papers.hdkd`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,101 +33,80 @@ from typing import Any
 import numpy as np
 import torch
 
-from downstream.data import ImageSet
+from downstream.data import ImageSet, Record
 from downstream.data.inputs import Inputs
-from downstream.edge.measure import gmacs, num_params
 from downstream.fit import FitConfig, fit
-from downstream.kd.data import DataConfig, augmentation, balanced_subset
+from downstream.kd.config import FlipRotateConfig, RecipeConfig
+from downstream.kd.data import PreparedData, augmentation
 from downstream.kd.losses import HDKDLoss, HDKDLossConfig
 from downstream.kd.models.encoder_teacher import EncoderTeacher
 from downstream.kd.models.encoder_teacher import teacher_arch as encoder_arch
 from downstream.kd.models.hdkd import HDKDStudent, HDKDTeacher
-from downstream.kd.pipeline import evaluate, seed_everything, stage, start, teacher_key
-from downstream.kd.recipes.base import CellSpec, Entry, roles
-from downstream.kd.report import md_table, pct, plot_history, plot_lines, write_report
+from downstream.kd.pipeline import (
+    Run,
+    StageResult,
+    evaluate,
+    seed_everything,
+    stage,
+    start,
+    teacher_key,
+    trained_seconds,
+)
+from downstream.kd.recipes.base import Entry, Recipe, RecipeResult, image_deployment
 from downstream.kd.tasks import freeze
 from downstream.tasks import Classification
 from downstream.tasks.classification import correct
-from sonodistill.atomic import write_json
-from sonodistill.config import save_config, to_dict
-from sonodistill.precision import MixedPrecision
-
-NAME = "hdkd"
-TEACHER_OUTPUTS = ("logits", "stages")
-PAPER = {
-    "teacher": {"params_m": 3.95, "gflops": 5.88},
-    "student": {"params_m": 3.72, "gflops": 2.08},
-    "hdkd": {"params_m": 3.73, "gflops": 2.09},
-    "ham10000": {
-        "per_class": [50, 100, 150, 0],
-        "student": [0.75, 0.7729, 0.7862, 0.8961],
-        "hdkd": [0.7971, 0.814, 0.8285, 0.9215],
-    },
-    "brain_tumor": {
-        "per_class": [50, 100, 150, 0],
-        "student": [0.765, 0.82, 0.8528, 0.9977],
-        "hdkd": [0.929, 0.9512, 0.9695, 0.9985],
-    },
-}
+from sonodistill.config import to_dict
 
 
 @dataclass
-class ModelConfig:
-    channels: list[int] = field(default_factory=lambda: [64, 96, 192])
-    teacher_blocks: list[int] = field(default_factory=lambda: [6, 6, 9])
-    student_blocks: list[int] = field(default_factory=lambda: [2, 2, 3])
-    dim: int = 256
-    depth: int = 3
-    heads: int = 8
-    patch: int = 2
+class HDKDModelConfig:
+    """The MBCSA stages both models share and the student's DFLT transformer stage."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 96, 192])  # widths of the three MBCSA stages
+    teacher_blocks: list[int] = field(default_factory=lambda: [6, 6, 9])  # MBCSA blocks per teacher stage
+    student_blocks: list[int] = field(default_factory=lambda: [2, 2, 3])  # MBCSA blocks per student stage
+    dim: int = 256  # DFLT embedding width
+    depth: int = 3  # DFLT transformer layers
+    heads: int = 8  # DFLT attention heads
+    patch: int = 2  # DFLT patch size on the stage-3 map
 
 
 @dataclass
-class AugmentConfig:
-    hflip: float = 0.5
-    vflip: float = 0.0
-    degrees: float = 10.0
+class HDKDTeacherConfig:
+    """The teacher: the MBCSA CNN trained with the paper's basic augmentation (or any encoder)."""
 
-
-@dataclass
-class TeacherConfig:
-    checkpoint: str = ""
+    checkpoint: str = ""  # a trained teacher (model.safetensors of a previous run) instead of training one
     encoder: str = ""  # a downstream encoder spec instead of the MBCSA teacher (see the module docstring)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: FlipRotateConfig = field(default_factory=lambda: FlipRotateConfig(hflip=0.5, degrees=10.0))
     train: FitConfig = field(default_factory=FitConfig)
 
 
 @dataclass
-class StudentConfig:
+class HDKDStudentConfig:
+    """The students (with and without distillation): their training stage."""
+
     train: FitConfig = field(default_factory=FitConfig)
 
 
 @dataclass
-class SweepConfig:
-    per_class: list[int] = field(default_factory=lambda: [50, 100, 150, 0])  # 0 = all training data
-    seed: int = 0
+class HDKDConfig(RecipeConfig):
+    """Paper 001's recipe: MBCSA teacher, MBCSA + DFLT student, logit and stage-feature distillation."""
 
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
+    model: HDKDModelConfig = field(default_factory=HDKDModelConfig)
+    teacher: HDKDTeacherConfig = field(default_factory=HDKDTeacherConfig)
+    student: HDKDStudentConfig = field(default_factory=HDKDStudentConfig)
     loss: HDKDLossConfig = field(default_factory=HDKDLossConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    seed: int = 42
-    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs, fp32 on CPU
 
 
-def build_teacher(m: ModelConfig, num_classes: int, t: TeacherConfig | None = None, features: bool = True):
+def build_teacher(m: HDKDModelConfig, num_classes: int, t: HDKDTeacherConfig | None = None, features: bool = True):
     """The MBCSA teacher, or ``t.encoder`` with the stages the feature loss needs (``features``)."""
     if t is not None and t.encoder:
         return EncoderTeacher.build(t.encoder, num_classes, stage_channels=m.channels if features else ())
     return HDKDTeacher(num_classes, m.teacher_blocks, m.channels)
 
 
-def build_student(m: ModelConfig, num_classes: int, img_size: int, distill: bool) -> HDKDStudent:
+def build_student(m: HDKDModelConfig, num_classes: int, img_size: int, distill: bool) -> HDKDStudent:
     return HDKDStudent(num_classes, distill, img_size, m.student_blocks, m.channels, m.dim, m.depth, m.heads, m.patch)
 
 
@@ -160,293 +141,175 @@ def _per_class_auc(labels: np.ndarray, probs: np.ndarray, classes: list[str]) ->
     return out
 
 
-def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
-    r = start(data, cfg.data, out, cfg.seed, cfg.mixed_precision, recipe=NAME)
-    size = cfg.data.img_size
-    if r.main:
-        save_config(cfg, out / "config.yaml")
-    classes = r.prep.classes
-    n_cls = len(classes)
-    dataset = lambda recs: ImageSet(recs, size, labels=True)  # noqa: E731
-    val = dataset(r.prep.parts["val"]) if r.prep.parts["val"] else None
-    plain = Inputs(channels_last=torch.cuda.is_available())
-    arch = {"channels": cfg.model.channels, "num_classes": n_cls}
+@dataclass
+class HDKDRun:
+    """The stages of one HDKD run: one teacher, then student pairs on any training subsets."""
 
-    def trainer(task, train_recs, ocfg: FitConfig, name: str):
+    r: Run
+    cfg: HDKDConfig
+    plain: Inputs  # the students' and the evaluation's input: ImageNet normalisation, no augmentation
+    val: ImageSet | None
+    teacher: torch.nn.Module | None = None
+    t_arch: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, StageResult] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, cfg: HDKDConfig, data: PreparedData, out: Path) -> HDKDRun:
+        r = start(cfg, data, out)
+        val = ImageSet(data.parts["val"], cfg.image_size, labels=True) if data.parts["val"] else None
+        return cls(r, cfg, Inputs(channels_last=torch.cuda.is_available()), val)
+
+    def dataset(self, records: Sequence[Record]) -> ImageSet:
+        return ImageSet(records, self.r.image_size, labels=True)
+
+    def arch(self) -> dict[str, Any]:
+        return {"channels": self.cfg.model.channels, "num_classes": len(self.r.prep.classes)}
+
+    def fit(self, task, records: Sequence[Record], ocfg: FitConfig, name: str):
         def go():
+            r = self.r
             return fit(
                 task,
-                r.loader(dataset(train_recs), ocfg.batch_size, True),
-                r.loader(val, ocfg.batch_size, False) if val is not None else None,
+                r.loader(self.dataset(records), ocfg.batch_size, True),
+                r.loader(self.val, ocfg.batch_size, False) if self.val is not None else None,
                 ocfg,
                 r.acc,
                 name=name,
-                log_dir=out / "tb",
+                log_dir=r.out / "tb",
             )
 
         return go
 
+    def evaluate(self, model: torch.nn.Module, name: str, plot: bool = True) -> dict[str, Any]:
+        """Test metrics with each class's AUC."""
+        classes = self.r.prep.classes
+        task = Classification(model, self.plain, classes)
+        met, pred = evaluate(self.r, task, self.r.prep.parts["test"], self.dataset, name, plot=plot)
+        met["per_class_auc"] = _per_class_auc(pred["labels"], pred["probs"], classes)
+        return met
+
+
+def train_teacher(h: HDKDRun) -> dict[str, Any]:
+    """Train (or load) the teacher on the whole training split, freeze it; its test metrics."""
+    cfg, r = h.cfg, h.r
     seed_everything(cfg.seed)
-    teacher = build_teacher(cfg.model, n_cls, cfg.teacher, features=cfg.loss.feature_weight > 0)
-    t_arch = (
-        encoder_arch(cfg.teacher.encoder, n_cls)
+    teacher = build_teacher(cfg.model, len(r.prep.classes), cfg.teacher, features=cfg.loss.feature_weight > 0)
+    h.t_arch = (
+        encoder_arch(cfg.teacher.encoder, len(r.prep.classes))
         if cfg.teacher.encoder
-        else {**arch, "model": "hdkd_teacher", "blocks": cfg.model.teacher_blocks}
+        else {**h.arch(), "model": "hdkd_teacher", "blocks": cfg.model.teacher_blocks}
     )
-    histories = {}
     if cfg.teacher.checkpoint:
         from downstream.kd.checkpoint import load_model
 
-        load_model(teacher, cfg.teacher.checkpoint, arch=t_arch, key="teacher.checkpoint")
+        load_model(teacher, cfg.teacher.checkpoint, arch=h.t_arch, key="teacher.checkpoint")
     else:
         a = cfg.teacher.augment
-        t_task = Classification(teacher, Inputs(augment=augmentation(a.hflip, a.vflip, a.degrees)), classes)
-        res = stage(
-            r,
-            "teacher",
-            teacher,
-            t_arch,
-            {"train": to_dict(cfg.teacher.train), "aug": to_dict(a), "seed": cfg.seed},
-            trainer(t_task, r.prep.parts["train"], cfg.teacher.train, "teacher"),
+        t_task = Classification(teacher, Inputs(augment=augmentation(a)), r.prep.classes)
+        key = {"train": to_dict(cfg.teacher.train), "aug": to_dict(a), "seed": cfg.seed}
+        h.stages["teacher"] = stage(
+            r, "teacher", teacher, h.t_arch, key, h.fit(t_task, r.prep.parts["train"], cfg.teacher.train, "teacher")
         )
-        histories["teacher"] = res.history
-    teacher = freeze(teacher.to(r.acc.device))
-    results: dict[str, Any] = {"teacher": None, "sweep": []}
-    t_metrics, t_pred = evaluate(r, Classification(teacher, plain, classes), r.prep.parts["test"], dataset, "teacher")
-    t_metrics["per_class_auc"] = _per_class_auc(t_pred["labels"], t_pred["probs"], classes)
-    results["teacher"] = t_metrics
+    h.teacher = freeze(teacher.to(r.acc.device))
+    return h.evaluate(h.teacher, "teacher")
 
-    hdkd_loss = HDKDLoss(cfg.loss)
+
+def train_students(
+    h: HDKDRun, records: Sequence[Record], n: int, sweep_seed: int, plot: bool = True
+) -> dict[str, tuple[HDKDStudent, dict[str, Any]]]:
+    """The student without (``student``) and with (``hdkd``) distillation on ``records`` (``n`` per
+    class of the data-size sweep; 0 = all): each model and its test metrics."""
+    cfg, r = h.cfg, h.r
+    tag = f"{n}_per_class" if n > 0 else "all"
     s_key = {"train": to_dict(cfg.student.train), "model": to_dict(cfg.model), "seed": cfg.seed}
-    for n in cfg.sweep.per_class:
-        recs = balanced_subset(r.prep.parts["train"], n, cfg.sweep.seed)
-        tag = f"{n}_per_class" if n > 0 else "all"
-        row: dict[str, Any] = {"per_class": n, "n_train": len(recs)}
-        for variant, distill in (("student", False), ("hdkd", True)):
-            seed_everything(cfg.seed + 1)
-            model = build_student(cfg.model, n_cls, size, distill)
-            task = (
-                HDKDTask(model, plain, classes, teacher, hdkd_loss)
-                if distill
-                else Classification(model, plain, classes)
-            )
-            key = {
-                **s_key,
-                "n": n,
-                "sweep_seed": cfg.sweep.seed,
-                "loss": to_dict(cfg.loss) if distill else None,
-                "teacher": teacher_key(cfg.teacher.checkpoint, t_arch, cfg.teacher) if distill else None,
-            }
-            s_arch = {**arch, "model": f"hdkd_student_{variant}", "img_size": size}
-            res = stage(
-                r, f"{variant}_{tag}", model, s_arch, key, trainer(task, recs, cfg.student.train, f"{variant}_{tag}")
-            )
-            histories[f"{variant}_{tag}"] = res.history
-            met, pred = evaluate(
-                r, Classification(model, plain, classes), r.prep.parts["test"], dataset, f"{variant}_{tag}", plot=n <= 0
-            )
-            met["per_class_auc"] = _per_class_auc(pred["labels"], pred["probs"], classes)
-            met["best_epoch"] = res.best_epoch
-            row[variant] = met
-        results["sweep"].append(row)
-
-    with torch.device("meta"):
-        x = torch.zeros(1, 3, size, size)
-        complexity = {}
-        for key_, m in (
-            ("teacher", build_teacher(cfg.model, n_cls)),
-            ("student", build_student(cfg.model, n_cls, size, False)),
-            ("hdkd", build_student(cfg.model, n_cls, size, True)),
-        ):
-            complexity[key_] = {"params": num_params(m), "gmacs": gmacs(m, x)}
-    metrics = {
-        "recipe": NAME,
-        "data": data,
-        "classes": classes,
-        "splits": {k: len(v) for k, v in r.prep.parts.items()},
-        "models": {
-            "teacher": results["teacher"],
-            **{f"{v}_{row['per_class']}": row[v] for row in results["sweep"] for v in ("student", "hdkd")},
-        },
-        "sweep": results["sweep"],
-        "complexity": complexity,
-        "img_size": size,
-        "paper": PAPER,
-        "history": histories,
-        "config": to_dict(cfg),
-    }
-    if r.main:
-        write_json(out / "metrics.json", metrics)
-        plot_history(histories, out / "curves.png")
-        labels = [str(row["per_class"]) if row["per_class"] > 0 else "all" for row in results["sweep"]]
-        plot_lines(
-            labels,
-            {
-                "Student w/o distillation": [row["student"]["accuracy"] for row in results["sweep"]],
-                "HDKD": [row["hdkd"]["accuracy"] for row in results["sweep"]],
-            },
-            out / "data_size.png",
-            xlabel="training images per class",
-            ylabel="test accuracy",
-            xlog=True,
-            title="Distilled vs non-distilled student across data sizes",
+    loss = HDKDLoss(cfg.loss)
+    out = {}
+    for variant, distill in (("student", False), ("hdkd", True)):
+        seed_everything(cfg.seed + 1)
+        model = build_student(cfg.model, len(r.prep.classes), r.image_size, distill)
+        task = (
+            HDKDTask(model, h.plain, r.prep.classes, h.teacher, loss)
+            if distill
+            else Classification(model, h.plain, r.prep.classes)
         )
-        report(metrics, out / "report.md")
-    return metrics
+        key = {
+            **s_key,
+            "n": n,
+            "sweep_seed": sweep_seed,
+            "loss": to_dict(cfg.loss) if distill else None,
+            "teacher": teacher_key(cfg.teacher.checkpoint, h.t_arch, cfg.teacher) if distill else None,
+        }
+        s_arch = {**h.arch(), "model": f"hdkd_student_{variant}", "img_size": r.image_size}
+        name = f"{variant}_{tag}"
+        h.stages[name] = stage(r, name, model, s_arch, key, h.fit(task, records, cfg.student.train, name))
+        met = h.evaluate(model, name, plot=plot)
+        met["best_epoch"] = h.stages[name].best_epoch
+        out[variant] = (model, met)
+    return out
 
 
-def report(m: dict[str, Any], path: Path) -> None:
-    sweep, cx, p = m["sweep"], m["complexity"], m["paper"]
-    t2 = md_table(
-        ["Model", "CLS token", "Distill token", "Loss function", "#Params", "GMACs", "Paper #Params / FLOPs"],
-        [
-            [
-                "Teacher",
-                "",
-                "",
-                "l_CE",
-                f"{cx['teacher']['params'] / 1e6:.2f}M",
-                f"{cx['teacher']['gmacs']:.3f}G",
-                f"{p['teacher']['params_m']}M / {p['teacher']['gflops']}G",
-            ],
-            [
-                "Student (w/o) distillation",
-                "✓",
-                "✗",
-                "l_CE",
-                f"{cx['student']['params'] / 1e6:.2f}M",
-                f"{cx['student']['gmacs']:.3f}G",
-                f"{p['student']['params_m']}M / {p['student']['gflops']}G",
-            ],
-            [
-                "HDKD",
-                "✓",
-                "✓",
-                "l_cls + λ·l_feat",
-                f"{cx['hdkd']['params'] / 1e6:.2f}M",
-                f"{cx['hdkd']['gmacs']:.3f}G",
-                f"{p['hdkd']['params_m']}M / {p['hdkd']['gflops']}G",
-            ],
-        ],
-    )
-    heads = [
-        f"{row['n_train']} images ({row['per_class']}/class)"
-        if row["per_class"] > 0
-        else f"All data ({row['n_train']})"
-        for row in sweep
-    ]
-    t3 = md_table(
-        [""] + heads,
-        [
-            ["Student w/o distillation"] + [pct(row["student"]["accuracy"]) for row in sweep],
-            ["HDKD"] + [pct(row["hdkd"]["accuracy"]) for row in sweep],
-        ],
-    )
-    full = next((row for row in sweep if row["per_class"] <= 0), sweep[-1])
-    trio = (("Teacher", m["models"]["teacher"]), ("Student", full["student"]), ("HDKD", full["hdkd"]))
-    rows = []
-    for c in m["classes"]:
-        rows.append(
-            [c]
-            + [pct(mm["per_class"][c]["precision"], 1) for _, mm in trio]
-            + [pct(mm["per_class"][c]["recall"], 1) for _, mm in trio]
-            + [pct(mm["per_class_auc"][c], 1) for _, mm in trio]
-            + [full["hdkd"]["per_class"][c]["support"]]
+class HDKD(Recipe):
+    name = "hdkd"
+    config = HDKDConfig
+    kind = "cls"
+    teacher_outputs = ("logits", "stages")
+
+    def run(self, cfg: HDKDConfig, data: PreparedData, out: Path) -> RecipeResult:
+        h = HDKDRun.start(cfg, data, out)
+        teacher = train_teacher(h)
+        pair = train_students(h, data.parts["train"], n=0, sweep_seed=0)  # n = 0: every training image
+        (scratch, scratch_m), (student, student_m) = pair["student"], pair["hdkd"]
+        metrics = {
+            "recipe": self.name,
+            "data": data.source,
+            "classes": data.classes,
+            "splits": {k: len(v) for k, v in data.parts.items()},
+            "models": {"teacher": teacher, "student": scratch_m, "hdkd": student_m},
+            "history": {k: s.history for k, s in h.stages.items()},
+            "config": to_dict(cfg),
+        }
+        return RecipeResult(
+            metrics,
+            student_m,
+            image_deployment(student, cfg.image_size, "cls"),
+            teacher=teacher,
+            scratch=scratch_m,
+            models={"teacher": h.teacher, "student": scratch, "hdkd": student},
+            train_seconds=trained_seconds(h.stages.values()),
         )
-    rows.append(
-        ["Avg."]
-        + [pct(mm["macro_precision"], 1) for _, mm in trio]
-        + [pct(mm["macro_recall"], 1) for _, mm in trio]
-        + [pct(mm["auc"], 1) for _, mm in trio]
-        + [full["hdkd"]["n_images"]]
-    )
-    t6 = md_table(
-        [
-            "Class",
-            "Precision Teacher",
-            "Student",
-            "HDKD",
-            "Recall Teacher",
-            "Student",
-            "HDKD",
-            "AUC Teacher",
-            "Student",
-            "HDKD",
-            "#",
-        ],
-        rows,
-    )
-    write_report(
-        path,
-        "HDKD: hybrid data-efficient knowledge distillation (paper 001)",
-        [
-            (
-                "Data",
-                f"classes: {', '.join(m['classes'])}; images train/val/test: "
-                f"{m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']}; teacher trained on the whole "
-                f"training split, students on balanced subsets.",
+
+    def summary_entries(self) -> list[Entry]:
+        m = HDKDModelConfig()
+        return [
+            Entry(
+                self.name,
+                "teacher: MBCSA CNN [6,6,9] (7 classes)",
+                lambda: build_teacher(m, 7),
+                paper_params_m=3.95,
+                paper_gflops=5.88,
             ),
-            (
-                "Table 2. HDKD vs the student without distillation",
-                t2 + f"\n\nGMACs at {m['img_size']} px (torch flop counter / 2; the paper's FLOPs are MACs at "
-                "224 px and also count normalisation and activations).",
+            Entry(
+                self.name,
+                "student w/o distillation [2,2,3]+DFLT (7 classes)",
+                lambda: build_student(m, 7, 224, False),
+                paper_params_m=3.72,
+                paper_gflops=2.08,
             ),
-            (
-                "Tables 3-4. Test accuracy across data sizes",
-                t3
-                + "\n\nPaper (HAM-10000, 50/100/150/class, all): student "
-                + ", ".join(pct(x) for x in p["ham10000"]["student"])
-                + "; HDKD "
-                + ", ".join(pct(x) for x in p["ham10000"]["hdkd"])
-                + ". Figure: data_size.png.",
+            Entry(
+                self.name,
+                "HDKD student, CLS + distill tokens (7 classes)",
+                lambda: build_student(m, 7, 224, True),
+                paper_params_m=3.73,
+                paper_gflops=2.09,
             ),
-            ("Tables 6-7. Per-class precision, recall and AUC (all data)", t6),
-        ],
-    )
+            Entry(
+                self.name,
+                "teacher with Table 1 channels [64,128,192] (7 classes)",
+                lambda: build_teacher(HDKDModelConfig(channels=[64, 128, 192]), 7),
+                paper_params_m=3.95,
+                paper_gflops=5.88,
+            ),
+        ]
 
 
-def summary_entries() -> list[Entry]:
-    m = ModelConfig()
-    return [
-        Entry(
-            NAME,
-            "teacher: MBCSA CNN [6,6,9] (7 classes)",
-            lambda: build_teacher(m, 7),
-            paper_params_m=3.95,
-            paper_gflops=5.88,
-        ),
-        Entry(
-            NAME,
-            "student w/o distillation [2,2,3]+DFLT (7 classes)",
-            lambda: build_student(m, 7, 224, False),
-            paper_params_m=3.72,
-            paper_gflops=2.08,
-        ),
-        Entry(
-            NAME,
-            "HDKD student, CLS + distill tokens (7 classes)",
-            lambda: build_student(m, 7, 224, True),
-            paper_params_m=3.73,
-            paper_gflops=2.09,
-        ),
-        Entry(
-            NAME,
-            "teacher with Table 1 channels [64,128,192] (7 classes)",
-            lambda: build_teacher(ModelConfig(channels=[64, 128, 192]), 7),
-            paper_params_m=3.95,
-            paper_gflops=5.88,
-        ),
-    ]
-
-
-def _deployed(cfg: Config, num_classes: int) -> tuple[torch.nn.Module, str]:
-    return build_student(cfg.model, num_classes, cfg.data.img_size, True), "hdkd_all"
-
-
-# one cell = HDKD on the cell's whole label subset (its own per-class sweep is the sweep's fractions)
-CELL = CellSpec(
-    kind="cls",
-    extract=roles("hdkd_0", scratch="student_0"),
-    deployed=_deployed,
-    overrides=("sweep.per_class=[0]",),
-)
+RECIPE = HDKD()

@@ -17,7 +17,7 @@ weights; only the loss differs:
     + feature_weight * mean_stages MSE(1x1(F_j^S), F_j^T)       (optional decoder-stage hints, FitNets)
 
 ``student.unlabelled=true`` also distils on the training split's images outside the label subset
-(``data.subset``): the teacher's soft masks are the only target there, the task loss reads labels
+(``subset``): the teacher's soft masks are the only target there, the task loss reads labels
 only where they exist (semi-supervised distillation: the images of a limited-label split are
 usually all available). Off by default: the encoder rows of a sweep never see those images. On
 synthetic DDTI with 21 labelled images (bench/seg_kd.py, 3 seeds) it is what made distillation
@@ -28,7 +28,8 @@ a 2 x 2 node grid: the values of the authors' released code; feature matching of
 runs on every augmented batch (the image and mask are augmented once, then normalised for each
 model). Not from the paper, chosen here: AdamW lr 1e-4 for the teacher (the sweep's fine-tuning
 rate), 1e-3 for the students trained from scratch; the best validation Dice is kept.
-Report: teacher / scratch / distilled test Dice and IoU, parameters, GMACs (``report.md``).
+Its report (teacher / scratch / distilled test Dice and IoU, parameters, GMACs):
+:mod:`downstream.kd.papers.seg_unet`.
 """
 
 from __future__ import annotations
@@ -44,58 +45,57 @@ from downstream.data import ImageSet
 from downstream.data.inputs import IMAGENET_MEAN, IMAGENET_STD, Inputs
 from downstream.data.transforms import GeometricAugment, GeometricAugmentConfig, to_input
 from downstream.edge.measure import gmacs, num_params
+from downstream.encoders import Encoder
 from downstream.fit import FitConfig, fit
 from downstream.kd.checkpoint import load_model
-from downstream.kd.data import DataConfig
+from downstream.kd.config import RecipeConfig
+from downstream.kd.data import PreparedData
 from downstream.kd.models.encoder_teacher import encoder_stamp
-from downstream.kd.pipeline import seed_everything, stage, start, teacher_key
-from downstream.kd.recipes.base import CellSpec, Entry, roles
-from downstream.kd.report import md_table, plot_history, write_report
+from downstream.kd.pipeline import Run, StageResult, seed_everything, stage, start, teacher_key, trained_seconds
+from downstream.kd.recipes.base import Entry, Recipe, RecipeResult, image_deployment
 from downstream.kd.seg_losses import SegKDLossConfig, pair_wise, pixel_kl, stage_matching
 from downstream.kd.tasks import freeze
 from downstream.metrics import dice_iou
 from downstream.tasks import Segmentation
 from downstream.tasks.segmentation import SegLoss, evaluate_seg
-from sonodistill.atomic import write_json
-from sonodistill.config import save_config, to_dict
+from sonodistill.config import to_dict
 from sonodistill.errors import UserError
-from sonodistill.precision import MixedPrecision
-
-NAME = "seg_unet"
-TEACHER_OUTPUTS = ("logits", "last decoder map", "decoder stages (feature_weight > 0)")
 
 
 @dataclass
-class TeacherConfig:
+class SegTeacherConfig:
+    """The teacher: the downstream U-Net on an encoder, fine-tuned on the run's labels."""
+
     encoder: str = ""  # encoder spec (export folder, hf-hub:, timm:, dinov3:, rand); a sweep defaults it
     checkpoint: str = ""  # a trained teacher U-Net (model.safetensors of a previous run) instead of training one
     train: FitConfig = field(default_factory=FitConfig)
 
 
 @dataclass
-class StudentConfig:
+class SegStudentConfig:
+    """The student: an smp U-Net on a timm encoder, from scratch and distilled from the same start."""
+
     encoder: str = "tu-efficientnet_lite0"  # any smp encoder name (tu-<timm name> for timm backbones)
-    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])
+    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 32, 16])  # U-Net decoder widths
     pretrained: bool = False  # ImageNet weights from the local cache
-    unlabelled: bool = False  # also distil on the training split's images outside data.subset (no labels used)
+    unlabelled: bool = False  # also distil on the training split's images outside the label subset (no labels used)
     train: FitConfig = field(default_factory=FitConfig)
 
 
 @dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
+class SegUNetConfig(RecipeConfig):
+    """Segmentation KD: U-Net teacher -> small U-Net student, pixel- and pair-wise distillation."""
+
+    teacher: SegTeacherConfig = field(default_factory=SegTeacherConfig)
+    student: SegStudentConfig = field(default_factory=SegStudentConfig)
     loss: SegKDLossConfig = field(default_factory=SegKDLossConfig)
-    augment: GeometricAugmentConfig = field(default_factory=GeometricAugmentConfig)
-    seed: int = 42
-    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs, fp32 on CPU
+    augment: GeometricAugmentConfig = field(default_factory=GeometricAugmentConfig)  # teacher and students
 
 
-class Student(nn.Module):
+class SegStudent(nn.Module):
     """The student U-Net plus the 1x1 adapters of decoder-stage matching (training only, not deployed)."""
 
-    def __init__(self, cfg: StudentConfig, teacher_widths: list[int] | None = None):
+    def __init__(self, cfg: SegStudentConfig, teacher_widths: list[int] | None = None):
         super().__init__()
         import segmentation_models_pytorch as smp
 
@@ -170,7 +170,7 @@ class SegKD(Segmentation):
 
     def __init__(
         self,
-        student: Student,
+        student: SegStudent,
         inputs: Inputs,
         teacher: nn.Module,
         teacher_inputs: Inputs,
@@ -220,7 +220,7 @@ def test_logits(model: nn.Module, loader, mean, std, acc) -> torch.Tensor:
     return torch.cat(out)
 
 
-def student_arch(cfg: StudentConfig, adapters: bool) -> dict[str, Any]:
+def student_arch(cfg: SegStudentConfig, adapters: bool) -> dict[str, Any]:
     return {
         "model": "unet",
         "encoder": cfg.encoder,
@@ -229,108 +229,117 @@ def student_arch(cfg: StudentConfig, adapters: bool) -> dict[str, Any]:
     }
 
 
-def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
-    if not cfg.teacher.encoder:
-        raise UserError(
-            "teacher.encoder: give the teacher's encoder spec, e.g. the distilled ResNet-50 export folder "
-            "(in a sweep it defaults to the sweep's distilled encoder)"
-        )
-    from downstream.encoders import load_encoder
-    from downstream.models import check_input_size
+@dataclass
+class SegRun:
+    """What the stages of one seg_unet run share: the teacher, the inputs of both models, the data."""
 
-    r = start(data, cfg.data, out, cfg.seed, cfg.mixed_precision, recipe=NAME, kind="seg")
-    size = cfg.data.img_size
-    if r.main:
-        save_config(cfg, out / "config.yaml")
-    seed_everything(cfg.seed)
-    enc = load_encoder(cfg.teacher.encoder)
-    check_input_size(enc, size, True)
-    if size % 32:
-        raise UserError(f"data.img_size: a U-Net student needs a multiple of 32, got {size}")
-    teacher = build_teacher(enc)
-    stages = cfg.loss.feature_weight > 0
-    t_widths = [b.conv2[0].out_channels for b in decoder_stages(teacher)] if stages else None
-    if stages and not t_widths:
-        raise UserError(
-            f"loss.feature_weight: teacher '{cfg.teacher.encoder}' has no U-Net decoder stages to match "
-            "(DINOv3 teachers get a single-scale head); set loss.feature_weight=0"
-        )
-    aug = GeometricAugment(size, cfg.augment) if cfg.augment.enabled else None
-    t_inputs = Inputs(enc.mean, enc.std, aug)
-    s_inputs = Inputs(IMAGENET_MEAN, IMAGENET_STD, aug)
-    dataset = lambda recs: ImageSet(recs, size, masks=True)  # noqa: E731
-    train_set = dataset(r.prep.parts["train"])
-    val_set = dataset(r.prep.parts["val"]) if r.prep.parts["val"] else None
-    seg_loss = SegLoss(cfg.loss.dice_weight, cfg.loss.bce_weight)
+    r: Run
+    cfg: SegUNetConfig
+    enc: Encoder
+    teacher: nn.Module
+    t_widths: list[int] | None  # the teacher's decoder-stage widths (decoder hints on), else None
+    t_inputs: Inputs
+    s_inputs: Inputs
+    train_set: ImageSet
+    val_set: ImageSet | None
+    stages: dict[str, StageResult] = field(default_factory=dict)
 
-    def fit_with(task, fcfg: FitConfig, name: str):
+    @classmethod
+    def start(cls, cfg: SegUNetConfig, data: PreparedData, out: Path) -> SegRun:
+        from downstream.encoders import load_encoder
+        from downstream.models import check_input_size
+
+        r = start(cfg, data, out)
+        size = cfg.image_size
+        seed_everything(cfg.seed)
+        enc = load_encoder(cfg.teacher.encoder)
+        check_input_size(enc, size, True)
+        if size % 32:
+            raise UserError(f"image_size: a U-Net student needs a multiple of 32, got {size}")
+        teacher = build_teacher(enc)
+        stages = cfg.loss.feature_weight > 0
+        t_widths = [b.conv2[0].out_channels for b in decoder_stages(teacher)] if stages else None
+        if stages and not t_widths:
+            raise UserError(
+                f"loss.feature_weight: teacher '{cfg.teacher.encoder}' has no U-Net decoder stages to match "
+                "(DINOv3 teachers get a single-scale head); set loss.feature_weight=0"
+            )
+        aug = GeometricAugment(size, cfg.augment) if cfg.augment.enabled else None
+        dataset = lambda records: ImageSet(records, size, masks=True)  # noqa: E731
+        val = dataset(data.parts["val"]) if data.parts["val"] else None
+        t_inputs, s_inputs = Inputs(enc.mean, enc.std, aug), Inputs(IMAGENET_MEAN, IMAGENET_STD, aug)
+        return cls(r, cfg, enc, teacher, t_widths, t_inputs, s_inputs, dataset(data.parts["train"]), val)
+
+    def fit(self, task, fcfg: FitConfig, name: str, train_set: ImageSet | None = None):
+        r = self.r
         return lambda: fit(
             task,
-            r.loader(train_set, fcfg.batch_size, True),
-            r.loader(val_set, fcfg.batch_size, False) if val_set is not None else None,
+            r.loader(self.train_set if train_set is None else train_set, fcfg.batch_size, True),
+            r.loader(self.val_set, fcfg.batch_size, False) if self.val_set is not None else None,
             fcfg,
             r.acc,
             name=name,
-            log_dir=out / "tb",
+            log_dir=r.out / "tb",
         )
 
-    t_arch = {"model": "unet", "encoder": cfg.teacher.encoder, "weights": encoder_stamp(cfg.teacher.encoder)}
-    stages_done = {}
+    def teacher_arch(self) -> dict[str, Any]:
+        return {
+            "model": "unet",
+            "encoder": self.cfg.teacher.encoder,
+            "weights": encoder_stamp(self.cfg.teacher.encoder),
+        }
+
+
+def train_teacher(s: SegRun) -> nn.Module:
+    """Fine-tune (or load) the teacher U-Net on the run's labels, then freeze it."""
+    cfg = s.cfg
     if cfg.teacher.checkpoint:
-        load_model(teacher, cfg.teacher.checkpoint, arch=t_arch, key="teacher.checkpoint")
+        load_model(s.teacher, cfg.teacher.checkpoint, arch=s.teacher_arch(), key="teacher.checkpoint")
     else:
-        stages_done["teacher"] = stage(
-            r,
-            "teacher",
-            teacher,
-            t_arch,
-            {"train": to_dict(cfg.teacher.train), "augment": to_dict(cfg.augment), "seed": cfg.seed},
-            fit_with(Segmentation(teacher, t_inputs, seg_loss), cfg.teacher.train, "teacher"),
+        key = {"train": to_dict(cfg.teacher.train), "augment": to_dict(cfg.augment), "seed": cfg.seed}
+        task = Segmentation(s.teacher, s.t_inputs, SegLoss(cfg.loss.dice_weight, cfg.loss.bce_weight))
+        s.stages["teacher"] = stage(
+            s.r, "teacher", s.teacher, s.teacher_arch(), key, s.fit(task, cfg.teacher.train, "teacher")
         )
-    teacher = freeze(teacher.to(r.acc.device))
+    return freeze(s.teacher.to(s.r.acc.device))
 
+
+def train_students(s: SegRun, teacher: nn.Module) -> tuple[SegStudent, SegStudent]:
+    """The student from scratch and distilled, from the same initial weights: only the loss differs."""
+    cfg, r = s.cfg, s.r
     seed_everything(cfg.seed + 1)
-    scratch = Student(cfg.student)
+    scratch = SegStudent(cfg.student)
     init = {k: v.clone() for k, v in scratch.unet.state_dict().items()}
     s_key = {"train": to_dict(cfg.student.train), "augment": to_dict(cfg.augment), "seed": cfg.seed}
-    stages_done["scratch"] = stage(
-        r,
-        "scratch",
-        scratch,
-        student_arch(cfg.student, False),
-        s_key,
-        fit_with(Segmentation(scratch, s_inputs, seg_loss), cfg.student.train, "scratch"),
+    seg_loss = SegLoss(cfg.loss.dice_weight, cfg.loss.bce_weight)
+    task = Segmentation(scratch, s.s_inputs, seg_loss)
+    s.stages["scratch"] = stage(
+        r, "scratch", scratch, student_arch(cfg.student, False), s_key, s.fit(task, cfg.student.train, "scratch")
     )
-    distilled = Student(cfg.student, t_widths)
-    distilled.unet.load_state_dict(init)  # same initialisation as the baseline: only the loss differs
+    distilled = SegStudent(cfg.student, s.t_widths)
+    distilled.unet.load_state_dict(init)
     unlabelled = r.prep.unlabelled if cfg.student.unlabelled else []
-    kd_set = Flagged(r.prep.parts["train"], unlabelled, size) if unlabelled else train_set
-    kd_fit = lambda: fit(  # noqa: E731
-        SegKD(distilled, s_inputs, teacher, t_inputs, cfg.loss),
-        r.loader(kd_set, cfg.student.train.batch_size, True),
-        r.loader(val_set, cfg.student.train.batch_size, False) if val_set is not None else None,
-        cfg.student.train,
-        r.acc,
-        name="distilled",
-        log_dir=out / "tb",
+    kd_set = Flagged(r.prep.parts["train"], unlabelled, cfg.image_size) if unlabelled else s.train_set
+    kd = SegKD(distilled, s.s_inputs, teacher, s.t_inputs, cfg.loss)
+    key = {
+        **s_key,
+        "loss": to_dict(cfg.loss),
+        "teacher": teacher_key(cfg.teacher.checkpoint, s.teacher_arch(), cfg.teacher),
+        "unlabelled": [x.id for x in unlabelled],
+    }
+    arch = student_arch(cfg.student, bool(s.t_widths))
+    s.stages["distilled"] = stage(
+        r, "distilled", distilled, arch, key, s.fit(kd, cfg.student.train, "distilled", kd_set)
     )
-    stages_done["distilled"] = stage(
-        r,
-        "distilled",
-        distilled,
-        student_arch(cfg.student, bool(t_widths)),
-        {
-            **s_key,
-            "loss": to_dict(cfg.loss),
-            "teacher": teacher_key(cfg.teacher.checkpoint, t_arch, cfg.teacher),
-            "unlabelled": [x.id for x in unlabelled],
-        },
-        kd_fit,
-    )
+    return scratch, distilled
 
-    test = r.acc.prepare(r.loader(dataset(r.prep.parts["test"]), cfg.student.train.batch_size, False))
-    models = {"teacher": (teacher, enc.mean, enc.std), "scratch": (scratch.unet, IMAGENET_MEAN, IMAGENET_STD)}
-    models["distilled"] = (distilled.unet, IMAGENET_MEAN, IMAGENET_STD)
+
+def evaluate_all(s: SegRun, models: dict[str, tuple[nn.Module, Any, Any]]) -> dict[str, dict]:
+    """Test Dice / IoU, parameters and GMACs of each model; how closely each student follows the teacher."""
+    r, size = s.r, s.cfg.image_size
+    test = r.acc.prepare(
+        r.loader(ImageSet(r.prep.parts["test"], size, masks=True), s.cfg.student.train.batch_size, False)
+    )
     results: dict[str, dict] = {}
     x = torch.zeros(1, 3, size, size)
     logits = {}
@@ -340,74 +349,67 @@ def run(cfg: Config, data: str, out: Path) -> dict[str, Any]:
         logits[name] = test_logits(model, test, mean, std, r.acc)
         met["params"] = num_params(model)
         met["gmacs"] = gmacs(model.to("cpu"), x)
-        met["best_epoch"] = stages_done[name].best_epoch if name in stages_done else 0
+        met["best_epoch"] = s.stages[name].best_epoch if name in s.stages else 0
         results[name] = met
     for name in ("scratch", "distilled"):  # how closely each student reproduces the teacher on the test split
         results[name]["teacher_dice"] = float(dice_iou(logits[name] > 0, logits["teacher"] > 0)[0].mean())
         results[name]["teacher_kl"] = float(pixel_kl(logits[name], logits["teacher"], 1.0))
-    metrics = {
-        "recipe": NAME,
-        "data": data,
-        "splits": {k: len(v) for k, v in r.prep.parts.items()},
-        "img_size": size,
-        "models": results,
-        "history": {k: v.history for k, v in stages_done.items()},
-        "config": to_dict(cfg),
-    }
-    if r.main:
-        write_json(out / "metrics.json", metrics)
-        plot_history({k: v.history for k, v in stages_done.items() if v.history}, out / "curves.png", "dice")
-        report(metrics, out / "report.md")
-    return metrics
+    return results
 
 
-def report(m: dict[str, Any], path: Path) -> None:
-    c = m["config"]
-    rows = [
-        [
-            label,
-            f"{mm['dice']:.4f}",
-            f"{mm['iou']:.4f}",
-            f"{mm['teacher_dice']:.4f}" if "teacher_dice" in mm else "",
-            f"{mm['params'] / 1e6:.2f}M",
-            f"{mm['gmacs']:.3f}",
-        ]
-        for label, mm in (
-            (f"Teacher U-Net ({c['teacher']['encoder']})", m["models"]["teacher"]),
-            (f"Student ({c['student']['encoder']}) from scratch", m["models"]["scratch"]),
-            (f"Student ({c['student']['encoder']}) distilled", m["models"]["distilled"]),
+class SegUNet(Recipe):
+    name = "seg_unet"
+    config = SegUNetConfig
+    kind = "seg"
+    teacher_outputs = ("logits", "last decoder map", "decoder stages (feature_weight > 0)")
+    sweep_teacher = True
+
+    def run(self, cfg: SegUNetConfig, data: PreparedData, out: Path) -> RecipeResult:
+        if not cfg.teacher.encoder:
+            raise UserError(
+                "teacher.encoder: give the teacher's encoder spec, e.g. the distilled ResNet-50 export folder "
+                "(in a sweep it defaults to the sweep's distilled encoder)"
+            )
+        s = SegRun.start(cfg, data, out)
+        teacher = train_teacher(s)
+        scratch, distilled = train_students(s, teacher)
+        imagenet = (IMAGENET_MEAN, IMAGENET_STD)
+        results = evaluate_all(
+            s,
+            {
+                "teacher": (teacher, s.enc.mean, s.enc.std),
+                "scratch": (scratch.unet, *imagenet),
+                "distilled": (distilled.unet, *imagenet),
+            },
         )
-    ]
-    loss = c["loss"]
-    write_report(
-        path,
-        "Segmentation KD: U-Net teacher -> small U-Net student (Liu et al., CVPR 2019)",
-        [
-            (
-                "Data",
-                f"images train/val/test: {m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']}; "
-                f"{m['img_size']} px.",
-            ),
-            (
-                "Test metrics",
-                md_table(["Model", "Dice", "IoU", "Dice with the teacher", "Params", f"GMACs@{m['img_size']}"], rows)
-                + f"\n\nLoss: task (Dice + BCE) + {loss['pixel_weight']} x pixel-wise KL (T = "
-                f"{loss['temperature']}) + {loss['pair_weight']} x pair-wise ({loss['pair_nodes']}x"
-                f"{loss['pair_nodes']} nodes) + {loss['feature_weight']} x decoder-stage matching. Curves: curves.png.",
-            ),
-        ],
-    )
+        metrics = {
+            "recipe": self.name,
+            "data": data.source,
+            "splits": {k: len(v) for k, v in data.parts.items()},
+            "img_size": cfg.image_size,
+            "models": results,
+            "history": {k: v.history for k, v in s.stages.items()},
+            "config": to_dict(cfg),
+        }
+        return RecipeResult(
+            metrics,
+            results["distilled"],
+            image_deployment(distilled.unet, cfg.image_size, "seg"),  # without the training-only adapters
+            teacher=results["teacher"],
+            scratch=results["scratch"],
+            models={"teacher": teacher, "scratch": scratch.unet, "distilled": distilled.unet},
+            train_seconds=trained_seconds(s.stages.values()),
+        )
 
-
-def summary_entries() -> list[Entry]:
-    return [
-        Entry(NAME, "student: U-Net on EfficientNet-Lite0", lambda: Student(StudentConfig()).unet),
-        Entry(
-            NAME,
-            "teacher: U-Net on ResNet-50 (the distilled export's architecture)",
-            lambda: _resnet50_unet(),
-        ),
-    ]
+    def summary_entries(self) -> list[Entry]:
+        return [
+            Entry(self.name, "student: U-Net on EfficientNet-Lite0", lambda: SegStudent(SegStudentConfig()).unet),
+            Entry(
+                self.name,
+                "teacher: U-Net on ResNet-50 (the distilled export's architecture)",
+                lambda: _resnet50_unet(),
+            ),
+        ]
 
 
 def _resnet50_unet() -> nn.Module:
@@ -416,9 +418,4 @@ def _resnet50_unet() -> nn.Module:
     return smp.Unet("resnet50", encoder_weights=None, classes=1)
 
 
-def _deployed(cfg: Config, num_classes: int) -> tuple[nn.Module, str]:
-    return Student(cfg.student, None).unet, "distilled"
-
-
-# the deployed student is the U-Net without the training-only adapters
-CELL = CellSpec(kind="seg", extract=roles("distilled"), deployed=_deployed, state_prefix="unet.")
+RECIPE = SegUNet()

@@ -1,0 +1,71 @@
+"""The settings every KD recipe shares, under the names every stage uses.
+
+:class:`RecipeConfig` is the base of each recipe's config: the knobs every stage names alike
+(``image_size``, ``num_workers``, ``seed``, ``mixed_precision``, at the top level as in pretraining
+and downstream) and the data settings of a downstream run (``split``, ``reader``), plus the
+recipe's class subset. Until issue 15 they sat under ``data.*`` (``data.img_size``,
+``data.workers``, ...); those keys still work, with a warning naming the new one. Also here: the
+papers' geometric augmentation (:class:`FlipRotateConfig`, HDKD's teacher and CSA-MoE) and what the
+two logit-KD recipes with a timm student share (:class:`LogitKDConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from downstream.data.read import ReaderConfig
+from downstream.fit import FitConfig
+from downstream.kd.losses import LogitLossConfig
+from downstream.splits import SplitConfig
+from sonodistill.precision import MixedPrecision
+
+
+@dataclass
+class RecipeConfig:
+    """What every KD recipe shares: the knobs named alike in every stage and the data settings."""
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "data.img_size": "image_size",
+        "data.workers": "num_workers",
+        "data.split": "split",
+        "data.reader": "reader",
+        "data.classes": "classes",
+        "data.subset": "subset",
+    }
+
+    image_size: int = 224  # side of the square images every model sees, pixels
+    num_workers: int = 2  # image-decoding worker processes (capped at the cores this process may use)
+    seed: int = 42  # model initialisation and training order of every stage (each stage derives its own)
+    mixed_precision: MixedPrecision = "auto"  # auto: bf16 on GPUs, fp32 on CPU
+    split: SplitConfig = field(default_factory=SplitConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    classes: list[str] = field(default_factory=list)  # keep these classes, in this label order ([] = all)
+    subset: str = ""  # a subset.json of downstream.run: train on its "train" ids only ("" = the whole split)
+
+
+@dataclass
+class FlipRotateConfig:
+    """A paper's geometric augmentation: random flips and rotation (kornia, batched on the device)."""
+
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.0  # probability of a vertical flip
+    degrees: float = 0.0  # rotation range +- degrees (0 = off)
+
+
+@dataclass
+class TimmStudentConfig:
+    """A timm classifier as the student (vit_mobilenet, nanoray)."""
+
+    model: str = "mobilenetv3_small_100"  # timm model name (e.g. mobilenetv3_large_100)
+    pretrained: bool = False  # ImageNet weights from the local timm / Hugging Face cache
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+    train: FitConfig = field(default_factory=FitConfig)
+
+
+@dataclass
+class LogitKDConfig(RecipeConfig):
+    """A logit-distillation recipe with a timm student (vit_mobilenet, nanoray); each adds its teacher."""
+
+    student: TimmStudentConfig = field(default_factory=TimmStudentConfig)
+    loss: LogitLossConfig = field(default_factory=LogitLossConfig)

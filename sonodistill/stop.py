@@ -1,0 +1,114 @@
+"""Stop requests: SIGTERM, SIGINT and SIGUSR1 ask a long-running command to keep its work and exit 75.
+
+SLURM's preemption and ``scancel``, Kubernetes and a terminal's Ctrl-C signal every process of a
+job, loader workers included. So:
+
+- the main process installs :class:`StopRequest` (before any loader starts its workers), whose
+  handler only records the request; the command acts on it at its next check (pretraining: every
+  ``train.log_every`` steps, where the ranks already synchronise; a training loop: every step; a
+  sweep: between cells; a shard build: between files), keeps what is finished (a checkpoint, the
+  finished cells or stages, the finished shards) and ends with :class:`Stopped`, which
+  :func:`sonodistill.errors.cli_main` turns into one ``stopped:`` line and exit code
+  :data:`EXIT_PREEMPTED` (75). Running the same command again continues.
+- loader workers ignore the signals unless their own parent sends them (:func:`ignore_stop_signals`
+  as ``worker_init_fn``): they end when the main process shuts its loader down, never mid-batch.
+- a second Ctrl-C interrupts at once (``KeyboardInterrupt``), for a user who does not want to wait.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+
+# sysexits.h EX_TEMPFAIL: "temporary failure, try again" - the work so far is kept, run it again.
+EXIT_PREEMPTED = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+_ACTIVE: list[StopRequest] = []
+
+
+class Stopped(Exception):
+    """A stop signal ended the command after it kept its work (exit 75: run it again to continue)."""
+
+
+class StopRequest:
+    """Context manager that turns SIGTERM/SIGINT/SIGUSR1 into a flag (previous handlers restored on exit)."""
+
+    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+        self.signals = signals
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.received == "SIGINT":  # Ctrl-C twice: stop now
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def __enter__(self) -> StopRequest:
+        for sig in self.signals:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+
+
+def stop_requested() -> str | None:
+    """The signal that asked this process to stop (``None``: carry on or no request installed)."""
+    for req in _ACTIVE:
+        if req.received:
+            return req.received
+    return None
+
+
+def check_stop(kept: str) -> None:
+    """Raise :class:`Stopped` if a stop was requested; ``kept`` says what a re-run continues from."""
+    received = stop_requested()
+    if received:
+        raise Stopped(f"{received} received; {kept}; run the same command again to continue")
+
+
+def ignore_stop_signals(worker_id: int | None = None) -> None:
+    """``worker_init_fn`` of every loader: a stop signal to the whole process group must not kill a
+    worker mid-batch (PyTorch's own SIGTERM handler in a worker dies on a signal not sent by its
+    parent, and the main process then crashes). SIGINT and SIGUSR1 are ignored; SIGTERM still ends
+    the worker when its parent sends it (the loader's shutdown), and only then."""
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGTERM:
+            signal.signal(sig, signal.SIG_IGN)
+    _sigterm_from_parent_only()
+
+
+def ignore_all_stop_signals() -> None:
+    """``initializer`` of a process pool (spawned workers): the three signals are ignored outright.
+    A spawned worker already runs threads (its imports start them) that :func:`ignore_stop_signals`
+    cannot mask, and a pool ends its workers with a message, never with SIGTERM."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _sigterm_from_parent_only() -> None:
+    # A handler cannot see who sent a signal; sigwaitinfo can. SIGTERM is blocked in this thread
+    # (threads started later inherit the mask: a forked loader worker has no other thread yet) and
+    # taken by one waiting thread that exits the process only when the sender is the parent.
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo({signal.SIGTERM})
+            if info.si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()

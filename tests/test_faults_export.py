@@ -1,0 +1,107 @@
+"""Faults a new user meets with ``pretrain.export`` (issue 16): it never deletes what it did not write,
+and nothing it publishes names a local path. Each case keeps every byte the folder had."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from dist.tiny_pretrain import tiny_config
+
+from pretrain.export import export, main, push
+from pretrain.trainer import train
+from sonodistill.errors import UserError
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (relative path -> sha256): what a refused export must leave as is."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def run(shard_dir, tiny_teacher_dir, tmp_path_factory) -> Path:
+    """A finished tiny run inside a project folder that also holds an unrelated note."""
+    project = tmp_path_factory.mktemp("project")
+    (project / "notes.txt").write_text("my notes\n")
+    out = project / "run"
+    train(tiny_config(shard_dir, tiny_teacher_dir, out, train__max_steps=2, train__save_every=2))
+    return out
+
+
+def _refused(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    return err
+
+
+@pytest.mark.parametrize("where", ["run", "parent"])
+def test_export_into_the_run_or_its_parent_is_refused_and_keeps_every_byte(run, where, capsys):
+    target = run if where == "run" else run.parent
+    before = _snapshot(target)
+    err = _refused(["--checkpoint", str(run), "--out", str(target)], capsys)
+    assert "holds the checkpoint being exported" in err and str(target) in err
+    err = _refused(["--checkpoint", str(run), "--out", str(target), "--overwrite"], capsys)
+    assert "holds the checkpoint being exported" in err
+    assert _snapshot(target) == before
+
+
+def test_a_folder_of_other_files_is_refused_unless_overwrite_which_keeps_them(run, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me\n")
+    (folder / "README.md").write_text("my own readme\n")
+    err = _refused(["--checkpoint", str(run), "--out", str(folder)], capsys)
+    assert "not empty and not an earlier export (holds notes.txt)" in err and "--overwrite" in err
+    assert (folder / "README.md").read_text() == "my own readme\n"
+    main(["--checkpoint", str(run), "--out", str(folder), "--overwrite"])
+    assert (folder / "notes.txt").read_text() == "keep me\n"  # never deleted
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "notes.txt"]
+    assert "Not for clinical use" in (folder / "README.md").read_text()
+
+
+def test_a_folder_holding_another_run_is_refused_even_with_overwrite(run, tmp_path, capsys):
+    other = tmp_path / "other_run"
+    (other / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (other / "checkpoints" / "step_00000001" / "meta.json").write_text("{}")
+    before = _snapshot(other)
+    err = _refused(["--checkpoint", str(run), "--out", str(other), "--overwrite"], capsys)
+    assert "holds a pretraining run" in err
+    assert _snapshot(other) == before
+
+
+def test_an_earlier_export_is_replaced_and_a_new_folder_is_created(run, tmp_path):
+    out = tmp_path / "exp"
+    export(run, out)
+    first = _snapshot(out)
+    export(run, out, title="again")
+    assert set(_snapshot(out)) == set(first)  # the same three files, rewritten
+    assert "# again" in (out / "README.md").read_text()
+
+
+def test_nothing_published_names_a_local_path(run, shard_dir, tiny_teacher_dir, tmp_path, capsys):
+    out = tmp_path / "pub"
+    main(["--checkpoint", str(run), "--out", str(out), "--push-to-hub", "lab/us", "--dry-run"])
+    printed = capsys.readouterr().out
+    for name in ("README.md", "config.json"):
+        text = (out / name).read_text()
+        for local in (str(tmp_path.parent), str(shard_dir), str(tiny_teacher_dir), str(run)):
+            assert local not in text, (name, local)
+    card = (out / "README.md").read_text()
+    meta = json.loads((run / "checkpoints" / "step_00000002" / "meta.json").read_text())
+    sha = meta["teacher"]["weights_sha256"]
+    assert f"a local dinov3_vit checkpoint (weights sha256 {sha[:16]})" in card
+    assert f"`{shard_dir.name}` (manifest sha256 {meta['data']['manifest_sha256'][:16]})" in card
+    prov = json.loads((out / "config.json").read_text())["sonodistill"]
+    assert prov["teacher_provenance"]["weights_sha256"] == sha and prov["data"]["name"] == shard_dir.name
+    assert "README.md" in printed and "no local path" in printed
+    # A hand edit that adds a local path is refused before anything is uploaded.
+    (out / "README.md").write_text(card + f"\nweights from {tiny_teacher_dir}\n")
+    with pytest.raises(UserError, match="README.md: names the local path"):
+        push(out, "lab/us", dry_run=True)

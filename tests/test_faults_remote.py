@@ -1,0 +1,79 @@
+"""Remote and local shard reads that fail (issue 16): a store that goes away stops the run with one
+line naming a URL, in ``loop`` mode too (it never waits forever), and a pass that loses more than
+``max_skipped_share`` of its samples never ends in silence."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import logging
+import threading
+import time
+
+import pytest
+from test_remote import quick_retries, serve  # noqa: F401  (fixtures: a real HTTP server, fast retries)
+
+from shards.stream import ShardLoader
+from sonodistill.errors import UserError, user_message
+
+
+def _names(shard_dir) -> list[str]:
+    return json.loads((shard_dir / "manifest.json").read_text())["shards"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_store_that_goes_away_mid_run_stops_a_loop_run_naming_a_url(shard_dir, workers):
+    quiet = type("Quiet", (http.server.SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    handler = functools.partial(quiet, directory=str(shard_dir.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    kw = dict(mode="loop", num_workers=workers, shuffle_buffer=8, stall_timeout_s=15)
+    loader = ShardLoader(f"{base}/{shard_dir.name}", 4, **kw)
+    t0 = time.time()
+    with pytest.raises(UserError) as exc:
+        for i, _ in enumerate(loader):
+            if i == 2:  # the server goes away mid-epoch: every later read is refused
+                server.shutdown()
+                server.server_close()
+    msg = user_message(exc.value)
+    assert msg.startswith("data.shards: ") and f"{base}/{shard_dir.name}/" in msg and "\n" not in msg
+    # a refused read is skipped at once (too much lost); a read stuck on a dead connection, by the stall time
+    assert "more than data.max_skipped_share=0.01" in msg or "no batch from the shard readers for 15 s" in msg
+    assert time.time() - t0 < 60
+
+
+def test_nothing_read_for_the_stall_time_stops_the_run(shard_dir, serve, tmp_path):  # noqa: F811
+    base, _ = serve(tmp_path)  # a server without the shards: every read fails
+    urls = [f"{base}/{n}" for n in _names(shard_dir)]
+    loader = ShardLoader(urls, 4, mode="loop", num_workers=0, max_skipped_share=1.0, stall_timeout_s=0.0)
+    with pytest.raises(UserError, match=r"data.shards: nothing read for \d+ s .*last failure http"):
+        next(iter(loader))
+
+
+def test_a_list_of_only_missing_shards_is_an_error_not_a_hang(shard_dir, serve, tmp_path):  # noqa: F811
+    base, _ = serve(tmp_path)
+    urls = [f"{base}/{n}" for n in _names(shard_dir)]  # no manifest: the share is unknown
+    with pytest.raises(UserError, match="no shard of this slot could be read, e.g. http"):
+        next(iter(ShardLoader(urls, 4, mode="loop", num_workers=0)))
+
+
+def test_one_missing_shard_of_a_list_is_skipped_with_a_warning(shard_dir, serve, caplog):  # noqa: F811
+    base, _ = serve(shard_dir.parent)
+    names = _names(shard_dir)
+    urls = [f"{base}/{shard_dir.name}/{n}" for n in names] + [f"{base}/{shard_dir.name}/gone.tar"]
+    with caplog.at_level(logging.WARNING, logger="shards.read_guard"):
+        loader = ShardLoader(urls, 4, mode="epoch", num_workers=0, drop_last=False)
+        n = sum(len(b["image"]) for b in loader)
+    assert n == json.loads((shard_dir / "manifest.json").read_text())["num_samples"]
+    assert loader.skipped == {"unreadable_shard": 1}
+    assert any("gone.tar: shard skipped, unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_an_epoch_pass_losing_too_much_is_an_error_not_a_short_epoch(shard_dir, serve):  # noqa: F811
+    bad = _names(shard_dir)[1]
+    base, _ = serve(shard_dir.parent, cuts={bad: -1})
+    loader = ShardLoader(f"{base}/{shard_dir.name}", 4, mode="epoch", num_workers=0, drop_last=False)
+    with pytest.raises(UserError, match=rf"1 shard\(s\) unreadable, .* e.g. {base}/{shard_dir.name}/{bad}"):
+        list(loader)
