@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from downstream.data.inputs import Inputs
 from downstream.data.record import Catalog
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
+from downstream.decontamination import Check, check_encoder, enforce, split_hash
 from downstream.edge.profile import LatencyCache, profile
 from downstream.edge.score import classification_deployment, segmentation_deployment
 from downstream.encoders import Encoder, deployable_spec, load_encoder, spec_label
@@ -41,6 +43,8 @@ from sonodistill.atomic import write_bytes, write_json
 from sonodistill.config import save_config
 from sonodistill.workers import loader_workers
 from sonodistill.world import make_accelerator
+
+log = logging.getLogger(__name__)
 
 
 def load_task_data(cfg: RunConfig) -> Catalog:
@@ -185,6 +189,15 @@ def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
     return catalog, splits, train_ids
 
 
+def decontamination_check(cfg: RunConfig, catalog: Catalog, splits: Splits) -> Check:
+    """Whether the encoder's corpus was built against this test split; refused when strict."""
+    check = check_encoder(cfg.encoder, split_hash(catalog, splits.test))
+    enforce(check, cfg.encoder, cfg.task, cfg.strict_decontamination)
+    if check.status == "unchecked":
+        log.warning(f"encoder '{spec_label(cfg.encoder)}' on {cfg.task}: {check.reason}: {check.detail}")
+    return check
+
+
 @contextlib.contextmanager
 def cpu_threads(num_workers: int, device: torch.device) -> Iterator[None]:
     """On CPU, leave one core per DataLoader worker: intra-op threads competing with decoding
@@ -246,13 +259,14 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
     kind = TASK_KIND[cfg.task]
     out = Path(cfg.out)
     catalog, splits, train_ids = prepare(cfg)
+    set_seed(cfg.seed)
+    enc: Encoder = load_encoder(cfg.encoder)  # a bad spec is reported before the check below
+    check_input_size(enc, cfg.image_size, kind == "seg")
+    check = decontamination_check(cfg, catalog, splits)
     main = acc.is_main_process
     if main:
         save_config(cfg, out / "config.yaml")
         write_json(out / "subset.json", {"fraction": cfg.fraction, "seed": cfg.seed, "train": train_ids})
-    set_seed(cfg.seed)
-    enc: Encoder = load_encoder(cfg.encoder)
-    check_input_size(enc, cfg.image_size, kind == "seg")
     if kind == "seg":
         val, test, res, model = _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main)
     elif cfg.mode == "linear":
@@ -279,6 +293,7 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
         "best_epoch": res.best_epoch,
         "val": val,
         "test": {k: v for k, v in test.items() if k != "per_image"},
+        "decontamination": check.record(),
         "time_s": round(time.perf_counter() - t0, 2),
         "train_images_per_s": round(res.images_per_s, 1),
     }

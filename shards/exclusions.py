@@ -65,7 +65,17 @@ class ExclusionSet:
         return {**self.identity(), **extra, "spec": self.spec, "root": str(self.root), "frames_removed": removed}
 
 
-def _file_sha1(path: Path) -> str:
+PUBLIC_KEYS = ("name", "images", "content_hash", "parts", "part_hashes", "matcher", "frames_removed")
+
+
+def public_record(record: dict) -> dict:
+    """A manifest's exclusion set without its local parts (``spec``, ``root``): what an exported
+    encoder may publish about it."""
+    return {k: record[k] for k in PUBLIC_KEYS if k in record}
+
+
+def file_sha1(path: Path) -> str:
+    """SHA-1 of a file's bytes (one image of a set)."""
     h = hashlib.sha1()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -160,7 +170,7 @@ def load_exclusion(spec: str) -> ExclusionSet:
     absent = [rel for rel in images if not (root / rel).is_file()]
     if absent:
         raise UserError(f"--exclude {spec}: {len(absent)} image(s) not found, e.g. {root / absent[0]}")
-    digests = {rel: _file_sha1(root / rel) for rel in images}
+    digests = {rel: file_sha1(root / rel) for rel in images}
     parts = tuple(p for p in by_part if p)
     part_hashes = tuple((p, content_hash([digests[r] for r in by_part[p]])) for p in parts)
     return ExclusionSet(name or label, spec, root, images, parts, content_hash(list(digests.values())), part_hashes)
