@@ -63,7 +63,11 @@ def _index_vectorised(buf: np.ndarray) -> TarIndex | None:
     if nblocks == 0 or len(buf) % BLOCK:
         return None
     blocks = buf[: nblocks * BLOCK].reshape(nblocks, BLOCK)
-    cand = np.flatnonzero((blocks[:, 257:262] == _MAGIC).all(axis=1))
+    # Header candidates: blocks whose bytes 257-261 read "ustar". The first byte alone is tested on
+    # every block (one strided pass), the other four only where it matched: comparing a 5-byte row
+    # per block costs numpy a loop call per block, ~7 µs per raw 256 px sample (134 blocks each).
+    cand = np.flatnonzero(blocks[:, 257] == _MAGIC[0])
+    cand = cand[(blocks[cand, 258:262] == _MAGIC[1:]).all(axis=1)]
     if len(cand) == 0 or cand[0] != 0:
         return None
     hdr = blocks[cand]
