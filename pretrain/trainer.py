@@ -386,6 +386,33 @@ def _base_meta(s: Session) -> dict[str, Any]:
     }
 
 
+def batch_images(batch: dict, device: torch.device) -> torch.Tensor:
+    """A loader batch's uint8 images on ``device`` (JPEG members decoded there with ``data.gpu_decode``:
+    nvJPEG on a GPU, libjpeg-turbo on a CPU run)."""
+    if "jpeg" in batch:
+        return decode_on_device(batch, device)
+    return batch["image"].to(device, non_blocking=True)
+
+
+def backward_view(s: Session, view: torch.Tensor) -> torch.Tensor:
+    """One micro-batch: mixup, teacher targets, student, token MSE and its backward pass (gradients
+    accumulate until :func:`optimizer_step`). Returns the detached loss (no sync)."""
+    with s.accelerator.accumulate(s.model):
+        loss = distill_loss(s.teacher, s.model, view, s.cfg.mixup, s.channels_last)
+        s.accelerator.backward(loss)
+    return loss.detach()
+
+
+def optimizer_step(s: Session, max_norm: float):
+    """Clip, step the optimiser and the schedule, clear the gradients; the grad norm (not synced)."""
+    gnorm = s.accelerator.clip_grad_norm_(s.model.parameters(), max_norm)
+    s.optimizer.step()
+    if s.scheduler is not None:
+        s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return gnorm
+
+
 def loop(
     s: Session, start_step: int, last_ckpt: Path | None, stop: StopRequest, metrics: MetricsLog | None, keys_fh
 ) -> Outcome:
@@ -428,22 +455,10 @@ def loop(
             loss_acc = torch.zeros((), device=device)
             for _ in range(s.accum):
                 batch = next(data_iter)
-                if "jpeg" in batch:  # data.gpu_decode: nvJPEG on the device (libjpeg-turbo on a CPU run)
-                    images = decode_on_device(batch, device)
-                else:
-                    images = batch["image"].to(device, non_blocking=True)
                 if keys_fh is not None:
                     keys_fh.write(json.dumps({"step": step + 1, "keys": list(batch["key"])}) + "\n")
-                with acc.accumulate(s.model):
-                    view = make_view(images, s.augment, s.teacher)
-                    loss = distill_loss(s.teacher, s.model, view, cfg.mixup, s.channels_last)
-                    acc.backward(loss)
-                loss_acc += loss.detach()
-            gnorm = acc.clip_grad_norm_(s.model.parameters(), max_norm)
-            s.optimizer.step()
-            if s.scheduler is not None:
-                s.scheduler.step()
-            s.optimizer.zero_grad(set_to_none=True)
+                loss_acc += backward_view(s, make_view(batch_images(batch, device), s.augment, s.teacher))
+            gnorm = optimizer_step(s, max_norm)
             step_lr.append(s.optimizer.param_groups[0]["lr"])  # host value: no sync
             step_loss[pending] = loss_acc / s.accum
             if isinstance(gnorm, torch.Tensor):
@@ -466,6 +481,8 @@ def loop(
                     skipped = sum((s.loader.skipped or {}).values())  # corrupt samples so far (host counter)
                     for i, (lv, gv, lr) in enumerate(zip(losses, gnorms, step_lr)):
                         extra = {"images_per_s": img_s, "skipped_samples": skipped} if i == pending - 1 else {}
+                        if extra and device.type == "cuda":  # the allocator's peak so far: a host counter, no sync
+                            extra["gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                         if math.isfinite(lv):
                             metrics.log(first + i, loss=lv, grad_norm=gv, lr=lr, **extra)
                     metrics.flush()
