@@ -281,7 +281,7 @@ def main() -> None:
         preset = build_augment(PretrainAugmentConfig(preset=name), args.size)
         rate = median_rate(lambda preset=preset: preset(batch), len(images), args.repeats)
         results[f"{name}_preset"] = {"ours": rate}
-    kernel = AugmentConfig().despeckle.kernel_size
+    kernel = PretrainAugmentConfig().despeckle.kernel_size
     floor = despeckle_floor(args.size, kernel, args.repeats)
     floor["filter_img_s"], floor["filter_without_exp_img_s"] = despeckle_without_exp(batch, kernel, args.repeats)
     report(args, results, floor)

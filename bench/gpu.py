@@ -195,7 +195,7 @@ class Bench:
         if self.sizes.student is not None:
             cfg.student.name, cfg.student.head_hidden = self.sizes.student, self.sizes.head
         cfg.student.compile = compile
-        cfg.augment.size = size
+        cfg.image_size = size
         cfg.train.batch_size = cfg.train.global_batch = batch
         return cfg
 
@@ -278,7 +278,7 @@ def time_session(b: Bench, s, stream, teacher: bool) -> dict:
         m.append(batch * n / timed(b, lambda: model(n)))
     out = {
         "batch": batch,
-        "size": cfg.augment.size,
+        "size": cfg.image_size,
         "whole_img_s": round(statistics.median(w), 1),
         "model_img_s": round(statistics.median(m), 1),
         "ratio": round(statistics.median([a / c for a, c in zip(w, m)]), 3),
@@ -315,7 +315,7 @@ def part_step(b: Bench) -> dict:
 def part_wall_time(b: Bench) -> dict:
     """Hours of the recipe on 8 and 64 GPUs from the whole-step rate at each one's per-GPU batch."""
     cfg = b.recipe()
-    size = b.sizes.recipe_size or cfg.augment.size
+    size = b.sizes.recipe_size or cfg.image_size
     images = cfg.train.epochs * RECIPE_IMAGES
     rows = {}
     for gpus in RECIPE_GPUS:
@@ -414,14 +414,14 @@ def augment_rate(b: Bench, aug, images: torch.Tensor, seconds: float) -> float:
 
 
 def part_augment(b: Bench) -> dict:
-    from pretrain.augment import AugmentConfig, build_augment
+    from pretrain.augment import PretrainAugmentConfig, build_augment
     from shards.stream import ShardLoader
 
-    size = b.sizes.recipe_size or b.recipe().augment.size
+    size = b.sizes.recipe_size or b.recipe().image_size
     batch = 256 if b.device.type == "cuda" else 16
     images = next(iter(ShardLoader(str(b.shards("raw")), batch_size=batch, mode="loop", num_workers=0)))["image"]
     torch.manual_seed(0)
-    aug = build_augment(AugmentConfig(preset="us-physics", size=size))
+    aug = build_augment(PretrainAugmentConfig(preset="us-physics"), size)
     cpu_threads = torch.get_num_threads()
     cpu = augment_rate(b, aug, images[: min(batch, 64)], 2 * b.sizes.block_s) if b.device.type == "cuda" else None
     dev = augment_rate(b, aug.to(b.device), images.to(b.device), 2 * b.sizes.block_s)
@@ -520,7 +520,7 @@ def part_deepspeed(b: Bench) -> dict:
         overrides |= {
             "student.name": b.sizes.student,
             "student.head_hidden": b.sizes.head,
-            "data.num_workers": 1,
+            "num_workers": 1,
             "train.batch_size": 2,
             "train.global_batch": 4,
         }
