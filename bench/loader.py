@@ -47,11 +47,12 @@ import numpy as np
 import torch
 
 from shards import remote
-from shards.build import BuildSettings, build_shards, tar_bytes
+from shards.build import tar_bytes
 from shards.codec import ENCODINGS, Codec, decode_gray, npy_header
 from shards.manifest import encoding_of, resolve_shards
 from shards.shardfile import open_shard, read_local
 from shards.stream import ShardLoader
+from shards.synth.shard_set import write_shard_set
 
 GPU_IMG_S = 4400.0
 TARGET_RATIO = 0.95  # loader / limit, every encoding (issue 11, issue 20)
@@ -59,13 +60,7 @@ TARGET_RATIO = 0.95  # loader / limit, every encoding (issue 11, issue 20)
 
 def synthetic_png(root: Path, n: int, size: int, workers: int = 2) -> Path:
     """A synthetic corpus of ``n`` images (``shards.synth``) cleaned into PNG shards at ``size`` px."""
-    from shards.synth import write_corpus
-
-    write_corpus(root / "corpus", n=n, seed=0, workers=workers)
-    sources = {p.name: str(p) for p in sorted((root / "corpus").iterdir()) if p.is_dir()}
-    settings = BuildSettings(size=size, samples_per_shard=100, workers=workers)
-    build_shards(sources, root / "png", settings, progress=False)
-    return root / "png"
+    return write_shard_set(root, n, size, workers=workers, name="png")
 
 
 def transcode(src: Path, dst: Path, encoding: str) -> Path:

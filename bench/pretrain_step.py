@@ -43,18 +43,8 @@ from pretrain.loss import MixupConfig
 from pretrain.step import distill_loss, make_view
 from pretrain.student import build_student
 from shards.stream import ShardLoader
+from shards.synth.shard_set import write_shard_set
 from sonodistill.dinov3 import DINOv3, init_tiny
-
-
-def synthetic_shards(root: Path, size: int, n: int) -> Path:
-    from shards.build import BuildSettings, build_shards
-    from shards.synth import write_corpus
-
-    write_corpus(root / "corpus", n=n, seed=0)
-    sources = {p.name: str(p) for p in sorted((root / "corpus").iterdir()) if p.is_dir()}
-    build_shards(sources, root / "shards", BuildSettings(size=size, samples_per_shard=64, workers=2), progress=False)
-    return root / "shards"
-
 
 # --config presets of the profile: (student, head hidden, size, teacher preset, batch, preset)
 CONFIGS = {
@@ -114,7 +104,7 @@ def build_parts(
     """Shards (``--shards`` or synthetic), teacher (``--teacher`` or a random ``teacher`` preset), student
     (``head`` hidden units; ``None``: 4096 on a GPU, 512 on the CPU), augmentation, AdamW, mixup, autocast."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shards = Path(args.shards) if args.shards else synthetic_shards(tmp, size, args.corpus_size)
+    shards = Path(args.shards) if args.shards else write_shard_set(tmp, args.corpus_size, size, samples_per_shard=64)
     teacher_path = args.teacher or str(init_tiny(tmp / "teacher", seed=0, preset=teacher, image_size=size))
     t = DINOv3.from_pretrained(teacher_path, dtype=torch.bfloat16 if device.type == "cuda" else None).to(device)
     torch.manual_seed(0)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from shards.synth import PRESETS, render
+from shards.synth.shard_set import write_shard_set
 
 LESION_PRESETS = ("breast", "thyroid", "liver")
 LESIONS = ("normal", "benign", "malignant")
@@ -102,16 +103,6 @@ def train_teacher(
     vit.eval().save_pretrained(out)
     proc.save_pretrained(out)
     return out
-
-
-def synthetic_shards(root: Path, n: int, size: int, seed: int) -> Path:
-    from shards.build import BuildSettings, build_shards
-    from shards.synth import write_corpus
-
-    write_corpus(root / "corpus", n=n, seed=seed + 1000)  # not the labelled frames' seeds
-    sources = {p.name: str(p) for p in sorted((root / "corpus").iterdir()) if p.is_dir()}
-    build_shards(sources, root / "shards", BuildSettings(size=size, samples_per_shard=128, workers=2), progress=False)
-    return root / "shards"
 
 
 @torch.no_grad()
@@ -213,7 +204,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
     probe_train = labelled(args.probe_images, args.seed + 2, args.size)
     probe_test = labelled(args.probe_images, args.seed + 3, args.size)
     teacher_dir = train_teacher(out / "teacher", x_t, a_t, l_t, args.size, args.teacher_epochs, args.seed)
-    shards = synthetic_shards(out, args.corpus, args.size, args.seed)
+    # seeds apart from the labelled frames' seeds
+    shards = write_shard_set(out, args.corpus, args.size, seed=args.seed + 1000, samples_per_shard=128)
     cfg, result = distil(args, out, shards, teacher_dir)
     rows = probe_models(args, teacher_dir, cfg, result, probe_train, probe_test)
     chance = {"anatomy_acc": 1 / len(PRESETS), "lesion_acc": 1 / 3}
