@@ -1,7 +1,8 @@
 """A build's identity: what makes two shard builds the same build, and how two identities differ.
 
 The identity (the settings that change the output, every source's name, spec, item count, content
-fingerprint and options) is stored in the journal, the parts' spool and ``manifest.json``; a resumed
+fingerprint and options, the exclusion sets) is stored in the journal, the parts' spool and
+``manifest.json``; a resumed
 build, a build part joining others and a re-run are refused when it differs, with the first difference
 in the message (:func:`describe_difference`).
 """
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from shards.exclusions import ExclusionSet
 from shards.sources import Source
 
 
-def build_identity(sources: Sequence[Source], settings: dict) -> dict:
-    """``settings``: :meth:`shards.build.BuildSettings.identity`."""
-    return {
+def build_identity(sources: Sequence[Source], settings: dict, exclusions: Sequence[ExclusionSet] = ()) -> dict:
+    """``settings``: :meth:`shards.build.BuildSettings.identity`; exclusion sets only when there are some
+    (older builds stay resumable)."""
+    identity = {
         "settings": settings,
         "sources": [
             {
@@ -28,6 +31,9 @@ def build_identity(sources: Sequence[Source], settings: dict) -> dict:
             for s in sources
         ],
     }
+    if exclusions:
+        identity["exclusions"] = [x.identity() for x in exclusions]
+    return identity
 
 
 def describe_difference(old: dict, new: dict) -> str:
@@ -46,4 +52,7 @@ def describe_difference(old: dict, new: dict) -> str:
     for o, n in zip(old.get("sources", []), new["sources"]):
         if o.get("options") != n.get("options"):
             return f"options of source '{n['name']}' differ"
+    if old.get("exclusions") != new.get("exclusions"):
+        names = [[x["name"] for x in d.get("exclusions", [])] for d in (old, new)]
+        return f"exclusion sets differ ({', '.join(names[0]) or 'none'} -> {', '.join(names[1]) or 'none'})"
     return "the input files differ"

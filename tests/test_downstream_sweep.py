@@ -70,8 +70,10 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     t1 = tables.split("## Table 1")[1].split("## Table 2")[0]
     row = next(line for line in t1.splitlines() if line.startswith("| R50-Distill |"))
     cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
-    assert cells[1] == f"{metric('ddti-seg', 'R50-Distill', 'linear', 1.0, 'dice')[0]:.4f}"
-    assert cells[6] == f"{metric('busi-cls', 'R50-Distill', 'linear', 1.0, 'macro_f1')[0]:.4f}"
+    assert cells[1] == f"{metric('ddti-seg', 'R50-Distill', 'linear', 1.0, 'dice')[0]:.4f} (1)"  # no provenance:
+    assert cells[6] == f"{metric('busi-cls', 'R50-Distill', 'linear', 1.0, 'macro_f1')[0]:.4f} (1)"  # marked
+    rand = t1.split("| R50-Rand |")[1].split("\n")[0]  # random init: nothing to check, nothing marked
+    assert "\n(1) not checked for test-set contamination (no provenance)" in t1 and " (" not in rand
     assert "## Table 3: Limited labels, linear probing" in tables and "BUSI Cls. Acc 50%" in tables
     assert "## Table 2: Full fine-tuning on all labeled data\n\nNot run in this sweep" in tables
     assert (out / "fractions_linear.png").stat().st_size > 1000 and not (out / "fractions_finetune.png").exists()
