@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
+from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config, task_reader
 from downstream.data.read import ReaderConfig
-from downstream.tables import TaskColumn, aggregate, render_tables, task_label
+from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
 from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
 from sonodistill.config_cli import add_config_args, config_from_args
@@ -260,17 +260,16 @@ def kd_cell_config(cfg: SweepConfig, c: Cell, rc: RunConfig) -> KDCellConfig | N
     """The resolved recipe config of a KD cell; ``None`` when the recipe's task kind does not match
     (the cell is ``n/a`` and needs no config)."""
     from downstream.kd.cell import kd_config, not_applicable
-    from downstream.runner import task_reader
 
     if c.method is None or not_applicable(c.method, c.task.kind, c.task.key):
         return None
-    return kd_config(c.method, rc, cfg.kd_presets, task_reader(rc))
+    return kd_config(c.method, rc, cfg.kd_presets, task_reader(rc.task, rc.reader))
 
 
 def cell_key(c: Cell, rc: RunConfig, kd: KDCellConfig | None = None) -> str:
     """Identity plus a hash of every setting except output locations (moving OUT keeps resume)."""
     d = with_old_names(RunConfig, to_dict(rc))  # a renamed key keeps a sweep's cells done
-    for k in ("out", "cache_dir"):
+    for k in ("out", "cache_dir", "strict_decontamination"):  # strictness refuses cells, never changes one
         d.pop(k)
     d["split"].pop("file")
     if c.method:
@@ -303,6 +302,8 @@ def write_report(cfg: SweepConfig, rows_: list[dict], grid: Grid | None = None) 
     fractions = {"finetune": cfg.fractions, "linear": cfg.linear_fractions}
     ranks_md, ranks = render_ranks(agg, encoders + methods, tasks, fractions)
     md = render_tables(agg, encoders, tasks, fractions, len(cfg.seeds), kd_rows=methods)
+    contamination = render_contamination(agg, encoders, tasks)
+    md += "\n" + contamination if contamination else ""
     md += "\n" + render_edge_table(agg, encoders + methods, tasks)
     if ranks_md:
         md += "\n" + ranks_md
@@ -329,6 +330,36 @@ def write_report(cfg: SweepConfig, rows_: list[dict], grid: Grid | None = None) 
     return summary
 
 
+def refuse_unchecked(todo: Sequence[tuple[Cell, RunConfig, Any, str]]) -> None:
+    """``strict_decontamination``: check the encoder of every cell still to run against its task's
+    test split before any cell runs (one split per task, as the cells will use it)."""
+    from downstream.runner import decontamination_check, prepare
+
+    prepared: dict[str, Any] = {}
+    for c, rc, _, _ in todo:
+        if c.method is not None or not rc.strict_decontamination:
+            continue
+        if c.task.key not in prepared:
+            prepared[c.task.key] = prepare(rc)[:2]
+        decontamination_check(rc, *prepared[c.task.key])
+
+
+def write_splits(cfg: SweepConfig) -> list[str]:
+    """Make (or reuse) the split of every dataset of the sweep's tasks, as its first cell would,
+    and return their paths: build a pretraining corpus with ``--exclude`` of each before the sweep
+    runs (``--splits-only``; the encoders and KD methods, which may not exist yet, are not read)."""
+    from downstream.runner import prepare
+
+    made: dict[str, None] = {}
+    grid = Grid(resolve_tasks(cfg), [("splits", "rand")], [])  # splits depend on the tasks alone
+    for c in cells(cfg, grid):
+        rc = cell_config(cfg, c)
+        if rc.split.file not in made:
+            prepare(rc)
+            made[rc.split.file] = None
+    return list(made)
+
+
 def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     """Run the missing cells (at most ``max_cells`` of them), then write the report."""
     from downstream.edge.profile import LatencyCache
@@ -349,6 +380,7 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     results = out / "results.jsonl"
     done = {r.get("key") for r in read_jsonl(results)}
     todo = [(c, rc, kd, k) for (c, rc, kd), k in zip(plan, keys) if k not in done]
+    refuse_unchecked(todo)
     acc = make_accelerator(cfg.run.mixed_precision, key="run.mixed_precision")
     if acc.is_main_process:
         save_config(cfg, out / "sweep.yaml")
@@ -397,8 +429,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     add_config_args(p, SweepConfig)
     p.add_argument("--max-cells", type=int, default=None, help="run at most N missing cells, then report")
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
+    p.add_argument("--splits-only", action="store_true", help="write each dataset's splits.json, print them, stop")
     args = p.parse_args(argv)
     cfg = config_from_args(SweepConfig, args)
+    if args.splits_only:  # to build a corpus with --exclude of them before the sweep
+        paths = write_splits(cfg)
+        print("\n".join(paths))
+        return {"splits": paths}
     with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75
         summary = run_sweep(cfg, max_cells=args.max_cells)
     if args.print_tables:

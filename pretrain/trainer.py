@@ -173,11 +173,14 @@ def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:
     """What the run's metadata records about its shard set (local or remote)."""
     if manifest is None:
         return {}
+    from shards.exclusions import public_record
     from sonodistill.provenance import json_sha256, public_source_name
 
     keep = ("num_samples", "sources", "rejected", "settings", "encoding")
     named = {"path": str(shards), "name": public_source_name(shards), "manifest_sha256": json_sha256(manifest)}
-    return {k: manifest[k] for k in keep if k in manifest} | named
+    # a manifest without the field was built before --exclude existed: no set kept out
+    excluded = {"exclusions": [public_record(x) for x in manifest.get("exclusions", [])]}
+    return {k: manifest[k] for k in keep if k in manifest} | named | excluded
 
 
 def _rng_neutral(batches: Iterator[dict]) -> Iterator[dict]:

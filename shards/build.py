@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,13 +36,17 @@ from typing import BinaryIO
 
 import webdataset as wds
 
-from shards.catalogue import SourceConfig, load_catalogue
+from shards.catalogue import SourceConfig, load_corpus
 from shards.clean import Cleaned
-from shards.codec import ENCODINGS, JPEG_QUALITY, Codec
+from shards.codec import ENCODINGS, JPEG_QUALITY, Codec, decode_gray
+from shards.copyindex import Found, loaded
 from shards.dedup import DuplicateIndex
+from shards.exclusions import Exclusions, ExclusionSet, load_exclusions
+from shards.exclusions import add_argument as add_exclusion_argument
 from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_item
 from shards.journal import Journal
 from shards.manifest import MANIFEST
+from shards.match import resized
 from shards.options import SourceOptions
 from shards.ordered_pool import ordered_map
 from shards.sources import Item, Source, open_source, parse_source
@@ -56,6 +61,7 @@ BUILD_FORMAT = 2
 SHARD_PATTERN = "shard-{:06d}.tar"
 REJECTS = "rejects.jsonl"
 REJECTS_PARTIAL = ".rejects-partial.jsonl"
+EXCLUSION_INDEX = ".exclusion-index"  # the exclusion sets' index while the build runs
 
 
 @dataclass
@@ -99,11 +105,27 @@ class BuildSettings:
             raise UserError(f"--jpeg-quality {self.jpeg_quality}: expected 1-100")
 
 
-def _process(args: tuple[Item, SourceOptions, ExtractSettings, bool]) -> tuple[Item, ItemOutcome]:
-    item, opts, settings, skip = args
+def _process(
+    args: tuple[Item, SourceOptions, ExtractSettings, bool, str | None],
+) -> tuple[Item, ItemOutcome, dict[int, Found]]:
+    """In a worker: read and clean one item; with an exclusion index, find the evaluation image each
+    cleaned frame copies (by the frame's position in the outcome)."""
+    item, opts, settings, skip, index = args
     if skip:
-        return item, ItemOutcome(skipped=True)
-    return item, extract_item(item, opts, settings)
+        return item, ItemOutcome(skipped=True), {}
+    outcome = extract_item(item, opts, settings)
+    return item, outcome, _overlaps(outcome, index, settings.codec.encoding) if index else {}
+
+
+def _overlaps(outcome: ItemOutcome, index: str, encoding: str) -> dict[int, Found]:
+    """The cleaned frames that copy an excluded image, matched as the shards will hold them."""
+    out = {}
+    for pos, f in enumerate(outcome.frames):
+        if isinstance(f.result, Cleaned):
+            found = loaded(index).find(resized(decode_gray(f.result.data, encoding)), limit=1)
+            if found:
+                out[pos] = found[0]
+    return out
 
 
 def tar_bytes(samples: list[tuple[str, bytes, dict]], ext: str) -> bytes:
@@ -125,8 +147,9 @@ def _write_shard(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _identity(opened: list[Source], settings: BuildSettings) -> dict:
-    return {
+def _identity(opened: list[Source], settings: BuildSettings, exclusions: list[ExclusionSet]) -> dict:
+    """What the output depends on; exclusion sets only when there are some (older builds stay resumable)."""
+    identity = {
         "settings": settings.identity(),
         "sources": [
             {
@@ -139,6 +162,9 @@ def _identity(opened: list[Source], settings: BuildSettings) -> dict:
             for s in opened
         ],
     }
+    if exclusions:
+        identity["exclusions"] = [x.identity() for x in exclusions]
+    return identity
 
 
 def _describe_difference(old: dict, new: dict) -> str:
@@ -156,6 +182,9 @@ def _describe_difference(old: dict, new: dict) -> str:
     for o, n in zip(old.get("sources", []), new["sources"]):
         if o.get("options") != n.get("options"):
             return f"options of source '{n['name']}' differ"
+    if old.get("exclusions") != new.get("exclusions"):
+        names = [[x["name"] for x in d.get("exclusions", [])] for d in (old, new)]
+        return f"exclusion sets differ ({', '.join(names[0]) or 'none'} -> {', '.join(names[1]) or 'none'})"
     return "the input files differ"
 
 
@@ -189,6 +218,7 @@ class _Shard:
     kept: Counter = field(default_factory=Counter)  # per source
     rejected: Counter = field(default_factory=Counter)  # per reason
     stats: dict = field(default_factory=dict)  # per source, as in the manifest's per_source
+    overlap: Counter = field(default_factory=Counter)  # frames removed per exclusion set
 
 
 @dataclass
@@ -202,12 +232,15 @@ class _State:
     options: dict[str, SourceOptions]  # by source name
     journal: Journal
     index: DuplicateIndex
+    exclusions: Exclusions
     kept: Counter = field(default_factory=Counter)  # samples per source
     rejected: Counter = field(default_factory=Counter)  # rejections per reason
     stats: dict = field(default_factory=dict)  # per source: files, clips, frames, kept, rejected, crop
     shards: list[str] = field(default_factory=list)  # closed shards: file names,
     shard_samples: list[int] = field(default_factory=list)  # their sample counts,
     shard_sources: list[dict] = field(default_factory=list)  # and their samples per source
+    overlap: Counter = field(default_factory=Counter)  # frames removed per exclusion set
+    exclusion_index: str | None = None  # folder of the exclusion sets' index (None: no sets)
     consumed: int = 0  # input items judged
     written: int = 0  # samples in closed shards
     last_group: tuple | None = None  # the previous kept frame's clip (or folder)
@@ -278,7 +311,12 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
 
 
 def _restore(
-    out: Path, settings: BuildSettings, sources: list[Source], journal: Journal, records: list[dict]
+    out: Path,
+    settings: BuildSettings,
+    sources: list[Source],
+    exclusions: list[ExclusionSet],
+    journal: Journal,
+    records: list[dict],
 ) -> _State:
     """The state after the journalled shards; opens the partial rejects file cut back to the last of them."""
     state = _State(
@@ -288,6 +326,7 @@ def _restore(
         options={s.name: s.options for s in sources},
         journal=journal,
         index=DuplicateIndex(settings.near_duplicate_distance),
+        exclusions=Exclusions.of(exclusions),
         stats={s.name: _new_stats() for s in sources},
     )
     for r in records:
@@ -296,6 +335,7 @@ def _restore(
         state.kept.update(r["sources"])
         state.rejected.update(r["rejected"])
         _merge_stats(state.stats, r["stats"])
+        state.overlap.update(r.get("overlap", {}))
         state.shards.append(r["shard"])
         state.shard_samples.append(r["samples"])
         state.shard_sources.append(r["sources"])
@@ -312,7 +352,9 @@ def _restore(
     return state
 
 
-def _plan(state: _State, extract: ExtractSettings) -> Iterator[tuple[Item, SourceOptions, ExtractSettings, bool]]:
+def _plan(
+    state: _State, extract: ExtractSettings
+) -> Iterator[tuple[Item, SourceOptions, ExtractSettings, bool, str | None]]:
     """The work for the workers: every item not yet judged, in input order, flagged when its source is full."""
     start = state.consumed
     for source in state.sources:
@@ -324,7 +366,7 @@ def _plan(state: _State, extract: ExtractSettings) -> Iterator[tuple[Item, Sourc
             # Past its cap a source's items are not read. Safe for determinism: an item pulled
             # after the cap was reached (in input order) lies past the point where it was reached.
             cap = source.options.max_images
-            yield it, source.options, extract, cap is not None and state.kept[it.source] >= cap
+            yield it, source.options, extract, cap is not None and state.kept[it.source] >= cap, state.exclusion_index
         start = 0
 
 
@@ -359,12 +401,27 @@ def _keep(state: _State, item: Item, r: Cleaned) -> None:
     state.stats[src]["crop"][r.meta["crop_source"]] += 1
 
 
-def _judge_frame(state: _State, item: Item, multi: bool, f: FrameOutcome) -> None:
-    """One frame: rejected with its reason (cleaning, cap, near-identical to the previous, duplicate) or kept."""
+def _judge_frame(state: _State, item: Item, multi: bool, f: FrameOutcome, copied: Found | None) -> None:
+    """One frame: rejected with its reason (cleaning, a copy of an excluded image, cap, near-identical
+    to the previous, duplicate) or kept."""
     src, r, settings = item.source, f.result, state.settings
     cap = state.options[src].max_images
     if not isinstance(r, Cleaned):
         _reject(state, item, f.frame, r.reason, r.values)
+        return
+    if copied is not None:
+        name = state.exclusions.set_of(copied.ref).name
+        v = copied.verdict
+        values = {
+            "set": name,
+            "matched": copied.name,
+            "inliers": v.inliers,
+            "ncc": round(v.ncc, 3),
+            "flipped": copied.flipped,
+        }
+        _reject(state, item, f.frame, "eval_overlap", values)
+        state.shard.overlap[name] += 1
+        state.overlap[name] += 1
         return
     if cap is not None and state.kept[src] >= cap:
         _reject(state, item, f.frame, "over_max_images", {})
@@ -385,7 +442,7 @@ def _judge_frame(state: _State, item: Item, multi: bool, f: FrameOutcome) -> Non
     _keep(state, item, r)
 
 
-def _judge_item(state: _State, item: Item, res: ItemOutcome) -> bool:
+def _judge_item(state: _State, item: Item, res: ItemOutcome, copies: dict[int, Found]) -> bool:
     """One item's frames, in order, into the shard being filled; False when skipped (its source was full)."""
     src = item.source
     cap = state.options[src].max_images
@@ -399,8 +456,8 @@ def _judge_item(state: _State, item: Item, res: ItemOutcome) -> bool:
     _count(state, src, "files")
     _count(state, src, "clips", int(res.multi))
     _count(state, src, "frames", res.decoded)
-    for f in res.frames:
-        _judge_frame(state, item, res.multi, f)
+    for pos, f in enumerate(res.frames):
+        _judge_frame(state, item, res.multi, f, copies.get(pos))
     if len(state.shard.samples) >= state.settings.samples_per_shard:
         _close_shard(state)
     return True
@@ -423,6 +480,7 @@ def _close_shard(state: _State) -> None:
             "consumed": state.consumed,
             "sources": dict(shard.kept),
             "rejected": dict(shard.rejected),
+            "overlap": dict(shard.overlap),
             "stats": _plain_stats(shard.stats),
             "rejects_bytes": state.rejects.tell(),
             "last": [list(state.last_group) if state.last_group else None, f"{state.last_phash:064x}"],
@@ -443,8 +501,8 @@ def _process_items(state: _State, progress: bool) -> None:
     t0, n0 = time.time(), state.consumed
     extract = ExtractSettings(settings.size, settings.codec)
     try:
-        for item, res in ordered_map(_process, _plan(state, extract), settings.workers):
-            judged = _judge_item(state, item, res)
+        for item, res, copies in ordered_map(_process, _plan(state, extract), settings.workers):
+            judged = _judge_item(state, item, res, copies)
             bar.update(1)
             check_stop(f"{len(state.shards)} finished shards are journaled in {state.out}")
             if judged and bar.n % 64 == 0:
@@ -478,6 +536,7 @@ def _manifest(state: _State, identity: dict) -> dict:
         "shard_sources": state.shard_sources,
         "settings": settings.identity(),
         "source_specs": {s.name: s.spec for s in sources},
+        "exclusions": [x.record(state.overlap.get(x.name, 0)) for x in state.exclusions.sets],
         "identity": identity,
     }
 
@@ -485,6 +544,7 @@ def _manifest(state: _State, identity: dict) -> dict:
 def _finish(state: _State, identity: dict) -> dict:
     """Rename the rejects into place and write the manifest, which marks the build complete."""
     partial, out = state.out / REJECTS_PARTIAL, state.out
+    shutil.rmtree(out / EXCLUSION_INDEX, ignore_errors=True)
     if not state.shards:
         state.journal.remove()
         partial.unlink(missing_ok=True)
@@ -497,29 +557,50 @@ def _finish(state: _State, identity: dict) -> dict:
     return manifest
 
 
+def _index_exclusions(state: _State, progress: bool) -> None:
+    """Index the exclusion sets' images in the output folder (kept there until the build finishes, so
+    a resumed build reuses it: the sets are part of the identity, so they are the same)."""
+    if not state.exclusions.sets:
+        return
+    folder = state.out / EXCLUSION_INDEX
+    if not (folder / "names.json").is_file():
+        partial = state.out / (EXCLUSION_INDEX + "-partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        n = sum(len(x.images) for x in state.exclusions.sets)
+        if progress:
+            log.info(f"indexing {n} excluded images ({', '.join(x.name for x in state.exclusions.sets)})")
+        state.exclusions.build_index(partial, state.settings.workers)
+        os.replace(partial, folder)
+    state.exclusion_index = str(folder)
+
+
 def build_shards(
     sources: dict[str, str] | list[SourceConfig],
     out: str | Path,
     settings: BuildSettings | None = None,
     progress: bool = True,
+    exclusions: list[ExclusionSet] | None = None,
 ) -> dict:
     """Build (or resume, or confirm) the shard set in ``out``; returns the manifest.
 
-    ``sources`` is ``{name: path}`` (default options) or a catalogue's source list. The steps: open
-    the sources and compute the build identity; return a finished build of the same identity; resume
-    the journal (or start one); judge every remaining item in input order while writing shards; write
-    the rejects and the manifest.
+    ``sources`` is ``{name: path}`` (default options) or a catalogue's source list; ``exclusions``
+    the evaluation images no sample may copy (:mod:`shards.exclusions`). The steps: open the sources
+    and compute the build identity; return a finished build of the same identity; resume the journal
+    (or start one); index the exclusion sets; judge every remaining item in input order while writing
+    shards; write the rejects and the manifest.
     """
     settings = settings or BuildSettings()
     settings.validate()
     opened = _open_sources(sources)
-    identity = _identity(opened, settings)
+    exclusions = list(exclusions or [])
+    identity = _identity(opened, settings, exclusions)
     out = Path(out)
     manifest = _built(out, identity, progress)
     if manifest is not None:
         return manifest
     journal, records = _journal(out, identity)
-    state = _restore(out, settings, opened, journal, records)
+    state = _restore(out, settings, opened, exclusions, journal, records)
+    _index_exclusions(state, progress)
     _process_items(state, progress)
     return _finish(state, identity)
 
@@ -528,7 +609,11 @@ def summary_line(manifest: dict) -> str:
     rej = ", ".join(f"{k} {v}" for k, v in manifest["rejected"].items()) or "none"
     src = ", ".join(f"{k} {v}" for k, v in manifest["sources"].items())
     n, shards = manifest["num_samples"], len(manifest["shards"])
-    return f"{n} samples in {shards} shards | kept per source: {src} | rejected: {rej}"
+    line = f"{n} samples in {shards} shards | kept per source: {src} | rejected: {rej}"
+    sets = manifest.get("exclusions", [])
+    if sets:
+        line += " | excluded: " + ", ".join(f"{x['name']} ({x['images']} images) {x['frames_removed']}" for x in sets)
+    return line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -541,6 +626,7 @@ def main(argv: list[str] | None = None) -> None:
         help="a source dataset (repeat); folders are scanned recursively",
     )
     ap.add_argument("--corpus", metavar="YAML", help="a catalogue of sources with per-source options (see docs)")
+    add_exclusion_argument(ap, "--exclude", "evaluation images no sample may copy; copies are rejected as eval_overlap")
     ap.add_argument("--out", required=True, help="output folder for shards and manifest.json")
     d = BuildSettings()
     ap.add_argument("--size", type=int, default=d.size, help="output side in pixels (default %(default)s)")
@@ -573,7 +659,8 @@ def main(argv: list[str] | None = None) -> None:
 
 @cli_main
 def _main(args: argparse.Namespace) -> None:
-    configs: list[SourceConfig] = load_catalogue(args.corpus) if args.corpus else []
+    corpus = load_corpus(args.corpus) if args.corpus else None
+    configs: list[SourceConfig] = corpus.sources if corpus else []
     names = {c.name for c in configs}
     for s in args.source:
         name, spec = parse_source(s)
@@ -593,8 +680,9 @@ def _main(args: argparse.Namespace) -> None:
         encoding=args.encoding,
         jpeg_quality=args.jpeg_quality,
     )
+    exclusions = load_exclusions([*(corpus.exclude if corpus else []), *args.exclude])
     with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop after the current file, finished shards kept
-        manifest = build_shards(configs, args.out, settings, progress=not args.quiet)
+        manifest = build_shards(configs, args.out, settings, progress=not args.quiet, exclusions=exclusions)
     print(summary_line(manifest))
 
 
