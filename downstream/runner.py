@@ -222,7 +222,7 @@ def run(
 
 def latency_cache(cfg: RunConfig) -> LatencyCache:
     """The latency cache next to the feature cache (in memory when there is no cache folder)."""
-    return LatencyCache(Path(cfg.cache_dir) / "latency.json" if cfg.cache_dir else None)
+    return LatencyCache(Path(cfg.cache_dir) / "latency" if cfg.cache_dir else None)
 
 
 def edge_column(cfg: RunConfig, model: nn.Module, enc: Encoder, catalog, splits, train_ids, latency, out) -> dict:

@@ -33,7 +33,7 @@ import numpy as np
 
 from downstream.data.record import Catalog
 from downstream.groups import DuplicateGroup, duplicate_groups, roots
-from sonodistill.atomic import write_json
+from sonodistill.atomic import json_text, write_once
 from sonodistill.errors import UserError
 
 PARTS = ("train", "val", "test")
@@ -307,16 +307,17 @@ def load_or_make_splits(
 ) -> Splits:
     """Reuse ``path`` if it exists (checked against the data and the requested ratios, seed and
     grouping options), else make the split (finding the duplicate groups in ``workers`` processes
-    when ``duplicates``) and write it there atomically."""
+    when ``duplicates``) and create the file once: processes racing to make it (sweep parts) all
+    read the first."""
     path = Path(path)
     options = {"duplicates": duplicates, "label_conflicts": label_conflicts}
-    if path.is_file():
-        splits = _read_splits(path, ratios, seed, options)
-        check_splits(splits, catalog, str(path))
-        return splits
-    groups = duplicate_groups(catalog, workers) if duplicates else None
-    splits = make_splits(catalog, ratios, seed, groups, label_conflicts)
-    write_json(path, {**options, **splits.to_json(catalog)})
+    if not path.is_file():
+        groups = duplicate_groups(catalog, workers) if duplicates else None
+        splits = make_splits(catalog, ratios, seed, groups, label_conflicts)
+        if write_once(path, json_text({**options, **splits.to_json(catalog)})):
+            return splits
+    splits = _read_splits(path, ratios, seed, options)
+    check_splits(splits, catalog, str(path))
     return splits
 
 

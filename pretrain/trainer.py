@@ -349,6 +349,7 @@ def resume(s: Session) -> tuple[int, Path | None]:
         raise UserError(
             f"resume: checkpoint {ckpt} does not fit this config ({' '.join(str(exc).split())[:300]})"
         ) from None
+    log.info(f"resumed from {ckpt} at step {start}")
     return start, ckpt
 
 

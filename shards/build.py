@@ -16,7 +16,9 @@ longer than ``--samples-per-shard``). Every rejection is a line of ``rejects.jso
 frame, reason, measured values). Output is byte-identical for any ``--workers``; memory holds one
 shard, never the corpus. Shards are written under a temporary name and renamed; ``.build-
 journal.jsonl`` lets an interrupted build resume without redoing finished shards; ``manifest.json``
-is written last and marks the build complete."""
+is written last and marks the build complete. ``--part I/N`` reads and cleans one slice of the inputs
+for N processes or nodes at once; the command without it then only merges, byte-identically
+(:mod:`shards.build_parts`)."""
 
 from __future__ import annotations
 
@@ -29,13 +31,14 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import webdataset as wds
 
+from shards.build_parts import SPOOL, Spool, finished_spool, replay, run_part
 from shards.catalogue import SourceConfig, load_corpus
 from shards.clean import Cleaned
 from shards.codec import ENCODINGS, JPEG_QUALITY, Codec, decode_gray
@@ -44,15 +47,17 @@ from shards.dedup import DuplicateIndex
 from shards.exclusions import Exclusions, ExclusionSet, load_exclusions
 from shards.exclusions import add_argument as add_exclusion_argument
 from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_item
+from shards.identity import build_identity, describe_difference
 from shards.journal import Journal
 from shards.manifest import MANIFEST
 from shards.match import resized
 from shards.options import SourceOptions
 from shards.ordered_pool import ordered_map
-from shards.sources import Item, Source, open_source, parse_source
+from shards.sources import Item, Source, items_from, open_source, parse_source
 from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import progress as progress_bar
+from sonodistill.parts import Part
 from sonodistill.stop import StopRequest, check_stop
 
 log = logging.getLogger(__name__)
@@ -147,47 +152,6 @@ def _write_shard(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _identity(opened: list[Source], settings: BuildSettings, exclusions: list[ExclusionSet]) -> dict:
-    """What the output depends on; exclusion sets only when there are some (older builds stay resumable)."""
-    identity = {
-        "settings": settings.identity(),
-        "sources": [
-            {
-                "name": s.name,
-                "spec": s.spec,
-                "items": len(s),
-                "fingerprint": s.fingerprint(),
-                "options": s.options.identity(),
-            }
-            for s in opened
-        ],
-    }
-    if exclusions:
-        identity["exclusions"] = [x.identity() for x in exclusions]
-    return identity
-
-
-def _describe_difference(old: dict, new: dict) -> str:
-    if old.get("settings") != new.get("settings"):
-        keys = [k for k in new["settings"] if old.get("settings", {}).get(k) != new["settings"][k]]
-        return (
-            "settings differ ("
-            + ", ".join(f"{k}: {old.get('settings', {}).get(k)} -> {new['settings'][k]}" for k in keys)
-            + ")"
-        )
-    oldn = [s["name"] for s in old.get("sources", [])]
-    newn = [s["name"] for s in new["sources"]]
-    if oldn != newn:
-        return f"sources differ ({', '.join(oldn)} -> {', '.join(newn)})"
-    for o, n in zip(old.get("sources", []), new["sources"]):
-        if o.get("options") != n.get("options"):
-            return f"options of source '{n['name']}' differ"
-    if old.get("exclusions") != new.get("exclusions"):
-        names = [[x["name"] for x in d.get("exclusions", [])] for d in (old, new)]
-        return f"exclusion sets differ ({', '.join(names[0]) or 'none'} -> {', '.join(names[1]) or 'none'})"
-    return "the input files differ"
-
-
 def _new_stats() -> dict:
     return {"files": 0, "clips": 0, "frames": 0, "kept": 0, "rejected": Counter(), "crop": Counter()}
 
@@ -274,7 +238,7 @@ def _built(out: Path, identity: dict, progress: bool) -> dict | None:
     if manifest.get("identity") != identity:
         raise UserError(
             f"--out {out}: holds a different build "
-            f"({_describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
+            f"({describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
         )
     if progress:
         log.info(f"{out}: already built ({manifest['num_samples']} samples); nothing to do")
@@ -290,7 +254,7 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
         old, records = journal.read()
         if old != identity:
             raise UserError(
-                f"--out {out}: holds a different, unfinished build ({_describe_difference(old, identity)}); "
+                f"--out {out}: holds a different, unfinished build ({describe_difference(old, identity)}); "
                 "use another --out or delete it"
             )
         # Keep only records whose shard file is intact.
@@ -301,7 +265,8 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
                 journal.rewrite(identity, records)
                 break
     else:
-        foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name != REJECTS_PARTIAL]
+        ours = (REJECTS_PARTIAL, SPOOL)
+        foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name not in ours]
         if foreign:
             raise UserError(f"--out {out}: not empty and not a shard build (found {foreign[0]}); use an empty folder")
         journal.start(identity)
@@ -356,18 +321,12 @@ def _plan(
     state: _State, extract: ExtractSettings
 ) -> Iterator[tuple[Item, SourceOptions, ExtractSettings, bool, str | None]]:
     """The work for the workers: every item not yet judged, in input order, flagged when its source is full."""
-    start = state.consumed
-    for source in state.sources:
-        n = len(source)
-        if start >= n:
-            start -= n
-            continue
-        for it in source.items(start):
-            # Past its cap a source's items are not read. Safe for determinism: an item pulled
-            # after the cap was reached (in input order) lies past the point where it was reached.
-            cap = source.options.max_images
-            yield it, source.options, extract, cap is not None and state.kept[it.source] >= cap, state.exclusion_index
-        start = 0
+    for it in items_from(state.sources, state.consumed):
+        # Past its cap a source's items are not read. Safe for determinism: an item pulled
+        # after the cap was reached (in input order) lies past the point where it was reached.
+        cap = state.options[it.source].max_images
+        full = cap is not None and state.kept[it.source] >= cap
+        yield it, state.options[it.source], extract, full, state.exclusion_index
 
 
 def _count(state: _State, src: str, key: str, n: int = 1) -> None:
@@ -493,15 +452,33 @@ def _close_shard(state: _State) -> None:
     state.shard = _Shard()
 
 
-def _process_items(state: _State, progress: bool) -> None:
-    """Read and clean the remaining items in the workers; judge and write their frames here, in input order."""
-    settings = state.settings
+def _outcomes(state: _State, spool: Spool | None) -> Iterator[tuple[Item, ItemOutcome, dict[int, Found]]]:
+    """Every remaining item with its outcome and its copies of excluded images, in input order: extracted
+    now, or from the parts' spool (matched here, in the workers, against the exclusion index)."""
+    workers, encoding = state.settings.workers, state.settings.codec.encoding
+    if spool is None:
+        extract = ExtractSettings(state.settings.size, state.settings.codec)
+        return ordered_map(_process, _plan(state, extract), workers)
+    spooled = replay(spool, state.sources, state.consumed)
+    if not state.exclusion_index:
+        return ((item, outcome, {}) for item, outcome in spooled)
+    jobs = ((item, outcome, state.exclusion_index, encoding) for item, outcome in spooled)
+    return ordered_map(_match_spooled, jobs, workers)
+
+
+def _match_spooled(job: tuple[Item, ItemOutcome, str, str]) -> tuple[Item, ItemOutcome, dict[int, Found]]:
+    item, outcome, index, encoding = job
+    return item, outcome, _overlaps(outcome, index, encoding)
+
+
+def _process_items(state: _State, progress: bool, spool: Spool | None = None) -> None:
+    """Read and clean the remaining items in the workers (or replay what the parts did); judge and write
+    their frames here, in input order."""
     total = sum(len(s) for s in state.sources)
     bar = progress_bar(total=total, initial=state.consumed, desc="build", unit="file", main=progress, logger=log)
     t0, n0 = time.time(), state.consumed
-    extract = ExtractSettings(settings.size, settings.codec)
     try:
-        for item, res, copies in ordered_map(_process, _plan(state, extract), settings.workers):
+        for item, res, copies in _outcomes(state, spool):
             judged = _judge_item(state, item, res, copies)
             bar.update(1)
             check_stop(f"{len(state.shards)} finished shards are journaled in {state.out}")
@@ -557,6 +534,20 @@ def _finish(state: _State, identity: dict) -> dict:
     return manifest
 
 
+def _prepare(
+    sources: dict[str, str] | list[SourceConfig],
+    out: Path,
+    settings: BuildSettings,
+    progress: bool,
+    exclusions: list[ExclusionSet],
+) -> tuple[list[Source], dict, dict | None]:
+    """The opened sources, the build identity and the manifest of a finished build of it in ``out``."""
+    settings.validate()
+    opened = _open_sources(sources)
+    identity = build_identity(opened, settings.identity(), exclusions)
+    return opened, identity, _built(out, identity, progress)
+
+
 def _index_exclusions(state: _State, progress: bool) -> None:
     """Index the exclusion sets' images in the output folder (kept there until the build finishes, so
     a resumed build reuses it: the sets are part of the identity, so they are the same)."""
@@ -587,22 +578,42 @@ def build_shards(
     the evaluation images no sample may copy (:mod:`shards.exclusions`). The steps: open the sources
     and compute the build identity; return a finished build of the same identity; resume the journal
     (or start one); index the exclusion sets; judge every remaining item in input order while writing
-    shards; write the rejects and the manifest.
+    shards (the outcomes come from the parts' spool when :func:`build_part` ran for every part); write
+    the rejects and the manifest.
     """
-    settings = settings or BuildSettings()
-    settings.validate()
-    opened = _open_sources(sources)
+    settings, out = settings or BuildSettings(), Path(out)
     exclusions = list(exclusions or [])
-    identity = _identity(opened, settings, exclusions)
-    out = Path(out)
-    manifest = _built(out, identity, progress)
+    opened, identity, manifest = _prepare(sources, out, settings, progress, exclusions)
     if manifest is not None:
         return manifest
+    spool = finished_spool(out, identity)
     journal, records = _journal(out, identity)
     state = _restore(out, settings, opened, exclusions, journal, records)
     _index_exclusions(state, progress)
-    _process_items(state, progress)
-    return _finish(state, identity)
+    _process_items(state, progress, spool)
+    manifest = _finish(state, identity)
+    if spool is not None:
+        spool.remove()
+    return manifest
+
+
+def build_part(
+    sources: dict[str, str] | list[SourceConfig],
+    out: str | Path,
+    settings: BuildSettings,
+    part: Part,
+    progress: bool = True,
+    exclusions: Sequence[ExclusionSet] = (),
+) -> dict:
+    """Read, clean and encode ``part``'s slice of the inputs into the spool of ``out``
+    (:mod:`shards.build_parts`); :func:`build_shards` merges once every part is done, matching the
+    frames against ``exclusions`` there. A summary."""
+    out = Path(out)
+    opened, identity, manifest = _prepare(sources, out, settings, progress, list(exclusions))
+    if manifest is not None:
+        return {"part": str(part), "inputs": 0, "extracted": 0, "built": True}
+    extract = ExtractSettings(settings.size, settings.codec)
+    return run_part(out, identity, opened, extract, settings.workers, part, progress)
 
 
 def summary_line(manifest: dict) -> str:
@@ -614,6 +625,15 @@ def summary_line(manifest: dict) -> str:
     if sets:
         line += " | excluded: " + ", ".join(f"{x['name']} ({x['images']} images) {x['frames_removed']}" for x in sets)
     return line
+
+
+def part_line(summary: dict, out: str) -> str:
+    if summary.get("built"):
+        return f"part {summary['part']}: {out} is built already; nothing to do"
+    return (
+        f"part {summary['part']}: {summary['inputs']} inputs cleaned and spooled ({summary['extracted']} now); "
+        "when every part is done, the same command without --part merges them"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -652,6 +672,12 @@ def main(argv: list[str] | None = None) -> None:
         help="sample image format: png (lossless), jpeg (smallest), raw (uint8 .npy, no decode); default %(default)s",
     )
     ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality (default %(default)s)")
+    ap.add_argument(
+        "--part",
+        metavar="I/N",
+        help="only read and clean the I-th (from 0) of N slices of the inputs, for N processes or nodes at once; "
+        "afterwards the command without --part merges (docs/cluster.md)",
+    )
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     _main(args)
@@ -681,7 +707,14 @@ def _main(args: argparse.Namespace) -> None:
         jpeg_quality=args.jpeg_quality,
     )
     exclusions = load_exclusions([*(corpus.exclude if corpus else []), *args.exclude])
-    with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop after the current file, finished shards kept
+    # SIGTERM/SIGINT/SIGUSR1: a part stops after the current file (its chunks kept), the merge after
+    # the current file too (its finished shards kept); the same command continues.
+    with StopRequest():
+        if args.part:
+            part = Part.parse(args.part, "--part")
+            done = build_part(configs, args.out, settings, part, progress=not args.quiet, exclusions=exclusions)
+            print(part_line(done, args.out))
+            return
         manifest = build_shards(configs, args.out, settings, progress=not args.quiet, exclusions=exclusions)
     print(summary_line(manifest))
 

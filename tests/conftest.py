@@ -95,3 +95,20 @@ def pocus_dir() -> Path:
     if not (path / "butterfly-vsync.mp4").is_file():
         pytest.fail(f"real test recordings missing at {path}: run `make testdata` (or `make test`) once", pytrace=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A throw-away single-node SLURM (``tests/slurm/cluster.py``) with ``SLURM_CONF`` exported; skips
+    where it cannot run (not root, binaries missing), fails with the daemons' logs where it should."""
+    from slurm.cluster import ClusterError, Unavailable, start
+
+    try:
+        cluster = start()
+    except Unavailable as exc:
+        pytest.skip(f"no throw-away SLURM here: {exc}")
+    except ClusterError as exc:
+        pytest.fail(f"the throw-away SLURM did not start: {exc}", pytrace=False)
+    with cluster, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(cluster.conf))
+        yield cluster

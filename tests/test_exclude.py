@@ -11,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_build import tree_bytes
 
 from downstream.data.read import read_catalog
 from downstream.splits import load_or_make_splits
 from shards import build as build_cli
 from shards import inspect as inspect_cli
-from shards.build import BuildSettings, build_shards
+from shards.build import BuildSettings, build_part, build_shards
 from shards.catalogue import load_corpus
 from shards.exclusions import load_exclusion, load_exclusions
 from sonodistill.errors import UserError
+from sonodistill.parts import Part
 
 EVAL = ["benign/benign (1).png", "malignant/malignant (1).png", "normal/normal (2).png"]
 
@@ -156,3 +158,16 @@ def test_build_cli_errors_are_one_line(planted, tmp_path, capsys, spec, message)
         build_cli.main(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_build_in_parts_with_an_exclusion_set_equals_one_process(excluded_build, planted, tmp_path):
+    one, manifest = excluded_build
+    out, settings = tmp_path / "parts", BuildSettings(workers=1)
+    sources, sets = {"c": str(planted["corpus"])}, load_exclusions([str(planted["eval"])])
+    for i in range(2):
+        build_part(sources, out, settings, Part(i, 2), progress=False, exclusions=sets)
+    with pytest.raises(UserError, match=r"exclusion sets differ \(eval -> none\)"):  # the merge needs the same sets
+        build_shards(sources, out, settings, progress=False)
+    merged = build_shards(sources, out, settings, progress=False, exclusions=sets)
+    assert merged["rejected"]["eval_overlap"] == 3 and merged["num_samples"] == manifest["num_samples"]
+    assert tree_bytes(out) == tree_bytes(one)
