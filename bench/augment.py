@@ -19,7 +19,14 @@ single-threaded, so 1 is the same-threads comparison. Rates are images per CPU-s
 timing thread (per process with several threads), so other jobs on a shared machine do not
 count; median of ``--repeats`` runs, alternating sides. Also: each transform alone, and our
 whole presets on the same batch (``us-physics``: crop, flip, all six effects at their default
-probabilities, depth blur; ``us``; ``default``). The last line is JSON.
+probabilities, depth blur; ``us``; ``default``).
+
+The speckle reduction is most of the chain; its floor on this machine is measured in the same run
+(:func:`despeckle_floor`): its 12 exps per pixel at the rate torch computes exp, plus its element
+passes (counted from ``us_effects._bilateral_pairs``: :data:`PAIR_PASSES`, :data:`FIXED_PASSES`)
+at the rate torch copies a chunk of the filter's size, with the DRAM copy rate beside it; and the
+chain's ratio to usaugment were the filter at that floor. The last line is JSON, with every ratio
+against its target.
 """
 
 from __future__ import annotations
@@ -112,6 +119,14 @@ def theirs_pipeline(effects: tuple[str, ...]) -> Callable[[np.ndarray, np.ndarra
     return run
 
 
+# Element passes (float32 reads + writes) per padded pixel that us_effects._bilateral_pairs makes for
+# each pixel pair besides the exp: difference 3, negative square 2, clamp 2, two addcmul_ 4 each, two
+# add_ 3 each; and once per pixel outside the pair loop: scale 2, pad 2, clone 2, ones 1, the two
+# divisions 3 + 2, the scan-area mask 3 (augment_effects). Counted from the code, for the floor below.
+PAIR_PASSES = 21
+FIXED_PASSES = 15
+
+
 # CPU time of the measuring thread (of the process when torch runs several threads): on a shared
 # machine wall time also counts other jobs' turns, CPU time only the work itself.
 clock = time.thread_time
@@ -139,6 +154,68 @@ def compare(
         t.append(median_rate(lambda: theirs(images, masks), len(images), 1))
         g.append(median_rate(lambda: given(batch), len(images), 1))
     return statistics.median(o), statistics.median(t), statistics.median(g)
+
+
+def per_element_ns(fn: Callable[[], object], elements: int, repeats: int) -> float:
+    """CPU nanoseconds per element of ``fn`` (median of ``repeats`` timed calls after a warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return 1e9 * statistics.median(times) / elements
+
+
+def despeckle_without_exp(batch: torch.Tensor, kernel: int, repeats: int) -> tuple[float, float]:
+    """Images/s of the bare filter (``us_effects.speckle_reduction``) as it is, and with its exp
+    replaced by ``abs_``: the same passes over the same memory without the transcendental. A
+    memory-bound filter would not care; the difference is what its exps cost."""
+    from unittest import mock
+
+    from pretrain.us_effects import speckle_reduction
+
+    x = to_unit_float(batch)
+    n = x.shape[0]
+    sigma_space, sigma_color = torch.full((n,), 1.25), torch.full((n,), 0.175)  # the default ranges' middles
+
+    def run() -> torch.Tensor:
+        return speckle_reduction(x, sigma_space, sigma_color, kernel)
+
+    with_exp = median_rate(run, n, repeats)
+    with mock.patch.object(torch.Tensor, "exp_", torch.Tensor.abs_):
+        without = median_rate(run, n, repeats)
+    return with_exp, without
+
+
+def despeckle_floor(size: int, kernel: int, repeats: int) -> dict[str, float]:
+    """What the speckle reduction cannot go below on this machine, measured now: its exps at the
+    rate torch computes exp over one filter chunk (values in the filter's range [-30, 0]), plus its
+    element passes at the rate torch copies one chunk (cache-resident, like the filter's working
+    set); and the memory-copy rate of a 256 MiB array (DRAM), for comparison."""
+    from pretrain.us_effects import BILATERAL_CPU_CHUNK_BYTES, EXP_FLOOR
+
+    pad = kernel // 2
+    pixels = (size + 2 * pad) ** 2
+    chunk = max(1, BILATERAL_CPU_CHUNK_BYTES // (size * size * 4)) * pixels
+    src = torch.rand(chunk).mul_(EXP_FLOOR)
+    dst = torch.empty_like(src)
+    exp_ns = per_element_ns(lambda: torch.exp(src, out=dst), chunk, repeats * 10)
+    pass_ns = per_element_ns(lambda: dst.copy_(src), chunk, repeats * 10) / 2  # a copy: one read, one write
+    big = torch.ones(64 << 20)  # 256 MiB
+    big_dst = torch.zeros_like(big)
+    dram_ns = per_element_ns(lambda: big_dst.copy_(big), big.numel(), repeats) / 2
+    pairs = (kernel * kernel - 1) // 2
+    passes = pairs * PAIR_PASSES + FIXED_PASSES
+    floor_s = pixels * (pairs * exp_ns + passes * pass_ns) * 1e-9
+    return {
+        "exp_ns_per_element": round(exp_ns, 3),
+        "cache_gb_s": round(8 / pass_ns, 1),  # bytes read + written per second, float32
+        "dram_gb_s": round(8 / dram_ns, 1),
+        "bytes_per_image": (passes + 2 * pairs) * pixels * 4,  # the exps' own read and write included
+        "floor_img_s": round(1 / floor_s, 1),
+        "exp_share_of_floor": round(pixels * pairs * exp_ns * 1e-9 / floor_s, 3),
+    }
 
 
 def save_examples(path: str, images: np.ndarray, masks: np.ndarray) -> None:
@@ -198,12 +275,38 @@ def main() -> None:
     for name, effects in [("four_effects", EFFECTS), *[(e, (e,)) for e in EFFECTS]]:
         ours, theirs, given = compare(effects, images, masks, batch, args.repeats)
         results[name] = {"ours": ours, "usaugment": theirs, "ratio": ours / theirs, "ours_geometry_given": given}
+        results[name].update(target=TARGETS[name], met=ours / theirs >= TARGETS[name])
     torch.manual_seed(0)
     for name in ("us-physics", "us", "default"):
         preset = build_augment(PretrainAugmentConfig(preset=name), args.size)
         rate = median_rate(lambda preset=preset: preset(batch), len(images), args.repeats)
         results[f"{name}_preset"] = {"ours": rate}
+    kernel = PretrainAugmentConfig().despeckle.kernel_size
+    floor = despeckle_floor(args.size, kernel, args.repeats)
+    floor["filter_img_s"], floor["filter_without_exp_img_s"] = despeckle_without_exp(batch, kernel, args.repeats)
+    report(args, results, floor)
+    if args.examples:
+        save_examples(args.examples, images, masks)
+        print(f"examples: {args.examples}")
 
+
+def floor_summary(results: dict[str, dict], floor: dict[str, float]) -> dict[str, float]:
+    """The speckle reduction against its floor, and the chain's ratio were it at its floor."""
+    given = results["despeckle"]["ours_geometry_given"]
+    chain = results["four_effects"]
+    # The chain's time per image with the filter's time (as in a chain: geometry given) cut to its floor.
+    at_floor = 1 / chain["ours"] - 1 / given + 1 / floor["floor_img_s"]
+    return {
+        "despeckle_img_s": round(given, 1),
+        "of_floor": round(given / floor["floor_img_s"], 3),
+        "achieved_gb_s": round(given * floor["bytes_per_image"] / 1e9, 1),
+        "four_effects_ratio_at_floor": round(1 / at_floor / chain["usaugment"], 3),
+        "exp_share_measured": round(1 - floor["filter_img_s"] / floor["filter_without_exp_img_s"], 3),
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in floor.items()},
+    }
+
+
+def report(args: argparse.Namespace, results: dict[str, dict], floor: dict[str, float]) -> None:
     print(
         f"batch {args.batch} x {args.size}x{args.size} synthetic B-mode frames (uint8), CPU, images per CPU-second, "
         f"median of {args.repeats}; usaugment single-threaded, ours at {args.threads} torch thread(s)"
@@ -214,19 +317,25 @@ def main() -> None:
     for name, r in results.items():
         if "usaugment" in r:
             label = "all four" if name == "four_effects" else f"{name} ({OURS_TO_THEIRS[name]})"
-            target = TARGETS[name]
-            r["target"], r["met"] = target, r["ratio"] >= target
             print(
-                f"{label:<32}{r['usaugment']:>10.1f}{r['ours']:>10.1f}{r['ratio']:>11.2f}x{target:>7.1f}x"
+                f"{label:<32}{r['usaugment']:>10.1f}{r['ours']:>10.1f}{r['ratio']:>11.2f}x{r['target']:>7.1f}x"
                 f"{r['ours_geometry_given']:>16.1f}"
             )
     for name in ("us-physics", "us", "default"):
         label = f"{name} preset (ours only)"
         print(f"{label:<32}{'-':>10}{results[f'{name}_preset']['ours']:>10.1f}")
     print("geometry given: ours when the batch's scan geometry and its maps are already computed (in a chain).")
-    if args.examples:
-        save_examples(args.examples, images, masks)
-        print(f"examples: {args.examples}")
+    f = floor_summary(results, floor)
+    print(
+        f"speckle reduction: {f['despeckle_img_s']:.0f} img/s = {f['of_floor']:.2f} of its floor on this machine "
+        f"({f['floor_img_s']:.0f} img/s: {f['bytes_per_image'] / 1e6:.0f} MB moved per image at the cache copy rate "
+        f"{f['cache_gb_s']} GB/s, {100 * f['exp_share_of_floor']:.0f} % of it exp at {f['exp_ns_per_element']} ns per "
+        f"element); it moves {f['achieved_gb_s']} GB/s, DRAM copies {f['dram_gb_s']} GB/s. The bare filter with its "
+        f"exp replaced by abs_ (same passes): {f['filter_without_exp_img_s']:.0f} vs {f['filter_img_s']:.0f} img/s, "
+        f"exp = {100 * f['exp_share_measured']:.0f} % of it. All four chained with "
+        f"the filter at its floor: {f['four_effects_ratio_at_floor']:.2f}x usaugment "
+        f"(target {TARGETS['four_effects']}x)"
+    )
     summary = {
         "bench": "augment",
         "device": "cpu",
@@ -234,7 +343,11 @@ def main() -> None:
         "size": args.size,
         "torch_threads": args.threads,
         "ratio": round(results["four_effects"]["ratio"], 3),
+        "ratios": {
+            k: {"ratio": round(v["ratio"], 3), "target": v["target"]} for k, v in results.items() if "ratio" in v
+        },
         "preset_img_s_per_core": round(results["us-physics_preset"]["ours"], 1) if args.threads == 1 else None,
+        "despeckle_floor": f,
         **{
             k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()} for k, v in results.items()
         },

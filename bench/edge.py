@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -137,6 +138,40 @@ def _unet(encoder: str) -> torch.nn.Module:
     return smp.Unet(encoder, encoder_weights=None, classes=1)
 
 
+def quantize_unfolded(fp32: Path, out: Path, data: list) -> Path:
+    """Static QDQ INT8 of the raw export, BatchNorm not folded (no pre-processing pass before quantising)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"input": x} for x in data)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    ort_quantize_static(
+        str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True,
+    )  # fmt: skip
+    return out
+
+
+def print_study(lat: dict, graphs: dict) -> None:
+    """One model's study table: each INT8 variant's latency, speed-up over onnxruntime fp32, fp32 ops left."""
+    base = lat["ort_fp32"]["median_ms"]
+    print(f"{'variant':22s} {'ms':>9s} {'vs fp32':>8s} {'fp32 ops left':>14s} {'depthwise':>9s}")
+    for k, v in lat.items():
+        if k == "ort_fp32":
+            continue
+        g = graphs.get(k.split("@")[0], {})
+        left = sum(g.get("fp32_ops", {}).values())
+        print(
+            f"{k:22s} {v['median_ms']:9.2f} {base / v['median_ms']:7.2f}x {left:14d} "
+            f"{g.get('depthwise_int8_convs', 0):9d}"
+        )
+
+
 def int8_study(models: list[str], size: int, threads: int, runs: int, warmup: int, calib: int, out: Path) -> dict:
     """onnxruntime fp32 against static INT8 variants of each model, timed side by side.
 
@@ -169,22 +204,7 @@ def int8_study(models: list[str], size: int, threads: int, runs: int, warmup: in
             path = quantize_static(fp32, work / f"int8_{v}.onnx", data[:calib], qc)
             sessions[v] = OrtModel(path, threads)
             graphs[v] = int8_graph(path)
-        # BatchNorm not folded: quantise the raw export (no pre-processing pass)
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
-        from onnxruntime.quantization import quantize_static as ort_quantize_static
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = iter({"input": x} for x in data[:calib])
-
-            def get_next(self):
-                return next(self.it, None)
-
-        raw = work / "int8_no_bn_folding.onnx"
-        ort_quantize_static(
-            str(fp32), str(raw), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, per_channel=True,
-        )  # fmt: skip
+        raw = quantize_unfolded(fp32, work / "int8_no_bn_folding.onnx", data[:calib])
         sessions["no_bn_folding"] = OrtModel(raw, threads)
         graphs["no_bn_folding"] = int8_graph(raw)
         for level in ("basic", "extended"):
@@ -199,20 +219,12 @@ def int8_study(models: list[str], size: int, threads: int, runs: int, warmup: in
             "int8_graph": graphs,
         }
         print(f"\n{name}: {STUDY_MODELS[name][1]} ({size} px, {threads} threads); onnxruntime fp32 {base:.2f} ms")
-        print(f"{'variant':22s} {'ms':>9s} {'vs fp32':>8s} {'fp32 ops left':>14s} {'depthwise':>9s}")
-        for k, v in lat.items():
-            if k == "ort_fp32":
-                continue
-            g = graphs.get(k.split("@")[0], {})
-            left = sum(g.get("fp32_ops", {}).values())
-            print(
-                f"{k:22s} {v['median_ms']:9.2f} {base / v['median_ms']:7.2f}x {left:14d} "
-                f"{g.get('depthwise_int8_convs', 0):9d}"
-            )
+        print_study(lat, graphs)
     return report
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module doc)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
@@ -230,38 +242,37 @@ def main() -> None:
     p.add_argument("--out", default="", help="keep the ONNX files here (default: a temporary folder)")
     p.add_argument("--int8-study", action="store_true", help="compare static INT8 settings against onnxruntime fp32")
     p.add_argument("--study-models", default=",".join(STUDY_MODELS), help=f"of {', '.join(STUDY_MODELS)}")
-    args = p.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
-    if args.int8_study:
-        with tempfile.TemporaryDirectory() as tmp:
-            work = Path(args.out) if args.out else Path(tmp)
-            names = [n for n in args.study_models.split(",") if n]
-            unknown = [n for n in names if n not in STUDY_MODELS]
-            if unknown:
-                sys.exit(f"error: unknown model(s) {unknown}; valid: {list(STUDY_MODELS)}")
-            report = int8_study(names, args.size, threads, args.runs, args.warmup, args.calib, work)
-        summary = {
-            "bench": "edge_int8_study",
-            "size": args.size,
-            "threads": threads,
-            "runs": args.runs,
-            "load_avg_1min": round(__import__("os").getloadavg()[0], 2),
-            "int8_default_vs_ort_fp32": {k: v["speedup_vs_ort_fp32"]["default"] for k, v in report.items()},
-            "target_1_3x_r50": all(
-                report[k]["speedup_vs_ort_fp32"]["default"] >= 1.3 for k in ("r50_encoder", "r50_unet") if k in report
-            )
-            if {"r50_encoder", "r50_unet"} & set(report)
-            else None,
-            "models": report,
-        }
-        print(json.dumps(summary))
-        return
-    from downstream.data.inputs import Inputs
-    from downstream.edge.onnx import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
+    return p.parse_args()
 
-    # 1. every recipe model, PyTorch eager fp32, side by side
+
+def study_main(args: argparse.Namespace, threads: int) -> None:
+    """``--int8-study``: run the study on the chosen models and print its JSON summary."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.out) if args.out else Path(tmp)
+        names = [n for n in args.study_models.split(",") if n]
+        unknown = [n for n in names if n not in STUDY_MODELS]
+        if unknown:
+            sys.exit(f"error: unknown model(s) {unknown}; valid: {list(STUDY_MODELS)}")
+        report = int8_study(names, args.size, threads, args.runs, args.warmup, args.calib, work)
+    summary = {
+        "bench": "edge_int8_study",
+        "size": args.size,
+        "threads": threads,
+        "runs": args.runs,
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "int8_default_vs_ort_fp32": {k: v["speedup_vs_ort_fp32"]["default"] for k, v in report.items()},
+        "target_1_3x_r50": all(
+            report[k]["speedup_vs_ort_fp32"]["default"] >= 1.3 for k in ("r50_encoder", "r50_unet") if k in report
+        )
+        if {"r50_encoder", "r50_unet"} & set(report)
+        else None,
+        "models": report,
+    }
+    print(json.dumps(summary))
+
+
+def recipe_table(args: argparse.Namespace, threads: int) -> dict[str, dict]:
+    """Every recipe model in PyTorch eager fp32, timed side by side; print and return the table."""
     names = [n for n in args.models.split(",") if n]
     models = full_models(names)
     examples = {n: torch.randn(*shape, args.size, args.size) for n, (_, shape) in models.items()}
@@ -270,78 +281,110 @@ def main() -> None:
     print(f"{'model':26s} {'params':>9s} {'MB':>8s} {'ms':>9s} {'FPS':>8s}   (CPU, batch 1, {threads} threads)")
     for n, r in table.items():
         print(f"{n:26s} {r['params_m']:8.2f}M {r['mb']:8.1f} {r['median_ms']:9.2f} {r['fps']:8.1f}")
-    del models
+    return table
 
-    # 2. the deployed student: accuracy and latency per runtime
+
+def load_student(args: argparse.Namespace, work: Path):
+    """The student to deploy (``--run``'s, or a quick one): model, test set, train set, where it came from."""
+    if args.run:
+        student, test, train = run_student(Path(args.run))
+        source = f"run {args.run}"
+    else:
+        student, test, train = quick_student(work, args.size, args.train_epochs, args.train_n)
+        source = f"quick MobileNetV3-Small, {args.train_epochs} epochs on {args.train_n} synthetic BUSI images"
+    return student.cpu().float().eval(), test, train, source
+
+
+def ort_runtimes(student: torch.nn.Module, train, inputs, size: int, calib: int, threads: int, work: Path) -> dict:
+    """The student exported to ONNX as onnxruntime sessions: fp32, dynamic INT8, static QDQ INT8."""
+    from downstream.edge.onnx import OrtModel, export, quantize_dynamic_int8, quantize_static_qdq
+
+    fp32 = export(student, work / "student_fp32.onnx", size)
+    dyn = quantize_dynamic_int8(fp32, work / "student_int8_dynamic.onnx")
+    images = (x.numpy() for x, _ in batches(train, inputs, calib))
+    qdq = quantize_static_qdq(fp32, work / "student_int8_qdq.onnx", images)
+    return {
+        "ort_fp32": OrtModel(fp32, threads),
+        "ort_int8_dynamic": OrtModel(dyn, threads),
+        "ort_int8_qdq": OrtModel(qdq, threads),
+    }
+
+
+def score(student: torch.nn.Module, ort: dict, test, inputs) -> tuple[dict, dict, int]:
+    """Test accuracy of eager and every runtime, and each runtime's agreement with eager; and the test count."""
+    correct = {k: 0 for k in ["torch_eager", *ort]}
+    agree = {k: 0 for k in ort}  # same prediction as PyTorch fp32: finer than accuracy on a small test set
+    n = 0
+    with torch.inference_mode():
+        for x, y in batches(test, inputs):
+            ref = int(student(x).argmax(1).item())
+            correct["torch_eager"] += int(ref == y)
+            for k, sess in ort.items():
+                pred = int(sess(x.numpy()).argmax(1)[0])
+                correct[k] += int(pred == y)
+                agree[k] += int(pred == ref)
+            n += 1
+    return {k: v / max(n, 1) for k, v in correct.items()}, {k: v / max(n, 1) for k, v in agree.items()}, n
+
+
+def deploy_student(args: argparse.Namespace, threads: int) -> dict:
+    """The deployed student: accuracy, agreement, latency and size per runtime (eager, onnxruntime)."""
+    from downstream.data.inputs import Inputs
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.out) if args.out else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        if args.run:
-            student, test, train = run_student(Path(args.run))
-            source = f"run {args.run}"
-        else:
-            student, test, train = quick_student(work, args.size, args.train_epochs, args.train_n)
-            source = f"quick MobileNetV3-Small, {args.train_epochs} epochs on {args.train_n} synthetic BUSI images"
-        student = student.cpu().float().eval()
+        student, test, train, source = load_student(args, work)
         size = test.size
         inputs = Inputs()
-        fp32 = export(student, work / "student_fp32.onnx", size)
-        dyn = quantize_dynamic_int8(fp32, work / "student_int8_dynamic.onnx")
-        calib = (x.numpy() for x, _ in batches(train, inputs, args.calib))
-        qdq = quantize_static_qdq(fp32, work / "student_int8_qdq.onnx", calib)
-        ort = {
-            "ort_fp32": OrtModel(fp32, threads),
-            "ort_int8_dynamic": OrtModel(dyn, threads),
-            "ort_int8_qdq": OrtModel(qdq, threads),
-        }
-        correct = {k: 0 for k in ["torch_eager", *ort]}
-        agree = {k: 0 for k in ort}  # same prediction as PyTorch fp32: finer than accuracy on a small test set
-        n = 0
-        with torch.inference_mode():
-            for x, y in batches(test, inputs):
-                ref = int(student(x).argmax(1).item())
-                correct["torch_eager"] += int(ref == y)
-                for k, sess in ort.items():
-                    pred = int(sess(x.numpy()).argmax(1)[0])
-                    correct[k] += int(pred == y)
-                    agree[k] += int(pred == ref)
-                n += 1
-        acc = {k: v / max(n, 1) for k, v in correct.items()}
-        agreement = {k: v / max(n, 1) for k, v in agree.items()}
+        ort = ort_runtimes(student, train, inputs, size, args.calib, threads, work)
+        acc, agreement, n = score(student, ort, test, inputs)
         x = torch.randn(1, 3, size, size)
         xn = x.numpy()
         fns = {"torch_eager": lambda: student(x), **{k: (lambda s=s: s(xn)) for k, s in ort.items()}}
         lat = side_by_side(fns, args.runs, args.warmup)
         sizes = {"torch_eager": fp32_mib(student), **{k: s.mb for k, s in ort.items()}}
-    print(f"\nstudent deployment ({source}; test images: {n}; {size} px)")
+    return dict(source=source, n=n, size=size, acc=acc, agreement=agreement, lat=lat, sizes=sizes)
+
+
+def print_deployment(d: dict) -> None:
+    """The deployment table: one row per runtime."""
+    acc, lat = d["acc"], d["lat"]
+    print(f"\nstudent deployment ({d['source']}; test images: {d['n']}; {d['size']} px)")
     print(
         f"{'runtime':18s} {'MB':>7s} {'ms':>8s} {'FPS':>8s} {'vs eager':>9s} "
         f"{'accuracy':>9s} {'change':>8s} {'agree':>7s}"
     )
     eager = lat["torch_eager"]["median_ms"]
-    for k in fns:
+    for k in d["sizes"]:
         print(
-            f"{k:18s} {sizes[k]:7.2f} {lat[k]['median_ms']:8.2f} {lat[k]['fps']:8.1f} "
+            f"{k:18s} {d['sizes'][k]:7.2f} {lat[k]['median_ms']:8.2f} {lat[k]['fps']:8.1f} "
             f"{eager / lat[k]['median_ms']:8.2f}x "
-            f"{100 * acc[k]:8.2f}% {100 * (acc[k] - acc['torch_eager']):+7.2f} {100 * agreement.get(k, 1.0):6.1f}%"
+            f"{100 * acc[k]:8.2f}% {100 * (acc[k] - acc['torch_eager']):+7.2f} {100 * d['agreement'].get(k, 1.0):6.1f}%"
         )
+
+
+def edge_summary(args: argparse.Namespace, threads: int, table: dict, d: dict) -> dict:
+    """The JSON line of the default run: teacher/student ratios, runtime speed-ups, accuracy changes."""
+    acc, lat = d["acc"], d["lat"]
+    eager = lat["torch_eager"]["median_ms"]
     t, s = table.get("vit_mobilenet.teacher"), table.get("vit_mobilenet.student")
-    summary = {
+    return {
         "threads": threads,
         "size": args.size,
-        "student_size": size,
+        "student_size": d["size"],
         "runs": args.runs,
-        "student_source": source,
+        "student_source": d["source"],
         "vit_mobilenet_fps_ratio": (s["fps"] / t["fps"]) if t and s else None,
         "vit_mobilenet_size_ratio": (t["mb"] / s["mb"]) if t and s else None,
         "ort_int8_dynamic_vs_eager": eager / lat["ort_int8_dynamic"]["median_ms"],
         "ort_int8_qdq_vs_eager": eager / lat["ort_int8_qdq"]["median_ms"],
         "ort_fp32_vs_eager": eager / lat["ort_fp32"]["median_ms"],
         "accuracy": acc,
-        "agreement_with_fp32": agreement,
+        "agreement_with_fp32": d["agreement"],
         "accuracy_change_int8_dynamic": acc["ort_int8_dynamic"] - acc["torch_eager"],
         "accuracy_change_int8_qdq": acc["ort_int8_qdq"] - acc["torch_eager"],
-        "test_images": n,
+        "test_images": d["n"],
         "latency_ms": {
             **{k: r["median_ms"] for k, r in table.items()},
             **{f"student.{k}": r["median_ms"] for k, r in lat.items()},
@@ -349,7 +392,20 @@ def main() -> None:
         "fps": {k: r["fps"] for k, r in table.items()},
         "mb": {k: r["mb"] for k, r in table.items()},
     }
-    print(json.dumps(summary))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    if args.int8_study:
+        study_main(args, threads)
+        return
+    table = recipe_table(args, threads)  # 1. every recipe model, PyTorch eager fp32, side by side
+    deployed = deploy_student(args, threads)  # 2. the deployed student: accuracy and latency per runtime
+    print_deployment(deployed)
+    print(json.dumps(edge_summary(args, threads, table, deployed)))
 
 
 if __name__ == "__main__":

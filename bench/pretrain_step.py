@@ -33,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,18 +43,8 @@ from pretrain.loss import MixupConfig
 from pretrain.step import distill_loss, make_view
 from pretrain.student import build_student
 from shards.stream import ShardLoader
+from shards.synth.shard_set import write_shard_set
 from sonodistill.dinov3 import DINOv3, init_tiny
-
-
-def synthetic_shards(root: Path, size: int, n: int) -> Path:
-    from shards.build import BuildSettings, build_shards
-    from shards.synth import write_corpus
-
-    write_corpus(root / "corpus", n=n, seed=0)
-    sources = {p.name: str(p) for p in sorted((root / "corpus").iterdir()) if p.is_dir()}
-    build_shards(sources, root / "shards", BuildSettings(size=size, samples_per_shard=64, workers=2), progress=False)
-    return root / "shards"
-
 
 # --config presets of the profile: (student, head hidden, size, teacher preset, batch, preset)
 CONFIGS = {
@@ -63,7 +54,8 @@ CONFIGS = {
 PHASES = ("load", "host_to_device", "augment", "teacher_forward", "student_forward_backward", "optimizer")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module doc)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", help="shard folder (default: build a synthetic one)")
     ap.add_argument("--teacher", help="teacher id/folder (default: a tiny random DINOv3)")
@@ -78,8 +70,11 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="phase table and torch.profiler trace instead")
     ap.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="--profile: tiny or paper")
     ap.add_argument("--out", default="runs/bench_profile", help="--profile: folder for trace.json and phases.json")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
         if args.profile:
             profile(args, Path(tmp))
@@ -87,52 +82,77 @@ def main() -> None:
             run(args, Path(tmp))
 
 
-def run(args: argparse.Namespace, tmp: Path) -> None:
+@dataclass
+class Parts:
+    """What one distillation step is made of: the trainer's building blocks on one device."""
+
+    device: torch.device
+    shards: Path
+    teacher_path: str
+    teacher: DINOv3
+    student: torch.nn.Module
+    channels_last: bool
+    augment: torch.nn.Module
+    opt: torch.optim.Optimizer
+    mixup: MixupConfig
+    autocast: torch.autocast
+
+
+def build_parts(
+    args: argparse.Namespace, tmp: Path, student: str, head: int | None, size: int, teacher: str, preset: str
+) -> Parts:
+    """Shards (``--shards`` or synthetic), teacher (``--teacher`` or a random ``teacher`` preset), student
+    (``head`` hidden units; ``None``: 4096 on a GPU, 512 on the CPU), augmentation, AdamW, mixup, autocast."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shards = Path(args.shards) if args.shards else synthetic_shards(tmp, args.size, args.corpus_size)
-    teacher_path = args.teacher or str(init_tiny(tmp / "teacher", seed=0, image_size=args.size))
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    teacher = DINOv3.from_pretrained(teacher_path, dtype=dtype).to(device)
+    shards = Path(args.shards) if args.shards else write_shard_set(tmp, args.corpus_size, size, samples_per_shard=64)
+    teacher_path = args.teacher or str(init_tiny(tmp / "teacher", seed=0, preset=teacher, image_size=size))
+    t = DINOv3.from_pretrained(teacher_path, dtype=torch.bfloat16 if device.type == "cuda" else None).to(device)
     torch.manual_seed(0)
-    student = build_student(
-        args.student, teacher.embed_dim, 4096 if device.type == "cuda" else 512, args.size, teacher.patch_size
-    ).to(device)
+    head = head if head is not None else 4096 if device.type == "cuda" else 512
+    s = build_student(student, t.embed_dim, head, size, t.patch_size).to(device)
     channels_last = device.type == "cuda"
     if channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    student.train()
-    augment = build_augment(PretrainAugmentConfig(preset=args.preset), args.size).to(device)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.05)
-    mixup = MixupConfig(prob=1.0)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        s = s.to(memory_format=torch.channels_last)
+    s.train()
+    return Parts(
+        device=device,
+        shards=shards,
+        teacher_path=teacher_path,
+        teacher=t,
+        student=s,
+        channels_last=channels_last,
+        augment=build_augment(PretrainAugmentConfig(preset=preset), size).to(device),
+        opt=torch.optim.AdamW(s.parameters(), lr=1e-4, weight_decay=0.05),
+        mixup=MixupConfig(prob=1.0),
+        autocast=torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"),
+    )
+
+
+def optimiser_step(p: Parts) -> None:
+    """Clip the gradients, AdamW step, zero them: the trainer's optimiser phase."""
+    torch.nn.utils.clip_grad_norm_(p.student.parameters(), 3.0)
+    p.opt.step()
+    p.opt.zero_grad(set_to_none=True)
+
+
+def alternate_blocks(args: argparse.Namespace, p: Parts, batches) -> tuple[list[float], list[float]]:
+    """Images/s of whole-step blocks and model-only blocks, alternating for ``--rounds`` rounds (after a warm-up)."""
 
     def optimise(view: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            loss = distill_loss(teacher, student, view, mixup, channels_last)
+        with p.autocast:
+            loss = distill_loss(p.teacher, p.student, view, p.mixup, p.channels_last)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimiser_step(p)
         return loss.detach()
 
-    loader = ShardLoader(
-        str(shards),
-        batch_size=args.batch,
-        mode="loop",
-        seed=0,
-        shuffle_buffer=256,
-        num_workers=args.workers,
-        pin_memory=device.type == "cuda",
-    )
-    batches = iter(loader)
     # Ready tensors for the model-only step: augmented views of real batches, prepared up front.
-    ready = [make_view(next(batches)["image"].to(device), augment, teacher) for _ in range(4)]
+    ready = [make_view(next(batches)["image"].to(p.device), p.augment, p.teacher) for _ in range(4)]
 
     def whole_block() -> float:
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            images = next(batches)["image"].to(device, non_blocking=True)
-            last = optimise(make_view(images, augment, teacher))
+            images = next(batches)["image"].to(p.device, non_blocking=True)
+            last = optimise(make_view(images, p.augment, p.teacher))
         last.item()  # one sync per block, as the trainer syncs once per log interval
         return args.steps * args.batch / (time.perf_counter() - t0)
 
@@ -148,12 +168,28 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     for _ in range(args.rounds):
         whole.append(whole_block())
         model.append(model_block())
+    return whole, model
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    """Whole step against model-only step, side by side; a table and one JSON line."""
+    p = build_parts(args, tmp, args.student, None, args.size, "tiny", args.preset)
+    loader = ShardLoader(
+        str(p.shards),
+        batch_size=args.batch,
+        mode="loop",
+        seed=0,
+        shuffle_buffer=256,
+        num_workers=args.workers,
+        pin_memory=p.device.type == "cuda",
+    )
+    whole, model = alternate_blocks(args, p, iter(loader))
     w, m = statistics.median(whole), statistics.median(model)
     # Adjacent blocks share the machine's load: the median of per-round ratios is the robust figure.
     ratio = statistics.median(a / b for a, b in zip(whole, model))
     print(
-        f"{args.student} <- {Path(teacher_path).name} (embed {teacher.embed_dim}), {args.size}px, "
-        f"batch {args.batch}, {device.type}, torch threads {torch.get_num_threads()}, "
+        f"{args.student} <- {Path(p.teacher_path).name} (embed {p.teacher.embed_dim}), {args.size}px, "
+        f"batch {args.batch}, {p.device.type}, torch threads {torch.get_num_threads()}, "
         f"loader workers {args.workers}, preset {args.preset}"
     )
     print(f"{'step':<34}{'images/s (median)':>18}   per round")
@@ -166,7 +202,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     print(
         json.dumps(
             {
-                "device": device.type,
+                "device": p.device.type,
                 "student": args.student,
                 "size": args.size,
                 "batch": args.batch,
@@ -202,32 +238,11 @@ class _Timed:
         return getattr(self._module, item)
 
 
-def profile(args: argparse.Namespace, tmp: Path) -> None:
-    """The trainer's step, phase by phase (see the module doc); a table, a trace, one JSON line."""
-    c = CONFIGS[args.config]
-    batch = args.batch if "--batch" in sys.argv else c["batch"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    shards = Path(args.shards) if args.shards else synthetic_shards(tmp, c["size"], args.corpus_size)
-    teacher_path = args.teacher or str(init_tiny(tmp / "teacher", seed=0, preset=c["teacher"], image_size=c["size"]))
-    teacher = DINOv3.from_pretrained(teacher_path, dtype=torch.bfloat16 if device.type == "cuda" else None).to(device)
-    torch.manual_seed(0)
-    student = build_student(c["student"], teacher.embed_dim, c["head"], c["size"], teacher.patch_size).to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    student.train()
-    augment = build_augment(PretrainAugmentConfig(preset=c["preset"]), c["size"]).to(device)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.05)
-    mixup = MixupConfig(prob=1.0)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    loader = ShardLoader(
-        str(shards), batch_size=batch, mode="loop", seed=0, shuffle_buffer=256, num_workers=args.workers
-    )
-    batches = iter(loader)
-    phases = dict.fromkeys(PHASES, 0.0)
-    t_teacher = _Timed(teacher, phases, "teacher_forward", sync)
-    t_student = _Timed(student, phases, "student_forward_backward", sync)
+def phased_step(p: Parts, batches, phases: dict[str, float]):
+    """One trainer step whose every phase adds its (device-synchronised) seconds to ``phases``."""
+    sync = torch.cuda.synchronize if p.device.type == "cuda" else (lambda: None)
+    t_teacher = _Timed(p.teacher, phases, "teacher_forward", sync)
+    t_student = _Timed(p.student, phases, "student_forward_backward", sync)
 
     def phase(name: str, fn):
         sync()
@@ -240,44 +255,59 @@ def profile(args: argparse.Namespace, tmp: Path) -> None:
 
     def step() -> None:
         cpu_images = phase("load", lambda: next(batches)["image"])
-        images = phase("host_to_device", lambda: cpu_images.to(device, non_blocking=True))
-        view = phase("augment", lambda: make_view(images, augment, teacher))
-        with autocast:
-            loss = distill_loss(t_teacher, t_student, view, mixup, channels_last)  # times both forwards
+        images = phase("host_to_device", lambda: cpu_images.to(p.device, non_blocking=True))
+        view = phase("augment", lambda: make_view(images, p.augment, p.teacher))
+        with p.autocast:
+            loss = distill_loss(t_teacher, t_student, view, p.mixup, p.channels_last)  # times both forwards
         phase("student_forward_backward", loss.backward)
+        phase("optimizer", lambda: optimiser_step(p))
 
-        def optimise() -> None:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 3.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    return step
 
-        phase("optimizer", optimise)
 
+def time_phases(steps: int, step, phases: dict[str, float]) -> tuple[dict[str, float], float]:
+    """Seconds per phase over ``steps`` timed steps after two warm-up steps (no profiler); and the wall time."""
     for _ in range(2):  # warm-up: workers, allocator, first decode
         step()
     for k in phases:
         phases[k] = 0.0
     t0 = time.perf_counter()
-    for _ in range(args.steps):  # the phase table: timed steps, no profiler overhead
+    for _ in range(steps):  # the phase table: timed steps, no profiler overhead
         step()
-    wall = time.perf_counter() - t0
-    timed = dict(phases)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    return dict(phases), time.perf_counter() - t0
+
+
+def write_trace(step, device: torch.device, path: Path) -> None:
+    """A ``torch.profiler`` Chrome trace of two more steps."""
     activities = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
     )
-    with torch.profiler.profile(activities=activities) as prof:  # then a trace of two more steps
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(2):
             with torch.profiler.record_function("step"):
                 step()
-    prof.export_chrome_trace(str(out / "trace.json"))
-    phases = timed
+    prof.export_chrome_trace(str(path))
+
+
+def profile(args: argparse.Namespace, tmp: Path) -> None:
+    """The trainer's step, phase by phase (see the module doc); a table, a trace, one JSON line."""
+    c = CONFIGS[args.config]
+    batch = args.batch if "--batch" in sys.argv else c["batch"]
+    p = build_parts(args, tmp, c["student"], c["head"], c["size"], c["teacher"], c["preset"])
+    loader = ShardLoader(
+        str(p.shards), batch_size=batch, mode="loop", seed=0, shuffle_buffer=256, num_workers=args.workers
+    )
+    phases = dict.fromkeys(PHASES, 0.0)
+    step = phased_step(p, iter(loader), phases)
+    phases, wall = time_phases(args.steps, step, phases)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_trace(step, p.device, out / "trace.json")
     total = sum(phases.values())
     rows = {k: {"ms_per_step": 1e3 * v / args.steps, "share": v / total} for k, v in phases.items()}
     print(
-        f"{args.config}: {c['student']} <- {Path(teacher_path).name} ({c['teacher']}, embed {teacher.embed_dim}), "
-        f"{c['size']} px, batch {batch}, {device.type}, torch threads {torch.get_num_threads()}, "
+        f"{args.config}: {c['student']} <- {Path(p.teacher_path).name} ({c['teacher']}, embed {p.teacher.embed_dim}), "
+        f"{c['size']} px, batch {batch}, {p.device.type}, torch threads {torch.get_num_threads()}, "
         f"loader workers {args.workers}, preset {c['preset']}, {args.steps} timed steps"
     )
     print(f"{'phase':<28}{'ms/step':>12}{'share':>9}")
@@ -288,7 +318,7 @@ def profile(args: argparse.Namespace, tmp: Path) -> None:
     result = {
         "bench": "pretrain_step_profile",
         "config": args.config,
-        "device": device.type,
+        "device": p.device.type,
         "student": c["student"],
         "teacher": c["teacher"],
         "size": c["size"],

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 
-def main() -> dict:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module doc)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=240, help="synthetic BUSI images")
     p.add_argument("--size", type=int, default=128)
@@ -34,17 +35,15 @@ def main() -> dict:
     p.add_argument("--method", default="kd:vit_mobilenet")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    args = p.parse_args()
+    return p.parse_args()
 
-    import torch
 
+def run_sweep_on_synthetic(args: argparse.Namespace) -> tuple[Path, float]:
+    """Write synthetic BUSI and run the one-method sweep at two label fractions; its folder and wall seconds."""
     from downstream.sweep import SweepConfig, run_sweep
     from shards.synth import write_busi
     from sonodistill.config import load_config
-    from sonodistill.jsonl import read_jsonl
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_overhead_"))
     write_busi(tmp / "busi", n=args.n, seed=0)
     repo = Path(__file__).resolve().parents[1]
@@ -66,9 +65,15 @@ def main() -> dict:
     )
     t0 = time.perf_counter()
     run_sweep(cfg)
-    wall = time.perf_counter() - t0
+    return tmp / "sweep", time.perf_counter() - t0
+
+
+def cell_timings(sweep: Path) -> list[dict]:
+    """Each cell's split of its wall time (training, shared, edge, evaluation and report) from results.jsonl."""
+    from sonodistill.jsonl import read_jsonl
+
     cells = []
-    for r in read_jsonl(tmp / "sweep" / "results.jsonl"):
+    for r in read_jsonl(sweep / "results.jsonl"):
         m = r["metrics"]
         t = m["timing"]
         cells.append(
@@ -86,6 +91,11 @@ def main() -> dict:
                 "int8_speedup": m["edge"]["onnx"]["int8_speedup"],
             }
         )
+    return cells
+
+
+def print_cells(args: argparse.Namespace, cells: list[dict]) -> None:
+    """The table: one row per cell."""
     print(f"{args.method} on {args.n} synthetic BUSI images, {args.size} px, {args.epochs} epochs per stage")
     print(f"{'fraction':>8s} {'train imgs':>10s} {'cell s':>8s} {'train s':>8s} {'shared s':>9s} {'shared':>7s} "
           f"{'edge s':>7s} {'eval+report s':>13s}")  # fmt: skip
@@ -94,6 +104,18 @@ def main() -> dict:
             f"{c['fraction']:8g} {c['n_train']:10d} {c['cell_s']:8.1f} {c['train_s']:8.1f} {c['shared_s']:9.1f} "
             f"{100 * c['shared_frac']:6.1f}% {c['edge_s']:7.1f} {c['evaluate_report_s']:13.1f}"
         )
+
+
+def main() -> dict:
+    args = parse_args()
+
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    sweep, wall = run_sweep_on_synthetic(args)
+    cells = cell_timings(sweep)
+    print_cells(args, cells)
     steady = cells[-1]
     figures = {
         "bench": "sweep_overhead",

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from shards.synth import PRESETS, render
+from shards.synth.shard_set import write_shard_set
 
 LESION_PRESETS = ("breast", "thyroid", "liver")
 LESIONS = ("normal", "benign", "malignant")
@@ -104,16 +105,6 @@ def train_teacher(
     return out
 
 
-def synthetic_shards(root: Path, n: int, size: int, seed: int) -> Path:
-    from shards.build import BuildSettings, build_shards
-    from shards.synth import write_corpus
-
-    write_corpus(root / "corpus", n=n, seed=seed + 1000)  # not the labelled frames' seeds
-    sources = {p.name: str(p) for p in sorted((root / "corpus").iterdir()) if p.is_dir()}
-    build_shards(sources, root / "shards", BuildSettings(size=size, samples_per_shard=128, workers=2), progress=False)
-    return root / "shards"
-
-
 @torch.no_grad()
 def pooled(fn, views: torch.Tensor) -> np.ndarray:
     return torch.cat([fn(views[i : i + 128]).mean((2, 3)).float() for i in range(0, len(views), 128)]).numpy()
@@ -149,21 +140,11 @@ def main() -> None:
             run(args, Path(tmp))
 
 
-def run(args: argparse.Namespace, out: Path) -> None:
-    t0 = time.perf_counter()
-
+def distil(args: argparse.Namespace, out: Path, shards: Path, teacher_dir: Path):
+    """Distil the teacher into ``--student`` on the unlabelled shards with ``pretrain.trainer.train``."""
     from pretrain.config import PretrainConfig
-    from pretrain.student import build_student
     from pretrain.trainer import train
     from sonodistill.config import load_config
-    from sonodistill.dinov3 import DINOv3
-
-    print(f"work folder: {out}", flush=True)
-    x_t, a_t, l_t = labelled(args.teacher_images, args.seed + 1, args.size)
-    x_ptr, a_ptr, l_ptr = labelled(args.probe_images, args.seed + 2, args.size)
-    x_pte, a_pte, l_pte = labelled(args.probe_images, args.seed + 3, args.size)
-    teacher_dir = train_teacher(out / "teacher", x_t, a_t, l_t, args.size, args.teacher_epochs, args.seed)
-    shards = synthetic_shards(out, args.corpus, args.size, args.seed)
 
     repo = Path(__file__).resolve().parents[1]
     overrides = [
@@ -183,8 +164,15 @@ def run(args: argparse.Namespace, out: Path) -> None:
         "resume=none",
     ]
     cfg = load_config(PretrainConfig, repo / "pretrain" / "configs" / "tiny.yaml", overrides)
-    result = train(cfg)
+    return cfg, train(cfg)
 
+
+def probe_models(args: argparse.Namespace, teacher_dir: Path, cfg, result, probe_train, probe_test) -> dict:
+    """Anatomy and lesion linear-probe accuracy of the teacher, the distilled and the random-init student."""
+    from pretrain.student import build_student
+    from sonodistill.dinov3 import DINOv3
+
+    (x_ptr, a_ptr, l_ptr), (x_pte, a_pte, l_pte) = probe_train, probe_test
     teacher = DINOv3.from_pretrained(teacher_dir)
     torch.manual_seed(cfg.seed)  # the trainer's initialisation of the student (set_seed(seed))
     random_init = build_student(
@@ -205,6 +193,21 @@ def run(args: argparse.Namespace, out: Path) -> None:
             "anatomy_acc": probe(f_tr, a_ptr, f_te, a_pte),
             "lesion_acc": probe(f_tr[lesion_tr], l_ptr[lesion_tr], f_te[lesion_te], l_pte[lesion_te]),
         }
+    return rows
+
+
+def run(args: argparse.Namespace, out: Path) -> None:
+    """Teacher, distillation, probes (see the module doc); a table and one JSON line."""
+    t0 = time.perf_counter()
+    print(f"work folder: {out}", flush=True)
+    x_t, a_t, l_t = labelled(args.teacher_images, args.seed + 1, args.size)
+    probe_train = labelled(args.probe_images, args.seed + 2, args.size)
+    probe_test = labelled(args.probe_images, args.seed + 3, args.size)
+    teacher_dir = train_teacher(out / "teacher", x_t, a_t, l_t, args.size, args.teacher_epochs, args.seed)
+    # seeds apart from the labelled frames' seeds
+    shards = write_shard_set(out, args.corpus, args.size, seed=args.seed + 1000, samples_per_shard=128)
+    cfg, result = distil(args, out, shards, teacher_dir)
+    rows = probe_models(args, teacher_dir, cfg, result, probe_train, probe_test)
     chance = {"anatomy_acc": 1 / len(PRESETS), "lesion_acc": 1 / 3}
     print(
         f"linear probe on frozen pooled features, {args.probe_images} train / {args.probe_images} test frames, "

@@ -9,14 +9,17 @@ encoder, so every initialisation trains identically.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Literal
 
-from downstream.data.read import ReaderConfig
+from downstream.data.read import ReaderConfig, read_catalog
+from downstream.data.record import Catalog
 from downstream.data.transforms import GeometricAugmentConfig
 from downstream.edge.profile import EdgeConfig
 from downstream.fit import FitConfig
 from downstream.splits import SplitConfig
+from sonodistill.errors import UserError
 from sonodistill.precision import MixedPrecision
 
 Task = Literal["busi-seg", "busi-cls", "ddti-seg", "seg", "cls"]
@@ -74,6 +77,7 @@ class Settings:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)  # params, GMACs, CPU latency, ONNX / INT8 of each model
     cache_dir: str = ""  # frozen-feature and latency cache; "" -> <out>/cache
+    strict_decontamination: bool = False  # refuse a run whose encoder was not checked against the test split
 
 
 @dataclass
@@ -85,6 +89,20 @@ class RunConfig(Settings):
     fraction: float = 1.0  # label fraction of the training split (nested across fractions per seed)
     seed: int = 0  # label subset, initialisation and data order
     out: str = "runs/downstream"  # metrics.json, config.yaml, curves and checkpoints go here
+
+
+def task_reader(task: Task, reader: ReaderConfig) -> ReaderConfig:
+    """``reader`` with the layout a named task implies (busi-*, ddti-seg) where it is ``auto``."""
+    if task in TASK_LAYOUT and reader.layout == "auto":
+        return dataclasses.replace(reader, layout=TASK_LAYOUT[task])
+    return reader
+
+
+def read_task_data(task: Task, data: str, reader: ReaderConfig, check: bool = True) -> Catalog:
+    """A task's dataset, read with the task's layout unless ``reader.layout`` names another."""
+    if not data:
+        raise UserError("data: give the dataset location (--data DIR or data=DIR)")
+    return read_catalog(data, TASK_KIND[task], task_reader(task, reader), check)
 
 
 def run_config(settings: Settings, **cell) -> RunConfig:

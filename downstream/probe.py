@@ -1,7 +1,8 @@
 """Classification linear probes on frozen features, computed once and cached.
 
 Features of every image of a dataset are extracted once per (encoder weights, dataset,
-preprocessing) and stored under ``cache_dir`` (``<key>.pt``, written atomically), then reused by
+preprocessing) and stored under ``cache_dir`` (``<key>.pt``, created once: of processes racing to
+write a key, sweep parts on other nodes, the first wins and every one reads its file), then reused by
 every label fraction and seed: a linear probe sees the encoder in eval mode and no
 augmentation, so its features are a pure function of that key. The head is a linear layer on
 standardised features (mean/std of the training subset, folded into the layer afterwards),
@@ -27,7 +28,7 @@ from downstream.data.torchset import ImageSet
 from downstream.data.transforms import to_input
 from downstream.encoders import Encoder
 from downstream.loaders import make_loader
-from sonodistill.atomic import write_bytes
+from sonodistill.atomic import write_once
 from sonodistill.logs import progress
 from sonodistill.optim import OptimConfig, build_optimizer
 
@@ -98,8 +99,7 @@ class FeatureCache:
         if key not in self._mem:
             path = self.folder / f"{key}.pt"
             if path.is_file():
-                blob = torch.load(path, map_location="cpu", weights_only=True)
-                self._mem[key] = (blob["ids"], blob["features"])
+                self._mem[key] = self._load(path)
                 self.hits += 1
             else:
                 feats = extract_features(
@@ -109,13 +109,19 @@ class FeatureCache:
                 if accelerator is None or accelerator.is_main_process:
                     buf = io.BytesIO()
                     torch.save({"ids": ids, "features": feats, "encoder": enc.spec}, buf)
-                    write_bytes(path, buf.getvalue())
+                    if not write_once(path, buf.getvalue()):  # another process (a sweep part) was first:
+                        ids, feats = self._load(path)  # every user of the key reads the same features
                 self._mem[key] = (ids, feats)
                 self.misses += 1
         else:
             self.hits += 1
         ids, feats = self._mem[key]
         return {i: feats[k] for k, i in enumerate(ids)}
+
+    @staticmethod
+    def _load(path: Path) -> tuple[list[str], torch.Tensor]:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return blob["ids"], blob["features"]
 
 
 @dataclass

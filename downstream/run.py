@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import get_args
 
 from downstream.config import Mode, RunConfig, Task
-from sonodistill.config_cli import add_config_args, config_from_args
+from sonodistill.config_cli import add_config_args, config_from_flags
 from sonodistill.errors import cli_main
 from sonodistill.stop import StopRequest
 
@@ -30,13 +30,7 @@ def parse(argv: Sequence[str] | None = None) -> RunConfig:
     p.add_argument("--out", help="output folder")
     add_config_args(p, RunConfig)
     args = p.parse_args(argv)
-    flags = [
-        f"{k}={v}"
-        for k in ("task", "data", "encoder", "mode", "fraction", "seed", "out")
-        if (v := getattr(args, k)) is not None
-    ]
-    args.overrides = [*args.overrides, *flags]
-    return config_from_args(RunConfig, args)
+    return config_from_flags(RunConfig, args, ("task", "data", "encoder", "mode", "fraction", "seed", "out"))
 
 
 @cli_main

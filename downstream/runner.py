@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -20,12 +21,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from downstream.config import TASK_KIND, TASK_LAYOUT, RunConfig
+from downstream.config import TASK_KIND, RunConfig, read_task_data
 from downstream.data.inputs import Inputs
-from downstream.data.read import ReaderConfig, read_catalog
 from downstream.data.record import Catalog
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
+from downstream.decontamination import Check, check_encoder, enforce, split_hash
 from downstream.edge.profile import LatencyCache, profile
 from downstream.edge.score import classification_deployment, segmentation_deployment
 from downstream.encoders import Encoder, deployable_spec, load_encoder, spec_label
@@ -40,21 +41,14 @@ from downstream.tasks import Classification, Segmentation
 from downstream.tasks.segmentation import SegLoss, plot_predictions, predict_masks
 from sonodistill.atomic import write_bytes, write_json
 from sonodistill.config import save_config
-from sonodistill.errors import UserError
+from sonodistill.workers import loader_workers
 from sonodistill.world import make_accelerator
 
-
-def task_reader(cfg: RunConfig) -> ReaderConfig:
-    """``cfg.reader`` with the layout a named task implies (busi-*, ddti-seg) where it is ``auto``."""
-    if cfg.task in TASK_LAYOUT and cfg.reader.layout == "auto":
-        return dataclasses.replace(cfg.reader, layout=TASK_LAYOUT[cfg.task])
-    return cfg.reader
+log = logging.getLogger(__name__)
 
 
 def load_task_data(cfg: RunConfig) -> Catalog:
-    if not cfg.data:
-        raise UserError("data: give the dataset location (--data DIR or data=DIR)")
-    return read_catalog(cfg.data, TASK_KIND[cfg.task], task_reader(cfg))
+    return read_task_data(cfg.task, cfg.data, cfg.reader)
 
 
 def split_path(cfg: RunConfig) -> Path:
@@ -180,10 +174,28 @@ def _probe(cfg, enc, catalog, splits, train_ids, acc, cache: FeatureCache) -> tu
 def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
     """Dataset, its (written/reused) split and this run's training subset."""
     catalog = load_task_data(cfg)
-    splits = load_or_make_splits(catalog, split_path(cfg), cfg.split.ratios, cfg.split.seed)
+    split = cfg.split
+    splits = load_or_make_splits(
+        catalog,
+        split_path(cfg),
+        split.ratios,
+        split.seed,
+        duplicates=split.duplicates,
+        label_conflicts=split.label_conflicts,
+        workers=loader_workers(cfg.num_workers),
+    )
     index = catalog.by_id()
     train_ids = label_fraction(splits.train, [index[i].label for i in splits.train], cfg.fraction, cfg.seed)
     return catalog, splits, train_ids
+
+
+def decontamination_check(cfg: RunConfig, catalog: Catalog, splits: Splits) -> Check:
+    """Whether the encoder's corpus was built against this test split; refused when strict."""
+    check = check_encoder(cfg.encoder, split_hash(catalog, splits.test))
+    enforce(check, cfg.encoder, cfg.task, cfg.strict_decontamination)
+    if check.status == "unchecked":
+        log.warning(f"encoder '{spec_label(cfg.encoder)}' on {cfg.task}: {check.reason}: {check.detail}")
+    return check
 
 
 @contextlib.contextmanager
@@ -210,7 +222,7 @@ def run(
 
 def latency_cache(cfg: RunConfig) -> LatencyCache:
     """The latency cache next to the feature cache (in memory when there is no cache folder)."""
-    return LatencyCache(Path(cfg.cache_dir) / "latency.json" if cfg.cache_dir else None)
+    return LatencyCache(Path(cfg.cache_dir) / "latency" if cfg.cache_dir else None)
 
 
 def edge_column(cfg: RunConfig, model: nn.Module, enc: Encoder, catalog, splits, train_ids, latency, out) -> dict:
@@ -247,13 +259,14 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
     kind = TASK_KIND[cfg.task]
     out = Path(cfg.out)
     catalog, splits, train_ids = prepare(cfg)
+    set_seed(cfg.seed)
+    enc: Encoder = load_encoder(cfg.encoder)  # a bad spec is reported before the check below
+    check_input_size(enc, cfg.image_size, kind == "seg")
+    check = decontamination_check(cfg, catalog, splits)
     main = acc.is_main_process
     if main:
         save_config(cfg, out / "config.yaml")
         write_json(out / "subset.json", {"fraction": cfg.fraction, "seed": cfg.seed, "train": train_ids})
-    set_seed(cfg.seed)
-    enc: Encoder = load_encoder(cfg.encoder)
-    check_input_size(enc, cfg.image_size, kind == "seg")
     if kind == "seg":
         val, test, res, model = _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main)
     elif cfg.mode == "linear":
@@ -280,6 +293,7 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
         "best_epoch": res.best_epoch,
         "val": val,
         "test": {k: v for k, v in test.items() if k != "per_image"},
+        "decontamination": check.record(),
         "time_s": round(time.perf_counter() - t0, 2),
         "train_images_per_s": round(res.images_per_s, 1),
     }

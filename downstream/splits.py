@@ -1,12 +1,17 @@
 """Deterministic train/val/test splits (``splits.json``) and nested label-fraction subsets.
 
-Splits are patient-level whenever records carry a group id (no group in two parts) and
-class-stratified whenever they carry labels; a dataset's own test split (UltraBench's
-``test.json``) is kept and only the rest is split into training and validation. Ratios are
-normalised by their sum, so ``[0.7, 0.2, 0.1]`` and the paper's DDTI counts ``[445, 127, 65]``
-both work. The split is
-a function of (record ids, labels, groups, ratios, seed) only, written once to ``splits.json``
-and reused by every run that points at it.
+Splits are patient-level whenever records carry a group id (no group in two parts),
+duplicate-aware by default (a group of exact or near-duplicate images, :mod:`downstream.groups`,
+never straddles two parts either; images of one group filed under different classes, label
+conflicts, are left out unless ``split.label_conflicts: keep``) and class-stratified whenever they
+carry labels; a dataset's own test split (UltraBench's ``test.json``) is kept and only the rest is
+split into training and validation (a training or validation image that duplicates a test image is
+left out). Ratios are normalised by their sum, so ``[0.7, 0.2, 0.1]`` and the paper's DDTI counts
+``[445, 127, 65]`` both work. The split is a function of (record ids, pixels, labels, groups,
+ratios, seed) only, written once to ``splits.json`` and reused by every run that points at it.
+``splits.json`` also names the dataset folder (``root``) and each id's image file (``images``,
+relative to it), so ``shards.build --exclude splits.json`` finds the evaluation images without
+knowing the layout, and counts what was grouped (``grouping``) and left out (``left_out``).
 
 Label fractions (5/10/20/50/100 %) are prefixes of one seeded per-class permutation of the
 training split, so for a given seed every smaller subset lies inside every larger one; each
@@ -17,15 +22,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from downstream.data.record import Catalog
-from sonodistill.atomic import write_json
+from downstream.groups import DuplicateGroup, duplicate_groups, roots
+from sonodistill.atomic import json_text, write_once
 from sonodistill.errors import UserError
 
 PARTS = ("train", "val", "test")
@@ -39,6 +47,8 @@ class SplitConfig:
     ratios: list[float] = field(default_factory=lambda: [0.7, 0.2, 0.1])  # train/val/test, or counts (445, 127, 65)
     seed: int = 0  # the split is fixed across run seeds; seeds vary label subsets and training
     file: str = ""  # splits.json to write/reuse; "" -> <out>/splits.json
+    duplicates: bool = True  # keep each group of exact/near-duplicate images in one part (downstream.groups)
+    label_conflicts: Literal["leave_out", "keep"] = "leave_out"  # a duplicate group under two classes
 
 
 @dataclass
@@ -49,6 +59,8 @@ class Splits:
     seed: int = 0
     ratios: list[float] = field(default_factory=lambda: [0.7, 0.2, 0.1])
     dataset: str = ""
+    left_out: dict[str, list[str]] = field(default_factory=dict)  # reason -> ids in no part
+    grouping: dict = field(default_factory=dict)  # what was grouped: counts ({} when made without groups)
 
     def part(self, name: str) -> list[str]:
         if name not in PARTS:
@@ -63,8 +75,27 @@ class Splits:
             out["class_counts"] = {
                 p: dict(sorted(Counter(catalog.classes[index[i].label] for i in self.part(p)).items())) for p in PARTS
             }
+        if self.grouping:
+            out["grouping"] = self.grouping
         out.update({p: list(self.part(p)) for p in PARTS})
+        if self.left_out:
+            out["left_out"] = {k: list(v) for k, v in self.left_out.items()}
+        if catalog is not None:
+            out["root"] = os.path.abspath(catalog.root)
+            out["images"] = image_paths(catalog)
         return out
+
+
+def image_paths(catalog: Catalog) -> dict[str, str]:
+    """id -> image file relative to the dataset folder, for the records stored as files under it."""
+    root = os.path.abspath(catalog.root)
+    out = {}
+    for r in catalog.records:
+        if isinstance(r.image, str):
+            rel = os.path.relpath(os.path.abspath(r.image), root)
+            if not rel.startswith(".."):
+                out[r.id] = rel.replace(os.sep, "/")
+    return out
 
 
 def _normalise(ratios: Sequence[float]) -> np.ndarray:
@@ -74,22 +105,53 @@ def _normalise(ratios: Sequence[float]) -> np.ndarray:
     return r / r.sum()
 
 
-def make_splits(catalog: Catalog, ratios: Sequence[float] = (0.7, 0.2, 0.1), seed: int = 0) -> Splits:
-    """Greedy assignment of whole groups (or single images) to the part whose per-class and
-    total counts are furthest below target (sklearn's group splitters take fold counts, not
-    arbitrary ratios, and none stratifies while keeping groups whole).
+def _left_out(catalog: Catalog, groups: Sequence[DuplicateGroup], label_conflicts: str) -> dict[str, list[str]]:
+    """reason -> ids left out of every part: label conflicts (unless kept) and, where the dataset fixes
+    its test split, training/validation images that duplicate a test image (test images stay)."""
+    test = set(catalog.test_ids)
+    conflict = (
+        {i for g in groups if g.label_conflict for i in g.ids} - test if label_conflicts == "leave_out" else set()
+    )
+    of_test = {i for g in groups if test & set(g.ids) for i in g.ids} - test - conflict
+    order = catalog.ids()
+    out = {
+        "label_conflict": [i for i in order if i in conflict],
+        "duplicate_of_test": [i for i in order if i in of_test],
+    }
+    return {k: v for k, v in out.items() if v}
 
-    A dataset with its own test split (``catalog.test_ids``, e.g. UltraBench) keeps it: only the
-    remaining images are split, into training and validation by ``ratios[0] : ratios[1]``."""
-    r = _normalise(ratios)
-    fixed = set(catalog.test_ids)
-    recs = [rec for rec in catalog.records if rec.id not in fixed]
-    if len(catalog.records) < 3:
-        raise UserError(f"{catalog.root}: need at least 3 images to split, found {len(catalog.records)}")
-    n_cls = max(1, len(catalog.classes)) if catalog.has_labels else 1
-    units: dict[str, list[int]] = {}
-    for i, rec in enumerate(recs):
-        units.setdefault(rec.group if rec.group is not None else "\x00" + rec.id, []).append(i)
+
+def _units(recs: list, groups: Sequence[DuplicateGroup]) -> dict[str, list[int]]:
+    """Records that must share a part: one patient/clip group, or joined through a duplicate group.
+    A unit is named by its smallest member key (the group id, or NUL + the image id for an image
+    without one), so without duplicates the units are the patient groups and images, as before."""
+    key = [r.group if r.group is not None else "\x00" + r.id for r in recs]
+    pos = {r.id: i for i, r in enumerate(recs)}
+    first: dict[str, int] = {}
+    pairs = [(first.setdefault(k, i), i) for i, k in enumerate(key)]
+    for g in groups:
+        present = [pos[i] for i in g.ids if i in pos]
+        pairs += [(present[0], j) for j in present[1:]]
+    members: dict[int, list[int]] = {}
+    for i, root in enumerate(roots(len(recs), pairs)):
+        members.setdefault(root, []).append(i)
+    return {min(key[i] for i in m): m for m in members.values()}
+
+
+def _grouping(groups: Sequence[DuplicateGroup], units: dict, left_out: dict[str, list[str]]) -> dict:
+    return {
+        "duplicate_groups": len(groups),
+        "exact_groups": sum(g.exact for g in groups),
+        "images_in_groups": sum(len(g.ids) for g in groups),
+        "label_conflict_groups": sum(g.label_conflict for g in groups),
+        "units": len(units),
+        "left_out": {k: len(v) for k, v in left_out.items()},
+    }
+
+
+def _assign(recs: list, units: dict[str, list[int]], shares: np.ndarray, n_cls: int, seed: int) -> list[list[int]]:
+    """Record positions per part: units in a seeded order (big ones first) each to the part whose
+    per-class and total counts it brings closest to ``shares``."""
     keys = sorted(units)
     rng = np.random.default_rng(seed)
     order = [keys[j] for j in rng.permutation(len(keys))]
@@ -101,7 +163,6 @@ def make_splits(catalog: Catalog, ratios: Sequence[float] = (0.7, 0.2, 0.1), see
             v[recs[i].label if n_cls > 1 else 0] += 1
         return v
 
-    shares = r[:2] / r[:2].sum() if fixed else r
     class_total = counts(list(range(len(recs))))
     target = shares[:, None] * class_total[None, :]  # [part, class]
     have = np.zeros_like(target)
@@ -116,6 +177,34 @@ def make_splits(catalog: Catalog, ratios: Sequence[float] = (0.7, 0.2, 0.1), see
         p = int(np.argmin(cost))
         have[p] += v
         assigned[p].extend(units[k])
+    return assigned
+
+
+def make_splits(
+    catalog: Catalog,
+    ratios: Sequence[float] = (0.7, 0.2, 0.1),
+    seed: int = 0,
+    groups: Sequence[DuplicateGroup] | None = None,
+    label_conflicts: str = "leave_out",
+) -> Splits:
+    """Greedy assignment of whole units (a patient group, a duplicate group, or single images) to the
+    part whose per-class and total counts are furthest below target (sklearn's group splitters take
+    fold counts, not arbitrary ratios, and none stratifies while keeping groups whole). ``groups``
+    are the dataset's duplicate groups (None: made without them).
+
+    A dataset with its own test split (``catalog.test_ids``, e.g. UltraBench) keeps it: only the
+    remaining images are split, into training and validation by ``ratios[0] : ratios[1]``."""
+    r = _normalise(ratios)
+    fixed = set(catalog.test_ids)
+    left_out = _left_out(catalog, groups or (), label_conflicts)
+    dropped = {i for ids in left_out.values() for i in ids}
+    recs = [rec for rec in catalog.records if rec.id not in fixed and rec.id not in dropped]
+    if len(catalog.records) < 3:
+        raise UserError(f"{catalog.root}: need at least 3 images to split, found {len(catalog.records)}")
+    n_cls = max(1, len(catalog.classes)) if catalog.has_labels else 1
+    units = _units(recs, groups or ())
+    shares = r[:2] / r[:2].sum() if fixed else r
+    assigned = _assign(recs, units, shares, n_cls, seed)
     ids = [[recs[i].id for i in sorted(a)] for a in assigned]
     if fixed:
         ids.append([rec.id for rec in catalog.records if rec.id in fixed])
@@ -125,13 +214,22 @@ def make_splits(catalog: Catalog, ratios: Sequence[float] = (0.7, 0.2, 0.1), see
                 f"{catalog.root}: {len(catalog.records)} images in {len(units)} groups are too few for a non-empty "
                 f"'{name}' split with ratios {list(ratios)}"
             )
-    return Splits(*ids, seed=seed, ratios=[float(x) for x in ratios], dataset=catalog.name)
+    grouping = _grouping(groups, units, left_out) if groups is not None else {}
+    return Splits(
+        *ids, seed=seed, ratios=[float(x) for x in ratios], dataset=catalog.name, left_out=left_out, grouping=grouping
+    )
 
 
-def check_splits(splits: Splits, catalog: Catalog, where: str) -> None:
-    """Every record in exactly one part, nothing unknown, and no group in two parts."""
+def check_splits(splits: Splits, catalog: Catalog, where: str, groups: Sequence[DuplicateGroup] = ()) -> None:
+    """Every record in exactly one part or left out, nothing unknown, and no patient group (nor any
+    of ``groups``, duplicate groups) in two parts."""
     known = set(catalog.ids())
     seen: dict[str, str] = {}
+    for reason, ids in splits.left_out.items():
+        for i in ids:
+            if i not in known:
+                raise UserError(f"{where}: left-out id '{i}' ({reason}) is not in the dataset {catalog.root}")
+            seen[i] = "left_out"
     for p in PARTS:
         for i in splits.part(p):
             if i not in known:
@@ -158,38 +256,68 @@ def check_splits(splits: Splits, catalog: Catalog, where: str) -> None:
         g = index[i].group
         if g is None or (catalog.test_ids and p == "test"):  # a given test split is the dataset's own choice
             continue
-        if group_part.setdefault(g, p) != p:
+        if p != "left_out" and group_part.setdefault(g, p) != p:
             raise UserError(f"{where}: patient/group '{g}' is in both '{group_part[g]}' and '{p}'")
+    for grp in groups:
+        parts = {seen[i] for i in grp.ids if seen.get(i, "left_out") != "left_out"}
+        if len(parts) > 1 and not (catalog.test_ids and "test" in parts):
+            raise UserError(f"{where}: duplicate images {', '.join(grp.ids)} are in {' and '.join(sorted(parts))}")
+
+
+def _read_splits(path: Path, ratios: Sequence[float], seed: int, options: dict) -> Splits:
+    """A written ``splits.json``, refused when made with other ratios, seed or grouping options."""
+    try:
+        data = json.loads(path.read_text())
+        splits = Splits(
+            *(list(map(str, data[p])) for p in PARTS),
+            seed=int(data.get("seed", seed)),
+            ratios=list(data.get("ratios", ratios)),
+            dataset=str(data.get("dataset", "")),
+            left_out={str(k): list(map(str, v)) for k, v in data.get("left_out", {}).items()},
+            grouping=dict(data.get("grouping", {})),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{path}: not a splits file (expected train/val/test id lists): {exc}") from None
+    if "ratios" in data and (
+        not np.allclose(_normalise(data["ratios"]), _normalise(ratios)) or int(data.get("seed", seed)) != seed
+    ):
+        raise UserError(
+            f"{path}: was made with ratios {data['ratios']} seed {data.get('seed')}, but the config asks for "
+            f"ratios {list(ratios)} seed {seed}; delete the file or point split.file elsewhere"
+        )
+    differ = [k for k, v in options.items() if k in data and data[k] != v]  # files from before: no keys
+    if differ:
+        k = differ[0]
+        raise UserError(
+            f"{path}: was made with split.{k}={data[k]}, but the config asks for {options[k]}; "
+            "delete the file or point split.file elsewhere"
+        )
+    return splits
 
 
 def load_or_make_splits(
-    catalog: Catalog, path: str | Path, ratios: Sequence[float] = (0.7, 0.2, 0.1), seed: int = 0
+    catalog: Catalog,
+    path: str | Path,
+    ratios: Sequence[float] = (0.7, 0.2, 0.1),
+    seed: int = 0,
+    *,
+    duplicates: bool = True,
+    label_conflicts: str = "leave_out",
+    workers: int = 1,
 ) -> Splits:
-    """Reuse ``path`` if it exists (checked against the data and the requested ratios/seed),
-    else make the split and write it there atomically."""
+    """Reuse ``path`` if it exists (checked against the data and the requested ratios, seed and
+    grouping options), else make the split (finding the duplicate groups in ``workers`` processes
+    when ``duplicates``) and create the file once: processes racing to make it (sweep parts) all
+    read the first."""
     path = Path(path)
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            splits = Splits(
-                *(list(map(str, data[p])) for p in PARTS),
-                seed=int(data.get("seed", seed)),
-                ratios=list(data.get("ratios", ratios)),
-                dataset=str(data.get("dataset", "")),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}: not a splits file (expected train/val/test id lists): {exc}") from None
-        if "ratios" in data and (
-            not np.allclose(_normalise(data["ratios"]), _normalise(ratios)) or int(data.get("seed", seed)) != seed
-        ):
-            raise UserError(
-                f"{path}: was made with ratios {data['ratios']} seed {data.get('seed')}, but the config asks for "
-                f"ratios {list(ratios)} seed {seed}; delete the file or point split.file elsewhere"
-            )
-        check_splits(splits, catalog, str(path))
-        return splits
-    splits = make_splits(catalog, ratios, seed)
-    write_json(path, splits.to_json(catalog))
+    options = {"duplicates": duplicates, "label_conflicts": label_conflicts}
+    if not path.is_file():
+        groups = duplicate_groups(catalog, workers) if duplicates else None
+        splits = make_splits(catalog, ratios, seed, groups, label_conflicts)
+        if write_once(path, json_text({**options, **splits.to_json(catalog)})):
+            return splits
+    splits = _read_splits(path, ratios, seed, options)
+    check_splits(splits, catalog, str(path))
     return splits
 
 

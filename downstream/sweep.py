@@ -9,6 +9,9 @@ splits and label subsets. Every cell records its edge column (:mod:`downstream.e
 After the grid: ``tables.md`` (the paper's Tables 1-4, the edge table, the cross-task mean
 ranks), ``summary.json``, ``fractions_<mode>.png`` and ``pareto_<task>.png``. Splits are written
 once per dataset under ``OUT/splits/``; frozen features and latencies are cached under ``OUT/cache/``.
+``part=I/N`` runs one slice of the cells for N processes at once (:mod:`downstream.sweep_parts`); a
+stop signal (:mod:`sonodistill.stop`) ends the running cell at its next training step, drops it and
+exits 75; the finished cells are kept.
 
 Tasks: ``busi-seg``, ``busi-cls``, ``ddti-seg``, ``seg:DATA``, ``cls:DATA`` and ``ub:DIR`` (an
 UltraBench folder: ``ub:DIR?mask=psfh_mask`` segments that mask field, ``ub:DIR`` or
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -35,15 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config
+from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config, task_reader
 from downstream.data.read import ReaderConfig
-from downstream.tables import TaskColumn, aggregate, render_tables, task_label
+from downstream.sweep_parts import CellWork, planned, read_results, results_path, slice_of
+from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
 from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
 from sonodistill.config_cli import add_config_args, config_from_args
 from sonodistill.errors import UserError, cli_main
-from sonodistill.jsonl import append_jsonl, read_jsonl
-from sonodistill.stop import Stopped, StopRequest, check_stop
+from sonodistill.jsonl import append_jsonl
+from sonodistill.parts import Part
+from sonodistill.stop import Stopped, StopRequest, check_stop, stop_requested
 
 if TYPE_CHECKING:
     from downstream.kd.cell import KDCellConfig, Method
@@ -64,6 +70,7 @@ class SweepConfig:
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.5, 1.0])  # fine-tuning
     linear_fractions: list[float] = field(default_factory=lambda: [1.0])  # linear probing
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # one cell per seed: label subset, init, order
+    part: str = ""  # I/N: only the I-th (from 0) of N slices of the cells to do, N processes at once (docs/cluster.md)
     run: Settings = field(default_factory=Settings)
 
 
@@ -260,17 +267,16 @@ def kd_cell_config(cfg: SweepConfig, c: Cell, rc: RunConfig) -> KDCellConfig | N
     """The resolved recipe config of a KD cell; ``None`` when the recipe's task kind does not match
     (the cell is ``n/a`` and needs no config)."""
     from downstream.kd.cell import kd_config, not_applicable
-    from downstream.runner import task_reader
 
     if c.method is None or not_applicable(c.method, c.task.kind, c.task.key):
         return None
-    return kd_config(c.method, rc, cfg.kd_presets, task_reader(rc))
+    return kd_config(c.method, rc, cfg.kd_presets, task_reader(rc.task, rc.reader))
 
 
 def cell_key(c: Cell, rc: RunConfig, kd: KDCellConfig | None = None) -> str:
     """Identity plus a hash of every setting except output locations (moving OUT keeps resume)."""
     d = with_old_names(RunConfig, to_dict(rc))  # a renamed key keeps a sweep's cells done
-    for k in ("out", "cache_dir"):
+    for k in ("out", "cache_dir", "strict_decontamination"):  # strictness refuses cells, never changes one
         d.pop(k)
     d["split"].pop("file")
     if c.method:
@@ -303,6 +309,8 @@ def write_report(cfg: SweepConfig, rows_: list[dict], grid: Grid | None = None) 
     fractions = {"finetune": cfg.fractions, "linear": cfg.linear_fractions}
     ranks_md, ranks = render_ranks(agg, encoders + methods, tasks, fractions)
     md = render_tables(agg, encoders, tasks, fractions, len(cfg.seeds), kd_rows=methods)
+    contamination = render_contamination(agg, encoders, tasks)
+    md += "\n" + contamination if contamination else ""
     md += "\n" + render_edge_table(agg, encoders + methods, tasks)
     if ranks_md:
         md += "\n" + ranks_md
@@ -329,66 +337,160 @@ def write_report(cfg: SweepConfig, rows_: list[dict], grid: Grid | None = None) 
     return summary
 
 
-def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
-    """Run the missing cells (at most ``max_cells`` of them), then write the report."""
-    from downstream.edge.profile import LatencyCache
-    from downstream.kd.cell import run_kd_cell
-    from downstream.probe import FeatureCache
-    from downstream.runner import cpu_threads, run
-    from sonodistill.world import make_accelerator
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell with its resolved run config, its KD recipe config and its key."""
 
-    out = Path(cfg.out)
-    grid = parse_grid(cfg)  # tasks, encoders and methods parsed once
-    labels = {t.key: t.label for t in task_columns(grid.tasks)}
-    plan = []
+    cell: Cell
+    config: RunConfig
+    kd: KDCellConfig | None
+    key: str
+
+    @property
+    def work(self) -> CellWork:
+        c = self.cell
+        row = ("kd" if self.kd is not None else "n/a") if c.method else c.mode
+        features = (c.task.key, c.encoder) if row == "linear" and c.task.kind == "cls" else None
+        return CellWork(self.key, row, c.task.kind, c.fraction, features)
+
+
+def plan_cells(cfg: SweepConfig, grid: Grid) -> list[PlannedCell]:
+    """Every cell of the grid, in grid order, resolved and keyed."""
+    out = []
     for c in cells(cfg, grid):
         rc = cell_config(cfg, c)
         kd = kd_cell_config(cfg, c, rc) if c.method else None
-        plan.append((c, rc, kd))
-    keys = [cell_key(c, rc, kd) for c, rc, kd in plan]
-    results = out / "results.jsonl"
-    done = {r.get("key") for r in read_jsonl(results)}
-    todo = [(c, rc, kd, k) for (c, rc, kd), k in zip(plan, keys) if k not in done]
-    acc = make_accelerator(cfg.run.mixed_precision, key="run.mixed_precision")
-    if acc.is_main_process:
-        save_config(cfg, out / "sweep.yaml")
-        log.info(f"sweep: {len(plan)} cells, {len(plan) - len(todo)} already done, {len(todo)} to run")
-    cache = FeatureCache(cfg.run.cache_dir or out / "cache")
-    latency = LatencyCache(Path(cfg.run.cache_dir or out / "cache") / "latency.json")
+        out.append(PlannedCell(c, rc, kd, cell_key(c, rc, kd)))
+    return out
+
+
+def cells_to_run(out: Path, plan: list[PlannedCell], part: Part | None) -> list[PlannedCell]:
+    """The cells no results file holds yet; with ``part``, only those of its slice (:mod:`downstream.sweep_parts`)."""
+    done = {r.get("key") for r in read_results(out)}
+    todo = [p for p in plan if p.key not in done]
+    if part is None:
+        return todo
+    work = {p.key: p.work for p in plan}
+    keys = planned(out, part, list(work), [p.key for p in todo])
+    mine = slice_of([work[k] for k in keys if k in work], part)
+    return [p for p in todo if p.key in mine]
+
+
+def _run_cell(p: PlannedCell, acc, cache, latency, label: str) -> dict:
+    from downstream.kd.cell import run_kd_cell
+    from downstream.runner import cpu_threads, run
+
+    if p.cell.method:
+        with cpu_threads(p.config.num_workers, acc.device):
+            metrics = run_kd_cell(p.config, p.cell.method, p.kd, task_label=label, latency=latency)
+    else:
+        metrics = run(p.config, accelerator=acc, cache=cache, latency=latency)
+    metrics.pop("test_per_image", None)
+    return metrics
+
+
+def _record(results: Path, p: PlannedCell, metrics: dict, position: str) -> None:
+    record = {"key": p.key, "cell": p.cell.record(), "config": to_dict(p.config), "metrics": metrics}
+    if p.kd is not None:
+        record["kd_config"] = to_dict(p.kd.config)
+    append_jsonl(results, record)
+    if "na" in metrics:
+        score = f"n/a ({metrics['na']})"
+    else:
+        t = metrics["test"]
+        score = f"dice {t['dice']:.4f}" if "dice" in t else f"acc {t['accuracy']:.4f}"
+    log.info(f"[{position}] {p.key.rsplit('|', 1)[0]}: {score} ({metrics['time_s']:.0f}s)")
+
+
+def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, results: Path) -> int:
+    """Run ``todo`` in order, appending each finished cell to ``results``; the number run.
+    :class:`~sonodistill.stop.Stopped` when a stop signal came (the finished cells are in ``results``)."""
+    from downstream.edge.profile import LatencyCache
+    from downstream.probe import FeatureCache
+
+    labels = {t.key: t.label for t in task_columns(grid.tasks)}
+    cache_dir = Path(cfg.run.cache_dir or Path(cfg.out) / "cache")
+    cache, latency = FeatureCache(cache_dir), LatencyCache(cache_dir / "latency")
     ran = 0
-    for c, rc, kd, key in todo:
-        if max_cells is not None and ran >= max_cells:
-            break
-        kept = f"{len(plan) - len(todo) + ran} finished cells are kept in {results}"
+    for p in todo:
+        kept = f"{ran} of {len(todo)} cells finished and kept in {results}"
         check_stop(kept)
         try:
-            if c.method:
-                with cpu_threads(rc.num_workers, acc.device):
-                    metrics = run_kd_cell(rc, c.method, kd, task_label=labels[c.task.key], latency=latency)
-            else:
-                metrics = run(rc, accelerator=acc, cache=cache, latency=latency)
-        except Stopped as exc:  # the running cell is dropped; the finished ones are its record
-            raise Stopped(f"{exc}; {kept}") from None
-        metrics.pop("test_per_image", None)
+            metrics = _run_cell(p, acc, cache, latency, labels[p.cell.task.key])
+        except Stopped:  # the running cell stopped at its next training step: dropped, rerun in full
+            raise Stopped(
+                f"{stop_requested() or 'a stop signal'} received; {kept}, the running one dropped; "
+                "run the same command again to continue"
+            ) from None
         if acc.is_main_process:
-            record = {"key": key, "cell": c.record(), "config": to_dict(rc), "metrics": metrics}
-            if kd is not None:
-                record["kd_config"] = to_dict(kd.config)
-            append_jsonl(results, record)
-            if "na" in metrics:
-                score = f"n/a ({metrics['na']})"
-            else:
-                t = metrics["test"]
-                score = f"dice {t['dice']:.4f}" if "dice" in t else f"acc {t['accuracy']:.4f}"
-            log.info(f"[{ran + 1}/{len(todo)}] {key.rsplit('|', 1)[0]}: {score} ({metrics['time_s']:.0f}s)")
+            _record(results, p, metrics, f"{ran + 1}/{len(todo)}")
         ran += 1
-    acc.wait_for_everyone()
-    current = set(keys)
-    rows_ = [r for r in read_jsonl(results) if r.get("key") in current]
-    summary = {"ran": ran, "remaining": len(todo) - ran, "cells": len(plan), "done": len(rows_)}
+    return ran
+
+
+def refuse_unchecked(todo: Sequence[PlannedCell]) -> None:
+    """``strict_decontamination``: check the encoder of every cell still to run against its task's
+    test split before any cell runs (one split per task, as the cells will use it)."""
+    from downstream.runner import decontamination_check, prepare
+
+    prepared: dict[str, Any] = {}
+    for p in todo:
+        if p.cell.method is not None or not p.config.strict_decontamination:
+            continue
+        if p.cell.task.key not in prepared:
+            prepared[p.cell.task.key] = prepare(p.config)[:2]
+        decontamination_check(p.config, *prepared[p.cell.task.key])
+
+
+def write_splits(cfg: SweepConfig) -> list[str]:
+    """Make (or reuse) the split of every dataset of the sweep's tasks, as its first cell would,
+    and return their paths: build a pretraining corpus with ``--exclude`` of each before the sweep
+    runs (``--splits-only``; the encoders and KD methods, which may not exist yet, are not read)."""
+    from downstream.runner import prepare
+
+    made: dict[str, None] = {}
+    grid = Grid(resolve_tasks(cfg), [("splits", "rand")], [])  # splits depend on the tasks alone
+    for c in cells(cfg, grid):
+        rc = cell_config(cfg, c)
+        if rc.split.file not in made:
+            prepare(rc)
+            made[rc.split.file] = None
+    return list(made)
+
+
+def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
+    """Run the missing cells (at most ``max_cells``; with ``cfg.part`` only that part's slice), then write
+    the report; a part writes none (the same command without ``part`` does, once every part is done)."""
+    from sonodistill.world import make_accelerator
+
+    out = Path(cfg.out)
+    part = Part.parse(cfg.part) if cfg.part else None
+    grid = parse_grid(cfg)  # tasks, encoders and methods parsed once
+    plan = plan_cells(cfg, grid)
+    todo = cells_to_run(out, plan, part)
+    refuse_unchecked(todo)
+    head, done = ({"part": str(part)} if part is not None else {}), len(_rows(out, plan))
+    if part is not None and not todo:
+        log.info(f"sweep part {part}: nothing to do")
+        return {**head, "ran": 0, "remaining": 0, "cells": len(plan), "done": done}
+    acc = make_accelerator(cfg.run.mixed_precision, key="run.mixed_precision")
     if acc.is_main_process:
+        save_config(dataclasses.replace(cfg, part=""), out / "sweep.yaml")  # the same file from every part
+        scope = f"{len(todo)} of them in part {part}" if part else f"{len(todo)} to run"
+        log.info(f"sweep: {len(plan)} cells, {done} already done, {scope}")
+    ran = _run_cells(cfg, grid, todo[:max_cells], acc, results_path(out, part))
+    acc.wait_for_everyone()
+    rows_ = _rows(out, plan)
+    summary = {**head, "ran": ran, "remaining": len(todo) - ran, "cells": len(plan), "done": len(rows_)}
+    if part is None and acc.is_main_process:
         write_report(cfg, rows_, grid)
     return summary
+
+
+def _rows(out: Path, plan: list[PlannedCell]) -> list[dict]:
+    """The finished cells of the grid from every results file, in grid order (as one process writes them)."""
+    by_key = {r["key"]: r for r in read_results(out) if "key" in r}
+    return [by_key[p.key] for p in plan if p.key in by_key]
 
 
 @cli_main
@@ -397,8 +499,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     add_config_args(p, SweepConfig)
     p.add_argument("--max-cells", type=int, default=None, help="run at most N missing cells, then report")
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
+    p.add_argument("--splits-only", action="store_true", help="write each dataset's splits.json, print them, stop")
     args = p.parse_args(argv)
     cfg = config_from_args(SweepConfig, args)
+    if args.splits_only:  # to build a corpus with --exclude of them before the sweep
+        paths = write_splits(cfg)
+        print("\n".join(paths))
+        return {"splits": paths}
     with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75
         summary = run_sweep(cfg, max_cells=args.max_cells)
     if args.print_tables:

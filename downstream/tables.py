@@ -7,7 +7,9 @@ probe on 100 % of the labels, Table 2 = fine-tuning on 100 %, Table 3 = fine-tun
 fractions below 100 % (3b: linear probing, if swept), Table 4 = parameters vs fine-tuned
 performance. KD rows train every weight, so they are fine-tuning rows (Tables 2-4). Cells not
 run show ``–``; a KD recipe that does not apply to a task shows ``n/a (k)`` with reason ``k``
-under the table; the best cell of a column is bold.
+under the table; a value whose encoder was not checked against the task's test split
+(:mod:`downstream.decontamination`) is followed by ``(k)``, the footnote saying why; the best cell
+of a column is bold.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from downstream.decontamination import footnote, status_text
 from downstream.report import DASH, markdown_table, mean_std
 
 PAPER_TASK_ORDER = ("ddti-seg", "busi-seg", "busi-cls")
@@ -52,6 +55,11 @@ def aggregate(rows: Iterable[dict]) -> dict[tuple, dict[str, list]]:
         if "na" in m:
             agg[key]["na"].append(m["na"])
             continue
+        check = m.get("decontamination")
+        if check:
+            agg[key]["decontamination"].append(status_text(check))
+            if footnote(check):
+                agg[key]["unchecked"].append(footnote(check))
         for k in ("dice", "iou", "accuracy", "macro_f1", "auc"):
             if k in m["test"]:
                 agg[key][k].append(m["test"][k])
@@ -71,15 +79,18 @@ def aggregate(rows: Iterable[dict]) -> dict[tuple, dict[str, list]]:
 
 
 class Notes:
-    """Numbered reasons for ``n/a`` cells, shared by a table."""
+    """Numbered footnotes of a table: why a cell is ``n/a``, why a value is marked."""
 
     def __init__(self) -> None:
         self.reasons: list[str] = []
 
-    def mark(self, reason: str) -> str:
+    def ref(self, reason: str) -> str:
         if reason not in self.reasons:
             self.reasons.append(reason)
-        return f"n/a ({self.reasons.index(reason) + 1})"
+        return f"({self.reasons.index(reason) + 1})"
+
+    def mark(self, reason: str) -> str:
+        return f"n/a {self.ref(reason)}"
 
     def render(self) -> str:
         return "".join(f"\n({i}) {r}" for i, r in enumerate(self.reasons, 1)) + ("\n" if self.reasons else "")
@@ -89,7 +100,10 @@ def cell_text(agg, task, row, mode, frac, metric, notes: Notes | None = None) ->
     d = agg.get((task, row, mode, frac), {})
     if d.get("na") and notes is not None:
         return notes.mark(d["na"][0])
-    return mean_std(d.get(metric, []))
+    text = mean_std(d.get(metric, []))
+    if d.get("unchecked") and notes is not None:  # the encoder's corpus may hold this test split
+        text += " " + notes.ref(d["unchecked"][0])
+    return text
 
 
 def _metric_pairs(kind: str) -> list[tuple[str, str]]:
@@ -180,3 +194,23 @@ def render_tables(
         )
     parts.append(f"## {title}\n\n" + markdown_table(headers, rows, bold_max=range(2, len(headers))) + notes.render())
     return "\n".join(parts)
+
+
+def render_contamination(agg: dict, encoders: Sequence[str], tasks: Sequence[TaskColumn]) -> str:
+    """Which test split each encoder row was checked against; empty when no cell recorded it."""
+    rows = []
+    for e in encoders:
+        row = [e]
+        for t in sort_tasks(tasks):
+            states = [x for (tk, en, _, _), d in sorted(agg.items()) if (tk, en) == (t.key, e)
+                      for x in d.get("decontamination", [])]  # fmt: skip
+            row.append(states[0] if states else DASH)
+        rows.append(row)
+    if all(c == DASH for r in rows for c in r[1:]):
+        return ""
+    return (
+        "## Test-set contamination\n\nWhether each encoder's pretraining corpus was built with `--exclude` "
+        "of the task's test split (`shards.build --exclude SPLITS.json`: copies of its images left out); "
+        "the content hash of the test images is compared with the exclusion sets the encoder carries.\n\n"
+        + markdown_table(["Model", *[t.label for t in sort_tasks(tasks)]], rows)
+    )

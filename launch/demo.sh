@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline on the built-in synthetic corpus, on CPU, in one output folder (`make demo`).
-#   synthetic corpus -> cleaned shards -> tiny DINOv3 teacher -> ResNet-50 distillation -> export
+#   synthetic corpus -> downstream splits -> cleaned shards without their test/val images -> tiny DINOv3 teacher -> ResNet-50 distillation -> export
 #   -> one limited-label sweep on synthetic BUSI/DDTI: R50-Rand vs the distilled encoder (paper 002 tables)
 #      plus two KD students (ViT -> MobileNetV3, distilled R50 U-Net -> EfficientNet-Lite0 U-Net) at two
 #      label fractions, with an edge column (CPU latency, ONNX / INT8) and Pareto plots -> t-SNE.
@@ -24,10 +24,16 @@ if [ ! -f "$OUT/corpus_truth.jsonl" ]; then
   mv "$OUT/corpus_truth.jsonl.tmp" "$OUT/corpus_truth.jsonl"
 fi
 
-step "shards: clean, de-duplicate and pack the corpus (resumes; a re-run is a no-op)"
+step "splits: the downstream sweep's train/val/test splits first, so the corpus can leave their images out"
+$PY -m downstream.sweep --config downstream/configs/tiny.yaml busi="$OUT/busi" ddti="$OUT/ddti" \
+    out="$OUT/downstream" --splits-only > "$OUT/splits.txt"
+excludes=()
+while read -r f; do excludes+=(--exclude "$f"); done < "$OUT/splits.txt"
+
+step "shards: clean, de-duplicate and pack the corpus, no copy of a test or validation image (resumes)"
 sources=()
 for d in "$OUT"/corpus/*/; do sources+=(--source "$(basename "$d")=$d"); done
-$PY -m shards.build "${sources[@]}" --out "$OUT/shards" --size 128 --samples-per-shard 200 --workers 2
+$PY -m shards.build "${sources[@]}" "${excludes[@]}" --out "$OUT/shards" --size 128 --samples-per-shard 200 --workers 2
 $PY -m shards.inspect "$OUT/shards" --sheet "$OUT/shards_contact_sheet.png" --per-source 8
 
 step "pretraining: tiny random DINOv3 teacher -> ResNet-50, 300 CPU steps"
@@ -53,7 +59,8 @@ cat <<EOF
   shard manifest         $OUT/shards/manifest.json   contact sheet  $OUT/shards_contact_sheet.png
   pretraining            $OUT/pretrain (loss_curve.png, metrics.jsonl, TensorBoard: tb/, checkpoints)
   exported encoder       $OUT/export (model.safetensors, config.json, README.md model card)
-  downstream tables      $OUT/downstream/tables.md (Tables 1-4, edge table)  results  $OUT/downstream/results.jsonl
+  downstream tables      $OUT/downstream/tables.md (Tables 1-4, test-set contamination, edge table)
+  results                $OUT/downstream/results.jsonl   splits  $OUT/downstream/splits/ (kept out of the shards)
   plots                  $OUT/downstream/fractions_*.png  $OUT/downstream/pareto_*.png
   KD reports             $OUT/downstream/runs/busi-cls/kd_vit_mobilenet/finetune/f1_s0/report.md
                          $OUT/downstream/runs/ddti-seg/kd_seg_unet/finetune/f1_s0/report.md

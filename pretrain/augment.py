@@ -1,7 +1,7 @@
 """Batched augmentations for distillation: the paper's ``us`` preset, our ``us-physics``, natural-image
 ``default`` and ``none``. One view per image; the trainer feeds the same view to teacher and student.
 
-    aug = build_augment(PretrainAugmentConfig(preset="us-physics", size=256))
+    aug = build_augment(PretrainAugmentConfig(preset="us-physics"), 256)
     views = aug(images)   # uint8 or float [0,1] [B,1,H,W] on any device -> float32 [B,1,size,size] in [0,1]
 
 Presets (defaults; every probability and range is a config key under ``augment.``):

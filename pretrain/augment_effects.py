@@ -61,6 +61,11 @@ class RandomEffect(nn.Module, abc.ABC):
 
     # Filters spread intensity into the black surround: their output is masked to the scan area.
     leaks = False
+
+    def cpu_chunk_bytes(self) -> int:
+        """Bytes of images per chunk on the CPU (read at call time, so tests can change it)."""
+        return CPU_CHUNK_BYTES
+
     # Scratch buffers shared with the pipeline (set by ScanAwareEffects); None: allocate as usual.
     workspace: Workspace | None = None
 
@@ -87,7 +92,9 @@ class RandomEffect(nn.Module, abc.ABC):
         self.last_params = {"index": idx, **{k: v for k, v in params.items() if v.dim() <= 2}}
         params = {k: v.to(x.device, non_blocking=True) for k, v in params.items()}
         out = x if inplace else (torch.empty_like(x) if every else x.clone())
-        step = n if x.device.type != "cpu" else max(1, CPU_CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+        step = (
+            n if x.device.type != "cpu" else max(1, self.cpu_chunk_bytes() // max(1, x[0].numel() * x.element_size()))
+        )
         for a in range(0, n, step):
             m = min(step, n - a)
             if every:
@@ -200,6 +207,11 @@ class SpeckleReduction(RandomEffect):
     """Bilateral filter with random spatial and intensity sigmas (usaugment SpeckleReduction)."""
 
     leaks = True
+
+    def cpu_chunk_bytes(self) -> int:
+        """The filter's own chunk (its 12 pair passes per chunk are what must stay in cache; at 256 px
+        2 MB, eight images, measured 5 % faster than the other effects' 1 MB, on the development VM)."""
+        return us_effects.BILATERAL_CPU_CHUNK_BYTES
 
     def __init__(self, p: float, sigma_space: Range, sigma_color: Range, kernel_size: int) -> None:
         super().__init__(p)

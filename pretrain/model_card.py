@@ -78,6 +78,10 @@ standardised to {shard_size} px; rejected while building: {rejected}.
 | --- | --- |
 {source_rows}
 
+### Evaluation sets kept out
+
+{exclusions}
+
 ## Intended use and limitations
 
 Intended as a pretrained encoder for research on ultrasound segmentation and classification
@@ -106,8 +110,31 @@ def data_provenance(meta: dict[str, Any]) -> dict[str, Any]:
     """The shard set's public identity: its folder's name, manifest hash and counts (no path)."""
     data = meta.get("data") or {}
     name = data.get("name") or (public_source_name(data["path"]) if data.get("path") else None)
-    keep = ("num_samples", "sources", "rejected", "manifest_sha256")
+    keep = ("num_samples", "sources", "rejected", "manifest_sha256", "exclusions")
     return {"name": name, **{k: data.get(k) for k in keep}}
+
+
+def exclusions_text(sets: list[dict[str, Any]] | None) -> str:
+    """The card's account of the evaluation sets the corpus was built against (``--exclude``)."""
+    if sets is None:
+        return "Not recorded (a checkpoint from before exclusion sets were recorded): treat as none."
+    if not sets:
+        return (
+            "None: the corpus was built without `--exclude`. If it holds public datasets you evaluate on "
+            "(BUSI, DDTI, ...), their test images may be in it; `downstream.run` and `downstream.sweep` mark "
+            "this encoder's results as not checked against a test split."
+        )
+    rows = "\n".join(
+        f"| {x['name']} | {x['images']} | `{x['content_hash']}` | {', '.join(x.get('parts') or []) or 'folder'} "
+        f"| {x.get('frames_removed', 0)} |"
+        for x in sets
+    )
+    return (
+        "Frames that copy an image of these sets (renamed, re-encoded, resized, mirrored or re-cropped) were "
+        "left out of the corpus (`shards.build --exclude`); the content hash is the SHA-1 over the sorted SHA-1s "
+        "of the set's image files, which `downstream.run` and `downstream.sweep` compare with a task's test "
+        "split.\n\n| set | images | content hash | parts | frames removed |\n| --- | --- | --- | --- | --- |\n" + rows
+    )
 
 
 def _code(name: str) -> str:
@@ -165,6 +192,7 @@ def _facts(meta: dict[str, Any], model: torch.nn.Module, title: str) -> dict[str
         "rejected": ", ".join(f"{k}: {v}" for k, v in sorted((data.get("rejected") or {}).items())) or "none recorded",
         "source_rows": "\n".join(f"| {k} | {v} |" for k, v in sorted((data.get("sources") or {}).items()))
         or "| (no manifest) | |",
+        "exclusions": exclusions_text(shard_set["exclusions"]),
     }
 
 

@@ -173,11 +173,14 @@ def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:
     """What the run's metadata records about its shard set (local or remote)."""
     if manifest is None:
         return {}
+    from shards.exclusions import public_record
     from sonodistill.provenance import json_sha256, public_source_name
 
     keep = ("num_samples", "sources", "rejected", "settings", "encoding")
     named = {"path": str(shards), "name": public_source_name(shards), "manifest_sha256": json_sha256(manifest)}
-    return {k: manifest[k] for k in keep if k in manifest} | named
+    # a manifest without the field was built before --exclude existed: no set kept out
+    excluded = {"exclusions": [public_record(x) for x in manifest.get("exclusions", [])]}
+    return {k: manifest[k] for k in keep if k in manifest} | named | excluded
 
 
 def _rng_neutral(batches: Iterator[dict]) -> Iterator[dict]:
@@ -346,6 +349,7 @@ def resume(s: Session) -> tuple[int, Path | None]:
         raise UserError(
             f"resume: checkpoint {ckpt} does not fit this config ({' '.join(str(exc).split())[:300]})"
         ) from None
+    log.info(f"resumed from {ckpt} at step {start}")
     return start, ckpt
 
 
@@ -386,25 +390,79 @@ def _base_meta(s: Session) -> dict[str, Any]:
     }
 
 
+def batch_images(batch: dict, device: torch.device) -> torch.Tensor:
+    """A loader batch's uint8 images on ``device`` (JPEG members decoded there with ``data.gpu_decode``:
+    nvJPEG on a GPU, libjpeg-turbo on a CPU run)."""
+    if "jpeg" in batch:
+        return decode_on_device(batch, device)
+    return batch["image"].to(device, non_blocking=True)
+
+
+def backward_view(s: Session, view: torch.Tensor) -> torch.Tensor:
+    """One micro-batch: mixup, teacher targets, student, token MSE and its backward pass (gradients
+    accumulate until :func:`optimizer_step`). Returns the detached loss (no sync)."""
+    with s.accelerator.accumulate(s.model):
+        loss = distill_loss(s.teacher, s.model, view, s.cfg.mixup, s.channels_last)
+        s.accelerator.backward(loss)
+    return loss.detach()
+
+
+def optimizer_step(s: Session, max_norm: float):
+    """Clip, step the optimiser and the schedule, clear the gradients; the grad norm (not synced)."""
+    gnorm = s.accelerator.clip_grad_norm_(s.model.parameters(), max_norm)
+    s.optimizer.step()
+    if s.scheduler is not None:
+        s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return gnorm
+
+
+def _checkpoint(s: Session, step: int, base_meta: dict) -> Path:
+    """Save the training state, the loader's position and the student's weights at ``step``."""
+    from safetensors.torch import save_file
+
+    def write_weights(folder: Path) -> None:
+        sd = s.accelerator.get_state_dict(s.model)
+        if s.is_main:
+            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(folder / "student.safetensors"))
+
+    meta = base_meta | {"step": step, "samples_seen": step * s.global_batch, "time": time.time()}
+    loader_state = s.loader.state_dict()
+    return save_checkpoint(s.accelerator, s.out_dir, step, meta, loader_state, write_weights, s.cfg.train.keep_last)
+
+
+def _log_interval(
+    s: Session, metrics: MetricsLog, first: int, losses: list, gnorms: list, lrs: list, img_s: float
+) -> None:
+    """One metrics row per finite step of the interval; the interval's rate and counters on its last row."""
+    skipped = sum((s.loader.skipped or {}).values())  # corrupt samples so far (host counter)
+    for i, (lv, gv, lr) in enumerate(zip(losses, gnorms, lrs)):
+        extra = {"images_per_s": img_s, "skipped_samples": skipped} if i == len(losses) - 1 else {}
+        if extra and s.device.type == "cuda":  # the allocator's peak so far: a host counter, no sync
+            extra["gpu_memory_gib"] = torch.cuda.max_memory_allocated(s.device) / 2**30
+        if math.isfinite(lv):
+            metrics.log(first + i, loss=lv, grad_norm=gv, lr=lr, **extra)
+    metrics.flush()
+
+
+def _raise_if_diverged(losses: list, first: int, last_ckpt: Path | None) -> None:
+    """Stop at the first non-finite loss of the interval, naming the checkpoint to resume from."""
+    bad = [first + i for i, v in enumerate(losses) if not math.isfinite(v)]
+    if bad:
+        where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written"
+        raise TrainingDiverged(
+            f"train: loss became {losses[bad[0] - first]} at step {bad[0]}{where} "
+            "(resume=auto restarts from it; lower train.lr or check the data)"
+        )
+
+
 def loop(
     s: Session, start_step: int, last_ckpt: Path | None, stop: StopRequest, metrics: MetricsLog | None, keys_fh
 ) -> Outcome:
     """Optimiser steps from ``start_step`` to ``max_steps``, checkpointing every ``save_every`` and
     when a stop is requested (checked with the losses every ``log_every`` steps, on all ranks)."""
-    from safetensors.torch import save_file
-
     cfg, acc, device = s.cfg, s.accelerator, s.device
     base_meta = _base_meta(s)
-
-    def write_weights(folder: Path) -> None:
-        sd = acc.get_state_dict(s.model)
-        if s.is_main:
-            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(folder / "student.safetensors"))
-
-    def checkpoint(step: int) -> Path:
-        meta = base_meta | {"step": step, "samples_seen": step * s.global_batch, "time": time.time()}
-        return save_checkpoint(acc, s.out_dir, step, meta, s.loader.state_dict(), write_weights, cfg.train.keep_last)
-
     log_every = cfg.train.log_every
     step_loss = torch.zeros(log_every, device=device)
     step_gnorm = torch.zeros(log_every, device=device)
@@ -428,22 +486,10 @@ def loop(
             loss_acc = torch.zeros((), device=device)
             for _ in range(s.accum):
                 batch = next(data_iter)
-                if "jpeg" in batch:  # data.gpu_decode: nvJPEG on the device (libjpeg-turbo on a CPU run)
-                    images = decode_on_device(batch, device)
-                else:
-                    images = batch["image"].to(device, non_blocking=True)
                 if keys_fh is not None:
                     keys_fh.write(json.dumps({"step": step + 1, "keys": list(batch["key"])}) + "\n")
-                with acc.accumulate(s.model):
-                    view = make_view(images, s.augment, s.teacher)
-                    loss = distill_loss(s.teacher, s.model, view, cfg.mixup, s.channels_last)
-                    acc.backward(loss)
-                loss_acc += loss.detach()
-            gnorm = acc.clip_grad_norm_(s.model.parameters(), max_norm)
-            s.optimizer.step()
-            if s.scheduler is not None:
-                s.scheduler.step()
-            s.optimizer.zero_grad(set_to_none=True)
+                loss_acc += backward_view(s, make_view(batch_images(batch, device), s.augment, s.teacher))
+            gnorm = optimizer_step(s, max_norm)
             step_lr.append(s.optimizer.param_groups[0]["lr"])  # host value: no sync
             step_loss[pending] = loss_acc / s.accum
             if isinstance(gnorm, torch.Tensor):
@@ -461,22 +507,11 @@ def loop(
                 elapsed = time.perf_counter() - t_interval
                 img_s = pending * s.global_batch / max(elapsed, 1e-9)
                 first = step - pending + 1
-                bad = [first + i for i, v in enumerate(losses) if not math.isfinite(v)]
                 if metrics is not None:
-                    skipped = sum((s.loader.skipped or {}).values())  # corrupt samples so far (host counter)
-                    for i, (lv, gv, lr) in enumerate(zip(losses, gnorms, step_lr)):
-                        extra = {"images_per_s": img_s, "skipped_samples": skipped} if i == pending - 1 else {}
-                        if math.isfinite(lv):
-                            metrics.log(first + i, loss=lv, grad_norm=gv, lr=lr, **extra)
-                    metrics.flush()
+                    _log_interval(s, metrics, first, losses, gnorms, step_lr, img_s)
                     bar.set_postfix(loss=f"{losses[-1]:.4g}", img_s=f"{img_s:.1f}", lr=f"{step_lr[-1]:.2e}")
                 step_lr = []
-                if bad:
-                    where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was written"
-                    raise TrainingDiverged(
-                        f"train: loss became {losses[bad[0] - first]} at step {bad[0]}{where} "
-                        "(resume=auto restarts from it; lower train.lr or check the data)"
-                    )
+                _raise_if_diverged(losses, first, last_ckpt)
                 pending = 0
                 t_interval = time.perf_counter()
                 if stop_now and not save_now:
@@ -484,7 +519,7 @@ def loop(
                 elif stop_now:
                     preempted = step < s.max_steps
             if save_now:
-                last_ckpt = checkpoint(step)
+                last_ckpt = _checkpoint(s, step, base_meta)
                 t_interval = time.perf_counter()  # saving time is not training throughput
             if preempted:
                 break

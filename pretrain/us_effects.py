@@ -168,6 +168,7 @@ def _bilateral_pairs(x: torch.Tensor, sigma_space: torch.Tensor, sigma_color: to
     hp, wp = h + 2 * r, w + 2 * r
     space = _per_image(-0.5 / sigma_space.square())
     num, den = padded.clone(), torch.ones_like(padded)  # the centre tap: weight exp(0) = 1
+    scratch = torch.empty(padded.numel(), dtype=padded.dtype, device=padded.device)  # every pair's weights
     for dy in range(r + 1):
         for dx in range(-r, r + 1):
             if dy == 0 and dx <= 0:
@@ -176,7 +177,8 @@ def _bilateral_pairs(x: torch.Tensor, sigma_space: torch.Tensor, sigma_color: to
             near = (..., slice(0, hp - dy), slice(x0, x1))
             far = (..., slice(dy, hp), slice(x0 + dx, x1 + dx))
             a, b = padded[near], padded[far]
-            weight = _neg_square(torch.sub(b, a), space * (dy * dy + dx * dx)).exp_()
+            diff = torch.sub(b, a, out=scratch[: a.numel()].view(a.shape))
+            weight = _neg_square(diff, space * (dy * dy + dx * dx)).exp_()
             num[near].addcmul_(weight, b)
             den[near].add_(weight)
             num[far].addcmul_(weight, a)

@@ -16,7 +16,9 @@ longer than ``--samples-per-shard``). Every rejection is a line of ``rejects.jso
 frame, reason, measured values). Output is byte-identical for any ``--workers``; memory holds one
 shard, never the corpus. Shards are written under a temporary name and renamed; ``.build-
 journal.jsonl`` lets an interrupted build resume without redoing finished shards; ``manifest.json``
-is written last and marks the build complete."""
+is written last and marks the build complete. ``--part I/N`` reads and cleans one slice of the inputs
+for N processes or nodes at once; the command without it then only merges, byte-identically
+(:mod:`shards.build_parts`)."""
 
 from __future__ import annotations
 
@@ -26,28 +28,36 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, get_args, get_type_hints
 
 import webdataset as wds
 
-from shards.catalogue import SourceConfig, load_catalogue, with_default
+from shards.build_parts import SPOOL, Spool, finished_spool, replay, run_part
+from shards.catalogue import SourceConfig, load_corpus, with_default
 from shards.clean import Cleaned
-from shards.codec import ENCODINGS, JPEG_QUALITY, Codec
+from shards.codec import ENCODINGS, JPEG_QUALITY, Codec, decode_gray
+from shards.copyindex import Found, loaded
 from shards.dedup import DuplicateIndex
+from shards.exclusions import Exclusions, ExclusionSet, load_exclusions
+from shards.exclusions import add_argument as add_exclusion_argument
 from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_item
+from shards.identity import build_identity, describe_difference
 from shards.journal import Journal
 from shards.manifest import MANIFEST
+from shards.match import resized
 from shards.options import SourceOptions
 from shards.ordered_pool import ordered_map
-from shards.sources import Item, Source, open_source, parse_source
+from shards.sources import Item, Source, items_from, open_source, parse_source
 from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import progress as progress_bar
+from sonodistill.parts import Part
 from sonodistill.stop import StopRequest, check_stop
 
 log = logging.getLogger(__name__)
@@ -57,6 +67,7 @@ SHARD_PATTERN = "shard-{:06d}.tar"
 REJECTS = "rejects.jsonl"
 REJECTS_PARTIAL = ".rejects-partial.jsonl"
 ANNOTATION_TALLY = {"keep": "kept", "inpaint": "inpainted", "drop": "dropped"}  # per_source.annotations
+EXCLUSION_INDEX = ".exclusion-index"  # the exclusion sets' index while the build runs
 
 
 @dataclass
@@ -100,11 +111,27 @@ class BuildSettings:
             raise UserError(f"--jpeg-quality {self.jpeg_quality}: expected 1-100")
 
 
-def _process(args: tuple[Item, SourceOptions, ExtractSettings, bool]) -> tuple[Item, ItemOutcome]:
-    item, opts, settings, skip = args
+def _process(
+    args: tuple[Item, SourceOptions, ExtractSettings, bool, str | None],
+) -> tuple[Item, ItemOutcome, dict[int, Found]]:
+    """In a worker: read and clean one item; with an exclusion index, find the evaluation image each
+    cleaned frame copies (by the frame's position in the outcome)."""
+    item, opts, settings, skip, index = args
     if skip:
-        return item, ItemOutcome(skipped=True)
-    return item, extract_item(item, opts, settings)
+        return item, ItemOutcome(skipped=True), {}
+    outcome = extract_item(item, opts, settings)
+    return item, outcome, _overlaps(outcome, index, settings.codec.encoding) if index else {}
+
+
+def _overlaps(outcome: ItemOutcome, index: str, encoding: str) -> dict[int, Found]:
+    """The cleaned frames that copy an excluded image, matched as the shards will hold them."""
+    out = {}
+    for pos, f in enumerate(outcome.frames):
+        if isinstance(f.result, Cleaned):
+            found = loaded(index).find(resized(decode_gray(f.result.data, encoding)), limit=1)
+            if found:
+                out[pos] = found[0]
+    return out
 
 
 def tar_bytes(samples: list[tuple[str, bytes, dict]], ext: str) -> bytes:
@@ -124,46 +151,6 @@ def _write_shard(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _identity(opened: list[Source], settings: BuildSettings) -> dict:
-    return {
-        "settings": settings.identity(),
-        "sources": [
-            {
-                "name": s.name,
-                "spec": s.spec,
-                "items": len(s),
-                "fingerprint": s.fingerprint(),
-                "options": s.options.identity(),
-            }
-            for s in opened
-        ],
-    }
-
-
-def _describe_difference(old: dict, new: dict) -> str:
-    fmt = old.get("settings", {}).get("format")
-    if fmt != BUILD_FORMAT:
-        return (
-            f"made by an older shards.build (build format {fmt}; this one writes format {BUILD_FORMAT}, "
-            "whose cleaning differs: the samples could not be mixed)"
-        )
-    if old.get("settings") != new.get("settings"):
-        keys = [k for k in new["settings"] if old.get("settings", {}).get(k) != new["settings"][k]]
-        return (
-            "settings differ ("
-            + ", ".join(f"{k}: {old.get('settings', {}).get(k)} -> {new['settings'][k]}" for k in keys)
-            + ")"
-        )
-    oldn = [s["name"] for s in old.get("sources", [])]
-    newn = [s["name"] for s in new["sources"]]
-    if oldn != newn:
-        return f"sources differ ({', '.join(oldn)} -> {', '.join(newn)})"
-    for o, n in zip(old.get("sources", []), new["sources"]):
-        if o.get("options") != n.get("options"):
-            return f"options of source '{n['name']}' differ"
-    return "the input files differ"
 
 
 COUNTS = ("files", "clips", "frames", "kept")
@@ -199,6 +186,7 @@ class _Shard:
     kept: Counter = field(default_factory=Counter)  # per source
     rejected: Counter = field(default_factory=Counter)  # per reason
     stats: dict = field(default_factory=dict)  # per source, as in the manifest's per_source
+    overlap: Counter = field(default_factory=Counter)  # frames removed per exclusion set
 
 
 @dataclass
@@ -212,12 +200,15 @@ class _State:
     options: dict[str, SourceOptions]  # by source name
     journal: Journal
     index: DuplicateIndex
+    exclusions: Exclusions
     kept: Counter = field(default_factory=Counter)  # samples per source
     rejected: Counter = field(default_factory=Counter)  # rejections per reason
     stats: dict = field(default_factory=dict)  # per source: files, clips, frames, kept, rejected, crop
     shards: list[str] = field(default_factory=list)  # closed shards: file names,
     shard_samples: list[int] = field(default_factory=list)  # their sample counts,
     shard_sources: list[dict] = field(default_factory=list)  # and their samples per source
+    overlap: Counter = field(default_factory=Counter)  # frames removed per exclusion set
+    exclusion_index: str | None = None  # folder of the exclusion sets' index (None: no sets)
     consumed: int = 0  # input items judged
     written: int = 0  # samples in closed shards
     last_group: tuple | None = None  # the previous kept frame's clip (or folder)
@@ -251,7 +242,7 @@ def _built(out: Path, identity: dict, progress: bool) -> dict | None:
     if manifest.get("identity") != identity:
         raise UserError(
             f"--out {out}: holds a different build "
-            f"({_describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
+            f"({describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
         )
     if progress:
         log.info(f"{out}: already built ({manifest['num_samples']} samples); nothing to do")
@@ -267,7 +258,7 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
         old, records = journal.read()
         if old != identity:
             raise UserError(
-                f"--out {out}: holds a different, unfinished build ({_describe_difference(old, identity)}); "
+                f"--out {out}: holds a different, unfinished build ({describe_difference(old, identity)}); "
                 "use another --out or delete it"
             )
         # Keep only records whose shard file is intact.
@@ -278,7 +269,8 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
                 journal.rewrite(identity, records)
                 break
     else:
-        foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name != REJECTS_PARTIAL]
+        ours = (REJECTS_PARTIAL, SPOOL)
+        foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name not in ours]
         if foreign:
             raise UserError(f"--out {out}: not empty and not a shard build (found {foreign[0]}); use an empty folder")
         journal.start(identity)
@@ -288,7 +280,12 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
 
 
 def _restore(
-    out: Path, settings: BuildSettings, sources: list[Source], journal: Journal, records: list[dict]
+    out: Path,
+    settings: BuildSettings,
+    sources: list[Source],
+    exclusions: list[ExclusionSet],
+    journal: Journal,
+    records: list[dict],
 ) -> _State:
     """The state after the journalled shards; opens the partial rejects file cut back to the last of them."""
     state = _State(
@@ -298,6 +295,7 @@ def _restore(
         options={s.name: s.options for s in sources},
         journal=journal,
         index=DuplicateIndex(settings.near_duplicate_distance),
+        exclusions=Exclusions.of(exclusions),
         stats={s.name: _new_stats() for s in sources},
     )
     for r in records:
@@ -306,6 +304,7 @@ def _restore(
         state.kept.update(r["sources"])
         state.rejected.update(r["rejected"])
         _merge_stats(state.stats, r["stats"])
+        state.overlap.update(r.get("overlap", {}))
         state.shards.append(r["shard"])
         state.shard_samples.append(r["samples"])
         state.shard_sources.append(r["sources"])
@@ -322,20 +321,16 @@ def _restore(
     return state
 
 
-def _plan(state: _State, extract: ExtractSettings) -> Iterator[tuple[Item, SourceOptions, ExtractSettings, bool]]:
+def _plan(
+    state: _State, extract: ExtractSettings
+) -> Iterator[tuple[Item, SourceOptions, ExtractSettings, bool, str | None]]:
     """The work for the workers: every item not yet judged, in input order, flagged when its source is full."""
-    start = state.consumed
-    for source in state.sources:
-        n = len(source)
-        if start >= n:
-            start -= n
-            continue
-        for it in source.items(start):
-            # Past its cap a source's items are not read. Safe for determinism: an item pulled
-            # after the cap was reached (in input order) lies past the point where it was reached.
-            cap = source.options.max_images
-            yield it, source.options, extract, cap is not None and state.kept[it.source] >= cap
-        start = 0
+    for it in items_from(state.sources, state.consumed):
+        # Past its cap a source's items are not read. Safe for determinism: an item pulled
+        # after the cap was reached (in input order) lies past the point where it was reached.
+        cap = state.options[it.source].max_images
+        full = cap is not None and state.kept[it.source] >= cap
+        yield it, state.options[it.source], extract, full, state.exclusion_index
 
 
 def _count(state: _State, src: str, key: str, n: int = 1) -> None:
@@ -376,12 +371,27 @@ def _keep(state: _State, item: Item, r: Cleaned) -> None:
     _tally(state, src, "annotations", "none" if not r.meta["annotations"] else ANNOTATION_TALLY[action])
 
 
-def _judge_frame(state: _State, item: Item, multi: bool, f: FrameOutcome) -> None:
-    """One frame: rejected with its reason (cleaning, cap, near-identical to the previous, duplicate) or kept."""
+def _judge_frame(state: _State, item: Item, multi: bool, f: FrameOutcome, copied: Found | None) -> None:
+    """One frame: rejected with its reason (cleaning, a copy of an excluded image, cap, near-identical
+    to the previous, duplicate) or kept."""
     src, r, settings = item.source, f.result, state.settings
     cap = state.options[src].max_images
     if not isinstance(r, Cleaned):
         _reject(state, item, f.frame, r.reason, r.values)
+        return
+    if copied is not None:
+        name = state.exclusions.set_of(copied.ref).name
+        v = copied.verdict
+        values = {
+            "set": name,
+            "matched": copied.name,
+            "inliers": v.inliers,
+            "ncc": round(v.ncc, 3),
+            "flipped": copied.flipped,
+        }
+        _reject(state, item, f.frame, "eval_overlap", values)
+        state.shard.overlap[name] += 1
+        state.overlap[name] += 1
         return
     if cap is not None and state.kept[src] >= cap:
         _reject(state, item, f.frame, "over_max_images", {})
@@ -402,7 +412,7 @@ def _judge_frame(state: _State, item: Item, multi: bool, f: FrameOutcome) -> Non
     _keep(state, item, r)
 
 
-def _judge_item(state: _State, item: Item, res: ItemOutcome) -> bool:
+def _judge_item(state: _State, item: Item, res: ItemOutcome, copies: dict[int, Found]) -> bool:
     """One item's frames, in order, into the shard being filled; False when skipped (its source was full)."""
     src = item.source
     cap = state.options[src].max_images
@@ -416,8 +426,8 @@ def _judge_item(state: _State, item: Item, res: ItemOutcome) -> bool:
     _count(state, src, "files")
     _count(state, src, "clips", int(res.multi))
     _count(state, src, "frames", res.decoded)
-    for f in res.frames:
-        _judge_frame(state, item, res.multi, f)
+    for pos, f in enumerate(res.frames):
+        _judge_frame(state, item, res.multi, f, copies.get(pos))
     if len(state.shard.samples) >= state.settings.samples_per_shard:
         _close_shard(state)
     return True
@@ -440,6 +450,7 @@ def _close_shard(state: _State) -> None:
             "consumed": state.consumed,
             "sources": dict(shard.kept),
             "rejected": dict(shard.rejected),
+            "overlap": dict(shard.overlap),
             "stats": _plain_stats(shard.stats),
             "rejects_bytes": state.rejects.tell(),
             "last": [list(state.last_group) if state.last_group else None, f"{state.last_phash:064x}"],
@@ -452,16 +463,34 @@ def _close_shard(state: _State) -> None:
     state.shard = _Shard()
 
 
-def _process_items(state: _State, progress: bool) -> None:
-    """Read and clean the remaining items in the workers; judge and write their frames here, in input order."""
-    settings = state.settings
+def _outcomes(state: _State, spool: Spool | None) -> Iterator[tuple[Item, ItemOutcome, dict[int, Found]]]:
+    """Every remaining item with its outcome and its copies of excluded images, in input order: extracted
+    now, or from the parts' spool (matched here, in the workers, against the exclusion index)."""
+    workers, encoding = state.settings.workers, state.settings.codec.encoding
+    if spool is None:
+        extract = ExtractSettings(state.settings.size, state.settings.codec)
+        return ordered_map(_process, _plan(state, extract), workers)
+    spooled = replay(spool, state.sources, state.consumed)
+    if not state.exclusion_index:
+        return ((item, outcome, {}) for item, outcome in spooled)
+    jobs = ((item, outcome, state.exclusion_index, encoding) for item, outcome in spooled)
+    return ordered_map(_match_spooled, jobs, workers)
+
+
+def _match_spooled(job: tuple[Item, ItemOutcome, str, str]) -> tuple[Item, ItemOutcome, dict[int, Found]]:
+    item, outcome, index, encoding = job
+    return item, outcome, _overlaps(outcome, index, encoding)
+
+
+def _process_items(state: _State, progress: bool, spool: Spool | None = None) -> None:
+    """Read and clean the remaining items in the workers (or replay what the parts did); judge and write
+    their frames here, in input order."""
     total = sum(len(s) for s in state.sources)
     bar = progress_bar(total=total, initial=state.consumed, desc="build", unit="file", main=progress, logger=log)
     t0, n0 = time.time(), state.consumed
-    extract = ExtractSettings(settings.size, settings.codec)
     try:
-        for item, res in ordered_map(_process, _plan(state, extract), settings.workers):
-            judged = _judge_item(state, item, res)
+        for item, res, copies in _outcomes(state, spool):
+            judged = _judge_item(state, item, res, copies)
             bar.update(1)
             check_stop(f"{len(state.shards)} finished shards are journaled in {state.out}")
             if judged and bar.n % 64 == 0:
@@ -496,6 +525,7 @@ def _manifest(state: _State, identity: dict) -> dict:
         "shard_sources": state.shard_sources,
         "settings": settings.identity(),
         "source_specs": {s.name: s.spec for s in sources},
+        "exclusions": [x.record(state.overlap.get(x.name, 0)) for x in state.exclusions.sets],
         "identity": identity,
     }
 
@@ -503,6 +533,7 @@ def _manifest(state: _State, identity: dict) -> dict:
 def _finish(state: _State, identity: dict) -> dict:
     """Rename the rejects into place and write the manifest, which marks the build complete."""
     partial, out = state.out / REJECTS_PARTIAL, state.out
+    shutil.rmtree(out / EXCLUSION_INDEX, ignore_errors=True)
     if not state.shards:
         state.journal.remove()
         partial.unlink(missing_ok=True)
@@ -515,38 +546,106 @@ def _finish(state: _State, identity: dict) -> dict:
     return manifest
 
 
+def _prepare(
+    sources: dict[str, str] | list[SourceConfig],
+    out: Path,
+    settings: BuildSettings,
+    progress: bool,
+    exclusions: list[ExclusionSet],
+) -> tuple[list[Source], dict, dict | None]:
+    """The opened sources, the build identity and the manifest of a finished build of it in ``out``."""
+    settings.validate()
+    opened = _open_sources(sources)
+    identity = build_identity(opened, settings.identity(), exclusions)
+    return opened, identity, _built(out, identity, progress)
+
+
+def _index_exclusions(state: _State, progress: bool) -> None:
+    """Index the exclusion sets' images in the output folder (kept there until the build finishes, so
+    a resumed build reuses it: the sets are part of the identity, so they are the same)."""
+    if not state.exclusions.sets:
+        return
+    folder = state.out / EXCLUSION_INDEX
+    if not (folder / "names.json").is_file():
+        partial = state.out / (EXCLUSION_INDEX + "-partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        n = sum(len(x.images) for x in state.exclusions.sets)
+        if progress:
+            log.info(f"indexing {n} excluded images ({', '.join(x.name for x in state.exclusions.sets)})")
+        state.exclusions.build_index(partial, state.settings.workers)
+        os.replace(partial, folder)
+    state.exclusion_index = str(folder)
+
+
 def build_shards(
     sources: dict[str, str] | list[SourceConfig],
     out: str | Path,
     settings: BuildSettings | None = None,
     progress: bool = True,
+    exclusions: list[ExclusionSet] | None = None,
 ) -> dict:
     """Build (or resume, or confirm) the shard set in ``out``; returns the manifest.
 
-    ``sources`` is ``{name: path}`` (default options) or a catalogue's source list. The steps: open
-    the sources and compute the build identity; return a finished build of the same identity; resume
-    the journal (or start one); judge every remaining item in input order while writing shards; write
+    ``sources`` is ``{name: path}`` (default options) or a catalogue's source list; ``exclusions``
+    the evaluation images no sample may copy (:mod:`shards.exclusions`). The steps: open the sources
+    and compute the build identity; return a finished build of the same identity; resume the journal
+    (or start one); index the exclusion sets; judge every remaining item in input order while writing
+    shards (the outcomes come from the parts' spool when :func:`build_part` ran for every part); write
     the rejects and the manifest.
     """
-    settings = settings or BuildSettings()
-    settings.validate()
-    opened = _open_sources(sources)
-    identity = _identity(opened, settings)
-    out = Path(out)
-    manifest = _built(out, identity, progress)
+    settings, out = settings or BuildSettings(), Path(out)
+    exclusions = list(exclusions or [])
+    opened, identity, manifest = _prepare(sources, out, settings, progress, exclusions)
     if manifest is not None:
         return manifest
+    spool = finished_spool(out, identity)
     journal, records = _journal(out, identity)
-    state = _restore(out, settings, opened, journal, records)
-    _process_items(state, progress)
-    return _finish(state, identity)
+    state = _restore(out, settings, opened, exclusions, journal, records)
+    _index_exclusions(state, progress)
+    _process_items(state, progress, spool)
+    manifest = _finish(state, identity)
+    if spool is not None:
+        spool.remove()
+    return manifest
+
+
+def build_part(
+    sources: dict[str, str] | list[SourceConfig],
+    out: str | Path,
+    settings: BuildSettings,
+    part: Part,
+    progress: bool = True,
+    exclusions: Sequence[ExclusionSet] = (),
+) -> dict:
+    """Read, clean and encode ``part``'s slice of the inputs into the spool of ``out``
+    (:mod:`shards.build_parts`); :func:`build_shards` merges once every part is done, matching the
+    frames against ``exclusions`` there. A summary."""
+    out = Path(out)
+    opened, identity, manifest = _prepare(sources, out, settings, progress, list(exclusions))
+    if manifest is not None:
+        return {"part": str(part), "inputs": 0, "extracted": 0, "built": True}
+    extract = ExtractSettings(settings.size, settings.codec)
+    return run_part(out, identity, opened, extract, settings.workers, part, progress)
 
 
 def summary_line(manifest: dict) -> str:
     rej = ", ".join(f"{k} {v}" for k, v in manifest["rejected"].items()) or "none"
     src = ", ".join(f"{k} {v}" for k, v in manifest["sources"].items())
     n, shards = manifest["num_samples"], len(manifest["shards"])
-    return f"{n} samples in {shards} shards | kept per source: {src} | rejected: {rej}"
+    line = f"{n} samples in {shards} shards | kept per source: {src} | rejected: {rej}"
+    sets = manifest.get("exclusions", [])
+    if sets:
+        line += " | excluded: " + ", ".join(f"{x['name']} ({x['images']} images) {x['frames_removed']}" for x in sets)
+    return line
+
+
+def part_line(summary: dict, out: str) -> str:
+    if summary.get("built"):
+        return f"part {summary['part']}: {out} is built already; nothing to do"
+    return (
+        f"part {summary['part']}: {summary['inputs']} inputs cleaned and spooled ({summary['extracted']} now); "
+        "when every part is done, the same command without --part merges them"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -559,6 +658,7 @@ def main(argv: list[str] | None = None) -> None:
         help="a source dataset (repeat); folders are scanned recursively",
     )
     ap.add_argument("--corpus", metavar="YAML", help="a catalogue of sources with per-source options (see docs)")
+    add_exclusion_argument(ap, "--exclude", "evaluation images no sample may copy; copies are rejected as eval_overlap")
     ap.add_argument("--out", required=True, help="output folder for shards and manifest.json")
     d = BuildSettings()
     ap.add_argument("--size", type=int, default=d.size, help="output side in pixels (default %(default)s)")
@@ -590,6 +690,12 @@ def main(argv: list[str] | None = None) -> None:
         help="annotations inside the scan area: keep, inpaint or drop the frame (default: inpaint); "
         "for the --source sources and the catalogue sources that do not set it",
     )
+    ap.add_argument(
+        "--part",
+        metavar="I/N",
+        help="only read and clean the I-th (from 0) of N slices of the inputs, for N processes or nodes at once; "
+        "afterwards the command without --part merges (docs/cluster.md)",
+    )
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     _main(args)
@@ -597,7 +703,8 @@ def main(argv: list[str] | None = None) -> None:
 
 @cli_main
 def _main(args: argparse.Namespace) -> None:
-    configs: list[SourceConfig] = load_catalogue(args.corpus) if args.corpus else []
+    corpus = load_corpus(args.corpus) if args.corpus else None
+    configs: list[SourceConfig] = corpus.sources if corpus else []
     if args.annotations:
         configs = [with_default(c, "annotations", args.annotations) for c in configs]
     names = {c.name for c in configs}
@@ -621,8 +728,16 @@ def _main(args: argparse.Namespace) -> None:
         encoding=args.encoding,
         jpeg_quality=args.jpeg_quality,
     )
-    with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop after the current file, finished shards kept
-        manifest = build_shards(configs, args.out, settings, progress=not args.quiet)
+    exclusions = load_exclusions([*(corpus.exclude if corpus else []), *args.exclude])
+    # SIGTERM/SIGINT/SIGUSR1: a part stops after the current file (its chunks kept), the merge after
+    # the current file too (its finished shards kept); the same command continues.
+    with StopRequest():
+        if args.part:
+            part = Part.parse(args.part, "--part")
+            done = build_part(configs, args.out, settings, part, progress=not args.quiet, exclusions=exclusions)
+            print(part_line(done, args.out))
+            return
+        manifest = build_shards(configs, args.out, settings, progress=not args.quiet, exclusions=exclusions)
     print(summary_line(manifest))
 
 

@@ -3,6 +3,9 @@
     python -m shards.build --corpus corpus.yaml --out /data/shards --workers 16
 
 ```yaml
+exclude:                          # evaluation images the corpus must not contain (shards.exclusions)
+  - /runs/busi/splits.json        # a downstream splits.json: its test and val images
+  - /runs/ddti/splits.json:test   # or the parts named; or a folder of images
 sources:
   - name: busi                    # source name kept with every sample
     path: /data/Dataset_BUSI_with_GT   # folder, file glob, or hf:ID[:SPLIT]
@@ -19,8 +22,10 @@ Other keys: ``array_key``, ``array_layout`` (auto | thw | hwt), ``volume`` (sequ
 skip), ``volume_axis`` (0 | 1 | 2) and ``annotations`` (keep | inpaint | drop: what becomes of a
 frame with marks inside its scan area; ``--annotations`` sets it for entries without it). Every
 key but ``name`` and ``path`` is a field of :class:`shards.options.SourceOptions`, which checks its
-value. An unknown key, a missing path or a
-bad value is a one-line error naming the source. ``shards/catalogues/public_ultrasound.yaml`` is a
+value. An unknown key, a missing path or a bad value is a one-line error naming the source.
+``exclude`` (top level: an evaluation overlap concerns the whole corpus, not one source) lists
+exclusion sets as ``--exclude`` takes them; relative paths are relative to the catalogue.
+``shards/catalogues/public_ultrasound.yaml`` is a
 template for the public B-mode datasets (docs/data.md "The catalogue").
 """
 
@@ -32,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from shards.exclusions import split_name
 from shards.options import SourceOptions
 from shards.sources import NAME_RE
 from sonodistill.errors import UserError
@@ -55,7 +61,16 @@ def with_default(config: SourceConfig, key: str, value: object) -> SourceConfig:
     return replace(config, options=replace(config.options, **{key: value}))
 
 
+@dataclass
+class Corpus:
+    """A catalogue: its sources and its exclusion sets (``[NAME=]PATH[:PARTS]``, as ``--exclude``)."""
+
+    sources: list[SourceConfig]
+    exclude: list[str] = field(default_factory=list)
+
+
 KEYS = ["name", "path", *(f.name for f in fields(SourceOptions))]
+TOP_KEYS = ("sources", "exclude")
 
 
 def _check(entry: dict, where: str) -> SourceConfig:
@@ -71,8 +86,22 @@ def _check(entry: dict, where: str) -> SourceConfig:
     return SourceConfig(entry["name"], entry["path"], SourceOptions.parse(given, where), frozenset(given))
 
 
-def load_catalogue(path: str | Path) -> list[SourceConfig]:
-    """Read and validate a catalogue; relative source paths are relative to the catalogue file."""
+def _relative_to(path: Path, spec: str) -> str:
+    """A catalogue path made relative to the catalogue's folder (``[NAME=]`` kept)."""
+    name, target = split_name(spec)
+    target = os.path.expanduser(target)
+    return (f"{name}=" if name else "") + (target if os.path.isabs(target) else str(path.parent / target))
+
+
+def _exclude(path: Path, value: object) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(x, str) and x for x in items):
+        raise UserError(f"--corpus {path}: 'exclude' expects a path or a list of paths, got {value!r}")
+    return [_relative_to(path, x) for x in items]
+
+
+def load_corpus(path: str | Path) -> Corpus:
+    """Read and validate a catalogue; relative paths are relative to the catalogue file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--corpus {path}: file not found")
@@ -82,9 +111,9 @@ def load_catalogue(path: str | Path) -> list[SourceConfig]:
         raise UserError(f"--corpus {path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict) or not isinstance(data.get("sources"), list) or not data["sources"]:
         raise UserError(f"--corpus {path}: expected a mapping with a non-empty 'sources' list")
-    extra = [k for k in data if k != "sources"]
+    extra = [k for k in data if k not in TOP_KEYS]
     if extra:
-        raise UserError(f"--corpus {path}: unknown top-level key '{extra[0]}'; valid keys: sources")
+        raise UserError(f"--corpus {path}: unknown top-level key '{extra[0]}'; valid keys: {', '.join(TOP_KEYS)}")
     out: list[SourceConfig] = []
     for i, entry in enumerate(data["sources"]):
         name = entry.get("name") if isinstance(entry, dict) else None
@@ -98,4 +127,9 @@ def load_catalogue(path: str | Path) -> list[SourceConfig]:
         if any(c.name == cfg.name for c in out):
             raise UserError(f"{where}: source name '{cfg.name}' given twice")
         out.append(cfg)
-    return out
+    return Corpus(out, _exclude(path, data["exclude"]) if "exclude" in data else [])
+
+
+def load_catalogue(path: str | Path) -> list[SourceConfig]:
+    """The sources of a catalogue (:func:`load_corpus` without its exclusion sets)."""
+    return load_corpus(path).sources

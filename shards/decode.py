@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sonodistill.errors import UserError
+
 # Decoding a hostile or huge file must not exhaust memory on a worker.
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
 
@@ -76,6 +78,16 @@ def to_gray(pixels: np.ndarray) -> np.ndarray:
         return pixels
     rgb = pixels.astype(np.uint32)
     return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def read_pixels(path: str) -> np.ndarray:
+    """An image file's pixels as :func:`decode_image` gives them; one ``UserError`` line naming the
+    file when it cannot be read (for images a command was asked to read, not corpus items)."""
+    try:
+        with open(path, "rb") as fh:
+            return decode_image(fh.read()).pixels
+    except (OSError, DecodeError) as exc:
+        raise UserError(f"{path}: cannot read image ({exc})") from None
 
 
 def decode_image(data: bytes) -> Decoded:

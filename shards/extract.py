@@ -140,3 +140,9 @@ def extract_item(item: Item, opts: SourceOptions, settings: ExtractSettings) -> 
     except MemoryError:
         out.frames.append(FrameOutcome(None, Rejected("too_large", {"after": out.decoded})))
     return out
+
+
+def extract_job(job: tuple[Item, SourceOptions, ExtractSettings]) -> tuple[Item, ItemOutcome]:
+    """:func:`extract_item` as a worker's task (:func:`shards.ordered_pool.ordered_map`): the item and its outcome."""
+    item, opts, settings = job
+    return item, extract_item(item, opts, settings)

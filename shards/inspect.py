@@ -3,6 +3,7 @@
     python -m shards.inspect /data/shards --sheet /data/shards_sheet.png [--per-source 8] [--seed 0] [--boxes]
     python -m shards.inspect /data/shards --rejects /data/rejects_sheet.png [--per-reason 8]
     python -m shards.inspect https://host/us-shards        # a remote set (s3://, gs:// too)
+    python -m shards.inspect /data/shards --overlap runs/busi/splits.json [--overlap-sheet overlap.png]
 
 Prints the manifest summary (samples, shards, encoding, kept per source, rejections by reason). The sheet
 has one row per source dataset; shards are visited in a seeded random order and reading stops as
@@ -11,7 +12,9 @@ With ``--boxes`` each sample shows the annotations found in it (the ``annotation
 removed or kept as its source said), outlined in colour.
 The rejects sheet has one row per rejection reason: a seeded random choice of ``rejects.jsonl``
 lines, each re-read from its source file (the frame as decoded, before cleaning) and captioned
-with the rule's measured values, so the decisions can be audited by eye.
+with the rule's measured values, so the decisions can be audited by eye. ``--overlap`` counts the
+samples that copy an evaluation image (a splits.json or a folder, as ``shards.build --exclude``
+takes it; :mod:`shards.overlap`) and draws the matched pairs.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from shards.codec import CorruptSample, decode_gray
+from shards.exclusions import add_argument as add_exclusion_argument
 from shards.manifest import encoding_of, resolve_shards
 from shards.shardfile import ShardUnreadable, open_shard
 from sonodistill.errors import UserError, cli_main
@@ -235,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rejects", metavar="FILE.png", help="write a contact sheet of rejected frames, a row per reason")
     ap.add_argument("--per-reason", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    add_exclusion_argument(ap, "--overlap", "count the samples that copy these evaluation images")
+    ap.add_argument("--overlap-sheet", default="overlap.png", help="contact sheet of the matched pairs (+ .jsonl)")
+    ap.add_argument("--workers", type=int, default=1, help="processes for --overlap")
     args = ap.parse_args(argv)
     urls, manifest = resolve_shards(args.shards)
     if manifest is not None:
@@ -243,6 +250,10 @@ def main(argv: list[str] | None = None) -> None:
         sources = list((manifest or {}).get("sources", {}))
         contact_sheet(pick_samples(urls, sources, args.per_source, args.seed), args.sheet, boxes=args.boxes)
         log.info(f"contact sheet: {args.sheet}")
+    if args.overlap:
+        from shards.overlap import inspect_overlap
+
+        print(inspect_overlap(urls, args.overlap, args.overlap_sheet, max(1, args.workers)))
     if args.rejects:
         if manifest is None:
             raise UserError(f"{args.shards}: --rejects needs the shard folder (with manifest.json and rejects.jsonl)")

@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 import stat as stat_mod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -59,6 +59,8 @@ class Source(Protocol):
     def __len__(self) -> int: ...
 
     def items(self, start: int = 0) -> Iterator[Item]: ...
+
+    def sizes(self) -> list[int]: ...  # bytes per item, in item order: the expected cost of reading it
 
     def fingerprint(self) -> str: ...
 
@@ -165,6 +167,9 @@ class FolderSource:
         for rel, _ in self.files[start:]:
             yield Item(self.name, rel, path=str(self.root / rel), reject=self.rejects.get(rel))
 
+    def sizes(self) -> list[int]:
+        return [max(size, 0) for _, size in self.files]  # an entry never opened (a dangling link: -1) costs nothing
+
     def fingerprint(self) -> str:
         h = hashlib.sha1()
         for rel, size in self.files:
@@ -225,8 +230,23 @@ class DatasetSource:
             rel = f"{self.split}/{i:08d}" + (f"/{name}" if name else "")
             yield Item(self.name, rel, data=data or b"")
 
+    def sizes(self) -> list[int]:
+        """The mean item size for every item: exact sizes would mean reading every image's bytes."""
+        return [max(1, self.ds.data.nbytes // len(self.ds))] * len(self.ds)
+
     def fingerprint(self) -> str:
         return hashlib.sha1(f"{self.spec}\0{len(self.ds)}\0{self.ds._fingerprint}".encode()).hexdigest()
+
+
+def items_from(sources: Sequence[Source], start: int = 0) -> Iterator[Item]:
+    """Every item of ``sources`` in input order (source after source), from the ``start``-th on."""
+    for source in sources:
+        n = len(source)
+        if start >= n:
+            start -= n
+            continue
+        yield from source.items(start)
+        start = 0
 
 
 def parse_source(arg: str) -> tuple[str, str]:

@@ -53,7 +53,7 @@ from shards.handoff import BatchRing
 from shards.manifest import encoding_of, resolve_shards
 from shards.read_guard import MAX_SKIPPED_SHARE, STALL_TIMEOUT_S, ReadGuard
 from shards.shardfile import NPY_CODE as _NPY_CODE
-from shards.shardfile import Shard, ShardUnreadable, open_shard
+from shards.shardfile import IndexCache, Shard, ShardUnreadable
 from sonodistill.errors import UserError
 from sonodistill.stop import ignore_stop_signals
 
@@ -131,6 +131,7 @@ class _SlotStream(IterableDataset):
         self.decode, self.ring, self.encoding = decode, ring, encoding
         self.parts, self.first_parts = parts, first_parts or {}
         self._open: dict[str, Shard | None] = {}  # shards of the current windows (None: unreadable)
+        self._indexes = IndexCache()  # shards opened again in later epochs are not indexed again
         self.plan = plan  # resampled mode with source weights: (shard probabilities, keep per source)
 
     # --- the sample order of one slot in one epoch -------------------------------------------------
@@ -170,7 +171,7 @@ class _SlotStream(IterableDataset):
         parts_s: list[np.ndarray] = []
         parts_m: list[np.ndarray] = []
         pending, start, w, seen = 0, 0, 0, 0
-        coin = random.Random(_seed(self.seed, epoch, slot, 3))
+        coin = random.Random(_seed(self.seed, epoch, slot, 3)) if self.plan is not None else None
         for u in mine:
             n = self._count(u, counts)
             members = np.arange(n, dtype=np.int64)
@@ -212,7 +213,7 @@ class _SlotStream(IterableDataset):
         url = self.urls[u]
         if url not in self._open:
             try:
-                shard: Shard | None = open_shard(url)
+                shard: Shard | None = self._indexes.open(url)
                 if not shard.index.complete:
                     counts["bad_shard"] += 1  # truncated/damaged: the samples before the damage are used
                 self.guard.ok()
@@ -572,6 +573,12 @@ class ShardLoader:
         self._pass_done = False
 
     @property
+    def ring_slots(self) -> int:
+        """Shared-memory slots per worker of the hand-over ring (:mod:`shards.handoff`), each
+        ``parts * batch_size`` images: the items the DataLoader keeps in flight, plus two."""
+        return self._prefetch + 2
+
+    @property
     def num_samples(self) -> int | None:
         return None if self.manifest is None else int(self.manifest["num_samples"])
 
@@ -600,7 +607,7 @@ class ShardLoader:
         ring = None
         if self.num_workers > 0 and self.image_size and self.decode == "worker":
             rows = self.parts * self.batch_size
-            ring = BatchRing(self.num_workers, self._prefetch + 2, rows, int(self.image_size))
+            ring = BatchRing(self.num_workers, self.ring_slots, rows, int(self.image_size))
         ds = _SlotStream(
             self.urls,
             self.counts,

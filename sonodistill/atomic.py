@@ -2,6 +2,8 @@
 
 A crash or a kill mid-write leaves either the old file or the new one, never a torn file;
 every stage writes its manifests, metrics, checkpoints and shards through these helpers.
+Files that several processes may create at once (parts of a sweep or a shard build on other
+nodes) go through :func:`write_once`: created if absent, first writer wins.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,9 +24,8 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
-    path = Path(path)
+def _staged(path: Path, mode: str, publish: Callable[[str, Path], object], **kwargs: Any) -> Iterator[IO]:
+    """Write a temporary sibling of ``path``, then ``publish(tmp, path)``; the temporary never outlives it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -33,11 +34,48 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
+        publish(tmp, path)
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    with _staged(Path(path), mode, os.replace, **kwargs) as fh:
+        yield fh
+
+
+def _link_once(tmp: str, path: Path) -> bool:
+    try:
+        os.link(tmp, path)  # fails when path exists: create-if-absent in one step (POSIX and NFS)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: the file is complete either way, a racer may win
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
+
+
+def write_once(path: str | os.PathLike, data: bytes | str) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True when this call created it.
+
+    For files that several processes (sweep parts, build parts on other nodes) may make at once:
+    readers never see a torn file and of racing writers exactly one wins, so every process can read
+    the winner's file back and all of them go on with the same content."""
+    won: list[bool] = []
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    with _staged(Path(path), "wb", lambda tmp, p: won.append(_link_once(tmp, p))) as fh:
+        fh.write(blob)
+    return won[0]
+
+
+def json_text(obj: Any, indent: int = 2) -> str:
+    """How every JSON file of the project is written (indented, one trailing newline)."""
+    return json.dumps(obj, indent=indent, sort_keys=False) + "\n"
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -51,7 +89,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
-    write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+    write_text(path, json_text(obj, indent))
 
 
 @contextlib.contextmanager

@@ -168,6 +168,14 @@ def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str 
     return cfg
 
 
+def config_from_flags(cls: type[T], args: argparse.Namespace, flags: Sequence[str]) -> T:
+    """:func:`config_from_args` with the command's own flags (``--task X``) as the last overrides
+    (``task=X``), so a flag wins over a config file; flags not given are left alone."""
+    given = [f"{k}={v}" for k in flags if (v := getattr(args, k)) is not None]
+    args.overrides = [*args.overrides, *given]
+    return config_from_args(cls, args)
+
+
 def show_config(cfg: Any) -> None:
     """Print ``cfg`` as commented YAML (rank 0 only) and exit 0: ``--show-config``."""
     from sonodistill.logs import is_main_rank

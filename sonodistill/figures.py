@@ -81,3 +81,35 @@ def label_points(ax: Any, points: list[tuple[float, float, str]], fontsize: floa
             ann = ax.annotate(text, (x, y), xytext=offsets[0], textcoords="offset points", fontsize=fontsize)
             chosen = ann.get_window_extent(renderer)
         placed.append(chosen)
+
+
+def sheet_tile(gray: Any, side: int = 160) -> Any:
+    """A grey image shrunk to fit ``side`` x ``side`` (aspect kept) for a contact sheet."""
+    import numpy as np
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(gray))
+    img.thumbnail((side, side))
+    return np.asarray(img)
+
+
+def image_sheet(rows: list[list[tuple[Any, str]]], path: str | Path, titles: list[str] | None = None) -> Path:
+    """A contact sheet: one row per list of (grey ``HxW`` uint8 image, caption) tiles, each row
+    optionally titled; images keep their aspect ratio in equal square cells."""
+    import numpy as np
+
+    plt = pyplot()
+    cols = max(1, max((len(r) for r in rows), default=1))
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 2.0, len(rows) * 2.3), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                img, caption = row[c]
+                ax.imshow(np.asarray(img), cmap="gray", vmin=0, vmax=255)
+                ax.set_title(caption, fontsize=5.5)
+        if titles:
+            axes[r][0].text(0, 1.22, titles[r], transform=axes[r][0].transAxes, fontsize=8, weight="bold")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)

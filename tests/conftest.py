@@ -115,3 +115,20 @@ def deid_dir() -> Path:
 def pydicom_data_dir() -> Path:
     """Real ultrasound DICOMs from the pydicom-data 1.0.0 sdist (MIT): power Doppler, marks in the scan."""
     return _cached("SONODISTILL_PYDICOM_DATA", PYDICOM_DATA, "OBXXXX1A.dcm", "pydicom-data recordings")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A throw-away single-node SLURM (``tests/slurm/cluster.py``) with ``SLURM_CONF`` exported; skips
+    where it cannot run (not root, binaries missing), fails with the daemons' logs where it should."""
+    from slurm.cluster import ClusterError, Unavailable, start
+
+    try:
+        cluster = start()
+    except Unavailable as exc:
+        pytest.skip(f"no throw-away SLURM here: {exc}")
+    except ClusterError as exc:
+        pytest.fail(f"the throw-away SLURM did not start: {exc}", pytrace=False)
+    with cluster, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(cluster.conf))
+        yield cluster

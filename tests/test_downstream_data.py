@@ -281,24 +281,24 @@ def test_splits_stratified_without_groups():
 
 
 def test_splits_file_written_reused_and_checked(tmp_path):
-    cat = _catalog(40, labels=True)
+    cat = _catalog(40, labels=True)  # image files that do not exist: no duplicate grouping
     path = tmp_path / "splits.json"
-    s = load_or_make_splits(cat, path, (0.6, 0.2, 0.2), seed=1)
+    s = load_or_make_splits(cat, path, (0.6, 0.2, 0.2), seed=1, duplicates=False)
     data = json.loads(path.read_text())
     assert data["train"] == s.train and sum(data["counts"].values()) == len(cat)
     assert sum(data["class_counts"]["test"].values()) == len(s.test)
     # reuse: a hand-edited file is honoured as long as it is valid
     data["train"], data["val"] = data["val"], data["train"]
     path.write_text(json.dumps(data))
-    assert load_or_make_splits(cat, path, (0.6, 0.2, 0.2), seed=1).train == s.val
+    assert load_or_make_splits(cat, path, (0.6, 0.2, 0.2), seed=1, duplicates=False).train == s.val
     with pytest.raises(UserError, match="delete the file or point split.file"):
-        load_or_make_splits(cat, path, (0.8, 0.1, 0.1), seed=1)
+        load_or_make_splits(cat, path, (0.8, 0.1, 0.1), seed=1, duplicates=False)
     smaller = Catalog("t", "/x", cat.records[:-3], cat.classes)
     with pytest.raises(UserError, match="is not in the dataset"):
-        load_or_make_splits(smaller, path, (0.6, 0.2, 0.2), seed=1)
+        load_or_make_splits(smaller, path, (0.6, 0.2, 0.2), seed=1, duplicates=False)
     bigger = Catalog("t", "/x", cat.records + [Record("new", "/x/new.png", label=0, group="new")], cat.classes)
     with pytest.raises(UserError, match="1 image\\(s\\) of /x are in no split"):
-        load_or_make_splits(bigger, path, (0.6, 0.2, 0.2), seed=1)
+        load_or_make_splits(bigger, path, (0.6, 0.2, 0.2), seed=1, duplicates=False)
     leak = dict(data)
     g0 = next(r.group for r in cat.records if r.id == data["train"][0])
     mate = [r.id for r in cat.records if r.group == g0]
@@ -307,7 +307,7 @@ def test_splits_file_written_reused_and_checked(tmp_path):
         leak["test"] = data["test"] + [mate[1]]
         path.write_text(json.dumps(leak))
         with pytest.raises(UserError, match=f"patient/group '{g0}' is in both"):
-            load_or_make_splits(cat, path, (0.6, 0.2, 0.2), seed=1)
+            load_or_make_splits(cat, path, (0.6, 0.2, 0.2), seed=1, duplicates=False)
     with pytest.raises(UserError, match="too few"):
         make_splits(_catalog(2, labels=False, seed=5), (0.7, 0.2, 0.1))
 

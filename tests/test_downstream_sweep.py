@@ -24,6 +24,34 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def check_splits_and_cells(out: Path, busi_dir: Path, ddti_dir: Path, metric) -> None:
+    """The sweep's splits (one per dataset, patients whole) and each cell's own outputs."""
+    # one split per dataset, shared by busi-seg and busi-cls; DDTI patients never straddle splits
+    splits = sorted((out / "splits").glob("*.json"))
+    assert len(splits) == 2 and splits[0].name.startswith(busi_dir.name) and splits[1].name.startswith(ddti_dir.name)
+    ddti = json.loads(splits[1].read_text())
+    groups = {p: {i.split("/")[-1].split("_")[0] for i in ddti[p]} for p in ("train", "val", "test")}
+    assert (
+        not (groups["train"] & groups["test"])
+        and not (groups["train"] & groups["val"])
+        and not (groups["val"] & groups["test"])
+    )
+
+    # per-cell outputs; label subsets nested and stratified
+    _, r = metric("busi-cls", "R50-Rand", "linear", 0.5, "accuracy")
+    cell = Path(r["config"]["out"])
+    for name in ("metrics.json", "config.yaml", "subset.json", "confusion.png", "curves.png"):
+        assert (cell / name).is_file(), name
+    half = set(json.loads((cell / "subset.json").read_text())["train"])
+    full = set(json.loads((cell.parent / "f1_s0" / "subset.json").read_text())["train"])
+    assert half < full and {i.split("/")[0] for i in half} == {"normal", "benign", "malignant"}
+    seg_cell = Path(metric("busi-seg", "R50-Distill", "linear", 1.0, "dice")[1]["config"]["out"])
+    assert (seg_cell / "predictions.png").is_file() and any((seg_cell / "tb").iterdir())
+    per_image = json.loads((seg_cell / "metrics.json").read_text())["test_per_image"]
+    busi_split = json.loads(splits[0].read_text())
+    assert sorted(p["id"] for p in per_image) == sorted(busi_split["test"])
+
+
 def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     export = save_encoder(tmp_path / "export", "resnet50", seed=3)
     out = tmp_path / "sweep"
@@ -70,8 +98,10 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     t1 = tables.split("## Table 1")[1].split("## Table 2")[0]
     row = next(line for line in t1.splitlines() if line.startswith("| R50-Distill |"))
     cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
-    assert cells[1] == f"{metric('ddti-seg', 'R50-Distill', 'linear', 1.0, 'dice')[0]:.4f}"
-    assert cells[6] == f"{metric('busi-cls', 'R50-Distill', 'linear', 1.0, 'macro_f1')[0]:.4f}"
+    assert cells[1] == f"{metric('ddti-seg', 'R50-Distill', 'linear', 1.0, 'dice')[0]:.4f} (1)"  # no provenance:
+    assert cells[6] == f"{metric('busi-cls', 'R50-Distill', 'linear', 1.0, 'macro_f1')[0]:.4f} (1)"  # marked
+    rand = t1.split("| R50-Rand |")[1].split("\n")[0]  # random init: nothing to check, nothing marked
+    assert "\n(1) not checked for test-set contamination (no provenance)" in t1 and " (" not in rand
     assert "## Table 3: Limited labels, linear probing" in tables and "BUSI Cls. Acc 50%" in tables
     assert "## Table 2: Full fine-tuning on all labeled data\n\nNot run in this sweep" in tables
     assert (out / "fractions_linear.png").stat().st_size > 1000 and not (out / "fractions_finetune.png").exists()
@@ -80,30 +110,7 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     _, seg = metric("ddti-seg", "R50-Distill", "linear", 1.0, "dice")
     assert seg["metrics"]["edge"]["params_m"] > 30 and seg["metrics"]["edge"]["eager_ms"] > 0  # the whole U-Net
 
-    # one split per dataset, shared by busi-seg and busi-cls; DDTI patients never straddle splits
-    splits = sorted((out / "splits").glob("*.json"))
-    assert len(splits) == 2 and splits[0].name.startswith(busi_dir.name) and splits[1].name.startswith(ddti_dir.name)
-    ddti = json.loads(splits[1].read_text())
-    groups = {p: {i.split("/")[-1].split("_")[0] for i in ddti[p]} for p in ("train", "val", "test")}
-    assert (
-        not (groups["train"] & groups["test"])
-        and not (groups["train"] & groups["val"])
-        and not (groups["val"] & groups["test"])
-    )
-
-    # per-cell outputs; label subsets nested and stratified
-    _, r = metric("busi-cls", "R50-Rand", "linear", 0.5, "accuracy")
-    cell = Path(r["config"]["out"])
-    for name in ("metrics.json", "config.yaml", "subset.json", "confusion.png", "curves.png"):
-        assert (cell / name).is_file(), name
-    half = set(json.loads((cell / "subset.json").read_text())["train"])
-    full = set(json.loads((cell.parent / "f1_s0" / "subset.json").read_text())["train"])
-    assert half < full and {i.split("/")[0] for i in half} == {"normal", "benign", "malignant"}
-    seg_cell = Path(metric("busi-seg", "R50-Distill", "linear", 1.0, "dice")[1]["config"]["out"])
-    assert (seg_cell / "predictions.png").is_file() and any((seg_cell / "tb").iterdir())
-    per_image = json.loads((seg_cell / "metrics.json").read_text())["test_per_image"]
-    busi_split = json.loads(splits[0].read_text())
-    assert sorted(p["id"] for p in per_image) == sorted(busi_split["test"])
+    check_splits_and_cells(out, busi_dir, ddti_dir, metric)
 
 
 def _resume_cfg(busi_dir, export, out) -> list[str]:

@@ -70,7 +70,7 @@ def test_edge_column_scores_runtimes_and_caches_latency(tmp_path):
     test, calib = _batches(8, 32, 0), _batches(4, 32, 1)
     dep = classification_deployment(test, calib, prepare)
     cfg = EdgeConfig(threads=1, runs=4, warmup=1, rounds=2, quant=QuantConfig(calib_images=4))
-    cache = LatencyCache(tmp_path / "latency.json")
+    cache = LatencyCache(tmp_path / "latency")
     x = torch.zeros(1, 3, 32, 32)
     first = profile(model, x, cfg, deployable=True, deployment=dep, cache=cache, workdir=tmp_path)
     assert first["threads"] == 1 and first["input"] == [1, 3, 32, 32] and not first["latency_cached"]
@@ -84,7 +84,7 @@ def test_edge_column_scores_runtimes_and_caches_latency(tmp_path):
     assert onnx["int8_speedup"] == pytest.approx(onnx["fp32_ms"] / onnx["int8_ms"], rel=1e-2)
     # MobileNetV3's hard-sigmoid (hard-swish, squeeze-excitation) has no int8 kernel: fp32 islands
     assert onnx["int8_graph"]["fp32_ops"].get("HardSigmoid", 0) > 0 and onnx["int8_graph"]["depthwise_int8_convs"] > 0
-    again = profile(model, x, cfg, deployable=True, deployment=dep, cache=LatencyCache(tmp_path / "latency.json"))
+    again = profile(model, x, cfg, deployable=True, deployment=dep, cache=LatencyCache(tmp_path / "latency"))
     assert again["latency_cached"] and again["eager_ms"] == first["eager_ms"]
     assert again["onnx"]["int8_ms"] == onnx["int8_ms"]
     # a reference encoder (not deployable) is timed in PyTorch only; other threads are another measurement

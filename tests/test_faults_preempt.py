@@ -148,7 +148,7 @@ def test_a_signal_to_a_sweep_drops_only_the_running_cell(busi_dir, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
     last = [line for line in err.splitlines() if line.startswith(("stopped:", "error:"))]
-    assert len(last) == 1 and "SIGTERM received" in last[0] and "1 finished cells are kept" in last[0], err[-2000:]
+    assert len(last) == 1 and "SIGTERM received" in last[0] and "1 of 2 cells finished and kept" in last[0], err[-2000:]
     assert "Traceback" not in err and len(list(read_jsonl(results))) == 1
     again = subprocess.run([*cmd[:-2], "run.train.save_checkpoint=false", "run.edge.enabled=false"], env=env,
                            capture_output=True, text=True)  # fmt: skip

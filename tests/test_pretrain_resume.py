@@ -1,4 +1,7 @@
-"""Preemption: SIGTERM -> checkpoint -> exit 75, and the resumed run ends bit-identical."""
+"""Preemption: SIGTERM -> checkpoint -> exit 75, and the resumed run ends bit-identical.
+
+The signal goes to the whole process group, loader workers included, as SLURM sends it on a preemption.
+"""
 
 from __future__ import annotations
 
@@ -42,13 +45,15 @@ def test_sigterm_then_resume_equals_uninterrupted_run(shard_dir, tiny_teacher_di
         *tiny_overrides(shard_dir, tiny_teacher_dir, out, **RUN),
     ]
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ))
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=err, env=dict(os.environ), start_new_session=True
+        )
         try:
             deadline = time.time() + 240
             while time.time() < deadline and proc.poll() is None:
                 steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
                 if steps and steps[-1] >= 2:
-                    os.kill(proc.pid, signal.SIGTERM)
+                    os.killpg(proc.pid, signal.SIGTERM)  # the run and its 2 loader workers
                     break
                 time.sleep(0.05)
             rc = proc.wait(timeout=240)

@@ -41,32 +41,33 @@ class ReaderConfig:
 @dataclass(frozen=True)
 class DatasetLayout:
     detect: Callable[[Path], bool]  # layout auto: does this folder have the layout
-    read: Callable[[str, Kind, ReaderConfig], Catalog]  # (data location, task kind, reader options)
+    read: Callable[[str, Kind, ReaderConfig, bool], Catalog]  # (data location, task kind, reader options, check)
     prefix: str = ""  # a location starting with it has this layout, folder or not (hf:ID, ub:DIR)
 
 
-# Each adapter hands its reader the task kind and the ReaderConfig keys it takes.
-def _hub(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
+# Each adapter hands its reader the task kind, the ReaderConfig keys it takes and whether to check
+# that every image opens and every mask has its image's size (the audit reads unchecked, to report).
+def _hub(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
     mask = cfg.mask_column if kind == "seg" else ""
     columns = {"image_column": cfg.image_column, "label_column": cfg.label_column, "group_column": cfg.group_column}
-    return read_hub(data, mask_column=mask, **columns)
+    return read_hub(data, mask_column=mask, check=check, **columns)
 
 
-def _ultrabench(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
+def _ultrabench(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
     columns = {"mask_column": cfg.mask_column, "label_column": cfg.label_column, "group_column": cfg.group_column}
-    return read_ultrabench(data, kind, mask_values=cfg.mask_values, **columns)
+    return read_ultrabench(data, kind, mask_values=cfg.mask_values, check=check, **columns)
 
 
-def _paired(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
-    return read_paired(data, group_pattern=cfg.group_pattern)
+def _paired(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
+    return read_paired(data, group_pattern=cfg.group_pattern, check=check)
 
 
-def _busi(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
-    return read_busi(data, require_masks=(kind == "seg"))  # classification needs no masks
+def _busi(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
+    return read_busi(data, require_masks=(kind == "seg"), check=check)  # classification needs no masks
 
 
-def _class_folders(data: str, kind: Kind, cfg: ReaderConfig) -> Catalog:
-    return read_class_folders(data)
+def _class_folders(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
+    return read_class_folders(data, check=check)
 
 
 def _any_folder(root: Path) -> bool:
@@ -92,13 +93,14 @@ def detect_layout(data: str) -> str:
     return next(name for name, layout in LAYOUTS.items() if layout.detect(root))
 
 
-def read_catalog(data: str, kind: Kind, cfg: ReaderConfig | None = None) -> Catalog:
-    """Records for ``data`` checked for what ``kind`` needs (masks for seg, labels for cls)."""
+def read_catalog(data: str, kind: Kind, cfg: ReaderConfig | None = None, check: bool = True) -> Catalog:
+    """Records for ``data`` checked for what ``kind`` needs (masks for seg, labels for cls); with
+    ``check``, also that every image opens and every mask has its image's size."""
     cfg = cfg or ReaderConfig()
     layout = detect_layout(data) if cfg.layout == "auto" else cfg.layout
     if layout not in LAYOUTS:
         raise UserError(f"data.layout: expected one of {', '.join(get_args(Layout))}; got '{layout}'")
-    cat = LAYOUTS[layout].read(data, kind, cfg)
+    cat = LAYOUTS[layout].read(data, kind, cfg, check)
     if kind == "seg" and not cat.has_masks:
         raise UserError(
             f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"

@@ -32,7 +32,7 @@ import torch
 
 from downstream.edge.measure import fixed_threads, gmacs, num_params, side_by_side
 from downstream.edge.onnx import OrtModel, QuantConfig, export, int8_graph, quantize_static
-from sonodistill.atomic import write_json
+from sonodistill.atomic import json_text, write_once
 from sonodistill.config import to_dict
 
 log = logging.getLogger(__name__)
@@ -64,24 +64,27 @@ class Deployment:
 
 
 class LatencyCache:
-    """Latencies by architecture signature, in one JSON file (``None``: in memory only)."""
+    """Latencies by architecture signature, one JSON file per signature in ``folder`` (``None``: in
+    memory only). Each file is created once (:func:`~sonodistill.atomic.write_once`): processes sharing
+    the folder (sweep parts) never overwrite each other's measurements."""
 
-    def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path else None
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder) if folder else None
         self.data: dict[str, dict[str, Any]] = {}
-        if self.path is not None and self.path.is_file():
-            try:
-                self.data = json.loads(self.path.read_text())
-            except ValueError:
-                self.data = {}  # a torn file only costs a re-measurement
 
     def get(self, key: str) -> dict[str, Any] | None:
+        path = self.folder / f"{key}.json" if self.folder is not None else None
+        if key not in self.data and path is not None and path.is_file():
+            try:
+                self.data[key] = json.loads(path.read_text())
+            except ValueError:
+                return None  # not a measurement: measure again
         return self.data.get(key)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         self.data[key] = value
-        if self.path is not None:
-            write_json(self.path, self.data)
+        if self.folder is not None:
+            write_once(self.folder / f"{key}.json", json_text(value))
 
 
 def signature(model: torch.nn.Module, shape: tuple[int, ...], cfg: EdgeConfig, onnx: bool) -> str:

@@ -1,0 +1,192 @@
+"""``python -m downstream.audit``: what is wrong with a downstream dataset before anyone trains on it.
+
+    python -m downstream.audit --task busi-cls --data data/BUSI --out runs/audit-busi
+    python -m downstream.audit --task seg --data ub:data/ultrabench/camus --out runs/audit-camus reader.mask_column=mask
+
+Reads the task's dataset as a run would (any layout of :mod:`downstream.data.read`), without the
+readers' size check, and writes into ``--out``:
+
+- ``audit.json``: groups of exact and near-duplicate images (the shards' copy matching,
+  :mod:`downstream.groups`), label conflicts (a group under two or more classes), lesion-class
+  images whose masks are empty (every class but a normal one; in a dataset without classes every
+  image), masks whose size differs from their image's, and images that cannot be read; every path
+  relative to the dataset folder;
+- ``groups/group-NNNN.png``: a contact sheet of each duplicate group (captioned with path and class);
+- ``config.yaml``: the resolved config.
+
+Nothing is changed in the data. Splits leave label conflicts out and keep each group on one side by
+default (:mod:`downstream.splits`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_args
+
+from downstream.config import Task, read_task_data
+from downstream.data.pixels import image_size, load_mask
+from downstream.data.read import ReaderConfig
+from downstream.data.record import Catalog, Record, Source, describe_source
+from downstream.groups import DuplicateGroup, duplicate_groups, image_pixels
+from shards.clean import to_gray
+from shards.decode import read_pixels
+from shards.match import MATCHER
+from sonodistill.atomic import write_json
+from sonodistill.config import save_config
+from sonodistill.config_cli import add_config_args, config_from_flags
+from sonodistill.errors import UserError, cli_main
+from sonodistill.figures import image_sheet, sheet_tile
+from sonodistill.workers import loader_workers
+
+log = logging.getLogger(__name__)
+NORMAL_CLASSES = ("normal", "negative", "healthy", "background", "no_lesion")
+
+
+@dataclass
+class AuditConfig:
+    task: Task = "busi-seg"  # busi-seg | busi-cls | ddti-seg | seg | cls: decides the layout and what is read
+    data: str = ""  # dataset folder, hf:ID, a saved dataset or ub:DIR
+    out: str = "runs/audit"  # audit.json, groups/*.png and config.yaml go here
+    num_workers: int = 4  # processes matching images (capped at the cores this process may use)
+    max_sheets: int = 500  # at most this many group contact sheets (every group is in audit.json)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+
+
+def _rel(src: Source, root: str) -> str:
+    """A source's path relative to the dataset folder (its description when it is not a file)."""
+    path = getattr(src, "path", src)
+    if isinstance(path, str) and os.path.isabs(path):
+        rel = os.path.relpath(path, root)
+        return rel if not rel.startswith("..") else path
+    return describe_source(src)
+
+
+def _class(catalog: Catalog, rec: Record) -> str | None:
+    return catalog.classes[rec.label] if rec.label is not None and catalog.classes else None
+
+
+def unreadable(catalog: Catalog) -> list[dict]:
+    """Images whose header cannot be read (left out of every other check)."""
+    out = []
+    for r in catalog.records:
+        try:
+            image_size(r.image)
+        except UserError as exc:
+            out.append({"path": r.id, "error": str(exc)})
+    return out
+
+
+def mask_problems(catalog: Catalog) -> tuple[list[dict], list[dict]]:
+    """(masks whose size differs from their image's, lesion-class images whose masks are all empty)."""
+    sizes, empty = [], []
+    for r in catalog.records:
+        if not r.masks:
+            continue
+        size = image_size(r.image)
+        wrong = [m for m in r.masks if image_size(m) != size]
+        for m in wrong:
+            sizes.append({"path": r.id, "mask": _rel(m, catalog.root), "image_size": list(size),
+                          "mask_size": list(image_size(m))})  # fmt: skip
+        cls = _class(catalog, r)
+        lesion = cls is None or cls.lower() not in NORMAL_CLASSES
+        if lesion and not wrong and not load_mask(r.masks).any():
+            empty.append({"path": r.id, "class": cls, "masks": [_rel(m, catalog.root) for m in r.masks]})
+    return sizes, empty
+
+
+def _group_json(catalog: Catalog, k: int, g: DuplicateGroup, sheet: str | None) -> dict:
+    index = catalog.by_id()
+    return {
+        "group": k,
+        "kind": "exact" if g.exact else "near",
+        "label_conflict": g.label_conflict,
+        "images": [{"path": i, "class": _class(catalog, index[i])} for i in g.ids],
+        "sheet": sheet,
+    }
+
+
+def group_sheet(catalog: Catalog, k: int, g: DuplicateGroup, path: Path) -> None:
+    index = catalog.by_id()
+    tiles = []
+    for i in g.ids:
+        src = index[i].image
+        pixels = read_pixels(src) if isinstance(src, str) else image_pixels(src)
+        tiles.append((sheet_tile(to_gray(pixels)), f"{i[-32:]}\n{_class(catalog, index[i]) or ''}"))
+    kind = ("exact" if g.exact else "near") + (" duplicates, LABEL CONFLICT" if g.label_conflict else " duplicates")
+    rows = [tiles[j : j + 6] for j in range(0, len(tiles), 6)]
+    image_sheet(rows, path, titles=[f"group {k}: {len(g.ids)} {kind}"] + [""] * (len(rows) - 1))
+
+
+def audit(cfg: AuditConfig) -> dict:
+    """Run every check and write the outputs; returns the ``audit.json`` content."""
+    catalog = read_task_data(cfg.task, cfg.data, cfg.reader, check=False)
+    out = Path(cfg.out)
+    bad = unreadable(catalog)
+    broken = {b["path"] for b in bad}
+    readable = dataclasses.replace(catalog, records=[r for r in catalog.records if r.id not in broken])
+    sizes, empty = mask_problems(readable)
+    groups = duplicate_groups(readable, loader_workers(cfg.num_workers))
+    entries = []
+    for k, g in enumerate(groups, 1):
+        sheet = f"groups/group-{k:04d}.png" if k <= cfg.max_sheets else None
+        if sheet:
+            group_sheet(readable, k, g, out / sheet)
+        entries.append(_group_json(readable, k, g, sheet))
+    report = {
+        "task": cfg.task,
+        "dataset": catalog.name,
+        "root": os.path.abspath(catalog.root),
+        "images": len(catalog.records),
+        "classes": catalog.classes,
+        "matcher": MATCHER,
+        "summary": {
+            "duplicate_groups": len(groups),
+            "exact_groups": sum(g.exact for g in groups),
+            "images_in_groups": sum(len(g.ids) for g in groups),
+            "label_conflicts": sum(g.label_conflict for g in groups),
+            "empty_lesion_masks": len(empty),
+            "mask_size_mismatches": len(sizes),
+            "unreadable": len(bad),
+        },
+        "duplicate_groups": entries,
+        "label_conflicts": [e["group"] for e in entries if e["label_conflict"]],
+        "empty_lesion_masks": empty,
+        "mask_size_mismatches": sizes,
+        "unreadable": bad,
+    }
+    write_json(out / "audit.json", report)
+    save_config(cfg, out / "config.yaml")
+    return report
+
+
+def parse(argv: Sequence[str] | None = None) -> AuditConfig:
+    p = argparse.ArgumentParser(prog="python -m downstream.audit", description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=get_args(Task), help="busi-seg, busi-cls, ddti-seg, or generic seg / cls")
+    p.add_argument("--data", help="dataset: BUSI folder, image/mask folders, class folders, hf:ID, ub:DIR")
+    p.add_argument("--out", help="output folder")
+    add_config_args(p, AuditConfig)
+    return config_from_flags(AuditConfig, p.parse_args(argv), ("task", "data", "out"))
+
+
+@cli_main
+def main(argv: Sequence[str] | None = None) -> dict:
+    cfg = parse(argv)
+    report = audit(cfg)
+    s = report["summary"]
+    print(
+        f"{report['images']} images: {s['duplicate_groups']} duplicate groups ({s['exact_groups']} exact, "
+        f"{s['images_in_groups']} images), {s['label_conflicts']} label conflicts, {s['empty_lesion_masks']} "
+        f"lesion images with empty masks, {s['mask_size_mismatches']} mask size mismatches, "
+        f"{s['unreadable']} unreadable -> {Path(cfg.out) / 'audit.json'}"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""A sweep in parts: ``python -m downstream.sweep ... part=I/N`` on N processes (GPUs, nodes) sharing ``out``.
+
+Which cells a part runs:
+
+- **The same list for every part.** The cells still to do when the first part starts are written once
+  to ``OUT/parts/plan-N-<grid>.json`` (create-if-absent; ``<grid>`` hashes every cell key of the
+  grid). Every part slices that list, whenever it starts: a part that starts after another has
+  finished cells still gets the same slice, so no cell is run twice or by nobody. A new grid or
+  another N makes a new plan from what is still to do then.
+- **Balanced by expected cost.** Cells are grouped into units (the linear probes of one encoder on
+  one classification task share its frozen features: one unit, so they are extracted once), each
+  unit's cost comes from :data:`COST`, and the units are dealt longest first
+  (:func:`sonodistill.parts.assign`): the slow KD and fine-tuning cells spread over the parts.
+
+What parts write: each its own results file, ``results.part-I-of-N.jsonl`` (:func:`read_results`
+merges every results file); the splits, frozen features and latencies are created once, first
+writer wins (:func:`sonodistill.atomic.write_once`), and a cell's own folder belongs to that cell.
+Cell keys do not depend on the part. Parts write no tables: the same command without ``part`` finds
+every cell done and writes them from all parts' results, in grid order (identical to one process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sonodistill.atomic import json_text, write_once
+from sonodistill.errors import UserError
+from sonodistill.jsonl import read_jsonl
+from sonodistill.parts import Part, assign
+
+RESULTS = "results.jsonl"
+# Relative cost of a cell by (row kind, task kind) at the full label set. Measured on the tiny CPU
+# sweep (bench/parts.py: seconds per cell relative to fine-tuning a classifier); the KD weight is an
+# estimate between the tiny presets (1.2: tiny teachers) and the paper presets, where a cell trains a
+# ViT teacher and two students, each about one fine-tuning run.
+COST = {
+    ("linear", "cls"): 0.2,  # one linear layer on cached features
+    ("linear", "seg"): 0.8,  # a U-Net decoder on a frozen encoder
+    ("finetune", "cls"): 1.0,
+    ("finetune", "seg"): 1.5,
+    ("kd", "cls"): 3.0,
+    ("kd", "seg"): 3.0,
+    ("n/a", "cls"): 0.0,  # a KD recipe of the other task kind: nothing to train
+    ("n/a", "seg"): 0.0,
+}
+FIXED = 0.3  # evaluation, edge column, start-up: the share of a full-label cell that does not scale with the labels
+FEATURES = 0.5  # extracting one dataset's frozen features (once per unit of linear probes)
+
+
+def results_path(out: Path, part: Part | None) -> Path:
+    """Where a process appends its finished cells: ``results.jsonl``, or its part's own file."""
+    return out / (RESULTS if part is None else f"results.{part.tag}.jsonl")
+
+
+def read_results(out: Path) -> list[dict[str, Any]]:
+    """Every finished cell of ``results.jsonl`` and of the parts' files, each key once (the first)."""
+    seen: set[str] = set()
+    rows = []
+    for path in [out / RESULTS, *sorted(out.glob("results.part-*-of-*.jsonl"))]:
+        for r in read_jsonl(path):
+            if r.get("key") not in seen:
+                seen.add(r.get("key"))
+                rows.append(r)
+    return rows
+
+
+@dataclass(frozen=True)
+class CellWork:
+    """What the slicing needs to know of a cell."""
+
+    key: str
+    row: str  # linear | finetune | kd | n/a
+    task_kind: str  # cls | seg
+    fraction: float
+    features: tuple | None = None  # linear probes sharing one encoder's frozen features: (task, encoder)
+
+    @property
+    def cost(self) -> float:
+        """Expected cost (its share of frozen features aside): kind weight x (fixed + label fraction)."""
+        return COST[(self.row, self.task_kind)] * (FIXED + self.fraction)
+
+
+def slice_of(cells: Sequence[CellWork], part: Part) -> set[str]:
+    """The keys of ``part``'s slice of ``cells``, dealt by expected cost (see the module docstring)."""
+    units: dict[object, list[CellWork]] = {}
+    for c in cells:
+        units.setdefault(c.features or c.key, []).append(c)
+    costs = [sum(c.cost for c in m) + (FEATURES if m[0].features else 0.0) for m in units.values()]
+    owner = assign(costs, part.count)
+    return {c.key for members, p in zip(units.values(), owner) if p == part.index for c in members}
+
+
+def planned(out: Path, part: Part, grid_keys: Sequence[str], todo: Sequence[str]) -> list[str]:
+    """The keys still to do when the first part of this grid and N started (``todo`` if this is it)."""
+    digest = hashlib.sha1("\n".join(grid_keys).encode()).hexdigest()[:12]
+    path = out / "parts" / f"plan-{part.count}-{digest}.json"
+    write_once(path, json_text({"parts": part.count, "grid": digest, "todo": list(todo)}))
+    try:
+        return list(json.loads(path.read_text())["todo"])
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{path}: not a sweep plan ({exc}); delete it to plan the parts again") from None

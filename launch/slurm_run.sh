@@ -1,0 +1,53 @@
+# Shared by the sonodistill sbatch scripts (sourced, after they set REPO): the environment of a job
+# step, the part of an array task, and one step run to its end, requeued when it stopped on a signal.
+#
+# sonodistill_run LABEL COMMAND...   runs COMMAND (an srun line) in the background and waits for it.
+#   SLURM's stop signals also reach this script (a preemption sends SIGTERM to every process of the
+#   job): they are trapped, so the script lives until the step has kept its work. Exit code 75 from
+#   the step (EX_TEMPFAIL: stopped by a signal, work kept) requeues the job (`scontrol requeue`; the
+#   requeued job keeps its id, its array index and its arguments, and continues); any other code
+#   ends the job with it (2: bad input, one `error:` line in the log).
+# sonodistill_part                   prints I/N for an array task (I from 0, whatever the range's
+#   first index), nothing for a plain job; fails on an --array list that is not a range.
+
+set -u
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+EXIT_PREEMPTED=75
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+
+sonodistill_part() {
+  [ -n "${SLURM_ARRAY_TASK_COUNT:-}" ] || return 0
+  local first=${SLURM_ARRAY_TASK_MIN:-0} last=${SLURM_ARRAY_TASK_MAX:-0} step=${SLURM_ARRAY_TASK_STEP:-1}
+  if [ $(((last - first) / step + 1)) -ne "$SLURM_ARRAY_TASK_COUNT" ]; then
+    echo "sonodistill: error: sbatch --array: give a range such as --array=0-15 (tasks ${first}..${last} step ${step} are not ${SLURM_ARRAY_TASK_COUNT} parts)" >&2
+    return 2
+  fi
+  echo "$(((SLURM_ARRAY_TASK_ID - first) / step))/${SLURM_ARRAY_TASK_COUNT}"
+}
+
+sonodistill_run() {
+  local label=$1
+  shift
+  interrupted=0
+  trap 'interrupted=1; echo "sonodistill: SIGTERM received, waiting for ${label} to keep its work"' TERM
+  trap 'interrupted=1; echo "sonodistill: SIGUSR1 received, waiting for ${label} to keep its work"' USR1
+  "$@" &
+  local pid=$! rc=0 status
+  # `wait` returns early when a trapped signal arrives; wait again until the step's own status is known.
+  while :; do
+    interrupted=0
+    wait "$pid"
+    status=$?
+    [ "$status" -eq 127 ] && break # already collected (a signal raced the previous wait)
+    rc=$status
+    [ "$interrupted" -eq 1 ] || break
+  done
+  if [ "$rc" -eq "$EXIT_PREEMPTED" ]; then
+    echo "sonodistill: ${label} exited with ${rc} (stopped by a signal, its work kept); requeueing job ${SLURM_JOB_ID}"
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  echo "sonodistill: ${label} exited with ${rc}"
+  exit "$rc"
+}

@@ -1,0 +1,193 @@
+"""Shard builds in parts: ``python -m shards.build ... --part I/N`` on N nodes at once, then one merge.
+
+A part does the expensive work -- read, decode, clean, encode (:func:`shards.extract.extract_item`) --
+for its slice of the inputs and spools the outcomes. The merge, the same command without ``--part``,
+then judges every input in input order exactly as a one-process build does (near-identical clip
+frames, global duplicates, per-source caps, shards, rejects, manifest), taking each outcome from the
+spool instead of extracting it, so its output is byte-identical to a one-process build's.
+
+- **Slices.** The inputs of every source, in input order, are dealt to the N parts by file size,
+  largest first (:func:`sonodistill.parts.assign`; a dataset source's items count its mean size):
+  decoding follows the bytes, and a source of long clips spreads over every part. A part extracts
+  every input of its slice: whether a capped source (``max_images``) is full is only known in the
+  merge, which then skips the outcome as a one-process build skips the input.
+- **The spool**, in the output folder: ``.parts/build.json`` (the build identity and N, created once:
+  a part with other settings, sources or N refuses to join), ``.parts/part-I-of-N/chunk-<first>-<last>.pkl``
+  (the outcomes of up to :data:`CHUNK_ITEMS` inputs, written atomically: a part stopped by a signal
+  writes what it has done and exits 75, a killed one loses at most one chunk; either resumes after its
+  last chunk) and ``done.json`` when the part is complete. The spool holds the encoded samples:
+  about the size of the shards.
+- **The merge** refuses to start until every part is done, replays the chunks in input order (one
+  chunk per part in memory), and removes the spool once ``manifest.json`` is written.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import pickle
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from shards.extract import ExtractSettings, ItemOutcome, extract_job
+from shards.identity import describe_difference
+from shards.ordered_pool import ordered_map
+from shards.sources import Item, Source, items_from
+from sonodistill.atomic import json_text, write_bytes, write_json, write_once
+from sonodistill.errors import UserError
+from sonodistill.logs import progress as progress_bar
+from sonodistill.parts import Part, assign
+from sonodistill.stop import check_stop, stop_requested
+
+log = logging.getLogger(__name__)
+
+SPOOL = ".parts"
+CHUNK_ITEMS = 256  # inputs per chunk file: what a killed part redoes at most
+CHUNK_BYTES = 64 << 20  # and a chunk's encoded samples at most (memory of the merge: one chunk per part)
+CHUNK_RE = re.compile(r"^chunk-(\d{9})-(\d{9})\.pkl$")
+DONE = "done.json"
+Entry = tuple[int, str, str, ItemOutcome]  # (input index, source, relative path, outcome)
+
+
+def part_inputs(sources: Sequence[Source], part: Part) -> list[int]:
+    """The input indices (over every source, in input order) of ``part``'s slice, ascending."""
+    sizes = [size for s in sources for size in s.sizes()]
+    owner = assign(sizes, part.count)
+    return [i for i, p in enumerate(owner) if p == part.index]
+
+
+def _chunks(folder: Path) -> list[tuple[int, int, Path]]:
+    """A part's chunk files as (first, last, path), in input order."""
+    found = [(CHUNK_RE.match(p.name), p) for p in folder.glob("chunk-*.pkl")] if folder.is_dir() else []
+    return sorted((int(m.group(1)), int(m.group(2)), p) for m, p in found if m)
+
+
+class Spool:
+    """The parts' spool of ``out`` (see the module docstring)."""
+
+    def __init__(self, out: Path) -> None:
+        self.root = Path(out) / SPOOL
+
+    def folder(self, part: Part) -> Path:
+        return self.root / part.tag
+
+    def exists(self) -> bool:
+        return (self.root / "build.json").is_file()
+
+    @property
+    def count(self) -> int:
+        """N, the number of parts this spool was started for."""
+        return int(json.loads((self.root / "build.json").read_text()).get("parts", 0))
+
+    def join(self, identity: dict, count: int) -> None:
+        """Record (or check) the build this spool belongs to; :class:`UserError` when it is another."""
+        write_once(self.root / "build.json", json_text({"identity": identity, "parts": count}))
+        meta = json.loads((self.root / "build.json").read_text())
+        if meta.get("identity") != identity:
+            raise UserError(
+                f"--out {self.root.parent}: holds parts of a different build "
+                f"({describe_difference(meta.get('identity', {}), identity)}); use another --out or delete {self.root}"
+            )
+        if meta.get("parts") != count:
+            raise UserError(
+                f"--part ?/{count}: {self.root.parent} holds a build in {meta.get('parts')} parts; "
+                f"use --part I/{meta.get('parts')} or delete {self.root}"
+            )
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run_part(
+    out: Path,
+    identity: dict,
+    sources: Sequence[Source],
+    extract: ExtractSettings,
+    workers: int,
+    part: Part,
+    progress: bool,
+) -> dict:
+    """Extract and spool ``part``'s inputs not spooled yet; a summary of what it did."""
+    spool = Spool(out)
+    spool.join(identity, part.count)
+    folder = spool.folder(part)
+    mine = part_inputs(sources, part)
+    if (folder / DONE).is_file():
+        log.info(f"build part {part}: done before ({len(mine)} inputs spooled in {folder}); nothing to do")
+        return {"part": str(part), "inputs": len(mine), "extracted": 0}
+    chunks = _chunks(folder)
+    after = chunks[-1][1] if chunks else -1
+    todo = [i for i in mine if i > after]
+    for tmp in folder.glob(".*.tmp"):  # a chunk being written when the part was stopped
+        tmp.unlink()
+    initial = len(mine) - len(todo)
+    bar = progress_bar(total=len(mine), initial=initial, desc=f"part {part}", unit="file", main=progress, logger=log)
+    wanted, options = set(todo), {s.name: s.options for s in sources}
+    jobs = ((it, options[it.source], extract) for i, it in enumerate(items_from(sources)) if i in wanted)
+    chunk: list[Entry] = []
+    size = 0
+    try:
+        for index, (item, outcome) in zip(todo, ordered_map(extract_job, jobs, workers)):
+            chunk.append((index, item.source, item.relpath, outcome))
+            size += sum(len(getattr(f.result, "data", b"")) for f in outcome.frames)
+            bar.update(1)
+            stopping = stop_requested() is not None  # keep the inputs done so far, then stop
+            if len(chunk) >= CHUNK_ITEMS or size >= CHUNK_BYTES or stopping:
+                _write_chunk(folder, chunk)
+                chunk, size = [], 0
+            check_stop(f"{bar.n} of {len(mine)} inputs of part {part} are spooled in {folder}")
+        if chunk:
+            _write_chunk(folder, chunk)
+    finally:
+        bar.close()
+    write_json(folder / DONE, {"part": str(part), "inputs": len(mine)})
+    return {"part": str(part), "inputs": len(mine), "extracted": len(todo)}
+
+
+def _write_chunk(folder: Path, chunk: list[Entry]) -> None:
+    name = f"chunk-{chunk[0][0]:09d}-{chunk[-1][0]:09d}.pkl"
+    write_bytes(folder / name, pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def finished_spool(out: Path, identity: dict) -> Spool | None:
+    """The spool of ``out`` when every part is done (None: no parts were run); :class:`UserError` when
+    it belongs to another build or a part is unfinished."""
+    spool = Spool(out)
+    if not spool.exists():
+        return None
+    count = spool.count
+    spool.join(identity, count)
+    missing = [str(Part(i, count)) for i in range(count) if not (spool.folder(Part(i, count)) / DONE).is_file()]
+    if missing:
+        raise UserError(
+            f"--out {out}: build part(s) {', '.join(missing)} not finished; run them (--part I/{count}) first, "
+            f"or delete {spool.root} to build in one process"
+        )
+    return spool
+
+
+def replay(spool: Spool, sources: Sequence[Source], start: int) -> Iterator[tuple[Item, ItemOutcome]]:
+    """Every input from the ``start``-th on with its spooled outcome, in input order (what the merge judges)."""
+    count = spool.count
+    streams = [_stream(spool.folder(Part(i, count)), start) for i in range(count)]
+    merged = heapq.merge(*streams, key=lambda e: e[0])
+    missing = (None, "", "", None)
+    for expected, (item, entry) in enumerate(itertools.zip_longest(items_from(sources, start), merged), start):
+        index, source, rel, outcome = entry or missing
+        if item is None or index != expected or (source, rel) != (item.source, item.relpath):
+            where = f"input {expected} ({item.source}/{item.relpath})" if item is not None else f"entry {index}"
+            raise UserError(f"{spool.root}: the spool does not match the inputs at {where}; delete it and rebuild")
+        yield item, outcome
+
+
+def _stream(folder: Path, start: int) -> Iterator[Entry]:
+    for _, last, path in _chunks(folder):
+        if last < start:
+            continue
+        for entry in pickle.loads(path.read_bytes()):  # noqa: S301 (this build's own spool)
+            if entry[0] >= start:
+                yield entry

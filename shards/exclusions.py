@@ -1,0 +1,209 @@
+"""Exclusion sets: the evaluation images a corpus must not contain (``--exclude``, catalogue ``exclude``).
+
+A set is given as
+
+- ``SPLITS.json`` (a downstream ``splits.json``): its ``test`` and ``val`` images by default,
+  ``SPLITS.json:test`` (or ``:val``, ``:train``, ``:test,val``) picks parts. The file names the
+  dataset folder (``root``) and each id's image file relative to it (``images``), as
+  :mod:`downstream.splits` writes them, so the shards never read a dataset layout;
+- ``DIR``: every image file under the folder (recursive; hidden files left out);
+
+optionally prefixed by ``NAME=`` to name it (default: the dataset and parts, ``busi:test+val``, or
+the folder's name). A set is identified by its images' content: ``content_hash`` is the SHA-1 over
+the sorted SHA-1s of the image files, so renaming or moving them changes nothing, and any changed,
+added or removed image makes another set (and so another build: the set is part of the build
+identity). :func:`build_index` turns the sets into one :class:`shards.copyindex.CopyIndex`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+from bisect import bisect_right
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shards.copyindex import CopyIndex, reference_views
+from shards.decode import IMAGE_EXTENSIONS, read_pixels
+from shards.match import MATCHER
+from shards.sources import NAME_RE
+from sonodistill.errors import UserError
+
+PARTS = ("train", "val", "test")
+DEFAULT_PARTS = ("test", "val")
+
+
+@dataclass(frozen=True)
+class ExclusionSet:
+    name: str
+    spec: str  # as given on the command line or in the catalogue
+    root: Path  # the image paths are relative to it
+    images: tuple[str, ...]  # relative paths, sorted
+    parts: tuple[str, ...]  # splits.json parts; () for a folder
+    content_hash: str
+    part_hashes: tuple[tuple[str, str], ...] = ()  # (part, content hash of its images alone), splits.json only
+
+    def identity(self) -> dict:
+        """What makes the set (and the matching) part of a build's identity."""
+        return {
+            "name": self.name,
+            "images": len(self.images),
+            "content_hash": self.content_hash,
+            "parts": list(self.parts),
+            "matcher": MATCHER,
+        }
+
+    def record(self, removed: int) -> dict:
+        """The set as the manifest lists it. ``part_hashes`` lets a reader check one part (a task's
+        test split: ``load_exclusion("splits.json:test").content_hash``) against a set of several."""
+        extra = {"part_hashes": dict(self.part_hashes)} if self.part_hashes else {}
+        return {**self.identity(), **extra, "spec": self.spec, "root": str(self.root), "frames_removed": removed}
+
+
+PUBLIC_KEYS = ("name", "images", "content_hash", "parts", "part_hashes", "matcher", "frames_removed")
+
+
+def public_record(record: dict) -> dict:
+    """A manifest's exclusion set without its local parts (``spec``, ``root``): what an exported
+    encoder may publish about it."""
+    return {k: record[k] for k in PUBLIC_KEYS if k in record}
+
+
+def file_sha1(path: Path) -> str:
+    """SHA-1 of a file's bytes (one image of a set)."""
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def content_hash(digests: list[str]) -> str:
+    """SHA-1 over the sorted SHA-1s of the files: names and order do not count."""
+    return hashlib.sha1("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def add_argument(parser: argparse.ArgumentParser, flag: str, what: str) -> None:
+    """A repeatable command-line option taking exclusion sets as ``--exclude`` does."""
+    parser.add_argument(
+        flag,
+        action="append",
+        default=[],
+        metavar="[NAME=]SPLITS.json[:PARTS]|DIR",
+        help=f"{what} (repeat): a downstream splits.json (its test and val images, or the parts named: "
+        ":test, :test,val) or a folder of images",
+    )
+
+
+def split_name(spec: str) -> tuple[str | None, str]:
+    """``NAME=PATH`` -> (NAME, PATH); (None, spec) without a name (a path that exists keeps its '=')."""
+    head, sep, rest = spec.partition("=")
+    if sep and NAME_RE.match(head) and not os.path.exists(spec):
+        return head, rest
+    return None, spec
+
+
+def _split_spec(spec: str) -> tuple[str | None, str, tuple[str, ...] | None]:
+    """``[NAME=]PATH[:PARTS]`` -> (name, path, parts); a path that exists as given keeps its colons."""
+    name, spec = split_name(spec)
+    if os.path.exists(spec) or ":" not in spec:
+        return name, spec, None
+    path, parts = spec.rsplit(":", 1)
+    picked = tuple(p for p in re.split(r"[,+]", parts) if p)
+    bad = [p for p in picked if p not in PARTS]
+    if bad or not picked:
+        raise UserError(f"--exclude {spec}: unknown split part '{(bad or [parts])[0]}'; expected {', '.join(PARTS)}")
+    return name, path, picked
+
+
+def _from_splits(spec: str, path: Path, parts: tuple[str, ...]) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--exclude {spec}: {path} is not a readable splits.json ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(p), list) for p in PARTS):
+        raise UserError(f"--exclude {spec}: {path} is not a splits.json (expected train/val/test id lists)")
+    if not isinstance(data.get("root"), str) or not isinstance(data.get("images"), dict):
+        raise UserError(
+            f"--exclude {spec}: {path} does not name its images' files (made before splits.json recorded "
+            "'root' and 'images'); delete it and let the downstream run write it again"
+        )
+    ids = [str(i) for p in parts for i in data[p]]
+    missing = [i for i in ids if i not in data["images"]]
+    if missing:
+        raise UserError(f"--exclude {spec}: id '{missing[0]}' has no image file in {path} (a Hub dataset?)")
+    label = data.get("dataset") or path.stem
+    images = {p: tuple(sorted({data["images"][str(i)] for i in data[p]})) for p in parts}
+    return f"{label}:{'+'.join(parts)}", Path(data["root"]), images
+
+
+def _from_folder(spec: str, root: Path) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
+    images = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+                images.append(Path(dirpath, f).relative_to(root).as_posix())
+    if not images:
+        raise UserError(f"--exclude {spec}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return root.resolve().name, root, {"": tuple(sorted(images))}
+
+
+def load_exclusion(spec: str) -> ExclusionSet:
+    """Parse ``[NAME=]PATH[:PARTS]`` and list the set's images (checked to exist) and content hash."""
+    name, path_text, parts = _split_spec(spec)
+    path = Path(os.path.expanduser(path_text))
+    if path.is_dir():
+        if parts is not None:
+            raise UserError(f"--exclude {spec}: ':{','.join(parts)}' picks parts of a splits.json, not of a folder")
+        label, root, by_part = _from_folder(spec, path)
+    elif path.is_file():
+        label, root, by_part = _from_splits(spec, path, parts or DEFAULT_PARTS)
+    else:
+        raise UserError(f"--exclude {spec}: {path} is neither a splits.json nor a folder of images")
+    images = tuple(sorted({rel for rels in by_part.values() for rel in rels}))
+    absent = [rel for rel in images if not (root / rel).is_file()]
+    if absent:
+        raise UserError(f"--exclude {spec}: {len(absent)} image(s) not found, e.g. {root / absent[0]}")
+    digests = {rel: file_sha1(root / rel) for rel in images}
+    parts = tuple(p for p in by_part if p)
+    part_hashes = tuple((p, content_hash([digests[r] for r in by_part[p]])) for p in parts)
+    return ExclusionSet(name or label, spec, root, images, parts, content_hash(list(digests.values())), part_hashes)
+
+
+def load_exclusions(specs: list[str]) -> list[ExclusionSet]:
+    sets = [load_exclusion(s) for s in specs]
+    names = [s.name for s in sets]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:
+        raise UserError(f"--exclude: two sets are named '{twice}'; name them apart with NAME=PATH")
+    return sets
+
+
+@dataclass
+class Exclusions:
+    """The sets and one index over all their images (references in set order)."""
+
+    sets: list[ExclusionSet]
+    offsets: list[int]  # first reference of each set
+
+    @classmethod
+    def of(cls, sets: list[ExclusionSet]) -> Exclusions:
+        offsets = np.cumsum([0] + [len(s.images) for s in sets[:-1]]).tolist()
+        return cls(sets, offsets)
+
+    def set_of(self, ref: int) -> ExclusionSet:
+        return self.sets[bisect_right(self.offsets, ref) - 1]
+
+    def build_index(self, folder: str | Path, workers: int = 1) -> CopyIndex:
+        """Index every image of every set (in ``workers`` processes) and save it in ``folder``."""
+        paths = [str(s.root / rel) for s in self.sets for rel in s.images]
+        names = [rel for s in self.sets for rel in s.images]
+        index = CopyIndex.build(names, reference_views(read_pixels, paths, workers))
+        index.save(folder)
+        return index

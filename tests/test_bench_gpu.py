@@ -1,0 +1,101 @@
+"""``bench/gpu.py``, the prepared GPU check: it must keep working although CI has no GPU.
+
+``--smoke`` runs every part at tiny sizes on the CPU (the same code paths as on a GPU: the
+trainer's setup and step functions, ShardLoader, the augmentations, accelerate + DeepSpeed, a
+downstream cell); without a GPU and without ``--smoke`` the script says it skipped. Speeds are
+not asserted, only that every part produced its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "gpu.py"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(*args: str, timeout: int = 900) -> tuple[subprocess.CompletedProcess, dict]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # this test is about the CPU behaviour
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_without_a_gpu_it_skips(tmp_path):
+    _, summary = _run("--out", str(tmp_path))
+    assert summary == {"device": "cpu", "skipped": True}
+    assert json.loads((tmp_path / "gpu.json").read_text()) == summary
+
+
+def test_a_failing_part_is_recorded_and_a_part_over_budget_is_skipped():
+    gpu = _bench_module()
+    b = gpu.Bench(argparse.Namespace(smoke=True, budget=100.0, out=None, parts=""), Path("/nonexistent"))
+
+    def broken(_b):
+        raise ValueError("shards missing\n  second line")
+
+    gpu.PART_FNS["augment"] = broken
+    out = gpu.run_part(b, "augment")
+    assert out["ok"] is False and out["error"] == "ValueError: shards missing second line"
+    assert out["seconds"] >= 0
+    b.args.budget = 0.0
+    out = gpu.run_part(b, "augment")
+    assert out["ok"] is False and out["skipped"].startswith("budget: ")
+
+
+def _positive(*values) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+@pytest.mark.slow
+def test_smoke_runs_every_part(tmp_path):
+    gpu = _bench_module()
+    # A generous budget: the smoke must finish every part even on a slow, shared CI machine.
+    proc, s = _run("--smoke", "--out", str(tmp_path), "--budget", "1500", timeout=1700)
+    assert s["bench"] == "gpu" and s["device"] == "cpu" and s["smoke"] is True
+    failed = {k: s[k] for k in gpu.PARTS if not s[k]["ok"]}
+    assert not failed
+    assert json.loads((tmp_path / "gpu.json").read_text()) == s
+    assert "step (" in (tmp_path / "gpu.txt").read_text()
+
+    step = s["step"]["batches"]
+    assert sorted(step, key=int) == [str(b) for b in gpu.SMOKE.batches]
+    for row in step.values():
+        assert _positive(row["whole_img_s"], row["model_img_s"], row["ratio"], row["teacher_share"])
+        assert row["peak_gib"] is None  # GPU memory: not measured on a CPU
+    wall = s["wall_time"]
+    assert wall["images"] == 1000 * gpu.RECIPE_IMAGES and wall["global_batch"] == 512
+    assert set(wall["gpus"]) == {"8", "64"}
+    assert all(_positive(r["hours"], r["img_s_per_gpu"]) for r in wall["gpus"].values())
+    loader = s["loader"]
+    assert _positive(loader["target_img_s"])
+    for enc in ("raw", "jpeg"):
+        r = loader["encodings"][enc]
+        assert _positive(r["one_worker_img_s"], r["img_s"]) and r["workers_needed"] >= 1
+        assert isinstance(r["keeps_up"], bool)
+    assert _positive(s["augment"]["device_img_s"], s["augment"]["cpu_img_s"])
+    down = s["downstream"]
+    assert _positive(down["cell_s"], down["n_train"], down["train_img_s"]) and 0.0 <= down["test_dice"] <= 1.0
+    ds = s["deepspeed"]
+    assert ds["runs"] is True and ds["steps"] == gpu.SMOKE.ds_steps and _positive(ds["img_s"], ds["final_loss"])
+    comp = s["compile"]
+    assert _positive(comp["compile_s"], comp["on"]["model_img_s"], comp["off"]["model_img_s"])

@@ -1,0 +1,171 @@
+"""shards.build --part I/N: slices, the spool, a merge byte-identical to one process, concurrency, resume, refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_build import sources_of, tree_bytes
+
+import shards.build_parts as parts_mod
+from shards.build import BuildSettings, build_part, build_shards
+from shards.build_parts import SPOOL, part_inputs
+from shards.catalogue import SourceConfig
+from shards.options import SourceOptions
+from shards.sources import open_source
+from sonodistill.errors import UserError
+from sonodistill.parts import Part
+from sonodistill.stop import Stopped, StopRequest
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = dict(size=48, samples_per_shard=5, workers=1)
+
+
+@pytest.fixture(scope="module")
+def configs(corpus_dir) -> list[SourceConfig]:
+    """Three sources, one capped (whether it is full is only known in input order: the merge decides)."""
+    src = sources_of(corpus_dir)
+    return [
+        SourceConfig("breast", src["breast"]),
+        SourceConfig("cardiac", src["cardiac"], SourceOptions(max_images=6)),
+        SourceConfig("thyroid", src["thyroid"]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def one_process(configs, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "shards"
+    build_shards(configs, out, BuildSettings(**SETTINGS), progress=False)
+    return out
+
+
+def test_slices_deterministic_disjoint_covering_balanced_by_size(configs):
+    sources = [open_source(c.name, c.path, c.options) for c in configs]
+    sizes = [s for src in sources for s in src.sizes()]
+    slices = [part_inputs(sources, Part(i, 3)) for i in range(3)]
+    assert slices == [part_inputs(sources, Part(i, 3)) for i in range(3)]
+    assert sorted(i for s in slices for i in s) == list(range(len(sizes)))
+    loads = [sum(sizes[i] for i in s) for s in slices]
+    assert max(loads) - min(loads) <= max(sizes), loads
+    assert all(s == sorted(s) for s in slices)
+
+
+def test_parts_then_merge_byte_identical_without_extracting_again(configs, one_process, tmp_path, monkeypatch):
+    out = tmp_path / "shards"
+    settings = BuildSettings(**SETTINGS)
+    done = [build_part(configs, out, settings, Part(i, 3), progress=False) for i in range(3)]
+    assert sum(d["inputs"] for d in done) == sum(len(open_source(c.name, c.path)) for c in configs)
+    assert sorted(p.name for p in out.iterdir()) == [SPOOL]  # nothing but the spool before the merge
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the merge extracted an input again")
+
+    monkeypatch.setattr("shards.extract.extract_item", no_extraction)
+    manifest = build_shards(configs, out, settings, progress=False)
+    assert tree_bytes(out) == tree_bytes(one_process) and not (out / SPOOL).exists()
+    assert manifest["per_source"]["cardiac"]["kept"] == 6
+    # after the merge: a part and the merge itself have nothing left to do
+    assert build_part(configs, out, settings, Part(1, 3), progress=False)["built"]
+    assert build_shards(configs, out, settings, progress=False) == manifest
+
+
+def run_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "shards.build", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_two_parts_at_once_in_two_processes_then_the_merge(corpus_dir, tmp_path):
+    src = sources_of(corpus_dir)
+    args = [f"--source={n}={src[n]}" for n in ("breast", "fetal", "thyroid")]
+    args += ["--size=48", "--samples-per-shard=5", "--workers=1", "--quiet"]
+    ref, out = tmp_path / "ref", tmp_path / "parts"
+    procs = [run_cli(*args, f"--out={out}", f"--part={i}/2") for i in range(2)]
+    procs.append(run_cli(*args, f"--out={ref}"))  # the one-process build, alongside
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert "part 0/2:" in outputs[0] and "the same command without --part merges them" in outputs[1]
+    merge = subprocess.run(
+        [sys.executable, "-m", "shards.build", *args, f"--out={out}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert merge.returncode == 0, merge.stderr
+    assert tree_bytes(out) == tree_bytes(ref)
+
+
+def test_a_stopped_part_resumes_after_its_last_chunk(configs, one_process, tmp_path, monkeypatch):
+    out, settings = tmp_path / "shards", BuildSettings(**SETTINGS)
+    monkeypatch.setattr(parts_mod, "CHUNK_ITEMS", 4)
+    real_write, calls = parts_mod._write_chunk, {"n": 0}
+
+    def dying_write(folder, chunk):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # stopped while writing its third chunk
+        real_write(folder, chunk)
+
+    monkeypatch.setattr(parts_mod, "_write_chunk", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        build_part(configs, out, settings, Part(0, 2), progress=False)
+    folder = out / SPOOL / "part-0-of-2"
+    kept = {p.name: p.stat().st_ino for p in folder.glob("chunk-*.pkl")}
+    assert len(kept) == 2 and not (folder / "done.json").exists()
+    with pytest.raises(UserError, match=r"build part\(s\) 0/2, 1/2 not finished; run them \(--part I/2\) first"):
+        build_shards(configs, out, settings, progress=False)
+    monkeypatch.setattr(parts_mod, "_write_chunk", real_write)
+    summary = build_part(configs, out, settings, Part(0, 2), progress=False)
+    assert summary["extracted"] == summary["inputs"] - 8  # two chunks of 4 were not redone
+    assert all(p.stat().st_ino == ino for p in folder.glob("chunk-*.pkl") if (ino := kept.get(p.name)))
+    build_part(configs, out, settings, Part(1, 2), progress=False)
+    build_shards(configs, out, settings, progress=False)
+    assert tree_bytes(out) == tree_bytes(one_process)
+
+
+def test_a_signal_stops_a_part_after_the_current_input_its_work_spooled(configs, one_process, tmp_path, monkeypatch):
+    out, settings = tmp_path / "shards", BuildSettings(**SETTINGS)
+    monkeypatch.setattr(parts_mod, "CHUNK_ITEMS", 4)
+    real_write = parts_mod._write_chunk
+
+    def write_then_signal(folder, chunk):
+        real_write(folder, chunk)
+        if len(list(folder.glob("chunk-*.pkl"))) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as SLURM's preemption sends it
+
+    monkeypatch.setattr(parts_mod, "_write_chunk", write_then_signal)
+    with StopRequest(), pytest.raises(Stopped, match=r"^SIGTERM received; 4 of \d+ inputs of part 0/2 are spooled in "):
+        build_part(configs, out, settings, Part(0, 2), progress=False)
+    folder = out / SPOOL / "part-0-of-2"
+    assert [p.name for p in folder.glob("chunk-*.pkl")] and not (folder / "done.json").exists()
+    monkeypatch.setattr(parts_mod, "_write_chunk", real_write)
+    summary = build_part(configs, out, settings, Part(0, 2), progress=False)
+    assert summary["extracted"] == summary["inputs"] - 4  # the spooled inputs are not read again
+    build_part(configs, out, settings, Part(1, 2), progress=False)
+    build_shards(configs, out, settings, progress=False)
+    assert tree_bytes(out) == tree_bytes(one_process)
+
+
+def test_parts_of_other_settings_or_another_split_are_refused(configs, tmp_path):
+    out = tmp_path / "shards"
+    build_part(configs, out, BuildSettings(**SETTINGS), Part(0, 2), progress=False)
+    with pytest.raises(UserError, match=r"holds parts of a different build \(settings differ \(size: 48 -> 64\)\)"):
+        build_part(configs, out, BuildSettings(**{**SETTINGS, "size": 64}), Part(1, 2), progress=False)
+    with pytest.raises(UserError, match=r"holds a build in 2 parts; use --part I/2"):
+        build_part(configs, out, BuildSettings(**SETTINGS), Part(1, 3), progress=False)
+    with pytest.raises(UserError, match=r"holds parts of a different build \(sources differ"):
+        build_shards(configs[:2], out, BuildSettings(**SETTINGS), progress=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "shards.build", f"--source=a={configs[0].path}", f"--out={out}", "--part=2/2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --part: expected I/N with 0 <= I < N (the I-th of N parts, from 0), got '2/2'"
+    ]

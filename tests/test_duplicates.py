@@ -1,0 +1,148 @@
+"""Duplicate groups in downstream data (downstream.groups): duplicate-aware splits and the audit, on a
+BUSI-layout folder with planted copies, a label conflict, an empty lesion mask and a wrong-size mask."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from downstream import audit as audit_cli
+from downstream.data.read import read_catalog
+from downstream.data.record import Catalog, Record
+from downstream.groups import DuplicateGroup, duplicate_groups
+from downstream.splits import PARTS, check_splits, load_or_make_splits, make_splits
+from shards.synth import write_busi
+from sonodistill.errors import UserError
+
+# planted copy -> original (BUSI layout, relative paths)
+COPIES = {
+    "malignant/malignant (90).png": "benign/benign (2).png",  # the same image under another class
+    "benign/benign (91).jpg": "benign/benign (3).png",  # re-encoded and resized
+    "malignant/malignant (92).png": "malignant/malignant (1).png",  # mirrored and cropped
+}
+
+
+def _copy(root: Path, copy: str, original: str) -> None:
+    img = Image.open(root / original).convert("L")
+    w, h = img.size
+    if copy.endswith(".jpg"):
+        img = img.resize((int(w * 0.7), int(h * 0.7)))
+    elif "92" in copy:
+        img = img.crop((int(0.08 * w), int(0.05 * h), w, h)).transpose(Image.FLIP_LEFT_RIGHT)
+    img.save(root / copy, quality=70) if copy.endswith(".jpg") else img.save(root / copy)
+    mask = Image.open(root / original.replace(".png", "_mask.png")).resize(img.size, Image.Resampling.NEAREST)
+    mask.save(root / (copy.rsplit(".", 1)[0] + "_mask.png"))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("busi_planted")
+    write_busi(root, n=24, seed=1)
+    for copy, original in COPIES.items():
+        _copy(root, copy, original)
+    empty = root / "benign" / "benign (5)_mask.png"
+    Image.fromarray(np.zeros(Image.open(empty).size[::-1], np.uint8)).save(empty)
+    wrong = root / "benign" / "benign (6)_mask.png"
+    Image.open(wrong).resize((50, 40)).save(wrong)
+    return root
+
+
+@pytest.fixture(scope="module")
+def groups(planted) -> list[DuplicateGroup]:
+    return duplicate_groups(read_catalog(str(planted), "cls", check=False))
+
+
+def test_groups_are_the_planted_copies(groups):
+    found = {frozenset(g.ids): (g.exact, g.label_conflict) for g in groups}
+    assert found == {
+        frozenset(["benign/benign (2).png", "malignant/malignant (90).png"]): (True, True),
+        frozenset(["benign/benign (3).png", "benign/benign (91).jpg"]): (False, False),
+        frozenset(["malignant/malignant (1).png", "malignant/malignant (92).png"]): (False, False),
+    }
+
+
+def test_split_keeps_groups_whole_and_leaves_conflicts_out(planted, groups, tmp_path):
+    cat = read_catalog(str(planted), "cls", check=False)
+    path = tmp_path / "splits.json"
+    splits = load_or_make_splits(cat, path, (0.5, 0.25, 0.25), 0)
+    check_splits(splits, cat, "mem", groups)  # no group in two parts
+    conflict = ["benign/benign (2).png", "malignant/malignant (90).png"]
+    assert splits.left_out == {"label_conflict": conflict}
+    assert not set(conflict) & {i for p in PARTS for i in splits.part(p)}
+    data = json.loads(path.read_text())
+    assert data["grouping"]["duplicate_groups"] == 3 and data["grouping"]["exact_groups"] == 1
+    assert data["grouping"]["left_out"] == {"label_conflict": 2} and data["duplicates"] is True
+    assert sum(data["counts"].values()) == len(cat) - 2
+    kept = make_splits(cat, (0.5, 0.25, 0.25), 0, groups, label_conflicts="keep")
+    assert kept.left_out == {} and len({p for p in PARTS if set(conflict) & set(kept.part(p))}) == 1
+    with pytest.raises(UserError, match="was made with split.duplicates=True"):
+        load_or_make_splits(cat, path, (0.5, 0.25, 0.25), 0, duplicates=False)
+
+
+def test_no_seed_separates_a_group():
+    rng = np.random.default_rng(0)
+    recs = [Record(f"i{k}", f"/x/i{k}.png", label=int(rng.integers(3))) for k in range(60)]
+    cat = Catalog("t", "/x", recs, ["normal", "benign", "malignant"])
+    groups = [DuplicateGroup(tuple(f"i{k}" for k in ks), False, tuple(recs[k].label for k in ks))
+              for ks in ([0, 1, 2], [3, 40], [10, 11, 12, 13, 59])]  # fmt: skip
+    for seed in range(20):
+        s = make_splits(cat, (0.6, 0.2, 0.2), seed, groups, label_conflicts="keep")
+        check_splits(s, cat, "mem", groups)
+        assert make_splits(cat, (0.6, 0.2, 0.2), seed, groups, label_conflicts="keep").to_json() == s.to_json()
+    bad = make_splits(cat, (0.6, 0.2, 0.2), 0, [], label_conflicts="keep")
+    with pytest.raises(UserError, match="duplicate images .* are in"):
+        for seed in range(20):  # without the groups some seed puts a group in two parts
+            check_splits(make_splits(cat, (0.6, 0.2, 0.2), seed, [], "keep"), cat, "mem", groups)
+    plain = make_splits(cat, (0.6, 0.2, 0.2), 0, None)  # made without groups: the parts as before
+    assert [plain.part(p) for p in PARTS] == [bad.part(p) for p in PARTS] and plain.grouping == {}
+
+
+def test_a_fixed_test_split_keeps_its_images_and_drops_their_training_duplicates():
+    recs = [Record(f"i{k}", f"/x/i{k}.png", label=k % 2) for k in range(12)]
+    cat = Catalog("ub", "/x", recs, ["a", "b"], test_ids=["i0", "i1"])
+    groups = [DuplicateGroup(("i0", "i4"), True, (0, 0)), DuplicateGroup(("i6", "i7"), False, (0, 1))]
+    s = make_splits(cat, (0.7, 0.3, 0.0001), 0, groups)
+    assert s.test == ["i0", "i1"] and s.left_out == {"label_conflict": ["i6", "i7"], "duplicate_of_test": ["i4"]}
+
+
+def test_audit_finds_planted_duplicates_conflicts_and_mask_faults(planted, tmp_path, capsys):
+    out = tmp_path / "audit"
+    audit_cli.main(["--task", "busi-seg", "--data", str(planted), "--out", str(out), "num_workers=1"])
+    line = capsys.readouterr().out
+    assert "3 duplicate groups (1 exact, 6 images), 1 label conflicts" in line
+    report = json.loads((out / "audit.json").read_text())
+    groups = {frozenset(i["path"] for i in g["images"]): g for g in report["duplicate_groups"]}
+    conflict = groups[frozenset(["benign/benign (2).png", "malignant/malignant (90).png"])]
+    assert (
+        conflict["kind"] == "exact" and conflict["label_conflict"] and report["label_conflicts"] == [conflict["group"]]
+    )
+    assert {i["class"] for i in conflict["images"]} == {"benign", "malignant"}
+    assert [e["path"] for e in report["empty_lesion_masks"]] == ["benign/benign (5).png"]
+    (size,) = report["mask_size_mismatches"]
+    assert size["mask"] == "benign/benign (6)_mask.png" and size["mask_size"] == [50, 40]
+    for g in report["duplicate_groups"]:
+        assert (out / g["sheet"]).is_file()
+    assert (out / "config.yaml").is_file() and report["summary"]["unreadable"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "busi-cls", "--data", "/nonexistent"], "error: /nonexistent: BUSI folder not found"),
+        (["--task", "busi-cls", "--data", "x", "bogus=1"], "error: override: unknown key 'bogus'"),
+    ],
+)
+def test_audit_cli_errors_are_one_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        audit_cli.main([*args, "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith(message)
+
+
+def test_synthetic_busi_has_no_duplicates(busi_dir):
+    # every image of the generator is drawn apart: none may match another
+    assert duplicate_groups(read_catalog(str(busi_dir), "cls")) == []

@@ -1,0 +1,158 @@
+"""downstream.sweep part=I/N: slices by expected cost, one plan for every part, parts at once on one out,
+a stopped part (exit 75) that continues, and a merge equal to one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + fixture)
+
+from downstream.sweep import SweepConfig, cells_to_run, parse_grid, plan_cells, run_sweep
+from downstream.sweep_parts import read_results
+from sonodistill.config import load_config
+from sonodistill.parts import Part
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def paper_like(busi_dir, ddti_dir, export, out) -> SweepConfig:
+    """The paper's grid at its real shape (3 tasks, 2 encoders x 2 protocols, 5 fractions, 3 seeds, 2 KD rows)."""
+    return load_config(
+        SweepConfig,
+        None,
+        [
+            f"busi={busi_dir}",
+            f"ddti={ddti_dir}",
+            f"out={out}",
+            "tasks=[ddti-seg,busi-seg,busi-cls]",
+            f"encoders=[R50-Rand=rand,R50-Distill={export}]",
+            "methods=[kd:vit_mobilenet,kd:seg_unet]",
+            "kd_presets=[tiny]",
+        ],
+    )
+
+
+def test_slices_cover_the_cells_once_balanced_and_stay_one_plan(busi_dir, ddti_dir, tmp_path):
+    export = save_encoder(tmp_path / "export", "resnet18", seed=1)
+    out = tmp_path / "sweep"
+    cfg = paper_like(busi_dir, ddti_dir, export, out)
+    plan = plan_cells(cfg, parse_grid(cfg))
+    assert len(plan) == 3 * (2 * (5 + 1) + 2 * 5) * 3  # (2 encoders x (5 finetune + 1 linear) + 2 KD) x 3 seeds
+    n = 4
+    slices = [cells_to_run(out, plan, Part(i, n)) for i in range(n)]
+    keys = [[p.key for p in s] for s in slices]
+    assert sorted(k for s in keys for k in s) == sorted(p.key for p in plan)  # disjoint and covering
+    assert keys == [[p.key for p in cells_to_run(out, plan, Part(i, n))] for i in range(n)]  # deterministic
+    assert len(list((out / "parts").glob("plan-4-*.json"))) == 1
+
+    # the slow rows spread: every part has KD and fine-tuning cells, and no part is above the mean by
+    # more than the largest unit (a KD cell at the full label set)
+    costs = [sum(p.work.cost for p in s) for s in slices]
+    kd = [sum(p.work.row == "kd" for p in s) for s in slices]
+    assert max(costs) <= sum(costs) / n + max(p.work.cost for p in plan) and min(kd) >= 7, (costs, kd)
+    assert all(Counter(p.work.row for p in s)["finetune"] >= 10 for s in slices)
+    # linear probes sharing one encoder's features on one task are in one part (extracted once)
+    owner = {p.key: i for i, s in enumerate(slices) for p in s}
+    for group in ({p.key for p in plan if p.work.features == f} for f in {p.work.features for p in plan} - {None}):
+        assert len({owner[k] for k in group}) == 1
+
+    # part 0 finishes cells: every part keeps the slice it was given when the plan was made
+    done = slices[0][:5]
+    with open(out / "results.part-0-of-4.jsonl", "w") as fh:
+        fh.writelines(json.dumps({"key": p.key}) + "\n" for p in done)
+    assert [p.key for p in cells_to_run(out, plan, Part(1, n))] == keys[1]
+    assert [p.key for p in cells_to_run(out, plan, Part(0, n))] == keys[0][5:]
+    # another N plans what is still to do now
+    rest = [p for i in range(3) for p in cells_to_run(out, plan, Part(i, 3))]
+    finished = {p.key for p in done}
+    assert sorted(p.key for p in rest) == sorted(p.key for p in plan if p.key not in finished)
+
+
+def parts_args(busi_dir, out) -> list[str]:
+    """4 fine-tuning cells (2 label fractions x 2 seeds), 2 per part: a stop signal after a part's first
+    cell lands in the training of its second (a few seconds), where the cell stops at its next step."""
+    return [
+        f"busi={busi_dir}",
+        f"out={out}",
+        "tasks=[busi-cls]",
+        "encoders=[B=rand:resnet18]",
+        "modes=[finetune]",
+        "fractions=[0.5,1.0]",
+        "seeds=[0,1]",
+        "run.image_size=32",
+        "run.num_workers=0",
+        "run.train.epochs=4",
+        "run.train.batch_size=8",
+        "run.train.save_checkpoint=false",
+        "run.edge.onnx=never",
+        "run.edge.runs=2",
+    ]
+
+
+def _sweep(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "downstream.sweep", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
+
+
+def headline_tables(out: Path) -> str:
+    """tables.md without the edge section (latencies are measured, not computed)."""
+    return (out / "tables.md").read_text().split("## Edge")[0]
+
+
+def test_two_parts_at_once_one_stopped_then_the_merge_equals_one_process(busi_dir, tmp_path):
+    out, one = tmp_path / "parts", tmp_path / "one"
+    args = parts_args(busi_dir, out)
+    procs = [_sweep([*args, f"part={i}/2"]) for i in range(2)]
+    try:
+        deadline = time.time() + 240
+        while _lines(out / "results.part-0-of-2.jsonl") < 1 and procs[0].poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        procs[0].send_signal(signal.SIGUSR1)  # SLURM's time-limit signal: part 0 stops in its second cell
+        (_, err0), (_, err1) = (p.communicate(timeout=300) for p in procs)
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == 0, err1.decode()[-2000:]
+    assert procs[0].returncode == 75, err0.decode()[-2000:]
+    stopped = err0.decode().strip().splitlines()[-1]
+    assert stopped.startswith("stopped: SIGUSR1 received; 1 of 2 cells finished and kept in "), stopped
+    assert _lines(out / "results.part-0-of-2.jsonl") == 1 and _lines(out / "results.part-1-of-2.jsonl") == 2
+
+    assert run_sweep(load_config(SweepConfig, None, [*args, "part=0/2"]))["ran"] == 1  # the requeued part
+    assert run_sweep(load_config(SweepConfig, None, [*args, "part=1/2"])) == {
+        "part": "1/2",
+        "ran": 0,
+        "remaining": 0,
+        "cells": 4,
+        "done": 4,
+    }  # nothing to do: no tables written by a part
+    assert not (out / "tables.md").exists() and not (out / "results.jsonl").exists()
+    merged = run_sweep(load_config(SweepConfig, None, args))
+    assert merged == {"ran": 0, "remaining": 0, "cells": 4, "done": 4}  # the merge only writes the tables
+
+    assert run_sweep(load_config(SweepConfig, None, parts_args(busi_dir, one)))["ran"] == 4
+    rows, ref = read_results(out), {r["key"]: r for r in read_results(one)}
+    assert sorted(r["key"] for r in rows) == sorted(ref)  # the same cell keys, each once
+    for r in rows:
+        for field in ("test", "val", "best_epoch", "n_train"):
+            assert r["metrics"][field] == ref[r["key"]]["metrics"][field], (r["key"], field)
+    assert headline_tables(out) == headline_tables(one)
+    assert len(list((out / "splits").glob("*.json"))) == 1  # made once, by whichever part was first
