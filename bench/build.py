@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from shards.build import BuildSettings, build_shards
 from shards.catalogue import SourceConfig
@@ -37,31 +36,9 @@ FAMILIES = ("image", "dicom", "video", "nifti")
 
 def _write_clip(family: str, n: int, folder: Path) -> None:
     """One clip of ``n`` 240x320 frames (a probe sliding over one scene), as ``family``."""
-    from shards.synth.media import _dataset, clip_frames
+    from shards.synth.media import clip_frames, write_frames
 
-    frames = clip_frames(np.random.default_rng(n), n, size=(240, 320), step=1)
-    folder.mkdir(parents=True)
-    if family == "image":
-        for i, f in enumerate(frames):
-            Image.fromarray(f).save(folder / f"{i:05d}.png", compress_level=1)
-    elif family == "dicom":
-        _dataset(frames, "j2k", "MONOCHROME2", regions=True).save_as(folder / "cine.dcm", enforce_file_format=True)
-    elif family == "nifti":
-        import SimpleITK as sitk
-
-        sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(f[None]) for f in frames]), str(folder / "seq.nii.gz"))
-    else:
-        import av
-
-        with av.open(str(folder / "clip.mp4"), mode="w") as c:
-            s = c.add_stream("libx264", rate=30)
-            s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-            s.options = {"crf": "20", "preset": "veryfast", "threads": "1"}
-            for f in frames:
-                for p in s.encode(__import__("av").VideoFrame.from_ndarray(np.repeat(f[..., None], 3, -1), "rgb24")):
-                    c.mux(p)
-            for p in s.encode():
-                c.mux(p)
+    write_frames(family, clip_frames(np.random.default_rng(n), n, size=(240, 320), step=1), folder)
 
 
 def _child(family: str, folder: str, out: str, size: int) -> None:

@@ -34,8 +34,7 @@ from downstream.data.pixels import image_size, load_mask
 from downstream.data.read import ReaderConfig
 from downstream.data.record import Catalog, Record, Source, describe_source
 from downstream.groups import DuplicateGroup, duplicate_groups, image_pixels
-from shards.clean import to_gray
-from shards.decode import read_pixels
+from shards.decode import read_pixels, to_gray
 from shards.match import MATCHER
 from sonodistill.atomic import write_json
 from sonodistill.config import save_config

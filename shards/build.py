@@ -34,12 +34,12 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, get_args, get_type_hints
 
 import webdataset as wds
 
 from shards.build_parts import SPOOL, Spool, finished_spool, replay, run_part
-from shards.catalogue import SourceConfig, load_corpus
+from shards.catalogue import SourceConfig, load_corpus, with_default
 from shards.clean import Cleaned
 from shards.codec import ENCODINGS, JPEG_QUALITY, Codec, decode_gray
 from shards.copyindex import Found, loaded
@@ -62,10 +62,11 @@ from sonodistill.stop import StopRequest, check_stop
 
 log = logging.getLogger(__name__)
 
-BUILD_FORMAT = 2
+BUILD_FORMAT = 3  # 3: one scan area per clip, new colour/no-tissue rules, annotations found and acted on
 SHARD_PATTERN = "shard-{:06d}.tar"
 REJECTS = "rejects.jsonl"
 REJECTS_PARTIAL = ".rejects-partial.jsonl"
+ANNOTATION_TALLY = {"keep": "kept", "inpaint": "inpainted", "drop": "dropped"}  # per_source.annotations
 EXCLUSION_INDEX = ".exclusion-index"  # the exclusion sets' index while the build runs
 
 
@@ -152,25 +153,28 @@ def _write_shard(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+COUNTS = ("files", "clips", "frames", "kept")
+TALLIES = ("rejected", "crop", "annotations")  # by reason; by crop source; frames by annotation action
+
+
 def _new_stats() -> dict:
-    return {"files": 0, "clips": 0, "frames": 0, "kept": 0, "rejected": Counter(), "crop": Counter()}
+    return {**{k: 0 for k in COUNTS}, **{k: Counter() for k in TALLIES}}
 
 
 def _merge_stats(into: dict, delta: dict) -> None:
     for src, d in delta.items():
         t = into.setdefault(src, _new_stats())
-        for k in ("files", "clips", "frames", "kept"):
+        for k in COUNTS:
             t[k] += d.get(k, 0)
-        t["rejected"].update(d.get("rejected", {}))
-        t["crop"].update(d.get("crop", {}))
+        for k in TALLIES:
+            t[k].update(d.get(k, {}))
 
 
 def _plain_stats(stats: dict) -> dict:
     return {
-        src: {**{k: d[k] for k in ("files", "clips", "frames", "kept")},
-              "rejected": dict(sorted(d["rejected"].items())), "crop": dict(sorted(d["crop"].items()))}
+        src: {**{k: d[k] for k in COUNTS}, **{k: dict(sorted(d[k].items())) for k in TALLIES}}
         for src, d in stats.items()
-    }  # fmt: skip
+    }
 
 
 @dataclass
@@ -341,8 +345,14 @@ def _reject(state: _State, item: Item, frame: int | None, reason: str, values: d
     state.rejects.write((json.dumps(rec, sort_keys=True) + "\n").encode())
     state.shard.rejected[reason] += 1
     state.rejected[reason] += 1
-    state.shard.stats.setdefault(item.source, _new_stats())["rejected"][reason] += 1
-    state.stats[item.source]["rejected"][reason] += 1
+    _tally(state, item.source, "rejected", reason)
+    if reason == "annotated":
+        _tally(state, item.source, "annotations", "dropped")
+
+
+def _tally(state: _State, src: str, key: str, value: str) -> None:
+    state.shard.stats.setdefault(src, _new_stats())[key][value] += 1
+    state.stats[src][key][value] += 1
 
 
 def _keep(state: _State, item: Item, r: Cleaned) -> None:
@@ -356,8 +366,9 @@ def _keep(state: _State, item: Item, r: Cleaned) -> None:
     shard.kept[src] += 1
     state.kept[src] += 1
     _count(state, src, "kept")
-    shard.stats[src]["crop"][r.meta["crop_source"]] += 1
-    state.stats[src]["crop"][r.meta["crop_source"]] += 1
+    _tally(state, src, "crop", r.meta["crop_source"])
+    action = state.options[src].annotations
+    _tally(state, src, "annotations", "none" if not r.meta["annotations"] else ANNOTATION_TALLY[action])
 
 
 def _judge_frame(state: _State, item: Item, multi: bool, f: FrameOutcome, copied: Found | None) -> None:
@@ -502,6 +513,7 @@ def _manifest(state: _State, identity: dict) -> dict:
         "num_samples": state.written,
         "sources": {s.name: state.kept.get(s.name, 0) for s in sources},
         "rejected": dict(sorted(state.rejected.items())),
+        "annotations": dict(sorted(sum((d["annotations"] for d in state.stats.values()), Counter()).items())),
         "inputs": sum(len(s) for s in sources),
         "per_source": {
             name: {**d, "anatomy": anatomy[name]} if anatomy[name] else d
@@ -673,6 +685,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality (default %(default)s)")
     ap.add_argument(
+        "--annotations",
+        choices=get_args(get_type_hints(SourceOptions)["annotations"]),
+        help="annotations inside the scan area: keep, inpaint or drop the frame (default: inpaint); "
+        "for the --source sources and the catalogue sources that do not set it",
+    )
+    ap.add_argument(
         "--part",
         metavar="I/N",
         help="only read and clean the I-th (from 0) of N slices of the inputs, for N processes or nodes at once; "
@@ -687,13 +705,17 @@ def main(argv: list[str] | None = None) -> None:
 def _main(args: argparse.Namespace) -> None:
     corpus = load_corpus(args.corpus) if args.corpus else None
     configs: list[SourceConfig] = corpus.sources if corpus else []
+    if args.annotations:
+        configs = [with_default(c, "annotations", args.annotations) for c in configs]
     names = {c.name for c in configs}
     for s in args.source:
         name, spec = parse_source(s)
         if name in names:
             raise UserError(f"--source {s}: source name '{name}' given twice")
         names.add(name)
-        configs.append(SourceConfig(name=name, path=spec))
+        configs.append(
+            SourceConfig(name=name, path=spec, options=SourceOptions(annotations=args.annotations or "inpaint"))
+        )
     if not configs:
         raise UserError("no source given: use --source NAME=PATH (repeat) or --corpus corpus.yaml")
     settings = BuildSettings(

@@ -19,18 +19,20 @@ sources:
 ```
 
 Other keys: ``array_key``, ``array_layout`` (auto | thw | hwt), ``volume`` (sequence | slices |
-skip) and ``volume_axis`` (0 | 1 | 2); every key but ``name`` and ``path`` is a field of
-:class:`shards.options.SourceOptions`, which checks its value. An unknown key, a missing path or a
-bad value is a one-line error naming the source. ``exclude`` (top level: an evaluation overlap
-concerns the whole corpus, not one source) lists exclusion sets as ``--exclude`` takes them;
-relative paths are relative to the catalogue. ``shards/catalogues/public_ultrasound.yaml`` is a
+skip), ``volume_axis`` (0 | 1 | 2) and ``annotations`` (keep | inpaint | drop: what becomes of a
+frame with marks inside its scan area; ``--annotations`` sets it for entries without it). Every
+key but ``name`` and ``path`` is a field of :class:`shards.options.SourceOptions`, which checks its
+value. An unknown key, a missing path or a bad value is a one-line error naming the source.
+``exclude`` (top level: an evaluation overlap concerns the whole corpus, not one source) lists
+exclusion sets as ``--exclude`` takes them; relative paths are relative to the catalogue.
+``shards/catalogues/public_ultrasound.yaml`` is a
 template for the public B-mode datasets (docs/data.md "The catalogue").
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -48,6 +50,15 @@ class SourceConfig:
     name: str
     path: str  # folder, file glob, or hf:ID[:SPLIT]
     options: SourceOptions = field(default_factory=SourceOptions)
+    given: frozenset[str] = frozenset()  # the options the catalogue entry sets itself
+
+
+def with_default(config: SourceConfig, key: str, value: object) -> SourceConfig:
+    """``config`` with option ``key`` set to ``value`` unless its catalogue entry sets it (a command-line
+    default such as ``--annotations``)."""
+    if key in config.given:
+        return config
+    return replace(config, options=replace(config.options, **{key: value}))
 
 
 @dataclass
@@ -71,8 +82,8 @@ def _check(entry: dict, where: str) -> SourceConfig:
             raise UserError(f"{where}: '{k}' is required (a string)")
     if not NAME_RE.match(entry["name"]):
         raise UserError(f"{where}: name '{entry['name']}' must match {NAME_RE.pattern}")
-    options = SourceOptions.parse({k: v for k, v in entry.items() if k not in ("name", "path")}, where)
-    return SourceConfig(entry["name"], entry["path"], options)
+    given = {k: v for k, v in entry.items() if k not in ("name", "path")}
+    return SourceConfig(entry["name"], entry["path"], SourceOptions.parse(given, where), frozenset(given))
 
 
 def _relative_to(path: Path, spec: str) -> str:

@@ -1,15 +1,18 @@
 """One decoded frame -> one cleaned, fixed-size grayscale sample (or the reason it was rejected).
 
-Order: 8-bit single channel (colour kept aside) -> scan area (a DICOM B-mode region when the file
-gives one, otherwise the heuristic of :mod:`shards.scan_area`, which ignores coloured pixels and UI
-bands) -> colour judged *inside the scan area* -> not-ultrasound / no-tissue rules -> crop to the
-scan area with the surround blanked (burned-in overlays outside it removed) -> square letterbox ->
-resize -> encode (PNG, JPEG or raw: :mod:`shards.codec`) -> hashes. Every rejection carries the
-rule's measured values, which the build writes to ``rejects.jsonl``.
+Order: 8-bit single channel (colour kept aside) -> scan area (given for the frames of a clip: one
+per clip, :mod:`shards.clip_mask`; otherwise found in the frame, inside the DICOM region when the
+file gives one: :mod:`shards.scan_area`) -> colour judged *inside the scan area*, on filled areas
+only (:mod:`shards.colour`) -> not-ultrasound / no-tissue rules (:mod:`shards.quality`) -> crop to
+the scan area with the surround blanked (overlays outside it removed) -> annotations inside it
+found (:mod:`shards.annotations`) and kept, inpainted or the frame dropped, as the source says ->
+square letterbox -> resize -> encode (PNG, JPEG or raw: :mod:`shards.codec`) -> hashes. Every
+rejection carries the rule's measured values, which the build writes to ``rejects.jsonl``; every
+sample carries ``annotations``, the marks found as ``{kind, box}`` in the output image's pixels.
 
-Aspect rule (docs/data.md "Cleaning rules"): the crop is padded with black to a square — width
+Aspect rule (docs/data.md "Cleaning rules"): the crop is padded with black to a square -- width
 padding split evenly left/right, height padding added at the bottom so the transducer stays at the
-top — then resized to ``size`` x ``size``. Nothing is cut off and the pixel aspect ratio is
+top -- then resized to ``size`` x ``size``. Nothing is cut off and the pixel aspect ratio is
 preserved."""
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from shards.annotations import Mark, detect_marks, inpaint
 from shards.codec import Codec
-from shards.decode import DecodeError, decode_image
-from shards.quality import colour_measures, frame_rejection, is_colour
-from shards.scan_area import crop_to_scan_area, detect_scan_area, region_area
+from shards.colour import area_colour, colour_measures, is_colour
+from shards.decode import DecodeError, decode_image, to_gray
+from shards.quality import frame_rejection
+from shards.scan_area import ScanArea, crop_to_scan_area, frame_scan_area
 
-MIN_SIDE = 32  # a scan area smaller than this is not a usable frame
 PHASH_SIDE = 16  # 16x16 DCT = 256-bit hash; 64 bits cannot tell distinct speckle frames apart
+ACTIONS = ("keep", "inpaint", "drop")  # what becomes of a frame with annotations (per source)
 
 
 @dataclass
@@ -54,14 +59,41 @@ def letterbox(gray: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_gray(pixels: np.ndarray) -> np.ndarray:
-    if pixels.ndim == 2:
-        return pixels
-    return np.asarray(Image.fromarray(pixels, "RGB").convert("L"))
+def output_box(box: tuple[int, int, int, int], crop_shape: tuple[int, int], size: int) -> list[int]:
+    """A box in the crop's pixels -> the same box in the output image's pixels (letterbox, resize)."""
+    h, w = crop_shape
+    side = max(h, w)
+    x_pad, scale = (side - w) // 2, size / side
+    x0, y0, x1, y1 = box
+    out = [int((x0 + x_pad) * scale), int(y0 * scale), int(np.ceil((x1 + x_pad) * scale)), int(np.ceil(y1 * scale))]
+    return [min(max(v, 0), size) for v in out]
 
 
 def phash256(gray: np.ndarray) -> int:
     return int(str(imagehash.phash(Image.fromarray(gray, "L"), hash_size=PHASH_SIDE)), 16)
+
+
+def _marks(gray: np.ndarray, area: ScanArea, col: np.ndarray | None) -> tuple[np.ndarray, list[Mark]]:
+    """The crop (surround blanked) and the annotations found inside it."""
+    crop = crop_to_scan_area(gray, area)
+    return crop, detect_marks(crop, area.mask_in_bbox(), col)
+
+
+def _tissue_rules(gray: np.ndarray, area: ScanArea, clean_crop: np.ndarray) -> tuple[str | None, dict]:
+    """The not-ultrasound and no-tissue rules, judged with the marks inpainted (they are no tissue)."""
+    if clean_crop is not None and area.small_mask.any():
+        x0, y0, x1, y1 = area.bbox
+        gray = gray.copy()
+        gray[y0:y1, x0:x1] = np.where(area.mask_in_bbox(), clean_crop, gray[y0:y1, x0:x1])
+    return frame_rejection(gray, area)
+
+
+def _sample(crop: np.ndarray, size: int, codec: Codec) -> tuple[bytes, str]:
+    img = Image.fromarray(letterbox(crop), "L")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    out = np.asarray(img)
+    return codec.encode(out), hashlib.sha1(out.tobytes()).hexdigest()
 
 
 def clean_frame(
@@ -69,51 +101,47 @@ def clean_frame(
     size: int,
     codec: Codec = Codec(),
     region: tuple[int, int, int, int] | None = None,
+    area: ScanArea | None = None,
+    annotations: str = "inpaint",
 ) -> Cleaned | Rejected:
     """Clean one decoded frame (``HxW`` or ``HxWx3`` uint8), encoded with ``codec``; never raises
-    for bad pixels."""
+    for bad pixels. ``area``: the clip's scan area; ``annotations``: keep | inpaint | drop."""
     gray = to_gray(pixels)
     rgb = pixels if pixels.ndim == 3 else None
-    if region is not None:
-        area, crop_source = region_area(gray, region), "dicom_region"
-    else:
-        area, crop_source = detect_scan_area(gray, rgb=rgb), "heuristic"
+    if area is None:
+        area = frame_scan_area(gray, rgb, region)
     values: dict = {}
+    col = None if rgb is None or not area.small_mask.any() else area_colour(rgb, area)
     if rgb is not None:
-        values.update(colour_measures(rgb, area))
+        values.update(colour_measures(rgb, area, *(col or (None, None))))
         if is_colour(values):
             return Rejected("colour", values)
-    reason, measured = frame_rejection(gray, area)
+    crop, marks = _marks(gray, area, None if col is None else col[1]) if area.small_mask.any() else (None, [])
+    inpainted = inpaint(crop, marks) if marks else crop
+    reason, measured = _tissue_rules(gray, area, inpainted if marks else None)
     values.update(measured)
     if reason:
         return Rejected(reason, values)
+    found = [{"kind": m.kind, "box": output_box(m.box, crop.shape, size)} for m in marks]
+    if marks and annotations == "drop":
+        return Rejected("annotated", {"kinds": sorted({m.kind for m in marks}), "annotations": found})
+    if annotations == "inpaint":
+        crop = inpainted
+    data, sha1 = _sample(crop, size, codec)
     x0, y0, x1, y1 = area.bbox
-    if min(x1 - x0, y1 - y0) < MIN_SIDE:
-        values["crop"] = [x0, y0, x1, y1]
-        return Rejected("too_small", values)
+    meta = {"crop": [x0, y0, x1, y1], "crop_source": area.source, "scale": max(x1 - x0, y1 - y0) / size}
     # Hash the whole decoded frame, not the crop: re-encoded or re-scaled copies of a frame can
     # crop a pixel differently, which moves a perceptual hash more than the copy itself does.
-    phash = phash256(gray)
-    square = letterbox(crop_to_scan_area(gray, area))
-    img = Image.fromarray(square, "L")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    out = np.asarray(img)
-    return Cleaned(
-        data=codec.encode(out),
-        pixel_sha1=hashlib.sha1(out.tobytes()).hexdigest(),
-        phash=phash,
-        meta={"crop": [x0, y0, x1, y1], "crop_source": crop_source, "scale": max(x1 - x0, y1 - y0) / size},
-    )
+    return Cleaned(data=data, pixel_sha1=sha1, phash=phash256(gray), meta={**meta, "annotations": found})
 
 
-def clean_image(data: bytes, size: int, codec: Codec = Codec()) -> Cleaned | Rejected:
+def clean_image(data: bytes, size: int, codec: Codec = Codec(), annotations: str = "inpaint") -> Cleaned | Rejected:
     """Clean one encoded single image (PNG, JPEG, ...); never raises for bad data."""
     try:
         dec = decode_image(data)
     except DecodeError as exc:
         return Rejected(exc.reason)
-    res = clean_frame(dec.pixels, size, codec)
+    res = clean_frame(dec.pixels, size, codec, annotations=annotations)
     if isinstance(res, Cleaned):
         res.meta = {
             "orig_size": list(dec.orig_size),

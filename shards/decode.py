@@ -72,6 +72,14 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def to_gray(pixels: np.ndarray) -> np.ndarray:
+    """HxW uint8 as it is; HxWx3 RGB -> luma by ITU-R 601 in PIL's integer arithmetic (``convert("L")``)."""
+    if pixels.ndim == 2:
+        return pixels
+    rgb = pixels.astype(np.uint32)
+    return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
 def read_pixels(path: str) -> np.ndarray:
     """An image file's pixels as :func:`decode_image` gives them; one ``UserError`` line naming the
     file when it cannot be read (for images a command was asked to read, not corpus items)."""

@@ -1,24 +1,30 @@
 """Worker side of the build: one input item -> its cleaned frames and rejections, in frame order.
 
 Runs in the build's worker processes. The item is read by :mod:`shards.readers` (content-detected)
-and its sampled frames are cleaned one at a time (:func:`shards.clean.clean_frame`); the build then
-drops consecutive near-identical frames and global duplicates in input order. A file that cannot
-be read is one rejection under its reason; a clip that breaks off keeps the frames decoded before
-the break and adds one rejection for the rest.
+and its sampled frames are cleaned one at a time (:func:`shards.clean.clean_frame`). The frames of a
+clip share one scan area, found from its first ``CLIP_MASK_FRAMES`` sampled frames
+(:mod:`shards.clip_mask`), so they share one crop; only those frames are held at once. The build
+then drops consecutive near-identical frames and global duplicates in input order. A file that
+cannot be read is one rejection under its reason; a clip that breaks off keeps the frames decoded
+before the break and adds one rejection for the rest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shards.clean import Cleaned, Rejected, clean_frame
+from shards.clip_mask import clip_scan_area
 from shards.codec import Codec
 from shards.options import SourceOptions
-from shards.readers import ReadError, open_media
+from shards.readers import Frame, Media, ReadError, open_media
+from shards.scan_area import ScanArea
 from shards.sources import Item
+from shards.thresholds import CLIP_MASK_FRAMES
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,34 @@ def _file_sha1(item: Item) -> str:
     return h.hexdigest()
 
 
+def frames_with_area(media: Media) -> Iterator[tuple[Frame, ScanArea | None]]:
+    """The media's frames, each with its clip's scan area (None: a single image, found per frame).
+
+    The first ``CLIP_MASK_FRAMES`` frames are held to find the area; a read error among them is
+    raised after the frames decoded before it."""
+    frames = iter(media.frames)
+    if not media.multi:
+        yield from ((fr, None) for fr in frames)
+        return
+    head: list[Frame] = []
+    error: BaseException | None = None
+    try:
+        for fr in frames:
+            head.append(fr)
+            if len(head) >= CLIP_MASK_FRAMES:
+                break
+    except (ReadError, MemoryError) as exc:
+        error = exc
+    shape = head[0].pixels.shape if head else None
+    area = clip_scan_area([f.pixels for f in head if f.pixels.shape == shape], media.region) if head else None
+    for fr in head:
+        yield fr, area if fr.pixels.shape == shape else None
+    if error is not None:
+        raise error
+    for fr in frames:
+        yield fr, area if fr.pixels.shape == shape else None
+
+
 def extract_item(item: Item, opts: SourceOptions, settings: ExtractSettings) -> ItemOutcome:
     """Never raises for bad data: every failure becomes a :class:`Rejected` with its reason."""
     out = ItemOutcome()
@@ -84,9 +118,9 @@ def extract_item(item: Item, opts: SourceOptions, settings: ExtractSettings) -> 
         out.frames.append(FrameOutcome(None, Rejected("unreadable")))
         return out
     try:
-        for fr in media.frames:
+        for fr, area in frames_with_area(media):
             out.decoded += 1
-            res = clean_frame(fr.pixels, settings.size, settings.codec, region=media.region)
+            res = clean_frame(fr.pixels, settings.size, settings.codec, media.region, area, opts.annotations)
             index = fr.index if media.multi else None
             if isinstance(res, Cleaned):
                 h, w = fr.pixels.shape[:2]

@@ -38,6 +38,12 @@ def build_identity(sources: Sequence[Source], settings: dict, exclusions: Sequen
 
 def describe_difference(old: dict, new: dict) -> str:
     """The first way ``new`` differs from ``old``: settings (each changed key), source names, options, files."""
+    fmt, now = old.get("settings", {}).get("format"), new["settings"].get("format")
+    if fmt != now:
+        return (
+            f"made by an older shards.build (build format {fmt}; this one writes format {now}, "
+            "whose cleaning differs: the samples could not be mixed)"
+        )
     if old.get("settings") != new.get("settings"):
         keys = [k for k in new["settings"] if old.get("settings", {}).get(k) != new["settings"][k]]
         return (

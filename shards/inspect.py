@@ -1,6 +1,6 @@
 """Summarise a shard set, draw a contact sheet of random samples per source, and of rejects per reason.
 
-    python -m shards.inspect /data/shards --sheet /data/shards_sheet.png [--per-source 8] [--seed 0]
+    python -m shards.inspect /data/shards --sheet /data/shards_sheet.png [--per-source 8] [--seed 0] [--boxes]
     python -m shards.inspect /data/shards --rejects /data/rejects_sheet.png [--per-reason 8]
     python -m shards.inspect https://host/us-shards        # a remote set (s3://, gs:// too)
     python -m shards.inspect /data/shards --overlap runs/busi/splits.json [--overlap-sheet overlap.png]
@@ -8,6 +8,8 @@
 Prints the manifest summary (samples, shards, encoding, kept per source, rejections by reason). The sheet
 has one row per source dataset; shards are visited in a seeded random order and reading stops as
 soon as every row is full, so it stays cheap on a large corpus (only the chosen images are decoded).
+With ``--boxes`` each sample shows the annotations found in it (the ``annotations`` boxes of its JSON,
+removed or kept as its source said), outlined in colour.
 The rejects sheet has one row per rejection reason: a seeded random choice of ``rejects.jsonl``
 lines, each re-read from its source file (the frame as decoded, before cleaning) and captioned
 with the rule's measured values, so the decisions can be audited by eye. ``--overlap`` counts the
@@ -24,7 +26,7 @@ import random
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from shards.codec import CorruptSample, decode_gray
 from shards.exclusions import add_argument as add_exclusion_argument
@@ -49,11 +51,14 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def pick_samples(urls: list[str], sources: list[str], per_source: int, seed: int) -> dict[str, list[np.ndarray]]:
-    """Up to ``per_source`` decoded frames per source, from shards visited in a seeded random order."""
+def pick_samples(
+    urls: list[str], sources: list[str], per_source: int, seed: int
+) -> dict[str, list[tuple[np.ndarray, list[dict]]]]:
+    """Up to ``per_source`` (decoded frame, its annotations) per source, from shards visited in a
+    seeded random order."""
     order = list(urls)
     random.Random(seed).shuffle(order)
-    picked: dict[str, list[np.ndarray]] = {s: [] for s in sources}
+    picked: dict[str, list[tuple[np.ndarray, list[dict]]]] = {s: [] for s in sources}
     for url in order:
         try:
             shard = open_shard(url)
@@ -61,11 +66,12 @@ def pick_samples(urls: list[str], sources: list[str], per_source: int, seed: int
             log.warning(f"{url}: skipped ({exc})")
             continue
         for i in range(len(shard)):
-            row = picked.setdefault(str(shard.meta(i).get("source", "")), [])
+            meta = shard.meta(i)
+            row = picked.setdefault(str(meta.get("source", "")), [])
             encoding = shard.index.encoding(i)
             if len(row) < per_source and encoding is not None:
                 try:
-                    row.append(decode_gray(shard.image(i), encoding))
+                    row.append((decode_gray(shard.image(i), encoding), meta.get("annotations", [])))
                 except CorruptSample:
                     continue
         if all(len(v) >= per_source for v in picked.values()):
@@ -73,7 +79,31 @@ def pick_samples(urls: list[str], sources: list[str], per_source: int, seed: int
     return picked
 
 
-def contact_sheet(picked: dict[str, list[np.ndarray]], out: str | Path, tile: int = 128) -> None:
+def with_boxes(gray: np.ndarray, annotations: list[dict], tile: int) -> np.ndarray:
+    """The frame at ``tile`` px, RGB, with each annotation box outlined (colour by kind)."""
+    img = Image.fromarray(gray).convert("RGB")
+    scale = tile / gray.shape[1]
+    img = img.resize((tile, tile))
+    draw = ImageDraw.Draw(img)
+    for a in annotations:
+        x0, y0, x1, y1 = (v * scale for v in a["box"])
+        draw.rectangle([x0 - 1, y0 - 1, x1, y1], outline=BOX_COLOURS.get(a["kind"], (255, 0, 0)))
+    return np.asarray(img)
+
+
+BOX_COLOURS = {
+    "caliper": (255, 64, 64),
+    "dotted_line": (255, 160, 0),
+    "text": (64, 160, 255),
+    "arrow": (255, 0, 255),
+    "body_mark": (0, 220, 120),
+    "line": (255, 255, 0),
+}
+
+
+def contact_sheet(
+    picked: dict[str, list[tuple[np.ndarray, list[dict]]]], out: str | Path, tile: int = 128, boxes: bool = False
+) -> None:
     from sonodistill.figures import pyplot, save_figure
 
     plt = pyplot()
@@ -86,8 +116,11 @@ def contact_sheet(picked: dict[str, list[np.ndarray]], out: str | Path, tile: in
             ax = axes[r][c]
             ax.axis("off")
             if c < len(picked[src]):
-                img = np.asarray(Image.fromarray(picked[src][c]).resize((tile, tile)))
-                ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+                gray, annotations = picked[src][c]
+                if boxes:
+                    ax.imshow(with_boxes(gray, annotations, tile))
+                else:
+                    ax.imshow(np.asarray(Image.fromarray(gray).resize((tile, tile))), cmap="gray", vmin=0, vmax=255)
             if c == 0:
                 ax.set_title(src, loc="left", fontsize=9)
     fig.tight_layout()
@@ -96,10 +129,11 @@ def contact_sheet(picked: dict[str, list[np.ndarray]], out: str | Path, tile: in
 
 # The measured values that decided each reason (the rest stay in rejects.jsonl).
 SHOWN = {
-    "colour": ["colour_fraction", "colour_any", "colour_outside"],
-    "no_tissue": ["band_r2", "lateral_ratio", "lit_fraction", "deep_std", "scan_std", "std"],
-    "not_ultrasound": ["scan_fraction", "bright_fraction", "speckle_cv", "std"],
-    "too_small": ["crop"],
+    "colour": ["colour_fraction", "colour_outside"],
+    "no_tissue": ["lit_fraction", "near_structure", "deep_structure", "band_r2", "near_bands", "lateral_ratio", "std"],
+    "not_ultrasound": ["scan_side", "scan_pixels", "bright_fraction", "speckle_cv", "std"],
+    "too_small": ["scan_side", "scan_pixels"],
+    "annotated": ["kinds"],
 }
 
 
@@ -201,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("shards", help="shard folder (with manifest.json), its manifest, or a remote folder URL")
     ap.add_argument("--sheet", help="write a contact sheet PNG here")
     ap.add_argument("--per-source", type=int, default=8)
+    ap.add_argument("--boxes", action="store_true", help="outline the annotations found in each sample on the sheet")
     ap.add_argument("--rejects", metavar="FILE.png", help="write a contact sheet of rejected frames, a row per reason")
     ap.add_argument("--per-reason", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
@@ -213,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         print(summary(manifest))
     if args.sheet:
         sources = list((manifest or {}).get("sources", {}))
-        contact_sheet(pick_samples(urls, sources, args.per_source, args.seed), args.sheet)
+        contact_sheet(pick_samples(urls, sources, args.per_source, args.seed), args.sheet, boxes=args.boxes)
         log.info(f"contact sheet: {args.sheet}")
     if args.overlap:
         from shards.overlap import inspect_overlap

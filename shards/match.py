@@ -31,8 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from shards.clean import MIN_SIDE, letterbox, to_gray
+from shards.clean import letterbox
+from shards.decode import to_gray
 from shards.scan_area import crop_to_scan_area, detect_scan_area
+from shards.thresholds import MIN_SCAN_SIDE
 
 MATCHER = 1  # version of the matching rules: a change that alters which frames match bumps it
 MATCH_SIDE = 256  # canonical side, pixels (the default shard size)
@@ -88,7 +90,7 @@ def canonical(pixels: np.ndarray) -> np.ndarray:
     gray = to_gray(pixels)
     area = detect_scan_area(gray, rgb=pixels if pixels.ndim == 3 else None)
     x0, y0, x1, y1 = area.bbox
-    crop = crop_to_scan_area(gray, area) if min(x1 - x0, y1 - y0) >= MIN_SIDE else gray
+    crop = crop_to_scan_area(gray, area) if min(x1 - x0, y1 - y0) >= MIN_SCAN_SIDE else gray
     return resized(letterbox(crop))
 
 

@@ -34,6 +34,9 @@ class SourceOptions:
     exclude: tuple[str, ...] = ()
     max_images: int | None = None  # at most this many samples kept from this source
     anatomy: str | None = None  # tag written into each sample's JSON
+    # What becomes of a frame with annotations inside its scan area (shards.annotations): keep them,
+    # inpaint them (OpenCV), or drop the frame. Every sample's JSON lists what was found.
+    annotations: Literal["keep", "inpaint", "drop"] = "inpaint"
 
     def identity(self) -> dict:
         """Every option as a JSON value (part of the build identity)."""

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.clean import to_gray
 from shards.codec import CorruptSample, decode_gray
 from shards.copyindex import loaded
-from shards.decode import read_pixels
+from shards.decode import read_pixels, to_gray
 from shards.exclusions import Exclusions, load_exclusions
 from shards.match import resized
 from shards.ordered_pool import ordered_map

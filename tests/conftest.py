@@ -85,16 +85,36 @@ def tiny_teacher_dir(tmp_path_factory) -> Path:
     return out
 
 
-POCUS_DATA = REPO / ".cache" / "itk-pocus" / "itk-pocus-0.3.2" / "tests" / "data"
+CACHE = REPO / ".cache"
+POCUS_DATA = CACHE / "itk-pocus" / "itk-pocus-0.3.2" / "tests" / "data"
+DEID_DATA = CACHE / "deid-data" / "deid-data-0.0.20" / "deid_data" / "data" / "ultrasounds"
+PYDICOM_DATA = CACHE / "pydicom-data" / "pydicom-data-1.0.0" / "data_store" / "data"
+
+
+def _cached(env: str, default: Path, probe: str, what: str) -> Path:
+    """A folder of real recordings fetched by `make testdata` (``env`` may point elsewhere)."""
+    path = Path(os.environ.get(env, default))
+    if not (path / probe).is_file():
+        pytest.fail(f"{what} missing at {path}: run `make testdata` (or `make test`) once", pytrace=False)
+    return path
 
 
 @pytest.fixture(scope="session")
 def pocus_dir() -> Path:
     """Real device recordings from the itk-pocus 0.3.2 sdist (Apache-2.0), fetched once by `make`."""
-    path = Path(os.environ.get("SONODISTILL_POCUS_DATA", POCUS_DATA))
-    if not (path / "butterfly-vsync.mp4").is_file():
-        pytest.fail(f"real test recordings missing at {path}: run `make testdata` (or `make test`) once", pytrace=False)
-    return path
+    return _cached("SONODISTILL_POCUS_DATA", POCUS_DATA, "butterfly-vsync.mp4", "real test recordings")
+
+
+@pytest.fixture(scope="session")
+def deid_dir() -> Path:
+    """Real ultrasound DICOMs from the deid-data 0.0.20 sdist (MIT): probes in air, an echo colour cine."""
+    return _cached("SONODISTILL_DEID_DATA", DEID_DATA, "GREYSCALE_IMAGE.dcm", "deid-data recordings")
+
+
+@pytest.fixture(scope="session")
+def pydicom_data_dir() -> Path:
+    """Real ultrasound DICOMs from the pydicom-data 1.0.0 sdist (MIT): power Doppler, marks in the scan."""
+    return _cached("SONODISTILL_PYDICOM_DATA", PYDICOM_DATA, "OBXXXX1A.dcm", "pydicom-data recordings")
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,11 @@ from PIL import Image
 import shards.build as build_mod
 from shards.build import BuildSettings, build_shards
 from shards.clean import Cleaned, Rejected, clean_image, letterbox
+from shards.colour import colour_fraction
 from shards.decode import decode_image
 from shards.dedup import DuplicateIndex
 from shards.ordered_pool import ordered_map
-from shards.quality import colour_fraction, ultrasound_rejection
+from shards.quality import ultrasound_rejection
 from shards.scan_area import detect_scan_area
 from shards.synth import render
 from sonodistill.errors import UserError
@@ -208,9 +209,21 @@ def test_quality_rules():
     # colour fraction by hand: 2 of 4 lit pixels coloured, one black pixel ignored
     rgb = np.array([[[200, 10, 10], [90, 90, 90], [0, 0, 255]], [[50, 50, 60], [0, 0, 0], [0, 0, 0]]], np.uint8)
     assert colour_fraction(rgb) == pytest.approx(2 / 4)
+    # colour flow: a velocity map (red to yellow, graded in brightness) filling part of the scan area
+    from shards.synth.doppler import velocity_colour
+
     doppler = np.stack([gray] * 3, -1)
-    doppler[80:140, 100:180] = [220, 30, 30]
+    v = np.linspace(0.2, 1.0, 80)[None, :] * np.linspace(0.6, 1.0, 60)[:, None]
+    doppler[80:140, 100:180] = velocity_colour(v)
     assert clean_image(png_bytes(doppler), 64).reason == "colour"
+    # a filled area of one flat colour is colour only when it hides a large part of the tissue (the
+    # issue-17 rule: colour Doppler is a colour map over tissue; flat marks never reject a frame)
+    block = np.stack([gray] * 3, -1)
+    block[80:140, 100:180] = [220, 30, 30]
+    assert clean_image(png_bytes(block), 64).reason == "colour"
+    dot = np.stack([gray] * 3, -1)
+    dot[100:108, 120:128] = [220, 30, 30]
+    assert isinstance(clean_image(png_bytes(dot), 64), Cleaned)
     tiny = np.zeros((300, 300), np.uint8)
     tiny[10:46, 10:46] = speckle_frame(h=36, w=36, pad=0)
     assert isinstance(clean_image(png_bytes(tiny), 64), Rejected)

@@ -89,6 +89,7 @@ def test_options_identity_is_what_builds_stored(tmp_path):
             "exclude": [],
             "max_images": None,
             "anatomy": "liver",
+            "annotations": "inpaint",  # issue 17: a new option joins every build's identity
         }
     )
 

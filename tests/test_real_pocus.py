@@ -53,7 +53,10 @@ def test_every_supported_file_gives_frames_and_rejects_are_counted(pocus_build):
     assert kept["clarius-ocular-short.mp4"] <= 2 and reasons["near_duplicate"] >= 3
     stats = m["per_source"]["pocus"]
     assert stats["files"] == 19 and stats["clips"] == 8 and stats["kept"] == m["num_samples"]
-    assert stats["crop"] == {"heuristic": m["num_samples"]}  # Sonoque's region is the whole screen
+    # Sonoque's region is the whole screen: single images are cropped by the heuristic, and the frames
+    # of a clip by the one scan area found for the clip (issue 17)
+    clips = sum(n for p, n in kept.items() if p.endswith((".mp4", ".MOV", ".mha")))
+    assert stats["crop"] == {"heuristic": m["num_samples"] - clips, "clip": clips}
 
 
 def test_rejects_contact_sheet(pocus_build, tmp_path):

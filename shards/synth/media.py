@@ -152,6 +152,43 @@ def write_dicom(
     return records
 
 
+def encode_video(frames: list[np.ndarray], path: str | Path, fps: int = 12, codec: str = "libx264") -> None:
+    """Grey frames -> a video file: H.264 (yuv420p, crf 18) or MJPEG (yuvj420p)."""
+    import av
+
+    h, w = frames[0].shape
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p" if codec == "libx264" else "yuvj420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(np.repeat(f[..., None], 3, axis=-1), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_frames(family: str, frames: list[np.ndarray], folder: str | Path) -> None:
+    """One clip of grey frames as ``family``: ``image`` (a PNG per frame), ``dicom`` (a JPEG 2000
+    cine with an ultrasound region), ``video`` (H.264 mp4) or ``nifti`` (a 2D+t sequence)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True)
+    if family == "image":
+        for i, f in enumerate(frames):
+            Image.fromarray(f).save(folder / f"{i:05d}.png", compress_level=1)
+    elif family == "dicom":
+        _dataset(frames, "j2k", "MONOCHROME2", regions=True).save_as(folder / "cine.dcm", enforce_file_format=True)
+    elif family == "nifti":
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(f[None]) for f in frames]), str(folder / "seq.nii.gz"))
+    else:
+        encode_video(frames, folder / "clip.mp4", fps=30)
+
+
 def write_video(
     out: str | Path,
     n: int,
@@ -163,8 +200,6 @@ def write_video(
     fps: int = 12,
 ) -> list[dict]:
     """``n`` clips alternating mp4 (H.264, yuv420p) and avi (MJPEG); returns the truth records."""
-    import av
-
     out = check_args(out, n, seed, truth, workers)
     records = []
     for i in range(n):
@@ -173,18 +208,7 @@ def write_video(
         mp4 = i % 2 == 0
         name = f"{i:04d}_clip.{'mp4' if mp4 else 'avi'}"
         h, w = clip[0].shape
-        with av.open(str(out / name), mode="w") as container:
-            stream = container.add_stream("libx264" if mp4 else "mjpeg", rate=fps)
-            stream.width, stream.height = w, h
-            stream.pix_fmt = "yuv420p" if mp4 else "yuvj420p"
-            if mp4:
-                stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
-            for f in clip:
-                frame = av.VideoFrame.from_ndarray(np.repeat(f[..., None], 3, axis=-1), format="rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+        encode_video(clip, out / name, fps, "libx264" if mp4 else "mjpeg")
         records.append(
             {
                 "path": name,

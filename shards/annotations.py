@@ -1,0 +1,143 @@
+"""Annotations inside the scan area: find the marks a scanner or a reader drew, and remove them.
+
+Marks -- calipers (``+``, ``x``), dotted measurement lines, text, arrows, body marks and other
+drawn lines -- are strokes one to three pixels wide, drawn in one colour (white, grey, yellow,
+green, cyan...) over the speckle. Speckle and tissue are band-limited by the imaging system, so
+neither has strokes that thin, that bright against their surround and that regular in shape.
+Detection, in the crop at the native resolution (thresholds in :mod:`shards.thresholds`):
+
+1. stroke pixels: a white top-hat (the pixel minus the 5x5 opening) of at least
+   ``MARK_CONTRAST`` at a grey level of at least ``MARK_LEVEL`` (thin and bright), kept where they
+   are in their piece's one drawing colour (bright speckle touching a mark is peeled off), or a
+   colour off the frame's grey-to-colour map (:func:`shards.colour.residual_colour`: B-mode is
+   grey);
+2. their connected pieces are told apart by shape (:mod:`shards.mark_shapes`): a cross is a
+   caliper, a closed outline a body mark, a long thin stroke a line or an arrow (a head at one
+   end), glyphs side by side on one baseline text, and small dots evenly spaced along a line a
+   dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks.
+
+A line running along the scan area's edge (``EDGE_SHARE`` of its pixels within 2 px of it) is the
+image's outline, not a mark. Each mark is a kind and a box; ``inpaint`` fills the mark pixels (grown
+by ``MARK_GROW`` to take the halo of anti-aliasing and compression) with OpenCV's Telea inpainting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from shards.components import components
+from shards.mark_shapes import Piece, find_marks
+from shards.thresholds import EDGE_SHARE, INPAINT_RADIUS, MARK_CONTRAST, MARK_GROW, MARK_LEVEL, PLATEAU_TOL
+
+KINDS = ("caliper", "dotted_line", "text", "arrow", "body_mark", "line")
+
+
+@dataclass
+class Mark:
+    kind: str  # one of KINDS
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in the image it was found in
+    mask: np.ndarray  # bool, the box's size: the mark's pixels
+
+
+def stroke_pixels(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Thin bright pixels inside ``mask`` (step 1 of the module doc; the coloured ones come apart)."""
+    tophat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, np.ones((5, 5), np.uint8))
+    return (tophat >= MARK_CONTRAST) & (gray >= MARK_LEVEL) & mask
+
+
+def _middle(values: np.ndarray) -> int:
+    """The middle value (index ``len // 2`` once sorted); 0 for none."""
+    if not len(values):
+        return 0
+    k = len(values) // 2
+    return int(np.partition(values, k)[k])
+
+
+def _step(gray: np.ndarray, mask: np.ndarray, labels: np.ndarray, k: int, box: tuple[int, int, int, int]) -> float:
+    """Piece ``k``'s middle grey level minus that of the ring just outside it (its pixels whose 3x3
+    neighbourhood's highest label is ``k``), or 0 without a ring. A drawn stroke stands on the
+    tissue as a step; a bright tissue streak fades into its surround. Measured in the piece's box
+    grown by 2 pixels (the ring lies within 1), so its cost follows the piece, not the frame."""
+    x0, y0, x1, y1 = box
+    h, w = labels.shape
+    ys, xs = slice(max(y0 - 2, 0), min(y1 + 2, h)), slice(max(x0 - 2, 0), min(x1 + 2, w))
+    lab, g = labels[ys, xs], gray[ys, xs]
+    ring = cv2.dilate(lab.astype(np.float32), np.ones((3, 3), np.uint8)) == k
+    ring &= (lab == 0) & mask[ys, xs]
+    if not ring.any():
+        return 0.0
+    return float(_middle(g[lab == k]) - _middle(g[ring]))
+
+
+def peel(strokes: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """Stroke pixels in their piece's drawing colour only: a mark is drawn in one grey level (its
+    piece's most common one, within ``PLATEAU_TOL``); bright speckle touching it is not."""
+    n, labels = cv2.connectedComponents(strokes.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return strokes
+    lab, val = labels[strokes], gray[strokes].astype(np.int64)
+    hist = np.bincount(lab * 256 + val, minlength=n * 256).reshape(n, 256)
+    # each level's count summed over +-PLATEAU_TOL levels (a box filter along every row at once)
+    t = PLATEAU_TOL
+    run = np.cumsum(np.pad(hist, ((0, 0), (t + 1, t))), axis=1)
+    mode = (run[:, 2 * t + 1 :] - run[:, : -2 * t - 1]).argmax(axis=1)
+    keep = np.abs(val - mode[lab]) <= PLATEAU_TOL
+    out = np.zeros_like(strokes)
+    out[strokes] = keep
+    return out
+
+
+def _pieces(strokes: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray) -> list[Piece]:
+    n, labels, stats = components(strokes)
+    pieces = []
+    for k in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        box = (x, y, x + w, y + h)
+        comp = labels[y : y + h, x : x + w] == k
+        values = gray[y : y + h, x : x + w][comp]
+        coloured = int(col[y : y + h, x : x + w][comp].sum()) >= 0.5 * area
+        pieces.append(Piece(k, box, area, comp, values, coloured, _step(gray, mask, labels, k, box)))
+    return pieces
+
+
+def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = None) -> list[Mark]:
+    """The marks inside ``mask`` of a grayscale image; ``col``: its coloured pixels
+    (:func:`shards.colour.residual_colour`), when it came from a colour frame."""
+    col = np.zeros(mask.shape, bool) if col is None else col & mask
+    strokes = peel(stroke_pixels(gray, mask), gray) | col
+    if not strokes.any():
+        return []
+    # Every kind of mark is made of drawn pieces only (coloured, or a step above their surround), so
+    # the speckle grains among the pieces are left out before the shapes are compared.
+    drawn = [p for p in _pieces(strokes, col, gray, mask) if p.drawn]
+    marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
+    # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a mark.
+    edge = mask & ~(cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
+    return [m for m in marks if m.kind != "line" or not _along(edge, m)]
+
+
+def _along(edge: np.ndarray, m: Mark) -> bool:
+    x0, y0, x1, y1 = m.box
+    return int((edge[y0:y1, x0:x1] & m.mask).sum()) >= EDGE_SHARE * int(m.mask.sum())
+
+
+def marks_mask(shape: tuple[int, int], marks: list[Mark], grow: int = MARK_GROW) -> np.ndarray:
+    """The pixels of ``marks`` in an image of ``shape``, grown by ``grow`` pixels."""
+    out = np.zeros(shape, np.uint8)
+    for m in marks:
+        x0, y0, x1, y1 = m.box
+        out[y0:y1, x0:x1] |= m.mask.astype(np.uint8)
+    if grow > 0:
+        out = cv2.dilate(out, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return out > 0
+
+
+def inpaint(gray: np.ndarray, marks: list[Mark]) -> np.ndarray:
+    """``gray`` with the marks' pixels filled from their surround (OpenCV's Telea inpainting)."""
+    if not marks:
+        return gray
+    holes = marks_mask(gray.shape, marks).astype(np.uint8)
+    return cv2.inpaint(gray, holes, INPAINT_RADIUS, cv2.INPAINT_TELEA)

@@ -1,0 +1,206 @@
+"""The colour rule: colour Doppler is a filled coloured area over tissue; annotations are strokes.
+
+Measured in the scan area at the native resolution (docs/data.md "Cleaning rules"; thresholds in
+:mod:`shards.thresholds`):
+
+1. *coloured* pixels: the channel spread of a pixel's colour is above ``CHROMA``; in a tinted
+   frame (B-mode shown through a colour map: most lit pixels of one hue, median chroma at least
+   ``TINT_CHROMA``) after the colour the frame gives its grey level is taken away (the median
+   colour of each band of ``TINT_BAND`` grey levels), so the tint is grey while Doppler and
+   coloured marks stand out;
+2. *filled* areas: coloured pixels surviving a 3x3 opening -- text, calipers, dotted and drawn
+   lines, box outlines are strokes one or two pixels wide and vanish;
+3. *flow*: a filled area whose colours span a colour map -- hue spread above ``FLOW_HUE_SPREAD``
+   degrees with brightness varying too (value spread above ``FLOW_MAP_VALUE_SPREAD``), or mostly
+   red/orange or blue hues graded in brightness (value spread above ``FLOW_VALUE_SPREAD``: a
+   velocity or power map) -- or any filled area covering ``FLOW_LARGE`` of the scan area (it hides
+   the tissue). A filled area of one flat colour, or two touching (a red and a yellow trace), is
+   a mark (an arrowhead, an icon, a caliper dot), and a mark never rejects a frame.
+
+``colour_fraction`` is the share of the scan area's lit pixels that are flow; above
+``COLOUR_FLOW`` the frame is ``colour``. ``colour_outside`` keeps the rule for a spectral-Doppler
+strip or colour M-mode beside the image (coloured textured pixels outside the scan area, in blobs
+that are not one flat colour, over more than ``COLOUR_OUTSIDE`` of the frame). Written here because
+no library tells Doppler from annotations; OpenCV gives the colour space, morphology and components.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from shards.components import components
+from shards.scan_area import ScanArea, coloured
+from shards.thresholds import (
+    CHROMA,
+    COLOUR_FLOW,
+    COLOUR_OUTSIDE,
+    FLOW_HUE_SPREAD,
+    FLOW_HUES,
+    FLOW_LARGE,
+    FLOW_MAP_VALUE_SPREAD,
+    FLOW_MIN_PIXELS,
+    FLOW_SATURATION,
+    FLOW_VALUE_SPREAD,
+    TINT_BAND,
+    TINT_CHROMA,
+    TINT_HUE_SPREAD,
+)
+
+SQUARE3 = np.ones((3, 3), np.uint8)
+
+
+def colour_fraction(rgb: np.ndarray) -> float:
+    """Fraction of non-black pixels whose channels differ by more than ``CHROMA`` levels."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    hi = np.maximum(np.maximum(r, g), b)
+    lo = np.minimum(np.minimum(r, g), b)
+    lit = hi > 16
+    n = int(np.count_nonzero(lit))
+    return float(np.count_nonzero((hi - lo > CHROMA) & lit) / n) if n else 0.0
+
+
+def _planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(luma, and each channel minus it) as int16 planes (per-plane arithmetic: numpy's axis=2
+    reductions are several times slower)."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    luma = (r * 77 + g * 150 + b * 29) >> 8
+    return luma, r - luma, g - luma, b - luma
+
+
+def _tinted(offsets: list[np.ndarray]) -> bool:
+    """A colour map over the whole image: most lit pixels carry some chroma, all of one hue."""
+    r, g, b = offsets
+    chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    if chroma.size == 0 or np.median(chroma) < TINT_CHROMA:
+        return False
+    sel = chroma >= TINT_CHROMA
+    hue = np.degrees(np.arctan2(np.sqrt(3.0) * (g[sel] - b[sel]), 2.0 * r[sel] - g[sel] - b[sel]))
+    return _hue_spread(hue) < TINT_HUE_SPREAD
+
+
+def residual_colour(rgb: np.ndarray, mask: np.ndarray, step: int = 1) -> np.ndarray:
+    """Pixels coloured beyond the colour the frame gives their grey level (step 1 of the module doc).
+
+    The colour of each grey band is the median over every ``step``-th pixel of ``mask``, used only
+    when the frame is tinted (:func:`_tinted`): a large Doppler or marker area dominating a few
+    grey bands must not become the frame's own colour."""
+    luma, *offsets = _planes(rgb)
+    band = luma // TINT_BAND
+    sel = mask[::step, ::step]
+    expected = np.zeros((3, 256 // TINT_BAND + 1), np.int16)
+    sampled = [off[::step, ::step][sel].astype(np.float32) for off in offsets]
+    if sel.any() and _tinted(sampled):
+        bands = band[::step, ::step][sel]
+        order = np.argsort(bands, kind="stable")
+        keys, starts = np.unique(bands[order], return_index=True)
+        for c, off in enumerate(sampled):
+            expected[c, keys] = [int(np.median(ch)) for ch in np.split(off[order], starts[1:])]
+    res = [off - expected[c][band] for c, off in enumerate(offsets)]
+    spread = np.maximum(np.maximum(res[0], res[1]), res[2]) - np.minimum(np.minimum(res[0], res[1]), res[2])
+    return (spread > CHROMA) & mask
+
+
+def _hue_spread(hue_deg: np.ndarray) -> float:
+    """Circular standard deviation of hues in degrees."""
+    a = np.deg2rad(hue_deg)
+    r = float(np.hypot(np.cos(a).mean(), np.sin(a).mean()))
+    return float(np.rad2deg(np.sqrt(-2.0 * np.log(min(max(r, 1e-9), 1.0)))))
+
+
+def _is_flow(hue: np.ndarray, value: np.ndarray) -> bool:
+    """One filled coloured area (its saturated inner pixels): a colour map (flow) or one flat colour
+    (a mark)? (step 3)."""
+    if hue.size < FLOW_MIN_PIXELS:
+        return False
+    spread = float(np.percentile(value, 90) - np.percentile(value, 10))
+    if _hue_spread(hue) > FLOW_HUE_SPREAD and spread > FLOW_MAP_VALUE_SPREAD:
+        return True
+    in_map = np.zeros(hue.shape, bool)
+    for lo, hi in FLOW_HUES:
+        in_map |= (hue >= lo) & (hue <= hi) if lo <= hi else (hue >= lo) | (hue <= hi)
+    return bool(in_map.mean() >= 0.5 and spread > FLOW_VALUE_SPREAD)
+
+
+def flow_pixels(rgb: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Pixels of filled, flow-coloured areas among the coloured pixels ``col`` (steps 2-3). Only the
+    saturated pixels inside an area tell its colours (its rim blends with the tissue); an area on the
+    edge of the scan area ``inside`` is not over tissue (a logo, a bar)."""
+    flow = np.zeros(col.shape, bool)
+    if not col.any():
+        return flow
+    solid = cv2.morphologyEx(col.astype(np.uint8), cv2.MORPH_OPEN, SQUARE3)
+    n, labels, stats = components(solid)
+    if n <= 1:
+        return flow
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV_FULL)
+    edge = ~cv2.erode(inside.astype(np.uint8), SQUARE3, borderValue=0).astype(bool)
+    for k in range(1, n):
+        x, y, w, h = (int(v) for v in stats[k, :4])
+        comp = labels[y : y + h, x : x + w] == k
+        if (comp & edge[y : y + h, x : x + w]).any():
+            continue
+        core = cv2.erode(comp.astype(np.uint8), SQUARE3, borderValue=0).astype(bool)
+        px = hsv[y : y + h, x : x + w][core]
+        px = px[px[:, 1] >= FLOW_SATURATION]
+        large = stats[k, cv2.CC_STAT_AREA] >= FLOW_LARGE * max(int(inside.sum()), 1)
+        if large or _is_flow(px[:, 0].astype(np.float32) * (360.0 / 256.0), px[:, 2].astype(np.float32)):
+            flow[y : y + h, x : x + w] |= comp
+    return flow
+
+
+def area_colour(rgb: np.ndarray, area: ScanArea) -> tuple[np.ndarray, np.ndarray]:
+    """(lit pixels of the scan area, its coloured pixels), both in the scan area's box."""
+    x0, y0, x1, y1 = area.bbox
+    box = rgb[y0:y1, x0:x1]
+    lit = area.mask_in_bbox() & (np.maximum(np.maximum(box[..., 0], box[..., 1]), box[..., 2]) > 16)
+    s = area.step
+    # No coloured pixel at the working resolution: nothing to look for at the native one.
+    if not coloured(box[::s, ::s]).any():
+        return lit, np.zeros(lit.shape, bool)
+    return lit, residual_colour(box, lit, s)
+
+
+def _outside(small: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the frame covered by flow-coloured, textured areas outside the scan area (a spectral
+    strip, colour M-mode): coloured pixels whose 5x5 neighbourhood varies in grey level (a flat bar
+    of UI colour does not, even with text on it), opened 3x3, in areas whose colours are a map."""
+    col = coloured(small, CHROMA)
+    g = small.astype(np.float32).mean(axis=2)
+    c = col.astype(np.float32)
+    wc = cv2.blur(c, (5, 5))
+    m1 = cv2.blur(g * c, (5, 5)) / np.maximum(wc, 1e-6)
+    m2 = cv2.blur(g * g * c, (5, 5)) / np.maximum(wc, 1e-6)
+    std = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
+    textured = (col & (wc > 0.5) & (std > 6) & ~mask).astype(np.uint8)
+    textured = cv2.morphologyEx(textured, cv2.MORPH_OPEN, SQUARE3)
+    n, labels, stats = components(textured)
+    if n <= 1:
+        return 0.0
+    hsv = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2HSV_FULL)
+    area = 0
+    for k in range(1, n):
+        px = hsv[labels == k]
+        px = px[px[:, 1] >= FLOW_SATURATION]
+        if _is_flow(px[:, 0].astype(np.float32) * (360.0 / 256.0), px[:, 2].astype(np.float32)):
+            area += int(stats[k, cv2.CC_STAT_AREA])
+    return area / textured.size
+
+
+def colour_measures(rgb: np.ndarray, area: ScanArea, lit: np.ndarray | None, col: np.ndarray | None) -> dict:
+    """``colour_fraction`` (flow in the scan area) and ``colour_outside`` (see the module doc);
+    ``lit`` and ``col`` as :func:`area_colour` gives them."""
+    small = rgb[:: area.step, :: area.step]
+    if not area.small_mask.any() or lit is None or col is None:
+        return {"colour_fraction": round(colour_fraction(small), 4), "colour_outside": 0.0}
+    x0, y0, x1, y1 = area.bbox
+    n = int(np.count_nonzero(lit))
+    flow = int(np.count_nonzero(flow_pixels(rgb[y0:y1, x0:x1], col, area.mask_in_bbox()))) if n else 0
+    return {
+        "colour_fraction": round(flow / n, 5) if n else 0.0,
+        "colour_outside": round(_outside(small, area.small_mask), 4),
+    }
+
+
+def is_colour(values: dict) -> bool:
+    return values["colour_fraction"] > COLOUR_FLOW or values["colour_outside"] > COLOUR_OUTSIDE

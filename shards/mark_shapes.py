@@ -1,0 +1,312 @@
+"""Tell marks from speckle by the shape of their stroke pieces (step 2 of :mod:`shards.annotations`).
+
+A *piece* is a connected group of stroke pixels. Marks are built from thin strokes (at most
+``STROKE_WIDTH`` pixels wide) in regular shapes; speckle grains and tissue edges are compact blobs
+or irregular. In order:
+
+- *caliper*: a cross -- nearly all pixels on one row and one column (``+``) or on the two diagonals
+  (``x``) through its middle, each arm spanning most of the box -- or four short bars around an
+  empty centre (arms at most ``ARM_MAX`` long);
+- *body mark*: a closed thin outline (a hole inside) at most ``BODY_MARK_MAX`` pixels across; a
+  larger closed outline (a box) is a *line*;
+- *arrow* / *line*: a long (at least ``LINE_MIN`` pixels) thin stroke; an arrow is one whose width
+  across its axis grows at one end (the head);
+- *text*: glyphs -- thin pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall -- side by side on one
+  baseline, at least ``TEXT_MIN_GLYPHS`` of them;
+- *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
+  along a straight line;
+- any other coloured piece of at least ``COLOUR_MARK_MIN`` pixels is a *line* (B-mode is grey).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from shards.thresholds import (
+    ARM_MAX,
+    BODY_MARK_MAX,
+    COLOUR_MARK_MIN,
+    DOT_MAX,
+    DOT_SPACING,
+    DOTS_MIN,
+    GLYPH_MAX,
+    GLYPH_MIN,
+    LINE_MIN,
+    LINE_PLATEAU,
+    LINE_WOBBLE,
+    MARK_STEP,
+    PLATEAU_TOL,
+    STROKE_WIDTH,
+    TEXT_MIN_GLYPHS,
+    TEXT_PLATEAU,
+)
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class Piece:
+    index: int
+    box: Box  # x0, y0, x1, y1 (exclusive)
+    area: int
+    comp: np.ndarray  # bool, the box's size
+    values: np.ndarray  # grey levels of its pixels
+    coloured: bool = False
+    step: float = 255.0  # grey level above its surround (see shards.annotations._step)
+    used: bool = field(default=False)
+
+    @property
+    def drawn(self) -> bool:
+        """Stands on its surround as a drawn stroke does: coloured, or a step of ``MARK_STEP``."""
+        return self.coloured or self.step >= MARK_STEP
+
+    @property
+    def w(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def h(self) -> int:
+        return self.box[3] - self.box[1]
+
+
+def _thin(p: Piece) -> bool:
+    """Every pixel within ``STROKE_WIDTH / 2`` of the piece's edge: a stroke, not a blob."""
+    padded = np.pad(p.comp.astype(np.uint8), 1)
+    return float(cv2.distanceTransform(padded, cv2.DIST_L2, 3).max()) <= STROKE_WIDTH / 2 + 0.5
+
+
+def _arms(c: np.ndarray, r: int, k: int) -> list[int]:
+    """Lengths of the four arms (left, right, up, down) from the crossing (r, k) along row r and column k."""
+    out = []
+    for line, at in ((c[r, :k][::-1], 0), (c[r, k + 1 :], 0), (c[:r, k][::-1], 0), (c[r + 1 :, k], 0)):
+        run = at
+        for v in line:
+            if not v:
+                break
+            run += 1
+        out.append(run)
+    return out
+
+
+def is_cross(p: Piece) -> bool:
+    """A caliper: ``+`` (four arms along one row and one column) or ``x`` (along both diagonals)."""
+    w, h = p.w, p.h
+    if not (5 <= max(w, h) <= 41 and 0.5 <= w / h <= 2.0) or p.area > 0.5 * w * h or not p.drawn:
+        return False
+    c = p.comp
+    rows, cols = np.flatnonzero(c.sum(1) >= 0.7 * w), np.flatnonzero(c.sum(0) >= 0.7 * h)
+    plus = False
+    if rows.size and cols.size and rows.size <= STROKE_WIDTH and cols.size <= STROKE_WIDTH:
+        r, k = int(rows.mean().round()), int(cols.mean().round())
+        near = np.zeros_like(c)
+        near[max(0, rows[0] - 1) : rows[-1] + 2, :] = True
+        near[:, max(0, cols[0] - 1) : cols[-1] + 2] = True
+        arms = _arms(c, r, k)
+        plus = c[near].sum() >= 0.85 * p.area and min(arms) >= 2 and max(arms) <= 2.5 * max(min(arms), 1) + 1
+    if plus:
+        return True
+    diag = np.zeros_like(c)
+    side = min(w, h)
+    for i in range(side):
+        for j in (i, side - 1 - i):
+            diag[max(0, i - 1) : i + 2, max(0, j - 1) : j + 2] = True
+    ends = (c[:2, :2].any(), c[:2, -2:].any(), c[-2:, :2].any(), c[-2:, -2:].any())
+    return bool(abs(w - h) <= 1 and c[diag[:h, :w]].sum() >= 0.9 * p.area and all(ends))
+
+
+def _has_hole(p: Piece) -> bool:
+    filled = np.pad(p.comp.astype(np.uint8), 1)
+    inv = (1 - filled).astype(np.uint8)
+    n, _ = cv2.connectedComponents(inv, connectivity=4)
+    return n > 2  # the outside plus at least one enclosed hole
+
+
+def plateau(values: np.ndarray, tol: int = PLATEAU_TOL) -> float:
+    """Share of grey levels within ``tol`` of the most common one: a stroke drawn in one colour
+    holds most of its piece (the rest: tissue pixels touching it), a tissue streak spreads out."""
+    counts = np.bincount(values.astype(np.int64), minlength=256)
+    window = np.convolve(counts, np.ones(2 * tol + 1), mode="same")
+    return float(window.max() / max(values.size, 1))
+
+
+def _axis_profile(p: Piece) -> tuple[float, np.ndarray, float]:
+    """(length along the principal axis, width across it in 8 bins along it, std of the bins' centres)."""
+    ys, xs = np.nonzero(p.comp)
+    pts = np.stack([xs, ys], 1).astype(np.float32)
+    pts -= pts.mean(0)
+    _, vecs = np.linalg.eigh(pts.T @ pts)
+    along, across = pts @ vecs[:, 1], pts @ vecs[:, 0]
+    length = float(along.max() - along.min()) + 1
+    bins = np.clip(((along - along.min()) / length * 8).astype(int), 0, 7)
+    present = [b for b in range(8) if (bins == b).any()]
+    widths = np.array([np.ptp(across[bins == b]) + 1 if (bins == b).any() else 0 for b in range(8)])
+    centres = np.array([np.median(across[bins == b]) for b in present])
+    return length, widths, float(centres[1:-1].std()) if len(centres) > 3 else 0.0
+
+
+def line_kind(p: Piece) -> str | None:
+    """``line`` or ``arrow`` for a long, thin, straight stroke in one colour, else None."""
+    if max(p.w, p.h) < LINE_MIN or not p.drawn or not _thin(p):
+        return None
+    if not p.coloured and plateau(p.values) < LINE_PLATEAU:
+        return None
+    length, widths, wobble = _axis_profile(p)
+    core = float(np.median(widths[2:6]))
+    if length < LINE_MIN or core > STROKE_WIDTH + 1 or (wobble > LINE_WOBBLE and not p.coloured):
+        return None
+    ends = max(widths[0], widths[-1])
+    return "arrow" if ends >= 2.5 * max(core, 1.0) and ends >= 5 else "line"
+
+
+def _glyph(p: Piece) -> bool:
+    return GLYPH_MIN <= p.h <= GLYPH_MAX and p.w <= 8 * p.h and _thin(p)
+
+
+def text_groups(pieces: list[Piece]) -> list[list[Piece]]:
+    """Glyphs (and the dots of ``i``, ``:`` beside them) side by side on one baseline."""
+    cand = [p for p in pieces if not p.used and p.drawn and (max(p.w, p.h) <= DOT_MAX or _glyph(p))]
+    cand.sort(key=lambda p: p.box[0])
+    groups: list[list[Piece]] = []
+    for p in cand:
+        for g in groups:
+            last = g[-1]
+            top, bot = min(q.box[1] for q in g), max(q.box[3] for q in g)
+            h = bot - top
+            overlap = min(bot, p.box[3]) - max(top, p.box[1])
+            if p.box[0] - last.box[2] <= max(3, 2 * h) and overlap >= 0.5 * min(h, p.h):
+                g.append(p)
+                break
+        else:
+            groups.append([p])
+    return [g for g in groups if _is_text(g)]
+
+
+def _is_text(group: list[Piece]) -> bool:
+    """Glyphs of one line of text: mostly one height, one top or one baseline, one colour."""
+    glyphs = [q for q in group if _glyph(q)]
+    if not glyphs:
+        return False
+    width = max(q.box[2] for q in group) - min(q.box[0] for q in group)
+    height = max(q.box[3] for q in group) - min(q.box[1] for q in group)
+    if width < 1.5 * height or len(glyphs) < TEXT_MIN_GLYPHS:
+        return False
+    hs = np.array([q.h for q in glyphs])
+    tops, bottoms = np.array([q.box[1] for q in glyphs]), np.array([q.box[3] for q in glyphs])
+    same_height = np.mean(np.abs(hs - np.median(hs)) <= max(2, 0.25 * np.median(hs))) >= 0.6
+    aligned = max(np.mean(np.abs(v - np.median(v)) <= 2) for v in (tops, bottoms)) >= 0.6
+    coloured = all(q.coloured for q in group)
+    one_colour = coloured or plateau(np.concatenate([q.values for q in group])) >= TEXT_PLATEAU
+    drawn = coloured or float(np.median([q.step for q in glyphs])) >= MARK_STEP
+    return bool(same_height and aligned and one_colour and drawn)
+
+
+def dotted_lines(pieces: list[Piece]) -> list[list[Piece]]:
+    """At least ``DOTS_MIN`` small dots at one spacing along a straight line."""
+    dots = [p for p in pieces if not p.used and max(p.w, p.h) <= DOT_MAX and p.drawn]
+    if len(dots) < DOTS_MIN:
+        return []
+    c = np.array([[(p.box[0] + p.box[2] - 1) / 2, (p.box[1] + p.box[3] - 1) / 2] for p in dots])
+    taken = np.zeros(len(dots), bool)
+    out = []
+    for i in range(len(dots)):
+        if taken[i]:
+            continue
+        d = np.hypot(*(c - c[i]).T)
+        for j in np.flatnonzero((d >= 2) & (d <= DOT_SPACING) & ~taken):
+            step = c[j] - c[i]
+            tol = max(1.5, 0.1 * float(np.hypot(*step)))
+            chain = [i, j]
+            for direction in (1, -1):
+                k, pos = 0, c[j] if direction == 1 else c[i]
+                while k < 64:
+                    pos = pos + direction * step
+                    hit = np.flatnonzero(np.hypot(*(c - pos).T) <= tol)
+                    if hit.size == 0:
+                        break
+                    chain.append(int(hit[0]))
+                    k += 1
+            if len(set(chain)) >= DOTS_MIN:
+                taken[list(set(chain))] = True
+                out.append([dots[k] for k in sorted(set(chain))])
+                break
+    return out
+
+
+def _centre(p: Piece) -> tuple[float, float]:
+    return (p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2
+
+
+def _bar(p: Piece) -> bool:
+    """A short solid arm of a caliper drawn as four separate bars around an empty centre."""
+    long, short = max(p.w, p.h), min(p.w, p.h)
+    return not p.used and p.drawn and 3 <= long <= 2 * ARM_MAX and long >= 1.5 * short and p.area >= 0.7 * p.w * p.h
+
+
+def split_crosses(pieces: list[Piece]) -> list[list[Piece]]:
+    """Calipers drawn as four bars -- left, right, above, below -- around an empty centre."""
+    bars = [p for p in pieces if _bar(p)]
+    hor, ver = [p for p in bars if p.w > p.h], [p for p in bars if p.h > p.w]
+    out = []
+    for a in hor:
+        for b in hor:
+            gap = b.box[0] - a.box[2]
+            if a.used or b.used or not 1 <= gap <= ARM_MAX or abs(_centre(a)[1] - _centre(b)[1]) > 1:
+                continue
+            cx, cy = (a.box[2] + b.box[0]) / 2, _centre(a)[1]
+            near = [v for v in ver if not v.used and abs(_centre(v)[0] - cx) <= 1]
+            up = [v for v in near if 0 <= cy - v.box[3] <= gap]
+            down = [v for v in near if 0 <= v.box[1] - cy <= gap]
+            if up and down:
+                group = [a, b, up[0], down[0]]
+                for q in group:
+                    q.used = True
+                out.append(group)
+    return out
+
+
+def _union(group: list[Piece]) -> tuple[Box, np.ndarray]:
+    x0, y0 = min(p.box[0] for p in group), min(p.box[1] for p in group)
+    x1, y1 = max(p.box[2] for p in group), max(p.box[3] for p in group)
+    m = np.zeros((y1 - y0, x1 - x0), bool)
+    for p in group:
+        m[p.box[1] - y0 : p.box[3] - y0, p.box[0] - x0 : p.box[2] - x0] |= p.comp
+        p.used = True
+    return (x0, y0, x1, y1), m
+
+
+def _boxy(p: Piece) -> bool:
+    """A rectangle outline: nearly every pixel on the box's border."""
+    c = p.comp
+    border = np.zeros_like(c)
+    border[:2], border[-2:], border[:, :2], border[:, -2:] = True, True, True, True
+    return c[border].sum() >= 0.9 * p.area
+
+
+def outline_kind(p: Piece) -> str | None:
+    """A closed thin outline in one colour: a box (``line``) or a body mark."""
+    if max(p.w, p.h) < 12 or not p.drawn or not _has_hole(p) or not _thin(p):
+        return None
+    if not p.coloured and plateau(p.values) < LINE_PLATEAU:
+        return None
+    return "line" if _boxy(p) or max(p.w, p.h) > BODY_MARK_MAX else "body_mark"
+
+
+def find_marks(pieces: list[Piece]) -> list[tuple[str, Box, np.ndarray]]:
+    """(kind, box, pixels) of every mark among the pieces (module doc, in that order)."""
+    out = [("caliper", *_union([p])) for p in pieces if is_cross(p)]
+    out += [("caliper", *_union(g)) for g in split_crosses(pieces)]
+    for g in text_groups(pieces):
+        out.append(("text", *_union(g)))
+    for p in pieces:
+        kind = None if p.used else (outline_kind(p) or line_kind(p))
+        if kind:
+            out.append((kind, *_union([p])))
+    for g in dotted_lines(pieces):
+        out.append(("dotted_line", *_union(g)))
+    for p in pieces:
+        if not p.used and p.coloured and p.area >= COLOUR_MARK_MIN:
+            out.append(("line", *_union([p])))
+    return out

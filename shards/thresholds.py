@@ -1,0 +1,99 @@
+"""Every threshold of the cleaning rules, in one place, with what it measures and what set it.
+
+Grey levels are 0-255. "Working" pixels are those of the copy reduced to <= ``WORK_SIDE`` px on
+which the scan area and the frame rules are measured; "native" pixels are the frame's own. The
+calibration set and the per-rule table are in docs/data.md ("Calibration on real frames").
+"""
+
+from __future__ import annotations
+
+# --- scan area (shards.scan_area) -----------------------------------------------------------------
+WORK_SIDE = 256  # longest side of the working copy: the rules' cost does not grow with the frame
+LIT_LEVEL = 2  # a working pixel above this is lit (black surround and UI background are 0-2)
+CORE_LEVEL = 16  # dense speckle lies above this; JPEG ringing around text stays below
+CORE_MIN_DENSITY = 0.5  # share of a 7x7 window above CORE_LEVEL for the core
+CORE_MIN_STD = 2.5  # grey std in 5x5 windows: speckle, even smoothed and dark, lies well above
+CORE_MAX_FLAT = 0.3  # share of flat pixels (equal to their neighbours +-1) in 7x7: UI fills lie above
+BAR_RUN = 32  # working pixels: a lit row this flat (+-1) is a UI fill (or an empty noise floor); speckle never is
+BAR_REACH = 6  # ... and the rows this close to it (text lines on the bar)
+DIM_LEVEL = 100  # far-field speckle the core misses is darker than this; annotations are brighter
+PIECE_MIN_SHARE = 0.1  # a core piece of this share of the largest may be image (fluid splits a fan)
+PIECE_COLUMNS = 0.8  # ... across a black band when this share of its columns lies within the image's
+LOOSE_REGION = 0.85  # a DICOM region this share of the frame holds its UI too (EPIQ, S2000: 0.90-0.91)
+REGION_FILL = 0.9  # ... unless the heuristic's box fills this much of it
+CHROMA = 40  # channel spread (max - min) above which a pixel is coloured; JPEG chroma noise is < 25
+
+# --- one scan mask per clip (shards.clip_mask) ----------------------------------------------------
+CLIP_MASK_FRAMES = 16  # sampled frames a clip's scan area is found from (3 frames/s: about 5 s)
+CLIP_MIN_FRAMES = 3  # frames needed before unchanging pixels are taken for user interface
+MOTION_LEVEL = 12  # grey levels: a pixel changing more across those frames moves (H.264 noise on UI < 8)
+PIECE_MIN_MOVING = 0.05  # a core piece with less than this share of moving pixels is UI (clips)
+
+# --- colour (shards.colour) -----------------------------------------------------------------------
+TINT_CHROMA = 4  # median channel spread of the lit pixels of a tinted frame (grey and Doppler: 0-1)
+TINT_HUE_SPREAD = 20.0  # degrees: a tint is one hue (JPEG chroma noise and Doppler maps are not)
+TINT_BAND = 8  # grey levels per band of a tinted frame's own grey-to-colour map
+FLOW_SATURATION = 100  # HSV saturation (0-255) of the inner pixels whose hue is read (a rim blends)
+FLOW_MIN_PIXELS = 12  # saturated inner pixels a filled area needs for its colours to be read
+# (the coloured fringes of sub-pixel rendered text in screenshots hold 4-10; a 6x6 flow spot 15)
+FLOW_HUE_SPREAD = 10.0  # degrees, circular std of a filled area's hues: colour maps span more
+FLOW_MAP_VALUE_SPREAD = 30  # HSV value, 10th-90th percentile: a colour map is graded (two flat marks are not)
+FLOW_HUES = ((330, 45), (195, 265))  # degrees: red-orange and blue, the hues of velocity/power maps
+FLOW_VALUE_SPREAD = 60  # HSV value, 10th-90th percentile, of a graded red or blue flow spot
+FLOW_LARGE = 0.05  # share of the scan area one filled coloured area covers to count whatever its colours
+COLOUR_FLOW = 0.0002  # share of the scan area's lit pixels in flow: one 6x6 spot in a 256x256 scan
+COLOUR_OUTSIDE = 0.002  # share of the frame in textured colour outside the scan area (spectral strip)
+
+# --- not ultrasound / no tissue (shards.quality, shards.tissue) -----------------------------------
+MIN_STD = 4.0  # grey std of a frame or scan area below which it is a frozen blank field
+MIN_SCAN_SIDE = 48  # native pixels: the short side of the smallest usable scan area
+MIN_SCAN_PIXELS = 4096  # native pixels (64 x 64): the smallest usable scan area
+MAX_BRIGHT_FRACTION = 0.5  # share of the scan area above 200: documents, screenshots, white pages
+MIN_SPECKLE_CV = 0.04  # median 7x7 coefficient of variation: the smoothest real B-mode 0.059, photos <= 0.026
+NEAR_FIELD = 0.4  # share of the depth that is the near field (reverberation bands of a probe in air)
+SECTOR_TOP = 0.25  # a scan area whose top is narrower than this share of its width is a sector
+FACE_LEVEL = 20  # 3x3 mean: the first pixel of a scan line above it is the transducer face
+LIT_AREA_LEVEL = 40  # 5x5 mean above which a working pixel of the scan area is lit
+AIR_EMPTY_LIT = 0.04  # empty: share of the scan area lit (5x5 mean > LIT_AREA_LEVEL) below this
+AIR_NEAR_STRUCTURE = 6.0  # uniform: structure (grey std) of the near field below this ...
+AIR_DEEP_STRUCTURE = 7.0  # ... and of the field below it below this ...
+AIR_UNIFORM_BAND_R2 = 0.75  # ... with bands parallel to the face (near-field band_r2 at least this)
+AIR_BANDS = 2  # ... that repeat (near-field peaks; a homogeneous phantom's membrane line is one),
+BAND_PEAK = 0.25  # (a peak stands this share of the near-field profile's range above its median)
+AIR_FLAT_RATIO = 0.5  # ... or without speckle's lateral texture (lateral_ratio below this),
+AIR_DIM_FRACTION = 0.1  # ... or dim: a noise floor alone (lit share < 0.06; a dim phantom 0.28),
+AIR_FLAT_STRUCTURE = 2.5  # ... or a near field flatter than this (EPIQ in air 1.1; no genuine frame under 5.5)
+AIR_BAND_R2 = 0.55  # bands over an empty field: near field explained by its depth profile above this,
+AIR_LIT_FRACTION = 0.25  # ... less than this share of the scan area lit,
+AIR_EMPTY_STRUCTURE = 4.0  # ... and no structure below the near field (grey std below this)
+AIR_BAND_ASPECT = 0.45  # a thin band at the face: a scan area found, its depth / width below this
+# (probes in air whose field below the near-field arcs holds no evidence: 0.31-0.40),
+AIR_ROOM_BELOW = 2.0  # ... over a frame that goes on below it for this many band depths (air 2.2-5.2;
+# genuine, annotated and UI-screen frames thinner than 0.45: 1.88 at most),
+AIR_BELOW_LIT = 0.01  # ... and is dark there (share of working pixels lit: air <= 0.002, CING 0.02),
+AIR_FADE = 0.05  # ... the band fading to nothing at its bottom (deepest fifth / brightest: air <= 0.01),
+AIR_LINE_LIKENESS = 0.97  # ... and every scan line alike (median correlation with the median line:
+# air 0.98-0.99; genuine frames < 0.8 as deep as wide with room below: 0.95 at most)
+
+# --- annotations (shards.annotations, shards.mark_shapes), native pixels --------------------------
+MARK_CONTRAST = 50  # white top-hat (pixel minus its 5x5 opening) of a thin bright stroke, at least
+MARK_LEVEL = 150  # ... at this grey level or brighter (marks are drawn white, light grey or colour)
+MARK_STEP = 60  # grey levels a drawn piece stands above the ring around it (tissue streaks: < 45)
+STROKE_WIDTH = 3  # pixels: the widest stroke of a mark (scanner fonts, calipers, lines: 1-3)
+LINE_MIN = 20  # pixels: the shortest line or arrow
+PLATEAU_TOL = 8  # grey levels around a piece's median that count as its one drawing colour
+LINE_PLATEAU = 0.75  # share of a grey line's or outline's pixels in that colour (tissue edges vary)
+LINE_WOBBLE = 0.75  # pixels: std of a grey line's centre across its axis (drawn lines are straight)
+BODY_MARK_MAX = 80  # pixels: a closed outline this wide at most is a body mark (larger: a box)
+GLYPH_MIN = 5  # pixels: the shortest glyph of text
+GLYPH_MAX = 40  # ... and the tallest
+TEXT_MIN_GLYPHS = 2  # glyphs side by side for text
+TEXT_PLATEAU = 0.35  # share of a grey text line's pixels in its one colour (tissue touches glyphs)
+DOT_MAX = 3  # pixels: the widest dot of a dotted line
+DOTS_MIN = 4  # evenly spaced dots for a dotted line
+DOT_SPACING = 32  # pixels: the widest spacing of a dotted line's dots
+ARM_MAX = 12  # pixels: the longest arm of a caliper drawn as four separate bars
+EDGE_SHARE = 0.8  # a line with this share of its pixels on the scan area's edge is its outline
+COLOUR_MARK_MIN = 6  # pixels: a coloured piece this large is a mark whatever its shape
+MARK_GROW = 1  # pixels added around a mark before inpainting (anti-aliasing, JPEG halo)
+INPAINT_RADIUS = 3  # pixels: cv2.inpaint's neighbourhood

@@ -1,0 +1,279 @@
+"""Annotations inside the scan area (issue 17): found on real frames and on marks planted on real crops,
+told apart by kind, inpainted without a trace, listed in every sample's JSON, acted on per source."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image, ImageDraw
+
+import shards.build as build_mod
+from shards.annotations import detect_marks, inpaint, marks_mask
+from shards.build import BuildSettings, build_shards
+from shards.catalogue import SourceConfig
+from shards.clean import Cleaned, clean_frame
+from shards.colour import residual_colour
+from shards.decode import decode_image, to_gray
+from shards.inspect import with_boxes
+from shards.options import SourceOptions
+from shards.readers import open_media
+from shards.scan_area import crop_to_scan_area, frame_scan_area
+from shards.synth import render
+from shards.synth.marks import KINDS, plant
+from sonodistill.errors import UserError
+
+CLEAN = ("interson-phantom.png", "clarius_axial-lateral-resolution-2020.png")  # real, nothing drawn inside
+
+
+def real_crop(pocus_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(grey crop of the scan area, its mask) of a real frame."""
+    px = decode_image((pocus_dir / name).read_bytes()).pixels
+    gray = to_gray(px)
+    area = frame_scan_area(gray, px if px.ndim == 3 else None)
+    return crop_to_scan_area(gray, area), area.mask_in_bbox()
+
+
+def found(img: np.ndarray, mask: np.ndarray) -> list:
+    if img.ndim == 3:
+        return detect_marks(to_gray(img), mask, residual_colour(img, mask))
+    return detect_marks(img, mask)
+
+
+def covered(img: np.ndarray, clean: np.ndarray, box, marks) -> bool:
+    """At least half of the pixels the planting changed in ``box`` lie in a detected box."""
+    changed = img != (clean if img.ndim == 2 else np.stack([clean] * 3, -1))
+    changed = changed if changed.ndim == 2 else changed.any(axis=2)
+    hit = np.zeros(clean.shape, bool)
+    for m in marks:
+        hit[m.box[1] : m.box[3], m.box[0] : m.box[2]] = True
+    x0, y0, x1, y1 = box
+    ch = changed[y0:y1, x0:x1]
+    return bool(ch.any() and (hit[y0:y1, x0:x1] & ch).sum() >= 0.5 * ch.sum())
+
+
+def test_clean_real_crops_have_no_marks_and_planted_marks_are_found(pocus_dir):
+    hits, total = Counter(), Counter()
+    for name in CLEAN:
+        crop, mask = real_crop(pocus_dir, name)
+        assert found(crop, mask) == [], name
+        for seed in range(6):
+            img, truth = plant(crop, mask, np.random.default_rng(seed), grey_only=seed % 2 == 0)
+            marks = found(img, mask)
+            for kind, box in truth:
+                total[kind] += 1
+                hits[kind] += covered(img, crop, box, marks)
+    assert set(total) == set(KINDS)
+    assert sum(hits.values()) >= 0.9 * sum(total.values()), (hits, total)
+    assert all(hits[k] >= 0.75 * total[k] for k in KINDS), (hits, total)
+
+
+def speckle(h: int = 160, w: int = 200) -> np.ndarray:
+    frame = render("thyroid", np.random.default_rng(3), size=(h, w), tight=True)
+    return frame.image if frame.image.ndim == 2 else frame.image[..., 0]
+
+
+def test_each_kind_of_mark_is_told_apart():
+    base = speckle()
+    mask = np.ones(base.shape, bool)
+    img = Image.fromarray(base)
+    d = ImageDraw.Draw(img)
+    d.line([(20, 30), (30, 30)], fill=255)
+    d.line([(25, 25), (25, 35)], fill=255)  # a '+' caliper
+    for x in range(60, 130, 5):
+        d.point((x, 30), fill=255)  # a dotted line
+    d.text((40, 120), "RT LOBE", fill=255)
+    d.ellipse([150, 100, 180, 122], outline=255)  # a body mark
+    d.line([(150, 130), (160, 140)], fill=255)
+    d.line([(100, 60), (100, 100)], fill=255)  # a straight line
+    kinds = {m.kind for m in detect_marks(np.asarray(img), mask)}
+    assert {"caliper", "dotted_line", "text", "body_mark", "line"} <= kinds
+    assert detect_marks(base, mask) == []
+
+
+def test_real_marks_are_found(pydicom_data_dir, pocus_dir):
+    media = open_media(str(pydicom_data_dir / "OBXXXX1A.dcm"), "OBXXXX1A.dcm", SourceOptions())
+    res = clean_frame(next(media.frames).pixels, 128, region=media.region)
+    assert isinstance(res, Cleaned)
+    kinds = Counter(a["kind"] for a in res.meta["annotations"])
+    assert kinds["caliper"] >= 2 and kinds["dotted_line"] >= 1 and kinds["text"] >= 2  # "+ ... +", "Dist 1.06 cm"
+    assert all(0 <= v <= 128 for a in res.meta["annotations"] for v in a["box"])  # output pixels
+    (res,) = [clean_frame(decode_image((pocus_dir / "interson-image-annotation.jpg").read_bytes()).pixels, 128)]
+    assert isinstance(res, Cleaned) and res.meta["annotations"]
+
+
+def test_inpaint_leaves_no_mark_pixels(pocus_dir):
+    crop, mask = real_crop(pocus_dir, CLEAN[0])
+    img, truth = plant(crop, mask, np.random.default_rng(7), grey_only=True)
+    marks = found(img, mask)
+    assert len(marks) >= len(truth) - 1
+    out = inpaint(img, marks)
+    under = marks_mask(img.shape, marks)
+    drawn = under & (img >= 215)  # the planted marks are drawn at 215-255
+    assert drawn.sum() > 50 and (out[drawn] >= 215).mean() < 0.02  # where a mark was, tissue now
+    assert not (out[~under] != img[~under]).any()  # nothing else touched
+    again = detect_marks(out, mask)
+    assert not any(under[m.box[1] : m.box[3], m.box[0] : m.box[2]].any() for m in again)
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def marked_folder(pocus_dir, tmp_path_factory) -> Path:
+    """Six real crops on a black surround: three with planted marks, three clean."""
+    out = tmp_path_factory.mktemp("marked")
+    for name in CLEAN:
+        crop, mask = real_crop(pocus_dir, name)
+        for i in range(3):
+            rng = np.random.default_rng(i)
+            # shifted copies: distinct frames for the near-duplicate index
+            base = np.roll(crop, 40 * i, axis=1) * mask
+            img = plant(base, mask, rng, grey_only=True)[0] if i else base
+            framed = np.zeros((img.shape[0] + 40, img.shape[1] + 40), np.uint8)
+            framed[20:-20, 20:-20] = img
+            (out / f"{Path(name).stem}_{i}.png").write_bytes(png(framed))
+    return out
+
+
+def build(folder: Path, out: Path, action: str) -> dict:
+    src = SourceConfig("marked", str(folder), SourceOptions(annotations=action))
+    settings = BuildSettings(size=96, workers=1, near_duplicate_distance=-1, clip_duplicate_distance=-1)
+    return build_shards([src], out, settings, progress=False)
+
+
+def samples(out: Path, manifest: dict) -> list[dict]:
+    ds = wds.WebDataset([str(out / s) for s in manifest["shards"]], shardshuffle=False)
+    return [{"meta": json.loads(s["json"]), "png": np.asarray(Image.open(io.BytesIO(s["png"])))} for s in ds]
+
+
+def test_annotations_on_every_sample_and_each_action_counted(marked_folder, tmp_path):
+    runs = {a: build(marked_folder, tmp_path / a, a) for a in ("keep", "inpaint", "drop")}
+    kept = {a: samples(tmp_path / a, m) for a, m in runs.items() if a != "drop"}
+    for a, ss in kept.items():
+        assert ss and all(isinstance(s["meta"]["annotations"], list) for s in ss)
+        marked = [s for s in ss if s["meta"]["annotations"]]
+        assert len(marked) == 4  # the planted ones; the clean crops have none
+        assert runs[a]["per_source"]["marked"]["annotations"] == {
+            "none": 2,
+            {"keep": "kept", "inpaint": "inpainted"}[a]: 4,
+        }
+    assert runs["drop"]["rejected"]["annotated"] == 4 and runs["drop"]["num_samples"] == 2
+    assert runs["drop"]["annotations"] == {"dropped": 4, "none": 2}
+    # inpainted samples differ from kept ones only inside the boxes, and lose the drawn strokes there
+    by_path = {s["meta"]["path"]: s for s in kept["keep"]}
+    for s in kept["inpaint"]:
+        k = by_path[s["meta"]["path"]]
+        if not s["meta"]["annotations"]:
+            assert np.array_equal(s["png"], k["png"])
+            continue
+        inside = np.zeros(s["png"].shape, bool)
+        for a in s["meta"]["annotations"]:
+            x0, y0, x1, y1 = a["box"]
+            inside[max(0, y0 - 2) : y1 + 2, max(0, x0 - 2) : x1 + 2] = True
+        diff = s["png"] != k["png"]
+        assert diff.any() and not (diff & ~inside).any()
+
+
+def test_cli_annotations_flag_and_catalogue_entry(marked_folder, tmp_path):
+    cat = tmp_path / "c.yaml"
+    cat.write_text(f"sources:\n  - {{name: own, path: {marked_folder}, annotations: keep}}\n")
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "shards.build", "--corpus", str(cat), "--source", f"flag={marked_folder}"]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out), "--size", "48", "--annotations", "drop"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["identity"]["sources"][0]["options"]["annotations"] == "keep"  # the catalogue entry wins
+    assert m["identity"]["sources"][1]["options"]["annotations"] == "drop"
+    assert m["per_source"]["flag"]["rejected"]["annotated"] == 4
+    bad = subprocess.run([*cmd, "--out", str(tmp_path / "x"), "--annotations", "blur"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'blur'" in bad.stderr
+
+
+def test_a_build_of_the_previous_format_is_refused_with_the_reason(marked_folder, tmp_path, monkeypatch):
+    out = tmp_path / "old"
+    real_write = build_mod._write_shard
+
+    def dying_write(path, data):
+        real_write(path, data)
+        raise KeyboardInterrupt  # stopped after its first shard
+
+    monkeypatch.setattr(build_mod, "BUILD_FORMAT", 2)
+    monkeypatch.setattr(build_mod, "_write_shard", dying_write)
+    settings = BuildSettings(size=48, samples_per_shard=2, workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards({"marked": str(marked_folder)}, out, settings, progress=False)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="older shards.build \\(build format 2; this one writes format 3"):
+        build_shards({"marked": str(marked_folder)}, out, settings, progress=False)
+
+
+def test_sheet_outlines_the_annotations(marked_folder, tmp_path):
+    m = build(marked_folder, tmp_path / "s", "inpaint")
+    s = next(s for s in samples(tmp_path / "s", m) if s["meta"]["annotations"])
+    drawn = with_boxes(s["png"], s["meta"]["annotations"], 96)
+    assert drawn.shape == (96, 96, 3) and (drawn[..., 0] != drawn[..., 2]).any()  # coloured outlines
+    sheet = tmp_path / "sheet.png"
+    from shards.inspect import main as inspect_main
+
+    inspect_main([str(tmp_path / "s"), "--sheet", str(sheet), "--per-source", "3", "--boxes"])
+    assert sheet.stat().st_size > 10_000
+
+
+def test_components_match_opencv_stats():
+    import cv2
+
+    from shards.components import components
+
+    rng = np.random.default_rng(0)
+    for shape, p in (((120, 90), 0.05), ((64, 64), 0.0), ((200, 300), 0.3)):
+        binary = rng.random(shape) < p
+        n, labels, stats = components(binary)
+        n_cv, labels_cv, stats_cv, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+        assert n == n_cv and np.array_equal(labels, labels_cv)
+        assert np.array_equal(stats[1:], stats_cv[1:])
+
+
+def test_peel_keeps_each_piece_in_its_most_common_grey_level():
+    from shards.annotations import peel
+    from shards.thresholds import PLATEAU_TOL
+
+    rng = np.random.default_rng(3)
+    gray = rng.integers(0, 256, (60, 80)).astype(np.uint8)
+    strokes = rng.random(gray.shape) < 0.3
+    out = peel(strokes, gray)
+    import cv2
+
+    _, labels = cv2.connectedComponents(strokes.astype(np.uint8), connectivity=8)
+    window = np.ones(2 * PLATEAU_TOL + 1)
+    for k in np.unique(labels[strokes]):
+        piece = labels == k
+        hist = np.bincount(gray[piece], minlength=256)
+        mode = int(np.convolve(hist, window, mode="same").argmax())  # the reference: a box filter per piece
+        assert np.array_equal(out[piece], np.abs(gray[piece].astype(int) - mode) <= PLATEAU_TOL)
+    assert not out[~strokes].any()
+
+
+def test_mask_in_bbox_is_the_full_mask_in_the_box_and_follows_the_box():
+    from shards.scan_area import ScanArea
+
+    rng = np.random.default_rng(4)
+    area = ScanArea(rng.random((30, 40)) < 0.5, 3, (88, 118), (5, 7, 100, 80))
+    for bbox in ((5, 7, 100, 80), (0, 0, 118, 88), (4, 2, 9, 50)):
+        area.bbox = bbox
+        x0, y0, x1, y1 = bbox
+        got = area.mask_in_bbox()
+        assert np.array_equal(got, area.mask[y0:y1, x0:x1]) and not got.flags.writeable
+        assert area.mask_in_bbox() is got  # a clip's frames share the one upsampled mask

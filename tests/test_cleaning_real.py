@@ -1,0 +1,170 @@
+"""The cleaning rules of issue 17 on real recordings (fetched by `make testdata`) and synthetic cases:
+probes in air are no_tissue and A-line lungs stay, colour Doppler is colour and annotation colour
+is not, a small scan on a wide device screen is kept, the frames of a clip share one crop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from shards.build import BuildSettings, build_shards
+from shards.clean import Cleaned, Rejected, clean_frame
+from shards.clip_mask import clip_scan_area
+from shards.decode import decode_image, to_gray
+from shards.extract import frames_with_area
+from shards.frames import Sampling
+from shards.options import SourceOptions
+from shards.readers import open_media
+from shards.scan_area import frame_scan_area
+from shards.synth.air import air_frame, aline_lung_frame
+from shards.synth.media import encode_video
+from shards.synth.screen import interface, on_screen, scan_box
+
+EVERY_FRAME = SourceOptions(frames=Sampling(mode="every", every=4, max=12))
+
+
+def judge(path: Path, opts: SourceOptions = EVERY_FRAME) -> list[Cleaned | Rejected]:
+    """Every sampled frame of a real file, cleaned as the build does (the clip's one scan area)."""
+    media = open_media(str(path), path.name, opts)
+    return [clean_frame(f.pixels, 64, region=media.region, area=a) for f, a in frames_with_area(media)]
+
+
+def reasons(results: list) -> set[str]:
+    return {r.reason if isinstance(r, Rejected) else "kept" for r in results}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "GREYSCALE_CINE.dcm",  # Philips EPIQ L12-5 linear, DICOM region = the whole screen with its UI
+        "GREYSCALE_IMAGE.dcm",
+        "RGB_CINE.dcm",  # Terason 15L4 linear, text over the noise floor
+        "RGB_IMAGE.dcm",  # Siemens 6C1 convex: an arc, then black; yellow and teal UI text
+    ],
+)
+def test_probe_in_air_is_no_tissue_with_its_measures(deid_dir, name):
+    results = judge(deid_dir / name)
+    assert reasons(results) == {"no_tissue"}
+    values = results[0].values
+    assert {"lit_fraction", "near_structure", "deep_structure", "band_r2", "lateral_ratio"} <= set(values)
+
+
+def test_convex_probe_in_air_found_as_a_thin_band_is_no_tissue(pydicom_data_dir):
+    """Philips CX50 C5-1 in air, as an exported image (no DICOM region): the scan area found is only the
+    near-field arcs, a thin band over a dark frame whose scan lines all see the same thing."""
+    media = open_media(str(pydicom_data_dir / "OBXXXX1A.dcm"), "OBXXXX1A.dcm", EVERY_FRAME)
+    (res,) = [clean_frame(f.pixels, 64) for f in media.frames]
+    assert isinstance(res, Rejected) and res.reason == "no_tissue", res
+    v = res.values
+    assert v["band_aspect"] < 0.45 and v["room_below"] >= 2 and v["below_lit"] < 0.01, v
+    assert v["fade"] < 0.05 and v["line_likeness"] >= 0.97, v
+
+
+@pytest.mark.parametrize("aspect", [0.3, 0.4])
+def test_genuine_scan_as_a_thin_band_over_a_dark_screen_is_kept(pocus_dir, aspect):
+    """A real scan squeezed into a thin band at the top of a tall black screen: as thin as a probe's
+    near-field arcs, but its scan lines differ, so it stays."""
+    for name in ("clarius-ocular-image.png", "butterfly_axial-lateral-resolution-2020.png", "interson-phantom.png"):
+        w = 400
+        band = cv2.resize(real_scan(pocus_dir, name), (w, int(aspect * w)), interpolation=cv2.INTER_AREA)
+        screen = np.zeros((5 * band.shape[0], 600), np.uint8)
+        screen[20 : 20 + band.shape[0], 100 : 100 + w] = band
+        res = clean_frame(screen, 64)
+        assert isinstance(res, Cleaned), (name, res)
+
+
+@pytest.mark.parametrize("kind", ["linear", "convex", "sector"])
+def test_synthetic_probe_in_air_rejected_and_aline_lung_kept(kind):
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        air = clean_frame(air_frame(kind, rng), 64)
+        assert isinstance(air, Rejected) and air.reason in ("no_tissue", "not_ultrasound"), (kind, seed)
+        lung = clean_frame(aline_lung_frame(kind, rng), 64)
+        assert isinstance(lung, Cleaned), (kind, seed, lung)
+
+
+def test_colour_doppler_is_colour_and_annotation_colour_is_not(deid_dir, pydicom_data_dir, pocus_dir):
+    assert reasons(judge(deid_dir / "ultrasound-multiframe.dcm")) == {"colour"}  # echo colour flow
+    assert reasons(judge(pydicom_data_dir / "US1_UNCR.dcm")) == {"colour"}  # GE power Doppler
+    assert reasons(judge(pydicom_data_dir / "color-pl.dcm")) == {"colour"}
+    # yellow and teal text, a yellow icon: a probe in air, never colour
+    assert reasons(judge(deid_dir / "RGB_IMAGE.dcm")) == {"no_tissue"}
+    # a green arrow and "LOI" text in the scan; yellow measurement text and caliper lines
+    for path in (pydicom_data_dir / "gdcm-US-ALOKA-16.dcm", pocus_dir / "interson-image-annotation.jpg"):
+        (res,) = judge(path)
+        assert isinstance(res, Cleaned) and res.meta["annotations"], path.name
+
+
+def real_scan(pocus_dir: Path, name: str) -> np.ndarray:
+    """The scan area of a real single image, cropped out (grey)."""
+    px = decode_image((pocus_dir / name).read_bytes()).pixels
+    gray = to_gray(px)
+    x0, y0, x1, y1 = frame_scan_area(gray, px if px.ndim == 3 else None).bbox
+    return gray[y0:y1, x0:x1]
+
+
+@pytest.mark.parametrize("size", [(300, 150), (160, 120)])
+def test_small_scan_on_a_wide_device_screen_is_kept(pocus_dir, size):
+    """The issue's case: a 150 x 300 px linear scan in the middle of a 1280 x 720 screen with UI text."""
+    box = scan_box(size)
+    for name in ("clarius-ocular-image.png", "butterfly_axial-lateral-resolution-2020.png"):
+        screen = on_screen(real_scan(pocus_dir, name), interface(np.random.default_rng(0), box), box)
+        res = clean_frame(screen, 64)
+        assert isinstance(res, Cleaned), (name, res)
+        assert max(abs(a - b) for a, b in zip(res.meta["crop"], box)) <= 3, (res.meta["crop"], box)
+        assert res.meta["annotations"] == []  # the screen's text lies outside the scan area
+
+
+def screen_clip(pocus_dir: Path, box: tuple[int, int, int, int], path: Path, n: int = 8) -> None:
+    """An H.264 clip of a real recording's scan shown small on a device screen with a fixed UI."""
+    media = open_media(str(pocus_dir / "butterfly-ocular-phantom.mp4"), "x.mp4", EVERY_FRAME)
+    frames = [to_gray(f.pixels) for f in media.frames][:n]
+    x0, y0, x1, y1 = frame_scan_area(frames[0]).bbox
+    ui = interface(np.random.default_rng(1), box)
+    encode_video([on_screen(f[y0:y1, x0:x1], ui, box) for f in frames], path, fps=10)
+
+
+def test_a_clip_shares_one_crop_and_its_ui_stays_out(pocus_dir, tmp_path):
+    box = scan_box((300, 150))
+    (tmp_path / "src").mkdir()
+    screen_clip(pocus_dir, box, tmp_path / "src" / "screen.mp4")
+    out = tmp_path / "out"
+    every = SourceOptions(frames=Sampling(mode="all", max=None))
+    from shards.catalogue import SourceConfig
+
+    settings = BuildSettings(size=64, workers=1, clip_duplicate_distance=-1, near_duplicate_distance=-1)
+    m = build_shards([SourceConfig("screen", str(tmp_path / "src"), every)], out, settings, progress=False)
+    import webdataset as wds
+
+    metas = [json.loads(s["json"]) for s in wds.WebDataset([str(out / s) for s in m["shards"]], shardshuffle=False)]
+    assert len(metas) == 8 and {tuple(x["crop"]) for x in metas} == {tuple(metas[0]["crop"])}
+    assert {x["crop_source"] for x in metas} == {"clip"}
+    assert max(abs(a - b) for a, b in zip(metas[0]["crop"], box)) <= 6  # H.264 blurs the edge
+
+
+def test_clip_area_leaves_out_what_never_changes(pocus_dir):
+    """A textured UI panel beside the scan is still across the clip: its pieces are not the image."""
+    box = scan_box((300, 150))
+    media = open_media(str(pocus_dir / "butterfly-ocular-phantom.mp4"), "x.mp4", EVERY_FRAME)
+    frames = [to_gray(f.pixels) for f in media.frames][:8]
+    x0, y0, x1, y1 = frame_scan_area(frames[0]).bbox
+    ui = interface(np.random.default_rng(1), box)
+    thumb = frames[0][y0:y1, x0:x1]  # a still thumbnail of the same scan, far from it (as a review strip)
+    shots = []
+    for f in frames:
+        s = on_screen(f[y0:y1, x0:x1], ui, box)
+        s[80:380, 1000:1150] = np.asarray(on_screen(thumb, ui, box)[box[1] : box[3], box[0] : box[2]])
+        shots.append(s)
+    area = clip_scan_area(shots)
+    assert area.source == "clip"
+    assert max(abs(a - b) for a, b in zip(area.bbox, box)) <= 5, (area.bbox, box)
+
+
+def test_real_clip_frames_share_one_crop(pocus_dir):
+    for name in ("butterfly-ocular-phantom.mp4", "clarius-ocular-phantom.mp4", "sonivate-snr-1.mha"):
+        kept = [r for r in judge(pocus_dir / name) if isinstance(r, Cleaned)]
+        assert len(kept) >= 2 and len({tuple(r.meta["crop"]) for r in kept}) == 1, name
