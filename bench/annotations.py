@@ -35,6 +35,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from revision import packages_at  # bench/revision.py, beside this script
 
 from shards.annotations import detect_marks, inpaint
 from shards.clean import clean_frame
@@ -44,7 +45,7 @@ from shards.frames import Sampling
 from shards.options import SourceOptions
 from shards.readers import ReadError, open_media
 from shards.scan_area import crop_to_scan_area, frame_scan_area
-from shards.synth.marks import KINDS, plant
+from shards.synth.marks import KINDS, covered, plant
 from shards.synth.media import write_frames
 from shards.synth.presets import PRESETS
 from shards.synth.render import render
@@ -75,17 +76,6 @@ def real_frames(extra: list[str], per_clip: int = 8) -> list[np.ndarray]:
             if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
                 frames.append(decode_image(p.read_bytes()).pixels)
     return frames
-
-
-def _covered(img: np.ndarray, clean: np.ndarray, box: tuple, marks: list) -> bool:
-    changed = img != (clean if img.ndim == 2 else np.stack([clean] * 3, -1))
-    changed = changed if changed.ndim == 2 else changed.any(axis=2)
-    hit = np.zeros(clean.shape, bool)
-    for m in marks:
-        hit[m.box[1] : m.box[3], m.box[0] : m.box[2]] = True
-    x0, y0, x1, y1 = box
-    ch = changed[y0:y1, x0:x1]
-    return bool(ch.any() and (hit[y0:y1, x0:x1] & ch).sum() >= 0.5 * ch.sum())
 
 
 def synthetic_frames(per_preset: int = 2) -> list[np.ndarray]:
@@ -120,7 +110,7 @@ def detection(name: str, frames: list[np.ndarray], seeds: int) -> dict:
             marks = detect_marks(grey, mask, residual_colour(img, mask) if img.ndim == 3 else None)
             for kind, box in truth:
                 total[kind] += 1
-                hits[kind] += _covered(img, crop, box, marks)
+                hits[kind] += covered(img, crop, box, marks)
     recall = {k: round(hits[k] / total[k], 3) for k in KINDS if total[k]}
     overall = sum(hits.values()) / max(sum(total.values()), 1)
     print(f"{name}: {len(crops)} clean crops, false flags {flagged} ({flagged / len(crops):.3f}); "
@@ -185,12 +175,7 @@ def _build_rate(tree: Path, folder: Path, out: Path, repeats: int = REPEATS) -> 
 
 def speed(frames: list[np.ndarray], before: str, rounds: int, tmp: Path) -> dict:
     """Frames/s per reader family, this tree and ``before``, alternating (module doc, part 2)."""
-    old = tmp / "before"
-    old.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", before, "shards", "sonodistill"], capture_output=True)
-    if archive.returncode != 0:
-        sys.exit(f"error: --before {before}: {archive.stderr.decode().strip()}")
-    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    old = packages_at(before, tmp / "before")
     grey = [to_gray(f) for f in frames]
     shape = Counter(g.shape for g in grey).most_common(1)[0][0]
     clip = [g for g in grey if g.shape == shape]

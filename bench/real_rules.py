@@ -31,6 +31,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from revision import packages_at  # bench/revision.py, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 BEFORE = "7309d02"  # the last commit before issue 17
 RULES = ("not_ultrasound", "too_small", "colour", "no_tissue")  # anything else is counted as "other"
@@ -69,12 +71,7 @@ def _collect(proc: subprocess.Popen, tree: Path) -> dict[str, dict]:
 
 def judge(labels: Path, before: str, tmp: Path) -> tuple[dict, dict]:
     """Per-frame outcomes ``{path: {outcome, marks?}}`` by ``before`` and by this tree."""
-    old = tmp / "before"
-    old.mkdir()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", before, "shards", "sonodistill"], capture_output=True)
-    if archive.returncode != 0:
-        sys.exit(f"error: --before {before}: {archive.stderr.decode().strip()}")
-    subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+    old = packages_at(before, tmp / "before")
     procs = {"before": (_start(old, labels, "before"), old), "after": (_start(REPO, labels, "after"), REPO)}
     return _collect(*procs["before"]), _collect(*procs["after"])
 

@@ -27,7 +27,7 @@ from shards.options import SourceOptions
 from shards.readers import open_media
 from shards.scan_area import crop_to_scan_area, frame_scan_area
 from shards.synth import render
-from shards.synth.marks import KINDS, plant
+from shards.synth.marks import KINDS, covered, plant
 from sonodistill.errors import UserError
 
 CLEAN = ("interson-phantom.png", "clarius_axial-lateral-resolution-2020.png")  # real, nothing drawn inside
@@ -45,18 +45,6 @@ def found(img: np.ndarray, mask: np.ndarray) -> list:
     if img.ndim == 3:
         return detect_marks(to_gray(img), mask, residual_colour(img, mask))
     return detect_marks(img, mask)
-
-
-def covered(img: np.ndarray, clean: np.ndarray, box, marks) -> bool:
-    """At least half of the pixels the planting changed in ``box`` lie in a detected box."""
-    changed = img != (clean if img.ndim == 2 else np.stack([clean] * 3, -1))
-    changed = changed if changed.ndim == 2 else changed.any(axis=2)
-    hit = np.zeros(clean.shape, bool)
-    for m in marks:
-        hit[m.box[1] : m.box[3], m.box[0] : m.box[2]] = True
-    x0, y0, x1, y1 = box
-    ch = changed[y0:y1, x0:x1]
-    return bool(ch.any() and (hit[y0:y1, x0:x1] & ch).sum() >= 0.5 * ch.sum())
 
 
 def test_clean_real_crops_have_no_marks_and_planted_marks_are_found(pocus_dir):

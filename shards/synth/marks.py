@@ -138,3 +138,16 @@ def _draw(kind: str, d, img, rng, mask, taken, fill) -> Box | None:
         return None
     d.rectangle([at[0], at[1], at[0] + w, at[1] + h], outline=fill)
     return (at[0], at[1], at[0] + w + 1, at[1] + h + 1)
+
+
+def covered(img: np.ndarray, clean: np.ndarray, box: Box, marks: list) -> bool:
+    """Whether detected ``marks`` (each with a ``box``) cover at least half of the pixels the planting
+    changed in ``box`` (``img`` the planted frame, ``clean`` the frame before)."""
+    changed = img != (clean if img.ndim == 2 else np.stack([clean] * 3, -1))
+    changed = changed if changed.ndim == 2 else changed.any(axis=2)
+    hit = np.zeros(clean.shape, bool)
+    for m in marks:
+        hit[m.box[1] : m.box[3], m.box[0] : m.box[2]] = True
+    x0, y0, x1, y1 = box
+    ch = changed[y0:y1, x0:x1]
+    return bool(ch.any() and (hit[y0:y1, x0:x1] & ch).sum() >= 0.5 * ch.sum())

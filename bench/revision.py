@@ -1,0 +1,20 @@
+"""The project's packages as they were at a git revision, for benchmarks that compare before and after."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def packages_at(revision: str, dest: Path, packages: tuple[str, ...] = ("shards", "sonodistill")) -> Path:
+    """Extract ``packages`` at ``revision`` into ``dest`` (created) with ``git archive``; exits with one
+    line when the revision is unknown."""
+    dest.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, *packages], capture_output=True)
+    if archive.returncode != 0:
+        sys.exit(f"error: --before {revision}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
