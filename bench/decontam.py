@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import re
 import sys
@@ -61,6 +60,7 @@ from shards.copyindex import CopyIndex, query_views, reference_views, search_all
 from shards.decode import read_pixels  # noqa: E402
 from shards.match import MATCH_SIDE, canonical  # noqa: E402
 from shards.ordered_pool import ordered_map  # noqa: E402
+from shards.synth.copies import crop, jpeg, resize  # noqa: E402
 
 POCUS = REPO / ".cache" / "itk-pocus" / "itk-pocus-0.3.2" / "tests" / "data"
 # Files of the sets that copy another file of the same set (realdata.md, itk-pocus): never references.
@@ -90,36 +90,18 @@ class Frame:
     clip: str  # frames of one clip (or one image file)
 
 
-def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(x).save(buf, format="JPEG", quality=quality)
-    return np.asarray(Image.open(buf))
-
-
-def _resize(x: np.ndarray, fx: float, fy: float) -> np.ndarray:
-    h, w = x.shape[:2]
-    size = (max(16, int(w * fx)), max(16, int(h * fy)))
-    return np.asarray(Image.fromarray(x).resize(size, Image.Resampling.BICUBIC))
-
-
-def _crop(x: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    h, w = x.shape[:2]
-    left, top, right, bottom = cuts
-    return x[int(top * h) : h - int(bottom * h), int(left * w) : w - int(right * w)]
-
-
 def transform(x: np.ndarray, name: str, seed: int) -> np.ndarray:
     """A planted copy of ``x``; the parameters are drawn from ``seed``."""
     rng = np.random.default_rng(seed)
     if name == "jpeg":
-        return _jpeg(x, int(rng.integers(30, 91)))
+        return jpeg(x, int(rng.integers(30, 91)))
     if name == "resized":
         f = rng.uniform(0.35, 1.5)
-        return _resize(x, f, f * rng.uniform(0.8, 1.2))
+        return resize(x, f, f * rng.uniform(0.8, 1.2))
     if name == "mirrored":
         return np.ascontiguousarray(x[:, ::-1])
     if name == "recropped":
-        return _crop(x, rng.uniform(0, 0.15, 4))
+        return crop(x, *rng.uniform(0, 0.15, 4))
     if name == "shard":
         res = clean_frame(x, MATCH_SIDE, Codec("raw"))
         return (
@@ -127,7 +109,7 @@ def transform(x: np.ndarray, name: str, seed: int) -> np.ndarray:
         )
     if name == "combined":
         f = rng.uniform(0.5, 1.0)
-        y = _jpeg(_resize(_crop(x, rng.uniform(0, 0.1, 4)), f, f), int(rng.integers(50, 91)))
+        y = jpeg(resize(crop(x, *rng.uniform(0, 0.1, 4)), f, f), int(rng.integers(50, 91)))
         return np.ascontiguousarray(y[:, ::-1]) if rng.random() < 0.5 else y
     return x
 

@@ -3,7 +3,6 @@ and real frames; distinct frames stay apart; the map and the pixel check against
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -15,25 +14,10 @@ from shards.codec import Codec
 from shards.copyindex import CopyIndex, loaded, query_views, view
 from shards.decode import read_pixels
 from shards.match import MATCH_SIDE, Map, canonical, correlate, fit_map, thumbnail
+from shards.synth.copies import crop, jpeg, resize
 
 REAL = ["interson-image.jpg", "clarius-ocular-image.png", "butterfly_axial-lateral-resolution-2020.png"]
 OTHER_REAL = ["sonosite-anon-eye1.jpg", "clarius_axial-lateral-resolution-2020.png"]
-
-
-def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
-    return np.asarray(Image.open(buf))
-
-
-def _resize(img: np.ndarray, fx: float, fy: float) -> np.ndarray:
-    h, w = img.shape[:2]
-    return np.asarray(Image.fromarray(img).resize((int(w * fx), int(h * fy)), Image.Resampling.BICUBIC))
-
-
-def _crop(img: np.ndarray, left: float, top: float, right: float, bottom: float) -> np.ndarray:
-    h, w = img.shape[:2]
-    return img[int(top * h) : h - int(bottom * h), int(left * w) : w - int(right * w)]
 
 
 def _shard_sample(img: np.ndarray) -> np.ndarray:
@@ -45,13 +29,13 @@ def _shard_sample(img: np.ndarray) -> np.ndarray:
 
 TRANSFORMS = {  # name -> (transform, mirrored)
     "exact": (lambda x: x, False),
-    "jpeg_q40": (lambda x: _jpeg(x, 40), False),
-    "half_size": (lambda x: _resize(x, 0.5, 0.5), False),
-    "aspect_changed": (lambda x: _resize(x, 0.8, 1.15), False),
+    "jpeg_q40": (lambda x: jpeg(x, 40), False),
+    "half_size": (lambda x: resize(x, 0.5, 0.5), False),
+    "aspect_changed": (lambda x: resize(x, 0.8, 1.15), False),
     "mirrored": (lambda x: np.ascontiguousarray(x[:, ::-1]), True),
-    "recropped": (lambda x: _crop(x, 0.08, 0.05, 0.12, 0.1), False),
+    "recropped": (lambda x: crop(x, 0.08, 0.05, 0.12, 0.1), False),
     "shard_processed": (_shard_sample, False),
-    "all_at_once": (lambda x: _jpeg(_resize(_crop(x, 0.1, 0.0, 0.05, 0.12), 0.7, 0.6), 60)[:, ::-1].copy(), True),
+    "all_at_once": (lambda x: jpeg(resize(crop(x, 0.1, 0.0, 0.05, 0.12), 0.7, 0.6), 60)[:, ::-1].copy(), True),
 }
 
 
@@ -135,6 +119,6 @@ def test_index_saved_and_mapped_answers_alike(frames, index, tmp_path):
     index.save(tmp_path / "idx")
     again = loaded(tmp_path / "idx")
     assert json.loads((tmp_path / "idx" / "names.json").read_text()) == index.names
-    q = query_views(canonical(_jpeg(frames[1], 50)))
+    q = query_views(canonical(jpeg(frames[1], 50)))
     assert [f.ref for f in again.search(q, limit=3)] == [f.ref for f in index.search(q, limit=3)] == [1]
     assert again.search(q, skip=1) == []  # the frame itself left out
