@@ -460,7 +460,7 @@ def part_downstream(b: Bench) -> dict:
     )
     cfg.image_size = z.busi_size
     cfg.train.epochs = z.busi_epochs
-    cfg.train.num_workers = min(8, max(1, (os.cpu_count() or 2) - 1))
+    cfg.num_workers = min(8, max(1, (os.cpu_count() or 2) - 1))
     cfg.edge.enabled = False  # the edge column is a CPU cost (bench/sweep_overhead.py), not this cell's training
     t0 = time.perf_counter()
     m = run(cfg)
