@@ -64,5 +64,5 @@ cat <<EOF
   plots                  $OUT/downstream/fractions_*.png  $OUT/downstream/pareto_*.png
   KD reports             $OUT/downstream/runs/busi-cls/kd_vit_mobilenet/finetune/f1_s0/report.md
                          $OUT/downstream/runs/ddti-seg/kd_seg_unet/finetune/f1_s0/report.md
-  t-SNE                  $OUT/downstream/embed/tsne.png  silhouette  $OUT/downstream/embed/silhouette.json
+  t-SNE                  $OUT/downstream/embed/tsne.png  silhouettes  $OUT/downstream/embed/embed.json
 EOF
