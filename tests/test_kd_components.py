@@ -126,12 +126,12 @@ def test_methods_are_parsed_once_into_typed_values(busi_dir, ddti_dir, tmp_path,
 def test_a_kd_cell_reads_its_data_once_and_round_trips_nothing(busi_dir, ddti_dir, tmp_path, monkeypatch):
     import safetensors.torch
 
+    import downstream.config as run_config
     import downstream.kd.data as kd_data
-    import downstream.runner as runner
     from downstream.kd.cell import run_kd_cell
 
     reads = []
-    for module in (runner, kd_data):
+    for module in (run_config, kd_data):  # every dataset read of a cell goes through one of these
         real = module.read_catalog
         monkeypatch.setattr(module, "read_catalog", lambda *a, _real=real, **k: reads.append(a[0]) or _real(*a, **k))
 
