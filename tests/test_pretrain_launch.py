@@ -108,7 +108,7 @@ def test_sbatch_checkpoints_and_requeues_on_preemption(shard_dir, tiny_teacher_d
                 job.kill()
     text = (tmp_path / "job1.log").read_text()
     assert rc == 0, text[-3000:]
-    assert "SIGTERM received, waiting for the ranks" in text and "requeueing job 4242" in text
+    assert "SIGTERM received, waiting for pretrain/run.py to keep its work" in text and "requeueing job 4242" in text
     assert "requeue 4242" in (tmp_path / "scontrol.log").read_text()
     ckpts = list_checkpoints(out)
     assert len(ckpts) == 1 and 2 <= ckpts[0][0] < 12
