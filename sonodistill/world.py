@@ -9,6 +9,7 @@ that trains (pretraining, downstream fine-tuning, KD recipes) builds its Acceler
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -79,6 +80,16 @@ def make_accelerator(mixed_precision: str = "auto", key: str = "mixed_precision"
 
     state = launch_state()
     kwargs.setdefault("dataloader_config", DataLoaderConfiguration(non_blocking=True))
-    return Accelerator(
+    acc = Accelerator(
         cpu=use_cpu(), mixed_precision=resolve_mixed_precision(mixed_precision, state.device, key), **kwargs
     )
+    if acc.num_processes > 1:
+        atexit.register(end_process_group)
+    return acc
+
+
+def end_process_group() -> None:
+    """Destroy the process group before the interpreter exits: left to the interpreter's teardown, a
+    rank can abort there (``terminate called without an active exception``, seen with gloo)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -199,6 +199,7 @@ WORKER = textwrap.dedent("""
     out = {"rank": acc.process_index, "n": acc.num_processes, "index": sorted(pred["index"].tolist()),
            "hist": res.history[-1]["train_loss"], "w": w}
     open(sys.argv[1] + f"/rank{acc.process_index}.json", "w").write(json.dumps(out))
+    acc.wait_for_everyone()  # both ranks done before either tears the group down
 """)
 
 
