@@ -98,17 +98,12 @@ def ignore_all_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _not_from_parent(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM taken by a thread other than the waiting one: kept running; the loader ends it by message."""
-
-
 def _sigterm_from_parent_only() -> None:
     # A handler cannot see who sent a signal; sigwaitinfo can. SIGTERM is blocked in this thread
     # (threads started later inherit the mask) and taken by one waiting thread that exits the process
-    # only when the sender is the parent. A thread PyTorch started before this call still takes
-    # SIGTERM: there the signal meets Python's no-op handler, not PyTorch's, which would kill the worker.
+    # only when the sender is the parent. One native thread PyTorch starts before worker_init_fn keeps
+    # SIGTERM open: a signal the kernel hands to it meets PyTorch's handler (rare; seen once in a suite).
     parent = os.getppid()
-    signal.signal(signal.SIGTERM, _not_from_parent)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
     def wait() -> None:
