@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sonodistill.stop import ignore_stop_signals
+from sonodistill.stop import ignore_stop_signals, worker_context
 from sonodistill.workers import loader_workers
 
 
@@ -32,4 +32,5 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int 
         drop_last=train and len(dataset) > batch_size,  # type: ignore[arg-type]
         persistent_workers=workers > 0,
         worker_init_fn=ignore_stop_signals,  # a signal to the process group stops the run, not a worker
+        multiprocessing_context=worker_context() if workers > 0 else None,
     )

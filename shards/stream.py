@@ -55,7 +55,7 @@ from shards.read_guard import MAX_SKIPPED_SHARE, STALL_TIMEOUT_S, ReadGuard
 from shards.shardfile import NPY_CODE as _NPY_CODE
 from shards.shardfile import IndexCache, Shard, ShardUnreadable
 from sonodistill.errors import UserError
-from sonodistill.stop import ignore_stop_signals
+from sonodistill.stop import ignore_stop_signals, worker_context
 
 MODES = ("epoch", "loop", "resampled")
 STATE_VERSION = 2
@@ -637,6 +637,7 @@ class ShardLoader:
         if self.num_workers > 0:
             # timeout: a worker blocked inside a read (a server that accepts and then says nothing)
             kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False, timeout=self.stall_timeout_s)
+            kwargs.update(multiprocessing_context=worker_context())  # SIGTERM blocked in the fork
         loader = DataLoader(
             ds,
             batch_size=None,

@@ -17,6 +17,8 @@ job, loader workers included. So:
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import threading
@@ -99,10 +101,9 @@ def ignore_all_stop_signals() -> None:
 
 
 def _sigterm_from_parent_only() -> None:
-    # A handler cannot see who sent a signal; sigwaitinfo can. SIGTERM is blocked in this thread
-    # (threads started later inherit the mask) and taken by one waiting thread that exits the process
-    # only when the sender is the parent. One native thread PyTorch starts before worker_init_fn keeps
-    # SIGTERM open: a signal the kernel hands to it meets PyTorch's handler (rare; seen once in a suite).
+    # A handler cannot see who sent a signal; sigwaitinfo can. SIGTERM is blocked in this thread and,
+    # with :func:`worker_context`, in every thread started at the fork (at-fork hooks of libraries), so
+    # one waiting thread takes it and exits the process only when the sender is the parent.
     parent = os.getppid()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
@@ -113,3 +114,26 @@ def _sigterm_from_parent_only() -> None:
                 os._exit(0)
 
     threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()
+
+
+class _SigtermBlockedFork(multiprocessing.context.ForkProcess):
+    @staticmethod
+    def _Popen(process_obj):  # noqa: N802 (multiprocessing's name)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # pending here for a moment at most
+        try:
+            return multiprocessing.context.ForkProcess._Popen(process_obj)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _SigtermBlockedForkContext(multiprocessing.context.ForkContext):
+    Process = _SigtermBlockedFork
+
+
+def worker_context() -> multiprocessing.context.BaseContext | None:
+    """``multiprocessing_context`` of every loader with workers: forked with SIGTERM blocked, so a thread
+    a library starts in the child at the fork (before ``worker_init_fn``) never takes a stop signal meant
+    for the job (PyTorch's handler would kill the worker there). None where fork is not available."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    return _SigtermBlockedForkContext()
