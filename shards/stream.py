@@ -633,11 +633,10 @@ class ShardLoader:
             self.plan,
             ReadGuard(self.max_skipped_share, self.stall_timeout_s),
         )
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"multiprocessing_context": worker_context()} if self.num_workers > 0 else {}
         if self.num_workers > 0:
             # timeout: a worker blocked inside a read (a server that accepts and then says nothing)
             kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False, timeout=self.stall_timeout_s)
-            kwargs.update(multiprocessing_context=worker_context())  # SIGTERM blocked in the fork
         loader = DataLoader(
             ds,
             batch_size=None,
