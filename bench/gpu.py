@@ -439,8 +439,9 @@ def part_augment(b: Bench) -> dict:
     try:
         step, _ = target_rate(b)
         out["share_of_step"] = round(step / dev, 3)  # augmentation time per image / step time per image
-    except RuntimeError:
-        pass
+    except RuntimeError as exc:  # the step part failed: its own error is recorded there; say why here too
+        out["share_of_step"] = None
+        out["share_of_step_error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return out
 
 
