@@ -16,8 +16,9 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
    end), glyphs side by side on one baseline text, and small dots evenly spaced along a line a
    dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks.
 
-A line running along the scan area's edge (``EDGE_SHARE`` of its pixels within 2 px of it) is the
-image's outline, not a mark. Each mark is a kind and a box; ``inpaint`` fills the mark pixels (grown
+A line or dotted line running along the scan area's edge (``EDGE_SHARE`` of its pixels within 2 px
+of it) is the image's outline, and a level one in the top ``FACE_ZONE`` of the depth is the skin or
+transducer-face echo: neither is a mark. Each mark is a kind and a box; ``inpaint`` fills the mark pixels (grown
 by ``MARK_GROW`` to take the halo of anti-aliasing and compression) with OpenCV's Telea inpainting.
 """
 
@@ -30,7 +31,16 @@ import numpy as np
 
 from shards.components import components
 from shards.mark_shapes import Piece, find_marks
-from shards.thresholds import EDGE_SHARE, INPAINT_RADIUS, MARK_CONTRAST, MARK_GROW, MARK_LEVEL, PLATEAU_TOL
+from shards.thresholds import (
+    EDGE_SHARE,
+    FACE_ZONE,
+    INPAINT_RADIUS,
+    MARK_CONTRAST,
+    MARK_GROW,
+    MARK_LEVEL,
+    PLATEAU_TOL,
+    STROKE_WIDTH,
+)
 
 KINDS = ("caliper", "dotted_line", "text", "arrow", "body_mark", "line")
 
@@ -114,14 +124,31 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     # the speckle grains among the pieces are left out before the shapes are compared.
     drawn = [p for p in _pieces(strokes, col, gray, mask) if p.drawn]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
-    # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a mark.
-    edge = mask & ~(cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)
-    return [m for m in marks if m.kind != "line" or not _along(edge, m)]
+    # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a
+    # mark; the crop's border is an edge too (zero padding: erosion's default border keeps the mask).
+    edge = mask & ~(cv2.erode(np.pad(mask, 2).astype(np.uint8), np.ones((5, 5), np.uint8))[2:-2, 2:-2] > 0)
+    face = _face_zone(mask)
+    return [m for m in marks if m.kind not in ("line", "dotted_line") or not (_along(edge, m) or _at_face(face, m))]
 
 
 def _along(edge: np.ndarray, m: Mark) -> bool:
     x0, y0, x1, y1 = m.box
     return int((edge[y0:y1, x0:x1] & m.mask).sum()) >= EDGE_SHARE * int(m.mask.sum())
+
+
+def _face_zone(mask: np.ndarray) -> np.ndarray:
+    """Per column, the last row of the transducer-face zone: the scan area's top row at that column
+    plus ``FACE_ZONE`` of its depth (at least 4 px); -1 where the column is outside the area."""
+    rows = mask.any(axis=0)
+    top = np.where(rows, mask.argmax(axis=0), -1)
+    return np.where(rows, top + max(4, int(FACE_ZONE * mask.shape[0])), -1)
+
+
+def _at_face(face: np.ndarray, m: Mark) -> bool:
+    """A level line in the face zone is the skin or transducer-face echo (a linear array's first
+    bright row), as straight and thin as a drawn line; measurement lines lie deeper."""
+    x0, y0, x1, y1 = m.box
+    return y1 - y0 <= STROKE_WIDTH and x1 - x0 > y1 - y0 and float(np.mean(y1 - 1 <= face[x0:x1])) >= 0.8
 
 
 def marks_mask(shape: tuple[int, int], marks: list[Mark], grow: int = MARK_GROW) -> np.ndarray:

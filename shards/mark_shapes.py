@@ -15,7 +15,8 @@ or irregular. In order:
   baseline, at least ``TEXT_MIN_GLYPHS`` of them;
 - *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
   along a straight line;
-- any other coloured piece of at least ``COLOUR_MARK_MIN`` pixels is a *line* (B-mode is grey).
+- any other coloured stroke (at most ``COLOUR_STROKE_MAX`` pixels wide) of at least ``COLOUR_MARK_MIN``
+  pixels is a *line* (B-mode is grey; a wide coloured area is a tint's highlight, not a drawn stroke).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from shards.thresholds import (
     ARM_MAX,
     BODY_MARK_MAX,
     COLOUR_MARK_MIN,
+    COLOUR_STROKE_MAX,
     DOT_MAX,
     DOT_SPACING,
     DOTS_MIN,
@@ -72,10 +74,10 @@ class Piece:
         return self.box[3] - self.box[1]
 
 
-def _thin(p: Piece) -> bool:
-    """Every pixel within ``STROKE_WIDTH / 2`` of the piece's edge: a stroke, not a blob."""
+def _thin(p: Piece, width: int = STROKE_WIDTH) -> bool:
+    """Every pixel within ``width / 2`` of the piece's edge: a stroke, not a blob."""
     padded = np.pad(p.comp.astype(np.uint8), 1)
-    return float(cv2.distanceTransform(padded, cv2.DIST_L2, 3).max()) <= STROKE_WIDTH / 2 + 0.5
+    return float(cv2.distanceTransform(padded, cv2.DIST_L2, 3).max()) <= width / 2 + 0.5
 
 
 def _arms(c: np.ndarray, r: int, k: int) -> list[int]:
@@ -307,6 +309,6 @@ def find_marks(pieces: list[Piece]) -> list[tuple[str, Box, np.ndarray]]:
     for g in dotted_lines(pieces):
         out.append(("dotted_line", *_union(g)))
     for p in pieces:
-        if not p.used and p.coloured and p.area >= COLOUR_MARK_MIN:
+        if not p.used and p.coloured and p.area >= COLOUR_MARK_MIN and _thin(p, COLOUR_STROKE_MAX):
             out.append(("line", *_union([p])))
     return out

@@ -66,6 +66,13 @@ AIR_FLAT_STRUCTURE = 2.5  # ... or a near field flatter than this (EPIQ in air 1
 AIR_BAND_R2 = 0.55  # bands over an empty field: near field explained by its depth profile above this,
 AIR_LIT_FRACTION = 0.25  # ... less than this share of the scan area lit,
 AIR_EMPTY_STRUCTURE = 4.0  # ... and no structure below the near field (grey std below this)
+AIR_PURE_BAND_R2 = 0.9  # ... lit at any share when bands are all the near field holds (air in the set:
+# 0.97-0.98 with a bright face band lit over 0.3 of the area; no other frame above 0.83)
+CENTRE_LINES = 0.5  # share of the scan lines, in the middle, judged apart (gel contact stays at the ends)
+AIR_CENTRE_BAND_R2 = 0.85  # there: near field explained by its depth profile at least this (air with
+# contact at the ends 0.87-1.0; genuine frames with a quiet deep field 0.77 at most: an eye's globe is
+# 0.93 but has the orbit below it),
+AIR_CENTRE_DEEP_STRUCTURE = 5.0  # ... over no structure below (air 2.4-4.6; that eye 14)
 AIR_BAND_ASPECT = 0.45  # a thin band at the face: a scan area found, its depth / width below this
 # (probes in air whose field below the near-field arcs holds no evidence: 0.31-0.40),
 AIR_ROOM_BELOW = 2.0  # ... over a frame that goes on below it for this many band depths (air 2.2-5.2;
@@ -94,6 +101,9 @@ DOTS_MIN = 4  # evenly spaced dots for a dotted line
 DOT_SPACING = 32  # pixels: the widest spacing of a dotted line's dots
 ARM_MAX = 12  # pixels: the longest arm of a caliper drawn as four separate bars
 EDGE_SHARE = 0.8  # a line with this share of its pixels on the scan area's edge is its outline
-COLOUR_MARK_MIN = 6  # pixels: a coloured piece this large is a mark whatever its shape
+FACE_ZONE = 0.02  # share of the depth below the scan's top where a level line is the skin / face echo
+# (real frames: Clarius face line at 0.9 %, lung and BUSI skin lines at rows 0-5; drawn lines deeper)
+COLOUR_MARK_MIN = 6  # pixels: a coloured stroke this large is a mark whatever its shape ...
+COLOUR_STROKE_MAX = 7  # ... at most this wide (traces, arrowheads, bold text; tinted highlights are wider)
 MARK_GROW = 1  # pixels added around a mark before inpainting (anti-aliasing, JPEG halo)
 INPAINT_RADIUS = 3  # pixels: cv2.inpaint's neighbourhood

@@ -25,14 +25,18 @@ speckle texture -- ``lateral_ratio`` below ``AIR_FLAT_RATIO`` -- or dim like a n
 ``lit_fraction`` below ``AIR_DIM_FRACTION`` --, or a near field flatter still (structure below
 ``AIR_FLAT_STRUCTURE``): a probe held in air, its noise floor even);
 *bands over an empty field* (``band_r2`` above ``AIR_BAND_R2``, ``lit_fraction`` below
-``AIR_LIT_FRACTION``, structure below the near field under ``AIR_EMPTY_STRUCTURE``: a probe lifted
-off the skin); a *thin band over a dark frame*: a scan area found (not given by the file) less deep
+``AIR_LIT_FRACTION`` -- or any lit share when the bands are all the near field holds, ``band_r2`` at
+least ``AIR_PURE_BAND_R2`` --, structure below the near field under ``AIR_EMPTY_STRUCTURE``: a probe
+lifted off the skin); a *thin band over a dark frame*: a scan area found (not given by the file) less deep
 than ``AIR_BAND_ASPECT`` of its width, the frame going on below it, dark (``room_below`` at least
 ``AIR_ROOM_BELOW`` band depths, ``below_lit`` under ``AIR_BELOW_LIT``; :mod:`shards.quality`), the
 band fading to nothing at its bottom (``fade`` under ``AIR_FADE``) and every scan line alike
 (``line_likeness``, the median correlation of a line's depth profile with the median one, at least
 ``AIR_LINE_LIKENESS``): the near-field arcs of a probe in air are all the heuristic finds, the field
-below them holds no evidence.
+below them holds no evidence; *the middle of the face in air*: over the middle ``CENTRE_LINES`` of
+the scan lines, the near field is bands alone (``centre_band_r2`` at least ``AIR_CENTRE_BAND_R2``)
+over a field without structure (``centre_deep_structure`` under ``AIR_CENTRE_DEEP_STRUCTURE``): a
+probe lifting off keeps gel contact at its ends, whose tissue would otherwise pass the frame.
 Lung with A-lines has bands too, but under a chest wall whose speckle has lateral texture and
 structure, and rib shadows; an eye or a bladder is dark under horizontal layers, but the tissue
 around it is structured.
@@ -48,6 +52,8 @@ from shards.thresholds import (
     AIR_BAND_R2,
     AIR_BANDS,
     AIR_BELOW_LIT,
+    AIR_CENTRE_BAND_R2,
+    AIR_CENTRE_DEEP_STRUCTURE,
     AIR_DEEP_STRUCTURE,
     AIR_DIM_FRACTION,
     AIR_EMPTY_LIT,
@@ -58,9 +64,11 @@ from shards.thresholds import (
     AIR_LINE_LIKENESS,
     AIR_LIT_FRACTION,
     AIR_NEAR_STRUCTURE,
+    AIR_PURE_BAND_R2,
     AIR_ROOM_BELOW,
     AIR_UNIFORM_BAND_R2,
     BAND_PEAK,
+    CENTRE_LINES,
     FACE_LEVEL,
     LIT_AREA_LEVEL,
     NEAR_FIELD,
@@ -190,6 +198,17 @@ def thin_band(values: dict) -> bool:
     )
 
 
+def _middle_lines(valid: np.ndarray) -> np.ndarray:
+    """``valid`` limited to the middle ``CENTRE_LINES`` of its scan lines (a probe lifted off the skin
+    keeps gel contact at its ends longest)."""
+    cols = np.flatnonzero(valid.any(0))
+    out = np.zeros_like(valid)
+    if cols.size:
+        skip = int(cols.size * (1 - CENTRE_LINES) / 2)
+        out[:, cols[skip] : cols[cols.size - 1 - skip] + 1] = True
+    return valid & out
+
+
 def tissue_measures(small: np.ndarray, mask: np.ndarray, band: bool = False) -> dict:
     """The measures of the module doc for a working frame and its scan-area mask; ``line_likeness``
     and ``fade`` only for a ``band`` (:func:`thin_band`: they judge nothing else)."""
@@ -204,8 +223,11 @@ def tissue_measures(small: np.ndarray, mask: np.ndarray, band: bool = False) -> 
     dx = float(np.abs(np.diff(b3, axis=1))[inner_x].mean()) if inner_x.any() else 0.0
     dy = float(np.abs(np.diff(b3, axis=0))[inner_y].mean()) if inner_y.any() else 0.0
     alike = dict(zip(("line_likeness", "fade"), (round(v, 3) for v in _alike(b3, valid)))) if band else {}
+    mid = _middle_lines(valid)
     return {
         **alike,
+        "centre_band_r2": round(_band_r2(b3, near & mid), 3),
+        "centre_deep_structure": round(_structure(b5[cut:], (deep & mid)[cut:]), 2),
         "band_r2": round(_band_r2(b3, near), 3),
         "near_bands": _bands(b3, near, cut),
         "lateral_ratio": round(dx / dy, 3) if dy > 1e-6 else 1.0,
@@ -230,12 +252,16 @@ def in_air(values: dict) -> bool:
     )
     bands_over_empty = (
         values["band_r2"] > AIR_BAND_R2
-        and values["lit_fraction"] < AIR_LIT_FRACTION
+        and (values["lit_fraction"] < AIR_LIT_FRACTION or values["band_r2"] >= AIR_PURE_BAND_R2)
         and values["deep_structure"] < AIR_EMPTY_STRUCTURE
+    )
+    # the middle of the face in air, gel contact left only at its ends
+    centre_in_air = (
+        values["centre_band_r2"] >= AIR_CENTRE_BAND_R2 and values["centre_deep_structure"] < AIR_CENTRE_DEEP_STRUCTURE
     )
     band_at_face = (
         thin_band(values)
         and values.get("fade", 1.0) < AIR_FADE
         and values.get("line_likeness", 0.0) >= AIR_LINE_LIKENESS
     )
-    return bool(empty or uniform or bands_over_empty or band_at_face)
+    return bool(empty or uniform or bands_over_empty or centre_in_air or band_at_face)

@@ -86,6 +86,24 @@ def test_each_kind_of_mark_is_told_apart():
     assert detect_marks(base, mask) == []
 
 
+def test_face_echo_border_lines_and_tinted_highlights_are_not_marks():
+    """A level line in the top rows (the skin or the transducer face), a line along the crop's border
+    and a wide coloured area are no marks; the same line deeper and a thin coloured trace are."""
+    base = speckle()
+    mask = np.ones(base.shape, bool)
+
+    def kinds(draw) -> list[str]:
+        img = Image.fromarray(np.stack([base] * 3, -1))
+        draw(ImageDraw.Draw(img))
+        return [m.kind for m in found(np.asarray(img), mask)]
+
+    assert kinds(lambda d: d.line([(40, 2), (160, 2)], fill=(255, 255, 255))) == []  # face zone: 4 rows
+    assert kinds(lambda d: d.line([(199, 20), (199, 140)], fill=(255, 255, 255))) == []  # the right border
+    assert kinds(lambda d: d.line([(40, 80), (160, 80)], fill=(255, 255, 255))) == ["line"]
+    assert kinds(lambda d: d.ellipse([60, 50, 100, 90], fill=(230, 120, 230))) == []  # a tint's highlight
+    assert kinds(lambda d: d.line([(40, 110), (90, 130), (150, 100)], fill=(230, 120, 230), width=2)) == ["line"]
+
+
 def test_real_marks_are_found(pydicom_data_dir, pocus_dir):
     media = open_media(str(pydicom_data_dir / "OBXXXX1A.dcm"), "OBXXXX1A.dcm", SourceOptions())
     res = clean_frame(next(media.frames).pixels, 128, region=media.region)

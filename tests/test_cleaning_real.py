@@ -51,6 +51,9 @@ def test_probe_in_air_is_no_tissue_with_its_measures(deid_dir, name):
     assert reasons(results) == {"no_tissue"}
     values = results[0].values
     assert {"lit_fraction", "near_structure", "deep_structure", "band_r2", "lateral_ratio"} <= set(values)
+    # exported without its DICOM region (a PNG of the screen), the frame is judged on its pixels alone
+    media = open_media(str(deid_dir / name), name, EVERY_FRAME)
+    assert isinstance(clean_frame(next(iter(media.frames)).pixels, 64), Rejected), name
 
 
 def test_convex_probe_in_air_found_as_a_thin_band_is_no_tissue(pydicom_data_dir):
@@ -85,6 +88,24 @@ def test_synthetic_probe_in_air_rejected_and_aline_lung_kept(kind):
         assert isinstance(air, Rejected) and air.reason in ("no_tissue", "not_ultrasound"), (kind, seed)
         lung = clean_frame(aline_lung_frame(kind, rng), 64)
         assert isinstance(lung, Cleaned), (kind, seed, lung)
+
+
+def test_probe_lifting_off_with_gel_at_the_ends_of_the_face_is_no_tissue(pocus_dir):
+    """The ends of the face still on tissue pass the whole frame's rules; the middle of the scan lines,
+    bands over nothing, tells. An eye, bands over a dark globe, has the orbit below it and stays."""
+    for seed in range(4):
+        frame = air_frame("linear", np.random.default_rng(seed), contact=0.15)
+        res = clean_frame(frame, 64)
+        assert isinstance(res, Rejected) and res.reason == "no_tissue", seed
+        v = res.values
+        assert v["band_r2"] < 0.55 and v["deep_structure"] > 7, v  # the whole frame looks like tissue
+        assert v["centre_band_r2"] >= 0.85 and v["centre_deep_structure"] < 5, v
+    lifted = SourceOptions(frames=Sampling(mode="every", every=531, max=2))  # frame 531: lifted, gel at both ends
+    *_, res = judge(pocus_dir / "butterfly-mean-crop.mp4", lifted)
+    assert isinstance(res, Rejected) and res.reason == "no_tissue", res
+    spread = SourceOptions(frames=Sampling(mode="every", every=10, max=5))
+    eye = judge(pocus_dir / "sonosite-anon-eye1-video.mp4", spread)
+    assert reasons(eye) == {"kept"}
 
 
 def test_colour_doppler_is_colour_and_annotation_colour_is_not(deid_dir, pydicom_data_dir, pocus_dir):

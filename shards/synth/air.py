@@ -2,7 +2,8 @@
 
 - ``air_frame``: a probe held in air. Every scan line sees the same thing: reverberations of the
   transducer face (bands parallel to it, fading with depth), a dark band, then the electronic
-  noise floor, which time-gain compensation raises with depth.
+  noise floor, which time-gain compensation raises with depth; lifting off, the ends of the face
+  can stay on tissue (``contact``).
 - ``aline_lung_frame``: a lung with A-lines, which must stay. A chest wall of speckle under the
   probe, the bright pleural line, a dark lung below it holding the pleura's reverberations at
   two and three times its depth (the A-lines: bands too), and rib shadows across all depths.
@@ -55,8 +56,11 @@ def _shape(g: ScanGeometry) -> tuple[int, int]:
     return g.n_depth, g.n_lines
 
 
-def air_frame(kind: str, rng: np.random.Generator, size: tuple[int, int] = (360, 480)) -> np.ndarray:
-    """A probe of ``kind`` (linear | convex | sector) held in air (module doc)."""
+def air_frame(
+    kind: str, rng: np.random.Generator, size: tuple[int, int] = (360, 480), contact: float = 0.0
+) -> np.ndarray:
+    """A probe of ``kind`` (linear | convex | sector) held in air (module doc); ``contact``: share of
+    the scan lines at each end of the face still on tissue (a probe lifting off keeps gel there)."""
     g = geometry(kind, size)
     n_depth, n_lines = _shape(g)
     d = np.arange(n_depth, dtype=np.float32)[:, None] / n_depth
@@ -68,6 +72,10 @@ def air_frame(kind: str, rng: np.random.Generator, size: tuple[int, int] = (360,
     floor = float(rng.uniform(20, 45)) * np.clip((d - 0.45) / 0.55, 0, 1) ** 1.5
     noise = gaussian_filter(rng.rayleigh(1.0, (n_depth, n_lines)), (1.5, 0.4)) * 0.8
     beam = bands + floor * noise + rng.normal(0, 1.0, (n_depth, n_lines))
+    k = int(contact * n_lines)
+    if k:
+        tissue = 70.0 * gaussian_filter(rng.rayleigh(1.0, (n_depth, n_lines)), (1.2, 2.0)) * (1.0 - 0.5 * d)
+        beam[:, :k], beam[:, -k:] = tissue[:, :k], tissue[:, -k:]
     return _convert(g, beam.astype(np.float32))
 
 
