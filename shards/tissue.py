@@ -198,15 +198,14 @@ def thin_band(values: dict) -> bool:
     )
 
 
-def _middle_lines(valid: np.ndarray) -> np.ndarray:
-    """``valid`` limited to the middle ``CENTRE_LINES`` of its scan lines (a probe lifted off the skin
-    keeps gel contact at its ends longest)."""
+def _middle_lines(valid: np.ndarray) -> slice:
+    """The middle ``CENTRE_LINES`` of the scan lines (a probe lifted off the skin keeps gel contact at
+    its ends longest), as a slice of columns: measured on the slice, not a mask, it costs half."""
     cols = np.flatnonzero(valid.any(0))
-    out = np.zeros_like(valid)
-    if cols.size:
-        skip = int(cols.size * (1 - CENTRE_LINES) / 2)
-        out[:, cols[skip] : cols[cols.size - 1 - skip] + 1] = True
-    return valid & out
+    if not cols.size:
+        return slice(0, 0)
+    skip = int(cols.size * (1 - CENTRE_LINES) / 2)
+    return slice(int(cols[skip]), int(cols[cols.size - 1 - skip]) + 1)
 
 
 def tissue_measures(small: np.ndarray, mask: np.ndarray, band: bool = False) -> dict:
@@ -226,8 +225,8 @@ def tissue_measures(small: np.ndarray, mask: np.ndarray, band: bool = False) -> 
     mid = _middle_lines(valid)
     return {
         **alike,
-        "centre_band_r2": round(_band_r2(b3, near & mid), 3),
-        "centre_deep_structure": round(_structure(b5[cut:], (deep & mid)[cut:]), 2),
+        "centre_band_r2": round(_band_r2(b3[:, mid], near[:, mid]), 3),
+        "centre_deep_structure": round(_structure(b5[cut:, mid], deep[cut:, mid]), 2),
         "band_r2": round(_band_r2(b3, near), 3),
         "near_bands": _bands(b3, near, cut),
         "lateral_ratio": round(dx / dy, 3) if dy > 1e-6 else 1.0,
