@@ -18,8 +18,9 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
 
 A line or dotted line running along the scan area's edge (``EDGE_SHARE`` of its pixels within 2 px
 of it) is the image's outline, and a level one in the top ``FACE_ZONE`` of the depth is the skin or
-transducer-face echo: neither is a mark. Each mark is a kind and a box; ``inpaint`` fills the mark pixels (grown
-by ``MARK_GROW`` to take the halo of anti-aliasing and compression) with OpenCV's Telea inpainting.
+transducer-face echo: neither is a mark. Each mark is a kind and a box; ``inpaint`` fills the mark
+pixels (grown by ``MARK_GROW`` to take the halo of anti-aliasing and compression) with OpenCV's
+Telea inpainting.
 """
 
 from __future__ import annotations
@@ -124,6 +125,8 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     # the speckle grains among the pieces are left out before the shapes are compared.
     drawn = [p for p in _pieces(strokes, col, gray, mask) if p.drawn]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
+    if not any(m.kind in ("line", "dotted_line") for m in marks):
+        return marks  # most frames: no line to check, no erosion of the whole crop
     # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a
     # mark; the crop's border is an edge too (zero padding: erosion's default border keeps the mask).
     edge = mask & ~(cv2.erode(np.pad(mask, 2).astype(np.uint8), np.ones((5, 5), np.uint8))[2:-2, 2:-2] > 0)
