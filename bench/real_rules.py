@@ -1,6 +1,6 @@
 """Per-rule table of the cleaning on labelled real frames, by the code of this tree and of a commit before.
 
-    .venv/bin/python bench/real_rules.py [--labels /work/realdata/labels.csv] [--before 7309d02] [--markdown]
+    .venv/bin/python bench/real_rules.py [--labels /work/realdata/labels.csv] [--before 7309d02]
 
 Reads a CSV of labelled frames (``path,source,class,notes``; paths relative to the CSV's folder;
 classes ``bmode``, ``air``, ``doppler``, ``annotated``, ``ui_screen``, ``not_us``; notes beginning

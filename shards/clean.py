@@ -32,6 +32,7 @@ from shards.quality import frame_rejection
 from shards.scan_area import ScanArea, crop_to_scan_area, frame_scan_area
 
 PHASH_SIDE = 16  # 16x16 DCT = 256-bit hash; 64 bits cannot tell distinct speckle frames apart
+PHASH_REDUCED_MIN = 384  # px: a frame is box-reduced to no less than this a side before it is hashed
 ACTIONS = ("keep", "inpaint", "drop")  # what becomes of a frame with annotations (per source)
 
 
@@ -70,7 +71,14 @@ def output_box(box: tuple[int, int, int, int], crop_shape: tuple[int, int], size
 
 
 def phash256(gray: np.ndarray) -> int:
-    return int(str(imagehash.phash(Image.fromarray(gray, "L"), hash_size=PHASH_SIDE)), 16)
+    """imagehash's pHash of a frame box-reduced first to at least ``PHASH_REDUCED_MIN`` px a side: its
+    Lanczos resize to 64 px costs 4.2 ms on a 1280x960 frame, 1.7 ms with the reduction (on 394 real
+    frames the hash moves by 0.18 bits of 256 on average, 6 at most; a half-size copy moves it 1.2)."""
+    img = Image.fromarray(gray, "L")
+    factor = min(gray.shape) // PHASH_REDUCED_MIN
+    if factor > 1:
+        img = img.reduce(factor)
+    return int(str(imagehash.phash(img, hash_size=PHASH_SIDE)), 16)
 
 
 def _marks(gray: np.ndarray, area: ScanArea, col: np.ndarray | None) -> tuple[np.ndarray, list[Mark]]:

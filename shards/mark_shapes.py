@@ -5,12 +5,14 @@ A *piece* is a connected group of stroke pixels. Marks are built from thin strok
 or irregular. In order:
 
 - *caliper*: a cross -- nearly all pixels on one row and one column (``+``) or on the two diagonals
-  (``x``) through its middle, each arm spanning most of the box -- or four short bars around an
-  empty centre (arms at most ``ARM_MAX`` long);
+  (``x``) through its middle, each arm spanning most of the box -- or short bars around an empty
+  centre (arms at most ``ARM_MAX`` long; one vertical arm may be a stub or missing when the left and
+  right ones match);
 - *body mark*: a closed thin outline (a hole inside) at most ``BODY_MARK_MAX`` pixels across; a
   larger closed outline (a box) is a *line*;
-- *arrow* / *line*: a long (at least ``LINE_MIN`` pixels) thin stroke; an arrow is one whose width
-  across its axis grows at one end (the head);
+- *arrow* / *line*: a long (at least ``LINE_MIN`` pixels) thin straight stroke; an arrow is one whose
+  width across its axis grows at one end (the head); a curved one (a trace) is a *line* when it is
+  longer still (``TRACE_MIN`` pixels over ``TRACE_SPAN``) and at most ``TRACE_WIDTH`` wide;
 - *text*: glyphs -- thin pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall -- side by side on one
   baseline, at least ``TEXT_MIN_GLYPHS`` of them;
 - *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
@@ -44,6 +46,9 @@ from shards.thresholds import (
     STROKE_WIDTH,
     TEXT_MIN_GLYPHS,
     TEXT_PLATEAU,
+    TRACE_MIN,
+    TRACE_SPAN,
+    TRACE_WIDTH,
 )
 
 Box = tuple[int, int, int, int]
@@ -149,8 +154,15 @@ def _axis_profile(p: Piece) -> tuple[float, np.ndarray, float]:
     return length, widths, float(centres[1:-1].std()) if len(centres) > 3 else 0.0
 
 
+def _trace(p: Piece) -> bool:
+    """A drawn curve (a traced outline, a free-hand line): long, and at most ``TRACE_WIDTH`` pixels
+    wide everywhere; tissue edges that long are wider somewhere or break up into grains."""
+    return p.area >= TRACE_MIN and max(p.w, p.h) >= TRACE_SPAN and _thin(p, TRACE_WIDTH)
+
+
 def line_kind(p: Piece) -> str | None:
-    """``line`` or ``arrow`` for a long, thin, straight stroke in one colour, else None."""
+    """``line`` or ``arrow`` for a long, thin, straight stroke in one colour, ``line`` for a drawn curve
+    (:func:`_trace`), else None."""
     if max(p.w, p.h) < LINE_MIN or not p.drawn or not _thin(p):
         return None
     if not p.coloured and plateau(p.values) < LINE_PLATEAU:
@@ -158,7 +170,7 @@ def line_kind(p: Piece) -> str | None:
     length, widths, wobble = _axis_profile(p)
     core = float(np.median(widths[2:6]))
     if length < LINE_MIN or core > STROKE_WIDTH + 1 or (wobble > LINE_WOBBLE and not p.coloured):
-        return None
+        return "line" if _trace(p) else None
     ends = max(widths[0], widths[-1])
     return "arrow" if ends >= 2.5 * max(core, 1.0) and ends >= 5 else "line"
 
@@ -247,10 +259,22 @@ def _bar(p: Piece) -> bool:
     return not p.used and p.drawn and 3 <= long <= 2 * ARM_MAX and long >= 1.5 * short and p.area >= 0.7 * p.w * p.h
 
 
+def _side_arms(pieces: list[Piece], cx: float, cy: float, gap: int) -> tuple[list[Piece], list[Piece]]:
+    """Drawn pieces centred on column ``cx`` just above and just below row ``cy``, solid bars first."""
+    near = [v for v in pieces if not v.used and v.drawn and v.h >= v.w and abs(_centre(v)[0] - cx) <= 1]
+    near = [v for v in near if max(v.w, v.h) <= 2 * ARM_MAX]
+    near.sort(key=lambda v: not _bar(v))
+    up = [v for v in near if 0 <= cy - v.box[3] <= gap]
+    down = [v for v in near if 0 <= v.box[1] - cy <= gap]
+    return up, down
+
+
 def split_crosses(pieces: list[Piece]) -> list[list[Piece]]:
-    """Calipers drawn as four bars -- left, right, above, below -- around an empty centre."""
+    """Calipers drawn as bars -- left, right, above, below -- around an empty centre. Two calipers a
+    wall's thickness apart cut each other's facing arm short (an ATL intima-media pair), so one
+    vertical arm may be a stub or missing when the other is a bar and the left and right ones match."""
     bars = [p for p in pieces if _bar(p)]
-    hor, ver = [p for p in bars if p.w > p.h], [p for p in bars if p.h > p.w]
+    hor = [p for p in bars if p.w > p.h]
     out = []
     for a in hor:
         for b in hor:
@@ -258,14 +282,17 @@ def split_crosses(pieces: list[Piece]) -> list[list[Piece]]:
             if a.used or b.used or not 1 <= gap <= ARM_MAX or abs(_centre(a)[1] - _centre(b)[1]) > 1:
                 continue
             cx, cy = (a.box[2] + b.box[0]) / 2, _centre(a)[1]
-            near = [v for v in ver if not v.used and abs(_centre(v)[0] - cx) <= 1]
-            up = [v for v in near if 0 <= cy - v.box[3] <= gap]
-            down = [v for v in near if 0 <= v.box[1] - cy <= gap]
-            if up and down:
-                group = [a, b, up[0], down[0]]
-                for q in group:
-                    q.used = True
-                out.append(group)
+            up, down = _side_arms(pieces, cx, cy, gap)
+            full = up[:1] + down[:1]
+            if len(full) == 2 and all(_bar(v) for v in full):
+                group = [a, b, *full]
+            elif any(_bar(v) for v in full) and abs(a.w - b.w) <= 1:
+                group = [a, b, *full]
+            else:
+                continue
+            for q in group:
+                q.used = True
+            out.append(group)
     return out
 
 

@@ -9,8 +9,9 @@ to <= ``WORK_SIDE`` px:
    calipers are thin or sparse and vanish. Coloured pixels are no evidence (B-mode is grey);
 2. *pieces*: the largest piece of the core and the pieces of at least ``PIECE_MIN_SHARE`` of it that
    are joined to it through lit pixels, or lie across a black band within its columns (an
-   anechoic globe spanning the width, the near-field bands of a probe in air), never a strip under
-   it (toolbar, ECG) nor a wider band over it (a header bar with text). For a clip, pieces that
+   anechoic globe spanning the width, the near-field bands of a probe in air, the far wall under a
+   vessel crossing a linear image: same side edges), never a strip under it (toolbar, ECG) nor a
+   wider band over it (a header bar with text). For a clip, pieces that
    never change across its frames are user interface (:mod:`shards.clip_mask`);
 3. growth into sparsely lit pixels (an attenuated far field, dim fan edges) connected to the core
    within 1/5 of the frame, never through bright pixels outside the core (annotations);
@@ -43,6 +44,7 @@ from shards.thresholds import (
     LIT_LEVEL,
     LOOSE_REGION,
     PIECE_COLUMNS,
+    PIECE_EDGES,
     PIECE_MIN_MOVING,
     PIECE_MIN_SHARE,
     REGION_FILL,
@@ -214,14 +216,24 @@ def _moving_pieces(stats: np.ndarray, sizes: np.ndarray, moves: np.ndarray) -> l
 
 
 def _in_columns(stats: np.ndarray, k: int, big: int) -> bool:
-    """A piece across a black band within the main piece's columns: tall, or above it and as wide
-    (the near-field bands of a probe in air; a text line or a header bar is narrower or wider)."""
+    """A piece across a black band within the main piece's columns: tall, above it and as wide (the
+    near-field bands of a probe in air), or below it with the same side edges and nothing beside it (a
+    linear image that a vessel or a cyst crosses from side to side); a text line or a header bar is
+    narrower or wider, and a toolbar, an ECG or an M-mode strip under the image does not share both
+    its edges or goes on beside it."""
     x, y, w, h = (int(v) for v in stats[k, :4])
-    bx, by, bw, _ = (int(v) for v in stats[big, :4])
+    bx, by, bw, bh = (int(v) for v in stats[big, :4])
     overlap = max(0, min(x + w, bx + bw) - max(x, bx))
     if overlap < PIECE_COLUMNS * w:
         return False
-    return h >= 0.25 * w or (y + h <= by and overlap >= PIECE_COLUMNS * bw)
+    if h >= 0.25 * w or (y + h <= by and overlap >= PIECE_COLUMNS * bw):
+        return True
+    tol = max(2, int(PIECE_EDGES * bw))
+    if y < by + bh or abs(x - bx) > tol or abs(x + w - bx - bw) > tol:
+        return False
+    xs, ys, ws, hs = (stats[1:, i].astype(int) for i in range(4))
+    beside = (ys < y + h) & (ys + hs > y) & ((xs + ws <= bx) | (xs >= bx + bw))
+    return not beside.any()
 
 
 def _grow(core: np.ndarray, small: np.ndarray, lit: np.ndarray) -> np.ndarray:

@@ -86,6 +86,33 @@ def test_each_kind_of_mark_is_told_apart():
     assert detect_marks(base, mask) == []
 
 
+def test_a_caliper_pair_cutting_each_others_arms_and_a_drawn_trace_are_marks():
+    """Two calipers a wall's thickness apart, drawn as bars around an open centre with a black edge
+    (an ATL intima-media pair), cut each other's facing arm to a stub; a curved trace one pixel wide
+    is a drawn line. Two bars alone on one row are no caliper."""
+    base = speckle()
+    mask = np.ones(base.shape, bool)
+
+    def bars(img: np.ndarray, cy: int, up: int, down: int) -> None:
+        for y0, y1, x0, x1 in ((cy, cy + 1, 95, 99), (cy, cy + 1, 102, 106), (cy - up - 1, cy - 1, 100, 101)):
+            img[y0 - 1 : y1 + 1, x0 - 1 : x1 + 1] = 0
+            img[y0:y1, x0:x1] = 176
+        img[cy + 2 : cy + 2 + down, 99:102] = 0
+        img[cy + 2 : cy + 2 + down, 100] = 176
+
+    img = base.copy()
+    bars(img, 60, up=4, down=2)  # the upper caliper: its lower arm cut to 2 pixels ...
+    bars(img, 68, up=0, down=4)  # ... the lower one: no upper arm left
+    marks = detect_marks(img, mask)
+    assert sorted(m.box for m in marks if m.kind == "caliper") == [(95, 55, 106, 64), (95, 68, 106, 74)]
+    img = base.copy()
+    bars(img, 60, up=0, down=0)
+    assert [m.kind for m in detect_marks(img, mask)] == []
+    trace = Image.fromarray(base)
+    ImageDraw.Draw(trace).arc([40, 60, 150, 150], 200, 340, fill=255)
+    assert [m.kind for m in detect_marks(np.asarray(trace), mask)] == ["line"]
+
+
 def test_face_echo_border_lines_and_tinted_highlights_are_not_marks():
     """A level line in the top rows (the skin or the transducer face), a line along the crop's border
     and a wide coloured area are no marks; the same line deeper and a thin coloured trace are."""

@@ -130,6 +130,22 @@ def test_overlay_outside_scan_area_is_removed():
     assert max(abs(a - b) for a, b in zip((x0, y0, x1, y1), truth)) <= 3, (res.meta["crop"], truth)
 
 
+def test_a_vessel_across_a_linear_image_keeps_the_far_wall_and_a_toolbar_under_it_stays_out():
+    """A black lumen from side to side splits a linear image into a near and a thin far part with the
+    same side edges: both are the image. A strip of textured buttons under an image, going on beside
+    it (a device toolbar), is not, though one of its buttons shares the image's edges."""
+    rng = np.random.default_rng(0)
+    frame = np.zeros((236, 256), np.uint8)
+    frame[28:218, 28:228] = rng.integers(40, 200, (190, 200))  # the image (speckle-like texture)
+    frame[88:178, 28:228] = 0  # the lumen, from side to side: the far wall is 40 rows under 200 columns
+    assert tuple(detect_scan_area(frame).bbox) == (28, 28, 228, 218)
+    screen = np.zeros((236, 256), np.uint8)
+    screen[28:178, 28:228] = rng.integers(40, 200, (150, 200))
+    screen[212:228, 2:254] = rng.integers(40, 200, (16, 252))
+    screen[212:228, 22:28] = screen[212:228, 228:234] = 0  # three buttons, the middle one 28..228
+    assert tuple(detect_scan_area(screen).bbox) == (28, 28, 228, 178)
+
+
 def test_letterbox_rule():
     wide = np.arange(10 * 20, dtype=np.uint8).reshape(10, 20) + 1
     sq = letterbox(wide)
