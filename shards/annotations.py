@@ -35,6 +35,7 @@ from shards.mark_shapes import Piece, find_marks
 from shards.thresholds import (
     EDGE_SHARE,
     FACE_ZONE,
+    GLYPH_STEP,
     INPAINT_RADIUS,
     MARK_CONTRAST,
     MARK_GROW,
@@ -122,8 +123,9 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     if not strokes.any():
         return []
     # Every kind of mark is made of drawn pieces only (coloured, or a step above their surround), so
-    # the speckle grains among the pieces are left out before the shapes are compared.
-    drawn = [p for p in _pieces(strokes, col, gray, mask) if p.drawn]
+    # the speckle grains among the pieces are left out before the shapes are compared; the glyphs of
+    # text may stand a little lower as a group (mark_shapes.text_groups).
+    drawn = [p for p in _pieces(strokes, col, gray, mask) if p.drawn or p.step >= GLYPH_STEP]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
     if not any(m.kind in ("line", "dotted_line") for m in marks):
         return marks  # most frames: no line to check, no erosion of the whole crop

@@ -14,7 +14,8 @@ or irregular. In order:
   width across its axis grows at one end (the head); a curved one (a trace) is a *line* when it is
   longer still (``TRACE_MIN`` pixels over ``TRACE_SPAN``) and at most ``TRACE_WIDTH`` wide;
 - *text*: glyphs -- thin pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall -- side by side on one
-  baseline, at least ``TEXT_MIN_GLYPHS`` of them;
+  baseline, at least ``TEXT_MIN_GLYPHS`` of them, drawn as a group (their middle step; small text
+  over bright tissue may stand only ``TEXT_FAINT_STEP`` above it when ``TEXT_FAINT_GLYPHS`` line up);
 - *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
   along a straight line;
 - any other coloured stroke (at most ``COLOUR_STROKE_MAX`` pixels wide) of at least ``COLOUR_MARK_MIN``
@@ -38,12 +39,15 @@ from shards.thresholds import (
     DOTS_MIN,
     GLYPH_MAX,
     GLYPH_MIN,
+    GLYPH_STEP,
     LINE_MIN,
     LINE_PLATEAU,
     LINE_WOBBLE,
     MARK_STEP,
     PLATEAU_TOL,
     STROKE_WIDTH,
+    TEXT_FAINT_GLYPHS,
+    TEXT_FAINT_STEP,
     TEXT_MIN_GLYPHS,
     TEXT_PLATEAU,
     TRACE_MIN,
@@ -181,7 +185,11 @@ def _glyph(p: Piece) -> bool:
 
 def text_groups(pieces: list[Piece]) -> list[list[Piece]]:
     """Glyphs (and the dots of ``i``, ``:`` beside them) side by side on one baseline."""
-    cand = [p for p in pieces if not p.used and p.drawn and (max(p.w, p.h) <= DOT_MAX or _glyph(p))]
+    cand = [
+        p
+        for p in pieces
+        if not p.used and (p.drawn or p.step >= GLYPH_STEP) and (max(p.w, p.h) <= DOT_MAX or _glyph(p))
+    ]
     cand.sort(key=lambda p: p.box[0])
     groups: list[list[Piece]] = []
     for p in cand:
@@ -213,7 +221,9 @@ def _is_text(group: list[Piece]) -> bool:
     aligned = max(np.mean(np.abs(v - np.median(v)) <= 2) for v in (tops, bottoms)) >= 0.6
     coloured = all(q.coloured for q in group)
     one_colour = coloured or plateau(np.concatenate([q.values for q in group])) >= TEXT_PLATEAU
-    drawn = coloured or float(np.median([q.step for q in glyphs])) >= MARK_STEP
+    step = float(np.median([q.step for q in glyphs]))
+    # small text over bright tissue stands lower above it: enough of it, in line, is still drawn
+    drawn = coloured or step >= MARK_STEP or (step >= TEXT_FAINT_STEP and len(glyphs) >= TEXT_FAINT_GLYPHS)
     return bool(same_height and aligned and one_colour and drawn)
 
 

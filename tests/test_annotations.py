@@ -113,6 +113,23 @@ def test_a_caliper_pair_cutting_each_others_arms_and_a_drawn_trace_are_marks():
     assert [m.kind for m in detect_marks(np.asarray(trace), mask)] == ["line"]
 
 
+def test_small_text_over_bright_tissue_is_text_when_enough_glyphs_line_up():
+    """Text standing 57 grey levels above bright tissue (BUSI at 256 px: 55) is text when at least
+    three glyphs line up; two glyphs, or text standing 47 above, are not enough."""
+    rng = np.random.default_rng(0)
+    base = (150 + rng.normal(0, 1, (60, 200))).clip(0, 255).astype(np.uint8)
+    mask = np.ones(base.shape, bool)
+
+    def kinds(text: str, level: int) -> list[str]:
+        img = Image.fromarray(base)
+        ImageDraw.Draw(img).text((40, 25), text, fill=level)
+        return [m.kind for m in detect_marks(np.asarray(img), mask)]
+
+    assert kinds("RT AXILLA", 207) == ["text"]
+    assert kinds("RT", 207) == []
+    assert kinds("RT AXILLA", 197) == []
+
+
 def test_face_echo_border_lines_and_tinted_highlights_are_not_marks():
     """A level line in the top rows (the skin or the transducer face), a line along the crop's border
     and a wide coloured area are no marks; the same line deeper and a thin coloured trace are."""
