@@ -269,37 +269,33 @@ def _bar(p: Piece) -> bool:
     return not p.used and p.drawn and 3 <= long <= 2 * ARM_MAX and long >= 1.5 * short and p.area >= 0.7 * p.w * p.h
 
 
-def _side_arms(pieces: list[Piece], cx: float, cy: float, gap: int) -> tuple[list[Piece], list[Piece]]:
-    """Drawn pieces centred on column ``cx`` just above and just below row ``cy``, solid bars first."""
-    near = [v for v in pieces if not v.used and v.drawn and v.h >= v.w and abs(_centre(v)[0] - cx) <= 1]
-    near = [v for v in near if max(v.w, v.h) <= 2 * ARM_MAX]
-    near.sort(key=lambda v: not _bar(v))
-    up = [v for v in near if 0 <= cy - v.box[3] <= gap]
-    down = [v for v in near if 0 <= v.box[1] - cy <= gap]
-    return up, down
+def _side_arms(upright: list[Piece], cx: float, cy: float, gap: int) -> tuple[list[Piece], list[Piece]]:
+    """The upright pieces centred on column ``cx`` just above and just below row ``cy`` (bars first)."""
+    near = [v for v in upright if not v.used and abs(_centre(v)[0] - cx) <= 1]
+    return [v for v in near if 0 <= cy - v.box[3] <= gap], [v for v in near if 0 <= v.box[1] - cy <= gap]
 
 
 def split_crosses(pieces: list[Piece]) -> list[list[Piece]]:
     """Calipers drawn as bars -- left, right, above, below -- around an empty centre. Two calipers a
     wall's thickness apart cut each other's facing arm short (an ATL intima-media pair), so one
     vertical arm may be a stub or missing when the other is a bar and the left and right ones match."""
-    bars = [p for p in pieces if _bar(p)]
-    hor = [p for p in bars if p.w > p.h]
+    hor = [p for p in pieces if _bar(p) and p.w > p.h]
+    # candidate vertical arms, stubs included, solid bars first
+    upright = [v for v in pieces if v.drawn and v.h >= v.w and max(v.w, v.h) <= 2 * ARM_MAX]
+    upright.sort(key=lambda v: not _bar(v))
     out = []
     for a in hor:
         for b in hor:
             gap = b.box[0] - a.box[2]
             if a.used or b.used or not 1 <= gap <= ARM_MAX or abs(_centre(a)[1] - _centre(b)[1]) > 1:
                 continue
-            cx, cy = (a.box[2] + b.box[0]) / 2, _centre(a)[1]
-            up, down = _side_arms(pieces, cx, cy, gap)
-            full = up[:1] + down[:1]
-            if len(full) == 2 and all(_bar(v) for v in full):
-                group = [a, b, *full]
-            elif any(_bar(v) for v in full) and abs(a.w - b.w) <= 1:
-                group = [a, b, *full]
-            else:
+            up, down = _side_arms(upright, (a.box[2] + b.box[0]) / 2, _centre(a)[1], gap)
+            arms = up[:1] + down[:1]
+            four = len(arms) == 2 and all(_bar(v) for v in arms)
+            three = any(_bar(v) for v in arms) and abs(a.w - b.w) <= 1
+            if not (four or three):
                 continue
+            group = [a, b, *arms]
             for q in group:
                 q.used = True
             out.append(group)

@@ -10,8 +10,8 @@ to <= ``WORK_SIDE`` px:
 2. *pieces*: the largest piece of the core and the pieces of at least ``PIECE_MIN_SHARE`` of it that
    are joined to it through lit pixels, or lie across a black band within its columns (an
    anechoic globe spanning the width, the near-field bands of a probe in air, the far wall under a
-   vessel crossing a linear image: same side edges), never a strip under it (toolbar, ECG) nor a
-   wider band over it (a header bar with text). For a clip, pieces that
+   vessel crossing a linear image: same side edges, nothing beside it), never a toolbar or ECG strip
+   under it nor a wider band over it (a header bar with text). For a clip, pieces that
    never change across its frames are user interface (:mod:`shards.clip_mask`);
 3. growth into sparsely lit pixels (an attenuated far field, dim fan edges) connected to the core
    within 1/5 of the frame, never through bright pixels outside the core (annotations);
