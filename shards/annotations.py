@@ -8,7 +8,8 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
 
 1. stroke pixels: a white top-hat (the pixel minus the 5x5 opening) of at least
    ``MARK_CONTRAST`` at a grey level of at least ``MARK_LEVEL`` (thin and bright), kept where they
-   are in their piece's one drawing colour (bright speckle touching a mark is peeled off), or a
+   are in their piece's one drawing colour or brighter (speckle and tissue touching a mark, darker
+   than it, are peeled off; a stroke's own overshoot and highlights stay on it), or a
    colour off the frame's grey-to-colour map (:func:`shards.colour.residual_colour`: B-mode is
    grey);
 2. their connected pieces are told apart by shape (:mod:`shards.mark_shapes`): a cross is a
@@ -85,8 +86,11 @@ def _step(gray: np.ndarray, mask: np.ndarray, labels: np.ndarray, k: int, box: t
 
 
 def peel(strokes: np.ndarray, gray: np.ndarray) -> np.ndarray:
-    """Stroke pixels in their piece's drawing colour only: a mark is drawn in one grey level (its
-    piece's most common one, within ``PLATEAU_TOL``); bright speckle touching it is not."""
+    """Stroke pixels at their piece's drawing colour or brighter: a mark is drawn in one grey level
+    (its piece's most common one, within ``PLATEAU_TOL``); speckle touching it is darker. Pixels
+    above that level stay: JPEG overshoot and anti-aliasing highlights brighten a white stroke
+    where its arms meet, and peeling them cut letters and caliper arms apart (BUSI's "RT": a T in
+    two pieces; 9 of 45 downsized BUSI caliper frames)."""
     n, labels = cv2.connectedComponents(strokes.astype(np.uint8), connectivity=8)
     if n <= 1:
         return strokes
@@ -96,7 +100,7 @@ def peel(strokes: np.ndarray, gray: np.ndarray) -> np.ndarray:
     t = PLATEAU_TOL
     run = np.cumsum(np.pad(hist, ((0, 0), (t + 1, t))), axis=1)
     mode = (run[:, 2 * t + 1 :] - run[:, : -2 * t - 1]).argmax(axis=1)
-    keep = np.abs(val - mode[lab]) <= PLATEAU_TOL
+    keep = val >= mode[lab] - PLATEAU_TOL
     out = np.zeros_like(strokes)
     out[strokes] = keep
     return out
