@@ -1,7 +1,7 @@
 """Decontamination: planted copies of evaluation frames are found, distinct frames are not, and the
 time 160K corpus frames x 20K evaluation images take.
 
-    .venv/bin/python bench/decontam.py [--real /work/realdata] [--per-transform 300] [--workers 2]
+    .venv/bin/python bench/decontam.py [--real REALDATA] [--per-transform 300] [--workers 2]
         [--sizes 400,1600] [--timed 50] [--brute 5,100] [--speed-only]
 
 Frames: real ones from the itk-pocus recordings (``.cache/itk-pocus``, frames spread over every
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import sys
 import tempfile
@@ -347,7 +348,8 @@ def accuracy(tmp: Path, refs: list[Frame], queries: list[Frame], args: argparse.
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--real", type=Path, default=Path("/work/realdata"), help="calibration set (labels.csv)")
+    real = Path(os.environ.get("SONODISTILL_REALDATA", "realdata"))
+    p.add_argument("--real", type=Path, default=real, help="calibration set (labels.csv; $SONODISTILL_REALDATA)")
     p.add_argument("--synthetic", type=int, default=300, help="synthetic images generated")
     p.add_argument("--per-transform", type=int, default=300, help="copies planted per transform")
     p.add_argument("--sizes", default="400,1600", help="the two index sizes (references) timed: SMALL,LARGE")

@@ -1,6 +1,6 @@
 """Per-rule table of the cleaning on labelled real frames, by the code of this tree and of a commit before.
 
-    .venv/bin/python bench/real_rules.py [--labels /work/realdata/labels.csv] [--before 7309d02]
+    .venv/bin/python bench/real_rules.py [--labels REALDATA/labels.csv] [--before 7309d02]
 
 Reads a CSV of labelled frames (``path,source,class,notes``; paths relative to the CSV's folder;
 classes ``bmode``, ``air``, ``doppler``, ``annotated``, ``ui_screen``, ``not_us``; notes beginning
@@ -120,7 +120,8 @@ def source_table(by_source: dict, before: dict, after: dict) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--labels", default="/work/realdata/labels.csv", help="CSV: path,source,class,notes")
+    default = Path(os.environ.get("SONODISTILL_REALDATA", "realdata")) / "labels.csv"
+    ap.add_argument("--labels", default=str(default), help="CSV: path,source,class,notes")
     ap.add_argument("--before", default=BEFORE, help="the commit to compare with")
     ap.add_argument("--frames-out", help="also write each frame's outcomes (JSONL) here, to audit")
     ap.add_argument("--frames-in", help="tabulate a run saved with --frames-out instead of cleaning again")
