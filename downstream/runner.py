@@ -191,10 +191,16 @@ def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
 
 def decontamination_check(cfg: RunConfig, catalog: Catalog, splits: Splits) -> Check:
     """Whether the encoder's corpus was built against this test split; refused when strict."""
-    check = check_encoder(cfg.encoder, split_hash(catalog, splits.test))
-    enforce(check, cfg.encoder, cfg.task, cfg.strict_decontamination)
+    return encoder_check(cfg.encoder, cfg.task, cfg.strict_decontamination, catalog, splits)
+
+
+def encoder_check(spec: str, task: str, strict: bool, catalog: Catalog, splits: Splits) -> Check:
+    """Whether encoder ``spec``'s corpus was built against ``task``'s test split (a cell's encoder or
+    the encoder a KD recipe's teacher is built from); refused when ``strict``."""
+    check = check_encoder(spec, split_hash(catalog, splits.test))
+    enforce(check, spec, task, strict)
     if check.status == "unchecked":
-        log.warning(f"encoder '{spec_label(cfg.encoder)}' on {cfg.task}: {check.reason}: {check.detail}")
+        log.warning(f"encoder '{spec_label(spec)}' on {task}: {check.reason}: {check.detail}")
     return check
 
 

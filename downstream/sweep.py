@@ -309,7 +309,7 @@ def write_report(cfg: SweepConfig, rows_: list[dict], grid: Grid | None = None) 
     fractions = {"finetune": cfg.fractions, "linear": cfg.linear_fractions}
     ranks_md, ranks = render_ranks(agg, encoders + methods, tasks, fractions)
     md = render_tables(agg, encoders, tasks, fractions, len(cfg.seeds), kd_rows=methods)
-    contamination = render_contamination(agg, encoders, tasks)
+    contamination = render_contamination(agg, encoders + methods, tasks)
     md += "\n" + contamination if contamination else ""
     md += "\n" + render_edge_table(agg, encoders + methods, tasks)
     if ranks_md:
@@ -429,17 +429,20 @@ def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, resul
 
 
 def refuse_unchecked(todo: Sequence[PlannedCell]) -> None:
-    """``strict_decontamination``: check the encoder of every cell still to run against its task's
-    test split before any cell runs (one split per task, as the cells will use it)."""
-    from downstream.runner import decontamination_check, prepare
+    """``strict_decontamination``: check the encoder of every cell still to run (for a KD cell, the
+    encoder its teacher is built from) against its task's test split before any cell runs (one split
+    per task, as the cells will use it)."""
+    from downstream.kd.cell import teacher_encoder
+    from downstream.runner import encoder_check, prepare
 
     prepared: dict[str, Any] = {}
     for p in todo:
-        if p.cell.method is not None or not p.config.strict_decontamination:
+        spec = p.config.encoder if p.cell.method is None else teacher_encoder(p.kd)
+        if not spec or not p.config.strict_decontamination:
             continue
         if p.cell.task.key not in prepared:
             prepared[p.cell.task.key] = prepare(p.config)[:2]
-        decontamination_check(p.config, *prepared[p.cell.task.key])
+        encoder_check(spec, p.config.task, True, *prepared[p.cell.task.key])
 
 
 def write_splits(cfg: SweepConfig) -> list[str]:

@@ -197,7 +197,9 @@ def render_tables(
 
 
 def render_contamination(agg: dict, encoders: Sequence[str], tasks: Sequence[TaskColumn]) -> str:
-    """Which test split each encoder row was checked against; empty when no cell recorded it."""
+    """Which test split each row's encoder (a KD row's: its teacher's) was checked against; rows
+    with no check recorded (a KD recipe's own teacher, an n/a cell) are left out, and the section
+    is empty when no cell recorded one."""
     rows = []
     for e in encoders:
         row = [e]
@@ -205,12 +207,14 @@ def render_contamination(agg: dict, encoders: Sequence[str], tasks: Sequence[Tas
             states = [x for (tk, en, _, _), d in sorted(agg.items()) if (tk, en) == (t.key, e)
                       for x in d.get("decontamination", [])]  # fmt: skip
             row.append(states[0] if states else DASH)
-        rows.append(row)
-    if all(c == DASH for r in rows for c in r[1:]):
+        if any(c != DASH for c in row[1:]):
+            rows.append(row)
+    if not rows:
         return ""
     return (
         "## Test-set contamination\n\nWhether each encoder's pretraining corpus was built with `--exclude` "
         "of the task's test split (`shards.build --exclude SPLITS.json`: copies of its images left out); "
-        "the content hash of the test images is compared with the exclusion sets the encoder carries.\n\n"
+        "the content hash of the test images is compared with the exclusion sets the encoder carries. "
+        "A KD row is judged by the encoder its teacher is built from (`teacher.encoder`).\n\n"
         + markdown_table(["Model", *[t.label for t in sort_tasks(tasks)]], rows)
     )

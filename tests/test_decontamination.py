@@ -132,6 +132,14 @@ def test_sweep_marks_unchecked_cells_and_strict_refuses(world, busi_dir, ddti_di
     with pytest.raises(UserError, match=r"^strict_decontamination: encoder '.*plain' on busi-cls: no provenance: "):
         run_sweep(strict)
     assert not (tmp_path / "strict" / "results.jsonl").exists()  # refused before any cell ran
+    # a KD row is refused by the encoder its teacher is built from, before any cell runs
+    kd = load_config(SweepConfig, REPO / "downstream/configs/tiny.yaml", [
+        *overrides, f"out={tmp_path / 'strict-kd'}", "run.strict_decontamination=true", "tasks=[busi-cls]",
+        f"encoders=[Checked={world['export']}]", f"methods=[kd:nanoray?teacher.encoder={plain}]"])  # fmt: skip
+    shutil.copyfile(world["splits"], _sweep_splits(kd, "busi-cls"))
+    with pytest.raises(UserError, match=r"^strict_decontamination: encoder '.*plain' on busi-cls: no provenance: "):
+        run_sweep(kd)
+    assert not (tmp_path / "strict-kd" / "results.jsonl").exists()
 
 
 def _sweep_splits(cfg: SweepConfig, task: str) -> Path:

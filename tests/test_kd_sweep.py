@@ -84,6 +84,9 @@ def test_kd_rows_share_splits_and_subsets_and_reach_every_table(busi_dir, ddti_d
     assert seg["kd_config"]["teacher"]["encoder"] == str(export)  # defaults to the sweep's distilled encoder
     assert 0 <= seg["metrics"]["test"]["dice"] <= 1 and seg["metrics"]["edge"]["onnx"]["metric"] == "dice"
     assert row("busi-cls", "kd:csa_moe", 1.0)["metrics"]["na"].startswith("csa_moe: binary classifier")
+    # a KD row is checked by the encoder its teacher is built from: here a timm export without provenance
+    for r in (kd, seg):
+        assert r["metrics"]["decontamination"]["reason"] == "no provenance"
     assert "onnx" in row("ddti-seg", "R18-Distill", 0.5)["metrics"]["edge"]
     assert "onnx" not in row("ddti-seg", "R18-Rand", 0.5)["metrics"]["edge"]  # a reference encoder
 
@@ -96,6 +99,13 @@ def test_kd_rows_share_splits_and_subsets_and_reach_every_table(busi_dir, ddti_d
     assert csa.count("n/a (") == 2 and "csa_moe: classification recipe; DDTI Seg. is a segmentation task" in t3
     assert "csa_moe: binary classifier of benign, malignant" in t3
     assert "## Edge: metric vs CPU latency (ms, batch size 1)" in tables
+    contamination = tables.split("## Test-set contamination")[1].split("\n## ")[0]
+    assert "| kd:vit_mobilenet | – | not checked: no provenance |" in contamination
+    assert "| kd:seg_unet | not checked: no provenance | – |" in contamination
+    assert "kd:csa_moe" not in contamination  # no teacher: nothing to check
+    busi_cell = next(line for line in t3.splitlines() if line.startswith("| kd:vit_mobilenet")).split("|")[-2]
+    k = busi_cell.strip().rsplit("(", 1)[1].rstrip(")")  # the KD row's BUSI score carries the footnote
+    assert f"({k}) not checked for test-set contamination (no provenance)" in t3
     edge = tables.split("### BUSI Cls.")[1]
     assert "| Model | Mode | Params (M) | GMACs | PyTorch ms | ORT fp32 ms | ORT INT8 ms | INT8 x | INT8 Δ |" in edge
     assert "| kd:vit_mobilenet | fine-tune |" in edge and "| R18-Distill | linear |" in edge

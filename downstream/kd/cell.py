@@ -177,6 +177,14 @@ def config_digest_dict(cfg: Any) -> dict:
     return d
 
 
+def teacher_encoder(kd: KDCellConfig | None) -> str | None:
+    """The downstream encoder a KD cell's teacher is built from (``teacher.encoder``), if any: the
+    encoder whose pretraining corpus must have left the task's test split out. A recipe's own
+    teacher and student start from the weights their paper names (ImageNet), not from ultrasound."""
+    teacher = getattr(kd.config, "teacher", None) if kd is not None else None
+    return getattr(teacher, "encoder", "") or None
+
+
 def not_applicable(method: Method, kind: str, task_label: str) -> str | None:
     """Why a recipe cannot run on a task of this kind (``None``: it can, as far as the kind goes)."""
     own = method.recipe.kind
@@ -204,7 +212,7 @@ def run_kd_cell(
     (``kd`` is ``None`` for a cell whose task kind the recipe does not train: an ``n/a`` cell)."""
     from downstream.kd.data import from_splits
     from downstream.kd.papers.base import write_run
-    from downstream.runner import prepare
+    from downstream.runner import encoder_check, prepare
     from sonodistill.atomic import write_json
     from sonodistill.config import save_config
 
@@ -232,6 +240,8 @@ def run_kd_cell(
         metrics = {**base, "na": f"{r.name}: {reason}", "time_s": round(time.perf_counter() - t0, 2)}
         write_json(out / "metrics.json", metrics)
         return metrics
+    spec = teacher_encoder(kd)
+    check = encoder_check(spec, rc.task, rc.strict_decontamination, catalog, splits) if spec else None
     data = from_splits(rc.data, catalog, splits, cfg.classes, train_ids, need_masks=r.needs_masks, recipe=r.name)
     t_prep = time.perf_counter() - t0
     result = r.run(cfg, data, out)
@@ -261,6 +271,8 @@ def run_kd_cell(
             "shared_s": round(total - result.train_seconds, 2),  # data, splits, evaluation, reports, latency
         },
     }
+    if check is not None:
+        metrics["decontamination"] = check.record()
     if edge is not None:
         metrics["edge"] = edge
     write_json(out / "cell_metrics.json", metrics)  # metrics.json is the recipe run's own
