@@ -189,11 +189,6 @@ def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
     return catalog, splits, train_ids
 
 
-def decontamination_check(cfg: RunConfig, catalog: Catalog, splits: Splits) -> Check:
-    """Whether the encoder's corpus was built against this test split; refused when strict."""
-    return encoder_check(cfg.encoder, cfg.task, cfg.strict_decontamination, catalog, splits)
-
-
 def encoder_check(spec: str, task: str, strict: bool, catalog: Catalog, splits: Splits) -> Check:
     """Whether encoder ``spec``'s corpus was built against ``task``'s test split (a cell's encoder or
     the encoder a KD recipe's teacher is built from); refused when ``strict``."""
@@ -268,7 +263,7 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
     set_seed(cfg.seed)
     enc: Encoder = load_encoder(cfg.encoder)  # a bad spec is reported before the check below
     check_input_size(enc, cfg.image_size, kind == "seg")
-    check = decontamination_check(cfg, catalog, splits)
+    check = encoder_check(cfg.encoder, cfg.task, cfg.strict_decontamination, catalog, splits)
     main = acc.is_main_process
     if main:
         save_config(cfg, out / "config.yaml")

@@ -17,7 +17,7 @@ from downstream import run as run_cli
 from downstream import sweep as sweep_cli
 from downstream.config import RunConfig
 from downstream.decontamination import check_encoder, split_hash
-from downstream.runner import decontamination_check, prepare
+from downstream.runner import encoder_check, prepare
 from downstream.splits import SplitConfig
 from downstream.sweep import SweepConfig, run_sweep
 from pretrain.export import export
@@ -154,7 +154,7 @@ def _sweep_splits(cfg: SweepConfig, task: str) -> Path:
 def test_run_strict_refuses_an_unchecked_encoder_with_one_line(world, busi_dir, tmp_path, capsys):
     rc = _busi_run(busi_dir, world["splits"], encoder=str(world["export"]), strict_decontamination=True)
     catalog, splits, _ = prepare(rc)
-    assert decontamination_check(rc, catalog, splits).status == "checked"  # its own split: allowed
+    assert encoder_check(rc.encoder, rc.task, True, catalog, splits).status == "checked"  # its own split: allowed
     plain = save_encoder(tmp_path / "plain", "resnet18")  # a timm folder without data provenance
     argv = ["--task", "busi-cls", "--data", str(busi_dir), "--encoder", str(plain), "--out", str(tmp_path / "r"),
             f"split.file={world['splits']}", "split.ratios=[0.6,0.2,0.2]", "split.duplicates=false",
