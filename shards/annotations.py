@@ -34,6 +34,7 @@ import numpy as np
 from shards.components import components
 from shards.mark_shapes import Piece, find_marks
 from shards.thresholds import (
+    EDGE_BAND,
     EDGE_SHARE,
     FACE_ZONE,
     GLYPH_STEP,
@@ -42,7 +43,9 @@ from shards.thresholds import (
     MARK_GROW,
     MARK_LEVEL,
     PLATEAU_TOL,
+    RULER_ASPECT,
     STROKE_WIDTH,
+    TICKS_MIN,
 )
 
 KINDS = ("caliper", "dotted_line", "text", "arrow", "body_mark", "line")
@@ -131,13 +134,64 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     # text may stand a little lower as a group (mark_shapes.text_groups).
     drawn = [p for p in _pieces(strokes, col, gray, mask) if p.drawn or p.step >= GLYPH_STEP]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
-    if not any(m.kind in ("line", "dotted_line") for m in marks):
+    if not any(m.kind in ("line", "dotted_line", "arrow") for m in marks):
         return marks  # most frames: no line to check, no erosion of the whole crop
     # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a
     # mark; the crop's border is an edge too (zero padding: erosion's default border keeps the mask).
-    edge = mask & ~(cv2.erode(np.pad(mask, 2).astype(np.uint8), np.ones((5, 5), np.uint8))[2:-2, 2:-2] > 0)
+    # A level line or arrow a little further in is a device's ruler (its ticks make the arrowheads).
+    edge = _edge(mask, 2)
+    band = max(2, int(EDGE_BAND * min(mask.shape)))
+    ruler = _edge(mask, band)
     face = _face_zone(mask)
-    return [m for m in marks if m.kind not in ("line", "dotted_line") or not (_along(edge, m) or _at_face(face, m))]
+    ticks = _ticks(marks, mask.shape, band)
+    return [
+        m
+        for i, m in enumerate(marks)
+        if m.kind not in ("line", "dotted_line", "arrow")
+        or not (
+            (m.kind != "arrow" and (_along(edge, m) or _at_face(face, m) or i in ticks))
+            or (_straight(m) and _along(ruler, m))
+        )
+    ]
+
+
+def _edge(mask: np.ndarray, band: int) -> np.ndarray:
+    """The pixels of ``mask`` within ``band`` pixels of its edge or of the image's border."""
+    square = np.ones((2 * band + 1, 2 * band + 1), np.uint8)
+    return mask & ~(cv2.erode(np.pad(mask, band).astype(np.uint8), square)[band:-band, band:-band] > 0)
+
+
+def _straight(m: Mark) -> bool:
+    """Level or plumb: a ruler along the border (a measurement line across the image is drawn anywhere)."""
+    x0, y0, x1, y1 = m.box
+    w, h = x1 - x0, y1 - y0
+    return max(w, h) >= RULER_ASPECT * max(1, min(w, h))
+
+
+def _ticks(marks: list[Mark], shape: tuple[int, int], band: int) -> set[int]:
+    """Short lines standing on one border of the crop (starting within ``band`` pixels of it), at
+    least ``TICKS_MIN`` of a like length: the ticks of a device's scale (a caliper's arm or a cut
+    label stands there alone)."""
+    h, w = shape
+    sides: dict[str, list[tuple[int, int]]] = {}
+    for i, m in enumerate(marks):
+        x0, y0, x1, y1 = m.box
+        if m.kind != "line":
+            continue
+        for side, touches, length, across in (
+            ("top", y0 <= band, y1 - y0, x1 - x0),
+            ("bottom", y1 >= h - band, y1 - y0, x1 - x0),
+            ("left", x0 <= band, x1 - x0, y1 - y0),
+            ("right", x1 >= w - band, x1 - x0, y1 - y0),
+        ):
+            if touches and length > across:
+                sides.setdefault(side, []).append((i, length))
+    out: set[int] = set()
+    for row in sides.values():
+        lengths = sorted(n for _, n in row)
+        if len(row) >= TICKS_MIN and lengths[-1] <= 2 * lengths[len(lengths) // 2]:
+            out |= {i for i, _ in row}
+    return out
 
 
 def _along(edge: np.ndarray, m: Mark) -> bool:

@@ -41,6 +41,7 @@ from shards.thresholds import (
     CORE_MIN_DENSITY,
     CORE_MIN_STD,
     DIM_LEVEL,
+    FILL_SAME,
     LIT_LEVEL,
     LOOSE_REGION,
     PIECE_COLUMNS,
@@ -157,6 +158,19 @@ def _bars(small: np.ndarray) -> np.ndarray:
     return cv2.dilate(runs, np.ones((2 * BAR_REACH + 1, 1), np.uint8)) > 0
 
 
+def _fills(small: np.ndarray) -> np.ndarray:
+    """Grey user-interface fills (the panels of a software screen around the image): windows where
+    nearly every pixel equals its right and lower neighbours exactly, at a grey level. Smoothed or
+    video-compressed speckle varies by a level or two even where it looks flat; a drawn fill does not.
+    Widened over the few pixels where the window meets the image, never into the speckle core."""
+    s = small.astype(np.int16)
+    same = np.zeros(small.shape, np.float32)
+    same[:-1, :-1] = (s[:-1, :-1] == s[:-1, 1:]) & (s[:-1, :-1] == s[1:, :-1])
+    share = cv2.blur(same, (7, 7), borderType=cv2.BORDER_REFLECT)
+    fill = (share >= FILL_SAME) & (small > LIT_LEVEL) & (small < 250)
+    return cv2.dilate(fill.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+
+
 def _core(small: np.ndarray) -> np.ndarray:
     """Densely lit, textured, thick regions (speckle); text and tick strokes are sparse or thin."""
     dense = (small > CORE_LEVEL).astype(np.uint8)
@@ -267,8 +281,9 @@ def find_scan_area(
     ``lit_full(y0, y1, x0, x1)`` gives the lit pixels of a full-resolution box (the coarse box is
     tightened to them); ``moving`` marks the working pixels that change across a clip."""
     bars = _bars(small)
-    lit = (small > LIT_LEVEL) & ~bars
-    core = _pieces(_core(small) & ~bars, lit, moving)
+    raw_core = _core(small) & ~bars
+    lit = (small > LIT_LEVEL) & ~bars & ~(_fills(small) & ~raw_core)
+    core = _pieces(raw_core, lit, moving)
     if not core.any():
         return _empty(shape, step, small.shape)
     # One working pixel wider: the core's opening and the subsampling lose the image's last pixels

@@ -15,6 +15,8 @@ CORE_MIN_DENSITY = 0.5  # share of a 7x7 window above CORE_LEVEL for the core
 CORE_MIN_STD = 2.5  # grey std in 5x5 windows: speckle, even smoothed and dark, lies well above
 CORE_MAX_FLAT = 0.3  # share of flat pixels (equal to their neighbours +-1) in 7x7: UI fills lie above
 BAR_RUN = 32  # working pixels: a lit row this flat (+-1) is a UI fill (or an empty noise floor); speckle never is
+FILL_SAME = 0.9  # share of a 7x7 window equal to its neighbours exactly: a grey UI fill (Telemed
+# screens, level 54: 1.0); speckle never is, even video-compressed (COVID-BLUES: 0.3 % of pixels)
 BAR_REACH = 6  # ... and the rows this close to it (text lines on the bar)
 DIM_LEVEL = 100  # far-field speckle the core misses is darker than this; annotations are brighter
 PIECE_MIN_SHARE = 0.1  # a core piece of this share of the largest may be image (fluid splits a fan)
@@ -108,6 +110,11 @@ DOTS_MIN = 4  # evenly spaced dots for a dotted line
 DOT_SPACING = 32  # pixels: the widest spacing of a dotted line's dots
 ARM_MAX = 12  # pixels: the longest arm of a caliper drawn as four separate bars
 EDGE_SHARE = 0.8  # a line with this share of its pixels on the scan area's edge is its outline
+EDGE_BAND = 0.02  # ... or, for a level or plumb line (RULER_ASPECT), this share of the crop's short side
+# (at least 2 px): a device's ruler along the image's border (Telemed screens: 6-14 px of 742)
+RULER_ASPECT = 4  # a line or arrow this many times longer than it is wide is level or plumb (ruler
+# segments between two ticks: 5-76; a body mark's side cut by the border, 2.7)
+TICKS_MIN = 3  # short lines standing on one border of the crop, this many of a like length: scale ticks
 FACE_ZONE = 0.02  # share of the depth below the scan's top where a level line is the skin / face echo
 # (real frames: Clarius face line at 0.9 %, lung and BUSI skin lines at rows 0-5; drawn lines deeper)
 COLOUR_MARK_MIN = 6  # pixels: a coloured stroke this large is a mark whatever its shape ...

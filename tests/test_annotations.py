@@ -148,6 +148,24 @@ def test_face_echo_border_lines_and_tinted_highlights_are_not_marks():
     assert kinds(lambda d: d.line([(40, 110), (90, 130), (150, 100)], fill=(230, 120, 230), width=2)) == ["line"]
 
 
+def test_marks_near_the_crops_border_are_still_marks():
+    """The ruler rule (a level line within 2 % of the border) leaves marks near the border alone: a
+    caliper, a slanted measurement line and one short line standing on the border (a cut label)."""
+    base = speckle(400, 400)
+    mask = np.ones(base.shape, bool)
+
+    def kinds(draw) -> list[str]:
+        img = Image.fromarray(base)
+        draw(ImageDraw.Draw(img))
+        return sorted(m.kind for m in detect_marks(np.asarray(img), mask))
+
+    assert kinds(lambda d: (d.line([(92, 390), (102, 390)], fill=255), d.line([(97, 385), (97, 395)], fill=255))) == [
+        "caliper"
+    ]
+    assert kinds(lambda d: d.line([(40, 395), (100, 375)], fill=255)) == ["line"]
+    assert kinds(lambda d: d.line([(60, 1), (60, 21)], fill=255, width=2)) == ["line"]
+
+
 def test_real_marks_are_found(pydicom_data_dir, pocus_dir):
     media = open_media(str(pydicom_data_dir / "OBXXXX1A.dcm"), "OBXXXX1A.dcm", SourceOptions())
     res = clean_frame(next(media.frames).pixels, 128, region=media.region)

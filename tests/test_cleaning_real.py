@@ -189,3 +189,24 @@ def test_real_clip_frames_share_one_crop(pocus_dir):
     for name in ("butterfly-ocular-phantom.mp4", "clarius-ocular-phantom.mp4", "sonivate-snr-1.mha"):
         kept = [r for r in judge(pocus_dir / name) if isinstance(r, Cleaned)]
         assert len(kept) >= 2 and len({tuple(r.meta["crop"]) for r in kept}) == 1, name
+
+
+REAL = Path(__file__).parent / "data" / "real"  # CC0 device screens (tests/data/real/README.md)
+
+
+def test_a_scan_on_a_grey_software_screen_is_cropped_to_the_scan():
+    """Telemed's grey screen: its panels (level 54, text, a dotted line) are user interface, not dim
+    tissue: the crop leaves them out (it took the whole screen, 140-1533, before), and the ruler
+    along the scan's bottom edge is no mark."""
+    res = clean_frame(decode_image((REAL / "telemed_grey_screen.jpg").read_bytes()).pixels, 64, annotations="keep")
+    assert isinstance(res, Cleaned), res
+    x0, y0, x1, y1 = res.meta["crop"]
+    assert 300 <= x0 <= 380 and 1280 <= x1 <= 1310 and y1 - y0 > 700, res.meta["crop"]  # the scan: x 372-1290
+    assert res.meta["annotations"] == []
+
+
+def test_scale_ticks_on_the_scans_edge_are_no_marks():
+    """GE LOGIQ: the olive ticks standing on the top edge of the scan are the device's scale."""
+    res = clean_frame(decode_image((REAL / "logiq_screen_ticks.jpg").read_bytes()).pixels, 64, annotations="keep")
+    assert isinstance(res, Cleaned), res
+    assert res.meta["annotations"] == [], res.meta["annotations"]
