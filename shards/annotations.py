@@ -19,9 +19,11 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
 
 A line or dotted line running along the scan area's edge (``EDGE_SHARE`` of its pixels within 2 px
 of it) is the image's outline, and a level one in the top ``FACE_ZONE`` of the depth is the skin or
-transducer-face echo: neither is a mark. Each mark is a kind and a box; ``inpaint`` fills the mark
-pixels (grown by ``MARK_GROW`` to take the halo of anti-aliasing and compression) with OpenCV's
-Telea inpainting.
+transducer-face echo: neither is a mark. Nor is a device's scale: a level or plumb line or arrow
+within ``EDGE_BAND`` of the crop's short side from the edge (a ruler; its ticks make arrowheads),
+or ``TICKS_MIN`` or more short lines of a like length standing on one border (its ticks). Each
+mark is a kind and a box; ``inpaint`` fills the mark pixels (grown by ``MARK_GROW`` to take the halo
+of anti-aliasing and compression) with OpenCV's Telea inpainting.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ to <= ``WORK_SIDE`` px:
 1. *core*: where more than ``CORE_MIN_DENSITY`` of a 7x7 window is above ``CORE_LEVEL``, the grey
    level varies (5x5 std above ``CORE_MIN_STD``: speckle; flat toolbars and bars do not) and the
    pixel is not in a black gap, opened with a 5x5 square -- burned-in text, depth ticks and
-   calipers are thin or sparse and vanish. Coloured pixels are no evidence (B-mode is grey);
+   calipers are thin or sparse and vanish. Coloured pixels are no evidence (B-mode is grey), and
+   grey fills (nearly every pixel of a 7x7 window equal to its neighbours exactly: the panels of a
+   grey software screen) are no lit path in steps 2 and 3;
 2. *pieces*: the largest piece of the core and the pieces of at least ``PIECE_MIN_SHARE`` of it that
    are joined to it through lit pixels, or lie across a black band within its columns (an
    anechoic globe spanning the width, the near-field bands of a probe in air, the far wall under a

@@ -15,9 +15,9 @@ CORE_MIN_DENSITY = 0.5  # share of a 7x7 window above CORE_LEVEL for the core
 CORE_MIN_STD = 2.5  # grey std in 5x5 windows: speckle, even smoothed and dark, lies well above
 CORE_MAX_FLAT = 0.3  # share of flat pixels (equal to their neighbours +-1) in 7x7: UI fills lie above
 BAR_RUN = 32  # working pixels: a lit row this flat (+-1) is a UI fill (or an empty noise floor); speckle never is
+BAR_REACH = 6  # ... and the rows this close to it (text lines on the bar)
 FILL_SAME = 0.9  # share of a 7x7 window equal to its neighbours exactly: a grey UI fill (Telemed
 # screens, level 54: 1.0); speckle never is, even video-compressed (COVID-BLUES: 0.3 % of pixels)
-BAR_REACH = 6  # ... and the rows this close to it (text lines on the bar)
 DIM_LEVEL = 100  # far-field speckle the core misses is darker than this; annotations are brighter
 PIECE_MIN_SHARE = 0.1  # a core piece of this share of the largest may be image (fluid splits a fan)
 PIECE_COLUMNS = 0.8  # ... across a black band when this share of its columns lies within the image's
