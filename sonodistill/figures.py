@@ -109,7 +109,17 @@ def image_sheet(rows: list[list[tuple[Any, str]]], path: str | Path, titles: lis
                 img, caption = row[c]
                 ax.imshow(np.asarray(img), cmap="gray", vmin=0, vmax=255)
                 ax.set_title(caption, fontsize=5.5)
-        if titles:
-            axes[r][0].text(0, 1.22, titles[r], transform=axes[r][0].transAxes, fontsize=8, weight="bold")
+        if titles and titles[r]:
+            # above the two-line captions, whatever the tiles' aspect (a fixed axes fraction overlaps them)
+            axes[r][0].annotate(
+                titles[r],
+                (0, 1),
+                xycoords="axes fraction",
+                xytext=(0, 22),
+                textcoords="offset points",
+                fontsize=8,
+                weight="bold",
+                va="bottom",
+            )
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)
