@@ -141,11 +141,11 @@ def working_copy(gray: np.ndarray, rgb: np.ndarray | None = None) -> tuple[np.nd
     return np.ascontiguousarray(small), step
 
 
-def _flat(small: np.ndarray) -> np.ndarray:
-    """1.0 where a working pixel is within 1 grey level of its right and lower neighbours (a flat fill)."""
+def _flat(small: np.ndarray, tol: int = 1) -> np.ndarray:
+    """1.0 where a working pixel is within ``tol`` grey levels of its right and lower neighbours (a flat fill)."""
     s = small.astype(np.int16)
     flat = np.zeros(small.shape, np.float32)
-    flat[:-1, :-1] = (np.abs(s[:-1, :-1] - s[:-1, 1:]) <= 1) & (np.abs(s[:-1, :-1] - s[1:, :-1]) <= 1)
+    flat[:-1, :-1] = (np.abs(s[:-1, :-1] - s[:-1, 1:]) <= tol) & (np.abs(s[:-1, :-1] - s[1:, :-1]) <= tol)
     return flat
 
 
@@ -165,10 +165,7 @@ def _fills(small: np.ndarray) -> np.ndarray:
     nearly every pixel equals its right and lower neighbours exactly, at a grey level. Smoothed or
     video-compressed speckle varies by a level or two even where it looks flat; a drawn fill does not.
     Widened over the few pixels where the window meets the image, never into the speckle core."""
-    s = small.astype(np.int16)
-    same = np.zeros(small.shape, np.float32)
-    same[:-1, :-1] = (s[:-1, :-1] == s[:-1, 1:]) & (s[:-1, :-1] == s[1:, :-1])
-    share = cv2.blur(same, (7, 7), borderType=cv2.BORDER_REFLECT)
+    share = cv2.blur(_flat(small, tol=0), (7, 7), borderType=cv2.BORDER_REFLECT)
     fill = (share >= FILL_SAME) & (small > LIT_LEVEL) & (small < 250)
     return cv2.dilate(fill.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
 
