@@ -15,7 +15,8 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
 2. their connected pieces are told apart by shape (:mod:`shards.mark_shapes`): a cross is a
    caliper, a closed outline a body mark, a long thin stroke a line or an arrow (a head at one
    end), glyphs side by side on one baseline text, and small dots evenly spaced along a line a
-   dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks.
+   dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks, nor is
+   a short faint line running with the tissue's grain (a fibre: :mod:`shards.grain`).
 
 A line or dotted line running along the scan area's edge (``EDGE_SHARE`` of its pixels within 2 px
 of it) is the image's outline, and a level one in the top ``FACE_ZONE`` of the depth is the skin or
@@ -34,6 +35,7 @@ import cv2
 import numpy as np
 
 from shards.components import components
+from shards.grain import is_fibre
 from shards.mark_shapes import Piece, find_marks
 from shards.thresholds import (
     EDGE_BAND,
@@ -135,6 +137,8 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     # the speckle grains among the pieces are left out before the shapes are compared; the glyphs of
     # text may stand a little lower as a group (mark_shapes.text_groups).
     drawn = [p for p in _pieces(strokes, col, gray, mask) if p.drawn or p.step >= GLYPH_STEP]
+    # a short faint streak running with the tissue's grain is a fibre, not a drawn line (shards.grain)
+    drawn = [p for p in drawn if not is_fibre(gray, mask, p)]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
     if not any(m.kind in ("line", "dotted_line", "arrow") for m in marks):
         return marks  # most frames: no line to check, no erosion of the whole crop

@@ -13,7 +13,8 @@ or irregular. In order:
 - *arrow* / *line*: a long (at least ``LINE_MIN`` pixels) thin straight stroke; an arrow is one whose
   width across its axis grows at one end (the head); a curved one (a trace) is a *line* when it is
   longer still (``TRACE_MIN`` pixels over ``TRACE_SPAN``) and at most ``TRACE_WIDTH`` wide;
-- *text*: glyphs -- thin pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall -- side by side on one
+- *text*: glyphs -- pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall in strokes at most ``GLYPH_STROKE``
+  wide (bold scanner fonts are wider than other marks' strokes) -- side by side on one
   baseline, at least ``TEXT_MIN_GLYPHS`` of them, drawn as a group (their middle step; small text
   over bright tissue may stand only ``TEXT_FAINT_STEP`` above it when ``TEXT_FAINT_GLYPHS`` line up);
 - *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
@@ -40,6 +41,7 @@ from shards.thresholds import (
     GLYPH_MAX,
     GLYPH_MIN,
     GLYPH_STEP,
+    GLYPH_STROKE,
     LINE_MIN,
     LINE_PLATEAU,
     LINE_WOBBLE,
@@ -180,7 +182,7 @@ def line_kind(p: Piece) -> str | None:
 
 
 def _glyph(p: Piece) -> bool:
-    return GLYPH_MIN <= p.h <= GLYPH_MAX and p.w <= 8 * p.h and _thin(p)
+    return GLYPH_MIN <= p.h <= GLYPH_MAX and p.w <= 8 * p.h and _thin(p, GLYPH_STROKE)
 
 
 def text_groups(pieces: list[Piece]) -> list[list[Piece]]:

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import webdataset as wds
@@ -128,6 +129,48 @@ def test_small_text_over_bright_tissue_is_text_when_enough_glyphs_line_up():
     assert kinds("RT AXILLA", 207) == ["text"]
     assert kinds("RT", 207) == []
     assert kinds("RT AXILLA", 197) == []
+
+
+def test_bold_scanner_text_is_text():
+    """Block capitals 18 px tall in 4 px strokes (a bold scanner font: "Rt Kidney", "RIF TX" on
+    clinical screens), where a bar meets a stem wider still, are text."""
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((40 + rng.normal(0, 10, (80, 300))).astype(np.float32), (0, 0), 1.0)
+    img = base.clip(0, 255).astype(np.uint8)
+    bars = {
+        "L": [(0, 0, 4, 18), (0, 15, 12, 18)],
+        "E": [(0, 0, 4, 18), (0, 0, 12, 3), (0, 8, 10, 11), (0, 15, 12, 18)],
+        "F": [(0, 0, 4, 18), (0, 0, 12, 3), (0, 8, 10, 11)],
+        "T": [(0, 0, 13, 3), (5, 0, 9, 18)],
+    }
+    for i, ch in enumerate("LEFT"):
+        for x0, y0, x1, y1 in bars[ch]:
+            img[30 + y0 : 30 + y1, 40 + 18 * i + x0 : 40 + 18 * i + x1] = 255
+    marks = detect_marks(img, np.ones(img.shape, bool))
+    assert [(m.kind, m.box) for m in marks] == [("text", (40, 30, 107, 48))]
+
+
+def test_a_short_faint_streak_along_the_tissue_grain_is_no_mark():
+    """Over layered tissue (muscle, fascia: parallel bright streaks) a short faint grey line running
+    with the layers is a fibre, not a mark; the same line across them, a longer one or a brighter
+    one is drawn."""
+    rng = np.random.default_rng(0)
+    y = np.arange(160)[:, None]
+    layers = 90 + 40 * np.sin(2 * np.pi * y / 9.0 + 0.3 * np.sin(np.arange(200)[None, :] / 40))
+    base = cv2.GaussianBlur((layers + rng.normal(0, 12, (160, 200))).astype(np.float32), (0, 0), 0.8)
+    base = base.clip(0, 255).astype(np.uint8)
+    mask = np.ones(base.shape, bool)
+
+    def kinds(a: tuple[int, int], b: tuple[int, int], level: int) -> list[str]:
+        img = base.copy()
+        cv2.line(img, a, b, level, 1)
+        return [m.kind for m in detect_marks(img, mask)]
+
+    assert detect_marks(base, mask) == []
+    assert kinds((80, 84), (104, 84), 200) == []  # 25 px along the layers, 60-90 above them
+    assert kinds((100, 70), (100, 94), 200) == ["line"]  # across them
+    assert kinds((60, 84), (100, 84), 200) == ["line"]  # 41 px long
+    assert kinds((80, 84), (104, 84), 250) == ["line"]  # bright
 
 
 def test_face_echo_border_lines_and_tinted_highlights_are_not_marks():

@@ -1,0 +1,62 @@
+"""Tissue fibres that pass for drawn lines: a short, faint grey streak running with the tissue's grain.
+
+Muscle fascicles, aponeuroses, tendon fibres and organ capsules are thin bright streaks that, over a
+short stretch, look like a drawn line: straight, thin and a step above the tissue beside them. What
+gives them away is their surround: they lie in a texture of like streaks, or along one interface,
+all running one way. A drawn line is laid over whatever lies beneath it, usually across it. The
+grain is measured with the structure tensor of the neighbourhood (``GRAIN_WINDOW`` pixels each side
+of the streak, the streak itself left out): its coherence (0 for isotropic speckle, 1 for parallel
+streaks) and its direction. Only streaks short and faint enough to be tissue are judged
+(``FIBRE_LEN``, ``FIBRE_STEP``); a long or bright line is drawn, whatever it runs along.
+Written here because no library in the stack tells a drawn stroke from a tissue streak; OpenCV
+supplies the gradients.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from shards.mark_shapes import Piece, line_kind
+from shards.thresholds import FIBRE_LEN, FIBRE_STEP, GRAIN_ANGLE, GRAIN_COHERENCE, GRAIN_WINDOW
+
+
+def _axis_angle(p: Piece) -> float:
+    """Direction of the piece's principal axis, degrees in [0, 180)."""
+    ys, xs = np.nonzero(p.comp)
+    pts = np.stack([xs, ys], 1).astype(np.float64)
+    pts -= pts.mean(0)
+    _, vecs = np.linalg.eigh(pts.T @ pts)
+    vx, vy = vecs[:, 1]
+    return float(np.degrees(np.arctan2(vy, vx)) % 180)
+
+
+def grain(gray: np.ndarray, mask: np.ndarray, p: Piece) -> tuple[float, float]:
+    """(coherence, direction in degrees [0, 180)) of the texture around piece ``p``, the piece and
+    a 4-pixel margin around it left out."""
+    x0, y0, x1, y1 = p.box
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    h, w = gray.shape
+    r = GRAIN_WINDOW + 2  # the Sobel and blur margins
+    ys, xs = slice(max(0, cy - r), min(h, cy + r)), slice(max(0, cx - r), min(w, cx + r))
+    g = cv2.GaussianBlur(gray[ys, xs].astype(np.float32), (0, 0), 1.5)
+    gx, gy = cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)
+    weight = mask[ys, xs].astype(np.float32)
+    streak = np.zeros(weight.shape, np.uint8)
+    streak[y0 - ys.start : y1 - ys.start, x0 - xs.start : x1 - xs.start] = p.comp
+    weight[cv2.dilate(streak, np.ones((9, 9), np.uint8)) > 0] = 0
+    jxx, jyy, jxy = (float((weight * a * b).sum()) for a, b in ((gx, gx), (gy, gy), (gx, gy)))
+    if jxx + jyy <= 1e-6:
+        return 0.0, 0.0
+    coherence = float(np.hypot(jxx - jyy, 2 * jxy) / (jxx + jyy))
+    # the gradient's mean direction is across the streaks; the grain runs at right angles to it
+    return coherence, float((np.degrees(0.5 * np.arctan2(2 * jxy, jxx - jyy)) + 90) % 180)
+
+
+def is_fibre(gray: np.ndarray, mask: np.ndarray, p: Piece) -> bool:
+    """A short, faint grey line in a coherent texture running its way: a tissue fibre (module doc)."""
+    if p.coloured or max(p.w, p.h) >= FIBRE_LEN or p.step >= FIBRE_STEP or line_kind(p) is None:
+        return False
+    coherence, direction = grain(gray, mask, p)
+    off = abs((direction - _axis_angle(p) + 90) % 180 - 90)
+    return coherence >= GRAIN_COHERENCE and off <= GRAIN_ANGLE
