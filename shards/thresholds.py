@@ -84,6 +84,12 @@ AIR_BELOW_LIT = 0.01  # ... and is dark there (share of working pixels lit: air 
 AIR_FADE = 0.05  # ... the band fading to nothing at its bottom (deepest fifth / brightest: air <= 0.01),
 AIR_LINE_LIKENESS = 0.97  # ... and every scan line alike (median correlation with the median line:
 # air 0.98-0.99; genuine frames < 0.8 as deep as wide with room below: 0.95 at most)
+AIR_RISE = 0.93  # a rising noise floor: the depth profile's rank correlation with depth at least this
+# (phased arrays in air, X5-1 presets: 0.965-0.996; 2,262 genuine held-out frames: 0.966 at most) ...
+AIR_RISE_RATIO = 1.5  # ... its deep level (from 0.6 of the depth) this many times its near one (top fifth;
+# air 1.69-3.48),
+AIR_RISE_STRUCTURE = 12.0  # ... and near and deep structure both below this (air <= 9.7; the 8 genuine
+# frames rising as steadily, kidney screens, 14.9 and more)
 
 # --- annotations (shards.annotations, shards.mark_shapes), native pixels --------------------------
 MARK_CONTRAST = 50  # white top-hat (pixel minus its 5x5 opening) of a thin bright stroke, at least

@@ -17,7 +17,7 @@ for a sector (phased array; its top is a point). Measured there, at the working 
   explains -- the anatomy;
 - ``lit_fraction``: share of the scan area above ``LIT_AREA_LEVEL`` (5x5 mean).
 
-Four signatures, any suffices: an *empty* field (``lit_fraction`` below ``AIR_EMPTY_LIT``); a
+Six signatures, any suffices: an *empty* field (``lit_fraction`` below ``AIR_EMPTY_LIT``); a
 *uniform* one (structure below ``AIR_NEAR_STRUCTURE`` and ``AIR_DEEP_STRUCTURE``, with bands
 parallel to the face -- ``band_r2`` at least ``AIR_UNIFORM_BAND_R2`` over at least ``AIR_BANDS``
 bands (``near_bands``: reverberations repeat; a phantom's membrane line is one) --, no lateral
@@ -36,7 +36,13 @@ band fading to nothing at its bottom (``fade`` under ``AIR_FADE``) and every sca
 below them holds no evidence; *the middle of the face in air*: over the middle ``CENTRE_LINES`` of
 the scan lines, the near field is bands alone (``centre_band_r2`` at least ``AIR_CENTRE_BAND_R2``)
 over a field without structure (``centre_deep_structure`` under ``AIR_CENTRE_DEEP_STRUCTURE``): a
-probe lifting off keeps gel contact at its ends, whose tissue would otherwise pass the frame.
+probe lifting off keeps gel contact at its ends, whose tissue would otherwise pass the frame; *a
+rising noise floor*: the depth profile (median over the scan lines) climbs steadily from the face to
+the bottom (``depth_rise``, its rank correlation with depth, at least ``AIR_RISE``) to
+``AIR_RISE_RATIO`` times its near level (``rise_ratio``), with neither field structured (both under
+``AIR_RISE_STRUCTURE``): a phased array in air shows its receiver noise amplified by the
+time-gain compensation, dark at the face and brighter with depth, with no anatomy; tissue is
+brightest near the face or varies with the anatomy.
 Lung with A-lines has bands too, but under a chest wall whose speckle has lateral texture and
 structure, and rib shadows; an eye or a bladder is dark under horizontal layers, but the tissue
 around it is structured.
@@ -65,6 +71,9 @@ from shards.thresholds import (
     AIR_LIT_FRACTION,
     AIR_NEAR_STRUCTURE,
     AIR_PURE_BAND_R2,
+    AIR_RISE,
+    AIR_RISE_RATIO,
+    AIR_RISE_STRUCTURE,
     AIR_ROOM_BELOW,
     AIR_UNIFORM_BAND_R2,
     BAND_PEAK,
@@ -189,6 +198,22 @@ def _alike(img: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
     return (float(np.median(corr)) if corr.size else 0.0), fade
 
 
+def _rise(smooth: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    """(``depth_rise``: rank correlation of the depth profile -- the median over the scan lines at
+    each depth where at least half of them are valid -- with depth; ``rise_ratio``: its mean level
+    from 0.6 of the depth down over that of its top fifth)."""
+    n = valid.sum(1)
+    rows = np.flatnonzero(n >= 0.5 * n.max()) if n.any() else np.zeros(0, int)
+    if rows.size < 10:
+        return 0.0, 1.0
+    profile = _valid_median(np.where(valid, smooth, np.float32(np.nan)), valid, 1)[rows, 0]
+    k = profile.size
+    near, deep = float(profile[: max(1, k // 5)].mean()), float(profile[int(0.6 * k) :].mean())
+    ranks = np.argsort(np.argsort(profile, kind="stable")).astype(np.float64)
+    corr = np.corrcoef(ranks, np.arange(k, dtype=np.float64))[0, 1]
+    return (float(corr) if np.isfinite(corr) else 0.0), deep / max(near, 1.0)
+
+
 def thin_band(values: dict) -> bool:
     """The scan area is a thin band at the top of a frame that goes on, dark, below it (module doc)."""
     return (
@@ -210,7 +235,8 @@ def _middle_lines(valid: np.ndarray) -> slice:
 
 def tissue_measures(small: np.ndarray, mask: np.ndarray, band: bool = False) -> dict:
     """The measures of the module doc for a working frame and its scan-area mask; ``line_likeness``
-    and ``fade`` only for a ``band`` (:func:`thin_band`: they judge nothing else)."""
+    and ``fade`` only for a ``band`` (:func:`thin_band`: they judge nothing else), ``depth_rise`` and
+    ``rise_ratio`` only for a frame without structure."""
     img, valid = scan_lines(small, mask)
     depth = int(np.flatnonzero(valid.any(1))[-1]) + 1 if valid.any() else 1
     cut = max(4, int(depth * NEAR_FIELD))
@@ -223,16 +249,22 @@ def tissue_measures(small: np.ndarray, mask: np.ndarray, band: bool = False) -> 
     dy = float(np.abs(np.diff(b3, axis=0))[inner_y].mean()) if inner_y.any() else 0.0
     alike = dict(zip(("line_likeness", "fade"), (round(v, 3) for v in _alike(b3, valid)))) if band else {}
     mid = _middle_lines(valid)
+    near_structure = round(_structure(b5[:cut], near[:cut]), 2)
+    deep_structure = round(_structure(b5[cut:], deep[cut:]), 2)
+    rise = {}
+    if max(near_structure, deep_structure) < AIR_RISE_STRUCTURE:  # judges nothing else: spare the sort
+        rise = dict(zip(("depth_rise", "rise_ratio"), (round(v, 3) for v in _rise(b5, valid))))
     return {
         **alike,
+        **rise,
         "centre_band_r2": round(_band_r2(b3[:, mid], near[:, mid]), 3),
         "centre_deep_structure": round(_structure(b5[cut:, mid], deep[cut:, mid]), 2),
         "band_r2": round(_band_r2(b3, near), 3),
         "near_bands": _bands(b3, near, cut),
         "lateral_ratio": round(dx / dy, 3) if dy > 1e-6 else 1.0,
         "lit_fraction": round(float((b5[valid] > LIT_AREA_LEVEL).mean()), 3) if valid.any() else 0.0,
-        "near_structure": round(_structure(b5[:cut], near[:cut]), 2),
-        "deep_structure": round(_structure(b5[cut:], deep[cut:]), 2),
+        "near_structure": near_structure,
+        "deep_structure": deep_structure,
     }
 
 
@@ -263,4 +295,10 @@ def in_air(values: dict) -> bool:
         and values.get("fade", 1.0) < AIR_FADE
         and values.get("line_likeness", 0.0) >= AIR_LINE_LIKENESS
     )
-    return bool(empty or uniform or bands_over_empty or centre_in_air or band_at_face)
+    # receiver noise under the time-gain compensation: dark at the face, brighter with depth
+    rising = (
+        values.get("depth_rise", 0.0) >= AIR_RISE
+        and values.get("rise_ratio", 1.0) >= AIR_RISE_RATIO
+        and max(values["near_structure"], values["deep_structure"]) < AIR_RISE_STRUCTURE
+    )
+    return bool(empty or uniform or bands_over_empty or centre_in_air or band_at_face or rising)

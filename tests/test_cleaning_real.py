@@ -20,7 +20,7 @@ from shards.frames import Sampling
 from shards.options import SourceOptions
 from shards.readers import open_media
 from shards.scan_area import frame_scan_area
-from shards.synth.air import air_frame, aline_lung_frame
+from shards.synth.air import air_frame, aline_lung_frame, noise_floor_frame
 from shards.synth.media import encode_video
 from shards.synth.screen import interface, on_screen, scan_box
 
@@ -88,6 +88,22 @@ def test_synthetic_probe_in_air_rejected_and_aline_lung_kept(kind):
         assert isinstance(air, Rejected) and air.reason in ("no_tissue", "not_ultrasound"), (kind, seed)
         lung = clean_frame(aline_lung_frame(kind, rng), 64)
         assert isinstance(lung, Cleaned), (kind, seed, lung)
+
+
+def test_a_noise_floor_rising_with_depth_is_no_tissue_and_anatomy_under_that_gain_stays():
+    """A phased (or linear) array in air at a gain that fills the depth with receiver noise: the depth
+    profile climbs steadily from a dark face, nothing is structured. The same gain over tissue with a
+    chamber in it is kept, for every array."""
+    for seed in range(3):
+        for kind in ("sector", "linear"):
+            res = clean_frame(noise_floor_frame(kind, np.random.default_rng(seed)), 64)
+            assert isinstance(res, Rejected) and res.reason == "no_tissue", (kind, seed, res)
+            v = res.values
+            assert v["depth_rise"] >= 0.93 and v["rise_ratio"] >= 1.5, v
+            assert max(v["near_structure"], v["deep_structure"]) < 12, v
+        for kind in ("sector", "linear", "convex"):
+            res = clean_frame(noise_floor_frame(kind, np.random.default_rng(seed), anatomy=True), 64)
+            assert isinstance(res, Cleaned), (kind, seed, res)
 
 
 def test_probe_lifting_off_with_gel_at_the_ends_of_the_face_is_no_tissue(pocus_dir):

@@ -1,9 +1,13 @@
-"""Two hard cases for the no-tissue rule, for linear, convex and sector (phased) arrays alike.
+"""Hard cases for the no-tissue rule, for linear, convex and sector (phased) arrays alike.
 
 - ``air_frame``: a probe held in air. Every scan line sees the same thing: reverberations of the
   transducer face (bands parallel to it, fading with depth), a dark band, then the electronic
   noise floor, which time-gain compensation raises with depth; lifting off, the ends of the face
   can stay on tissue (``contact``).
+- ``noise_floor_frame``: a probe in air seen at a gain that fills the whole depth with the receiver
+  noise: dark at the face and brighter with depth under the time-gain compensation, a speckle-like
+  grain and no structure (the phased-array presets in docs/data.md); with ``anatomy``, the same gain
+  over tissue holding a structure -- a dark chamber in a bright wall --, which must stay.
 - ``aline_lung_frame``: a lung with A-lines, which must stay. A chest wall of speckle under the
   probe, the bright pleural line, a dark lung below it holding the pleura's reverberations at
   two and three times its depth (the A-lines: bands too), and rib shadows across all depths.
@@ -77,6 +81,23 @@ def air_frame(
         tissue = 70.0 * gaussian_filter(rng.rayleigh(1.0, (n_depth, n_lines)), (1.2, 2.0)) * (1.0 - 0.5 * d)
         beam[:, :k], beam[:, -k:] = tissue[:, :k], tissue[:, -k:]
     return _convert(g, beam.astype(np.float32))
+
+
+def noise_floor_frame(
+    kind: str, rng: np.random.Generator, size: tuple[int, int] = (360, 480), anatomy: bool = False
+) -> np.ndarray:
+    """The receiver noise of a probe of ``kind`` in air over the whole depth, or tissue with a chamber
+    under the same gain (``anatomy``; module doc)."""
+    g = geometry(kind, size)
+    n_depth, n_lines = _shape(g)
+    d = np.arange(n_depth, dtype=np.float32)[:, None] / n_depth
+    gain = float(rng.uniform(12, 20)) + float(rng.uniform(30, 45)) * d
+    grain = gaussian_filter(rng.rayleigh(1.0, (n_depth, n_lines)), (1.5, 0.8))
+    if anatomy:
+        x = np.linspace(-1, 1, n_lines, dtype=np.float32)[None, :]
+        r = np.hypot(x / 0.45, (d - 0.55) / 0.25)
+        grain = grain * np.where(r < 1, 0.25, 1.0) + 2.5 * np.exp(-(((r - 1.05) / 0.06) ** 2))
+    return _convert(g, (gain * grain).astype(np.float32))
 
 
 def aline_lung_frame(kind: str, rng: np.random.Generator, size: tuple[int, int] = (360, 480)) -> np.ndarray:
