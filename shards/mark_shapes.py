@@ -15,7 +15,7 @@ or irregular. In order:
   longer still (``TRACE_MIN`` pixels over ``TRACE_SPAN``) and at most ``TRACE_WIDTH`` wide;
 - *text*: glyphs -- pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall in strokes at most ``GLYPH_STROKE``
   wide (bold scanner fonts are wider than other marks' strokes) -- side by side on one
-  baseline, at least ``TEXT_MIN_GLYPHS`` of them, drawn as a group (their middle step; small text
+  baseline, of one height or two (lower case and capitals), at least ``TEXT_MIN_GLYPHS`` of them, drawn as a group (their middle step; small text
   over bright tissue may stand only ``TEXT_FAINT_STEP`` above it when ``TEXT_FAINT_GLYPHS`` line up);
 - *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
   along a straight line;
@@ -209,7 +209,8 @@ def text_groups(pieces: list[Piece]) -> list[list[Piece]]:
 
 
 def _is_text(group: list[Piece]) -> bool:
-    """Glyphs of one line of text: mostly one height, one top or one baseline, one colour."""
+    """Glyphs of one line of text: mostly one height (or two: lower case and capitals), one top or one
+    baseline, one colour."""
     glyphs = [q for q in group if _glyph(q)]
     if not glyphs:
         return False
@@ -219,7 +220,9 @@ def _is_text(group: list[Piece]) -> bool:
         return False
     hs = np.array([q.h for q in glyphs])
     tops, bottoms = np.array([q.box[1] for q in glyphs]), np.array([q.box[3] for q in glyphs])
-    same_height = np.mean(np.abs(hs - np.median(hs)) <= max(2, 0.25 * np.median(hs))) >= 0.6
+    # one height, or two: mixed-case text has its x-height and its capitals' (descenders break apart)
+    near = [np.abs(hs - ref) <= max(2, 0.25 * ref) for ref in (np.median(hs), hs.max())]
+    same_height = np.mean(near[0] | near[1]) >= 0.6
     aligned = max(np.mean(np.abs(v - np.median(v)) <= 2) for v in (tops, bottoms)) >= 0.6
     coloured = all(q.coloured for q in group)
     one_colour = coloured or plateau(np.concatenate([q.values for q in group])) >= TEXT_PLATEAU

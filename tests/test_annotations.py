@@ -150,6 +150,21 @@ def test_bold_scanner_text_is_text():
     assert [(m.kind, m.box) for m in marks] == [("text", (40, 30, 107, 48))]
 
 
+def test_mixed_case_text_is_text():
+    """Capitals and lower case on one baseline (captions such as "RLQ TX Trans UP", "Left") hold two
+    glyph heights, the x-height and the capitals'; they are one line of text."""
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((40 + rng.normal(0, 10, (90, 360))).astype(np.float32), (0, 0), 1.0)
+    base = base.clip(0, 255).astype(np.uint8)
+    for word, box in (("RLQ TX Trans UP", (3, 36, 228, 60)), ("Left", (3, 36, 51, 60))):
+        glyphs = Image.new("L", (120, 14))
+        ImageDraw.Draw(glyphs).text((0, 0), word, fill=255)
+        img = base.copy()
+        img[30:72] = np.maximum(img[30:72], np.asarray(glyphs.resize((360, 42), Image.Resampling.NEAREST)))
+        marks = detect_marks(img, np.ones(img.shape, bool))
+        assert [(m.kind, m.box) for m in marks] == [("text", box)], word
+
+
 def test_a_short_faint_streak_along_the_tissue_grain_is_no_mark():
     """Over layered tissue (muscle, fascia: parallel bright streaks) a short faint grey line running
     with the layers is a fibre, not a mark; the same line across them, a longer one or a brighter
