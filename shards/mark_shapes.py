@@ -14,9 +14,10 @@ or irregular. In order:
   width across its axis grows at one end (the head); a curved one (a trace) is a *line* when it is
   longer still (``TRACE_MIN`` pixels over ``TRACE_SPAN``) and at most ``TRACE_WIDTH`` wide;
 - *text*: glyphs -- pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall in strokes at most ``GLYPH_STROKE``
-  wide (bold scanner fonts are wider than other marks' strokes) -- side by side on one
-  baseline, of one height or two (lower case and capitals), at least ``TEXT_MIN_GLYPHS`` of them, drawn as a group (their middle step; small text
-  over bright tissue may stand only ``TEXT_FAINT_STEP`` above it when ``TEXT_FAINT_GLYPHS`` line up);
+  wide (bold scanner fonts are wider than other marks' strokes) -- side by side on one baseline, of
+  one height or two (lower case and capitals), at least ``TEXT_MIN_GLYPHS`` of them, drawn as a group
+  (their middle step; small text over bright tissue may stand only ``TEXT_FAINT_STEP`` above it when
+  ``TEXT_FAINT_GLYPHS`` line up);
 - *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
   along a straight line;
 - any other coloured stroke (at most ``COLOUR_STROKE_MAX`` pixels wide) of at least ``COLOUR_MARK_MIN``
