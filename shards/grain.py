@@ -17,18 +17,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from shards.mark_shapes import Piece, line_kind
+from shards.mark_shapes import Piece, axis_angle, line_kind
 from shards.thresholds import FIBRE_LEN, FIBRE_STEP, GRAIN_ANGLE, GRAIN_COHERENCE, GRAIN_WINDOW
-
-
-def _axis_angle(p: Piece) -> float:
-    """Direction of the piece's principal axis, degrees in [0, 180)."""
-    ys, xs = np.nonzero(p.comp)
-    pts = np.stack([xs, ys], 1).astype(np.float64)
-    pts -= pts.mean(0)
-    _, vecs = np.linalg.eigh(pts.T @ pts)
-    vx, vy = vecs[:, 1]
-    return float(np.degrees(np.arctan2(vy, vx)) % 180)
 
 
 def grain(gray: np.ndarray, mask: np.ndarray, p: Piece) -> tuple[float, float]:
@@ -58,5 +48,5 @@ def is_fibre(gray: np.ndarray, mask: np.ndarray, p: Piece) -> bool:
     if p.coloured or max(p.w, p.h) >= FIBRE_LEN or p.step >= FIBRE_STEP or line_kind(p) is None:
         return False
     coherence, direction = grain(gray, mask, p)
-    off = abs((direction - _axis_angle(p) + 90) % 180 - 90)
+    off = abs((direction - axis_angle(p) + 90) % 180 - 90)
     return coherence >= GRAIN_COHERENCE and off <= GRAIN_ANGLE

@@ -146,12 +146,23 @@ def plateau(values: np.ndarray, tol: int = PLATEAU_TOL) -> float:
     return float(window.max() / max(values.size, 1))
 
 
-def _axis_profile(p: Piece) -> tuple[float, np.ndarray, float]:
-    """(length along the principal axis, width across it in 8 bins along it, std of the bins' centres)."""
+def _axes(p: Piece) -> tuple[np.ndarray, np.ndarray]:
+    """(the piece's pixels as centred (x, y) points, its principal axes: column 1 along, 0 across)."""
     ys, xs = np.nonzero(p.comp)
     pts = np.stack([xs, ys], 1).astype(np.float32)
     pts -= pts.mean(0)
-    _, vecs = np.linalg.eigh(pts.T @ pts)
+    return pts, np.linalg.eigh(pts.T @ pts)[1]
+
+
+def axis_angle(p: Piece) -> float:
+    """Direction of the piece's principal axis, degrees in [0, 180)."""
+    vx, vy = _axes(p)[1][:, 1]
+    return float(np.degrees(np.arctan2(vy, vx)) % 180)
+
+
+def _axis_profile(p: Piece) -> tuple[float, np.ndarray, float]:
+    """(length along the principal axis, width across it in 8 bins along it, std of the bins' centres)."""
+    pts, vecs = _axes(p)
     along, across = pts @ vecs[:, 1], pts @ vecs[:, 0]
     length = float(along.max() - along.min()) + 1
     bins = np.clip(((along - along.min()) / length * 8).astype(int), 0, 7)
