@@ -16,7 +16,11 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
    caliper, a closed outline a body mark, a long thin stroke a line or an arrow (a head at one
    end), glyphs side by side on one baseline text, and small dots evenly spaced along a line a
    dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks, nor is
-   a short faint line running with the tissue's grain (a fibre: :mod:`shards.grain`).
+   a short faint line running with the tissue's grain (a fibre: :mod:`shards.grain`);
+3. text is looked for again among the stroke pieces before peeling: an anti-aliased font spreads
+   a glyph's edges over many grey levels, and peeling breaks it into bits (read as dots or
+   nothing). Unpeeled, each glyph must be at most ``GLYPH_ASPECT`` as wide as tall and stand
+   ``TEXT_CLEAR_STEP`` above their surround (a bright fascia broken into streaks is neither).
 
 A line or dotted line running along the scan area's edge (``EDGE_SHARE`` of its pixels within 2 px
 of it) is the image's outline, and a level one in the top ``FACE_ZONE`` of the depth is the skin or
@@ -29,6 +33,7 @@ of anti-aliasing and compression) with OpenCV's Telea inpainting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -36,11 +41,12 @@ import numpy as np
 
 from shards.components import components
 from shards.grain import is_fibre
-from shards.mark_shapes import Piece, find_marks
+from shards.mark_shapes import Piece, find_marks, find_text, glyph_sized
 from shards.thresholds import (
     EDGE_BAND,
     EDGE_SHARE,
     FACE_ZONE,
+    GLYPH_ASPECT,
     GLYPH_STEP,
     INPAINT_RADIUS,
     MARK_CONTRAST,
@@ -49,6 +55,8 @@ from shards.thresholds import (
     PLATEAU_TOL,
     RULER_ASPECT,
     STROKE_WIDTH,
+    TEXT_CLEAR_STEP,
+    TEXT_MIN_GLYPHS,
     TICKS_MIN,
 )
 
@@ -113,11 +121,20 @@ def peel(strokes: np.ndarray, gray: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pieces(strokes: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray) -> list[Piece]:
+def _pieces(
+    strokes: np.ndarray,
+    col: np.ndarray,
+    gray: np.ndarray,
+    mask: np.ndarray,
+    sized: Callable[[int, int], bool] | None = None,
+) -> list[Piece]:
+    """The connected pieces of ``strokes``; only those whose box ``sized(w, h)`` accepts, when given."""
     n, labels, stats = components(strokes)
     pieces = []
     for k in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[k])
+        if sized is not None and not sized(w, h):
+            continue
         box = (x, y, x + w, y + h)
         comp = labels[y : y + h, x : x + w] == k
         values = gray[y : y + h, x : x + w][comp]
@@ -130,7 +147,8 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     """The marks inside ``mask`` of a grayscale image; ``col``: its coloured pixels
     (:func:`shards.colour.residual_colour`), when it came from a colour frame."""
     col = np.zeros(mask.shape, bool) if col is None else col & mask
-    strokes = peel(stroke_pixels(gray, mask), gray) | col
+    raw = stroke_pixels(gray, mask)
+    strokes = peel(raw, gray) | col
     if not strokes.any():
         return []
     # Every kind of mark is made of drawn pieces only (coloured, or a step above their surround), so
@@ -140,6 +158,7 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     # a short faint streak running with the tissue's grain is a fibre, not a drawn line (shards.grain)
     drawn = [p for p in drawn if not is_fibre(gray, mask, p)]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
+    marks = _unpeeled_text(raw | col, col, gray, mask, marks)
     if not any(m.kind in ("line", "dotted_line", "arrow") for m in marks):
         return marks  # most frames: no line to check, no erosion of the whole crop
     # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a
@@ -159,6 +178,37 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
             or (_straight(m) and _along(ruler, m))
         )
     ]
+
+
+def _unpeeled_text(
+    strokes: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray, marks: list[Mark]
+) -> list[Mark]:
+    """``marks`` with the text found among the stroke pieces before peeling. An anti-aliased font (most
+    scanners' today) spreads a glyph's edges over many grey levels and peeling breaks it into bits,
+    which may have been read as other marks; unpeeled, each glyph is one piece again. A line of text
+    already found stays as it was."""
+    # held to more than a peeled glyph: a glyph or two wide, standing clear of the tissue (a bright
+    # fascia broken into a row of streaks is neither)
+    pieces = [p for p in _pieces(strokes, col, gray, mask, _narrow_glyph) if p.coloured or p.step >= TEXT_CLEAR_STEP]
+    if len(pieces) < TEXT_MIN_GLYPHS:
+        return marks
+    for kind, box, m in find_text(pieces):
+        if any(t.kind == "text" and _overlap(t.box, box) for t in marks):
+            continue
+        marks = [t for t in marks if not _inside(t.box, box)] + [Mark(kind, box, m)]
+    return marks
+
+
+def _narrow_glyph(w: int, h: int) -> bool:
+    return glyph_sized(w, h) and w <= GLYPH_ASPECT * h
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return b[0] <= a[0] and b[1] <= a[1] and a[2] <= b[2] and a[3] <= b[3]
 
 
 def _edge_depth(mask: np.ndarray) -> np.ndarray:

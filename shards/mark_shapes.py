@@ -10,12 +10,15 @@ or irregular. In order:
   right ones match);
 - *body mark*: a closed thin outline (a hole inside) at most ``BODY_MARK_MAX`` pixels across; a
   larger closed outline (a box) is a *line*;
-- *arrow* / *line*: a long (at least ``LINE_MIN`` pixels) thin straight stroke; an arrow is one whose
-  width across its axis grows at one end (the head); a curved one (a trace) is a *line* when it is
+- *arrow* / *line*: a long (at least ``LINE_MIN`` pixels along its axis, in any direction) thin
+  straight stroke; an arrow is one whose width across its axis grows at one end (the head); a
+  curved one (a trace) is a *line* when it is
   longer still (``TRACE_MIN`` pixels over ``TRACE_SPAN``) and at most ``TRACE_WIDTH`` wide;
 - *text*: glyphs -- pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall in strokes at most ``GLYPH_STROKE``
   wide (bold scanner fonts are wider than other marks' strokes) -- side by side on one baseline, of
-  one height or two (lower case and capitals), at least ``TEXT_MIN_GLYPHS`` of them, drawn as a group
+  one height or two (lower case and capitals), at least ``TEXT_MIN_GLYPHS`` of them (``TEXT_ASPECT``
+  wider than tall: two capitals; its glyphs at most ``GLYPH_ASPECT`` wide per height in the middle),
+  in one colour (``TEXT_PLATEAU``), drawn as a group
   (their middle step; small text over bright tissue may stand only ``TEXT_FAINT_STEP`` above it when
   ``TEXT_FAINT_GLYPHS`` line up);
 - *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
@@ -39,6 +42,7 @@ from shards.thresholds import (
     DOT_MAX,
     DOT_SPACING,
     DOTS_MIN,
+    GLYPH_ASPECT,
     GLYPH_MAX,
     GLYPH_MIN,
     GLYPH_STEP,
@@ -49,6 +53,7 @@ from shards.thresholds import (
     MARK_STEP,
     PLATEAU_TOL,
     STROKE_WIDTH,
+    TEXT_ASPECT,
     TEXT_FAINT_GLYPHS,
     TEXT_FAINT_STEP,
     TEXT_MIN_GLYPHS,
@@ -181,7 +186,7 @@ def _trace(p: Piece) -> bool:
 def line_kind(p: Piece) -> str | None:
     """``line`` or ``arrow`` for a long, thin, straight stroke in one colour, ``line`` for a drawn curve
     (:func:`_trace`), else None."""
-    if max(p.w, p.h) < LINE_MIN or not p.drawn or not _thin(p):
+    if np.hypot(p.w, p.h) < LINE_MIN or not p.drawn or not _thin(p):  # the box's diagonal: any direction
         return None
     if not p.coloured and plateau(p.values) < LINE_PLATEAU:
         return None
@@ -194,7 +199,7 @@ def line_kind(p: Piece) -> str | None:
 
 
 def _glyph(p: Piece) -> bool:
-    return GLYPH_MIN <= p.h <= GLYPH_MAX and p.w <= 8 * p.h and _thin(p, GLYPH_STROKE)
+    return glyph_sized(p.w, p.h) and _thin(p, GLYPH_STROKE)
 
 
 def text_groups(pieces: list[Piece]) -> list[list[Piece]]:
@@ -220,6 +225,24 @@ def text_groups(pieces: list[Piece]) -> list[list[Piece]]:
     return [g for g in groups if _is_text(g)]
 
 
+def find_text(pieces: list[Piece]) -> list[tuple[str, Box, np.ndarray]]:
+    """(``"text"``, box, pixels) of every line of text among the pieces."""
+    return [("text", *_union(g)) for g in text_groups(pieces)]
+
+
+def glyph_sized(w: int, h: int) -> bool:
+    """A piece's box could hold a glyph (:func:`_glyph` before its stroke width is measured)."""
+    return GLYPH_MIN <= h <= GLYPH_MAX and w <= 8 * h
+
+
+def _heights(hs: np.ndarray) -> tuple[int, ...]:
+    """The heights a line of glyphs may hold: its middle and tallest, and its two most common (capitals
+    and lower case when the middle falls on one of them; BUSI's corner labels: a stroke beside a glyph)."""
+    first = int(np.bincount(hs).argmax())
+    rest = hs[np.abs(hs - first) > max(2, 0.25 * first)]
+    return (int(np.median(hs)), int(hs.max()), first) + ((int(np.bincount(rest).argmax()),) if rest.size else ())
+
+
 def _is_text(group: list[Piece]) -> bool:
     """Glyphs of one line of text: mostly one height (or two: lower case and capitals), one top or one
     baseline, one colour."""
@@ -228,13 +251,15 @@ def _is_text(group: list[Piece]) -> bool:
         return False
     width = max(q.box[2] for q in group) - min(q.box[0] for q in group)
     height = max(q.box[3] for q in group) - min(q.box[1] for q in group)
-    if width < 1.5 * height or len(glyphs) < TEXT_MIN_GLYPHS:
+    if width < TEXT_ASPECT * height or len(glyphs) < TEXT_MIN_GLYPHS:
         return False
+    if np.median([q.w / q.h for q in glyphs]) > GLYPH_ASPECT:
+        return False  # a row of streaks (a bright fascia in pieces), not letters
     hs = np.array([q.h for q in glyphs])
     tops, bottoms = np.array([q.box[1] for q in glyphs]), np.array([q.box[3] for q in glyphs])
     # one height, or two: mixed-case text has its x-height and its capitals' (descenders break apart)
-    near = [np.abs(hs - ref) <= max(2, 0.25 * ref) for ref in (np.median(hs), hs.max())]
-    same_height = np.mean(near[0] | near[1]) >= 0.6
+    near = [np.abs(hs - ref) <= max(2, 0.25 * ref) for ref in _heights(hs)]
+    same_height = np.mean(np.logical_or.reduce(near)) >= 0.6
     aligned = max(np.mean(np.abs(v - np.median(v)) <= 2) for v in (tops, bottoms)) >= 0.6
     coloured = all(q.coloured for q in group)
     one_colour = coloured or plateau(np.concatenate([q.values for q in group])) >= TEXT_PLATEAU
@@ -350,8 +375,7 @@ def find_marks(pieces: list[Piece]) -> list[tuple[str, Box, np.ndarray]]:
     """(kind, box, pixels) of every mark among the pieces (module doc, in that order)."""
     out = [("caliper", *_union([p])) for p in pieces if is_cross(p)]
     out += [("caliper", *_union(g)) for g in split_crosses(pieces)]
-    for g in text_groups(pieces):
-        out.append(("text", *_union(g)))
+    out += find_text(pieces)
     for p in pieces:
         kind = None if p.used else (outline_kind(p) or line_kind(p))
         if kind:

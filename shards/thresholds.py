@@ -113,10 +113,15 @@ GLYPH_MIN = 5  # pixels: the shortest glyph of text
 GLYPH_MAX = 40  # ... and the tallest
 GLYPH_STROKE = 5  # pixels: the widest stroke of a glyph (Open Kidney screens' bold captions: 4, 5 where strokes meet)
 TEXT_MIN_GLYPHS = 2  # glyphs side by side for text
+TEXT_ASPECT = 1.1  # a line of text at least this much wider than tall (two capitals, "LT": 1.18)
 GLYPH_STEP = 40  # grey levels: a glyph candidate stands at least this above its surround ...
 TEXT_FAINT_STEP = 50  # ... and text whose glyphs' middle step is under MARK_STEP needs this (BUSI "RT AXILLA"
 TEXT_FAINT_GLYPHS = 3  # at 256 px: 55) over at least this many glyphs (no genuine B-mode frame of 1,328 has such)
 TEXT_PLATEAU = 0.35  # share of a grey text line's pixels in its one colour (tissue touches glyphs)
+GLYPH_ASPECT = 2.5  # glyphs this wide per height at most, in a line's middle (912 lines found on 2,265 real
+# screens: 2.0 at most; a bright fascia broken into streaks: 3.7-7.5); each one, in unpeeled text ...
+TEXT_CLEAR_STEP = 120  # ... standing this far above its ring (planted anti-aliased glyphs: 136-200; the
+# TimTrack fascia streaks read as unpeeled text without these two rules: steps 41-79)
 DOT_MAX = 3  # pixels: the widest dot of a dotted line
 DOTS_MIN = 4  # evenly spaced dots for a dotted line
 DOT_SPACING = 32  # pixels: the widest spacing of a dotted line's dots

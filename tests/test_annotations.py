@@ -131,21 +131,31 @@ def test_small_text_over_bright_tissue_is_text_when_enough_glyphs_line_up():
     assert kinds("RT AXILLA", 197) == []
 
 
+def tissue(h: int, w: int, level: float = 40) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((level + rng.normal(0, 10, (h, w))).astype(np.float32), (0, 0), 1.0)
+    return base.clip(0, 255).astype(np.uint8)
+
+
+def block_text(word: str, bars: dict, pitch: int) -> np.ndarray:
+    """``word`` in block letters (``bars``: each letter's filled boxes) at x 40, y 30 over speckle."""
+    img = tissue(80, 300)
+    for i, ch in enumerate(word):
+        for x0, y0, x1, y1 in bars[ch]:
+            img[30 + y0 : 30 + y1, 40 + pitch * i + x0 : 40 + pitch * i + x1] = 255
+    return img
+
+
 def test_bold_scanner_text_is_text():
     """Block capitals 18 px tall in 4 px strokes (a bold scanner font: "Rt Kidney", "RIF TX" on
     clinical screens), where a bar meets a stem wider still, are text."""
-    rng = np.random.default_rng(0)
-    base = cv2.GaussianBlur((40 + rng.normal(0, 10, (80, 300))).astype(np.float32), (0, 0), 1.0)
-    img = base.clip(0, 255).astype(np.uint8)
     bars = {
         "L": [(0, 0, 4, 18), (0, 15, 12, 18)],
         "E": [(0, 0, 4, 18), (0, 0, 12, 3), (0, 8, 10, 11), (0, 15, 12, 18)],
         "F": [(0, 0, 4, 18), (0, 0, 12, 3), (0, 8, 10, 11)],
         "T": [(0, 0, 13, 3), (5, 0, 9, 18)],
     }
-    for i, ch in enumerate("LEFT"):
-        for x0, y0, x1, y1 in bars[ch]:
-            img[30 + y0 : 30 + y1, 40 + 18 * i + x0 : 40 + 18 * i + x1] = 255
+    img = block_text("LEFT", bars, 18)
     marks = detect_marks(img, np.ones(img.shape, bool))
     assert [(m.kind, m.box) for m in marks] == [("text", (40, 30, 107, 48))]
 
@@ -163,6 +173,60 @@ def test_mixed_case_text_is_text():
         img[30:72] = np.maximum(img[30:72], np.asarray(glyphs.resize((360, 42), Image.Resampling.NEAREST)))
         marks = detect_marks(img, np.ones(img.shape, bool))
         assert [(m.kind, m.box) for m in marks] == [("text", box)], word
+
+
+def test_as_many_lower_case_glyphs_as_capitals_are_text():
+    """Capitals 18 px tall and lower case 10 px, two of each ("LoLo"): the middle height (14) is
+    neither, so the line's two most common heights are its two."""
+    bars = {
+        "L": [(0, 0, 3, 18), (0, 15, 11, 18)],
+        "o": [(0, 8, 3, 18), (8, 8, 11, 18), (0, 8, 11, 11), (0, 15, 11, 18)],
+    }
+    img = block_text("LoLo", bars, 15)
+    marks = detect_marks(img, np.ones(img.shape, bool))
+    assert [(m.kind, m.box) for m in marks] == [("text", (40, 30, 96, 48))]
+
+
+@pytest.mark.parametrize("level", [40, 90])
+@pytest.mark.parametrize(
+    "word, scale, found_before",
+    [("LT", 0.45, []), ("RT", 0.55, []), ("SAG", 0.45, ["dotted_line"]), ("RT 2.31cm LCCA", 0.4, ["text"])],
+)
+def test_two_capitals_and_anti_aliased_captions_are_one_line_of_text(word, scale, found_before, level):
+    """OpenCV's font is anti-aliased: a glyph's edges spread over many grey levels and peeling breaks
+    thin glyphs into bits ("SAG" was read as a dotted line); a two-capital caption ("LT": 1.18 times
+    wider than tall) was under the old 1.5. Each is now one text mark over the caption."""
+    img = tissue(60, 240, level)
+    (w, h), base = cv2.getTextSize(word, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.putText(img, word, (20, 35), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, 1, cv2.LINE_AA)
+    marks = detect_marks(img, np.ones(img.shape, bool))
+    assert [m.kind for m in marks] == ["text"], (word, found_before)
+    x0, y0, x1, y1 = marks[0].box
+    assert 18 <= x0 <= 23 and 35 - h - 2 <= y0 and x1 >= 20 + w - 4 and y1 <= 35 + base + 1, marks[0].box
+
+
+def test_a_bright_fascia_in_pieces_is_no_text():
+    """Three segments of a wavy bright band (a fascia broken by speckle) are glyph-tall pieces on one
+    baseline, but each is 6-7 times wider than tall: streaks, not letters (no text, peeled or not)."""
+    img = tissue(60, 240, 80).astype(np.float32)
+    band = np.zeros_like(img)
+    for x0, x1 in ((20, 66), (72, 118), (124, 170)):
+        for x in range(x0, x1):
+            band[int(round(30 + 3 * np.sin(x / 9))), x] = 1
+    for sigma in (1.0, 1.5):
+        soft = cv2.GaussianBlur(band, (0, 0), sigma)
+        img2 = np.maximum(img, 200 * soft / soft.max()).clip(0, 255).astype(np.uint8)
+        assert detect_marks(img2, np.ones(img2.shape, bool)) == [], sigma
+
+
+@pytest.mark.parametrize("length", [16, 18, 25])
+def test_a_diagonal_arrow_is_long_enough_along_its_axis(length):
+    """The shortest line is measured along its axis: a diagonal arrow in an 18 px box is 25 px long."""
+    img = tissue(80, 80)
+    cv2.arrowedLine(img, (20, 20), (20 + length, 20 + length), 255, 1, cv2.LINE_8, 0, 0.35)
+    marks = detect_marks(img, np.ones(img.shape, bool))
+    assert [m.kind for m in marks] == ["arrow" if length >= 18 else "line"]
+    assert marks[0].box == (20, 20, 21 + length, 21 + length)
 
 
 def test_a_short_faint_streak_along_the_tissue_grain_is_no_mark():
