@@ -128,7 +128,20 @@ def _pieces(
     mask: np.ndarray,
     sized: Callable[[int, int], bool] | None = None,
 ) -> list[Piece]:
-    """The connected pieces of ``strokes``; only those whose box ``sized(w, h)`` accepts, when given."""
+    """The connected pieces of ``strokes``, the coloured and the grey apart (a coloured mark over bright
+    tissue would take in the tissue's bright pixels touching it); only those whose box ``sized(w, h)``
+    accepts, when given."""
+    grey = _labelled(strokes & ~col, col, gray, mask, sized)
+    return grey + _labelled(strokes & col, col, gray, mask, sized) if col.any() else grey
+
+
+def _labelled(
+    strokes: np.ndarray,
+    col: np.ndarray,
+    gray: np.ndarray,
+    mask: np.ndarray,
+    sized: Callable[[int, int], bool] | None,
+) -> list[Piece]:
     n, labels, stats = components(strokes)
     pieces = []
     for k in range(1, n):

@@ -229,6 +229,24 @@ def test_a_diagonal_arrow_is_long_enough_along_its_axis(length):
     assert marks[0].box == (20, 20, 21 + length, 21 + length)
 
 
+@pytest.mark.parametrize("colour", [(0, 220, 0), (255, 255, 0), (0, 255, 255)])
+def test_a_coloured_caliper_touching_bright_grains_is_a_caliper(colour):
+    """Bright speckle grains touching a coloured caliper's arms joined its piece, whose shape was then
+    no cross (a coloured "line" at best); coloured and grey strokes are pieces apart now."""
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur((150 + rng.normal(0, 12, (80, 120))).astype(np.float32), (0, 0), 1.0)
+    yy, xx = np.mgrid[:80, :120]
+    for cy, cx in ((35, 56), (41, 62), (31, 63)):
+        base += 90 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.5**2))
+    grey = base.clip(0, 255).astype(np.uint8)
+    mask = np.ones(grey.shape, bool)
+    assert detect_marks(grey, mask) == []  # the grains alone are no mark
+    img = np.repeat(grey[..., None], 3, axis=2)
+    cv2.line(img, (52, 37), (68, 37), colour, 1)
+    cv2.line(img, (60, 29), (60, 45), colour, 1)
+    assert [(m.kind, m.box) for m in found(img, mask)] == [("caliper", (52, 29, 69, 46))]
+
+
 def test_a_short_faint_streak_along_the_tissue_grain_is_no_mark():
     """Over layered tissue (muscle, fascia: parallel bright streaks) a short faint grey line running
     with the layers is a fibre, not a mark; the same line across them, a longer one or a brighter
