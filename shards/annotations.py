@@ -17,7 +17,7 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
    end), glyphs side by side on one baseline text, and small dots evenly spaced along a line a
    dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks, nor is
    a short faint line running with the tissue's grain (a fibre: :mod:`shards.grain`);
-3. text is looked for again among the stroke pieces before peeling: an anti-aliased font spreads
+3. text is looked for again among the grey stroke pieces before peeling: an anti-aliased font spreads
    a glyph's edges over many grey levels, and peeling breaks it into bits (read as dots or
    nothing). Unpeeled, each glyph must be at most ``GLYPH_ASPECT`` as wide as tall and stand
    ``TEXT_CLEAR_STEP`` above their surround (a bright fascia broken into streaks is neither).
@@ -171,7 +171,7 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     # a short faint streak running with the tissue's grain is a fibre, not a drawn line (shards.grain)
     drawn = [p for p in drawn if not is_fibre(gray, mask, p)]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
-    marks = _unpeeled_text(raw | col, col, gray, mask, marks)
+    marks = _unpeeled_text(raw & ~col, strokes, col, gray, mask, marks)
     if not any(m.kind in ("line", "dotted_line", "arrow") for m in marks):
         return marks  # most frames: no line to check, no erosion of the whole crop
     # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a
@@ -194,15 +194,18 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
 
 
 def _unpeeled_text(
-    strokes: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray, marks: list[Mark]
+    grey: np.ndarray, peeled: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray, marks: list[Mark]
 ) -> list[Mark]:
-    """``marks`` with the text found among the stroke pieces before peeling. An anti-aliased font (most
-    scanners' today) spreads a glyph's edges over many grey levels and peeling breaks it into bits,
-    which may have been read as other marks; unpeeled, each glyph is one piece again. A line of text
-    already found stays as it was."""
+    """``marks`` with the text found among the grey stroke pieces before peeling (``grey``). An
+    anti-aliased font (most scanners' today) spreads a glyph's edges over many grey levels and peeling
+    breaks it into bits, which may have been read as other marks; unpeeled, each glyph is one piece
+    again. A line of text already found stays as it was. Coloured pieces are never peeled: the first
+    pass saw them whole."""
+    if not (grey & ~peeled).any():
+        return marks  # nothing was peeled: the first pass saw these very pieces
     # held to more than a peeled glyph: a glyph or two wide, standing clear of the tissue (a bright
     # fascia broken into a row of streaks is neither)
-    pieces = [p for p in _pieces(strokes, col, gray, mask, _narrow_glyph) if p.coloured or p.step >= TEXT_CLEAR_STEP]
+    pieces = [p for p in _labelled(grey, col, gray, mask, _narrow_glyph) if p.step >= TEXT_CLEAR_STEP]
     if len(pieces) < TEXT_MIN_GLYPHS:
         return marks
     for kind, box, m in find_text(pieces):
