@@ -20,7 +20,10 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
 3. text is looked for again among the grey stroke pieces before peeling: an anti-aliased font spreads
    a glyph's edges over many grey levels, and peeling breaks it into bits (read as dots or
    nothing). Unpeeled, each glyph must be at most ``GLYPH_ASPECT`` as wide as tall and stand
-   ``TEXT_CLEAR_STEP`` above their surround (a bright fascia broken into streaks is neither).
+   ``TEXT_CLEAR_STEP`` above their surround (a bright fascia broken into streaks is neither);
+4. calipers drawn too faint for step 1 (a light grey ``+`` or ``x``, or one blurred by an enlarged
+   crop) are looked for by their shape alone: four arms at right angles, each brighter along its
+   whole length than the tissue on both its sides (:mod:`shards.faint_calipers`).
 
 A line or dotted line running along the scan area's edge (``EDGE_SHARE`` of its pixels within 2 px
 of it) is the image's outline, and a level one in the top ``FACE_ZONE`` of the depth is the skin or
@@ -40,6 +43,7 @@ import cv2
 import numpy as np
 
 from shards.components import components
+from shards.faint_calipers import faint_calipers
 from shards.grain import is_fibre
 from shards.mark_shapes import Piece, find_marks, find_text, glyph_sized
 from shards.thresholds import (
@@ -70,9 +74,15 @@ class Mark:
     mask: np.ndarray  # bool, the box's size: the mark's pixels
 
 
-def stroke_pixels(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def white_tophat(gray: np.ndarray) -> np.ndarray:
+    """Each pixel minus the opening of its 5x5 square: what stands out of the surround in strokes
+    narrower than 5 pixels."""
+    return cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, np.ones((5, 5), np.uint8))
+
+
+def stroke_pixels(gray: np.ndarray, mask: np.ndarray, tophat: np.ndarray | None = None) -> np.ndarray:
     """Thin bright pixels inside ``mask`` (step 1 of the module doc; the coloured ones come apart)."""
-    tophat = cv2.morphologyEx(gray, cv2.MORPH_TOPHAT, np.ones((5, 5), np.uint8))
+    tophat = white_tophat(gray) if tophat is None else tophat
     return (tophat >= MARK_CONTRAST) & (gray >= MARK_LEVEL) & mask
 
 
@@ -160,7 +170,21 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     """The marks inside ``mask`` of a grayscale image; ``col``: its coloured pixels
     (:func:`shards.colour.residual_colour`), when it came from a colour frame."""
     col = np.zeros(mask.shape, bool) if col is None else col & mask
-    raw = stroke_pixels(gray, mask)
+    tophat = white_tophat(gray)
+    raw = stroke_pixels(gray, mask, tophat)
+    marks = _stroke_marks(raw, col, gray, mask)
+    marks += [
+        Mark("caliper", box, m)
+        for box, m in faint_calipers(gray, mask, tophat)
+        if not any(_overlap(t.box, box) for t in marks)
+    ]
+    if not any(m.kind in ("line", "dotted_line", "arrow") for m in marks):
+        return marks  # most frames: no line to check, no erosion of the whole crop
+    return _without_outlines(marks, mask)
+
+
+def _stroke_marks(raw: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray) -> list[Mark]:
+    """The marks made of stroke pixels ``raw`` (steps 1-3 of the module doc)."""
     strokes = peel(raw, gray) | col
     if not strokes.any():
         return []
@@ -171,9 +195,11 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     # a short faint streak running with the tissue's grain is a fibre, not a drawn line (shards.grain)
     drawn = [p for p in drawn if not is_fibre(gray, mask, p)]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
-    marks = _unpeeled_text(raw & ~col, strokes, col, gray, mask, marks)
-    if not any(m.kind in ("line", "dotted_line", "arrow") for m in marks):
-        return marks  # most frames: no line to check, no erosion of the whole crop
+    return _unpeeled_text(raw & ~col, strokes, col, gray, mask, marks)
+
+
+def _without_outlines(marks: list[Mark], mask: np.ndarray) -> list[Mark]:
+    """``marks`` less the lines that are the scan area's outline, the skin echo or a device's scale."""
     # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a
     # mark; the crop's border is an edge too (zero padding: erosion's default border keeps the mask).
     # A level line or arrow a little further in is a device's ruler (its ticks make the arrowheads).

@@ -136,5 +136,14 @@ FACE_ZONE = 0.02  # share of the depth below the scan's top where a level line i
 # (real frames: Clarius face line at 0.9 %, lung and BUSI skin lines at rows 0-5; drawn lines deeper)
 COLOUR_MARK_MIN = 6  # pixels: a coloured stroke this large is a mark whatever its shape ...
 COLOUR_STROKE_MAX = 7  # ... at most this wide (traces, arrowheads, bold text; tinted highlights are wider)
+FAINT_SHAPES = ((2, 5), (3, 7))  # a faint caliper's arms run from this far out to this far (pixels; the
+# second: a gap in the middle) -- shards.faint_calipers; DDTI's grey calipers, enlarged: 5-8 px arms
+FAINT_ARM_TEST = (3, 5)  # ... every shape's arms cover this stretch, where the candidates are sought ...
+FAINT_PRE = 20  # ... holding a top-hat this high on every arm pixel (DDTI's calipers: 35 and more)
+FAINT_SIDE = 3  # pixels beside an arm where the tissue on either side of it is measured
+FAINT_CONTRAST = 18  # an arm's faintest pixel above the brighter side, on each arm: a caliper (DDTI's grey
+# calipers: 19-81; 1,986 held-out frames where the stroke rule finds nothing: 16 at most -- docs/data.md)
+FAINT_ABOVE = 10  # ... its arms' middle level this far over the upper quartile of the rest of its box
+# (DDTI's calipers: 13-134; the crosses fine-grained synthetic speckle makes: -7 to 1)
 MARK_GROW = 1  # pixels added around a mark before inpainting (anti-aliasing, JPEG halo)
 INPAINT_RADIUS = 3  # pixels: cv2.inpaint's neighbourhood

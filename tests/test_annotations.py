@@ -17,7 +17,7 @@ import webdataset as wds
 from PIL import Image, ImageDraw
 
 import shards.build as build_mod
-from shards.annotations import detect_marks, inpaint, marks_mask
+from shards.annotations import detect_marks, inpaint, marks_mask, stroke_pixels
 from shards.build import BuildSettings, build_shards
 from shards.catalogue import SourceConfig
 from shards.clean import Cleaned, clean_frame
@@ -245,6 +245,45 @@ def test_a_coloured_caliper_touching_bright_grains_is_a_caliper(colour):
     cv2.line(img, (52, 37), (68, 37), colour, 1)
     cv2.line(img, (60, 29), (60, 45), colour, 1)
     assert [(m.kind, m.box) for m in found(img, mask)] == [("caliper", (52, 29, 69, 46))]
+
+
+def faint_caliper(img: np.ndarray, cx: int, cy: int, arm: int, diagonal: bool, gap: int, lift: int) -> None:
+    """Draw a 1-px ``+`` or ``x`` caliper ``lift`` grey levels above the tissue under it (in place)."""
+    for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1)) if diagonal else ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        for t in range(gap, arm + 1):
+            y, x = cy + t * dy, cx + t * dx
+            img[y, x] = min(int(np.median(img[cy - 8 : cy + 9, cx - 8 : cx + 9])) + lift, 255)
+
+
+@pytest.mark.parametrize("enlarged", [False, True])
+def test_faint_grey_calipers_are_calipers(pocus_dir, enlarged):
+    """A grey caliper 40 levels above the tissue is under the stroke rule's level (DDTI's calipers were
+    all missed); four arms at right angles, each brighter than both its sides, make it a caliper,
+    drawn crisp or blurred by a crop enlarged 2x (DDTI's nodule crops). Real crops alone have none."""
+    crop, mask = real_crop(pocus_dir, CLEAN[1])
+    assert found(crop, mask) == []
+    h, w = crop.shape
+    img, centres = crop.copy(), []
+    rng = np.random.default_rng(1)
+    # crisp: 6-px arms 40 levels up, some with a gap in the middle; enlarged: 4-px arms 60 up, blurred
+    # by the enlargement to 25-35 levels above the tissue (DDTI's: 40-60)
+    arm, lift, gaps = (4, 60, (1, 0)) if enlarged else (6, 40, (1, 2))
+    for i, (diagonal, gap) in enumerate([(False, gaps[0]), (True, gaps[0]), (False, gaps[1]), (True, 0)] * 2):
+        cx, cy = int(w * (0.2 + 0.2 * (i % 4))), int(h * (0.3 + 0.35 * (i // 4)))
+        cx, cy = cx + int(rng.integers(-5, 6)), cy + int(rng.integers(-5, 6))
+        faint_caliper(img, cx, cy, arm, diagonal, gap, lift)
+        centres.append((cx, cy))
+    assert (stroke_pixels(img, mask) != stroke_pixels(crop, mask)).sum() < 10  # too faint for step 1
+    if enlarged:
+        img, crop = (cv2.resize(a, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR) for a in (img, crop))
+        mask = cv2.resize(mask.astype(np.uint8), (2 * w, 2 * h), interpolation=cv2.INTER_NEAREST) > 0
+        centres = [(2 * x, 2 * y) for x, y in centres]
+        assert found(crop, mask) == []
+    marks = found(img, mask)
+    assert [m.kind for m in marks] == ["caliper"] * len(centres)
+    for x, y in centres:  # one mark centred on each
+        assert sum(m.box[0] <= x < m.box[2] and m.box[1] <= y < m.box[3] for m in marks) == 1, (x, y)
+    assert found(inpaint(img, marks), mask) == []  # inpainted, no caliper is left to find
 
 
 def test_a_short_faint_streak_along_the_tissue_grain_is_no_mark():
