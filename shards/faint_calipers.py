@@ -54,19 +54,22 @@ def _contrast(
     """Per centre (ys, xs), its lowest arm's contrast (module doc, step 2); -1 where its arms' mean
     levels differ by more than that, or a side line leaves the scan area (step 3)."""
     ts = np.arange(start, end + 1)
-    g = gray.astype(np.int16)
+
+    def g(y: np.ndarray, x: np.ndarray) -> np.ndarray:  # gathered, then widened: the crop is never copied
+        return gray[y, x].astype(np.int16)
+
     lowest = np.full(len(ys), 255, np.int16)
     inside = np.ones(len(ys), bool)
     means = []
     for dx, dy in _ARMS[diagonal]:
         py, px = ys[:, None] + ts * dy, xs[:, None] + ts * dx
         sy, sx = (1, 0) if dy == 0 else (0, 1)  # across a level arm: up and down; else left and right
-        across = np.maximum(np.maximum(g[py - sy, px - sx], g[py, px]), g[py + sy, px + sx])
+        across = np.maximum(np.maximum(g(py - sy, px - sx), g(py, px)), g(py + sy, px + sx))
         means.append(across.mean(axis=1))
         sides = []
         for k in (FAINT_SIDE, -FAINT_SIDE):
             qy, qx = py + k * sy, px + k * sx
-            sides.append(g[qy, qx].mean(axis=1))
+            sides.append(g(qy, qx).mean(axis=1))
             inside &= mask[qy, qx].all(axis=1)
         lowest = np.minimum(lowest, (across.min(axis=1) - np.maximum(*sides)).astype(np.int16))
     spread = np.ptp(np.stack(means), axis=0)
