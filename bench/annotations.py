@@ -10,6 +10,8 @@
    planted on each crop (:mod:`shards.synth.marks`: calipers, dotted lines, text, arrows, body
    marks, box outlines; grey or coloured; ``--seeds`` plantings per crop), and a planted mark is
    *found* when detected boxes cover half the pixels it changed. Recall per kind, real and synthetic.
+   Frames under ``MARK_MIN_FRAME`` px a side are left out and counted (the build looks for coloured
+   marks only there: :mod:`shards.annotations`).
    (Marks on labelled real frames, drawn by their devices: ``bench/real_rules.py``.)
 2. Cost per frame. On the same real frames, side by side: the whole of ``clean_frame`` and the part
    that finds and inpaints the marks; the share of the cleaning the annotations take.
@@ -50,6 +52,7 @@ from shards.synth.marks import KINDS, covered, plant
 from shards.synth.media import write_frames
 from shards.synth.presets import PRESETS
 from shards.synth.render import render
+from shards.thresholds import MARK_MIN_FRAME
 
 REPO = Path(__file__).resolve().parents[1]
 POCUS = REPO / ".cache" / "itk-pocus" / "itk-pocus-0.3.2" / "tests" / "data"
@@ -112,7 +115,8 @@ def _false(marks: list, drawn: np.ndarray | None) -> bool:
 def detection(name: str, frames: list[np.ndarray], seeds: int) -> dict:
     """False flags on the clean crops and recall of the marks planted on them (module doc, part 1)."""
     hits, total, flagged, overlays = Counter(), Counter(), 0, 0
-    crops = _crops(frames)
+    small = sum(min(px.shape[:2]) < MARK_MIN_FRAME for px in frames)
+    crops = _crops([px for px in frames if min(px.shape[:2]) >= MARK_MIN_FRAME])
     for i, (crop, mask, drawn) in enumerate(crops):
         found = detect_marks(crop, mask, drawn)  # as shards.clean runs it: grey crop + colour residual
         flagged += _false(found, drawn)
@@ -126,12 +130,14 @@ def detection(name: str, frames: list[np.ndarray], seeds: int) -> dict:
                 hits[kind] += covered(img, crop, box, marks)
     recall = {k: round(hits[k] / total[k], 3) for k in KINDS if total[k]}
     overall = sum(hits.values()) / max(sum(total.values()), 1)
+    if small:
+        print(f"{name}: {small} frames under {MARK_MIN_FRAME} px left out (coloured marks only are searched there)")
     print(f"{name}: {len(crops)} clean crops, false flags {flagged} ({flagged / len(crops):.3f}), "
           f"drawn overlays found on {overlays}; planted {sum(total.values())}, recall {overall:.3f}; "
           + ", ".join(f"{k} {hits[k]}/{total[k]}" for k in KINDS))  # fmt: skip
     return {"crops": len(crops), "false_flags": flagged, "false_flag_rate": round(flagged / len(crops), 4),
             "overlays_found": overlays, "recall": round(overall, 4), "recall_by_kind": recall,
-            "planted": sum(total.values())}  # fmt: skip
+            "planted": sum(total.values()), "small_frames_left_out": small}  # fmt: skip
 
 
 def cost(frames: list[np.ndarray], seeds: int) -> dict:

@@ -32,6 +32,10 @@ within ``EDGE_BAND`` of the crop's short side from the edge (a ruler; its ticks 
 or ``TICKS_MIN`` or more short lines of a like length standing on one border (its ticks). Each
 mark is a kind and a box; ``inpaint`` fills the mark pixels (grown by ``MARK_GROW`` to take the halo
 of anti-aliasing and compression) with OpenCV's Telea inpainting.
+
+A frame whose short side is under ``MARK_MIN_FRAME`` (EchoNet-Dynamic's 112 px clips, thumbnails)
+was resampled far below its screen's size: its marks shrank below the sizes above and its anatomy
+(a skull's arc, a valve, the near field) took them, so only coloured marks are looked for there.
 """
 
 from __future__ import annotations
@@ -166,10 +170,13 @@ def _labelled(
     return pieces
 
 
-def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = None) -> list[Mark]:
+def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = None, grey: bool = True) -> list[Mark]:
     """The marks inside ``mask`` of a grayscale image; ``col``: its coloured pixels
-    (:func:`shards.colour.residual_colour`), when it came from a colour frame."""
+    (:func:`shards.colour.residual_colour`), when it came from a colour frame. ``grey=False``: the
+    coloured marks only (a frame resampled far below its screen's size: ``MARK_MIN_FRAME``)."""
     col = np.zeros(mask.shape, bool) if col is None else col & mask
+    if not grey:
+        return _stroke_marks(np.zeros(mask.shape, bool), col, gray, mask) if col.any() else []
     tophat = white_tophat(gray)
     raw = stroke_pixels(gray, mask, tophat)
     marks = _stroke_marks(raw, col, gray, mask)

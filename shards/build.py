@@ -368,7 +368,8 @@ def _keep(state: _State, item: Item, r: Cleaned) -> None:
     _count(state, src, "kept")
     _tally(state, src, "crop", r.meta["crop_source"])
     action = state.options[src].annotations
-    _tally(state, src, "annotations", "none" if not r.meta["annotations"] else ANNOTATION_TALLY[action])
+    none = "none" if r.meta.get("grey_marks_searched", True) else "grey_unsearched"  # shards.annotations
+    _tally(state, src, "annotations", none if not r.meta["annotations"] else ANNOTATION_TALLY[action])
 
 
 def _judge_frame(state: _State, item: Item, multi: bool, f: FrameOutcome, copied: Found | None) -> None:

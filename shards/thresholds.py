@@ -92,6 +92,11 @@ AIR_RISE_STRUCTURE = 12.0  # ... and near and deep structure both below this (ai
 # frames rising as steadily, kidney screens, 14.9 and more)
 
 # --- annotations (shards.annotations, shards.mark_shapes), native pixels --------------------------
+MARK_MIN_FRAME = 144  # native pixels: the short side of a frame under which grey marks are not searched, only
+# coloured ones: a frame that small was resampled from a screen of 400 px and more, its marks shrank below GLYPH_MIN
+# and the arms the finder needs, and its anatomy took their size (clean frames flagged: HC18 at a short side of
+# 96 / 112 / 128 / 144 / 160 px 13 / 9 / 5 / 0 / 1 %, EchoNet-Dynamic's 112 px clips 17 %; none of 2,397 frames
+# of six other held-out sets is under 190)
 MARK_CONTRAST = 50  # white top-hat (pixel minus its 5x5 opening) of a thin bright stroke, at least
 MARK_LEVEL = 150  # ... at this grey level or brighter (marks are drawn white, light grey or colour)
 MARK_STEP = 60  # grey levels a drawn piece stands above the ring around it (tissue streaks: < 45)

@@ -29,6 +29,7 @@ from shards.readers import open_media
 from shards.scan_area import crop_to_scan_area, frame_scan_area
 from shards.synth import render
 from shards.synth.marks import KINDS, covered, plant
+from shards.thresholds import MARK_MIN_FRAME
 from sonodistill.errors import UserError
 
 CLEAN = ("interson-phantom.png", "clarius_axial-lateral-resolution-2020.png")  # real, nothing drawn inside
@@ -245,6 +246,26 @@ def test_a_coloured_caliper_touching_bright_grains_is_a_caliper(colour):
     cv2.line(img, (52, 37), (68, 37), colour, 1)
     cv2.line(img, (60, 29), (60, 45), colour, 1)
     assert [(m.kind, m.box) for m in found(img, mask)] == [("caliper", (52, 29, 69, 46))]
+
+
+@pytest.mark.parametrize("side", [MARK_MIN_FRAME - 32, MARK_MIN_FRAME + 16])
+def test_a_frame_resampled_below_screen_size_is_searched_for_coloured_marks_only(side):
+    """EchoNet-Dynamic's 112 px clips: at that size anatomy has the size and contrast of glyphs and
+    calipers, so grey strokes are not searched there (and the sample says so); coloured ones are."""
+    small = render("thyroid", np.random.default_rng(0), size=(side, side * 4 // 3)).image
+    rgb = np.repeat(small[..., None], 3, axis=2)
+    y, x = small.shape[0] // 2, small.shape[1] // 2
+    grey, coloured = rgb.copy(), rgb.copy()
+    for img, colour in ((grey, (255, 255, 255)), (coloured, (255, 255, 0))):
+        cv2.line(img, (x - 6, y), (x + 6, y), colour, 1)
+        cv2.line(img, (x, y - 6), (x, y + 6), colour, 1)
+    kinds = {}
+    for name, img in (("grey", grey[..., 0].copy()), ("coloured", coloured), ("clean", small)):
+        res = clean_frame(img, 96, annotations="keep")
+        assert isinstance(res, Cleaned), name
+        assert res.meta.get("grey_marks_searched", True) is (side >= MARK_MIN_FRAME)
+        kinds[name] = [a["kind"] for a in res.meta["annotations"]]
+    assert kinds == {"grey": ["caliper"] if side >= MARK_MIN_FRAME else [], "coloured": ["caliper"], "clean": []}
 
 
 def faint_caliper(img: np.ndarray, cx: int, cy: int, arm: int, diagonal: bool, gap: int, lift: int) -> None:
