@@ -175,16 +175,16 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
     (:func:`shards.colour.residual_colour`), when it came from a colour frame. ``grey=False``: the
     coloured marks only (a frame resampled far below its screen's size: ``MARK_MIN_FRAME``)."""
     col = np.zeros(mask.shape, bool) if col is None else col & mask
-    if not grey:
-        return _stroke_marks(np.zeros(mask.shape, bool), col, gray, mask) if col.any() else []
-    tophat = white_tophat(gray)
-    raw = stroke_pixels(gray, mask, tophat)
-    marks = _stroke_marks(raw, col, gray, mask)
-    marks += [
-        Mark("caliper", box, m)
-        for box, m in faint_calipers(gray, mask, tophat)
-        if not any(_overlap(t.box, box) for t in marks)
-    ]
+    if grey:
+        tophat = white_tophat(gray)
+        marks = _stroke_marks(stroke_pixels(gray, mask, tophat), col, gray, mask)
+        marks += [
+            Mark("caliper", box, m)
+            for box, m in faint_calipers(gray, mask, tophat)
+            if not any(_overlap(t.box, box) for t in marks)
+        ]
+    else:
+        marks = _stroke_marks(np.zeros(mask.shape, bool), col, gray, mask) if col.any() else []
     if not any(m.kind in ("line", "dotted_line", "arrow") for m in marks):
         return marks  # most frames: no line to check, no erosion of the whole crop
     return _without_outlines(marks, mask)
