@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from revision import packages_at  # bench/revision.py, beside this script
 
-from shards.annotations import detect_marks, inpaint
+from shards.annotations import detect_marks, grey_searched, inpaint
 from shards.clean import clean_frame
 from shards.colour import residual_colour
 from shards.decode import decode_image, to_gray
@@ -115,8 +115,9 @@ def _false(marks: list, drawn: np.ndarray | None) -> bool:
 def detection(name: str, frames: list[np.ndarray], seeds: int) -> dict:
     """False flags on the clean crops and recall of the marks planted on them (module doc, part 1)."""
     hits, total, flagged, overlays = Counter(), Counter(), 0, 0
-    small = sum(min(px.shape[:2]) < MARK_MIN_FRAME for px in frames)
-    crops = _crops([px for px in frames if min(px.shape[:2]) >= MARK_MIN_FRAME])
+    searched = [px for px in frames if grey_searched(px.shape)]
+    small = len(frames) - len(searched)
+    crops = _crops(searched)
     for i, (crop, mask, drawn) in enumerate(crops):
         found = detect_marks(crop, mask, drawn)  # as shards.clean runs it: grey crop + colour residual
         flagged += _false(found, drawn)

@@ -60,6 +60,7 @@ from shards.thresholds import (
     MARK_CONTRAST,
     MARK_GROW,
     MARK_LEVEL,
+    MARK_MIN_FRAME,
     PLATEAU_TOL,
     RULER_ASPECT,
     STROKE_WIDTH,
@@ -168,6 +169,11 @@ def _labelled(
         coloured = int(col[y : y + h, x : x + w][comp].sum()) >= 0.5 * area
         pieces.append(Piece(k, box, area, comp, values, coloured, _step(gray, mask, labels, k, box)))
     return pieces
+
+
+def grey_searched(frame_shape: tuple[int, ...]) -> bool:
+    """Whether grey marks are looked for in a frame of this shape (``MARK_MIN_FRAME``: the module doc)."""
+    return min(frame_shape[:2]) >= MARK_MIN_FRAME
 
 
 def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = None, grey: bool = True) -> list[Mark]:

@@ -24,13 +24,12 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from shards.annotations import Mark, detect_marks, inpaint
+from shards.annotations import Mark, detect_marks, grey_searched, inpaint
 from shards.codec import Codec
 from shards.colour import area_colour, colour_measures, is_colour
 from shards.decode import DecodeError, decode_image, to_gray
 from shards.quality import frame_rejection
 from shards.scan_area import ScanArea, crop_to_scan_area, frame_scan_area
-from shards.thresholds import MARK_MIN_FRAME
 
 PHASH_SIDE = 16  # 16x16 DCT = 256-bit hash; 64 bits cannot tell distinct speckle frames apart
 PHASH_REDUCED_MIN = 384  # px: a frame is box-reduced to no less than this a side before it is hashed
@@ -83,10 +82,10 @@ def phash256(gray: np.ndarray) -> int:
 
 
 def _marks(gray: np.ndarray, area: ScanArea, col: np.ndarray | None) -> tuple[np.ndarray, list[Mark]]:
-    """The crop (surround blanked) and the annotations found inside it (grey ones only in a frame of
-    ``MARK_MIN_FRAME`` px a side or more: :mod:`shards.annotations`)."""
+    """The crop (surround blanked) and the annotations found inside it (grey ones only in a frame
+    large enough: :func:`shards.annotations.grey_searched`)."""
     crop = crop_to_scan_area(gray, area)
-    return crop, detect_marks(crop, area.mask_in_bbox(), col, grey=min(gray.shape) >= MARK_MIN_FRAME)
+    return crop, detect_marks(crop, area.mask_in_bbox(), col, grey=grey_searched(gray.shape))
 
 
 def _tissue_rules(gray: np.ndarray, area: ScanArea, clean_crop: np.ndarray) -> tuple[str | None, dict]:
@@ -140,7 +139,7 @@ def clean_frame(
     data, sha1 = _sample(crop, size, codec)
     x0, y0, x1, y1 = area.bbox
     meta = {"crop": [x0, y0, x1, y1], "crop_source": area.source, "scale": max(x1 - x0, y1 - y0) / size}
-    if min(gray.shape) < MARK_MIN_FRAME:
+    if not grey_searched(gray.shape):
         meta["grey_marks_searched"] = False  # too small a frame: coloured marks only
     # Hash the whole decoded frame, not the crop: re-encoded or re-scaled copies of a frame can
     # crop a pixel differently, which moves a perceptual hash more than the copy itself does.
