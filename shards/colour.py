@@ -15,7 +15,8 @@ Measured in the scan area at the native resolution (docs/data.md "Cleaning rules
    red/orange or blue hues graded in brightness (value spread above ``FLOW_VALUE_SPREAD``: a
    velocity or power map) -- or any filled area covering ``FLOW_LARGE`` of the scan area (it hides
    the tissue). A filled area of one flat colour, or two touching (a red and a yellow trace), is
-   a mark (an arrowhead, an icon, a caliper dot), and a mark never rejects a frame.
+   a mark (an arrowhead, an icon, a caliper dot), and a mark never rejects a frame; so are the
+   words of one line of bold text (:func:`text_words`).
 
 ``colour_fraction`` is the share of the scan area's lit pixels that are flow; above
 ``COLOUR_FLOW`` the frame is ``colour``. ``colour_outside`` keeps the rule for a spectral-Doppler
@@ -35,6 +36,10 @@ from shards.thresholds import (
     CHROMA,
     COLOUR_FLOW,
     COLOUR_OUTSIDE,
+    COLOUR_TEXT_ALIGN,
+    COLOUR_TEXT_GAP,
+    COLOUR_TEXT_HEIGHT,
+    COLOUR_TEXT_WORD,
     FLOW_HUE_SPREAD,
     FLOW_HUES,
     FLOW_LARGE,
@@ -122,6 +127,26 @@ def _is_flow(hue: np.ndarray, value: np.ndarray) -> bool:
     return bool(in_map.mean() >= 0.5 and spread > FLOW_VALUE_SPREAD)
 
 
+def text_words(stats: np.ndarray) -> set[int]:
+    """Filled pieces (``components`` stats rows) that are words of one line of bold coloured text:
+    two or more of a text's height side by side, starting and ending on the same rows. The 3x3
+    opening keeps bold glyphs, and chroma subsampling grades their colour like a flow map's."""
+    lo, hi = COLOUR_TEXT_HEIGHT
+    x, y, w, h = (stats[1:, i].astype(np.int64) for i in range(4))
+    cand = np.flatnonzero((h >= lo) & (h <= hi) & (w <= COLOUR_TEXT_WORD * h))
+    if cand.size < 2:
+        return set()
+    x, y, w, h = x[cand], y[cand], w[cand], h[cand]
+    gap = np.maximum(x[None, :] - (x + w)[:, None], x[:, None] - (x + w)[None, :])
+    pair = (
+        (np.abs(y[:, None] - y[None, :]) <= COLOUR_TEXT_ALIGN)
+        & (np.abs((y + h)[:, None] - (y + h)[None, :]) <= COLOUR_TEXT_ALIGN)
+        & (gap >= 0)
+        & (gap <= COLOUR_TEXT_GAP * np.maximum(h[:, None], h[None, :]))
+    )
+    return {int(k) + 1 for k in cand[pair.any(1)]}
+
+
 def flow_pixels(rgb: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Pixels of filled, flow-coloured areas among the coloured pixels ``col`` (steps 2-3). Only the
     saturated pixels inside an area tell its colours (its rim blends with the tissue); an area on the
@@ -135,10 +160,11 @@ def flow_pixels(rgb: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndar
         return flow
     hsv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2HSV_FULL)
     edge = ~cv2.erode(inside.astype(np.uint8), SQUARE3, borderValue=0).astype(bool)
+    words = text_words(stats[:n])
     for k in range(1, n):
         x, y, w, h = (int(v) for v in stats[k, :4])
         comp = labels[y : y + h, x : x + w] == k
-        if (comp & edge[y : y + h, x : x + w]).any():
+        if k in words or (comp & edge[y : y + h, x : x + w]).any():
             continue
         core = cv2.erode(comp.astype(np.uint8), SQUARE3, borderValue=0).astype(bool)
         px = hsv[y : y + h, x : x + w][core]

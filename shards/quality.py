@@ -5,7 +5,8 @@ statistics are the same, the cost does not grow with the frame, and a small scan
 is seen in as much detail as a large one); thresholds in :mod:`shards.thresholds`.
 
 - ``no_tissue``: a frozen blank frame (the frame, or the scan area, with a grey-level std below
-  ``MIN_STD``), or a probe in air (:mod:`shards.tissue`).
+  ``MIN_STD``), or a probe in air (:mod:`shards.tissue`; under a DICOM region that is mostly dark,
+  also the area found inside the region).
 - ``too_small``: a scan area under ``MIN_SCAN_SIDE`` native pixels a side or ``MIN_SCAN_PIXELS``
   native pixels (an absolute size: a scan of 150 x 300 pixels on a 1280 x 720 device screen is a
   fine image, whatever share of the screen it covers).
@@ -21,8 +22,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from shards.scan_area import ScanArea
+from shards.scan_area import ScanArea, detect_scan_area, outside_zeroed
 from shards.thresholds import (
+    AIR_REGION_LIT,
     LIT_AREA_LEVEL,
     MAX_BRIGHT_FRACTION,
     MIN_SCAN_PIXELS,
@@ -94,7 +96,26 @@ def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]
         return "not_ultrasound", values
     values.update(_room_below(gray, area))
     values.update(tissue_measures(box, mask, thin_band(values)))
-    return ("no_tissue" if in_air(values) else None), values
+    if in_air(values):
+        return "no_tissue", values
+    if area.exact and values["lit_fraction"] < AIR_REGION_LIT:
+        return _band_in_region(gray, area, values)
+    return None, values
+
+
+def _band_in_region(gray: np.ndarray, area: ScanArea, values: dict) -> tuple[str | None, dict]:
+    """A region given by the file, mostly dark: the scan area found inside it, when that is a thin
+    band at its top over the rest of it, dark (:func:`shards.tissue.thin_band`, room measured to
+    the region's bottom), is judged as if the file had given no region -- the near-field arcs of a
+    probe in air framed by a region that holds the whole image field (Philips CX50, Mindray DC-30)."""
+    field = outside_zeroed(gray, area.bbox)[: area.bbox[3]]
+    inner = detect_scan_area(field)
+    if not inner.small_mask.any():
+        return None, values
+    reason, band = frame_rejection(field, inner)
+    if reason != "no_tissue" or not thin_band(band):
+        return None, values
+    return reason, {**values, **{f"found_{k}": v for k, v in band.items()}}
 
 
 def ultrasound_rejection(gray: np.ndarray, area: ScanArea) -> str | None:

@@ -44,6 +44,12 @@ FLOW_MAP_VALUE_SPREAD = 30  # HSV value, 10th-90th percentile: a colour map is g
 FLOW_HUES = ((330, 45), (195, 265))  # degrees: red-orange and blue, the hues of velocity/power maps
 FLOW_VALUE_SPREAD = 60  # HSV value, 10th-90th percentile, of a graded red or blue flow spot
 FLOW_LARGE = 0.05  # share of the scan area one filled coloured area covers to count whatever its colours
+# Bold coloured UI text (GE Voluson's red "SRI II 3": words 10 px tall, 5 px apart) survives the 3x3
+# opening and its chroma-subsampled colour is graded like a flow map's: pieces of one line are text.
+COLOUR_TEXT_HEIGHT = (6, 24)  # px: a filled coloured piece this tall may be a word ...
+COLOUR_TEXT_ALIGN = 1  # ... when another starts and ends on the same rows (within this many px) ...
+COLOUR_TEXT_GAP = 2.0  # ... beside it, no further than this many heights (a glyph the opening removed) ...
+COLOUR_TEXT_WORD = 4.0  # ... both no wider than this many heights (a vessel's flow runs longer)
 COLOUR_FLOW = 0.0002  # share of the scan area's lit pixels in flow: one 6x6 spot in a 256x256 scan
 COLOUR_OUTSIDE = 0.002  # share of the frame in textured colour outside the scan area (spectral strip)
 
@@ -84,6 +90,9 @@ AIR_BELOW_LIT = 0.01  # ... and is dark there (share of working pixels lit: air 
 AIR_FADE = 0.05  # ... the band fading to nothing at its bottom (deepest fifth / brightest: air <= 0.01),
 AIR_LINE_LIKENESS = 0.97  # ... and every scan line alike (median correlation with the median line:
 # air 0.98-0.99; genuine frames < 0.8 as deep as wide with room below: 0.95 at most)
+AIR_REGION_LIT = 0.25  # a DICOM region less lit than this may frame a probe in air, its arcs a band
+# at the top: the area found inside is judged as a band (CX50 and Voluson S8 in air: 0.06 and 0.01;
+# genuine frames in regions of the real DICOMs at hand: 0.10-0.38)
 AIR_RISE = 0.93  # a rising noise floor: the depth profile's rank correlation with depth at least this
 # (phased arrays in air, X5-1 presets: 0.965-0.996; 2,262 genuine held-out frames: 0.966 at most) ...
 AIR_RISE_RATIO = 1.5  # ... its deep level (from 0.6 of the depth) this many times its near one (top fifth;

@@ -33,7 +33,8 @@ than ``AIR_BAND_ASPECT`` of its width, the frame going on below it, dark (``room
 band fading to nothing at its bottom (``fade`` under ``AIR_FADE``) and every scan line alike
 (``line_likeness``, the median correlation of a line's depth profile with the median one, at least
 ``AIR_LINE_LIKENESS``): the near-field arcs of a probe in air are all the heuristic finds, the field
-below them holds no evidence; *the middle of the face in air*: over the middle ``CENTRE_LINES`` of
+below them holds no evidence (under a DICOM region that is mostly dark, the area found inside it is
+judged so: :func:`shards.quality.frame_rejection`); *the middle of the face in air*: over the middle ``CENTRE_LINES`` of
 the scan lines, the near field is bands alone (``centre_band_r2`` at least ``AIR_CENTRE_BAND_R2``)
 over a field without structure (``centre_deep_structure`` under ``AIR_CENTRE_DEEP_STRUCTURE``): a
 probe lifting off keeps gel contact at its ends, whose tissue would otherwise pass the frame; *a

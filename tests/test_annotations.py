@@ -26,7 +26,7 @@ from shards.decode import decode_image, to_gray
 from shards.inspect import with_boxes
 from shards.options import SourceOptions
 from shards.readers import open_media
-from shards.scan_area import crop_to_scan_area, frame_scan_area
+from shards.scan_area import crop_to_scan_area, frame_scan_area, region_area
 from shards.synth import render
 from shards.synth.marks import KINDS, covered, plant
 from shards.thresholds import MARK_MIN_FRAME
@@ -367,12 +367,18 @@ def test_marks_near_the_crops_border_are_still_marks():
 
 
 def test_real_marks_are_found(pydicom_data_dir, pocus_dir):
+    # the Philips CX50 frame is a probe in air (no_tissue), but its DICOM region holds real marks
     media = open_media(str(pydicom_data_dir / "OBXXXX1A.dcm"), "OBXXXX1A.dcm", SourceOptions())
-    res = clean_frame(next(media.frames).pixels, 128, region=media.region)
+    gray = to_gray(next(media.frames).pixels)
+    area = region_area(gray, media.region)
+    kinds = Counter(m.kind for m in detect_marks(crop_to_scan_area(gray, area), area.mask_in_bbox()))
+    assert kinds["caliper"] >= 2 and kinds["dotted_line"] >= 1 and kinds["text"] >= 2  # "+ ... +", "Dist 1.06 cm"
+    # the SonoSite eye still: a caliper pair over the globe and its measurement text, in output pixels
+    res = clean_frame(decode_image((pocus_dir / "sonosite-anon-eye1.jpg").read_bytes()).pixels, 128)
     assert isinstance(res, Cleaned)
     kinds = Counter(a["kind"] for a in res.meta["annotations"])
-    assert kinds["caliper"] >= 2 and kinds["dotted_line"] >= 1 and kinds["text"] >= 2  # "+ ... +", "Dist 1.06 cm"
-    assert all(0 <= v <= 128 for a in res.meta["annotations"] for v in a["box"])  # output pixels
+    assert kinds["caliper"] >= 2 and kinds["text"] >= 1, kinds
+    assert all(0 <= v <= 128 for a in res.meta["annotations"] for v in a["box"])
     (res,) = [clean_frame(decode_image((pocus_dir / "interson-image-annotation.jpg").read_bytes()).pixels, 128)]
     assert isinstance(res, Cleaned) and res.meta["annotations"]
 

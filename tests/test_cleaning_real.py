@@ -4,16 +4,19 @@ is not, a small scan on a wide device screen is kept, the frames of a clip share
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from shards.build import BuildSettings, build_shards
 from shards.clean import Cleaned, Rejected, clean_frame
 from shards.clip_mask import clip_scan_area
+from shards.colour import text_words
 from shards.decode import decode_image, to_gray
 from shards.extract import frames_with_area
 from shards.frames import Sampling
@@ -67,10 +70,22 @@ def test_convex_probe_in_air_found_as_a_thin_band_is_no_tissue(pydicom_data_dir)
     assert v["fade"] < 0.05 and v["line_likeness"] >= 0.97, v
 
 
+def test_convex_probe_in_air_under_its_dicom_region_is_no_tissue(pydicom_data_dir):
+    """The same CX50 frame read as the DICOM file it is: its region frames the whole image field
+    (text, scale, a caliper pair floating in the dark) and is mostly dark, so the area found inside
+    it is judged -- the near-field arcs, a thin band over the rest of the region."""
+    (res,) = judge(pydicom_data_dir / "OBXXXX1A.dcm")
+    assert isinstance(res, Rejected) and res.reason == "no_tissue", res
+    v = res.values
+    assert v["lit_fraction"] < 0.25 and v["found_band_aspect"] < 0.45 and v["found_room_below"] >= 2, v
+    assert v["found_line_likeness"] >= 0.97 and v["found_fade"] < 0.05, v
+
+
 @pytest.mark.parametrize("aspect", [0.3, 0.4])
 def test_genuine_scan_as_a_thin_band_over_a_dark_screen_is_kept(pocus_dir, aspect):
     """A real scan squeezed into a thin band at the top of a tall black screen: as thin as a probe's
-    near-field arcs, but its scan lines differ, so it stays."""
+    near-field arcs, but its scan lines differ, so it stays. The eye stays inside a DICOM region
+    around the whole dark field too (the phantoms, uniform, are judged whole there as before)."""
     for name in ("clarius-ocular-image.png", "butterfly_axial-lateral-resolution-2020.png", "interson-phantom.png"):
         w = 400
         band = cv2.resize(real_scan(pocus_dir, name), (w, int(aspect * w)), interpolation=cv2.INTER_AREA)
@@ -78,6 +93,10 @@ def test_genuine_scan_as_a_thin_band_over_a_dark_screen_is_kept(pocus_dir, aspec
         screen[20 : 20 + band.shape[0], 100 : 100 + w] = band
         res = clean_frame(screen, 64)
         assert isinstance(res, Cleaned), (name, res)
+        if name.startswith("clarius"):
+            region = (60, 10, 560, screen.shape[0] - 10)
+            res = clean_frame(screen, 64, region=region)
+            assert isinstance(res, Cleaned), (name, region, res)
 
 
 @pytest.mark.parametrize("kind", ["linear", "convex", "sector"])
@@ -134,6 +153,38 @@ def test_colour_doppler_is_colour_and_annotation_colour_is_not(deid_dir, pydicom
     for path in (pydicom_data_dir / "gdcm-US-ALOKA-16.dcm", pocus_dir / "interson-image-annotation.jpg"):
         (res,) = judge(path)
         assert isinstance(res, Cleaned) and res.meta["annotations"], path.name
+
+
+@pytest.mark.parametrize("colour", [(230, 30, 30), (40, 90, 235), (240, 140, 20)])
+def test_bold_coloured_text_over_tissue_is_not_colour(pocus_dir, colour):
+    """A line of bold red, blue or orange text over grey B-mode, JPEG-compressed with its chroma
+    halved: the 3x3 opening keeps the glyphs and the subsampling grades their colour as a flow map's,
+    but words side by side on the same rows are text (GE Voluson's "SRI II 3"). Before, 14 of 16
+    such frames (red) were rejected as colour."""
+    for name in ("clarius-ocular-image.png", "interson-phantom.png", "sonosite-anon-eye1.jpg"):
+        px = decode_image((pocus_dir / name).read_bytes()).pixels
+        rgb = np.repeat(to_gray(px)[..., None], 3, axis=2)
+        x0, y0, x1, y1 = frame_scan_area(to_gray(px)).bbox
+        for scale, thick in ((0.4, 2), (0.5, 2), (0.6, 2)):
+            img = rgb.copy()
+            at = ((x0 + x1) // 2 - 30, (y0 + y1) // 2)
+            cv2.putText(img, "SRI II 3", at, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, "JPEG", quality=90, subsampling=1)
+            res = clean_frame(decode_image(buf.getvalue()).pixels, 64, annotations="keep")
+            assert isinstance(res, Cleaned), (name, scale, res)
+
+
+def test_text_words_are_pieces_of_one_height_side_by_side():
+    def stats(*boxes):  # rows as components() gives them: x, y, w, h, area (row 0 the background)
+        return np.array([(0, 0, 0, 0, 0)] + [(x, y, w, h, w * h) for x, y, w, h in boxes], np.int32)
+
+    assert text_words(stats((912, 172, 21, 10), (938, 172, 8, 10))) == {1, 2}  # "SRI" "II 3"
+    assert text_words(stats((912, 172, 21, 10), (938, 174, 8, 10))) == set()  # rows differ by 2
+    assert text_words(stats((912, 172, 21, 10), (962, 172, 8, 10))) == set()  # 29 px apart: 2.9 heights
+    assert text_words(stats((100, 50, 30, 30), (135, 50, 30, 30))) == set()  # taller than text: flow
+    assert text_words(stats((100, 50, 50, 10), (155, 50, 20, 10))) == set()  # 5 heights long: a vessel
+    assert text_words(stats((100, 50, 20, 10))) == set()  # one word alone is not told from a flow spot
 
 
 def real_scan(pocus_dir: Path, name: str) -> np.ndarray:
