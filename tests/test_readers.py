@@ -297,6 +297,21 @@ def test_bad_input_is_counted_under_its_reason_and_nothing_else_is_lost(mixed_bu
     assert sum(stats["rejected"].values()) == len(rejects) == sum(m["rejected"].values())
 
 
+def test_a_transfer_syntax_this_pydicom_does_not_know_is_undecodable(dicom_dir, tmp_path):
+    """GE Vivid E95 clips coded as JPEG XL (dcm4che's will-jxl.dcm): pydicom 3.0 has no such transfer
+    syntax. The file is a codec the environment lacks, not a broken one."""
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_dir / "0006_cine_rle")
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2, which pydicom writes ...
+    ds.save_as(tmp_path / "mpeg2.dcm")
+    raw = (tmp_path / "mpeg2.dcm").read_bytes()  # ... then JPEG XL's UID, of the same length, in its place
+    (tmp_path / "jxl.dcm").write_bytes(raw.replace(b"1.2.840.10008.1.2.4.100", b"1.2.840.10008.1.2.4.111"))
+    with pytest.raises(ReadError) as err:
+        list(open_media(str(tmp_path / "jxl.dcm"), "jxl.dcm", SourceOptions()).frames)
+    assert err.value.reason == "undecodable", err.value
+
+
 def test_clip_frames_carry_clip_and_frame_and_stay_in_one_shard(mixed_build):
     samples = read_samples(mixed_build)
     shards_of: dict[str, set] = {}

@@ -196,7 +196,9 @@ def read_dicom(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
             # pydicom reports missing pixel bytes in several ways (short buffer, failed reshape, EOF).
             msg = str(exc).lower()
             short = isinstance(exc, EOFError) or any(k in msg for k in ("less than", "truncat", "reshape", "eof"))
-            raise ReadError("truncated" if short else "unreadable", str(exc)) from None
+            # a transfer syntax newer than this pydicom (JPEG XL) is a codec the environment lacks
+            reason = "truncated" if short else "undecodable" if "transfer syntax" in msg else "unreadable"
+            raise ReadError(reason, str(exc)) from None
 
     return Media(
         frames=frames(),
