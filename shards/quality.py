@@ -25,6 +25,7 @@ import numpy as np
 from shards.scan_area import ScanArea, detect_scan_area, outside_zeroed
 from shards.thresholds import (
     AIR_REGION_LIT,
+    AIR_REGION_LOWER_LIT,
     LIT_AREA_LEVEL,
     MAX_BRIGHT_FRACTION,
     MIN_SCAN_PIXELS,
@@ -98,9 +99,18 @@ def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]
     values.update(tissue_measures(box, mask, thin_band(values)))
     if in_air(values):
         return "no_tissue", values
-    if area.exact and values["lit_fraction"] < AIR_REGION_LIT:
+    if area.exact and values["lit_fraction"] < AIR_REGION_LIT and _lower_third_lit(box, mask) < AIR_REGION_LOWER_LIT:
         return _band_in_region(gray, area, values)
     return None, values
+
+
+def _lower_third_lit(box: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the lower third of a working copy lit (5x5 mean above ``LIT_AREA_LEVEL``): a cheap
+    first look, on pixels at hand, before the area inside a region is looked for."""
+    low = slice(2 * box.shape[0] // 3, None)
+    lit = cv2.blur(box[low].astype(np.float32), (5, 5)) > LIT_AREA_LEVEL
+    sel = mask[low]
+    return float(lit[sel].mean()) if sel.any() else 0.0
 
 
 def _band_in_region(gray: np.ndarray, area: ScanArea, values: dict) -> tuple[str | None, dict]:

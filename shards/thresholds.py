@@ -93,6 +93,8 @@ AIR_LINE_LIKENESS = 0.97  # ... and every scan line alike (median correlation wi
 AIR_REGION_LIT = 0.25  # a DICOM region less lit than this may frame a probe in air, its arcs a band
 # at the top: the area found inside is judged as a band (CX50 and Voluson S8 in air: 0.06 and 0.01;
 # genuine frames in regions of the real DICOMs at hand: 0.10-0.38)
+AIR_REGION_LOWER_LIT = 0.02  # ... and its lower third (under any band with room for 2 depths below
+# it) lit less than this: air 0-0.010; genuine frames 0.11-0.60 but a shallow muscle scan, 0.001
 AIR_RISE = 0.93  # a rising noise floor: the depth profile's rank correlation with depth at least this
 # (phased arrays in air, X5-1 presets: 0.965-0.996; 2,262 genuine held-out frames: 0.966 at most) ...
 AIR_RISE_RATIO = 1.5  # ... its deep level (from 0.6 of the depth) this many times its near one (top fifth;
