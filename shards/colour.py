@@ -136,15 +136,22 @@ def text_words(stats: np.ndarray) -> set[int]:
     cand = np.flatnonzero((h >= lo) & (h <= hi) & (w <= COLOUR_TEXT_WORD * h))
     if cand.size < 2:
         return set()
-    x, y, w, h = x[cand], y[cand], w[cand], h[cand]
-    gap = np.maximum(x[None, :] - (x + w)[:, None], x[:, None] - (x + w)[None, :])
-    pair = (
-        (np.abs(y[:, None] - y[None, :]) <= COLOUR_TEXT_ALIGN)
-        & (np.abs((y + h)[:, None] - (y + h)[None, :]) <= COLOUR_TEXT_ALIGN)
-        & (gap >= 0)
-        & (gap <= COLOUR_TEXT_GAP * np.maximum(h[:, None], h[None, :]))
-    )
-    return {int(k) + 1 for k in cand[pair.any(1)]}
+    order = cand[np.argsort(y[cand], kind="stable")]
+    x, y, w, h = x[order], y[order], w[order], h[order]
+    words: set[int] = set()
+    # compare each piece only with those starting within COLOUR_TEXT_ALIGN rows of it (sorted by
+    # top row): a Doppler frame's many speckled pieces never make an n x n table
+    ends = np.searchsorted(y, y + COLOUR_TEXT_ALIGN, side="right")
+    for i in range(order.size):
+        j = np.arange(i + 1, ends[i])
+        if not j.size:
+            continue
+        gap = np.maximum(x[j] - (x[i] + w[i]), x[i] - (x[j] + w[j]))
+        ok = (np.abs(y[j] + h[j] - y[i] - h[i]) <= COLOUR_TEXT_ALIGN) & (gap >= 0)
+        ok &= gap <= COLOUR_TEXT_GAP * np.maximum(h[i], h[j])
+        if ok.any():
+            words.update(int(k) + 1 for k in (order[i], *order[j[ok]]))
+    return words
 
 
 def flow_pixels(rgb: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndarray:
