@@ -74,7 +74,9 @@ def test_convex_probe_in_air_under_its_dicom_region_is_no_tissue(pydicom_data_di
     """The same CX50 frame read as the DICOM file it is: its region frames the whole image field
     (text, scale, a caliper pair floating in the dark) and is mostly dark, so the area found inside
     it is judged -- the near-field arcs, a thin band over the rest of the region."""
-    (res,) = judge(pydicom_data_dir / "OBXXXX1A.dcm")
+    results = judge(pydicom_data_dir / "OBXXXX1A.dcm")
+    assert len(results) == 1, results  # one frame
+    res = results[0]
     assert isinstance(res, Rejected) and res.reason == "no_tissue", res
     v = res.values
     assert v["lit_fraction"] < 0.25 and v["found_band_aspect"] < 0.45 and v["found_room_below"] >= 2, v
