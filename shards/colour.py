@@ -19,9 +19,11 @@ Measured in the scan area at the native resolution (docs/data.md "Cleaning rules
    words of one line of bold text (:func:`text_words`).
 
 ``colour_fraction`` is the share of the scan area's lit pixels that are flow; above
-``COLOUR_FLOW`` the frame is ``colour``. ``colour_outside`` keeps the rule for a spectral-Doppler
-strip or colour M-mode beside the image (coloured textured pixels outside the scan area, in blobs
-that are not one flat colour, over more than ``COLOUR_OUTSIDE`` of the frame). Written here because
+``COLOUR_FLOW`` the frame is ``colour``. ``colour_outside`` keeps the rule for what a Doppler screen
+shows beside the image -- its velocity-scale legend, a colour M-mode panel (coloured textured pixels
+outside the scan area, in blobs whose hues span a map: at least ``OUTSIDE_HUE_SPREAD``, over more
+than ``COLOUR_OUTSIDE`` of the frame); the interface's coloured text and logos, one hue blended
+with their bar or the black around them, are graded in brightness like a map but never in hue. Written here because
 no library tells Doppler from annotations; OpenCV gives the colour space, morphology and components.
 """
 
@@ -47,6 +49,7 @@ from shards.thresholds import (
     FLOW_MIN_PIXELS,
     FLOW_SATURATION,
     FLOW_VALUE_SPREAD,
+    OUTSIDE_HUE_SPREAD,
     TINT_BAND,
     TINT_CHROMA,
     TINT_HUE_SPREAD,
@@ -195,9 +198,9 @@ def area_colour(rgb: np.ndarray, area: ScanArea) -> tuple[np.ndarray, np.ndarray
 
 
 def _outside(small: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the frame covered by flow-coloured, textured areas outside the scan area (a spectral
-    strip, colour M-mode): coloured pixels whose 5x5 neighbourhood varies in grey level (a flat bar
-    of UI colour does not, even with text on it), opened 3x3, in areas whose colours are a map."""
+    """Share of the frame covered by flow-coloured, textured areas outside the scan area (a velocity
+    legend, colour M-mode): coloured pixels whose 5x5 neighbourhood varies in grey level, opened 3x3,
+    in areas whose colours are a map spanning hues (UI text on a coloured bar is one hue)."""
     col = coloured(small, CHROMA)
     g = small.astype(np.float32).mean(axis=2)
     c = col.astype(np.float32)
@@ -215,7 +218,8 @@ def _outside(small: np.ndarray, mask: np.ndarray) -> float:
     for k in range(1, n):
         px = hsv[labels == k]
         px = px[px[:, 1] >= FLOW_SATURATION]
-        if _is_flow(px[:, 0].astype(np.float32) * (360.0 / 256.0), px[:, 2].astype(np.float32)):
+        hue = px[:, 0].astype(np.float32) * (360.0 / 256.0)
+        if _is_flow(hue, px[:, 2].astype(np.float32)) and _hue_spread(hue) >= OUTSIDE_HUE_SPREAD:
             area += int(stats[k, cv2.CC_STAT_AREA])
     return area / textured.size
 

@@ -52,6 +52,10 @@ COLOUR_TEXT_GAP = 2.0  # ... beside it, no further than this many heights (a gly
 COLOUR_TEXT_WORD = 4.0  # ... both no wider than this many heights (a vessel's flow runs longer)
 COLOUR_FLOW = 0.0002  # share of the scan area's lit pixels in flow: one 6x6 spot in a 256x256 scan
 COLOUR_OUTSIDE = 0.002  # share of the frame in textured colour outside the scan area (spectral strip)
+# Outside the scan area a flow area must span hues: the velocity-scale legends of 6 real Doppler
+# screens 5.5-27 deg, coloured UI text and logos (one hue blended with its bar: Mindray Z50 header,
+# EchoNet's overlay, SonoSite text) 0.7-2.0 deg.
+OUTSIDE_HUE_SPREAD = 4.0
 
 # --- not ultrasound / no tissue (shards.quality, shards.tissue) -----------------------------------
 MIN_STD = 4.0  # grey std of a frame or scan area below which it is a frozen blank field
@@ -84,8 +88,9 @@ AIR_CENTRE_BAND_R2 = 0.85  # there: near field explained by its depth profile at
 AIR_CENTRE_DEEP_STRUCTURE = 5.0  # ... over no structure below (air 2.4-4.6; that eye 14)
 AIR_BAND_ASPECT = 0.45  # a thin band at the face: a scan area found, its depth / width below this
 # (probes in air whose field below the near-field arcs holds no evidence: 0.31-0.40),
-AIR_ROOM_BELOW = 2.0  # ... over a frame that goes on below it for this many band depths (air 2.2-5.2;
-# genuine, annotated and UI-screen frames thinner than 0.45: 1.88 at most),
+AIR_ROOM_BELOW = 1.0  # ... over a frame that goes on below it for at least one band depth (air
+# 1.38-10.4, the least a convex probe at full gain, its arcs 40 % of the screen; genuine, annotated
+# and UI-screen frames thinner than 0.45: 1.88 at most, each failing the next three tests),
 AIR_BELOW_LIT = 0.01  # ... and is dark there (share of working pixels lit: air <= 0.002, CING 0.02),
 AIR_FADE = 0.05  # ... the band fading to nothing at its bottom (deepest fifth / brightest: air <= 0.01),
 AIR_LINE_LIKENESS = 0.97  # ... and every scan line alike (median correlation with the median line:

@@ -26,6 +26,7 @@ from shards.scan_area import frame_scan_area
 from shards.synth.air import air_frame, aline_lung_frame, noise_floor_frame
 from shards.synth.media import encode_video
 from shards.synth.screen import interface, on_screen, scan_box
+from shards.tissue import in_air
 
 EVERY_FRAME = SourceOptions(frames=Sampling(mode="every", every=4, max=12))
 
@@ -83,15 +84,33 @@ def test_convex_probe_in_air_under_its_dicom_region_is_no_tissue(pydicom_data_di
     assert v["found_line_likeness"] >= 0.97 and v["found_fade"] < 0.05, v
 
 
-@pytest.mark.parametrize("aspect", [0.3, 0.4])
-def test_genuine_scan_as_a_thin_band_over_a_dark_screen_is_kept(pocus_dir, aspect):
-    """A real scan squeezed into a thin band at the top of a tall black screen: as thin as a probe's
-    near-field arcs, but its scan lines differ, so it stays. The eye stays inside a DICOM region
-    around the whole dark field too (the phantoms, uniform, are judged whole there as before)."""
+def test_a_band_over_one_band_depth_of_dark_frame_is_a_probe_in_air():
+    """The measures of a Mindray DC-40 C6-2 convex probe in air at full gain (QA preset, gain 100):
+    its arcs fill 40 % of the screen, so only 1.38 band depths of dark frame lie below them (the
+    rule asked for 2 before; docs/data.md, QA in-air check). Each guard that keeps genuine thin
+    frames stays: the lit share below, the fade and the line likeness of the genuine frames measured
+    closest (CING carotid screens 2 % lit below, dl-track-us screens fading to 18 %, no genuine scan
+    above 0.95)."""
+    dc40 = {"band_aspect": 0.371, "room_below": 1.38, "below_lit": 0.0005, "line_likeness": 0.99, "fade": 0.004}
+    measures = {"lit_fraction": 0.659, "near_structure": 12.37, "deep_structure": 9.02, "band_r2": 0.12}
+    measures |= {"near_bands": 3, "lateral_ratio": 0.453, "centre_band_r2": 0.852, "centre_deep_structure": 5.08}
+    assert in_air(dc40 | measures)
+    assert not in_air(dc40 | measures | {"room_below": 0.9})
+    assert not in_air(dc40 | measures | {"below_lit": 0.02})
+    assert not in_air(dc40 | measures | {"fade": 0.18})
+    assert not in_air(dc40 | measures | {"line_likeness": 0.95})
+
+
+@pytest.mark.parametrize("aspect,room", [(0.3, 4.0), (0.4, 4.0), (0.3, 1.2), (0.4, 1.2)])
+def test_genuine_scan_as_a_thin_band_over_a_dark_screen_is_kept(pocus_dir, aspect, room):
+    """A real scan squeezed into a thin band at the top of a black screen going on below it for
+    ``room`` band depths: as thin as a probe's near-field arcs, but its scan lines differ, so it
+    stays. The eye stays inside a DICOM region around the whole dark field too (the phantoms,
+    uniform, are judged whole there as before)."""
     for name in ("clarius-ocular-image.png", "butterfly_axial-lateral-resolution-2020.png", "interson-phantom.png"):
         w = 400
         band = cv2.resize(real_scan(pocus_dir, name), (w, int(aspect * w)), interpolation=cv2.INTER_AREA)
-        screen = np.zeros((5 * band.shape[0], 600), np.uint8)
+        screen = np.zeros((int((1 + room) * band.shape[0]) + 40, 600), np.uint8)
         screen[20 : 20 + band.shape[0], 100 : 100 + w] = band
         res = clean_frame(screen, 64)
         assert isinstance(res, Cleaned), (name, res)
@@ -175,6 +194,39 @@ def test_bold_coloured_text_over_tissue_is_not_colour(pocus_dir, colour):
             Image.fromarray(img).save(buf, "JPEG", quality=90, subsampling=1)
             res = clean_frame(decode_image(buf.getvalue()).pixels, 64, annotations="keep")
             assert isinstance(res, Cleaned), (name, scale, res)
+
+
+def velocity_legend(h: int, w: int) -> np.ndarray:
+    """A velocity-scale legend as scanners draw it: dark red to yellow above the baseline, dark blue
+    to cyan below (hue and brightness both graded)."""
+    t = np.abs(np.arange(h) - h / 2) / (h / 2)
+    hue = np.where(np.arange(h) < h / 2, t * 50, 230 - t * 40) / 2  # OpenCV: degrees / 2
+    hsv = np.stack([hue, np.full(h, 255.0), 255 * (0.3 + 0.7 * t)], axis=1).astype(np.uint8)
+    return np.repeat(cv2.cvtColor(hsv[:, None], cv2.COLOR_HSV2RGB), w, axis=1)
+
+
+def test_a_coloured_interface_beside_the_scan_is_not_colour_and_a_velocity_legend_is(pocus_dir):
+    """A Mindray-style header -- a blue bar graded top to bottom, the maker's name and the site in
+    light blue on it -- over a real scan on a device screen: text and bar are one hue, graded in
+    brightness only, and never reject the frame (before: ``colour``, ``colour_outside`` 0.0057, as
+    every frame of a Mindray Z50 was). A velocity-scale legend beside the scan spans hues: it still
+    marks the screen as Doppler's."""
+    box = scan_box((300, 150))
+    for name in ("clarius-ocular-image.png", "butterfly_axial-lateral-resolution-2020.png"):
+        grey = on_screen(real_scan(pocus_dir, name), interface(np.random.default_rng(0), box), box)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        ramp = np.linspace(0.0, 1.0, 40)[:, None, None]
+        rgb[:40] = (np.array([10, 58, 84]) * (1 - ramp) + np.array([7, 42, 62]) * ramp).astype(np.uint8)
+        cv2.putText(rgb, "mindray", (8, 30), cv2.FONT_HERSHEY_DUPLEX, 1.0, (104, 147, 173), 2, cv2.LINE_AA)
+        cv2.putText(rgb, "Green Pastures Hospital", (200, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (130, 160, 185), 1)
+        res = clean_frame(rgb, 64)
+        assert isinstance(res, Cleaned), (name, res)
+        assert max(abs(a - b) for a, b in zip(res.meta["crop"], box)) <= 3, (res.meta["crop"], box)
+
+        rgb[box[1] : box[1] + 200, box[2] + 40 : box[2] + 60] = velocity_legend(200, 20)
+        res = clean_frame(rgb, 64)
+        assert isinstance(res, Rejected) and res.reason == "colour", (name, res)
+        assert res.values["colour_fraction"] == 0.0 and res.values["colour_outside"] > 0.002, res.values
 
 
 def test_text_words_are_pieces_of_one_height_side_by_side():
