@@ -20,7 +20,7 @@ from shards.catalogue import SourceConfig
 from shards.frames import Sampling
 from shards.options import SourceOptions
 from shards.readers import ReadError, detect_family, open_media
-from shards.synth.media import clip_frames, write_dicom, write_video
+from shards.synth.media import clip_frames, encode_video, write_dicom, write_video
 
 PYDICOM_FILES = Path(__import__("pydicom").__file__).parent / "data" / "test_files"
 ALL = SourceOptions(frames=Sampling(mode="all", max=None))
@@ -143,6 +143,21 @@ def test_telling_a_format_loads_no_decoding_library(dicom_dir, video_dir):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["['dicom', 'video']", "[]"]
+
+
+def test_a_clip_left_half_read_closes_quietly_at_exit(tmp_path):
+    """A script that stops after a clip's first frame leaves its generator open; Python closes it as
+    the interpreter exits, after the decoding library's names are gone: nothing may be printed then
+    (before: a TypeError traceback from the reader's ``except`` clause)."""
+    encode_video(clip_frames(np.random.default_rng(0), 240, step=1), tmp_path / "long.mp4", fps=4)
+    code = (
+        "from shards.extract import frames_with_area\nfrom shards.options import SourceOptions\n"
+        "from shards.readers import open_media\n"
+        f"m = open_media({str(tmp_path / 'long.mp4')!r}, 'c.mp4', SourceOptions())\n"
+        "for f, a in frames_with_area(m):\n    break\nprint(f.index)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout == "0\n" and proc.stderr == "", proc.stderr
 
 
 def test_video_is_sampled_by_time(video_dir):

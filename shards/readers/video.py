@@ -44,6 +44,8 @@ def read_video(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     rate = float(stream.average_rate) if stream.average_rate else None
     n = int(stream.frames) if stream.frames else None
     width, height = stream.codec_context.width, stream.codec_context.height
+    # bound now: a generator left open is closed at interpreter exit, when av's names may be gone
+    decode_errors = (av.FFmpegError, OSError, ValueError, EOFError)
 
     def decoded() -> Iterator[tuple[float | None, object]]:
         for frame in container.decode(stream):
@@ -55,7 +57,7 @@ def read_video(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
             for i, frame in opts.frames.stream(decoded(), rate, opts.max_frames_per_clip):
                 got += 1
                 yield Frame(as_frame_pixels(frame.to_ndarray(format="rgb24")), i)
-        except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
+        except decode_errors as exc:
             raise ReadError("truncated" if got else "unreadable", str(exc)) from None
         finally:
             container.close()
