@@ -52,7 +52,7 @@ COLOUR_TEXT_GAP = 2.0  # ... beside it, no further than this many heights (a gly
 COLOUR_TEXT_WORD = 4.0  # ... both no wider than this many heights (a vessel's flow runs longer)
 COLOUR_FLOW = 0.0002  # share of the scan area's lit pixels in flow: one 6x6 spot in a 256x256 scan
 COLOUR_OUTSIDE = 0.002  # share of the frame in textured colour outside the scan area (spectral strip)
-# Outside the scan area a flow area must span hues: the velocity-scale legends of 6 real Doppler
+# Outside the scan area a flow area must span hues: the velocity-scale legends of 4 real Doppler
 # screens 5.5-27 deg, coloured UI text and logos (one hue blended with its bar: Mindray Z50 header,
 # EchoNet's overlay, SonoSite text) 0.7-2.0 deg.
 OUTSIDE_HUE_SPREAD = 4.0
