@@ -1,0 +1,175 @@
+"""Every command in the README and ``docs/`` works as written: its flags exist, and its ``key=value``
+overrides resolve against the command's config (``--show-config``) without a deprecation warning;
+every Python snippet imports what exists and calls it with arguments its signature accepts.
+
+The commands run in-process up to the point where they would touch data: a ``key=value`` command
+stops at ``--show-config`` (which resolves every ``--config`` file and override, then exits 0); a
+flags-only command stops right after argparse accepted its arguments. The SLURM lines are submitted
+for real by ``tests/test_slurm_*.py``; lines with placeholders (``...``, ``ARGS``, shell expansions)
+cannot be run as written and are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import inspect
+import logging
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+ENTRY = re.compile(r"python -m (shards|pretrain|downstream)\.[\w.]+|pretrain/run\.py")
+PLACEHOLDER = re.compile(r"\.\.\.|\bARGS\b|\$\(|\$\{|^\s*(sbatch|jid=)")
+# module -> whether it takes key=value overrides (then --show-config resolves them)
+MODULES = {
+    "shards.synth": False,
+    "shards.build": False,
+    "shards.inspect": False,
+    "pretrain.teacher": False,
+    "pretrain.export": False,
+    "pretrain.run": True,
+    "downstream.run": True,
+    "downstream.sweep": True,
+    "downstream.audit": True,
+    "downstream.embed": False,
+    "downstream.kd": True,
+}
+
+
+def code_blocks(languages: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    """``(where, text)`` of every fenced block in one of ``languages`` in the README and docs/."""
+    for doc in DOCS:
+        inside, lang, block, start = False, "", [], 0
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            if line.startswith("```"):
+                if inside and lang in languages:
+                    yield f"{doc.relative_to(ROOT)}:{start}", "\n".join(block)
+                inside, lang, block, start = not inside, line[3:].strip(), [], number
+            elif inside:
+                block.append(line)
+
+
+def documented_commands() -> Iterator[tuple[str, str]]:
+    """``(where, command line)`` for every runnable command in a shell block of the docs."""
+    for where, block in code_blocks(("", "bash", "sh", "console")):
+        for command in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if ENTRY.search(command) and not PLACEHOLDER.search(command):
+                yield where, command.strip()
+
+
+def split_command(command: str) -> tuple[str, list[str]]:
+    """``(module, argv)`` of a documented command line (launcher prefixes and comments dropped)."""
+    tokens = shlex.split(re.sub(r"\[(--[\w-]+)\]", r"\1", command), comments=True)  # `[--dry-run]`: optional
+    if "-m" in tokens:
+        at = tokens.index("-m")
+        return tokens[at + 1], tokens[at + 2 :]
+    at = next(i for i, t in enumerate(tokens) if t.endswith("pretrain/run.py"))
+    return "pretrain.run", tokens[at + 1 :]
+
+
+COMMANDS = list(documented_commands())
+
+
+def test_the_docs_hold_the_commands_of_every_stage():
+    """The extraction finds what a reader sees: each stage's command, in the README and in docs/."""
+    modules = {split_command(c)[0] for _, c in COMMANDS}
+    assert {"shards.build", "pretrain.run", "pretrain.export", "downstream.run", "downstream.sweep"} <= modules
+    assert "downstream.kd" in modules and "downstream.audit" in modules
+    assert sum(where.startswith("README.md") for where, _ in COMMANDS) >= 8
+    assert len(COMMANDS) >= 35
+
+
+class _Parsed(Exception):
+    """Raised once argparse accepted a flags-only command's arguments."""
+
+
+@pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[f"{w}:{split_command(c)[0]}" for w, c in COMMANDS])
+def test_a_documented_command_works_as_written(where, command, monkeypatch, caplog, capsys):
+    module, argv = split_command(command)
+    assert module in MODULES, f"{where}: `{module}` is documented but not a known command"
+    monkeypatch.chdir(ROOT)  # documented config paths are relative to the repository
+    package = importlib.import_module(module)
+    main = importlib.import_module(f"{module}.__main__").main if hasattr(package, "__path__") else package.main
+    if MODULES[module] and argv[:1] != ["summary"]:  # `downstream.kd summary` takes flags only
+        argv = [*argv, "--show-config"]
+    else:
+        parse = argparse.ArgumentParser.parse_args
+
+        def parse_then_stop(self, args=None, namespace=None):
+            parse(self, args, namespace)
+            raise _Parsed
+
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises((SystemExit, _Parsed)) as stop:
+        main(argv)
+    err = capsys.readouterr().err
+    if stop.type is SystemExit:
+        assert stop.value.code in (0, None), f"{where}: `{command}` failed: {err.strip()[-300:]}"
+    assert "deprecated" not in caplog.text + err, f"{where}: `{command}` uses a renamed key: {caplog.text}{err}"
+
+
+SNIPPETS = list(code_blocks(("python",)))
+
+
+def test_the_docs_hold_python_snippets():
+    assert len(SNIPPETS) >= 3 and any(where.startswith("README.md") for where, _ in SNIPPETS)
+
+
+@pytest.mark.parametrize(("where", "source"), SNIPPETS, ids=[w for w, _ in SNIPPETS])
+def test_a_documented_snippet_matches_the_api(where, source):
+    """Names imported from the project exist; a call to one binds to its signature (argument names
+    and count), which is what goes stale when an API is renamed."""
+    tree = ast.parse(source, where)
+    names: dict[str, object] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                importlib.import_module(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module or "")
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"{where}: `{node.module}` has no `{alias.name}`"
+                names[alias.asname or alias.name] = getattr(module, alias.name)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    checked = 0
+    for call in calls:
+        target = names.get(call.func.id)
+        if (
+            target is None
+            or any(isinstance(a, ast.Starred) for a in call.args)
+            or None in [k.arg for k in call.keywords]
+        ):
+            continue
+        try:
+            inspect.signature(target).bind(*call.args, **{k.arg: k.value for k in call.keywords})
+        except TypeError as e:
+            pytest.fail(
+                f"{where}: `{ast.unparse(call)}` does not match `{call.func.id}{inspect.signature(target)}`: {e}"
+            )
+        checked += 1
+    assert checked or not names, f"{where}: imports project names but calls none of them"
+
+
+CATALOGUES = [(w, text) for w, text in code_blocks(("yaml", "yml")) if re.search(r"^sources:", text, re.M)]
+
+
+@pytest.mark.parametrize(("where", "text"), CATALOGUES, ids=[w for w, _ in CATALOGUES])
+def test_a_documented_catalogue_loads(where, text, tmp_path):
+    """A catalogue shown in the docs passes the catalogue's own checks (keys, values, frame sampling)."""
+    from shards.catalogue import load_corpus
+
+    (tmp_path / "corpus.yaml").write_text(text)
+    corpus = load_corpus(tmp_path / "corpus.yaml")
+    assert corpus.sources, where
+
+
+def test_the_docs_show_a_catalogue():
+    assert CATALOGUES
