@@ -173,3 +173,38 @@ def test_a_documented_catalogue_loads(where, text, tmp_path):
 
 def test_the_docs_show_a_catalogue():
     assert CATALOGUES
+
+
+def config_keys() -> tuple[set[str], dict[str, str]]:
+    """Every dotted key any command accepts, and every deprecated key -> its new name."""
+    from downstream.audit import AuditConfig
+    from downstream.config import RunConfig
+    from downstream.kd.registry import PAPERS
+    from downstream.sweep import SweepConfig
+    from pretrain.config import PretrainConfig
+    from sonodistill.config import renamed_keys, valid_keys
+
+    keys: set[str] = set()
+    renamed: dict[str, str] = {}
+    for cls in (PretrainConfig, RunConfig, SweepConfig, AuditConfig, *(p.config for p in PAPERS.values())):
+        keys.update(valid_keys(cls))
+        renamed.update(renamed_keys(cls))
+    return keys, renamed
+
+
+def test_every_dotted_key_the_docs_name_exists():
+    """A `section.key=value` named in prose is a key some command accepts; an old name appears only in
+    a paragraph that says it was renamed."""
+    keys, renamed = config_keys()
+    named, stale = 0, []
+    for doc in DOCS:
+        for paragraph in doc.read_text().split("\n\n"):
+            history = re.search(r"renam|deprecat", paragraph, re.I)
+            for key in re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)+)=[^`\n]*`", paragraph):
+                named += 1
+                if key not in keys and not history:
+                    stale.append(
+                        f"{doc.relative_to(ROOT)}: `{key}`" + (f" (now `{renamed[key]}`)" if key in renamed else "")
+                    )
+    assert named >= 20
+    assert not stale, "keys no command accepts: " + ", ".join(stale)
