@@ -1,6 +1,7 @@
-"""Every command in the README and ``docs/`` works as written: its flags exist, and its ``key=value``
-overrides resolve against the command's config (``--show-config``) without a deprecation warning;
-every Python snippet imports what exists and calls it with arguments its signature accepts.
+"""Every command in the README and ``docs/`` (the stages' and ``bench/``'s) works as written: its flags
+exist, and its ``key=value`` overrides resolve against the command's config (``--show-config``)
+without a deprecation warning; every Python snippet imports what exists and calls it with arguments
+its signature accepts; every catalogue shown loads; every ``section.key=value`` named exists.
 
 The commands run in-process up to the point where they would touch data: a ``key=value`` command
 stops at ``--show-config`` (which resolves every ``--config`` file and override, then exits 0); a
@@ -14,10 +15,12 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import importlib.util
 import inspect
 import logging
 import re
 import shlex
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,8 +28,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-ENTRY = re.compile(r"python -m (shards|pretrain|downstream)\.[\w.]+|pretrain/run\.py")
-PLACEHOLDER = re.compile(r"\.\.\.|\bARGS\b|\$\(|\$\{|^\s*(sbatch|jid=)")
+ENTRY = re.compile(r"python -m (shards|pretrain|downstream)\.[\w.]+|pretrain/run\.py|bench/\w+\.py")
+PLACEHOLDER = re.compile(r"\.\.\.|\bARGS\b|\$\(|\$\{|&&|^\s*(sbatch|jid=)")
 # module -> whether it takes key=value overrides (then --show-config resolves them)
 MODULES = {
     "shards.synth": False,
@@ -66,12 +69,12 @@ def documented_commands() -> Iterator[tuple[str, str]]:
 
 def split_command(command: str) -> tuple[str, list[str]]:
     """``(module, argv)`` of a documented command line (launcher prefixes and comments dropped)."""
-    tokens = shlex.split(re.sub(r"\[(--[\w-]+)\]", r"\1", command), comments=True)  # `[--dry-run]`: optional
+    tokens = shlex.split(re.sub(r"\[(--[^\]]+)\]", r"\1", command), comments=True)  # `[--seeds 2]`: optional
     if "-m" in tokens:
         at = tokens.index("-m")
         return tokens[at + 1], tokens[at + 2 :]
-    at = next(i for i, t in enumerate(tokens) if t.endswith("pretrain/run.py"))
-    return "pretrain.run", tokens[at + 1 :]
+    at = next(i for i, t in enumerate(tokens) if t.endswith(".py"))
+    return ("pretrain.run" if tokens[at].endswith("pretrain/run.py") else tokens[at]), tokens[at + 1 :]
 
 
 COMMANDS = list(documented_commands())
@@ -93,11 +96,22 @@ class _Parsed(Exception):
 @pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[f"{w}:{split_command(c)[0]}" for w, c in COMMANDS])
 def test_a_documented_command_works_as_written(where, command, monkeypatch, caplog, capsys):
     module, argv = split_command(command)
-    assert module in MODULES, f"{where}: `{module}` is documented but not a known command"
     monkeypatch.chdir(ROOT)  # documented config paths are relative to the repository
-    package = importlib.import_module(module)
-    main = importlib.import_module(f"{module}.__main__").main if hasattr(package, "__path__") else package.main
-    if MODULES[module] and argv[:1] != ["summary"]:  # `downstream.kd summary` takes flags only
+    if module.startswith("bench/"):  # a script reading sys.argv
+        assert (ROOT / module).is_file(), f"{where}: `{module}` does not exist"
+        spec = importlib.util.spec_from_file_location(f"bench_{Path(module).stem}", ROOT / module)
+        script = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up there
+        monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as `python bench/x.py` has it
+        spec.loader.exec_module(script)
+        monkeypatch.setattr(sys, "argv", [module, *argv])
+        main, argv, resolve = (lambda _: script.main()), [], False
+    else:
+        assert module in MODULES, f"{where}: `{module}` is documented but not a known command"
+        package = importlib.import_module(module)
+        main = importlib.import_module(f"{module}.__main__").main if hasattr(package, "__path__") else package.main
+        resolve = MODULES[module] and argv[:1] != ["summary"]  # `downstream.kd summary` takes flags only
+    if resolve:
         argv = [*argv, "--show-config"]
     else:
         parse = argparse.ArgumentParser.parse_args
