@@ -222,3 +222,54 @@ def test_every_dotted_key_the_docs_name_exists():
                     )
     assert named >= 20
     assert not stale, "keys no command accepts: " + ", ".join(stale)
+
+
+REPO_DIRS = ("shards/", "pretrain/", "downstream/", "launch/", "tests/", "bench/", "docs/", "sonodistill/", ".ci/")
+
+
+def test_every_repository_path_the_docs_name_exists():
+    """A backticked path into this repository (``launch/accelerate/multi_gpu.yaml``) names a file or
+    folder that exists; rows naming paths inside other repositories (provenance) are not ours."""
+    named, missing = 0, []
+    for doc in DOCS:
+        for line in doc.read_text().splitlines():
+            if "github.com" in line:
+                continue
+            for token in re.findall(r"`([^`\s]+)`", line):
+                path = token.split("::")[0].split(":")[0]
+                if path.startswith(REPO_DIRS) and not re.search(r"[<>*{}$]|\.\.\.", path):
+                    named += 1
+                    if not (ROOT / path).exists():
+                        missing.append(f"{doc.relative_to(ROOT)}: `{token}`")
+    assert named >= 50
+    assert not missing, "no such path: " + ", ".join(missing)
+
+
+def heading_anchors(doc: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings (lower case, punctuation dropped, spaces to
+    hyphens, ``-1``, ``-2`` for repeats); headings inside code blocks are not headings."""
+    anchors, seen, inside = set(), {}, False
+    for line in doc.read_text().splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif not inside and (m := re.match(r"#+\s+(.*)", line)):
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_every_link_between_the_docs_lands():
+    """A relative link names a file that exists and, with ``#anchor``, a heading in it."""
+    links, broken = 0, []
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if re.match(r"[a-z]+://|mailto:", target):
+                continue
+            links += 1
+            file, _, anchor = target.partition("#")
+            path = (doc.parent / file) if file else doc
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in heading_anchors(path)):
+                broken.append(f"{doc.relative_to(ROOT)}: ({target})")
+    assert links >= 100
+    assert not broken, "broken links: " + ", ".join(broken)
