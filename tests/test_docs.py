@@ -30,20 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ENTRY = re.compile(r"python -m (shards|pretrain|downstream)\.[\w.]+|pretrain/run\.py|bench/\w+\.py")
 PLACEHOLDER = re.compile(r"\.\.\.|\bARGS\b|\$\(|\$\{|&&|^\s*(sbatch|jid=)")
-# module -> whether it takes key=value overrides (then --show-config resolves them)
-MODULES = {
-    "shards.synth": False,
-    "shards.build": False,
-    "shards.inspect": False,
-    "pretrain.teacher": False,
-    "pretrain.export": False,
-    "pretrain.run": True,
-    "downstream.run": True,
-    "downstream.sweep": True,
-    "downstream.audit": True,
-    "downstream.embed": False,
-    "downstream.kd": True,
-}
 
 
 def code_blocks(languages: tuple[str, ...]) -> Iterator[tuple[str, str]]:
@@ -90,11 +76,16 @@ def test_the_docs_hold_the_commands_of_every_stage():
 
 
 class _Parsed(Exception):
-    """Raised once argparse accepted a flags-only command's arguments."""
+    """Raised once argparse accepted a command's arguments, carrying what it parsed."""
+
+    def __init__(self, namespace: argparse.Namespace) -> None:
+        self.namespace = namespace
 
 
 @pytest.mark.parametrize(("where", "command"), COMMANDS, ids=[f"{w}:{split_command(c)[0]}" for w, c in COMMANDS])
 def test_a_documented_command_works_as_written(where, command, monkeypatch, caplog, capsys):
+    """argparse accepts the command; one that takes ``key=value`` settings (its parser has
+    ``--show-config``) then resolves them all, as its run would before touching data."""
     module, argv = split_command(command)
     monkeypatch.chdir(ROOT)  # documented config paths are relative to the repository
     if module.startswith("bench/"):  # a script reading sys.argv
@@ -103,27 +94,27 @@ def test_a_documented_command_works_as_written(where, command, monkeypatch, capl
         script = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up there
         monkeypatch.syspath_prepend(str(ROOT / "bench"))  # as `python bench/x.py` has it
+
         spec.loader.exec_module(script)
-        monkeypatch.setattr(sys, "argv", [module, *argv])
-        main, argv, resolve = (lambda _: script.main()), [], False
+
+        def main(args: list[str]) -> object:
+            monkeypatch.setattr(sys, "argv", [module, *args])
+            return script.main()
     else:
-        assert module in MODULES, f"{where}: `{module}` is documented but not a known command"
         package = importlib.import_module(module)
         main = importlib.import_module(f"{module}.__main__").main if hasattr(package, "__path__") else package.main
-        resolve = MODULES[module] and argv[:1] != ["summary"]  # `downstream.kd summary` takes flags only
-    if resolve:
-        argv = [*argv, "--show-config"]
-    else:
-        parse = argparse.ArgumentParser.parse_args
+    parse = argparse.ArgumentParser.parse_args
 
-        def parse_then_stop(self, args=None, namespace=None):
-            parse(self, args, namespace)
-            raise _Parsed
+    def parse_then_stop(self, args=None, namespace=None):
+        raise _Parsed(parse(self, args, namespace))
 
-        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     caplog.set_level(logging.WARNING)
-    with pytest.raises((SystemExit, _Parsed)) as stop:
+    with monkeypatch.context() as stopped, pytest.raises((SystemExit, _Parsed)) as stop:
+        stopped.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
         main(argv)
+    if stop.type is _Parsed and hasattr(stop.value.namespace, "show_config"):
+        with pytest.raises(SystemExit) as stop:
+            main([*argv, "--show-config"])
     err = capsys.readouterr().err
     if stop.type is SystemExit:
         assert stop.value.code in (0, None), f"{where}: `{command}` failed: {err.strip()[-300:]}"
