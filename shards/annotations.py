@@ -16,7 +16,8 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
    caliper, a closed outline a body mark, a long thin stroke a line or an arrow (a head at one
    end), glyphs side by side on one baseline text, and small dots evenly spaced along a line a
    dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks, nor is
-   a short faint line running with the tissue's grain (a fibre: :mod:`shards.grain`);
+   a short faint line running with the tissue's grain (a fibre), nor a line at a level the tissue
+   itself reaches that stands little above it (a saturated fascia: :mod:`shards.grain`);
 3. text is looked for again among the grey stroke pieces before peeling: an anti-aliased font spreads
    a glyph's edges over many grey levels, and peeling breaks it into bits (read as dots or
    nothing). Unpeeled, each glyph must be at most ``GLYPH_ASPECT`` as wide as tall and stand
@@ -48,9 +49,10 @@ import numpy as np
 
 from shards.components import components
 from shards.faint_calipers import faint_calipers
-from shards.grain import is_fibre
+from shards.grain import bright_streaks, is_fibre
 from shards.mark_shapes import Piece, find_marks, find_text, glyph_sized
 from shards.thresholds import (
+    BLACK_LEVEL,
     EDGE_BAND,
     EDGE_SHARE,
     FACE_ZONE,
@@ -193,7 +195,7 @@ def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = No
         marks = _stroke_marks(np.zeros(mask.shape, bool), col, gray, mask) if col.any() else []
     if not any(m.kind in ("line", "dotted_line", "arrow") for m in marks):
         return marks  # most frames: no line to check, no erosion of the whole crop
-    return _without_outlines(marks, mask)
+    return _without_outlines(marks, mask, gray)
 
 
 def _stroke_marks(raw: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray) -> list[Mark]:
@@ -205,13 +207,36 @@ def _stroke_marks(raw: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.n
     # the speckle grains among the pieces are left out before the shapes are compared; the glyphs of
     # text may stand a little lower as a group (mark_shapes.text_groups).
     drawn = [p for p in _pieces(strokes, col, gray, mask) if p.drawn or p.step >= GLYPH_STEP]
-    # a short faint streak running with the tissue's grain is a fibre, not a drawn line (shards.grain)
-    drawn = [p for p in drawn if not is_fibre(gray, mask, p)]
+    # a short faint streak running with the tissue's grain is a fibre, and a line no brighter than the
+    # tissue standing little above it a saturated fascia, not a drawn line (shards.grain)
+    streaks = bright_streaks(drawn, gray, mask, raw)
+    drawn = [p for p in drawn if id(p) not in streaks and not is_fibre(gray, mask, p)]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
     return _unpeeled_text(raw & ~col, strokes, col, gray, mask, marks)
 
 
-def _without_outlines(marks: list[Mark], mask: np.ndarray) -> list[Mark]:
+def footprint(black: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The pieces of ``black`` (inside ``mask``) that reach the mask's top: the footprint of an
+    endocavity probe, whose concave face the convex hull closes over. Their border is the transducer
+    face; a black cyst lies deeper, under tissue."""
+    top = np.zeros(mask.shape, bool)
+    cols = np.flatnonzero(mask.any(axis=0))
+    top[mask[:, cols].argmax(axis=0), cols] = True
+    return _reaching(black, top)
+
+
+def _reaching(pixels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """The connected pieces of ``pixels`` holding a pixel of ``seeds``."""
+    if not (pixels & seeds).any():
+        return np.zeros(pixels.shape, bool)
+    n, labels = cv2.connectedComponents(pixels.astype(np.uint8), connectivity=4)
+    hit = np.zeros(n, bool)
+    hit[labels[pixels & seeds]] = True
+    hit[0] = False
+    return hit[labels]
+
+
+def _without_outlines(marks: list[Mark], mask: np.ndarray, gray: np.ndarray) -> list[Mark]:
     """``marks`` less the lines that are the scan area's outline, the skin echo or a device's scale."""
     # A line along the scan area's edge is its outline (a sector's side, the transducer face), not a
     # mark; the crop's border is an edge too (zero padding: erosion's default border keeps the mask).
@@ -221,15 +246,29 @@ def _without_outlines(marks: list[Mark], mask: np.ndarray) -> list[Mark]:
     edge, ruler = mask & (depth <= 2), mask & (depth <= band)
     face = _face_zone(mask)
     ticks = _ticks(marks, mask.shape, band)
-    return [
-        m
-        for i, m in enumerate(marks)
-        if m.kind not in ("line", "dotted_line", "arrow")
-        or not (
-            (m.kind != "arrow" and (_along(edge, m) or _at_face(face, m) or i in ticks))
-            or (_straight(m) and _along(ruler, m))
+
+    def outline(i: int, m: Mark, edge: np.ndarray) -> bool:
+        if m.kind not in ("line", "dotted_line", "arrow"):
+            return False
+        return (m.kind != "arrow" and (_along(edge, m) or _at_face(face, m) or i in ticks)) or (
+            _straight(m) and _along(ruler, m)
         )
-    ]
+
+    keep = [(i, m) for i, m in enumerate(marks) if not outline(i, m, edge)]
+    if not any(m.kind in ("line", "dotted_line") for _, m in keep):
+        return [m for _, m in keep]
+    # The image's own edge lies inside the mask where black reaches the mask's edge: the margin the
+    # working resolution adds round a sector's rim (a few pixels), and the footprint of an endocavity
+    # probe (its face echo follows the arc, as deep as a flat face's zone).
+    black = mask & (cv2.medianBlur(gray, 5) <= BLACK_LEVEL)
+    for out, zone in (
+        (_reaching(black & (depth <= band), depth <= 1), 2),
+        (footprint(black, mask), max(4, int(FACE_ZONE * mask.shape[0]))),
+    ):
+        if out.any():
+            near = cv2.dilate(out.astype(np.uint8), np.ones((2 * zone + 1, 2 * zone + 1), np.uint8)) > 0
+            edge = edge | (mask & ~out & near)
+    return [m for i, m in keep if not outline(i, m, edge)]
 
 
 def _unpeeled_text(

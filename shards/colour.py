@@ -41,6 +41,7 @@ from shards.thresholds import (
     COLOUR_TEXT_ALIGN,
     COLOUR_TEXT_GAP,
     COLOUR_TEXT_HEIGHT,
+    COLOUR_TEXT_SIZES,
     COLOUR_TEXT_WORD,
     FLOW_HUE_SPREAD,
     FLOW_HUES,
@@ -132,25 +133,27 @@ def _is_flow(hue: np.ndarray, value: np.ndarray) -> bool:
 
 def text_words(stats: np.ndarray) -> set[int]:
     """Filled pieces (``components`` stats rows) that are words of one line of bold coloured text:
-    two or more of a text's height side by side, starting and ending on the same rows. The 3x3
+    two or more of a text's height side by side on one baseline (ending on the same rows), of like
+    heights (capitals beside numerals or small letters). The 3x3
     opening keeps bold glyphs, and chroma subsampling grades their colour like a flow map's."""
     lo, hi = COLOUR_TEXT_HEIGHT
     x, y, w, h = (stats[1:, i].astype(np.int64) for i in range(4))
     cand = np.flatnonzero((h >= lo) & (h <= hi) & (w <= COLOUR_TEXT_WORD * h))
     if cand.size < 2:
         return set()
-    order = cand[np.argsort(y[cand], kind="stable")]
+    # compare each piece only with those ending within COLOUR_TEXT_ALIGN rows of it (sorted by bottom
+    # row, the baseline): a Doppler frame's many speckled pieces never make an n x n table
+    order = cand[np.argsort((y + h)[cand], kind="stable")]
     x, y, w, h = x[order], y[order], w[order], h[order]
+    bottom = y + h
     words: set[int] = set()
-    # compare each piece only with those starting within COLOUR_TEXT_ALIGN rows of it (sorted by
-    # top row): a Doppler frame's many speckled pieces never make an n x n table
-    ends = np.searchsorted(y, y + COLOUR_TEXT_ALIGN, side="right")
+    ends = np.searchsorted(bottom, bottom + COLOUR_TEXT_ALIGN, side="right")
     for i in range(order.size):
         j = np.arange(i + 1, ends[i])
         if not j.size:
             continue
         gap = np.maximum(x[j] - (x[i] + w[i]), x[i] - (x[j] + w[j]))
-        ok = (np.abs(y[j] + h[j] - y[i] - h[i]) <= COLOUR_TEXT_ALIGN) & (gap >= 0)
+        ok = (np.maximum(h[i], h[j]) <= COLOUR_TEXT_SIZES * np.minimum(h[i], h[j])) & (gap >= 0)
         ok &= gap <= COLOUR_TEXT_GAP * np.maximum(h[i], h[j])
         if ok.any():
             words.update(int(k) + 1 for k in (order[i], *order[j[ok]]))

@@ -136,11 +136,15 @@ def is_cross(p: Piece) -> bool:
     return bool(abs(w - h) <= 1 and c[diag[:h, :w]].sum() >= 0.9 * p.area and all(ends))
 
 
+def hole_area(p: Piece) -> int:
+    """Pixels the piece encloses (0: an open stroke)."""
+    inv = 1 - np.pad(p.comp.astype(np.uint8), 1)
+    _, labels = cv2.connectedComponents(inv, connectivity=4)
+    return int((labels > 1).sum())  # label 1 is the outside (the padding); every other one a hole
+
+
 def _has_hole(p: Piece) -> bool:
-    filled = np.pad(p.comp.astype(np.uint8), 1)
-    inv = (1 - filled).astype(np.uint8)
-    n, _ = cv2.connectedComponents(inv, connectivity=4)
-    return n > 2  # the outside plus at least one enclosed hole
+    return hole_area(p) > 0
 
 
 def plateau(values: np.ndarray, tol: int = PLATEAU_TOL) -> float:

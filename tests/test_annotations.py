@@ -330,6 +330,60 @@ def test_a_short_faint_streak_along_the_tissue_grain_is_no_mark():
     assert kinds((80, 84), (104, 84), 250) == ["line"]  # bright
 
 
+def test_saturated_fascia_in_a_contrast_stretched_frame_are_no_lines():
+    """A contrast-stretched frame (the Kaggle brachial-plexus set) saturates its fascia: thin, straight,
+    at 255 and 60-100 above the tissue beside them. Where the tissue itself reaches a line's level a
+    grey line must stand 100 above it; a white line drawn over that tissue does, a closed box is drawn
+    whatever its step, and the same fascia in a frame whose tissue stays darker are still lines."""
+    rng = np.random.default_rng(3)
+    base = cv2.GaussianBlur(rng.normal(150, 30, (200, 240)).astype(np.float32), (0, 0), 1.2)
+    base = np.clip(base, 0, 255).astype(np.uint8)
+    mask = np.ones(base.shape, bool)
+    img = base.copy()
+    for y, x0, x1 in ((60, 30, 90), (120, 120, 200), (160, 40, 110)):  # fascia: 2 px, saturated, ~80 above
+        img[y : y + 2, x0:x1] = 255
+        img[y - 1, x0:x1] = img[y + 2, x0:x1] = 180
+    img[20:34, 180:200] = 252  # thick saturated tissue: the frame reaches 250+ beyond its strokes
+    assert detect_marks(img, mask) == []
+    drawn = img.copy()
+    drawn[92, 40:120] = 255  # a white line drawn over the darker tissue stands > 100 above it
+    drawn[90:94, 40:120] = np.where(drawn[90:94, 40:120] == 255, 255, 40)
+    assert [m.kind for m in detect_marks(drawn, mask)] == ["line"]
+    boxed = img.copy()
+    cv2.rectangle(boxed, (140, 20), (175, 50), 255, 1)  # a box outline: closed, drawn
+    assert "line" in [m.kind for m in detect_marks(boxed, mask)]
+    darker = img.copy()
+    darker[20:34, 180:200] = 170  # no tissue at the fascia's level: the old rule, lines
+    assert [m.kind for m in detect_marks(darker, mask)] == ["line"] * 3
+    grey = np.clip(base.astype(np.int16) - 60, 0, 255).astype(np.uint8)
+    grey[150:170, 20:220] = 175  # a thick bright echo: the tissue reaches the line's level
+    grey[100, 30:200] = 165  # a grey measurement line 60-100 above it (BUSI's are 154-162): drawn
+    assert [m.kind for m in detect_marks(grey, mask)] == ["line"]
+
+
+def test_the_face_of_an_endocavity_probe_and_a_sectors_rim_are_no_marks():
+    """The convex hull closes over an endocavity probe's black footprint (a half disc at the top): its
+    face echo, a bright arc broken into dots, lies inside the mask, as does the bright rim of a fan a
+    few pixels inside the mask's edge. Neither is a dotted line; a measurement across the tissue is."""
+    rng = np.random.default_rng(4)
+    h, w = 240, 320
+    img = np.clip(cv2.GaussianBlur(rng.normal(90, 25, (h, w)).astype(np.float32), (0, 0), 1.0), 0, 255)
+    img = img.astype(np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    r = np.hypot(xx - 160, yy + 10)
+    img[r < 70] = 1  # the footprint
+    ring = (r >= 70) & (r < 72) & ((np.arctan2(yy + 10, xx - 160) * 40).astype(int) % 3 != 0)
+    img[ring] = 235  # the face echo, dotted by speckle
+    img[h - 3 :, :] = 0  # the black margin the working resolution adds under the fan's rim
+    img[h - 5, ::6] = 230  # its rim: bright dots
+    mask = np.ones(img.shape, bool)
+    assert detect_marks(img, mask) == []
+    measured = img.copy()
+    measured[150, 60:260:8] = 255  # a dotted measurement line across the tissue
+    measured[149:152, 60:260:8] = 255
+    assert [m.kind for m in detect_marks(measured, mask)] == ["dotted_line"]
+
+
 def test_face_echo_border_lines_and_tinted_highlights_are_not_marks():
     """A level line in the top rows (the skin or the transducer face), a line along the crop's border
     and a wide coloured area are no marks; the same line deeper and a thin coloured trace are."""

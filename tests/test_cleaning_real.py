@@ -248,6 +248,9 @@ def test_text_words_are_pieces_of_one_height_side_by_side():
 
     assert text_words(stats((912, 172, 21, 10), (938, 172, 8, 10))) == {1, 2}  # "SRI" "II 3"
     assert text_words(stats((912, 172, 21, 10), (938, 174, 8, 10))) == set()  # rows differ by 2
+    # capitals beside thin glyphs the opening trimmed, on one baseline (MMOTU's 567 px Voluson "SRI" "II")
+    assert text_words(stats((512, 37, 23, 14), (539, 41, 10, 10))) == {1, 2}
+    assert text_words(stats((512, 37, 23, 16), (539, 43, 10, 10))) == set()  # 1.6 times as tall: no line
     assert text_words(stats((912, 172, 21, 10), (962, 172, 8, 10))) == set()  # 29 px apart: 2.9 heights
     assert text_words(stats((100, 50, 30, 30), (135, 50, 30, 30))) == set()  # taller than text: flow
     assert text_words(stats((100, 50, 50, 10), (155, 50, 20, 10))) == set()  # 5 heights long: a vessel
