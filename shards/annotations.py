@@ -50,7 +50,7 @@ import numpy as np
 from shards.components import components
 from shards.faint_calipers import faint_calipers
 from shards.grain import bright_streaks, is_fibre
-from shards.mark_shapes import Piece, find_marks, find_text, glyph_sized
+from shards.mark_shapes import Piece, find_marks, find_text, glyph_sized, middle
 from shards.thresholds import (
     BLACK_LEVEL,
     EDGE_BAND,
@@ -93,14 +93,6 @@ def stroke_pixels(gray: np.ndarray, mask: np.ndarray, tophat: np.ndarray | None 
     return (tophat >= MARK_CONTRAST) & (gray >= MARK_LEVEL) & mask
 
 
-def _middle(values: np.ndarray) -> int:
-    """The middle value (index ``len // 2`` once sorted); 0 for none."""
-    if not len(values):
-        return 0
-    k = len(values) // 2
-    return int(np.partition(values, k)[k])
-
-
 def _step(gray: np.ndarray, mask: np.ndarray, labels: np.ndarray, k: int, box: tuple[int, int, int, int]) -> float:
     """Piece ``k``'s middle grey level minus that of the ring just outside it (its pixels whose 3x3
     neighbourhood's highest label is ``k``), or 0 without a ring. A drawn stroke stands on the
@@ -114,7 +106,7 @@ def _step(gray: np.ndarray, mask: np.ndarray, labels: np.ndarray, k: int, box: t
     ring &= (lab == 0) & mask[ys, xs]
     if not ring.any():
         return 0.0
-    return float(_middle(g[lab == k]) - _middle(g[ring]))
+    return float(middle(g[lab == k]) - middle(g[ring]))
 
 
 def peel(strokes: np.ndarray, gray: np.ndarray) -> np.ndarray:
@@ -215,7 +207,7 @@ def _stroke_marks(raw: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.n
     return _unpeeled_text(raw & ~col, strokes, col, gray, mask, marks)
 
 
-def footprint(black: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _footprint(black: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The pieces of ``black`` (inside ``mask``) that reach the mask's top: the footprint of an
     endocavity probe, whose concave face the convex hull closes over. Their border is the transducer
     face; a black cyst lies deeper, under tissue."""
@@ -263,7 +255,7 @@ def _without_outlines(marks: list[Mark], mask: np.ndarray, gray: np.ndarray) -> 
     black = mask & (cv2.medianBlur(gray, 5) <= BLACK_LEVEL)
     for out, zone in (
         (_reaching(black & (depth <= band), depth <= 1), 2),
-        (footprint(black, mask), max(4, int(FACE_ZONE * mask.shape[0]))),
+        (_footprint(black, mask), max(4, int(FACE_ZONE * mask.shape[0]))),
     ):
         if out.any():
             near = cv2.dilate(out.astype(np.uint8), np.ones((2 * zone + 1, 2 * zone + 1), np.uint8)) > 0

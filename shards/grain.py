@@ -22,7 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from shards.mark_shapes import Piece, axis_angle, hole_area, line_kind
+from shards.mark_shapes import Piece, axis_angle, hole_area, line_kind, middle
 from shards.thresholds import (
     BRIGHT_LINE_LEVEL,
     BRIGHT_LINE_STEP,
@@ -80,7 +80,7 @@ def _white(p: Piece) -> int:
     be a saturated fascia, else 0."""
     if p.coloured or p.step >= BRIGHT_LINE_STEP:
         return 0
-    level = int(np.partition(p.values, len(p.values) // 2)[len(p.values) // 2])
+    level = middle(p.values)
     return level if level >= BRIGHT_LINE_LEVEL else 0
 
 

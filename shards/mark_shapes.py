@@ -147,6 +147,14 @@ def _has_hole(p: Piece) -> bool:
     return hole_area(p) > 0
 
 
+def middle(values: np.ndarray) -> int:
+    """The middle value (index ``len // 2`` once sorted); 0 for none."""
+    if not len(values):
+        return 0
+    k = len(values) // 2
+    return int(np.partition(values, k)[k])
+
+
 def plateau(values: np.ndarray, tol: int = PLATEAU_TOL) -> float:
     """Share of grey levels within ``tol`` of the most common one: a stroke drawn in one colour
     holds most of its piece (the rest: tissue pixels touching it), a tissue streak spreads out."""
