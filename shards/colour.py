@@ -16,7 +16,10 @@ Measured in the scan area at the native resolution (docs/data.md "Cleaning rules
    velocity or power map) -- or any filled area covering ``FLOW_LARGE`` of the scan area (it hides
    the tissue). A filled area of one flat colour, or two touching (a red and a yellow trace), is
    a mark (an arrowhead, an icon, a caliper dot), and a mark never rejects a frame; so are the
-   words of one line of bold text (:func:`text_words`).
+   words of one line of bold text (:func:`text_words`), and a filled area at the top of the scan
+   area (``BADGE_TOP``) ringed by the display's black (:func:`_on_black`): a mode badge or a
+   maker's logo the interface draws beside the image (Butterfly's blue "B" disc, EchoNous
+   Kosmos's orange logo by the sector's apex), where flow lies over tissue.
 
 ``colour_fraction`` is the share of the scan area's lit pixels that are flow; above
 ``COLOUR_FLOW`` the frame is ``colour``. ``colour_outside`` keeps the rule for what a Doppler screen
@@ -33,8 +36,13 @@ import cv2
 import numpy as np
 
 from shards.components import components
+from shards.decode import to_gray
 from shards.scan_area import ScanArea, coloured
 from shards.thresholds import (
+    BADGE_BLACK,
+    BADGE_BLACK_SHARE,
+    BADGE_RING,
+    BADGE_TOP,
     CHROMA,
     COLOUR_FLOW,
     COLOUR_OUTSIDE,
@@ -184,8 +192,21 @@ def flow_pixels(rgb: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndar
         px = px[px[:, 1] >= FLOW_SATURATION]
         large = stats[k, cv2.CC_STAT_AREA] >= FLOW_LARGE * max(int(inside.sum()), 1)
         if large or _is_flow(px[:, 0].astype(np.float32) * (360.0 / 256.0), px[:, 2].astype(np.float32)):
+            if not large and y <= BADGE_TOP * rgb.shape[0] and _on_black(rgb, labels, k, (x, y, w, h)):
+                continue  # a mode badge or logo the interface draws at the top, not flow
             flow[y : y + h, x : x + w] |= comp
     return flow
+
+
+def _on_black(rgb: np.ndarray, labels: np.ndarray, k: int, box: tuple[int, int, int, int]) -> bool:
+    """Is filled area ``k`` ringed by the display's black (``BADGE_RING`` px around it, a share of
+    ``BADGE_BLACK_SHARE`` at ``BADGE_BLACK`` or darker)? Flow over tissue is ringed by tissue."""
+    x, y, w, h = box
+    near, far = BADGE_RING
+    ys, xs = slice(max(y - far, 0), y + h + far), slice(max(x - far, 0), x + w + far)
+    piece = (labels[ys, xs] == k).astype(np.uint8)
+    ring = cv2.dilate(piece, np.ones((2 * far + 1,) * 2, np.uint8)) > cv2.dilate(piece, np.ones((2 * near - 1,) * 2))
+    return bool(ring.any()) and float((to_gray(rgb[ys, xs])[ring] <= BADGE_BLACK).mean()) >= BADGE_BLACK_SHARE
 
 
 def area_colour(rgb: np.ndarray, area: ScanArea) -> tuple[np.ndarray, np.ndarray]:

@@ -52,6 +52,14 @@ COLOUR_TEXT_SIZES = 1.5  # ... the taller at most this many times the other (cap
 # letters, thin glyphs the opening trims: MMOTU's Voluson "SRI" 14 px over "II" 10-12 px in 567 px exports) ...
 COLOUR_TEXT_GAP = 2.0  # ... beside it, no further than this many heights (a glyph the opening removed) ...
 COLOUR_TEXT_WORD = 4.0  # ... both no wider than this many heights (a vessel's flow runs longer)
+# A mode badge or vendor logo the interface draws at the top of the scan area, on the display's own
+# black (Butterfly's blue "B" disc, EchoNous Kosmos's orange logo, a Voluson screenshot's icon: 6 real
+# frames, surround 0.94-1.0 black) is no flow over tissue; of 470 real colour-rejected frames' flow
+# areas none else at the top is ringed so, and flow in a black heart chamber lies deep (0.91-0.94).
+BADGE_TOP = 0.05  # share of the scan area's height its top lies within
+BADGE_BLACK = 12  # grey level of the display's black (blood pools in echo DICOM are as dark: the top rule)
+BADGE_RING = (3, 6)  # px around the area whose pixels are looked at (a compressed rim bleeds 2 px)
+BADGE_BLACK_SHARE = 0.85  # share of that ring at BADGE_BLACK or darker (the Kosmos logo by the apex: 0.94)
 COLOUR_FLOW = 0.0002  # share of the scan area's lit pixels in flow: one 6x6 spot in a 256x256 scan
 COLOUR_OUTSIDE = 0.002  # share of the frame in textured colour outside the scan area (spectral strip)
 # Outside the scan area a flow area must span hues: the velocity-scale legends of 4 real Doppler

@@ -22,7 +22,7 @@ from shards.extract import frames_with_area
 from shards.frames import Sampling
 from shards.options import SourceOptions
 from shards.readers import open_media
-from shards.scan_area import frame_scan_area
+from shards.scan_area import coloured, frame_scan_area
 from shards.synth.air import air_frame, aline_lung_frame, noise_floor_frame
 from shards.synth.media import encode_video
 from shards.synth.screen import interface, on_screen, scan_box
@@ -328,7 +328,7 @@ def test_real_clip_frames_share_one_crop(pocus_dir):
         assert len(kept) >= 2 and len({tuple(r.meta["crop"]) for r in kept}) == 1, name
 
 
-REAL = Path(__file__).parent / "data" / "real"  # CC0 device screens (tests/data/real/README.md)
+REAL = Path(__file__).parent / "data" / "real"  # CC0 and MIT device screens (tests/data/real/README.md)
 
 
 def test_a_scan_on_a_grey_software_screen_is_cropped_to_the_scan():
@@ -347,3 +347,29 @@ def test_scale_ticks_on_the_scans_edge_are_no_marks():
     res = clean_frame(decode_image((REAL / "logiq_screen_ticks.jpg").read_bytes()).pixels, 64, annotations="keep")
     assert isinstance(res, Cleaned), res
     assert res.meta["annotations"] == [], res.meta["annotations"]
+
+
+@pytest.mark.parametrize("name", ["kosmos_plax_logo.jpg", "butterfly_badges_montage.jpg"])
+def test_a_badge_or_logo_on_the_black_at_the_top_of_the_scan_is_no_flow(name):
+    """EchoNous Kosmos's orange logo by the sector's apex and Butterfly's blue "B" discs, inside the
+    scan area's box on the display's black: the interface's, not flow (before: ``colour``,
+    ``colour_fraction`` 0.0067 and 0.0014). The same logo deep in the scan on black (a jet in a dark
+    heart chamber), or at the top over tissue, is still flow."""
+    px = decode_image((REAL / name).read_bytes()).pixels
+    res = clean_frame(px, 64)
+    assert isinstance(res, Cleaned), res
+    if name != "kosmos_plax_logo.jpg":
+        return
+    ys, xs = np.nonzero(coloured(px[: px.shape[0] // 10]))  # the logo: x 680-727, y 34-79
+    y0, y1, x0, x1 = ys.min() - 4, ys.max() + 5, xs.min() - 4, xs.max() + 5
+    logo, h, w = px[y0:y1, x0:x1].copy(), y1 - y0, x1 - x0
+    deep = px.copy()
+    cv2.circle(deep, (600, 560), 60, (0, 0, 0), -1)
+    deep[560 - h // 2 : 560 - h // 2 + h, 600 - w // 2 : 600 - w // 2 + w] = logo
+    over_tissue = px.copy()
+    over_tissue[y0 - 8 : y1 + 8, x0 - 8 : x1 + 8] = px[450 : 450 + h + 16, 560 : 560 + w + 16]
+    sel = coloured(logo)
+    over_tissue[y0:y1, x0:x1][sel] = logo[sel]
+    for img in (deep, over_tissue):
+        res = clean_frame(img, 64)
+        assert isinstance(res, Rejected) and res.reason == "colour", res
