@@ -54,7 +54,7 @@ COLOUR_TEXT_GAP = 2.0  # ... beside it, no further than this many heights (a gly
 COLOUR_TEXT_WORD = 4.0  # ... both no wider than this many heights (a vessel's flow runs longer)
 # A mode badge or vendor logo the interface draws at the top of the scan area, on the display's own
 # black (Butterfly's blue "B" disc, EchoNous Kosmos's orange logo, a Voluson screenshot's icon: 6 real
-# frames, surround 0.94-1.0 black) is no flow over tissue; of 470 real colour-rejected frames' flow
+# frames, surround 0.94-1.0 black) is no flow over tissue; of 471 real colour-rejected frames' flow
 # areas none else at the top is ringed so, and flow in a black heart chamber lies deep (0.91-0.94).
 BADGE_TOP = 0.05  # share of the scan area's height its top lies within
 BADGE_BLACK = 12  # grey level of the display's black (blood pools in echo DICOM are as dark: the top rule)
