@@ -22,7 +22,7 @@ annotated frames of 16 sources); synthetic ones from ``shards.synth`` (every pre
    dataset or device: different acquisitions by provenance; the pydicom wheel's frames are copies
    of pydicom-data's, one family) is a false match; rate per query and per (query, reference) pair.
    Matches inside a family but across clips are listed apart (real duplicates turn up there).
-4. *Known real duplicates* of the calibration set (realdata.md): how many pairs are found.
+4. *Known real duplicates* of the calibration set (listed below, found by eye): how many pairs are found.
 5. *Time*, in core-seconds (CPU time of this one process, far less sensitive than wall time to a
    shared machine's load), measured here and extrapolated: the canonical view of ``LARGE``
    references (random windows of the canonical references, mirrored half the time: realistic,
@@ -64,10 +64,10 @@ from shards.ordered_pool import ordered_map  # noqa: E402
 from shards.synth.copies import crop, jpeg, resize  # noqa: E402
 
 POCUS = REPO / ".cache" / "itk-pocus" / "itk-pocus-0.3.2" / "tests" / "data"
-# Files of the sets that copy another file of the same set (realdata.md, itk-pocus): never references.
+# Files of the sets that copy another file of the same set (found by eye in the calibration set): never references.
 COPIES = ("clarius-ocular-short", "sonosite-anon-eye1.jpg", "interson-image-annotation", "a_pydicom_wheel/",
           "normal_31.png", "AAAAA_marking", "segmentation_samples")  # fmt: skip
-KNOWN_PAIRS = [  # calibration-set duplicates (realdata.md "Real duplicates and near duplicates")
+KNOWN_PAIRS = [  # calibration-set duplicates, checked by eye (docs/benchmarks.md)
     ("a_pydicom_wheel/examples_rgb_color.png", "a_pydicom_data/US1_UNCR.png"),
     ("a_pydicom_wheel/examples_jpeg2k.png", "a_pydicom_data/US1_UNCR.png"),
     ("a_pydicom_wheel/examples_palette.png", "a_pydicom_data/OBXXXX1A.png"),

@@ -2,7 +2,7 @@
 
 Grey levels are 0-255. "Working" pixels are those of the copy reduced to <= ``WORK_SIDE`` px on
 which the scan area and the frame rules are measured; "native" pixels are the frame's own. The
-calibration set and the per-rule table are in docs/data.md ("Calibration on real frames").
+calibration set and the per-rule table are in docs/calibration.md.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ PLATEAU_TOL = 8  # grey levels around a piece's median that count as its one dra
 LINE_PLATEAU = 0.75  # share of a grey line's or outline's pixels in that colour (tissue edges vary)
 LINE_WOBBLE = 0.75  # pixels: std of a grey line's centre across its axis (drawn lines are straight)
 FIBRE_LEN = 30  # pixels: a grey line shorter than this ...
-FIBRE_STEP = 90  # ... and standing less than this above its surround is judged against the grain (docs/data.md):
+FIBRE_STEP = 90  # ... and standing less than this above its surround is judged against the grain (docs/calibration.md):
 GRAIN_WINDOW = 30  # pixels each side of it, the structure tensor of the tissue around it ...
 GRAIN_COHERENCE = 0.75  # ... this coherent (fibres: 0.78-0.98; BUSI's drawn lines 0.31-0.72) ...
 GRAIN_ANGLE = 20  # ... running within this many degrees of it (fibres: 0-7; BUSI's drawn lines: 84-90) is a fibre
@@ -183,7 +183,7 @@ FAINT_ARM_TEST = (3, 5)  # ... every shape's arms cover this stretch, where the 
 FAINT_PRE = 20  # ... holding a top-hat this high on every arm pixel (DDTI's calipers: 35 and more)
 FAINT_SIDE = 3  # pixels beside an arm where the tissue on either side of it is measured
 FAINT_CONTRAST = 18  # an arm's faintest pixel above the brighter side, on each arm: a caliper (DDTI's grey
-# calipers: 19-81; 1,986 held-out frames where the stroke rule finds nothing: 16 at most -- docs/data.md)
+# calipers: 19-81; 1,986 held-out frames where the stroke rule finds nothing: 16 at most -- docs/calibration.md)
 FAINT_ABOVE = 10  # ... its arms' middle level this far over the upper quartile of the rest of its box
 # (DDTI's calipers: 13-134; the crosses fine-grained synthetic speckle makes: -7 to 1)
 MARK_GROW = 1  # pixels added around a mark before inpainting (anti-aliasing, JPEG halo)

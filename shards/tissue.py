@@ -6,7 +6,7 @@ resampled into *scan-line coordinates* -- depth along each line, one column per 
 bands of a probe in air are rows for every array: depth counted from each column's top edge for a
 linear or convex array (the convex arcs line up), and the distance from the apex along each angle
 for a sector (phased array; its top is a point). Measured there, at the working resolution
-(thresholds in :mod:`shards.thresholds`, measurements in docs/data.md):
+(thresholds in :mod:`shards.thresholds`, measurements in docs/calibration.md):
 
 - ``band_r2``: share of the near field's variance (top ``NEAR_FIELD`` of the depth) explained by
   its depth profile; ``lateral_ratio``: mean |d/d line| over mean |d/d depth| there (speckle has

@@ -87,7 +87,7 @@ def test_convex_probe_in_air_under_its_dicom_region_is_no_tissue(pydicom_data_di
 def test_a_band_over_one_band_depth_of_dark_frame_is_a_probe_in_air():
     """The measures of a Mindray DC-40 C6-2 convex probe in air at full gain (QA preset, gain 100):
     its arcs fill 40 % of the screen, so only 1.38 band depths of dark frame lie below them (the
-    rule asked for 2 before; docs/data.md, QA in-air check). Each guard that keeps genuine thin
+    rule asked for 2 before; docs/calibration.md, QA in-air check). Each guard that keeps genuine thin
     frames stays: the lit share below, the fade and the line likeness of the genuine frames measured
     closest (CING carotid screens 2 % lit below, dl-track-us screens fading to 18 %, no genuine scan
     above 0.95)."""
@@ -104,7 +104,7 @@ def test_a_band_over_one_band_depth_of_dark_frame_is_a_probe_in_air():
 def test_a_linear_probe_in_air_saved_as_jpeg_is_still_a_band_at_the_face():
     """The measures of a Mindray DC-40 7L4B linear probe in air (QA screen) re-encoded as JPEG at
     quality 40: compression lowers its scan lines' likeness from 0.971 to 0.969, under the 0.97 the
-    rule asked for; genuine thin scans reach 0.95 (docs/data.md, JPEG check). No other signature
+    rule asked for; genuine thin scans reach 0.95 (docs/calibration.md, JPEG check). No other signature
     holds it (its near field has structure, its deep field some)."""
     v = {"band_aspect": 0.209, "room_below": 3.79, "below_lit": 0.001, "line_likeness": 0.969, "fade": 0.006}
     v |= {"lit_fraction": 0.442, "near_structure": 10.47, "deep_structure": 10.69, "band_r2": 0.799}

@@ -6,7 +6,7 @@
   can stay on tissue (``contact``).
 - ``noise_floor_frame``: a probe in air seen at a gain that fills the whole depth with the receiver
   noise: dark at the face and brighter with depth under the time-gain compensation, a speckle-like
-  grain and no structure (the phased-array presets in docs/data.md); with ``anatomy``, the same gain
+  grain and no structure (the phased-array presets in docs/calibration.md); with ``anatomy``, the same gain
   over tissue holding a structure -- a dark chamber in a bright wall --, which must stay.
 - ``aline_lung_frame``: a lung with A-lines, which must stay. A chest wall of speckle under the
   probe, the bright pleural line, a dark lung below it holding the pleura's reverberations at
