@@ -17,7 +17,12 @@ annotated frames of 16 sources); synthetic ones from ``shards.synth`` (every pre
    ``mirrored``, ``recropped`` (0-15 % cut from each side), ``shard`` (the shard cleaning's crop,
    letterbox and 256 px resize), ``combined`` (recrop 0-10 %, resize 0.5-1x, JPEG 50-90, mirrored
    half the time). A copy counts as found when the index returns its original; one that returns
-   another reference, or none, is listed.
+   another reference, or none, is listed. ``--beyond`` adds copies beyond what the matcher promises,
+   to show where it stops: ``crop25`` / ``crop30`` (25 % / 30 % cut from every side), ``gain``
+   (x0.6-0.8), ``gamma`` (0.6 or 1.6), ``noise`` (Gaussian, sigma 12), ``text`` (yellow labels and a
+   white line drawn on), ``screen`` (pasted into a black screen 1.8 x 1.6 its size), ``small``
+   (128 px on the long side), ``rotated`` (3 degrees: the map is axis-aligned, so rotated copies,
+   as augmented datasets hold, are out of reach).
 3. *False matches*: a distinct query that matches a reference of another *family* (another
    dataset or device: different acquisitions by provenance; the pydicom wheel's frames are copies
    of pydicom-data's, one family) is a false match; rate per query and per (query, reference) pair.
@@ -82,6 +87,7 @@ KNOWN_PAIRS = [  # calibration-set duplicates, checked by eye (docs/benchmarks.m
                  ("transverse__1201902120820080009", "transverse__201902120820080009VAS")]
 ]  # fmt: skip
 TRANSFORMS = ("exact", "jpeg", "resized", "mirrored", "recropped", "shard", "combined")
+BEYOND = ("crop25", "crop30", "gain", "gamma", "noise", "text", "screen", "small", "rotated")
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,40 @@ def transform(x: np.ndarray, name: str, seed: int) -> np.ndarray:
         f = rng.uniform(0.5, 1.0)
         y = jpeg(resize(crop(x, *rng.uniform(0, 0.1, 4)), f, f), int(rng.integers(50, 91)))
         return np.ascontiguousarray(y[:, ::-1]) if rng.random() < 0.5 else y
+    return beyond(x, name, rng)
+
+
+def beyond(x: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarray:
+    """The ``--beyond`` copies (see the module's docstring); ``x`` itself for any other name."""
+    g = x.astype(np.float32)
+    if name in ("crop25", "crop30"):
+        return crop(x, *[int(name[4:]) / 100] * 4)
+    if name == "gain":
+        return np.clip(g * rng.uniform(0.6, 0.8), 0, 255).astype(np.uint8)
+    if name == "gamma":
+        return (255 * (g / 255) ** rng.choice([0.6, 1.6])).astype(np.uint8)
+    if name == "noise":
+        return np.clip(g + rng.normal(0, 12, g.shape), 0, 255).astype(np.uint8)
+    if name == "text":
+        from PIL import ImageDraw
+
+        im = Image.fromarray(x).convert("RGB")
+        draw, (h, w) = ImageDraw.Draw(im), x.shape[:2]
+        for _ in range(4):
+            draw.text((w * rng.uniform(0.1, 0.7), h * rng.uniform(0.1, 0.8)), "LT LOBE 2.3 cm", fill=(255, 255, 0))
+        draw.line([(w * 0.3, h * 0.4), (w * 0.6, h * 0.6)], fill=(255, 255, 255), width=2)
+        return np.asarray(im)
+    if name == "screen":
+        h, w = x.shape[:2]
+        out = np.zeros((int(h * 1.6), int(w * 1.8), *x.shape[2:]), np.uint8)
+        y0, x0 = int(h * rng.uniform(0.1, 0.5)), int(w * rng.uniform(0.1, 0.7))
+        out[y0 : y0 + h, x0 : x0 + w] = x
+        return out
+    if name == "small":
+        f = 128 / max(x.shape[:2])
+        return resize(x, f, f)
+    if name == "rotated":
+        return np.asarray(Image.fromarray(x).rotate(3, resample=Image.Resampling.BILINEAR))
     return x
 
 
@@ -193,11 +233,11 @@ def index_references(folder: Path, refs: list[Frame], workers: int) -> tuple[lis
     return [refs[j] for j in kept], dropped
 
 
-def recall(folder: str, refs: list[Frame], n: int, workers: int) -> dict:
+def recall(folder: str, refs: list[Frame], n: int, workers: int, names: tuple[str, ...] = TRANSFORMS) -> dict:
     """Per transform: copies found (their original returned), of how many; the others listed."""
     picked = refs[:n]
     out = {}
-    for t, name in enumerate(TRANSFORMS):
+    for t, name in enumerate(names):
         jobs = [(f.path, name, 1000 * t + i) for i, f in enumerate(picked)]
         queries = list(ordered_map(_copy_views, jobs, workers))
         found = search_all(folder, queries, limit=1, self_index=False, workers=workers)
@@ -332,7 +372,8 @@ def accuracy(tmp: Path, refs: list[Frame], queries: list[Frame], args: argparse.
     refs, dropped = index_references(tmp, refs, args.workers)
     print(f"{len(refs)} references ({len(dropped)} more copy another), {len(queries)} distinct queries", flush=True)
     result = {"references": len(refs), "references_copying_another": dropped}
-    result["recall"] = recall(str(tmp / "index"), refs, args.per_transform, args.workers)
+    names = TRANSFORMS + (BEYOND if args.beyond else ())
+    result["recall"] = recall(str(tmp / "index"), refs, args.per_transform, args.workers, names)
     result["distinct"] = false_matches(str(tmp / "index"), refs, queries, args.workers)
     has_real = (args.real / "labels.csv").is_file()
     result["known_real_duplicates"] = known_pairs(args.real) if has_real else None
@@ -356,6 +397,7 @@ def main() -> None:
     p.add_argument("--timed", type=int, default=50, help="frames searched at each size")
     p.add_argument("--brute", default="5,100", help="FRAMES,REFERENCES checked by brute force")
     p.add_argument("--speed-only", action="store_true", help="only the timing (no recall, no false matches)")
+    p.add_argument("--beyond", action="store_true", help="also copies beyond the matcher's promise (docstring)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, help="write every result (lists of misses included) here")
     args = p.parse_args()
