@@ -1,5 +1,7 @@
 # The two set-up commands: `make demo` and `make test`. Both create/refresh .venv first.
 PY      ?= python3
+# pytest-xdist workers for `make test` (the SLURM tests share one; see tests/conftest.py).
+TEST_WORKERS ?= 2
 VENV    := .venv
 STAMP   := $(VENV)/.installed
 # torch/torchvision come first, by exact version, so pip takes the local wheels.
@@ -59,7 +61,7 @@ demo: $(STAMP)
 	bash launch/demo.sh $(DEMO_OUT)
 
 test: $(STAMP) testdata
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .cache

@@ -16,6 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,6 +117,13 @@ def deid_dir() -> Path:
 def pydicom_data_dir() -> Path:
     """Real ultrasound DICOMs from the pydicom-data 1.0.0 sdist (MIT): power Doppler, marks in the scan."""
     return _cached("SONODISTILL_PYDICOM_DATA", PYDICOM_DATA, "OBXXXX1A.dcm", "pydicom-data recordings")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``) the SLURM tests share one worker, so one cluster serves them."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
 
 
 @pytest.fixture(scope="session")
