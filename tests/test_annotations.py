@@ -23,13 +23,14 @@ from shards.catalogue import SourceConfig
 from shards.clean import Cleaned, clean_frame
 from shards.colour import residual_colour
 from shards.decode import decode_image, to_gray
+from shards.faint_calipers import _contrast
 from shards.inspect import with_boxes
 from shards.options import SourceOptions
 from shards.readers import open_media
 from shards.scan_area import crop_to_scan_area, frame_scan_area, region_area
 from shards.synth import render
 from shards.synth.marks import KINDS, covered, plant
-from shards.thresholds import MARK_MIN_FRAME
+from shards.thresholds import FAINT_CONTRAST, FAINT_SHAPES, FAINT_SIDE, MARK_MIN_FRAME
 from sonodistill.errors import UserError
 
 CLEAN = ("interson-phantom.png", "clarius_axial-lateral-resolution-2020.png")  # real, nothing drawn inside
@@ -305,6 +306,64 @@ def test_faint_grey_calipers_are_calipers(pocus_dir, enlarged):
     for x, y in centres:  # one mark centred on each
         assert sum(m.box[0] <= x < m.box[2] and m.box[1] <= y < m.box[3] for m in marks) == 1, (x, y)
     assert found(inpaint(img, marks), mask) == []  # inpainted, no caliper is left to find
+
+
+def caliper_contrast(gray: np.ndarray, mask: np.ndarray, y: int, x: int, diagonal: bool, start: int, end: int) -> int:
+    """The module doc's steps 2-3 at one centre, read pixel by pixel: a reference for the vectorised,
+    early-leaving ``_contrast``."""
+    arms, levels = [], []
+    for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1)) if diagonal else ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        sy, sx = (1, 0) if dy == 0 else (0, 1)
+        px = [(y + t * dy, x + t * dx) for t in range(start, end + 1)]
+        across = [max(int(gray[a - sy, b - sx]), int(gray[a, b]), int(gray[a + sy, b + sx])) for a, b in px]
+        sides = [[(a + k * sy, b + k * sx) for a, b in px] for k in (FAINT_SIDE, -FAINT_SIDE)]
+        if not all(mask[q] for side in sides for q in side):
+            return -1
+        side_level = max(sum(int(gray[q]) for q in side) / len(side) for side in sides)
+        arms.append(int(min(across) - side_level))  # truncated toward zero, as an int16 cast does
+        levels.append(sum(across) / len(across))
+    lowest = min(arms)
+    return lowest if lowest >= FAINT_CONTRAST and max(levels) - min(levels) <= lowest else -1
+
+
+def test_faint_caliper_contrast_matches_a_pixel_by_pixel_reading(pocus_dir):
+    """Every centre's contrast (or -1) is what the module doc's rule gives read pixel by pixel, for both
+    orientations and every arm shape: on planted calipers (hits), speckle and the scan area's edge
+    (a caliper whose side line leaves the area is none)."""
+    crop, full = real_crop(pocus_dir, CLEAN[1])
+    img = crop.copy()
+    h, w = img.shape
+    mask = full.copy()
+    mask[: h // 2, : w // 4] = False  # an edge of the scan area among the centres
+    centres = [(int(h * 0.6), int(w * (0.25 + 0.15 * i))) for i in range(4)] + [(h // 4, w // 4 + 2)]
+    for (cy, cx), diagonal in zip(centres, (False, True, False, True, False)):
+        faint_caliper(img, cx, cy, 6, diagonal, 1, 40)
+    reach = max(end for _, end in FAINT_SHAPES) + FAINT_SIDE + 1
+    rng = np.random.default_rng(0)
+    ys = np.concatenate([rng.integers(reach, h - reach, 3000), [c[0] for c in centres]])
+    xs = np.concatenate([rng.integers(reach, w - reach, 3000), [c[1] for c in centres]])
+    planted = []
+    for diagonal in (False, True):
+        for start, end in FAINT_SHAPES:
+            got = _contrast(img, mask, ys, xs, diagonal, start, end)
+            want = [caliper_contrast(img, mask, int(y), int(x), diagonal, start, end) for y, x in zip(ys, xs)]
+            assert got.tolist() == want, (diagonal, start, end)
+            planted.append(got[-5:] >= FAINT_CONTRAST)
+    assert np.any(planted, axis=0).tolist() == [True] * 4 + [False]  # the one across the edge is no hit
+    y, x = centres[-1]
+    assert _contrast(img, full, np.array([y]), np.array([x]), False, *FAINT_SHAPES[0])[0] >= FAINT_CONTRAST
+    # on the limits: every arm exactly FAINT_CONTRAST over a flat surround, then one arm brighter by
+    # exactly that much (its levels' spread equal to the contrast): both calipers
+    flat = np.full((41, 41), 100, np.uint8)
+    flat[20, 13:28] = flat[13:28, 20] = 100 + FAINT_CONTRAST
+    assert _contrast(flat, np.ones_like(flat, bool), np.array([20]), np.array([20]), False, 2, 5).tolist() == [
+        FAINT_CONTRAST
+    ]
+    flat[20, 21:28] = 100 + 2 * FAINT_CONTRAST
+    assert caliper_contrast(flat, np.ones_like(flat, bool), 20, 20, False, 2, 5) == FAINT_CONTRAST
+    assert _contrast(flat, np.ones_like(flat, bool), np.array([20]), np.array([20]), False, 2, 5).tolist() == [
+        FAINT_CONTRAST
+    ]
 
 
 def test_a_short_faint_streak_along_the_tissue_grain_is_no_mark():
