@@ -147,7 +147,7 @@ class _Run:
 
 def _prepare(task: Task, train: DataLoader, val: DataLoader | None, cfg: FitConfig, acc, channels_last: bool):
     on_gpu = acc.device.type == "cuda"
-    optimizer = build_optimizer(task.model, cfg, fused=on_gpu)
+    optimizer = build_optimizer(task.model, cfg)
     model = task.model
     if on_gpu and channels_last:
         model = model.to(memory_format=torch.channels_last)  # before DDP wraps it

@@ -289,7 +289,7 @@ def setup(cfg: PretrainConfig) -> Session:
     if cfg.student.compile:
         student.compile()  # in place: state_dict keys stay unprefixed
     augment = build_augment(cfg.augment, cfg.image_size).to(device)
-    optimizer = build_optimizer(student, cfg.train, fused=on_gpu)
+    optimizer = build_optimizer(student, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch, max_steps)
     _fill_deepspeed_config(accelerator, cfg)
     prepared = accelerator.prepare(student, optimizer, *([scheduler] if scheduler is not None else []))

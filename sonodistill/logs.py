@@ -3,7 +3,9 @@
 - One logger per module (``logging.getLogger(__name__)``), so each package (``shards``,
   ``pretrain``, ``downstream``, ``sonodistill``) can be tuned on its own.
 - :func:`setup_logging` (called by every command through ``cli_main``) sends records to stderr
-  from rank 0 only: a distributed run prints a message once, not once per process. Set
+  from rank 0 only: a distributed run prints a message once, not once per process. A module run
+  as ``python -m shards.build`` logs as ``__main__``; its records are kept too, under the name
+  it is imported by (else they would reach only Python's last-resort handler: warnings alone). Set
   ``SONODISTILL_LOG_RANKS=all`` to hear every rank (each line then names its rank).
 - :func:`progress` is a tqdm bar on a terminal; when stderr is not a terminal (SLURM logs, CI,
   pipes) it logs one line every ``log_every`` updates (at most one per ``MIN_INTERVAL`` seconds)
@@ -48,12 +50,24 @@ class _RankFilter(logging.Filter):
         return is_main_rank()
 
 
+def main_module_name() -> str:
+    """The import name of the module run as ``__main__`` (``python -m downstream.kd``: downstream.kd;
+    a script: its file's stem)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return spec.name.removesuffix(".__main__")
+    path = getattr(main, "__file__", None)
+    return os.path.splitext(os.path.basename(path))[0] if path else "__main__"
+
+
 class _Formatter(logging.Formatter):
     """``HH:MM:SS name: message``; warnings and errors say so."""
 
     def format(self, record: logging.LogRecord) -> str:
         level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
-        return f"{self.formatTime(record, '%H:%M:%S')} {record.name}: {level}{record.getMessage()}"
+        name = main_module_name() if record.name == "__main__" else record.name
+        return f"{self.formatTime(record, '%H:%M:%S')} {name}: {level}{record.getMessage()}"
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -82,7 +96,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())
     handler.addFilter(_RankFilter(os.environ.get("SONODISTILL_LOG_RANKS", "") == "all"))
-    for name in ROOT_PACKAGES:
+    for name in (*ROOT_PACKAGES, "__main__"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(level)

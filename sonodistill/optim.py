@@ -39,15 +39,16 @@ class OptimConfig:
     plateau_patience: int = 3  # plateau: epochs without improvement before reducing
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, fused: bool = False) -> torch.optim.Optimizer:
-    """``cfg.optimizer`` over ``model``'s trainable parameters (no decay on 1-d parameters)."""
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over ``model``'s trainable parameters (no decay on 1-d parameters), with
+    torch's fused kernel on every device (on 2 CPU cores a ResNet-50's AdamW step takes 22 ms fused,
+    83 ms in torch's CPU default, a loop per tensor: ``bench/optimizer.py``)."""
     from timm.optim import create_optimizer_v2
 
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("nothing to train: every parameter is frozen")
-    extra = {"fused": True} if fused else {}
     return create_optimizer_v2(
-        model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), **extra
+        model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), fused=True
     )
 
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
+import os
+import re
+import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from sonodistill import logs
 from sonodistill.errors import UserError, cli_main
@@ -69,6 +76,19 @@ def test_messages_and_errors_come_from_rank_zero_only(monkeypatch, capsys):
             assert err == ""  # printed once per launch, by rank 0
 
 
+def test_a_module_run_with_python_m_logs_under_its_import_name(tmp_path):
+    """``python -m shards.build`` logs as ``__main__``: its progress lines and messages reach stderr,
+    named ``shards.build`` (they used to reach only Python's last-resort handler, warnings alone)."""
+    (tmp_path / "src").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((96, 128), 40 * (i + 1), np.uint8)).save(tmp_path / "src" / f"{i}.png")
+    env = {**os.environ, "SONODISTILL_PROGRESS": "log", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = ["-m", "shards.build", "--source", f"s={tmp_path / 'src'}", "--out", str(tmp_path / "out"), "--size", "64"]
+    res = subprocess.run([sys.executable, *cmd, "--workers", "1"], capture_output=True, text=True, env=env)
+    assert re.search(r"^\d\d:\d\d:\d\d shards\.build: build: 3/3 file", res.stderr, re.M), res.stderr
+    assert res.returncode == 2 and "every input was rejected (no_tissue=3)" in res.stderr  # flat grey frames
+
+
 def test_jsonl_survives_a_torn_line(tmp_path):
     path = tmp_path / "log.jsonl"
     append_jsonl(path, {"step": 1})
@@ -101,6 +121,30 @@ def test_optimiser_never_decays_norms_or_biases_and_skips_frozen_parameters():
     assert isinstance(build_optimizer(m, OptimConfig(optimizer="adam")), torch.optim.Adam)
     with pytest.raises(UserError, match="nothing to train"):
         build_optimizer(m.requires_grad_(False), OptimConfig())
+
+
+def test_optimiser_is_fused_and_steps_as_torchs_per_tensor_adamw():
+    """The fused kernel on CPU too; three steps land where torch's per-tensor AdamW lands."""
+    torch.manual_seed(0)
+    m = model()
+    m(torch.zeros(1, 3, 5, 5))
+    ref, start = copy.deepcopy(m), m[3].weight.detach().clone()
+    opt = build_optimizer(m, OptimConfig(optimizer="adamw", lr=0.1, weight_decay=0.05))
+    assert all(g["fused"] for g in opt.param_groups)
+    groups = [
+        {"params": [p for p in ref.parameters() if (p.ndim > 1) is decay], "weight_decay": wd}
+        for decay, wd in ((True, 0.05), (False, 0.0))
+    ]
+    ref_opt = torch.optim.AdamW(groups, lr=0.1, foreach=False)
+    for step in range(3):
+        x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(step))
+        for net, o in ((m, opt), (ref, ref_opt)):
+            o.zero_grad()
+            net(x).square().sum().backward()
+            o.step()
+    for p, q in zip(m.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(m[3].weight, start, atol=1e-2)  # the steps moved the weights
 
 
 def test_cosine_schedule_shape_and_warmup_arithmetic():
