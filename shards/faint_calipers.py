@@ -61,7 +61,7 @@ def _contrast(
     ts = np.arange(start, end + 1)
     alive = np.arange(len(ys))  # the centres every arm so far has passed
     base = ys.astype(np.int64) * w + xs
-    lowest = np.full(len(ys), 255, np.int16)
+    lowest = np.full(len(ys), 255, np.int16)  # per centre still alive
     means: list[np.ndarray] = []
     for dx, dy in _ARMS[diagonal]:
         p = base[alive, None] + ts * (dy * w + dx)
@@ -71,12 +71,10 @@ def _contrast(
         inside = inside_area[p + FAINT_SIDE * s].all(axis=1) & inside_area[p - FAINT_SIDE * s].all(axis=1)
         arm = (across.min(axis=1) - sides).astype(np.int16)
         passed = inside & (arm >= FAINT_CONTRAST)
-        alive, across, arm = alive[passed], across[passed], arm[passed]
-        means = [m[passed] for m in means] + [across.mean(axis=1)]
-        lowest[alive] = np.minimum(lowest[alive], arm)
+        alive, lowest = alive[passed], np.minimum(lowest[passed], arm[passed])
+        means = [m[passed] for m in means] + [across[passed].mean(axis=1)]
     out = np.full(len(ys), -1, np.int16)
-    spread = np.ptp(np.stack(means), axis=0)
-    out[alive] = np.where(spread <= lowest[alive], lowest[alive], -1)
+    out[alive] = np.where(np.ptp(np.stack(means), axis=0) <= lowest, lowest, -1)
     return out
 
 
