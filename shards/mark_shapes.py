@@ -58,6 +58,9 @@ from shards.thresholds import (
     TEXT_FAINT_STEP,
     TEXT_MIN_GLYPHS,
     TEXT_PLATEAU,
+    THICK_CORE,
+    THICK_HALF,
+    THICK_SHARE,
     TRACE_MIN,
     TRACE_SPAN,
     TRACE_WIDTH,
@@ -95,6 +98,18 @@ def _thin(p: Piece, width: int = STROKE_WIDTH) -> bool:
     """Every pixel within ``width / 2`` of the piece's edge: a stroke, not a blob."""
     padded = np.pad(p.comp.astype(np.uint8), 1)
     return float(cv2.distanceTransform(padded, cv2.DIST_L2, 3).max()) <= width / 2 + 0.5
+
+
+def _drawn_stroke(p: Piece) -> bool:
+    """A line's or outline's stroke: thin (:func:`_thin`), or drawn two pixels thick -- 3-4 px wide,
+    wider where strokes meet (an arrow's head on its shaft) -- with nearly every pixel
+    (``THICK_SHARE``) within ``THICK_HALF`` of the edge and none deeper than ``THICK_CORE``. Speckle
+    grains and tissue edges that pass the other tests are blobs."""
+    if _thin(p):
+        return True
+    d = cv2.distanceTransform(np.pad(p.comp.astype(np.uint8), 1), cv2.DIST_L2, 3)
+    d = d[d > 0]
+    return float(np.quantile(d, THICK_SHARE)) <= THICK_HALF and float(d.max()) <= THICK_CORE
 
 
 def _arms(c: np.ndarray, r: int, k: int) -> list[int]:
@@ -198,7 +213,7 @@ def _trace(p: Piece) -> bool:
 def line_kind(p: Piece) -> str | None:
     """``line`` or ``arrow`` for a long, thin, straight stroke in one colour, ``line`` for a drawn curve
     (:func:`_trace`), else None."""
-    if np.hypot(p.w, p.h) < LINE_MIN or not p.drawn or not _thin(p):  # the box's diagonal: any direction
+    if np.hypot(p.w, p.h) < LINE_MIN or not p.drawn or not _drawn_stroke(p):  # the box's diagonal: any direction
         return None
     if not p.coloured and plateau(p.values) < LINE_PLATEAU:
         return None
@@ -376,7 +391,7 @@ def _boxy(p: Piece) -> bool:
 
 def outline_kind(p: Piece) -> str | None:
     """A closed thin outline in one colour: a box (``line``) or a body mark."""
-    if max(p.w, p.h) < 12 or not p.drawn or not _has_hole(p) or not _thin(p):
+    if max(p.w, p.h) < 12 or not p.drawn or not _has_hole(p) or not _drawn_stroke(p):
         return None
     if not p.coloured and plateau(p.values) < LINE_PLATEAU:
         return None

@@ -34,7 +34,9 @@ PIECE_MIN_MOVING = 0.05  # a core piece with less than this share of moving pixe
 
 # --- colour (shards.colour) -----------------------------------------------------------------------
 TINT_CHROMA = 4  # median channel spread of the lit pixels of a tinted frame (grey and Doppler: 0-1)
-TINT_HUE_SPREAD = 20.0  # degrees: a tint is one hue (JPEG chroma noise and Doppler maps are not)
+# degrees, hues weighed by their chroma: a tint is one hue (held-out sepia frames 8-22, 22-46 unweighted;
+# Doppler frames 24-55 unless tinted themselves)
+TINT_HUE_SPREAD = 20.0
 TINT_BAND = 8  # grey levels per band of a tinted frame's own grey-to-colour map
 FLOW_SATURATION = 100  # HSV saturation (0-255) of the inner pixels whose hue is read (a rim blends)
 FLOW_MIN_PIXELS = 12  # saturated inner pixels a filled area needs for its colours to be read
@@ -128,6 +130,11 @@ MARK_CONTRAST = 50  # white top-hat (pixel minus its 5x5 opening) of a thin brig
 MARK_LEVEL = 150  # ... at this grey level or brighter (marks are drawn white, light grey or colour)
 MARK_STEP = 60  # grey levels a drawn piece stands above the ring around it (tissue streaks: < 45)
 STROKE_WIDTH = 3  # pixels: the widest stroke of a mark (scanner fonts, calipers, lines: 1-3)
+# a line or outline drawn two pixels thick (OpenCV thickness 2: 3-4 px wide; an independent planting on
+# 75 real crops found 246 -> 262 of 300 arrows, 247 -> 251 of 295 ellipses, no clean crop newly flagged)
+THICK_SHARE = 0.95  # ... this share of its pixels
+THICK_HALF = 2.5  # ... at most this far (px) from its edge
+THICK_CORE = 3.5  # ... and none further (where an arrow's head meets its shaft)
 LINE_MIN = 20  # pixels: the shortest line or arrow
 PLATEAU_TOL = 8  # grey levels around a piece's median that count as its one drawing colour
 LINE_PLATEAU = 0.75  # share of a grey line's or outline's pixels in that colour (tissue edges vary)
