@@ -10,6 +10,9 @@
    planted on each crop (:mod:`shards.synth.marks`: calipers, dotted lines, text, arrows, body
    marks, box outlines; grey or coloured; ``--seeds`` plantings per crop), and a planted mark is
    *found* when detected boxes cover half the pixels it changed. Recall per kind, real and synthetic.
+   The same crops again with marks drawn by another hand (:mod:`shards.synth.reader_marks`: OpenCV
+   markers, Hershey text, arrows in any direction, solid and dotted ellipses; 1 or 2 px thick,
+   anti-aliased or not; white, grey and six colours), which the finder was not tuned on.
    Frames under ``MARK_MIN_FRAME`` px a side are left out and counted (the build looks for coloured
    marks only there: :mod:`shards.annotations`).
    (Marks on labelled real frames, drawn by their devices: ``bench/real_rules.py``.)
@@ -48,7 +51,9 @@ from shards.frames import Sampling
 from shards.options import SourceOptions
 from shards.readers import ReadError, open_media
 from shards.scan_area import crop_to_scan_area, frame_scan_area
-from shards.synth.marks import KINDS, covered, plant
+from shards.synth import marks as marks_hand
+from shards.synth import reader_marks
+from shards.synth.marks import covered, plant
 from shards.synth.media import write_frames
 from shards.synth.presets import PRESETS
 from shards.synth.render import render
@@ -112,8 +117,9 @@ def _false(marks: list, drawn: np.ndarray | None) -> bool:
     return any(drawn is None or not drawn[y0:y1, x0:x1].any() for m in marks for x0, y0, x1, y1 in [m.box])
 
 
-def detection(name: str, frames: list[np.ndarray], seeds: int) -> dict:
-    """False flags on the clean crops and recall of the marks planted on them (module doc, part 1)."""
+def detection(name: str, frames: list[np.ndarray], seeds: int, hand=marks_hand) -> dict:
+    """False flags on the clean crops and recall of the marks planted on them by ``hand`` (a module
+    with ``plant`` and ``KINDS``: module doc, part 1)."""
     hits, total, flagged, overlays = Counter(), Counter(), 0, 0
     searched = [px for px in frames if grey_searched(px.shape)]
     small = len(frames) - len(searched)
@@ -123,19 +129,19 @@ def detection(name: str, frames: list[np.ndarray], seeds: int) -> dict:
         flagged += _false(found, drawn)
         overlays += bool(found) and not _false(found, drawn)
         for seed in range(seeds):
-            img, truth = plant(crop, mask, np.random.default_rng([i, seed]), grey_only=seed % 2 == 0)
+            img, truth = hand.plant(crop, mask, np.random.default_rng([i, seed]), grey_only=seed % 2 == 0)
             grey = to_gray(img) if img.ndim == 3 else img
             marks = detect_marks(grey, mask, residual_colour(img, mask) if img.ndim == 3 else None)
             for kind, box in truth:
                 total[kind] += 1
                 hits[kind] += covered(img, crop, box, marks)
-    recall = {k: round(hits[k] / total[k], 3) for k in KINDS if total[k]}
+    recall = {k: round(hits[k] / total[k], 3) for k in hand.KINDS if total[k]}
     overall = sum(hits.values()) / max(sum(total.values()), 1)
     if small:
         print(f"{name}: {small} frames under {MARK_MIN_FRAME} px left out (coloured marks only are searched there)")
     print(f"{name}: {len(crops)} clean crops, false flags {flagged} ({flagged / len(crops):.3f}), "
           f"drawn overlays found on {overlays}; planted {sum(total.values())}, recall {overall:.3f}; "
-          + ", ".join(f"{k} {hits[k]}/{total[k]}" for k in KINDS))  # fmt: skip
+          + ", ".join(f"{k} {hits[k]}/{total[k]}" for k in hand.KINDS))  # fmt: skip
     return {"crops": len(crops), "false_flags": flagged, "false_flag_rate": round(flagged / len(crops), 4),
             "overlays_found": overlays, "recall": round(overall, 4), "recall_by_kind": recall,
             "planted": sum(total.values()), "small_frames_left_out": small}  # fmt: skip
@@ -228,9 +234,12 @@ def main() -> None:
     t0 = time.time()
     frames = real_frames(args.frames)
     result: dict = {"bench": "annotations", "frames": len(frames)}
+    synthetic = synthetic_frames()
     result["detection"] = {
         "real": detection("real", frames, args.seeds),
-        "synthetic": detection("synthetic", synthetic_frames(), args.seeds),
+        "synthetic": detection("synthetic", synthetic, args.seeds),
+        "real_reader": detection("real, reader's hand", frames, args.seeds, reader_marks),
+        "synthetic_reader": detection("synthetic, reader's hand", synthetic, args.seeds, reader_marks),
     }
     result["cost"] = cost(frames, 1)
     if not args.skip_speed:

@@ -18,10 +18,12 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
    dotted line. Pieces that are none of these (speckle grains, tissue edges) are not marks, nor is
    a short faint line running with the tissue's grain (a fibre), nor a line at a level the tissue
    itself reaches that stands little above it (a saturated fascia: :mod:`shards.grain`);
-3. text is looked for again among the grey stroke pieces before peeling: an anti-aliased font spreads
-   a glyph's edges over many grey levels, and peeling breaks it into bits (read as dots or
-   nothing). Unpeeled, each glyph must be at most ``GLYPH_ASPECT`` as wide as tall and stand
-   ``TEXT_CLEAR_STEP`` above their surround (a bright fascia broken into streaks is neither);
+3. text and arrows are looked for again among the grey stroke pieces before peeling: an anti-aliased
+   font or arrow spreads its edges over many grey levels, and peeling breaks it into bits (read as
+   dots or nothing). Unpeeled, each glyph must be at most ``GLYPH_ASPECT`` as wide as tall and stand
+   ``TEXT_CLEAR_STEP`` above their surround (a bright fascia broken into streaks is neither), and an
+   arrow stand as clear, its head at one end of a straight shaft (a bright line without one may be
+   a pleura or a needle: it must be found in one colour, step 2);
 4. calipers drawn too faint for step 1 (a light grey ``+`` or ``x``, or one blurred by an enlarged
    crop) are looked for by their shape alone: four arms at right angles, each brighter along its
    whole length than the tissue on both its sides (:mod:`shards.faint_calipers`).
@@ -50,15 +52,17 @@ import numpy as np
 from shards.components import components
 from shards.faint_calipers import faint_calipers
 from shards.grain import bright_streaks, is_fibre
-from shards.mark_shapes import Piece, find_marks, find_text, glyph_sized, middle
+from shards.mark_shapes import Piece, find_marks, find_text, glyph_sized, line_kind, middle
 from shards.thresholds import (
     BLACK_LEVEL,
+    BODY_MARK_MAX,
     EDGE_BAND,
     EDGE_SHARE,
     FACE_ZONE,
     GLYPH_ASPECT,
     GLYPH_STEP,
     INPAINT_RADIUS,
+    LINE_MIN,
     MARK_CONTRAST,
     MARK_GROW,
     MARK_LEVEL,
@@ -150,12 +154,15 @@ def _labelled(
     gray: np.ndarray,
     mask: np.ndarray,
     sized: Callable[[int, int], bool] | None,
+    among: np.ndarray | None = None,
 ) -> list[Piece]:
+    """The pieces of ``strokes`` (those ``sized`` accepts; holding a pixel of ``among``, when given)."""
     n, labels, stats = components(strokes)
+    hit = None if among is None else np.bincount(labels[among & strokes], minlength=n) > 0
     pieces = []
     for k in range(1, n):
         x, y, w, h, area = (int(v) for v in stats[k])
-        if sized is not None and not sized(w, h):
+        if (sized is not None and not sized(w, h)) or (hit is not None and not hit[k]):
             continue
         box = (x, y, x + w, y + h)
         comp = labels[y : y + h, x : x + w] == k
@@ -204,7 +211,7 @@ def _stroke_marks(raw: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.n
     streaks = bright_streaks(drawn, gray, mask, raw)
     drawn = [p for p in drawn if id(p) not in streaks and not is_fibre(gray, mask, p)]
     marks = [Mark(kind, box, m) for kind, box, m in find_marks(drawn)]
-    return _unpeeled_text(raw & ~col, strokes, col, gray, mask, marks)
+    return _unpeeled(raw & ~col, strokes, col, gray, mask, marks)
 
 
 def _footprint(black: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -263,26 +270,38 @@ def _without_outlines(marks: list[Mark], mask: np.ndarray, gray: np.ndarray) -> 
     return [m for i, m in keep if not outline(i, m, edge)]
 
 
-def _unpeeled_text(
+def _unpeeled(
     grey: np.ndarray, peeled: np.ndarray, col: np.ndarray, gray: np.ndarray, mask: np.ndarray, marks: list[Mark]
 ) -> list[Mark]:
-    """``marks`` with the text found among the grey stroke pieces before peeling (``grey``). An
-    anti-aliased font (most scanners' today) spreads a glyph's edges over many grey levels and peeling
-    breaks it into bits, which may have been read as other marks; unpeeled, each glyph is one piece
-    again. A line of text already found stays as it was. Coloured pieces are never peeled: the first
-    pass saw them whole."""
+    """``marks`` with the text and arrows found among the grey stroke pieces before peeling (``grey``).
+    An anti-aliased font (most scanners' today) or arrow spreads its edges over many grey levels and
+    peeling breaks it into bits, which may have been read as other marks; unpeeled, each glyph or
+    arrow is one piece again. A mark already found stays as it was. Coloured pieces are never
+    peeled: the first pass saw them whole."""
     if not (grey & ~peeled).any():
         return marks  # nothing was peeled: the first pass saw these very pieces
     # held to more than a peeled glyph: a glyph or two wide, standing clear of the tissue (a bright
     # fascia broken into a row of streaks is neither)
     pieces = [p for p in _labelled(grey, col, gray, mask, _narrow_glyph) if p.step >= TEXT_CLEAR_STEP]
-    if len(pieces) < TEXT_MIN_GLYPHS:
-        return marks
-    for kind, box, m in find_text(pieces):
-        if any(t.kind == "text" and _overlap(t.box, box) for t in marks):
-            continue
+    found = find_text(pieces) if len(pieces) >= TEXT_MIN_GLYPHS else []
+    # an anti-aliased arrow comes apart the same way (its shaft in dashes, its head in bits); whole,
+    # standing as clear of the tissue, its head at one end of a straight shaft says it is drawn
+    for p in _labelled(grey, col, gray, mask, _line_sized, among=grey & ~peeled):  # pieces peeling broke
+        if p.step >= TEXT_CLEAR_STEP and line_kind(p, anti_aliased=True) == "arrow":
+            found.append(("arrow", *_whole(p)))
+    for kind, box, m in found:
+        if any((t.kind == kind and _overlap(t.box, box)) or _inside(box, t.box) for t in marks):
+            continue  # found already, or a part of a mark found (a letter of a line of text)
         marks = [t for t in marks if not _inside(t.box, box)] + [Mark(kind, box, m)]
     return marks
+
+
+def _line_sized(w: int, h: int) -> bool:
+    return bool(np.hypot(w, h) >= LINE_MIN) and max(w, h) <= 4 * BODY_MARK_MAX
+
+
+def _whole(p: Piece) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    return p.box, p.comp
 
 
 def _narrow_glyph(w: int, h: int) -> bool:

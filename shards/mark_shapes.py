@@ -11,8 +11,8 @@ or irregular. In order:
 - *body mark*: a closed thin outline (a hole inside) at most ``BODY_MARK_MAX`` pixels across; a
   larger closed outline (a box) is a *line*;
 - *arrow* / *line*: a long (at least ``LINE_MIN`` pixels along its axis, in any direction) thin
-  straight stroke; an arrow is one whose width across its axis grows at one end (the head); a
-  curved one (a trace) is a *line* when it is
+  straight stroke (or one drawn two pixels thick: :func:`_drawn_stroke`); an arrow is one whose
+  width across its axis grows at one end (the head); a curved one (a trace) is a *line* when it is
   longer still (``TRACE_MIN`` pixels over ``TRACE_SPAN``) and at most ``TRACE_WIDTH`` wide;
 - *text*: glyphs -- pieces ``GLYPH_MIN``-``GLYPH_MAX`` pixels tall in strokes at most ``GLYPH_STROKE``
   wide (bold scanner fonts are wider than other marks' strokes) -- side by side on one baseline, of
@@ -22,7 +22,8 @@ or irregular. In order:
   (their middle step; small text over bright tissue may stand only ``TEXT_FAINT_STEP`` above it when
   ``TEXT_FAINT_GLYPHS`` line up);
 - *dotted line*: at least ``DOTS_MIN`` small dots evenly spaced (at most ``DOT_SPACING`` apart)
-  along a straight line;
+  along a straight line, or ``CURVE_DOTS_MIN`` along a smooth curve bending one way (an ellipse
+  measured dotted: :func:`dotted_curves`);
 - any other coloured stroke (at most ``COLOUR_STROKE_MAX`` pixels wide) of at least ``COLOUR_MARK_MIN``
   pixels is a *line* (B-mode is grey; a wide coloured area is a tint's highlight, not a drawn stroke).
 """
@@ -33,12 +34,19 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from scipy.spatial import cKDTree
 
 from shards.thresholds import (
     ARM_MAX,
     BODY_MARK_MAX,
     COLOUR_MARK_MIN,
     COLOUR_STROKE_MAX,
+    CURVE_BEND,
+    CURVE_DOTS_MIN,
+    CURVE_GAP_RATIO,
+    CURVE_TURN,
+    CURVE_TURN_NOISE,
+    CURVE_TWIN,
     DOT_MAX,
     DOT_SPACING,
     DOTS_MIN,
@@ -210,19 +218,24 @@ def _trace(p: Piece) -> bool:
     return p.area >= TRACE_MIN and max(p.w, p.h) >= TRACE_SPAN and _thin(p, TRACE_WIDTH)
 
 
-def line_kind(p: Piece) -> str | None:
+def line_kind(p: Piece, anti_aliased: bool = False) -> str | None:
     """``line`` or ``arrow`` for a long, thin, straight stroke in one colour, ``line`` for a drawn curve
-    (:func:`_trace`), else None."""
+    (:func:`_trace`), else None. ``anti_aliased``: a piece not peeled to its drawing colour (its edges
+    spread over many grey levels, so one colour says nothing), taken only as an arrow -- a head at
+    one end of a straight shaft is drawn; a bright line alone may be a pleura or a needle."""
     if np.hypot(p.w, p.h) < LINE_MIN or not p.drawn or not _drawn_stroke(p):  # the box's diagonal: any direction
         return None
-    if not p.coloured and plateau(p.values) < LINE_PLATEAU:
+    if not p.coloured and not anti_aliased and plateau(p.values) < LINE_PLATEAU:
         return None
     length, widths, wobble = _axis_profile(p)
     core = float(np.median(widths[2:6]))
     if length < LINE_MIN or core > STROKE_WIDTH + 1 or (wobble > LINE_WOBBLE and not p.coloured):
-        return "line" if _trace(p) else None
-    ends = max(widths[0], widths[-1])
-    return "arrow" if ends >= 2.5 * max(core, 1.0) and ends >= 5 else "line"
+        return "line" if _trace(p) and not anti_aliased else None
+    # the head's base is its widest: it may lie one bin in from the tip
+    ends = max(widths[:2].max(), widths[-2:].max())
+    if ends >= 2.5 * max(core, 1.0) and ends >= 5:
+        return "arrow"
+    return None if anti_aliased else "line"
 
 
 def _glyph(p: Piece) -> bool:
@@ -328,6 +341,76 @@ def dotted_lines(pieces: list[Piece]) -> list[list[Piece]]:
     return out
 
 
+def _chains(c: np.ndarray) -> list[list[int]]:
+    """Dots linked to each of their two nearest (mutually, within ``DOT_SPACING``), as ordered chains:
+    paths from one end, or cycles opened at one dot. A k-d tree keeps it linear in the dots."""
+    n = len(c)
+    d, near = cKDTree(c).query(c, k=3, distance_upper_bound=DOT_SPACING)
+    d, near = d[:, 1:], near[:, 1:]  # the first is the dot itself
+    links: list[set[int]] = [set() for _ in range(n)]
+    for i in range(n):
+        for dist, j in zip(d[i], near[i]):
+            if np.isfinite(dist) and i in near[j]:
+                links[i].add(int(j))
+    seen, out = np.zeros(n, bool), []
+    for start in sorted(range(n), key=lambda i: len(links[i]) != 1):  # path ends first
+        if seen[start] or not links[start]:
+            continue
+        chain, prev, cur = [start], -1, start
+        seen[start] = True
+        while True:
+            nxt = [j for j in links[cur] if j != prev and not seen[j]]
+            if not nxt:
+                break
+            prev, cur = cur, nxt[0]
+            seen[cur] = True
+            chain.append(cur)
+        out.append(chain)
+    return out
+
+
+def _smooth_convex(pts: np.ndarray) -> bool:
+    """Dots along a chain whose gaps change slowly (``CURVE_GAP_RATIO`` at most between neighbours:
+    an ellipse's dots may be spaced by angle, closer at its narrow ends) and which turn one way, at
+    most ``CURVE_TURN`` degrees at each: the trace of an ellipse or an arc. A closed chain is judged
+    along its path from one dot round to the last (the gap that closes it may be any)."""
+    steps = np.diff(pts, axis=0)
+    length = np.hypot(steps[:, 0], steps[:, 1])
+    if np.abs(np.log(length[1:] / length[:-1])).max() > np.log(CURVE_GAP_RATIO):
+        return False
+    a, b = steps[:-1], steps[1:]
+    cross = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    turn = np.degrees(np.arctan2(cross, (a * b).sum(axis=1)))
+    if np.abs(turn).max() > CURVE_TURN:
+        return False
+    # it bends one way: whole pixels put a few degrees of noise on each turn, so a turn counts only
+    # past CURVE_TURN_NOISE (a straight stretch turns neither way), and the turns add up to a bend
+    bent = turn[np.abs(turn) > CURVE_TURN_NOISE]
+    return bool(bent.size and (np.all(bent > 0) or np.all(bent < 0)) and abs(turn.sum()) >= CURVE_BEND)
+
+
+def dotted_curves(pieces: list[Piece]) -> list[list[Piece]]:
+    """At least ``CURVE_DOTS_MIN`` small dots at one spacing along a smooth curve bending one way: an
+    ellipse or arc measured with a dotted trace (a head's or an abdomen's circumference), whose
+    dots follow no straight line (:func:`dotted_lines`)."""
+    dots = [p for p in pieces if not p.used and max(p.w, p.h) <= DOT_MAX and p.drawn]
+    if len(dots) < CURVE_DOTS_MIN:
+        return []
+    c = np.array([[(p.box[0] + p.box[2] - 1) / 2, (p.box[1] + p.box[3] - 1) / 2] for p in dots])
+    # a dot beside another (a closing dot drawn over the first, say) is one dot of the chain
+    twin = np.zeros(len(c), bool)
+    for _, j in cKDTree(c).query_pairs(CURVE_TWIN, output_type="ndarray"):
+        twin[j] = True  # pairs come as i < j: the later dot goes
+    dots, c = [p for p, t in zip(dots, twin) if not t], c[~twin]
+    if len(dots) < CURVE_DOTS_MIN:
+        return []
+    out = []
+    for chain in _chains(c):
+        if len(chain) >= CURVE_DOTS_MIN and _smooth_convex(c[chain]):
+            out.append([dots[k] for k in chain])
+    return out
+
+
 def _centre(p: Piece) -> tuple[float, float]:
     return (p.box[0] + p.box[2]) / 2, (p.box[1] + p.box[3]) / 2
 
@@ -407,8 +490,8 @@ def find_marks(pieces: list[Piece]) -> list[tuple[str, Box, np.ndarray]]:
         kind = None if p.used else (outline_kind(p) or line_kind(p))
         if kind:
             out.append((kind, *_union([p])))
-    for g in dotted_lines(pieces):
-        out.append(("dotted_line", *_union(g)))
+    out += [("dotted_line", *_union(g)) for g in dotted_curves(pieces)]  # before straight runs of its dots
+    out += [("dotted_line", *_union(g)) for g in dotted_lines(pieces)]
     for p in pieces:
         if not p.used and p.coloured and p.area >= COLOUR_MARK_MIN and _thin(p, COLOUR_STROKE_MAX):
             out.append(("line", *_union([p])))
