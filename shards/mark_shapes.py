@@ -113,10 +113,10 @@ def _drawn_stroke(p: Piece) -> bool:
     wider where strokes meet (an arrow's head on its shaft) -- with nearly every pixel
     (``THICK_SHARE``) within ``THICK_HALF`` of the edge and none deeper than ``THICK_CORE``. Speckle
     grains and tissue edges that pass the other tests are blobs."""
-    if _thin(p):
-        return True
     d = cv2.distanceTransform(np.pad(p.comp.astype(np.uint8), 1), cv2.DIST_L2, 3)
     d = d[d > 0]
+    if float(d.max()) <= STROKE_WIDTH / 2 + 0.5:  # thin, as _thin measures it
+        return True
     return float(np.quantile(d, THICK_SHARE)) <= THICK_HALF and float(d.max()) <= THICK_CORE
 
 
