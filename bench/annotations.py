@@ -45,7 +45,6 @@ from revision import packages_at  # bench/revision.py, beside this script
 
 from shards.annotations import detect_marks, grey_searched, inpaint
 from shards.clean import clean_frame
-from shards.colour import residual_colour
 from shards.decode import decode_image, to_gray
 from shards.frames import Sampling
 from shards.options import SourceOptions
@@ -58,6 +57,7 @@ from shards.synth.media import write_frames
 from shards.synth.presets import PRESETS
 from shards.synth.render import render
 from shards.thresholds import MARK_MIN_FRAME
+from shards.tint import residual_colour
 
 REPO = Path(__file__).resolve().parents[1]
 POCUS = REPO / ".cache" / "itk-pocus" / "itk-pocus-0.3.2" / "tests" / "data"

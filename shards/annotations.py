@@ -10,7 +10,7 @@ Detection, in the crop at the native resolution (thresholds in :mod:`shards.thre
    ``MARK_CONTRAST`` at a grey level of at least ``MARK_LEVEL`` (thin and bright), kept where they
    are in their piece's one drawing colour or brighter (speckle and tissue touching a mark, darker
    than it, are peeled off; a stroke's own overshoot and highlights stay on it), or a
-   colour off the frame's grey-to-colour map (:func:`shards.colour.residual_colour`: B-mode is
+   colour off the frame's grey-to-colour map (:func:`shards.tint.residual_colour`: B-mode is
    grey);
 2. their connected pieces are told apart by shape (:mod:`shards.mark_shapes`): a cross is a
    caliper, a closed outline a body mark, a long thin stroke a line or an arrow (a head at one
@@ -179,7 +179,7 @@ def grey_searched(frame_shape: tuple[int, ...]) -> bool:
 
 def detect_marks(gray: np.ndarray, mask: np.ndarray, col: np.ndarray | None = None, grey: bool = True) -> list[Mark]:
     """The marks inside ``mask`` of a grayscale image; ``col``: its coloured pixels
-    (:func:`shards.colour.residual_colour`), when it came from a colour frame. ``grey=False``: the
+    (:func:`shards.tint.residual_colour`), when it came from a colour frame. ``grey=False``: the
     coloured marks only (a frame resampled far below its screen's size: ``MARK_MIN_FRAME``)."""
     col = np.zeros(mask.shape, bool) if col is None else col & mask
     if grey:

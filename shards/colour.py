@@ -4,10 +4,9 @@ Measured in the scan area at the native resolution (docs/data.md "Cleaning rules
 :mod:`shards.thresholds`):
 
 1. *coloured* pixels: the channel spread of a pixel's colour is above ``CHROMA``; in a tinted
-   frame (B-mode shown through a colour map: most lit pixels of one hue, median chroma at least
-   ``TINT_CHROMA``) after the colour the frame gives its grey level is taken away (the median
-   colour of each band of ``TINT_BAND`` grey levels), so the tint is grey while Doppler and
-   coloured marks stand out;
+   frame (B-mode shown through a colour map, :mod:`shards.tint`) the pixels off the frame's own
+   grey-to-colour map, so the tint is grey while Doppler and coloured marks stand out (and grey
+   marks where the map gives colour, for the annotation finder; flow is judged on coloured ones);
 2. *filled* areas: coloured pixels surviving a 3x3 opening -- text, calipers, dotted and drawn
    lines, box outlines are strokes one or two pixels wide and vanish;
 3. *flow*: a filled area whose colours span a colour map -- hue spread above ``FLOW_HUE_SPREAD``
@@ -37,7 +36,7 @@ import numpy as np
 
 from shards.components import components
 from shards.decode import to_gray
-from shards.scan_area import ScanArea, coloured
+from shards.scan_area import ScanArea
 from shards.thresholds import (
     BADGE_BLACK,
     BADGE_BLACK_SHARE,
@@ -59,10 +58,8 @@ from shards.thresholds import (
     FLOW_SATURATION,
     FLOW_VALUE_SPREAD,
     OUTSIDE_HUE_SPREAD,
-    TINT_BAND,
-    TINT_CHROMA,
-    TINT_HUE_SPREAD,
 )
+from shards.tint import coloured, hue_spread, off_map, residual_colour, tint_map
 
 SQUARE3 = np.ones((3, 3), np.uint8)
 
@@ -77,89 +74,13 @@ def colour_fraction(rgb: np.ndarray) -> float:
     return float(np.count_nonzero((hi - lo > CHROMA) & lit) / n) if n else 0.0
 
 
-def _planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(luma, and each channel minus it) as int16 planes (per-plane arithmetic: numpy's axis=2
-    reductions are several times slower)."""
-    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
-    luma = (r * 77 + g * 150 + b * 29) >> 8
-    return luma, r - luma, g - luma, b - luma
-
-
-def _tinted(offsets: list[np.ndarray]) -> bool:
-    """A colour map over the whole image: most lit pixels carry some chroma, all of one hue. Each
-    pixel's hue counts by its chroma: a dim pixel's few levels of chroma give it a hue at random
-    (sepia obstetric maps, printed or re-encoded: 22-46 degrees unweighted, 8-22 weighted; a Doppler
-    frame's red and blue stay apart either way)."""
-    r, g, b = offsets
-    chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
-    if chroma.size == 0 or np.median(chroma) < TINT_CHROMA:
-        return False
-    sel = chroma >= TINT_CHROMA
-    hue = np.arctan2(np.sqrt(3.0) * (g[sel] - b[sel]), 2.0 * r[sel] - g[sel] - b[sel])
-    return _hue_spread(np.degrees(hue), chroma[sel]) < TINT_HUE_SPREAD
-
-
-def tint_map(rgb: np.ndarray, mask: np.ndarray, step: int = 1) -> np.ndarray | None:
-    """The colour a tinted frame (:func:`_tinted`) gives each band of ``TINT_BAND`` grey levels
-    (3 x bands, each channel minus the luma), or None for a frame that is not tinted.
-
-    The colour of each band is the median over every ``step``-th pixel of ``mask``: a large Doppler
-    or marker area dominating a few grey bands must not become the frame's own colour."""
-    luma, *offsets = _planes(rgb[::step, ::step])
-    sel = mask[::step, ::step]
-    sampled = [off[sel].astype(np.float32) for off in offsets]
-    if not sel.any() or not _tinted(sampled):
-        return None
-    expected = np.zeros((3, 256 // TINT_BAND + 1), np.int16)
-    bands = luma[sel] // TINT_BAND
-    order = np.argsort(bands, kind="stable")
-    keys, starts = np.unique(bands[order], return_index=True)
-    for c, off in enumerate(sampled):
-        expected[c, keys] = [int(np.median(ch)) for ch in np.split(off[order], starts[1:])]
-    return expected
-
-
-def off_map(rgb: np.ndarray, tint: np.ndarray | None) -> np.ndarray:
-    """Pixels coloured beyond the colour ``tint`` (:func:`tint_map`) gives their grey level; every
-    coloured pixel when there is no tint."""
-    if tint is None:
-        return coloured(rgb, CHROMA)
-    luma, *offsets = _planes(rgb)
-    band = luma // TINT_BAND
-    res = [(off - tint[c][band]).astype(np.float32) for c, off in enumerate(offsets)]
-    # a deeper or paler shade of the tint itself is no colour of its own (a printed or re-encoded
-    # sepia frame's edges): only what lies off the tint's direction counts; red, blue, green and
-    # yellow lie far off a sepia's
-    axis = np.median(tint, axis=1).astype(np.float32)
-    norm = float(np.linalg.norm(axis))
-    if norm > 0:
-        axis /= norm
-        along = res[0] * axis[0] + res[1] * axis[1] + res[2] * axis[2]
-        res = [r - along * a for r, a in zip(res, axis)]
-    spread = np.maximum(np.maximum(res[0], res[1]), res[2]) - np.minimum(np.minimum(res[0], res[1]), res[2])
-    return spread > CHROMA
-
-
-def residual_colour(rgb: np.ndarray, mask: np.ndarray, step: int = 1) -> np.ndarray:
-    """Pixels of ``mask`` coloured beyond the colour the frame gives their grey level (step 1 of the
-    module doc; the frame's tint measured on every ``step``-th pixel of ``mask``)."""
-    return off_map(rgb, tint_map(rgb, mask, step)) & mask
-
-
-def _hue_spread(hue_deg: np.ndarray, weight: np.ndarray | None = None) -> float:
-    """Circular standard deviation of hues in degrees (each weighted by ``weight``, when given)."""
-    a = np.deg2rad(hue_deg)
-    r = float(np.hypot(np.average(np.cos(a), weights=weight), np.average(np.sin(a), weights=weight)))
-    return float(np.rad2deg(np.sqrt(-2.0 * np.log(min(max(r, 1e-9), 1.0)))))
-
-
 def _is_flow(hue: np.ndarray, value: np.ndarray) -> bool:
     """One filled coloured area (its saturated inner pixels): a colour map (flow) or one flat colour
     (a mark)? (step 3)."""
     if hue.size < FLOW_MIN_PIXELS:
         return False
     spread = float(np.percentile(value, 90) - np.percentile(value, 10))
-    if _hue_spread(hue) > FLOW_HUE_SPREAD and spread > FLOW_MAP_VALUE_SPREAD:
+    if hue_spread(hue) > FLOW_HUE_SPREAD and spread > FLOW_MAP_VALUE_SPREAD:
         return True
     in_map = np.zeros(hue.shape, bool)
     for lo, hi in FLOW_HUES:
@@ -273,7 +194,7 @@ def _outside(small: np.ndarray, mask: np.ndarray) -> float:
         px = hsv[labels == k]
         px = px[px[:, 1] >= FLOW_SATURATION]
         hue = px[:, 0].astype(np.float32) * (360.0 / 256.0)
-        if _is_flow(hue, px[:, 2].astype(np.float32)) and _hue_spread(hue) >= OUTSIDE_HUE_SPREAD:
+        if _is_flow(hue, px[:, 2].astype(np.float32)) and hue_spread(hue) >= OUTSIDE_HUE_SPREAD:
             area += int(stats[k, cv2.CC_STAT_AREA])
     return area / textured.size
 
@@ -285,8 +206,10 @@ def colour_measures(rgb: np.ndarray, area: ScanArea, lit: np.ndarray | None, col
     if not area.small_mask.any() or lit is None or col is None:
         return {"colour_fraction": round(colour_fraction(small), 4), "colour_outside": 0.0}
     x0, y0, x1, y1 = area.bbox
+    box = rgb[y0:y1, x0:x1]
     n = int(np.count_nonzero(lit))
-    flow = int(np.count_nonzero(flow_pixels(rgb[y0:y1, x0:x1], col, area.mask_in_bbox()))) if n else 0
+    # flow is coloured: a grey or pale pixel off a tinted frame's map is a drawn mark's (off_map)
+    flow = int(np.count_nonzero(flow_pixels(box, col & coloured(box, CHROMA), area.mask_in_bbox()))) if n else 0
     return {
         "colour_fraction": round(flow / n, 5) if n else 0.0,
         "colour_outside": round(_outside(small, area.small_mask), 4),

@@ -6,7 +6,8 @@ to <= ``WORK_SIDE`` px:
 1. *core*: where more than ``CORE_MIN_DENSITY`` of a 7x7 window is above ``CORE_LEVEL``, the grey
    level varies (5x5 std above ``CORE_MIN_STD``: speckle; flat toolbars and bars do not) and the
    pixel is not in a black gap, opened with a 5x5 square -- burned-in text, depth ticks and
-   calipers are thin or sparse and vanish. Coloured pixels are no evidence (B-mode is grey), and
+   calipers are thin or sparse and vanish. Coloured pixels are no evidence (B-mode is grey; in a
+   tinted frame, B-mode shown through a colour map, only the pixels off its map: :mod:`shards.tint`), and
    grey fills (nearly every pixel of a 7x7 window equal to its neighbours exactly: the panels of a
    grey software screen) are no lit path in steps 2 and 3;
 2. *pieces*: the largest piece of the core and the pieces of at least ``PIECE_MIN_SHARE`` of it that
@@ -37,7 +38,6 @@ import numpy as np
 from shards.thresholds import (
     BAR_REACH,
     BAR_RUN,
-    CHROMA,
     CORE_LEVEL,
     CORE_MAX_FLAT,
     CORE_MIN_DENSITY,
@@ -53,6 +53,7 @@ from shards.thresholds import (
     REGION_FILL,
     WORK_SIDE,
 )
+from shards.tint import coloured, off_map, tint_map
 
 SQUARE3 = np.ones((3, 3), np.uint8)
 SQUARE5 = np.ones((5, 5), np.uint8)
@@ -108,12 +109,6 @@ def work_step(shape: tuple[int, ...]) -> int:
     return max(1, int(np.ceil(max(shape[0], shape[1]) / WORK_SIDE)))
 
 
-def coloured(rgb: np.ndarray, chroma: int = CHROMA) -> np.ndarray:
-    """Pixels whose channels differ by more than ``chroma`` levels (UI colour, Doppler, ECG traces)."""
-    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
-    return (np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)) > chroma
-
-
 def _empty(shape: tuple[int, int], step: int, small_shape: tuple[int, int]) -> ScanArea:
     return ScanArea(np.zeros(small_shape, bool), step, shape, (0, 0, 0, 0))
 
@@ -133,11 +128,15 @@ def region_area(gray: np.ndarray, region: tuple[int, int, int, int]) -> ScanArea
 
 
 def working_copy(gray: np.ndarray, rgb: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Every ``step``-th pixel, coloured pixels set to 0 (B-mode is grey: colour is no evidence)."""
+    """Every ``step``-th pixel, coloured pixels set to 0 (B-mode is grey: colour is no evidence), or in
+    a tinted frame (B-mode shown through a colour map) the pixels off its map."""
     step = work_step(gray.shape)
     small = gray[::step, ::step]
     if rgb is not None:
-        small = np.where(coloured(rgb[::step, ::step]), 0, small).astype(np.uint8)
+        rgb = rgb[::step, ::step]
+        col = coloured(rgb)
+        tint = tint_map(rgb, small > LIT_LEVEL) if col.any() else None
+        small = np.where(col if tint is None else off_map(rgb, tint), 0, small).astype(np.uint8)
     return np.ascontiguousarray(small), step
 
 

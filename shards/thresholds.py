@@ -38,6 +38,7 @@ TINT_CHROMA = 4  # median channel spread of the lit pixels of a tinted frame (gr
 # Doppler frames 24-55 unless tinted themselves)
 TINT_HUE_SPREAD = 20.0
 TINT_BAND = 8  # grey levels per band of a tinted frame's own grey-to-colour map
+TINT_GREY = 8  # channel spread at most: a grey pixel, drawn, where a tinted frame's map gives colour (> CHROMA)
 FLOW_SATURATION = 100  # HSV saturation (0-255) of the inner pixels whose hue is read (a rim blends)
 FLOW_MIN_PIXELS = 12  # saturated inner pixels a filled area needs for its colours to be read
 # (the coloured fringes of sub-pixel rendered text in screenshots hold 4-10; a 6x6 flow spot 15)

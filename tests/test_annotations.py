@@ -21,7 +21,6 @@ from shards.annotations import detect_marks, inpaint, marks_mask, stroke_pixels
 from shards.build import BuildSettings, build_shards
 from shards.catalogue import SourceConfig
 from shards.clean import Cleaned, clean_frame
-from shards.colour import residual_colour
 from shards.decode import decode_image, to_gray
 from shards.faint_calipers import _contrast
 from shards.inspect import with_boxes
@@ -32,6 +31,7 @@ from shards.scan_area import crop_to_scan_area, frame_scan_area, region_area
 from shards.synth import render
 from shards.synth.marks import KINDS, covered, plant
 from shards.thresholds import FAINT_CONTRAST, FAINT_SHAPES, FAINT_SIDE, MARK_MIN_FRAME
+from shards.tint import residual_colour
 from sonodistill.errors import UserError
 
 CLEAN = ("interson-phantom.png", "clarius_axial-lateral-resolution-2020.png")  # real, nothing drawn inside

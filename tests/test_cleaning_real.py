@@ -14,19 +14,20 @@ import pytest
 from PIL import Image
 
 from shards.build import BuildSettings, build_shards
-from shards.clean import Cleaned, Rejected, clean_frame
+from shards.clean import Cleaned, Rejected, clean_frame, output_box
 from shards.clip_mask import clip_scan_area
-from shards.colour import _hue_spread, text_words
+from shards.colour import text_words
 from shards.decode import decode_image, to_gray
 from shards.extract import frames_with_area
 from shards.frames import Sampling
 from shards.options import SourceOptions
 from shards.readers import open_media
-from shards.scan_area import coloured, frame_scan_area
+from shards.scan_area import frame_scan_area
 from shards.synth.air import air_frame, aline_lung_frame, noise_floor_frame
 from shards.synth.media import encode_video
 from shards.synth.screen import interface, on_screen, scan_box
 from shards.thresholds import TINT_HUE_SPREAD
+from shards.tint import _planes, coloured, hue_spread, off_map, tint_map
 from shards.tissue import in_air
 
 EVERY_FRAME = SourceOptions(frames=Sampling(mode="every", every=4, max=12))
@@ -378,15 +379,113 @@ def test_the_same_logo_deep_in_the_scan_or_over_tissue_is_still_flow():
         assert isinstance(res, Rejected) and res.reason == "colour", res
 
 
-def sepia(grey: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def jpeg(rgb: np.ndarray) -> np.ndarray:
+    """``rgb`` saved as JPEG (quality 85, chroma halved both ways) and decoded."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=85, subsampling=2)
+    return decode_image(buf.getvalue()).pixels.copy()
+
+
+def sepia(grey: np.ndarray, rng: np.random.Generator, encode: bool = True) -> np.ndarray:
     """``grey`` shown through an obstetric sepia map -- dark red-brown to pale gold -- with a few levels
-    of chroma noise on every pixel (a print or a re-encoding), then saved as JPEG (chroma halved)."""
+    of chroma noise on every pixel (a print or a re-encoding), then (``encode``) saved as JPEG."""
     g = grey.astype(np.float32) / 255
     rgb = np.stack([255 * g**0.8, 255 * g**1.05, 255 * g**1.5], axis=-1)
     rgb += rng.normal(0, 2.5, rgb.shape)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=85, subsampling=2)
-    return decode_image(buf.getvalue()).pixels.copy()
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+    return jpeg(rgb) if encode else rgb
+
+
+def test_off_a_sepia_map_is_another_hue_a_deeper_shade_grey_or_the_opposite_hue_not_a_bled_edge():
+    """A sepia ramp's own colours are on its map, at every grey level (before: the luma of a pixel
+    brighter than 127 wrapped in int16, and the tint's direction read from the wrapped bands came out
+    pure red); what printing bleeds into an edge -- the tint at half its chroma -- is on it too. Grey
+    where the map gives colour (a white mark), the opposite hue (cyan), a deeper shade than the map
+    ever gives and another hue (green, red) are off it."""
+    g = np.linspace(0, 1, 256, dtype=np.float32)
+    ramp = np.stack([255 * g**0.8, 255 * g**1.05, 255 * g**1.5], axis=-1)
+    img = np.repeat(ramp[None], 8, axis=0).round().astype(np.uint8)  # 8 rows of the map, dark to bright
+    tint = tint_map(img, np.ones(img.shape[:2], bool))
+    assert tint is not None
+    assert not off_map(img, tint).any()
+    luma = _planes(img[:1])[0][0]
+    assert luma[-1] == 255 and np.all(np.diff(luma) >= 0)  # no wrap past 127
+    x = 128  # a grey level where the map is coloured: (147, 126, 91)
+    grey = int(round(float(luma[x])))
+    bled = ramp[x] + 0.5 * (grey - ramp[x])  # half its chroma bled away
+    cases = {
+        "bled": (bled, False),
+        "white": ((grey, grey, grey), True),
+        "cyan": ((grey - 40, grey + 20, grey + 20), True),
+        "deeper": ((min(grey + 90, 255), grey - 10, grey - 110), True),
+        "green": ((grey - 40, grey + 40, grey - 40), True),
+        "red": ((min(grey + 60, 255), grey - 40, grey - 10), True),
+    }
+    for name, (rgb, off) in cases.items():
+        probe = img.copy()
+        probe[3:5, x : x + 2] = np.clip(np.round(rgb), 0, 255)
+        got = off_map(probe, tint)
+        assert bool(got[3:5, x : x + 2].all()) is off and not got[:3].any(), name
+
+
+def test_a_sepia_screen_is_cropped_as_its_grey_original_with_no_marks_added_and_drawn_ones_found(pocus_dir):
+    """Real scans on a device screen, grey and through a sepia map (then JPEG), small ones on the
+    wide screen too: all kept and cropped as in grey (before: a small sepia scan found no scan area
+    and was ``colour``, or part of one; the tint's colours were no evidence of a scan), and the map
+    adds no marks -- its edges, bled by chroma subsampling, are no strokes. Every mark on a
+    sepia screen is one found on its grey original, or the Clarius scan's depth-scale dots along its
+    right edge, which its grey original shows found at another size (before: 28 marks where the grey
+    originals of the larger screens hold 10). Marks drawn over tissue on a sepia screen -- a white
+    caliper, pale cyan dots, yellow measurement text -- are found."""
+    for size in ((300, 150), (400, 300), (500, 400)):
+        box = scan_box(size)
+        for name in (CLARIUS, BUTTERFLY, "sonosite-anon-eye1.jpg"):
+            rng = np.random.default_rng(0)
+            grey = on_screen(real_scan(pocus_dir, name), interface(rng, box), box)
+            marks, crops = {}, {}
+            for kind, img in (("grey", jpeg(np.repeat(grey[..., None], 3, axis=2))), ("sepia", sepia(grey, rng))):
+                res = clean_frame(img, 256, annotations="keep")
+                assert isinstance(res, Cleaned), (name, size, kind, res)
+                marks[kind], crops[kind] = res.meta["annotations"], res.meta["crop"]
+            # the whole scan, as in grey (before: the bottom third of one, a part of another)
+            assert np.abs(np.subtract(crops["sepia"], crops["grey"])).max() <= 16, (name, size, crops)
+            x0, y0, x1, y1 = res.meta["crop"]
+            w, side = x1 - x0, max(x1 - x0, y1 - y0)
+            right_edge = output_box((int(0.9 * w), 0, w, 1), (y1 - y0, w), 256)[0]
+            for m in marks["sepia"]:
+                same = any(g["kind"] == m["kind"] and _boxes_meet(g["box"], m["box"]) for g in marks["grey"])
+                scale = name == CLARIUS and m["kind"] == "dotted_line" and m["box"][0] >= right_edge
+                assert same or scale, (name, size, m, marks["grey"], side)
+
+            if name != BUTTERFLY or size == (300, 150):
+                continue
+            x0, y0, x1, y1 = box  # the marks go over tissue (grey 58-69 under each)
+            cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+            drawn = sepia(grey, rng, encode=False)
+            cv2.line(drawn, (cx - 6, cy - 40), (cx + 6, cy - 40), (255, 255, 255), 2)
+            cv2.line(drawn, (cx, cy - 46), (cx, cy - 34), (255, 255, 255), 2)
+            drawn[cy + 20 : cy + 22, x0 + 20 : x1 - 20 : 7] = (150, 215, 205)
+            drawn[cy + 20 : cy + 22, x0 + 21 : x1 - 20 : 7] = (150, 215, 205)
+            cv2.putText(drawn, "2.1cm", (x0 + 15, cy + 70), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (235, 225, 60), 1)
+            res = clean_frame(jpeg(drawn), 256, annotations="keep")
+            assert isinstance(res, Cleaned), (name, res)
+            c0, c1, c2, c3 = res.meta["crop"]
+            for what, (a0, b0, a1, b1) in {
+                "caliper": (cx - 7, cy - 47, cx + 7, cy - 33),
+                "dots": (x0 + 20, cy + 20, x1 - 20, cy + 22),
+                "text": (x0 + 15, cy + 58, x0 + 65, cy + 71),
+            }.items():
+                e = output_box((a0 - c0, b0 - c1, a1 - c0, b1 - c1), (c3 - c1, c2 - c0), 256)
+                hits = [m for m in res.meta["annotations"] if _boxes_meet(m["box"], e)]
+                assert hits, (name, size, what, res.meta["annotations"])
+
+
+CLARIUS = "clarius-ocular-image.png"
+BUTTERFLY = "butterfly_axial-lateral-resolution-2020.png"
+
+
+def _boxes_meet(a: list[int], b: list[int]) -> bool:
+    return a[0] <= b[2] and b[0] <= a[2] and a[1] <= b[3] and b[1] <= a[3]
 
 
 def test_a_sepia_screen_is_b_mode_and_flow_over_it_is_colour(pocus_dir):
@@ -405,7 +504,7 @@ def test_a_sepia_screen_is_b_mode_and_flow_over_it_is_colour(pocus_dir):
         x0, y0, x1, y1 = frame_scan_area(to_gray(rgb)).bbox
         r, g, b = (rgb[y0:y1, x0:x1][lit][:, c].astype(np.float32) - to_gray(rgb)[y0:y1, x0:x1][lit] for c in range(3))
         hue = np.degrees(np.arctan2(np.sqrt(3.0) * (g - b), 2 * r - g - b))
-        assert _hue_spread(hue) > TINT_HUE_SPREAD  # the unweighted hues: the noise scatters them
+        assert hue_spread(hue) > TINT_HUE_SPREAD  # the unweighted hues: the noise scatters them
         res = clean_frame(rgb, 64)
         assert isinstance(res, Cleaned), (name, res)
 
