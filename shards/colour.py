@@ -10,15 +10,17 @@ Measured in the scan area at the native resolution (docs/data.md "Cleaning rules
 2. *filled* areas: coloured pixels surviving a 3x3 opening -- text, calipers, dotted and drawn
    lines, box outlines are strokes one or two pixels wide and vanish;
 3. *flow*: a filled area whose colours span a colour map -- hue spread above ``FLOW_HUE_SPREAD``
-   degrees with brightness varying too (value spread above ``FLOW_MAP_VALUE_SPREAD``), or mostly
+   degrees with brightness varying too (value spread above ``FLOW_MAP_VALUE_SPREAD``) or hues
+   running unbroken over ``FLOW_HUE_RUN`` degrees (:func:`_hue_run`: an aliased jet), or mostly
    red/orange or blue hues graded in brightness (value spread above ``FLOW_VALUE_SPREAD``: a
    velocity or power map) -- or any filled area covering ``FLOW_LARGE`` of the scan area (it hides
    the tissue). A filled area of one flat colour, or two touching (a red and a yellow trace), is
    a mark (an arrowhead, an icon, a caliper dot), and a mark never rejects a frame; so are the
    words of one line of bold text (:func:`text_words`), and a filled area at the top of the scan
-   area (``BADGE_TOP``) ringed by the display's black (:func:`_on_black`): a mode badge or a
-   maker's logo the interface draws beside the image (Butterfly's blue "B" disc, EchoNous
-   Kosmos's orange logo by the sector's apex), where flow lies over tissue.
+   area (``BADGE_TOP``) or on its edge ringed by the display's black (:func:`_on_black`): a mode
+   badge, a legend or a maker's logo the interface draws beside the image (Butterfly's blue "B"
+   disc, EchoNous Kosmos's orange logo by the sector's apex), where flow lies over tissue (even on
+   the edge: a colour box at the top of the tissue, the scan area found ending at it).
 
 ``colour_fraction`` is the share of the scan area's lit pixels that are flow; above
 ``COLOUR_FLOW`` the frame is ``colour``. ``colour_outside`` keeps the rule for what a Doppler screen
@@ -50,6 +52,9 @@ from shards.thresholds import (
     COLOUR_TEXT_HEIGHT,
     COLOUR_TEXT_SIZES,
     COLOUR_TEXT_WORD,
+    FLOW_HUE_BIN,
+    FLOW_HUE_BIN_SHARE,
+    FLOW_HUE_RUN,
     FLOW_HUE_SPREAD,
     FLOW_HUES,
     FLOW_LARGE,
@@ -80,12 +85,27 @@ def _is_flow(hue: np.ndarray, value: np.ndarray) -> bool:
     if hue.size < FLOW_MIN_PIXELS:
         return False
     spread = float(np.percentile(value, 90) - np.percentile(value, 10))
-    if hue_spread(hue) > FLOW_HUE_SPREAD and spread > FLOW_MAP_VALUE_SPREAD:
+    if hue_spread(hue) > FLOW_HUE_SPREAD and (spread > FLOW_MAP_VALUE_SPREAD or _hue_run(hue) >= FLOW_HUE_RUN):
         return True
     in_map = np.zeros(hue.shape, bool)
     for lo, hi in FLOW_HUES:
         in_map |= (hue >= lo) & (hue <= hi) if lo <= hi else (hue >= lo) | (hue <= hi)
     return bool(in_map.mean() >= 0.5 and spread > FLOW_VALUE_SPREAD)
+
+
+def _hue_run(hue: np.ndarray) -> int:
+    """Degrees of the longest unbroken run of hues, in ``FLOW_HUE_BIN``-degree bins each holding at
+    least ``FLOW_HUE_BIN_SHARE`` of the pixels: a map graded in hue alone (an aliased jet, blue to
+    cyan at full brightness) runs on; two flat marks touching (a red and a yellow trace) are two bins."""
+    bins = np.bincount((hue // FLOW_HUE_BIN).astype(np.int64) % (360 // FLOW_HUE_BIN), minlength=360 // FLOW_HUE_BIN)
+    held = bins >= FLOW_HUE_BIN_SHARE * hue.size
+    if held.all():
+        return 360
+    run = best = 0
+    for h in np.concatenate([held, held]):  # twice round: a run may cross 0 degrees
+        run = run + 1 if h else 0
+        best = max(best, run)
+    return best * FLOW_HUE_BIN
 
 
 def text_words(stats: np.ndarray) -> set[int]:
@@ -120,7 +140,8 @@ def text_words(stats: np.ndarray) -> set[int]:
 def flow_pixels(rgb: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Pixels of filled, flow-coloured areas among the coloured pixels ``col`` (steps 2-3). Only the
     saturated pixels inside an area tell its colours (its rim blends with the tissue); an area on the
-    edge of the scan area ``inside`` is not over tissue (a logo, a bar)."""
+    edge of the scan area ``inside`` ringed by the display's black is the interface's (a logo, a
+    legend), while one ringed by tissue is flow (a colour box at the top of the tissue)."""
     flow = np.zeros(col.shape, bool)
     if not col.any():
         return flow
@@ -134,15 +155,17 @@ def flow_pixels(rgb: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndar
     for k in range(1, n):
         x, y, w, h = (int(v) for v in stats[k, :4])
         comp = labels[y : y + h, x : x + w] == k
-        if k in words or (comp & edge[y : y + h, x : x + w]).any():
+        if k in words:
             continue
         core = cv2.erode(comp.astype(np.uint8), SQUARE3, borderValue=0).astype(bool)
         px = hsv[y : y + h, x : x + w][core]
         px = px[px[:, 1] >= FLOW_SATURATION]
         large = stats[k, cv2.CC_STAT_AREA] >= FLOW_LARGE * max(int(inside.sum()), 1)
         if large or _is_flow(px[:, 0].astype(np.float32) * (360.0 / 256.0), px[:, 2].astype(np.float32)):
-            if not large and y <= BADGE_TOP * rgb.shape[0] and _on_black(rgb, labels, k, (x, y, w, h)):
-                continue  # a mode badge or logo the interface draws at the top, not flow
+            on_edge = bool((comp & edge[y : y + h, x : x + w]).any())
+            top = not large and y <= BADGE_TOP * rgb.shape[0]
+            if (on_edge or top) and _on_black(rgb, labels, k, (x, y, w, h)):
+                continue  # the interface's: a legend or logo by the scan area's edge, a badge at the top
             flow[y : y + h, x : x + w] |= comp
     return flow
 

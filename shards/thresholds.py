@@ -44,6 +44,9 @@ FLOW_MIN_PIXELS = 12  # saturated inner pixels a filled area needs for its colou
 # (the coloured fringes of sub-pixel rendered text in screenshots hold 4-10; a 6x6 flow spot 15)
 FLOW_HUE_SPREAD = 10.0  # degrees, circular std of a filled area's hues: colour maps span more
 FLOW_MAP_VALUE_SPREAD = 30  # HSV value, 10th-90th percentile: a colour map is graded (two flat marks are not)
+FLOW_HUE_BIN = 5  # degrees: the bins a filled area's hues are counted in ...
+FLOW_HUE_BIN_SHARE = 0.02  # ... a bin holding this share of its saturated inner pixels is held ...
+FLOW_HUE_RUN = 20  # ... and this many degrees of held bins in a row are a map graded in hue
 FLOW_HUES = ((330, 45), (195, 265))  # degrees: red-orange and blue, the hues of velocity/power maps
 FLOW_VALUE_SPREAD = 60  # HSV value, 10th-90th percentile, of a graded red or blue flow spot
 FLOW_LARGE = 0.05  # share of the scan area one filled coloured area covers to count whatever its colours

@@ -220,6 +220,51 @@ def velocity_legend(h: int, w: int) -> np.ndarray:
     return np.repeat(cv2.cvtColor(hsv[:, None], cv2.COLOR_HSV2RGB), w, axis=1)
 
 
+def test_flow_graded_in_hue_alone_is_colour_and_two_flat_traces_touching_are_not(pocus_dir):
+    """An aliased jet at full brightness -- blue running to cyan, its brightness flat -- over the
+    tissue of a real scan is flow (before: kept; a map had to be graded in brightness too, and the
+    synthetic corpus's Doppler frame ``abd_000079`` passed so). A red and a yellow trace touching, each
+    one flat colour, are a mark."""
+    box = scan_box((400, 300))
+    grey = on_screen(real_scan(pocus_dir, BUTTERFLY), interface(np.random.default_rng(0), box), box)
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    jet = np.repeat(grey[..., None], 3, axis=2)
+    hue = np.linspace(240, 190, 60) / 2  # OpenCV: degrees / 2
+    hsv = np.stack([np.repeat(hue[None], 24, 0), np.full((24, 60), 255.0), np.full((24, 60), 255.0)], axis=-1)
+    jet[cy - 12 : cy + 12, cx - 30 : cx + 30] = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    res = clean_frame(jet, 64)
+    assert isinstance(res, Rejected) and res.reason == "colour", res
+
+    traces = np.repeat(grey[..., None], 3, axis=2)
+    traces[cy - 4 : cy + 4, cx - 30 : cx] = (230, 30, 30)
+    traces[cy - 4 : cy + 4, cx : cx + 30] = (230, 220, 40)
+    res = clean_frame(traces, 64)
+    assert isinstance(res, Cleaned), res
+
+
+def test_a_colour_box_at_the_top_of_the_tissue_is_flow_and_a_badge_on_black_is_not(pocus_dir):
+    """Flow filling a colour box whose top is the top of the tissue found (black above it, where the
+    screen is): the scan area ends at the box, so the box touches its edge, but tissue rings it on
+    three sides -- flow (before: an area on the edge was the interface's whatever lay around it, and
+    the synthetic corpus's Doppler frame ``fetal_000392`` was kept). A badge on the display's black by
+    the same edge is the interface's."""
+    box = scan_box((400, 300))
+    grey = on_screen(real_scan(pocus_dir, BUTTERFLY), interface(np.random.default_rng(0), box), box)
+    x0, y0, x1, y1 = box
+    img = np.repeat(grey[..., None], 3, axis=2)
+    img[y0 : y0 + 40] = 0  # the tissue starts 40 px down
+    img[y0 + 40 : y0 + 90, x0 + 80 : x0 + 200] = velocity_legend(50, 120)
+    res = clean_frame(img, 64)
+    assert isinstance(res, Rejected) and res.reason == "colour", res
+
+    badge = np.repeat(grey[..., None], 3, axis=2)
+    badge[y0 : y0 + 40] = 0
+    cv2.circle(badge, (x0 + 150, y0 + 20), 12, (40, 90, 230), -1)  # a blue mode disc on the black
+    res = clean_frame(badge, 64)
+    assert isinstance(res, Cleaned), res
+
+
 def test_a_coloured_interface_beside_the_scan_is_not_colour_and_a_velocity_legend_is(pocus_dir):
     """A Mindray-style header -- a blue bar graded top to bottom, the maker's name and the site in
     light blue on it -- over a real scan on a device screen: text and bar are one hue, graded in
