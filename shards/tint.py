@@ -18,8 +18,7 @@ from shards.thresholds import CHROMA, TINT_BAND, TINT_CHROMA, TINT_GREY, TINT_HU
 
 def coloured(rgb: np.ndarray, chroma: int = CHROMA) -> np.ndarray:
     """Pixels whose channels differ by more than ``chroma`` levels (UI colour, Doppler, ECG traces)."""
-    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
-    return (np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)) > chroma
+    return _spread([rgb[..., i].astype(np.int16) for i in range(3)]) > chroma
 
 
 def _planes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -44,7 +43,7 @@ def _tinted(offsets: list[np.ndarray]) -> bool:
     (sepia obstetric maps, printed or re-encoded: 22-46 degrees unweighted, 8-22 weighted; a Doppler
     frame's red and blue stay apart either way)."""
     r, g, b = offsets
-    chroma = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    chroma = _spread(offsets)
     if chroma.size == 0 or np.median(chroma) < TINT_CHROMA:
         return False
     sel = chroma >= TINT_CHROMA
