@@ -56,6 +56,7 @@ from shards.ordered_pool import ordered_map
 from shards.sources import Item, Source, items_from, open_source, parse_source
 from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
+from sonodistill.lock import exclusive
 from sonodistill.logs import progress as progress_bar
 from sonodistill.parts import Part
 from sonodistill.stop import StopRequest, check_stop
@@ -68,6 +69,7 @@ REJECTS = "rejects.jsonl"
 REJECTS_PARTIAL = ".rejects-partial.jsonl"
 ANNOTATION_TALLY = {"keep": "kept", "inpaint": "inpainted", "drop": "dropped"}  # per_source.annotations
 EXCLUSION_INDEX = ".exclusion-index"  # the exclusion sets' index while the build runs
+LOCK = ".lock"  # held by the build writing into the folder (sonodistill.lock)
 
 
 @dataclass
@@ -244,6 +246,12 @@ def _built(out: Path, identity: dict, progress: bool) -> dict | None:
             f"--out {out}: holds a different build "
             f"({describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
         )
+    missing = [name for name in manifest["shards"] if not (out / name).is_file()]
+    if missing:
+        raise UserError(
+            f"--out {out}: a finished build whose manifest lists {len(missing)} shard(s) no longer there "
+            f"(e.g. {missing[0]}); build into a new --out (this folder's shards cannot be trusted)"
+        )
     if progress:
         log.info(f"{out}: already built ({manifest['num_samples']} samples); nothing to do")
     return manifest
@@ -269,7 +277,7 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
                 journal.rewrite(identity, records)
                 break
     else:
-        ours = (REJECTS_PARTIAL, SPOOL)
+        ours = (REJECTS_PARTIAL, SPOOL, REJECTS, LOCK)  # rejects.jsonl alone: a build that kept nothing
         foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name not in ours]
         if foreign:
             raise UserError(f"--out {out}: not empty and not a shard build (found {foreign[0]}); use an empty folder")
@@ -537,9 +545,9 @@ def _finish(state: _State, identity: dict) -> dict:
     shutil.rmtree(out / EXCLUSION_INDEX, ignore_errors=True)
     if not state.shards:
         state.journal.remove()
-        partial.unlink(missing_ok=True)
+        os.replace(partial, out / REJECTS)  # why, file by file
         rejected = ", ".join(f"{k}={v}" for k, v in sorted(state.rejected.items()))
-        raise UserError(f"--out {out}: every input was rejected ({rejected})")
+        raise UserError(f"--out {out}: every input was rejected ({rejected}); each file's reason is in {REJECTS}")
     manifest = _manifest(state, identity)
     os.replace(partial, out / REJECTS)
     write_json(out / MANIFEST, manifest)
@@ -599,6 +607,29 @@ def build_shards(
     opened, identity, manifest = _prepare(sources, out, settings, progress, exclusions)
     if manifest is not None:
         return manifest
+    lock, fresh = out / LOCK, not (out / LOCK).exists()
+    with exclusive(lock, f"--out {out}"):
+        try:
+            manifest = _build_locked(out, settings, opened, identity, exclusions, progress)
+        except UserError:
+            if fresh and not Journal(out).exists():
+                lock.unlink()  # refused before starting: leave the folder as it was
+            raise
+        lock.unlink()  # a finished folder holds the build's files only
+    return manifest
+
+
+def _build_locked(
+    out: Path,
+    settings: BuildSettings,
+    opened: list[Source],
+    identity: dict,
+    exclusions: list[ExclusionSet],
+    progress: bool,
+) -> dict:
+    manifest = _built(out, identity, progress=False)  # finished by the process that held the lock before
+    if manifest is not None:
+        return manifest
     spool = finished_spool(out, identity)
     journal, records = _journal(out, identity)
     state = _restore(out, settings, opened, exclusions, journal, records)
@@ -626,7 +657,8 @@ def build_part(
     if manifest is not None:
         return {"part": str(part), "inputs": 0, "extracted": 0, "built": True}
     extract = ExtractSettings(settings.size, settings.codec)
-    return run_part(out, identity, opened, extract, settings.workers, part, progress)
+    with exclusive(out / SPOOL / f"{LOCK}-{part.tag}", f"--out {out} --part {part}"):
+        return run_part(out, identity, opened, extract, settings.workers, part, progress)
 
 
 def summary_line(manifest: dict) -> str:

@@ -6,7 +6,8 @@ A set is given as
   ``SPLITS.json:test`` (or ``:val``, ``:train``, ``:test,val``) picks parts. The file names the
   dataset folder (``root``) and each id's image file relative to it (``images``), as
   :mod:`downstream.splits` writes them, so the shards never read a dataset layout;
-- ``DIR``: every image file under the folder (recursive; hidden files left out);
+- ``DIR``: every image under the folder, told by content (any image PIL reads, or a DICOM file's
+  first frame; recursive; hidden files left out);
 
 optionally prefixed by ``NAME=`` to name it (default: the dataset and parts, ``busi:test+val``, or
 the folder's name). A set is identified by its images' content: ``content_hash`` is the SHA-1 over
@@ -31,6 +32,9 @@ import numpy as np
 from shards.copyindex import CopyIndex, reference_views
 from shards.decode import IMAGE_EXTENSIONS, read_pixels
 from shards.match import MATCHER
+from shards.options import SourceOptions
+from shards.readers import ReadError, open_media
+from shards.readers.detect import HEAD_BYTES, detect_family
 from shards.sources import NAME_RE
 from sonodistill.errors import UserError
 
@@ -142,15 +146,52 @@ def _from_splits(spec: str, path: Path, parts: tuple[str, ...]) -> tuple[str, Pa
     return f"{label}:{'+'.join(parts)}", Path(data["root"]), images
 
 
+def _is_dicom(head: bytes, name: str) -> bool:
+    """A DICOM file by its ``DICM`` preamble or its ``.dcm`` name (the preamble-less rule the build
+    also knows is too weak to pick files out of a folder of anything)."""
+    return detect_family(head, name) == "dicom" and (head[128:132] == b"DICM" or name.endswith(".dcm"))
+
+
+def _is_reference(path: Path) -> bool:
+    """An evaluation image, told by content as the build tells its inputs: any image PIL reads
+    (whatever its name) or a DICOM image."""
+    name = path.name.lower()
+    if name.endswith(IMAGE_EXTENSIONS):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    except OSError:
+        return False
+    return detect_family(head, name) == "image" or _is_dicom(head, name)
+
+
+def read_reference(path: str) -> np.ndarray:
+    """An evaluation image's pixels: through PIL, or a DICOM file's first frame through the build's
+    own DICOM reader (so a DICOM test set excludes its copies too); one ``UserError`` line otherwise."""
+    name = Path(path).name.lower()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read image ({exc})") from None
+    if not _is_dicom(head, name):
+        return read_pixels(path)
+    try:
+        return next(iter(open_media(path, name, SourceOptions()).frames)).pixels
+    except (ReadError, StopIteration) as exc:
+        raise UserError(f"{path}: cannot read image ({getattr(exc, 'reason', 'no frame')})") from None
+
+
 def _from_folder(spec: str, root: Path) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
     images = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+            if not f.startswith(".") and _is_reference(Path(dirpath, f)):
                 images.append(Path(dirpath, f).relative_to(root).as_posix())
     if not images:
-        raise UserError(f"--exclude {spec}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+        raise UserError(f"--exclude {spec}: no images (any PIL reads, or DICOM; told by content) under {root}")
     return root.resolve().name, root, {"": tuple(sorted(images))}
 
 
@@ -204,6 +245,6 @@ class Exclusions:
         """Index every image of every set (in ``workers`` processes) and save it in ``folder``."""
         paths = [str(s.root / rel) for s in self.sets for rel in s.images]
         names = [rel for s in self.sets for rel in s.images]
-        index = CopyIndex.build(names, reference_views(read_pixels, paths, workers))
+        index = CopyIndex.build(names, reference_views(read_reference, paths, workers))
         index.save(folder)
         return index

@@ -67,12 +67,33 @@ def _file_sha1(item: Item) -> str:
     return h.hexdigest()
 
 
+def _library_error(exc: Exception) -> ReadError:
+    """A decoding library's own exception (each raises its own kinds on a damaged file) as ``unreadable``:
+    a corrupt sample is counted under its reason, never the end of the build."""
+    return ReadError("unreadable", f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+
+
+def _read_frames(media: Media) -> Iterator[Frame]:
+    """The media's frames; what a library raises while decoding one ends the clip as :class:`ReadError`."""
+    frames = iter(media.frames)
+    while True:
+        try:
+            fr = next(frames)
+        except StopIteration:
+            return
+        except (ReadError, MemoryError):
+            raise
+        except Exception as exc:  # any library's own error on a damaged file
+            raise _library_error(exc) from exc
+        yield fr
+
+
 def frames_with_area(media: Media) -> Iterator[tuple[Frame, ScanArea | None]]:
     """The media's frames, each with its clip's scan area (None: a single image, found per frame).
 
     The first ``CLIP_MASK_FRAMES`` frames are held to find the area; a read error among them is
     raised after the frames decoded before it."""
-    frames = iter(media.frames)
+    frames = _read_frames(media)
     if not media.multi:
         yield from ((fr, None) for fr in frames)
         return
@@ -103,7 +124,12 @@ def extract_item(item: Item, opts: SourceOptions, settings: ExtractSettings) -> 
         return out
     src = item.data if item.data is not None else item.path
     try:
-        media = open_media(src, item.relpath, opts)  # type: ignore[arg-type]
+        try:
+            media = open_media(src, item.relpath, opts)  # type: ignore[arg-type]
+        except (ReadError, MemoryError):
+            raise
+        except Exception as exc:  # any library's own error on a damaged file
+            raise _library_error(exc) from exc
     except ReadError as exc:
         detail = {"detail": _detail(exc, item)} if exc.detail else {}
         out.frames.append(FrameOutcome(None, Rejected(exc.reason, detail)))

@@ -45,12 +45,11 @@ def describe_difference(old: dict, new: dict) -> str:
             "whose cleaning differs: the samples could not be mixed)"
         )
     if old.get("settings") != new.get("settings"):
-        keys = [k for k in new["settings"] if old.get("settings", {}).get(k) != new["settings"][k]]
-        return (
-            "settings differ ("
-            + ", ".join(f"{k}: {old.get('settings', {}).get(k)} -> {new['settings'][k]}" for k in keys)
-            + ")"
-        )
+        # a PNG build's identity leaves out its encoding (as before encodings existed), and a key
+        # only one side has reads as that side's default
+        both = {**{"encoding": "png"}, **old.get("settings", {})}, {**{"encoding": "png"}, **new["settings"]}
+        keys = [k for k in {**both[0], **both[1]} if both[0].get(k) != both[1].get(k)]
+        return "settings differ (" + ", ".join(f"{k}: {both[0].get(k)} -> {both[1].get(k)}" for k in keys) + ")"
     oldn = [s["name"] for s in old.get("sources", [])]
     newn = [s["name"] for s in new["sources"]]
     if oldn != newn:

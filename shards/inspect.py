@@ -243,9 +243,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overlap-sheet", default="overlap.png", help="contact sheet of the matched pairs (+ .jsonl)")
     ap.add_argument("--workers", type=int, default=1, help="processes for --overlap")
     args = ap.parse_args(argv)
+    for flag in ("per_source", "per_reason"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected at least 1")
+    for flag in ("sheet", "rejects", "overlap_sheet"):
+        path = getattr(args, flag)
+        if path and (Path(path).suffix.lower() != ".png" or Path(path).is_dir()):
+            raise UserError(f"--{flag.replace('_', '-')} {path}: expected the name of a .png file to write")
     urls, manifest = resolve_shards(args.shards)
     if manifest is not None:
         print(summary(manifest))
+    else:
+        print(f"{len(urls)} shard file(s), no manifest (give the shard folder for its counts)")
     if args.sheet:
         sources = list((manifest or {}).get("sources", {}))
         contact_sheet(pick_samples(urls, sources, args.per_source, args.seed), args.sheet, boxes=args.boxes)

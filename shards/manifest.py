@@ -82,6 +82,10 @@ def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | 
             raise UserError(f"{root}: manifest lists no shards")
         return [remote.join(root, s) for s in manifest["shards"]], manifest
     p = Path(spec)
+    if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tar"):
+        raise UserError(f"shards {spec}: expected a shard folder, its {MANIFEST}, a .tar shard or a pattern of them")
+    if not p.exists() and "{" not in spec and "://" not in spec and not spec.startswith("pipe:"):
+        raise UserError(f"shards {spec}: no such shard folder or file")
     if p.is_dir() or p.name == MANIFEST:
         manifest = read_manifest(p)
         root = p if p.is_dir() else p.parent

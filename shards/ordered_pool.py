@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -35,9 +36,13 @@ def ordered_map(
     window = window or workers * 4
     it = iter(items)
     # spawn: workers must not inherit a parent's threads (torch, tqdm) through fork.
-    # Workers ignore a stop signal sent to the whole process group: the main process decides.
+    # Workers ignore a stop signal sent to the whole process group: the main process decides; they
+    # die with it when it is killed outright.
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=mp.get_context("spawn"), initializer=ignore_all_stop_signals
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=ignore_all_stop_signals,
+        initargs=(os.getpid(),),
     ) as pool:
         pending: deque = deque()
 

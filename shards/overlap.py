@@ -19,8 +19,8 @@ import numpy as np
 
 from shards.codec import CorruptSample, decode_gray
 from shards.copyindex import loaded
-from shards.decode import read_pixels, to_gray
-from shards.exclusions import Exclusions, load_exclusions
+from shards.decode import to_gray
+from shards.exclusions import Exclusions, load_exclusions, read_reference
 from shards.match import resized
 from shards.ordered_pool import ordered_map
 from shards.shardfile import ShardUnreadable, open_shard
@@ -97,7 +97,7 @@ def overlap_sheet(pairs: list[Pair], tiles: list, exclusions: Exclusions, path: 
     cells = []
     for p, t in list(zip(pairs, tiles))[:SHEET_PAIRS]:
         s = exclusions.set_of(p.ref)
-        ref = sheet_tile(to_gray(read_pixels(str(s.root / p.matched))))
+        ref = sheet_tile(to_gray(read_reference(str(s.root / p.matched))))
         frame = f" #{p.frame}" if p.frame is not None else ""
         how = f"{p.inliers} inliers, ncc {p.ncc:.2f}" + (" mirrored" if p.flipped else "")
         cells += [(t, f"{p.source}: {short(p.path)}{frame}"), (ref, f"{p.set}: {short(p.matched)}\n{how}")]

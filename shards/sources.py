@@ -173,7 +173,8 @@ class FolderSource:
     def fingerprint(self) -> str:
         h = hashlib.sha1()
         for rel, size in self.files:
-            h.update(f"{rel}\0{size}\n".encode())
+            # a name that is not UTF-8 (an old Latin-1 archive) is hashed as the bytes it is
+            h.update(f"{rel}\0{size}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
 
@@ -258,7 +259,8 @@ def parse_source(arg: str) -> tuple[str, str]:
         raise UserError(f"--source {arg}: source name must match {NAME_RE.pattern}")
     if not spec:
         raise UserError(f"--source {arg}: empty path")
-    return name, spec
+    # the shell expands ~ at the start of a word only, not after NAME=
+    return name, os.path.expanduser(spec) if spec.startswith("~") else spec
 
 
 def open_source(name: str, spec: str, options: SourceOptions | None = None) -> Source:

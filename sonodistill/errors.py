@@ -8,6 +8,7 @@ sets up logging (:func:`sonodistill.logs.setup_logging`).
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -18,6 +19,9 @@ from sonodistill.logs import is_main_rank, setup_logging
 F = TypeVar("F", bound=Callable[..., object])
 
 EXIT_USER_ERROR = 2
+EXIT_STORAGE = 74  # sysexits.h EX_IOERR
+# A full disk, a quota, a read-only or forbidden folder: the machine's state, told in one line.
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 class UserError(Exception):
@@ -54,5 +58,14 @@ def cli_main(fn: F) -> F:
             if is_main_rank():
                 print(f"stopped: {' '.join(str(exc).split())}", file=sys.stderr)
             sys.exit(EXIT_PREEMPTED)
+        except OSError as exc:
+            if exc.errno not in STORAGE_ERRORS:
+                raise
+            if is_main_rank():  # files are written under temporary names: nothing finished is lost
+                print(
+                    f"error: {exc.filename or 'output'}: {exc.strerror}; run the command again once fixed",
+                    file=sys.stderr,
+                )
+            sys.exit(EXIT_STORAGE)
 
     return wrapper  # type: ignore[return-value]

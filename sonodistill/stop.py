@@ -17,6 +17,7 @@ job, loader workers included. So:
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import multiprocessing.context
 import os
@@ -27,6 +28,7 @@ from types import FrameType
 # sysexits.h EX_TEMPFAIL: "temporary failure, try again" - the work so far is kept, run it again.
 EXIT_PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 _ACTIVE: list[StopRequest] = []
 
@@ -92,12 +94,28 @@ def ignore_stop_signals(worker_id: int | None = None) -> None:
     _sigterm_from_parent_only()
 
 
-def ignore_all_stop_signals() -> None:
+def ignore_all_stop_signals(parent: int | None = None) -> None:
     """``initializer`` of a process pool (spawned workers): the three signals are ignored outright.
     A spawned worker already runs threads (its imports start them) that :func:`ignore_stop_signals`
-    cannot mask, and a pool ends its workers with a message, never with SIGTERM."""
+    cannot mask, and a pool ends its workers with a message, never with SIGTERM. With ``parent``
+    (the pool's process id) the worker also dies with it (:func:`die_with_parent`)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    if parent is not None:
+        die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when ``parent`` dies (Linux; elsewhere nothing). A parent
+    killed with SIGKILL (or by the OOM killer) cannot tell its pool, whose workers would otherwise
+    wait for work forever, ignoring the stop signals, holding memory."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _sigterm_from_parent_only() -> None:

@@ -477,3 +477,33 @@ def test_inspect_summary_and_contact_sheet(shard_dir, tmp_path, capsys):
     urls = [str(shard_dir / s) for s in manifest["shards"]]
     picked = pick_samples(urls, list(manifest["sources"]), 3, seed=0)
     assert {k: len(v) for k, v in picked.items()} == {k: min(3, n) for k, n in manifest["sources"].items()}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["README.md"], "shards README.md: expected a shard folder, its manifest.json, a .tar shard"),
+        (["{tmp}/none"], "shards {tmp}/none: no such shard folder or file"),
+        (["{shards}", "--sheet", "{tmp}"], "--sheet {tmp}: expected the name of a .png file to write"),
+        (["{shards}", "--sheet", "{tmp}/s.jpg"], "--sheet {tmp}/s.jpg: expected the name of a .png file"),
+        (["{shards}", "--per-source", "0"], "--per-source 0: expected at least 1"),
+        (["{shards}", "--rejects", "{tmp}/r.png", "--per-reason", "-1"], "--per-reason -1: expected at least 1"),
+    ],
+)
+def test_inspect_bad_inputs_are_one_line(shard_dir, tmp_path, capsys, args, message):
+    from shards.inspect import main as inspect_main
+
+    fill = {"tmp": tmp_path, "shards": shard_dir}
+    with pytest.raises(SystemExit) as exc:
+        inspect_main([a.format(**fill) for a in args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: " + message.format(**fill)) and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_inspect_of_a_single_shard_says_what_it_read(shard_dir, capsys):
+    from shards.inspect import main as inspect_main
+
+    inspect_main([str(shard_dir / "shard-000000.tar")])
+    assert "1 shard file(s), no manifest" in capsys.readouterr().out

@@ -135,6 +135,28 @@ def test_cli_main_one_line_exit_2(capsys):
     assert err == "error: data/x.png: expected a PNG\n"
 
 
+def test_a_full_disk_or_a_forbidden_folder_is_one_line_and_other_os_errors_stay_tracebacks(capsys):
+    import errno
+
+    @cli_main
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/shards/shard-000003.tar.tmp")
+
+    with pytest.raises(SystemExit) as e:
+        full()
+    assert e.value.code == 74
+    assert capsys.readouterr().err == (
+        "error: /data/shards/shard-000003.tar.tmp: No space left on device; run the command again once fixed\n"
+    )
+
+    @cli_main
+    def bug():
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    with pytest.raises(OSError):
+        bug()
+
+
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     target = tmp_path / "m.json"
     write_json(target, {"a": 1})
@@ -160,3 +182,14 @@ def test_overrides_on_a_resolved_config_are_checked_and_copy_it():
         override_config(base, ["optim.beta=1"])
     with pytest.raises(ConfigError, match="key 'steps' expects int"):
         override_config(base, ["steps=many"])
+
+
+def test_a_bad_value_is_blamed_on_where_it_was_given(tmp_path):
+    """A wrong override is the command line's, not the config file's (which held a good value)."""
+    f = tmp_path / "c.yaml"
+    f.write_text("steps: 3\n")
+    with pytest.raises(ConfigError, match=r"^command line: key 'steps' expects int, got 'abc'"):
+        load_config(Cfg, f, ["steps=abc"])
+    f.write_text("steps: abc\n")
+    with pytest.raises(ConfigError, match=rf"^{f}: key 'steps' expects int"):
+        load_config(Cfg, f, ["compile=true"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_build import tree_bytes
+from test_build import png_bytes, speckle_frame, tree_bytes
 
 from downstream.data.read import read_catalog
 from downstream.splits import load_or_make_splits
@@ -171,3 +171,25 @@ def test_build_in_parts_with_an_exclusion_set_equals_one_process(excluded_build,
     merged = build_shards(sources, out, settings, progress=False, exclusions=sets)
     assert merged["rejected"]["eval_overlap"] == 3 and merged["num_samples"] == manifest["num_samples"]
     assert tree_bytes(out) == tree_bytes(one)
+
+
+def test_a_folder_of_dicom_images_and_misnamed_files_is_an_exclusion_set_told_by_content(tmp_path):
+    """An evaluation set held as DICOM (as some hospital exports are), or as images with another
+    extension, excludes its copies too; a text file beside them is no image."""
+    from shards.synth.media import write_dicom
+
+    corpus = tmp_path / "corpus"
+    write_dicom(corpus, 4, seed=3)  # mono2 .dcm, mono1 16-bit .dcm, RGB .dcm, YBR JPEG without an extension
+    evaluation = tmp_path / "eval"
+    shutil.copytree(corpus, evaluation)
+    (evaluation / "README.txt").write_text("the test images\n")
+    s = load_exclusion(str(evaluation))
+    assert s.images == tuple(sorted(p.name for p in corpus.iterdir()))  # the four DICOM files, not the text
+    (corpus / "other.png").write_bytes(png_bytes(speckle_frame(seed=11)))  # no evaluation image
+    m = build_shards(
+        {"c": str(corpus)}, tmp_path / "out", BuildSettings(size=64, workers=1), progress=False, exclusions=[s]
+    )
+    removed = m["exclusions"][0]["frames_removed"]
+    assert removed == m["rejected"]["eval_overlap"] == 4 and m["num_samples"] == 1
+    with pytest.raises(UserError, match="no images .* under"):
+        load_exclusion(str(tmp_path / "out"))  # shards and JSON: nothing to exclude

@@ -89,8 +89,26 @@ def _reader(path: str):
     try:
         r.ReadImageInformation()
     except RuntimeError as exc:
-        raise ReadError("unreadable", str(exc).strip().splitlines()[-1] if str(exc).strip() else "") from None
+        raise ReadError("unreadable", _itk_reason(exc)) from None
     return r
+
+
+def _execute(r):
+    """Read the pixels; a file whose header reads but whose data does not (truncated) is ``unreadable``."""
+    try:
+        return r.Execute()
+    except RuntimeError as exc:
+        raise ReadError("unreadable", _itk_reason(exc)) from None
+
+
+def _itk_reason(exc: RuntimeError) -> str:
+    """ITK's own reason: the ``ITK ERROR: <class>(<address>): <reason>`` line's reason when there is
+    one (the lines around it name SimpleITK's build folder and a misleading errno), else the last line."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("ITK ERROR:") and "): " in ln:
+            return " ".join([ln.split("): ", 1)[1], *(x for x in lines[i + 1 :] if not x.startswith("Reason:"))])
+    return lines[-1] if lines else ""
 
 
 def _layout(size: list[int], opts: SourceOptions) -> tuple[int, str, int, int]:
@@ -134,7 +152,7 @@ def _extract(r, whole: np.ndarray | None, i: int, mode: str, axis: int, ncomp: i
     if dim > 2:
         r.SetExtractIndex(index)
         r.SetExtractSize(ext)
-    arr = sitk.GetArrayFromImage(r.Execute())  # numpy order, components last
+    arr = sitk.GetArrayFromImage(_execute(r))  # numpy order, components last
     if ncomp > 1:
         return (arr.reshape(-1, *arr.shape[-3:]) if arr.ndim > 3 else arr[None])[0]
     arr = np.squeeze(arr)
@@ -158,25 +176,22 @@ def read_volume(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
         r = _reader(tmp or src)
         size = list(r.GetSize())  # x, y[, z[, t]]
         axis_len, mode, width, height = _layout(size, opts)
+        spacing, ncomp = r.GetSpacing(), r.GetNumberOfComponents()
+        multi = axis_len > 1
+        indices = opts.frames.indices(axis_len, None, opts.max_frames_per_clip) if multi else [0]
+        # A file SimpleITK cannot stream (gzip, most NIfTI) would be decompressed again for every frame:
+        # below WHOLE_BYTES it is read once and sliced; larger ones are read frame by frame.
+        nbytes = int(np.prod(size)) * ncomp * _bytes_per_component(r)
+        whole = sitk.GetArrayFromImage(_execute(r)) if nbytes <= WHOLE_BYTES else None
     except ReadError:
         if tmp:
             os.unlink(tmp)
         raise
-    spacing, ncomp = r.GetSpacing(), r.GetNumberOfComponents()
-    multi = axis_len > 1
-    indices = opts.frames.indices(axis_len, None, opts.max_frames_per_clip) if multi else [0]
-    # A file SimpleITK cannot stream (gzip, most NIfTI) would be decompressed again for every frame:
-    # below WHOLE_BYTES it is read once and sliced; larger ones are read frame by frame.
-    nbytes = int(np.prod(size)) * ncomp * _bytes_per_component(r)
-    whole = sitk.GetArrayFromImage(r.Execute()) if nbytes <= WHOLE_BYTES else None
 
     def frames() -> Iterator[Frame]:
         try:
             for i in indices:
-                try:
-                    arr = _extract(r, whole, i, mode, opts.volume_axis, ncomp, size)
-                except RuntimeError as exc:
-                    raise ReadError("unreadable", str(exc).strip().splitlines()[-1]) from None
+                arr = _extract(r, whole, i, mode, opts.volume_axis, ncomp, size)
                 bits = None if arr.dtype == np.uint8 else arr.dtype.itemsize * 8
                 yield Frame(as_frame_pixels(to_uint8(arr, bits)), i)
         finally:

@@ -20,6 +20,7 @@ import numpy as np
 from sonodistill.atomic import write_text
 from sonodistill.errors import UserError
 from sonodistill.logs import progress as progress_bar
+from sonodistill.stop import die_with_parent
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -74,7 +75,10 @@ def run_jobs(fn: Callable[[T], R], tasks: Sequence[T], workers: int, progress: b
                 results.append(fn(t))
                 bar.update(1)
         else:
-            with multiprocessing.get_context().Pool(min(workers, len(tasks)), initializer=_ignore_sigint) as pool:
+            pool = multiprocessing.get_context().Pool(
+                min(workers, len(tasks)), initializer=_ignore_sigint, initargs=(os.getpid(),)
+            )
+            with pool:
                 for r in pool.imap(fn, tasks, chunksize=max(1, min(8, len(tasks) // (4 * workers)))):
                     results.append(r)
                     bar.update(1)
@@ -87,9 +91,11 @@ def run_jobs(fn: Callable[[T], R], tasks: Sequence[T], workers: int, progress: b
     return results
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which stops the pool and removes temporary files."""
+def _ignore_sigint(parent: int) -> None:
+    """Workers leave Ctrl-C to the parent, which stops the pool and removes temporary files, and die
+    with it when it is killed outright."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
 
 
 def write_truth(truth: str | os.PathLike | None, records: Iterable[dict]) -> None:

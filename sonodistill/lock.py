@@ -1,0 +1,38 @@
+"""One writer per output folder: an advisory lock file that the kernel releases when its holder dies.
+
+Two commands writing into one folder at once (a SLURM requeue overlapping the old job, a command
+started twice) interleave their files; the second is refused with one line instead. ``flock``
+needs no clean-up after a crash (the lock goes with the process), so a killed run never leaves a
+folder locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sonodistill.errors import UserError
+
+
+@contextmanager
+def exclusive(lock: Path, what: str) -> Iterator[None]:
+    """Hold ``lock`` (created if missing) while the block runs; :class:`UserError` naming ``what``
+    (the folder, as the user gave it) when another process holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise UserError(
+                f"{what}: another process (pid {holder}) is writing to it; wait for it to end or use another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
