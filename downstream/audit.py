@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import get_args
 
 from downstream.config import Task, read_task_data
-from downstream.data.pixels import image_size, load_mask
+from downstream.data.pixels import image_size, load_gray, load_mask
 from downstream.data.read import ReaderConfig
 from downstream.data.record import Catalog, Record, Source, describe_source
 from downstream.groups import DuplicateGroup, duplicate_groups, image_pixels
@@ -38,9 +38,10 @@ from shards.decode import read_pixels, to_gray
 from shards.match import MATCHER
 from sonodistill.atomic import write_json
 from sonodistill.config import save_config
-from sonodistill.config_cli import add_config_args, config_from_flags
+from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import UserError, cli_main
 from sonodistill.figures import image_sheet, sheet_tile
+from sonodistill.outdir import claim
 from sonodistill.workers import loader_workers
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,19 @@ def _class(catalog: Catalog, rec: Record) -> str | None:
 
 
 def unreadable(catalog: Catalog) -> list[dict]:
-    """Images whose header cannot be read (left out of every other check)."""
+    """Records whose image or a mask does not decode -- truncated, junk, an unknown format -- (left
+    out of every other check); the error names files by their path in the dataset."""
     out = []
+    roots = {f"{p}{os.sep}" for p in (catalog.root, str(Path(catalog.root).resolve()))} if catalog.root else set()
     for r in catalog.records:
         try:
-            image_size(r.image)
+            for src in (r.image, *r.masks):
+                load_gray(src)
         except UserError as exc:
-            out.append({"path": r.id, "error": str(exc)})
+            error = str(exc)
+            for root in sorted(roots, key=len, reverse=True):
+                error = error.replace(root, "")
+            out.append({"path": r.id, "error": error})
     return out
 
 
@@ -170,12 +177,13 @@ def parse(argv: Sequence[str] | None = None) -> AuditConfig:
     p.add_argument("--data", help="dataset: BUSI folder, image/mask folders, class folders, hf:ID, ub:DIR")
     p.add_argument("--out", help="output folder")
     add_config_args(p, AuditConfig)
-    return config_from_flags(AuditConfig, p.parse_args(argv), ("task", "data", "out"))
+    return config_from_flags(AuditConfig, parse_command_line(p, argv), ("task", "data", "out"))
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse(argv)
+    claim(cfg.out, "downstream.audit")
     report = audit(cfg)
     s = report["summary"]
     print(

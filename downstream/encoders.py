@@ -148,8 +148,26 @@ def _dinov3(spec: str, target: str) -> Encoder:
     return Encoder(spec, "dinov3", "dinov3", backbone, vit.mean, vit.std, 2 * backbone.embed_dim, vit.patch_size)
 
 
+def check_spec(spec: str) -> None:
+    """Raise the :class:`UserError` :func:`load_encoder` would for a malformed ``spec`` or a missing
+    folder, without loading anything: a sweep checks every encoder before its first cell."""
+    spec = spec.strip()
+    if spec == "rand" or spec.startswith(("rand:", "timm:", "hf-hub:", "dinov3:")):
+        if not spec.split(":", 1)[-1] and spec != "rand":
+            raise UserError(f"encoder '{spec}': a name is missing after '{spec}'; valid forms: {'; '.join(SPEC_FORMS)}")
+        return
+    path = spec[10:] if spec.startswith("local-dir:") else spec
+    if not Path(path).is_dir():
+        raise UserError(
+            f"encoder '{spec}': unknown encoder spec (not an existing folder); valid forms: {'; '.join(SPEC_FORMS)}"
+        )
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(f"encoder '{spec}': {path} has no config.json (expected a timm save_for_hf folder)")
+
+
 def load_encoder(spec: str) -> Encoder:
     """Build the encoder named by ``spec`` (see the module docstring); bad specs raise UserError."""
+    check_spec(spec)
     spec = spec.strip()
     if spec == "rand":
         return _timm(spec, "resnet50", False, "")
@@ -168,13 +186,7 @@ def load_encoder(spec: str) -> Encoder:
     if spec.startswith("dinov3:"):
         return _dinov3(spec, spec[7:])
     path = spec[10:] if spec.startswith("local-dir:") else spec
-    if Path(path).is_dir():
-        if not (Path(path) / "config.json").is_file():
-            raise UserError(f"encoder '{spec}': {path} has no config.json (expected a timm save_for_hf folder)")
-        return _timm(spec, f"local-dir:{Path(path).resolve()}", True, f"cannot load the weights in {path}")
-    raise UserError(
-        f"encoder '{spec}': unknown encoder spec (not an existing folder); valid forms: {'; '.join(SPEC_FORMS)}"
-    )
+    return _timm(spec, f"local-dir:{Path(path).resolve()}", True, f"cannot load the weights in {path}")
 
 
 def deployable_spec(spec: str) -> bool:

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from typing import get_args
 
 from downstream.config import Mode, RunConfig, Task
-from sonodistill.config_cli import add_config_args, config_from_flags
+from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import cli_main
+from sonodistill.logs import is_main_rank
+from sonodistill.outdir import claim
 from sonodistill.stop import StopRequest
 
 
@@ -29,15 +31,19 @@ def parse(argv: Sequence[str] | None = None) -> RunConfig:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", help="output folder")
     add_config_args(p, RunConfig)
-    args = p.parse_args(argv)
+    args = parse_command_line(p, argv)
     return config_from_flags(RunConfig, args, ("task", "data", "encoder", "mode", "fraction", "seed", "out"))
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
+    from downstream.encoders import check_spec
     from downstream.runner import run
 
     cfg = parse(argv)
+    check_spec(cfg.encoder)  # a typo leaves no folder behind
+    if cfg.out:
+        claim(cfg.out, "downstream.run", write=is_main_rank())
     with StopRequest():  # a stop signal ends the run with exit 75 (nothing half-written is kept)
         metrics = run(cfg)
     test = metrics["test"]

@@ -29,7 +29,7 @@ from downstream.data.transforms import GeometricAugment
 from downstream.decontamination import Check, check_encoder, enforce, split_hash
 from downstream.edge.profile import LatencyCache, profile
 from downstream.edge.score import classification_deployment, segmentation_deployment
-from downstream.encoders import Encoder, deployable_spec, load_encoder, spec_label
+from downstream.encoders import Encoder, check_spec, deployable_spec, load_encoder, spec_label
 from downstream.fit import FitResult, fit
 from downstream.loaders import make_loader
 from downstream.metrics import classification_metrics, plot_confusion
@@ -41,6 +41,7 @@ from downstream.tasks import Classification, Segmentation
 from downstream.tasks.segmentation import SegLoss, plot_predictions, predict_masks
 from sonodistill.atomic import write_bytes, write_json
 from sonodistill.config import save_config
+from sonodistill.errors import UserError
 from sonodistill.workers import loader_workers
 from sonodistill.world import make_accelerator
 
@@ -259,6 +260,9 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
     t0 = time.perf_counter()
     kind = TASK_KIND[cfg.task]
     out = Path(cfg.out)
+    check_spec(cfg.encoder)  # before any file is written: a typo leaves no half-made run folder
+    if not 0 < cfg.fraction <= 1:
+        raise UserError(f"fraction: expected 0 < fraction <= 1, got {cfg.fraction}")
     catalog, splits, train_ids = prepare(cfg)
     set_seed(cfg.seed)
     enc: Encoder = load_encoder(cfg.encoder)  # a bad spec is reported before the check below

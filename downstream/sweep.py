@@ -41,13 +41,16 @@ from typing import TYPE_CHECKING, Any
 
 from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config, task_reader
 from downstream.data.read import ReaderConfig
+from downstream.encoders import check_spec
 from downstream.sweep_parts import CellWork, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
 from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
-from sonodistill.config_cli import add_config_args, config_from_args
+from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
 from sonodistill.errors import UserError, cli_main
 from sonodistill.jsonl import append_jsonl
+from sonodistill.logs import is_main_rank
+from sonodistill.outdir import claim
 from sonodistill.parts import Part
 from sonodistill.stop import Stopped, StopRequest, check_stop, stop_requested
 
@@ -461,6 +464,17 @@ def write_splits(cfg: SweepConfig) -> list[str]:
     return list(made)
 
 
+def check_before_cells(cfg: SweepConfig, grid: Grid) -> None:
+    """What would otherwise stop the sweep in its first cell that meets it, hours in: every encoder
+    spec well formed (its folder there) and every label fraction in (0, 1]."""
+    for _, spec in grid.encoders:
+        check_spec(spec)
+    for key in ("fractions", "linear_fractions"):
+        bad = [f for f in getattr(cfg, key) if not 0 < f <= 1]
+        if bad:
+            raise UserError(f"{key}: expected fractions in (0, 1], got {bad}")
+
+
 def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     """Run the missing cells (at most ``max_cells``; with ``cfg.part`` only that part's slice), then write
     the report; a part writes none (the same command without ``part`` does, once every part is done)."""
@@ -469,6 +483,7 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     out = Path(cfg.out)
     part = Part.parse(cfg.part) if cfg.part else None
     grid = parse_grid(cfg)  # tasks, encoders and methods parsed once
+    check_before_cells(cfg, grid)
     plan = plan_cells(cfg, grid)
     todo = cells_to_run(out, plan, part)
     refuse_unchecked(todo)
@@ -503,8 +518,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--max-cells", type=int, default=None, help="run at most N missing cells, then report")
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
     p.add_argument("--splits-only", action="store_true", help="write each dataset's splits.json, print them, stop")
-    args = p.parse_args(argv)
+    args = parse_command_line(p, argv)
     cfg = config_from_args(SweepConfig, args)
+    claim(cfg.out, "downstream.sweep", key="out", write=is_main_rank())
     if args.splits_only:  # to build a corpus with --exclude of them before the sweep
         paths = write_splits(cfg)
         print("\n".join(paths))

@@ -67,14 +67,21 @@ def saved_config(meta: dict[str, Any]):
 def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     """``auto``: newest complete checkpoint in out_dir (None if none); ``none``; or an explicit folder."""
     value = (resume or "none").strip()
-    if value.lower() in ("none", "no", "false", ""):
-        return None
+    found = list_checkpoints(out_dir)
     if value.lower() == "auto":
-        found = list_checkpoints(out_dir)
         return found[-1][1] if found else None
-    path = Path(value)
-    if not (path / "meta.json").is_file():
+    path = None if value.lower() in ("none", "no", "false", "") else Path(value)
+    if path is not None and not (path / "meta.json").is_file():
         raise UserError(f"resume: '{value}' is not a complete checkpoint folder (expected {path}/meta.json)")
+    # A run started (or restarted from an older step) beside newer checkpoints would write its own
+    # between them, and keep_last would delete the new ones: the folder would hold two runs.
+    step = -1 if path is None else int(read_meta(path).get("step", -1))
+    newer = [p for s, p in found if s > step]
+    if newer:
+        raise UserError(
+            f"resume={value}: out_dir {out_dir} holds checkpoints of a run up to {newer[-1].name}; "
+            "use another out_dir for a new run (or resume=auto to continue that one)"
+        )
     return path
 
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sonodistill.config_cli import add_config_args, config_from_args
+from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
 from sonodistill.errors import cli_main
 
 
@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Exit codes: 0 done, 2 bad input or diverged, 75 preempted after a checkpoint.",
     )
     add_config_args(parser, PretrainConfig)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     cfg = config_from_args(PretrainConfig, args)
     return train(cfg).exit_code
 

@@ -41,6 +41,7 @@ from sonodistill.errors import UserError
 from sonodistill.jsonl import truncate_jsonl
 from sonodistill.logs import progress
 from sonodistill.optim import build_optimizer, build_scheduler
+from sonodistill.outdir import claim
 from sonodistill.precision import frozen_dtype, resolve_mixed_precision
 from sonodistill.stop import EXIT_PREEMPTED, StopRequest
 from sonodistill.workers import loader_workers
@@ -551,6 +552,7 @@ def train(cfg: PretrainConfig) -> TrainResult:
     """Run (or resume) a distillation run as configured; every process of a launch calls this."""
     _check_config(cfg)
     s = setup(cfg)
+    claim(s.out_dir, "pretraining (pretrain/run.py)", key="out_dir", write=s.is_main)
     start_step, ckpt = resume(s)
     if s.is_main:
         s.out_dir.mkdir(parents=True, exist_ok=True)

@@ -395,8 +395,19 @@ def load_config(
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     for p in paths:
         _merge(tree, _read_yaml(cls, p))
+    where = "config" if not paths else str(paths[-1])
+    files_only = copy.deepcopy(tree) if overrides else None
     _apply_overrides(cls, tree, overrides)
-    return _build(cls, tree, "config" if not paths else str(paths[-1]))
+    try:
+        return _build(cls, tree, where)
+    except ConfigError:
+        if files_only is None:
+            raise
+        try:
+            _build(cls, files_only, where)
+        except ConfigError:
+            raise  # the files' own error
+        return _build(cls, tree, "command line")  # the files are fine: the overrides are to blame
 
 
 def override_config(cfg: T, overrides: Sequence[str], where: str = "config") -> T:

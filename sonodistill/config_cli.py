@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import inspect
 import io
+import sys
 import textwrap
 import tokenize
 from collections.abc import Sequence
@@ -156,6 +157,29 @@ def add_config_args(
         values = to_dict(load_config(cls, list(base))) if base else None
         epilog = help_epilog(cls, renamed_keys(cls), values, ", ".join(Path(b).name for b in base))
         parser.epilog = "\n\n".join(x for x in (parser.epilog, epilog) if x)
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args`` that also takes ``key=value`` overrides after a flag (``--splits-only
+    run.num_workers=1``): argparse fills a ``nargs="*"`` positional from its first run of values only."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    late = [a for a in extra if "=" in a and not a.startswith("-")]
+    rest = [a for a in extra if a not in late]
+    if rest or (late and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(rest or late)}")
+    if not late:
+        return parser.parse_args(argv)
+    # parse again without the late ones (each the last token of its value: they follow the first
+    # run of overrides), then add them after that run, in their order
+    drop, j = set(), len(late) - 1
+    for i in range(len(argv) - 1, -1, -1):
+        if j >= 0 and argv[i] == late[j]:
+            drop.add(i)
+            j -= 1
+    args = parser.parse_args([a for i, a in enumerate(argv) if i not in drop])
+    args.overrides = [*args.overrides, *late]
+    return args
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = ()) -> T:

@@ -177,7 +177,11 @@ class DINOv3(nn.Module):
         hf_logging.disable_progress_bar()
         try:
             model = AutoModel.from_pretrained(name, dtype=dtype)
-        except (OSError, ValueError) as exc:
+        except (
+            OSError,
+            ValueError,
+            TypeError,
+        ) as exc:  # TypeError: a timm folder (an export) read as a transformers one
             reason = " ".join(str(exc).split())[:300]
             raise UserError(
                 f"{key}.name_or_path: cannot load '{name}' with transformers AutoModel ({reason}); "

@@ -175,3 +175,20 @@ def test_a_checkpoint_config_saved_before_the_renames_reads_under_the_new_names(
         cfg = config_from_dict(PretrainConfig, old)
     assert (cfg.image_size, cfg.num_workers, cfg.seed, cfg.train.lr) == (96, 3, 5, 0.5)
     assert not caplog.records
+
+
+def test_overrides_may_follow_a_flag_and_anything_else_stays_an_error(capsys):
+    """argparse fills ``key=value ...`` from its first run only: ``--splits-only run.num_workers=1``
+    used to end in "unrecognized arguments" although the key is valid."""
+    import argparse
+
+    from sonodistill.config_cli import add_config_args, parse_command_line
+
+    p = argparse.ArgumentParser(prog="cmd")
+    p.add_argument("--splits-only", action="store_true")
+    add_config_args(p)
+    args = parse_command_line(p, ["a=1", "--splits-only", "b.c=2", "--config", "x.yaml", "d=[1,2]"])
+    assert args.overrides == ["a=1", "b.c=2", "d=[1,2]"] and args.splits_only and args.config == ["x.yaml"]
+    with pytest.raises(SystemExit):
+        parse_command_line(p, ["a=1", "--splits-only", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

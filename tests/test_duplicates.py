@@ -146,3 +146,22 @@ def test_audit_cli_errors_are_one_line(tmp_path, capsys, args, message):
 def test_synthetic_busi_has_no_duplicates(busi_dir):
     # every image of the generator is drawn apart: none may match another
     assert duplicate_groups(read_catalog(str(busi_dir), "cls")) == []
+
+
+def test_audit_lists_truncated_images_and_junk_masks_instead_of_stopping(planted, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "busi"
+    shutil.copytree(planted, data)
+    img = data / "benign" / "benign (3).png"
+    img.write_bytes(img.read_bytes()[:600])  # the header reads, the pixels stop short
+    (data / "malignant" / "malignant (1)_mask.png").write_bytes(b"not a png at all")
+    out = tmp_path / "audit"
+    audit_cli.main(["--task", "busi-seg", "--data", str(data), "--out", str(out), "num_workers=1"])
+    report = json.loads((out / "audit.json").read_text())
+    bad = {u["path"]: u["error"] for u in report["unreadable"]}
+    assert set(bad) == {"benign/benign (3).png", "malignant/malignant (1).png"}
+    assert "benign/benign (3).png: cannot read image" in bad["benign/benign (3).png"]
+    assert "malignant/malignant (1)_mask.png: cannot read image" in bad["malignant/malignant (1).png"]
+    assert str(tmp_path) not in json.dumps(report["unreadable"])
+    assert report["summary"]["unreadable"] == 2 and "2 unreadable" in capsys.readouterr().out

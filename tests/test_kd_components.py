@@ -167,6 +167,11 @@ def test_renamed_kd_keys_warn_and_work(tmp_path, caplog, capsys):
     assert (cfg.subset, cfg.reader.layout) == ("x.json", "busi")
     assert "'data.img_size' is deprecated, use 'image_size'" in caplog.text
     assert "'data.reader.layout' is deprecated, use 'reader.layout'" in caplog.text
+    # HDKD's loss keys named after the paper's symbols (lambda, alpha_f): one-to-one renames
+    with caplog.at_level(logging.WARNING):
+        cfg = reproduction_config("hdkd", [], ["loss.lam=5", "loss.alpha_f=2"])
+    assert (cfg.loss.feature_weight, cfg.loss.stage_exponent) == (5.0, 2.0)
+    assert "'loss.lam' is deprecated, use 'loss.feature_weight'" in caplog.text
     # on the command line too, and the resolved config prints under the new names
     with pytest.raises(SystemExit) as exc:
         main(["train", "--recipe", "nanoray", "--show-config", "data.img_size=96", "data.split.seed=5"])

@@ -5,12 +5,14 @@ The signal goes to the whole process group, loader workers included, as SLURM se
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from dist.tiny_pretrain import REPO, TINY_YAML, tiny_config, tiny_overrides
 
@@ -80,3 +82,22 @@ def test_sigterm_then_resume_equals_uninterrupted_run(shard_dir, tiny_teacher_di
     a = [(r["step"], r["loss"]) for r in read_jsonl(out / "metrics.jsonl")]
     b = [(r["step"], r["loss"]) for r in read_jsonl(tmp_path / "reference" / "metrics.jsonl")]
     assert a == b and len(b) == 12
+
+
+def test_a_fresh_start_beside_another_runs_checkpoints_is_refused(tmp_path):
+    """resume=none (or an older checkpoint) in an out_dir holding newer checkpoints would interleave a
+    second run's checkpoints with the first's, and keep_last would delete the new ones."""
+    from pretrain.checkpoint import resolve_resume, step_dir
+    from sonodistill.errors import UserError
+
+    assert resolve_resume("none", tmp_path) is None  # an empty out_dir: a fresh run
+    for step in (6, 9):
+        step_dir(tmp_path, step).mkdir(parents=True)
+        (step_dir(tmp_path, step) / "meta.json").write_text(json.dumps({"step": step}))
+    with pytest.raises(UserError, match=r"resume=none: out_dir .* holds checkpoints of a run up to step_00000009"):
+        resolve_resume("none", tmp_path)
+    with pytest.raises(UserError, match="up to step_00000009"):
+        resolve_resume(str(step_dir(tmp_path, 6)), tmp_path)
+    assert resolve_resume("auto", tmp_path) == step_dir(tmp_path, 9)
+    assert resolve_resume(str(step_dir(tmp_path, 9)), tmp_path) == step_dir(tmp_path, 9)
+    assert resolve_resume(str(step_dir(tmp_path, 6)), tmp_path / "elsewhere") == step_dir(tmp_path, 6)

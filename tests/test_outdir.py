@@ -1,0 +1,75 @@
+"""One command never writes into another's output folder (sonodistill.outdir): ``--out`` pointed at
+a pretraining run, an export or another evaluation ends with one line and leaves every file as it was."""
+
+from __future__ import annotations
+
+import pytest
+
+from downstream.run import main as run_main
+from sonodistill.outdir import MARK, claim, owner
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_folder_is_marked_by_its_first_command_and_refused_to_the_others(tmp_path):
+    out = tmp_path / "run"
+    claim(out, "downstream.run")
+    assert (out / MARK).read_text() == "downstream.run\n" and owner(out) == "downstream.run"
+    claim(out, "downstream.run")  # the same command again: a rerun or a resume
+    with pytest.raises(Exception, match=rf"--out {out}: holds the output of downstream.run; give downstream.audit"):
+        claim(out, "downstream.audit")
+    # folders written before marks existed are known by the files only their command writes
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "checkpoints").mkdir()
+    assert owner(tmp_path / "old") == "pretraining (pretrain/run.py)"
+    claim(tmp_path / "old", "pretraining (pretrain/run.py)", key="out_dir")
+    # a folder of the user's own files is nobody's; checking without writing leaves it untouched
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("mine")
+    claim(tmp_path / "notes", "downstream.sweep", write=False)
+    assert owner(tmp_path / "notes") is None and not (tmp_path / "notes" / MARK).exists()
+
+
+@pytest.mark.parametrize(
+    "what", [("checkpoints/step_00000009/meta.json", "pretraining"), ("model.safetensors", "a model")]
+)
+def test_downstream_run_into_a_pretraining_run_or_an_export_is_refused_and_keeps_every_byte(tmp_path, capsys, what):
+    name, held = what
+    out = tmp_path / "target"
+    (out / name).parent.mkdir(parents=True, exist_ok=True)
+    (out / name).write_text("{}")
+    (out / "config.yaml").write_text("keep: me\n")
+    before = _files(out)
+    with pytest.raises(SystemExit) as exc:
+        run_main(["--task", "busi-cls", "--data", str(tmp_path / "data"), "--encoder", "rand", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {out}: holds the output of {held}")
+    assert _files(out) == before
+
+
+def test_a_bad_encoder_spec_ends_the_run_before_any_file_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        run_main(
+            ["--task", "busi-cls", "--data", str(tmp_path), "--encoder", str(tmp_path / "nope"), "--out", str(out)]
+        )
+    assert exc.value.code == 2 and "unknown encoder spec" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_sweep_checks_every_encoder_and_fraction_before_its_first_cell(busi_dir, tmp_path, capsys):
+    from downstream.sweep import main as sweep_main
+
+    base = ["--config", "downstream/configs/tiny.yaml", f"busi={busi_dir}", "tasks=[busi-cls]", "methods=[]"]
+    for extra, said in (
+        ([f"encoders=[R=rand,A={tmp_path / 'nope'}]"], "unknown encoder spec"),
+        (["fractions=[0.5,0]"], "fractions: expected fractions in (0, 1], got [0.0]"),
+    ):
+        out = tmp_path / f"sweep{len(said)}"
+        with pytest.raises(SystemExit) as exc:
+            sweep_main([*base, *extra, f"out={out}"])
+        assert exc.value.code == 2 and said in capsys.readouterr().err
+        assert not (out / "cells").exists() and not (out / "results.jsonl").exists()
