@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -496,16 +495,16 @@ def _process_items(state: _State, progress: bool, spool: Spool | None = None) ->
     their frames here, in input order."""
     total = sum(len(s) for s in state.sources)
     bar = progress_bar(total=total, initial=state.consumed, desc="build", unit="file", main=progress, logger=log)
-    t0, n0 = time.time(), state.consumed
+    if state.consumed:
+        log.info(f"resuming: {state.consumed} of {total} inputs judged, {len(state.shards)} shards written")
     try:
         for item, res, copies in _outcomes(state, spool):
             judged = _judge_item(state, item, res, copies)
             bar.update(1)
             check_stop(f"{len(state.shards)} finished shards are journaled in {state.out}")
-            if judged and bar.n % 64 == 0:
-                rate = (state.consumed - n0) / max(time.time() - t0, 1e-9)
-                kept, rejected = sum(state.kept.values()), sum(state.rejected.values())
-                bar.set_postfix(kept=kept, rejected=rejected, files_s=f"{rate:.0f}")
+            if judged and bar.n % 64 == 0:  # the bar itself shows files/s
+                bar.set_postfix(kept=sum(state.kept.values()), rejected=sum(state.rejected.values()))
+        bar.set_postfix(kept=sum(state.kept.values()), rejected=sum(state.rejected.values()))  # the final counts
         if state.shard.samples:
             _close_shard(state)
     finally:

@@ -104,7 +104,8 @@ def load_corpus(path: str | Path) -> Corpus:
     """Read and validate a catalogue; relative paths are relative to the catalogue file."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--corpus {path}: file not found")
+        what = "is a folder" if path.is_dir() else "file not found"
+        raise UserError(f"--corpus {path}: {what} (expected a catalogue YAML file, e.g. corpus.yaml)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -138,6 +138,13 @@ def _from_splits(spec: str, path: Path, parts: tuple[str, ...]) -> tuple[str, Pa
             "'root' and 'images'); delete it and let the downstream run write it again"
         )
     ids = [str(i) for p in parts for i in data[p]]
+    if not ids:
+        raise UserError(f"--exclude {spec}: {path} holds no {'/'.join(parts)} images: nothing to exclude")
+    odd = next((k for k, v in data["images"].items() if not isinstance(v, str) or not v), None)
+    if odd is not None:
+        raise UserError(
+            f"--exclude {spec}: {path}: image of id '{odd}' is {data['images'][odd]!r}, expected a file path"
+        )
     missing = [i for i in ids if i not in data["images"]]
     if missing:
         raise UserError(f"--exclude {spec}: id '{missing[0]}' has no image file in {path} (a Hub dataset?)")

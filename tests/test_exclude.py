@@ -193,3 +193,16 @@ def test_a_folder_of_dicom_images_and_misnamed_files_is_an_exclusion_set_told_by
     assert removed == m["rejected"]["eval_overlap"] == 4 and m["num_samples"] == 1
     with pytest.raises(UserError, match="no images .* under"):
         load_exclusion(str(tmp_path / "out"))  # shards and JSON: nothing to exclude
+
+
+def test_a_splits_file_without_test_images_or_with_odd_paths_is_one_line(tmp_path):
+    base = {"train": ["a"], "val": [], "test": [], "root": str(tmp_path), "images": {"a": "a.png"}}
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(base))
+    with pytest.raises(UserError, match="holds no test/val images: nothing to exclude"):
+        load_exclusion(str(path))
+    path.write_text(json.dumps({**base, "test": ["a", "b"], "images": {"a": "a.png", "b": 7}}))
+    with pytest.raises(UserError, match="image of id 'b' is 7, expected a file path"):
+        load_exclusion(str(path))
+    with pytest.raises(UserError, match=r"--corpus .*: is a folder \(expected a catalogue YAML file"):
+        load_corpus(tmp_path)
