@@ -8,14 +8,13 @@ flight instead.
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
-from sonodistill.stop import ignore_all_stop_signals
+from sonodistill.stop import ignore_all_stop_signals, pool_context
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -40,7 +39,7 @@ def ordered_map(
     # die with it when it is killed outright.
     with ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=mp.get_context("spawn"),
+        mp_context=pool_context(),
         initializer=ignore_all_stop_signals,
         initargs=(os.getpid(),),
     ) as pool:

@@ -101,6 +101,7 @@ def ignore_all_stop_signals(parent: int | None = None) -> None:
     (the pool's process id) the worker also dies with it (:func:`die_with_parent`)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since the spawn: now ignored
     if parent is not None:
         die_with_parent(parent)
 
@@ -146,6 +147,29 @@ class _SigtermBlockedFork(multiprocessing.context.ForkProcess):
 
 class _SigtermBlockedForkContext(multiprocessing.context.ForkContext):
     Process = _SigtermBlockedFork
+
+
+class _StopBlockedSpawn(multiprocessing.context.SpawnProcess):
+    @staticmethod
+    def _Popen(process_obj):  # noqa: N802 (multiprocessing's name)
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # pending here for a moment at most
+        try:
+            return multiprocessing.context.SpawnProcess._Popen(process_obj)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _StopBlockedSpawnContext(multiprocessing.context.SpawnContext):
+    Process = _StopBlockedSpawn
+
+
+def pool_context() -> multiprocessing.context.BaseContext:
+    """``mp_context`` of a process pool whose initializer is :func:`ignore_all_stop_signals`: spawned
+    with the stop signals blocked (the mask survives the exec), so one sent to the whole job while a
+    worker is still importing stays pending until the initializer has ignored it. Otherwise it kills
+    that worker, the pool is broken, and the pool's SIGTERM to the others (which ignore it) never
+    ends them: the build hangs instead of stopping."""
+    return _StopBlockedSpawnContext()
 
 
 def worker_context() -> multiprocessing.context.BaseContext | None:
