@@ -135,28 +135,29 @@ def _sigterm_from_parent_only() -> None:
     threading.Thread(target=wait, name="sigterm-from-parent", daemon=True).start()
 
 
-class _SigtermBlockedFork(multiprocessing.context.ForkProcess):
-    @staticmethod
+def _started_blocking(name: str, base: type, signals: set) -> type:
+    """``base`` (a multiprocessing Process class) started with ``signals`` blocked in this thread, so
+    the child starts with them blocked (across fork, and exec); here they wait a moment at most.
+    Bound to ``name`` in this module: spawn pickles the process object, class by name."""
+
     def _Popen(process_obj):  # noqa: N802 (multiprocessing's name)
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # pending here for a moment at most
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
-            return multiprocessing.context.ForkProcess._Popen(process_obj)
+            return base._Popen(process_obj)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    return type(name, (base,), {"_Popen": staticmethod(_Popen), "__module__": __name__})
+
+
+_SigtermBlockedFork = _started_blocking("_SigtermBlockedFork", multiprocessing.context.ForkProcess, {signal.SIGTERM})
 
 
 class _SigtermBlockedForkContext(multiprocessing.context.ForkContext):
     Process = _SigtermBlockedFork
 
 
-class _StopBlockedSpawn(multiprocessing.context.SpawnProcess):
-    @staticmethod
-    def _Popen(process_obj):  # noqa: N802 (multiprocessing's name)
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # pending here for a moment at most
-        try:
-            return multiprocessing.context.SpawnProcess._Popen(process_obj)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+_StopBlockedSpawn = _started_blocking("_StopBlockedSpawn", multiprocessing.context.SpawnProcess, set(STOP_SIGNALS))
 
 
 class _StopBlockedSpawnContext(multiprocessing.context.SpawnContext):
