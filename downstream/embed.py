@@ -7,11 +7,14 @@ shared colour per source and a legend panel for the K most frequent sources. ``e
 gives per encoder the silhouette score of the source labels in feature space (cosine distance:
 the number to compare; higher = sources better separated) and in the 2-D t-SNE map.
 
+``config.yaml`` beside them holds the resolved :class:`EmbedConfig`: its keys come from a YAML file
+(``--config``) or ``key=value`` overrides, and the flags below are shorthands for the same keys.
+
 Example::
 
     python -m downstream.embed --shards runs/shards --encoder R50-Rand=rand \\
         --encoder R50-Distill-US=runs/export --encoder DINOv3=dinov3:facebook/dinov3-vitb16-pretrain-lvd1689m \\
-        --out runs/embed --max-samples 3000
+        --out runs/embed max_samples=3000
 """
 
 from __future__ import annotations
@@ -22,20 +25,63 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 
 from downstream.data.transforms import to_input
-from downstream.encoders import Encoder, load_encoder
+from downstream.encoders import Encoder, check_spec, load_encoder
 from downstream.sweep import parse_encoder
 from sonodistill.atomic import atomic_open, write_json
+from sonodistill.config import save_config
+from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import progress
+from sonodistill.outdir import claim
+from sonodistill.workers import loader_workers
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbedConfig:
+    shards: str = ""  # shard folder or folder URL (https/s3/gs), manifest or pattern
+    encoders: list[str] = field(default_factory=list)  # [NAME=]SPEC, one panel each (specs as in a sweep's encoders)
+    out: str = "runs/embed"  # tsne.png, tsne.npz, embed.json and config.yaml go here
+    image_size: int | None = None  # resize to this side before embedding (null: the shards' size)
+    max_samples: int = 3000  # seeded random subset of the shards embedded
+    batch_size: int = 64  # images per forward pass
+    num_workers: int = 2  # shard-decoding worker processes (capped at the cores this process may use)
+    seed: int = 0  # subset, random encoders' init, PCA and t-SNE
+    perplexity: float = 30.0  # t-SNE perplexity (lowered to (n - 1) / 3 for small subsets)
+    top_k: int = 10  # sources listed in the legend
+
+
+def check(cfg: EmbedConfig) -> None:
+    """One line for a setting no run can use, before anything is read or written."""
+    if not cfg.shards:
+        raise UserError("shards: give the shard folder (--shards DIR or shards=DIR)")
+    if not cfg.encoders:
+        raise UserError("encoders: give at least one encoder (--encoder [NAME=]SPEC, repeatable)")
+    limits = {"max_samples": (cfg.max_samples, 3), "batch_size": (cfg.batch_size, 1), "top_k": (cfg.top_k, 1)}
+    if cfg.image_size is not None:
+        limits["image_size"] = (cfg.image_size, 8)
+    for key, (value, low) in limits.items():
+        if value < low:
+            raise UserError(f"{key}: need at least {low}, got {value}")
+    if cfg.num_workers < 0:
+        raise UserError(f"num_workers: expected 0 or more, got {cfg.num_workers}")
+    if not cfg.perplexity > 0:
+        raise UserError(f"perplexity: expected a positive number, got {cfg.perplexity}")
+    names = [parse_encoder(item)[0] for item in cfg.encoders]
+    if len(set(names)) < len(names):
+        raise UserError(f"encoders: two panels share a name ({', '.join(names)}); name them NAME=SPEC")
+    for item in cfg.encoders:
+        check_spec(parse_encoder(item)[1])
 
 
 def collect(
@@ -147,34 +193,23 @@ def plot_panels(
     save_figure(fig, path)
 
 
-def run_embed(
-    shards: str,
-    encoders: Sequence[str],
-    out: str | Path,
-    *,
-    size: int | None = None,
-    max_samples: int = 3000,
-    batch_size: int = 64,
-    num_workers: int = 2,
-    seed: int = 0,
-    perplexity: float = 30.0,
-    top_k: int = 10,
-) -> dict:
-    out = Path(out)
-    images, sources = collect(shards, max_samples, seed, batch_size, num_workers)
+def run_embed(cfg: EmbedConfig) -> dict:
+    """Embed, project and plot (``cfg`` checked by :func:`check`); returns what ``embed.json`` holds."""
+    out, size, seed = Path(cfg.out), cfg.image_size, cfg.seed
+    images, sources = collect(cfg.shards, cfg.max_samples, seed, cfg.batch_size, loader_workers(cfg.num_workers))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names, coords, scores, rows = [], [], [], []
     arrays: dict[str, np.ndarray] = {"sources": np.asarray(sources)}
-    for item in encoders:
+    for item in cfg.encoders:
         name, spec = parse_encoder(item)
         torch.manual_seed(seed)  # `rand` encoders: the same random init on every call
         enc = load_encoder(spec)
         if enc.patch_size and (size or images.shape[-1]) % enc.patch_size:
             raise UserError(
-                f"--size: {size or images.shape[-1]} is not a multiple of {spec}'s patch size {enc.patch_size}"
+                f"image_size: {size or images.shape[-1]} is not a multiple of {spec}'s patch size {enc.patch_size}"
             )
-        feats = embed(enc, images, size, batch_size, device)
-        xy = project(feats, seed, perplexity)
+        feats = embed(enc, images, size, cfg.batch_size, device)
+        xy = project(feats, seed, cfg.perplexity)
         sil_feat, sil_tsne = silhouettes(feats, xy, sources)
         names.append(name), coords.append(xy), scores.append(sil_feat)
         arrays[f"tsne/{name}"] = xy
@@ -188,11 +223,11 @@ def run_embed(
             }
         )
         del enc
-    plot_panels(names, coords, sources, scores, out / "tsne.png", top_k)
+    plot_panels(names, coords, sources, scores, out / "tsne.png", cfg.top_k)
     with atomic_open(out / "tsne.npz", "wb") as fh:
         np.savez_compressed(fh, **arrays)
     result = {
-        "shards": str(shards),
+        "shards": cfg.shards,
         "n_samples": len(sources),
         "sources": dict(Counter(sources).most_common()),
         "encoders": rows,
@@ -201,34 +236,36 @@ def run_embed(
     return result
 
 
+def parse(argv: Sequence[str] | None = None) -> EmbedConfig:
+    p = argparse.ArgumentParser(prog="python -m downstream.embed", description=__doc__.splitlines()[0])
+    p.add_argument("--shards", help="shard folder or folder URL (https/s3/gs), manifest or pattern")
+    p.add_argument("--encoder", action="append", help="[NAME=]SPEC, repeat for one panel each (key: encoders)")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--size", dest="image_size", type=int, help="resize to this side first (key: image_size)")
+    p.add_argument("--max-samples", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--perplexity", type=float)
+    p.add_argument("--top-k", type=int, help="sources listed in the legend")
+    add_config_args(p, EmbedConfig)
+    args = parse_command_line(p, argv)
+    # the repeated flag as one list override, quoted by YAML (a path may hold ': ' or '#')
+    if args.encoder is not None:
+        args.encoders = yaml.safe_dump(args.encoder, default_flow_style=True, width=10**9).strip()
+    else:
+        args.encoders = None
+    flags = ("shards", "encoders", "out", "image_size", "max_samples", "batch_size", "num_workers", "seed")
+    return config_from_flags(EmbedConfig, args, (*flags, "perplexity", "top_k"))
+
+
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m downstream.embed", description=__doc__.splitlines()[0])
-    p.add_argument("--shards", required=True, help="shard folder or folder URL (https/s3/gs), manifest or pattern")
-    p.add_argument("--encoder", action="append", required=True, help="[NAME=]SPEC, repeat for one panel each")
-    p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=None, help="resize to this side before embedding (default: shard size)")
-    p.add_argument("--max-samples", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--top-k", type=int, default=10, help="sources listed in the legend")
-    a = p.parse_args(argv)
-    if a.max_samples < 3:
-        raise UserError("--max-samples: need at least 3")
-    res = run_embed(
-        a.shards,
-        a.encoder,
-        a.out,
-        size=a.size,
-        max_samples=a.max_samples,
-        batch_size=a.batch_size,
-        num_workers=a.num_workers,
-        seed=a.seed,
-        perplexity=a.perplexity,
-        top_k=a.top_k,
-    )
+    cfg = parse(argv)
+    check(cfg)
+    claim(cfg.out, "downstream.embed")
+    save_config(cfg, Path(cfg.out) / "config.yaml")
+    res = run_embed(cfg)
     print(json.dumps({r["name"]: r["silhouette_cosine"] for r in res["encoders"]}))
     return res
 

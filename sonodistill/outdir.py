@@ -25,6 +25,7 @@ SIGNATURES = {
     "downstream.sweep": ("sweep.yaml",),
     "downstream.kd train": ("report.md",),
     "downstream.audit": ("audit.json",),
+    "downstream.embed": ("embed.json",),
 }
 
 

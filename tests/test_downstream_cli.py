@@ -159,6 +159,51 @@ def test_embed_tsne_and_silhouette(shard_dir, tmp_path):
     assert json.loads((out / "embed.json").read_text()) == res
     with Image.open(out / "tsne.png") as im:
         assert im.size[0] > 3 * im.size[1] / 2  # panels side by side
+    # the resolved config: the flags became their keys, and it loads back as an EmbedConfig
+    from sonodistill.config import load_config
+
+    saved = load_config(embed_cli.EmbedConfig, out / "config.yaml")
+    assert saved.encoders == ["R18-Rand=rand:resnet18", f"Export={export}"]
+    assert (saved.max_samples, saved.num_workers, saved.batch_size, saved.image_size) == (80, 0, 32, None)
+
+
+def test_embed_settings_are_a_config_checked_before_reading(shard_dir, tmp_path, capsys):
+    odd = "B: odd #=" + str(tmp_path / "no such: folder")
+    with pytest.raises(SystemExit) as exc:
+        embed_cli.main(
+            ["--shards", "s", "--encoder", "A=rand", "--encoder", odd, "--size", "64", "seed=3", "--show-config"]
+        )
+    assert exc.value.code == 0
+    shown = capsys.readouterr().out
+    cfg_file = tmp_path / "embed.yaml"
+    cfg_file.write_text(shown)
+    from sonodistill.config import load_config
+
+    cfg = load_config(embed_cli.EmbedConfig, cfg_file)
+    assert cfg.encoders == ["A=rand", odd] and (cfg.image_size, cfg.seed, cfg.shards) == (64, 3, "s")
+
+    def fail(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as exc:
+            embed_cli.main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
+        return err[0]
+
+    out = tmp_path / "o"
+    base = ["--shards", str(shard_dir), "--out", str(out)]
+    assert "encoders: give at least one encoder" in fail(base)
+    assert "shards: give the shard folder" in fail(["--encoder", "rand", "--out", str(out)])
+    assert "two panels share a name (A, A)" in fail([*base, "--encoder", "A=rand", "--encoder", "A=rand:resnet18"])
+    assert "unknown encoder spec" in fail([*base, "--encoder", odd])
+    assert "max_samples: need at least 3, got 2" in fail([*base, "--encoder", "rand", "max_samples=2"])
+    assert "image_size: need at least 8, got 4" in fail([*base, "--encoder", "rand", "--size", "4"])
+    assert "unknown key 'imagesize'" in fail([*base, "--encoder", "rand", "imagesize=64"])
+    assert not out.exists()  # every refusal came before anything was written
+    (out / "run").mkdir(parents=True)
+    (out / "audit.json").write_text("{}")
+    assert "holds the output of downstream.audit" in fail([*base, "--encoder", "rand"])
+    assert sorted(p.name for p in out.iterdir()) == ["audit.json", "run"]
 
 
 @pytest.mark.dist
