@@ -37,7 +37,7 @@ $PY -m shards.build "${sources[@]}" "${excludes[@]}" --out "$OUT/shards" --size 
 $PY -m shards.inspect "$OUT/shards" --sheet "$OUT/shards_contact_sheet.png" --per-source 8
 
 step "pretraining: tiny random DINOv3 teacher -> ResNet-50, 300 CPU steps"
-$PY -m pretrain.teacher init-tiny --out "$OUT/teacher"
+[ -f "$OUT/teacher/model.safetensors" ] || $PY -m pretrain.teacher init-tiny --out "$OUT/teacher"
 $PY pretrain/run.py --config pretrain/configs/tiny.yaml \
     data.shards="$OUT/shards" teacher.name_or_path="$OUT/teacher" out_dir="$OUT/pretrain"
 

@@ -16,6 +16,8 @@ through the same ``from_pretrained`` path as the real checkpoint without any dow
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from sonodistill.errors import UserError
+from sonodistill.outdir import MARK, owner
 
 DEFAULT_TEACHER = "facebook/dinov3-vitb16-pretrain-lvd1689m"
 # Tiny DINOv3 for tests and the demo: the real architecture (RoPE, 4 registers, layer scale), small.
@@ -52,6 +55,19 @@ VITB16_CONFIG = dict(
 TEACHER_PRESETS = {"tiny": TINY_CONFIG, "vitb16": VITB16_CONFIG}
 
 Aggregate = Literal["concat", "mean"]
+INIT_TINY = "pretrain.teacher init-tiny"  # the mark of a folder init-tiny wrote (sonodistill.outdir)
+
+
+def _check_teacher_out(out: Path) -> None:
+    """init-tiny writes only into a new or empty folder or one it wrote before: pointed at a real
+    teacher's folder or an export, it would replace the weights with random ones."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"init-tiny --out {out}: is a file; expected a folder")
+    held = owner(out)
+    if held == INIT_TINY or not out.is_dir() or not any(out.iterdir()):
+        return
+    what = f"the output of {held}" if held else "files init-tiny did not write"
+    raise UserError(f"init-tiny --out {out}: holds {what}; give it a new or empty folder")
 
 
 def init_tiny(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides) -> Path:
@@ -69,7 +85,8 @@ def init_tiny(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    out = Path(out)
+    out = Path(out).expanduser()
+    _check_teacher_out(out)
     cfg_kwargs = {**TEACHER_PRESETS[preset], **overrides}
     try:
         config = DINOv3ViTConfig(**cfg_kwargs)
@@ -79,9 +96,15 @@ def init_tiny(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides)
     model = DINOv3ViTModel(config).eval()
     size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
     processor = DINOv3ViTImageProcessor(size={"height": size, "width": size})
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # staged beside ``out``, then moved in file by file: a killed run never leaves a torn teacher
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        Path(tmp, MARK).write_text(INIT_TINY + "\n", encoding="utf-8")
+        out.mkdir(exist_ok=True)
+        for f in sorted(Path(tmp).iterdir(), key=lambda f: f.name != MARK):  # the mark first: a rerun resumes
+            os.replace(f, out / f.name)
     return out
 
 

@@ -41,6 +41,36 @@ def test_init_tiny_cli_and_seed(tmp_path, capsys):
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
+def test_init_tiny_never_replaces_what_it_did_not_write(tmp_path, capsys):
+    """Pointed at a real teacher's folder (or an export), init-tiny would swap its weights for random ones."""
+    real = tmp_path / "real"
+    init_tiny(real, seed=1)
+    (real / ".sonodistill-stage").unlink()  # as a downloaded save_pretrained folder looks
+    before = {f.name: f.read_bytes() for f in real.iterdir()}
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "config.json").write_text("{}")
+    for out, held in (
+        (real, "the output of a model (pretrain.export or a teacher)"),
+        (notes, "files init-tiny did not write"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["init-tiny", "--out", str(out)])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: init-tiny --out {out}: holds {held}; give it a new or empty folder"]
+    assert {f.name: f.read_bytes() for f in real.iterdir()} == before
+    assert [f.name for f in notes.iterdir()] == ["config.json"] and (notes / "config.json").read_text() == "{}"
+    # its own earlier output is rewritten in place (the demo reruns it), with no staging folder left behind
+    own = tmp_path / "own"
+    init_tiny(own, seed=1)
+    init_tiny(own, seed=2)
+    assert not torch.equal(
+        next(DINOv3.from_pretrained(own).parameters()), next(DINOv3.from_pretrained(real).parameters())
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "own", "real"]
+
+
 def test_init_vitb16_preset_has_the_real_dimensions(tmp_path):
     """``--preset vitb16``: a random teacher of DINOv3 ViT-B/16's size (for the paper step benchmark)."""
     main(["init-tiny", "--out", str(tmp_path / "b16"), "--preset", "vitb16", "--image-size", "256"])
