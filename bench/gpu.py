@@ -189,7 +189,7 @@ class Bench:
         """The paper config pointed at the synthetic raw shards and the random teacher, one micro-batch
         of ``batch`` per step at ``size`` px. Every pretraining key this bench sets is set here."""
         cfg = self.recipe()
-        cfg.out_dir, cfg.resume = str(self.tmp / "run"), "none"
+        cfg.out, cfg.resume = str(self.tmp / "run"), "none"
         cfg.data.shards = str(self.shards("raw"))
         cfg.teacher.name_or_path = str(self.teacher())
         if self.sizes.student is not None:
@@ -512,7 +512,7 @@ def part_deepspeed(b: Bench) -> dict:
     overrides = {
         "data.shards": b.shards("raw"),
         "teacher.name_or_path": b.teacher(),
-        "out_dir": out_dir,
+        "out": out_dir,
         "resume": "none",
         "train.max_steps": b.sizes.ds_steps,
         "train.log_every": max(1, b.sizes.ds_steps // 2),

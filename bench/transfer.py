@@ -148,7 +148,7 @@ def distil(args: argparse.Namespace, out: Path, shards: Path, teacher_dir: Path)
 
     repo = Path(__file__).resolve().parents[1]
     overrides = [
-        f"out_dir={out / 'distill'}",
+        f"out={out / 'distill'}",
         f"data.shards={shards}",
         f"teacher.name_or_path={teacher_dir}",
         f"student.name={args.student}",

@@ -39,7 +39,7 @@ $PY -m shards.inspect "$OUT/shards" --sheet "$OUT/shards_contact_sheet.png" --pe
 step "pretraining: tiny random DINOv3 teacher -> ResNet-50, 300 CPU steps"
 [ -f "$OUT/teacher/model.safetensors" ] || $PY -m pretrain.teacher init-tiny --out "$OUT/teacher"
 $PY pretrain/run.py --config pretrain/configs/tiny.yaml \
-    data.shards="$OUT/shards" teacher.name_or_path="$OUT/teacher" out_dir="$OUT/pretrain"
+    data.shards="$OUT/shards" teacher.name_or_path="$OUT/teacher" out="$OUT/pretrain"
 
 step "export: timm / Hugging Face Hub folder (upload shown as a dry run)"
 $PY -m pretrain.export --checkpoint "$OUT/pretrain" --out "$OUT/export" \

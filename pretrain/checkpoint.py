@@ -1,4 +1,4 @@
-"""Checkpoints of a pretraining run: atomic folders under ``<out_dir>/checkpoints/step_<8-digit step>``.
+"""Checkpoints of a pretraining run: atomic folders under ``<out>/checkpoints/step_<8-digit step>``.
 
 A checkpoint folder holds accelerate's ``save_state`` output (model, optimiser, scheduler, scaler,
 per-rank RNG states; DeepSpeed's own layout under DeepSpeed), one ``loader_rank{r}.json`` per rank
@@ -65,7 +65,7 @@ def saved_config(meta: dict[str, Any]):
 
 
 def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
-    """``auto``: newest complete checkpoint in out_dir (None if none); ``none``; or an explicit folder."""
+    """``auto``: newest complete checkpoint in out (None if none); ``none``; or an explicit folder."""
     value = (resume or "none").strip()
     found = list_checkpoints(out_dir)
     if value.lower() == "auto":
@@ -79,8 +79,8 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     newer = [p for s, p in found if s > step]
     if newer:
         raise UserError(
-            f"resume={value}: out_dir {out_dir} holds checkpoints of a run up to {newer[-1].name}; "
-            "use another out_dir for a new run (or resume=auto to continue that one)"
+            f"resume={value}: out {out_dir} holds checkpoints of a run up to {newer[-1].name}; "
+            "use another out for a new run (or resume=auto to continue that one)"
         )
     return path
 

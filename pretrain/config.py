@@ -2,7 +2,7 @@
 
 ``pretrain/configs/dinov3_vitb16_resnet50.yaml`` holds paper 002's recipe and
 ``pretrain/configs/tiny.yaml`` a CPU-sized run. Every run writes its resolved config to
-``<out_dir>/config.yaml``.
+``<out>/config.yaml``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class PretrainDataConfig:
     # resampled mode: proportional | uniform | tau=T | {source: weight} (shards.balance)
     source_weights: str | dict[str, float] = "proportional"  # resampled mode: how often each source is drawn
     shuffle_buffer: int = 1000  # samples per rank mixed before a batch is cut
-    record_keys: bool = False  # audit: write the sample keys each rank trained on to <out_dir>/keys/
+    record_keys: bool = False  # audit: write the sample keys each rank trained on to <out>/keys/
     gpu_decode: bool = False  # JPEG shards: decode on the training GPU (nvJPEG) instead of in the workers
     encoding: Literal["any", "png", "jpeg", "raw"] = "any"  # the shards' encoding this run expects
     max_skipped_share: float = 0.01  # stop when unreadable shards cost more of an epoch's samples than this
@@ -82,14 +82,15 @@ class PretrainConfig:
     ``mixed_precision``) sit at the top level, under the same names in every stage's config."""
 
     RENAMED: ClassVar[dict[str, str]] = {
+        "out_dir": "out",
         "augment.size": "image_size",
         "data.num_workers": "num_workers",
         "train.seed": "seed",
         "train.mixed_precision": "mixed_precision",
     }
 
-    out_dir: str = "runs/pretrain"  # checkpoints, metrics.jsonl, TensorBoard logs and config.yaml go here
-    resume: str = "auto"  # auto (newest checkpoint in out_dir if any), a checkpoint dir, or none
+    out: str = "runs/pretrain"  # checkpoints, metrics.jsonl, TensorBoard logs and config.yaml go here
+    resume: str = "auto"  # auto (newest checkpoint in out if any), a checkpoint dir, or none
     image_size: int = 256  # side of the square views both networks see (the augmentation's output), pixels
     num_workers: int = 4  # shard-decoding worker processes per rank (capped at the cores this rank may use)
     seed: int = 0  # student initialisation; augmentations and the shard order derive from it per rank

@@ -1,8 +1,8 @@
 """Distil a DINOv3 teacher into a timm CNN on ultrasound shards (paper 002).
 
     accelerate launch pretrain/run.py --config pretrain/configs/dinov3_vitb16_resnet50.yaml \\
-        data.shards=/data/us-shards out_dir=runs/r50 [key=value ...]
-    python pretrain/run.py --config pretrain/configs/tiny.yaml data.shards=... out_dir=...
+        data.shards=/data/us-shards out=runs/r50 [key=value ...]
+    python pretrain/run.py --config pretrain/configs/tiny.yaml data.shards=... out=...
     torchrun --nproc_per_node 8 pretrain/run.py --config ...
 
 Exit codes: 0 finished; 2 bad input / diverged (one ``error:`` line); 75 stopped by SIGTERM/SIGUSR1

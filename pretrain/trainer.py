@@ -240,7 +240,7 @@ class Session:
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.cfg.out_dir)
+        return Path(self.cfg.out)
 
 
 def setup(cfg: PretrainConfig) -> Session:
@@ -552,7 +552,7 @@ def train(cfg: PretrainConfig) -> TrainResult:
     """Run (or resume) a distillation run as configured; every process of a launch calls this."""
     _check_config(cfg)
     s = setup(cfg)
-    claim(s.out_dir, "pretraining (pretrain/run.py)", key="out_dir", write=s.is_main)
+    claim(s.out_dir, "pretraining (pretrain/run.py)", key="out", write=s.is_main)
     start_step, ckpt = resume(s)
     if s.is_main:
         s.out_dir.mkdir(parents=True, exist_ok=True)

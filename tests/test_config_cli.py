@@ -74,6 +74,27 @@ def test_sweep_cell_key_digest_is_unchanged_by_the_shared_knob_renames():
     assert "num_workers" not in d and "mixed_precision" not in d
 
 
+def test_pretraining_out_dir_is_out_like_every_other_command(tmp_path, caplog):
+    """The output folder is ``out`` in every stage; a pretraining config or checkpoint that says
+    ``out_dir`` still loads (a file or override with a warning, a run's own saved config silently)."""
+    from pretrain.config import PretrainConfig
+    from sonodistill.config import config_from_dict
+
+    f = tmp_path / "old.yaml"
+    f.write_text("out_dir: runs/a\n")
+    with caplog.at_level(logging.WARNING, logger="sonodistill.config"):
+        assert load_config(PretrainConfig, f).out == "runs/a"
+        assert load_config(PretrainConfig, None, ["out_dir=runs/b"]).out == "runs/b"
+    warned = [r.getMessage() for r in caplog.records]
+    assert sum("'out_dir' is deprecated, use 'out'" in m for m in warned) == 2
+    caplog.clear()
+    saved = {**to_dict(PretrainConfig()), "out_dir": "runs/c"}
+    del saved["out"]
+    with caplog.at_level(logging.WARNING, logger="sonodistill.config"):
+        assert config_from_dict(PretrainConfig, saved).out == "runs/c"
+    assert caplog.records == []
+
+
 def _leaf_keys_without_meaning(cls: type, prefix: str = "") -> list[str]:
     notes, missing = field_notes(cls), []
     for name, tp in config_fields(cls).items():

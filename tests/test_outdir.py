@@ -24,7 +24,7 @@ def test_a_folder_is_marked_by_its_first_command_and_refused_to_the_others(tmp_p
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "checkpoints").mkdir()
     assert owner(tmp_path / "old") == "pretraining (pretrain/run.py)"
-    claim(tmp_path / "old", "pretraining (pretrain/run.py)", key="out_dir")
+    claim(tmp_path / "old", "pretraining (pretrain/run.py)", key="out")
     # a folder of the user's own files is nobody's; checking without writing leaves it untouched
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "notes.txt").write_text("mine")

@@ -85,16 +85,16 @@ def test_sigterm_then_resume_equals_uninterrupted_run(shard_dir, tiny_teacher_di
 
 
 def test_a_fresh_start_beside_another_runs_checkpoints_is_refused(tmp_path):
-    """resume=none (or an older checkpoint) in an out_dir holding newer checkpoints would interleave a
+    """resume=none (or an older checkpoint) in an out folder holding newer checkpoints would interleave a
     second run's checkpoints with the first's, and keep_last would delete the new ones."""
     from pretrain.checkpoint import resolve_resume, step_dir
     from sonodistill.errors import UserError
 
-    assert resolve_resume("none", tmp_path) is None  # an empty out_dir: a fresh run
+    assert resolve_resume("none", tmp_path) is None  # an empty out folder: a fresh run
     for step in (6, 9):
         step_dir(tmp_path, step).mkdir(parents=True)
         (step_dir(tmp_path, step) / "meta.json").write_text(json.dumps({"step": step}))
-    with pytest.raises(UserError, match=r"resume=none: out_dir .* holds checkpoints of a run up to step_00000009"):
+    with pytest.raises(UserError, match=r"resume=none: out .* holds checkpoints of a run up to step_00000009"):
         resolve_resume("none", tmp_path)
     with pytest.raises(UserError, match="up to step_00000009"):
         resolve_resume(str(step_dir(tmp_path, 6)), tmp_path)

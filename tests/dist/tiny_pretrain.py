@@ -14,7 +14,7 @@ TINY_YAML = REPO / "pretrain" / "configs" / "tiny.yaml"
 def tiny_overrides(shards, teacher, out_dir, **extra) -> list[str]:
     """``key=value`` overrides for a seconds-long CPU run; ``extra`` uses ``__`` for dots."""
     base = {
-        "out_dir": out_dir, "data.shards": shards, "num_workers": 1, "data.shuffle_buffer": 32,
+        "out": out_dir, "data.shards": shards, "num_workers": 1, "data.shuffle_buffer": 32,
         "teacher.name_or_path": teacher, "student.name": "resnet10t", "student.head_hidden": 64,
         "augment.preset": "us", "image_size": 64, "train.max_steps": 6, "train.batch_size": 4,
         "train.global_batch": 8, "train.warmup_steps": 2, "train.lr": 1e-3, "train.log_every": 2,
