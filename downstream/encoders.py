@@ -8,6 +8,10 @@ SPEC forms:
 - ``hf-hub:ID``             the same format on the Hugging Face Hub (or its local cache when offline)
 - ``dinov3:PATH_OR_ID``     a DINOv3 ViT (transformers) through :meth:`sonodistill.dinov3.DINOv3.from_pretrained`
 
+Where the Hub does not answer (:func:`sonodistill.hub.timm_pretrained_source`), ``timm:`` and ``hf-hub:``
+weights come straight from the local cache, or the spec fails in one line at once, instead of
+after huggingface_hub's retries.
+
 timm backbones are built with ``num_classes=0`` (forward -> globally pooled features) and take
 their mean/std from timm's ``pretrained_cfg``; DINOv3 takes them from its image processor.
 Random initialisation uses the torch RNG, so callers seed it first.
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from sonodistill.errors import UserError
+from sonodistill.hub import timm_pretrained_source
 
 SPEC_FORMS = (
     "rand",
@@ -111,11 +116,19 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
-def _timm(spec: str, name: str, pretrained: bool, hint: str) -> Encoder:
+def _pretrained(spec: str, name: str, hint: str) -> Encoder:
+    """A timm model with pretrained weights, from the local cache alone when the Hub does not answer."""
+    source = timm_pretrained_source(name)
+    if source is None:
+        raise UserError(f"encoder '{spec}': {hint}")
+    return _timm(spec, source[0], True, hint, source[1])
+
+
+def _timm(spec: str, name: str, pretrained: bool, hint: str, overlay: dict | None = None) -> Encoder:
     import timm
 
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **(overlay or {}))
     except RuntimeError as exc:
         text = str(exc)
         if text.startswith("Unknown model"):
@@ -174,15 +187,15 @@ def load_encoder(spec: str) -> Encoder:
     if spec.startswith("rand:"):
         return _timm(spec, spec[5:], False, "")
     if spec.startswith("timm:"):
-        return _timm(
-            spec,
-            spec[5:],
-            True,
-            f"pretrained weights for '{spec[5:]}' are not in the local cache and the Hub is not reachable "
-            f"(offline); use rand:{spec[5:]} for random init or a local save_for_hf folder",
+        name = spec[5:]
+        hint = (
+            f"pretrained weights for '{name}' are not in the local cache and the Hub is not reachable "
+            f"(offline); use rand:{name} for random init or a local save_for_hf folder"
         )
+        return _pretrained(spec, name, hint)
     if spec.startswith("hf-hub:"):
-        return _timm(spec, spec, True, "cannot fetch it from the Hub or find it in the local cache (offline?)")
+        hint = "cannot fetch it from the Hub or find it in the local cache (offline?)"
+        return _pretrained(spec, spec, hint)
     if spec.startswith("dinov3:"):
         return _dinov3(spec, spec[7:])
     path = spec[10:] if spec.startswith("local-dir:") else spec

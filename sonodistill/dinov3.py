@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from sonodistill.errors import UserError
+from sonodistill.hub import hub_reachable
 from sonodistill.outdir import MARK, owner
 
 DEFAULT_TEACHER = "facebook/dinov3-vitb16-pretrain-lvd1689m"
@@ -191,21 +192,25 @@ class DINOv3(nn.Module):
         the ViT downstream.
 
         Raises :class:`UserError` naming ``name_or_path`` when it does not load (with
-        ``HF_HUB_OFFLINE=1`` nothing is downloaded: pass a local folder).
+        ``HF_HUB_OFFLINE=1``, or where the Hub does not answer, a Hub id loads from the local cache
+        only, without huggingface_hub's retries).
         """
         from transformers import AutoImageProcessor, AutoModel
         from transformers.utils import logging as hf_logging
 
         name = str(name_or_path)
         hf_logging.disable_progress_bar()
+        cache_only = not Path(name).expanduser().is_dir() and not hub_reachable()
         try:
-            model = AutoModel.from_pretrained(name, dtype=dtype)
+            model = AutoModel.from_pretrained(name, dtype=dtype, local_files_only=cache_only)
         except (
             OSError,
             ValueError,
             TypeError,
         ) as exc:  # TypeError: a timm folder (an export) read as a transformers one
             reason = " ".join(str(exc).split())[:300]
+            if cache_only:
+                reason = f"not in the local cache, and the Hub is not reachable from here: {reason}"
             raise UserError(
                 f"{key}.name_or_path: cannot load '{name}' with transformers AutoModel ({reason}); "
                 "give a local save_pretrained folder or a Hub id reachable from here "
@@ -214,7 +219,7 @@ class DINOv3(nn.Module):
         if not hasattr(model.config, "patch_size") or not hasattr(model.config, "hidden_size"):
             raise UserError(f"{key}.name_or_path: '{name}' is a {type(model).__name__}, not a ViT with patches")
         try:
-            proc = AutoImageProcessor.from_pretrained(name)
+            proc = AutoImageProcessor.from_pretrained(name, local_files_only=cache_only)
             mean, std = proc.image_mean, proc.image_std
         except (OSError, ValueError):
             raise UserError(

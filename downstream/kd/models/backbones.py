@@ -9,18 +9,26 @@ from torch import nn
 
 from downstream.kd.config import TimmStudentConfig
 from sonodistill.errors import UserError
+from sonodistill.hub import timm_pretrained_source
 
 
 def create(name: str, *, pretrained: bool = False, key: str = "model", **kwargs: Any) -> nn.Module:
     """``timm.create_model`` with the recipe's config ``key`` named in any error.
 
-    ``pretrained=True`` reads timm's usual sources (HF cache, ``pretrained_cfg_overlay=dict(file=...)``);
-    when they cannot be reached the user gets one line instead of a network traceback.
+    ``pretrained=True`` reads timm's usual sources (HF cache, ``pretrained_cfg_overlay=dict(file=...)``),
+    the local cache alone when the Hub does not answer (:mod:`sonodistill.hub`); when they cannot be
+    reached the user gets one line instead of a network traceback.
     """
     if not timm.is_model(name.split(".")[0]) and not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         raise UserError(f"{key}: unknown timm model '{name}'")
+    source = timm_pretrained_source(name) if pretrained else (name, {})
+    if source is None:
+        raise UserError(
+            f"{key}: pretrained weights for '{name}' are not in the local cache and the Hub is not reachable "
+            "from here; download them into the Hugging Face cache first or set pretrained=false"
+        )
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        return timm.create_model(source[0], pretrained=pretrained, **source[1], **kwargs)
     except TypeError as exc:
         raise UserError(f"{key}: timm model '{name}' rejects its arguments ({exc})") from None
     except (OSError, RuntimeError, ValueError) as exc:

@@ -1,0 +1,105 @@
+"""A node that cannot reach the Hub: specs and teachers load from the local cache at once or fail in
+one line, without huggingface_hub's five retries (about 25 s and a screen of warnings per file).
+
+Offline mode is switched off here and the Hub endpoint pointed at a local port, so no test depends
+on whether this machine has a network: a closed port is a Hub that does not answer."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import huggingface_hub.constants as hub_constants
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from downstream.encoders import load_encoder
+from downstream.kd.models.backbones import create
+from sonodistill import hub
+from sonodistill.dinov3 import DINOv3, init_tiny
+from sonodistill.errors import UserError
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def no_hub(monkeypatch, tmp_path) -> Path:
+    """Online mode, a Hub that refuses connections and an empty cache (returned); the probe asked afresh."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for var in hub.PROXY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    hub.hub_reachable.cache_clear()
+    yield tmp_path / "hub"
+    hub.hub_reachable.cache_clear()
+
+
+def _cache(root: Path, repo: str, files: dict[str, bytes | Path]) -> None:
+    """Files in huggingface_hub's cache layout, as an earlier download leaves them."""
+    snap = root / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    for name, data in files.items():
+        (snap / name).write_bytes(data if isinstance(data, bytes) else Path(data).read_bytes())
+
+
+def test_probe_says_what_the_endpoint_does(no_hub, monkeypatch):
+    assert hub.hub_reachable() is False  # refused
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub.hub_reachable() is False  # asked once per process
+        hub.hub_reachable.cache_clear()
+        assert hub.hub_reachable() is True  # accepts
+    hub.hub_reachable.cache_clear()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert hub.hub_reachable() is True  # behind a proxy the proxy decides
+    hub.hub_reachable.cache_clear()
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    assert hub.hub_reachable() is False
+
+
+def test_uncached_specs_fail_in_one_line_without_retries(no_hub, caplog):
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(UserError, match=r"'resnet18' are not in the local cache and the Hub is not reachable"):
+            load_encoder("timm:resnet18")
+        with pytest.raises(UserError, match=r"encoder 'hf-hub:nobody/none': cannot fetch it from the Hub"):
+            load_encoder("hf-hub:nobody/none")
+        with pytest.raises(UserError, match=r"not in the local cache, and the Hub is not reachable from here"):
+            DINOv3.from_pretrained("nobody/no-dinov3")
+        with pytest.raises(UserError, match=r"student.model: pretrained weights for 'resnet18' are not in the local"):
+            create("resnet18", pretrained=True, key="student.model", num_classes=3)
+    assert not [r.getMessage() for r in caplog.records if "Retry" in r.getMessage()]
+
+
+def test_cached_weights_load_straight_from_the_cache(no_hub, tmp_path, caplog):
+    import timm
+    from timm.models import get_pretrained_cfg, save_for_hf
+
+    torch.manual_seed(3)
+    ref = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    _cache(no_hub, get_pretrained_cfg("resnet18").hf_hub_id, {"model.safetensors": b""})
+    save_file(ref.state_dict(), next(no_hub.rglob("model.safetensors")))
+    save_for_hf(ref, tmp_path / "hf")
+    _cache(no_hub, "lab/r18", {f.name: f for f in (tmp_path / "hf").iterdir()})
+    init_tiny(tmp_path / "teacher", seed=5)
+    _cache(no_hub, "lab/dinov3", {f.name: f for f in (tmp_path / "teacher").iterdir() if f.suffix})
+    with caplog.at_level(logging.WARNING):
+        for spec in ("timm:resnet18", "hf-hub:lab/r18"):
+            got = load_encoder(spec).backbone.state_dict()
+            assert all(torch.equal(v, got[k]) for k, v in ref.state_dict().items()), spec
+        teacher = DINOv3.from_pretrained("lab/dinov3")
+        student = create("resnet18", pretrained=True, num_classes=0).state_dict()  # a KD recipe's backbone
+    assert all(torch.equal(v, student[k]) for k, v in ref.state_dict().items())
+    local = DINOv3.from_pretrained(tmp_path / "teacher")
+    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), local.parameters()))
+    assert not [r.getMessage() for r in caplog.records if "Retry" in r.getMessage()]
