@@ -61,7 +61,7 @@ def test_init_tiny_never_replaces_what_it_did_not_write(tmp_path, capsys):
         assert err == [f"error: init-tiny --out {out}: holds {held}; give it a new or empty folder"]
     assert {f.name: f.read_bytes() for f in real.iterdir()} == before
     assert [f.name for f in notes.iterdir()] == ["config.json"] and (notes / "config.json").read_text() == "{}"
-    # its own earlier output is rewritten in place (the demo reruns it), with no staging folder left behind
+    # its own earlier output is rewritten in place (a rerun after a kill), with no staging folder left behind
     own = tmp_path / "own"
     init_tiny(own, seed=1)
     init_tiny(own, seed=2)
