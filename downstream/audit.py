@@ -183,7 +183,7 @@ def parse(argv: Sequence[str] | None = None) -> AuditConfig:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse(argv)
-    claim(cfg.out, "downstream.audit")
+    claim(cfg.out, "downstream.audit", only_own=True)
     report = audit(cfg)
     s = report["summary"]
     print(

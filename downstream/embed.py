@@ -20,8 +20,10 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -55,7 +57,7 @@ class EmbedConfig:
     image_size: int | None = None  # resize to this side before embedding (null: the shards' size)
     max_samples: int = 3000  # seeded random subset of the shards embedded
     batch_size: int = 64  # images per forward pass
-    num_workers: int = 2  # shard-decoding worker processes (capped at the cores this process may use)
+    num_workers: int = 2  # shard-decoding processes (capped at the cores); the subset read depends on it
     seed: int = 0  # subset, random encoders' init, PCA and t-SNE
     perplexity: float = 30.0  # t-SNE perplexity (lowered to (n - 1) / 3 for small subsets)
     top_k: int = 10  # sources listed in the legend
@@ -263,7 +265,15 @@ def parse(argv: Sequence[str] | None = None) -> EmbedConfig:
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse(argv)
     check(cfg)
-    claim(cfg.out, "downstream.embed")
+    local = "://" not in cfg.shards
+    cfg = dataclasses.replace(
+        cfg, out=os.path.expanduser(cfg.out), shards=os.path.expanduser(cfg.shards) if local else cfg.shards
+    )
+    workers = loader_workers(cfg.num_workers)
+    if workers != cfg.num_workers:  # the workers that run decide the shards' reading order, hence the subset
+        log.warning(f"num_workers={cfg.num_workers} capped at {workers}, the cores this process may use")
+        cfg = dataclasses.replace(cfg, num_workers=workers)
+    claim(cfg.out, "downstream.embed", only_own=True)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     res = run_embed(cfg)
     print(json.dumps({r["name"]: r["silhouette_cosine"] for r in res["encoders"]}))

@@ -161,13 +161,32 @@ def _dinov3(spec: str, target: str) -> Encoder:
     return Encoder(spec, "dinov3", "dinov3", backbone, vit.mean, vit.std, 2 * backbone.embed_dim, vit.patch_size)
 
 
+def _offline_hint(name: str) -> str:
+    return (
+        f"pretrained weights for '{name}' are not in the local cache and the Hub is not reachable "
+        f"(offline); use rand:{name} for random init or a local save_for_hf folder"
+    )
+
+
+def _check_timm_name(spec: str, name: str) -> None:
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):  # a pretrained tag (resnet50.a1_in1k) is timm's to resolve
+        raise UserError(f"encoder '{spec}': timm has no architecture '{name}' (see timm.list_models())")
+    if spec.startswith("timm:") and timm_pretrained_source(name) is None:
+        raise UserError(f"encoder '{spec}': {_offline_hint(name)}")
+
+
 def check_spec(spec: str) -> None:
-    """Raise the :class:`UserError` :func:`load_encoder` would for a malformed ``spec`` or a missing
-    folder, without loading anything: a sweep checks every encoder before its first cell."""
+    """Raise the :class:`UserError` :func:`load_encoder` would for a malformed ``spec``, an unknown timm
+    architecture, timm weights out of reach or a missing folder, without loading anything: a sweep
+    checks every encoder before its first cell."""
     spec = spec.strip()
     if spec == "rand" or spec.startswith(("rand:", "timm:", "hf-hub:", "dinov3:")):
         if not spec.split(":", 1)[-1] and spec != "rand":
             raise UserError(f"encoder '{spec}': a name is missing after '{spec}'; valid forms: {'; '.join(SPEC_FORMS)}")
+        if spec.startswith(("rand:", "timm:")):
+            _check_timm_name(spec, spec.split(":", 1)[1])
         return
     path = spec[10:] if spec.startswith("local-dir:") else spec
     if not Path(path).is_dir():
@@ -187,12 +206,7 @@ def load_encoder(spec: str) -> Encoder:
     if spec.startswith("rand:"):
         return _timm(spec, spec[5:], False, "")
     if spec.startswith("timm:"):
-        name = spec[5:]
-        hint = (
-            f"pretrained weights for '{name}' are not in the local cache and the Hub is not reachable "
-            f"(offline); use rand:{name} for random init or a local save_for_hf folder"
-        )
-        return _pretrained(spec, name, hint)
+        return _pretrained(spec, spec[5:], _offline_hint(spec[5:]))
     if spec.startswith("hf-hub:"):
         hint = "cannot fetch it from the Hub or find it in the local cache (offline?)"
         return _pretrained(spec, spec, hint)

@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
+from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import cli_main
 
 
@@ -29,9 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         epilog="Exit codes: 0 done, 2 bad input or diverged, 75 preempted after a checkpoint.",
     )
+    parser.add_argument("--out", help="output folder (key: out), as in every other command")
     add_config_args(parser, PretrainConfig)
     args = parse_command_line(parser, argv)
-    cfg = config_from_args(PretrainConfig, args)
+    cfg = config_from_flags(PretrainConfig, args, ("out",))
     return train(cfg).exit_code
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -27,7 +27,7 @@ from torch import nn
 
 from sonodistill.errors import UserError
 from sonodistill.hub import hub_reachable
-from sonodistill.outdir import MARK, owner
+from sonodistill.outdir import claim
 
 DEFAULT_TEACHER = "facebook/dinov3-vitb16-pretrain-lvd1689m"
 # Tiny DINOv3 for tests and the demo: the real architecture (RoPE, 4 registers, layer scale), small.
@@ -57,18 +57,7 @@ TEACHER_PRESETS = {"tiny": TINY_CONFIG, "vitb16": VITB16_CONFIG}
 
 Aggregate = Literal["concat", "mean"]
 INIT_TINY = "pretrain.teacher init-tiny"  # the mark of a folder init-tiny wrote (sonodistill.outdir)
-
-
-def _check_teacher_out(out: Path) -> None:
-    """init-tiny writes only into a new or empty folder or one it wrote before: pointed at a real
-    teacher's folder or an export, it would replace the weights with random ones."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"init-tiny --out {out}: is a file; expected a folder")
-    held = owner(out)
-    if held == INIT_TINY or not out.is_dir() or not any(out.iterdir()):
-        return
-    what = f"the output of {held}" if held else "files init-tiny did not write"
-    raise UserError(f"init-tiny --out {out}: holds {what}; give it a new or empty folder")
+STAGING = ".init-tiny.tmp"  # inside the output folder: what a kill leaves is found and replaced by the rerun
 
 
 def init_tiny(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides) -> Path:
@@ -87,7 +76,8 @@ def init_tiny(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides)
 
     hf_logging.disable_progress_bar()
     out = Path(out).expanduser()
-    _check_teacher_out(out)
+    # a real teacher's folder or an export would get random weights: only a new, empty or own folder
+    claim(out, INIT_TINY, key="init-tiny --out", write=False, only_own=True)
     cfg_kwargs = {**TEACHER_PRESETS[preset], **overrides}
     try:
         config = DINOv3ViTConfig(**cfg_kwargs)
@@ -97,15 +87,15 @@ def init_tiny(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides)
     model = DINOv3ViTModel(config).eval()
     size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
     processor = DINOv3ViTImageProcessor(size={"height": size, "width": size})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # staged beside ``out``, then moved in file by file: a killed run never leaves a torn teacher
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        Path(tmp, MARK).write_text(INIT_TINY + "\n", encoding="utf-8")
-        out.mkdir(exist_ok=True)
-        for f in sorted(Path(tmp).iterdir(), key=lambda f: f.name != MARK):  # the mark first: a rerun resumes
-            os.replace(f, out / f.name)
+    claim(out, INIT_TINY, key="init-tiny --out", only_own=True)  # marked first: a killed run's rerun resumes
+    staging = out / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's, inside this command's own folder
+    model.save_pretrained(staging)
+    processor.save_pretrained(staging)
+    # moved in with the weights last: a folder holding model.safetensors holds a whole teacher
+    for f in sorted(staging.iterdir(), key=lambda f: f.suffix == ".safetensors"):
+        os.replace(f, out / f.name)
+    staging.rmdir()
     return out
 
 
@@ -209,8 +199,8 @@ class DINOv3(nn.Module):
             TypeError,
         ) as exc:  # TypeError: a timm folder (an export) read as a transformers one
             reason = " ".join(str(exc).split())[:300]
-            if cache_only:
-                reason = f"not in the local cache, and the Hub is not reachable from here: {reason}"
+            if cache_only:  # transformers' own text would only repeat this and point at the network
+                reason = "not in the local cache, and the Hub is not reachable from here"
             raise UserError(
                 f"{key}.name_or_path: cannot load '{name}' with transformers AutoModel ({reason}); "
                 "give a local save_pretrained folder or a Hub id reachable from here "

@@ -10,31 +10,27 @@ here because neither huggingface_hub nor timm asks before retrying.
 from __future__ import annotations
 
 import functools
-import os
-import socket
+from pathlib import Path
 from urllib.parse import urlsplit
 
 PROBE_TIMEOUT_S = 3.0
-PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 @functools.cache
 def hub_reachable() -> bool:
-    """False in offline mode (``HF_HUB_OFFLINE``) or when the Hub endpoint does not accept a TCP
-    connection within :data:`PROBE_TIMEOUT_S`; True behind a proxy (the proxy decides)."""
+    """False in offline mode (``HF_HUB_OFFLINE``) or when the Hub endpoint gives no HTTP answer
+    within :data:`PROBE_TIMEOUT_S` (no DNS, refused, a firewall that accepts and never answers, a
+    TLS failure); asked through huggingface_hub's own HTTP session, so its proxy settings apply."""
     from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
 
     if constants.is_offline_mode():
         return False
-    if any(os.environ.get(v) for v in PROXY_VARS):
-        return True
-    url = urlsplit(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        with socket.create_connection((url.hostname or "", port), timeout=PROBE_TIMEOUT_S):
-            return True
-    except OSError:  # no DNS, refused, unreachable or timed out
+        get_session().head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
+    except Exception:  # httpx's errors, whatever the transport: each means no answer
         return False
+    return True  # any status: the Hub (or the mirror in HF_ENDPOINT) answers
 
 
 def timm_pretrained_source(name: str) -> tuple[str, dict] | None:
@@ -54,8 +50,15 @@ def timm_pretrained_source(name: str) -> tuple[str, dict] | None:
         except (OSError, ValueError):
             return None
     cfg = get_pretrained_cfg(name)
-    if cfg is None or not cfg.hf_hub_id:  # an unknown architecture (timm says so) or weights behind a URL
+    if cfg is None:  # an unknown architecture: timm says so
         return name, {}
+    if not cfg.hf_hub_id:  # weights behind a URL (GitHub releases): torch.hub's cache, where timm keeps them
+        if not cfg.url:
+            return name, {}
+        import torch
+
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlsplit(cfg.url).path).name
+        return (name, {"pretrained_cfg_overlay": {"file": str(cached)}}) if cached.is_file() else None
     repo, _, revision = cfg.hf_hub_id.partition("@")
     for filename in ("model.safetensors", cfg.hf_hub_filename or "pytorch_model.bin"):  # timm's order
         try:

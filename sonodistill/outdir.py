@@ -26,6 +26,7 @@ SIGNATURES = {
     "downstream.kd train": ("report.md",),
     "downstream.audit": ("audit.json",),
     "downstream.embed": ("embed.json",),
+    "pretrain.teacher init-tiny": (),  # recognised by its mark only: its files are any teacher's
 }
 
 
@@ -42,13 +43,26 @@ def owner(out: Path) -> str | None:
     return None
 
 
-def claim(out: str | Path, stage: str, key: str = "--out", write: bool = True) -> None:
-    """Refuse ``out`` when it holds another command's output; else mark it as ``stage``'s (``stage``
-    is a key of :data:`SIGNATURES`; ``write=False``: check only, as every rank but the first does)."""
+def make_folder(out: Path, key: str = "--out") -> None:
+    """``mkdir -p out``, with one line naming ``key`` where a file (or a dangling link) is in the way."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{key} {out}: cannot create the folder: a file (or a broken link) is in its way") from None
+
+
+def claim(out: str | Path, stage: str, key: str = "--out", write: bool = True, only_own: bool = False) -> None:
+    """Refuse ``out`` when it holds another command's output (``only_own``: any files but ``stage``'s
+    own, for a command whose file names, ``config.yaml`` among them, a user's folder may hold); else
+    mark it as ``stage``'s (``write=False``: check only, as every rank but the first does)."""
     out = Path(out)
     held = owner(out)
     if held is not None and held != stage:
         raise UserError(f"{key} {out}: holds the output of {held}; give {stage} a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{key} {out}: is a file; expected a folder")
+    if only_own and held is None and out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{key} {out}: holds files {stage} did not write; give it a new or empty folder")
     if write:
-        out.mkdir(parents=True, exist_ok=True)
+        make_folder(out, key)
         write_once(out / MARK, stage + "\n")

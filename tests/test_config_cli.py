@@ -74,7 +74,7 @@ def test_sweep_cell_key_digest_is_unchanged_by_the_shared_knob_renames():
     assert "num_workers" not in d and "mixed_precision" not in d
 
 
-def test_pretraining_out_dir_is_out_like_every_other_command(tmp_path, caplog):
+def test_pretraining_out_dir_is_out_like_every_other_command(tmp_path, caplog, capsys):
     """The output folder is ``out`` in every stage; a pretraining config or checkpoint that says
     ``out_dir`` still loads (a file or override with a warning, a run's own saved config silently)."""
     from pretrain.config import PretrainConfig
@@ -93,6 +93,13 @@ def test_pretraining_out_dir_is_out_like_every_other_command(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="sonodistill.config"):
         assert config_from_dict(PretrainConfig, saved).out == "runs/c"
     assert caplog.records == []
+    from pretrain.run import main
+
+    with pytest.raises(SystemExit) as exc:  # --out, the flag every other command has
+        main(["--out", "runs/d", "seed=4", "--show-config"])
+    assert exc.value.code == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert (shown["out"], shown["seed"]) == ("runs/d", 4)
 
 
 def _leaf_keys_without_meaning(cls: type, prefix: str = "") -> list[str]:

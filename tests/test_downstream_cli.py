@@ -167,7 +167,7 @@ def test_embed_tsne_and_silhouette(shard_dir, tmp_path):
     assert (saved.max_samples, saved.num_workers, saved.batch_size, saved.image_size) == (80, 0, 32, None)
 
 
-def test_embed_settings_are_a_config_checked_before_reading(shard_dir, tmp_path, capsys):
+def test_embed_settings_are_a_config_checked_before_reading(shard_dir, tmp_path, capsys, monkeypatch):
     odd = "B: odd #=" + str(tmp_path / "no such: folder")
     with pytest.raises(SystemExit) as exc:
         embed_cli.main(
@@ -204,6 +204,20 @@ def test_embed_settings_are_a_config_checked_before_reading(shard_dir, tmp_path,
     (out / "audit.json").write_text("{}")
     assert "holds the output of downstream.audit" in fail([*base, "--encoder", "rand"])
     assert sorted(p.name for p in out.iterdir()) == ["audit.json", "run"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("my own\n")
+    assert "holds files downstream.embed did not write" in fail(
+        ["--shards", "s", "--encoder", "rand", "--out", str(mine)]
+    )
+    assert (mine / "config.yaml").read_text() == "my own\n" and len(list(mine.iterdir())) == 1
+    # encoder specs are checked before the (here missing) shards are read; an empty Hub cache, offline
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    nowhere = ["--shards", str(tmp_path / "no-shards"), "--out", str(tmp_path / "o2")]
+    assert "timm has no architecture 'nosuchnet'" in fail([*nowhere, "--encoder", "rand:nosuchnet"])
+    assert "'resnet18' are not in the local cache" in fail([*nowhere, "--encoder", "timm:resnet18"])
 
 
 @pytest.mark.dist

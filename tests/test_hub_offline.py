@@ -2,12 +2,16 @@
 one line, without huggingface_hub's five retries (about 25 s and a screen of warnings per file).
 
 Offline mode is switched off here and the Hub endpoint pointed at a local port, so no test depends
-on whether this machine has a network: a closed port is a Hub that does not answer."""
+on whether this machine has a network: a closed port is a Hub that does not answer. (A request
+that got past the probe would still go to huggingface.co, whose address huggingface_hub fixes at
+import: on a machine without a network the retries it logs fail the test.)"""
 
 from __future__ import annotations
 
+import http.server
 import logging
 import socket
+import threading
 from pathlib import Path
 
 import huggingface_hub.constants as hub_constants
@@ -34,8 +38,9 @@ def no_hub(monkeypatch, tmp_path) -> Path:
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    for var in hub.PROXY_VARS:
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
     hub.hub_reachable.cache_clear()
     yield tmp_path / "hub"
     hub.hub_reachable.cache_clear()
@@ -51,21 +56,37 @@ def _cache(root: Path, repo: str, files: dict[str, bytes | Path]) -> None:
         (snap / name).write_bytes(data if isinstance(data, bytes) else Path(data).read_bytes())
 
 
-def test_probe_says_what_the_endpoint_does(no_hub, monkeypatch):
+class _Hub(http.server.BaseHTTPRequestHandler):
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_probe_asks_for_an_http_answer(no_hub, monkeypatch):
     assert hub.hub_reachable() is False  # refused
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setattr(hub, "PROBE_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:  # accepts the connection, never answers (a firewall that swallows it)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        hub.hub_reachable.cache_clear()
+        assert hub.hub_reachable() is False
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
         assert hub.hub_reachable() is False  # asked once per process
         hub.hub_reachable.cache_clear()
-        assert hub.hub_reachable() is True  # accepts
-    hub.hub_reachable.cache_clear()
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    assert hub.hub_reachable() is True  # behind a proxy the proxy decides
-    hub.hub_reachable.cache_clear()
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    assert hub.hub_reachable() is False
+        assert hub.hub_reachable() is True  # answers
+        hub.hub_reachable.cache_clear()
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+        assert hub.hub_reachable() is False  # offline mode: never asked
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_uncached_specs_fail_in_one_line_without_retries(no_hub, caplog):
@@ -76,6 +97,8 @@ def test_uncached_specs_fail_in_one_line_without_retries(no_hub, caplog):
             load_encoder("hf-hub:nobody/none")
         with pytest.raises(UserError, match=r"not in the local cache, and the Hub is not reachable from here"):
             DINOv3.from_pretrained("nobody/no-dinov3")
+        with pytest.raises(UserError, match=r"pretrained weights for 'gcvit_xxtiny' are not in the local cache"):
+            load_encoder("timm:gcvit_xxtiny")  # weights behind a URL: torch.hub's cache, not the Hub's
         with pytest.raises(UserError, match=r"student.model: pretrained weights for 'resnet18' are not in the local"):
             create("resnet18", pretrained=True, key="student.model", num_classes=3)
     assert not [r.getMessage() for r in caplog.records if "Retry" in r.getMessage()]
@@ -91,6 +114,10 @@ def test_cached_weights_load_straight_from_the_cache(no_hub, tmp_path, caplog):
     save_file(ref.state_dict(), next(no_hub.rglob("model.safetensors")))
     save_for_hf(ref, tmp_path / "hf")
     _cache(no_hub, "lab/r18", {f.name: f for f in (tmp_path / "hf").iterdir()})
+    url_weights = timm.create_model("gcvit_xxtiny", pretrained=False, num_classes=0)
+    url = get_pretrained_cfg("gcvit_xxtiny").url
+    (tmp_path / "torch-hub" / "checkpoints").mkdir(parents=True)
+    torch.save(url_weights.state_dict(), tmp_path / "torch-hub" / "checkpoints" / Path(url).name)
     init_tiny(tmp_path / "teacher", seed=5)
     _cache(no_hub, "lab/dinov3", {f.name: f for f in (tmp_path / "teacher").iterdir() if f.suffix})
     with caplog.at_level(logging.WARNING):
@@ -99,6 +126,8 @@ def test_cached_weights_load_straight_from_the_cache(no_hub, tmp_path, caplog):
             assert all(torch.equal(v, got[k]) for k, v in ref.state_dict().items()), spec
         teacher = DINOv3.from_pretrained("lab/dinov3")
         student = create("resnet18", pretrained=True, num_classes=0).state_dict()  # a KD recipe's backbone
+        from_url = load_encoder("timm:gcvit_xxtiny").backbone.state_dict()
+    assert all(torch.equal(v, from_url[k]) for k, v in url_weights.state_dict().items())
     assert all(torch.equal(v, student[k]) for k, v in ref.state_dict().items())
     local = DINOv3.from_pretrained(tmp_path / "teacher")
     assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), local.parameters()))

@@ -50,25 +50,41 @@ def test_init_tiny_never_replaces_what_it_did_not_write(tmp_path, capsys):
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "config.json").write_text("{}")
-    for out, held in (
-        (real, "the output of a model (pretrain.export or a teacher)"),
-        (notes, "files init-tiny did not write"),
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    stage = "pretrain.teacher init-tiny"
+    for out, message in (
+        (real, "holds the output of a model (pretrain.export or a teacher); give " + stage + " a folder of its own"),
+        (notes, f"holds files {stage} did not write; give it a new or empty folder"),
+        (notes / "config.json", "is a file; expected a folder"),
+        (notes / "config.json" / "t", "cannot create the folder: a file (or a broken link) is in its way"),
+        (dangling, "cannot create the folder: a file (or a broken link) is in its way"),
     ):
         with pytest.raises(SystemExit) as exc:
             main(["init-tiny", "--out", str(out)])
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"error: init-tiny --out {out}: holds {held}; give it a new or empty folder"]
+        assert err == [f"error: init-tiny --out {out}: {message}"]
     assert {f.name: f.read_bytes() for f in real.iterdir()} == before
     assert [f.name for f in notes.iterdir()] == ["config.json"] and (notes / "config.json").read_text() == "{}"
-    # its own earlier output is rewritten in place (a rerun after a kill), with no staging folder left behind
+    # its own earlier output is rewritten in place, and what a killed run left (its staging folder,
+    # a torn file) is replaced: nothing is left beside or inside the folder
     own = tmp_path / "own"
     init_tiny(own, seed=1)
+    (own / ".init-tiny.tmp").mkdir()
+    (own / ".init-tiny.tmp" / "model.safetensors").write_bytes(b"torn")
+    (own / "config.json").write_text("torn")
     init_tiny(own, seed=2)
     assert not torch.equal(
         next(DINOv3.from_pretrained(own).parameters()), next(DINOv3.from_pretrained(real).parameters())
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "own", "real"]
+    assert sorted(p.name for p in own.iterdir()) == [
+        ".sonodistill-stage",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "notes", "own", "real"]
 
 
 def test_init_vitb16_preset_has_the_real_dimensions(tmp_path):
