@@ -124,11 +124,22 @@ def _pretrained(spec: str, name: str, hint: str) -> Encoder:
     return _timm(spec, source[0], True, hint, source[1])
 
 
-def _timm(spec: str, name: str, pretrained: bool, hint: str, overlay: dict | None = None) -> Encoder:
+def _create(name: str, pretrained: bool, overlay: dict) -> nn.Module:
+    """``timm.create_model``; ViTs with ``dynamic_img_size`` (their position embedding resampled to
+    any input a multiple of the patch), which every other family rejects as an unknown argument."""
     import timm
 
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0, **(overlay or {}))
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, dynamic_img_size=True, **overlay)
+    except TypeError as exc:
+        if "dynamic_img_size" not in str(exc):
+            raise
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, **overlay)
+
+
+def _timm(spec: str, name: str, pretrained: bool, hint: str, overlay: dict | None = None) -> Encoder:
+    try:
+        model = _create(name, pretrained, overlay or {})
     except RuntimeError as exc:
         text = str(exc)
         if text.startswith("Unknown model"):
@@ -147,7 +158,8 @@ def _timm(spec: str, name: str, pretrained: bool, hint: str, overlay: dict | Non
     # pooled output size: models with a pre-logits layer (MobileNetV3, EfficientNet-style conv_head)
     # return head_hidden_size features once the classifier is removed, the rest num_features
     dim = getattr(model, "head_hidden_size", None) or model.num_features
-    return Encoder(spec, "timm", arch, model, mean, std, int(dim))
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)  # ViTs: (ph, pw)
+    return Encoder(spec, "timm", arch, model, mean, std, int(dim), int(patch[0]) if patch else None)
 
 
 def _dinov3(spec: str, target: str) -> Encoder:

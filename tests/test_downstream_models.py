@@ -91,6 +91,29 @@ def test_bad_specs(spec, message):
         load_encoder(spec)
 
 
+def test_timm_vits_take_any_multiple_of_their_patch():
+    """A timm ViT is built at 224 px; downstream runs at image_size: its position embedding is
+    resampled (timm's dynamic_img_size), and a size off the patch grid is one line, not an assert."""
+    import timm
+
+    from downstream.models import check_input_size
+
+    torch.manual_seed(0)
+    vit = load_encoder("rand:vit_tiny_patch16_224")
+    assert vit.patch_size == 16
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_tiny_patch16_224", num_classes=0).eval()
+    vit.backbone.eval()
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(vit.backbone(x), ref(x), atol=1e-5)  # the same model at its own size
+        assert vit.backbone(torch.rand(2, 3, 64, 96)).shape == (2, 192)
+    check_input_size(vit, 64, segmentation=False)
+    with pytest.raises(UserError, match="image_size: 40 is not a multiple of the encoder's patch size 16"):
+        check_input_size(vit, 40, segmentation=False)
+    assert load_encoder("rand:resnet18").patch_size is None
+
+
 def test_weights_not_matching_architecture(tmp_path, export_dir):
     bad = save_encoder(tmp_path / "bad", "resnet34")
     cfg = json.loads((bad / "config.json").read_text())
