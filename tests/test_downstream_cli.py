@@ -21,9 +21,10 @@ from downstream import run as run_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _fail(capsys, argv: list[str]) -> str:
+def _fail(capsys, argv: list[str], main=run_cli.main) -> str:
+    """``main(argv)`` ends with exit 2 and exactly one ``error:`` line, returned."""
     with pytest.raises(SystemExit) as exc:
-        run_cli.main(argv)
+        main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
@@ -183,12 +184,7 @@ def test_embed_settings_are_a_config_checked_before_reading(shard_dir, tmp_path,
     assert cfg.encoders == ["A=rand", odd] and (cfg.image_size, cfg.seed, cfg.shards) == (64, 3, "s")
 
     def fail(argv: list[str]) -> str:
-        with pytest.raises(SystemExit) as exc:
-            embed_cli.main(argv)
-        assert exc.value.code == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("error: ")
-        return err[0]
+        return _fail(capsys, argv, embed_cli.main)
 
     out = tmp_path / "o"
     base = ["--shards", str(shard_dir), "--out", str(out)]

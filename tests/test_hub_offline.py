@@ -2,9 +2,9 @@
 one line, without huggingface_hub's five retries (about 25 s and a screen of warnings per file).
 
 Offline mode is switched off here and the Hub endpoint pointed at a local port, so no test depends
-on whether this machine has a network: a closed port is a Hub that does not answer. (A request
-that got past the probe would still go to huggingface.co, whose address huggingface_hub fixes at
-import: on a machine without a network the retries it logs fail the test.)"""
+on whether this machine has a network: a closed port is a Hub that does not answer, and any other
+host name fails to resolve (a request that got past the probe would go to huggingface.co, whose
+address huggingface_hub fixes at import; its retries, logged, fail the test)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,16 @@ def no_hub(monkeypatch, tmp_path) -> Path:
     for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
+    # no request past the probe reaches the network, whatever this machine has: any name but the
+    # loopback fails to resolve at once (the code under test must not need it; its tests say so)
+    resolve = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in ("127.0.0.1", "localhost"):
+            raise socket.gaierror(socket.EAI_NONAME, f"{host}: no network in this test")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
     hub.hub_reachable.cache_clear()
     yield tmp_path / "hub"
     hub.hub_reachable.cache_clear()
@@ -62,7 +72,7 @@ class _Hub(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def log_message(self, *args) -> None:
-        pass
+        """Quiet: a request line per probe on stderr says nothing the assertions do not."""
 
 
 def test_probe_asks_for_an_http_answer(no_hub, monkeypatch):
