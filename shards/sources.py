@@ -27,6 +27,7 @@ from typing import Protocol
 from shards.options import SourceOptions
 from shards.readers.detect import COMPANION_EXTENSIONS, HEAD_BYTES, detect_family, is_media_name
 from sonodistill.errors import UserError
+from sonodistill.hub import hub_reachable, offline_unless_reachable
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 SNIFF_FILES = 64  # files without a media extension whose content is checked before "no readable files"
@@ -196,8 +197,13 @@ class DatasetSource:
             ):
                 ds = datasets.load_from_disk(ident)
             else:
-                ds = datasets.load_dataset(ident, split=split) if split else datasets.load_dataset(ident)
+                with offline_unless_reachable():
+                    ds = datasets.load_dataset(ident, split=split) if split else datasets.load_dataset(ident)
         except Exception as exc:  # datasets raises many types for "not found / offline"
+            if isinstance(exc, ConnectionError) and not hub_reachable():
+                raise UserError(
+                    f"--source {name}={spec}: '{ident}' is not in the datasets cache, and the Hub is not reachable"
+                ) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"--source {name}={spec}: cannot load dataset '{ident}' ({first})") from None
         if isinstance(ds, datasets.DatasetDict):

@@ -9,7 +9,9 @@ here because neither huggingface_hub nor timm asks before retrying.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,6 +33,26 @@ def hub_reachable() -> bool:
     except Exception:  # httpx's errors, whatever the transport: each means no answer
         return False
     return True  # any status: the Hub (or the mirror in HF_ENDPOINT) answers
+
+
+@contextlib.contextmanager
+def offline_unless_reachable() -> Iterator[None]:
+    """Hub offline mode inside the block when the Hub does not answer: ``datasets.load_dataset``
+    then reads its cache at once (or fails in one line) instead of retrying every request first.
+    Set on the two module flags both libraries read at call time; datasets 5.2 has no per-call
+    ``local_files_only``."""
+    if hub_reachable():
+        yield
+        return
+    import datasets.config
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
 def timm_pretrained_source(name: str) -> tuple[str, dict] | None:

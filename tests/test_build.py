@@ -412,7 +412,7 @@ def test_hf_dataset_source_and_datasets_reader(tmp_path):
     assert m["sources"] == {"hub": 3}
     back = datasets.load_dataset("webdataset", data_files={"train": [str(out / s) for s in m["shards"]]}, split="train")
     assert len(back) == 3 and back[0]["png"].size == (64, 64) and back[0]["json"]["source"] == "hub"
-    with pytest.raises(UserError, match="cannot load dataset"):
+    with pytest.raises(UserError, match="no-such-dataset. is not in the datasets cache, and the Hub is not reachable"):
         build_shards({"x": "hf:no-such-org/no-such-dataset"}, tmp_path / "o2", progress=False)
 
 

@@ -206,7 +206,7 @@ def test_class_folders_and_hub_dataset(tmp_path):
     assert read_catalog(str(saved), "seg").has_masks
     with pytest.raises(UserError, match="no image column 'img'"):
         read_hub(str(saved), image_column="img")
-    with pytest.raises(UserError, match="cannot load the dataset"):
+    with pytest.raises(UserError, match="anywhere: not in the local datasets cache, and the Hub is not reachable"):
         read_hub("hf:nobody/not-cached-anywhere")
 
 

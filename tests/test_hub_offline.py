@@ -142,3 +142,40 @@ def test_cached_weights_load_straight_from_the_cache(no_hub, tmp_path, caplog):
     local = DINOv3.from_pretrained(tmp_path / "teacher")
     assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), local.parameters()))
     assert not [r.getMessage() for r in caplog.records if "Retry" in r.getMessage()]
+
+
+def test_hub_datasets_load_straight_from_the_cache(no_hub, tmp_path, monkeypatch, caplog):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from downstream.data.hub import read_hub
+    from shards.sources import DatasetSource
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        folder = tmp_path / "busi" / ("benign", "malignant")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (24, 32), dtype=np.uint8)).save(folder / f"{i}.png")
+    # what an earlier download of a Hub dataset 'lab/busi' leaves: its Arrow table under the repo's name
+    built = datasets.load_dataset_builder("imagefolder", data_dir=str(tmp_path / "busi"), cache_dir=str(tmp_path / "b"))
+    built.download_and_prepare()
+    cached = tmp_path / "datasets" / "lab___busi" / "default" / "0.0.0" / ("0" * 40)
+    cached.mkdir(parents=True)
+    (cached / "dataset_info.json").write_bytes((Path(built.cache_dir) / "dataset_info.json").read_bytes())
+    (cached / "busi-train.arrow").write_bytes((Path(built.cache_dir) / "imagefolder-train.arrow").read_bytes())
+    with caplog.at_level(logging.WARNING):
+        catalog = read_hub("hf:lab/busi")
+        assert sorted(catalog.classes[r.label] for r in catalog.records) == ["benign"] * 3 + ["malignant"] * 3
+        assert len(DatasetSource("busi", "hf:lab/busi").ds) == 6
+        with pytest.raises(
+            UserError,
+            match=r"^hf:lab/none: not in the local datasets cache, and the Hub is not reachable$",
+        ):
+            read_hub("hf:lab/none")
+        with pytest.raises(UserError, match=r"'lab/none' is not in the datasets cache, and the Hub is not reachable$"):
+            DatasetSource("x", "hf:lab/none")
+    assert not datasets.config.HF_HUB_OFFLINE and not hub_constants.HF_HUB_OFFLINE  # restored after each load
+    assert not [r.getMessage() for r in caplog.records if "Retry" in r.getMessage()]

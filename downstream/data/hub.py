@@ -18,6 +18,7 @@ from PIL import Image
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
 from sonodistill.errors import UserError
+from sonodistill.hub import hub_reachable, offline_unless_reachable
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,8 @@ def _load(spec: str):
 
     try:
         if spec.startswith("hf:"):
-            return datasets.load_dataset(spec[3:])
+            with offline_unless_reachable():
+                return datasets.load_dataset(spec[3:])
         root = Path(spec)
         if not root.is_dir():
             raise UserError(f"{spec}: dataset folder not found")
@@ -59,6 +61,8 @@ def _load(spec: str):
     except UserError:
         raise
     except Exception as exc:  # offline Hub, missing cache, unreadable Arrow: one clear line
+        if isinstance(exc, ConnectionError) and not hub_reachable():
+            raise UserError(f"{spec}: not in the local datasets cache, and the Hub is not reachable") from None
         msg = " ".join(str(exc).split())[:300]
         raise UserError(f"{spec}: cannot load the dataset ({type(exc).__name__}: {msg})") from None
 
