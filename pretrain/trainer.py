@@ -40,7 +40,7 @@ from sonodistill.dinov3 import DINOv3
 from sonodistill.errors import UserError
 from sonodistill.jsonl import truncate_jsonl
 from sonodistill.logs import progress
-from sonodistill.optim import build_optimizer, build_scheduler
+from sonodistill.optim import build_optimizer, build_scheduler, configured_hyperparameters, keep_configured
 from sonodistill.outdir import claim
 from sonodistill.precision import frozen_dtype, resolve_mixed_precision
 from sonodistill.stop import EXIT_PREEMPTED, StopRequest
@@ -344,12 +344,16 @@ def resume(s: Session) -> tuple[int, Path | None]:
             f"checkpoint written by {saved_world} processes, resuming on {s.world}: "
             "data order restarts with a reshuffled stream"
         )
+    configured = configured_hyperparameters(s.optimizer)
     try:
         s.accelerator.load_state(str(ckpt))
     except (RuntimeError, KeyError, ValueError) as exc:
         raise UserError(
             f"resume: checkpoint {ckpt} does not fit this config ({' '.join(str(exc).split())[:300]})"
         ) from None
+    changed = keep_configured(s.optimizer, s.scheduler, configured)
+    if changed:
+        log.warning(f"resume: the config's values replace the checkpoint's: {', '.join(changed)}")
     log.info(f"resumed from {ckpt} at step {start}")
     return start, ckpt
 

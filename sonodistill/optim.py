@@ -86,3 +86,36 @@ def build_scheduler(
 def per_step(scheduler: Scheduler | None) -> bool:
     """True for schedules stepped after every optimiser step (not per epoch on a metric)."""
     return scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+_SAVED_IN_STATE = ("initial_lr", "lr", "weight_decay", "betas", "eps")  # what loading an optimiser state replaces
+
+
+def configured_hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each parameter group's hyperparameters as the config set them (taken before a checkpoint's
+    state is loaded over them; ``initial_lr`` is the schedule's base learning rate)."""
+    return [{k: g[k] for k in _SAVED_IN_STATE if k in g} for g in optimizer.param_groups]
+
+
+def keep_configured(optimizer: torch.optim.Optimizer, scheduler: Scheduler | None, configured: list[dict]) -> list[str]:
+    """After loading a checkpoint's optimiser and schedule state: the config's learning rate, weight
+    decay and betas win over the saved ones (torch restores them with the moments, so a resumed run
+    told to lower ``train.lr`` would keep the old one), the schedule's position and the moments are
+    kept. Returns ``"name old -> new"`` for each value that changed."""
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper
+    lambdas = isinstance(inner, torch.optim.lr_scheduler.LambdaLR)
+    changed: dict[str, str] = {}
+    for group, want in zip(optimizer.param_groups, configured, strict=True):
+        for key, value in want.items():
+            if key == "lr" and inner is not None:
+                continue  # the schedule's: from the base rate below (a plateau schedule keeps its cuts)
+            name = "lr" if key == "initial_lr" else key
+            if group.get(key) != value:
+                changed.setdefault(name, f"{name} {group.get(key)} -> {value}")
+            group[key] = value
+    if lambdas:
+        inner.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        for group, base, fn in zip(optimizer.param_groups, inner.base_lrs, inner.lr_lambdas, strict=True):
+            group["lr"] = base * fn(inner.last_epoch)
+        inner._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
+    return list(changed.values())

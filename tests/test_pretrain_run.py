@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -71,6 +72,24 @@ def test_resume_auto_continues_and_prunes(first_run, shard_dir, tiny_teacher_dir
     # Already finished: resuming does nothing and keeps the weights.
     again = train(tiny_config(shard_dir, tiny_teacher_dir, out, train__max_steps=9))
     assert again.step == 9 and [s for s, _ in list_checkpoints(out)] == [6, 9]
+
+
+def test_resume_trains_at_the_configured_lr_and_weight_decay(first_run, shard_dir, tiny_teacher_dir, tmp_path, caplog):
+    """torch restores an optimiser's learning rate and weight decay with its moments: a run resumed
+    with a lower train.lr (as a diverged run's message advises) trains at the new one, from the
+    schedule's position."""
+    ckpt = first_run[0] / "checkpoints" / "step_00000006"
+    out = tmp_path / "lower"
+    new = dict(resume=ckpt, train__max_steps=9, train__lr=4e-4, train__weight_decay=0.1)
+    with caplog.at_level(logging.WARNING, logger="pretrain.trainer"):
+        assert train(tiny_config(shard_dir, tiny_teacher_dir, out, **new)).step == 9
+    assert "the config's values replace the checkpoint's: lr 0.001 -> 0.0004, weight_decay 0.05 -> 0.1" in caplog.text
+
+    def cosine(step: int) -> float:  # 2 warm-up steps, then down to min_lr at step 9
+        return 1e-6 + (4e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * (step - 2) / (9 - 2)))
+
+    lrs = [r["lr"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert lrs == pytest.approx([cosine(k) for k in (7, 8, 9)], rel=1e-6)
 
 
 def test_resume_auto_ignores_half_written_checkpoints(first_run, tmp_path):
