@@ -63,10 +63,11 @@ def test_run_writes_checkpoints_metrics_and_plots(first_run, shard_dir):
     assert all(torch.equal(sd[k], live[k]) for k in sd)
 
 
-def test_resume_auto_continues_and_prunes(first_run, shard_dir, tiny_teacher_dir):
+def test_resume_auto_continues_and_prunes(first_run, shard_dir, tiny_teacher_dir, caplog):
     out, _ = first_run
-    result = train(tiny_config(shard_dir, tiny_teacher_dir, out, train__max_steps=9))
-    assert result.step == 9
+    with caplog.at_level(logging.WARNING, logger="pretrain.trainer"):
+        result = train(tiny_config(shard_dir, tiny_teacher_dir, out, train__max_steps=9))
+    assert result.step == 9 and "replace the checkpoint's" not in caplog.text  # the same optimiser settings
     assert [s for s, _ in list_checkpoints(out)] == [6, 9]  # keep_last=2
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 10))
     # Already finished: resuming does nothing and keeps the weights.
@@ -83,7 +84,7 @@ def test_resume_trains_at_the_configured_lr_and_weight_decay(first_run, shard_di
     new = dict(resume=ckpt, train__max_steps=9, train__lr=4e-4, train__weight_decay=0.1)
     with caplog.at_level(logging.WARNING, logger="pretrain.trainer"):
         assert train(tiny_config(shard_dir, tiny_teacher_dir, out, **new)).step == 9
-    assert "the config's values replace the checkpoint's: lr 0.001 -> 0.0004, weight_decay 0.05 -> 0.1" in caplog.text
+    assert "the config's values replace the checkpoint's: lr 0.001 -> 0.0004, weight_decay 0.05 -> 0.1\n" in caplog.text
 
     def cosine(step: int) -> float:  # 2 warm-up steps, then down to min_lr at step 9
         return 1e-6 + (4e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * (step - 2) / (9 - 2)))
