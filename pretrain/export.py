@@ -14,7 +14,8 @@ type and weights hash, the shards their folder name and manifest hash.
 
 ``--out`` must be new or empty, or an earlier export (recognised by its files, replaced atomically);
 export never deletes what it did not write (``--overwrite`` writes its files beside others, and is
-refused for a folder holding a pretraining run).
+refused for a folder holding a pretraining run or another command's output; the refusal without it
+names the files it would replace).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pretrain.checkpoint import find_checkpoint, list_checkpoints, read_meta, sa
 from pretrain.model_card import GRAYSCALE_NOTE, data_provenance, model_card, teacher_provenance
 from sonodistill.atomic import atomic_dir
 from sonodistill.errors import UserError, cli_main
+from sonodistill.outdir import MODEL, owner
 from sonodistill.provenance import local_paths, public_model_name
 
 log = logging.getLogger(__name__)
@@ -90,14 +92,19 @@ def out_mode(out: Path, ckpt: Path, overwrite: bool = False) -> str:
         return "replace"
     if _holds_run(out):
         raise UserError(f"--out {out}: holds a pretraining run (checkpoints); export never writes into one")
+    stage = owner(out)
+    if stage is not None and stage != MODEL:  # a teacher from init-tiny, a shard build, an evaluation ...
+        raise UserError(f"--out {out}: holds the output of {stage}; export never writes into it")
     if overwrite:
         return "into"
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES)
+    held = sorted(p.name for p in out.iterdir())
+    clash = [name for name in EXPORT_FILES if name in held]
     raise UserError(
-        f"--out {out}: not empty and not an earlier export (holds {', '.join(foreign[:3])}"
-        f"{', ...' if len(foreign) > 3 else ''}); choose a new folder, or --overwrite to write the export "
-        "files beside them"
+        f"--out {out}: not empty and not an earlier export (holds {', '.join(held[:4])}"
+        f"{', ...' if len(held) > 4 else ''}); choose a new folder, or --overwrite to write the export files "
+        + (f"beside them, replacing {', '.join(clash)}" if clash else "beside them")
     )
+    return "into"
 
 
 def export(checkpoint: str | Path, out: str | Path, title: str | None = None, overwrite: bool = False) -> Path:
@@ -220,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="write the export files into a folder that holds other files (they are kept; never a run folder)",
+        help="write the export files into a folder that holds other files (kept, but a model.safetensors, "
+        "config.json or README.md there is replaced; never a run's or another command's folder)",
     )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub model repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")

@@ -15,12 +15,13 @@ from sonodistill.atomic import write_once
 from sonodistill.errors import UserError
 
 MARK = ".sonodistill-stage"
+MODEL = "a model (pretrain.export or a teacher)"
 
 # Files (or folders) that only one command writes: an unmarked folder holding one is that command's.
 SIGNATURES = {
     "pretraining (pretrain/run.py)": ("checkpoints", "metrics.jsonl"),
     "a shard build (shards.build)": ("manifest.json", ".build-journal.jsonl"),
-    "a model (pretrain.export or a teacher)": ("model.safetensors",),
+    MODEL: ("model.safetensors",),
     "downstream.run": ("subset.json",),
     "downstream.sweep": ("sweep.yaml",),
     "downstream.kd train": ("report.md",),

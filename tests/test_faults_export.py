@@ -58,7 +58,8 @@ def test_a_folder_of_other_files_is_refused_unless_overwrite_which_keeps_them(ru
     (folder / "notes.txt").write_text("keep me\n")
     (folder / "README.md").write_text("my own readme\n")
     err = _refused(["--checkpoint", str(run), "--out", str(folder)], capsys)
-    assert "not empty and not an earlier export (holds notes.txt)" in err and "--overwrite" in err
+    assert "not empty and not an earlier export (holds README.md, notes.txt)" in err
+    assert err.rstrip().endswith("--overwrite to write the export files beside them, replacing README.md")
     assert (folder / "README.md").read_text() == "my own readme\n"
     main(["--checkpoint", str(run), "--out", str(folder), "--overwrite"])
     assert (folder / "notes.txt").read_text() == "keep me\n"  # never deleted
@@ -74,6 +75,22 @@ def test_a_folder_holding_another_run_is_refused_even_with_overwrite(run, tmp_pa
     err = _refused(["--checkpoint", str(run), "--out", str(other), "--overwrite"], capsys)
     assert "holds a pretraining run" in err
     assert _snapshot(other) == before
+
+
+def test_another_commands_folder_is_refused_even_with_overwrite(run, shard_dir, tiny_teacher_dir, tmp_path, capsys):
+    import shutil
+
+    teacher = tmp_path / "teacher"  # init-tiny's (marked): its model.safetensors is not export's to replace
+    shutil.copytree(tiny_teacher_dir, teacher)
+    shards = tmp_path / "shards"  # an unmarked shard build, recognised by its manifest
+    shards.mkdir()
+    (shards / "manifest.json").write_bytes((shard_dir / "manifest.json").read_bytes())
+    for folder, stage in ((teacher, "pretrain.teacher init-tiny"), (shards, "a shard build")):
+        before = _snapshot(folder)
+        for extra in ([], ["--overwrite"]):
+            err = _refused(["--checkpoint", str(run), "--out", str(folder), *extra], capsys)
+            assert f"holds the output of {stage}" in err and "export never writes into it" in err
+        assert _snapshot(folder) == before
 
 
 def test_an_earlier_export_is_replaced_and_a_new_folder_is_created(run, tmp_path):
