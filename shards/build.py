@@ -224,11 +224,12 @@ def _resolve(sources: dict[str, str] | list[SourceConfig]) -> list[SourceConfig]
     return list(sources)
 
 
-def _open_sources(sources: dict[str, str] | list[SourceConfig]) -> list[Source]:
+def _open_sources(sources: dict[str, str] | list[SourceConfig], out: Path) -> list[Source]:
     configs = _resolve(sources)
     if not configs:
         raise UserError("no --source given")
-    return [open_source(c.name, c.path, c.options) for c in configs]
+    # --out inside a source folder: its shards, manifest and rejects are never read back as inputs
+    return [open_source(c.name, c.path, c.options, skip=(out,)) for c in configs]
 
 
 def _built(out: Path, identity: dict, progress: bool) -> dict | None:
@@ -563,7 +564,7 @@ def _prepare(
 ) -> tuple[list[Source], dict, dict | None]:
     """The opened sources, the build identity and the manifest of a finished build of it in ``out``."""
     settings.validate()
-    opened = _open_sources(sources)
+    opened = _open_sources(sources, out)
     identity = build_identity(opened, settings.identity(), exclusions)
     return opened, identity, _built(out, identity, progress)
 

@@ -72,14 +72,18 @@ def _companion(rel: str, present: set[str]) -> bool:
     return any(stem + h in present for h in COMPANION_EXTENSIONS.get(ext.lower(), ()))
 
 
-def walk_files(root: Path) -> list[str]:
-    """Every non-hidden entry below ``root`` that is not a folder, in sorted order. Symlinked
-    folders are followed once; one that leads back to a folder already on the way is listed as an
-    entry of its own, which :func:`unreadable_entry` names a ``symlink_loop``."""
+def walk_files(root: Path, skip: Sequence[Path] = ()) -> list[str]:
+    """Every non-hidden entry below ``root`` that is not a folder, in sorted order, leaving out the
+    folders ``skip`` (a build's own ``--out`` inside its source). Symlinked folders are followed
+    once; one that leads back to a folder already on the way is listed as an entry of its own,
+    which :func:`unreadable_entry` names a ``symlink_loop``."""
     out: list[str] = []
     seen: set[str] = set()
+    skipped = {os.path.realpath(p) for p in skip}
 
     def walk(folder: str) -> None:
+        if os.path.realpath(folder) in skipped:
+            return
         seen.add(os.path.realpath(folder))
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -117,8 +121,13 @@ def unreadable_entry(path: str) -> str | None:
     return None if stat_mod.S_ISREG(st.st_mode) else "special_file"
 
 
+def _inside(path: str, folders: set[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real.startswith(f + os.sep) for f in folders)
+
+
 class FolderSource:
-    def __init__(self, name: str, root: str | Path, options: SourceOptions | None = None):
+    def __init__(self, name: str, root: str | Path, options: SourceOptions | None = None, skip: Sequence[Path] = ()):
         self.name, self.spec = name, str(root)
         self.options = options or SourceOptions()
         spec = str(root)
@@ -128,6 +137,8 @@ class FolderSource:
             self.root = Path(base if base.endswith(os.sep) else os.path.dirname(base) or ".")
             paths = sorted(p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p))
             paths = [p for p in paths if not any(part.startswith(".") for part in Path(p).relative_to(self.root).parts)]
+            skipped = {os.path.realpath(p) for p in skip}
+            paths = [p for p in paths if not _inside(p, skipped)]
             if not paths:
                 raise UserError(f"--source {name}={root}: no file matches the pattern")
         else:
@@ -136,7 +147,7 @@ class FolderSource:
                 raise UserError(f"--source {name}={root}: folder does not exist")
             if not self.root.is_dir():
                 raise UserError(f"--source {name}={root}: not a folder")
-            paths = walk_files(self.root)
+            paths = walk_files(self.root, skip)
         rels = [(os.path.relpath(p, self.root), p) for p in paths]
         present = {rel for rel, _ in rels}
         kept = [(rel, p) for rel, p in rels if self.options.keeps(rel) and not _companion(rel, present)]
@@ -269,7 +280,8 @@ def parse_source(arg: str) -> tuple[str, str]:
     return name, os.path.expanduser(spec) if spec.startswith("~") else spec
 
 
-def open_source(name: str, spec: str, options: SourceOptions | None = None) -> Source:
+def open_source(name: str, spec: str, options: SourceOptions | None = None, skip: Sequence[Path] = ()) -> Source:
+    """The source ``spec`` names; a folder or glob source never lists what lies in ``skip``."""
     if spec.startswith("hf:"):
         return DatasetSource(name, spec, options)
-    return FolderSource(name, spec, options)
+    return FolderSource(name, spec, options, skip)

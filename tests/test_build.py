@@ -363,6 +363,22 @@ def test_rerun_is_a_no_op_and_other_settings_are_refused(small_sources, referenc
     assert tree_bytes(out) == before  # nothing written was lost
 
 
+def test_an_out_folder_inside_its_source_is_never_read_as_input(small_sources, tmp_path):
+    import shutil
+
+    n = sum(1 for p in Path(small_sources["breast"]).rglob("*") if p.is_file())
+    settings = BuildSettings(size=48, samples_per_shard=5, workers=1)
+    for glob in ("", "/**/*"):  # a folder source, and a pattern that matches every file below it
+        src = tmp_path / f"breast{len(glob)}"
+        shutil.copytree(small_sources["breast"], src)
+        spec, out = f"{src}{glob}", src / "nested" / "shards"
+        first = build_shards({"breast": spec}, out, settings, progress=False)
+        assert first["inputs"] == n, spec  # its own shards, manifest and rejects are not inputs
+        before = tree_bytes(out)
+        assert build_shards({"breast": spec}, out, settings, progress=False) == first  # a rerun: nothing to do
+        assert tree_bytes(out) == before
+
+
 def test_corrupt_files_in_a_source_are_counted(tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
