@@ -71,9 +71,12 @@ EXCLUSION_INDEX = ".exclusion-index"  # the exclusion sets' index while the buil
 LOCK = ".lock"  # held by the build writing into the folder (sonodistill.lock)
 
 
+MAX_SIZE = 2048  # pixels; above a scanner's native resolution, every sample an upsampled copy
+
+
 @dataclass
 class BuildSettings:
-    size: int = 256  # output side in pixels (square, see shards.clean's aspect rule)
+    size: int = 256  # output side in pixels, 32 to MAX_SIZE (square, see shards.clean's aspect rule)
     samples_per_shard: int = 1000
     workers: int = max(1, (os.cpu_count() or 1))
     near_duplicate_distance: int = 16  # max Hamming distance of 256-bit pHashes; -1: exact only
@@ -100,8 +103,8 @@ class BuildSettings:
         return d
 
     def validate(self) -> None:
-        if self.size < 32:
-            raise UserError(f"--size {self.size}: expected at least 32")
+        if not 32 <= self.size <= MAX_SIZE:  # a typo of 100000 would fill memory before the first shard
+            raise UserError(f"--size {self.size}: expected 32-{MAX_SIZE} (pixels per side of the square samples)")
         if self.samples_per_shard < 1:
             raise UserError(f"--samples-per-shard {self.samples_per_shard}: expected at least 1")
         if self.workers < 1:

@@ -451,12 +451,14 @@ def test_cli_bad_inputs_one_line_exit_2(tmp_path):
             ["--source", f"a={tmp_path / 'img'}", "--source", f"a={tmp_path / 'img'}", "--out", str(tmp_path / "o")],
             "given twice",
         ),
+        (["--source", f"a={tmp_path / 'img'}", "--out", str(tmp_path / "o"), "--size", "100000"], "expected 32-2048"),
     ]
     for args, expected in cases:
         proc = run_cli(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 def test_cli_example_prints_summary(corpus_dir, tmp_path):
