@@ -57,6 +57,7 @@ from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
 from sonodistill.lock import exclusive
 from sonodistill.logs import progress as progress_bar
+from sonodistill.outdir import make_folder
 from sonodistill.parts import Part
 from sonodistill.stop import StopRequest, check_stop
 
@@ -239,7 +240,7 @@ def _built(out: Path, identity: dict, progress: bool) -> dict | None:
     """The manifest of a finished build of the same identity in ``out`` (None: not built yet)."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     manifest_path = out / MANIFEST
     if not manifest_path.exists():
         return None

@@ -20,8 +20,9 @@ F = TypeVar("F", bound=Callable[..., object])
 
 EXIT_USER_ERROR = 2
 EXIT_STORAGE = 74  # sysexits.h EX_IOERR
-# A full disk, a quota, a read-only or forbidden folder: the machine's state, told in one line.
-STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+# A full disk, a quota, a read-only or forbidden folder, a file where a folder should be, a name too long:
+# the machine's state or a path to fix, told in one line.
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENAMETOOLONG)
 
 
 class UserError(Exception):

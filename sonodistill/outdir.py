@@ -45,11 +45,14 @@ def owner(out: Path) -> str | None:
 
 
 def make_folder(out: Path, key: str = "--out") -> None:
-    """``mkdir -p out``, with one line naming ``key`` where a file (or a dangling link) is in the way."""
+    """``mkdir -p out``, with one line naming ``key`` where a file (or a dangling link) is in the way
+    or the system refuses."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UserError(f"{key} {out}: cannot create the folder: a file (or a broken link) is in its way") from None
+    except OSError as exc:  # forbidden, read-only, a file system that takes no folders (/proc)
+        raise UserError(f"{key} {out}: cannot create the folder ({exc.strerror})") from None
 
 
 def claim(out: str | Path, stage: str, key: str = "--out", write: bool = True, only_own: bool = False) -> None:

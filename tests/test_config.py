@@ -150,6 +150,15 @@ def test_a_full_disk_or_a_forbidden_folder_is_one_line_and_other_os_errors_stay_
     )
 
     @cli_main
+    def file_in_the_way():  # --out under a file: a path to fix, not a bug
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", "/data/notes/x")
+
+    with pytest.raises(SystemExit) as e:
+        file_in_the_way()
+    assert e.value.code == 74
+    assert capsys.readouterr().err == "error: /data/notes/x: Not a directory; run the command again once fixed\n"
+
+    @cli_main
     def bug():
         raise OSError(errno.EBADF, "Bad file descriptor")
 

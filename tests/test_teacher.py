@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,6 +60,7 @@ def test_init_tiny_never_replaces_what_it_did_not_write(tmp_path, capsys):
         (notes / "config.json", "is a file; expected a folder"),
         (notes / "config.json" / "t", "cannot create the folder: a file (or a broken link) is in its way"),
         (dangling, "cannot create the folder: a file (or a broken link) is in its way"),
+        (Path("/proc/sonodistill"), "cannot create the folder (No such file or directory)"),  # takes no folders
     ):
         with pytest.raises(SystemExit) as exc:
             main(["init-tiny", "--out", str(out)])
