@@ -472,7 +472,7 @@ def _close_shard(state: _State) -> None:
     )
     state.shards.append(name)
     state.shard_samples.append(len(shard.samples))
-    state.shard_sources.append(dict(shard.kept))
+    state.shard_sources.append(dict(sorted(shard.kept.items())))  # as a resumed build reads it back from the journal
     state.shard = _Shard()
 
 

@@ -346,6 +346,29 @@ def test_interrupted_build_resumes_without_redoing_shards(small_sources, referen
     assert tree_bytes(out) == tree_bytes(reference_build)
 
 
+def test_a_resumed_build_of_shards_mixing_sources_is_byte_identical(small_sources, tmp_path, monkeypatch):
+    """Sources given out of name order: shards that span two sources are resumed byte for byte too."""
+    backwards = dict(reversed(small_sources.items()))
+    settings = BuildSettings(size=48, samples_per_shard=7, workers=1)
+    build_shards(backwards, tmp_path / "whole", settings, progress=False)
+    mixed = [c for c in json.loads((tmp_path / "whole" / "manifest.json").read_text())["shard_sources"] if len(c) > 1]
+    assert mixed
+    real_write, calls = build_mod._write_shard, []
+
+    def dying_write(path, data):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(build_mod, "_write_shard", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(backwards, tmp_path / "resumed", settings, progress=False)
+    monkeypatch.setattr(build_mod, "_write_shard", real_write)
+    build_shards(backwards, tmp_path / "resumed", settings, progress=False)
+    assert tree_bytes(tmp_path / "resumed") == tree_bytes(tmp_path / "whole")
+
+
 def test_rerun_is_a_no_op_and_other_settings_are_refused(small_sources, reference_build, tmp_path):
     import shutil
 
