@@ -107,6 +107,17 @@ def out_mode(out: Path, ckpt: Path, overwrite: bool = False) -> str:
     return "into"
 
 
+def _loadable_by_transformers(config: Path) -> None:
+    """Drop ``num_classes`` from the ``model_args`` timm records: transformers' ``TimmWrapperModel``
+    (``AutoModel.from_pretrained``, the Hub's snippet) passes its own and fails on a second one;
+    timm reads the same 0 from the top-level ``num_classes``."""
+    from sonodistill.atomic import write_text
+
+    cfg = json.loads(config.read_text())
+    cfg.get("model_args", {}).pop("num_classes", None)
+    write_text(config, json.dumps(cfg, indent=2) + "\n")
+
+
 def export(checkpoint: str | Path, out: str | Path, title: str | None = None, overwrite: bool = False) -> Path:
     """Write the Hub-ready folder ``out`` and return it. A new (or empty) folder and an earlier export
     are written atomically as a whole; ``overwrite`` writes each export file atomically into a folder
@@ -155,6 +166,7 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None, ov
     }
     with atomic_dir(out if mode != "into" else out / ".export") as tmp:
         save_for_hf(model, str(tmp), model_config=model_config, data_config=data_config, safe_serialization=True)
+        _loadable_by_transformers(tmp / "config.json")
         write_text(tmp / "README.md", model_card(meta, model, title or out.name))
         tmp.chmod(0o755)  # a publishable folder, not a private temp dir
         for f in tmp.iterdir():

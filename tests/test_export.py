@@ -69,6 +69,18 @@ def test_weights_equal_checkpoint_backbone_and_load_in_timm(exported, r50_run):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2048)
 
 
+def test_loads_through_transformers_automodel_as_the_same_encoder(exported):
+    import timm
+    from transformers import AutoModel
+
+    wrapped = AutoModel.from_pretrained(exported).eval()  # TimmWrapperModel, the Hub page's snippet
+    model = timm.create_model(f"local-dir:{exported}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(pixel_values=x).pooler_output, model(x), atol=1e-5)
+    assert timm.create_model(f"local-dir:{exported}", pretrained=True, num_classes=3).num_classes == 3
+
+
 def test_loads_strictly_into_smp_unet_encoder(exported):
     import segmentation_models_pytorch as smp
     import timm
