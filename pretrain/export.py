@@ -195,9 +195,21 @@ def check_public(folder: Path, files: Sequence[str]) -> None:
                 raise UserError(f"{folder / name}: names the local path {found[0]}; remove it before publishing")
 
 
+def check_repo_id(repo_id: str) -> None:
+    """One line for a repo id the Hub would refuse (huggingface_hub's own rules), before any work."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UserError(f"--push-to-hub {repo_id}: not a Hub repo id ({' '.join(str(exc).split())[:200]})") from None
+
+
 def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> list[str]:
     """Upload the export files of ``folder`` to the Hub model repo ``repo_id``; ``dry_run`` lists
     exactly what would be uploaded. Both refuse a file that names a local path."""
+    check_repo_id(repo_id)
     folder = Path(folder)
     files = upload_files(folder)
     check_public(folder, files)
@@ -249,11 +261,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.private and not args.push_to_hub:
         raise UserError("--private: only meaningful with --push-to-hub")
+    if args.dry_run and not args.push_to_hub:
+        raise UserError("--dry-run: only meaningful with --push-to-hub (it lists what would be uploaded)")
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub)  # before the export, not at the upload
     out = export(args.checkpoint, args.out, title=args.title or args.push_to_hub, overwrite=args.overwrite)
     if args.push_to_hub:
         push(out, args.push_to_hub, private=args.private, dry_run=args.dry_run)
-    elif args.dry_run:
-        push(out, "<no --push-to-hub repo>", dry_run=True)
 
 
 if __name__ == "__main__":

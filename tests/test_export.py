@@ -138,6 +138,14 @@ def test_cli_dry_run_push_and_errors(exported, r50_run, tmp_path, capsys, monkey
             ["--checkpoint", str(r50_run), "--out", str(tmp_path / "y"), "--private"],
             "--private: only meaningful with --push-to-hub",
         ),
+        (
+            ["--checkpoint", str(r50_run), "--out", str(tmp_path / "y"), "--dry-run"],
+            "--dry-run: only meaningful with --push-to-hub",
+        ),
+        (
+            ["--checkpoint", str(r50_run), "--out", str(tmp_path / "y"), "--push-to-hub", "bad repo id!!", "--dry-run"],
+            "--push-to-hub bad repo id!!: not a Hub repo id",
+        ),
     ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
