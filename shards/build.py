@@ -233,7 +233,7 @@ def _open_sources(sources: dict[str, str] | list[SourceConfig], out: Path) -> li
     if not configs:
         raise UserError("no --source given")
     # --out inside a source folder: its shards, manifest and rejects are never read back as inputs
-    return [open_source(c.name, c.path, c.options, skip=(out,)) for c in configs]
+    return [open_source(c.name, c.path, c.options, skip=(out,), where=c.where) for c in configs]
 
 
 def _built(out: Path, identity: dict, progress: bool) -> dict | None:
@@ -765,7 +765,8 @@ def _main(args: argparse.Namespace) -> None:
         encoding=args.encoding,
         jpeg_quality=args.jpeg_quality,
     )
-    exclusions = load_exclusions([*(corpus.exclude if corpus else []), *args.exclude])
+    listed = corpus.exclude if corpus else []
+    exclusions = load_exclusions([*listed, *args.exclude], [f"--corpus {args.corpus}: exclude"] * len(listed))
     # SIGTERM/SIGINT/SIGUSR1: a part stops after the current file (its chunks kept), the merge after
     # the current file too (its finished shards kept); the same command continues.
     with StopRequest():

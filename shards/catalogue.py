@@ -51,6 +51,7 @@ class SourceConfig:
     path: str  # folder, file glob, or hf:ID[:SPLIT]
     options: SourceOptions = field(default_factory=SourceOptions)
     given: frozenset[str] = frozenset()  # the options the catalogue entry sets itself
+    where: str = ""  # the catalogue entry, as messages name it ("" for --source)
 
 
 def with_default(config: SourceConfig, key: str, value: object) -> SourceConfig:
@@ -125,6 +126,7 @@ def load_corpus(path: str | Path) -> Corpus:
         if not cfg.path.startswith("hf:") and not os.path.isabs(os.path.expanduser(cfg.path)):
             cfg.path = str(path.parent / cfg.path)
         cfg.path = os.path.expanduser(cfg.path)
+        cfg.where = f"{where} (path {entry['path']})"
         if any(c.name == cfg.name for c in out):
             raise UserError(f"{where}: source name '{cfg.name}' given twice")
         out.append(cfg)

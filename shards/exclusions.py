@@ -24,6 +24,7 @@ import json
 import os
 import re
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def split_name(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
-def _split_spec(spec: str) -> tuple[str | None, str, tuple[str, ...] | None]:
+def _split_spec(spec: str, flag: str) -> tuple[str | None, str, tuple[str, ...] | None]:
     """``[NAME=]PATH[:PARTS]`` -> (name, path, parts); a path that exists as given keeps its colons."""
     name, spec = split_name(spec)
     if os.path.exists(spec) or ":" not in spec:
@@ -121,33 +122,33 @@ def _split_spec(spec: str) -> tuple[str | None, str, tuple[str, ...] | None]:
     picked = tuple(p for p in re.split(r"[,+]", parts) if p)
     bad = [p for p in picked if p not in PARTS]
     if bad or not picked:
-        raise UserError(f"--exclude {spec}: unknown split part '{(bad or [parts])[0]}'; expected {', '.join(PARTS)}")
+        raise UserError(f"{flag} {spec}: unknown split part '{(bad or [parts])[0]}'; expected {', '.join(PARTS)}")
     return name, path, picked
 
 
-def _from_splits(spec: str, path: Path, parts: tuple[str, ...]) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
+def _from_splits(
+    spec: str, path: Path, parts: tuple[str, ...], flag: str
+) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"--exclude {spec}: {path} is not a readable splits.json ({exc})") from None
+        raise UserError(f"{flag} {spec}: {path} is not a readable splits.json ({exc})") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(p), list) for p in PARTS):
-        raise UserError(f"--exclude {spec}: {path} is not a splits.json (expected train/val/test id lists)")
+        raise UserError(f"{flag} {spec}: {path} is not a splits.json (expected train/val/test id lists)")
     if not isinstance(data.get("root"), str) or not isinstance(data.get("images"), dict):
         raise UserError(
-            f"--exclude {spec}: {path} does not name its images' files (made before splits.json recorded "
+            f"{flag} {spec}: {path} does not name its images' files (made before splits.json recorded "
             "'root' and 'images'); delete it and let the downstream run write it again"
         )
     ids = [str(i) for p in parts for i in data[p]]
     if not ids:
-        raise UserError(f"--exclude {spec}: {path} holds no {'/'.join(parts)} images: nothing to exclude")
+        raise UserError(f"{flag} {spec}: {path} holds no {'/'.join(parts)} images: nothing to exclude")
     odd = next((k for k, v in data["images"].items() if not isinstance(v, str) or not v), None)
     if odd is not None:
-        raise UserError(
-            f"--exclude {spec}: {path}: image of id '{odd}' is {data['images'][odd]!r}, expected a file path"
-        )
+        raise UserError(f"{flag} {spec}: {path}: image of id '{odd}' is {data['images'][odd]!r}, expected a file path")
     missing = [i for i in ids if i not in data["images"]]
     if missing:
-        raise UserError(f"--exclude {spec}: id '{missing[0]}' has no image file in {path} (a Hub dataset?)")
+        raise UserError(f"{flag} {spec}: id '{missing[0]}' has no image file in {path} (a Hub dataset?)")
     label = data.get("dataset") or path.stem
     images = {p: tuple(sorted({data["images"][str(i)] for i in data[p]})) for p in parts}
     return f"{label}:{'+'.join(parts)}", Path(data["root"]), images
@@ -190,7 +191,7 @@ def read_reference(path: str) -> np.ndarray:
         raise UserError(f"{path}: cannot read image ({getattr(exc, 'reason', 'no frame')})") from None
 
 
-def _from_folder(spec: str, root: Path) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
+def _from_folder(spec: str, root: Path, flag: str) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
     images = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -198,38 +199,41 @@ def _from_folder(spec: str, root: Path) -> tuple[str, Path, dict[str, tuple[str,
             if not f.startswith(".") and _is_reference(Path(dirpath, f)):
                 images.append(Path(dirpath, f).relative_to(root).as_posix())
     if not images:
-        raise UserError(f"--exclude {spec}: no images (any PIL reads, or DICOM; told by content) under {root}")
+        raise UserError(f"{flag} {spec}: no images (any PIL reads, or DICOM; told by content) under {root}")
     return root.resolve().name, root, {"": tuple(sorted(images))}
 
 
-def load_exclusion(spec: str) -> ExclusionSet:
-    """Parse ``[NAME=]PATH[:PARTS]`` and list the set's images (checked to exist) and content hash."""
-    name, path_text, parts = _split_spec(spec)
+def load_exclusion(spec: str, flag: str = "--exclude") -> ExclusionSet:
+    """Parse ``[NAME=]PATH[:PARTS]`` and list the set's images (checked to exist) and content hash;
+    messages name ``flag`` (``--overlap``, a catalogue's ``exclude``)."""
+    name, path_text, parts = _split_spec(spec, flag)
     path = Path(os.path.expanduser(path_text))
     if path.is_dir():
         if parts is not None:
-            raise UserError(f"--exclude {spec}: ':{','.join(parts)}' picks parts of a splits.json, not of a folder")
-        label, root, by_part = _from_folder(spec, path)
+            raise UserError(f"{flag} {spec}: ':{','.join(parts)}' picks parts of a splits.json, not of a folder")
+        label, root, by_part = _from_folder(spec, path, flag)
     elif path.is_file():
-        label, root, by_part = _from_splits(spec, path, parts or DEFAULT_PARTS)
+        label, root, by_part = _from_splits(spec, path, parts or DEFAULT_PARTS, flag)
     else:
-        raise UserError(f"--exclude {spec}: {path} is neither a splits.json nor a folder of images")
+        raise UserError(f"{flag} {spec}: {path} is neither a splits.json nor a folder of images")
     images = tuple(sorted({rel for rels in by_part.values() for rel in rels}))
     absent = [rel for rel in images if not (root / rel).is_file()]
     if absent:
-        raise UserError(f"--exclude {spec}: {len(absent)} image(s) not found, e.g. {root / absent[0]}")
+        raise UserError(f"{flag} {spec}: {len(absent)} image(s) not found, e.g. {root / absent[0]}")
     digests = {rel: file_sha1(root / rel) for rel in images}
     parts = tuple(p for p in by_part if p)
     part_hashes = tuple((p, content_hash([digests[r] for r in by_part[p]])) for p in parts)
     return ExclusionSet(name or label, spec, root, images, parts, content_hash(list(digests.values())), part_hashes)
 
 
-def load_exclusions(specs: list[str]) -> list[ExclusionSet]:
-    sets = [load_exclusion(s) for s in specs]
+def load_exclusions(specs: list[str], flags: Sequence[str] = (), flag: str = "--exclude") -> list[ExclusionSet]:
+    """The sets of ``specs``; messages name ``flags[i]`` for the i-th (where given), else ``flag``."""
+    named = [*flags, *[flag] * (len(specs) - len(flags))]
+    sets = [load_exclusion(s, f) for s, f in zip(specs, named, strict=True)]
     names = [s.name for s in sets]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice:
-        raise UserError(f"--exclude: two sets are named '{twice}'; name them apart with NAME=PATH")
+        raise UserError(f"{flag}: two sets are named '{twice}'; name them apart with NAME=PATH")
     return sets
 
 

@@ -121,7 +121,7 @@ def write_pairs(pairs: list[Pair], path: str | Path) -> None:
 
 def inspect_overlap(urls: list[str], specs: list[str], sheet: str | Path, workers: int = 1) -> str:
     """Match a shard set against exclusion sets; write the sheet and ``<sheet>.jsonl``; the report."""
-    exclusions = Exclusions.of(load_exclusions(specs))
+    exclusions = Exclusions.of(load_exclusions(specs, flag="--overlap"))
     total, pairs, tiles = find_overlap(urls, exclusions, workers)
     sheet = Path(sheet)
     overlap_sheet(pairs, tiles, exclusions, sheet)

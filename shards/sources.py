@@ -127,8 +127,16 @@ def _inside(path: str, folders: set[str]) -> bool:
 
 
 class FolderSource:
-    def __init__(self, name: str, root: str | Path, options: SourceOptions | None = None, skip: Sequence[Path] = ()):
+    def __init__(
+        self,
+        name: str,
+        root: str | Path,
+        options: SourceOptions | None = None,
+        skip: Sequence[Path] = (),
+        where: str = "",
+    ):
         self.name, self.spec = name, str(root)
+        where = where or f"--source {name}={root}"  # what a message names: the flag, or the catalogue entry
         self.options = options or SourceOptions()
         spec = str(root)
         paths: list[str] = []
@@ -140,13 +148,13 @@ class FolderSource:
             skipped = {os.path.realpath(p) for p in skip}
             paths = [p for p in paths if not _inside(p, skipped)]
             if not paths:
-                raise UserError(f"--source {name}={root}: no file matches the pattern")
+                raise UserError(f"{where}: no file matches the pattern")
         else:
             self.root = Path(root)
             if not self.root.exists():
-                raise UserError(f"--source {name}={root}: folder does not exist")
+                raise UserError(f"{where}: folder does not exist")
             if not self.root.is_dir():
-                raise UserError(f"--source {name}={root}: not a folder")
+                raise UserError(f"{where}: not a folder")
             paths = walk_files(self.root, skip)
         rels = [(os.path.relpath(p, self.root), p) for p in paths]
         present = {rel for rel, _ in rels}
@@ -156,7 +164,7 @@ class FolderSource:
             (rel, -1 if rel in self.rejects else os.path.getsize(p)) for rel, p in kept
         )
         if not self._readable():
-            raise UserError(f"--source {name}={root}: no image files (nor DICOM, video, volume or array files) to read")
+            raise UserError(f"{where}: no image files (nor DICOM, video, volume or array files) to read")
 
     def _readable(self) -> bool:
         files = [rel for rel, _ in self.files if rel not in self.rejects]  # a pipe would block open()
@@ -191,10 +199,11 @@ class FolderSource:
 
 
 class DatasetSource:
-    def __init__(self, name: str, spec: str, options: SourceOptions | None = None):
+    def __init__(self, name: str, spec: str, options: SourceOptions | None = None, where: str = ""):
         import datasets
 
         self.name, self.spec = name, spec
+        where = where or f"--source {name}={spec}"
         self.options = options or SourceOptions()
         ident = spec[len("hf:") :]
         split = None
@@ -213,24 +222,24 @@ class DatasetSource:
         except Exception as exc:  # datasets raises many types for "not found / offline"
             if isinstance(exc, ConnectionError) and not hub_reachable():
                 raise UserError(
-                    f"--source {name}={spec}: '{ident}' is not in the datasets cache, and the Hub is not reachable"
+                    f"{where}: '{ident}' is not in the datasets cache, and the Hub is not reachable"
                 ) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"--source {name}={spec}: cannot load dataset '{ident}' ({first})") from None
+            raise UserError(f"{where}: cannot load dataset '{ident}' ({first})") from None
         if isinstance(ds, datasets.DatasetDict):
             if split is None:
                 split = "train" if "train" in ds else sorted(ds)[0]
             if split not in ds:
-                raise UserError(f"--source {name}={spec}: no split '{split}' (has {', '.join(ds)})")
+                raise UserError(f"{where}: no split '{split}' (has {', '.join(ds)})")
             ds = ds[split]
         self.split = split or "train"
         image_cols = [c for c, f in ds.features.items() if isinstance(f, datasets.Image)]
         if not image_cols:
-            raise UserError(f"--source {name}={spec}: the dataset has no Image column ({', '.join(ds.features)})")
+            raise UserError(f"{where}: the dataset has no Image column ({', '.join(ds.features)})")
         self.column = image_cols[0]
         self.ds = ds.cast_column(self.column, datasets.Image(decode=False)).select_columns([self.column])
         if len(self.ds) == 0:
-            raise UserError(f"--source {name}={spec}: the dataset is empty")
+            raise UserError(f"{where}: the dataset is empty")
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -280,8 +289,11 @@ def parse_source(arg: str) -> tuple[str, str]:
     return name, os.path.expanduser(spec) if spec.startswith("~") else spec
 
 
-def open_source(name: str, spec: str, options: SourceOptions | None = None, skip: Sequence[Path] = ()) -> Source:
-    """The source ``spec`` names; a folder or glob source never lists what lies in ``skip``."""
+def open_source(
+    name: str, spec: str, options: SourceOptions | None = None, skip: Sequence[Path] = (), where: str = ""
+) -> Source:
+    """The source ``spec`` names; a folder or glob source never lists what lies in ``skip``. Messages
+    name ``where`` (default ``--source NAME=SPEC``; a catalogue entry names its file and source)."""
     if spec.startswith("hf:"):
-        return DatasetSource(name, spec, options)
-    return FolderSource(name, spec, options, skip)
+        return DatasetSource(name, spec, options, where)
+    return FolderSource(name, spec, options, skip, where)

@@ -529,6 +529,7 @@ def test_inspect_summary_and_contact_sheet(shard_dir, tmp_path, capsys):
         (["{shards}", "--sheet", "{tmp}/s.jpg"], "--sheet {tmp}/s.jpg: expected the name of a .png file"),
         (["{shards}", "--per-source", "0"], "--per-source 0: expected at least 1"),
         (["{shards}", "--rejects", "{tmp}/r.png", "--per-reason", "-1"], "--per-reason -1: expected at least 1"),
+        (["{shards}", "--overlap", "{tmp}/s.json"], "--overlap {tmp}/s.json: {tmp}/s.json is neither a splits.json"),
     ],
 )
 def test_inspect_bad_inputs_are_one_line(shard_dir, tmp_path, capsys, args, message):

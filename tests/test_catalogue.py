@@ -61,7 +61,13 @@ def test_catalogue_errors_name_the_source(tmp_path, corpus):
     cat = write_yaml(tmp_path / "missing.yaml", "sources:\n  - {name: gone, path: /no/such/folder}\n")
     proc = run_cli("--corpus", str(cat), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        "error: --source gone=/no/such/folder: folder does not exist"
+        f"error: --corpus {cat}: source 'gone' (path /no/such/folder): folder does not exist"
+    ]
+    cat = write_yaml(tmp_path / "excl.yaml", f"sources:\n  - {{name: a, path: {corpus}}}\nexclude: eval/splits.json\n")
+    proc = run_cli("--corpus", str(cat), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --corpus {cat}: exclude {tmp_path}/eval/splits.json: {tmp_path}/eval/splits.json is neither a "
+        "splits.json nor a folder of images"
     ]
 
 
