@@ -279,3 +279,11 @@ def test_presets_hold_each_papers_settings():
     assert (c.optimizer, c.lr, c.weight_decay, c.epochs, c.batch_size) == ("adam", 5e-5, 0.0, 30, 32)
     assert (c.schedule, c.plateau_factor, c.plateau_patience, c.min_lr) == ("plateau", 0.5, 3, 1e-6)
     assert cm.classes == ["benign", "malignant"] and cm.repeats == 20 and cm.split.ratios == [0.7, 0.15, 0.15]
+
+
+def test_a_folder_of_the_users_own_files_is_refused(busi_dir, tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("my: precious\n")  # a name kd train writes too
+    err = fails("nanoray", busi_dir, tmp_path, capsys)
+    assert f"--out {tmp_path}: holds files downstream.kd train did not write; give it a new or empty folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+    assert (tmp_path / "config.yaml").read_text() == "my: precious\n"

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data or not args.out:
         raise UserError("train: give the data (--data DIR) and the output folder (--out DIR)")
     out = Path(args.out)
-    claim(out, "downstream.kd train", write=is_main_rank())
+    claim(out, "downstream.kd train", write=is_main_rank(), only_own=True)
     out.mkdir(parents=True, exist_ok=True)
     data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
     if is_main_rank():
