@@ -14,6 +14,7 @@ GPU at every step.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -42,6 +43,28 @@ class FitConfig(OptimConfig):
     epochs: int = 50  # passes over the training split
     batch_size: int = 16  # per process
     select: str = "auto"  # auto (the task's metric) | last | val_<metric> (val_loss is minimised)
+
+
+MIN_IMAGE_SIZE = 32  # the smallest side every backbone here (ResNets, ViT-16 patches) takes
+
+
+def check_stages(cfg: Any, prefix: str = "") -> None:
+    """Values no run trains with -- an ``image_size`` below :data:`MIN_IMAGE_SIZE`, a stage's
+    ``epochs``, ``batch_size`` or ``lr`` below 1 / 1 / above 0 -- as one line naming the dotted key,
+    before any work (keys and types are checked when the config is read)."""
+    size = getattr(cfg, "image_size", None)
+    if isinstance(size, int) and size < MIN_IMAGE_SIZE:
+        raise UserError(f"{prefix}image_size: expected at least {MIN_IMAGE_SIZE} pixels, got {size}")
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if isinstance(value, FitConfig):
+            for name in ("epochs", "batch_size"):
+                if getattr(value, name) < 1:
+                    raise UserError(f"{key}.{name}: expected at least 1, got {getattr(value, name)}")
+            if not value.lr > 0:
+                raise UserError(f"{key}.lr: expected a learning rate above 0, got {value.lr}")
+        if dataclasses.is_dataclass(value):
+            check_stages(value, key + ".")
 
 
 @dataclass

@@ -38,10 +38,12 @@ def parse(argv: Sequence[str] | None = None) -> RunConfig:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
     from downstream.encoders import check_spec
+    from downstream.fit import check_stages
     from downstream.runner import run
 
     cfg = parse(argv)
     check_spec(cfg.encoder)  # a typo leaves no folder behind
+    check_stages(cfg)
     if cfg.out:
         claim(cfg.out, "downstream.run", write=is_main_rank())
     with StopRequest():  # a stop signal ends the run with exit 75 (nothing half-written is kept)

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config, task_reader
 from downstream.data.read import ReaderConfig
 from downstream.encoders import check_spec
+from downstream.fit import check_stages
 from downstream.sweep_parts import CellWork, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
@@ -217,6 +218,14 @@ def parse_grid(cfg: SweepConfig) -> Grid:
     names = [name for group in grid.rows for name in group]
     if len(set(names)) != len(names):
         raise UserError(f"encoders/methods: row names must be unique, got {names} (name a method: NAME=kd:...)")
+    folders: dict[str, str] = {}
+    for name in names:  # each row's cells live in runs/<task>/<row folder>/
+        other = folders.setdefault(_slug(name), name)
+        if other != name:
+            raise UserError(
+                f"encoders/methods: rows '{other}' and '{name}' would share the folder runs/<task>/{_slug(name)}; "
+                "rename one (NAME=...)"
+            )
     return grid
 
 
@@ -466,9 +475,11 @@ def write_splits(cfg: SweepConfig) -> list[str]:
 
 def check_before_cells(cfg: SweepConfig, grid: Grid) -> None:
     """What would otherwise stop the sweep in its first cell that meets it, hours in: every encoder
-    spec well formed (its folder there) and every label fraction in (0, 1]."""
+    spec well formed (its folder there), the run's image size and training stage, and every label
+    fraction in (0, 1] (each KD method's values are checked when it is parsed)."""
     for _, spec in grid.encoders:
         check_spec(spec)
+    check_stages(cfg.run, "run.")
     for key in ("fractions", "linear_fractions"):
         bad = [f for f in getattr(cfg, key) if not 0 < f <= 1]
         if bad:

@@ -42,6 +42,13 @@ def test_bad_inputs_are_one_line_errors(capsys, busi_copy, tmp_path):
     assert "unknown key 'train.epoch'" in _fail(
         capsys, ["--task", "busi-cls", "--encoder", "rand", *base, "train.epoch=3"]
     )
+    for bad_value, message in (
+        ("train.epochs=0", "train.epochs: expected at least 1, got 0"),
+        ("train.batch_size=0", "train.batch_size: expected at least 1, got 0"),
+        ("image_size=16", "image_size: expected at least 32 pixels, got 16"),
+    ):
+        assert _fail(capsys, ["--task", "busi-cls", "--encoder", "rand", *base, bad_value]) == f"error: {message}"
+    assert not (tmp_path / "o").exists()
     bad = save_encoder(tmp_path / "bad", "resnet34")
     cfg = json.loads((bad / "config.json").read_text())
     cfg["architecture"] = "resnet50"

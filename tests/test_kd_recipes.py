@@ -210,6 +210,14 @@ def test_unknown_recipe_variant_and_key(busi_dir, tmp_path, capsys):
     assert "unknown recipe 'deit'; valid: vit_mobilenet, nanoray, hdkd, csa_moe" in capsys.readouterr().err
     assert "unknown variant(s) resnet50" in fails("csa_moe", busi_dir, tmp_path, capsys, "variants=[csa_moe,resnet50]")
     assert "unknown key 'kd.beta'" in fails("vit_mobilenet", busi_dir, tmp_path, capsys, "kd.beta=3")
+    fresh = tmp_path / "fresh"
+    assert "student.train.epochs: expected at least 1, got 0" in fails(
+        "nanoray", busi_dir, fresh, capsys, "student.train.epochs=0"
+    )
+    assert "error: image_size: expected at least 32 pixels, got 0" in fails(
+        "nanoray", busi_dir, fresh, capsys, "image_size=0"
+    )
+    assert not fresh.exists()  # refused before the output folder was made
 
 
 def test_summary_json_lists_every_model_against_the_paper(capsys):

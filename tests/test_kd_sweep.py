@@ -144,6 +144,16 @@ def test_methods_syntax_and_errors(tmp_path):
         parse_method("kd:hdkd?sweep.per_class=[5]")
     with pytest.raises(UserError, match="expects int"):
         parse_method("kd:nanoray?student.train.epochs=many")
+    # values no stage runs with are refused when the sweep starts, naming the method (not cells in)
+    for method, message in (
+        ("kd:hdkd?loss.temperature=-2", "loss.temperature: must be > 0, got -2.0"),
+        ("kd:nanoray?student.train.batch_size=0", "student.train.batch_size: expected at least 1, got 0"),
+        ("kd:nanoray?teacher.train.epochs=0", "teacher.train.epochs: expected at least 1, got 0"),
+        ("kd:vit_mobilenet?image_size=8", "image_size: expected at least 32 pixels, got 8"),
+    ):
+        with pytest.raises(UserError) as exc:
+            parse_method(method)
+        assert str(exc.value) == f"methods: '{method}': {message}"
     with pytest.raises(UserError, match="recipe 'csa_moe' has no teacher"):
         parse_method("kd:csa_moe?teacher.encoder=rand")
     cfg = SweepConfig(busi=str(tmp_path), encoders=["A=rand"], methods=["A=kd:nanoray"], tasks=["busi-cls"])

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [measure(e) for e in all_entries(args.recipe)]
         print(json.dumps(rows, indent=2) if args.json else table(rows))
         return 0
+    from downstream.kd.config import check_recipe
     from downstream.kd.data import prepare
     from downstream.kd.recipes.base import check_teacher_keys, preset
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     check_teacher_keys(r, args.overrides)
     paper = reproduction(r.name)
     cfg = config_from_args(paper.config, args, base=[preset(r.name)])
+    check_recipe(cfg)
     if not args.data or not args.out:
         raise UserError("train: give the data (--data DIR) and the output folder (--out DIR)")
     out = Path(args.out)

@@ -40,6 +40,7 @@ from downstream.edge.profile import LatencyCache, profile
 from downstream.edge.score import classification_deployment, segmentation_deployment
 from downstream.encoders import deployable_spec
 from downstream.fit import FitConfig
+from downstream.kd.config import check_recipe
 from downstream.kd.data import PreparedData
 from downstream.kd.recipes.base import Recipe, RecipeResult, check_teacher_keys, preset, recipe_part
 from downstream.loaders import make_loader
@@ -78,7 +79,7 @@ def parse_method(item: str, encoders: dict[str, str] | None = None) -> Method:
     overrides = _resolve(r, item, given, encoders or {})
     try:  # checked now against the recipe's own keys (a paper reproduction's settings do not apply to a cell)
         check_teacher_keys(r, overrides)
-        override_config(r.config(), overrides)
+        check_recipe(override_config(r.config(), overrides))
     except UserError as exc:
         raise UserError(f"methods: '{item}': {exc}") from None
     return Method(name.strip() or head, r, overrides, item)

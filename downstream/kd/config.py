@@ -11,12 +11,13 @@ two logit-KD recipes with a timm student share (:class:`LogitKDConfig`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from downstream.data.read import ReaderConfig
-from downstream.fit import FitConfig
-from downstream.kd.losses import LogitLossConfig
+from downstream.fit import FitConfig, check_stages
+from downstream.kd.losses import LogitKDLoss, LogitLossConfig
 from downstream.splits import SplitConfig
 from sonodistill.precision import MixedPrecision
 
@@ -69,3 +70,16 @@ class LogitKDConfig(RecipeConfig):
 
     student: TimmStudentConfig = field(default_factory=TimmStudentConfig)
     loss: LogitLossConfig = field(default_factory=LogitLossConfig)
+
+
+def check_recipe(cfg: Any, prefix: str = "") -> None:
+    """A recipe config's values no stage runs with (:func:`downstream.fit.check_stages`) and its
+    logit losses' weights and temperature, one line naming the key, before any data is read."""
+    if not prefix:
+        check_stages(cfg)
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if isinstance(value, LogitLossConfig):
+            LogitKDLoss.from_config(value, key)
+        elif dataclasses.is_dataclass(value):
+            check_recipe(value, key + ".")
