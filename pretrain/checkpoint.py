@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sonodistill.atomic import write_json
+from sonodistill.atomic import share_like_others, write_json
 from sonodistill.errors import UserError
 
 CKPT_RE = re.compile(r"^step_(\d{8})$")
@@ -119,6 +119,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(tmp / "meta.json", meta)
+        share_like_others(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -23,6 +23,15 @@ def _umask() -> int:
     return mask
 
 
+def share_like_others(folder: Path) -> None:
+    """Give the files in ``folder`` the permissions the umask gives any new file: safetensors writes
+    weights 0600, so colleagues on a shared cluster could read a run's config but not resume from it."""
+    mode = 0o666 & ~_umask()
+    for f in folder.iterdir():
+        if f.is_file() and not f.is_symlink():
+            os.chmod(f, mode)
+
+
 @contextlib.contextmanager
 def _staged(path: Path, mode: str, publish: Callable[[str, Path], object], **kwargs: Any) -> Iterator[IO]:
     """Write a temporary sibling of ``path``, then ``publish(tmp, path)``; the temporary never outlives it."""

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from sonodistill.atomic import share_like_others
 from sonodistill.errors import UserError
 from sonodistill.hub import hub_reachable
 from sonodistill.outdir import claim
@@ -92,6 +93,7 @@ def init_tiny(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides)
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's, inside this command's own folder
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
+    share_like_others(staging)
     # moved in with the weights last: a folder holding model.safetensors holds a whole teacher
     for f in sorted(staging.iterdir(), key=lambda f: f.suffix == ".safetensors"):
         os.replace(f, out / f.name)

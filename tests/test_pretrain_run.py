@@ -39,6 +39,10 @@ def test_run_writes_checkpoints_metrics_and_plots(first_run, shard_dir):
     assert result.step == 6 and result.max_steps == 6 and not result.preempted and result.exit_code == 0
     assert [s for s, _ in list_checkpoints(out)] == [3, 6]
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp left
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (out / "checkpoints" / "step_00000006").iterdir()}
+    assert modes["student.safetensors"] == modes["model.safetensors"] == 0o666 & ~umask, modes  # not 0600
     meta = read_meta(out / "checkpoints" / "step_00000006")
     assert meta["step"] == 6 and meta["accumulation"] == 2 and meta["global_batch"] == 8
     assert meta["samples_seen"] == 48 and meta["teacher"]["embed_dim"] == 128
