@@ -55,6 +55,9 @@ class ProbeConfig:
     feature_batch_size: int = 64  # images per forward pass when extracting features
 
 
+SPEED_ONLY = ("num_workers",)  # settings of how fast a run goes, never of what it computes
+
+
 @dataclass
 class Settings:
     """The settings every cell of a sweep shares. The knobs every stage shares (``image_size``,

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from downstream.config import TASK_KIND, Mode, RunConfig, Settings, run_config, task_reader
+from downstream.config import SPEED_ONLY, TASK_KIND, Mode, RunConfig, Settings, run_config, task_reader
 from downstream.data.read import ReaderConfig
 from downstream.encoders import check_spec
 from downstream.fit import check_stages
@@ -285,14 +285,20 @@ def kd_cell_config(cfg: SweepConfig, c: Cell, rc: RunConfig) -> KDCellConfig | N
     return kd_config(c.method, rc, cfg.kd_presets, task_reader(rc.task, rc.reader))
 
 
-def cell_key(c: Cell, rc: RunConfig, kd: KDCellConfig | None = None) -> str:
-    """Identity plus a hash of every setting except output locations (moving OUT keeps resume)."""
-    d = with_old_names(RunConfig, to_dict(rc))  # a renamed key keeps a sweep's cells done
+def cell_key(c: Cell, rc: RunConfig, kd: KDCellConfig | None = None, legacy: bool = False) -> str:
+    """Identity plus a hash of every setting except output locations (moving OUT keeps resume) and
+    :data:`~downstream.config.SPEED_ONLY` ones (resuming on a node with fewer cores keeps finished cells); ``legacy``:
+    the key cells were stored under before speed-only settings left it (still counted as done)."""
+    rc_dict = to_dict(rc)
+    for k in () if legacy else SPEED_ONLY:
+        rc_dict.pop(k)
+    d = with_old_names(RunConfig, rc_dict)  # a renamed key keeps a sweep's cells done
     for k in ("out", "cache_dir", "strict_decontamination"):  # strictness refuses cells, never changes one
         d.pop(k)
     d["split"].pop("file")
     if c.method:
-        d = {"run": d, "method": c.method.text, "recipe": kd.digest if kd is not None else None}
+        recipe = None if kd is None else kd.digest if legacy else kd.speed_free_digest
+        d = {"run": d, "method": c.method.text, "recipe": recipe}
     digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     return f"{c.task.key}|{c.encoder_name}|{c.mode}|{c.fraction:g}|{c.seed}|{digest}"
 
@@ -357,6 +363,7 @@ class PlannedCell:
     config: RunConfig
     kd: KDCellConfig | None
     key: str
+    legacy_key: str = ""  # its key before speed-only settings left keys: a row stored under it is this cell's
 
     @property
     def work(self) -> CellWork:
@@ -372,14 +379,14 @@ def plan_cells(cfg: SweepConfig, grid: Grid) -> list[PlannedCell]:
     for c in cells(cfg, grid):
         rc = cell_config(cfg, c)
         kd = kd_cell_config(cfg, c, rc) if c.method else None
-        out.append(PlannedCell(c, rc, kd, cell_key(c, rc, kd)))
+        out.append(PlannedCell(c, rc, kd, cell_key(c, rc, kd), cell_key(c, rc, kd, legacy=True)))
     return out
 
 
 def cells_to_run(out: Path, plan: list[PlannedCell], part: Part | None) -> list[PlannedCell]:
     """The cells no results file holds yet; with ``part``, only those of its slice (:mod:`downstream.sweep_parts`)."""
     done = {r.get("key") for r in read_results(out)}
-    todo = [p for p in plan if p.key not in done]
+    todo = [p for p in plan if p.key not in done and p.legacy_key not in done]
     if part is None:
         return todo
     work = {p.key: p.work for p in plan}
@@ -519,7 +526,8 @@ def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
 def _rows(out: Path, plan: list[PlannedCell]) -> list[dict]:
     """The finished cells of the grid from every results file, in grid order (as one process writes them)."""
     by_key = {r["key"]: r for r in read_results(out) if "key" in r}
-    return [by_key[p.key] for p in plan if p.key in by_key]
+    found = (by_key.get(p.key) or by_key.get(p.legacy_key) for p in plan)
+    return [r for r in found if r is not None]
 
 
 @cli_main

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + fixture)
 
-from downstream.sweep import SweepConfig, run_sweep
+from downstream.sweep import SweepConfig, parse_grid, plan_cells, run_sweep
 from sonodistill.config import load_config
 from sonodistill.jsonl import read_jsonl as read_results
 
@@ -165,6 +165,20 @@ def test_sweep_resume_after_kill(busi_dir, tmp_path):
     for r in rows:
         assert r["metrics"]["test"]["accuracy"] == reference[r["key"]]["accuracy"]
     assert run_sweep(load_config(SweepConfig, None, _resume_cfg(busi_dir, export, out)))["ran"] == 0
+    # how fast a cell runs is not what it computes: another worker count finds every cell done
+    assert (
+        run_sweep(load_config(SweepConfig, None, [*_resume_cfg(busi_dir, export, out), "run.num_workers=1"]))["ran"]
+        == 0
+    )
+    # rows stored under the keys made before num_workers left them still count
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    cfg = load_config(SweepConfig, None, _resume_cfg(busi_dir, export, legacy))
+    old_key = {p.key: p.legacy_key for p in plan_cells(cfg, parse_grid(cfg))}
+    assert all(new != old for new, old in old_key.items())
+    rows_then = [{**r, "key": old_key[r["key"]]} for r in read_results(out / "results.jsonl")]
+    (legacy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_then))
+    assert run_sweep(cfg) == {"ran": 0, "remaining": 0, "cells": 8, "done": 8}
     # a changed setting is a different cell: it runs again instead of being skipped
     changed = run_sweep(
         load_config(

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from downstream.config import TASK_KIND, RunConfig
+from downstream.config import SPEED_ONLY, TASK_KIND, RunConfig
 from downstream.data.read import ReaderConfig
 from downstream.edge.profile import LatencyCache, profile
 from downstream.edge.score import classification_deployment, segmentation_deployment
@@ -150,7 +150,8 @@ class KDCellConfig:
     """A KD cell's resolved recipe config and the digest of it its cell key holds."""
 
     config: Any  # the recipe's own config (recipe.config)
-    digest: dict[str, Any]
+    digest: dict[str, Any]  # of every setting (cell keys made before speed-only settings left them)
+    speed_free_digest: dict[str, Any]  # without num_workers: what a cell key holds now
 
 
 def kd_config(method: Method, rc: RunConfig, presets: list[str], reader: ReaderConfig) -> KDCellConfig:
@@ -166,13 +167,20 @@ def kd_config(method: Method, rc: RunConfig, presets: list[str], reader: ReaderC
     cfg = load_config(paper.config, [preset(name), *preset_files(name, presets)])
     apply_run_settings(cfg, rc, reader)
     cfg = override_config(cfg, method.overrides, where=f"methods: {method.text}")
-    return KDCellConfig(recipe_part(method.recipe, cfg), config_digest_dict(paper.single_run(cfg)))
+    single = paper.single_run(cfg)
+    return KDCellConfig(
+        recipe_part(method.recipe, cfg), config_digest_dict(single), config_digest_dict(single, SPEED_ONLY)
+    )
 
 
-def config_digest_dict(cfg: Any) -> dict:
-    """The recipe config without output locations (moving OUT keeps a sweep resumable), under the key
-    names cell keys were made with (renamed keys hash under their old names)."""
-    d = with_old_names(type(cfg), to_dict(cfg))
+def config_digest_dict(cfg: Any, without: Sequence[str] = ()) -> dict:
+    """The recipe config without output locations (moving OUT keeps a sweep resumable) and the
+    top-level keys ``without``, under the key names cell keys were made with (renamed keys hash
+    under their old names)."""
+    tree = to_dict(cfg)
+    for key in without:
+        tree.pop(key)
+    d = with_old_names(type(cfg), tree)
     d["data"]["split"].pop("file", None)
     d["data"].pop("subset", None)
     return d
