@@ -503,7 +503,6 @@ def loop(
                 step_gnorm[pending] = float(gnorm)
             pending += 1
             step += 1
-            bar.update(1)
             save_now = step % cfg.train.save_every == 0 or step == s.max_steps
             if pending == log_every or save_now:
                 losses, gnorms, stop_now = _gather_interval(
@@ -523,6 +522,7 @@ def loop(
                     save_now = preempted = True
                 elif stop_now:
                     preempted = step < s.max_steps
+            bar.update(1)  # after the interval's postfix: the line shows this step's loss, not the last one's
             if save_now:
                 last_ckpt = _checkpoint(s, step, base_meta)
                 t_interval = time.perf_counter()  # saving time is not training throughput
