@@ -21,9 +21,11 @@ from downstream.data.record import Catalog, ImageSource, describe_source, open_s
 from shards.copyindex import CopyIndex, read_queries, search_all
 from shards.decode import read_pixels
 from sonodistill.errors import UserError
+from sonodistill.stop import check_stop
 
 MATCHES_PER_IMAGE = 8  # verified matches kept per image (a group is joined through any of them)
 IMAGES_PER_WORKER = 50  # fewer images than this per process: starting the process costs more
+NOTHING_KEPT = "the duplicate search was stopped before any split or audit of this dataset was written"
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,14 @@ def match_pairs(catalog: Catalog, workers: int = 1) -> tuple[list[str], list[tup
     files = all(isinstance(r.image, str) for r in catalog.records)
     workers = max(1, min(workers, len(catalog.records) // IMAGES_PER_WORKER))
     read = read_queries(read_pixels if files else image_pixels, [r.image for r in catalog.records], workers)
+    check_stop(NOTHING_KEPT)  # the search can take minutes on a large dataset: answer a stop between phases
     digests = [d for d, _ in read]
     first: dict[str, int] = {}
     pairs = {(first.setdefault(d, i), i) for i, d in enumerate(digests) if first.setdefault(d, i) != i}
     with tempfile.TemporaryDirectory(prefix="duplicates-index-") as tmp:
         CopyIndex.build(catalog.ids(), [q[0] for _, q in read]).save(tmp)
         found = search_all(tmp, [q for _, q in read], MATCHES_PER_IMAGE, self_index=True, workers=workers)
+    check_stop(NOTHING_KEPT)
     pairs |= {(min(i, f.ref), max(i, f.ref)) for i, fs in enumerate(found) for f in fs}
     return digests, sorted(pairs)
 

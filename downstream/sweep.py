@@ -541,7 +541,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = config_from_args(SweepConfig, args)
     claim(cfg.out, "downstream.sweep", key="out", write=is_main_rank())
     if args.splits_only:  # to build a corpus with --exclude of them before the sweep
-        paths = write_splits(cfg)
+        with StopRequest():  # a stop while the duplicate search runs: exit 75, finished splits kept
+            paths = write_splits(cfg)
         print("\n".join(paths))
         return {"splits": paths}
     with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75

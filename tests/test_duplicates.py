@@ -165,3 +165,19 @@ def test_audit_lists_truncated_images_and_junk_masks_instead_of_stopping(planted
     assert "malignant/malignant (1)_mask.png: cannot read image" in bad["malignant/malignant (1).png"]
     assert str(tmp_path) not in json.dumps(report["unreadable"])
     assert report["summary"]["unreadable"] == 2 and "2 unreadable" in capsys.readouterr().out
+
+
+def test_a_stop_signal_ends_the_duplicate_search_between_its_phases(planted, tmp_path):
+    """SLURM's SIGTERM during a large dataset's search (minutes) is answered there, not after it."""
+    import os
+    import signal
+    import time
+
+    from sonodistill.stop import Stopped, StopRequest
+
+    with StopRequest():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        with pytest.raises(Stopped, match="SIGTERM received; the duplicate search was stopped before any split"):
+            load_or_make_splits(read_catalog(str(planted), "cls", check=False), tmp_path / "splits.json")
+    assert not (tmp_path / "splits.json").exists()

@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     claim(out, "downstream.kd train", write=is_main_rank(), only_own=True)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
-    if is_main_rank():
-        save_config(cfg, out / "config.yaml")
-    with StopRequest():  # stop in the running stage; finished stages are reused by the next run (exit 75)
+    with StopRequest():  # stop in the running stage (or the split's duplicate search); finished stages are reused
+        data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
+        if is_main_rank():
+            save_config(cfg, out / "config.yaml")
         metrics = paper.reproduce(cfg, data, out)
     log.info(f"{r.name}: wrote {out / 'report.md'} and metrics.json ({len(metrics['models'])} models)")
     return 0
