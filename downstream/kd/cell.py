@@ -44,7 +44,15 @@ from downstream.kd.config import check_recipe
 from downstream.kd.data import PreparedData
 from downstream.kd.recipes.base import Recipe, RecipeResult, check_teacher_keys, preset, recipe_part
 from downstream.loaders import make_loader
-from sonodistill.config import load_config, override_config, rename_key, split_top_level, to_dict, with_old_names
+from sonodistill.config import (
+    load_config,
+    override_config,
+    rename_key,
+    split_top_level,
+    to_dict,
+    valid_keys,
+    with_old_names,
+)
 from sonodistill.errors import UserError
 
 KIND_NAME = {"cls": "classification", "seg": "segmentation"}
@@ -77,12 +85,29 @@ def parse_method(item: str, encoders: dict[str, str] | None = None) -> Method:
     if bad:
         raise UserError(f"methods: override '{bad[0]}' in '{item}' is not key=value")
     overrides = _resolve(r, item, given, encoders or {})
+    _refuse_reproduction_keys(r, item, overrides)
     try:  # checked now against the recipe's own keys (a paper reproduction's settings do not apply to a cell)
         check_teacher_keys(r, overrides)
         check_recipe(override_config(r.config(), overrides))
     except UserError as exc:
         raise UserError(f"methods: '{item}': {exc}") from None
     return Method(name.strip() or head, r, overrides, item)
+
+
+def _refuse_reproduction_keys(r: Recipe, item: str, overrides: Sequence[str]) -> None:
+    """A key only the paper reproduction has (HDKD's data-size sweep, CSA-MoE's repeats) named as
+    what it is, rather than as an unknown key followed by the recipe's hundred valid ones."""
+    from downstream.kd.registry import reproduction
+
+    own = set(valid_keys(r.config))
+    paper = set(valid_keys(reproduction(r.name).config))
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if key not in own and key in paper:
+            raise UserError(
+                f"methods: '{item}': {key} is a setting of the paper reproduction "
+                f"(python -m downstream.kd train --recipe {r.name}), not of a sweep cell"
+            )
 
 
 def _resolve(r: Recipe, item: str, given: Sequence[str], encoders: dict[str, str]) -> tuple[str, ...]:
