@@ -93,12 +93,16 @@ def run_student(run_dir: Path):
     from downstream.kd.models.backbones import timm_student
     from downstream.kd.papers.vit_mobilenet import VitMobilenetPaperConfig
     from sonodistill.config import load_config
+    from sonodistill.errors import UserError
 
     weights = run_dir / "distilled" / "model.safetensors"
     arch = read_arch(weights) if weights.is_file() else None
     if arch is None:
-        sys.exit(f"error: {weights} is not a KD student checkpoint (expected a finished vit_mobilenet run)")
-    cfg = load_config(VitMobilenetPaperConfig, run_dir / "config.yaml")  # the run's resolved config
+        sys.exit(f"error: --run {run_dir}: no distilled student (expected a finished vit_mobilenet run)")
+    try:  # the run's resolved config: another recipe's does not fit
+        cfg = load_config(VitMobilenetPaperConfig, run_dir / "config.yaml")
+    except UserError as exc:
+        sys.exit(f"error: --run {run_dir}: not a vit_mobilenet run ({exc})")
     cfg.split.file = str(run_dir / "splits.json")
     prep = prepare(json.loads((run_dir / "metrics.json").read_text())["data"], cfg, run_dir)
     model = timm_student(cfg.student, len(prep.classes))
@@ -402,6 +406,8 @@ def main() -> None:
     if args.int8_study:
         study_main(args, threads)
         return
+    if args.run and not (Path(args.run) / "distilled" / "model.safetensors").is_file():  # before minutes of timing
+        sys.exit(f"error: --run {args.run}: no distilled student (expected a finished vit_mobilenet run)")
     table = recipe_table(args, threads)  # 1. every recipe model, PyTorch eager fp32, side by side
     deployed = deploy_student(args, threads)  # 2. the deployed student: accuracy and latency per runtime
     print_deployment(deployed)
