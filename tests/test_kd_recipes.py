@@ -292,6 +292,22 @@ def test_presets_hold_each_papers_settings():
 def test_a_folder_of_the_users_own_files_is_refused(busi_dir, tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("my: precious\n")  # a name kd train writes too
     err = fails("nanoray", busi_dir, tmp_path, capsys)
-    assert f"--out {tmp_path}: holds files downstream.kd train did not write; give it a new or empty folder" in err
+    assert f"--out {tmp_path}: holds files downstream.kd train --recipe nanoray did not write; give it a new" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
     assert (tmp_path / "config.yaml").read_text() == "my: precious\n"
+
+
+def test_one_recipe_per_folder(busi_dir, tmp_path, capsys):
+    """Recipes write files of the same names (report.md, splits.json, stage folders): a second recipe
+    in one folder would mix its outputs with the first's."""
+    hdkd, legacy = tmp_path / "hdkd", tmp_path / "legacy"
+    for folder, mark in ((hdkd, "downstream.kd train --recipe hdkd"), (legacy, "downstream.kd train")):
+        folder.mkdir()
+        (folder / ".sonodistill-stage").write_text(mark + "\n")
+    err = fails("nanoray", busi_dir, hdkd, capsys)
+    assert err.endswith(
+        "holds the output of downstream.kd train --recipe hdkd; give downstream.kd train --recipe nanoray a folder "
+        "of its own"
+    )
+    # a folder marked before marks named the recipe is taken as the rerun's own: the run goes on to its data
+    assert "data folder not found" in fails("nanoray", tmp_path / "none", legacy, capsys)

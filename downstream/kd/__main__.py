@@ -19,7 +19,7 @@ from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import is_main_rank
-from sonodistill.outdir import claim
+from sonodistill.outdir import claim, owner
 from sonodistill.stop import StopRequest
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data or not args.out:
         raise UserError("train: give the data (--data DIR) and the output folder (--out DIR)")
     out = Path(args.out)
-    claim(out, "downstream.kd train", write=is_main_rank(), only_own=True)
+    stage = f"downstream.kd train --recipe {r.name}"  # one recipe per folder: their files share names
+    if owner(out) == "downstream.kd train":  # marked before the mark named the recipe
+        stage = "downstream.kd train"
+    claim(out, stage, write=is_main_rank(), only_own=True)
     out.mkdir(parents=True, exist_ok=True)
     with StopRequest():  # stop in the running stage (or the split's duplicate search); finished stages are reused
         data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
