@@ -43,7 +43,7 @@ from downstream.config import SPEED_ONLY, TASK_KIND, Mode, RunConfig, Settings, 
 from downstream.data.read import ReaderConfig
 from downstream.encoders import check_spec
 from downstream.fit import check_stages
-from downstream.sweep_parts import CellWork, planned, read_results, results_path, slice_of
+from downstream.sweep_parts import CellWork, one_writer, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
 from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
@@ -496,12 +496,18 @@ def check_before_cells(cfg: SweepConfig, grid: Grid) -> None:
 def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
     """Run the missing cells (at most ``max_cells``; with ``cfg.part`` only that part's slice), then write
     the report; a part writes none (the same command without ``part`` does, once every part is done)."""
-    from sonodistill.world import make_accelerator
-
     out = Path(cfg.out)
     part = Part.parse(cfg.part) if cfg.part else None
     grid = parse_grid(cfg)  # tasks, encoders and methods parsed once
     check_before_cells(cfg, grid)
+    with one_writer(out, part):  # no cell run twice at once: parts against the run that merges them
+        return _run_grid(cfg, grid, part, max_cells)
+
+
+def _run_grid(cfg: SweepConfig, grid: Grid, part: Part | None, max_cells: int | None) -> dict:
+    from sonodistill.world import make_accelerator
+
+    out = Path(cfg.out)
     plan = plan_cells(cfg, grid)
     todo = cells_to_run(out, plan, part)
     refuse_unchecked(todo)

@@ -21,9 +21,10 @@ every cell done and writes them from all parts' results, in grid order (identica
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from typing import Any
 from sonodistill.atomic import json_text, write_once
 from sonodistill.errors import UserError
 from sonodistill.jsonl import read_jsonl
+from sonodistill.lock import exclusive, holder
+from sonodistill.logs import is_main_rank
 from sonodistill.parts import Part, assign
 
 RESULTS = "results.jsonl"
@@ -104,3 +107,33 @@ def planned(out: Path, part: Part, grid_keys: Sequence[str], todo: Sequence[str]
         return list(json.loads(path.read_text())["todo"])
     except (ValueError, KeyError) as exc:
         raise UserError(f"{path}: not a sweep plan ({exc}); delete it to plan the parts again") from None
+
+
+@contextlib.contextmanager
+def one_writer(out: Path, part: Part | None) -> Iterator[None]:
+    """While the block runs: a part is the only run of that part in ``out``, and the run without
+    ``part`` (which runs what is left and writes the tables) the only run at all -- started while a
+    part still runs, it would run that part's cells a second time into the same cell folders.
+    Advisory locks (:mod:`sonodistill.lock`) the kernel drops with their holder: a killed run
+    leaves nothing to clean up. Rank 0 of a distributed run holds them for its ranks."""
+    if not is_main_rank():
+        yield
+        return
+    parts = out / "parts"
+    if part is None:
+        with exclusive(out / ".lock", f"out {out}"):
+            running = [(f.name[len(".lock-") :], pid) for f in sorted(parts.glob(".lock-*")) if (pid := holder(f))]
+            if running:
+                tag, pid = running[0]
+                which = tag.removeprefix("part-").replace("-of-", "/")
+                raise UserError(
+                    f"out {out}: sweep part={which} is still running (pid {pid}); run the sweep without part= "
+                    "once every part has finished"
+                )
+            yield
+        return
+    with exclusive(parts / f".lock-{part.tag}", f"out {out} part={part}"):
+        pid = holder(out / ".lock")
+        if pid:
+            raise UserError(f"out {out}: a sweep without part= (pid {pid}) is running in it; start the parts after it")
+        yield

@@ -36,3 +36,19 @@ def exclusive(lock: Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def holder(lock: Path) -> str | None:
+    """The pid holding ``lock`` now (None: nobody, or no such file); the lock is not kept."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        return None
+    finally:
+        os.close(fd)

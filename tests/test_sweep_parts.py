@@ -156,3 +156,38 @@ def test_two_parts_at_once_one_stopped_then_the_merge_equals_one_process(busi_di
             assert r["metrics"][field] == ref[r["key"]]["metrics"][field], (r["key"], field)
     assert headline_tables(out) == headline_tables(one)
     assert len(list((out / "splits").glob("*.json"))) == 1  # made once, by whichever part was first
+
+
+def test_the_merge_waits_for_running_parts_and_parts_for_the_merge(busi_dir, tmp_path):
+    """Started while a part runs, the run without part= would run that part's cells again into the same
+    cell folders (and a part started beside the merge likewise): each is refused with one line."""
+    import pytest
+
+    from sonodistill.errors import UserError
+
+    out = tmp_path / "out"
+    args = [f"busi={busi_dir}", f"out={out}", "tasks=[busi-cls]", "encoders=[R=rand]", "methods=[]"]
+    holding = [
+        "import sys, time; from pathlib import Path; from sonodistill.lock import exclusive\n"
+        "with exclusive(Path(sys.argv[1]), 'x'):\n    print('held', flush=True); time.sleep(60)"
+    ]
+    for lock, part, message in (
+        (
+            out / "parts" / ".lock-part-1-of-2",
+            "",
+            "sweep part=1/2 is still running (pid {pid}); run the sweep without part= once every part has finished",
+        ),
+        (out / ".lock", "part=0/2", "a sweep without part= (pid {pid}) is running in it; start the parts after it"),
+    ):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", *holding, str(lock)], cwd=REPO, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout.readline().strip() == "held"
+            with pytest.raises(UserError) as exc:
+                run_sweep(load_config(SweepConfig, None, [*args, *([part] if part else [])]))
+            assert str(exc.value) == f"out {out}: " + message.format(pid=proc.pid)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert not (out / "results.jsonl").exists()
