@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +93,30 @@ def test_given_teacher_checkpoint_is_loaded_not_trained(vit_run, busi_dir, capsy
     assert "scratch: reusing the finished stage" in printed and "distilled: reusing" not in printed
     assert m["models"]["teacher"]["confusion_matrix"] == first["models"]["teacher"]["confusion_matrix"]
     assert m["history"]["teacher"] == [] and len(m["history"]["distilled"]) == 1
+
+
+def test_a_teacher_that_saw_the_test_split_is_refused(vit_run, busi_dir, tmp_path, capsys):
+    """The checkpoint records the images it learnt from: handed to a run whose test split holds some of
+    them (another split seed here; an older run's teacher in practice), the test numbers would be
+    inflated, so the run stops before training anything."""
+    out, _ = vit_run
+    ckpt = out / "teacher" / "model.safetensors"
+    err = fails("vit_mobilenet", busi_dir, tmp_path / "o", capsys, *VIT, f"teacher.checkpoint={ckpt}", "split.seed=7")
+    assert f"teacher.checkpoint: {ckpt} was trained on " in err and " of this run's " in err
+    assert "train the teacher on this split, or give split.file of the run that trained it" in err
+    assert not (tmp_path / "o" / "teacher").exists() and not (tmp_path / "o" / "distilled").exists()
+    # what it records: exactly the run's training and validation images, none of its test images
+    from safetensors import safe_open
+
+    from shards.exclusions import file_sha1
+
+    with safe_open(str(ckpt), framework="pt") as fh:
+        recorded = set(json.loads(fh.metadata()["trained_on"]))
+    splits = json.loads((out / "splits.json").read_text())
+    root, images = Path(splits["root"]), splits["images"]
+    digest = {i: file_sha1(root / images[i]) for p in ("train", "val", "test") for i in splits[p]}
+    assert recorded == {digest[i] for p in ("train", "val") for i in splits[p]}
+    assert not recorded & {digest[i] for i in splits["test"]}
 
 
 def test_teacher_checkpoint_of_another_architecture_is_a_clear_error(vit_run, busi_dir, tmp_path, capsys):

@@ -9,6 +9,7 @@ of a wall of missing keys. Files without our metadata (a user's own ``.safetenso
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +17,55 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from downstream.data.record import Record
+from shards.exclusions import file_sha1
 from sonodistill.atomic import write_bytes
 from sonodistill.errors import UserError
 
 
-def save_model(model: torch.nn.Module, path: str | Path, *, arch: dict[str, Any]) -> None:
-    """Write ``model``'s state dict with ``arch`` (a JSON-able description) as metadata, atomically."""
+def image_digests(records: Iterable[Record]) -> dict[str, str]:
+    """SHA-1 of each record's image file -> its id (images that are not files, Hub rows, are left out)."""
+    return {file_sha1(Path(r.image)): r.id for r in records if isinstance(r.image, str)}
+
+
+def save_model(
+    model: torch.nn.Module, path: str | Path, *, arch: dict[str, Any], trained_on: Iterable[str] = ()
+) -> None:
+    """Write ``model``'s state dict with ``arch`` (a JSON-able description) and the SHA-1s of the
+    images it learnt from (``trained_on``: so a later run can tell it never saw its test split) as
+    metadata, atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_bytes(path, save(state, metadata={"arch": json.dumps(arch, sort_keys=True)}))
+    meta = {"arch": json.dumps(arch, sort_keys=True), "trained_on": json.dumps(sorted(trained_on))}
+    write_bytes(path, save(state, metadata=meta))
+
+
+def _metadata(path: str | Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}
+    except Exception:  # not a safetensors file
+        return {}
 
 
 def read_arch(path: str | Path) -> dict[str, Any] | None:
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception:  # not a safetensors file
-        return None
+    meta = _metadata(path)
     return json.loads(meta["arch"]) if "arch" in meta else None
+
+
+def check_unseen(path: str | Path, test: Sequence[Record], key: str = "teacher.checkpoint") -> None:
+    """Refuse a checkpoint trained on any of ``test``'s images (one line naming one of them): a
+    teacher handed to a run must not have seen that run's test split. A checkpoint that does not
+    record its training images (a user's own file, one written before they were recorded) passes."""
+    seen = set(json.loads(_metadata(path).get("trained_on", "[]")))
+    if not seen:
+        return
+    test_images = image_digests(test)
+    overlap = [i for d, i in test_images.items() if d in seen]
+    if overlap:
+        raise UserError(
+            f"{key}: {path} was trained on {len(overlap)} of this run's {len(test_images)} test images "
+            f"(e.g. {overlap[0]}); train the teacher on this split, or give split.file of the run that trained it"
+        )
 
 
 def _describe(arch: dict[str, Any]) -> str:

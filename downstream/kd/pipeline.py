@@ -26,7 +26,7 @@ from downstream.data import ImageSet
 from downstream.data.inputs import Inputs
 from downstream.edge.measure import num_params
 from downstream.fit import FitConfig, FitResult, fit
-from downstream.kd.checkpoint import load_model, save_model
+from downstream.kd.checkpoint import check_unseen, image_digests, load_model, save_model
 from downstream.kd.config import LogitKDConfig, RecipeConfig
 from downstream.kd.data import PreparedData
 from downstream.kd.losses import LogitKDLoss
@@ -131,7 +131,8 @@ def stage(
     res = train()
     seconds = time.perf_counter() - t0  # the whole stage: fit plus what it needs first (e.g. teacher logits)
     if run.main:
-        save_model(model, weights, arch=arch)
+        learnt = [r for part, recs in run.prep.parts.items() if part != "test" for r in recs]
+        save_model(model, weights, arch=arch, trained_on=image_digests([*learnt, *run.prep.unlabelled]))
         write_json(
             meta_path,
             {
@@ -227,6 +228,7 @@ def _logit_teacher(run: Run, spec: LogitKDSpec, fit_with, stages: dict[str, Stag
     teacher = spec.build_teacher(len(run.prep.classes))
     if spec.teacher_checkpoint:
         load_model(teacher, spec.teacher_checkpoint, arch=spec.teacher_arch, key="teacher.checkpoint")
+        check_unseen(spec.teacher_checkpoint, run.prep.parts["test"])  # the right architecture first
         stages["teacher"] = StageResult(reused=True)
     else:
         stages["teacher"] = stage(

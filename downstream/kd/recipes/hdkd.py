@@ -200,9 +200,10 @@ def train_teacher(h: HDKDRun) -> dict[str, Any]:
         else {**h.arch(), "model": "hdkd_teacher", "blocks": cfg.model.teacher_blocks}
     )
     if cfg.teacher.checkpoint:
-        from downstream.kd.checkpoint import load_model
+        from downstream.kd.checkpoint import check_unseen, load_model
 
         load_model(teacher, cfg.teacher.checkpoint, arch=h.t_arch, key="teacher.checkpoint")
+        check_unseen(cfg.teacher.checkpoint, r.prep.parts["test"])
     else:
         a = cfg.teacher.augment
         t_task = Classification(teacher, Inputs(augment=augmentation(a)), r.prep.classes)

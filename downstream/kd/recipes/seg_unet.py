@@ -47,7 +47,7 @@ from downstream.data.transforms import GeometricAugment, GeometricAugmentConfig,
 from downstream.edge.measure import gmacs, num_params
 from downstream.encoders import Encoder
 from downstream.fit import FitConfig, fit
-from downstream.kd.checkpoint import load_model
+from downstream.kd.checkpoint import check_unseen, load_model
 from downstream.kd.config import RecipeConfig
 from downstream.kd.data import PreparedData
 from downstream.kd.models.encoder_teacher import encoder_stamp
@@ -295,6 +295,7 @@ def train_teacher(s: SegRun) -> nn.Module:
     cfg = s.cfg
     if cfg.teacher.checkpoint:
         load_model(s.teacher, cfg.teacher.checkpoint, arch=s.teacher_arch(), key="teacher.checkpoint")
+        check_unseen(cfg.teacher.checkpoint, s.r.prep.parts["test"])
     else:
         key = {"train": to_dict(cfg.teacher.train), "augment": to_dict(cfg.augment), "seed": cfg.seed}
         task = Segmentation(s.teacher, s.t_inputs, SegLoss(cfg.loss.dice_weight, cfg.loss.bce_weight))
