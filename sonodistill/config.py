@@ -419,11 +419,16 @@ def override_config(cfg: T, overrides: Sequence[str], where: str = "config") -> 
 
 
 def _apply_overrides(cls: type, tree: dict, overrides: Sequence[str]) -> None:
+    written: dict[str, str] = {}  # current key -> as the command line gave it (a key given twice: last wins)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value")
         key, raw = item.split("=", 1)
-        key = rename_key(cls, key.strip())
+        given = key.strip()
+        key = rename_key(cls, given)
+        if written.setdefault(key, given) != given:  # as a YAML file holding both is refused
+            old = given if given != key else written[key]
+            raise ConfigError(f"override: both '{old}' and its new name '{key}' are given; keep '{key}'")
         tp = _check_override_key(cls, key)
         value: Any = raw
         if tp is not str and not (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp)):

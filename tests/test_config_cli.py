@@ -57,6 +57,11 @@ def test_old_and_new_name_together_is_an_error(tmp_path):
     f.write_text("size: 96\nimage_size: 128\n")
     with pytest.raises(ConfigError, match="both 'size' and its new name 'image_size' are given"):
         load_config(Run, f)
+    for both in (["size=96", "image_size=128"], ["image_size=128", "size=96"]):  # on the command line too
+        with pytest.raises(ConfigError, match="^override: both 'size' and its new name 'image_size' are given"):
+            load_config(Run, None, both)
+    assert load_config(Run, None, ["size=96", "size=80"]).image_size == 80
+    assert load_config(Run, None, ["image_size=96", "image_size=80"]).image_size == 80  # a key twice: last wins
 
 
 def test_with_old_names_puts_renamed_values_back_for_digests():
