@@ -9,6 +9,7 @@ retraining the teacher; any change retrains that stage.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -64,6 +65,13 @@ class Run:
     @property
     def main(self) -> bool:
         return self.acc.is_main_process
+
+    @functools.cached_property
+    def learnt_from(self) -> list[str]:
+        """SHA-1s of every image a stage may learn from (all but the test split), hashed once per run:
+        each saved stage records them (:func:`downstream.kd.checkpoint.check_unseen`)."""
+        learnt = [r for part, recs in self.prep.parts.items() if part != "test" for r in recs]
+        return list(image_digests([*learnt, *self.prep.unlabelled]))
 
     def loader(self, dataset, batch_size: int, shuffle: bool, seed_offset: int = 0):
         return make_loader(dataset, batch_size, train=shuffle, workers=self.workers, seed=self.seed + seed_offset)
@@ -131,8 +139,7 @@ def stage(
     res = train()
     seconds = time.perf_counter() - t0  # the whole stage: fit plus what it needs first (e.g. teacher logits)
     if run.main:
-        learnt = [r for part, recs in run.prep.parts.items() if part != "test" for r in recs]
-        save_model(model, weights, arch=arch, trained_on=image_digests([*learnt, *run.prep.unlabelled]))
+        save_model(model, weights, arch=arch, trained_on=run.learnt_from)
         write_json(
             meta_path,
             {
