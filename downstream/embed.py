@@ -1,9 +1,10 @@
 """``python -m downstream.embed``: t-SNE of corpus embeddings coloured by source dataset (paper 002 Fig. 2).
 
-Streams (a seeded random subset of) the shards once, embeds the same images with every encoder
-(globally pooled features; DINOv3: CLS ++ mean patch token), projects each with t-SNE
-(scikit-learn, after standardisation and PCA to 50 dims) and draws one panel per encoder with a
-shared colour per source and a legend panel for the K most frequent sources. ``embed.json``
+Reads a seeded random subset of the shards (:mod:`shards.subset`: the same for any worker count),
+embeds the same images with every encoder (globally pooled features; DINOv3: CLS ++ mean patch
+token), projects each with t-SNE (scikit-learn, after standardisation and PCA to 50 dims) and draws
+one panel per encoder with a shared colour per source and a legend panel for the K most frequent
+sources. ``embed.json``
 gives per encoder the silhouette score of the source labels in feature space (cosine distance:
 the number to compare; higher = sources better separated) and in the 2-D t-SNE map.
 
@@ -57,7 +58,7 @@ class EmbedConfig:
     image_size: int | None = None  # resize to this side before embedding (null: the shards' size)
     max_samples: int = 3000  # seeded random subset of the shards embedded
     batch_size: int = 64  # images per forward pass
-    num_workers: int = 2  # shard-decoding processes (capped at the cores); the subset read depends on it
+    num_workers: int = 2  # shard-reading threads (capped at the cores); the subset does not depend on it
     seed: int = 0  # subset, random encoders' init, PCA and t-SNE
     perplexity: float = 30.0  # t-SNE perplexity (lowered to (n - 1) / 3 for small subsets)
     top_k: int = 10  # sources listed in the legend
@@ -86,39 +87,13 @@ def check(cfg: EmbedConfig) -> None:
         check_spec(parse_encoder(item)[1])
 
 
-def collect(
-    shards: str, max_samples: int, seed: int, batch_size: int, num_workers: int
-) -> tuple[torch.Tensor, list[str]]:
-    """Up to ``max_samples`` images (uint8 [N,1,H,W]) and their source names, seeded shuffle."""
-    from shards.stream import ShardLoader
+def collect(shards: str, max_samples: int, seed: int, num_workers: int) -> tuple[torch.Tensor, list[str]]:
+    """Up to ``max_samples`` images (uint8 [N,1,H,W]) and their source names: the seed's random subset
+    of the shards, the same whatever ``num_workers`` (:mod:`shards.subset`)."""
+    from shards.subset import seeded_subset
 
-    loader = ShardLoader(
-        shards,
-        batch_size=batch_size,
-        mode="epoch",
-        seed=seed,
-        with_meta=True,
-        drop_last=False,
-        num_workers=num_workers,
-        rank=0,
-        world_size=1,
-    )
-    images, sources, n = [], [], 0
-    total = min(max_samples, loader.num_samples or max_samples)
-    with progress(total=total, desc="read shards", unit="img") as bar:
-        for batch in loader:
-            take = min(len(batch["source"]), max_samples - n)
-            images.append(batch["image"][:take])
-            sources.extend(batch["source"][:take])
-            n += take
-            bar.update(take)
-            if n >= max_samples:
-                break
-    if n == 0:
-        raise UserError(f"{shards}: no samples in the shards")
-    if loader.skipped:
-        log.warning(f"skipped corrupt samples {loader.skipped}")
-    return torch.cat(images), sources
+    subset = seeded_subset(shards, max_samples, seed, threads=num_workers)
+    return torch.from_numpy(subset.images), subset.sources
 
 
 @torch.no_grad()
@@ -198,7 +173,7 @@ def plot_panels(
 def run_embed(cfg: EmbedConfig) -> dict:
     """Embed, project and plot (``cfg`` checked by :func:`check`); returns what ``embed.json`` holds."""
     out, size, seed = Path(cfg.out), cfg.image_size, cfg.seed
-    images, sources = collect(cfg.shards, cfg.max_samples, seed, cfg.batch_size, loader_workers(cfg.num_workers))
+    images, sources = collect(cfg.shards, cfg.max_samples, seed, loader_workers(cfg.num_workers))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names, coords, scores, rows = [], [], [], []
     arrays: dict[str, np.ndarray] = {"sources": np.asarray(sources)}
@@ -269,10 +244,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = dataclasses.replace(
         cfg, out=os.path.expanduser(cfg.out), shards=os.path.expanduser(cfg.shards) if local else cfg.shards
     )
-    workers = loader_workers(cfg.num_workers)
-    if workers != cfg.num_workers:  # the workers that run decide the shards' reading order, hence the subset
-        log.warning(f"num_workers={cfg.num_workers} capped at {workers}, the cores this process may use")
-        cfg = dataclasses.replace(cfg, num_workers=workers)
     claim(cfg.out, "downstream.embed", only_own=True)
     save_config(cfg, Path(cfg.out) / "config.yaml")
     res = run_embed(cfg)

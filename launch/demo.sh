@@ -52,7 +52,7 @@ $PY -m downstream.sweep --config downstream/configs/tiny.yaml busi="$OUT/busi" d
 
 step "representation: t-SNE of corpus embeddings coloured by source (Fig. 2) + silhouette"
 $PY -m downstream.embed --shards "$OUT/shards" --encoder R50-Rand=rand --encoder R50-Distill-US="$OUT/export" \
-    --out "$OUT/downstream/embed" --max-samples 400 --size 64 --num-workers 1  # 64 px: the size it was distilled at
+    --out "$OUT/downstream/embed" --max-samples 400 --size 64  # 64 px: the size it was distilled at
 
 step "done: everything is under $OUT"
 cat <<EOF

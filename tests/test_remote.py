@@ -154,7 +154,7 @@ def test_inspect_and_embed_take_a_folder_url(shard_dir, stock_server, capsys):
     inspect_main([stock_server])
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     assert f"samples: {manifest['num_samples']} in {len(manifest['shards'])} shards" in capsys.readouterr().out
-    images, sources = collect(stock_server, max_samples=10, seed=0, batch_size=4, num_workers=0)
+    images, sources = collect(stock_server, max_samples=10, seed=0, num_workers=2)
     assert images.shape == (10, 1, 64, 64) and len(sources) == 10
 
 
