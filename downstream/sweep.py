@@ -43,6 +43,7 @@ from downstream.config import SPEED_ONLY, TASK_KIND, Mode, RunConfig, Settings, 
 from downstream.data.read import ReaderConfig
 from downstream.encoders import check_spec
 from downstream.fit import check_stages
+from downstream.inputs import InputStamps
 from downstream.sweep_parts import CellWork, one_writer, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
 from sonodistill.atomic import write_json, write_text
@@ -285,10 +286,14 @@ def kd_cell_config(cfg: SweepConfig, c: Cell, rc: RunConfig) -> KDCellConfig | N
     return kd_config(c.method, rc, cfg.kd_presets, task_reader(rc.task, rc.reader))
 
 
-def cell_key(c: Cell, rc: RunConfig, kd: KDCellConfig | None = None, legacy: bool = False) -> str:
+def cell_key(
+    c: Cell, rc: RunConfig, kd: KDCellConfig | None = None, inputs: dict | None = None, legacy: bool = False
+) -> str:
     """Identity plus a hash of every setting except output locations (moving OUT keeps resume) and
-    :data:`~downstream.config.SPEED_ONLY` ones (resuming on a node with fewer cores keeps finished cells); ``legacy``:
-    the key cells were stored under before speed-only settings left it (still counted as done)."""
+    :data:`~downstream.config.SPEED_ONLY` ones (resuming on a node with fewer cores keeps finished cells),
+    and of the ``inputs``' stamps (:mod:`downstream.inputs`: an edited dataset or a re-exported encoder
+    runs the cell again). Keys made before stamps (``inputs=None``) and before speed-only settings
+    left keys (``legacy``) are what older sweeps stored their cells under."""
     rc_dict = to_dict(rc)
     for k in () if legacy else SPEED_ONLY:
         rc_dict.pop(k)
@@ -299,6 +304,8 @@ def cell_key(c: Cell, rc: RunConfig, kd: KDCellConfig | None = None, legacy: boo
     if c.method:
         recipe = None if kd is None else kd.digest if legacy else kd.speed_free_digest
         d = {"run": d, "method": c.method.text, "recipe": recipe}
+    if inputs is not None:
+        d = {"settings": d, "inputs": inputs}
     digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
     return f"{c.task.key}|{c.encoder_name}|{c.mode}|{c.fraction:g}|{c.seed}|{digest}"
 
@@ -363,7 +370,15 @@ class PlannedCell:
     config: RunConfig
     kd: KDCellConfig | None
     key: str
-    legacy_key: str = ""  # its key before speed-only settings left keys: a row stored under it is this cell's
+    legacy_keys: tuple[str, ...] = ()  # its keys in older sweeps: a row stored under one is this cell's
+    inputs: dict = field(default_factory=dict)  # what it is computed from (downstream.inputs)
+
+    def stored(self, by_key: dict[str, Any]) -> Any:
+        """This cell's entry in ``by_key`` under its key or an older one (None: not there)."""
+        for k in (self.key, *self.legacy_keys):
+            if k in by_key:
+                return by_key[k]
+        return None
 
     @property
     def work(self) -> CellWork:
@@ -375,24 +390,50 @@ class PlannedCell:
 
 def plan_cells(cfg: SweepConfig, grid: Grid) -> list[PlannedCell]:
     """Every cell of the grid, in grid order, resolved and keyed."""
-    out = []
+    from downstream.kd.cell import teacher_encoder
+
+    out, stamps = [], InputStamps()
     for c in cells(cfg, grid):
         rc = cell_config(cfg, c)
         kd = kd_cell_config(cfg, c, rc) if c.method else None
-        out.append(PlannedCell(c, rc, kd, cell_key(c, rc, kd), cell_key(c, rc, kd, legacy=True)))
+        inputs = stamps.of(rc, [e for e in (c.encoder, teacher_encoder(kd)) if e])
+        key = cell_key(c, rc, kd, inputs)
+        legacy = (cell_key(c, rc, kd), cell_key(c, rc, kd, legacy=True))
+        out.append(PlannedCell(c, rc, kd, key, legacy, inputs))
     return out
 
 
 def cells_to_run(out: Path, plan: list[PlannedCell], part: Part | None) -> list[PlannedCell]:
     """The cells no results file holds yet; with ``part``, only those of its slice (:mod:`downstream.sweep_parts`)."""
-    done = {r.get("key") for r in read_results(out)}
-    todo = [p for p in plan if p.key not in done and p.legacy_key not in done]
+    rows = read_results(out)
+    done = {r.get("key"): r for r in rows}
+    todo = [p for p in plan if p.stored(done) is None]
+    warn_changed_inputs(rows, todo)
     if part is None:
         return todo
     work = {p.key: p.work for p in plan}
     keys = planned(out, part, list(work), [p.key for p in todo])
     mine = slice_of([work[k] for k in keys if k in work], part)
     return [p for p in todo if p.key in mine]
+
+
+def warn_changed_inputs(rows: Sequence[dict], todo: Sequence[PlannedCell]) -> None:
+    """Say which cells run again because their dataset or an encoder folder changed since they ran."""
+    last = {json.dumps(r.get("cell"), sort_keys=True): r for r in rows}  # the cell's latest run
+    changed: dict[str, int] = {}
+    for p in todo:
+        r = last.get(json.dumps(p.cell.record(), sort_keys=True))
+        if r is None or "inputs" not in r:
+            continue
+        for name in sorted(set(r["inputs"]) | set(p.inputs)):
+            if r["inputs"].get(name) != p.inputs.get(name):
+                what = f"task {p.cell.task.key}'s data" if name == "data" else f"encoder {name.split(':', 1)[1]}"
+                changed[what] = changed.get(what, 0) + 1
+    if changed:
+        log.warning(
+            "sweep: changed since their cells ran, so those cells run again: "
+            + ", ".join(f"{what} ({n} cell{'s' * (n > 1)})" for what, n in changed.items())
+        )
 
 
 def _run_cell(p: PlannedCell, acc, cache, latency, label: str) -> dict:
@@ -409,7 +450,8 @@ def _run_cell(p: PlannedCell, acc, cache, latency, label: str) -> dict:
 
 
 def _record(results: Path, p: PlannedCell, metrics: dict, position: str) -> None:
-    record = {"key": p.key, "cell": p.cell.record(), "config": to_dict(p.config), "metrics": metrics}
+    record = {"key": p.key, "cell": p.cell.record(), "inputs": p.inputs, "config": to_dict(p.config)}
+    record["metrics"] = metrics
     if p.kd is not None:
         record["kd_config"] = to_dict(p.kd.config)
     append_jsonl(results, record)
@@ -532,7 +574,7 @@ def _run_grid(cfg: SweepConfig, grid: Grid, part: Part | None, max_cells: int | 
 def _rows(out: Path, plan: list[PlannedCell]) -> list[dict]:
     """The finished cells of the grid from every results file, in grid order (as one process writes them)."""
     by_key = {r["key"]: r for r in read_results(out) if "key" in r}
-    found = (by_key.get(p.key) or by_key.get(p.legacy_key) for p in plan)
+    found = (p.stored(by_key) for p in plan)
     return [r for r in found if r is not None]
 
 

@@ -170,15 +170,17 @@ def test_sweep_resume_after_kill(busi_dir, tmp_path):
         run_sweep(load_config(SweepConfig, None, [*_resume_cfg(busi_dir, export, out), "run.num_workers=1"]))["ran"]
         == 0
     )
-    # rows stored under the keys made before num_workers left them still count
-    legacy = tmp_path / "legacy"
-    legacy.mkdir()
-    cfg = load_config(SweepConfig, None, _resume_cfg(busi_dir, export, legacy))
-    old_key = {p.key: p.legacy_key for p in plan_cells(cfg, parse_grid(cfg))}
-    assert all(new != old for new, old in old_key.items())
-    rows_then = [{**r, "key": old_key[r["key"]]} for r in read_results(out / "results.jsonl")]
-    (legacy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_then))
-    assert run_sweep(cfg) == {"ran": 0, "remaining": 0, "cells": 8, "done": 8}
+    # rows stored under the keys of older sweeps still count: before input stamps, and before
+    # num_workers left keys
+    for era in (0, 1):
+        legacy = tmp_path / f"legacy{era}"
+        legacy.mkdir()
+        cfg = load_config(SweepConfig, None, _resume_cfg(busi_dir, export, legacy))
+        old_key = {p.key: p.legacy_keys[era] for p in plan_cells(cfg, parse_grid(cfg))}
+        assert all(new != old for new, old in old_key.items())
+        rows_then = [{**r, "key": old_key[r["key"]]} for r in read_results(out / "results.jsonl")]
+        (legacy / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_then))
+        assert run_sweep(cfg) == {"ran": 0, "remaining": 0, "cells": 8, "done": 8}
     # a changed setting is a different cell: it runs again instead of being skipped
     changed = run_sweep(
         load_config(
@@ -188,6 +190,45 @@ def test_sweep_resume_after_kill(busi_dir, tmp_path):
         )
     )
     assert changed["ran"] == 2
+
+
+def test_cells_run_again_when_their_data_or_encoder_changed(busi_dir, tmp_path, caplog):
+    """An edited mask or a re-exported encoder folder is not the input a finished cell saw."""
+    import logging
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "busi"
+    shutil.copytree(busi_dir, data)
+    export = save_encoder(tmp_path / "export", "resnet18", seed=5)
+    argv = [*_resume_cfg(data, export, tmp_path / "out"), "encoders=[A=" + str(export) + "]", "seeds=[0]"]
+    argv.append("linear_fractions=[1.0]")
+
+    def sweep() -> dict:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="downstream.sweep"):
+            return run_sweep(load_config(SweepConfig, None, argv))
+
+    def warned() -> str:
+        return "\n".join(r.getMessage() for r in caplog.records if r.name == "downstream.sweep")
+
+    assert sweep()["ran"] == 1 and sweep()["ran"] == 0
+    mask = sorted(data.glob("malignant/*_mask.png"))[0]
+    pixels = np.asarray(Image.open(mask))
+    Image.fromarray(np.ascontiguousarray(pixels[::-1])).save(mask)  # the lesion drawn elsewhere
+    assert sweep() == {"ran": 1, "remaining": 0, "cells": 1, "done": 1}
+    assert warned() == "sweep: changed since their cells ran, so those cells run again: task busi-cls's data (1 cell)"
+    save_encoder(export, "resnet18", seed=6)  # exported again into the same folder
+    assert sweep()["ran"] == 1 and warned().endswith(f"run again: encoder {export} (1 cell)")
+    assert sweep()["ran"] == 0 and warned() == ""
+    rows = read_results(tmp_path / "out" / "results.jsonl")
+    assert len(rows) == 3 and len({r["key"] for r in rows}) == 3
+    assert rows[0]["inputs"]["data"] != rows[1]["inputs"]["data"] == rows[2]["inputs"]["data"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["cells"] == 1  # the tables hold the cell of the current inputs only
+    assert summary["results"][0]["accuracy"] == [rows[2]["metrics"]["test"]["accuracy"]]
 
 
 def test_tables_paper_layout_mean_std():

@@ -202,3 +202,24 @@ def test_show_config_prints_a_config_that_loads_back(tmp_path, capsys):
     path.write_text(capsys.readouterr().out)
     again = reproduction_config("vit_mobilenet", [path])
     assert again == reproduction_config("vit_mobilenet", (), ["efficiency.runs=3", "loss.temperature=2"])
+
+
+def test_a_saved_stage_is_the_same_bytes_whatever_the_process(tmp_path):
+    """safetensors orders its metadata map differently in every process; the header is rewritten in
+    key order, and the file still loads with its tensors and metadata."""
+    from safetensors.torch import load_file
+
+    from downstream.kd.checkpoint import read_arch, save_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    path = tmp_path / "model.safetensors"
+    save_model(model, path, arch={"name": "linear", "note": "é/x"}, trained_on=["ff", "aa"])
+    blob = path.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = blob[8 : 8 + n].decode()
+    assert header.index('"arch"') < header.index('"trained_on"') < header.index('"bias"')
+    assert (8 + n) % 8 == 0  # the tensors stay aligned
+    loaded = load_file(path)
+    assert torch.equal(loaded["weight"], model.weight.detach()) and torch.equal(loaded["bias"], model.bias.detach())
+    assert read_arch(path) == {"name": "linear", "note": "é/x"}

@@ -93,7 +93,8 @@ class Catalog:
         return [index[i] for i in ids]
 
     def fingerprint(self) -> str:
-        """Hash of ids, labels, groups and sources: keys split files and feature caches."""
+        """Hash of ids, labels, groups, sources and the image and mask files' sizes and modification
+        times: keys feature caches, KD stages and sweep cells."""
         h = hashlib.sha1()
         h.update(json.dumps(self.classes).encode())
         if self.test_ids:
@@ -101,7 +102,12 @@ class Catalog:
         for r in self.records:
             parts = [r.id, describe_source(r.image), *map(describe_source, r.masks), str(r.label), str(r.group)]
             h.update("\x1f".join(parts).encode() + b"\x1e")
-            if isinstance(r.image, str):  # a replaced file (same name, new pixels) changes the key
-                st = Path(r.image).stat()
-                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            for f in (r.image, *r.masks):  # a replaced file (same name, new pixels) changes the key
+                if isinstance(f, str):
+                    try:
+                        st = Path(f).stat()
+                    except OSError:  # gone: the reader that needs it says so
+                        h.update(b"missing")
+                        continue
+                    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
         return h.hexdigest()[:16]

@@ -36,7 +36,20 @@ def save_model(
     metadata, atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"arch": json.dumps(arch, sort_keys=True), "trained_on": json.dumps(sorted(trained_on))}
-    write_bytes(path, save(state, metadata=meta))
+    write_bytes(path, _metadata_in_key_order(save(state, metadata=meta)))
+
+
+def _metadata_in_key_order(blob: bytes) -> bytes:
+    """safetensors writes its metadata map in an order that changes from process to process (a Rust
+    HashMap): rewrite the header with the map in key order, so the same model is the same bytes. The
+    header keeps its length (only the order changes), so the tensors' offsets stay valid."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:  # an escape written differently: keep safetensors' own header
+        return blob
+    return blob[:8] + text.ljust(n) + blob[8 + n :]
 
 
 def _metadata(path: str | Path) -> dict[str, str]:
