@@ -388,7 +388,7 @@ def accuracy(tmp: Path, refs: list[Frame], queries: list[Frame], args: argparse.
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     real = Path(os.environ.get("SONODISTILL_REALDATA", "realdata"))
     p.add_argument("--real", type=Path, default=real, help="calibration set (labels.csv; $SONODISTILL_REALDATA)")
     p.add_argument("--synthetic", type=int, default=300, help="synthetic images generated")

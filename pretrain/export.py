@@ -21,6 +21,7 @@ names the files it would replace).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from pretrain.checkpoint import find_checkpoint, list_checkpoints, read_meta, sa
 from pretrain.model_card import GRAYSCALE_NOTE, data_provenance, model_card, teacher_provenance
 from sonodistill.atomic import atomic_dir
 from sonodistill.errors import UserError, cli_main
-from sonodistill.outdir import MODEL, owner
+from sonodistill.outdir import MODEL, make_folder, owner
 from sonodistill.provenance import local_paths, public_model_name
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,12 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None, ov
         "notes": None,
         "description": None,
     }
-    with atomic_dir(out if mode != "into" else out / ".export") as tmp:
+    make_folder(out.parent)
+    with contextlib.ExitStack() as staging:
+        try:
+            tmp = staging.enter_context(atomic_dir(out if mode != "into" else out / ".export"))
+        except OSError as exc:  # a folder that takes no files (/proc), or no room for the staging folder
+            raise UserError(f"--out {out}: cannot write the export there ({exc.strerror or exc})") from None
         save_for_hf(model, str(tmp), model_config=model_config, data_config=data_config, safe_serialization=True)
         _loadable_by_transformers(tmp / "config.json")
         write_text(tmp / "README.md", model_card(meta, model, title or out.name))
@@ -257,7 +263,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the folder to this Hub model repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
     parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: list what would be uploaded")
-    parser.add_argument("--title", help="model card title (default: the output folder name)")
+    parser.add_argument(
+        "--title", help="model card title (default: the --push-to-hub repo id, else the output folder name)"
+    )
     args = parser.parse_args(argv)
     if args.private and not args.push_to_hub:
         raise UserError("--private: only meaningful with --push-to-hub")

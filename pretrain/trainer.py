@@ -315,7 +315,7 @@ def setup(cfg: PretrainConfig) -> Session:
         global_batch,
         accum,
         max_steps,
-        warmup_steps(cfg.train, steps_per_epoch, max_steps),
+        warmup_steps(cfg.train, steps_per_epoch, max_steps, warn=True),
         mixed,
         channels_last,
     )

@@ -691,8 +691,8 @@ def main(argv: list[str] | None = None) -> None:
         "--source",
         action="append",
         default=[],
-        metavar="NAME=DIR|NAME=hf:ID[:SPLIT]",
-        help="a source dataset (repeat); folders are scanned recursively",
+        metavar="NAME=DIR|NAME=GLOB|NAME=hf:ID[:SPLIT]",
+        help="a source dataset (repeat); folders are scanned recursively, a glob (/data/**/*.nii.gz) picks files",
     )
     ap.add_argument("--corpus", metavar="YAML", help="a catalogue of sources with per-source options (see docs)")
     add_exclusion_argument(ap, "--exclude", "evaluation images no sample may copy; copies are rejected as eval_overlap")

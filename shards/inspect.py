@@ -33,6 +33,7 @@ from shards.exclusions import add_argument as add_exclusion_argument
 from shards.manifest import encoding_of, resolve_shards
 from shards.shardfile import ShardUnreadable, open_shard
 from sonodistill.errors import UserError, cli_main
+from sonodistill.outdir import make_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         path = getattr(args, flag)
         if path and (Path(path).suffix.lower() != ".png" or Path(path).is_dir()):
             raise UserError(f"--{flag.replace('_', '-')} {path}: expected the name of a .png file to write")
+        if path and (flag != "overlap_sheet" or args.overlap):  # a folder it can write, before any work
+            make_writable_folder(Path(path).parent, f"--{flag.replace('_', '-')}")
     urls, manifest = resolve_shards(args.shards)
     if manifest is not None:
         print(summary(manifest))

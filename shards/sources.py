@@ -277,9 +277,9 @@ def items_from(sources: Sequence[Source], start: int = 0) -> Iterator[Item]:
 
 
 def parse_source(arg: str) -> tuple[str, str]:
-    """``NAME=DIR`` or ``NAME=hf:ID[:SPLIT]`` -> (name, spec)."""
+    """``NAME=DIR``, ``NAME=GLOB`` or ``NAME=hf:ID[:SPLIT]`` -> (name, spec)."""
     if "=" not in arg:
-        raise UserError(f"--source {arg}: expected NAME=DIR or NAME=hf:ID[:SPLIT]")
+        raise UserError(f"--source {arg}: expected NAME=DIR, NAME=GLOB or NAME=hf:ID[:SPLIT]")
     name, spec = arg.split("=", 1)
     if not NAME_RE.match(name):
         raise UserError(f"--source {arg}: source name must match {NAME_RE.pattern}")

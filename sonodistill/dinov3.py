@@ -84,9 +84,13 @@ def init_tiny(out: str | Path, seed: int = 0, preset: str = "tiny", **overrides)
         config = DINOv3ViTConfig(**cfg_kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"init-tiny: bad DINOv3ViTConfig override ({exc})") from None
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    if size < config.patch_size or size % config.patch_size:
+        raise UserError(
+            f"init-tiny --image-size {size}: expected a multiple of the patch size {config.patch_size} (at least that)"
+        )
     torch.manual_seed(seed)
     model = DINOv3ViTModel(config).eval()
-    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
     processor = DINOv3ViTImageProcessor(size={"height": size, "width": size})
     claim(out, INIT_TINY, key="init-tiny --out", only_own=True)  # marked first: a killed run's rerun resumes
     staging = out / STAGING

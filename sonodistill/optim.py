@@ -14,6 +14,7 @@ Each stage's training config extends :class:`OptimConfig`, so the keys read the 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -21,6 +22,8 @@ from typing import Literal
 import torch
 
 from sonodistill.errors import UserError
+
+log = logging.getLogger(__name__)
 
 Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 
@@ -52,12 +55,18 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     )
 
 
-def warmup_steps(cfg: OptimConfig, steps_per_epoch: float | None, total_steps: int) -> int:
-    """``warmup_steps`` if set, else ``warmup_epochs`` of steps (0 when the epoch length is unknown)."""
+def warmup_steps(cfg: OptimConfig, steps_per_epoch: float | None, total_steps: int, warn: bool = False) -> int:
+    """``warmup_steps`` if set, else ``warmup_epochs`` of steps (0 when the epoch length is unknown),
+    at most the run's ``total_steps`` (``warn``: say so when it is cut)."""
     if cfg.warmup_steps:
         steps = cfg.warmup_steps
     else:
         steps = math.ceil(cfg.warmup_epochs * steps_per_epoch) if steps_per_epoch else 0
+    if warn and steps > total_steps:
+        log.warning(
+            f"warm-up of {steps} steps is longer than the run ({total_steps} steps): cut to {total_steps}, so the "
+            "learning rate reaches its peak at the last step and never decays; lower train.warmup_steps"
+        )
     return min(steps, total_steps)
 
 

@@ -55,6 +55,19 @@ def make_folder(out: Path, key: str = "--out") -> None:
         raise UserError(f"{key} {out}: cannot create the folder ({exc.strerror})") from None
 
 
+def make_writable_folder(out: Path, key: str = "--out") -> None:
+    """:func:`make_folder`, then one line naming ``key`` unless a file can be created in it (a folder
+    of a file system that takes no files, ``/proc``, or one this user may not write), before any work."""
+    import tempfile
+
+    make_folder(out, key)
+    try:
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{key} {out}: cannot write there ({exc.strerror or exc})") from None
+
+
 def claim(out: str | Path, stage: str, key: str = "--out", write: bool = True, only_own: bool = False) -> None:
     """Refuse ``out`` when it holds another command's output (``only_own``: any files but ``stage``'s
     own, for a command whose file names, ``config.yaml`` among them, a user's folder may hold); else

@@ -527,6 +527,12 @@ def test_inspect_summary_and_contact_sheet(shard_dir, tmp_path, capsys):
         (["{tmp}/none"], "shards {tmp}/none: no such shard folder or file"),
         (["{shards}", "--sheet", "{tmp}"], "--sheet {tmp}: expected the name of a .png file to write"),
         (["{shards}", "--sheet", "{tmp}/s.jpg"], "--sheet {tmp}/s.jpg: expected the name of a .png file"),
+        (["{shards}", "--sheet", "{shards}/manifest.json/s.png"], "--sheet {shards}/manifest.json: cannot create the"),
+        (["{shards}", "--rejects", "/proc/r.png"], "--rejects /proc: cannot write there"),
+        (
+            ["{shards}", "--overlap", "{shards}", "--overlap-sheet", "/proc/o.png"],
+            "--overlap-sheet /proc: cannot write",
+        ),
         (["{shards}", "--per-source", "0"], "--per-source 0: expected at least 1"),
         (["{shards}", "--rejects", "{tmp}/r.png", "--per-reason", "-1"], "--per-reason -1: expected at least 1"),
         (["{shards}", "--overlap", "{tmp}/s.json"], "--overlap {tmp}/s.json: {tmp}/s.json is neither a splits.json"),

@@ -93,6 +93,16 @@ def test_another_commands_folder_is_refused_even_with_overwrite(run, shard_dir, 
         assert _snapshot(folder) == before
 
 
+def test_an_out_that_cannot_be_a_folder_is_one_line(run, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine\n")
+    err = _refused(["--checkpoint", str(run), "--out", str(blocker / "sub")], capsys)
+    assert f"--out {blocker}: cannot create the folder: a file" in err
+    err = _refused(["--checkpoint", str(run), "--out", "/proc/sonodistill-export"], capsys)
+    assert err.startswith("error: --out /proc/sonodistill-export: cannot write the export there (")
+    assert blocker.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 def test_an_earlier_export_is_replaced_and_a_new_folder_is_created(run, tmp_path):
     out = tmp_path / "exp"
     export(run, out)

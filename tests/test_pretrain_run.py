@@ -113,7 +113,7 @@ def test_resume_auto_ignores_half_written_checkpoints(first_run, tmp_path):
     assert resolve_resume(str(newest), out) == newest
 
 
-def test_schedule_and_accumulation_arithmetic():
+def test_schedule_and_accumulation_arithmetic(caplog):
     cfg = PretrainConfig()
     cfg.train.epochs, cfg.train.warmup_epochs = 1000.0, 10.0
     # the paper: ~162k images, global batch 512
@@ -122,6 +122,13 @@ def test_schedule_and_accumulation_arithmetic():
     cfg.train.max_steps, cfg.train.warmup_steps = 50, 100
     assert _max_steps(cfg, 162_000, 512) == 50
     assert warmup_steps(cfg.train, 162_000 / 512, 50) == 50  # warm-up never longer than the run
+    assert caplog.records == []  # said only where the run is set up
+    with caplog.at_level(logging.WARNING, logger="sonodistill.optim"):
+        assert warmup_steps(cfg.train, 162_000 / 512, 50, warn=True) == 50
+    assert [r.getMessage() for r in caplog.records] == [
+        "warm-up of 100 steps is longer than the run (50 steps): cut to 50, so the learning rate reaches its "
+        "peak at the last step and never decays; lower train.warmup_steps"
+    ]
     assert _accumulation(cfg, world=8) == (512, 1)
     assert _accumulation(cfg, world=1) == (512, 8)
     cfg.train.global_batch = 0

@@ -47,6 +47,12 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
             ["--layout", "corpus", "--n", "3", "--out", "{d}/a", "--doppler-fraction", "2"],
             "--doppler-fraction",
         ),
+        (  # the truth file is written last: a path that cannot take it is refused before any image
+            ["--layout", "busi", "--n", "3", "--out", "{d}/a", "--truth", "{d}/full/keep.txt/t.jsonl"],
+            "--truth {d}/full/keep.txt: cannot create the folder: a file",
+        ),
+        (["--layout", "busi", "--n", "3", "--out", "{d}/a", "--truth", "/proc/t.jsonl"], "--truth /proc: cannot write"),
+        (["--layout", "busi", "--n", "3", "--out", "/proc/sonodistill-synth"], "--out /proc/sonodistill-synth: cannot"),
     ],
 )
 def test_bad_arguments_one_line_exit_2(capsys, tmp_path, argv, expected):
@@ -55,7 +61,7 @@ def test_bad_arguments_one_line_exit_2(capsys, tmp_path, argv, expected):
     code, out, err = run_main(capsys, *[a.format(d=tmp_path) for a in argv])
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected.format(d=tmp_path) in lines[0]
     assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
 

@@ -42,6 +42,16 @@ def test_init_tiny_cli_and_seed(tmp_path, capsys):
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
+@pytest.mark.parametrize("size", [0, -5, 50])
+def test_init_tiny_image_size_is_a_multiple_of_the_patch(tmp_path, capsys, size):
+    with pytest.raises(SystemExit) as exc:
+        main(["init-tiny", "--out", str(tmp_path / "t"), "--image-size", str(size)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: init-tiny --image-size {size}: expected a multiple of the patch size 16 (at least that)"]
+    assert not (tmp_path / "t").exists()
+
+
 def test_init_tiny_never_replaces_what_it_did_not_write(tmp_path, capsys):
     """Pointed at a real teacher's folder (or an export), init-tiny would swap its weights for random ones."""
     real = tmp_path / "real"

@@ -20,6 +20,7 @@ import numpy as np
 from sonodistill.atomic import write_text
 from sonodistill.errors import UserError
 from sonodistill.logs import progress as progress_bar
+from sonodistill.outdir import make_writable_folder
 from sonodistill.stop import die_with_parent
 
 T = TypeVar("T")
@@ -58,7 +59,8 @@ def check_args(out: str | os.PathLike, n: int, seed: int, truth: str | os.PathLi
             )
         if t.is_dir():
             raise UserError(f"--truth {truth}: is a directory, expected a file path")
-    out.mkdir(parents=True, exist_ok=True)
+        make_writable_folder(t.parent, "--truth")  # written last: a bad path must not cost the whole run
+    make_writable_folder(out)
     return out
 
 
