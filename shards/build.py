@@ -261,7 +261,7 @@ def _built(out: Path, identity: dict, progress: bool) -> dict | None:
     return manifest
 
 
-def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
+def _journal(out: Path, identity: dict, stamps: dict[str, str]) -> tuple[Journal, list[dict]]:
     """The journal and its records of finished shards, cut back to the last intact one (a fresh build
     starts a journal in an empty folder)."""
     journal = Journal(out)
@@ -272,6 +272,12 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
             raise UserError(
                 f"--out {out}: holds a different, unfinished build ({describe_difference(old, identity)}); "
                 "use another --out or delete it"
+            )
+        changed = [n for n in stamps if journal.stamps is not None and journal.stamps.get(n) != stamps[n]]
+        if changed:
+            raise UserError(
+                f"--out {out}: holds an unfinished build of files modified since (source {', '.join(changed)}: "
+                "modification times differ); use another --out or delete it"
             )
         # Keep only records whose shard file is intact.
         for i, r in enumerate(records):
@@ -285,7 +291,7 @@ def _journal(out: Path, identity: dict) -> tuple[Journal, list[dict]]:
         foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name not in ours]
         if foreign:
             raise UserError(f"--out {out}: not empty and not a shard build (found {foreign[0]}); use an empty folder")
-        journal.start(identity)
+        journal.start(identity, stamps)
     for tmp in out.glob("*.tmp"):
         tmp.unlink()
     return journal, records
@@ -635,7 +641,7 @@ def _build_locked(
     if manifest is not None:
         return manifest
     spool = finished_spool(out, identity)
-    journal, records = _journal(out, identity)
+    journal, records = _journal(out, identity, {src.name: src.stamp() for src in opened})
     state = _restore(out, settings, opened, exclusions, journal, records)
     _index_exclusions(state, progress)
     _process_items(state, progress, spool)

@@ -65,6 +65,10 @@ class Source(Protocol):
 
     def fingerprint(self) -> str: ...
 
+    # the items' modification times: checked when a build resumes, not part of its identity (a copy
+    # of the same files, with other times, is the same build)
+    def stamp(self) -> str: ...
+
 
 def _companion(rel: str, present: set[str]) -> bool:
     """A data file read through its header (``x.raw`` beside ``x.mhd``, ``x.img`` beside ``x.hdr``)."""
@@ -160,9 +164,9 @@ class FolderSource:
         present = {rel for rel, _ in rels}
         kept = [(rel, p) for rel, p in rels if self.options.keeps(rel) and not _companion(rel, present)]
         self.rejects = {rel: reason for rel, p in kept if (reason := unreadable_entry(p))}
-        self.files: list[tuple[str, int]] = sorted(
-            (rel, -1 if rel in self.rejects else os.path.getsize(p)) for rel, p in kept
-        )
+        stats = {rel: os.stat(p) for rel, p in kept if rel not in self.rejects}
+        self.files: list[tuple[str, int]] = sorted((rel, stats[rel].st_size if rel in stats else -1) for rel, _ in kept)
+        self._mtimes = {rel: st.st_mtime_ns for rel, st in stats.items()}
         if not self._readable():
             raise UserError(f"{where}: no image files (nor DICOM, video, volume or array files) to read")
 
@@ -189,6 +193,12 @@ class FolderSource:
 
     def sizes(self) -> list[int]:
         return [max(size, 0) for _, size in self.files]  # an entry never opened (a dangling link: -1) costs nothing
+
+    def stamp(self) -> str:
+        h = hashlib.sha1()
+        for rel, _ in self.files:
+            h.update(f"{rel}\0{self._mtimes.get(rel, -1)}\n".encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
 
     def fingerprint(self) -> str:
         h = hashlib.sha1()
@@ -263,6 +273,9 @@ class DatasetSource:
 
     def fingerprint(self) -> str:
         return hashlib.sha1(f"{self.spec}\0{len(self.ds)}\0{self.ds._fingerprint}".encode()).hexdigest()
+
+    def stamp(self) -> str:
+        return ""  # the dataset's fingerprint already follows its content
 
 
 def items_from(sources: Sequence[Source], start: int = 0) -> Iterator[Item]:

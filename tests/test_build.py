@@ -346,6 +346,43 @@ def test_interrupted_build_resumes_without_redoing_shards(small_sources, referen
     assert tree_bytes(out) == tree_bytes(reference_build)
 
 
+def test_a_file_edited_before_the_resume_is_refused_not_mixed_in(small_sources, tmp_path, monkeypatch):
+    """Same name and size, new pixels (the size alone would not tell): the modification time does."""
+    import shutil
+
+    sources = {name: str(tmp_path / name) for name in small_sources}
+    for name, path in small_sources.items():
+        shutil.copytree(path, sources[name])
+    out = tmp_path / "out"
+    real_write = build_mod._write_shard
+
+    def dying_write(path, data):
+        if path.name == "shard-000002.tar":
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(build_mod, "_write_shard", dying_write)
+    settings = BuildSettings(size=48, samples_per_shard=5, workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(sources, out, settings, progress=False)
+    monkeypatch.setattr(build_mod, "_write_shard", real_write)
+    edited = sorted(p for p in Path(sources["breast"]).rglob("*.png"))[0]
+    data = bytearray(edited.read_bytes())
+    data[-20] ^= 0xFF  # same size
+    edited.write_bytes(bytes(data))
+    before = tree_bytes(out)
+    with pytest.raises(UserError, match=r"holds an unfinished build of files modified since \(source breast: mod"):
+        build_shards(sources, out, settings, progress=False)
+    assert tree_bytes(out) == before  # nothing replaced
+    # a journal from before stamps were recorded resumes as it did
+    journal = out / ".build-journal.jsonl"
+    lines = journal.read_text().splitlines()
+    head = json.loads(lines[0])
+    del head["stamps"]
+    journal.write_text("\n".join([json.dumps(head, sort_keys=True), *lines[1:]]) + "\n")
+    assert build_shards(sources, out, settings, progress=False)["num_samples"] > 0
+
+
 def test_a_resumed_build_of_shards_mixing_sources_is_byte_identical(small_sources, tmp_path, monkeypatch):
     """Sources given out of name order: shards that span two sources are resumed byte for byte too."""
     backwards = dict(reversed(small_sources.items()))
