@@ -125,7 +125,9 @@ def _fill_deepspeed_config(accelerator, cfg: PretrainConfig) -> None:
         ds.pop("train_batch_size")
 
 
-def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: int):
+def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: int, workers: int | None = None):
+    """The run's shard loader; ``workers``: that many loader processes (default: ``num_workers`` capped
+    at the cores), as a resumed run's checkpoint had, since the data order follows them."""
     from shards.stream import ShardLoader
 
     d = cfg.data
@@ -136,7 +138,7 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             mode=d.mode,
             seed=seed,
             shuffle_buffer=d.shuffle_buffer,
-            num_workers=loader_workers(cfg.num_workers),
+            num_workers=loader_workers(cfg.num_workers) if workers is None else workers,
             rank=rank,
             world_size=world,
             with_meta=d.record_keys,
@@ -336,7 +338,18 @@ def resume(s: Session) -> tuple[int, Path | None]:
     saved_world = int(meta.get("world_size", s.world))
     loader_file = ckpt / f"loader_rank{s.rank}.json"
     if saved_world == s.world and loader_file.is_file():
-        s.loader.load_state_dict(json.loads(loader_file.read_text()))
+        state = json.loads(loader_file.read_text())
+        saved_workers = state.get("num_workers")
+        if isinstance(saved_workers, int) and saved_workers != s.loader.num_workers:
+            # the sample order is dealt over the loader's workers: keep the checkpoint's number, even
+            # above this machine's cores (a requeue onto a smaller allocation), so it continues exactly
+            log.warning(
+                f"resume: {saved_workers} loader workers as when the checkpoint was written (not "
+                f"{s.loader.num_workers}), so the data order continues exactly"
+            )
+            pin = s.device.type == "cuda"
+            s.loader = _open_loader(cfg, s.rank, s.world, pin=pin, seed=cfg.seed, workers=saved_workers)
+        s.loader.load_state_dict(state)
     else:
         # Positions are per rank: with another world size the exact position cannot be rebuilt.
         s.loader = _open_loader(cfg, s.rank, s.world, pin=s.device.type == "cuda", seed=cfg.seed + start)

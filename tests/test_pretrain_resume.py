@@ -6,6 +6,7 @@ The signal goes to the whole process group, loader workers included, as SLURM se
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -36,7 +37,7 @@ def test_stop_request_flags_signals_and_restores_handlers():
     assert signal.getsignal(signal.SIGUSR1) is before
 
 
-def test_sigterm_then_resume_equals_uninterrupted_run(shard_dir, tiny_teacher_dir, tmp_path):
+def test_sigterm_then_resume_equals_uninterrupted_run(shard_dir, tiny_teacher_dir, tmp_path, monkeypatch, caplog):
     out = tmp_path / "interrupted"
     log = tmp_path / "stderr.txt"
     cmd = [
@@ -70,8 +71,16 @@ def test_sigterm_then_resume_equals_uninterrupted_run(shard_dir, tiny_teacher_di
     assert 2 <= k < 12
     assert f"stopped by SIGTERM after step {k}" in stderr
 
-    resumed = train(tiny_config(shard_dir, tiny_teacher_dir, out, **RUN))
     reference = train(tiny_config(shard_dir, tiny_teacher_dir, tmp_path / "reference", **RUN))
+    saved = json.loads((ckpts[0][1] / "loader_rank0.json").read_text())["num_workers"]
+    # requeued onto one core: the loader keeps the checkpoint's workers, the order they deal
+    import sonodistill.workers
+
+    monkeypatch.setattr(sonodistill.workers, "available_cores", lambda: 1)
+    with caplog.at_level(logging.WARNING, logger="pretrain.trainer"):
+        resumed = train(tiny_config(shard_dir, tiny_teacher_dir, out, **RUN))
+    if saved > 1:
+        assert f"resume: {saved} loader workers as when the checkpoint was written (not 1)" in caplog.text
     assert resumed.step == reference.step == 12
 
     got, want = resumed.student.state_dict(), reference.student.state_dict()
