@@ -46,7 +46,7 @@ from downstream.fit import check_stages
 from downstream.inputs import InputStamps
 from downstream.sweep_parts import CellWork, one_writer, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
-from sonodistill.atomic import write_json, write_text
+from sonodistill.atomic import remove_stale_temporaries, write_json, write_text
 from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
 from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
 from sonodistill.errors import UserError, cli_main
@@ -471,6 +471,8 @@ def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, resul
 
     labels = {t.key: t.label for t in task_columns(grid.tasks)}
     cache_dir = Path(cfg.run.cache_dir or Path(cfg.out) / "cache")
+    if acc.is_main_process and (stale := remove_stale_temporaries(cache_dir)):
+        log.info(f"removed {stale} half-written cache file(s) a killed run left in {cache_dir}")
     cache, latency = FeatureCache(cache_dir), LatencyCache(cache_dir / "latency")
     ran = 0
     for p in todo:

@@ -32,6 +32,21 @@ def share_like_others(folder: Path) -> None:
             os.chmod(f, mode)
 
 
+def remove_stale_temporaries(folder: Path, older_than_s: float = 3600.0) -> int:
+    """Delete the temporaries :func:`atomic_open` leaves when its process is killed outright (SIGKILL,
+    the OOM killer) under ``folder``: names ``.NAME.RANDOM.tmp`` untouched for ``older_than_s`` (a
+    write in progress, another sweep's on a shared cache too, is seconds old). The number removed."""
+    import time
+
+    cutoff, removed = time.time() - older_than_s, 0
+    for tmp in folder.rglob(".*.tmp") if folder.is_dir() else ():
+        with contextlib.suppress(OSError):
+            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def _staged(path: Path, mode: str, publish: Callable[[str, Path], object], **kwargs: Any) -> Iterator[IO]:
     """Write a temporary sibling of ``path``, then ``publish(tmp, path)``; the temporary never outlives it."""

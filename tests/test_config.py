@@ -180,6 +180,32 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
 
 
+def test_what_a_killed_atomic_write_left_is_removed_once_stale(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from sonodistill.atomic import remove_stale_temporaries
+
+    cache = tmp_path / "cache"
+    script = "from sonodistill.atomic import atomic_open\nimport os, sys\n"
+    script += f"with atomic_open({str(cache / 'sub' / 'feat.pt')!r}, 'wb') as fh:\n    fh.write(b'x'); os._exit(9)\n"
+    repo = str(Path(__file__).resolve().parents[1])
+    assert subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": repo}).returncode == 9
+    left = list(cache.rglob(".feat.pt.*.tmp"))
+    assert len(left) == 1  # a process killed mid-write leaves its temporary
+    (cache / "sub" / ".kept.tmp").write_text("mine")  # another name of ours, fresh: a write in progress
+    (cache / "notes.tmp").write_text("not a temporary of ours")
+    old = time.time() - 7200
+    os.utime(left[0], (old, old))
+    os.utime(cache / "notes.tmp", (old, old))
+    assert remove_stale_temporaries(cache) == 1
+    assert not left[0].exists() and (cache / "sub" / ".kept.tmp").exists() and (cache / "notes.tmp").exists()
+    assert remove_stale_temporaries(tmp_path / "none") == 0
+
+
 def test_overrides_on_a_resolved_config_are_checked_and_copy_it():
     from sonodistill.config import override_config
 
