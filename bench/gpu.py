@@ -722,6 +722,9 @@ def main() -> None:
     print("\n".join(lines))
     write_out(args.out, summary, lines)
     print(json.dumps(summary))
+    missing = [f"{k} ({v.get('error') or v.get('skipped')})" for k, v in b.results.items() if not v["ok"]]
+    if missing:  # the figures that exist are written above; the exit code says they are not all there
+        sys.exit(f"error: {len(missing)} part(s) not measured: {'; '.join(missing)}")
 
 
 if __name__ == "__main__":

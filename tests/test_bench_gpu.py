@@ -62,6 +62,17 @@ def test_a_failing_part_is_recorded_and_a_part_over_budget_is_skipped():
     assert out["ok"] is False and out["skipped"].startswith("budget: ")
 
 
+def test_parts_not_measured_make_the_exit_code_1_after_the_json(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--parts", "augment", "--budget", "0.001", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 1
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["augment"]["ok"] is False and summary["augment"]["skipped"].startswith("budget: ")
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 part(s) not measured: augment (budget: ")
+    assert json.loads((tmp_path / "gpu.json").read_text()) == summary
+
+
 def _positive(*values) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
 
