@@ -136,6 +136,9 @@ def main() -> None:
             fixed = t1 - per_image * n1
             print(f"throughput ratio large/small: {ratio:.2f} (>= ~1: cost linear in corpus size, start-up amortised)")
             print(f"fit: {fixed:.1f} s start-up + {per_image * 1000:.1f} ms per image")
+            if fixed < 0:  # two runs this small: the fit's intercept is timing noise
+                print("start-up below the timing noise at these sizes (give larger --sizes)")
+                result["startup_note"] = "negative fit: timing noise at these sizes; give larger --sizes"
             result.update(
                 runs=rows,
                 linearity_ratio=round(ratio, 3),
