@@ -46,7 +46,7 @@ from shards.dedup import DuplicateIndex
 from shards.exclusions import Exclusions, ExclusionSet, load_exclusions
 from shards.exclusions import add_argument as add_exclusion_argument
 from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_item
-from shards.identity import build_identity, describe_difference
+from shards.identity import build_identity, describe_difference, modified_sources, source_stamps
 from shards.journal import Journal
 from shards.manifest import MANIFEST
 from shards.match import resized
@@ -273,7 +273,7 @@ def _journal(out: Path, identity: dict, stamps: dict[str, str]) -> tuple[Journal
                 f"--out {out}: holds a different, unfinished build ({describe_difference(old, identity)}); "
                 "use another --out or delete it"
             )
-        changed = [n for n in stamps if journal.stamps is not None and journal.stamps.get(n) != stamps[n]]
+        changed = modified_sources(journal.stamps, stamps)
         if changed:
             raise UserError(
                 f"--out {out}: holds an unfinished build of files modified since (source {', '.join(changed)}: "
@@ -640,8 +640,9 @@ def _build_locked(
     manifest = _built(out, identity, progress=False)  # finished by the process that held the lock before
     if manifest is not None:
         return manifest
-    spool = finished_spool(out, identity)
-    journal, records = _journal(out, identity, {src.name: src.stamp() for src in opened})
+    stamps = source_stamps(opened)
+    spool = finished_spool(out, identity, stamps)
+    journal, records = _journal(out, identity, stamps)
     state = _restore(out, settings, opened, exclusions, journal, records)
     _index_exclusions(state, progress)
     _process_items(state, progress, spool)

@@ -11,8 +11,9 @@ spool instead of extracting it, so its output is byte-identical to a one-process
   decoding follows the bytes, and a source of long clips spreads over every part. A part extracts
   every input of its slice: whether a capped source (``max_images``) is full is only known in the
   merge, which then skips the outcome as a one-process build skips the input.
-- **The spool**, in the output folder: ``.parts/build.json`` (the build identity and N, created once:
-  a part with other settings, sources or N refuses to join), ``.parts/part-I-of-N/chunk-<first>-<last>.pkl``
+- **The spool**, in the output folder: ``.parts/build.json`` (the build identity, N and the sources'
+  modification-time stamps, created once: a part with other settings, sources or N refuses to join,
+  and so do a part and the merge that find files modified since), ``.parts/part-I-of-N/chunk-<first>-<last>.pkl``
   (the outcomes of up to :data:`CHUNK_ITEMS` inputs, written atomically: a part stopped by a signal
   writes what it has done and exits 75, a killed one loses at most one chunk; either resumes after its
   last chunk) and ``done.json`` when the part is complete. The spool holds the encoded samples:
@@ -34,7 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from shards.extract import ExtractSettings, ItemOutcome, extract_job
-from shards.identity import describe_difference
+from shards.identity import describe_difference, modified_sources, source_stamps
 from shards.ordered_pool import ordered_map
 from shards.sources import Item, Source, items_from
 from sonodistill.atomic import json_text, write_bytes, write_json, write_once
@@ -83,14 +84,22 @@ class Spool:
         """N, the number of parts this spool was started for."""
         return int(json.loads((self.root / "build.json").read_text()).get("parts", 0))
 
-    def join(self, identity: dict, count: int) -> None:
-        """Record (or check) the build this spool belongs to; :class:`UserError` when it is another."""
-        write_once(self.root / "build.json", json_text({"identity": identity, "parts": count}))
+    def join(self, identity: dict, count: int, stamps: dict[str, str]) -> None:
+        """Record (or check) the build this spool belongs to; :class:`UserError` when it is another, or
+        when its files were modified since the first part started (their stamps differ)."""
+        write_once(self.root / "build.json", json_text({"identity": identity, "parts": count, "stamps": stamps}))
         meta = json.loads((self.root / "build.json").read_text())
         if meta.get("identity") != identity:
             raise UserError(
                 f"--out {self.root.parent}: holds parts of a different build "
                 f"({describe_difference(meta.get('identity', {}), identity)}); use another --out or delete {self.root}"
+            )
+        changed = modified_sources(meta.get("stamps"), stamps)
+        if changed:
+            raise UserError(
+                f"--out {self.root.parent}: holds parts of a build whose files were modified since (source "
+                f"{', '.join(changed)}: modification times differ; parts and the merge must read the same files, "
+                f"copies keep their times with rsync -a or cp -p); use another --out or delete {self.root}"
             )
         if meta.get("parts") != count:
             raise UserError(
@@ -113,7 +122,7 @@ def run_part(
 ) -> dict:
     """Extract and spool ``part``'s inputs not spooled yet; a summary of what it did."""
     spool = Spool(out)
-    spool.join(identity, part.count)
+    spool.join(identity, part.count, source_stamps(sources))
     folder = spool.folder(part)
     mine = part_inputs(sources, part)
     if (folder / DONE).is_file():
@@ -153,14 +162,14 @@ def _write_chunk(folder: Path, chunk: list[Entry]) -> None:
     write_bytes(folder / name, pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def finished_spool(out: Path, identity: dict) -> Spool | None:
+def finished_spool(out: Path, identity: dict, stamps: dict[str, str]) -> Spool | None:
     """The spool of ``out`` when every part is done (None: no parts were run); :class:`UserError` when
     it belongs to another build or a part is unfinished."""
     spool = Spool(out)
     if not spool.exists():
         return None
     count = spool.count
-    spool.join(identity, count)
+    spool.join(identity, count, stamps)
     missing = [str(Part(i, count)) for i in range(count) if not (spool.folder(Part(i, count)) / DONE).is_file()]
     if missing:
         raise UserError(

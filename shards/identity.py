@@ -36,6 +36,17 @@ def build_identity(sources: Sequence[Source], settings: dict, exclusions: Sequen
     return identity
 
 
+def source_stamps(sources: Sequence[Source]) -> dict[str, str]:
+    """Per source, its files' modification times (:meth:`Source.stamp`): kept beside the identity by
+    the journal and the parts' spool, so a file edited while a build is unfinished is found."""
+    return {s.name: s.stamp() for s in sources}
+
+
+def modified_sources(recorded: dict[str, str] | None, now: dict[str, str]) -> list[str]:
+    """The sources whose stamps differ from those recorded (none when nothing was recorded)."""
+    return [] if recorded is None else [n for n in now if recorded.get(n) != now[n]]
+
+
 def describe_difference(old: dict, new: dict) -> str:
     """The first way ``new`` differs from ``old``: settings (each changed key), source names, options, files."""
     fmt, now = old.get("settings", {}).get("format"), new["settings"].get("format")

@@ -169,3 +169,23 @@ def test_parts_of_other_settings_or_another_split_are_refused(configs, tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --part: expected I/N with 0 <= I < N (the I-th of N parts, from 0), got '2/2'"
     ]
+
+
+def test_a_file_modified_between_the_parts_and_the_merge_is_refused(corpus_dir, tmp_path):
+    """Same name and size, new pixels: the merge would replay the spooled old image."""
+    import shutil
+
+    src = tmp_path / "breast"
+    shutil.copytree(sources_of(corpus_dir)["breast"], src)  # copytree keeps modification times
+    configs = [SourceConfig("breast", str(src))]
+    out = tmp_path / "shards"
+    for i in range(2):
+        build_part(configs, out, BuildSettings(**SETTINGS), Part(i, 2), progress=False)
+    edited = sorted(src.rglob("*.png"))[0]
+    data = bytearray(edited.read_bytes())
+    data[-20] ^= 0xFF
+    edited.write_bytes(bytes(data))
+    message = r"holds parts of a build whose files were modified since \(source breast: modification times differ"
+    with pytest.raises(UserError, match=message):
+        build_shards(configs, out, BuildSettings(**SETTINGS), progress=False)
+    assert not (out / "manifest.json").exists()
