@@ -1,9 +1,10 @@
-"""What a sweep cell was computed from beyond its settings: its dataset's and its encoders' stamps.
+"""What a sweep cell was computed from beyond its settings: stamps of its dataset, encoders and files.
 
-A cell's key holds both, so a sweep run again after a dataset was edited (new masks, new pixels) or
-an encoder folder re-exported runs the affected cells again instead of keeping results of the old
-inputs. Stamps come from file names, sizes and modification times (``os.stat``), not contents: a
-160K-image dataset or a multi-GB DINOv3 folder is stamped in a fraction of a second.
+A cell's key holds them, so a sweep run again after a dataset was edited (new masks, new pixels), an
+encoder folder re-exported or a KD teacher checkpoint replaced runs the affected cells again instead
+of keeping results of the old inputs. Stamps come from file names, sizes and modification times
+(``os.stat``), not contents: a 160K-image dataset or a multi-GB DINOv3 folder is stamped in a
+fraction of a second; `datasets` tables by their own fingerprint.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 
 from downstream.config import RunConfig, read_task_data
+from downstream.data.record import source_stamp
 from sonodistill.config import to_dict
 
 
@@ -63,11 +65,14 @@ class InputStamps:
             self._encoders[spec] = encoder_stamp(spec)
         return self._encoders[spec]
 
-    def of(self, rc: RunConfig, encoders: list[str]) -> dict[str, str]:
-        """``{"data": ..., "encoder:SPEC": ...}`` for a cell of ``rc`` that loads ``encoders``."""
+    def of(self, rc: RunConfig, encoders: list[str], files: list[str] = ()) -> dict[str, str]:
+        """``{"data": ..., "encoder:SPEC": ..., "file:PATH": ...}`` for a cell of ``rc`` that loads
+        ``encoders`` and ``files`` (a KD teacher's checkpoint)."""
         stamps = {"data": self.data(rc)}
         for spec in encoders:
             stamp = self.encoder(spec)
             if stamp:
                 stamps[f"encoder:{spec}"] = stamp
+        for path in files:
+            stamps[f"file:{path}"] = source_stamp(path)
         return stamps

@@ -390,13 +390,14 @@ class PlannedCell:
 
 def plan_cells(cfg: SweepConfig, grid: Grid) -> list[PlannedCell]:
     """Every cell of the grid, in grid order, resolved and keyed."""
-    from downstream.kd.cell import teacher_encoder
+    from downstream.kd.cell import teacher_checkpoint, teacher_encoder
 
     out, stamps = [], InputStamps()
     for c in cells(cfg, grid):
         rc = cell_config(cfg, c)
         kd = kd_cell_config(cfg, c, rc) if c.method else None
-        inputs = stamps.of(rc, [e for e in (c.encoder, teacher_encoder(kd)) if e])
+        files = [f for f in (teacher_checkpoint(kd),) if f]
+        inputs = stamps.of(rc, [e for e in (c.encoder, teacher_encoder(kd)) if e], files)
         key = cell_key(c, rc, kd, inputs)
         legacy = (cell_key(c, rc, kd), cell_key(c, rc, kd, legacy=True))
         out.append(PlannedCell(c, rc, kd, key, legacy, inputs))
@@ -427,7 +428,8 @@ def warn_changed_inputs(rows: Sequence[dict], todo: Sequence[PlannedCell]) -> No
             continue
         for name in sorted(set(r["inputs"]) | set(p.inputs)):
             if r["inputs"].get(name) != p.inputs.get(name):
-                what = f"task {p.cell.task.key}'s data" if name == "data" else f"encoder {name.split(':', 1)[1]}"
+                kind, _, what = name.partition(":")
+                what = f"task {p.cell.task.key}'s data" if name == "data" else f"{kind} {what}"
                 changed[what] = changed.get(what, 0) + 1
     if changed:
         log.warning(

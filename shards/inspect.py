@@ -241,17 +241,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-reason", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     add_exclusion_argument(ap, "--overlap", "count the samples that copy these evaluation images")
-    ap.add_argument("--overlap-sheet", default="overlap.png", help="contact sheet of the matched pairs (+ .jsonl)")
+    ap.add_argument(
+        "--overlap-sheet", help="with --overlap: contact sheet of the matched pairs (+ .jsonl; default overlap.png)"
+    )
     ap.add_argument("--workers", type=int, default=1, help="processes for --overlap")
     args = ap.parse_args(argv)
     for flag in ("per_source", "per_reason"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected at least 1")
+    if args.overlap_sheet and not args.overlap:
+        raise UserError(f"--overlap-sheet {args.overlap_sheet}: only with --overlap SPLITS_OR_FOLDER")
+    if args.overlap and not args.overlap_sheet:
+        args.overlap_sheet = "overlap.png"
     for flag in ("sheet", "rejects", "overlap_sheet"):
         path = getattr(args, flag)
         if path and (Path(path).suffix.lower() != ".png" or Path(path).is_dir()):
             raise UserError(f"--{flag.replace('_', '-')} {path}: expected the name of a .png file to write")
-        if path and (flag != "overlap_sheet" or args.overlap):  # a folder it can write, before any work
+        if path:  # a folder it can write, before any work
             make_writable_folder(Path(path).parent, f"--{flag.replace('_', '-')}")
     urls, manifest = resolve_shards(args.shards)
     if manifest is not None:

@@ -1,7 +1,8 @@
 """A seeded random subset of a shard set that depends only on the seed and the samples.
 
-Every sample's key is hashed with the seed and the ``k`` smallest hashes are kept (a bottom-k
-sample: uniform, and the same whatever the reading order, the number of threads or the machine).
+Every sample's key (and its source file's SHA-1) is hashed with the seed and the ``k`` smallest
+hashes are kept (a bottom-k sample: uniform, and the same whatever the reading order, the number of
+threads or the machine).
 Shards are indexed whole (:mod:`shards.shardfile`) but only samples whose hash beats the current
 k-th smallest are decoded: about ``k * (1 + ln(N / k))`` decodes for ``N`` samples, 15K for a 3,000-image
 subset of a 160K-frame corpus. Written here because the streaming loader's order (hence a "first k"
@@ -29,9 +30,11 @@ from sonodistill.logs import progress
 log = logging.getLogger(__name__)
 
 
-def key_rank(seed: int, key: str) -> int:
-    """The sample's place in the seed's random order: 64 bits of BLAKE2b over (seed, key)."""
-    return int.from_bytes(hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest(), "big")
+def sample_rank(seed: int, key: str, meta: dict) -> int:
+    """The sample's place in the seed's random order: 64 bits of BLAKE2b over (seed, key, the SHA-1 of
+    its source file): shard sets built apart reuse keys, and would otherwise share their picks."""
+    text = f"{seed}\0{key}\0{meta.get('sha1', '')}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
 @dataclass
@@ -73,8 +76,8 @@ def _read_shard(u: int, url: str, seed: int, bar: tuple | None) -> tuple[int, li
         counts["bad_shard"] += 1  # truncated: the samples before the damage are used
     found = []
     for m in range(len(shard)):
-        key = shard.key(m)
-        order = (key_rank(seed, key), u, m)
+        key, meta = shard.key(m), shard.meta(m)
+        order = (sample_rank(seed, key, meta), u, m)
         if bar is not None and order >= bar:
             continue
         enc = shard.index.encoding(m)
@@ -86,7 +89,7 @@ def _read_shard(u: int, url: str, seed: int, bar: tuple | None) -> tuple[int, li
         except CorruptSample as exc:
             counts[exc.reason] += 1
             continue
-        found.append((order, (image, str(shard.meta(m).get("source", "")), key)))
+        found.append((order, (image, str(meta.get("source", "")), key)))
     return u, found, counts, len(shard), None
 
 

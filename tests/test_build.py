@@ -570,6 +570,7 @@ def test_inspect_summary_and_contact_sheet(shard_dir, tmp_path, capsys):
             ["{shards}", "--overlap", "{shards}", "--overlap-sheet", "/proc/o.png"],
             "--overlap-sheet /proc: cannot write",
         ),
+        (["{shards}", "--overlap-sheet", "{tmp}/o.png"], "--overlap-sheet {tmp}/o.png: only with --overlap"),
         (["{shards}", "--per-source", "0"], "--per-source 0: expected at least 1"),
         (["{shards}", "--rejects", "{tmp}/r.png", "--per-reason", "-1"], "--per-reason -1: expected at least 1"),
         (["{shards}", "--overlap", "{tmp}/s.json"], "--overlap {tmp}/s.json: {tmp}/s.json is neither a splits.json"),

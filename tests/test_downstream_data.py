@@ -204,6 +204,14 @@ def test_class_folders_and_hub_dataset(tmp_path):
     assert load_gray(cat.records[2].image)[0, 0] == 100
     assert load_mask(cat.records[3].masks).sum() == 2 * 4
     assert read_catalog(str(saved), "seg").has_masks
+    before = read_catalog(str(saved), "seg").fingerprint()
+    masks[0] = Image.fromarray(_box_mask(5, 9, 1, 4, 2, 6))  # one mask redrawn, the dataset saved again
+    datasets.Dataset.from_dict(
+        {"image": imgs, "mask": masks, "label": ["b", "a", "b", "a"], "pid": [1, 1, 2, 3]}, features=ds.features
+    ).save_to_disk(str(tmp_path / "saved2"))
+    saved.rename(tmp_path / "saved-before")
+    (tmp_path / "saved2").rename(saved)  # at the same path: only the content differs
+    assert read_catalog(str(saved), "seg").fingerprint() != before
     with pytest.raises(UserError, match="no image column 'img'"):
         read_hub(str(saved), image_column="img")
     with pytest.raises(UserError, match="anywhere: not in the local datasets cache, and the Hub is not reachable"):

@@ -163,3 +163,27 @@ def test_methods_syntax_and_errors(tmp_path):
     cfg = SweepConfig(busi=str(tmp_path), encoders=["A=rand"], methods=["A=kd:nanoray"], tasks=["busi-cls"])
     with pytest.raises(UserError, match="row names must be unique"):
         run_sweep(cfg)
+
+
+def test_a_replaced_teacher_checkpoint_is_another_input(busi_dir, ddti_dir, tmp_path):
+    """A KD cell that loads a trained teacher: the file's stamp is in the cell key, as an encoder folder's."""
+    import os
+
+    from downstream.sweep import parse_grid, plan_cells
+
+    teacher = tmp_path / "teacher.safetensors"
+    teacher.write_bytes(b"weights v1")
+    cfg = _cfg(busi_dir, ddti_dir, save_encoder(tmp_path / "e", "resnet18"), tmp_path / "out", "[]")
+    cfg.methods = [f"KDc=kd:vit_mobilenet?teacher.checkpoint={teacher}"]
+    cfg.tasks, cfg.encoders = ["busi-cls"], []
+
+    def keys() -> list[str]:
+        plan = plan_cells(cfg, parse_grid(cfg))
+        assert {f"file:{teacher}"} <= set(plan[0].inputs) and len(plan) == 2
+        return [p.key for p in plan]
+
+    first = keys()
+    assert keys() == first  # stamps are stable
+    teacher.write_bytes(b"weights v2")  # same size, written again
+    os.utime(teacher, ns=(1, 1))
+    assert set(keys()).isdisjoint(first)

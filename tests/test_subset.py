@@ -10,7 +10,7 @@ import pytest
 
 from shards.shardfile import open_shard
 from shards.stream import ShardLoader
-from shards.subset import key_rank, seeded_subset
+from shards.subset import sample_rank, seeded_subset
 from sonodistill.errors import UserError
 
 
@@ -28,8 +28,13 @@ def test_subset_is_the_seeds_bottom_k_for_any_thread_count(shard_dir):
     every = _every_sample(shard_dir)
     manifest = json.loads((shard_dir / "manifest.json").read_text())
     assert len(every) == manifest["num_samples"] > 40
+    metas = {}
+    for name in manifest["shards"]:
+        shard = open_shard(str(shard_dir / name))
+        metas.update({shard.key(m): shard.meta(m) for m in range(len(shard))})
+    assert all(m.get("sha1") for m in metas.values())
     for seed in (0, 7):
-        want = sorted(every, key=lambda key: key_rank(seed, key))[:25]
+        want = sorted(every, key=lambda key: sample_rank(seed, key, metas[key]))[:25]
         runs = [seeded_subset(str(shard_dir), 25, seed, threads=t) for t in (1, 2, 4)]
         for sub in runs:
             assert sub.keys == want  # the same samples in the same (seed's) order

@@ -52,6 +52,7 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
             "--truth {d}/full/keep.txt: cannot create the folder: a file",
         ),
         (["--layout", "busi", "--n", "3", "--out", "{d}/a", "--truth", "/proc/t.jsonl"], "--truth /proc: cannot write"),
+        (["--layout", "busi", "--n", "3", "--out", "{d}/a", "--truth", "/dev/null"], "--truth /dev/null: exists and"),
         (["--layout", "busi", "--n", "3", "--out", "/proc/sonodistill-synth"], "--out /proc/sonodistill-synth: cannot"),
     ],
 )

@@ -75,6 +75,15 @@ def test_segmentation_field_and_label_map(ub_dir):
     everything = read_catalog(f"ub:{ub_dir}", "seg", ReaderConfig(mask_column="psfh_mask"))
     np.testing.assert_array_equal(load_mask(everything.by_id()[rec.id].masks), raw > 0)  # default: non-zero
     assert cat.fingerprint() != everything.fingerprint()
+    # a redrawn label map is another input (a sweep runs its cells again)
+    import shutil
+
+    copy = ub_dir.parent / "psfhs_redrawn"
+    shutil.copytree(ub_dir, copy)
+    before = read_catalog(f"ub:{copy}", "seg", reader).fingerprint()
+    mask = copy / "masks" / "psfh" / Path(rec.id).name
+    Image.fromarray(np.ascontiguousarray(raw[::-1])).save(mask)
+    assert read_catalog(f"ub:{copy}", "seg", reader).fingerprint() != before
 
 
 def test_classification_names_and_missing_field_is_a_clear_error(ub_dir):

@@ -39,6 +39,9 @@ class HubImage:
     def describe(self) -> str:
         return f"{self.where}[{self.row}].{self.column}"
 
+    def stamp(self) -> str:
+        return str(getattr(self.table, "_fingerprint", ""))  # datasets' own hash of the table's content
+
 
 def is_saved_dataset(root: Path) -> bool:
     """A folder written by ``save_to_disk`` (a DatasetDict or one Dataset)."""

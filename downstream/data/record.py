@@ -41,6 +41,19 @@ def describe_source(src: Source) -> str:
     return src if isinstance(src, str) else src.describe()
 
 
+def source_stamp(src: Source) -> str:
+    """What changes when the pixels behind ``src`` change: a file's size and modification time, or
+    an :class:`ImageSource`'s own ``stamp()`` (a label-map file's, a `datasets` table's fingerprint)."""
+    if not isinstance(src, str):
+        stamp = getattr(src, "stamp", None)
+        return stamp() if stamp is not None else ""
+    try:
+        st = Path(src).stat()
+    except OSError:  # gone: the reader that needs it says so
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 @dataclass(frozen=True)
 class Record:
     """One labelled image. ``masks`` is empty when the dataset has no masks; an all-zero mask
@@ -103,11 +116,5 @@ class Catalog:
             parts = [r.id, describe_source(r.image), *map(describe_source, r.masks), str(r.label), str(r.group)]
             h.update("\x1f".join(parts).encode() + b"\x1e")
             for f in (r.image, *r.masks):  # a replaced file (same name, new pixels) changes the key
-                if isinstance(f, str):
-                    try:
-                        st = Path(f).stat()
-                    except OSError:  # gone: the reader that needs it says so
-                        h.update(b"missing")
-                        continue
-                    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+                h.update(source_stamp(f).encode())
         return h.hexdigest()[:16]

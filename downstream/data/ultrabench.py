@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from downstream.data.pixels import check_records
-from downstream.data.record import Catalog, Record
+from downstream.data.record import Catalog, Record, source_stamp
 from sonodistill.errors import UserError
 
 FILES = ("train_val.json", "test.json")
@@ -52,6 +52,9 @@ class LabelMask:
 
     def describe(self) -> str:
         return self.path + (f"[values {','.join(map(str, self.values))}]" if self.values else "")
+
+    def stamp(self) -> str:
+        return source_stamp(self.path)
 
     def binarize(self, mask: np.ndarray) -> np.ndarray:
         return np.isin(mask, self.values) if self.values else mask > 0

@@ -219,6 +219,12 @@ def teacher_encoder(kd: KDCellConfig | None) -> str | None:
     return getattr(teacher, "encoder", "") or None
 
 
+def teacher_checkpoint(kd: KDCellConfig | None) -> str | None:
+    """The trained teacher a KD cell loads instead of training one (``teacher.checkpoint``), if any."""
+    teacher = getattr(kd.config, "teacher", None) if kd is not None else None
+    return getattr(teacher, "checkpoint", "") or None
+
+
 def not_applicable(method: Method, kind: str, task_label: str) -> str | None:
     """Why a recipe cannot run on a task of this kind (``None``: it can, as far as the kind goes)."""
     own = method.recipe.kind
