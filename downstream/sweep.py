@@ -419,7 +419,7 @@ def cells_to_run(out: Path, plan: list[PlannedCell], part: Part | None) -> list[
 
 
 def warn_changed_inputs(rows: Sequence[dict], todo: Sequence[PlannedCell]) -> None:
-    """Say which cells run again because their dataset or an encoder folder changed since they ran."""
+    """Say which cells run again because their dataset, an encoder folder or a file changed since they ran."""
     last = {json.dumps(r.get("cell"), sort_keys=True): r for r in rows}  # the cell's latest run
     changed: dict[str, int] = {}
     for p in todo:
