@@ -62,8 +62,7 @@ def make_writable_folder(out: Path, key: str = "--out") -> None:
 
     make_folder(out, key)
     try:
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
-            pass
+        tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-").close()  # created, then deleted on close
     except OSError as exc:
         raise UserError(f"{key} {out}: cannot write there ({exc.strerror or exc})") from None
 
