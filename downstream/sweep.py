@@ -480,6 +480,8 @@ def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, resul
     for p in todo:
         kept = f"{ran} of {len(todo)} cells finished and kept in {results}"
         check_stop(kept)
+        if acc.is_main_process:
+            _drop_stale_curves(Path(p.config.out))
         try:
             metrics = _run_cell(p, acc, cache, latency, labels[p.cell.task.key])
         except Stopped:  # the running cell stopped at its next training step: dropped, rerun in full
@@ -491,6 +493,16 @@ def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, resul
             _record(results, p, metrics, f"{ran + 1}/{len(todo)}")
         ran += 1
     return ran
+
+
+def _drop_stale_curves(folder: Path) -> None:
+    """The TensorBoard files an unfinished earlier run of a cell left in its folder: the cell starts
+    over, and its curves would show twice."""
+    stale = sorted(folder.rglob("events.out.tfevents.*")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink()
+    if stale:
+        log.info(f"{folder}: removed {len(stale)} TensorBoard file(s) of an unfinished earlier run of this cell")
 
 
 def refuse_unchecked(todo: Sequence[PlannedCell]) -> None:
@@ -539,13 +551,23 @@ def check_before_cells(cfg: SweepConfig, grid: Grid) -> None:
             raise UserError(f"{key}: expected fractions in (0, 1], got {bad}")
 
 
-def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None) -> dict:
-    """Run the missing cells (at most ``max_cells``; with ``cfg.part`` only that part's slice), then write
-    the report; a part writes none (the same command without ``part`` does, once every part is done)."""
-    out = Path(cfg.out)
-    part = Part.parse(cfg.part) if cfg.part else None
-    grid = parse_grid(cfg)  # tasks, encoders and methods parsed once
+def checked_grid(cfg: SweepConfig) -> Grid:
+    """The grid of ``cfg`` (tasks, encoders and methods parsed once), every setting checked: what
+    :func:`run_sweep` runs; :class:`UserError` before anything is written."""
+    if cfg.part:
+        Part.parse(cfg.part)
+    grid = parse_grid(cfg)
     check_before_cells(cfg, grid)
+    return grid
+
+
+def run_sweep(cfg: SweepConfig, *, max_cells: int | None = None, grid: Grid | None = None) -> dict:
+    """Run the missing cells (at most ``max_cells``; with ``cfg.part`` only that part's slice), then write
+    the report; a part writes none (the same command without ``part`` does, once every part is done).
+    ``grid``: :func:`checked_grid` of ``cfg``, when the caller has it already."""
+    out = Path(cfg.out)
+    grid = grid or checked_grid(cfg)
+    part = Part.parse(cfg.part) if cfg.part else None
     with one_writer(out, part):  # no cell run twice at once: parts against the run that merges them
         return _run_grid(cfg, grid, part, max_cells)
 
@@ -591,6 +613,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--splits-only", action="store_true", help="write each dataset's splits.json, print them, stop")
     args = parse_command_line(p, argv)
     cfg = config_from_args(SweepConfig, args)
+    grid = checked_grid(cfg)  # a bad setting refused before `out` is created
     claim(cfg.out, "downstream.sweep", key="out", write=is_main_rank())
     if args.splits_only:  # to build a corpus with --exclude of them before the sweep
         with StopRequest():  # a stop while the duplicate search runs: exit 75, finished splits kept
@@ -598,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("\n".join(paths))
         return {"splits": paths}
     with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75
-        summary = run_sweep(cfg, max_cells=args.max_cells)
+        summary = run_sweep(cfg, max_cells=args.max_cells, grid=grid)
     if args.print_tables:
         print((Path(cfg.out) / "tables.md").read_text())
     print(json.dumps(summary))

@@ -44,9 +44,24 @@ sonodistill_run() {
     [ "$interrupted" -eq 1 ] || break
   done
   if [ "$rc" -eq "$EXIT_PREEMPTED" ]; then
-    echo "sonodistill: ${label} exited with ${rc} (stopped by a signal, its work kept); requeueing job ${SLURM_JOB_ID}"
-    scontrol requeue "$SLURM_JOB_ID"
-    exit 0
+    # An array's last task carries the array's own id: requeueing that id would requeue every task.
+    local job=$SLURM_JOB_ID
+    [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && job="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+    echo "sonodistill: ${label} exited with ${rc} (stopped by a signal, its work kept); requeueing job ${job}"
+    # An accepted requeue ends this job with SIGTERM, which may cut scontrol short: that is success too.
+    interrupted=0
+    trap 'interrupted=1' TERM USR1
+    local said
+    said=$(scontrol requeue "$job" 2>&1) && exit 0
+    [ "$interrupted" -eq 1 ] && exit 0
+    # Refused because SLURM requeues it already (a preemption, `scontrol requeue` from outside: its
+    # restart count has gone up while this run still completes): success.
+    local restarts
+    restarts=$(scontrol --oneliner show job "$job" 2>/dev/null | sed -n 's/.* Restarts=\([0-9]*\).*/\1/p')
+    [ "${restarts:-0}" -gt "${SLURM_RESTART_COUNT:-0}" ] && exit 0
+    # Not requeued (--no-requeue, or a site that forbids it): fail, so that afterok never starts a merge.
+    echo "sonodistill: error: job ${job} could not be requeued (${said:-scontrol failed}); its work is kept: submit the same command again" >&2
+    exit "$rc"
   fi
   echo "sonodistill: ${label} exited with ${rc}"
   exit "$rc"

@@ -23,6 +23,7 @@ for N processes or nodes at once; the command without it then only merges, byte-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -55,7 +56,7 @@ from shards.ordered_pool import ordered_map
 from shards.sources import Item, Source, items_from, open_source, parse_source
 from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
-from sonodistill.lock import exclusive
+from sonodistill.lock import exclusive, holder
 from sonodistill.logs import progress as progress_bar
 from sonodistill.outdir import make_folder
 from sonodistill.parts import Part
@@ -668,8 +669,28 @@ def build_part(
     if manifest is not None:
         return {"part": str(part), "inputs": 0, "extracted": 0, "built": True}
     extract = ExtractSettings(settings.size, settings.codec)
-    with exclusive(out / SPOOL / f"{LOCK}-{part.tag}", f"--out {out} --part {part}"):
+    _refuse_part_beside_build(out, part)
+    spool = Spool(out)
+    had_spool = spool.root.exists()
+    with exclusive(spool.lock(part), f"--out {out} --part {part}"):
+        try:  # again, holding the part's lock: a build that started meanwhile sees this part running
+            _refuse_part_beside_build(out, part)
+        except UserError:
+            spool.lock(part).unlink()
+            if not had_spool:
+                with contextlib.suppress(OSError):  # another part may have started meanwhile
+                    spool.root.rmdir()
+            raise
         return run_part(out, identity, opened, extract, settings.workers, part, progress)
+
+
+def _refuse_part_beside_build(out: Path, part: Part) -> None:
+    pid = holder(out / LOCK)
+    if pid is not None:
+        raise UserError(
+            f"--out {out} --part {part}: a build without --part (pid {pid}) is writing to it; "
+            "parts run before that merge, not beside it"
+        )
 
 
 def summary_line(manifest: dict) -> str:
@@ -777,7 +798,7 @@ def _main(args: argparse.Namespace) -> None:
     # SIGTERM/SIGINT/SIGUSR1: a part stops after the current file (its chunks kept), the merge after
     # the current file too (its finished shards kept); the same command continues.
     with StopRequest():
-        if args.part:
+        if args.part is not None:  # --part "" (an empty shell variable) is refused, not a whole build
             part = Part.parse(args.part, "--part")
             done = build_part(configs, args.out, settings, part, progress=not args.quiet, exclusions=exclusions)
             print(part_line(done, args.out))

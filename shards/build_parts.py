@@ -40,6 +40,7 @@ from shards.ordered_pool import ordered_map
 from shards.sources import Item, Source, items_from
 from sonodistill.atomic import json_text, write_bytes, write_json, write_once
 from sonodistill.errors import UserError
+from sonodistill.lock import holder
 from sonodistill.logs import progress as progress_bar
 from sonodistill.parts import Part, assign
 from sonodistill.stop import check_stop, stop_requested
@@ -75,6 +76,19 @@ class Spool:
 
     def folder(self, part: Part) -> Path:
         return self.root / part.tag
+
+    def lock(self, part: Part) -> Path:
+        """Held by the process running ``part`` (:func:`sonodistill.lock.exclusive`)."""
+        return self.root / f".lock-{part.tag}"
+
+    def running(self) -> list[str]:
+        """The parts a live process is running now, as ``I/N (pid P)``."""
+        found = []
+        for path in sorted(self.root.glob(".lock-part-*")) if self.root.is_dir() else []:
+            pid = holder(path)
+            if pid is not None:
+                found.append(f"{path.name.removeprefix('.lock-part-').replace('-of-', '/')} (pid {pid})")
+        return found
 
     def exists(self) -> bool:
         return (self.root / "build.json").is_file()
@@ -166,6 +180,9 @@ def finished_spool(out: Path, identity: dict, stamps: dict[str, str]) -> Spool |
     """The spool of ``out`` when every part is done (None: no parts were run); :class:`UserError` when
     it belongs to another build or a part is unfinished."""
     spool = Spool(out)
+    running = spool.running()
+    if running:  # also before a part wrote build.json: a merge must not race a starting part
+        raise UserError(f"--out {out}: build part(s) {', '.join(running)} running; merge once every part is done")
     if not spool.exists():
         return None
     count = spool.count

@@ -3,18 +3,40 @@
 Two commands writing into one folder at once (a SLURM requeue overlapping the old job, a command
 started twice) interleave their files; the second is refused with one line instead. ``flock``
 needs no clean-up after a crash (the lock goes with the process), so a killed run never leaves a
-folder locked.
+folder locked. On a filesystem without ``flock`` (Lustre mounted ``noflock``, some NFS set-ups) the
+guard is off, with one warning: the commands still run, two at once in one folder are not refused.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sonodistill.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# What flock raises where the filesystem does not support it.
+UNSUPPORTED = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK, errno.EINVAL}
+_warned: list[str] = []  # the folder of the one warning this process gives
+
+
+def _unsupported(error: OSError, lock: Path) -> bool:
+    """True (after one warning per process) when ``error`` says the filesystem has no file locks."""
+    if error.errno not in UNSUPPORTED:
+        return False
+    if not _warned:
+        _warned.append(str(lock.parent))
+        log.warning(
+            f"{lock.parent}: the filesystem does not support file locks ({os.strerror(error.errno)}); "
+            "two commands writing into the same folder will not be refused"
+        )
+    return True
 
 
 @contextmanager
@@ -31,6 +53,9 @@ def exclusive(lock: Path, what: str) -> Iterator[None]:
             raise UserError(
                 f"{what}: another process (pid {holder}) is writing to it; wait for it to end or use another folder"
             ) from None
+        except OSError as e:
+            if not _unsupported(e, lock):
+                raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -49,6 +74,9 @@ def holder(lock: Path) -> str | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        except OSError as e:
+            if not _unsupported(e, lock):
+                raise
         return None
     finally:
         os.close(fd)

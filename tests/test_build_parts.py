@@ -189,3 +189,53 @@ def test_a_file_modified_between_the_parts_and_the_merge_is_refused(corpus_dir, 
     with pytest.raises(UserError, match=message):
         build_shards(configs, out, BuildSettings(**SETTINGS), progress=False)
     assert not (out / "manifest.json").exists()
+
+
+HOLD = (
+    "import sys, time; from pathlib import Path; from sonodistill.lock import exclusive\n"
+    "with exclusive(Path(sys.argv[1]), 'x'):\n    print('held', flush=True); time.sleep(60)"
+)
+
+
+def test_a_part_beside_the_merge_and_the_merge_beside_a_starting_part_are_refused(configs, tmp_path):
+    """A merge submitted without --dependency, or a part rerun while the merge runs: neither may start
+    beside the other (the part's spool would be left next to the finished shards, unused)."""
+    out = tmp_path / "shards"
+    out.mkdir()
+    for lock, run, message in (
+        (
+            out / ".lock",  # held by a plain build
+            lambda: build_part(configs, out, BuildSettings(**SETTINGS), Part(0, 2), progress=False),
+            f"--out {out} --part 0/2: a build without --part (pid {{pid}}) is writing to it; "
+            "parts run before that merge, not beside it",
+        ),
+        (
+            out / SPOOL / ".lock-part-1-of-2",  # held by a part that has not written build.json yet
+            lambda: build_shards(configs, out, BuildSettings(**SETTINGS), progress=False),
+            f"--out {out}: build part(s) 1/2 (pid {{pid}}) running; merge once every part is done",
+        ),
+    ):
+        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "held"
+            with pytest.raises(UserError) as exc:
+                run()
+            assert str(exc.value) == message.format(pid=proc.pid)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", SPOOL]  # the holders' files only
+    assert [p.name for p in (out / SPOOL).iterdir()] == [".lock-part-1-of-2"]
+
+
+def test_an_empty_part_is_refused_not_a_whole_build(configs, tmp_path):
+    bad = subprocess.run(
+        [sys.executable, "-m", "shards.build", f"--source=a={configs[0].path}", f"--out={tmp_path / 'o'}", "--part="],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --part: expected I/N with 0 <= I < N (the I-th of N parts, from 0), got ''"
+    ]
+    assert not (tmp_path / "o").exists()

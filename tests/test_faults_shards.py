@@ -218,6 +218,37 @@ def test_a_second_build_into_a_folder_being_written_is_refused_and_a_dead_writer
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
+def test_a_filesystem_without_file_locks_builds_with_one_warning(tmp_path, monkeypatch, caplog):
+    """Lustre mounted noflock: flock fails with ENOSYS; the build and its parts run, the guard off."""
+    import errno
+    import logging
+
+    import sonodistill.lock as lock_mod
+    from shards.build import build_part
+    from sonodistill.parts import Part
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(lock_mod.fcntl, "flock", no_flock)
+    monkeypatch.setattr(lock_mod, "_warned", [])
+    src = tmp_path / "src"
+    src.mkdir()
+    for s in (1, 2):
+        (src / f"{s}.png").write_bytes(png_bytes(speckle_frame(seed=s)))
+    out, settings = tmp_path / "out", BuildSettings(size=64, workers=1)
+    with caplog.at_level(logging.WARNING, logger="sonodistill.lock"):
+        for i in range(2):
+            build_part({"s": str(src)}, out, settings, Part(i, 2), progress=False)
+        m = build_shards({"s": str(src)}, out, settings, progress=False)
+    assert m["num_samples"] == 2
+    warned = [r.getMessage() for r in caplog.records if r.name == "sonodistill.lock"]
+    assert warned == [  # once, not once per lock taken
+        f"{out / '.parts'}: the filesystem does not support file locks (Function not implemented); "
+        "two commands writing into the same folder will not be refused"
+    ]
+
+
 def test_a_finished_build_missing_a_shard_is_not_called_built(tmp_path):
     import pytest
 

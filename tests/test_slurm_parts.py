@@ -96,7 +96,8 @@ def test_sweep_array_of_two_with_a_requeued_part_then_the_merge_equals_one_proce
     assert [r["JobState"] for r in tasks[0]] == ["PENDING", "COMPLETED"], (tasks, logs[0])  # requeued once
     assert "task 0: Exited with exit code 75" in logs[0] and [r["JobState"] for r in tasks[1]] == ["COMPLETED"]
     assert "stopped: SIGUSR1 received; 1 of 2 cells finished and kept" in logs[0], logs[0]
-    assert "downstream.sweep exited with 75 (stopped by a signal, its work kept); requeueing job" in logs[0]
+    assert f"downstream.sweep exited with 75 (stopped by a signal, its work kept); requeueing job {array}_0" in logs[0]
+    assert "could not be requeued" not in logs[0], logs[0]
     assert "part 1/2" in logs[1] and "downstream.sweep exited with 0" in logs[1], logs[1]
     assert final["JobState"] == "COMPLETED" and final["ExitCode"] == "0:0"
     merge_log = (tmp / "sweep-merge.out").read_text()

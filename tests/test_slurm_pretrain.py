@@ -106,6 +106,7 @@ def test_sbatch_stopped_requeued_and_resumed_equals_a_straight_job(
     assert 2 <= k1 < k2 < STEPS
     assert f"stopped by SIGUSR1 after step {k1}" in log and f"stopped by SIGTERM after step {k2}" in log, log
     assert log.count("pretrain/run.py exited with 75") == 2 and "pretrain/run.py exited with 0" in log, log
+    assert "could not be requeued" not in log, log  # the requeue's own SIGTERM is not a refusal
     for k in (k1, k2):
         assert f"resumed from {step_dir(out, k)} at step {k}" in log, log
     assert ref_final["JobState"] == "COMPLETED" and len(cluster.runs(ref_job)) == 1

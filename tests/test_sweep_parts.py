@@ -191,3 +191,29 @@ def test_the_merge_waits_for_running_parts_and_parts_for_the_merge(busi_dir, tmp
             proc.kill()
             proc.wait()
     assert not (out / "results.jsonl").exists()
+
+
+def test_a_bad_part_is_refused_before_out_is_created(busi_dir, tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "downstream.sweep", *parts_args(busi_dir, out), "part=a/b"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: part: expected I/N with 0 <= I < N (the I-th of N parts, from 0), got 'a/b'"
+    ]
+    assert not out.exists()
+
+
+def test_a_cell_run_again_after_a_kill_keeps_one_set_of_curves(busi_dir, tmp_path):
+    """A killed part's cell starts over when rerun: the TensorBoard file of the killed attempt goes."""
+    out = tmp_path / "sweep"
+    args = parts_args(busi_dir, out)
+    assert run_sweep(load_config(SweepConfig, None, args), max_cells=1)["ran"] == 1
+    (first,) = list(out.glob("runs/**/events.out.tfevents.*"))
+    (out / "results.jsonl").write_text("")  # as if killed before the cell was recorded
+    assert run_sweep(load_config(SweepConfig, None, args), max_cells=1)["ran"] == 1
+    (again,) = list(out.glob("runs/**/events.out.tfevents.*"))
+    assert again.parent == first.parent and again != first
