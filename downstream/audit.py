@@ -24,12 +24,12 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
 
-from downstream.config import Task, read_task_data
+from downstream.config import TASK_KIND, Task, read_task_data
 from downstream.data.pixels import image_size, load_gray, load_mask
 from downstream.data.read import ReaderConfig
 from downstream.data.record import Catalog, Record, Source, describe_source
@@ -42,6 +42,7 @@ from sonodistill.config_cli import add_config_args, config_from_flags, parse_com
 from sonodistill.errors import UserError, cli_main
 from sonodistill.figures import image_sheet, sheet_tile
 from sonodistill.outdir import claim
+from sonodistill.stop import StopRequest
 from sonodistill.workers import loader_workers
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,9 @@ class AuditConfig:
 def _rel(src: Source, root: str) -> str:
     """A source's path relative to the dataset folder (its description when it is not a file)."""
     path = getattr(src, "path", src)
-    if isinstance(path, str) and os.path.isabs(path):
-        rel = os.path.relpath(path, root)
-        return rel if not rel.startswith("..") else path
+    if isinstance(path, str) and root and os.path.exists(path):
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+        return Path(rel).as_posix() if not rel.startswith("..") else path
     return describe_source(src)
 
 
@@ -106,6 +107,11 @@ def mask_problems(catalog: Catalog) -> tuple[list[dict], list[dict]]:
     return sizes, empty
 
 
+def missing_masks(catalog: Catalog, kind: str) -> list[str]:
+    """Images of a segmentation dataset without a mask file (left out of the mask checks)."""
+    return [r.id for r in catalog.records if not r.masks] if kind == "seg" else []
+
+
 def _group_json(catalog: Catalog, k: int, g: DuplicateGroup, sheet: str | None) -> dict:
     index = catalog.by_id()
     return {
@@ -129,10 +135,28 @@ def group_sheet(catalog: Catalog, k: int, g: DuplicateGroup, path: Path) -> None
     image_sheet(rows, path, titles=[f"group {k}: {len(g.ids)} {kind}"] + [""] * (len(rows) - 1))
 
 
-def audit(cfg: AuditConfig) -> dict:
-    """Run every check and write the outputs; returns the ``audit.json`` content."""
+def read_audited(cfg: AuditConfig) -> Catalog:
+    """The dataset as found (:func:`read_task_data` unchecked); :class:`UserError` for settings that
+    cannot work, before ``--out`` is made."""
+    if cfg.num_workers < 1:
+        raise UserError(f"num_workers: expected at least 1, got {cfg.num_workers}")
+    if cfg.max_sheets < 0:
+        raise UserError(f"max_sheets: expected 0 or more, got {cfg.max_sheets}")
     catalog = read_task_data(cfg.task, cfg.data, cfg.reader, check=False)
+    if catalog.root and Path(cfg.out).resolve().is_relative_to(Path(catalog.root).resolve()):
+        raise UserError(
+            f"--out {cfg.out}: inside the dataset {catalog.root}; the audit's contact sheets would be read "
+            "as images of it: give a folder outside"
+        )
+    return catalog
+
+
+def audit(cfg: AuditConfig, catalog: Catalog | None = None) -> dict:
+    """Run every check and write the outputs; returns the ``audit.json`` content. ``catalog``:
+    :func:`read_audited` of ``cfg``, when the caller has it already."""
+    catalog = catalog or read_audited(cfg)
     out = Path(cfg.out)
+    no_mask = missing_masks(catalog, TASK_KIND[cfg.task])
     bad = unreadable(catalog)
     broken = {b["path"] for b in bad}
     readable = dataclasses.replace(catalog, records=[r for r in catalog.records if r.id not in broken])
@@ -144,6 +168,10 @@ def audit(cfg: AuditConfig) -> dict:
         if sheet:
             group_sheet(readable, k, g, out / sheet)
         entries.append(_group_json(readable, k, g, sheet))
+    for stale in out.glob("groups/group-*.png"):  # an earlier audit's sheets beyond this one's
+        m = re.fullmatch(r"group-(\d{4,})\.png", stale.name)
+        if m and int(m.group(1)) > min(len(groups), cfg.max_sheets):
+            stale.unlink()
     report = {
         "task": cfg.task,
         "dataset": catalog.name,
@@ -159,12 +187,14 @@ def audit(cfg: AuditConfig) -> dict:
             "empty_lesion_masks": len(empty),
             "mask_size_mismatches": len(sizes),
             "unreadable": len(bad),
+            "missing_masks": len(no_mask),
         },
         "duplicate_groups": entries,
         "label_conflicts": [e["group"] for e in entries if e["label_conflict"]],
         "empty_lesion_masks": empty,
         "mask_size_mismatches": sizes,
         "unreadable": bad,
+        "missing_masks": no_mask,
     }
     write_json(out / "audit.json", report)
     save_config(cfg, out / "config.yaml")
@@ -173,7 +203,7 @@ def audit(cfg: AuditConfig) -> dict:
 
 def parse(argv: Sequence[str] | None = None) -> AuditConfig:
     p = argparse.ArgumentParser(prog="python -m downstream.audit", description=__doc__.splitlines()[0])
-    p.add_argument("--task", choices=get_args(Task), help="busi-seg, busi-cls, ddti-seg, or generic seg / cls")
+    p.add_argument("--task", help="busi-seg, busi-cls, ddti-seg, or generic seg / cls")
     p.add_argument("--data", help="dataset: BUSI folder, image/mask folders, class folders, hf:ID, ub:DIR")
     p.add_argument("--out", help="output folder")
     add_config_args(p, AuditConfig)
@@ -183,14 +213,16 @@ def parse(argv: Sequence[str] | None = None) -> AuditConfig:
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse(argv)
+    catalog = read_audited(cfg)  # bad input refused before --out is made
     claim(cfg.out, "downstream.audit", only_own=True)
-    report = audit(cfg)
+    with StopRequest():  # Ctrl-C, SIGTERM: one `stopped:` line, exit 75; audit.json is written last
+        report = audit(cfg, catalog)
     s = report["summary"]
     print(
         f"{report['images']} images: {s['duplicate_groups']} duplicate groups ({s['exact_groups']} exact, "
         f"{s['images_in_groups']} images), {s['label_conflicts']} label conflicts, {s['empty_lesion_masks']} "
         f"lesion images with empty masks, {s['mask_size_mismatches']} mask size mismatches, "
-        f"{s['unreadable']} unreadable -> {Path(cfg.out) / 'audit.json'}"
+        f"{s['unreadable']} unreadable, {s['missing_masks']} without a mask -> {Path(cfg.out) / 'audit.json'}"
     )
     return report
 

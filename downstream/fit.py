@@ -46,6 +46,8 @@ class FitConfig(OptimConfig):
 
 
 MIN_IMAGE_SIZE = 32  # the smallest side every backbone here (ResNets, ViT-16 patches) takes
+RENAMED_SELECT = {"val_acc": "val_accuracy"}  # select values renamed (issue 15): still read, with a warning
+_warned_select: set[str] = set()
 
 
 def check_stages(cfg: Any, prefix: str = "") -> None:
@@ -63,8 +65,26 @@ def check_stages(cfg: Any, prefix: str = "") -> None:
                     raise UserError(f"{key}.{name}: expected at least 1, got {getattr(value, name)}")
             if not value.lr > 0:
                 raise UserError(f"{key}.lr: expected a learning rate above 0, got {value.lr}")
+            _check_select(value, key)
         if dataclasses.is_dataclass(value):
             check_stages(value, key + ".")
+
+
+def _check_select(stage: FitConfig, key: str) -> None:
+    """A renamed ``select`` value warned about (once per key; :func:`fit` reads it as the new one); a
+    value that names no validation metric at all refused (which ``val_`` metrics a task has is checked
+    in its first epoch)."""
+    if stage.select in RENAMED_SELECT:
+        if key not in _warned_select:
+            _warned_select.add(key)
+            old, new = stage.select, RENAMED_SELECT[stage.select]
+            log.warning(f"{key}.select: '{old}' is deprecated, use '{new}' (the old value still works for now)")
+        return
+    if stage.select not in ("auto", "last") and not stage.select.startswith("val_"):
+        raise UserError(
+            f"{key}.select: expected auto, last or a validation metric val_<name> "
+            f"(val_loss, val_accuracy, val_dice, ...), got '{stage.select}'"
+        )
 
 
 @dataclass
@@ -114,7 +134,7 @@ def fit(
     """Train ``task.model`` on ``train``; select an epoch on ``val``; return the history."""
     if len(train) == 0:
         raise UserError(f"{name}: the training split is smaller than one batch ({cfg.batch_size})")
-    select = task.select if cfg.select == "auto" else cfg.select
+    select = task.select if cfg.select == "auto" else RENAMED_SELECT.get(cfg.select, cfg.select)
     if select != "last" and val is None:
         raise UserError(f"{name}: select={select} needs a validation split")
     run = _prepare(task, train, val, cfg, acc, channels_last)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import get_args
 
-from downstream.config import Mode, RunConfig, Task
+from downstream.config import Mode, RunConfig
 from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import cli_main
 from sonodistill.logs import is_main_rank
@@ -23,7 +23,7 @@ from sonodistill.stop import StopRequest
 
 def parse(argv: Sequence[str] | None = None) -> RunConfig:
     p = argparse.ArgumentParser(prog="python -m downstream.run", description=__doc__.splitlines()[0])
-    p.add_argument("--task", choices=get_args(Task), help="busi-seg, busi-cls, ddti-seg, or generic seg / cls")
+    p.add_argument("--task", help="busi-seg, busi-cls, ddti-seg, or generic seg / cls")
     p.add_argument("--data", help="dataset: BUSI folder, image/mask folders, class folders, hf:ID or a saved dataset")
     p.add_argument("--encoder", help="rand | rand:NAME | timm:NAME | PATH | hf-hub:ID | dinov3:PATH_OR_ID")
     p.add_argument("--mode", choices=get_args(Mode))

@@ -270,7 +270,6 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
     check = encoder_check(cfg.encoder, cfg.task, cfg.strict_decontamination, catalog, splits)
     main = acc.is_main_process
     if main:
-        save_config(cfg, out / "config.yaml")
         write_json(out / "subset.json", {"fraction": cfg.fraction, "seed": cfg.seed, "train": train_ids})
     if kind == "seg":
         val, test, res, model = _segmentation(cfg, enc, catalog, splits, train_ids, acc, out, main)
@@ -330,5 +329,6 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
         if cfg.train.save_checkpoint and res.best_state is not None:
             _save_checkpoint(res.best_state, out / "best.safetensors")
         write_json(out / "metrics.json", metrics)
+        save_config(cfg, out / "config.yaml")  # with the results it describes (a failed rerun keeps the old pair)
     acc.free_memory()  # drop the prepared model/optimizer/loaders: a sweep runs hundreds of cells in one process
     return metrics

@@ -150,12 +150,16 @@ def _grouping(groups: Sequence[DuplicateGroup], units: dict, left_out: dict[str,
 
 
 def _assign(recs: list, units: dict[str, list[int]], shares: np.ndarray, n_cls: int, seed: int) -> list[list[int]]:
-    """Record positions per part: units in a seeded order (big ones first) each to the part whose
-    per-class and total counts it brings closest to ``shares``."""
+    """Record positions per part: units in a seeded order each to the part whose per-class and total
+    counts it brings closest to ``shares``. Only units large next to the smallest part (over a
+    quarter of its target) go first, biggest first, so that they still fit: ordering every unit by
+    size would send all multi-image units (duplicate pairs, patients with several images) to the
+    largest part, whatever the seed."""
     keys = sorted(units)
     rng = np.random.default_rng(seed)
     order = [keys[j] for j in rng.permutation(len(keys))]
-    order.sort(key=lambda k: -len(units[k]))  # stable: big groups first, random among equals
+    large = max(1.0, float(min(shares[shares > 0])) * len(recs) / 4)
+    order.sort(key=lambda k: -len(units[k]) if len(units[k]) > large else 0)  # stable: the rest stay random
 
     def counts(idx: list[int]) -> np.ndarray:
         v = np.zeros(n_cls)

@@ -369,3 +369,19 @@ def test_readers_on_synthetic_busi_and_ddti(busi_dir, ddti_dir):
     assert max(sizes.values()) > 1  # several images per patient
     s = make_splits(ddti, (0.6, 0.2, 0.2), seed=0)
     check_splits(s, ddti, "synthetic ddti")
+
+
+def test_multi_image_units_reach_every_part_as_often_as_single_images():
+    """Duplicate pairs (or patients with two images) among single images: over seeds, a pair is in the
+    test split about as often as the test share, not never (as when every unit went biggest first)."""
+    recs = [Record(id=f"s{i}", image=f"/x/s{i}.png", label=i % 3) for i in range(160)]
+    pairs = [(g, k) for g in range(20) for k in (0, 1)]
+    recs += [Record(id=f"g{g}_{k}", image=f"/x/g{g}_{k}.png", label=g % 3, group=f"g{g}") for g, k in pairs]
+    cat = Catalog("t", "/x", recs, ["normal", "benign", "malignant"])
+    share = {p: 0 for p in ("train", "val", "test")}
+    for seed in range(50):
+        s = make_splits(cat, (0.7, 0.2, 0.1), seed=seed)
+        check_splits(s, cat, "mem")
+        for p in share:
+            share[p] += sum(f"g{g}_0" in set(s.part(p)) for g in range(20)) / (20 * 50)
+    assert 0.55 <= share["train"] <= 0.85 and 0.1 <= share["val"] <= 0.3 and 0.04 <= share["test"] <= 0.16, share

@@ -181,3 +181,50 @@ def test_a_stop_signal_ends_the_duplicate_search_between_its_phases(planted, tmp
         with pytest.raises(Stopped, match="SIGTERM received; the duplicate search was stopped before any split"):
             load_or_make_splits(read_catalog(str(planted), "cls", check=False), tmp_path / "splits.json")
     assert not (tmp_path / "splits.json").exists()
+
+
+def test_audit_lists_images_without_a_mask_with_paths_relative_to_a_relative_data(planted, tmp_path, monkeypatch):
+    """Run from the folder above the dataset (`--data busi`, as the docs' example): every path in
+    audit.json is the dataset's own, an image without a mask is listed, not a stop."""
+    import shutil
+
+    data = tmp_path / "busi"
+    shutil.copytree(planted, data)
+    (data / "benign" / "benign (7)_mask.png").unlink()
+    monkeypatch.chdir(tmp_path)
+    audit_cli.main(["--task", "busi-seg", "--data", "busi", "--out", "audit", "num_workers=1"])
+    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert report["missing_masks"] == ["benign/benign (7).png"] and report["summary"]["missing_masks"] == 1
+    assert [e["masks"] for e in report["empty_lesion_masks"]] == [["benign/benign (5)_mask.png"]]
+    assert [e["mask"] for e in report["mask_size_mismatches"]] == ["benign/benign (6)_mask.png"]
+    with pytest.raises(UserError, match=r"1 image\(s\) without a mask file .* e\.g\. benign/benign \(7\)\.png"):
+        read_catalog("busi", "seg")  # a run still stops on it
+
+
+def test_audit_again_into_its_folder_keeps_only_its_own_sheets(planted, busi_dir, tmp_path):
+    out = tmp_path / "audit"
+    audit_cli.main(["--task", "busi-seg", "--data", str(planted), "--out", str(out), "num_workers=1"])
+    (out / "groups" / "mine.png").write_bytes(b"x")  # the user's own file stays
+    assert sorted(p.name for p in (out / "groups").iterdir()) == [f"group-000{k}.png" for k in (1, 2, 3)] + ["mine.png"]
+    audit_cli.main(["--task", "busi-seg", "--data", str(busi_dir), "--out", str(out), "num_workers=1"])
+    assert json.loads((out / "audit.json").read_text())["duplicate_groups"] == []
+    assert [p.name for p in (out / "groups").iterdir()] == ["mine.png"]
+
+
+def test_audit_refuses_an_out_inside_the_dataset_and_writes_nothing(planted, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "busi"
+    shutil.copytree(planted, data)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    inside = data / "benign" / "audit"
+    for args, message in (
+        (["--out", str(inside)], f"error: --out {inside}: inside the dataset {data}; the audit's contact sheets"),
+        (["--out", str(tmp_path / "a"), "num_workers=0"], "error: num_workers: expected at least 1, got 0"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            audit_cli.main(["--task", "busi-cls", "--data", str(data), *args])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith(message), err
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    assert not (tmp_path / "a").exists()

@@ -100,6 +100,8 @@ def test_selection_keeps_the_best_validation_epoch():
     _, by_acc = train_once("auto")  # a classification task selects on validation accuracy
     accs = [row["val_accuracy"] for row in by_acc.history]
     assert by_acc.best_epoch == int(np.argmax(accs)) + 1  # ties keep the earlier epoch
+    _, by_old_name = train_once("val_acc")  # the name before issue 15 selects the same epoch
+    assert by_old_name.best_epoch == by_acc.best_epoch
 
 
 def test_train_accuracy_is_the_fraction_of_correct_training_predictions():

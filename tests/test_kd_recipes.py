@@ -336,3 +336,23 @@ def test_one_recipe_per_folder(busi_dir, tmp_path, capsys):
     )
     # a folder marked before marks named the recipe is taken as the rerun's own: the run goes on to its data
     assert "data folder not found" in fails("nanoray", tmp_path / "none", legacy, capsys)
+
+
+def test_a_failed_rerun_keeps_the_config_of_the_results_beside_it(vit_run, busi_dir, tmp_path, monkeypatch, capsys):
+    """config.yaml is written with metrics.json and report.md: a rerun with other settings that fails
+    (or is stopped) halfway leaves the folder's config describing the results it holds."""
+    from downstream.kd import registry
+    from sonodistill.errors import UserError
+
+    out = Path(shutil.copytree(vit_run[0], tmp_path / "run"))
+    before = {f: (out / f).read_bytes() for f in ("config.yaml", "metrics.json", "report.md")}
+    paper = registry.reproduction("vit_mobilenet")
+
+    def fails_halfway(cfg, data, out):
+        raise UserError("the teacher stage ran out of memory")
+
+    monkeypatch.setattr(registry, "reproduction", lambda name: fails_halfway_paper)
+    fails_halfway_paper = type("P", (), {"config": paper.config, "reproduce": staticmethod(fails_halfway)})()
+    err = fails("vit_mobilenet", busi_dir, out, capsys, *VIT, "student.train.epochs=3")
+    assert err == "error: the teacher stage ran out of memory"
+    assert {f: (out / f).read_bytes() for f in before} == before

@@ -120,7 +120,7 @@ def test_kd_rows_share_splits_and_subsets_and_reach_every_table(busi_dir, ddti_d
     assert again["ran"] == 4 and again["done"] == 16  # csa_moe's 4 (n/a) cells, nothing else
 
 
-def test_methods_syntax_and_errors(tmp_path):
+def test_methods_syntax_and_errors(tmp_path, caplog):
     from downstream.kd.cell import parse_method
     from downstream.kd.registry import RECIPES
 
@@ -154,12 +154,26 @@ def test_methods_syntax_and_errors(tmp_path):
         ("kd:nanoray?student.train.batch_size=0", "student.train.batch_size: expected at least 1, got 0"),
         ("kd:nanoray?teacher.train.epochs=0", "teacher.train.epochs: expected at least 1, got 0"),
         ("kd:vit_mobilenet?image_size=8", "image_size: expected at least 32 pixels, got 8"),
+        (
+            "kd:nanoray?student.train.select=accuracy",
+            "student.train.select: expected auto, last or a validation metric val_<name> "
+            "(val_loss, val_accuracy, val_dice, ...), got 'accuracy'",
+        ),
     ):
         with pytest.raises(UserError) as exc:
             parse_method(method)
         assert str(exc.value) == f"methods: '{method}': {message}"
     with pytest.raises(UserError, match="recipe 'csa_moe' has no teacher"):
         parse_method("kd:csa_moe?teacher.encoder=rand")
+    # a select value renamed in issue 15 still works, with one warning naming the new value
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="downstream.fit"):
+        for _ in range(2):
+            parse_method("kd:nanoray?student.train.select=val_acc")
+    assert [r.getMessage() for r in caplog.records if r.name == "downstream.fit"] == [
+        "student.train.select: 'val_acc' is deprecated, use 'val_accuracy' (the old value still works for now)"
+    ]
     cfg = SweepConfig(busi=str(tmp_path), encoders=["A=rand"], methods=["A=kd:nanoray"], tasks=["busi-cls"])
     with pytest.raises(UserError, match="row names must be unique"):
         run_sweep(cfg)

@@ -42,9 +42,15 @@ def is_paired_layout(root: Path) -> bool:
 
 
 def read_paired(
-    root: str | Path, *, group_pattern: str = DDTI_GROUP, name: str | None = None, check: bool = True
+    root: str | Path,
+    *,
+    group_pattern: str = DDTI_GROUP,
+    name: str | None = None,
+    require_masks: bool = True,
+    check: bool = True,
 ) -> Catalog:
-    """Records of an image/mask folder pair; every image needs at least one mask."""
+    """Records of an image/mask folder pair; every image needs at least one mask (``require_masks=False``
+    keeps an image without one, with no masks, for the audit to list)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: data folder not found")
@@ -70,7 +76,8 @@ def read_paired(
         ms = sorted(masks.get(rel, []), key=lambda m: mask_order(m.stem))
         if not ms:
             missing.append(p.relative_to(root).as_posix())
-            continue
+            if require_masks:
+                continue
         group = None
         if group_re is not None:
             m = group_re.search(Path(rel).name)
@@ -78,7 +85,7 @@ def read_paired(
         records.append(
             Record(id=p.relative_to(root).as_posix(), image=str(p), masks=tuple(str(m) for m in ms), group=group)
         )
-    if missing:
+    if missing and require_masks:
         raise UserError(
             f"{root}: {len(missing)} image(s) without a mask in {mask_dir.name}/ "
             f"(same name, or '<name>_mask'), e.g. {missing[0]}"

@@ -46,7 +46,8 @@ class DatasetLayout:
 
 
 # Each adapter hands its reader the task kind, the ReaderConfig keys it takes and whether to check
-# that every image opens and every mask has its image's size (the audit reads unchecked, to report).
+# that every image opens, has its mask files and every mask its image's size (the audit reads
+# unchecked, to report what is wrong: an image without a mask is then kept, with no masks).
 def _hub(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
     mask = cfg.mask_column if kind == "seg" else ""
     columns = {"image_column": cfg.image_column, "label_column": cfg.label_column, "group_column": cfg.group_column}
@@ -59,11 +60,11 @@ def _ultrabench(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalo
 
 
 def _paired(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
-    return read_paired(data, group_pattern=cfg.group_pattern, check=check)
+    return read_paired(data, group_pattern=cfg.group_pattern, require_masks=check, check=check)
 
 
 def _busi(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
-    return read_busi(data, require_masks=(kind == "seg"), check=check)  # classification needs no masks
+    return read_busi(data, require_masks=(kind == "seg" and check), check=check)  # classification needs no masks
 
 
 def _class_folders(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
@@ -101,7 +102,7 @@ def read_catalog(data: str, kind: Kind, cfg: ReaderConfig | None = None, check: 
     if layout not in LAYOUTS:
         raise UserError(f"data.layout: expected one of {', '.join(get_args(Layout))}; got '{layout}'")
     cat = LAYOUTS[layout].read(data, kind, cfg, check)
-    if kind == "seg" and not cat.has_masks:
+    if kind == "seg" and not (cat.has_masks if check else any(r.masks for r in cat.records)):
         raise UserError(
             f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"
         )

@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     with StopRequest():  # stop in the running stage (or the split's duplicate search); finished stages are reused
         data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
-        if is_main_rank():
-            save_config(cfg, out / "config.yaml")
         metrics = paper.reproduce(cfg, data, out)
+        if is_main_rank():  # with the results it describes: a failed or stopped rerun keeps the old pair
+            save_config(cfg, out / "config.yaml")
     log.info(f"{r.name}: wrote {out / 'report.md'} and metrics.json ({len(metrics['models'])} models)")
     return 0
 

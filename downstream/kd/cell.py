@@ -259,8 +259,6 @@ def run_kd_cell(
     t0 = time.perf_counter()
     kind, out, r, cfg = TASK_KIND[rc.task], Path(rc.out), method.recipe, kd.config if kd else None
     catalog, splits, train_ids = prepare(rc)  # the one read: the sweep's splits and the encoder cells' subset
-    if cfg is not None:
-        save_config(cfg, out / "config.yaml")
     write_json(out / "subset.json", {"fraction": rc.fraction, "seed": rc.seed, "train": train_ids})  # a record
     base = {
         "task": rc.task,
@@ -279,6 +277,8 @@ def run_kd_cell(
     if reason:
         metrics = {**base, "na": f"{r.name}: {reason}", "time_s": round(time.perf_counter() - t0, 2)}
         write_json(out / "metrics.json", metrics)
+        if cfg is not None:
+            save_config(cfg, out / "config.yaml")
         return metrics
     spec = teacher_encoder(kd)
     check = encoder_check(spec, rc.task, rc.strict_decontamination, catalog, splits) if spec else None
@@ -316,6 +316,7 @@ def run_kd_cell(
     if edge is not None:
         metrics["edge"] = edge
     write_json(out / "cell_metrics.json", metrics)  # metrics.json is the recipe run's own
+    save_config(cfg, out / "config.yaml")  # with the results it describes
     return metrics
 
 

@@ -97,7 +97,7 @@ class CSAMoEPaper(Paper):
             "positive": m.positive,
             "splits": {k: len(v) for k, v in data.parts.items()},
             "repeats": cfg.repeats,
-            "img_size": size,
+            "image_size": size,
             "models": results,
             "paper": PAPER,
             "history": histories,
@@ -212,7 +212,8 @@ def report(m: dict[str, Any], path: Path) -> None:
             ("Tables I-III. Test metrics per model", t2),
             (
                 "Table IV. Metrics, parameters and complexity",
-                t4 + f"\n\nGMACs at {m['img_size']} px (torch flop counter / 2; the paper's FLOPs are MACs at 224 px).",
+                t4
+                + f"\n\nGMACs at {m['image_size']} px (torch flop counter / 2; the paper's FLOPs are MACs at 224 px).",
             ),
             (
                 "Figure 4. Expert gate weights per epoch (train solid, validation dashed)",

@@ -104,7 +104,7 @@ class HDKDPaper(Paper):
             },
             "sweep": sweep,
             "complexity": complexity(cfg.model, len(data.classes), size),
-            "img_size": size,
+            "image_size": size,
             "paper": PAPER,
             "history": {k: s.history for k, s in h.stages.items()},
             "config": to_dict(cfg),
@@ -211,7 +211,7 @@ def report(m: dict[str, Any], path: Path) -> None:
             (
                 "Table 2. HDKD vs the student without distillation",
                 table2(m["complexity"], p)
-                + f"\n\nGMACs at {m['img_size']} px (torch flop counter / 2; the paper's FLOPs are MACs at "
+                + f"\n\nGMACs at {m['image_size']} px (torch flop counter / 2; the paper's FLOPs are MACs at "
                 "224 px and also count normalisation and activations).",
             ),
             (

@@ -56,11 +56,11 @@ def report(m: dict[str, Any], path: Path) -> None:
             (
                 "Data",
                 f"images train/val/test: {m['splits']['train']}/{m['splits']['val']}/{m['splits']['test']}; "
-                f"{m['img_size']} px.",
+                f"{m['image_size']} px.",
             ),
             (
                 "Test metrics",
-                md_table(["Model", "Dice", "IoU", "Dice with the teacher", "Params", f"GMACs@{m['img_size']}"], rows)
+                md_table(["Model", "Dice", "IoU", "Dice with the teacher", "Params", f"GMACs@{m['image_size']}"], rows)
                 + f"\n\nLoss: task (Dice + BCE) + {loss['pixel_weight']} x pixel-wise KL (T = "
                 f"{loss['temperature']}) + {loss['pair_weight']} x pair-wise ({loss['pair_nodes']}x"
                 f"{loss['pair_nodes']} nodes) + {loss['feature_weight']} x decoder-stage matching. Curves: curves.png.",

@@ -387,7 +387,7 @@ class SegUNet(Recipe):
             "recipe": self.name,
             "data": data.source,
             "splits": {k: len(v) for k, v in data.parts.items()},
-            "img_size": cfg.image_size,
+            "image_size": cfg.image_size,
             "models": results,
             "history": {k: v.history for k, v in s.stages.items()},
             "config": to_dict(cfg),
