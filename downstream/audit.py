@@ -129,7 +129,8 @@ def group_sheet(catalog: Catalog, k: int, g: DuplicateGroup, path: Path) -> None
     for i in g.ids:
         src = index[i].image
         pixels = read_pixels(src) if isinstance(src, str) else image_pixels(src)
-        tiles.append((sheet_tile(to_gray(pixels)), f"{i[-32:]}\n{_class(catalog, index[i]) or ''}"))
+        name = i if len(i) <= 32 else "..." + i[-29:]  # the end of a long path: its file name
+        tiles.append((sheet_tile(to_gray(pixels)), f"{name}\n{_class(catalog, index[i]) or ''}"))
     kind = ("exact" if g.exact else "near") + (" duplicates, LABEL CONFLICT" if g.label_conflict else " duplicates")
     rows = [tiles[j : j + 6] for j in range(0, len(tiles), 6)]
     image_sheet(rows, path, titles=[f"group {k}: {len(g.ids)} {kind}"] + [""] * (len(rows) - 1))

@@ -335,7 +335,11 @@ def test_one_recipe_per_folder(busi_dir, tmp_path, capsys):
         "of its own"
     )
     # a folder marked before marks named the recipe is taken as the rerun's own: the run goes on to its data
-    assert "data folder not found" in fails("nanoray", tmp_path / "none", legacy, capsys)
+    (tmp_path / "empty").mkdir()
+    assert "expected one sub-folder per class" in fails("nanoray", tmp_path / "empty", legacy, capsys)
+    # a data folder that is not there is refused before any output folder is made
+    assert "data folder not found" in fails("nanoray", tmp_path / "none", tmp_path / "new", capsys)
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_failed_rerun_keeps_the_config_of_the_results_beside_it(vit_run, busi_dir, tmp_path, monkeypatch, capsys):

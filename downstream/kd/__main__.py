@@ -42,7 +42,9 @@ def parser(recipe: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="run a recipe end to end: teacher, scratch baseline, distilled student")
     t.add_argument("--recipe", required=True, help=f"one of {names}")
-    t.add_argument("--data", default=None, help="dataset folder (BUSI layout, class folders) or hf:ID")
+    t.add_argument(
+        "--data", default=None, help="dataset: BUSI folder, image/mask folders (seg_unet), class folders, hf:ID, ub:DIR"
+    )
     t.add_argument("--out", default=None, help="output folder (metrics.json, report.md, plots, checkpoints)")
     if recipe in RECIPES:
         add_config_args(t, reproduction(recipe).config, base=[preset(recipe)])
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [measure(e) for e in all_entries(args.recipe)]
         print(json.dumps(rows, indent=2) if args.json else table(rows))
         return 0
+    from downstream.data.read import detect_layout
     from downstream.kd.config import check_recipe
     from downstream.kd.data import prepare
     from downstream.kd.recipes.base import check_teacher_keys, preset
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     check_recipe(cfg)
     if not args.data or not args.out:
         raise UserError("train: give the data (--data DIR) and the output folder (--out DIR)")
+    detect_layout(args.data)  # a missing data folder refused before --out is made
     out = Path(args.out)
     stage = f"downstream.kd train --recipe {r.name}"  # one recipe per folder: their files share names
     if owner(out) == "downstream.kd train":  # marked before the mark named the recipe
