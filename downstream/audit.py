@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from downstream.config import TASK_KIND, Task, read_task_data
+from downstream.data.naming import image_files
 from downstream.data.pixels import image_size, load_gray, load_mask
 from downstream.data.read import ReaderConfig
 from downstream.data.record import Catalog, Record, Source, describe_source
@@ -112,6 +113,16 @@ def missing_masks(catalog: Catalog, kind: str) -> list[str]:
     return [r.id for r in catalog.records if not r.masks] if kind == "seg" else []
 
 
+def unused_images(catalog: Catalog) -> list[str]:
+    """Image files under the dataset folder that no record uses as image or mask (a mask whose image
+    is missing, a misnamed file): what a run silently leaves out."""
+    if not catalog.root or not Path(catalog.root).is_dir():
+        return []
+    root = Path(catalog.root).resolve()
+    used = {str(Path(s).resolve()) for r in catalog.records for s in (r.image, *r.masks) if isinstance(s, str)}
+    return [p.relative_to(root).as_posix() for p in image_files(root) if str(p.resolve()) not in used]
+
+
 def _group_json(catalog: Catalog, k: int, g: DuplicateGroup, sheet: str | None) -> dict:
     index = catalog.by_id()
     return {
@@ -158,6 +169,7 @@ def audit(cfg: AuditConfig, catalog: Catalog | None = None) -> dict:
     catalog = catalog or read_audited(cfg)
     out = Path(cfg.out)
     no_mask = missing_masks(catalog, TASK_KIND[cfg.task])
+    unused = unused_images(catalog)
     bad = unreadable(catalog)
     broken = {b["path"] for b in bad}
     readable = dataclasses.replace(catalog, records=[r for r in catalog.records if r.id not in broken])
@@ -189,6 +201,7 @@ def audit(cfg: AuditConfig, catalog: Catalog | None = None) -> dict:
             "mask_size_mismatches": len(sizes),
             "unreadable": len(bad),
             "missing_masks": len(no_mask),
+            "unused_images": len(unused),
         },
         "duplicate_groups": entries,
         "label_conflicts": [e["group"] for e in entries if e["label_conflict"]],
@@ -196,6 +209,7 @@ def audit(cfg: AuditConfig, catalog: Catalog | None = None) -> dict:
         "mask_size_mismatches": sizes,
         "unreadable": bad,
         "missing_masks": no_mask,
+        "unused_images": unused,
     }
     write_json(out / "audit.json", report)
     save_config(cfg, out / "config.yaml")
@@ -223,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{report['images']} images: {s['duplicate_groups']} duplicate groups ({s['exact_groups']} exact, "
         f"{s['images_in_groups']} images), {s['label_conflicts']} label conflicts, {s['empty_lesion_masks']} "
         f"lesion images with empty masks, {s['mask_size_mismatches']} mask size mismatches, "
-        f"{s['unreadable']} unreadable, {s['missing_masks']} without a mask -> {Path(cfg.out) / 'audit.json'}"
+        f"{s['unreadable']} unreadable, {s['missing_masks']} without a mask, {s['unused_images']} image files "
+        f"unused -> {Path(cfg.out) / 'audit.json'}"
     )
     return report
 

@@ -191,13 +191,15 @@ def test_audit_lists_images_without_a_mask_with_paths_relative_to_a_relative_dat
     data = tmp_path / "busi"
     shutil.copytree(planted, data)
     (data / "benign" / "benign (7)_mask.png").unlink()
+    (data / "benign" / "benign (8).png").rename(data / "benign" / "benign (8) renamed.png")  # its mask orphaned
     monkeypatch.chdir(tmp_path)
     audit_cli.main(["--task", "busi-seg", "--data", "busi", "--out", "audit", "num_workers=1"])
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
-    assert report["missing_masks"] == ["benign/benign (7).png"] and report["summary"]["missing_masks"] == 1
+    assert report["missing_masks"] == ["benign/benign (7).png", "benign/benign (8) renamed.png"]
+    assert report["unused_images"] == ["benign/benign (8)_mask.png"] and report["summary"]["unused_images"] == 1
     assert [e["masks"] for e in report["empty_lesion_masks"]] == [["benign/benign (5)_mask.png"]]
     assert [e["mask"] for e in report["mask_size_mismatches"]] == ["benign/benign (6)_mask.png"]
-    with pytest.raises(UserError, match=r"1 image\(s\) without a mask file .* e\.g\. benign/benign \(7\)\.png"):
+    with pytest.raises(UserError, match=r"2 image\(s\) without a mask file .* e\.g\. benign/benign \(7\)\.png"):
         read_catalog("busi", "seg")  # a run still stops on it
 
 
