@@ -134,3 +134,25 @@ def test_pareto_front_and_int8_note():
     note = int8_note([graph], 0.78)
     assert "38 dequantise/quantise round trips" in note and "HardSigmoid x28" in note and "11 of 53" in note
     assert int8_note([graph], 1.4) == "" and int8_note([], 0.5) == ""
+
+
+def test_quantisation_logs_through_the_project_not_a_bare_root_handler(tmp_path):
+    """onnxruntime's quantizer calls logging.warning()/info() on the root logger, which would install a
+    bare ``WARNING:root:`` stderr handler for the rest of a sweep: it must stay unconfigured."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, numpy as np, timm, sys\n"
+        "from pathlib import Path\n"
+        "from downstream.edge.onnx import export, quantize_static_qdq, quantize_dynamic_int8\n"
+        f"t = Path({str(tmp_path)!r})\n"
+        "f = export(timm.create_model('resnet18', num_classes=3).eval(), t / 's.onnx', 32)\n"
+        "calib = [np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32) for i in range(2)]\n"
+        "quantize_static_qdq(f, t / 'q.onnx', calib)\n"
+        "quantize_dynamic_int8(f, t / 'd.onnx')\n"
+        "print(len(logging.getLogger().handlers))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "0" and ":root:" not in proc.stderr, proc.stderr[-2000:]

@@ -24,14 +24,20 @@ conclusions in docs/benchmarks.md):
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+# onnxruntime falls back to per-tensor scales for a weight whose channel axis it cannot use: expected
+PER_TENSOR_FALLBACK = "is out-of-range for weight"
 
 
 @dataclass
@@ -75,8 +81,6 @@ def export(model: torch.nn.Module, path: str | Path, example: torch.Tensor | int
 
 def _preprocessed(src: Path) -> Path:
     """onnxruntime's recommended pre-quantisation pass (shape inference + graph optimisation)."""
-    import logging
-
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     dst = src.with_name(src.stem + "_pre.onnx")
@@ -84,17 +88,39 @@ def _preprocessed(src: Path) -> Path:
     try:
         # symbolic shape inference is slow and changes nothing for conv nets; the optimisation step folds
         # BatchNorm into the convolutions, without which INT8 runs 3x slower (BN left in fp32 between Q/DQ)
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        with _quantizer_logs():
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     finally:
         logging.getLogger().setLevel(level)
     return dst
+
+
+class _ToOurLog(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        level = logging.DEBUG if PER_TENSOR_FALLBACK in message else record.levelno
+        log.log(level, f"onnxruntime: {message}")
+
+
+@contextmanager
+def _quantizer_logs() -> Iterator[None]:
+    """onnxruntime's quantizer logs through the root logger (``logging.warning(...)``), which installs a
+    bare ``WARNING:root:`` stderr handler on first use: its records go through this module's logger
+    instead, at WARNING or above (the per-tensor fallback at DEBUG)."""
+    root, handler = logging.getLogger(), _ToOurLog(logging.WARNING)
+    root.addHandler(handler)  # a root with a handler: logging.warning() no longer calls basicConfig
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     pre = _preprocessed(Path(src))
-    quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
+    with _quantizer_logs():
+        quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
     return Path(dst)
 
 
@@ -120,23 +146,24 @@ def quantize_static(
             return next(self.it, None)
 
     pre = _preprocessed(Path(src))
-    ort_quantize_static(
-        str(pre),
-        str(dst),
-        Reader(),
-        quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=cfg.per_channel,
-        reduce_range=cfg.reduce_range,
-        calibrate_method={
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[cfg.calibration],
-        op_types_to_quantize=list(cfg.op_types) or None,
-        nodes_to_exclude=list(cfg.exclude) or None,
-    )
+    with _quantizer_logs():
+        ort_quantize_static(
+            str(pre),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=cfg.per_channel,
+            reduce_range=cfg.reduce_range,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[cfg.calibration],
+            op_types_to_quantize=list(cfg.op_types) or None,
+            nodes_to_exclude=list(cfg.exclude) or None,
+        )
     pre.unlink(missing_ok=True)
     return Path(dst)
 
