@@ -160,15 +160,9 @@ def test_parts_of_other_settings_or_another_split_are_refused(configs, tmp_path)
         build_part(configs, out, BuildSettings(**SETTINGS), Part(1, 3), progress=False)
     with pytest.raises(UserError, match=r"holds parts of a different build \(sources differ"):
         build_shards(configs[:2], out, BuildSettings(**SETTINGS), progress=False)
-    bad = subprocess.run(
-        [sys.executable, "-m", "shards.build", f"--source=a={configs[0].path}", f"--out={out}", "--part=2/2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+    assert part_refusal(configs[0].path, out, "2/2") == (
         "error: --part: expected I/N with 0 <= I < N (the I-th of N parts, from 0), got '2/2'"
-    ]
+    )
 
 
 def test_a_file_modified_between_the_parts_and_the_merge_is_refused(corpus_dir, tmp_path):
@@ -228,14 +222,17 @@ def test_a_part_beside_the_merge_and_the_merge_beside_a_starting_part_are_refuse
     assert [p.name for p in (out / SPOOL).iterdir()] == [".lock-part-1-of-2"]
 
 
+def part_refusal(source: str, out: Path, part: str) -> str:
+    """The one line ``shards.build --part PART`` ends with (exit 2)."""
+    cmd = [sys.executable, "-m", "shards.build", f"--source=a={source}", f"--out={out}", f"--part={part}"]
+    bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    (line,) = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2, bad.stderr
+    return line
+
+
 def test_an_empty_part_is_refused_not_a_whole_build(configs, tmp_path):
-    bad = subprocess.run(
-        [sys.executable, "-m", "shards.build", f"--source=a={configs[0].path}", f"--out={tmp_path / 'o'}", "--part="],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+    assert part_refusal(configs[0].path, tmp_path / "o", "") == (
         "error: --part: expected I/N with 0 <= I < N (the I-th of N parts, from 0), got ''"
-    ]
+    )
     assert not (tmp_path / "o").exists()
