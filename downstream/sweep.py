@@ -616,8 +616,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # a bad setting refused before `out` is created (--splits-only reads no encoder or method: they
     # may not exist yet)
     grid = None if args.splits_only else checked_grid(cfg)
-    if cfg.part:
-        Part.parse(cfg.part)
     claim(cfg.out, "downstream.sweep", key="out", write=is_main_rank())
     if args.splits_only:  # to build a corpus with --exclude of them before the sweep
         with StopRequest():  # a stop while the duplicate search runs: exit 75, finished splits kept
