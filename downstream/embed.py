@@ -93,6 +93,8 @@ def collect(shards: str, max_samples: int, seed: int, num_workers: int) -> tuple
     from shards.subset import seeded_subset
 
     subset = seeded_subset(shards, max_samples, seed, threads=num_workers)
+    if len(subset.keys) < 3:  # what t-SNE needs at least
+        raise UserError(f"{shards}: {len(subset.keys)} readable sample(s); a t-SNE needs at least 3")
     return torch.from_numpy(subset.images), subset.sources
 
 

@@ -64,6 +64,38 @@ def saved_config(meta: dict[str, Any]):
     return config_from_dict(PretrainConfig, meta["config"])
 
 
+# What a run trains -- its views, models, batch and random streams: a resume with other values would
+# continue one run as another (the schedule's length, the optimiser's values, paths and speed settings
+# may change; the teacher is compared by its weights, not its path).
+FIXED_ON_RESUME = (
+    "image_size", "seed", "augment", "mixup", "teacher.layers", "teacher.norm", "teacher.aggregate",
+    "student.name", "student.head_hidden", "student.out_dim", "train.global_batch", "data.mode",
+    "data.source_weights",
+)  # fmt: skip
+TEACHER_IDENTITY = ("model_type", "hub_id", "weights_sha256")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def changed_on_resume(meta: dict[str, Any], cfg: Any, teacher: dict[str, Any]) -> list[str]:
+    """``key old -> new`` for every setting of :data:`FIXED_ON_RESUME` that ``cfg`` changes against the
+    checkpoint's ``meta``, and the teacher when ``teacher`` (its provenance) names other weights."""
+    from sonodistill.config import to_dict
+
+    old, new = _flat(to_dict(saved_config(meta))), _flat(to_dict(cfg))
+    fixed = [k for k in sorted(set(old) | set(new)) if any(k == f or k.startswith(f + ".") for f in FIXED_ON_RESUME)]
+    out = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in fixed if old.get(k) != new.get(k)]
+    was = {k: meta.get("teacher", {}).get(k) for k in TEACHER_IDENTITY}
+    if any(was.values()) and was != {k: teacher.get(k) for k in TEACHER_IDENTITY}:
+        out.append("teacher: other weights than the checkpoint's")
+    return out
+
+
 def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     """``auto``: newest complete checkpoint in out (None if none); ``none``; or an explicit folder."""
     value = (resume or "none").strip()

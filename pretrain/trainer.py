@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from pretrain.checkpoint import read_meta, resolve_resume, save_checkpoint
+from pretrain.checkpoint import changed_on_resume, read_meta, resolve_resume, save_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.metrics import MetricsLog, plot_loss_curve
 from pretrain.step import distill_loss, make_view
@@ -334,6 +334,12 @@ def resume(s: Session) -> tuple[int, Path | None]:
         set_seed(cfg.seed, device_specific=True)  # different augmentations on every rank
         return 0, None
     meta = read_meta(ckpt)
+    differs = changed_on_resume(meta, cfg, s.teacher.provenance())
+    if differs:
+        raise UserError(
+            f"resume: checkpoint {ckpt} was trained with other settings ({'; '.join(differs)}); set them back "
+            "to continue it, or give a new out for a new run"
+        )
     start = int(meta["step"])
     saved_world = int(meta.get("world_size", s.world))
     loader_file = ckpt / f"loader_rank{s.rank}.json"

@@ -134,6 +134,11 @@ def seeded_subset(shards: str, k: int, seed: int, threads: int = 1) -> Subset:
                 skipped["unreadable_shard"] += 1
                 lost += counts[u] if counts else 0
                 _check_losses(skipped["unreadable_shard"], lost, total, read, urls[u], failure)
+            elif counts and n < counts[u]:  # truncated: the samples after the damage are lost
+                lost += counts[u] - n
+                _check_losses(
+                    skipped["unreadable_shard"], lost, total, read, urls[u], f"cut short: {n} of {counts[u]} samples"
+                )
             read += n
             skipped.update(c)
             for order, item in found:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,3 +111,33 @@ def test_a_fresh_start_beside_another_runs_checkpoints_is_refused(tmp_path):
     assert resolve_resume("auto", tmp_path) == step_dir(tmp_path, 9)
     assert resolve_resume(str(step_dir(tmp_path, 9)), tmp_path) == step_dir(tmp_path, 9)
     assert resolve_resume(str(step_dir(tmp_path, 6)), tmp_path / "elsewhere") == step_dir(tmp_path, 6)
+
+
+def test_a_resume_with_other_views_batch_seed_or_teacher_is_refused(shard_dir, tiny_teacher_dir, tmp_path):
+    """Resuming continues *this* run: settings that change what it trains (views, augmentations, batch,
+    seed, the teacher's weights wherever they lie) are refused, naming each; the length may grow."""
+    import shutil
+
+    from sonodistill.dinov3 import init_tiny
+    from sonodistill.errors import UserError
+
+    out = tmp_path / "run"
+    run = dict(train__max_steps=2, train__save_every=2, num_workers=0)
+    train(tiny_config(shard_dir, tiny_teacher_dir, out, **run))
+    moved = Path(shutil.copytree(tiny_teacher_dir, tmp_path / "moved"))  # the same teacher at another path
+    other = tmp_path / "other"
+    init_tiny(other, seed=1)
+    ckpt = list_checkpoints(out)[-1][1]
+    for teacher, extra, said in (
+        (tiny_teacher_dir, {"image_size": 32}, "image_size 64 -> 32"),
+        (tiny_teacher_dir, {"seed": 3, "augment__preset": "none"}, "augment.preset 'us' -> 'none'; seed 0 -> 3"),
+        (other, {}, "teacher: other weights than the checkpoint's"),
+    ):
+        with pytest.raises(UserError) as exc:
+            train(tiny_config(shard_dir, teacher, out, **{**run, **extra}))
+        assert str(exc.value) == (
+            f"resume: checkpoint {ckpt} was trained with other settings ({said}); set them back to continue it, "
+            "or give a new out for a new run"
+        ), str(exc.value)
+    resumed = train(tiny_config(shard_dir, moved, out, **{**run, "train__max_steps": 3, "num_workers": 1}))
+    assert resumed.step == 3

@@ -84,3 +84,26 @@ def test_a_store_that_is_gone_stops_in_one_line(monkeypatch):
     pattern = "http://127.0.0.1:9/gone-{000000..000009}.tar"  # the discard port: nothing listens
     with pytest.raises(UserError, match=r"shards: the first 3 shards could not be read, e.g. http.*/gone-00000"):
         seeded_subset(pattern, 10, 0)
+
+
+def test_a_shard_cut_short_counts_its_lost_samples(shard_dir, tmp_path):
+    """A truncated shard is read up to the damage; the samples after it count against the 1 % limit."""
+    copy = tmp_path / "shards"
+    shutil.copytree(shard_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    first = copy / manifest["shards"][0]
+    first.write_bytes(first.read_bytes()[: first.stat().st_size // 3])
+    cut = rf"samples \(\d+\.\d%\) lost, more than 1%; e.g. {first} \(cut short: \d+ of 16 samples\)"
+    with pytest.raises(UserError, match=cut):
+        seeded_subset(str(copy), 10**6, 0)
+
+
+def test_embed_refuses_fewer_samples_than_a_tsne_needs_in_one_line(shard_dir, tmp_path):
+    from downstream.embed import collect
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shard_dir, copy)
+    name = json.loads((copy / "manifest.json").read_text())["shards"][0]
+    (copy / name).write_bytes((copy / name).read_bytes()[:5000])  # the first sample or two survive
+    with pytest.raises(UserError, match=r"readable sample\(s\); a t-SNE needs at least 3"):
+        collect(str(copy / name), 100, 0, 1)  # the shard alone: no manifest says how many were lost
