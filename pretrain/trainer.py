@@ -577,6 +577,9 @@ def train(cfg: PretrainConfig) -> TrainResult:
     s = setup(cfg)
     claim(s.out_dir, "pretraining (pretrain/run.py)", key="out", write=s.is_main)
     start_step, ckpt = resume(s)
+    if start_step >= s.max_steps:
+        log.info(f"the run is finished ({start_step} of {s.max_steps} steps): nothing to train; a larger "
+                 "train.max_steps continues it")  # fmt: skip
     if s.is_main:
         s.out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, s.out_dir / "config.yaml")

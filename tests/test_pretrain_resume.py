@@ -113,7 +113,7 @@ def test_a_fresh_start_beside_another_runs_checkpoints_is_refused(tmp_path):
     assert resolve_resume(str(step_dir(tmp_path, 6)), tmp_path / "elsewhere") == step_dir(tmp_path, 6)
 
 
-def test_a_resume_with_other_views_batch_seed_or_teacher_is_refused(shard_dir, tiny_teacher_dir, tmp_path):
+def test_a_resume_with_other_views_batch_seed_or_teacher_is_refused(shard_dir, tiny_teacher_dir, tmp_path, caplog):
     """Resuming continues *this* run: settings that change what it trains (views, augmentations, batch,
     seed, the teacher's weights wherever they lie) are refused, naming each; the length may grow."""
     import shutil
@@ -141,3 +141,6 @@ def test_a_resume_with_other_views_batch_seed_or_teacher_is_refused(shard_dir, t
         ), str(exc.value)
     resumed = train(tiny_config(shard_dir, moved, out, **{**run, "train__max_steps": 3, "num_workers": 1}))
     assert resumed.step == 3
+    with caplog.at_level(logging.INFO, logger="pretrain.trainer"):
+        again = train(tiny_config(shard_dir, moved, out, **{**run, "train__max_steps": 3}))
+    assert again.step == 3 and "the run is finished (3 of 3 steps): nothing to train" in caplog.text
