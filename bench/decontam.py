@@ -175,6 +175,8 @@ def pocus_frames(folder: Path, out: Path, per_clip: int = 12) -> list[Frame]:
         try:
             opts = SourceOptions(frames=Sampling(mode="every", every=7, max=per_clip))
             for fr in open_media(str(f), f.name, opts).frames:
+                if fr.reject is not None:
+                    continue
                 path = out / f"{f.name}_{fr.index:04d}.png"
                 Image.fromarray(fr.pixels).save(path)
                 frames.append(Frame(str(path), "itk-pocus", f.name))

@@ -43,7 +43,7 @@ from shards.catalogue import SourceConfig, load_corpus, with_default
 from shards.clean import Cleaned
 from shards.codec import ENCODINGS, JPEG_QUALITY, Codec, decode_gray
 from shards.copyindex import Found, loaded
-from shards.dedup import DuplicateIndex
+from shards.dedup import HASH_BITS, DuplicateIndex
 from shards.exclusions import Exclusions, ExclusionSet, load_exclusions
 from shards.exclusions import add_argument as add_exclusion_argument
 from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_item
@@ -115,6 +115,9 @@ class BuildSettings:
             raise UserError(f"--encoding {self.encoding}: expected one of {', '.join(ENCODINGS)}")
         if not 1 <= self.jpeg_quality <= 100:
             raise UserError(f"--jpeg-quality {self.jpeg_quality}: expected 1-100")
+        for flag, value in (("near-dup", self.near_duplicate_distance), ("clip-dup", self.clip_duplicate_distance)):
+            if not -1 <= value <= HASH_BITS // 2:  # past half the bits, unrelated images match
+                raise UserError(f"--{flag}-distance {value}: expected -1 (exact copies only) to {HASH_BITS // 2}")
 
 
 def _process(
@@ -768,6 +771,8 @@ def main(argv: list[str] | None = None) -> None:
 
 @cli_main
 def _main(args: argparse.Namespace) -> None:
+    if "://" in args.out:
+        raise UserError(f"--out {args.out}: shards are written to a local folder (copy them to object storage after)")
     corpus = load_corpus(args.corpus) if args.corpus else None
     configs: list[SourceConfig] = corpus.sources if corpus else []
     if args.annotations:

@@ -8,7 +8,7 @@ exclude:                          # evaluation images the corpus must not contai
   - /runs/ddti/splits.json:test   # or the parts named; or a folder of images
 sources:
   - name: busi                    # source name kept with every sample
-    path: /data/Dataset_BUSI_with_GT   # folder, file glob, or hf:ID[:SPLIT]
+    path: /data/Dataset_BUSI_with_GT   # folder, one file, file glob, or hf:ID[:SPLIT]
     exclude: ["*_mask*.png"]     # globs on the relative path (include: likewise)
     anatomy: breast               # tag written into each sample's JSON
   - name: pocus_lung
@@ -35,12 +35,11 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-import yaml
-
 from shards.exclusions import split_name
 from shards.options import SourceOptions
 from shards.sources import NAME_RE
 from sonodistill.errors import UserError
+from sonodistill.yaml_file import read_yaml
 
 
 @dataclass
@@ -48,7 +47,7 @@ class SourceConfig:
     """One source of the corpus: its name (kept with every sample), where it is, and its options."""
 
     name: str
-    path: str  # folder, file glob, or hf:ID[:SPLIT]
+    path: str  # folder, one file, file glob, or hf:ID[:SPLIT]
     options: SourceOptions = field(default_factory=SourceOptions)
     given: frozenset[str] = frozenset()  # the options the catalogue entry sets itself
     where: str = ""  # the catalogue entry, as messages name it ("" for --source)
@@ -107,10 +106,7 @@ def load_corpus(path: str | Path) -> Corpus:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "file not found"
         raise UserError(f"--corpus {path}: {what} (expected a catalogue YAML file, e.g. corpus.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"--corpus {path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    data = read_yaml(path, f"--corpus {path}")
     if not isinstance(data, dict) or not isinstance(data.get("sources"), list) or not data["sources"]:
         raise UserError(f"--corpus {path}: expected a mapping with a non-empty 'sources' list")
     extra = [k for k in data if k not in TOP_KEYS]

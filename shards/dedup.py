@@ -25,8 +25,11 @@ def _blocks(nbits: int, nblocks: int) -> list[tuple[int, int]]:
     return out
 
 
+HASH_BITS = 256  # the perceptual hashes' length
+
+
 class DuplicateIndex:
-    def __init__(self, max_distance: int = 16, nbits: int = 256):
+    def __init__(self, max_distance: int = 16, nbits: int = HASH_BITS):
         self.max_distance = max_distance
         self._blocks = _blocks(nbits, max_distance + 1)
         self._tables: list[dict[int, list[int]]] = [defaultdict(list) for _ in self._blocks]

@@ -106,8 +106,9 @@ def frames_with_area(media: Media) -> Iterator[tuple[Frame, ScanArea | None]]:
                 break
     except (ReadError, MemoryError) as exc:
         error = exc
-    shape = head[0].pixels.shape if head else None
-    area = clip_scan_area([f.pixels for f in head if f.pixels.shape == shape], media.region) if head else None
+    usable = [f for f in head if f.reject is None]
+    shape = usable[0].pixels.shape if usable else None
+    area = clip_scan_area([f.pixels for f in usable if f.pixels.shape == shape], media.region) if usable else None
     for fr in head:
         yield fr, area if fr.pixels.shape == shape else None
     if error is not None:
@@ -146,6 +147,10 @@ def extract_item(item: Item, opts: SourceOptions, settings: ExtractSettings) -> 
     try:
         for fr, area in frames_with_area(media):
             out.decoded += 1
+            if fr.reject is not None:  # this frame alone (NaN pixels): the clip goes on
+                rejected = Rejected(fr.reject.reason, {"detail": _detail(fr.reject, item)})
+                out.frames.append(FrameOutcome(fr.index if media.multi else None, rejected))
+                continue
             res = clean_frame(fr.pixels, settings.size, settings.codec, media.region, area, opts.annotations)
             index = fr.index if media.multi else None
             if isinstance(res, Cleaned):

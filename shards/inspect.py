@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from shards.codec import CorruptSample, decode_gray
 from shards.exclusions import add_argument as add_exclusion_argument
 from shards.manifest import encoding_of, resolve_shards
+from shards.read_guard import Coverage
 from shards.shardfile import ShardUnreadable, open_shard
 from sonodistill.errors import UserError, cli_main
 from sonodistill.outdir import make_writable_folder
@@ -44,7 +45,7 @@ def summary(manifest: dict) -> str:
         f"(from {manifest.get('inputs', '?')} inputs, size {manifest['settings'].get('size')} px, "
         f"{encoding_of(manifest)})"
     ]
-    width = max(len(k) for k in manifest["sources"]) if manifest["sources"] else 0
+    width = max(map(len, [*manifest["sources"], *manifest["rejected"]]), default=0)
     lines.append("kept per source:")
     lines += [f"  {k:<{width}}  {v}" for k, v in manifest["sources"].items()]
     lines.append("rejected:" + ("" if manifest["rejected"] else " none"))
@@ -53,19 +54,21 @@ def summary(manifest: dict) -> str:
 
 
 def pick_samples(
-    urls: list[str], sources: list[str], per_source: int, seed: int
+    urls: list[str], sources: list[str], per_source: int, seed: int, coverage: Coverage | None = None
 ) -> dict[str, list[tuple[np.ndarray, list[dict]]]]:
     """Up to ``per_source`` (decoded frame, its annotations) per source, from shards visited in a
-    seeded random order."""
-    order = list(urls)
+    seeded random order (failures tallied in ``coverage``, which stops when shards keep failing)."""
+    order = list(range(len(urls)))
     random.Random(seed).shuffle(order)
+    coverage = coverage if coverage is not None else Coverage("shards")
     picked: dict[str, list[tuple[np.ndarray, list[dict]]]] = {s: [] for s in sources}
-    for url in order:
+    for u in order:
         try:
-            shard = open_shard(url)
+            shard = open_shard(urls[u])
         except ShardUnreadable as exc:
-            log.warning(f"{url}: skipped ({exc})")
+            coverage.shard(u, urls[u], 0, str(exc))
             continue
+        corrupt = 0
         for i in range(len(shard)):
             meta = shard.meta(i)
             row = picked.setdefault(str(meta.get("source", "")), [])
@@ -74,7 +77,8 @@ def pick_samples(
                 try:
                     row.append((decode_gray(shard.image(i), encoding), meta.get("annotations", [])))
                 except CorruptSample:
-                    continue
+                    corrupt += 1
+        coverage.shard(u, urls[u], len(shard) - corrupt, None, shard.index.complete, corrupt)
         if all(len(v) >= per_source for v in picked.values()):
             break
     return picked
@@ -110,6 +114,8 @@ def contact_sheet(
     plt = pyplot()
 
     rows = [k for k, v in picked.items() if v]
+    if not rows:
+        raise UserError(f"--sheet {out}: no sample could be read for the contact sheet")
     cols = max(len(picked[k]) for k in rows)
     fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 1.4, len(rows) * 1.5), squeeze=False)
     for r, src in enumerate(rows):
@@ -138,71 +144,105 @@ SHOWN = {
 }
 
 
-def pick_rejects(out: Path, per_reason: int, seed: int) -> dict[str, list[dict]]:
+def rejects_lines(shards: str) -> tuple[str, list[str]]:
+    """(where, the lines of) the ``rejects.jsonl`` beside a local or remote shard set's manifest
+    (no lines when there is none)."""
+    from shards import remote
+
+    if remote.is_remote(shards):
+        root = shards.rstrip("/").removesuffix("/manifest.json")
+        url = remote.join(root, "rejects.jsonl")
+        try:
+            return url, remote.read_bytes(url).decode("utf-8").splitlines()
+        except remote.RemoteReadError as exc:
+            if str(exc).endswith("not found"):
+                return url, []
+            raise UserError(f"--rejects: {exc}") from None
+    root = Path(shards) if Path(shards).is_dir() else Path(shards).parent
+    path = root / "rejects.jsonl"
+    return str(path), path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+
+
+def pick_rejects(lines: list[str], per_reason: int, seed: int) -> dict[str, list[dict]]:
     """Up to ``per_reason`` records of ``rejects.jsonl`` per reason (reservoir sampling, one pass)."""
-    path = out / "rejects.jsonl"
-    if not path.is_file():
-        return {}
     rng = random.Random(seed)
     seen: dict[str, int] = {}
     picked: dict[str, list[dict]] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            rec = json.loads(line)
-            r = rec["reason"]
-            seen[r] = seen.get(r, 0) + 1
-            row = picked.setdefault(r, [])
-            if len(row) < per_reason:
-                row.append(rec)
-            else:
-                j = rng.randrange(seen[r])
-                if j < per_reason:
-                    row[j] = rec
+    for line in lines:
+        rec = json.loads(line)
+        r = rec["reason"]
+        seen[r] = seen.get(r, 0) + 1
+        row = picked.setdefault(r, [])
+        if len(row) < per_reason:
+            row.append(rec)
+        else:
+            j = rng.randrange(seen[r])
+            if j < per_reason:
+                row[j] = rec
     return dict(sorted(picked.items()))
 
 
-def reread_frame(manifest: dict, rec: dict) -> np.ndarray | None:
-    """The rejected frame as the reader decoded it (None when the file cannot be read at all)."""
+READ_OPTIONS = ("array_key", "array_layout", "volume", "volume_axis")  # how the build read a source's files
+
+
+def reread_frame(manifest: dict, rec: dict, opened: dict | None = None) -> np.ndarray | None:
+    """The rejected frame as the reader decoded it, read with its source's options (None when the
+    file cannot be read from here). ``opened`` caches dataset sources between calls."""
     from shards.frames import Sampling
     from shards.options import SourceOptions
     from shards.readers import ReadError, open_media
-    from shards.sources import open_source
+    from shards.sources import open_source, source_root
 
-    spec = manifest.get("source_specs", {}).get(rec["source"])
+    name = rec["source"]
+    spec = manifest.get("source_specs", {}).get(name)
     if spec is None:
         return None
-    try:
-        src = open_source(rec["source"], spec)
-    except Exception:  # the source moved or cannot be opened any more: nothing to show
-        return None
-    if spec.startswith("hf:"):
-        idx = int(rec["path"].split("/")[1])
-        item = next(src.items(idx))
-    else:
-        from shards.sources import Item
-
-        item = Item(rec["source"], rec["path"], path=str(src.root / rec["path"]))  # type: ignore[attr-defined]
+    recorded = next(
+        (s.get("options", {}) for s in manifest.get("identity", {}).get("sources", []) if s["name"] == name), {}
+    )
     want = rec.get("frame", 0)
     # frames 0 and `want` only: the others are decoded (a video must be) but not converted
-    opts = SourceOptions(frames=Sampling(mode="every", every=max(1, want), max=2), max_frames_per_clip=None)
+    sampling = Sampling(mode="every", every=max(1, want), max=2)
+    opts = SourceOptions(
+        frames=sampling, max_frames_per_clip=None, **{k: recorded[k] for k in READ_OPTIONS if k in recorded}
+    )
+    if spec.startswith("hf:"):
+        opened = {} if opened is None else opened
+        try:
+            src = opened[name] if name in opened else opened.setdefault(name, open_source(name, spec))
+        except Exception:  # the dataset moved or cannot be opened any more: nothing to show
+            return None
+        item = next(src.items(int(rec["path"].split("/")[1])))
+        data, relpath = item.data, item.relpath
+    else:
+        path = source_root(spec) / rec["path"]
+        if not path.is_file():
+            return None
+        data, relpath = str(path), rec["path"]
     try:
-        media = open_media(item.data if item.data is not None else item.path, item.relpath, opts)
-        for fr in media.frames:
+        for fr in open_media(data, relpath, opts).frames:
             if fr.index == want:
-                return fr.pixels
+                return fr.pixels if fr.reject is None else None
     except ReadError:
         return None
     return None
 
 
 def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path, tile: int = 160) -> None:
+    from shards.sources import source_root
     from sonodistill.figures import pyplot, save_figure
 
     plt = pyplot()
     rows = list(picked)
     cols = max(len(v) for v in picked.values())
     fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 2.2, len(rows) * 2.5), squeeze=False)
-    counts = manifest.get("rejected", {})
+    counts, opened = manifest.get("rejected", {}), {}
+    for spec in sorted({manifest.get("source_specs", {}).get(rec["source"], "") for v in picked.values() for rec in v}):
+        if spec and not spec.startswith("hf:") and not source_root(spec).exists():
+            how = (
+                " (a relative path: run this from the folder the build ran in)" if not Path(spec).is_absolute() else ""
+            )
+            log.warning(f"source {spec} not found from here{how}: its rejected frames are not shown")
     for r, reason in enumerate(rows):
         for c in range(cols):
             ax = axes[r][c]
@@ -210,7 +250,7 @@ def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path
             if c >= len(picked[reason]):
                 continue
             rec = picked[reason][c]
-            px = reread_frame(manifest, rec)
+            px = reread_frame(manifest, rec, opened)
             if px is not None:
                 img = Image.fromarray(px)
                 img.thumbnail((tile, tile))
@@ -246,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--workers", type=int, default=1, help="processes for --overlap")
     args = ap.parse_args(argv)
-    for flag in ("per_source", "per_reason"):
+    for flag in ("per_source", "per_reason", "workers"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: expected at least 1")
     if args.overlap_sheet and not args.overlap:
@@ -259,28 +299,38 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"--{flag.replace('_', '-')} {path}: expected the name of a .png file to write")
         if path:  # a folder it can write, before any work
             make_writable_folder(Path(path).parent, f"--{flag.replace('_', '-')}")
+    exclusions = None
+    if args.overlap:  # a bad --overlap path is one line before any work
+        from shards.exclusions import Exclusions, load_exclusions
+
+        exclusions = Exclusions.of(load_exclusions(args.overlap, flag="--overlap"))
     urls, manifest = resolve_shards(args.shards)
     if manifest is not None:
         print(summary(manifest))
     else:
         print(f"{len(urls)} shard file(s), no manifest (give the shard folder for its counts)")
+    counts = [int(c) for c in manifest.get("shard_samples", [])] if manifest else None
     if args.sheet:
         sources = list((manifest or {}).get("sources", {}))
-        contact_sheet(pick_samples(urls, sources, args.per_source, args.seed), args.sheet, boxes=args.boxes)
+        picked = pick_samples(urls, sources, args.per_source, args.seed, Coverage(args.shards, counts))
+        contact_sheet(picked, args.sheet, boxes=args.boxes)
         log.info(f"contact sheet: {args.sheet}")
-    if args.overlap:
+    if exclusions is not None:
         from shards.overlap import inspect_overlap
 
-        print(inspect_overlap(urls, args.overlap, args.overlap_sheet, max(1, args.workers)))
+        coverage = Coverage(args.shards, counts)
+        print(inspect_overlap(urls, exclusions, args.overlap_sheet, args.workers, coverage))
+        if coverage.gaps():
+            raise UserError(f"--overlap: {coverage.gaps()}; the overlap counts are a lower bound")
     if args.rejects:
         if manifest is None:
             raise UserError(f"{args.shards}: --rejects needs the shard folder (with manifest.json and rejects.jsonl)")
-        root = Path(args.shards) if Path(args.shards).is_dir() else Path(args.shards).parent
-        picked = pick_rejects(root, args.per_reason, args.seed)
-        if not picked:
-            log.info(f"{root}: no rejects to show")
+        where, lines = rejects_lines(args.shards)
+        picked_rejects = pick_rejects(lines, args.per_reason, args.seed)
+        if not picked_rejects:
+            log.info(f"{where}: no rejects to show")
         else:
-            rejects_sheet(manifest, picked, args.rejects)
+            rejects_sheet(manifest, picked_rejects, args.rejects)
             log.info(f"rejects sheet: {args.rejects}")
 
 

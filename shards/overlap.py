@@ -10,7 +10,6 @@ of the pairs, sample beside matched image.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,14 +19,15 @@ import numpy as np
 from shards.codec import CorruptSample, decode_gray
 from shards.copyindex import loaded
 from shards.decode import to_gray
-from shards.exclusions import Exclusions, load_exclusions, read_reference
+from shards.exclusions import Exclusions, read_reference
 from shards.match import resized
 from shards.ordered_pool import ordered_map
+from shards.read_guard import Coverage
 from shards.shardfile import ShardUnreadable, open_shard
 from sonodistill.atomic import write_text
+from sonodistill.errors import UserError
 from sonodistill.figures import image_sheet, sheet_tile
 
-log = logging.getLogger(__name__)
 SHEET_PAIRS = 60  # at most this many pairs drawn (all are listed in the JSONL)
 
 
@@ -50,22 +50,24 @@ def short(text: str, n: int = 28) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1) :]
 
 
-def _shard_job(job: tuple[str, str]) -> tuple[int, list[tuple[dict, np.ndarray]]]:
-    """In a worker: (samples read, [(pair fields, sample tile)]) of one shard."""
+def _shard_job(job: tuple[str, str]) -> tuple[int, int, bool, str | None, list[tuple[dict, np.ndarray]]]:
+    """In a worker: (samples read, corrupt samples, shard complete, why it did not open, [(pair fields,
+    sample tile)]) of one shard."""
     url, folder = job
     try:
         shard = open_shard(url)
     except ShardUnreadable as exc:
-        log.warning(f"{url}: skipped ({exc})")
-        return 0, []
-    index, out, n = loaded(folder), [], 0
+        return 0, 0, False, str(exc), []
+    index, out, n, corrupt = loaded(folder), [], 0, 0
     for i in range(len(shard)):
         encoding = shard.index.encoding(i)
         if encoding is None:
+            corrupt += 1
             continue
         try:
             pixels = decode_gray(shard.image(i), encoding)
         except CorruptSample:
+            corrupt += 1
             continue
         n += 1
         found = index.find(resized(pixels), limit=1)
@@ -76,20 +78,24 @@ def _shard_job(job: tuple[str, str]) -> tuple[int, list[tuple[dict, np.ndarray]]
                       "ref": f.ref, "inliers": f.verdict.inliers, "ncc": round(f.verdict.ncc, 3),
                       "flipped": f.flipped}  # fmt: skip
             out.append((fields, sheet_tile(pixels)))
-    return n, out
+    return n, corrupt, shard.index.complete, None, out
 
 
-def find_overlap(urls: list[str], exclusions: Exclusions, workers: int = 1) -> tuple[int, list[Pair], list]:
-    """(samples read, matched pairs, their sample tiles) of a shard set against the exclusion sets."""
+def find_overlap(urls: list[str], exclusions: Exclusions, coverage: Coverage, workers: int = 1) -> tuple[list, list]:
+    """(matched pairs, their sample tiles) of a shard set against the exclusion sets; what could
+    not be read is tallied in ``coverage`` (which stops the pass when shards keep failing)."""
     with tempfile.TemporaryDirectory(prefix="overlap-index-") as tmp:
         exclusions.build_index(tmp, workers)
-        total, pairs, tiles = 0, [], []
-        for n, found in ordered_map(_shard_job, [(u, tmp) for u in urls], workers, chunk=1):
-            total += n
+        pairs, tiles = [], []
+        jobs = ordered_map(_shard_job, [(u, tmp) for u in urls], workers, chunk=1)
+        for u, (n, corrupt, complete, failure, found) in enumerate(jobs):
+            coverage.shard(u, urls[u], n, failure, complete, corrupt)
             for fields, t in found:
                 pairs.append(Pair(set=exclusions.set_of(fields["ref"]).name, **fields))
                 tiles.append(t)
-    return total, pairs, tiles
+    if not coverage.read:
+        raise UserError(f"{coverage.what}: no sample could be read, nothing was compared: {coverage.gaps()}")
+    return pairs, tiles
 
 
 def overlap_sheet(pairs: list[Pair], tiles: list, exclusions: Exclusions, path: str | Path) -> None:
@@ -105,13 +111,16 @@ def overlap_sheet(pairs: list[Pair], tiles: list, exclusions: Exclusions, path: 
     image_sheet(rows, path)
 
 
-def report(total: int, pairs: list[Pair], exclusions: Exclusions) -> str:
+def report(pairs: list[Pair], exclusions: Exclusions, coverage: Coverage) -> str:
     lines = []
     for s in exclusions.sets:
         mine = [p for p in pairs if p.set == s.name]
         copied = len({p.matched for p in mine})
         head = f"overlap with {s.name} ({len(s.images)} images)"
-        lines.append(f"{head}: {len(mine)} of {total} samples copy {copied} of its images")
+        lines.append(f"{head}: {len(mine)} of {coverage.read} samples copy {copied} of its images")
+    gaps = coverage.gaps()
+    if gaps:
+        lines.append(f"incomplete: {gaps}; the counts above are a lower bound")
     return "\n".join(lines)
 
 
@@ -119,11 +128,14 @@ def write_pairs(pairs: list[Pair], path: str | Path) -> None:
     write_text(path, "".join(json.dumps(asdict(p), sort_keys=True) + "\n" for p in pairs))
 
 
-def inspect_overlap(urls: list[str], specs: list[str], sheet: str | Path, workers: int = 1) -> str:
-    """Match a shard set against exclusion sets; write the sheet and ``<sheet>.jsonl``; the report."""
-    exclusions = Exclusions.of(load_exclusions(specs, flag="--overlap"))
-    total, pairs, tiles = find_overlap(urls, exclusions, workers)
+def inspect_overlap(
+    urls: list[str], exclusions: Exclusions, sheet: str | Path, workers: int = 1, coverage: Coverage | None = None
+) -> str:
+    """Match a shard set against exclusion sets; write the sheet and ``<sheet>.jsonl``; the report.
+    ``coverage`` (with the manifest's counts, when there is one) says afterwards what was not read."""
+    coverage = coverage if coverage is not None else Coverage("shards")
+    pairs, tiles = find_overlap(urls, exclusions, coverage, workers)
     sheet = Path(sheet)
     overlap_sheet(pairs, tiles, exclusions, sheet)
     write_pairs(pairs, sheet.with_suffix(".jsonl"))
-    return report(total, pairs, exclusions) + f"\nmatched pairs: {sheet} (sheet), {sheet.with_suffix('.jsonl')}"
+    return report(pairs, exclusions, coverage) + f"\nmatched pairs: {sheet} (sheet), {sheet.with_suffix('.jsonl')}"

@@ -61,3 +61,62 @@ class ReadGuard:
         if samples == 0 and self.failures:
             url, reason = self.failures[-1]
             raise UserError(f"data.shards: no shard of this slot could be read, e.g. {url} ({reason})")
+
+
+FAILURES_IN_A_ROW = 3  # shards failing one after another: the store is gone, not one bad file
+
+
+@dataclass
+class Coverage:
+    """What one pass over a shard set that must see all of it (``shards.inspect``) could not read.
+
+    An overlap count over a set read in part is only a lower bound, so what was missed is reported;
+    ``FAILURES_IN_A_ROW`` unreadable shards in a row stop the pass with one line instead of minutes
+    of retries per shard against a store that went away."""
+
+    what: str  # the shard set, for messages
+    counts: list[int] | None = None  # samples per shard (the manifest's shard_samples)
+    read: int = 0  # samples read
+    unreadable: int = 0  # shards not opened at all
+    cut_short: int = 0  # shards truncated or damaged (their samples before the damage are read)
+    corrupt: int = 0  # samples that did not decode
+    missed: int = 0  # samples known not read (needs the manifest's counts)
+    in_a_row: int = 0
+
+    def shard(self, u: int, url: str, read: int, failure: str | None, complete: bool = True, corrupt: int = 0) -> None:
+        """Shard ``u`` gave ``read`` samples and ``corrupt`` bad ones (``failure``: why it did not open)."""
+        self.read += read
+        self.corrupt += corrupt
+        if failure is not None:
+            log.warning(f"{url}: shard skipped, unreadable ({failure})")
+            self.unreadable += 1
+            self.missed += self.counts[u] if self.counts else 0
+            self.in_a_row += 1
+            if self.in_a_row >= FAILURES_IN_A_ROW:
+                raise UserError(
+                    f"{self.what}: {self.in_a_row} shards in a row could not be read (the store is gone or the "
+                    f"set is damaged), e.g. {url} ({failure})"
+                )
+            return
+        self.in_a_row = 0
+        expected = self.counts[u] if self.counts else None
+        if not complete or (expected is not None and read + corrupt < expected):
+            self.cut_short += 1
+        if expected is not None:
+            self.missed += max(0, expected - read)
+        elif corrupt:
+            self.missed += corrupt
+
+    def gaps(self) -> str | None:
+        """What was not read, in one phrase (None: every sample was)."""
+        labels = (
+            (self.unreadable, "shard(s) unreadable"),
+            (self.cut_short, "shard(s) cut short"),
+            (self.corrupt, "corrupt sample(s)"),
+        )
+        details = ", ".join(f"{n} {label}" for n, label in labels if n)
+        if not details and not self.missed:
+            return None
+        if self.counts:
+            return f"{self.missed} of {sum(self.counts)} samples not read" + (f" ({details})" if details else "")
+        return f"not read: {details}"

@@ -1,4 +1,4 @@
-"""Input sources for the shard builder: folders (or file globs) and Hugging Face datasets.
+"""Input sources for the shard builder: folders (or one file, or file globs) and Hugging Face datasets.
 
 ``NAME=DIR`` is a folder scanned recursively in sorted order (hidden files and folders are
 ignored; every other file is an item, read by what its content is: :mod:`shards.readers`), and a
@@ -130,6 +130,15 @@ def _inside(path: str, folders: set[str]) -> bool:
     return any(real.startswith(f + os.sep) for f in folders)
 
 
+def source_root(spec: str) -> Path:
+    """The folder a folder, glob or one-file source's relative paths start from."""
+    match = GLOB_CHARS.search(spec)
+    if match:
+        base = spec[: match.start()]
+        return Path(base if base.endswith(os.sep) else os.path.dirname(base) or ".")
+    return Path(spec).parent if Path(spec).is_file() else Path(spec)
+
+
 class FolderSource:
     def __init__(
         self,
@@ -143,22 +152,24 @@ class FolderSource:
         where = where or f"--source {name}={root}"  # what a message names: the flag, or the catalogue entry
         self.options = options or SourceOptions()
         spec = str(root)
+        if "://" in spec:
+            raise UserError(f"{where}: a URL; sources are read from local folders (only shard sets can be remote)")
         paths: list[str] = []
+        self.root = source_root(spec)
         if GLOB_CHARS.search(spec):
-            base = spec[: GLOB_CHARS.search(spec).start()]
-            self.root = Path(base if base.endswith(os.sep) else os.path.dirname(base) or ".")
             paths = sorted(p for p in glob.glob(spec, recursive=True) if not os.path.isdir(p))
             paths = [p for p in paths if not any(part.startswith(".") for part in Path(p).relative_to(self.root).parts)]
             skipped = {os.path.realpath(p) for p in skip}
             paths = [p for p in paths if not _inside(p, skipped)]
             if not paths:
                 raise UserError(f"{where}: no file matches the pattern")
+        elif Path(spec).is_file():  # one file (an HDF5 dataset, a long cine): a source of one item
+            paths = [spec]
         else:
-            self.root = Path(root)
-            if not self.root.exists():
+            if not Path(spec).exists():
                 raise UserError(f"{where}: folder does not exist")
-            if not self.root.is_dir():
-                raise UserError(f"{where}: not a folder")
+            if not Path(spec).is_dir():
+                raise UserError(f"{where}: neither a folder nor a file")
             paths = walk_files(self.root, skip)
         rels = [(os.path.relpath(p, self.root), p) for p in paths]
         present = {rel for rel, _ in rels}

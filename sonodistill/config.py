@@ -30,6 +30,7 @@ import yaml
 
 from sonodistill.atomic import write_text
 from sonodistill.errors import UserError
+from sonodistill.yaml_file import read_yaml
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -376,10 +377,7 @@ def _read_yaml(cls: type, path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    data = read_yaml(path, str(path), ConfigError) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     apply_renames(cls, data, str(path))

@@ -4,6 +4,7 @@ of a build whose clips span shards."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 import shards.build as build_mod
 from shards.build import BuildSettings, build_shards
 from shards.catalogue import load_catalogue
+from shards.inspect import reread_frame
 from shards.synth.media import clip_frames, write_dicom, write_video
 from sonodistill.errors import UserError
 
@@ -54,10 +56,16 @@ def test_catalogue_errors_name_the_source(tmp_path, corpus):
         ("sources:\n  - {name: a, path: x, frames: 3, anatomy: 1, max_images: 0, include: 4}\n", "'include' expects"),
         ("sources:\n  - {name: a, path: x, frames: 3, anatomy: 1, max_images: 0}\n", "'max_images' expects a"),
         ("sources:\n  - {name: a, path: x, frames: 3, anatomy: 1}\n", "'anatomy' expects a string, got 1"),
+        # PyYAML alone keeps the last of two equal keys: a second path, a second list, in silence
+        ("sources:\n  - name: a\n    path: x\n    path: y\n", "key 'path' given twice (lines 3 and 4)"),
+        ("sources:\n  - {name: a, path: x}\nsources:\n  - {name: b, path: y}\n", "key 'sources' given twice"),
     ]
     for text, msg in cases:
-        with pytest.raises(UserError, match=msg.replace("(", r"\(")):
+        with pytest.raises(UserError, match=re.escape(msg)):
             load_catalogue(write_yaml(tmp_path / "c.yaml", text))
+    (tmp_path / "latin1.yaml").write_bytes(b"# \xe9t\xe9\nsources:\n  - {name: a, path: x}\n")
+    with pytest.raises(UserError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 2\)$"):
+        load_catalogue(tmp_path / "latin1.yaml")
     cat = write_yaml(tmp_path / "missing.yaml", "sources:\n  - {name: gone, path: /no/such/folder}\n")
     proc = run_cli("--corpus", str(cat), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
@@ -69,6 +77,37 @@ def test_catalogue_errors_name_the_source(tmp_path, corpus):
         f"error: --corpus {cat}: exclude {tmp_path}/eval/splits.json: {tmp_path}/eval/splits.json is neither a "
         "splits.json nor a folder of images"
     ]
+
+
+def test_one_file_is_a_source_and_urls_are_refused_with_one_line(tmp_path, corpus, capsys):
+    import h5py
+
+    # the template's Stanford thyroid entry: one HDF5 file holding every cine
+    with h5py.File(tmp_path / "dataset.hdf5", "w") as f:
+        frames = np.stack(clip_frames(np.random.default_rng(2), 4, step=40))
+        frames[2] = 0  # a black frame: rejected, and shown on the rejects sheet as the build read it
+        f["image"] = frames
+        f["label"] = np.zeros((4, 8, 8), np.uint8)
+    entry = "{name: thy, path: dataset.hdf5, array_key: image, frames: all}"
+    cat = write_yaml(tmp_path / "one.yaml", f"sources:\n  - {entry}\n")
+    m = build_shards(load_catalogue(cat), tmp_path / "o", BuildSettings(size=64, workers=1), progress=False)
+    assert m["inputs"] == 1 and m["sources"]["thy"] + sum(m["rejected"].values()) == 4
+    assert m["per_source"]["thy"]["files"] == 1
+    rejects = [json.loads(r) for r in (tmp_path / "o" / "rejects.jsonl").read_text().splitlines()]
+    black = next(r for r in rejects if r.get("frame") == 2)
+    assert np.array_equal(reread_frame(m, black), frames[2])  # with the source's array_key, not the defaults
+    out = str(tmp_path / "x")
+    bad = [
+        (["--source", f"a={corpus}", "--out", "s3://b/s"], "--out s3://b/s: shards are written to a local folder"),
+        (["--source", "a=https://h/b", "--out", out], "--source a=https://h/b: a URL; sources are read from local"),
+        (["--source", f"a={corpus}", "--out", out, "--near-dup-distance", "300"], "--near-dup-distance 300: expected"),
+    ]
+    for args, msg in bad:
+        with pytest.raises(SystemExit) as exc:
+            build_mod.main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {msg}"), err
+    assert not Path("s3:").exists() and not (tmp_path / "x").exists()
 
 
 def test_shipped_template_catalogue_is_valid():

@@ -112,6 +112,36 @@ def test_inspect_overlap_counts_and_draws_the_pairs(planted, tmp_path, capsys):
     assert sorted(p["matched"] for p in pairs) == sorted(EVAL) and Image.open(sheet).size[0] > 200
 
 
+def test_an_overlap_count_over_shards_read_in_part_is_not_called_complete(planted, tmp_path, capsys):
+    built = tmp_path / "built"
+    build_shards({"c": str(planted["corpus"])}, built, BuildSettings(workers=1, samples_per_shard=3), progress=False)
+    manifest = json.loads((built / "manifest.json").read_text())
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    first = copy / manifest["shards"][0]
+    first.write_bytes(first.read_bytes()[:3000])  # cut short: its later samples are gone
+    args = [str(copy), "--overlap", str(planted["eval"]), "--overlap-sheet", str(tmp_path / "ov.png")]
+    with pytest.raises(SystemExit) as exc:
+        inspect_cli.main(args)
+    out, err = capsys.readouterr()
+    read = int(out.split(" of ")[1].split()[0])
+    missed = manifest["num_samples"] - read
+    assert exc.value.code == 2 and 0 < read < manifest["num_samples"]
+    gaps = f"{missed} of {manifest['num_samples']} samples not read (1 shard(s) cut short"  # + a corrupt sample
+    assert f"incomplete: {gaps}" in out and "the counts above are a lower bound" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: --overlap: {gaps}") and last.endswith("; the overlap counts are a lower bound")
+    for name in manifest["shards"]:  # nothing readable: no count at all, and no empty contact sheet
+        (copy / name).write_bytes(b"\0" * 100)
+    for extra, msg in [
+        (["--overlap", str(planted["eval"])], f"error: {copy}: no sample could be read, nothing was compared: "),
+        (["--sheet", str(tmp_path / "s.png")], f"error: --sheet {tmp_path / 's.png'}: no sample could be read"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            inspect_cli.main([str(copy), *extra])
+        assert exc.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith(msg)
+
+
 def test_a_splits_file_names_its_test_and_val_images(busi_dir, tmp_path):
     path = tmp_path / "splits.json"
     splits = load_or_make_splits(read_catalog(str(busi_dir), "cls"), path, (0.6, 0.2, 0.2), 0, duplicates=False)

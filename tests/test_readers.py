@@ -234,6 +234,63 @@ def test_arrays_npy_npz_mat_h5(tmp_path):
     assert exc.value.reason == "array_key_missing"
 
 
+def test_wide_integers_get_one_scale_per_clip_from_their_bit_depth(tmp_path):
+    import SimpleITK as sitk
+
+    frames = np.stack(truth_frames(2, 4)).astype(np.uint16)
+    # frames alternately within 8 bits and just above: one scale for the clip, not one per frame
+    mixed = np.stack([f if i % 2 == 0 else f * 2 for i, f in enumerate(frames)])
+    np.save(tmp_path / "mixed.npy", mixed)
+    sitk.WriteImage(sitk.GetImageFromArray(mixed), str(tmp_path / "mixed.nrrd"))
+    top = int(mixed.max())  # 9 bits: scaled by 511
+    for name in ("mixed.npy", "mixed.nrrd"):
+        got = frames_of(tmp_path / name)
+        want = [(m.astype(np.int64) * 255 // ((1 << top.bit_length()) - 1)).astype(np.uint8) for m in mixed]
+        assert all(np.array_equal(g, w) for g, w in zip(got, want)), name
+        assert got[1].mean() > 1.8 * got[0].mean()  # the bright frame stays brighter
+    # 12-bit data in uint16 / int16 fills the uint8 range (not 4095/65535 of it)
+    twelve = (frames[0].astype(np.int64) * 4095 // 255).astype(np.uint16)
+    np.save(tmp_path / "twelve.npy", twelve)
+    sitk.WriteImage(sitk.GetImageFromArray(twelve.astype(np.int16)), str(tmp_path / "twelve.mha"))
+    for name in ("twelve.npy", "twelve.mha"):
+        (got,) = frames_of(tmp_path / name)
+        assert np.abs(got.astype(int) - frames[0]).max() <= 1, name
+
+
+def test_channels_last_arrays_of_any_type_are_one_image(tmp_path):
+    frame = truth_frames(3, 1)[0]
+    np.save(tmp_path / "one.npy", frame[..., None])
+    np.save(tmp_path / "rgb_float.npy", np.repeat(frame[..., None], 3, 2).astype(np.float32) / 255)
+    np.save(tmp_path / "rgb16.npy", np.repeat(frame[..., None], 3, 2).astype(np.uint16) * 257)
+    for name in ("one.npy", "rgb_float.npy", "rgb16.npy"):
+        media = open_media(str(tmp_path / name), name, ALL)
+        (got,) = [f.pixels for f in media.frames]
+        assert not media.multi and got.shape == frame.shape and np.abs(got.astype(int) - frame).max() <= 1, name
+    np.save(tmp_path / "empty.npy", np.zeros((0, 32, 32), np.uint8))
+    with pytest.raises(ReadError) as exc:
+        open_media(str(tmp_path / "empty.npy"), "empty.npy", ALL)
+    assert exc.value.reason == "bad_array_shape"
+
+
+def test_a_non_finite_frame_is_rejected_alone_and_the_clip_goes_on(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    clip = np.stack(truth_frames(4, 6)).astype(np.float32) / 255
+    clip[3] = np.inf
+    clip[4, 0, 0] = np.nan  # one pixel is enough
+    np.save(src / "clip.npy", clip)
+    opts = SourceConfig(name="s", path=str(src), options=SourceOptions(frames=Sampling(mode="all", max=None)))
+    out = tmp_path / "out"
+    m = build_shards([opts], out, BuildSettings(size=64, workers=1), progress=False)
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    bad = sorted((r["frame"], r["values"]["detail"]) for r in rejects if r["reason"] == "non_finite")
+    assert [f for f, _ in bad] == [3, 4] and bad[1][1].startswith("1 of ")
+    seen = {r["frame"] for r in rejects} | {
+        json.loads(s["json"])["frame"] for s in wds.WebDataset([str(out / s) for s in m["shards"]], shardshuffle=False)
+    }
+    assert seen == set(range(6)) and m["rejected"]["non_finite"] == 2  # frames after the bad ones are read
+
+
 @pytest.fixture(scope="module")
 def mixed_folder(tmp_path_factory, dicom_dir, video_dir) -> Path:
     """PNG, DICOM (several syntaxes, with and without regions), mp4/avi, NIfTI, arrays and bad input."""

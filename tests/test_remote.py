@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -156,6 +157,35 @@ def test_inspect_and_embed_take_a_folder_url(shard_dir, stock_server, capsys):
     assert f"samples: {manifest['num_samples']} in {len(manifest['shards'])} shards" in capsys.readouterr().out
     images, sources = collect(stock_server, max_samples=10, seed=0, num_workers=2)
     assert images.shape == (10, 1, 64, 64) and len(sources) == 10
+
+
+def test_inspect_of_a_remote_set_draws_its_rejects_and_never_calls_a_partial_count_complete(
+    shard_dir, corpus_dir, serve, tmp_path, capsys
+):
+    from shards.inspect import main as inspect_main
+
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    names = manifest["shards"]
+    base, _ = serve(shard_dir.parent, cuts={names[1]: -1})  # one shard fails on every try
+    url = f"{base}/{shard_dir.name}"
+    inspect_main([url, "--rejects", str(tmp_path / "r.png"), "--per-reason", "2"])
+    assert (tmp_path / "r.png").stat().st_size > 10_000  # rejects.jsonl read from the store, frames from the sources
+    evals = tmp_path / "eval"
+    evals.mkdir()
+    shutil.copyfile(next(p for p in sorted((corpus_dir / "breast").iterdir()) if p.suffix == ".png"), evals / "e.png")
+    with pytest.raises(SystemExit) as exc:
+        inspect_main([url, "--overlap", str(evals), "--overlap-sheet", str(tmp_path / "ov.png")])
+    out, err = capsys.readouterr()
+    lost = manifest["shard_samples"][1]
+    gaps = f"{lost} of {manifest['num_samples']} samples not read (1 shard(s) unreadable)"
+    assert exc.value.code == 2 and f"incomplete: {gaps}; the counts above are a lower bound" in out
+    assert err.strip().splitlines()[-1] == f"error: --overlap: {gaps}; the overlap counts are a lower bound"
+    # a store that went away: a few shards in a row, then one line (not minutes of retries per shard)
+    base, requests = serve(shard_dir.parent, cuts=dict.fromkeys(names, -1))
+    with pytest.raises(SystemExit):
+        inspect_main([f"{base}/{shard_dir.name}", "--overlap", str(evals), "--overlap-sheet", str(tmp_path / "o.png")])
+    assert "error: " + f"{base}/{shard_dir.name}: 3 shards in a row could not be read" in capsys.readouterr().err
+    assert sum(requests[n] for n in names) == 3 * (1 + remote.SHARD_RETRIES)
 
 
 def test_a_missing_remote_manifest_is_one_clear_error(serve, tmp_path):

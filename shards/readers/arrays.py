@@ -2,10 +2,12 @@
 
 The array is the source's ``array_key`` (``.npy`` has only one; for the others, when no key is
 given, the file must hold exactly one array of 2 or more dimensions). Shapes: ``HxW`` is an image,
-``HxWx3``/``HxWx4`` uint8 a colour image; ``TxHxW`` and ``HxWxT`` are clips, told apart by
-``array_layout`` (``auto``: MATLAB files are ``HxWxT``, others ``TxHxW``; ``thw`` / ``hwt`` force it).
+``HxWx1``/``HxWx3``/``HxWx4`` (any type) an image with its channels last; ``TxHxW`` and ``HxWxT``
+are clips, told apart by ``array_layout`` (``auto``: MATLAB files are ``HxWxT``, others ``TxHxW``;
+``thw`` / ``hwt`` force it, also for a clip of 1, 3 or 4 frames).
 HDF5 datasets and ``.npy`` files are read one frame at a time; ``.npz`` and v5 ``.mat`` members are
-loaded whole (their formats cannot slice). Pixel values follow the documented uint8 rule.
+loaded whole (their formats cannot slice). Pixel values follow the documented uint8 rule, with one
+scale per clip.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from shards.options import SourceOptions
-from shards.readers.base import Frame, Media, ReadError, as_frame_pixels, to_uint8
+from shards.readers.base import Frame, Media, ReadError, converted, levels_of
 
 EXTENSIONS = (".npy", ".npz", ".mat", ".h5", ".hdf5")
 
@@ -44,15 +46,17 @@ def _pick(keys: list[str], arrays: dict, opts: SourceOptions, what: str) -> str:
     return cands[0]
 
 
-def _layout(shape: tuple[int, ...], dtype, opts: SourceOptions, matlab: bool) -> str:
+def _layout(shape: tuple[int, ...], opts: SourceOptions, matlab: bool) -> str:
     """``image`` | ``rgb`` | ``thw`` | ``hwt``."""
+    if 0 in shape:
+        raise ReadError("bad_array_shape", f"shape {shape}: an empty array")
     if len(shape) == 2:
         return "image"
     if len(shape) != 3:
         raise ReadError("bad_array_shape", f"shape {shape}: expected HxW, TxHxW or HxWxT")
     if opts.array_layout in ("thw", "hwt"):
         return opts.array_layout
-    if shape[2] in (3, 4) and np.dtype(dtype) == np.uint8:
+    if shape[2] in (1, 3, 4):  # channels last: a clip of 1 to 4 px wide frames is no clip
         return "rgb"
     return "hwt" if matlab else "thw"
 
@@ -110,7 +114,7 @@ def read_array(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
             "truncated" if isinstance(exc, (EOFError, zipfile.BadZipFile)) or "truncat" in str(exc) else ("unreadable")
         )
         raise ReadError(reason, str(exc)) from None
-    layout = _layout(tuple(arr.shape), arr.dtype, opts, matlab)
+    layout = _layout(tuple(arr.shape), opts, matlab)
     if layout in ("image", "rgb"):
         n, multi = 1, False
         h, w = arr.shape[:2]
@@ -122,16 +126,17 @@ def read_array(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
         multi = n > 1
     indices = opts.frames.indices(n, None, opts.max_frames_per_clip) if multi else [0]
 
+    def frame(i: int) -> np.ndarray:
+        if layout in ("image", "rgb"):
+            return np.asarray(arr)
+        return np.asarray(arr[i] if layout == "thw" else arr[:, :, i])
+
     def frames() -> Iterator[Frame]:
         try:
+            # one scale for the clip: its sampled frames are read twice (once for their range)
+            levels = levels_of(frame(i) for i in indices) if multi and arr.dtype != np.uint8 else None
             for i in indices:
-                if layout in ("image", "rgb"):
-                    a = np.asarray(arr)
-                elif layout == "thw":
-                    a = np.asarray(arr[i])
-                else:
-                    a = np.asarray(arr[:, :, i])
-                yield Frame(as_frame_pixels(to_uint8(a)), i)
+                yield converted(frame(i), i, levels)
         except (OSError, ValueError) as exc:
             raise ReadError("truncated", str(exc)) from None
         finally:

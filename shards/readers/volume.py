@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from shards.options import SourceOptions
-from shards.readers.base import HEAD_BYTES, Frame, Media, ReadError, as_frame_pixels, to_uint8
+from shards.readers.base import HEAD_BYTES, Frame, Media, ReadError, converted, levels_of
 
 WHOLE_BYTES = 512 << 20
 EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -188,12 +188,15 @@ def read_volume(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
             os.unlink(tmp)
         raise
 
+    def frame(i: int) -> np.ndarray:
+        return _extract(r, whole, i, mode, opts.volume_axis, ncomp, size)
+
     def frames() -> Iterator[Frame]:
         try:
+            # one scale for the clip: its sampled frames are read twice (once for their range)
+            levels = levels_of(frame(i) for i in indices) if multi else None
             for i in indices:
-                arr = _extract(r, whole, i, mode, opts.volume_axis, ncomp, size)
-                bits = None if arr.dtype == np.uint8 else arr.dtype.itemsize * 8
-                yield Frame(as_frame_pixels(to_uint8(arr, bits)), i)
+                yield converted(frame(i), i, levels)
         finally:
             if tmp:
                 os.unlink(tmp)
