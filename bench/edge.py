@@ -27,21 +27,21 @@ import torch
 from downstream.edge.measure import fp32_mib, models_side_by_side, num_params, side_by_side
 
 
-def full_models(names: list[str]) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
-    """Full-size recipe models (random init: latency does not depend on the weights)."""
+def full_models(names: list[str], size: int = 224) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
+    """Full-size recipe models built for ``size`` px inputs (random init: latency does not depend on the weights)."""
     from downstream.kd.config import TimmStudentConfig
     from downstream.kd.models.backbones import timm_student
     from downstream.kd.recipes import csa_moe, hdkd, nanoray, vit_mobilenet
 
     builders = {
         "vit_mobilenet.teacher": (
-            lambda: vit_mobilenet.build_teacher(vit_mobilenet.HybridTeacherConfig(), 3, 224),
+            lambda: vit_mobilenet.build_teacher(vit_mobilenet.HybridTeacherConfig(), 3, size),
             (1, 3),
         ),
         "vit_mobilenet.student": (lambda: timm_student(TimmStudentConfig(), 3), (1, 3)),
-        "nanoray.teacher": (lambda: nanoray.build_teacher(nanoray.ViTTeacherConfig(), 2, 224), (1, 3)),
+        "nanoray.teacher": (lambda: nanoray.build_teacher(nanoray.ViTTeacherConfig(), 2, size), (1, 3)),
         "hdkd.teacher": (lambda: hdkd.build_teacher(hdkd.HDKDModelConfig(), 7), (1, 3)),
-        "hdkd.student": (lambda: hdkd.build_student(hdkd.HDKDModelConfig(), 7, 224, True), (1, 3)),
+        "hdkd.student": (lambda: hdkd.build_student(hdkd.HDKDModelConfig(), 7, size, True), (1, 3)),
         "csa_moe.csa_moe": (lambda: csa_moe.build("csa_moe", csa_moe.CSAMoEModelConfig()), (1, 3, 3)),
         "csa_moe.resnet18": (lambda: csa_moe.build("resnet18", csa_moe.CSAMoEModelConfig()), (1, 1, 3)),
     }
@@ -154,10 +154,13 @@ def quantize_unfolded(fp32: Path, out: Path, data: list) -> Path:
         def get_next(self):
             return next(self.it, None)
 
-    ort_quantize_static(
-        str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8, per_channel=True,
-    )  # fmt: skip
+    from downstream.edge.onnx import quantizer_logs
+
+    with quantizer_logs():  # onnxruntime's per-node notes through our logger, not as bare WARNING:root lines
+        ort_quantize_static(
+            str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=True,
+        )  # fmt: skip
     return out
 
 
@@ -278,7 +281,7 @@ def study_main(args: argparse.Namespace, threads: int) -> None:
 def recipe_table(args: argparse.Namespace, threads: int) -> dict[str, dict]:
     """Every recipe model in PyTorch eager fp32, timed side by side; print and return the table."""
     names = [n for n in args.models.split(",") if n]
-    models = full_models(names)
+    models = full_models(names, args.size)
     examples = {n: torch.randn(*shape, args.size, args.size) for n, (_, shape) in models.items()}
     timed = models_side_by_side({n: m for n, (m, _) in models.items()}, examples, args.runs, args.warmup)
     table = {n: {"params_m": num_params(m) / 1e6, "mb": fp32_mib(m), **timed[n]} for n, (m, _) in models.items()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -95,41 +96,44 @@ def main() -> dict:
     fractions = [float(f) for f in args.fractions.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="bench_probe_"))
-    write_inputs(args, tmp)
-    acc = make_accelerator("auto")
-    grid = [(f, s) for f in fractions for s in seeds]
-    warmup = cell_config(args, tmp, fractions[0], seeds[0], "warmup")
-    run(warmup, accelerator=acc, cache=FeatureCache(tmp / "warm"))  # imports, splits
-    r = run_grid(args, tmp, grid, acc)
-    cached, t_cached, t_fresh = r["cached"], r["t_cached"], r["t_fresh"]
-    identical = all(
-        a["accuracy"] == b["accuracy"] and a["macro_f1"] == b["macro_f1"] for a, b in zip(cached, r["fresh"])
-    )
-    figures = {
-        "bench": "probe",
-        "cells": len(grid),
-        "images": args.n,
-        "size": args.size,
-        "arch": args.arch,
-        "cpu_count": os.cpu_count(),
-        "loader_workers": args.workers,
-        "cached_s": round(t_cached, 2),
-        "recompute_s": round(t_fresh, 2),
-        "speedup": round(t_fresh / t_cached, 2),
-        "feature_passes_cached": r["misses"],
-        "feature_passes_recompute": len(grid),
-        "identical_metrics": identical,
-        "mean_accuracy": round(sum(c["accuracy"] for c in cached) / len(cached), 4),
-    }
-    print(
-        f"{len(grid)} linear-probe cells ({len(fractions)} fractions x {len(seeds)} seeds), "
-        f"{args.n} images at {args.size}px, {args.arch}"
-    )
-    print(f"cached features   : {t_cached:7.2f} s  ({r['misses']} feature pass)")
-    print(f"recompute per cell: {t_fresh:7.2f} s  ({len(grid)} feature passes)")
-    print(f"speed-up {t_fresh / t_cached:.2f}x, identical test metrics: {identical}")
-    print(json.dumps(figures))
-    return figures
+    try:
+        write_inputs(args, tmp)
+        acc = make_accelerator("auto")
+        grid = [(f, s) for f in fractions for s in seeds]
+        warmup = cell_config(args, tmp, fractions[0], seeds[0], "warmup")
+        run(warmup, accelerator=acc, cache=FeatureCache(tmp / "warm"))  # imports, splits
+        r = run_grid(args, tmp, grid, acc)
+        cached, t_cached, t_fresh = r["cached"], r["t_cached"], r["t_fresh"]
+        identical = all(
+            a["accuracy"] == b["accuracy"] and a["macro_f1"] == b["macro_f1"] for a, b in zip(cached, r["fresh"])
+        )
+        figures = {
+            "bench": "probe",
+            "cells": len(grid),
+            "images": args.n,
+            "size": args.size,
+            "arch": args.arch,
+            "cpu_count": os.cpu_count(),
+            "loader_workers": args.workers,
+            "cached_s": round(t_cached, 2),
+            "recompute_s": round(t_fresh, 2),
+            "speedup": round(t_fresh / t_cached, 2),
+            "feature_passes_cached": r["misses"],
+            "feature_passes_recompute": len(grid),
+            "identical_metrics": identical,
+            "mean_accuracy": round(sum(c["accuracy"] for c in cached) / len(cached), 4),
+        }
+        print(
+            f"{len(grid)} linear-probe cells ({len(fractions)} fractions x {len(seeds)} seeds), "
+            f"{args.n} images at {args.size}px, {args.arch}"
+        )
+        print(f"cached features   : {t_cached:7.2f} s  ({r['misses']} feature pass)")
+        print(f"recompute per cell: {t_fresh:7.2f} s  ({len(grid)} feature passes)")
+        print(f"speed-up {t_fresh / t_cached:.2f}x, identical test metrics: {identical}")
+        print(json.dumps(figures))
+        return figures
+    finally:  # the work folder is the benchmark's own: nothing of it is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

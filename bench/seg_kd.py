@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ def main() -> dict:
     p.add_argument("--epochs", type=int, default=30, help="epochs of every training stage")
     p.add_argument("--pretrain-epochs", type=int, default=40)
     p.add_argument("--unlabelled", action="store_true", help="also the semi-supervised variant")
-    p.add_argument("--out", default="")
+    p.add_argument("--out", default="", help="work folder, kept (default: a temporary one, removed at the end)")
     args = p.parse_args()
 
     from downstream.sweep import SweepConfig, run_sweep
@@ -67,64 +68,68 @@ def main() -> dict:
     from sonodistill.jsonl import read_jsonl
 
     work = Path(args.out or tempfile.mkdtemp(prefix="bench_seg_kd_"))
-    data = work / "ddti"
-    if not data.exists():
-        write_ddti(data, n=args.n, seed=0)
-    t0 = time.perf_counter()
-    enc = foundation_encoder(data, work, args.size, args.pretrain_epochs)
-    train = "teacher.train.lr=1e-3&teacher.train.warmup_epochs=0&student.train.warmup_epochs=0"
-    methods = [f"KD=kd:seg_unet?{train}"]
-    if args.unlabelled:
-        methods.append(f"KD+unlabelled=kd:seg_unet?{train}&student.unlabelled=true")
-    cfg = SweepConfig(
-        out=str(work / "sweep"),
-        ddti=str(data),
-        tasks=["ddti-seg"],
-        encoders=[f"R18-Foundation={enc}"],
-        methods=methods,
-        modes=["finetune"],
-        fractions=[args.fraction],
-        seeds=[int(s) for s in args.seeds.split(",")],
-    )
-    cfg.run.image_size = args.size
-    cfg.run.split.file = str(work / "splits.json")
-    cfg.run.train.epochs, cfg.run.train.batch_size, cfg.run.num_workers = args.epochs, 8, 0
-    cfg.run.train.lr, cfg.run.train.save_checkpoint = 1e-3, False
-    cfg.run.edge.enabled = False
-    run_sweep(cfg)
-    rows = read_jsonl(work / "sweep" / "results.jsonl")
-    result: dict = {}
-    for name in [m.partition("=")[0] for m in methods]:
-        cells = [r["metrics"] for r in rows if r["cell"]["encoder_name"] == name]
-        result[name] = {
-            "teacher_dice": mean_sd([m["teacher"]["dice"] for m in cells]),
-            "scratch_dice": mean_sd([m["scratch"]["dice"] for m in cells]),
-            "distilled_dice": mean_sd([m["test"]["dice"] for m in cells]),
-            "scratch_teacher_agreement": mean_sd([m["scratch"]["teacher_dice"] for m in cells]),
-            "distilled_teacher_agreement": mean_sd([m["test"]["teacher_dice"] for m in cells]),
-            "distilled_beats_scratch": [m["test"]["dice"] > m["scratch"]["dice"] for m in cells],
-        }
-        r = result[name]
-        print(
-            f"{name}: teacher {r['teacher_dice']}, scratch {r['scratch_dice']}, distilled {r['distilled_dice']}; "
-            f"agreement with the teacher: scratch {r['scratch_teacher_agreement']}, "
-            f"distilled {r['distilled_teacher_agreement']}"
+    try:
+        data = work / "ddti"
+        if not data.exists():
+            write_ddti(data, n=args.n, seed=0)
+        t0 = time.perf_counter()
+        enc = foundation_encoder(data, work, args.size, args.pretrain_epochs)
+        train = "teacher.train.lr=1e-3&teacher.train.warmup_epochs=0&student.train.warmup_epochs=0"
+        methods = [f"KD=kd:seg_unet?{train}"]
+        if args.unlabelled:
+            methods.append(f"KD+unlabelled=kd:seg_unet?{train}&student.unlabelled=true")
+        cfg = SweepConfig(
+            out=str(work / "sweep"),
+            ddti=str(data),
+            tasks=["ddti-seg"],
+            encoders=[f"R18-Foundation={enc}"],
+            methods=methods,
+            modes=["finetune"],
+            fractions=[args.fraction],
+            seeds=[int(s) for s in args.seeds.split(",")],
         )
-    n_train = rows[0]["metrics"]["n_train"]
-    figures = {
-        "bench": "seg_kd",
-        "images": args.n,
-        "size": args.size,
-        "fraction": args.fraction,
-        "labelled_images": n_train,
-        "seeds": cfg.seeds,
-        "epochs": args.epochs,
-        "load_avg_1min": round(os.getloadavg()[0], 2),
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "results": result,
-    }
-    print(json.dumps(figures))
-    return figures
+        cfg.run.image_size = args.size
+        cfg.run.split.file = str(work / "splits.json")
+        cfg.run.train.epochs, cfg.run.train.batch_size, cfg.run.num_workers = args.epochs, 8, 0
+        cfg.run.train.lr, cfg.run.train.save_checkpoint = 1e-3, False
+        cfg.run.edge.enabled = False
+        run_sweep(cfg)
+        rows = read_jsonl(work / "sweep" / "results.jsonl")
+        result: dict = {}
+        for name in [m.partition("=")[0] for m in methods]:
+            cells = [r["metrics"] for r in rows if r["cell"]["encoder_name"] == name]
+            result[name] = {
+                "teacher_dice": mean_sd([m["teacher"]["dice"] for m in cells]),
+                "scratch_dice": mean_sd([m["scratch"]["dice"] for m in cells]),
+                "distilled_dice": mean_sd([m["test"]["dice"] for m in cells]),
+                "scratch_teacher_agreement": mean_sd([m["scratch"]["teacher_dice"] for m in cells]),
+                "distilled_teacher_agreement": mean_sd([m["test"]["teacher_dice"] for m in cells]),
+                "distilled_beats_scratch": [m["test"]["dice"] > m["scratch"]["dice"] for m in cells],
+            }
+            r = result[name]
+            print(
+                f"{name}: teacher {r['teacher_dice']}, scratch {r['scratch_dice']}, distilled {r['distilled_dice']}; "
+                f"agreement with the teacher: scratch {r['scratch_teacher_agreement']}, "
+                f"distilled {r['distilled_teacher_agreement']}"
+            )
+        n_train = rows[0]["metrics"]["n_train"]
+        figures = {
+            "bench": "seg_kd",
+            "images": args.n,
+            "size": args.size,
+            "fraction": args.fraction,
+            "labelled_images": n_train,
+            "seeds": cfg.seeds,
+            "epochs": args.epochs,
+            "load_avg_1min": round(os.getloadavg()[0], 2),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "results": result,
+        }
+        print(json.dumps(figures))
+        return figures
+    finally:  # the work folder is the benchmark's own: nothing of it is left behind
+        if not args.out:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

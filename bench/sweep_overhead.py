@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -38,13 +39,12 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run_sweep_on_synthetic(args: argparse.Namespace) -> tuple[Path, float]:
+def run_sweep_on_synthetic(args: argparse.Namespace, tmp: Path) -> tuple[Path, float]:
     """Write synthetic BUSI and run the one-method sweep at two label fractions; its folder and wall seconds."""
     from downstream.sweep import SweepConfig, run_sweep
     from shards.synth import write_busi
     from sonodistill.config import load_config
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_overhead_"))
     write_busi(tmp / "busi", n=args.n, seed=0)
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(
@@ -113,27 +113,31 @@ def main() -> dict:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    sweep, wall = run_sweep_on_synthetic(args)
-    cells = cell_timings(sweep)
-    print_cells(args, cells)
-    steady = cells[-1]
-    figures = {
-        "bench": "sweep_overhead",
-        "method": args.method,
-        "images": args.n,
-        "size": args.size,
-        "epochs": args.epochs,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_avg_1min": round(os.getloadavg()[0], 2),
-        "sweep_wall_s": round(wall, 1),
-        "cells": cells,
-        "shared_fraction": steady["shared_frac"],
-        "edge_s_per_cell": steady["edge_s"],
-        "target_met": steady["shared_frac"] <= 0.10,
-    }
-    print(json.dumps(figures))
-    return figures
+    tmp = Path(tempfile.mkdtemp(prefix="bench_sweep_overhead_"))
+    try:
+        sweep, wall = run_sweep_on_synthetic(args, tmp)
+        cells = cell_timings(sweep)
+        print_cells(args, cells)
+        steady = cells[-1]
+        figures = {
+            "bench": "sweep_overhead",
+            "method": args.method,
+            "images": args.n,
+            "size": args.size,
+            "epochs": args.epochs,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_1min": round(os.getloadavg()[0], 2),
+            "sweep_wall_s": round(wall, 1),
+            "cells": cells,
+            "shared_fraction": steady["shared_frac"],
+            "edge_s_per_cell": steady["edge_s"],
+            "target_met": steady["shared_frac"] <= 0.10,
+        }
+        print(json.dumps(figures))
+        return figures
+    finally:  # the work folder is the benchmark's own: nothing of it is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def train_teacher(
     head = torch.nn.Linear(2 * cfg.hidden_size, len(PRESETS) + 3)
     params = list(vit.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.05)
-    batch = 64
+    batch = min(64, len(images))  # a small smoke corpus still trains
     steps = epochs * (len(images) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-4, total_steps=steps, pct_start=0.1)
     y_a, y_l = torch.as_tensor(anatomy), torch.as_tensor(lesion)

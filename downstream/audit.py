@@ -119,7 +119,8 @@ def unused_images(catalog: Catalog) -> list[str]:
     if not catalog.root or not Path(catalog.root).is_dir():
         return []
     root = Path(catalog.root).resolve()
-    used = {str(Path(s).resolve()) for r in catalog.records for s in (r.image, *r.masks) if isinstance(s, str)}
+    paths = [r.image for r in catalog.records] + [getattr(m, "path", m) for r in catalog.records for m in r.masks]
+    used = {str(Path(p).resolve()) for p in paths + catalog.other_files if isinstance(p, str)}
     return [p.relative_to(root).as_posix() for p in image_files(root) if str(p.resolve()) not in used]
 
 

@@ -79,7 +79,7 @@ class Settings:
     train: DownstreamTrainConfig = field(default_factory=DownstreamTrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     edge: EdgeConfig = field(default_factory=EdgeConfig)  # params, GMACs, CPU latency, ONNX / INT8 of each model
-    cache_dir: str = ""  # frozen-feature and latency cache; "" -> <out>/cache
+    cache_dir: str = ""  # frozen-feature and latency cache; "": features in <out>/cache, latencies in memory
     strict_decontamination: bool = False  # refuse a run whose encoder was not checked against the test split
 
 

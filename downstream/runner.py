@@ -263,10 +263,10 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
     check_spec(cfg.encoder)  # before any file is written: a typo leaves no half-made run folder
     if not 0 < cfg.fraction <= 1:
         raise UserError(f"fraction: expected 0 < fraction <= 1, got {cfg.fraction}")
-    catalog, splits, train_ids = prepare(cfg)
     set_seed(cfg.seed)
     enc: Encoder = load_encoder(cfg.encoder)  # a bad spec is reported before the check below
-    check_input_size(enc, cfg.image_size, kind == "seg")
+    check_input_size(enc, cfg.image_size, kind == "seg")  # before the dataset's duplicate search
+    catalog, splits, train_ids = prepare(cfg)  # seeded on its own: the global generators are left alone
     check = encoder_check(cfg.encoder, cfg.task, cfg.strict_decontamination, catalog, splits)
     main = acc.is_main_process
     if main:

@@ -157,7 +157,8 @@ def _reader(cfg: SweepConfig, entry: str, settings: Sequence[str]) -> ReaderConf
     try:
         return override_config(cfg.run.reader, settings, where=f"tasks: '{entry}'")
     except UserError as exc:
-        raise UserError(f"tasks: '{entry}': {exc}") from None
+        short = f" (or the short keys {', '.join(UB_KEYS)})" if "unknown key" in str(exc) else ""
+        raise UserError(f"tasks: '{entry}': {exc}{short}") from None
 
 
 def resolve_tasks(cfg: SweepConfig) -> list[TaskSpec]:

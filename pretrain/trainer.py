@@ -92,8 +92,18 @@ def _check_config(cfg: PretrainConfig) -> None:
 
 
 def _accumulation(cfg: PretrainConfig, world: int) -> tuple[int, int]:
+    """(global batch, accumulation steps); more processes than the global batch needs at
+    ``train.batch_size`` each get a smaller per-process batch (``cfg.train.batch_size`` is lowered,
+    with a warning), so one config runs on 8 or 16 GPUs at the same global batch."""
     per_step = cfg.train.batch_size * world
     global_batch = cfg.train.global_batch or per_step
+    if per_step > global_batch and global_batch % world == 0:
+        log.warning(
+            f"train.batch_size: {cfg.train.batch_size} per process x {world} processes is more than "
+            f"train.global_batch={global_batch}; each process takes {global_batch // world}"
+        )
+        cfg.train.batch_size = global_batch // world
+        per_step = global_batch
     if global_batch % per_step:
         raise UserError(
             f"train.global_batch: {global_batch} is not a multiple of train.batch_size x processes "

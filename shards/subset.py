@@ -93,12 +93,13 @@ def _read_shard(u: int, url: str, seed: int, bar: tuple | None) -> tuple[int, li
     return u, found, counts, len(shard), None
 
 
-def _check_losses(failed: int, lost: int, total: int | None, read: int, url: str, reason: str) -> None:
+def _check_losses(failed: int, lost: int, total: int | None, read: int, url: str, reason: str, short: int = 0) -> None:
     """Stop, as the loader does (:mod:`shards.read_guard`), when more than 1 % of the samples are lost or,
     without a manifest, when the first shards all fail: a store that went away never hangs the read."""
     if total and lost > MAX_SKIPPED_SHARE * total:
+        bad = ", ".join(f"{n} shard(s) {what}" for n, what in ((failed, "unreadable"), (short, "cut short")) if n)
         raise UserError(
-            f"shards: {failed} shard(s) unreadable, {lost} of {total} samples ({lost / total:.1%}) lost, "
+            f"shards: {bad}, {lost} of {total} samples ({lost / total:.1%}) lost, "
             f"more than {MAX_SKIPPED_SHARE:.0%}; e.g. {url} ({reason})"
         )
     if not total and not read and failed >= 3:
@@ -114,7 +115,7 @@ def seeded_subset(shards: str, k: int, seed: int, threads: int = 1) -> Subset:
     urls, manifest = resolve_shards(shards)
     total = None if manifest is None else int(manifest["num_samples"])
     counts = [int(c) for c in (manifest or {}).get("shard_samples", [])] or None
-    kept, skipped, lost, read = _Kept(k), Counter(), 0, 0
+    kept, skipped, lost, read, short = _Kept(k), Counter(), 0, 0, 0
     with (
         ThreadPoolExecutor(max(1, threads)) as pool,
         progress(total=total, desc="read shards", unit="img") as bar,
@@ -136,9 +137,9 @@ def seeded_subset(shards: str, k: int, seed: int, threads: int = 1) -> Subset:
                 _check_losses(skipped["unreadable_shard"], lost, total, read, urls[u], failure)
             elif counts and n < counts[u]:  # truncated: the samples after the damage are lost
                 lost += counts[u] - n
-                _check_losses(
-                    skipped["unreadable_shard"], lost, total, read, urls[u], f"cut short: {n} of {counts[u]} samples"
-                )
+                short += 1
+                cut = f"cut short: {n} of {counts[u]} samples"
+                _check_losses(skipped["unreadable_shard"], lost, total, read, urls[u], cut, short)
             read += n
             skipped.update(c)
             for order, item in found:

@@ -14,6 +14,7 @@ from PIL import Image
 from downstream.data import (
     GeometricAugment,
     ImageSet,
+    ReaderConfig,
     load_gray,
     load_mask,
     read_busi,
@@ -214,6 +215,10 @@ def test_class_folders_and_hub_dataset(tmp_path):
     assert read_catalog(str(saved), "seg").fingerprint() != before
     with pytest.raises(UserError, match="no image column 'img'"):
         read_hub(str(saved), image_column="img")
+    for kind, key in (("cls", "label_column"), ("seg", "mask_column")):  # the column named, and those there are
+        msg = rf"no {key[:-7]} column 'nope' \(columns: image, mask, label, pid\); set reader.{key}$"
+        with pytest.raises(UserError, match=msg):
+            read_catalog(str(saved), kind, ReaderConfig(**{key: "nope"}))
     with pytest.raises(UserError, match="anywhere: not in the local datasets cache, and the Hub is not reachable"):
         read_hub("hf:nobody/not-cached-anywhere")
 

@@ -96,6 +96,43 @@ def test_edge_column_scores_runtimes_and_caches_latency(tmp_path):
     assert "onnx" not in plain and not plain["latency_cached"] and plain["threads"] == 2
 
 
+class _Antialiased(torch.nn.Module):
+    """A classifier with an operator the ONNX exporter lacks (timm's ViTs resize their position
+    embeddings this way at a size other than their own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3 * 16 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(x, size=(16, 16), mode="bicubic", antialias=True)
+        return self.head(x.flatten(1))
+
+
+def test_a_model_onnx_cannot_export_keeps_its_pytorch_column_and_stdout_clean(tmp_path, capfd, caplog):
+    from downstream.data.inputs import Inputs
+    from downstream.edge.onnx import QuantConfig
+    from downstream.edge.profile import EdgeConfig, profile
+    from downstream.edge.score import classification_deployment
+    from sonodistill.config import ConfigError
+
+    inputs = Inputs()
+    dep = classification_deployment(_batches(4, 32, 0), _batches(2, 32, 1), lambda g: inputs(g, train=False))
+    cfg = EdgeConfig(threads=1, runs=2, warmup=0, rounds=1, onnx="always", quant=QuantConfig(calib_images=2))
+    out = profile(_Antialiased().eval(), torch.zeros(1, 3, 32, 32), cfg, deployment=dep, workdir=tmp_path)
+    assert "onnx" not in out and out["eager_ms"] > 0
+    assert out["onnx_skipped"].startswith("UnsupportedOperatorError: Exporting the operator 'aten::_upsample_bicubic")
+    assert "PyTorch latency only" in caplog.text
+    assert capfd.readouterr().out == ""  # the exporter's graph dump does not reach a command's JSON stdout
+    assert list(tmp_path.iterdir()) == []  # its scratch folder is gone
+    for bad, msg in [(dict(runs=0), "edge.runs: expected an integer >= 1, got 0"),
+                     (dict(threads=-3), "edge.threads: expected an integer >= 0, got -3")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=msg):
+            EdgeConfig(**bad)
+    with pytest.raises(ConfigError, match="edge.quant.calib_images: expected at least 1, got 0"):
+        QuantConfig(calib_images=0)
+
+
 def test_resnet_int8_graph_is_integer_end_to_end(tmp_path):
     """BatchNorm folded before quantising: a ResNet runs as one quantise, integer ops, one dequantise."""
     from downstream.edge.onnx import int8_graph

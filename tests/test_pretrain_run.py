@@ -136,6 +136,16 @@ def test_schedule_and_accumulation_arithmetic(caplog):
     cfg.train.global_batch = 100
     with pytest.raises(UserError, match="train.global_batch: 100 is not a multiple of .* = 64 x 1 = 64"):
         _accumulation(cfg, world=1)
+    # the paper config on 2 nodes x 8 GPUs: 64 x 16 would overshoot 512, so each process takes 32
+    cfg.train.global_batch, caplog.records[:] = 512, []
+    with caplog.at_level(logging.WARNING, logger="pretrain.trainer"):
+        assert _accumulation(cfg, world=16) == (512, 1) and cfg.train.batch_size == 32
+    assert caplog.records[-1].getMessage() == (
+        "train.batch_size: 64 per process x 16 processes is more than train.global_batch=512; each process takes 32"
+    )
+    cfg.train.batch_size = 64
+    with pytest.raises(UserError, match="train.global_batch: 512 is not a multiple of .* = 64 x 3 = 192"):
+        _accumulation(cfg, world=3)
     cfg.train.max_steps = 0
     with pytest.raises(UserError, match="train.max_steps: must be set"):
         _max_steps(cfg, None, 512)

@@ -93,7 +93,10 @@ def test_a_shard_cut_short_counts_its_lost_samples(shard_dir, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     first = copy / manifest["shards"][0]
     first.write_bytes(first.read_bytes()[: first.stat().st_size // 3])
-    cut = rf"samples \(\d+\.\d%\) lost, more than 1%; e.g. {first} \(cut short: \d+ of 16 samples\)"
+    cut = (
+        rf"shards: 1 shard\(s\) cut short, \d+ of \d+ samples \(\d+\.\d%\) lost, more than 1%; "
+        rf"e.g. {first} \(cut short: \d+ of 16 samples\)"
+    )
     with pytest.raises(UserError, match=cut):
         seeded_subset(str(copy), 10**6, 0)
 

@@ -96,6 +96,33 @@ def test_classification_names_and_missing_field_is_a_clear_error(ub_dir):
     assert read_catalog(str(ub_dir), "cls", ReaderConfig()).classes == cat.classes  # the layout is detected
 
 
+def test_bad_splits_and_labels_are_one_line_and_the_audit_counts_the_masks_as_used(ub_dir, tmp_path):
+    import shutil
+
+    from downstream.audit import unused_images
+
+    cat = read_catalog(f"ub:{ub_dir}", "seg", ReaderConfig(mask_column="psfh_mask"))
+    assert unused_images(cat) == []  # label maps and scan masks are named by the records
+    copy = tmp_path / "ub"
+    shutil.copytree(ub_dir, copy)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(copy / "images" / "stray.png")
+    assert unused_images(read_catalog(f"ub:{copy}", "seg", ReaderConfig(mask_column="psfh_mask"))) == [
+        "images/stray.png"
+    ]
+    train = json.loads((copy / "train_val.json").read_text())
+    test = json.loads((copy / "test.json").read_text())
+    cases = [
+        ("test.json", [], r"test.json: holds no records \(UltraBench's test.json is never empty\)$"),
+        ("train_val.json", [{**train[0], "label": [0, 1]}, *train[1:]], r"has label \[0, 1\]; expected one class"),
+        ("test.json", [{**test[0], "label": 5}, *test[1:]], r"class 5 \(e.g. image .*\) has no image in train_val"),
+    ]
+    for name, records, msg in cases:
+        shutil.copytree(ub_dir, copy, dirs_exist_ok=True)
+        (copy / name).write_text(json.dumps(records))
+        with pytest.raises(UserError, match=msg):
+            read_catalog(f"ub:{copy}", "cls", ReaderConfig())
+
+
 def test_own_test_split_is_kept(ub_dir, tmp_path):
     cat = read_catalog(f"ub:{ub_dir}", "cls", ReaderConfig())
     splits = make_splits(cat, [0.7, 0.2, 0.1], seed=3)
@@ -123,5 +150,7 @@ def test_sweep_task_strings_set_kind_and_reader(ub_dir):
     assert (seg.kind, cls.kind) == ("seg", "cls") and seg.data == f"ub:{ub_dir}"
     assert (seg.reader.layout, seg.reader.mask_column, seg.reader.mask_values) == ("ub", "psfh_mask", [1, 2])
     assert cls.reader == ReaderConfig(layout="ub")  # typed, on top of run.reader's defaults
-    with pytest.raises(UserError, match="unknown key 'mask_colum'"):
+    with pytest.raises(
+        UserError, match=r"unknown key 'mask_colum'.*\(or the short keys mask, label, group, foreground\)$"
+    ):
         resolve_tasks(SweepConfig(tasks=[f"ub:{ub_dir}?mask_colum=x"]))

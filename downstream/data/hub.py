@@ -78,14 +78,20 @@ def read_hub(
     label_column: str = "label",
     group_column: str = "",
     check: bool = True,
+    need: str = "",
 ) -> Catalog:
+    """``need``: ``mask`` or ``label``, the column the task cannot do without (named in the error)."""
     import datasets
 
     loaded = _load(spec)
     parts = list(loaded.items()) if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
     cols = parts[0][1].column_names
-    if image_column not in cols:
-        raise UserError(f"{spec}: no image column '{image_column}' (columns: {', '.join(cols)}); set data.image_column")
+    wanted = {"image": image_column, "mask": mask_column if need == "mask" else "", "label": label_column}
+    for what, column in wanted.items():
+        if (what == "image" or what == need) and column not in cols:
+            raise UserError(
+                f"{spec}: no {what} column '{column}' (columns: {', '.join(cols)}); set reader.{what}_column"
+            )
     has_mask = bool(mask_column) and mask_column in cols
     has_label = bool(label_column) and label_column in cols
     if group_column and group_column not in cols:

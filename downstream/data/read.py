@@ -51,7 +51,7 @@ class DatasetLayout:
 def _hub(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
     mask = cfg.mask_column if kind == "seg" else ""
     columns = {"image_column": cfg.image_column, "label_column": cfg.label_column, "group_column": cfg.group_column}
-    return read_hub(data, mask_column=mask, check=check, **columns)
+    return read_hub(data, mask_column=mask, check=check, need="mask" if kind == "seg" else "label", **columns)
 
 
 def _ultrabench(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:

@@ -75,6 +75,7 @@ class Catalog:
     records: list[Record]
     classes: list[str] = field(default_factory=list)
     test_ids: list[str] = field(default_factory=list)  # the dataset's own test split (UltraBench), kept as is
+    other_files: list[str] = field(default_factory=list)  # files the records name for other uses (scan masks)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -87,9 +87,29 @@ def _check_field(rows: list[tuple[str, dict]], field: str, what: str, option: st
     if missing:
         fields = sorted({k for _, r in rows for k, v in r.items() if v is not None and k != "image"})
         f, r = missing[0]
+        mine = [x for x, _ in rows if x == f]
         raise UserError(
-            f"{f}: {len(missing)} of {len(rows)} records have no {what} field '{field}' (e.g. image "
-            f"'{r['image']}'); set {option} to one of the records' fields: {', '.join(fields)}"
+            f"{f}: {sum(x == f for x, _ in missing)} of its {len(mine)} records have no {what} field '{field}' "
+            f"(e.g. image '{r['image']}'); set {option} to one of the records' fields: {', '.join(fields)}"
+        )
+
+
+def _check_labels(rows: list[tuple[str, dict]], field: str) -> None:
+    """Labels are integers or strings, and every class has training images (not only test ones)."""
+    for f, r in rows:
+        v = r[field]
+        if not isinstance(v, (int, str)) or isinstance(v, bool):
+            raise UserError(
+                f"{f}: image '{r['image']}' has {field} {json.dumps(v)}; expected one class (an integer or a "
+                "name) per image"
+            )
+    train = {r[field] for f, r in rows if not f.endswith("test.json")}
+    only_test = sorted({r[field] for f, r in rows if f.endswith("test.json")} - train, key=str)
+    if only_test:
+        f, r = next((f, r) for f, r in rows if r[field] == only_test[0])
+        raise UserError(
+            f"{f}: class {json.dumps(only_test[0])} (e.g. image '{r['image']}') has no image in train_val.json: "
+            "a model cannot learn it"
         )
 
 
@@ -122,13 +142,17 @@ def read_ultrabench(
     root = Path(spec[3:] if spec.startswith("ub:") else spec)
     if not root.is_dir():
         raise UserError(f"{spec}: UltraBench dataset folder not found")
-    rows = [(str(root / name), r) for name in FILES for r in _records(root, name)]
-    if not rows:
-        raise UserError(f"{root}: train_val.json and test.json hold no records")
+    rows = []
+    for name in FILES:
+        mine = _records(root, name)
+        if not mine:  # an empty test split would silently be replaced by one cut from train_val.json
+            raise UserError(f"{root / name}: holds no records (UltraBench's {name} is never empty)")
+        rows += [(str(root / name), r) for r in mine]
     if kind == "seg":
         _check_field(rows, mask_column, "mask", "reader.mask_column")
     else:
         _check_field(rows, label_column, "label", "reader.label_column")
+        _check_labels(rows, label_column)
     group = group_column or next((g for g in GROUP_FIELDS if all(r.get(g) is not None for _, r in rows)), "")
     if group_column:
         _check_field(rows, group_column, "patient/group", "reader.group_column")
@@ -153,4 +177,8 @@ def read_ultrabench(
             test_ids.append(rid)
     if check:
         check_records(records)
-    return Catalog(name=root.name, root=str(root), records=records, classes=classes, test_ids=test_ids)
+    # every other path a record names (scan masks, the masks of other tasks): not data the run leaves out
+    named = {str(root / v) for _, r in rows for k, v in r.items() if k != "image" and isinstance(v, str)}
+    return Catalog(
+        name=root.name, root=str(root), records=records, classes=classes, test_ids=test_ids, other_files=sorted(named)
+    )

@@ -25,6 +25,9 @@ conclusions in docs/benchmarks.md):
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -34,6 +37,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from sonodistill.config import ConfigError
 
 log = logging.getLogger(__name__)
 # onnxruntime falls back to per-tensor scales for a weight whose channel axis it cannot use: expected
@@ -52,6 +57,28 @@ class QuantConfig:
     op_types: list[str] = field(default_factory=list)  # operators to quantise; [] = all onnxruntime can
     exclude: list[str] = field(default_factory=list)  # node names kept in fp32
 
+    def __post_init__(self) -> None:
+        if self.calib_images < 1:
+            raise ConfigError(f"edge.quant.calib_images: expected at least 1, got {self.calib_images}")
+
+
+@contextmanager
+def _stdout_silenced() -> Iterator[None]:
+    """File descriptor 1 sent to a scratch file: an operator the exporter cannot handle makes it print
+    the whole graph from C++, and a command's stdout is its JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
+
 
 def export(model: torch.nn.Module, path: str | Path, example: torch.Tensor | int, opset: int = 17) -> Path:
     """fp32 ONNX with a dynamic batch axis (TorchScript exporter: no onnxscript needed).
@@ -62,7 +89,7 @@ def export(model: torch.nn.Module, path: str | Path, example: torch.Tensor | int
     model = model.to("cpu").float().eval()
     x = torch.randn(1, 3, example, example) if isinstance(example, int) else example[:1].to("cpu").float()
     tmp = path.with_name(f".{path.name}.tmp")
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _stdout_silenced():
         # the dynamo exporter needs onnxscript (not a dependency); the TorchScript one is deprecated but exact
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -88,7 +115,7 @@ def _preprocessed(src: Path) -> Path:
     try:
         # symbolic shape inference is slow and changes nothing for conv nets; the optimisation step folds
         # BatchNorm into the convolutions, without which INT8 runs 3x slower (BN left in fp32 between Q/DQ)
-        with _quantizer_logs():
+        with quantizer_logs():
             quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
     finally:
         logging.getLogger().setLevel(level)
@@ -103,7 +130,7 @@ class _ToOurLog(logging.Handler):
 
 
 @contextmanager
-def _quantizer_logs() -> Iterator[None]:
+def quantizer_logs() -> Iterator[None]:
     """onnxruntime's quantizer logs through the root logger (``logging.warning(...)``), which installs a
     bare ``WARNING:root:`` stderr handler on first use: its records go through this module's logger
     instead, at WARNING or above (the per-tensor fallback at DEBUG)."""
@@ -119,7 +146,7 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     pre = _preprocessed(Path(src))
-    with _quantizer_logs():
+    with quantizer_logs():
         quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8)
     return Path(dst)
 
@@ -146,7 +173,7 @@ def quantize_static(
             return next(self.it, None)
 
     pre = _preprocessed(Path(src))
-    with _quantizer_logs():
+    with quantizer_logs(), _stdout_silenced():  # percentile/entropy calibration print to stdout
         ort_quantize_static(
             str(pre),
             str(dst),

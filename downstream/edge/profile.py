@@ -33,7 +33,8 @@ import torch
 from downstream.edge.measure import fixed_threads, gmacs, num_params, side_by_side
 from downstream.edge.onnx import OrtModel, QuantConfig, export, int8_graph, quantize_static
 from sonodistill.atomic import json_text, write_once
-from sonodistill.config import to_dict
+from sonodistill.config import ConfigError, to_dict
+from sonodistill.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ class EdgeConfig:
     onnx: Literal["auto", "always", "never"] = "auto"  # auto: KD students and distilled (folder/hf-hub) encoders
     quant: QuantConfig = field(default_factory=QuantConfig)
     cache: bool = True  # reuse a latency measured for the same architecture, input shape and threads
+
+    def __post_init__(self) -> None:
+        for key, least in (("threads", 0), ("runs", 1), ("warmup", 0), ("rounds", 1)):
+            if (value := getattr(self, key)) < least:
+                raise ConfigError(f"edge.{key}: expected an integer >= {least}, got {value}")
 
 
 @dataclass
@@ -131,12 +137,20 @@ def profile(
         plain = cache.get(plain_key) if use else None
         key = signature(model, tuple(x.shape), cfg, with_onnx)
         cached = (cache.get(key) if with_onnx else plain) if use else None
-        if not with_onnx:
+        lat = None
+        if with_onnx:
+            try:
+                with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+                    lat, out["onnx"] = _deploy(model, x, cfg, deployment, Path(tmp), threads, cached)
+            except UserError:
+                raise
+            except Exception as exc:  # an operator the exporter or onnxruntime lacks: the run's results stay
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+                log.warning(f"edge: no ONNX / INT8 column for this model, PyTorch latency only ({reason})")
+                out["onnx_skipped"] = reason
+                with_onnx, key, cached = False, plain_key, plain
+        if lat is None:
             lat = cached or side_by_side({"eager": lambda: model(x)}, cfg.runs, cfg.warmup, cfg.rounds)
-        else:
-            with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-                lat, onnx_part = _deploy(model, x, cfg, deployment, Path(tmp), threads, cached)
-            out["onnx"] = onnx_part
         if cached is None and use:
             cache.put(key, {k: v for k, v in lat.items() if k in ("eager", "ort_fp32", "ort_int8")})
         if plain is None and use and with_onnx:
