@@ -151,7 +151,9 @@ def _from_splits(
         raise UserError(f"{flag} {spec}: id '{missing[0]}' has no image file in {path} (a Hub dataset?)")
     label = data.get("dataset") or path.stem
     images = {p: tuple(sorted({data["images"][str(i)] for i in data[p]})) for p in parts}
-    return f"{label}:{'+'.join(parts)}", Path(data["root"]), images
+    root = Path(data["root"]).expanduser()
+    # ours are absolute; a hand-written relative root means the folder beside the file, not the working directory
+    return f"{label}:{'+'.join(parts)}", root if root.is_absolute() else path.parent / root, images
 
 
 def _is_dicom(head: bytes, name: str) -> bool:

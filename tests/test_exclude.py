@@ -5,6 +5,7 @@ splits.json as a set, and one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -158,6 +159,10 @@ def test_a_splits_file_names_its_test_and_val_images(busi_dir, tmp_path):
     }
     with pytest.raises(UserError, match="unknown split part 'tset'"):
         load_exclusion(f"{path}:tset")
+    hand = tmp_path / "elsewhere" / "hand.json"  # a hand-written file with a relative root: beside the file
+    hand.parent.mkdir()
+    hand.write_text(json.dumps({**data, "root": os.path.relpath(busi_dir, hand.parent)}))
+    assert load_exclusion(str(hand)).root.resolve() == busi_dir.resolve()
     del data["root"]
     (tmp_path / "old.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match="does not name its images' files"):

@@ -30,11 +30,20 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except where the help already says it (corpus-only options default to None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m shards.synth",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("--layout", required=True, help=f"one of {', '.join(LAYOUTS)}")
     p.add_argument(
