@@ -39,6 +39,7 @@ import yaml
 from downstream.data.transforms import to_input
 from downstream.encoders import Encoder, check_spec, load_encoder
 from downstream.sweep import parse_encoder
+from shards.manifest import resolve_shards
 from sonodistill.atomic import atomic_open, write_json
 from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
@@ -172,22 +173,30 @@ def plot_panels(
     save_figure(fig, path)
 
 
+def _check_patch(enc: Encoder, spec: str, size: int) -> None:
+    if size and enc.patch_size and size % enc.patch_size:
+        raise UserError(f"image_size: {size} is not a multiple of {spec}'s patch size {enc.patch_size}")
+
+
 def run_embed(cfg: EmbedConfig) -> dict:
     """Embed, project and plot (``cfg`` checked by :func:`check`); returns what ``embed.json`` holds."""
     out, size, seed = Path(cfg.out), cfg.image_size, cfg.seed
+    # every encoder loaded and its patch size checked before a single shard is read
+    known = size or int((resolve_shards(cfg.shards)[1] or {}).get("settings", {}).get("size") or 0)
+    loaded = []
+    for item in cfg.encoders:
+        name, spec = parse_encoder(item)
+        torch.manual_seed(seed)  # `rand` encoders: the same random init on every call
+        loaded.append((name, spec, load_encoder(spec)))
+        _check_patch(loaded[-1][2], spec, known)
     images, sources = collect(cfg.shards, cfg.max_samples, seed, loader_workers(cfg.num_workers))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names, coords, scores, rows = [], [], [], []
     arrays: dict[str, np.ndarray] = {"sources": np.asarray(sources)}
-    for item in cfg.encoders:
-        name, spec = parse_encoder(item)
-        torch.manual_seed(seed)  # `rand` encoders: the same random init on every call
-        enc = load_encoder(spec)
-        if enc.patch_size and (size or images.shape[-1]) % enc.patch_size:
-            raise UserError(
-                f"image_size: {size or images.shape[-1]} is not a multiple of {spec}'s patch size {enc.patch_size}"
-            )
+    for name, spec, enc in loaded:
+        _check_patch(enc, spec, size or images.shape[-1])  # shards without a manifest: known only now
         feats = embed(enc, images, size, cfg.batch_size, device)
+        enc.backbone.cpu()  # one encoder on the GPU at a time
         xy = project(feats, seed, cfg.perplexity)
         sil_feat, sil_tsne = silhouettes(feats, xy, sources)
         names.append(name), coords.append(xy), scores.append(sil_feat)

@@ -202,6 +202,12 @@ def test_embed_settings_are_a_config_checked_before_reading(shard_dir, tmp_path,
     assert "max_samples: need at least 3, got 2" in fail([*base, "--encoder", "rand", "max_samples=2"])
     assert "image_size: need at least 8, got 4" in fail([*base, "--encoder", "rand", "--size", "4"])
     assert "unknown key 'imagesize'" in fail([*base, "--encoder", "rand", "imagesize=64"])
+    monkeypatch.setattr(embed_cli, "collect", lambda *a, **k: pytest.fail("shards read before the encoder check"))
+    vit = "rand:vit_tiny_patch16_224"
+    msg = f"image_size: 40 is not a multiple of {vit}'s patch size 16"
+    assert msg in fail([*base, "--encoder", vit, "--size", "40"])
+    monkeypatch.undo()
+    shutil.rmtree(out)
     assert not out.exists()  # every refusal came before anything was written
     (out / "run").mkdir(parents=True)
     (out / "audit.json").write_text("{}")
