@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from sonodistill.errors import UserError
-from sonodistill.hub import timm_pretrained_source
+from sonodistill.hub import in_reach, timm_pretrained_source
 
 SPEC_FORMS = (
     "rand",
@@ -189,6 +189,15 @@ def _check_timm_name(spec: str, name: str) -> None:
         raise UserError(f"encoder '{spec}': {_offline_hint(name)}")
 
 
+def _check_dinov3(spec: str, target: str) -> None:
+    if target.startswith(("/", ".", "~")) and not Path(target).expanduser().is_dir():
+        raise UserError(f"encoder '{spec}': {target} is not a folder (a save_pretrained DINOv3) nor a Hub id")
+    if not in_reach(target):
+        raise UserError(
+            f"encoder '{spec}': '{target}' is not in the local cache, and the Hub is not reachable from here"
+        )
+
+
 def check_spec(spec: str) -> None:
     """Raise the :class:`UserError` :func:`load_encoder` would for a malformed ``spec``, an unknown timm
     architecture, timm weights out of reach or a missing folder, without loading anything: a sweep
@@ -199,6 +208,10 @@ def check_spec(spec: str) -> None:
             raise UserError(f"encoder '{spec}': a name is missing after '{spec}'; valid forms: {'; '.join(SPEC_FORMS)}")
         if spec.startswith(("rand:", "timm:")):
             _check_timm_name(spec, spec.split(":", 1)[1])
+        elif spec.startswith("hf-hub:") and timm_pretrained_source(spec) is None:
+            raise UserError(f"encoder '{spec}': cannot fetch it from the Hub or find it in the local cache (offline?)")
+        elif spec.startswith("dinov3:"):
+            _check_dinov3(spec, spec[7:])
         return
     path = spec[10:] if spec.startswith("local-dir:") else spec
     if not Path(path).is_dir():

@@ -225,9 +225,15 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
             print(f"  {f}  ({(folder / f).stat().st_size / 1e6:.2f} MB)")
         print("  (checked: no local path in README.md or config.json)")
         return files
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import HfApi, constants
 
+    from sonodistill.hub import hub_reachable
+
+    if not hub_reachable():  # offline mode or no answer: one line now, not huggingface_hub's retries
+        raise UserError(
+            f"--push-to-hub {repo_id}: the Hub ({constants.ENDPOINT}) is not reachable from here (or "
+            f"HF_HUB_OFFLINE is set); the export is in {folder}: push it from a machine that reaches the Hub"
+        )
     api = HfApi()
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
@@ -238,10 +244,10 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
             allow_patterns=files,
             commit_message="sonodistill: distilled ultrasound encoder",
         )
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except Exception as exc:  # HTTP, connection (httpx's own types) and file errors: one line, the export kept
         raise UserError(
-            f"--push-to-hub {repo_id}: upload failed ({' '.join(str(exc).split())[:300]}); "
-            "log in with `huggingface-cli login` or set HF_TOKEN"
+            f"--push-to-hub {repo_id}: upload failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+            "log in with `huggingface-cli login` or set HF_TOKEN, and check that the Hub is reachable"
         ) from None
     log.info(f"pushed {len(files)} files to https://huggingface.co/{repo_id}")
     return files

@@ -235,7 +235,7 @@ def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path
     plt = pyplot()
     rows = list(picked)
     cols = max(len(v) for v in picked.values())
-    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 2.2, len(rows) * 2.5), squeeze=False)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 2.2, len(rows) * 2.9), squeeze=False)
     counts, opened = manifest.get("rejected", {}), {}
     for spec in sorted({manifest.get("source_specs", {}).get(rec["source"], "") for v in picked.values() for rec in v}):
         if spec and not spec.startswith("hf:") and not source_root(spec).exists():
@@ -266,7 +266,7 @@ def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path
             if c == 0:
                 ax.text(0, 1.25, f"{reason} ({counts.get(reason, len(picked[reason]))})", transform=ax.transAxes,
                         fontsize=9, weight="bold")  # fmt: skip
-    fig.tight_layout()
+    fig.tight_layout(h_pad=2.5)  # room above each row for its reason heading
     save_figure(fig, out, dpi=110)
 
 

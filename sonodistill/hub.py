@@ -55,6 +55,20 @@ def offline_unless_reachable() -> Iterator[None]:
         constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
+def in_reach(repo_id: str) -> bool:
+    """A Hub model that loads from here: a local folder, a Hub that answers, or its config in the
+    local cache (a sweep checks its encoders before the first cell, not hours later at theirs)."""
+    if Path(repo_id).expanduser().is_dir() or hub_reachable():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    repo, _, revision = repo_id.partition("@")
+    try:
+        return isinstance(try_to_load_from_cache(repo, "config.json", revision=revision or None), str)
+    except ValueError:  # not a repo id
+        return False
+
+
 def timm_pretrained_source(name: str) -> tuple[str, dict] | None:
     """``(model name, create_model keyword arguments)`` that load timm model ``name``'s pretrained
     weights without a Hub request when the Hub does not answer: its cached weight file (``hf-hub:ID``:

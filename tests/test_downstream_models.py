@@ -83,7 +83,7 @@ def test_specs_and_normalisation(export_dir):
         ("timm:resnet50", r"not in the local cache .*offline"),
         ("hf-hub:nobody/none", r"cannot fetch it from the Hub"),
         ("rand:no_such_net", r"timm has no architecture 'no_such_net'"),
-        ("dinov3:/no/such/dir", r"encoder 'dinov3:/no/such/dir': dinov3.name_or_path: cannot load"),
+        ("dinov3:/no/such/dir", r"encoder 'dinov3:/no/such/dir': /no/such/dir is not a folder"),
     ],
 )
 def test_bad_specs(spec, message):

@@ -115,12 +115,25 @@ def test_cli_dry_run_push_and_errors(exported, r50_run, tmp_path, capsys, monkey
     printed = capsys.readouterr().out
     assert "would create/update private model repo 'lab/us-r50'" in printed
     assert "model.safetensors" in printed and "config.json" in printed and "README.md" in printed
-    # Offline (as in tests): a real push fails with one clear error instead of a traceback.
-    with pytest.raises(UserError, match="--push-to-hub lab/us-r50: upload failed"):
+    from huggingface_hub import HfApi
+
+    from sonodistill import hub
+
+    # Offline (a compute node): a real push fails with one clear error instead of a traceback.
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    with pytest.raises(UserError, match=r"--push-to-hub lab/us-r50: the Hub \(.*\) is not reachable from here"):
+        push(out, "lab/us-r50")
+    # A Hub that answers the probe but drops the upload (httpx's own error types): one line too
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
+
+    def dropped(self, repo_id, **kw):
+        raise type("ConnectError", (Exception,), {})("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(HfApi, "create_repo", dropped)
+    with pytest.raises(UserError, match=r"upload failed \(ConnectError: \[Errno -2\] Name or service not known\)"):
         push(out, "lab/us-r50")
     # The upload itself is huggingface_hub's: check we call it with the right arguments.
     calls = []
-    from huggingface_hub import HfApi
 
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["repo_id"], kw)))

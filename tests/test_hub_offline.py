@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from downstream.encoders import load_encoder
+from downstream.encoders import check_spec, load_encoder
 from downstream.kd.models.backbones import create
 from sonodistill import hub
 from sonodistill.dinov3 import DINOv3, init_tiny
@@ -105,6 +105,13 @@ def test_uncached_specs_fail_in_one_line_without_retries(no_hub, caplog):
             load_encoder("timm:resnet18")
         with pytest.raises(UserError, match=r"encoder 'hf-hub:nobody/none': cannot fetch it from the Hub"):
             load_encoder("hf-hub:nobody/none")
+        # what a sweep and embed check before their first cell / shard, without loading anything
+        with pytest.raises(
+            UserError, match=r"encoder 'dinov3:nobody/no-dinov3': 'nobody/no-dinov3' is not in the local"
+        ):
+            check_spec("dinov3:nobody/no-dinov3")
+        with pytest.raises(UserError, match=r"encoder 'hf-hub:nobody/none': cannot fetch it from the Hub"):
+            check_spec("hf-hub:nobody/none")
         with pytest.raises(UserError, match=r"not in the local cache, and the Hub is not reachable from here"):
             DINOv3.from_pretrained("nobody/no-dinov3")
         with pytest.raises(UserError, match=r"pretrained weights for 'gcvit_xxtiny' are not in the local cache"):
@@ -135,6 +142,7 @@ def test_cached_weights_load_straight_from_the_cache(no_hub, tmp_path, caplog):
             got = load_encoder(spec).backbone.state_dict()
             assert all(torch.equal(v, got[k]) for k, v in ref.state_dict().items()), spec
         teacher = DINOv3.from_pretrained("lab/dinov3")
+        check_spec("dinov3:lab/dinov3")  # in the cache: in reach without the Hub
         student = create("resnet18", pretrained=True, num_classes=0).state_dict()  # a KD recipe's backbone
         from_url = load_encoder("timm:gcvit_xxtiny").backbone.state_dict()
     assert all(torch.equal(v, from_url[k]) for k, v in url_weights.state_dict().items())
