@@ -88,11 +88,25 @@ class _StderrHandler(logging.StreamHandler):
 _HANDLER: logging.Handler | None = None
 
 
+class _NoCpuFallbackNotice(logging.Filter):
+    """DeepSpeed, imported by accelerate and transformers on demand, warns on every command of a
+    machine without a GPU that it falls back to the CPU, on stdout (where a command's JSON goes):
+    what the user chose, said by us already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Setting accelerator to CPU"):
+            return True
+        import torch
+
+        return torch.cuda.device_count() > 0  # a GPU it could not use: that one is worth a warning
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One stderr handler for the project's packages (idempotent)."""
     global _HANDLER
     if _HANDLER is not None:
         return
+    logging.getLogger("DeepSpeed").addFilter(_NoCpuFallbackNotice())  # the logger DeepSpeed creates on import
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())
     handler.addFilter(_RankFilter(os.environ.get("SONODISTILL_LOG_RANKS", "") == "all"))

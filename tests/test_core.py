@@ -41,6 +41,29 @@ def test_progress_is_a_log_line_not_a_bar_when_stderr_is_not_a_terminal(monkeypa
     assert sys.stderr.getvalue() == ""  # no carriage-return frames
 
 
+def test_deepspeed_says_nothing_about_a_cpu_only_machine():
+    """DeepSpeed (imported by accelerate and transformers on demand) warns on every CPU command that it
+    falls back to the CPU; a command's logging set-up keeps that notice, and only that one, out."""
+    script = (
+        "import logging, sys\n"
+        "from sonodistill.logs import setup_logging\n"
+        "if sys.argv[1] == 'ours': setup_logging()\n"
+        "from deepspeed.accelerator import get_accelerator\n"
+        "get_accelerator()\n"
+        "logging.getLogger('DeepSpeed').warning('a real DeepSpeed warning')\n"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    runs = {
+        how: subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, env=env, timeout=300)
+        for how in ("plain", "ours")
+    }
+    assert all(r.returncode == 0 for r in runs.values())
+    # DeepSpeed's logger writes to stdout, where a command's JSON goes
+    assert "Setting accelerator to CPU" in runs["plain"].stdout  # what a command printed before
+    assert "Setting accelerator to CPU" not in runs["ours"].stdout
+    assert "a real DeepSpeed warning" in runs["ours"].stdout
+
+
 def test_progress_is_silent_off_the_main_process(monkeypatch, caplog):
     monkeypatch.setattr(logs, "MIN_INTERVAL", 0.0)
     log = logging.getLogger("test.progress2")
