@@ -9,7 +9,8 @@ to <= ``WORK_SIDE`` px:
    calipers are thin or sparse and vanish. Coloured pixels are no evidence (B-mode is grey; in a
    tinted frame, B-mode shown through a colour map, only the pixels off its map: :mod:`shards.tint`), and
    grey fills (nearly every pixel of a 7x7 window equal to its neighbours exactly: the panels of a
-   grey software screen) are no lit path in steps 2 and 3;
+   grey software screen) and large flat white fields (a figure's page, a light interface) are no lit
+   path in steps 2 and 3;
 2. *pieces*: the largest piece of the core and the pieces of at least ``PIECE_MIN_SHARE`` of it that
    are joined to it through lit pixels, or lie across a black band within its columns (an
    anechoic globe spanning the width, the near-field bands of a probe in air, the far wall under a
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from shards.components import components
 from shards.thresholds import (
     BAR_REACH,
     BAR_RUN,
@@ -51,6 +53,7 @@ from shards.thresholds import (
     PIECE_MIN_MOVING,
     PIECE_MIN_SHARE,
     REGION_FILL,
+    WHITE_FILL,
     WORK_SIDE,
 )
 from shards.tint import coloured, off_map, tint_map
@@ -166,6 +169,11 @@ def _fills(small: np.ndarray) -> np.ndarray:
     Widened over the few pixels where the window meets the image, never into the speckle core."""
     share = cv2.blur(_flat(small, tol=0), (7, 7), borderType=cv2.BORDER_REFLECT)
     fill = (share >= FILL_SAME) & (small > LIT_LEVEL) & (small < 250)
+    white = (share >= FILL_SAME) & (small >= 250)
+    if white.any():  # a white page or light theme (not a clipped reflector): no lit path between panels
+        n, labels, stats = components(white, connectivity=4)
+        big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= WHITE_FILL * small.size)
+        fill |= np.isin(labels, big[big > 0])
     return cv2.dilate(fill.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
 
 

@@ -18,6 +18,8 @@ BAR_RUN = 32  # working pixels: a lit row this flat (+-1) is a UI fill (or an em
 BAR_REACH = 6  # ... and the rows this close to it (text lines on the bar)
 FILL_SAME = 0.9  # share of a 7x7 window equal to its neighbours exactly: a grey UI fill (Telemed
 # screens, level 54: 1.0); speckle never is, even video-compressed (COVID-BLUES: 0.3 % of pixels)
+WHITE_FILL = 0.02  # share of the working frame: a flat saturated field this large is a page or a light UI
+# (a figure's white background, its gutters between panels), never tissue; clipped reflectors are strokes or specks
 DIM_LEVEL = 100  # far-field speckle the core misses is darker than this; annotations are brighter
 PIECE_MIN_SHARE = 0.1  # a core piece of this share of the largest may be image (fluid splits a fan)
 PIECE_COLUMNS = 0.8  # ... across a black band when this share of its columns lies within the image's

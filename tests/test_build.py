@@ -130,6 +130,25 @@ def test_overlay_outside_scan_area_is_removed():
     assert max(abs(a - b) for a, b in zip((x0, y0, x1, y1), truth)) <= 3, (res.meta["crop"], truth)
 
 
+def test_a_white_page_is_no_path_between_two_scans():
+    """A figure (or a light interface) on white: two scans side by side with a white gutter are two
+    scan areas, not one crop across the gutter; a clipped reflector inside a scan is no page."""
+    a, b = (speckle_frame(seed=s)[43:192, 41:273] for s in (1, 2))
+    h, w = a.shape
+    page = np.full((h + 60, 2 * w + 90), 255, np.uint8)
+    page[30 : 30 + h, 30 : 30 + w], page[30 : 30 + h, 60 + w : 60 + 2 * w] = a, b
+    res = clean_image(png_bytes(page), size=128)
+    assert isinstance(res, Cleaned)
+    x0, y0, x1, y1 = res.meta["crop"]
+    assert x1 - x0 <= w + 6 and (x0 >= 60 + w - 6 or x1 <= 30 + w + 6), res.meta["crop"]  # one panel
+    scan = speckle_frame(seed=3)
+    scan[100:104, 120:200] = 255  # a saturated fascia line: flat, white, but a stroke
+    res = clean_image(png_bytes(scan), size=128)
+    assert (
+        isinstance(res, Cleaned) and res.meta["crop"] == clean_image(png_bytes(speckle_frame(seed=3)), 128).meta["crop"]
+    )
+
+
 def test_a_vessel_across_a_linear_image_keeps_the_far_wall_and_a_toolbar_under_it_stays_out():
     """A black lumen from side to side splits a linear image into a near and a thin far part with the
     same side edges: both are the image. A strip of textured buttons under an image, going on beside
