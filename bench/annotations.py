@@ -58,6 +58,7 @@ from shards.synth.presets import PRESETS
 from shards.synth.render import render
 from shards.thresholds import MARK_MIN_FRAME
 from shards.tint import residual_colour
+from sonodistill.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 POCUS = REPO / ".cache" / "itk-pocus" / "itk-pocus-0.3.2" / "tests" / "data"
@@ -72,7 +73,7 @@ REPEATS = 3  # builds per process in the speed part; the fastest counts
 def real_frames(extra: list[str], per_clip: int = 8) -> list[np.ndarray]:
     """Clean real frames (HxW or HxWx3 uint8): the itk-pocus images and clips, and ``extra`` folders."""
     if not (POCUS / "butterfly-vsync.mp4").is_file():
-        sys.exit(f"error: real recordings missing at {POCUS}: run `make testdata` once")
+        raise UserError(f"real recordings missing at {POCUS}: run `make testdata` once")
     frames = [decode_image((POCUS / n).read_bytes()).pixels for n in CLEAN if n.endswith(".png")]
     opts = SourceOptions(frames=Sampling(mode="fps", fps=0.5, max=per_clip))
     for name in (*CLIPS, CLEAN[2]):
@@ -251,4 +252,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sonodistill.errors import cli_main
+
+    cli_main(main)()  # logging set up (library notices off stdout); bad input: one line, exit 2

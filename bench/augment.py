@@ -356,4 +356,6 @@ def report(args: argparse.Namespace, results: dict[str, dict], floor: dict[str, 
 
 
 if __name__ == "__main__":
-    main()
+    from sonodistill.errors import cli_main
+
+    cli_main(main)()  # logging set up (library notices off stdout); bad input: one line, exit 2

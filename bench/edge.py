@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 from downstream.edge.measure import fp32_mib, models_side_by_side, num_params, side_by_side
+from sonodistill.errors import UserError
 
 
 def full_models(names: list[str], size: int = 224) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
@@ -47,7 +47,7 @@ def full_models(names: list[str], size: int = 224) -> dict[str, tuple[torch.nn.M
     }
     unknown = [n for n in names if n not in builders]
     if unknown:
-        sys.exit(f"error: unknown model(s) {unknown}; valid: {list(builders)}")
+        raise UserError(f"unknown model(s) {unknown}; valid: {list(builders)}")
     return {n: (builders[n][0]().eval(), builders[n][1]) for n in names}
 
 
@@ -93,16 +93,15 @@ def run_student(run_dir: Path):
     from downstream.kd.models.backbones import timm_student
     from downstream.kd.papers.vit_mobilenet import VitMobilenetPaperConfig
     from sonodistill.config import load_config
-    from sonodistill.errors import UserError
 
     weights = run_dir / "distilled" / "model.safetensors"
     arch = read_arch(weights) if weights.is_file() else None
     if arch is None:
-        sys.exit(f"error: --run {run_dir}: no distilled student (expected a finished vit_mobilenet run)")
+        raise UserError(f"--run {run_dir}: no distilled student (expected a finished vit_mobilenet run)")
     try:  # the run's resolved config: another recipe's does not fit
         cfg = load_config(VitMobilenetPaperConfig, run_dir / "config.yaml")
     except UserError as exc:
-        sys.exit(f"error: --run {run_dir}: not a vit_mobilenet run ({exc})")
+        raise UserError(f"--run {run_dir}: not a vit_mobilenet run ({exc})") from None
     cfg.split.file = str(run_dir / "splits.json")
     prep = prepare(json.loads((run_dir / "metrics.json").read_text())["data"], cfg, run_dir)
     model = timm_student(cfg.student, len(prep.classes))
@@ -259,7 +258,7 @@ def study_main(args: argparse.Namespace, threads: int) -> None:
         names = [n for n in args.study_models.split(",") if n]
         unknown = [n for n in names if n not in STUDY_MODELS]
         if unknown:
-            sys.exit(f"error: unknown model(s) {unknown}; valid: {list(STUDY_MODELS)}")
+            raise UserError(f"unknown model(s) {unknown}; valid: {list(STUDY_MODELS)}")
         report = int8_study(names, args.size, threads, args.runs, args.warmup, args.calib, work)
     summary = {
         "bench": "edge_int8_study",
@@ -410,7 +409,7 @@ def main() -> None:
         study_main(args, threads)
         return
     if args.run and not (Path(args.run) / "distilled" / "model.safetensors").is_file():  # before minutes of timing
-        sys.exit(f"error: --run {args.run}: no distilled student (expected a finished vit_mobilenet run)")
+        raise UserError(f"--run {args.run}: no distilled student (expected a finished vit_mobilenet run)")
     table = recipe_table(args, threads)  # 1. every recipe model, PyTorch eager fp32, side by side
     deployed = deploy_student(args, threads)  # 2. the deployed student: accuracy and latency per runtime
     print_deployment(deployed)
@@ -418,4 +417,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sonodistill.errors import cli_main
+
+    cli_main(main)()  # logging set up (library notices off stdout); bad input: one line, exit 2

@@ -54,6 +54,8 @@ from pathlib import Path
 
 import torch
 
+from sonodistill.errors import UserError
+
 START = time.perf_counter()  # the budget counts from here (torch is imported by then: a few seconds)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the project's packages and bench helpers without an install (a bare GPU host)
@@ -692,7 +694,7 @@ def main() -> None:
     parts = [p for p in args.parts.split(",") if p]
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
-        sys.exit(f"error: --parts: unknown part {unknown[0]}; expected some of {', '.join(PARTS)}")
+        raise UserError(f"--parts: unknown part {unknown[0]}; expected some of {', '.join(PARTS)}")
     if not args.smoke and not torch.cuda.is_available():
         summary = {"device": "cpu", "skipped": True}
         print(json.dumps(summary))
@@ -728,4 +730,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sonodistill.errors import cli_main
+
+    cli_main(main)()  # logging set up (library notices off stdout); bad input: one line, exit 2

@@ -63,4 +63,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sonodistill.errors import cli_main
+
+    cli_main(main)()  # logging set up (library notices off stdout); bad input: one line, exit 2

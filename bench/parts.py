@@ -251,4 +251,6 @@ def _print_table(sweep: dict, build: dict, balance: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sonodistill.errors import cli_main
+
+    cli_main(main)()  # logging set up (library notices off stdout); bad input: one line, exit 2

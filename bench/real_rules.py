@@ -33,6 +33,8 @@ from pathlib import Path
 
 from revision import packages_at  # bench/revision.py, beside this script
 
+from sonodistill.errors import UserError
+
 REPO = Path(__file__).resolve().parents[1]
 BEFORE = "7309d02"  # the last commit before issue 17
 RULES = ("not_ultrasound", "too_small", "colour", "no_tissue")  # anything else is counted as "other"
@@ -128,7 +130,7 @@ def main() -> None:
     args = ap.parse_args()
     labels = Path(args.labels)
     if not labels.is_file():
-        sys.exit(f"error: --labels {labels}: no such file (a CSV path,source,class,notes)")
+        raise UserError(f"--labels {labels}: no such file (a CSV path,source,class,notes)")
     t0 = time.time()
     rows = list(csv.DictReader(labels.open()))
     if args.frames_in:
@@ -159,4 +161,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sonodistill.errors import cli_main
+
+    cli_main(main)()  # logging set up (library notices off stdout); bad input: one line, exit 2

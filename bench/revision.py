@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
+
+from sonodistill.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,6 +16,6 @@ def packages_at(revision: str, dest: Path, packages: tuple[str, ...] = ("shards"
     dest.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, *packages], capture_output=True)
     if archive.returncode != 0:
-        sys.exit(f"error: --before {revision}: {archive.stderr.decode().strip()}")
+        raise UserError(f"--before {revision}: {archive.stderr.decode().strip()}")
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest

@@ -239,4 +239,6 @@ def run(args: argparse.Namespace, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from sonodistill.errors import cli_main
+
+    cli_main(main)()  # logging set up (library notices off stdout); bad input: one line, exit 2

@@ -110,3 +110,20 @@ def test_smoke_runs_every_part(tmp_path):
     assert ds["runs"] is True and ds["steps"] == gpu.SMOKE.ds_steps and _positive(ds["img_s"], ds["final_loss"])
     comp = s["compile"]
     assert _positive(comp["compile_s"], comp["on"]["model_img_s"], comp["off"]["model_img_s"])
+
+
+def test_a_bench_script_logs_like_a_command_and_keeps_stdout_for_its_report(tmp_path):
+    """Bench scripts run under the commands' own set-up: project log lines on stderr, library notices
+    (DeepSpeed's CPU fallback, imported by accelerate while a probe trains) off stdout, whose last
+    line is the JSON; bad input is one ``error:`` line and exit 2."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
+    probe = [sys.executable, "bench/probe.py", "--n", "40", "--size", "32", "--fractions", "1.0", "--seeds", "0"]
+    proc = subprocess.run(probe, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout.strip().splitlines()
+    assert json.loads(out[-1])["bench"] == "probe" and not any(line.startswith("[") for line in out)
+    assert "Setting accelerator to CPU" not in proc.stdout + proc.stderr
+    assert "warning: encoder 'encoder' on busi-cls: no provenance" in proc.stderr  # formatted as ours, not bare
+    bad = [sys.executable, "bench/edge.py", "--models", "nope"]
+    proc = subprocess.run(bad, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: unknown model(s) ['nope']")
