@@ -47,13 +47,13 @@ from shards.dedup import HASH_BITS, DuplicateIndex
 from shards.exclusions import Exclusions, ExclusionSet, load_exclusions
 from shards.exclusions import add_argument as add_exclusion_argument
 from shards.extract import ExtractSettings, FrameOutcome, ItemOutcome, extract_item
-from shards.identity import build_identity, describe_difference, modified_sources, source_stamps
-from shards.journal import Journal
+from shards.identity import build_identity, describe_difference, modified_sources, same_build, source_stamps
+from shards.journal import JOURNAL, Journal
 from shards.manifest import MANIFEST
 from shards.match import resized
 from shards.options import SourceOptions
 from shards.ordered_pool import ordered_map
-from shards.sources import Item, Source, items_from, open_source, parse_source
+from shards.sources import Item, Source, items_from, open_source, parse_source, source_root
 from sonodistill.atomic import write_json
 from sonodistill.errors import UserError, cli_main
 from sonodistill.lock import exclusive, holder
@@ -236,6 +236,10 @@ def _open_sources(sources: dict[str, str] | list[SourceConfig], out: Path) -> li
     configs = _resolve(sources)
     if not configs:
         raise UserError("no --source given")
+    for c in configs:
+        if not c.path.startswith("hf:") and os.path.realpath(source_root(c.path)) == os.path.realpath(out):
+            where = c.where or f"--source {c.name}={c.path}"
+            raise UserError(f"{where}: is the --out folder; write the shards elsewhere")
     # --out inside a source folder: its shards, manifest and rejects are never read back as inputs
     return [open_source(c.name, c.path, c.options, skip=(out,), where=c.where) for c in configs]
 
@@ -248,8 +252,12 @@ def _built(out: Path, identity: dict, progress: bool) -> dict | None:
     manifest_path = out / MANIFEST
     if not manifest_path.exists():
         return None
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("identity") != identity:
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest["shards"], manifest["num_samples"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{manifest_path}: unreadable manifest of a finished build; build into a new --out") from None
+    if not same_build(manifest.get("identity"), identity):
         raise UserError(
             f"--out {out}: holds a different build "
             f"({describe_difference(manifest.get('identity', {}), identity)}); use another --out or delete it"
@@ -262,27 +270,62 @@ def _built(out: Path, identity: dict, progress: bool) -> dict | None:
         )
     if progress:
         log.info(f"{out}: already built ({manifest['num_samples']} samples); nothing to do")
+    _tidy_finished(out)
     return manifest
+
+
+def _tidy_finished(out: Path) -> None:
+    """Remove what a build stopped right after writing its manifest left beside it (the journal, the
+    parts' spool, the exclusion index, the lock): a finished folder holds the build's files only."""
+    left = [p for p in (out / JOURNAL, out / REJECTS_PARTIAL, out / SPOOL, out / EXCLUSION_INDEX) if p.exists()]
+    if not left and not (out / LOCK).exists():
+        return
+    if holder(out / LOCK) is not None or Spool(out).running():
+        return  # the process holding it tidies up itself
+    try:
+        with exclusive(out / LOCK, f"--out {out}"):
+            for p in left:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            (out / LOCK).unlink()
+    except OSError as e:  # a read-only copy of a finished build: nothing to tidy there
+        log.debug(f"{out}: left as it is ({e})")
+
+
+def _unfinished(out: Path, identity: dict, stamps: dict[str, str]) -> tuple[Journal, list[dict]] | None:
+    """The journal of an unfinished build of ``identity`` in ``out`` and its records (None: no build
+    started there); :class:`UserError` when ``out`` holds another build, files modified since, or
+    files that are not a build's."""
+    journal = Journal(out)
+    if not journal.exists():
+        ours = (REJECTS_PARTIAL, SPOOL, REJECTS, LOCK)  # rejects.jsonl alone: a build that kept nothing
+        foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name not in ours]
+        if foreign:
+            raise UserError(f"--out {out}: not empty and not a shard build (found {foreign[0]}); use an empty folder")
+        return None
+    old, records = journal.read()
+    if not same_build(old, identity):
+        raise UserError(
+            f"--out {out}: holds a different, unfinished build ({describe_difference(old, identity)}); "
+            "use another --out or delete it"
+        )
+    changed = modified_sources(journal.stamps, stamps)
+    if changed:
+        raise UserError(
+            f"--out {out}: holds an unfinished build of files modified since (source {', '.join(changed)}: "
+            "modification times differ); use another --out or delete it"
+        )
+    return journal, records
 
 
 def _journal(out: Path, identity: dict, stamps: dict[str, str]) -> tuple[Journal, list[dict]]:
     """The journal and its records of finished shards, cut back to the last intact one (a fresh build
     starts a journal in an empty folder)."""
-    journal = Journal(out)
-    records: list[dict] = []
-    if journal.exists():
-        old, records = journal.read()
-        if old != identity:
-            raise UserError(
-                f"--out {out}: holds a different, unfinished build ({describe_difference(old, identity)}); "
-                "use another --out or delete it"
-            )
-        changed = modified_sources(journal.stamps, stamps)
-        if changed:
-            raise UserError(
-                f"--out {out}: holds an unfinished build of files modified since (source {', '.join(changed)}: "
-                "modification times differ); use another --out or delete it"
-            )
+    found = _unfinished(out, identity, stamps)
+    if found is None:
+        journal, records = Journal(out), []
+        journal.start(identity, stamps)
+    else:
+        journal, records = found
         # Keep only records whose shard file is intact.
         for i, r in enumerate(records):
             p = out / r["shard"]
@@ -290,12 +333,6 @@ def _journal(out: Path, identity: dict, stamps: dict[str, str]) -> tuple[Journal
                 records = records[:i]
                 journal.rewrite(identity, records)
                 break
-    else:
-        ours = (REJECTS_PARTIAL, SPOOL, REJECTS, LOCK)  # rejects.jsonl alone: a build that kept nothing
-        foreign = [p.name for p in out.iterdir() if not p.name.endswith(".tmp") and p.name not in ours]
-        if foreign:
-            raise UserError(f"--out {out}: not empty and not a shard build (found {foreign[0]}); use an empty folder")
-        journal.start(identity, stamps)
     for tmp in out.glob("*.tmp"):
         tmp.unlink()
     return journal, records
@@ -310,6 +347,14 @@ def _restore(
     records: list[dict],
 ) -> _State:
     """The state after the journalled shards; opens the partial rejects file cut back to the last of them."""
+    partial = out / REJECTS_PARTIAL
+    if not partial.exists() and (out / REJECTS).exists():
+        os.replace(out / REJECTS, partial)  # stopped between renaming the rejects and writing the manifest
+    have = partial.stat().st_size if partial.exists() else 0
+    if records and have < records[-1]["rejects_bytes"]:
+        log.warning(f"{out}: the rejects of the finished shards are gone; building again from the first input")
+        records = []
+        journal.rewrite(journal.read()[0], records)
     state = _State(
         out=out,
         settings=settings,
@@ -336,7 +381,6 @@ def _restore(
         group, ph = records[-1]["last"]
         state.last_group, state.last_phash = (tuple(group) if group else None), int(ph, 16)
     # rejects.jsonl grows as the build goes; on resume it is cut back to the last finished shard.
-    partial = out / REJECTS_PARTIAL
     with open(partial, "ab") as fh:
         fh.truncate(records[-1]["rejects_bytes"] if records else 0)
     state.rejects = open(partial, "ab")  # noqa: SIM115 (closed by _process_items, also on error)
@@ -673,6 +717,7 @@ def build_part(
         return {"part": str(part), "inputs": 0, "extracted": 0, "built": True}
     extract = ExtractSettings(settings.size, settings.codec)
     _refuse_part_beside_build(out, part)
+    _unfinished(out, identity, source_stamps(opened))  # checked before the work, as a build without --part does
     spool = Spool(out)
     had_spool = spool.root.exists()
     with exclusive(spool.lock(part), f"--out {out} --part {part}"):

@@ -16,10 +16,11 @@ spool instead of extracting it, so its output is byte-identical to a one-process
   and so do a part and the merge that find files modified since), ``.parts/part-I-of-N/chunk-<first>-<last>.pkl``
   (the outcomes of up to :data:`CHUNK_ITEMS` inputs, written atomically: a part stopped by a signal
   writes what it has done and exits 75, a killed one loses at most one chunk; either resumes after its
-  last chunk) and ``done.json`` when the part is complete. The spool holds the encoded samples:
-  about the size of the shards.
-- **The merge** refuses to start until every part is done, replays the chunks in input order (one
-  chunk per part in memory), and removes the spool once ``manifest.json`` is written.
+  last chunk) and ``done.json`` when the part is complete, listing its chunks and their sizes. The
+  spool holds the encoded samples: about the size of the shards.
+- **The merge** refuses to start until every part is done and its chunks are there at their sizes
+  (a part run again redoes a chunk that went missing or was cut short), replays the chunks in input
+  order (one chunk per part in memory), and removes the spool once ``manifest.json`` is written.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from shards.extract import ExtractSettings, ItemOutcome, extract_job
-from shards.identity import describe_difference, modified_sources, source_stamps
+from shards.identity import describe_difference, modified_sources, same_build, source_stamps
 from shards.ordered_pool import ordered_map
 from shards.sources import Item, Source, items_from
 from sonodistill.atomic import json_text, write_bytes, write_json, write_once
@@ -93,17 +94,28 @@ class Spool:
     def exists(self) -> bool:
         return (self.root / "build.json").is_file()
 
+    def _meta(self) -> dict:
+        path = self.root / "build.json"
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            int(meta["parts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(
+                f"{path}: unreadable record of the parts' build; delete {self.root} to run the parts again"
+            ) from None
+        return meta
+
     @property
     def count(self) -> int:
         """N, the number of parts this spool was started for."""
-        return int(json.loads((self.root / "build.json").read_text()).get("parts", 0))
+        return int(self._meta()["parts"])
 
     def join(self, identity: dict, count: int, stamps: dict[str, str]) -> None:
         """Record (or check) the build this spool belongs to; :class:`UserError` when it is another, or
         when its files were modified since the first part started (their stamps differ)."""
         write_once(self.root / "build.json", json_text({"identity": identity, "parts": count, "stamps": stamps}))
-        meta = json.loads((self.root / "build.json").read_text())
-        if meta.get("identity") != identity:
+        meta = self._meta()
+        if not same_build(meta.get("identity"), identity):
             raise UserError(
                 f"--out {self.root.parent}: holds parts of a different build "
                 f"({describe_difference(meta.get('identity', {}), identity)}); use another --out or delete {self.root}"
@@ -124,6 +136,24 @@ class Spool:
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def damaged(self, part: Part) -> list[str]:
+        """The chunks of a done ``part`` that are missing or not at the size its ``done.json`` lists."""
+        folder = self.folder(part)
+        try:
+            listed = json.loads((folder / DONE).read_text(encoding="utf-8")).get("chunks")
+        except (OSError, ValueError, AttributeError):
+            return [DONE]
+        if listed is None:  # written before done.json listed its chunks
+            return []
+        return [name for name, size in listed if not _has_size(folder / name, size)]
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
 
 def run_part(
     out: Path,
@@ -140,11 +170,18 @@ def run_part(
     folder = spool.folder(part)
     mine = part_inputs(sources, part)
     if (folder / DONE).is_file():
-        log.info(f"build part {part}: done before ({len(mine)} inputs spooled in {folder}); nothing to do")
-        return {"part": str(part), "inputs": len(mine), "extracted": 0}
+        damaged = spool.damaged(part)
+        if not damaged:
+            log.info(f"build part {part}: done before ({len(mine)} inputs spooled in {folder}); nothing to do")
+            return {"part": str(part), "inputs": len(mine), "extracted": 0}
+        log.warning(f"build part {part}: {len(damaged)} spool file(s) missing or cut short ({damaged[0]}); redone")
+        for name in damaged:
+            (folder / name).unlink(missing_ok=True)
+        (folder / DONE).unlink(missing_ok=True)
     chunks = _chunks(folder)
-    after = chunks[-1][1] if chunks else -1
-    todo = [i for i in mine if i > after]
+    done = {i for i in mine if any(first <= i <= last for first, last, _ in chunks)}
+    todo = [i for i in mine if i not in done]  # after the last chunk, or where a chunk went missing
+    position = {i: k for k, i in enumerate(mine)}
     for tmp in folder.glob(".*.tmp"):  # a chunk being written when the part was stopped
         tmp.unlink()
     initial = len(mine) - len(todo)
@@ -155,6 +192,9 @@ def run_part(
     size = 0
     try:
         for index, (item, outcome) in zip(todo, ordered_map(extract_job, jobs, workers)):
+            if chunk and position[index] != position[chunk[-1][0]] + 1:
+                _write_chunk(folder, chunk)  # a chunk never spans inputs another chunk holds
+                chunk, size = [], 0
             chunk.append((index, item.source, item.relpath, outcome))
             size += sum(len(getattr(f.result, "data", b"")) for f in outcome.frames)
             bar.update(1)
@@ -167,7 +207,8 @@ def run_part(
             _write_chunk(folder, chunk)
     finally:
         bar.close()
-    write_json(folder / DONE, {"part": str(part), "inputs": len(mine)})
+    chunks_done = [[path.name, path.stat().st_size] for _, _, path in _chunks(folder)]
+    write_json(folder / DONE, {"part": str(part), "inputs": len(mine), "chunks": chunks_done})
     return {"part": str(part), "inputs": len(mine), "extracted": len(todo)}
 
 
@@ -189,17 +230,25 @@ def finished_spool(out: Path, identity: dict, stamps: dict[str, str]) -> Spool |
     spool.join(identity, count, stamps)
     missing = [str(Part(i, count)) for i in range(count) if not (spool.folder(Part(i, count)) / DONE).is_file()]
     if missing:
+        named = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise UserError(
-            f"--out {out}: build part(s) {', '.join(missing)} not finished; run them (--part I/{count}) first, "
+            f"--out {out}: build part(s) {named} not finished; run them (--part I/{count}) first, "
             f"or delete {spool.root} to build in one process"
         )
+    for i in range(count):
+        damaged = spool.damaged(Part(i, count))
+        if damaged:
+            raise UserError(
+                f"--out {out}: the spool of build part {i}/{count} is damaged ({damaged[0]} missing or cut short); "
+                f"run --part {i}/{count} again (it redoes what is damaged), then this command"
+            )
     return spool
 
 
 def replay(spool: Spool, sources: Sequence[Source], start: int) -> Iterator[tuple[Item, ItemOutcome]]:
     """Every input from the ``start``-th on with its spooled outcome, in input order (what the merge judges)."""
     count = spool.count
-    streams = [_stream(spool.folder(Part(i, count)), start) for i in range(count)]
+    streams = [_stream(spool.folder(Part(i, count)), start, Part(i, count)) for i in range(count)]
     merged = heapq.merge(*streams, key=lambda e: e[0])
     missing = (None, "", "", None)
     for expected, (item, entry) in enumerate(itertools.zip_longest(items_from(sources, start), merged), start):
@@ -210,10 +259,16 @@ def replay(spool: Spool, sources: Sequence[Source], start: int) -> Iterator[tupl
         yield item, outcome
 
 
-def _stream(folder: Path, start: int) -> Iterator[Entry]:
+def _stream(folder: Path, start: int, part: Part) -> Iterator[Entry]:
     for _, last, path in _chunks(folder):
         if last < start:
             continue
-        for entry in pickle.loads(path.read_bytes()):  # noqa: S301 (this build's own spool)
+        try:
+            entries = pickle.loads(path.read_bytes())  # noqa: S301 (this build's own spool)
+        except Exception as e:  # a damaged pickle raises any of several errors
+            raise UserError(
+                f"{path}: unreadable ({type(e).__name__}); delete it, run --part {part} again, then this command"
+            ) from None
+        for entry in entries:
             if entry[0] >= start:
                 yield entry

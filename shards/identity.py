@@ -2,9 +2,10 @@
 
 The identity (the settings that change the output, every source's name, spec, item count, content
 fingerprint and options, the exclusion sets) is stored in the journal, the parts' spool and
-``manifest.json``; a resumed
-build, a build part joining others and a re-run are refused when it differs, with the first difference
-in the message (:func:`describe_difference`).
+``manifest.json``; a resumed build, a build part joining others and a re-run are refused when it
+differs (:func:`same_build`), with the first difference in the message (:func:`describe_difference`).
+A folder source's spec is recorded but not compared: ``DIR``, ``DIR/``, ``./DIR`` from another working
+folder or a copy of the same files elsewhere read the same inputs (its fingerprint compares them).
 """
 
 from __future__ import annotations
@@ -34,6 +35,19 @@ def build_identity(sources: Sequence[Source], settings: dict, exclusions: Sequen
     if exclusions:
         identity["exclusions"] = [x.identity() for x in exclusions]
     return identity
+
+
+def _compared(identity: dict) -> dict:
+    """``identity`` without the specs of folder sources (a Hub dataset's spec names its content)."""
+    sources = [
+        {k: v for k, v in s.items() if k != "spec" or str(v).startswith("hf:")} for s in identity.get("sources", [])
+    ]
+    return {**identity, "sources": sources}
+
+
+def same_build(old: dict | None, new: dict) -> bool:
+    """Whether ``old`` (recorded) and ``new`` are the identity of one build."""
+    return isinstance(old, dict) and _compared(old) == _compared(new)
 
 
 def source_stamps(sources: Sequence[Source]) -> dict[str, str]:
@@ -71,4 +85,11 @@ def describe_difference(old: dict, new: dict) -> str:
     if old.get("exclusions") != new.get("exclusions"):
         names = [[x["name"] for x in d.get("exclusions", [])] for d in (old, new)]
         return f"exclusion sets differ ({', '.join(names[0]) or 'none'} -> {', '.join(names[1]) or 'none'})"
+    for o, n in zip(_compared(old)["sources"], _compared(new)["sources"]):
+        if o.get("spec") != n.get("spec"):
+            return f"source '{n['name']}' is another dataset ({o.get('spec')} -> {n.get('spec')})"
+        if o.get("items") != n.get("items"):
+            return f"source '{n['name']}' has {n.get('items')} input files, the recorded build {o.get('items')}"
+        if o.get("fingerprint") != n.get("fingerprint"):
+            return f"the files of source '{n['name']}' differ in names or sizes"
     return "the input files differ"

@@ -163,14 +163,18 @@ def rejects_lines(shards: str) -> tuple[str, list[str]]:
     return str(path), path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
 
 
-def pick_rejects(lines: list[str], per_reason: int, seed: int) -> dict[str, list[dict]]:
-    """Up to ``per_reason`` records of ``rejects.jsonl`` per reason (reservoir sampling, one pass)."""
+def pick_rejects(lines: list[str], per_reason: int, seed: int, where: str = "rejects.jsonl") -> dict[str, list[dict]]:
+    """Up to ``per_reason`` records of ``rejects.jsonl`` per reason (reservoir sampling, one pass);
+    :class:`UserError` naming ``where`` and the line when one is not a record."""
     rng = random.Random(seed)
     seen: dict[str, int] = {}
     picked: dict[str, list[dict]] = {}
-    for line in lines:
-        rec = json.loads(line)
-        r = rec["reason"]
+    for n, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+            r = str(rec["reason"])
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{where}:{n}: not a rejects record (expected a JSON object with a reason)") from None
         seen[r] = seen.get(r, 0) + 1
         row = picked.setdefault(r, [])
         if len(row) < per_reason:
@@ -326,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         if manifest is None:
             raise UserError(f"{args.shards}: --rejects needs the shard folder (with manifest.json and rejects.jsonl)")
         where, lines = rejects_lines(args.shards)
-        picked_rejects = pick_rejects(lines, args.per_reason, args.seed)
+        picked_rejects = pick_rejects(lines, args.per_reason, args.seed, where)
         if not picked_rejects:
             log.info(f"{where}: no rejects to show")
         else:

@@ -50,7 +50,8 @@ def assign(costs: Sequence[float], count: int) -> list[int]:
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     owner = [0] * len(costs)
-    loads = [(0.0, p) for p in range(count)]  # a heap of (load, part)
+    # a heap of (load, part); parts past the number of items would stay empty (ties go to the lower part)
+    loads = [(0.0, p) for p in range(min(count, len(costs)))]
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
         load, p = heapq.heappop(loads)
         owner[i] = p

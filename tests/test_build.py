@@ -612,3 +612,26 @@ def test_inspect_of_a_single_shard_says_what_it_read(shard_dir, capsys):
 
     inspect_main([str(shard_dir / "shard-000000.tar")])
     assert "1 shard file(s), no manifest" in capsys.readouterr().out
+
+
+def test_a_damaged_rejects_file_or_manifest_is_one_line(small_sources, tmp_path, capsys):
+    import shutil
+
+    from shards.inspect import main as inspect_main
+
+    out = tmp_path / "shards"
+    settings = BuildSettings(size=48, samples_per_shard=5, workers=1)
+    build_shards(small_sources, out, settings, progress=False)
+    rejects = out / "rejects.jsonl"
+    assert rejects.read_text().strip()  # the small corpus has rejects
+    shutil.copy(rejects, tmp_path / "kept")
+    rejects.write_text(rejects.read_text() + "\0\0\0\n")
+    with pytest.raises(SystemExit) as exc:
+        inspect_main([str(out), "--rejects", str(tmp_path / "r.png")])
+    assert exc.value.code == 2
+    n = len((tmp_path / "kept").read_text().splitlines()) + 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {rejects}:{n}: not a rejects record (expected a JSON object with a reason)"
+    (out / "manifest.json").write_text('{"format": 3')  # cut short
+    with pytest.raises(UserError, match=r"manifest.json: unreadable manifest of a finished build; build into a new"):
+        build_shards(small_sources, out, settings, progress=False)

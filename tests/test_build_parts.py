@@ -236,3 +236,122 @@ def test_an_empty_part_is_refused_not_a_whole_build(configs, tmp_path):
         "error: --part: expected I/N with 0 <= I < N (the I-th of N parts, from 0), got ''"
     )
     assert not (tmp_path / "o").exists()
+
+
+def _parts(configs, out: Path, count: int = 2) -> None:
+    for i in range(count):
+        build_part(configs, out, BuildSettings(**SETTINGS), Part(i, count), progress=False)
+
+
+@pytest.mark.parametrize("fault", ["disk full", "killed"])
+def test_a_merge_stopped_at_its_manifest_is_finished_by_the_next_run(
+    configs, one_process, tmp_path, monkeypatch, fault
+):
+    """Disk full on the manifest (rejects renamed, no manifest: the rerun must keep the rejects, not
+    zero-fill them) or killed right after it (the rerun finds it built and clears the spool and journal)."""
+    import errno
+
+    import shards.build as build_mod
+
+    out = tmp_path / "shards"
+    _parts(configs, out)
+    real = build_mod.write_json
+
+    def failing(path, obj):
+        if fault == "killed":
+            real(path, obj)
+            raise KeyboardInterrupt
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(build_mod, "write_json", failing)
+    with pytest.raises((OSError, KeyboardInterrupt)):
+        build_shards(configs, out, BuildSettings(**SETTINGS), progress=False)
+    assert (out / SPOOL).is_dir() and (out / "rejects.jsonl").is_file()
+    monkeypatch.setattr(build_mod, "write_json", real)
+    build_shards(configs, out, BuildSettings(**SETTINGS), progress=False)
+    assert tree_bytes(out) == tree_bytes(one_process)  # no spool, journal or lock left; rejects intact
+
+
+def test_a_part_checks_the_folder_before_doing_its_work(configs, tmp_path, monkeypatch):
+    import shards.build as build_mod
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"not empty and not a shard build \(found notes.txt\); use an empty folder"):
+        build_part(configs, notes, BuildSettings(**SETTINGS), Part(0, 2), progress=False)
+    assert [p.name for p in notes.iterdir()] == ["notes.txt"]
+
+    out, real = tmp_path / "shards", build_mod._write_shard
+    monkeypatch.setattr(build_mod, "_write_shard", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # an unfinished one-process build at size 48
+        build_shards(configs, out, BuildSettings(**SETTINGS), progress=False)
+    monkeypatch.setattr(build_mod, "_write_shard", real)
+    with pytest.raises(UserError, match=r"holds a different, unfinished build \(settings differ \(size: 48 -> 64\)\)"):
+        build_part(configs, out, BuildSettings(**{**SETTINGS, "size": 64}), Part(0, 2), progress=False)
+    assert not (out / SPOOL).exists()
+
+
+def test_a_damaged_spool_is_named_and_running_the_part_again_redoes_only_that(
+    configs, one_process, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(parts_mod, "CHUNK_ITEMS", 3)
+    out = tmp_path / "shards"
+    _parts(configs, out)
+    folder = out / SPOOL / "part-1-of-2"
+    chunks = sorted(folder.glob("chunk-*.pkl"))
+    assert len(chunks) >= 4
+    cut, gone = chunks[0], chunks[2]  # a chunk cut short, a chunk in the middle deleted
+    cut.write_bytes(cut.read_bytes()[:100])
+    gone.unlink()
+    damaged = rf"the spool of build part 1/2 is damaged \({cut.name} missing or cut short\); run --part 1/2 again"
+    with pytest.raises(UserError, match=damaged):
+        build_shards(configs, out, BuildSettings(**SETTINGS), progress=False)
+    summary = build_part(configs, out, BuildSettings(**SETTINGS), Part(1, 2), progress=False)
+    assert summary["extracted"] == 6  # the two chunks of 3, not the part's other inputs
+    build_shards(configs, out, BuildSettings(**SETTINGS), progress=False)
+    assert tree_bytes(out) == tree_bytes(one_process)
+
+
+def test_an_unreadable_chunk_or_spool_record_is_one_line(configs, tmp_path):
+    out = tmp_path / "shards"
+    _parts(configs, out)
+    chunk = sorted((out / SPOOL / "part-0-of-2").glob("chunk-*.pkl"))[-1]
+    chunk.write_bytes(b"\0" * chunk.stat().st_size)  # right size, garbage inside
+    with pytest.raises(UserError, match=rf"{chunk.name}: unreadable \(\w+\); delete it, run --part 0/2 again"):
+        build_shards(configs, out, BuildSettings(**SETTINGS), progress=False)
+    (out / SPOOL / "build.json").write_text("{")
+    with pytest.raises(UserError, match=r"build.json: unreadable record of the parts' build; delete .*\.parts to run"):
+        build_part(configs, out, BuildSettings(**SETTINGS), Part(0, 2), progress=False)
+
+
+def test_a_source_spelled_another_way_is_the_same_build(corpus_dir, tmp_path, monkeypatch):
+    """``DIR``, ``DIR/`` and a relative path from elsewhere name the same files."""
+    src = sources_of(corpus_dir)["thyroid"]
+    out = tmp_path / "shards"
+    build_part([SourceConfig("thyroid", src)], out, BuildSettings(**SETTINGS), Part(0, 2), progress=False)
+    build_part([SourceConfig("thyroid", src + "/")], out, BuildSettings(**SETTINGS), Part(1, 2), progress=False)
+    monkeypatch.chdir(Path(src).parent)
+    build_shards([SourceConfig("thyroid", "./thyroid")], out, BuildSettings(**SETTINGS), progress=False)
+    one = tmp_path / "one"
+    build_shards([SourceConfig("thyroid", "./thyroid")], one, BuildSettings(**SETTINGS), progress=False)
+    assert tree_bytes(out) == tree_bytes(one)  # the manifest records the merge's spelling
+
+
+def test_a_source_with_a_file_added_is_named(corpus_dir, tmp_path):
+    import shutil
+
+    src = tmp_path / "thyroid"
+    shutil.copytree(sources_of(corpus_dir)["thyroid"], src)
+    out = tmp_path / "shards"
+    build_part([SourceConfig("thyroid", str(src))], out, BuildSettings(**SETTINGS), Part(0, 2), progress=False)
+    n = len(open_source("thyroid", str(src)))
+    shutil.copy(sorted(src.rglob("*.png"))[0], src / "added.png")
+    with pytest.raises(UserError, match=rf"source 'thyroid' has {n + 1} input files, the recorded build {n}"):
+        build_part([SourceConfig("thyroid", str(src))], out, BuildSettings(**SETTINGS), Part(1, 2), progress=False)
+
+
+def test_out_set_to_a_source_folder_is_named(corpus_dir, tmp_path):
+    src = sources_of(corpus_dir)["thyroid"]
+    with pytest.raises(UserError, match=r"^--source thyroid=.*: is the --out folder; write the shards elsewhere$"):
+        build_shards([SourceConfig("thyroid", src)], src, BuildSettings(**SETTINGS), progress=False)

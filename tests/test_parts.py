@@ -32,6 +32,8 @@ def test_assign_is_longest_first_to_the_least_loaded_by_hand():
     assert assign([1, 1, 1, 1, 1], 3) == [0, 1, 2, 0, 1]
     assert assign([], 3) == [] and assign([2.0, 1.0], 1) == [0, 0]
     assert assign([7.0], 4) == [0]  # more parts than items: the others are empty
+    # far more parts than items (a typo in N): the same slices, without a heap of N parts
+    assert assign([3, 0, 0, 5, 1], 10**9) == [1, 3, 3, 0, 2] == assign([3, 0, 0, 5, 1], 5)  # cost 0 adds no load
 
 
 def test_assign_deterministic_disjoint_covering_balanced():
