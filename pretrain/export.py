@@ -51,7 +51,13 @@ def load_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, An
     weights = ckpt / "student.safetensors"
     if not weights.is_file():
         raise UserError(f"--checkpoint: {ckpt} has no student.safetensors")
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors' own error type for a file cut short or garbled
+        raise UserError(
+            f"--checkpoint: {weights}: unreadable ({' '.join(str(exc).split())[:200]}); "
+            "export an earlier checkpoint (--checkpoint <run>/checkpoints/step_...)"
+        ) from None
     backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     name = saved_config(meta).student.name
     model = timm.create_model(name, pretrained=False, num_classes=0)

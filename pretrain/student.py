@@ -48,6 +48,11 @@ def backbone_stride(backbone: nn.Module) -> int:
     info = getattr(backbone, "feature_info", None)
     if not info:
         raise UserError(f"student.name: timm model {type(backbone).__name__} exposes no feature_info (need a CNN)")
+    if getattr(backbone, "patch_embed", None) is not None:  # ViT, Swin, ...: tokens at a fixed input size
+        raise UserError(
+            f"student.name: timm model {type(backbone).__name__} is a transformer (patch tokens); "
+            "the student is a CNN with a spatial feature map (e.g. resnet50, convnext_tiny)"
+        )
     return int(info[-1]["reduction"])
 
 

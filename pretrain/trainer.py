@@ -81,6 +81,13 @@ def _check_config(cfg: PretrainConfig) -> None:
             raise UserError(f"{key}: expected a positive integer, got {value}")
     if t.max_steps < 0 or t.global_batch < 0 or t.warmup_steps < 0:
         raise UserError("train.max_steps, train.global_batch and train.warmup_steps must be >= 0")
+    if not t.max_steps and not t.epochs > 0:
+        raise UserError(f"train.epochs: expected a positive number of passes (or train.max_steps > 0), got {t.epochs}")
+    for key, value in (("train.lr", t.lr), ("train.min_lr", t.min_lr), ("train.weight_decay", t.weight_decay)):
+        if not (value >= 0 and math.isfinite(value)) or (key == "train.lr" and value == 0):
+            raise UserError(
+                f"{key}: expected a {'positive' if key == 'train.lr' else 'non-negative'} number, got {value}"
+            )
     if not cfg.data.shards:
         raise UserError("data.shards: required (a shard folder with manifest.json, or a brace pattern)")
     if not cfg.teacher.name_or_path:
@@ -350,11 +357,17 @@ def resume(s: Session) -> tuple[int, Path | None]:
             f"resume: checkpoint {ckpt} was trained with other settings ({'; '.join(differs)}); set them back "
             "to continue it, or give a new out for a new run"
         )
+    differs = _other_data_or_batch(meta, s)
+    if differs:
+        raise UserError(
+            f"resume: checkpoint {ckpt} was trained on {'; '.join(differs)}; set them back to continue it, "
+            "or give a new out for a new run"
+        )
     start = int(meta["step"])
     saved_world = int(meta.get("world_size", s.world))
     loader_file = ckpt / f"loader_rank{s.rank}.json"
-    if saved_world == s.world and loader_file.is_file():
-        state = json.loads(loader_file.read_text())
+    state = _loader_state(loader_file) if saved_world == s.world else None
+    if state is not None:
         saved_workers = state.get("num_workers")
         if isinstance(saved_workers, int) and saved_workers != s.loader.num_workers:
             # the sample order is dealt over the loader's workers: keep the checkpoint's number, even
@@ -369,22 +382,67 @@ def resume(s: Session) -> tuple[int, Path | None]:
     else:
         # Positions are per rank: with another world size the exact position cannot be rebuilt.
         s.loader = _open_loader(cfg, s.rank, s.world, pin=s.device.type == "cuda", seed=cfg.seed + start)
-        log.warning(
-            f"checkpoint written by {saved_world} processes, resuming on {s.world}: "
-            "data order restarts with a reshuffled stream"
+        why = (
+            f"checkpoint written by {saved_world} processes, resuming on {s.world}"
+            if saved_world != s.world
+            else f"{loader_file.name} of the checkpoint is missing or unreadable"
         )
+        log.warning(f"resume: {why}: data order restarts with a reshuffled stream")
+    _check_random_states(ckpt, s.rank)
     configured = configured_hyperparameters(s.optimizer)
     try:
         s.accelerator.load_state(str(ckpt))
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except Exception as exc:  # a mismatch (RuntimeError, KeyError) or a damaged file (any loader's error)
         raise UserError(
-            f"resume: checkpoint {ckpt} does not fit this config ({' '.join(str(exc).split())[:300]})"
+            f"resume: checkpoint {ckpt} does not fit this config or is damaged "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); if it is damaged, move it out of "
+            f"{ckpt.parent} and resume=auto continues from the one before"
         ) from None
     changed = keep_configured(s.optimizer, s.scheduler, configured)
     if changed:
         log.warning(f"resume: the config's values replace the checkpoint's: {', '.join(changed)}")
     log.info(f"resumed from {ckpt} at step {start}")
     return start, ckpt
+
+
+def _other_data_or_batch(meta: dict[str, Any], s: Session) -> list[str]:
+    """``what old -> new`` when the run would continue on another shard set (compared by its
+    manifest's hash: a copied folder is the same set) or at another global batch (with
+    ``train.global_batch=0`` it follows the batch size and the number of processes)."""
+    from sonodistill.provenance import json_sha256
+
+    out = []
+    was = meta.get("data", {}).get("manifest_sha256")
+    now = json_sha256(s.loader.manifest) if s.loader.manifest is not None else None
+    if was and now and was != now:
+        name = meta.get("data", {}).get("name", "?")
+        out.append(f"another shard set ({name}, manifest sha256 {was[:12]} -> {now[:12]})")
+    batch = meta.get("global_batch")
+    if batch is not None and int(batch) != s.global_batch:
+        out.append(f"another global batch ({batch} -> {s.global_batch} = batch_size x processes x accumulation)")
+    return out
+
+
+def _loader_state(path: Path) -> dict | None:
+    """The loader position a checkpoint saved for this rank (None: missing or unreadable)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _check_random_states(ckpt: Path, rank: int) -> None:
+    """Warn when this rank's random state cannot be restored: accelerate only logs that at INFO, and
+    the run would go on, no longer bit-identical to an uninterrupted one."""
+    path = ckpt / f"random_states_{rank}.pkl"
+    try:
+        torch.load(path, weights_only=False)  # noqa: S614 (this run's own checkpoint)
+    except Exception as exc:  # missing, cut short, garbled: any of several errors
+        log.warning(
+            f"resume: {path.name} of the checkpoint is missing or unreadable ({type(exc).__name__}); the random "
+            "state restarts from the seed, so the run goes on but not bit-identically to an uninterrupted one"
+        )
 
 
 @dataclasses.dataclass
@@ -590,9 +648,9 @@ def train(cfg: PretrainConfig) -> TrainResult:
     if start_step >= s.max_steps:
         log.info(f"the run is finished ({start_step} of {s.max_steps} steps): nothing to train; a larger "
                  "train.max_steps continues it")  # fmt: skip
-    if s.is_main:
+    if s.is_main and (start_step < s.max_steps or not (s.out_dir / "config.yaml").is_file()):
         s.out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, s.out_dir / "config.yaml")
+        save_config(cfg, s.out_dir / "config.yaml")  # a finished run's stays: it names what was trained
     keys_fh = None
     if cfg.data.record_keys:
         keys_path = s.out_dir / "keys" / f"rank{s.rank}.jsonl"

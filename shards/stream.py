@@ -36,9 +36,9 @@ images by :func:`decode_on_device` (nvJPEG on a GPU).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -56,6 +56,8 @@ from shards.shardfile import NPY_CODE as _NPY_CODE
 from shards.shardfile import IndexCache, Shard, ShardUnreadable
 from sonodistill.errors import UserError
 from sonodistill.stop import ignore_stop_signals, worker_context
+
+log = logging.getLogger(__name__)
 
 MODES = ("epoch", "loop", "resampled")
 STATE_VERSION = 2
@@ -690,20 +692,19 @@ class ShardLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        same = state.get("version") == STATE_VERSION and all(
-            state.get(k) == getattr(self, k)
-            for k in ("mode", "seed", "world_size", "num_workers", "batch_size", "shuffle_buffer", "parts")
-        )
+        keys = ("mode", "seed", "world_size", "num_workers", "batch_size", "shuffle_buffer", "parts")
+        differs = [f"{k} {state.get(k)!r} -> {getattr(self, k)!r}" for k in keys if state.get(k) != getattr(self, k)]
+        if state.get("version") != STATE_VERSION:
+            differs.append(f"loader version {state.get('version')} -> {STATE_VERSION}")
         slots = {int(k): (int(v[0]), int(v[1])) for k, v in state.get("slots", {}).items()}
-        if not same:
+        if differs:
             # A different layout cannot continue the same sample order; restart at the earliest
             # epoch any slot was in so nothing of it is skipped, and say so.
             first = min((e for e, _ in slots.values()), default=0)
-            warnings.warn(
-                "shard loader state was saved with a different mode/seed/world size/workers/batch size/"
-                f"shuffle buffer/encoding or loader version; resuming at the start of epoch {first} "
-                "instead of the exact position",
-                stacklevel=2,
+            shown = "; ".join(d.replace("parts ", "batches per item ", 1) for d in differs)
+            log.warning(
+                f"shard loader: its position was saved with other settings ({shown}); resuming at the start "
+                f"of epoch {first} instead of the exact position (that epoch's samples seen so far are seen again)"
             )
             workers = max(1, self.num_workers)
             self._slots = {s: (first, 0) for s in range(workers)}

@@ -72,6 +72,7 @@ def local_paths(text: str, roots: Iterable[str | Path] = ()) -> list[str]:
     """Absolute local paths in ``text``: this machine's home, working directory and temp folder, the
     given ``roots``, and any ``/home/``, ``/Users/``, ``/tmp/``, ``/scratch/`` or ``/data/`` path."""
     prefixes = {str(Path(r).resolve()) for r in roots} | {os.path.expanduser("~"), os.getcwd(), "/tmp"}
-    found = [p for p in prefixes if len(p) > 1 and p in text]
-    found += re.findall(r"(?<![\w.:/])/(?:home|Users|tmp|scratch|data|work|mnt)/[^\s'\"`)\]|,]+", text)
+    # a whole path only: "lab/tmp-encoder" (a repo id) does not name /tmp
+    found = [p for p in prefixes if len(p) > 1 and re.search(rf"(?<![\w.:/-]){re.escape(p)}(?=$|[/\s'\"`)\]|,])", text)]
+    found += re.findall(r"(?<![\w.:/-])/(?:home|Users|tmp|scratch|data|work|mnt)/[^\s'\"`)\]|,]+", text)
     return sorted(set(found))

@@ -132,3 +132,24 @@ def test_nothing_published_names_a_local_path(run, shard_dir, tiny_teacher_dir, 
     (out / "README.md").write_text(card + f"\nweights from {tiny_teacher_dir}\n")
     with pytest.raises(UserError, match="README.md: names the local path"):
         push(out, "lab/us", dry_run=True)
+
+
+def test_a_repo_id_that_contains_a_folder_name_is_no_local_path():
+    from sonodistill.provenance import local_paths
+
+    assert local_paths("# lab/tmp-encoder, lab/home-us and data/work") == []
+    assert local_paths("weights from /tmp/t (or `/tmp`)") == ["/tmp", "/tmp/t"]
+    assert local_paths("see /scratch/u/run/, then /data/x") == ["/data/x", "/scratch/u/run/"]
+
+
+def test_a_checkpoint_with_damaged_weights_is_one_line(run, tmp_path, capsys):
+    import shutil
+
+    copy = Path(shutil.copytree(run / "checkpoints", tmp_path / "checkpoints"))
+    ckpt = sorted(copy.glob("step_*"))[-1]
+    weights = ckpt / "student.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    err = _refused(["--checkpoint", str(ckpt), "--out", str(tmp_path / "exp")], capsys)
+    assert err.startswith(f"error: --checkpoint: {weights}: unreadable (")
+    assert err.strip().endswith("export an earlier checkpoint (--checkpoint <run>/checkpoints/step_...)")
+    assert not (tmp_path / "exp").exists()

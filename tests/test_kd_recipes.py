@@ -95,6 +95,16 @@ def test_given_teacher_checkpoint_is_loaded_not_trained(vit_run, busi_dir, capsy
     assert m["history"]["teacher"] == [] and len(m["history"]["distilled"]) == 1
 
 
+def test_a_changed_setting_retrains_its_stage_and_the_stages_after_it(vit_run, busi_dir, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(vit_run[0], out)
+    capsys.readouterr()
+    train("vit_mobilenet", busi_dir, out, *VIT, "teacher.dropout=0.0")  # the teacher's head only
+    printed = capsys.readouterr().err
+    assert "teacher: reusing" not in printed and "distilled: reusing" not in printed
+    assert "scratch: reusing the finished stage" in printed
+
+
 def test_a_teacher_that_saw_the_test_split_is_refused(vit_run, busi_dir, tmp_path, capsys):
     """The checkpoint records the images it learnt from: handed to a run whose test split holds some of
     them (another split seed here; an older run's teacher in practice), the test numbers would be
@@ -243,6 +253,27 @@ def test_unknown_recipe_variant_and_key(busi_dir, tmp_path, capsys):
         "nanoray", busi_dir, fresh, capsys, "image_size=0"
     )
     assert not fresh.exists()  # refused before the output folder was made
+
+
+@pytest.mark.parametrize(
+    ("recipe", "override", "message"),
+    [
+        ("nanoray", "classes=[benign]", "classes: expected two or more distinct classes to tell apart, got ['benign']"),
+        ("hdkd", "model.heads=3", "model.heads: 3 does not divide model.dim 256"),
+        ("hdkd", "model.channels=[16,24]", "model.channels: expected 3 positive integers (one per MBCSA stage)"),
+        ("hdkd", "image_size=40", "image_size: HDKD needs a multiple of 16 (stride 8 x model.patch 2), got 40"),
+        ("hdkd", "sweep.per_class=[]", "sweep.per_class: expected distinct integers >= 0 (0 = all training data)"),
+        ("hdkd", "sweep.per_class=[-1]", "sweep.per_class: expected distinct integers >= 0"),
+        ("nanoray", "gradcam.images=-1", "gradcam.images: expected an integer >= 0 (0: no panel), got -1"),
+        ("vit_mobilenet", "efficiency.runs=-1", "efficiency.runs: expected an integer >= 0, got -1"),
+        ("seg_unet", "loss.pair_nodes=0", "loss.pair_nodes: expected at least 1 node per side, got 0"),
+    ],
+)
+def test_nonsense_settings_are_refused_before_training(busi_dir, tmp_path, capsys, recipe, override, message):
+    out = tmp_path / "o"
+    err = fails(recipe, busi_dir, out, capsys, override)
+    assert err == f"error: {message}" or err.startswith(f"error: {message}"), err
+    assert not out.exists()
 
 
 def test_summary_json_lists_every_model_against_the_paper(capsys):

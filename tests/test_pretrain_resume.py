@@ -144,3 +144,62 @@ def test_a_resume_with_other_views_batch_seed_or_teacher_is_refused(shard_dir, t
     with caplog.at_level(logging.INFO, logger="pretrain.trainer"):
         again = train(tiny_config(shard_dir, moved, out, **{**run, "train__max_steps": 3}))
     assert again.step == 3 and "the run is finished (3 of 3 steps): nothing to train" in caplog.text
+
+
+def test_a_resume_on_another_shard_set_or_global_batch_is_refused(shard_dir, tiny_teacher_dir, tmp_path, caplog):
+    """The shard set is compared by its manifest (a copied folder resumes), the global batch as trained
+    (with ``train.global_batch=0`` it follows the batch size); a finished run's config.yaml stays."""
+    import shutil
+
+    from sonodistill.errors import UserError
+
+    out = tmp_path / "run"
+    run = dict(train__max_steps=2, train__save_every=2, num_workers=0, train__global_batch=0)
+    train(tiny_config(shard_dir, tiny_teacher_dir, out, **run))
+    ckpt = list_checkpoints(out)[-1][1]
+    other = Path(shutil.copytree(shard_dir, tmp_path / "other"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "num_samples": manifest["num_samples"] - 1}))
+    for shards, extra, said in (
+        (other, {}, f"another shard set ({shard_dir.name}, manifest sha256 "),
+        (shard_dir, {"train__batch_size": 2}, "another global batch (4 -> 2 = batch_size x processes x accumulation)"),
+    ):
+        with pytest.raises(UserError, match=r"^resume: checkpoint .* was trained on ") as exc:
+            train(tiny_config(shards, tiny_teacher_dir, out, **{**run, **extra}))
+        assert said in str(exc.value) and str(exc.value).endswith("or give a new out for a new run")
+    copied = Path(shutil.copytree(shard_dir, tmp_path / "copied"))
+    assert train(tiny_config(copied, tiny_teacher_dir, out, **{**run, "train__max_steps": 3})).step == 3
+    before = (out / "config.yaml").read_text()
+    with caplog.at_level(logging.INFO, logger="pretrain.trainer"):
+        train(tiny_config(copied, tiny_teacher_dir, out, **{**run, "train__max_steps": 1}))
+    assert "nothing to train" in caplog.text and (out / "config.yaml").read_text() == before  # still max_steps 3
+    assert ckpt.exists()
+
+
+def test_a_damaged_checkpoint_is_named_and_a_lost_random_state_warned(shard_dir, tiny_teacher_dir, tmp_path, caplog):
+    import shutil
+
+    from sonodistill.errors import UserError
+
+    out = tmp_path / "run"
+    run = dict(train__max_steps=2, train__save_every=2, num_workers=0)
+    train(tiny_config(shard_dir, tiny_teacher_dir, out, **run))
+    ckpt = list_checkpoints(out)[-1][1]
+    saved = tmp_path / "saved"
+    shutil.copytree(ckpt, saved)
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError) as exc:
+        train(tiny_config(shard_dir, tiny_teacher_dir, out, **{**run, "train__max_steps": 3}))
+    assert str(exc.value).startswith(f"resume: checkpoint {ckpt} does not fit this config or is damaged (")
+    assert str(exc.value).endswith(
+        f"if it is damaged, move it out of {ckpt.parent} and resume=auto continues from the one before"
+    )
+    shutil.rmtree(ckpt)
+    shutil.copytree(saved, ckpt)
+    (ckpt / "random_states_0.pkl").write_bytes(b"cut")
+    (ckpt / "loader_rank0.json").write_text("{")
+    with caplog.at_level(logging.WARNING):
+        assert train(tiny_config(shard_dir, tiny_teacher_dir, out, **{**run, "train__max_steps": 3})).step == 3
+    assert "resume: random_states_0.pkl of the checkpoint is missing or unreadable (" in caplog.text
+    assert "resume: loader_rank0.json of the checkpoint is missing or unreadable: data order restarts" in caplog.text

@@ -56,10 +56,7 @@ def test_seg_kd_on_a_label_subset_across_seeds(ddti_dir, tmp_path):
         _, splits, train_ids = prepare(rc)  # the sweep's nested label subset
         subset = tmp_path / f"subset{seed}.json"  # as a downstream run writes it, in that run's folder
         subset.write_text(json.dumps({"train": train_ids}))
-        m = train(
-            "seg_unet",
-            ddti_dir,
-            out,
+        args = [
             f"teacher.encoder={teacher_encoder}",
             f"split.file={split}",
             f"subset={subset}",
@@ -67,7 +64,8 @@ def test_seg_kd_on_a_label_subset_across_seeds(ddti_dir, tmp_path):
             "student.decoder_channels=[32,16,16,8,8]",
             *[f"{who}.train.{k}" for who in ("teacher", "student") for k in ("epochs=3", "batch_size=2", "lr=1e-3")],
             *[f"{who}.train.warmup_epochs=0" for who in ("teacher", "student")],
-        )
+        ]
+        m = train("seg_unet", ddti_dir, out, *args)
         assert m["splits"]["train"] == len(train_ids) < len(splits.train) / 2  # a small label fraction
         models = m["models"]
         assert models["distilled"]["params"] == models["scratch"]["params"] < models["teacher"]["params"] / 3
@@ -78,6 +76,12 @@ def test_seg_kd_on_a_label_subset_across_seeds(ddti_dir, tmp_path):
         init = {k: json.loads((out / k / "stage.json").read_text())["key"]["seed"] for k in ("scratch", "distilled")}
         assert init["scratch"] == init["distilled"] == seed
         results.append({k: models[k]["dice"] for k in ("teacher", "scratch", "distilled")})
+    # a loss weight every stage trains with, changed: no finished stage is reused
+    stages = ("teacher", "scratch", "distilled")
+    before = {k: json.loads((out / k / "stage.json").read_text())["fingerprint"] for k in stages}
+    train("seg_unet", ddti_dir, out, *args, "loss.bce_weight=0")
+    after = {k: json.loads((out / k / "stage.json").read_text())["fingerprint"] for k in stages}
+    assert all(after[k] != before[k] for k in stages), (before, after)
     summary = {
         k: f"{np.mean([r[k] for r in results]):.3f} ± {np.std([r[k] for r in results], ddof=1):.3f}" for k in results[0]
     }

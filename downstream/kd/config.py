@@ -19,6 +19,7 @@ from downstream.data.read import ReaderConfig
 from downstream.fit import FitConfig, check_stages
 from downstream.kd.losses import LogitKDLoss, LogitLossConfig
 from downstream.splits import SplitConfig
+from sonodistill.errors import UserError
 from sonodistill.precision import MixedPrecision
 
 
@@ -77,6 +78,9 @@ def check_recipe(cfg: Any, prefix: str = "") -> None:
     logit losses' weights and temperature, one line naming the key, before any data is read."""
     if not prefix:
         check_stages(cfg)
+        classes = getattr(cfg, "classes", [])
+        if classes and (len(classes) < 2 or len(set(classes)) != len(classes)):
+            raise UserError(f"classes: expected two or more distinct classes to tell apart, got {list(classes)}")
     for f in dataclasses.fields(cfg):
         value, key = getattr(cfg, f.name), prefix + f.name
         if isinstance(value, LogitLossConfig):

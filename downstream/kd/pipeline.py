@@ -93,12 +93,13 @@ def _fingerprint(key: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def teacher_key(checkpoint: str, arch: dict[str, Any], train: Any) -> dict[str, Any]:
-    """What a distilled stage depends on about its teacher (a retrained teacher retrains students)."""
+def teacher_key(checkpoint: str, teacher: StageResult | None) -> dict[str, Any]:
+    """What a distilled stage depends on about its teacher: the file it was loaded from, or the
+    fingerprint of the stage that trained it (a teacher trained otherwise retrains the students)."""
     if checkpoint:
         st = Path(checkpoint).stat()
         return {"checkpoint": str(Path(checkpoint).resolve()), "size": st.st_size, "mtime": st.st_mtime_ns}
-    return {"arch": arch, "train": to_dict(train)}
+    return {"stage": teacher.fingerprint if teacher is not None else ""}
 
 
 @dataclass
@@ -107,6 +108,7 @@ class StageResult:
     best_epoch: int = 0
     seconds: float = 0.0
     reused: bool = False
+    fingerprint: str = ""  # what the stage was trained from (the stages trained after it include it)
 
 
 def stage(
@@ -117,7 +119,8 @@ def stage(
     key: dict[str, Any],
     train: Callable[[], FitResult],
 ) -> StageResult:
-    """Train ``model`` with ``train()`` or reload the finished stage."""
+    """Train ``model`` with ``train()`` or reload the finished stage. ``arch`` and ``key`` hold
+    everything the stage's weights depend on (its config sections whole, the stages it learnt from)."""
     folder = run.out / name
     fp = _fingerprint(
         {
@@ -130,11 +133,15 @@ def stage(
     )
     meta_path, weights = folder / "stage.json", folder / "model.safetensors"
     if meta_path.is_file() and weights.is_file():
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError:
+            log.warning(f"{meta_path}: unreadable; the {name} stage is trained again")
+            meta = {}
         if meta.get("fingerprint") == fp:
             load_model(model, weights, arch=arch, key=f"{name} stage")
             log.info(f"{name}: reusing the finished stage in {folder}")
-            return StageResult(meta["history"], meta["best_epoch"], meta["seconds"], reused=True)
+            return StageResult(meta["history"], meta["best_epoch"], meta["seconds"], reused=True, fingerprint=fp)
     t0 = time.perf_counter()
     res = train()
     seconds = time.perf_counter() - t0  # the whole stage: fit plus what it needs first (e.g. teacher logits)
@@ -151,7 +158,7 @@ def stage(
             },
         )
     run.acc.wait_for_everyone()
-    return StageResult(res.history, res.best_epoch, seconds)
+    return StageResult(res.history, res.best_epoch, seconds, fingerprint=fp)
 
 
 def evaluate(
@@ -198,6 +205,8 @@ class LogitKDSpec:
     student_train: FitConfig
     loss: LogitKDLoss
     inputs: Inputs
+    teacher_config: dict[str, Any] = field(default_factory=dict)  # the sections whole, in the stages' keys
+    student_config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -243,7 +252,7 @@ def _logit_teacher(run: Run, spec: LogitKDSpec, fit_with, stages: dict[str, Stag
             "teacher",
             teacher,
             spec.teacher_arch,
-            {"train": to_dict(spec.teacher_train), "seed": run.seed},
+            {"train": to_dict(spec.teacher_train), "seed": run.seed, "config": spec.teacher_config},
             fit_with(Classification(teacher, spec.inputs, run.prep.classes), spec.teacher_train, "teacher"),
         )
     return freeze(teacher.to(run.acc.device))
@@ -262,7 +271,7 @@ def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
     seed_everything(run.seed + 1)
     scratch = spec.build_student(len(names))
     init = {k: v.clone() for k, v in scratch.state_dict().items()}
-    s_key = {"train": to_dict(spec.student_train), "seed": run.seed}
+    s_key = {"train": to_dict(spec.student_train), "seed": run.seed, "config": spec.student_config}
     scratch_task = Classification(scratch, spec.inputs, names)
     stages["scratch"] = stage(
         run, "scratch", scratch, spec.student_arch, s_key, fit_with(scratch_task, spec.student_train, "scratch")
@@ -283,7 +292,7 @@ def logit_kd(run: Run, spec: LogitKDSpec, size: int) -> LogitKDResult:
         "ce_weight": spec.loss.ce_weight,
         "kd_weight": spec.loss.kd_weight,
         "T": spec.loss.temperature,
-        "teacher": teacher_key(spec.teacher_checkpoint, spec.teacher_arch, spec.teacher_train),
+        "teacher": teacher_key(spec.teacher_checkpoint, stages["teacher"]),
     }
     stages["distilled"] = stage(run, "distilled", distilled, spec.student_arch, key, distil)
 
@@ -339,5 +348,7 @@ def timm_student_run(
         student_train=cfg.student.train,
         loss=LogitKDLoss.from_config(cfg.loss),
         inputs=Inputs(channels_last=torch.cuda.is_available()),
+        teacher_config=to_dict(cfg.teacher),
+        student_config=to_dict(cfg.student),
     )
     return logit_kd_result(name, cfg, r, logit_kd(r, spec, cfg.image_size))

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sonodistill.config import ConfigError
+
 
 @dataclass
 class SegKDLossConfig:
@@ -39,6 +41,17 @@ class SegKDLossConfig:
     pair_weight: float = 0.5  # Liu et al.'s lambda for pair-wise distillation
     pair_nodes: int = 2  # nodes per side after max-pooling (the authors' pool_scale 0.5)
     feature_weight: float = 0.0  # decoder-stage feature matching (FitNets hints); 0 = off
+
+    def __post_init__(self) -> None:
+        for key in ("dice_weight", "bce_weight", "pixel_weight", "pair_weight", "feature_weight"):
+            if not (value := getattr(self, key)) >= 0:
+                raise ConfigError(f"loss.{key}: expected a weight >= 0, got {value}")
+        if not self.temperature > 0:
+            raise ConfigError(f"loss.temperature: expected a positive number, got {self.temperature}")
+        if self.pair_nodes < 1:
+            raise ConfigError(f"loss.pair_nodes: expected at least 1 node per side, got {self.pair_nodes}")
+        if self.dice_weight + self.bce_weight <= 0:
+            raise ConfigError("loss.dice_weight, loss.bce_weight: at least one must be > 0 (the task loss)")
 
 
 def pixel_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -10,6 +10,8 @@ The recipe itself: :mod:`downstream.kd.recipes.hdkd`.
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,10 @@ from downstream.kd.recipes.hdkd import (
 )
 from downstream.kd.report import md_table, pct, plot_history, plot_lines, write_report
 from sonodistill.atomic import write_json
-from sonodistill.config import to_dict
+from sonodistill.config import ConfigError, to_dict
 from sonodistill.logs import is_main_rank
+
+log = logging.getLogger(__name__)
 
 PAPER = {
     "teacher": {"params_m": 3.95, "gflops": 5.88},
@@ -57,6 +61,11 @@ class DataSizeSweepConfig:
 
     per_class: list[int] = field(default_factory=lambda: [50, 100, 150, 0])  # images per class; 0 = all training data
     seed: int = 0  # which N images of each class
+
+    def __post_init__(self) -> None:
+        n = self.per_class
+        if not n or any(not isinstance(v, int) or v < 0 for v in n) or len(set(n)) != len(n):
+            raise ConfigError(f"sweep.per_class: expected distinct integers >= 0 (0 = all training data), got {n}")
 
 
 @dataclass
@@ -85,6 +94,13 @@ class HDKDPaper(Paper):
     config = HDKDPaperConfig
 
     def reproduce(self, cfg: HDKDPaperConfig, data: PreparedData, out: Path) -> dict[str, Any]:
+        largest = max(Counter(int(r.label) for r in data.parts["train"]).values())
+        for n in cfg.sweep.per_class:
+            if n >= largest:
+                log.warning(
+                    f"sweep.per_class {n}: no class has more than {largest} training images, so this size "
+                    "trains on the whole training split"
+                )
         h = HDKDRun.start(cfg, data, out)
         teacher = train_teacher(h)
         sweep = []

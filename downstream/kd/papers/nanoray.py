@@ -19,7 +19,7 @@ from downstream.kd.papers.base import Paper
 from downstream.kd.recipes.nanoray import RECIPE, NanoRayConfig
 from downstream.kd.report import md_table, pct, plot_history, write_report
 from sonodistill.atomic import write_json
-from sonodistill.config import to_dict
+from sonodistill.config import ConfigError, to_dict
 from sonodistill.logs import is_main_rank
 
 PAPER = {
@@ -34,6 +34,10 @@ class GradCamConfig:
     """Fig. 1: Grad-CAM of the scratch baseline and the distilled student."""
 
     images: int = 6  # test images in the panel (0: no panel)
+
+    def __post_init__(self) -> None:
+        if self.images < 0:
+            raise ConfigError(f"gradcam.images: expected an integer >= 0 (0: no panel), got {self.images}")
 
 
 @dataclass
@@ -59,11 +63,14 @@ class NanoRayPaper(Paper):
         if is_main_rank():
             write_json(out / "metrics.json", metrics)
             plot_history({k: v for k, v in metrics["history"].items() if v}, out / "curves.png")
+            figure = out / "gradcam.png"
             if cfg.gradcam.images > 0:
                 inputs = Inputs(channels_last=torch.cuda.is_available())
                 test = data.parts["test"]
-                gradcam_panel(res, inputs, test, data.classes, cfg.image_size, cfg.gradcam.images, out / "gradcam.png")
-            report(metrics, out / "report.md")
+                gradcam_panel(res, inputs, test, data.classes, cfg.image_size, cfg.gradcam.images, figure)
+            else:
+                figure.unlink(missing_ok=True)  # an earlier run's panel would show other models
+            report(metrics, out / "report.md", figure.is_file())
         return metrics
 
     def single_run(self, cfg: NanoRayPaperConfig) -> NanoRayPaperConfig:
@@ -95,7 +102,7 @@ def gradcam_panel(res, inputs: Inputs, test_records, classes: list[str], size: i
     panels(gray[:, 0].numpy(), maps, path, titles=[f"input ({classes[y]})" for y in labels])
 
 
-def report(m: dict[str, Any], path: Path) -> None:
+def report(m: dict[str, Any], path: Path, gradcam: bool = True) -> None:
     rows = []
     for key, label in (
         ("teacher", "ViT Teacher"),
@@ -128,6 +135,6 @@ def report(m: dict[str, Any], path: Path) -> None:
                 "(the paper's 2.5M / 86M include ImageNet's 1000-class head). Per-class metrics and confusion "
                 "matrices: metrics.json, confusion.png (one panel per model); training curves: curves.png.",
             ),
-            ("Figure 1. Grad-CAM, baseline vs distilled", "![Grad-CAM](gradcam.png)"),
+            *([("Figure 1. Grad-CAM, baseline vs distilled", "![Grad-CAM](gradcam.png)")] if gradcam else []),
         ],
     )

@@ -21,7 +21,7 @@ from downstream.kd.papers.base import Paper
 from downstream.kd.recipes.vit_mobilenet import RECIPE, VitMobilenetConfig
 from downstream.kd.report import md_table, pct, plot_bars, plot_history, write_report
 from sonodistill.atomic import write_json
-from sonodistill.config import to_dict
+from sonodistill.config import ConfigError, to_dict
 
 PAPER = {
     "teacher": {"mb": 438.8, "latency_ms": 242.9, "fps": 4.1, "accuracy": 0.9506},
@@ -37,6 +37,11 @@ class EfficiencyConfig:
     runs: int = 50  # timed batch-size-1 forward passes (median reported); 0 = not measured
     warmup: int = 10  # untimed passes first
     threads: int = 0  # torch CPU threads while timing (0 = leave as is)
+
+    def __post_init__(self) -> None:
+        for key in ("runs", "warmup", "threads"):
+            if (value := getattr(self, key)) < 0:
+                raise ConfigError(f"efficiency.{key}: expected an integer >= 0, got {value}")
 
 
 @dataclass
@@ -84,6 +89,8 @@ class VitMobilenetPaper(Paper):
             plot_history({k: v for k, v in metrics["history"].items() if v}, out / "curves.png")
             if eff:
                 plot_efficiency(eff, out / "efficiency.png")
+            else:
+                (out / "efficiency.png").unlink(missing_ok=True)  # an earlier run's timing of other models
             report(metrics, out / "report.md")
         return metrics
 
@@ -175,7 +182,8 @@ def report(m: dict[str, Any], path: Path) -> None:
                 "Table 2. Efficiency comparison on CPU hardware",
                 table2 + "\n\nBatch size 1, fp32 eager PyTorch on this "
                 "machine's CPU, median of the timed runs; MB = MiB of the fp32 state dict. Confusion matrices: "
-                "confusion.png (teacher, scratch, distilled); curves.png; efficiency.png.",
+                "confusion.png (teacher, scratch, distilled); curves.png"
+                + ("; efficiency.png." if m["efficiency"] else "."),
             ),
             (
                 "Impact of distillation (§IV.4)",

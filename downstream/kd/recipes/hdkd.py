@@ -56,7 +56,7 @@ from downstream.kd.recipes.base import Entry, Recipe, RecipeResult, image_deploy
 from downstream.kd.tasks import freeze
 from downstream.tasks import Classification
 from downstream.tasks.classification import correct
-from sonodistill.config import to_dict
+from sonodistill.config import ConfigError, to_dict
 
 
 @dataclass
@@ -70,6 +70,17 @@ class HDKDModelConfig:
     depth: int = 3  # DFLT transformer layers
     heads: int = 8  # DFLT attention heads
     patch: int = 2  # DFLT patch size on the stage-3 map
+
+    def __post_init__(self) -> None:
+        for key in ("channels", "teacher_blocks", "student_blocks"):
+            value = getattr(self, key)
+            if len(value) != 3 or any(not isinstance(v, int) or v < 1 for v in value):
+                raise ConfigError(f"model.{key}: expected 3 positive integers (one per MBCSA stage), got {value}")
+        for key in ("dim", "depth", "heads", "patch"):
+            if (value := getattr(self, key)) < 1:
+                raise ConfigError(f"model.{key}: expected a positive integer, got {value}")
+        if self.dim % self.heads:
+            raise ConfigError(f"model.heads: {self.heads} does not divide model.dim {self.dim}")
 
 
 @dataclass
@@ -97,6 +108,14 @@ class HDKDConfig(RecipeConfig):
     teacher: HDKDTeacherConfig = field(default_factory=HDKDTeacherConfig)
     student: HDKDStudentConfig = field(default_factory=HDKDStudentConfig)
     loss: HDKDLossConfig = field(default_factory=HDKDLossConfig)
+
+    def __post_init__(self) -> None:
+        step = 8 * self.model.patch  # the stage-3 map (stride 8) is cut into patch x patch tokens
+        if self.image_size % step:
+            raise ConfigError(
+                f"image_size: HDKD needs a multiple of {step} (stride 8 x model.patch {self.model.patch}), "
+                f"got {self.image_size}"
+            )
 
 
 def build_teacher(m: HDKDModelConfig, num_classes: int, t: HDKDTeacherConfig | None = None, features: bool = True):
@@ -207,7 +226,14 @@ def train_teacher(h: HDKDRun) -> dict[str, Any]:
     else:
         a = cfg.teacher.augment
         t_task = Classification(teacher, Inputs(augment=augmentation(a)), r.prep.classes)
-        key = {"train": to_dict(cfg.teacher.train), "aug": to_dict(a), "seed": cfg.seed}
+        key = {
+            "train": to_dict(cfg.teacher.train),
+            "aug": to_dict(a),
+            "seed": cfg.seed,
+            "config": to_dict(cfg.teacher),
+            "model": to_dict(cfg.model),
+            "features": cfg.loss.feature_weight > 0,
+        }
         h.stages["teacher"] = stage(
             r, "teacher", teacher, h.t_arch, key, h.fit(t_task, r.prep.parts["train"], cfg.teacher.train, "teacher")
         )
@@ -222,7 +248,12 @@ def train_students(
     class of the data-size sweep; 0 = all): each model and its test metrics."""
     cfg, r = h.cfg, h.r
     tag = f"{n}_per_class" if n > 0 else "all"
-    s_key = {"train": to_dict(cfg.student.train), "model": to_dict(cfg.model), "seed": cfg.seed}
+    s_key = {
+        "train": to_dict(cfg.student.train),
+        "model": to_dict(cfg.model),
+        "seed": cfg.seed,
+        "config": to_dict(cfg.student),
+    }
     loss = HDKDLoss(cfg.loss)
     out = {}
     for variant, distill in (("student", False), ("hdkd", True)):
@@ -238,7 +269,7 @@ def train_students(
             "n": n,
             "sweep_seed": sweep_seed,
             "loss": to_dict(cfg.loss) if distill else None,
-            "teacher": teacher_key(cfg.teacher.checkpoint, h.t_arch, cfg.teacher) if distill else None,
+            "teacher": teacher_key(cfg.teacher.checkpoint, h.stages.get("teacher")) if distill else None,
         }
         s_arch = {**h.arch(), "model": f"hdkd_student_{variant}", "img_size": r.image_size}
         name = f"{variant}_{tag}"

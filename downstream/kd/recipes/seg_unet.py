@@ -297,7 +297,13 @@ def train_teacher(s: SegRun) -> nn.Module:
         load_model(s.teacher, cfg.teacher.checkpoint, arch=s.teacher_arch(), key="teacher.checkpoint")
         check_unseen(cfg.teacher.checkpoint, s.r.prep.parts["test"])
     else:
-        key = {"train": to_dict(cfg.teacher.train), "augment": to_dict(cfg.augment), "seed": cfg.seed}
+        key = {
+            "train": to_dict(cfg.teacher.train),
+            "augment": to_dict(cfg.augment),
+            "seed": cfg.seed,
+            "config": to_dict(cfg.teacher),
+            "seg_loss": [cfg.loss.dice_weight, cfg.loss.bce_weight],
+        }
         task = Segmentation(s.teacher, s.t_inputs, SegLoss(cfg.loss.dice_weight, cfg.loss.bce_weight))
         s.stages["teacher"] = stage(
             s.r, "teacher", s.teacher, s.teacher_arch(), key, s.fit(task, cfg.teacher.train, "teacher")
@@ -311,7 +317,13 @@ def train_students(s: SegRun, teacher: nn.Module) -> tuple[SegStudent, SegStuden
     seed_everything(cfg.seed + 1)
     scratch = SegStudent(cfg.student)
     init = {k: v.clone() for k, v in scratch.unet.state_dict().items()}
-    s_key = {"train": to_dict(cfg.student.train), "augment": to_dict(cfg.augment), "seed": cfg.seed}
+    s_key = {
+        "train": to_dict(cfg.student.train),
+        "augment": to_dict(cfg.augment),
+        "seed": cfg.seed,
+        "config": to_dict(cfg.student),
+        "seg_loss": [cfg.loss.dice_weight, cfg.loss.bce_weight],
+    }
     seg_loss = SegLoss(cfg.loss.dice_weight, cfg.loss.bce_weight)
     task = Segmentation(scratch, s.s_inputs, seg_loss)
     s.stages["scratch"] = stage(
@@ -325,7 +337,7 @@ def train_students(s: SegRun, teacher: nn.Module) -> tuple[SegStudent, SegStuden
     key = {
         **s_key,
         "loss": to_dict(cfg.loss),
-        "teacher": teacher_key(cfg.teacher.checkpoint, s.teacher_arch(), cfg.teacher),
+        "teacher": teacher_key(cfg.teacher.checkpoint, s.stages.get("teacher")),
         "unlabelled": [x.id for x in unlabelled],
     }
     arch = student_arch(cfg.student, bool(s.t_widths))
