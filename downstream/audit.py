@@ -175,6 +175,8 @@ def audit(cfg: AuditConfig, catalog: Catalog | None = None) -> dict:
     broken = {b["path"] for b in bad}
     readable = dataclasses.replace(catalog, records=[r for r in catalog.records if r.id not in broken])
     sizes, empty = mask_problems(readable)
+    labels = {r.label for r in catalog.records}
+    empty_classes = [c for k, c in enumerate(catalog.classes) if k not in labels]
     groups = duplicate_groups(readable, loader_workers(cfg.num_workers))
     entries = []
     for k, g in enumerate(groups, 1):
@@ -203,6 +205,7 @@ def audit(cfg: AuditConfig, catalog: Catalog | None = None) -> dict:
             "unreadable": len(bad),
             "missing_masks": len(no_mask),
             "unused_images": len(unused),
+            "empty_classes": len(empty_classes),
         },
         "duplicate_groups": entries,
         "label_conflicts": [e["group"] for e in entries if e["label_conflict"]],
@@ -211,6 +214,7 @@ def audit(cfg: AuditConfig, catalog: Catalog | None = None) -> dict:
         "unreadable": bad,
         "missing_masks": no_mask,
         "unused_images": unused,
+        "empty_classes": empty_classes,  # class folders missing or without an image (a run refuses them)
     }
     write_json(out / "audit.json", report)
     save_config(cfg, out / "config.yaml")
@@ -234,12 +238,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with StopRequest():  # Ctrl-C, SIGTERM: one `stopped:` line, exit 75; audit.json is written last
         report = audit(cfg, catalog)
     s = report["summary"]
+    empty = report["empty_classes"]
     print(
         f"{report['images']} images: {s['duplicate_groups']} duplicate groups ({s['exact_groups']} exact, "
         f"{s['images_in_groups']} images), {s['label_conflicts']} label conflicts, {s['empty_lesion_masks']} "
         f"lesion images with empty masks, {s['mask_size_mismatches']} mask size mismatches, "
         f"{s['unreadable']} unreadable, {s['missing_masks']} without a mask, {s['unused_images']} image files "
-        f"unused -> {Path(cfg.out) / 'audit.json'}"
+        f"unused"
+        + (f", classes without images: {', '.join(empty)}" if empty else "")
+        + f" -> {Path(cfg.out) / 'audit.json'}"
     )
     return report
 

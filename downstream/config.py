@@ -19,6 +19,7 @@ from downstream.data.transforms import GeometricAugmentConfig
 from downstream.edge.profile import EdgeConfig
 from downstream.fit import FitConfig
 from downstream.splits import SplitConfig
+from sonodistill.config import ConfigError
 from sonodistill.errors import UserError
 from sonodistill.precision import MixedPrecision
 
@@ -53,6 +54,15 @@ class ProbeConfig:
     weight_decay: float = 1e-4  # L2 penalty of the linear layer
     batch_size: int = 64  # features per optimiser step
     feature_batch_size: int = 64  # images per forward pass when extracting features
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "feature_batch_size"):
+            if (value := getattr(self, key)) < 1:
+                raise ConfigError(f"probe.{key}: expected at least 1, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"probe.lr: expected a learning rate above 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"probe.weight_decay: expected a value >= 0, got {self.weight_decay}")
 
 
 SPEED_ONLY = ("num_workers",)  # settings of how fast a run goes, never of what it computes

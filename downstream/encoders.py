@@ -149,6 +149,10 @@ def _timm(spec: str, name: str, pretrained: bool, hint: str, overlay: dict | Non
         raise UserError(f"encoder '{spec}': cannot build it ({_one_line(exc)})") from None
     except (OSError, ValueError, KeyError, ImportError) as exc:  # offline hub, missing files, bad config.json
         raise UserError(f"encoder '{spec}': {hint} ({type(exc).__name__}: {_one_line(exc)})") from None
+    except Exception as exc:  # safetensors' own error for a weights file cut short or garbled
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise UserError(f"encoder '{spec}': unreadable weights file ({_one_line(exc)})") from None
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))

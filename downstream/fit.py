@@ -57,6 +57,9 @@ def check_stages(cfg: Any, prefix: str = "") -> None:
     size = getattr(cfg, "image_size", None)
     if isinstance(size, int) and size < MIN_IMAGE_SIZE:
         raise UserError(f"{prefix}image_size: expected at least {MIN_IMAGE_SIZE} pixels, got {size}")
+    seed = getattr(cfg, "seed", None)
+    if isinstance(seed, int) and not 0 <= seed < 2**32:  # what numpy's and torch's seeding take
+        raise UserError(f"{prefix}seed: expected an integer from 0 to 2**32-1, got {seed}")
     for f in dataclasses.fields(cfg):
         value, key = getattr(cfg, f.name), prefix + f.name
         if isinstance(value, FitConfig):

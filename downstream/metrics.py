@@ -50,7 +50,9 @@ def segmentation_summary(dice: Sequence[float], iou: Sequence[float], target_emp
 
 
 def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Sequence[str]) -> dict:
-    """Metrics from true labels and class probabilities ``[N, K]`` (prediction = argmax)."""
+    """Metrics from true labels and class probabilities ``[N, K]`` (prediction = argmax). Macro
+    averages are over the classes the test images hold: a class with no test image (a rare class
+    whose few images all fell into training) would add an F1 of 0 that says nothing of the model."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
     y = np.asarray(y_true, dtype=int)
@@ -58,7 +60,8 @@ def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Seq
     labels = list(range(len(classes)))
     pred = prob.argmax(1)
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, labels=labels, average="macro", zero_division=0)
+    present = sorted(set(y.tolist())) or labels
+    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, labels=present, average="macro", zero_division=0)
     auc: float | None
     if len(set(y.tolist())) < len(classes):  # a class absent from y_true: AUC undefined
         auc = None

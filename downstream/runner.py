@@ -187,6 +187,11 @@ def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
     )
     index = catalog.by_id()
     train_ids = label_fraction(splits.train, [index[i].label for i in splits.train], cfg.fraction, cfg.seed)
+    if catalog.classes and TASK_KIND.get(cfg.task) == "cls":
+        taught = {index[i].label for i in train_ids}
+        absent = [c for k, c in enumerate(catalog.classes) if k not in taught]
+        if absent:  # too few images of it to reach the training split: the model never sees the class
+            log.warning(f"{cfg.task}: no training image of class(es) {', '.join(absent)} in this split and fraction")
     return catalog, splits, train_ids
 
 
@@ -252,6 +257,16 @@ def edge_column(cfg: RunConfig, model: nn.Module, enc: Encoder, catalog, splits,
         cache=latency,
         workdir=out,
     )
+
+
+def _drop_earlier_outputs(out: Path, cfg: RunConfig, kind: str, checkpoint: bool) -> None:
+    """The files an earlier run into ``out`` wrote that this one does not (another task's figure, a
+    checkpoint this run did not save): left, they would describe another configuration."""
+    stale = ["predictions.png"] if kind == "cls" else ["confusion.png"]
+    if not (cfg.train.save_checkpoint and checkpoint):
+        stale.append("best.safetensors")
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
 
 
 def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache | None) -> dict:
@@ -330,5 +345,6 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
             _save_checkpoint(res.best_state, out / "best.safetensors")
         write_json(out / "metrics.json", metrics)
         save_config(cfg, out / "config.yaml")  # with the results it describes (a failed rerun keeps the old pair)
+        _drop_earlier_outputs(out, cfg, kind, res.best_state is not None)
     acc.free_memory()  # drop the prepared model/optimizer/loaders: a sweep runs hundreds of cells in one process
     return metrics

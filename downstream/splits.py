@@ -98,10 +98,16 @@ def image_paths(catalog: Catalog) -> dict[str, str]:
     return out
 
 
-def _normalise(ratios: Sequence[float]) -> np.ndarray:
+def check_ratios(ratios: Sequence[float]) -> None:
+    """Three positive numbers train/val/test: selection needs a validation split, reporting a test split."""
     r = np.asarray(ratios, dtype=np.float64)
-    if r.shape != (3,) or (r <= 0).any():  # selection needs a validation split, reporting a test split
+    if r.shape != (3,) or not (r > 0).all():
         raise UserError(f"split.ratios: expected three positive numbers train/val/test, got {list(ratios)}")
+
+
+def _normalise(ratios: Sequence[float]) -> np.ndarray:
+    check_ratios(ratios)
+    r = np.asarray(ratios, dtype=np.float64)
     return r / r.sum()
 
 

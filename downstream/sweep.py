@@ -497,13 +497,13 @@ def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, resul
 
 
 def _drop_stale_curves(folder: Path) -> None:
-    """The TensorBoard files an unfinished earlier run of a cell left in its folder: the cell starts
-    over, and its curves would show twice."""
+    """The TensorBoard files an earlier run of a cell left in its folder (stopped, or run with other
+    settings): the cell starts over, and its curves would show twice."""
     stale = sorted(folder.rglob("events.out.tfevents.*")) if folder.is_dir() else []
     for path in stale:
         path.unlink()
     if stale:
-        log.info(f"{folder}: removed {len(stale)} TensorBoard file(s) of an unfinished earlier run of this cell")
+        log.info(f"{folder}: removed {len(stale)} TensorBoard file(s) of an earlier run of this cell")
 
 
 def refuse_unchecked(todo: Sequence[PlannedCell]) -> None:
@@ -543,13 +543,29 @@ def check_before_cells(cfg: SweepConfig, grid: Grid) -> None:
     """What would otherwise stop the sweep in its first cell that meets it, hours in: every encoder
     spec well formed (its folder there), the run's image size and training stage, and every label
     fraction in (0, 1] (each KD method's values are checked when it is parsed)."""
+    from downstream.kd.recipes.base import CONFIGS
+    from downstream.kd.registry import RECIPES
+    from downstream.splits import check_ratios
+
     for _, spec in grid.encoders:
         check_spec(spec)
     check_stages(cfg.run, "run.")
-    for key in ("fractions", "linear_fractions"):
-        bad = [f for f in getattr(cfg, key) if not 0 < f <= 1]
+    check_ratios(cfg.run.split.ratios)
+    if cfg.run.image_size % 32 and any(t.kind == "seg" for t in grid.tasks):
+        raise UserError(f"run.image_size: U-Net segmentation needs a multiple of 32, got {cfg.run.image_size}")
+    for key in ("fractions", "linear_fractions", "seeds"):
+        values = getattr(cfg, key)
+        if len(set(values)) != len(values):  # a repeated seed would count one run twice in the mean +- std
+            raise UserError(f"{key}: expected distinct values, got {values}")
+        bad = [f for f in values if not (0 <= f < 2**32 if key == "seeds" else 0 < f <= 1)]
         if bad:
-            raise UserError(f"{key}: expected fractions in (0, 1], got {bad}")
+            expected = "integers from 0 to 2**32-1" if key == "seeds" else "fractions in (0, 1]"
+            raise UserError(f"{key}: expected {expected}, got {bad}")
+    stems = [f.stem for f in CONFIGS.glob("*.yaml")]
+    presets = {stem.removesuffix(f"_{r}") for stem in stems for r in RECIPES if stem.endswith(f"_{r}")}
+    for name in cfg.kd_presets:
+        if not name.endswith((".yaml", ".yml")) and name not in presets:
+            raise UserError(f"kd_presets: no preset '{name}' ({', '.join(sorted(presets))}, or a YAML file)")
 
 
 def checked_grid(cfg: SweepConfig) -> Grid:
@@ -625,7 +641,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return {"splits": paths}
     with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75
         summary = run_sweep(cfg, max_cells=args.max_cells, grid=grid)
-    if args.print_tables:
+    if args.print_tables and cfg.part:  # a SLURM array task passes the merge's arguments too
+        log.info("--print-tables: a part writes no tables; the same command without part= writes and prints them")
+    elif args.print_tables:
         print((Path(cfg.out) / "tables.md").read_text())
     print(json.dumps(summary))
     return summary

@@ -136,4 +136,12 @@ def one_writer(out: Path, part: Part | None) -> Iterator[None]:
         pid = holder(out / ".lock")
         if pid:
             raise UserError(f"out {out}: a sweep without part= (pid {pid}) is running in it; start the parts after it")
+        # parts of another N slice the cells otherwise: both would run some cells into the same folders
+        for f in sorted(parts.glob(".lock-part-*")):
+            which = f.name.removeprefix(".lock-part-").replace("-of-", "/")
+            if not which.endswith(f"/{part.count}") and (pid := holder(f)):
+                raise UserError(
+                    f"out {out}: sweep part={which} is running (pid {pid}); the parts of one sweep share N "
+                    f"(part=I/{which.rsplit('/', 1)[-1]}), or wait for it to end"
+                )
         yield

@@ -192,7 +192,12 @@ def render_tables(
         rows.append(
             [e, p] + [cell_text(agg, t.key, e, "finetune", 1.0, _metric_pairs(t.kind)[0][0], notes) for t in tasks]
         )
-    parts.append(f"## {title}\n\n" + markdown_table(headers, rows, bold_max=range(2, len(headers))) + notes.render())
+    what = (
+        "\n\nParams (M): an encoder row's encoder alone (the same under a classification or segmentation "
+        "head); a KD row's whole deployed model (kd:seg_unet: its U-Net)."
+    )
+    table = markdown_table(headers, rows, bold_max=range(2, len(headers)))
+    parts.append(f"## {title}\n\n" + table + what + notes.render())
     return "\n".join(parts)
 
 

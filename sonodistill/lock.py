@@ -3,8 +3,10 @@
 Two commands writing into one folder at once (a SLURM requeue overlapping the old job, a command
 started twice) interleave their files; the second is refused with one line instead. ``flock``
 needs no clean-up after a crash (the lock goes with the process), so a killed run never leaves a
-folder locked. On a filesystem without ``flock`` (Lustre mounted ``noflock``, some NFS set-ups) the
-guard is off, with one warning: the commands still run, two at once in one folder are not refused.
+folder locked (processes it forked, such as loader workers, keep the lock until they notice their
+parent's death, a few seconds: the next command waits for them). On a filesystem without ``flock``
+(Lustre mounted ``noflock``, some NFS set-ups) the guard is off, with one warning: the commands
+still run, two at once in one folder are not refused.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import errno
 import fcntl
 import logging
 import os
+import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,20 +51,57 @@ def exclusive(lock: Path, what: str) -> Iterator[None]:
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _take(fd)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            pid = _holder_pid(fd)
             raise UserError(
-                f"{what}: another process (pid {holder}) is writing to it; wait for it to end or use another folder"
+                f"{what}: another process (pid {pid}) is writing to it; wait for it to end or use another folder"
             ) from None
         except OSError as e:
             if not _unsupported(e, lock):
                 raise
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+ORPHAN_WAIT_S = 30.0  # how long a lock kept by a dead writer's children (loader workers) is waited for
+
+
+def _take(fd: int) -> None:
+    """``flock`` now; if the writer recorded in the file has died on this machine, the processes it
+    forked (DataLoader workers inherit the descriptor and notice their parent's death within
+    seconds) may still hold it: wait for them, up to :data:`ORPHAN_WAIT_S`."""
+    deadline = time.monotonic() + ORPHAN_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if _writer_alive(fd) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.25)
+
+
+def _holder_pid(fd: int) -> str:
+    return (os.pread(fd, 128, 0).decode(errors="replace").split() or ["?"])[0]
+
+
+def _writer_alive(fd: int) -> bool:
+    """Whether the writer recorded in the lock file still runs (True when that cannot be told here:
+    another machine's process, or a file from before hosts were recorded)."""
+    fields = os.pread(fd, 128, 0).decode(errors="replace").split()
+    if len(fields) != 2 or fields[1] != socket.gethostname() or not fields[0].isdigit():
+        return True
+    try:
+        os.kill(int(fields[0]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def holder(lock: Path) -> str | None:
@@ -73,7 +114,7 @@ def holder(lock: Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            return _holder_pid(fd) if _writer_alive(fd) else None  # a dead writer's children write nothing
         except OSError as e:
             if not _unsupported(e, lock):
                 raise

@@ -129,6 +129,13 @@ def test_classification_finetune_cli(capsys, busi_dir, tmp_path):
 
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["fraction"] == 0.5 and resolved["train"]["epochs"] == 2 and resolved["encoder"] == str(export)
+    # run again into the same folder as a probe without a checkpoint: the earlier run's is not left to
+    # pass for this one's
+    args = ["--task", "busi-cls", "--data", str(busi_dir), "--encoder", str(export), "--mode", "linear"]
+    probe = ["image_size=64", "probe.epochs=2", "train.save_checkpoint=false", "split.ratios=[0.6,0.2,0.2]"]
+    run_cli.main([*args, "--out", str(out), *probe])
+    assert not (out / "best.safetensors").exists() and (out / "confusion.png").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["mode"] == "linear"
 
 
 def test_embed_tsne_and_silhouette(shard_dir, tmp_path):

@@ -103,6 +103,7 @@ def test_mask_size_mismatch_is_an_error(mini_busi):
     _png(mini_busi / "benign" / "benign (1)_mask.png", _box_mask(10, 10, 0, 5, 0, 5))
     with pytest.raises(UserError, match=r"benign \(1\)_mask\.png: mask is 10x10 but its image .* is 50x41"):
         read_busi(mini_busi)
+    assert len(read_busi(mini_busi, require_masks=False).records) > 0  # classification reads no mask
 
 
 @pytest.fixture()
@@ -233,6 +234,29 @@ def test_16bit_and_rgb_decode(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(UserError, match="bad.png: cannot read image"):
         load_gray(str(bad))
+
+
+def test_16bit_masks_keep_their_values_and_12bit_images_their_range(tmp_path):
+    """A 0/1 mask or a label map saved as 16-bit PNG is not scaled to nothing; 12-bit data in a
+    16-bit file is scaled by 4095 (the shard builder's rule), values up to 255 are kept."""
+    from downstream.data.ultrabench import LabelMask
+
+    mask = np.zeros((20, 20), np.uint16)
+    mask[2:12, 3:13] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    assert Image.open(tmp_path / "m.png").mode == "I;16"
+    assert load_mask([str(tmp_path / "m.png")]).sum() == 100
+    labels = mask * 2
+    labels[15:17, 15:17] = 3
+    Image.fromarray(labels).save(tmp_path / "l.png")
+    assert load_mask([LabelMask(str(tmp_path / "l.png"), (2,))]).sum() == 100
+    twelve = np.arange(400, dtype=np.uint16).reshape(20, 20) * 10  # up to 3990
+    Image.fromarray(twelve).save(tmp_path / "t.png")
+    g = load_gray(str(tmp_path / "t.png"))
+    assert g[-1, -1] == 3990 * 255 // 4095 and len(np.unique(g)) > 200
+    small = (np.arange(400, dtype=np.uint16) % 250).reshape(20, 20)
+    Image.fromarray(small).save(tmp_path / "s.png")
+    assert np.array_equal(load_gray(str(tmp_path / "s.png")), small.astype(np.uint8))
 
 
 def test_imageset_and_transforms(mini_busi):

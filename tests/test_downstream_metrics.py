@@ -70,3 +70,13 @@ def test_classification_metrics_vs_sklearn_and_hand(tmp_path):
     plot_confusion(m["confusion_matrix"], ["normal", "benign", "malignant"], out, title="t")
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_macro_averages_leave_out_a_class_with_no_test_image():
+    # truth 0 0 1 1, predictions 0 1 1 1; class 2 has no test image
+    prob = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1]])
+    m = classification_metrics([0, 0, 1, 1], prob, ["a", "b", "c"])
+    f_a, f_b = 2 * 1.0 * 0.5 / 1.5, 2 * (2 / 3) * 1.0 / (2 / 3 + 1.0)
+    assert m["macro_f1"] == pytest.approx((f_a + f_b) / 2)
+    assert m["macro_recall"] == pytest.approx(0.75) and m["macro_precision"] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}

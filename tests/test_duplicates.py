@@ -165,6 +165,14 @@ def test_audit_lists_truncated_images_and_junk_masks_instead_of_stopping(planted
     assert "malignant/malignant (1)_mask.png: cannot read image" in bad["malignant/malignant (1).png"]
     assert str(tmp_path) not in json.dumps(report["unreadable"])
     assert report["summary"]["unreadable"] == 2 and "2 unreadable" in capsys.readouterr().out
+    assert report["empty_classes"] == []
+    # a class folder emptied: a run refuses the dataset, the audit names the class
+    for f in (data / "normal").iterdir():
+        f.unlink()
+    audit_cli.main(["--task", "busi-cls", "--data", str(data), "--out", str(out), "num_workers=1"])
+    report = json.loads((out / "audit.json").read_text())
+    assert report["empty_classes"] == ["normal"] and report["summary"]["empty_classes"] == 1
+    assert "classes without images: normal -> " in capsys.readouterr().out
 
 
 def test_a_stop_signal_ends_the_duplicate_search_between_its_phases(planted, tmp_path):

@@ -216,6 +216,32 @@ def test_a_second_build_into_a_folder_being_written_is_refused_and_a_dead_writer
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
 
 
+def test_a_killed_writers_forked_children_delay_the_next_writer_not_refuse_it(tmp_path):
+    """SIGKILL leaves the writer's forked children (loader workers) holding the lock for a few
+    seconds: they write nothing, so nobody is reported as writing, and the next writer waits."""
+    import time
+
+    from sonodistill.lock import exclusive, holder
+
+    lock = tmp_path / ".lock"
+    code = (
+        "import os, sys, time\nfrom pathlib import Path\nfrom sonodistill.lock import exclusive\n"
+        f"with exclusive(Path({str(lock)!r}), 'x'):\n"
+        "    if os.fork() == 0:\n        time.sleep(3); os._exit(0)\n"  # a worker with the descriptor
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "held"
+    assert holder(lock) == str(writer.pid)
+    writer.kill()
+    writer.wait()
+    assert holder(lock) is None  # its child still holds the lock, but writes nothing
+    t0 = time.monotonic()
+    with exclusive(lock, "--out x"):
+        waited = time.monotonic() - t0
+    assert 0.5 < waited < 10, waited
+
+
 def test_a_filesystem_without_file_locks_builds_with_one_warning(tmp_path, monkeypatch, caplog):
     """Lustre mounted noflock: flock fails with ENOSYS; the build and its parts run, the guard off."""
     import errno

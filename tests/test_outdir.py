@@ -67,6 +67,16 @@ def test_a_sweep_checks_every_encoder_and_fraction_before_its_first_cell(busi_di
     for extra, said in (
         ([f"encoders=[R=rand,A={tmp_path / 'nope'}]"], "unknown encoder spec"),
         (["fractions=[0.5,0]"], "fractions: expected fractions in (0, 1], got [0.0]"),
+        (["seeds=[0,0]"], "seeds: expected distinct values, got [0, 0]"),
+        (["linear_fractions=[0.2,0.2]"], "linear_fractions: expected distinct values, got [0.2, 0.2]"),
+        (["seeds=[-1]"], "seeds: expected integers from 0 to 2**32-1, got [-1]"),
+        (["run.split.ratios=[1,0,0]"], "split.ratios: expected three positive numbers train/val/test"),
+        (
+            ["tasks=[busi-cls,busi-seg]", "run.image_size=80"],
+            "run.image_size: U-Net segmentation needs a multiple of 32",
+        ),
+        (["kd_presets=[tinyy]"], "kd_presets: no preset 'tinyy' (tiny, or a YAML file)"),
+        (["run.probe.epochs=0"], "probe.epochs: expected at least 1, got 0"),
     ):
         out = tmp_path / f"sweep{len(said)}"
         with pytest.raises(SystemExit) as exc:

@@ -178,6 +178,11 @@ def test_the_merge_waits_for_running_parts_and_parts_for_the_merge(busi_dir, tmp
             "sweep part=1/2 is still running (pid {pid}); run the sweep without part= once every part has finished",
         ),
         (out / ".lock", "part=0/2", "a sweep without part= (pid {pid}) is running in it; start the parts after it"),
+        (
+            out / "parts" / ".lock-part-0-of-2",
+            "part=0/3",
+            "sweep part=0/2 is running (pid {pid}); the parts of one sweep share N (part=I/2), or wait for it to end",
+        ),
     ):
         proc = subprocess.Popen(
             [sys.executable, "-c", *holding, str(lock)], cwd=REPO, stdout=subprocess.PIPE, text=True
@@ -217,3 +222,15 @@ def test_a_cell_run_again_after_a_kill_keeps_one_set_of_curves(busi_dir, tmp_pat
     assert run_sweep(load_config(SweepConfig, None, args), max_cells=1)["ran"] == 1
     (again,) = list(out.glob("runs/**/events.out.tfevents.*"))
     assert again.parent == first.parent and again != first
+
+
+def test_a_part_given_the_merges_print_tables_flag_says_where_they_come_from(busi_dir, tmp_path, capsys):
+    """A SLURM array task passes the merge's arguments: --print-tables must not fail the part."""
+    from downstream.sweep import main as sweep_main
+
+    out = tmp_path / "sweep"
+    summary = sweep_main([*parts_args(busi_dir, out), "part=1/2", "--max-cells", "0", "--print-tables"])
+    assert summary["ran"] == 0 and not (out / "tables.md").exists()
+    said = capsys.readouterr()
+    assert "--print-tables: a part writes no tables; the same command without part= writes and prints them" in said.err
+    assert json.loads(said.out) == summary  # stdout: the summary only

@@ -60,6 +60,8 @@ def read_busi(root: str | Path, *, require_masks: bool = True, check: bool = Tru
         folder = base / cls
         pairs = images_with_masks(folder)
         if not pairs:
+            if not check:  # the audit reads as found, and lists the class as empty
+                continue
             raise UserError(f"{folder}: no images in BUSI class folder '{cls}/'")
         for p, ms in pairs:
             if not ms:
@@ -77,5 +79,5 @@ def read_busi(root: str | Path, *, require_masks: bool = True, check: bool = Tru
             f"{base}: {len(missing)} image(s) without a mask file (expected '<name>_mask.png'), e.g. {missing[0]}"
         )
     if check:
-        check_records(records)
+        check_records(records, masks=require_masks)  # classification never reads the masks
     return Catalog(name="busi", root=str(base), records=records, classes=list(BUSI_CLASSES))

@@ -1,8 +1,9 @@
 """Decoding labelled images to grayscale arrays and masks to binary arrays.
 
 Ultrasound is grayscale, but datasets store it as 8-bit L, RGB with three equal channels
-(BUSI), 16-bit PNG or JPEG; everything is decoded to uint8 ``HxW``. Masks are binarised per
-file (values above half the file's maximum, so 0/255, 0/1 and JPEG-noisy masks all work; a
+(BUSI), 16-bit PNG or JPEG; everything is decoded to uint8 ``HxW`` (16-bit by the shard builder's
+rule, :func:`shards.readers.base.levels_of`). Masks are binarised per file on their own values
+(above half the file's maximum, so 0/255, 0/1 -- 8- or 16-bit -- and JPEG-noisy masks all work; a
 label-map source such as UltraBench's :class:`~downstream.data.ultrabench.LabelMask` binarises
 itself by its foreground values) and several mask files of one image are merged by union.
 """
@@ -15,25 +16,30 @@ import numpy as np
 from PIL import Image
 
 from downstream.data.record import Record, Source, describe_source, open_source
+from shards.readers.base import levels_of, to_uint8
 from sonodistill.errors import UserError
 
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16- and 32-bit integer images
 
-def _to_gray(img: Image.Image, where: str) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        return np.clip(a * (255.0 / hi) + 0.5, 0, 255).astype(np.uint8)
+
+def _to_gray(img: Image.Image, where: str, raw: bool = False) -> np.ndarray:
+    """uint8 grey by the shard builder's rule (values up to 255 kept, else scaled by the bit depth
+    that holds the largest: 12-bit data in a 16-bit PNG by 4095); ``raw``: a 16-bit mask's own
+    values (label maps, 0/1 masks), unscaled."""
+    if img.mode in WIDE_MODES:
+        a = np.asarray(img).astype(np.int64)
+        return a if raw else to_uint8(a, None, levels_of([a]))
     if img.mode == "F":
         raise UserError(f"{where}: floating-point images are not supported (expected 8/16-bit)")
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-def _decode(src: Source) -> np.ndarray:
+def _decode(src: Source, raw: bool = False) -> np.ndarray:
     where = describe_source(src)
     try:
         with open_source(src) as img:
             img.load()
-            return _to_gray(img, where)
+            return _to_gray(img, where, raw)
     except UserError:
         raise
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for missing/truncated/unknown files
@@ -57,7 +63,7 @@ def load_mask(srcs: Sequence[Source], size: tuple[int, int] | None = None) -> np
     out: np.ndarray | None = None
     for src in srcs:
         # a label map (UltraBench's multi-class masks) knows its foreground values
-        m = src.binarize(_decode(src)) if hasattr(src, "binarize") else binarize(_decode(src))
+        m = src.binarize(_decode(src, raw=True)) if hasattr(src, "binarize") else binarize(_decode(src, raw=True))
         if size is not None and (m.shape[1], m.shape[0]) != tuple(size):
             raise UserError(
                 f"{describe_source(src)}: mask is {m.shape[1]}x{m.shape[0]} but its image is {size[0]}x{size[1]}"
@@ -76,11 +82,12 @@ def image_size(src: Source) -> tuple[int, int]:
         raise UserError(f"{describe_source(src)}: cannot read image ({exc})") from None
 
 
-def check_records(records: Sequence[Record]) -> None:
-    """Every image opens and every mask has its image's size (headers only: fast)."""
+def check_records(records: Sequence[Record], masks: bool = True) -> None:
+    """Every image opens and (``masks``: for a task that reads them) every mask has its image's size
+    (headers only: fast)."""
     for r in records:
         size = image_size(r.image)
-        for m in r.masks:
+        for m in r.masks if masks else ():
             msize = image_size(m)
             if msize != size:
                 raise UserError(
