@@ -94,6 +94,8 @@ class HDKDPaper(Paper):
     config = HDKDPaperConfig
 
     def reproduce(self, cfg: HDKDPaperConfig, data: PreparedData, out: Path) -> dict[str, Any]:
+        h = HDKDRun.start(cfg, data, out)
+        teacher = train_teacher(h)
         largest = max(Counter(int(r.label) for r in data.parts["train"]).values())
         for n in cfg.sweep.per_class:
             if n >= largest:
@@ -101,8 +103,6 @@ class HDKDPaper(Paper):
                     f"sweep.per_class {n}: no class has more than {largest} training images, so this size "
                     "trains on the whole training split"
                 )
-        h = HDKDRun.start(cfg, data, out)
-        teacher = train_teacher(h)
         sweep = []
         for n in cfg.sweep.per_class:
             records = balanced_subset(data.parts["train"], n, cfg.sweep.seed)

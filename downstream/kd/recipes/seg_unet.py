@@ -290,6 +290,17 @@ class SegRun:
         }
 
 
+def stage_key(cfg: SegUNetConfig, section: SegTeacherConfig | SegStudentConfig) -> dict[str, Any]:
+    """What a model's Dice + BCE stage is trained from besides the data (:func:`stage`)."""
+    return {
+        "train": to_dict(section.train),
+        "augment": to_dict(cfg.augment),
+        "seed": cfg.seed,
+        "config": to_dict(section),
+        "seg_loss": [cfg.loss.dice_weight, cfg.loss.bce_weight],
+    }
+
+
 def train_teacher(s: SegRun) -> nn.Module:
     """Fine-tune (or load) the teacher U-Net on the run's labels, then freeze it."""
     cfg = s.cfg
@@ -297,14 +308,8 @@ def train_teacher(s: SegRun) -> nn.Module:
         load_model(s.teacher, cfg.teacher.checkpoint, arch=s.teacher_arch(), key="teacher.checkpoint")
         check_unseen(cfg.teacher.checkpoint, s.r.prep.parts["test"])
     else:
-        key = {
-            "train": to_dict(cfg.teacher.train),
-            "augment": to_dict(cfg.augment),
-            "seed": cfg.seed,
-            "config": to_dict(cfg.teacher),
-            "seg_loss": [cfg.loss.dice_weight, cfg.loss.bce_weight],
-        }
         task = Segmentation(s.teacher, s.t_inputs, SegLoss(cfg.loss.dice_weight, cfg.loss.bce_weight))
+        key = stage_key(cfg, cfg.teacher)
         s.stages["teacher"] = stage(
             s.r, "teacher", s.teacher, s.teacher_arch(), key, s.fit(task, cfg.teacher.train, "teacher")
         )
@@ -317,13 +322,7 @@ def train_students(s: SegRun, teacher: nn.Module) -> tuple[SegStudent, SegStuden
     seed_everything(cfg.seed + 1)
     scratch = SegStudent(cfg.student)
     init = {k: v.clone() for k, v in scratch.unet.state_dict().items()}
-    s_key = {
-        "train": to_dict(cfg.student.train),
-        "augment": to_dict(cfg.augment),
-        "seed": cfg.seed,
-        "config": to_dict(cfg.student),
-        "seg_loss": [cfg.loss.dice_weight, cfg.loss.bce_weight],
-    }
+    s_key = stage_key(cfg, cfg.student)
     seg_loss = SegLoss(cfg.loss.dice_weight, cfg.loss.bce_weight)
     task = Segmentation(scratch, s.s_inputs, seg_loss)
     s.stages["scratch"] = stage(
