@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from downstream.edge.measure import fp32_mib, models_side_by_side, num_params, side_by_side
+from sonodistill.arg_checks import at_least
 from sonodistill.errors import UserError
 
 
@@ -248,7 +249,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", default="", help="keep the ONNX files here (default: a temporary folder)")
     p.add_argument("--int8-study", action="store_true", help="compare static INT8 settings against onnxruntime fp32")
     p.add_argument("--study-models", default=",".join(STUDY_MODELS), help=f"of {', '.join(STUDY_MODELS)}")
-    return p.parse_args()
+    args = p.parse_args()
+    at_least(args, {"runs": 1, "warmup": 0, "threads": 0, "size": 32, "train_epochs": 1, "train_n": 12, "calib": 1})
+    if args.out and Path(args.out).is_dir() and any(Path(args.out).iterdir()):  # found before minutes of timing
+        raise UserError(f"--out {args.out}: not empty; give a new folder for the ONNX files")
+    return args
 
 
 def study_main(args: argparse.Namespace, threads: int) -> None:

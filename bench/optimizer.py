@@ -20,6 +20,9 @@ import time
 import timm
 import torch
 
+from sonodistill.arg_checks import at_least
+from sonodistill.errors import UserError
+
 
 def step_time(params: list[torch.Tensor], grads: list[torch.Tensor], steps: int, **kind) -> tuple[float, list]:
     """Seconds per step of AdamW(**kind) over copies of ``params``, and the parameters it ends with."""
@@ -40,7 +43,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
+    at_least(a, {"steps": 1, "repeats": 1})
     torch.manual_seed(0)
+    if not timm.is_model(a.model):
+        raise UserError(f"--model {a.model}: not a timm model (see timm.list_models())")
     params = [p for p in timm.create_model(a.model).parameters()]
     grads = [torch.randn_like(p) * 1e-3 for p in params]
     kinds = {"per-tensor": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sonodistill.arg_checks import at_least
+
 
 def parse_args() -> argparse.Namespace:
     """The command line (see the module doc)."""
@@ -30,7 +32,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--edge", action="store_true", help="also record the edge column in every cell")
-    return p.parse_args()
+    args = p.parse_args()
+    at_least(args, {"n": 12, "size": 32, "workers": 0})
+    return args
 
 
 def write_inputs(args: argparse.Namespace, tmp: Path) -> None:

@@ -256,8 +256,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cfg, out=os.path.expanduser(cfg.out), shards=os.path.expanduser(cfg.shards) if local else cfg.shards
     )
     claim(cfg.out, "downstream.embed", only_own=True)
-    save_config(cfg, Path(cfg.out) / "config.yaml")
     res = run_embed(cfg)
+    save_config(cfg, Path(cfg.out) / "config.yaml")  # with the results it describes: a failed run keeps the old pair
     print(json.dumps({r["name"]: r["silhouette_cosine"] for r in res["encoders"]}))
     return res
 

@@ -26,7 +26,7 @@ class PretrainDataConfig:
     mode: Literal["loop", "resampled"] = "loop"  # loop: every sample once per epoch across ranks
     # resampled mode: proportional | uniform | tau=T | {source: weight} (shards.balance)
     source_weights: str | dict[str, float] = "proportional"  # resampled mode: how often each source is drawn
-    shuffle_buffer: int = 1000  # samples per rank mixed before a batch is cut
+    shuffle_buffer: int = 1000  # samples per loader slot (one worker of one rank) mixed before a batch is cut
     record_keys: bool = False  # audit: write the sample keys each rank trained on to <out>/keys/
     gpu_decode: bool = False  # JPEG shards: decode on the training GPU (nvJPEG) instead of in the workers
     encoding: Literal["any", "png", "jpeg", "raw"] = "any"  # the shards' encoding this run expects

@@ -56,11 +56,20 @@ class ReadGuard:
                 f"last failure {url} ({reason})"
             )
 
-    def epoch_end(self, samples: int) -> None:
-        """An epoch in which this slot read no sample at all while shards failed ends the run."""
-        if samples == 0 and self.failures:
+    def epoch_end(self, samples: int, planned: int, shards: list[str], held: int) -> None:
+        """An epoch in which this slot read no sample at all ends the run -- a ``loop`` run would
+        otherwise spin forever -- when its shards failed, when the ``shards`` it was dealt gave none of
+        the ``planned`` samples (damaged), or when they hold none at all (``held``: empty tar files)."""
+        if samples:
+            return
+        if self.failures:
             url, reason = self.failures[-1]
             raise UserError(f"data.shards: no shard of this slot could be read, e.g. {url} ({reason})")
+        if shards and (planned > 0 or held == 0):
+            raise UserError(
+                f"data.shards: the {len(shards)} shard(s) of this loader slot gave no sample (damaged, truncated "
+                f"or empty tar files), e.g. {shards[0]}"
+            )
 
 
 FAILURES_IN_A_ROW = 3  # shards failing one after another: the store is gone, not one bad file

@@ -368,10 +368,11 @@ class _SlotStream(IterableDataset):
         item = _Item(self, worker, self.first_parts.get(logical, self.parts))
         consumed = skip
         while self.epoch_limit is None or epoch < self.epoch_limit:
-            consumed, read = 0, 0
+            consumed, read, planned = 0, 0, 0
             self.guard.new_epoch(self._slot_total(epoch, slot, total))
             for window in self.windows(epoch, slot, total, counts):
                 end = window.start + len(window)
+                planned = end
                 if end <= skip:
                     consumed = end
                     continue  # resume: a whole window before the position, not read
@@ -388,7 +389,9 @@ class _SlotStream(IterableDataset):
                             yield item.emit(logical)
                             item = _Item(self, worker, self.parts)
             if skip == 0:  # a resumed epoch's first part was read before
-                self.guard.epoch_end(read)
+                mine = self.slot_shards(epoch, slot, total)[0]
+                held = sum(self._count(u, counts) for u in mine) if not read else 1
+                self.guard.epoch_end(read, planned, [self.urls[u] for u in mine], held)
             skip = 0
             if self.mode == "epoch":
                 break
@@ -682,6 +685,7 @@ class ShardLoader:
             "num_workers": self.num_workers,
             "batch_size": self.batch_size,
             "shuffle_buffer": self.shuffle_buffer,
+            "shuffle": self.shuffle,
             "parts": self.parts,
             "pass": self._pass,
             "pass_done": self._pass_done,
@@ -692,8 +696,13 @@ class ShardLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        keys = ("mode", "seed", "world_size", "num_workers", "batch_size", "shuffle_buffer", "parts")
-        differs = [f"{k} {state.get(k)!r} -> {getattr(self, k)!r}" for k in keys if state.get(k) != getattr(self, k)]
+        keys = ("mode", "seed", "world_size", "num_workers", "batch_size", "shuffle_buffer", "parts", "shuffle")
+        # "shuffle" is compared when recorded (states written before it was keep resuming exactly)
+        differs = [
+            f"{k} {state.get(k)!r} -> {getattr(self, k)!r}"
+            for k in keys
+            if state.get(k) != getattr(self, k) and (k in state or k != "shuffle")
+        ]
         if state.get("version") != STATE_VERSION:
             differs.append(f"loader version {state.get('version')} -> {STATE_VERSION}")
         slots = {int(k): (int(v[0]), int(v[1])) for k, v in state.get("slots", {}).items()}

@@ -193,6 +193,24 @@ def test_corrupt_samples_and_shards_are_skipped_and_counted(tmp_path):
     assert skipped["corrupt_image"] >= 1 and skipped.get("bad_shard", 0) + skipped["corrupt_image"] >= 2
 
 
+@pytest.mark.parametrize("mode", ["loop", "resampled", "epoch"])
+def test_shards_that_give_no_sample_stop_the_run_never_hang(tmp_path, mode):
+    """Damaged through and through (the manifest counts samples the tars do not hold), or empty tar
+    files: a loop run would otherwise look for a sample forever, an epoch pass end empty in silence."""
+    root = make_shards(tmp_path / "s", n_shards=2, per_shard=4)
+    for shard in root.glob("shard-*.tar"):
+        shard.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    loader = ShardLoader(root, batch_size=2, mode=mode, num_workers=0)
+    said = r"^data.shards: (the 2 shard\(s\) of this loader slot gave no sample|no shard of this slot could be read)"
+    with pytest.raises(UserError, match=said):
+        next(iter(loader))
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(bytes(10240))  # a valid tar holding nothing
+    loader = ShardLoader([str(empty)], batch_size=2, mode=mode, num_workers=0)
+    with pytest.raises(UserError, match=r"the 1 shard\(s\) of this loader slot gave no sample .* e.g. .*empty.tar$"):
+        next(iter(loader))
+
+
 def test_wrong_size_sample_is_skipped(tmp_path):
     root = make_shards(tmp_path / "s", n_shards=1, per_shard=4)
     odd = io.BytesIO()
@@ -257,3 +275,17 @@ def test_torchrun_two_ranks_two_workers_exactly_once(shards, tmp_path, repo_root
     k0, k1 = ranks[0]["keys"], ranks[1]["keys"]
     assert not set(k0) & set(k1)
     assert sorted(k0 + k1) == [f"{i:08d}" for i in range(60)]
+
+
+def test_a_position_saved_with_shuffle_is_not_replayed_without_it(shards, caplog):
+    a = ShardLoader(shards, batch_size=4, mode="epoch", num_workers=0, seed=1, shuffle=True)
+    _take(a, 3)
+    b = ShardLoader(shards, batch_size=4, mode="epoch", num_workers=0, seed=1, shuffle=False)
+    with caplog.at_level("WARNING", logger="shards.stream"):
+        b.load_state_dict(a.state_dict())
+    assert "(shuffle True -> False)" in caplog.text and "resuming at the start of epoch 0" in caplog.text
+    old = {k: v for k, v in a.state_dict().items() if k != "shuffle"}  # written before shuffle was recorded
+    c = ShardLoader(shards, batch_size=4, mode="epoch", num_workers=0, seed=1, shuffle=True)
+    caplog.clear()
+    c.load_state_dict(old)
+    assert not caplog.text
