@@ -179,14 +179,19 @@ def render_tables(
             + markdown_table(headers, rows, bold_max=range(1, len(headers)))
             + notes.render()
         )
+    parts.append(capacity_table(agg, rows_for("finetune"), tasks, ran("finetune", [1.0])))
+    return "\n".join(parts)
+
+
+def capacity_table(agg: dict, models: Sequence[str], tasks: Sequence[TaskColumn], ran: bool) -> str:
+    """Table 4: each row's parameter count beside its fully fine-tuned metric on every task."""
     title = "Table 4: Model capacity vs. performance after full fine-tuning"
-    if not ran("finetune", [1.0]):
-        parts.append(f"## {title}\n\nNot run in this sweep (needs `finetune` at fraction 1.0).\n")
-        return "\n".join(parts)
+    if not ran:
+        return f"## {title}\n\nNot run in this sweep (needs `finetune` at fraction 1.0).\n"
     headers = ["Model", "Params (M)"] + [f"{t.label} {_metric_pairs(t.kind)[0][1]}" for t in tasks]
     rows = []
     notes = Notes()
-    for e in rows_for("finetune"):
+    for e in models:
         params = [v for (tk, en, _, _), d in agg.items() if en == e for v in d.get("params_m", [])]
         p = f"{params[0]:.1f}" if params else DASH
         rows.append(
@@ -197,8 +202,7 @@ def render_tables(
         "head); a KD row's whole deployed model (kd:seg_unet: its U-Net)."
     )
     table = markdown_table(headers, rows, bold_max=range(2, len(headers)))
-    parts.append(f"## {title}\n\n" + table + what + notes.render())
-    return "\n".join(parts)
+    return f"## {title}\n\n" + table + what + notes.render()
 
 
 def render_contamination(agg: dict, encoders: Sequence[str], tasks: Sequence[TaskColumn]) -> str:
