@@ -55,6 +55,7 @@ from shards.options import SourceOptions
 from shards.ordered_pool import ordered_map
 from shards.sources import Item, Source, items_from, open_source, parse_source, source_root
 from sonodistill.atomic import write_json
+from sonodistill.cli_parser import CommandParser
 from sonodistill.errors import UserError, cli_main
 from sonodistill.lock import exclusive, holder
 from sonodistill.logs import progress as progress_bar
@@ -64,7 +65,7 @@ from sonodistill.stop import StopRequest, check_stop
 
 log = logging.getLogger(__name__)
 
-BUILD_FORMAT = 3  # 3: one scan area per clip, new colour/no-tissue rules, annotations found and acted on
+BUILD_FORMAT = 4  # 3: one scan area per clip, new colour/no-tissue rules, annotations found and acted on; 4: grain rule
 SHARD_PATTERN = "shard-{:06d}.tar"
 REJECTS = "rejects.jsonl"
 REJECTS_PARTIAL = ".rejects-partial.jsonl"
@@ -761,8 +762,9 @@ def part_line(summary: dict, out: str) -> str:
     )
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m shards.build", description=__doc__.split("\n\n")[0])
+    ap = CommandParser(prog="python -m shards.build", description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--source",
         action="append",
@@ -814,7 +816,6 @@ def main(argv: list[str] | None = None) -> None:
     _main(args)
 
 
-@cli_main
 def _main(args: argparse.Namespace) -> None:
     if "://" in args.out:
         raise UserError(f"--out {args.out}: shards are written to a local folder (copy them to object storage after)")

@@ -110,7 +110,7 @@ class Spool:
         """N, the number of parts this spool was started for."""
         return int(self._meta()["parts"])
 
-    def join(self, identity: dict, count: int, stamps: dict[str, str]) -> None:
+    def join(self, identity: dict, count: int, stamps: dict[str, str], part: str = "") -> None:
         """Record (or check) the build this spool belongs to; :class:`UserError` when it is another, or
         when its files were modified since the first part started (their stamps differ)."""
         write_once(self.root / "build.json", json_text({"identity": identity, "parts": count, "stamps": stamps}))
@@ -129,7 +129,7 @@ class Spool:
             )
         if meta.get("parts") != count:
             raise UserError(
-                f"--part ?/{count}: {self.root.parent} holds a build in {meta.get('parts')} parts; "
+                f"--part {part or f'?/{count}'}: {self.root.parent} holds a build in {meta.get('parts')} parts; "
                 f"use --part I/{meta.get('parts')} or delete {self.root}"
             )
 
@@ -166,7 +166,7 @@ def run_part(
 ) -> dict:
     """Extract and spool ``part``'s inputs not spooled yet; a summary of what it did."""
     spool = Spool(out)
-    spool.join(identity, part.count, source_stamps(sources))
+    spool.join(identity, part.count, source_stamps(sources), str(part))
     folder = spool.folder(part)
     mine = part_inputs(sources, part)
     if (folder / DONE).is_file():

@@ -28,8 +28,9 @@ from shards.annotations import Mark, detect_marks, grey_searched, inpaint
 from shards.codec import Codec
 from shards.colour import area_colour, colour_measures, is_colour
 from shards.decode import DecodeError, decode_image, to_gray
-from shards.quality import frame_rejection
+from shards.quality import frame_rejection, grain, graphic_rejection
 from shards.scan_area import ScanArea, crop_to_scan_area, frame_scan_area
+from shards.thresholds import MIN_GRAIN
 
 PHASH_SIDE = 16  # 16x16 DCT = 256-bit hash; 64 bits cannot tell distinct speckle frames apart
 PHASH_REDUCED_MIN = 384  # px: a frame is box-reduced to no less than this a side before it is hashed
@@ -83,8 +84,11 @@ def phash256(gray: np.ndarray) -> int:
 
 def _marks(gray: np.ndarray, area: ScanArea, col: np.ndarray | None) -> tuple[np.ndarray, list[Mark]]:
     """The crop (surround blanked) and the annotations found inside it (grey ones only in a frame
-    large enough: :func:`shards.annotations.grey_searched`)."""
+    large enough: :func:`shards.annotations.grey_searched`). None are sought in pixel noise, which
+    the rules reject: every speck of it reads as a mark (thousands a frame, seconds each)."""
     crop = crop_to_scan_area(gray, area)
+    if grain(gray, area) < MIN_GRAIN:
+        return crop, []
     return crop, detect_marks(crop, area.mask_in_bbox(), col, grey=grey_searched(gray.shape))
 
 
@@ -125,6 +129,10 @@ def clean_frame(
         values.update(colour_measures(rgb, area, *(col or (None, None))))
         if is_colour(values):
             return Rejected("colour", values)
+        reason, graphic = graphic_rejection(rgb, area)
+        values.update(graphic)
+        if reason:
+            return Rejected(reason, values)
     crop, marks = _marks(gray, area, None if col is None else col[1]) if area.small_mask.any() else (None, [])
     inpainted = inpaint(crop, marks) if marks else crop
     reason, measured = _tissue_rules(gray, area, inpainted if marks else None)

@@ -19,7 +19,6 @@ takes it; :mod:`shards.overlap`) and draws the matched pairs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -33,6 +32,7 @@ from shards.exclusions import add_argument as add_exclusion_argument
 from shards.manifest import encoding_of, resolve_shards
 from shards.read_guard import Coverage
 from shards.shardfile import ShardUnreadable, open_shard
+from sonodistill.cli_parser import CommandParser
 from sonodistill.errors import UserError, cli_main
 from sonodistill.outdir import make_writable_folder
 
@@ -276,7 +276,7 @@ def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path
 
 @cli_main
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m shards.inspect", description=__doc__.split("\n\n")[0])
+    ap = CommandParser(prog="python -m shards.inspect", description=__doc__.split("\n\n")[0])
     ap.add_argument("shards", help="shard folder (with manifest.json), its manifest, or a remote folder URL")
     ap.add_argument("--sheet", help="write a contact sheet PNG here")
     ap.add_argument("--per-source", type=int, default=8)
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         where, lines = rejects_lines(args.shards)
         picked_rejects = pick_rejects(lines, args.per_reason, args.seed, where)
         if not picked_rejects:
-            log.info(f"{where}: no rejects to show")
+            log.warning(f"{where}: no rejects to show; {args.rejects} not written")
         else:
             rejects_sheet(manifest, picked_rejects, args.rejects)
             log.info(f"rejects sheet: {args.rejects}")

@@ -76,7 +76,7 @@ def _globs(key: str, value: object, where: str) -> tuple[str, ...]:
 
 def _choice(choices: tuple) -> Callable[[str, object, str], object]:
     def check(key: str, value: object, where: str) -> object:
-        if value not in choices:
+        if isinstance(value, bool) or value not in choices:  # YAML's true is 1 to `in`, never a choice here
             raise UserError(f"{where}: '{key}' expects one of {', '.join(map(str, choices))}, got {value!r}")
         return value
 

@@ -10,10 +10,13 @@ is seen in as much detail as a large one); thresholds in :mod:`shards.thresholds
 - ``too_small``: a scan area under ``MIN_SCAN_SIDE`` native pixels a side or ``MIN_SCAN_PIXELS``
   native pixels (an absolute size: a scan of 150 x 300 pixels on a 1280 x 720 device screen is a
   fine image, whatever share of the screen it covers).
-- ``not_ultrasound``: no scan area at all; a bright area (more than
+- ``not_ultrasound``: most of the frame in strong colour (``saturated``, more than
+  ``MAX_SATURATED``: logos, slides, colour graphics; colour Doppler is judged before it); no scan
+  area at all; a bright area (more than
   ``MAX_BRIGHT_FRACTION`` above 200: documents, screenshots, white pages); no speckle inside it
   (median local coefficient of variation below ``MIN_SPECKLE_CV``: smooth photos, gradients,
-  drawings).
+  drawings); texture without grain (``grain``, neighbouring native pixels correlated less than
+  ``MIN_GRAIN``: pixel noise, which has the variation of speckle but not the size of its grains).
 The colour rule is :mod:`shards.colour`.
 """
 
@@ -26,12 +29,17 @@ from shards.scan_area import ScanArea, detect_scan_area, outside_zeroed
 from shards.thresholds import (
     AIR_REGION_LIT,
     AIR_REGION_LOWER_LIT,
+    GRAIN_SIDE,
     LIT_AREA_LEVEL,
     MAX_BRIGHT_FRACTION,
+    MAX_SATURATED,
+    MIN_GRAIN,
     MIN_SCAN_PIXELS,
     MIN_SCAN_SIDE,
     MIN_SPECKLE_CV,
     MIN_STD,
+    SATURATED_VALUE,
+    SATURATION,
     WORK_SIDE,
 )
 from shards.tissue import in_air, thin_band, tissue_measures
@@ -47,6 +55,43 @@ def speckle_cv(gray: np.ndarray, mask: np.ndarray) -> float:
     if sel.sum() < 64:
         return 0.0
     return float(np.median(std[sel] / mean[sel]))
+
+
+def saturated(rgb: np.ndarray, step: int) -> float:
+    """Share of the frame (every ``step``-th pixel) in strong colour: HSV saturation above
+    ``SATURATION`` and value above ``SATURATED_VALUE``."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(rgb[::step, ::step]), cv2.COLOR_RGB2HSV)
+    return float(((hsv[..., 1] > SATURATION) & (hsv[..., 2] > SATURATED_VALUE)).mean())
+
+
+def graphic_rejection(rgb: np.ndarray, area: ScanArea) -> tuple[str | None, dict]:
+    """``not_ultrasound`` for a frame mostly in strong colour (module doc), with its measure."""
+    values = {"saturated": round(saturated(rgb, area.step), 3)}
+    return ("not_ultrasound" if values["saturated"] > MAX_SATURATED else None), values
+
+
+def grain(gray: np.ndarray, area: ScanArea) -> float:
+    """The larger of the across and down correlations of neighbouring native pixels of the scan area,
+    over pairs inside it and lit (their mean above 20), taken on a grid of at most ``GRAIN_SIDE``
+    rows and columns: the working copy's every ``step``-th pixel would hide the grain it measures."""
+    x0, y0, x1, y1 = area.bbox
+    box = gray[y0:y1, x0:x1].astype(np.float32)
+    mask = area.mask_in_bbox()
+    s = max(1, int(np.ceil(max(box.shape) / GRAIN_SIDE)))
+    best = 0.0
+    for a, b, ma, mb in (
+        (box[::s, :-1:s], box[::s, 1::s], mask[::s, :-1:s], mask[::s, 1::s]),
+        (box[:-1:s, ::s], box[1::s, ::s], mask[:-1:s, ::s], mask[1::s, ::s]),
+    ):
+        n = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
+        a, b = a[: n[0], : n[1]], b[: n[0], : n[1]]
+        sel = ma[: n[0], : n[1]] & mb[: n[0], : n[1]] & (a + b > 40)
+        if sel.sum() < 64:
+            continue
+        u, v = a[sel] - a[sel].mean(), b[sel] - b[sel].mean()
+        den = float(np.sqrt((u * u).sum() * (v * v).sum()))
+        best = max(best, float((u * v).sum()) / den if den > 0 else 0.0)
+    return best
 
 
 def area_copy(gray: np.ndarray, area: ScanArea) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +144,9 @@ def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]
     values.update(tissue_measures(box, mask, thin_band(values)))
     if in_air(values):
         return "no_tissue", values
+    values["grain"] = round(grain(gray, area), 3)
+    if values["grain"] < MIN_GRAIN:
+        return "not_ultrasound", values
     if area.exact and values["lit_fraction"] < AIR_REGION_LIT and _lower_third_lit(box, mask) < AIR_REGION_LOWER_LIT:
         return _band_in_region(gray, area, values)
     return None, values

@@ -78,6 +78,15 @@ def read_bytes(url: str, retries: int | None = None, backoff: float | None = Non
         except Exception as exc:  # aiohttp/botocore/google errors have no common base but Exception
             last = exc
             if attempt < retries:
-                log.warning(f"{url}: read failed ({type(exc).__name__}: {exc}); retry {attempt + 1}/{retries}")
+                log.warning(f"{url}: read failed ({_why(exc)}); retry {attempt + 1}/{retries}")
                 time.sleep(wait * 2**attempt)
-    raise RemoteReadError(f"{url}: {retries + 1} attempts failed ({type(last).__name__}: {last})") from last
+    raise RemoteReadError(f"{url}: {retries + 1} attempts failed ({_why(last)})") from last
+
+
+def _why(exc: BaseException | None) -> str:
+    """An error's class and text; a timeout, whose text is often empty, says how long it waited."""
+    name = type(exc).__name__
+    text = str(exc).strip()
+    if "Timeout" in name or isinstance(exc, TimeoutError):
+        text = text or f"no answer within {READ_TIMEOUT_S:g} s (SONODISTILL_SHARD_TIMEOUT)"
+    return f"{name}: {text}" if text else name

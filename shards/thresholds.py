@@ -81,6 +81,16 @@ MIN_SCAN_SIDE = 48  # native pixels: the short side of the smallest usable scan 
 MIN_SCAN_PIXELS = 4096  # native pixels (64 x 64): the smallest usable scan area
 MAX_BRIGHT_FRACTION = 0.5  # share of the scan area above 200: documents, screenshots, white pages
 MIN_SPECKLE_CV = 0.04  # median 7x7 coefficient of variation: the smoothest real B-mode 0.059, photos <= 0.026
+MAX_SATURATED = 0.5  # share of the frame in strong colour (HSV saturation > 150 and value > 80, of 255): a logo,
+# a slide or a colour photo (a web asset's logo 0.84); kept real frames 0.005 at most (200 held-out real frames and
+# the 245 cached device frames; Doppler is judged first, sepia and tinted B-mode maps stay under 150)
+SATURATION = 150  # ... the HSV saturation (of 255) and ...
+SATURATED_VALUE = 80  # ... the HSV value above which a pixel is in strong colour
+MIN_GRAIN = 0.3  # neighbour correlation of the scan area's native pixels (the larger of across and down): a
+# scanner's point-spread function spans pixels, so speckle is grained; pixel noise is not (uniform white noise
+# 0.00). 245 frames of the 31 cached device recordings: 0.70-0.999 at native size, 0.52 at least resized to 0.3x
+# and 0.74 to 0.12x, probes in air included
+GRAIN_SIDE = 512  # pixel pairs are taken on a grid of at most this many rows and columns (native neighbours)
 NEAR_FIELD = 0.4  # share of the depth that is the near field (reverberation bands of a probe in air)
 SECTOR_TOP = 0.25  # a scan area whose top is narrower than this share of its width is a sector
 FACE_LEVEL = 20  # 3x3 mean: the first pixel of a scan line above it is the transducer face

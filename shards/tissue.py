@@ -17,7 +17,8 @@ for a sector (phased array; its top is a point). Measured there, at the working 
   explains -- the anatomy;
 - ``lit_fraction``: share of the scan area above ``LIT_AREA_LEVEL`` (5x5 mean).
 
-Six signatures, any suffices: an *empty* field (``lit_fraction`` below ``AIR_EMPTY_LIT``); a
+Six signatures, any suffices: an *empty* field (``lit_fraction`` below ``AIR_EMPTY_LIT``, no
+structure below the near field: ``deep_structure`` under ``AIR_DEEP_STRUCTURE``); a
 *uniform* one (structure below ``AIR_NEAR_STRUCTURE`` and ``AIR_DEEP_STRUCTURE``, with bands
 parallel to the face -- ``band_r2`` at least ``AIR_UNIFORM_BAND_R2`` over at least ``AIR_BANDS``
 bands (``near_bands``: reverberations repeat; a phantom's membrane line is one) --, no lateral
@@ -271,7 +272,8 @@ def tissue_measures(small: np.ndarray, mask: np.ndarray, band: bool = False) -> 
 
 def in_air(values: dict) -> bool:
     """Any signature of a probe in air or an empty frame (module doc)."""
-    empty = values["lit_fraction"] < AIR_EMPTY_LIT
+    # dark and without structure: a dark frame of anatomy (low gain, a dark preset) keeps its structure
+    empty = values["lit_fraction"] < AIR_EMPTY_LIT and values["deep_structure"] < AIR_DEEP_STRUCTURE
     uniform = (
         values["near_structure"] < AIR_NEAR_STRUCTURE
         and values["deep_structure"] < AIR_DEEP_STRUCTURE

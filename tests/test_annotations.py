@@ -606,7 +606,7 @@ def test_a_build_of_the_previous_format_is_refused_with_the_reason(marked_folder
     with pytest.raises(KeyboardInterrupt):
         build_shards({"marked": str(marked_folder)}, out, settings, progress=False)
     monkeypatch.undo()
-    with pytest.raises(UserError, match="older shards.build \\(build format 2; this one writes format 3"):
+    with pytest.raises(UserError, match="older shards.build \\(build format 2; this one writes format 4"):
         build_shards({"marked": str(marked_folder)}, out, settings, progress=False)
 
 

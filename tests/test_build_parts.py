@@ -156,7 +156,7 @@ def test_parts_of_other_settings_or_another_split_are_refused(configs, tmp_path)
     build_part(configs, out, BuildSettings(**SETTINGS), Part(0, 2), progress=False)
     with pytest.raises(UserError, match=r"holds parts of a different build \(settings differ \(size: 48 -> 64\)\)"):
         build_part(configs, out, BuildSettings(**{**SETTINGS, "size": 64}), Part(1, 2), progress=False)
-    with pytest.raises(UserError, match=r"holds a build in 2 parts; use --part I/2"):
+    with pytest.raises(UserError, match=r"^--part 1/3: .* holds a build in 2 parts; use --part I/2"):
         build_part(configs, out, BuildSettings(**SETTINGS), Part(1, 3), progress=False)
     with pytest.raises(UserError, match=r"holds parts of a different build \(sources differ"):
         build_shards(configs[:2], out, BuildSettings(**SETTINGS), progress=False)

@@ -49,6 +49,7 @@ def test_catalogue_errors_name_the_source(tmp_path, corpus):
         ("sources:\n  - {name: a, path: x, fram: all}\n", "source 'a': unknown key 'fram'; valid keys: name, path"),
         ("sources:\n  - {name: a, path: x, frames: {fps: 0}}\n", "source 'a': frames: fps expects a positive"),
         ("sources:\n  - {name: a, path: x, volume: cube}\n", "source 'a': 'volume' expects one of"),
+        ("sources:\n  - {name: a, path: x, volume_axis: true}\n", "'volume_axis' expects one of 0, 1, 2, got True"),
         ("sources:\n  - {path: x}\n", "source #1: 'name' is required"),
         ("sources:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", "given twice"),
         ("srcs: []\n", "expected a mapping with a non-empty 'sources' list"),

@@ -563,3 +563,53 @@ def test_a_sepia_screen_is_b_mode_and_flow_over_it_is_colour(pocus_dir):
         rgb[box[1] : box[1] + 200, box[2] + 60 : box[2] + 80] = velocity_legend(200, 20)
         res = clean_frame(rgb, 64)
         assert isinstance(res, Rejected) and res.reason == "colour" and res.values["colour_outside"] > 0.002, res
+
+
+def test_pixel_noise_is_not_ultrasound_and_no_marks_are_sought_in_it():
+    # uniform white noise has speckle's variation but no grain: neighbouring pixels are unrelated
+    noise = (np.random.default_rng(0).random((600, 800)) * 255).astype(np.uint8)
+    res = clean_frame(noise, 64)
+    assert isinstance(res, Rejected) and res.reason == "not_ultrasound"
+    assert res.values["grain"] < 0.05 and res.values["speckle_cv"] > 0.3
+    from shards.quality import grain
+
+    # speckle of a scanner is grained: the same noise through a small point-spread function passes
+    psf = cv2.GaussianBlur(noise.astype(np.float32), (0, 0), sigmaX=2.0, sigmaY=1.0)
+    assert grain(psf.astype(np.uint8), frame_scan_area(psf.astype(np.uint8), None, None)) > 0.8
+
+
+@pytest.mark.parametrize("name", ["clarius-ocular-image.png", "sonoque_axial-lateral-resolution-2020.dcm"])
+def test_real_frames_are_grained_whatever_their_size(pocus_dir, name):
+    from shards.quality import grain
+
+    px = next(iter(open_media(str(pocus_dir / name), name, SourceOptions()).frames)).pixels
+    for scale in (1.0, 0.3, 0.12):
+        small = cv2.resize(px, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else px
+        gray = to_gray(small)
+        assert grain(gray, frame_scan_area(gray, small if small.ndim == 3 else None, None)) > 0.5, scale
+
+
+def test_a_frame_mostly_in_strong_colour_is_not_ultrasound():
+    logo = np.zeros((150, 150, 3), np.uint8)
+    logo[:] = (40, 220, 110)  # a flat green ground with white lettering: a web asset's logo
+    cv2.putText(logo, "ACK", (10, 70), cv2.FONT_HERSHEY_SIMPLEX, 1.8, (255, 255, 255), 6)
+    cv2.putText(logo, "zurich", (15, 130), cv2.FONT_HERSHEY_SIMPLEX, 1.3, (255, 255, 255), 3)
+    buf = io.BytesIO()
+    Image.fromarray(logo).save(buf, "JPEG", quality=80)  # as it was found: its flat ground no flow to the colour rule
+    res = clean_frame(np.asarray(Image.open(buf)), 64)
+    assert isinstance(res, Rejected) and res.reason == "not_ultrasound" and res.values["saturated"] > 0.5
+
+
+def test_a_dark_frame_of_anatomy_is_not_an_empty_field(pocus_dir):
+    # the Clarius phantom at a darker display curve: under 4 % of it lit, but with structure below the near field
+    px = to_gray(
+        next(
+            iter(open_media(str(pocus_dir / "clarius_axial-lateral-resolution-2020.png"), "c", SourceOptions()).frames)
+        ).pixels
+    )
+    dark = np.clip(255 * (px.astype(np.float32) / 255) ** 1.2, 0, 255).astype(np.uint8)
+    res = clean_frame(dark, 64, annotations="keep")
+    assert isinstance(res, Cleaned)
+    values = {"lit_fraction": 0.03, "near_structure": 4.7, "deep_structure": 9.5, "band_r2": 0.2, "near_bands": 1}
+    values |= {"lateral_ratio": 1.0, "centre_band_r2": 0.3, "centre_deep_structure": 11.0}
+    assert not in_air(values) and in_air({**values, "deep_structure": 2.0})  # dark and flat: empty

@@ -53,6 +53,16 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
         ),
         (["--layout", "busi", "--n", "3", "--out", "{d}/a", "--truth", "/proc/t.jsonl"], "--truth /proc: cannot write"),
         (["--layout", "busi", "--n", "3", "--out", "{d}/a", "--truth", "/dev/null"], "--truth /dev/null: exists and"),
+        (["--layout", "busi", "--n", "3", "--out", "{d}/a", "--truth", "{d}/full/keep.txt"], "keep.txt: exists; give"),
+        (
+            ["--layout", "corpus", "--n", "60", "--out", "{d}/a", "--doppler-fraction", "0.6", "--junk-fraction", "0.3"]
+            + ["--duplicate-fraction", "0.3"],
+            "expected a sum below 1 (the rest are B-mode frames), got 1.2",
+        ),
+        (
+            ["--layout", "corpus", "--n", "2", "--out", "{d}/a", "--doppler-fraction", "0.5", "--junk-fraction", "0.4"],
+            "--n 2: too small for the Doppler/junk/duplicate fractions (no B-mode frame left)",
+        ),
         (["--layout", "busi", "--n", "3", "--out", "/proc/sonodistill-synth"], "--out /proc/sonodistill-synth: cannot"),
     ],
 )

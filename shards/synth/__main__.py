@@ -19,15 +19,11 @@ from shards.synth.busi import write_busi
 from shards.synth.corpus import write_corpus
 from shards.synth.ddti import write_ddti
 from shards.synth.presets import PRESETS
+from sonodistill.cli_parser import CommandParser
 from sonodistill.errors import UserError, cli_main
 
 LAYOUTS = ("corpus", "busi", "ddti", "dicom", "video")
 CORPUS_ONLY = ("sources", "doppler_fraction", "junk_fraction", "duplicate_fraction", "overlays")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse errors become one-line UserErrors too
-        raise UserError(message)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -40,7 +36,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = CommandParser(
         prog="python -m shards.synth",
         description=__doc__.split("\n\n")[0],
         formatter_class=_Formatter,
@@ -102,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for r in records:
         kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
     summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-    print(f"wrote {len(records)} files to {a.out} ({summary})" + (f"; truth in {a.truth}" if a.truth else ""))
+    what = "images, with their masks," if a.layout in ("busi", "ddti") else "files"
+    print(f"wrote {len(records)} {what} to {a.out} ({summary})" + (f"; truth in {a.truth}" if a.truth else ""))
 
 
 if __name__ == "__main__":

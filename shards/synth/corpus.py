@@ -102,9 +102,9 @@ def plan(
     rng = plan_rng(seed, "corpus")
     n_dup, n_junk = int(round(n * duplicate_fraction)), int(round(n * junk_fraction))
     n_us = n - n_dup - n_junk
-    if n_us < 1:
-        raise UserError(f"--n {n}: too small for the junk/duplicate fractions (no ultrasound frame left)")
     n_dop = min(int(round(n * doppler_fraction)), n_us)
+    if n_us - n_dop < 1:
+        raise UserError(f"--n {n}: too small for the Doppler/junk/duplicate fractions (no B-mode frame left)")
     counts = split_counts(n_us, [SOURCE_WEIGHTS.get(s, 1.0) for s in sources])
     slots = [("ultrasound", s) for s, c in zip(sources, counts) for _ in range(c)]
     for i in rng.choice(n_us, size=n_dop, replace=False):
@@ -278,6 +278,11 @@ def write_corpus(
     ):
         if not 0.0 <= float(v) < 1.0:
             raise UserError(f"{name}: expected a fraction in [0, 1), got {v}")
+    if doppler_fraction + junk_fraction + duplicate_fraction >= 1.0:
+        raise UserError(
+            "--doppler-fraction + --junk-fraction + --duplicate-fraction: expected a sum below 1 (the rest are "
+            f"B-mode frames), got {doppler_fraction + junk_fraction + duplicate_fraction:g}"
+        )
     out = check_args(out, n, seed, truth, workers)
     items = plan(n, seed, sources, doppler_fraction, junk_fraction, duplicate_fraction)
     firsts = [it for it in items if it.kind not in ("duplicate", "near_duplicate")]

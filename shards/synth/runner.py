@@ -61,6 +61,8 @@ def check_args(out: str | os.PathLike, n: int, seed: int, truth: str | os.PathLi
             raise UserError(f"--truth {truth}: is a directory, expected a file path")
         if t.exists() and not t.is_file():  # a device or a pipe: the atomic write would replace it
             raise UserError(f"--truth {truth}: exists and is not a regular file (a device, a pipe?)")
+        if t.exists():  # another set's ground truth, as --out refuses another set's files
+            raise UserError(f"--truth {truth}: exists; give a new file (the truth of another set would be lost)")
         make_writable_folder(t.parent, "--truth")  # written last: a bad path must not cost the whole run
     make_writable_folder(out)
     return out
