@@ -20,7 +20,6 @@ default (:mod:`downstream.splits`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -38,11 +37,12 @@ from downstream.groups import DuplicateGroup, duplicate_groups, image_pixels
 from shards.decode import read_pixels, to_gray
 from shards.match import MATCHER
 from sonodistill.atomic import write_json
+from sonodistill.cli_parser import CommandParser
 from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import UserError, cli_main
 from sonodistill.figures import image_sheet, sheet_tile
-from sonodistill.outdir import claim
+from sonodistill.outdir import claimed
 from sonodistill.stop import StopRequest
 from sonodistill.workers import loader_workers
 
@@ -222,7 +222,7 @@ def audit(cfg: AuditConfig, catalog: Catalog | None = None) -> dict:
 
 
 def parse(argv: Sequence[str] | None = None) -> AuditConfig:
-    p = argparse.ArgumentParser(prog="python -m downstream.audit", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="python -m downstream.audit", description=__doc__.splitlines()[0])
     p.add_argument("--task", help="busi-seg, busi-cls, ddti-seg, or generic seg / cls")
     p.add_argument("--data", help="dataset: BUSI folder, image/mask folders, class folders, hf:ID, ub:DIR")
     p.add_argument("--out", help="output folder")
@@ -234,8 +234,8 @@ def parse(argv: Sequence[str] | None = None) -> AuditConfig:
 def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse(argv)
     catalog = read_audited(cfg)  # bad input refused before --out is made
-    claim(cfg.out, "downstream.audit", only_own=True)
-    with StopRequest():  # Ctrl-C, SIGTERM: one `stopped:` line, exit 75; audit.json is written last
+    # Ctrl-C, SIGTERM: one `stopped:` line, exit 75; audit.json is written last
+    with claimed(cfg.out, "downstream.audit", only_own=True), StopRequest():
         report = audit(cfg, catalog)
     s = report["summary"]
     empty = report["empty_classes"]

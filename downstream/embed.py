@@ -20,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -41,11 +40,12 @@ from downstream.encoders import Encoder, check_spec, load_encoder
 from downstream.sweep import parse_encoder
 from shards.manifest import resolve_shards
 from sonodistill.atomic import atomic_open, write_json
+from sonodistill.cli_parser import CommandParser
 from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import progress
-from sonodistill.outdir import claim
+from sonodistill.outdir import claimed
 from sonodistill.workers import loader_workers
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,7 @@ def run_embed(cfg: EmbedConfig) -> dict:
 
 
 def parse(argv: Sequence[str] | None = None) -> EmbedConfig:
-    p = argparse.ArgumentParser(prog="python -m downstream.embed", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="python -m downstream.embed", description=__doc__.splitlines()[0])
     p.add_argument("--shards", help="shard folder or folder URL (https/s3/gs), manifest or pattern")
     p.add_argument("--encoder", action="append", help="[NAME=]SPEC, repeat for one panel each (key: encoders)")
     p.add_argument("--out", help="output folder")
@@ -255,8 +255,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = dataclasses.replace(
         cfg, out=os.path.expanduser(cfg.out), shards=os.path.expanduser(cfg.shards) if local else cfg.shards
     )
-    claim(cfg.out, "downstream.embed", only_own=True)
-    res = run_embed(cfg)
+    with claimed(cfg.out, "downstream.embed", only_own=True):
+        res = run_embed(cfg)
     save_config(cfg, Path(cfg.out) / "config.yaml")  # with the results it describes: a failed run keeps the old pair
     print(json.dumps({r["name"]: r["silhouette_cosine"] for r in res["encoders"]}))
     return res

@@ -49,11 +49,27 @@ def segmentation_summary(dice: Sequence[float], iou: Sequence[float], target_emp
     return out
 
 
+def _macro_auc(y: np.ndarray, prob: np.ndarray, n_cls: int) -> float | None:
+    """One-vs-rest AUC averaged over the classes the test images hold (as the other macro scores),
+    sklearn's own when every class is there; None when they hold one class (no AUC is defined)."""
+    from sklearn.metrics import roc_auc_score
+
+    present = sorted(set(y.tolist()))
+    if len(present) < 2:
+        return None
+    if n_cls == 2:
+        return float(roc_auc_score(y, prob[:, 1]))
+    if len(present) == n_cls:
+        norm = prob / prob.sum(1, keepdims=True)
+        return float(roc_auc_score(y, norm, multi_class="ovr", average="macro", labels=list(range(n_cls))))
+    return float(np.mean([roc_auc_score(y == c, prob[:, c]) for c in present]))
+
+
 def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Sequence[str]) -> dict:
     """Metrics from true labels and class probabilities ``[N, K]`` (prediction = argmax). Macro
     averages are over the classes the test images hold: a class with no test image (a rare class
     whose few images all fell into training) would add an F1 of 0 that says nothing of the model."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     y = np.asarray(y_true, dtype=int)
     prob = np.asarray(prob, dtype=np.float64)
@@ -62,22 +78,12 @@ def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Seq
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     present = sorted(set(y.tolist())) or labels
     mp, mr, mf, _ = precision_recall_fscore_support(y, pred, labels=present, average="macro", zero_division=0)
-    auc: float | None
-    if len(set(y.tolist())) < len(classes):  # a class absent from y_true: AUC undefined
-        auc = None
-    else:
-        if len(classes) == 2:
-            auc = float(roc_auc_score(y, prob[:, 1]))
-        else:
-            auc = float(
-                roc_auc_score(y, prob / prob.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=labels)
-            )
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "macro_f1": float(mf),
         "macro_precision": float(mp),
         "macro_recall": float(mr),
-        "auc": auc,
+        "auc": _macro_auc(y, prob, len(classes)),
         "per_class": {
             c: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
             for k, c in enumerate(classes)

@@ -8,21 +8,22 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import get_args
 
 from downstream.config import Mode, RunConfig
+from sonodistill.cli_parser import CommandParser
 from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import cli_main
 from sonodistill.logs import is_main_rank
-from sonodistill.outdir import claim
+from sonodistill.outdir import claimed
 from sonodistill.stop import StopRequest
 
 
 def parse(argv: Sequence[str] | None = None) -> RunConfig:
-    p = argparse.ArgumentParser(prog="python -m downstream.run", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="python -m downstream.run", description=__doc__.splitlines()[0])
     p.add_argument("--task", help="busi-seg, busi-cls, ddti-seg, or generic seg / cls")
     p.add_argument("--data", help="dataset: BUSI folder, image/mask folders, class folders, hf:ID or a saved dataset")
     p.add_argument("--encoder", help="rand | rand:NAME | timm:NAME | PATH | hf-hub:ID | dinov3:PATH_OR_ID")
@@ -44,10 +45,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse(argv)
     check_spec(cfg.encoder)  # a typo leaves no folder behind
     check_stages(cfg)
-    if cfg.out:
-        claim(cfg.out, "downstream.run", write=is_main_rank())
-    with StopRequest():  # a stop signal ends the run with exit 75 (nothing half-written is kept)
-        metrics = run(cfg)
+    with claimed(cfg.out, "downstream.run", write=is_main_rank()) if cfg.out else nullcontext(), StopRequest():
+        metrics = run(cfg)  # a stop signal ends the run with exit 75 (nothing half-written is kept)
     test = metrics["test"]
     keys = ("dice", "iou") if "dice" in test else ("accuracy", "macro_f1", "auc")
     summary = {k: test[k] for k in keys}

@@ -37,6 +37,7 @@ from sonodistill.atomic import json_text, write_once
 from sonodistill.errors import UserError
 
 PARTS = ("train", "val", "test")
+RARE_CLASS = 5  # images: a class with fewer is placed first, so that training gets its first images
 
 
 @dataclass
@@ -160,12 +161,10 @@ def _assign(recs: list, units: dict[str, list[int]], shares: np.ndarray, n_cls: 
     counts it brings closest to ``shares``. Only units large next to the smallest part (over a
     quarter of its target) go first, biggest first, so that they still fit: ordering every unit by
     size would send all multi-image units (duplicate pairs, patients with several images) to the
-    largest part, whatever the seed."""
-    keys = sorted(units)
-    rng = np.random.default_rng(seed)
-    order = [keys[j] for j in rng.permutation(len(keys))]
-    large = max(1.0, float(min(shares[shares > 0])) * len(recs) / 4)
-    order.sort(key=lambda k: -len(units[k]) if len(units[k]) > large else 0)  # stable: the rest stay random
+    largest part, whatever the seed. Units holding a class of fewer than ``RARE_CLASS`` images come
+    next, while every part is short of its target, so that the first go to training: placed at
+    random, a class of one image lands wherever the totals are shortest, often the test split,
+    where nothing trained on it is tested on it."""
 
     def counts(idx: list[int]) -> np.ndarray:
         v = np.zeros(n_cls)
@@ -174,6 +173,18 @@ def _assign(recs: list, units: dict[str, list[int]], shares: np.ndarray, n_cls: 
         return v
 
     class_total = counts(list(range(len(recs))))
+    rare = {c for c in range(n_cls) if 0 < class_total[c] < RARE_CLASS} if n_cls > 1 else set()
+    keys = sorted(units)
+    rng = np.random.default_rng(seed)
+    order = [keys[j] for j in rng.permutation(len(keys))]
+    large = max(1.0, float(min(shares[shares > 0])) * len(recs) / 4)
+
+    def rank(k: str) -> tuple[int, int]:
+        if len(units[k]) > large:
+            return 0, -len(units[k])
+        return (1 if any(recs[i].label in rare for i in units[k]) else 2), 0
+
+    order.sort(key=rank)  # stable: the rest stay random
     target = shares[:, None] * class_total[None, :]  # [part, class]
     have = np.zeros_like(target)
     assigned: list[list[int]] = [[] for _ in shares]
@@ -257,7 +268,7 @@ def check_splits(splits: Splits, catalog: Catalog, where: str, groups: Sequence[
         )
     if catalog.test_ids and set(splits.test) != set(catalog.test_ids):
         raise UserError(
-            f"{where}: its test split is not the dataset's own (test.json of {catalog.root}); "
+            f"{where}: its test split is not the dataset's own ({catalog.root}'s test split); "
             "delete the file to re-split"
         )
     index = catalog.by_id()

@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import hashlib
@@ -47,12 +46,13 @@ from downstream.inputs import InputStamps
 from downstream.sweep_parts import CellWork, one_writer, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
 from sonodistill.atomic import remove_stale_temporaries, write_json, write_text
+from sonodistill.cli_parser import CommandParser
 from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
 from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
 from sonodistill.errors import UserError, cli_main
 from sonodistill.jsonl import append_jsonl
 from sonodistill.logs import is_main_rank
-from sonodistill.outdir import claim
+from sonodistill.outdir import claimed
 from sonodistill.parts import Part
 from sonodistill.stop import Stopped, StopRequest, check_stop, stop_requested
 
@@ -623,7 +623,7 @@ def _rows(out: Path, plan: list[PlannedCell]) -> list[dict]:
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m downstream.sweep", description=__doc__.splitlines()[0])
+    p = CommandParser(prog="python -m downstream.sweep", description=__doc__.splitlines()[0])
     add_config_args(p, SweepConfig)
     p.add_argument("--max-cells", type=int, default=None, help="run at most N missing cells, then report")
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
@@ -633,13 +633,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # a bad setting refused before `out` is created (--splits-only reads no encoder or method: they
     # may not exist yet)
     grid = None if args.splits_only else checked_grid(cfg)
-    claim(cfg.out, "downstream.sweep", key="out", write=is_main_rank())
-    if args.splits_only:  # to build a corpus with --exclude of them before the sweep
-        with StopRequest():  # a stop while the duplicate search runs: exit 75, finished splits kept
+    with claimed(cfg.out, "downstream.sweep", key="out", write=is_main_rank()), StopRequest():
+        if args.splits_only:  # to build a corpus with --exclude of them before the sweep (a stop: exit 75)
             paths = write_splits(cfg)
-        print("\n".join(paths))
-        return {"splits": paths}
-    with StopRequest():  # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75
+            print("\n".join(paths))
+            return {"splits": paths}
+        # SIGTERM/SIGINT/SIGUSR1: stop in the running cell, keep the finished ones, exit 75
         summary = run_sweep(cfg, max_cells=args.max_cells, grid=grid)
     if args.print_tables and cfg.part:  # a SLURM array task passes the merge's arguments too
         log.info("--print-tables: a part writes no tables; the same command without part= writes and prints them")

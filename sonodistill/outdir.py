@@ -9,6 +9,8 @@ command writes. Export keeps its own rule (:mod:`pretrain.export`: it replaces o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sonodistill.atomic import write_once
@@ -82,3 +84,22 @@ def claim(out: str | Path, stage: str, key: str = "--out", write: bool = True, o
     if write:
         make_folder(out, key)
         write_once(out / MARK, stage + "\n")
+
+
+@contextmanager
+def claimed(
+    out: str | Path, stage: str, key: str = "--out", write: bool = True, only_own: bool = False
+) -> Iterator[None]:
+    """:func:`claim` for the work inside the ``with``; when that work fails and the folder was made by
+    this call and holds nothing but its mark, the folder goes again: a refused or crashed first run
+    leaves no empty folder that looks like a run."""
+    out = Path(out)
+    made = write and not out.exists()
+    claim(out, stage, key, write, only_own)
+    try:
+        yield
+    except BaseException:
+        if made and [p.name for p in out.iterdir()] == [MARK]:
+            (out / MARK).unlink()
+            out.rmdir()
+        raise

@@ -414,3 +414,47 @@ def test_multi_image_units_reach_every_part_as_often_as_single_images():
         for p in share:
             share[p] += sum(f"g{g}_0" in set(s.part(p)) for g in range(20)) / (20 * 50)
     assert 0.55 <= share["train"] <= 0.85 and 0.1 <= share["val"] <= 0.3 and 0.04 <= share["test"] <= 0.16, share
+
+
+def test_a_class_of_one_image_is_placed_in_training_whatever_the_seed():
+    recs = [Record(f"a{i}", f"/x/a{i}.png", label=0) for i in range(40)]
+    recs += [Record(f"b{i}", f"/x/b{i}.png", label=1) for i in range(40)]
+    recs += [Record("c0", "/x/c0.png", label=2), Record("d0", "/x/d0.png", label=3), Record("d1", "/x/d1.png", label=3)]
+    cat = Catalog("t", "/x", recs, ["a", "b", "c", "d"])
+    for seed in range(12):
+        s = make_splits(cat, (0.7, 0.2, 0.1), seed=seed)
+        assert "c0" in s.train and ("d0" in s.train or "d1" in s.train), seed
+        assert abs(len(s.train) - 0.7 * len(recs)) <= 2 and s.test  # the ratios still hold
+
+
+def test_hidden_folders_are_not_data(tmp_path):
+    root = tmp_path / "cls"
+    for c in ("a", "b"):
+        for k in range(2):
+            _png(root / c / f"{k}.png", np.full((6, 7), 10 * k, np.uint8))
+    _png(root / "a" / ".ipynb_checkpoints" / "0-checkpoint.png", np.zeros((6, 7), np.uint8))
+    _png(root / "b" / "deeper" / ".git" / "x.png", np.zeros((6, 7), np.uint8))
+    _png(root / "b" / "deeper" / "kept.png", np.zeros((6, 7), np.uint8))
+    assert read_class_folders(root).ids() == ["a/0.png", "a/1.png", "b/0.png", "b/1.png", "b/deeper/kept.png"]
+
+
+def test_a_dataset_dict_keeps_its_own_test_split(tmp_path):
+    import datasets
+
+    def part(values):
+        imgs = [Image.fromarray(np.random.default_rng(v).integers(0, 256, (32, 32), dtype=np.uint8)) for v in values]
+        return datasets.Dataset.from_dict({"image": imgs, "label": [v % 2 for v in values]})
+
+    saved = tmp_path / "dd"
+    datasets.DatasetDict({"train": part(range(0, 40)), "test": part(range(100, 110))}).save_to_disk(str(saved))
+    cat = read_catalog(str(saved), "cls")
+    assert cat.test_ids == [f"test/{i}" for i in range(10)]
+    s = load_or_make_splits(cat, tmp_path / "splits.json", (0.7, 0.2, 0.1), seed=0)
+    assert sorted(s.test) == sorted(cat.test_ids)
+    assert set(s.train) | set(s.val) == {f"train/{i}" for i in range(40)}
+    assert abs(len(s.train) - 40 * 0.7 / 0.9) <= 1
+    # one Dataset (or a dict without a test split) is split as a whole
+    part(range(20)).save_to_disk(str(tmp_path / "one"))
+    assert read_catalog(str(tmp_path / "one"), "cls").test_ids == []
+    with pytest.raises(UserError, match=rf"^hf:{saved}: a folder written by save_to_disk; give it without 'hf:'"):
+        read_hub(f"hf:{saved}")

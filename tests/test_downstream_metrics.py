@@ -80,3 +80,14 @@ def test_macro_averages_leave_out_a_class_with_no_test_image():
     assert m["macro_f1"] == pytest.approx((f_a + f_b) / 2)
     assert m["macro_recall"] == pytest.approx(0.75) and m["macro_precision"] == pytest.approx((1 + 2 / 3) / 2)
     assert m["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+
+
+def test_auc_is_the_macro_over_the_classes_the_test_split_holds():
+    # class c has no test image: AUC is the one-vs-rest mean over a and b, as the other macro scores
+    y = [0, 0, 1, 1, 1]
+    prob = np.array([[0.7, 0.2, 0.1], [0.3, 0.5, 0.2], [0.4, 0.4, 0.2], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1]])
+    m = classification_metrics(y, prob, ["a", "b", "c"])
+    # a vs rest: scores 0.7, 0.3 (positives) against 0.4, 0.1, 0.6: pairs won 3 + 1 of 6
+    # b vs rest: scores 0.4, 0.8, 0.3 (positives) against 0.2, 0.5: pairs won 1 + 2 + 1 of 6
+    assert m["auc"] == pytest.approx((4 / 6 + 4 / 6) / 2)
+    assert m["auc"] == pytest.approx(np.mean([roc_auc_score(np.asarray(y) == c, prob[:, c]) for c in (0, 1)]))

@@ -83,3 +83,18 @@ def test_a_sweep_checks_every_encoder_and_fraction_before_its_first_cell(busi_di
             sweep_main([*base, *extra, f"out={out}"])
         assert exc.value.code == 2 and said in capsys.readouterr().err
         assert not (out / "cells").exists() and not (out / "results.jsonl").exists()
+
+
+def test_a_first_run_refused_on_its_data_leaves_no_folder_and_a_rerun_keeps_its_folder(tmp_path, capsys):
+    out, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    (data / "only").mkdir()  # one class folder: not a classification dataset
+    args = ["--task", "cls", "--data", str(data), "--encoder", "rand", "--out", str(out)]
+    with pytest.raises(SystemExit) as exc:
+        run_main(args)
+    assert exc.value.code == 2 and "expected one sub-folder per class" in capsys.readouterr().err
+    assert not out.exists()
+    out.mkdir()  # a folder the user made: kept, with the mark of the command that was given it
+    with pytest.raises(SystemExit):
+        run_main(args)
+    assert out.is_dir() and owner(out) == "downstream.run"

@@ -3,8 +3,10 @@ with ``save_to_disk``, or an ``imagefolder`` folder (loaded through ``datasets``
 
 Columns (configurable): ``image`` (Image), ``mask`` (Image, optional), ``label`` (ClassLabel,
 strings or ints, optional), ``group`` (patient id, optional). A DatasetDict's splits are
-concatenated (ids ``<split>/<row>``) and split again by :mod:`downstream.splits`, so every
-dataset gets the same reproducible protocol.
+concatenated (ids ``<split>/<row>``); its ``test`` split, when it has one besides others, is kept
+as the test split (as UltraBench's ``test.json``: numbers stay comparable with the dataset's
+published ones) and :mod:`downstream.splits` splits only the rest into training and validation;
+without one, every row is split by the same reproducible protocol.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def _load(spec: str):
 
     try:
         if spec.startswith("hf:"):
+            if is_saved_dataset(Path(spec[3:])):
+                raise UserError(f"{spec}: a folder written by save_to_disk; give it without 'hf:' ({spec[3:]})")
             with offline_unless_reachable():
                 return datasets.load_dataset(spec[3:])
         root = Path(spec)
@@ -127,7 +131,9 @@ def read_hub(
             )
     if not records:
         raise UserError(f"{spec}: the dataset has no rows")
+    split_names = [split for split, _ in parts]
+    test_ids = [r.id for r in records if r.id.startswith("test/")] if "test" in split_names and len(parts) > 1 else []
     if check:
         check_records(records)
     name = spec[3:].rstrip("/").split("/")[-1] if spec.startswith("hf:") else Path(spec).name
-    return Catalog(name=name, root=spec, records=records, classes=classes)
+    return Catalog(name=name, root=spec, records=records, classes=classes, test_ids=test_ids)

@@ -31,8 +31,11 @@ def mask_order(stem: str) -> int:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursive), sorted by relative path."""
-    return sorted((p for p in folder.rglob("*") if is_image_file(p)), key=lambda p: p.relative_to(folder).as_posix())
+    """Image files under ``folder`` (recursive), sorted by relative path; hidden folders
+    (``.ipynb_checkpoints``, ``.git``, ``.Trash``) hold copies and other tools' files, not data."""
+    found = (p for p in folder.rglob("*") if is_image_file(p))
+    visible = (p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(visible, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def natural_key(text: str) -> list:

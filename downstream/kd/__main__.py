@@ -15,11 +15,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sonodistill.cli_parser import CommandParser
 from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import is_main_rank
-from sonodistill.outdir import claim, owner
+from sonodistill.outdir import claimed, owner
 from sonodistill.stop import StopRequest
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def _chosen_recipe(argv: Sequence[str]) -> str | None:
     """The ``--recipe`` value of a ``train`` command line, read before the full parse (``--help`` lists its keys)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = CommandParser(add_help=False)
     pre.add_argument("--recipe", default=None)
     known, _ = pre.parse_known_args(list(argv))
     return known.recipe
@@ -38,7 +39,7 @@ def parser(recipe: str | None = None) -> argparse.ArgumentParser:
     from downstream.kd.registry import RECIPES, reproduction
 
     names = ", ".join(RECIPES)
-    p = argparse.ArgumentParser(prog="python -m downstream.kd", description=__doc__)
+    p = CommandParser(prog="python -m downstream.kd", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="run a recipe end to end: teacher, scratch baseline, distilled student")
     t.add_argument("--recipe", required=True, help=f"one of {names}")
@@ -88,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     stage = f"downstream.kd train --recipe {r.name}"  # one recipe per folder: their files share names
     if owner(out) == "downstream.kd train":  # marked before the mark named the recipe
         stage = "downstream.kd train"
-    claim(out, stage, write=is_main_rank(), only_own=True)
-    out.mkdir(parents=True, exist_ok=True)
-    with StopRequest():  # stop in the running stage (or the split's duplicate search); finished stages are reused
+    # a stop ends the running stage (or the split's duplicate search); finished stages are reused
+    with claimed(out, stage, write=is_main_rank(), only_own=True), StopRequest():
+        out.mkdir(parents=True, exist_ok=True)  # every rank: the first may not have made it yet
         data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
         metrics = paper.reproduce(cfg, data, out)
         if is_main_rank():  # with the results it describes: a failed or stopped rerun keeps the old pair
