@@ -20,7 +20,6 @@ names the files it would replace).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -34,6 +33,7 @@ import torch
 from pretrain.checkpoint import find_checkpoint, list_checkpoints, read_meta, saved_config
 from pretrain.model_card import GRAYSCALE_NOTE, data_provenance, model_card, teacher_provenance
 from sonodistill.atomic import atomic_dir
+from sonodistill.cli_parser import CommandParser
 from sonodistill.errors import UserError, cli_main
 from sonodistill.outdir import MODEL, make_folder, owner
 from sonodistill.provenance import local_paths, public_model_name
@@ -261,7 +261,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m pretrain.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (newest checkpoint)")
     parser.add_argument(
         "--out", required=True, help="a new or empty folder, or an earlier export (replaced as a whole)"

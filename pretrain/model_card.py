@@ -26,7 +26,7 @@ CARD = """
 # {title}
 
 A {arch} encoder ({params:.1f}M parameters, classifier removed) for B-mode ultrasound images,
-distilled from the frozen ViT teacher {teacher} with
+distilled from a frozen ViT teacher ({teacher}) with
 sonodistill, following "Domain-Constrained Distillation of DINOv3 into a
 Lightweight Foundation Model toward Point-of-Care Ultrasound": the student's stride-32 feature map,
 passed through a token-wise MLP head (dropped in this export) and upsampled to the teacher's patch

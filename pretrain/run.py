@@ -11,10 +11,10 @@ after writing a checkpoint (run the same command again: ``resume=auto`` continue
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
+from sonodistill.cli_parser import CommandParser
 from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import cli_main
 
@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pretrain.config import PretrainConfig
     from pretrain.trainer import train
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="pretrain/run.py",
         description=__doc__.splitlines()[0],
         epilog="Exit codes: 0 done, 2 bad input or diverged, 75 preempted after a checkpoint.",

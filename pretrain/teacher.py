@@ -11,10 +11,10 @@ tests and the demo need no download.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 
+from sonodistill.cli_parser import CommandParser
 from sonodistill.dinov3 import TEACHER_PRESETS, init_tiny
 from sonodistill.errors import cli_main
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pretrain.teacher", description=__doc__.splitlines()[0])
+    parser = CommandParser(prog="python -m pretrain.teacher", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("init-tiny", help="write a random-initialised DINOv3 ViT (save_pretrained)")
     p.add_argument("--out", required=True, help="output folder")
