@@ -57,12 +57,12 @@ def _macro_auc(y: np.ndarray, prob: np.ndarray, n_cls: int) -> float | None:
     present = sorted(set(y.tolist()))
     if len(present) < 2:
         return None
+    norm = prob / np.maximum(prob.sum(1, keepdims=True), 1e-12)  # one scale for every case below
     if n_cls == 2:
-        return float(roc_auc_score(y, prob[:, 1]))
+        return float(roc_auc_score(y, norm[:, 1]))
     if len(present) == n_cls:
-        norm = prob / prob.sum(1, keepdims=True)
         return float(roc_auc_score(y, norm, multi_class="ovr", average="macro", labels=list(range(n_cls))))
-    return float(np.mean([roc_auc_score(y == c, prob[:, c]) for c in present]))
+    return float(np.mean([roc_auc_score(y == c, norm[:, c]) for c in present]))
 
 
 def classification_metrics(y_true: Sequence[int], prob: np.ndarray, classes: Sequence[str]) -> dict:

@@ -103,6 +103,12 @@ def resolve_resume(resume: str, out_dir: str | Path) -> Path | None:
     if value.lower() == "auto":
         return found[-1][1] if found else None
     path = None if value.lower() in ("none", "no", "false", "") else Path(value)
+    if path is not None and not path.exists():
+        kept = ", ".join(p.name for _, p in found[-3:]) or "none"
+        raise UserError(
+            f"resume: '{value}' does not exist (the newest checkpoints in {out_dir}: {kept}; "
+            "train.keep_last removes older ones)"
+        )
     if path is not None and not (path / "meta.json").is_file():
         raise UserError(f"resume: '{value}' is not a complete checkpoint folder (expected {path}/meta.json)")
     # A run started (or restarted from an older step) beside newer checkpoints would write its own

@@ -22,7 +22,7 @@ from sonodistill.errors import cli_main
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     from pretrain.config import PretrainConfig
-    from pretrain.trainer import train
+    from pretrain.trainer import check_values, train
 
     parser = CommandParser(
         prog="pretrain/run.py",
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (key: out), as in every other command")
     add_config_args(parser, PretrainConfig)
     args = parse_command_line(parser, argv)
-    cfg = config_from_flags(PretrainConfig, args, ("out",))
+    cfg = config_from_flags(PretrainConfig, args, ("out",), check=check_values)
     return train(cfg).exit_code
 
 

@@ -69,7 +69,8 @@ class TrainResult:
         return EXIT_PREEMPTED if self.preempted else 0
 
 
-def _check_config(cfg: PretrainConfig) -> None:
+def check_values(cfg: PretrainConfig) -> None:
+    """The config's values in range (``--show-config`` checks these too: a printed config runs)."""
     t = cfg.train
     for key, value in (
         ("train.batch_size", t.batch_size),
@@ -88,14 +89,18 @@ def _check_config(cfg: PretrainConfig) -> None:
             raise UserError(
                 f"{key}: expected a {'positive' if key == 'train.lr' else 'non-negative'} number, got {value}"
             )
-    if not cfg.data.shards:
-        raise UserError("data.shards: required (a shard folder with manifest.json, or a brace pattern)")
-    if not cfg.teacher.name_or_path:
-        raise UserError("teacher.name_or_path: required (a Hub id or a local save_pretrained folder)")
     if not 0.0 <= cfg.mixup.prob <= 1.0:
         raise UserError(f"mixup.prob: expected a probability in [0, 1], got {cfg.mixup.prob}")
     if t.schedule == "plateau":
         raise UserError("train.schedule: pretraining has no validation loss to plateau on; use cosine or none")
+
+
+def _check_config(cfg: PretrainConfig) -> None:
+    check_values(cfg)
+    if not cfg.data.shards:
+        raise UserError("data.shards: required (a shard folder with manifest.json, or a brace pattern)")
+    if not cfg.teacher.name_or_path:
+        raise UserError("teacher.name_or_path: required (a Hub id or a local save_pretrained folder)")
 
 
 def _accumulation(cfg: PretrainConfig, world: int) -> tuple[int, int]:

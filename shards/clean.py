@@ -82,22 +82,26 @@ def phash256(gray: np.ndarray) -> int:
     return int(str(imagehash.phash(img, hash_size=PHASH_SIDE)), 16)
 
 
-def _marks(gray: np.ndarray, area: ScanArea, col: np.ndarray | None) -> tuple[np.ndarray, list[Mark]]:
+def _marks(gray: np.ndarray, area: ScanArea, col: np.ndarray | None, grained: bool) -> tuple[np.ndarray, list[Mark]]:
     """The crop (surround blanked) and the annotations found inside it (grey ones only in a frame
-    large enough: :func:`shards.annotations.grey_searched`). None are sought in pixel noise, which
-    the rules reject: every speck of it reads as a mark (thousands a frame, seconds each)."""
+    large enough: :func:`shards.annotations.grey_searched`). None are sought in pixel noise (not
+    ``grained``), which the rules reject: every speck of it reads as a mark (thousands a frame)."""
     crop = crop_to_scan_area(gray, area)
-    if grain(gray, area) < MIN_GRAIN:
+    if not grained:
         return crop, []
     return crop, detect_marks(crop, area.mask_in_bbox(), col, grey=grey_searched(gray.shape))
 
 
-def _tissue_rules(gray: np.ndarray, area: ScanArea, clean_crop: np.ndarray) -> tuple[str | None, dict]:
-    """The not-ultrasound and no-tissue rules, judged with the marks inpainted (they are no tissue)."""
-    if clean_crop is not None and area.small_mask.any():
-        x0, y0, x1, y1 = area.bbox
-        gray = gray.copy()
-        gray[y0:y1, x0:x1] = np.where(area.mask_in_bbox(), clean_crop, gray[y0:y1, x0:x1])
+def _tissue_rules(
+    gray: np.ndarray, area: ScanArea, clean_crop: np.ndarray | None, known_grain: float | None
+) -> tuple[str | None, dict]:
+    """The not-ultrasound and no-tissue rules, judged with the marks inpainted (they are no tissue);
+    ``known_grain`` is the frame's own, reused when no mark changed its pixels."""
+    if clean_crop is None or not area.small_mask.any():
+        return frame_rejection(gray, area, known_grain)
+    x0, y0, x1, y1 = area.bbox
+    gray = gray.copy()
+    gray[y0:y1, x0:x1] = np.where(area.mask_in_bbox(), clean_crop, gray[y0:y1, x0:x1])
     return frame_rejection(gray, area)
 
 
@@ -129,13 +133,15 @@ def clean_frame(
         values.update(colour_measures(rgb, area, *(col or (None, None))))
         if is_colour(values):
             return Rejected("colour", values)
-        reason, graphic = graphic_rejection(rgb, area)
+        reason, graphic = graphic_rejection(rgb, gray, area)
         values.update(graphic)
         if reason:
             return Rejected(reason, values)
-    crop, marks = _marks(gray, area, None if col is None else col[1]) if area.small_mask.any() else (None, [])
+    has_area = area.small_mask.any()
+    grained = grain(gray, area) if has_area else None
+    crop, marks = _marks(gray, area, None if col is None else col[1], grained >= MIN_GRAIN) if has_area else (None, [])
     inpainted = inpaint(crop, marks) if marks else crop
-    reason, measured = _tissue_rules(gray, area, inpainted if marks else None)
+    reason, measured = _tissue_rules(gray, area, inpainted if marks else None, grained)
     values.update(measured)
     if reason:
         return Rejected(reason, values)

@@ -76,7 +76,8 @@ def _globs(key: str, value: object, where: str) -> tuple[str, ...]:
 
 def _choice(choices: tuple) -> Callable[[str, object, str], object]:
     def check(key: str, value: object, where: str) -> object:
-        if isinstance(value, bool) or value not in choices:  # YAML's true is 1 to `in`, never a choice here
+        # YAML's true and 1.0 equal 1 to `in`; neither is the choice 1
+        if value not in choices or type(value) not in {type(c) for c in choices}:
             raise UserError(f"{where}: '{key}' expects one of {', '.join(map(str, choices))}, got {value!r}")
         return value
 

@@ -10,12 +10,11 @@ is seen in as much detail as a large one); thresholds in :mod:`shards.thresholds
 - ``too_small``: a scan area under ``MIN_SCAN_SIDE`` native pixels a side or ``MIN_SCAN_PIXELS``
   native pixels (an absolute size: a scan of 150 x 300 pixels on a 1280 x 720 device screen is a
   fine image, whatever share of the screen it covers).
-- ``not_ultrasound``: most of the frame in strong colour (``saturated``, more than
-  ``MAX_SATURATED``: logos, slides, colour graphics; colour Doppler is judged before it); no scan
-  area at all; a bright area (more than
-  ``MAX_BRIGHT_FRACTION`` above 200: documents, screenshots, white pages); no speckle inside it
-  (median local coefficient of variation below ``MIN_SPECKLE_CV``: smooth photos, gradients,
-  drawings); texture without grain (``grain``, neighbouring native pixels correlated less than
+- ``not_ultrasound``: most of the scan area in strong colour (``saturated``, more than
+  ``MAX_SATURATED``: logos, colour graphics; colour Doppler is judged before it); no scan area at
+  all; a bright area (more than ``MAX_BRIGHT_FRACTION`` above 200: documents, screenshots, white
+  pages); no speckle inside it (median local coefficient of variation below ``MIN_SPECKLE_CV``:
+  smooth photos, gradients, drawings); texture without grain (``grain``, neighbouring native pixels correlated less than
   ``MIN_GRAIN``: pixel noise, which has the variation of speckle but not the size of its grains).
 The colour rule is :mod:`shards.colour`.
 """
@@ -57,16 +56,23 @@ def speckle_cv(gray: np.ndarray, mask: np.ndarray) -> float:
     return float(np.median(std[sel] / mean[sel]))
 
 
-def saturated(rgb: np.ndarray, step: int) -> float:
-    """Share of the frame (every ``step``-th pixel) in strong colour: HSV saturation above
-    ``SATURATION`` and value above ``SATURATED_VALUE``."""
-    hsv = cv2.cvtColor(np.ascontiguousarray(rgb[::step, ::step]), cv2.COLOR_RGB2HSV)
-    return float(((hsv[..., 1] > SATURATION) & (hsv[..., 2] > SATURATED_VALUE)).mean())
+def saturated(rgb: np.ndarray, area: ScanArea) -> float:
+    """Share of the scan area (of the frame when none was found) in strong colour: HSV saturation
+    above ``SATURATION`` and value above ``SATURATED_VALUE``, at the working resolution. The scan
+    area, not the frame: a grey scan pasted on a coloured slide is a scan."""
+    small = np.ascontiguousarray(rgb[:: area.step, :: area.step])
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+    strong = (hsv[..., 1] > SATURATION) & (hsv[..., 2] > SATURATED_VALUE)
+    inside = area.small_mask[: strong.shape[0], : strong.shape[1]]
+    return float(strong[inside].mean()) if inside.any() else float(strong.mean())
 
 
-def graphic_rejection(rgb: np.ndarray, area: ScanArea) -> tuple[str | None, dict]:
-    """``not_ultrasound`` for a frame mostly in strong colour (module doc), with its measure."""
-    values = {"saturated": round(saturated(rgb, area.step), 3)}
+def graphic_rejection(rgb: np.ndarray, gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]:
+    """``not_ultrasound`` for a scan area mostly in strong colour (module doc), with its measure; a
+    blank frame, whatever its colour, is left to the blank-frame rule (``no_tissue``)."""
+    if float(gray[:: area.step, :: area.step].std()) < MIN_STD:
+        return None, {}
+    values = {"saturated": round(saturated(rgb, area), 3)}
     return ("not_ultrasound" if values["saturated"] > MAX_SATURATED else None), values
 
 
@@ -118,8 +124,9 @@ def _room_below(gray: np.ndarray, area: ScanArea) -> dict:
     }
 
 
-def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]:
-    """(rejection reason or None, measured values) for a grayscale frame and its scan area."""
+def frame_rejection(gray: np.ndarray, area: ScanArea, known_grain: float | None = None) -> tuple[str | None, dict]:
+    """(rejection reason or None, measured values) for a grayscale frame and its scan area
+    (``known_grain``: :func:`grain` of these very pixels, when the caller has it)."""
     small = gray[:: area.step, :: area.step]
     x0, y0, x1, y1 = area.bbox
     values: dict = {"std": round(float(small.std()), 2), "scan_pixels": area.pixels, "scan_side": min(x1 - x0, y1 - y0)}
@@ -144,7 +151,7 @@ def frame_rejection(gray: np.ndarray, area: ScanArea) -> tuple[str | None, dict]
     values.update(tissue_measures(box, mask, thin_band(values)))
     if in_air(values):
         return "no_tissue", values
-    values["grain"] = round(grain(gray, area), 3)
+    values["grain"] = round(grain(gray, area) if known_grain is None else known_grain, 3)
     if values["grain"] < MIN_GRAIN:
         return "not_ultrasound", values
     if area.exact and values["lit_fraction"] < AIR_REGION_LIT and _lower_third_lit(box, mask) < AIR_REGION_LOWER_LIT:

@@ -88,5 +88,5 @@ def _why(exc: BaseException | None) -> str:
     name = type(exc).__name__
     text = str(exc).strip()
     if "Timeout" in name or isinstance(exc, TimeoutError):
-        text = text or f"no answer within {READ_TIMEOUT_S:g} s (SONODISTILL_SHARD_TIMEOUT)"
+        text = text or f"no answer in time (http: {READ_TIMEOUT_S:g} s, SONODISTILL_SHARD_TIMEOUT)"
     return f"{name}: {text}" if text else name

@@ -81,9 +81,9 @@ MIN_SCAN_SIDE = 48  # native pixels: the short side of the smallest usable scan 
 MIN_SCAN_PIXELS = 4096  # native pixels (64 x 64): the smallest usable scan area
 MAX_BRIGHT_FRACTION = 0.5  # share of the scan area above 200: documents, screenshots, white pages
 MIN_SPECKLE_CV = 0.04  # median 7x7 coefficient of variation: the smoothest real B-mode 0.059, photos <= 0.026
-MAX_SATURATED = 0.5  # share of the frame in strong colour (HSV saturation > 150 and value > 80, of 255): a logo,
-# a slide or a colour photo (a web asset's logo 0.84); kept real frames 0.005 at most (200 held-out real frames and
-# the 245 cached device frames; Doppler is judged first, sepia and tinted B-mode maps stay under 150)
+MAX_SATURATED = 0.5  # share of the scan area (the frame when none is found) in strong colour (HSV saturation > 150
+# and value > 80, of 255): a logo or colour graphic (a web asset's logo 0.62); kept real frames 0.005 at most of the
+# whole frame (200 held-out real frames, the 245 cached device frames; Doppler is judged first, sepia maps stay < 150)
 SATURATION = 150  # ... the HSV saturation (of 255) and ...
 SATURATED_VALUE = 80  # ... the HSV value above which a pixel is in strong colour
 MIN_GRAIN = 0.3  # neighbour correlation of the scan area's native pixels (the larger of across and down): a

@@ -20,13 +20,14 @@ import io
 import sys
 import textwrap
 import tokenize
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from sonodistill.config import config_fields, load_config, renamed_keys, to_dict
+from sonodistill.errors import UserError
 
 T = TypeVar("T")
 
@@ -182,22 +183,34 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | No
     return args
 
 
-def config_from_args(cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = ()) -> T:
+def config_from_args(
+    cls: type[T], args: argparse.Namespace, base: Sequence[str | Path] = (), check: Callable[[T], None] | None = None
+) -> T:
     """``base`` files (e.g. a recipe's preset), then every ``--config`` file, then the overrides;
-    with ``--show-config`` the resolved config is printed as commented YAML and the command exits 0."""
+    with ``--show-config`` the resolved config is printed as commented YAML and the command exits 0,
+    after ``check`` (values out of range: a printed config is one that runs)."""
     files = list(base) + (args.config or ([args.default_config] if getattr(args, "default_config", None) else []))
     cfg = load_config(cls, files, args.overrides)
     if getattr(args, "show_config", False):
+        if check is not None:
+            check(cfg)
         show_config(cfg)
     return cfg
 
 
-def config_from_flags(cls: type[T], args: argparse.Namespace, flags: Sequence[str]) -> T:
+def config_from_flags(
+    cls: type[T], args: argparse.Namespace, flags: Sequence[str], check: Callable[[T], None] | None = None
+) -> T:
     """:func:`config_from_args` with the command's own flags (``--task X``) as the last overrides
     (``task=X``), so a flag wins over a config file; flags not given are left alone."""
     given = [f"{k}={v}" for k in flags if (v := getattr(args, k)) is not None]
+    for g in given:  # `out=A --out B`: which one was meant is a guess
+        key = g.split("=", 1)[0]
+        twice = [o for o in args.overrides if o.split("=", 1)[0] == key]
+        if twice:
+            raise UserError(f"{key}: given twice ({twice[-1]} and --{key} {g.split('=', 1)[1]}); give one")
     args.overrides = [*args.overrides, *given]
-    return config_from_args(cls, args)
+    return config_from_args(cls, args, check=check)
 
 
 def show_config(cfg: Any) -> None:

@@ -99,7 +99,10 @@ def claimed(
     try:
         yield
     except BaseException:
-        if made and [p.name for p in out.iterdir()] == [MARK]:
-            (out / MARK).unlink()
-            out.rmdir()
+        try:
+            if made and [p.name for p in out.iterdir()] == [MARK]:
+                (out / MARK).unlink()
+                out.rmdir()  # refuses a folder another process has written into since
+        except OSError:
+            pass  # gone or written to meanwhile: the failure itself is what the user must see
         raise

@@ -50,6 +50,7 @@ def test_catalogue_errors_name_the_source(tmp_path, corpus):
         ("sources:\n  - {name: a, path: x, frames: {fps: 0}}\n", "source 'a': frames: fps expects a positive"),
         ("sources:\n  - {name: a, path: x, volume: cube}\n", "source 'a': 'volume' expects one of"),
         ("sources:\n  - {name: a, path: x, volume_axis: true}\n", "'volume_axis' expects one of 0, 1, 2, got True"),
+        ("sources:\n  - {name: a, path: x, volume_axis: 1.0}\n", "'volume_axis' expects one of 0, 1, 2, got 1.0"),
         ("sources:\n  - {path: x}\n", "source #1: 'name' is required"),
         ("sources:\n  - {name: a, path: x}\n  - {name: a, path: y}\n", "given twice"),
         ("srcs: []\n", "expected a mapping with a non-empty 'sources' list"),

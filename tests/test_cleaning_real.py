@@ -598,6 +598,18 @@ def test_a_frame_mostly_in_strong_colour_is_not_ultrasound():
     Image.fromarray(logo).save(buf, "JPEG", quality=80)  # as it was found: its flat ground no flow to the colour rule
     res = clean_frame(np.asarray(Image.open(buf)), 64)
     assert isinstance(res, Rejected) and res.reason == "not_ultrasound" and res.values["saturated"] > 0.5
+    # a grey scan pasted on a coloured slide is judged on its scan area: kept; a blank blue screen is blank
+    rng = np.random.default_rng(0)
+    slide = np.zeros((720, 1280, 3), np.uint8)
+    slide[:] = (20, 60, 170)
+    speckle = cv2.GaussianBlur(rng.rayleigh(40, (420, 560)).astype(np.float32), (0, 0), 2, 1)
+    scan = np.clip(speckle * 1.5, 0, 255).astype(np.uint8)
+    cv2.circle(scan, (200, 200), 60, 0, -1)
+    slide[150:570, 360:920] = scan[..., None]
+    assert isinstance(clean_frame(slide, 64), Cleaned)
+    blank = np.clip(rng.normal(0, 6, (480, 640, 3)) + (0, 0, 200), 0, 255).astype(np.uint8)
+    res = clean_frame(blank, 64)
+    assert isinstance(res, Rejected) and res.reason == "no_tissue" and res.values["std"] < 4
 
 
 def test_a_dark_frame_of_anatomy_is_not_an_empty_field(pocus_dir):

@@ -105,6 +105,15 @@ def test_pretraining_out_dir_is_out_like_every_other_command(tmp_path, caplog, c
     assert exc.value.code == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert (shown["out"], shown["seed"]) == ("runs/d", 4)
+    with pytest.raises(SystemExit) as exc:  # a key and its flag both given: which was meant is a guess
+        main(["out=runs/a", "--out", "runs/b", "--show-config"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: out: given twice (out=runs/a and --out runs/b); give one"
+    with pytest.raises(SystemExit) as exc:  # a printed config is one that runs: its values are checked
+        main(["--out", "runs/d", "train.lr=-1", "--show-config"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and captured.out == ""
+    assert captured.err.strip() == "error: train.lr: expected a positive number, got -1.0"
 
 
 def _leaf_keys_without_meaning(cls: type, prefix: str = "") -> list[str]:

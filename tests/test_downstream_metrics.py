@@ -91,3 +91,14 @@ def test_auc_is_the_macro_over_the_classes_the_test_split_holds():
     # b vs rest: scores 0.4, 0.8, 0.3 (positives) against 0.2, 0.5: pairs won 1 + 2 + 1 of 6
     assert m["auc"] == pytest.approx((4 / 6 + 4 / 6) / 2)
     assert m["auc"] == pytest.approx(np.mean([roc_auc_score(np.asarray(y) == c, prob[:, c]) for c in (0, 1)]))
+    # scores that are not probabilities (rows not summing to 1) are scaled as probabilities in every case
+    rng = np.random.default_rng(0)
+    p3 = rng.dirichlet(np.ones(3), size=8)  # no ties: float noise of the scaling cannot reorder scores
+    scale = rng.uniform(0.2, 5.0, size=(8, 1))
+    for yy, pp, cls in (
+        ([0, 0, 1, 1, 1, 0, 1, 0], p3, ["a", "b", "c"]),  # c absent
+        ([0, 1, 1, 2, 2, 0, 1, 2], p3, ["a", "b", "c"]),  # all present
+        ([0, 1, 1, 0, 1, 0, 1, 0], p3[:, :2], ["a", "b"]),  # binary
+    ):
+        got = classification_metrics(yy, pp * scale, cls)["auc"]
+        assert got == pytest.approx(classification_metrics(yy, pp / pp.sum(1, keepdims=True), cls)["auc"])

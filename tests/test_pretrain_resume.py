@@ -111,6 +111,13 @@ def test_a_fresh_start_beside_another_runs_checkpoints_is_refused(tmp_path):
     assert resolve_resume("auto", tmp_path) == step_dir(tmp_path, 9)
     assert resolve_resume(str(step_dir(tmp_path, 9)), tmp_path) == step_dir(tmp_path, 9)
     assert resolve_resume(str(step_dir(tmp_path, 6)), tmp_path / "elsewhere") == step_dir(tmp_path, 6)
+    gone = step_dir(tmp_path, 3)  # removed by keep_last: named as gone, with the checkpoints there are
+    with pytest.raises(UserError, match=rf"^resume: '{gone}' does not exist \(the newest checkpoints in {tmp_path}: "
+                       r"step_00000006, step_00000009; train.keep_last removes older ones\)$"):  # fmt: skip
+        resolve_resume(str(gone), tmp_path)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(UserError, match="is not a complete checkpoint folder"):
+        resolve_resume(str(tmp_path / "half"), tmp_path)
 
 
 def test_a_resume_with_other_views_batch_seed_or_teacher_is_refused(shard_dir, tiny_teacher_dir, tmp_path, caplog):
