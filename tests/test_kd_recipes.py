@@ -387,7 +387,9 @@ def test_a_failed_rerun_keeps_the_config_of_the_results_beside_it(vit_run, busi_
         raise UserError("the teacher stage ran out of memory")
 
     monkeypatch.setattr(registry, "reproduction", lambda name: fails_halfway_paper)
-    fails_halfway_paper = type("P", (), {"config": paper.config, "reproduce": staticmethod(fails_halfway)})()
+    fails_halfway_paper = type(
+        "P", (), {"config": paper.config, "reproduce": staticmethod(fails_halfway), "check": paper.check}
+    )()
     err = fails("vit_mobilenet", busi_dir, out, capsys, *VIT, "student.train.epochs=3")
     assert err == "error: the teacher stage ran out of memory"
     assert {f: (out / f).read_bytes() for f in before} == before

@@ -66,3 +66,23 @@ def test_recipes_take_an_encoder_teacher(busi_dir, tmp_path, capsys):
 def test_seg_recipe_needs_a_teacher_encoder(ddti_dir, tmp_path, capsys):
     err = fails("seg_unet", ddti_dir, tmp_path / "seg", capsys)
     assert "teacher.encoder: give the teacher's encoder spec" in err
+
+
+def test_settings_a_later_stage_would_refuse_are_refused_before_any_data_is_read(busi_dir, ddti_dir, tmp_path, capsys):
+    cases = [
+        (
+            "seg_unet",
+            ddti_dir,
+            ["teacher.encoder=rand:resnet18", "student.encoder=tu-bogusnet"],
+            "student.encoder: smp has no encoder 'tu-bogusnet'",
+        ),
+        ("seg_unet", ddti_dir, ["teacher.encoder=hf-hub"], "unknown encoder spec"),
+        ("nanoray", busi_dir, [f"teacher.checkpoint={tmp_path / 'gone.safetensors'}"], "teacher.checkpoint: "),
+        ("csa_moe", busi_dir, ["variants=[bogus]"], "variants"),
+        ("csa_moe", busi_dir, ["repeats=0"], "repeats: expected >= 1, got 0"),
+    ]
+    for i, (recipe, data, overrides, said) in enumerate(cases):
+        out = tmp_path / f"o{i}"
+        err = fails(recipe, data, out, capsys, *overrides)
+        assert said in err, err
+        assert not out.exists()  # refused before the split (or the teacher) was made

@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     paper = reproduction(r.name)
     cfg = config_from_args(paper.config, args, base=[preset(r.name)])
     check_recipe(cfg)
+    paper.check(cfg)
     if not args.data or not args.out:
         raise UserError("train: give the data (--data DIR) and the output folder (--out DIR)")
     detect_layout(args.data)  # a missing data folder refused before --out is made

@@ -70,10 +70,14 @@ class CSAMoEPaper(Paper):
     recipe = RECIPE
     config = CSAMoEPaperConfig
 
-    def reproduce(self, cfg: CSAMoEPaperConfig, data: PreparedData, out: Path) -> dict[str, Any]:
+    def check(self, cfg: CSAMoEPaperConfig) -> None:
+        super().check(cfg)
         check_variants(cfg.variants)
         if cfg.repeats < 1:
             raise UserError(f"repeats: expected >= 1, got {cfg.repeats}")
+
+    def reproduce(self, cfg: CSAMoEPaperConfig, data: PreparedData, out: Path) -> dict[str, Any]:
+        self.check(cfg)
         m = MoERun.start(cfg, data, out)
         results: dict[str, Any] = {}
         histories: dict[str, list] = {}

@@ -107,6 +107,13 @@ class Recipe(Protocol):
         """Why the recipe cannot run on this data (a sweep task's full catalog); ``None``: it can."""
         return None
 
+    def check(self, cfg: Any) -> None:
+        """Settings its stages would refuse only once reached, refused before any data is read (one
+        line naming the key): a teacher checkpoint that is not there."""
+        path = getattr(getattr(cfg, "teacher", None), "checkpoint", "")
+        if path and not Path(path).is_file():
+            raise UserError(f"teacher.checkpoint: {path} is not a file (a model.safetensors of a previous run)")
+
 
 def check_teacher_keys(recipe: Recipe, overrides: Sequence[str]) -> None:
     """A recipe without a teacher refuses ``teacher.*`` keys with the reason, not a list of valid keys."""

@@ -376,12 +376,27 @@ class SegUNet(Recipe):
     teacher_outputs = ("logits", "last decoder map", "decoder stages (feature_weight > 0)")
     sweep_teacher = True
 
-    def run(self, cfg: SegUNetConfig, data: PreparedData, out: Path) -> RecipeResult:
+    def check(self, cfg: SegUNetConfig) -> None:
+        """The teacher's encoder given and well formed, the student's an encoder smp knows."""
+        import segmentation_models_pytorch as smp
+        import timm
+
+        from downstream.encoders import check_spec
+
+        super().check(cfg)
         if not cfg.teacher.encoder:
             raise UserError(
                 "teacher.encoder: give the teacher's encoder spec, e.g. the distilled ResNet-50 export folder "
                 "(in a sweep it defaults to the sweep's distilled encoder)"
             )
+        check_spec(cfg.teacher.encoder)
+        name = cfg.student.encoder
+        known = timm.is_model(name[3:]) if name.startswith("tu-") else name in smp.encoders.get_encoder_names()
+        if not known:
+            raise UserError(f"student.encoder: smp has no encoder '{name}' (its names, or tu-<timm model name>)")
+
+    def run(self, cfg: SegUNetConfig, data: PreparedData, out: Path) -> RecipeResult:
+        self.check(cfg)
         s = SegRun.start(cfg, data, out)
         teacher = train_teacher(s)
         scratch, distilled = train_students(s, teacher)
