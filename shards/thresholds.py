@@ -92,7 +92,8 @@ MIN_GRAIN = 0.3  # neighbour correlation of the scan area's native pixels (the l
 # and 0.74 to 0.12x, probes in air included
 GRAIN_SIDE = 512  # pixel pairs are taken on a grid of at most this many rows and columns (native neighbours)
 NEAR_FIELD = 0.4  # share of the depth that is the near field (reverberation bands of a probe in air)
-SECTOR_TOP = 0.25  # a scan area whose top is narrower than this share of its width is a sector
+SECTOR_TOP = 0.25  # a scan area whose top is narrower than this share of its width, and centred within this
+# share of its width, is a sector (its apex); a convex band's narrow top is one of its ends, at a side
 FACE_LEVEL = 20  # 3x3 mean: the first pixel of a scan line above it is the transducer face
 LIT_AREA_LEVEL = 40  # 5x5 mean above which a working pixel of the scan area is lit
 AIR_EMPTY_LIT = 0.04  # empty: share of the scan area lit (5x5 mean > LIT_AREA_LEVEL) below this

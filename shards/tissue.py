@@ -124,8 +124,12 @@ def scan_lines(small: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
     m = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     f = small[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].astype(np.float32)
     widths = m.sum(1)
-    sector = widths[: max(1, len(widths) // 20)].max() < SECTOR_TOP * widths.max()
-    return _sector_lines(f, m) if sector else _column_lines(f, m)
+    top = m[: max(1, len(widths) // 20)]
+    narrow = widths[: top.shape[0]].max() < SECTOR_TOP * widths.max()
+    # a sector's top is its apex, in the middle; a convex band's (a smile) is an end, at one side
+    xs = np.flatnonzero(top.any(0))
+    centred = xs.size > 0 and abs((xs[0] + xs[-1]) / 2 - (m.shape[1] - 1) / 2) < SECTOR_TOP * m.shape[1]
+    return _sector_lines(f, m) if narrow and centred else _column_lines(f, m)
 
 
 def _structure(smooth: np.ndarray, valid: np.ndarray) -> float:

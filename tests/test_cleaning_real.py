@@ -625,3 +625,26 @@ def test_a_dark_frame_of_anatomy_is_not_an_empty_field(pocus_dir):
     values = {"lit_fraction": 0.03, "near_structure": 4.7, "deep_structure": 9.5, "band_r2": 0.2, "near_bands": 1}
     values |= {"lateral_ratio": 1.0, "centre_band_r2": 0.3, "centre_deep_structure": 11.0}
     assert not in_air(values) and in_air({**values, "deep_structure": 2.0})  # dark and flat: empty
+
+
+@pytest.mark.parametrize("gamma", [0.8, 1.0])
+def test_a_convex_probe_in_air_is_no_tissue_at_another_display_curve(deid_dir, gamma):
+    # its near-field arcs, a smile whose two ends are not level, are a band of columns, not a sector
+    # (a sector's narrow top is its apex, in the middle): measured so, every scan line is alike
+    px = next(iter(open_media(str(deid_dir / "RGB_IMAGE.dcm"), "RGB_IMAGE.dcm", SourceOptions()).frames)).pixels
+    curved = np.clip(255 * (px.astype(np.float32) / 255) ** gamma, 0, 255).astype(np.uint8)
+    res = clean_frame(curved, 64)
+    assert isinstance(res, Rejected) and res.reason == "no_tissue", getattr(res, "values", None)
+
+
+def test_only_a_narrow_top_in_the_middle_is_a_sector_apex():
+    from shards.tissue import scan_lines
+
+    h, w = 60, 120
+    yy, xx = np.mgrid[:h, :w]
+    fan = (np.abs(xx - w / 2) <= yy * (w / 2) / h + 1) & (yy < h)  # apex in the middle of the top row
+    img = np.full((h, w), 100, np.uint8)
+    assert scan_lines(img, fan)[0].shape != fan.shape  # polar resampling: a sector
+    face = np.clip(20 - 0.004 * (xx - 50.0) ** 2, 0, None)  # a smile: its ends high, the right one higher
+    band = (yy >= face) & (yy <= face + 12) & (xx >= 5)
+    assert scan_lines(img, band)[0].shape == band[np.ix_(band.any(1), band.any(0))].shape  # columns
