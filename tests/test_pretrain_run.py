@@ -199,7 +199,7 @@ def test_unknown_key_lists_valid_keys(shard_dir, tiny_teacher_dir, tmp_path):
         ({"image_size": 48}, "image_size: 48 px is not a multiple of the student 'resnet10t' stride 32"),
         ({"student__out_dim": 100}, "student.out_dim: 100 does not match the teacher embedding dim 128"),
         ({"train__global_batch": 6}, "train.global_batch: 6 is not a multiple"),
-        ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' is not a complete checkpoint"),
+        ({"resume": "/no/such/ckpt"}, "resume: '/no/such/ckpt' does not exist (the newest checkpoints in"),
         ({"mixup__prob": 2}, "mixup.prob"),
         ({"data__encoding": "raw"}, "data.encoding: this config expects raw shards, '"),
         ({"image_size": 128}, "image_size: 128 px is larger than the 64 px of the shards in"),
