@@ -222,7 +222,12 @@ def test_torchrun_two_ranks_train_one_model(tmp_path):
         os.path.dirname(__file__),
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = all((tmp_path / f"rank{i}.json").is_file() for i in (0, 1))
+    # Once in many loaded CI runs a rank aborted in the interpreter's teardown, after its results and
+    # the process group's destruction (gloo's worker threads; pytorch/pytorch#179291): the training
+    # under test is done and checked below; any other failure fails here.
+    teardown = written and "terminate called without an active exception" in proc.stderr
+    assert proc.returncode == 0 or teardown, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
     assert r0["n"] == r1["n"] == 2
     assert r0["index"] == r1["index"] == list(range(10))  # gathered predictions: every sample exactly once
