@@ -90,6 +90,20 @@ def _check_select(stage: FitConfig, key: str) -> None:
         )
 
 
+def check_selects(cfg: Any, names: tuple[str, ...], kind: str, prefix: str = "") -> None:
+    """Every stage's ``select`` a validation metric of its task (``names``: the task's
+    ``val_names``), refused before any data is read rather than in the stage's first epoch."""
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if isinstance(value, FitConfig):
+            select = RENAMED_SELECT.get(value.select, value.select)
+            if select.startswith("val_") and select[4:] not in names:
+                valid = ", ".join(["auto", "last", *(f"val_{n}" for n in names)])
+                raise UserError(f"{key}.select: {select} is not a validation metric of a {kind} task; valid: {valid}")
+        elif dataclasses.is_dataclass(value):
+            check_selects(value, names, kind, key + ".")
+
+
 @dataclass
 class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Any
 from downstream.config import SPEED_ONLY, TASK_KIND, Mode, RunConfig, Settings, run_config, task_reader
 from downstream.data.read import ReaderConfig
 from downstream.encoders import check_spec
-from downstream.fit import check_stages
+from downstream.fit import check_selects, check_stages
 from downstream.inputs import InputStamps
 from downstream.sweep_parts import CellWork, one_writer, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
+from downstream.tasks import VAL_NAMES
 from sonodistill.atomic import remove_stale_temporaries, write_json, write_text
 from sonodistill.cli_parser import CommandParser
 from sonodistill.config import override_config, save_config, split_top_level, to_dict, with_old_names
@@ -550,6 +551,8 @@ def check_before_cells(cfg: SweepConfig, grid: Grid) -> None:
     for _, spec in grid.encoders:
         check_spec(spec)
     check_stages(cfg.run, "run.")
+    for kind in sorted({t.kind for t in grid.tasks}):  # run.train.select serves every task of the sweep
+        check_selects(cfg.run, VAL_NAMES[kind], kind, "run.")
     check_ratios(cfg.run.split.ratios)
     if cfg.run.image_size % 32 and any(t.kind == "seg" for t in grid.tasks):
         raise UserError(f"run.image_size: U-Net segmentation needs a multiple of 32, got {cfg.run.image_size}")

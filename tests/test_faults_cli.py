@@ -36,3 +36,26 @@ def test_a_wrong_flag_is_one_line_naming_it(module, argv, said, capsys, tmp_path
     assert len(lines) == 1 and lines[0].startswith(f"error: {said}") and "usage:" not in captured.err + captured.out
     assert lines[0].endswith("(--help lists the options)")
     assert not any(tmp_path.iterdir())
+
+
+def test_a_select_the_task_never_reports_is_refused_before_the_data_is_read(capsys, tmp_path):
+    from downstream.run import main
+
+    argv = [
+        "--task",
+        "busi-seg",
+        "--data",
+        str(tmp_path / "nowhere"),
+        "--encoder",
+        "rand",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "train.select=val_accuracy"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: train.select: val_accuracy is not a validation metric of a seg task; "
+        "valid: auto, last, val_dice, val_iou, val_dice_lesion, val_iou_lesion"
+    )
+    assert not (tmp_path / "o").exists()

@@ -86,3 +86,20 @@ def test_settings_a_later_stage_would_refuse_are_refused_before_any_data_is_read
         err = fails(recipe, data, out, capsys, *overrides)
         assert said in err, err
         assert not out.exists()  # refused before the split (or the teacher) was made
+
+
+def test_a_select_no_stage_of_the_task_reports_is_refused_before_any_data_is_read(busi_dir, ddti_dir, tmp_path, capsys):
+    cases = [
+        ("nanoray", busi_dir, ["teacher.train.select=val_foo"], "teacher.train.select: val_foo is not a validation"),
+        (
+            "seg_unet",
+            ddti_dir,
+            ["teacher.encoder=rand:resnet18", "student.train.select=val_accuracy"],
+            "student.train.select: val_accuracy is not a validation metric of a seg task",
+        ),
+    ]
+    for i, (recipe, data, overrides, said) in enumerate(cases):
+        out = tmp_path / f"s{i}"
+        err = fails(recipe, data, out, capsys, *overrides)
+        assert said in err and "valid: auto, last, val_" in err, err
+        assert not out.exists()

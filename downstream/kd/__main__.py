@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from downstream.fit import check_selects
+from downstream.tasks import VAL_NAMES
 from sonodistill.cli_parser import CommandParser
 from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     paper = reproduction(r.name)
     cfg = config_from_args(paper.config, args, base=[preset(r.name)])
     check_recipe(cfg)
+    check_selects(cfg, VAL_NAMES[r.kind], r.kind)
     paper.check(cfg)
     if not args.data or not args.out:
         raise UserError("train: give the data (--data DIR) and the output folder (--out DIR)")

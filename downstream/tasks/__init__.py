@@ -7,4 +7,6 @@ from downstream.tasks.base import Task, to_device
 from downstream.tasks.classification import Classification
 from downstream.tasks.segmentation import Segmentation
 
-__all__ = ["Classification", "Segmentation", "Task", "to_device"]
+VAL_NAMES = {"cls": Classification.val_names, "seg": Segmentation.val_names}  # by task kind
+
+__all__ = ["VAL_NAMES", "Classification", "Segmentation", "Task", "to_device"]

@@ -31,6 +31,7 @@ class Task(abc.ABC):
     """
 
     select: str = "val_loss"
+    val_names: tuple[str, ...] = ("loss",)  # the numbers ``evaluate`` returns: ``select`` may be val_<one>
 
     def __init__(self, model: nn.Module, frozen: nn.Module | None = None):
         self.model = model

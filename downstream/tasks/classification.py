@@ -28,6 +28,7 @@ class Classification(Task):
     """``model(inputs(batch[key])) -> logits``; loss cross-entropy with ``batch["label"]``."""
 
     select = "val_accuracy"
+    val_names = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "auc", "loss")
 
     def __init__(
         self,

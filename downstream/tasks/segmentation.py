@@ -37,6 +37,7 @@ class Segmentation(Task):
     :class:`~downstream.data.transforms.GeometricAugment`) moves image and mask together."""
 
     select = "val_dice"
+    val_names = ("dice", "iou", "dice_lesion", "iou_lesion")
 
     def __init__(self, model: nn.Module, inputs: Inputs, loss: SegLoss, frozen: nn.Module | None = None):
         super().__init__(model, frozen)
