@@ -89,6 +89,16 @@ def check_values(cfg: PretrainConfig) -> None:
             raise UserError(
                 f"{key}: expected a {'positive' if key == 'train.lr' else 'non-negative'} number, got {value}"
             )
+    d = cfg.data
+    if d.shuffle_buffer < 1 or cfg.seed < 0 or cfg.num_workers < 0:
+        raise UserError(
+            f"data.shuffle_buffer >= 1, seed >= 0 and num_workers >= 0 expected, got {d.shuffle_buffer}, "
+            f"{cfg.seed} and {cfg.num_workers}"
+        )
+    if not 0.0 <= d.max_skipped_share <= 1.0:
+        raise UserError(f"data.max_skipped_share: expected a share in [0, 1], got {d.max_skipped_share}")
+    if not d.stall_timeout_s > 0:  # 0 would switch the guard against a hung store off
+        raise UserError(f"data.stall_timeout_s: expected a positive number of seconds, got {d.stall_timeout_s}")
     if not 0.0 <= cfg.mixup.prob <= 1.0:
         raise UserError(f"mixup.prob: expected a probability in [0, 1], got {cfg.mixup.prob}")
     if t.schedule == "plateau":

@@ -50,10 +50,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards.codec import CorruptSample, decode_gray, decode_jpeg_batch, npy_header
 from shards.handoff import BatchRing
+from shards.loader_args import check_loader_args
 from shards.manifest import encoding_of, resolve_shards
 from shards.read_guard import MAX_SKIPPED_SHARE, STALL_TIMEOUT_S, ReadGuard
 from shards.shardfile import NPY_CODE as _NPY_CODE
-from shards.shardfile import IndexCache, Shard, ShardUnreadable
+from shards.shardfile import IndexCache, Shard, ShardUnreadable, open_shard
 from sonodistill.errors import UserError
 from sonodistill.stop import ignore_stop_signals, worker_context
 
@@ -79,6 +80,21 @@ def default_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+Deal = tuple[list[int], tuple[int, int] | None]
+
+
+def deal(n: int, seed: int, epoch: int, shuffle: bool, slot: int, total: int) -> Deal:
+    """The ``n`` shards' permutation for ``epoch`` (the same on every rank) dealt to ``total`` slots:
+    the shards ``slot`` reads, and (slot, total) when there are fewer shards than slots and every
+    slot reads them all, keeping every ``total``-th sample."""
+    order = list(range(n))
+    if shuffle:
+        random.Random(_seed(seed, epoch, 0)).shuffle(order)
+    if n >= total:
+        return order[slot::total], None
+    return order, (slot, total)
 
 
 class _Window:
@@ -132,12 +148,13 @@ class _SlotStream(IterableDataset):
         self.start, self.rotation, self.image_size, self.epoch_limit = start, rotation, image_size, epoch_limit
         self.decode, self.ring, self.encoding = decode, ring, encoding
         self.parts, self.first_parts = parts, first_parts or {}
+        self.dealt = 1  # shards dealt by sample to this many slots (fewer shards than slots): see __iter__
         self._open: dict[str, Shard | None] = {}  # shards of the current windows (None: unreadable)
         self._indexes = IndexCache()  # shards opened again in later epochs are not indexed again
         self.plan = plan  # resampled mode with source weights: (shard probabilities, keep per source)
 
     # --- the sample order of one slot in one epoch -------------------------------------------------
-    def slot_shards(self, epoch: int, slot: int, total: int) -> tuple[list[int], tuple[int, int] | None]:
+    def slot_shards(self, epoch: int, slot: int, total: int) -> Deal:
         """Indices into ``urls`` this slot reads, in order, and (slot, total) when samples are dealt instead."""
         n = len(self.urls)
         if self.mode == "resampled":
@@ -145,12 +162,7 @@ class _SlotStream(IterableDataset):
             if self.plan is not None:  # shards drawn by their sources' weights (shards.balance)
                 return rng.choices(range(n), weights=self.plan[0], k=max(1, n // total)), None
             return [rng.randrange(n) for _ in range(max(1, n // total))], None
-        order = list(range(n))
-        if self.shuffle:
-            random.Random(_seed(self.seed, epoch, 0)).shuffle(order)
-        if n >= total:
-            return order[slot::total], None
-        return order, (slot, total)
+        return deal(n, self.seed, epoch, self.shuffle, slot, total)
 
     def _slot_total(self, epoch: int, slot: int, total: int) -> int | None:
         """Samples this slot reads in ``epoch`` (from the manifest; None without one)."""
@@ -216,15 +228,33 @@ class _SlotStream(IterableDataset):
         if url not in self._open:
             try:
                 shard: Shard | None = self._indexes.open(url)
-                if not shard.index.complete:
-                    counts["bad_shard"] += 1  # truncated/damaged: the samples before the damage are used
                 self.guard.ok()
             except ShardUnreadable as exc:
                 counts["unreadable_shard"] += 1
                 shard = None
-                self.guard.failed(url, str(exc), self.counts[u] if self.counts is not None else None)
+                self.guard.failed(url, str(exc), self._share(self.counts[u]) if self.counts is not None else None)
             self._open[url] = shard
+            if shard is not None:
+                self._check_length(u, shard, counts)
         return self._open[url]
+
+    def _share(self, samples: int) -> int:
+        """This slot's part of ``samples`` of one shard (all of them unless shards are dealt by sample)."""
+        return -(-samples // self.dealt)
+
+    def _check_length(self, u: int, shard: Shard, counts: Counter) -> None:
+        """A truncated shard, or one holding another number of samples than the manifest says (rebuilt
+        or replaced under an old manifest): what it does not give is lost, counted and guarded."""
+        expected = self.counts[u] if self.counts is not None else None
+        if not shard.index.complete:
+            counts["bad_shard"] += 1  # truncated/damaged: the samples before the damage are used
+            if expected is not None and expected > len(shard):
+                why = f"truncated after {len(shard)} of {expected} samples"
+                self.guard.lost(self.urls[u], why, self._share(expected - len(shard)), "truncated")
+        elif expected is not None and expected != len(shard):
+            counts["shard_mismatch"] += 1
+            why = f"holds {len(shard)} samples, the manifest {expected}: rebuilt or replaced after the manifest"
+            self.guard.lost(self.urls[u], why, self._share(abs(expected - len(shard))), "mismatch")
 
     def _keep_open(self, window: _Window) -> None:
         """Drop the shards the current window does not use (bounded memory: about one window of shards)."""
@@ -310,7 +340,7 @@ class _SlotStream(IterableDataset):
                 if self.with_meta:
                     self._meta(u, m, counts, meta)
             elif o == self._BAD_RAW:
-                counts["bad_size"] += 1
+                self._bad_size(u, counts, "a raw member that is not")
             elif o == self._NOT_RAW:
                 filled += self._decode(np.array([u]), np.array([m]), out, j + len(filled), counts, meta)
         return filled
@@ -330,6 +360,7 @@ class _SlotStream(IterableDataset):
             if self.decode == "device":
                 if enc != "jpeg":
                     counts["not_jpeg"] += 1
+                    self.guard.lost(self.urls[u], f"a {enc} member: decode='device' reads JPEG shards", 1, "not_jpeg")
                     continue
                 filled.append(torch.from_numpy(shard.image(m).copy()))
             else:
@@ -341,7 +372,7 @@ class _SlotStream(IterableDataset):
                 if self.image_size is None:
                     self.image_size = arr.shape[0]
                 if arr.shape != (self.image_size, self.image_size):
-                    counts["bad_size"] += 1
+                    self._bad_size(u, counts, f"a {arr.shape[1]}x{arr.shape[0]} image, not")
                     continue
                 if out is None:
                     filled.append(arr)
@@ -351,6 +382,12 @@ class _SlotStream(IterableDataset):
             if self.with_meta:
                 self._meta(u, m, counts, meta)
         return filled
+
+    def _bad_size(self, u: int, counts: Counter, what: str) -> None:
+        counts["bad_size"] += 1
+        size = self.image_size
+        why = f"{what} {size}x{size}, the loader's image size (shards of one loader share one size)"
+        self.guard.lost(self.urls[u], why, 1, "size")
 
     def _meta(self, u: int, m: int, counts: Counter, meta: list) -> None:
         shard = self._shard(u, counts)
@@ -362,6 +399,7 @@ class _SlotStream(IterableDataset):
         workers = max(1, self.num_workers)
         logical = (worker + self.rotation) % workers
         slot, total = self.rank * workers + logical, self.world_size * workers
+        self.dealt = total if self.mode != "resampled" and len(self.urls) < total else 1
         epoch, skip = self.start[logical]
         counts: Counter = Counter()
         # A resumed slot first finishes the item it was in the middle of, so items stay aligned.
@@ -391,7 +429,7 @@ class _SlotStream(IterableDataset):
             if skip == 0:  # a resumed epoch's first part was read before
                 mine = self.slot_shards(epoch, slot, total)[0]
                 held = sum(self._count(u, counts) for u in mine) if not read else 1
-                self.guard.epoch_end(read, planned, [self.urls[u] for u in mine], held)
+                self.guard.epoch_end(read, planned, [self.urls[u] for u in mine], held, dict(counts))
             skip = 0
             if self.mode == "epoch":
                 break
@@ -496,9 +534,10 @@ def _no_hang(loader: DataLoader, seconds: float, urls: list[str]) -> Iterator[di
         except RuntimeError as exc:
             if "timed out" not in str(exc):
                 raise
+            where = f"{len(urls)} shard(s) under {urls[0].rsplit('/', 1)[0]}/" if len(urls) > 1 else urls[0]
             raise UserError(
                 f"data.shards: no batch from the shard readers for {seconds:.0f} s (data.stall_timeout_s; a store "
-                f"that stopped answering?), shards like {urls[0]}"
+                f"that stopped answering?), reading {where}"
             ) from None
 
 
@@ -534,8 +573,19 @@ class ShardLoader:
     ):
         if mode not in MODES:
             raise UserError(f"shard loader mode '{mode}': expected one of {', '.join(MODES)}")
-        if batch_size < 1:
-            raise UserError(f"shard loader batch_size {batch_size}: expected at least 1")
+        flags = {"shuffle": shuffle, "with_meta": with_meta, "pin_memory": pin_memory, "drop_last": drop_last}
+        check_loader_args(
+            batch_size=batch_size,
+            seed=seed,
+            shuffle_buffer=shuffle_buffer,
+            num_workers=num_workers,
+            prefetch_factor=prefetch_factor,
+            max_skipped_share=max_skipped_share,
+            stall_timeout_s=stall_timeout_s,
+            flags=flags,
+            rank=rank,
+            world_size=world_size,
+        )
         if decode not in DECODE:
             raise UserError(f"shard loader decode '{decode}': expected one of {', '.join(DECODE)}")
         self.urls, self.manifest = resolve_shards(shards)
@@ -554,7 +604,7 @@ class ShardLoader:
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.num_workers, self.with_meta, self.drop_last = num_workers, with_meta, drop_last
         self.pin_memory, self.prefetch_factor, self.decode = pin_memory, prefetch_factor, decode
-        self.image_size = (self.manifest or {}).get("settings", {}).get("size")
+        self.image_size = (self.manifest or {}).get("settings", {}).get("size") or _first_size(self.urls, decode)
         self.counts = _manifest_counts(self.manifest)
         self.plan = _source_plan(source_weights, mode, self.manifest)
         self.max_skipped_share, self.stall_timeout_s = max_skipped_share, stall_timeout_s
@@ -569,6 +619,7 @@ class ShardLoader:
             per_item = ITEM_IMAGES["raw" if self.encoding == "raw" else "decoded"]
             self.parts = max(1, -(-per_item // batch_size))
         self._prefetch = max(2, -(-prefetch_factor // self.parts))
+        self._check_batch_fits()
         self._slots: dict[int, tuple[int, int]] = {}
         self._skipped: dict[int, dict[str, int]] = {}  # per slot, this iter() session
         self._skipped_before: Counter = Counter()  # earlier sessions and loaded states
@@ -576,6 +627,34 @@ class ShardLoader:
         self._pending: tuple[int, int] | None = None  # (slot, batches of its current item still to come)
         self._pass = 0  # epoch mode: which pass the next iter() makes
         self._pass_done = False
+
+    def _check_batch_fits(self) -> None:
+        """A batch is cut from one worker's stream: one larger than what a worker reads per epoch
+        gives no batch in an ``epoch`` pass (``drop_last``) and repeats images within a batch in a
+        ``loop``; said up front (from the manifest's counts, epoch 0's deal) instead of in silence."""
+        if self.counts is None or self.mode == "resampled":
+            return
+        workers, n = max(1, self.num_workers), len(self.counts)
+        totals = []
+        for w in range(workers):
+            slot, total = self.rank * workers + w, self.world_size * workers
+            mine, modulo = deal(n, self.seed, 0, self.shuffle, slot, total)
+            held = sum(self.counts[u] for u in mine)
+            totals.append(held // modulo[1] if modulo is not None else held)
+        if self.batch_size <= min(totals):
+            return
+        what = (
+            f"shard loader batch_size {self.batch_size}: more than the {min(totals)}"
+            + (f"-{max(totals)}" if max(totals) != min(totals) else "")
+            + f" samples each of this rank's {workers} loader worker(s) reads per epoch (a batch comes from one worker)"
+        )
+        if self.mode == "epoch" and self.drop_last and self.batch_size > max(totals):
+            raise UserError(f"{what}: an epoch pass with drop_last gives no batch; lower batch_size or num_workers")
+        log.warning(
+            f"{what}: "
+            + ("a batch repeats images of the worker's next epoch" if self.mode == "loop" else "those give no batch")
+            + "; lower batch_size or num_workers"
+        )
 
     @property
     def ring_slots(self) -> int:
@@ -681,7 +760,9 @@ class ShardLoader:
             "version": STATE_VERSION,
             "mode": self.mode,
             "seed": self.seed,
+            "rank": self.rank,
             "world_size": self.world_size,
+            "encoding": self.encoding,
             "num_workers": self.num_workers,
             "batch_size": self.batch_size,
             "shuffle_buffer": self.shuffle_buffer,
@@ -696,12 +777,14 @@ class ShardLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        keys = ("mode", "seed", "world_size", "num_workers", "batch_size", "shuffle_buffer", "parts", "shuffle")
-        # "shuffle" is compared when recorded (states written before it was keep resuming exactly)
+        keys = ("mode", "seed", "rank", "world_size", "encoding", "num_workers", "batch_size", "shuffle_buffer")
+        keys += ("parts", "shuffle")
+        # keys recorded later are compared when recorded (older states keep resuming exactly)
+        later = ("shuffle", "rank", "encoding")
         differs = [
             f"{k} {state.get(k)!r} -> {getattr(self, k)!r}"
             for k in keys
-            if state.get(k) != getattr(self, k) and (k in state or k != "shuffle")
+            if state.get(k) != getattr(self, k) and (k in state or k not in later)
         ]
         if state.get("version") != STATE_VERSION:
             differs.append(f"loader version {state.get('version')} -> {STATE_VERSION}")
@@ -726,6 +809,28 @@ class ShardLoader:
         self._pending = tuple(state["pending"]) if state.get("pending") else None
         self._pass = int(state.get("pass", 0))
         self._pass_done = bool(state.get("pass_done", False))
+
+
+def _first_size(urls: list[str], decode: str) -> int | None:
+    """The image size of a shard list without a manifest, from its first local shard's first image,
+    so that every worker holds the same size (None: remote lists, and decode='device', learn it
+    from their first sample)."""
+    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    if decode != "worker" or not local:
+        return None
+    try:
+        shard = open_shard(local[0])
+    except ShardUnreadable:
+        return None
+    for m in range(len(shard)):
+        enc = shard.index.encoding(m)
+        if enc is None:
+            continue
+        try:
+            return int(decode_gray(shard.image(m), enc).shape[0])
+        except CorruptSample:
+            continue
+    return None
 
 
 def _source_plan(weights: str | dict | None, mode: str, manifest: dict | None):

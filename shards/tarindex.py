@@ -118,7 +118,9 @@ def _index_vectorised(buf: np.ndarray) -> TarIndex | None:
     json_size[sample_of[sel]] = sizes[sel]
     first = np.flatnonzero(new_sample)
     keys = [names[i, : dot[i]].tobytes() for i in first]
-    return TarIndex(keys, image_offset, image_size, image_ext, json_offset, json_size, complete=True)
+    # an archive cut at a member boundary lacks the zero blocks that end every tar: samples may be gone
+    complete = bool(after[-1] < nblocks)
+    return TarIndex(keys, image_offset, image_size, image_ext, json_offset, json_size, complete=complete)
 
 
 def _padded(ext: str) -> np.ndarray:
@@ -136,10 +138,11 @@ def _split(name: str) -> tuple[str, str] | None:
 
 def _index_tarfile(buf: np.ndarray) -> TarIndex:
     members: list[tuple[str, str, int, int]] = []
-    complete = True
+    complete, end = True, 0
     try:
         with tarfile.open(fileobj=io.BytesIO(memoryview(buf)), mode="r:") as tf:
             for m in tf:
+                end = m.offset_data + -(-m.size // BLOCK) * BLOCK
                 if not m.isfile():
                     continue
                 if m.offset_data + m.size > len(buf):
@@ -149,6 +152,9 @@ def _index_tarfile(buf: np.ndarray) -> TarIndex:
                 if split is not None:
                     members.append((split[0], split[1].lower(), m.offset_data, m.size))
     except (tarfile.TarError, OSError, ValueError, EOFError):
+        complete = False
+    # tarfile ends quietly at a partial header block; a whole archive ends in zero blocks
+    if complete and end and (len(buf) - end < BLOCK or not (buf[end : end + BLOCK] == 0).all()):
         complete = False
     keys: list[bytes] = []
     rows: list[list[int]] = []

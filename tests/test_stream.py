@@ -220,9 +220,13 @@ def test_wrong_size_sample_is_skipped(tmp_path):
     m = json.loads((root / "manifest.json").read_text())
     m["shards"].append("shard-000001.tar")
     (root / "manifest.json").write_text(json.dumps(m))
-    loader = ShardLoader(root, batch_size=1, mode="epoch", num_workers=0, drop_last=False, shuffle=False)
+    # one odd sample in five is tolerated when the run allows that share, and counted
+    kw = dict(batch_size=1, mode="epoch", num_workers=0, drop_last=False, shuffle=False)
+    loader = ShardLoader(root, max_skipped_share=0.25, **kw)
     assert sum(b["image"].shape[0] for b in loader) == 4
     assert loader.skipped == {"bad_size": 1}
+    with pytest.raises(UserError, match=r"1 of 5 samples \(20.0%\) lost this epoch \(1 of another image size\)"):
+        list(ShardLoader(root, **kw))
 
 
 def test_brace_pattern_and_list_inputs(shards):
