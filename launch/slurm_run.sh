@@ -14,7 +14,12 @@ set -u
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
 EXIT_PREEMPTED=75
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+# the task's CPUs, whatever the submitting shell exported (sbatch passes its environment on)
+export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}
+if ! command -v "$PYTHON" >/dev/null; then
+  echo "sonodistill: error: no Python at $PYTHON (run \`make venv\` in $REPO, or set PYTHON=/path/to/python)" >&2
+  exit 2
+fi
 
 sonodistill_part() {
   [ -n "${SLURM_ARRAY_TASK_COUNT:-}" ] || return 0
@@ -33,15 +38,17 @@ sonodistill_run() {
   trap 'interrupted=1; echo "sonodistill: SIGTERM received, waiting for ${label} to keep its work"' TERM
   trap 'interrupted=1; echo "sonodistill: SIGUSR1 received, waiting for ${label} to keep its work"' USR1
   "$@" &
-  local pid=$! rc=0 status
+  local pid=$! rc=1 status again=0
   # `wait` returns early when a trapped signal arrives; wait again until the step's own status is known.
   while :; do
     interrupted=0
     wait "$pid"
     status=$?
-    [ "$status" -eq 127 ] && break # already collected (a signal raced the previous wait)
+    # 127 on a second wait: already collected (a signal raced the previous one); on the first, the step's code
+    [ "$again" -eq 1 ] && [ "$status" -eq 127 ] && break
     rc=$status
     [ "$interrupted" -eq 1 ] || break
+    again=1
   done
   if [ "$rc" -eq "$EXIT_PREEMPTED" ]; then
     # An array's last task carries the array's own id: requeueing that id would requeue every task.
