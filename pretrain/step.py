@@ -34,5 +34,7 @@ def distill_loss(
         target = mix(teacher(clean), plan)
     else:
         target = teacher(x)
-    pred = student(x)
+    # DeepSpeed's bf16/fp16 mode holds the student's weights in that type and autocasts nothing
+    dtype = next(student.parameters()).dtype
+    pred = student(x if x.dtype == dtype or not dtype.is_floating_point else x.to(dtype))
     return token_mse(pred, target)

@@ -127,6 +127,17 @@ def test_same_view_reaches_teacher_and_student(teacher, prob):
     assert loss.item() == pytest.approx(expect.item(), rel=1e-5)
 
 
+def test_a_student_held_in_bf16_gets_its_input_in_bf16(teacher):
+    """DeepSpeed's bf16 mode casts the student's weights and autocasts nothing: the float32 view
+    must reach it as bf16 (a conv of float32 input and bf16 weights fails)."""
+    student = build_student(SMALL, teacher.embed_dim, 32, image_size=64, patch_size=16).eval()
+    student.to(torch.bfloat16)
+    view = teacher.normalize(torch.rand(2, 1, 64, 64))
+    loss = distill_loss(teacher, student, view, MixupConfig(prob=0.0))
+    expect = token_mse(student(view.to(torch.bfloat16)), teacher(view))
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(expect.item(), rel=1e-6)
+
+
 def test_target_mode_interpolates_teacher_features(teacher):
     student = build_student(SMALL, teacher.embed_dim, 32, image_size=64, patch_size=16).eval()
     view = teacher.normalize(torch.rand(4, 1, 64, 64))
