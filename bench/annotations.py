@@ -58,6 +58,7 @@ from shards.synth.presets import PRESETS
 from shards.synth.render import render
 from shards.thresholds import MARK_MIN_FRAME
 from shards.tint import residual_colour
+from sonodistill.arg_checks import at_least
 from sonodistill.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,6 +233,7 @@ def main() -> None:
     ap.add_argument("--before", default=BEFORE, help="the commit to compare the build speed with")
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
+    at_least(args, {"seeds": 1, "rounds": 1})
     t0 = time.time()
     frames = real_frames(args.frames)
     result: dict = {"bench": "annotations", "frames": len(frames)}

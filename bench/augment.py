@@ -47,6 +47,7 @@ from PIL import Image
 
 from pretrain.augment import PretrainAugmentConfig, build_augment, build_effects, to_unit_float
 from pretrain.us_geometry import estimate_geometry
+from sonodistill.arg_checks import at_least
 from sonodistill.figures import save_figure
 
 EFFECTS = ("attenuation", "shadow", "haze", "despeckle")
@@ -261,6 +262,7 @@ def main() -> None:
     )
     ap.add_argument("--examples", default=None, help="save a PNG of example views here")
     args = ap.parse_args()
+    at_least(args, {"batch": 1, "size": 32, "repeats": 1, "threads": 1})
 
     import cv2
 

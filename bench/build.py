@@ -30,6 +30,7 @@ from shards.catalogue import SourceConfig
 from shards.frames import Sampling
 from shards.options import SourceOptions
 from shards.synth import write_corpus
+from sonodistill.arg_checks import at_least
 
 FAMILIES = ("image", "dicom", "video", "nifti")
 
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--clip-frames", type=int, nargs=2, default=[150, 600], help="short and long clip lengths")
     ap.add_argument("--skip-corpus", action="store_true", help="only the per-reader part")
     args = ap.parse_args()
+    at_least(args, {"workers": 1, "size": 32})
     result: dict = {"bench": "build", "workers": args.workers, "size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_corpus:

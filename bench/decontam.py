@@ -67,6 +67,7 @@ from shards.decode import read_pixels  # noqa: E402
 from shards.match import MATCH_SIDE, canonical  # noqa: E402
 from shards.ordered_pool import ordered_map  # noqa: E402
 from shards.synth.copies import crop, jpeg, resize  # noqa: E402
+from sonodistill.arg_checks import at_least  # noqa: E402
 
 POCUS = REPO / ".cache" / "itk-pocus" / "itk-pocus-0.3.2" / "tests" / "data"
 # Files of the sets that copy another file of the same set (found by eye in the calibration set): never references.
@@ -403,6 +404,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, help="write every result (lists of misses included) here")
     args = p.parse_args()
+    at_least(args, {"synthetic": 1, "per_transform": 1, "timed": 1, "workers": 1})
     sizes = tuple(int(x) for x in args.sizes.split(","))
     brute = tuple(int(x) for x in args.brute.split(","))
     with tempfile.TemporaryDirectory(prefix="decontam-") as tmp:

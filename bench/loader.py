@@ -53,6 +53,7 @@ from shards.manifest import encoding_of, resolve_shards
 from shards.shardfile import open_shard, read_local
 from shards.stream import ShardLoader
 from shards.synth.shard_set import write_shard_set
+from sonodistill.arg_checks import at_least
 
 GPU_IMG_S = 4400.0
 TARGET_RATIO = 0.95  # loader / limit, every encoding (issue 11, issue 20)
@@ -280,6 +281,7 @@ def main() -> None:
     )
     ap.add_argument("--gpu-img-s", type=float, default=GPU_IMG_S, help="one GPU's consumption, images/s")
     args = ap.parse_args()
+    at_least(args, {"batch_size": 1, "rounds": 1, "n": 1, "size": 16, "seconds": 1})
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         run(args, Path(tmp))

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sonodistill.arg_checks import at_least
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -193,6 +195,7 @@ def main() -> dict:
     p.add_argument("--two-threads", action="store_true", help="also time the sweep as one process with 2 threads")
     p.add_argument("--paper-parts", type=int, default=16, help="parts of the paper grid's expected-cost balance")
     args = p.parse_args()
+    at_least(args, {"busi": 12, "corpus": 1, "epochs": 1, "size": 32, "seeds": 1, "paper_parts": 1})
     with tempfile.TemporaryDirectory(prefix="bench_parts_") as folder:
         return _bench(Path(folder), args)
 

@@ -44,6 +44,7 @@ from pretrain.step import distill_loss, make_view
 from pretrain.student import build_student
 from shards.stream import ShardLoader
 from shards.synth.shard_set import write_shard_set
+from sonodistill.arg_checks import at_least
 from sonodistill.dinov3 import DINOv3, init_tiny
 
 # --config presets of the profile: (student, head hidden, size, teacher preset, batch, preset)
@@ -70,7 +71,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="phase table and torch.profiler trace instead")
     ap.add_argument("--config", choices=sorted(CONFIGS), default="tiny", help="--profile: tiny or paper")
     ap.add_argument("--out", default="runs/bench_profile", help="--profile: folder for trace.json and phases.json")
-    return ap.parse_args()
+    args = ap.parse_args()
+    at_least(args, {"size": 32, "batch": 1, "steps": 1, "rounds": 1, "workers": 0, "corpus_size": 1})
+    return args
 
 
 def main() -> None:

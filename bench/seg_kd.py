@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sonodistill.arg_checks import at_least
+
 
 def foundation_encoder(data: Path, out: Path, size: int, epochs: int) -> Path:
     """A ResNet-18 encoder taken from a U-Net trained on every training label (save_for_hf folder)."""
@@ -62,6 +64,7 @@ def main() -> dict:
     p.add_argument("--unlabelled", action="store_true", help="also the semi-supervised variant")
     p.add_argument("--out", default="", help="work folder, kept (default: a temporary one, removed at the end)")
     args = p.parse_args()
+    at_least(args, {"n": 12, "size": 32, "epochs": 1, "pretrain_epochs": 1})
 
     from downstream.sweep import SweepConfig, run_sweep
     from shards.synth import write_ddti

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sonodistill.arg_checks import at_least
+
 
 def parse_args() -> argparse.Namespace:
     """The command line (see the module doc)."""
@@ -36,7 +38,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--method", default="kd:vit_mobilenet")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    return p.parse_args()
+    args = p.parse_args()
+    at_least(args, {"n": 12, "size": 32, "epochs": 1, "workers": 0, "threads": 0})
+    return args
 
 
 def run_sweep_on_synthetic(args: argparse.Namespace, tmp: Path) -> tuple[Path, float]:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from shards.synth import PRESETS, render
 from shards.synth.shard_set import write_shard_set
+from sonodistill.arg_checks import at_least
 
 LESION_PRESETS = ("breast", "thyroid", "liver")
 LESIONS = ("normal", "benign", "malignant")
@@ -132,6 +133,18 @@ def main() -> None:
     ap.add_argument("--probe-images", type=int, default=600, help="per probe split (train and test)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    at_least(
+        args,
+        {
+            "size": 32,
+            "teacher_images": 12,
+            "teacher_epochs": 1,
+            "corpus": 1,
+            "steps": 1,
+            "batch": 2,
+            "probe_images": 12,
+        },
+    )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         run(args, Path(args.out))

@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
         (["bench/optimizer.py", "--steps", "0"], "error: --steps 0: expected at least 1"),
         (["bench/optimizer.py", "--model", "nosuch"], "error: --model nosuch: not a timm model (see timm.list_models"),
         (["bench/probe.py", "--size", "0"], "error: --size 0: expected at least 32"),
+        (["bench/augment.py", "--batch", "0"], "error: --batch 0: expected at least 1"),
+        (["bench/loader.py", "--rounds", "0"], "error: --rounds 0: expected at least 1"),
+        (["bench/pretrain_step.py", "--rounds", "0"], "error: --rounds 0: expected at least 1"),
     ],
 )
 def test_bad_numbers_are_one_line(args, message, tmp_path):

@@ -127,3 +127,38 @@ def test_a_bench_script_logs_like_a_command_and_keeps_stdout_for_its_report(tmp_
     bad = [sys.executable, "bench/edge.py", "--models", "nope"]
     proc = subprocess.run(bad, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: unknown model(s) ['nope']")
+
+
+def test_a_deepspeed_that_cannot_import_fails_its_part_only(tmp_path, monkeypatch):
+    """accelerate imports an installed DeepSpeed inside transformers' save_pretrained: one that is
+    installed without its dependencies must cost the deepspeed part, not every part saving a teacher."""
+    from accelerate.utils.imports import is_deepspeed_available
+
+    gpu = _bench_module()
+    fake = tmp_path / "site" / "deepspeed"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import einops_missing_here\n")
+    info = tmp_path / "site" / "deepspeed-0.0.0.dist-info"  # accelerate checks the distribution too
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: deepspeed\nVersion: 0.0.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delitem(sys.modules, "deepspeed", raising=False)
+    assert is_deepspeed_available()
+    reason = gpu.hide_broken_deepspeed()
+    assert reason.startswith("import deepspeed failed: ModuleNotFoundError: No module named 'einops_missing_here'")
+    assert not is_deepspeed_available()
+    from sonodistill.dinov3 import init_tiny
+
+    assert (init_tiny(tmp_path / "teacher", seed=0) / "config.json").is_file()  # saves as if DeepSpeed were absent
+    b = gpu.Bench(argparse.Namespace(smoke=True, budget=100.0, out=None, parts=""), tmp_path)
+    b.deepspeed_broken = reason
+    out = gpu.run_part(b, "deepspeed")
+    assert out["ok"] is False and out["error"] == f"RuntimeError: {reason}"
+
+
+def test_a_budget_that_is_not_positive_is_refused():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--budget", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --budget 0: expected a positive number of seconds"
