@@ -510,19 +510,22 @@ def run_bounded(cmd: list[str], env: dict, timeout: float) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def hide_broken_deepspeed() -> str | None:
+def hide_broken_deepspeed(probe: bool = True) -> str | None:
     """Why an installed DeepSpeed cannot be imported (None: it can, or it is not installed); a broken
     one is hidden from this process, since accelerate imports it inside transformers'
-    ``save_pretrained`` whenever it is installed and would fail every part that saves a teacher."""
+    ``save_pretrained`` whenever it is installed and would fail every part that saves a teacher.
+    Without ``probe`` (no deepspeed part to run) it is hidden untried: no other part uses it."""
     import importlib.util
 
     if importlib.util.find_spec("deepspeed") is None:
         return None
-    probe = [sys.executable, "-c", "import deepspeed"]
+    if not probe:
+        sys.modules["deepspeed"] = None
+        return None
     try:
-        done = subprocess.run(probe, capture_output=True, text=True, timeout=180)
+        done = subprocess.run([sys.executable, "-c", "import deepspeed"], capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
-        reason = "import deepspeed took over 180 s"
+        reason = "import deepspeed took over 60 s"
     else:
         if done.returncode == 0:
             return None
@@ -750,7 +753,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         b = Bench(args, Path(tmp))
-        b.deepspeed_broken = hide_broken_deepspeed()  # before any part saves a teacher (see there)
+        b.deepspeed_broken = hide_broken_deepspeed(probe="deepspeed" in parts)  # before a teacher is saved
         for name in PARTS:
             if name in parts:
                 b.results[name] = run_part(b, name)

@@ -50,7 +50,7 @@ class ReadGuard:
 
     def new_epoch(self, total: int | None) -> None:
         self.total, self.skipped, self.failures = total, 0, []
-        self.causes = Counter()
+        self.causes, self.last = Counter(), None
 
     def ok(self) -> None:
         self.last_ok = time.monotonic()

@@ -97,6 +97,13 @@ def deal(n: int, seed: int, epoch: int, shuffle: bool, slot: int, total: int) ->
     return order, (slot, total)
 
 
+def dealt_samples(counts: list[int], mine: list[int], modulo: tuple[int, int] | None) -> int:
+    """Samples a slot reads from its dealt shards (``deal``): with fewer shards than slots, slot
+    ``s`` of ``total`` keeps the samples whose running index is ``s`` modulo ``total``."""
+    held = sum(counts[u] for u in mine)
+    return len(range(modulo[0], held, modulo[1])) if modulo is not None else held
+
+
 class _Window:
     """A permuted run of a slot's samples: ``(shard, member)`` per position; ``start`` = position in the epoch."""
 
@@ -150,6 +157,8 @@ class _SlotStream(IterableDataset):
         self.parts, self.first_parts = parts, first_parts or {}
         self.dealt = 1  # shards dealt by sample to this many slots (fewer shards than slots): see __iter__
         self._open: dict[str, Shard | None] = {}  # shards of the current windows (None: unreadable)
+        self._unreadable: dict[str, str] = {}  # why, per unreadable shard
+        self._checked: set[int] = set()  # shards whose losses this epoch has counted
         self._indexes = IndexCache()  # shards opened again in later epochs are not indexed again
         self.plan = plan  # resampled mode with source weights: (shard probabilities, keep per source)
 
@@ -168,9 +177,7 @@ class _SlotStream(IterableDataset):
         """Samples this slot reads in ``epoch`` (from the manifest; None without one)."""
         if self.counts is None:
             return None
-        mine, modulo = self.slot_shards(epoch, slot, total)
-        n = sum(self.counts[u] for u in mine)
-        return n // modulo[1] if modulo is not None else n
+        return dealt_samples(self.counts, *self.slot_shards(epoch, slot, total))
 
     def _count(self, u: int, counts: Counter) -> int:
         if self.counts is not None:
@@ -227,16 +234,21 @@ class _SlotStream(IterableDataset):
         url = self.urls[u]
         if url not in self._open:
             try:
-                shard: Shard | None = self._indexes.open(url)
+                self._open[url] = self._indexes.open(url)
                 self.guard.ok()
             except ShardUnreadable as exc:
+                self._open[url] = None
+                self._unreadable[url] = str(exc)
+        shard = self._open[url]
+        if u not in self._checked:  # what a shard loses counts once per epoch (it may stay open across one)
+            self._checked.add(u)
+            if shard is None:
                 counts["unreadable_shard"] += 1
-                shard = None
-                self.guard.failed(url, str(exc), self._share(self.counts[u]) if self.counts is not None else None)
-            self._open[url] = shard
-            if shard is not None:
+                share = self._share(self.counts[u]) if self.counts is not None else None
+                self.guard.failed(url, self._unreadable[url], share)
+            else:
                 self._check_length(u, shard, counts)
-        return self._open[url]
+        return shard
 
     def _share(self, samples: int) -> int:
         """This slot's part of ``samples`` of one shard (all of them unless shards are dealt by sample)."""
@@ -408,6 +420,7 @@ class _SlotStream(IterableDataset):
         while self.epoch_limit is None or epoch < self.epoch_limit:
             consumed, read, planned = 0, 0, 0
             self.guard.new_epoch(self._slot_total(epoch, slot, total))
+            self._checked, before = set(), Counter(counts)
             for window in self.windows(epoch, slot, total, counts):
                 end = window.start + len(window)
                 planned = end
@@ -429,7 +442,7 @@ class _SlotStream(IterableDataset):
             if skip == 0:  # a resumed epoch's first part was read before
                 mine = self.slot_shards(epoch, slot, total)[0]
                 held = sum(self._count(u, counts) for u in mine) if not read else 1
-                self.guard.epoch_end(read, planned, [self.urls[u] for u in mine], held, dict(counts))
+                self.guard.epoch_end(read, planned, [self.urls[u] for u in mine], held, dict(counts - before))
             skip = 0
             if self.mode == "epoch":
                 break
@@ -534,7 +547,7 @@ def _no_hang(loader: DataLoader, seconds: float, urls: list[str]) -> Iterator[di
         except RuntimeError as exc:
             if "timed out" not in str(exc):
                 raise
-            where = f"{len(urls)} shard(s) under {urls[0].rsplit('/', 1)[0]}/" if len(urls) > 1 else urls[0]
+            where = f"{len(urls)} shards (the first {urls[0]})" if len(urls) > 1 else urls[0]
             raise UserError(
                 f"data.shards: no batch from the shard readers for {seconds:.0f} s (data.stall_timeout_s; a store "
                 f"that stopped answering?), reading {where}"
@@ -638,9 +651,7 @@ class ShardLoader:
         totals = []
         for w in range(workers):
             slot, total = self.rank * workers + w, self.world_size * workers
-            mine, modulo = deal(n, self.seed, 0, self.shuffle, slot, total)
-            held = sum(self.counts[u] for u in mine)
-            totals.append(held // modulo[1] if modulo is not None else held)
+            totals.append(dealt_samples(self.counts, *deal(n, self.seed, 0, self.shuffle, slot, total)))
         if self.batch_size <= min(totals):
             return
         what = (
@@ -650,11 +661,13 @@ class ShardLoader:
         )
         if self.mode == "epoch" and self.drop_last and self.batch_size > max(totals):
             raise UserError(f"{what}: an epoch pass with drop_last gives no batch; lower batch_size or num_workers")
-        log.warning(
-            f"{what}: "
-            + ("a batch repeats images of the worker's next epoch" if self.mode == "loop" else "those give no batch")
-            + "; lower batch_size or num_workers"
-        )
+        if self.mode == "loop":
+            effect = "a batch repeats images of the worker's next epoch"
+        elif self.drop_last:
+            effect = "the workers holding fewer give no batch"
+        else:
+            effect = "those workers' batches come short"
+        log.warning(f"{what}: {effect}; lower batch_size or num_workers")
 
     @property
     def ring_slots(self) -> int:
@@ -815,7 +828,7 @@ def _first_size(urls: list[str], decode: str) -> int | None:
     """The image size of a shard list without a manifest, from its first local shard's first image,
     so that every worker holds the same size (None: remote lists, and decode='device', learn it
     from their first sample)."""
-    local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    local = [u for u in urls if u.startswith("file://") or ("://" not in u and not u.startswith("pipe:"))]
     if decode != "worker" or not local:
         return None
     try:

@@ -88,10 +88,54 @@ def test_a_batch_no_worker_can_fill(tmp_path, caplog):
     root = _with_counts(make_shards(tmp_path / "s", n_shards=4, per_shard=10), 10)
     with pytest.raises(UserError, match=r"batch_size 30: more than the 20 samples each of this rank's 2 loader"):
         ShardLoader(root, batch_size=30, mode="epoch", num_workers=2)
-    ShardLoader(root, batch_size=30, mode="epoch", num_workers=2, drop_last=False)  # the short batches come
+    with caplog.at_level(logging.WARNING, logger="shards.stream"):
+        short = ShardLoader(root, batch_size=30, mode="epoch", num_workers=2, drop_last=False, shuffle=False)
+    assert "those workers' batches come short" in caplog.text
+    assert sorted(len(b["image"]) for b in short) == [20, 20]
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="shards.stream"):
         ShardLoader(root, batch_size=30, mode="loop", num_workers=2)
     assert "a batch repeats images of the worker's next epoch" in caplog.text
+
+
+def test_fewer_shards_than_workers_deal_samples_and_the_check_counts_them_so(tmp_path):
+    """One shard of 10 over 4 ranks: rank 0 keeps samples 0, 4 and 8, so a batch of 3 fits it."""
+    root = _with_counts(make_shards(tmp_path / "s", n_shards=1, per_shard=10), 10)
+    kw = dict(batch_size=3, mode="epoch", num_workers=0, world_size=4, with_meta=True, shuffle=False)
+    assert keys_of(ShardLoader(root, rank=0, **kw)) == ["00000000", "00000004", "00000008"]
+    with pytest.raises(UserError, match="more than the 2 samples each of this rank's 1 loader worker"):
+        ShardLoader(root, rank=2, **kw)  # samples 2 and 6
+
+
+def test_a_loss_counts_in_every_epoch_of_a_loop(tmp_path):
+    """A damaged shard loses its samples every epoch, also when it stays open across the boundary."""
+    root = _with_counts(make_shards(tmp_path / "s", n_shards=1, per_shard=20), 20)
+    shard = root / "shard-000000.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2 + 100])
+    loader = ShardLoader(root, batch_size=2, mode="loop", num_workers=0, max_skipped_share=0.9, shuffle=False)
+    it = iter(loader)
+    for _ in range(30):  # about four passes over the 8-9 samples left
+        next(it)
+    assert loader.skipped["bad_shard"] >= 3
+
+
+def test_a_tar_cut_at_a_member_boundary_is_cut_short(tmp_path):
+    """tar archives end in zero blocks: one cut exactly between two members reads as a whole
+    archive to tarfile, and would lose its tail in silence."""
+    from shards.tarindex import BLOCK, index_tar
+
+    root = make_shards(tmp_path / "s", n_shards=1, per_shard=6)
+    buf = np.frombuffer((root / "shard-000000.tar").read_bytes(), np.uint8)
+    whole = index_tar(buf)
+    assert whole.complete and len(whole) == 6
+    end = int(whole.json_offset[3] + whole.json_size[3])  # the end of sample 3's last member
+    end = max(end, int(whole.image_offset[3] + whole.image_size[3]))
+    end = -(-end // BLOCK) * BLOCK
+    for cut in (buf[:end], np.concatenate([buf[:end], np.full(100, 7, np.uint8)])):  # fast path; tarfile's
+        index = index_tar(cut)
+        assert len(index) == 4 and not index.complete
+    assert index_tar(np.concatenate([buf[:end], np.zeros(2 * BLOCK, np.uint8)])).complete
 
 
 @pytest.mark.parametrize(
@@ -145,4 +189,4 @@ def test_the_stall_message_does_not_blame_a_shard_that_was_read():
 
     with pytest.raises(UserError) as info:
         next(_no_hang(Stalled(), 10, ["http://h/s/shard-000000.tar", "http://h/s/shard-000001.tar"]))
-    assert str(info.value).endswith("reading 2 shard(s) under http://h/s/")
+    assert str(info.value).endswith("reading 2 shards (the first http://h/s/shard-000000.tar)")
