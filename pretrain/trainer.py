@@ -143,11 +143,26 @@ def _max_steps(cfg: PretrainConfig, num_samples: int | None, global_batch: int) 
     raise UserError("train.max_steps: must be set when the shards have no manifest (sample count unknown)")
 
 
+COMPILED_PREFIX = "_orig_mod."  # torch.compile's OptimizedModule wrapper in state_dict keys
+
+
 def _fill_deepspeed_config(accelerator, cfg: PretrainConfig) -> None:
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is None:
         return
     ds = plugin.deepspeed_config
+    # DeepSpeed's own bf16 mode casts the weights but not BatchNorm's running statistics (the first
+    # BN fails) and keeps float32 weights only in the optimiser's shards (the saved student would
+    # be bf16-rounded); its torch_autocast mode keeps float32 weights and autocasts the forward,
+    # as the DDP path does.
+    if accelerator.mixed_precision == "fp16":
+        raise UserError(
+            "mixed_precision=fp16 under DeepSpeed: not supported (its fp16 mode casts the student's "
+            "weights, not BatchNorm's statistics); use bf16 (Ampere GPUs and later) or the DDP configs"
+        )
+    if accelerator.mixed_precision == "bf16" and "torch_autocast" not in ds:
+        ds["bf16"], ds["fp16"] = {"enabled": False}, {"enabled": False}
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     # We stream our own batches, so accelerate cannot infer these "auto" values from a dataloader.
     if plugin.is_auto("train_micro_batch_size_per_gpu"):
         ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
@@ -531,7 +546,9 @@ def _checkpoint(s: Session, step: int, base_meta: dict) -> Path:
     def write_weights(folder: Path) -> None:
         sd = s.accelerator.get_state_dict(s.model)
         if s.is_main:
-            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(folder / "student.safetensors"))
+            # accelerate's own dynamo wrapper (`accelerate launch --dynamo_backend`) prefixes every key
+            plain = {k.removeprefix(COMPILED_PREFIX): v.detach().contiguous().cpu() for k, v in sd.items()}
+            save_file(plain, str(folder / "student.safetensors"))
 
     meta = base_meta | {"step": step, "samples_seen": step * s.global_batch, "time": time.time()}
     loader_state = s.loader.state_dict()
@@ -596,8 +613,8 @@ def loop(
                 if keys_fh is not None:
                     keys_fh.write(json.dumps({"step": step + 1, "keys": list(batch["key"])}) + "\n")
                 loss_acc += backward_view(s, make_view(batch_images(batch, device), s.augment, s.teacher))
+            step_lr.append(s.optimizer.param_groups[0]["lr"])  # the rate this step uses (host value: no sync)
             gnorm = optimizer_step(s, max_norm)
-            step_lr.append(s.optimizer.param_groups[0]["lr"])  # host value: no sync
             step_loss[pending] = loss_acc / s.accum
             if isinstance(gnorm, torch.Tensor):
                 step_gnorm[pending] = gnorm.detach()

@@ -120,3 +120,25 @@ def test_sbatch_checkpoints_and_requeues_on_preemption(shard_dir, tiny_teacher_d
     assert "requeue" not in (tmp_path / "scontrol.log").read_text()
     assert list_checkpoints(out)[-1][0] == 12
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 13))
+
+
+@pytest.mark.slow
+def test_a_run_compiled_by_accelerate_saves_plain_keys_that_export(shard_dir, tiny_teacher_dir, tmp_path):
+    """``accelerate launch --dynamo_backend`` wraps the student in torch.compile's OptimizedModule,
+    whose state_dict prefixes every key with ``_orig_mod.``: the saved student must not carry it."""
+    from safetensors.torch import load_file
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    out = tmp_path / "run"
+    run = tiny_overrides(shard_dir, tiny_teacher_dir, out, train__max_steps=2, train__save_every=2)
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--config_file", str(LAUNCH / "accelerate" / "cpu.yaml")]
+    cmd += ["--dynamo_backend", "eager", str(REPO / "pretrain" / "run.py"), "--config", str(TINY_YAML), *run]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    keys = load_file(str(out / "checkpoints" / "step_00000002" / "student.safetensors")).keys()
+    assert keys and not any(k.startswith("_orig_mod.") for k in keys)
+    cmd = [sys.executable, "-m", "pretrain.export", "--checkpoint", str(out), "--out", str(tmp_path / "export")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "export" / "model.safetensors").is_file()
