@@ -1,7 +1,8 @@
 """How many loader worker processes a process may start: never more than the cores it may use.
 
 A 2-core machine asked for 4 workers per process runs slower and PyTorch warns on every loader;
-a node running several ranks shares its cores between them. Every stage's ``num_workers`` goes
+a node running several ranks shares its cores between them, unless each rank is bound to cores of
+its own (SLURM's ``--cpus-per-task`` with task binding, a container's cpuset). Every stage's ``num_workers`` goes
 through :func:`loader_workers` before a loader is built.
 """
 
@@ -17,6 +18,10 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
+def machine_cores() -> int:
+    return os.cpu_count() or 1
+
+
 def processes_per_node() -> int:
     """Processes of a distributed launch sharing this node's cores (1 when not distributed)."""
     for var in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
@@ -27,7 +32,10 @@ def processes_per_node() -> int:
 
 
 def loader_workers(requested: int) -> int:
-    """``requested`` workers capped at this process's share of the node's cores (0 stays 0)."""
+    """``requested`` workers capped at this process's share of the node's cores (0 stays 0): the
+    cores it is bound to, or, free to run on every core, an equal share of them per process."""
     if requested <= 0:
         return 0
-    return max(1, min(requested, available_cores() // processes_per_node()))
+    cores = available_cores()
+    share = cores if cores < machine_cores() else cores // processes_per_node()
+    return max(1, min(requested, share))

@@ -185,14 +185,23 @@ def test_loader_workers_never_exceed_the_cores_of_this_process(monkeypatch):
     from sonodistill import workers
 
     monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    monkeypatch.setattr(workers, "machine_cores", lambda: 2)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
     assert [workers.loader_workers(n) for n in (0, 1, 2, 4, 16)] == [0, 1, 2, 2, 2]
     monkeypatch.setattr(workers, "available_cores", lambda: 16)
+    monkeypatch.setattr(workers, "machine_cores", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert workers.loader_workers(4) == 2  # 16 cores shared by 8 ranks
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert workers.loader_workers(4) == 1  # never 0 when workers were asked for
+    # a rank bound to 12 of the node's 96 cores (srun --cpus-per-task=12) has them to itself
+    monkeypatch.setattr(workers, "machine_cores", lambda: 96)
+    monkeypatch.setattr(workers, "available_cores", lambda: 12)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert workers.loader_workers(4) == 4 and workers.loader_workers(16) == 12
+    monkeypatch.setattr(workers, "available_cores", lambda: 96)
+    assert workers.loader_workers(16) == 12  # free to run anywhere: 96 cores shared by 8 ranks
 
 
 def test_downstream_loader_uses_the_capped_worker_count(monkeypatch):
