@@ -173,7 +173,13 @@ def _dinov3(spec: str, target: str) -> Encoder:
         vit = DINOv3.from_pretrained(target, layers=(-1,), key="dinov3")
     except UserError as exc:
         raise UserError(f"encoder '{spec}': {exc}") from None
-    backbone = DinoBackbone(vit.model.requires_grad_(True), vit.patch_size, vit.num_register_tokens)
+    vit.model.requires_grad_(True)
+    # the masked-image-modelling token is used only with a pixel mask, never here: a parameter
+    # that never gets a gradient stops DistributedDataParallel on the second step
+    mask_token = getattr(getattr(vit.model, "embeddings", None), "mask_token", None)
+    if isinstance(mask_token, torch.nn.Parameter):
+        mask_token.requires_grad_(False)
+    backbone = DinoBackbone(vit.model, vit.patch_size, vit.num_register_tokens)
     return Encoder(spec, "dinov3", "dinov3", backbone, vit.mean, vit.std, 2 * backbone.embed_dim, vit.patch_size)
 
 

@@ -233,7 +233,7 @@ def _train_epoch(task: Task, run: _Run, cfg: FitConfig, acc, epoch: int, bar, wr
             out = task(batch)
         acc.backward(out["loss"])
         run.optimizer.step()
-        if per_step(run.scheduler):
+        if per_step(run.scheduler) and not acc.optimizer_step_was_skipped:  # fp16: an overflow skips the step
             run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
         n = int(out["output"].shape[0])
@@ -254,6 +254,8 @@ def _train_epoch(task: Task, run: _Run, cfg: FitConfig, acc, epoch: int, bar, wr
             if writer is not None:
                 writer.add_scalar(f"{name}/step_loss", value, run.step)
                 writer.add_scalar(f"{name}/lr", run.optimizer.param_groups[0]["lr"], run.step)
+    if acc.device.type == "cuda":  # the epoch's kernels are queued, not done: time them done
+        torch.cuda.synchronize(acc.device)
     run.train_s += time.perf_counter() - t0
     run.images += seen * acc.num_processes
     row: dict[str, Any] = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"]}

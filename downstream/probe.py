@@ -68,10 +68,13 @@ def extract_features(
     return out[torch.argsort(torch.cat(order))]
 
 
-def cache_key(enc: Encoder, catalog_fingerprint: str, size: int) -> str:
-    blob = json.dumps(
-        [FEATURE_VERSION, enc.fingerprint(), catalog_fingerprint, size, list(enc.mean), list(enc.std)]
-    ).encode()
+def cache_key(enc: Encoder, catalog_fingerprint: str, size: int, precision: str = "no") -> str:
+    """Features are a pure function of the key: the mixed precision they were extracted under is
+    part of it (bf16 features on a GPU differ from float32 ones by up to ~0.5 %)."""
+    parts: list = [FEATURE_VERSION, enc.fingerprint(), catalog_fingerprint, size, list(enc.mean), list(enc.std)]
+    if precision != "no":  # float32 keys stay as they were
+        parts.append(precision)
+    blob = json.dumps(parts).encode()
     return hashlib.sha1(blob).hexdigest()[:20]
 
 
@@ -95,7 +98,8 @@ class FeatureCache:
         num_workers: int = 2,
         accelerator=None,
     ) -> dict[str, torch.Tensor]:
-        key = cache_key(enc, catalog_fingerprint, size)
+        precision = str(accelerator.mixed_precision) if accelerator is not None else "no"
+        key = cache_key(enc, catalog_fingerprint, size, precision)
         if key not in self._mem:
             path = self.folder / f"{key}.pt"
             if path.is_file():

@@ -229,3 +229,46 @@ def test_feature_cache_hits_and_keys(busi_dir, export_dir, tmp_path):
     assert torch.allclose(direct, a[cat.records[1].id], atol=1e-5)
     cache.get(enc, cat.records, cat.fingerprint(), 96, num_workers=0)  # other preprocessing -> other key
     assert cache.misses == 2
+
+
+def test_every_trainable_dinov3_parameter_gets_a_gradient(tiny_teacher_dir):
+    """DistributedDataParallel stops on the second step when a trainable parameter got no gradient
+    (DINOv3's mask token is used only with a pixel mask): fine-tuning must train only what it uses."""
+    from downstream.encoders import load_encoder
+
+    enc = load_encoder(f"dinov3:{tiny_teacher_dir}")
+    out = enc.backbone(torch.randn(2, 3, 64, 64))
+    out.float().pow(2).mean().backward()
+    trainable = {n: p for n, p in enc.backbone.named_parameters() if p.requires_grad}
+    assert trainable and [n for n, p in trainable.items() if p.grad is None] == []
+    assert not enc.backbone.vit.embeddings.mask_token.requires_grad
+
+
+def test_features_extracted_under_another_precision_are_another_cache_entry(tmp_path):
+    """A sweep part on a GPU (bf16 autocast) and one on a CPU must not read each other's features."""
+    from PIL import Image
+
+    from downstream.data.record import Record
+    from downstream.encoders import load_encoder
+    from downstream.probe import FeatureCache, cache_key
+
+    enc = load_encoder("rand:resnet18")
+    keys = {p: cache_key(enc, "catalog", 64, p) for p in ("no", "bf16", "fp16")}
+    assert len(set(keys.values())) == 3 and keys["no"] == cache_key(enc, "catalog", 64)
+
+    class Acc:  # what FeatureCache reads of an accelerator
+        mixed_precision, device, is_main_process = "bf16", torch.device("cpu"), True
+
+        def prepare_data_loader(self, loader):
+            return loader
+
+        def autocast(self):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+
+        def gather_for_metrics(self, x):
+            return x
+
+    img = tmp_path / "a.png"
+    Image.new("L", (40, 40), 90).save(img)
+    FeatureCache(tmp_path / "cache").get(enc, [Record(id="a", image=str(img))], "catalog", 64, accelerator=Acc())
+    assert [p.stem for p in (tmp_path / "cache").glob("*.pt")] == [keys["bf16"]]

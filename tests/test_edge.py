@@ -222,3 +222,27 @@ def test_parts_racing_on_one_latency_report_the_winners_measurement(tmp_path, mo
     monkeypatch.setattr(prof, "side_by_side", raced)
     out = prof.profile(model, x, cfg, cache=prof.LatencyCache(tmp_path))
     assert out["eager_ms"] == 7.0 and out["eager_p90_ms"] == 9.0
+
+
+def test_the_edge_copy_runs_in_float32_without_accelerates_autocast(monkeypatch):
+    """A model trained under mixed precision keeps accelerate's autocast wrapper on its forward:
+    the edge column times and exports the model as deployed (float32), and the caller's model keeps
+    its wrapper."""
+    from types import MethodType
+
+    from accelerate.utils import convert_outputs_to_fp32
+
+    prof = importlib.import_module("downstream.edge.profile")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    plain = model(x)
+    # what accelerate.prepare does to a model under mixed_precision=bf16
+    model._original_forward = model.forward
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    model.forward = MethodType(autocast(model.forward.__func__), model)
+    model.forward = MethodType(convert_outputs_to_fp32(model.forward.__func__), model)
+    assert not torch.equal(model(x), plain)  # the wrapper rounds through bf16
+    copy = prof._cpu_copy(model)
+    assert copy is not model and torch.equal(copy(x), plain)
+    assert "_original_forward" in model.__dict__

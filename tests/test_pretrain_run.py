@@ -181,6 +181,16 @@ def test_world_size_check_and_device_choice():
     assert resolve_mixed_precision("auto", cpu) == "no" and frozen_dtype(cpu) is None
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
         resolve_mixed_precision("fp16", cpu)
+    # a V100/T4 (compute capability 7.x) only emulates bf16: auto runs float32 there, an explicit bf16 is refused
+    gpu = torch.device("cuda")
+    emulated = lambda including_emulation=True: including_emulation  # noqa: E731
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_bf16_supported", emulated)
+        assert resolve_mixed_precision("auto", gpu) == "no" and frozen_dtype(gpu) == torch.float16
+        with pytest.raises(UserError, match="this GPU has no bf16 support"):
+            resolve_mixed_precision("bf16", gpu)
+        mp.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+        assert resolve_mixed_precision("auto", gpu) == "bf16" and frozen_dtype(gpu) == torch.bfloat16
     check_world_size(2, "MULTI_CPU", {"WORLD_SIZE": "2"})
     check_world_size(1, "NO", {})
     with pytest.raises(UserError, match="WORLD_SIZE=2 .* accelerate sees 1 \\(NO\\)"):

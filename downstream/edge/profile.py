@@ -106,8 +106,15 @@ def signature(model: torch.nn.Module, shape: tuple[int, ...], cfg: EdgeConfig, o
 
 
 def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The model as deployed: float32 on the CPU, without accelerate's mixed-precision forward
+    (a copy: the caller's model keeps its own)."""
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    m = model if on_cpu else copy.deepcopy(model).to("cpu")
+    wrapped = "_original_forward" in model.__dict__  # accelerate's autocast wrapper around forward
+    m = model if on_cpu and not wrapped else copy.deepcopy(model).to("cpu")
+    if wrapped:
+        from accelerate.utils import extract_model_from_parallel
+
+        m = extract_model_from_parallel(m, keep_fp32_wrapper=False)
     return m.float().eval().to(memory_format=torch.contiguous_format)
 
 

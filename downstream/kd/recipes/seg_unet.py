@@ -211,12 +211,14 @@ class SegKD(Segmentation):
 
 @torch.no_grad()
 def test_logits(model: nn.Module, loader, mean, std, acc) -> torch.Tensor:
-    """Logit maps over ``loader`` (in order), for comparing the students with the teacher."""
+    """Logit maps over ``loader`` (in order, every process's share gathered: a prepared loader
+    gives each process its slice), for comparing the students with the teacher."""
     model.eval()
     out = []
     for b in loader:
         with acc.autocast():
-            out.append(model(to_input(b["image"], mean, std)).float().cpu())
+            logits = model(to_input(b["image"], mean, std)).float()
+        out.append(acc.gather_for_metrics(logits).cpu())
     return torch.cat(out)
 
 
