@@ -44,7 +44,7 @@ from sonodistill.cli_parser import CommandParser
 from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_flags, parse_command_line
 from sonodistill.errors import UserError, cli_main
-from sonodistill.logs import progress
+from sonodistill.logs import is_main_rank, progress
 from sonodistill.outdir import claimed
 from sonodistill.workers import loader_workers
 
@@ -248,9 +248,12 @@ def parse(argv: Sequence[str] | None = None) -> EmbedConfig:
 
 
 @cli_main
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> dict | None:
     cfg = parse(argv)
     check(cfg)
+    if not is_main_rank():  # launched on several processes: one embeds (t-SNE is one process's work)
+        log.info("downstream.embed runs on one process: this rank leaves the work to rank 0")
+        return None
     local = "://" not in cfg.shards
     cfg = dataclasses.replace(
         cfg, out=os.path.expanduser(cfg.out), shards=os.path.expanduser(cfg.shards) if local else cfg.shards

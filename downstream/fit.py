@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from downstream.loaders import keep_last
 from downstream.tasks.base import Task
 from sonodistill.errors import UserError
 from sonodistill.logs import progress
@@ -207,6 +208,8 @@ class _Run:
 
 def _prepare(task: Task, train: DataLoader, val: DataLoader | None, cfg: FitConfig, acc, channels_last: bool):
     on_gpu = acc.device.type == "cuda"
+    if train.drop_last and len(train) < acc.num_processes:  # a small label fraction on several GPUs
+        train = keep_last(train)
     optimizer = build_optimizer(task.model, cfg)
     model = task.model
     if on_gpu and channels_last:
@@ -217,6 +220,11 @@ def _prepare(task: Task, train: DataLoader, val: DataLoader | None, cfg: FitConf
         model, optimizer, train_dl = acc.prepare(model, optimizer, train)
         val_dl = None
     steps = len(train_dl)  # this process's share of the data
+    if steps == 0:
+        raise UserError(
+            f"training split of {len(train.dataset)} images: no batch of {cfg.batch_size} for each of "
+            f"{acc.num_processes} processes; lower train.batch_size"
+        )
     scheduler = build_scheduler(optimizer, cfg, steps, cfg.epochs * steps)
     task.model = model
     return _Run(model, optimizer, train_dl, val_dl, scheduler, steps)

@@ -11,7 +11,7 @@ on the device.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from sonodistill.stop import ignore_stop_signals, worker_context
 from sonodistill.workers import loader_workers
@@ -33,4 +33,22 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int 
         persistent_workers=workers > 0,
         worker_init_fn=ignore_stop_signals,  # a signal to the process group stops the run, not a worker
         multiprocessing_context=worker_context() if workers > 0 else None,
+    )
+
+
+def keep_last(loader: DataLoader) -> DataLoader:
+    """``loader`` with its last, short batch kept: for a training split that fills fewer full
+    batches than there are processes (each process takes whole batches: with the short one
+    dropped, some would train no step at all)."""
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        shuffle=isinstance(loader.sampler, RandomSampler),
+        num_workers=loader.num_workers,
+        generator=loader.generator,
+        pin_memory=loader.pin_memory,
+        drop_last=False,
+        persistent_workers=loader.persistent_workers,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
     )

@@ -54,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     test = metrics["test"]
     keys = ("dice", "iou") if "dice" in test else ("accuracy", "macro_f1", "auc")
     summary = {k: test[k] for k in keys}
-    print(json.dumps({"out": cfg.out, "n_train": metrics["n_train"], "test": summary}))
+    if is_main_rank():  # one result line, however many processes ran the cell
+        print(json.dumps({"out": cfg.out, "n_train": metrics["n_train"], "test": summary}))
     return metrics
 
 

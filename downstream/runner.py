@@ -296,6 +296,7 @@ def _run(cfg: RunConfig, acc, cache: FeatureCache | None, latency: LatencyCache 
     edge = None
     if main and cfg.edge.enabled:
         edge = edge_column(cfg, model, enc, catalog, splits, train_ids, latency or latency_cache(cfg), out)
+    acc.wait_for_everyone()  # the next cell's work waits: nothing runs beside the latency timing
     metrics = {
         "task": cfg.task,
         "data": cfg.data,

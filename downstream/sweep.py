@@ -645,9 +645,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         summary = run_sweep(cfg, max_cells=args.max_cells, grid=grid)
     if args.print_tables and cfg.part:  # a SLURM array task passes the merge's arguments too
         log.info("--print-tables: a part writes no tables; the same command without part= writes and prints them")
-    elif args.print_tables:
+    elif args.print_tables and is_main_rank():
         print((Path(cfg.out) / "tables.md").read_text())
-    print(json.dumps(summary))
+    if is_main_rank():  # one summary line, however many processes ran the cells
+        print(json.dumps(summary))
     return summary
 
 

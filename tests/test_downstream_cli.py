@@ -182,6 +182,15 @@ def test_embed_tsne_and_silhouette(shard_dir, tmp_path):
     assert (saved.max_samples, saved.num_workers, saved.batch_size, saved.image_size) == (80, 0, 32, None)
 
 
+def test_embed_launched_on_two_ranks_is_done_once_by_rank_0(shard_dir, tmp_path, monkeypatch):
+    """Under torchrun every rank embedded every image, ran t-SNE and wrote the files; rank 0 does."""
+    out = tmp_path / "embed"
+    monkeypatch.setenv("RANK", "1")
+    args = ["--shards", str(shard_dir), "--encoder", "rand:resnet18", "--out", str(out), "--max-samples", "20"]
+    assert embed_cli.main(args) is None
+    assert not out.exists()
+
+
 def test_embed_settings_are_a_config_checked_before_reading(shard_dir, tmp_path, capsys, monkeypatch):
     odd = "B: odd #=" + str(tmp_path / "no such: folder")
     with pytest.raises(SystemExit) as exc:
@@ -279,4 +288,4 @@ def test_two_rank_segmentation_under_torchrun(ddti_dir, tmp_path):
     # gather_for_metrics: every test image counted exactly once across the two ranks (no padding duplicates)
     assert m["test"]["n_images"] == m["n_test"] == len(split["test"])
     assert sorted(p["id"] for p in m["test_per_image"]) == sorted(split["test"])
-    assert stdout.count('"out"') == 2  # both ranks report, one process wrote
+    assert stdout.count('"out"') == 1  # one result line, from rank 0

@@ -198,8 +198,13 @@ WORKER = textwrap.dedent("""
     res = fit(t, loader(Toy(32), 4, shuffle=True), loader(Toy(10, seed=1), 4, shuffle=False), cfg, acc, name="toy")
     pred = t.predict(acc.prepare(loader(Toy(10, seed=1), 4, shuffle=False)), acc)
     w = sum(float(p.sum()) for p in t.model.parameters())
+    # 6 images in batches of 4: one full batch, the short one dropped; with 2 processes each would
+    # train no step, so the short batch is kept
+    from downstream.loaders import make_loader
+    small = fit(task(), make_loader(Toy(6), 4, train=True), None, FitConfig(batch_size=4, epochs=1, select="last"),
+                acc, name="small")
     out = {"rank": acc.process_index, "n": acc.num_processes, "index": sorted(pred["index"].tolist()),
-           "hist": res.history[-1]["train_loss"], "w": w}
+           "hist": res.history[-1]["train_loss"], "w": w, "small": small.history[-1].get("train_loss")}
     open(sys.argv[1] + f"/rank{acc.process_index}.json", "w").write(json.dumps(out))
     acc.wait_for_everyone()  # both ranks done before either tears the group down
 """)
@@ -233,3 +238,4 @@ def test_torchrun_two_ranks_train_one_model(tmp_path):
     assert r0["index"] == r1["index"] == list(range(10))  # gathered predictions: every sample exactly once
     assert r0["hist"] == pytest.approx(r1["hist"])  # epoch statistics reduced over both ranks
     assert r0["w"] == pytest.approx(r1["w"], rel=1e-6)  # DDP kept the replicas identical
+    assert r0["small"] is not None and r0["small"] == pytest.approx(r1["small"])  # a step was trained

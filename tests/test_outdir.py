@@ -32,6 +32,18 @@ def test_a_folder_is_marked_by_its_first_command_and_refused_to_the_others(tmp_p
     assert owner(tmp_path / "notes") is None and not (tmp_path / "notes" / MARK).exists()
 
 
+def test_a_rank_checking_while_the_first_writes_the_mark_sees_a_new_folder(tmp_path):
+    """Rank 0 writes the mark through a temporary sibling; rank 1, checking only its own files at
+    that moment, must not take the temporary for a user's file (it ended the run with exit 2)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".{MARK}.k2j3_x.tmp").write_text("downstream.kd train\n")
+    claim(out, "downstream.kd train", write=False, only_own=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="holds files downstream.kd train did not write"):
+        claim(out, "downstream.kd train", write=False, only_own=True)
+
+
 @pytest.mark.parametrize(
     "what", [("checkpoints/step_00000009/meta.json", "pretraining"), ("model.safetensors", "a model")]
 )

@@ -54,6 +54,7 @@ from sonodistill.config import (
     with_old_names,
 )
 from sonodistill.errors import UserError
+from sonodistill.logs import is_main_rank
 
 KIND_NAME = {"cls": "classification", "seg": "segmentation"}
 
@@ -258,8 +259,10 @@ def run_kd_cell(
 
     t0 = time.perf_counter()
     kind, out, r, cfg = TASK_KIND[rc.task], Path(rc.out), method.recipe, kd.config if kd else None
+    main = is_main_rank()  # several processes train a cell together; the first writes and times it
     catalog, splits, train_ids = prepare(rc)  # the one read: the sweep's splits and the encoder cells' subset
-    write_json(out / "subset.json", {"fraction": rc.fraction, "seed": rc.seed, "train": train_ids})  # a record
+    if main:
+        write_json(out / "subset.json", {"fraction": rc.fraction, "seed": rc.seed, "train": train_ids})
     base = {
         "task": rc.task,
         "data": rc.data,
@@ -276,9 +279,10 @@ def run_kd_cell(
     reason = not_applicable(method, kind, task_label) or r.applies(catalog, cfg)
     if reason:
         metrics = {**base, "na": f"{r.name}: {reason}", "time_s": round(time.perf_counter() - t0, 2)}
-        write_json(out / "metrics.json", metrics)
-        if cfg is not None:
-            save_config(cfg, out / "config.yaml")
+        if main:
+            write_json(out / "metrics.json", metrics)
+            if cfg is not None:
+                save_config(cfg, out / "config.yaml")
         return metrics
     spec = teacher_encoder(kd)
     check = encoder_check(spec, rc.task, rc.strict_decontamination, catalog, splits) if spec else None
@@ -289,7 +293,9 @@ def run_kd_cell(
     t_recipe = time.perf_counter() - t0 - t_prep
     model = deployable(result.deployed.model)
     t1 = time.perf_counter()
-    edge = _edge(model, result, data, rc, kind, latency, out) if rc.edge.enabled else None
+    edge = _edge(model, result, data, rc, kind, latency, out) if rc.edge.enabled and main else None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # the next cell's work waits: nothing runs beside the latency timing
     t_edge = time.perf_counter() - t1
     total = time.perf_counter() - t0
     metrics = {
@@ -315,8 +321,9 @@ def run_kd_cell(
         metrics["decontamination"] = check.record()
     if edge is not None:
         metrics["edge"] = edge
-    write_json(out / "cell_metrics.json", metrics)  # metrics.json is the recipe run's own
-    save_config(cfg, out / "config.yaml")  # with the results it describes
+    if main:
+        write_json(out / "cell_metrics.json", metrics)  # metrics.json is the recipe run's own
+        save_config(cfg, out / "config.yaml")  # with the results it describes
     return metrics
 
 
