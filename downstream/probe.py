@@ -32,7 +32,7 @@ from sonodistill.atomic import write_once
 from sonodistill.logs import progress
 from sonodistill.optim import OptimConfig, build_optimizer
 
-FEATURE_VERSION = 1  # bump when extraction changes, so old cache files are not reused
+FEATURE_VERSION = 2  # bump when extraction changes, so old cache files are not reused (2: precision in the key)
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ def distill_loss(
         target = mix(teacher(clean), plan)
     else:
         target = teacher(x)
-    # DeepSpeed's bf16/fp16 mode holds the student's weights in that type and autocasts nothing
+    # a student held in bf16/fp16 (DeepSpeed's own bf16 mode, from a config that asks for it) takes its input so
     dtype = next(student.parameters()).dtype
     pred = student(x if x.dtype == dtype or not dtype.is_floating_point else x.to(dtype))
     return token_mse(pred, target)

@@ -162,7 +162,8 @@ def _fill_deepspeed_config(accelerator, cfg: PretrainConfig) -> None:
         )
     if accelerator.mixed_precision == "bf16" and "torch_autocast" not in ds:
         ds["bf16"], ds["fp16"] = {"enabled": False}, {"enabled": False}
-        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+        # no module marked safe for bf16: gradients are reduced in float32, as DDP reduces them
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     # We stream our own batches, so accelerate cannot infer these "auto" values from a dataloader.
     if plugin.is_auto("train_micro_batch_size_per_gpu"):
         ds["train_micro_batch_size_per_gpu"] = cfg.train.batch_size

@@ -2,7 +2,7 @@
 
 The model is transformers' DINOv3 ViT loaded with ``AutoModel.from_pretrained`` (a Hub id such as
 ``facebook/dinov3-vitb16-pretrain-lvd1689m`` or a local ``save_pretrained`` folder), kept frozen in
-eval mode and run under ``torch.inference_mode``; on GPU it is held in bf16.
+eval mode and run under ``torch.inference_mode``; on GPUs it is held in bf16 (float32 where bf16 is only emulated).
 
 Targets follow DINOv3's ``get_intermediate_layers(norm=True)``: the hidden states after the chosen
 blocks, CLS and register tokens dropped, the model's final LayerNorm applied to each, then

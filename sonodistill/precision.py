@@ -29,7 +29,8 @@ def resolve_mixed_precision(choice: str, device: torch.device, key: str = "mixed
 
 
 def frozen_dtype(device: torch.device) -> torch.dtype | None:
-    """A frozen model (the teacher) runs in bf16 on GPUs (fp16 where bf16 is missing), float32 on CPU."""
+    """A frozen model (the teacher) runs in bf16 on GPUs that have it, else in float32 (DINOv3's large
+    activations can overflow fp16)."""
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if native_bf16() else torch.float16
+    return torch.bfloat16 if native_bf16() else None

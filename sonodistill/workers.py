@@ -36,6 +36,7 @@ def loader_workers(requested: int) -> int:
     cores it is bound to, or, free to run on every core, an equal share of them per process."""
     if requested <= 0:
         return 0
-    cores = available_cores()
-    share = cores if cores < machine_cores() else cores // processes_per_node()
-    return max(1, min(requested, share))
+    cores, ranks = available_cores(), processes_per_node()
+    # bound apart: srun's tasks each get their own CPUs; torchrun's ranks inherit one set and share it
+    own = cores * ranks <= machine_cores() and "TORCHELASTIC_RUN_ID" not in os.environ
+    return max(1, min(requested, cores if own else cores // ranks))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -20,6 +21,8 @@ from sonodistill.errors import UserError
 from sonodistill.precision import resolve_mixed_precision
 
 # Set by `accelerate launch` (every launcher mode), never by torchrun or srun.
+RANK_WAIT_S = 3600  # how long a rank waits for the others at a collective before the run fails
+
 ACCELERATE_LAUNCH_VARS = (
     "ACCELERATE_USE_CPU",
     "ACCELERATE_MIXED_PRECISION",
@@ -66,7 +69,9 @@ def launch_state():
     """accelerate's process state for this launch, after the world-size check."""
     from accelerate import PartialState
 
-    state = PartialState(cpu=use_cpu())
+    # a long timeout: ranks wait while the first alone writes and times an edge column (ONNX, INT8,
+    # the test split on the CPU: minutes), past NCCL's default 10 minutes
+    state = PartialState(cpu=use_cpu(), timeout=timedelta(seconds=RANK_WAIT_S))
     check_world_size(state.num_processes, str(state.distributed_type))
     return state
 

@@ -202,6 +202,12 @@ def test_loader_workers_never_exceed_the_cores_of_this_process(monkeypatch):
     assert workers.loader_workers(4) == 4 and workers.loader_workers(16) == 12
     monkeypatch.setattr(workers, "available_cores", lambda: 96)
     assert workers.loader_workers(16) == 12  # free to run anywhere: 96 cores shared by 8 ranks
+    # torchrun's 8 ranks in a job (or container) limited to 32 of the 96 cores share those 32
+    monkeypatch.setattr(workers, "available_cores", lambda: 32)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    assert workers.loader_workers(16) == 4
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert workers.loader_workers(16) == 4  # 32 x 8 ranks > 96: not each its own
 
 
 def test_downstream_loader_uses_the_capped_worker_count(monkeypatch):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import PartialState
 
 from downstream.config import SPEED_ONLY, TASK_KIND, RunConfig
 from downstream.data.read import ReaderConfig
@@ -255,7 +256,6 @@ def run_kd_cell(
     from downstream.kd.papers.base import write_run
     from downstream.runner import encoder_check, prepare
     from sonodistill.atomic import write_json
-    from sonodistill.config import save_config
 
     t0 = time.perf_counter()
     kind, out, r, cfg = TASK_KIND[rc.task], Path(rc.out), method.recipe, kd.config if kd else None
@@ -279,11 +279,7 @@ def run_kd_cell(
     reason = not_applicable(method, kind, task_label) or r.applies(catalog, cfg)
     if reason:
         metrics = {**base, "na": f"{r.name}: {reason}", "time_s": round(time.perf_counter() - t0, 2)}
-        if main:
-            write_json(out / "metrics.json", metrics)
-            if cfg is not None:
-                save_config(cfg, out / "config.yaml")
-        return metrics
+        return _kept(out / "metrics.json", metrics, cfg, main)
     spec = teacher_encoder(kd)
     check = encoder_check(spec, rc.task, rc.strict_decontamination, catalog, splits) if spec else None
     data = from_splits(rc.data, catalog, splits, cfg.classes, train_ids, need_masks=r.needs_masks, recipe=r.name)
@@ -294,8 +290,7 @@ def run_kd_cell(
     model = deployable(result.deployed.model)
     t1 = time.perf_counter()
     edge = _edge(model, result, data, rc, kind, latency, out) if rc.edge.enabled and main else None
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # the next cell's work waits: nothing runs beside the latency timing
+    PartialState().wait_for_everyone()  # the next cell's work waits: nothing runs beside the latency timing
     t_edge = time.perf_counter() - t1
     total = time.perf_counter() - t0
     metrics = {
@@ -321,9 +316,18 @@ def run_kd_cell(
         metrics["decontamination"] = check.record()
     if edge is not None:
         metrics["edge"] = edge
+    return _kept(out / "cell_metrics.json", metrics, cfg, main)  # metrics.json is the recipe run's own
+
+
+def _kept(path: Path, metrics: dict, cfg: Any, main: bool) -> dict:
+    """``metrics`` written to ``path`` with the config they came from beside them (the first process)."""
+    from sonodistill.atomic import write_json
+    from sonodistill.config import save_config
+
     if main:
-        write_json(out / "cell_metrics.json", metrics)  # metrics.json is the recipe run's own
-        save_config(cfg, out / "config.yaml")  # with the results it describes
+        write_json(path, metrics)
+        if cfg is not None:
+            save_config(cfg, path.parent / "config.yaml")
     return metrics
 
 
