@@ -311,6 +311,7 @@ def setup(cfg: PretrainConfig) -> Session:
         gradient_accumulation_steps=accum,
         step_scheduler_with_optimizer=False,  # we step the schedule once per optimiser step ourselves
     )
+    _fill_deepspeed_config(accelerator, cfg)  # before anything is built: an fp16 refusal costs nothing
     device = accelerator.device
     on_gpu = device.type == "cuda"
     loader = _open_loader(cfg, rank, world, pin=on_gpu, seed=cfg.seed)
@@ -342,7 +343,6 @@ def setup(cfg: PretrainConfig) -> Session:
     augment = build_augment(cfg.augment, cfg.image_size).to(device)
     optimizer = build_optimizer(student, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, steps_per_epoch, max_steps)
-    _fill_deepspeed_config(accelerator, cfg)
     prepared = accelerator.prepare(student, optimizer, *([scheduler] if scheduler is not None else []))
     model, optimizer = prepared[0], prepared[1]
     scheduler = prepared[2] if scheduler is not None else None
