@@ -42,6 +42,7 @@ import gc
 import json
 import math
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -222,8 +223,11 @@ def peak_gib(b: Bench) -> float | None:
 def release(b: Bench) -> None:
     gc.collect()
     if b.device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        try:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        except Exception:  # a sticky CUDA error raises here again: the part's own error is the result
+            pass
 
 
 # --- the step: whole vs model-only, teacher share, peak memory -------------------------------------
@@ -309,7 +313,7 @@ def part_step(b: Bench) -> dict:
     for batch in b.sizes.batches:
         try:
             rows[str(batch)] = step_rate(b, batch, b.sizes.size)
-        except torch.cuda.OutOfMemoryError as exc:  # a batch that does not fit is a result, not a failure
+        except Exception as exc:  # a batch that does not fit (OOM, a cuBLAS/cuDNN workspace) is a result
             rows[str(batch)] = {"batch": batch, "error": one_line(exc)}
             release(b)
     return {"size": b.sizes.size, "batches": rows}
@@ -722,6 +726,7 @@ def summarise(b: Bench) -> dict:
         "smoke": b.args.smoke,
         "torch": torch.__version__,
         "budget_s": b.args.budget,
+        "dev_shm_gib": round(shutil.disk_usage("/dev/shm").total / 2**30, 1) if os.path.isdir("/dev/shm") else None,
         "elapsed_s": round(time.perf_counter() - b.t0, 1),
         **b.results,
     }
