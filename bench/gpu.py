@@ -37,6 +37,7 @@ project's own code (``pretrain.trainer.setup`` and its step functions, ``shards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -223,11 +224,10 @@ def peak_gib(b: Bench) -> float | None:
 def release(b: Bench) -> None:
     gc.collect()
     if b.device.type == "cuda":
-        try:
+        # a sticky CUDA error raises here again: the part's own error is the result
+        with contextlib.suppress(Exception):
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        except Exception:  # a sticky CUDA error raises here again: the part's own error is the result
-            pass
 
 
 # --- the step: whole vs model-only, teacher share, peak memory -------------------------------------
