@@ -66,7 +66,9 @@ def _rel(src: Source, root: str) -> str:
     if isinstance(path, str) and root and os.path.exists(path):
         rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
         return Path(rel).as_posix() if not rel.startswith("..") else path
-    return describe_source(src)
+    text = describe_source(src)  # a saved dataset's row: "<folder>[3].mask" -> "[3].mask"
+    prefixes = {root, os.path.abspath(root), str(Path(root).resolve())} if root else set()
+    return next((text[len(p) :] for p in sorted(prefixes, key=len, reverse=True) if text.startswith(f"{p}[")), text)
 
 
 def _class(catalog: Catalog, rec: Record) -> str | None:
@@ -191,7 +193,7 @@ def audit(cfg: AuditConfig, catalog: Catalog | None = None) -> dict:
     report = {
         "task": cfg.task,
         "dataset": catalog.name,
-        "root": os.path.abspath(catalog.root),
+        "root": catalog.root,  # as given (a relative --data stays relative)
         "images": len(catalog.records),
         "classes": catalog.classes,
         "matcher": MATCHER,

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from shards.copyindex import CopyIndex, reference_views
-from shards.decode import IMAGE_EXTENSIONS, read_pixels
+from shards.decode import read_pixels
 from shards.match import MATCHER
 from shards.options import SourceOptions
 from shards.readers import ReadError, open_media
@@ -166,13 +166,12 @@ def _is_reference(path: Path) -> bool:
     """An evaluation image, told by content as the build tells its inputs: any image PIL reads
     (whatever its name) or a DICOM image."""
     name = path.name.lower()
-    if name.endswith(IMAGE_EXTENSIONS):
-        return True
     try:
         with open(path, "rb") as fh:
             head = fh.read(HEAD_BYTES)
     except OSError:
         return False
+    # by content even where the name says image: a README.png of text is no evaluation image
     return detect_family(head, name) == "image" or _is_dicom(head, name)
 
 
@@ -191,6 +190,16 @@ def read_reference(path: str) -> np.ndarray:
         return next(iter(open_media(path, name, SourceOptions()).frames)).pixels
     except (ReadError, StopIteration) as exc:
         raise UserError(f"{path}: cannot read image ({getattr(exc, 'reason', 'no frame')})") from None
+
+
+def _read_member(item: tuple[str, str]) -> np.ndarray:
+    """:func:`read_reference` of one set's image, its error naming the set (a broken test image
+    stops the build: it cannot be told apart from the corpus's copies of it)."""
+    label, path = item
+    try:
+        return read_reference(path)
+    except UserError as exc:
+        raise UserError(f"{label}: {exc}") from None
 
 
 def _from_folder(spec: str, root: Path, flag: str) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
@@ -256,8 +265,8 @@ class Exclusions:
 
     def build_index(self, folder: str | Path, workers: int = 1) -> CopyIndex:
         """Index every image of every set (in ``workers`` processes) and save it in ``folder``."""
-        paths = [str(s.root / rel) for s in self.sets for rel in s.images]
+        items = [(f"evaluation set '{s.name}' ({s.spec})", str(s.root / rel)) for s in self.sets for rel in s.images]
         names = [rel for s in self.sets for rel in s.images]
-        index = CopyIndex.build(names, reference_views(read_reference, paths, workers))
+        index = CopyIndex.build(names, reference_views(_read_member, items, workers))
         index.save(folder)
         return index

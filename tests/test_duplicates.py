@@ -203,12 +203,43 @@ def test_audit_lists_images_without_a_mask_with_paths_relative_to_a_relative_dat
     monkeypatch.chdir(tmp_path)
     audit_cli.main(["--task", "busi-seg", "--data", "busi", "--out", "audit", "num_workers=1"])
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
-    assert report["missing_masks"] == ["benign/benign (7).png", "benign/benign (8) renamed.png"]
+    assert report["root"] == "busi" and report["missing_masks"] == [
+        "benign/benign (7).png",
+        "benign/benign (8) renamed.png",
+    ]
     assert report["unused_images"] == ["benign/benign (8)_mask.png"] and report["summary"]["unused_images"] == 1
     assert [e["masks"] for e in report["empty_lesion_masks"]] == [["benign/benign (5)_mask.png"]]
     assert [e["mask"] for e in report["mask_size_mismatches"]] == ["benign/benign (6)_mask.png"]
     with pytest.raises(UserError, match=r"2 image\(s\) without a mask file .* e\.g\. benign/benign \(7\)\.png"):
         read_catalog("busi", "seg")  # a run still stops on it
+
+
+def test_audit_of_a_saved_dataset_names_rows_without_the_folder(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 255, (48, 64), np.uint8)) for _ in range(4)]
+    masks = [Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), ((20, 20), (28, 28)))) for _ in range(4)]
+    masks[2] = Image.fromarray(np.zeros((48, 64), np.uint8))  # a lesion without its mask drawn
+    masks[3] = masks[3].resize((32, 24))
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    datasets.Dataset.from_dict({"image": imgs, "mask": masks}, features=features).save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "audit"
+    audit_cli.main(["--task", "seg", "--data", str(tmp_path / "ds"), "--out", str(out), "num_workers=1"])
+    report = json.loads((out / "audit.json").read_text())
+    assert report["empty_lesion_masks"] == [{"path": "2", "class": None, "masks": ["[2].mask"]}]
+    (size,) = report["mask_size_mismatches"]
+    assert size["path"] == "3" and size["mask"] == "[3].mask" and size["mask_size"] == [32, 24]
+
+
+def test_audit_of_a_folder_without_a_segmentation_layout_says_which_it_expects(tmp_path, capsys):
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(SystemExit) as exc:
+        audit_cli.main(["--task", "seg", "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {tmp_path / 'flat'}: no segmentation layout found: expected image/ and mask/")
 
 
 def test_audit_again_into_its_folder_keeps_only_its_own_sheets(planted, busi_dir, tmp_path):

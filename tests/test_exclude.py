@@ -230,6 +230,23 @@ def test_a_folder_of_dicom_images_and_misnamed_files_is_an_exclusion_set_told_by
         load_exclusion(str(tmp_path / "out"))  # shards and JSON: nothing to exclude
 
 
+def test_a_file_named_like_an_image_is_judged_by_content_and_a_broken_one_names_its_set(planted, tmp_path, capsys):
+    evaluation = tmp_path / "eval"
+    shutil.copytree(planted["eval"], evaluation)
+    (evaluation / "README.png").write_text("notes on the test images\n")
+    assert load_exclusion(str(evaluation)).images == tuple(sorted(EVAL))  # text is no image, whatever its name
+    good = (evaluation / EVAL[0]).read_bytes()
+    (evaluation / EVAL[0]).write_bytes(good[: len(good) // 2])  # a PNG signature over half its data
+    argv = ["--source", f"c={planted['corpus']}", "--out", str(tmp_path / "o"), "--exclude", f"test={evaluation}"]
+    with pytest.raises(SystemExit) as exc:
+        build_cli.main(argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert exc.value.code == 2 and len(errors) == 1, errors
+    assert errors[0].startswith(
+        f"error: evaluation set 'test' (test={evaluation}): {evaluation / EVAL[0]}: cannot read image"
+    )
+
+
 def test_a_splits_file_without_test_images_or_with_odd_paths_is_one_line(tmp_path):
     base = {"train": ["a"], "val": [], "test": [], "root": str(tmp_path), "images": {"a": "a.png"}}
     path = tmp_path / "splits.json"

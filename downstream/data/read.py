@@ -68,6 +68,13 @@ def _busi(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
 
 
 def _class_folders(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
+    root = Path(data)
+    if kind == "seg" and root.is_dir() and sum(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()) < 2:
+        # the fallback layout's own message would ask a segmentation user for class folders
+        raise UserError(
+            f"{data}: no segmentation layout found: expected image/ and mask/ folders (or images/, masks/, "
+            "labels/, gt/), class folders of images with their _mask files, a saved dataset, or ub:DIR"
+        )
     return read_class_folders(data, check=check)
 
 
