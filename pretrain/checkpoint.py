@@ -167,7 +167,10 @@ def save_checkpoint(
 
 
 def prune(out_dir: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` complete checkpoints (0 keeps all)."""
+    """Delete all but the newest ``keep_last`` complete checkpoints (0 keeps all), and any save a kill
+    left half-written."""
+    for stale in checkpoints_root(out_dir).glob(".step_*.tmp"):  # our own, cut short by a kill mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     if keep_last <= 0:
         return
     for _, path in list_checkpoints(out_dir)[:-keep_last]:

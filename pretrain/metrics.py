@@ -1,7 +1,8 @@
 """Run metrics on the main process: ``metrics.jsonl`` (one line per step), TensorBoard, loss curve PNG.
 
 On resume from step k, lines after k (written by the interrupted run past its last checkpoint)
-are dropped and TensorBoard purges its events after k, so curves never show a step twice.
+are dropped and TensorBoard purges its events after k (after 0 for a run killed before its first
+checkpoint), so curves never show a step twice.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class MetricsLog:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "metrics.jsonl"
         truncate_jsonl(self.path, start_step)
-        self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=start_step + 1 if start_step else None)
+        self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=start_step + 1)
         self._fh = self.path.open("a", encoding="utf-8")
 
     def log(self, step: int, **scalars: float) -> None:

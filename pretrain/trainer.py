@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -395,31 +396,8 @@ def resume(s: Session) -> tuple[int, Path | None]:
             "or give a new out for a new run"
         )
     start = int(meta["step"])
-    saved_world = int(meta.get("world_size", s.world))
-    loader_file = ckpt / f"loader_rank{s.rank}.json"
-    state = _loader_state(loader_file) if saved_world == s.world else None
-    if state is not None:
-        saved_workers = state.get("num_workers")
-        if isinstance(saved_workers, int) and saved_workers != s.loader.num_workers:
-            # the sample order is dealt over the loader's workers: keep the checkpoint's number, even
-            # above this machine's cores (a requeue onto a smaller allocation), so it continues exactly
-            log.warning(
-                f"resume: {saved_workers} loader workers as when the checkpoint was written (not "
-                f"{s.loader.num_workers}), so the data order continues exactly"
-            )
-            pin = s.device.type == "cuda"
-            s.loader = _open_loader(cfg, s.rank, s.world, pin=pin, seed=cfg.seed, workers=saved_workers)
-        s.loader.load_state_dict(state)
-    else:
-        # Positions are per rank: with another world size the exact position cannot be rebuilt.
-        s.loader = _open_loader(cfg, s.rank, s.world, pin=s.device.type == "cuda", seed=cfg.seed + start)
-        why = (
-            f"checkpoint written by {saved_world} processes, resuming on {s.world}"
-            if saved_world != s.world
-            else f"{loader_file.name} of the checkpoint is missing or unreadable"
-        )
-        log.warning(f"resume: {why}: data order restarts with a reshuffled stream")
-    _check_random_states(ckpt, s.rank)
+    _restore_loader(s, ckpt, start, int(meta.get("world_size", s.world)))
+    _check_random_states(s, ckpt)
     configured = configured_hyperparameters(s.optimizer)
     try:
         s.accelerator.load_state(str(ckpt))
@@ -463,16 +441,62 @@ def _loader_state(path: Path) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
-def _check_random_states(ckpt: Path, rank: int) -> None:
-    """Warn when this rank's random state cannot be restored: accelerate only logs that at INFO, and
-    the run would go on, no longer bit-identical to an uninterrupted one."""
-    path = ckpt / f"random_states_{rank}.pkl"
+def _ranks_where(s: Session, flag: bool) -> list[int]:
+    """Collective: the ranks where ``flag`` holds (a rank's own warning would be dropped: only rank
+    0 logs, and a decision one rank takes alone would split the ranks' data streams)."""
+    flags = s.accelerator.gather(torch.tensor([int(flag)], device=s.device))
+    return [r for r, v in enumerate(flags.tolist()) if v]
+
+
+def _restore_loader(s: Session, ckpt: Path, start: int, saved_world: int) -> None:
+    """Every rank continues at its saved position, or -- when any rank cannot (another world size,
+    a missing or damaged file) -- every rank starts the same reshuffled stream."""
+    cfg, pin = s.cfg, s.device.type == "cuda"
+    state = _loader_state(ckpt / f"loader_rank{s.rank}.json") if saved_world == s.world else None
+    missing = _ranks_where(s, state is None)
+    if not missing:
+        seed, workers = state.get("seed", cfg.seed), state.get("num_workers")
+        if isinstance(workers, int) and workers != s.loader.num_workers:
+            # the sample order is dealt over the loader's workers: keep the checkpoint's number, even
+            # above this machine's cores (a requeue onto a smaller allocation), so it continues exactly
+            log.warning(
+                f"resume: {workers} loader workers as when the checkpoint was written (not "
+                f"{s.loader.num_workers}), so the data order continues exactly"
+            )
+        else:
+            workers = None
+        if workers is not None or (isinstance(seed, int) and seed != cfg.seed):
+            # a stream reshuffled on an earlier resume keeps its own seed
+            s.loader = _open_loader(cfg, s.rank, s.world, pin=pin, seed=seed, workers=workers)
+        s.loader.load_state_dict(state)
+        return
+    # Positions are per rank: with another world size the exact position cannot be rebuilt.
+    s.loader = _open_loader(cfg, s.rank, s.world, pin=pin, seed=cfg.seed + start)
+    why = (
+        f"checkpoint written by {saved_world} processes, resuming on {s.world}"
+        if saved_world != s.world
+        else f"{', '.join(f'loader_rank{r}.json' for r in missing)} of the checkpoint missing or unreadable"
+    )
+    log.warning(f"resume: {why}: data order restarts on every rank with a reshuffled stream")
+
+
+def _random_state_readable(path: Path) -> bool:
     try:
         torch.load(path, weights_only=False)  # noqa: S614 (this run's own checkpoint)
-    except Exception as exc:  # missing, cut short, garbled: any of several errors
+    except Exception:  # missing, cut short, garbled: any of several errors
+        return False
+    return True
+
+
+def _check_random_states(s: Session, ckpt: Path) -> None:
+    """Warn when a rank's random state cannot be restored: accelerate only logs that at INFO, and
+    the run would go on, no longer bit-identical to an uninterrupted one."""
+    bad = _ranks_where(s, not _random_state_readable(ckpt / f"random_states_{s.rank}.pkl"))
+    if bad:
         log.warning(
-            f"resume: {path.name} of the checkpoint is missing or unreadable ({type(exc).__name__}); the random "
-            "state restarts from the seed, so the run goes on but not bit-identically to an uninterrupted one"
+            f"resume: {', '.join(f'random_states_{r}.pkl' for r in bad)} of the checkpoint missing or "
+            "unreadable; those ranks' random state restarts from the seed, so the run goes on but not "
+            "bit-identically to an uninterrupted one"
         )
 
 
@@ -635,6 +659,10 @@ def loop(
                     _log_interval(s, metrics, first, losses, gnorms, step_lr, img_s)
                     bar.set_postfix(loss=f"{losses[-1]:.4g}", img_s=f"{img_s:.1f}", lr=f"{step_lr[-1]:.2e}")
                 step_lr = []
+                if keys_fh is not None:  # a hard kill keeps the keys of every step before it
+                    keys_fh.flush()
+                    if save_now:
+                        os.fsync(keys_fh.fileno())
                 _raise_if_diverged(losses, first, last_ckpt)
                 pending = 0
                 t_interval = time.perf_counter()
@@ -702,8 +730,9 @@ def train(cfg: PretrainConfig) -> TrainResult:
             if metrics is not None:
                 metrics.close()
             teardown(s, outcome, stop)
-    s.accelerator.wait_for_everyone()
-    s.accelerator.end_training()
+        # inside: a launcher's SIGTERM after another rank's exit 75 must not kill this one mid-wait
+        s.accelerator.wait_for_everyone()
+        s.accelerator.end_training()
     return TrainResult(
         s.out_dir,
         outcome.step,

@@ -67,6 +67,21 @@ def test_two_ranks_train_one_model_on_disjoint_samples(shard_dir, tiny_teacher_d
         assert len(keys[r]) == steps * batch and len(set(keys[r])) == len(keys[r])
     assert not set(keys[0]) & set(keys[1]), "a sample was trained on by both ranks"
 
+    # rank 1's position lost: every rank restarts one reshuffled stream (said once, from rank 0),
+    # not rank 0 its old stream and rank 1 a new one, which would overlap
+    (list_checkpoints(out)[-1][1] / "loader_rank1.json").write_text("{")
+    more = [c if not c.startswith("train.max_steps=") else f"train.max_steps={steps + 3}" for c in cmd]
+    proc = subprocess.run(more, capture_output=True, text=True, env=env, timeout=420)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    said = "resume: loader_rank1.json of the checkpoint missing or unreadable: data order restarts on every rank"
+    assert said in proc.stderr, proc.stderr[-4000:]
+    later = [
+        {k for ln in map(json.loads, (out / "keys" / f"rank{r}.jsonl").read_text().splitlines()) if ln["step"] > steps
+         for k in ln["keys"]}
+        for r in (0, 1)
+    ]  # fmt: skip
+    assert len(later[0]) == len(later[1]) == 3 * batch and not later[0] & later[1]
+
 
 @pytest.mark.dist
 def test_multi_gpu_launch_on_cpu_host_refuses(shard_dir, tiny_teacher_dir, tmp_path):

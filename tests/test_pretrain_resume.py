@@ -208,5 +208,26 @@ def test_a_damaged_checkpoint_is_named_and_a_lost_random_state_warned(shard_dir,
     (ckpt / "loader_rank0.json").write_text("{")
     with caplog.at_level(logging.WARNING):
         assert train(tiny_config(shard_dir, tiny_teacher_dir, out, **{**run, "train__max_steps": 3})).step == 3
-    assert "resume: random_states_0.pkl of the checkpoint is missing or unreadable (" in caplog.text
-    assert "resume: loader_rank0.json of the checkpoint is missing or unreadable: data order restarts" in caplog.text
+    assert "resume: random_states_0.pkl of the checkpoint missing or unreadable; those ranks'" in caplog.text
+    assert "resume: loader_rank0.json of the checkpoint missing or unreadable: data order restarts" in caplog.text
+
+
+def test_a_stream_reshuffled_on_resume_continues_exactly_on_the_next(shard_dir, tiny_teacher_dir, tmp_path, caplog):
+    """After a resume without its loader position (another world size, a lost file) the stream is
+    reseeded; a later resume at the same world size must continue that stream, not restart it."""
+    import shutil
+
+    run = dict(train__max_steps=2, train__save_every=2, num_workers=0, data__record_keys=True)
+    straight = tmp_path / "straight"
+    train(tiny_config(shard_dir, tiny_teacher_dir, straight, **run))
+    (list_checkpoints(straight)[-1][1] / "loader_rank0.json").unlink()
+    stopped = tmp_path / "stopped"
+    shutil.copytree(straight, stopped)
+    train(tiny_config(shard_dir, tiny_teacher_dir, straight, **{**run, "train__max_steps": 4}))
+    train(tiny_config(shard_dir, tiny_teacher_dir, stopped, **{**run, "train__max_steps": 3}))  # saves step 3
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        train(tiny_config(shard_dir, tiny_teacher_dir, stopped, **{**run, "train__max_steps": 4}))
+    assert "resume" not in caplog.text and "shard loader" not in caplog.text  # an exact continuation
+    keys = [read_jsonl(out / "keys" / "rank0.jsonl") for out in (straight, stopped)]
+    assert sorted({r["step"] for r in keys[1]}) == [1, 2, 3, 4] and keys[0] == keys[1]

@@ -105,7 +105,7 @@ def test_resume_trains_at_the_configured_lr_and_weight_decay(first_run, shard_di
 def test_resume_auto_ignores_half_written_checkpoints(first_run, tmp_path):
     import shutil
 
-    from pretrain.checkpoint import resolve_resume
+    from pretrain.checkpoint import prune, resolve_resume
 
     out = tmp_path / "copy"
     shutil.copytree(first_run[0] / "checkpoints", out / "checkpoints")
@@ -116,6 +116,9 @@ def test_resume_auto_ignores_half_written_checkpoints(first_run, tmp_path):
     assert resolve_resume("auto", out) == newest and newest.name == list_checkpoints(out)[-1][1].name
     assert resolve_resume("none", tmp_path / "empty") is None and resolve_resume("auto", tmp_path / "empty") is None
     assert resolve_resume(str(newest), out) == newest
+    kept = list_checkpoints(out)
+    prune(out, 0)  # after the next save: the torn one goes, every checkpoint stays
+    assert not (out / "checkpoints" / ".step_00000099.tmp").exists() and list_checkpoints(out) == kept
 
 
 def test_schedule_and_accumulation_arithmetic(caplog):
@@ -280,3 +283,21 @@ def test_upsampling_small_shards_is_allowed_only_on_purpose(shard_dir, tiny_teac
         tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=128, data__allow_upsample=True), manifest
     )
     _check_shard_size(tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=32), manifest)  # downsampling: fine
+
+
+def test_a_rerun_from_step_0_hides_the_killed_runs_curve_points(tmp_path):
+    """A run killed before its first checkpoint restarts at step 0: TensorBoard must show each step
+    once, as metrics.jsonl does."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pretrain.metrics import MetricsLog
+
+    for loss in (1.0, 2.0):  # the killed run, then the rerun
+        metrics = MetricsLog(tmp_path, 0)
+        for step in (1, 2, 3):
+            metrics.log(step, loss=loss)
+        metrics.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0), (2, 2.0), (3, 2.0)]
+    assert [r["loss"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [2.0, 2.0, 2.0]
