@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -160,13 +161,17 @@ def _float(value: Any, tp: Any, key: str, where: str) -> float:
     if isinstance(value, bool):
         raise _mismatch(value, tp, key, where)
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        out = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            out = float(value)
         except ValueError:
             raise _mismatch(value, tp, key, where) from None
-    raise _mismatch(value, tp, key, where)
+    else:
+        raise _mismatch(value, tp, key, where)
+    if math.isnan(out):  # compares false with every bound, so no range check downstream would catch it
+        raise ConfigError(f"{where}: key '{key}' expects a number, not NaN")
+    return out
 
 
 def _str(value: Any, tp: Any, key: str, where: str) -> str:

@@ -65,9 +65,9 @@ def test_weights_are_named_for_what_they_weigh():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"ce_weight": -1.0, "kd_weight": 0.5, "temperature": 4.0}, "must be >= 0"),
+        ({"ce_weight": -1.0, "kd_weight": 0.5, "temperature": 4.0}, "must be finite, >= 0"),
         ({"ce_weight": 0.0, "kd_weight": 0.0, "temperature": 4.0}, "not both 0"),
-        ({"ce_weight": 0.5, "kd_weight": 0.5, "temperature": 0.0}, "temperature: must be > 0"),
+        ({"ce_weight": 0.5, "kd_weight": 0.5, "temperature": 0.0}, "temperature: must be a finite number > 0"),
     ],
 )
 def test_bad_weights_are_user_errors(kwargs, message):

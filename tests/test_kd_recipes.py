@@ -267,6 +267,20 @@ def test_unknown_recipe_variant_and_key(busi_dir, tmp_path, capsys):
         ("nanoray", "gradcam.images=-1", "gradcam.images: expected an integer >= 0 (0: no panel), got -1"),
         ("vit_mobilenet", "efficiency.runs=-1", "efficiency.runs: expected an integer >= 0, got -1"),
         ("seg_unet", "loss.pair_nodes=0", "loss.pair_nodes: expected at least 1 node per side, got 0"),
+        ("vit_mobilenet", "loss.temperature=nan", "command line: key 'loss.temperature' expects a number, not NaN"),
+        ("nanoray", "loss.kd_weight=inf", "loss: ce_weight and kd_weight must be finite, >= 0 and not both 0"),
+        ("nanoray", "loss.temperature=inf", "loss.temperature: must be a finite number > 0, got inf"),
+        ("seg_unet", "student.decoder_channels=[16,8]", "student.decoder_channels: expected 5 positive widths"),
+        ("vit_mobilenet", "student.model=nonexistent_model", "student.model: unknown timm model 'nonexistent_model'"),
+        ("nanoray", "teacher.model=vit_nonexistent", "teacher.model: unknown timm model 'vit_nonexistent'"),
+        ("vit_mobilenet", "teacher.dropout=1.5", "teacher.dropout: expected a probability from 0 to below 1, got 1.5"),
+        ("vit_mobilenet", "teacher.head_hidden=0", "teacher.head_hidden: expected a width of at least 1, got 0"),
+        ("csa_moe", "model.gate_dropout=2", "model.gate_dropout: expected a probability from 0 to below 1, got 2.0"),
+        ("csa_moe", "model.erode_dilate=-1", "model.erode_dilate: expected at least 1 morphology iteration, got -1"),
+        ("csa_moe", "augment.hflip=2", "augment.hflip: expected a probability from 0 to 1, got 2.0"),
+        ("hdkd", "teacher.augment.degrees=-5", "teacher.augment.degrees: expected a rotation range from 0 to 180"),
+        ("nanoray", "num_workers=-1", "num_workers: expected 0 (load in the main process) or more, got -1"),
+        ("nanoray", "teacher.encoder=/nonexistent", "teacher.encoder: encoder '/nonexistent': unknown encoder spec"),
     ],
 )
 def test_nonsense_settings_are_refused_before_training(busi_dir, tmp_path, capsys, recipe, override, message):
@@ -393,3 +407,13 @@ def test_a_failed_rerun_keeps_the_config_of_the_results_beside_it(vit_run, busi_
     err = fails("vit_mobilenet", busi_dir, out, capsys, *VIT, "student.train.epochs=3")
     assert err == "error: the teacher stage ran out of memory"
     assert {f: (out / f).read_bytes() for f in before} == before
+
+
+def test_the_gradcam_panel_takes_classes_in_turn_and_fills_up_from_the_larger_ones():
+    from downstream.data import Record
+    from downstream.kd.papers.nanoray import in_turn
+
+    records = [Record(f"{c}{i}", f"{c}{i}.png", label=label) for c, label, k in (("b", 0, 4), ("m", 1, 1), ("n", 2, 1))
+               for i in range(k)]  # fmt: skip
+    assert [r.id for r in in_turn(records, 4)] == ["b0", "m0", "n0", "b1"]  # 4 asked, 4 drawn
+    assert [r.id for r in in_turn(records, 10)] == ["b0", "m0", "n0", "b1", "b2", "b3"]

@@ -150,7 +150,7 @@ def test_methods_syntax_and_errors(tmp_path, caplog):
         parse_method("kd:nanoray?student.train.epochs=many")
     # values no stage runs with are refused when the sweep starts, naming the method (not cells in)
     for method, message in (
-        ("kd:hdkd?loss.temperature=-2", "loss.temperature: must be > 0, got -2.0"),
+        ("kd:hdkd?loss.temperature=-2", "loss.temperature: must be a finite number > 0, got -2.0"),
         ("kd:nanoray?student.train.batch_size=0", "student.train.batch_size: expected at least 1, got 0"),
         ("kd:nanoray?teacher.train.epochs=0", "teacher.train.epochs: expected at least 1, got 0"),
         ("kd:vit_mobilenet?image_size=8", "image_size: expected at least 32 pixels, got 8"),

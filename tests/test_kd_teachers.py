@@ -59,6 +59,7 @@ def test_recipes_take_an_encoder_teacher(busi_dir, tmp_path, capsys):
     hd += ["model.heads=2", "sweep.per_class=[0]", "loss.feature_weight=0", *tiny]
     m = train("hdkd", busi_dir, tmp_path / "hdkd", f"teacher.encoder={export}", *hd)
     assert 0 <= m["models"]["hdkd_0"]["accuracy"] <= 1
+    assert m["complexity"]["teacher"]["params"] == 11_176_512 + 512 * 3 + 3  # Table 2 counts the teacher trained
     err = fails("csa_moe", busi_dir, tmp_path / "csa", capsys, f"teacher.encoder={export}")
     assert "recipe 'csa_moe' has no teacher" in err
 

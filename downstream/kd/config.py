@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from downstream.data.read import ReaderConfig
 from downstream.fit import FitConfig, check_stages
 from downstream.kd.losses import LogitKDLoss, LogitLossConfig
+from downstream.kd.models.backbones import check_model
 from downstream.splits import SplitConfig
 from sonodistill.errors import UserError
 from sonodistill.precision import MixedPrecision
@@ -54,6 +55,13 @@ class FlipRotateConfig:
     vflip: float = 0.0  # probability of a vertical flip
     degrees: float = 0.0  # rotation range +- degrees (0 = off)
 
+    def check(self, key: str) -> None:
+        for name in ("hflip", "vflip"):
+            if not 0 <= (p := getattr(self, name)) <= 1:
+                raise UserError(f"{key}.{name}: expected a probability from 0 to 1, got {p}")
+        if not 0 <= self.degrees <= 180:
+            raise UserError(f"{key}.degrees: expected a rotation range from 0 to 180 degrees, got {self.degrees}")
+
 
 @dataclass
 class TimmStudentConfig:
@@ -63,6 +71,9 @@ class TimmStudentConfig:
     pretrained: bool = False  # ImageNet weights from the local timm / Hugging Face cache
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
     train: FitConfig = field(default_factory=FitConfig)
+
+    def check(self, key: str) -> None:
+        check_model(self.model, self.pretrained, f"{key}.model")
 
 
 @dataclass
@@ -74,16 +85,21 @@ class LogitKDConfig(RecipeConfig):
 
 
 def check_recipe(cfg: Any, prefix: str = "") -> None:
-    """A recipe config's values no stage runs with (:func:`downstream.fit.check_stages`) and its
-    logit losses' weights and temperature, one line naming the key, before any data is read."""
+    """A recipe config's values no stage runs with (:func:`downstream.fit.check_stages`), its logit
+    losses' weights and temperature, and what each part's own ``check(key)`` refuses (a timm name,
+    a probability, a width), one line naming the key, before any data is read."""
     if not prefix:
         check_stages(cfg)
         classes = getattr(cfg, "classes", [])
         if classes and (len(classes) < 2 or len(set(classes)) != len(classes)):
             raise UserError(f"classes: expected two or more distinct classes to tell apart, got {list(classes)}")
+        if getattr(cfg, "num_workers", 0) < 0:
+            raise UserError(f"num_workers: expected 0 (load in the main process) or more, got {cfg.num_workers}")
     for f in dataclasses.fields(cfg):
         value, key = getattr(cfg, f.name), prefix + f.name
         if isinstance(value, LogitLossConfig):
             LogitKDLoss.from_config(value, key)
         elif dataclasses.is_dataclass(value):
+            if callable(check := getattr(value, "check", None)):
+                check(key)
             check_recipe(value, key + ".")

@@ -15,6 +15,7 @@ correct per-sample KL; ``"mean"`` would also divide by the number of classes). M
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -68,10 +69,13 @@ class LogitKDLoss:
     """
 
     def __init__(self, ce_weight: float, kd_weight: float, temperature: float, key: str = "loss"):
-        if ce_weight < 0 or kd_weight < 0 or ce_weight + kd_weight == 0:
-            raise UserError(f"{key}: ce_weight and kd_weight must be >= 0 and not both 0, got {ce_weight}, {kd_weight}")
-        if temperature <= 0:
-            raise UserError(f"{key}.temperature: must be > 0, got {temperature}")
+        weights = (ce_weight, kd_weight)
+        if not all(0 <= w < math.inf for w in weights) or ce_weight + kd_weight == 0:  # NaN fails too
+            raise UserError(
+                f"{key}: ce_weight and kd_weight must be finite, >= 0 and not both 0, got {ce_weight}, {kd_weight}"
+            )
+        if not 0 < temperature < math.inf:
+            raise UserError(f"{key}.temperature: must be a finite number > 0, got {temperature}")
         self.ce_weight, self.kd_weight, self.temperature = ce_weight, kd_weight, temperature
 
     @classmethod

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 from torch import nn
 
-from downstream.kd.config import TimmStudentConfig
 from sonodistill.errors import UserError
 from sonodistill.hub import timm_pretrained_source
+
+if TYPE_CHECKING:
+    from downstream.kd.config import TimmStudentConfig
+
+
+def check_model(name: str, pretrained: bool, key: str) -> tuple[str, dict]:
+    """One line naming ``key`` for a name timm does not know or pretrained weights that cannot be
+    had; else what :func:`create` passes to timm (a recipe's check calls it before any work)."""
+    if not timm.is_model(name.split(".")[0]) and not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        raise UserError(f"{key}: unknown timm model '{name}'")
+    source = timm_pretrained_source(name) if pretrained else (name, {})
+    if source is None:
+        raise UserError(
+            f"{key}: pretrained weights for '{name}' are not in the local cache and the Hub is not reachable "
+            "from here; download them into the Hugging Face cache first or set pretrained=false"
+        )
+    return source
 
 
 def create(name: str, *, pretrained: bool = False, key: str = "model", **kwargs: Any) -> nn.Module:
@@ -19,14 +35,7 @@ def create(name: str, *, pretrained: bool = False, key: str = "model", **kwargs:
     the local cache alone when the Hub does not answer (:mod:`sonodistill.hub`); when they cannot be
     reached the user gets one line instead of a network traceback.
     """
-    if not timm.is_model(name.split(".")[0]) and not name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
-        raise UserError(f"{key}: unknown timm model '{name}'")
-    source = timm_pretrained_source(name) if pretrained else (name, {})
-    if source is None:
-        raise UserError(
-            f"{key}: pretrained weights for '{name}' are not in the local cache and the Hub is not reachable "
-            "from here; download them into the Hugging Face cache first or set pretrained=false"
-        )
+    source = check_model(name, pretrained, key)
     try:
         return timm.create_model(source[0], pretrained=pretrained, **source[1], **kwargs)
     except TypeError as exc:

@@ -27,7 +27,6 @@ from downstream.kd.recipes.hdkd import (
     HDKDModelConfig,
     HDKDRun,
     build_student,
-    build_teacher,
     train_students,
     train_teacher,
 )
@@ -75,13 +74,16 @@ class HDKDPaperConfig(HDKDConfig):
     sweep: DataSizeSweepConfig = field(default_factory=DataSizeSweepConfig)
 
 
-def complexity(m: HDKDModelConfig, num_classes: int, size: int) -> dict[str, dict[str, float]]:
-    """Table 2: parameters and GMACs of teacher, student and HDKD (built on the meta device)."""
+def complexity(
+    m: HDKDModelConfig, num_classes: int, size: int, teacher: torch.nn.Module
+) -> dict[str, dict[str, float]]:
+    """Table 2: parameters and GMACs of the trained teacher (the MBCSA CNN or ``teacher.encoder``'s
+    model, as trained), student and HDKD (built on the meta device)."""
+    x = torch.zeros(1, 3, size, size, device=next(teacher.parameters()).device)
+    out = {"teacher": {"params": num_params(teacher), "gmacs": gmacs(teacher, x)}}
     with torch.device("meta"):
         x = torch.zeros(1, 3, size, size)
-        out = {}
         for key, model in (
-            ("teacher", build_teacher(m, num_classes)),
             ("student", build_student(m, num_classes, size, False)),
             ("hdkd", build_student(m, num_classes, size, True)),
         ):
@@ -119,7 +121,7 @@ class HDKDPaper(Paper):
                 **{f"{v}_{row['per_class']}": row[v] for row in sweep for v in ("student", "hdkd")},
             },
             "sweep": sweep,
-            "complexity": complexity(cfg.model, len(data.classes), size),
+            "complexity": complexity(cfg.model, len(data.classes), size, h.teacher),
             "image_size": size,
             "paper": PAPER,
             "history": {k: s.history for k, s in h.stages.items()},

@@ -6,12 +6,15 @@ the distilled student on the same test images, ``gradcam.png``). The recipe itse
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from downstream.data import Record
 from downstream.data.inputs import Inputs
 from downstream.kd.data import PreparedData
 from downstream.kd.gradcam import cams, panels
@@ -80,17 +83,21 @@ class NanoRayPaper(Paper):
 REPRODUCTION = NanoRayPaper()
 
 
+def in_turn(records: Sequence[Record], n: int) -> list[Record]:
+    """The first ``n`` records taking the classes in turn, so that every class shows up; a class
+    that runs out leaves its turn to the others."""
+    by_class: dict[int, list[Record]] = {}
+    for rec in records:
+        by_class.setdefault(rec.label, []).append(rec)
+    rounds = itertools.zip_longest(*[by_class[k] for k in sorted(by_class)])
+    return [rec for group in rounds for rec in group if rec is not None][:n]
+
+
 def gradcam_panel(res, inputs: Inputs, test_records, classes: list[str], size: int, n: int, path: Path) -> None:
     """Baseline vs distilled Grad-CAM on the first ``n`` test images, for the true class."""
     from downstream.data import ImageSet
 
-    by_class: dict[int, list] = {}
-    for rec in test_records:
-        by_class.setdefault(rec.label, []).append(rec)
-    picked = [rec for group in zip(*[by_class[k] for k in sorted(by_class)]) for rec in group][:n] or list(
-        test_records[:n]
-    )
-    ds = ImageSet(picked, size, labels=True)  # classes in turn, so every class shows up
+    ds = ImageSet(in_turn(test_records, n), size, labels=True)
     items = [ds[i] for i in range(len(ds))]
     gray = torch.stack([it["image"] for it in items])
     labels = [int(it["label"]) for it in items]

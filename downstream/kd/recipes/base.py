@@ -109,10 +109,18 @@ class Recipe(Protocol):
 
     def check(self, cfg: Any) -> None:
         """Settings its stages would refuse only once reached, refused before any data is read (one
-        line naming the key): a teacher checkpoint that is not there."""
-        path = getattr(getattr(cfg, "teacher", None), "checkpoint", "")
+        line naming the key): a teacher checkpoint that is not there, a teacher encoder that cannot load."""
+        from downstream.encoders import check_spec
+
+        teacher = getattr(cfg, "teacher", None)
+        path = getattr(teacher, "checkpoint", "")
         if path and not Path(path).is_file():
             raise UserError(f"teacher.checkpoint: {path} is not a file (a model.safetensors of a previous run)")
+        if encoder := getattr(teacher, "encoder", ""):
+            try:
+                check_spec(encoder)
+            except UserError as exc:
+                raise UserError(f"teacher.encoder: {exc}") from None
 
 
 def check_teacher_keys(recipe: Recipe, overrides: Sequence[str]) -> None:

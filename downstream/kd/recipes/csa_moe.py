@@ -91,6 +91,14 @@ class CSAMoEModelConfig:
     gate_dropout: float = 0.2  # dropout in the gating network
     erode_dilate: int = 5  # morphology iterations for the core / boundary views
 
+    def check(self, key: str) -> None:
+        if self.gate_hidden < 1:
+            raise UserError(f"{key}.gate_hidden: expected a width of at least 1, got {self.gate_hidden}")
+        if not 0 <= self.gate_dropout < 1:
+            raise UserError(f"{key}.gate_dropout: expected a probability from 0 to below 1, got {self.gate_dropout}")
+        if self.erode_dilate < 1:  # OpenCV takes fewer as one iteration
+            raise UserError(f"{key}.erode_dilate: expected at least 1 morphology iteration, got {self.erode_dilate}")
+
 
 @dataclass
 class CSAMoEConfig(RecipeConfig):

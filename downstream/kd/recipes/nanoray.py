@@ -21,7 +21,7 @@ import torch
 from downstream.fit import FitConfig
 from downstream.kd.config import LogitKDConfig, TimmStudentConfig
 from downstream.kd.data import PreparedData
-from downstream.kd.models.backbones import create, timm_student
+from downstream.kd.models.backbones import check_model, create, timm_student
 from downstream.kd.models.encoder_teacher import EncoderTeacher
 from downstream.kd.models.encoder_teacher import teacher_arch as encoder_arch
 from downstream.kd.pipeline import timm_student_run
@@ -38,6 +38,10 @@ class ViTTeacherConfig:
     checkpoint: str = ""  # a trained teacher (model.safetensors of a previous run) instead of training one
     encoder: str = ""  # a downstream encoder spec (export folder, hf-hub:, timm:, dinov3:) instead of the ViT
     train: FitConfig = field(default_factory=FitConfig)
+
+    def check(self, key: str) -> None:
+        if not self.encoder:  # an encoder spec is the recipe's check
+            check_model(self.model, self.pretrained and not self.checkpoint, f"{key}.model")
 
 
 @dataclass

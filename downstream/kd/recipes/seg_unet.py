@@ -58,7 +58,7 @@ from downstream.kd.tasks import freeze
 from downstream.metrics import dice_iou
 from downstream.tasks import Segmentation
 from downstream.tasks.segmentation import SegLoss, evaluate_seg
-from sonodistill.config import to_dict
+from sonodistill.config import ConfigError, to_dict
 from sonodistill.errors import UserError
 
 
@@ -71,6 +71,9 @@ class SegTeacherConfig:
     train: FitConfig = field(default_factory=FitConfig)
 
 
+UNET_DEPTH = 5  # smp.Unet's encoder_depth, which the student keeps: one decoder width per stage
+
+
 @dataclass
 class SegStudentConfig:
     """The student: an smp U-Net on a timm encoder, from scratch and distilled from the same start."""
@@ -80,6 +83,13 @@ class SegStudentConfig:
     pretrained: bool = False  # ImageNet weights from the local cache
     unlabelled: bool = False  # also distil on the training split's images outside the label subset (no labels used)
     train: FitConfig = field(default_factory=FitConfig)
+
+    def __post_init__(self) -> None:
+        c = self.decoder_channels
+        if len(c) != UNET_DEPTH or not all(isinstance(v, int) and v > 0 for v in c):
+            raise ConfigError(
+                f"student.decoder_channels: expected {UNET_DEPTH} positive widths, one per U-Net decoder stage, got {c}"
+            )
 
 
 @dataclass
@@ -383,15 +393,12 @@ class SegUNet(Recipe):
         import segmentation_models_pytorch as smp
         import timm
 
-        from downstream.encoders import check_spec
-
         super().check(cfg)
         if not cfg.teacher.encoder:
             raise UserError(
                 "teacher.encoder: give the teacher's encoder spec, e.g. the distilled ResNet-50 export folder "
                 "(in a sweep it defaults to the sweep's distilled encoder)"
             )
-        check_spec(cfg.teacher.encoder)
         name = cfg.student.encoder
         known = timm.is_model(name[3:]) if name.startswith("tu-") else name in smp.encoders.get_encoder_names()
         if not known:

@@ -23,12 +23,13 @@ import torch
 from downstream.fit import FitConfig
 from downstream.kd.config import LogitKDConfig, TimmStudentConfig
 from downstream.kd.data import PreparedData
-from downstream.kd.models.backbones import timm_student
+from downstream.kd.models.backbones import check_model, timm_student
 from downstream.kd.models.encoder_teacher import EncoderTeacher
 from downstream.kd.models.encoder_teacher import teacher_arch as encoder_arch
 from downstream.kd.models.hybrid_teacher import HybridViTConvNeXt
 from downstream.kd.pipeline import timm_student_run
 from downstream.kd.recipes.base import Entry, Recipe, RecipeResult
+from sonodistill.errors import UserError
 
 
 @dataclass
@@ -45,6 +46,17 @@ class HybridTeacherConfig:
     checkpoint: str = ""  # a trained teacher (model.safetensors of a previous run) instead of training one
     encoder: str = ""  # a downstream encoder spec (export folder, hf-hub:, timm:, dinov3:) instead of the hybrid
     train: FitConfig = field(default_factory=FitConfig)
+
+    def check(self, key: str) -> None:
+        if self.encoder:  # the recipe's check loads nothing and checks the spec
+            return
+        if self.head_hidden < 1:
+            raise UserError(f"{key}.head_hidden: expected a width of at least 1, got {self.head_hidden}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"{key}.dropout: expected a probability from 0 to below 1, got {self.dropout}")
+        weights = self.pretrained and not self.checkpoint  # a checkpoint's weights replace timm's
+        check_model(self.vit, weights, f"{key}.vit")
+        check_model(self.convnext, weights, f"{key}.convnext")
 
 
 @dataclass
