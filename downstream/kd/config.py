@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from downstream.data.read import ReaderConfig
-from downstream.fit import FitConfig, check_stages
+from downstream.fit import check_stages
 from downstream.kd.losses import LogitKDLoss, LogitLossConfig
-from downstream.kd.models.backbones import check_model
+from downstream.kd.models.backbones import TimmStudentConfig
 from downstream.splits import SplitConfig
 from sonodistill.errors import UserError
 from sonodistill.precision import MixedPrecision
@@ -61,19 +61,6 @@ class FlipRotateConfig:
                 raise UserError(f"{key}.{name}: expected a probability from 0 to 1, got {p}")
         if not 0 <= self.degrees <= 180:
             raise UserError(f"{key}.degrees: expected a rotation range from 0 to 180 degrees, got {self.degrees}")
-
-
-@dataclass
-class TimmStudentConfig:
-    """A timm classifier as the student (vit_mobilenet, nanoray)."""
-
-    model: str = "mobilenetv3_small_100"  # timm model name (e.g. mobilenetv3_large_100)
-    pretrained: bool = False  # ImageNet weights from the local timm / Hugging Face cache
-    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
-    train: FitConfig = field(default_factory=FitConfig)
-
-    def check(self, key: str) -> None:
-        check_model(self.model, self.pretrained, f"{key}.model")
 
 
 @dataclass

@@ -1,17 +1,17 @@
-"""timm backbones for the KD recipes: random init offline, pretrained weights when the user has them."""
+"""timm backbones for the KD recipes (and the timm student's config): random init offline, pretrained weights
+when the user has them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import timm
 from torch import nn
 
+from downstream.fit import FitConfig
 from sonodistill.errors import UserError
 from sonodistill.hub import timm_pretrained_source
-
-if TYPE_CHECKING:
-    from downstream.kd.config import TimmStudentConfig
 
 
 def check_model(name: str, pretrained: bool, key: str) -> tuple[str, dict]:
@@ -48,6 +48,19 @@ def create(name: str, *, pretrained: bool = False, key: str = "model", **kwargs:
             f"{key}: pretrained weights for '{name}' could not be loaded ({msg}); "
             f"download them into the Hugging Face cache first or set pretrained=false"
         ) from None
+
+
+@dataclass
+class TimmStudentConfig:
+    """A timm classifier as the student (vit_mobilenet, nanoray)."""
+
+    model: str = "mobilenetv3_small_100"  # timm model name (e.g. mobilenetv3_large_100)
+    pretrained: bool = False  # ImageNet weights from the local timm / Hugging Face cache
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+    train: FitConfig = field(default_factory=FitConfig)
+
+    def check(self, key: str) -> None:
+        check_model(self.model, self.pretrained, f"{key}.model")
 
 
 def timm_student(cfg: TimmStudentConfig, num_classes: int) -> nn.Module:
