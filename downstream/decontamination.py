@@ -25,6 +25,7 @@ from typing import Any, Literal
 from downstream.data.record import Catalog
 from shards.exclusions import content_hash, file_sha1
 from sonodistill.errors import UserError
+from sonodistill.hub import cached_file
 
 Status = Literal["checked", "unchecked", "untrained"]
 
@@ -53,12 +54,10 @@ def split_hash(catalog: Catalog, test_ids: list[str]) -> str | None:
 
 def _export_config(spec: str) -> dict[str, Any] | None:
     """The ``config.json`` of an export folder (``PATH``, ``local-dir:PATH``) or of a Hub model in
-    the local cache (``hf-hub:ID``; nothing is fetched); None when there is none."""
+    the local cache (``hf-hub:ID[@REVISION]``; nothing is fetched); None when there is none."""
     if spec.startswith("hf-hub:"):
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(spec[7:], "config.json")
-        path = Path(cached) if isinstance(cached, str) else None
+        cached = cached_file(spec[7:], "config.json")
+        path = Path(cached) if cached else None
     else:
         path = Path(spec.removeprefix("local-dir:")) / "config.json"
     if path is None or not path.is_file():

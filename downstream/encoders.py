@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -224,12 +225,31 @@ def check_spec(spec: str) -> None:
             _check_dinov3(spec, spec[7:])
         return
     path = spec[10:] if spec.startswith("local-dir:") else spec
+    if not path:
+        raise UserError(f"encoder '{spec}': the folder is missing after 'local-dir:'")
     if not Path(path).is_dir():
         raise UserError(
             f"encoder '{spec}': unknown encoder spec (not an existing folder); valid forms: {'; '.join(SPEC_FORMS)}"
         )
-    if not (Path(path) / "config.json").is_file():
-        raise UserError(f"encoder '{spec}': {path} has no config.json (expected a timm save_for_hf folder)")
+    _check_timm_folder(spec, Path(path))
+
+
+def _check_timm_folder(spec: str, path: Path) -> None:
+    """A timm ``save_for_hf`` folder: its config.json names an ``architecture`` (a transformers
+    folder, e.g. a DINOv3 teacher, has a ``model_type`` instead)."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"encoder '{spec}': {path} has no config.json (expected a timm save_for_hf folder)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"encoder '{spec}': {path}/config.json is not readable JSON ({exc})") from None
+    if not isinstance(config, dict) or not config.get("architecture"):
+        kind = str(config.get("model_type", "")) if isinstance(config, dict) else ""
+        hint = f"; a {kind} model folder: give it as dinov3:{path}" if kind.startswith("dinov3") else ""
+        raise UserError(
+            f"encoder '{spec}': {path}/config.json names no timm architecture (expected a timm save_for_hf "
+            f"folder such as pretrain.export writes){hint}"
+        )
 
 
 def load_encoder(spec: str) -> Encoder:

@@ -43,7 +43,7 @@ from downstream.data.read import ReaderConfig
 from downstream.encoders import check_spec
 from downstream.fit import check_selects, check_stages
 from downstream.inputs import InputStamps
-from downstream.sweep_parts import CellWork, one_writer, planned, read_results, results_path, slice_of
+from downstream.sweep_parts import CellWork, drop_plans, one_writer, planned, read_results, results_path, slice_of
 from downstream.tables import TaskColumn, aggregate, render_contamination, render_tables, task_label
 from downstream.tasks import VAL_NAMES
 from sonodistill.atomic import remove_stale_temporaries, write_json, write_text
@@ -351,6 +351,10 @@ def write_report(cfg: SweepConfig, rows_: list[dict], grid: Grid | None = None) 
         p = out / f"pareto_{slug(t.label.rstrip('.'))}.png"
         if plot_pareto(agg, encoders + methods, methods, t, p):
             plots.append(p.name)
+    for pattern in ("fractions_*.png", "pareto_*.png"):  # an earlier grid's: they would show rows it no longer has
+        for stale in out.glob(pattern):
+            if stale.name not in plots:
+                stale.unlink(missing_ok=True)
     summary = {
         "cells": len(rows_),
         "results": [
@@ -416,6 +420,12 @@ def cells_to_run(out: Path, plan: list[PlannedCell], part: Part | None) -> list[
         return todo
     work = {p.key: p.work for p in plan}
     keys = planned(out, part, list(work), [p.key for p in todo])
+    unplanned = len({p.key for p in todo} - set(keys))
+    if unplanned:
+        log.warning(
+            f"sweep part {part}: {unplanned} cell(s) to do are not in the parts' plan (made when the first part "
+            "started; their results went missing since): no part runs them, the run without part= does"
+        )
     mine = slice_of([work[k] for k in keys if k in work], part)
     return [p for p in todo if p.key in mine]
 
@@ -531,9 +541,9 @@ def write_splits(cfg: SweepConfig) -> list[str]:
     from downstream.runner import prepare
 
     made: dict[str, None] = {}
-    grid = Grid(resolve_tasks(cfg), [("splits", "rand")], [])  # splits depend on the tasks alone
-    for c in cells(cfg, grid):
-        rc = cell_config(cfg, c)
+    seed = int(cfg.seeds[0]) if cfg.seeds else 0
+    for t in resolve_tasks(cfg):  # a split depends on its task's data alone: any mode, fraction and seed
+        rc = cell_config(cfg, Cell(t, _dataset_name(t.data), "splits", "rand", "finetune", 1.0, seed))
         if rc.split.file not in made:
             prepare(rc)
             made[rc.split.file] = None
@@ -614,6 +624,8 @@ def _run_grid(cfg: SweepConfig, grid: Grid, part: Part | None, max_cells: int | 
     summary = {**head, "ran": ran, "remaining": len(todo) - ran, "cells": len(plan), "done": len(rows_)}
     if part is None and acc.is_main_process:
         write_report(cfg, rows_, grid)
+        if len(rows_) == len(plan):  # the grid done: parts started later plan from what is to do then
+            drop_plans(out)
     return summary
 
 

@@ -6,7 +6,8 @@ Which cells a part runs:
   to ``OUT/parts/plan-N-<grid>.json`` (create-if-absent; ``<grid>`` hashes every cell key of the
   grid). Every part slices that list, whenever it starts: a part that starts after another has
   finished cells still gets the same slice, so no cell is run twice or by nobody. A new grid or
-  another N makes a new plan from what is still to do then.
+  another N makes a new plan from what is still to do then; the merge removes the plans once every
+  cell is done, so parts started again later plan afresh.
 - **Balanced by expected cost.** Cells are grouped into units (the linear probes of one encoder on
   one classification task share its frozen features: one unit, so they are extracted once), each
   unit's cost comes from :data:`COST`, and the units are dealt longest first
@@ -107,6 +108,13 @@ def planned(out: Path, part: Part, grid_keys: Sequence[str], todo: Sequence[str]
         return list(json.loads(path.read_text())["todo"])
     except (ValueError, KeyError) as exc:
         raise UserError(f"{path}: not a sweep plan ({exc}); delete it to plan the parts again") from None
+
+
+def drop_plans(out: Path) -> None:
+    """Remove the parts' plans once the grid is done (cells whose results go missing later, or a
+    grid run again in parts, are planned afresh)."""
+    for path in (out / "parts").glob("plan-*-*.json"):
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

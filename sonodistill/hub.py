@@ -60,13 +60,20 @@ def in_reach(repo_id: str) -> bool:
     local cache (a sweep checks its encoders before the first cell, not hours later at theirs)."""
     if Path(repo_id).expanduser().is_dir() or hub_reachable():
         return True
+    return cached_file(repo_id, "config.json") is not None
+
+
+def cached_file(repo_id: str, filename: str) -> str | None:
+    """``filename`` of Hub model ``ID`` or ``ID@REVISION`` (timm's form) in the local cache, nothing
+    fetched; None when it is not there or ``repo_id`` is no repo id."""
     from huggingface_hub import try_to_load_from_cache
 
     repo, _, revision = repo_id.partition("@")
     try:
-        return isinstance(try_to_load_from_cache(repo, "config.json", revision=revision or None), str)
-    except ValueError:  # not a repo id
-        return False
+        found = try_to_load_from_cache(repo, filename, revision=revision or None)
+    except ValueError:  # not a repo id (huggingface_hub's validation error is a ValueError)
+        return None
+    return found if isinstance(found, str) else None
 
 
 def timm_pretrained_source(name: str) -> tuple[str, dict] | None:

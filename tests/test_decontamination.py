@@ -97,6 +97,24 @@ def test_check_compares_the_test_split_hash(world, busi_dir, tmp_path):
     assert check_encoder(str(noset), h).reason == "no exclusion set"
 
 
+def test_a_hub_encoder_with_a_revision_is_checked_from_the_local_cache(world, busi_dir, tmp_path, monkeypatch):
+    """``hf-hub:ID@REVISION`` (timm's form, which the loader takes) reads its cached config.json too;
+    an id the Hub would refuse is an encoder without provenance, not a traceback."""
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--lab--us" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    shutil.copy(world["export"] / "config.json", snapshot / "config.json")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    catalog, splits, _ = prepare(_busi_run(busi_dir, world["splits"]))
+    h = split_hash(catalog, splits.test)
+    assert check_encoder("hf-hub:lab/us", h).status == check_encoder("hf-hub:lab/us@main", h).status == "checked"
+    assert check_encoder("hf-hub:lab/us@v2", h).reason == "no provenance"  # a revision not in the cache
+    assert check_encoder("hf-hub:not a repo id!", h).reason == "no provenance"
+
+
 def test_sweep_marks_unchecked_cells_and_strict_refuses(world, busi_dir, ddti_dir, tmp_path):
     plain = save_encoder(tmp_path / "plain", "resnet18")  # timm save_for_hf without data provenance
     out = tmp_path / "sweep"
@@ -177,5 +195,8 @@ def test_splits_only_writes_the_splits_a_sweep_will_use(busi_dir, ddti_dir, tmp_
     cfg = load_config(SweepConfig, REPO / "downstream/configs/tiny.yaml", [*argv[2:-1], "methods=[]"])
     assert paths == [str(_sweep_splits(cfg, "busi-cls")), str(_sweep_splits(cfg, "ddti-seg"))]
     assert capsys.readouterr().out.split() == paths and not (out / "results.jsonl").exists()
+    # a sweep of KD rows only (no encoder protocol) has the same splits to build a corpus against
+    kd_only = [*argv[:-1], f"out={tmp_path / 'kd-only'}", "modes=[]", "--splits-only"]
+    assert [Path(p).name for p in sweep_cli.main(kd_only)["splits"]] == [Path(p).name for p in paths]
     busi = load_exclusion(f"{paths[0]}:test")  # what shards.build --exclude reads
     assert busi.root == busi_dir and len(busi.images) == len(json.loads(Path(paths[0]).read_text())["test"])

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from downstream.config import ProbeConfig, RunConfig
-from downstream.encoders import load_encoder
+from downstream.encoders import check_spec, load_encoder
 from downstream.models import build_classifier, build_segmenter
 from downstream.probe import FeatureCache, train_linear_probe
 from downstream.runner import run
@@ -125,6 +125,15 @@ def test_weights_not_matching_architecture(tmp_path, export_dir):
     nocfg.mkdir()
     with pytest.raises(UserError, match="has no config.json"):
         load_encoder(str(nocfg))
+    with pytest.raises(UserError, match="the folder is missing after 'local-dir:'"):
+        check_spec("local-dir:")  # not the working directory
+
+
+def test_a_transformers_folder_given_as_a_timm_export_is_named_before_any_cell(tiny_teacher_dir):
+    with pytest.raises(UserError) as exc:
+        check_spec(str(tiny_teacher_dir))  # the DINOv3 teacher folder: its config has a model_type
+    assert "config.json names no timm architecture" in str(exc.value)
+    assert str(exc.value).endswith(f"a dinov3_vit model folder: give it as dinov3:{tiny_teacher_dir}")
 
 
 def test_unet_gets_encoder_weights_strictly(export_dir):

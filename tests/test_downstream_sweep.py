@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -111,6 +112,13 @@ def test_tiny_sweep_end_to_end(busi_dir, ddti_dir, tmp_path):
     assert seg["metrics"]["edge"]["params_m"] > 30 and seg["metrics"]["edge"]["eager_ms"] > 0  # the whole U-Net
 
     check_splits_and_cells(out, busi_dir, ddti_dir, metric)
+
+    # the grid narrowed to one task: the tables and plots are of that grid, none left of the wider one
+    (out / "fractions_finetune.png").write_bytes(b"an earlier grid's plot")
+    narrow = dataclasses.replace(cfg, tasks=["busi-cls"])
+    assert run_sweep(narrow)["ran"] == 0
+    plots = json.loads((out / "summary.json").read_text())["plots"]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(plots) == ["fractions_linear.png", "pareto_BUSI_Cls.png"]
 
 
 def _resume_cfg(busi_dir, export, out) -> list[str]:

@@ -4,6 +4,7 @@ a stopped part (exit 75) that continues, and a merge equal to one process."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import torch
 from test_downstream_models import one_thread, save_encoder  # noqa: F401  (shared helper + fixture)
 
 from downstream.sweep import SweepConfig, cells_to_run, parse_grid, plan_cells, run_sweep
-from downstream.sweep_parts import read_results
+from downstream.sweep_parts import drop_plans, read_results
 from sonodistill.config import load_config
 from sonodistill.parts import Part
 
@@ -40,7 +41,7 @@ def paper_like(busi_dir, ddti_dir, export, out) -> SweepConfig:
     )
 
 
-def test_slices_cover_the_cells_once_balanced_and_stay_one_plan(busi_dir, ddti_dir, tmp_path):
+def test_slices_cover_the_cells_once_balanced_and_stay_one_plan(busi_dir, ddti_dir, tmp_path, caplog):
     export = save_encoder(tmp_path / "export", "resnet18", seed=1)
     out = tmp_path / "sweep"
     cfg = paper_like(busi_dir, ddti_dir, export, out)
@@ -74,6 +75,14 @@ def test_slices_cover_the_cells_once_balanced_and_stay_one_plan(busi_dir, ddti_d
     rest = [p for i in range(3) for p in cells_to_run(out, plan, Part(i, 3))]
     finished = {p.key for p in done}
     assert sorted(p.key for p in rest) == sorted(p.key for p in plan if p.key not in finished)
+    # results gone after a plan was made: said, left to the merge; planned again once the plans are dropped
+    assert len([p for i in range(2) for p in cells_to_run(out, plan, Part(i, 2))]) == len(plan) - 5
+    (out / "results.part-0-of-4.jsonl").unlink()
+    with caplog.at_level(logging.WARNING, logger="downstream.sweep"):
+        assert len([p for i in range(2) for p in cells_to_run(out, plan, Part(i, 2))]) == len(plan) - 5
+    assert "5 cell(s) to do are not in the parts' plan" in caplog.text
+    drop_plans(out)
+    assert sorted(p.key for i in range(2) for p in cells_to_run(out, plan, Part(i, 2))) == sorted(p.key for p in plan)
 
 
 def parts_args(busi_dir, out) -> list[str]:
@@ -147,6 +156,7 @@ def test_two_parts_at_once_one_stopped_then_the_merge_equals_one_process(busi_di
     assert not (out / "tables.md").exists() and not (out / "results.jsonl").exists()
     merged = run_sweep(load_config(SweepConfig, None, args))
     assert merged == {"ran": 0, "remaining": 0, "cells": 4, "done": 4}  # the merge only writes the tables
+    assert not list((out / "parts").glob("plan-*.json"))  # the grid done: parts started again plan afresh
 
     assert run_sweep(load_config(SweepConfig, None, parts_args(busi_dir, one)))["ran"] == 4
     rows, ref = read_results(out), {r["key"]: r for r in read_results(one)}
