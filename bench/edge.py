@@ -16,6 +16,7 @@ downstream.edge.measure.side_by_side), at 224 px unless --size. The last line is
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -86,8 +87,10 @@ def quick_student(workdir: Path, size: int, epochs: int, n: int):
     return model.cpu().eval(), ImageSet(prep.parts["test"], size, labels=True), train
 
 
+@functools.cache  # read once: checked before the timing, deployed after it
 def run_student(run_dir: Path):
-    """The distilled student of a vit_mobilenet run, with that run's data, splits and test split."""
+    """The distilled student of a vit_mobilenet run (its own or a sweep's KD cell), with that run's
+    data, splits and test split."""
     from downstream.data import ImageSet
     from downstream.kd.checkpoint import load_model, read_arch
     from downstream.kd.data import prepare
@@ -103,7 +106,10 @@ def run_student(run_dir: Path):
         cfg = load_config(VitMobilenetPaperConfig, run_dir / "config.yaml")
     except UserError as exc:
         raise UserError(f"--run {run_dir}: not a vit_mobilenet run ({exc})") from None
-    cfg.split.file = str(run_dir / "splits.json")
+    named = cfg.split.file  # a sweep's KD cell names the sweep's split; a kd train run keeps its own
+    cfg.split.file = named if named and Path(named).is_file() else str(run_dir / "splits.json")
+    if not Path(cfg.split.file).is_file():  # never a new split: the test images must be the run's
+        raise UserError(f"--run {run_dir}: its split ({named or cfg.split.file}) is gone; the test set is unknown")
     prep = prepare(json.loads((run_dir / "metrics.json").read_text())["data"], cfg, run_dir)
     model = timm_student(cfg.student, len(prep.classes))
     load_model(model, weights, arch=arch, key="--run")
@@ -413,8 +419,8 @@ def main() -> None:
     if args.int8_study:
         study_main(args, threads)
         return
-    if args.run and not (Path(args.run) / "distilled" / "model.safetensors").is_file():  # before minutes of timing
-        raise UserError(f"--run {args.run}: no distilled student (expected a finished vit_mobilenet run)")
+    if args.run:
+        run_student(Path(args.run))  # a run that cannot be deployed is said before minutes of timing
     table = recipe_table(args, threads)  # 1. every recipe model, PyTorch eager fp32, side by side
     deployed = deploy_student(args, threads)  # 2. the deployed student: accuracy and latency per runtime
     print_deployment(deployed)

@@ -278,10 +278,6 @@ def deployable_spec(spec: str) -> bool:
     return spec != "rand" and not spec.startswith(("rand:", "timm:", "dinov3:"))
 
 
-# ResNets whose timm state dict loads strictly into smp's own encoder of the same name
-SMP_NATIVE = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-
-
 @contextlib.contextmanager
 def quiet_timm_loader() -> Iterator[None]:
     """timm logs every unexpected key of a features-only load at WARNING; the head keys are expected."""

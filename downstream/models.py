@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from downstream.encoders import SMP_NATIVE, DinoBackbone, Encoder, quiet_timm_loader
+from downstream.encoders import DinoBackbone, Encoder, quiet_timm_loader
 from sonodistill.errors import UserError
+from sonodistill.smp_encoders import SMP_NATIVE
 
 
 class DinoSegmenter(nn.Module):

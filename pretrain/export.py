@@ -93,6 +93,9 @@ def out_mode(out: Path, ckpt: Path, overwrite: bool = False) -> str:
         raise UserError(f"--out {out}: is a file, not a folder")
     if ckpt.resolve().is_relative_to(out.resolve()):
         raise UserError(f"--out {out}: holds the checkpoint being exported ({ckpt}); choose a new folder")
+    run = next((p for p in out.resolve().parents if _holds_run(p)), None)
+    if run is not None:  # its tb/, keys/ or a folder beside them: the run's own
+        raise UserError(f"--out {out}: inside the pretraining run {run}; export never writes into one")
     if not out.exists() or not any(out.iterdir()):
         return "new"
     if _is_own_export(out):
@@ -134,7 +137,8 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None, ov
     from sonodistill.atomic import write_text
 
     model, meta, ckpt = load_backbone(checkpoint)
-    out = Path(out)
+    # resolved: "." has no name to stage beside, and a link to an earlier export is written where it points
+    out = Path(out).expanduser().resolve()
     mode = out_mode(out, ckpt, overwrite)
     cfg = saved_config(meta)
     size = cfg.image_size

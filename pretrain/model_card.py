@@ -11,6 +11,7 @@ import torch
 
 from pretrain.checkpoint import saved_config
 from sonodistill.provenance import model_provenance, public_model_name, public_source_name
+from sonodistill.smp_encoders import SMP_NATIVE
 
 GRAYSCALE_NOTE = (
     "B-mode ultrasound is grayscale: replicate the single channel to 3 channels "
@@ -44,13 +45,12 @@ model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True)  # o
 features = model.forward_features(x)  # [B, {num_features}, H/32, W/32]; model(x) pools them
 ```
 
-As a U-Net encoder (segmentation-models-pytorch; the state dict loads strictly):
+As a U-Net encoder (segmentation-models-pytorch{smp_note}):
 
 ```python
 import segmentation_models_pytorch as smp
 from safetensors.torch import load_file
-unet = smp.Unet("{arch}", encoder_weights=None, classes=1)
-unet.encoder.load_state_dict(load_file("model.safetensors"))
+{smp_code}
 ```
 
 ## Training
@@ -114,6 +114,13 @@ def data_provenance(meta: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, **{k: data.get(k) for k in keep}}
 
 
+def _parts(x: dict[str, Any]) -> str:
+    """A set's splits.json parts, each with its own content hash (a task's test split is checked
+    against it alone); ``folder`` for a folder of images."""
+    hashes = x.get("part_hashes") or {}
+    return ", ".join(f"{p} `{hashes[p]}`" if p in hashes else p for p in x.get("parts") or []) or "folder"
+
+
 def exclusions_text(sets: list[dict[str, Any]] | None) -> str:
     """The card's account of the evaluation sets the corpus was built against (``--exclude``)."""
     if sets is None:
@@ -125,16 +132,28 @@ def exclusions_text(sets: list[dict[str, Any]] | None) -> str:
             "this encoder's results as not checked against a test split."
         )
     rows = "\n".join(
-        f"| {x['name']} | {x['images']} | `{x['content_hash']}` | {', '.join(x.get('parts') or []) or 'folder'} "
-        f"| {x.get('frames_removed', 0)} |"
+        f"| {x['name']} | {x['images']} | `{x['content_hash']}` | {_parts(x)} | {x.get('frames_removed', 0)} |"
         for x in sets
     )
     return (
         "Frames that copy an image of these sets (renamed, re-encoded, resized, mirrored or re-cropped) were "
         "left out of the corpus (`shards.build --exclude`); the content hash is the SHA-1 over the sorted SHA-1s "
         "of the set's image files, which `downstream.run` and `downstream.sweep` compare with a task's test "
-        "split.\n\n| set | images | content hash | parts | frames removed |\n| --- | --- | --- | --- | --- |\n" + rows
+        "split.\n\n| set | images | content hash | parts (each with its own hash) | frames removed |\n"
+        "| --- | --- | --- | --- | --- |\n" + rows
     )
+
+
+def smp_snippet(arch: str) -> tuple[str, str]:
+    """(note, code) loading the encoder into an smp U-Net: strictly into smp's own ResNet encoder,
+    else through smp's ``tu-`` wrapper, which hands the weights to timm's loader."""
+    if arch in SMP_NATIVE:
+        code = f'unet = smp.Unet("{arch}", encoder_weights=None, classes=1)\n'
+        code += 'unet.encoder.load_state_dict(load_file("model.safetensors"))'
+        return "; the state dict loads strictly", code
+    code = f'unet = smp.Unet("tu-{arch}", encoder_weights=True, classes=1,\n'
+    code += '                pretrained_cfg_overlay=dict(state_dict=load_file("model.safetensors")))'
+    return "; timm loads the weights into its `tu-` encoder", code
 
 
 def _code(name: str) -> str:
@@ -152,6 +171,8 @@ def _facts(meta: dict[str, Any], model: torch.nn.Module, title: str) -> dict[str
     return {
         "title": title,
         "arch": cfg.student.name,
+        "smp_note": smp_snippet(cfg.student.name)[0],
+        "smp_code": smp_snippet(cfg.student.name)[1],
         "params": sum(p.numel() for p in model.parameters()) / 1e6,
         "teacher": _code(public_model_name(teacher_provenance(meta))),
         "not_clinical": NOT_CLINICAL,

@@ -64,7 +64,7 @@ def test_export_writes_the_exclusion_sets_into_config_and_card(world):
     assert config["sonodistill"]["data"]["sources"]  # sources and counts
     card = (world["export"] / "README.md").read_text()
     assert "### Evaluation sets kept out" in card and f"| busi:test | {len(test_set.images)} |" in card
-    assert f"`{test_set.content_hash}`" in card
+    assert f"| `{test_set.content_hash}` | test `{test_set.content_hash}` | 0 |" in card  # each part's own hash too
     published = card + json.dumps(config)
     assert not local_paths(published, [world["root"], world["splits"].parent])
 

@@ -3,8 +3,10 @@ and nothing it publishes names a local path. Each case keeps every byte the fold
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,16 @@ def run(shard_dir, tiny_teacher_dir, tmp_path_factory) -> Path:
     out = project / "run"
     train(tiny_config(shard_dir, tiny_teacher_dir, out, train__max_steps=2, train__save_every=2))
     return out
+
+
+@contextlib.contextmanager
+def _chdir(folder: Path):
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
 
 
 def _refused(argv: list[str], capsys) -> str:
@@ -153,3 +165,48 @@ def test_a_checkpoint_with_damaged_weights_is_one_line(run, tmp_path, capsys):
     assert err.startswith(f"error: --checkpoint: {weights}: unreadable (")
     assert err.strip().endswith("export an earlier checkpoint (--checkpoint <run>/checkpoints/step_...)")
     assert not (tmp_path / "exp").exists()
+
+
+def test_out_given_as_dot_or_as_a_link_to_an_earlier_export(run, tmp_path, monkeypatch):
+    here = tmp_path / "us-r50"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    export(run, ".")  # "." has no name of its own: the folder it stands for is written
+    assert sorted(p.name for p in here.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert "# us-r50" in (here / "README.md").read_text()
+    latest = tmp_path / "latest"
+    latest.symlink_to(here)
+    before = (here / "config.json").read_bytes()
+    export(run, latest, title="again")  # the earlier export the link points at is replaced; the link stays
+    assert latest.is_symlink() and "# again" in (here / "README.md").read_text()
+    assert (here / "config.json").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "latest",
+        "us-r50",
+    ]
+
+
+def test_an_out_inside_the_run_is_refused_even_with_overwrite(run, capsys):
+    before = _snapshot(run)
+    for sub in ("tb", "exports/us"):
+        err = _refused(["--checkpoint", str(run), "--out", str(run / sub), "--overwrite"], capsys)
+        assert f"inside the pretraining run {run}; export never writes into one" in err
+    assert _snapshot(run) == before
+
+
+def test_the_cards_unet_snippet_loads_the_export_for_any_timm_student(run, tmp_path):
+    """resnet10t is no smp encoder of its own: the card shows smp's tu- form, and it loads the weights."""
+    import re
+
+    import torch
+    from safetensors.torch import load_file
+
+    out = export(run, tmp_path / "exp")
+    card = (out / "README.md").read_text()
+    code = re.search(r"```python\n(import segmentation_models_pytorch as smp\n.*?)```", card, re.S).group(1)
+    assert 'smp.Unet("tu-resnet10t"' in code
+    scope: dict = {}
+    with _chdir(out):
+        exec(code, scope)  # noqa: S102 (the card's own snippet, as a reader would run it)
+    weights = load_file(str(out / "model.safetensors"))
+    got = scope["unet"].encoder.model.state_dict()
+    assert all(torch.equal(got[k], weights[k]) for k in got if k in weights) and len(set(got) & set(weights)) > 20

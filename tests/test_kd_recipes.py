@@ -417,3 +417,31 @@ def test_the_gradcam_panel_takes_classes_in_turn_and_fills_up_from_the_larger_on
                for i in range(k)]  # fmt: skip
     assert [r.id for r in in_turn(records, 4)] == ["b0", "m0", "n0", "b1"]  # 4 asked, 4 drawn
     assert [r.id for r in in_turn(records, 10)] == ["b0", "m0", "n0", "b1", "b2", "b3"]
+
+
+def test_bench_edge_deploys_a_runs_student_on_the_split_its_config_names(vit_run, tmp_path):
+    """bench/edge.py --run takes a kd train run and a sweep's KD cell, whose config names the sweep's
+    split file; a split that is gone is one line, never a new split with other test images."""
+    import importlib.util
+
+    import yaml
+
+    from sonodistill.errors import UserError
+
+    spec = importlib.util.spec_from_file_location("bench_edge", Path(__file__).parents[1] / "bench" / "edge.py")
+    edge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(edge)
+    out, metrics = vit_run
+    _, test, _ = edge.run_student(out)
+    assert len(test) == metrics["splits"]["test"]
+    cell = tmp_path / "cell"  # as a sweep lays a KD cell out: the split lives beside, not inside
+    shutil.copytree(out, cell)
+    (cell / "splits.json").rename(tmp_path / "sweep-split.json")
+    config = yaml.safe_load((cell / "config.yaml").read_text())
+    config["split"]["file"] = str(tmp_path / "sweep-split.json")
+    (cell / "config.yaml").write_text(yaml.safe_dump(config))
+    _, test, _ = edge.run_student(cell)
+    assert len(test) == metrics["splits"]["test"]
+    (tmp_path / "sweep-split.json").unlink()
+    with pytest.raises(UserError, match=r"its split \(.*sweep-split.json\) is gone; the test set is unknown"):
+        edge.run_student(tmp_path / "cell" / ".." / "cell")  # another path: not the cached answer
