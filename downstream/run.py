@@ -33,22 +33,29 @@ def parse(argv: Sequence[str] | None = None) -> RunConfig:
     p.add_argument("--out", help="output folder")
     add_config_args(p, RunConfig)
     args = parse_command_line(p, argv)
-    return config_from_flags(RunConfig, args, ("task", "data", "encoder", "mode", "fraction", "seed", "out"))
+    flags = ("task", "data", "encoder", "mode", "fraction", "seed", "out")
+    return config_from_flags(RunConfig, args, flags, check=check_values)
+
+
+def check_values(cfg: RunConfig) -> None:
+    """Values no run trains with, one line naming the key (also before ``--show-config`` prints)."""
+    from downstream.config import TASK_KIND
+    from downstream.fit import check_selects, check_stages
+    from downstream.tasks import VAL_NAMES
+
+    check_stages(cfg)
+    if cfg.task in TASK_KIND:  # an unknown task is named by the run
+        check_selects(cfg, VAL_NAMES[TASK_KIND[cfg.task]], TASK_KIND[cfg.task])
 
 
 @cli_main
 def main(argv: Sequence[str] | None = None) -> dict:
-    from downstream.config import TASK_KIND
     from downstream.encoders import check_spec
-    from downstream.fit import check_selects, check_stages
     from downstream.runner import run
-    from downstream.tasks import VAL_NAMES
 
     cfg = parse(argv)
     check_spec(cfg.encoder)  # a typo leaves no folder behind
-    check_stages(cfg)
-    if cfg.task in TASK_KIND:  # an unknown task is named by the run
-        check_selects(cfg, VAL_NAMES[TASK_KIND[cfg.task]], TASK_KIND[cfg.task])
+    check_values(cfg)
     with claimed(cfg.out, "downstream.run", write=is_main_rank()) if cfg.out else nullcontext(), StopRequest():
         metrics = run(cfg)  # a stop signal ends the run with exit 75 (nothing half-written is kept)
     test = metrics["test"]

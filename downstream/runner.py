@@ -42,7 +42,7 @@ from downstream.tasks.segmentation import SegLoss, plot_predictions, predict_mas
 from sonodistill.atomic import write_bytes, write_json
 from sonodistill.config import save_config
 from sonodistill.errors import UserError
-from sonodistill.workers import loader_workers
+from sonodistill.workers import available_cores, loader_workers
 from sonodistill.world import make_accelerator
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def cpu_threads(num_workers: int, device: torch.device) -> Iterator[None]:
     workers for the same cores made a 2-core run 3x slower. OMP_NUM_THREADS, if set, wins."""
     before = torch.get_num_threads()
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - num_workers)))
+        torch.set_num_threads(max(1, min(before, available_cores() - num_workers)))
     try:
         yield
     finally:

@@ -554,17 +554,29 @@ def check_before_cells(cfg: SweepConfig, grid: Grid) -> None:
     """What would otherwise stop the sweep in its first cell that meets it, hours in: every encoder
     spec well formed (its folder there), the run's image size and training stage, and every label
     fraction in (0, 1] (each KD method's values are checked when it is parsed)."""
+    for _, spec in grid.encoders:
+        check_spec(spec)
+    check_values(cfg, grid)
+
+
+def check_values(cfg: SweepConfig, grid: Grid | None = None) -> None:
+    """The values of :func:`check_before_cells`; without ``grid`` (``--show-config``, which prints a
+    config for data folders and encoders that may not be there yet) the methods parsed, no task read."""
+    from downstream.kd.cell import parse_methods
     from downstream.kd.recipes.base import CONFIGS
     from downstream.kd.registry import RECIPES
     from downstream.splits import check_ratios
 
-    for _, spec in grid.encoders:
-        check_spec(spec)
+    if cfg.part:
+        Part.parse(cfg.part)
+    if grid is None:
+        parse_methods(cfg.methods, dict(parse_encoder(e) for e in cfg.encoders))
+    tasks = grid.tasks if grid is not None else []
     check_stages(cfg.run, "run.")
-    for kind in sorted({t.kind for t in grid.tasks}):  # run.train.select serves every task of the sweep
+    for kind in sorted({t.kind for t in tasks}):  # run.train.select serves every task of the sweep
         check_selects(cfg.run, VAL_NAMES[kind], kind, "run.")
     check_ratios(cfg.run.split.ratios)
-    if cfg.run.image_size % 32 and any(t.kind == "seg" for t in grid.tasks):
+    if cfg.run.image_size % 32 and any(t.kind == "seg" for t in tasks):
         raise UserError(f"run.image_size: U-Net segmentation needs a multiple of 32, got {cfg.run.image_size}")
     for key in ("fractions", "linear_fractions", "seeds"):
         values = getattr(cfg, key)
@@ -584,10 +596,8 @@ def check_before_cells(cfg: SweepConfig, grid: Grid) -> None:
 def checked_grid(cfg: SweepConfig) -> Grid:
     """The grid of ``cfg`` (tasks, encoders and methods parsed once), every setting checked: what
     :func:`run_sweep` runs; :class:`UserError` before anything is written."""
-    if cfg.part:
-        Part.parse(cfg.part)
     grid = parse_grid(cfg)
-    check_before_cells(cfg, grid)
+    check_before_cells(cfg, grid)  # the part too
     return grid
 
 
@@ -644,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
     p.add_argument("--splits-only", action="store_true", help="write each dataset's splits.json, print them, stop")
     args = parse_command_line(p, argv)
-    cfg = config_from_args(SweepConfig, args)
+    cfg = config_from_args(SweepConfig, args, check=check_values)
     # a bad setting refused before `out` is created (--splits-only reads no encoder or method: they
     # may not exist yet)
     grid = None if args.splits_only else checked_grid(cfg)

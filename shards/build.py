@@ -62,6 +62,7 @@ from sonodistill.logs import progress as progress_bar
 from sonodistill.outdir import make_folder
 from sonodistill.parts import Part
 from sonodistill.stop import StopRequest, check_stop
+from sonodistill.workers import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ MAX_SIZE = 2048  # pixels; above a scanner's native resolution, every sample an 
 class BuildSettings:
     size: int = 256  # output side in pixels, 32 to MAX_SIZE (square, see shards.clean's aspect rule)
     samples_per_shard: int = 1000
-    workers: int = max(1, (os.cpu_count() or 1))
+    workers: int = field(default_factory=available_cores)  # its CPU affinity: a cpuset, srun's cores
     near_duplicate_distance: int = 16  # max Hamming distance of 256-bit pHashes; -1: exact only
     # Consecutive frames of a clip (or consecutive images of a folder: frames exported from a video)
     # within this distance of the previous kept one look identical (docs/data.md); -1: off.

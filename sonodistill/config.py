@@ -113,11 +113,11 @@ def _union(value: Any, tp: Any, key: str, where: str) -> Any:
 
 
 def _sequence(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
     if isinstance(value, str):
-        value = parse_list(value)
+        value = parse_list(value, strings=args == (str,))
     if not isinstance(value, (list, tuple)):
         raise _mismatch(value, tp, key, where)
-    origin, args = get_origin(tp), get_args(tp)
     if origin is tuple and args and args[-1] is not Ellipsis:
         if len(args) != len(value):
             raise _mismatch(value, tp, key, where)
@@ -198,14 +198,15 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     return [p for p in parts if p]
 
 
-def parse_list(text: str) -> Any:
+def parse_list(text: str, strings: bool = False) -> Any:
     """A list from the command line: YAML flow syntax, or a bare ``a,b`` list. Items that YAML cannot
-    parse as plain scalars (``[kd:hdkd?model.channels=[64,128,192]]``) are split at top-level commas."""
+    parse as plain scalars (``[kd:hdkd?model.channels=[64,128,192]]``) are split at top-level commas.
+    ``strings``: every item as written (a list of names: ``[007,no]`` stays ``['007', 'no']``)."""
     text = text.strip()
     if not text.startswith("["):
         return [v for v in text.split(",") if v != ""]
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=yaml.BaseLoader) if strings else yaml.safe_load(text)  # noqa: S506
     except yaml.YAMLError:
         if not text.endswith("]"):
             raise
@@ -386,8 +387,25 @@ def _read_yaml(cls: type, path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     apply_renames(cls, data, str(path))
-    _build(cls, data, str(path))  # validate keys and types against the file's own names
+    _check_tree(cls, data, str(path))  # keys and types under the file's own name; the values together later
     return data
+
+
+def _check_tree(cls: type, data: dict, where: str, prefix: str = "") -> None:
+    """The keys and value types of a partial tree for ``cls``, no section built: a section's rules
+    that relate its values (``model.heads`` divides ``model.dim``) judge the layered whole, where
+    another file or the defaults may set the other value (:func:`load_config` builds it)."""
+    fields = config_fields(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: " + ", ".join(prefix + k for k in fields)
+        )
+    for k, v in data.items():
+        if dataclasses.is_dataclass(fields[k]) and isinstance(v, dict):
+            _check_tree(fields[k], v, where, prefix + k + ".")
+        else:
+            _coerce(v, fields[k], prefix + k, where)
 
 
 def load_config(
@@ -397,7 +415,7 @@ def load_config(
     tree: dict = to_dict(cls())
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     for p in paths:
-        _merge(tree, _read_yaml(cls, p))
+        _merge(tree, _read_yaml(cls, p), cls)
     where = "config" if not paths else str(paths[-1])
     files_only = copy.deepcopy(tree) if overrides else None
     _apply_overrides(cls, tree, overrides)
@@ -430,17 +448,25 @@ def _apply_overrides(cls: type, tree: dict, overrides: Sequence[str]) -> None:
         given = key.strip()
         key = rename_key(cls, given)
         if written.setdefault(key, given) != given:  # as a YAML file holding both is refused
-            old = given if given != key else written[key]
+            first = written[key]
+            if key not in (first, given):  # two old names of one key
+                raise ConfigError(f"override: both '{first}' and '{given}' are old names of '{key}'; give '{key}'")
+            old = given if given != key else first
             raise ConfigError(f"override: both '{old}' and its new name '{key}' are given; keep '{key}'")
         tp = _check_override_key(cls, key)
         value: Any = raw
         if tp is not str and not (get_origin(tp) in (Union, types.UnionType) and str in get_args(tp)):
             if raw.strip().startswith(("[", "{")):
                 try:
-                    value = parse_list(raw) if raw.strip().startswith("[") else yaml.safe_load(raw)
+                    names = get_origin(tp) is list and get_args(tp) == (str,)
+                    value = parse_list(raw, strings=names) if raw.strip().startswith("[") else yaml.safe_load(raw)
                 except yaml.YAMLError:
                     raise ConfigError(f"override '{item}': value is not valid YAML") from None
-        _set_dotted(tree, key, value)
+        section = _get_dotted(tree, key)
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict) and isinstance(section, dict):
+            _merge(section, value, tp)  # split={seed: 3} sets split.seed, as a YAML file's section does
+        else:
+            _set_dotted(tree, key, value)
 
 
 def config_from_dict(cls: type[T], tree: dict, where: str = "") -> T:
@@ -450,14 +476,18 @@ def config_from_dict(cls: type[T], tree: dict, where: str = "") -> T:
     data = copy.deepcopy(tree)
     apply_renames(cls, data, where)
     base = to_dict(cls())
-    _merge(base, data)
+    _merge(base, data, cls)
     return _build(cls, base, where or cls.__name__)
 
 
-def _merge(base: dict, new: dict) -> None:
+def _merge(base: dict, new: dict, cls: type) -> None:
+    """``new`` over ``base``, section by section; a mapping-valued key (``data.source_weights``, a
+    recipe's ``kwargs``) is a value: a later layer's replaces the earlier one whole."""
+    fields = config_fields(cls)
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
+        tp = fields.get(k)
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v, tp)
         else:
             base[k] = v
 

@@ -635,3 +635,13 @@ def test_a_damaged_rejects_file_or_manifest_is_one_line(small_sources, tmp_path,
     (out / "manifest.json").write_text('{"format": 3')  # cut short
     with pytest.raises(UserError, match=r"manifest.json: unreadable manifest of a finished build; build into a new"):
         build_shards(small_sources, out, settings, progress=False)
+
+
+def test_the_default_workers_are_the_cores_this_process_may_use(monkeypatch):
+    """A cpuset or srun's --cpus-per-task, not the machine's count: more processes than cores thrash."""
+    import os
+
+    from shards.build import BuildSettings
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert BuildSettings().workers == 1

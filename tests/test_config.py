@@ -228,3 +228,58 @@ def test_a_bad_value_is_blamed_on_where_it_was_given(tmp_path):
     f.write_text("steps: abc\n")
     with pytest.raises(ConfigError, match=rf"^{f}: key 'steps' expects int"):
         load_config(Cfg, f, ["compile=true"])
+
+
+@dataclass
+class Head:
+    dim: int = 256
+    heads: int = 8
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ConfigError(f"heads: {self.heads} does not divide dim {self.dim}")
+
+
+@dataclass
+class Layered:
+    head: Head = field(default_factory=Head)
+    weights: dict[str, float] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    optim: Optim = field(default_factory=Optim)
+    RENAMED = {"old_classes": "classes", "older_classes": "classes"}
+
+
+def test_a_rule_relating_two_values_judges_the_layered_files_together(tmp_path):
+    """A file that sets one of two related values is judged with the values the other layers give,
+    not alone against the defaults (a preset, then a tiny config, then a user's file)."""
+    tiny, user = tmp_path / "tiny.yaml", tmp_path / "user.yaml"
+    tiny.write_text("head:\n  heads: 2\n")
+    user.write_text("head:\n  dim: 34\n")  # 8 does not divide 34, 2 does
+    assert load_config(Layered, [tiny, user]).head == Head(34, 2)
+    with pytest.raises(ConfigError, match="heads: 8 does not divide dim 34"):
+        load_config(Layered, [user])
+
+
+def test_a_mapping_value_is_replaced_whole_and_a_section_given_whole_is_merged(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("weights: {busi: 2, ddti: 1}\noptim: {lr: 0.5, schedule: constant}\n")
+    b.write_text("weights: {thyroid: 1}\n")
+    cfg = load_config(Layered, [a, b], ["optim={lr: 0.25}"])
+    assert cfg.weights == {"thyroid": 1.0}  # the later file's map, not the union of both
+    assert (cfg.optim.lr, cfg.optim.schedule) == (0.25, "constant")  # the section's other keys kept
+
+
+def test_yaml_merge_keys_and_names_typed_as_written(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  <<: {lr: 0.5, schedule: constant}\n  lr: 0.25\n")
+    cfg = load_config(Layered, f, ["classes=[007, no, 1.10]"])
+    assert (cfg.optim.lr, cfg.optim.schedule) == (0.25, "constant")
+    assert cfg.classes == ["007", "no", "1.10"]  # names, not numbers or booleans
+    f.write_text("optim:\n  lr: 0.5\n  lr: 0.25\n")
+    with pytest.raises(ConfigError, match="key 'lr' given twice"):
+        load_config(Layered, f)
+
+
+def test_two_old_names_of_one_key_are_named_as_such():
+    with pytest.raises(ConfigError, match="both 'old_classes' and 'older_classes' are old names of 'classes'"):
+        load_config(Layered, None, ["old_classes=[a,b]", "older_classes=[c,d]"])

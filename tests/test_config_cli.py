@@ -249,3 +249,24 @@ def test_overrides_may_follow_a_flag_and_anything_else_stays_an_error(capsys):
     with pytest.raises(SystemExit):
         parse_command_line(p, ["a=1", "--splits-only", "stray"])
     assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("downstream.run", ["train.lr=-1"], "error: train.lr: expected a learning rate above 0, got -1.0"),
+        ("downstream.kd", ["train", "--recipe", "hdkd", "teacher.train.lr=-1"], "error: teacher.train.lr: expected"),
+        ("downstream.sweep", ["methods=[kd:bogus]"], "error: methods: 'kd:bogus': unknown recipe 'bogus'"),
+        ("downstream.sweep", ["run.train.lr=0"], "error: run.train.lr: expected a learning rate above 0, got 0.0"),
+    ],
+)
+def test_every_command_checks_the_values_it_shows(module, argv, message, capsys):
+    """--show-config prints a config that runs: the values a run refuses are refused there too (one
+    line, exit 2), for every command; data folders and encoders that may not exist yet are not asked for."""
+    import importlib
+
+    main = importlib.import_module(module if module != "downstream.kd" else "downstream.kd.__main__").main
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--show-config"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and captured.out == "" and captured.err.strip().startswith(message), captured.err

@@ -165,6 +165,9 @@ def test_methods_syntax_and_errors(tmp_path, caplog):
         assert str(exc.value) == f"methods: '{method}': {message}"
     with pytest.raises(UserError, match="recipe 'csa_moe' has no teacher"):
         parse_method("kd:csa_moe?teacher.encoder=rand")
+    with pytest.raises(UserError) as exc:  # an old name and its new one: refused, as on the command line
+        parse_method("kd:hdkd?loss.lam=1&loss.feature_weight=2")
+    assert str(exc.value).endswith("both 'loss.lam' and 'loss.feature_weight' set 'loss.feature_weight'")
     # a select value renamed in issue 15 still works, with one warning naming the new value
     import logging
 

@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from downstream.fit import check_selects
 from downstream.tasks import VAL_NAMES
@@ -82,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     r = recipe(args.recipe)
     check_teacher_keys(r, args.overrides)
     paper = reproduction(r.name)
-    cfg = config_from_args(paper.config, args, base=[preset(r.name)])
-    check_recipe(cfg)
-    check_selects(cfg, VAL_NAMES[r.kind], r.kind)
+
+    def check_values(cfg: Any) -> None:  # also before --show-config prints
+        check_recipe(cfg)
+        check_selects(cfg, VAL_NAMES[r.kind], r.kind)
+
+    cfg = config_from_args(paper.config, args, base=[preset(r.name)], check=check_values)
+    check_values(cfg)
     paper.check(cfg)
     if not args.data or not args.out:
         raise UserError("train: give the data (--data DIR) and the output folder (--out DIR)")

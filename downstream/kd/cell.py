@@ -114,14 +114,17 @@ def _refuse_reproduction_keys(r: Recipe, item: str, overrides: Sequence[str]) ->
 
 def _resolve(r: Recipe, item: str, given: Sequence[str], encoders: dict[str, str]) -> tuple[str, ...]:
     """Current key names, ``@NAME`` -> that sweep encoder's spec; a sweep teacher's default encoder first."""
-    out = []
+    out, named = [], {}
     for o in given:
         key, _, value = o.partition("=")
         if value.startswith("@"):
             if value[1:] not in encoders:
                 raise UserError(f"methods: '{o}' in '{item}' names no sweep encoder; encoders: {', '.join(encoders)}")
             value = encoders[value[1:]]
-        out.append(f"{rename_key(r.config, key.strip(), f'methods: {item}')}={value}")
+        current = rename_key(r.config, key.strip(), f"methods: {item}")
+        if named.setdefault(current, key.strip()) != key.strip():  # as on the command line: one name per key
+            raise UserError(f"methods: '{item}': both '{named[current]}' and '{key.strip()}' set '{current}'")
+        out.append(f"{current}={value}")
     if r.sweep_teacher and not any(o.split("=", 1)[0] == "teacher.encoder" for o in out):
         distilled = [spec for spec in encoders.values() if deployable_spec(spec)]
         if not distilled:
