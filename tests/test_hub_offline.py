@@ -187,3 +187,21 @@ def test_hub_datasets_load_straight_from_the_cache(no_hub, tmp_path, monkeypatch
             DatasetSource("x", "hf:lab/none")
     assert not datasets.config.HF_HUB_OFFLINE and not hub_constants.HF_HUB_OFFLINE  # restored after each load
     assert not [r.getMessage() for r in caplog.records if "Retry" in r.getMessage()]
+
+
+def test_pretrained_kd_weights_out_of_reach_are_refused_before_any_data_but_shown(no_hub, busi_dir, tmp_path, capsys):
+    """kd train refuses a pretrained student it cannot load before the teacher trains for nothing;
+    --show-config, which may print a config for another machine, shows it."""
+    from test_kd_recipes import fails
+
+    out = tmp_path / "o"
+    err = fails("nanoray", busi_dir, out, capsys, "student.pretrained=true")
+    assert err.startswith("error: student.model: pretrained weights for 'mobilenetv3_small_100' are not in the local")
+    assert not out.exists()
+    err = fails("vit_mobilenet", busi_dir, out, capsys, "teacher.pretrained=true")
+    assert err.startswith("error: teacher.vit: pretrained weights for 'vit_base_patch16_224' are not in the local")
+    from downstream.kd.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--recipe", "nanoray", "student.pretrained=true", "--show-config"])
+    assert exc.value.code == 0 and "pretrained: true" in capsys.readouterr().out

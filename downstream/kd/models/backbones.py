@@ -60,6 +60,10 @@ class TimmStudentConfig:
     train: FitConfig = field(default_factory=FitConfig)
 
     def check(self, key: str) -> None:
+        check_model(self.model, False, f"{key}.model")
+
+    def check_weights(self, key: str) -> None:
+        """Its pretrained weights in reach (a recipe's check; not ``--show-config``'s, which may run offline)."""
         check_model(self.model, self.pretrained, f"{key}.model")
 
 

@@ -109,7 +109,8 @@ class Recipe(Protocol):
 
     def check(self, cfg: Any) -> None:
         """Settings its stages would refuse only once reached, refused before any data is read (one
-        line naming the key): a teacher checkpoint that is not there, a teacher encoder that cannot load."""
+        line naming the key): a teacher checkpoint that is not there, a teacher encoder that cannot load,
+        pretrained weights out of reach."""
         from downstream.encoders import check_spec
 
         teacher = getattr(cfg, "teacher", None)
@@ -121,6 +122,9 @@ class Recipe(Protocol):
                 check_spec(encoder)
             except UserError as exc:
                 raise UserError(f"teacher.encoder: {exc}") from None
+        for name in ("teacher", "student"):  # pretrained weights that cannot be had
+            if callable(check_weights := getattr(getattr(cfg, name, None), "check_weights", None)):
+                check_weights(name)
 
 
 def check_teacher_keys(recipe: Recipe, overrides: Sequence[str]) -> None:

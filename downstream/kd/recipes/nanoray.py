@@ -41,7 +41,12 @@ class ViTTeacherConfig:
 
     def check(self, key: str) -> None:
         if not self.encoder:  # an encoder spec is the recipe's check
-            check_model(self.model, self.pretrained and not self.checkpoint, f"{key}.model")
+            check_model(self.model, False, f"{key}.model")
+
+    def check_weights(self, key: str) -> None:
+        """Its pretrained weights in reach, unless a checkpoint's or an encoder's replace them."""
+        if self.pretrained and not self.checkpoint and not self.encoder:
+            check_model(self.model, True, f"{key}.model")
 
 
 @dataclass

@@ -54,9 +54,14 @@ class HybridTeacherConfig:
             raise UserError(f"{key}.head_hidden: expected a width of at least 1, got {self.head_hidden}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"{key}.dropout: expected a probability from 0 to below 1, got {self.dropout}")
-        weights = self.pretrained and not self.checkpoint  # a checkpoint's weights replace timm's
-        check_model(self.vit, weights, f"{key}.vit")
-        check_model(self.convnext, weights, f"{key}.convnext")
+        check_model(self.vit, False, f"{key}.vit")
+        check_model(self.convnext, False, f"{key}.convnext")
+
+    def check_weights(self, key: str) -> None:
+        """Its pretrained weights in reach, unless a checkpoint's or an encoder's replace them."""
+        if self.pretrained and not self.checkpoint and not self.encoder:
+            check_model(self.vit, True, f"{key}.vit")
+            check_model(self.convnext, True, f"{key}.convnext")
 
 
 @dataclass
