@@ -107,7 +107,9 @@ def run_student(run_dir: Path):
     except UserError as exc:
         raise UserError(f"--run {run_dir}: not a vit_mobilenet run ({exc})") from None
     named = cfg.split.file  # a sweep's KD cell names the sweep's split; a kd train run keeps its own
-    cfg.split.file = named if named and Path(named).is_file() else str(run_dir / "splits.json")
+    # a relative name is the sweep's working directory's: one of the cell's folders above
+    found = [p for p in (Path(named), *(a / named for a in run_dir.resolve().parents)) if named and p.is_file()]
+    cfg.split.file = str(found[0]) if found else str(run_dir / "splits.json")
     if not Path(cfg.split.file).is_file():  # never a new split: the test images must be the run's
         raise UserError(f"--run {run_dir}: its split ({named or cfg.split.file}) is gone; the test set is unknown")
     prep = prepare(json.loads((run_dir / "metrics.json").read_text())["data"], cfg, run_dir)

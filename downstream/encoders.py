@@ -226,7 +226,8 @@ def check_spec(spec: str) -> None:
         return
     path = spec[10:] if spec.startswith("local-dir:") else spec
     if not path:
-        raise UserError(f"encoder '{spec}': the folder is missing after 'local-dir:'")
+        missing = "the folder is missing after 'local-dir:'" if spec else "empty spec"
+        raise UserError(f"encoder '{spec}': {missing}; valid forms: {'; '.join(SPEC_FORMS)}")
     if not Path(path).is_dir():
         raise UserError(
             f"encoder '{spec}': unknown encoder spec (not an existing folder); valid forms: {'; '.join(SPEC_FORMS)}"

@@ -100,9 +100,12 @@ def slice_of(cells: Sequence[CellWork], part: Part) -> set[str]:
 
 
 def planned(out: Path, part: Part, grid_keys: Sequence[str], todo: Sequence[str]) -> list[str]:
-    """The keys still to do when the first part of this grid and N started (``todo`` if this is it)."""
+    """The keys still to do when the first part of this grid and N started (``todo`` if this is it).
+    Nothing to do writes no plan: a grid run again in parts later plans from what is to do then."""
     digest = hashlib.sha1("\n".join(grid_keys).encode()).hexdigest()[:12]
     path = out / "parts" / f"plan-{part.count}-{digest}.json"
+    if not todo and not path.exists():
+        return []
     write_once(path, json_text({"parts": part.count, "grid": digest, "todo": list(todo)}))
     try:
         return list(json.loads(path.read_text())["todo"])

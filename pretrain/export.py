@@ -81,6 +81,15 @@ def _is_own_export(folder: Path) -> bool:
         return False
 
 
+def _has_checkpoints(folder: Path) -> bool:
+    """A run by its complete checkpoints (an ancestor of --out: a project's own ``checkpoints/`` of
+    downloaded weights is no run)."""
+    try:
+        return bool(list_checkpoints(folder))
+    except OSError:  # a folder above that this user may not list
+        return False
+
+
 def _holds_run(folder: Path) -> bool:
     return (folder / "meta.json").is_file() or (folder / "checkpoints").is_dir() or bool(list_checkpoints(folder))
 
@@ -93,7 +102,7 @@ def out_mode(out: Path, ckpt: Path, overwrite: bool = False) -> str:
         raise UserError(f"--out {out}: is a file, not a folder")
     if ckpt.resolve().is_relative_to(out.resolve()):
         raise UserError(f"--out {out}: holds the checkpoint being exported ({ckpt}); choose a new folder")
-    run = next((p for p in out.resolve().parents if _holds_run(p)), None)
+    run = next((p for p in out.resolve().parents if _has_checkpoints(p)), None)
     if run is not None:  # its tb/, keys/ or a folder beside them: the run's own
         raise UserError(f"--out {out}: inside the pretraining run {run}; export never writes into one")
     if not out.exists() or not any(out.iterdir()):

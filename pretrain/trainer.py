@@ -661,8 +661,6 @@ def loop(
                 step_lr = []
                 if keys_fh is not None:  # a hard kill keeps the keys of every step before it
                     keys_fh.flush()
-                    if save_now:
-                        os.fsync(keys_fh.fileno())
                 _raise_if_diverged(losses, first, last_ckpt)
                 pending = 0
                 t_interval = time.perf_counter()
@@ -672,6 +670,8 @@ def loop(
                     preempted = step < s.max_steps
             bar.update(1)  # after the interval's postfix: the line shows this step's loss, not the last one's
             if save_now:
+                if keys_fh is not None:  # on disk with the checkpoint, a preemption's included
+                    os.fsync(keys_fh.fileno())
                 last_ckpt = _checkpoint(s, step, base_meta)
                 t_interval = time.perf_counter()  # saving time is not training throughput
             if preempted:

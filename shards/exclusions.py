@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 from bisect import bisect_right
@@ -31,13 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from shards.copyindex import CopyIndex, reference_views
-from shards.decode import read_pixels
+from shards.decode import IMAGE_EXTENSIONS, read_pixels
 from shards.match import MATCHER
 from shards.options import SourceOptions
 from shards.readers import ReadError, open_media
 from shards.readers.detect import HEAD_BYTES, detect_family
 from shards.sources import NAME_RE
 from sonodistill.errors import UserError
+
+log = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
 DEFAULT_PARTS = ("test", "val")
@@ -162,15 +165,16 @@ def _is_dicom(head: bytes, name: str) -> bool:
     return detect_family(head, name) == "dicom" and (head[128:132] == b"DICM" or name.endswith(".dcm"))
 
 
-def _is_reference(path: Path) -> bool:
+def _is_reference(path: Path, spec: str, flag: str) -> bool:
     """An evaluation image, told by content as the build tells its inputs: any image PIL reads
-    (whatever its name) or a DICOM image."""
+    (whatever its name) or a DICOM image. A file the set cannot read is one line naming it: a test
+    image silently left out would let its copies into the corpus."""
     name = path.name.lower()
     try:
         with open(path, "rb") as fh:
             head = fh.read(HEAD_BYTES)
-    except OSError:
-        return False
+    except OSError as exc:  # unreadable, a dangling link
+        raise UserError(f"{flag} {spec}: {path}: cannot read it ({exc.strerror or exc})") from None
     # by content even where the name says image: a README.png of text is no evaluation image
     return detect_family(head, name) == "image" or _is_dicom(head, name)
 
@@ -203,12 +207,21 @@ def _read_member(item: tuple[str, str]) -> np.ndarray:
 
 
 def _from_folder(spec: str, root: Path, flag: str) -> tuple[str, Path, dict[str, tuple[str, ...]]]:
-    images = []
+    images, odd = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
-            if not f.startswith(".") and _is_reference(Path(dirpath, f)):
+            if f.startswith("."):
+                continue
+            if _is_reference(Path(dirpath, f), spec, flag):
                 images.append(Path(dirpath, f).relative_to(root).as_posix())
+            elif f.lower().endswith(IMAGE_EXTENSIONS):
+                odd.append(Path(dirpath, f).relative_to(root).as_posix())
+    if odd:  # named as images, not images by their bytes (empty, text, a format the build cannot read)
+        log.warning(
+            f"{flag} {spec}: {len(odd)} file(s) named as images are none by their content and are not in the "
+            f"set, e.g. {odd[0]}"
+        )
     if not images:
         raise UserError(f"{flag} {spec}: no images (any PIL reads, or DICOM; told by content) under {root}")
     return root.resolve().name, root, {"": tuple(sorted(images))}

@@ -258,6 +258,8 @@ def test_overrides_may_follow_a_flag_and_anything_else_stays_an_error(capsys):
         ("downstream.kd", ["train", "--recipe", "hdkd", "teacher.train.lr=-1"], "error: teacher.train.lr: expected"),
         ("downstream.sweep", ["methods=[kd:bogus]"], "error: methods: 'kd:bogus': unknown recipe 'bogus'"),
         ("downstream.sweep", ["run.train.lr=0"], "error: run.train.lr: expected a learning rate above 0, got 0.0"),
+        ("downstream.kd", ["train", "--recipe", "csa_moe", "repeats=0"], "error: repeats: expected >= 1, got 0"),
+        ("downstream.kd", ["train", "--recipe", "seg_unet", "student.encoder=nope"], "error: student.encoder: smp"),
     ],
 )
 def test_every_command_checks_the_values_it_shows(module, argv, message, capsys):
@@ -270,3 +272,12 @@ def test_every_command_checks_the_values_it_shows(module, argv, message, capsys)
         main([*argv, "--show-config"])
     captured = capsys.readouterr()
     assert exc.value.code == 2 and captured.out == "" and captured.err.strip().startswith(message), captured.err
+
+
+def test_a_preset_shown_before_its_files_exist(capsys):
+    """seg_unet's teacher encoder (a later export) and a teacher checkpoint need not exist to be shown."""
+    from downstream.kd.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--recipe", "seg_unet", "teacher.checkpoint=later/model.safetensors", "--show-config"])
+    assert exc.value.code == 0 and "checkpoint: later/model.safetensors" in capsys.readouterr().out

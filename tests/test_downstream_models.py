@@ -127,6 +127,8 @@ def test_weights_not_matching_architecture(tmp_path, export_dir):
         load_encoder(str(nocfg))
     with pytest.raises(UserError, match="the folder is missing after 'local-dir:'"):
         check_spec("local-dir:")  # not the working directory
+    with pytest.raises(UserError, match="encoder '': empty spec; valid forms: "):
+        check_spec("")
 
 
 def test_a_transformers_folder_given_as_a_timm_export_is_named_before_any_cell(tiny_teacher_dir):

@@ -5,6 +5,7 @@ splits.json as a set, and one-line errors."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -230,11 +231,19 @@ def test_a_folder_of_dicom_images_and_misnamed_files_is_an_exclusion_set_told_by
         load_exclusion(str(tmp_path / "out"))  # shards and JSON: nothing to exclude
 
 
-def test_a_file_named_like_an_image_is_judged_by_content_and_a_broken_one_names_its_set(planted, tmp_path, capsys):
+def test_a_file_named_like_an_image_is_judged_by_content_and_a_broken_one_names_its_set(
+    planted, tmp_path, capsys, caplog
+):
     evaluation = tmp_path / "eval"
     shutil.copytree(planted["eval"], evaluation)
     (evaluation / "README.png").write_text("notes on the test images\n")
-    assert load_exclusion(str(evaluation)).images == tuple(sorted(EVAL))  # text is no image, whatever its name
+    with caplog.at_level(logging.WARNING, logger="shards.exclusions"):
+        assert load_exclusion(str(evaluation)).images == tuple(sorted(EVAL))  # text is no image, whatever its name
+    assert "1 file(s) named as images are none by their content and are not in the set, e.g. README.png" in caplog.text
+    (evaluation / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a test image that cannot be read: no silence
+    with pytest.raises(UserError, match=r"gone.png: cannot read it \(No such file or directory\)"):
+        load_exclusion(str(evaluation))
+    (evaluation / "gone.png").unlink()
     good = (evaluation / EVAL[0]).read_bytes()
     (evaluation / EVAL[0]).write_bytes(good[: len(good) // 2])  # a PNG signature over half its data
     argv = ["--source", f"c={planted['corpus']}", "--out", str(tmp_path / "o"), "--exclude", f"test={evaluation}"]

@@ -185,12 +185,16 @@ def test_out_given_as_dot_or_as_a_link_to_an_earlier_export(run, tmp_path, monke
     ]
 
 
-def test_an_out_inside_the_run_is_refused_even_with_overwrite(run, capsys):
+def test_an_out_inside_the_run_is_refused_even_with_overwrite(run, tmp_path, capsys):
     before = _snapshot(run)
     for sub in ("tb", "exports/us"):
         err = _refused(["--checkpoint", str(run), "--out", str(run / sub), "--overwrite"], capsys)
         assert f"inside the pretraining run {run}; export never writes into one" in err
     assert _snapshot(run) == before
+    project = tmp_path / "project"  # a folder of downloaded weights named checkpoints/ is no run
+    (project / "checkpoints").mkdir(parents=True)
+    (project / "checkpoints" / "resnet50.safetensors").write_bytes(b"weights")
+    assert (export(run, project / "exports" / "us") / "model.safetensors").is_file()
 
 
 def test_the_cards_unet_snippet_loads_the_export_for_any_timm_student(run, tmp_path):

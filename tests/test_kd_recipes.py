@@ -442,6 +442,12 @@ def test_bench_edge_deploys_a_runs_student_on_the_split_its_config_names(vit_run
     (cell / "config.yaml").write_text(yaml.safe_dump(config))
     _, test, _ = edge.run_student(cell)
     assert len(test) == metrics["splits"]["test"]
+    config["split"]["file"] = "sweep-split.json"  # a sweep run with a relative out, read from elsewhere
+    (cell / "config.yaml").write_text(yaml.safe_dump(config))
+    edge.run_student.cache_clear()
+    _, test, _ = edge.run_student(cell)
+    assert len(test) == metrics["splits"]["test"]
     (tmp_path / "sweep-split.json").unlink()
     with pytest.raises(UserError, match=r"its split \(.*sweep-split.json\) is gone; the test set is unknown"):
-        edge.run_student(tmp_path / "cell" / ".." / "cell")  # another path: not the cached answer
+        edge.run_student.cache_clear()
+        edge.run_student(cell)

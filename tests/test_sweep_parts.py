@@ -157,6 +157,8 @@ def test_two_parts_at_once_one_stopped_then_the_merge_equals_one_process(busi_di
     merged = run_sweep(load_config(SweepConfig, None, args))
     assert merged == {"ran": 0, "remaining": 0, "cells": 4, "done": 4}  # the merge only writes the tables
     assert not list((out / "parts").glob("plan-*.json"))  # the grid done: parts started again plan afresh
+    assert run_sweep(load_config(SweepConfig, None, [*args, "part=1/2"]))["ran"] == 0
+    assert not list((out / "parts").glob("plan-*.json"))  # nothing to do plans nothing
 
     assert run_sweep(load_config(SweepConfig, None, parts_args(busi_dir, one)))["ran"] == 4
     rows, ref = read_results(out), {r["key"]: r for r in read_results(one)}

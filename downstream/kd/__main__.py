@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     def check_values(cfg: Any) -> None:  # also before --show-config prints
         check_recipe(cfg)
         check_selects(cfg, VAL_NAMES[r.kind], r.kind)
+        paper.check(cfg, files=False)
 
     cfg = config_from_args(paper.config, args, base=[preset(r.name)], check=check_values)
     check_values(cfg)

@@ -29,9 +29,10 @@ class Paper(Protocol):
         """Run the recipe as the paper did; write ``metrics.json``, ``report.md`` and figures; return the metrics."""
         ...
 
-    def check(self, cfg: Any) -> None:
-        """The recipe's settings and the reproduction's own, refused before any data is read."""
-        self.recipe.check(cfg)
+    def check(self, cfg: Any, files: bool = True) -> None:
+        """The recipe's settings and the reproduction's own, refused before any data is read
+        (``files=False``: the values alone, as ``--show-config`` checks them)."""
+        self.recipe.check(cfg, files)
 
     def single_run(self, cfg: Any) -> Any:
         """``cfg`` with the reproduction's settings reduced to the one run of the recipe a sweep cell makes.

@@ -70,8 +70,8 @@ class CSAMoEPaper(Paper):
     recipe = RECIPE
     config = CSAMoEPaperConfig
 
-    def check(self, cfg: CSAMoEPaperConfig) -> None:
-        super().check(cfg)
+    def check(self, cfg: CSAMoEPaperConfig, files: bool = True) -> None:
+        super().check(cfg, files)
         check_variants(cfg.variants)
         if cfg.repeats < 1:
             raise UserError(f"repeats: expected >= 1, got {cfg.repeats}")

@@ -107,12 +107,15 @@ class Recipe(Protocol):
         """Why the recipe cannot run on this data (a sweep task's full catalog); ``None``: it can."""
         return None
 
-    def check(self, cfg: Any) -> None:
+    def check(self, cfg: Any, files: bool = True) -> None:
         """Settings its stages would refuse only once reached, refused before any data is read (one
         line naming the key): a teacher checkpoint that is not there, a teacher encoder that cannot load,
-        pretrained weights out of reach."""
+        pretrained weights out of reach. ``files=False``: the values alone (``--show-config`` prints a
+        config for files and weights that may not be here yet)."""
         from downstream.encoders import check_spec
 
+        if not files:
+            return
         teacher = getattr(cfg, "teacher", None)
         path = getattr(teacher, "checkpoint", "")
         if path and not Path(path).is_file():

@@ -61,7 +61,7 @@ def build_teacher(cfg: ViTTeacherConfig, num_classes: int, img_size: int) -> tor
         return EncoderTeacher.build(cfg.encoder, num_classes)
     return create(
         cfg.model,
-        pretrained=cfg.pretrained,
+        pretrained=cfg.pretrained and not cfg.checkpoint,  # a checkpoint's weights replace timm's
         key="teacher.model",
         num_classes=num_classes,
         img_size=img_size,

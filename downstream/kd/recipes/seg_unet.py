@@ -388,13 +388,13 @@ class SegUNet(Recipe):
     teacher_outputs = ("logits", "last decoder map", "decoder stages (feature_weight > 0)")
     sweep_teacher = True
 
-    def check(self, cfg: SegUNetConfig) -> None:
+    def check(self, cfg: SegUNetConfig, files: bool = True) -> None:
         """The teacher's encoder given and well formed, the student's an encoder smp knows."""
         import segmentation_models_pytorch as smp
         import timm
 
-        super().check(cfg)
-        if not cfg.teacher.encoder:
+        super().check(cfg, files)
+        if files and not cfg.teacher.encoder:  # a shown preset may name it later
             raise UserError(
                 "teacher.encoder: give the teacher's encoder spec, e.g. the distilled ResNet-50 export folder "
                 "(in a sweep it defaults to the sweep's distilled encoder)"

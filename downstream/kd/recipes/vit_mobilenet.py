@@ -81,7 +81,7 @@ def build_teacher(cfg: HybridTeacherConfig, num_classes: int, img_size: int) -> 
         cfg.head_hidden,
         cfg.dropout,
         img_size,
-        cfg.pretrained,
+        cfg.pretrained and not cfg.checkpoint,  # a checkpoint's weights replace timm's
         cfg.vit_kwargs,
         cfg.convnext_kwargs,
     )
