@@ -229,13 +229,17 @@ def valid_keys(cls: type, prefix: str = "") -> list[str]:
     return out
 
 
-def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
-    fields = config_fields(cls)
+def _refuse_unknown(fields: dict[str, Any], data: dict, where: str, prefix: str) -> None:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise ConfigError(
             f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: " + ", ".join(prefix + k for k in fields)
         )
+
+
+def _build(cls: type[T], data: dict, where: str, prefix: str = "") -> T:
+    fields = config_fields(cls)
+    _refuse_unknown(fields, data, where, prefix)
     kwargs = {k: _coerce(v, fields[k], prefix + k, where) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -396,11 +400,7 @@ def _check_tree(cls: type, data: dict, where: str, prefix: str = "") -> None:
     that relate its values (``model.heads`` divides ``model.dim``) judge the layered whole, where
     another file or the defaults may set the other value (:func:`load_config` builds it)."""
     fields = config_fields(cls)
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key '{prefix}{unknown[0]}'; valid keys: " + ", ".join(prefix + k for k in fields)
-        )
+    _refuse_unknown(fields, data, where, prefix)
     for k, v in data.items():
         if dataclasses.is_dataclass(fields[k]) and isinstance(v, dict):
             _check_tree(fields[k], v, where, prefix + k + ".")
