@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
+from downstream.report import seed_stats
 from downstream.tables import TaskColumn
 
 
@@ -36,9 +35,9 @@ def plot_fraction_curves(
         for e in rows:
             xs, ms, ss = [], [], []
             for f in fr:
-                vals = agg.get((t.key, e, mode, f), {}).get(metric, [])
-                if vals:
-                    xs.append(f * 100), ms.append(np.mean(vals)), ss.append(np.std(vals))
+                stats = seed_stats(agg.get((t.key, e, mode, f), {}).get(metric, []))
+                if stats is not None:  # the tables' mean and sample std
+                    xs.append(f * 100), ms.append(stats[0]), ss.append(stats[1])
             if xs:
                 kd = e in kd_rows
                 style = dict(marker="s" if kd else "o", ms=4, capsize=3, ls="--" if kd else "-", color=colours[e])

@@ -61,7 +61,7 @@ class EmbedConfig:
     batch_size: int = 64  # images per forward pass
     num_workers: int = 2  # shard-reading threads (capped at the cores); the subset does not depend on it
     seed: int = 0  # subset, random encoders' init, PCA and t-SNE
-    perplexity: float = 30.0  # t-SNE perplexity (lowered to (n - 1) / 3 for small subsets)
+    perplexity: float = 30.0  # t-SNE perplexity (lowered to (n - 1) / 3, at least 2, for small subsets)
     top_k: int = 10  # sources listed in the legend
 
 

@@ -15,14 +15,22 @@ from sonodistill.figures import save_figure
 DASH = "–"  # the paper's marker for "not reported"
 
 
-def mean_std(values: Sequence[float | None], digits: int = 4) -> str:
-    """``0.7334 ± 0.0123`` over seeds; a single value prints alone; none (or all None) -> ``–``."""
+def seed_stats(values: Sequence[float | None]) -> tuple[float, float, int] | None:
+    """(mean, sample standard deviation -- 0 for one value --, count) of the values over seeds that
+    are numbers; None when none is. The tables and the fraction plots' error bars both use it."""
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not vals:
+        return None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0, len(vals)
+
+
+def mean_std(values: Sequence[float | None], digits: int = 4) -> str:
+    """``0.7334 ± 0.0123`` over seeds; a single value prints alone; none (or all None) -> ``–``."""
+    stats = seed_stats(values)
+    if stats is None:
         return DASH
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+    mean, std, n = stats
+    return f"{mean:.{digits}f}" if n == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], bold_max: Sequence[int] = ()) -> str:

@@ -7,7 +7,8 @@ Mode handling (documented rule, see README "Cleaning rules"):
 - float ``F`` is min-max scaled to 0..255;
 - ``RGBA``/``LA``/``PA`` are composited onto black (scanner exports use transparency for the
   background), ``P`` (palette), ``CMYK``, ``YCbCr`` and others are converted to RGB.
-The result is ``HxW`` uint8 (grayscale) or ``HxWx3`` uint8 (colour, to be checked for Doppler).
+The result is ``HxW`` uint8 (grayscale) or ``HxWx3`` uint8 (colour, to be checked for Doppler),
+upright: an EXIF orientation (phone photos of a screen, some exports) is applied, as viewers do.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sonodistill.errors import UserError
 
@@ -24,6 +25,21 @@ from sonodistill.errors import UserError
 Image.MAX_IMAGE_PIXELS = 16384 * 16384
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 2-8 mirrored and/or rotated
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` as every viewer (and every annotation tool) shows it: its EXIF orientation applied
+    (decoded, the original closed); ``img`` itself when it has none. A mask drawn on the shown image
+    then lines up with it."""
+    try:
+        turned = img.getexif().get(ORIENTATION, 1) not in (1, None)
+    except Exception:  # a malformed EXIF block: the pixels as stored
+        return img
+    if not turned:
+        return img
+    with img:
+        return ImageOps.exif_transpose(img)
 
 
 class DecodeError(Exception):
@@ -110,6 +126,7 @@ def decode_image(data: bytes) -> Decoded:
         raise DecodeError(reason, str(exc)) from None
     except Image.DecompressionBombError as exc:
         raise DecodeError("unreadable", str(exc)) from None
+    img = upright(img)
     size = img.size
     mode = img.mode
     try:

@@ -19,8 +19,15 @@ from sonodistill.errors import UserError
 
 
 def read_class_folders(
-    root: str | Path, *, classes: Sequence[str] | None = None, name: str | None = None, check: bool = True
+    root: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    name: str | None = None,
+    check: bool = True,
+    masks: bool = True,
 ) -> Catalog:
+    """Records of a folder of class folders (images with their ``_mask`` files); ``masks=False``: a
+    classification task, which never reads the masks, does not check their sizes."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: data folder not found")
@@ -44,5 +51,5 @@ def read_class_folders(
                 Record(id=p.relative_to(root).as_posix(), image=str(p), masks=tuple(map(str, ms)), label=label)
             )
     if check:
-        check_records(records)
+        check_records(records, masks=masks)
     return Catalog(name=name or root.name, root=str(root), records=records, classes=list(classes))

@@ -11,6 +11,7 @@ without one, every row is split by the same reproducible protocol.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
 from sonodistill.errors import UserError
 from sonodistill.hub import hub_reachable, offline_unless_reachable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,41 @@ def _load(spec: str):
         raise UserError(f"{spec}: cannot load the dataset ({type(exc).__name__}: {msg})") from None
 
 
+def _columns_of(spec: str, parts: list[tuple[str, Any]], wanted: dict[str, str], need: str) -> list[tuple[str, Any]]:
+    """The splits that hold the columns a task needs: the image column and ``need``'s in every split
+    (an error naming the column and the columns there are otherwise), except a split without
+    ``need``'s column beside others that have it (a Hub dataset's unlabelled ``test`` split), which is
+    left out with a warning."""
+    kept = []
+    for split, table in parts:
+        cols = table.column_names
+        where = f"{spec}" + (f" split '{split}'" if split else "")
+        for what, column in wanted.items():
+            if column and column not in cols and (what == "image" or what == need or what == "group"):
+                if what == need and len(parts) > 1 and any(wanted[need] in t.column_names for _, t in parts):
+                    log.warning("%s has no %s column '%s': its %d rows are left out", where, what, column, len(table))
+                    break
+                raise UserError(
+                    f"{where}: no {what} column '{column}' (columns: {', '.join(cols)}); set reader.{what}_column"
+                )
+        else:
+            kept.append((split, table))
+    return kept
+
+
+def _class_index(parts: list[tuple[str, Any]], column: str) -> tuple[list[str], dict[Any, int]]:
+    """Class names and the label value -> index map: a ClassLabel's names, or the sorted values of a
+    string/integer column (no label -- None, ClassLabel's -1 -- is a class)."""
+    import datasets
+
+    feat = parts[0][1].features[column]
+    if isinstance(feat, datasets.ClassLabel):
+        return list(feat.names), {i: i for i in range(len(feat.names))}
+    values = {v for _, t in parts for v in t[column]} - {None, -1}
+    ordered = sorted(values, key=lambda v: (str(type(v)), v))
+    return [str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
+
+
 def read_hub(
     spec: str,
     *,
@@ -84,54 +122,51 @@ def read_hub(
     check: bool = True,
     need: str = "",
 ) -> Catalog:
-    """``need``: ``mask`` or ``label``, the column the task cannot do without (named in the error)."""
+    """``need``: ``mask`` or ``label``, the column the task cannot do without (named in the error).
+    Rows without a label (None, or ClassLabel's -1: a Hub test split whose labels are withheld) are
+    left out of a classification task with a warning."""
     import datasets
 
     loaded = _load(spec)
     parts = list(loaded.items()) if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
-    cols = parts[0][1].column_names
     wanted = {"image": image_column, "mask": mask_column if need == "mask" else "", "label": label_column}
-    for what, column in wanted.items():
-        if (what == "image" or what == need) and column not in cols:
-            raise UserError(
-                f"{spec}: no {what} column '{column}' (columns: {', '.join(cols)}); set reader.{what}_column"
-            )
+    parts = _columns_of(spec, parts, {**wanted, "group": group_column}, need)
+    cols = set.intersection(*(set(t.column_names) for _, t in parts))
     has_mask = bool(mask_column) and mask_column in cols
     has_label = bool(label_column) and label_column in cols
-    if group_column and group_column not in cols:
-        raise UserError(f"{spec}: no group column '{group_column}' (columns: {', '.join(cols)})")
-
-    classes: list[str] = []
-    to_index: dict[Any, int] = {}
-    if has_label:
-        feat = parts[0][1].features[label_column]
-        if isinstance(feat, datasets.ClassLabel):
-            classes = list(feat.names)
-            to_index = {i: i for i in range(len(classes))}
-        else:
-            values = sorted({v for _, t in parts for v in t[label_column]}, key=lambda v: (str(type(v)), v))
-            classes = [str(v) for v in values]
-            to_index = {v: i for i, v in enumerate(values)}
+    classes, to_index = _class_index(parts, label_column) if has_label else ([], {})
 
     records: list[Record] = []
     for split, table in parts:
         # read only the light columns row-wise; images stay lazy in HubImage
         light = table.select_columns([c for c in (label_column if has_label else None, group_column or None) if c])
+        unlabelled = 0
         for row in range(len(table)):
             meta = light[row] if light.column_names else {}
             rid = f"{split}/{row}" if split else str(row)
+            label = meta[label_column] if has_label else None
+            if has_label and (label is None or label == -1):
+                if need == "label":
+                    unlabelled += 1
+                    continue
+                label = None  # a segmentation task keeps the row
+            elif has_label and label not in to_index:
+                raise UserError(f"{spec}[{rid}].{label_column}: {label!r} is not one of the {len(classes)} classes")
             records.append(
                 Record(
                     id=rid,
                     image=HubImage(table, row, image_column, spec),
                     masks=(HubImage(table, row, mask_column, spec),) if has_mask else (),
-                    label=to_index[meta[label_column]] if has_label else None,
+                    label=None if label is None else to_index[label],
                     group=str(meta[group_column]) if group_column else None,
                 )
             )
+        if unlabelled and need == "label":
+            where = spec + (f" split '{split}'" if split else "")
+            log.warning("%s: %d rows without a label are left out", where, unlabelled)
     if not records:
-        raise UserError(f"{spec}: the dataset has no rows")
-    split_names = [split for split, _ in parts]
+        raise UserError(f"{spec}: the dataset has no rows" + (" with a label" if has_label else ""))
+    split_names = {split for split, _ in parts}
     test_ids = [r.id for r in records if r.id.startswith("test/")] if "test" in split_names and len(parts) > 1 else []
     if check:
         check_records(records)

@@ -3,23 +3,26 @@
 Ultrasound is grayscale, but datasets store it as 8-bit L, RGB with three equal channels
 (BUSI), 16-bit PNG or JPEG; everything is decoded to uint8 ``HxW`` (16-bit by the shard builder's
 rule, :func:`shards.readers.base.levels_of`). Masks are binarised per file on their own values
-(above half the file's maximum, so 0/255, 0/1 -- 8- or 16-bit -- and JPEG-noisy masks all work; a
-label-map source such as UltraBench's :class:`~downstream.data.ultrabench.LabelMask` binarises
-itself by its foreground values) and several mask files of one image are merged by union.
+(:func:`binarize`: every label of a label map, the bright part of a noisy one; a
+:class:`LabelMask` -- ``reader.mask_values`` -- by the label values that count as foreground) and
+several mask files of one image are merged by union.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from downstream.data.record import Record, Source, describe_source, open_source
+from downstream.data.record import Record, Source, describe_source, open_source, source_stamp
 from shards.readers.base import levels_of, to_uint8
 from sonodistill.errors import UserError
 
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16- and 32-bit integer images
+MAX_CLASS = 20  # a mask whose values all lie at or below this holds class indices (0/1, 0/1/2)
+MAX_LABELS = 8  # distinct values of a clean label map (0/255, a colour-coded mask read as grey)
 
 
 def _to_gray(img: Image.Image, where: str, raw: bool = False) -> np.ndarray:
@@ -51,9 +54,45 @@ def load_gray(src: Source) -> np.ndarray:
     return _decode(src)
 
 
+def mask_values(mask: np.ndarray) -> np.ndarray:
+    """The distinct values of a mask file (a histogram for 8-bit masks: several times np.unique's speed)."""
+    if mask.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    return np.unique(mask)
+
+
 def binarize(mask: np.ndarray) -> np.ndarray:
-    top = int(mask.max())
-    return mask > (top // 2) if top > 1 else mask > 0
+    """Foreground of one mask file on its own values: every non-zero value of class indices (all
+    values up to ``MAX_CLASS``); every value above a tenth of the maximum of a clean label map (at
+    most ``MAX_LABELS`` distinct values: 0/255, colour-coded masks whose dark colours read as low
+    grey; JPEG blocks' faint noise stays out); the part above half the maximum of any other mask
+    (JPEG-noisy or anti-aliased edges)."""
+    values = mask_values(mask)
+    top = int(values[-1])
+    if top <= MAX_CLASS:
+        return mask > 0
+    return mask > (top // 10 if len(values) <= MAX_LABELS else top // 2)
+
+
+@dataclass(frozen=True)
+class LabelMask:
+    """A label-map mask made binary by the label values that count as foreground
+    (``reader.mask_values``: CAMUS structures, PSFHS symphysis = 1 / head = 2)."""
+
+    src: Source
+    values: tuple[int, ...] = ()  # () = every non-zero value
+
+    def open(self) -> Image.Image:
+        return open_source(self.src)
+
+    def describe(self) -> str:
+        return describe_source(self.src) + (f"[values {','.join(map(str, self.values))}]" if self.values else "")
+
+    def stamp(self) -> str:
+        return source_stamp(self.src)
+
+    def binarize(self, mask: np.ndarray) -> np.ndarray:
+        return np.isin(mask, self.values) if self.values else mask > 0
 
 
 def load_mask(srcs: Sequence[Source], size: tuple[int, int] | None = None) -> np.ndarray:
@@ -71,6 +110,20 @@ def load_mask(srcs: Sequence[Source], size: tuple[int, int] | None = None) -> np
         out = m if out is None else (out | m)
         size = (m.shape[1], m.shape[0])
     return out
+
+
+def check_mask_values(records: Sequence[Record], values: Sequence[int]) -> None:
+    """Some mask holds one of ``values`` (``reader.mask_values``): a value no mask holds would train
+    and score every image on an empty mask. Reads masks until one does (the first, as a rule)."""
+    found: set[int] = set()
+    for r in records:
+        for m in r.masks:
+            held = mask_values(_decode(m, raw=True))
+            if np.isin(held, values).any():
+                return
+            found.update(int(v) for v in held)
+    shown = ", ".join(map(str, sorted(found)[:20])) + (", ..." if len(found) > 20 else "")
+    raise UserError(f"reader.mask_values {list(values)}: no mask holds these values (values found: {shown})")
 
 
 def image_size(src: Source) -> tuple[int, int]:

@@ -11,7 +11,7 @@ its name in :data:`Layout` and, when the row needs a new reader option, a :class
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -19,6 +19,7 @@ from downstream.data.busi import is_busi_layout, read_busi
 from downstream.data.classes import read_class_folders
 from downstream.data.hub import is_saved_dataset, read_hub
 from downstream.data.paired import DDTI_GROUP, is_paired_layout, read_paired
+from downstream.data.pixels import LabelMask, check_mask_values
 from downstream.data.record import Catalog
 from downstream.data.ultrabench import is_ultrabench, read_ultrabench
 from sonodistill.errors import UserError
@@ -35,7 +36,7 @@ class ReaderConfig:
     mask_column: str = "mask"  # hf columns / ub record fields (psfh_mask, mass_mask, tumor_mask, ...)
     label_column: str = "label"  # hf columns / ub record field holding the class label
     group_column: str = ""  # "" = none (hf) / patient or source when every record has it (ub)
-    mask_values: list[int] = field(default_factory=list)  # ub label maps: foreground values ([] = non-zero)
+    mask_values: list[int] = field(default_factory=list)  # label-map masks: foreground values ([] = every label)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def _class_folders(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Cat
             f"{data}: no segmentation layout found: expected image/ and mask/ folders (or images/, masks/, "
             "labels/, gt/), class folders of images with their _mask files, a saved dataset, or ub:DIR"
         )
-    return read_class_folders(data, check=check)
+    return read_class_folders(data, check=check, masks=kind == "seg")  # classification needs no masks
 
 
 def _any_folder(root: Path) -> bool:
@@ -109,6 +110,12 @@ def read_catalog(data: str, kind: Kind, cfg: ReaderConfig | None = None, check: 
     if layout not in LAYOUTS:
         raise UserError(f"data.layout: expected one of {', '.join(get_args(Layout))}; got '{layout}'")
     cat = LAYOUTS[layout].read(data, kind, cfg, check)
+    if kind == "seg" and cfg.mask_values:
+        values = tuple(int(v) for v in cfg.mask_values)
+        if layout != "ub":  # UltraBench's reader reads its label maps by these values itself
+            cat.records = [replace(r, masks=tuple(LabelMask(m, values) for m in r.masks)) for r in cat.records]
+        if check:
+            check_mask_values(cat.records, values)
     if kind == "seg" and not (cat.has_masks if check else any(r.masks for r in cat.records)):
         raise UserError(
             f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"

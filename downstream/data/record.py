@@ -17,6 +17,8 @@ from typing import Protocol, runtime_checkable
 
 from PIL import Image
 
+from shards.decode import upright
+
 
 @runtime_checkable
 class ImageSource(Protocol):
@@ -31,10 +33,9 @@ Source = str | ImageSource
 
 
 def open_source(src: Source) -> Image.Image:
-    """A PIL image for a path or an :class:`ImageSource` (not yet decoded: ``.size`` is cheap)."""
-    if isinstance(src, str):
-        return Image.open(src)
-    return src.open()
+    """A PIL image for a path or an :class:`ImageSource`, upright (:func:`shards.decode.upright`; not
+    yet decoded unless its EXIF turns it: ``.size`` is cheap)."""
+    return upright(Image.open(src) if isinstance(src, str) else src.open())
 
 
 def describe_source(src: Source) -> str:

@@ -24,40 +24,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-from PIL import Image
-
-from downstream.data.pixels import check_records
-from downstream.data.record import Catalog, Record, source_stamp
+from downstream.data.pixels import LabelMask, check_records
+from downstream.data.record import Catalog, Record
 from sonodistill.errors import UserError
 
 FILES = ("train_val.json", "test.json")
 NAME_FIELDS = ("pathology", "class")  # where a dataset names its integer labels
 GROUP_FIELDS = ("patient", "source")
-
-
-@dataclass(frozen=True)
-class LabelMask:
-    """A label-map mask file made binary by the label values that count as foreground."""
-
-    path: str
-    values: tuple[int, ...] = ()  # () = every non-zero value
-
-    def open(self) -> Image.Image:
-        return Image.open(self.path)
-
-    def describe(self) -> str:
-        return self.path + (f"[values {','.join(map(str, self.values))}]" if self.values else "")
-
-    def stamp(self) -> str:
-        return source_stamp(self.path)
-
-    def binarize(self, mask: np.ndarray) -> np.ndarray:
-        return np.isin(mask, self.values) if self.values else mask > 0
 
 
 def is_ultrabench(root: Path) -> bool:
