@@ -66,6 +66,32 @@ def encoding_of(manifest: dict | None) -> str | None:
     return manifest.get("encoding") or manifest.get("settings", {}).get("encoding") or "png"
 
 
+def _exists(url: str) -> bool:
+    if not remote.is_remote(url):
+        return url.startswith("pipe:") or Path(url.removeprefix("file://")).exists()
+    try:
+        return bool(remote.filesystem(url).exists(url))
+    except UserError:
+        raise
+    except Exception:  # a store that does not answer: its shards are not there for this run
+        return False
+
+
+def present_shards(urls: list[str], what: str) -> tuple[list[str], list[str]]:
+    """(the shards of a list without a manifest that exist, those that do not), asked of every store
+    at once (one request each, 16 at a time). Dealt to the loader's workers, a missing shard would
+    leave a worker with nothing to read; none present is an error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, len(urls))) as pool:
+        there = list(pool.map(_exists, urls))
+    present = [u for u, ok in zip(urls, there) if ok]
+    missing = [u for u, ok in zip(urls, there) if not ok]
+    if not present:
+        raise UserError(f"{what}: none of the {len(urls)} listed shard(s) could be found, e.g. {missing[0]}")
+    return present, missing
+
+
 def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | None]:
     """Shard URLs and the manifest (None for patterns/lists without one)."""
     if isinstance(spec, (list, tuple)):

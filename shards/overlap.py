@@ -131,11 +131,17 @@ def write_pairs(pairs: list[Pair], path: str | Path) -> None:
 def inspect_overlap(
     urls: list[str], exclusions: Exclusions, sheet: str | Path, workers: int = 1, coverage: Coverage | None = None
 ) -> str:
-    """Match a shard set against exclusion sets; write the sheet and ``<sheet>.jsonl``; the report.
+    """Match a shard set against exclusion sets; write ``<sheet>.jsonl`` and, when a pair matched, the
+    sheet; the report.
     ``coverage`` (with the manifest's counts, when there is one) says afterwards what was not read."""
     coverage = coverage if coverage is not None else Coverage("shards")
     pairs, tiles = find_overlap(urls, exclusions, coverage, workers)
     sheet = Path(sheet)
-    overlap_sheet(pairs, tiles, exclusions, sheet)
     write_pairs(pairs, sheet.with_suffix(".jsonl"))
+    if not pairs:  # no sheet of nothing: the (empty) list says so
+        return (
+            report(pairs, exclusions, coverage)
+            + f"\nno matched pairs: no sheet drawn; {sheet.with_suffix('.jsonl')} is empty"
+        )
+    overlap_sheet(pairs, tiles, exclusions, sheet)
     return report(pairs, exclusions, coverage) + f"\nmatched pairs: {sheet} (sheet), {sheet.with_suffix('.jsonl')}"

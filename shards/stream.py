@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from shards.codec import CorruptSample, decode_gray, decode_jpeg_batch, npy_header
 from shards.handoff import BatchRing
 from shards.loader_args import check_loader_args
-from shards.manifest import encoding_of, resolve_shards
+from shards.manifest import encoding_of, present_shards, resolve_shards
 from shards.read_guard import MAX_SKIPPED_SHARE, STALL_TIMEOUT_S, ReadGuard
 from shards.shardfile import NPY_CODE as _NPY_CODE
 from shards.shardfile import IndexCache, Shard, ShardUnreadable, open_shard
@@ -159,6 +159,9 @@ class _SlotStream(IterableDataset):
         self._open: dict[str, Shard | None] = {}  # shards of the current windows (None: unreadable)
         self._unreadable: dict[str, str] = {}  # why, per unreadable shard
         self._checked: set[int] = set()  # shards whose losses this epoch has counted
+        # A resumed epoch's losses before its position were counted by the run that read them (the
+        # state's ``skipped``): shards opened while replaying up to it are not counted again.
+        self._resume_at, self._quiet = 0, False
         self._indexes = IndexCache()  # shards opened again in later epochs are not indexed again
         self.plan = plan  # resampled mode with source weights: (shard probabilities, keep per source)
 
@@ -194,6 +197,7 @@ class _SlotStream(IterableDataset):
         pending, start, w, seen = 0, 0, 0, 0
         coin = random.Random(_seed(self.seed, epoch, slot, 3)) if self.plan is not None else None
         for u in mine:
+            self._quiet = start < self._resume_at  # building a window the resumed run read before
             n = self._count(u, counts)
             members = np.arange(n, dtype=np.int64)
             if modulo is not None:
@@ -201,6 +205,7 @@ class _SlotStream(IterableDataset):
                 seen += n
             if self.plan is not None and len(self.plan[1][u]) > 1:
                 members = self._thin(u, members, coin, counts)
+            self._quiet = False
             parts_s.append(np.full(len(members), u, np.int64))
             parts_m.append(members)
             pending += len(members)
@@ -242,6 +247,8 @@ class _SlotStream(IterableDataset):
         shard = self._open[url]
         if u not in self._checked:  # what a shard loses counts once per epoch (it may stay open across one)
             self._checked.add(u)
+            if self._quiet:
+                return shard
             if shard is None:
                 counts["unreadable_shard"] += 1
                 share = self._share(self.counts[u]) if self.counts is not None else None
@@ -420,15 +427,17 @@ class _SlotStream(IterableDataset):
         while self.epoch_limit is None or epoch < self.epoch_limit:
             consumed, read, planned = 0, 0, 0
             self.guard.new_epoch(self._slot_total(epoch, slot, total))
-            self._checked, before = set(), Counter(counts)
+            self._checked, before, self._resume_at = set(), Counter(counts), skip
             for window in self.windows(epoch, slot, total, counts):
                 end = window.start + len(window)
                 planned = end
-                if end <= skip:
+                if end <= skip:  # resume: a whole window before the position, read (and counted) before
                     consumed = end
-                    continue  # resume: a whole window before the position, not read
+                    self._checked.update(np.unique(window.shard).tolist())
+                    continue
                 self._keep_open(window)
                 p = max(0, skip - window.start)
+                self._checked.update(np.unique(window.shard[:p]).tolist())  # opened before the position
                 while p < len(window):
                     p, filled = self._fill(window, p, item.out(), self.batch_size - item.n, counts, item.meta)
                     item.add(filled)
@@ -443,7 +452,7 @@ class _SlotStream(IterableDataset):
                 mine = self.slot_shards(epoch, slot, total)[0]
                 held = sum(self._count(u, counts) for u in mine) if not read else 1
                 self.guard.epoch_end(read, planned, [self.urls[u] for u in mine], held, dict(counts - before))
-            skip = 0
+            skip = self._resume_at = 0
             if self.mode == "epoch":
                 break
             epoch += 1
@@ -602,6 +611,11 @@ class ShardLoader:
         if decode not in DECODE:
             raise UserError(f"shard loader decode '{decode}': expected one of {', '.join(DECODE)}")
         self.urls, self.manifest = resolve_shards(shards)
+        missing: list[str] = []
+        if self.manifest is None:  # a list or pattern: its missing shards are left out before the deal
+            self.urls, missing = present_shards(self.urls, "data.shards")
+            for url in missing:
+                log.warning(f"{url}: shard skipped, not found")
         self.encoding = encoding_of(self.manifest)
         if decode == "device" and self.encoding not in (None, "jpeg"):
             raise UserError(
@@ -635,7 +649,8 @@ class ShardLoader:
         self._check_batch_fits()
         self._slots: dict[int, tuple[int, int]] = {}
         self._skipped: dict[int, dict[str, int]] = {}  # per slot, this iter() session
-        self._skipped_before: Counter = Counter()  # earlier sessions and loaded states
+        # earlier sessions and loaded states; a listed shard not found counts once, as the run skips it
+        self._skipped_before: Counter = Counter({"unreadable_shard": len(missing)} if missing else {})
         self._items = 0  # DataLoader items received (all slots)
         self._pending: tuple[int, int] | None = None  # (slot, batches of its current item still to come)
         self._pass = 0  # epoch mode: which pass the next iter() makes

@@ -112,6 +112,14 @@ def test_inspect_overlap_counts_and_draws_the_pairs(planted, tmp_path, capsys):
     assert "overlap with eval (3 images): 3 of 8 samples copy 3 of its images" in capsys.readouterr().out
     pairs = [json.loads(line) for line in sheet.with_suffix(".jsonl").read_text().splitlines()]
     assert sorted(p["matched"] for p in pairs) == sorted(EVAL) and Image.open(sheet).size[0] > 200
+    other = tmp_path / "other"  # nothing of the corpus in it: an empty list, no sheet of nothing
+    other.mkdir()
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (96, 96), dtype=np.uint8)).save(other / "n.png")
+    none = tmp_path / "none.png"
+    inspect_cli.main([str(plain), "--overlap", str(other), "--overlap-sheet", str(none)])
+    out = capsys.readouterr().out
+    assert "0 of 8 samples copy 0 of its images" in out and "no matched pairs: no sheet drawn" in out
+    assert not none.exists() and none.with_suffix(".jsonl").read_text() == ""
 
 
 def test_an_overlap_count_over_shards_read_in_part_is_not_called_complete(planted, tmp_path, capsys):

@@ -44,9 +44,10 @@ def test_a_store_that_goes_away_mid_run_stops_a_loop_run_naming_a_url(shard_dir,
     assert time.time() - t0 < 60
 
 
-def test_nothing_read_for_the_stall_time_stops_the_run(shard_dir, serve, tmp_path):  # noqa: F811
-    base, _ = serve(tmp_path)  # a server without the shards: every read fails
-    urls = [f"{base}/{n}" for n in _names(shard_dir)]
+def test_nothing_read_for_the_stall_time_stops_the_run(shard_dir, serve):  # noqa: F811
+    names = _names(shard_dir)
+    base, _ = serve(shard_dir.parent, cuts=dict.fromkeys(names, -1))  # the shards are there, every read fails
+    urls = [f"{base}/{shard_dir.name}/{n}" for n in names]
     loader = ShardLoader(urls, 4, mode="loop", num_workers=0, max_skipped_share=1.0, stall_timeout_s=1e-3)
     with pytest.raises(UserError, match=r"data.shards: nothing read for \d+ s .*last failure http"):
         next(iter(loader))
@@ -55,20 +56,65 @@ def test_nothing_read_for_the_stall_time_stops_the_run(shard_dir, serve, tmp_pat
 def test_a_list_of_only_missing_shards_is_an_error_not_a_hang(shard_dir, serve, tmp_path):  # noqa: F811
     base, _ = serve(tmp_path)
     urls = [f"{base}/{n}" for n in _names(shard_dir)]  # no manifest: the share is unknown
-    with pytest.raises(UserError, match="no shard of this slot could be read, e.g. http"):
-        next(iter(ShardLoader(urls, 4, mode="loop", num_workers=0)))
+    with pytest.raises(
+        UserError, match=rf"data.shards: none of the {len(urls)} listed shard\(s\) could be found, e.g. http"
+    ):
+        ShardLoader(urls, 4, mode="loop", num_workers=0)
 
 
 def test_one_missing_shard_of_a_list_is_skipped_with_a_warning(shard_dir, serve, caplog):  # noqa: F811
     base, _ = serve(shard_dir.parent)
     names = _names(shard_dir)
     urls = [f"{base}/{shard_dir.name}/{n}" for n in names] + [f"{base}/{shard_dir.name}/gone.tar"]
-    with caplog.at_level(logging.WARNING, logger="shards.read_guard"):
+    with caplog.at_level(logging.WARNING, logger="shards.stream"):
         loader = ShardLoader(urls, 4, mode="epoch", num_workers=0, drop_last=False)
         n = sum(len(b["image"]) for b in loader)
     assert n == json.loads((shard_dir / "manifest.json").read_text())["num_samples"]
     assert loader.skipped == {"unreadable_shard": 1}
-    assert any("gone.tar: shard skipped, unreadable" in r.getMessage() for r in caplog.records)
+    assert any("gone.tar: shard skipped, not found" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_missing_listed_shard_never_leaves_a_worker_without_shards(shard_dir, workers):
+    """Three listed shards, one missing, two workers: dealt, the missing one would be one worker's
+    only shard and end the run; it is left out before the deal."""
+    names = _names(shard_dir)[:2]
+    counts = json.loads((shard_dir / "manifest.json").read_text())["shard_samples"][:2]
+    urls = [str(shard_dir / names[0]), str(shard_dir / "gone.tar"), str(shard_dir / names[1])]
+    for mode in ("epoch", "loop"):
+        loader = ShardLoader(urls, 2, mode=mode, num_workers=workers, drop_last=False, seed=1)
+        if mode == "epoch":
+            assert sum(len(b["image"]) for b in loader) == sum(counts)
+        else:
+            batches = iter(loader)
+            assert all(len(next(batches)["image"]) == 2 for _ in range(3 * sum(counts)))
+        assert loader.skipped == {"unreadable_shard": 1}
+
+
+@pytest.mark.parametrize("manifest", [True, False])
+def test_losses_before_a_resumed_position_are_not_counted_again(shard_dir, tmp_path, manifest):
+    """A truncated shard counted before a checkpoint is not counted again by the resumed run, at
+    every position (within its window, on a window's edge, past it), with a manifest or a list."""
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for f in shard_dir.iterdir():
+        (damaged / f.name).write_bytes(f.read_bytes())
+    bad = damaged / _names(shard_dir)[1]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    source = damaged if manifest else sorted(str(p) for p in damaged.glob("*.tar"))
+    settings = dict(batch_size=4, mode="epoch", num_workers=0, with_meta=True, drop_last=False, shuffle_buffer=8)
+    settings.update(batches_per_item=1, max_skipped_share=0.9)
+    straight = ShardLoader(source, **settings)
+    states, keys = [], []
+    for b in straight:
+        keys += b["key"]
+        states.append((len(keys), json.loads(json.dumps(straight.state_dict()))))
+    assert straight.skipped.get("bad_shard") == 1
+    for at, state in states[:-1]:
+        resumed = ShardLoader(source, **settings)
+        resumed.load_state_dict(state)
+        rest = [k for b in resumed for k in b["key"]]
+        assert rest == keys[at:] and resumed.skipped == straight.skipped, at
 
 
 def test_an_epoch_pass_losing_too_much_is_an_error_not_a_short_epoch(shard_dir, serve):  # noqa: F811
