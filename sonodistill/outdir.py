@@ -94,11 +94,17 @@ def _marking(name: str) -> bool:
 
 @contextmanager
 def claimed(
-    out: str | Path, stage: str, key: str = "--out", write: bool = True, only_own: bool = False
+    out: str | Path,
+    stage: str,
+    key: str = "--out",
+    write: bool = True,
+    only_own: bool = False,
+    first: tuple[str, ...] = (),
 ) -> Iterator[None]:
     """:func:`claim` for the work inside the ``with``; when that work fails and the folder was made by
-    this call and holds nothing but its mark, the folder goes again: a refused or crashed first run
-    leaves no empty folder that looks like a run."""
+    this call and holds nothing but its mark (and ``first``: what the command writes before its work,
+    a KD run's ``splits.json``), the folder goes again: a refused or crashed first run leaves no
+    folder that looks like a run."""
     out = Path(out)
     made = write and not out.exists()
     claim(out, stage, key, write, only_own)
@@ -106,7 +112,10 @@ def claimed(
         yield
     except BaseException:
         try:
-            if made and [p.name for p in out.iterdir()] == [MARK]:
+            names = {p.name for p in out.iterdir()} if made else set()
+            if MARK in names and names <= {MARK, *first}:
+                for name in sorted(names - {MARK}):
+                    (out / name).unlink()  # written by this call: the folder did not exist before it
                 (out / MARK).unlink()
                 out.rmdir()  # refuses a folder another process has written into since
         except OSError:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -451,3 +453,58 @@ def test_bench_edge_deploys_a_runs_student_on_the_split_its_config_names(vit_run
     with pytest.raises(UserError, match=r"its split \(.*sweep-split.json\) is gone; the test set is unknown"):
         edge.run_student.cache_clear()
         edge.run_student(cell)
+
+
+def test_a_stage_trained_after_reused_ones_equals_an_uninterrupted_runs(busi_dir, tmp_path):
+    """The distilled stage retrained after the teacher and scratch stages were reused (a run stopped
+    in it) gives the very weights of one uninterrupted run: each stage trains from random state of
+    its own, whatever the stages before it consumed (dropout here)."""
+    args = [*VIT, "student.kwargs={drop_rate: 0.5}", "student.train.epochs=2"]
+    whole = tmp_path / "whole"
+    first = train("vit_mobilenet", busi_dir, whole, *args)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "distilled")  # stopped while the distilled student trained
+    again = train("vit_mobilenet", busi_dir, resumed, *args)
+    for f in ("scratch", "distilled"):
+        assert (resumed / f / "model.safetensors").read_bytes() == (whole / f / "model.safetensors").read_bytes(), f
+    assert again["models"]["distilled"]["confusion_matrix"] == first["models"]["distilled"]["confusion_matrix"]
+
+
+def test_another_precision_trains_the_stages_again(vit_run, busi_dir, tmp_path):
+    """fp32 stages are not reused by a bf16 rerun (a process of its own: accelerate fixes the
+    precision once per process)."""
+    out = tmp_path / "copy"
+    shutil.copytree(vit_run[0], out)
+    cmd = [sys.executable, "-m", "downstream.kd", "train", "--recipe", "vit_mobilenet", "--data", str(busi_dir)]
+    cmd += ["--out", str(out), *COMMON, *VIT, "efficiency.runs=0", "mixed_precision=bf16"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "reusing the finished stage" not in done.stderr  # fp32 weights are not bf16 ones
+    assert json.loads((out / "metrics.json").read_text())["config"]["mixed_precision"] == "bf16"
+
+
+def test_a_users_folder_with_a_report_is_not_taken_for_a_run(busi_dir, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n")
+    err = fails("vit_mobilenet", busi_dir, mine, capsys, *VIT)
+    assert str(mine) in err and sorted(p.name for p in mine.iterdir()) == ["report.md"]
+    assert (mine / "report.md").read_text() == "my notes\n"
+
+
+def test_a_refused_first_run_leaves_no_folder(vit_run, busi_dir, tmp_path, capsys):
+    """A teacher checkpoint of another recipe is refused after the split was written: the folder the
+    run made goes again, split and mark with it."""
+    out = tmp_path / "new"
+    ckpt = vit_run[0] / "teacher" / "model.safetensors"
+    err = fails(
+        "nanoray",
+        busi_dir,
+        out,
+        capsys,
+        "teacher.kwargs={depth: 1, embed_dim: 32, num_heads: 2}",
+        f"teacher.checkpoint={ckpt}",
+        "gradcam.images=0",
+    )
+    assert "different architecture" in err and not out.exists()

@@ -23,7 +23,7 @@ from sonodistill.config import save_config
 from sonodistill.config_cli import add_config_args, config_from_args, parse_command_line
 from sonodistill.errors import UserError, cli_main
 from sonodistill.logs import is_main_rank
-from sonodistill.outdir import claimed, owner
+from sonodistill.outdir import MARK, claimed, owner
 from sonodistill.stop import StopRequest
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     detect_layout(args.data)  # a missing data folder refused before --out is made
     out = Path(args.out)
     stage = f"downstream.kd train --recipe {r.name}"  # one recipe per folder: their files share names
-    if owner(out) == "downstream.kd train":  # marked before the mark named the recipe
+    if owner(out) == "downstream.kd train" and earlier_run_of(out, r.name):  # marked before marks named recipes
         stage = "downstream.kd train"
     # a stop ends the running stage (or the split's duplicate search); finished stages are reused
-    with claimed(out, stage, write=is_main_rank(), only_own=True), StopRequest():
+    with claimed(out, stage, write=is_main_rank(), only_own=True, first=("splits.json",)), StopRequest():
         out.mkdir(parents=True, exist_ok=True)  # every rank: the first may not have made it yet
         data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
         metrics = paper.reproduce(cfg, data, out)
@@ -108,6 +108,17 @@ def main(argv: list[str] | None = None) -> int:
             save_config(cfg, out / "config.yaml")
     log.info(f"{r.name}: wrote {out / 'report.md'} and metrics.json ({len(metrics['models'])} models)")
     return 0
+
+
+def earlier_run_of(out: Path, recipe: str) -> bool:
+    """``out`` holds a run of ``recipe`` from before marks named the recipe: its ``metrics.json`` names
+    it, or the folder bears the old mark and no ``metrics.json`` names another. A folder that merely
+    holds a ``report.md`` is a user's."""
+    try:
+        named = json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    return named == recipe or (named is None and (out / MARK).is_file())
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,11 @@ def seed_everything(seed: int) -> None:
     from accelerate.utils import set_seed
 
     set_seed(seed, deterministic=False)
+
+
+def stage_seed(seed: int, name: str) -> int:
+    """The seed a stage trains from: the run's, and its name's (zlib.crc32: stable across processes)."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
 
 
 @dataclass
@@ -120,7 +126,11 @@ def stage(
     train: Callable[[], FitResult],
 ) -> StageResult:
     """Train ``model`` with ``train()`` or reload the finished stage. ``arch`` and ``key`` hold
-    everything the stage's weights depend on (its config sections whole, the stages it learnt from)."""
+    everything the stage's weights depend on (its config sections whole, the stages it learnt from).
+
+    Each stage trains from random state of its own (the run's seed and its name): a stage trained
+    after earlier ones were reused draws the same augmentations and dropout as in one uninterrupted
+    run, whose earlier stages consumed random numbers first."""
     folder = run.out / name
     fp = _fingerprint(
         {
@@ -129,6 +139,8 @@ def stage(
             "data": run.prep.catalog.fingerprint(),
             "img_size": run.image_size,  # the key's name predates image_size: kept so finished stages stay valid
             "split": {p: [r.id for r in recs] for p, recs in run.prep.parts.items() if p != "test"},
+            "precision": run.acc.mixed_precision,  # bf16 / fp16 weights differ from fp32 ones
+            "seeding": "per stage",  # stages trained before each had its own random state are trained again
         }
     )
     meta_path, weights = folder / "stage.json", folder / "model.safetensors"
@@ -143,6 +155,7 @@ def stage(
             log.info(f"{name}: reusing the finished stage in {folder}")
             return StageResult(meta["history"], meta["best_epoch"], meta["seconds"], reused=True, fingerprint=fp)
     t0 = time.perf_counter()
+    seed_everything(stage_seed(run.seed, name))
     res = train()
     seconds = time.perf_counter() - t0  # the whole stage: fit plus what it needs first (e.g. teacher logits)
     if run.main:
