@@ -610,12 +610,7 @@ class ShardLoader:
         )
         if decode not in DECODE:
             raise UserError(f"shard loader decode '{decode}': expected one of {', '.join(DECODE)}")
-        self.urls, self.manifest = resolve_shards(shards)
-        missing: list[str] = []
-        if self.manifest is None:  # a list or pattern: its missing shards are left out before the deal
-            self.urls, missing = present_shards(self.urls, "data.shards")
-            for url in missing:
-                log.warning(f"{url}: shard skipped, not found")
+        self.urls, self.manifest, missing = _resolve(shards)
         self.encoding = encoding_of(self.manifest)
         if decode == "device" and self.encoding not in (None, "jpeg"):
             raise UserError(
@@ -837,6 +832,18 @@ class ShardLoader:
         self._pending = tuple(state["pending"]) if state.get("pending") else None
         self._pass = int(state.get("pass", 0))
         self._pass_done = bool(state.get("pass_done", False))
+
+
+def _resolve(shards: str | Path | Sequence[str]) -> tuple[list[str], dict | None, list[str]]:
+    """(shard URLs, manifest, listed shards not found): a list or pattern without a manifest loses
+    its missing shards before the deal, each warned about once."""
+    urls, manifest = resolve_shards(shards)
+    if manifest is not None:
+        return urls, manifest, []
+    urls, missing = present_shards(urls, "data.shards")
+    for url in missing:
+        log.warning(f"{url}: shard skipped, not found")
+    return urls, None, missing
 
 
 def _first_size(urls: list[str], decode: str) -> int | None:
