@@ -107,14 +107,15 @@ def frames_with_area(media: Media) -> Iterator[tuple[Frame, ScanArea | None]]:
     except (ReadError, MemoryError) as exc:
         error = exc
     usable = [f for f in head if f.reject is None]
-    shape = usable[0].pixels.shape if usable else None
-    area = clip_scan_area([f.pixels for f in usable if f.pixels.shape == shape], media.region) if usable else None
+    # one size, grey or colour: a video's exactly grey frame comes as HxW, its next ones (chroma noise) as HxWx3
+    size = usable[0].pixels.shape[:2] if usable else None
+    area = clip_scan_area([f.pixels for f in usable if f.pixels.shape[:2] == size], media.region) if usable else None
     for fr in head:
-        yield fr, area if fr.pixels.shape == shape else None
+        yield fr, area if fr.pixels.shape[:2] == size else None
     if error is not None:
         raise error
     for fr in frames:
-        yield fr, area if fr.pixels.shape == shape else None
+        yield fr, area if fr.pixels.shape[:2] == size else None
 
 
 def extract_item(item: Item, opts: SourceOptions, settings: ExtractSettings) -> ItemOutcome:

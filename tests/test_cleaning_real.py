@@ -22,6 +22,7 @@ from shards.extract import frames_with_area
 from shards.frames import Sampling
 from shards.options import SourceOptions
 from shards.readers import open_media
+from shards.readers.base import Frame
 from shards.scan_area import frame_scan_area
 from shards.synth.air import air_frame, aline_lung_frame, noise_floor_frame
 from shards.synth.media import encode_video
@@ -373,6 +374,25 @@ def test_real_clip_frames_share_one_crop(pocus_dir):
     for name in ("butterfly-ocular-phantom.mp4", "clarius-ocular-phantom.mp4", "sonivate-snr-1.mha"):
         kept = [r for r in judge(pocus_dir / name) if isinstance(r, Cleaned)]
         assert len(kept) >= 2 and len({tuple(r.meta["crop"]) for r in kept}) == 1, name
+
+
+def test_a_clip_whose_first_frame_is_exactly_grey_shares_one_crop(pocus_dir):
+    """A video's exactly grey frame decodes as HxW, its next ones (a little chroma noise) as HxWx3:
+    one size all the same, one clip scan area for every frame (9 of 35 real lung clips got 2-11
+    crops when the channels counted)."""
+    from shards.readers.base import Media
+
+    media = open_media(str(pocus_dir / "clarius-ocular-phantom.mp4"), "x.mp4", EVERY_FRAME)
+    grey = [to_gray(f.pixels) for f in media.frames]
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(np.stack([g] * 3, -1) + rng.integers(-3, 4, (*g.shape, 3)), 0, 255).astype(np.uint8) for g in grey]
+    frames = [grey[0], *noisy[1:]]  # the first exactly grey
+    mixed = Media(iter(Frame(px, i) for i, px in enumerate(frames)), True, "video", "RGB", n_frames=len(frames))
+    pairs = list(frames_with_area(mixed))
+    assert len(pairs) == len(grey) >= 3 and all(a is not None and a.source == "clip" for _, a in pairs)
+    kept = [clean_frame(f.pixels, 64, area=a) for f, a in pairs]
+    crops = {tuple(r.meta["crop"]) for r in kept if isinstance(r, Cleaned)}
+    assert len(crops) == 1 and sum(isinstance(r, Cleaned) for r in kept) >= 2
 
 
 REAL = Path(__file__).parent / "data" / "real"  # CC0 and MIT device screens (tests/data/real/README.md)

@@ -438,3 +438,20 @@ def test_animated_gif_is_a_clip_timed_by_its_frame_duration(tmp_path):
     got = list(media.frames)
     assert [f.index for f in got] == [0, 3]  # 10 frames/s sampled at 3 frames/s
     assert np.abs(got[1].pixels.astype(int) - np.asarray(frames[3]).astype(int)).mean() < 2
+
+
+def test_a_compressed_dicom_cut_short_is_truncated_and_a_damaged_one_unreadable(pocus_dir):
+    """A real JPEG-baseline DICOM (Sonoque): every decoder there fails on it either way; a file that
+    ends before its encapsulated frames do is `truncated`, one whole but garbled `unreadable`, and
+    neither is `undecodable` (kept for a transfer syntax no plugin decodes)."""
+    from shards.readers.dicom import read_dicom
+
+    raw = (pocus_dir / "sonoque_anechoic-3mm-3mm.dcm").read_bytes()
+    assert len(list(read_dicom(raw, SourceOptions()).frames)) >= 1  # whole, it decodes
+    garbled = bytearray(raw)
+    soi = raw.index(b"\xff\xd8\xff")  # the first frame's JPEG start: its header overwritten, the file whole
+    garbled[soi : soi + 64] = bytes(64)
+    for data, reason in ((raw[:200_000], "truncated"), (bytes(garbled), "unreadable")):
+        with pytest.raises(ReadError) as exc:
+            list(read_dicom(data, SourceOptions()).frames)
+        assert exc.value.reason == reason

@@ -191,6 +191,8 @@ def read_dicom(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
         except (NotImplementedError, RuntimeError) as exc:
             msg = str(exc).lower()
             reason = "undecodable" if ("plugin" in msg or "support" in msg or "decod" in msg) else "unreadable"
+            if "raised by all available plugins" in msg:  # decoders there, the data bad: cut short, or damaged
+                reason = "truncated" if _cut_short(src) else "unreadable"
             raise ReadError(reason, str(exc)) from None
         except (EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError) as exc:
             # pydicom reports missing pixel bytes in several ways (short buffer, failed reshape, EOF).
@@ -212,3 +214,22 @@ def read_dicom(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
         spacing_mm=spacing,
         meta={"dicom": meta} if meta else {},
     )
+
+
+# Encapsulated (compressed) pixel data ends with a sequence delimitation item, the file's last bytes
+# as a rule: a file without it broke off inside its frames.
+SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _cut_short(src: str | bytes) -> bool:
+    """Does the DICOM file end before its encapsulated pixel data does?"""
+    try:
+        if isinstance(src, bytes):
+            tail = src[-64:]
+        else:
+            with open(src, "rb") as fh:
+                fh.seek(max(0, fh.seek(0, 2) - 64))
+                tail = fh.read()
+    except OSError:
+        return False
+    return SEQUENCE_END not in tail
