@@ -48,11 +48,15 @@ def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
 def read_meta(ckpt: str | Path) -> dict[str, Any]:
     path = Path(ckpt) / "meta.json"
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{ckpt}: not a complete pretraining checkpoint (no meta.json)") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: unreadable ({exc})") from None
+    except ValueError as exc:  # not JSON, or not UTF-8 text at all
+        raise UserError(f"{path}: unreadable ({' '.join(str(exc).split())[:160]})") from None
+    missing = [k for k in ("step", "config") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise UserError(f"{path}: not a pretraining checkpoint's meta.json (no {', '.join(missing)})")
+    return meta
 
 
 def saved_config(meta: dict[str, Any]):

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,12 @@ import torch
 
 from pretrain.checkpoint import find_checkpoint, list_checkpoints, read_meta, saved_config
 from pretrain.model_card import GRAYSCALE_NOTE, data_provenance, model_card, teacher_provenance
-from sonodistill.atomic import atomic_dir
+from sonodistill.atomic import atomic_dir, scratch_dir
 from sonodistill.cli_parser import CommandParser
 from sonodistill.errors import UserError, cli_main
 from sonodistill.outdir import MODEL, make_folder, owner
 from sonodistill.provenance import local_paths, public_model_name
+from sonodistill.stop import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,11 @@ def load_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, An
     backbone = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     name = saved_config(meta).student.name
     model = timm.create_model(name, pretrained=False, num_classes=0)
-    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(backbone, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: torch lists them all
+        first = " ".join(str(exc).split("\n\t")[1:2]) or " ".join(str(exc).split())[:200]
+        raise UserError(f"{weights}: does not match timm '{name}' ({first.strip()})") from None
     if missing or unexpected:
         raise UserError(f"{weights}: does not match timm '{name}' (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.eval(), meta, ckpt
@@ -151,7 +157,9 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None, ov
     mode = out_mode(out, ckpt, overwrite)
     cfg = saved_config(meta)
     size = cfg.image_size
-    t = meta["teacher"]
+    t = meta.get("teacher")
+    if not isinstance(t, dict) or not {"mean", "std"} <= set(t):
+        raise UserError(f"{ckpt}/meta.json: records no teacher (mean, std): not a checkpoint this version wrote")
     data_config = {
         "input_size": (3, size, size),
         "mean": tuple(t["mean"]),
@@ -186,8 +194,8 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None, ov
     }
     make_folder(out.parent)
     with contextlib.ExitStack() as staging:
-        try:
-            tmp = staging.enter_context(atomic_dir(out if mode != "into" else out / ".export"))
+        try:  # into a folder holding other files: staged in a hidden folder of its own there
+            tmp = staging.enter_context(scratch_dir(out, "export") if mode == "into" else atomic_dir(out))
         except OSError as exc:  # a folder that takes no files (/proc), or no room for the staging folder
             raise UserError(f"--out {out}: cannot write the export there ({exc.strerror or exc})") from None
         save_for_hf(model, str(tmp), model_config=model_config, data_config=data_config, safe_serialization=True)
@@ -196,11 +204,9 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None, ov
         tmp.chmod(0o755)  # a publishable folder, not a private temp dir
         for f in tmp.iterdir():
             f.chmod(0o644)
-    if mode == "into":  # each file replaced atomically; what else the folder holds stays
-        staged = out / ".export"
-        for name in EXPORT_FILES:
-            os.replace(staged / name, out / name)
-        staged.rmdir()
+        if mode == "into":  # each file replaced atomically; what else the folder holds stays
+            for name in EXPORT_FILES:
+                os.replace(tmp / name, out / name)
     log.info(f"exported {meta['config']['student']['name']} (step {meta['step']} of {ckpt}) to {out}")
     return out
 
@@ -272,6 +278,10 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
     return files
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise Stopped(f"{signal.Signals(signum).name}: the export was not written (an earlier one is kept); run it again")
+
+
 @cli_main
 def main(argv: Sequence[str] | None = None) -> None:
     parser = CommandParser(prog="python -m pretrain.export", description=__doc__.splitlines()[0])
@@ -298,7 +308,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise UserError("--dry-run: only meaningful with --push-to-hub (it lists what would be uploaded)")
     if args.push_to_hub:
         check_repo_id(args.push_to_hub)  # before the export, not at the upload
-    out = export(args.checkpoint, args.out, title=args.title or args.push_to_hub, overwrite=args.overwrite)
+    before = signal.signal(signal.SIGTERM, _interrupted)  # a staging folder is removed, as on Ctrl-C
+    try:
+        out = export(args.checkpoint, args.out, title=args.title or args.push_to_hub, overwrite=args.overwrite)
+    finally:
+        signal.signal(signal.SIGTERM, before)
     if args.push_to_hub:
         push(out, args.push_to_hub, private=args.private, dry_run=args.dry_run)
 

@@ -41,7 +41,9 @@ grid, regresses the teacher's normalised patch tokens with a token-wise MSE.
 
 ```python
 import timm
+import torch
 model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True)  # or "hf-hub:<repo id>"
+x = torch.randn(1, 3, {size}, {size})  # a grey image replicated to 3 channels, normalised as above
 features = model.forward_features(x)  # [B, {num_features}, H/32, W/32]; model(x) pools them
 ```
 
@@ -50,6 +52,7 @@ As a U-Net encoder (segmentation-models-pytorch{smp_note}):
 ```python
 import segmentation_models_pytorch as smp
 from safetensors.torch import load_file
+weights = "PATH_TO_THIS_FOLDER/model.safetensors"  # or hf_hub_download("<repo id>", "model.safetensors")
 {smp_code}
 ```
 
@@ -149,10 +152,10 @@ def smp_snippet(arch: str) -> tuple[str, str]:
     else through smp's ``tu-`` wrapper, which hands the weights to timm's loader."""
     if arch in SMP_NATIVE:
         code = f'unet = smp.Unet("{arch}", encoder_weights=None, classes=1)\n'
-        code += 'unet.encoder.load_state_dict(load_file("model.safetensors"))'
+        code += "unet.encoder.load_state_dict(load_file(weights))"
         return "; the state dict loads strictly", code
     code = f'unet = smp.Unet("tu-{arch}", encoder_weights=True, classes=1,\n'
-    code += '                pretrained_cfg_overlay=dict(state_dict=load_file("model.safetensors")))'
+    code += "                pretrained_cfg_overlay=dict(state_dict=load_file(weights)))"
     return "; timm loads the weights into its `tu-` encoder", code
 
 

@@ -117,8 +117,22 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
 
 
 @contextlib.contextmanager
+def scratch_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
+    """A hidden folder made for the work inside ``parent`` (a name no other folder there bears),
+    removed with what is left in it when the work ends, however it ends."""
+    import shutil
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces ``path`` (old one removed)."""
+    """Yield a temporary sibling directory; on success it replaces ``path`` (old one removed). The
+    old one is moved aside under a name made for it (never a fixed name a user's folder may bear)."""
     import shutil
 
     path = Path(path)
@@ -127,9 +141,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)  # onto the empty folder just made: rename replaces an empty directory
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -48,7 +48,22 @@ def model_provenance(name_or_path: str, model_type: str, revision: str | None = 
             "revision": None,
             "weights_sha256": files_sha256(weights) if weights else None,
         }
+    if not _hub_id(name_or_path):  # a folder that is gone (an older checkpoint's teacher): no local path published
+        return {"model_type": model_type, "hub_id": None, "revision": None, "weights_sha256": None}
     return {"model_type": model_type, "hub_id": name_or_path, "revision": revision, "weights_sha256": None}
+
+
+def _hub_id(name: str) -> bool:
+    """``name`` can be a Hub repo id (``org/name`` or ``name``), not a path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def public_model_name(prov: dict[str, Any]) -> str:

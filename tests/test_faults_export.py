@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -205,12 +206,80 @@ def test_the_cards_unet_snippet_loads_the_export_for_any_timm_student(run, tmp_p
     from safetensors.torch import load_file
 
     out = export(run, tmp_path / "exp")
-    card = (out / "README.md").read_text()
+    card = (out / "README.md").read_text().replace("PATH_TO_THIS_FOLDER", str(out))  # all a reader changes
     code = re.search(r"```python\n(import segmentation_models_pytorch as smp\n.*?)```", card, re.S).group(1)
     assert 'smp.Unet("tu-resnet10t"' in code
     scope: dict = {}
-    with _chdir(out):
+    with _chdir(tmp_path):  # run from anywhere, not only inside the export folder
         exec(code, scope)  # noqa: S102 (the card's own snippet, as a reader would run it)
     weights = load_file(str(out / "model.safetensors"))
     got = scope["unet"].encoder.model.state_dict()
     assert all(torch.equal(got[k], weights[k]) for k in got if k in weights) and len(set(got) & set(weights)) > 20
+    timm_code = re.search(r"```python\n(import timm\n.*?)```", card, re.S).group(1)
+    timm_scope: dict = {}
+    with _chdir(tmp_path):
+        exec(timm_code, timm_scope)  # noqa: S102
+    assert timm_scope["features"].shape[:2] == (1, timm_scope["model"].num_features)
+
+
+def test_export_never_deletes_a_users_folder_named_like_its_staging(run, tmp_path):
+    """The staging and set-aside folders get names made for them: a user's `.export/` inside --out
+    (--overwrite) and a `.<out>.old` backup beside it (re-export) stay."""
+    mine = tmp_path / "mine"
+    (mine / ".export").mkdir(parents=True)
+    (mine / ".export" / "keep.txt").write_text("precious\n")
+    main(["--checkpoint", str(run), "--out", str(mine), "--overwrite"])
+    assert (mine / ".export" / "keep.txt").read_text() == "precious\n"
+    assert sorted(p.name for p in mine.iterdir()) == [".export", "README.md", "config.json", "model.safetensors"]
+    backup = tmp_path / ".us.old"
+    backup.mkdir()
+    (backup / "NOTE.txt").write_text("my backup\n")
+    export(run, tmp_path / "us")
+    export(run, tmp_path / "us")  # re-export: the earlier one replaced as a whole
+    assert (backup / "NOTE.txt").read_text() == "my backup\n"
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".us."))
+    assert left == [".us.old"]  # nothing of its own left behind
+
+
+def _bad_checkpoint(run: Path, tmp_path: Path) -> Path:
+    from pretrain.checkpoint import list_checkpoints
+
+    bad = tmp_path / "bad"
+    ckpt = list_checkpoints(run)[-1][1]
+    shutil.copytree(ckpt, bad / "checkpoints" / ckpt.name)
+    return bad / "checkpoints" / ckpt.name
+
+
+def test_a_broken_checkpoint_is_one_line_not_a_traceback(run, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = _bad_checkpoint(run, tmp_path)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    cases = [
+        (b"\xff\xfe\x00garbage" * 20, "meta.json: unreadable"),
+        (b"[]", "not a pretraining checkpoint's meta.json (no step, config)"),
+        (json.dumps({"step": 2}).encode(), "(no config)"),
+        (json.dumps({k: v for k, v in meta.items() if k != "teacher"}).encode(), "records no teacher"),
+    ]
+    for data, said in cases:
+        (ckpt / "meta.json").write_bytes(data)
+        err = _refused(["--checkpoint", str(ckpt), "--out", str(tmp_path / "x")], capsys)
+        assert said in err, err
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    state = load_file(str(ckpt / "student.safetensors"))
+    key = next(k for k in state if k.startswith("backbone.") and state[k].ndim == 4)
+    state[key] = state[key][:, :1].contiguous()  # one input channel: another shape
+    save_file(state, str(ckpt / "student.safetensors"))
+    err = _refused(["--checkpoint", str(ckpt), "--out", str(tmp_path / "x")], capsys)
+    assert "does not match timm" in err and key.removeprefix("backbone.") in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_teacher_path_that_is_gone_is_no_hub_id():
+    from sonodistill.provenance import model_provenance, public_model_name
+
+    gone = model_provenance("/scratch/alice/teachers/dinov3-vitb16", "dinov3_vit")
+    assert gone["hub_id"] is None and "/scratch" not in public_model_name(gone)
+    for name in ("./teacher", "~/teacher", "a/b/c"):
+        assert model_provenance(name, "dinov3_vit")["hub_id"] is None
+    assert model_provenance("facebook/dinov3-vitb16-pretrain-lvd1689m", "dinov3_vit")["hub_id"].startswith("facebook/")
