@@ -57,17 +57,20 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
 
 def warmup_steps(cfg: OptimConfig, steps_per_epoch: float | None, total_steps: int, warn: bool = False) -> int:
     """``warmup_steps`` if set, else ``warmup_epochs`` of steps (0 when the epoch length is unknown),
-    at most the run's ``total_steps`` (``warn``: say so when it is cut)."""
+    shorter than the run's ``total_steps`` (``warn``: say so when it is cut): step k of a warm-up of
+    w steps runs at k/w of the peak, so the run's last step runs at the peak only after w = total - 1."""
     if cfg.warmup_steps:
-        steps = cfg.warmup_steps
+        steps, key = cfg.warmup_steps, "train.warmup_steps"
     else:
         steps = math.ceil(cfg.warmup_epochs * steps_per_epoch) if steps_per_epoch else 0
-    if warn and steps > total_steps:
+        key = "train.warmup_epochs"
+    cut = max(total_steps - 1, 0)
+    if warn and steps > cut:
         log.warning(
-            f"warm-up of {steps} steps is longer than the run ({total_steps} steps): cut to {total_steps}, so the "
-            "learning rate reaches its peak at the last step and never decays; lower train.warmup_steps"
+            f"warm-up of {steps} steps is as long as the run ({total_steps} steps) or longer: cut to {cut}, so the "
+            f"learning rate reaches its peak at the last step and never decays; lower {key}"
         )
-    return min(steps, total_steps)
+    return min(steps, cut)
 
 
 def build_scheduler(

@@ -192,3 +192,12 @@ def test_cosine_schedule_shape_and_warmup_arithmetic():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # the floor after the last step
     plateau = build_scheduler(opt, OptimConfig(schedule="plateau"), 10, 20)
     assert not per_step(plateau) and build_scheduler(opt, OptimConfig(schedule="none"), 10, 20) is None
+    for total in (1, 2, 3):  # a warm-up longer than the run: its last step runs at the peak
+        opt = torch.optim.SGD([p], lr=1.0)
+        sched = build_scheduler(opt, OptimConfig(lr=1.0, schedule="cosine", warmup_steps=10), None, total)
+        lrs = []
+        for _ in range(total):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert lrs[-1] == pytest.approx(1.0) and lrs == sorted(lrs), lrs

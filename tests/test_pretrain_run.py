@@ -129,14 +129,19 @@ def test_schedule_and_accumulation_arithmetic(caplog):
     assert warmup_steps(cfg.train, 162_000 / 512, 10**6) == math.ceil(10 * 162_000 / 512)
     cfg.train.max_steps, cfg.train.warmup_steps = 50, 100
     assert _max_steps(cfg, 162_000, 512) == 50
-    assert warmup_steps(cfg.train, 162_000 / 512, 50) == 50  # warm-up never longer than the run
+    assert warmup_steps(cfg.train, 162_000 / 512, 50) == 49  # the last step runs at the peak
     assert caplog.records == []  # said only where the run is set up
     with caplog.at_level(logging.WARNING, logger="sonodistill.optim"):
-        assert warmup_steps(cfg.train, 162_000 / 512, 50, warn=True) == 50
+        assert warmup_steps(cfg.train, 162_000 / 512, 50, warn=True) == 49
+        cfg.train.warmup_steps = 0  # the warm-up set in epochs: the message names that key
+        assert warmup_steps(cfg.train, 162_000 / 512, 50, warn=True) == 49
     assert [r.getMessage() for r in caplog.records] == [
-        "warm-up of 100 steps is longer than the run (50 steps): cut to 50, so the learning rate reaches its "
-        "peak at the last step and never decays; lower train.warmup_steps"
+        "warm-up of 100 steps is as long as the run (50 steps) or longer: cut to 49, so the learning rate reaches "
+        "its peak at the last step and never decays; lower train.warmup_steps",
+        "warm-up of 3165 steps is as long as the run (50 steps) or longer: cut to 49, so the learning rate reaches "
+        "its peak at the last step and never decays; lower train.warmup_epochs",
     ]
+    cfg.train.warmup_steps = 100
     assert _accumulation(cfg, world=8) == (512, 1)
     assert _accumulation(cfg, world=1) == (512, 8)
     cfg.train.global_batch = 0

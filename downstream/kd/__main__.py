@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.recipe:
             recipe(args.recipe)
         rows = [measure(e) for e in all_entries(args.recipe)]
-        print(json.dumps(rows, indent=2) if args.json else table(rows))
+        try:
+            print(json.dumps(rows, indent=2) if args.json else table(rows), flush=True)
+        except BrokenPipeError:  # `summary | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     from downstream.data.read import detect_layout
     from downstream.kd.config import check_recipe
