@@ -32,7 +32,8 @@ from sonodistill.atomic import write_once
 from sonodistill.logs import progress
 from sonodistill.optim import OptimConfig, build_optimizer
 
-FEATURE_VERSION = 2  # bump when extraction changes, so old cache files are not reused (2: precision in the key)
+FEATURE_VERSION = 3  # bump when extraction changes, so old cache files are not reused (2: precision in the key;
+# 3: EXIF orientation applied, label-map masks)
 
 
 @torch.no_grad()

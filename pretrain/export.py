@@ -279,7 +279,9 @@ def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool 
 
 
 def _interrupted(signum: int, frame: object) -> None:
-    raise Stopped(f"{signal.Signals(signum).name}: the export was not written (an earlier one is kept); run it again")
+    raise Stopped(
+        f"{signal.Signals(signum).name}: the export was not finished (its staging folder removed); run it again"
+    )
 
 
 @cli_main

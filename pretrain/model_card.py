@@ -43,7 +43,7 @@ grid, regresses the teacher's normalised patch tokens with a token-wise MSE.
 import timm
 import torch
 model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True)  # or "hf-hub:<repo id>"
-x = torch.randn(1, 3, {size}, {size})  # a grey image replicated to 3 channels, normalised as above
+x = torch.randn(1, 3, {size}, {size})  # stands in for a grey image replicated to 3 channels, normalised as above
 features = model.forward_features(x)  # [B, {num_features}, H/32, W/32]; model(x) pools them
 ```
 

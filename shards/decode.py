@@ -26,12 +26,15 @@ Image.MAX_IMAGE_PIXELS = 16384 * 16384
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ORIENTATION = 0x0112  # the EXIF tag: 1 upright, 2-8 mirrored and/or rotated
+EXIF_IN_HEADER = ("JPEG", "MPO", "TIFF", "WEBP")  # formats whose EXIF is read with the header (a PNG's: "exif" in info)
 
 
 def upright(img: Image.Image) -> Image.Image:
     """``img`` as every viewer (and every annotation tool) shows it: its EXIF orientation applied
     (decoded, the original closed); ``img`` itself when it has none. A mask drawn on the shown image
     then lines up with it."""
+    if img.format not in EXIF_IN_HEADER and "exif" not in img.info:
+        return img  # getexif() would decode a PNG's pixels to look for a chunk after them: no tag here
     try:
         turned = img.getexif().get(ORIENTATION, 1) not in (1, None)
     except Exception:  # a malformed EXIF block: the pixels as stored

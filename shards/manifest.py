@@ -67,14 +67,19 @@ def encoding_of(manifest: dict | None) -> str | None:
 
 
 def _exists(url: str) -> bool:
+    """False only for a shard the store says is not there; any other failure (a busy or flaky
+    store) keeps it, for the reads to retry and count, so every rank deals the same list."""
     if not remote.is_remote(url):
         return url.startswith("pipe:") or Path(url.removeprefix("file://")).exists()
     try:
-        return bool(remote.filesystem(url).exists(url))
+        remote.filesystem(url).info(url)
+    except FileNotFoundError:
+        return False
     except UserError:
         raise
-    except Exception:  # a store that does not answer: its shards are not there for this run
-        return False
+    except Exception:  # aiohttp/botocore/google errors share no base but Exception
+        return True
+    return True
 
 
 def present_shards(urls: list[str], what: str) -> tuple[list[str], list[str]]:

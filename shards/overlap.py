@@ -139,9 +139,8 @@ def inspect_overlap(
     sheet = Path(sheet)
     write_pairs(pairs, sheet.with_suffix(".jsonl"))
     if not pairs:  # no sheet of nothing: the (empty) list says so
-        return (
-            report(pairs, exclusions, coverage)
-            + f"\nno matched pairs: no sheet drawn; {sheet.with_suffix('.jsonl')} is empty"
-        )
+        earlier = f" ({sheet} is an earlier run's)" if sheet.exists() else ""
+        listed = sheet.with_suffix(".jsonl")
+        return report(pairs, exclusions, coverage) + f"\nno matched pairs: no sheet drawn{earlier}; {listed} is empty"
     overlap_sheet(pairs, tiles, exclusions, sheet)
     return report(pairs, exclusions, coverage) + f"\nmatched pairs: {sheet} (sheet), {sheet.with_suffix('.jsonl')}"

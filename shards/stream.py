@@ -437,7 +437,10 @@ class _SlotStream(IterableDataset):
                     continue
                 self._keep_open(window)
                 p = max(0, skip - window.start)
-                self._checked.update(np.unique(window.shard[:p]).tolist())  # opened before the position
+                # opened before the position: the samples before it, or the whole window when raw copies
+                # were planned for it at its first fill (_plan_raw)
+                planned_raw = self.encoding == "raw" and self.decode == "worker" and item.out() is not None
+                self._checked.update(np.unique(window.shard if p and planned_raw else window.shard[:p]).tolist())
                 while p < len(window):
                     p, filled = self._fill(window, p, item.out(), self.batch_size - item.n, counts, item.meta)
                     item.add(filled)
@@ -841,8 +844,10 @@ def _resolve(shards: str | Path | Sequence[str]) -> tuple[list[str], dict | None
     if manifest is not None:
         return urls, manifest, []
     urls, missing = present_shards(urls, "data.shards")
-    for url in missing:
+    for url in missing[:3]:
         log.warning(f"{url}: shard skipped, not found")
+    if len(missing) > 3:
+        log.warning(f"data.shards: {len(missing)} listed shards not found in all (the first 3 named above)")
     return urls, None, missing
 
 

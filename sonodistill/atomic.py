@@ -117,6 +117,23 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
 
 
 @contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGTERM and SIGINT held back for the few system calls inside (delivered right after)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGTERM, signal.SIGINT}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+@contextlib.contextmanager
 def scratch_dir(parent: str | os.PathLike, name: str) -> Iterator[Path]:
     """A hidden folder made for the work inside ``parent`` (a name no other folder there bears),
     removed with what is left in it when the work ends, however it ends."""
@@ -142,8 +159,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old)  # onto the empty folder just made: rename replaces an empty directory
-            os.replace(tmp, path)
+            with _signals_held():  # a stop between the two renames would leave no folder at ``path``
+                os.replace(path, old)  # onto the empty folder just made: rename replaces an empty directory
+                os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

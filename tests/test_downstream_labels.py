@@ -168,3 +168,19 @@ def test_many_valued_masks_keep_their_bright_half():
     soft[2:6, 1] = np.array([40, 90, 140, 200])  # an anti-aliased edge: many values
     soft[0, :4] = [3, 5, 7, 9]
     assert binarize(soft).sum() == 16 + 2
+
+
+def test_a_plain_minus_one_label_is_a_class_and_masks_are_checked_before_their_values(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)) for _ in range(6)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int32")})
+    datasets.Dataset.from_dict({"image": images, "label": [-1, 1, -1, 1, -1, 1]}, features=features).save_to_disk(
+        str(tmp_path / "signs")
+    )
+    cat = read_catalog(str(tmp_path / "signs"), "cls")  # -1 is "no label" only for a ClassLabel
+    assert cat.classes == ["-1", "1"] and len(cat) == 6
+    _save(tmp_path / "nomasks" / "images" / "0.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "nomasks" / "masks").mkdir()
+    with pytest.raises(UserError, match="without a mask"):  # the masks missing, not their values
+        read_catalog(str(tmp_path / "nomasks"), "seg", ReaderConfig(mask_values=[1]))

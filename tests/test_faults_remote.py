@@ -124,3 +124,28 @@ def test_an_epoch_pass_losing_too_much_is_an_error_not_a_short_epoch(shard_dir, 
     said = rf"lost this epoch \(\d+ in 1 unreadable shard\(s\)\), .* e.g. {base}/{shard_dir.name}/{bad}"
     with pytest.raises(UserError, match=said):
         list(loader)
+
+
+def test_raw_shards_resumed_in_a_window_do_not_count_its_losses_again(corpus_dir, tmp_path):
+    """Raw shards read by workers plan a whole window's copies at its first fill, opening every shard
+    of it: a run resumed inside that window must not count that window's losses again."""
+    from shards.build import BuildSettings, build_shards
+
+    built = tmp_path / "raw"
+    sources = {p.name: str(p) for p in sorted(corpus_dir.iterdir()) if p.is_dir()}
+    build_shards(sources, built, BuildSettings(size=64, samples_per_shard=8, workers=1, encoding="raw"), progress=False)
+    bad = built / _names(built)[2]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    settings = dict(batch_size=4, mode="epoch", num_workers=2, with_meta=True, drop_last=False, shuffle=False)
+    settings.update(batches_per_item=1, max_skipped_share=0.9)
+    straight = ShardLoader(built, **settings)
+    states, keys = [], []
+    for b in straight:
+        keys += b["key"]
+        states.append((len(keys), json.loads(json.dumps(straight.state_dict()))))
+    assert straight.skipped.get("bad_shard") == 1
+    for at, state in states[:4]:  # early: the damaged shard still ahead of the position in its window
+        resumed = ShardLoader(built, **settings)
+        resumed.load_state_dict(state)
+        rest = [k for b in resumed for k in b["key"]]
+        assert sorted(rest) == sorted(keys[at:]) and resumed.skipped == straight.skipped, at

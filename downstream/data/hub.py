@@ -107,7 +107,7 @@ def _class_index(parts: list[tuple[str, Any]], column: str) -> tuple[list[str], 
     feat = parts[0][1].features[column]
     if isinstance(feat, datasets.ClassLabel):
         return list(feat.names), {i: i for i in range(len(feat.names))}
-    values = {v for _, t in parts for v in t[column]} - {None, -1}
+    values = {v for _, t in parts for v in t[column]} - {None}
     ordered = sorted(values, key=lambda v: (str(type(v)), v))
     return [str(v) for v in ordered], {v: i for i, v in enumerate(ordered)}
 
@@ -135,6 +135,9 @@ def read_hub(
     has_mask = bool(mask_column) and mask_column in cols
     has_label = bool(label_column) and label_column in cols
     classes, to_index = _class_index(parts, label_column) if has_label else ([], {})
+    # ClassLabel's -1 is its "no label"; in a plain column -1 may be a class
+    class_label = has_label and isinstance(parts[0][1].features[label_column], datasets.ClassLabel)
+    no_label = {None, -1} if class_label else {None}
 
     records: list[Record] = []
     for split, table in parts:
@@ -145,7 +148,7 @@ def read_hub(
             meta = light[row] if light.column_names else {}
             rid = f"{split}/{row}" if split else str(row)
             label = meta[label_column] if has_label else None
-            if has_label and (label is None or label == -1):
+            if has_label and label in no_label:
                 if need == "label":
                     unlabelled += 1
                     continue
@@ -169,6 +172,6 @@ def read_hub(
     split_names = {split for split, _ in parts}
     test_ids = [r.id for r in records if r.id.startswith("test/")] if "test" in split_names and len(parts) > 1 else []
     if check:
-        check_records(records)
+        check_records(records, masks=has_mask)
     name = spec[3:].rstrip("/").split("/")[-1] if spec.startswith("hf:") else Path(spec).name
     return Catalog(name=name, root=spec, records=records, classes=classes, test_ids=test_ids)

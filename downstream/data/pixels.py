@@ -3,7 +3,7 @@
 Ultrasound is grayscale, but datasets store it as 8-bit L, RGB with three equal channels
 (BUSI), 16-bit PNG or JPEG; everything is decoded to uint8 ``HxW`` (16-bit by the shard builder's
 rule, :func:`shards.readers.base.levels_of`). Masks are binarised per file on their own values
-(:func:`binarize`: every label of a label map, the bright part of a noisy one; a
+(:func:`binarize`: class indices, a few-valued map's bright labels, a noisy mask's bright part; a
 :class:`LabelMask` -- ``reader.mask_values`` -- by the label values that count as foreground) and
 several mask files of one image are merged by union.
 """

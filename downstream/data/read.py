@@ -36,7 +36,7 @@ class ReaderConfig:
     mask_column: str = "mask"  # hf columns / ub record fields (psfh_mask, mass_mask, tumor_mask, ...)
     label_column: str = "label"  # hf columns / ub record field holding the class label
     group_column: str = ""  # "" = none (hf) / patient or source when every record has it (ub)
-    mask_values: list[int] = field(default_factory=list)  # label-map masks: foreground values ([] = every label)
+    mask_values: list[int] = field(default_factory=list)  # label-map foreground values ([] = each mask's own rule)
 
 
 @dataclass(frozen=True)
@@ -110,16 +110,16 @@ def read_catalog(data: str, kind: Kind, cfg: ReaderConfig | None = None, check: 
     if layout not in LAYOUTS:
         raise UserError(f"data.layout: expected one of {', '.join(get_args(Layout))}; got '{layout}'")
     cat = LAYOUTS[layout].read(data, kind, cfg, check)
+    if kind == "seg" and not (cat.has_masks if check else any(r.masks for r in cat.records)):
+        raise UserError(
+            f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"
+        )
     if kind == "seg" and cfg.mask_values:
         values = tuple(int(v) for v in cfg.mask_values)
         if layout != "ub":  # UltraBench's reader reads its label maps by these values itself
             cat.records = [replace(r, masks=tuple(LabelMask(m, values) for m in r.masks)) for r in cat.records]
         if check:
             check_mask_values(cat.records, values)
-    if kind == "seg" and not (cat.has_masks if check else any(r.masks for r in cat.records)):
-        raise UserError(
-            f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"
-        )
     if kind == "cls" and not cat.has_labels:
         raise UserError(f"{data}: classification needs class labels ({layout} layout has none)")
     if kind == "cls" and len(cat.classes) < 2:

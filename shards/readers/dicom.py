@@ -191,7 +191,7 @@ def read_dicom(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
         except (NotImplementedError, RuntimeError) as exc:
             msg = str(exc).lower()
             reason = "undecodable" if ("plugin" in msg or "support" in msg or "decod" in msg) else "unreadable"
-            if "raised by all available plugins" in msg:  # decoders there, the data bad: cut short, or damaged
+            if "raised by all available plugins" in msg and "support" not in msg:  # decoders there, data bad
                 reason = "truncated" if _cut_short(src) else "unreadable"
             raise ReadError(reason, str(exc)) from None
         except (EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError) as exc:
