@@ -102,16 +102,21 @@ def test_losses_before_a_resumed_position_are_not_counted_again(shard_dir, tmp_p
     bad = damaged / _names(shard_dir)[1]
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     source = damaged if manifest else sorted(str(p) for p in damaged.glob("*.tar"))
-    settings = dict(batch_size=4, mode="epoch", num_workers=0, with_meta=True, drop_last=False, shuffle_buffer=8)
-    settings.update(batches_per_item=1, max_skipped_share=0.9)
-    straight = ShardLoader(source, **settings)
+    _resumed_like_straight(source, slice(None, -1), num_workers=0, shuffle_buffer=8)
+
+
+def _resumed_like_straight(source, positions: slice, **settings) -> None:
+    """A straight epoch over ``source`` (one truncated shard in it), then a run resumed from each
+    saved position in ``positions``: the rest of the samples, in order, and the loss counts are the same."""
+    settings = dict(batch_size=4, mode="epoch", with_meta=True, drop_last=False, batches_per_item=1, **settings)
+    straight = ShardLoader(source, max_skipped_share=0.9, **settings)
     states, keys = [], []
     for b in straight:
         keys += b["key"]
         states.append((len(keys), json.loads(json.dumps(straight.state_dict()))))
     assert straight.skipped.get("bad_shard") == 1
-    for at, state in states[:-1]:
-        resumed = ShardLoader(source, **settings)
+    for at, state in states[positions]:
+        resumed = ShardLoader(source, max_skipped_share=0.9, **settings)
         resumed.load_state_dict(state)
         rest = [k for b in resumed for k in b["key"]]
         assert rest == keys[at:] and resumed.skipped == straight.skipped, at
@@ -136,16 +141,5 @@ def test_raw_shards_resumed_in_a_window_do_not_count_its_losses_again(corpus_dir
     build_shards(sources, built, BuildSettings(size=64, samples_per_shard=8, workers=1, encoding="raw"), progress=False)
     bad = built / _names(built)[2]
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-    settings = dict(batch_size=4, mode="epoch", num_workers=2, with_meta=True, drop_last=False, shuffle=False)
-    settings.update(batches_per_item=1, max_skipped_share=0.9)
-    straight = ShardLoader(built, **settings)
-    states, keys = [], []
-    for b in straight:
-        keys += b["key"]
-        states.append((len(keys), json.loads(json.dumps(straight.state_dict()))))
-    assert straight.skipped.get("bad_shard") == 1
-    for at, state in states[:4]:  # early: the damaged shard still ahead of the position in its window
-        resumed = ShardLoader(built, **settings)
-        resumed.load_state_dict(state)
-        rest = [k for b in resumed for k in b["key"]]
-        assert sorted(rest) == sorted(keys[at:]) and resumed.skipped == straight.skipped, at
+    # early positions: the damaged shard still ahead of the position in its window
+    _resumed_like_straight(built, slice(0, 4), num_workers=2, shuffle=False)
