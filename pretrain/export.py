@@ -50,6 +50,8 @@ def load_backbone(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, An
 
     ckpt = find_checkpoint(checkpoint)
     meta = read_meta(ckpt)
+    if "config" not in meta:
+        raise UserError(f"{ckpt}/meta.json: records no config: not a checkpoint this version wrote")
     weights = ckpt / "student.safetensors"
     if not weights.is_file():
         raise UserError(f"--checkpoint: {ckpt} has no student.safetensors")

@@ -257,8 +257,8 @@ def test_a_broken_checkpoint_is_one_line_not_a_traceback(run, tmp_path, capsys):
     meta = json.loads((ckpt / "meta.json").read_text())
     cases = [
         (b"\xff\xfe\x00garbage" * 20, "meta.json: unreadable"),
-        (b"[]", "not a pretraining checkpoint's meta.json (no step, config)"),
-        (json.dumps({"step": 2}).encode(), "(no config)"),
+        (b"[]", "not a pretraining checkpoint's meta.json (no step)"),
+        (json.dumps({"step": 2}).encode(), "records no config"),
         (json.dumps({k: v for k, v in meta.items() if k != "teacher"}).encode(), "records no teacher"),
     ]
     for data, said in cases:
