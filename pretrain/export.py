@@ -37,7 +37,7 @@ from sonodistill.atomic import atomic_dir, scratch_dir
 from sonodistill.cli_parser import CommandParser
 from sonodistill.errors import UserError, cli_main
 from sonodistill.outdir import MODEL, make_folder, owner
-from sonodistill.provenance import local_paths, public_model_name
+from sonodistill.provenance import local_paths, public_model_name, repo_id_problem
 from sonodistill.stop import Stopped
 
 log = logging.getLogger(__name__)
@@ -230,13 +230,9 @@ def check_public(folder: Path, files: Sequence[str]) -> None:
 
 def check_repo_id(repo_id: str) -> None:
     """One line for a repo id the Hub would refuse (huggingface_hub's own rules), before any work."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise UserError(f"--push-to-hub {repo_id}: not a Hub repo id ({' '.join(str(exc).split())[:200]})") from None
+    problem = repo_id_problem(repo_id)
+    if problem is not None:
+        raise UserError(f"--push-to-hub {repo_id}: not a Hub repo id ({problem})")
 
 
 def push(folder: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> list[str]:

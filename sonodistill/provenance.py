@@ -53,17 +53,22 @@ def model_provenance(name_or_path: str, model_type: str, revision: str | None = 
     return {"model_type": model_type, "hub_id": name_or_path, "revision": revision, "weights_sha256": None}
 
 
-def _hub_id(name: str) -> bool:
-    """``name`` can be a Hub repo id (``org/name`` or ``name``), not a path."""
+def repo_id_problem(name: str) -> str | None:
+    """Why the Hub would refuse ``name`` as a repo id (huggingface_hub's own rules), or None."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
-        return False
     try:
         validate_repo_id(name)
-    except HFValidationError:
+    except HFValidationError as exc:
+        return " ".join(str(exc).split())[:200]
+    return None
+
+
+def _hub_id(name: str) -> bool:
+    """``name`` can be a Hub repo id (``org/name`` or ``name``), not a path."""
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
         return False
-    return True
+    return repo_id_problem(name) is None
 
 
 def public_model_name(prov: dict[str, Any]) -> str:
