@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse(argv)
     check_spec(cfg.encoder)  # a typo leaves no folder behind
     check_values(cfg)
-    with claimed(cfg.out, "downstream.run", write=is_main_rank()) if cfg.out else nullcontext(), StopRequest():
+    claim = claimed(cfg.out, "downstream.run", write=is_main_rank(), only_own=True) if cfg.out else nullcontext()
+    with claim, StopRequest():
         metrics = run(cfg)  # a stop signal ends the run with exit 75 (nothing half-written is kept)
     test = metrics["test"]
     keys = ("dice", "iou") if "dice" in test else ("accuracy", "macro_f1", "auc")

@@ -159,12 +159,12 @@ def _grouping(groups: Sequence[DuplicateGroup], units: dict, left_out: dict[str,
 def _assign(recs: list, units: dict[str, list[int]], shares: np.ndarray, n_cls: int, seed: int) -> list[list[int]]:
     """Record positions per part: units in a seeded order each to the part whose per-class and total
     counts it brings closest to ``shares``. Only units large next to the smallest part (over a
-    quarter of its target) go first, biggest first, so that they still fit: ordering every unit by
-    size would send all multi-image units (duplicate pairs, patients with several images) to the
-    largest part, whatever the seed. Units holding a class of fewer than ``RARE_CLASS`` images come
-    next, while every part is short of its target, so that the first go to training: placed at
-    random, a class of one image lands wherever the totals are shortest, often the test split,
-    where nothing trained on it is tested on it."""
+    quarter of its target) go first, biggest first, so that they still fit, each to a part with room
+    for it, drawn by the room left: placed greedily while every part is empty, they would all go to
+    the largest part whatever the seed (on a dataset of 50 images, every duplicate pair). Units
+    holding a class of fewer than ``RARE_CLASS`` images come next, while every part is short of its
+    target, so that the first go to training: placed at random, a class of one image lands wherever
+    the totals are shortest, often the test split, where nothing trained on it is tested on it."""
 
     def counts(idx: list[int]) -> np.ndarray:
         v = np.zeros(n_cls)
@@ -179,10 +179,13 @@ def _assign(recs: list, units: dict[str, list[int]], shares: np.ndarray, n_cls: 
     order = [keys[j] for j in rng.permutation(len(keys))]
     large = max(1.0, float(min(shares[shares > 0])) * len(recs) / 4)
 
+    def holds_rare(k: str) -> bool:
+        return any(recs[i].label in rare for i in units[k])
+
     def rank(k: str) -> tuple[int, int]:
         if len(units[k]) > large:
             return 0, -len(units[k])
-        return (1 if any(recs[i].label in rare for i in units[k]) else 2), 0
+        return (1 if holds_rare(k) else 2), 0
 
     order.sort(key=rank)  # stable: the rest stay random
     target = shares[:, None] * class_total[None, :]  # [part, class]
@@ -190,6 +193,14 @@ def _assign(recs: list, units: dict[str, list[int]], shares: np.ndarray, n_cls: 
     assigned: list[list[int]] = [[] for _ in shares]
     for k in order:
         v = counts(units[k])
+        if rank(k)[0] == 0 and not holds_rare(k):
+            room = target.sum(axis=1) - have.sum(axis=1)
+            fits = np.flatnonzero(room >= v.sum())
+            if len(fits):  # drawn by the room left: each part ends up with about its share of them
+                p = int(rng.choice(fits, p=room[fits] / room[fits].sum()))
+                have[p] += v
+                assigned[p].extend(units[k])
+                continue
         cost = []
         for p in range(len(shares)):
             before = ((have[p] - target[p]) ** 2).sum() + (have[p].sum() - target[p].sum()) ** 2

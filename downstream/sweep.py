@@ -578,6 +578,7 @@ def check_values(cfg: SweepConfig, grid: Grid | None = None) -> None:
     check_ratios(cfg.run.split.ratios)
     if cfg.run.image_size % 32 and any(t.kind == "seg" for t in tasks):
         raise UserError(f"run.image_size: U-Net segmentation needs a multiple of 32, got {cfg.run.image_size}")
+    check_not_empty(cfg)
     for key in ("fractions", "linear_fractions", "seeds"):
         values = getattr(cfg, key)
         if len(set(values)) != len(values):  # a repeated seed would count one run twice in the mean +- std
@@ -591,6 +592,24 @@ def check_values(cfg: SweepConfig, grid: Grid | None = None) -> None:
     for name in cfg.kd_presets:
         if not name.endswith((".yaml", ".yml")) and name not in presets:
             raise UserError(f"kd_presets: no preset '{name}' ({', '.join(sorted(presets))}, or a YAML file)")
+
+
+def check_not_empty(cfg: SweepConfig) -> None:
+    """An empty list that leaves a row (or the whole sweep) without cells is a mistake, not a sweep of
+    nothing: one line naming it."""
+    rows = bool(cfg.encoders)
+    needed = {
+        "tasks": "",
+        "seeds": "",
+        "modes": " for the encoder rows" if rows else None,
+        "fractions": " for fine-tuning and the KD rows" if cfg.methods or (rows and "finetune" in cfg.modes) else None,
+        "linear_fractions": " for mode 'linear' (or leave 'linear' out of modes)"
+        if rows and "linear" in cfg.modes
+        else None,
+    }
+    for key, what in needed.items():
+        if what is not None and not getattr(cfg, key):
+            raise UserError(f"{key}: expected at least one value{what}, got [] (the sweep would run no cell)")
 
 
 def checked_grid(cfg: SweepConfig) -> Grid:
@@ -658,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # a bad setting refused before `out` is created (--splits-only reads no encoder or method: they
     # may not exist yet)
     grid = None if args.splits_only else checked_grid(cfg)
-    with claimed(cfg.out, "downstream.sweep", key="out", write=is_main_rank()), StopRequest():
+    with claimed(cfg.out, "downstream.sweep", key="out", write=is_main_rank(), only_own=True), StopRequest():
         if args.splits_only:  # to build a corpus with --exclude of them before the sweep (a stop: exit 75)
             paths = write_splits(cfg)
             print("\n".join(paths))

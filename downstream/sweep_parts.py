@@ -106,11 +106,31 @@ def planned(out: Path, part: Part, grid_keys: Sequence[str], todo: Sequence[str]
     path = out / "parts" / f"plan-{part.count}-{digest}.json"
     if not todo and not path.exists():
         return []
+    check_same_grid(out, part, digest)
     write_once(path, json_text({"parts": part.count, "grid": digest, "todo": list(todo)}))
     try:
         return list(json.loads(path.read_text())["todo"])
     except (ValueError, KeyError) as exc:
         raise UserError(f"{path}: not a sweep plan ({exc}); delete it to plan the parts again") from None
+
+
+def check_same_grid(out: Path, part: Part, digest: str) -> None:
+    """Record the grid this part runs; refuse when a part of another grid is running in ``out`` (its
+    plan slices other cells: both would run some of them into the same folders at once)."""
+    parts = out / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    (parts / f".grid-{part.tag}").write_text(digest + "\n", encoding="utf-8")  # read only while its part runs
+    for f in sorted(parts.glob(".grid-part-*")):
+        tag = f.name.removeprefix(".grid-")
+        if tag == part.tag or not (pid := holder(parts / f".lock-{tag}")):
+            continue
+        if f.read_text(encoding="utf-8").strip() not in ("", digest):
+            which = tag.removeprefix("part-").replace("-of-", "/")
+            raise UserError(
+                f"out {out}: sweep part={which} (pid {pid}) is running another grid (tasks, encoders, methods, "
+                "modes, fractions or seeds differ): the parts of one sweep share one config; wait for it, or "
+                "use another out"
+            )
 
 
 def drop_plans(out: Path) -> None:
@@ -143,7 +163,7 @@ def one_writer(out: Path, part: Part | None) -> Iterator[None]:
                 )
             yield
         return
-    with exclusive(parts / f".lock-{part.tag}", f"out {out} part={part}"):
+    with exclusive(parts / f".lock-{part.tag}", f"out {out} part={part}"), _grid_mark(parts / f".grid-{part.tag}"):
         pid = holder(out / ".lock")
         if pid:
             raise UserError(f"out {out}: a sweep without part= (pid {pid}) is running in it; start the parts after it")
@@ -156,3 +176,12 @@ def one_writer(out: Path, part: Part | None) -> Iterator[None]:
                     f"(part=I/{which.rsplit('/', 1)[-1]}), or wait for it to end"
                 )
         yield
+
+
+@contextlib.contextmanager
+def _grid_mark(path: Path) -> Iterator[None]:
+    """Remove the part's grid record (:func:`check_same_grid`) when it ends."""
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)

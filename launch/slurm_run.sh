@@ -5,8 +5,8 @@
 #   SLURM's stop signals also reach this script (a preemption sends SIGTERM to every process of the
 #   job): they are trapped, so the script lives until the step has kept its work. Exit code 75 from
 #   the step (EX_TEMPFAIL: stopped by a signal, work kept) requeues the job (`scontrol requeue`; the
-#   requeued job keeps its id, its array index and its arguments, and continues); any other code
-#   ends the job with it (2: bad input, one `error:` line in the log).
+#   requeued job keeps its id, its array index and its arguments, and continues), unless the job was
+#   cancelled (`scancel`: it stays cancelled); any other code ends the job with it (2: bad input, one `error:` line in the log).
 # sonodistill_part                   prints I/N for an array task (I from 0, whatever the range's
 #   first index), nothing for a plain job; fails on an --array list that is not a range.
 
@@ -37,23 +37,39 @@ sonodistill_run() {
   interrupted=0
   trap 'interrupted=1; echo "sonodistill: SIGTERM received, waiting for ${label} to keep its work"' TERM
   trap 'interrupted=1; echo "sonodistill: SIGUSR1 received, waiting for ${label} to keep its work"' USR1
-  "$@" &
-  local pid=$! rc=1 status again=0
-  # `wait` returns early when a trapped signal arrives; wait again until the step's own status is known.
-  while :; do
-    interrupted=0
-    wait "$pid"
-    status=$?
-    # 127 on a second wait: already collected (a signal raced the previous one); on the first, the step's code
-    [ "$again" -eq 1 ] && [ "$status" -eq 127 ] && break
-    rc=$status
-    [ "$interrupted" -eq 1 ] || break
-    again=1
-  done
+  # The step's status comes through a file: a `wait` cut short by a trapped signal loses the status
+  # of a child that exits at that moment (bash 5.2 then reports -1). The subshell outlives the
+  # signals (trapped, so the step itself gets the default handling) to write it.
+  local status_file rc
+  status_file=$(mktemp "${TMPDIR:-/tmp}/sonodistill-status.XXXXXX")
+  (
+    trap : TERM USR1
+    "$@"
+    echo $? >"$status_file"
+  ) &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do wait "$pid"; done # returns early on each trapped signal
+  rc=$(cat "$status_file")
+  rm -f "$status_file"
+  rc=${rc:-1}
   if [ "$rc" -eq "$EXIT_PREEMPTED" ]; then
     # An array's last task carries the array's own id: requeueing that id would requeue every task.
     local job=$SLURM_JOB_ID
     [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && job="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+    # `scancel` sends the SIGTERM a preemption sends, and SLURM would accept a requeue of the cancelled
+    # job, undoing the cancel. Cancelled: ending (COMPLETING; CANCELLED once ended) for no reason SLURM
+    # names (a time limit says Reason=TimeLimit) and not being requeued by SLURM (a preemption: its
+    # restart count has gone up).
+    local info state reason restarts
+    info=$(scontrol --oneliner show job "$job" 2>/dev/null)
+    state=$(sed -n 's/.* JobState=\([A-Z_]*\).*/\1/p' <<<"$info")
+    reason=$(sed -n 's/.* Reason=\([^ ]*\).*/\1/p' <<<"$info")
+    restarts=$(sed -n 's/.* Restarts=\([0-9]*\).*/\1/p' <<<"$info")
+    if [ "${restarts:-0}" -le "${SLURM_RESTART_COUNT:-0}" ] &&
+      { [ "$state" = CANCELLED ] || { [ "$state" = COMPLETING ] && [ "$reason" = None ]; }; }; then
+      echo "sonodistill: job ${job} was cancelled: not requeued; ${label} kept its work: submit the same command again to go on" >&2
+      exit "$rc"
+    fi
     echo "sonodistill: ${label} exited with ${rc} (stopped by a signal, its work kept); requeueing job ${job}"
     # An accepted requeue ends this job with SIGTERM, which may cut scontrol short: that is success too.
     interrupted=0
@@ -63,7 +79,6 @@ sonodistill_run() {
     [ "$interrupted" -eq 1 ] && exit 0
     # Refused because SLURM requeues it already (a preemption, `scontrol requeue` from outside: its
     # restart count has gone up while this run still completes): success.
-    local restarts
     restarts=$(scontrol --oneliner show job "$job" 2>/dev/null | sed -n 's/.* Restarts=\([0-9]*\).*/\1/p')
     [ "${restarts:-0}" -gt "${SLURM_RESTART_COUNT:-0}" ] && exit 0
     # Not requeued (--no-requeue, or a site that forbids it): fail, so that afterok never starts a merge.

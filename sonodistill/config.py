@@ -89,6 +89,10 @@ def _mismatch(value: Any, tp: Any, key: str, where: str) -> ConfigError:
 
 def _literal(value: Any, tp: Any, key: str, where: str) -> Any:
     choices = get_args(tp)
+    if isinstance(value, bool):  # YAML reads an unquoted no (off, false) or yes as a boolean
+        word = "yes" if value else "no"
+        if word in choices:
+            return word
     if value in choices:
         return value
     for c in choices:  # CLI strings for non-string literals

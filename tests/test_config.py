@@ -283,3 +283,23 @@ def test_yaml_merge_keys_and_names_typed_as_written(tmp_path):
 def test_two_old_names_of_one_key_are_named_as_such():
     with pytest.raises(ConfigError, match="both 'old_classes' and 'older_classes' are old names of 'classes'"):
         load_config(Layered, None, ["old_classes=[a,b]", "older_classes=[c,d]"])
+
+
+def test_an_unquoted_yaml_no_is_the_choice_no(tmp_path):
+    """YAML reads ``mixed_precision: no`` as false: a literal offering 'no' takes it as written."""
+
+    @dataclass
+    class Precision:
+        mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+        schedule: Literal["cosine", "constant"] = "cosine"
+
+    f = tmp_path / "c.yaml"
+    f.write_text("mixed_precision: no\n")
+    assert load_config(Precision, f).mixed_precision == "no"
+    assert load_config(Precision, None, ["mixed_precision=no"]).mixed_precision == "no"
+    f.write_text("mixed_precision: yes\n")  # no 'yes' among the choices: still refused
+    with pytest.raises(ConfigError, match="mixed_precision.*expects one of 'auto', 'bf16', 'fp16', 'no', got True"):
+        load_config(Precision, f)
+    f.write_text("schedule: no\n")
+    with pytest.raises(ConfigError, match="schedule.*got False"):
+        load_config(Precision, f)

@@ -62,6 +62,18 @@ def test_downstream_run_into_a_pretraining_run_or_an_export_is_refused_and_keeps
     assert _files(out) == before
 
 
+def test_downstream_run_into_a_folder_of_the_users_own_files_is_refused_and_keeps_every_byte(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("keep: me\n")
+    with pytest.raises(SystemExit) as exc:
+        run_main(["--task", "busi-cls", "--data", str(tmp_path / "data"), "--encoder", "rand", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --out {out}: holds files downstream.run did not write; give it a new or empty folder"]
+    assert _files(out) == {"config.yaml": b"keep: me\n"}
+
+
 def test_a_bad_encoder_spec_ends_the_run_before_any_file_is_written(tmp_path, capsys):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
@@ -89,6 +101,11 @@ def test_a_sweep_checks_every_encoder_and_fraction_before_its_first_cell(busi_di
         ),
         (["kd_presets=[tinyy]"], "kd_presets: no preset 'tinyy' (tiny, or a YAML file)"),
         (["run.probe.epochs=0"], "probe.epochs: expected at least 1, got 0"),
+        (["seeds=[]"], "seeds: expected at least one value, got [] (the sweep would run no cell)"),
+        (["tasks=[]"], "tasks: expected at least one value, got []"),
+        (["fractions=[]", "modes=[finetune]"], "fractions: expected at least one value for fine-tuning and the KD"),
+        (["linear_fractions=[]"], "linear_fractions: expected at least one value for mode 'linear' (or leave"),
+        (["modes=[]"], "modes: expected at least one value for the encoder rows, got []"),
     ):
         out = tmp_path / f"sweep{len(said)}"
         with pytest.raises(SystemExit) as exc:

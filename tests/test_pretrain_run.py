@@ -236,6 +236,18 @@ def test_bad_inputs_fail_before_training(shard_dir, tiny_teacher_dir, tmp_path, 
     assert not list_checkpoints(out)
 
 
+def test_a_folder_of_the_users_own_files_is_refused_and_kept(shard_dir, tiny_teacher_dir, tmp_path):
+    """``out`` pointed at a folder of other files: one line, and its config.yaml is not replaced."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.yaml").write_text("mine: true\n")
+    (out / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match=re.escape(f"out {out}: holds files pretraining (pretrain/run.py) did not")):
+        train(tiny_config(shard_dir, tiny_teacher_dir, out))
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.txt"]
+    assert (out / "config.yaml").read_text() == "mine: true\n"
+
+
 def test_nan_loss_stops_naming_step_and_keeps_last_good_checkpoint(
     first_run, shard_dir, tiny_teacher_dir, tmp_path, monkeypatch
 ):

@@ -1,5 +1,6 @@
-"""launch/slurm_run.sh on a real SLURM: a step that exits 75 requeues its own job only, and a job
-that cannot be requeued fails (so that ``--dependency=afterok`` never starts a merge after it).
+"""launch/slurm_run.sh on a real SLURM: a step that exits 75 requeues its own job only, a job
+that cannot be requeued fails (so that ``--dependency=afterok`` never starts a merge after it), and a
+job the user cancels stays cancelled.
 
 The step here is a one-line stand-in for the real ones (tests/test_slurm_parts.py and
 tests/test_slurm_pretrain.py run those): it exits 75 in the first run of the task that carries the
@@ -29,6 +30,17 @@ sonodistill_run step bash -c '
     exit 75
   fi
   sleep {sleep}'
+"""
+
+
+# stands in for a step that keeps its work on SIGTERM and exits 75, as pretraining and the sweep do
+STOPPABLE = """#!/bin/bash
+#SBATCH --requeue
+#SBATCH --open-mode=append
+REPO={repo}
+source "$REPO/launch/slurm_run.sh"
+echo "job $SLURM_JOB_ID run ${{SLURM_RESTART_COUNT:-0}}"
+sonodistill_run step bash -c 'trap "exit 75" TERM; touch {ready}; while :; do sleep 0.2; done'
 """
 
 
@@ -64,6 +76,22 @@ def test_a_job_that_cannot_be_requeued_fails_with_the_steps_code(slurm_cluster, 
     assert f"error: job {job} could not be requeued (Requested operation is presently disabled" in text, text
     assert "its work is kept: submit the same command again" in text, text
     assert len(slurm_cluster.runs(job)) == 1
+
+
+def test_a_cancelled_job_stays_cancelled(slurm_cluster, tmp_path):
+    """``scancel`` sends the SIGTERM a preemption sends: the step keeps its work and exits 75, but the
+    job must not requeue itself (it did: a plain ``scancel`` could not stop a job)."""
+    ready, output = tmp_path / "ready", tmp_path / "job.out"
+    script = tmp_path / "stoppable.sbatch"
+    script.write_text(STOPPABLE.format(repo=REPO, ready=ready))
+    job = slurm_cluster.sbatch("--cpus-per-task=1", f"--output={output}", str(script))
+    slurm_cluster.wait_for(ready.exists, WAIT, f"job {job} to start", output)
+    slurm_cluster.run("scancel", str(job))
+    final = slurm_cluster.wait_job(job, WAIT, output)
+    text = output.read_text()
+    assert final["JobState"] == "CANCELLED" and len(slurm_cluster.runs(job)) == 1, (slurm_cluster.runs(job), text)
+    assert f"job {job} was cancelled: not requeued; step kept its work" in text and "requeueing" not in text, text
+    assert "run 1" not in text, text
 
 
 def _array_finished(cluster, array: int) -> bool:

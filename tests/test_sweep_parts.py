@@ -159,6 +159,7 @@ def test_two_parts_at_once_one_stopped_then_the_merge_equals_one_process(busi_di
     assert not list((out / "parts").glob("plan-*.json"))  # the grid done: parts started again plan afresh
     assert run_sweep(load_config(SweepConfig, None, [*args, "part=1/2"]))["ran"] == 0
     assert not list((out / "parts").glob("plan-*.json"))  # nothing to do plans nothing
+    assert not list((out / "parts").glob(".grid-*"))  # a part's grid record goes when it ends
 
     assert run_sweep(load_config(SweepConfig, None, parts_args(busi_dir, one)))["ran"] == 4
     rows, ref = read_results(out), {r["key"]: r for r in read_results(one)}
@@ -246,3 +247,40 @@ def test_a_part_given_the_merges_print_tables_flag_says_where_they_come_from(bus
     said = capsys.readouterr()
     assert "--print-tables: a part writes no tables; the same command without part= writes and prints them" in said.err
     assert json.loads(said.out) == summary  # stdout: the summary only
+
+
+def test_a_part_of_another_grid_running_in_the_same_out_is_refused(tmp_path):
+    """Two parts on one out with other grids (seeds=[0,1] and seeds=[0,1,2]) made two plans and ran the
+    same cell into the same folder at once: the second is refused while the first runs."""
+    import hashlib
+
+    import pytest
+
+    from downstream.sweep_parts import planned
+    from sonodistill.errors import UserError
+
+    out = tmp_path / "out"
+    (out / "parts").mkdir(parents=True)
+    grid_a, grid_b = ["k1", "k2", "k3"], ["k1", "k2", "k3", "k4"]
+    (out / "parts" / ".grid-part-1-of-2").write_text(hashlib.sha1("\n".join(grid_b).encode()).hexdigest()[:12])
+    holding = (
+        "import sys, time; from pathlib import Path; from sonodistill.lock import exclusive\n"
+        "with exclusive(Path(sys.argv[1]), 'x'):\n    print('held', flush=True); time.sleep(60)"
+    )
+    lock = out / "parts" / ".lock-part-1-of-2"
+    proc = subprocess.Popen([sys.executable, "-c", holding, str(lock)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(UserError) as exc:
+            planned(out, Part.parse("0/2"), grid_a, grid_a)
+        assert str(exc.value) == (
+            f"out {out}: sweep part=1/2 (pid {proc.pid}) is running another grid (tasks, encoders, methods, modes, "
+            "fractions or seeds differ): the parts of one sweep share one config; wait for it, or use another out"
+        )
+        assert not list((out / "parts").glob("plan-*"))
+        assert planned(out, Part.parse("0/2"), grid_b, grid_b[1:]) == grid_b[1:]  # the same grid: one plan
+    finally:
+        proc.kill()
+        proc.wait()
+    # the other part has ended: its record is stale, the new grid plans afresh
+    assert planned(out, Part.parse("0/2"), grid_a, grid_a) == grid_a
