@@ -205,6 +205,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     print(
         json.dumps(
             {
+                "bench": "pretrain_step",
                 "device": p.device.type,
                 "student": args.student,
                 "size": args.size,

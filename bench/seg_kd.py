@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
+from downstream.report import seed_stats
 from sonodistill.arg_checks import at_least
 
 
@@ -50,7 +49,9 @@ def foundation_encoder(data: Path, out: Path, size: int, epochs: int) -> Path:
 
 
 def mean_sd(v: list[float]) -> dict:
-    return {"mean": round(float(np.mean(v)), 4), "sd": round(float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, 4)}
+    """Mean and sample SD over seeds (SD None for one seed: there is none)."""
+    mean, sd, n = seed_stats(v)
+    return {"mean": round(mean, 4), "sd": round(sd, 4) if n > 1 else None}
 
 
 def main() -> dict:

@@ -56,8 +56,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = parse(argv)
     check_spec(cfg.encoder)  # a typo leaves no folder behind
     check_values(cfg)
-    claim = claimed(cfg.out, "downstream.run", write=is_main_rank(), only_own=True) if cfg.out else nullcontext()
-    with claim, StopRequest():
+    main_rank = is_main_rank()
+    owned = claimed(cfg.out, "downstream.run", write=main_rank, only_own=True, follow=not main_rank)
+    with owned if cfg.out else nullcontext(), StopRequest():
         metrics = run(cfg)  # a stop signal ends the run with exit 75 (nothing half-written is kept)
     test = metrics["test"]
     keys = ("dice", "iou") if "dice" in test else ("accuracy", "macro_f1", "auc")

@@ -200,9 +200,14 @@ def encoder_check(spec: str, task: str, strict: bool, catalog: Catalog, splits: 
     the encoder a KD recipe's teacher is built from); refused when ``strict``."""
     check = check_encoder(spec, split_hash(catalog, splits.test))
     enforce(check, spec, task, strict)
-    if check.status == "unchecked":
-        log.warning(f"encoder '{spec_label(spec)}' on {task}: {check.reason}: {check.detail}")
+    said = f"encoder '{spec_label(spec)}' on {task}: {check.reason}: {check.detail}"
+    if check.status == "unchecked" and said not in _WARNED:  # once per process: a sweep has many cells of it
+        _WARNED.add(said)
+        log.warning(said)
     return check
+
+
+_WARNED: set[str] = set()
 
 
 @contextlib.contextmanager

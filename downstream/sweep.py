@@ -677,7 +677,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # a bad setting refused before `out` is created (--splits-only reads no encoder or method: they
     # may not exist yet)
     grid = None if args.splits_only else checked_grid(cfg)
-    with claimed(cfg.out, "downstream.sweep", key="out", write=is_main_rank(), only_own=True), StopRequest():
+    main_rank = is_main_rank()
+    owned = claimed(cfg.out, "downstream.sweep", key="out", write=main_rank, only_own=True, follow=not main_rank)
+    with owned, StopRequest():
         if args.splits_only:  # to build a corpus with --exclude of them before the sweep (a stop: exit 75)
             paths = write_splits(cfg)
             print("\n".join(paths))

@@ -9,6 +9,7 @@ command writes. Export keeps its own rule (:mod:`pretrain.export`: it replaces o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,10 +70,17 @@ def make_writable_folder(out: Path, key: str = "--out") -> None:
         raise UserError(f"{key} {out}: cannot write there ({exc.strerror or exc})") from None
 
 
-def claim(out: str | Path, stage: str, key: str = "--out", write: bool = True, only_own: bool = False) -> None:
+MARK_WAIT_S = 120.0  # how long the other ranks wait for the first rank's mark
+
+
+def claim(
+    out: str | Path, stage: str, key: str = "--out", write: bool = True, only_own: bool = False, follow: bool = False
+) -> None:
     """Refuse ``out`` when it holds another command's output (``only_own``: any files but ``stage``'s
     own, for a command whose file names, ``config.yaml`` among them, a user's folder may hold); else
-    mark it as ``stage``'s (``write=False``: check only, as every rank but the first does)."""
+    mark it as ``stage``'s (``write=False``: check only, as every rank but the first does; ``follow``:
+    then wait for the first rank's mark, so that no rank writes into the folder, a ``splits.json``,
+    before the first has judged it: it would take that file for a user's)."""
     out = Path(out)
     held = owner(out)
     if held is not None and held != stage:
@@ -85,6 +93,12 @@ def claim(out: str | Path, stage: str, key: str = "--out", write: bool = True, o
     if write:
         make_folder(out, key)
         write_once(out / MARK, stage + "\n")
+    elif follow:
+        deadline = time.monotonic() + MARK_WAIT_S
+        while owner(out) != stage:
+            if time.monotonic() > deadline:
+                raise UserError(f"{key} {out}: the first rank did not mark the folder within {MARK_WAIT_S:.0f} s")
+            time.sleep(0.05)
 
 
 def _marking(name: str) -> bool:
@@ -100,6 +114,7 @@ def claimed(
     write: bool = True,
     only_own: bool = False,
     first: tuple[str, ...] = (),
+    follow: bool = False,
 ) -> Iterator[None]:
     """:func:`claim` for the work inside the ``with``; when that work fails and the folder was made by
     this call and holds nothing but its mark (and ``first``: what the command writes before its work,
@@ -107,7 +122,7 @@ def claimed(
     folder that looks like a run."""
     out = Path(out)
     made = write and not out.exists()
-    claim(out, stage, key, write, only_own)
+    claim(out, stage, key, write, only_own, follow)
     try:
         yield
     except BaseException:

@@ -44,6 +44,30 @@ def test_a_rank_checking_while_the_first_writes_the_mark_sees_a_new_folder(tmp_p
         claim(out, "downstream.kd train", write=False, only_own=True)
 
 
+def test_the_other_ranks_wait_for_the_first_ranks_mark_before_writing(tmp_path, monkeypatch):
+    """Rank 1 wrote keys/ (or splits.json) before rank 0 judged the folder, which then took it for a
+    user's file and refused its own run: the other ranks return only once the mark is there."""
+    import threading
+    import time
+
+    import sonodistill.outdir as outdir
+
+    out = tmp_path / "run"
+    first = threading.Timer(0.3, claim, (out, "downstream.run"), {"only_own": True})
+    start = time.monotonic()
+    first.start()
+    claim(out, "downstream.run", write=False, only_own=True, follow=True)
+    assert time.monotonic() - start >= 0.25 and owner(out) == "downstream.run"
+    first.join()
+    (out / "splits.json").write_text("{}")  # now rank 1 writes; a rerun accepts the folder
+    claim(out, "downstream.run", only_own=True)
+    monkeypatch.setattr(outdir, "MARK_WAIT_S", 0.2)
+    with pytest.raises(
+        Exception, match=f"--out {tmp_path / 'lone'}: the first rank did not mark the folder within 0 s"
+    ):
+        claim(tmp_path / "lone", "downstream.run", write=False, only_own=True, follow=True)
+
+
 @pytest.mark.parametrize(
     "what", [("checkpoints/step_00000009/meta.json", "pretraining"), ("model.safetensors", "a model")]
 )

@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     if owner(out) == "downstream.kd train" and earlier_run_of(out, r.name):  # marked before marks named recipes
         stage = "downstream.kd train"
     # a stop ends the running stage (or the split's duplicate search); finished stages are reused
-    with claimed(out, stage, write=is_main_rank(), only_own=True, first=("splits.json",)), StopRequest():
+    main_rank = is_main_rank()
+    with (
+        claimed(out, stage, write=main_rank, only_own=True, first=("splits.json",), follow=not main_rank),
+        StopRequest(),
+    ):
         out.mkdir(parents=True, exist_ok=True)  # every rank: the first may not have made it yet
         data = prepare(args.data, cfg, out, need_masks=r.needs_masks, recipe=r.name, kind=r.kind)
         metrics = paper.reproduce(cfg, data, out)
