@@ -50,7 +50,10 @@ def foundation_encoder(data: Path, out: Path, size: int, epochs: int) -> Path:
 
 def mean_sd(v: list[float]) -> dict:
     """Mean and sample SD over seeds (SD None for one seed: there is none)."""
-    mean, sd, n = seed_stats(v)
+    stats = seed_stats(v)
+    if stats is None:  # no seed gave a number
+        return {"mean": None, "sd": None}
+    mean, sd, n = stats
     return {"mean": round(mean, 4), "sd": round(sd, 4) if n > 1 else None}
 
 

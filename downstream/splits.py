@@ -194,10 +194,11 @@ def _assign(recs: list, units: dict[str, list[int]], shares: np.ndarray, n_cls: 
     for k in order:
         v = counts(units[k])
         if rank(k)[0] == 0 and not holds_rare(k):
-            room = target.sum(axis=1) - have.sum(axis=1)
-            fits = np.flatnonzero(room >= v.sum())
-            if len(fits):  # drawn by the room left: each part ends up with about its share of them
-                p = int(rng.choice(fits, p=room[fits] / room[fits].sum()))
+            room = target - have  # [part, class]
+            fits = np.flatnonzero(room.sum(axis=1) >= v.sum())
+            weight = np.clip(room[fits], 0, None) @ v  # the room left in the unit's own classes
+            if weight.sum() > 0:  # so each part ends up with about its share of them, per class
+                p = int(fits[rng.choice(len(fits), p=weight / weight.sum())])
                 have[p] += v
                 assigned[p].extend(units[k])
                 continue

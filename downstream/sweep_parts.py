@@ -128,7 +128,8 @@ def check_same_grid(out: Path, part: Part, digest: str) -> None:
             which = tag.removeprefix("part-").replace("-of-", "/")
             raise UserError(
                 f"out {out}: sweep part={which} (pid {pid}) is running another grid (tasks, encoders, methods, "
-                "modes, fractions or seeds differ): the parts of one sweep share one config; wait for it, or "
+                "modes, fractions or seeds differ, or their inputs changed since it started: dataset files, an "
+                "encoder folder, a teacher checkpoint): the parts of one sweep share one config; wait for it, or "
                 "use another out"
             )
 

@@ -6,7 +6,10 @@
 #   job): they are trapped, so the script lives until the step has kept its work. Exit code 75 from
 #   the step (EX_TEMPFAIL: stopped by a signal, work kept) requeues the job (`scontrol requeue`; the
 #   requeued job keeps its id, its array index and its arguments, and continues), unless the job was
-#   cancelled (`scancel`: it stays cancelled); any other code ends the job with it (2: bad input, one `error:` line in the log).
+#   cancelled (`scancel`: it stays cancelled); any other code ends the job with it (2: bad input,
+#   one `error:` line in the log).
+# sonodistill_cancelled INFO         whether `scontrol --oneliner show job` output INFO is a job the
+#   user cancelled.
 # sonodistill_part                   prints I/N for an array task (I from 0, whatever the range's
 #   first index), nothing for a plain job; fails on an --array list that is not a range.
 
@@ -31,6 +34,20 @@ sonodistill_part() {
   echo "$(((SLURM_ARRAY_TASK_ID - first) / step))/${SLURM_ARRAY_TASK_COUNT}"
 }
 
+# sonodistill_cancelled INFO: whether `scontrol --oneliner show job` output INFO, taken after the
+# step stopped on a signal, is a job the user cancelled. `scancel` sends the SIGTERM a preemption
+# sends, and SLURM would accept a requeue of the cancelled job, undoing the cancel. Cancelled: ending
+# (COMPLETING; CANCELLED once ended) for no reason SLURM names (a time limit says Reason=TimeLimit)
+# and not being requeued by SLURM (a preemption: its restart count has gone up).
+sonodistill_cancelled() {
+  local state reason restarts
+  state=$(sed -n 's/.* JobState=\([A-Z_]*\).*/\1/p' <<<"$1")
+  reason=$(sed -n 's/.* Reason=\([^ ]*\).*/\1/p' <<<"$1")
+  restarts=$(sed -n 's/.* Restarts=\([0-9]*\).*/\1/p' <<<"$1")
+  [ "${restarts:-0}" -le "${SLURM_RESTART_COUNT:-0}" ] || return 1
+  [ "$state" = CANCELLED ] || { [ "$state" = COMPLETING ] && [ "$reason" = None ]; }
+}
+
 sonodistill_run() {
   local label=$1
   shift
@@ -40,33 +57,32 @@ sonodistill_run() {
   # The step's status comes through a file: a `wait` cut short by a trapped signal loses the status
   # of a child that exits at that moment (bash 5.2 then reports -1). The subshell outlives the
   # signals (trapped, so the step itself gets the default handling) to write it.
-  local status_file rc
-  status_file=$(mktemp "${TMPDIR:-/tmp}/sonodistill-status.XXXXXX")
+  local rc
+  if ! status_file=$(mktemp "${TMPDIR:-/tmp}/sonodistill-status.XXXXXX" 2>/dev/null) &&
+    ! status_file=$(mktemp /tmp/sonodistill-status.XXXXXX); then
+    echo "sonodistill: error: cannot create a file in \$TMPDIR (${TMPDIR:-unset}) or /tmp; ${label} not started" >&2
+    exit 2
+  fi
+  trap 'rm -f "$status_file"' EXIT # when this script ends (global: the trap runs after the function)
   (
+    set +e # a calling script's `set -e` must not end the subshell before it writes the status
     trap : TERM USR1
     "$@"
     echo $? >"$status_file"
   ) &
   local pid=$!
-  while kill -0 "$pid" 2>/dev/null; do wait "$pid"; done # returns early on each trapped signal
+  # `wait` returns early on each trapped signal; 127: already collected (and the pid maybe reused)
+  while kill -0 "$pid" 2>/dev/null; do
+    wait "$pid" && continue
+    [ $? -eq 127 ] && break
+  done
   rc=$(cat "$status_file")
-  rm -f "$status_file"
   rc=${rc:-1}
   if [ "$rc" -eq "$EXIT_PREEMPTED" ]; then
     # An array's last task carries the array's own id: requeueing that id would requeue every task.
     local job=$SLURM_JOB_ID
     [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && job="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
-    # `scancel` sends the SIGTERM a preemption sends, and SLURM would accept a requeue of the cancelled
-    # job, undoing the cancel. Cancelled: ending (COMPLETING; CANCELLED once ended) for no reason SLURM
-    # names (a time limit says Reason=TimeLimit) and not being requeued by SLURM (a preemption: its
-    # restart count has gone up).
-    local info state reason restarts
-    info=$(scontrol --oneliner show job "$job" 2>/dev/null)
-    state=$(sed -n 's/.* JobState=\([A-Z_]*\).*/\1/p' <<<"$info")
-    reason=$(sed -n 's/.* Reason=\([^ ]*\).*/\1/p' <<<"$info")
-    restarts=$(sed -n 's/.* Restarts=\([0-9]*\).*/\1/p' <<<"$info")
-    if [ "${restarts:-0}" -le "${SLURM_RESTART_COUNT:-0}" ] &&
-      { [ "$state" = CANCELLED ] || { [ "$state" = COMPLETING ] && [ "$reason" = None ]; }; }; then
+    if sonodistill_cancelled "$(scontrol --oneliner show job "$job" 2>/dev/null)"; then
       echo "sonodistill: job ${job} was cancelled: not requeued; ${label} kept its work: submit the same command again to go on" >&2
       exit "$rc"
     fi
@@ -74,7 +90,7 @@ sonodistill_run() {
     # An accepted requeue ends this job with SIGTERM, which may cut scontrol short: that is success too.
     interrupted=0
     trap 'interrupted=1' TERM USR1
-    local said
+    local said restarts
     said=$(scontrol requeue "$job" 2>&1) && exit 0
     [ "$interrupted" -eq 1 ] && exit 0
     # Refused because SLURM requeues it already (a preemption, `scontrol requeue` from outside: its

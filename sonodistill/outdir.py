@@ -70,7 +70,7 @@ def make_writable_folder(out: Path, key: str = "--out") -> None:
         raise UserError(f"{key} {out}: cannot write there ({exc.strerror or exc})") from None
 
 
-MARK_WAIT_S = 120.0  # how long the other ranks wait for the first rank's mark
+MARK_WAIT_S = 600.0  # how long the other ranks wait for the first rank's mark (torchrun ends them if it fails)
 
 
 def claim(
@@ -97,7 +97,7 @@ def claim(
         deadline = time.monotonic() + MARK_WAIT_S
         while owner(out) != stage:
             if time.monotonic() > deadline:
-                raise UserError(f"{key} {out}: the first rank did not mark the folder within {MARK_WAIT_S:.0f} s")
+                raise UserError(f"{key} {out}: the first rank did not mark the folder within {MARK_WAIT_S:g} s")
             time.sleep(0.05)
 
 

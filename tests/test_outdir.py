@@ -63,7 +63,7 @@ def test_the_other_ranks_wait_for_the_first_ranks_mark_before_writing(tmp_path, 
     claim(out, "downstream.run", only_own=True)
     monkeypatch.setattr(outdir, "MARK_WAIT_S", 0.2)
     with pytest.raises(
-        Exception, match=f"--out {tmp_path / 'lone'}: the first rank did not mark the folder within 0 s"
+        Exception, match=f"--out {tmp_path / 'lone'}: the first rank did not mark the folder within 0.2 s"
     ):
         claim(tmp_path / "lone", "downstream.run", write=False, only_own=True, follow=True)
 

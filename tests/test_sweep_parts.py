@@ -275,7 +275,8 @@ def test_a_part_of_another_grid_running_in_the_same_out_is_refused(tmp_path):
             planned(out, Part.parse("0/2"), grid_a, grid_a)
         assert str(exc.value) == (
             f"out {out}: sweep part=1/2 (pid {proc.pid}) is running another grid (tasks, encoders, methods, modes, "
-            "fractions or seeds differ): the parts of one sweep share one config; wait for it, or use another out"
+            "fractions or seeds differ, or their inputs changed since it started: dataset files, an encoder folder, "
+            "a teacher checkpoint): the parts of one sweep share one config; wait for it, or use another out"
         )
         assert not list((out / "parts").glob("plan-*"))
         assert planned(out, Part.parse("0/2"), grid_b, grid_b[1:]) == grid_b[1:]  # the same grid: one plan
