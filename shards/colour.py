@@ -46,6 +46,7 @@ from shards.thresholds import (
     BADGE_TOP,
     CHROMA,
     COLOUR_FLOW,
+    COLOUR_LIT_LEVEL,
     COLOUR_OUTSIDE,
     COLOUR_TEXT_ALIGN,
     COLOUR_TEXT_GAP,
@@ -62,7 +63,9 @@ from shards.thresholds import (
     FLOW_MIN_PIXELS,
     FLOW_SATURATION,
     FLOW_VALUE_SPREAD,
+    OUTSIDE_COLOUR_SHARE,
     OUTSIDE_HUE_SPREAD,
+    OUTSIDE_TEXTURE_STD,
 )
 from shards.tint import coloured, hue_spread, off_map, residual_colour, tint_map
 
@@ -74,7 +77,7 @@ def colour_fraction(rgb: np.ndarray) -> float:
     r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
     hi = np.maximum(np.maximum(r, g), b)
     lo = np.minimum(np.minimum(r, g), b)
-    lit = hi > 16
+    lit = hi > COLOUR_LIT_LEVEL
     n = int(np.count_nonzero(lit))
     return float(np.count_nonzero((hi - lo > CHROMA) & lit) / n) if n else 0.0
 
@@ -185,7 +188,7 @@ def area_colour(rgb: np.ndarray, area: ScanArea) -> tuple[np.ndarray, np.ndarray
     """(lit pixels of the scan area, its coloured pixels), both in the scan area's box."""
     x0, y0, x1, y1 = area.bbox
     box = rgb[y0:y1, x0:x1]
-    lit = area.mask_in_bbox() & (np.maximum(np.maximum(box[..., 0], box[..., 1]), box[..., 2]) > 16)
+    lit = area.mask_in_bbox() & (np.maximum(np.maximum(box[..., 0], box[..., 1]), box[..., 2]) > COLOUR_LIT_LEVEL)
     s = area.step
     # No coloured pixel at the working resolution: nothing to look for at the native one.
     if not coloured(box[::s, ::s]).any():
@@ -206,7 +209,7 @@ def _outside(small: np.ndarray, mask: np.ndarray) -> float:
     m1 = cv2.blur(g * c, (5, 5)) / np.maximum(wc, 1e-6)
     m2 = cv2.blur(g * g * c, (5, 5)) / np.maximum(wc, 1e-6)
     std = np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
-    textured = (col & (wc > 0.5) & (std > 6) & ~mask).astype(np.uint8)
+    textured = (col & (wc > OUTSIDE_COLOUR_SHARE) & (std > OUTSIDE_TEXTURE_STD) & ~mask).astype(np.uint8)
     textured = cv2.morphologyEx(textured, cv2.MORPH_OPEN, SQUARE3)
     n, labels, stats = components(textured)
     if n <= 1:

@@ -28,17 +28,21 @@ from shards.scan_area import ScanArea, detect_scan_area, outside_zeroed
 from shards.thresholds import (
     AIR_REGION_LIT,
     AIR_REGION_LOWER_LIT,
+    BRIGHT_LEVEL,
+    GRAIN_LIT_LEVEL,
     GRAIN_SIDE,
     LIT_AREA_LEVEL,
     MAX_BRIGHT_FRACTION,
     MAX_SATURATED,
     MIN_GRAIN,
+    MIN_MEASURED_PIXELS,
     MIN_SCAN_PIXELS,
     MIN_SCAN_SIDE,
     MIN_SPECKLE_CV,
     MIN_STD,
     SATURATED_VALUE,
     SATURATION,
+    SPECKLE_LIT_LEVEL,
     WORK_SIDE,
 )
 from shards.tissue import in_air, thin_band, tissue_measures
@@ -50,8 +54,8 @@ def speckle_cv(gray: np.ndarray, mask: np.ndarray) -> float:
     mean = cv2.blur(g, (7, 7), borderType=cv2.BORDER_REFLECT)
     sq = cv2.blur(g * g, (7, 7), borderType=cv2.BORDER_REFLECT)
     std = np.sqrt(np.maximum(sq - mean * mean, 0.0))
-    sel = mask & (mean > 20)
-    if sel.sum() < 64:
+    sel = mask & (mean > SPECKLE_LIT_LEVEL)
+    if sel.sum() < MIN_MEASURED_PIXELS:
         return 0.0
     return float(np.median(std[sel] / mean[sel]))
 
@@ -91,8 +95,8 @@ def grain(gray: np.ndarray, area: ScanArea) -> float:
     ):
         n = min(a.shape[0], b.shape[0]), min(a.shape[1], b.shape[1])
         a, b = a[: n[0], : n[1]], b[: n[0], : n[1]]
-        sel = ma[: n[0], : n[1]] & mb[: n[0], : n[1]] & (a + b > 40)
-        if sel.sum() < 64:
+        sel = ma[: n[0], : n[1]] & mb[: n[0], : n[1]] & (a + b > GRAIN_LIT_LEVEL)
+        if sel.sum() < MIN_MEASURED_PIXELS:
             continue
         u, v = a[sel] - a[sel].mean(), b[sel] - b[sel].mean()
         den = float(np.sqrt((u * u).sum() * (v * v).sum()))
@@ -141,7 +145,7 @@ def frame_rejection(gray: np.ndarray, area: ScanArea, known_grain: float | None 
     values["scan_std"] = round(float(inside.std()), 2)
     if values["scan_std"] < MIN_STD:
         return "no_tissue", values
-    values["bright_fraction"] = round(float((inside > 200).mean()), 4)
+    values["bright_fraction"] = round(float((inside > BRIGHT_LEVEL).mean()), 4)
     if values["bright_fraction"] > MAX_BRIGHT_FRACTION:
         return "not_ultrasound", values
     values["speckle_cv"] = round(speckle_cv(box, mask), 4)

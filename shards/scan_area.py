@@ -54,6 +54,7 @@ from shards.thresholds import (
     PIECE_MIN_SHARE,
     REGION_FILL,
     WHITE_FILL,
+    WHITE_LEVEL,
     WORK_SIDE,
 )
 from shards.tint import coloured, off_map, tint_map
@@ -157,7 +158,7 @@ def _bars(small: np.ndarray) -> np.ndarray:
     the text lines between them go too."""
     s = small.astype(np.int16)
     flat = np.zeros(small.shape, np.uint8)
-    flat[:, :-1] = (np.abs(s[:, 1:] - s[:, :-1]) <= 1) & (s[:, :-1] > LIT_LEVEL) & (s[:, :-1] < 250)
+    flat[:, :-1] = (np.abs(s[:, 1:] - s[:, :-1]) <= 1) & (s[:, :-1] > LIT_LEVEL) & (s[:, :-1] < WHITE_LEVEL)
     runs = cv2.morphologyEx(flat, cv2.MORPH_OPEN, np.ones((1, BAR_RUN), np.uint8))
     return cv2.dilate(runs, np.ones((2 * BAR_REACH + 1, 1), np.uint8)) > 0
 
@@ -168,8 +169,8 @@ def _fills(small: np.ndarray) -> np.ndarray:
     video-compressed speckle varies by a level or two even where it looks flat; a drawn fill does not.
     Widened over the few pixels where the window meets the image, never into the speckle core."""
     share = cv2.blur(_flat(small, tol=0), (7, 7), borderType=cv2.BORDER_REFLECT)
-    fill = (share >= FILL_SAME) & (small > LIT_LEVEL) & (small < 250)
-    white = (share >= FILL_SAME) & (small >= 250)
+    fill = (share >= FILL_SAME) & (small > LIT_LEVEL) & (small < WHITE_LEVEL)
+    white = (share >= FILL_SAME) & (small >= WHITE_LEVEL)
     if white.any():  # a white page or light theme (not a clipped reflector): no lit path between panels
         n, labels, stats = components(white, connectivity=4)
         big = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= WHITE_FILL * small.size)

@@ -18,6 +18,7 @@ BAR_RUN = 32  # working pixels: a lit row this flat (+-1) is a UI fill (or an em
 BAR_REACH = 6  # ... and the rows this close to it (text lines on the bar)
 FILL_SAME = 0.9  # share of a 7x7 window equal to its neighbours exactly: a grey UI fill (Telemed
 # screens, level 54: 1.0); speckle never is, even video-compressed (COVID-BLUES: 0.3 % of pixels)
+WHITE_LEVEL = 250  # grey level from which a flat field is white (a page, a light theme), not a grey UI fill or bar
 WHITE_FILL = 0.02  # share of the working frame: a flat saturated field this large is a page or a light UI
 # (a figure's white background, its gutters between panels), never tissue; clipped reflectors are strokes or specks
 DIM_LEVEL = 100  # far-field speckle the core misses is darker than this; annotations are brighter
@@ -74,12 +75,19 @@ COLOUR_OUTSIDE = 0.002  # share of the frame in textured colour outside the scan
 # screens 5.5-27 deg, coloured UI text and logos (one hue blended with its bar: Mindray Z50 header,
 # EchoNet's overlay, SonoSite text) 0.7-2.0 deg.
 OUTSIDE_HUE_SPREAD = 4.0
+COLOUR_LIT_LEVEL = 16  # brightest channel above this: a pixel whose hue is read (the black surround's is noise)
+OUTSIDE_COLOUR_SHARE = 0.5  # share of a 5x5 window coloured for its grey texture to be read ...
+OUTSIDE_TEXTURE_STD = 6  # ... and its texture (grey std of its coloured pixels) above which it is a map, not a flat bar
 
 # --- not ultrasound / no tissue (shards.quality, shards.tissue) -----------------------------------
 MIN_STD = 4.0  # grey std of a frame or scan area below which it is a frozen blank field
 MIN_SCAN_SIDE = 48  # native pixels: the short side of the smallest usable scan area
 MIN_SCAN_PIXELS = 4096  # native pixels (64 x 64): the smallest usable scan area
-MAX_BRIGHT_FRACTION = 0.5  # share of the scan area above 200: documents, screenshots, white pages
+BRIGHT_LEVEL = 200  # grey level above which a pixel is bright (MAX_BRIGHT_FRACTION)
+MAX_BRIGHT_FRACTION = 0.5  # share of the scan area above BRIGHT_LEVEL: documents, screenshots, white pages
+SPECKLE_LIT_LEVEL = 20  # 7x7 mean above which a pixel's coefficient of variation is read (a dark floor's is noise)
+GRAIN_LIT_LEVEL = 40  # sum of a neighbour pair above which the pair counts for the grain (mean above 20)
+MIN_MEASURED_PIXELS = 64  # pixels the speckle and grain measures need; fewer: not measured
 MIN_SPECKLE_CV = 0.04  # median 7x7 coefficient of variation: the smoothest real B-mode 0.059, photos <= 0.026
 MAX_SATURATED = 0.5  # share of the scan area (the frame when none is found) in strong colour (HSV saturation > 150
 # and value > 80, of 255): a logo or colour graphic (a web asset's logo 0.62); kept real frames 0.005 at most of the

@@ -155,3 +155,37 @@ def test_a_signal_to_a_sweep_drops_only_the_running_cell(busi_dir, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     keys = [r["key"] for r in read_jsonl(results)]
     assert len(keys) == 2 and len(set(keys)) == 2
+
+
+@pytest.mark.slow
+def test_a_signal_to_a_kd_run_keeps_its_finished_stages(busi_dir, tmp_path):
+    """Group SIGTERM while the scratch student trains, after the teacher finished: exit 75 with one
+    ``stopped:`` line naming the stage; the teacher stays, nothing of the stopped stage is kept, and
+    the rerun reuses the teacher and trains the students."""
+    out = tmp_path / "kd"
+    cmd = [sys.executable, "-m", "downstream.kd", "train", "--recipe", "vit_mobilenet", "--data", str(busi_dir)]
+    cmd += ["--out", str(out), "image_size=32", "num_workers=1", "efficiency.runs=0"]
+    cmd += ["teacher.vit_kwargs={depth: 1, embed_dim: 32, num_heads: 2}", "teacher.head_hidden=16"]
+    cmd += ["teacher.convnext_kwargs={depths: [1, 1, 1, 1], dims: [8, 16, 32, 64]}", "teacher.train.epochs=1"]
+    cmd += ["teacher.train.batch_size=16", "student.train.batch_size=16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [*cmd, "student.train.epochs=200"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+        process_group=0,
+    )  # fmt: skip
+    teacher = out / "teacher" / "model.safetensors"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not teacher.exists():
+        time.sleep(0.1)
+    time.sleep(2)  # into the scratch student's training
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
+    last = [line for line in err.splitlines() if line.startswith(("stopped:", "error:"))]
+    assert len(last) == 1 and "SIGTERM received; scratch stopped in epoch" in last[0], err[-2000:]
+    assert "Traceback" not in err and teacher.is_file() and not (out / "scratch" / "model.safetensors").exists()
+    kept = teacher.read_bytes()
+    again = subprocess.run([*cmd, "student.train.epochs=1"], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing the finished stage" in again.stderr and teacher.read_bytes() == kept
+    assert (out / "distilled" / "model.safetensors").is_file()
