@@ -705,8 +705,7 @@ def train(cfg: PretrainConfig) -> TrainResult:
     _check_config(cfg)
     s = setup(cfg)
     claim(s.out_dir, "pretraining (pretrain/run.py)", key="out", write=s.is_main, only_own=True)
-    # every rank has judged the folder before any rank writes to it (keys/: rank 0 took it for a user's);
-    # a barrier, not a wait for the mark: rank 0 may load the teacher minutes after the others
+    # every rank has judged the folder before any rank writes to it (keys/: rank 0 took it for a user's)
     s.accelerator.wait_for_everyone()
     start_step, ckpt = resume(s)
     if start_step >= s.max_steps:

@@ -178,6 +178,7 @@ def test_a_signal_to_a_kd_run_keeps_its_finished_stages(busi_dir, tmp_path):
     while time.time() < deadline and proc.poll() is None and not teacher.exists():
         time.sleep(0.1)
     time.sleep(2)  # into the scratch student's training
+    assert proc.poll() is None and teacher.exists(), proc.communicate()[1][-3000:]
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
