@@ -77,6 +77,7 @@ sonodistill_run() {
     [ $? -eq 127 ] && break
   done
   rc=$(cat "$status_file")
+  rm -f "$status_file" # now: SLURM may kill this script (SIGKILL, no EXIT trap) while it requeues the job
   rc=${rc:-1}
   if [ "$rc" -eq "$EXIT_PREEMPTED" ]; then
     # An array's last task carries the array's own id: requeueing that id would requeue every task.
