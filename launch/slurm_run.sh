@@ -10,6 +10,7 @@
 #   one `error:` line in the log).
 # sonodistill_cancelled INFO         whether `scontrol --oneliner show job` output INFO is a job the
 #   user cancelled.
+# sonodistill_restarts INFO          the restart count in that output (0 when absent).
 # sonodistill_part                   prints I/N for an array task (I from 0, whatever the range's
 #   first index), nothing for a plain job; fails on an --array list that is not a range.
 
@@ -34,17 +35,23 @@ sonodistill_part() {
   echo "$(((SLURM_ARRAY_TASK_ID - first) / step))/${SLURM_ARRAY_TASK_COUNT}"
 }
 
+# sonodistill_restarts INFO: the restart count in `scontrol --oneliner show job` output INFO (0 if absent).
+sonodistill_restarts() {
+  local n
+  n=$(sed -n 's/.* Restarts=\([0-9]*\).*/\1/p' <<<"$1")
+  echo "${n:-0}"
+}
+
 # sonodistill_cancelled INFO: whether `scontrol --oneliner show job` output INFO, taken after the
 # step stopped on a signal, is a job the user cancelled. `scancel` sends the SIGTERM a preemption
 # sends, and SLURM would accept a requeue of the cancelled job, undoing the cancel. Cancelled: ending
 # (COMPLETING; CANCELLED once ended) for no reason SLURM names (a time limit says Reason=TimeLimit)
 # and not being requeued by SLURM (a preemption: its restart count has gone up).
 sonodistill_cancelled() {
-  local state reason restarts
+  local state reason
   state=$(sed -n 's/.* JobState=\([A-Z_]*\).*/\1/p' <<<"$1")
   reason=$(sed -n 's/.* Reason=\([^ ]*\).*/\1/p' <<<"$1")
-  restarts=$(sed -n 's/.* Restarts=\([0-9]*\).*/\1/p' <<<"$1")
-  [ "${restarts:-0}" -le "${SLURM_RESTART_COUNT:-0}" ] || return 1
+  [ "$(sonodistill_restarts "$1")" -le "${SLURM_RESTART_COUNT:-0}" ] || return 1
   [ "$state" = CANCELLED ] || { [ "$state" = COMPLETING ] && [ "$reason" = None ]; }
 }
 
@@ -91,13 +98,12 @@ sonodistill_run() {
     # An accepted requeue ends this job with SIGTERM, which may cut scontrol short: that is success too.
     interrupted=0
     trap 'interrupted=1' TERM USR1
-    local said restarts
+    local said
     said=$(scontrol requeue "$job" 2>&1) && exit 0
     [ "$interrupted" -eq 1 ] && exit 0
     # Refused because SLURM requeues it already (a preemption, `scontrol requeue` from outside: its
     # restart count has gone up while this run still completes): success.
-    restarts=$(scontrol --oneliner show job "$job" 2>/dev/null | sed -n 's/.* Restarts=\([0-9]*\).*/\1/p')
-    [ "${restarts:-0}" -gt "${SLURM_RESTART_COUNT:-0}" ] && exit 0
+    [ "$(sonodistill_restarts "$(scontrol --oneliner show job "$job" 2>/dev/null)")" -gt "${SLURM_RESTART_COUNT:-0}" ] && exit 0
     # Not requeued (--no-requeue, or a site that forbids it): fail, so that afterok never starts a merge.
     echo "sonodistill: error: job ${job} could not be requeued (${said:-scontrol failed}); its work is kept: submit the same command again" >&2
     exit "$rc"

@@ -66,3 +66,20 @@ def test_a_cancel_is_told_from_a_preemption_and_a_time_limit(case, cancelled):
     script = f'REPO={REPO}; source "$REPO/launch/slurm_run.sh"; sonodistill_cancelled "$1"'
     proc = subprocess.run(["bash", "-c", script, "x", LINES[case]], capture_output=True, text=True)
     assert proc.returncode == (0 if cancelled else 1), proc.stderr
+
+
+@pytest.mark.parametrize("line, count", [(LINES["scancel"], "0"), (LINES["preemption"], "1"), (COMMON, "0")])
+def test_the_restart_count_is_read_from_a_job_line(line, count):
+    script = f'REPO={REPO}; source "$REPO/launch/slurm_run.sh"; sonodistill_restarts "$1"'
+    proc = subprocess.run(["bash", "-c", script, "x", line], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == count, proc.stderr
+
+
+def test_a_job_requeued_once_then_cancelled_is_cancelled():
+    """Restarts=1 seen by the run that SLURM restarted once (SLURM_RESTART_COUNT=1): not a new requeue."""
+    script = f'REPO={REPO}; source "$REPO/launch/slurm_run.sh"; sonodistill_cancelled "$1"'
+    env = {**os.environ, "SLURM_RESTART_COUNT": "1"}
+    args = ["bash", "-c", script, "x", LINES["preemption"]]
+    assert subprocess.run(args, capture_output=True, env=env).returncode == 0
+    env["SLURM_RESTART_COUNT"] = "0"
+    assert subprocess.run(args, capture_output=True, env=env).returncode == 1
