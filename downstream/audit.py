@@ -32,7 +32,7 @@ from downstream.config import TASK_KIND, Task, read_task_data
 from downstream.data.naming import image_files
 from downstream.data.pixels import image_size, load_gray, load_mask
 from downstream.data.read import ReaderConfig
-from downstream.data.record import Catalog, Record, Source, describe_source
+from downstream.data.record import Catalog, Record, Source, describe_source, source_file
 from downstream.groups import DuplicateGroup, duplicate_groups, image_pixels
 from shards.decode import read_pixels, to_gray
 from shards.match import MATCHER
@@ -62,8 +62,8 @@ class AuditConfig:
 
 def _rel(src: Source, root: str) -> str:
     """A source's path relative to the dataset folder (its description when it is not a file)."""
-    path = getattr(src, "path", src)
-    if isinstance(path, str) and root and os.path.exists(path):
+    path = source_file(src)
+    if path is not None and root and os.path.exists(path):
         rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
         return Path(rel).as_posix() if not rel.startswith("..") else path
     text = describe_source(src)  # a saved dataset's row: "<folder>[3].mask" -> "[3].mask"
@@ -121,7 +121,7 @@ def unused_images(catalog: Catalog) -> list[str]:
     if not catalog.root or not Path(catalog.root).is_dir():
         return []
     root = Path(catalog.root).resolve()
-    paths = [r.image for r in catalog.records] + [getattr(m, "path", m) for r in catalog.records for m in r.masks]
+    paths = [r.image for r in catalog.records] + [source_file(m) for r in catalog.records for m in r.masks]
     used = {str(Path(p).resolve()) for p in paths + catalog.other_files if isinstance(p, str)}
     return [p.relative_to(root).as_posix() for p in image_files(root) if str(p.resolve()) not in used]
 

@@ -10,54 +10,81 @@
 Classes are ``normal, benign, malignant`` (label 0, 1, 2: the paper's order). Several masks
 of one image are merged by union when loaded; normal images keep their all-zero mask, so
 segmentation treats them as "no lesion". ROOT may also be a folder holding exactly one
-sub-folder with that layout (the archive unpacks to ``Dataset_BUSI_with_GT/``). BUSI has no
-patient ids, so records carry no group.
+sub-folder with that layout (the archive unpacks to ``Dataset_BUSI_with_GT/``); class folder
+names are matched whatever their case (``Benign/``). A folder with a fourth class folder of images
+is not detected as BUSI (the class-folder layout reads every class). BUSI has no patient ids:
+records carry a group only from ``group_pattern`` (:mod:`downstream.data.grouping`).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from downstream.data.naming import images_with_masks
+from downstream.data.grouping import AUTO, GroupRule
+from downstream.data.naming import image_files, images_with_masks, is_data_folder
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
 from sonodistill.errors import UserError
 
+log = logging.getLogger(__name__)
+
 BUSI_CLASSES = ("normal", "benign", "malignant")
 
 
+def _class_dirs(root: Path) -> dict[str, Path]:
+    """BUSI's class folders in ``root`` by class name, matched whatever their case."""
+    found = {p.name.lower(): p for p in sorted(root.iterdir()) if is_data_folder(p)}
+    return {c: found[c] for c in BUSI_CLASSES if c in found}
+
+
 def _has_classes(root: Path) -> bool:
-    return all((root / c).is_dir() for c in BUSI_CLASSES)
+    return len(_class_dirs(root)) == len(BUSI_CLASSES)
+
+
+def _other_classes(root: Path) -> list[str]:
+    """Sub-folders beside BUSI's three that hold images: more classes than BUSI has."""
+    own = set(_class_dirs(root).values())
+    return [p.name for p in sorted(root.iterdir()) if is_data_folder(p) and p not in own and image_files(p)]
 
 
 def is_busi_layout(root: Path) -> bool:
-    """The three class folders, in ROOT or in a sub-folder of it."""
-    return _has_classes(root) or any(p.is_dir() and _has_classes(p) for p in root.iterdir())
+    """The three class folders (and no other folder of images), in ROOT or in a sub-folder of it."""
+    return any(_has_classes(d) and not _other_classes(d) for d in (root, *filter(is_data_folder, root.iterdir())))
 
 
 def _find_root(root: Path) -> Path:
     if _has_classes(root):
         return root
-    subs = [p for p in root.iterdir() if p.is_dir() and _has_classes(p)]
+    subs = [p for p in root.iterdir() if is_data_folder(p) and _has_classes(p)]
     if len(subs) == 1:
         return subs[0]
-    missing = [c + "/" for c in BUSI_CLASSES if not (root / c).is_dir()]
+    missing = [c + "/" for c in BUSI_CLASSES if c not in _class_dirs(root)]
     raise UserError(
         f"{root}: expected BUSI class folders {', '.join(c + '/' for c in BUSI_CLASSES)}; missing: {', '.join(missing)}"
     )
 
 
-def read_busi(root: str | Path, *, require_masks: bool = True, check: bool = True) -> Catalog:
+def read_busi(
+    root: str | Path, *, require_masks: bool = True, check: bool = True, group_pattern: str = AUTO
+) -> Catalog:
     """Records of a BUSI folder. ``require_masks=False`` keeps images without a mask file
     (classification does not need masks); otherwise a missing mask is an error."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: BUSI folder not found")
     base = _find_root(root)
+    if other := _other_classes(base):
+        log.warning(
+            "%s: BUSI layout reads %s only; left out: %s (layout=classes reads every class folder)",
+            base,
+            ", ".join(c + "/" for c in BUSI_CLASSES),
+            ", ".join(o + "/" for o in other),
+        )
+    rule = GroupRule(group_pattern, paired=False)
     records: list[Record] = []
     missing: list[str] = []
-    for label, cls in enumerate(BUSI_CLASSES):
-        folder = base / cls
+    for label, (cls, folder) in enumerate(_class_dirs(base).items()):
         pairs = images_with_masks(folder)
         if not pairs:
             if not check:  # the audit reads as found, and lists the class as empty
@@ -72,8 +99,10 @@ def read_busi(root: str | Path, *, require_masks: bool = True, check: bool = Tru
                     image=str(p),
                     masks=tuple(str(m) for m in ms),
                     label=label,
+                    group=rule.group(p.relative_to(folder).with_suffix("").as_posix()),
                 )
             )
+    rule.report(str(base))
     if missing and require_masks:
         raise UserError(
             f"{base}: {len(missing)} image(s) without a mask file (expected '<name>_mask.png'), e.g. {missing[0]}"

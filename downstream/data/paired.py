@@ -7,16 +7,16 @@
 
 Image and mask folders are found by name (``image(s)``/``img(s)`` and ``mask(s)``/``label(s)``/
 ``gt``/``annotation(s)``, case-insensitive); masks match images by relative path and stem, any
-extension. The patient/group id is the first capture group of ``group_pattern`` applied to the
-image stem (DDTI: the leading integer, ``^(\\d+)``); an image whose stem does not match is its
+extension. The patient/group id comes from ``group_pattern`` (:mod:`downstream.data.grouping`:
+by default a patient sub-folder, else DDTI's leading integer); an image it does not match is its
 own group. ``group_pattern=""`` disables grouping.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from downstream.data.grouping import AUTO, GroupRule
 from downstream.data.naming import image_files, mask_order, mask_stem, natural_key
 from downstream.data.pixels import check_records
 from downstream.data.record import Catalog, Record
@@ -24,7 +24,6 @@ from sonodistill.errors import UserError
 
 IMAGE_DIRS = ("image", "images", "img", "imgs")
 MASK_DIRS = ("mask", "masks", "label", "labels", "gt", "annotation", "annotations")
-DDTI_GROUP = r"^(\d+)"
 
 
 def _pick(root: Path, names: tuple[str, ...], what: str) -> Path:
@@ -44,7 +43,7 @@ def is_paired_layout(root: Path) -> bool:
 def read_paired(
     root: str | Path,
     *,
-    group_pattern: str = DDTI_GROUP,
+    group_pattern: str = AUTO,
     name: str | None = None,
     require_masks: bool = True,
     check: bool = True,
@@ -56,10 +55,7 @@ def read_paired(
         raise UserError(f"{root}: data folder not found")
     image_dir = _pick(root, IMAGE_DIRS, "image")
     mask_dir = _pick(root, MASK_DIRS, "mask")
-    try:
-        group_re = re.compile(group_pattern) if group_pattern else None
-    except re.error as exc:
-        raise UserError(f"group_pattern '{group_pattern}': not a valid regular expression ({exc})") from None
+    rule = GroupRule(group_pattern, paired=True)
 
     masks: dict[str, list[Path]] = {}
     for p in image_files(mask_dir):
@@ -78,10 +74,9 @@ def read_paired(
             missing.append(p.relative_to(root).as_posix())
             if require_masks:
                 continue
-        group = None
-        if group_re is not None:
-            m = group_re.search(Path(rel).name)
-            group = (m.group(1) if m.groups() else m.group(0)) if m else rel
+        group = rule.group(rel)
+        if group is None and rule.regex is not None:
+            group = rel
         records.append(
             Record(id=p.relative_to(root).as_posix(), image=str(p), masks=tuple(str(m) for m in ms), group=group)
         )
@@ -90,6 +85,7 @@ def read_paired(
             f"{root}: {len(missing)} image(s) without a mask in {mask_dir.name}/ "
             f"(same name, or '<name>_mask'), e.g. {missing[0]}"
         )
+    rule.report(str(root))
     if check:
         check_records(records)
     return Catalog(name=name or root.name, root=str(root), records=records)

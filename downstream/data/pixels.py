@@ -21,6 +21,7 @@ from shards.readers.base import levels_of, to_uint8
 from sonodistill.errors import UserError
 
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16- and 32-bit integer images
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 MAX_CLASS = 20  # a mask whose values all lie at or below this holds class indices (0/1, 0/1/2)
 MAX_LABELS = 8  # distinct values of a clean label map (0/255, a colour-coded mask read as grey)
 
@@ -34,7 +35,21 @@ def _to_gray(img: Image.Image, where: str, raw: bool = False) -> np.ndarray:
         return a if raw else to_uint8(a, None, levels_of([a]))
     if img.mode == "F":
         raise UserError(f"{where}: floating-point images are not supported (expected 8/16-bit)")
+    if img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        return _flatten_alpha(img, raw)
     return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def _flatten_alpha(img: Image.Image, mask: bool) -> np.ndarray:
+    """Grey of an image with transparency composited onto black, as the shard builder reads it
+    (a transparent background is no signal); a mask drawn in the alpha channel alone (its colours
+    all black) is that channel."""
+    rgba = img.convert("RGBA")
+    grey = np.asarray(Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("L"))
+    alpha = np.asarray(rgba.getchannel("A"))
+    if mask and not grey.any() and alpha.min() < alpha.max():
+        return alpha.copy()
+    return grey
 
 
 def _decode(src: Source, raw: bool = False) -> np.ndarray:

@@ -17,10 +17,11 @@ from typing import Literal, get_args
 
 from downstream.data.busi import is_busi_layout, read_busi
 from downstream.data.classes import read_class_folders
+from downstream.data.grouping import AUTO
 from downstream.data.hub import is_saved_dataset, read_hub
-from downstream.data.paired import DDTI_GROUP, is_paired_layout, read_paired
+from downstream.data.paired import is_paired_layout, read_paired
 from downstream.data.pixels import LabelMask, check_mask_values
-from downstream.data.record import Catalog
+from downstream.data.record import Catalog, source_file
 from downstream.data.ultrabench import is_ultrabench, read_ultrabench
 from sonodistill.errors import UserError
 
@@ -31,7 +32,7 @@ Kind = Literal["seg", "cls"]
 @dataclass
 class ReaderConfig:
     layout: Layout = "auto"  # auto: hf:ID -> hf, ub:DIR or train_val.json+test.json -> ub, image+mask -> paired, BUSI
-    group_pattern: str = DDTI_GROUP  # paired layout: regex on the image stem, group 1 = patient id ("" = none)
+    group_pattern: str = AUTO  # folder layouts: regex on the image's path below its folder -> patient id ("" = none)
     image_column: str = "image"  # hf layout columns
     mask_column: str = "mask"  # hf columns / ub record fields (psfh_mask, mass_mask, tumor_mask, ...)
     label_column: str = "label"  # hf columns / ub record field holding the class label
@@ -65,7 +66,8 @@ def _paired(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
 
 
 def _busi(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
-    return read_busi(data, require_masks=(kind == "seg" and check), check=check)  # classification needs no masks
+    # classification needs no masks
+    return read_busi(data, require_masks=(kind == "seg" and check), check=check, group_pattern=cfg.group_pattern)
 
 
 def _class_folders(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Catalog:
@@ -76,7 +78,8 @@ def _class_folders(data: str, kind: Kind, cfg: ReaderConfig, check: bool) -> Cat
             f"{data}: no segmentation layout found: expected image/ and mask/ folders (or images/, masks/, "
             "labels/, gt/), class folders of images with their _mask files, a saved dataset, or ub:DIR"
         )
-    return read_class_folders(data, check=check, masks=kind == "seg")  # classification needs no masks
+    # classification needs no masks
+    return read_class_folders(data, check=check, masks=kind == "seg", group_pattern=cfg.group_pattern)
 
 
 def _any_folder(root: Path) -> bool:
@@ -102,6 +105,22 @@ def detect_layout(data: str) -> str:
     return next(name for name, layout in LAYOUTS.items() if layout.detect(root))
 
 
+LOSSY = (".jpg", ".jpeg", ".jpe", ".jfif")  # compression moves a label map's values
+
+
+def _check_lossless(cat: Catalog) -> None:
+    """``reader.mask_values`` matches label values exactly: a JPEG mask's values are blurred at every
+    edge (a 0/255 mask read by [255] lost a fifth of its lesion), and its noise fakes other labels."""
+    for r in cat.records:
+        for m in r.masks:
+            path = source_file(m)
+            if path is not None and Path(path).suffix.lower() in LOSSY:
+                raise UserError(
+                    f"{path}: reader.mask_values needs lossless masks (PNG, TIFF, BMP), this one is JPEG; "
+                    "leave reader.mask_values empty to use the automatic rule, which reads JPEG masks"
+                )
+
+
 def read_catalog(data: str, kind: Kind, cfg: ReaderConfig | None = None, check: bool = True) -> Catalog:
     """Records for ``data`` checked for what ``kind`` needs (masks for seg, labels for cls); with
     ``check``, also that every image opens and every mask has its image's size."""
@@ -115,6 +134,7 @@ def read_catalog(data: str, kind: Kind, cfg: ReaderConfig | None = None, check: 
             f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"
         )
     if kind == "seg" and cfg.mask_values:
+        _check_lossless(cat)
         values = tuple(int(v) for v in cfg.mask_values)
         if layout != "ub":  # UltraBench's reader reads its label maps by these values itself
             cat.records = [replace(r, masks=tuple(LabelMask(m, values) for m in r.masks)) for r in cat.records]

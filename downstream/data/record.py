@@ -38,6 +38,15 @@ def open_source(src: Source) -> Image.Image:
     return upright(Image.open(src) if isinstance(src, str) else src.open())
 
 
+def source_file(src: Source) -> str | None:
+    """The file behind a source: the path itself, a label map's file (:class:`LabelMask` wraps one
+    in ``src``); None for pixels that are no file of their own (a saved dataset's row)."""
+    if isinstance(src, str):
+        return src
+    inner = getattr(src, "src", None)
+    return source_file(inner) if inner is not None else None
+
+
 def describe_source(src: Source) -> str:
     return src if isinstance(src, str) else src.describe()
 
