@@ -12,7 +12,8 @@ state dict loads strictly into ``segmentation_models_pytorch.Unet(<arch>).encode
 network. Neither the card nor config.json names a local path: the teacher is its Hub id or its model
 type and weights hash, the shards their folder name and manifest hash.
 
-``--out`` must be new or empty, or an earlier export (recognised by its files, replaced atomically);
+``--out`` must be new or empty (its files written into it), or an earlier export (recognised by its
+files, replaced atomically as a whole, unless it is the current folder: then file by file);
 export never deletes what it did not write (``--overwrite`` writes its files beside others, and is
 refused for a folder holding a pretraining run or another command's output; the refusal without it
 names the files it would replace).
@@ -146,9 +147,10 @@ def _loadable_by_transformers(config: Path) -> None:
 
 
 def export(checkpoint: str | Path, out: str | Path, title: str | None = None, overwrite: bool = False) -> Path:
-    """Write the Hub-ready folder ``out`` and return it. A new (or empty) folder and an earlier export
-    are written atomically as a whole; ``overwrite`` writes each export file atomically into a folder
-    holding other files (kept); anything else is refused (:func:`out_mode`)."""
+    """Write the Hub-ready folder ``out`` and return it. A new folder and an earlier export are written
+    atomically as a whole; into an existing empty folder, the current folder, or with ``overwrite`` a
+    folder holding other files (kept), each export file is written atomically; anything else is
+    refused (:func:`out_mode`)."""
     from timm.models import save_for_hf
 
     from sonodistill.atomic import write_text
@@ -195,9 +197,13 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None, ov
         "description": None,
     }
     make_folder(out.parent)
+    # Files written into an existing folder, not the folder swapped: an empty one may be a mount
+    # point or carry its own permissions, and a shell standing in it (`--out .`) would be left in
+    # the deleted old folder. An earlier export elsewhere is still replaced as a whole.
+    in_place = mode == "into" or (out.is_dir() and (mode == "new" or Path.cwd().is_relative_to(out)))
     with contextlib.ExitStack() as staging:
-        try:  # into a folder holding other files: staged in a hidden folder of its own there
-            tmp = staging.enter_context(scratch_dir(out, "export") if mode == "into" else atomic_dir(out))
+        try:  # into an existing folder: staged in a hidden folder of its own there
+            tmp = staging.enter_context(scratch_dir(out, "export") if in_place else atomic_dir(out))
         except OSError as exc:  # a folder that takes no files (/proc), or no room for the staging folder
             raise UserError(f"--out {out}: cannot write the export there ({exc.strerror or exc})") from None
         save_for_hf(model, str(tmp), model_config=model_config, data_config=data_config, safe_serialization=True)
@@ -206,7 +212,7 @@ def export(checkpoint: str | Path, out: str | Path, title: str | None = None, ov
         tmp.chmod(0o755)  # a publishable folder, not a private temp dir
         for f in tmp.iterdir():
             f.chmod(0o644)
-        if mode == "into":  # each file replaced atomically; what else the folder holds stays
+        if in_place:  # each file replaced atomically; what else the folder holds stays
             for name in EXPORT_FILES:
                 os.replace(tmp / name, out / name)
     log.info(f"exported {meta['config']['student']['name']} (step {meta['step']} of {ckpt}) to {out}")
