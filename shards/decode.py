@@ -1,10 +1,12 @@
 """Decode an image file's bytes into a numpy array, with a named reason when it cannot be.
 
-Mode handling (documented rule, see README "Cleaning rules"):
+Mode handling (documented rule, see docs/data.md "Pixel values"):
 - 8-bit grayscale ``L`` is kept; ``1`` (bilevel) and ``LA`` become ``L``;
-- 16/32-bit integer (``I;16*``, ``I``) is scaled to 8 bits by the largest value the image's
-  bit depth allows when any value exceeds 255, otherwise kept as is;
-- float ``F`` is min-max scaled to 0..255;
+- 16/32-bit integer (``I;16*``, ``I``) and float ``F`` follow the rule of arrays
+  (:func:`shards.readers.base.to_uint8`): integers kept when no value exceeds 255, otherwise scaled
+  by the largest value of the smallest bit depth that holds the image's largest value (12-bit data
+  in a 16-bit PNG by 4095); floats in [0, 1] times 255, others min-max; NaN or infinity is
+  ``non_finite``;
 - ``RGBA``/``LA``/``PA`` are composited onto black (scanner exports use transparency for the
   background), ``P`` (palette), ``CMYK``, ``YCbCr`` and others are converted to RGB.
 The result is ``HxW`` uint8 (grayscale) or ``HxWx3`` uint8 (colour, to be checked for Doppler),
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from shards.readers.base import ReadError, to_uint8
 from sonodistill.errors import UserError
 
 # Decoding a hostile or huge file must not exhaust memory on a worker.
@@ -46,7 +49,7 @@ def upright(img: Image.Image) -> Image.Image:
 
 
 class DecodeError(Exception):
-    """Carries the rejection reason (``empty_file``, ``not_image``, ``truncated``, ``unreadable``)."""
+    """Carries the rejection reason (``empty_file``, ``not_image``, ``truncated``, ``unreadable``, ``non_finite``)."""
 
     def __init__(self, reason: str, detail: str = ""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -66,21 +69,9 @@ def _to_uint8(img: Image.Image) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
     if mode in ("1",):
         return np.asarray(img.convert("L"), dtype=np.uint8)
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img).astype(np.int64)
-        if mode == "I" and arr.max(initial=0) > 65535:
-            scale = 2**32 - 1
-        else:
-            scale = 65535
-        if arr.max(initial=0) > 255:
-            arr = arr * 255 // scale
-        return np.clip(arr, 0, 255).astype(np.uint8)
-    if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-            return np.zeros(arr.shape, np.uint8)
-        return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    if mode.startswith("I;16") or mode == "I" or mode == "F":
+        # the array rule (shards.readers.base): the same pixels give the same result in any file format
+        return to_uint8(np.asarray(img))
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
@@ -134,6 +125,8 @@ def decode_image(data: bytes) -> Decoded:
     mode = img.mode
     try:
         pixels = _to_uint8(img)
+    except ReadError as exc:  # non_finite
+        raise DecodeError(exc.reason, exc.detail) from None
     except Exception as exc:
         raise DecodeError("unreadable", str(exc)) from None
     if pixels.ndim == 3 and pixels.shape[2] == 3:

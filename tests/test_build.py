@@ -204,6 +204,33 @@ def test_modes_are_converted_to_8bit_gray(tmp_path):
     assert g16.tolist() == [[0, 1, 255, 128]]
 
 
+def test_wide_and_float_images_follow_the_array_rule(tmp_path):
+    """16/32-bit and float images are scaled as the same pixels in an array are (12-bit data in a
+    16-bit PNG by 4095: before, by 65535, nearly black; a mode I TIFF over 65535 came out all zeros)."""
+    from shards.readers.base import to_uint8
+
+    gray = speckle_frame()
+    twelve = gray.astype(np.uint16) * 16  # 12-bit data in a uint16 PNG
+    got = decode_image(png_bytes(twelve)).pixels
+    assert np.array_equal(got, to_uint8(twelve)) and got.max() > 200
+    wide = gray.astype(np.int32) * 1000  # mode I, values up to 255000
+    buf = io.BytesIO()
+    Image.fromarray(wide, "I").save(buf, format="TIFF")
+    assert np.array_equal(decode_image(buf.getvalue()).pixels, to_uint8(wide))
+    assert decode_image(buf.getvalue()).pixels.max() > 200
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_float_image_holding_nan_or_infinity_is_non_finite(bad):
+    """As an array's frame is: never kept with undefined casts (NaN) nor blackened (infinity)."""
+    f = speckle_frame().astype(np.float32)
+    f[10:20, 10:20] = bad
+    buf = io.BytesIO()
+    Image.fromarray(f, "F").save(buf, format="TIFF")
+    res = clean_image(buf.getvalue(), 64)
+    assert isinstance(res, Rejected) and res.reason == "non_finite"
+
+
 def test_transparent_background_composites_to_black():
     gray = speckle_frame()
     alpha = np.where(gray > 0, 255, 0).astype(np.uint8)
