@@ -1,7 +1,7 @@
 """Which frames of a clip become samples: the per-source ``frames`` sampling rule.
 
 - ``{fps: F, max: M}`` (default ``{fps: 3, max: 30}``, what the public lung-POCUS benchmarks use):
-  one frame every ``1/F`` seconds from the start, at most ``M``. Needs a frame rate (video time
+  one frame every ``1/F`` seconds from the first frame, at most ``M``. Needs a frame rate (video time
   stamps, DICOM ``FrameTime``/``CineRate``/``RecommendedDisplayFrameRate``); without one it falls
   back to ``every`` with the step that spreads ``M`` frames evenly over the clip (``ceil(n / M)``).
 - ``{every: N, max: M}``: frames 0, N, 2N, ... at most ``M``.
@@ -68,12 +68,17 @@ class Sampling:
         self, frames: Iterable[tuple[float | None, T]], rate: float | None, max_frames_per_clip: int | None = None
     ) -> Iterator[tuple[int, T]]:
         """Select from a stream of ``(time_s, frame)`` in decode order; yields ``(index, frame)`` and
-        stops as soon as the cap is reached, so a long video is decoded only as far as needed."""
+        stops as soon as the cap is reached, so a long video is decoded only as far as needed.
+
+        Times count from the first frame's (an MPEG-TS clip starts at its own clock's time), and a
+        time that jumps back (segments joined, a clock reset) starts a new timeline that continues the
+        old one, so the frames after it are sampled as the clip plays."""
         cap = self.cap(max_frames_per_clip)
         taken = 0
-        next_t = 0.0
         period = 1.0 / self.fps if self.mode == "fps" else 0.0
         half = 0.5 / rate if rate else 0.0  # tolerate time-stamp jitter of half a frame
+        clock = _Clock(1.0 / rate if rate else 0.0, half)
+        next_t = 0.0
         for i, (t, frame) in enumerate(frames):
             if cap is not None and taken >= cap:
                 return
@@ -82,8 +87,7 @@ class Sampling:
             elif self.mode == "every":
                 keep = i % self.every == 0
             else:
-                if t is None:
-                    t = i / rate if rate else float(i)
+                t = clock.played(i / rate if rate else float(i)) if t is None else clock.played(t)
                 keep = t + half >= next_t
                 if keep:
                     while next_t <= t + half:
@@ -91,6 +95,24 @@ class Sampling:
             if keep:
                 taken += 1
                 yield i, frame
+
+
+@dataclass
+class _Clock:
+    """A clip's time stamps as time played since its first frame, across resets of its clock."""
+
+    step: float  # one frame's duration (0: unknown), the gap put where the clock went back
+    jitter: float  # a step back this small is time-stamp jitter, not a reset
+    offset: float | None = None  # added to a time stamp to give time played
+    last: float = 0.0  # the last time played
+
+    def played(self, t: float) -> float:
+        if self.offset is None:
+            self.offset = -t
+        elif t + self.offset < self.last - self.jitter:  # the clock went back: a new timeline
+            self.offset = self.last + self.step - t
+        self.last = t + self.offset
+        return self.last
 
 
 DEFAULT = Sampling()

@@ -43,6 +43,16 @@ def test_stream_uses_time_stamps_and_stops_at_the_cap():
     assert idx == [0, 10, 20, 30, 40, 50]
 
 
+def test_stream_counts_from_the_first_frame_and_goes_on_after_a_clock_reset():
+    """An MPEG-TS clip starts at its clock's time (0.167 s), and two segments joined restart it:
+    before, the first gap counted from t=0 and no frame after the reset was ever sampled."""
+    rule = Sampling(mode="fps", fps=3, max=None)
+    start = [(0.167 + i / 12.0, i) for i in range(24)]  # 12 frames/s from 0.167 s
+    assert [i for i, _ in rule.stream(start, 12.0)] == [0, 4, 8, 12, 16, 20]
+    joined = start + [(0.167 + i / 12.0, 24 + i) for i in range(24)]  # a second segment, its clock reset
+    assert [i for i, _ in rule.stream(joined, 12.0)] == list(range(0, 48, 4))
+
+
 @pytest.mark.parametrize(
     "value, msg",
     [
