@@ -440,6 +440,90 @@ def test_animated_gif_is_a_clip_timed_by_its_frame_duration(tmp_path):
     assert np.abs(got[1].pixels.astype(int) - np.asarray(frames[3]).astype(int)).mean() < 2
 
 
+def _read_all(path: Path) -> tuple[list, ReadError | None]:
+    """Every frame a reader gives before it stops, and the error it stopped with (None: none)."""
+    got = []
+    try:
+        for fr in open_media(str(path), path.name, ALL).frames:
+            got.append(fr)
+    except ReadError as exc:
+        return got, exc
+    return got, None
+
+
+def test_an_animated_gif_cut_short_keeps_its_frames_and_is_truncated(tmp_path):
+    """Before: PIL's frame count failed on the cut file, which was read as one still image with no
+    clip, no frame index and nothing recorded."""
+    frames = [Image.fromarray(f) for f in truth_frames(31, 6)]
+    frames[0].save(tmp_path / "whole.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    data = (tmp_path / "whole.gif").read_bytes()
+    (tmp_path / "cut.gif").write_bytes(data[: len(data) // 2])
+    media = open_media(str(tmp_path / "cut.gif"), "cut.gif", ALL)
+    assert media.multi
+    got, err = _read_all(tmp_path / "cut.gif")
+    assert err is not None and err.reason == "truncated"
+    assert 1 <= len(got) < 6 and [f.index for f in got] == list(range(len(got)))
+    assert np.abs(got[0].pixels.astype(int) - np.asarray(frames[0].convert("L")).astype(int)).mean() < 2
+    assert _read_all(tmp_path / "whole.gif")[1] is None and len(_read_all(tmp_path / "whole.gif")[0]) == 6
+
+
+def test_a_video_cut_short_keeps_its_frames_and_is_truncated(tmp_path, pocus_dir):
+    """An MJPEG AVI cut in half ends without a decoding error: before, it just ended early with
+    nothing recorded. Whole files, synthetic and real, are never called truncated."""
+    encode_video(clip_frames(np.random.default_rng(0), 24), tmp_path / "whole.avi", fps=12, codec="mjpeg")
+    data = (tmp_path / "whole.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    got, err = _read_all(tmp_path / "cut.avi")
+    assert err is not None and err.reason == "truncated" and 0 < len(got) < 24
+    for whole in [
+        tmp_path / "whole.avi",
+        pocus_dir / "clarius-ocular-short.mp4",
+        pocus_dir / "sonosite-anon-eye1-video.mp4",
+    ]:
+        got, err = _read_all(whole)
+        assert err is None and got, whole.name
+
+
+def test_a_video_is_turned_as_its_display_matrix_says(tmp_path):
+    """A phone held upright stores landscape pixels and a 90-degree display matrix; players show it
+    portrait (before: stored as landscape, on its side)."""
+    import av
+
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[:8, :8] = 255  # a bright top-left corner
+    with av.open(str(tmp_path / "portrait.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(-90)  # a clockwise quarter turn to show it
+        for _ in range(3):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+    got, err = _read_all(tmp_path / "portrait.mp4")
+    assert err is None and len(got) == 3
+    px = got[0].pixels
+    assert px.shape[:2] == (64, 48)  # portrait
+    assert px[:8, -8:].mean() > 200 and px[:8, :8].mean() < 50  # top-left turned clockwise: top-right
+
+
+def test_a_video_container_with_a_stream_and_no_frame_is_empty_video(tmp_path):
+    """FFmpeg fails to open a Matroska file with a track and no frame (before: `unreadable`); one cut
+    inside its header stays `unreadable`."""
+    import av
+
+    with av.open(str(tmp_path / "zero.mkv"), "w") as out:
+        stream = out.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuvj420p"
+        out.start_encoding()
+    with pytest.raises(ReadError) as exc:
+        open_media(str(tmp_path / "zero.mkv"), "zero.mkv", ALL)
+    assert exc.value.reason == "empty_video"
+    encode_video(clip_frames(np.random.default_rng(0), 4), tmp_path / "four.mkv", fps=12, codec="mjpeg")
+    head = (tmp_path / "four.mkv").read_bytes()[:60]
+    with pytest.raises(ReadError) as exc:
+        list(open_media(head, "cut.mkv", ALL).frames)
+    assert exc.value.reason in ("unreadable", "truncated")
+
+
 def test_a_compressed_dicom_cut_short_is_truncated_and_a_damaged_one_unreadable(pocus_dir):
     """A real JPEG-baseline DICOM (Sonoque): every decoder there fails on it either way; a file that
     ends before its encapsulated frames do is `truncated`, one whole but garbled `unreadable`, and

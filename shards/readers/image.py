@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 
+import numpy as np
+
 from shards.options import SourceOptions
 from shards.readers.base import Frame, Media, ReadError, as_frame_pixels
 
@@ -28,11 +30,28 @@ def sniff(head: bytes, name: str) -> bool:
     )
 
 
+def _readable_frames(img) -> tuple[int, str]:
+    """How many frames ``img`` holds, and why it holds no more than that when its file breaks off
+    ("" when whole): PIL's ``n_frames`` fails outright on a clip cut short, so its frames are counted
+    one ``seek`` at a time up to the break."""
+    try:
+        return int(getattr(img, "n_frames", 1) or 1), ""
+    except Exception as exc:  # each plugin fails its own way on a cut file
+        why = f"{type(exc).__name__}: {exc}"
+    n = 0
+    while True:
+        try:
+            img.seek(n)
+        except Exception:  # the break: frames before it are kept
+            return n, why
+        n += 1
+
+
 def read_image(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     # Imported here, as every reader does: telling a file's format loads no decoder (shards.readers.detect).
     from PIL import Image
 
-    from shards.decode import DecodeError, _to_uint8, decode_image
+    from shards.decode import DecodeError, decode_image
 
     if isinstance(src, bytes):
         data = src
@@ -41,10 +60,10 @@ def read_image(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
             data = fh.read()
     try:
         img = Image.open(io.BytesIO(data))
-        n = int(getattr(img, "n_frames", 1) or 1)
-    except Exception:
-        n = 1
-    if n <= 1:
+        n, broken = _readable_frames(img)
+    except Exception:  # decode_image names the reason
+        n, broken = 1, ""
+    if n <= 1 and not broken:
         try:
             dec = decode_image(data)
         except DecodeError as exc:
@@ -57,17 +76,32 @@ def read_image(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
             orig_size=dec.orig_size,
             n_frames=1,
         )
+    return _clip(img, n, broken, opts)
+
+
+def _clip(img, n: int, broken: str, opts: SourceOptions) -> Media:
+    """An animated GIF or multi-page TIFF of ``n`` readable frames; a file that breaks off after
+    them (``broken``: why) ends its frames with one ``truncated``, as a DICOM cine cut short does."""
+    from shards.decode import _to_uint8
+
+    img.seek(0)
     duration = img.info.get("duration") or 0
     fps = 1000.0 / duration if duration and duration > 0 else None
     indices = opts.frames.indices(n, fps, opts.max_frames_per_clip)
 
     def frames() -> Iterator[Frame]:
-        try:
-            for i in indices:
+        for i in indices:
+            try:
                 img.seek(i)
                 frame = img.convert("RGB") if img.mode == "P" else img.copy()
-                yield Frame(as_frame_pixels(_to_uint8(frame)), i)
-        except (OSError, EOFError, ValueError) as exc:
-            raise ReadError("truncated", str(exc)) from None
+                pixels = _to_uint8(frame)
+            except ReadError as exc:  # non_finite: this frame alone, the clip goes on
+                yield Frame(np.zeros((0, 0), np.uint8), i, exc)
+                continue
+            except (OSError, EOFError, ValueError, IndexError) as exc:
+                raise ReadError("truncated", str(exc)) from None
+            yield Frame(as_frame_pixels(pixels), i)
+        if broken:
+            raise ReadError("truncated", f"{n} frames before the break ({broken})")
 
     return Media(frames(), True, "image", img.mode, img.size, n, fps)
