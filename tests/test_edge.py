@@ -43,6 +43,24 @@ def test_side_by_side_interleaves_and_counts_runs():
     assert single["runs"] == 5 and single["p90_ms"] >= single["median_ms"]
 
 
+@pytest.mark.parametrize("runs, rounds", [(10, 4), (1, 4), (5, 3), (20, 4)])
+def test_side_by_side_times_exactly_runs_calls(runs, rounds):
+    """``run.edge.runs`` calls, whatever the rounds (10 over 4 rounds timed 12, 1 over 4 timed 4)."""
+    calls: list[str] = []
+    stats = side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs, 0, rounds)
+    assert stats["a"]["runs"] == stats["b"]["runs"] == runs and calls.count("a") == runs
+
+
+def test_p90_is_numpys_percentile(monkeypatch):
+    import downstream.edge.measure as measure
+
+    ticks = iter(float(t) for k in range(1, 11) for t in (0, k / 1000))  # calls of 1..10 ms
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(ticks))
+    stats = latency(lambda: None, runs=10, warmup=0)
+    assert stats["p90_ms"] == pytest.approx(np.percentile(np.arange(1, 11), 90))  # 9.1, not the maximum
+    assert stats["median_ms"] == pytest.approx(5.5)
+
+
 def _batches(n: int, size: int, seed: int, masks: bool = False) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -65,14 +66,13 @@ def latency(fn: Callable[[], Any], runs: int = 50, warmup: int = 10) -> dict[str
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
+    return _summary(times)
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    """Median and 90th percentile (linear interpolation, numpy's default) of call times in ms."""
     med = statistics.median(times)
-    return {
-        "median_ms": med,
-        "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-        "fps": 1000.0 / med,
-        "runs": len(times),
-    }
+    return {"median_ms": med, "p90_ms": float(np.percentile(times, 90)), "fps": 1000.0 / med, "runs": len(times)}
 
 
 @torch.inference_mode()
@@ -82,31 +82,23 @@ def side_by_side(
     """:func:`latency` of several callables measured in interleaved rounds.
 
     On a shared machine the load drifts; timing model A for a while and then model B would
-    fold that drift into the ratio. Rounds of ``runs/rounds`` calls each, alternating between
-    the callables, expose every one of them to the same conditions.
+    fold that drift into the ratio. ``runs`` calls of each (at least one), spread over at most
+    ``rounds`` rounds that alternate between the callables, expose every one of them to the same
+    conditions.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    per = max(1, -(-runs // max(rounds, 1)))
-    for _ in range(max(rounds, 1)):
+    runs = max(runs, 1)
+    rounds = min(max(rounds, 1), runs)
+    for r in range(rounds):
         for name, fn in fns.items():
-            for _ in range(per):
+            for _ in range(runs // rounds + (r < runs % rounds)):
                 t0 = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - t0) * 1000)
-    out = {}
-    for name, t in times.items():
-        t.sort()
-        med = statistics.median(t)
-        out[name] = {
-            "median_ms": med,
-            "p90_ms": t[min(len(t) - 1, int(0.9 * len(t)))],
-            "fps": 1000.0 / med,
-            "runs": len(t),
-        }
-    return out
+    return {name: _summary(t) for name, t in times.items()}
 
 
 def models_side_by_side(

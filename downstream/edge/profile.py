@@ -98,8 +98,10 @@ class LatencyCache:
 
 
 def signature(model: torch.nn.Module, shape: tuple[int, ...], cfg: EdgeConfig, onnx: bool) -> str:
-    """Hash of what latency depends on: the module tree, the input shape, threads, runtimes."""
-    parts = [repr(model), str(tuple(shape)), str(cfg.threads), str(cfg.runs), str(onnx)]
+    """Hash of what latency depends on: the module tree, the input shape, threads, the timing
+    protocol (calls, warm-up, rounds), runtimes."""
+    parts = [repr(model), str(tuple(shape)), str(cfg.threads), str(cfg.runs), str(cfg.warmup), str(cfg.rounds)]
+    parts.append(str(onnx))
     if onnx:
         parts.append(json.dumps(to_dict(cfg.quant), sort_keys=True))
     return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:16]
