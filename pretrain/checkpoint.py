@@ -85,12 +85,27 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _canonical_weights(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` with ``data.source_weights`` as parsed: a YAML map and the same map typed on the
+    command line (a string), in any order, with or without a source at 0, are one setting."""
+    from shards.balance import parse_weights
+
+    data = tree.get("data")
+    if not isinstance(data, dict) or "source_weights" not in data:
+        return tree
+    w = parse_weights(data["source_weights"])
+    if isinstance(w, dict):
+        w = {k: v for k, v in sorted(w.items()) if v}
+    return {**tree, "data": {**data, "source_weights": w}}
+
+
 def changed_on_resume(meta: dict[str, Any], cfg: Any, teacher: dict[str, Any]) -> list[str]:
     """``key old -> new`` for every setting of :data:`FIXED_ON_RESUME` that ``cfg`` changes against the
     checkpoint's ``meta``, and the teacher when ``teacher`` (its provenance) names other weights."""
     from sonodistill.config import to_dict
 
-    old, new = _flat(to_dict(saved_config(meta))), _flat(to_dict(cfg))
+    old = _flat(_canonical_weights(to_dict(saved_config(meta))))
+    new = _flat(_canonical_weights(to_dict(cfg)))
     fixed = [k for k in sorted(set(old) | set(new)) if any(k == f or k.startswith(f + ".") for f in FIXED_ON_RESUME)]
     out = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in fixed if old.get(k) != new.get(k)]
     was = {k: meta.get("teacher", {}).get(k) for k in TEACHER_IDENTITY}

@@ -198,7 +198,10 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             stall_timeout_s=d.stall_timeout_s,
         )
     except (UserError, FileNotFoundError, ValueError) as exc:
-        raise UserError(f"data.shards: cannot open '{d.shards}' ({' '.join(str(exc).split())})") from None
+        why = " ".join(str(exc).split())
+        if why.startswith("source_weights"):  # the shards opened: the weights are at fault
+            raise UserError(f"data.{why}") from None
+        raise UserError(f"data.shards: cannot open '{d.shards}' ({why})") from None
     found = loader.encoding or "unknown (no manifest)"
     if d.encoding != "any" and found != d.encoding:
         raise UserError(
@@ -221,10 +224,18 @@ def _check_shard_size(cfg: PretrainConfig, manifest: dict | None) -> None:
         )
 
 
-def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:
-    """What the run's metadata records about its shard set (local or remote)."""
+def _shard_list_sha256(urls: list[str]) -> str:
+    """A shard list's identity without a manifest: its shards' file names (a copy elsewhere is the same list)."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(u.rstrip("/").rsplit("/", 1)[-1] for u in urls).encode()).hexdigest()
+
+
+def _manifest_summary(shards: str, manifest: dict | None, urls: list[str]) -> dict[str, Any]:
+    """What the run's metadata records about its shard set (local or remote); without a manifest
+    (a brace pattern or a list of shards), the shards' names, so a resume can tell another list."""
     if manifest is None:
-        return {}
+        return {"num_shards": len(urls), "shard_list_sha256": _shard_list_sha256(urls)}
     from shards.exclusions import public_record
     from sonodistill.provenance import json_sha256, public_source_name
 
@@ -416,8 +427,8 @@ def resume(s: Session) -> tuple[int, Path | None]:
 
 def _other_data_or_batch(meta: dict[str, Any], s: Session) -> list[str]:
     """``what old -> new`` when the run would continue on another shard set (compared by its
-    manifest's hash: a copied folder is the same set) or at another global batch (with
-    ``train.global_batch=0`` it follows the batch size and the number of processes)."""
+    manifest's hash, or a list's shard names: a copied folder is the same set) or at another global
+    batch (with ``train.global_batch=0`` it follows the batch size and the number of processes)."""
     from sonodistill.provenance import json_sha256
 
     out = []
@@ -426,6 +437,10 @@ def _other_data_or_batch(meta: dict[str, Any], s: Session) -> list[str]:
     if was and now and was != now:
         name = meta.get("data", {}).get("name", "?")
         out.append(f"another shard set ({name}, manifest sha256 {was[:12]} -> {now[:12]})")
+    listed = meta.get("data", {}).get("shard_list_sha256")
+    if listed and s.loader.manifest is None and listed != _shard_list_sha256(s.loader.urls):
+        n = meta.get("data", {}).get("num_shards", "?")
+        out.append(f"another shard list ({n} -> {len(s.loader.urls)} shards, or other names)")
     batch = meta.get("global_batch")
     if batch is not None and int(batch) != s.global_batch:
         out.append(f"another global batch ({batch} -> {s.global_batch} = batch_size x processes x accumulation)")
@@ -533,7 +548,7 @@ def _base_meta(s: Session) -> dict[str, Any]:
             "stride": s.accelerator.unwrap_model(s.model).stride,
             "num_features": s.accelerator.unwrap_model(s.model).backbone.num_features,
         },
-        "data": _manifest_summary(cfg.data.shards, s.loader.manifest),
+        "data": _manifest_summary(cfg.data.shards, s.loader.manifest, s.loader.urls),
     }
 
 

@@ -21,6 +21,8 @@ once per epoch.
 
 from __future__ import annotations
 
+import math
+
 import yaml
 
 from sonodistill.errors import UserError
@@ -36,9 +38,12 @@ def parse_weights(spec: str | dict | None) -> str | float | dict[str, float]:
         s = spec.strip()
         if s.startswith("tau=") or s.startswith("tau:"):
             try:
-                return float(s[4:])
+                tau = float(s[4:])
             except ValueError:
                 raise UserError(f"source_weights '{spec}': tau expects a number") from None
+            if not math.isfinite(tau):
+                raise UserError(f"source_weights '{spec}': tau expects a finite number")
+            return tau
         try:
             spec = yaml.safe_load(s)
         except yaml.YAMLError:
@@ -50,8 +55,8 @@ def parse_weights(spec: str | dict | None) -> str | float | dict[str, float]:
             return parse_weights(f"tau={spec['tau']}")
         out = {}
         for k, v in spec.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise UserError(f"source_weights: weight of '{k}' expects a number >= 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise UserError(f"source_weights: weight of '{k}' expects a finite number >= 0, got {v!r}")
             out[str(k)] = float(v)
         if not any(out.values()):
             raise UserError("source_weights: every weight is 0")

@@ -97,6 +97,13 @@ def present_shards(urls: list[str], what: str) -> tuple[list[str], list[str]]:
     return present, missing
 
 
+# what to do with several shard sets: the loader reads one (its manifest gives epochs, sources, sizes)
+ONE_SET = (
+    "shards are one folder, URL or pattern of .tar files: build several sources into one set "
+    "(shards.build with one --source each), or give a pattern of the .tar files of each folder"
+)
+
+
 def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | None]:
     """Shard URLs and the manifest (None for patterns/lists without one)."""
     if isinstance(spec, (list, tuple)):
@@ -116,7 +123,8 @@ def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | 
     if p.is_file() and p.name != MANIFEST and not p.name.endswith(".tar"):
         raise UserError(f"shards {spec}: expected a shard folder, its {MANIFEST}, a .tar shard or a pattern of them")
     if not p.exists() and "{" not in spec and "://" not in spec and not spec.startswith("pipe:"):
-        raise UserError(f"shards {spec}: no such shard folder or file")
+        several = "," in spec and all(Path(x.strip(" []'\"")).exists() for x in spec.split(","))
+        raise UserError(f"shards {spec}: no such shard folder or file" + (f"; {ONE_SET}" if several else ""))
     if p.is_dir() or p.name == MANIFEST:
         manifest = read_manifest(p)
         root = p if p.is_dir() else p.parent
@@ -129,6 +137,8 @@ def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | 
         return urls, manifest
     urls = list(braceexpand.braceexpand(spec))
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
+    if folders := [u for u in local if Path(u).is_dir()]:
+        raise UserError(f"shards {spec}: the pattern names folders ({', '.join(folders[:3])}); {ONE_SET}")
     missing = [u for u in local if not Path(u).exists()]
     if missing:
         raise UserError(f"shards {spec}: {len(missing)} shard file(s) not found, e.g. {missing[0]}")

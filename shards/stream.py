@@ -8,7 +8,8 @@
 Each (rank, worker) pair is a *slot*. Per epoch, the shard list is permuted with ``(seed, epoch)``
 — the same permutation on every rank — and dealt to the slots (when there are fewer shards than
 slots, every slot reads all shards and keeps every ``total``-th sample), so each sample is seen
-exactly once per epoch across all ranks and workers. A slot's samples, in shard order, are cut into
+exactly once per epoch across all ranks and workers (each slot on its own epoch clock: at a given
+step, slots may be an epoch apart). A slot's samples, in shard order, are cut into
 windows of ``shuffle_buffer`` consecutive samples and each window is permuted with a generator
 seeded by ``(seed, epoch, slot, window)``: the order is a pure function of those numbers and of the
 shards' sample counts (the manifest's, so a shard that fails to read cannot shift it).

@@ -103,3 +103,21 @@ def test_weights_outside_resampled_mode_are_refused(unequal_shards):
     with pytest.raises(UserError, match="resampled mode only"):
         ShardLoader(unequal_shards, batch_size=4, mode="loop", source_weights="uniform")
     assert parse_weights(None) == "proportional"  # epoch/loop modes: unchanged
+
+
+@pytest.mark.parametrize("weights", ["{a: .nan, b: 1}", "{a: .inf, b: 1}", "tau=nan", "tau=inf"])
+def test_a_weight_that_is_not_finite_is_one_error_line(weights):
+    """NaN and infinity passed the >= 0 check and crashed the first batch with a traceback."""
+    with pytest.raises(UserError, match=r"^source_weights.*finite number"):
+        parse_weights(weights)
+
+
+def test_a_bad_weight_is_blamed_on_source_weights_not_on_the_shards(shard_dir, tiny_teacher_dir, tmp_path):
+    from dist.tiny_pretrain import tiny_config
+
+    from pretrain.trainer import _open_loader
+
+    cfg = tiny_config(shard_dir, tiny_teacher_dir, tmp_path, data__mode="resampled")
+    cfg.data.source_weights = {"nowhere": 1.0}
+    with pytest.raises(UserError, match=r"^data\.source_weights: unknown source 'nowhere'"):
+        _open_loader(cfg, 0, 1, False, 0, workers=0)

@@ -608,6 +608,8 @@ def test_inspect_summary_and_contact_sheet(shard_dir, tmp_path, capsys):
     [
         (["README.md"], "shards README.md: expected a shard folder, its manifest.json, a .tar shard"),
         (["{tmp}/none"], "shards {tmp}/none: no such shard folder or file"),
+        (["{shards},{shards}"], "shards {shards},{shards}: no such shard folder or file; shards are one folder, URL"),
+        (["{{{shards},{shards}}}"], "shards {{{shards},{shards}}}: the pattern names folders ({shards}, {shards}); "),
         (["{shards}", "--sheet", "{tmp}"], "--sheet {tmp}: expected the name of a .png file to write"),
         (["{shards}", "--sheet", "{tmp}/s.jpg"], "--sheet {tmp}/s.jpg: expected the name of a .png file"),
         (["{shards}", "--sheet", "{shards}/manifest.json/s.png"], "--sheet {shards}/manifest.json: cannot create the"),

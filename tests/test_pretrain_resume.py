@@ -231,3 +231,42 @@ def test_a_stream_reshuffled_on_resume_continues_exactly_on_the_next(shard_dir, 
     assert "resume" not in caplog.text and "shard loader" not in caplog.text  # an exact continuation
     keys = [read_jsonl(out / "keys" / "rank0.jsonl") for out in (straight, stopped)]
     assert sorted({r["step"] for r in keys[1]}) == [1, 2, 3, 4] and keys[0] == keys[1]
+
+
+def test_a_resume_on_another_list_of_shards_is_refused(shard_dir, tiny_teacher_dir, tmp_path):
+    """A brace pattern has no manifest: its shards' names tell the list (a copy elsewhere resumes)."""
+    import shutil
+
+    from sonodistill.errors import UserError
+
+    tars = sorted(p.name for p in shard_dir.glob("*.tar"))
+    assert len(tars) >= 3
+    stem, first, last = tars[0][: tars[0].rindex("-") + 1], tars[0].split("-")[-1][:-4], tars[-1].split("-")[-1][:-4]
+    pattern = lambda folder, end: f"{folder}/{stem}{{{first}..{end}}}.tar"  # noqa: E731
+    out = tmp_path / "run"
+    run = dict(train__max_steps=2, train__save_every=2, num_workers=0, data__encoding="any")
+    train(tiny_config(pattern(shard_dir, last), tiny_teacher_dir, out, **run))
+    fewer = tars[1].split("-")[-1][:-4]
+    with pytest.raises(UserError, match=rf"another shard list \({len(tars)} -> 2 shards, or other names\)"):
+        train(tiny_config(pattern(shard_dir, fewer), tiny_teacher_dir, out, **{**run, "train__max_steps": 3}))
+    copied = Path(shutil.copytree(shard_dir, tmp_path / "copied"))
+    assert train(tiny_config(pattern(copied, last), tiny_teacher_dir, out, **{**run, "train__max_steps": 3})).step == 3
+
+
+def test_source_weights_written_another_way_are_the_same_setting():
+    """A YAML map (a dict) and the same map on the command line (a string), in another order and with
+    a source at 0, were refused on resume as other settings."""
+    from pretrain.checkpoint import changed_on_resume
+    from pretrain.config import PretrainConfig
+    from sonodistill.config import load_config, to_dict
+
+    def cfg(weights):
+        return load_config(PretrainConfig, None, ["data.mode=resampled", f"data.source_weights={weights}"])
+
+    meta = {"config": to_dict(cfg("{breast: 3, thyroid: 1, cardiac: 1}"))}
+    same = cfg("{cardiac: 1.0, thyroid: 1, breast: 3, liver: 0}")
+    same.data.source_weights = {"cardiac": 1.0, "thyroid": 1.0, "breast": 3.0, "liver": 0.0}  # as YAML gives it
+    assert changed_on_resume(meta, same, {}) == []
+    assert changed_on_resume(meta, cfg("{breast: 2, thyroid: 1, cardiac: 1}"), {}) == [
+        "data.source_weights.breast 3.0 -> 2.0"
+    ]
