@@ -330,7 +330,7 @@ def test_presets_hold_each_papers_settings():
     assert (vm.loss.ce_weight, vm.loss.kd_weight, vm.loss.temperature) == (0.5, 0.5, 4.0)
     t = vm.student.train
     assert (t.optimizer, t.lr, t.weight_decay, t.epochs, t.schedule) == ("adamw", 1e-4, 0.01, 15, "none")
-    assert vm.teacher.train == vm.student.train and vm.split.ratios == [0.56, 0.10, 0.34]
+    assert vm.teacher.train == vm.student.train and vm.split.ratios == [439, 78, 263]
     nr = reproduction_config("nanoray")
     assert (nr.loss.ce_weight, nr.loss.kd_weight, nr.loss.temperature) == (0.75, 0.25, 4.0)
     assert nr.split.ratios == [0.8, 0.1, 0.1]

@@ -4,7 +4,7 @@ Paper settings (preset ``downstream/kd/configs/vit_mobilenet.yaml``): 224 px, Im
 normalisation, no augmentation (so the teacher's logits are computed once),
 ``alpha*CE + (1-alpha)*T^2*KL`` with T = 4, alpha = 0.5 (``loss.ce_weight=0.5``,
 ``loss.kd_weight=0.5``); AdamW lr 1e-4, wd 0.01, 15 epochs; an independent stratified test set
-(263 of BUSI's 780 images -> ratio 0.34). Not stated in the paper, chosen here: the teacher is
+(263 of BUSI's 780 images: split counts 439 / 78 / 263). Not stated in the paper, chosen here: the teacher is
 trained with the student's optimiser settings; no model selection is mentioned, so the last epoch
 is kept (``select: last``; a 10 % validation split is still held out to plot curves).
 ``teacher.encoder=SPEC`` replaces the hybrid teacher by any downstream encoder (e.g. the distilled
