@@ -20,7 +20,9 @@ Measured in the scan area at the native resolution (docs/data.md "Cleaning rules
    area (``BADGE_TOP``) or on its edge ringed by the display's black (:func:`_on_black`): a mode
    badge, a legend or a maker's logo the interface draws beside the image (Butterfly's blue "B"
    disc, EchoNous Kosmos's orange logo by the sector's apex), where flow lies over tissue (even on
-   the edge: a colour box at the top of the tissue, the scan area found ending at it).
+   the edge: a colour box at the top of the tissue, the scan area found ending at it). A piece
+   long and thin like a drawn contour (:func:`is_stroke`: at most ``CONTOUR_WIDTH`` px wide and
+   ``CONTOUR_LENGTH`` widths long) is a mark too.
 
 ``colour_fraction`` is the share of the scan area's lit pixels that are flow; above
 ``COLOUR_FLOW`` the frame is ``colour``. ``colour_outside`` keeps the rule for what a Doppler screen
@@ -53,6 +55,8 @@ from shards.thresholds import (
     COLOUR_TEXT_HEIGHT,
     COLOUR_TEXT_SIZES,
     COLOUR_TEXT_WORD,
+    CONTOUR_LENGTH,
+    CONTOUR_WIDTH,
     FLOW_HUE_BIN,
     FLOW_HUE_BIN_SHARE,
     FLOW_HUE_RUN,
@@ -94,6 +98,18 @@ def _is_flow(hue: np.ndarray, value: np.ndarray) -> bool:
     for lo, hi in FLOW_HUES:
         in_map |= (hue >= lo) & (hue <= hi) if lo <= hi else (hue >= lo) | (hue <= hi)
     return bool(in_map.mean() >= 0.5 and spread > FLOW_VALUE_SPREAD)
+
+
+def is_stroke(comp: np.ndarray) -> bool:
+    """Is the filled piece ``comp`` (bool, its box) a drawn stroke -- a contour or line thicker than
+    the opening, long and thin -- rather than an area? Width ``2 x area / perimeter`` (holes' rims
+    counted: a closed contour), length ``perimeter / 2``."""
+    contours, _ = cv2.findContours(comp.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    perimeter = sum(cv2.arcLength(c, True) for c in contours)
+    if perimeter <= 0:
+        return False
+    width = 2.0 * float(np.count_nonzero(comp)) / perimeter
+    return width <= CONTOUR_WIDTH and perimeter / 2.0 >= CONTOUR_LENGTH * max(width, 1.0)
 
 
 def _hue_run(hue: np.ndarray) -> int:
@@ -158,7 +174,7 @@ def flow_pixels(rgb: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndar
     for k in range(1, n):
         x, y, w, h = (int(v) for v in stats[k, :4])
         comp = labels[y : y + h, x : x + w] == k
-        if k in words:
+        if k in words or is_stroke(comp):
             continue
         core = cv2.erode(comp.astype(np.uint8), SQUARE3, borderValue=0).astype(bool)
         px = hsv[y : y + h, x : x + w][core]

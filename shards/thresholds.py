@@ -53,6 +53,14 @@ FLOW_HUE_RUN = 20  # ... and this many degrees of held bins in a row are a map g
 FLOW_HUES = ((330, 45), (195, 265))  # degrees: red-orange and blue, the hues of velocity/power maps
 FLOW_VALUE_SPREAD = 60  # HSV value, 10th-90th percentile, of a graded red or blue flow spot
 FLOW_LARGE = 0.05  # share of the scan area one filled coloured area covers to count whatever its colours
+# A drawn contour (a nodule or organ outline in red or orange, 3-5 px, its colour spread by JPEG's
+# chroma subsampling) survives the opening and grades in brightness like a velocity map. Its shape
+# tells it: width 2 x area / perimeter, length perimeter / 2. Nine coloured contours of thyroid and
+# lung exports (Azest-japan, covEcho, a held-out check): 3.9-5.3 px wide, 116-763 widths long; the
+# 395 flow pieces of 70 MMOTU Doppler frames at most 31 widths long among those under 8 px (and one
+# at 100: the green outline of a colour box, a stroke too).
+CONTOUR_WIDTH = 8.0  # px: a filled coloured piece at most this wide ...
+CONTOUR_LENGTH = 60.0  # ... and at least this many widths long is a drawn stroke, never flow
 # Bold coloured UI text (GE Voluson's red "SRI II 3": words 10 px tall, 5 px apart) survives the 3x3
 # opening and its chroma-subsampled colour is graded like a flow map's: pieces of one line are text.
 COLOUR_TEXT_HEIGHT = (6, 24)  # px: a filled coloured piece this tall may be a word ...

@@ -212,6 +212,39 @@ def test_bold_coloured_text_over_tissue_is_not_colour(pocus_dir, colour):
             assert isinstance(res, Cleaned), (name, scale, res)
 
 
+@pytest.mark.parametrize("colour", [(230, 60, 30), (240, 140, 20)])
+def test_a_drawn_contour_is_a_mark_and_a_thin_vessel_of_flow_is_colour(pocus_dir, colour):
+    """A nodule outline drawn in red or orange, 4 px, half see-through (the tissue shades it, so its
+    brightness is graded like a velocity map's), JPEG with its chroma halved (Azest-japan's thyroid
+    exports, held out: 9 of 9 rejected as colour before) is a stroke many widths long: kept, its mark
+    found. Flow in a vessel seen lengthwise, 6 px wide and graded like a velocity map, is
+    short for its width: colour."""
+    px = decode_image((pocus_dir / "sonosite-anon-eye1.jpg").read_bytes()).pixels
+    rgb = np.repeat(to_gray(px)[..., None], 3, axis=2)
+    x0, y0, x1, y1 = frame_scan_area(to_gray(px)).bbox
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+
+    def jpeg(img: np.ndarray) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=90, subsampling=2)
+        return decode_image(buf.getvalue()).pixels
+
+    line = np.zeros(rgb.shape[:2], np.uint8)
+    cv2.ellipse(line, (cx, cy), ((x1 - x0) // 5, (y1 - y0) // 6), 10, 0, 360, 255, 4, cv2.LINE_AA)
+    a = line[..., None] / 255.0 * 0.6
+    outlined = (rgb * (1 - a) + np.array(colour) * a * (0.5 + rgb / 255.0)).clip(0, 255).astype(np.uint8)
+    res = clean_frame(jpeg(outlined), 64, annotations="keep")
+    assert isinstance(res, Cleaned) and res.meta["annotations"], res
+    vessel = rgb.copy()
+    hsv = np.zeros((6, 80, 3), np.uint8)
+    hsv[..., 0] = np.linspace(0, 25, 6)[:, None]  # red at the walls to orange in the middle
+    hsv[..., 1] = 255
+    hsv[..., 2] = (120 + 130 * np.sin(np.linspace(0, np.pi, 6)))[:, None]  # graded: fastest in the middle
+    vessel[cy - 3 : cy + 3, cx - 40 : cx + 40] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    res = clean_frame(jpeg(vessel), 64)
+    assert isinstance(res, Rejected) and res.reason == "colour", res
+
+
 def velocity_legend(h: int, w: int) -> np.ndarray:
     """A velocity-scale legend as scanners draw it: dark red to yellow above the baseline, dark blue
     to cyan below (hue and brightness both graded)."""
