@@ -290,7 +290,10 @@ def check_splits(splits: Splits, catalog: Catalog, where: str, groups: Sequence[
         if g is None or (catalog.test_ids and p == "test"):  # a given test split is the dataset's own choice
             continue
         if p != "left_out" and group_part.setdefault(g, p) != p:
-            raise UserError(f"{where}: patient/group '{g}' is in both '{group_part[g]}' and '{p}'")
+            raise UserError(
+                f"{where}: patient/group '{g}' is in both '{group_part[g]}' and '{p}' (made with other patient "
+                "ids: reader.group_pattern? delete the file to re-split)"
+            )
     for grp in groups:
         parts = {seen[i] for i in grp.ids if seen.get(i, "left_out") != "left_out"}
         if len(parts) > 1 and not (catalog.test_ids and "test" in parts):

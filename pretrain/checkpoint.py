@@ -104,7 +104,12 @@ def changed_on_resume(meta: dict[str, Any], cfg: Any, teacher: dict[str, Any]) -
     checkpoint's ``meta``, and the teacher when ``teacher`` (its provenance) names other weights."""
     from sonodistill.config import to_dict
 
-    old = _flat(_canonical_weights(to_dict(saved_config(meta))))
+    saved = to_dict(saved_config(meta))
+    try:
+        saved = _canonical_weights(saved)
+    except UserError:  # weights an older version accepted (tau=inf): compared as they were written
+        pass
+    old = _flat(saved)
     new = _flat(_canonical_weights(to_dict(cfg)))
     fixed = [k for k in sorted(set(old) | set(new)) if any(k == f or k.startswith(f + ".") for f in FIXED_ON_RESUME)]
     out = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in fixed if old.get(k) != new.get(k)]

@@ -224,20 +224,23 @@ def _check_shard_size(cfg: PretrainConfig, manifest: dict | None) -> None:
         )
 
 
-def _shard_list_sha256(urls: list[str]) -> str:
-    """A shard list's identity without a manifest: its shards' file names (a copy elsewhere is the same list)."""
-    import hashlib
+def _shard_names(spec: str) -> list[str]:
+    """A shard list's identity without a manifest: the names of the shards it lists, as given (a shard
+    missing at the moment, re-signed URLs, another order or a copy elsewhere are the same list)."""
+    import braceexpand
 
-    return hashlib.sha256("\n".join(u.rstrip("/").rsplit("/", 1)[-1] for u in urls).encode()).hexdigest()
+    return sorted(u.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] for u in braceexpand.braceexpand(str(spec)))
 
 
-def _manifest_summary(shards: str, manifest: dict | None, urls: list[str]) -> dict[str, Any]:
+def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:
     """What the run's metadata records about its shard set (local or remote); without a manifest
     (a brace pattern or a list of shards), the shards' names, so a resume can tell another list."""
-    if manifest is None:
-        return {"num_shards": len(urls), "shard_list_sha256": _shard_list_sha256(urls)}
-    from shards.exclusions import public_record
     from sonodistill.provenance import json_sha256, public_source_name
+
+    if manifest is None:
+        names = _shard_names(shards)
+        return {"num_shards": len(names), "shard_list_sha256": json_sha256(names)}
+    from shards.exclusions import public_record
 
     keep = ("num_samples", "sources", "rejected", "settings", "encoding")
     named = {"path": str(shards), "name": public_source_name(shards), "manifest_sha256": json_sha256(manifest)}
@@ -438,9 +441,10 @@ def _other_data_or_batch(meta: dict[str, Any], s: Session) -> list[str]:
         name = meta.get("data", {}).get("name", "?")
         out.append(f"another shard set ({name}, manifest sha256 {was[:12]} -> {now[:12]})")
     listed = meta.get("data", {}).get("shard_list_sha256")
-    if listed and s.loader.manifest is None and listed != _shard_list_sha256(s.loader.urls):
+    names = _shard_names(s.cfg.data.shards) if listed and s.loader.manifest is None else []
+    if names and listed != json_sha256(names):
         n = meta.get("data", {}).get("num_shards", "?")
-        out.append(f"another shard list ({n} -> {len(s.loader.urls)} shards, or other names)")
+        out.append(f"another shard list ({n} -> {len(names)} shards, or other names)")
     batch = meta.get("global_batch")
     if batch is not None and int(batch) != s.global_batch:
         out.append(f"another global batch ({batch} -> {s.global_batch} = batch_size x processes x accumulation)")
@@ -548,7 +552,7 @@ def _base_meta(s: Session) -> dict[str, Any]:
             "stride": s.accelerator.unwrap_model(s.model).stride,
             "num_features": s.accelerator.unwrap_model(s.model).backbone.num_features,
         },
-        "data": _manifest_summary(cfg.data.shards, s.loader.manifest, s.loader.urls),
+        "data": _manifest_summary(cfg.data.shards, s.loader.manifest),
     }
 
 

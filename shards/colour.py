@@ -20,9 +20,9 @@ Measured in the scan area at the native resolution (docs/data.md "Cleaning rules
    area (``BADGE_TOP``) or on its edge ringed by the display's black (:func:`_on_black`): a mode
    badge, a legend or a maker's logo the interface draws beside the image (Butterfly's blue "B"
    disc, EchoNous Kosmos's orange logo by the sector's apex), where flow lies over tissue (even on
-   the edge: a colour box at the top of the tissue, the scan area found ending at it). A piece
-   long and thin like a drawn contour (:func:`is_stroke`: at most ``CONTOUR_WIDTH`` px wide and
-   ``CONTOUR_LENGTH`` widths long) is a mark too.
+   the edge: a colour box at the top of the tissue, the scan area found ending at it). A drawn
+   outline is a mark too (:func:`is_stroke`: at most ``CONTOUR_WIDTH`` px wide, ``CONTOUR_LENGTH``
+   widths long, one curve going round a region).
 
 ``colour_fraction`` is the share of the scan area's lit pixels that are flow; above
 ``COLOUR_FLOW`` the frame is ``colour``. ``colour_outside`` keeps the rule for what a Doppler screen
@@ -55,6 +55,8 @@ from shards.thresholds import (
     COLOUR_TEXT_HEIGHT,
     COLOUR_TEXT_SIZES,
     COLOUR_TEXT_WORD,
+    CONTOUR_CHORD,
+    CONTOUR_ENDS,
     CONTOUR_LENGTH,
     CONTOUR_WIDTH,
     FLOW_HUE_BIN,
@@ -101,15 +103,27 @@ def _is_flow(hue: np.ndarray, value: np.ndarray) -> bool:
 
 
 def is_stroke(comp: np.ndarray) -> bool:
-    """Is the filled piece ``comp`` (bool, its box) a drawn stroke -- a contour or line thicker than
-    the opening, long and thin -- rather than an area? Width ``2 x area / perimeter`` (holes' rims
-    counted: a closed contour), length ``perimeter / 2``."""
+    """Is the filled piece ``comp`` (bool, its box) a drawn outline -- thicker than the opening, long
+    and thin, one curve round a region -- rather than flow? Width ``2 x area / perimeter`` (holes'
+    rims counted: a closed outline), length ``perimeter / 2``; one curve: its skeleton ends at most
+    ``CONTOUR_ENDS`` times (a tree of thin vessels ends at every branch); round a region: closed, or
+    its farthest ends at most ``CONTOUR_CHORD`` of its length apart (a vessel runs on)."""
     contours, _ = cv2.findContours(comp.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
     perimeter = sum(cv2.arcLength(c, True) for c in contours)
     if perimeter <= 0:
         return False
     width = 2.0 * float(np.count_nonzero(comp)) / perimeter
-    return width <= CONTOUR_WIDTH and perimeter / 2.0 >= CONTOUR_LENGTH * max(width, 1.0)
+    if width > CONTOUR_WIDTH or perimeter / 2.0 < CONTOUR_LENGTH * max(width, 1.0):
+        return False
+    from skimage.morphology import skeletonize  # imported here: only a thin, long piece needs it
+
+    skeleton = skeletonize(comp).astype(np.uint8)
+    neighbours = cv2.filter2D(skeleton, -1, np.ones((3, 3), np.float32), borderType=cv2.BORDER_CONSTANT) - 1
+    ys, xs = np.nonzero((neighbours == 1) & (skeleton > 0))
+    if len(ys) > CONTOUR_ENDS:
+        return False
+    chord = max((np.hypot(ys[i] - ys[j], xs[i] - xs[j]) for i in range(len(ys)) for j in range(i)), default=0.0)
+    return chord <= CONTOUR_CHORD * int(skeleton.sum())
 
 
 def _hue_run(hue: np.ndarray) -> int:

@@ -137,7 +137,8 @@ def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | 
         return urls, manifest
     urls = list(braceexpand.braceexpand(spec))
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:")]
-    if folders := [u for u in local if Path(u).is_dir()]:
+    # folders of shards named in a pattern (a ".tar" that is a folder is an unreadable shard, counted)
+    if folders := [u for u in local if Path(u).is_dir() and not u.endswith(".tar")]:
         raise UserError(f"shards {spec}: the pattern names folders ({', '.join(folders[:3])}); {ONE_SET}")
     missing = [u for u in local if not Path(u).exists()]
     if missing:

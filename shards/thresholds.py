@@ -60,7 +60,13 @@ FLOW_LARGE = 0.05  # share of the scan area one filled coloured area covers to c
 # 395 flow pieces of 70 MMOTU Doppler frames at most 31 widths long among those under 8 px (and one
 # at 100: the green outline of a colour box, a stroke too).
 CONTOUR_WIDTH = 8.0  # px: a filled coloured piece at most this wide ...
-CONTOUR_LENGTH = 60.0  # ... and at least this many widths long is a drawn stroke, never flow
+CONTOUR_LENGTH = 60.0  # ... at least this many widths long ...
+CONTOUR_ENDS = 3  # ... whose skeleton ends at most this often (the nine contours: 0-3 times -- closed,
+# open, a spur; a tree of thin vessels, renal or placental power Doppler, ends at every branch, and a
+# detection box with its label bar, covEcho's, 23 times) ...
+CONTOUR_CHORD = 0.5  # ... and whose farthest ends lie at most this share of its length apart (the open
+# contours 0.03-0.28: they go round a gland; a vessel seen lengthwise runs on, near 1) is a drawn
+# outline, never flow
 # Bold coloured UI text (GE Voluson's red "SRI II 3": words 10 px tall, 5 px apart) survives the 3x3
 # opening and its chroma-subsampled colour is graded like a flow map's: pieces of one line are text.
 COLOUR_TEXT_HEIGHT = (6, 24)  # px: a filled coloured piece this tall may be a word ...

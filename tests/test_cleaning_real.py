@@ -217,8 +217,8 @@ def test_a_drawn_contour_is_a_mark_and_a_thin_vessel_of_flow_is_colour(pocus_dir
     """A nodule outline drawn in red or orange, 4 px, half see-through (the tissue shades it, so its
     brightness is graded like a velocity map's), JPEG with its chroma halved (Azest-japan's thyroid
     exports, held out: 9 of 9 rejected as colour before) is a stroke many widths long: kept, its mark
-    found. Flow in a vessel seen lengthwise, 6 px wide and graded like a velocity map, is
-    short for its width: colour."""
+    found. Flow in a vessel seen lengthwise, 6 px wide and graded like a velocity map, is short for
+    its width, and a tree of thin vessels branches: colour."""
     px = decode_image((pocus_dir / "sonosite-anon-eye1.jpg").read_bytes()).pixels
     rgb = np.repeat(to_gray(px)[..., None], 3, axis=2)
     x0, y0, x1, y1 = frame_scan_area(to_gray(px)).bbox
@@ -242,6 +242,19 @@ def test_a_drawn_contour_is_a_mark_and_a_thin_vessel_of_flow_is_colour(pocus_dir
     hsv[..., 2] = (120 + 130 * np.sin(np.linspace(0, np.pi, 6)))[:, None]  # graded: fastest in the middle
     vessel[cy - 3 : cy + 3, cx - 40 : cx + 40] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     res = clean_frame(jpeg(vessel), 64)
+    assert isinstance(res, Rejected) and res.reason == "colour", res
+    # a tree of thin vessels (renal or placental power Doppler): as thin and long as an outline, but
+    # its skeleton ends at every branch
+    tree = np.zeros(rgb.shape[:2], np.uint8)
+    cv2.line(tree, (cx - 150, cy), (cx + 150, cy), 255, 5)
+    for k in range(-140, 150, 50):
+        cv2.line(tree, (cx + k, cy), (cx + k + 25, cy - 120), 255, 5)
+        cv2.line(tree, (cx + k, cy), (cx + k - 25, cy + 120), 255, 5)
+    ys, xs = np.nonzero(tree)
+    hsv = np.stack([np.full(ys.size, 8), np.full(ys.size, 255), 120 + ys * 7 % 130], axis=1).astype(np.uint8)
+    branched = rgb.copy()
+    branched[ys, xs] = cv2.cvtColor(hsv[:, None], cv2.COLOR_HSV2RGB)[:, 0]  # one hue, graded in brightness
+    res = clean_frame(jpeg(branched), 64)
     assert isinstance(res, Rejected) and res.reason == "colour", res
 
 

@@ -56,7 +56,7 @@ def test_group_pattern_groups_class_folders_and_keeps_patients_whole(tmp_path, c
     assert "matched 24 of 48 images" in caplog.text
 
 
-def test_patient_sub_folders_are_groups_in_paired_and_class_layouts(tmp_path):
+def test_patient_sub_folders_are_groups_in_the_paired_layout_and_by_pattern(tmp_path):
     paired = tmp_path / "paired"
     for p in range(1, 5):
         for k in range(1, 4):
@@ -73,7 +73,14 @@ def test_patient_sub_folders_are_groups_in_paired_and_class_layouts(tmp_path):
     for cls in ("x", "y"):
         for p in range(2):
             _img(classes / cls / f"pt{p}" / "a.png", seed=p)
-    assert sorted(r.group for r in read_catalog(str(classes), "cls").records) == ["pt0", "pt0", "pt1", "pt1"]
+    # class folders: sub-folders may be devices or years, not patients; a pattern with "/" names them
+    assert {r.group for r in read_catalog(str(classes), "cls").records} == {None}
+    by_folder = read_catalog(str(classes), "cls", ReaderConfig(group_pattern=r"^([^/]+)/"))
+    assert sorted(r.group for r in by_folder.records) == ["pt0", "pt0", "pt1", "pt1"]
+    nested = tmp_path / "nested"  # a pattern without "/" reads the file name, as before
+    _img(nested / "image" / "2019" / "3_1.png", 5)
+    _mask(nested / "mask" / "2019" / "3_1.png")
+    assert read_paired(nested, group_pattern=r"^(\d+)").records[0].group == "3"
 
 
 def test_busi_names_with_a_fourth_class_or_other_case(tmp_path):

@@ -484,6 +484,28 @@ def test_a_video_cut_short_keeps_its_frames_and_is_truncated(tmp_path, pocus_dir
         assert err is None and got, whole.name
 
 
+def test_an_mp4_trimmed_without_re_encoding_is_not_truncated(tmp_path):
+    """A clip trimmed by stream copy (``ffmpeg -ss 0.67 -c copy``, a phone's trim) keeps the samples
+    before the cut, hidden: it declares 60 frames and plays 40. Whole, not cut short."""
+    import av
+
+    encode_video(clip_frames(np.random.default_rng(0), 60), tmp_path / "src.mp4", fps=30)
+    with av.open(str(tmp_path / "src.mp4")) as src, av.open(str(tmp_path / "trim.mp4"), "w") as out:
+        ins = src.streams.video[0]
+        outs = out.add_stream_from_template(ins)
+        shift = int(20 / 30 / ins.time_base)  # the first 20 frames before the clip's start
+        for packet in src.demux(ins):
+            if packet.dts is None:
+                continue
+            packet.pts, packet.dts, packet.stream = packet.pts - shift, packet.dts - shift, outs
+            out.mux(packet)
+    with av.open(str(tmp_path / "trim.mp4")) as c:
+        declared, plays = c.streams.video[0].frames, sum(1 for _ in c.decode(video=0))
+    assert declared - plays >= 10  # the case: a container count above what plays
+    got, err = _read_all(tmp_path / "trim.mp4")
+    assert err is None and got
+
+
 def test_a_video_is_turned_as_its_display_matrix_says(tmp_path):
     """A phone held upright stores landscape pixels and a 90-degree display matrix; players show it
     portrait (before: stored as landscape, on its side)."""

@@ -4,8 +4,8 @@ Class names are the sub-folder names, sorted; label ``i`` is ``classes[i]``. Mas
 (``*_mask*``) inside class folders are attached to their image, so BUSI-like folders with
 other class names also work. A class folder without images is an error; so is a root with
 fewer than two class folders. ``classes=`` fixes the expected names and their order (a
-missing one is an error). ``group_pattern`` gives patient ids (:mod:`downstream.data.grouping`,
-on the path below the class folder: by default a patient sub-folder; none without one).
+missing one is an error). ``group_pattern`` gives patient ids (:mod:`downstream.data.grouping`;
+none by default: a class folder's sub-folders may be devices or years).
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Patient/group ids of folder datasets, from ``reader.group_pattern``.
 
-The pattern is searched in an image's path below its folder (the image folder of a paired layout,
-the class folder of a class layout), without extension: ``12_3`` or ``P01/003``; the id is its
-first capture group that matched (the whole match without one). ``auto`` (the default) takes the
-first sub-folder (one folder per patient, a common export) and, in the paired layout, else DDTI's
-leading integer. An image the pattern does not match is its own group; ``""`` disables grouping.
+A pattern is searched in an image's file name without extension (``12_3``), or, when it holds a
+``/``, in its path below its folder (the image folder of a paired layout, the class folder of a
+class layout: ``P01/003``); the id is its first capture group that matched (the whole match
+without one). ``auto`` (the default) in the paired layout takes the first sub-folder (one folder per
+patient, as video-derived sets are exported) and otherwise DDTI's leading integer (``12_3.png``:
+patient 12); class folders get no ids unless a pattern is given. An image the pattern does not
+match is its own group; ``""`` disables grouping.
 """
 
 from __future__ import annotations
@@ -22,31 +24,35 @@ SUB_FOLDER = r"^([^/]+)/"
 
 
 class GroupRule:
-    """Group ids for one dataset; ``paired`` picks the paired layout's ``auto`` (DDTI's ids too)."""
+    """Group ids for one dataset; ``paired``: the paired layout's ``auto`` (class folders have none)."""
 
     def __init__(self, pattern: str, *, paired: bool) -> None:
         self.explicit = pattern not in (AUTO, "")
         if pattern == AUTO:
-            pattern = f"{SUB_FOLDER}|{DDTI_GROUP}" if paired else SUB_FOLDER
+            pattern = f"{SUB_FOLDER}|{DDTI_GROUP}" if paired else ""
         try:
             self.regex = re.compile(pattern) if pattern else None
         except re.error as exc:
             raise UserError(f"reader.group_pattern '{pattern}': not a valid regular expression ({exc})") from None
-        self.pattern, self.matched, self.seen = pattern, 0, 0
+        self.on_path = "/" in pattern  # else the file name alone, as before patterns could see folders
+        self.pattern, self.matched, self.seen, self.folders = pattern, 0, 0, set()
 
     def group(self, rel: str) -> str | None:
         """The id of the image at ``rel`` (below its folder, no extension); None when unmatched."""
         if self.regex is None:
             return None
         self.seen += 1
-        m = self.regex.search(rel)
+        m = self.regex.search(rel if self.on_path else rel.rsplit("/", 1)[-1])
         if m is None:
             return None
         self.matched += 1
+        if not self.explicit and m.group(1) is not None:
+            self.folders.add(m.group(1))
         return next((g for g in m.groups() if g is not None), m.group(0))
 
     def report(self, where: str) -> None:
-        """A pattern the user set that leaves images ungrouped is said once: a typo splits patients."""
+        """Say where ids came from when it is not the file name: a pattern that leaves images ungrouped
+        (a typo splits patients), or patient sub-folders found by ``auto``."""
         if self.explicit and self.matched < self.seen:
             log.warning(
                 "%s: reader.group_pattern '%s' matched %d of %d images; each other image is its own group",
@@ -54,4 +60,11 @@ class GroupRule:
                 self.pattern,
                 self.matched,
                 self.seen,
+            )
+        if self.folders:
+            log.info(
+                "%s: patient ids from the first sub-folder of the images (%d groups); reader.group_pattern "
+                "sets another rule",
+                where,
+                len(self.folders),
             )

@@ -8,7 +8,7 @@
 Image and mask folders are found by name (``image(s)``/``img(s)`` and ``mask(s)``/``label(s)``/
 ``gt``/``annotation(s)``, case-insensitive); masks match images by relative path and stem, any
 extension. The patient/group id comes from ``group_pattern`` (:mod:`downstream.data.grouping`:
-by default a patient sub-folder, else DDTI's leading integer); an image it does not match is its
+by default the first sub-folder, one per patient, else DDTI's leading integer); an image it does not match is its
 own group. ``group_pattern=""`` disables grouping.
 """
 

@@ -32,7 +32,7 @@ Kind = Literal["seg", "cls"]
 @dataclass
 class ReaderConfig:
     layout: Layout = "auto"  # auto: hf:ID -> hf, ub:DIR or train_val.json+test.json -> ub, image+mask -> paired, BUSI
-    group_pattern: str = AUTO  # folder layouts: regex on the image's path below its folder -> patient id ("" = none)
+    group_pattern: str = AUTO  # regex on the file name (the path if it holds "/") -> patient id ("" = none)
     image_column: str = "image"  # hf layout columns
     mask_column: str = "mask"  # hf columns / ub record fields (psfh_mask, mass_mask, tumor_mask, ...)
     label_column: str = "label"  # hf columns / ub record field holding the class label
@@ -134,7 +134,8 @@ def read_catalog(data: str, kind: Kind, cfg: ReaderConfig | None = None, check: 
             f"{data}: segmentation needs a mask for every image ({layout} layout found none or some missing)"
         )
     if kind == "seg" and cfg.mask_values:
-        _check_lossless(cat)
+        if check:  # the audit reads on, to list what is wrong
+            _check_lossless(cat)
         values = tuple(int(v) for v in cfg.mask_values)
         if layout != "ub":  # UltraBench's reader reads its label maps by these values itself
             cat.records = [replace(r, masks=tuple(LabelMask(m, values) for m in r.masks)) for r in cat.records]

@@ -5,8 +5,8 @@ as the rule's cap is reached, so neither a long clip nor its decoded frames ever
 Times come from each frame's presentation time stamp (the stream's average rate when a frame has
 none), and each frame is turned as its display matrix says (as players show it). A container that
 opens but yields no frame is ``empty_video``; a stream that breaks off is ``truncated`` when some
-frames came out (they are kept), ``unreadable`` otherwise, and so is one whose decode ends clearly
-short of the frame count its container declares (an AVI cut in half just stops without an error).
+frames came out (they are kept), ``unreadable`` otherwise, and so is an AVI whose decode ends clearly
+short of the frame count its index declares (an AVI cut in half just stops without an error).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def sniff(head: bytes, name: str) -> bool:
     )
 
 
-# A container's declared frame count is an estimate (edit lists, a last frame the encoder dropped):
-# a decode that ends this many frames short of it is cut short.
+# Only AVI's declared count is checked: its index lists every frame, while an MP4/MOV counts samples
+# an edit list hides (a clip trimmed without re-encoding declares 60 frames and plays 40). A decode
+# that ends this many frames short of an AVI's count is cut short (an AVI cut in half just stops).
 SHORT_BY = 0.02
 SHORT_BY_MIN = 2
 
@@ -54,7 +55,9 @@ def _cut_short(decoded: int, declared: int | None) -> bool:
 
 def _empty_matroska(src: str | bytes) -> bool:
     """Is ``src`` a whole Matroska/WebM file (its segment ends within the file)? FFmpeg fails to open
-    one that holds tracks and no frame with an end of file, as it does one cut inside its header."""
+    one that holds tracks and no frame with an end of file, as it does one cut inside its header.
+    Read by hand: only FFmpeg reads Matroska among the project's libraries, and two EBML sizes at the
+    file's start are all that is needed."""
     try:
         if isinstance(src, bytes):
             head, size = src[:64], len(src)
@@ -102,6 +105,7 @@ def read_video(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     stream = container.streams.video[0]
     rate = float(stream.average_rate) if stream.average_rate else None
     n = int(stream.frames) if stream.frames else None
+    declared = n if "avi" in container.format.name.split(",") else None
     width, height = stream.codec_context.width, stream.codec_context.height
     # bound now: a generator left open is closed at interpreter exit, when av's names may be gone
     decode_errors = (av.FFmpegError, OSError, ValueError, EOFError)
@@ -126,7 +130,7 @@ def read_video(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
             container.close()
         if count == 0:
             raise ReadError("empty_video")
-        if ended and _cut_short(count, n):
+        if ended and _cut_short(count, declared):
             raise ReadError("truncated", f"{count} of the {n} frames the container declares")
 
     return Media(
