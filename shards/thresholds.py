@@ -55,17 +55,17 @@ FLOW_VALUE_SPREAD = 60  # HSV value, 10th-90th percentile, of a graded red or bl
 FLOW_LARGE = 0.05  # share of the scan area one filled coloured area covers to count whatever its colours
 # A drawn contour (a nodule or organ outline in red or orange, 3-5 px, its colour spread by JPEG's
 # chroma subsampling) survives the opening and grades in brightness like a velocity map. Its shape
-# tells it: width 2 x area / perimeter, length perimeter / 2. Nine coloured contours of thyroid and
-# lung exports (Azest-japan, covEcho, a held-out check): 3.9-5.3 px wide, 116-763 widths long; the
-# 395 flow pieces of 70 MMOTU Doppler frames at most 31 widths long among those under 8 px (and one
-# at 100: the green outline of a colour box, a stroke too).
+# tells it: width 2 x area / perimeter, length perimeter / 2. Eight coloured outlines of thyroid
+# exports (Azest-japan, a held-out check): 3.9-5.3 px wide, 116-265 widths long; the 395 flow pieces
+# of 70 MMOTU Doppler frames at most 31 widths long among those under 8 px (and one at 100: the green
+# outline of a colour box, a stroke too).
 CONTOUR_WIDTH = 8.0  # px: a filled coloured piece at most this wide ...
 CONTOUR_LENGTH = 60.0  # ... at least this many widths long ...
-CONTOUR_ENDS = 3  # ... whose skeleton ends at most this often (the nine contours: 0-3 times -- closed,
+CONTOUR_ENDS = 3  # ... whose skeleton ends at most this often (the eight outlines: 0-3 times -- closed,
 # open, a spur; a tree of thin vessels, renal or placental power Doppler, ends at every branch, and a
-# detection box with its label bar, covEcho's, 23 times) ...
+# detection figure's boxes with their label bars, covEcho's, 23 times) ...
 CONTOUR_CHORD = 0.5  # ... and whose farthest ends lie at most this share of its length apart (the open
-# contours 0.03-0.28: they go round a gland; a vessel seen lengthwise runs on, near 1) is a drawn
+# outlines 0.03-0.28: they go round a gland; a vessel seen lengthwise runs on, near 1) is a drawn
 # outline, never flow
 # Bold coloured UI text (GE Voluson's red "SRI II 3": words 10 px tall, 5 px apart) survives the 3x3
 # opening and its chroma-subsampled colour is graded like a flow map's: pieces of one line are text.

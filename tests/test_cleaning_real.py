@@ -216,7 +216,7 @@ def test_bold_coloured_text_over_tissue_is_not_colour(pocus_dir, colour):
 def test_a_drawn_contour_is_a_mark_and_a_thin_vessel_of_flow_is_colour(pocus_dir, colour):
     """A nodule outline drawn in red or orange, 4 px, half see-through (the tissue shades it, so its
     brightness is graded like a velocity map's), JPEG with its chroma halved (Azest-japan's thyroid
-    exports, held out: 9 of 9 rejected as colour before) is a stroke many widths long: kept, its mark
+    exports, held out: 8 of 8 rejected as colour before) is a stroke many widths long: kept, its mark
     found. Flow in a vessel seen lengthwise, 6 px wide and graded like a velocity map, is short for
     its width, and a tree of thin vessels branches: colour."""
     px = decode_image((pocus_dir / "sonosite-anon-eye1.jpg").read_bytes()).pixels
