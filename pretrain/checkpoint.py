@@ -10,6 +10,7 @@ temporary name and renamed into place, so a kill mid-save never leaves a half ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -105,10 +106,8 @@ def changed_on_resume(meta: dict[str, Any], cfg: Any, teacher: dict[str, Any]) -
     from sonodistill.config import to_dict
 
     saved = to_dict(saved_config(meta))
-    try:
+    with contextlib.suppress(UserError):  # weights an older version accepted (tau=inf): compared as written
         saved = _canonical_weights(saved)
-    except UserError:  # weights an older version accepted (tau=inf): compared as they were written
-        pass
     old = _flat(saved)
     new = _flat(_canonical_weights(to_dict(cfg)))
     fixed = [k for k in sorted(set(old) | set(new)) if any(k == f or k.startswith(f + ".") for f in FIXED_ON_RESUME)]

@@ -270,3 +270,5 @@ def test_source_weights_written_another_way_are_the_same_setting():
     assert changed_on_resume(meta, cfg("{breast: 2, thyroid: 1, cardiac: 1}"), {}) == [
         "data.source_weights.breast 3.0 -> 2.0"
     ]
+    older = {"config": {**meta["config"], "data": {**meta["config"]["data"], "source_weights": "tau=inf"}}}
+    assert changed_on_resume(older, cfg("tau=0.5"), {}) == ["data.source_weights 'tau=inf' -> 0.5"]
