@@ -643,6 +643,8 @@ def _run_grid(cfg: SweepConfig, grid: Grid, part: Part | None, max_cells: int | 
         log.info(f"sweep part {part}: nothing to do")
         return {**head, "ran": 0, "remaining": 0, "cells": len(plan), "done": done}
     acc = make_accelerator(cfg.run.mixed_precision, key="run.mixed_precision")
+    if part is None and todo and acc.is_main_process and any((out / "parts").glob("plan-*-*.json")):
+        log.warning(f"sweep: the parts left {len(todo)} cell(s) to do; running them here, in this one process")
     if acc.is_main_process:
         save_config(dataclasses.replace(cfg, part=""), out / "sweep.yaml")  # the same file from every part
         scope = f"{len(todo)} of them in part {part}" if part else f"{len(todo)} to run"
@@ -673,6 +675,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--print-tables", action="store_true", help="print tables.md when done")
     p.add_argument("--splits-only", action="store_true", help="write each dataset's splits.json, print them, stop")
     args = parse_command_line(p, argv)
+    if "part" in {o.split("=", 1)[0].strip() for o in args.overrides if not o.split("=", 1)[-1].strip()}:
+        Part.parse("")  # `part=$I/$N` with the variables unset: an error, not the whole sweep in every task
     cfg = config_from_args(SweepConfig, args, check=check_values)
     # a bad setting refused before `out` is created (--splits-only reads no encoder or method: they
     # may not exist yet)

@@ -107,11 +107,33 @@ def planned(out: Path, part: Part, grid_keys: Sequence[str], todo: Sequence[str]
     if not todo and not path.exists():
         return []
     check_same_grid(out, part, digest)
+    if not path.exists():
+        check_no_unfinished_plan(out, part, path)
     write_once(path, json_text({"parts": part.count, "grid": digest, "todo": list(todo)}))
     try:
         return list(json.loads(path.read_text())["todo"])
     except (ValueError, KeyError) as exc:
         raise UserError(f"{path}: not a sweep plan ({exc}); delete it to plan the parts again") from None
+
+
+def check_no_unfinished_plan(out: Path, part: Part, path: Path) -> None:
+    """Refuse a new plan while the parts of another grid (the config edited while array tasks were
+    queued) have cells left: each part would slice its own grid, and the merge would quietly run
+    what the first grid's parts left."""
+    done = {r.get("key") for r in read_results(out)}
+    for other in sorted((out / "parts").glob(f"plan-{part.count}-*.json")):
+        if other == path:
+            continue
+        try:
+            left = [k for k in json.loads(other.read_text())["todo"] if k not in done]
+        except (OSError, ValueError, KeyError):
+            continue  # not a plan: the part of its grid says so
+        if left:
+            raise UserError(
+                f"out {out}: the parts of another sweep config planned {other.name} and have {len(left)} cell(s) "
+                "left; the parts of one sweep share one config: run them with the config they started with, or "
+                f"delete {other} to give them up"
+            )
 
 
 def check_same_grid(out: Path, part: Part, digest: str) -> None:
@@ -127,10 +149,10 @@ def check_same_grid(out: Path, part: Part, digest: str) -> None:
         if f.read_text(encoding="utf-8").strip() not in ("", digest):
             which = tag.removeprefix("part-").replace("-of-", "/")
             raise UserError(
-                f"out {out}: sweep part={which} (pid {pid}) is running another grid (tasks, encoders, methods, "
-                "modes, fractions or seeds differ, or their inputs changed since it started: dataset files, an "
-                "encoder folder, a teacher checkpoint): the parts of one sweep share one config; wait for it, or "
-                "use another out"
+                f"out {out}: sweep part={which} (pid {pid}) is running another grid (a setting of the sweep "
+                "differs: tasks, encoders, methods, modes, fractions, seeds or a run setting; or their inputs changed "
+                "since it started: dataset files, an encoder folder, a teacher checkpoint): the parts of one sweep "
+                "share one config; wait for it, or use another out"
             )
 
 

@@ -12,7 +12,8 @@
 #   user cancelled.
 # sonodistill_restarts INFO          the restart count in that output (0 when absent).
 # sonodistill_part                   prints I/N for an array task (I from 0, whatever the range's
-#   first index), nothing for a plain job; fails on an --array list that is not a range.
+#   first index), nothing for a plain job; fails on an --array list that is not a range, or of one task.
+# sonodistill_given_part ARGS...     the part given on the command line (a part rerun as a plain job).
 
 set -u
 PYTHON=${PYTHON:-$REPO/.venv/bin/python}
@@ -20,6 +21,11 @@ EXIT_PREEMPTED=75
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 # the task's CPUs, whatever the submitting shell exported (sbatch passes its environment on)
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}
+# srun takes the job's --cpus-per-task from this since SLURM 22.05 (else each step's task gets one
+# CPU, and binding puts its loader workers and threads on it)
+if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
+  export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK
+fi
 if ! command -v "$PYTHON" >/dev/null; then
   echo "sonodistill: error: no Python at $PYTHON (run \`make venv\` in $REPO, or set PYTHON=/path/to/python)" >&2
   exit 2
@@ -28,11 +34,28 @@ fi
 sonodistill_part() {
   [ -n "${SLURM_ARRAY_TASK_COUNT:-}" ] || return 0
   local first=${SLURM_ARRAY_TASK_MIN:-0} last=${SLURM_ARRAY_TASK_MAX:-0} step=${SLURM_ARRAY_TASK_STEP:-1}
+  if [ "$SLURM_ARRAY_TASK_COUNT" -eq 1 ]; then  # --array=2 again: its N is lost, it would run part 0/1
+    echo "sonodistill: error: sbatch --array=${SLURM_ARRAY_TASK_ID}: a one-task array cannot tell how many parts there are; rerun one part as a plain job with its part on the command line (docs/cluster.md)" >&2
+    return 2
+  fi
   if [ $(((last - first) / step + 1)) -ne "$SLURM_ARRAY_TASK_COUNT" ]; then
     echo "sonodistill: error: sbatch --array: give a range such as --array=0-15 (tasks ${first}..${last} step ${step} are not ${SLURM_ARRAY_TASK_COUNT} parts)" >&2
     return 2
   fi
   echo "$(((SLURM_ARRAY_TASK_ID - first) / step))/${SLURM_ARRAY_TASK_COUNT}"
+}
+
+# sonodistill_given_part ARGS...: the I/N of a `part=I/N`, `--part I/N` or `--part=I/N` among ARGS
+# (a part rerun as a plain job), for the first log line.
+sonodistill_given_part() {
+  local next=""
+  for a in "$@"; do
+    [ -n "$next" ] && { echo "$a"; return 0; }
+    case $a in
+      part=* | --part=*) echo "${a#*=}"; return 0 ;;
+      --part) next=1 ;;
+    esac
+  done
 }
 
 # sonodistill_restarts INFO: the restart count in `scontrol --oneliner show job` output INFO (0 if absent).

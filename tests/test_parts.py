@@ -92,3 +92,44 @@ def test_sbatch_array_task_to_part():
         SLURM_ARRAY_TASK_ID="5", SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_MAX="5", SLURM_ARRAY_TASK_COUNT="3"
     )  # --array=1,2,5
     assert listed.returncode == 2 and "sbatch --array: give a range such as --array=0-15" in listed.stderr
+
+
+def test_a_one_task_array_is_refused_not_run_as_the_whole_sweep():
+    """`sbatch --array=2` to rerun one failed task: SLURM gives it a count of 1, so it would be part 0/1."""
+    env = dict(SLURM_ARRAY_TASK_ID="2", SLURM_ARRAY_TASK_MIN="2", SLURM_ARRAY_TASK_MAX="2", SLURM_ARRAY_TASK_COUNT="1")
+    proc = _part_of_task(**env)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "sbatch --array=2: a one-task array cannot tell how many parts there are" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, shown",
+    [
+        (["--config", "c.yaml", "part=1/4", "out=o"], "1/4"),
+        (["--part", "3/8", "--out", "o"], "3/8"),
+        (["--part=0/2", "src=d"], "0/2"),
+        (["--config", "c.yaml", "out=o"], ""),
+    ],
+)
+def test_the_part_given_on_the_command_line_is_found_for_the_log(args, shown):
+    script = 'source launch/slurm_run.sh && sonodistill_given_part "$@"'
+    proc = subprocess.run(
+        ["bash", "-c", script, "x", *args],
+        cwd=REPO,
+        env={"PATH": os.environ["PATH"], "REPO": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == shown, proc.stderr
+
+
+def test_srun_steps_get_the_jobs_cpus_per_task():
+    """srun stopped reading SLURM_CPUS_PER_TASK in SLURM 22.05: SRUN_CPUS_PER_TASK carries it."""
+    script = 'source launch/slurm_run.sh && echo "${SRUN_CPUS_PER_TASK:-unset}"'
+    env = {"PATH": os.environ["PATH"], "REPO": str(REPO)}
+
+    def run(**extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", script], cwd=REPO, env={**env, **extra}, capture_output=True, text=True)
+
+    assert run(SLURM_CPUS_PER_TASK="8").stdout.strip() == "8"
+    assert run().stdout.strip() == "unset"  # outside SLURM: nothing set

@@ -274,14 +274,45 @@ def test_a_part_of_another_grid_running_in_the_same_out_is_refused(tmp_path):
         with pytest.raises(UserError) as exc:
             planned(out, Part.parse("0/2"), grid_a, grid_a)
         assert str(exc.value) == (
-            f"out {out}: sweep part=1/2 (pid {proc.pid}) is running another grid (tasks, encoders, methods, modes, "
-            "fractions or seeds differ, or their inputs changed since it started: dataset files, an encoder folder, "
-            "a teacher checkpoint): the parts of one sweep share one config; wait for it, or use another out"
+            f"out {out}: sweep part=1/2 (pid {proc.pid}) is running another grid (a setting of the sweep differs: "
+            "tasks, encoders, methods, modes, fractions, seeds or a run setting; or their inputs changed since it "
+            "started: dataset files, an encoder folder, a teacher checkpoint): the parts of one sweep share one "
+            "config; wait for it, or use another out"
         )
         assert not list((out / "parts").glob("plan-*"))
         assert planned(out, Part.parse("0/2"), grid_b, grid_b[1:]) == grid_b[1:]  # the same grid: one plan
     finally:
         proc.kill()
         proc.wait()
-    # the other part has ended: its record is stale, the new grid plans afresh
+    # the other part has ended with cells of its plan left (the config edited while array tasks were
+    # queued): a part of the new grid would slice other cells, and the merge quietly run the rest
+    (plan_b,) = (out / "parts").glob("plan-2-*.json")
+    with pytest.raises(UserError) as exc:
+        planned(out, Part.parse("0/2"), grid_a, grid_a)
+    assert str(exc.value) == (
+        f"out {out}: the parts of another sweep config planned {plan_b.name} and have 3 cell(s) left; the parts of "
+        f"one sweep share one config: run them with the config they started with, or delete {plan_b} to give them up"
+    )
+    # once those cells are done (or the plan deleted), the new grid plans afresh
+    (out / "results.part-1-of-2.jsonl").write_text("".join(json.dumps({"key": k}) + "\n" for k in grid_b[1:]))
     assert planned(out, Part.parse("0/2"), grid_a, grid_a) == grid_a
+
+
+def test_an_empty_part_is_refused_and_the_merge_says_it_runs_what_the_parts_left(busi_dir, tmp_path, caplog):
+    """`part=$I/$N` with the variables unset is `part=`: an error, not the whole sweep in every task. The
+    merge after parts that left cells runs them in one process, and says so."""
+    out = tmp_path / "sweep"
+    args = parts_args(busi_dir, out)
+    proc = subprocess.run(
+        [sys.executable, "-m", "downstream.sweep", *args, "part="], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: part: expected I/N with 0 <= I < N (the I-th of N parts, from 0), got ''"
+    ]
+    assert not out.exists()
+    cfg = load_config(SweepConfig, None, args)
+    plan = plan_cells(cfg, parse_grid(cfg))
+    assert len(cells_to_run(out, plan, Part(0, 2))) == 2  # part 0 planned, then never ran
+    with caplog.at_level(logging.WARNING, logger="downstream.sweep"):
+        assert run_sweep(cfg, max_cells=0)["remaining"] == 4
+    assert "sweep: the parts left 4 cell(s) to do; running them here, in this one process" in caplog.text
