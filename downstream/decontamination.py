@@ -2,10 +2,12 @@
 
 An encoder exported by ``pretrain.export`` carries, in its ``config.json``, the exclusion sets its
 shards were built against (``sonodistill.data.exclusions``: name, image count, content hash, and
-for a ``splits.json`` set each part's own hash). A task's test split has a hash computed the same
-way (:func:`shards.exclusions.content_hash` over the SHA-1s of its image files), so the check is
-one comparison: the split is covered when a set, or one part of it, has that hash. Names and paths
-play no part: a copied or renamed dataset hashes the same.
+for a ``splits.json`` set each part's own hash, and each image's SHA-1 cut short). A task's test
+split has a hash computed the same way (:func:`shards.exclusions.content_hash` over the SHA-1s of
+its image files): the split is covered when a set, or one part of it, has that hash, or when every
+test image is among the sets' images (a set larger than the split: the whole dataset folder, a
+folder of several datasets' test images). Names and paths play no part: a copied or renamed
+dataset hashes the same.
 
 A :class:`Check` is one of ``checked``, ``untrained`` (random init: it has seen no data) or
 ``unchecked`` with the reason: ``no provenance`` (ImageNet timm weights, DINOv3, a folder not
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from downstream.data.record import Catalog
-from shards.exclusions import content_hash, file_sha1
+from shards.exclusions import content_hash, file_sha1, image_digests
 from sonodistill.errors import UserError
 from sonodistill.hub import cached_file
 
@@ -42,14 +44,13 @@ class Check:
         return asdict(self)
 
 
-def split_hash(catalog: Catalog, test_ids: list[str]) -> str | None:
-    """The content hash of the test images (as an exclusion set of them has); None when an image
-    is not a file (a Hub dataset)."""
+def split_digests(catalog: Catalog, test_ids: list[str]) -> list[str] | None:
+    """The SHA-1s of the test images' files; None when an image is not a file (a Hub dataset)."""
     index = catalog.by_id()
     paths = [index[i].image for i in test_ids]
     if not all(isinstance(p, str) for p in paths):
         return None
-    return content_hash([file_sha1(Path(p)) for p in paths])
+    return [file_sha1(Path(p)) for p in paths]
 
 
 def _export_config(spec: str) -> dict[str, Any] | None:
@@ -79,9 +80,10 @@ def encoder_exclusions(spec: str) -> list[dict[str, Any]] | None:
     return data.get("exclusions") or []
 
 
-def check_encoder(spec: str, test_hash: str | None) -> Check:
-    """Compare an encoder's exclusion sets with the test split's hash."""
+def check_encoder(spec: str, test_digests: list[str] | None) -> Check:
+    """Compare an encoder's exclusion sets with the test split (its images' SHA-1s)."""
     spec = spec.strip()
+    test_hash = None if test_digests is None else content_hash(test_digests)
     if spec == "rand" or spec.startswith("rand:"):
         return Check("untrained", test_hash=test_hash)
     sets = encoder_exclusions(spec)
@@ -91,12 +93,16 @@ def check_encoder(spec: str, test_hash: str | None) -> Check:
     if not sets:
         why = "its corpus was built without --exclude, so its pretraining images"
         return Check("unchecked", "no exclusion set", f"{why} were not checked against this test split", test_hash)
-    if test_hash is None:
+    if test_digests is None or test_hash is None:
         why = "this test split's images are not files, so no exclusion set can name them"
         return Check("unchecked", "no image files", why, test_hash)
     for x in sets:
         if test_hash == x.get("content_hash") or test_hash in (x.get("part_hashes") or {}).values():
             return Check("checked", test_hash=test_hash, matched_set=x["name"])
+    wanted = set(image_digests(test_digests))
+    covering = [x for x in sets if wanted & set(x.get("image_digests") or ())]
+    if wanted and covering and wanted <= {d for x in covering for d in x["image_digests"]}:
+        return Check("checked", test_hash=test_hash, matched_set="+".join(x["name"] for x in covering))
     names = ", ".join(x["name"] for x in sets)
     detail = f"its corpus was built against other images ({names}), not this test split (sha1 {test_hash[:12]})"
     return Check("unchecked", "set differs", detail, test_hash)

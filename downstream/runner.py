@@ -26,7 +26,7 @@ from downstream.data.inputs import Inputs
 from downstream.data.record import Catalog
 from downstream.data.torchset import ImageSet
 from downstream.data.transforms import GeometricAugment
-from downstream.decontamination import Check, check_encoder, enforce, split_hash
+from downstream.decontamination import Check, check_encoder, enforce, split_digests
 from downstream.edge.profile import LatencyCache, profile
 from downstream.edge.score import classification_deployment, segmentation_deployment
 from downstream.encoders import Encoder, check_spec, deployable_spec, load_encoder, spec_label
@@ -198,7 +198,7 @@ def prepare(cfg: RunConfig) -> tuple[Catalog, Splits, list[str]]:
 def encoder_check(spec: str, task: str, strict: bool, catalog: Catalog, splits: Splits) -> Check:
     """Whether encoder ``spec``'s corpus was built against ``task``'s test split (a cell's encoder or
     the encoder a KD recipe's teacher is built from); refused when ``strict``."""
-    check = check_encoder(spec, split_hash(catalog, splits.test))
+    check = check_encoder(spec, split_digests(catalog, splits.test))
     enforce(check, spec, task, strict)
     said = f"encoder '{spec_label(spec)}' on {task}: {check.reason}: {check.detail}"
     if check.status == "unchecked" and said not in _WARNED:  # once per process: a sweep has many cells of it

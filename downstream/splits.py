@@ -21,6 +21,7 @@ class keeps ``max(1, round(f * n_class))`` images (at least one example per clas
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections import Counter
@@ -31,10 +32,13 @@ from typing import Literal
 
 import numpy as np
 
+from downstream.data.grouping import numbered_runs
 from downstream.data.record import Catalog
 from downstream.groups import DuplicateGroup, duplicate_groups, roots
 from sonodistill.atomic import json_text, write_once
 from sonodistill.errors import UserError
+
+log = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
 RARE_CLASS = 5  # images: a class with fewer is placed first, so that training gets its first images
@@ -248,9 +252,26 @@ def make_splits(
                 f"'{name}' split with ratios {list(ratios)}"
             )
     grouping = _grouping(groups, units, left_out) if groups is not None else {}
+    _warn_numbered_runs_split(catalog, recs, assigned)
     return Splits(
         *ids, seed=seed, ratios=[float(x) for x in ratios], dataset=catalog.name, left_out=left_out, grouping=grouping
     )
+
+
+def _warn_numbered_runs_split(catalog: Catalog, recs: list, assigned: list[list[int]]) -> None:
+    """Say when images without a group id whose names look like one clip's frames (``clip7_0012``)
+    fell into several parts: the copy matcher joins some frames of a clip, never all of them."""
+    free = [i for i, r in enumerate(recs) if r.group is None]
+    part_of = {i: p for p, members in enumerate(assigned) for i in members}
+    runs = numbered_runs([recs[i].id for i in free], list(catalog.classes))
+    split = {name: m for name, m in runs.items() if len({part_of[free[k]] for k in m}) > 1}
+    if split:
+        name, members = max(split.items(), key=lambda kv: len(kv[1]))
+        log.warning(
+            f"{catalog.root}: the images of {len(split)} of {len(runs)} file-name runs ('{name}...', {len(members)} "
+            "images) are in more than one of train/val/test; if each run is the frames of one clip, set "
+            r"reader.group_pattern='^(.*?)[_-]?\d+$' to keep a clip in one part"
+        )
 
 
 def check_splits(splits: Splits, catalog: Catalog, where: str, groups: Sequence[DuplicateGroup] = ()) -> None:

@@ -13,7 +13,10 @@ optionally prefixed by ``NAME=`` to name it (default: the dataset and parts, ``b
 the folder's name). A set is identified by its images' content: ``content_hash`` is the SHA-1 over
 the sorted SHA-1s of the image files, so renaming or moving them changes nothing, and any changed,
 added or removed image makes another set (and so another build: the set is part of the build
-identity). :func:`build_index` turns the sets into one :class:`shards.copyindex.CopyIndex`.
+identity). The manifest also lists each image's SHA-1, cut to ``DIGEST_CHARS`` hex digits
+(``image_digests``), so a reader can tell that a test split lies inside a larger set (the whole
+dataset folder) without the set's files. :func:`build_index` turns the sets into one
+:class:`shards.copyindex.CopyIndex`.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 PARTS = ("train", "val", "test")
 DEFAULT_PARTS = ("test", "val")
+DIGEST_CHARS = 16  # 64 bits of an image's SHA-1: a stray match among 10^5 images is below 10^-9
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class ExclusionSet:
     parts: tuple[str, ...]  # splits.json parts; () for a folder
     content_hash: str
     part_hashes: tuple[tuple[str, str], ...] = ()  # (part, content hash of its images alone), splits.json only
+    digests: tuple[str, ...] = ()  # each image file's SHA-1, sorted
 
     def identity(self) -> dict:
         """What makes the set (and the matching) part of a build's identity."""
@@ -70,10 +75,23 @@ class ExclusionSet:
         """The set as the manifest lists it. ``part_hashes`` lets a reader check one part (a task's
         test split: ``load_exclusion("splits.json:test").content_hash``) against a set of several."""
         extra = {"part_hashes": dict(self.part_hashes)} if self.part_hashes else {}
-        return {**self.identity(), **extra, "spec": self.spec, "root": str(self.root), "frames_removed": removed}
+        digests = {"image_digests": image_digests(self.digests)}
+        return {
+            **self.identity(),
+            **extra,
+            **digests,
+            "spec": self.spec,
+            "root": str(self.root),
+            "frames_removed": removed,
+        }
 
 
-PUBLIC_KEYS = ("name", "images", "content_hash", "parts", "part_hashes", "matcher", "frames_removed")
+PUBLIC_KEYS = ("name", "images", "content_hash", "parts", "part_hashes", "image_digests", "matcher", "frames_removed")
+
+
+def image_digests(sha1s: Sequence[str]) -> list[str]:
+    """The images' SHA-1s as a set records them: cut to ``DIGEST_CHARS`` digits, sorted, once each."""
+    return sorted({d[:DIGEST_CHARS] for d in sha1s})
 
 
 def public_record(record: dict) -> dict:
@@ -139,6 +157,11 @@ def _from_splits(
     if not isinstance(data, dict) or not all(isinstance(data.get(p), list) for p in PARTS):
         raise UserError(f"{flag} {spec}: {path} is not a splits.json (expected train/val/test id lists)")
     if not isinstance(data.get("root"), str) or not isinstance(data.get("images"), dict):
+        if not any(k in data for k in ("counts", "ratios", "dataset")):  # ours always held these
+            raise UserError(
+                f"{flag} {spec}: {path} is not a splits.json of a downstream run (no 'root' and 'images' naming "
+                "the files); write one with `python -m downstream.sweep ... --splits-only`, or give a folder of images"
+            )
         raise UserError(
             f"{flag} {spec}: {path} does not name its images' files (made before splits.json recorded "
             "'root' and 'images'); delete it and let the downstream run write it again"
@@ -247,7 +270,8 @@ def load_exclusion(spec: str, flag: str = "--exclude") -> ExclusionSet:
     digests = {rel: file_sha1(root / rel) for rel in images}
     parts = tuple(p for p in by_part if p)
     part_hashes = tuple((p, content_hash([digests[r] for r in by_part[p]])) for p in parts)
-    return ExclusionSet(name or label, spec, root, images, parts, content_hash(list(digests.values())), part_hashes)
+    whole = content_hash(list(digests.values()))
+    return ExclusionSet(name or label, spec, root, images, parts, whole, part_hashes, tuple(sorted(digests.values())))
 
 
 def load_exclusions(specs: list[str], flags: Sequence[str] = (), flag: str = "--exclude") -> list[ExclusionSet]:

@@ -16,14 +16,14 @@ from test_downstream_models import save_encoder
 from downstream import run as run_cli
 from downstream import sweep as sweep_cli
 from downstream.config import RunConfig
-from downstream.decontamination import check_encoder, split_hash
+from downstream.decontamination import check_encoder, split_digests
 from downstream.runner import encoder_check, prepare
 from downstream.splits import SplitConfig
 from downstream.sweep import SweepConfig, run_sweep
 from pretrain.export import export
 from pretrain.trainer import _manifest_summary, train
 from shards.build import BuildSettings, build_shards
-from shards.exclusions import load_exclusion, load_exclusions
+from shards.exclusions import content_hash, image_digests, load_exclusion, load_exclusions, public_record
 from sonodistill.config import load_config
 from sonodistill.errors import UserError
 from sonodistill.provenance import local_paths
@@ -61,6 +61,7 @@ def test_export_writes_the_exclusion_sets_into_config_and_card(world):
     assert x["name"] == "busi:test" and x["images"] == len(test_set.images)
     assert x["content_hash"] == test_set.content_hash and x["part_hashes"] == {"test": test_set.content_hash}
     assert x["frames_removed"] == 0 and "root" not in x and "spec" not in x  # no local path
+    assert x["image_digests"] == image_digests(test_set.digests) and len(x["image_digests"][0]) == 16
     assert config["sonodistill"]["data"]["sources"]  # sources and counts
     card = (world["export"] / "README.md").read_text()
     assert "### Evaluation sets kept out" in card and f"| busi:test | {len(test_set.images)} |" in card
@@ -76,25 +77,52 @@ def test_a_corpus_without_exclude_records_no_set_and_the_card_says_so(shard_dir,
     assert _manifest_summary(str(shard_dir), manifest)["exclusions"] == []
 
 
-def test_check_compares_the_test_split_hash(world, busi_dir, tmp_path):
+def test_check_compares_the_test_split_digests(world, busi_dir, tmp_path):
     rc = _busi_run(busi_dir, world["splits"])
     catalog, splits, _ = prepare(rc)
-    h = split_hash(catalog, splits.test)
-    assert h == load_exclusion(f"{world['splits']}:test").content_hash  # hashed as the exclusion set is
+    h = split_digests(catalog, splits.test)
+    assert content_hash(h) == load_exclusion(f"{world['splits']}:test").content_hash  # as the exclusion set is
     checked = check_encoder(str(world["export"]), h)
     assert checked.status == "checked" and checked.matched_set == "busi:test"
     assert check_encoder(f"local-dir:{world['export']}", h).status == "checked"
     assert check_encoder("rand", h).status == "untrained"
     assert check_encoder("timm:resnet50", h).reason == "no provenance"
     assert check_encoder(str(save_encoder(tmp_path / "plain", "resnet18")), h).reason == "no provenance"
-    val_hash = split_hash(catalog, splits.val)
-    assert val_hash != h and check_encoder(str(world["export"]), val_hash).reason == "set differs"
+    val = split_digests(catalog, splits.val)
+    assert val != h and check_encoder(str(world["export"]), val).reason == "set differs"
     noset = tmp_path / "noset"
     shutil.copytree(world["export"], noset)
     config = json.loads((noset / "config.json").read_text())
     config["sonodistill"]["data"]["exclusions"] = []  # what a corpus built without --exclude exports
     (noset / "config.json").write_text(json.dumps(config))
     assert check_encoder(str(noset), h).reason == "no exclusion set"
+
+
+def test_a_set_holding_the_test_split_among_more_images_checks_it(world, busi_dir, tmp_path):
+    """Excluding the whole dataset folder (or a folder of several datasets' test images) is the safest
+    choice: a test split whose every image is in the sets counts as checked, one image short does not."""
+    catalog, splits, _ = prepare(_busi_run(busi_dir, world["splits"]))
+    h = split_digests(catalog, splits.test)
+
+    def encoder(name: str, *sets) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        records = [public_record(x.record(0)) for x in sets]
+        (folder / "config.json").write_text(json.dumps({"sonodistill": {"data": {"exclusions": records}}}))
+        return str(folder)
+
+    whole = load_exclusion(str(busi_dir))  # every image of the dataset, masks too
+    assert whole.content_hash != content_hash(h) and len(whole.images) > len(h)
+    check = check_encoder(encoder("whole", whole), h)
+    assert check.status == "checked" and check.matched_set == busi_dir.name
+    index = catalog.by_id()
+    some, rest = tmp_path / "some", tmp_path / "rest"  # the test images in two folders: two sets together
+    for k, i in enumerate(splits.test):
+        (some if k % 2 else rest).mkdir(exist_ok=True)
+        shutil.copyfile(index[i].image, (some if k % 2 else rest) / f"{k}{Path(index[i].image).suffix}")
+    both = check_encoder(encoder("both", load_exclusion(f"a={some}"), load_exclusion(f"b={rest}")), h)
+    assert both.status == "checked" and both.matched_set == "a+b"
+    assert check_encoder(encoder("half", load_exclusion(f"a={some}")), h).reason == "set differs"
 
 
 def test_a_hub_encoder_with_a_revision_is_checked_from_the_local_cache(world, busi_dir, tmp_path, monkeypatch):
@@ -109,7 +137,7 @@ def test_a_hub_encoder_with_a_revision_is_checked_from_the_local_cache(world, bu
     shutil.copy(world["export"] / "config.json", snapshot / "config.json")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     catalog, splits, _ = prepare(_busi_run(busi_dir, world["splits"]))
-    h = split_hash(catalog, splits.test)
+    h = split_digests(catalog, splits.test)
     assert check_encoder("hf-hub:lab/us", h).status == check_encoder("hf-hub:lab/us@main", h).status == "checked"
     assert check_encoder("hf-hub:lab/us@v2", h).reason == "no provenance"  # a revision not in the cache
     assert check_encoder("hf-hub:not a repo id!", h).reason == "no provenance"

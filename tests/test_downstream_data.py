@@ -497,3 +497,37 @@ def test_a_dataset_dict_keeps_its_own_test_split(tmp_path):
     assert read_catalog(str(tmp_path / "one"), "cls").test_ids == []
     with pytest.raises(UserError, match=rf"^hf:{saved}: a folder written by save_to_disk; give it without 'hf:'"):
         read_hub(f"hf:{saved}")
+
+
+def test_frames_of_clips_spread_over_the_parts_are_named(caplog):
+    """Class folders of frames named <clip>_<n> have no group ids: the split spreads a clip's frames
+    over the parts (the copy matcher joins some, never all); a warning names the runs and the pattern."""
+    from downstream.data.grouping import GroupRule, numbered_runs
+
+    clips = [f"clip{c}" for c in range(6)]
+    ids = [f"{'ab'[c % 2]}/{name}_{f:04d}.png" for c, name in enumerate(clips) for f in range(0, 40, 4)]
+    recs = [Record(id=i, image=f"/x/{i}", label="ab".index(i[0])) for i in ids]
+    cat = Catalog("t", "/x", recs, ["a", "b"])
+    with caplog.at_level("WARNING", logger="downstream.splits"):
+        make_splits(cat, (0.7, 0.15, 0.15), seed=0)
+    assert "/x: the images of 6 of 6 file-name runs ('clip" in caplog.text
+    assert r"reader.group_pattern='^(.*?)[_-]?\d+$' to keep a clip in one part" in caplog.text
+    # the pattern the warning gives groups each clip: one part per clip, and nothing said
+    rule = GroupRule(r"^(.*?)[_-]?\d+$", paired=False)
+    grouped = Catalog(
+        "t", "/x", [Record(r.id, r.image, label=r.label, group=rule.group(r.id[2:-4])) for r in recs], cat.classes
+    )
+    assert {r.group for r in grouped.records} == set(clips)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="downstream.splits"):
+        splits = make_splits(grouped, (0.7, 0.15, 0.15), seed=0)
+    assert not caplog.text
+    assert all(len({p for p in ("train", "val", "test") for i in splits.part(p) if c in i}) == 1 for c in clips)
+    # not clips: BUSI's bracketed counter, one name with a counter, a class's name
+    assert numbered_runs(["benign/benign (1).png", "benign/benign (2).png", "m/malignant (1).png"], []) == {}
+    assert numbered_runs(["a/IM_0001.png", "a/IM_0002.png", "b/IM_0003.png"], ["a", "b"]) == {}
+    assert (
+        numbered_runs(["benign/benign_1.png", "benign/benign_2.png", "x/x_1.png", "x/x_2.png"], ["benign", "x"]) == {}
+    )
+    assert numbered_runs(["p/case3-45.png", "p/case3-46.png", "p/case4-1.png", "p/case4-2.png"], []) == {
+        "case3": [0, 1], "case4": [2, 3]}  # fmt: skip

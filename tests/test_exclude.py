@@ -176,6 +176,10 @@ def test_a_splits_file_names_its_test_and_val_images(busi_dir, tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match="does not name its images' files"):
         load_exclusion(str(tmp_path / "old.json"))
+    (tmp_path / "other.json").write_text(json.dumps({"train": [1], "val": [2], "test": [3]}))  # another tool's
+    with pytest.raises(UserError) as exc:
+        load_exclusion(str(tmp_path / "other.json"))
+    assert "other.json is not a splits.json of a downstream run (no 'root' and 'images'" in str(exc.value)
 
 
 def test_catalogue_exclude_key(planted, tmp_path):

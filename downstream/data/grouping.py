@@ -68,3 +68,22 @@ class GroupRule:
                 where,
                 len(self.folders),
             )
+
+
+# a name, then a frame number: clip7_0012, case-3-frame-45 (not benign (12): BUSI's counter is in brackets)
+NUMBERED = re.compile(r"^(.+?)(?:[_\-. ]+|(?<=[^\d_\-. ]))\d+$")
+
+
+def numbered_runs(ids: list[str], classes: list[str]) -> dict[str, list[int]]:
+    """Positions of the images whose file names share a name before a trailing number (the frames of
+    a clip exported as ``clip7_0012.png``), one list per name held by two images or more. Empty when
+    fewer than two names repeat: one name with a counter (``IM_0001``) is a numbering, not clips;
+    a class's name (``benign_3``) is no clip either."""
+    skip = {c.lower() for c in classes}
+    runs: dict[str, list[int]] = {}
+    for k, rel in enumerate(ids):
+        m = NUMBERED.match(rel.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+        if m and m.group(1).lower() not in skip:
+            runs.setdefault(m.group(1), []).append(k)
+    runs = {name: members for name, members in runs.items() if len(members) > 1}
+    return runs if len(runs) > 1 else {}
