@@ -38,7 +38,7 @@ from sonodistill.atomic import atomic_dir, scratch_dir
 from sonodistill.cli_parser import CommandParser
 from sonodistill.errors import UserError, cli_main
 from sonodistill.outdir import MODEL, make_folder, owner
-from sonodistill.provenance import local_paths, public_model_name, repo_id_problem
+from sonodistill.provenance import local_paths, public_model_name, repo_id_problem, url_secrets
 from sonodistill.stop import Stopped
 
 log = logging.getLogger(__name__)
@@ -229,9 +229,15 @@ def check_public(folder: Path, files: Sequence[str]) -> None:
     guards hand edits and older exports)."""
     for name in files:
         if name.endswith((".md", ".json")):
-            found = local_paths((folder / name).read_text(encoding="utf-8", errors="replace"), [folder])
+            text = (folder / name).read_text(encoding="utf-8", errors="replace")
+            found = local_paths(text, [folder])
             if found:
                 raise UserError(f"{folder / name}: names the local path {found[0]}; remove it before publishing")
+            secret = url_secrets(text)
+            if secret:
+                raise UserError(
+                    f"{folder / name}: names a URL with credentials ({secret[0][:60]}); remove it before publishing"
+                )
 
 
 def check_repo_id(repo_id: str) -> None:

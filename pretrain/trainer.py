@@ -35,7 +35,7 @@ from pretrain.config import PretrainConfig
 from pretrain.metrics import MetricsLog, plot_loss_curve
 from pretrain.step import distill_loss, make_view
 from pretrain.student import Student, build_student
-from shards.stream import decode_on_device
+from shards.stream import decode_on_device, skipped_counts
 from sonodistill.config import save_config, to_dict
 from sonodistill.dinov3 import DINOv3
 from sonodistill.errors import UserError
@@ -44,7 +44,7 @@ from sonodistill.logs import progress
 from sonodistill.optim import build_optimizer, build_scheduler, configured_hyperparameters, keep_configured
 from sonodistill.outdir import claim
 from sonodistill.precision import frozen_dtype, resolve_mixed_precision
-from sonodistill.stop import EXIT_PREEMPTED, StopRequest
+from sonodistill.stop import EXIT_PREEMPTED, Stopped, StopRequest
 from sonodistill.workers import loader_workers
 from sonodistill.world import launch_state, use_cpu
 
@@ -209,13 +209,13 @@ def _open_loader(cfg: PretrainConfig, rank: int, world: int, pin: bool, seed: in
             f"(build them with `python -m shards.build --encoding {d.encoding}`, or set data.encoding={found}"
             " / data.encoding=any; docs/data.md#shard-encodings compares the encodings)"
         )
-    _check_shard_size(cfg, loader.manifest)
+    _check_shard_size(cfg, loader.image_size)
     return loader
 
 
-def _check_shard_size(cfg: PretrainConfig, manifest: dict | None) -> None:
-    """Refuse to upsample every image: shards built smaller than the views the networks see."""
-    size = ((manifest or {}).get("settings") or {}).get("size")
+def _check_shard_size(cfg: PretrainConfig, size: int | None) -> None:
+    """Refuse to upsample every image: shards built smaller than the views the networks see. ``size``:
+    the manifest's, a local shard list's first image's, or (a remote list) the first batch's."""
     if size and int(size) < cfg.image_size and not cfg.data.allow_upsample:
         raise UserError(
             f"image_size: {cfg.image_size} px is larger than the {size} px of the shards in '{cfg.data.shards}': "
@@ -247,6 +247,16 @@ def _manifest_summary(shards: str, manifest: dict | None) -> dict[str, Any]:
     # a manifest without the field was built before --exclude existed: no set kept out
     excluded = {"exclusions": [public_record(x) for x in manifest.get("exclusions", [])]}
     return {k: manifest[k] for k in keep if k in manifest} | named | excluded
+
+
+def _size_checked(batches: Iterator[dict], cfg: PretrainConfig) -> Iterator[dict]:
+    """The batches, the first one's image size checked (:func:`_check_shard_size`): a remote shard
+    list without a manifest tells its size only there."""
+    first = next(batches)
+    if "image" in first:
+        _check_shard_size(cfg, int(first["image"].shape[-1]))
+    yield first
+    yield from batches
 
 
 def _rng_neutral(batches: Iterator[dict]) -> Iterator[dict]:
@@ -603,9 +613,10 @@ def _log_interval(
     s: Session, metrics: MetricsLog, first: int, losses: list, gnorms: list, lrs: list, img_s: float
 ) -> None:
     """One metrics row per finite step of the interval; the interval's rate and counters on its last row."""
-    skipped = sum((s.loader.skipped or {}).values())  # corrupt samples so far (host counter)
+    shards, samples = skipped_counts(s.loader.skipped or {})  # skipped so far (host counters)
     for i, (lv, gv, lr) in enumerate(zip(losses, gnorms, lrs)):
-        extra = {"images_per_s": img_s, "skipped_samples": skipped} if i == len(losses) - 1 else {}
+        last = i == len(losses) - 1
+        extra = {"images_per_s": img_s, "skipped_samples": samples, "skipped_shards": shards} if last else {}
         if extra and s.device.type == "cuda":  # the allocator's peak so far: a host counter, no sync
             extra["gpu_memory_gib"] = torch.cuda.max_memory_allocated(s.device) / 2**30
         if math.isfinite(lv):
@@ -648,12 +659,16 @@ def loop(
     max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
     s.model.train()
     try:
-        data_iter = _rng_neutral(iter(s.loader))
+        sized = getattr(s.loader, "image_size", None) is not None
+        data_iter = _rng_neutral(iter(s.loader) if sized else _size_checked(iter(s.loader), cfg))
         t_interval = time.perf_counter()
         while step < s.max_steps:
             loss_acc = torch.zeros((), device=device)
-            for _ in range(s.accum):
-                batch = next(data_iter)
+            for k in range(s.accum):
+                try:
+                    batch = next(data_iter)
+                except Stopped:  # the store stalls: no batch reaches the next check, keep what is done
+                    return _stopped_waiting(s, step, last_ckpt, base_meta, whole_step=k == 0, keys_fh=keys_fh)
                 if keys_fh is not None:
                     keys_fh.write(json.dumps({"step": step + 1, "keys": list(batch["key"])}) + "\n")
                 loss_acc += backward_view(s, make_view(batch_images(batch, device), s.augment, s.teacher))
@@ -700,6 +715,21 @@ def loop(
     return Outcome(step, preempted, last_ckpt)
 
 
+def _stopped_waiting(
+    s: Session, step: int, last_ckpt: Path | None, base_meta: dict, whole_step: bool, keys_fh
+) -> Outcome:
+    """A stop signal while the loader waited on a stalled store: a checkpoint of the last finished
+    step when it is exact (one process, no micro-batch of the next step taken: the loader's
+    position is that step's end); else the last checkpoint stays. Exit 75 either way."""
+    newer = last_ckpt is None or int(read_meta(last_ckpt)["step"]) < step
+    if whole_step and s.accelerator.num_processes == 1 and newer:
+        if keys_fh is not None:
+            keys_fh.flush()
+            os.fsync(keys_fh.fileno())
+        last_ckpt = _checkpoint(s, step, base_meta)
+    return Outcome(step, True, last_ckpt)
+
+
 def teardown(s: Session, outcome: Outcome | None, stop: StopRequest) -> None:
     """Loss curve, skipped-sample and preemption messages; every rank waits, then the group ends."""
     if s.is_main:
@@ -710,7 +740,11 @@ def teardown(s: Session, outcome: Outcome | None, stop: StopRequest) -> None:
         )
         skipped = getattr(s.loader, "skipped", {}) or {}
         if any(skipped.values()):
-            log.warning(f"skipped corrupt samples: {dict(skipped)}")
+            shards, samples = skipped_counts(skipped)
+            log.warning(
+                f"skipped while reading the shards in this run (resumes included): {shards} shard read(s) and "
+                f"{samples} sample(s) ({', '.join(f'{k} {n}' for k, n in sorted(skipped.items()) if n)})"
+            )
         if outcome is not None and outcome.preempted:
             by = stop.received or "a signal to another rank"
             log.warning(

@@ -10,6 +10,7 @@ are known for object storage too.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def resolve_shards(spec: str | Path | Sequence[str]) -> tuple[list[str], dict | 
             raise UserError("shards: empty shard list")
         return urls, None
     spec = str(spec)
+    if "{" not in spec and re.search(r",\s*\[?'?\"?[a-z][a-z0-9+.-]*://", spec):  # url1,url2 or [url1, url2]
+        raise UserError(f"shards {spec[:120]}: a list of URLs; {ONE_SET}")
     if remote.is_remote(spec) and "{" not in spec and not spec.endswith(".tar"):
         manifest = read_remote_manifest(spec)
         root = spec.rstrip("/")

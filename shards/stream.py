@@ -57,11 +57,14 @@ from shards.read_guard import MAX_SKIPPED_SHARE, STALL_TIMEOUT_S, ReadGuard
 from shards.shardfile import NPY_CODE as _NPY_CODE
 from shards.shardfile import IndexCache, Shard, ShardUnreadable, open_shard
 from sonodistill.errors import UserError
-from sonodistill.stop import ignore_stop_signals, worker_context
+from sonodistill.stop import Stopped, ignore_stop_signals, stop_requested, worker_context
 
 log = logging.getLogger(__name__)
 
 MODES = ("epoch", "loop", "resampled")
+# skip counters of ShardLoader.skipped that count shards; every other key counts samples
+SHARD_SKIPS = ("unreadable_shard", "bad_shard", "shard_mismatch")
+STALL_POLL_S = 2.0  # a loader waiting on a stalled store looks for a stop request this often
 STATE_VERSION = 2
 # Images per DataLoader item (several batches travel together when batches are smaller; see _Item).
 ITEM_IMAGES = {"raw": 512, "decoded": 256}
@@ -542,6 +545,12 @@ class _Item:
         return out
 
 
+def skipped_counts(skipped: dict[str, int]) -> tuple[int, int]:
+    """(shards, samples) of a :attr:`ShardLoader.skipped` dict: its keys count one or the other."""
+    shards = sum(n for k, n in skipped.items() if k in SHARD_SKIPS)
+    return shards, sum(skipped.values()) - shards
+
+
 def decode_on_device(batch: dict, device: str | torch.device) -> torch.Tensor:
     """uint8 ``[B,1,H,W]`` on ``device`` from a ``decode="device"`` batch (nvJPEG on CUDA devices)."""
     flat, offs = batch["jpeg"], batch["jpeg_offsets"].tolist()
@@ -550,21 +559,34 @@ def decode_on_device(batch: dict, device: str | torch.device) -> torch.Tensor:
 
 
 def _no_hang(loader: DataLoader, seconds: float, urls: list[str]) -> Iterator[dict]:
-    """The loader's items; a worker that hands over nothing for ``seconds`` ends the run in one line."""
+    """The loader's items; a worker that hands over nothing for ``seconds`` ends the run in one line.
+
+    The loader waits in slices of ``loader.timeout`` (:data:`STALL_POLL_S`): a stop signal that comes
+    while a store stalls raises :class:`sonodistill.stop.Stopped` at once, so the command keeps its
+    work and exits 75 within a launcher's grace time instead of failing after ``seconds``."""
     it = iter(loader)
+    waited = 0.0
     while True:
         try:
-            yield next(it)
+            item = next(it)
         except StopIteration:
             return
         except RuntimeError as exc:
             if "timed out" not in str(exc):
                 raise
+            waited += loader.timeout
+            received = stop_requested()
+            if received:
+                raise Stopped(f"{received} received while waiting {waited:.0f} s for a batch") from None
+            if waited < seconds:
+                continue  # the same iterator goes on waiting: nothing of it was lost
             where = f"{len(urls)} shards (the first {urls[0]})" if len(urls) > 1 else urls[0]
             raise UserError(
                 f"data.shards: no batch from the shard readers for {seconds:.0f} s (data.stall_timeout_s; a store "
                 f"that stopped answering?), reading {where}"
             ) from None
+        waited = 0.0
+        yield item
 
 
 class ShardLoader:
@@ -614,7 +636,7 @@ class ShardLoader:
         )
         if decode not in DECODE:
             raise UserError(f"shard loader decode '{decode}': expected one of {', '.join(DECODE)}")
-        self.urls, self.manifest, missing = _resolve(shards)
+        self.urls, self.manifest, missing = _resolve(shards, max_skipped_share)
         self.encoding = encoding_of(self.manifest)
         if decode == "device" and self.encoding not in (None, "jpeg"):
             raise UserError(
@@ -747,7 +769,8 @@ class ShardLoader:
         kwargs: dict[str, Any] = {"multiprocessing_context": worker_context()} if self.num_workers > 0 else {}
         if self.num_workers > 0:
             # timeout: a worker blocked inside a read (a server that accepts and then says nothing)
-            kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False, timeout=self.stall_timeout_s)
+            poll = min(self.stall_timeout_s, STALL_POLL_S)
+            kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False, timeout=poll)
         loader = DataLoader(
             ds,
             batch_size=None,
@@ -838,13 +861,20 @@ class ShardLoader:
         self._pass_done = bool(state.get("pass_done", False))
 
 
-def _resolve(shards: str | Path | Sequence[str]) -> tuple[list[str], dict | None, list[str]]:
+def _resolve(shards: str | Path | Sequence[str], max_share: float = 1.0) -> tuple[list[str], dict | None, list[str]]:
     """(shard URLs, manifest, listed shards not found): a list or pattern without a manifest loses
-    its missing shards before the deal, each warned about once."""
+    its missing shards before the deal, each warned about once; more of them than ``max_share`` of
+    the list (a pattern's typo, a range past the last shard) is an error, as lost samples are."""
     urls, manifest = resolve_shards(shards)
     if manifest is not None:
         return urls, manifest, []
+    listed = len(urls)
     urls, missing = present_shards(urls, "data.shards")
+    if urls and len(missing) > max_share * listed:
+        raise UserError(
+            f"data.shards: {len(missing)} of {listed} listed shards ({len(missing) / listed:.0%}) not found, more "
+            f"than data.max_skipped_share={max_share:g}; e.g. {missing[0]} (check the list or its brace range)"
+        )
     for url in missing[:3]:
         log.warning(f"{url}: shard skipped, not found")
     if len(missing) > 3:

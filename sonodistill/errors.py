@@ -20,6 +20,7 @@ F = TypeVar("F", bound=Callable[..., object])
 
 EXIT_USER_ERROR = 2
 EXIT_STORAGE = 74  # sysexits.h EX_IOERR
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 # A full disk, a quota, a read-only or forbidden folder, a file where a folder should be, a name too long:
 # the machine's state or a path to fix, told in one line.
 STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENAMETOOLONG)
@@ -59,6 +60,10 @@ def cli_main(fn: F) -> F:
             if is_main_rank():
                 print(f"stopped: {' '.join(str(exc).split())}", file=sys.stderr)
             sys.exit(EXIT_PREEMPTED)
+        except KeyboardInterrupt:  # a second Ctrl-C: now, as asked; files are written under temporary names
+            if is_main_rank():
+                print("interrupted: stopped at once (Ctrl-C twice); what was saved before is kept", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
         except OSError as exc:
             if exc.errno not in STORAGE_ERRORS:
                 raise

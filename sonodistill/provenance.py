@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
@@ -81,11 +82,33 @@ def public_model_name(prov: dict[str, Any]) -> str:
 
 
 def public_source_name(spec: str) -> str:
-    """A shard set or dataset location without its local part: the folder's (or URL's) last name."""
-    text = str(spec).rstrip("/")
+    """A shard set or dataset location without its local part: the folder's (or URL's path's) last
+    name; never a URL's host, user, password or query (a signed URL's token)."""
+    text = str(spec)
+    remote = "://" in text
+    if remote:
+        parts = urlsplit(text)
+        scheme, text = parts.scheme, parts.path
+    text = text.rstrip("/")
     if text.endswith("manifest.json"):
         text = text[: -len("manifest.json")].rstrip("/")
-    return re.split(r"[/\\]", text)[-1] or text
+    name = re.split(r"[/\\]", text)[-1]
+    if remote:
+        return name or f"remote shards ({scheme})"
+    return name or text
+
+
+# scheme://user:password@host, or a query holding a key, token, signature or password
+_URL_SECRET = re.compile(
+    r"\b[a-z][a-z0-9+.-]*://[^\s/@'\"`]+:[^\s/@'\"`]*@[^\s'\"`]*"
+    r"|\b[a-z][a-z0-9+.-]*://[^\s'\"`]*[?&][^\s'\"`=]*(?:token|signature|sig|key|password|secret|credential)[^\s'\"`=]*=[^\s'\"`]*",
+    re.IGNORECASE,
+)
+
+
+def url_secrets(text: str) -> list[str]:
+    """URLs in ``text`` that carry credentials (``user:password@``) or a signed query."""
+    return sorted(set(_URL_SECRET.findall(text)))
 
 
 def local_paths(text: str, roots: Iterable[str | Path] = ()) -> list[str]:

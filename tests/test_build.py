@@ -609,6 +609,14 @@ def test_inspect_summary_and_contact_sheet(shard_dir, tmp_path, capsys):
         (["README.md"], "shards README.md: expected a shard folder, its manifest.json, a .tar shard"),
         (["{tmp}/none"], "shards {tmp}/none: no such shard folder or file"),
         (["{shards},{shards}"], "shards {shards},{shards}: no such shard folder or file; shards are one folder, URL"),
+        (
+            ["http://h/a.tar,http://h/b.tar"],
+            "shards http://h/a.tar,http://h/b.tar: a list of URLs; shards are one folder",
+        ),
+        (
+            ["[s3://b/a.tar, s3://b/b.tar]"],
+            "shards [s3://b/a.tar, s3://b/b.tar]: a list of URLs; shards are one folder",
+        ),
         (["{{{shards},{shards}}}"], "shards {{{shards},{shards}}}: the pattern names folders ({shards}, {shards}); "),
         (["{shards}", "--sheet", "{tmp}"], "--sheet {tmp}: expected the name of a .png file to write"),
         (["{shards}", "--sheet", "{tmp}/s.jpg"], "--sheet {tmp}/s.jpg: expected the name of a .png file"),

@@ -99,6 +99,22 @@ def test_messages_and_errors_come_from_rank_zero_only(monkeypatch, capsys):
             assert err == ""  # printed once per launch, by rank 0
 
 
+def test_a_second_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Ctrl-C twice interrupts at once (sonodistill.stop): one line, the shell's code, no traceback."""
+    monkeypatch.setenv("RANK", "0")
+
+    @cli_main
+    def command():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exc:
+        command()
+    assert exc.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "interrupted: stopped at once (Ctrl-C twice); what was saved before is kept"
+    )
+
+
 def test_a_module_run_with_python_m_logs_under_its_import_name(tmp_path):
     """``python -m shards.build`` logs as ``__main__``: its progress lines and messages reach stderr,
     named ``shards.build`` (they used to reach only Python's last-resort handler, warnings alone)."""

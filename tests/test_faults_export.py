@@ -155,6 +155,29 @@ def test_a_repo_id_that_contains_a_folder_name_is_no_local_path():
     assert local_paths("see /scratch/u/run/, then /data/x") == ["/data/x", "/scratch/u/run/"]
 
 
+def test_a_shard_url_publishes_no_host_user_password_or_token(run, tmp_path):
+    """A remote shard set is named by its URL's path: data.shards=http://alice:s3cr3t@10.0.0.7:8731/ put
+    the user, password and host into the model card and config.json, and the check said "clean"."""
+    from sonodistill.provenance import public_source_name, url_secrets
+
+    assert public_source_name("http://alice:s3cr3t@10.0.0.7:8731/") == "remote shards (http)"
+    assert public_source_name("https://u:p@store.lab:9000/us/shards/manifest.json?token=abc") == "shards"
+    assert public_source_name("s3://bucket/us/shard-{000000..000009}.tar") == "shard-{000000..000009}.tar"
+    assert public_source_name("/data/lab/shards/") == "shards"
+    signed = "https://b.s3.amazonaws.com/s/manifest.json?X-Amz-Signature=ab12"
+    assert url_secrets(f"from http://alice:s3cr3t@10.0.0.7:8731/ and {signed}") == [
+        "http://alice:s3cr3t@10.0.0.7:8731/",
+        signed,
+    ]
+    assert url_secrets("https://huggingface.co/lab/us, hf-hub:lab/us, http://10.0.0.7/shards/") == []
+    out = tmp_path / "pub"
+    export(run, out)
+    card = (out / "README.md").read_text()
+    (out / "README.md").write_text(card + "\nshards from https://alice:s3cr3t@store.lab/us/\n")  # a hand edit
+    with pytest.raises(UserError, match=r"README.md: names a URL with credentials \(https://alice:s3cr3t@store"):
+        push(out, "lab/us", dry_run=True)
+
+
 def test_a_checkpoint_with_damaged_weights_is_one_line(run, tmp_path, capsys):
     import shutil
 

@@ -67,11 +67,18 @@ def test_one_missing_shard_of_a_list_is_skipped_with_a_warning(shard_dir, serve,
     names = _names(shard_dir)
     urls = [f"{base}/{shard_dir.name}/{n}" for n in names] + [f"{base}/{shard_dir.name}/gone.tar"]
     with caplog.at_level(logging.WARNING, logger="shards.stream"):
-        loader = ShardLoader(urls, 4, mode="epoch", num_workers=0, drop_last=False)
+        loader = ShardLoader(urls, 4, mode="epoch", num_workers=0, drop_last=False, max_skipped_share=0.2)
         n = sum(len(b["image"]) for b in loader)
     assert n == json.loads((shard_dir / "manifest.json").read_text())["num_samples"]
     assert loader.skipped == {"unreadable_shard": 1}
     assert any("gone.tar: shard skipped, not found" in r.getMessage() for r in caplog.records)
+    # more missing than data.max_skipped_share allows (a brace range past the last shard): refused
+    with pytest.raises(UserError) as exc:
+        ShardLoader([*urls, f"{base}/{shard_dir.name}/gone2.tar"], 4, mode="loop", num_workers=0)
+    assert user_message(exc.value) == (
+        f"data.shards: 2 of {len(names) + 2} listed shards ({2 / (len(names) + 2):.0%}) not found, more than "
+        f"data.max_skipped_share=0.01; e.g. {base}/{shard_dir.name}/gone.tar (check the list or its brace range)"
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -82,7 +89,7 @@ def test_a_missing_listed_shard_never_leaves_a_worker_without_shards(shard_dir, 
     counts = json.loads((shard_dir / "manifest.json").read_text())["shard_samples"][:2]
     urls = [str(shard_dir / names[0]), str(shard_dir / "gone.tar"), str(shard_dir / names[1])]
     for mode in ("epoch", "loop"):
-        loader = ShardLoader(urls, 2, mode=mode, num_workers=workers, drop_last=False, seed=1)
+        loader = ShardLoader(urls, 2, mode=mode, num_workers=workers, drop_last=False, seed=1, max_skipped_share=0.5)
         if mode == "epoch":
             assert sum(len(b["image"]) for b in loader) == sum(counts)
         else:
@@ -143,3 +150,75 @@ def test_raw_shards_resumed_in_a_window_do_not_count_its_losses_again(corpus_dir
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     # early positions: the damaged shard still ahead of the position in its window
     _resumed_like_straight(built, slice(0, 4), num_workers=2, shuffle=False)
+
+
+class _Stalling(http.server.SimpleHTTPRequestHandler):
+    """Serves files until ``stall`` is set; then a shard request gets no answer (a store that hangs)."""
+
+    stall = threading.Event()
+    shard_requests = 0
+
+    def log_message(self, *args) -> None:
+        """Quiet."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path.endswith(".tar"):
+            type(self).shard_requests += 1
+            if self.stall.is_set():
+                time.sleep(120)
+                return
+        super().do_GET()
+
+
+def test_a_stop_signal_while_the_store_stalls_checkpoints_and_exits_75(shard_dir, tiny_teacher_dir, tmp_path):
+    """SLURM's preemption during a remote-store stall: the run used to wait out data.stall_timeout_s
+    and fail (exit 2, no requeue, no checkpoint); it now checkpoints its last step within seconds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from dist.tiny_pretrain import REPO, TINY_YAML, tiny_overrides
+
+    from pretrain.checkpoint import list_checkpoints
+    from sonodistill.jsonl import read_jsonl
+    from sonodistill.stop import EXIT_PREEMPTED
+
+    handler = type("H", (_Stalling,), {"stall": threading.Event(), "shard_requests": 0})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(shard_dir.parent))
+    )
+    server.daemon_threads, server.block_on_close = True, False
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "run"
+    shards = f"http://127.0.0.1:{server.server_address[1]}/{shard_dir.name}"
+    run = dict(train__max_steps=100_000, train__log_every=1, train__save_every=100_000, data__stall_timeout_s=90)
+    cmd = [sys.executable, str(REPO / "pretrain" / "run.py"), "--config", str(TINY_YAML)]
+    cmd += tiny_overrides(shards, tiny_teacher_dir, out, **run)
+    log = (tmp_path / "log.txt").open("w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and len(read_jsonl(out / "metrics.jsonl")) < 2:
+            time.sleep(0.05)
+        handler.stall.set()  # every later shard read hangs; the loader's prefetched batches run out
+        seen, still = -1, time.time()
+        while time.time() < deadline and proc.poll() is None and time.time() - still < 4:
+            if (n := len(read_jsonl(out / "metrics.jsonl"))) != seen:  # prefetched batches still train
+                seen, still = n, time.time()
+            time.sleep(0.1)
+        # no step for 4 s: the run waits on the stalled read (the old code waited out the 90 s)
+        t0 = time.time()
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        server.shutdown()
+        server.server_close()
+    said = (tmp_path / "log.txt").read_text()
+    assert code == EXIT_PREEMPTED and time.time() - t0 < 20, said[-3000:]
+    steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
+    [(saved, _)] = list_checkpoints(out)
+    assert saved >= steps[-1] >= 2 and f"stopped by SIGTERM after step {saved}" in said
+    assert "no batch from the shard readers" not in said

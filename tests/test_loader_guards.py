@@ -181,6 +181,8 @@ def test_the_stall_message_does_not_blame_a_shard_that_was_read():
     from shards.stream import _no_hang
 
     class Stalled:
+        timeout = 10.0  # the loader's wait per try
+
         def __iter__(self):
             return self
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from dist.tiny_pretrain import REPO, tiny_config, tiny_overrides
 from safetensors.torch import load_file
+from test_remote import serve  # noqa: F401  (fixture: a real HTTP server)
 
 from pretrain.checkpoint import list_checkpoints, read_meta
 from pretrain.config import PretrainConfig
@@ -290,16 +291,27 @@ def test_cli_exit_code_and_one_line_error(shard_dir, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_upsampling_small_shards_is_allowed_only_on_purpose(shard_dir, tiny_teacher_dir, tmp_path):
+def test_upsampling_small_shards_is_allowed_only_on_purpose(shard_dir, tiny_teacher_dir, tmp_path, serve):  # noqa: F811
+    """Refused for a folder, and for a brace pattern of shards (no manifest), local or remote: the
+    pattern's size comes from its first local shard, or over HTTP from the first batch."""
     from pretrain.trainer import _check_shard_size
 
-    manifest = {"settings": {"size": 64}}
-    with pytest.raises(UserError, match="every image would be upsampled"):
-        _check_shard_size(tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=128), manifest)
+    manifest = json.loads((shard_dir / "manifest.json").read_text())
+    size = manifest["settings"]["size"]
+    first, last = manifest["shards"][0], manifest["shards"][-1]
+    assert first.startswith("shard-") and last.startswith("shard-")
+    pattern = f"shard-{{{first[6:12]}..{last[6:12]}}}.tar"
+    base, _ = serve(shard_dir.parent)
+    for shards in (shard_dir, f"{shard_dir}/{pattern}", f"{base}/{shard_dir.name}/{pattern}"):
+        with pytest.raises(
+            UserError, match=f"larger than the {size} px of the shards .* every image would be upsampled"
+        ):
+            train(tiny_config(shards, tiny_teacher_dir, tmp_path / "run", image_size=2 * size, train__max_steps=1))
+    assert not list_checkpoints(tmp_path / "run")
     _check_shard_size(
-        tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=128, data__allow_upsample=True), manifest
+        tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=2 * size, data__allow_upsample=True), size
     )
-    _check_shard_size(tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=32), manifest)  # downsampling: fine
+    _check_shard_size(tiny_config(shard_dir, tiny_teacher_dir, tmp_path, image_size=size // 2), size)  # downsampling
 
 
 def test_a_rerun_from_step_0_hides_the_killed_runs_curve_points(tmp_path):
@@ -318,3 +330,28 @@ def test_a_rerun_from_step_0_hides_the_killed_runs_curve_points(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.0), (2, 2.0), (3, 2.0)]
     assert [r["loss"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [2.0, 2.0, 2.0]
+
+
+def test_skipped_shards_and_samples_are_counted_apart(shard_dir, tiny_teacher_dir, tmp_path, caplog):
+    """An unreadable shard was reported as 1 of the "skipped corrupt samples" (and `skipped_samples`
+    in metrics.jsonl): shards and samples are counted apart."""
+    import shutil
+
+    from shards.stream import skipped_counts
+
+    assert skipped_counts({"unreadable_shard": 2, "bad_shard": 1, "corrupt": 3, "bad_size": 1}) == (3, 4)
+    names = json.loads((shard_dir / "manifest.json").read_text())["shards"]
+    listed = tmp_path / "list"
+    listed.mkdir()
+    shutil.copyfile(shard_dir / names[0], listed / names[0])
+    (listed / "shard-999999.tar").write_bytes(b"not a tar file" * 100)
+    shards = f"{listed}/shard-{{{names[0][6:12]},999999}}.tar"  # a brace list: one shard and the junk
+    cfg = tiny_config(shards, tiny_teacher_dir, tmp_path / "run", train__max_steps=6, train__log_every=1,
+                      num_workers=0, data__max_skipped_share=1.0)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="pretrain.trainer"):
+        train(cfg)
+    last = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
+    passes = last["skipped_shards"]  # the junk shard, once per pass over the two
+    assert passes >= 1 and last["skipped_samples"] == 0
+    said = f"skipped while reading the shards in this run (resumes included): {passes} shard read(s) and 0 sample(s)"
+    assert f"{said} (bad_shard {passes})" in caplog.text  # a tar file that does not parse
