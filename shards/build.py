@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -487,6 +488,7 @@ def _judge_item(state: _State, item: Item, res: ItemOutcome, copies: dict[int, F
     cap = state.options[src].max_images
     if res.skipped or (cap is not None and state.kept[src] >= cap):
         state.consumed += 1
+        _reject(state, item, None, "over_max_images", {"read": False})  # which recordings were never read
         return False
     candidates = [f for f in res.frames if isinstance(f.result, Cleaned)]
     if state.shard.samples and len(state.shard.samples) + len(candidates) > state.settings.samples_per_shard:
@@ -558,19 +560,31 @@ def _process_items(state: _State, progress: bool, spool: Spool | None = None) ->
     bar = progress_bar(total=total, initial=state.consumed, desc="build", unit="file", main=progress, logger=log)
     if state.consumed:
         log.info(f"resuming: {state.consumed} of {total} inputs judged, {len(state.shards)} shards written")
+    t0, files, frames = time.perf_counter(), 0, 0  # this run's (a file may be a clip of many frames)
+
+    def counts() -> dict:
+        rate = frames / max(time.perf_counter() - t0, 1e-9)
+        return {"kept": sum(state.kept.values()), "rejected": sum(state.rejected.values()), "frames_s": f"{rate:.1f}"}
+
     try:
         for item, res, copies in _outcomes(state, spool):
             judged = _judge_item(state, item, res, copies)
+            files, frames = files + 1, frames + res.decoded
             bar.update(1)
             check_stop(f"{len(state.shards)} finished shards are journaled in {state.out}")
             if judged and bar.n % 64 == 0:  # the bar itself shows files/s
-                bar.set_postfix(kept=sum(state.kept.values()), rejected=sum(state.rejected.values()))
-        bar.set_postfix(kept=sum(state.kept.values()), rejected=sum(state.rejected.values()))  # the final counts
+                bar.set_postfix(**counts())
+        bar.set_postfix(**counts())  # the final counts
         if state.shard.samples:
             _close_shard(state)
     finally:
         state.rejects.close()
         bar.close()
+    took = time.perf_counter() - t0
+    if progress:
+        log.info(
+            f"built in {took:.1f} s: {files} files, {frames} frames decoded ({frames / max(took, 1e-9):.1f} frames/s)"
+        )
 
 
 def _manifest(state: _State, identity: dict) -> dict:
@@ -778,7 +792,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="output folder for shards and manifest.json")
     d = BuildSettings()
     ap.add_argument("--size", type=int, default=d.size, help="output side in pixels (default %(default)s)")
-    ap.add_argument("--samples-per-shard", type=int, default=d.samples_per_shard)
+    ap.add_argument(
+        "--samples-per-shard", type=int, default=d.samples_per_shard, help="samples per shard (default 1000)"
+    )
     ap.add_argument("--workers", type=int, default=d.workers, help="processes (default: all cores)")
     ap.add_argument(
         "--near-dup-distance",

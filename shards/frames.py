@@ -138,7 +138,7 @@ def parse_sampling(value: object, where: str) -> Sampling:
         raise UserError(f"{where}: frames: max expects a positive integer, got {cap!r}")
     if "fps" in value:
         fps = value["fps"]
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or fps <= 0:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
             raise UserError(f"{where}: frames: fps expects a positive number, got {fps!r}")
         return Sampling(mode="fps", fps=float(fps), max=cap)
     every = value["every"]

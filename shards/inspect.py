@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,23 @@ def reread_frame(manifest: dict, rec: dict, opened: dict | None = None) -> np.nd
     return None
 
 
+CAPTION_PT = 6  # a tile's caption: about 9 px tall at the sheet's 110 dpi
+
+
+def tile_caption(rec: dict, reason: str) -> str:
+    """A rejected frame's caption: its file (the folder above it too, the middle cut when long), the
+    frame, and the values its reason is judged on."""
+    parts = Path(rec["path"]).parts[-2:]
+    name = "/".join(parts)
+    if len(name) > 34:
+        name = name[:15] + "..." + name[-16:]
+    name += f" #{rec['frame']}" if "frame" in rec else ""
+    vals = rec.get("values", {})
+    keys = SHOWN.get(reason) or [k for k in vals if k not in ("detail", "crop")][:3]
+    items = [f"{k}={vals[k]}" for k in keys if k in vals]
+    return "\n".join([name, *(", ".join(items[i : i + 2]) for i in range(0, len(items), 2))])
+
+
 def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path, tile: int = 160) -> None:
     from shards.sources import source_root
     from sonodistill.figures import pyplot, save_figure
@@ -260,16 +278,15 @@ def rejects_sheet(manifest: dict, picked: dict[str, list[dict]], out: str | Path
                 img.thumbnail((tile, tile))
                 ax.imshow(np.asarray(img), cmap="gray", vmin=0, vmax=255)
             else:
-                ax.text(0.5, 0.5, "(file not readable)", ha="center", va="center", fontsize=6)
-            vals = rec.get("values", {})
-            keys = SHOWN.get(reason) or [k for k in vals if k not in ("detail", "crop")][:3]
-            items = [f"{k}={vals[k]}" for k in keys if k in vals]
-            shown = "\n".join(", ".join(items[i : i + 2]) for i in range(0, len(items), 2))
-            name = Path(rec["path"]).name[:22] + (f" #{rec['frame']}" if "frame" in rec else "")
-            ax.set_title(f"{name}\n{shown}", fontsize=4.5)
-            if c == 0:
-                ax.text(0, 1.25, f"{reason} ({counts.get(reason, len(picked[reason]))})", transform=ax.transAxes,
-                        fontsize=9, weight="bold")  # fmt: skip
+                why = textwrap.fill(str(rec.get("values", {}).get("detail", "")), 30, max_lines=3) or "no detail"
+                ax.text(0.5, 0.5, f"(file not readable)\n{why}", ha="center", va="center", fontsize=CAPTION_PT)
+            caption = tile_caption(rec, reason)
+            ax.set_title(caption, fontsize=CAPTION_PT)
+            if c == 0:  # the reason above the first tile's caption, clear of it
+                lift = 6 + (caption.count("\n") + 1) * CAPTION_PT * 1.3
+                heading = f"{reason} ({counts.get(reason, len(picked[reason]))})"
+                ax.annotate(heading, (0, 1), xycoords="axes fraction", xytext=(0, lift), textcoords="offset points",
+                            fontsize=9, weight="bold")  # fmt: skip
     fig.tight_layout(h_pad=2.5)  # room above each row for its reason heading
     save_figure(fig, out, dpi=110)
 

@@ -768,8 +768,7 @@ class ShardLoader:
         )
         kwargs: dict[str, Any] = {"multiprocessing_context": worker_context()} if self.num_workers > 0 else {}
         if self.num_workers > 0:
-            # timeout: a worker blocked inside a read (a server that accepts and then says nothing)
-            poll = min(self.stall_timeout_s, STALL_POLL_S)
+            poll = min(self.stall_timeout_s, STALL_POLL_S)  # a worker stuck in a read: waited on in slices, _no_hang
             kwargs.update(prefetch_factor=self._prefetch, persistent_workers=False, timeout=poll)
         loader = DataLoader(
             ds,

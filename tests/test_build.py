@@ -674,6 +674,20 @@ def test_a_damaged_rejects_file_or_manifest_is_one_line(small_sources, tmp_path,
         build_shards(small_sources, out, settings, progress=False)
 
 
+def test_a_rejected_tiles_caption_names_its_folder_and_the_values_judged():
+    """The rejects sheet's captions: the file with its folder (names cut to 22 characters lost both),
+    its frame, and the reason's values; a file that could not be read shows its detail on the tile."""
+    from shards.inspect import tile_caption
+
+    rec = {"path": "lung/Reg_liftl_pneucase3_clip.mp4", "frame": 10, "reason": "colour",
+           "values": {"colour_fraction": 0.12, "colour_outside": 0.0, "detail": "x"}}  # fmt: skip
+    assert (
+        tile_caption(rec, "colour") == "lung/Reg_liftl_pneucase3_clip.mp4 #10\ncolour_fraction=0.12, colour_outside=0.0"
+    )
+    long = {"path": "a/very_long_device_folder_name/butterfly-mean-crop-export.mp4", "values": {}}
+    assert tile_caption(long, "truncated") == "very_long_devic...-crop-export.mp4"
+
+
 def test_the_default_workers_are_the_cores_this_process_may_use(monkeypatch):
     """A cpuset or srun's --cpus-per-task, not the machine's count: more processes than cores thrash."""
     import os

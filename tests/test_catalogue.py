@@ -200,3 +200,23 @@ def test_clip_build_resumes_byte_identical(corpus, tmp_path, monkeypatch):
     for p in sorted(ref.iterdir()):
         assert (out / p.name).read_bytes() == p.read_bytes(), p.name
     assert sorted(x.name for x in out.iterdir()) == sorted(x.name for x in ref.iterdir())
+
+
+def test_files_past_max_images_are_listed_as_not_read(corpus, tmp_path):
+    """Past a source's cap its files are not read; each is one rejects line, so a user can list the
+    recordings that never made it in (they used to leave no trace)."""
+    cat = tmp_path / "corpus.yaml"
+    cat.write_text(
+        f"sources:\n  - name: imgs\n    path: {corpus / 'imgs'}\n    exclude: ['masks/*']\n    max_images: 2\n"
+    )
+    out = tmp_path / "out"
+    proc = run_cli("--corpus", str(cat), "--out", str(out), "--size", "48")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    unread = [r for r in rejects if r["values"] == {"read": False}]
+    assert m["sources"]["imgs"] == 2 and unread
+    assert all(r["reason"] == "over_max_images" and "frame" not in r for r in unread)
+    listed = {p.relative_to(corpus / "imgs").as_posix() for p in (corpus / "imgs").glob("*.png")}
+    assert m["per_source"]["imgs"]["files"] + len(unread) == len(listed)
+    assert {r["path"] for r in unread} < listed

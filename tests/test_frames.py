@@ -58,6 +58,8 @@ def test_stream_counts_from_the_first_frame_and_goes_on_after_a_clock_reset():
     [
         ({"fps": 3, "every": 2}, "exactly one of fps or every"),
         ({"fps": -1}, "fps expects a positive number"),
+        ({"fps": float("inf")}, "fps expects a positive number"),  # YAML .inf: a frame period of 0, a hang
+        ({"fps": float("nan")}, "fps expects a positive number"),  # YAML .nan: one frame per clip, silently
         ({"every": 0}, "every expects a positive integer"),
         ({"fps": 3, "max": 0}, "max expects a positive integer"),
         ({"fps": 3, "maxx": 3}, "unknown key 'maxx'"),

@@ -197,6 +197,11 @@ def test_volumes_sequences_slices_and_skip(tmp_path):
         tmp_path / "vol.mha", SourceOptions(frames=Sampling(mode="all", max=None), volume="slices", volume_axis=2)
     )
     assert len(sl) == frames.shape[2] and np.array_equal(sl[7], frames[:, :, 7])
+    vol.SetSpacing((0.3, 0.4, 2.0))  # x, y, z in mm: a slice keeps its own two (they used to be dropped)
+    sitk.WriteImage(vol, str(tmp_path / "aniso.mha"))
+    for axis, want in ((0, (0.3, 0.4)), (1, (0.3, 2.0)), (2, (0.4, 2.0))):
+        opts = SourceOptions(volume="slices", volume_axis=axis)
+        assert open_media(str(tmp_path / "aniso.mha"), "aniso.mha", opts).spacing_mm == pytest.approx(want), axis
     with pytest.raises(ReadError) as exc:
         open_media(str(tmp_path / "vol.mha"), "vol.mha", SourceOptions(volume="skip"))
     assert exc.value.reason == "volume_skipped"
@@ -382,6 +387,33 @@ def test_a_transfer_syntax_this_pydicom_does_not_know_is_undecodable(dicom_dir, 
     with pytest.raises(ReadError) as err:
         list(open_media(str(tmp_path / "jxl.dcm"), "jxl.dcm", SourceOptions()).frames)
     assert err.value.reason == "undecodable", err.value
+
+
+def test_a_deep_dicom_cine_is_scaled_alike_frame_to_frame(dicom_dir, tmp_path):
+    """12 bits stored, a dim frame (max 201) before a bright one (max 4032): each was scaled on its
+    own, the dim one kept as is (about 16x too bright beside the other). One scale per file now."""
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_dir / "0000_mono2_explicit.dcm")
+    h, w = int(ds.Rows), int(ds.Columns)
+    ramp = np.linspace(0, 1, h * w).reshape(h, w)
+    frames = np.stack([np.round(ramp * 201), np.round(ramp * 4032)]).astype(np.uint16)
+
+    def write(name: str, bits: int, pixels: np.ndarray) -> Path:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+        ds.NumberOfFrames, ds.FrameTime, ds.PixelData = len(pixels), 100.0, pixels.tobytes()
+        for key in ("WindowCenter", "WindowWidth", "RescaleSlope", "RescaleIntercept"):
+            ds.pop(key, None)
+        ds.save_as(tmp_path / name, enforce_file_format=False)
+        return tmp_path / name
+
+    every = SourceOptions(frames=Sampling(mode="all", max=None))
+    cine = [f.pixels for f in open_media(str(write("deep.dcm", 12, frames)), "deep.dcm", every).frames]
+    assert [int(f.max()) for f in cine] == [201 * 255 // 4095, 4032 * 255 // 4095]  # 12 and 251
+    # 16 bits stored holding 8-bit values (a container): kept as they are, every frame alike
+    eight = (frames // 16).astype(np.uint16)  # max 12 and 252
+    kept = [f.pixels for f in open_media(str(write("box.dcm", 16, eight[::-1])), "box.dcm", every).frames]
+    assert [int(f.max()) for f in kept] == [252, 12]
 
 
 def test_clip_frames_carry_clip_and_frame_and_stay_in_one_shard(mixed_build):

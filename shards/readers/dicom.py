@@ -7,7 +7,8 @@ long cine never sits in memory. Photometric rules (docs/data.md "Readers"):
 - ``PALETTE COLOR`` -> RGB through the file's lookup table;
 - ``MONOCHROME1`` -> inverted, so that bright is echogenic as in ``MONOCHROME2``;
 - more than 8 bits: rescale slope/intercept, then the first VOI window when the file has one,
-  otherwise scaled by ``2**BitsStored - 1`` (kept as is when no value exceeds 255).
+  otherwise scaled by ``2**BitsStored - 1`` (16 bits stored: kept as is when the first frame holds
+  no value above 255), one scale for every frame of a cine.
 The result then goes through the same grayscale / colour-Doppler rules as any frame.
 
 Ultrasound regions: the 2D tissue regions of ``SequenceOfUltrasoundRegions`` (spatial format 1, data
@@ -29,7 +30,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from shards.options import SourceOptions
-from shards.readers.base import Frame, Media, ReadError, as_frame_pixels, to_uint8
+from shards.readers.base import Frame, Levels, Media, ReadError, as_frame_pixels, levels_of, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,18 @@ def bmode_region(ds, width: int, height: int) -> tuple[tuple[int, int, int, int]
     return (x0, y0, x1, y1), spacing
 
 
-def _to_display(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
-    """One decoded frame -> HxW or HxWx3 uint8 by the photometric rules above."""
+def _clip_levels(arr: np.ndarray, bits: int) -> Levels:
+    """The uint8 levels of a file's frames, fixed at its first one so a cine is scaled alike: a
+    declared depth of 9-15 bits always by ``2**bits - 1`` (a dim frame stays dim beside a bright
+    one); 16 bits, often a container for 8-bit values, as the first frame's values say."""
+    if 8 < bits < 16:
+        return Levels(min(0, int(arr.min())) if arr.size else 0, float((1 << bits) - 1))
+    return levels_of([arr], bits)
+
+
+def _to_display(arr: np.ndarray, ds, photometric: str, levels: list[Levels]) -> np.ndarray:
+    """One decoded frame -> HxW or HxWx3 uint8 by the photometric rules above; ``levels`` holds the
+    file's levels once its first frame has set them (:func:`_clip_levels`)."""
     from pydicom.pixels import apply_color_lut
 
     if photometric == "PALETTE COLOR":
@@ -125,6 +136,12 @@ def _to_display(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
         bits = 16 if arr.dtype != np.uint8 else 8
         return as_frame_pixels(to_uint8(arr, bits))
     bits = int(ds.get("BitsStored", 8) or 8)
+
+    def scaled(values: np.ndarray) -> np.ndarray:
+        if values.dtype != np.uint8 and not levels:
+            levels.append(_clip_levels(values, bits))
+        return to_uint8(values, bits, levels[0] if levels else None)
+
     if arr.dtype != np.uint8 and arr.ndim == 2:
         a = arr.astype(np.float64)
         slope, icpt = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
@@ -137,11 +154,11 @@ def _to_display(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
                 out = np.clip((a - (c - 0.5 - (w - 1) / 2)) / (w - 1) * 255.0, 0, 255)
                 arr = np.round(out).astype(np.uint8)
             else:
-                arr = to_uint8(np.round(a).astype(np.int64), bits)
+                arr = scaled(np.round(a).astype(np.int64))
         else:
-            arr = to_uint8(np.round(a).astype(np.int64), bits)
+            arr = scaled(np.round(a).astype(np.int64))
     else:
-        arr = to_uint8(arr, bits)
+        arr = scaled(arr)
     if photometric == "MONOCHROME1":
         arr = 255 - arr
     return as_frame_pixels(arr)
@@ -180,12 +197,13 @@ def read_dicom(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     indices = opts.frames.indices(n, fps, opts.max_frames_per_clip) if multi else [0]
 
     def frames() -> Iterator[Frame]:
+        levels: list[Levels] = []
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 it = iter_pixels(handle(), indices=indices, as_rgb=True)
                 for i, arr in zip(indices, it):
-                    yield Frame(_to_display(arr, ds, photometric), i)
+                    yield Frame(_to_display(arr, ds, photometric, levels), i)
         except ReadError:
             raise
         except (NotImplementedError, RuntimeError) as exc:

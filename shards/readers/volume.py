@@ -201,7 +201,9 @@ def read_volume(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
             if tmp:
                 os.unlink(tmp)
 
-    sp = (float(spacing[0]), float(spacing[1])) if mode != "slices" else None
+    # a slice's (width, height) axes: x, y of a sequence; the two ITK axes a slice keeps (x, y, z order)
+    kept = [a for a in range(3) if a != 2 - opts.volume_axis] if mode == "slices" else [0, 1]
+    sp = (float(spacing[kept[0]]), float(spacing[kept[1]]))
     return Media(
         frames=frames(),
         multi=multi,
