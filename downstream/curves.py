@@ -19,7 +19,8 @@ def plot_fraction_curves(
     path: str | Path,
     kd_rows: Sequence[str] = (),
 ) -> bool:
-    """Write the PNG; False (nothing written) when fewer than two fractions were swept."""
+    """Write the PNG; False (nothing written) when fewer than two fractions were swept, or no row of
+    this mode has a finished cell (a sweep of KD rows only has no linear-probe row)."""
     fr = sorted(set(fractions))
     if len(fr) < 2 or not tasks:
         return False
@@ -50,12 +51,14 @@ def plot_fraction_curves(
         ax.set_ylabel(f"test {name}")
         ax.set_title(t.label)
         ax.grid(alpha=0.3)
+    if not drawn:  # empty panels say nothing
+        plt.close(fig)
+        return False
     # one legend for every panel, below them: a panel may lack a row, and a legend inside covers points
-    if drawn:  # none before any cell of this mode has finished (e.g. a sweep of KD rows only)
-        fig.legend(
-            [drawn[e] for e in rows if e in drawn], [e for e in rows if e in drawn],
-            loc="lower center", ncol=min(4, len(drawn)), fontsize=8, frameon=False,
-        )  # fmt: skip
+    fig.legend(
+        [drawn[e] for e in rows if e in drawn], [e for e in rows if e in drawn],
+        loc="lower center", ncol=min(4, len(drawn)), fontsize=8, frameon=False,
+    )  # fmt: skip
     fig.suptitle(f"{'fine-tuning' if mode == 'finetune' else 'linear probe'}: metric vs label fraction", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 + 0.05 * (max(len(drawn) - 1, 0) // 4), 1, 1))
     save_figure(fig, path)

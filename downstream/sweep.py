@@ -509,7 +509,11 @@ def _run_cells(cfg: SweepConfig, grid: Grid, todo: list[PlannedCell], acc, resul
 
 def _drop_stale_curves(folder: Path) -> None:
     """The TensorBoard files an earlier run of a cell left in its folder (stopped, or run with other
-    settings): the cell starts over, and its curves would show twice."""
+    settings): the cell starts over, and its curves would show twice. Not in a KD cell with finished
+    stages (``*/stage.json``): it reuses them, and their curves are the only ones there will be (a
+    retrained stage's stopped attempt stays beside its new curves, as ``kd train`` keeps it)."""
+    if folder.is_dir() and any(folder.glob("*/stage.json")):
+        return
     stale = sorted(folder.rglob("events.out.tfevents.*")) if folder.is_dir() else []
     for path in stale:
         path.unlink()

@@ -160,6 +160,9 @@ def test_fraction_plot_error_bars_are_the_tables_sample_std(tmp_path, monkeypatc
     plot_fraction_curves(agg, ["R50"], [col], [0.25, 0.5, 1.0], "linear", str(tmp_path / "f.png"))
     assert mean_std([0.6, 0.8]) == "0.7000 ± 0.1414"
     assert seen == [pytest.approx([0.0, 0.141421356, 0.141421356])]
+    # a sweep of KD rows only has no linear-probe row: no plot of empty panels, none listed
+    assert not plot_fraction_curves(agg, [], [col], [0.25, 0.5, 1.0], "linear", str(tmp_path / "g.png"))
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_many_valued_masks_keep_their_bright_half():

@@ -237,6 +237,26 @@ def test_a_cell_run_again_after_a_kill_keeps_one_set_of_curves(busi_dir, tmp_pat
     assert again.parent == first.parent and again != first
 
 
+def test_a_kd_cell_resumed_keeps_the_curves_of_the_stages_it_reuses(tmp_path):
+    """A KD cell stopped in its distilled stage reuses teacher and scratch when run again: their
+    TensorBoard files were removed as "an earlier run of this cell" (the only curves they will have)."""
+    from downstream.sweep import _drop_stale_curves
+
+    cell = tmp_path / "cell"
+    (cell / "tb").mkdir(parents=True)
+    files = [cell / "tb" / f"events.out.tfevents.{k}" for k in range(3)]
+    for f in files:
+        f.write_bytes(b"x")
+    _drop_stale_curves(cell)  # no finished stage: the cell starts over
+    assert not any(f.exists() for f in files)
+    for f in files:
+        f.write_bytes(b"x")
+    (cell / "teacher").mkdir()
+    (cell / "teacher" / "stage.json").write_text("{}")
+    _drop_stale_curves(cell)
+    assert all(f.exists() for f in files)
+
+
 def test_a_part_given_the_merges_print_tables_flag_says_where_they_come_from(busi_dir, tmp_path, capsys):
     """A SLURM array task passes the merge's arguments: --print-tables must not fail the part."""
     from downstream.sweep import main as sweep_main

@@ -112,7 +112,6 @@ def plot_efficiency(eff: dict[str, dict[str, float]], path: Path) -> None:
         },
         path,
         ylabel="",
-        log=True,
         title="CPU, batch size 1",
     )
 
