@@ -270,7 +270,7 @@ def _warn_numbered_runs_split(catalog: Catalog, recs: list, assigned: list[list[
         log.warning(
             f"{catalog.root}: the images of {len(split)} of {len(runs)} file-name runs ('{name}...', {len(members)} "
             "images) are in more than one of train/val/test; if each run is the frames of one clip, set "
-            r"reader.group_pattern='^(.*?)[_-]?\d+$' to keep a clip in one part"
+            r"reader.group_pattern='^((?:.*/)?.*?)[_-]?\d+$' to keep a clip in one part"
         )
 
 

@@ -680,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--splits-only", action="store_true", help="write each dataset's splits.json, print them, stop")
     args = parse_command_line(p, argv)
     if "part" in {o.split("=", 1)[0].strip() for o in args.overrides if not o.split("=", 1)[-1].strip()}:
-        Part.parse("")  # `part=$I/$N` with the variables unset: an error, not the whole sweep in every task
+        Part.parse("")  # `part=$PART` with PART unset: an error, not the whole sweep in every task
     cfg = config_from_args(SweepConfig, args, check=check_values)
     # a bad setting refused before `out` is created (--splits-only reads no encoder or method: they
     # may not exist yet)

@@ -668,7 +668,7 @@ def loop(
                 try:
                     batch = next(data_iter)
                 except Stopped:  # the store stalls: no batch reaches the next check, keep what is done
-                    return _stopped_waiting(s, step, last_ckpt, base_meta, whole_step=k == 0, keys_fh=keys_fh)
+                    return _stopped_waiting(s, step, last_ckpt, base_meta, k == 0 and pending == 0, keys_fh)
                 if keys_fh is not None:
                     keys_fh.write(json.dumps({"step": step + 1, "keys": list(batch["key"])}) + "\n")
                 loss_acc += backward_view(s, make_view(batch_images(batch, device), s.augment, s.teacher))
@@ -715,14 +715,13 @@ def loop(
     return Outcome(step, preempted, last_ckpt)
 
 
-def _stopped_waiting(
-    s: Session, step: int, last_ckpt: Path | None, base_meta: dict, whole_step: bool, keys_fh
-) -> Outcome:
-    """A stop signal while the loader waited on a stalled store: a checkpoint of the last finished
-    step when it is exact (one process, no micro-batch of the next step taken: the loader's
-    position is that step's end); else the last checkpoint stays. Exit 75 either way."""
-    newer = last_ckpt is None or int(read_meta(last_ckpt)["step"]) < step
-    if whole_step and s.accelerator.num_processes == 1 and newer:
+def _stopped_waiting(s: Session, step: int, last_ckpt: Path | None, base_meta: dict, exact: bool, keys_fh) -> Outcome:
+    """A stop signal while the loader waited on a stalled store (one process: see
+    :func:`shards.stream._no_hang`): a checkpoint of the last finished step when it is ``exact`` (no
+    micro-batch of the next step taken, so the loader's position is that step's end; and no step
+    waiting to be logged and checked for divergence); else the last checkpoint stays. Exit 75."""
+    newer = step > (int(read_meta(last_ckpt)["step"]) if last_ckpt is not None else 0)
+    if exact and s.accelerator.num_processes == 1 and newer:
         if keys_fh is not None:
             keys_fh.flush()
             os.fsync(keys_fh.fileno())

@@ -558,12 +558,13 @@ def decode_on_device(batch: dict, device: str | torch.device) -> torch.Tensor:
     return decode_jpeg_batch(blobs, device)
 
 
-def _no_hang(loader: DataLoader, seconds: float, urls: list[str]) -> Iterator[dict]:
+def _no_hang(loader: DataLoader, seconds: float, urls: list[str], answer_stop: bool = True) -> Iterator[dict]:
     """The loader's items; a worker that hands over nothing for ``seconds`` ends the run in one line.
 
-    The loader waits in slices of ``loader.timeout`` (:data:`STALL_POLL_S`): a stop signal that comes
-    while a store stalls raises :class:`sonodistill.stop.Stopped` at once, so the command keeps its
-    work and exits 75 within a launcher's grace time instead of failing after ``seconds``."""
+    The loader waits in slices of ``loader.timeout`` (:data:`STALL_POLL_S`): with ``answer_stop`` (one
+    process: no peer waits in a collective for this one) a stop signal that comes while a store
+    stalls raises :class:`sonodistill.stop.Stopped` at once, so the command keeps its work and exits
+    75 within a launcher's grace time instead of failing after ``seconds``."""
     it = iter(loader)
     waited = 0.0
     while True:
@@ -575,7 +576,7 @@ def _no_hang(loader: DataLoader, seconds: float, urls: list[str]) -> Iterator[di
             if "timed out" not in str(exc):
                 raise
             waited += loader.timeout
-            received = stop_requested()
+            received = stop_requested() if answer_stop else None
             if received:
                 raise Stopped(f"{received} received while waiting {waited:.0f} s for a batch") from None
             if waited < seconds:
@@ -779,7 +780,7 @@ class ShardLoader:
             **kwargs,
         )
         pin = self.pin_memory and torch.cuda.is_available()
-        for item in _no_hang(loader, self.stall_timeout_s, self.urls):
+        for item in _no_hang(loader, self.stall_timeout_s, self.urls, self.world_size == 1):
             slot, parts = item["__slot__"], item["__parts__"]
             self._items += 1  # DataLoader items, for the worker round-robin on resume
             images = ring.tensor(*item["__ring__"]) if "__ring__" in item else item.get("image")

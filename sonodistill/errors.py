@@ -60,9 +60,11 @@ def cli_main(fn: F) -> F:
             if is_main_rank():
                 print(f"stopped: {' '.join(str(exc).split())}", file=sys.stderr)
             sys.exit(EXIT_PREEMPTED)
-        except KeyboardInterrupt:  # a second Ctrl-C: now, as asked; files are written under temporary names
+        except (
+            KeyboardInterrupt
+        ):  # Ctrl-C (twice where a stop is answered): now; files are written under temporary names
             if is_main_rank():
-                print("interrupted: stopped at once (Ctrl-C twice); what was saved before is kept", file=sys.stderr)
+                print("interrupted (Ctrl-C): stopped at once; what was saved before is kept", file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
         except OSError as exc:
             if exc.errno not in STORAGE_ERRORS:

@@ -101,7 +101,7 @@ def public_source_name(spec: str) -> str:
 # scheme://user:password@host, or a query holding a key, token, signature or password
 _URL_SECRET = re.compile(
     r"\b[a-z][a-z0-9+.-]*://[^\s/@'\"`]+:[^\s/@'\"`]*@[^\s'\"`]*"
-    r"|\b[a-z][a-z0-9+.-]*://[^\s'\"`]*[?&][^\s'\"`=]*(?:token|signature|sig|key|password|secret|credential)[^\s'\"`=]*=[^\s'\"`]*",
+    r"|\b[a-z][a-z0-9+.-]*://[^\s'\"`]*[?&](?:[\w.-]*[_-])?(?:token|signature|sig|key|password|secret|credential)s?=[^\s'\"`]*",
     re.IGNORECASE,
 )
 

@@ -111,7 +111,7 @@ def test_a_second_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
         command()
     assert exc.value.code == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "interrupted: stopped at once (Ctrl-C twice); what was saved before is kept"
+        "interrupted (Ctrl-C): stopped at once; what was saved before is kept"
     )
 
 

@@ -510,10 +510,10 @@ def test_frames_of_clips_spread_over_the_parts_are_named(caplog):
     cat = Catalog("t", "/x", recs, ["a", "b"])
     with caplog.at_level("WARNING", logger="downstream.splits"):
         make_splits(cat, (0.7, 0.15, 0.15), seed=0)
-    assert "/x: the images of 6 of 6 file-name runs ('clip" in caplog.text
-    assert r"reader.group_pattern='^(.*?)[_-]?\d+$' to keep a clip in one part" in caplog.text
+    assert "/x: the images of 6 of 6 file-name runs ('a/clip" in caplog.text
+    assert r"reader.group_pattern='^((?:.*/)?.*?)[_-]?\d+$' to keep a clip in one part" in caplog.text
     # the pattern the warning gives groups each clip: one part per clip, and nothing said
-    rule = GroupRule(r"^(.*?)[_-]?\d+$", paired=False)
+    rule = GroupRule(r"^((?:.*/)?.*?)[_-]?\d+$", paired=False)
     grouped = Catalog(
         "t", "/x", [Record(r.id, r.image, label=r.label, group=rule.group(r.id[2:-4])) for r in recs], cat.classes
     )
@@ -530,4 +530,8 @@ def test_frames_of_clips_spread_over_the_parts_are_named(caplog):
         numbered_runs(["benign/benign_1.png", "benign/benign_2.png", "x/x_1.png", "x/x_2.png"], ["benign", "x"]) == {}
     )
     assert numbered_runs(["p/case3-45.png", "p/case3-46.png", "p/case4-1.png", "p/case4-2.png"], []) == {
-        "case3": [0, 1], "case4": [2, 3]}  # fmt: skip
+        "p/case3": [0, 1], "p/case4": [2, 3]}  # fmt: skip
+    # one folder per patient, the same frame names in each: runs apart; a counter over most images: none
+    per_patient = ["p1/frame_001.png", "p1/frame_002.png", "p2/frame_001.png", "p2/frame_002.png"]
+    assert list(numbered_runs(per_patient, [])) == ["p1/frame", "p2/frame"]
+    assert numbered_runs([f"a/IMG_{i}.png" for i in range(8)] + ["b/DSC_1.png", "b/DSC_2.png"], []) == {}

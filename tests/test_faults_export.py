@@ -170,6 +170,8 @@ def test_a_shard_url_publishes_no_host_user_password_or_token(run, tmp_path):
         signed,
     ]
     assert url_secrets("https://huggingface.co/lab/us, hf-hub:lab/us, http://10.0.0.7/shards/") == []
+    assert url_secrets("http://h/a?monkey=1 http://h/b?keyword=x") == []  # whole parameter names only
+    assert url_secrets("http://h/a?api_key=1") == ["http://h/a?api_key=1"]
     out = tmp_path / "pub"
     export(run, out)
     card = (out / "README.md").read_text()

@@ -319,7 +319,7 @@ def test_a_part_of_another_grid_running_in_the_same_out_is_refused(tmp_path):
 
 
 def test_an_empty_part_is_refused_and_the_merge_says_it_runs_what_the_parts_left(busi_dir, tmp_path, caplog):
-    """`part=$I/$N` with the variables unset is `part=`: an error, not the whole sweep in every task. The
+    """`part=$PART` with PART unset is `part=`: an error, not the whole sweep in every task. The
     merge after parts that left cells runs them in one process, and says so."""
     out = tmp_path / "sweep"
     args = parts_args(busi_dir, out)

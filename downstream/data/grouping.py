@@ -75,15 +75,18 @@ NUMBERED = re.compile(r"^(.+?)(?:[_\-. ]+|(?<=[^\d_\-. ]))\d+$")
 
 
 def numbered_runs(ids: list[str], classes: list[str]) -> dict[str, list[int]]:
-    """Positions of the images whose file names share a name before a trailing number (the frames of
-    a clip exported as ``clip7_0012.png``), one list per name held by two images or more. Empty when
-    fewer than two names repeat: one name with a counter (``IM_0001``) is a numbering, not clips;
-    a class's name (``benign_3``) is no clip either."""
+    """Positions of the images whose file names share a name before a trailing number in one folder
+    (the frames of a clip exported as ``clip7_0012.png``), one list per folder and name held by two
+    images or more. Empty when fewer than two runs repeat or one holds most images: a counter
+    (``IM_0001``) is a numbering, not clips; a class's name (``benign_3``) is no clip either."""
     skip = {c.lower() for c in classes}
     runs: dict[str, list[int]] = {}
     for k, rel in enumerate(ids):
-        m = NUMBERED.match(rel.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+        folder, _, name = rel.rpartition("/")
+        m = NUMBERED.match(name.rsplit(".", 1)[0])
         if m and m.group(1).lower() not in skip:
-            runs.setdefault(m.group(1), []).append(k)
+            runs.setdefault(f"{folder}/{m.group(1)}" if folder else m.group(1), []).append(k)
     runs = {name: members for name, members in runs.items() if len(members) > 1}
-    return runs if len(runs) > 1 else {}
+    if len(runs) < 2 or max(len(m) for m in runs.values()) > len(ids) / 2:
+        return {}
+    return runs

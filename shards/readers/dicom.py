@@ -7,8 +7,8 @@ long cine never sits in memory. Photometric rules (docs/data.md "Readers"):
 - ``PALETTE COLOR`` -> RGB through the file's lookup table;
 - ``MONOCHROME1`` -> inverted, so that bright is echogenic as in ``MONOCHROME2``;
 - more than 8 bits: rescale slope/intercept, then the first VOI window when the file has one,
-  otherwise scaled by ``2**BitsStored - 1`` (16 bits stored: kept as is when the first frame holds
-  no value above 255), one scale for every frame of a cine.
+  otherwise scaled by ``2**BitsStored - 1``, the frames of a cine alike (16 bits stored, often a
+  container for 8-bit values: a frame holding no value above 255 is kept as it is).
 The result then goes through the same grayscale / colour-Doppler rules as any frame.
 
 Ultrasound regions: the 2D tissue regions of ``SequenceOfUltrasoundRegions`` (spatial format 1, data
@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from shards.options import SourceOptions
-from shards.readers.base import Frame, Levels, Media, ReadError, as_frame_pixels, levels_of, to_uint8
+from shards.readers.base import Frame, Levels, Media, ReadError, as_frame_pixels, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -117,18 +117,18 @@ def bmode_region(ds, width: int, height: int) -> tuple[tuple[int, int, int, int]
     return (x0, y0, x1, y1), spacing
 
 
-def _clip_levels(arr: np.ndarray, bits: int) -> Levels:
-    """The uint8 levels of a file's frames, fixed at its first one so a cine is scaled alike: a
-    declared depth of 9-15 bits always by ``2**bits - 1`` (a dim frame stays dim beside a bright
-    one); 16 bits, often a container for 8-bit values, as the first frame's values say."""
-    if 8 < bits < 16:
-        return Levels(min(0, int(arr.min())) if arr.size else 0, float((1 << bits) - 1))
-    return levels_of([arr], bits)
+def _levels(arr: np.ndarray, bits: int) -> Levels | None:
+    """A frame's uint8 levels: a declared depth of 9-15 bits by ``2**bits - 1`` whatever the frame
+    holds, so the frames of a cine scale alike (a dim one stays dim beside a bright one); 16 bits,
+    often a container for 8-bit values, by the documented rule (None: :func:`levels_of`)."""
+    if not 8 < bits < 16 or not np.issubdtype(arr.dtype, np.integer) or arr.size == 0:
+        return None
+    shift = min(0, int(arr.min()))
+    return Levels(shift, float(max((1 << bits) - 1, int(arr.max()) - shift)))
 
 
-def _to_display(arr: np.ndarray, ds, photometric: str, levels: list[Levels]) -> np.ndarray:
-    """One decoded frame -> HxW or HxWx3 uint8 by the photometric rules above; ``levels`` holds the
-    file's levels once its first frame has set them (:func:`_clip_levels`)."""
+def _to_display(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
+    """One decoded frame -> HxW or HxWx3 uint8 by the photometric rules above."""
     from pydicom.pixels import apply_color_lut
 
     if photometric == "PALETTE COLOR":
@@ -138,9 +138,7 @@ def _to_display(arr: np.ndarray, ds, photometric: str, levels: list[Levels]) -> 
     bits = int(ds.get("BitsStored", 8) or 8)
 
     def scaled(values: np.ndarray) -> np.ndarray:
-        if values.dtype != np.uint8 and not levels:
-            levels.append(_clip_levels(values, bits))
-        return to_uint8(values, bits, levels[0] if levels else None)
+        return to_uint8(values, bits, _levels(values, bits))
 
     if arr.dtype != np.uint8 and arr.ndim == 2:
         a = arr.astype(np.float64)
@@ -197,13 +195,12 @@ def read_dicom(src: str | bytes, opts: SourceOptions, name: str = "") -> Media:
     indices = opts.frames.indices(n, fps, opts.max_frames_per_clip) if multi else [0]
 
     def frames() -> Iterator[Frame]:
-        levels: list[Levels] = []
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 it = iter_pixels(handle(), indices=indices, as_rgb=True)
                 for i, arr in zip(indices, it):
-                    yield Frame(_to_display(arr, ds, photometric, levels), i)
+                    yield Frame(_to_display(arr, ds, photometric), i)
         except ReadError:
             raise
         except (NotImplementedError, RuntimeError) as exc:
